@@ -1,0 +1,1 @@
+//! The in-memory store: the embedded default for one process. (Skeleton.)

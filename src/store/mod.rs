@@ -1,0 +1,201 @@
+//! The state layer: one [`Store`] trait, two backends.
+//!
+//! * [`memory::MemoryStore`] — the embedded default for a single process.
+//! * [`redis::RedisStore`] — production; any number of gateway replicas share it.
+//!
+//! Both pass the same conformance suite (`tests/api/store_conformance.rs`),
+//! run against a real Redis server.
+//!
+//! Invariants:
+//! * every transient value has a TTL;
+//! * single-use values (authorization codes, pending logins, refresh tokens)
+//!   are read with [`Store::take`], which is atomic: of two concurrent takes,
+//!   exactly one sees the value;
+//! * keys are built with [`Key`], which namespaces them and gives each group of
+//!   keys that one operation touches together the same Redis Cluster hash tag.
+
+pub mod memory;
+pub mod redis;
+pub mod session;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An error of the state layer. The detail is for logs; callers answer 503/500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be encoded or decoded.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A namespaced store key.
+///
+/// Rendered as `<prefix>:{<tag>}:<name>`. The part in braces is the Redis
+/// Cluster hash tag: keys that one operation touches together (a refresh
+/// token and its family, a user and its identity links) are built with the
+/// same tag so they land in the same slot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    tag: String,
+    name: String,
+}
+
+impl Key {
+    /// A key in the hash-tag group `tag`, named `name`.
+    pub fn new(tag: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            tag: tag.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A key scoped to one tenant: tag `t:<tenant>:<group>`.
+    pub fn tenant(tenant: &str, group: &str, name: impl Into<String>) -> Self {
+        Self::new(format!("t:{tenant}:{group}"), name)
+    }
+
+    /// A platform-wide key (not owned by any tenant): tag `g:<group>`.
+    pub fn global(group: &str, name: impl Into<String>) -> Self {
+        Self::new(format!("g:{group}"), name)
+    }
+
+    /// The hash-tag part.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The key as stored, under `prefix`.
+    pub fn render(&self, prefix: &str) -> String {
+        format!("{prefix}:{{{}}}:{}", self.tag, self.name)
+    }
+}
+
+/// The storage seam. Values are opaque bytes (JSON in practice).
+///
+/// `ttl: None` means the value persists until deleted (tenants, clients,
+/// users); everything transient passes a TTL.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads a value.
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a value, replacing any previous one.
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+
+    /// Writes a value only if the key is absent. Returns `true` if written.
+    /// Atomic: of two concurrent calls for one key, exactly one returns `true`.
+    async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError>;
+
+    /// Reads and deletes a value in one atomic step. Of two concurrent takes
+    /// of one key, exactly one sees `Some`.
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes a value. Returns `true` if it existed.
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
+
+    /// Adds `member` to the set at `key` (creating it), and sets the set's TTL
+    /// when `ttl` is given (extending, never shortening, an existing TTL).
+    async fn set_add(
+        &self,
+        key: &Key,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+
+    /// Removes `member` from the set at `key`.
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError>;
+
+    /// The members of the set at `key` (empty when absent), sorted.
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError>;
+
+    /// Increments the counter at `key` by one and returns the new value; the
+    /// TTL is set when the counter is created (a fixed window).
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError>;
+
+    /// Checks that the backend answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The store type shared through the application.
+pub type SharedStore = Arc<dyn Store>;
+
+/// JSON helpers on top of the byte-level trait.
+#[async_trait]
+pub trait StoreJson {
+    /// Reads and decodes a JSON value.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<T>, StoreError>;
+    /// Encodes and writes a JSON value.
+    async fn put_json<T: serde::Serialize + Sync>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+    /// Encodes and writes a JSON value only if the key is absent.
+    async fn put_json_if_absent<T: serde::Serialize + Sync>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError>;
+    /// Atomically reads, deletes and decodes a JSON value.
+    async fn take_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<T>, StoreError>;
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> StoreJson for S {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<T>, StoreError> {
+        decode(self.get(key).await?)
+    }
+    async fn put_json<T: serde::Serialize + Sync>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.put(key, &encode(value)?, ttl).await
+    }
+    async fn put_json_if_absent<T: serde::Serialize + Sync>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        self.put_if_absent(key, &encode(value)?, ttl).await
+    }
+    async fn take_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<T>, StoreError> {
+        decode(self.take(key).await?)
+    }
+}

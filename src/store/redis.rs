@@ -1,0 +1,1 @@
+//! The Redis store, for production and any number of replicas. (Skeleton.)

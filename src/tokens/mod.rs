@@ -1,0 +1,1 @@
+//! Token-signing keys and JWT minting. (Skeleton: replaced by the tokens work.)

@@ -1,0 +1,267 @@
+//! Upstream identity providers: the [`Connector`] seam.
+//!
+//! A connector knows one protocol. It can *begin* a login (send the browser to
+//! the IdP) and *complete* it (validate what the IdP sent back) into an
+//! [`Identity`]. The broker owns everything around that: pending logins,
+//! sessions, provisioning and codes. Later connectors (local accounts) plug in
+//! here as one more variant of [`ConnectionKind`].
+
+pub mod dev;
+pub mod http;
+pub mod oidc;
+pub mod saml;
+
+use crate::clock::SharedClock;
+use crate::ids::{ConnectionId, TenantId};
+use crate::store::SharedStore;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use url::Url;
+
+/// A normalized identity asserted by an upstream IdP, before provisioning.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The stable subject at the IdP (SAML NameID or configured attribute; OIDC `sub`).
+    pub subject: String,
+    /// Email address, read in full (never truncated by XML comments).
+    pub email: Option<String>,
+    /// Whether the IdP vouches for the email address.
+    pub email_verified: Option<bool>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Group or role names.
+    pub groups: Vec<String>,
+    /// Authentication methods (RFC 8176 values where known).
+    pub amr: Vec<String>,
+    /// Every attribute or claim received, for the test-connection page and mapping.
+    pub raw: BTreeMap<String, Vec<String>>,
+    /// The upstream session index (SAML `SessionIndex`), kept for later single logout.
+    pub session_index: Option<String>,
+}
+
+/// How to send the browser to the IdP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UpstreamRedirect {
+    /// A plain redirect (HTTP-Redirect binding, OIDC authorization request).
+    Redirect(Url),
+    /// An auto-submitted form (SAML HTTP-POST binding).
+    PostForm {
+        /// Where the form posts to.
+        action: Url,
+        /// Hidden fields (e.g. `SAMLRequest`, `RelayState`).
+        fields: Vec<(String, String)>,
+    },
+}
+
+/// What [`Connector::begin`] returns.
+#[derive(Debug, Clone)]
+pub struct BeginLogin {
+    /// Where to send the browser.
+    pub redirect: UpstreamRedirect,
+    /// Connector-private state, stored with the pending login and handed
+    /// back to [`Connector::complete`] (request id, nonce, PKCE verifier...).
+    pub state: serde_json::Value,
+}
+
+/// The inputs of [`Connector::begin`].
+#[derive(Debug, Clone)]
+pub struct BeginRequest<'a> {
+    /// The opaque id of the pending login. The connector carries it through the
+    /// IdP (OIDC `state`, SAML `RelayState`); it is a random reference, never data.
+    pub login_id: &'a str,
+    /// Ask the IdP to authenticate the person again (`prompt=login`, `ForceAuthn`).
+    pub force_authn: bool,
+    /// A hint of who is signing in (an email address), passed on where the protocol allows.
+    pub login_hint: Option<&'a str>,
+}
+
+/// Parameters of a callback from the IdP, as received.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackParams {
+    /// Query string parameters.
+    pub query: BTreeMap<String, String>,
+    /// Form fields (HTTP-POST binding).
+    pub form: BTreeMap<String, String>,
+}
+
+/// A rejected login. `code` is a stable reason code (for logs and metrics);
+/// `message` is safe to show to the person; `detail` goes to the log only.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct UpstreamError {
+    /// Stable reason code, e.g. `saml.audience_mismatch`.
+    pub code: &'static str,
+    /// A sentence for the person in the browser. Never contains secrets or tokens.
+    pub message: String,
+    /// Detail for the operator's log.
+    pub detail: String,
+    /// True when the failure is ours or the network's (5xx), not the IdP's answer.
+    pub internal: bool,
+}
+
+impl UpstreamError {
+    /// A rejection of what the IdP sent (the person sees `message`).
+    pub fn reject(
+        code: &'static str,
+        message: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            detail: detail.into(),
+            internal: false,
+        }
+    }
+
+    /// A failure on our side or on the way to the IdP.
+    pub fn internal(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: "The sign-in service could not complete this request. Please try again later."
+                .into(),
+            detail: detail.into(),
+            internal: true,
+        }
+    }
+}
+
+/// One upstream protocol, configured for one connection.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Starts a login: builds the request to the IdP.
+    async fn begin(&self, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError>;
+
+    /// The pending-login reference the IdP carried back (OIDC `state`, SAML
+    /// `RelayState`), if any. It is only a lookup key: the broker still checks
+    /// that the pending login belongs to this tenant and connection.
+    fn login_id<'p>(&self, params: &'p CallbackParams) -> Option<&'p str>;
+
+    /// Where an IdP-initiated (unsolicited) login lands: the default app's
+    /// client id and redirect URI. `None` when IdP-initiated login is off.
+    fn unsolicited_target(&self) -> Option<(String, Url)> {
+        None
+    }
+
+    /// Completes a login: validates the IdP's answer. `pending` is the state
+    /// returned by `begin`, or `None` for an IdP-initiated (unsolicited) login.
+    async fn complete(
+        &self,
+        pending: Option<&serde_json::Value>,
+        params: &CallbackParams,
+    ) -> Result<Identity, UpstreamError>;
+}
+
+/// What every connector may use: the outbound HTTP client, the clock, the
+/// store (replay caches, JWKS rate limits) and the public URL.
+#[derive(Clone)]
+pub struct UpstreamContext {
+    /// Guarded client for discovery, metadata, JWKS, token and userinfo requests.
+    pub http: http::OutboundHttp,
+    /// The injected clock.
+    pub clock: SharedClock,
+    /// The shared store.
+    pub store: SharedStore,
+    /// The public base URL of this gateway (the issuer).
+    pub public_url: Url,
+    /// Allowed clock skew for validity windows, in seconds.
+    pub clock_skew_secs: i64,
+}
+
+impl UpstreamContext {
+    /// The URL of `path` (no leading slash) under the public base URL.
+    pub fn public(&self, path: &str) -> Url {
+        crate::config::join_public(&self.public_url, path)
+    }
+}
+
+/// A problem with a connection's settings, reported by the admin API as
+/// `application/problem+json` naming `field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SetupError {
+    /// The JSON field at fault (e.g. `metadata_xml`).
+    pub field: String,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl SetupError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The configuration of one connection, by protocol. Stored as JSON with a
+/// `kind` tag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ConnectionKind {
+    /// OpenID Connect upstream.
+    Oidc(oidc::OidcConfig),
+    /// SAML 2.0 upstream.
+    Saml(saml::SamlConfig),
+    /// The built-in development IdP (refused unless dev mode is on).
+    Dev(dev::DevConfig),
+}
+
+impl ConnectionKind {
+    /// The protocol name, as in the `kind` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Oidc(_) => "oidc",
+            Self::Saml(_) => "saml",
+            Self::Dev(_) => "dev",
+        }
+    }
+}
+
+/// A configured connection of a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    /// The connection id, unique within the tenant.
+    pub id: ConnectionId,
+    /// The owning tenant.
+    pub tenant: TenantId,
+    /// Bumped on every change, so cached connectors are rebuilt.
+    #[serde(default)]
+    pub revision: u64,
+    /// The protocol configuration.
+    #[serde(flatten)]
+    pub kind: ConnectionKind,
+}
+
+/// Builds the connector for a connection. Parsed certificates and keys live
+/// in the returned value, so callers cache it per `(tenant, connection, revision)`.
+pub fn build(
+    connection: &Connection,
+    ctx: &UpstreamContext,
+) -> Result<Arc<dyn Connector>, UpstreamError> {
+    match &connection.kind {
+        ConnectionKind::Oidc(cfg) => Ok(Arc::new(oidc::OidcConnector::new(
+            connection,
+            cfg.clone(),
+            ctx.clone(),
+        )?)),
+        ConnectionKind::Saml(cfg) => Ok(Arc::new(saml::SamlConnector::new(
+            connection,
+            cfg.clone(),
+            ctx.clone(),
+        )?)),
+        ConnectionKind::Dev(cfg) => Ok(Arc::new(dev::DevConnector::new(
+            connection,
+            cfg.clone(),
+            ctx.clone(),
+        ))),
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support: spawning the gateway, Redis and peers.
