@@ -1,1 +1,228 @@
-//! The in-memory store: the embedded default for one process. (Skeleton.)
+//! The in-memory store: the embedded default for one process.
+//!
+//! Expiry follows the injected clock, so TTLs are testable without sleeping.
+//! Expired entries are dropped when touched and swept every few hundred writes.
+
+use super::{Key, Store, StoreError};
+use crate::clock::SharedClock;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Vec<u8>),
+    Set(BTreeSet<String>),
+    Counter(i64),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Value,
+    expires: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    writes: u64,
+}
+
+/// A process-local store. Not shared between replicas.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: SharedClock,
+}
+
+const SWEEP_EVERY: u64 = 512;
+
+impl MemoryStore {
+    /// An empty store whose TTLs follow `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            clock,
+        }
+    }
+
+    fn deadline(&self, ttl: Option<Duration>) -> Option<DateTime<Utc>> {
+        ttl.map(|t| {
+            self.clock.now() + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
+        })
+    }
+
+    /// Runs `f` on the map with expired entries of `key` already dropped.
+    fn with<R>(&self, key: &Key, write: bool, f: impl FnOnce(&mut HashMap<Key, Entry>) -> R) -> R {
+        let now = self.clock.now();
+        // A poisoned lock only means another task panicked mid-operation; the
+        // map itself is still consistent because every operation is one step.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner
+            .map
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|x| x <= now))
+        {
+            inner.map.remove(key);
+        }
+        if write {
+            inner.writes += 1;
+            if inner.writes.is_multiple_of(SWEEP_EVERY) {
+                inner.map.retain(|_, e| e.expires.is_none_or(|x| x > now));
+            }
+        }
+        f(&mut inner.map)
+    }
+}
+
+fn wrong_type(key: &Key) -> StoreError {
+    StoreError::Corrupt(format!("value at {} has another type", key.render("mem")))
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) => Ok(Some(b.clone())),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let expires = self.deadline(ttl);
+        self.with(key, true, |m| {
+            m.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let expires = self.deadline(ttl);
+        self.with(key, true, |m| {
+            if m.contains_key(key) {
+                return Ok(false);
+            }
+            m.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires,
+                },
+            );
+            Ok(true)
+        })
+    }
+
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(key, true, |m| match m.remove(key) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Bytes(b),
+                ..
+            }) => Ok(Some(b)),
+            Some(other) => {
+                m.insert(key.clone(), other);
+                Err(wrong_type(key))
+            }
+        })
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        self.with(key, true, |m| Ok(m.remove(key).is_some()))
+    }
+
+    async fn set_add(
+        &self,
+        key: &Key,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let expires = self.deadline(ttl);
+        self.with(key, true, |m| {
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::Set(BTreeSet::new()),
+                expires,
+            });
+            match &mut entry.value {
+                Value::Set(s) => {
+                    s.insert(member.to_owned());
+                }
+                _ => return Err(wrong_type(key)),
+            }
+            if let (Some(new), Some(old)) = (expires, entry.expires) {
+                if new > old {
+                    entry.expires = Some(new);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        self.with(key, true, |m| {
+            let empty = match m.get_mut(key) {
+                None => return Ok(()),
+                Some(Entry {
+                    value: Value::Set(s),
+                    ..
+                }) => {
+                    s.remove(member);
+                    s.is_empty()
+                }
+                Some(_) => return Err(wrong_type(key)),
+            };
+            if empty {
+                m.remove(key);
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Set(s),
+                ..
+            }) => Ok(s.iter().cloned().collect()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
+        let expires = self.deadline(Some(ttl));
+        self.with(key, true, |m| {
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::Counter(0),
+                expires,
+            });
+            match &mut entry.value {
+                Value::Counter(n) => {
+                    *n += 1;
+                    Ok(*n)
+                }
+                _ => Err(wrong_type(key)),
+            }
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
