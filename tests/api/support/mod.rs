@@ -1,1 +1,4 @@
-//! Test support: spawning the gateway, Redis and peers.
+//! Test support: spawning the gateway, Redis and the peers.
+#![allow(dead_code)]
+
+pub mod app;
