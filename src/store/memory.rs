@@ -47,10 +47,11 @@ impl MemoryStore {
         }
     }
 
+    /// The instant a value written now with `ttl` expires. A TTL too long to
+    /// represent means "never" rather than an overflow panic.
     fn deadline(&self, ttl: Option<Duration>) -> Option<DateTime<Utc>> {
-        ttl.map(|t| {
-            self.clock.now() + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
-        })
+        let ttl = chrono::Duration::from_std(ttl?).ok()?;
+        self.clock.now().checked_add_signed(ttl)
     }
 
     /// Runs `f` on the map with expired entries of `key` already dropped.
@@ -76,8 +77,9 @@ impl MemoryStore {
     }
 }
 
+/// Names only the key's tag: key names can be secrets (authorization codes).
 fn wrong_type(key: &Key) -> StoreError {
-    StoreError::Corrupt(format!("value at {} has another type", key.render("mem")))
+    StoreError::Corrupt(format!("value in {{{}}} has another type", key.tag()))
 }
 
 #[async_trait]
@@ -165,10 +167,12 @@ impl Store for MemoryStore {
                 }
                 _ => return Err(wrong_type(key)),
             }
-            if let (Some(new), Some(old)) = (expires, entry.expires) {
-                if new > old {
-                    entry.expires = Some(new);
-                }
+            // Extend, never shorten; a set without TTL takes the new one
+            // (the same as Redis `PEXPIRE NX` + `PEXPIRE GT`).
+            match (expires, entry.expires) {
+                (Some(new), Some(old)) if new > old => entry.expires = Some(new),
+                (Some(new), None) => entry.expires = Some(new),
+                _ => {}
             }
             Ok(())
         })
