@@ -117,7 +117,12 @@ async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<
 /// (I/O, timeouts, server refusals) means the store is not usable right now.
 /// Server error texts never contain key names, so they are safe to keep.
 fn map_error(e: &RedisError) -> StoreError {
-    let corrupt = e.code() == Some("WRONGTYPE")
+    // In a MULTI the clash is reported per command, inside a pipeline error.
+    let wrong_type = e
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errs| errs.iter().any(|(_, err)| err.code() == "WRONGTYPE"));
+    let corrupt = wrong_type
         || matches!(
             e.kind(),
             redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType

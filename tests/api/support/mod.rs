@@ -1,1 +1,3 @@
 //! Test support: spawning the gateway, Redis and peers.
+
+pub mod redis;
