@@ -67,10 +67,32 @@ impl RedisStore {
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = bounded(ConnectionManager::new_with_config(client, config)).await?;
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             prefix: prefix.to_owned(),
-        })
+        };
+        store.check_version().await?;
+        Ok(store)
+    }
+
+    /// `set_add` and `incr` need `PEXPIRE ... NX | GT` (Redis 7): refuse an
+    /// older server now rather than fail every login later. A server that
+    /// does not say (INFO restricted, a compatible product) is given the
+    /// benefit of the doubt.
+    async fn check_version(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("INFO").arg("server").to_owned();
+        let info: String = match bounded_raw(cmd.query_async(&mut conn)).await? {
+            Ok(info) => info,
+            Err(e) if e.code() == Some("NOPERM") => return Ok(()),
+            Err(e) => return Err(map_error(&e)),
+        };
+        match major_version(&info) {
+            Some(major) if major < 7 => Err(StoreError::Unavailable(format!(
+                "Redis {major} is too old: Portcullis needs Redis 7 or later"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The prefix every key is rendered under.
@@ -98,42 +120,57 @@ impl RedisStore {
 
 /// Runs one Redis call under [`OPERATION_DEADLINE`] and maps its error.
 async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
-    match tokio::time::timeout(OPERATION_DEADLINE, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(map_error(&e)),
-        Err(_) => {
+    bounded_raw(fut).await?.map_err(|e| map_error(&e))
+}
+
+/// Runs one Redis call under [`OPERATION_DEADLINE`], leaving its own error.
+async fn bounded_raw<T>(
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<Result<T, RedisError>, StoreError> {
+    tokio::time::timeout(OPERATION_DEADLINE, fut)
+        .await
+        .map_err(|_| {
             tracing::warn!(
                 reason = "store.redis_timeout",
                 "Redis did not answer in time"
             );
-            Err(StoreError::Unavailable(
-                "Redis did not answer in time".to_owned(),
-            ))
-        }
-    }
+            StoreError::Unavailable("Redis did not answer in time".to_owned())
+        })
 }
 
-/// A type clash or an unparseable answer is about the data; everything else
-/// (I/O, timeouts, server refusals) means the store is not usable right now.
-/// Server error texts never contain key names, so they are safe to keep.
+/// A type clash, a non-numeric counter or an unparseable answer is about the
+/// data; everything else (I/O, timeouts, server refusals) means the store is
+/// not usable right now. Server error texts never contain key names.
 fn map_error(e: &RedisError) -> StoreError {
-    // In a MULTI the clash is reported per command, inside a pipeline error.
-    let wrong_type = e
-        .clone()
-        .into_server_errors()
-        .is_some_and(|errs| errs.iter().any(|(_, err)| err.code() == "WRONGTYPE"));
-    let corrupt = wrong_type
+    // In a MULTI the failure is reported per command, inside a pipeline error.
+    let about_data = e.clone().into_server_errors().is_some_and(|errs| {
+        errs.iter().any(|(_, err)| {
+            let detail = err.details().unwrap_or_default();
+            err.code() == "WRONGTYPE"
+                || (err.code() == "ERR"
+                    && (detail.contains("not an integer") || detail.contains("overflow")))
+        })
+    });
+    let corrupt = about_data
         || matches!(
             e.kind(),
             redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
         );
     if corrupt {
-        tracing::warn!(reason = "store.redis_corrupt", error = %e, "Redis value has an unexpected type");
+        tracing::warn!(reason = "store.redis_corrupt", error = %e, "Redis value does not fit the operation");
         StoreError::Corrupt(e.to_string())
     } else {
         tracing::warn!(reason = "store.redis_unavailable", error = %e, "Redis call failed");
         StoreError::Unavailable(e.to_string())
     }
+}
+
+/// The major version in the answer of `INFO server`, if it names one.
+fn major_version(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|major| major.parse().ok())
 }
 
 /// A TTL in whole milliseconds, rounded up, at least 1 (Redis rejects `PX 0`).
@@ -250,6 +287,14 @@ mod tests {
         assert_eq!(ttl_ms(Duration::from_micros(1500)), 2);
         assert_eq!(ttl_ms(Duration::from_secs(1)), 1000);
         assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[test]
+    fn the_major_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(major_version(info), Some(7));
+        assert_eq!(major_version("redis_version:6.2.1\r\n"), Some(6));
+        assert_eq!(major_version("# Server\r\n"), None);
     }
 
     #[tokio::test]

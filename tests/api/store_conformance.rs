@@ -90,6 +90,7 @@ macro_rules! all_cases {
             sets_add_remove_and_list_sorted,
             set_ttl_extends_but_never_shortens,
             incr_counts_in_a_fixed_window,
+            counters_are_decimal_values,
             type_clashes_are_corrupt_and_take_keeps_the_value,
             keys_differ_by_tag_and_name,
             huge_ttls_do_not_overflow,
@@ -295,6 +296,30 @@ async fn incr_counts_in_a_fixed_window(b: &Backend) {
     assert_eq!(s.incr(&k, SHORT).await.unwrap(), 3);
     b.pass(Duration::from_millis(800)).await;
     assert_eq!(s.incr(&k, SHORT).await.unwrap(), 1, "the window expired");
+}
+
+async fn counters_are_decimal_values(b: &Backend) {
+    let s = &b.store;
+    let k = |n: &str| Key::global("counters", n);
+    assert_eq!(s.incr(&k("fresh"), LONG).await.unwrap(), 1);
+    assert_eq!(s.get(&k("fresh")).await.unwrap(), Some(b"1".to_vec()));
+    s.put(&k("numeric"), b"41", None).await.unwrap();
+    assert_eq!(s.incr(&k("numeric"), LONG).await.unwrap(), 42);
+    s.put(&k("text"), b"forty-one", None).await.unwrap();
+    assert!(matches!(
+        s.incr(&k("text"), LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    s.set_add(&k("set"), "m", None).await.unwrap();
+    assert!(matches!(
+        s.incr(&k("set"), LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // A value without TTL that gets counted on takes the window (PEXPIRE NX).
+    s.put(&k("persistent"), b"0", None).await.unwrap();
+    assert_eq!(s.incr(&k("persistent"), SHORT).await.unwrap(), 1);
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&k("persistent")).await.unwrap(), None);
 }
 
 async fn type_clashes_are_corrupt_and_take_keeps_the_value(b: &Backend) {
