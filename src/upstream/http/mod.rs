@@ -82,7 +82,10 @@ impl OutboundHttp {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UpstreamError::internal(
                 "outbound.scheme",
-                format!("scheme {} is not allowed (only http and https)", url.scheme()),
+                format!(
+                    "scheme {} is not allowed (only http and https)",
+                    url.scheme()
+                ),
             ));
         }
         let ip = match url.host() {
