@@ -1,4 +1,6 @@
 //! Integration tests, compiled as one binary. Each module is one area;
 //! `support` spawns the gateway, Redis and the peer implementations.
 
+mod oidc_connector;
+mod outbound_http;
 mod support;

@@ -149,6 +149,7 @@ impl OutboundHttp {
     /// GETs `url` and returns the body (at most `max_body_bytes`); a non-2xx
     /// answer is `outbound.status`.
     pub async fn get_bytes(&self, url: &Url) -> Result<Vec<u8>, UpstreamError> {
+        self.check_url(url)?;
         let request = http::Request::get(url.as_str())
             .header(http::header::ACCEPT, "application/json, */*;q=0.5")
             .body(Vec::new())
@@ -158,6 +159,7 @@ impl OutboundHttp {
 
     /// GETs `url` with a bearer token (userinfo); a non-2xx answer is `outbound.status`.
     pub async fn get_bearer(&self, url: &Url, token: &str) -> Result<HttpResponse, UpstreamError> {
+        self.check_url(url)?;
         let request = http::Request::get(url.as_str())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
@@ -179,6 +181,7 @@ impl OutboundHttp {
         fields: &[(&str, &str)],
         basic_auth: Option<(&str, &str)>,
     ) -> Result<HttpResponse, UpstreamError> {
+        self.check_url(url)?;
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
