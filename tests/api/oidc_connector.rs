@@ -772,3 +772,93 @@ async fn openidconnect_crate_uses_the_guarded_client() {
         "{err:?}"
     );
 }
+
+/// A P-256 key as the IdP would publish it, and a token signer for it.
+fn es256_key(kid: &str) -> (Value, EncodingKey) {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let ec = EcKey::generate(&group).unwrap();
+    let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+    let mut bn = BigNumContext::new().unwrap();
+    ec.public_key()
+        .affine_coordinates(&group, &mut x, &mut y, &mut bn)
+        .unwrap();
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "use": "sig", "kid": kid,
+        "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap()),
+    });
+    let pem = PKey::from_ec_key(ec)
+        .unwrap()
+        .private_key_to_pem_pkcs8()
+        .unwrap();
+    (jwk, EncodingKey::from_ec_pem(&pem).unwrap())
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
+    let f = Fixture::new().await;
+    let (jwk, signer) = es256_key("ec1");
+    let mut ec_key = IdpKey::generate("unused");
+    ec_key.jwk = jwk;
+    f.idp.with(|s| s.published.push(ec_key));
+    let es256 = |claims: &Value| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec1".into());
+        jsonwebtoken::encode(&header, claims, &signer).unwrap()
+    };
+    // Accepted under the default allow-list.
+    let login = f.begin().await;
+    let token = es256(&f.claims(&login));
+    let id = f.finish(&login, token, f.callback(&login)).await.unwrap();
+    assert_eq!(id.subject, "user-1");
+
+    // A connection that allows only ES256 refuses the IdP's RS256 tokens.
+    let mut cfg = match &f.connection.kind {
+        ConnectionKind::Oidc(cfg) => cfg.clone(),
+        _ => unreachable!(),
+    };
+    cfg.allowed_algorithms = vec!["ES256".into()];
+    let strict = OidcConnector::new(&f.connection, cfg, f.ctx.clone()).unwrap();
+    let begun = strict
+        .begin(BeginRequest {
+            login_id: "strict-1",
+            force_authn: false,
+            login_hint: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    let mut claims = f.claims(&login);
+    claims["nonce"] = json!(query(&url, "nonce").unwrap());
+    let mut params = CallbackParams::default();
+    params.query.insert("state".into(), "strict-1".into());
+    params.query.insert("code".into(), "c".into());
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&claims)));
+    let r = strict.complete(Some(&begun.state), &params).await;
+    assert_eq!(code(r), "oidc.alg_not_allowed");
+    // The same claims signed with ES256 pass the strict connection.
+    f.idp.with(|s| s.id_token = Some(es256(&claims)));
+    strict.complete(Some(&begun.state), &params).await.unwrap();
+}
+
+#[tokio::test]
+async fn token_endpoint_failures_and_missing_id_token() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    // The token endpoint returns no id_token (the fake returns null).
+    let r = f
+        .connector
+        .complete(Some(&login.pending), &f.callback(&login))
+        .await;
+    assert_eq!(code(r), "oidc.id_token_missing");
+    // A callback without a code.
+    let mut params = f.callback(&login);
+    params.query.remove("code");
+    let r = f.connector.complete(Some(&login.pending), &params).await;
+    assert_eq!(code(r), "oidc.code_missing");
+}
