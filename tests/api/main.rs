@@ -1,5 +1,8 @@
 //! Integration tests, compiled as one binary. Each module is one area;
 //! `support` spawns the gateway, Redis and the peer implementations.
 
-mod store_conformance;
 mod support;
+
+mod oidc_connector;
+mod outbound_http;
+mod store_conformance;
