@@ -4,5 +4,6 @@
 mod support;
 
 mod oidc_connector;
+mod admin_api;
 mod outbound_http;
 mod store_conformance;

@@ -1,14 +1,27 @@
 //! Spawning the gateway in-process on a random port.
 
+use portcullis::clock::{ManualClock, SharedClock, SystemClock};
+use portcullis::config::Settings;
+use portcullis::secret::Secret;
+use std::sync::Arc;
 use url::Url;
 
 /// How to start the gateway under test.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AppOptions {
     /// A real Redis server; `None` uses the in-memory store.
     pub redis_url: Option<String>,
     /// Key prefix in Redis (each test its own).
     pub redis_prefix: Option<String>,
+    /// Development mode (built-in IdP, demo tenant and app).
+    pub dev: bool,
+    /// A clock the test controls; `None` uses the system clock.
+    pub clock: Option<ManualClock>,
+    /// Host name in the public URL (default `127.0.0.1`; `localhost` makes
+    /// the gateway a different site from peers on `127.0.0.1`).
+    pub public_host: Option<String>,
+    /// Adjusts the settings before start.
+    pub tweak: Option<fn(&mut Settings)>,
 }
 
 /// A running gateway.
@@ -19,6 +32,8 @@ pub struct TestApp {
     pub admin_token: String,
     /// A plain client (no cookies, no redirects) for admin and API calls.
     pub client: reqwest::Client,
+    /// The application state, for tests that look inside.
+    pub state: Arc<portcullis::http::AppState>,
 }
 
 impl TestApp {
@@ -26,11 +41,54 @@ impl TestApp {
     pub fn url(&self, path: &str) -> Url {
         self.base.join(path).unwrap()
     }
+
+    /// The issuer string (no trailing slash).
+    pub fn issuer(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_owned()
+    }
 }
 
-/// Starts the gateway on 127.0.0.1:0 with `PORTCULLIS_ALLOW_PRIVATE_NETWORKS`
-/// semantics on (peers run on loopback). (Stub: the lead implements it.)
+/// Starts the gateway on 127.0.0.1:0 with private networks allowed (peers
+/// run on loopback).
 pub async fn spawn_app(options: AppOptions) -> TestApp {
-    let _ = options;
-    unimplemented!("spawn_app is implemented by the lead")
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host = options.public_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let admin_token = portcullis::tokens::random_token(24);
+    let mut settings = Settings::default();
+    settings.server.listen = format!("127.0.0.1:{port}");
+    settings.server.public_url = format!("http://{host}:{port}");
+    settings.admin.token = Some(Secret::new(admin_token.clone()));
+    settings.outbound.allow_private_networks = true;
+    settings.dev.enabled = options.dev;
+    if let Some(url) = &options.redis_url {
+        settings.store.redis_url = Some(Secret::new(url.clone()));
+        settings.store.key_prefix = options
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| format!("test-{}", portcullis::tokens::random_token(8)));
+    }
+    if let Some(tweak) = options.tweak {
+        tweak(&mut settings);
+    }
+    let resolved = settings.validate("test").unwrap();
+    let clock: SharedClock = match &options.clock {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let store = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
+    let state = portcullis::app::build(&settings, &resolved, store, clock).await.unwrap();
+    let router = portcullis::http::router(state.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestApp {
+        base: Url::parse(&settings.server.public_url).unwrap(),
+        admin_token,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        state,
+    }
 }
