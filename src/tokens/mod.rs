@@ -124,8 +124,9 @@ pub fn sha256_base64url(input: &[u8]) -> String {
 /// The ID token `at_hash` (and, given a code, `c_hash`): base64url of the
 /// left half of the hash of the ASCII value, where the hash is the one of the
 /// ID token's `alg` (OIDC Core §3.1.3.6). For `EdDSA` there is no hash in the
-/// name; OIDC Core (errata set 2) specifies SHA-512 for Ed25519, the hash
-/// Ed25519 uses internally, so the left 32 bytes of SHA-512 are used.
+/// name; the practice of OIDC implementations (e.g. panva's oidc-token-hash,
+/// used by oidc-provider and openid-client) is SHA-512 for Ed25519 — the
+/// hash Ed25519 uses internally — so the left 32 bytes of SHA-512 are used.
 pub fn at_hash(access_token: &str, alg: SigningAlgorithm) -> String {
     let digest: Vec<u8> = match alg {
         SigningAlgorithm::Rs256 | SigningAlgorithm::Es256 => {
