@@ -228,7 +228,46 @@ impl KeyManager {
         issuer: &str,
     ) -> Result<C, TokenError> {
         let keyset = self.current().await?;
-        jwt::verify(&keyset, token, expected_typ, issuer, self.clock.unix())
+        jwt::verify(
+            &keyset,
+            token,
+            expected_typ,
+            issuer,
+            self.clock.unix(),
+            jwt::TimeCheck::Enforce,
+        )
+    }
+
+    /// Verifies an `id_token_hint` (typ `JWT`): like [`KeyManager::verify`]
+    /// but an expired or not-yet-valid token is accepted, as OIDC
+    /// RP-Initiated Logout allows. Key, algorithm, signature, `typ` and `iss`
+    /// are still enforced, and a token whose retired key is no longer
+    /// published still fails with `token.unknown_kid`.
+    pub async fn verify_id_token_hint<C: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+    ) -> Result<C, TokenError> {
+        let keyset = self.current().await?;
+        jwt::verify(
+            &keyset,
+            token,
+            "JWT",
+            issuer,
+            self.clock.unix(),
+            jwt::TimeCheck::Skip,
+        )
+    }
+
+    /// The algorithms of the keys that sign now or will sign next, for the
+    /// discovery document's `id_token_signing_alg_values_supported`.
+    pub async fn signing_algorithms(&self) -> Result<Vec<SigningAlgorithm>, TokenError> {
+        let keyset = self.current().await?;
+        let mut algs = vec![keyset.active.alg];
+        if keyset.next.alg != keyset.active.alg {
+            algs.push(keyset.next.alg);
+        }
+        Ok(algs)
     }
 
     /// The JWKS document: `{"keys": [...]}` with public keys only.

@@ -419,3 +419,50 @@ async fn init_race_loser_adopts_the_winners_keyset() {
         .unwrap();
     let _: Claims = a.verify(&t, "JWT", ISS).await.unwrap();
 }
+
+#[tokio::test]
+async fn signing_algorithms_follow_the_keys_through_an_algorithm_change() {
+    let env = Env::new();
+    let rsa = env.manager(SigningAlgorithm::Rs256).await;
+    assert_eq!(
+        rsa.signing_algorithms().await.unwrap(),
+        vec![SigningAlgorithm::Rs256]
+    );
+    // Reconfigured to EdDSA: the existing next (RSA) becomes active, the new
+    // next is Ed25519; one more rotation and EdDSA signs.
+    let ed = env.manager(SigningAlgorithm::EdDsa).await;
+    ed.rotate().await.unwrap();
+    assert_eq!(
+        ed.signing_algorithms().await.unwrap(),
+        vec![SigningAlgorithm::Rs256, SigningAlgorithm::EdDsa]
+    );
+    let t = ed.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().alg,
+        jsonwebtoken::Algorithm::RS256
+    );
+    ed.rotate().await.unwrap();
+    let t = ed.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().alg,
+        jsonwebtoken::Algorithm::EdDSA
+    );
+    let _: Claims = ed.verify(&t, "JWT", ISS).await.unwrap();
+    env.advance(31);
+    let _: Claims = rsa.verify(&t, "JWT", ISS).await.unwrap();
+}
+
+#[tokio::test]
+async fn manager_is_shareable_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    send_sync(&m);
+    let c = env.claims(60);
+    send(&m.sign("JWT", &c));
+    send(&m.verify::<Claims>("x", "JWT", ISS));
+    send(&m.jwks());
+    send(&m.rotate_if_due());
+    send(&m.signer());
+}

@@ -237,3 +237,28 @@ async fn malformed_tokens_are_rejected() {
     let r: Result<Needs, _> = m.verify(&good, "JWT", ISS).await;
     assert_eq!(r.unwrap_err().reason().unwrap().code(), "token.malformed");
 }
+
+#[tokio::test]
+async fn id_token_hint_may_be_expired_but_must_be_genuine() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Rs256).await;
+    let t = m.sign("JWT", &env.claims(60)).await.unwrap();
+    env.advance(600);
+    assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.expired");
+    let c: Claims = m.verify_id_token_hint(&t, ISS).await.unwrap();
+    assert_eq!(c.sub, "user-1");
+
+    let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+    let mut evil = env.claims(60);
+    evil.sub = "admin".into();
+    parts[1] = b64j(&serde_json::to_value(&evil).unwrap());
+    let r: Result<Claims, _> = m.verify_id_token_hint(&parts.join("."), ISS).await;
+    assert_eq!(reason(r), "token.bad_signature");
+    let r: Result<Claims, _> = m
+        .verify_id_token_hint(&t, "https://evil.example.test")
+        .await;
+    assert_eq!(reason(r), "token.wrong_issuer");
+    let at = m.sign("at+jwt", &env.claims(60)).await.unwrap();
+    let r: Result<Claims, _> = m.verify_id_token_hint(&at, ISS).await;
+    assert_eq!(reason(r), "token.wrong_type");
+}
