@@ -1,0 +1,468 @@
+//! Keyset life cycle: signing, JWKS, rotation, replicas, key hygiene.
+
+use super::*;
+
+#[tokio::test]
+async fn sign_and_verify_round_trip_for_each_algorithm() {
+    for alg in ALL {
+        let env = Env::new();
+        let m = env.manager(alg).await;
+        let claims = env.claims(300);
+        let token = m.sign("JWT", &claims).await.unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, alg.jsonwebtoken(), "{alg:?}");
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        assert_eq!(
+            header.kid.as_deref(),
+            Some(env.stored().await.active.kid.as_str())
+        );
+        let back: Claims = m.verify(&token, "JWT", ISS).await.unwrap();
+        assert_eq!(back, claims, "{alg:?}");
+
+        let at = m.sign("at+jwt", &claims).await.unwrap();
+        let back: Claims = m.verify(&at, "at+jwt", ISS).await.unwrap();
+        assert_eq!(back, claims);
+        // RFC 9068 also allows the full media type.
+        let _: Claims = m.verify(&at, "application/at+jwt", ISS).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn token_verifies_with_only_its_jwk_from_jwks() {
+    for alg in ALL {
+        let env = Env::new();
+        let m = env.manager(alg).await;
+        let token = m.sign("JWT", &env.claims(300)).await.unwrap();
+        let jwks = m.jwks().await.unwrap();
+        let entry = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid_of(&token).as_str())
+            .unwrap()
+            .clone();
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(entry.clone()).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        let mut v = jsonwebtoken::Validation::new(alg.jsonwebtoken());
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Claims>(&token, &key, &v).unwrap();
+        assert_eq!(data.claims.sub, "user-1");
+        // kid is the RFC 7638 thumbprint, as computed by jsonwebtoken itself.
+        let thumb = jwk
+            .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
+            .unwrap();
+        assert_eq!(entry["kid"], thumb.as_str(), "{alg:?}");
+        assert_eq!(entry["use"], "sig");
+        assert_eq!(entry["alg"], alg.as_str());
+        let members: Vec<&str> = match alg {
+            SigningAlgorithm::Rs256 => vec!["n", "e"],
+            SigningAlgorithm::Es256 => vec!["x", "y"],
+            SigningAlgorithm::EdDsa => vec!["x"],
+        };
+        for m in members {
+            assert!(entry[m].is_string(), "{alg:?} lacks {m}");
+        }
+        let (kty, crv) = match alg {
+            SigningAlgorithm::Rs256 => ("RSA", Value::Null),
+            SigningAlgorithm::Es256 => ("EC", json!("P-256")),
+            SigningAlgorithm::EdDsa => ("OKP", json!("Ed25519")),
+        };
+        assert_eq!(entry["kty"], kty);
+        assert_eq!(entry["crv"], crv);
+        // And a different published key (next) does not verify it.
+        let other = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] != entry["kid"])
+            .unwrap();
+        let other: jsonwebtoken::jwk::Jwk = serde_json::from_value(other.clone()).unwrap();
+        let other = jsonwebtoken::DecodingKey::from_jwk(&other).unwrap();
+        assert!(jsonwebtoken::decode::<Claims>(&token, &other, &v).is_err());
+    }
+}
+
+#[tokio::test]
+async fn jwks_holds_public_members_only() {
+    for alg in ALL {
+        let env = Env::new();
+        let m = env.manager(alg).await;
+        let jwks = m.jwks().await.unwrap();
+        for k in jwks["keys"].as_array().unwrap() {
+            for private in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
+                assert!(k.get(private).is_none(), "{alg:?} publishes {private}");
+            }
+        }
+        assert!(!jwks.to_string().contains("PRIVATE"));
+    }
+}
+
+#[tokio::test]
+async fn next_key_is_published_before_it_signs_and_signs_after_rotate() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    let ks = env.stored().await;
+    let before = m.sign("JWT", &env.claims(300)).await.unwrap();
+    assert_eq!(kid_of(&before), ks.active.kid);
+    let kids = jwks_kids(&m.jwks().await.unwrap());
+    assert!(kids.contains(&ks.next.kid), "next must be in JWKS");
+    assert!(kids.contains(&ks.active.kid));
+    assert_ne!(ks.next.kid, ks.active.kid);
+
+    env.advance(60);
+    m.rotate().await.unwrap();
+    let after = m.sign("JWT", &env.claims(300)).await.unwrap();
+    assert_eq!(kid_of(&after), ks.next.kid, "former next signs");
+    let now = env.stored().await;
+    assert_eq!(now.active.kid, ks.next.kid);
+    assert_eq!(now.retired.len(), 1);
+    assert_eq!(now.retired[0].kid, ks.active.kid);
+    let kids = jwks_kids(&m.jwks().await.unwrap());
+    assert_eq!(kids.len(), 3);
+    assert!(kids.contains(&now.next.kid));
+}
+
+#[tokio::test]
+async fn retired_key_verifies_until_grace_ends_then_unknown_kid() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Rs256).await;
+    let old_kid = env.stored().await.active.kid;
+    // Longest allowed lifetime: the grace period must cover all of it.
+    let token = m.sign("JWT", &env.claims(3600)).await.unwrap();
+    m.rotate().await.unwrap();
+    let _: Claims = m.verify(&token, "JWT", ISS).await.unwrap();
+
+    env.advance(3600 - 1);
+    let _: Claims = m.verify(&token, "JWT", ISS).await.unwrap();
+    assert!(jwks_kids(&m.jwks().await.unwrap()).contains(&old_kid));
+
+    // Past retired_at + max_token_lifetime (+ leeway): gone everywhere.
+    env.advance(1 + LEEWAY_SECS + 1);
+    assert!(!jwks_kids(&m.jwks().await.unwrap()).contains(&old_kid));
+    assert_eq!(
+        reason(m.verify(&token, "JWT", ISS).await),
+        "token.unknown_kid"
+    );
+
+    // And the next rotation drops it from the stored keyset too.
+    m.rotate().await.unwrap();
+    let ks = env.stored().await;
+    assert!(ks.retired.iter().all(|k| k.kid != old_kid));
+    assert_eq!(ks.retired.len(), 1);
+}
+
+#[tokio::test]
+async fn two_managers_on_one_store_agree() {
+    let env = Env::new();
+    let a = env.manager(SigningAlgorithm::Rs256).await;
+    let b = env.manager(SigningAlgorithm::Rs256).await;
+    assert_eq!(a.jwks().await.unwrap(), b.jwks().await.unwrap());
+    let t = a.sign("JWT", &env.claims(300)).await.unwrap();
+    let _: Claims = b.verify(&t, "JWT", ISS).await.unwrap();
+
+    a.rotate().await.unwrap();
+    // b still runs on its cache, but already knows a's new active key,
+    // because it was published as `next`.
+    let t2 = a.sign("JWT", &env.claims(300)).await.unwrap();
+    let _: Claims = b.verify(&t2, "JWT", ISS).await.unwrap();
+    assert_ne!(a.jwks().await.unwrap(), b.jwks().await.unwrap());
+    env.advance(31);
+    assert_eq!(a.jwks().await.unwrap(), b.jwks().await.unwrap());
+    let t3 = b.sign("JWT", &env.claims(300)).await.unwrap();
+    assert_eq!(kid_of(&t3), kid_of(&t2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inits_create_one_keyset() {
+    for _ in 0..3 {
+        let env = Env::new();
+        let (a, b) = tokio::join!(
+            env.manager(SigningAlgorithm::Rs256),
+            env.manager(SigningAlgorithm::Rs256)
+        );
+        let ks = env.stored().await;
+        let jwks = a.jwks().await.unwrap();
+        assert_eq!(jwks, b.jwks().await.unwrap());
+        assert_eq!(jwks_kids(&jwks), vec![ks.active.kid.clone(), ks.next.kid]);
+        let ta = a.sign("JWT", &env.claims(60)).await.unwrap();
+        let tb = b.sign("JWT", &env.claims(60)).await.unwrap();
+        assert_eq!(kid_of(&ta), ks.active.kid);
+        assert_eq!(kid_of(&tb), ks.active.kid);
+    }
+}
+
+#[tokio::test]
+async fn rotation_is_refused_while_another_replica_holds_the_lock() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::EdDsa).await;
+    let lock = Key::global("keys", "signing-rotation-lock");
+    assert!(env
+        .store
+        .put_if_absent(&lock, b"other", Some(Duration::from_secs(30)))
+        .await
+        .unwrap());
+    let before = env.stored().await.active.kid;
+    assert!(matches!(
+        m.rotate().await,
+        Err(TokenError::RotationInProgress)
+    ));
+    env.advance(2 * 24 * 3600);
+    assert!(env.store.get(&lock).await.unwrap().is_none(), "TTL elapsed");
+    assert!(env
+        .store
+        .put_if_absent(&lock, b"other", Some(Duration::from_secs(30)))
+        .await
+        .unwrap());
+    // Due, but locked: no rotation.
+    assert!(!m.rotate_if_due().await.unwrap());
+    assert_eq!(env.stored().await.active.kid, before);
+    // Our failed attempts left the other holder's lock alone.
+    assert_eq!(env.store.get(&lock).await.unwrap().unwrap(), b"other");
+    env.advance(31);
+    assert!(m.rotate_if_due().await.unwrap());
+    assert_ne!(env.stored().await.active.kid, before);
+    assert!(
+        env.store.get(&lock).await.unwrap().is_none(),
+        "lock released"
+    );
+}
+
+#[tokio::test]
+async fn rotate_if_due_rotates_once_across_replicas() {
+    let env = Env::new();
+    let a = env.manager(SigningAlgorithm::Es256).await;
+    let b = env.manager(SigningAlgorithm::Es256).await;
+    assert!(!a.rotate_if_due().await.unwrap());
+    env.advance(24 * 3600 - 1);
+    assert!(!a.rotate_if_due().await.unwrap());
+    env.advance(1);
+    assert!(a.rotate_if_due().await.unwrap());
+    // b's cache says "due", the store under the lock says "just rotated".
+    assert!(!b.rotate_if_due().await.unwrap());
+    assert_eq!(env.stored().await.retired.len(), 1);
+}
+
+#[tokio::test]
+async fn sign_refuses_tokens_that_would_outlive_their_key() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    assert!(m.sign("JWT", &env.claims(3600)).await.is_ok());
+    assert!(matches!(
+        m.sign("JWT", &env.claims(3601)).await,
+        Err(TokenError::Claims(_))
+    ));
+    assert!(matches!(
+        m.sign("JWT", &json!({"iss": ISS})).await,
+        Err(TokenError::Claims(_))
+    ));
+}
+
+#[tokio::test]
+async fn debug_output_never_shows_private_keys() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Rs256).await;
+    m.rotate().await.unwrap();
+    let ks = env.stored().await;
+    let pem = ks.active.private_pem.expose().to_owned();
+    assert!(pem.contains("PRIVATE KEY"), "the test needs a real PEM");
+    let body: String = pem.lines().nth(1).unwrap().to_owned();
+    let signer = m.signer().await.unwrap();
+    for dump in [
+        format!("{ks:?}"),
+        format!("{:?}", ks.active),
+        format!("{m:?}"),
+        format!("{signer:?}"),
+        format!("{:?}", m.jwks().await.unwrap()),
+    ] {
+        assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+        assert!(!dump.contains(&body), "{dump}");
+    }
+    assert!(format!("{ks:?}").contains("[redacted]"));
+}
+
+#[tokio::test]
+async fn tampered_stored_keyset_fails_closed() {
+    let env = Env::new();
+    let _m = env.manager(SigningAlgorithm::Es256).await;
+    let mut ks = env.stored().await;
+    let other = env.stored().await.next;
+    // A keyset claiming the next key's kid for the active private key.
+    ks.active.kid = other.kid;
+    env.store
+        .put_json(&Key::global("keys", "signing"), &ks, None)
+        .await
+        .unwrap();
+    let r = KeyManager::init(
+        env.store.clone(),
+        Arc::new(env.clock.clone()),
+        config(SigningAlgorithm::Es256),
+    )
+    .await;
+    assert!(matches!(r, Err(TokenError::Key(_))));
+}
+
+#[tokio::test]
+async fn kid_is_deterministic_per_key() {
+    let env = Env::new();
+    let a = env.manager(SigningAlgorithm::EdDsa).await;
+    let first = a.jwks().await.unwrap();
+    env.advance(31);
+    // Re-read and re-derived from the stored PEM: same kids.
+    assert_eq!(a.jwks().await.unwrap(), first);
+}
+
+/// A store that holds the first two keyset reads until both have happened,
+/// so two `init`s are forced to both miss and both try to create.
+struct RacingStore {
+    inner: MemoryStore,
+    barrier: tokio::sync::Barrier,
+    gets: std::sync::atomic::AtomicUsize,
+    creations: std::sync::Mutex<Vec<bool>>,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for RacingStore {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        let n = self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = self.inner.get(key).await;
+        if n < 2 {
+            self.barrier.wait().await;
+        }
+        r
+    }
+    async fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.put(key, value, ttl).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let won = self.inner.put_if_absent(key, value, ttl).await?;
+        self.creations.lock().unwrap().push(won);
+        Ok(won)
+    }
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.take(key).await
+    }
+    async fn delete(&self, key: &Key) -> Result<bool, crate::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn set_add(
+        &self,
+        key: &Key,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.set_add(key, member, ttl).await
+    }
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), crate::store::StoreError> {
+        self.inner.set_remove(key, member).await
+    }
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, crate::store::StoreError> {
+        self.inner.set_members(key).await
+    }
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, crate::store::StoreError> {
+        self.inner.incr(key, ttl).await
+    }
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_race_loser_adopts_the_winners_keyset() {
+    let clock = clock();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let racing = Arc::new(RacingStore {
+        inner: MemoryStore::new(shared.clone()),
+        barrier: tokio::sync::Barrier::new(2),
+        gets: Default::default(),
+        creations: Default::default(),
+    });
+    let store: SharedStore = racing.clone();
+    let (a, b) = tokio::join!(
+        KeyManager::init(
+            store.clone(),
+            shared.clone(),
+            config(SigningAlgorithm::Es256)
+        ),
+        KeyManager::init(
+            store.clone(),
+            shared.clone(),
+            config(SigningAlgorithm::Es256)
+        ),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut creations = racing.creations.lock().unwrap().clone();
+    creations.sort();
+    assert_eq!(creations, vec![false, true], "both tried, one won");
+    assert_eq!(a.jwks().await.unwrap(), b.jwks().await.unwrap());
+    let t = b
+        .sign(
+            "JWT",
+            &Env {
+                store: store.clone(),
+                clock: clock.clone(),
+            }
+            .claims(60),
+        )
+        .await
+        .unwrap();
+    let _: Claims = a.verify(&t, "JWT", ISS).await.unwrap();
+}
+
+#[tokio::test]
+async fn signing_algorithms_follow_the_keys_through_an_algorithm_change() {
+    let env = Env::new();
+    let rsa = env.manager(SigningAlgorithm::Rs256).await;
+    assert_eq!(
+        rsa.signing_algorithms().await.unwrap(),
+        vec![SigningAlgorithm::Rs256]
+    );
+    // Reconfigured to EdDSA: the existing next (RSA) becomes active, the new
+    // next is Ed25519; one more rotation and EdDSA signs.
+    let ed = env.manager(SigningAlgorithm::EdDsa).await;
+    ed.rotate().await.unwrap();
+    assert_eq!(
+        ed.signing_algorithms().await.unwrap(),
+        vec![SigningAlgorithm::Rs256, SigningAlgorithm::EdDsa]
+    );
+    let t = ed.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().alg,
+        jsonwebtoken::Algorithm::RS256
+    );
+    ed.rotate().await.unwrap();
+    let t = ed.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().alg,
+        jsonwebtoken::Algorithm::EdDSA
+    );
+    let _: Claims = ed.verify(&t, "JWT", ISS).await.unwrap();
+    env.advance(31);
+    let _: Claims = rsa.verify(&t, "JWT", ISS).await.unwrap();
+}
+
+#[tokio::test]
+async fn manager_is_shareable_across_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    send_sync(&m);
+    let c = env.claims(60);
+    send(&m.sign("JWT", &c));
+    send(&m.verify::<Claims>("x", "JWT", ISS));
+    send(&m.jwks());
+    send(&m.rotate_if_due());
+    send(&m.signer());
+}
