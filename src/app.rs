@@ -32,7 +32,12 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
 }
 
 /// Builds the connector context from the settings.
-pub fn upstream_context(settings: &Settings, resolved: &Resolved, store: SharedStore, clock: SharedClock) -> anyhow::Result<UpstreamContext> {
+pub fn upstream_context(
+    settings: &Settings,
+    resolved: &Resolved,
+    store: SharedStore,
+    clock: SharedClock,
+) -> anyhow::Result<UpstreamContext> {
     let http = OutboundHttp::new(OutboundConfig {
         allow_private_networks: settings.outbound.allow_private_networks,
         timeout: Duration::from_secs(settings.outbound.timeout_secs),
@@ -57,10 +62,18 @@ fn algorithm(name: &str) -> SigningAlgorithm {
 }
 
 /// Builds the application state on `store`.
-pub async fn build(settings: &Settings, resolved: &Resolved, store: SharedStore, clock: SharedClock) -> anyhow::Result<Arc<AppState>> {
+pub async fn build(
+    settings: &Settings,
+    resolved: &Resolved,
+    store: SharedStore,
+    clock: SharedClock,
+) -> anyhow::Result<Arc<AppState>> {
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
     let alg = algorithm(&settings.tokens.algorithm);
-    let max_lifetime = settings.tokens.id_token_ttl_secs.max(settings.tokens.access_token_ttl_secs);
+    let max_lifetime = settings
+        .tokens
+        .id_token_ttl_secs
+        .max(settings.tokens.access_token_ttl_secs);
     let keys = KeyManager::init(
         store.clone(),
         clock.clone(),
@@ -126,11 +139,17 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
         let allowed_tenants = c
             .allowed_tenants
             .iter()
-            .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}")))
+            .map(|t| {
+                TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let client = Client {
             client_id: c.client_id.clone(),
-            name: if c.name.is_empty() { c.client_id.clone() } else { c.name.clone() },
+            name: if c.name.is_empty() {
+                c.client_id.clone()
+            } else {
+                c.name.clone()
+            },
             secret_sha256: c.client_secret.as_ref().map(|s| hash_secret(s.expose())),
             redirect_uris: c.redirect_uris.clone(),
             post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
@@ -149,7 +168,11 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
     if state.tenants.get(&tenant).await?.is_none() {
         state
             .tenants
-            .create(tenant.clone(), "Demo tenant".into(), vec!["demo.example".into()])
+            .create(
+                tenant.clone(),
+                "Demo tenant".into(),
+                vec!["demo.example".into()],
+            )
             .await?;
     }
     let conn_id = ConnectionId::parse("dev").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -182,22 +205,43 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
         anyhow::bail!("{errs}");
     }
     for f in files {
-        let id = TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
+        let id =
+            TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
         if state.tenants.get(&id).await?.is_none() {
-            let name = if f.name.is_empty() { f.id.clone() } else { f.name.clone() };
-            let domains = f.domains.iter().filter_map(|d| crate::tenant::parse_domain(d)).collect();
+            let name = if f.name.is_empty() {
+                f.id.clone()
+            } else {
+                f.name.clone()
+            };
+            let domains = f
+                .domains
+                .iter()
+                .filter_map(|d| crate::tenant::parse_domain(d))
+                .collect();
             state.tenants.create(id.clone(), name, domains).await?;
         }
         for body in f.connection_bodies() {
             let declared = crate::tokens::sha256_base64url(body.to_string().as_bytes());
-            let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let cid = body
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
             let marker = Key::tenant(id.as_str(), "config", format!("declared:{cid}"));
             if state.store.get(&marker).await?.as_deref() == Some(declared.as_bytes()) {
                 continue;
             }
-            let conn = crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: connections[{cid}].{}: {}", f.path.display(), e.field, e.message))?;
+            let conn =
+                crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: connections[{cid}].{}: {}",
+                            f.path.display(),
+                            e.field,
+                            e.message
+                        )
+                    })?;
             state.tenants.put_connection(&conn).await?;
             state.store.put(&marker, declared.as_bytes(), None).await?;
             tracing::info!(tenant = %id, connection = %cid, "declared connection loaded");
@@ -227,8 +271,20 @@ pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
     format!(
         "issuer {} · store {} · admin API {} · dev mode {}",
         resolved.public_url,
-        if settings.store.redis_url.is_some() { "redis" } else { "in-memory" },
-        if settings.admin.token.is_some() { "on" } else { "off" },
-        if settings.dev.enabled { "ON (not for production)" } else { "off" },
+        if settings.store.redis_url.is_some() {
+            "redis"
+        } else {
+            "in-memory"
+        },
+        if settings.admin.token.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        if settings.dev.enabled {
+            "ON (not for production)"
+        } else {
+            "off"
+        },
     )
 }

@@ -47,17 +47,42 @@ impl AdminError {
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, title, detail, field) = match &self {
-            Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "Unauthorized", d.to_string(), None),
-            Self::Invalid { field, detail } => (StatusCode::BAD_REQUEST, "Invalid request", detail.clone(), Some(field.clone())),
+            Self::Unauthorized(d) => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                d.to_string(),
+                None,
+            ),
+            Self::Invalid { field, detail } => (
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                detail.clone(),
+                Some(field.clone()),
+            ),
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", d.clone(), None),
-            Self::Conflict { field, detail } => (StatusCode::CONFLICT, "Conflict", detail.clone(), Some(field.to_string())),
+            Self::Conflict { field, detail } => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                detail.clone(),
+                Some(field.to_string()),
+            ),
             Self::Internal(d) => {
                 tracing::error!(reason = "admin.internal", detail = %d, "admin request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "The request could not be completed.".into(), None)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    "The request could not be completed.".into(),
+                    None,
+                )
             }
         };
         if !matches!(self, Self::Internal(_)) {
-            tracing::info!(reason = "admin.refused", status = status.as_u16(), field = field.as_deref().unwrap_or(""), "{detail}");
+            tracing::info!(
+                reason = "admin.refused",
+                status = status.as_u16(),
+                field = field.as_deref().unwrap_or(""),
+                "{detail}"
+            );
         }
         let mut body = json!({
             "type": "about:blank",
@@ -70,9 +95,17 @@ impl IntoResponse for AdminError {
                 o.insert("field".into(), json!(f));
             }
         }
-        let mut resp = (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }

@@ -58,7 +58,11 @@ pub enum AuthorizeError {
     },
 }
 
-fn redirect_err(error: &'static str, reason: &'static str, description: impl Into<String>) -> AuthorizeError {
+fn redirect_err(
+    error: &'static str,
+    reason: &'static str,
+    description: impl Into<String>,
+) -> AuthorizeError {
     AuthorizeError::Redirect {
         error,
         reason,
@@ -77,10 +81,16 @@ pub fn client_and_redirect<'a>(
         message: message.into(),
     };
     let Some(client) = client else {
-        return Err(page("authorize.unknown_client", "The application is not registered with this sign-in service."));
+        return Err(page(
+            "authorize.unknown_client",
+            "The application is not registered with this sign-in service.",
+        ));
     };
     let Some(uri) = params.get("redirect_uri") else {
-        return Err(page("authorize.missing_redirect_uri", "The application did not say where to return (redirect_uri)."));
+        return Err(page(
+            "authorize.missing_redirect_uri",
+            "The application did not say where to return (redirect_uri).",
+        ));
     };
     if !client.redirect_uris.iter().any(|r| r == uri) {
         return Err(page(
@@ -92,13 +102,23 @@ pub fn client_and_redirect<'a>(
 }
 
 fn is_pkce_challenge(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Step two: every other parameter.
-pub fn parse(params: &BTreeMap<String, String>, client: &Client, redirect_uri: &str) -> Result<AuthRequest, AuthorizeError> {
+pub fn parse(
+    params: &BTreeMap<String, String>,
+    client: &Client,
+    redirect_uri: &str,
+) -> Result<AuthRequest, AuthorizeError> {
     if params.contains_key("request") || params.contains_key("request_uri") {
-        return Err(redirect_err("request_not_supported", "authorize.request_object", "Request objects are not supported."));
+        return Err(redirect_err(
+            "request_not_supported",
+            "authorize.request_object",
+            "Request objects are not supported.",
+        ));
     }
     match params.get("response_type").map(String::as_str) {
         Some("code") => {}
@@ -109,11 +129,21 @@ pub fn parse(params: &BTreeMap<String, String>, client: &Client, redirect_uri: &
                 "Only response_type=code is supported.",
             ))
         }
-        None => return Err(redirect_err("invalid_request", "authorize.missing_response_type", "response_type is required.")),
+        None => {
+            return Err(redirect_err(
+                "invalid_request",
+                "authorize.missing_response_type",
+                "response_type is required.",
+            ))
+        }
     }
     if let Some(mode) = params.get("response_mode") {
         if mode != "query" {
-            return Err(redirect_err("invalid_request", "authorize.response_mode", "Only response_mode=query is supported."));
+            return Err(redirect_err(
+                "invalid_request",
+                "authorize.response_mode",
+                "Only response_mode=query is supported.",
+            ));
         }
     }
     let scope: Vec<String> = params
@@ -121,13 +151,24 @@ pub fn parse(params: &BTreeMap<String, String>, client: &Client, redirect_uri: &
         .map(|s| s.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
     if !scope.iter().any(|s| s == "openid") {
-        return Err(redirect_err("invalid_scope", "authorize.scope_without_openid", "scope must include openid."));
+        return Err(redirect_err(
+            "invalid_scope",
+            "authorize.scope_without_openid",
+            "scope must include openid.",
+        ));
     }
     let code_challenge = params.get("code_challenge").cloned();
-    match (params.get("code_challenge_method").map(String::as_str), &code_challenge) {
+    match (
+        params.get("code_challenge_method").map(String::as_str),
+        &code_challenge,
+    ) {
         (Some("S256"), Some(c)) if is_pkce_challenge(c) => {}
         (Some("S256"), Some(_)) => {
-            return Err(redirect_err("invalid_request", "pkce.bad_challenge", "code_challenge is not a S256 challenge."))
+            return Err(redirect_err(
+                "invalid_request",
+                "pkce.bad_challenge",
+                "code_challenge is not a S256 challenge.",
+            ))
         }
         (None, Some(_)) | (Some("plain"), _) => {
             return Err(redirect_err(
@@ -137,29 +178,62 @@ pub fn parse(params: &BTreeMap<String, String>, client: &Client, redirect_uri: &
             ))
         }
         (Some(_), _) => {
-            return Err(redirect_err("invalid_request", "pkce.bad_method", "code_challenge_method must be S256."))
+            return Err(redirect_err(
+                "invalid_request",
+                "pkce.bad_method",
+                "code_challenge_method must be S256.",
+            ))
         }
         (None, None) if client.is_public() => {
-            return Err(redirect_err("invalid_request", "pkce.required", "PKCE (S256) is required for public clients."))
+            return Err(redirect_err(
+                "invalid_request",
+                "pkce.required",
+                "PKCE (S256) is required for public clients.",
+            ))
         }
         (None, None) => {}
     }
-    let prompts: Vec<&str> = params.get("prompt").map(|p| p.split_whitespace().collect()).unwrap_or_default();
+    let prompts: Vec<&str> = params
+        .get("prompt")
+        .map(|p| p.split_whitespace().collect())
+        .unwrap_or_default();
     let prompt_none = prompts.contains(&"none");
     if prompt_none && prompts.len() > 1 {
-        return Err(redirect_err("invalid_request", "authorize.prompt_none_combined", "prompt=none cannot be combined."));
+        return Err(redirect_err(
+            "invalid_request",
+            "authorize.prompt_none_combined",
+            "prompt=none cannot be combined.",
+        ));
     }
-    if let Some(p) = prompts.iter().find(|p| !matches!(**p, "none" | "login" | "consent" | "select_account")) {
-        return Err(redirect_err("invalid_request", "authorize.prompt", format!("prompt value {p:?} is not supported.")));
+    if let Some(p) = prompts
+        .iter()
+        .find(|p| !matches!(**p, "none" | "login" | "consent" | "select_account"))
+    {
+        return Err(redirect_err(
+            "invalid_request",
+            "authorize.prompt",
+            format!("prompt value {p:?} is not supported."),
+        ));
     }
     let max_age = match params.get("max_age") {
         None => None,
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n >= 0 => Some(n),
-            _ => return Err(redirect_err("invalid_request", "authorize.max_age", "max_age must be a non-negative integer.")),
+            _ => {
+                return Err(redirect_err(
+                    "invalid_request",
+                    "authorize.max_age",
+                    "max_age must be a non-negative integer.",
+                ))
+            }
         },
     };
-    let short = |k: &str| params.get(k).filter(|v| !v.is_empty() && v.len() <= 2048).cloned();
+    let short = |k: &str| {
+        params
+            .get(k)
+            .filter(|v| !v.is_empty() && v.len() <= 2048)
+            .cloned()
+    };
     Ok(AuthRequest {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),

@@ -16,7 +16,9 @@ use crate::provider::codes::Authorization;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::{email_domain, Tenant, TenantRegistry};
-use crate::upstream::{BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect};
+use crate::upstream::{
+    BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect,
+};
 use authorize::{AuthRequest, AuthorizeError};
 use serde::{Deserialize, Serialize};
 use session::{BrowserSso, SsoSession};
@@ -117,7 +119,12 @@ fn error_to_app(req: &AuthRequest, issuer: &str, error: &str, description: &str)
     }
     match app_redirect(&req.redirect_uri, issuer, &params) {
         Some(u) => Outcome::App(u),
-        None => page(400, "Sign-in failed", description, "authorize.bad_redirect_uri"),
+        None => page(
+            400,
+            "Sign-in failed",
+            description,
+            "authorize.bad_redirect_uri",
+        ),
     }
 }
 
@@ -156,15 +163,29 @@ impl Broker {
                 return page(400, "This sign-in link is not valid", message, reason);
             }
             Err(AuthorizeError::Redirect { .. }) => {
-                return page(400, "This sign-in link is not valid", "Invalid request.", "authorize.invalid")
+                return page(
+                    400,
+                    "This sign-in link is not valid",
+                    "Invalid request.",
+                    "authorize.invalid",
+                )
             }
         };
         let Some(client) = client else {
-            return page(400, "This sign-in link is not valid", "Unknown application.", "authorize.unknown_client");
+            return page(
+                400,
+                "This sign-in link is not valid",
+                "Unknown application.",
+                "authorize.unknown_client",
+            );
         };
         let req = match authorize::parse(&params, &client, &redirect_uri) {
             Ok(r) => r,
-            Err(AuthorizeError::Redirect { error, reason, description }) => {
+            Err(AuthorizeError::Redirect {
+                error,
+                reason,
+                description,
+            }) => {
                 tracing::info!(reason, client_id = %client_id, "authorization request refused");
                 let state = params.get("state").cloned();
                 let stub = AuthRequest {
@@ -195,17 +216,21 @@ impl Broker {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
             }
             Ok(None) => {
-                let error = req
-                    .login_hint
-                    .as_ref()
-                    .map(|_| "No organization uses single sign-on for that email domain.".to_owned());
+                let error = req.login_hint.as_ref().map(|_| {
+                    "No organization uses single sign-on for that email domain.".to_owned()
+                });
                 return Outcome::ChooseTenant { params, error };
             }
             Err(e) => return unavailable(e),
         };
         if !client.allows_tenant(&tenant.id) {
             tracing::info!(reason = "authorize.tenant_not_allowed", tenant = %tenant.id, client_id = %client_id);
-            return error_to_app(&req, &issuer, "access_denied", "This application is not available to your organization.");
+            return error_to_app(
+                &req,
+                &issuer,
+                "access_denied",
+                "This application is not available to your organization.",
+            );
         }
 
         // Which connection?
@@ -214,19 +239,30 @@ impl Broker {
             Err(e) => return unavailable(e),
         };
         let connection = match &req.connection {
-            Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
+            Some(c) => match ConnectionId::parse(c)
+                .ok()
+                .filter(|c| connection_ids.contains(c))
+            {
                 Some(c) => c,
-                None => return error_to_app(&req, &issuer, "invalid_request", "Unknown connection for this tenant."),
-            },
-            None => match connection_ids.as_slice() {
-                [] => {
-                    return page(
-                        409,
-                        "Single sign-on is not set up yet",
-                        format!("{} has not connected an identity provider yet. Ask your IT administrator.", tenant.name),
-                        "authorize.no_connection",
+                None => {
+                    return error_to_app(
+                        &req,
+                        &issuer,
+                        "invalid_request",
+                        "Unknown connection for this tenant.",
                     )
                 }
+            },
+            None => match connection_ids.as_slice() {
+                [] => return page(
+                    409,
+                    "Single sign-on is not set up yet",
+                    format!(
+                        "{} has not connected an identity provider yet. Ask your IT administrator.",
+                        tenant.name
+                    ),
+                    "authorize.no_connection",
+                ),
                 [only] => only.clone(),
                 _ => {
                     return Outcome::ChooseConnection {
@@ -248,12 +284,20 @@ impl Broker {
             Err(e) => return unavailable(e),
         }
         if req.prompt_none {
-            return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
+            return error_to_app(
+                &req,
+                &issuer,
+                "login_required",
+                "The user is not signed in.",
+            );
         }
         self.begin_upstream(req, tenant.id, connection).await
     }
 
-    async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+    async fn resolve_tenant(
+        &self,
+        req: &AuthRequest,
+    ) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
         if let Some(t) = &req.tenant {
             return match TenantId::parse(t) {
                 Ok(id) => self.tenants.get(&id).await,
@@ -266,14 +310,23 @@ impl Broker {
         }
     }
 
-    async fn usable_session(&self, sso: &BrowserSso, tenant: &TenantId, req: &AuthRequest) -> Result<Option<SsoSession>, StoreError> {
+    async fn usable_session(
+        &self,
+        sso: &BrowserSso,
+        tenant: &TenantId,
+        req: &AuthRequest,
+    ) -> Result<Option<SsoSession>, StoreError> {
         if req.prompt_login {
             return Ok(None);
         }
         let Some(s) = session::load(&self.store, sso, tenant).await? else {
             return Ok(None);
         };
-        if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
+        if req
+            .connection
+            .as_deref()
+            .is_some_and(|c| c != s.connection.as_str())
+        {
             return Ok(None);
         }
         let now = self.provider.clock.unix();
@@ -285,8 +338,17 @@ impl Broker {
         Ok(Some(s))
     }
 
-    async fn begin_upstream(&self, req: AuthRequest, tenant: TenantId, connection: ConnectionId) -> Outcome {
-        let connector = match self.connectors.get(&self.tenants, &self.upstream, &tenant, &connection).await {
+    async fn begin_upstream(
+        &self,
+        req: AuthRequest,
+        tenant: TenantId,
+        connection: ConnectionId,
+    ) -> Outcome {
+        let connector = match self
+            .connectors
+            .get(&self.tenants, &self.upstream, &tenant, &connection)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
@@ -306,38 +368,82 @@ impl Broker {
             request: req,
             connector_state: started.state,
         };
-        if let Err(e) = self.store.put_json(&pending_key(&tenant, &login_id), &pending, Some(self.login_ttl)).await {
+        if let Err(e) = self
+            .store
+            .put_json(
+                &pending_key(&tenant, &login_id),
+                &pending,
+                Some(self.login_ttl),
+            )
+            .await
+        {
             return unavailable(e);
         }
         tracing::info!(reason = "login.started", tenant = %tenant, connection = %connection, "sent to the IdP");
         Outcome::Upstream(started.redirect)
     }
 
-    fn upstream_failed(&self, req: Option<&AuthRequest>, tenant: &TenantId, connection: &ConnectionId, e: UpstreamError) -> Outcome {
+    fn upstream_failed(
+        &self,
+        req: Option<&AuthRequest>,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        e: UpstreamError,
+    ) -> Outcome {
         if e.internal {
             tracing::error!(reason = e.code, tenant = %tenant, connection = %connection, detail = %e.detail, "upstream failure");
         } else {
             tracing::warn!(reason = e.code, tenant = %tenant, connection = %connection, detail = %e.detail, "upstream response rejected");
         }
-        let error = if e.internal { "temporarily_unavailable" } else { "access_denied" };
+        let error = if e.internal {
+            "temporarily_unavailable"
+        } else {
+            "access_denied"
+        };
         match req {
             Some(r) => error_to_app(r, &self.provider.iss(), error, &e.message),
-            None => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
+            None => page(
+                if e.internal { 502 } else { 400 },
+                "Sign-in failed",
+                e.message,
+                e.code,
+            ),
         }
     }
 
     /// The IdP's answer (OIDC callback, SAML ACS, dev IdP).
-    pub async fn complete(&self, tenant: &str, connection: &str, params: CallbackParams, sso: &mut BrowserSso) -> Outcome {
-        let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
-            return page(404, "Unknown sign-in address", "This sign-in address does not exist.", "callback.unknown_connection");
+    pub async fn complete(
+        &self,
+        tenant: &str,
+        connection: &str,
+        params: CallbackParams,
+        sso: &mut BrowserSso,
+    ) -> Outcome {
+        let (Ok(tenant), Ok(connection)) =
+            (TenantId::parse(tenant), ConnectionId::parse(connection))
+        else {
+            return page(
+                404,
+                "Unknown sign-in address",
+                "This sign-in address does not exist.",
+                "callback.unknown_connection",
+            );
         };
-        let connector = match self.connectors.get(&self.tenants, &self.upstream, &tenant, &connection).await {
+        let connector = match self
+            .connectors
+            .get(&self.tenants, &self.upstream, &tenant, &connection)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return self.upstream_failed(None, &tenant, &connection, e),
         };
         // Find (and consume) the pending login the IdP's answer refers to.
         let pending = match connector.login_id(&params) {
-            Some(id) if id.len() <= 128 => match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
+            Some(id) if id.len() <= 128 => match self
+                .store
+                .take_json::<PendingLogin>(&pending_key(&tenant, id))
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => return unavailable(e),
             },
@@ -346,16 +452,23 @@ impl Broker {
         if let Some(p) = &pending {
             if p.connection != connection || p.tenant != tenant {
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
-                return page(400, "Sign-in failed", "This answer does not belong to the sign-in that was started.", "callback.login_mismatch");
+                return page(
+                    400,
+                    "Sign-in failed",
+                    "This answer does not belong to the sign-in that was started.",
+                    "callback.login_mismatch",
+                );
             }
         }
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => match self.unsolicited_request(&client_id, &redirect_uri).await {
-                    Ok(r) => r,
-                    Err(o) => return o,
-                },
+                Some((client_id, redirect_uri)) => {
+                    match self.unsolicited_request(&client_id, &redirect_uri).await {
+                        Ok(r) => r,
+                        Err(o) => return o,
+                    }
+                }
                 None => {
                     let reason = if connector.login_id(&params).is_some() {
                         "callback.unknown_login"
@@ -372,11 +485,19 @@ impl Broker {
                 }
             },
         };
-        let identity = match connector.complete(pending.as_ref().map(|p| &p.connector_state), &params).await {
+        let identity = match connector
+            .complete(pending.as_ref().map(|p| &p.connector_state), &params)
+            .await
+        {
             Ok(i) => i,
             Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
         };
-        let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
+        let (user, provisioned) = match self
+            .provider
+            .directory
+            .provision(&tenant, &connection, &identity)
+            .await
+        {
             Ok(u) => u,
             Err(e) => return unavailable(e),
         };
@@ -399,8 +520,17 @@ impl Broker {
         self.finish(&request, &s).await
     }
 
-    async fn unsolicited_request(&self, client_id: &str, redirect_uri: &Url) -> Result<AuthRequest, Outcome> {
-        let client = self.provider.clients.get(client_id).await.map_err(unavailable)?;
+    async fn unsolicited_request(
+        &self,
+        client_id: &str,
+        redirect_uri: &Url,
+    ) -> Result<AuthRequest, Outcome> {
+        let client = self
+            .provider
+            .clients
+            .get(client_id)
+            .await
+            .map_err(unavailable)?;
         let ok = client
             .as_ref()
             .is_some_and(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str()));
@@ -453,7 +583,12 @@ impl Broker {
         }
         match app_redirect(&req.redirect_uri, &self.provider.iss(), &params) {
             Some(u) => Outcome::App(u),
-            None => page(400, "Sign-in failed", "The application's address is invalid.", "authorize.bad_redirect_uri"),
+            None => page(
+                400,
+                "Sign-in failed",
+                "The application's address is invalid.",
+                "authorize.bad_redirect_uri",
+            ),
         }
     }
 

@@ -28,16 +28,25 @@ Anyone can sign in as anyone here. It only exists when Portcullis runs in dev mo
 /// The dev-mode routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/dev/{tenant}/{connection}/login", get(login_form).post(login_submit))
+        .route(
+            "/dev/{tenant}/{connection}/login",
+            get(login_form).post(login_submit),
+        )
         .route("/dev/{tenant}/{connection}/callback", get(callback))
         .route("/demo", get(demo_home))
         .route("/demo/login", get(demo_login))
         .route("/demo/callback", get(demo_callback))
 }
 
-async fn login_form(Path((tenant, connection)): Path<(String, String)>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn login_form(
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     let state = q.get("state").cloned().unwrap_or_default();
-    let email = q.get("login_hint").cloned().unwrap_or_else(|| "jane.doe@demo.example".into());
+    let email = q
+        .get("login_hint")
+        .cloned()
+        .unwrap_or_else(|| "jane.doe@demo.example".into());
     let body = format!(
         "{BANNER}<h1>Sign in to {t} / {c}</h1><form method=\"post\">\
 <input type=\"hidden\" name=\"state\" value=\"{s}\">\
@@ -51,7 +60,11 @@ async fn login_form(Path((tenant, connection)): Path<(String, String)>, Query(q)
         s = esc(&state),
         e = esc(&email)
     );
-    (pages::no_store(), Html(pages::layout("Dev IdP sign-in", &body))).into_response()
+    (
+        pages::no_store(),
+        Html(pages::layout("Dev IdP sign-in", &body)),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -72,14 +85,27 @@ async fn login_submit(
     Form(f): Form<DevLogin>,
 ) -> Response {
     let Ok(t) = TenantId::parse(&tenant) else {
-        return pages::error_page(StatusCode::NOT_FOUND, "Unknown tenant", "No such tenant.", "dev.unknown_tenant");
+        return pages::error_page(
+            StatusCode::NOT_FOUND,
+            "Unknown tenant",
+            "No such tenant.",
+            "dev.unknown_tenant",
+        );
     };
     let email = f.email.trim().to_ascii_lowercase();
     if !email.contains('@') {
-        return pages::error_page(StatusCode::BAD_REQUEST, "Invalid email", "Enter an email address.", "dev.bad_email");
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid email",
+            "Enter an email address.",
+            "dev.bad_email",
+        );
     }
     let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
-    let name = [f.given_name.trim(), f.family_name.trim()].join(" ").trim().to_owned();
+    let name = [f.given_name.trim(), f.family_name.trim()]
+        .join(" ")
+        .trim()
+        .to_owned();
     let identity = Identity {
         subject: email.clone(),
         email: Some(email),
@@ -95,11 +121,20 @@ async fn login_submit(
         Ok(t) => t,
         Err(e) => {
             tracing::error!(reason = "store.unavailable", error = %e);
-            return pages::error_page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "Please try again.", "store.unavailable");
+            return pages::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Please try again.",
+                "store.unavailable",
+            );
         }
     };
-    let mut url = app.upstream.public(&format!("dev/{tenant}/{connection}/callback"));
-    url.query_pairs_mut().append_pair("state", &f.state).append_pair("ticket", &ticket);
+    let mut url = app
+        .upstream
+        .public(&format!("dev/{tenant}/{connection}/callback"));
+    url.query_pairs_mut()
+        .append_pair("state", &f.state)
+        .append_pair("ticket", &ticket);
     Redirect::to(url.as_str()).into_response()
 }
 
@@ -110,10 +145,18 @@ async fn callback(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     let mut sso = load_sso(&session).await;
-    let params = CallbackParams { query, form: BTreeMap::new() };
-    let outcome = app.broker.complete(&tenant, &connection, params, &mut sso).await;
+    let params = CallbackParams {
+        query,
+        form: BTreeMap::new(),
+    };
+    let outcome = app
+        .broker
+        .complete(&tenant, &connection, params, &mut sso)
+        .await;
     let _ = session.cycle_id().await;
-    let _ = session.insert(crate::broker::session::SESSION_FIELD, &sso).await;
+    let _ = session
+        .insert(crate::broker::session::SESSION_FIELD, &sso)
+        .await;
     respond(&app, outcome)
 }
 
@@ -147,7 +190,10 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", DEMO_CLIENT)
-        .append_pair("redirect_uri", app.upstream.public("demo/callback").as_str())
+        .append_pair(
+            "redirect_uri",
+            app.upstream.public("demo/callback").as_str(),
+        )
         .append_pair("scope", "openid email profile offline_access")
         .append_pair("state", &login.state)
         .append_pair("nonce", &login.nonce)
@@ -158,16 +204,30 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
     Redirect::to(url.as_str()).into_response()
 }
 
-async fn demo_callback(State(app): State<Arc<AppState>>, session: Session, Query(q): Query<BTreeMap<String, String>>) -> Response {
-    let fail = |m: &str, r: &str| pages::error_page(StatusCode::BAD_REQUEST, "Demo sign-in failed", m, r);
+async fn demo_callback(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let fail =
+        |m: &str, r: &str| pages::error_page(StatusCode::BAD_REQUEST, "Demo sign-in failed", m, r);
     let Ok(Some(login)) = session.remove::<DemoLogin>("demo_login").await else {
-        return fail("No sign-in was started from the demo app in this browser.", "demo.no_login");
+        return fail(
+            "No sign-in was started from the demo app in this browser.",
+            "demo.no_login",
+        );
     };
     if q.get("state") != Some(&login.state) {
         return fail("The state does not match.", "demo.state_mismatch");
     }
     if let Some(e) = q.get("error") {
-        return fail(&format!("{e}: {}", q.get("error_description").cloned().unwrap_or_default()), "demo.error");
+        return fail(
+            &format!(
+                "{e}: {}",
+                q.get("error_description").cloned().unwrap_or_default()
+            ),
+            "demo.error",
+        );
     }
     let Ok(Some(client)) = app.provider.clients.get(DEMO_CLIENT).await else {
         return fail("The demo client is not registered.", "demo.no_client");
@@ -184,7 +244,12 @@ async fn demo_callback(State(app): State<Arc<AppState>>, session: Session, Query
         Err(e) => return fail(&e.description, e.reason),
     };
     let id_token = tokens.id_token.clone().unwrap_or_default();
-    let id_claims: serde_json::Value = match app.provider.keys.verify(&id_token, "JWT", &app.provider.iss()).await {
+    let id_claims: serde_json::Value = match app
+        .provider
+        .keys
+        .verify(&id_token, "JWT", &app.provider.iss())
+        .await
+    {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string(), "demo.bad_id_token"),
     };
@@ -202,7 +267,10 @@ async fn demo_callback(State(app): State<Arc<AppState>>, session: Session, Query
     logout
         .query_pairs_mut()
         .append_pair("id_token_hint", &id_token)
-        .append_pair("post_logout_redirect_uri", app.upstream.public("demo").as_str());
+        .append_pair(
+            "post_logout_redirect_uri",
+            app.upstream.public("demo").as_str(),
+        );
     let body = format!(
         "{BANNER}<h1>Signed in</h1><h2>ID token claims</h2><pre>{}</pre><h2>Access token claims (RFC 9068)</h2><pre>{}</pre>\
 <p>Refresh token issued: {}</p><p><a href=\"{}\">Sign out</a> · <a href=\"{}\">Home</a></p>",
@@ -212,5 +280,9 @@ async fn demo_callback(State(app): State<Arc<AppState>>, session: Session, Query
         esc(logout.as_str()),
         esc(app.upstream.public("demo").as_str()),
     );
-    (pages::no_store(), Html(pages::layout("Demo app: signed in", &body))).into_response()
+    (
+        pages::no_store(),
+        Html(pages::layout("Demo app: signed in", &body)),
+    )
+        .into_response()
 }

@@ -18,11 +18,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<ser
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(e)) => {
             tracing::warn!(reason = "readyz.store_unavailable", error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "store unavailable"})),
+            )
         }
         Err(_) => {
             tracing::warn!(reason = "readyz.store_timeout", "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "store unavailable"})),
+            )
         }
     }
 }

@@ -23,19 +23,28 @@ impl IntoResponse for OAuthError {
         if let Some(detail) = &self.detail {
             tracing::error!(reason = self.reason, detail = %detail, "OAuth request failed on our side");
         } else {
-            tracing::info!(reason = self.reason, error = self.code, "OAuth request refused");
+            tracing::info!(
+                reason = self.reason,
+                error = self.code,
+                "OAuth request refused"
+            );
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let body = Json(json!({"error": self.code, "error_description": self.description}));
         let mut resp = (status, pages::no_store(), body).into_response();
         if self.code == "invalid_token" {
-            let v = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.description.replace('"', "'"));
+            let v = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.description.replace('"', "'")
+            );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
         } else if self.code == "invalid_client" {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis\""),
+            );
         }
         resp
     }
@@ -112,7 +121,11 @@ pub async fn authorize_post(
     authorize(state, session, pairs).await
 }
 
-async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>) -> Response {
+async fn authorize(
+    state: Arc<AppState>,
+    session: Session,
+    pairs: Vec<(String, String)>,
+) -> Response {
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
@@ -129,25 +142,36 @@ async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, S
     respond(&state, outcome)
 }
 
-fn client_credentials(headers: &HeaderMap, form: &mut BTreeMap<String, String>) -> Result<ClientCredentials, OAuthError> {
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &mut BTreeMap<String, String>,
+) -> Result<ClientCredentials, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        });
     let form_secret = form.remove("client_secret");
     let form_id = form.remove("client_id");
     if let Some(b64) = basic {
         if form_secret.is_some() {
-            return Err(OAuthError::invalid_request("client.two_methods", "Use one client authentication method."));
+            return Err(OAuthError::invalid_request(
+                "client.two_methods",
+                "Use one client authentication method.",
+            ));
         }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
-        let (id, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
+            .ok_or_else(|| {
+                OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials.")
+            })?;
+        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+            OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials.")
+        })?;
         let dec = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
                 .next()
@@ -156,23 +180,38 @@ fn client_credentials(headers: &HeaderMap, form: &mut BTreeMap<String, String>) 
         };
         let (id, secret) = (dec(id), dec(secret));
         if form_id.as_deref().is_some_and(|f| f != id) {
-            return Err(OAuthError::invalid_request("client.id_mismatch", "client_id does not match the credentials."));
+            return Err(OAuthError::invalid_request(
+                "client.id_mismatch",
+                "client_id does not match the credentials.",
+            ));
         }
         return Ok(ClientCredentials::Secret { id, secret });
     }
     match (form_id, form_secret) {
         (Some(id), Some(secret)) => Ok(ClientCredentials::Secret { id, secret }),
         (Some(id), None) => Ok(ClientCredentials::Public { id }),
-        (None, _) => Err(OAuthError::invalid_client("client.missing", "Client authentication is required.")),
+        (None, _) => Err(OAuthError::invalid_client(
+            "client.missing",
+            "Client authentication is required.",
+        )),
     }
 }
 
 fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, OAuthError> {
-    single_valued(pairs).map_err(|k| OAuthError::invalid_request("request.duplicate_parameter", format!("{k} appears more than once.")))
+    single_valued(pairs).map_err(|k| {
+        OAuthError::invalid_request(
+            "request.duplicate_parameter",
+            format!("{k} appears more than once."),
+        )
+    })
 }
 
 /// `POST /token`
-pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+pub async fn token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
@@ -202,10 +241,18 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let Some(token) = token else {
-        let mut r = (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_request"}))).into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     };
     match state.provider.userinfo(token.trim()).await {
@@ -215,14 +262,18 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 }
 
 /// `POST /revoke` (RFC 7009)
-pub async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
         let client = state.provider.authenticate_client(&creds).await?;
-        let token = form
-            .remove("token")
-            .ok_or_else(|| OAuthError::invalid_request("revoke.missing_token", "token is required."))?;
+        let token = form.remove("token").ok_or_else(|| {
+            OAuthError::invalid_request("revoke.missing_token", "token is required.")
+        })?;
         state.provider.revoke(&client, &token).await
     }
     .await;
@@ -233,17 +284,24 @@ pub async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, Form
 }
 
 /// `POST /introspect` (RFC 7662); confidential clients only.
-pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+pub async fn introspect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
         if matches!(creds, ClientCredentials::Public { .. }) {
-            return Err(OAuthError::invalid_client("client.secret_required", "Introspection requires client authentication."));
+            return Err(OAuthError::invalid_client(
+                "client.secret_required",
+                "Introspection requires client authentication.",
+            ));
         }
         let client = state.provider.authenticate_client(&creds).await?;
-        let token = form
-            .remove("token")
-            .ok_or_else(|| OAuthError::invalid_request("introspect.missing_token", "token is required."))?;
+        let token = form.remove("token").ok_or_else(|| {
+            OAuthError::invalid_request("introspect.missing_token", "token is required.")
+        })?;
         state.provider.introspect(&client, &token).await
     }
     .await;
@@ -255,31 +313,68 @@ pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
 /// `GET /logout` (OIDC RP-Initiated Logout). Without a valid `id_token_hint`
 /// the person is asked to confirm, so a cross-site link cannot sign them out.
-pub async fn logout_get(State(state): State<Arc<AppState>>, session: Session, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+pub async fn logout_get(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
     logout(state, session, pairs, false).await
 }
 
 /// `POST /logout`: the confirmation form, or an RP's form post.
-pub async fn logout_post(State(state): State<Arc<AppState>>, session: Session, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+pub async fn logout_post(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
     logout(state, session, pairs, true).await
 }
 
-async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>, confirmed_post: bool) -> Response {
-    let bad = |reason: &str, msg: &str| pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason);
+async fn logout(
+    state: Arc<AppState>,
+    session: Session,
+    pairs: Vec<(String, String)>,
+    confirmed_post: bool,
+) -> Response {
+    let bad = |reason: &str, msg: &str| {
+        pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason)
+    };
     let Ok(params) = single_valued(pairs) else {
-        return bad("logout.duplicate_parameter", "A parameter appears more than once.");
+        return bad(
+            "logout.duplicate_parameter",
+            "A parameter appears more than once.",
+        );
     };
     // Who is asking? From id_token_hint (signature checked; expiry tolerated) or client_id.
     let hint = match params.get("id_token_hint") {
-        Some(t) => match state.provider.keys.verify_ignoring_expiry::<serde_json::Value>(t, "JWT", &state.provider.iss()).await {
+        Some(t) => match state
+            .provider
+            .keys
+            .verify_id_token_hint::<serde_json::Value>(t, &state.provider.iss())
+            .await
+        {
             Ok(c) => Some(c),
-            Err(_) => return bad("logout.bad_id_token_hint", "The sign-out request carries an invalid ID token."),
+            Err(_) => {
+                return bad(
+                    "logout.bad_id_token_hint",
+                    "The sign-out request carries an invalid ID token.",
+                )
+            }
         },
         None => None,
     };
-    let hint_client = hint.as_ref().and_then(|c| c.get("aud")).and_then(|a| a.as_str()).map(str::to_owned);
+    let hint_client = hint
+        .as_ref()
+        .and_then(|c| c.get("aud"))
+        .and_then(|a| a.as_str())
+        .map(str::to_owned);
     let client_id = match (params.get("client_id"), hint_client) {
-        (Some(a), Some(b)) if a != &b => return bad("logout.client_mismatch", "client_id does not match the ID token."),
+        (Some(a), Some(b)) if a != &b => {
+            return bad(
+                "logout.client_mismatch",
+                "client_id does not match the ID token.",
+            )
+        }
         (Some(a), _) => Some(a.clone()),
         (None, b) => b,
     };
@@ -293,7 +388,9 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             Some(c) if c.post_logout_redirect_uris.iter().any(|r| r == uri) => {
                 let mut url = match url::Url::parse(uri) {
                     Ok(u) => u,
-                    Err(_) => return bad("logout.bad_redirect", "Invalid post_logout_redirect_uri."),
+                    Err(_) => {
+                        return bad("logout.bad_redirect", "Invalid post_logout_redirect_uri.")
+                    }
                 };
                 if let Some(s) = params.get("state") {
                     url.query_pairs_mut().append_pair("state", s);
@@ -311,7 +408,13 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
     if hint.is_none() && !confirmed_post {
         let inputs: String = params
             .iter()
-            .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
+            .map(|(k, v)| {
+                format!(
+                    "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                    esc(k),
+                    esc(v)
+                )
+            })
             .collect();
         let body = format!(
             "<h1>Sign out?</h1><p>Do you want to sign out of all applications?</p>\
@@ -332,12 +435,19 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
     }
     let _ = session.remove::<serde_json::Value>(SESSION_FIELD).await;
     let _ = session.flush().await;
-    tracing::info!(reason = "logout.succeeded", sessions = sso.len(), "signed out");
+    tracing::info!(
+        reason = "logout.succeeded",
+        sessions = sso.len(),
+        "signed out"
+    );
     match target {
         Some(url) => Redirect::to(url.as_str()).into_response(),
         None => (
             pages::no_store(),
-            Html(pages::layout("Signed out", "<h1>You are signed out</h1><p>You can close this window.</p>")),
+            Html(pages::layout(
+                "Signed out",
+                "<h1>You are signed out</h1><p>You can close this window.</p>",
+            )),
         )
             .into_response(),
     }

@@ -42,7 +42,10 @@ impl Client {
     pub fn secret_matches(&self, presented: &str) -> bool {
         use subtle::ConstantTimeEq;
         match &self.secret_sha256 {
-            Some(stored) => hash_secret(presented).as_bytes().ct_eq(stored.as_bytes()).into(),
+            Some(stored) => hash_secret(presented)
+                .as_bytes()
+                .ct_eq(stored.as_bytes())
+                .into(),
             None => false,
         }
     }
@@ -69,7 +72,9 @@ pub fn check_redirect_uri(uri: &str) -> Result<Url, String> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => Ok(url),
-        "http" => Err(format!("{uri:?} must use https (http is allowed only for localhost)")),
+        "http" => Err(format!(
+            "{uri:?} must use https (http is allowed only for localhost)"
+        )),
         _ => Err(format!("{uri:?} must be an http(s) URL")),
     }
 }
@@ -106,17 +111,27 @@ impl ClientRegistry {
 
     /// Registers a client; fails if the id is taken.
     pub async fn create(&self, client: &Client) -> Result<(), ClientError> {
-        if !self.store.put_json_if_absent(&client_key(&client.client_id), client, None).await? {
+        if !self
+            .store
+            .put_json_if_absent(&client_key(&client.client_id), client, None)
+            .await?
+        {
             return Err(ClientError::Exists(client.client_id.clone()));
         }
-        self.store.set_add(&index_key(), &client.client_id, None).await?;
+        self.store
+            .set_add(&index_key(), &client.client_id, None)
+            .await?;
         Ok(())
     }
 
     /// Registers or replaces a client (declared in the config file).
     pub async fn put(&self, client: &Client) -> Result<(), ClientError> {
-        self.store.put_json(&client_key(&client.client_id), client, None).await?;
-        self.store.set_add(&index_key(), &client.client_id, None).await?;
+        self.store
+            .put_json(&client_key(&client.client_id), client, None)
+            .await?;
+        self.store
+            .set_add(&index_key(), &client.client_id, None)
+            .await?;
         Ok(())
     }
 

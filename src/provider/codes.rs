@@ -68,7 +68,11 @@ impl Provider {
         let code = format!("{}.{}", authz.tenant, crate::tokens::random_token(32));
         let ttl = Duration::from_secs(self.ttl.code_ttl_secs);
         self.store
-            .put_json(&code_key(authz.tenant.as_str(), &code_hash(&code)), authz, Some(ttl))
+            .put_json(
+                &code_key(authz.tenant.as_str(), &code_hash(&code)),
+                authz,
+                Some(ttl),
+            )
             .await?;
         Ok(code)
     }
@@ -82,7 +86,11 @@ impl Provider {
             return Ok(Redeemed::Unknown);
         }
         let hash = code_hash(code);
-        if let Some(authz) = self.store.take_json::<Authorization>(&code_key(tenant, &hash)).await? {
+        if let Some(authz) = self
+            .store
+            .take_json::<Authorization>(&code_key(tenant, &hash))
+            .await?
+        {
             return Ok(Redeemed::Fresh(Box::new(authz)));
         }
         match self.store.get(&used_key(tenant, &hash)).await? {
@@ -94,11 +102,20 @@ impl Provider {
     }
 
     /// Records that `code` was redeemed and which refresh family it started.
-    pub async fn mark_code_used(&self, code: &str, tenant: &TenantId, family: Option<&str>) -> Result<(), StoreError> {
+    pub async fn mark_code_used(
+        &self,
+        code: &str,
+        tenant: &TenantId,
+        family: Option<&str>,
+    ) -> Result<(), StoreError> {
         // Kept well past the code's own lifetime so late replays are still caught.
         let ttl = Duration::from_secs(self.ttl.code_ttl_secs * 10);
         self.store
-            .put(&used_key(tenant.as_str(), &code_hash(code)), family.unwrap_or("").as_bytes(), Some(ttl))
+            .put(
+                &used_key(tenant.as_str(), &code_hash(code)),
+                family.unwrap_or("").as_bytes(),
+                Some(ttl),
+            )
             .await
     }
 }

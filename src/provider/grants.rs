@@ -100,23 +100,33 @@ fn pkce_ok(challenge: &str, verifier: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     (43..=128).contains(&verifier.len())
         && valid_chars
-        && crate::tokens::sha256_base64url(verifier.as_bytes()).as_bytes().ct_eq(challenge.as_bytes()).into()
+        && crate::tokens::sha256_base64url(verifier.as_bytes())
+            .as_bytes()
+            .ct_eq(challenge.as_bytes())
+            .into()
 }
 
 impl Provider {
     /// Authenticates the client at the token, revocation or introspection endpoint.
-    pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
+    pub async fn authenticate_client(
+        &self,
+        creds: &ClientCredentials,
+    ) -> Result<Client, OAuthError> {
         let id = match creds {
             ClientCredentials::Secret { id, .. } | ClientCredentials::Public { id } => id,
         };
         let Some(client) = self.clients.get(id).await? else {
-            return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
+            return Err(OAuthError::invalid_client(
+                "client.unknown",
+                "Unknown client.",
+            ));
         };
         match creds {
             ClientCredentials::Secret { secret, .. } if client.secret_matches(secret) => Ok(client),
-            ClientCredentials::Secret { .. } => {
-                Err(OAuthError::invalid_client("client.bad_secret", "Client authentication failed."))
-            }
+            ClientCredentials::Secret { .. } => Err(OAuthError::invalid_client(
+                "client.bad_secret",
+                "Client authentication failed.",
+            )),
             ClientCredentials::Public { .. } if client.is_public() => Ok(client),
             ClientCredentials::Public { .. } => Err(OAuthError::invalid_client(
                 "client.secret_required",
@@ -126,20 +136,32 @@ impl Provider {
     }
 
     /// The token endpoint.
-    pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    pub async fn token(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
         match req.grant_type.as_deref() {
             Some("authorization_code") => self.code_grant(client, req).await,
             Some("refresh_token") => self.refresh_grant(client, req).await,
-            Some(other) => Err(OAuthError::unsupported_grant_type(format!("grant_type {other:?} is not supported."))),
-            None => Err(OAuthError::invalid_request("token.missing_grant_type", "grant_type is required.")),
+            Some(other) => Err(OAuthError::unsupported_grant_type(format!(
+                "grant_type {other:?} is not supported."
+            ))),
+            None => Err(OAuthError::invalid_request(
+                "token.missing_grant_type",
+                "grant_type is required.",
+            )),
         }
     }
 
-    async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
-        let code = req
-            .code
-            .as_deref()
-            .ok_or_else(|| OAuthError::invalid_request("token.missing_code", "code is required."))?;
+    async fn code_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let code = req.code.as_deref().ok_or_else(|| {
+            OAuthError::invalid_request("token.missing_code", "code is required.")
+        })?;
         let authz = match self.redeem_code(code).await? {
             Redeemed::Fresh(a) => *a,
             Redeemed::Reused(family) => {
@@ -148,15 +170,27 @@ impl Provider {
                         self.revoke_family(&t, &f).await?;
                     }
                 }
-                tracing::warn!(reason = "code.reused", "authorization code presented twice; its tokens revoked");
-                return Err(OAuthError::invalid_grant("code.reused", "The authorization code was already used."));
+                tracing::warn!(
+                    reason = "code.reused",
+                    "authorization code presented twice; its tokens revoked"
+                );
+                return Err(OAuthError::invalid_grant(
+                    "code.reused",
+                    "The authorization code was already used.",
+                ));
             }
             Redeemed::Unknown => {
-                return Err(OAuthError::invalid_grant("code.unknown", "The authorization code is invalid or expired."))
+                return Err(OAuthError::invalid_grant(
+                    "code.unknown",
+                    "The authorization code is invalid or expired.",
+                ))
             }
         };
         if authz.client_id != client.client_id {
-            return Err(OAuthError::invalid_grant("code.wrong_client", "The code was issued to another client."));
+            return Err(OAuthError::invalid_grant(
+                "code.wrong_client",
+                "The code was issued to another client.",
+            ));
         }
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
@@ -167,10 +201,16 @@ impl Provider {
         match (&authz.code_challenge, req.code_verifier.as_deref()) {
             (Some(ch), Some(v)) if pkce_ok(ch, v) => {}
             (Some(_), Some(_)) => {
-                return Err(OAuthError::invalid_grant("pkce.mismatch", "code_verifier does not match the challenge."))
+                return Err(OAuthError::invalid_grant(
+                    "pkce.mismatch",
+                    "code_verifier does not match the challenge.",
+                ))
             }
             (Some(_), None) => {
-                return Err(OAuthError::invalid_grant("pkce.missing_verifier", "code_verifier is required."))
+                return Err(OAuthError::invalid_grant(
+                    "pkce.missing_verifier",
+                    "code_verifier is required.",
+                ))
             }
             (None, Some(_)) => {
                 return Err(OAuthError::invalid_grant(
@@ -179,29 +219,40 @@ impl Provider {
                 ))
             }
             (None, None) if client.is_public() => {
-                return Err(OAuthError::invalid_grant("pkce.required", "PKCE is required for public clients."))
+                return Err(OAuthError::invalid_grant(
+                    "pkce.required",
+                    "PKCE is required for public clients.",
+                ))
             }
             (None, None) => {}
         }
-        let (family, refresh) = if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
-            let (f, t) = self.start_family(&authz).await?;
-            (Some(f.id), Some(t))
-        } else {
-            (None, None)
-        };
-        self.mark_code_used(code, &authz.tenant, family.as_deref()).await?;
+        let (family, refresh) =
+            if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
+                let (f, t) = self.start_family(&authz).await?;
+                (Some(f.id), Some(t))
+            } else {
+                (None, None)
+            };
+        self.mark_code_used(code, &authz.tenant, family.as_deref())
+            .await?;
         self.mint(client, &authz, true, refresh).await
     }
 
-    async fn refresh_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
-        let token = req
-            .refresh_token
-            .as_deref()
-            .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let token = req.refresh_token.as_deref().ok_or_else(|| {
+            OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required.")
+        })?;
         // Check the client before rotating, so another client cannot burn the token.
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id != client.client_id {
-                return Err(OAuthError::invalid_grant("refresh.wrong_client", "The refresh token was issued to another client."));
+                return Err(OAuthError::invalid_grant(
+                    "refresh.wrong_client",
+                    "The refresh token was issued to another client.",
+                ));
             }
         }
         let (family, next) = match self.rotate_refresh(token).await? {
@@ -213,25 +264,48 @@ impl Provider {
                 ))
             }
             Rotation::Invalid => {
-                return Err(OAuthError::invalid_grant("refresh.unknown", "The refresh token is invalid, expired or revoked."))
+                return Err(OAuthError::invalid_grant(
+                    "refresh.unknown",
+                    "The refresh token is invalid, expired or revoked.",
+                ))
             }
         };
         if family.authz.client_id != client.client_id {
-            return Err(OAuthError::invalid_grant("refresh.wrong_client", "The refresh token was issued to another client."));
+            return Err(OAuthError::invalid_grant(
+                "refresh.wrong_client",
+                "The refresh token was issued to another client.",
+            ));
         }
         let mut authz = family.authz.clone();
         if let Some(scope) = &req.scope {
             let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
             if asked.iter().any(|s| !authz.scope.contains(s)) {
-                return Err(OAuthError::invalid_scope("refresh.scope_widened", "scope exceeds the original grant."));
+                return Err(OAuthError::invalid_scope(
+                    "refresh.scope_widened",
+                    "scope exceeds the original grant.",
+                ));
             }
             authz.scope = asked;
         }
         // The user may have been removed since; refuse rather than mint for a ghost.
-        if self.directory.get(&authz.tenant, &authz.sub).await?.is_none() {
-            return Err(OAuthError::invalid_grant("refresh.user_gone", "The user no longer exists."));
+        if self
+            .directory
+            .get(&authz.tenant, &authz.sub)
+            .await?
+            .is_none()
+        {
+            return Err(OAuthError::invalid_grant(
+                "refresh.user_gone",
+                "The user no longer exists.",
+            ));
         }
-        self.mint(client, &authz, authz.scope.iter().any(|s| s == "openid"), Some(next)).await
+        self.mint(
+            client,
+            &authz,
+            authz.scope.iter().any(|s| s == "openid"),
+            Some(next),
+        )
+        .await
     }
 
     async fn mint(
@@ -263,19 +337,27 @@ impl Provider {
                 .directory
                 .get(&authz.tenant, &authz.sub)
                 .await?
-                .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+                .ok_or_else(|| {
+                    OAuthError::invalid_grant("code.user_gone", "The user no longer exists.")
+                })?;
             let mut claims = Map::new();
             claims.insert("iss".into(), json!(self.iss()));
             claims.insert("sub".into(), json!(authz.sub));
             claims.insert("aud".into(), json!(client.client_id));
             claims.insert("azp".into(), json!(client.client_id));
-            claims.insert("exp".into(), json!(now + i64::try_from(self.ttl.id_token_ttl_secs).unwrap_or(3600)));
+            claims.insert(
+                "exp".into(),
+                json!(now + i64::try_from(self.ttl.id_token_ttl_secs).unwrap_or(3600)),
+            );
             claims.insert("iat".into(), json!(now));
             claims.insert("auth_time".into(), json!(authz.auth_time));
             claims.insert("sid".into(), json!(authz.sid));
             claims.insert("tenant".into(), json!(authz.tenant));
             claims.insert("connection".into(), json!(authz.connection));
-            claims.insert("at_hash".into(), json!(crate::tokens::at_hash(&access_token, self.keys_algorithm())));
+            claims.insert(
+                "at_hash".into(),
+                json!(crate::tokens::at_hash(&access_token, self.keys_algorithm())),
+            );
             if let Some(n) = &authz.nonce {
                 claims.insert("nonce".into(), json!(n));
             }
@@ -307,11 +389,25 @@ impl Provider {
             .keys
             .verify(token, "at+jwt", &self.iss())
             .await
-            .map_err(|e| OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e}).")))?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
-        if self.store.get(&revoked_key(&tenant, &claims.jti)).await?.is_some() {
-            return Err(OAuthError::invalid_token("token.revoked", "The access token has been revoked."));
+            .map_err(|e| {
+                OAuthError::invalid_token(
+                    "token.invalid",
+                    format!("The access token is invalid ({e})."),
+                )
+            })?;
+        let tenant = TenantId::parse(&claims.tenant).map_err(|_| {
+            OAuthError::invalid_token("token.invalid", "The access token is invalid.")
+        })?;
+        if self
+            .store
+            .get(&revoked_key(&tenant, &claims.jti))
+            .await?
+            .is_some()
+        {
+            return Err(OAuthError::invalid_token(
+                "token.revoked",
+                "The access token has been revoked.",
+            ));
         }
         Ok(claims)
     }
@@ -319,13 +415,16 @@ impl Provider {
     /// Userinfo for a valid access token.
     pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
         let claims = self.check_access_token(token).await?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        let tenant = TenantId::parse(&claims.tenant).map_err(|_| {
+            OAuthError::invalid_token("token.invalid", "The access token is invalid.")
+        })?;
         let user = self
             .directory
             .get(&tenant, &claims.sub)
             .await?
-            .ok_or_else(|| OAuthError::invalid_token("token.user_gone", "The user no longer exists."))?;
+            .ok_or_else(|| {
+                OAuthError::invalid_token("token.user_gone", "The user no longer exists.")
+            })?;
         let mut out = Map::new();
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
@@ -347,7 +446,11 @@ impl Provider {
                 if let Ok(t) = TenantId::parse(&claims.tenant) {
                     let left = (claims.exp - self.clock.unix()).max(1);
                     self.store
-                        .put(&revoked_key(&t, &claims.jti), b"1", Some(Duration::from_secs(left.unsigned_abs())))
+                        .put(
+                            &revoked_key(&t, &claims.jti),
+                            b"1",
+                            Some(Duration::from_secs(left.unsigned_abs())),
+                        )
                         .await?;
                 }
             }
@@ -396,7 +499,10 @@ fn profile_claims(user: &User, out: &mut Map<String, Value>) {
     put("given_name", &user.given_name);
     put("family_name", &user.family_name);
     if user.email.is_some() {
-        out.insert("email_verified".into(), json!(user.email_verified.unwrap_or(false)));
+        out.insert(
+            "email_verified".into(),
+            json!(user.email_verified.unwrap_or(false)),
+        );
     }
     if !user.groups.is_empty() {
         out.insert("groups".into(), json!(user.groups));
@@ -413,7 +519,10 @@ mod tests {
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(pkce_ok(challenge, verifier));
-        assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
+        assert!(!pkce_ok(
+            challenge,
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"
+        ));
         assert!(!pkce_ok(challenge, "short"));
     }
 }

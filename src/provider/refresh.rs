@@ -56,7 +56,11 @@ fn parse(token: &str) -> Option<Parsed<'_>> {
     let family = it.next()?;
     let _secret = it.next()?;
     TenantId::parse(tenant).ok()?;
-    if family.is_empty() || !family.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if family.is_empty()
+        || !family
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return None;
     }
     Some(Parsed {
@@ -84,16 +88,24 @@ impl Provider {
     }
 
     /// Starts a family for `authz`; returns it with its first token.
-    pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
+    pub async fn start_family(
+        &self,
+        authz: &Authorization,
+    ) -> Result<(Family, String), StoreError> {
         let family = Family {
             id: crate::tokens::random_token(16),
             authz: authz.clone(),
-            expires_at: self.clock.unix() + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            expires_at: self.clock.unix()
+                + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);
-        self.store.put_json(&family_key(t, &family.id), &family, ttl).await?;
-        self.store.set_add(&session_families_key(t, &authz.sid), &family.id, ttl).await?;
+        self.store
+            .put_json(&family_key(t, &family.id), &family, ttl)
+            .await?;
+        self.store
+            .set_add(&session_families_key(t, &authz.sid), &family.id, ttl)
+            .await?;
         let token = self.new_token(&family).await?;
         Ok((family, token))
     }
@@ -103,7 +115,11 @@ impl Provider {
         let token = format!("{t}.{}.{}", family.id, crate::tokens::random_token(32));
         let hash = crate::tokens::sha256_base64url(token.as_bytes());
         self.store
-            .put(&token_key(t, &family.id, &hash), b"1", self.remaining(family.expires_at))
+            .put(
+                &token_key(t, &family.id, &hash),
+                b"1",
+                self.remaining(family.expires_at),
+            )
             .await?;
         Ok(token)
     }
@@ -113,20 +129,40 @@ impl Provider {
         let Some(p) = parse(token) else {
             return Ok(Rotation::Invalid);
         };
-        let Some(family) = self.store.get_json::<Family>(&family_key(p.tenant, p.family)).await? else {
+        let Some(family) = self
+            .store
+            .get_json::<Family>(&family_key(p.tenant, p.family))
+            .await?
+        else {
             return Ok(Rotation::Invalid);
         };
         let Some(ttl) = self.remaining(family.expires_at) else {
             self.revoke_family(&family.authz.tenant, &family.id).await?;
             return Ok(Rotation::Invalid);
         };
-        if self.store.take(&token_key(p.tenant, p.family, &p.hash)).await?.is_some() {
-            self.store.put(&used_key(p.tenant, p.family, &p.hash), b"1", Some(ttl)).await?;
+        if self
+            .store
+            .take(&token_key(p.tenant, p.family, &p.hash))
+            .await?
+            .is_some()
+        {
+            self.store
+                .put(&used_key(p.tenant, p.family, &p.hash), b"1", Some(ttl))
+                .await?;
             let next = self.new_token(&family).await?;
             return Ok(Rotation::Rotated(Box::new(family), next));
         }
-        if self.store.get(&used_key(p.tenant, p.family, &p.hash)).await?.is_some() {
-            tracing::warn!(reason = "refresh.reuse_detected", tenant = p.tenant, "refresh token reused: family revoked");
+        if self
+            .store
+            .get(&used_key(p.tenant, p.family, &p.hash))
+            .await?
+            .is_some()
+        {
+            tracing::warn!(
+                reason = "refresh.reuse_detected",
+                tenant = p.tenant,
+                "refresh token reused: family revoked"
+            );
             self.revoke_family(&family.authz.tenant, &family.id).await?;
             return Ok(Rotation::Reused);
         }
@@ -136,8 +172,15 @@ impl Provider {
     /// The family a refresh token belongs to, without consuming it (for
     /// revocation and introspection). `None` if not current.
     pub async fn peek_refresh(&self, token: &str) -> Result<Option<Family>, StoreError> {
-        let Some(p) = parse(token) else { return Ok(None) };
-        if self.store.get(&token_key(p.tenant, p.family, &p.hash)).await?.is_none() {
+        let Some(p) = parse(token) else {
+            return Ok(None);
+        };
+        if self
+            .store
+            .get(&token_key(p.tenant, p.family, &p.hash))
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
         let family: Option<Family> = self.store.get_json(&family_key(p.tenant, p.family)).await?;
@@ -146,12 +189,18 @@ impl Provider {
 
     /// Revokes a family: no token of it works any more.
     pub async fn revoke_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
-        self.store.delete(&family_key(tenant.as_str(), family)).await?;
+        self.store
+            .delete(&family_key(tenant.as_str(), family))
+            .await?;
         Ok(())
     }
 
     /// Revokes every family started in the SSO session `sid` (logout).
-    pub async fn revoke_session_families(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+    pub async fn revoke_session_families(
+        &self,
+        tenant: &TenantId,
+        sid: &str,
+    ) -> Result<(), StoreError> {
         let key = session_families_key(tenant.as_str(), sid);
         for f in self.store.set_members(&key).await? {
             self.revoke_family(tenant, &f).await?;

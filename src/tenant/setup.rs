@@ -39,7 +39,12 @@ pub async fn build_connection(
                 "the built-in development IdP is only available in dev mode",
             ))
         }
-        other => return Err(SetupError::new("kind", format!("{other:?} is not \"saml\" or \"oidc\""))),
+        other => {
+            return Err(SetupError::new(
+                "kind",
+                format!("{other:?} is not \"saml\" or \"oidc\""),
+            ))
+        }
     };
     Ok(Connection {
         id,
@@ -60,12 +65,21 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
         ConnectionKind::Oidc(cfg) => {
             v.insert("issuer".into(), json!(cfg.issuer));
             v.insert("client_id".into(), json!(cfg.client_id));
-            v.insert("redirect_uri".into(), json!(upstream::oidc::redirect_uri(ctx, c)));
+            v.insert(
+                "redirect_uri".into(),
+                json!(upstream::oidc::redirect_uri(ctx, c)),
+            );
         }
         ConnectionKind::Saml(_) => {
-            v.insert("sp_entity_id".into(), json!(upstream::saml::sp_entity_id(ctx, c)));
+            v.insert(
+                "sp_entity_id".into(),
+                json!(upstream::saml::sp_entity_id(ctx, c)),
+            );
             v.insert("acs_url".into(), json!(upstream::saml::acs_url(ctx, c)));
-            v.insert("sp_metadata_url".into(), json!(upstream::saml::sp_metadata_url(ctx, c)));
+            v.insert(
+                "sp_metadata_url".into(),
+                json!(upstream::saml::sp_metadata_url(ctx, c)),
+            );
         }
         ConnectionKind::Dev(_) => {}
     }

@@ -32,10 +32,18 @@ fn ticket_key(t: &TenantId, ticket: &str) -> Key {
 }
 
 /// Stores the identity typed into the dev form; returns a single-use ticket.
-pub async fn issue_ticket(ctx: &UpstreamContext, tenant: &TenantId, identity: &Identity) -> Result<String, StoreError> {
+pub async fn issue_ticket(
+    ctx: &UpstreamContext,
+    tenant: &TenantId,
+    identity: &Identity,
+) -> Result<String, StoreError> {
     let ticket = crate::tokens::random_token(24);
     ctx.store
-        .put_json(&ticket_key(tenant, &ticket), identity, Some(Duration::from_secs(120)))
+        .put_json(
+            &ticket_key(tenant, &ticket),
+            identity,
+            Some(Duration::from_secs(120)),
+        )
         .await?;
     Ok(ticket)
 }
@@ -54,7 +62,9 @@ impl DevConnector {
 #[async_trait]
 impl Connector for DevConnector {
     async fn begin(&self, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError> {
-        let mut url = self.ctx.public(&format!("dev/{}/{}/login", self.tenant, self.connection));
+        let mut url = self
+            .ctx
+            .public(&format!("dev/{}/{}/login", self.tenant, self.connection));
         url.query_pairs_mut().append_pair("state", req.login_id);
         if let Some(h) = req.login_hint {
             url.query_pairs_mut().append_pair("login_hint", h);
@@ -69,20 +79,39 @@ impl Connector for DevConnector {
         params.query.get("state").map(String::as_str)
     }
 
-    async fn complete(&self, pending: Option<&serde_json::Value>, params: &CallbackParams) -> Result<Identity, UpstreamError> {
-        let expected = pending.and_then(|p| p.get("state")).and_then(|s| s.as_str());
+    async fn complete(
+        &self,
+        pending: Option<&serde_json::Value>,
+        params: &CallbackParams,
+    ) -> Result<Identity, UpstreamError> {
+        let expected = pending
+            .and_then(|p| p.get("state"))
+            .and_then(|s| s.as_str());
         if expected.is_none() || expected != params.query.get("state").map(String::as_str) {
-            return Err(UpstreamError::reject("dev.state_mismatch", "The sign-in state does not match.", "state mismatch"));
+            return Err(UpstreamError::reject(
+                "dev.state_mismatch",
+                "The sign-in state does not match.",
+                "state mismatch",
+            ));
         }
-        let ticket = params
-            .query
-            .get("ticket")
-            .ok_or_else(|| UpstreamError::reject("dev.missing_ticket", "The sign-in was not completed.", "no ticket"))?;
+        let ticket = params.query.get("ticket").ok_or_else(|| {
+            UpstreamError::reject(
+                "dev.missing_ticket",
+                "The sign-in was not completed.",
+                "no ticket",
+            )
+        })?;
         self.ctx
             .store
             .take_json::<Identity>(&ticket_key(&self.tenant, ticket))
             .await
             .map_err(|e| UpstreamError::internal("store.unavailable", e.to_string()))?
-            .ok_or_else(|| UpstreamError::reject("dev.unknown_ticket", "The sign-in has expired. Please try again.", "unknown ticket"))
+            .ok_or_else(|| {
+                UpstreamError::reject(
+                    "dev.unknown_ticket",
+                    "The sign-in has expired. Please try again.",
+                    "unknown ticket",
+                )
+            })
     }
 }

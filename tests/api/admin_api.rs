@@ -5,7 +5,13 @@ use crate::support::app::{spawn_app, AppOptions, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> reqwest::Response {
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
     let mut req = app.client.request(method, app.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -16,7 +22,12 @@ async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>, bo
     req.send().await.unwrap()
 }
 
-async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
+async fn admin(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
     call(app, method, path, Some(&app.admin_token.clone()), body).await
 }
 
@@ -30,52 +41,166 @@ async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
 async fn missing_or_wrong_token_is_401_and_changes_nothing() {
     let app = spawn_app(AppOptions::default()).await;
     let body = json!({"id": "acme", "name": "Acme", "domains": ["acme.test"]});
-    let p = problem(call(&app, Method::POST, "/admin/v1/tenants", None, Some(body.clone())).await, StatusCode::UNAUTHORIZED).await;
+    let p = problem(
+        call(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants",
+            None,
+            Some(body.clone()),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     assert_eq!(p["status"], 401);
-    let p = problem(call(&app, Method::POST, "/admin/v1/tenants", Some("wrong-token-xxxxxxxx"), Some(body)).await, StatusCode::UNAUTHORIZED).await;
+    let p = problem(
+        call(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants",
+            Some("wrong-token-xxxxxxxx"),
+            Some(body),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     assert_eq!(p["title"], "Unauthorized");
     let resp = admin(&app, Method::GET, "/admin/v1/tenants/acme", None).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "the refused request must not have created the tenant");
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "the refused request must not have created the tenant"
+    );
 }
 
 #[tokio::test]
 async fn tenant_lifecycle() {
     let app = spawn_app(AppOptions::default()).await;
-    let resp = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme", "name": "Acme", "domains": ["Acme.TEST"]}))).await;
+    let resp = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "acme", "name": "Acme", "domains": ["Acme.TEST"]})),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let t: Value = resp.json().await.unwrap();
     assert_eq!(t["domains"], json!(["acme.test"]));
-    let got: Value = admin(&app, Method::GET, "/admin/v1/tenants/acme", None).await.json().await.unwrap();
+    let got: Value = admin(&app, Method::GET, "/admin/v1/tenants/acme", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["name"], "Acme");
-    let dup = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme"}))).await;
+    let dup = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
     assert_eq!(problem(dup, StatusCode::CONFLICT).await["field"], "id");
-    assert_eq!(admin(&app, Method::DELETE, "/admin/v1/tenants/acme", None).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(admin(&app, Method::GET, "/admin/v1/tenants/acme", None).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        admin(&app, Method::DELETE, "/admin/v1/tenants/acme", None)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        admin(&app, Method::GET, "/admin/v1/tenants/acme", None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     // The domain is free again.
-    let again = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "other", "domains": ["acme.test"]}))).await;
+    let again = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "other", "domains": ["acme.test"]})),
+    )
+    .await;
     assert_eq!(again.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
 async fn a_taken_domain_is_refused_and_nothing_is_left_behind() {
     let app = spawn_app(AppOptions::default()).await;
-    admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme", "domains": ["acme.test"]}))).await;
-    let resp = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "evil", "domains": ["evil.test", "acme.test"]}))).await;
-    assert_eq!(problem(resp, StatusCode::CONFLICT).await["field"], "domains");
-    assert_eq!(admin(&app, Method::GET, "/admin/v1/tenants/evil", None).await.status(), StatusCode::NOT_FOUND);
+    admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "acme", "domains": ["acme.test"]})),
+    )
+    .await;
+    let resp = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "evil", "domains": ["evil.test", "acme.test"]})),
+    )
+    .await;
+    assert_eq!(
+        problem(resp, StatusCode::CONFLICT).await["field"],
+        "domains"
+    );
+    assert_eq!(
+        admin(&app, Method::GET, "/admin/v1/tenants/evil", None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     // evil.test was reserved first and must have been released.
-    let resp = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "fine", "domains": ["evil.test"]}))).await;
+    let resp = admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "fine", "domains": ["evil.test"]})),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
 async fn invalid_fields_are_named() {
     let app = spawn_app(AppOptions::default()).await;
-    let p = problem(admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "Bad Id"}))).await, StatusCode::BAD_REQUEST).await;
+    let p = problem(
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "Bad Id"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(p["field"], "id");
-    let p = problem(admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "a", "domains": ["not a domain"]}))).await, StatusCode::BAD_REQUEST).await;
+    let p = problem(
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "a", "domains": ["not a domain"]})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(p["field"], "domains[0]");
-    let p = problem(admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "a", "colour": "red"}))).await, StatusCode::BAD_REQUEST).await;
+    let p = problem(
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "a", "colour": "red"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     assert_eq!(p["field"], "colour");
     let resp = app
         .client
@@ -86,22 +211,49 @@ async fn invalid_fields_are_named() {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(resp, StatusCode::BAD_REQUEST).await["field"], "body");
-    admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme"}))).await;
+    assert_eq!(
+        problem(resp, StatusCode::BAD_REQUEST).await["field"],
+        "body"
+    );
+    admin(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
     let p = problem(
-        admin(&app, Method::POST, "/admin/v1/tenants/acme/connections", Some(json!({"id": "x", "kind": "ldap"}))).await,
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({"id": "x", "kind": "ldap"})),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
     assert_eq!(p["field"], "kind");
     let p = problem(
-        admin(&app, Method::POST, "/admin/v1/tenants/acme/connections", Some(json!({"id": "x", "kind": "dev"}))).await,
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({"id": "x", "kind": "dev"})),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
     assert!(p["detail"].as_str().unwrap().contains("dev mode"), "{p}");
     let p = problem(
-        admin(&app, Method::POST, "/admin/v1/tenants/nope/connections", Some(json!({"id": "x", "kind": "oidc"}))).await,
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants/nope/connections",
+            Some(json!({"id": "x", "kind": "oidc"})),
+        )
+        .await,
         StatusCode::NOT_FOUND,
     )
     .await;
@@ -121,8 +273,15 @@ async fn clients_get_a_secret_once_and_redirect_uris_are_checked() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let c: Value = resp.json().await.unwrap();
     assert!(c["client_secret"].as_str().unwrap().len() >= 40);
-    let got: Value = admin(&app, Method::GET, "/admin/v1/clients/app1", None).await.json().await.unwrap();
-    assert!(got.get("client_secret").is_none(), "the secret is shown only once");
+    let got: Value = admin(&app, Method::GET, "/admin/v1/clients/app1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        got.get("client_secret").is_none(),
+        "the secret is shown only once"
+    );
     let public: Value = admin(
         &app,
         Method::POST,
@@ -135,13 +294,25 @@ async fn clients_get_a_secret_once_and_redirect_uris_are_checked() {
     .unwrap();
     assert!(public.get("client_secret").is_none());
     let p = problem(
-        admin(&app, Method::POST, "/admin/v1/clients", Some(json!({"client_id": "x", "redirect_uris": ["http://evil.example/cb"]}))).await,
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "x", "redirect_uris": ["http://evil.example/cb"]})),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
     assert_eq!(p["field"], "redirect_uris[0]");
     let p = problem(
-        admin(&app, Method::POST, "/admin/v1/clients", Some(json!({"client_id": "app1", "redirect_uris": ["https://a.example/cb"]}))).await,
+        admin(
+            &app,
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "app1", "redirect_uris": ["https://a.example/cb"]})),
+        )
+        .await,
         StatusCode::CONFLICT,
     )
     .await;
@@ -151,8 +322,24 @@ async fn clients_get_a_secret_once_and_redirect_uris_are_checked() {
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app(AppOptions::default()).await;
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -163,8 +350,32 @@ async fn readiness_follows_redis() {
         ..AppOptions::default()
     })
     .await;
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     redis.stop();
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }

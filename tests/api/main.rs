@@ -3,7 +3,8 @@
 
 mod support;
 
-mod oidc_connector;
 mod admin_api;
+mod cli;
+mod oidc_connector;
 mod outbound_http;
 mod store_conformance;
