@@ -1,4 +1,9 @@
 //! Test support: spawning the gateway, Redis and the peers.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod app;
+pub mod browser;
+pub mod html_form;
+pub mod peers;
+pub mod redis;
