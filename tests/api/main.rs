@@ -1,4 +1,5 @@
 //! Integration tests, compiled as one binary. Each module is one area;
 //! `support` spawns the gateway, Redis and the peer implementations.
 
+mod peers_selftest;
 mod support;

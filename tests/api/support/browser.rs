@@ -169,7 +169,9 @@ impl Browser {
 
     /// Whether any recorded request went to `origin`'s scheme/host/port.
     pub fn visited_origin(&self, origin: &Url) -> bool {
-        self.history.iter().any(|h| h.url.origin() == origin.origin())
+        self.history
+            .iter()
+            .any(|h| h.url.origin() == origin.origin())
     }
 
     /// The recorded URLs, one per line, for assertion messages.
@@ -212,9 +214,9 @@ impl Browser {
                 .map(str::to_owned);
             match (status.is_redirection(), location) {
                 (true, Some(location)) => {
-                    url = url.join(&location).unwrap_or_else(|e| {
-                        panic!("bad Location {location:?} from {url}: {e}")
-                    });
+                    url = url
+                        .join(&location)
+                        .unwrap_or_else(|e| panic!("bad Location {location:?} from {url}: {e}"));
                     // 307/308 keep method and body; the others become GET.
                     if !matches!(
                         status,

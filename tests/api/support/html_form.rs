@@ -98,7 +98,9 @@ fn parse_fields(body: &str) -> Vec<(String, String)> {
             continue;
         };
         if is_input {
-            let kind = attr(&attrs, "type").unwrap_or_default().to_ascii_lowercase();
+            let kind = attr(&attrs, "type")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let checked = attrs.iter().any(|(n, _)| n == "checked");
             match kind.as_str() {
                 // Buttons submit only when clicked; files are never needed here.
@@ -110,7 +112,9 @@ fn parse_fields(body: &str) -> Vec<(String, String)> {
                 _ => fields.push((name, attr(&attrs, "value").unwrap_or_default())),
             }
         } else {
-            let end = lower[pos..].find("</textarea").map_or(body.len(), |i| pos + i);
+            let end = lower[pos..]
+                .find("</textarea")
+                .map_or(body.len(), |i| pos + i);
             fields.push((name, decode_entities(&body[pos..end])));
             pos = end;
         }
@@ -143,7 +147,10 @@ fn parse_attrs(s: &str) -> Vec<(String, String)> {
             i += 1;
             continue;
         }
-        let name: String = chars[start..i].iter().collect::<String>().to_ascii_lowercase();
+        let name: String = chars[start..i]
+            .iter()
+            .collect::<String>()
+            .to_ascii_lowercase();
         while i < chars.len() && chars[i].is_whitespace() {
             i += 1;
         }

@@ -148,7 +148,13 @@ impl UpstreamIdp {
     /// Starts the IdP with `clients` registered. Its host name is `localhost`
     /// (the gateway is `127.0.0.1`), so the two are different sites.
     pub async fn spawn(clients: &[IdpClient]) -> Self {
-        let mut args = Vec::new();
+        Self::spawn_on(0, clients).await
+    }
+
+    /// Like [`UpstreamIdp::spawn`] on a given port (0: any), for callers
+    /// that must know the issuer before the IdP runs.
+    pub async fn spawn_on(port: u16, clients: &[IdpClient]) -> Self {
+        let mut args = vec!["--port".to_owned(), port.to_string()];
         for c in clients {
             args.push("--client".to_owned());
             args.push(
@@ -294,8 +300,11 @@ impl RelyingParty {
 
     /// RFC 7009 revocation through openid-client.
     pub async fn revoke(&self, token: &str, hint: Option<&str>) -> RpResponse {
-        self.post("/revoke", json!({ "token": token, "token_type_hint": hint }))
-            .await
+        self.post(
+            "/revoke",
+            json!({ "token": token, "token_type_hint": hint }),
+        )
+        .await
     }
 
     /// RFC 7662 introspection through openid-client.

@@ -12,5 +12,9 @@ pub async fn redis_url() -> String {
 /// A key prefix unique to the caller.
 pub fn unique_prefix() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("test:{}:{}:", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "test:{}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
