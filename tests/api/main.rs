@@ -1,5 +1,7 @@
 //! Integration tests, compiled as one binary. Each module is one area;
 //! `support` spawns the gateway, Redis and the peer implementations.
 
+mod oidc_flow;
+mod oidc_negative;
 mod peers_selftest;
 mod support;

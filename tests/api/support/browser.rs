@@ -79,6 +79,58 @@ impl Page {
     }
 }
 
+/// Where a navigation ended.
+#[derive(Debug)]
+pub enum Nav {
+    /// A page (a non-redirect answer).
+    Page(Page),
+    /// The URL the navigation was about to request when `stop` held.
+    Stopped(Url),
+}
+
+impl Nav {
+    /// The page; panics when the navigation stopped.
+    pub fn page(self) -> Page {
+        match self {
+            Nav::Page(page) => page,
+            Nav::Stopped(url) => panic!("expected a page, stopped at {url}"),
+        }
+    }
+
+    /// The stop URL; panics when the navigation ended on a page.
+    pub fn stopped(self) -> Url {
+        match self {
+            Nav::Stopped(url) => url,
+            Nav::Page(page) => panic!(
+                "expected a redirect, got page {} ({}):\n{}",
+                page.url, page.status, page.body
+            ),
+        }
+    }
+}
+
+fn encode(fields: &[(String, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
+/// The request that submitting `form` on `page` makes.
+fn form_request(page: &Page, form: &Form) -> (Method, Url, Option<String>) {
+    let action = if form.action.is_empty() {
+        page.url.clone()
+    } else {
+        page.url.join(&form.action).unwrap()
+    };
+    if form.method == "POST" {
+        (Method::POST, action, Some(encode(&form.fields)))
+    } else {
+        let mut url = action;
+        url.query_pairs_mut().clear().extend_pairs(&form.fields);
+        (Method::GET, url, None)
+    }
+}
+
 /// A browser with its own cookie jar.
 pub struct Browser {
     client: reqwest::Client,
@@ -112,31 +164,51 @@ impl Browser {
 
     /// GET `url`, following redirects.
     pub async fn get(&mut self, url: &Url) -> Page {
-        self.navigate(Method::GET, url.clone(), None).await
+        match self
+            .navigate(Method::GET, url.clone(), None, &|_| false)
+            .await
+        {
+            Nav::Page(page) => page,
+            Nav::Stopped(url) => unreachable!("stopped at {url}"),
+        }
+    }
+
+    /// GET `url`, following redirects, but without requesting a URL for
+    /// which `stop` holds: that URL is returned instead (a redirect to an
+    /// app's callback that the test wants to handle itself).
+    pub async fn get_until(&mut self, url: &Url, stop: &dyn Fn(&Url) -> bool) -> Nav {
+        self.navigate(Method::GET, url.clone(), None, stop).await
+    }
+
+    /// Like [`Browser::submit`], stopping before a URL for which `stop` holds.
+    pub async fn submit_until(
+        &mut self,
+        page: &Page,
+        form: &Form,
+        stop: &dyn Fn(&Url) -> bool,
+    ) -> Nav {
+        let (method, url, body) = form_request(page, form);
+        self.navigate(method, url, body, stop).await
     }
 
     /// POST `fields` form-encoded to `url`, following redirects.
     pub async fn post_form(&mut self, url: &Url, fields: &[(String, String)]) -> Page {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(fields)
-            .finish();
-        self.navigate(Method::POST, url.clone(), Some(body)).await
+        let body = encode(fields);
+        match self
+            .navigate(Method::POST, url.clone(), Some(body), &|_| false)
+            .await
+        {
+            Nav::Page(page) => page,
+            Nav::Stopped(url) => unreachable!("stopped at {url}"),
+        }
     }
 
     /// Submits `form` (found on `page`) with its current field values,
     /// resolving its action against the page URL, and follows redirects.
     pub async fn submit(&mut self, page: &Page, form: &Form) -> Page {
-        let action = if form.action.is_empty() {
-            page.url.clone()
-        } else {
-            page.url.join(&form.action).unwrap()
-        };
-        if form.method == "POST" {
-            self.post_form(&action, &form.fields).await
-        } else {
-            let mut url = action;
-            url.query_pairs_mut().clear().extend_pairs(&form.fields);
-            self.get(&url).await
+        match self.submit_until(page, form, &|_| false).await {
+            Nav::Page(page) => page,
+            Nav::Stopped(url) => unreachable!("stopped at {url}"),
         }
     }
 
@@ -183,11 +255,20 @@ impl Browser {
             .join("\n")
     }
 
-    async fn navigate(&mut self, method: Method, url: Url, body: Option<String>) -> Page {
+    async fn navigate(
+        &mut self,
+        method: Method,
+        url: Url,
+        body: Option<String>,
+        stop: &dyn Fn(&Url) -> bool,
+    ) -> Nav {
         let mut method = method;
         let mut url = url;
         let mut body = body;
         for _ in 0..=MAX_REDIRECTS {
+            if stop(&url) {
+                return Nav::Stopped(url);
+            }
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some(b) = &body {
                 req = req
@@ -229,12 +310,12 @@ impl Browser {
                 _ => {
                     let headers = resp.headers().clone();
                     let body = resp.text().await.unwrap();
-                    return Page {
+                    return Nav::Page(Page {
                         url,
                         status,
                         headers,
                         body,
-                    };
+                    });
                 }
             }
         }

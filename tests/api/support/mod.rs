@@ -5,5 +5,6 @@ pub mod admin;
 pub mod app;
 pub mod browser;
 pub mod html_form;
+pub mod oidc_world;
 pub mod peers;
 pub mod redis;
