@@ -17,7 +17,7 @@ use super::admin::RegisteredClient;
 use super::app::{spawn_app, AppOptions, TestApp};
 use super::browser::{Browser, Nav, Page};
 use super::peers::{IdpClient, RelyingParty, UpstreamIdp, IDP_PASSWORD};
-use super::redis::{redis_url, unique_prefix};
+use super::redis;
 
 /// Tenant A, domain `acme.test` (alice, bob).
 pub const ACME: &str = "acme";
@@ -121,8 +121,8 @@ impl OidcWorld {
     /// Builds the world; every registration asserts its status.
     pub async fn new() -> Self {
         let app = spawn_app(AppOptions {
-            redis_url: Some(redis_url().await),
-            redis_prefix: Some(unique_prefix()),
+            redis_url: Some(redis::url()),
+            redis_prefix: Some(redis::prefix()),
         })
         .await;
         app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
