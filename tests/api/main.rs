@@ -4,4 +4,5 @@
 mod oidc_flow;
 mod oidc_negative;
 mod peers_selftest;
+mod saml_browser;
 mod support;

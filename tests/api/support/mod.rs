@@ -7,4 +7,5 @@ pub mod browser;
 pub mod html_form;
 pub mod oidc_world;
 pub mod peers;
+pub mod real_browser;
 pub mod redis;
