@@ -5,4 +5,5 @@ mod oidc_flow;
 mod oidc_negative;
 mod peers_selftest;
 mod saml_browser;
+mod saml_flow;
 mod support;

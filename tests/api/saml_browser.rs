@@ -3,9 +3,12 @@
 //! `127.0.0.1`, so the IdP's POST back to the gateway is cross-site.
 //! Skipped only with `PORTCULLIS_SKIP_BROWSER=1`.
 
+use serde_json::json;
+
 use crate::support::oidc_world::{OidcWorld, ACME};
 use crate::support::peers::{IdpClient, RelyingParty, UpstreamIdp, IDP_PASSWORD};
 use crate::support::real_browser::{navigations, run_in_browser, skip_browser, BrowserFlow};
+use crate::support::saml_world::{SamlWorld, SAML_CONN, TENANT};
 
 /// The harness itself, no gateway: openid-client app -> oidc-provider login
 /// page in Chromium -> app callback.
@@ -76,4 +79,50 @@ async fn oidc_sign_in_through_the_gateway_in_a_real_browser() {
     assert!(navs.iter().any(|(_, u)| u.origin() == w.app.base.origin()
         && u.path().ends_with("/callback")
         && u.path().starts_with("/oidc/")));
+}
+
+/// App -> gateway -> SAML IdP login page (HTTP-Redirect binding) -> the
+/// IdP's auto-submitted form POSTs the Response to the gateway's ACS from
+/// another site (localhost -> 127.0.0.1) -> app callback with a code ->
+/// tokens validated by openid-client.
+#[tokio::test]
+async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
+    if skip_browser("saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs") {
+        return;
+    }
+    let w = SamlWorld::new().await;
+    let report = run_in_browser(&BrowserFlow {
+        start: w
+            .rp
+            .login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
+        done: w.rp.redirect_uri(),
+        idp_origin: w.idp.peer.url.clone(),
+        username: "alice".into(),
+        password: IDP_PASSWORD.into(),
+        selectors: None,
+    })
+    .await;
+    assert_eq!(report["status"], 200, "{report:#}");
+    let claims = &report["body"]["id_token_claims"];
+    assert_eq!(claims["tenant"], TENANT);
+    assert_eq!(claims["connection"], SAML_CONN);
+    assert_eq!(claims["email"], "alice@acme.test");
+    assert_eq!(claims["name"], "Alice Liddell");
+    assert_eq!(claims["given_name"], "Alice");
+    assert_eq!(claims["family_name"], "Liddell");
+    assert_eq!(claims["groups"], json!(["engineering", "admins"]));
+
+    // The Response reached the ACS as a POST made from the IdP's page.
+    let navs = navigations(&report);
+    let acs = w.acs_url();
+    let post = navs
+        .iter()
+        .position(|(m, u)| m == "POST" && u.origin() == acs.origin() && u.path() == acs.path())
+        .unwrap_or_else(|| panic!("no POST to the ACS: {report:#}"));
+    assert!(post > 0 && w.idp.serves(&navs[post - 1].1), "{report:#}");
+    let stats = w.idp.stats().await;
+    assert_eq!(
+        (stats.authn_requests, stats.logins, stats.responses),
+        (1, 1, 1)
+    );
 }

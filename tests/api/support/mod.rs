@@ -9,3 +9,4 @@ pub mod oidc_world;
 pub mod peers;
 pub mod real_browser;
 pub mod redis;
+pub mod saml_world;

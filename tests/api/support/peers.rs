@@ -319,3 +319,75 @@ impl RelyingParty {
         url
     }
 }
+
+/// The upstream SAML IdP peer (`samlify`), same accounts and password as
+/// [`UpstreamIdp`]. It runs on `localhost` (the gateway on `127.0.0.1`), so
+/// its POST to the gateway's ACS is cross-site.
+pub struct SamlIdp {
+    /// The process; `{url}/metadata` is its metadata and entity ID.
+    pub peer: Peer,
+}
+
+/// Counters kept by the SAML IdP peer (`GET /_test/stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct SamlIdpStats {
+    /// AuthnRequests received.
+    pub authn_requests: u64,
+    /// Successful password logins.
+    pub logins: u64,
+    /// Rejected password logins.
+    pub failed_logins: u64,
+    /// Responses issued.
+    pub responses: u64,
+}
+
+impl SamlIdp {
+    /// Starts the IdP.
+    pub async fn spawn() -> Self {
+        Self {
+            peer: spawn_node("saml-idp", "saml/samlify-idp.mjs", &[]).await,
+        }
+    }
+
+    /// Its metadata URL (also its entity ID).
+    pub fn metadata_url(&self) -> Url {
+        self.peer.url.join("/metadata").unwrap()
+    }
+
+    /// Its metadata document.
+    pub async fn metadata_xml(&self) -> String {
+        let r = reqwest::get(self.metadata_url()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// Registers a service provider (the gateway's SP metadata); returns its
+    /// entity ID as the IdP read it.
+    pub async fn register_sp(&self, metadata_xml: &str) -> String {
+        let r = reqwest::Client::new()
+            .post(self.peer.url.join("/_test/sp").unwrap())
+            .json(&json!({ "metadata_xml": metadata_xml }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "SP metadata refused by the SAML IdP: {body}");
+        body["entity_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Whether `url` is served by this IdP.
+    pub fn serves(&self, url: &Url) -> bool {
+        url.origin() == self.peer.url.origin()
+    }
+
+    /// The IdP's counters.
+    pub async fn stats(&self) -> SamlIdpStats {
+        reqwest::get(self.peer.url.join("/_test/stats").unwrap())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
