@@ -67,16 +67,26 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
     );
     assert!(body["access_token"].is_string());
 
+    // The RP's wrappers (openid-client) against an independent server.
+    let at = body["access_token"].as_str().unwrap();
+    let info = rp.userinfo(at, Some("alice")).await;
+    assert_eq!(info.status, 200, "{:?}", info.body);
+    assert_eq!(info.body["email"], "alice@acme.test");
+    assert_eq!(rp.introspect(at).await.body["active"], true);
+    assert_eq!(rp.revoke(at, Some("access_token")).await.status, 200);
+    assert_eq!(rp.introspect(at).await.body["active"], false);
+    let bogus = rp.refresh("not-a-refresh-token").await;
+    assert_eq!(
+        (bogus.status.as_u16(), bogus.error()),
+        (400, Some("invalid_grant"))
+    );
+
     let stats = idp.stats().await;
     assert_eq!(
-        (
-            stats.authorize,
-            stats.logins,
-            stats.failed_logins,
-            stats.token
-        ),
-        (1, 1, 1, 1)
+        (stats.authorize, stats.logins, stats.failed_logins),
+        (1, 1, 1)
     );
+    assert_eq!(stats.token, 2, "code exchange and the refresh attempt");
 
     // Same browser again: the IdP session signs in without a password.
     browser.clear_history();
