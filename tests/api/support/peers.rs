@@ -41,6 +41,9 @@ pub struct Peer {
     pub url: Url,
     name: String,
     _child: Child,
+    /// The peer exits when this pipe closes, even if the test process is
+    /// killed before `kill_on_drop` can act.
+    _lifeline: Option<tokio::process::ChildStdin>,
 }
 
 impl Peer {
@@ -64,13 +67,15 @@ pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
         .arg(dir.join(script))
         .args(args)
         .current_dir(&dir)
-        .stdin(Stdio::null())
+        .env("PORTCULLIS_PEER_LIFELINE", "stdin")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start node for peer {name}: {e}"));
 
+    let lifeline = child.stdin.take();
     let stderr = child.stderr.take().unwrap();
     let tag = name.to_owned();
     tokio::spawn(async move {
@@ -107,6 +112,7 @@ pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
         url: Url::parse(&ready).unwrap_or_else(|e| panic!("peer {name} READY url {ready:?}: {e}")),
         name: name.to_owned(),
         _child: child,
+        _lifeline: lifeline,
     }
 }
 

@@ -243,3 +243,10 @@ server.listen(port, bindHost, () => {
 });
 
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(0));
+// Under the test harness stdin is a pipe from the test process: when it
+// closes (the test ended or was killed), the peer goes too.
+if (process.env.PORTCULLIS_PEER_LIFELINE === 'stdin') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
