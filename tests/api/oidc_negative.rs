@@ -47,11 +47,8 @@ async fn code_redeemed_twice_is_refused_and_revokes_the_first_tokens() {
     let code = w.raw_code(&w.raw_a, &pkce).await;
     let first = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
     assert_eq!(first.status, 200, "{:?}", first.body);
-    assert_eq!(
-        first.headers["cache-control"].to_str().unwrap(),
-        "no-store",
-        "RFC 6749 §5.1"
-    );
+    let cache = first.headers["cache-control"].to_str().unwrap();
+    assert!(cache.contains("no-store"), "RFC 6749 §5.1: {cache}");
     let second = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
     assert_eq!(second.status, 400, "{:?}", second.body);
     assert_eq!(second.error(), Some("invalid_grant"));
