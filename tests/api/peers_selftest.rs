@@ -26,7 +26,13 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
     )
     .await;
     assert_eq!(idp.issuer(), issuer.as_str().trim_end_matches('/'));
-    rp.configure("selftest", "selftest-secret", "basic").await;
+    rp.configure(
+        "selftest",
+        "selftest-secret",
+        "basic",
+        "openid email profile",
+    )
+    .await;
 
     let mut browser = Browser::new();
     let login = browser

@@ -32,8 +32,13 @@ async fn real_browser_harness_signs_in_at_the_oidc_peers() {
         }],
     )
     .await;
-    rp.configure("browser-selftest", "browser-selftest-secret", "basic")
-        .await;
+    rp.configure(
+        "browser-selftest",
+        "browser-selftest-secret",
+        "basic",
+        "openid email profile",
+    )
+    .await;
 
     let report = run_in_browser(&BrowserFlow {
         start: rp.login_url(&[("scope", "openid email profile groups")]),

@@ -25,6 +25,9 @@ pub const ACME: &str = "acme";
 pub const GLOBEX: &str = "globex";
 /// The connection id used in both tenants.
 pub const CONN: &str = "corp-idp";
+/// The scope the apps ask the gateway for (every flow expects a refresh
+/// token and the groups claim with it).
+pub const APP_SCOPE: &str = "openid email profile";
 /// Scopes the gateway asks upstream for.
 pub const UPSTREAM_SCOPES: &[&str] = &["openid", "email", "profile", "groups"];
 
@@ -151,14 +154,24 @@ impl OidcWorld {
         let reg1 = app
             .create_client("app-one", "App One", &[&app1.redirect_uri()], false)
             .await;
-        app1.configure("app-one", reg1.client_secret.as_deref().unwrap(), "basic")
-            .await;
+        app1.configure(
+            "app-one",
+            reg1.client_secret.as_deref().unwrap(),
+            "basic",
+            APP_SCOPE,
+        )
+        .await;
         let app2 = RelyingParty::spawn("app-two", &app.base).await;
         let reg2 = app
             .create_client("app-two", "App Two", &[&app2.redirect_uri()], false)
             .await;
-        app2.configure("app-two", reg2.client_secret.as_deref().unwrap(), "post")
-            .await;
+        app2.configure(
+            "app-two",
+            reg2.client_secret.as_deref().unwrap(),
+            "post",
+            APP_SCOPE,
+        )
+        .await;
 
         let raw = |name: &str| Url::parse(&format!("http://127.0.0.1:9/{name}/callback")).unwrap();
         let raw_a_uri = raw("raw-a");
@@ -293,7 +306,7 @@ impl OidcWorld {
             .append_pair("response_type", "code")
             .append_pair("client_id", &client.reg.client_id)
             .append_pair("redirect_uri", client.redirect_uri.as_str())
-            .append_pair("scope", "openid email profile")
+            .append_pair("scope", APP_SCOPE)
             .extend_pairs(extra);
         let prefix = client.redirect_uri.as_str().to_owned();
         let stop = move |u: &Url| u.as_str().starts_with(&prefix);

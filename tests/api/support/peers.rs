@@ -245,8 +245,15 @@ impl RelyingParty {
         self.peer.url.join("/callback").unwrap()
     }
 
-    /// Sets the client credentials (`auth_method`: `basic`, `post`, `none`).
-    pub async fn configure(&self, client_id: &str, client_secret: &str, auth_method: &str) {
+    /// Sets the client credentials (`auth_method`: `basic`, `post`, `none`)
+    /// and the scope its sign-ins ask for.
+    pub async fn configure(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        auth_method: &str,
+        scope: &str,
+    ) {
         let r = self
             .http
             .post(self.peer.url.join("/configure").unwrap())
@@ -254,6 +261,7 @@ impl RelyingParty {
                 "client_id": client_id,
                 "client_secret": client_secret,
                 "auth_method": auth_method,
+                "scope": scope,
             }))
             .send()
             .await

@@ -59,8 +59,13 @@ impl SamlWorld {
         let reg = app
             .create_client("saml-app", "SAML App", &[&rp.redirect_uri()], false)
             .await;
-        rp.configure("saml-app", reg.client_secret.as_deref().unwrap(), "basic")
-            .await;
+        rp.configure(
+            "saml-app",
+            reg.client_secret.as_deref().unwrap(),
+            "basic",
+            super::oidc_world::APP_SCOPE,
+        )
+        .await;
         Self {
             app,
             idp,
