@@ -1,19 +1,26 @@
 //! Portcullis: a multi-tenant federation gateway for enterprise single sign-on.
 //!
-//! See `ARCHITECTURE.md` for the bird's-eye view and the code map.
+//! See `ARCHITECTURE.md` for the bird's-eye view, the code map and the
+//! invariants. Layers, each importing only those below it:
+//! edge (`http`, `admin`) → flow (`broker`, `provider`) → domain (`upstream`,
+//! `tenant`, `directory`, `tokens`) → ground (`store`, `config`, `clock`, `ids`, `secret`).
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod directory;
+pub mod http;
 pub mod ids;
+pub mod provider;
 pub mod secret;
 pub mod store;
+pub mod telemetry;
+pub mod tenant;
 pub mod tokens;
 pub mod upstream;

@@ -1,1 +1,11 @@
-fn main() {}
+//! The `portcullis` binary: parse the command line and run it.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    portcullis::telemetry::init();
+    let cli = portcullis::cli::Cli::parse();
+    let code = portcullis::cli::run(cli).await?;
+    std::process::exit(code);
+}

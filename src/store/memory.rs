@@ -11,11 +11,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Counters are plain bytes holding a decimal number, as in Redis, so a
+/// counter reads back with `get` and a numeric value can be counted on.
 #[derive(Debug, Clone)]
 enum Value {
     Bytes(Vec<u8>),
     Set(BTreeSet<String>),
-    Counter(i64),
 }
 
 #[derive(Debug, Clone)]
@@ -47,10 +48,11 @@ impl MemoryStore {
         }
     }
 
+    /// The instant a value written now with `ttl` expires. A TTL too long to
+    /// represent means "never" rather than an overflow panic.
     fn deadline(&self, ttl: Option<Duration>) -> Option<DateTime<Utc>> {
-        ttl.map(|t| {
-            self.clock.now() + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
-        })
+        let ttl = chrono::Duration::from_std(ttl?).ok()?;
+        self.clock.now().checked_add_signed(ttl)
     }
 
     /// Runs `f` on the map with expired entries of `key` already dropped.
@@ -76,8 +78,13 @@ impl MemoryStore {
     }
 }
 
+/// Names only the key's tag: key names can be secrets (authorization codes).
 fn wrong_type(key: &Key) -> StoreError {
-    StoreError::Corrupt(format!("value at {} has another type", key.render("mem")))
+    StoreError::Corrupt(format!("value in {{{}}} has another type", key.tag()))
+}
+
+fn not_a_counter(key: &Key) -> StoreError {
+    StoreError::Corrupt(format!("value in {{{}}} is not a counter", key.tag()))
 }
 
 #[async_trait]
@@ -165,10 +172,12 @@ impl Store for MemoryStore {
                 }
                 _ => return Err(wrong_type(key)),
             }
-            if let (Some(new), Some(old)) = (expires, entry.expires) {
-                if new > old {
-                    entry.expires = Some(new);
-                }
+            // Extend, never shorten; a set without TTL takes the new one
+            // (the same as Redis `PEXPIRE NX` + `PEXPIRE GT`).
+            match (expires, entry.expires) {
+                (Some(new), Some(old)) if new > old => entry.expires = Some(new),
+                (Some(new), None) => entry.expires = Some(new),
+                _ => {}
             }
             Ok(())
         })
@@ -209,16 +218,24 @@ impl Store for MemoryStore {
         let expires = self.deadline(Some(ttl));
         self.with(key, true, |m| {
             let entry = m.entry(key.clone()).or_insert_with(|| Entry {
-                value: Value::Counter(0),
+                value: Value::Bytes(b"0".to_vec()),
                 expires,
             });
-            match &mut entry.value {
-                Value::Counter(n) => {
-                    *n += 1;
-                    Ok(*n)
-                }
-                _ => Err(wrong_type(key)),
+            let Value::Bytes(bytes) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            let next = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .and_then(|n| n.checked_add(1))
+                .ok_or_else(|| not_a_counter(key))?;
+            *bytes = next.to_string().into_bytes();
+            // The window starts when the counter (or the value) first gets a
+            // TTL and is never moved (Redis `PEXPIRE NX`).
+            if entry.expires.is_none() {
+                entry.expires = expires;
             }
+            Ok(next)
         })
     }
 

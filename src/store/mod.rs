@@ -104,7 +104,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
 
     /// Adds `member` to the set at `key` (creating it), and sets the set's TTL
-    /// when `ttl` is given (extending, never shortening, an existing TTL).
+    /// when `ttl` is given (extending, never shortening, an existing TTL; a
+    /// set that had no TTL takes the given one). `ttl: None` leaves any TTL.
     async fn set_add(
         &self,
         key: &Key,

@@ -1,1 +1,308 @@
-//! The Redis store, for production and any number of replicas. (Skeleton.)
+//! The Redis store, for production and any number of replicas.
+//!
+//! One [`ConnectionManager`] (a multiplexed connection that reconnects by
+//! itself) serves every request. Every operation runs under a hard deadline,
+//! so a Redis that is gone or frozen turns into [`StoreError::Unavailable`]
+//! within about two seconds instead of a hung request: `/readyz` and every
+//! login depend on that.
+//!
+//! Each operation touches exactly one key, so the store is safe on Redis
+//! Cluster; the hash tag in [`Key`] keeps related keys in one slot for callers
+//! that need several. Requires Redis 7 (`PEXPIRE ... NX | GT`).
+
+use super::{Key, Store, StoreError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+use std::future::Future;
+use std::time::Duration;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long the server may take to answer one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The hard bound on one store operation, including waiting for a reconnect.
+const OPERATION_DEADLINE: Duration = Duration::from_millis(2000);
+/// Reconnect attempts per reconnect cycle; a failed cycle fails the waiting
+/// commands and the next command starts a new cycle, so few retries keep
+/// failures fast without ever giving up for good.
+const RECONNECT_RETRIES: usize = 1;
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+/// Redis rejects expiry times that overflow its clock; anything this long is
+/// "practically forever" anyway (about 73 million years).
+const MAX_TTL_MS: u64 = (i64::MAX / 4) as u64;
+
+/// A [`Store`] on a Redis server (7.0 or later).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    // The connection info may carry a password, so only the prefix is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host:port[/db]`)
+    /// and renders every key under `prefix`.
+    ///
+    /// Fails with [`StoreError::Unavailable`] when the URL is invalid or the
+    /// server cannot be reached within the deadline, so a misconfigured
+    /// gateway stops at start-up rather than at the first login.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        // The URL may hold a password: never echo it.
+        let client = redis::Client::open(url)
+            .map_err(|_| StoreError::Unavailable("invalid Redis URL".to_owned()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let conn = bounded(ConnectionManager::new_with_config(client, config)).await?;
+        let store = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+        };
+        store.check_version().await?;
+        Ok(store)
+    }
+
+    /// `set_add` and `incr` need `PEXPIRE ... NX | GT` (Redis 7): refuse an
+    /// older server now rather than fail every login later. A server that
+    /// does not say (INFO restricted, a compatible product) is given the
+    /// benefit of the doubt.
+    async fn check_version(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("INFO").arg("server").to_owned();
+        let info: String = match bounded_raw(cmd.query_async(&mut conn)).await? {
+            Ok(info) => info,
+            Err(e) if e.code() == Some("NOPERM") => return Ok(()),
+            Err(e) => return Err(map_error(&e)),
+        };
+        match major_version(&info) {
+            Some(major) if major < 7 => Err(StoreError::Unavailable(format!(
+                "Redis {major} is too old: Portcullis needs Redis 7 or later"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The prefix every key is rendered under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, key: &Key) -> String {
+        key.render(&self.prefix)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    async fn run_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
+    }
+}
+
+/// Runs one Redis call under [`OPERATION_DEADLINE`] and maps its error.
+async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+    bounded_raw(fut).await?.map_err(|e| map_error(&e))
+}
+
+/// Runs one Redis call under [`OPERATION_DEADLINE`], leaving its own error.
+async fn bounded_raw<T>(
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<Result<T, RedisError>, StoreError> {
+    tokio::time::timeout(OPERATION_DEADLINE, fut)
+        .await
+        .map_err(|_| {
+            tracing::warn!(
+                reason = "store.redis_timeout",
+                "Redis did not answer in time"
+            );
+            StoreError::Unavailable("Redis did not answer in time".to_owned())
+        })
+}
+
+/// A type clash, a non-numeric counter or an unparseable answer is about the
+/// data; everything else (I/O, timeouts, server refusals) means the store is
+/// not usable right now. Server error texts never contain key names.
+fn map_error(e: &RedisError) -> StoreError {
+    // In a MULTI the failure is reported per command, inside a pipeline error.
+    let about_data = e.clone().into_server_errors().is_some_and(|errs| {
+        errs.iter().any(|(_, err)| {
+            let detail = err.details().unwrap_or_default();
+            err.code() == "WRONGTYPE"
+                || (err.code() == "ERR"
+                    && (detail.contains("not an integer") || detail.contains("overflow")))
+        })
+    });
+    let corrupt = about_data
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+        );
+    if corrupt {
+        tracing::warn!(reason = "store.redis_corrupt", error = %e, "Redis value does not fit the operation");
+        StoreError::Corrupt(e.to_string())
+    } else {
+        tracing::warn!(reason = "store.redis_unavailable", error = %e, "Redis call failed");
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// The major version in the answer of `INFO server`, if it names one.
+fn major_version(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|major| major.parse().ok())
+}
+
+/// A TTL in whole milliseconds, rounded up, at least 1 (Redis rejects `PX 0`).
+fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(MAX_TTL_MS).clamp(1, MAX_TTL_MS)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(redis::cmd("GET").arg(self.key(key))).await
+    }
+
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl_ms(ttl));
+        }
+        let _: Value = self.run(&cmd).await?;
+        Ok(())
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value).arg("NX");
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl_ms(ttl));
+        }
+        // `SET NX` answers OK when written and nil when the key exists.
+        let answer: Value = self.run(&cmd).await?;
+        Ok(!matches!(answer, Value::Nil))
+    }
+
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(redis::cmd("GETDEL").arg(self.key(key))).await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        let removed: i64 = self.run(redis::cmd("DEL").arg(self.key(key))).await?;
+        Ok(removed > 0)
+    }
+
+    async fn set_add(
+        &self,
+        key: &Key,
+        member: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let k = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SADD").arg(&k).arg(member).ignore();
+        if let Some(ttl) = ttl {
+            let ms = ttl_ms(ttl);
+            // NX gives a set without TTL (new, or persistent until now) its
+            // first one; GT extends an existing TTL but never shortens it
+            // (GT alone would skip a set without TTL: Redis treats it as infinite).
+            pipe.cmd("PEXPIRE").arg(&k).arg(ms).arg("NX").ignore();
+            pipe.cmd("PEXPIRE").arg(&k).arg(ms).arg("GT").ignore();
+        }
+        // MULTI/EXEC reports a failed command (e.g. WRONGTYPE) as an error.
+        let _: Value = self.run_pipe(&pipe).await?;
+        Ok(())
+    }
+
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .run(redis::cmd("SREM").arg(self.key(key)).arg(member))
+            .await?;
+        Ok(())
+    }
+
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        let mut members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(self.key(key))).await?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
+        let k = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("INCR")
+            .arg(&k)
+            .cmd("PEXPIRE")
+            .arg(&k)
+            .arg(ttl_ms(ttl))
+            .arg("NX")
+            .ignore();
+        let (count,): (i64,) = self.run_pipe(&pipe).await?;
+        Ok(count)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.run(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_rounded_up_to_a_positive_millisecond() {
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(ttl_ms(Duration::from_secs(1)), 1000);
+        assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[test]
+    fn the_major_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(major_version(info), Some(7));
+        assert_eq!(major_version("redis_version:6.2.1\r\n"), Some(6));
+        assert_eq!(major_version("# Server\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_url_is_unavailable_and_not_echoed() {
+        let err = RedisStore::connect("nonsense://user:hunter2@x", "p")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)));
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

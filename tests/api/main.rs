@@ -7,3 +7,7 @@ mod peers_selftest;
 mod saml_browser;
 mod saml_flow;
 mod support;
+
+mod oidc_connector;
+mod outbound_http;
+mod store_conformance;

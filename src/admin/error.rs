@@ -1,0 +1,79 @@
+//! The admin API's error type, answered as `application/problem+json`.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An admin API error.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Missing or wrong bearer token (401).
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A field is invalid (400).
+    #[error("{field}: {detail}")]
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Not found (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists or taken (409).
+    #[error("{field}: {detail}")]
+    Conflict {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Our failure (500): logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// An invalid field.
+    pub fn field(field: &str, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, title, detail, field) = match &self {
+            Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "Unauthorized", d.to_string(), None),
+            Self::Invalid { field, detail } => (StatusCode::BAD_REQUEST, "Invalid request", detail.clone(), Some(field.clone())),
+            Self::NotFound(d) => (StatusCode::NOT_FOUND, "Not found", d.clone(), None),
+            Self::Conflict { field, detail } => (StatusCode::CONFLICT, "Conflict", detail.clone(), Some(field.to_string())),
+            Self::Internal(d) => {
+                tracing::error!(reason = "admin.internal", detail = %d, "admin request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "The request could not be completed.".into(), None)
+            }
+        };
+        if !matches!(self, Self::Internal(_)) {
+            tracing::info!(reason = "admin.refused", status = status.as_u16(), field = field.as_deref().unwrap_or(""), "{detail}");
+        }
+        let mut body = json!({
+            "type": "about:blank",
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let Some(f) = field {
+            if let Some(o) = body.as_object_mut() {
+                o.insert("field".into(), json!(f));
+            }
+        }
+        let mut resp = (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,234 @@
+//! Wiring: builds every part from the settings, seeds declared tenants and
+//! apps, and returns the router. Tests call [`build`] and serve it on port 0.
+
+use crate::broker::{connectors::ConnectorCache, Broker};
+use crate::clock::SharedClock;
+use crate::config::{Resolved, Settings};
+use crate::directory::Directory;
+use crate::http::{AppState, SessionConfig};
+use crate::ids::{ConnectionId, TenantId};
+use crate::provider::clients::{hash_secret, Client, ClientRegistry};
+use crate::provider::Provider;
+use crate::secret::Secret;
+use crate::store::{memory::MemoryStore, redis::RedisStore, Key, SharedStore};
+use crate::tenant::TenantRegistry;
+use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
+use crate::upstream::http::{OutboundConfig, OutboundHttp};
+use crate::upstream::UpstreamContext;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens the configured store: Redis when a URL is set, else in memory.
+pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<SharedStore> {
+    Ok(match &settings.store.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::connect(url.expose(), &settings.store.key_prefix)
+                .await
+                .context("cannot connect to Redis")?,
+        ),
+        None => Arc::new(MemoryStore::new(clock)),
+    })
+}
+
+/// Builds the connector context from the settings.
+pub fn upstream_context(settings: &Settings, resolved: &Resolved, store: SharedStore, clock: SharedClock) -> anyhow::Result<UpstreamContext> {
+    let http = OutboundHttp::new(OutboundConfig {
+        allow_private_networks: settings.outbound.allow_private_networks,
+        timeout: Duration::from_secs(settings.outbound.timeout_secs),
+        max_body_bytes: settings.outbound.max_body_bytes,
+    })
+    .map_err(|e| anyhow::anyhow!("outbound client: {}", e.detail))?;
+    Ok(UpstreamContext {
+        http,
+        clock,
+        store,
+        public_url: resolved.public_url.clone(),
+        clock_skew_secs: settings.upstream.clock_skew_secs,
+    })
+}
+
+fn algorithm(name: &str) -> SigningAlgorithm {
+    match name {
+        "ES256" => SigningAlgorithm::Es256,
+        "EdDSA" => SigningAlgorithm::EdDsa,
+        _ => SigningAlgorithm::Rs256,
+    }
+}
+
+/// Builds the application state on `store`.
+pub async fn build(settings: &Settings, resolved: &Resolved, store: SharedStore, clock: SharedClock) -> anyhow::Result<Arc<AppState>> {
+    let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
+    let alg = algorithm(&settings.tokens.algorithm);
+    let max_lifetime = settings.tokens.id_token_ttl_secs.max(settings.tokens.access_token_ttl_secs);
+    let keys = KeyManager::init(
+        store.clone(),
+        clock.clone(),
+        KeyConfig {
+            algorithm: alg,
+            rotation_interval: (settings.tokens.key_rotation_days > 0)
+                .then(|| Duration::from_secs(settings.tokens.key_rotation_days * 86_400)),
+            max_token_lifetime: Duration::from_secs(max_lifetime),
+            cache_for: Duration::from_secs(30),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
+    let directory = Directory::new(store.clone(), clock.clone());
+    let clients = ClientRegistry::new(store.clone());
+    let provider = Provider {
+        issuer: resolved.public_url.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        ttl: settings.tokens.clone(),
+        keys: Arc::new(keys),
+        clients,
+        directory,
+        algorithm: alg,
+    };
+    let tenants = TenantRegistry::new(store.clone(), clock.clone());
+    let broker = Broker {
+        provider: provider.clone(),
+        tenants: tenants.clone(),
+        upstream: upstream.clone(),
+        connectors: ConnectorCache::default(),
+        store: store.clone(),
+        session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
+        login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),
+    };
+    let state = Arc::new(AppState {
+        broker,
+        provider,
+        tenants,
+        upstream,
+        store,
+        admin_token: settings.admin.token.clone(),
+        dev: settings.dev.enabled,
+        algorithm: settings.tokens.algorithm.clone(),
+        session: SessionConfig {
+            cookie_name: settings.sessions.cookie_name.clone(),
+            ttl: Duration::from_secs(settings.sessions.ttl_secs),
+            secure: resolved.public_url.scheme() == "https",
+        },
+    });
+    seed_clients(&state, settings).await?;
+    if settings.dev.enabled {
+        seed_dev(&state).await?;
+    }
+    if let Some(dir) = &settings.tenants_dir {
+        seed_tenant_files(&state, dir).await?;
+    }
+    Ok(state)
+}
+
+async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
+    for c in &settings.clients {
+        let allowed_tenants = c
+            .allowed_tenants
+            .iter()
+            .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let client = Client {
+            client_id: c.client_id.clone(),
+            name: if c.name.is_empty() { c.client_id.clone() } else { c.name.clone() },
+            secret_sha256: c.client_secret.as_ref().map(|s| hash_secret(s.expose())),
+            redirect_uris: c.redirect_uris.clone(),
+            post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
+            allowed_tenants,
+            created_at: state.provider.clock.now(),
+        };
+        state.provider.clients.put(&client).await?;
+    }
+    Ok(())
+}
+
+/// The demo tenant, its development IdP connection and the demo app.
+async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
+    use crate::http::dev::{DEMO_CLIENT, DEMO_TENANT};
+    let tenant = TenantId::parse(DEMO_TENANT).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if state.tenants.get(&tenant).await?.is_none() {
+        state
+            .tenants
+            .create(tenant.clone(), "Demo tenant".into(), vec!["demo.example".into()])
+            .await?;
+    }
+    let conn_id = ConnectionId::parse("dev").map_err(|e| anyhow::anyhow!("{e}"))?;
+    if state.tenants.connection(&tenant, &conn_id).await?.is_none() {
+        let body = serde_json::json!({"id": "dev", "kind": "dev"});
+        let conn = crate::tenant::setup::build_connection(&state.upstream, &tenant, body, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("demo connection: {e}"))?;
+        state.tenants.put_connection(&conn).await?;
+    }
+    let client = Client {
+        client_id: DEMO_CLIENT.into(),
+        name: "Demo app".into(),
+        secret_sha256: None,
+        redirect_uris: vec![state.upstream.public("demo/callback").to_string()],
+        post_logout_redirect_uris: vec![state.upstream.public("demo").to_string()],
+        allowed_tenants: vec![],
+        created_at: state.provider.clock.now(),
+    };
+    state.provider.clients.put(&client).await?;
+    Ok(())
+}
+
+/// Loads `tenants/*.toml`. A connection is (re)built only when its declared
+/// body changed, so SP keys stay stable across restarts.
+async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::Result<()> {
+    let (files, problems) = crate::tenant::files::read_dir(dir);
+    if !problems.is_empty() {
+        let errs = crate::config::ConfigErrors(problems);
+        anyhow::bail!("{errs}");
+    }
+    for f in files {
+        let id = TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
+        if state.tenants.get(&id).await?.is_none() {
+            let name = if f.name.is_empty() { f.id.clone() } else { f.name.clone() };
+            let domains = f.domains.iter().filter_map(|d| crate::tenant::parse_domain(d)).collect();
+            state.tenants.create(id.clone(), name, domains).await?;
+        }
+        for body in f.connection_bodies() {
+            let declared = crate::tokens::sha256_base64url(body.to_string().as_bytes());
+            let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let marker = Key::tenant(id.as_str(), "config", format!("declared:{cid}"));
+            if state.store.get(&marker).await?.as_deref() == Some(declared.as_bytes()) {
+                continue;
+            }
+            let conn = crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: connections[{cid}].{}: {}", f.path.display(), e.field, e.message))?;
+            state.tenants.put_connection(&conn).await?;
+            state.store.put(&marker, declared.as_bytes(), None).await?;
+            tracing::info!(tenant = %id, connection = %cid, "declared connection loaded");
+        }
+    }
+    Ok(())
+}
+
+/// Background work: rotate signing keys when due. Runs until the process ends.
+pub fn spawn_background(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match state.provider.keys.rotate_if_due().await {
+                Ok(true) => tracing::info!(reason = "keys.rotated", "signing key rotated"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(reason = "keys.rotation_failed", error = %e),
+            }
+        }
+    });
+}
+
+/// Keeps a secret-free summary for the start-up log.
+pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
+    let _: Option<&Secret> = settings.admin.token.as_ref();
+    format!(
+        "issuer {} · store {} · admin API {} · dev mode {}",
+        resolved.public_url,
+        if settings.store.redis_url.is_some() { "redis" } else { "in-memory" },
+        if settings.admin.token.is_some() { "on" } else { "off" },
+        if settings.dev.enabled { "ON (not for production)" } else { "off" },
+    )
+}

@@ -1,0 +1,177 @@
+//! Parsing and checking an app's authorization request.
+//!
+//! The order matters (RFC 6749 §4.1.2.1): until the client and its redirect
+//! URI are known good, errors go to a page, never to a redirect; after that,
+//! errors go back to the app as `error=` parameters.
+
+use crate::provider::clients::Client;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A checked authorization request, stored with the pending login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthRequest {
+    /// The app.
+    pub client_id: String,
+    /// Its registered redirect URI (exact match).
+    pub redirect_uri: String,
+    /// Requested scopes (always includes `openid`).
+    pub scope: Vec<String>,
+    /// The app's state, echoed back.
+    pub state: Option<String>,
+    /// The app's nonce, echoed in the ID token.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// `prompt=login`.
+    pub prompt_login: bool,
+    /// `prompt=none`.
+    pub prompt_none: bool,
+    /// `max_age`, seconds.
+    pub max_age: Option<i64>,
+    /// `login_hint`.
+    pub login_hint: Option<String>,
+    /// `tenant` parameter.
+    pub tenant: Option<String>,
+    /// `connection` parameter.
+    pub connection: Option<String>,
+}
+
+/// A rejected authorization request.
+#[derive(Debug, Clone)]
+pub enum AuthorizeError {
+    /// The client or redirect URI cannot be trusted: show a page.
+    Page {
+        /// Reason code.
+        reason: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Send the app an error at its redirect URI.
+    Redirect {
+        /// RFC 6749 error code.
+        error: &'static str,
+        /// Reason code.
+        reason: &'static str,
+        /// `error_description`.
+        description: String,
+    },
+}
+
+fn redirect_err(error: &'static str, reason: &'static str, description: impl Into<String>) -> AuthorizeError {
+    AuthorizeError::Redirect {
+        error,
+        reason,
+        description: description.into(),
+    }
+}
+
+/// Step one: the client id and redirect URI, checked before anything can be
+/// sent back to the app.
+pub fn client_and_redirect<'a>(
+    params: &'a BTreeMap<String, String>,
+    client: Option<&Client>,
+) -> Result<&'a str, AuthorizeError> {
+    let page = |reason, message: &str| AuthorizeError::Page {
+        reason,
+        message: message.into(),
+    };
+    let Some(client) = client else {
+        return Err(page("authorize.unknown_client", "The application is not registered with this sign-in service."));
+    };
+    let Some(uri) = params.get("redirect_uri") else {
+        return Err(page("authorize.missing_redirect_uri", "The application did not say where to return (redirect_uri)."));
+    };
+    if !client.redirect_uris.iter().any(|r| r == uri) {
+        return Err(page(
+            "authorize.redirect_uri_not_registered",
+            "The application asked to return to an address that is not registered for it.",
+        ));
+    }
+    Ok(uri)
+}
+
+fn is_pkce_challenge(s: &str) -> bool {
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Step two: every other parameter.
+pub fn parse(params: &BTreeMap<String, String>, client: &Client, redirect_uri: &str) -> Result<AuthRequest, AuthorizeError> {
+    if params.contains_key("request") || params.contains_key("request_uri") {
+        return Err(redirect_err("request_not_supported", "authorize.request_object", "Request objects are not supported."));
+    }
+    match params.get("response_type").map(String::as_str) {
+        Some("code") => {}
+        Some(_) => {
+            return Err(redirect_err(
+                "unsupported_response_type",
+                "authorize.response_type",
+                "Only response_type=code is supported.",
+            ))
+        }
+        None => return Err(redirect_err("invalid_request", "authorize.missing_response_type", "response_type is required.")),
+    }
+    if let Some(mode) = params.get("response_mode") {
+        if mode != "query" {
+            return Err(redirect_err("invalid_request", "authorize.response_mode", "Only response_mode=query is supported."));
+        }
+    }
+    let scope: Vec<String> = params
+        .get("scope")
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    if !scope.iter().any(|s| s == "openid") {
+        return Err(redirect_err("invalid_scope", "authorize.scope_without_openid", "scope must include openid."));
+    }
+    let code_challenge = params.get("code_challenge").cloned();
+    match (params.get("code_challenge_method").map(String::as_str), &code_challenge) {
+        (Some("S256"), Some(c)) if is_pkce_challenge(c) => {}
+        (Some("S256"), Some(_)) => {
+            return Err(redirect_err("invalid_request", "pkce.bad_challenge", "code_challenge is not a S256 challenge."))
+        }
+        (None, Some(_)) | (Some("plain"), _) => {
+            return Err(redirect_err(
+                "invalid_request",
+                "pkce.method_not_s256",
+                "code_challenge_method must be S256.",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(redirect_err("invalid_request", "pkce.bad_method", "code_challenge_method must be S256."))
+        }
+        (None, None) if client.is_public() => {
+            return Err(redirect_err("invalid_request", "pkce.required", "PKCE (S256) is required for public clients."))
+        }
+        (None, None) => {}
+    }
+    let prompts: Vec<&str> = params.get("prompt").map(|p| p.split_whitespace().collect()).unwrap_or_default();
+    let prompt_none = prompts.contains(&"none");
+    if prompt_none && prompts.len() > 1 {
+        return Err(redirect_err("invalid_request", "authorize.prompt_none_combined", "prompt=none cannot be combined."));
+    }
+    if let Some(p) = prompts.iter().find(|p| !matches!(**p, "none" | "login" | "consent" | "select_account")) {
+        return Err(redirect_err("invalid_request", "authorize.prompt", format!("prompt value {p:?} is not supported.")));
+    }
+    let max_age = match params.get("max_age") {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => return Err(redirect_err("invalid_request", "authorize.max_age", "max_age must be a non-negative integer.")),
+        },
+    };
+    let short = |k: &str| params.get(k).filter(|v| !v.is_empty() && v.len() <= 2048).cloned();
+    Ok(AuthRequest {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.to_owned(),
+        scope,
+        state: short("state"),
+        nonce: short("nonce"),
+        code_challenge,
+        prompt_login: prompts.contains(&"login"),
+        prompt_none,
+        max_age,
+        login_hint: short("login_hint"),
+        tenant: short("tenant"),
+        connection: short("connection"),
+    })
+}

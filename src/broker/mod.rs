@@ -1,0 +1,470 @@
+//! The broker: an app asks for a sign-in; pick the tenant and connection,
+//! reuse the SSO session or send the browser upstream; when the IdP answers,
+//! validate (through the connector), provision the user, open the SSO session
+//! and hand the app a code.
+//!
+//! HTTP-free: `http::flows` turns [`Outcome`]s into responses and keeps the
+//! browser's [`BrowserSso`] in the tower-sessions session.
+
+pub mod authorize;
+pub mod connectors;
+pub mod session;
+
+use crate::directory::Provisioned;
+use crate::ids::{ConnectionId, TenantId};
+use crate::provider::codes::Authorization;
+use crate::provider::Provider;
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::tenant::{email_domain, Tenant, TenantRegistry};
+use crate::upstream::{BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect};
+use authorize::{AuthRequest, AuthorizeError};
+use serde::{Deserialize, Serialize};
+use session::{BrowserSso, SsoSession};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use url::Url;
+
+/// What the HTTP layer should do next.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Redirect to the app (with a code, or with `error=`).
+    App(Url),
+    /// Send the browser to the IdP.
+    Upstream(UpstreamRedirect),
+    /// Show a page to the person.
+    Page {
+        /// HTTP status.
+        status: u16,
+        /// Page title.
+        title: String,
+        /// The explanation.
+        message: String,
+        /// Reason code.
+        reason: &'static str,
+    },
+    /// Ask for the work email (home-realm discovery); re-submit the params.
+    ChooseTenant {
+        /// The original authorization parameters.
+        params: BTreeMap<String, String>,
+        /// Why we ask again, if the first answer did not match.
+        error: Option<String>,
+    },
+    /// The tenant has several connections: let the person pick one.
+    ChooseConnection {
+        /// The original authorization parameters.
+        params: BTreeMap<String, String>,
+        /// The tenant.
+        tenant: Tenant,
+        /// Its connections.
+        connections: Vec<ConnectionId>,
+    },
+}
+
+fn page(status: u16, title: &str, message: impl Into<String>, reason: &'static str) -> Outcome {
+    Outcome::Page {
+        status,
+        title: title.into(),
+        message: message.into(),
+        reason,
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Outcome {
+    tracing::error!(reason = "store.unavailable", error = %e, "store failed during a sign-in");
+    page(
+        503,
+        "Sign-in is temporarily unavailable",
+        "The sign-in service could not reach its storage. Please try again in a moment.",
+        "store.unavailable",
+    )
+}
+
+/// A login in flight: stored when the browser goes to the IdP, consumed once
+/// when it comes back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingLogin {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The app's request.
+    pub request: AuthRequest,
+    /// The connector's private state (request id, nonce, PKCE verifier).
+    pub connector_state: serde_json::Value,
+}
+
+fn pending_key(t: &TenantId, login_id: &str) -> Key {
+    Key::tenant(t.as_str(), "login", format!("pending:{login_id}"))
+}
+
+/// Builds the app redirect with `params` (and RFC 9207 `iss`).
+pub fn app_redirect(redirect_uri: &str, issuer: &str, params: &[(&str, &str)]) -> Option<Url> {
+    let mut url = Url::parse(redirect_uri).ok()?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        q.append_pair("iss", issuer);
+    }
+    Some(url)
+}
+
+fn error_to_app(req: &AuthRequest, issuer: &str, error: &str, description: &str) -> Outcome {
+    let mut params = vec![("error", error), ("error_description", description)];
+    if let Some(s) = &req.state {
+        params.push(("state", s));
+    }
+    match app_redirect(&req.redirect_uri, issuer, &params) {
+        Some(u) => Outcome::App(u),
+        None => page(400, "Sign-in failed", description, "authorize.bad_redirect_uri"),
+    }
+}
+
+/// The broker.
+#[derive(Clone)]
+pub struct Broker {
+    /// The provider (codes, clients, directory).
+    pub provider: Provider,
+    /// Tenants and connections.
+    pub tenants: TenantRegistry,
+    /// Connector context.
+    pub upstream: UpstreamContext,
+    /// Built connectors, cached per revision.
+    pub connectors: connectors::ConnectorCache,
+    /// The store.
+    pub store: SharedStore,
+    /// SSO session lifetime.
+    pub session_ttl: Duration,
+    /// Pending login lifetime.
+    pub login_ttl: Duration,
+}
+
+impl Broker {
+    /// `/authorize`: decide where the browser goes.
+    pub async fn authorize(&self, params: BTreeMap<String, String>, sso: &BrowserSso) -> Outcome {
+        let issuer = self.provider.iss();
+        let client_id = params.get("client_id").cloned().unwrap_or_default();
+        let client = match self.provider.clients.get(&client_id).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let redirect_uri = match authorize::client_and_redirect(&params, client.as_ref()) {
+            Ok(u) => u.to_owned(),
+            Err(AuthorizeError::Page { reason, message }) => {
+                tracing::info!(reason, client_id = %client_id, "authorization request refused");
+                return page(400, "This sign-in link is not valid", message, reason);
+            }
+            Err(AuthorizeError::Redirect { .. }) => {
+                return page(400, "This sign-in link is not valid", "Invalid request.", "authorize.invalid")
+            }
+        };
+        let Some(client) = client else {
+            return page(400, "This sign-in link is not valid", "Unknown application.", "authorize.unknown_client");
+        };
+        let req = match authorize::parse(&params, &client, &redirect_uri) {
+            Ok(r) => r,
+            Err(AuthorizeError::Redirect { error, reason, description }) => {
+                tracing::info!(reason, client_id = %client_id, "authorization request refused");
+                let state = params.get("state").cloned();
+                let stub = AuthRequest {
+                    client_id: client_id.clone(),
+                    redirect_uri,
+                    scope: vec![],
+                    state,
+                    nonce: None,
+                    code_challenge: None,
+                    prompt_login: false,
+                    prompt_none: false,
+                    max_age: None,
+                    login_hint: None,
+                    tenant: None,
+                    connection: None,
+                };
+                return error_to_app(&stub, &issuer, error, &description);
+            }
+            Err(AuthorizeError::Page { reason, message }) => {
+                return page(400, "This sign-in link is not valid", message, reason)
+            }
+        };
+
+        // Which tenant?
+        let tenant = match self.resolve_tenant(&req).await {
+            Ok(Some(t)) => t,
+            Ok(None) if req.tenant.is_some() => {
+                return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
+            }
+            Ok(None) => {
+                let error = req
+                    .login_hint
+                    .as_ref()
+                    .map(|_| "No organization uses single sign-on for that email domain.".to_owned());
+                return Outcome::ChooseTenant { params, error };
+            }
+            Err(e) => return unavailable(e),
+        };
+        if !client.allows_tenant(&tenant.id) {
+            tracing::info!(reason = "authorize.tenant_not_allowed", tenant = %tenant.id, client_id = %client_id);
+            return error_to_app(&req, &issuer, "access_denied", "This application is not available to your organization.");
+        }
+
+        // Which connection?
+        let connection_ids = match self.tenants.connection_ids(&tenant.id).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let connection = match &req.connection {
+            Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
+                Some(c) => c,
+                None => return error_to_app(&req, &issuer, "invalid_request", "Unknown connection for this tenant."),
+            },
+            None => match connection_ids.as_slice() {
+                [] => {
+                    return page(
+                        409,
+                        "Single sign-on is not set up yet",
+                        format!("{} has not connected an identity provider yet. Ask your IT administrator.", tenant.name),
+                        "authorize.no_connection",
+                    )
+                }
+                [only] => only.clone(),
+                _ => {
+                    return Outcome::ChooseConnection {
+                        params,
+                        tenant,
+                        connections: connection_ids,
+                    }
+                }
+            },
+        };
+
+        // Is there a usable SSO session?
+        match self.usable_session(sso, &tenant.id, &req).await {
+            Ok(Some(s)) => {
+                tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
+                return self.finish(&req, &s).await;
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
+        }
+        if req.prompt_none {
+            return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
+        }
+        self.begin_upstream(req, tenant.id, connection).await
+    }
+
+    async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+        if let Some(t) = &req.tenant {
+            return match TenantId::parse(t) {
+                Ok(id) => self.tenants.get(&id).await,
+                Err(_) => Ok(None),
+            };
+        }
+        match req.login_hint.as_deref().and_then(email_domain) {
+            Some(domain) => self.tenants.by_domain(&domain).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn usable_session(&self, sso: &BrowserSso, tenant: &TenantId, req: &AuthRequest) -> Result<Option<SsoSession>, StoreError> {
+        if req.prompt_login {
+            return Ok(None);
+        }
+        let Some(s) = session::load(&self.store, sso, tenant).await? else {
+            return Ok(None);
+        };
+        if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
+            return Ok(None);
+        }
+        let now = self.provider.clock.unix();
+        if let Some(max_age) = req.max_age {
+            if now - s.auth_time > max_age {
+                return Ok(None);
+            }
+        }
+        Ok(Some(s))
+    }
+
+    async fn begin_upstream(&self, req: AuthRequest, tenant: TenantId, connection: ConnectionId) -> Outcome {
+        let connector = match self.connectors.get(&self.tenants, &self.upstream, &tenant, &connection).await {
+            Ok(c) => c,
+            Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
+        };
+        let login_id = crate::tokens::random_token(24);
+        let begin = BeginRequest {
+            login_id: &login_id,
+            force_authn: req.prompt_login || req.max_age == Some(0),
+            login_hint: req.login_hint.as_deref(),
+        };
+        let started = match connector.begin(begin).await {
+            Ok(b) => b,
+            Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
+        };
+        let pending = PendingLogin {
+            tenant: tenant.clone(),
+            connection: connection.clone(),
+            request: req,
+            connector_state: started.state,
+        };
+        if let Err(e) = self.store.put_json(&pending_key(&tenant, &login_id), &pending, Some(self.login_ttl)).await {
+            return unavailable(e);
+        }
+        tracing::info!(reason = "login.started", tenant = %tenant, connection = %connection, "sent to the IdP");
+        Outcome::Upstream(started.redirect)
+    }
+
+    fn upstream_failed(&self, req: Option<&AuthRequest>, tenant: &TenantId, connection: &ConnectionId, e: UpstreamError) -> Outcome {
+        if e.internal {
+            tracing::error!(reason = e.code, tenant = %tenant, connection = %connection, detail = %e.detail, "upstream failure");
+        } else {
+            tracing::warn!(reason = e.code, tenant = %tenant, connection = %connection, detail = %e.detail, "upstream response rejected");
+        }
+        let error = if e.internal { "temporarily_unavailable" } else { "access_denied" };
+        match req {
+            Some(r) => error_to_app(r, &self.provider.iss(), error, &e.message),
+            None => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
+        }
+    }
+
+    /// The IdP's answer (OIDC callback, SAML ACS, dev IdP).
+    pub async fn complete(&self, tenant: &str, connection: &str, params: CallbackParams, sso: &mut BrowserSso) -> Outcome {
+        let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            return page(404, "Unknown sign-in address", "This sign-in address does not exist.", "callback.unknown_connection");
+        };
+        let connector = match self.connectors.get(&self.tenants, &self.upstream, &tenant, &connection).await {
+            Ok(c) => c,
+            Err(e) => return self.upstream_failed(None, &tenant, &connection, e),
+        };
+        // Find (and consume) the pending login the IdP's answer refers to.
+        let pending = match connector.login_id(&params) {
+            Some(id) if id.len() <= 128 => match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
+                Ok(p) => p,
+                Err(e) => return unavailable(e),
+            },
+            _ => None,
+        };
+        if let Some(p) = &pending {
+            if p.connection != connection || p.tenant != tenant {
+                tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
+                return page(400, "Sign-in failed", "This answer does not belong to the sign-in that was started.", "callback.login_mismatch");
+            }
+        }
+        let request = match &pending {
+            Some(p) => p.request.clone(),
+            None => match connector.unsolicited_target() {
+                Some((client_id, redirect_uri)) => match self.unsolicited_request(&client_id, &redirect_uri).await {
+                    Ok(r) => r,
+                    Err(o) => return o,
+                },
+                None => {
+                    let reason = if connector.login_id(&params).is_some() {
+                        "callback.unknown_login"
+                    } else {
+                        "callback.unsolicited"
+                    };
+                    tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
+                    return page(
+                        400,
+                        "Sign-in failed",
+                        "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
+                        reason,
+                    );
+                }
+            },
+        };
+        let identity = match connector.complete(pending.as_ref().map(|p| &p.connector_state), &params).await {
+            Ok(i) => i,
+            Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
+        };
+        let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
+            Ok(u) => u,
+            Err(e) => return unavailable(e),
+        };
+        if provisioned == Provisioned::Created {
+            tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
+        }
+        let s = SsoSession {
+            sid: crate::tokens::random_token(16),
+            tenant: tenant.clone(),
+            connection: connection.clone(),
+            sub: user.sub.clone(),
+            auth_time: self.provider.clock.unix(),
+            amr: identity.amr.clone(),
+        };
+        if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
+            return unavailable(e);
+        }
+        sso.insert(tenant.to_string(), s.sid.clone());
+        tracing::info!(reason = "login.succeeded", tenant = %tenant, connection = %connection, "sign-in succeeded");
+        self.finish(&request, &s).await
+    }
+
+    async fn unsolicited_request(&self, client_id: &str, redirect_uri: &Url) -> Result<AuthRequest, Outcome> {
+        let client = self.provider.clients.get(client_id).await.map_err(unavailable)?;
+        let ok = client
+            .as_ref()
+            .is_some_and(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str()));
+        if !ok {
+            return Err(page(
+                400,
+                "Sign-in failed",
+                "The default application of this connection is not registered.",
+                "callback.unsolicited_target_invalid",
+            ));
+        }
+        Ok(AuthRequest {
+            client_id: client_id.to_owned(),
+            redirect_uri: redirect_uri.to_string(),
+            scope: vec!["openid".into(), "email".into(), "profile".into()],
+            state: None,
+            nonce: None,
+            code_challenge: None,
+            prompt_login: false,
+            prompt_none: false,
+            max_age: None,
+            login_hint: None,
+            tenant: None,
+            connection: None,
+        })
+    }
+
+    /// Issues a code for `req` from session `s` and sends the browser to the app.
+    async fn finish(&self, req: &AuthRequest, s: &SsoSession) -> Outcome {
+        let authz = Authorization {
+            tenant: s.tenant.clone(),
+            connection: s.connection.clone(),
+            client_id: req.client_id.clone(),
+            redirect_uri: req.redirect_uri.clone(),
+            scope: req.scope.clone(),
+            nonce: req.nonce.clone(),
+            code_challenge: req.code_challenge.clone(),
+            sub: s.sub.clone(),
+            sid: s.sid.clone(),
+            auth_time: s.auth_time,
+            amr: s.amr.clone(),
+        };
+        let code = match self.provider.issue_code(&authz).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let mut params = vec![("code", code.as_str())];
+        if let Some(st) = &req.state {
+            params.push(("state", st));
+        }
+        match app_redirect(&req.redirect_uri, &self.provider.iss(), &params) {
+            Some(u) => Outcome::App(u),
+            None => page(400, "Sign-in failed", "The application's address is invalid.", "authorize.bad_redirect_uri"),
+        }
+    }
+
+    /// Ends the browser's SSO sessions (all tenants) and revokes their refresh tokens.
+    pub async fn logout(&self, sso: &BrowserSso) -> Result<(), StoreError> {
+        for (tenant, sid) in sso {
+            if let Ok(t) = TenantId::parse(tenant) {
+                session::delete(&self.store, &t, sid).await?;
+                self.provider.revoke_session_families(&t, sid).await?;
+            }
+        }
+        Ok(())
+    }
+}

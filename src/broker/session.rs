@@ -1,0 +1,55 @@
+//! SSO sessions: one per (browser, tenant), stored server-side with a TTL.
+//! The browser's tower-sessions session holds only the map tenant → sid.
+
+use crate::ids::{ConnectionId, TenantId};
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the browser session carries: the SSO session id per tenant.
+pub type BrowserSso = BTreeMap<String, String>;
+
+/// The key of [`BrowserSso`] in the tower-sessions session.
+pub const SESSION_FIELD: &str = "sso";
+
+/// A signed-in user of one tenant in one browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SsoSession {
+    /// Session id (the `sid` claim).
+    pub sid: String,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The connection used.
+    pub connection: ConnectionId,
+    /// The user.
+    pub sub: String,
+    /// When the user authenticated (Unix seconds).
+    pub auth_time: i64,
+    /// Authentication methods.
+    pub amr: Vec<String>,
+}
+
+fn key(t: &TenantId, sid: &str) -> Key {
+    Key::tenant(t.as_str(), "sso", format!("session:{sid}"))
+}
+
+/// Stores a session.
+pub async fn save(store: &SharedStore, s: &SsoSession, ttl: Duration) -> Result<(), StoreError> {
+    store.put_json(&key(&s.tenant, &s.sid), s, Some(ttl)).await
+}
+
+/// The browser's live session for `tenant`, if any. A session id from the
+/// cookie is only a lookup key: the record must belong to `tenant`.
+pub async fn load(store: &SharedStore, sso: &BrowserSso, tenant: &TenantId) -> Result<Option<SsoSession>, StoreError> {
+    let Some(sid) = sso.get(tenant.as_str()) else {
+        return Ok(None);
+    };
+    let s: Option<SsoSession> = store.get_json(&key(tenant, sid)).await?;
+    Ok(s.filter(|s| &s.tenant == tenant))
+}
+
+/// Deletes a session.
+pub async fn delete(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+    store.delete(&key(tenant, sid)).await.map(|_| ())
+}

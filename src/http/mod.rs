@@ -1,0 +1,104 @@
+//! The edge: the only code that knows axum. Handlers convert a request,
+//! call the broker, provider or admin domain, and map the result to HTTP.
+
+pub mod dev;
+pub mod flows;
+pub mod health;
+pub mod oauth;
+pub mod pages;
+
+use crate::broker::Broker;
+use crate::provider::Provider;
+use crate::secret::Secret;
+use crate::store::SharedStore;
+use crate::tenant::TenantRegistry;
+use crate::upstream::UpstreamContext;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sign-in broker.
+    pub broker: Broker,
+    /// The OIDC provider.
+    pub provider: Provider,
+    /// Tenants and connections.
+    pub tenants: TenantRegistry,
+    /// Connector context (public URL, outbound client, clock, store).
+    pub upstream: UpstreamContext,
+    /// The store.
+    pub store: SharedStore,
+    /// The platform admin token; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+    /// Development mode (built-in IdP, demo app).
+    pub dev: bool,
+    /// The signing algorithm name, for discovery.
+    pub algorithm: String,
+    /// Browser session settings.
+    pub session: SessionConfig,
+}
+
+/// How browser-session cookies are set.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Lifetime after the last use.
+    pub ttl: Duration,
+    /// `Secure` attribute (public URL is https).
+    pub secure: bool,
+}
+
+/// The largest request body accepted anywhere (the SAML ACS is the biggest).
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+/// Builds the whole router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let sessions = SessionManagerLayer::new(crate::store::session::StoreSessionStore::new(
+        state.store.clone(),
+        state.provider.clock.clone(),
+    ))
+    .with_name(state.session.cookie_name.clone())
+    .with_http_only(true)
+    .with_same_site(SameSite::Lax)
+    .with_secure(state.session.secure)
+    .with_path("/")
+    .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::seconds(
+        i64::try_from(state.session.ttl.as_secs()).unwrap_or(3600),
+    )));
+
+    let mut browser = Router::new()
+        .route("/authorize", get(oauth::authorize_get).post(oauth::authorize_post))
+        .route("/logout", get(oauth::logout_get).post(oauth::logout_post))
+        .route("/oidc/{tenant}/{connection}/callback", get(flows::oidc_callback))
+        .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs));
+    if state.dev {
+        browser = browser.merge(dev::routes());
+    }
+    let browser = browser.layer(sessions);
+
+    let api = Router::new()
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
+        .route("/jwks", get(oauth::jwks))
+        .route("/token", post(oauth::token))
+        .route("/userinfo", get(oauth::userinfo).post(oauth::userinfo))
+        .route("/revoke", post(oauth::revoke))
+        .route("/introspect", post(oauth::introspect))
+        .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest("/admin/v1", crate::admin::routes());
+
+    Router::new()
+        .merge(browser)
+        .merge(api)
+        .fallback(flows::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,344 @@
+//! The OpenID Connect provider's endpoints: discovery, JWKS, authorize,
+//! token, userinfo, revocation, introspection and RP-initiated logout.
+//! Errors follow RFC 6749 §5.2 (JSON) and RFC 6750 §3 (`WWW-Authenticate`).
+
+use super::flows::{load_sso, respond};
+use super::pages::{self, esc};
+use super::AppState;
+use crate::broker::session::SESSION_FIELD;
+use crate::provider::grants::{ClientCredentials, TokenRequest};
+use crate::provider::OAuthError;
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Json;
+use base64::Engine;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tower_sessions::Session;
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let Some(detail) = &self.detail {
+            tracing::error!(reason = self.reason, detail = %detail, "OAuth request failed on our side");
+        } else {
+            tracing::info!(reason = self.reason, error = self.code, "OAuth request refused");
+        }
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = Json(json!({"error": self.code, "error_description": self.description}));
+        let mut resp = (status, pages::no_store(), body).into_response();
+        if self.code == "invalid_token" {
+            let v = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.description.replace('"', "'"));
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        } else if self.code == "invalid_client" {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+        }
+        resp
+    }
+}
+
+/// Collects parameters, refusing any that appear twice (RFC 6749 §3.1).
+pub fn single_valued(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in pairs {
+        if out.insert(k.clone(), v).is_some() {
+            return Err(k);
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /.well-known/openid-configuration`
+pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
+    let u = |p: &str| state.upstream.public(p).to_string();
+    let doc = json!({
+        "issuer": state.provider.iss(),
+        "authorization_endpoint": u("authorize"),
+        "token_endpoint": u("token"),
+        "userinfo_endpoint": u("userinfo"),
+        "jwks_uri": u("jwks"),
+        "revocation_endpoint": u("revoke"),
+        "introspection_endpoint": u("introspect"),
+        "end_session_endpoint": u("logout"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [state.algorithm],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "email", "profile", "offline_access"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid", "tenant", "connection",
+            "email", "email_verified", "name", "given_name", "family_name", "groups", "amr", "at_hash", "azp"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "claims_parameter_supported": false,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "authorization_response_iss_parameter_supported": true,
+        "frontchannel_logout_supported": false,
+    });
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(doc)).into_response()
+}
+
+/// `GET /jwks`
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    match state.provider.keys.jwks().await {
+        Ok(doc) => ([(header::CACHE_CONTROL, "public, max-age=60")], Json(doc)).into_response(),
+        Err(e) => OAuthError::server("jwks.unavailable", e).into_response(),
+    }
+}
+
+/// `GET /authorize`
+pub async fn authorize_get(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    authorize(state, session, pairs).await
+}
+
+/// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1)
+pub async fn authorize_post(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    authorize(state, session, pairs).await
+}
+
+async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>) -> Response {
+    let params = match single_valued(pairs) {
+        Ok(p) => p,
+        Err(k) => {
+            return pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in link is not valid",
+                &format!("The parameter {k:?} appears more than once."),
+                "authorize.duplicate_parameter",
+            )
+        }
+    };
+    let sso = load_sso(&session).await;
+    let outcome = state.broker.authorize(params, &sso).await;
+    respond(&state, outcome)
+}
+
+fn client_credentials(headers: &HeaderMap, form: &mut BTreeMap<String, String>) -> Result<ClientCredentials, OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
+    let form_secret = form.remove("client_secret");
+    let form_id = form.remove("client_id");
+    if let Some(b64) = basic {
+        if form_secret.is_some() {
+            return Err(OAuthError::invalid_request("client.two_methods", "Use one client authentication method."));
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
+        let dec = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let (id, secret) = (dec(id), dec(secret));
+        if form_id.as_deref().is_some_and(|f| f != id) {
+            return Err(OAuthError::invalid_request("client.id_mismatch", "client_id does not match the credentials."));
+        }
+        return Ok(ClientCredentials::Secret { id, secret });
+    }
+    match (form_id, form_secret) {
+        (Some(id), Some(secret)) => Ok(ClientCredentials::Secret { id, secret }),
+        (Some(id), None) => Ok(ClientCredentials::Public { id }),
+        (None, _) => Err(OAuthError::invalid_client("client.missing", "Client authentication is required.")),
+    }
+}
+
+fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, OAuthError> {
+    single_valued(pairs).map_err(|k| OAuthError::invalid_request("request.duplicate_parameter", format!("{k} appears more than once.")))
+}
+
+/// `POST /token`
+pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+    let result = async {
+        let mut form = form_params(pairs)?;
+        let creds = client_credentials(&headers, &mut form)?;
+        let client = state.provider.authenticate_client(&creds).await?;
+        let req = TokenRequest {
+            grant_type: form.remove("grant_type"),
+            code: form.remove("code"),
+            redirect_uri: form.remove("redirect_uri"),
+            code_verifier: form.remove("code_verifier"),
+            refresh_token: form.remove("refresh_token"),
+            scope: form.remove("scope"),
+        };
+        state.provider.token(&client, &req).await
+    }
+    .await;
+    match result {
+        Ok(resp) => {
+            tracing::info!(reason = "token.issued", "tokens issued");
+            (pages::no_store(), Json(resp)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET|POST /userinfo` with a Bearer access token.
+pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let Some(token) = token else {
+        let mut r = (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_request"}))).into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    };
+    match state.provider.userinfo(token.trim()).await {
+        Ok(claims) => (pages::no_store(), Json(claims)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /revoke` (RFC 7009)
+pub async fn revoke(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+    let result = async {
+        let mut form = form_params(pairs)?;
+        let creds = client_credentials(&headers, &mut form)?;
+        let client = state.provider.authenticate_client(&creds).await?;
+        let token = form
+            .remove("token")
+            .ok_or_else(|| OAuthError::invalid_request("revoke.missing_token", "token is required."))?;
+        state.provider.revoke(&client, &token).await
+    }
+    .await;
+    match result {
+        Ok(()) => (StatusCode::OK, pages::no_store()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /introspect` (RFC 7662); confidential clients only.
+pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+    let result = async {
+        let mut form = form_params(pairs)?;
+        let creds = client_credentials(&headers, &mut form)?;
+        if matches!(creds, ClientCredentials::Public { .. }) {
+            return Err(OAuthError::invalid_client("client.secret_required", "Introspection requires client authentication."));
+        }
+        let client = state.provider.authenticate_client(&creds).await?;
+        let token = form
+            .remove("token")
+            .ok_or_else(|| OAuthError::invalid_request("introspect.missing_token", "token is required."))?;
+        state.provider.introspect(&client, &token).await
+    }
+    .await;
+    match result {
+        Ok(v) => (pages::no_store(), Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /logout` (OIDC RP-Initiated Logout). Without a valid `id_token_hint`
+/// the person is asked to confirm, so a cross-site link cannot sign them out.
+pub async fn logout_get(State(state): State<Arc<AppState>>, session: Session, Query(pairs): Query<Vec<(String, String)>>) -> Response {
+    logout(state, session, pairs, false).await
+}
+
+/// `POST /logout`: the confirmation form, or an RP's form post.
+pub async fn logout_post(State(state): State<Arc<AppState>>, session: Session, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+    logout(state, session, pairs, true).await
+}
+
+async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>, confirmed_post: bool) -> Response {
+    let bad = |reason: &str, msg: &str| pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason);
+    let Ok(params) = single_valued(pairs) else {
+        return bad("logout.duplicate_parameter", "A parameter appears more than once.");
+    };
+    // Who is asking? From id_token_hint (signature checked; expiry tolerated) or client_id.
+    let hint = match params.get("id_token_hint") {
+        Some(t) => match state.provider.keys.verify_ignoring_expiry::<serde_json::Value>(t, "JWT", &state.provider.iss()).await {
+            Ok(c) => Some(c),
+            Err(_) => return bad("logout.bad_id_token_hint", "The sign-out request carries an invalid ID token."),
+        },
+        None => None,
+    };
+    let hint_client = hint.as_ref().and_then(|c| c.get("aud")).and_then(|a| a.as_str()).map(str::to_owned);
+    let client_id = match (params.get("client_id"), hint_client) {
+        (Some(a), Some(b)) if a != &b => return bad("logout.client_mismatch", "client_id does not match the ID token."),
+        (Some(a), _) => Some(a.clone()),
+        (None, b) => b,
+    };
+    let mut target = None;
+    if let Some(uri) = params.get("post_logout_redirect_uri") {
+        let client = match &client_id {
+            Some(id) => state.provider.clients.get(id).await.ok().flatten(),
+            None => None,
+        };
+        match client {
+            Some(c) if c.post_logout_redirect_uris.iter().any(|r| r == uri) => {
+                let mut url = match url::Url::parse(uri) {
+                    Ok(u) => u,
+                    Err(_) => return bad("logout.bad_redirect", "Invalid post_logout_redirect_uri."),
+                };
+                if let Some(s) = params.get("state") {
+                    url.query_pairs_mut().append_pair("state", s);
+                }
+                target = Some(url);
+            }
+            _ => {
+                return bad(
+                    "logout.redirect_not_registered",
+                    "The application asked to return to an address that is not registered for it.",
+                )
+            }
+        }
+    }
+    if hint.is_none() && !confirmed_post {
+        let inputs: String = params
+            .iter()
+            .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
+            .collect();
+        let body = format!(
+            "<h1>Sign out?</h1><p>Do you want to sign out of all applications?</p>\
+<form method=\"post\" action=\"{}\">{inputs}<button type=\"submit\">Sign out</button></form>",
+            esc(state.upstream.public("logout").as_str())
+        );
+        return (pages::no_store(), Html(pages::layout("Sign out", &body))).into_response();
+    }
+    let sso = load_sso(&session).await;
+    if let Err(e) = state.broker.logout(&sso).await {
+        tracing::error!(reason = "logout.store_unavailable", error = %e);
+        return pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-out failed",
+            "The sign-in service could not reach its storage. Please try again.",
+            "store.unavailable",
+        );
+    }
+    let _ = session.remove::<serde_json::Value>(SESSION_FIELD).await;
+    let _ = session.flush().await;
+    tracing::info!(reason = "logout.succeeded", sessions = sso.len(), "signed out");
+    match target {
+        Some(url) => Redirect::to(url.as_str()).into_response(),
+        None => (
+            pages::no_store(),
+            Html(pages::layout("Signed out", "<h1>You are signed out</h1><p>You can close this window.</p>")),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,104 @@
+//! Authorization codes: single-use, short-lived, bound to the client, the
+//! redirect URI and the PKCE challenge.
+//!
+//! A code reads `<tenant>.<random>`; only its SHA-256 is a store key, so a
+//! store dump does not reveal usable codes. Redemption is an atomic `take`.
+//! A second redemption finds the "used" marker and revokes the refresh-token
+//! family the first one started (RFC 6749 §4.1.2).
+
+use super::Provider;
+use crate::ids::{ConnectionId, TenantId};
+use crate::store::{Key, StoreError, StoreJson};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What a code grants: one completed authorization of one user for one app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authorization {
+    /// The user's tenant.
+    pub tenant: TenantId,
+    /// The connection the user signed in through.
+    pub connection: ConnectionId,
+    /// The app.
+    pub client_id: String,
+    /// The redirect URI of the authorization request (must match at the token endpoint).
+    pub redirect_uri: String,
+    /// Granted scopes.
+    pub scope: Vec<String>,
+    /// The app's nonce, echoed in the ID token.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// The user.
+    pub sub: String,
+    /// The SSO session.
+    pub sid: String,
+    /// When the user authenticated at the IdP (Unix seconds).
+    pub auth_time: i64,
+    /// Authentication methods.
+    pub amr: Vec<String>,
+}
+
+fn code_hash(code: &str) -> String {
+    crate::tokens::sha256_base64url(code.as_bytes())
+}
+
+fn code_key(tenant: &str, hash: &str) -> Key {
+    Key::tenant(tenant, "codes", format!("code:{hash}"))
+}
+
+fn used_key(tenant: &str, hash: &str) -> Key {
+    Key::tenant(tenant, "codes", format!("used:{hash}"))
+}
+
+/// The outcome of a redemption attempt.
+#[derive(Debug)]
+pub enum Redeemed {
+    /// First use.
+    Fresh(Box<Authorization>),
+    /// The code was already redeemed; carries the refresh family it started, if any.
+    Reused(Option<String>),
+    /// Unknown or expired.
+    Unknown,
+}
+
+impl Provider {
+    /// Issues a code for `authz`.
+    pub async fn issue_code(&self, authz: &Authorization) -> Result<String, StoreError> {
+        let code = format!("{}.{}", authz.tenant, crate::tokens::random_token(32));
+        let ttl = Duration::from_secs(self.ttl.code_ttl_secs);
+        self.store
+            .put_json(&code_key(authz.tenant.as_str(), &code_hash(&code)), authz, Some(ttl))
+            .await?;
+        Ok(code)
+    }
+
+    /// Redeems a code atomically.
+    pub async fn redeem_code(&self, code: &str) -> Result<Redeemed, StoreError> {
+        let Some((tenant, _)) = code.split_once('.') else {
+            return Ok(Redeemed::Unknown);
+        };
+        if TenantId::parse(tenant).is_err() || code.len() > 256 {
+            return Ok(Redeemed::Unknown);
+        }
+        let hash = code_hash(code);
+        if let Some(authz) = self.store.take_json::<Authorization>(&code_key(tenant, &hash)).await? {
+            return Ok(Redeemed::Fresh(Box::new(authz)));
+        }
+        match self.store.get(&used_key(tenant, &hash)).await? {
+            Some(family) => Ok(Redeemed::Reused(
+                Some(String::from_utf8_lossy(&family).into_owned()).filter(|f| !f.is_empty()),
+            )),
+            None => Ok(Redeemed::Unknown),
+        }
+    }
+
+    /// Records that `code` was redeemed and which refresh family it started.
+    pub async fn mark_code_used(&self, code: &str, tenant: &TenantId, family: Option<&str>) -> Result<(), StoreError> {
+        // Kept well past the code's own lifetime so late replays are still caught.
+        let ttl = Duration::from_secs(self.ttl.code_ttl_secs * 10);
+        self.store
+            .put(&used_key(tenant.as_str(), &code_hash(code)), family.unwrap_or("").as_bytes(), Some(ttl))
+            .await
+    }
+}

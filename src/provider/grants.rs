@@ -1,0 +1,419 @@
+//! The token endpoint's grants and the token-consuming endpoints:
+//! minting ID and access tokens, userinfo, revocation (RFC 7009) and
+//! introspection (RFC 7662).
+
+use super::clients::Client;
+use super::codes::{Authorization, Redeemed};
+use super::refresh::Rotation;
+use super::{OAuthError, Provider};
+use crate::directory::User;
+use crate::ids::TenantId;
+use crate::store::Key;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// How the client authenticated at the token endpoint.
+#[derive(Debug, Clone)]
+pub enum ClientCredentials {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret {
+        /// The client id.
+        id: String,
+        /// The presented secret.
+        secret: String,
+    },
+    /// A public client (`none`): only the id.
+    Public {
+        /// The client id.
+        id: String,
+    },
+}
+
+/// A token request, parsed from the form.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TokenRequest {
+    /// `authorization_code` or `refresh_token`.
+    pub grant_type: Option<String>,
+    /// The code.
+    pub code: Option<String>,
+    /// The redirect URI used at `/authorize`.
+    pub redirect_uri: Option<String>,
+    /// The PKCE verifier.
+    pub code_verifier: Option<String>,
+    /// The refresh token.
+    pub refresh_token: Option<String>,
+    /// A narrower scope on refresh.
+    pub scope: Option<String>,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The access token (an RFC 9068 JWT).
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Lifetime of the access token, seconds.
+    pub expires_in: u64,
+    /// The ID token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// The next refresh token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Granted scope.
+    pub scope: String,
+}
+
+/// Claims of an access token (RFC 9068).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// Audience: the client id.
+    pub aud: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Token id.
+    pub jti: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// The user's tenant.
+    pub tenant: String,
+    /// Authentication time.
+    pub auth_time: i64,
+    /// SSO session id.
+    pub sid: String,
+}
+
+fn pkce_ok(challenge: &str, verifier: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let valid_chars = verifier
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    (43..=128).contains(&verifier.len())
+        && valid_chars
+        && crate::tokens::sha256_base64url(verifier.as_bytes()).as_bytes().ct_eq(challenge.as_bytes()).into()
+}
+
+impl Provider {
+    /// Authenticates the client at the token, revocation or introspection endpoint.
+    pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
+        let id = match creds {
+            ClientCredentials::Secret { id, .. } | ClientCredentials::Public { id } => id,
+        };
+        let Some(client) = self.clients.get(id).await? else {
+            return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
+        };
+        match creds {
+            ClientCredentials::Secret { secret, .. } if client.secret_matches(secret) => Ok(client),
+            ClientCredentials::Secret { .. } => {
+                Err(OAuthError::invalid_client("client.bad_secret", "Client authentication failed."))
+            }
+            ClientCredentials::Public { .. } if client.is_public() => Ok(client),
+            ClientCredentials::Public { .. } => Err(OAuthError::invalid_client(
+                "client.secret_required",
+                "This client must authenticate with its secret.",
+            )),
+        }
+    }
+
+    /// The token endpoint.
+    pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        match req.grant_type.as_deref() {
+            Some("authorization_code") => self.code_grant(client, req).await,
+            Some("refresh_token") => self.refresh_grant(client, req).await,
+            Some(other) => Err(OAuthError::unsupported_grant_type(format!("grant_type {other:?} is not supported."))),
+            None => Err(OAuthError::invalid_request("token.missing_grant_type", "grant_type is required.")),
+        }
+    }
+
+    async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let code = req
+            .code
+            .as_deref()
+            .ok_or_else(|| OAuthError::invalid_request("token.missing_code", "code is required."))?;
+        let authz = match self.redeem_code(code).await? {
+            Redeemed::Fresh(a) => *a,
+            Redeemed::Reused(family) => {
+                if let (Some(f), Some((tenant, _))) = (family, code.split_once('.')) {
+                    if let Ok(t) = TenantId::parse(tenant) {
+                        self.revoke_family(&t, &f).await?;
+                    }
+                }
+                tracing::warn!(reason = "code.reused", "authorization code presented twice; its tokens revoked");
+                return Err(OAuthError::invalid_grant("code.reused", "The authorization code was already used."));
+            }
+            Redeemed::Unknown => {
+                return Err(OAuthError::invalid_grant("code.unknown", "The authorization code is invalid or expired."))
+            }
+        };
+        if authz.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant("code.wrong_client", "The code was issued to another client."));
+        }
+        if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant(
+                "code.redirect_uri_mismatch",
+                "redirect_uri does not match the authorization request.",
+            ));
+        }
+        match (&authz.code_challenge, req.code_verifier.as_deref()) {
+            (Some(ch), Some(v)) if pkce_ok(ch, v) => {}
+            (Some(_), Some(_)) => {
+                return Err(OAuthError::invalid_grant("pkce.mismatch", "code_verifier does not match the challenge."))
+            }
+            (Some(_), None) => {
+                return Err(OAuthError::invalid_grant("pkce.missing_verifier", "code_verifier is required."))
+            }
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "pkce.unexpected_verifier",
+                    "code_verifier given but the authorization request had no code_challenge.",
+                ))
+            }
+            (None, None) if client.is_public() => {
+                return Err(OAuthError::invalid_grant("pkce.required", "PKCE is required for public clients."))
+            }
+            (None, None) => {}
+        }
+        let (family, refresh) = if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
+            let (f, t) = self.start_family(&authz).await?;
+            (Some(f.id), Some(t))
+        } else {
+            (None, None)
+        };
+        self.mark_code_used(code, &authz.tenant, family.as_deref()).await?;
+        self.mint(client, &authz, true, refresh).await
+    }
+
+    async fn refresh_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let token = req
+            .refresh_token
+            .as_deref()
+            .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
+        // Check the client before rotating, so another client cannot burn the token.
+        if let Some(f) = self.peek_refresh(token).await? {
+            if f.authz.client_id != client.client_id {
+                return Err(OAuthError::invalid_grant("refresh.wrong_client", "The refresh token was issued to another client."));
+            }
+        }
+        let (family, next) = match self.rotate_refresh(token).await? {
+            Rotation::Rotated(f, n) => (f, n),
+            Rotation::Reused => {
+                return Err(OAuthError::invalid_grant(
+                    "refresh.reused",
+                    "The refresh token was already used; its session has been revoked.",
+                ))
+            }
+            Rotation::Invalid => {
+                return Err(OAuthError::invalid_grant("refresh.unknown", "The refresh token is invalid, expired or revoked."))
+            }
+        };
+        if family.authz.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant("refresh.wrong_client", "The refresh token was issued to another client."));
+        }
+        let mut authz = family.authz.clone();
+        if let Some(scope) = &req.scope {
+            let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+            if asked.iter().any(|s| !authz.scope.contains(s)) {
+                return Err(OAuthError::invalid_scope("refresh.scope_widened", "scope exceeds the original grant."));
+            }
+            authz.scope = asked;
+        }
+        // The user may have been removed since; refuse rather than mint for a ghost.
+        if self.directory.get(&authz.tenant, &authz.sub).await?.is_none() {
+            return Err(OAuthError::invalid_grant("refresh.user_gone", "The user no longer exists."));
+        }
+        self.mint(client, &authz, authz.scope.iter().any(|s| s == "openid"), Some(next)).await
+    }
+
+    async fn mint(
+        &self,
+        client: &Client,
+        authz: &Authorization,
+        with_id_token: bool,
+        refresh_token: Option<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = self.clock.unix();
+        let scope = authz.scope.join(" ");
+        let at_ttl = self.ttl.access_token_ttl_secs;
+        let access = AccessClaims {
+            iss: self.iss(),
+            sub: authz.sub.clone(),
+            aud: client.client_id.clone(),
+            exp: now + i64::try_from(at_ttl).unwrap_or(3600),
+            iat: now,
+            jti: crate::tokens::random_token(16),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            tenant: authz.tenant.to_string(),
+            auth_time: authz.auth_time,
+            sid: authz.sid.clone(),
+        };
+        let access_token = self.keys.sign("at+jwt", &access).await?;
+        let id_token = if with_id_token {
+            let user = self
+                .directory
+                .get(&authz.tenant, &authz.sub)
+                .await?
+                .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+            let mut claims = Map::new();
+            claims.insert("iss".into(), json!(self.iss()));
+            claims.insert("sub".into(), json!(authz.sub));
+            claims.insert("aud".into(), json!(client.client_id));
+            claims.insert("azp".into(), json!(client.client_id));
+            claims.insert("exp".into(), json!(now + i64::try_from(self.ttl.id_token_ttl_secs).unwrap_or(3600)));
+            claims.insert("iat".into(), json!(now));
+            claims.insert("auth_time".into(), json!(authz.auth_time));
+            claims.insert("sid".into(), json!(authz.sid));
+            claims.insert("tenant".into(), json!(authz.tenant));
+            claims.insert("connection".into(), json!(authz.connection));
+            claims.insert("at_hash".into(), json!(crate::tokens::at_hash(&access_token, self.keys_algorithm())));
+            if let Some(n) = &authz.nonce {
+                claims.insert("nonce".into(), json!(n));
+            }
+            if !authz.amr.is_empty() {
+                claims.insert("amr".into(), json!(authz.amr));
+            }
+            profile_claims(&user, &mut claims);
+            Some(self.keys.sign("JWT", &Value::Object(claims)).await?)
+        } else {
+            None
+        };
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: at_ttl,
+            id_token,
+            refresh_token,
+            scope,
+        })
+    }
+
+    fn keys_algorithm(&self) -> crate::tokens::SigningAlgorithm {
+        self.algorithm
+    }
+
+    /// Verifies an access token and checks it has not been revoked.
+    pub async fn check_access_token(&self, token: &str) -> Result<AccessClaims, OAuthError> {
+        let claims: AccessClaims = self
+            .keys
+            .verify(token, "at+jwt", &self.iss())
+            .await
+            .map_err(|e| OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e}).")))?;
+        let tenant = TenantId::parse(&claims.tenant)
+            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        if self.store.get(&revoked_key(&tenant, &claims.jti)).await?.is_some() {
+            return Err(OAuthError::invalid_token("token.revoked", "The access token has been revoked."));
+        }
+        Ok(claims)
+    }
+
+    /// Userinfo for a valid access token.
+    pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
+        let claims = self.check_access_token(token).await?;
+        let tenant = TenantId::parse(&claims.tenant)
+            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        let user = self
+            .directory
+            .get(&tenant, &claims.sub)
+            .await?
+            .ok_or_else(|| OAuthError::invalid_token("token.user_gone", "The user no longer exists."))?;
+        let mut out = Map::new();
+        out.insert("sub".into(), json!(user.sub));
+        out.insert("tenant".into(), json!(user.tenant));
+        out.insert("connection".into(), json!(user.connection));
+        profile_claims(&user, &mut out);
+        Ok(Value::Object(out))
+    }
+
+    /// RFC 7009: revokes a token issued to `client`. Unknown tokens succeed silently.
+    pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+        if let Some(f) = self.peek_refresh(token).await? {
+            if f.authz.client_id == client.client_id {
+                self.revoke_family(&f.authz.tenant, &f.id).await?;
+            }
+            return Ok(());
+        }
+        if let Ok(claims) = self.check_access_token(token).await {
+            if claims.client_id == client.client_id {
+                if let Ok(t) = TenantId::parse(&claims.tenant) {
+                    let left = (claims.exp - self.clock.unix()).max(1);
+                    self.store
+                        .put(&revoked_key(&t, &claims.jti), b"1", Some(Duration::from_secs(left.unsigned_abs())))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 7662: introspects a token issued to `client` (tokens of other
+    /// clients are reported inactive, so apps cannot probe each other's tokens).
+    pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
+        if let Some(f) = self.peek_refresh(token).await? {
+            if f.authz.client_id == client.client_id {
+                return Ok(json!({
+                    "active": true, "token_type": "refresh_token", "client_id": f.authz.client_id,
+                    "sub": f.authz.sub, "scope": f.authz.scope.join(" "), "exp": f.expires_at,
+                    "iss": self.iss(), "tenant": f.authz.tenant,
+                }));
+            }
+            return Ok(json!({"active": false}));
+        }
+        match self.check_access_token(token).await {
+            Ok(c) if c.client_id == client.client_id => Ok(json!({
+                "active": true, "token_type": "Bearer", "client_id": c.client_id, "sub": c.sub,
+                "scope": c.scope, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud,
+                "jti": c.jti, "tenant": c.tenant,
+            })),
+            Ok(_) => Ok(json!({"active": false})),
+            Err(e) if e.code == "invalid_token" => Ok(json!({"active": false})),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn revoked_key(tenant: &TenantId, jti: &str) -> Key {
+    Key::tenant(tenant.as_str(), "revoked", format!("jti:{jti}"))
+}
+
+fn profile_claims(user: &User, out: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            out.insert(k.into(), json!(v));
+        }
+    };
+    put("email", &user.email);
+    put("name", &user.name);
+    put("given_name", &user.given_name);
+    put("family_name", &user.family_name);
+    if user.email.is_some() {
+        out.insert("email_verified".into(), json!(user.email_verified.unwrap_or(false)));
+    }
+    if !user.groups.is_empty() {
+        out.insert("groups".into(), json!(user.groups));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256() {
+        // RFC 7636 appendix B.
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_ok(challenge, verifier));
+        assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
+        assert!(!pkce_ok(challenge, "short"));
+    }
+}

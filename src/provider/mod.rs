@@ -1,0 +1,48 @@
+//! The OpenID Connect provider for the SaaS's apps: authorization codes,
+//! the token endpoint's grants, refresh-token families, userinfo,
+//! revocation and introspection. HTTP-free: `http::oauth` maps these to
+//! RFC 6749 responses.
+
+pub mod clients;
+pub mod codes;
+pub mod error;
+pub mod grants;
+pub mod refresh;
+
+pub use error::OAuthError;
+
+use crate::clock::SharedClock;
+use crate::config::TokenSettings;
+use crate::directory::Directory;
+use crate::store::SharedStore;
+use crate::tokens::KeyManager;
+use std::sync::Arc;
+use url::Url;
+
+/// Everything the provider needs, shared by the HTTP handlers and the broker.
+#[derive(Clone)]
+pub struct Provider {
+    /// The issuer (public base URL).
+    pub issuer: Url,
+    /// The store.
+    pub store: SharedStore,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Token lifetimes.
+    pub ttl: TokenSettings,
+    /// Signing keys.
+    pub keys: Arc<KeyManager>,
+    /// Registered apps.
+    pub clients: clients::ClientRegistry,
+    /// Users.
+    pub directory: Directory,
+    /// The signing algorithm (for `at_hash`).
+    pub algorithm: crate::tokens::SigningAlgorithm,
+}
+
+impl Provider {
+    /// The issuer as a string without a trailing slash (the `iss` claim).
+    pub fn iss(&self) -> String {
+        self.issuer.as_str().trim_end_matches('/').to_owned()
+    }
+}

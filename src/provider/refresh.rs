@@ -1,0 +1,162 @@
+//! Refresh-token families: opaque tokens that rotate on every use; a reused
+//! token revokes its whole family (OAuth 2.0 Security BCP §4.14).
+//!
+//! A token reads `<tenant>.<family>.<secret>`. The family record and its
+//! token entries share the hash tag `t:<tenant>:rf:<family>`, so the rotation
+//! touches one Redis Cluster slot. The current token is consumed with an
+//! atomic `take`: of two concurrent uses, one rotates and the other is a reuse.
+
+use super::codes::Authorization;
+use super::Provider;
+use crate::ids::TenantId;
+use crate::store::{Key, StoreError, StoreJson};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A family: one chain of rotated refresh tokens from one code redemption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Family {
+    /// The family id.
+    pub id: String,
+    /// The authorization the family continues.
+    pub authz: Authorization,
+    /// Absolute expiry of the family (Unix seconds).
+    pub expires_at: i64,
+}
+
+fn group(family: &str) -> String {
+    format!("rf:{family}")
+}
+fn family_key(t: &str, f: &str) -> Key {
+    Key::tenant(t, &group(f), "family")
+}
+fn token_key(t: &str, f: &str, hash: &str) -> Key {
+    Key::tenant(t, &group(f), format!("tok:{hash}"))
+}
+fn used_key(t: &str, f: &str, hash: &str) -> Key {
+    Key::tenant(t, &group(f), format!("used:{hash}"))
+}
+fn session_families_key(t: &str, sid: &str) -> Key {
+    Key::tenant(t, "sso", format!("families:{sid}"))
+}
+
+/// The parts of a presented refresh token.
+struct Parsed<'a> {
+    tenant: &'a str,
+    family: &'a str,
+    hash: String,
+}
+
+fn parse(token: &str) -> Option<Parsed<'_>> {
+    if token.len() > 512 {
+        return None;
+    }
+    let mut it = token.splitn(3, '.');
+    let tenant = it.next()?;
+    let family = it.next()?;
+    let _secret = it.next()?;
+    TenantId::parse(tenant).ok()?;
+    if family.is_empty() || !family.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return None;
+    }
+    Some(Parsed {
+        tenant,
+        family,
+        hash: crate::tokens::sha256_base64url(token.as_bytes()),
+    })
+}
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug)]
+pub enum Rotation {
+    /// Valid: the family and the next token.
+    Rotated(Box<Family>, String),
+    /// An already-used token: the family has been revoked.
+    Reused,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+impl Provider {
+    fn remaining(&self, expires_at: i64) -> Option<Duration> {
+        let left = expires_at - self.clock.unix();
+        (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+    }
+
+    /// Starts a family for `authz`; returns it with its first token.
+    pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
+        let family = Family {
+            id: crate::tokens::random_token(16),
+            authz: authz.clone(),
+            expires_at: self.clock.unix() + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+        };
+        let t = authz.tenant.as_str();
+        let ttl = self.remaining(family.expires_at);
+        self.store.put_json(&family_key(t, &family.id), &family, ttl).await?;
+        self.store.set_add(&session_families_key(t, &authz.sid), &family.id, ttl).await?;
+        let token = self.new_token(&family).await?;
+        Ok((family, token))
+    }
+
+    async fn new_token(&self, family: &Family) -> Result<String, StoreError> {
+        let t = family.authz.tenant.as_str();
+        let token = format!("{t}.{}.{}", family.id, crate::tokens::random_token(32));
+        let hash = crate::tokens::sha256_base64url(token.as_bytes());
+        self.store
+            .put(&token_key(t, &family.id, &hash), b"1", self.remaining(family.expires_at))
+            .await?;
+        Ok(token)
+    }
+
+    /// Presents a refresh token: rotates it, or detects reuse and revokes the family.
+    pub async fn rotate_refresh(&self, token: &str) -> Result<Rotation, StoreError> {
+        let Some(p) = parse(token) else {
+            return Ok(Rotation::Invalid);
+        };
+        let Some(family) = self.store.get_json::<Family>(&family_key(p.tenant, p.family)).await? else {
+            return Ok(Rotation::Invalid);
+        };
+        let Some(ttl) = self.remaining(family.expires_at) else {
+            self.revoke_family(&family.authz.tenant, &family.id).await?;
+            return Ok(Rotation::Invalid);
+        };
+        if self.store.take(&token_key(p.tenant, p.family, &p.hash)).await?.is_some() {
+            self.store.put(&used_key(p.tenant, p.family, &p.hash), b"1", Some(ttl)).await?;
+            let next = self.new_token(&family).await?;
+            return Ok(Rotation::Rotated(Box::new(family), next));
+        }
+        if self.store.get(&used_key(p.tenant, p.family, &p.hash)).await?.is_some() {
+            tracing::warn!(reason = "refresh.reuse_detected", tenant = p.tenant, "refresh token reused: family revoked");
+            self.revoke_family(&family.authz.tenant, &family.id).await?;
+            return Ok(Rotation::Reused);
+        }
+        Ok(Rotation::Invalid)
+    }
+
+    /// The family a refresh token belongs to, without consuming it (for
+    /// revocation and introspection). `None` if not current.
+    pub async fn peek_refresh(&self, token: &str) -> Result<Option<Family>, StoreError> {
+        let Some(p) = parse(token) else { return Ok(None) };
+        if self.store.get(&token_key(p.tenant, p.family, &p.hash)).await?.is_none() {
+            return Ok(None);
+        }
+        let family: Option<Family> = self.store.get_json(&family_key(p.tenant, p.family)).await?;
+        Ok(family.filter(|f| f.expires_at > self.clock.unix()))
+    }
+
+    /// Revokes a family: no token of it works any more.
+    pub async fn revoke_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
+        self.store.delete(&family_key(tenant.as_str(), family)).await?;
+        Ok(())
+    }
+
+    /// Revokes every family started in the SSO session `sid` (logout).
+    pub async fn revoke_session_families(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+        let key = session_families_key(tenant.as_str(), sid);
+        for f in self.store.set_members(&key).await? {
+            self.revoke_family(tenant, &f).await?;
+        }
+        self.store.delete(&key).await?;
+        Ok(())
+    }
+}

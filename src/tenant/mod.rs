@@ -1,0 +1,238 @@
+//! Tenants and their connections, kept in the store so every replica sees
+//! the same configuration.
+//!
+//! Keys: the tenant record and its connections share the hash tag
+//! `t:<tenant>:config`; each email domain is reserved under `g:domains` with
+//! `put_if_absent`, so one domain can never route to two tenants.
+
+pub mod files;
+pub mod setup;
+
+use crate::clock::SharedClock;
+use crate::ids::{ConnectionId, TenantId};
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::upstream::Connection;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One customer of the SaaS, with its email domains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// The tenant id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Email domains whose users this tenant owns (lower case).
+    pub domains: Vec<String>,
+    /// When the tenant was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a registry change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The id is taken.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// An email domain belongs to another tenant.
+    #[error("the domain {domain} already belongs to another tenant")]
+    DomainTaken {
+        /// The domain.
+        domain: String,
+    },
+    /// The tenant or connection does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Normalizes and checks an email domain.
+pub fn parse_domain(s: &str) -> Option<String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    ok.then_some(d)
+}
+
+/// The domain part of an email address, normalized.
+pub fn email_domain(email: &str) -> Option<String> {
+    let (_, domain) = email.rsplit_once('@')?;
+    parse_domain(domain)
+}
+
+/// The store-backed registry of tenants and connections.
+#[derive(Clone)]
+pub struct TenantRegistry {
+    store: SharedStore,
+    clock: SharedClock,
+}
+
+fn tenant_key(t: &TenantId) -> Key {
+    Key::tenant(t.as_str(), "config", "tenant")
+}
+fn connections_key(t: &TenantId) -> Key {
+    Key::tenant(t.as_str(), "config", "connections")
+}
+fn connection_key(t: &TenantId, c: &ConnectionId) -> Key {
+    Key::tenant(t.as_str(), "config", format!("connection:{c}"))
+}
+fn domain_key(domain: &str) -> Key {
+    Key::global("domains", domain)
+}
+fn index_key() -> Key {
+    Key::global("tenants", "index")
+}
+
+impl TenantRegistry {
+    /// A registry over `store`.
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+
+    /// Creates a tenant. Domains are reserved first; if any is taken, the
+    /// ones already reserved are released and nothing is left behind.
+    pub async fn create(&self, id: TenantId, name: String, domains: Vec<String>) -> Result<Tenant, RegistryError> {
+        let tenant = Tenant {
+            id: id.clone(),
+            name,
+            domains,
+            created_at: self.clock.now(),
+        };
+        if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
+            return Err(RegistryError::Exists(format!("tenant {id}")));
+        }
+        let mut reserved = Vec::new();
+        for domain in &tenant.domains {
+            match self.store.put_if_absent(&domain_key(domain), id.as_str().as_bytes(), None).await {
+                Ok(true) => reserved.push(domain.clone()),
+                Ok(false) => {
+                    self.release(&id, &reserved).await;
+                    return Err(RegistryError::DomainTaken { domain: domain.clone() });
+                }
+                Err(e) => {
+                    self.release(&id, &reserved).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.store.set_add(&index_key(), id.as_str(), None).await?;
+        Ok(tenant)
+    }
+
+    async fn release(&self, id: &TenantId, domains: &[String]) {
+        for d in domains {
+            let _ = self.store.delete(&domain_key(d)).await;
+        }
+        let _ = self.store.delete(&tenant_key(id)).await;
+    }
+
+    /// Reads a tenant.
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, RegistryError> {
+        Ok(self.store.get_json(&tenant_key(id)).await?)
+    }
+
+    /// All tenant ids, sorted.
+    pub async fn list(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(self.store.set_members(&index_key()).await?)
+    }
+
+    /// The tenant that owns `domain`, if any.
+    pub async fn by_domain(&self, domain: &str) -> Result<Option<Tenant>, RegistryError> {
+        let Some(raw) = self.store.get(&domain_key(domain)).await? else {
+            return Ok(None);
+        };
+        let Ok(id) = TenantId::parse(&String::from_utf8_lossy(&raw)) else {
+            return Ok(None);
+        };
+        self.get(&id).await
+    }
+
+    /// Deletes a tenant, its connections and its domains.
+    pub async fn delete(&self, id: &TenantId) -> Result<(), RegistryError> {
+        let Some(tenant) = self.get(id).await? else {
+            return Err(RegistryError::NotFound(format!("tenant {id}")));
+        };
+        for c in self.store.set_members(&connections_key(id)).await? {
+            if let Ok(c) = ConnectionId::parse(&c) {
+                self.store.delete(&connection_key(id, &c)).await?;
+            }
+        }
+        self.store.delete(&connections_key(id)).await?;
+        for d in &tenant.domains {
+            // Only release a domain that still points at this tenant.
+            if self.store.get(&domain_key(d)).await?.as_deref() == Some(id.as_str().as_bytes()) {
+                self.store.delete(&domain_key(d)).await?;
+            }
+        }
+        self.store.set_remove(&index_key(), id.as_str()).await?;
+        self.store.delete(&tenant_key(id)).await?;
+        Ok(())
+    }
+
+    /// Stores a new connection. Fails if the id is taken within the tenant.
+    pub async fn add_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
+        let key = connection_key(&connection.tenant, &connection.id);
+        if !self.store.put_json_if_absent(&key, connection, None).await? {
+            return Err(RegistryError::Exists(format!("connection {}", connection.id)));
+        }
+        self.store.set_add(&connections_key(&connection.tenant), connection.id.as_str(), None).await?;
+        Ok(())
+    }
+
+    /// Replaces a stored connection (declarative files use this).
+    pub async fn put_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
+        let key = connection_key(&connection.tenant, &connection.id);
+        self.store.put_json(&key, connection, None).await?;
+        self.store.set_add(&connections_key(&connection.tenant), connection.id.as_str(), None).await?;
+        Ok(())
+    }
+
+    /// Reads a connection.
+    pub async fn connection(&self, t: &TenantId, c: &ConnectionId) -> Result<Option<Connection>, RegistryError> {
+        Ok(self.store.get_json(&connection_key(t, c)).await?)
+    }
+
+    /// The ids of a tenant's connections, sorted.
+    pub async fn connection_ids(&self, t: &TenantId) -> Result<Vec<ConnectionId>, RegistryError> {
+        Ok(self
+            .store
+            .set_members(&connections_key(t))
+            .await?
+            .iter()
+            .filter_map(|c| ConnectionId::parse(c).ok())
+            .collect())
+    }
+
+    /// Deletes a connection.
+    pub async fn delete_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<(), RegistryError> {
+        if !self.store.delete(&connection_key(t, c)).await? {
+            return Err(RegistryError::NotFound(format!("connection {c}")));
+        }
+        self.store.set_remove(&connections_key(t), c.as_str()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_normalized() {
+        assert_eq!(parse_domain(" Acme.COM. ").as_deref(), Some("acme.com"));
+        assert_eq!(parse_domain("localhost"), None);
+        assert_eq!(parse_domain("a..b"), None);
+        assert_eq!(email_domain("Jo@Sub.Acme.com").as_deref(), Some("sub.acme.com"));
+        assert_eq!(email_domain("no-at-sign"), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! The OpenID Connect upstream connector: authorization code flow with PKCE
+//! (S256), nonce, RFC 9207 `iss` checking, ID token validation and userinfo.
+//!
+//! * [`provider`] — discovery document and JWKS, cached with clock-driven TTLs;
+//! * [`id_token`] — signature and claim checks, one reason code each;
+//! * [`claims`] — the per-connection claim mapping into [`Identity`].
+//!
+//! Every request to the IdP goes through the guarded
+//! [`OutboundHttp`](super::http::OutboundHttp).
+
+pub mod claims;
+pub mod flow;
+pub mod id_token;
+pub mod provider;
+
+pub use claims::ClaimMapping;
+
+use super::{
+    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, SetupError,
+    UpstreamContext, UpstreamError,
+};
+use crate::secret::Secret;
+use crate::store::Key;
+use async_trait::async_trait;
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The ID token algorithms accepted when the connection names none.
+pub const DEFAULT_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn default_algorithms() -> Vec<String> {
+    DEFAULT_ALGORITHMS.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Stored configuration of an OIDC connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OidcConfig {
+    /// The IdP's issuer identifier, kept exactly as given: it is compared
+    /// byte for byte with the discovery document, `iss` parameters and ID tokens.
+    pub issuer: String,
+    /// Our client id at the IdP.
+    pub client_id: String,
+    /// Our client secret at the IdP (absent for public clients).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Scopes to request (`openid` is always added).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Which upstream claim feeds which identity attribute (boxed to keep
+    /// [`ConnectionKind`](super::ConnectionKind) variants of similar size).
+    #[serde(default)]
+    pub claim_mapping: Box<ClaimMapping>,
+    /// Accepted ID token signature algorithms. `none` and HS* are refused:
+    /// asymmetric signatures only.
+    #[serde(default = "default_algorithms")]
+    pub allowed_algorithms: Vec<String>,
+    /// Read the userinfo endpoint (when the IdP has one) and merge its claims.
+    #[serde(default = "yes")]
+    pub userinfo: bool,
+}
+
+/// The body of `POST /admin/v1/tenants/{id}/connections` for `"kind":"oidc"`,
+/// without `id` and `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConnectionRequest {
+    /// The IdP's issuer identifier.
+    pub issuer: String,
+    /// Our client id at the IdP.
+    pub client_id: String,
+    /// Our client secret at the IdP.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claim mapping; unnamed attributes keep their standard claim.
+    #[serde(default)]
+    pub claim_mapping: ClaimMapping,
+    /// Accepted ID token algorithms.
+    #[serde(default = "default_algorithms")]
+    pub allowed_algorithms: Vec<String>,
+    /// Whether to read userinfo.
+    #[serde(default = "yes")]
+    pub userinfo: bool,
+}
+
+/// Parses the algorithm allow-list; the error names the offending entry.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    if names.is_empty() {
+        return Err("at least one algorithm is needed".into());
+    }
+    names
+        .iter()
+        .map(|name| match name.as_str() {
+            "none" => Err("\"none\" is never accepted: ID tokens must be signed".to_owned()),
+            n if n.starts_with("HS") => Err(format!(
+                "{n} is not accepted: only asymmetric signatures (RS*, PS*, ES256, ES384, EdDSA) are"
+            )),
+            n if DEFAULT_ALGORITHMS.contains(&n) => n
+                .parse::<Algorithm>()
+                .map_err(|e| format!("{n}: {e}")),
+            n => Err(format!("{n} is not a supported algorithm")),
+        })
+        .collect()
+}
+
+fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(), SetupError> {
+    let issuer = Url::parse(&req.issuer)
+        .map_err(|e| SetupError::new("issuer", format!("not a URL: {e}")))?;
+    let https = issuer.scheme() == "https";
+    let http_ok = issuer.scheme() == "http" && ctx.http.config().allow_private_networks;
+    if !(https || http_ok) {
+        return Err(SetupError::new("issuer", "the issuer must be an https URL"));
+    }
+    if issuer.query().is_some() || issuer.fragment().is_some() {
+        return Err(SetupError::new(
+            "issuer",
+            "the issuer must not have a query or fragment",
+        ));
+    }
+    if req.client_id.trim().is_empty() {
+        return Err(SetupError::new("client_id", "the client id is empty"));
+    }
+    if req
+        .client_secret
+        .as_ref()
+        .is_some_and(|s| s.expose().is_empty())
+    {
+        return Err(SetupError::new(
+            "client_secret",
+            "the client secret is empty (omit it for a public client)",
+        ));
+    }
+    if let Some(bad) = req.scopes.iter().find(|s| {
+        s.is_empty()
+            || s.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    }) {
+        return Err(SetupError::new(
+            "scopes",
+            format!("{bad:?} is not a valid scope token"),
+        ));
+    }
+    if let Some(field) = req.claim_mapping.empty_field() {
+        return Err(SetupError::new(
+            format!("claim_mapping.{field}"),
+            "the claim name is empty",
+        ));
+    }
+    parse_algorithms(&req.allowed_algorithms)
+        .map_err(|e| SetupError::new("allowed_algorithms", e))?;
+    Ok(())
+}
+
+/// Validates a connection request (including discovery at the issuer) and
+/// returns the configuration to store.
+pub async fn setup(
+    request: serde_json::Value,
+    ctx: &UpstreamContext,
+) -> Result<OidcConfig, SetupError> {
+    let req: OidcConnectionRequest =
+        serde_json::from_value(request).map_err(|e| SetupError::new("body", e.to_string()))?;
+    check_request(&req, ctx)?;
+    provider::discover(ctx, &req.issuer).await.map_err(|e| {
+        SetupError::new(
+            "issuer",
+            format!("discovery at the issuer failed ({}): {}", e.code, e.detail),
+        )
+    })?;
+    Ok(OidcConfig {
+        issuer: req.issuer,
+        client_id: req.client_id,
+        client_secret: req.client_secret,
+        scopes: req.scopes,
+        claim_mapping: Box::new(req.claim_mapping),
+        allowed_algorithms: req.allowed_algorithms,
+        userinfo: req.userinfo,
+    })
+}
+
+/// The redirect URI to register at the IdP for this connection.
+pub fn redirect_uri(ctx: &UpstreamContext, connection: &Connection) -> Url {
+    ctx.public(&format!(
+        "oidc/{}/{}/callback",
+        connection.tenant, connection.id
+    ))
+}
+
+/// The OIDC connector for one connection.
+pub struct OidcConnector {
+    cfg: OidcConfig,
+    algorithms: Vec<Algorithm>,
+    redirect_uri: Url,
+    provider: provider::Provider,
+    ctx: UpstreamContext,
+}
+
+impl OidcConnector {
+    /// Builds the connector. Nothing is fetched until the first login.
+    pub fn new(
+        connection: &Connection,
+        cfg: OidcConfig,
+        ctx: UpstreamContext,
+    ) -> Result<Self, UpstreamError> {
+        let algorithms = parse_algorithms(&cfg.allowed_algorithms)
+            .map_err(|e| UpstreamError::internal("oidc.config", e))?;
+        let rate_key = Key::tenant(
+            connection.tenant.as_str(),
+            "oidc-jwks",
+            connection.id.as_str(),
+        );
+        Ok(Self {
+            redirect_uri: redirect_uri(&ctx, connection),
+            provider: provider::Provider::new(cfg.issuer.clone(), rate_key),
+            algorithms,
+            cfg,
+            ctx,
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for OidcConnector {
+    async fn begin(&self, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError> {
+        flow::begin(self, req).await
+    }
+
+    fn login_id<'p>(&self, params: &'p CallbackParams) -> Option<&'p str> {
+        params.query.get("state").map(String::as_str)
+    }
+
+    async fn complete(
+        &self,
+        pending: Option<&serde_json::Value>,
+        params: &CallbackParams,
+    ) -> Result<Identity, UpstreamError> {
+        let result = flow::complete(self, pending, params).await;
+        match &result {
+            Ok(id) => {
+                tracing::info!(code = "oidc.accepted", issuer = %self.cfg.issuer, subject = %id.subject, "oidc login accepted")
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code, issuer = %self.cfg.issuer, detail = %e.detail, "oidc login rejected")
+            }
+        }
+        result
+    }
+}

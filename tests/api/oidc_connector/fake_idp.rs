@@ -1,0 +1,168 @@
+//! A scriptable OpenID provider for exact negative cases: discovery, JWKS,
+//! token and userinfo endpoints on 127.0.0.1, with RSA keys made here. The
+//! test decides what the token endpoint returns, which keys are published and
+//! what the metadata advertises. (End-to-end runs against a real provider
+//! live in the peer suite.)
+
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use openssl::rsa::Rsa;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+pub const CLIENT_ID: &str = "portcullis-client";
+pub const CLIENT_SECRET: &str = "s3cret:with/odd chars";
+pub const ACCESS_TOKEN: &str = "access-token-1";
+
+/// An RSA signing key of the IdP.
+#[derive(Clone)]
+pub struct IdpKey {
+    pub kid: String,
+    pub private_pem: Vec<u8>,
+    pub public_pem: Vec<u8>,
+    pub jwk: Value,
+}
+
+impl IdpKey {
+    pub fn generate(kid: &str) -> Self {
+        let rsa = Rsa::generate(2048).unwrap();
+        let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+            "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec()),
+        });
+        Self {
+            kid: kid.into(),
+            private_pem: rsa.private_key_to_pem().unwrap(),
+            public_pem: rsa.public_key_to_pem().unwrap(),
+            jwk,
+        }
+    }
+
+    /// Signs `claims` with RS256 under this key's kid.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        let key = EncodingKey::from_rsa_pem(&self.private_pem).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+}
+
+/// What the IdP does; the test changes it between steps.
+pub struct Script {
+    pub issuer: String,
+    /// The `issuer` the discovery document claims (normally `issuer`).
+    pub discovery_issuer: String,
+    pub published: Vec<IdpKey>,
+    pub iss_parameter_supported: bool,
+    pub auth_methods: Option<Vec<String>>,
+    /// What the token endpoint returns as `id_token`.
+    pub id_token: Option<String>,
+    /// The `sub` the userinfo endpoint reports.
+    pub userinfo_sub: String,
+    pub userinfo_claims: Value,
+    // Observations.
+    pub jwks_hits: usize,
+    pub token_requests: Vec<(BTreeMap<String, String>, Option<String>)>,
+}
+
+#[derive(Clone)]
+pub struct FakeIdp {
+    pub script: Arc<Mutex<Script>>,
+    pub issuer: String,
+}
+
+impl FakeIdp {
+    pub async fn start(key: IdpKey) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let script = Arc::new(Mutex::new(Script {
+            issuer: issuer.clone(),
+            discovery_issuer: issuer.clone(),
+            published: vec![key],
+            iss_parameter_supported: false,
+            auth_methods: None,
+            id_token: None,
+            userinfo_sub: "user-1".into(),
+            userinfo_claims: json!({"groups": ["staff", "admins"], "locale": "de"}),
+            jwks_hits: 0,
+            token_requests: Vec::new(),
+        }));
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/token", post(token))
+            .route("/userinfo", get(userinfo))
+            .with_state(script.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { script, issuer }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut Script) -> R) -> R {
+        f(&mut self.script.lock().unwrap())
+    }
+}
+
+type S = State<Arc<Mutex<Script>>>;
+
+async fn discovery(State(s): S) -> Json<Value> {
+    let s = s.lock().unwrap();
+    let i = &s.issuer;
+    let mut doc = json!({
+        "issuer": s.discovery_issuer,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "jwks_uri": format!("{i}/jwks"),
+        "userinfo_endpoint": format!("{i}/userinfo"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": s.iss_parameter_supported,
+    });
+    if let Some(m) = &s.auth_methods {
+        doc["token_endpoint_auth_methods_supported"] = json!(m);
+    }
+    Json(doc)
+}
+
+async fn jwks(State(s): S) -> Json<Value> {
+    let mut s = s.lock().unwrap();
+    s.jwks_hits += 1;
+    let keys: Vec<Value> = s.published.iter().map(|k| k.jwk.clone()).collect();
+    Json(json!({ "keys": keys }))
+}
+
+async fn token(
+    State(s): S,
+    headers: HeaderMap,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Json<Value> {
+    let mut s = s.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned());
+    s.token_requests.push((form, auth));
+    Json(json!({
+        "access_token": ACCESS_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "id_token": s.id_token,
+    }))
+}
+
+async fn userinfo(State(s): S, headers: HeaderMap) -> Json<Value> {
+    let s = s.lock().unwrap();
+    assert_eq!(
+        headers.get("authorization").unwrap().to_str().unwrap(),
+        format!("Bearer {ACCESS_TOKEN}")
+    );
+    let mut body = s.userinfo_claims.clone();
+    body["sub"] = json!(s.userinfo_sub);
+    Json(body)
+}

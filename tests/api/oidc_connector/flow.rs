@@ -1,0 +1,246 @@
+//! The callback checks around the ID token: state, RFC 9207 `iss`, IdP errors,
+//! the code exchange and userinfo.
+
+use super::*;
+
+#[tokio::test]
+async fn happy_path_maps_identity_with_pkce_and_userinfo() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    // The authorization request.
+    assert_eq!(query(&login.url, "response_type").as_deref(), Some("code"));
+    assert_eq!(query(&login.url, "client_id").as_deref(), Some(CLIENT_ID));
+    assert_eq!(query(&login.url, "state"), Some(login.login_id.clone()));
+    assert_eq!(
+        query(&login.url, "scope").as_deref(),
+        Some("openid email profile")
+    );
+    assert_eq!(
+        query(&login.url, "redirect_uri").as_deref(),
+        Some("https://gw.example.com/oidc/acme/corp-idp/callback")
+    );
+    assert_eq!(
+        oidc::redirect_uri(&f.ctx, &f.connection).as_str(),
+        "https://gw.example.com/oidc/acme/corp-idp/callback"
+    );
+    assert_eq!(
+        query(&login.url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(query(&login.url, "prompt"), None);
+    assert!(login
+        .url
+        .as_str()
+        .starts_with(&format!("{}/authorize?", f.idp.issuer)));
+
+    let claims = f.claims(&login);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.subject, "user-1");
+    assert_eq!(id.email.as_deref(), Some("ada@acme.example"));
+    assert_eq!(id.email_verified, Some(true));
+    assert_eq!(id.name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(id.given_name.as_deref(), Some("Ada"));
+    assert_eq!(id.family_name.as_deref(), Some("Lovelace"));
+    assert_eq!(id.groups, vec!["staff", "admins"]); // from userinfo
+    assert_eq!(id.amr, vec!["pwd", "otp"]);
+    assert_eq!(id.raw["locale"], vec!["de"]);
+    assert_eq!(id.raw["iss"], vec![f.idp.issuer.clone()]);
+
+    // The code exchange: client_secret_basic and the PKCE verifier whose S256
+    // is the challenge we sent.
+    let (form, auth) = f.idp.with(|s| s.token_requests.last().cloned().unwrap());
+    assert_eq!(form["grant_type"], "authorization_code");
+    assert_eq!(form["code"], "code-123");
+    assert_eq!(
+        form["redirect_uri"],
+        "https://gw.example.com/oidc/acme/corp-idp/callback"
+    );
+    assert!(!form.contains_key("client_secret"));
+    let verifier = &form["code_verifier"];
+    assert_eq!(
+        b64(&Sha256::digest(verifier.as_bytes())),
+        query(&login.url, "code_challenge").unwrap()
+    );
+    let expected_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{CLIENT_ID}:{}",
+            url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect::<String>()
+        ))
+    );
+    assert_eq!(auth.as_deref(), Some(expected_basic.as_str()));
+}
+
+#[tokio::test]
+async fn begin_passes_force_authn_and_login_hint_with_fresh_nonces() {
+    let f = Fixture::new().await;
+    let begun = f
+        .connector
+        .begin(BeginRequest {
+            login_id: "l-1",
+            force_authn: true,
+            login_hint: Some("ada@acme.example"),
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    assert_eq!(query(&url, "prompt").as_deref(), Some("login"));
+    assert_eq!(
+        query(&url, "login_hint").as_deref(),
+        Some("ada@acme.example")
+    );
+    assert_eq!(begun.state["state"], "l-1");
+    assert_eq!(
+        begun.state["nonce"].as_str(),
+        query(&url, "nonce").as_deref()
+    );
+    let other = f.begin().await;
+    assert_ne!(other.nonce, query(&url, "nonce").unwrap());
+    assert!(other.nonce.len() >= 43);
+}
+
+#[tokio::test]
+async fn client_secret_post_when_the_idp_only_supports_it() {
+    let f = Fixture::new().await;
+    f.idp
+        .with(|s| s.auth_methods = Some(vec!["client_secret_post".into()]));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims).await.unwrap();
+    let (form, auth) = f.idp.with(|s| s.token_requests.last().cloned().unwrap());
+    assert_eq!(auth, None);
+    assert_eq!(form["client_id"], CLIENT_ID);
+    assert_eq!(form["client_secret"], CLIENT_SECRET);
+}
+
+#[tokio::test]
+async fn missing_state_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut params = f.callback(&login);
+    params.query.remove("state");
+    let token = f.key.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, params).await),
+        "oidc.state_missing"
+    );
+}
+
+#[tokio::test]
+async fn wrong_state_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let other = f.begin().await;
+    // The callback of `other` presented against `login`'s pending state.
+    let token = f.key.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&other)).await),
+        "oidc.state_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn unsolicited_callback_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let r = f.connector.complete(None, &f.callback(&login)).await;
+    assert_eq!(code(r), "oidc.unsolicited");
+}
+
+#[tokio::test]
+async fn idp_access_denied_is_reported() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut params = f.callback(&login);
+    params.query.remove("code");
+    params.query.insert("error".into(), "access_denied".into());
+    params
+        .query
+        .insert("error_description".into(), "User cancelled".into());
+    let err = f
+        .connector
+        .complete(Some(&login.pending), &params)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.idp_error");
+    assert!(err.message.contains("denied"), "{}", err.message);
+    assert!(!err.internal);
+    // Nothing was exchanged.
+    assert!(f.idp.with(|s| s.token_requests.is_empty()));
+}
+
+#[tokio::test]
+async fn rfc9207_iss_parameter_mismatch_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut params = f.callback(&login);
+    params
+        .query
+        .insert("iss".into(), "https://attacker.example".into());
+    let token = f.key.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, params).await),
+        "oidc.iss_mismatch"
+    );
+    // Nothing was exchanged with the IdP.
+    assert!(f.idp.with(|s| s.token_requests.is_empty()));
+}
+
+#[tokio::test]
+async fn rfc9207_iss_parameter_is_required_when_advertised() {
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.iss_parameter_supported = true);
+    // The connector has not fetched discovery yet, so it sees the flag.
+    let login = f.begin().await;
+    let token = f.key.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&login)).await),
+        "oidc.iss_missing"
+    );
+    // With the right iss it is accepted.
+    let login = f.begin().await;
+    let mut params = f.callback(&login);
+    params.query.insert("iss".into(), f.idp.issuer.clone());
+    let token = f.key.sign(&f.claims(&login));
+    f.finish(&login, token, params).await.unwrap();
+}
+
+#[tokio::test]
+async fn iss_parameter_is_optional_when_not_advertised() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    // `callback` carries no iss; the IdP does not advertise RFC 9207.
+    f.finish_claims(&login, claims).await.unwrap();
+}
+
+#[tokio::test]
+async fn userinfo_for_another_subject_is_rejected() {
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.userinfo_sub = "user-2".into());
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.userinfo_sub_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn token_endpoint_failures_and_missing_id_token() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    // The token endpoint returns no id_token (the fake returns null).
+    let r = f
+        .connector
+        .complete(Some(&login.pending), &f.callback(&login))
+        .await;
+    assert_eq!(code(r), "oidc.id_token_missing");
+    // A callback without a code.
+    let mut params = f.callback(&login);
+    params.query.remove("code");
+    let r = f.connector.complete(Some(&login.pending), &params).await;
+    assert_eq!(code(r), "oidc.code_missing");
+}

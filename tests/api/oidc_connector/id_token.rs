@@ -1,0 +1,310 @@
+//! ID token checks: claims, signatures, algorithms and key rotation.
+
+use super::*;
+
+/// A P-256 key as the IdP would publish it, and a token signer for it.
+fn es256_key(kid: &str) -> (Value, EncodingKey) {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let ec = EcKey::generate(&group).unwrap();
+    let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+    let mut bn = BigNumContext::new().unwrap();
+    ec.public_key()
+        .affine_coordinates(&group, &mut x, &mut y, &mut bn)
+        .unwrap();
+    let jwk = json!({
+        "kty": "EC", "crv": "P-256", "use": "sig", "kid": kid,
+        "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap()),
+    });
+    let pem = PKey::from_ec_key(ec)
+        .unwrap()
+        .private_key_to_pem_pkcs8()
+        .unwrap();
+    (jwk, EncodingKey::from_ec_pem(&pem).unwrap())
+}
+
+#[tokio::test]
+async fn wrong_nonce_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["nonce"] = json!("another-nonce");
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.nonce_mismatch"
+    );
+
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims.as_object_mut().unwrap().remove("nonce");
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.nonce_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_in_id_token_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["iss"] = json!(format!("{}/", f.idp.issuer)); // differs by one byte
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.issuer_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn wrong_audience_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["aud"] = json!("someone-else");
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.audience_mismatch"
+    );
+}
+
+#[tokio::test]
+async fn azp_must_be_us_with_several_audiences() {
+    let f = Fixture::new().await;
+    // Several audiences and no azp.
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["aud"] = json!([CLIENT_ID, "other-client"]);
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.azp_mismatch"
+    );
+    // Several audiences, azp another client.
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["aud"] = json!([CLIENT_ID, "other-client"]);
+    claims["azp"] = json!("other-client");
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.azp_mismatch"
+    );
+    // Several audiences with azp = us is accepted.
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["aud"] = json!([CLIENT_ID, "other-client"]);
+    claims["azp"] = json!(CLIENT_ID);
+    f.finish_claims(&login, claims).await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_id_token_is_rejected_by_the_injected_clock() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login); // exp = now + 300
+                                   // Just inside the skew still passes...
+    f.clock.advance(Duration::seconds(300 + SKEW));
+    f.finish_claims(&login, claims.clone()).await.unwrap();
+    // ...one second later it does not.
+    let login2 = f.begin().await;
+    let mut claims2 = claims;
+    claims2["nonce"] = json!(login2.nonce);
+    f.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        code(f.finish_claims(&login2, claims2).await),
+        "oidc.expired"
+    );
+}
+
+#[tokio::test]
+async fn id_token_issued_in_the_future_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["iat"] = json!(f.clock.unix() + SKEW + 5);
+    assert_eq!(
+        code(f.finish_claims(&login, claims).await),
+        "oidc.issued_in_future"
+    );
+}
+
+#[tokio::test]
+async fn bad_signature_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    // Signed by a key the IdP never published, under the published kid.
+    let forger = IdpKey::generate("k1");
+    let token = forger.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&login)).await),
+        "oidc.bad_signature"
+    );
+    // A valid token with one payload byte changed.
+    let login = f.begin().await;
+    let token = f.key.sign(&f.claims(&login));
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims = f.claims(&login);
+    claims["sub"] = json!("admin");
+    parts[1] = b64(serde_json::to_vec(&claims).unwrap().as_slice());
+    let tampered = parts.join(".");
+    assert_eq!(
+        code(f.finish(&login, tampered, f.callback(&login)).await),
+        "oidc.bad_signature"
+    );
+}
+
+#[tokio::test]
+async fn alg_none_is_rejected() {
+    let f = Fixture::new().await;
+    let header = b64(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+    // The unsigned JWT of RFC 7519 §6 (empty signature) is refused for its algorithm.
+    let login = f.begin().await;
+    let payload = b64(&serde_json::to_vec(&f.claims(&login)).unwrap());
+    let token = format!("{header}.{payload}.");
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&login)).await),
+        "oidc.alg_not_allowed"
+    );
+    // Without the trailing dot it is not even a JWS.
+    let login = f.begin().await;
+    let payload = b64(&serde_json::to_vec(&f.claims(&login)).unwrap());
+    let token = format!("{header}.{payload}");
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&login)).await),
+        "oidc.id_token_malformed"
+    );
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_rejected() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    // The classic key-confusion forgery: HMAC keyed with the IdP's public key
+    // (as PEM and as the JWK's modulus bytes).
+    for secret in [
+        f.key.public_pem.clone(),
+        f.key.jwk["n"].as_str().unwrap().as_bytes().to_vec(),
+    ] {
+        let token = jsonwebtoken::encode(
+            &header,
+            &f.claims(&login),
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        assert_eq!(
+            code(f.finish(&login, token, f.callback(&login)).await),
+            "oidc.alg_not_allowed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn key_rotation_at_the_idp_refetches_the_jwks_once() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 1);
+
+    // The IdP rotates to k2; our cache still holds only k1.
+    let k2 = IdpKey::generate("k2");
+    f.idp.with(|s| s.published = vec![k2.clone()]);
+    let login = f.begin().await;
+    let token = k2.sign(&f.claims(&login));
+    f.finish(&login, token, f.callback(&login)).await.unwrap();
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 2);
+
+    // k2 is cached now: no further fetch.
+    let login = f.begin().await;
+    let token = k2.sign(&f.claims(&login));
+    f.finish(&login, token, f.callback(&login)).await.unwrap();
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 2);
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_refetches_at_most_once_per_window() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 1);
+
+    let stranger = IdpKey::generate("unknown-kid");
+    for _ in 0..10 {
+        let login = f.begin().await;
+        let token = stranger.sign(&f.claims(&login));
+        assert_eq!(
+            code(f.finish(&login, token, f.callback(&login)).await),
+            "oidc.unknown_kid"
+        );
+    }
+    assert_eq!(
+        f.idp.with(|s| s.jwks_hits),
+        2,
+        "one refetch for the whole flood"
+    );
+
+    // After the window another refetch is allowed.
+    f.clock.advance(Duration::seconds(
+        oidc::provider::JWKS_REFETCH_WINDOW_SECS as i64 + 1,
+    ));
+    let login = f.begin().await;
+    let token = stranger.sign(&f.claims(&login));
+    assert_eq!(
+        code(f.finish(&login, token, f.callback(&login)).await),
+        "oidc.unknown_kid"
+    );
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 3);
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
+    let f = Fixture::new().await;
+    let (jwk, signer) = es256_key("ec1");
+    let mut ec_key = IdpKey::generate("unused");
+    ec_key.jwk = jwk;
+    f.idp.with(|s| s.published.push(ec_key));
+    let es256 = |claims: &Value| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec1".into());
+        jsonwebtoken::encode(&header, claims, &signer).unwrap()
+    };
+    // Accepted under the default allow-list.
+    let login = f.begin().await;
+    let token = es256(&f.claims(&login));
+    let id = f.finish(&login, token, f.callback(&login)).await.unwrap();
+    assert_eq!(id.subject, "user-1");
+
+    // A connection that allows only ES256 refuses the IdP's RS256 tokens.
+    let mut cfg = match &f.connection.kind {
+        ConnectionKind::Oidc(cfg) => cfg.clone(),
+        _ => unreachable!(),
+    };
+    cfg.allowed_algorithms = vec!["ES256".into()];
+    let strict = OidcConnector::new(&f.connection, cfg, f.ctx.clone()).unwrap();
+    let begun = strict
+        .begin(BeginRequest {
+            login_id: "strict-1",
+            force_authn: false,
+            login_hint: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    let mut claims = f.claims(&login);
+    claims["nonce"] = json!(query(&url, "nonce").unwrap());
+    let mut params = CallbackParams::default();
+    params.query.insert("state".into(), "strict-1".into());
+    params.query.insert("code".into(), "c".into());
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&claims)));
+    let r = strict.complete(Some(&begun.state), &params).await;
+    assert_eq!(code(r), "oidc.alg_not_allowed");
+    // The same claims signed with ES256 pass the strict connection.
+    f.idp.with(|s| s.id_token = Some(es256(&claims)));
+    strict.complete(Some(&begun.state), &params).await.unwrap();
+}

@@ -1,0 +1,395 @@
+//! One conformance suite for every `Store` backend.
+//!
+//! Each case below is written once against `SharedStore` and run by
+//! `conformance!` for the in-memory store and for `RedisStore` on a real
+//! Redis server. Time is the one thing that differs: the memory store follows
+//! a `ManualClock`, Redis follows the wall clock, so `Backend::pass` either
+//! advances the clock or sleeps (TTLs are kept at about a second).
+//! Redis-only behaviour (prefixes, outages) lives in `redis_only`.
+
+mod redis_only;
+
+use crate::support;
+use portcullis::clock::{ManualClock, SharedClock};
+use portcullis::store::memory::MemoryStore;
+use portcullis::store::redis::RedisStore;
+use portcullis::store::{Key, SharedStore, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Barrier;
+
+/// The TTL the expiry cases use, and a wait safely past it.
+const SHORT: Duration = Duration::from_millis(1000);
+const PAST_SHORT: Duration = Duration::from_millis(1200);
+const LONG: Duration = Duration::from_secs(60);
+/// How many tasks race in the concurrency cases.
+const RACERS: usize = 50;
+
+/// A store under test and a way to let time pass for it.
+pub struct Backend {
+    store: SharedStore,
+    clock: Option<ManualClock>,
+}
+
+impl Backend {
+    async fn pass(&self, by: Duration) {
+        match &self.clock {
+            Some(clock) => clock.advance(chrono::Duration::from_std(by).unwrap()),
+            None => tokio::time::sleep(by).await,
+        }
+    }
+}
+
+async fn memory() -> Backend {
+    let clock = ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let shared: SharedClock = Arc::new(clock.clone());
+    Backend {
+        store: Arc::new(MemoryStore::new(shared)),
+        clock: Some(clock),
+    }
+}
+
+async fn redis() -> Backend {
+    let store = RedisStore::connect(&support::redis::url(), &support::redis::prefix())
+        .await
+        .unwrap();
+    Backend {
+        store: Arc::new(store),
+        clock: None,
+    }
+}
+
+/// Generates one `#[tokio::test]` per case for a backend.
+macro_rules! conformance {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($($backend:ident),*) => {$(
+        conformance!($backend:
+            get_put_delete_roundtrip,
+            put_overwrites,
+            values_expire_after_their_ttl,
+            put_if_absent_writes_once,
+            take_returns_the_value_once,
+            concurrent_takes_see_the_value_once,
+            concurrent_put_if_absent_admits_one,
+            sets_add_remove_and_list_sorted,
+            set_ttl_extends_but_never_shortens,
+            incr_counts_in_a_fixed_window,
+            counters_are_decimal_values,
+            type_clashes_are_corrupt_and_take_keeps_the_value,
+            keys_differ_by_tag_and_name,
+            huge_ttls_do_not_overflow,
+            ping_answers,
+        );
+    )*};
+}
+
+all_cases!(memory, redis);
+
+async fn get_put_delete_roundtrip(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "codes", "c1");
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    // Values are bytes, not strings.
+    let value = vec![0u8, 255, 10, 13, 0, b'{'];
+    s.put(&k, &value, None).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), Some(value));
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    assert!(!s.delete(&k).await.unwrap());
+}
+
+async fn put_overwrites(b: &Backend) {
+    let s = &b.store;
+    let k = Key::global("things", "one");
+    s.put(&k, b"first", Some(LONG)).await.unwrap();
+    s.put(&k, b"second", Some(LONG)).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"second".to_vec()));
+}
+
+async fn values_expire_after_their_ttl(b: &Backend) {
+    let s = &b.store;
+    let put_short = Key::global("ttl", "put");
+    let pia_short = Key::global("ttl", "put_if_absent");
+    let made_persistent = Key::global("ttl", "persisted");
+    let persistent = Key::global("ttl", "none");
+    s.put(&put_short, b"v", Some(SHORT)).await.unwrap();
+    assert!(s
+        .put_if_absent(&pia_short, b"v", Some(SHORT))
+        .await
+        .unwrap());
+    s.put(&made_persistent, b"v", Some(SHORT)).await.unwrap();
+    s.put(&made_persistent, b"v2", None).await.unwrap();
+    s.put(&persistent, b"v", None).await.unwrap();
+    assert!(s.get(&put_short).await.unwrap().is_some());
+
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&put_short).await.unwrap(), None);
+    assert_eq!(s.take(&pia_short).await.unwrap(), None);
+    // A put without TTL replaces the earlier TTL.
+    assert_eq!(s.get(&made_persistent).await.unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(s.get(&persistent).await.unwrap(), Some(b"v".to_vec()));
+    // An expired key counts as absent.
+    assert!(s
+        .put_if_absent(&put_short, b"again", Some(LONG))
+        .await
+        .unwrap());
+}
+
+async fn put_if_absent_writes_once(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "pending", "p1");
+    assert!(s.put_if_absent(&k, b"first", Some(LONG)).await.unwrap());
+    assert!(!s.put_if_absent(&k, b"second", Some(LONG)).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"first".to_vec()));
+}
+
+async fn take_returns_the_value_once(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "codes", "once");
+    assert_eq!(s.take(&k).await.unwrap(), None);
+    s.put(&k, b"code", Some(LONG)).await.unwrap();
+    assert_eq!(s.take(&k).await.unwrap(), Some(b"code".to_vec()));
+    assert_eq!(s.take(&k).await.unwrap(), None);
+    assert_eq!(s.get(&k).await.unwrap(), None);
+}
+
+async fn concurrent_takes_see_the_value_once(b: &Backend) {
+    for round in 0..5 {
+        let k = Key::tenant("acme", "codes", format!("race-{round}"));
+        b.store.put(&k, b"code", Some(LONG)).await.unwrap();
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|_| {
+                let (s, k, barrier) = (b.store.clone(), k.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    s.take(&k).await.unwrap()
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.extend(t.await.unwrap());
+        }
+        assert_eq!(seen, vec![b"code".to_vec()], "round {round}");
+    }
+}
+
+async fn concurrent_put_if_absent_admits_one(b: &Backend) {
+    for round in 0..5 {
+        let k = Key::tenant("acme", "jti", format!("race-{round}"));
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (s, k, barrier) = (b.store.clone(), k.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mine = format!("writer-{i}");
+                    s.put_if_absent(&k, mine.as_bytes(), Some(LONG))
+                        .await
+                        .unwrap()
+                        .then_some(mine)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            winners.extend(t.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let stored = b.store.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored, winners[0].as_bytes(), "round {round}");
+    }
+}
+
+async fn sets_add_remove_and_list_sorted(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "user-sessions", "u1");
+    assert!(s.set_members(&k).await.unwrap().is_empty());
+    s.set_remove(&k, "absent").await.unwrap();
+    for m in ["b", "a", "c", "a"] {
+        s.set_add(&k, m, Some(LONG)).await.unwrap();
+    }
+    assert_eq!(s.set_members(&k).await.unwrap(), ["a", "b", "c"]);
+    s.set_remove(&k, "b").await.unwrap();
+    s.set_remove(&k, "not-a-member").await.unwrap();
+    assert_eq!(s.set_members(&k).await.unwrap(), ["a", "c"]);
+    s.set_remove(&k, "a").await.unwrap();
+    s.set_remove(&k, "c").await.unwrap();
+    assert!(s.set_members(&k).await.unwrap().is_empty());
+    // The emptied set does not linger as a key.
+    assert!(s.put_if_absent(&k, b"v", Some(LONG)).await.unwrap());
+}
+
+async fn set_ttl_extends_but_never_shortens(b: &Backend) {
+    let s = &b.store;
+    let k = |n: &str| Key::tenant("acme", "sets", n);
+    s.set_add(&k("short"), "m", Some(SHORT)).await.unwrap();
+    s.set_add(&k("extended"), "m1", Some(SHORT)).await.unwrap();
+    s.set_add(&k("extended"), "m2", Some(LONG)).await.unwrap();
+    s.set_add(&k("not-shortened"), "m1", Some(LONG))
+        .await
+        .unwrap();
+    s.set_add(&k("not-shortened"), "m2", Some(SHORT))
+        .await
+        .unwrap();
+    s.set_add(&k("had-none"), "m1", None).await.unwrap();
+    s.set_add(&k("had-none"), "m2", Some(SHORT)).await.unwrap();
+    s.set_add(&k("none-keeps"), "m1", Some(SHORT))
+        .await
+        .unwrap();
+    s.set_add(&k("none-keeps"), "m2", None).await.unwrap();
+    s.set_add(&k("persistent"), "m", None).await.unwrap();
+
+    b.pass(PAST_SHORT).await;
+    let members = |n: &'static str| {
+        let s = s.clone();
+        async move { s.set_members(&k(n)).await.unwrap() }
+    };
+    assert!(members("short").await.is_empty(), "a set TTL applies");
+    assert_eq!(
+        members("extended").await,
+        ["m1", "m2"],
+        "a longer TTL extends"
+    );
+    assert_eq!(
+        members("not-shortened").await,
+        ["m1", "m2"],
+        "a shorter TTL never shortens"
+    );
+    assert!(
+        members("had-none").await.is_empty(),
+        "a set without TTL takes one"
+    );
+    assert!(
+        members("none-keeps").await.is_empty(),
+        "ttl None keeps the TTL"
+    );
+    assert_eq!(members("persistent").await, ["m"]);
+}
+
+async fn incr_counts_in_a_fixed_window(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "rate", "login:203.0.113.7");
+    let other = Key::tenant("acme", "rate", "login:198.51.100.1");
+    assert_eq!(s.incr(&k, SHORT).await.unwrap(), 1);
+    assert_eq!(s.incr(&k, SHORT).await.unwrap(), 2);
+    assert_eq!(s.incr(&other, SHORT).await.unwrap(), 1);
+    b.pass(Duration::from_millis(400)).await;
+    // Later increments do not move the window.
+    assert_eq!(s.incr(&k, SHORT).await.unwrap(), 3);
+    b.pass(Duration::from_millis(800)).await;
+    assert_eq!(s.incr(&k, SHORT).await.unwrap(), 1, "the window expired");
+}
+
+async fn counters_are_decimal_values(b: &Backend) {
+    let s = &b.store;
+    let k = |n: &str| Key::global("counters", n);
+    assert_eq!(s.incr(&k("fresh"), LONG).await.unwrap(), 1);
+    assert_eq!(s.get(&k("fresh")).await.unwrap(), Some(b"1".to_vec()));
+    s.put(&k("numeric"), b"41", None).await.unwrap();
+    assert_eq!(s.incr(&k("numeric"), LONG).await.unwrap(), 42);
+    s.put(&k("text"), b"forty-one", None).await.unwrap();
+    assert!(matches!(
+        s.incr(&k("text"), LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    s.set_add(&k("set"), "m", None).await.unwrap();
+    assert!(matches!(
+        s.incr(&k("set"), LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // A value without TTL that gets counted on takes the window (PEXPIRE NX).
+    s.put(&k("persistent"), b"0", None).await.unwrap();
+    assert_eq!(s.incr(&k("persistent"), SHORT).await.unwrap(), 1);
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&k("persistent")).await.unwrap(), None);
+}
+
+async fn type_clashes_are_corrupt_and_take_keeps_the_value(b: &Backend) {
+    let s = &b.store;
+    let bytes = Key::global("clash", "bytes");
+    let set = Key::global("clash", "set");
+    s.put(&bytes, b"v", Some(LONG)).await.unwrap();
+    s.set_add(&set, "m", Some(LONG)).await.unwrap();
+    assert!(matches!(
+        s.set_add(&bytes, "m", None).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.set_members(&bytes).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(s.get(&set).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(s.take(&set).await, Err(StoreError::Corrupt(_))));
+    assert_eq!(s.set_members(&set).await.unwrap(), ["m"]);
+    assert_eq!(s.get(&bytes).await.unwrap(), Some(b"v".to_vec()));
+}
+
+async fn keys_differ_by_tag_and_name(b: &Backend) {
+    let s = &b.store;
+    let acme = Key::tenant("acme", "codes", "same");
+    let evil = Key::tenant("evil", "codes", "same");
+    let other_group = Key::tenant("acme", "refresh", "same");
+    let global = Key::global("codes", "same");
+    s.put(&acme, b"acme", Some(LONG)).await.unwrap();
+    for k in [&evil, &other_group, &global] {
+        assert_eq!(s.get(k).await.unwrap(), None, "{k:?}");
+        assert_eq!(s.take(k).await.unwrap(), None, "{k:?}");
+    }
+    assert_eq!(s.get(&acme).await.unwrap(), Some(b"acme".to_vec()));
+}
+
+async fn huge_ttls_do_not_overflow(b: &Backend) {
+    let s = &b.store;
+    let k = |n: &str| Key::global("huge", n);
+    s.put(&k("put"), b"v", Some(Duration::MAX)).await.unwrap();
+    assert!(s
+        .put_if_absent(&k("pia"), b"v", Some(Duration::MAX))
+        .await
+        .unwrap());
+    s.set_add(&k("set"), "m", Some(Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(s.incr(&k("n"), Duration::MAX).await.unwrap(), 1);
+    // Enough to notice a TTL that wrapped around to almost nothing.
+    b.pass(Duration::from_millis(100)).await;
+    assert_eq!(s.get(&k("put")).await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.get(&k("pia")).await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.set_members(&k("set")).await.unwrap(), ["m"]);
+    assert_eq!(s.incr(&k("n"), Duration::MAX).await.unwrap(), 2);
+}
+
+async fn ping_answers(b: &Backend) {
+    b.store.ping().await.unwrap();
+}
+
+#[test]
+fn key_render_puts_the_tag_in_braces() {
+    assert_eq!(
+        Key::tenant("acme", "codes", "abc").render("pc"),
+        "pc:{t:acme:codes}:abc"
+    );
+    assert_eq!(
+        Key::global("session", "xyz").render("pc"),
+        "pc:{g:session}:xyz"
+    );
+    assert_eq!(Key::new("tag", "name").render("p"), "p:{tag}:name");
+    assert_eq!(Key::tenant("acme", "codes", "abc").tag(), "t:acme:codes");
+}

@@ -1,0 +1,247 @@
+//! What only the Redis backend has: key prefixes, the key format on the wire,
+//! sessions on a real server, and outages (stopped, frozen, restarted,
+//! never there). Outage tests use a private server so the shared one stays up.
+
+use crate::support::redis::{self as test_redis, RedisServer};
+use portcullis::clock::{SharedClock, SystemClock};
+use portcullis::store::redis::RedisStore;
+use portcullis::store::session::StoreSessionStore;
+use portcullis::store::{Key, SharedStore, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_sessions::cookie::time::OffsetDateTime;
+use tower_sessions::session::{Id, Record};
+use tower_sessions::SessionStore;
+
+/// Generous: proves "does not hang", not a latency target (expected ≤ ~2 s).
+const OUTAGE_BOUND: Duration = Duration::from_secs(5);
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn store_on(url: &str) -> SharedStore {
+    Arc::new(
+        RedisStore::connect(url, &test_redis::prefix())
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn prefixes_isolate_stores_on_one_server() {
+    let url = test_redis::url();
+    let (a, b) = (store_on(&url).await, store_on(&url).await);
+    let k = Key::tenant("acme", "codes", "shared-name");
+    a.put(&k, b"from-a", None).await.unwrap();
+    a.set_add(&Key::global("s", "x"), "m", None).await.unwrap();
+    assert_eq!(b.get(&k).await.unwrap(), None);
+    assert_eq!(b.take(&k).await.unwrap(), None);
+    assert!(!b.delete(&k).await.unwrap());
+    assert!(b
+        .set_members(&Key::global("s", "x"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(b.put_if_absent(&k, b"from-b", None).await.unwrap());
+    assert_eq!(a.get(&k).await.unwrap(), Some(b"from-a".to_vec()));
+    assert_eq!(b.get(&k).await.unwrap(), Some(b"from-b".to_vec()));
+}
+
+#[tokio::test]
+async fn keys_on_the_wire_are_prefixed_and_hash_tagged() {
+    let url = test_redis::url();
+    let prefix = test_redis::prefix();
+    let store = RedisStore::connect(&url, &prefix).await.unwrap();
+    let mut conn = raw(&url).await;
+    let value_key = Key::tenant("acme", "codes", "abc");
+    Store::put(&store, &value_key, b"v", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let wire = format!("{prefix}:{{t:acme:codes}}:abc");
+    let got: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&wire)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(b"v".to_vec()));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&wire)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((59_000..=60_000).contains(&pttl), "PTTL {pttl}");
+
+    // The exact TTL after "extend, never shorten".
+    let set_key = Key::tenant("acme", "sets", "s");
+    let set_wire = format!("{prefix}:{{t:acme:sets}}:s");
+    let s: SharedStore = Arc::new(store);
+    s.set_add(&set_key, "a", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    s.set_add(&set_key, "b", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&set_wire)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 55_000, "shortened to {pttl}");
+    s.set_add(&set_key, "c", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&set_wire)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 115_000, "not extended: {pttl}");
+}
+
+#[tokio::test]
+async fn sessions_live_in_redis_with_the_record_expiry_as_ttl() {
+    let url = test_redis::url();
+    let prefix = test_redis::prefix();
+    let store: SharedStore = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let sessions = StoreSessionStore::new(store, clock.clone());
+    let expiry = OffsetDateTime::from_unix_timestamp(clock.now().timestamp() + 600).unwrap();
+    let mut record = Record {
+        id: Id::default(),
+        data: [("who".to_owned(), serde_json::json!("alice"))].into(),
+        expiry_date: expiry,
+    };
+    sessions.create(&mut record).await.unwrap();
+    assert_eq!(
+        sessions.load(&record.id).await.unwrap(),
+        Some(record.clone())
+    );
+
+    let wire = format!("{prefix}:{{g:session}}:{}", record.id);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&wire)
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    assert!((595_000..=600_000).contains(&pttl), "PTTL {pttl}");
+
+    sessions.delete(&record.id).await.unwrap();
+    assert_eq!(sessions.load(&record.id).await.unwrap(), None);
+}
+
+/// Runs every operation at once; each must fail as `Unavailable` within
+/// [`OUTAGE_BOUND`]. Returns the slowest failure.
+async fn assert_all_unavailable(store: &SharedStore) -> Duration {
+    let k = Key::global("outage", "k");
+    let mut tasks = Vec::new();
+    for op in 0..10 {
+        let (s, k) = (store.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match op {
+                0 => s.get(&k).await.map(drop),
+                1 => s.put(&k, b"v", None).await,
+                2 => s.put_if_absent(&k, b"v", None).await.map(drop),
+                3 => s.take(&k).await.map(drop),
+                4 => s.delete(&k).await.map(drop),
+                5 => s.set_add(&k, "m", Some(Duration::from_secs(5))).await,
+                6 => s.set_remove(&k, "m").await,
+                7 => s.set_members(&k).await.map(drop),
+                8 => s.incr(&k, Duration::from_secs(5)).await.map(drop),
+                _ => s.ping().await,
+            };
+            (op, result, started.elapsed())
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (op, result, took) = t.await.unwrap();
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "op {op}: {result:?}"
+        );
+        assert!(took < OUTAGE_BOUND, "op {op} took {took:?}");
+        slowest = slowest.max(took);
+    }
+    slowest
+}
+
+/// Polls `ping` until it succeeds; returns how long that took.
+async fn wait_until_available(store: &SharedStore) -> Duration {
+    let started = Instant::now();
+    while store.ping().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_unavailable_quickly_and_a_restart_recovers() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store_on(&server.url()).await;
+    let k = Key::global("outage", "before");
+    store.put(&k, b"v", None).await.unwrap();
+
+    server.stop();
+    let slowest = assert_all_unavailable(&store).await;
+    eprintln!("stopped server: slowest failure {slowest:?}");
+
+    let _restarted = RedisServer::start_on(port);
+    let took = wait_until_available(&store).await;
+    eprintln!("restarted server: store answered again after {took:?}");
+    store.put(&k, b"after", None).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), Some(b"after".to_vec()));
+}
+
+#[tokio::test]
+async fn a_frozen_server_is_unavailable_quickly_and_recovers_when_thawed() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    store.ping().await.unwrap();
+
+    server.freeze();
+    let slowest = assert_all_unavailable(&store).await;
+    eprintln!("frozen server: slowest failure {slowest:?}");
+
+    server.thaw();
+    let took = wait_until_available(&store).await;
+    eprintln!("thawed server: store answered again after {took:?}");
+    let k = Key::global("outage", "after-thaw");
+    store.put(&k, b"v", None).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), Some(b"v".to_vec()));
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_fast() {
+    let url = format!("redis://127.0.0.1:{}", test_redis::free_port());
+    let started = Instant::now();
+    let err = RedisStore::connect(&url, "p").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connecting_to_a_silent_server_fails_fast() {
+    // Accepts TCP connections (the kernel does, from the backlog) and never
+    // says a word: the handshake must time out, not hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let err = RedisStore::connect(&url, "p").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
+    eprintln!(
+        "silent server: connect failed after {:?}",
+        started.elapsed()
+    );
+}
