@@ -218,7 +218,8 @@ function buildProvider(issuer) {
     jwks: { keys: [jwk] },
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: {
-      openid: ['sub'],
+      // amr and auth_time in every ID token, as most enterprise IdPs do.
+      openid: ['sub', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       profile: ['name', 'given_name', 'family_name'],
       groups: ['groups'],
