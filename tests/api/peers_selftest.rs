@@ -71,6 +71,8 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
         claims["groups"],
         serde_json::json!(["engineering", "admins"])
     );
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    assert!(claims["auth_time"].is_u64());
     assert!(body["access_token"].is_string());
 
     // The RP's wrappers (openid-client) against an independent server.
