@@ -153,6 +153,36 @@ async fn max_age_zero_forces_reauthentication_at_the_idp() {
 }
 
 #[tokio::test]
+async fn max_age_longer_than_the_session_age_keeps_sso() {
+    let w = OidcWorld::new().await;
+    let mut browser = Browser::new();
+    let one = w
+        .sign_in(&mut browser, &w.app1, &[("tenant", ACME)], Some("alice"))
+        .await;
+    let before = w.idp.stats().await;
+    browser.clear_history();
+    let two = w
+        .sign_in(
+            &mut browser,
+            &w.app2,
+            &[("tenant", ACME), ("max_age", "3600")],
+            None,
+        )
+        .await;
+    assert!(
+        !browser.visited_origin(&w.idp.peer.url),
+        "{}",
+        browser.trail()
+    );
+    assert_eq!(w.idp.stats().await, before);
+    // OIDC Core §3.1.2.1: with max_age the ID token carries auth_time.
+    assert_eq!(
+        two["id_token_claims"]["auth_time"],
+        one["id_token_claims"]["auth_time"]
+    );
+}
+
+#[tokio::test]
 async fn session_of_one_tenant_does_not_sign_in_to_another() {
     let w = OidcWorld::new().await;
     let mut browser = Browser::new();
