@@ -1,5 +1,12 @@
 //! Test support: spawning the gateway, Redis and the peers.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod app;
+pub mod browser;
+pub mod html_form;
+pub mod oidc_world;
+pub mod peers;
+pub mod real_browser;
 pub mod redis;
+pub mod saml_world;

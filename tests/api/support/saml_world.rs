@@ -1,0 +1,81 @@
+//! The SAML end-to-end fixture: the gateway over a real Redis, tenant `acme`
+//! with a SAML connection to the samlify IdP peer (metadata exchanged both
+//! ways, as an admin would), and one openid-client app.
+
+use serde_json::{json, Value};
+use url::Url;
+
+use super::app::{spawn_app, AppOptions, TestApp};
+use super::peers::{RelyingParty, SamlIdp};
+use super::redis;
+
+/// The tenant.
+pub const TENANT: &str = "acme";
+/// The SAML connection id.
+pub const SAML_CONN: &str = "corp-saml";
+
+/// Everything a SAML flow test needs.
+pub struct SamlWorld {
+    /// The gateway.
+    pub app: TestApp,
+    /// The SAML IdP.
+    pub idp: SamlIdp,
+    /// The app (client `saml-app`).
+    pub rp: RelyingParty,
+    /// The admin API's answer for the connection (`acs_url`, ...).
+    pub connection: Value,
+}
+
+impl SamlWorld {
+    /// Builds the world; every step asserts its status.
+    pub async fn new() -> Self {
+        let app = spawn_app(AppOptions {
+            redis_url: Some(redis::url()),
+            redis_prefix: Some(redis::prefix()),
+        })
+        .await;
+        app.create_tenant(TENANT, "Acme Corp", &["acme.test"]).await;
+        let idp = SamlIdp::spawn().await;
+        let connection = app
+            .create_saml_connection(
+                TENANT,
+                json!({ "id": SAML_CONN, "metadata_xml": idp.metadata_xml().await }),
+            )
+            .await;
+        let sp_metadata = app
+            .client
+            .get(connection["sp_metadata_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sp_metadata.status(), 200);
+        let entity_id = idp.register_sp(&sp_metadata.text().await.unwrap()).await;
+        assert_eq!(
+            Some(entity_id.as_str()),
+            connection["sp_entity_id"].as_str()
+        );
+
+        let rp = RelyingParty::spawn("saml-app", &app.base).await;
+        let reg = app
+            .create_client("saml-app", "SAML App", &[&rp.redirect_uri()], false)
+            .await;
+        rp.configure(
+            "saml-app",
+            reg.client_secret.as_deref().unwrap(),
+            "basic",
+            super::oidc_world::APP_SCOPE,
+        )
+        .await;
+        Self {
+            app,
+            idp,
+            rp,
+            connection,
+        }
+    }
+
+    /// The gateway's ACS URL for the connection.
+    pub fn acs_url(&self) -> Url {
+        Url::parse(self.connection["acs_url"].as_str().unwrap()).unwrap()
+    }
+}
