@@ -139,9 +139,7 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
         let allowed_tenants = c
             .allowed_tenants
             .iter()
-            .map(|t| {
-                TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}"))
-            })
+            .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let client = Client {
             client_id: c.client_id.clone(),
@@ -168,11 +166,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
     if state.tenants.get(&tenant).await?.is_none() {
         state
             .tenants
-            .create(
-                tenant.clone(),
-                "Demo tenant".into(),
-                vec!["demo.example".into()],
-            )
+            .create(tenant.clone(), "Demo tenant".into(), vec!["demo.example".into()])
             .await?;
     }
     let conn_id = ConnectionId::parse("dev").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -205,8 +199,7 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
         anyhow::bail!("{errs}");
     }
     for f in files {
-        let id =
-            TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
+        let id = TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
         if state.tenants.get(&id).await?.is_none() {
             let name = if f.name.is_empty() {
                 f.id.clone()
@@ -222,26 +215,14 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
         }
         for body in f.connection_bodies() {
             let declared = crate::tokens::sha256_base64url(body.to_string().as_bytes());
-            let cid = body
-                .get("id")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned();
+            let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let marker = Key::tenant(id.as_str(), "config", format!("declared:{cid}"));
             if state.store.get(&marker).await?.as_deref() == Some(declared.as_bytes()) {
                 continue;
             }
-            let conn =
-                crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}: connections[{cid}].{}: {}",
-                            f.path.display(),
-                            e.field,
-                            e.message
-                        )
-                    })?;
+            let conn = crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: connections[{cid}].{}: {}", f.path.display(), e.field, e.message))?;
             state.tenants.put_connection(&conn).await?;
             state.store.put(&marker, declared.as_bytes(), None).await?;
             tracing::info!(tenant = %id, connection = %cid, "declared connection loaded");
@@ -276,11 +257,7 @@ pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
         } else {
             "in-memory"
         },
-        if settings.admin.token.is_some() {
-            "on"
-        } else {
-            "off"
-        },
+        if settings.admin.token.is_some() { "on" } else { "off" },
         if settings.dev.enabled {
             "ON (not for production)"
         } else {

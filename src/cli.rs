@@ -29,9 +29,7 @@ pub enum Command {
 }
 
 fn env_map() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("PORTCULLIS_"))
-        .collect()
+    std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")).collect()
 }
 
 /// Runs the command line. Returns the process exit code.
@@ -65,21 +63,15 @@ async fn check_config(settings: &Settings, source: &str) -> i32 {
         // (metadata parsed, discovery fetched), against a throwaway store.
         if let Ok(resolved) = settings.validate(source) {
             let clock: SharedClock = Arc::new(SystemClock);
-            let store: crate::store::SharedStore =
-                Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
+            let store: crate::store::SharedStore = Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
             if let Ok(ctx) = crate::app::upstream_context(settings, &resolved, store, clock) {
                 for f in &files {
                     let Ok(tenant) = crate::ids::TenantId::parse(&f.id) else {
                         continue;
                     };
                     for (i, body) in f.connection_bodies().into_iter().enumerate() {
-                        if let Err(e) = crate::tenant::setup::build_connection(
-                            &ctx,
-                            &tenant,
-                            body,
-                            settings.dev.enabled,
-                        )
-                        .await
+                        if let Err(e) =
+                            crate::tenant::setup::build_connection(&ctx, &tenant, body, settings.dev.enabled).await
                         {
                             problems.push(ConfigProblem {
                                 source: f.path.display().to_string(),
@@ -137,8 +129,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };

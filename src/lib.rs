@@ -5,12 +5,7 @@
 //! edge (`http`, `admin`) → flow (`broker`, `provider`) → domain (`upstream`,
 //! `tenant`, `directory`, `tokens`) → ground (`store`, `config`, `clock`, `ids`, `secret`).
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![warn(missing_docs)]
 
 pub mod admin;

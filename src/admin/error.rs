@@ -47,12 +47,7 @@ impl AdminError {
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, title, detail, field) = match &self {
-            Self::Unauthorized(d) => (
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                d.to_string(),
-                None,
-            ),
+            Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "Unauthorized", d.to_string(), None),
             Self::Invalid { field, detail } => (
                 StatusCode::BAD_REQUEST,
                 "Invalid request",
@@ -102,10 +97,8 @@ impl IntoResponse for AdminError {
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
     }

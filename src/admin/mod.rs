@@ -45,10 +45,7 @@ pub struct AdminAuth;
 impl FromRequestParts<Arc<AppState>> for AdminAuth {
     type Rejection = AdminError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, AdminError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, AdminError> {
         let Some(expected) = &state.admin_token else {
             return Err(AdminError::Unauthorized(
                 "The admin API is disabled: set PORTCULLIS_ADMIN_TOKEN.",
@@ -129,16 +126,11 @@ async fn create_tenant(
     JsonBody(body): JsonBody,
 ) -> Result<Response, AdminError> {
     let req: NewTenant = parse_body(body)?;
-    let id = TenantId::parse(&req.id)
-        .map_err(|e| AdminError::field("id", format!("{:?} {e}", req.id)))?;
+    let id = TenantId::parse(&req.id).map_err(|e| AdminError::field("id", format!("{:?} {e}", req.id)))?;
     let mut domains = Vec::new();
     for (i, d) in req.domains.iter().enumerate() {
-        let d = parse_domain(d).ok_or_else(|| {
-            AdminError::field(
-                &format!("domains[{i}]"),
-                format!("{d:?} is not a domain name."),
-            )
-        })?;
+        let d = parse_domain(d)
+            .ok_or_else(|| AdminError::field(&format!("domains[{i}]"), format!("{d:?} is not a domain name.")))?;
         if !domains.contains(&d) {
             domains.push(d);
         }
@@ -147,22 +139,13 @@ async fn create_tenant(
         .name
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| id.to_string());
-    let tenant = s
-        .tenants
-        .create(id, name, domains)
-        .await
-        .map_err(registry)?;
+    let tenant = s.tenants.create(id, name, domains).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_created", tenant = %tenant.id);
     Ok((StatusCode::CREATED, Json(json!(tenant))).into_response())
 }
 
-async fn list_tenants(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-) -> Result<Json<Value>, AdminError> {
-    Ok(Json(
-        json!({"tenants": s.tenants.list().await.map_err(registry)?}),
-    ))
+async fn list_tenants(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+    Ok(Json(json!({"tenants": s.tenants.list().await.map_err(registry)?})))
 }
 
 async fn get_tenant(
@@ -250,16 +233,13 @@ async fn get_connection(
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
     let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid)
-        .map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
     let conn = s
         .tenants
         .connection(&id, &cid)
         .await
         .map_err(registry)?
-        .ok_or_else(|| {
-            AdminError::NotFound(format!("There is no connection {cid:?} in tenant {id:?}."))
-        })?;
+        .ok_or_else(|| AdminError::NotFound(format!("There is no connection {cid:?} in tenant {id:?}.")))?;
     Ok(Json(crate::tenant::setup::describe(&s.upstream, &conn)))
 }
 
@@ -269,12 +249,8 @@ async fn delete_connection(
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid)
-        .map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
-    s.tenants
-        .delete_connection(&id, &cid)
-        .await
-        .map_err(registry)?;
+    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -309,25 +285,19 @@ fn check_client(req: &NewClient) -> Result<Vec<TenantId>, AdminError> {
         ));
     }
     if req.redirect_uris.is_empty() {
-        return Err(AdminError::field(
-            "redirect_uris",
-            "needs at least one redirect URI.",
-        ));
+        return Err(AdminError::field("redirect_uris", "needs at least one redirect URI."));
     }
     for (i, u) in req.redirect_uris.iter().enumerate() {
         check_redirect_uri(u).map_err(|m| AdminError::field(&format!("redirect_uris[{i}]"), m))?;
     }
     for (i, u) in req.post_logout_redirect_uris.iter().enumerate() {
-        check_redirect_uri(u)
-            .map_err(|m| AdminError::field(&format!("post_logout_redirect_uris[{i}]"), m))?;
+        check_redirect_uri(u).map_err(|m| AdminError::field(&format!("post_logout_redirect_uris[{i}]"), m))?;
     }
     req.allowed_tenants
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            TenantId::parse(t).map_err(|e| {
-                AdminError::field(&format!("allowed_tenants[{i}]"), format!("{t:?} {e}"))
-            })
+            TenantId::parse(t).map_err(|e| AdminError::field(&format!("allowed_tenants[{i}]"), format!("{t:?} {e}")))
         })
         .collect()
 }
@@ -349,17 +319,13 @@ async fn create_client(
         allowed_tenants,
         created_at: s.provider.clock.now(),
     };
-    s.provider
-        .clients
-        .create(&client)
-        .await
-        .map_err(|e| match e {
-            ClientError::Exists(id) => AdminError::Conflict {
-                field: "client_id",
-                detail: format!("The client {id:?} already exists."),
-            },
-            ClientError::Store(e) => AdminError::Internal(e.to_string()),
-        })?;
+    s.provider.clients.create(&client).await.map_err(|e| match e {
+        ClientError::Exists(id) => AdminError::Conflict {
+            field: "client_id",
+            detail: format!("The client {id:?} already exists."),
+        },
+        ClientError::Store(e) => AdminError::Internal(e.to_string()),
+    })?;
     tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
     let mut v = client_view(&client);
     if let Some(secret) = secret {
@@ -368,12 +334,7 @@ async fn create_client(
             o.insert("client_secret".into(), json!(secret.expose()));
         }
     }
-    Ok((
-        StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(v),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(v)).into_response())
 }
 
 fn client_view(c: &Client) -> Value {
@@ -384,10 +345,7 @@ fn client_view(c: &Client) -> Value {
     })
 }
 
-async fn list_clients(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-) -> Result<Json<Value>, AdminError> {
+async fn list_clients(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     let ids = s
         .provider
         .clients
@@ -429,10 +387,7 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rotate_keys(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-) -> Result<Json<Value>, AdminError> {
+async fn rotate_keys(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     s.provider
         .keys
         .rotate()

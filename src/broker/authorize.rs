@@ -58,11 +58,7 @@ pub enum AuthorizeError {
     },
 }
 
-fn redirect_err(
-    error: &'static str,
-    reason: &'static str,
-    description: impl Into<String>,
-) -> AuthorizeError {
+fn redirect_err(error: &'static str, reason: &'static str, description: impl Into<String>) -> AuthorizeError {
     AuthorizeError::Redirect {
         error,
         reason,
@@ -102,9 +98,7 @@ pub fn client_and_redirect<'a>(
 }
 
 fn is_pkce_challenge(s: &str) -> bool {
-    s.len() == 43
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Step two: every other parameter.
@@ -158,10 +152,7 @@ pub fn parse(
         ));
     }
     let code_challenge = params.get("code_challenge").cloned();
-    match (
-        params.get("code_challenge_method").map(String::as_str),
-        &code_challenge,
-    ) {
+    match (params.get("code_challenge_method").map(String::as_str), &code_challenge) {
         (Some("S256"), Some(c)) if is_pkce_challenge(c) => {}
         (Some("S256"), Some(_)) => {
             return Err(redirect_err(
@@ -228,12 +219,7 @@ pub fn parse(
             }
         },
     };
-    let short = |k: &str| {
-        params
-            .get(k)
-            .filter(|v| !v.is_empty() && v.len() <= 2048)
-            .cloned()
-    };
+    let short = |k: &str| params.get(k).filter(|v| !v.is_empty() && v.len() <= 2048).cloned();
     Ok(AuthRequest {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),

@@ -16,9 +16,7 @@ use crate::provider::codes::Authorization;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::{email_domain, Tenant, TenantRegistry};
-use crate::upstream::{
-    BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect,
-};
+use crate::upstream::{BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect};
 use authorize::{AuthRequest, AuthorizeError};
 use serde::{Deserialize, Serialize};
 use session::{BrowserSso, SsoSession};
@@ -119,12 +117,7 @@ fn error_to_app(req: &AuthRequest, issuer: &str, error: &str, description: &str)
     }
     match app_redirect(&req.redirect_uri, issuer, &params) {
         Some(u) => Outcome::App(u),
-        None => page(
-            400,
-            "Sign-in failed",
-            description,
-            "authorize.bad_redirect_uri",
-        ),
+        None => page(400, "Sign-in failed", description, "authorize.bad_redirect_uri"),
     }
 }
 
@@ -216,9 +209,10 @@ impl Broker {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
             }
             Ok(None) => {
-                let error = req.login_hint.as_ref().map(|_| {
-                    "No organization uses single sign-on for that email domain.".to_owned()
-                });
+                let error = req
+                    .login_hint
+                    .as_ref()
+                    .map(|_| "No organization uses single sign-on for that email domain.".to_owned());
                 return Outcome::ChooseTenant { params, error };
             }
             Err(e) => return unavailable(e),
@@ -239,30 +233,22 @@ impl Broker {
             Err(e) => return unavailable(e),
         };
         let connection = match &req.connection {
-            Some(c) => match ConnectionId::parse(c)
-                .ok()
-                .filter(|c| connection_ids.contains(c))
-            {
+            Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
                 Some(c) => c,
-                None => {
-                    return error_to_app(
-                        &req,
-                        &issuer,
-                        "invalid_request",
-                        "Unknown connection for this tenant.",
-                    )
-                }
+                None => return error_to_app(&req, &issuer, "invalid_request", "Unknown connection for this tenant."),
             },
             None => match connection_ids.as_slice() {
-                [] => return page(
-                    409,
-                    "Single sign-on is not set up yet",
-                    format!(
-                        "{} has not connected an identity provider yet. Ask your IT administrator.",
-                        tenant.name
-                    ),
-                    "authorize.no_connection",
-                ),
+                [] => {
+                    return page(
+                        409,
+                        "Single sign-on is not set up yet",
+                        format!(
+                            "{} has not connected an identity provider yet. Ask your IT administrator.",
+                            tenant.name
+                        ),
+                        "authorize.no_connection",
+                    )
+                }
                 [only] => only.clone(),
                 _ => {
                     return Outcome::ChooseConnection {
@@ -284,20 +270,12 @@ impl Broker {
             Err(e) => return unavailable(e),
         }
         if req.prompt_none {
-            return error_to_app(
-                &req,
-                &issuer,
-                "login_required",
-                "The user is not signed in.",
-            );
+            return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
         }
         self.begin_upstream(req, tenant.id, connection).await
     }
 
-    async fn resolve_tenant(
-        &self,
-        req: &AuthRequest,
-    ) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+    async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
         if let Some(t) = &req.tenant {
             return match TenantId::parse(t) {
                 Ok(id) => self.tenants.get(&id).await,
@@ -322,28 +300,20 @@ impl Broker {
         let Some(s) = session::load(&self.store, sso, tenant).await? else {
             return Ok(None);
         };
-        if req
-            .connection
-            .as_deref()
-            .is_some_and(|c| c != s.connection.as_str())
-        {
+        if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
             return Ok(None);
         }
         let now = self.provider.clock.unix();
         if let Some(max_age) = req.max_age {
-            if now - s.auth_time > max_age {
+            // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the same second.
+            if max_age == 0 || now - s.auth_time > max_age {
                 return Ok(None);
             }
         }
         Ok(Some(s))
     }
 
-    async fn begin_upstream(
-        &self,
-        req: AuthRequest,
-        tenant: TenantId,
-        connection: ConnectionId,
-    ) -> Outcome {
+    async fn begin_upstream(&self, req: AuthRequest, tenant: TenantId, connection: ConnectionId) -> Outcome {
         let connector = match self
             .connectors
             .get(&self.tenants, &self.upstream, &tenant, &connection)
@@ -370,11 +340,7 @@ impl Broker {
         };
         if let Err(e) = self
             .store
-            .put_json(
-                &pending_key(&tenant, &login_id),
-                &pending,
-                Some(self.login_ttl),
-            )
+            .put_json(&pending_key(&tenant, &login_id), &pending, Some(self.login_ttl))
             .await
         {
             return unavailable(e);
@@ -402,12 +368,7 @@ impl Broker {
         };
         match req {
             Some(r) => error_to_app(r, &self.provider.iss(), error, &e.message),
-            None => page(
-                if e.internal { 502 } else { 400 },
-                "Sign-in failed",
-                e.message,
-                e.code,
-            ),
+            None => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
         }
     }
 
@@ -419,9 +380,7 @@ impl Broker {
         params: CallbackParams,
         sso: &mut BrowserSso,
     ) -> Outcome {
-        let (Ok(tenant), Ok(connection)) =
-            (TenantId::parse(tenant), ConnectionId::parse(connection))
-        else {
+        let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             return page(
                 404,
                 "Unknown sign-in address",
@@ -439,14 +398,12 @@ impl Broker {
         };
         // Find (and consume) the pending login the IdP's answer refers to.
         let pending = match connector.login_id(&params) {
-            Some(id) if id.len() <= 128 => match self
-                .store
-                .take_json::<PendingLogin>(&pending_key(&tenant, id))
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => return unavailable(e),
-            },
+            Some(id) if id.len() <= 128 => {
+                match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
+                    Ok(p) => p,
+                    Err(e) => return unavailable(e),
+                }
+            }
             _ => None,
         };
         if let Some(p) = &pending {
@@ -463,12 +420,10 @@ impl Broker {
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => {
-                    match self.unsolicited_request(&client_id, &redirect_uri).await {
-                        Ok(r) => r,
-                        Err(o) => return o,
-                    }
-                }
+                Some((client_id, redirect_uri)) => match self.unsolicited_request(&client_id, &redirect_uri).await {
+                    Ok(r) => r,
+                    Err(o) => return o,
+                },
                 None => {
                     let reason = if connector.login_id(&params).is_some() {
                         "callback.unknown_login"
@@ -492,12 +447,7 @@ impl Broker {
             Ok(i) => i,
             Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
         };
-        let (user, provisioned) = match self
-            .provider
-            .directory
-            .provision(&tenant, &connection, &identity)
-            .await
-        {
+        let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
             Err(e) => return unavailable(e),
         };
@@ -520,17 +470,8 @@ impl Broker {
         self.finish(&request, &s).await
     }
 
-    async fn unsolicited_request(
-        &self,
-        client_id: &str,
-        redirect_uri: &Url,
-    ) -> Result<AuthRequest, Outcome> {
-        let client = self
-            .provider
-            .clients
-            .get(client_id)
-            .await
-            .map_err(unavailable)?;
+    async fn unsolicited_request(&self, client_id: &str, redirect_uri: &Url) -> Result<AuthRequest, Outcome> {
+        let client = self.provider.clients.get(client_id).await.map_err(unavailable)?;
         let ok = client
             .as_ref()
             .is_some_and(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str()));

@@ -41,11 +41,7 @@ pub async fn save(store: &SharedStore, s: &SsoSession, ttl: Duration) -> Result<
 
 /// The browser's live session for `tenant`, if any. A session id from the
 /// cookie is only a lookup key: the record must belong to `tenant`.
-pub async fn load(
-    store: &SharedStore,
-    sso: &BrowserSso,
-    tenant: &TenantId,
-) -> Result<Option<SsoSession>, StoreError> {
+pub async fn load(store: &SharedStore, sso: &BrowserSso, tenant: &TenantId) -> Result<Option<SsoSession>, StoreError> {
     let Some(sid) = sso.get(tenant.as_str()) else {
         return Ok(None);
     };

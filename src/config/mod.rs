@@ -16,11 +16,7 @@ use url::Url;
 /// path prefix the base has (`https://sso.example.com/gw/` + `token`).
 pub fn join_public(base: &Url, path: &str) -> Url {
     let mut url = base.clone();
-    let joined = format!(
-        "{}/{}",
-        base.path().trim_end_matches('/'),
-        path.trim_start_matches('/')
-    );
+    let joined = format!("{}/{}", base.path().trim_end_matches('/'), path.trim_start_matches('/'));
     url.set_path(&joined);
     url.set_query(None);
     url.set_fragment(None);
@@ -232,9 +228,7 @@ impl Default for SessionSettings {
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        Self {
-            clock_skew_secs: 60,
-        }
+        Self { clock_skew_secs: 60 }
     }
 }
 
@@ -353,10 +347,9 @@ impl Settings {
             Ok(u) if !matches!(u.scheme(), "http" | "https") => {
                 bad("server.public_url", "must be an http or https URL".into())
             }
-            Ok(u) if u.query().is_some() || u.fragment().is_some() => bad(
-                "server.public_url",
-                "must not have a query or fragment".into(),
-            ),
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                bad("server.public_url", "must not have a query or fragment".into())
+            }
             Ok(u) if u.scheme() == "http" && !is_local_host(u) && !self.dev.enabled => bad(
                 "server.public_url",
                 "must be https (plain http is only allowed for localhost or in dev mode)".into(),
@@ -366,19 +359,11 @@ impl Settings {
         if !matches!(self.tokens.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
             bad(
                 "tokens.algorithm",
-                format!(
-                    "{:?} is not one of RS256, ES256, EdDSA",
-                    self.tokens.algorithm
-                ),
+                format!("{:?} is not one of RS256, ES256, EdDSA", self.tokens.algorithm),
             );
         }
         for (field, value, min, max) in [
-            (
-                "tokens.id_token_ttl_secs",
-                self.tokens.id_token_ttl_secs,
-                60,
-                86_400,
-            ),
+            ("tokens.id_token_ttl_secs", self.tokens.id_token_ttl_secs, 60, 86_400),
             (
                 "tokens.access_token_ttl_secs",
                 self.tokens.access_token_ttl_secs,
@@ -393,12 +378,7 @@ impl Settings {
             ),
             ("tokens.code_ttl_secs", self.tokens.code_ttl_secs, 10, 600),
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
-            (
-                "sessions.login_ttl_secs",
-                self.sessions.login_ttl_secs,
-                60,
-                3600,
-            ),
+            ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
         ] {
             if value < min || value > max {
@@ -406,29 +386,17 @@ impl Settings {
             }
         }
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
-            bad(
-                "upstream.clock_skew_secs",
-                "must be between 0 and 300".into(),
-            );
+            bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
         }
         if self.outbound.max_body_bytes < 1024 || self.outbound.max_body_bytes > 16 * 1024 * 1024 {
-            bad(
-                "outbound.max_body_bytes",
-                "must be between 1 KiB and 16 MiB".into(),
-            );
+            bad("outbound.max_body_bytes", "must be between 1 KiB and 16 MiB".into());
         }
         if self.store.key_prefix.is_empty() || self.store.key_prefix.contains(['{', '}', ' ']) {
-            bad(
-                "store.key_prefix",
-                "must be non-empty, without braces or spaces".into(),
-            );
+            bad("store.key_prefix", "must be non-empty, without braces or spaces".into());
         }
         if let Some(url) = &self.store.redis_url {
             if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
-                bad(
-                    "store.redis_url",
-                    "must start with redis:// or rediss://".into(),
-                );
+                bad("store.redis_url", "must start with redis:// or rediss://".into());
             }
         }
         if let Some(token) = &self.admin.token {
@@ -443,17 +411,11 @@ impl Settings {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            bad(
-                "sessions.cookie_name",
-                "must be letters, digits, '_' or '-'".into(),
-            );
+            bad("sessions.cookie_name", "must be letters, digits, '_' or '-'".into());
         }
         for (i, c) in self.clients.iter().enumerate() {
             if c.client_id.is_empty() {
-                bad(
-                    &format!("clients[{i}].client_id"),
-                    "must not be empty".into(),
-                );
+                bad(&format!("clients[{i}].client_id"), "must not be empty".into());
             }
             if c.redirect_uris.is_empty() {
                 bad(
@@ -461,21 +423,14 @@ impl Settings {
                     "needs at least one redirect URI".into(),
                 );
             }
-            for (j, u) in c
-                .redirect_uris
-                .iter()
-                .chain(&c.post_logout_redirect_uris)
-                .enumerate()
-            {
+            for (j, u) in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris).enumerate() {
                 if let Err(m) = crate::provider::clients::check_redirect_uri(u) {
                     bad(&format!("clients[{i}].redirect_uris[{j}]"), m);
                 }
             }
         }
         match (listen, public_url) {
-            (Ok(listen), Ok(public_url)) if problems.is_empty() => {
-                Ok(Resolved { listen, public_url })
-            }
+            (Ok(listen), Ok(public_url)) if problems.is_empty() => Ok(Resolved { listen, public_url }),
             _ => Err(ConfigErrors(problems)),
         }
     }
@@ -492,21 +447,14 @@ mod tests {
     #[test]
     fn join_keeps_base_path() {
         let base = Url::parse("https://sso.example.com/gw/").unwrap();
-        assert_eq!(
-            join_public(&base, "token").as_str(),
-            "https://sso.example.com/gw/token"
-        );
+        assert_eq!(join_public(&base, "token").as_str(), "https://sso.example.com/gw/token");
         let base = Url::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(
-            join_public(&base, "/jwks").as_str(),
-            "http://127.0.0.1:8080/jwks"
-        );
+        assert_eq!(join_public(&base, "/jwks").as_str(), "http://127.0.0.1:8080/jwks");
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = Settings::parse("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n", "x.toml")
-            .unwrap_err();
+        let err = Settings::parse("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n", "x.toml").unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
     }
 
@@ -518,10 +466,7 @@ mod tests {
         s.tokens.algorithm = "HS256".into();
         let err = s.validate("portcullis.toml").unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["server.listen", "server.public_url", "tokens.algorithm"]
-        );
+        assert_eq!(fields, ["server.listen", "server.public_url", "tokens.algorithm"]);
         assert!(err.0.iter().all(|p| p.source == "portcullis.toml"));
     }
 
@@ -542,10 +487,7 @@ mod tests {
         let r = s.validate("env").unwrap();
         assert_eq!(r.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(r.public_url.as_str(), "https://sso.example.com/");
-        assert_eq!(
-            s.store.redis_url.as_ref().unwrap().expose(),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(s.store.redis_url.as_ref().unwrap().expose(), "redis://127.0.0.1:6379");
         assert!(s.outbound.allow_private_networks);
         assert!(
             !format!("{s:?}").contains("0123456789abcdef0123"),

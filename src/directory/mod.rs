@@ -83,11 +83,7 @@ impl Directory {
     ) -> Result<(User, Provisioned), StoreError> {
         let link = link_key(tenant, connection, &identity.subject);
         let candidate = format!("u_{}", crate::tokens::random_token(16));
-        let (sub, outcome) = if self
-            .store
-            .put_if_absent(&link, candidate.as_bytes(), None)
-            .await?
-        {
+        let (sub, outcome) = if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? {
             (candidate, Provisioned::Created)
         } else {
             let raw = self
@@ -95,10 +91,7 @@ impl Directory {
                 .get(&link)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?;
-            (
-                String::from_utf8_lossy(&raw).into_owned(),
-                Provisioned::Updated,
-            )
+            (String::from_utf8_lossy(&raw).into_owned(), Provisioned::Updated)
         };
         let now = self.clock.now();
         let created_at = match outcome {
@@ -119,9 +112,7 @@ impl Directory {
             created_at,
             updated_at: now,
         };
-        self.store
-            .put_json(&user_key(tenant, &sub), &user, None)
-            .await?;
+        self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
         Ok((user, outcome))
     }
 

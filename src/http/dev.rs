@@ -28,10 +28,7 @@ Anyone can sign in as anyone here. It only exists when Portcullis runs in dev mo
 /// The dev-mode routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route(
-            "/dev/{tenant}/{connection}/login",
-            get(login_form).post(login_submit),
-        )
+        .route("/dev/{tenant}/{connection}/login", get(login_form).post(login_submit))
         .route("/dev/{tenant}/{connection}/callback", get(callback))
         .route("/demo", get(demo_home))
         .route("/demo/login", get(demo_login))
@@ -60,11 +57,7 @@ async fn login_form(
         s = esc(&state),
         e = esc(&email)
     );
-    (
-        pages::no_store(),
-        Html(pages::layout("Dev IdP sign-in", &body)),
-    )
-        .into_response()
+    (pages::no_store(), Html(pages::layout("Dev IdP sign-in", &body))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -102,10 +95,7 @@ async fn login_submit(
         );
     }
     let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
-    let name = [f.given_name.trim(), f.family_name.trim()]
-        .join(" ")
-        .trim()
-        .to_owned();
+    let name = [f.given_name.trim(), f.family_name.trim()].join(" ").trim().to_owned();
     let identity = Identity {
         subject: email.clone(),
         email: Some(email),
@@ -129,9 +119,7 @@ async fn login_submit(
             );
         }
     };
-    let mut url = app
-        .upstream
-        .public(&format!("dev/{tenant}/{connection}/callback"));
+    let mut url = app.upstream.public(&format!("dev/{tenant}/{connection}/callback"));
     url.query_pairs_mut()
         .append_pair("state", &f.state)
         .append_pair("ticket", &ticket);
@@ -149,14 +137,9 @@ async fn callback(
         query,
         form: BTreeMap::new(),
     };
-    let outcome = app
-        .broker
-        .complete(&tenant, &connection, params, &mut sso)
-        .await;
+    let outcome = app.broker.complete(&tenant, &connection, params, &mut sso).await;
     let _ = session.cycle_id().await;
-    let _ = session
-        .insert(crate::broker::session::SESSION_FIELD, &sso)
-        .await;
+    let _ = session.insert(crate::broker::session::SESSION_FIELD, &sso).await;
     respond(&app, outcome)
 }
 
@@ -190,10 +173,7 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", DEMO_CLIENT)
-        .append_pair(
-            "redirect_uri",
-            app.upstream.public("demo/callback").as_str(),
-        )
+        .append_pair("redirect_uri", app.upstream.public("demo/callback").as_str())
         .append_pair("scope", "openid email profile offline_access")
         .append_pair("state", &login.state)
         .append_pair("nonce", &login.nonce)
@@ -209,8 +189,7 @@ async fn demo_callback(
     session: Session,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let fail =
-        |m: &str, r: &str| pages::error_page(StatusCode::BAD_REQUEST, "Demo sign-in failed", m, r);
+    let fail = |m: &str, r: &str| pages::error_page(StatusCode::BAD_REQUEST, "Demo sign-in failed", m, r);
     let Ok(Some(login)) = session.remove::<DemoLogin>("demo_login").await else {
         return fail(
             "No sign-in was started from the demo app in this browser.",
@@ -222,10 +201,7 @@ async fn demo_callback(
     }
     if let Some(e) = q.get("error") {
         return fail(
-            &format!(
-                "{e}: {}",
-                q.get("error_description").cloned().unwrap_or_default()
-            ),
+            &format!("{e}: {}", q.get("error_description").cloned().unwrap_or_default()),
             "demo.error",
         );
     }
@@ -244,12 +220,7 @@ async fn demo_callback(
         Err(e) => return fail(&e.description, e.reason),
     };
     let id_token = tokens.id_token.clone().unwrap_or_default();
-    let id_claims: serde_json::Value = match app
-        .provider
-        .keys
-        .verify(&id_token, "JWT", &app.provider.iss())
-        .await
-    {
+    let id_claims: serde_json::Value = match app.provider.keys.verify(&id_token, "JWT", &app.provider.iss()).await {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string(), "demo.bad_id_token"),
     };
@@ -267,10 +238,7 @@ async fn demo_callback(
     logout
         .query_pairs_mut()
         .append_pair("id_token_hint", &id_token)
-        .append_pair(
-            "post_logout_redirect_uri",
-            app.upstream.public("demo").as_str(),
-        );
+        .append_pair("post_logout_redirect_uri", app.upstream.public("demo").as_str());
     let body = format!(
         "{BANNER}<h1>Signed in</h1><h2>ID token claims</h2><pre>{}</pre><h2>Access token claims (RFC 9068)</h2><pre>{}</pre>\
 <p>Refresh token issued: {}</p><p><a href=\"{}\">Sign out</a> · <a href=\"{}\">Home</a></p>",
@@ -280,9 +248,5 @@ async fn demo_callback(
         esc(logout.as_str()),
         esc(app.upstream.public("demo").as_str()),
     );
-    (
-        pages::no_store(),
-        Html(pages::layout("Demo app: signed in", &body)),
-    )
-        .into_response()
+    (pages::no_store(), Html(pages::layout("Demo app: signed in", &body))).into_response()
 }

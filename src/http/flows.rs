@@ -28,12 +28,8 @@ pub async fn load_sso(session: &Session) -> BrowserSso {
 pub fn respond(state: &AppState, outcome: Outcome) -> Response {
     match outcome {
         Outcome::App(url) => Redirect::to(url.as_str()).into_response(),
-        Outcome::Upstream(UpstreamRedirect::Redirect(url)) => {
-            Redirect::to(url.as_str()).into_response()
-        }
-        Outcome::Upstream(UpstreamRedirect::PostForm { action, fields }) => {
-            pages::auto_post(action.as_str(), &fields)
-        }
+        Outcome::Upstream(UpstreamRedirect::Redirect(url)) => Redirect::to(url.as_str()).into_response(),
+        Outcome::Upstream(UpstreamRedirect::PostForm { action, fields }) => pages::auto_post(action.as_str(), &fields),
         Outcome::Page {
             status,
             title,
@@ -59,41 +55,23 @@ pub fn respond(state: &AppState, outcome: Outcome) -> Response {
                     p.insert("connection".into(), c.to_string());
                     let mut url = state.upstream.public("authorize");
                     url.query_pairs_mut().extend_pairs(p.iter());
-                    format!(
-                        "<li><a href=\"{}\">{}</a></li>",
-                        esc(url.as_str()),
-                        esc(c.as_str())
-                    )
+                    format!("<li><a href=\"{}\">{}</a></li>", esc(url.as_str()), esc(c.as_str()))
                 })
                 .collect();
             let body = format!(
                 "<h1>Sign in to {}</h1><p>Choose how to sign in:</p><ul>{links}</ul>",
                 esc(&tenant.name)
             );
-            (
-                pages::no_store(),
-                Html(pages::layout("Choose a sign-in method", &body)),
-            )
-                .into_response()
+            (pages::no_store(), Html(pages::layout("Choose a sign-in method", &body))).into_response()
         }
     }
 }
 
-fn choose_tenant(
-    state: &AppState,
-    params: &BTreeMap<String, String>,
-    error: Option<&str>,
-) -> Response {
+fn choose_tenant(state: &AppState, params: &BTreeMap<String, String>, error: Option<&str>) -> Response {
     let inputs: String = params
         .iter()
         .filter(|(k, _)| k.as_str() != "login_hint")
-        .map(|(k, v)| {
-            format!(
-                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                esc(k),
-                esc(v)
-            )
-        })
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
         .collect();
     let err = error
         .map(|e| format!("<p class=\"banner\">{}</p>", esc(e)))
@@ -116,10 +94,7 @@ async fn complete(
 ) -> Response {
     let mut sso = load_sso(session).await;
     let before = sso.clone();
-    let outcome = state
-        .broker
-        .complete(tenant, connection, params, &mut sso)
-        .await;
+    let outcome = state.broker.complete(tenant, connection, params, &mut sso).await;
     if sso != before {
         // A new sign-in: a fresh session id, so a planted cookie cannot be fixated.
         let _ = session.cycle_id().await;
@@ -195,11 +170,7 @@ pub async fn saml_metadata(
         return not_found().await;
     };
     match crate::upstream::saml::sp_metadata_xml(&conn, cfg, &state.upstream) {
-        Ok(xml) => (
-            [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
-            xml,
-        )
-            .into_response(),
+        Ok(xml) => ([(header::CONTENT_TYPE, "application/samlmetadata+xml")], xml).into_response(),
         Err(e) => {
             tracing::error!(reason = e.code, detail = %e.detail, "SP metadata failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

@@ -68,22 +68,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     .with_same_site(SameSite::Lax)
     .with_secure(state.session.secure)
     .with_path("/")
-    .with_expiry(Expiry::OnInactivity(
-        tower_sessions::cookie::time::Duration::seconds(
-            i64::try_from(state.session.ttl.as_secs()).unwrap_or(3600),
-        ),
-    ));
+    .with_expiry(Expiry::OnInactivity(tower_sessions::cookie::time::Duration::seconds(
+        i64::try_from(state.session.ttl.as_secs()).unwrap_or(3600),
+    )));
 
     let mut browser = Router::new()
-        .route(
-            "/authorize",
-            get(oauth::authorize_get).post(oauth::authorize_post),
-        )
+        .route("/authorize", get(oauth::authorize_get).post(oauth::authorize_post))
         .route("/logout", get(oauth::logout_get).post(oauth::logout_post))
-        .route(
-            "/oidc/{tenant}/{connection}/callback",
-            get(flows::oidc_callback),
-        )
+        .route("/oidc/{tenant}/{connection}/callback", get(flows::oidc_callback))
         .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs));
     if state.dev {
         browser = browser.merge(dev::routes());
@@ -97,10 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/userinfo", get(oauth::userinfo).post(oauth::userinfo))
         .route("/revoke", post(oauth::revoke))
         .route("/introspect", post(oauth::introspect))
-        .route(
-            "/saml/{tenant}/{connection}/metadata",
-            get(flows::saml_metadata),
-        )
+        .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/admin/v1", crate::admin::routes());

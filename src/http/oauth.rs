@@ -23,11 +23,7 @@ impl IntoResponse for OAuthError {
         if let Some(detail) = &self.detail {
             tracing::error!(reason = self.reason, detail = %detail, "OAuth request failed on our side");
         } else {
-            tracing::info!(
-                reason = self.reason,
-                error = self.code,
-                "OAuth request refused"
-            );
+            tracing::info!(reason = self.reason, error = self.code, "OAuth request refused");
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let body = Json(json!({"error": self.code, "error_description": self.description}));
@@ -121,11 +117,7 @@ pub async fn authorize_post(
     authorize(state, session, pairs).await
 }
 
-async fn authorize(
-    state: Arc<AppState>,
-    session: Session,
-    pairs: Vec<(String, String)>,
-) -> Response {
+async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>) -> Response {
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
@@ -149,10 +141,7 @@ fn client_credentials(
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        });
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
     let form_secret = form.remove("client_secret");
     let form_id = form.remove("client_id");
     if let Some(b64) = basic {
@@ -166,12 +155,10 @@ fn client_credentials(
             .decode(b64.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials.")
-            })?;
-        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
-            OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials.")
-        })?;
+            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
+        let (id, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
         let dec = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
                 .next()
@@ -198,12 +185,8 @@ fn client_credentials(
 }
 
 fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, OAuthError> {
-    single_valued(pairs).map_err(|k| {
-        OAuthError::invalid_request(
-            "request.duplicate_parameter",
-            format!("{k} appears more than once."),
-        )
-    })
+    single_valued(pairs)
+        .map_err(|k| OAuthError::invalid_request("request.duplicate_parameter", format!("{k} appears more than once.")))
 }
 
 /// `POST /token`
@@ -241,16 +224,9 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(token) = token else {
-        let mut r = (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_request"})),
-        )
-            .into_response();
+        let mut r = (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_request"}))).into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
@@ -271,9 +247,9 @@ pub async fn revoke(
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
         let client = state.provider.authenticate_client(&creds).await?;
-        let token = form.remove("token").ok_or_else(|| {
-            OAuthError::invalid_request("revoke.missing_token", "token is required.")
-        })?;
+        let token = form
+            .remove("token")
+            .ok_or_else(|| OAuthError::invalid_request("revoke.missing_token", "token is required."))?;
         state.provider.revoke(&client, &token).await
     }
     .await;
@@ -299,9 +275,9 @@ pub async fn introspect(
             ));
         }
         let client = state.provider.authenticate_client(&creds).await?;
-        let token = form.remove("token").ok_or_else(|| {
-            OAuthError::invalid_request("introspect.missing_token", "token is required.")
-        })?;
+        let token = form
+            .remove("token")
+            .ok_or_else(|| OAuthError::invalid_request("introspect.missing_token", "token is required."))?;
         state.provider.introspect(&client, &token).await
     }
     .await;
@@ -336,14 +312,9 @@ async fn logout(
     pairs: Vec<(String, String)>,
     confirmed_post: bool,
 ) -> Response {
-    let bad = |reason: &str, msg: &str| {
-        pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason)
-    };
+    let bad = |reason: &str, msg: &str| pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason);
     let Ok(params) = single_valued(pairs) else {
-        return bad(
-            "logout.duplicate_parameter",
-            "A parameter appears more than once.",
-        );
+        return bad("logout.duplicate_parameter", "A parameter appears more than once.");
     };
     // Who is asking? From id_token_hint (signature checked; expiry tolerated) or client_id.
     let hint = match params.get("id_token_hint") {
@@ -370,10 +341,7 @@ async fn logout(
         .map(str::to_owned);
     let client_id = match (params.get("client_id"), hint_client) {
         (Some(a), Some(b)) if a != &b => {
-            return bad(
-                "logout.client_mismatch",
-                "client_id does not match the ID token.",
-            )
+            return bad("logout.client_mismatch", "client_id does not match the ID token.")
         }
         (Some(a), _) => Some(a.clone()),
         (None, b) => b,
@@ -388,9 +356,7 @@ async fn logout(
             Some(c) if c.post_logout_redirect_uris.iter().any(|r| r == uri) => {
                 let mut url = match url::Url::parse(uri) {
                     Ok(u) => u,
-                    Err(_) => {
-                        return bad("logout.bad_redirect", "Invalid post_logout_redirect_uri.")
-                    }
+                    Err(_) => return bad("logout.bad_redirect", "Invalid post_logout_redirect_uri."),
                 };
                 if let Some(s) = params.get("state") {
                     url.query_pairs_mut().append_pair("state", s);
@@ -408,13 +374,7 @@ async fn logout(
     if hint.is_none() && !confirmed_post {
         let inputs: String = params
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                    esc(k),
-                    esc(v)
-                )
-            })
+            .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
             .collect();
         let body = format!(
             "<h1>Sign out?</h1><p>Do you want to sign out of all applications?</p>\
@@ -435,11 +395,7 @@ async fn logout(
     }
     let _ = session.remove::<serde_json::Value>(SESSION_FIELD).await;
     let _ = session.flush().await;
-    tracing::info!(
-        reason = "logout.succeeded",
-        sessions = sso.len(),
-        "signed out"
-    );
+    tracing::info!(reason = "logout.succeeded", sessions = sso.len(), "signed out");
     match target {
         Some(url) => Redirect::to(url.as_str()).into_response(),
         None => (

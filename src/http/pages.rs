@@ -51,25 +51,14 @@ pub fn error_page(status: StatusCode, title: &str, message: &str, reason: &str) 
 pub fn auto_post(action: &str, fields: &[(String, String)]) -> Response {
     let inputs: String = fields
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                esc(k),
-                esc(v)
-            )
-        })
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
         .collect();
     let body = format!(
         "<form method=\"post\" action=\"{}\" id=\"f\">{inputs}<noscript><p>Press Continue to go on signing in.</p></noscript>\
 <button type=\"submit\">Continue</button></form><script>document.getElementById('f').submit()</script>",
         esc(action)
     );
-    (
-        StatusCode::OK,
-        no_store(),
-        Html(layout("Signing in…", &body)),
-    )
-        .into_response()
+    (StatusCode::OK, no_store(), Html(layout("Signing in…", &body))).into_response()
 }
 
 /// `Cache-Control: no-store` (and `Pragma`), for every page that carries state.

@@ -42,10 +42,7 @@ impl Client {
     pub fn secret_matches(&self, presented: &str) -> bool {
         use subtle::ConstantTimeEq;
         match &self.secret_sha256 {
-            Some(stored) => hash_secret(presented)
-                .as_bytes()
-                .ct_eq(stored.as_bytes())
-                .into(),
+            Some(stored) => hash_secret(presented).as_bytes().ct_eq(stored.as_bytes()).into(),
             None => false,
         }
     }
@@ -72,9 +69,7 @@ pub fn check_redirect_uri(uri: &str) -> Result<Url, String> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => Ok(url),
-        "http" => Err(format!(
-            "{uri:?} must use https (http is allowed only for localhost)"
-        )),
+        "http" => Err(format!("{uri:?} must use https (http is allowed only for localhost)")),
         _ => Err(format!("{uri:?} must be an http(s) URL")),
     }
 }
@@ -118,9 +113,7 @@ impl ClientRegistry {
         {
             return Err(ClientError::Exists(client.client_id.clone()));
         }
-        self.store
-            .set_add(&index_key(), &client.client_id, None)
-            .await?;
+        self.store.set_add(&index_key(), &client.client_id, None).await?;
         Ok(())
     }
 
@@ -129,9 +122,7 @@ impl ClientRegistry {
         self.store
             .put_json(&client_key(&client.client_id), client, None)
             .await?;
-        self.store
-            .set_add(&index_key(), &client.client_id, None)
-            .await?;
+        self.store.set_add(&index_key(), &client.client_id, None).await?;
         Ok(())
     }
 

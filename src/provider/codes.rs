@@ -51,13 +51,24 @@ fn used_key(tenant: &str, hash: &str) -> Key {
     Key::tenant(tenant, "codes", format!("used:{hash}"))
 }
 
+/// What the first redemption of a code issued, so a replay can revoke it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Issued {
+    /// The refresh-token family started, if any.
+    pub family: Option<String>,
+    /// The access token's `jti`.
+    pub jti: Option<String>,
+    /// The access token's expiry (Unix seconds).
+    pub exp: i64,
+}
+
 /// The outcome of a redemption attempt.
 #[derive(Debug)]
 pub enum Redeemed {
     /// First use.
     Fresh(Box<Authorization>),
-    /// The code was already redeemed; carries the refresh family it started, if any.
-    Reused(Option<String>),
+    /// The code was already redeemed; carries what the first use issued.
+    Reused(Issued),
     /// Unknown or expired.
     Unknown,
 }
@@ -68,11 +79,7 @@ impl Provider {
         let code = format!("{}.{}", authz.tenant, crate::tokens::random_token(32));
         let ttl = Duration::from_secs(self.ttl.code_ttl_secs);
         self.store
-            .put_json(
-                &code_key(authz.tenant.as_str(), &code_hash(&code)),
-                authz,
-                Some(ttl),
-            )
+            .put_json(&code_key(authz.tenant.as_str(), &code_hash(&code)), authz, Some(ttl))
             .await?;
         Ok(code)
     }
@@ -86,36 +93,21 @@ impl Provider {
             return Ok(Redeemed::Unknown);
         }
         let hash = code_hash(code);
-        if let Some(authz) = self
-            .store
-            .take_json::<Authorization>(&code_key(tenant, &hash))
-            .await?
-        {
+        if let Some(authz) = self.store.take_json::<Authorization>(&code_key(tenant, &hash)).await? {
             return Ok(Redeemed::Fresh(Box::new(authz)));
         }
-        match self.store.get(&used_key(tenant, &hash)).await? {
-            Some(family) => Ok(Redeemed::Reused(
-                Some(String::from_utf8_lossy(&family).into_owned()).filter(|f| !f.is_empty()),
-            )),
+        match self.store.get_json::<Issued>(&used_key(tenant, &hash)).await? {
+            Some(issued) => Ok(Redeemed::Reused(issued)),
             None => Ok(Redeemed::Unknown),
         }
     }
 
-    /// Records that `code` was redeemed and which refresh family it started.
-    pub async fn mark_code_used(
-        &self,
-        code: &str,
-        tenant: &TenantId,
-        family: Option<&str>,
-    ) -> Result<(), StoreError> {
+    /// Records that `code` was redeemed and what it issued.
+    pub async fn mark_code_used(&self, code: &str, tenant: &TenantId, issued: &Issued) -> Result<(), StoreError> {
         // Kept well past the code's own lifetime so late replays are still caught.
         let ttl = Duration::from_secs(self.ttl.code_ttl_secs * 10);
         self.store
-            .put(
-                &used_key(tenant.as_str(), &code_hash(code)),
-                family.unwrap_or("").as_bytes(),
-                Some(ttl),
-            )
+            .put_json(&used_key(tenant.as_str(), &code_hash(code)), issued, Some(ttl))
             .await
     }
 }

@@ -3,7 +3,7 @@
 //! introspection (RFC 7662).
 
 use super::clients::Client;
-use super::codes::{Authorization, Redeemed};
+use super::codes::{Authorization, Issued, Redeemed};
 use super::refresh::Rotation;
 use super::{OAuthError, Provider};
 use crate::directory::User;
@@ -108,18 +108,12 @@ fn pkce_ok(challenge: &str, verifier: &str) -> bool {
 
 impl Provider {
     /// Authenticates the client at the token, revocation or introspection endpoint.
-    pub async fn authenticate_client(
-        &self,
-        creds: &ClientCredentials,
-    ) -> Result<Client, OAuthError> {
+    pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
         let id = match creds {
             ClientCredentials::Secret { id, .. } | ClientCredentials::Public { id } => id,
         };
         let Some(client) = self.clients.get(id).await? else {
-            return Err(OAuthError::invalid_client(
-                "client.unknown",
-                "Unknown client.",
-            ));
+            return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
         };
         match creds {
             ClientCredentials::Secret { secret, .. } if client.secret_matches(secret) => Ok(client),
@@ -136,11 +130,7 @@ impl Provider {
     }
 
     /// The token endpoint.
-    pub async fn token(
-        &self,
-        client: &Client,
-        req: &TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
+    pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
         match req.grant_type.as_deref() {
             Some("authorization_code") => self.code_grant(client, req).await,
             Some("refresh_token") => self.refresh_grant(client, req).await,
@@ -154,20 +144,20 @@ impl Provider {
         }
     }
 
-    async fn code_grant(
-        &self,
-        client: &Client,
-        req: &TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
-        let code = req.code.as_deref().ok_or_else(|| {
-            OAuthError::invalid_request("token.missing_code", "code is required.")
-        })?;
+    async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let code = req
+            .code
+            .as_deref()
+            .ok_or_else(|| OAuthError::invalid_request("token.missing_code", "code is required."))?;
         let authz = match self.redeem_code(code).await? {
             Redeemed::Fresh(a) => *a,
-            Redeemed::Reused(family) => {
-                if let (Some(f), Some((tenant, _))) = (family, code.split_once('.')) {
-                    if let Ok(t) = TenantId::parse(tenant) {
-                        self.revoke_family(&t, &f).await?;
+            Redeemed::Reused(issued) => {
+                if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
+                    if let Some(f) = &issued.family {
+                        self.revoke_family(&t, f).await?;
+                    }
+                    if let Some(jti) = &issued.jti {
+                        self.revoke_jti(&t, jti, issued.exp).await?;
                     }
                 }
                 tracing::warn!(
@@ -226,26 +216,27 @@ impl Provider {
             }
             (None, None) => {}
         }
-        let (family, refresh) =
-            if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
-                let (f, t) = self.start_family(&authz).await?;
-                (Some(f.id), Some(t))
-            } else {
-                (None, None)
-            };
-        self.mark_code_used(code, &authz.tenant, family.as_deref())
-            .await?;
-        self.mint(client, &authz, true, refresh).await
+        let (family, refresh) = if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
+            let (f, t) = self.start_family(&authz).await?;
+            (Some(f.id), Some(t))
+        } else {
+            (None, None)
+        };
+        let (resp, access) = self.mint(client, &authz, true, refresh).await?;
+        let issued = Issued {
+            family,
+            jti: Some(access.jti),
+            exp: access.exp,
+        };
+        self.mark_code_used(code, &authz.tenant, &issued).await?;
+        Ok(resp)
     }
 
-    async fn refresh_grant(
-        &self,
-        client: &Client,
-        req: &TokenRequest,
-    ) -> Result<TokenResponse, OAuthError> {
-        let token = req.refresh_token.as_deref().ok_or_else(|| {
-            OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required.")
-        })?;
+    async fn refresh_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let token = req
+            .refresh_token
+            .as_deref()
+            .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
         // Check the client before rotating, so another client cannot burn the token.
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id != client.client_id {
@@ -288,24 +279,14 @@ impl Provider {
             authz.scope = asked;
         }
         // The user may have been removed since; refuse rather than mint for a ghost.
-        if self
-            .directory
-            .get(&authz.tenant, &authz.sub)
-            .await?
-            .is_none()
-        {
+        if self.directory.get(&authz.tenant, &authz.sub).await?.is_none() {
             return Err(OAuthError::invalid_grant(
                 "refresh.user_gone",
                 "The user no longer exists.",
             ));
         }
-        self.mint(
-            client,
-            &authz,
-            authz.scope.iter().any(|s| s == "openid"),
-            Some(next),
-        )
-        .await
+        let with_id = authz.scope.iter().any(|s| s == "openid");
+        Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
     }
 
     async fn mint(
@@ -314,7 +295,7 @@ impl Provider {
         authz: &Authorization,
         with_id_token: bool,
         refresh_token: Option<String>,
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<(TokenResponse, AccessClaims), OAuthError> {
         let now = self.clock.unix();
         let scope = authz.scope.join(" ");
         let at_ttl = self.ttl.access_token_ttl_secs;
@@ -337,9 +318,7 @@ impl Provider {
                 .directory
                 .get(&authz.tenant, &authz.sub)
                 .await?
-                .ok_or_else(|| {
-                    OAuthError::invalid_grant("code.user_gone", "The user no longer exists.")
-                })?;
+                .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
             let mut claims = Map::new();
             claims.insert("iss".into(), json!(self.iss()));
             claims.insert("sub".into(), json!(authz.sub));
@@ -369,14 +348,23 @@ impl Provider {
         } else {
             None
         };
-        Ok(TokenResponse {
+        let resp = TokenResponse {
             access_token,
             token_type: "Bearer",
             expires_in: at_ttl,
             id_token,
             refresh_token,
             scope,
-        })
+        };
+        Ok((resp, access))
+    }
+
+    async fn revoke_jti(&self, tenant: &TenantId, jti: &str, exp: i64) -> Result<(), OAuthError> {
+        let left = (exp - self.clock.unix()).max(1);
+        self.store
+            .put(&revoked_key(tenant, jti), b"1", Some(Duration::from_secs(left.unsigned_abs())))
+            .await?;
+        Ok(())
     }
 
     fn keys_algorithm(&self) -> crate::tokens::SigningAlgorithm {
@@ -385,25 +373,13 @@ impl Provider {
 
     /// Verifies an access token and checks it has not been revoked.
     pub async fn check_access_token(&self, token: &str) -> Result<AccessClaims, OAuthError> {
-        let claims: AccessClaims = self
-            .keys
-            .verify(token, "at+jwt", &self.iss())
-            .await
-            .map_err(|e| {
-                OAuthError::invalid_token(
-                    "token.invalid",
-                    format!("The access token is invalid ({e})."),
-                )
+        let claims: AccessClaims =
+            self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
+                OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
             })?;
-        let tenant = TenantId::parse(&claims.tenant).map_err(|_| {
-            OAuthError::invalid_token("token.invalid", "The access token is invalid.")
-        })?;
-        if self
-            .store
-            .get(&revoked_key(&tenant, &claims.jti))
-            .await?
-            .is_some()
-        {
+        let tenant = TenantId::parse(&claims.tenant)
+            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        if self.store.get(&revoked_key(&tenant, &claims.jti)).await?.is_some() {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
                 "The access token has been revoked.",
@@ -415,16 +391,13 @@ impl Provider {
     /// Userinfo for a valid access token.
     pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
         let claims = self.check_access_token(token).await?;
-        let tenant = TenantId::parse(&claims.tenant).map_err(|_| {
-            OAuthError::invalid_token("token.invalid", "The access token is invalid.")
-        })?;
+        let tenant = TenantId::parse(&claims.tenant)
+            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
         let user = self
             .directory
             .get(&tenant, &claims.sub)
             .await?
-            .ok_or_else(|| {
-                OAuthError::invalid_token("token.user_gone", "The user no longer exists.")
-            })?;
+            .ok_or_else(|| OAuthError::invalid_token("token.user_gone", "The user no longer exists."))?;
         let mut out = Map::new();
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
@@ -444,14 +417,7 @@ impl Provider {
         if let Ok(claims) = self.check_access_token(token).await {
             if claims.client_id == client.client_id {
                 if let Ok(t) = TenantId::parse(&claims.tenant) {
-                    let left = (claims.exp - self.clock.unix()).max(1);
-                    self.store
-                        .put(
-                            &revoked_key(&t, &claims.jti),
-                            b"1",
-                            Some(Duration::from_secs(left.unsigned_abs())),
-                        )
-                        .await?;
+                    self.revoke_jti(&t, &claims.jti, claims.exp).await?;
                 }
             }
         }
@@ -499,10 +465,7 @@ fn profile_claims(user: &User, out: &mut Map<String, Value>) {
     put("given_name", &user.given_name);
     put("family_name", &user.family_name);
     if user.email.is_some() {
-        out.insert(
-            "email_verified".into(),
-            json!(user.email_verified.unwrap_or(false)),
-        );
+        out.insert("email_verified".into(), json!(user.email_verified.unwrap_or(false)));
     }
     if !user.groups.is_empty() {
         out.insert("groups".into(), json!(user.groups));
@@ -519,10 +482,7 @@ mod tests {
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(pkce_ok(challenge, verifier));
-        assert!(!pkce_ok(
-            challenge,
-            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"
-        ));
+        assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
         assert!(!pkce_ok(challenge, "short"));
     }
 }

@@ -88,21 +88,15 @@ impl Provider {
     }
 
     /// Starts a family for `authz`; returns it with its first token.
-    pub async fn start_family(
-        &self,
-        authz: &Authorization,
-    ) -> Result<(Family, String), StoreError> {
+    pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
         let family = Family {
             id: crate::tokens::random_token(16),
             authz: authz.clone(),
-            expires_at: self.clock.unix()
-                + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            expires_at: self.clock.unix() + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);
-        self.store
-            .put_json(&family_key(t, &family.id), &family, ttl)
-            .await?;
+        self.store.put_json(&family_key(t, &family.id), &family, ttl).await?;
         self.store
             .set_add(&session_families_key(t, &authz.sid), &family.id, ttl)
             .await?;
@@ -129,11 +123,7 @@ impl Provider {
         let Some(p) = parse(token) else {
             return Ok(Rotation::Invalid);
         };
-        let Some(family) = self
-            .store
-            .get_json::<Family>(&family_key(p.tenant, p.family))
-            .await?
-        else {
+        let Some(family) = self.store.get_json::<Family>(&family_key(p.tenant, p.family)).await? else {
             return Ok(Rotation::Invalid);
         };
         let Some(ttl) = self.remaining(family.expires_at) else {
@@ -152,12 +142,7 @@ impl Provider {
             let next = self.new_token(&family).await?;
             return Ok(Rotation::Rotated(Box::new(family), next));
         }
-        if self
-            .store
-            .get(&used_key(p.tenant, p.family, &p.hash))
-            .await?
-            .is_some()
-        {
+        if self.store.get(&used_key(p.tenant, p.family, &p.hash)).await?.is_some() {
             tracing::warn!(
                 reason = "refresh.reuse_detected",
                 tenant = p.tenant,
@@ -175,12 +160,7 @@ impl Provider {
         let Some(p) = parse(token) else {
             return Ok(None);
         };
-        if self
-            .store
-            .get(&token_key(p.tenant, p.family, &p.hash))
-            .await?
-            .is_none()
-        {
+        if self.store.get(&token_key(p.tenant, p.family, &p.hash)).await?.is_none() {
             return Ok(None);
         }
         let family: Option<Family> = self.store.get_json(&family_key(p.tenant, p.family)).await?;
@@ -189,18 +169,12 @@ impl Provider {
 
     /// Revokes a family: no token of it works any more.
     pub async fn revoke_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
-        self.store
-            .delete(&family_key(tenant.as_str(), family))
-            .await?;
+        self.store.delete(&family_key(tenant.as_str(), family)).await?;
         Ok(())
     }
 
     /// Revokes every family started in the SSO session `sid` (logout).
-    pub async fn revoke_session_families(
-        &self,
-        tenant: &TenantId,
-        sid: &str,
-    ) -> Result<(), StoreError> {
+    pub async fn revoke_session_families(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
         let key = session_families_key(tenant.as_str(), sid);
         for f in self.store.set_members(&key).await? {
             self.revoke_family(tenant, &f).await?;

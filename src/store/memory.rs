@@ -61,11 +61,7 @@ impl MemoryStore {
         // A poisoned lock only means another task panicked mid-operation; the
         // map itself is still consistent because every operation is one step.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner
-            .map
-            .get(key)
-            .is_some_and(|e| e.expires.is_some_and(|x| x <= now))
-        {
+        if inner.map.get(key).is_some_and(|e| e.expires.is_some_and(|x| x <= now)) {
             inner.map.remove(key);
         }
         if write {
@@ -93,8 +89,7 @@ impl Store for MemoryStore {
         self.with(key, false, |m| match m.get(key) {
             None => Ok(None),
             Some(Entry {
-                value: Value::Bytes(b),
-                ..
+                value: Value::Bytes(b), ..
             }) => Ok(Some(b.clone())),
             Some(_) => Err(wrong_type(key)),
         })
@@ -114,12 +109,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn put_if_absent(
-        &self,
-        key: &Key,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, StoreError> {
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
         let expires = self.deadline(ttl);
         self.with(key, true, |m| {
             if m.contains_key(key) {
@@ -140,8 +130,7 @@ impl Store for MemoryStore {
         self.with(key, true, |m| match m.remove(key) {
             None => Ok(None),
             Some(Entry {
-                value: Value::Bytes(b),
-                ..
+                value: Value::Bytes(b), ..
             }) => Ok(Some(b)),
             Some(other) => {
                 m.insert(key.clone(), other);
@@ -154,12 +143,7 @@ impl Store for MemoryStore {
         self.with(key, true, |m| Ok(m.remove(key).is_some()))
     }
 
-    async fn set_add(
-        &self,
-        key: &Key,
-        member: &str,
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         let expires = self.deadline(ttl);
         self.with(key, true, |m| {
             let entry = m.entry(key.clone()).or_insert_with(|| Entry {
@@ -188,8 +172,7 @@ impl Store for MemoryStore {
             let empty = match m.get_mut(key) {
                 None => return Ok(()),
                 Some(Entry {
-                    value: Value::Set(s),
-                    ..
+                    value: Value::Set(s), ..
                 }) => {
                     s.remove(member);
                     s.is_empty()
@@ -207,8 +190,7 @@ impl Store for MemoryStore {
         self.with(key, false, |m| match m.get(key) {
             None => Ok(Vec::new()),
             Some(Entry {
-                value: Value::Set(s),
-                ..
+                value: Value::Set(s), ..
             }) => Ok(s.iter().cloned().collect()),
             Some(_) => Err(wrong_type(key)),
         })

@@ -89,12 +89,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a value only if the key is absent. Returns `true` if written.
     /// Atomic: of two concurrent calls for one key, exactly one returns `true`.
-    async fn put_if_absent(
-        &self,
-        key: &Key,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, StoreError>;
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError>;
 
     /// Reads and deletes a value in one atomic step. Of two concurrent takes
     /// of one key, exactly one sees `Some`.
@@ -106,12 +101,7 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `member` to the set at `key` (creating it), and sets the set's TTL
     /// when `ttl` is given (extending, never shortening, an existing TTL; a
     /// set that had no TTL takes the given one). `ttl: None` leaves any TTL.
-    async fn set_add(
-        &self,
-        key: &Key,
-        member: &str,
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError>;
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError>;
 
     /// Removes `member` from the set at `key`.
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError>;
@@ -134,10 +124,7 @@ pub type SharedStore = Arc<dyn Store>;
 #[async_trait]
 pub trait StoreJson {
     /// Reads and decodes a JSON value.
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &Key,
-    ) -> Result<Option<T>, StoreError>;
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError>;
     /// Encodes and writes a JSON value.
     async fn put_json<T: serde::Serialize + Sync>(
         &self,
@@ -153,10 +140,7 @@ pub trait StoreJson {
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError>;
     /// Atomically reads, deletes and decodes a JSON value.
-    async fn take_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &Key,
-    ) -> Result<Option<T>, StoreError>;
+    async fn take_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError>;
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
@@ -171,10 +155,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 #[async_trait]
 impl<S: Store + ?Sized> StoreJson for S {
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &Key,
-    ) -> Result<Option<T>, StoreError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError> {
         decode(self.get(key).await?)
     }
     async fn put_json<T: serde::Serialize + Sync>(
@@ -193,10 +174,7 @@ impl<S: Store + ?Sized> StoreJson for S {
     ) -> Result<bool, StoreError> {
         self.put_if_absent(key, &encode(value)?, ttl).await
     }
-    async fn take_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &Key,
-    ) -> Result<Option<T>, StoreError> {
+    async fn take_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError> {
         decode(self.take(key).await?)
     }
 }

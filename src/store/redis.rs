@@ -58,8 +58,7 @@ impl RedisStore {
     /// gateway stops at start-up rather than at the first login.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         // The URL may hold a password: never echo it.
-        let client = redis::Client::open(url)
-            .map_err(|_| StoreError::Unavailable("invalid Redis URL".to_owned()))?;
+        let client = redis::Client::open(url).map_err(|_| StoreError::Unavailable("invalid Redis URL".to_owned()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -109,10 +108,7 @@ impl RedisStore {
         bounded(cmd.query_async(&mut conn)).await
     }
 
-    async fn run_pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         bounded(pipe.query_async(&mut conn)).await
     }
@@ -124,18 +120,11 @@ async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<
 }
 
 /// Runs one Redis call under [`OPERATION_DEADLINE`], leaving its own error.
-async fn bounded_raw<T>(
-    fut: impl Future<Output = Result<T, RedisError>>,
-) -> Result<Result<T, RedisError>, StoreError> {
-    tokio::time::timeout(OPERATION_DEADLINE, fut)
-        .await
-        .map_err(|_| {
-            tracing::warn!(
-                reason = "store.redis_timeout",
-                "Redis did not answer in time"
-            );
-            StoreError::Unavailable("Redis did not answer in time".to_owned())
-        })
+async fn bounded_raw<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<Result<T, RedisError>, StoreError> {
+    tokio::time::timeout(OPERATION_DEADLINE, fut).await.map_err(|_| {
+        tracing::warn!(reason = "store.redis_timeout", "Redis did not answer in time");
+        StoreError::Unavailable("Redis did not answer in time".to_owned())
+    })
 }
 
 /// A type clash, a non-numeric counter or an unparseable answer is about the
@@ -147,8 +136,7 @@ fn map_error(e: &RedisError) -> StoreError {
         errs.iter().any(|(_, err)| {
             let detail = err.details().unwrap_or_default();
             err.code() == "WRONGTYPE"
-                || (err.code() == "ERR"
-                    && (detail.contains("not an integer") || detail.contains("overflow")))
+                || (err.code() == "ERR" && (detail.contains("not an integer") || detail.contains("overflow")))
         })
     });
     let corrupt = about_data
@@ -195,12 +183,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn put_if_absent(
-        &self,
-        key: &Key,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, StoreError> {
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value).arg("NX");
         if let Some(ttl) = ttl {
@@ -220,12 +203,7 @@ impl Store for RedisStore {
         Ok(removed > 0)
     }
 
-    async fn set_add(
-        &self,
-        key: &Key,
-        member: &str,
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         let k = self.key(key);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("SADD").arg(&k).arg(member).ignore();
@@ -243,9 +221,7 @@ impl Store for RedisStore {
     }
 
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .run(redis::cmd("SREM").arg(self.key(key)).arg(member))
-            .await?;
+        let _: i64 = self.run(redis::cmd("SREM").arg(self.key(key)).arg(member)).await?;
         Ok(())
     }
 
@@ -299,9 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_url_is_unavailable_and_not_echoed() {
-        let err = RedisStore::connect("nonsense://user:hunter2@x", "p")
-            .await
-            .unwrap_err();
+        let err = RedisStore::connect("nonsense://user:hunter2@x", "p").await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)));
         assert!(!err.to_string().contains("hunter2"));
     }

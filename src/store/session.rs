@@ -92,26 +92,16 @@ impl SessionStore for StoreSessionStore {
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let key = Self::key(&record.id);
         match self.ttl(record) {
-            Some(ttl) => self
-                .store
-                .put(&key, &encode(record)?, Some(ttl))
-                .await
-                .map_err(backend),
+            Some(ttl) => self.store.put(&key, &encode(record)?, Some(ttl)).await.map_err(backend),
             None => self.store.delete(&key).await.map(|_| ()).map_err(backend),
         }
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        let Some(bytes) = self
-            .store
-            .get(&Self::key(session_id))
-            .await
-            .map_err(backend)?
-        else {
+        let Some(bytes) = self.store.get(&Self::key(session_id)).await.map_err(backend)? else {
             return Ok(None);
         };
-        let record: Record = serde_json::from_slice(&bytes)
-            .map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let record: Record = serde_json::from_slice(&bytes).map_err(|e| session_store::Error::Decode(e.to_string()))?;
         if record.id != *session_id {
             return Err(session_store::Error::Decode(
                 "session record is filed under another id".to_owned(),
@@ -156,17 +146,11 @@ mod tests {
         let shared: SharedClock = Arc::new(clock.clone());
         let store = Arc::new(MemoryStore::new(shared.clone()));
         let sessions = StoreSessionStore::new(store.clone(), shared);
-        Fixture {
-            clock,
-            store,
-            sessions,
-        }
+        Fixture { clock, store, sessions }
     }
 
     fn record(f: &Fixture, id: i128, valid_for_secs: i64, value: &str) -> Record {
-        let expiry =
-            OffsetDateTime::from_unix_timestamp(f.clock.now().timestamp() + valid_for_secs)
-                .unwrap();
+        let expiry = OffsetDateTime::from_unix_timestamp(f.clock.now().timestamp() + valid_for_secs).unwrap();
         let mut data = std::collections::HashMap::new();
         data.insert("who".to_owned(), serde_json::json!(value));
         Record {

@@ -92,26 +92,17 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
         file.path = path.clone();
         let before = problems.len();
         if crate::ids::TenantId::parse(&file.id).is_err() {
-            problems.push(problem(
-                "id",
-                format!("{:?} {}", file.id, crate::ids::InvalidId),
-            ));
+            problems.push(problem("id", format!("{:?} {}", file.id, crate::ids::InvalidId)));
         }
         for (i, d) in file.domains.iter().enumerate() {
             if super::parse_domain(d).is_none() {
-                problems.push(problem(
-                    &format!("domains[{i}]"),
-                    format!("{d:?} is not a domain name"),
-                ));
+                problems.push(problem(&format!("domains[{i}]"), format!("{d:?} is not a domain name")));
             }
         }
         for (i, c) in file.connections.iter().enumerate() {
             match c.get("id").and_then(|v| v.as_str()) {
                 Some(id) if crate::ids::ConnectionId::parse(id).is_ok() => {}
-                _ => problems.push(problem(
-                    &format!("connections[{i}].id"),
-                    "missing or invalid".into(),
-                )),
+                _ => problems.push(problem(&format!("connections[{i}].id"), "missing or invalid".into())),
             }
             match c.get("kind").and_then(|v| v.as_str()) {
                 Some("saml" | "oidc" | "dev") => {}

@@ -101,23 +101,14 @@ impl TenantRegistry {
 
     /// Creates a tenant. Domains are reserved first; if any is taken, the
     /// ones already reserved are released and nothing is left behind.
-    pub async fn create(
-        &self,
-        id: TenantId,
-        name: String,
-        domains: Vec<String>,
-    ) -> Result<Tenant, RegistryError> {
+    pub async fn create(&self, id: TenantId, name: String, domains: Vec<String>) -> Result<Tenant, RegistryError> {
         let tenant = Tenant {
             id: id.clone(),
             name,
             domains,
             created_at: self.clock.now(),
         };
-        if !self
-            .store
-            .put_json_if_absent(&tenant_key(&id), &tenant, None)
-            .await?
-        {
+        if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
             return Err(RegistryError::Exists(format!("tenant {id}")));
         }
         let mut reserved = Vec::new();
@@ -130,9 +121,7 @@ impl TenantRegistry {
                 Ok(true) => reserved.push(domain.clone()),
                 Ok(false) => {
                     self.release(&id, &reserved).await;
-                    return Err(RegistryError::DomainTaken {
-                        domain: domain.clone(),
-                    });
+                    return Err(RegistryError::DomainTaken { domain: domain.clone() });
                 }
                 Err(e) => {
                     self.release(&id, &reserved).await;
@@ -197,22 +186,11 @@ impl TenantRegistry {
     /// Stores a new connection. Fails if the id is taken within the tenant.
     pub async fn add_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
         let key = connection_key(&connection.tenant, &connection.id);
-        if !self
-            .store
-            .put_json_if_absent(&key, connection, None)
-            .await?
-        {
-            return Err(RegistryError::Exists(format!(
-                "connection {}",
-                connection.id
-            )));
+        if !self.store.put_json_if_absent(&key, connection, None).await? {
+            return Err(RegistryError::Exists(format!("connection {}", connection.id)));
         }
         self.store
-            .set_add(
-                &connections_key(&connection.tenant),
-                connection.id.as_str(),
-                None,
-            )
+            .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
             .await?;
         Ok(())
     }
@@ -222,21 +200,13 @@ impl TenantRegistry {
         let key = connection_key(&connection.tenant, &connection.id);
         self.store.put_json(&key, connection, None).await?;
         self.store
-            .set_add(
-                &connections_key(&connection.tenant),
-                connection.id.as_str(),
-                None,
-            )
+            .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
             .await?;
         Ok(())
     }
 
     /// Reads a connection.
-    pub async fn connection(
-        &self,
-        t: &TenantId,
-        c: &ConnectionId,
-    ) -> Result<Option<Connection>, RegistryError> {
+    pub async fn connection(&self, t: &TenantId, c: &ConnectionId) -> Result<Option<Connection>, RegistryError> {
         Ok(self.store.get_json(&connection_key(t, c)).await?)
     }
 
@@ -252,17 +222,11 @@ impl TenantRegistry {
     }
 
     /// Deletes a connection.
-    pub async fn delete_connection(
-        &self,
-        t: &TenantId,
-        c: &ConnectionId,
-    ) -> Result<(), RegistryError> {
+    pub async fn delete_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<(), RegistryError> {
         if !self.store.delete(&connection_key(t, c)).await? {
             return Err(RegistryError::NotFound(format!("connection {c}")));
         }
-        self.store
-            .set_remove(&connections_key(t), c.as_str())
-            .await?;
+        self.store.set_remove(&connections_key(t), c.as_str()).await?;
         Ok(())
     }
 }
@@ -276,10 +240,7 @@ mod tests {
         assert_eq!(parse_domain(" Acme.COM. ").as_deref(), Some("acme.com"));
         assert_eq!(parse_domain("localhost"), None);
         assert_eq!(parse_domain("a..b"), None);
-        assert_eq!(
-            email_domain("Jo@Sub.Acme.com").as_deref(),
-            Some("sub.acme.com")
-        );
+        assert_eq!(email_domain("Jo@Sub.Acme.com").as_deref(), Some("sub.acme.com"));
         assert_eq!(email_domain("no-at-sign"), None);
     }
 }

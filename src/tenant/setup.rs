@@ -17,9 +17,7 @@ pub async fn build_connection(
         return Err(SetupError::new("body", "must be a JSON object"));
     };
     let id = match map.remove("id") {
-        Some(Value::String(s)) => {
-            ConnectionId::parse(&s).map_err(|e| SetupError::new("id", format!("{s:?} {e}")))?
-        }
+        Some(Value::String(s)) => ConnectionId::parse(&s).map_err(|e| SetupError::new("id", format!("{s:?} {e}")))?,
         _ => return Err(SetupError::new("id", "is required (a string)")),
     };
     let kind = match map.remove("kind") {
@@ -30,9 +28,9 @@ pub async fn build_connection(
     let kind = match kind.as_str() {
         "oidc" => ConnectionKind::Oidc(upstream::oidc::setup(rest, ctx).await?),
         "saml" => ConnectionKind::Saml(upstream::saml::setup(rest, ctx, tenant, &id).await?),
-        "dev" if dev_enabled => ConnectionKind::Dev(
-            serde_json::from_value(rest).map_err(|e| SetupError::new("body", e.to_string()))?,
-        ),
+        "dev" if dev_enabled => {
+            ConnectionKind::Dev(serde_json::from_value(rest).map_err(|e| SetupError::new("body", e.to_string()))?)
+        }
         "dev" => {
             return Err(SetupError::new(
                 "kind",
@@ -65,21 +63,12 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
         ConnectionKind::Oidc(cfg) => {
             v.insert("issuer".into(), json!(cfg.issuer));
             v.insert("client_id".into(), json!(cfg.client_id));
-            v.insert(
-                "redirect_uri".into(),
-                json!(upstream::oidc::redirect_uri(ctx, c)),
-            );
+            v.insert("redirect_uri".into(), json!(upstream::oidc::redirect_uri(ctx, c)));
         }
         ConnectionKind::Saml(_) => {
-            v.insert(
-                "sp_entity_id".into(),
-                json!(upstream::saml::sp_entity_id(ctx, c)),
-            );
+            v.insert("sp_entity_id".into(), json!(upstream::saml::sp_entity_id(ctx, c)));
             v.insert("acs_url".into(), json!(upstream::saml::acs_url(ctx, c)));
-            v.insert(
-                "sp_metadata_url".into(),
-                json!(upstream::saml::sp_metadata_url(ctx, c)),
-            );
+            v.insert("sp_metadata_url".into(), json!(upstream::saml::sp_metadata_url(ctx, c)));
         }
         ConnectionKind::Dev(_) => {}
     }

@@ -27,10 +27,7 @@ fn key_error(what: &str, e: impl std::fmt::Display) -> TokenError {
 impl PublicJwk {
     /// Extracts the public members of `key`, which must be of the type
     /// `alg` signs with (RSA ≥ 2048 bits, P-256, Ed25519).
-    pub(crate) fn from_private(
-        key: &PKey<Private>,
-        alg: SigningAlgorithm,
-    ) -> Result<Self, TokenError> {
+    pub(crate) fn from_private(key: &PKey<Private>, alg: SigningAlgorithm) -> Result<Self, TokenError> {
         match (alg, key.id()) {
             (SigningAlgorithm::Rs256, Id::RSA) => {
                 let rsa = key.rsa().map_err(|e| key_error("rsa", e))?;
@@ -56,10 +53,7 @@ impl PublicJwk {
                 // RFC 7518 §6.2.1.2: coordinates are the full field size, zero-padded.
                 let x = x.to_vec_padded(32).map_err(|e| key_error("ec x", e))?;
                 let y = y.to_vec_padded(32).map_err(|e| key_error("ec y", e))?;
-                Ok(Self::Ec {
-                    x: b64(&x),
-                    y: b64(&y),
-                })
+                Ok(Self::Ec { x: b64(&x), y: b64(&y) })
             }
             (SigningAlgorithm::EdDsa, Id::ED25519) => {
                 let raw = key.raw_public_key().map_err(|e| key_error("ed25519", e))?;

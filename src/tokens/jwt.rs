@@ -38,9 +38,7 @@ pub(crate) fn sign<C: serde::Serialize>(
         .ok_or_else(|| TokenError::Claims("claims need a numeric exp".into()))?;
     let max = i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX);
     if exp > now.saturating_add(max) {
-        return Err(TokenError::Claims(
-            "exp is beyond the maximum token lifetime".into(),
-        ));
+        return Err(TokenError::Claims("exp is beyond the maximum token lifetime".into()));
     }
     let mut header = jsonwebtoken::Header::new(key.alg.jsonwebtoken());
     header.typ = Some(typ.to_owned());
@@ -62,9 +60,7 @@ fn reject(reason: RejectReason) -> TokenError {
 
 fn parse_header(token: &str) -> Result<RawHeader, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(reject(RejectReason::Malformed));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -108,11 +104,8 @@ fn normalize_typ(typ: &str) -> String {
 
 /// NumericDate: seconds since the epoch, possibly fractional (RFC 7519 §2).
 fn numeric_date(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| {
-        v.as_f64()
-            .filter(|f| f.is_finite())
-            .map(|f| f.floor() as i64)
-    })
+    v.as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f.floor() as i64))
 }
 
 /// Whether `verify` enforces `exp`/`nbf`.

@@ -98,11 +98,9 @@ impl StoredKey {
     pub(crate) fn generate(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<Self, TokenError> {
         let key = match alg {
             SigningAlgorithm::Rs256 => openssl::rsa::Rsa::generate(2048).and_then(PKey::from_rsa),
-            SigningAlgorithm::Es256 => {
-                openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
-                    .and_then(|g| openssl::ec::EcKey::generate(&g))
-                    .and_then(PKey::from_ec_key)
-            }
+            SigningAlgorithm::Es256 => openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                .and_then(|g| openssl::ec::EcKey::generate(&g))
+                .and_then(PKey::from_ec_key),
             SigningAlgorithm::EdDsa => PKey::generate_ed25519(),
         }
         .map_err(|e| TokenError::Key(format!("key generation: {e}")))?;
@@ -177,24 +175,14 @@ impl LoadedKey {
 
 /// jsonwebtoken's rust_crypto backend wants PKCS#1 DER for RSA and PKCS#8 DER
 /// for EC and Ed25519; handing it DER avoids its PEM heuristics.
-fn encoding_key(
-    key: &PKey<openssl::pkey::Private>,
-    alg: SigningAlgorithm,
-) -> Result<EncodingKey, TokenError> {
+fn encoding_key(key: &PKey<openssl::pkey::Private>, alg: SigningAlgorithm) -> Result<EncodingKey, TokenError> {
     let err = |e: openssl::error::ErrorStack| TokenError::Key(format!("der: {e}"));
     Ok(match alg {
         SigningAlgorithm::Rs256 => {
-            let der = key
-                .rsa()
-                .and_then(|r| r.private_key_to_der())
-                .map_err(err)?;
+            let der = key.rsa().and_then(|r| r.private_key_to_der()).map_err(err)?;
             EncodingKey::from_rsa_der(&der)
         }
-        SigningAlgorithm::Es256 => {
-            EncodingKey::from_ec_der(&key.private_key_to_pkcs8().map_err(err)?)
-        }
-        SigningAlgorithm::EdDsa => {
-            EncodingKey::from_ed_der(&key.private_key_to_pkcs8().map_err(err)?)
-        }
+        SigningAlgorithm::Es256 => EncodingKey::from_ec_der(&key.private_key_to_pkcs8().map_err(err)?),
+        SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(&key.private_key_to_pkcs8().map_err(err)?),
     })
 }

@@ -160,11 +160,7 @@ impl Signer {
 
 impl KeyManager {
     /// Loads the shared keyset, creating it if no replica has yet.
-    pub async fn init(
-        store: SharedStore,
-        clock: SharedClock,
-        config: KeyConfig,
-    ) -> Result<Self, TokenError> {
+    pub async fn init(store: SharedStore, clock: SharedClock, config: KeyConfig) -> Result<Self, TokenError> {
         let ks = load_or_create(&store, &clock, config.algorithm).await?;
         let loaded = LoadedKeyset::load(&ks, clock.now())?;
         tracing::info!(kid = %loaded.active.kid, alg = loaded.active.alg.as_str(), "signing keys loaded");
@@ -211,11 +207,7 @@ impl KeyManager {
 
     /// Signs `claims` with the active key; `typ` is `JWT` for ID tokens and
     /// `at+jwt` for RFC 9068 access tokens.
-    pub async fn sign<C: serde::Serialize + Sync>(
-        &self,
-        typ: &str,
-        claims: &C,
-    ) -> Result<String, TokenError> {
+    pub async fn sign<C: serde::Serialize + Sync>(&self, typ: &str, claims: &C) -> Result<String, TokenError> {
         self.signer().await?.sign(typ, claims)
     }
 
@@ -249,14 +241,7 @@ impl KeyManager {
         issuer: &str,
     ) -> Result<C, TokenError> {
         let keyset = self.current().await?;
-        jwt::verify(
-            &keyset,
-            token,
-            "JWT",
-            issuer,
-            self.clock.unix(),
-            jwt::TimeCheck::Skip,
-        )
+        jwt::verify(&keyset, token, "JWT", issuer, self.clock.unix(), jwt::TimeCheck::Skip)
     }
 
     /// The algorithms of the keys that sign now or will sign next, for the
@@ -335,10 +320,8 @@ impl KeyManager {
         old.retired_at = Some(now);
         // The leeway covers a token minted at this instant and accepted up
         // to LEEWAY_SECS after its exp.
-        old.publish_until = Some(
-            now + to_chrono(self.config.max_token_lifetime)
-                + chrono::Duration::seconds(jwt::LEEWAY_SECS),
-        );
+        old.publish_until =
+            Some(now + to_chrono(self.config.max_token_lifetime) + chrono::Duration::seconds(jwt::LEEWAY_SECS));
         retired.push(old);
         let mut active = ks.next;
         active.activated_at = Some(now);
@@ -381,11 +364,7 @@ impl KeyManager {
 
 /// Reads the keyset, or creates it. Of replicas racing to create, one write
 /// wins (`put_if_absent`) and the others adopt it.
-async fn load_or_create(
-    store: &SharedStore,
-    clock: &SharedClock,
-    alg: SigningAlgorithm,
-) -> Result<Keyset, TokenError> {
+async fn load_or_create(store: &SharedStore, clock: &SharedClock, alg: SigningAlgorithm) -> Result<Keyset, TokenError> {
     if let Some(ks) = store.get_json::<Keyset>(&keyset_key()).await? {
         return Ok(ks);
     }

@@ -129,9 +129,7 @@ pub fn sha256_base64url(input: &[u8]) -> String {
 /// hash Ed25519 uses internally — so the left 32 bytes of SHA-512 are used.
 pub fn at_hash(access_token: &str, alg: SigningAlgorithm) -> String {
     let digest: Vec<u8> = match alg {
-        SigningAlgorithm::Rs256 | SigningAlgorithm::Es256 => {
-            sha2::Sha256::digest(access_token.as_bytes()).to_vec()
-        }
+        SigningAlgorithm::Rs256 | SigningAlgorithm::Es256 => sha2::Sha256::digest(access_token.as_bytes()).to_vec(),
         SigningAlgorithm::EdDsa => sha2::Sha512::digest(access_token.as_bytes()).to_vec(),
     };
     let half = digest.get(..digest.len() / 2).unwrap_or_default();

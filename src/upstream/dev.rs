@@ -6,8 +6,8 @@
 //! ticket in the store, provisioning, the SSO session and a code.
 
 use super::{
-    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, UpstreamContext,
-    UpstreamError, UpstreamRedirect,
+    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, UpstreamContext, UpstreamError,
+    UpstreamRedirect,
 };
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, StoreError, StoreJson};
@@ -32,18 +32,10 @@ fn ticket_key(t: &TenantId, ticket: &str) -> Key {
 }
 
 /// Stores the identity typed into the dev form; returns a single-use ticket.
-pub async fn issue_ticket(
-    ctx: &UpstreamContext,
-    tenant: &TenantId,
-    identity: &Identity,
-) -> Result<String, StoreError> {
+pub async fn issue_ticket(ctx: &UpstreamContext, tenant: &TenantId, identity: &Identity) -> Result<String, StoreError> {
     let ticket = crate::tokens::random_token(24);
     ctx.store
-        .put_json(
-            &ticket_key(tenant, &ticket),
-            identity,
-            Some(Duration::from_secs(120)),
-        )
+        .put_json(&ticket_key(tenant, &ticket), identity, Some(Duration::from_secs(120)))
         .await?;
     Ok(ticket)
 }
@@ -84,9 +76,7 @@ impl Connector for DevConnector {
         pending: Option<&serde_json::Value>,
         params: &CallbackParams,
     ) -> Result<Identity, UpstreamError> {
-        let expected = pending
-            .and_then(|p| p.get("state"))
-            .and_then(|s| s.as_str());
+        let expected = pending.and_then(|p| p.get("state")).and_then(|s| s.as_str());
         if expected.is_none() || expected != params.query.get("state").map(String::as_str) {
             return Err(UpstreamError::reject(
                 "dev.state_mismatch",
@@ -95,11 +85,7 @@ impl Connector for DevConnector {
             ));
         }
         let ticket = params.query.get("ticket").ok_or_else(|| {
-            UpstreamError::reject(
-                "dev.missing_ticket",
-                "The sign-in was not completed.",
-                "no ticket",
-            )
+            UpstreamError::reject("dev.missing_ticket", "The sign-in was not completed.", "no ticket")
         })?;
         self.ctx
             .store

@@ -107,11 +107,7 @@ pub struct UpstreamError {
 
 impl UpstreamError {
     /// A rejection of what the IdP sent (the person sees `message`).
-    pub fn reject(
-        code: &'static str,
-        message: impl Into<String>,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn reject(code: &'static str, message: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -124,8 +120,7 @@ impl UpstreamError {
     pub fn internal(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             code,
-            message: "The sign-in service could not complete this request. Please try again later."
-                .into(),
+            message: "The sign-in service could not complete this request. Please try again later.".into(),
             detail: detail.into(),
             internal: true,
         }
@@ -243,10 +238,7 @@ pub struct Connection {
 
 /// Builds the connector for a connection. Parsed certificates and keys live
 /// in the returned value, so callers cache it per `(tenant, connection, revision)`.
-pub fn build(
-    connection: &Connection,
-    ctx: &UpstreamContext,
-) -> Result<Arc<dyn Connector>, UpstreamError> {
+pub fn build(connection: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn Connector>, UpstreamError> {
     match &connection.kind {
         ConnectionKind::Oidc(cfg) => Ok(Arc::new(oidc::OidcConnector::new(
             connection,
@@ -258,10 +250,6 @@ pub fn build(
             cfg.clone(),
             ctx.clone(),
         )?)),
-        ConnectionKind::Dev(cfg) => Ok(Arc::new(dev::DevConnector::new(
-            connection,
-            cfg.clone(),
-            ctx.clone(),
-        ))),
+        ConnectionKind::Dev(cfg) => Ok(Arc::new(dev::DevConnector::new(connection, cfg.clone(), ctx.clone()))),
     }
 }

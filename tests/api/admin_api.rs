@@ -22,12 +22,7 @@ async fn call(
     req.send().await.unwrap()
 }
 
-async fn admin(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::Response {
+async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
     call(app, method, path, Some(&app.admin_token.clone()), body).await
 }
 
@@ -42,14 +37,7 @@ async fn missing_or_wrong_token_is_401_and_changes_nothing() {
     let app = spawn_app(AppOptions::default()).await;
     let body = json!({"id": "acme", "name": "Acme", "domains": ["acme.test"]});
     let p = problem(
-        call(
-            &app,
-            Method::POST,
-            "/admin/v1/tenants",
-            None,
-            Some(body.clone()),
-        )
-        .await,
+        call(&app, Method::POST, "/admin/v1/tenants", None, Some(body.clone())).await,
         StatusCode::UNAUTHORIZED,
     )
     .await;
@@ -94,13 +82,7 @@ async fn tenant_lifecycle() {
         .await
         .unwrap();
     assert_eq!(got["name"], "Acme");
-    let dup = admin(
-        &app,
-        Method::POST,
-        "/admin/v1/tenants",
-        Some(json!({"id": "acme"})),
-    )
-    .await;
+    let dup = admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme"}))).await;
     assert_eq!(problem(dup, StatusCode::CONFLICT).await["field"], "id");
     assert_eq!(
         admin(&app, Method::DELETE, "/admin/v1/tenants/acme", None)
@@ -109,9 +91,7 @@ async fn tenant_lifecycle() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        admin(&app, Method::GET, "/admin/v1/tenants/acme", None)
-            .await
-            .status(),
+        admin(&app, Method::GET, "/admin/v1/tenants/acme", None).await.status(),
         StatusCode::NOT_FOUND
     );
     // The domain is free again.
@@ -142,14 +122,9 @@ async fn a_taken_domain_is_refused_and_nothing_is_left_behind() {
         Some(json!({"id": "evil", "domains": ["evil.test", "acme.test"]})),
     )
     .await;
+    assert_eq!(problem(resp, StatusCode::CONFLICT).await["field"], "domains");
     assert_eq!(
-        problem(resp, StatusCode::CONFLICT).await["field"],
-        "domains"
-    );
-    assert_eq!(
-        admin(&app, Method::GET, "/admin/v1/tenants/evil", None)
-            .await
-            .status(),
+        admin(&app, Method::GET, "/admin/v1/tenants/evil", None).await.status(),
         StatusCode::NOT_FOUND
     );
     // evil.test was reserved first and must have been released.
@@ -167,13 +142,7 @@ async fn a_taken_domain_is_refused_and_nothing_is_left_behind() {
 async fn invalid_fields_are_named() {
     let app = spawn_app(AppOptions::default()).await;
     let p = problem(
-        admin(
-            &app,
-            Method::POST,
-            "/admin/v1/tenants",
-            Some(json!({"id": "Bad Id"})),
-        )
-        .await,
+        admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "Bad Id"}))).await,
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -211,17 +180,8 @@ async fn invalid_fields_are_named() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        problem(resp, StatusCode::BAD_REQUEST).await["field"],
-        "body"
-    );
-    admin(
-        &app,
-        Method::POST,
-        "/admin/v1/tenants",
-        Some(json!({"id": "acme"})),
-    )
-    .await;
+    assert_eq!(problem(resp, StatusCode::BAD_REQUEST).await["field"], "body");
+    admin(&app, Method::POST, "/admin/v1/tenants", Some(json!({"id": "acme"}))).await;
     let p = problem(
         admin(
             &app,
@@ -278,10 +238,7 @@ async fn clients_get_a_secret_once_and_redirect_uris_are_checked() {
         .json()
         .await
         .unwrap();
-    assert!(
-        got.get("client_secret").is_none(),
-        "the secret is shown only once"
-    );
+    assert!(got.get("client_secret").is_none(), "the secret is shown only once");
     let public: Value = admin(
         &app,
         Method::POST,
@@ -323,21 +280,11 @@ async fn clients_get_a_secret_once_and_redirect_uris_are_checked() {
 async fn health_and_readiness() {
     let app = spawn_app(AppOptions::default()).await;
     assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/healthz")).send().await.unwrap().status(),
         StatusCode::OK
     );
     assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/readyz")).send().await.unwrap().status(),
         StatusCode::OK
     );
 }
@@ -351,31 +298,16 @@ async fn readiness_follows_redis() {
     })
     .await;
     assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/readyz")).send().await.unwrap().status(),
         StatusCode::OK
     );
     redis.stop();
     assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/readyz")).send().await.unwrap().status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(app.url("/healthz")).send().await.unwrap().status(),
         StatusCode::OK
     );
 }

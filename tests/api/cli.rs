@@ -12,10 +12,7 @@ fn portcullis() -> Command {
 }
 
 fn scratch() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "portcullis-cli-{}",
-        portcullis::tokens::random_token(8)
-    ));
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", portcullis::tokens::random_token(8)));
     std::fs::create_dir_all(dir.join("tenants")).unwrap();
     dir
 }
@@ -34,11 +31,7 @@ fn the_shipped_example_config_is_valid() {
         .args(["--config", config, "check-config"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -58,11 +51,7 @@ fn check_config_reports_every_problem_with_file_and_field() {
         "id = \"Bad Id\"\ndomains = [\"not a domain\"]\n",
     )
     .unwrap();
-    std::fs::write(
-        dir.join("tenants/typo.toml"),
-        "id = \"ok\"\ndomain = [\"x.test\"]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("tenants/typo.toml"), "id = \"ok\"\ndomain = [\"x.test\"]\n").unwrap();
     let out = portcullis()
         .arg("--config")
         .arg(&config)
@@ -89,11 +78,7 @@ fn check_config_reports_every_problem_with_file_and_field() {
 fn unknown_keys_are_refused() {
     let dir = scratch();
     let config = dir.join("portcullis.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
     let out = portcullis()
         .arg("--config")
         .arg(&config)
@@ -119,8 +104,5 @@ fn environment_overrides_are_validated() {
         err.contains("server.public_url") && err.contains("admin.token"),
         "{err}"
     );
-    assert!(
-        !err.contains("short\""),
-        "the admin token must not be echoed: {err}"
-    );
+    assert!(!err.contains("short\""), "the admin token must not be echoed: {err}");
 }

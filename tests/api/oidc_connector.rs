@@ -17,8 +17,8 @@ use portcullis::store::memory::MemoryStore;
 use portcullis::upstream::http::{OutboundConfig, OutboundHttp};
 use portcullis::upstream::oidc::{self, OidcConnector};
 use portcullis::upstream::{
-    BeginRequest, CallbackParams, Connection, ConnectionKind, Connector, Identity, UpstreamContext,
-    UpstreamError, UpstreamRedirect,
+    BeginRequest, CallbackParams, Connection, ConnectionKind, Connector, Identity, UpstreamContext, UpstreamError,
+    UpstreamRedirect,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -162,11 +162,7 @@ impl Fixture {
     }
 
     /// Completes `login` with an ID token made of `claims`, signed normally.
-    pub(crate) async fn finish_claims(
-        &self,
-        login: &Login,
-        claims: Value,
-    ) -> Result<Identity, UpstreamError> {
+    pub(crate) async fn finish_claims(&self, login: &Login, claims: Value) -> Result<Identity, UpstreamError> {
         let token = self.key.sign(&claims);
         self.finish(login, token, self.callback(login)).await
     }
@@ -178,9 +174,7 @@ pub(crate) fn rand_suffix() -> String {
 }
 
 pub(crate) fn query(url: &Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 pub(crate) fn code(result: Result<Identity, UpstreamError>) -> &'static str {

@@ -12,12 +12,7 @@ use crate::support::oidc_world::{s, ClientAuth, OidcWorld, ACME, CONN, GLOBEX};
 async fn sign_in_yields_tenant_claims_and_a_stable_sub() {
     let w = OidcWorld::new().await;
     let first = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     let c = &first["id_token_claims"];
     assert_eq!(s(c, "iss"), w.issuer());
@@ -44,22 +39,12 @@ async fn sign_in_yields_tenant_claims_and_a_stable_sub() {
 
     // A second, independent sign-in (new browser, new IdP login): same sub.
     let second = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     assert_eq!(second["id_token_claims"]["sub"], c["sub"]);
     // Another user of the same tenant gets another sub.
     let bob = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("bob"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("bob"))
         .await;
     assert_ne!(bob["id_token_claims"]["sub"], c["sub"]);
 }
@@ -89,9 +74,7 @@ async fn second_app_of_the_same_tenant_signs_in_by_sso_without_the_idp() {
     let before = w.idp.stats().await;
 
     browser.clear_history();
-    let two = w
-        .sign_in(&mut browser, &w.app2, &[("tenant", ACME)], None)
-        .await;
+    let two = w.sign_in(&mut browser, &w.app2, &[("tenant", ACME)], None).await;
     assert!(
         !browser.visited_origin(&w.idp.peer.url),
         "SSO went to the IdP:\n{}",
@@ -123,11 +106,7 @@ async fn prompt_login_forces_reauthentication_at_the_idp() {
             Some("alice"),
         )
         .await;
-    assert!(
-        browser.visited_origin(&w.idp.peer.url),
-        "{}",
-        browser.trail()
-    );
+    assert!(browser.visited_origin(&w.idp.peer.url), "{}", browser.trail());
     assert_eq!(w.idp.stats().await.logins, logins + 1);
     assert_eq!(s(&again["id_token_claims"], "tenant"), ACME);
 }
@@ -162,24 +141,12 @@ async fn max_age_longer_than_the_session_age_keeps_sso() {
     let before = w.idp.stats().await;
     browser.clear_history();
     let two = w
-        .sign_in(
-            &mut browser,
-            &w.app2,
-            &[("tenant", ACME), ("max_age", "3600")],
-            None,
-        )
+        .sign_in(&mut browser, &w.app2, &[("tenant", ACME), ("max_age", "3600")], None)
         .await;
-    assert!(
-        !browser.visited_origin(&w.idp.peer.url),
-        "{}",
-        browser.trail()
-    );
+    assert!(!browser.visited_origin(&w.idp.peer.url), "{}", browser.trail());
     assert_eq!(w.idp.stats().await, before);
     // OIDC Core §3.1.2.1: with max_age the ID token carries auth_time.
-    assert_eq!(
-        two["id_token_claims"]["auth_time"],
-        one["id_token_claims"]["auth_time"]
-    );
+    assert_eq!(two["id_token_claims"]["auth_time"], one["id_token_claims"]["auth_time"]);
 }
 
 #[tokio::test]
@@ -195,14 +162,8 @@ async fn session_of_one_tenant_does_not_sign_in_to_another() {
     // B's connection). The IdP still has alice's session, so it answers
     // without a password form.
     browser.clear_history();
-    let b = w
-        .sign_in(&mut browser, &w.app1, &[("tenant", GLOBEX)], None)
-        .await;
-    assert!(
-        browser.visited_origin(&w.idp.peer.url),
-        "{}",
-        browser.trail()
-    );
+    let b = w.sign_in(&mut browser, &w.app1, &[("tenant", GLOBEX)], None).await;
+    assert!(browser.visited_origin(&w.idp.peer.url), "{}", browser.trail());
     assert_eq!(w.idp.stats().await.authorize, before.authorize + 1);
     let (ca, cb) = (&a["id_token_claims"], &b["id_token_claims"]);
     assert_eq!(s(cb, "tenant"), GLOBEX);
@@ -215,12 +176,7 @@ async fn session_of_one_tenant_does_not_sign_in_to_another() {
 async fn tokens_and_codes_of_one_client_are_useless_to_another() {
     let w = OidcWorld::new().await;
     let a = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     // app-two presents app-one's refresh token.
     let stolen = w.app2.refresh(s(&a, "refresh_token")).await;
@@ -251,12 +207,7 @@ async fn tokens_and_codes_of_one_client_are_useless_to_another() {
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let w = OidcWorld::new().await;
     let first = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     let rt1 = s(&first, "refresh_token").to_owned();
 
@@ -280,12 +231,7 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
 async fn userinfo_answers_for_the_access_token_only() {
     let w = OidcWorld::new().await;
     let out = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     let sub = s(&out["id_token_claims"], "sub");
     let info = w.app1.userinfo(s(&out, "access_token"), Some(sub)).await;
@@ -314,12 +260,7 @@ async fn userinfo_answers_for_the_access_token_only() {
 async fn revoked_refresh_token_is_inactive_and_unusable() {
     let w = OidcWorld::new().await;
     let out = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     let (at, rt) = (s(&out, "access_token"), s(&out, "refresh_token"));
 
@@ -352,12 +293,7 @@ async fn revoked_refresh_token_is_inactive_and_unusable() {
 async fn revoked_access_token_is_inactive_and_refused_by_userinfo() {
     let w = OidcWorld::new().await;
     let out = w
-        .sign_in(
-            &mut Browser::new(),
-            &w.app1,
-            &[("tenant", ACME)],
-            Some("alice"),
-        )
+        .sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
         .await;
     let at = s(&out, "access_token");
     let revoked = w.app1.revoke(at, Some("access_token")).await;
@@ -385,12 +321,7 @@ async fn end_session_clears_the_sso_session() {
     let page = browser
         .get(&w.app1.logout_url(&[("id_token_hint", s(&out, "id_token"))]))
         .await;
-    assert!(
-        page.status.is_success(),
-        "logout: {} {}",
-        page.status,
-        page.body
-    );
+    assert!(page.status.is_success(), "logout: {} {}", page.status, page.body);
     // A confirmation form on the gateway (CSRF-safe logout) is submitted.
     if let Some(form) = page.forms().into_iter().find(|f| {
         page.url
@@ -403,17 +334,12 @@ async fn end_session_clears_the_sso_session() {
 
     let before = w.idp.stats().await.authorize;
     browser.clear_history();
-    let again = w
-        .sign_in(&mut browser, &w.app2, &[("tenant", ACME)], None)
-        .await;
+    let again = w.sign_in(&mut browser, &w.app2, &[("tenant", ACME)], None).await;
     assert!(
         browser.visited_origin(&w.idp.peer.url),
         "signed in without going upstream after logout:\n{}",
         browser.trail()
     );
     assert_eq!(w.idp.stats().await.authorize, before + 1);
-    assert_ne!(
-        again["id_token_claims"]["sid"],
-        out["id_token_claims"]["sid"]
-    );
+    assert_ne!(again["id_token_claims"]["sid"], out["id_token_claims"]["sid"]);
 }

@@ -166,11 +166,7 @@ async fn public_client_without_pkce_is_refused() {
         .await
         .stopped();
     let q = query(&back);
-    assert_eq!(
-        q.get("error").map(String::as_str),
-        Some("invalid_request"),
-        "{back}"
-    );
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{back}");
     assert_eq!(q.get("state"), Some(&state));
     assert!(!q.contains_key("code"));
     assert!(

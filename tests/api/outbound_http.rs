@@ -61,11 +61,7 @@ async fn refuses_loopback_and_private_addresses_by_default() {
         "http://0.0.0.0/".to_owned(),
         "http://[fd00::1]/".to_owned(),
     ] {
-        assert_eq!(
-            code(&http, &url).await,
-            "outbound.forbidden_address",
-            "{url}"
-        );
+        assert_eq!(code(&http, &url).await, "outbound.forbidden_address", "{url}");
     }
 }
 
@@ -184,10 +180,7 @@ async fn post_form_sends_basic_auth_and_returns_error_bodies() {
                 .get("authorization")
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default();
-            (
-                axum::http::StatusCode::BAD_REQUEST,
-                format!("{auth}|{body}"),
-            )
+            (axum::http::StatusCode::BAD_REQUEST, format!("{auth}|{body}"))
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,8 +198,5 @@ async fn post_form_sends_basic_auth_and_returns_error_bodies() {
     assert_eq!(resp.status(), 400);
     let body = String::from_utf8(resp.into_body()).unwrap();
     // "id:p%3Aw" base64-encoded: the secret is form-encoded first.
-    assert_eq!(
-        body,
-        "Basic aWQ6cCUzQXc=|grant_type=authorization_code&code=a+b%26c"
-    );
+    assert_eq!(body, "Basic aWQ6cCUzQXc=|grant_type=authorization_code&code=a+b%26c");
 }

@@ -26,13 +26,8 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
     )
     .await;
     assert_eq!(idp.issuer(), issuer.as_str().trim_end_matches('/'));
-    rp.configure(
-        "selftest",
-        "selftest-secret",
-        "basic",
-        "openid email profile",
-    )
-    .await;
+    rp.configure("selftest", "selftest-secret", "basic", "openid email profile")
+        .await;
 
     let mut browser = Browser::new();
     let login = browser
@@ -46,11 +41,7 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
 
     // A wrong password is refused and the form is shown again.
     let refused = browser
-        .fill_and_submit(
-            &login,
-            Some("login"),
-            &[("username", "alice"), ("password", "nope")],
-        )
+        .fill_and_submit(&login, Some("login"), &[("username", "alice"), ("password", "nope")])
         .await;
     assert_eq!(refused.status, 401);
 
@@ -67,10 +58,7 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
     let claims = &body["id_token_claims"];
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["email"], "alice@acme.test");
-    assert_eq!(
-        claims["groups"],
-        serde_json::json!(["engineering", "admins"])
-    );
+    assert_eq!(claims["groups"], serde_json::json!(["engineering", "admins"]));
     assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
     assert!(claims["auth_time"].is_u64());
     assert!(body["access_token"].is_string());
@@ -84,16 +72,10 @@ async fn relying_party_signs_in_at_upstream_idp_through_scripted_browser() {
     assert_eq!(rp.revoke(at, Some("access_token")).await.status, 200);
     assert_eq!(rp.introspect(at).await.body["active"], false);
     let bogus = rp.refresh("not-a-refresh-token").await;
-    assert_eq!(
-        (bogus.status.as_u16(), bogus.error()),
-        (400, Some("invalid_grant"))
-    );
+    assert_eq!((bogus.status.as_u16(), bogus.error()), (400, Some("invalid_grant")));
 
     let stats = idp.stats().await;
-    assert_eq!(
-        (stats.authorize, stats.logins, stats.failed_logins),
-        (1, 1, 1)
-    );
+    assert_eq!((stats.authorize, stats.logins, stats.failed_logins), (1, 1, 1));
     assert_eq!(stats.token, 2, "code exchange and the refresh attempt");
 
     // Same browser again: the IdP session signs in without a password.
@@ -128,8 +110,7 @@ async fn saml_idp_peer_issues_a_signed_assertion_that_xmlsec1_verifies() {
         r#"<samlp:AuthnRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="_selftest-request" Version="2.0" IssueInstant="2020-01-01T00:00:00Z" Destination="{}sso" AssertionConsumerServiceURL="{acs}" ProtocolBinding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"><saml:Issuer>{sp}</saml:Issuer></samlp:AuthnRequest>"#,
         idp.peer.url
     );
-    let mut deflate =
-        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     deflate.write_all(request.as_bytes()).unwrap();
     let encoded = base64::engine::general_purpose::STANDARD.encode(deflate.finish().unwrap());
     let mut sso = idp.peer.url.join("/sso").unwrap();
@@ -205,8 +186,5 @@ async fn saml_idp_peer_issues_a_signed_assertion_that_xmlsec1_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stats = idp.stats().await;
-    assert_eq!(
-        (stats.authn_requests, stats.logins, stats.responses),
-        (1, 1, 1)
-    );
+    assert_eq!((stats.authn_requests, stats.logins, stats.responses), (1, 1, 1));
 }

@@ -50,13 +50,8 @@ async fn real_browser_harness_signs_in_at_the_oidc_peers() {
     })
     .await;
     assert_eq!(report["status"], 200, "{report:#}");
-    assert_eq!(
-        report["body"]["id_token_claims"]["email"],
-        "alice@acme.test"
-    );
-    assert!(navigations(&report)
-        .iter()
-        .any(|(m, u)| m == "POST" && idp.serves(u)));
+    assert_eq!(report["body"]["id_token_claims"]["email"], "alice@acme.test");
+    assert!(navigations(&report).iter().any(|(m, u)| m == "POST" && idp.serves(u)));
 }
 
 /// App -> gateway -> upstream OIDC IdP (login form in Chromium) -> gateway
@@ -97,9 +92,7 @@ async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
     }
     let w = SamlWorld::new().await;
     let report = run_in_browser(&BrowserFlow {
-        start: w
-            .rp
-            .login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
+        start: w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
         done: w.rp.redirect_uri(),
         idp_origin: w.idp.peer.url.clone(),
         username: "alice".into(),
@@ -126,8 +119,5 @@ async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
         .unwrap_or_else(|| panic!("no POST to the ACS: {report:#}"));
     assert!(post > 0 && w.idp.serves(&navs[post - 1].1), "{report:#}");
     let stats = w.idp.stats().await;
-    assert_eq!(
-        (stats.authn_requests, stats.logins, stats.responses),
-        (1, 1, 1)
-    );
+    assert_eq!((stats.authn_requests, stats.logins, stats.responses), (1, 1, 1));
 }

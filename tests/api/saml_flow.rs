@@ -13,10 +13,7 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
     let w = SamlWorld::new().await;
     let mut browser = Browser::new();
     let login = browser
-        .get(
-            &w.rp
-                .login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
-        )
+        .get(&w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]))
         .await;
     assert!(w.idp.serves(&login.url), "{}", browser.trail());
     let post_page = browser
@@ -53,11 +50,6 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
         attacker.trail()
     );
     if !w.rp.is_callback(&replay.url) {
-        assert!(
-            replay.status.is_client_error(),
-            "{} {}",
-            replay.status,
-            replay.body
-        );
+        assert!(replay.status.is_client_error(), "{} {}", replay.status, replay.body);
     }
 }

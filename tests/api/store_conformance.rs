@@ -129,10 +129,7 @@ async fn values_expire_after_their_ttl(b: &Backend) {
     let made_persistent = Key::global("ttl", "persisted");
     let persistent = Key::global("ttl", "none");
     s.put(&put_short, b"v", Some(SHORT)).await.unwrap();
-    assert!(s
-        .put_if_absent(&pia_short, b"v", Some(SHORT))
-        .await
-        .unwrap());
+    assert!(s.put_if_absent(&pia_short, b"v", Some(SHORT)).await.unwrap());
     s.put(&made_persistent, b"v", Some(SHORT)).await.unwrap();
     s.put(&made_persistent, b"v2", None).await.unwrap();
     s.put(&persistent, b"v", None).await.unwrap();
@@ -145,10 +142,7 @@ async fn values_expire_after_their_ttl(b: &Backend) {
     assert_eq!(s.get(&made_persistent).await.unwrap(), Some(b"v2".to_vec()));
     assert_eq!(s.get(&persistent).await.unwrap(), Some(b"v".to_vec()));
     // An expired key counts as absent.
-    assert!(s
-        .put_if_absent(&put_short, b"again", Some(LONG))
-        .await
-        .unwrap());
+    assert!(s.put_if_absent(&put_short, b"again", Some(LONG)).await.unwrap());
 }
 
 async fn put_if_absent_writes_once(b: &Backend) {
@@ -243,17 +237,11 @@ async fn set_ttl_extends_but_never_shortens(b: &Backend) {
     s.set_add(&k("short"), "m", Some(SHORT)).await.unwrap();
     s.set_add(&k("extended"), "m1", Some(SHORT)).await.unwrap();
     s.set_add(&k("extended"), "m2", Some(LONG)).await.unwrap();
-    s.set_add(&k("not-shortened"), "m1", Some(LONG))
-        .await
-        .unwrap();
-    s.set_add(&k("not-shortened"), "m2", Some(SHORT))
-        .await
-        .unwrap();
+    s.set_add(&k("not-shortened"), "m1", Some(LONG)).await.unwrap();
+    s.set_add(&k("not-shortened"), "m2", Some(SHORT)).await.unwrap();
     s.set_add(&k("had-none"), "m1", None).await.unwrap();
     s.set_add(&k("had-none"), "m2", Some(SHORT)).await.unwrap();
-    s.set_add(&k("none-keeps"), "m1", Some(SHORT))
-        .await
-        .unwrap();
+    s.set_add(&k("none-keeps"), "m1", Some(SHORT)).await.unwrap();
     s.set_add(&k("none-keeps"), "m2", None).await.unwrap();
     s.set_add(&k("persistent"), "m", None).await.unwrap();
 
@@ -263,24 +251,14 @@ async fn set_ttl_extends_but_never_shortens(b: &Backend) {
         async move { s.set_members(&k(n)).await.unwrap() }
     };
     assert!(members("short").await.is_empty(), "a set TTL applies");
-    assert_eq!(
-        members("extended").await,
-        ["m1", "m2"],
-        "a longer TTL extends"
-    );
+    assert_eq!(members("extended").await, ["m1", "m2"], "a longer TTL extends");
     assert_eq!(
         members("not-shortened").await,
         ["m1", "m2"],
         "a shorter TTL never shortens"
     );
-    assert!(
-        members("had-none").await.is_empty(),
-        "a set without TTL takes one"
-    );
-    assert!(
-        members("none-keeps").await.is_empty(),
-        "ttl None keeps the TTL"
-    );
+    assert!(members("had-none").await.is_empty(), "a set without TTL takes one");
+    assert!(members("none-keeps").await.is_empty(), "ttl None keeps the TTL");
     assert_eq!(members("persistent").await, ["m"]);
 }
 
@@ -306,15 +284,9 @@ async fn counters_are_decimal_values(b: &Backend) {
     s.put(&k("numeric"), b"41", None).await.unwrap();
     assert_eq!(s.incr(&k("numeric"), LONG).await.unwrap(), 42);
     s.put(&k("text"), b"forty-one", None).await.unwrap();
-    assert!(matches!(
-        s.incr(&k("text"), LONG).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(s.incr(&k("text"), LONG).await, Err(StoreError::Corrupt(_))));
     s.set_add(&k("set"), "m", None).await.unwrap();
-    assert!(matches!(
-        s.incr(&k("set"), LONG).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(s.incr(&k("set"), LONG).await, Err(StoreError::Corrupt(_))));
     // A value without TTL that gets counted on takes the window (PEXPIRE NX).
     s.put(&k("persistent"), b"0", None).await.unwrap();
     assert_eq!(s.incr(&k("persistent"), SHORT).await.unwrap(), 1);
@@ -332,10 +304,7 @@ async fn type_clashes_are_corrupt_and_take_keeps_the_value(b: &Backend) {
         s.set_add(&bytes, "m", None).await,
         Err(StoreError::Corrupt(_))
     ));
-    assert!(matches!(
-        s.set_members(&bytes).await,
-        Err(StoreError::Corrupt(_))
-    ));
+    assert!(matches!(s.set_members(&bytes).await, Err(StoreError::Corrupt(_))));
     assert!(matches!(s.get(&set).await, Err(StoreError::Corrupt(_))));
     assert!(matches!(s.take(&set).await, Err(StoreError::Corrupt(_))));
     assert_eq!(s.set_members(&set).await.unwrap(), ["m"]);
@@ -360,13 +329,8 @@ async fn huge_ttls_do_not_overflow(b: &Backend) {
     let s = &b.store;
     let k = |n: &str| Key::global("huge", n);
     s.put(&k("put"), b"v", Some(Duration::MAX)).await.unwrap();
-    assert!(s
-        .put_if_absent(&k("pia"), b"v", Some(Duration::MAX))
-        .await
-        .unwrap());
-    s.set_add(&k("set"), "m", Some(Duration::MAX))
-        .await
-        .unwrap();
+    assert!(s.put_if_absent(&k("pia"), b"v", Some(Duration::MAX)).await.unwrap());
+    s.set_add(&k("set"), "m", Some(Duration::MAX)).await.unwrap();
     assert_eq!(s.incr(&k("n"), Duration::MAX).await.unwrap(), 1);
     // Enough to notice a TTL that wrapped around to almost nothing.
     b.pass(Duration::from_millis(100)).await;
@@ -386,10 +350,7 @@ fn key_render_puts_the_tag_in_braces() {
         Key::tenant("acme", "codes", "abc").render("pc"),
         "pc:{t:acme:codes}:abc"
     );
-    assert_eq!(
-        Key::global("session", "xyz").render("pc"),
-        "pc:{g:session}:xyz"
-    );
+    assert_eq!(Key::global("session", "xyz").render("pc"), "pc:{g:session}:xyz");
     assert_eq!(Key::new("tag", "name").render("p"), "p:{tag}:name");
     assert_eq!(Key::tenant("acme", "codes", "abc").tag(), "t:acme:codes");
 }

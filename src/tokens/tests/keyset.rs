@@ -12,10 +12,7 @@ async fn sign_and_verify_round_trip_for_each_algorithm() {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, alg.jsonwebtoken(), "{alg:?}");
         assert_eq!(header.typ.as_deref(), Some("JWT"));
-        assert_eq!(
-            header.kid.as_deref(),
-            Some(env.stored().await.active.kid.as_str())
-        );
+        assert_eq!(header.kid.as_deref(), Some(env.stored().await.active.kid.as_str()));
         let back: Claims = m.verify(&token, "JWT", ISS).await.unwrap();
         assert_eq!(back, claims, "{alg:?}");
 
@@ -50,9 +47,7 @@ async fn token_verifies_with_only_its_jwk_from_jwks() {
         let data = jsonwebtoken::decode::<Claims>(&token, &key, &v).unwrap();
         assert_eq!(data.claims.sub, "user-1");
         // kid is the RFC 7638 thumbprint, as computed by jsonwebtoken itself.
-        let thumb = jwk
-            .thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256)
-            .unwrap();
+        let thumb = jwk.thumbprint(jsonwebtoken::jwk::ThumbprintHash::SHA256).unwrap();
         assert_eq!(entry["kid"], thumb.as_str(), "{alg:?}");
         assert_eq!(entry["use"], "sig");
         assert_eq!(entry["alg"], alg.as_str());
@@ -141,10 +136,7 @@ async fn retired_key_verifies_until_grace_ends_then_unknown_kid() {
     // Past retired_at + max_token_lifetime (+ leeway): gone everywhere.
     env.advance(1 + LEEWAY_SECS + 1);
     assert!(!jwks_kids(&m.jwks().await.unwrap()).contains(&old_kid));
-    assert_eq!(
-        reason(m.verify(&token, "JWT", ISS).await),
-        "token.unknown_kid"
-    );
+    assert_eq!(reason(m.verify(&token, "JWT", ISS).await), "token.unknown_kid");
 
     // And the next rotation drops it from the stored keyset too.
     m.rotate().await.unwrap();
@@ -204,10 +196,7 @@ async fn rotation_is_refused_while_another_replica_holds_the_lock() {
         .await
         .unwrap());
     let before = env.stored().await.active.kid;
-    assert!(matches!(
-        m.rotate().await,
-        Err(TokenError::RotationInProgress)
-    ));
+    assert!(matches!(m.rotate().await, Err(TokenError::RotationInProgress)));
     env.advance(2 * 24 * 3600);
     assert!(env.store.get(&lock).await.unwrap().is_none(), "TTL elapsed");
     assert!(env
@@ -223,10 +212,7 @@ async fn rotation_is_refused_while_another_replica_holds_the_lock() {
     env.advance(31);
     assert!(m.rotate_if_due().await.unwrap());
     assert_ne!(env.stored().await.active.kid, before);
-    assert!(
-        env.store.get(&lock).await.unwrap().is_none(),
-        "lock released"
-    );
+    assert!(env.store.get(&lock).await.unwrap().is_none(), "lock released");
 }
 
 #[tokio::test]
@@ -332,12 +318,7 @@ impl crate::store::Store for RacingStore {
         }
         r
     }
-    async fn put(
-        &self,
-        key: &Key,
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<(), crate::store::StoreError> {
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), crate::store::StoreError> {
         self.inner.put(key, value, ttl).await
     }
     async fn put_if_absent(
@@ -356,12 +337,7 @@ impl crate::store::Store for RacingStore {
     async fn delete(&self, key: &Key) -> Result<bool, crate::store::StoreError> {
         self.inner.delete(key).await
     }
-    async fn set_add(
-        &self,
-        key: &Key,
-        member: &str,
-        ttl: Option<Duration>,
-    ) -> Result<(), crate::store::StoreError> {
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), crate::store::StoreError> {
         self.inner.set_add(key, member, ttl).await
     }
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), crate::store::StoreError> {
@@ -390,16 +366,8 @@ async fn init_race_loser_adopts_the_winners_keyset() {
     });
     let store: SharedStore = racing.clone();
     let (a, b) = tokio::join!(
-        KeyManager::init(
-            store.clone(),
-            shared.clone(),
-            config(SigningAlgorithm::Es256)
-        ),
-        KeyManager::init(
-            store.clone(),
-            shared.clone(),
-            config(SigningAlgorithm::Es256)
-        ),
+        KeyManager::init(store.clone(), shared.clone(), config(SigningAlgorithm::Es256)),
+        KeyManager::init(store.clone(), shared.clone(), config(SigningAlgorithm::Es256)),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut creations = racing.creations.lock().unwrap().clone();
@@ -424,10 +392,7 @@ async fn init_race_loser_adopts_the_winners_keyset() {
 async fn signing_algorithms_follow_the_keys_through_an_algorithm_change() {
     let env = Env::new();
     let rsa = env.manager(SigningAlgorithm::Rs256).await;
-    assert_eq!(
-        rsa.signing_algorithms().await.unwrap(),
-        vec![SigningAlgorithm::Rs256]
-    );
+    assert_eq!(rsa.signing_algorithms().await.unwrap(), vec![SigningAlgorithm::Rs256]);
     // Reconfigured to EdDSA: the existing next (RSA) becomes active, the new
     // next is Ed25519; one more rotation and EdDSA signs.
     let ed = env.manager(SigningAlgorithm::EdDsa).await;

@@ -65,13 +65,9 @@ impl Env {
     }
 
     async fn manager(&self, alg: SigningAlgorithm) -> KeyManager {
-        KeyManager::init(
-            self.store.clone(),
-            Arc::new(self.clock.clone()),
-            config(alg),
-        )
-        .await
-        .unwrap()
+        KeyManager::init(self.store.clone(), Arc::new(self.clock.clone()), config(alg))
+            .await
+            .unwrap()
     }
 
     fn claims(&self, lifetime: i64) -> Claims {

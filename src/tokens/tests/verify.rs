@@ -9,11 +9,7 @@ async fn alg_none_is_rejected() {
     let kid = env.stored().await.active.kid;
     let payload = serde_json::to_value(env.claims(300)).unwrap();
     for sig in [&b""[..], b"x"] {
-        let t = forge(
-            &json!({"alg": "none", "kid": kid, "typ": "JWT"}),
-            &payload,
-            sig,
-        );
+        let t = forge(&json!({"alg": "none", "kid": kid, "typ": "JWT"}), &payload, sig);
         assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.alg_mismatch");
     }
     let t = format!(
@@ -63,10 +59,7 @@ async fn header_alg_of_another_family_is_rejected() {
     let kid = env.stored().await.active.kid;
     let h = b64j(&json!({"alg": "ES256", "kid": kid, "typ": "JWT"}));
     let t = format!("{h}.{p}.{s}");
-    assert_eq!(
-        reason(rsa.verify(&t, "JWT", ISS).await),
-        "token.alg_mismatch"
-    );
+    assert_eq!(reason(rsa.verify(&t, "JWT", ISS).await), "token.alg_mismatch");
     // And an RS256 header on the EC key's kid.
     let rsa_token = rsa.sign("JWT", &env.claims(300)).await.unwrap();
     let mut parts = rsa_token.split('.');
@@ -74,10 +67,7 @@ async fn header_alg_of_another_family_is_rejected() {
     let kid = other.stored().await.active.kid;
     let h = b64j(&json!({"alg": "RS256", "kid": kid, "typ": "JWT"}));
     let t = format!("{h}.{p}.{s}");
-    assert_eq!(
-        reason(ec.verify(&t, "JWT", ISS).await),
-        "token.alg_mismatch"
-    );
+    assert_eq!(reason(ec.verify(&t, "JWT", ISS).await), "token.alg_mismatch");
 }
 
 #[tokio::test]
@@ -91,10 +81,7 @@ async fn tampered_payload_and_foreign_key_are_bad_signatures() {
         evil.sub = "admin".into();
         parts[1] = b64j(&serde_json::to_value(&evil).unwrap());
         let t = parts.join(".");
-        assert_eq!(
-            reason(m.verify(&t, "JWT", ISS).await),
-            "token.bad_signature"
-        );
+        assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.bad_signature");
 
         // Same alg and our kid, signed by a stranger's key.
         let stranger = Env::new().manager(alg).await;
@@ -102,10 +89,7 @@ async fn tampered_payload_and_foreign_key_are_bad_signatures() {
         let mut fp: Vec<String> = foreign.split('.').map(str::to_owned).collect();
         fp[0] = token.split('.').next().unwrap().to_owned();
         let t = fp.join(".");
-        assert_eq!(
-            reason(m.verify(&t, "JWT", ISS).await),
-            "token.bad_signature"
-        );
+        assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.bad_signature");
     }
 }
 
@@ -115,15 +99,11 @@ async fn wrong_or_missing_typ_is_rejected() {
     let m = env.manager(SigningAlgorithm::EdDsa).await;
     let id = m.sign("JWT", &env.claims(300)).await.unwrap();
     let at = m.sign("at+jwt", &env.claims(300)).await.unwrap();
-    assert_eq!(
-        reason(m.verify(&id, "at+jwt", ISS).await),
-        "token.wrong_type"
-    );
+    assert_eq!(reason(m.verify(&id, "at+jwt", ISS).await), "token.wrong_type");
     assert_eq!(reason(m.verify(&at, "JWT", ISS).await), "token.wrong_type");
     // No typ at all: refused, even though the signature is genuine.
     let ks = env.stored().await;
-    let key =
-        jsonwebtoken::EncodingKey::from_ed_pem(ks.active.private_pem.expose().as_bytes()).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(ks.active.private_pem.expose().as_bytes()).unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     h.typ = None;
     h.kid = Some(ks.active.kid.clone());
@@ -145,10 +125,7 @@ async fn wrong_or_missing_issuer_is_rejected() {
         .await
         .unwrap();
     let r: Result<Value, _> = m.verify(&t, "JWT", ISS).await;
-    assert_eq!(
-        r.unwrap_err().reason().unwrap().code(),
-        "token.wrong_issuer"
-    );
+    assert_eq!(r.unwrap_err().reason().unwrap().code(), "token.wrong_issuer");
 }
 
 #[tokio::test]
@@ -167,17 +144,13 @@ async fn expiry_and_nbf_follow_the_injected_clock() {
     let mut c = env.claims(300);
     c.nbf = Some(env.clock.unix() + 60);
     let t = m.sign("JWT", &c).await.unwrap();
-    assert_eq!(
-        reason(m.verify(&t, "JWT", ISS).await),
-        "token.not_yet_valid"
-    );
+    assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.not_yet_valid");
     env.advance(60);
     let _: Claims = m.verify(&t, "JWT", ISS).await.unwrap();
 
     // No exp at all is not a forever-token.
     let ks = env.stored().await;
-    let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(ks.active.private_pem.expose().as_bytes()).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(ks.active.private_pem.expose().as_bytes()).unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some(ks.active.kid.clone());
     let t = jsonwebtoken::encode(&h, &json!({"iss": ISS, "sub": "u"}), &key).unwrap();
@@ -222,11 +195,7 @@ async fn malformed_tokens_are_rejected() {
         format!("{}.e30.sig", b64(b"[1,2]")),
         crit,
     ] {
-        assert_eq!(
-            reason(m.verify(&t, "JWT", ISS).await),
-            "token.malformed",
-            "{t}"
-        );
+        assert_eq!(reason(m.verify(&t, "JWT", ISS).await), "token.malformed", "{t}");
     }
     // Genuine signature, claims of the wrong shape for the caller.
     #[derive(Debug, Deserialize)]
@@ -254,9 +223,7 @@ async fn id_token_hint_may_be_expired_but_must_be_genuine() {
     parts[1] = b64j(&serde_json::to_value(&evil).unwrap());
     let r: Result<Claims, _> = m.verify_id_token_hint(&parts.join("."), ISS).await;
     assert_eq!(reason(r), "token.bad_signature");
-    let r: Result<Claims, _> = m
-        .verify_id_token_hint(&t, "https://evil.example.test")
-        .await;
+    let r: Result<Claims, _> = m.verify_id_token_hint(&t, "https://evil.example.test").await;
     assert_eq!(reason(r), "token.wrong_issuer");
     let at = m.sign("at+jwt", &env.claims(60)).await.unwrap();
     let r: Result<Claims, _> = m.verify_id_token_hint(&at, ISS).await;

@@ -92,8 +92,7 @@ impl Resolve for GuardedResolver {
         let allow = self.allow_private_networks;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept = filter_addrs(found, allow);
             if kept.is_empty() {
                 return Err(Box::new(ForbiddenAddress { host }) as _);
@@ -109,10 +108,7 @@ pub fn filter_addrs(addrs: Vec<SocketAddr>, allow_private_networks: bool) -> Vec
     if allow_private_networks {
         return addrs;
     }
-    addrs
-        .into_iter()
-        .filter(|a| !is_forbidden(a.ip()))
-        .collect()
+    addrs.into_iter().filter(|a| !is_forbidden(a.ip())).collect()
 }
 
 #[cfg(test)]
@@ -182,11 +178,7 @@ mod tests {
 
     #[test]
     fn public_ipv6_allowed() {
-        for ip in [
-            "2606:4700:4700::1111",
-            "2a00:1450:4001::200e",
-            "2002:0808:0808::1",
-        ] {
+        for ip in ["2606:4700:4700::1111", "2a00:1450:4001::200e", "2002:0808:0808::1"] {
             assert!(!forbidden(ip), "{ip} must be allowed");
         }
     }

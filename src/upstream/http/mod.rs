@@ -82,10 +82,7 @@ impl OutboundHttp {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UpstreamError::internal(
                 "outbound.scheme",
-                format!(
-                    "scheme {} is not allowed (only http and https)",
-                    url.scheme()
-                ),
+                format!("scheme {} is not allowed (only http and https)", url.scheme()),
             ));
         }
         let ip = match url.host() {
@@ -116,10 +113,7 @@ impl OutboundHttp {
         let url = Url::parse(&parts.uri.to_string())
             .map_err(|e| UpstreamError::internal("outbound.invalid_url", e.to_string()))?;
         self.check_url(&url)?;
-        let mut builder = self
-            .client
-            .request(parts.method, url.clone())
-            .headers(parts.headers);
+        let mut builder = self.client.request(parts.method, url.clone()).headers(parts.headers);
         if !body.is_empty() {
             builder = builder.body(body);
         }
@@ -187,10 +181,7 @@ impl OutboundHttp {
             .finish();
         let mut builder = http::Request::post(url.as_str())
             .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            );
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some((user, pass)) = basic_auth {
             builder = builder.header(http::header::AUTHORIZATION, basic(user, pass));
         }
@@ -207,10 +198,7 @@ fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let raw = format!("{}:{}", enc(user), enc(pass));
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 fn success(url: &Url, resp: HttpResponse) -> Result<Vec<u8>, UpstreamError> {

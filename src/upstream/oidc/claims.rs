@@ -85,10 +85,7 @@ pub fn identity(claims: &Claims, mapping: &ClaimMapping) -> Result<Identity, Ups
         UpstreamError::reject(
             "oidc.missing_subject",
             "The identity provider did not say who you are. Please contact your administrator.",
-            format!(
-                "claim {:?} (mapped subject) is missing or empty",
-                mapping.subject
-            ),
+            format!("claim {:?} (mapped subject) is missing or empty", mapping.subject),
         )
     })?;
     // Some IdPs send the boolean as a string.

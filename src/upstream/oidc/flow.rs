@@ -4,9 +4,7 @@
 
 use super::id_token::{self, Claims, Expected};
 use super::{claims, OidcConnector};
-use crate::upstream::{
-    BeginLogin, BeginRequest, CallbackParams, Identity, UpstreamError, UpstreamRedirect,
-};
+use crate::upstream::{BeginLogin, BeginRequest, CallbackParams, Identity, UpstreamError, UpstreamRedirect};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,13 +46,7 @@ pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogi
     let verifier = random_token();
     let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
     let mut scopes = vec!["openid"];
-    scopes.extend(
-        c.cfg
-            .scopes
-            .iter()
-            .map(String::as_str)
-            .filter(|s| *s != "openid"),
-    );
+    scopes.extend(c.cfg.scopes.iter().map(String::as_str).filter(|s| *s != "openid"));
     let mut url = meta.authorization_endpoint.clone();
     {
         let mut q = url.query_pairs_mut();
@@ -150,10 +142,7 @@ pub async fn complete(
             return Err(UpstreamError::reject(
                 "oidc.iss_mismatch",
                 restart,
-                format!(
-                    "the callback iss {iss:?} is not the issuer {:?}",
-                    c.cfg.issuer
-                ),
+                format!("the callback iss {iss:?} is not the issuer {:?}", c.cfg.issuer),
             ))
         }
         None if meta.authorization_response_iss_parameter_supported => {
@@ -180,9 +169,7 @@ pub async fn complete(
     }
     let code = param(params, "code")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            UpstreamError::reject("oidc.code_missing", restart, "the callback has no code")
-        })?;
+        .ok_or_else(|| UpstreamError::reject("oidc.code_missing", restart, "the callback has no code"))?;
     let tokens = exchange(c, &meta, code, &pending.pkce_verifier).await?;
     let id_token = tokens.id_token.as_deref().ok_or_else(|| {
         UpstreamError::reject(
@@ -199,9 +186,7 @@ pub async fn complete(
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
     if c.cfg.userinfo {
-        if let (Some(endpoint), Some(access_token)) =
-            (&meta.userinfo_endpoint, &tokens.access_token)
-        {
+        if let (Some(endpoint), Some(access_token)) = (&meta.userinfo_endpoint, &tokens.access_token) {
             let extra = userinfo(c, endpoint, access_token).await?;
             merge_userinfo(&mut claims, extra)?;
         }
@@ -239,9 +224,7 @@ async fn exchange(
     ];
     let secret = c.cfg.client_secret.as_ref().map(|s| s.expose());
     let basic = match secret {
-        Some(secret) if !meta.prefers_client_secret_post() => {
-            Some((c.cfg.client_id.as_str(), secret))
-        }
+        Some(secret) if !meta.prefers_client_secret_post() => Some((c.cfg.client_id.as_str(), secret)),
         Some(secret) => {
             fields.push(("client_id", &c.cfg.client_id));
             fields.push(("client_secret", secret));
@@ -255,12 +238,8 @@ async fn exchange(
     let resp = c.ctx.http.post_form(endpoint, &fields, basic).await?;
     let status = resp.status();
     if status.is_success() {
-        return serde_json::from_slice(resp.body()).map_err(|e| {
-            UpstreamError::internal(
-                "oidc.token_response_invalid",
-                format!("token response: {e}"),
-            )
-        });
+        return serde_json::from_slice(resp.body())
+            .map_err(|e| UpstreamError::internal("oidc.token_response_invalid", format!("token response: {e}")));
     }
     match serde_json::from_slice::<OAuthError>(resp.body()) {
         Ok(err) if status.is_client_error() => Err(UpstreamError::reject(
@@ -283,11 +262,7 @@ async fn exchange(
     }
 }
 
-async fn userinfo(
-    c: &OidcConnector,
-    endpoint: &url::Url,
-    access_token: &str,
-) -> Result<Claims, UpstreamError> {
+async fn userinfo(c: &OidcConnector, endpoint: &url::Url, access_token: &str) -> Result<Claims, UpstreamError> {
     let resp = c.ctx.http.get_bearer(endpoint, access_token).await?;
     serde_json::from_slice::<Claims>(resp.body()).map_err(|e| {
         UpstreamError::internal(

@@ -28,7 +28,8 @@ pub struct Expected<'a> {
     pub algorithms: &'a [Algorithm],
 }
 
-const UNVERIFIABLE: &str = "The identity provider's answer could not be verified. Please try again or contact your administrator.";
+const UNVERIFIABLE: &str =
+    "The identity provider's answer could not be verified. Please try again or contact your administrator.";
 
 fn reject(code: &'static str, detail: impl Into<String>) -> UpstreamError {
     UpstreamError::reject(code, UNVERIFIABLE, detail)
@@ -62,10 +63,10 @@ fn split(token: &str) -> Result<Parts<'_>, UpstreamError> {
             "the ID token is not a three-part JWS (encrypted ID tokens are not supported)",
         ));
     };
-    let header: Header = serde_json::from_slice(&b64(h)?)
-        .map_err(|e| reject("oidc.id_token_malformed", format!("bad header: {e}")))?;
-    let claims: Claims = serde_json::from_slice(&b64(p)?)
-        .map_err(|e| reject("oidc.id_token_malformed", format!("bad claims: {e}")))?;
+    let header: Header =
+        serde_json::from_slice(&b64(h)?).map_err(|e| reject("oidc.id_token_malformed", format!("bad header: {e}")))?;
+    let claims: Claims =
+        serde_json::from_slice(&b64(p)?).map_err(|e| reject("oidc.id_token_malformed", format!("bad claims: {e}")))?;
     let message = token
         .get(..h.len() + 1 + p.len())
         .ok_or_else(|| reject("oidc.id_token_malformed", "truncated"))?;
@@ -103,10 +104,7 @@ pub async fn validate(
     let mut outcome = check_signature(&parts, alg, kid, &keys);
     if matches!(outcome, Err(SigError::NoKey)) && provider.may_refetch(ctx).await? {
         // The IdP may have rotated its keys since we cached them.
-        tracing::info!(
-            kid = kid.unwrap_or("-"),
-            "oidc: unknown signing key, refetching JWKS"
-        );
+        tracing::info!(kid = kid.unwrap_or("-"), "oidc: unknown signing key, refetching JWKS");
         let keys = provider.keys(ctx, true).await?;
         outcome = check_signature(&parts, alg, kid, &keys);
     }
@@ -118,12 +116,7 @@ pub async fn validate(
                 format!("no {alg:?} key with kid {kid:?} in the IdP's JWKS"),
             ))
         }
-        Err(SigError::Bad) => {
-            return Err(reject(
-                "oidc.bad_signature",
-                "the ID token signature does not verify",
-            ))
-        }
+        Err(SigError::Bad) => return Err(reject("oidc.bad_signature", "the ID token signature does not verify")),
     }
     check_claims(&parts.claims, expected, ctx)?;
     Ok(parts.claims)
@@ -134,12 +127,7 @@ enum SigError {
     Bad,
 }
 
-fn check_signature(
-    parts: &Parts<'_>,
-    alg: Algorithm,
-    kid: Option<&str>,
-    keys: &[Jwk],
-) -> Result<(), SigError> {
+fn check_signature(parts: &Parts<'_>, alg: Algorithm, kid: Option<&str>, keys: &[Jwk]) -> Result<(), SigError> {
     let candidates: Vec<&Jwk> = keys
         .iter()
         .filter(|k| kid.is_none_or(|kid| k.common.key_id.as_deref() == Some(kid)))
@@ -152,9 +140,7 @@ fn check_signature(
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
-        if jsonwebtoken::crypto::verify(parts.signature, parts.message.as_bytes(), &key, alg)
-            .unwrap_or(false)
-        {
+        if jsonwebtoken::crypto::verify(parts.signature, parts.message.as_bytes(), &key, alg).unwrap_or(false) {
             return Ok(());
         }
     }
@@ -175,9 +161,7 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
             (&p.curve, alg),
             (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
         ),
-        (AlgorithmParameters::OctetKeyPair(p), AlgorithmFamily::Ed) => {
-            p.curve == EllipticCurve::Ed25519
-        }
+        (AlgorithmParameters::OctetKeyPair(p), AlgorithmFamily::Ed) => p.curve == EllipticCurve::Ed25519,
         _ => false,
     }
 }
@@ -191,18 +175,11 @@ fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
             .or_else(|| n.as_f64().map(|f| f as i64))
             .map(Some)
             .ok_or_else(|| reject("oidc.id_token_malformed", format!("{name} is not a time"))),
-        Some(_) => Err(reject(
-            "oidc.id_token_malformed",
-            format!("{name} is not a number"),
-        )),
+        Some(_) => Err(reject("oidc.id_token_malformed", format!("{name} is not a number"))),
     }
 }
 
-fn check_claims(
-    claims: &Claims,
-    expected: &Expected<'_>,
-    ctx: &UpstreamContext,
-) -> Result<(), UpstreamError> {
+fn check_claims(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -> Result<(), UpstreamError> {
     let iss = claims.get("iss").and_then(Value::as_str);
     if iss != Some(expected.issuer) {
         return Err(reject(
@@ -230,8 +207,7 @@ fn check_claims(
     }
     let now = ctx.clock.unix();
     let skew = ctx.clock_skew_secs;
-    let exp = numeric(claims, "exp")?
-        .ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no exp"))?;
+    let exp = numeric(claims, "exp")?.ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no exp"))?;
     if now > exp.saturating_add(skew) {
         return Err(UpstreamError::reject(
             "oidc.expired",
@@ -239,8 +215,7 @@ fn check_claims(
             format!("ID token expired at {exp}, now {now}, skew {skew}s"),
         ));
     }
-    let iat = numeric(claims, "iat")?
-        .ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no iat"))?;
+    let iat = numeric(claims, "iat")?.ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no iat"))?;
     if iat > now.saturating_add(skew) {
         return Err(reject(
             "oidc.issued_in_future",

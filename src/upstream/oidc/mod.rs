@@ -16,8 +16,8 @@ pub mod provider;
 pub use claims::ClaimMapping;
 
 use super::{
-    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, SetupError,
-    UpstreamContext, UpstreamError,
+    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, SetupError, UpstreamContext,
+    UpstreamError,
 };
 use crate::secret::Secret;
 use crate::store::Key;
@@ -104,17 +104,14 @@ pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
             n if n.starts_with("HS") => Err(format!(
                 "{n} is not accepted: only asymmetric signatures (RS*, PS*, ES256, ES384, EdDSA) are"
             )),
-            n if DEFAULT_ALGORITHMS.contains(&n) => n
-                .parse::<Algorithm>()
-                .map_err(|e| format!("{n}: {e}")),
+            n if DEFAULT_ALGORITHMS.contains(&n) => n.parse::<Algorithm>().map_err(|e| format!("{n}: {e}")),
             n => Err(format!("{n} is not a supported algorithm")),
         })
         .collect()
 }
 
 fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(), SetupError> {
-    let issuer = Url::parse(&req.issuer)
-        .map_err(|e| SetupError::new("issuer", format!("not a URL: {e}")))?;
+    let issuer = Url::parse(&req.issuer).map_err(|e| SetupError::new("issuer", format!("not a URL: {e}")))?;
     let https = issuer.scheme() == "https";
     let http_ok = issuer.scheme() == "http" && ctx.http.config().allow_private_networks;
     if !(https || http_ok) {
@@ -129,25 +126,18 @@ fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(
     if req.client_id.trim().is_empty() {
         return Err(SetupError::new("client_id", "the client id is empty"));
     }
-    if req
-        .client_secret
-        .as_ref()
-        .is_some_and(|s| s.expose().is_empty())
-    {
+    if req.client_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
         return Err(SetupError::new(
             "client_secret",
             "the client secret is empty (omit it for a public client)",
         ));
     }
-    if let Some(bad) = req.scopes.iter().find(|s| {
-        s.is_empty()
-            || s.chars()
-                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
-    }) {
-        return Err(SetupError::new(
-            "scopes",
-            format!("{bad:?} is not a valid scope token"),
-        ));
+    if let Some(bad) = req
+        .scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\'))
+    {
+        return Err(SetupError::new("scopes", format!("{bad:?} is not a valid scope token")));
     }
     if let Some(field) = req.claim_mapping.empty_field() {
         return Err(SetupError::new(
@@ -155,17 +145,13 @@ fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(
             "the claim name is empty",
         ));
     }
-    parse_algorithms(&req.allowed_algorithms)
-        .map_err(|e| SetupError::new("allowed_algorithms", e))?;
+    parse_algorithms(&req.allowed_algorithms).map_err(|e| SetupError::new("allowed_algorithms", e))?;
     Ok(())
 }
 
 /// Validates a connection request (including discovery at the issuer) and
 /// returns the configuration to store.
-pub async fn setup(
-    request: serde_json::Value,
-    ctx: &UpstreamContext,
-) -> Result<OidcConfig, SetupError> {
+pub async fn setup(request: serde_json::Value, ctx: &UpstreamContext) -> Result<OidcConfig, SetupError> {
     let req: OidcConnectionRequest =
         serde_json::from_value(request).map_err(|e| SetupError::new("body", e.to_string()))?;
     check_request(&req, ctx)?;
@@ -188,10 +174,7 @@ pub async fn setup(
 
 /// The redirect URI to register at the IdP for this connection.
 pub fn redirect_uri(ctx: &UpstreamContext, connection: &Connection) -> Url {
-    ctx.public(&format!(
-        "oidc/{}/{}/callback",
-        connection.tenant, connection.id
-    ))
+    ctx.public(&format!("oidc/{}/{}/callback", connection.tenant, connection.id))
 }
 
 /// The OIDC connector for one connection.
@@ -205,18 +188,10 @@ pub struct OidcConnector {
 
 impl OidcConnector {
     /// Builds the connector. Nothing is fetched until the first login.
-    pub fn new(
-        connection: &Connection,
-        cfg: OidcConfig,
-        ctx: UpstreamContext,
-    ) -> Result<Self, UpstreamError> {
-        let algorithms = parse_algorithms(&cfg.allowed_algorithms)
-            .map_err(|e| UpstreamError::internal("oidc.config", e))?;
-        let rate_key = Key::tenant(
-            connection.tenant.as_str(),
-            "oidc-jwks",
-            connection.id.as_str(),
-        );
+    pub fn new(connection: &Connection, cfg: OidcConfig, ctx: UpstreamContext) -> Result<Self, UpstreamError> {
+        let algorithms =
+            parse_algorithms(&cfg.allowed_algorithms).map_err(|e| UpstreamError::internal("oidc.config", e))?;
+        let rate_key = Key::tenant(connection.tenant.as_str(), "oidc-jwks", connection.id.as_str());
         Ok(Self {
             redirect_uri: redirect_uri(&ctx, connection),
             provider: provider::Provider::new(cfg.issuer.clone(), rate_key),

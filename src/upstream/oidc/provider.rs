@@ -48,8 +48,8 @@ pub struct ProviderMetadata {
 impl ProviderMetadata {
     /// Parses and checks a discovery document for `issuer`.
     pub fn parse(bytes: &[u8], issuer: &str) -> Result<Self, String> {
-        let meta: Self = serde_json::from_slice(bytes)
-            .map_err(|e| format!("the discovery document is not valid: {e}"))?;
+        let meta: Self =
+            serde_json::from_slice(bytes).map_err(|e| format!("the discovery document is not valid: {e}"))?;
         if meta.issuer != issuer {
             return Err(format!(
                 "the discovery document names issuer \"{}\", not \"{issuer}\"",
@@ -80,9 +80,9 @@ impl ProviderMetadata {
 
     /// The token endpoint (checked present by [`ProviderMetadata::parse`]).
     pub fn token_endpoint(&self) -> Result<&Url, UpstreamError> {
-        self.token_endpoint.as_ref().ok_or_else(|| {
-            UpstreamError::internal("oidc.discovery", "the IdP has no token endpoint")
-        })
+        self.token_endpoint
+            .as_ref()
+            .ok_or_else(|| UpstreamError::internal("oidc.discovery", "the IdP has no token endpoint"))
     }
 
     /// Whether the token endpoint takes the secret in the form body instead
@@ -91,8 +91,7 @@ impl ProviderMetadata {
         match &self.token_endpoint_auth_methods_supported {
             None => false,
             Some(methods) => {
-                !methods.iter().any(|m| m == "client_secret_basic")
-                    && methods.iter().any(|m| m == "client_secret_post")
+                !methods.iter().any(|m| m == "client_secret_basic") && methods.iter().any(|m| m == "client_secret_post")
             }
         }
     }
@@ -108,14 +107,10 @@ pub fn discovery_url(issuer: &str) -> Result<Url, String> {
 }
 
 /// Fetches and checks the discovery document of `issuer`.
-pub async fn discover(
-    ctx: &UpstreamContext,
-    issuer: &str,
-) -> Result<ProviderMetadata, UpstreamError> {
+pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<ProviderMetadata, UpstreamError> {
     let url = discovery_url(issuer).map_err(|e| UpstreamError::internal("oidc.discovery", e))?;
     let bytes = ctx.http.get_bytes(&url).await?;
-    ProviderMetadata::parse(&bytes, issuer)
-        .map_err(|e| UpstreamError::internal("oidc.discovery", e))
+    ProviderMetadata::parse(&bytes, issuer).map_err(|e| UpstreamError::internal("oidc.discovery", e))
 }
 
 struct Cached<T> {
@@ -143,29 +138,18 @@ impl Provider {
     }
 
     /// The discovery document, fetched when absent or stale.
-    pub async fn metadata(
-        &self,
-        ctx: &UpstreamContext,
-    ) -> Result<Arc<ProviderMetadata>, UpstreamError> {
+    pub async fn metadata(&self, ctx: &UpstreamContext) -> Result<Arc<ProviderMetadata>, UpstreamError> {
         let now = ctx.clock.now();
         if let Some(hit) = fresh(&self.metadata, now) {
             return Ok(hit);
         }
         let meta = Arc::new(discover(ctx, &self.issuer).await?);
-        store(
-            &self.metadata,
-            meta.clone(),
-            now + Duration::seconds(METADATA_TTL_SECS),
-        );
+        store(&self.metadata, meta.clone(), now + Duration::seconds(METADATA_TTL_SECS));
         Ok(meta)
     }
 
     /// The signing keys; fetched when absent, stale or `refresh` is set.
-    pub async fn keys(
-        &self,
-        ctx: &UpstreamContext,
-        refresh: bool,
-    ) -> Result<Arc<Vec<Jwk>>, UpstreamError> {
+    pub async fn keys(&self, ctx: &UpstreamContext, refresh: bool) -> Result<Arc<Vec<Jwk>>, UpstreamError> {
         let now = ctx.clock.now();
         if !refresh {
             if let Some(hit) = fresh(&self.jwks, now) {
@@ -175,11 +159,7 @@ impl Provider {
         let meta = self.metadata(ctx).await?;
         let bytes = ctx.http.get_bytes(&meta.jwks_uri).await?;
         let keys = Arc::new(parse_jwks(&bytes)?);
-        store(
-            &self.jwks,
-            keys.clone(),
-            now + Duration::seconds(JWKS_TTL_SECS),
-        );
+        store(&self.jwks, keys.clone(), now + Duration::seconds(JWKS_TTL_SECS));
         Ok(keys)
     }
 
@@ -189,10 +169,7 @@ impl Provider {
     pub async fn may_refetch(&self, ctx: &UpstreamContext) -> Result<bool, UpstreamError> {
         let n = ctx
             .store
-            .incr(
-                &self.rate_key,
-                std::time::Duration::from_secs(JWKS_REFETCH_WINDOW_SECS),
-            )
+            .incr(&self.rate_key, std::time::Duration::from_secs(JWKS_REFETCH_WINDOW_SECS))
             .await
             .map_err(|e| UpstreamError::internal("oidc.store", e.to_string()))?;
         Ok(n == 1)
@@ -201,10 +178,7 @@ impl Provider {
 
 fn fresh<T>(slot: &Mutex<Option<Cached<T>>>, now: DateTime<Utc>) -> Option<Arc<T>> {
     let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-    guard
-        .as_ref()
-        .filter(|c| c.expires > now)
-        .map(|c| c.value.clone())
+    guard.as_ref().filter(|c| c.expires > now).map(|c| c.value.clone())
 }
 
 fn store<T>(slot: &Mutex<Option<Cached<T>>>, value: Arc<T>, expires: DateTime<Utc>) {
@@ -229,8 +203,7 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, UpstreamError> {
         .filter(|k| {
             !matches!(
                 k.algorithm,
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
-                    | jsonwebtoken::jwk::AlgorithmParameters::Other(_)
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) | jsonwebtoken::jwk::AlgorithmParameters::Other(_)
             )
         })
         .filter(|k| {

@@ -1,8 +1,8 @@
 //! The SAML 2.0 upstream connector. (Skeleton: replaced by the SAML work.)
 
 use super::{
-    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, SetupError,
-    UpstreamContext, UpstreamError,
+    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, SetupError, UpstreamContext,
+    UpstreamError,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -25,10 +25,7 @@ pub async fn setup(
     connection: &crate::ids::ConnectionId,
 ) -> Result<SamlConfig, SetupError> {
     let _ = (request, ctx, tenant, connection);
-    Err(SetupError::new(
-        "kind",
-        "SAML connections are not implemented yet",
-    ))
+    Err(SetupError::new("kind", "SAML connections are not implemented yet"))
 }
 
 /// The SP entity id of this connection.
@@ -43,10 +40,7 @@ pub fn acs_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
 
 /// Where this connection's SP metadata is published.
 pub fn sp_metadata_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
-    ctx.public(&format!(
-        "saml/{}/{}/metadata",
-        connection.tenant, connection.id
-    ))
+    ctx.public(&format!("saml/{}/{}/metadata", connection.tenant, connection.id))
 }
 
 /// The SP metadata document of this connection.
@@ -66,11 +60,7 @@ pub struct SamlConnector {
 
 impl SamlConnector {
     /// Builds the connector, parsing certificates and keys once.
-    pub fn new(
-        _connection: &Connection,
-        cfg: SamlConfig,
-        _ctx: UpstreamContext,
-    ) -> Result<Self, UpstreamError> {
+    pub fn new(_connection: &Connection, cfg: SamlConfig, _ctx: UpstreamContext) -> Result<Self, UpstreamError> {
         Ok(Self { _cfg: cfg })
     }
 }

@@ -138,15 +138,9 @@ async fn jwks(State(s): S) -> Json<Value> {
     Json(json!({ "keys": keys }))
 }
 
-async fn token(
-    State(s): S,
-    headers: HeaderMap,
-    Form(form): Form<BTreeMap<String, String>>,
-) -> Json<Value> {
+async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String, String>>) -> Json<Value> {
     let mut s = s.lock().unwrap();
-    let auth = headers
-        .get("authorization")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
     s.token_requests.push((form, auth));
     Json(json!({
         "access_token": ACCESS_TOKEN,

@@ -11,10 +11,7 @@ async fn happy_path_maps_identity_with_pkce_and_userinfo() {
     assert_eq!(query(&login.url, "response_type").as_deref(), Some("code"));
     assert_eq!(query(&login.url, "client_id").as_deref(), Some(CLIENT_ID));
     assert_eq!(query(&login.url, "state"), Some(login.login_id.clone()));
-    assert_eq!(
-        query(&login.url, "scope").as_deref(),
-        Some("openid email profile")
-    );
+    assert_eq!(query(&login.url, "scope").as_deref(), Some("openid email profile"));
     assert_eq!(
         query(&login.url, "redirect_uri").as_deref(),
         Some("https://gw.example.com/oidc/acme/corp-idp/callback")
@@ -23,15 +20,9 @@ async fn happy_path_maps_identity_with_pkce_and_userinfo() {
         oidc::redirect_uri(&f.ctx, &f.connection).as_str(),
         "https://gw.example.com/oidc/acme/corp-idp/callback"
     );
-    assert_eq!(
-        query(&login.url, "code_challenge_method").as_deref(),
-        Some("S256")
-    );
+    assert_eq!(query(&login.url, "code_challenge_method").as_deref(), Some("S256"));
     assert_eq!(query(&login.url, "prompt"), None);
-    assert!(login
-        .url
-        .as_str()
-        .starts_with(&format!("{}/authorize?", f.idp.issuer)));
+    assert!(login.url.as_str().starts_with(&format!("{}/authorize?", f.idp.issuer)));
 
     let claims = f.claims(&login);
     let id = f.finish_claims(&login, claims).await.unwrap();
@@ -87,15 +78,9 @@ async fn begin_passes_force_authn_and_login_hint_with_fresh_nonces() {
         panic!()
     };
     assert_eq!(query(&url, "prompt").as_deref(), Some("login"));
-    assert_eq!(
-        query(&url, "login_hint").as_deref(),
-        Some("ada@acme.example")
-    );
+    assert_eq!(query(&url, "login_hint").as_deref(), Some("ada@acme.example"));
     assert_eq!(begun.state["state"], "l-1");
-    assert_eq!(
-        begun.state["nonce"].as_str(),
-        query(&url, "nonce").as_deref()
-    );
+    assert_eq!(begun.state["nonce"].as_str(), query(&url, "nonce").as_deref());
     let other = f.begin().await;
     assert_ne!(other.nonce, query(&url, "nonce").unwrap());
     assert!(other.nonce.len() >= 43);
@@ -104,8 +89,7 @@ async fn begin_passes_force_authn_and_login_hint_with_fresh_nonces() {
 #[tokio::test]
 async fn client_secret_post_when_the_idp_only_supports_it() {
     let f = Fixture::new().await;
-    f.idp
-        .with(|s| s.auth_methods = Some(vec!["client_secret_post".into()]));
+    f.idp.with(|s| s.auth_methods = Some(vec!["client_secret_post".into()]));
     let login = f.begin().await;
     let claims = f.claims(&login);
     f.finish_claims(&login, claims).await.unwrap();
@@ -122,10 +106,7 @@ async fn missing_state_is_rejected() {
     let mut params = f.callback(&login);
     params.query.remove("state");
     let token = f.key.sign(&f.claims(&login));
-    assert_eq!(
-        code(f.finish(&login, token, params).await),
-        "oidc.state_missing"
-    );
+    assert_eq!(code(f.finish(&login, token, params).await), "oidc.state_missing");
 }
 
 #[tokio::test]
@@ -156,14 +137,8 @@ async fn idp_access_denied_is_reported() {
     let mut params = f.callback(&login);
     params.query.remove("code");
     params.query.insert("error".into(), "access_denied".into());
-    params
-        .query
-        .insert("error_description".into(), "User cancelled".into());
-    let err = f
-        .connector
-        .complete(Some(&login.pending), &params)
-        .await
-        .unwrap_err();
+    params.query.insert("error_description".into(), "User cancelled".into());
+    let err = f.connector.complete(Some(&login.pending), &params).await.unwrap_err();
     assert_eq!(err.code, "oidc.idp_error");
     assert!(err.message.contains("denied"), "{}", err.message);
     assert!(!err.internal);
@@ -176,14 +151,9 @@ async fn rfc9207_iss_parameter_mismatch_is_rejected() {
     let f = Fixture::new().await;
     let login = f.begin().await;
     let mut params = f.callback(&login);
-    params
-        .query
-        .insert("iss".into(), "https://attacker.example".into());
+    params.query.insert("iss".into(), "https://attacker.example".into());
     let token = f.key.sign(&f.claims(&login));
-    assert_eq!(
-        code(f.finish(&login, token, params).await),
-        "oidc.iss_mismatch"
-    );
+    assert_eq!(code(f.finish(&login, token, params).await), "oidc.iss_mismatch");
     // Nothing was exchanged with the IdP.
     assert!(f.idp.with(|s| s.token_requests.is_empty()));
 }
@@ -233,10 +203,7 @@ async fn token_endpoint_failures_and_missing_id_token() {
     let f = Fixture::new().await;
     let login = f.begin().await;
     // The token endpoint returns no id_token (the fake returns null).
-    let r = f
-        .connector
-        .complete(Some(&login.pending), &f.callback(&login))
-        .await;
+    let r = f.connector.complete(Some(&login.pending), &f.callback(&login)).await;
     assert_eq!(code(r), "oidc.id_token_missing");
     // A callback without a code.
     let mut params = f.callback(&login);

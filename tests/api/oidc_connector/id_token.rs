@@ -19,10 +19,7 @@ fn es256_key(kid: &str) -> (Value, EncodingKey) {
         "kty": "EC", "crv": "P-256", "use": "sig", "kid": kid,
         "x": b64(&x.to_vec_padded(32).unwrap()), "y": b64(&y.to_vec_padded(32).unwrap()),
     });
-    let pem = PKey::from_ec_key(ec)
-        .unwrap()
-        .private_key_to_pem_pkcs8()
-        .unwrap();
+    let pem = PKey::from_ec_key(ec).unwrap().private_key_to_pem_pkcs8().unwrap();
     (jwk, EncodingKey::from_ec_pem(&pem).unwrap())
 }
 
@@ -32,18 +29,12 @@ async fn wrong_nonce_is_rejected() {
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["nonce"] = json!("another-nonce");
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.nonce_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.nonce_mismatch");
 
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims.as_object_mut().unwrap().remove("nonce");
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.nonce_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.nonce_mismatch");
 }
 
 #[tokio::test]
@@ -52,10 +43,7 @@ async fn wrong_issuer_in_id_token_is_rejected() {
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["iss"] = json!(format!("{}/", f.idp.issuer)); // differs by one byte
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.issuer_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.issuer_mismatch");
 }
 
 #[tokio::test]
@@ -64,10 +52,7 @@ async fn wrong_audience_is_rejected() {
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["aud"] = json!("someone-else");
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.audience_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.audience_mismatch");
 }
 
 #[tokio::test]
@@ -77,19 +62,13 @@ async fn azp_must_be_us_with_several_audiences() {
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["aud"] = json!([CLIENT_ID, "other-client"]);
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.azp_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.azp_mismatch");
     // Several audiences, azp another client.
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["aud"] = json!([CLIENT_ID, "other-client"]);
     claims["azp"] = json!("other-client");
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.azp_mismatch"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.azp_mismatch");
     // Several audiences with azp = us is accepted.
     let login = f.begin().await;
     let mut claims = f.claims(&login);
@@ -111,10 +90,7 @@ async fn expired_id_token_is_rejected_by_the_injected_clock() {
     let mut claims2 = claims;
     claims2["nonce"] = json!(login2.nonce);
     f.clock.advance(Duration::seconds(1));
-    assert_eq!(
-        code(f.finish_claims(&login2, claims2).await),
-        "oidc.expired"
-    );
+    assert_eq!(code(f.finish_claims(&login2, claims2).await), "oidc.expired");
 }
 
 #[tokio::test]
@@ -123,10 +99,7 @@ async fn id_token_issued_in_the_future_is_rejected() {
     let login = f.begin().await;
     let mut claims = f.claims(&login);
     claims["iat"] = json!(f.clock.unix() + SKEW + 5);
-    assert_eq!(
-        code(f.finish_claims(&login, claims).await),
-        "oidc.issued_in_future"
-    );
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.issued_in_future");
 }
 
 #[tokio::test]
@@ -188,12 +161,7 @@ async fn hs256_signed_with_the_public_key_is_rejected() {
         f.key.public_pem.clone(),
         f.key.jwk["n"].as_str().unwrap().as_bytes().to_vec(),
     ] {
-        let token = jsonwebtoken::encode(
-            &header,
-            &f.claims(&login),
-            &EncodingKey::from_secret(&secret),
-        )
-        .unwrap();
+        let token = jsonwebtoken::encode(&header, &f.claims(&login), &EncodingKey::from_secret(&secret)).unwrap();
         assert_eq!(
             code(f.finish(&login, token, f.callback(&login)).await),
             "oidc.alg_not_allowed"
@@ -241,16 +209,11 @@ async fn unknown_kid_flood_refetches_at_most_once_per_window() {
             "oidc.unknown_kid"
         );
     }
-    assert_eq!(
-        f.idp.with(|s| s.jwks_hits),
-        2,
-        "one refetch for the whole flood"
-    );
+    assert_eq!(f.idp.with(|s| s.jwks_hits), 2, "one refetch for the whole flood");
 
     // After the window another refetch is allowed.
-    f.clock.advance(Duration::seconds(
-        oidc::provider::JWKS_REFETCH_WINDOW_SECS as i64 + 1,
-    ));
+    f.clock
+        .advance(Duration::seconds(oidc::provider::JWKS_REFETCH_WINDOW_SECS as i64 + 1));
     let login = f.begin().await;
     let token = stranger.sign(&f.claims(&login));
     assert_eq!(

@@ -31,10 +31,7 @@ async fn setup_validates_fields() {
             "allowed_algorithms",
         ),
         (json!({"issuer": idp.issuer, "client_id": ""}), "client_id"),
-        (
-            json!({"issuer": "not a url", "client_id": CLIENT_ID}),
-            "issuer",
-        ),
+        (json!({"issuer": "not a url", "client_id": CLIENT_ID}), "issuer"),
         (
             json!({"issuer": idp.issuer, "client_id": CLIENT_ID, "claim_mapping": {"email": ""}}),
             "claim_mapping.email",
@@ -79,18 +76,11 @@ async fn setup_refuses_loopback_issuers_when_private_networks_are_off() {
     let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
     let ctx = context(&clock, false);
     let https_issuer = idp.issuer.replace("http://", "https://");
-    let err = oidc::setup(
-        json!({"issuer": https_issuer, "client_id": CLIENT_ID}),
-        &ctx,
-    )
-    .await
-    .unwrap_err();
+    let err = oidc::setup(json!({"issuer": https_issuer, "client_id": CLIENT_ID}), &ctx)
+        .await
+        .unwrap_err();
     assert_eq!(err.field, "issuer");
-    assert!(
-        err.message.contains("outbound.forbidden_address"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("outbound.forbidden_address"), "{}", err.message);
     // Plain http is refused outright in that mode.
     let err = oidc::setup(json!({"issuer": idp.issuer, "client_id": CLIENT_ID}), &ctx)
         .await
@@ -105,23 +95,14 @@ async fn openidconnect_crate_uses_the_guarded_client() {
     let idp = FakeIdp::start(IdpKey::generate("k1")).await;
     let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
     let open = context(&clock, true);
-    let meta = CoreProviderMetadata::discover_async(
-        IssuerUrl::new(idp.issuer.clone()).unwrap(),
-        &open.http,
-    )
-    .await
-    .unwrap();
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(idp.issuer.clone()).unwrap(), &open.http)
+        .await
+        .unwrap();
     assert_eq!(meta.issuer().as_str(), idp.issuer);
     // With private networks off, the same call is refused by the guard.
     let closed = context(&clock, false);
-    let err = CoreProviderMetadata::discover_async(
-        IssuerUrl::new(idp.issuer.clone()).unwrap(),
-        &closed.http,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        format!("{err:?}").contains("outbound.forbidden_address"),
-        "{err:?}"
-    );
+    let err = CoreProviderMetadata::discover_async(IssuerUrl::new(idp.issuer.clone()).unwrap(), &closed.http)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("outbound.forbidden_address"), "{err:?}");
 }

@@ -25,11 +25,7 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 async fn store_on(url: &str) -> SharedStore {
-    Arc::new(
-        RedisStore::connect(url, &test_redis::prefix())
-            .await
-            .unwrap(),
-    )
+    Arc::new(RedisStore::connect(url, &test_redis::prefix()).await.unwrap())
 }
 
 #[tokio::test]
@@ -42,11 +38,7 @@ async fn prefixes_isolate_stores_on_one_server() {
     assert_eq!(b.get(&k).await.unwrap(), None);
     assert_eq!(b.take(&k).await.unwrap(), None);
     assert!(!b.delete(&k).await.unwrap());
-    assert!(b
-        .set_members(&Key::global("s", "x"))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(b.set_members(&Key::global("s", "x")).await.unwrap().is_empty());
     assert!(b.put_if_absent(&k, b"from-b", None).await.unwrap());
     assert_eq!(a.get(&k).await.unwrap(), Some(b"from-a".to_vec()));
     assert_eq!(b.get(&k).await.unwrap(), Some(b"from-b".to_vec()));
@@ -63,43 +55,21 @@ async fn keys_on_the_wire_are_prefixed_and_hash_tagged() {
         .await
         .unwrap();
     let wire = format!("{prefix}:{{t:acme:codes}}:abc");
-    let got: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&wire)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let got: Option<Vec<u8>> = redis::cmd("GET").arg(&wire).query_async(&mut conn).await.unwrap();
     assert_eq!(got, Some(b"v".to_vec()));
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&wire)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(&wire).query_async(&mut conn).await.unwrap();
     assert!((59_000..=60_000).contains(&pttl), "PTTL {pttl}");
 
     // The exact TTL after "extend, never shorten".
     let set_key = Key::tenant("acme", "sets", "s");
     let set_wire = format!("{prefix}:{{t:acme:sets}}:s");
     let s: SharedStore = Arc::new(store);
-    s.set_add(&set_key, "a", Some(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    s.set_add(&set_key, "b", Some(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&set_wire)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    s.set_add(&set_key, "a", Some(Duration::from_secs(60))).await.unwrap();
+    s.set_add(&set_key, "b", Some(Duration::from_secs(5))).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(&set_wire).query_async(&mut conn).await.unwrap();
     assert!(pttl > 55_000, "shortened to {pttl}");
-    s.set_add(&set_key, "c", Some(Duration::from_secs(120)))
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&set_wire)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    s.set_add(&set_key, "c", Some(Duration::from_secs(120))).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(&set_wire).query_async(&mut conn).await.unwrap();
     assert!(pttl > 115_000, "not extended: {pttl}");
 }
 
@@ -117,10 +87,7 @@ async fn sessions_live_in_redis_with_the_record_expiry_as_ttl() {
         expiry_date: expiry,
     };
     sessions.create(&mut record).await.unwrap();
-    assert_eq!(
-        sessions.load(&record.id).await.unwrap(),
-        Some(record.clone())
-    );
+    assert_eq!(sessions.load(&record.id).await.unwrap(), Some(record.clone()));
 
     let wire = format!("{prefix}:{{g:session}}:{}", record.id);
     let pttl: i64 = redis::cmd("PTTL")
@@ -161,10 +128,7 @@ async fn assert_all_unavailable(store: &SharedStore) -> Duration {
     let mut slowest = Duration::ZERO;
     for t in tasks {
         let (op, result, took) = t.await.unwrap();
-        assert!(
-            matches!(result, Err(StoreError::Unavailable(_))),
-            "op {op}: {result:?}"
-        );
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "op {op}: {result:?}");
         assert!(took < OUTAGE_BOUND, "op {op} took {took:?}");
         slowest = slowest.max(took);
     }
@@ -175,10 +139,7 @@ async fn assert_all_unavailable(store: &SharedStore) -> Duration {
 async fn wait_until_available(store: &SharedStore) -> Duration {
     let started = Instant::now();
     while store.ping().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never recovered"
-        );
+        assert!(started.elapsed() < Duration::from_secs(15), "never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     started.elapsed()
@@ -240,8 +201,5 @@ async fn connecting_to_a_silent_server_fails_fast() {
     let err = RedisStore::connect(&url, "p").await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
-    eprintln!(
-        "silent server: connect failed after {:?}",
-        started.elapsed()
-    );
+    eprintln!("silent server: connect failed after {:?}", started.elapsed());
 }

@@ -19,12 +19,7 @@ pub struct RegisteredClient {
 impl TestApp {
     /// Sends an admin request with the platform token; returns status and
     /// JSON body (`Value::Null` when the body is empty or not JSON).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut req = self
             .client
             .request(method, self.url(path))
@@ -39,14 +34,8 @@ impl TestApp {
     }
 
     async fn admin_create(&self, path: &str, body: Value) -> Value {
-        let (status, answer) = self
-            .admin(reqwest::Method::POST, path, Some(body.clone()))
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "POST {path} {body} answered {answer}"
-        );
+        let (status, answer) = self.admin(reqwest::Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::CREATED, "POST {path} {body} answered {answer}");
         answer
     }
 
@@ -62,11 +51,7 @@ impl TestApp {
     /// `DELETE /admin/v1/tenants/{id}`; asserts a 2xx.
     pub async fn delete_tenant(&self, id: &str) {
         let (status, answer) = self
-            .admin(
-                reqwest::Method::DELETE,
-                &format!("/admin/v1/tenants/{id}"),
-                None,
-            )
+            .admin(reqwest::Method::DELETE, &format!("/admin/v1/tenants/{id}"), None)
             .await;
         assert!(status.is_success(), "DELETE tenant {id}: {status} {answer}");
     }

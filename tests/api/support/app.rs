@@ -53,10 +53,7 @@ impl TestApp {
 pub async fn spawn_app(options: AppOptions) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let host = options
-        .public_host
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1".into());
+    let host = options.public_host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let admin_token = portcullis::tokens::random_token(24);
     let mut settings = Settings::default();
     settings.server.listen = format!("127.0.0.1:{port}");
@@ -79,9 +76,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
         Some(c) => Arc::new(c.clone()),
         None => Arc::new(SystemClock),
     };
-    let store = portcullis::app::open_store(&settings, clock.clone())
-        .await
-        .unwrap();
+    let store = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
     let state = portcullis::app::build(&settings, &resolved, store, clock)
         .await
         .unwrap();

@@ -52,22 +52,13 @@ impl Page {
             Some(id) => forms.into_iter().find(|f| f.id.as_deref() == Some(id)),
             None => forms.into_iter().next(),
         };
-        found.unwrap_or_else(|| {
-            panic!(
-                "no form {id:?} on {} ({}):\n{}",
-                self.url, self.status, self.body
-            )
-        })
+        found.unwrap_or_else(|| panic!("no form {id:?} on {} ({}):\n{}", self.url, self.status, self.body))
     }
 
     /// The body parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "page {} ({}) is not JSON ({e}):\n{}",
-                self.url, self.status, self.body
-            )
-        })
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("page {} ({}) is not JSON ({e}):\n{}", self.url, self.status, self.body))
     }
 
     /// The `Content-Type` header.
@@ -164,10 +155,7 @@ impl Browser {
 
     /// GET `url`, following redirects.
     pub async fn get(&mut self, url: &Url) -> Page {
-        match self
-            .navigate(Method::GET, url.clone(), None, &|_| false)
-            .await
-        {
+        match self.navigate(Method::GET, url.clone(), None, &|_| false).await {
             Nav::Page(page) => page,
             Nav::Stopped(url) => unreachable!("stopped at {url}"),
         }
@@ -181,12 +169,7 @@ impl Browser {
     }
 
     /// Like [`Browser::submit`], stopping before a URL for which `stop` holds.
-    pub async fn submit_until(
-        &mut self,
-        page: &Page,
-        form: &Form,
-        stop: &dyn Fn(&Url) -> bool,
-    ) -> Nav {
+    pub async fn submit_until(&mut self, page: &Page, form: &Form, stop: &dyn Fn(&Url) -> bool) -> Nav {
         let (method, url, body) = form_request(page, form);
         self.navigate(method, url, body, stop).await
     }
@@ -194,10 +177,7 @@ impl Browser {
     /// POST `fields` form-encoded to `url`, following redirects.
     pub async fn post_form(&mut self, url: &Url, fields: &[(String, String)]) -> Page {
         let body = encode(fields);
-        match self
-            .navigate(Method::POST, url.clone(), Some(body), &|_| false)
-            .await
-        {
+        match self.navigate(Method::POST, url.clone(), Some(body), &|_| false).await {
             Nav::Page(page) => page,
             Nav::Stopped(url) => unreachable!("stopped at {url}"),
         }
@@ -214,12 +194,7 @@ impl Browser {
 
     /// Fills `values` into the form `id` (or the first form) of `page` and
     /// submits it.
-    pub async fn fill_and_submit(
-        &mut self,
-        page: &Page,
-        id: Option<&str>,
-        values: &[(&str, &str)],
-    ) -> Page {
+    pub async fn fill_and_submit(&mut self, page: &Page, id: Option<&str>, values: &[(&str, &str)]) -> Page {
         let mut form = page.form(id);
         for (name, value) in values {
             form.set(name, value);
@@ -229,9 +204,7 @@ impl Browser {
 
     /// The cookies the jar would send to `url` (a `Cookie` header value).
     pub fn cookies_for(&self, url: &Url) -> Option<String> {
-        self.jar
-            .cookies(url)
-            .and_then(|v| v.to_str().ok().map(str::to_owned))
+        self.jar.cookies(url).and_then(|v| v.to_str().ok().map(str::to_owned))
     }
 
     /// Forgets the recorded history (not the cookies).
@@ -241,9 +214,7 @@ impl Browser {
 
     /// Whether any recorded request went to `origin`'s scheme/host/port.
     pub fn visited_origin(&self, origin: &Url) -> bool {
-        self.history
-            .iter()
-            .any(|h| h.url.origin() == origin.origin())
+        self.history.iter().any(|h| h.url.origin() == origin.origin())
     }
 
     /// The recorded URLs, one per line, for assertion messages.
@@ -255,13 +226,7 @@ impl Browser {
             .join("\n")
     }
 
-    async fn navigate(
-        &mut self,
-        method: Method,
-        url: Url,
-        body: Option<String>,
-        stop: &dyn Fn(&Url) -> bool,
-    ) -> Nav {
+    async fn navigate(&mut self, method: Method, url: Url, body: Option<String>, stop: &dyn Fn(&Url) -> bool) -> Nav {
         let mut method = method;
         let mut url = url;
         let mut body = body;
@@ -272,10 +237,7 @@ impl Browser {
             let mut req = self.client.request(method.clone(), url.clone());
             if let Some(b) = &body {
                 req = req
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(b.clone());
             }
             let resp = req
@@ -299,10 +261,7 @@ impl Browser {
                         .join(&location)
                         .unwrap_or_else(|e| panic!("bad Location {location:?} from {url}: {e}"));
                     // 307/308 keep method and body; the others become GET.
-                    if !matches!(
-                        status,
-                        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
-                    ) {
+                    if !matches!(status, StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT) {
                         method = Method::GET;
                         body = None;
                     }

@@ -19,10 +19,7 @@ pub struct Form {
 impl Form {
     /// The first value of the field `name`.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Sets `name` to `value`, replacing every existing value or adding it.
@@ -42,9 +39,7 @@ pub fn parse_forms(html: &str) -> Vec<Form> {
             break;
         };
         let attrs = parse_attrs(&html[start + 5..tag_end]);
-        let body_end = lower[tag_end..]
-            .find("</form")
-            .map_or(html.len(), |i| tag_end + i);
+        let body_end = lower[tag_end..].find("</form").map_or(html.len(), |i| tag_end + i);
         let body = &html[tag_end + 1..body_end];
         forms.push(Form {
             id: attr(&attrs, "id"),
@@ -98,23 +93,17 @@ fn parse_fields(body: &str) -> Vec<(String, String)> {
             continue;
         };
         if is_input {
-            let kind = attr(&attrs, "type")
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+            let kind = attr(&attrs, "type").unwrap_or_default().to_ascii_lowercase();
             let checked = attrs.iter().any(|(n, _)| n == "checked");
             match kind.as_str() {
                 // Buttons submit only when clicked; files are never needed here.
                 "submit" | "button" | "image" | "reset" | "file" => continue,
                 "checkbox" | "radio" if !checked => continue,
-                "checkbox" | "radio" => {
-                    fields.push((name, attr(&attrs, "value").unwrap_or_else(|| "on".into())))
-                }
+                "checkbox" | "radio" => fields.push((name, attr(&attrs, "value").unwrap_or_else(|| "on".into()))),
                 _ => fields.push((name, attr(&attrs, "value").unwrap_or_default())),
             }
         } else {
-            let end = lower[pos..]
-                .find("</textarea")
-                .map_or(body.len(), |i| pos + i);
+            let end = lower[pos..].find("</textarea").map_or(body.len(), |i| pos + i);
             fields.push((name, decode_entities(&body[pos..end])));
             pos = end;
         }
@@ -123,10 +112,7 @@ fn parse_fields(body: &str) -> Vec<(String, String)> {
 }
 
 fn attr(attrs: &[(String, String)], name: &str) -> Option<String> {
-    attrs
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.clone())
+    attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
 }
 
 /// Attributes of a start tag's inside (after the tag name), names lower-cased,
@@ -147,10 +133,7 @@ fn parse_attrs(s: &str) -> Vec<(String, String)> {
             i += 1;
             continue;
         }
-        let name: String = chars[start..i]
-            .iter()
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let name: String = chars[start..i].iter().collect::<String>().to_ascii_lowercase();
         while i < chars.len() && chars[i].is_whitespace() {
             i += 1;
         }

@@ -79,10 +79,7 @@ impl Pkce {
         let bytes: [u8; 32] = rand::rng().random();
         let verifier = URL_SAFE_NO_PAD.encode(bytes);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        Self {
-            verifier,
-            challenge,
-        }
+        Self { verifier, challenge }
     }
 }
 
@@ -126,6 +123,7 @@ impl OidcWorld {
         let app = spawn_app(AppOptions {
             redis_url: Some(redis::url()),
             redis_prefix: Some(redis::prefix()),
+            ..AppOptions::default()
         })
         .await;
         app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
@@ -154,38 +152,24 @@ impl OidcWorld {
         let reg1 = app
             .create_client("app-one", "App One", &[&app1.redirect_uri()], false)
             .await;
-        app1.configure(
-            "app-one",
-            reg1.client_secret.as_deref().unwrap(),
-            "basic",
-            APP_SCOPE,
-        )
-        .await;
+        app1.configure("app-one", reg1.client_secret.as_deref().unwrap(), "basic", APP_SCOPE)
+            .await;
         let app2 = RelyingParty::spawn("app-two", &app.base).await;
         let reg2 = app
             .create_client("app-two", "App Two", &[&app2.redirect_uri()], false)
             .await;
-        app2.configure(
-            "app-two",
-            reg2.client_secret.as_deref().unwrap(),
-            "post",
-            APP_SCOPE,
-        )
-        .await;
+        app2.configure("app-two", reg2.client_secret.as_deref().unwrap(), "post", APP_SCOPE)
+            .await;
 
         let raw = |name: &str| Url::parse(&format!("http://127.0.0.1:9/{name}/callback")).unwrap();
         let raw_a_uri = raw("raw-a");
         let raw_b_uri = raw("raw-b");
         let raw_a = RawClient {
-            reg: app
-                .create_client("raw-a", "Raw A", &[&raw_a_uri], false)
-                .await,
+            reg: app.create_client("raw-a", "Raw A", &[&raw_a_uri], false).await,
             redirect_uri: raw_a_uri,
         };
         let raw_b = RawClient {
-            reg: app
-                .create_client("raw-b", "Raw B", &[&raw_b_uri], false)
-                .await,
+            reg: app.create_client("raw-b", "Raw B", &[&raw_b_uri], false).await,
             redirect_uri: raw_b_uri,
         };
 
@@ -258,30 +242,13 @@ impl OidcWorld {
 
     /// If `page` is the IdP's login form, logs `user` in; asserts that a
     /// login form is shown exactly when `user` is given.
-    pub async fn complete_idp_login(
-        &self,
-        browser: &mut Browser,
-        page: Page,
-        user: Option<&str>,
-    ) -> Page {
-        let is_login = self.idp.serves(&page.url)
-            && page
-                .forms()
-                .iter()
-                .any(|f| f.id.as_deref() == Some("login"));
+    pub async fn complete_idp_login(&self, browser: &mut Browser, page: Page, user: Option<&str>) -> Page {
+        let is_login = self.idp.serves(&page.url) && page.forms().iter().any(|f| f.id.as_deref() == Some("login"));
         match user {
             Some(user) => {
-                assert!(
-                    is_login,
-                    "expected the IdP login form:\n{}",
-                    browser.trail()
-                );
+                assert!(is_login, "expected the IdP login form:\n{}", browser.trail());
                 browser
-                    .fill_and_submit(
-                        &page,
-                        Some("login"),
-                        &[("username", user), ("password", IDP_PASSWORD)],
-                    )
+                    .fill_and_submit(&page, Some("login"), &[("username", user), ("password", IDP_PASSWORD)])
                     .await
             }
             None => {
@@ -313,8 +280,7 @@ impl OidcWorld {
         match browser.get_until(&url, &stop).await {
             Nav::Stopped(back) => back,
             Nav::Page(page) => {
-                let user =
-                    user.unwrap_or_else(|| panic!("IdP asked for a login:\n{}", browser.trail()));
+                let user = user.unwrap_or_else(|| panic!("IdP asked for a login:\n{}", browser.trail()));
                 assert!(
                     self.idp.serves(&page.url),
                     "unexpected page {}:\n{}",
@@ -349,18 +315,11 @@ impl OidcWorld {
             .await;
         let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
         assert_eq!(q.get("state"), Some(&state), "state echoed: {back}");
-        q.get("code")
-            .cloned()
-            .unwrap_or_else(|| panic!("no code in {back}"))
+        q.get("code").cloned().unwrap_or_else(|| panic!("no code in {back}"))
     }
 
     /// A POST to an OAuth endpoint (token, revocation, introspection).
-    pub async fn oauth_post(
-        &self,
-        endpoint: &str,
-        auth: ClientAuth<'_>,
-        form: &[(&str, &str)],
-    ) -> OAuthResponse {
+    pub async fn oauth_post(&self, endpoint: &str, auth: ClientAuth<'_>, form: &[(&str, &str)]) -> OAuthResponse {
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         let mut req = self.app.client.post(self.endpoint(endpoint));
         match auth {
@@ -383,12 +342,7 @@ impl OidcWorld {
     }
 
     /// Redeems `code` for `client` with `verifier` (None: no code_verifier).
-    pub async fn redeem(
-        &self,
-        client: &RawClient,
-        code: &str,
-        verifier: Option<&str>,
-    ) -> OAuthResponse {
+    pub async fn redeem(&self, client: &RawClient, code: &str, verifier: Option<&str>) -> OAuthResponse {
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),

@@ -227,12 +227,7 @@ impl RelyingParty {
     pub async fn spawn(name: &str, issuer: &Url) -> Self {
         let issuer = issuer.as_str().trim_end_matches('/').to_owned();
         Self {
-            peer: spawn_node(
-                name,
-                "oidc/relying-party.mjs",
-                &["--issuer".to_owned(), issuer],
-            )
-            .await,
+            peer: spawn_node(name, "oidc/relying-party.mjs", &["--issuer".to_owned(), issuer]).await,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -247,13 +242,7 @@ impl RelyingParty {
 
     /// Sets the client credentials (`auth_method`: `basic`, `post`, `none`)
     /// and the scope its sign-ins ask for.
-    pub async fn configure(
-        &self,
-        client_id: &str,
-        client_secret: &str,
-        auth_method: &str,
-        scope: &str,
-    ) {
+    pub async fn configure(&self, client_id: &str, client_secret: &str, auth_method: &str, scope: &str) {
         let r = self
             .http
             .post(self.peer.url.join("/configure").unwrap())
@@ -299,26 +288,19 @@ impl RelyingParty {
 
     /// Refresh grant through openid-client.
     pub async fn refresh(&self, refresh_token: &str) -> RpResponse {
-        self.post("/refresh", json!({ "refresh_token": refresh_token }))
-            .await
+        self.post("/refresh", json!({ "refresh_token": refresh_token })).await
     }
 
     /// Userinfo request through openid-client (checks `sub` when given).
     pub async fn userinfo(&self, access_token: &str, sub: Option<&str>) -> RpResponse {
-        self.post(
-            "/userinfo",
-            json!({ "access_token": access_token, "sub": sub }),
-        )
-        .await
+        self.post("/userinfo", json!({ "access_token": access_token, "sub": sub }))
+            .await
     }
 
     /// RFC 7009 revocation through openid-client.
     pub async fn revoke(&self, token: &str, hint: Option<&str>) -> RpResponse {
-        self.post(
-            "/revoke",
-            json!({ "token": token, "token_type_hint": hint }),
-        )
-        .await
+        self.post("/revoke", json!({ "token": token, "token_type_hint": hint }))
+            .await
     }
 
     /// RFC 7662 introspection through openid-client.

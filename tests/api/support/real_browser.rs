@@ -83,9 +83,7 @@ pub async fn run_in_browser(flow: &BrowserFlow) -> Value {
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!("no JSON report from the browser script\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        });
+        .unwrap_or_else(|| panic!("no JSON report from the browser script\nstdout:\n{stdout}\nstderr:\n{stderr}"));
     assert!(
         out.status.success() && report["ok"] == Value::Bool(true),
         "browser run failed: {report:#}\nstderr:\n{stderr}"
@@ -99,12 +97,7 @@ pub fn navigations(report: &Value) -> Vec<(String, Url)> {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|n| {
-                    Some((
-                        n["method"].as_str()?.to_owned(),
-                        Url::parse(n["url"].as_str()?).ok()?,
-                    ))
-                })
+                .filter_map(|n| Some((n["method"].as_str()?.to_owned(), Url::parse(n["url"].as_str()?).ok()?)))
                 .collect()
         })
         .unwrap_or_default()

@@ -185,7 +185,5 @@ fn ping(port: u16) -> bool {
     };
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
     let mut answer = [0u8; 7];
-    conn.write_all(b"PING\r\n").is_ok()
-        && conn.read_exact(&mut answer).is_ok()
-        && &answer == b"+PONG\r\n"
+    conn.write_all(b"PING\r\n").is_ok() && conn.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
 }

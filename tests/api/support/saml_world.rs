@@ -32,6 +32,7 @@ impl SamlWorld {
         let app = spawn_app(AppOptions {
             redis_url: Some(redis::url()),
             redis_prefix: Some(redis::prefix()),
+            ..AppOptions::default()
         })
         .await;
         app.create_tenant(TENANT, "Acme Corp", &["acme.test"]).await;
@@ -50,10 +51,7 @@ impl SamlWorld {
             .unwrap();
         assert_eq!(sp_metadata.status(), 200);
         let entity_id = idp.register_sp(&sp_metadata.text().await.unwrap()).await;
-        assert_eq!(
-            Some(entity_id.as_str()),
-            connection["sp_entity_id"].as_str()
-        );
+        assert_eq!(Some(entity_id.as_str()), connection["sp_entity_id"].as_str());
 
         let rp = RelyingParty::spawn("saml-app", &app.base).await;
         let reg = app
