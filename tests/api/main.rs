@@ -2,3 +2,5 @@
 //! `support` spawns the gateway, Redis and the peer implementations.
 
 mod support;
+mod saml_common;
+mod saml_vendors;

@@ -192,8 +192,21 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         return Err(Reject::new("saml.signature_invalid", "a signature sits outside the Response and Assertion"));
     }
 
-    // Verify and keep only what the signatures cover.
-    let reduced_text = if response_signed || assertion_signed_raw {
+    // When the Assertion carries its own signature, that signature is what we
+    // verify and the Assertion is all we read: Response fields are then only
+    // ever used to reject, so a Response signature would add nothing we rely
+    // on (stripping it is always open to an attacker). It is taken out before
+    // verification: real IdPs (the Okta capture) send Response signatures that
+    // intermediaries broke while the Assertion's own stays intact.
+    let response_signed = response_signed && !assertion_signed_raw;
+    let reduced_text = if assertion_signed_raw {
+        let doc = parse(&text)?;
+        for mut sig in xml::children(&root(&doc)?, DS, "Signature") {
+            sig.unlink_node();
+        }
+        let stripped = doc.to_string();
+        Some(signature::verify_and_reduce(&stripped, p.certs, p.allowed)?)
+    } else if response_signed {
         Some(signature::verify_and_reduce(&text, p.certs, p.allowed)?)
     } else {
         None
