@@ -4,3 +4,4 @@
 mod support;
 mod saml_common;
 mod saml_vendors;
+mod saml_interop;
