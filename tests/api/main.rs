@@ -5,3 +5,4 @@ mod support;
 mod saml_common;
 mod saml_vendors;
 mod saml_interop;
+mod saml_attacks;

@@ -146,5 +146,5 @@ pub(crate) fn verify_and_reduce(
         ReduceMode::ValidateAndMarkNoAncestors,
         samael_list.as_deref(),
     )
-    .map_err(|e| Reject::new("saml.signature_invalid", format!("xmlsec: {e}")))
+    .map_err(|e| Reject::new("saml.signature_invalid", format!("xmlsec: {e}: {:?}", std::error::Error::source(&e))))
 }
