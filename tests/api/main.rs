@@ -6,3 +6,4 @@ mod saml_common;
 mod saml_vendors;
 mod saml_interop;
 mod saml_attacks;
+mod saml_setup;
