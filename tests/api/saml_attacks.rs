@@ -58,42 +58,100 @@ fn cases() -> Vec<serde_json::Value> {
         case("strip_signature", json!({ "variant": "strip_signature" })),
         case("unsigned", json!({ "sign": "none" })),
         case("tamper_name_id", json!({ "variant": "tamper_name_id" })),
-        case("tamper_signed_response", json!({ "sign": "response", "variant": "tamper_name_id" })),
+        case(
+            "tamper_signed_response",
+            json!({ "sign": "response", "variant": "tamper_name_id" }),
+        ),
         case("attacker_key", json!({ "attacker_key": true })),
-        case("comment_in_name_id", json!({ "name_id": "admin@corp.test.evil.test",
-            "comment_at": ".evil.test", "variant": "comment_in_name_id", "attributes": {} })),
-        case("other_tenant_no_destination", json!({ "sp_entity_id": sp_entity("globex"),
-            "acs_url": acs("globex"), "destination": null })),
+        case(
+            "comment_in_name_id",
+            json!({ "name_id": "admin@corp.test.evil.test",
+            "comment_at": ".evil.test", "variant": "comment_in_name_id", "attributes": {} }),
+        ),
+        case(
+            "other_tenant_no_destination",
+            json!({ "sp_entity_id": sp_entity("globex"),
+            "acs_url": acs("globex"), "destination": null }),
+        ),
         case("sha1", json!({ "sig_alg": "rsa-sha1", "digest": "sha1" })),
         case("sha1_digest", json!({ "digest": "sha1" })),
-        case("wrong_audience", json!({ "audience": "https://sp.elsewhere.test" })),
+        case(
+            "wrong_audience",
+            json!({ "audience": "https://sp.elsewhere.test" }),
+        ),
         case("no_audience", json!({ "audience": null })),
-        case("wrong_recipient", json!({ "recipient": "https://sp.elsewhere.test/acs" })),
-        case("wrong_destination", json!({ "destination": "https://sp.elsewhere.test/acs" })),
-        case("signed_without_destination", json!({ "sign": "response", "destination": null })),
-        case("wrong_issuer", json!({ "assertion_issuer": "https://idp.evil.test" })),
-        case("expired", json!({ "not_on_or_after": ts(Duration::minutes(-2)) })),
-        case("not_yet_valid", json!({ "not_before": ts(Duration::minutes(3)) })),
-        case("scd_expired", json!({ "scd_not_on_or_after": ts(Duration::minutes(-2)) })),
-        case("no_scd_not_on_or_after", json!({ "scd_not_on_or_after": null })),
-        case("wrong_in_response_to", json!({ "in_response_to": "_other" })),
-        case("denied", json!({ "sign": "response",
+        case(
+            "wrong_recipient",
+            json!({ "recipient": "https://sp.elsewhere.test/acs" }),
+        ),
+        case(
+            "wrong_destination",
+            json!({ "destination": "https://sp.elsewhere.test/acs" }),
+        ),
+        case(
+            "signed_without_destination",
+            json!({ "sign": "response", "destination": null }),
+        ),
+        case(
+            "wrong_issuer",
+            json!({ "assertion_issuer": "https://idp.evil.test" }),
+        ),
+        case(
+            "expired",
+            json!({ "not_on_or_after": ts(Duration::minutes(-2)) }),
+        ),
+        case(
+            "not_yet_valid",
+            json!({ "not_before": ts(Duration::minutes(3)) }),
+        ),
+        case(
+            "scd_expired",
+            json!({ "scd_not_on_or_after": ts(Duration::minutes(-2)) }),
+        ),
+        case(
+            "no_scd_not_on_or_after",
+            json!({ "scd_not_on_or_after": null }),
+        ),
+        case(
+            "wrong_in_response_to",
+            json!({ "in_response_to": "_other" }),
+        ),
+        case(
+            "denied",
+            json!({ "sign": "response",
             "status": "urn:oasis:names:tc:SAML:2.0:status:Requester",
-            "sub_status": "urn:oasis:names:tc:SAML:2.0:status:RequestDenied" })),
-        case("other_tenant", json!({ "sp_entity_id": sp_entity("globex"), "acs_url": acs("globex") })),
-        case("entra", json!({ "name_id": "oid-7", "attributes": {
+            "sub_status": "urn:oasis:names:tc:SAML:2.0:status:RequestDenied" }),
+        ),
+        case(
+            "other_tenant",
+            json!({ "sp_entity_id": sp_entity("globex"), "acs_url": acs("globex") }),
+        ),
+        case(
+            "entra",
+            json!({ "name_id": "oid-7", "attributes": {
             "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress": ["grace@contoso.test"],
             "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname": ["Grace"],
             "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname": ["Hopper"],
             "http://schemas.microsoft.com/identity/claims/displayname": ["Grace Hopper"],
             "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups": ["g-1", "g-2"],
-            "http://schemas.microsoft.com/identity/claims/objectidentifier": ["0000-oid"] } })),
+            "http://schemas.microsoft.com/identity/claims/objectidentifier": ["0000-oid"] } }),
+        ),
     ];
-    for w in ["wrap_before", "wrap_after", "wrap_around", "wrap_extensions", "wrap_advice", "wrap_object"] {
+    for w in [
+        "wrap_before",
+        "wrap_after",
+        "wrap_around",
+        "wrap_extensions",
+        "wrap_advice",
+        "wrap_object",
+    ] {
         v.push(case(w, json!({ "variant": w })));
     }
     for i in 0..16 {
-        v.push(case(&format!("many{i}"), json!({ "name_id": format!("user{i}@example.test") })));
+        v.push(case(
+            &format!("many{i}"),
+            json!({ "name_id": format!("user{i}@example.test") }),
+        ));
     }
     v
 }
@@ -107,7 +165,10 @@ struct Crafted {
 fn crafted() -> &'static Crafted {
     static C: OnceLock<Crafted> = OnceLock::new();
     C.get_or_init(|| {
-        let out = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP }, "cases": cases() }));
+        let out = peer(
+            "craft.py",
+            &serde_json::json!({ "idp": { "entity_id": IDP }, "cases": cases() }),
+        );
         Crafted {
             metadata: out["metadata"].as_str().unwrap().to_owned(),
             responses: out["responses"].clone(),
@@ -157,8 +218,14 @@ async fn valid_signed_assertion_is_accepted_with_mapped_claims() {
 
 #[tokio::test]
 async fn valid_signed_response_and_both_signed_are_accepted() {
-    assert_eq!(run("ok_response_signed").await.unwrap().subject, "ada@example.test");
-    assert_eq!(run("ok_both_signed").await.unwrap().subject, "ada@example.test");
+    assert_eq!(
+        run("ok_response_signed").await.unwrap().subject,
+        "ada@example.test"
+    );
+    assert_eq!(
+        run("ok_both_signed").await.unwrap().subject,
+        "ada@example.test"
+    );
 }
 
 #[tokio::test]
@@ -178,7 +245,14 @@ async fn entra_shaped_claims_map() {
 
 #[tokio::test]
 async fn signature_wrapping_variants_are_rejected() {
-    for w in ["wrap_before", "wrap_after", "wrap_around", "wrap_extensions", "wrap_advice", "wrap_object"] {
+    for w in [
+        "wrap_before",
+        "wrap_after",
+        "wrap_around",
+        "wrap_extensions",
+        "wrap_advice",
+        "wrap_object",
+    ] {
         assert_eq!(code(w).await, "saml.assertion_count", "{w}");
     }
 }
@@ -192,13 +266,19 @@ async fn removed_signature_is_rejected() {
 #[tokio::test]
 async fn tampered_content_is_rejected() {
     assert_eq!(code("tamper_name_id").await, "saml.signature_invalid");
-    assert_eq!(code("tamper_signed_response").await, "saml.signature_invalid");
+    assert_eq!(
+        code("tamper_signed_response").await,
+        "saml.signature_invalid"
+    );
 }
 
 #[tokio::test]
 async fn attacker_key_in_key_info_is_not_trusted() {
     let x = xml("attacker_key");
-    assert!(x.contains("X509Certificate"), "the attacker ships its certificate");
+    assert!(
+        x.contains("X509Certificate"),
+        "the attacker ships its certificate"
+    );
     assert_eq!(code("attacker_key").await, "saml.signature_invalid");
 }
 
@@ -219,9 +299,18 @@ async fn comment_injected_into_name_id_is_refused() {
 #[tokio::test]
 async fn sha1_is_refused_unless_opted_in() {
     assert_eq!(code("sha1").await, "saml.signature_algorithm_not_allowed");
-    assert_eq!(code("sha1_digest").await, "saml.digest_algorithm_not_allowed");
-    let (c, _) = sp_with("acme", serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] })).await;
-    let id = complete_xml(&c, Some(&pending(REQ)), xml("sha1").as_bytes()).await.unwrap();
+    assert_eq!(
+        code("sha1_digest").await,
+        "saml.digest_algorithm_not_allowed"
+    );
+    let (c, _) = sp_with(
+        "acme",
+        serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] }),
+    )
+    .await;
+    let id = complete_xml(&c, Some(&pending(REQ)), xml("sha1").as_bytes())
+        .await
+        .unwrap();
     assert_eq!(id.subject, "ada@example.test");
 }
 
@@ -231,7 +320,10 @@ async fn audience_recipient_destination_issuer_are_enforced() {
     assert_eq!(code("no_audience").await, "saml.audience_missing");
     assert_eq!(code("wrong_recipient").await, "saml.recipient_mismatch");
     assert_eq!(code("wrong_destination").await, "saml.destination_mismatch");
-    assert_eq!(code("signed_without_destination").await, "saml.destination_mismatch");
+    assert_eq!(
+        code("signed_without_destination").await,
+        "saml.destination_mismatch"
+    );
     assert_eq!(code("wrong_issuer").await, "saml.issuer_mismatch");
 }
 
@@ -240,31 +332,49 @@ async fn validity_windows_are_enforced_with_bounded_skew() {
     assert_eq!(code("expired").await, "saml.expired");
     assert_eq!(code("not_yet_valid").await, "saml.not_yet_valid");
     assert_eq!(code("scd_expired").await, "saml.expired");
-    assert_eq!(code("no_scd_not_on_or_after").await, "saml.subject_confirmation_expiry_missing");
+    assert_eq!(
+        code("no_scd_not_on_or_after").await,
+        "saml.subject_confirmation_expiry_missing"
+    );
 }
 
 #[tokio::test]
 async fn clock_moves_validity() {
     // The same response: accepted at `now`, rejected once the clock passes NotOnOrAfter + skew.
     let (ctx, clock) = ctx_at(now());
-    let cfg = setup(&ctx, "acme", "corp", serde_json::json!({ "metadata_xml": crafted().metadata })).await;
+    let cfg = setup(
+        &ctx,
+        "acme",
+        "corp",
+        serde_json::json!({ "metadata_xml": crafted().metadata }),
+    )
+    .await;
     let c = connector(&ctx, "acme", "corp", cfg);
     clock.advance(Duration::minutes(5) + Duration::seconds(61));
     let r = complete_xml(&c, Some(&pending(REQ)), xml("ok").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.expired");
     clock.set(now() + Duration::minutes(5) + Duration::seconds(30));
-    assert!(complete_xml(&c, Some(&pending(REQ)), xml("ok").as_bytes()).await.is_ok());
+    assert!(complete_xml(&c, Some(&pending(REQ)), xml("ok").as_bytes())
+        .await
+        .is_ok());
     // NotBefore three minutes ahead: refused at now, accepted within the 60 s skew.
     clock.set(now());
     let r = complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.not_yet_valid");
     clock.set(now() + Duration::minutes(2) + Duration::seconds(5));
-    assert!(complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes()).await.is_ok());
+    assert!(
+        complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn in_response_to_is_bound_to_the_pending_request() {
-    assert_eq!(code("wrong_in_response_to").await, "saml.in_response_to_mismatch");
+    assert_eq!(
+        code("wrong_in_response_to").await,
+        "saml.in_response_to_mismatch"
+    );
     // A response without InResponseTo cannot complete a pending request.
     assert_eq!(code("unsolicited").await, "saml.in_response_to_mismatch");
     let c = sp().await;
@@ -278,13 +388,21 @@ async fn unsolicited_is_refused_unless_idp_initiated_is_on() {
     assert!(c_unsolicited_target_is_none(&c));
     let r = complete_xml(&c, None, xml("unsolicited").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.unsolicited_not_allowed");
-    let (on, _) = sp_with("acme", serde_json::json!({ "allow_idp_initiated": true,
-        "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" })).await;
+    let (on, _) = sp_with(
+        "acme",
+        serde_json::json!({ "allow_idp_initiated": true,
+        "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" }),
+    )
+    .await;
     assert_eq!(
-        portcullis::upstream::Connector::unsolicited_target(&on).unwrap().0,
+        portcullis::upstream::Connector::unsolicited_target(&on)
+            .unwrap()
+            .0,
         "app"
     );
-    assert!(complete_xml(&on, None, xml("unsolicited").as_bytes()).await.is_ok());
+    assert!(complete_xml(&on, None, xml("unsolicited").as_bytes())
+        .await
+        .is_ok());
     // ...but an unsolicited post that carries InResponseTo is refused.
     let r = complete_xml(&on, None, xml("ok").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.unsolicited_in_response_to");
@@ -305,8 +423,12 @@ async fn failure_status_is_reported() {
 async fn sequential_replay_is_rejected() {
     let c = sp().await;
     let x = xml("ok");
-    assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.is_ok());
-    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
+    assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
+        .await
+        .is_ok());
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "saml.replay");
 }
 
@@ -339,7 +461,9 @@ async fn many_distinct_responses_complete_concurrently() {
         .map(|i| {
             let c = c.clone();
             let x = xml(&format!("many{i}"));
-            tokio::spawn(async move { (i, complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await) })
+            tokio::spawn(
+                async move { (i, complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await) },
+            )
         })
         .collect();
     for t in tasks {
@@ -353,17 +477,29 @@ async fn many_distinct_responses_complete_concurrently() {
 async fn another_tenants_assertion_is_rejected() {
     // Same IdP configured for both tenants; the response was issued to globex.
     let (globex, _) = sp_with("globex", serde_json::json!({})).await;
-    assert!(complete_xml(&globex, Some(&pending(REQ)), xml("other_tenant").as_bytes()).await.is_ok());
+    assert!(
+        complete_xml(&globex, Some(&pending(REQ)), xml("other_tenant").as_bytes())
+            .await
+            .is_ok()
+    );
     let acme = sp().await;
-    let e = complete_xml(&acme, Some(&pending(REQ)), xml("other_tenant").as_bytes()).await.unwrap_err();
-    assert_eq!(e.code, "saml.destination_mismatch");
-    // Without the (unsigned) Destination, the signed Recipient still binds it to globex.
-    let e = complete_xml(&acme, Some(&pending(REQ)), xml("other_tenant_no_destination").as_bytes())
+    let e = complete_xml(&acme, Some(&pending(REQ)), xml("other_tenant").as_bytes())
         .await
         .unwrap_err();
+    assert_eq!(e.code, "saml.destination_mismatch");
+    // Without the (unsigned) Destination, the signed Recipient still binds it to globex.
+    let e = complete_xml(
+        &acme,
+        Some(&pending(REQ)),
+        xml("other_tenant_no_destination").as_bytes(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "saml.recipient_mismatch");
     // And acme's own response is refused by globex.
-    let e = complete_xml(&globex, Some(&pending(REQ)), xml("ok").as_bytes()).await.unwrap_err();
+    let e = complete_xml(&globex, Some(&pending(REQ)), xml("ok").as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "saml.destination_mismatch");
 }
 
@@ -380,7 +516,9 @@ async fn dtd_external_entity_and_entity_expansion_are_refused() {
     );
     let plain_dtd = with_prolog("<!DOCTYPE samlp:Response>");
     for x in [xxe, laughs, plain_dtd] {
-        let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
+        let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "saml.dtd_forbidden");
     }
 }
@@ -395,7 +533,9 @@ async fn duplicate_ids_are_refused() {
         &x[..issuer_end],
         &x[issuer_end..]
     );
-    let e = complete_xml(&sp().await, Some(&pending(REQ)), dup.as_bytes()).await.unwrap_err();
+    let e = complete_xml(&sp().await, Some(&pending(REQ)), dup.as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "saml.duplicate_id");
 }
 
@@ -407,7 +547,9 @@ async fn oversized_and_malformed_input_is_refused() {
     assert_eq!(c.complete_code(&p).await, "saml.too_large");
     p.form.insert("SAMLResponse".into(), "not base64!".into());
     assert_eq!(c.complete_code(&p).await, "saml.malformed");
-    let e = complete_xml(&c, Some(&pending(REQ)), b"<samlp:Response").await.unwrap_err();
+    let e = complete_xml(&c, Some(&pending(REQ)), b"<samlp:Response")
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "saml.malformed");
     let e = c
         .complete_code(&portcullis::upstream::CallbackParams::default())
@@ -422,6 +564,9 @@ trait CompleteCode {
 impl CompleteCode for SamlConnector {
     async fn complete_code(&self, p: &portcullis::upstream::CallbackParams) -> &'static str {
         use portcullis::upstream::Connector;
-        self.complete(Some(&pending(REQ)), p).await.unwrap_err().code
+        self.complete(Some(&pending(REQ)), p)
+            .await
+            .unwrap_err()
+            .code
     }
 }

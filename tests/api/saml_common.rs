@@ -40,7 +40,12 @@ pub fn connection(tenant: &str, id: &str, cfg: SamlConfig) -> Connection {
     }
 }
 
-pub async fn setup(ctx: &UpstreamContext, tenant: &str, id: &str, body: serde_json::Value) -> SamlConfig {
+pub async fn setup(
+    ctx: &UpstreamContext,
+    tenant: &str,
+    id: &str,
+    body: serde_json::Value,
+) -> SamlConfig {
     saml::setup(
         body,
         ctx,
@@ -92,7 +97,9 @@ pub fn python() -> String {
 /// returning its stdout (JSON).
 pub fn peer(script: &str, input: &serde_json::Value) -> serde_json::Value {
     use std::io::Write as _;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/saml").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers/saml")
+        .join(script);
     let mut child = std::process::Command::new(python())
         .arg(&path)
         .stdin(std::process::Stdio::piped())

@@ -18,7 +18,10 @@ struct Peer {
 /// pysaml2 stamps responses with the real time, so these tests run at it.
 async fn peer_setup(extra: serde_json::Value) -> Peer {
     let (ctx, _clock) = ctx_at(SystemClock.now());
-    let keys = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP } }));
+    let keys = peer(
+        "craft.py",
+        &serde_json::json!({ "idp": { "entity_id": IDP } }),
+    );
     let mut body = serde_json::json!({ "metadata_xml": keys["metadata"] });
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
@@ -27,16 +30,29 @@ async fn peer_setup(extra: serde_json::Value) -> Peer {
     let conn = connection("acme", "pysaml2", cfg.clone());
     let sp_metadata = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
     let connector = SamlConnector::new(&conn, cfg, ctx).unwrap();
-    Peer { connector, sp_metadata, idp: keys["idp"].clone() }
+    Peer {
+        connector,
+        sp_metadata,
+        idp: keys["idp"].clone(),
+    }
 }
 
-async fn round_trip(p: &Peer, opts: serde_json::Value) -> (Result<Identity, UpstreamError>, String) {
+async fn round_trip(
+    p: &Peer,
+    opts: serde_json::Value,
+) -> (Result<Identity, UpstreamError>, String) {
     let begin = p
         .connector
-        .begin(BeginRequest { login_id: "login-123", force_authn: false, login_hint: None })
+        .begin(BeginRequest {
+            login_id: "login-123",
+            force_authn: false,
+            login_hint: None,
+        })
         .await
         .unwrap();
-    let UpstreamRedirect::Redirect(url) = begin.redirect else { panic!("expected redirect binding") };
+    let UpstreamRedirect::Redirect(url) = begin.redirect else {
+        panic!("expected redirect binding")
+    };
     let saml_request = url
         .query_pairs()
         .find(|(k, _)| k == "SAMLRequest")
@@ -60,9 +76,15 @@ async fn round_trip(p: &Peer, opts: serde_json::Value) -> (Result<Identity, Upst
         input[k] = v.clone();
     }
     let out = peer("idp.py", &input);
-    assert_eq!(out["request_id"], begin.state["request_id"], "pysaml2 read our request id");
+    assert_eq!(
+        out["request_id"], begin.state["request_id"],
+        "pysaml2 read our request id"
+    );
     let mut params = portcullis::upstream::CallbackParams::default();
-    params.form.insert("SAMLResponse".into(), out["saml_response"].as_str().unwrap().into());
+    params.form.insert(
+        "SAMLResponse".into(),
+        out["saml_response"].as_str().unwrap().into(),
+    );
     params.form.insert("RelayState".into(), "login-123".into());
     assert_eq!(p.connector.login_id(&params), Some("login-123"));
     let xml = String::from_utf8(
@@ -103,8 +125,11 @@ async fn pysaml2_signed_response_is_accepted() {
 #[tokio::test]
 async fn pysaml2_signed_response_and_assertion_is_accepted() {
     let p = peer_setup(serde_json::json!({})).await;
-    let (r, _) =
-        round_trip(&p, serde_json::json!({ "sign_response": true, "sign_assertion": true })).await;
+    let (r, _) = round_trip(
+        &p,
+        serde_json::json!({ "sign_response": true, "sign_assertion": true }),
+    )
+    .await;
     assert_ada(&r.unwrap());
 }
 
@@ -123,7 +148,10 @@ async fn pysaml2_encrypted_assertion_aes_cbc_is_accepted() {
         serde_json::json!({ "sign_response": true, "sign_assertion": true, "encrypt": true }),
     )
     .await;
-    assert!(xml.contains("EncryptedAssertion"), "pysaml2 encrypted the assertion");
+    assert!(
+        xml.contains("EncryptedAssertion"),
+        "pysaml2 encrypted the assertion"
+    );
     assert!(xml.contains("rsa-oaep-mgf1p") && xml.contains("aes256-cbc"));
     assert_ada(&r.unwrap());
 }
@@ -177,7 +205,8 @@ async fn pysaml2_rsa_sha1_is_refused_by_default() {
 
 #[tokio::test]
 async fn pysaml2_rsa_sha1_is_accepted_when_opted_in() {
-    let p = peer_setup(serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] })).await;
+    let p =
+        peer_setup(serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] })).await;
     let (r, _) = round_trip(
         &p,
         serde_json::json!({ "sign_assertion": true,

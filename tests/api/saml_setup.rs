@@ -4,7 +4,9 @@ use crate::saml_common::*;
 use base64::Engine as _;
 use portcullis::ids::{ConnectionId, TenantId};
 use portcullis::upstream::saml::{self, SamlConfig};
-use portcullis::upstream::{BeginRequest, Connector, SetupError, UpstreamContext, UpstreamRedirect};
+use portcullis::upstream::{
+    BeginRequest, Connector, SetupError, UpstreamContext, UpstreamRedirect,
+};
 use std::io::Read as _;
 
 fn okta_metadata() -> String {
@@ -15,7 +17,10 @@ fn ctx() -> UpstreamContext {
     ctx_at("2030-01-01T00:00:00Z".parse().unwrap()).0
 }
 
-async fn try_setup(ctx: &UpstreamContext, body: serde_json::Value) -> Result<SamlConfig, SetupError> {
+async fn try_setup(
+    ctx: &UpstreamContext,
+    body: serde_json::Value,
+) -> Result<SamlConfig, SetupError> {
     saml::setup(
         body,
         ctx,
@@ -28,21 +33,37 @@ async fn try_setup(ctx: &UpstreamContext, body: serde_json::Value) -> Result<Sam
 #[tokio::test]
 async fn setup_reads_metadata_and_generates_sp_keys() {
     let ctx = ctx();
-    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata() })).await.unwrap();
-    assert_eq!(cfg.idp_entity_id, "http://www.okta.com/exkdoocxa1VmjpXmX697");
+    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
     assert_eq!(cfg.idp_certificates.len(), 1);
-    assert!(cfg.sso_redirect_url.as_deref().unwrap().starts_with("https://trial-1022863.okta.com/"));
+    assert!(cfg
+        .sso_redirect_url
+        .as_deref()
+        .unwrap()
+        .starts_with("https://trial-1022863.okta.com/"));
     assert!(cfg.sso_post_url.is_some());
     assert!(!cfg.want_authn_requests_signed);
-    assert!(cfg.sp_private_key_pem.expose().contains("BEGIN PRIVATE KEY"));
+    assert!(cfg
+        .sp_private_key_pem
+        .expose()
+        .contains("BEGIN PRIVATE KEY"));
     assert_eq!(format!("{:?}", cfg.sp_private_key_pem), "[redacted]");
-    let key = openssl::pkey::PKey::private_key_from_pem(cfg.sp_private_key_pem.expose().as_bytes()).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(cfg.sp_private_key_pem.expose().as_bytes())
+        .unwrap();
     assert_eq!(key.bits(), 2048);
     let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
     assert!(cert.public_key().unwrap().public_eq(&key));
     // Defaults: SHA-256 and stronger only, IdP-initiated off, derived URLs.
     let algs = serde_json::to_value(&cfg.allowed_algorithms).unwrap();
-    assert!(!algs.as_array().unwrap().contains(&serde_json::json!("rsa-sha1")));
+    assert!(!algs
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("rsa-sha1")));
     assert!(!cfg.allow_idp_initiated && cfg.sp_entity_id.is_none() && cfg.acs_url.is_none());
     // The stored JSON round-trips.
     let json = serde_json::to_value(&cfg).unwrap();
@@ -57,36 +78,62 @@ async fn setup_refuses_bad_requests() {
     let start = no_cert.find("<md:KeyDescriptor").unwrap();
     let end = no_cert.find("</md:KeyDescriptor>").unwrap() + "</md:KeyDescriptor>".len();
     let no_cert = format!("{}{}", &no_cert[..start], &no_cert[end..]);
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": no_cert })).await.unwrap_err();
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": no_cert }))
+        .await
+        .unwrap_err();
     assert_eq!(e.field, "metadata_xml");
     assert!(e.message.contains("signing certificate"), "{}", e.message);
 
-    let dtd = format!("<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]>{}", okta_metadata().trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": dtd })).await.unwrap_err();
+    let dtd = format!(
+        "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]>{}",
+        okta_metadata().trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>")
+    );
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": dtd }))
+        .await
+        .unwrap_err();
     assert_eq!(e.field, "metadata_xml");
 
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "bogus": 1 })).await.unwrap_err();
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "bogus": 1 }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.field, "bogus");
     let e = try_setup(&ctx, serde_json::json!({})).await.unwrap_err();
     assert_eq!(e.field, "metadata_xml");
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "allow_idp_initiated": true }))
-        .await
-        .unwrap_err();
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allow_idp_initiated": true }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.field, "default_client_id");
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "clock_skew_secs": 301 }))
-        .await
-        .unwrap_err();
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "clock_skew_secs": 301 }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.field, "clock_skew_secs");
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": ["md5"] }))
-        .await
-        .unwrap_err();
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": ["md5"] }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.field, "body");
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": [] }))
-        .await
-        .unwrap_err();
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": [] }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.field, "allowed_algorithms");
     let sp_md = "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"x\"><md:SPSSODescriptor/></md:EntityDescriptor>";
-    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": sp_md })).await.unwrap_err();
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": sp_md }))
+        .await
+        .unwrap_err();
     assert!(e.message.contains("IDPSSODescriptor"));
 }
 
@@ -108,14 +155,20 @@ async fn setup_fetches_metadata_url() {
         s.write_all(resp.as_bytes()).await.unwrap();
     });
     let (mut ctx, _) = ctx_at("2030-01-01T00:00:00Z".parse().unwrap());
-    ctx.http = portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
-        allow_private_networks: true,
-        ..Default::default()
-    })
-    .unwrap();
+    ctx.http =
+        portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+            allow_private_networks: true,
+            ..Default::default()
+        })
+        .unwrap();
     let url = format!("http://{addr}/metadata");
-    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_url": url })).await.unwrap();
-    assert_eq!(cfg.idp_entity_id, "http://www.okta.com/exkdoocxa1VmjpXmX697");
+    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_url": url }))
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
     assert_eq!(cfg.metadata_url.unwrap().as_str(), url);
 }
 
@@ -129,24 +182,45 @@ async fn rotated_certificates_are_all_kept_and_accepted() {
         "acs_url": "https://sso.example.test/saml/acme/corp/acs", "name_id": "rot@example.test",
         "issue_instant": ts(Duration::zero()), "not_before": ts(Duration::minutes(-1)),
         "not_on_or_after": ts(Duration::minutes(5)), "scd_not_on_or_after": ts(Duration::minutes(5)) });
-    let old = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }));
-    let new = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }));
+    let old = peer(
+        "craft.py",
+        &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }),
+    );
+    let new = peer(
+        "craft.py",
+        &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }),
+    );
     let cert = |o: &serde_json::Value| {
-        o["idp"]["cert_pem"].as_str().unwrap().lines().filter(|l| !l.contains("CERTIFICATE")).collect::<String>()
+        o["idp"]["cert_pem"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("CERTIFICATE"))
+            .collect::<String>()
     };
-    let kd = |c: String| format!("<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>");
+    let kd = |c: String| {
+        format!("<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>")
+    };
     let md = format!(
         "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"{idp}\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{}{}<md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"https://idp.rotate.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>",
         kd(cert(&old)),
         kd(cert(&new))
     );
     let (ctx, _) = ctx_at(now);
-    let cfg = setup(&ctx, "acme", "corp", serde_json::json!({ "metadata_xml": md, "allow_idp_initiated": true,
-        "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" })).await;
+    let cfg = setup(
+        &ctx,
+        "acme",
+        "corp",
+        serde_json::json!({ "metadata_xml": md, "allow_idp_initiated": true,
+        "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" }),
+    )
+    .await;
     assert_eq!(cfg.idp_certificates.len(), 2);
     let c = connector(&ctx, "acme", "corp", cfg);
     for o in [&old, &new] {
-        let id = complete_xml(&c, None, o["responses"]["r"].as_str().unwrap().as_bytes()).await.unwrap();
+        let id = complete_xml(&c, None, o["responses"]["r"].as_str().unwrap().as_bytes())
+            .await
+            .unwrap();
         assert_eq!(id.subject, "rot@example.test");
     }
 }
@@ -154,25 +228,44 @@ async fn rotated_certificates_are_all_kept_and_accepted() {
 #[tokio::test]
 async fn sp_metadata_names_this_connection() {
     let ctx = ctx();
-    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "sign_authn_requests": true }))
-        .await
-        .unwrap();
+    let cfg = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "sign_authn_requests": true }),
+    )
+    .await
+    .unwrap();
     let conn = connection("acme", "corp", cfg.clone());
     let md = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
-    assert_eq!(saml::sp_entity_id(&ctx, &conn).as_str(), "https://sso.example.test/saml/acme/corp/metadata");
-    assert_eq!(saml::acs_url(&ctx, &conn).as_str(), "https://sso.example.test/saml/acme/corp/acs");
+    assert_eq!(
+        saml::sp_entity_id(&ctx, &conn).as_str(),
+        "https://sso.example.test/saml/acme/corp/metadata"
+    );
+    assert_eq!(
+        saml::acs_url(&ctx, &conn).as_str(),
+        "https://sso.example.test/saml/acme/corp/acs"
+    );
     assert!(md.contains("entityID=\"https://sso.example.test/saml/acme/corp/metadata\""));
     assert!(md.contains("Location=\"https://sso.example.test/saml/acme/corp/acs\""));
-    assert!(md.contains("AuthnRequestsSigned=\"true\"") && md.contains("WantAssertionsSigned=\"true\""));
+    assert!(
+        md.contains("AuthnRequestsSigned=\"true\"") && md.contains("WantAssertionsSigned=\"true\"")
+    );
     assert!(md.contains("use=\"signing\"") && md.contains("use=\"encryption\""));
-    let cert_b64: String = cfg.sp_certificate_pem.lines().filter(|l| !l.contains("CERTIFICATE")).collect();
+    let cert_b64: String = cfg
+        .sp_certificate_pem
+        .lines()
+        .filter(|l| !l.contains("CERTIFICATE"))
+        .collect();
     assert!(md.contains(&cert_b64));
 }
 
 fn inflate(b64: &str) -> String {
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     let mut s = String::new();
-    flate2::read::DeflateDecoder::new(&raw[..]).read_to_string(&mut s).unwrap();
+    flate2::read::DeflateDecoder::new(&raw[..])
+        .read_to_string(&mut s)
+        .unwrap();
     s
 }
 
@@ -180,41 +273,79 @@ fn inflate(b64: &str) -> String {
 async fn begin_redirect_binding_unsigned_and_signed() {
     let ctx = ctx();
     for sign in [false, true] {
-        let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "sign_authn_requests": sign }))
+        let cfg = try_setup(
+            &ctx,
+            serde_json::json!({ "metadata_xml": okta_metadata(), "sign_authn_requests": sign }),
+        )
+        .await
+        .unwrap();
+        let c = connector(&ctx, "acme", "corp", cfg.clone());
+        let b = c
+            .begin(BeginRequest {
+                login_id: "L-1",
+                force_authn: true,
+                login_hint: None,
+            })
             .await
             .unwrap();
-        let c = connector(&ctx, "acme", "corp", cfg.clone());
-        let b = c.begin(BeginRequest { login_id: "L-1", force_authn: true, login_hint: None }).await.unwrap();
-        let UpstreamRedirect::Redirect(url) = b.redirect else { panic!("redirect expected") };
-        assert!(url.as_str().starts_with(cfg.sso_redirect_url.as_deref().unwrap()));
-        let q: std::collections::BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        let UpstreamRedirect::Redirect(url) = b.redirect else {
+            panic!("redirect expected")
+        };
+        assert!(url
+            .as_str()
+            .starts_with(cfg.sso_redirect_url.as_deref().unwrap()));
+        let q: std::collections::BTreeMap<String, String> =
+            url.query_pairs().into_owned().collect();
         assert_eq!(q["RelayState"], "L-1");
         let xml = inflate(&q["SAMLRequest"]);
         let id = b.state["request_id"].as_str().unwrap();
         assert!(id.starts_with('_') && id.len() > 30);
         assert!(xml.contains(&format!("ID=\"{id}\"")));
-        assert!(xml.contains("<saml:Issuer>https://sso.example.test/saml/acme/corp/metadata</saml:Issuer>"));
-        assert!(xml.contains(&format!("Destination=\"{}\"", cfg.sso_redirect_url.as_deref().unwrap())));
-        assert!(xml.contains("AssertionConsumerServiceURL=\"https://sso.example.test/saml/acme/corp/acs\""));
+        assert!(xml.contains(
+            "<saml:Issuer>https://sso.example.test/saml/acme/corp/metadata</saml:Issuer>"
+        ));
+        assert!(xml.contains(&format!(
+            "Destination=\"{}\"",
+            cfg.sso_redirect_url.as_deref().unwrap()
+        )));
+        assert!(xml.contains(
+            "AssertionConsumerServiceURL=\"https://sso.example.test/saml/acme/corp/acs\""
+        ));
         assert!(xml.contains("ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""));
         assert!(xml.contains("ForceAuthn=\"true\""));
-        assert!(!xml.contains("Signature"), "redirect binding signs the query, not the XML");
+        assert!(
+            !xml.contains("Signature"),
+            "redirect binding signs the query, not the XML"
+        );
         if sign {
-            assert_eq!(q["SigAlg"], "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256");
+            assert_eq!(
+                q["SigAlg"],
+                "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+            );
             // Verify over the exact query bytes, as the IdP does.
             let query = url.query().unwrap();
             let signed = &query[..query.find("&Signature=").unwrap()];
-            let sig = base64::engine::general_purpose::STANDARD.decode(&q["Signature"]).unwrap();
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(&q["Signature"])
+                .unwrap();
             let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
             let key = cert.public_key().unwrap();
-            let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+            let mut v =
+                openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
             v.update(signed.as_bytes()).unwrap();
             assert!(v.verify(&sig).unwrap());
         } else {
             assert!(!q.contains_key("Signature"));
         }
         // Fresh id each time.
-        let b2 = c.begin(BeginRequest { login_id: "L-1", force_authn: false, login_hint: None }).await.unwrap();
+        let b2 = c
+            .begin(BeginRequest {
+                login_id: "L-1",
+                force_authn: false,
+                login_hint: None,
+            })
+            .await
+            .unwrap();
         assert_ne!(b2.state["request_id"], b.state["request_id"]);
     }
 }
@@ -225,16 +356,38 @@ async fn begin_redirect_binding_unsigned_and_signed() {
 async fn begin_post_binding_is_enveloped_signed() {
     let ctx = ctx();
     let md = std::fs::read_to_string(fixtures().join("assertions/jumpcloud/metadata.xml")).unwrap();
-    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": md, "sign_authn_requests": true })).await.unwrap();
+    let cfg = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": md, "sign_authn_requests": true }),
+    )
+    .await
+    .unwrap();
     assert!(cfg.sso_redirect_url.is_none());
     let c = connector(&ctx, "acme", "corp", cfg.clone());
-    let b = c.begin(BeginRequest { login_id: "L-2", force_authn: false, login_hint: None }).await.unwrap();
-    let UpstreamRedirect::PostForm { action, fields } = b.redirect else { panic!("post form expected") };
+    let b = c
+        .begin(BeginRequest {
+            login_id: "L-2",
+            force_authn: false,
+            login_hint: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::PostForm { action, fields } = b.redirect else {
+        panic!("post form expected")
+    };
     assert_eq!(action.as_str(), cfg.sso_post_url.as_deref().unwrap());
     let f: std::collections::BTreeMap<_, _> = fields.into_iter().collect();
     assert_eq!(f["RelayState"], "L-2");
-    let xml = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(&f["SAMLRequest"]).unwrap()).unwrap();
-    assert!(xml.contains(&format!("ID=\"{}\"", b.state["request_id"].as_str().unwrap())));
+    let xml = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&f["SAMLRequest"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(xml.contains(&format!(
+        "ID=\"{}\"",
+        b.state["request_id"].as_str().unwrap()
+    )));
     assert!(!xml.contains("ForceAuthn"));
     let dir = std::env::temp_dir().join(format!("portcullis-saml-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -243,22 +396,43 @@ async fn begin_post_binding_is_enveloped_signed() {
     let out = std::process::Command::new("xmlsec1")
         .args(["--verify", "--pubkey-cert-pem"])
         .arg(dir.join("sp.pem"))
-        .args(["--id-attr:ID", "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest"])
+        .args([
+            "--id-attr:ID",
+            "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest",
+        ])
         .arg(dir.join("req.xml"))
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "xmlsec1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn idp_wanting_signed_requests_gets_them() {
     let ctx = ctx();
-    let md = okta_metadata().replace("WantAuthnRequestsSigned=\"false\"", "WantAuthnRequestsSigned=\"true\"");
-    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": md })).await.unwrap();
+    let md = okta_metadata().replace(
+        "WantAuthnRequestsSigned=\"false\"",
+        "WantAuthnRequestsSigned=\"true\"",
+    );
+    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": md }))
+        .await
+        .unwrap();
     assert!(cfg.want_authn_requests_signed);
     let c = connector(&ctx, "acme", "corp", cfg);
-    let b = c.begin(BeginRequest { login_id: "L", force_authn: false, login_hint: None }).await.unwrap();
-    let UpstreamRedirect::Redirect(url) = b.redirect else { panic!() };
+    let b = c
+        .begin(BeginRequest {
+            login_id: "L",
+            force_authn: false,
+            login_hint: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = b.redirect else {
+        panic!()
+    };
     assert!(url.query_pairs().any(|(k, _)| k == "Signature"));
 }

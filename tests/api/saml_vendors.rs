@@ -122,7 +122,10 @@ async fn okta_capture_is_accepted() {
     let id = accept("assertions/okta").await;
     assert_eq!(id.subject, "ulysse.carion@codomaindata.com");
     assert_eq!(id.amr, vec!["pwd"]);
-    assert_eq!(id.session_index.as_deref(), Some("id1714077115304.328863927"));
+    assert_eq!(
+        id.session_index.as_deref(),
+        Some("id1714077115304.328863927")
+    );
 }
 
 #[tokio::test]
@@ -139,7 +142,9 @@ async fn pingone_capture_is_accepted() {
 async fn keycloak_capture_with_another_request_id_is_rejected() {
     let cap = load("assertions/keycloak").await;
     let c = connector(&cap.ctx, "acme", "idp", cap.cfg);
-    let e = complete_xml(&c, Some(&pending("_other")), &cap.xml).await.unwrap_err();
+    let e = complete_xml(&c, Some(&pending("_other")), &cap.xml)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "saml.in_response_to_mismatch");
     // Unsolicited, a response carrying InResponseTo is refused too.
     let e = complete_xml(&c, None, &cap.xml).await.unwrap_err();
@@ -148,22 +153,38 @@ async fn keycloak_capture_with_another_request_id_is_rejected() {
 
 #[tokio::test]
 async fn bad_assertion_expired_early_is_not_yet_valid() {
-    assert_eq!(reject("bad-assertions/bad-assertion-expired-early").await.code, "saml.not_yet_valid");
+    assert_eq!(
+        reject("bad-assertions/bad-assertion-expired-early")
+            .await
+            .code,
+        "saml.not_yet_valid"
+    );
 }
 
 #[tokio::test]
 async fn bad_assertion_expired_late_is_expired() {
-    assert_eq!(reject("bad-assertions/bad-assertion-expired-late").await.code, "saml.expired");
+    assert_eq!(
+        reject("bad-assertions/bad-assertion-expired-late")
+            .await
+            .code,
+        "saml.expired"
+    );
 }
 
 #[tokio::test]
 async fn bad_assertion_utf8_is_malformed() {
-    assert_eq!(reject("bad-assertions/bad-assertion-utf8").await.code, "saml.malformed");
+    assert_eq!(
+        reject("bad-assertions/bad-assertion-utf8").await.code,
+        "saml.malformed"
+    );
 }
 
 #[tokio::test]
 async fn bad_certificate_fails_signature() {
-    assert_eq!(reject("bad-assertions/bad-certificate").await.code, "saml.signature_invalid");
+    assert_eq!(
+        reject("bad-assertions/bad-certificate").await.code,
+        "saml.signature_invalid"
+    );
 }
 
 #[tokio::test]
@@ -184,17 +205,26 @@ async fn bad_signature_algorithm_is_refused() {
 
 #[tokio::test]
 async fn bad_idp_entity_id_is_issuer_mismatch() {
-    assert_eq!(reject("bad-assertions/bad-idp-entity-id").await.code, "saml.issuer_mismatch");
+    assert_eq!(
+        reject("bad-assertions/bad-idp-entity-id").await.code,
+        "saml.issuer_mismatch"
+    );
 }
 
 #[tokio::test]
 async fn bad_sp_entity_id_is_audience_mismatch() {
-    assert_eq!(reject("bad-assertions/bad-sp-entity-id").await.code, "saml.audience_mismatch");
+    assert_eq!(
+        reject("bad-assertions/bad-sp-entity-id").await.code,
+        "saml.audience_mismatch"
+    );
 }
 
 #[tokio::test]
 async fn no_certificate_is_rejected() {
-    assert_eq!(reject("bad-assertions/no-certificate").await.code, "saml.signature_invalid");
+    assert_eq!(
+        reject("bad-assertions/no-certificate").await.code,
+        "saml.signature_invalid"
+    );
 }
 
 /// The capture's assertion lost its signature; what remains is the Response

@@ -184,8 +184,14 @@ mod tests {
             (&format!("{MS}givenname"), &["Ada"]),
             (&format!("{MS}surname"), &["Lovelace"]),
             (&format!("{MS}name"), &["a@contoso.com"]),
-            ("http://schemas.microsoft.com/identity/claims/displayname", &["Ada Lovelace"]),
-            ("http://schemas.microsoft.com/ws/2008/06/identity/claims/groups", &["g1", "g2"]),
+            (
+                "http://schemas.microsoft.com/identity/claims/displayname",
+                &["Ada Lovelace"],
+            ),
+            (
+                "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups",
+                &["g1", "g2"],
+            ),
         ]);
         let id = AttributeMapping::default()
             .identity("nameid-1", r, None, vec![])
@@ -207,7 +213,9 @@ mod tests {
             ("urn:oid:2.16.840.1.113730.3.1.241", &["Bo Ek"]),
             ("urn:oid:1.3.6.1.4.1.5923.1.5.1.1", &["staff"]),
         ]);
-        let id = AttributeMapping::default().identity("x", r, None, vec![]).unwrap();
+        let id = AttributeMapping::default()
+            .identity("x", r, None, vec![])
+            .unwrap();
         assert_eq!(id.email.as_deref(), Some("b@uni.edu"));
         assert_eq!(id.name.as_deref(), Some("Bo Ek"));
         assert_eq!(id.given_name.as_deref(), Some("Bo"));
@@ -217,7 +225,11 @@ mod tests {
 
     #[test]
     fn configured_names_win_and_subject_attribute_is_required() {
-        let r = raw(&[("mail", &["m@x.test"]), ("corpMail", &["c@x.test"]), ("oid", &["42"])]);
+        let r = raw(&[
+            ("mail", &["m@x.test"]),
+            ("corpMail", &["c@x.test"]),
+            ("oid", &["42"]),
+        ]);
         let m = AttributeMapping {
             email: Some(OneOrMany::One("corpMail".into())),
             subject: Some(OneOrMany::Many(vec!["oid".into()])),

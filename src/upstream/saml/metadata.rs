@@ -26,7 +26,9 @@ pub(crate) struct IdpMetadata {
 /// Parses IdP metadata. The error is a sentence for the admin.
 pub(crate) fn parse_idp_metadata(text: &str) -> Result<IdpMetadata, String> {
     let doc = xml::parse_strict(text).map_err(|e| match e {
-        xml::ParseError::Dtd => "the metadata declares a DTD or entities, which are refused".to_owned(),
+        xml::ParseError::Dtd => {
+            "the metadata declares a DTD or entities, which are refused".to_owned()
+        }
         xml::ParseError::Malformed => "the metadata is not well-formed XML".to_owned(),
     })?;
     let root = doc
@@ -89,8 +91,8 @@ pub(crate) fn parse_idp_metadata(text: &str) -> Result<IdpMetadata, String> {
                 .to_owned(),
         );
     }
-    let want_authn_requests_signed = xml::attr(&idp, "WantAuthnRequestsSigned")
-        .is_some_and(|v| v == "true" || v == "1");
+    let want_authn_requests_signed =
+        xml::attr(&idp, "WantAuthnRequestsSigned").is_some_and(|v| v == "true" || v == "1");
     Ok(IdpMetadata {
         entity_id: entity_id.trim().to_owned(),
         sso_redirect,

@@ -112,7 +112,11 @@ pub fn sp_metadata_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
     ))
 }
 
-fn effective_sp(ctx: &UpstreamContext, connection: &Connection, cfg: &SamlConfig) -> (String, String) {
+fn effective_sp(
+    ctx: &UpstreamContext,
+    connection: &Connection,
+    cfg: &SamlConfig,
+) -> (String, String) {
     (
         cfg.sp_entity_id
             .clone()
@@ -134,7 +138,8 @@ pub fn sp_metadata_xml(
     ctx: &UpstreamContext,
 ) -> Result<String, UpstreamError> {
     let (entity, acs) = effective_sp(ctx, connection, cfg);
-    let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+    let keys =
+        keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
     Ok(metadata::sp_metadata(
         &entity,
         &acs,
@@ -191,7 +196,8 @@ impl SamlConnector {
         if cfg.allowed_algorithms.is_empty() {
             return Err(config_error("no allowed signature algorithm"));
         }
-        let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+        let keys =
+            keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
         let skew_secs = cfg
             .clock_skew_secs
             .unwrap_or(ctx.clock_skew_secs)
@@ -305,13 +311,17 @@ impl Connector for SamlConnector {
                 )))
             }
         };
-        let form = params
-            .form
-            .get("SAMLResponse")
-            .cloned()
-            .ok_or_else(|| self.reject(validate::Reject::new("saml.missing_response", "no SAMLResponse field")))?;
+        let form = params.form.get("SAMLResponse").cloned().ok_or_else(|| {
+            self.reject(validate::Reject::new(
+                "saml.missing_response",
+                "no SAMLResponse field",
+            ))
+        })?;
         if form.len() > validate::MAX_FORM_BYTES {
-            return Err(self.reject(validate::Reject::new("saml.too_large", "SAMLResponse exceeds the size limit")));
+            return Err(self.reject(validate::Reject::new(
+                "saml.too_large",
+                "SAMLResponse exceeds the size limit",
+            )));
         }
         let inner = Arc::clone(&self.inner);
         let now = self.ctx.clock.now();
@@ -340,7 +350,11 @@ impl Connector for SamlConnector {
         // for as long as the assertion could be accepted.
         let ttl = (validated.usable_until - now).num_seconds().max(1);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            format!("{}\n{}", self.inner.cfg.idp_entity_id, validated.assertion_id).as_bytes(),
+            format!(
+                "{}\n{}",
+                self.inner.cfg.idp_entity_id, validated.assertion_id
+            )
+            .as_bytes(),
         ));
         let key = Key::tenant(
             &self.inner.tenant,
@@ -350,11 +364,18 @@ impl Connector for SamlConnector {
         let fresh = self
             .ctx
             .store
-            .put_if_absent(&key, b"1", Some(std::time::Duration::from_secs(ttl.unsigned_abs())))
+            .put_if_absent(
+                &key,
+                b"1",
+                Some(std::time::Duration::from_secs(ttl.unsigned_abs())),
+            )
             .await
             .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
         if !fresh {
-            return Err(self.reject(validate::Reject::new("saml.replay", "assertion id already used")));
+            return Err(self.reject(validate::Reject::new(
+                "saml.replay",
+                "assertion id already used",
+            )));
         }
         tracing::info!(
             code = "saml.accepted",

@@ -67,7 +67,10 @@ pub async fn setup(
                 return Err(SetupError::new("metadata_url", "must be an http(s) URL"));
             }
             let bytes = ctx.http.get_bytes(url).await.map_err(|e| {
-                SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.detail))
+                SetupError::new(
+                    "metadata_url",
+                    format!("could not fetch the metadata: {}", e.detail),
+                )
             })?;
             let xml = String::from_utf8(bytes)
                 .map_err(|_| SetupError::new("metadata_url", "the metadata is not UTF-8"))?;
@@ -84,7 +87,11 @@ pub async fn setup(
 
     if req.allow_idp_initiated && (req.default_client_id.is_none() || req.redirect_uri.is_none()) {
         return Err(SetupError::new(
-            if req.default_client_id.is_none() { "default_client_id" } else { "redirect_uri" },
+            if req.default_client_id.is_none() {
+                "default_client_id"
+            } else {
+                "redirect_uri"
+            },
             "IdP-initiated login needs default_client_id and redirect_uri",
         ));
     }
@@ -116,8 +123,11 @@ pub async fn setup(
             ));
         }
     }
-    let sp = keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
-        .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
+    let sp = keys::generate(
+        &format!("Portcullis SAML SP {tenant}/{connection}"),
+        ctx.clock.unix(),
+    )
+    .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
     if idp.want_authn_requests_signed && !req.sign_authn_requests {
         tracing::info!(tenant = %tenant, connection = %connection, "IdP wants signed AuthnRequests: signing them");
     }

@@ -55,7 +55,10 @@ impl SignatureAlgorithm {
     fn uri(self) -> &'static str {
         match self {
             Self::RsaSha1 => "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
-            other => other.samael().map(|a| a.signature_uri()).unwrap_or_default(),
+            other => other
+                .samael()
+                .map(|a| a.signature_uri())
+                .unwrap_or_default(),
         }
     }
 
@@ -91,16 +94,23 @@ const ALLOWED_TRANSFORMS: &[&str] = &[
 
 /// Checks one signature: a direct child of `parent`, one Reference to
 /// `#parent@ID`, allowed transforms and algorithms.
-pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlgorithm]) -> Result<(), Reject> {
+pub(crate) fn check_signature(
+    sig: &Node,
+    parent: &Node,
+    allowed: &[SignatureAlgorithm],
+) -> Result<(), Reject> {
     let placement = |d: &str| Reject::new("saml.signature_invalid", d.to_owned());
-    let signed_info = xml::child(sig, DS, "SignedInfo").ok_or_else(|| placement("Signature without SignedInfo"))?;
+    let signed_info = xml::child(sig, DS, "SignedInfo")
+        .ok_or_else(|| placement("Signature without SignedInfo"))?;
     let id = xml::attr(parent, "ID").ok_or_else(|| placement("signed element has no ID"))?;
     let refs = xml::children(&signed_info, DS, "Reference");
     let [reference] = refs.as_slice() else {
         return Err(placement("a signature must have exactly one Reference"));
     };
     if xml::attr(reference, "URI").as_deref() != Some(&format!("#{id}")) {
-        return Err(placement("the signature does not reference the element that contains it"));
+        return Err(placement(
+            "the signature does not reference the element that contains it",
+        ));
     }
     for t in xml::descendants(reference, DS, "Transform") {
         let alg = xml::attr(&t, "Algorithm").unwrap_or_default();
@@ -146,5 +156,10 @@ pub(crate) fn verify_and_reduce(
         ReduceMode::ValidateAndMarkNoAncestors,
         samael_list.as_deref(),
     )
-    .map_err(|e| Reject::new("saml.signature_invalid", format!("xmlsec: {e}: {:?}", std::error::Error::source(&e))))
+    .map_err(|e| {
+        Reject::new(
+            "saml.signature_invalid",
+            format!("xmlsec: {e}: {:?}", std::error::Error::source(&e)),
+        )
+    })
 }

@@ -63,8 +63,12 @@ pub(crate) struct Validated {
 
 fn parse(text: &str) -> Result<Document, Reject> {
     xml::parse_strict(text).map_err(|e| match e {
-        xml::ParseError::Dtd => Reject::new("saml.dtd_forbidden", "document declares a DTD or entities"),
-        xml::ParseError::Malformed => Reject::new("saml.malformed", "document is not well-formed XML"),
+        xml::ParseError::Dtd => {
+            Reject::new("saml.dtd_forbidden", "document declares a DTD or entities")
+        }
+        xml::ParseError::Malformed => {
+            Reject::new("saml.malformed", "document is not well-formed XML")
+        }
     })
 }
 
@@ -78,15 +82,20 @@ fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
         .map(|v| {
             DateTime::parse_from_rfc3339(v.trim())
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| Reject::new("saml.malformed", format!("{name} is not a valid instant")))
+                .map_err(|_| {
+                    Reject::new("saml.malformed", format!("{name} is not a valid instant"))
+                })
         })
         .transpose()
 }
 
 fn status_check(response: &Node) -> Result<(), Reject> {
-    let code = xml::child(response, SAMLP, "Status")
-        .and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
-    let top = code.as_ref().and_then(|c| xml::attr(c, "Value")).unwrap_or_default();
+    let code =
+        xml::child(response, SAMLP, "Status").and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
+    let top = code
+        .as_ref()
+        .and_then(|c| xml::attr(c, "Value"))
+        .unwrap_or_default();
     if top == "urn:oasis:names:tc:SAML:2.0:status:Success" {
         return Ok(());
     }
@@ -101,7 +110,9 @@ fn status_check(response: &Node) -> Result<(), Reject> {
             "The identity provider denied the sign-in."
         }
         (_, "NoPassive") => "The identity provider needs you to sign in interactively.",
-        (_, "NoAuthnContext") => "The identity provider could not sign you in with the required method.",
+        (_, "NoAuthnContext") => {
+            "The identity provider could not sign you in with the required method."
+        }
         (_, "UnknownPrincipal") => "The identity provider does not know this account.",
         ("VersionMismatch", _) => "The identity provider does not support this SAML version.",
         _ => "The identity provider reported an error and did not sign you in.",
@@ -119,7 +130,10 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
         for name in ["ID", "Id", "id"] {
             if let Some(v) = xml::attr(&el, name) {
                 if !seen.insert(v.clone()) {
-                    return Err(Reject::new("saml.duplicate_id", format!("id {v} appears twice")));
+                    return Err(Reject::new(
+                        "saml.duplicate_id",
+                        format!("id {v} appears twice"),
+                    ));
                 }
             }
         }
@@ -131,7 +145,10 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
 fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Reject> {
     let own = xml::children(el, DS, "Signature");
     if own.len() > 1 {
-        return Err(Reject::new("saml.signature_invalid", "more than one signature on one element"));
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "more than one signature on one element",
+        ));
     }
     for sig in &own {
         signature::check_signature(sig, el, allowed)?;
@@ -142,20 +159,30 @@ fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Rej
 /// Validates `form_value` (the base64 `SAMLResponse`).
 pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Reject> {
     if form_value.len() > MAX_FORM_BYTES {
-        return Err(Reject::new("saml.too_large", "SAMLResponse exceeds the size limit"));
+        return Err(Reject::new(
+            "saml.too_large",
+            "SAMLResponse exceeds the size limit",
+        ));
     }
     let compact: String = form_value.split_whitespace().collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
         .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not base64"))?;
     if bytes.len() > MAX_XML_BYTES {
-        return Err(Reject::new("saml.too_large", "decoded SAMLResponse exceeds the size limit"));
+        return Err(Reject::new(
+            "saml.too_large",
+            "decoded SAMLResponse exceeds the size limit",
+        ));
     }
-    let text = String::from_utf8(bytes).map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
     let raw_doc = parse(&text)?;
     let raw = root(&raw_doc)?;
     if !xml::is(&raw, SAMLP, "Response") {
-        return Err(Reject::new("saml.malformed", "root element is not samlp:Response"));
+        return Err(Reject::new(
+            "saml.malformed",
+            "root element is not samlp:Response",
+        ));
     }
     if xml::attr(&raw, "Version").as_deref() != Some("2.0") {
         return Err(Reject::new("saml.malformed", "Response Version is not 2.0"));
@@ -172,24 +199,45 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     if plain.len() + encrypted.len() != 1 {
         return Err(Reject::new(
             "saml.assertion_count",
-            format!("{} assertions and {} encrypted assertions", plain.len(), encrypted.len()),
+            format!(
+                "{} assertions and {} encrypted assertions",
+                plain.len(),
+                encrypted.len()
+            ),
         ));
     }
-    let raw_assertion = plain.first().or(encrypted.first()).cloned().ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
+    let raw_assertion = plain
+        .first()
+        .or(encrypted.first())
+        .cloned()
+        .ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
     if raw_assertion.get_parent().map(|pa| pa.node_ptr()) != Some(raw.node_ptr()) {
-        return Err(Reject::new("saml.malformed", "the assertion is not a child of the Response"));
+        return Err(Reject::new(
+            "saml.malformed",
+            "the assertion is not a child of the Response",
+        ));
     }
     let is_encrypted = !encrypted.is_empty();
     if p.want_encrypted && !is_encrypted {
-        return Err(Reject::new("saml.encryption_required", "plaintext assertion where encryption is required"));
+        return Err(Reject::new(
+            "saml.encryption_required",
+            "plaintext assertion where encryption is required",
+        ));
     }
 
     // Signatures may only sit on the Response and the (plain) Assertion.
     let response_signed = own_signatures(&raw, p.allowed)?;
-    let assertion_signed_raw = if is_encrypted { false } else { own_signatures(&raw_assertion, p.allowed)? };
+    let assertion_signed_raw = if is_encrypted {
+        false
+    } else {
+        own_signatures(&raw_assertion, p.allowed)?
+    };
     let total = xml::descendants(&raw, DS, "Signature").len();
     if total != usize::from(response_signed) + usize::from(assertion_signed_raw) {
-        return Err(Reject::new("saml.signature_invalid", "a signature sits outside the Response and Assertion"));
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "a signature sits outside the Response and Assertion",
+        ));
     }
 
     // When the Assertion carries its own signature, that signature is what we
@@ -219,7 +267,10 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let response = match (&reduced_root, response_signed) {
         (Some(r), true) => {
             if !xml::is(r, SAMLP, "Response") || xml::attr(r, "ID") != raw_id {
-                return Err(Reject::new("saml.signature_invalid", "the signed element is not this Response"));
+                return Err(Reject::new(
+                    "saml.signature_invalid",
+                    "the signed element is not this Response",
+                ));
             }
             r.clone()
         }
@@ -230,18 +281,33 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let mut decrypted_doc: Option<Document> = None;
     let mut decrypted_reduced: Option<Document> = None;
     let assertion = if is_encrypted {
-        let enc = xml::child(&response, SAML, "EncryptedAssertion")
-            .ok_or_else(|| Reject::new("saml.signature_invalid", "the encrypted assertion is not covered"))?;
+        let enc = xml::child(&response, SAML, "EncryptedAssertion").ok_or_else(|| {
+            Reject::new(
+                "saml.signature_invalid",
+                "the encrypted assertion is not covered",
+            )
+        })?;
         let plaintext = decrypt::decrypt_assertion(&enc, p.sp_key).map_err(|e| match e {
-            DecryptError::Rsa15Refused => Reject::new("saml.key_transport_not_allowed", "RSA 1.5 key transport refused"),
-            DecryptError::Unsupported(a) => Reject::new("saml.encryption_unsupported", format!("algorithm {a}")),
+            DecryptError::Rsa15Refused => Reject::new(
+                "saml.key_transport_not_allowed",
+                "RSA 1.5 key transport refused",
+            ),
+            DecryptError::Unsupported(a) => {
+                Reject::new("saml.encryption_unsupported", format!("algorithm {a}"))
+            }
             DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
-            DecryptError::Failed => Reject::new("saml.decryption_failed", "the SP key does not decrypt the assertion"),
+            DecryptError::Failed => Reject::new(
+                "saml.decryption_failed",
+                "the SP key does not decrypt the assertion",
+            ),
         })?;
         let doc = parse(&plaintext)?;
         let a = root(&doc)?;
         if !xml::is(&a, SAML, "Assertion") {
-            return Err(Reject::new("saml.malformed", "decrypted content is not an Assertion"));
+            return Err(Reject::new(
+                "saml.malformed",
+                "decrypted content is not an Assertion",
+            ));
         }
         check_ids_unique(&a)?;
         if !xml::descendants(&a, SAML, "Assertion").is_empty() {
@@ -249,34 +315,59 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         }
         let signed = own_signatures(&a, p.allowed)?;
         if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
-            return Err(Reject::new("saml.signature_invalid", "a signature sits inside the assertion content"));
+            return Err(Reject::new(
+                "saml.signature_invalid",
+                "a signature sits inside the assertion content",
+            ));
         }
         let assertion = if signed {
-            let reduced = parse(&signature::verify_and_reduce(&plaintext, p.certs, p.allowed)?)?;
+            let reduced = parse(&signature::verify_and_reduce(
+                &plaintext, p.certs, p.allowed,
+            )?)?;
             let r = root(&reduced)?;
             if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
-                return Err(Reject::new("saml.signature_invalid", "the signed element is not this Assertion"));
+                return Err(Reject::new(
+                    "saml.signature_invalid",
+                    "the signed element is not this Assertion",
+                ));
             }
             decrypted_reduced = Some(reduced);
             r
         } else if response_signed {
             a
         } else {
-            return Err(Reject::new("saml.unsigned", "neither the Response nor the Assertion is signed"));
+            return Err(Reject::new(
+                "saml.unsigned",
+                "neither the Response nor the Assertion is signed",
+            ));
         };
         decrypted_doc = Some(doc);
         assertion
     } else {
         match (&reduced_root, response_signed, assertion_signed_raw) {
-            (Some(r), true, _) => xml::child(r, SAML, "Assertion")
-                .ok_or_else(|| Reject::new("saml.signature_invalid", "the assertion is not covered by the signature"))?,
+            (Some(r), true, _) => xml::child(r, SAML, "Assertion").ok_or_else(|| {
+                Reject::new(
+                    "saml.signature_invalid",
+                    "the assertion is not covered by the signature",
+                )
+            })?,
             (Some(r), false, true) => {
-                if !xml::is(r, SAML, "Assertion") || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID") {
-                    return Err(Reject::new("saml.signature_invalid", "the signed element is not this Assertion"));
+                if !xml::is(r, SAML, "Assertion")
+                    || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID")
+                {
+                    return Err(Reject::new(
+                        "saml.signature_invalid",
+                        "the signed element is not this Assertion",
+                    ));
                 }
                 r.clone()
             }
-            _ => return Err(Reject::new("saml.unsigned", "neither the Response nor the Assertion is signed")),
+            _ => {
+                return Err(Reject::new(
+                    "saml.unsigned",
+                    "neither the Response nor the Assertion is signed",
+                ))
+            }
         }
     };
     let out = check_response_and_assertion(&response, response_signed, &assertion, p);
@@ -295,15 +386,24 @@ fn check_response_and_assertion(
     // bindings 3.5.5.2); an unsigned one may omit it, but a wrong one is refused.
     if let Some(issuer) = xml::child(response, SAML, "Issuer") {
         if xml::text(&issuer) != p.idp_entity_id {
-            return Err(Reject::new("saml.issuer_mismatch", format!("Response Issuer {:?}", xml::text(&issuer))));
+            return Err(Reject::new(
+                "saml.issuer_mismatch",
+                format!("Response Issuer {:?}", xml::text(&issuer)),
+            ));
         }
     }
     match xml::attr(response, "Destination") {
         Some(d) if d != p.acs_url => {
-            return Err(Reject::new("saml.destination_mismatch", format!("Destination {d:?}")))
+            return Err(Reject::new(
+                "saml.destination_mismatch",
+                format!("Destination {d:?}"),
+            ))
         }
         None if response_signed => {
-            return Err(Reject::new("saml.destination_mismatch", "signed Response without Destination"))
+            return Err(Reject::new(
+                "saml.destination_mismatch",
+                "signed Response without Destination",
+            ))
         }
         _ => {}
     }
@@ -311,14 +411,22 @@ fn check_response_and_assertion(
 
     // Assertion level.
     if xml::attr(assertion, "Version").as_deref() != Some("2.0") {
-        return Err(Reject::new("saml.malformed", "Assertion Version is not 2.0"));
+        return Err(Reject::new(
+            "saml.malformed",
+            "Assertion Version is not 2.0",
+        ));
     }
     let assertion_id = xml::attr(assertion, "ID")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new("saml.malformed", "Assertion without ID"))?;
-    let issuer = xml::child(assertion, SAML, "Issuer").map(|i| xml::text(&i)).unwrap_or_default();
+    let issuer = xml::child(assertion, SAML, "Issuer")
+        .map(|i| xml::text(&i))
+        .unwrap_or_default();
     if issuer != p.idp_entity_id {
-        return Err(Reject::new("saml.issuer_mismatch", format!("Assertion Issuer {issuer:?}")));
+        return Err(Reject::new(
+            "saml.issuer_mismatch",
+            format!("Assertion Issuer {issuer:?}"),
+        ));
     }
     let subject = xml::child(assertion, SAML, "Subject")
         .ok_or_else(|| Reject::new("saml.malformed", "Assertion without Subject"))?;
@@ -335,7 +443,10 @@ fn check_response_and_assertion(
     for st in xml::children(assertion, SAML, "AuthnStatement") {
         if let Some(until) = time(&st, "SessionNotOnOrAfter")? {
             if p.now - p.skew >= until {
-                return Err(Reject::new("saml.expired", "SessionNotOnOrAfter has passed"));
+                return Err(Reject::new(
+                    "saml.expired",
+                    "SessionNotOnOrAfter has passed",
+                ));
             }
         }
         if session_index.is_none() {
@@ -353,15 +464,26 @@ fn check_response_and_assertion(
     let mut raw: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for st in xml::children(assertion, SAML, "AttributeStatement") {
         for attribute in xml::children(&st, SAML, "Attribute") {
-            let Some(name) = xml::attr(&attribute, "Name") else { continue };
+            let Some(name) = xml::attr(&attribute, "Name") else {
+                continue;
+            };
             let values = raw.entry(name).or_default();
-            values.extend(xml::children(&attribute, SAML, "AttributeValue").iter().map(xml::text));
+            values.extend(
+                xml::children(&attribute, SAML, "AttributeValue")
+                    .iter()
+                    .map(xml::text),
+            );
         }
     }
     let identity = p
         .mapping
         .identity(&name_id, raw, session_index, amr)
-        .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?;
+        .ok_or_else(|| {
+            Reject::new(
+                "saml.subject_missing",
+                "the configured subject attribute is absent",
+            )
+        })?;
     Ok(Validated {
         identity,
         assertion_id,
@@ -373,7 +495,10 @@ fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Rej
     match (value, p.expected_in_response_to) {
         (None, _) => Ok(()),
         (Some(v), Some(expected)) if v == expected => Ok(()),
-        (Some(v), Some(_)) => Err(Reject::new("saml.in_response_to_mismatch", format!("InResponseTo {v:?}"))),
+        (Some(v), Some(_)) => Err(Reject::new(
+            "saml.in_response_to_mismatch",
+            format!("InResponseTo {v:?}"),
+        )),
         (Some(_), None) => Err(Reject::new(
             "saml.unsolicited_in_response_to",
             "an unsolicited response carries InResponseTo",
@@ -386,7 +511,9 @@ fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Rej
 fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let bearer: Vec<Node> = xml::children(subject, SAML, "SubjectConfirmation")
         .into_iter()
-        .filter(|c| xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer"))
+        .filter(|c| {
+            xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer")
+        })
         .collect();
     let mut first_error = None;
     for c in &bearer {
@@ -397,32 +524,69 @@ fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| Reject::new("saml.subject_confirmation_missing", "no bearer SubjectConfirmation")))
+    Err(first_error.unwrap_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_missing",
+            "no bearer SubjectConfirmation",
+        )
+    }))
 }
 
 fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
-    let data = xml::child(c, SAML, "SubjectConfirmationData")
-        .ok_or_else(|| Reject::new("saml.subject_confirmation_missing", "no SubjectConfirmationData"))?;
+    let data = xml::child(c, SAML, "SubjectConfirmationData").ok_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_missing",
+            "no SubjectConfirmationData",
+        )
+    })?;
     match xml::attr(&data, "Recipient") {
         Some(r) if r == p.acs_url => {}
-        other => return Err(Reject::new("saml.recipient_mismatch", format!("Recipient {other:?}"))),
+        other => {
+            return Err(Reject::new(
+                "saml.recipient_mismatch",
+                format!("Recipient {other:?}"),
+            ))
+        }
     }
-    let until = time(&data, "NotOnOrAfter")?
-        .ok_or_else(|| Reject::new("saml.subject_confirmation_expiry_missing", "SubjectConfirmationData without NotOnOrAfter"))?;
+    let until = time(&data, "NotOnOrAfter")?.ok_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_expiry_missing",
+            "SubjectConfirmationData without NotOnOrAfter",
+        )
+    })?;
     if p.now - p.skew >= until {
-        return Err(Reject::new("saml.expired", "SubjectConfirmationData NotOnOrAfter has passed"));
+        return Err(Reject::new(
+            "saml.expired",
+            "SubjectConfirmationData NotOnOrAfter has passed",
+        ));
     }
     if let Some(nb) = time(&data, "NotBefore")? {
         if p.now + p.skew < nb {
-            return Err(Reject::new("saml.not_yet_valid", "SubjectConfirmationData NotBefore is ahead"));
+            return Err(Reject::new(
+                "saml.not_yet_valid",
+                "SubjectConfirmationData NotBefore is ahead",
+            ));
         }
     }
     match (xml::attr(&data, "InResponseTo"), p.expected_in_response_to) {
         (Some(v), Some(expected)) if v == expected => {}
-        (None, Some(_)) => return Err(Reject::new("saml.in_response_to_mismatch", "InResponseTo missing")),
-        (Some(v), Some(_)) => return Err(Reject::new("saml.in_response_to_mismatch", format!("InResponseTo {v:?}"))),
+        (None, Some(_)) => {
+            return Err(Reject::new(
+                "saml.in_response_to_mismatch",
+                "InResponseTo missing",
+            ))
+        }
+        (Some(v), Some(_)) => {
+            return Err(Reject::new(
+                "saml.in_response_to_mismatch",
+                format!("InResponseTo {v:?}"),
+            ))
+        }
         (Some(_), None) => {
-            return Err(Reject::new("saml.unsolicited_in_response_to", "an unsolicited assertion carries InResponseTo"))
+            return Err(Reject::new(
+                "saml.unsolicited_in_response_to",
+                "an unsolicited assertion carries InResponseTo",
+            ))
         }
         (None, None) => {}
     }
@@ -446,13 +610,22 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, R
     }
     let restrictions = xml::children(&cond, SAML, "AudienceRestriction");
     if restrictions.is_empty() {
-        return Err(Reject::new("saml.audience_missing", "no AudienceRestriction"));
+        return Err(Reject::new(
+            "saml.audience_missing",
+            "no AudienceRestriction",
+        ));
     }
     // Every restriction must name us (each one is a condition on its own).
     for r in &restrictions {
-        let audiences: Vec<String> = xml::children(r, SAML, "Audience").iter().map(xml::text).collect();
+        let audiences: Vec<String> = xml::children(r, SAML, "Audience")
+            .iter()
+            .map(xml::text)
+            .collect();
         if !audiences.iter().any(|a| a == p.sp_entity_id) {
-            return Err(Reject::new("saml.audience_mismatch", format!("audiences {audiences:?}")));
+            return Err(Reject::new(
+                "saml.audience_mismatch",
+                format!("audiences {audiences:?}"),
+            ));
         }
     }
     Ok(until.unwrap_or(p.now))

@@ -149,7 +149,10 @@ mod tests {
             parse_strict("<!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").err(),
             Some(ParseError::Dtd)
         );
-        assert_eq!(parse_strict("<a><b></a>").err(), Some(ParseError::Malformed));
+        assert_eq!(
+            parse_strict("<a><b></a>").err(),
+            Some(ParseError::Malformed)
+        );
     }
 
     #[test]
