@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 const IDP: &str = "https://idp.craft.test/entity";
 const REQ: &str = "_req1";
+/// Distinct valid responses completed at once in the concurrency test.
+const MANY: usize = 48;
 
 fn now() -> DateTime<Utc> {
     "2030-01-01T12:00:00Z".parse().unwrap()
@@ -147,7 +149,7 @@ fn cases() -> Vec<serde_json::Value> {
     ] {
         v.push(case(w, json!({ "variant": w })));
     }
-    for i in 0..16 {
+    for i in 0..MANY {
         v.push(case(
             &format!("many{i}"),
             json!({ "name_id": format!("user{i}@example.test") }),
@@ -457,7 +459,7 @@ async fn parallel_replay_yields_exactly_one_success() {
 async fn many_distinct_responses_complete_concurrently() {
     let c = std::sync::Arc::new(sp().await);
     let started = std::time::Instant::now();
-    let tasks: Vec<_> = (0..16)
+    let tasks: Vec<_> = (0..MANY)
         .map(|i| {
             let c = c.clone();
             let x = xml(&format!("many{i}"));
@@ -470,7 +472,7 @@ async fn many_distinct_responses_complete_concurrently() {
         let (i, r) = t.await.unwrap();
         assert_eq!(r.unwrap().subject, format!("user{i}@example.test"));
     }
-    eprintln!("16 concurrent completes in {:?}", started.elapsed());
+    eprintln!("{MANY} concurrent completes in {:?}", started.elapsed());
 }
 
 #[tokio::test]

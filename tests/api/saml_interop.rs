@@ -216,3 +216,26 @@ async fn pysaml2_rsa_sha1_is_accepted_when_opted_in() {
     .await;
     assert_ada(&r.unwrap());
 }
+
+/// Encrypted assertion without its own signature: trusted only because the
+/// signed Response covers the EncryptedAssertion.
+#[tokio::test]
+async fn pysaml2_encrypted_assertion_in_signed_response_is_accepted() {
+    let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
+    let (r, xml) = round_trip(
+        &p,
+        serde_json::json!({ "sign_response": true, "encrypt": true }),
+    )
+    .await;
+    assert!(xml.contains("EncryptedAssertion"));
+    assert_ada(&r.unwrap());
+}
+
+/// Encrypted but signed by nobody: decrypting is not trusting.
+#[tokio::test]
+async fn pysaml2_encrypted_unsigned_assertion_is_refused() {
+    let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
+    let (r, xml) = round_trip(&p, serde_json::json!({ "encrypt": true })).await;
+    assert!(xml.contains("EncryptedAssertion"));
+    assert_eq!(r.unwrap_err().code, "saml.unsigned");
+}

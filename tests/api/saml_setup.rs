@@ -436,3 +436,40 @@ async fn idp_wanting_signed_requests_gets_them() {
     };
     assert!(url.query_pairs().any(|(k, _)| k == "Signature"));
 }
+
+#[tokio::test]
+async fn federation_metadata_picks_the_named_idp() {
+    let ctx = ctx();
+    let okta = okta_metadata().replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
+    let ping = std::fs::read_to_string(fixtures().join("assertions/ping/metadata.xml"))
+        .unwrap()
+        .replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
+    let fed = format!(
+        "<md:EntitiesDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\">{okta}{ping}</md:EntitiesDescriptor>"
+    );
+    let first = try_setup(&ctx, serde_json::json!({ "metadata_xml": fed }))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
+    let picked = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": fed,
+        "idp_entity_id": "https://auth.pingone.com/3030059e-440b-4ad0-9217-44326f1757f6" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        picked.idp_entity_id,
+        "https://auth.pingone.com/3030059e-440b-4ad0-9217-44326f1757f6"
+    );
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": fed, "idp_entity_id": "nope" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+}

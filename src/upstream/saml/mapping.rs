@@ -117,10 +117,13 @@ fn single(values: Option<&Vec<String>>) -> Option<String> {
 
 impl AttributeMapping {
     /// Maps a NameID and attributes to an [`Identity`]; `None` when the
-    /// configured subject attribute is absent.
+    /// configured subject attribute is absent. `name_id_is_email`: the NameID
+    /// is an address (emailAddress format, or unspecified and shaped like one),
+    /// used as the email when no attribute carries one.
     pub(crate) fn identity(
         &self,
         name_id: &str,
+        name_id_is_email: bool,
         raw: BTreeMap<String, Vec<String>>,
         session_index: Option<String>,
         amr: Vec<String>,
@@ -131,7 +134,7 @@ impl AttributeMapping {
         };
         let email = single(first(&raw, self.email.as_ref(), EMAIL)).or_else(|| {
             // An email-shaped NameID is the address when no attribute carries it.
-            name_id.contains('@').then(|| name_id.to_owned())
+            name_id_is_email.then(|| name_id.to_owned())
         });
         let identity = Identity {
             subject,
@@ -194,7 +197,7 @@ mod tests {
             ),
         ]);
         let id = AttributeMapping::default()
-            .identity("nameid-1", r, None, vec![])
+            .identity("nameid-1", false, r, None, vec![])
             .unwrap();
         assert_eq!(id.subject, "nameid-1");
         assert_eq!(id.email.as_deref(), Some("a@contoso.com"));
@@ -214,7 +217,7 @@ mod tests {
             ("urn:oid:1.3.6.1.4.1.5923.1.5.1.1", &["staff"]),
         ]);
         let id = AttributeMapping::default()
-            .identity("x", r, None, vec![])
+            .identity("x", false, r, None, vec![])
             .unwrap();
         assert_eq!(id.email.as_deref(), Some("b@uni.edu"));
         assert_eq!(id.name.as_deref(), Some("Bo Ek"));
@@ -235,13 +238,13 @@ mod tests {
             subject: Some(OneOrMany::Many(vec!["oid".into()])),
             ..Default::default()
         };
-        let id = m.identity("n", r.clone(), None, vec![]).unwrap();
+        let id = m.identity("n", true, r.clone(), None, vec![]).unwrap();
         assert_eq!(id.email.as_deref(), Some("c@x.test"));
         assert_eq!(id.subject, "42");
         let m2 = AttributeMapping {
             subject: Some(OneOrMany::One("absent".into())),
             ..Default::default()
         };
-        assert!(m2.identity("n", r, None, vec![]).is_none());
+        assert!(m2.identity("n", true, r, None, vec![]).is_none());
     }
 }

@@ -23,8 +23,10 @@ pub(crate) struct IdpMetadata {
     pub signing_certificates: Vec<String>,
 }
 
-/// Parses IdP metadata. The error is a sentence for the admin.
-pub(crate) fn parse_idp_metadata(text: &str) -> Result<IdpMetadata, String> {
+/// Parses IdP metadata (an EntityDescriptor, or an EntitiesDescriptor from
+/// which `wanted` picks the entity; the first IdP when unset). The error is a
+/// sentence for the admin.
+pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<IdpMetadata, String> {
     let doc = xml::parse_strict(text).map_err(|e| match e {
         xml::ParseError::Dtd => {
             "the metadata declares a DTD or entities, which are refused".to_owned()
@@ -41,8 +43,12 @@ pub(crate) fn parse_idp_metadata(text: &str) -> Result<IdpMetadata, String> {
     candidates.extend(xml::descendants(&root, MD, "EntityDescriptor"));
     let (entity, idp) = candidates
         .iter()
+        .filter(|e| wanted.is_none_or(|w| xml::attr(e, "entityID").as_deref() == Some(w)))
         .find_map(|e| xml::child(e, MD, "IDPSSODescriptor").map(|d| (e.clone(), d)))
-        .ok_or_else(|| "the metadata has no IDPSSODescriptor (is this SP metadata?)".to_owned())?;
+        .ok_or_else(|| match wanted {
+            Some(w) => format!("the metadata has no IdP with entityID {w}"),
+            None => "the metadata has no IDPSSODescriptor (is this SP metadata?)".to_owned(),
+        })?;
     let entity_id = xml::attr(&entity, "entityID")
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| "the metadata has no entityID".to_owned())?;

@@ -5,6 +5,13 @@
 //! * [`SamlConnector::begin`] sends an AuthnRequest (HTTP-Redirect, or
 //!   HTTP-POST where the IdP has no redirect endpoint).
 //! * [`SamlConnector::complete`] is the ACS: see `validate.rs` for every check.
+//!
+//! Validation is CPU-bound libxml2/xmlsec work, so it runs on tokio's
+//! blocking pool. It is not serialized: after the one-time initialization in
+//! `xml::init`, every call owns its documents, keys and xmlsec contexts,
+//! which both libraries support across threads (and the `libxml` crate's
+//! `!Send` documents never leave the blocking closure). The replay check runs
+//! after validation, through the store's atomic `put_if_absent`.
 
 mod decrypt;
 mod keys;
@@ -178,6 +185,7 @@ impl SamlConnector {
         cfg: SamlConfig,
         ctx: UpstreamContext,
     ) -> Result<Self, UpstreamError> {
+        xml::init();
         let certs = cfg
             .idp_certificates
             .iter()

@@ -139,6 +139,7 @@ pub(crate) fn post(
 ) -> Result<UpstreamRedirect, UpstreamError> {
     let xml = match keys {
         Some(keys) => {
+            super::xml::init();
             let template = authn_request_xml(params, Some(&keys.certificate_b64));
             samael::crypto::XmlSec::sign_xml(template, &keys.key_der).map_err(internal)?
         }

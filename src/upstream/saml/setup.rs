@@ -16,6 +16,9 @@ struct SamlConnectionRequest {
     metadata_xml: Option<String>,
     #[serde(default)]
     metadata_url: Option<Url>,
+    /// Picks one IdP out of federation metadata (an EntitiesDescriptor).
+    #[serde(default)]
+    idp_entity_id: Option<String>,
     #[serde(default)]
     attribute_mapping: AttributeMapping,
     #[serde(default)]
@@ -83,7 +86,8 @@ pub async fn setup(
             ))
         }
     };
-    let idp = metadata::parse_idp_metadata(&metadata_xml).map_err(|m| SetupError::new(field, m))?;
+    let idp = metadata::parse_idp_metadata(&metadata_xml, req.idp_entity_id.as_deref())
+        .map_err(|m| SetupError::new(field, m))?;
 
     if req.allow_idp_initiated && (req.default_client_id.is_none() || req.redirect_uri.is_none()) {
         return Err(SetupError::new(

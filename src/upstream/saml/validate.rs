@@ -430,10 +430,19 @@ fn check_response_and_assertion(
     }
     let subject = xml::child(assertion, SAML, "Subject")
         .ok_or_else(|| Reject::new("saml.malformed", "Assertion without Subject"))?;
-    let name_id = xml::child(&subject, SAML, "NameID")
-        .map(|n| xml::text(&n))
-        .filter(|s| !s.is_empty())
+    let name_id_el = xml::child(&subject, SAML, "NameID")
         .ok_or_else(|| Reject::new("saml.malformed", "Subject without NameID"))?;
+    let name_id = xml::text(&name_id_el);
+    if name_id.is_empty() {
+        return Err(Reject::new("saml.malformed", "empty NameID"));
+    }
+    let name_id_is_email = match xml::attr(&name_id_el, "Format").as_deref() {
+        Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress") => true,
+        None | Some("urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified") => {
+            name_id.contains('@') && !name_id.contains(char::is_whitespace)
+        }
+        Some(_) => false,
+    };
 
     let scd_until = check_subject_confirmation(&subject, p)?;
     let conditions_until = check_conditions(assertion, p)?;
@@ -477,7 +486,7 @@ fn check_response_and_assertion(
     }
     let identity = p
         .mapping
-        .identity(&name_id, raw, session_index, amr)
+        .identity(&name_id, name_id_is_email, raw, session_index, amr)
         .ok_or_else(|| {
             Reject::new(
                 "saml.subject_missing",

@@ -15,6 +15,29 @@ pub(crate) const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
 /// XML Encryption namespace.
 pub(crate) const XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
 
+/// Initializes libxml2 and xmlsec once per process, before any parsing.
+///
+/// samael initializes xmlsec lazily under its own mutex, the first time a key
+/// is loaded; libxml2 2.9 initializes itself lazily on first parse, and
+/// xmlsec's init registers global libxml2 I/O callbacks. Both are documented
+/// as safe only when no other thread uses the libraries meanwhile, so every
+/// entry point (parsing, verifying, signing) passes through this `Once` first.
+/// After it, each call uses its own documents, keys and contexts, which
+/// libxml2 and xmlsec support concurrently: no global lock on validation.
+pub(crate) fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        use samael::crypto::CryptoProvider as _;
+        // Loading a (deliberately empty) key runs samael's xmlsec init; the
+        // result is irrelevant.
+        let _ = samael::crypto::XmlSec::verify_signed_xml(
+            "<a/>",
+            &samael::crypto::CertificateDer::from(Vec::new()),
+            None,
+        );
+    });
+}
+
 /// Why a document was not parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ParseError {
@@ -31,6 +54,7 @@ pub(crate) enum ParseError {
 /// is told not to recover: a document it would have to repair is refused,
 /// which closes parser-differential tricks.
 pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
+    init();
     if xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") || xml.contains("<!doctype") {
         return Err(ParseError::Dtd);
     }
