@@ -122,7 +122,7 @@ async fn setup_refuses_bad_requests() {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.field, "body");
+    assert_eq!(e.field, "allowed_algorithms");
     let e = try_setup(
         &ctx,
         serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": [] }),

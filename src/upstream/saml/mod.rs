@@ -13,6 +13,7 @@
 //! `!Send` documents never leave the blocking closure). The replay check runs
 //! after validation, through the store's atomic `put_if_absent`.
 
+mod assertion;
 mod decrypt;
 mod keys;
 mod mapping;

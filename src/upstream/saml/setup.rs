@@ -49,12 +49,16 @@ pub async fn setup(
     let req: SamlConnectionRequest = serde_json::from_value(request).map_err(|e| {
         let msg = e.to_string();
         // serde names the offending field in its message; point the admin at it.
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("unknown field") || msg.contains("missing field"))
-            .unwrap_or("body")
-            .to_owned();
+        let field = if msg.contains("unknown variant") {
+            // The only enum in the body.
+            "allowed_algorithms"
+        } else {
+            msg.split('`')
+                .nth(1)
+                .filter(|_| msg.contains("unknown field") || msg.contains("missing field"))
+                .unwrap_or("body")
+        }
+        .to_owned();
         SetupError::new(field, msg)
     })?;
     let (metadata_xml, field) = match (req.metadata_xml, &req.metadata_url) {
