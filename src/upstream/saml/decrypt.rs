@@ -178,3 +178,116 @@ pub(crate) fn decrypt_assertion(
     let plain = decrypt_content(cipher, gcm, &cek, &b64(&ed)?)?;
     String::from_utf8(plain).map_err(|_| DecryptError::Malformed("plaintext is not UTF-8"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::encrypt::Encrypter;
+    use openssl::rsa::{Padding, Rsa};
+    use openssl::symm::encrypt_aead;
+
+    const AES256_CBC: &str = "http://www.w3.org/2001/04/xmlenc#aes256-cbc";
+    const AES128_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes128-gcm";
+    const PLAIN: &str =
+        "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_a\"/>";
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    /// Encrypts PLAIN to `key` as an IdP would, returning the EncryptedAssertion XML.
+    fn encrypted(key: &PKey<Private>, data_alg: &str, key_alg: &str, tamper: bool) -> String {
+        let gcm = data_alg == AES128_GCM;
+        let cek: Vec<u8> = (0..if gcm { 16 } else { 32 })
+            .map(|i| i as u8 * 7)
+            .collect();
+        let mut body = if gcm {
+            let iv = [9u8; 12];
+            let mut tag = [0u8; 16];
+            let ct = encrypt_aead(
+                Cipher::aes_128_gcm(),
+                &cek,
+                Some(&iv),
+                &[],
+                PLAIN.as_bytes(),
+                &mut tag,
+            )
+            .unwrap();
+            [iv.to_vec(), ct, tag.to_vec()].concat()
+        } else {
+            let iv = [3u8; 16];
+            // PKCS#7 padding is one valid XML Encryption padding.
+            let ct =
+                openssl::symm::encrypt(Cipher::aes_256_cbc(), &cek, Some(&iv), PLAIN.as_bytes())
+                    .unwrap();
+            [iv.to_vec(), ct].concat()
+        };
+        if tamper {
+            let n = body.len() / 2;
+            body[n] ^= 1;
+        }
+        let mut enc = Encrypter::new(key).unwrap();
+        let padding = if key_alg == RSA_1_5 {
+            Padding::PKCS1
+        } else {
+            Padding::PKCS1_OAEP
+        };
+        enc.set_rsa_padding(padding).unwrap();
+        let mut wrapped = vec![0u8; enc.encrypt_len(&cek).unwrap()];
+        let n = enc.encrypt(&cek, &mut wrapped).unwrap();
+        wrapped.truncate(n);
+        format!(
+            "<saml:EncryptedAssertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\"><xenc:EncryptedData xmlns:xenc=\"{XENC}\"><xenc:EncryptionMethod Algorithm=\"{data_alg}\"/><ds:KeyInfo xmlns:ds=\"{DS}\"><xenc:EncryptedKey><xenc:EncryptionMethod Algorithm=\"{key_alg}\"/><xenc:CipherData><xenc:CipherValue>{}</xenc:CipherValue></xenc:CipherData></xenc:EncryptedKey></ds:KeyInfo><xenc:CipherData><xenc:CipherValue>{}</xenc:CipherValue></xenc:CipherData></xenc:EncryptedData></saml:EncryptedAssertion>",
+            b64(&wrapped),
+            b64(&body)
+        )
+    }
+
+    fn run(xml_text: &str, key: &PKey<Private>) -> Result<String, DecryptError> {
+        let doc = xml::parse_strict(xml_text).unwrap();
+        decrypt_assertion(&doc.get_root_element().unwrap(), key)
+    }
+
+    fn key() -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cbc_and_gcm_decrypt_and_strip_padding() {
+        let k = key();
+        assert_eq!(
+            run(&encrypted(&k, AES256_CBC, RSA_OAEP_MGF1P, false), &k).unwrap(),
+            PLAIN
+        );
+        assert_eq!(
+            run(&encrypted(&k, AES128_GCM, RSA_OAEP_MGF1P, false), &k).unwrap(),
+            PLAIN
+        );
+    }
+
+    #[test]
+    fn tampered_gcm_and_wrong_key_fail() {
+        let k = key();
+        assert_eq!(
+            run(&encrypted(&k, AES128_GCM, RSA_OAEP_MGF1P, true), &k),
+            Err(DecryptError::Failed)
+        );
+        let other = key();
+        assert_eq!(
+            run(&encrypted(&k, AES256_CBC, RSA_OAEP_MGF1P, false), &other),
+            Err(DecryptError::Failed)
+        );
+    }
+
+    #[test]
+    fn rsa_1_5_and_unknown_ciphers_are_refused() {
+        let k = key();
+        assert_eq!(
+            run(&encrypted(&k, AES256_CBC, RSA_1_5, false), &k),
+            Err(DecryptError::Rsa15Refused)
+        );
+        let tdes = encrypted(&k, AES256_CBC, RSA_OAEP_MGF1P, false)
+            .replace(AES256_CBC, "http://www.w3.org/2001/04/xmlenc#tripledes-cbc");
+        assert!(matches!(run(&tdes, &k), Err(DecryptError::Unsupported(_))));
+    }
+}
