@@ -3,6 +3,7 @@
 //! AuthnRequest, and what it answers must be accepted.
 
 use crate::saml_common::*;
+use base64::Engine as _;
 use portcullis::clock::{Clock, SystemClock};
 use portcullis::upstream::saml::{self, SamlConnector};
 use portcullis::upstream::{BeginRequest, Connector, Identity, UpstreamError, UpstreamRedirect};
@@ -40,6 +41,15 @@ async fn peer_setup(extra: serde_json::Value) -> Peer {
 async fn round_trip(
     p: &Peer,
     opts: serde_json::Value,
+) -> (Result<Identity, UpstreamError>, String) {
+    round_trip_with(p, opts, |x| x).await
+}
+
+/// Like `round_trip`, with the IdP's response rewritten by `mutate` in transit.
+async fn round_trip_with(
+    p: &Peer,
+    opts: serde_json::Value,
+    mutate: impl Fn(String) -> String,
 ) -> (Result<Identity, UpstreamError>, String) {
     let begin = p
         .connector
@@ -80,21 +90,16 @@ async fn round_trip(
         out["request_id"], begin.state["request_id"],
         "pysaml2 read our request id"
     );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sent =
+        String::from_utf8(b64.decode(out["saml_response"].as_str().unwrap()).unwrap()).unwrap();
     let mut params = portcullis::upstream::CallbackParams::default();
-    params.form.insert(
-        "SAMLResponse".into(),
-        out["saml_response"].as_str().unwrap().into(),
-    );
+    params
+        .form
+        .insert("SAMLResponse".into(), b64.encode(mutate(sent)));
     params.form.insert("RelayState".into(), "login-123".into());
     assert_eq!(p.connector.login_id(&params), Some("login-123"));
-    let xml = String::from_utf8(
-        base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            out["saml_response"].as_str().unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let xml = String::from_utf8(b64.decode(&params.form["SAMLResponse"]).unwrap()).unwrap();
     (p.connector.complete(Some(&begin.state), &params).await, xml)
 }
 
@@ -231,11 +236,60 @@ async fn pysaml2_encrypted_assertion_in_signed_response_is_accepted() {
     assert_ada(&r.unwrap());
 }
 
-/// Encrypted but signed by nobody: decrypting is not trusting.
+/// Encrypted but signed by nobody: decrypting is not trusting. With no
+/// signature over the ciphertext, every post-decryption failure shares one
+/// code (no decryption oracle); the log detail names the cause.
 #[tokio::test]
 async fn pysaml2_encrypted_unsigned_assertion_is_refused() {
     let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
     let (r, xml) = round_trip(&p, serde_json::json!({ "encrypt": true })).await;
     assert!(xml.contains("EncryptedAssertion"));
-    assert_eq!(r.unwrap_err().code, "saml.unsigned");
+    let e = r.unwrap_err();
+    assert_eq!(e.code, "saml.decryption_failed");
+    assert!(e.detail.starts_with("saml.unsigned"), "{}", e.detail);
+}
+
+/// Flips one bit in the middle of the last CipherValue (the encrypted assertion body).
+fn tamper_ciphertext(xml: String) -> String {
+    let start = xml.rfind("CipherValue>").unwrap();
+    let open = xml[..start].rfind("CipherValue>").unwrap() + "CipherValue>".len();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let value: String = xml[open..]
+        .split('<')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let mut bytes = b64.decode(&value).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let end = open + xml[open..].find('<').unwrap();
+    format!("{}{}{}", &xml[..open], b64.encode(bytes), &xml[end..])
+}
+
+/// With a signed Response, the ciphertext is verified before it is decrypted.
+#[tokio::test]
+async fn tampered_ciphertext_in_signed_response_fails_the_signature() {
+    let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
+    let (r, _) = round_trip_with(
+        &p,
+        serde_json::json!({ "sign_response": true, "encrypt": true }),
+        tamper_ciphertext,
+    )
+    .await;
+    assert_eq!(r.unwrap_err().code, "saml.signature_invalid");
+}
+
+/// Without one, a tampered CBC ciphertext gets the same code as every other
+/// post-decryption failure (no padding/parse oracle).
+#[tokio::test]
+async fn tampered_ciphertext_without_response_signature_is_uniform() {
+    let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
+    let (r, _) = round_trip_with(
+        &p,
+        serde_json::json!({ "sign_assertion": true, "encrypt": true }),
+        tamper_ciphertext,
+    )
+    .await;
+    assert_eq!(r.unwrap_err().code, "saml.decryption_failed");
 }

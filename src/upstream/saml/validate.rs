@@ -267,7 +267,6 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
 
     // The trusted assertion.
     let mut decrypted_doc: Option<Document> = None;
-    let mut decrypted_reduced: Option<Document> = None;
     let assertion = if is_encrypted {
         let enc = xml::child(&response, SAML, "EncryptedAssertion").ok_or_else(|| {
             Reject::new(
@@ -275,62 +274,10 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
                 "the encrypted assertion is not covered",
             )
         })?;
-        let plaintext = decrypt::decrypt_assertion(&enc, p.sp_key).map_err(|e| match e {
-            DecryptError::Rsa15Refused => Reject::new(
-                "saml.key_transport_not_allowed",
-                "RSA 1.5 key transport refused",
-            ),
-            DecryptError::Unsupported(a) => {
-                Reject::new("saml.encryption_unsupported", format!("algorithm {a}"))
-            }
-            DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
-            DecryptError::Failed => Reject::new(
-                "saml.decryption_failed",
-                "the SP key does not decrypt the assertion",
-            ),
-        })?;
-        let doc = parse(&plaintext)?;
+        let doc = open_encrypted(&enc, response_signed, p)?;
         let a = root(&doc)?;
-        if !xml::is(&a, SAML, "Assertion") {
-            return Err(Reject::new(
-                "saml.malformed",
-                "decrypted content is not an Assertion",
-            ));
-        }
-        check_ids_unique(&a)?;
-        if !xml::descendants(&a, SAML, "Assertion").is_empty() {
-            return Err(Reject::new("saml.assertion_count", "nested assertion"));
-        }
-        let signed = own_signatures(&a, p.allowed)?;
-        if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
-            return Err(Reject::new(
-                "saml.signature_invalid",
-                "a signature sits inside the assertion content",
-            ));
-        }
-        let assertion = if signed {
-            let reduced = parse(&signature::verify_and_reduce(
-                &plaintext, p.certs, p.allowed,
-            )?)?;
-            let r = root(&reduced)?;
-            if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
-                return Err(Reject::new(
-                    "saml.signature_invalid",
-                    "the signed element is not this Assertion",
-                ));
-            }
-            decrypted_reduced = Some(reduced);
-            r
-        } else if response_signed {
-            a
-        } else {
-            return Err(Reject::new(
-                "saml.unsigned",
-                "neither the Response nor the Assertion is signed",
-            ));
-        };
         decrypted_doc = Some(doc);
-        assertion
+        a
     } else {
         match (&reduced_root, response_signed, assertion_signed_raw) {
             (Some(r), true, _) => xml::child(r, SAML, "Assertion").ok_or_else(|| {
@@ -359,7 +306,95 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         }
     };
     let out = assertion::check(&response, response_signed, &assertion, p);
-    drop(decrypted_reduced);
     drop(decrypted_doc);
     out
+}
+
+/// Decrypts the EncryptedAssertion and returns a document whose root is the
+/// trusted Assertion: its own verified, reduced signature, or the plaintext
+/// when the signed Response covered the ciphertext.
+///
+/// When no verified signature covered the ciphertext, every failure after
+/// key transport reports one code: distinct "bad padding", "not XML" and
+/// "bad signature" answers would be a decryption oracle (Jager and
+/// Somorovsky's attack on XML Encryption CBC). The log detail keeps the cause.
+fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
+    let opened = decrypt::decrypt_assertion(enc, p.sp_key)
+        .map_err(|e| match e {
+            DecryptError::Rsa15Refused => Reject::new(
+                "saml.key_transport_not_allowed",
+                "RSA 1.5 key transport refused",
+            ),
+            DecryptError::Unsupported(a) => {
+                Reject::new("saml.encryption_unsupported", format!("algorithm {a}"))
+            }
+            DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
+            DecryptError::Failed => Reject::new(
+                "saml.decryption_failed",
+                "the SP key does not decrypt the assertion",
+            ),
+        })
+        .and_then(|plaintext| trusted_plaintext(&plaintext, response_signed, p));
+    match opened {
+        Err(r)
+            if !response_signed
+                && r.code != "saml.key_transport_not_allowed"
+                && r.code != "saml.encryption_unsupported" =>
+        {
+            Err(Reject::new(
+                "saml.decryption_failed",
+                format!("{}: {}", r.code, r.detail),
+            ))
+        }
+        other => other,
+    }
+}
+
+fn trusted_plaintext(
+    plaintext: &str,
+    response_signed: bool,
+    p: &Policy<'_>,
+) -> Result<Document, Reject> {
+    let doc = parse(plaintext)?;
+    let a = root(&doc)?;
+    if !xml::is(&a, SAML, "Assertion") {
+        return Err(Reject::new(
+            "saml.malformed",
+            "decrypted content is not an Assertion",
+        ));
+    }
+    check_ids_unique(&a)?;
+    if !xml::descendants(&a, SAML, "Assertion").is_empty() {
+        return Err(Reject::new("saml.assertion_count", "nested assertion"));
+    }
+    let signed = own_signatures(&a, p.allowed)?;
+    if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "a signature sits inside the assertion content",
+        ));
+    }
+    if signed {
+        let reduced = parse(&signature::verify_and_reduce(
+            plaintext, p.certs, p.allowed,
+        )?)?;
+        let r = root(&reduced)?;
+        if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
+            return Err(Reject::new(
+                "saml.signature_invalid",
+                "the signed element is not this Assertion",
+            ));
+        }
+        drop(r);
+        drop(a);
+        Ok(reduced)
+    } else if response_signed {
+        drop(a);
+        Ok(doc)
+    } else {
+        Err(Reject::new(
+            "saml.unsigned",
+            "neither the Response nor the Assertion is signed",
+        ))
+    }
 }
