@@ -65,10 +65,17 @@ async fn setup_reads_metadata_and_generates_sp_keys() {
         .unwrap()
         .contains(&serde_json::json!("rsa-sha1")));
     assert!(!cfg.allow_idp_initiated && cfg.sp_entity_id.is_none() && cfg.acs_url.is_none());
-    // The stored JSON round-trips.
+    // The stored JSON round-trips, alone and inside a Connection.
     let json = serde_json::to_value(&cfg).unwrap();
     let back: SamlConfig = serde_json::from_value(json).unwrap();
     assert_eq!(back.idp_certificates, cfg.idp_certificates);
+    let conn = serde_json::to_string(&connection("acme", "corp", cfg.clone())).unwrap();
+    let back: portcullis::upstream::Connection = serde_json::from_str(&conn).unwrap();
+    let portcullis::upstream::ConnectionKind::Saml(back) = back.kind else {
+        panic!("saml kind")
+    };
+    assert_eq!(back.sp_certificate_pem, cfg.sp_certificate_pem);
+    assert_eq!(back.sp_private_key_pem, cfg.sp_private_key_pem);
 }
 
 #[tokio::test]
