@@ -423,11 +423,26 @@ async fn failure_status_is_reported() {
 
 #[tokio::test]
 async fn sequential_replay_is_rejected() {
-    let c = sp().await;
+    let (ctx, clock) = ctx_at(now());
+    let cfg = setup(
+        &ctx,
+        "acme",
+        "corp",
+        serde_json::json!({ "metadata_xml": crafted().metadata }),
+    )
+    .await;
+    let c = connector(&ctx, "acme", "corp", cfg);
     let x = xml("ok");
     assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
         .await
         .is_ok());
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "saml.replay");
+    // The replay record outlives the assertion: one second before NotOnOrAfter
+    // + skew the assertion is still acceptable, and still refused as a replay.
+    clock.set(now() + Duration::minutes(5) + Duration::seconds(59));
     let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
         .await
         .unwrap_err();
@@ -571,4 +586,43 @@ impl CompleteCode for SamlConnector {
             .unwrap_err()
             .code
     }
+}
+
+/// Signatures must sit on the Response or the Assertion, reference exactly
+/// their parent, and use only enveloped + canonicalization transforms.
+#[tokio::test]
+async fn signature_placement_reference_and_transforms_are_checked() {
+    let c = sp().await;
+    let x = xml("ok");
+    let reject = |doc: String| {
+        let c = &c;
+        async move {
+            complete_xml(c, Some(&pending(REQ)), doc.as_bytes())
+                .await
+                .unwrap_err()
+        }
+    };
+    let xpath = x.replace(
+        "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+        "http://www.w3.org/TR/1999/REC-xpath-19991116",
+    );
+    let e = reject(xpath).await;
+    assert_eq!(e.code, "saml.signature_invalid");
+    assert!(e.detail.contains("transform"), "{}", e.detail);
+
+    let start = x.find("<ds:Reference URI=\"").unwrap() + "<ds:Reference URI=\"".len();
+    let end = start + x[start..].find('"').unwrap();
+    let whole_doc = format!("{}{}", &x[..start], &x[end..]);
+    let e = reject(whole_doc).await;
+    assert_eq!(e.code, "saml.signature_invalid");
+    assert!(e.detail.contains("does not reference"), "{}", e.detail);
+
+    let s = x.find("<ds:Signature").unwrap();
+    let t = x.find("</ds:Signature>").unwrap() + "</ds:Signature>".len();
+    let sig = &x[s..t];
+    let moved = format!("{}{}", &x[..s], &x[t..])
+        .replace("</samlp:Status>", &format!("{sig}</samlp:Status>"));
+    let e = reject(moved).await;
+    assert_eq!(e.code, "saml.signature_invalid");
+    assert!(e.detail.contains("outside"), "{}", e.detail);
 }
