@@ -480,3 +480,30 @@ async fn federation_metadata_picks_the_named_idp() {
     .unwrap_err();
     assert_eq!(e.field, "metadata_xml");
 }
+
+#[tokio::test]
+async fn weak_idp_rsa_keys_are_refused() {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "weak").unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(4_000_000_000).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let der = base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap());
+    let md = format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"https://weak.test\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\"><md:KeyDescriptor><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{der}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://weak.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>"
+    );
+    let e = try_setup(&ctx(), serde_json::json!({ "metadata_xml": md }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("1024-bit"), "{}", e.message);
+}

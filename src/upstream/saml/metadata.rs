@@ -63,8 +63,17 @@ pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<Idp
             let der = base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map_err(|_| "a signing certificate is not valid base64".to_owned())?;
-            openssl::x509::X509::from_der(&der)
+            let cert = openssl::x509::X509::from_der(&der)
                 .map_err(|_| "a signing certificate is not a valid X.509 certificate".to_owned())?;
+            let key = cert
+                .public_key()
+                .map_err(|_| "a signing certificate has an unsupported key".to_owned())?;
+            if key.id() == openssl::pkey::Id::RSA && key.bits() < 2048 {
+                return Err(format!(
+                    "a signing certificate has a {}-bit RSA key; at least 2048 bits are required",
+                    key.bits()
+                ));
+            }
             if !signing_certificates.contains(&b64) {
                 signing_certificates.push(b64);
             }
