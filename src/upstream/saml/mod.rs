@@ -240,6 +240,15 @@ impl SamlConnector {
     }
 }
 
+/// The validations that may run at once: twice the cores (at least two).
+fn validation_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores.saturating_mul(2).max(2))
+    })
+}
+
 /// A sentence for the person, by reason code.
 fn user_message(code: &str) -> &'static str {
     match code {
@@ -334,6 +343,12 @@ impl Connector for SamlConnector {
         }
         let inner = Arc::clone(&self.inner);
         let now = self.ctx.clock.now();
+        // Bound the CPU work in flight: a flood of posts queues here instead of
+        // growing tokio's blocking pool to hundreds of busy threads.
+        let _permit = validation_slots()
+            .acquire()
+            .await
+            .map_err(|e| UpstreamError::internal("saml.validation_task", e.to_string()))?;
         // libxml2/xmlsec work is CPU-bound and blocking: keep it off the async workers.
         let outcome = tokio::task::spawn_blocking(move || {
             let policy = validate::Policy {
