@@ -5,7 +5,7 @@
 use crate::saml_common::*;
 use crate::saml_crafted::*;
 use chrono::Duration;
-use portcullis::upstream::saml::SamlConnector;
+use portcullis::upstream::Connector as _;
 
 #[tokio::test]
 async fn audience_recipient_destination_issuer_are_enforced() {
@@ -78,7 +78,7 @@ async fn in_response_to_is_bound_to_the_pending_request() {
 #[tokio::test]
 async fn unsolicited_is_refused_unless_idp_initiated_is_on() {
     let c = sp().await;
-    assert!(c_unsolicited_target_is_none(&c));
+    assert!(c.unsolicited_target().is_none());
     let r = complete_xml(&c, None, xml("unsolicited").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.unsolicited_not_allowed");
     let (on, _) = sp_with(
@@ -87,22 +87,13 @@ async fn unsolicited_is_refused_unless_idp_initiated_is_on() {
         "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" }),
     )
     .await;
-    assert_eq!(
-        portcullis::upstream::Connector::unsolicited_target(&on)
-            .unwrap()
-            .0,
-        "app"
-    );
+    assert_eq!(on.unsolicited_target().unwrap().0, "app");
     assert!(complete_xml(&on, None, xml("unsolicited").as_bytes())
         .await
         .is_ok());
     // ...but an unsolicited post that carries InResponseTo is refused.
     let r = complete_xml(&on, None, xml("ok").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.unsolicited_in_response_to");
-}
-
-fn c_unsolicited_target_is_none(c: &SamlConnector) -> bool {
-    portcullis::upstream::Connector::unsolicited_target(c).is_none()
 }
 
 #[tokio::test]

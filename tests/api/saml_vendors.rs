@@ -10,7 +10,6 @@ use portcullis::upstream::{Identity, UpstreamError};
 struct Capture {
     xml: Vec<u8>,
     cfg: SamlConfig,
-    now: DateTime<Utc>,
     ctx: portcullis::upstream::UpstreamContext,
 }
 
@@ -34,7 +33,7 @@ async fn load(dir: &str) -> Capture {
     // Match the capture: its audience and its ACS (Recipient).
     cfg.sp_entity_id = Some(params["sp_entity_id"].as_str().unwrap().to_owned());
     cfg.acs_url = attr_value(&text, "Recipient");
-    Capture { xml, cfg, now, ctx }
+    Capture { xml, cfg, ctx }
 }
 
 async fn accept(dir: &str) -> Identity {
@@ -43,7 +42,6 @@ async fn accept(dir: &str) -> Identity {
     // Captures answering a request bind its id; the others are IdP-initiated.
     let pending = attr_value(&text, "InResponseTo").map(|id| pending(&id));
     let c = connector(&cap.ctx, "acme", "idp", cap.cfg);
-    let _ = cap.now;
     complete_xml(&c, pending.as_ref(), &cap.xml)
         .await
         .unwrap_or_else(|e| panic!("{dir} rejected: {e}"))
