@@ -241,11 +241,11 @@ impl SamlConnector {
 }
 
 /// The validations that may run at once: twice the cores (at least two).
-fn validation_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+fn validation_slots() -> &'static Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     SLOTS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        tokio::sync::Semaphore::new(cores.saturating_mul(2).max(2))
+        Arc::new(tokio::sync::Semaphore::new(cores.saturating_mul(2).max(2)))
     })
 }
 
@@ -345,12 +345,15 @@ impl Connector for SamlConnector {
         let now = self.ctx.clock.now();
         // Bound the CPU work in flight: a flood of posts queues here instead of
         // growing tokio's blocking pool to hundreds of busy threads.
-        let _permit = validation_slots()
-            .acquire()
+        let permit = Arc::clone(validation_slots())
+            .acquire_owned()
             .await
             .map_err(|e| UpstreamError::internal("saml.validation_task", e.to_string()))?;
         // libxml2/xmlsec work is CPU-bound and blocking: keep it off the async workers.
         let outcome = tokio::task::spawn_blocking(move || {
+            // Held by the blocking task itself, so a dropped request cannot
+            // free the slot while its validation still runs.
+            let _permit = permit;
             let policy = validate::Policy {
                 idp_entity_id: &inner.cfg.idp_entity_id,
                 certs: &inner.certs,
