@@ -6,6 +6,19 @@
 //!   HTTP-POST where the IdP has no redirect endpoint).
 //! * [`SamlConnector::complete`] is the ACS: see `validate.rs` for every check.
 //!
+//! Policy decisions worth knowing:
+//! * Only the connection's metadata certificates verify signatures (never
+//!   KeyInfo), and only content xmlsec verified is read
+//!   (`ReduceMode::ValidateAndMarkNoAncestors`).
+//! * When the Assertion is signed, its signature is the one verified and the
+//!   Response's is ignored (Response fields can then only reject). Otherwise
+//!   the Response must be signed and name its `Destination`; an unsigned
+//!   Response may omit `Destination`, a wrong one is always refused.
+//! * A solicited response must carry `InResponseTo` on the bearer
+//!   SubjectConfirmationData; an unsolicited one must carry none.
+//! * Encrypted assertions: RSA-OAEP key transport only; when no verified
+//!   signature covers the ciphertext, post-decryption failures share one code.
+//!
 //! Validation is CPU-bound libxml2/xmlsec work, so it runs on tokio's
 //! blocking pool. It is not serialized: after the one-time initialization in
 //! `xml::init`, every call owns its documents, keys and xmlsec contexts,
