@@ -208,3 +208,48 @@ async fn idp_wanting_signed_requests_gets_them() {
     };
     assert!(url.query_pairs().any(|(k, _)| k == "Signature"));
 }
+
+/// Google's SSO URL carries its own query (`?idpid=`): ours is appended and
+/// the signature covers exactly SAMLRequest, RelayState and SigAlg.
+#[tokio::test]
+async fn begin_keeps_the_idp_query_and_signs_only_ours() {
+    let ctx = ctx();
+    let md = std::fs::read_to_string(fixtures().join("assertions/google/metadata.xml")).unwrap();
+    let cfg = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": md, "sign_authn_requests": true }),
+    )
+    .await
+    .unwrap();
+    let c = connector(&ctx, "acme", "corp", cfg.clone());
+    let b = c
+        .begin(BeginRequest {
+            login_id: "L-3",
+            force_authn: false,
+            login_hint: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = b.redirect else {
+        panic!("redirect expected")
+    };
+    assert!(url
+        .as_str()
+        .starts_with("https://accounts.google.com/o/saml2/idp?idpid=C029op2ga&SAMLRequest="));
+    let query = url.query().unwrap();
+    let signed = &query[query.find("SAMLRequest=").unwrap()..query.find("&Signature=").unwrap()];
+    let sig: String = url
+        .query_pairs()
+        .find(|(k, _)| k == "Signature")
+        .unwrap()
+        .1
+        .into_owned();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig)
+        .unwrap();
+    let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
+    let key = cert.public_key().unwrap();
+    let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+    v.update(signed.as_bytes()).unwrap();
+    assert!(v.verify(&sig).unwrap());
+}

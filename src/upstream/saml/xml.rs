@@ -58,6 +58,18 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
     if xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") || xml.contains("<!doctype") {
         return Err(ParseError::Dtd);
     }
+    // The text is UTF-8; a declaration claiming another encoding would make
+    // libxml2 decode it differently from what we checked.
+    let trimmed = xml.trim_start_matches('\u{feff}');
+    if let Some(decl) = trimmed
+        .strip_prefix("<?xml")
+        .and_then(|rest| rest.split("?>").next())
+    {
+        let decl = decl.to_ascii_lowercase();
+        if decl.contains("encoding") && !decl.contains("utf-8") {
+            return Err(ParseError::Malformed);
+        }
+    }
     let options = ParserOptions {
         recover: false,
         no_def_dtd: true,
@@ -175,6 +187,16 @@ mod tests {
         );
         assert_eq!(
             parse_strict("<a><b></a>").err(),
+            Some(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn non_utf8_declarations_refused() {
+        assert!(parse_strict("<?xml version=\"1.0\" encoding=\"UTF-8\"?><a/>").is_ok());
+        assert!(parse_strict("<?xml version=\"1.0\"?><a/>").is_ok());
+        assert_eq!(
+            parse_strict("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>").err(),
             Some(ParseError::Malformed)
         );
     }
