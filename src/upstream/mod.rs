@@ -201,6 +201,9 @@ impl SetupError {
 /// `kind` tag.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// Built once per connection revision and cached with its connector; the size
+// of the SAML variant (metadata, keys, mapping) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectionKind {
     /// OpenID Connect upstream.
     Oidc(oidc::OidcConfig),

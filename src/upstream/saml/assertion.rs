@@ -1,0 +1,287 @@
+//! Response- and assertion-level checks on signed (or, for Response fields
+//! that can only reject, unsigned) content: issuer, destination, audience,
+//! recipient, validity windows, InResponseTo; then the attribute mapping.
+
+use super::mapping::amr_for;
+use super::validate::{Policy, Reject, Validated};
+use super::xml::{self, SAML};
+use chrono::{DateTime, Utc};
+use libxml::tree::Node;
+use std::collections::BTreeMap;
+
+fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
+    xml::attr(node, name)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    Reject::new("saml.malformed", format!("{name} is not a valid instant"))
+                })
+        })
+        .transpose()
+}
+
+/// Checks the Response fields and the trusted assertion; maps the identity.
+pub(crate) fn check(
+    response: &Node,
+    response_signed: bool,
+    assertion: &Node,
+    p: &Policy<'_>,
+) -> Result<Validated, Reject> {
+    // Response level. A signed Response must name its Destination (SAML
+    // bindings 3.5.5.2); an unsigned one may omit it, but a wrong one is refused.
+    if let Some(issuer) = xml::child(response, SAML, "Issuer") {
+        if xml::text(&issuer) != p.idp_entity_id {
+            return Err(Reject::new(
+                "saml.issuer_mismatch",
+                format!("Response Issuer {:?}", xml::text(&issuer)),
+            ));
+        }
+    }
+    match xml::attr(response, "Destination") {
+        Some(d) if d != p.acs_url => {
+            return Err(Reject::new(
+                "saml.destination_mismatch",
+                format!("Destination {d:?}"),
+            ))
+        }
+        None if response_signed => {
+            return Err(Reject::new(
+                "saml.destination_mismatch",
+                "signed Response without Destination",
+            ))
+        }
+        _ => {}
+    }
+    check_in_response_to(xml::attr(response, "InResponseTo"), p)?;
+
+    // Assertion level.
+    if xml::attr(assertion, "Version").as_deref() != Some("2.0") {
+        return Err(Reject::new(
+            "saml.malformed",
+            "Assertion Version is not 2.0",
+        ));
+    }
+    let assertion_id = xml::attr(assertion, "ID")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Reject::new("saml.malformed", "Assertion without ID"))?;
+    let issuer = xml::child(assertion, SAML, "Issuer")
+        .map(|i| xml::text(&i))
+        .unwrap_or_default();
+    if issuer != p.idp_entity_id {
+        return Err(Reject::new(
+            "saml.issuer_mismatch",
+            format!("Assertion Issuer {issuer:?}"),
+        ));
+    }
+    let subject = xml::child(assertion, SAML, "Subject")
+        .ok_or_else(|| Reject::new("saml.malformed", "Assertion without Subject"))?;
+    let name_id_el = xml::child(&subject, SAML, "NameID")
+        .ok_or_else(|| Reject::new("saml.malformed", "Subject without NameID"))?;
+    let name_id = xml::text(&name_id_el);
+    if name_id.is_empty() {
+        return Err(Reject::new("saml.malformed", "empty NameID"));
+    }
+    let name_id_is_email = match xml::attr(&name_id_el, "Format").as_deref() {
+        Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress") => true,
+        None | Some("urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified") => {
+            name_id.contains('@') && !name_id.contains(char::is_whitespace)
+        }
+        Some(_) => false,
+    };
+
+    let scd_until = check_subject_confirmation(&subject, p)?;
+    let conditions_until = check_conditions(assertion, p)?;
+
+    let mut session_index = None;
+    let mut amr = Vec::new();
+    for st in xml::children(assertion, SAML, "AuthnStatement") {
+        if let Some(until) = time(&st, "SessionNotOnOrAfter")? {
+            if p.now - p.skew >= until {
+                return Err(Reject::new(
+                    "saml.expired",
+                    "SessionNotOnOrAfter has passed",
+                ));
+            }
+        }
+        if session_index.is_none() {
+            session_index = xml::attr(&st, "SessionIndex");
+        }
+        for cr in xml::descendants(&st, SAML, "AuthnContextClassRef") {
+            if let Some(a) = amr_for(&xml::text(&cr)) {
+                if !amr.iter().any(|x| x == a) {
+                    amr.push(a.to_owned());
+                }
+            }
+        }
+    }
+
+    let mut raw: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for st in xml::children(assertion, SAML, "AttributeStatement") {
+        for attribute in xml::children(&st, SAML, "Attribute") {
+            let Some(name) = xml::attr(&attribute, "Name") else {
+                continue;
+            };
+            let values = raw.entry(name).or_default();
+            values.extend(
+                xml::children(&attribute, SAML, "AttributeValue")
+                    .iter()
+                    .map(xml::text),
+            );
+        }
+    }
+    let identity = p
+        .mapping
+        .identity(&name_id, name_id_is_email, raw, session_index, amr)
+        .ok_or_else(|| {
+            Reject::new(
+                "saml.subject_missing",
+                "the configured subject attribute is absent",
+            )
+        })?;
+    Ok(Validated {
+        identity,
+        assertion_id,
+        usable_until: scd_until.max(conditions_until) + p.skew,
+    })
+}
+
+fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Reject> {
+    match (value, p.expected_in_response_to) {
+        (None, _) => Ok(()),
+        (Some(v), Some(expected)) if v == expected => Ok(()),
+        (Some(v), Some(_)) => Err(Reject::new(
+            "saml.in_response_to_mismatch",
+            format!("InResponseTo {v:?}"),
+        )),
+        (Some(_), None) => Err(Reject::new(
+            "saml.unsolicited_in_response_to",
+            "an unsolicited response carries InResponseTo",
+        )),
+    }
+}
+
+/// Bearer SubjectConfirmation: Recipient = ACS, NotOnOrAfter required and in
+/// the future, InResponseTo bound. Returns its NotOnOrAfter.
+fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+    let bearer: Vec<Node> = xml::children(subject, SAML, "SubjectConfirmation")
+        .into_iter()
+        .filter(|c| {
+            xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer")
+        })
+        .collect();
+    let mut first_error = None;
+    for c in &bearer {
+        match check_one_confirmation(c, p) {
+            Ok(until) => return Ok(until),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_missing",
+            "no bearer SubjectConfirmation",
+        )
+    }))
+}
+
+fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+    let data = xml::child(c, SAML, "SubjectConfirmationData").ok_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_missing",
+            "no SubjectConfirmationData",
+        )
+    })?;
+    match xml::attr(&data, "Recipient") {
+        Some(r) if r == p.acs_url => {}
+        other => {
+            return Err(Reject::new(
+                "saml.recipient_mismatch",
+                format!("Recipient {other:?}"),
+            ))
+        }
+    }
+    let until = time(&data, "NotOnOrAfter")?.ok_or_else(|| {
+        Reject::new(
+            "saml.subject_confirmation_expiry_missing",
+            "SubjectConfirmationData without NotOnOrAfter",
+        )
+    })?;
+    if p.now - p.skew >= until {
+        return Err(Reject::new(
+            "saml.expired",
+            "SubjectConfirmationData NotOnOrAfter has passed",
+        ));
+    }
+    if let Some(nb) = time(&data, "NotBefore")? {
+        if p.now + p.skew < nb {
+            return Err(Reject::new(
+                "saml.not_yet_valid",
+                "SubjectConfirmationData NotBefore is ahead",
+            ));
+        }
+    }
+    match (xml::attr(&data, "InResponseTo"), p.expected_in_response_to) {
+        (Some(v), Some(expected)) if v == expected => {}
+        (None, Some(_)) => {
+            return Err(Reject::new(
+                "saml.in_response_to_mismatch",
+                "InResponseTo missing",
+            ))
+        }
+        (Some(v), Some(_)) => {
+            return Err(Reject::new(
+                "saml.in_response_to_mismatch",
+                format!("InResponseTo {v:?}"),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Reject::new(
+                "saml.unsolicited_in_response_to",
+                "an unsolicited assertion carries InResponseTo",
+            ))
+        }
+        (None, None) => {}
+    }
+    Ok(until)
+}
+
+/// Conditions: validity window and AudienceRestriction (required). Returns NotOnOrAfter (or now).
+fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+    let cond = xml::child(assertion, SAML, "Conditions")
+        .ok_or_else(|| Reject::new("saml.audience_missing", "Assertion without Conditions"))?;
+    if let Some(nb) = time(&cond, "NotBefore")? {
+        if p.now + p.skew < nb {
+            return Err(Reject::new("saml.not_yet_valid", format!("NotBefore {nb}")));
+        }
+    }
+    let until = time(&cond, "NotOnOrAfter")?;
+    if let Some(until) = until {
+        if p.now - p.skew >= until {
+            return Err(Reject::new("saml.expired", format!("NotOnOrAfter {until}")));
+        }
+    }
+    let restrictions = xml::children(&cond, SAML, "AudienceRestriction");
+    if restrictions.is_empty() {
+        return Err(Reject::new(
+            "saml.audience_missing",
+            "no AudienceRestriction",
+        ));
+    }
+    // Every restriction must name us (each one is a condition on its own).
+    for r in &restrictions {
+        let audiences: Vec<String> = xml::children(r, SAML, "Audience")
+            .iter()
+            .map(xml::text)
+            .collect();
+        if !audiences.iter().any(|a| a == p.sp_entity_id) {
+            return Err(Reject::new(
+                "saml.audience_mismatch",
+                format!("audiences {audiences:?}"),
+            ));
+        }
+    }
+    Ok(until.unwrap_or(p.now))
+}

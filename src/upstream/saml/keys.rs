@@ -1,0 +1,85 @@
+//! The per-connection SP key pair: signs AuthnRequests, decrypts assertions.
+
+use crate::secret::Secret;
+use base64::Engine as _;
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::{X509Builder, X509NameBuilder, X509};
+
+/// A generated SP key pair with its self-signed certificate (PEM).
+pub(crate) struct SpKeys {
+    /// The private key, PKCS#8 PEM.
+    pub private_key_pem: Secret,
+    /// The self-signed certificate, PEM.
+    pub certificate_pem: String,
+}
+
+/// Generates an RSA 2048 key and a ten-year self-signed certificate starting at `now_unix`.
+/// Validity dates do not matter to SAML peers (they pin the key), but they must be sane.
+pub(crate) fn generate(
+    common_name: &str,
+    now_unix: i64,
+) -> Result<SpKeys, openssl::error::ErrorStack> {
+    let rsa = Rsa::generate(2048)?;
+    let key = PKey::from_rsa(rsa)?;
+    let mut name = X509NameBuilder::new()?;
+    // A CN is limited to 64 characters.
+    let cn: String = common_name.chars().take(64).collect();
+    name.append_entry_by_text("CN", &cn)?;
+    let name = name.build();
+    let mut builder = X509Builder::new()?;
+    builder.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    builder.set_serial_number(&serial)?;
+    builder.set_subject_name(&name)?;
+    builder.set_issuer_name(&name)?;
+    builder.set_pubkey(&key)?;
+    let not_before = Asn1Time::from_unix(now_unix - 60)?;
+    let not_after = Asn1Time::from_unix(now_unix + 10 * 365 * 24 * 3600)?;
+    builder.set_not_before(&not_before)?;
+    builder.set_not_after(&not_after)?;
+    builder.sign(&key, MessageDigest::sha256())?;
+    let cert = builder.build();
+    let pem = key.private_key_to_pem_pkcs8()?;
+    Ok(SpKeys {
+        private_key_pem: Secret::new(String::from_utf8_lossy(&pem).into_owned()),
+        certificate_pem: String::from_utf8_lossy(&cert.to_pem()?).into_owned(),
+    })
+}
+
+/// The parsed SP key material of a connection.
+pub(crate) struct SpKeyMaterial {
+    /// The private key.
+    pub key: PKey<Private>,
+    /// The private key as DER (what xmlsec loads for signing).
+    pub key_der: Vec<u8>,
+    /// The certificate, base64 DER (for metadata and KeyInfo).
+    pub certificate_b64: String,
+}
+
+/// Parses stored PEM key material.
+pub(crate) fn load(
+    private_key_pem: &Secret,
+    certificate_pem: &str,
+) -> Result<SpKeyMaterial, String> {
+    let key = PKey::private_key_from_pem(private_key_pem.expose().as_bytes())
+        .map_err(|_| "the SP private key is not valid PEM".to_owned())?;
+    let key_der = key
+        .private_key_to_der()
+        .map_err(|_| "the SP private key cannot be encoded".to_owned())?;
+    let cert = X509::from_pem(certificate_pem.as_bytes())
+        .map_err(|_| "the SP certificate is not valid PEM".to_owned())?;
+    let der = cert
+        .to_der()
+        .map_err(|_| "the SP certificate cannot be encoded".to_owned())?;
+    Ok(SpKeyMaterial {
+        key,
+        key_der,
+        certificate_b64: base64::engine::general_purpose::STANDARD.encode(der),
+    })
+}

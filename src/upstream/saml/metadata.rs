@@ -1,0 +1,156 @@
+//! IdP metadata in, SP metadata out.
+
+use super::xml::{self, DS, MD};
+use base64::Engine as _;
+
+/// HTTP-Redirect binding URI.
+pub(crate) const BINDING_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+/// HTTP-POST binding URI.
+pub(crate) const BINDING_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
+
+/// What we keep from an IdP's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdpMetadata {
+    /// The IdP entity id (the expected `Issuer`).
+    pub entity_id: String,
+    /// SSO endpoint for the HTTP-Redirect binding.
+    pub sso_redirect: Option<String>,
+    /// SSO endpoint for the HTTP-POST binding.
+    pub sso_post: Option<String>,
+    /// `WantAuthnRequestsSigned`.
+    pub want_authn_requests_signed: bool,
+    /// Signing certificates, base64 DER, each parsed successfully by OpenSSL.
+    pub signing_certificates: Vec<String>,
+}
+
+/// Parses IdP metadata (an EntityDescriptor, or an EntitiesDescriptor from
+/// which `wanted` picks the entity; the first IdP when unset). The error is a
+/// sentence for the admin.
+pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<IdpMetadata, String> {
+    let doc = xml::parse_strict(text).map_err(|e| match e {
+        xml::ParseError::Dtd => {
+            "the metadata declares a DTD or entities, which are refused".to_owned()
+        }
+        xml::ParseError::Malformed => "the metadata is not well-formed XML".to_owned(),
+    })?;
+    let root = doc
+        .get_root_element()
+        .ok_or_else(|| "the metadata is empty".to_owned())?;
+    let mut candidates = Vec::new();
+    if xml::is(&root, MD, "EntityDescriptor") {
+        candidates.push(root.clone());
+    }
+    candidates.extend(xml::descendants(&root, MD, "EntityDescriptor"));
+    let (entity, idp) = candidates
+        .iter()
+        .filter(|e| wanted.is_none_or(|w| xml::attr(e, "entityID").as_deref() == Some(w)))
+        .find_map(|e| xml::child(e, MD, "IDPSSODescriptor").map(|d| (e.clone(), d)))
+        .ok_or_else(|| match wanted {
+            Some(w) => format!("the metadata has no IdP with entityID {w}"),
+            None => "the metadata has no IDPSSODescriptor (is this SP metadata?)".to_owned(),
+        })?;
+    let entity_id = xml::attr(&entity, "entityID")
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| "the metadata has no entityID".to_owned())?;
+
+    let mut signing_certificates = Vec::new();
+    for kd in xml::children(&idp, MD, "KeyDescriptor") {
+        if xml::attr(&kd, "use").is_some_and(|u| u != "signing") {
+            continue;
+        }
+        for cert in xml::descendants(&kd, DS, "X509Certificate") {
+            let b64: String = xml::text(&cert).split_whitespace().collect();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| "a signing certificate is not valid base64".to_owned())?;
+            let cert = openssl::x509::X509::from_der(&der)
+                .map_err(|_| "a signing certificate is not a valid X.509 certificate".to_owned())?;
+            let key = cert
+                .public_key()
+                .map_err(|_| "a signing certificate has an unsupported key".to_owned())?;
+            if key.id() == openssl::pkey::Id::RSA && key.bits() < 2048 {
+                return Err(format!(
+                    "a signing certificate has a {}-bit RSA key; at least 2048 bits are required",
+                    key.bits()
+                ));
+            }
+            if !signing_certificates.contains(&b64) {
+                signing_certificates.push(b64);
+            }
+        }
+    }
+    if signing_certificates.is_empty() {
+        return Err("the metadata has no IdP signing certificate".to_owned());
+    }
+
+    let mut sso_redirect = None;
+    let mut sso_post = None;
+    for sso in xml::children(&idp, MD, "SingleSignOnService") {
+        let (Some(binding), Some(location)) =
+            (xml::attr(&sso, "Binding"), xml::attr(&sso, "Location"))
+        else {
+            continue;
+        };
+        if url::Url::parse(&location).is_err() {
+            continue;
+        }
+        if binding == BINDING_REDIRECT && sso_redirect.is_none() {
+            sso_redirect = Some(location);
+        } else if binding == BINDING_POST && sso_post.is_none() {
+            sso_post = Some(location);
+        }
+    }
+    if sso_redirect.is_none() && sso_post.is_none() {
+        return Err(
+            "the metadata has no SingleSignOnService with the HTTP-Redirect or HTTP-POST binding"
+                .to_owned(),
+        );
+    }
+    let want_authn_requests_signed =
+        xml::attr(&idp, "WantAuthnRequestsSigned").is_some_and(|v| v == "true" || v == "1");
+    Ok(IdpMetadata {
+        entity_id: entity_id.trim().to_owned(),
+        sso_redirect,
+        sso_post,
+        want_authn_requests_signed,
+        signing_certificates,
+    })
+}
+
+/// The SP metadata document.
+pub(crate) fn sp_metadata(
+    entity_id: &str,
+    acs_url: &str,
+    certificate_b64: &str,
+    authn_requests_signed: bool,
+) -> String {
+    let key = |usage: &str| {
+        format!(
+            "<md:KeyDescriptor use=\"{usage}\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{certificate_b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>{}</md:KeyDescriptor>",
+            if usage == "encryption" {
+                "<md:EncryptionMethod Algorithm=\"http://www.w3.org/2009/xmlenc11#aes256-gcm\"/><md:EncryptionMethod Algorithm=\"http://www.w3.org/2009/xmlenc11#aes128-gcm\"/><md:EncryptionMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#aes256-cbc\"/><md:EncryptionMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#aes128-cbc\"/><md:EncryptionMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p\"/>"
+            } else {
+                ""
+            }
+        )
+    };
+    format!(
+        concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
+            "<md:EntityDescriptor xmlns:md=\"{md}\" xmlns:ds=\"{ds}\" entityID=\"{entity}\">",
+            "<md:SPSSODescriptor AuthnRequestsSigned=\"{signed}\" WantAssertionsSigned=\"true\" ",
+            "protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">",
+            "{signing}{encryption}",
+            "<md:AssertionConsumerService Binding=\"{post}\" Location=\"{acs}\" index=\"0\" isDefault=\"true\"/>",
+            "</md:SPSSODescriptor></md:EntityDescriptor>"
+        ),
+        md = MD,
+        ds = DS,
+        entity = xml::escape(entity_id),
+        signed = authn_requests_signed,
+        signing = key("signing"),
+        encryption = key("encryption"),
+        post = BINDING_POST,
+        acs = xml::escape(acs_url),
+    )
+}

@@ -1,0 +1,165 @@
+//! Signature placement, algorithm allow-list and xmlsec verification.
+//!
+//! Before xmlsec runs, every `ds:Signature` must sit where the SAML profile
+//! puts it (a direct child of the Response or of the Assertion), reference
+//! exactly its parent by id, and use only allowed algorithms and transforms.
+//! xmlsec then verifies against the connection's certificates only (KeyInfo
+//! in the message is never used as a key) and reduces the document to what
+//! the signatures cover (`ReduceMode::ValidateAndMarkNoAncestors`).
+
+use super::validate::Reject;
+use super::xml::{self, DS};
+use libxml::tree::Node;
+use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer, CryptoProvider as _, ReduceMode};
+use serde::{Deserialize, Serialize};
+
+/// A signature algorithm a connection may accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SignatureAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// RSA with SHA-384.
+    #[serde(rename = "rsa-sha384")]
+    RsaSha384,
+    /// RSA with SHA-512.
+    #[serde(rename = "rsa-sha512")]
+    RsaSha512,
+    /// ECDSA with SHA-256.
+    #[serde(rename = "ecdsa-sha256")]
+    EcdsaSha256,
+    /// ECDSA with SHA-384.
+    #[serde(rename = "ecdsa-sha384")]
+    EcdsaSha384,
+    /// ECDSA with SHA-512.
+    #[serde(rename = "ecdsa-sha512")]
+    EcdsaSha512,
+    /// RSA with SHA-1: only by explicit opt-in, for IdPs that cannot do better.
+    #[serde(rename = "rsa-sha1")]
+    RsaSha1,
+}
+
+impl SignatureAlgorithm {
+    /// The default allow-list: SHA-256 and stronger.
+    pub fn defaults() -> Vec<Self> {
+        vec![
+            Self::RsaSha256,
+            Self::RsaSha384,
+            Self::RsaSha512,
+            Self::EcdsaSha256,
+            Self::EcdsaSha384,
+            Self::EcdsaSha512,
+        ]
+    }
+
+    fn uri(self) -> &'static str {
+        match self {
+            Self::RsaSha1 => "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+            other => other
+                .samael()
+                .map(|a| a.signature_uri())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn digest_uri(self) -> &'static str {
+        match self {
+            Self::RsaSha1 => "http://www.w3.org/2000/09/xmldsig#sha1",
+            other => other.samael().map(|a| a.digest_uri()).unwrap_or_default(),
+        }
+    }
+
+    fn samael(self) -> Option<AllowedSignatureAlgorithm> {
+        Some(match self {
+            Self::RsaSha256 => AllowedSignatureAlgorithm::RsaSha256,
+            Self::RsaSha384 => AllowedSignatureAlgorithm::RsaSha384,
+            Self::RsaSha512 => AllowedSignatureAlgorithm::RsaSha512,
+            Self::EcdsaSha256 => AllowedSignatureAlgorithm::EcdsaSha256,
+            Self::EcdsaSha384 => AllowedSignatureAlgorithm::EcdsaSha384,
+            Self::EcdsaSha512 => AllowedSignatureAlgorithm::EcdsaSha512,
+            Self::RsaSha1 => return None,
+        })
+    }
+}
+
+/// Transforms a SAML signature may use: enveloped + canonicalization only
+/// (no XPath or XSLT, which let a signature cover something other than its parent).
+const ALLOWED_TRANSFORMS: &[&str] = &[
+    "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+    "http://www.w3.org/2006/12/xml-c14n11",
+];
+
+/// Checks one signature: a direct child of `parent`, one Reference to
+/// `#parent@ID`, allowed transforms and algorithms.
+pub(crate) fn check_signature(
+    sig: &Node,
+    parent: &Node,
+    allowed: &[SignatureAlgorithm],
+) -> Result<(), Reject> {
+    let placement = |d: &str| Reject::new("saml.signature_invalid", d.to_owned());
+    let signed_info = xml::child(sig, DS, "SignedInfo")
+        .ok_or_else(|| placement("Signature without SignedInfo"))?;
+    let id = xml::attr(parent, "ID").ok_or_else(|| placement("signed element has no ID"))?;
+    let refs = xml::children(&signed_info, DS, "Reference");
+    let [reference] = refs.as_slice() else {
+        return Err(placement("a signature must have exactly one Reference"));
+    };
+    if xml::attr(reference, "URI").as_deref() != Some(&format!("#{id}")) {
+        return Err(placement(
+            "the signature does not reference the element that contains it",
+        ));
+    }
+    for t in xml::descendants(reference, DS, "Transform") {
+        let alg = xml::attr(&t, "Algorithm").unwrap_or_default();
+        if !ALLOWED_TRANSFORMS.contains(&alg.as_str()) {
+            return Err(placement(&format!("transform {alg} is not allowed")));
+        }
+    }
+    let method = xml::child(&signed_info, DS, "SignatureMethod")
+        .and_then(|m| xml::attr(&m, "Algorithm"))
+        .unwrap_or_default();
+    if !allowed.iter().any(|a| a.uri() == method) {
+        return Err(Reject::new(
+            "saml.signature_algorithm_not_allowed",
+            format!("signature algorithm {method} is not allowed"),
+        ));
+    }
+    let digest = xml::child(reference, DS, "DigestMethod")
+        .and_then(|m| xml::attr(&m, "Algorithm"))
+        .unwrap_or_default();
+    if !allowed.iter().any(|a| a.digest_uri() == digest) {
+        return Err(Reject::new(
+            "saml.digest_algorithm_not_allowed",
+            format!("digest algorithm {digest} is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies every signature of `xml` against `certs` and returns the
+/// document reduced to signed content.
+pub(crate) fn verify_and_reduce(
+    xml_text: &str,
+    certs: &[CertificateDer],
+    allowed: &[SignatureAlgorithm],
+) -> Result<String, Reject> {
+    // With SHA-1 opted in, samael's list cannot express it; our own check
+    // above has already enforced the connection's list either way.
+    let samael_list: Option<Vec<AllowedSignatureAlgorithm>> =
+        allowed.iter().map(|a| a.samael()).collect();
+    samael::crypto::XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
+        xml_text,
+        certs,
+        ReduceMode::ValidateAndMarkNoAncestors,
+        samael_list.as_deref(),
+    )
+    .map_err(|e| {
+        Reject::new(
+            "saml.signature_invalid",
+            format!("xmlsec: {e}: {:?}", std::error::Error::source(&e)),
+        )
+    })
+}

@@ -1,0 +1,400 @@
+//! The ACS checks of one SAMLResponse (HTTP-POST binding). Blocking and
+//! CPU-bound: the connector runs it on the blocking pool.
+
+use super::assertion;
+use super::decrypt::{self, DecryptError};
+use super::mapping::AttributeMapping;
+use super::signature::{self, SignatureAlgorithm};
+use super::xml::{self, DS, SAML, SAMLP};
+use crate::upstream::Identity;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use libxml::tree::{Document, Node};
+use openssl::pkey::{PKey, Private};
+use samael::crypto::CertificateDer;
+
+/// The largest `SAMLResponse` form value accepted (base64 characters).
+pub(crate) const MAX_FORM_BYTES: usize = 256 * 1024;
+/// The largest decoded XML accepted.
+pub(crate) const MAX_XML_BYTES: usize = 192 * 1024;
+
+/// A rejection: stable code, log detail, and optionally a specific message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reject {
+    pub code: &'static str,
+    pub detail: String,
+    pub message: Option<String>,
+}
+
+impl Reject {
+    pub(crate) fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            message: None,
+        }
+    }
+}
+
+/// What a response is checked against.
+pub(crate) struct Policy<'a> {
+    pub idp_entity_id: &'a str,
+    pub certs: &'a [CertificateDer],
+    pub allowed: &'a [SignatureAlgorithm],
+    pub sp_entity_id: &'a str,
+    pub acs_url: &'a str,
+    pub now: DateTime<Utc>,
+    pub skew: Duration,
+    /// The pending request id; `None` for an unsolicited response.
+    pub expected_in_response_to: Option<&'a str>,
+    pub want_encrypted: bool,
+    pub sp_key: &'a PKey<Private>,
+    pub mapping: &'a AttributeMapping,
+}
+
+/// An accepted assertion.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub identity: Identity,
+    pub assertion_id: String,
+    /// Until when the assertion could still be accepted (for the replay cache TTL).
+    pub usable_until: DateTime<Utc>,
+}
+
+fn parse(text: &str) -> Result<Document, Reject> {
+    xml::parse_strict(text).map_err(|e| match e {
+        xml::ParseError::Dtd => {
+            Reject::new("saml.dtd_forbidden", "document declares a DTD or entities")
+        }
+        xml::ParseError::Malformed => {
+            Reject::new("saml.malformed", "document is not well-formed XML")
+        }
+    })
+}
+
+fn root(doc: &Document) -> Result<Node, Reject> {
+    doc.get_root_element()
+        .ok_or_else(|| Reject::new("saml.malformed", "empty document"))
+}
+
+fn status_check(response: &Node) -> Result<(), Reject> {
+    let code =
+        xml::child(response, SAMLP, "Status").and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
+    let top = code
+        .as_ref()
+        .and_then(|c| xml::attr(c, "Value"))
+        .unwrap_or_default();
+    if top == "urn:oasis:names:tc:SAML:2.0:status:Success" {
+        return Ok(());
+    }
+    let sub = code
+        .as_ref()
+        .and_then(|c| xml::child(c, SAMLP, "StatusCode"))
+        .and_then(|c| xml::attr(&c, "Value"))
+        .unwrap_or_default();
+    let short = |u: &str| u.rsplit(':').next().unwrap_or_default().to_owned();
+    let message = match (short(&top).as_str(), short(&sub).as_str()) {
+        (_, "AuthnFailed" | "RequestDenied") | ("Requester", _) => {
+            "The identity provider denied the sign-in."
+        }
+        (_, "NoPassive") => "The identity provider needs you to sign in interactively.",
+        (_, "NoAuthnContext") => {
+            "The identity provider could not sign you in with the required method."
+        }
+        (_, "UnknownPrincipal") => "The identity provider does not know this account.",
+        ("VersionMismatch", _) => "The identity provider does not support this SAML version.",
+        _ => "The identity provider reported an error and did not sign you in.",
+    };
+    Err(Reject {
+        code: "saml.status_not_success",
+        detail: format!("status {top} / {sub}"),
+        message: Some(message.to_owned()),
+    })
+}
+
+fn check_ids_unique(root: &Node) -> Result<(), Reject> {
+    let mut seen = std::collections::HashSet::new();
+    for el in xml::all_elements(root) {
+        for name in ["ID", "Id", "id"] {
+            if let Some(v) = xml::attr(&el, name) {
+                if !seen.insert(v.clone()) {
+                    return Err(Reject::new(
+                        "saml.duplicate_id",
+                        format!("id {v} appears twice"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Signatures directly under `el` (checked) and any others below (refused).
+fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Reject> {
+    let own = xml::children(el, DS, "Signature");
+    if own.len() > 1 {
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "more than one signature on one element",
+        ));
+    }
+    for sig in &own {
+        signature::check_signature(sig, el, allowed)?;
+    }
+    Ok(!own.is_empty())
+}
+
+/// Validates `form_value` (the base64 `SAMLResponse`).
+pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Reject> {
+    if form_value.len() > MAX_FORM_BYTES {
+        return Err(Reject::new(
+            "saml.too_large",
+            "SAMLResponse exceeds the size limit",
+        ));
+    }
+    let compact: String = form_value.split_whitespace().collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not base64"))?;
+    if bytes.len() > MAX_XML_BYTES {
+        return Err(Reject::new(
+            "saml.too_large",
+            "decoded SAMLResponse exceeds the size limit",
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
+    let raw_doc = parse(&text)?;
+    let raw = root(&raw_doc)?;
+    if !xml::is(&raw, SAMLP, "Response") {
+        return Err(Reject::new(
+            "saml.malformed",
+            "root element is not samlp:Response",
+        ));
+    }
+    if xml::attr(&raw, "Version").as_deref() != Some("2.0") {
+        return Err(Reject::new("saml.malformed", "Response Version is not 2.0"));
+    }
+    // A failure status ends the flow whether or not it is signed: reading it
+    // can only reject.
+    status_check(&raw)?;
+    check_ids_unique(&raw)?;
+
+    // Exactly one assertion, plain or encrypted, anywhere in the document, and
+    // it must be a direct child of the Response: wrapping attacks need a second one.
+    let plain = xml::descendants(&raw, SAML, "Assertion");
+    let encrypted = xml::descendants(&raw, SAML, "EncryptedAssertion");
+    if plain.len() + encrypted.len() != 1 {
+        return Err(Reject::new(
+            "saml.assertion_count",
+            format!(
+                "{} assertions and {} encrypted assertions",
+                plain.len(),
+                encrypted.len()
+            ),
+        ));
+    }
+    let raw_assertion = plain
+        .first()
+        .or(encrypted.first())
+        .cloned()
+        .ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
+    if raw_assertion.get_parent().map(|pa| pa.node_ptr()) != Some(raw.node_ptr()) {
+        return Err(Reject::new(
+            "saml.malformed",
+            "the assertion is not a child of the Response",
+        ));
+    }
+    let is_encrypted = !encrypted.is_empty();
+    if p.want_encrypted && !is_encrypted {
+        return Err(Reject::new(
+            "saml.encryption_required",
+            "plaintext assertion where encryption is required",
+        ));
+    }
+
+    // Signatures may only sit on the Response and the (plain) Assertion.
+    let response_signed = own_signatures(&raw, p.allowed)?;
+    let assertion_signed_raw = if is_encrypted {
+        false
+    } else {
+        own_signatures(&raw_assertion, p.allowed)?
+    };
+    let total = xml::descendants(&raw, DS, "Signature").len();
+    if total != usize::from(response_signed) + usize::from(assertion_signed_raw) {
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "a signature sits outside the Response and Assertion",
+        ));
+    }
+
+    // When the Assertion carries its own signature, that signature is what we
+    // verify and the Assertion is all we read: Response fields are then only
+    // ever used to reject, so a Response signature would add nothing we rely
+    // on (stripping it is always open to an attacker). It is taken out before
+    // verification: real IdPs (the Okta capture) send Response signatures that
+    // intermediaries broke while the Assertion's own stays intact.
+    let response_signed = response_signed && !assertion_signed_raw;
+    let reduced_text = if assertion_signed_raw {
+        let doc = parse(&text)?;
+        for mut sig in xml::children(&root(&doc)?, DS, "Signature") {
+            sig.unlink_node();
+        }
+        let stripped = doc.to_string();
+        Some(signature::verify_and_reduce(&stripped, p.certs, p.allowed)?)
+    } else if response_signed {
+        Some(signature::verify_and_reduce(&text, p.certs, p.allowed)?)
+    } else {
+        None
+    };
+    let reduced_doc = reduced_text.as_deref().map(parse).transpose()?;
+    let reduced_root = reduced_doc.as_ref().map(root).transpose()?;
+    let raw_id = xml::attr(&raw, "ID");
+
+    // The Response fields: signed ones when the Response is signed.
+    let response = match (&reduced_root, response_signed) {
+        (Some(r), true) => {
+            if !xml::is(r, SAMLP, "Response") || xml::attr(r, "ID") != raw_id {
+                return Err(Reject::new(
+                    "saml.signature_invalid",
+                    "the signed element is not this Response",
+                ));
+            }
+            r.clone()
+        }
+        _ => raw.clone(),
+    };
+
+    // The trusted assertion.
+    let mut decrypted_doc: Option<Document> = None;
+    let assertion = if is_encrypted {
+        let enc = xml::child(&response, SAML, "EncryptedAssertion").ok_or_else(|| {
+            Reject::new(
+                "saml.signature_invalid",
+                "the encrypted assertion is not covered",
+            )
+        })?;
+        let doc = open_encrypted(&enc, response_signed, p)?;
+        let a = root(&doc)?;
+        decrypted_doc = Some(doc);
+        a
+    } else {
+        match (&reduced_root, response_signed, assertion_signed_raw) {
+            (Some(r), true, _) => xml::child(r, SAML, "Assertion").ok_or_else(|| {
+                Reject::new(
+                    "saml.signature_invalid",
+                    "the assertion is not covered by the signature",
+                )
+            })?,
+            (Some(r), false, true) => {
+                if !xml::is(r, SAML, "Assertion")
+                    || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID")
+                {
+                    return Err(Reject::new(
+                        "saml.signature_invalid",
+                        "the signed element is not this Assertion",
+                    ));
+                }
+                r.clone()
+            }
+            _ => {
+                return Err(Reject::new(
+                    "saml.unsigned",
+                    "neither the Response nor the Assertion is signed",
+                ))
+            }
+        }
+    };
+    let out = assertion::check(&response, response_signed, &assertion, p);
+    drop(decrypted_doc);
+    out
+}
+
+/// Decrypts the EncryptedAssertion and returns a document whose root is the
+/// trusted Assertion: its own verified, reduced signature, or the plaintext
+/// when the signed Response covered the ciphertext.
+///
+/// When no verified signature covered the ciphertext, every failure after
+/// key transport reports one code: distinct "bad padding", "not XML" and
+/// "bad signature" answers would be a decryption oracle (Jager and
+/// Somorovsky's attack on XML Encryption CBC). The log detail keeps the cause.
+fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
+    let opened = decrypt::decrypt_assertion(enc, p.sp_key)
+        .map_err(|e| match e {
+            DecryptError::Rsa15Refused => Reject::new(
+                "saml.key_transport_not_allowed",
+                "RSA 1.5 key transport refused",
+            ),
+            DecryptError::Unsupported(a) => {
+                Reject::new("saml.encryption_unsupported", format!("algorithm {a}"))
+            }
+            DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
+            DecryptError::Failed => Reject::new(
+                "saml.decryption_failed",
+                "the SP key does not decrypt the assertion",
+            ),
+        })
+        .and_then(|plaintext| trusted_plaintext(&plaintext, response_signed, p));
+    match opened {
+        Err(r)
+            if !response_signed
+                && r.code != "saml.key_transport_not_allowed"
+                && r.code != "saml.encryption_unsupported" =>
+        {
+            Err(Reject::new(
+                "saml.decryption_failed",
+                format!("{}: {}", r.code, r.detail),
+            ))
+        }
+        other => other,
+    }
+}
+
+fn trusted_plaintext(
+    plaintext: &str,
+    response_signed: bool,
+    p: &Policy<'_>,
+) -> Result<Document, Reject> {
+    let doc = parse(plaintext)?;
+    let a = root(&doc)?;
+    if !xml::is(&a, SAML, "Assertion") {
+        return Err(Reject::new(
+            "saml.malformed",
+            "decrypted content is not an Assertion",
+        ));
+    }
+    check_ids_unique(&a)?;
+    if !xml::descendants(&a, SAML, "Assertion").is_empty() {
+        return Err(Reject::new("saml.assertion_count", "nested assertion"));
+    }
+    let signed = own_signatures(&a, p.allowed)?;
+    if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
+        return Err(Reject::new(
+            "saml.signature_invalid",
+            "a signature sits inside the assertion content",
+        ));
+    }
+    if signed {
+        let reduced = parse(&signature::verify_and_reduce(
+            plaintext, p.certs, p.allowed,
+        )?)?;
+        let r = root(&reduced)?;
+        if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
+            return Err(Reject::new(
+                "saml.signature_invalid",
+                "the signed element is not this Assertion",
+            ));
+        }
+        drop(r);
+        drop(a);
+        Ok(reduced)
+    } else if response_signed {
+        drop(a);
+        Ok(doc)
+    } else {
+        Err(Reject::new(
+            "saml.unsigned",
+            "neither the Response nor the Assertion is signed",
+        ))
+    }
+}

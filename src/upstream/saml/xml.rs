@@ -1,0 +1,208 @@
+//! Strict XML parsing and namespace-aware navigation over libxml2 (the
+//! same parser xmlsec verifies with, so what we read is what was verified).
+
+use libxml::parser::{Parser, ParserOptions};
+use libxml::tree::{Document, Node};
+
+/// SAML 2.0 protocol namespace.
+pub(crate) const SAMLP: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+/// SAML 2.0 assertion namespace.
+pub(crate) const SAML: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+/// SAML 2.0 metadata namespace.
+pub(crate) const MD: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
+/// XML Signature namespace.
+pub(crate) const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
+/// XML Encryption namespace.
+pub(crate) const XENC: &str = "http://www.w3.org/2001/04/xmlenc#";
+
+/// Initializes libxml2 and xmlsec once per process, before any parsing.
+///
+/// samael initializes xmlsec lazily under its own mutex, the first time a key
+/// is loaded; libxml2 2.9 initializes itself lazily on first parse, and
+/// xmlsec's init registers global libxml2 I/O callbacks. Both are documented
+/// as safe only when no other thread uses the libraries meanwhile, so every
+/// entry point (parsing, verifying, signing) passes through this `Once` first.
+/// After it, each call uses its own documents, keys and contexts, which
+/// libxml2 and xmlsec support concurrently: no global lock on validation.
+pub(crate) fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        use samael::crypto::CryptoProvider as _;
+        // Loading a (deliberately empty) key runs samael's xmlsec init; the
+        // result is irrelevant.
+        let _ = samael::crypto::XmlSec::verify_signed_xml(
+            "<a/>",
+            &samael::crypto::CertificateDer::from(Vec::new()),
+            None,
+        );
+    });
+}
+
+/// Why a document was not parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParseError {
+    /// It declares a DTD or entities (XXE, entity expansion): never parsed.
+    Dtd,
+    /// It is not well-formed XML.
+    Malformed,
+}
+
+/// Parses `xml` without recovery, network access or DTDs.
+///
+/// Any `<!DOCTYPE` or `<!ENTITY` is refused before libxml2 sees the bytes,
+/// so neither external entities nor entity expansion can be reached. libxml2
+/// is told not to recover: a document it would have to repair is refused,
+/// which closes parser-differential tricks.
+pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
+    init();
+    if xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") || xml.contains("<!doctype") {
+        return Err(ParseError::Dtd);
+    }
+    // The text is UTF-8; a declaration claiming another encoding would make
+    // libxml2 decode it differently from what we checked.
+    let trimmed = xml.trim_start_matches('\u{feff}');
+    if let Some(decl) = trimmed
+        .strip_prefix("<?xml")
+        .and_then(|rest| rest.split("?>").next())
+    {
+        let decl = decl.to_ascii_lowercase();
+        if decl.contains("encoding") && !decl.contains("utf-8") {
+            return Err(ParseError::Malformed);
+        }
+    }
+    let options = ParserOptions {
+        recover: false,
+        no_def_dtd: true,
+        no_error: true,
+        no_warning: true,
+        pedantic: false,
+        no_blanks: false,
+        no_net: true,
+        no_implied: false,
+        compact: false,
+        ignore_enc: false,
+        encoding: None,
+    };
+    let doc = Parser::default()
+        .parse_string_with_options(xml, options)
+        .map_err(|_| ParseError::Malformed)?;
+    if doc.get_root_element().is_none() {
+        return Err(ParseError::Malformed);
+    }
+    Ok(doc)
+}
+
+/// Whether `node` is the element `{ns}local`.
+pub(crate) fn is(node: &Node, ns: &str, local: &str) -> bool {
+    node.is_element_node()
+        && node.get_name() == local
+        && node.get_namespace().is_some_and(|n| n.get_href() == ns)
+}
+
+/// The child elements `{ns}local` of `node`.
+pub(crate) fn children(node: &Node, ns: &str, local: &str) -> Vec<Node> {
+    node.get_child_elements()
+        .into_iter()
+        .filter(|c| is(c, ns, local))
+        .collect()
+}
+
+/// The first child element `{ns}local` of `node`.
+pub(crate) fn child(node: &Node, ns: &str, local: &str) -> Option<Node> {
+    node.get_child_elements()
+        .into_iter()
+        .find(|c| is(c, ns, local))
+}
+
+/// Every descendant element `{ns}local` of `node` (not `node` itself), in document order.
+pub(crate) fn descendants(node: &Node, ns: &str, local: &str) -> Vec<Node> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Node> = node.get_child_elements().into_iter().rev().collect();
+    while let Some(n) = stack.pop() {
+        if is(&n, ns, local) {
+            out.push(n.clone());
+        }
+        stack.extend(n.get_child_elements().into_iter().rev());
+    }
+    out
+}
+
+/// Every element of the tree under (and including) `node`.
+pub(crate) fn all_elements(node: &Node) -> Vec<Node> {
+    let mut out = Vec::new();
+    let mut stack = vec![node.clone()];
+    while let Some(n) = stack.pop() {
+        stack.extend(n.get_child_elements().into_iter().rev());
+        out.push(n);
+    }
+    out
+}
+
+/// The full text content of an element, trimmed.
+///
+/// libxml2 concatenates every text and CDATA descendant and skips comments,
+/// so `a@b.com<!---->.evil` reads as `a@b.com.evil`: a comment can never
+/// shorten a value to a prefix an attacker chose.
+pub(crate) fn text(node: &Node) -> String {
+    node.get_content().trim().to_owned()
+}
+
+/// An attribute of `node`.
+pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
+    node.get_attribute(name)
+}
+
+/// Escapes a string for an XML attribute value or text.
+pub(crate) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_does_not_truncate_text() {
+        let doc = parse_strict("<a>user@example.com<!-- x -->.evil.test</a>").unwrap();
+        let root = doc.get_root_element().unwrap();
+        assert_eq!(text(&root), "user@example.com.evil.test");
+    }
+
+    #[test]
+    fn doctype_and_entities_refused() {
+        assert_eq!(
+            parse_strict("<!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").err(),
+            Some(ParseError::Dtd)
+        );
+        assert_eq!(
+            parse_strict("<a><b></a>").err(),
+            Some(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn non_utf8_declarations_refused() {
+        assert!(parse_strict("<?xml version=\"1.0\" encoding=\"UTF-8\"?><a/>").is_ok());
+        assert!(parse_strict("<?xml version=\"1.0\"?><a/>").is_ok());
+        assert_eq!(
+            parse_strict("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>").err(),
+            Some(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn escape_covers_markup() {
+        assert_eq!(escape("a&<\"'>"), "a&amp;&lt;&quot;&apos;&gt;");
+    }
+}

@@ -1,0 +1,208 @@
+//! Responses crafted and signed by signxml (tests/peers/saml/craft.py), not
+//! by the code under test; shared by the ACS test modules.
+
+use crate::saml_common::*;
+use chrono::{DateTime, Duration, Utc};
+use portcullis::upstream::saml::SamlConnector;
+use portcullis::upstream::{Identity, UpstreamContext, UpstreamError};
+use std::sync::OnceLock;
+
+pub const IDP: &str = "https://idp.craft.test/entity";
+pub const REQ: &str = "_req1";
+/// Distinct valid responses completed at once in the concurrency test.
+pub const MANY: usize = 48;
+
+pub fn now() -> DateTime<Utc> {
+    "2030-01-01T12:00:00Z".parse().unwrap()
+}
+
+pub fn ts(d: Duration) -> String {
+    (now() + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn sp_entity(tenant: &str) -> String {
+    format!("https://sso.example.test/saml/{tenant}/corp/metadata")
+}
+
+pub fn acs(tenant: &str) -> String {
+    format!("https://sso.example.test/saml/{tenant}/corp/acs")
+}
+
+/// A valid case for tenant `acme`, with `over` fields replaced.
+pub fn case(name: &str, over: serde_json::Value) -> serde_json::Value {
+    let mut c = serde_json::json!({
+        "name": name,
+        "sp_entity_id": sp_entity("acme"),
+        "acs_url": acs("acme"),
+        "in_response_to": REQ,
+        "name_id": "ada@example.test",
+        "attributes": { "email": ["ada@example.test"], "firstName": ["Ada"], "lastName": ["Lovelace"],
+                        "groups": ["eng", "ops"] },
+        "issue_instant": ts(Duration::zero()),
+        "not_before": ts(Duration::minutes(-1)),
+        "not_on_or_after": ts(Duration::minutes(5)),
+        "scd_not_on_or_after": ts(Duration::minutes(5)),
+        "sign": "assertion",
+    });
+    for (k, v) in over.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+pub fn cases() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut v = vec![
+        case("ok", json!({})),
+        case("ok_response_signed", json!({ "sign": "response" })),
+        case("ok_both_signed", json!({ "sign": "both" })),
+        case("unsolicited", json!({ "in_response_to": null })),
+        case("strip_signature", json!({ "variant": "strip_signature" })),
+        case("unsigned", json!({ "sign": "none" })),
+        case("tamper_name_id", json!({ "variant": "tamper_name_id" })),
+        case(
+            "tamper_signed_response",
+            json!({ "sign": "response", "variant": "tamper_name_id" }),
+        ),
+        case("attacker_key", json!({ "attacker_key": true })),
+        case(
+            "comment_in_name_id",
+            json!({ "name_id": "admin@corp.test.evil.test",
+            "comment_at": ".evil.test", "variant": "comment_in_name_id", "attributes": {} }),
+        ),
+        case(
+            "other_tenant_no_destination",
+            json!({ "sp_entity_id": sp_entity("globex"),
+            "acs_url": acs("globex"), "destination": null }),
+        ),
+        case("sha1", json!({ "sig_alg": "rsa-sha1", "digest": "sha1" })),
+        case("sha1_digest", json!({ "digest": "sha1" })),
+        case(
+            "wrong_audience",
+            json!({ "audience": "https://sp.elsewhere.test" }),
+        ),
+        case("no_audience", json!({ "audience": null })),
+        case(
+            "wrong_recipient",
+            json!({ "recipient": "https://sp.elsewhere.test/acs" }),
+        ),
+        case(
+            "wrong_destination",
+            json!({ "destination": "https://sp.elsewhere.test/acs" }),
+        ),
+        case(
+            "signed_without_destination",
+            json!({ "sign": "response", "destination": null }),
+        ),
+        case(
+            "wrong_issuer",
+            json!({ "assertion_issuer": "https://idp.evil.test" }),
+        ),
+        case(
+            "expired",
+            json!({ "not_on_or_after": ts(Duration::minutes(-2)) }),
+        ),
+        case(
+            "not_yet_valid",
+            json!({ "not_before": ts(Duration::minutes(3)) }),
+        ),
+        case(
+            "scd_expired",
+            json!({ "scd_not_on_or_after": ts(Duration::minutes(-2)) }),
+        ),
+        case(
+            "no_scd_not_on_or_after",
+            json!({ "scd_not_on_or_after": null }),
+        ),
+        case(
+            "wrong_in_response_to",
+            json!({ "in_response_to": "_other" }),
+        ),
+        case(
+            "denied",
+            json!({ "sign": "response",
+            "status": "urn:oasis:names:tc:SAML:2.0:status:Requester",
+            "sub_status": "urn:oasis:names:tc:SAML:2.0:status:RequestDenied" }),
+        ),
+        case(
+            "other_tenant",
+            json!({ "sp_entity_id": sp_entity("globex"), "acs_url": acs("globex") }),
+        ),
+        case(
+            "entra",
+            json!({ "name_id": "oid-7", "attributes": {
+            "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress": ["grace@contoso.test"],
+            "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/givenname": ["Grace"],
+            "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/surname": ["Hopper"],
+            "http://schemas.microsoft.com/identity/claims/displayname": ["Grace Hopper"],
+            "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups": ["g-1", "g-2"],
+            "http://schemas.microsoft.com/identity/claims/objectidentifier": ["0000-oid"] } }),
+        ),
+    ];
+    for w in [
+        "wrap_before",
+        "wrap_after",
+        "wrap_around",
+        "wrap_extensions",
+        "wrap_advice",
+        "wrap_object",
+    ] {
+        v.push(case(w, json!({ "variant": w })));
+    }
+    for i in 0..MANY {
+        v.push(case(
+            &format!("many{i}"),
+            json!({ "name_id": format!("user{i}@example.test") }),
+        ));
+    }
+    v
+}
+
+pub struct Crafted {
+    pub metadata: String,
+    pub responses: serde_json::Value,
+}
+
+/// All crafted responses, made once per test run (one Python start).
+pub fn crafted() -> &'static Crafted {
+    static C: OnceLock<Crafted> = OnceLock::new();
+    C.get_or_init(|| {
+        let out = peer(
+            "craft.py",
+            &serde_json::json!({ "idp": { "entity_id": IDP }, "cases": cases() }),
+        );
+        Crafted {
+            metadata: out["metadata"].as_str().unwrap().to_owned(),
+            responses: out["responses"].clone(),
+        }
+    })
+}
+
+pub fn xml(name: &str) -> String {
+    crafted().responses[name].as_str().unwrap().to_owned()
+}
+
+pub async fn sp_with(tenant: &str, extra: serde_json::Value) -> (SamlConnector, UpstreamContext) {
+    let (ctx, _) = ctx_at(now());
+    let mut body = serde_json::json!({ "metadata_xml": crafted().metadata });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let cfg = setup(&ctx, tenant, "corp", body).await;
+    (connector(&ctx, tenant, "corp", cfg), ctx)
+}
+
+pub async fn sp() -> SamlConnector {
+    sp_with("acme", serde_json::json!({})).await.0
+}
+
+pub async fn run(name: &str) -> Result<Identity, UpstreamError> {
+    complete_xml(&sp().await, Some(&pending(REQ)), xml(name).as_bytes()).await
+}
+
+pub async fn code(name: &str) -> &'static str {
+    match run(name).await {
+        Ok(id) => panic!("{name} was accepted as {}", id.subject),
+        Err(e) => e.code,
+    }
+}

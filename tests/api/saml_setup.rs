@@ -1,0 +1,327 @@
+//! Connection setup (metadata, keys, options, rotation) and SP metadata.
+
+use crate::saml_common::*;
+use base64::Engine as _;
+use portcullis::ids::{ConnectionId, TenantId};
+use portcullis::upstream::saml::{self, SamlConfig};
+use portcullis::upstream::{SetupError, UpstreamContext};
+
+fn okta_metadata() -> String {
+    std::fs::read_to_string(fixtures().join("assertions/okta/metadata.xml")).unwrap()
+}
+
+fn ctx() -> UpstreamContext {
+    ctx_at("2030-01-01T00:00:00Z".parse().unwrap()).0
+}
+
+async fn try_setup(
+    ctx: &UpstreamContext,
+    body: serde_json::Value,
+) -> Result<SamlConfig, SetupError> {
+    saml::setup(
+        body,
+        ctx,
+        &TenantId::parse("acme").unwrap(),
+        &ConnectionId::parse("corp").unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn setup_reads_metadata_and_generates_sp_keys() {
+    let ctx = ctx();
+    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
+    assert_eq!(cfg.idp_certificates.len(), 1);
+    assert!(cfg
+        .sso_redirect_url
+        .as_deref()
+        .unwrap()
+        .starts_with("https://trial-1022863.okta.com/"));
+    assert!(cfg.sso_post_url.is_some());
+    assert!(!cfg.want_authn_requests_signed);
+    assert!(cfg
+        .sp_private_key_pem
+        .expose()
+        .contains("BEGIN PRIVATE KEY"));
+    assert_eq!(format!("{:?}", cfg.sp_private_key_pem), "[redacted]");
+    let key = openssl::pkey::PKey::private_key_from_pem(cfg.sp_private_key_pem.expose().as_bytes())
+        .unwrap();
+    assert_eq!(key.bits(), 2048);
+    let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
+    assert!(cert.public_key().unwrap().public_eq(&key));
+    // Defaults: SHA-256 and stronger only, IdP-initiated off, derived URLs.
+    let algs = serde_json::to_value(&cfg.allowed_algorithms).unwrap();
+    assert!(!algs
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("rsa-sha1")));
+    assert!(!cfg.allow_idp_initiated && cfg.sp_entity_id.is_none() && cfg.acs_url.is_none());
+    // The stored JSON round-trips, alone and inside a Connection.
+    let json = serde_json::to_value(&cfg).unwrap();
+    let back: SamlConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back.idp_certificates, cfg.idp_certificates);
+    let conn = serde_json::to_string(&connection("acme", "corp", cfg.clone())).unwrap();
+    let back: portcullis::upstream::Connection = serde_json::from_str(&conn).unwrap();
+    let portcullis::upstream::ConnectionKind::Saml(back) = back.kind else {
+        panic!("saml kind")
+    };
+    assert_eq!(back.sp_certificate_pem, cfg.sp_certificate_pem);
+    assert_eq!(back.sp_private_key_pem, cfg.sp_private_key_pem);
+}
+
+#[tokio::test]
+async fn setup_refuses_bad_requests() {
+    let ctx = ctx();
+    let no_cert = okta_metadata();
+    let start = no_cert.find("<md:KeyDescriptor").unwrap();
+    let end = no_cert.find("</md:KeyDescriptor>").unwrap() + "</md:KeyDescriptor>".len();
+    let no_cert = format!("{}{}", &no_cert[..start], &no_cert[end..]);
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": no_cert }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("signing certificate"), "{}", e.message);
+
+    let dtd = format!(
+        "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]>{}",
+        okta_metadata().trim_start_matches("<?xml version=\"1.0\" encoding=\"UTF-8\"?>")
+    );
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": dtd }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "bogus": 1 }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "bogus");
+    let e = try_setup(&ctx, serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allow_idp_initiated": true }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "default_client_id");
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "clock_skew_secs": 301 }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "clock_skew_secs");
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": ["md5"] }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "allowed_algorithms");
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": [] }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "allowed_algorithms");
+    let sp_md = "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"x\"><md:SPSSODescriptor/></md:EntityDescriptor>";
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": sp_md }))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("IDPSSODescriptor"));
+}
+
+#[tokio::test]
+async fn setup_fetches_metadata_url() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = okta_metadata();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 2048];
+        let _ = s.read(&mut buf).await.unwrap();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+            body.len(),
+            body
+        );
+        s.write_all(resp.as_bytes()).await.unwrap();
+    });
+    let (mut ctx, _) = ctx_at("2030-01-01T00:00:00Z".parse().unwrap());
+    ctx.http =
+        portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+            allow_private_networks: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let url = format!("http://{addr}/metadata");
+    let cfg = try_setup(&ctx, serde_json::json!({ "metadata_url": url }))
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
+    assert_eq!(cfg.metadata_url.unwrap().as_str(), url);
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_all_kept_and_accepted() {
+    use chrono::Duration;
+    let now: chrono::DateTime<chrono::Utc> = "2030-01-01T12:00:00Z".parse().unwrap();
+    let ts = |d: Duration| (now + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let idp = "https://idp.rotate.test";
+    let case = serde_json::json!({ "name": "r", "sp_entity_id": "https://sso.example.test/saml/acme/corp/metadata",
+        "acs_url": "https://sso.example.test/saml/acme/corp/acs", "name_id": "rot@example.test",
+        "issue_instant": ts(Duration::zero()), "not_before": ts(Duration::minutes(-1)),
+        "not_on_or_after": ts(Duration::minutes(5)), "scd_not_on_or_after": ts(Duration::minutes(5)) });
+    let old = peer(
+        "craft.py",
+        &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }),
+    );
+    let new = peer(
+        "craft.py",
+        &serde_json::json!({ "idp": { "entity_id": idp }, "cases": [case] }),
+    );
+    let cert = |o: &serde_json::Value| {
+        o["idp"]["cert_pem"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("CERTIFICATE"))
+            .collect::<String>()
+    };
+    let kd = |c: String| {
+        format!("<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>")
+    };
+    let md = format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"{idp}\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{}{}<md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"https://idp.rotate.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>",
+        kd(cert(&old)),
+        kd(cert(&new))
+    );
+    let (ctx, _) = ctx_at(now);
+    let cfg = setup(
+        &ctx,
+        "acme",
+        "corp",
+        serde_json::json!({ "metadata_xml": md, "allow_idp_initiated": true,
+        "default_client_id": "app", "redirect_uri": "https://app.example.test/cb" }),
+    )
+    .await;
+    assert_eq!(cfg.idp_certificates.len(), 2);
+    let c = connector(&ctx, "acme", "corp", cfg);
+    for o in [&old, &new] {
+        let id = complete_xml(&c, None, o["responses"]["r"].as_str().unwrap().as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(id.subject, "rot@example.test");
+    }
+}
+
+#[tokio::test]
+async fn sp_metadata_names_this_connection() {
+    let ctx = ctx();
+    let cfg = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "sign_authn_requests": true }),
+    )
+    .await
+    .unwrap();
+    let conn = connection("acme", "corp", cfg.clone());
+    let md = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
+    assert_eq!(
+        saml::sp_entity_id(&ctx, &conn).as_str(),
+        "https://sso.example.test/saml/acme/corp/metadata"
+    );
+    assert_eq!(
+        saml::acs_url(&ctx, &conn).as_str(),
+        "https://sso.example.test/saml/acme/corp/acs"
+    );
+    assert!(md.contains("entityID=\"https://sso.example.test/saml/acme/corp/metadata\""));
+    assert!(md.contains("Location=\"https://sso.example.test/saml/acme/corp/acs\""));
+    assert!(
+        md.contains("AuthnRequestsSigned=\"true\"") && md.contains("WantAssertionsSigned=\"true\"")
+    );
+    assert!(md.contains("use=\"signing\"") && md.contains("use=\"encryption\""));
+    let cert_b64: String = cfg
+        .sp_certificate_pem
+        .lines()
+        .filter(|l| !l.contains("CERTIFICATE"))
+        .collect();
+    assert!(md.contains(&cert_b64));
+}
+
+#[tokio::test]
+async fn federation_metadata_picks_the_named_idp() {
+    let ctx = ctx();
+    let okta = okta_metadata().replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
+    let ping = std::fs::read_to_string(fixtures().join("assertions/ping/metadata.xml"))
+        .unwrap()
+        .replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
+    let fed = format!(
+        "<md:EntitiesDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\">{okta}{ping}</md:EntitiesDescriptor>"
+    );
+    let first = try_setup(&ctx, serde_json::json!({ "metadata_xml": fed }))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.idp_entity_id,
+        "http://www.okta.com/exkdoocxa1VmjpXmX697"
+    );
+    let picked = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": fed,
+        "idp_entity_id": "https://auth.pingone.com/3030059e-440b-4ad0-9217-44326f1757f6" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        picked.idp_entity_id,
+        "https://auth.pingone.com/3030059e-440b-4ad0-9217-44326f1757f6"
+    );
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": fed, "idp_entity_id": "nope" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+}
+
+#[tokio::test]
+async fn weak_idp_rsa_keys_are_refused() {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "weak").unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(4_000_000_000).unwrap())
+        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let der = base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap());
+    let md = format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"https://weak.test\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\"><md:KeyDescriptor><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{der}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://weak.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>"
+    );
+    let e = try_setup(&ctx(), serde_json::json!({ "metadata_xml": md }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("1024-bit"), "{}", e.message);
+}
