@@ -362,7 +362,11 @@ impl Provider {
     async fn revoke_jti(&self, tenant: &TenantId, jti: &str, exp: i64) -> Result<(), OAuthError> {
         let left = (exp - self.clock.unix()).max(1);
         self.store
-            .put(&revoked_key(tenant, jti), b"1", Some(Duration::from_secs(left.unsigned_abs())))
+            .put(
+                &revoked_key(tenant, jti),
+                b"1",
+                Some(Duration::from_secs(left.unsigned_abs())),
+            )
             .await?;
         Ok(())
     }

@@ -18,14 +18,8 @@ async fn valid_signed_assertion_is_accepted_with_mapped_claims() {
 
 #[tokio::test]
 async fn valid_signed_response_and_both_signed_are_accepted() {
-    assert_eq!(
-        run("ok_response_signed").await.unwrap().subject,
-        "ada@example.test"
-    );
-    assert_eq!(
-        run("ok_both_signed").await.unwrap().subject,
-        "ada@example.test"
-    );
+    assert_eq!(run("ok_response_signed").await.unwrap().subject, "ada@example.test");
+    assert_eq!(run("ok_both_signed").await.unwrap().subject, "ada@example.test");
 }
 
 #[tokio::test]
@@ -66,19 +60,13 @@ async fn removed_signature_is_rejected() {
 #[tokio::test]
 async fn tampered_content_is_rejected() {
     assert_eq!(code("tamper_name_id").await, "saml.signature_invalid");
-    assert_eq!(
-        code("tamper_signed_response").await,
-        "saml.signature_invalid"
-    );
+    assert_eq!(code("tamper_signed_response").await, "saml.signature_invalid");
 }
 
 #[tokio::test]
 async fn attacker_key_in_key_info_is_not_trusted() {
     let x = xml("attacker_key");
-    assert!(
-        x.contains("X509Certificate"),
-        "the attacker ships its certificate"
-    );
+    assert!(x.contains("X509Certificate"), "the attacker ships its certificate");
     assert_eq!(code("attacker_key").await, "saml.signature_invalid");
 }
 
@@ -99,10 +87,7 @@ async fn comment_injected_into_name_id_is_refused() {
 #[tokio::test]
 async fn sha1_is_refused_unless_opted_in() {
     assert_eq!(code("sha1").await, "saml.signature_algorithm_not_allowed");
-    assert_eq!(
-        code("sha1_digest").await,
-        "saml.digest_algorithm_not_allowed"
-    );
+    assert_eq!(code("sha1_digest").await, "saml.digest_algorithm_not_allowed");
     let (c, _) = sp_with(
         "acme",
         serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] }),
@@ -127,9 +112,7 @@ async fn dtd_external_entity_and_entity_expansion_are_refused() {
     );
     let plain_dtd = with_prolog("<!DOCTYPE samlp:Response>");
     for x in [xxe, laughs, plain_dtd] {
-        let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
-            .await
-            .unwrap_err();
+        let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
         assert_eq!(e.code, "saml.dtd_forbidden");
     }
 }
@@ -162,9 +145,7 @@ async fn oversized_and_malformed_input_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code, "saml.malformed");
-    let e = c
-        .complete_code(&portcullis::upstream::CallbackParams::default())
-        .await;
+    let e = c.complete_code(&portcullis::upstream::CallbackParams::default()).await;
     assert_eq!(e, "saml.missing_response");
 }
 
@@ -175,10 +156,7 @@ trait CompleteCode {
 impl CompleteCode for SamlConnector {
     async fn complete_code(&self, p: &portcullis::upstream::CallbackParams) -> &'static str {
         use portcullis::upstream::Connector;
-        self.complete(Some(&pending(REQ)), p)
-            .await
-            .unwrap_err()
-            .code
+        self.complete(Some(&pending(REQ)), p).await.unwrap_err().code
     }
 }
 
@@ -190,11 +168,7 @@ async fn signature_placement_reference_and_transforms_are_checked() {
     let x = xml("ok");
     let reject = |doc: String| {
         let c = &c;
-        async move {
-            complete_xml(c, Some(&pending(REQ)), doc.as_bytes())
-                .await
-                .unwrap_err()
-        }
+        async move { complete_xml(c, Some(&pending(REQ)), doc.as_bytes()).await.unwrap_err() }
     };
     let xpath = x.replace(
         "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
@@ -214,8 +188,7 @@ async fn signature_placement_reference_and_transforms_are_checked() {
     let s = x.find("<ds:Signature").unwrap();
     let t = x.find("</ds:Signature>").unwrap() + "</ds:Signature>".len();
     let sig = &x[s..t];
-    let moved = format!("{}{}", &x[..s], &x[t..])
-        .replace("</samlp:Status>", &format!("{sig}</samlp:Status>"));
+    let moved = format!("{}{}", &x[..s], &x[t..]).replace("</samlp:Status>", &format!("{sig}</samlp:Status>"));
     let e = reject(moved).await;
     assert_eq!(e.code, "saml.signature_invalid");
     assert!(e.detail.contains("outside"), "{}", e.detail);

@@ -4,9 +4,7 @@
 use crate::saml_common::*;
 use base64::Engine as _;
 use portcullis::upstream::saml::SamlConfig;
-use portcullis::upstream::{
-    BeginRequest, Connector, SetupError, UpstreamContext, UpstreamRedirect,
-};
+use portcullis::upstream::{BeginRequest, Connector, SetupError, UpstreamContext, UpstreamRedirect};
 use std::io::Read as _;
 
 fn okta_metadata() -> String {
@@ -17,10 +15,7 @@ fn ctx() -> UpstreamContext {
     ctx_at("2030-01-01T00:00:00Z".parse().unwrap()).0
 }
 
-async fn try_setup(
-    ctx: &UpstreamContext,
-    body: serde_json::Value,
-) -> Result<SamlConfig, SetupError> {
+async fn try_setup(ctx: &UpstreamContext, body: serde_json::Value) -> Result<SamlConfig, SetupError> {
     portcullis::upstream::saml::setup(
         body,
         ctx,
@@ -31,9 +26,7 @@ async fn try_setup(
 }
 
 fn inflate(b64: &str) -> String {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     let mut s = String::new();
     flate2::read::DeflateDecoder::new(&raw[..])
         .read_to_string(&mut s)
@@ -63,26 +56,16 @@ async fn begin_redirect_binding_unsigned_and_signed() {
         let UpstreamRedirect::Redirect(url) = b.redirect else {
             panic!("redirect expected")
         };
-        assert!(url
-            .as_str()
-            .starts_with(cfg.sso_redirect_url.as_deref().unwrap()));
-        let q: std::collections::BTreeMap<String, String> =
-            url.query_pairs().into_owned().collect();
+        assert!(url.as_str().starts_with(cfg.sso_redirect_url.as_deref().unwrap()));
+        let q: std::collections::BTreeMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(q["RelayState"], "L-1");
         let xml = inflate(&q["SAMLRequest"]);
         let id = b.state["request_id"].as_str().unwrap();
         assert!(id.starts_with('_') && id.len() > 30);
         assert!(xml.contains(&format!("ID=\"{id}\"")));
-        assert!(xml.contains(
-            "<saml:Issuer>https://sso.example.test/saml/acme/corp/metadata</saml:Issuer>"
-        ));
-        assert!(xml.contains(&format!(
-            "Destination=\"{}\"",
-            cfg.sso_redirect_url.as_deref().unwrap()
-        )));
-        assert!(xml.contains(
-            "AssertionConsumerServiceURL=\"https://sso.example.test/saml/acme/corp/acs\""
-        ));
+        assert!(xml.contains("<saml:Issuer>https://sso.example.test/saml/acme/corp/metadata</saml:Issuer>"));
+        assert!(xml.contains(&format!("Destination=\"{}\"", cfg.sso_redirect_url.as_deref().unwrap())));
+        assert!(xml.contains("AssertionConsumerServiceURL=\"https://sso.example.test/saml/acme/corp/acs\""));
         assert!(xml.contains("ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""));
         assert!(xml.contains("ForceAuthn=\"true\""));
         assert!(
@@ -90,10 +73,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
             "redirect binding signs the query, not the XML"
         );
         if sign {
-            assert_eq!(
-                q["SigAlg"],
-                "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
-            );
+            assert_eq!(q["SigAlg"], "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256");
             // Verify over the exact query bytes, as the IdP does.
             let query = url.query().unwrap();
             let signed = &query[..query.find("&Signature=").unwrap()];
@@ -102,8 +82,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
                 .unwrap();
             let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
             let key = cert.public_key().unwrap();
-            let mut v =
-                openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+            let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
             v.update(signed.as_bytes()).unwrap();
             assert!(v.verify(&sig).unwrap());
         } else {
@@ -156,10 +135,7 @@ async fn begin_post_binding_is_enveloped_signed() {
             .unwrap(),
     )
     .unwrap();
-    assert!(xml.contains(&format!(
-        "ID=\"{}\"",
-        b.state["request_id"].as_str().unwrap()
-    )));
+    assert!(xml.contains(&format!("ID=\"{}\"", b.state["request_id"].as_str().unwrap())));
     assert!(!xml.contains("ForceAuthn"));
     let dir = std::env::temp_dir().join(format!("portcullis-saml-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -168,10 +144,7 @@ async fn begin_post_binding_is_enveloped_signed() {
     let out = std::process::Command::new("xmlsec1")
         .args(["--verify", "--pubkey-cert-pem"])
         .arg(dir.join("sp.pem"))
-        .args([
-            "--id-attr:ID",
-            "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest",
-        ])
+        .args(["--id-attr:ID", "urn:oasis:names:tc:SAML:2.0:protocol:AuthnRequest"])
         .arg(dir.join("req.xml"))
         .output()
         .unwrap();
@@ -186,10 +159,7 @@ async fn begin_post_binding_is_enveloped_signed() {
 #[tokio::test]
 async fn idp_wanting_signed_requests_gets_them() {
     let ctx = ctx();
-    let md = okta_metadata().replace(
-        "WantAuthnRequestsSigned=\"false\"",
-        "WantAuthnRequestsSigned=\"true\"",
-    );
+    let md = okta_metadata().replace("WantAuthnRequestsSigned=\"false\"", "WantAuthnRequestsSigned=\"true\"");
     let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": md }))
         .await
         .unwrap();
@@ -244,9 +214,7 @@ async fn begin_keeps_the_idp_query_and_signs_only_ours() {
         .unwrap()
         .1
         .into_owned();
-    let sig = base64::engine::general_purpose::STANDARD
-        .decode(sig)
-        .unwrap();
+    let sig = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
     let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
     let key = cert.public_key().unwrap();
     let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();

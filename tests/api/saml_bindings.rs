@@ -13,10 +13,7 @@ async fn audience_recipient_destination_issuer_are_enforced() {
     assert_eq!(code("no_audience").await, "saml.audience_missing");
     assert_eq!(code("wrong_recipient").await, "saml.recipient_mismatch");
     assert_eq!(code("wrong_destination").await, "saml.destination_mismatch");
-    assert_eq!(
-        code("signed_without_destination").await,
-        "saml.destination_mismatch"
-    );
+    assert_eq!(code("signed_without_destination").await, "saml.destination_mismatch");
     assert_eq!(code("wrong_issuer").await, "saml.issuer_mismatch");
 }
 
@@ -55,19 +52,14 @@ async fn clock_moves_validity() {
     let r = complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.not_yet_valid");
     clock.set(now() + Duration::minutes(2) + Duration::seconds(5));
-    assert!(
-        complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes())
-            .await
-            .is_ok()
-    );
+    assert!(complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes())
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
 async fn in_response_to_is_bound_to_the_pending_request() {
-    assert_eq!(
-        code("wrong_in_response_to").await,
-        "saml.in_response_to_mismatch"
-    );
+    assert_eq!(code("wrong_in_response_to").await, "saml.in_response_to_mismatch");
     // A response without InResponseTo cannot complete a pending request.
     assert_eq!(code("unsolicited").await, "saml.in_response_to_mismatch");
     let c = sp().await;
@@ -88,9 +80,7 @@ async fn unsolicited_is_refused_unless_idp_initiated_is_on() {
     )
     .await;
     assert_eq!(on.unsolicited_target().unwrap().0, "app");
-    assert!(complete_xml(&on, None, xml("unsolicited").as_bytes())
-        .await
-        .is_ok());
+    assert!(complete_xml(&on, None, xml("unsolicited").as_bytes()).await.is_ok());
     // ...but an unsolicited post that carries InResponseTo is refused.
     let r = complete_xml(&on, None, xml("ok").as_bytes()).await;
     assert_eq!(r.unwrap_err().code, "saml.unsolicited_in_response_to");
@@ -115,19 +105,13 @@ async fn sequential_replay_is_rejected() {
     .await;
     let c = connector(&ctx, "acme", "corp", cfg);
     let x = xml("ok");
-    assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
-        .await
-        .is_ok());
-    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
-        .await
-        .unwrap_err();
+    assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.is_ok());
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
     assert_eq!(e.code, "saml.replay");
     // The replay record outlives the assertion: one second before NotOnOrAfter
     // + skew the assertion is still acceptable, and still refused as a replay.
     clock.set(now() + Duration::minutes(5) + Duration::seconds(59));
-    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
-        .await
-        .unwrap_err();
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
     assert_eq!(e.code, "saml.replay");
 }
 
@@ -160,9 +144,7 @@ async fn many_distinct_responses_complete_concurrently() {
         .map(|i| {
             let c = c.clone();
             let x = xml(&format!("many{i}"));
-            tokio::spawn(
-                async move { (i, complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await) },
-            )
+            tokio::spawn(async move { (i, complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await) })
         })
         .collect();
     for t in tasks {

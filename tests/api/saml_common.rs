@@ -40,12 +40,7 @@ pub fn connection(tenant: &str, id: &str, cfg: SamlConfig) -> Connection {
     }
 }
 
-pub async fn setup(
-    ctx: &UpstreamContext,
-    tenant: &str,
-    id: &str,
-    body: serde_json::Value,
-) -> SamlConfig {
+pub async fn setup(ctx: &UpstreamContext, tenant: &str, id: &str, body: serde_json::Value) -> SamlConfig {
     saml::setup(
         body,
         ctx,

@@ -77,10 +77,7 @@ pub fn cases() -> Vec<serde_json::Value> {
         ),
         case("sha1", json!({ "sig_alg": "rsa-sha1", "digest": "sha1" })),
         case("sha1_digest", json!({ "digest": "sha1" })),
-        case(
-            "wrong_audience",
-            json!({ "audience": "https://sp.elsewhere.test" }),
-        ),
+        case("wrong_audience", json!({ "audience": "https://sp.elsewhere.test" })),
         case("no_audience", json!({ "audience": null })),
         case(
             "wrong_recipient",
@@ -94,30 +91,15 @@ pub fn cases() -> Vec<serde_json::Value> {
             "signed_without_destination",
             json!({ "sign": "response", "destination": null }),
         ),
-        case(
-            "wrong_issuer",
-            json!({ "assertion_issuer": "https://idp.evil.test" }),
-        ),
-        case(
-            "expired",
-            json!({ "not_on_or_after": ts(Duration::minutes(-2)) }),
-        ),
-        case(
-            "not_yet_valid",
-            json!({ "not_before": ts(Duration::minutes(3)) }),
-        ),
+        case("wrong_issuer", json!({ "assertion_issuer": "https://idp.evil.test" })),
+        case("expired", json!({ "not_on_or_after": ts(Duration::minutes(-2)) })),
+        case("not_yet_valid", json!({ "not_before": ts(Duration::minutes(3)) })),
         case(
             "scd_expired",
             json!({ "scd_not_on_or_after": ts(Duration::minutes(-2)) }),
         ),
-        case(
-            "no_scd_not_on_or_after",
-            json!({ "scd_not_on_or_after": null }),
-        ),
-        case(
-            "wrong_in_response_to",
-            json!({ "in_response_to": "_other" }),
-        ),
+        case("no_scd_not_on_or_after", json!({ "scd_not_on_or_after": null })),
+        case("wrong_in_response_to", json!({ "in_response_to": "_other" })),
         case(
             "denied",
             json!({ "sign": "response",

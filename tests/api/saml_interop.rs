@@ -19,10 +19,7 @@ struct Peer {
 /// pysaml2 stamps responses with the real time, so these tests run at it.
 async fn peer_setup(extra: serde_json::Value) -> Peer {
     let (ctx, _clock) = ctx_at(SystemClock.now());
-    let keys = peer(
-        "craft.py",
-        &serde_json::json!({ "idp": { "entity_id": IDP } }),
-    );
+    let keys = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP } }));
     let mut body = serde_json::json!({ "metadata_xml": keys["metadata"] });
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
@@ -38,10 +35,7 @@ async fn peer_setup(extra: serde_json::Value) -> Peer {
     }
 }
 
-async fn round_trip(
-    p: &Peer,
-    opts: serde_json::Value,
-) -> (Result<Identity, UpstreamError>, String) {
+async fn round_trip(p: &Peer, opts: serde_json::Value) -> (Result<Identity, UpstreamError>, String) {
     round_trip_with(p, opts, |x| x).await
 }
 
@@ -91,12 +85,9 @@ async fn round_trip_with(
         "pysaml2 read our request id"
     );
     let b64 = base64::engine::general_purpose::STANDARD;
-    let sent =
-        String::from_utf8(b64.decode(out["saml_response"].as_str().unwrap()).unwrap()).unwrap();
+    let sent = String::from_utf8(b64.decode(out["saml_response"].as_str().unwrap()).unwrap()).unwrap();
     let mut params = portcullis::upstream::CallbackParams::default();
-    params
-        .form
-        .insert("SAMLResponse".into(), b64.encode(mutate(sent)));
+    params.form.insert("SAMLResponse".into(), b64.encode(mutate(sent)));
     params.form.insert("RelayState".into(), "login-123".into());
     assert_eq!(p.connector.login_id(&params), Some("login-123"));
     let xml = String::from_utf8(b64.decode(&params.form["SAMLResponse"]).unwrap()).unwrap();
@@ -130,11 +121,7 @@ async fn pysaml2_signed_response_is_accepted() {
 #[tokio::test]
 async fn pysaml2_signed_response_and_assertion_is_accepted() {
     let p = peer_setup(serde_json::json!({})).await;
-    let (r, _) = round_trip(
-        &p,
-        serde_json::json!({ "sign_response": true, "sign_assertion": true }),
-    )
-    .await;
+    let (r, _) = round_trip(&p, serde_json::json!({ "sign_response": true, "sign_assertion": true })).await;
     assert_ada(&r.unwrap());
 }
 
@@ -153,10 +140,7 @@ async fn pysaml2_encrypted_assertion_aes_cbc_is_accepted() {
         serde_json::json!({ "sign_response": true, "sign_assertion": true, "encrypt": true }),
     )
     .await;
-    assert!(
-        xml.contains("EncryptedAssertion"),
-        "pysaml2 encrypted the assertion"
-    );
+    assert!(xml.contains("EncryptedAssertion"), "pysaml2 encrypted the assertion");
     assert!(xml.contains("rsa-oaep-mgf1p") && xml.contains("aes256-cbc"));
     assert_ada(&r.unwrap());
 }
@@ -210,8 +194,7 @@ async fn pysaml2_rsa_sha1_is_refused_by_default() {
 
 #[tokio::test]
 async fn pysaml2_rsa_sha1_is_accepted_when_opted_in() {
-    let p =
-        peer_setup(serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] })).await;
+    let p = peer_setup(serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] })).await;
     let (r, _) = round_trip(
         &p,
         serde_json::json!({ "sign_assertion": true,
@@ -227,11 +210,7 @@ async fn pysaml2_rsa_sha1_is_accepted_when_opted_in() {
 #[tokio::test]
 async fn pysaml2_encrypted_assertion_in_signed_response_is_accepted() {
     let p = peer_setup(serde_json::json!({ "want_encrypted_assertions": true })).await;
-    let (r, xml) = round_trip(
-        &p,
-        serde_json::json!({ "sign_response": true, "encrypt": true }),
-    )
-    .await;
+    let (r, xml) = round_trip(&p, serde_json::json!({ "sign_response": true, "encrypt": true })).await;
     assert!(xml.contains("EncryptedAssertion"));
     assert_ada(&r.unwrap());
 }
@@ -254,12 +233,7 @@ fn tamper_ciphertext(xml: String) -> String {
     let start = xml.rfind("CipherValue>").unwrap();
     let open = xml[..start].rfind("CipherValue>").unwrap() + "CipherValue>".len();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let value: String = xml[open..]
-        .split('<')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let value: String = xml[open..].split('<').next().unwrap().split_whitespace().collect();
     let mut bytes = b64.decode(&value).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;

@@ -14,10 +14,7 @@ fn ctx() -> UpstreamContext {
     ctx_at("2030-01-01T00:00:00Z".parse().unwrap()).0
 }
 
-async fn try_setup(
-    ctx: &UpstreamContext,
-    body: serde_json::Value,
-) -> Result<SamlConfig, SetupError> {
+async fn try_setup(ctx: &UpstreamContext, body: serde_json::Value) -> Result<SamlConfig, SetupError> {
     saml::setup(
         body,
         ctx,
@@ -33,10 +30,7 @@ async fn setup_reads_metadata_and_generates_sp_keys() {
     let cfg = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata() }))
         .await
         .unwrap();
-    assert_eq!(
-        cfg.idp_entity_id,
-        "http://www.okta.com/exkdoocxa1VmjpXmX697"
-    );
+    assert_eq!(cfg.idp_entity_id, "http://www.okta.com/exkdoocxa1VmjpXmX697");
     assert_eq!(cfg.idp_certificates.len(), 1);
     assert!(cfg
         .sso_redirect_url
@@ -45,22 +39,15 @@ async fn setup_reads_metadata_and_generates_sp_keys() {
         .starts_with("https://trial-1022863.okta.com/"));
     assert!(cfg.sso_post_url.is_some());
     assert!(!cfg.want_authn_requests_signed);
-    assert!(cfg
-        .sp_private_key_pem
-        .expose()
-        .contains("BEGIN PRIVATE KEY"));
+    assert!(cfg.sp_private_key_pem.expose().contains("BEGIN PRIVATE KEY"));
     assert_eq!(format!("{:?}", cfg.sp_private_key_pem), "[redacted]");
-    let key = openssl::pkey::PKey::private_key_from_pem(cfg.sp_private_key_pem.expose().as_bytes())
-        .unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(cfg.sp_private_key_pem.expose().as_bytes()).unwrap();
     assert_eq!(key.bits(), 2048);
     let cert = openssl::x509::X509::from_pem(cfg.sp_certificate_pem.as_bytes()).unwrap();
     assert!(cert.public_key().unwrap().public_eq(&key));
     // Defaults: SHA-256 and stronger only, IdP-initiated off, derived URLs.
     let algs = serde_json::to_value(&cfg.allowed_algorithms).unwrap();
-    assert!(!algs
-        .as_array()
-        .unwrap()
-        .contains(&serde_json::json!("rsa-sha1")));
+    assert!(!algs.as_array().unwrap().contains(&serde_json::json!("rsa-sha1")));
     assert!(!cfg.allow_idp_initiated && cfg.sp_entity_id.is_none() && cfg.acs_url.is_none());
     // The stored JSON round-trips, alone and inside a Connection.
     let json = serde_json::to_value(&cfg).unwrap();
@@ -97,12 +84,9 @@ async fn setup_refuses_bad_requests() {
         .unwrap_err();
     assert_eq!(e.field, "metadata_xml");
 
-    let e = try_setup(
-        &ctx,
-        serde_json::json!({ "metadata_xml": okta_metadata(), "bogus": 1 }),
-    )
-    .await
-    .unwrap_err();
+    let e = try_setup(&ctx, serde_json::json!({ "metadata_xml": okta_metadata(), "bogus": 1 }))
+        .await
+        .unwrap_err();
     assert_eq!(e.field, "bogus");
     let e = try_setup(&ctx, serde_json::json!({})).await.unwrap_err();
     assert_eq!(e.field, "metadata_xml");
@@ -159,20 +143,16 @@ async fn setup_fetches_metadata_url() {
         s.write_all(resp.as_bytes()).await.unwrap();
     });
     let (mut ctx, _) = ctx_at("2030-01-01T00:00:00Z".parse().unwrap());
-    ctx.http =
-        portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
-            allow_private_networks: true,
-            ..Default::default()
-        })
-        .unwrap();
+    ctx.http = portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+        allow_private_networks: true,
+        ..Default::default()
+    })
+    .unwrap();
     let url = format!("http://{addr}/metadata");
     let cfg = try_setup(&ctx, serde_json::json!({ "metadata_url": url }))
         .await
         .unwrap();
-    assert_eq!(
-        cfg.idp_entity_id,
-        "http://www.okta.com/exkdoocxa1VmjpXmX697"
-    );
+    assert_eq!(cfg.idp_entity_id, "http://www.okta.com/exkdoocxa1VmjpXmX697");
     assert_eq!(cfg.metadata_url.unwrap().as_str(), url);
 }
 
@@ -250,9 +230,7 @@ async fn sp_metadata_names_this_connection() {
     );
     assert!(md.contains("entityID=\"https://sso.example.test/saml/acme/corp/metadata\""));
     assert!(md.contains("Location=\"https://sso.example.test/saml/acme/corp/acs\""));
-    assert!(
-        md.contains("AuthnRequestsSigned=\"true\"") && md.contains("WantAssertionsSigned=\"true\"")
-    );
+    assert!(md.contains("AuthnRequestsSigned=\"true\"") && md.contains("WantAssertionsSigned=\"true\""));
     assert!(md.contains("use=\"signing\"") && md.contains("use=\"encryption\""));
     let cert_b64: String = cfg
         .sp_certificate_pem
@@ -275,10 +253,7 @@ async fn federation_metadata_picks_the_named_idp() {
     let first = try_setup(&ctx, serde_json::json!({ "metadata_xml": fed }))
         .await
         .unwrap();
-    assert_eq!(
-        first.idp_entity_id,
-        "http://www.okta.com/exkdoocxa1VmjpXmX697"
-    );
+    assert_eq!(first.idp_entity_id, "http://www.okta.com/exkdoocxa1VmjpXmX697");
     let picked = try_setup(
         &ctx,
         serde_json::json!({ "metadata_xml": fed,
@@ -313,8 +288,7 @@ async fn weak_idp_rsa_keys_are_refused() {
         .unwrap();
     b.set_not_after(&openssl::asn1::Asn1Time::from_unix(4_000_000_000).unwrap())
         .unwrap();
-    b.sign(&key, openssl::hash::MessageDigest::sha256())
-        .unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
     let der = base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap());
     let md = format!(
         "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"https://weak.test\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\"><md:KeyDescriptor><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{der}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor><md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://weak.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>"

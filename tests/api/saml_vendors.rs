@@ -15,8 +15,7 @@ struct Capture {
 
 async fn load(dir: &str) -> Capture {
     let base = fixtures().join(dir);
-    let params: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(base.join("params.json")).unwrap()).unwrap();
+    let params: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("params.json")).unwrap()).unwrap();
     let now: DateTime<Utc> = params["now"].as_str().unwrap().parse().unwrap();
     let (ctx, _clock) = ctx_at(now);
     let metadata = std::fs::read_to_string(base.join("metadata.xml")).unwrap();
@@ -79,10 +78,7 @@ async fn google_capture_is_accepted() {
     let id = accept("assertions/google").await;
     assert_eq!(id.subject, "ulysse.carion@codomaindata.com");
     assert_eq!(id.email.as_deref(), Some("ulysse.carion@codomaindata.com"));
-    assert_eq!(
-        id.session_index.as_deref(),
-        Some("_6f7e3b62751ed5bf0adab64936da1e67")
-    );
+    assert_eq!(id.session_index.as_deref(), Some("_6f7e3b62751ed5bf0adab64936da1e67"));
 }
 
 #[tokio::test]
@@ -120,29 +116,21 @@ async fn okta_capture_is_accepted() {
     let id = accept("assertions/okta").await;
     assert_eq!(id.subject, "ulysse.carion@codomaindata.com");
     assert_eq!(id.amr, vec!["pwd"]);
-    assert_eq!(
-        id.session_index.as_deref(),
-        Some("id1714077115304.328863927")
-    );
+    assert_eq!(id.session_index.as_deref(), Some("id1714077115304.328863927"));
 }
 
 #[tokio::test]
 async fn pingone_capture_is_accepted() {
     let id = accept("assertions/ping").await;
     assert_eq!(id.subject, "9e34fa21-4e8f-4dee-b565-648dbcf25eff");
-    assert_eq!(
-        id.raw["saml_subject"],
-        vec!["9e34fa21-4e8f-4dee-b565-648dbcf25eff"]
-    );
+    assert_eq!(id.raw["saml_subject"], vec!["9e34fa21-4e8f-4dee-b565-648dbcf25eff"]);
 }
 
 #[tokio::test]
 async fn keycloak_capture_with_another_request_id_is_rejected() {
     let cap = load("assertions/keycloak").await;
     let c = connector(&cap.ctx, "acme", "idp", cap.cfg);
-    let e = complete_xml(&c, Some(&pending("_other")), &cap.xml)
-        .await
-        .unwrap_err();
+    let e = complete_xml(&c, Some(&pending("_other")), &cap.xml).await.unwrap_err();
     assert_eq!(e.code, "saml.in_response_to_mismatch");
     // Unsolicited, a response carrying InResponseTo is refused too.
     let e = complete_xml(&c, None, &cap.xml).await.unwrap_err();
@@ -152,9 +140,7 @@ async fn keycloak_capture_with_another_request_id_is_rejected() {
 #[tokio::test]
 async fn bad_assertion_expired_early_is_not_yet_valid() {
     assert_eq!(
-        reject("bad-assertions/bad-assertion-expired-early")
-            .await
-            .code,
+        reject("bad-assertions/bad-assertion-expired-early").await.code,
         "saml.not_yet_valid"
     );
 }
@@ -162,19 +148,14 @@ async fn bad_assertion_expired_early_is_not_yet_valid() {
 #[tokio::test]
 async fn bad_assertion_expired_late_is_expired() {
     assert_eq!(
-        reject("bad-assertions/bad-assertion-expired-late")
-            .await
-            .code,
+        reject("bad-assertions/bad-assertion-expired-late").await.code,
         "saml.expired"
     );
 }
 
 #[tokio::test]
 async fn bad_assertion_utf8_is_malformed() {
-    assert_eq!(
-        reject("bad-assertions/bad-assertion-utf8").await.code,
-        "saml.malformed"
-    );
+    assert_eq!(reject("bad-assertions/bad-assertion-utf8").await.code, "saml.malformed");
 }
 
 #[tokio::test]

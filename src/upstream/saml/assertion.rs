@@ -14,9 +14,7 @@ fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
         .map(|v| {
             DateTime::parse_from_rfc3339(v.trim())
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    Reject::new("saml.malformed", format!("{name} is not a valid instant"))
-                })
+                .map_err(|_| Reject::new("saml.malformed", format!("{name} is not a valid instant")))
         })
         .transpose()
 }
@@ -40,10 +38,7 @@ pub(crate) fn check(
     }
     match xml::attr(response, "Destination") {
         Some(d) if d != p.acs_url => {
-            return Err(Reject::new(
-                "saml.destination_mismatch",
-                format!("Destination {d:?}"),
-            ))
+            return Err(Reject::new("saml.destination_mismatch", format!("Destination {d:?}")))
         }
         None if response_signed => {
             return Err(Reject::new(
@@ -57,10 +52,7 @@ pub(crate) fn check(
 
     // Assertion level.
     if xml::attr(assertion, "Version").as_deref() != Some("2.0") {
-        return Err(Reject::new(
-            "saml.malformed",
-            "Assertion Version is not 2.0",
-        ));
+        return Err(Reject::new("saml.malformed", "Assertion Version is not 2.0"));
     }
     let assertion_id = xml::attr(assertion, "ID")
         .filter(|s| !s.is_empty())
@@ -76,8 +68,8 @@ pub(crate) fn check(
     }
     let subject = xml::child(assertion, SAML, "Subject")
         .ok_or_else(|| Reject::new("saml.malformed", "Assertion without Subject"))?;
-    let name_id_el = xml::child(&subject, SAML, "NameID")
-        .ok_or_else(|| Reject::new("saml.malformed", "Subject without NameID"))?;
+    let name_id_el =
+        xml::child(&subject, SAML, "NameID").ok_or_else(|| Reject::new("saml.malformed", "Subject without NameID"))?;
     let name_id = xml::text(&name_id_el);
     if name_id.is_empty() {
         return Err(Reject::new("saml.malformed", "empty NameID"));
@@ -98,10 +90,7 @@ pub(crate) fn check(
     for st in xml::children(assertion, SAML, "AuthnStatement") {
         if let Some(until) = time(&st, "SessionNotOnOrAfter")? {
             if p.now - p.skew >= until {
-                return Err(Reject::new(
-                    "saml.expired",
-                    "SessionNotOnOrAfter has passed",
-                ));
+                return Err(Reject::new("saml.expired", "SessionNotOnOrAfter has passed"));
             }
         }
         if session_index.is_none() {
@@ -123,22 +112,13 @@ pub(crate) fn check(
                 continue;
             };
             let values = raw.entry(name).or_default();
-            values.extend(
-                xml::children(&attribute, SAML, "AttributeValue")
-                    .iter()
-                    .map(xml::text),
-            );
+            values.extend(xml::children(&attribute, SAML, "AttributeValue").iter().map(xml::text));
         }
     }
     let identity = p
         .mapping
         .identity(&name_id, name_id_is_email, raw, session_index, amr)
-        .ok_or_else(|| {
-            Reject::new(
-                "saml.subject_missing",
-                "the configured subject attribute is absent",
-            )
-        })?;
+        .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?;
     Ok(Validated {
         identity,
         assertion_id,
@@ -166,9 +146,7 @@ fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Rej
 fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let bearer: Vec<Node> = xml::children(subject, SAML, "SubjectConfirmation")
         .into_iter()
-        .filter(|c| {
-            xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer")
-        })
+        .filter(|c| xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer"))
         .collect();
     let mut first_error = None;
     for c in &bearer {
@@ -179,29 +157,16 @@ fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| {
-        Reject::new(
-            "saml.subject_confirmation_missing",
-            "no bearer SubjectConfirmation",
-        )
-    }))
+    Err(first_error
+        .unwrap_or_else(|| Reject::new("saml.subject_confirmation_missing", "no bearer SubjectConfirmation")))
 }
 
 fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
-    let data = xml::child(c, SAML, "SubjectConfirmationData").ok_or_else(|| {
-        Reject::new(
-            "saml.subject_confirmation_missing",
-            "no SubjectConfirmationData",
-        )
-    })?;
+    let data = xml::child(c, SAML, "SubjectConfirmationData")
+        .ok_or_else(|| Reject::new("saml.subject_confirmation_missing", "no SubjectConfirmationData"))?;
     match xml::attr(&data, "Recipient") {
         Some(r) if r == p.acs_url => {}
-        other => {
-            return Err(Reject::new(
-                "saml.recipient_mismatch",
-                format!("Recipient {other:?}"),
-            ))
-        }
+        other => return Err(Reject::new("saml.recipient_mismatch", format!("Recipient {other:?}"))),
     }
     let until = time(&data, "NotOnOrAfter")?.ok_or_else(|| {
         Reject::new(
@@ -225,12 +190,7 @@ fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Rej
     }
     match (xml::attr(&data, "InResponseTo"), p.expected_in_response_to) {
         (Some(v), Some(expected)) if v == expected => {}
-        (None, Some(_)) => {
-            return Err(Reject::new(
-                "saml.in_response_to_mismatch",
-                "InResponseTo missing",
-            ))
-        }
+        (None, Some(_)) => return Err(Reject::new("saml.in_response_to_mismatch", "InResponseTo missing")),
         (Some(v), Some(_)) => {
             return Err(Reject::new(
                 "saml.in_response_to_mismatch",
@@ -265,17 +225,11 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, R
     }
     let restrictions = xml::children(&cond, SAML, "AudienceRestriction");
     if restrictions.is_empty() {
-        return Err(Reject::new(
-            "saml.audience_missing",
-            "no AudienceRestriction",
-        ));
+        return Err(Reject::new("saml.audience_missing", "no AudienceRestriction"));
     }
     // Every restriction must name us (each one is a condition on its own).
     for r in &restrictions {
-        let audiences: Vec<String> = xml::children(r, SAML, "Audience")
-            .iter()
-            .map(xml::text)
-            .collect();
+        let audiences: Vec<String> = xml::children(r, SAML, "Audience").iter().map(xml::text).collect();
         if !audiences.iter().any(|a| a == p.sp_entity_id) {
             return Err(Reject::new(
                 "saml.audience_mismatch",

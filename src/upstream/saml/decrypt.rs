@@ -43,21 +43,23 @@ fn digest_for(uri: &str) -> Option<openssl::hash::MessageDigest> {
         "http://www.w3.org/2000/09/xmldsig#sha1" | "http://www.w3.org/2009/xmlenc11#mgf1sha1" => {
             Some(MessageDigest::sha1())
         }
-        "http://www.w3.org/2001/04/xmlenc#sha256"
-        | "http://www.w3.org/2009/xmlenc11#mgf1sha256" => Some(MessageDigest::sha256()),
-        "http://www.w3.org/2001/04/xmldsig-more#sha384"
-        | "http://www.w3.org/2009/xmlenc11#mgf1sha384" => Some(MessageDigest::sha384()),
-        "http://www.w3.org/2001/04/xmlenc#sha512"
-        | "http://www.w3.org/2009/xmlenc11#mgf1sha512" => Some(MessageDigest::sha512()),
+        "http://www.w3.org/2001/04/xmlenc#sha256" | "http://www.w3.org/2009/xmlenc11#mgf1sha256" => {
+            Some(MessageDigest::sha256())
+        }
+        "http://www.w3.org/2001/04/xmldsig-more#sha384" | "http://www.w3.org/2009/xmlenc11#mgf1sha384" => {
+            Some(MessageDigest::sha384())
+        }
+        "http://www.w3.org/2001/04/xmlenc#sha512" | "http://www.w3.org/2009/xmlenc11#mgf1sha512" => {
+            Some(MessageDigest::sha512())
+        }
         _ => None,
     }
 }
 
 /// Unwraps the content-encryption key from an `EncryptedKey`.
 fn unwrap_key(ek: &Node, key: &PKey<Private>) -> Result<Vec<u8>, DecryptError> {
-    let method = xml::child(ek, XENC, "EncryptionMethod").ok_or(DecryptError::Malformed(
-        "EncryptedKey has no EncryptionMethod",
-    ))?;
+    let method = xml::child(ek, XENC, "EncryptionMethod")
+        .ok_or(DecryptError::Malformed("EncryptedKey has no EncryptionMethod"))?;
     let alg = xml::attr(&method, "Algorithm").unwrap_or_default();
     if alg == RSA_1_5 {
         return Err(DecryptError::Rsa15Refused);
@@ -90,13 +92,9 @@ fn unwrap_key(ek: &Node, key: &PKey<Private>) -> Result<Vec<u8>, DecryptError> {
         .and_then(|_| dec.set_rsa_oaep_md(oaep_md))
         .and_then(|_| dec.set_rsa_mgf1_md(mgf_md))
         .map_err(|_| DecryptError::Failed)?;
-    let len = dec
-        .decrypt_len(&wrapped)
-        .map_err(|_| DecryptError::Failed)?;
+    let len = dec.decrypt_len(&wrapped).map_err(|_| DecryptError::Failed)?;
     let mut out = vec![0u8; len];
-    let n = dec
-        .decrypt(&wrapped, &mut out)
-        .map_err(|_| DecryptError::Failed)?;
+    let n = dec.decrypt(&wrapped, &mut out).map_err(|_| DecryptError::Failed)?;
     out.truncate(n);
     Ok(out)
 }
@@ -113,28 +111,18 @@ fn content_cipher(alg: &str) -> Option<(Cipher, bool)> {
     }
 }
 
-fn decrypt_content(
-    cipher: Cipher,
-    gcm: bool,
-    key: &[u8],
-    data: &[u8],
-) -> Result<Vec<u8>, DecryptError> {
+fn decrypt_content(cipher: Cipher, gcm: bool, key: &[u8], data: &[u8]) -> Result<Vec<u8>, DecryptError> {
     if key.len() != cipher.key_len() {
         return Err(DecryptError::Failed);
     }
-    let iv_len = if gcm {
-        12
-    } else {
-        cipher.iv_len().unwrap_or(16)
-    };
+    let iv_len = if gcm { 12 } else { cipher.iv_len().unwrap_or(16) };
     let tag_len = if gcm { 16 } else { 0 };
     if data.len() < iv_len + tag_len {
         return Err(DecryptError::Malformed("ciphertext too short"));
     }
     let (iv, rest) = data.split_at(iv_len);
     let (body, tag) = rest.split_at(rest.len() - tag_len);
-    let mut c =
-        Crypter::new(cipher, Mode::Decrypt, key, Some(iv)).map_err(|_| DecryptError::Failed)?;
+    let mut c = Crypter::new(cipher, Mode::Decrypt, key, Some(iv)).map_err(|_| DecryptError::Failed)?;
     c.pad(false);
     if gcm {
         c.set_tag(tag).map_err(|_| DecryptError::Failed)?;
@@ -157,17 +145,12 @@ fn decrypt_content(
 }
 
 /// Decrypts a `saml:EncryptedAssertion` element into the assertion's XML text.
-pub(crate) fn decrypt_assertion(
-    encrypted_assertion: &Node,
-    key: &PKey<Private>,
-) -> Result<String, DecryptError> {
+pub(crate) fn decrypt_assertion(encrypted_assertion: &Node, key: &PKey<Private>) -> Result<String, DecryptError> {
     let ed = xml::child(encrypted_assertion, XENC, "EncryptedData")
         .ok_or(DecryptError::Malformed("EncryptedData missing"))?;
     let method = xml::child(&ed, XENC, "EncryptionMethod")
         .and_then(|m| xml::attr(&m, "Algorithm"))
-        .ok_or(DecryptError::Malformed(
-            "EncryptedData has no EncryptionMethod",
-        ))?;
+        .ok_or(DecryptError::Malformed("EncryptedData has no EncryptionMethod"))?;
     let (cipher, gcm) = content_cipher(&method).ok_or(DecryptError::Unsupported(method))?;
     // The EncryptedKey sits in EncryptedData's KeyInfo, or beside EncryptedData.
     let ek = xml::child(&ed, DS, "KeyInfo")
@@ -188,8 +171,7 @@ mod tests {
 
     const AES256_CBC: &str = "http://www.w3.org/2001/04/xmlenc#aes256-cbc";
     const AES128_GCM: &str = "http://www.w3.org/2009/xmlenc11#aes128-gcm";
-    const PLAIN: &str =
-        "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_a\"/>";
+    const PLAIN: &str = "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_a\"/>";
 
     fn b64(b: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(b)
@@ -198,28 +180,16 @@ mod tests {
     /// Encrypts PLAIN to `key` as an IdP would, returning the EncryptedAssertion XML.
     fn encrypted(key: &PKey<Private>, data_alg: &str, key_alg: &str, tamper: bool) -> String {
         let gcm = data_alg == AES128_GCM;
-        let cek: Vec<u8> = (0..if gcm { 16 } else { 32 })
-            .map(|i| i as u8 * 7)
-            .collect();
+        let cek: Vec<u8> = (0..if gcm { 16 } else { 32 }).map(|i| i as u8 * 7).collect();
         let mut body = if gcm {
             let iv = [9u8; 12];
             let mut tag = [0u8; 16];
-            let ct = encrypt_aead(
-                Cipher::aes_128_gcm(),
-                &cek,
-                Some(&iv),
-                &[],
-                PLAIN.as_bytes(),
-                &mut tag,
-            )
-            .unwrap();
+            let ct = encrypt_aead(Cipher::aes_128_gcm(), &cek, Some(&iv), &[], PLAIN.as_bytes(), &mut tag).unwrap();
             [iv.to_vec(), ct, tag.to_vec()].concat()
         } else {
             let iv = [3u8; 16];
             // PKCS#7 padding is one valid XML Encryption padding.
-            let ct =
-                openssl::symm::encrypt(Cipher::aes_256_cbc(), &cek, Some(&iv), PLAIN.as_bytes())
-                    .unwrap();
+            let ct = openssl::symm::encrypt(Cipher::aes_256_cbc(), &cek, Some(&iv), PLAIN.as_bytes()).unwrap();
             [iv.to_vec(), ct].concat()
         };
         if tamper {

@@ -19,10 +19,7 @@ pub(crate) struct SpKeys {
 
 /// Generates an RSA 2048 key and a ten-year self-signed certificate starting at `now_unix`.
 /// Validity dates do not matter to SAML peers (they pin the key), but they must be sane.
-pub(crate) fn generate(
-    common_name: &str,
-    now_unix: i64,
-) -> Result<SpKeys, openssl::error::ErrorStack> {
+pub(crate) fn generate(common_name: &str, now_unix: i64) -> Result<SpKeys, openssl::error::ErrorStack> {
     let rsa = Rsa::generate(2048)?;
     let key = PKey::from_rsa(rsa)?;
     let mut name = X509NameBuilder::new()?;
@@ -63,17 +60,14 @@ pub(crate) struct SpKeyMaterial {
 }
 
 /// Parses stored PEM key material.
-pub(crate) fn load(
-    private_key_pem: &Secret,
-    certificate_pem: &str,
-) -> Result<SpKeyMaterial, String> {
+pub(crate) fn load(private_key_pem: &Secret, certificate_pem: &str) -> Result<SpKeyMaterial, String> {
     let key = PKey::private_key_from_pem(private_key_pem.expose().as_bytes())
         .map_err(|_| "the SP private key is not valid PEM".to_owned())?;
     let key_der = key
         .private_key_to_der()
         .map_err(|_| "the SP private key cannot be encoded".to_owned())?;
-    let cert = X509::from_pem(certificate_pem.as_bytes())
-        .map_err(|_| "the SP certificate is not valid PEM".to_owned())?;
+    let cert =
+        X509::from_pem(certificate_pem.as_bytes()).map_err(|_| "the SP certificate is not valid PEM".to_owned())?;
     let der = cert
         .to_der()
         .map_err(|_| "the SP certificate cannot be encoded".to_owned())?;

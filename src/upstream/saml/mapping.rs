@@ -228,11 +228,7 @@ mod tests {
 
     #[test]
     fn configured_names_win_and_subject_attribute_is_required() {
-        let r = raw(&[
-            ("mail", &["m@x.test"]),
-            ("corpMail", &["c@x.test"]),
-            ("oid", &["42"]),
-        ]);
+        let r = raw(&[("mail", &["m@x.test"]), ("corpMail", &["c@x.test"]), ("oid", &["42"])]);
         let m = AttributeMapping {
             email: Some(OneOrMany::One("corpMail".into())),
             subject: Some(OneOrMany::Many(vec!["oid".into()])),

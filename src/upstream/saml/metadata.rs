@@ -28,9 +28,7 @@ pub(crate) struct IdpMetadata {
 /// sentence for the admin.
 pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<IdpMetadata, String> {
     let doc = xml::parse_strict(text).map_err(|e| match e {
-        xml::ParseError::Dtd => {
-            "the metadata declares a DTD or entities, which are refused".to_owned()
-        }
+        xml::ParseError::Dtd => "the metadata declares a DTD or entities, which are refused".to_owned(),
         xml::ParseError::Malformed => "the metadata is not well-formed XML".to_owned(),
     })?;
     let root = doc
@@ -86,9 +84,7 @@ pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<Idp
     let mut sso_redirect = None;
     let mut sso_post = None;
     for sso in xml::children(&idp, MD, "SingleSignOnService") {
-        let (Some(binding), Some(location)) =
-            (xml::attr(&sso, "Binding"), xml::attr(&sso, "Location"))
-        else {
+        let (Some(binding), Some(location)) = (xml::attr(&sso, "Binding"), xml::attr(&sso, "Location")) else {
             continue;
         };
         if url::Url::parse(&location).is_err() {
@@ -101,10 +97,7 @@ pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<Idp
         }
     }
     if sso_redirect.is_none() && sso_post.is_none() {
-        return Err(
-            "the metadata has no SingleSignOnService with the HTTP-Redirect or HTTP-POST binding"
-                .to_owned(),
-        );
+        return Err("the metadata has no SingleSignOnService with the HTTP-Redirect or HTTP-POST binding".to_owned());
     }
     let want_authn_requests_signed =
         xml::attr(&idp, "WantAuthnRequestsSigned").is_some_and(|v| v == "true" || v == "1");

@@ -42,8 +42,7 @@ pub use setup::setup;
 pub use signature::SignatureAlgorithm;
 
 use super::{
-    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, UpstreamContext,
-    UpstreamError,
+    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, UpstreamContext, UpstreamError,
 };
 use crate::secret::Secret;
 use crate::store::Key;
@@ -127,17 +126,10 @@ pub fn acs_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
 
 /// Where this connection's SP metadata is published.
 pub fn sp_metadata_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
-    ctx.public(&format!(
-        "saml/{}/{}/metadata",
-        connection.tenant, connection.id
-    ))
+    ctx.public(&format!("saml/{}/{}/metadata", connection.tenant, connection.id))
 }
 
-fn effective_sp(
-    ctx: &UpstreamContext,
-    connection: &Connection,
-    cfg: &SamlConfig,
-) -> (String, String) {
+fn effective_sp(ctx: &UpstreamContext, connection: &Connection, cfg: &SamlConfig) -> (String, String) {
     (
         cfg.sp_entity_id
             .clone()
@@ -159,8 +151,7 @@ pub fn sp_metadata_xml(
     ctx: &UpstreamContext,
 ) -> Result<String, UpstreamError> {
     let (entity, acs) = effective_sp(ctx, connection, cfg);
-    let keys =
-        keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+    let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
     Ok(metadata::sp_metadata(
         &entity,
         &acs,
@@ -194,11 +185,7 @@ struct PendingState {
 
 impl SamlConnector {
     /// Builds the connector, parsing certificates and keys once.
-    pub fn new(
-        connection: &Connection,
-        cfg: SamlConfig,
-        ctx: UpstreamContext,
-    ) -> Result<Self, UpstreamError> {
+    pub fn new(connection: &Connection, cfg: SamlConfig, ctx: UpstreamContext) -> Result<Self, UpstreamError> {
         xml::init();
         let certs = cfg
             .idp_certificates
@@ -207,8 +194,7 @@ impl SamlConnector {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
                     .map_err(|_| config_error("an IdP certificate is not base64"))?;
-                openssl::x509::X509::from_der(&der)
-                    .map_err(|_| config_error("an IdP certificate is not X.509"))?;
+                openssl::x509::X509::from_der(&der).map_err(|_| config_error("an IdP certificate is not X.509"))?;
                 Ok(CertificateDer::from(der))
             })
             .collect::<Result<Vec<_>, UpstreamError>>()?;
@@ -218,8 +204,7 @@ impl SamlConnector {
         if cfg.allowed_algorithms.is_empty() {
             return Err(config_error("no allowed signature algorithm"));
         }
-        let keys =
-            keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+        let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
         let skew_secs = cfg
             .clock_skew_secs
             .unwrap_or(ctx.clock_skew_secs)
@@ -298,12 +283,7 @@ impl Connector for SamlConnector {
             force_authn: req.force_authn,
         };
         let redirect = match &inner.cfg.sso_redirect_url {
-            Some(url) => request::redirect(
-                url,
-                &request::authn_request_xml(&params, None),
-                req.login_id,
-                keys,
-            )?,
+            Some(url) => request::redirect(url, &request::authn_request_xml(&params, None), req.login_id, keys)?,
             None => request::post(destination, &params, req.login_id, keys)?,
         };
         let state = serde_json::to_value(PendingState { request_id: id })
@@ -342,12 +322,11 @@ impl Connector for SamlConnector {
                 )))
             }
         };
-        let form = params.form.get("SAMLResponse").cloned().ok_or_else(|| {
-            self.reject(validate::Reject::new(
-                "saml.missing_response",
-                "no SAMLResponse field",
-            ))
-        })?;
+        let form = params
+            .form
+            .get("SAMLResponse")
+            .cloned()
+            .ok_or_else(|| self.reject(validate::Reject::new("saml.missing_response", "no SAMLResponse field")))?;
         if form.len() > validate::MAX_FORM_BYTES {
             return Err(self.reject(validate::Reject::new(
                 "saml.too_large",
@@ -390,11 +369,7 @@ impl Connector for SamlConnector {
         // for as long as the assertion could be accepted.
         let ttl = (validated.usable_until - now).num_seconds().max(1);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            format!(
-                "{}\n{}",
-                self.inner.cfg.idp_entity_id, validated.assertion_id
-            )
-            .as_bytes(),
+            format!("{}\n{}", self.inner.cfg.idp_entity_id, validated.assertion_id).as_bytes(),
         ));
         let key = Key::tenant(
             &self.inner.tenant,
@@ -404,18 +379,11 @@ impl Connector for SamlConnector {
         let fresh = self
             .ctx
             .store
-            .put_if_absent(
-                &key,
-                b"1",
-                Some(std::time::Duration::from_secs(ttl.unsigned_abs())),
-            )
+            .put_if_absent(&key, b"1", Some(std::time::Duration::from_secs(ttl.unsigned_abs())))
             .await
             .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
         if !fresh {
-            return Err(self.reject(validate::Reject::new(
-                "saml.replay",
-                "assertion id already used",
-            )));
+            return Err(self.reject(validate::Reject::new("saml.replay", "assertion id already used")));
         }
         tracing::info!(
             code = "saml.accepted",

@@ -31,15 +31,8 @@ pub(crate) struct AuthnRequestParams<'a> {
 
 /// The AuthnRequest XML; with `signature_cert` a signature template is placed
 /// after the Issuer (for enveloped signing in the POST binding).
-pub(crate) fn authn_request_xml(
-    p: &AuthnRequestParams<'_>,
-    signature_cert: Option<&str>,
-) -> String {
-    let force = if p.force_authn {
-        " ForceAuthn=\"true\""
-    } else {
-        ""
-    };
+pub(crate) fn authn_request_xml(p: &AuthnRequestParams<'_>, signature_cert: Option<&str>) -> String {
+    let force = if p.force_authn { " ForceAuthn=\"true\"" } else { "" };
     let signature = signature_cert
         .map(|cert| {
             format!(
@@ -101,21 +94,15 @@ pub(crate) fn redirect(
     relay_state: &str,
     keys: Option<&SpKeyMaterial>,
 ) -> Result<UpstreamRedirect, UpstreamError> {
-    let mut deflater =
-        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut deflater = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     deflater.write_all(xml.as_bytes()).map_err(internal)?;
     let deflated = deflater.finish().map_err(internal)?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(deflated);
-    let mut query = format!(
-        "SAMLRequest={}&RelayState={}",
-        enc(&encoded),
-        enc(relay_state)
-    );
+    let mut query = format!("SAMLRequest={}&RelayState={}", enc(&encoded), enc(relay_state));
     if let Some(keys) = keys {
         query.push_str(&format!("&SigAlg={}", enc(RSA_SHA256)));
         let mut signer =
-            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &keys.key)
-                .map_err(internal)?;
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &keys.key).map_err(internal)?;
         signer.update(query.as_bytes()).map_err(internal)?;
         let signature = signer.sign_to_vec().map_err(internal)?;
         query.push_str(&format!(

@@ -73,22 +73,15 @@ pub async fn setup(
             if url.scheme() != "https" && url.scheme() != "http" {
                 return Err(SetupError::new("metadata_url", "must be an http(s) URL"));
             }
-            let bytes = ctx.http.get_bytes(url).await.map_err(|e| {
-                SetupError::new(
-                    "metadata_url",
-                    format!("could not fetch the metadata: {}", e.detail),
-                )
-            })?;
-            let xml = String::from_utf8(bytes)
-                .map_err(|_| SetupError::new("metadata_url", "the metadata is not UTF-8"))?;
+            let bytes =
+                ctx.http.get_bytes(url).await.map_err(|e| {
+                    SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.detail))
+                })?;
+            let xml =
+                String::from_utf8(bytes).map_err(|_| SetupError::new("metadata_url", "the metadata is not UTF-8"))?;
             (xml, "metadata_url")
         }
-        (None, None) => {
-            return Err(SetupError::new(
-                "metadata_xml",
-                "give metadata_xml or metadata_url",
-            ))
-        }
+        (None, None) => return Err(SetupError::new("metadata_xml", "give metadata_xml or metadata_url")),
     };
     let idp = metadata::parse_idp_metadata(&metadata_xml, req.idp_entity_id.as_deref())
         .map_err(|m| SetupError::new(field, m))?;
@@ -110,9 +103,7 @@ pub async fn setup(
         ));
     }
     let allowed_algorithms = match req.allowed_algorithms {
-        Some(list) if list.is_empty() => {
-            return Err(SetupError::new("allowed_algorithms", "must not be empty"))
-        }
+        Some(list) if list.is_empty() => return Err(SetupError::new("allowed_algorithms", "must not be empty")),
         Some(list) => list,
         None => SignatureAlgorithm::defaults(),
     };
@@ -131,11 +122,8 @@ pub async fn setup(
             ));
         }
     }
-    let sp = keys::generate(
-        &format!("Portcullis SAML SP {tenant}/{connection}"),
-        ctx.clock.unix(),
-    )
-    .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
+    let sp = keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
+        .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
     if idp.want_authn_requests_signed && !req.sign_authn_requests {
         tracing::info!(tenant = %tenant, connection = %connection, "IdP wants signed AuthnRequests: signing them");
     }

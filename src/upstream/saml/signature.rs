@@ -55,10 +55,7 @@ impl SignatureAlgorithm {
     fn uri(self) -> &'static str {
         match self {
             Self::RsaSha1 => "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
-            other => other
-                .samael()
-                .map(|a| a.signature_uri())
-                .unwrap_or_default(),
+            other => other.samael().map(|a| a.signature_uri()).unwrap_or_default(),
         }
     }
 
@@ -94,14 +91,9 @@ const ALLOWED_TRANSFORMS: &[&str] = &[
 
 /// Checks one signature: a direct child of `parent`, one Reference to
 /// `#parent@ID`, allowed transforms and algorithms.
-pub(crate) fn check_signature(
-    sig: &Node,
-    parent: &Node,
-    allowed: &[SignatureAlgorithm],
-) -> Result<(), Reject> {
+pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlgorithm]) -> Result<(), Reject> {
     let placement = |d: &str| Reject::new("saml.signature_invalid", d.to_owned());
-    let signed_info = xml::child(sig, DS, "SignedInfo")
-        .ok_or_else(|| placement("Signature without SignedInfo"))?;
+    let signed_info = xml::child(sig, DS, "SignedInfo").ok_or_else(|| placement("Signature without SignedInfo"))?;
     let id = xml::attr(parent, "ID").ok_or_else(|| placement("signed element has no ID"))?;
     let refs = xml::children(&signed_info, DS, "Reference");
     let [reference] = refs.as_slice() else {
@@ -148,8 +140,7 @@ pub(crate) fn verify_and_reduce(
 ) -> Result<String, Reject> {
     // With SHA-1 opted in, samael's list cannot express it; our own check
     // above has already enforced the connection's list either way.
-    let samael_list: Option<Vec<AllowedSignatureAlgorithm>> =
-        allowed.iter().map(|a| a.samael()).collect();
+    let samael_list: Option<Vec<AllowedSignatureAlgorithm>> = allowed.iter().map(|a| a.samael()).collect();
     samael::crypto::XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
         xml_text,
         certs,

@@ -63,12 +63,8 @@ pub(crate) struct Validated {
 
 fn parse(text: &str) -> Result<Document, Reject> {
     xml::parse_strict(text).map_err(|e| match e {
-        xml::ParseError::Dtd => {
-            Reject::new("saml.dtd_forbidden", "document declares a DTD or entities")
-        }
-        xml::ParseError::Malformed => {
-            Reject::new("saml.malformed", "document is not well-formed XML")
-        }
+        xml::ParseError::Dtd => Reject::new("saml.dtd_forbidden", "document declares a DTD or entities"),
+        xml::ParseError::Malformed => Reject::new("saml.malformed", "document is not well-formed XML"),
     })
 }
 
@@ -78,12 +74,8 @@ fn root(doc: &Document) -> Result<Node, Reject> {
 }
 
 fn status_check(response: &Node) -> Result<(), Reject> {
-    let code =
-        xml::child(response, SAMLP, "Status").and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
-    let top = code
-        .as_ref()
-        .and_then(|c| xml::attr(c, "Value"))
-        .unwrap_or_default();
+    let code = xml::child(response, SAMLP, "Status").and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
+    let top = code.as_ref().and_then(|c| xml::attr(c, "Value")).unwrap_or_default();
     if top == "urn:oasis:names:tc:SAML:2.0:status:Success" {
         return Ok(());
     }
@@ -94,13 +86,9 @@ fn status_check(response: &Node) -> Result<(), Reject> {
         .unwrap_or_default();
     let short = |u: &str| u.rsplit(':').next().unwrap_or_default().to_owned();
     let message = match (short(&top).as_str(), short(&sub).as_str()) {
-        (_, "AuthnFailed" | "RequestDenied") | ("Requester", _) => {
-            "The identity provider denied the sign-in."
-        }
+        (_, "AuthnFailed" | "RequestDenied") | ("Requester", _) => "The identity provider denied the sign-in.",
         (_, "NoPassive") => "The identity provider needs you to sign in interactively.",
-        (_, "NoAuthnContext") => {
-            "The identity provider could not sign you in with the required method."
-        }
+        (_, "NoAuthnContext") => "The identity provider could not sign you in with the required method.",
         (_, "UnknownPrincipal") => "The identity provider does not know this account.",
         ("VersionMismatch", _) => "The identity provider does not support this SAML version.",
         _ => "The identity provider reported an error and did not sign you in.",
@@ -118,10 +106,7 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
         for name in ["ID", "Id", "id"] {
             if let Some(v) = xml::attr(&el, name) {
                 if !seen.insert(v.clone()) {
-                    return Err(Reject::new(
-                        "saml.duplicate_id",
-                        format!("id {v} appears twice"),
-                    ));
+                    return Err(Reject::new("saml.duplicate_id", format!("id {v} appears twice")));
                 }
             }
         }
@@ -147,10 +132,7 @@ fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Rej
 /// Validates `form_value` (the base64 `SAMLResponse`).
 pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Reject> {
     if form_value.len() > MAX_FORM_BYTES {
-        return Err(Reject::new(
-            "saml.too_large",
-            "SAMLResponse exceeds the size limit",
-        ));
+        return Err(Reject::new("saml.too_large", "SAMLResponse exceeds the size limit"));
     }
     let compact: String = form_value.split_whitespace().collect();
     let bytes = base64::engine::general_purpose::STANDARD
@@ -162,15 +144,11 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
             "decoded SAMLResponse exceeds the size limit",
         ));
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
+    let text = String::from_utf8(bytes).map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
     let raw_doc = parse(&text)?;
     let raw = root(&raw_doc)?;
     if !xml::is(&raw, SAMLP, "Response") {
-        return Err(Reject::new(
-            "saml.malformed",
-            "root element is not samlp:Response",
-        ));
+        return Err(Reject::new("saml.malformed", "root element is not samlp:Response"));
     }
     if xml::attr(&raw, "Version").as_deref() != Some("2.0") {
         return Err(Reject::new("saml.malformed", "Response Version is not 2.0"));
@@ -268,12 +246,8 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     // The trusted assertion.
     let mut decrypted_doc: Option<Document> = None;
     let assertion = if is_encrypted {
-        let enc = xml::child(&response, SAML, "EncryptedAssertion").ok_or_else(|| {
-            Reject::new(
-                "saml.signature_invalid",
-                "the encrypted assertion is not covered",
-            )
-        })?;
+        let enc = xml::child(&response, SAML, "EncryptedAssertion")
+            .ok_or_else(|| Reject::new("saml.signature_invalid", "the encrypted assertion is not covered"))?;
         let doc = open_encrypted(&enc, response_signed, p)?;
         let a = root(&doc)?;
         decrypted_doc = Some(doc);
@@ -287,9 +261,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
                 )
             })?,
             (Some(r), false, true) => {
-                if !xml::is(r, SAML, "Assertion")
-                    || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID")
-                {
+                if !xml::is(r, SAML, "Assertion") || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID") {
                     return Err(Reject::new(
                         "saml.signature_invalid",
                         "the signed element is not this Assertion",
@@ -321,18 +293,12 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
 fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
     let opened = decrypt::decrypt_assertion(enc, p.sp_key)
         .map_err(|e| match e {
-            DecryptError::Rsa15Refused => Reject::new(
-                "saml.key_transport_not_allowed",
-                "RSA 1.5 key transport refused",
-            ),
-            DecryptError::Unsupported(a) => {
-                Reject::new("saml.encryption_unsupported", format!("algorithm {a}"))
+            DecryptError::Rsa15Refused => {
+                Reject::new("saml.key_transport_not_allowed", "RSA 1.5 key transport refused")
             }
+            DecryptError::Unsupported(a) => Reject::new("saml.encryption_unsupported", format!("algorithm {a}")),
             DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
-            DecryptError::Failed => Reject::new(
-                "saml.decryption_failed",
-                "the SP key does not decrypt the assertion",
-            ),
+            DecryptError::Failed => Reject::new("saml.decryption_failed", "the SP key does not decrypt the assertion"),
         })
         .and_then(|plaintext| trusted_plaintext(&plaintext, response_signed, p));
     match opened {
@@ -350,18 +316,11 @@ fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<D
     }
 }
 
-fn trusted_plaintext(
-    plaintext: &str,
-    response_signed: bool,
-    p: &Policy<'_>,
-) -> Result<Document, Reject> {
+fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
     let doc = parse(plaintext)?;
     let a = root(&doc)?;
     if !xml::is(&a, SAML, "Assertion") {
-        return Err(Reject::new(
-            "saml.malformed",
-            "decrypted content is not an Assertion",
-        ));
+        return Err(Reject::new("saml.malformed", "decrypted content is not an Assertion"));
     }
     check_ids_unique(&a)?;
     if !xml::descendants(&a, SAML, "Assertion").is_empty() {
@@ -375,9 +334,7 @@ fn trusted_plaintext(
         ));
     }
     if signed {
-        let reduced = parse(&signature::verify_and_reduce(
-            plaintext, p.certs, p.allowed,
-        )?)?;
+        let reduced = parse(&signature::verify_and_reduce(plaintext, p.certs, p.allowed)?)?;
         let r = root(&reduced)?;
         if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
             return Err(Reject::new(

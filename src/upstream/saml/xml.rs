@@ -30,11 +30,8 @@ pub(crate) fn init() {
         use samael::crypto::CryptoProvider as _;
         // Loading a (deliberately empty) key runs samael's xmlsec init; the
         // result is irrelevant.
-        let _ = samael::crypto::XmlSec::verify_signed_xml(
-            "<a/>",
-            &samael::crypto::CertificateDer::from(Vec::new()),
-            None,
-        );
+        let _ =
+            samael::crypto::XmlSec::verify_signed_xml("<a/>", &samael::crypto::CertificateDer::from(Vec::new()), None);
     });
 }
 
@@ -61,10 +58,7 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
     // The text is UTF-8; a declaration claiming another encoding would make
     // libxml2 decode it differently from what we checked.
     let trimmed = xml.trim_start_matches('\u{feff}');
-    if let Some(decl) = trimmed
-        .strip_prefix("<?xml")
-        .and_then(|rest| rest.split("?>").next())
-    {
+    if let Some(decl) = trimmed.strip_prefix("<?xml").and_then(|rest| rest.split("?>").next()) {
         let decl = decl.to_ascii_lowercase();
         if decl.contains("encoding") && !decl.contains("utf-8") {
             return Err(ParseError::Malformed);
@@ -94,9 +88,7 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
 
 /// Whether `node` is the element `{ns}local`.
 pub(crate) fn is(node: &Node, ns: &str, local: &str) -> bool {
-    node.is_element_node()
-        && node.get_name() == local
-        && node.get_namespace().is_some_and(|n| n.get_href() == ns)
+    node.is_element_node() && node.get_name() == local && node.get_namespace().is_some_and(|n| n.get_href() == ns)
 }
 
 /// The child elements `{ns}local` of `node`.
@@ -109,9 +101,7 @@ pub(crate) fn children(node: &Node, ns: &str, local: &str) -> Vec<Node> {
 
 /// The first child element `{ns}local` of `node`.
 pub(crate) fn child(node: &Node, ns: &str, local: &str) -> Option<Node> {
-    node.get_child_elements()
-        .into_iter()
-        .find(|c| is(c, ns, local))
+    node.get_child_elements().into_iter().find(|c| is(c, ns, local))
 }
 
 /// Every descendant element `{ns}local` of `node` (not `node` itself), in document order.
@@ -185,10 +175,7 @@ mod tests {
             parse_strict("<!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").err(),
             Some(ParseError::Dtd)
         );
-        assert_eq!(
-            parse_strict("<a><b></a>").err(),
-            Some(ParseError::Malformed)
-        );
+        assert_eq!(parse_strict("<a><b></a>").err(), Some(ParseError::Malformed));
     }
 
     #[test]
