@@ -2,7 +2,7 @@
 //! sessions use the same Redis client (and the same in-memory fallback) as
 //! everything else, and one crate talks to Redis in the whole binary.
 //!
-//! Records are JSON under `Key::global("session", <id>)`. Their TTL is the
+//! Records are JSON under `Key::new("g:session:<id>", "record")`. Their TTL is the
 //! record's expiry measured against the injected clock, and a record whose
 //! expiry has passed is never returned, whatever the backend still holds.
 
@@ -37,7 +37,9 @@ impl StoreSessionStore {
     }
 
     fn key(id: &Id) -> Key {
-        Key::global("session", id.to_string())
+        // One hash tag per session: sessions are single-key, so they spread over
+        // a Redis Cluster instead of piling into one slot.
+        Key::new(format!("g:session:{id}"), "record")
     }
 
     /// Time left until the record expires, or `None` when it already has.
@@ -196,19 +198,9 @@ mod tests {
         let mut r = record(&f, 3, 600, "alice");
         f.sessions.create(&mut r).await.unwrap();
         f.clock.advance(chrono::Duration::seconds(599));
-        assert!(f
-            .store
-            .get(&Key::global("session", Id(3).to_string()))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(f.store.get(&StoreSessionStore::key(&Id(3))).await.unwrap().is_some());
         f.clock.advance(chrono::Duration::seconds(2));
-        assert!(f
-            .store
-            .get(&Key::global("session", Id(3).to_string()))
-            .await
-            .unwrap()
-            .is_none());
+        assert!(f.store.get(&StoreSessionStore::key(&Id(3))).await.unwrap().is_none());
         assert_eq!(f.sessions.load(&Id(3)).await.unwrap(), None);
     }
 
@@ -219,7 +211,7 @@ mod tests {
         // Stored with a longer TTL than the record itself allows.
         f.store
             .put(
-                &Key::global("session", Id(4).to_string()),
+                &StoreSessionStore::key(&Id(4)),
                 &serde_json::to_vec(&r).unwrap(),
                 Some(Duration::from_secs(3600)),
             )
@@ -236,12 +228,7 @@ mod tests {
         f.sessions.create(&mut r).await.unwrap();
         let expired = record(&f, 5, -1, "alice");
         f.sessions.save(&expired).await.unwrap();
-        assert!(f
-            .store
-            .get(&Key::global("session", Id(5).to_string()))
-            .await
-            .unwrap()
-            .is_none());
+        assert!(f.store.get(&StoreSessionStore::key(&Id(5))).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -250,7 +237,7 @@ mod tests {
         let r = record(&f, 6, 600, "alice");
         f.store
             .put(
-                &Key::global("session", Id(66).to_string()),
+                &StoreSessionStore::key(&Id(66)),
                 &serde_json::to_vec(&r).unwrap(),
                 Some(Duration::from_secs(600)),
             )

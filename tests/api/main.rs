@@ -5,6 +5,7 @@ mod support;
 
 mod admin_api;
 mod cli;
+mod dev_flow;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;

@@ -89,7 +89,7 @@ async fn sessions_live_in_redis_with_the_record_expiry_as_ttl() {
     sessions.create(&mut record).await.unwrap();
     assert_eq!(sessions.load(&record.id).await.unwrap(), Some(record.clone()));
 
-    let wire = format!("{prefix}:{{g:session}}:{}", record.id);
+    let wire = format!("{prefix}:{{g:session:{}}}:record", record.id);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&wire)
         .query_async(&mut raw(&url).await)

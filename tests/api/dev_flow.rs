@@ -1,0 +1,114 @@
+//! The first run: dev mode's demo app signs in through the built-in test IdP
+//! and the real provider, and shows the claims. Also: the dev IdP does not
+//! exist outside dev mode, and home-realm discovery picks the tenant by email.
+
+use crate::support::app::{spawn_app, AppOptions};
+use crate::support::browser::Browser;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn the_demo_app_signs_in_through_the_dev_idp_and_shows_the_claims() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let mut browser = Browser::new();
+    let home = browser.get(&app.url("/demo")).await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(
+        home.body.contains("Development identity provider"),
+        "dev pages carry the warning banner"
+    );
+    let login = browser.get(&app.url("/demo/login")).await;
+    assert!(
+        login.url.path().starts_with("/dev/demo/dev/login"),
+        "landed on {}",
+        login.url
+    );
+    let done = browser
+        .fill_and_submit(
+            &login,
+            None,
+            &[
+                ("email", "Ada@Demo.Example"),
+                ("given_name", "Ada"),
+                ("family_name", "Lovelace"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.url.path().starts_with("/demo/callback"));
+    for needle in [
+        "&quot;email&quot;: &quot;ada@demo.example&quot;",
+        "&quot;tenant&quot;: &quot;demo&quot;",
+        "&quot;connection&quot;: &quot;dev&quot;",
+        "&quot;name&quot;: &quot;Ada Lovelace&quot;",
+    ] {
+        assert!(done.body.contains(needle), "missing {needle} in {}", done.body);
+    }
+    assert!(done.body.contains("Refresh token issued: true"));
+
+    // SSO: a second sign-in from the demo app needs no trip to the dev IdP.
+    browser.clear_history();
+    let again = browser.get(&app.url("/demo/login")).await;
+    assert!(
+        again.url.path().starts_with("/demo/callback"),
+        "expected SSO, landed on {}",
+        again.url
+    );
+    assert!(!browser.trail().contains("/dev/demo/dev/login"), "{}", browser.trail());
+}
+
+#[tokio::test]
+async fn the_dev_idp_and_demo_app_do_not_exist_outside_dev_mode() {
+    let app = spawn_app(AppOptions::default()).await;
+    for path in ["/demo", "/demo/login", "/dev/demo/dev/login"] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn home_realm_discovery_asks_for_the_email_and_routes_by_domain() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let mut browser = Browser::new();
+    let mut url = app.url("/authorize");
+    let challenge = portcullis::tokens::sha256_base64url(b"a-verifier-that-is-long-enough-to-be-valid-for-pkce");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "demo")
+        .append_pair("redirect_uri", app.url("/demo/callback").as_str())
+        .append_pair("scope", "openid")
+        .append_pair("state", "s1")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let ask = browser.get(&url).await;
+    assert!(ask.body.contains("Work email"), "{}", ask.body);
+    let unknown = browser
+        .fill_and_submit(&ask, None, &[("login_hint", "x@unknown.example")])
+        .await;
+    assert!(
+        unknown
+            .body
+            .contains("No organization uses single sign-on for that email domain"),
+        "{}",
+        unknown.body
+    );
+    let routed = browser
+        .fill_and_submit(&unknown, None, &[("login_hint", "bob@demo.example")])
+        .await;
+    assert!(
+        routed.url.path().starts_with("/dev/demo/dev/login"),
+        "landed on {}",
+        routed.url
+    );
+    assert!(
+        routed.body.contains("bob@demo.example"),
+        "the hint is passed on to the IdP"
+    );
+}
