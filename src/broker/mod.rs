@@ -420,10 +420,12 @@ impl Broker {
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => match self.unsolicited_request(&client_id, &redirect_uri).await {
-                    Ok(r) => r,
-                    Err(o) => return o,
-                },
+                Some((client_id, redirect_uri)) => {
+                    match self.unsolicited_request(&tenant, &client_id, &redirect_uri).await {
+                        Ok(r) => r,
+                        Err(o) => return o,
+                    }
+                }
                 None => {
                     let reason = if connector.login_id(&params).is_some() {
                         "callback.unknown_login"
@@ -470,17 +472,29 @@ impl Broker {
         self.finish(&request, &s).await
     }
 
-    async fn unsolicited_request(&self, client_id: &str, redirect_uri: &Url) -> Result<AuthRequest, Outcome> {
+    async fn unsolicited_request(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        redirect_uri: &Url,
+    ) -> Result<AuthRequest, Outcome> {
         let client = self.provider.clients.get(client_id).await.map_err(unavailable)?;
-        let ok = client
-            .as_ref()
-            .is_some_and(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str()));
-        if !ok {
+        let Some(client) = client.filter(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str())) else {
             return Err(page(
                 400,
                 "Sign-in failed",
                 "The default application of this connection is not registered.",
                 "callback.unsolicited_target_invalid",
+            ));
+        };
+        // Checked when the login arrives, so a later change of the app's tenants counts.
+        if !client.allows_tenant(tenant) {
+            tracing::warn!(reason = "callback.unsolicited_tenant_not_allowed", tenant = %tenant, client_id);
+            return Err(page(
+                403,
+                "Sign-in failed",
+                "The default application of this connection is not available to your organization.",
+                "callback.unsolicited_tenant_not_allowed",
             ));
         }
         Ok(AuthRequest {

@@ -182,6 +182,12 @@ impl Provider {
                 "The code was issued to another client.",
             ));
         }
+        if !client.allows_tenant(&authz.tenant) {
+            return Err(OAuthError::invalid_grant(
+                "code.tenant_not_allowed",
+                "This client may not sign in users of that tenant.",
+            ));
+        }
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
                 "code.redirect_uri_mismatch",

@@ -112,3 +112,58 @@ async fn home_realm_discovery_asks_for_the_email_and_routes_by_domain() {
         "the hint is passed on to the IdP"
     );
 }
+
+/// The token endpoint re-checks the app's tenant restriction, so a code
+/// issued before an app was restricted cannot be redeemed for that tenant.
+#[tokio::test]
+async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token_endpoint() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
+    let registered = app.create_client("restricted", "Restricted", &[&redirect], false).await;
+    let verifier = portcullis::tokens::random_token(32);
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "restricted")
+        .append_pair("redirect_uri", redirect.as_str())
+        .append_pair("scope", "openid")
+        .append_pair("tenant", "demo")
+        .append_pair(
+            "code_challenge",
+            &portcullis::tokens::sha256_base64url(verifier.as_bytes()),
+        )
+        .append_pair("code_challenge_method", "S256");
+    let mut browser = Browser::new();
+    let login = browser.get(&url).await;
+    let stop = |u: &url::Url| u.host_str() == Some("app.example.test");
+    let form = login.form(None);
+    let back = browser.submit_until(&login, &form, &stop).await.stopped();
+    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+
+    // The app is now restricted to another tenant.
+    let mut client = app.state.provider.clients.get("restricted").await.unwrap().unwrap();
+    client.allowed_tenants = vec![portcullis::ids::TenantId::parse("globex").unwrap()];
+    app.state.provider.clients.put(&client).await.unwrap();
+
+    let resp = app
+        .client
+        .post(app.url("/token"))
+        .basic_auth("restricted", Some(registered.client_secret.as_deref().unwrap()))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(body["error_description"].as_str().unwrap().contains("tenant"), "{body}");
+}

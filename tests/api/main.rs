@@ -18,6 +18,7 @@ mod saml_browser;
 mod saml_common;
 mod saml_crafted;
 mod saml_flow;
+mod saml_gateway;
 mod saml_interop;
 mod saml_setup;
 mod saml_vendors;

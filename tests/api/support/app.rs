@@ -51,13 +51,19 @@ impl TestApp {
 /// Starts the gateway on 127.0.0.1:0 with private networks allowed (peers
 /// run on loopback).
 pub async fn spawn_app(options: AppOptions) -> TestApp {
+    let host = options.public_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    spawn_listening(options, |port| format!("http://{host}:{port}")).await.0
+}
+
+/// Starts the gateway like [`spawn_app`], announcing `public_url(port)` as its
+/// public URL; returns it with the address it really listens on.
+pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -> String) -> (TestApp, Url) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let host = options.public_host.clone().unwrap_or_else(|| "127.0.0.1".into());
     let admin_token = portcullis::tokens::random_token(24);
     let mut settings = Settings::default();
     settings.server.listen = format!("127.0.0.1:{port}");
-    settings.server.public_url = format!("http://{host}:{port}");
+    settings.server.public_url = public_url(port);
     settings.admin.token = Some(Secret::new(admin_token.clone()));
     settings.outbound.allow_private_networks = true;
     settings.dev.enabled = options.dev;
@@ -84,7 +90,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    TestApp {
+    let app = TestApp {
         base: Url::parse(&settings.server.public_url).unwrap(),
         admin_token,
         client: reqwest::Client::builder()
@@ -92,5 +98,6 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
             .build()
             .unwrap(),
         state,
-    }
+    };
+    (app, Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap())
 }
