@@ -37,6 +37,27 @@ pub struct AuthRequest {
     pub connection: Option<String>,
 }
 
+impl AuthRequest {
+    /// A request with only the client, redirect URI and state: what is known
+    /// when answering a bad request, or an IdP-initiated login (default scopes).
+    pub fn minimal(client_id: &str, redirect_uri: &str, state: Option<String>, scope: &[&str]) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+            state,
+            nonce: None,
+            code_challenge: None,
+            prompt_login: false,
+            prompt_none: false,
+            max_age: None,
+            login_hint: None,
+            tenant: None,
+            connection: None,
+        }
+    }
+}
+
 /// A rejected authorization request.
 #[derive(Debug, Clone)]
 pub enum AuthorizeError {

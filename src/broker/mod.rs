@@ -181,20 +181,7 @@ impl Broker {
             }) => {
                 tracing::info!(reason, client_id = %client_id, "authorization request refused");
                 let state = params.get("state").cloned();
-                let stub = AuthRequest {
-                    client_id: client_id.clone(),
-                    redirect_uri,
-                    scope: vec![],
-                    state,
-                    nonce: None,
-                    code_challenge: None,
-                    prompt_login: false,
-                    prompt_none: false,
-                    max_age: None,
-                    login_hint: None,
-                    tenant: None,
-                    connection: None,
-                };
+                let stub = AuthRequest::minimal(&client_id, &redirect_uri, state, &[]);
                 return error_to_app(&stub, &issuer, error, &description);
             }
             Err(AuthorizeError::Page { reason, message }) => {
@@ -497,20 +484,12 @@ impl Broker {
                 "callback.unsolicited_tenant_not_allowed",
             ));
         }
-        Ok(AuthRequest {
-            client_id: client_id.to_owned(),
-            redirect_uri: redirect_uri.to_string(),
-            scope: vec!["openid".into(), "email".into(), "profile".into()],
-            state: None,
-            nonce: None,
-            code_challenge: None,
-            prompt_login: false,
-            prompt_none: false,
-            max_age: None,
-            login_hint: None,
-            tenant: None,
-            connection: None,
-        })
+        Ok(AuthRequest::minimal(
+            client_id,
+            redirect_uri.as_str(),
+            None,
+            &["openid", "email", "profile"],
+        ))
     }
 
     /// Issues a code for `req` from session `s` and sends the browser to the app.

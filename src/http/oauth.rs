@@ -237,6 +237,30 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     }
 }
 
+/// Authenticates the client of a revocation or introspection request and
+/// returns it with the `token` parameter. `confidential_only` refuses public clients.
+async fn client_and_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    pairs: Vec<(String, String)>,
+    endpoint: &'static str,
+    confidential_only: bool,
+) -> Result<(crate::provider::clients::Client, String), OAuthError> {
+    let mut form = form_params(pairs)?;
+    let creds = client_credentials(headers, &mut form)?;
+    if confidential_only && matches!(creds, ClientCredentials::Public { .. }) {
+        return Err(OAuthError::invalid_client(
+            "client.secret_required",
+            "This endpoint requires client authentication.",
+        ));
+    }
+    let client = state.provider.authenticate_client(&creds).await?;
+    let token = form
+        .remove("token")
+        .ok_or_else(|| OAuthError::invalid_request(endpoint, "token is required."))?;
+    Ok((client, token))
+}
+
 /// `POST /revoke` (RFC 7009)
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
@@ -244,12 +268,7 @@ pub async fn revoke(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let result = async {
-        let mut form = form_params(pairs)?;
-        let creds = client_credentials(&headers, &mut form)?;
-        let client = state.provider.authenticate_client(&creds).await?;
-        let token = form
-            .remove("token")
-            .ok_or_else(|| OAuthError::invalid_request("revoke.missing_token", "token is required."))?;
+        let (client, token) = client_and_token(&state, &headers, pairs, "revoke.missing_token", false).await?;
         state.provider.revoke(&client, &token).await
     }
     .await;
@@ -266,18 +285,7 @@ pub async fn introspect(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let result = async {
-        let mut form = form_params(pairs)?;
-        let creds = client_credentials(&headers, &mut form)?;
-        if matches!(creds, ClientCredentials::Public { .. }) {
-            return Err(OAuthError::invalid_client(
-                "client.secret_required",
-                "Introspection requires client authentication.",
-            ));
-        }
-        let client = state.provider.authenticate_client(&creds).await?;
-        let token = form
-            .remove("token")
-            .ok_or_else(|| OAuthError::invalid_request("introspect.missing_token", "token is required."))?;
+        let (client, token) = client_and_token(&state, &headers, pairs, "introspect.missing_token", true).await?;
         state.provider.introspect(&client, &token).await
     }
     .await;
