@@ -19,7 +19,7 @@ use crate::tenant::{email_domain, Tenant, TenantRegistry};
 use crate::upstream::{BeginRequest, CallbackParams, UpstreamContext, UpstreamError, UpstreamRedirect};
 use authorize::{AuthRequest, AuthorizeError};
 use serde::{Deserialize, Serialize};
-use session::{BrowserSso, SsoSession};
+use session::{BrowserLogins, BrowserSso, SsoSession};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use url::Url;
@@ -29,8 +29,14 @@ use url::Url;
 pub enum Outcome {
     /// Redirect to the app (with a code, or with `error=`).
     App(Url),
-    /// Send the browser to the IdP.
-    Upstream(UpstreamRedirect),
+    /// Send the browser to the IdP; remember `binding` (login id, secret) in
+    /// the browser's session when given.
+    Upstream {
+        /// Where to send the browser.
+        redirect: UpstreamRedirect,
+        /// The browser binding of the pending login.
+        binding: Option<(String, String)>,
+    },
     /// Show a page to the person.
     Page {
         /// HTTP status.
@@ -91,6 +97,10 @@ pub struct PendingLogin {
     pub request: AuthRequest,
     /// The connector's private state (request id, nonce, PKCE verifier).
     pub connector_state: serde_json::Value,
+    /// SHA-256 of the secret the starting browser keeps in its session, when
+    /// the callback carries the session cookie.
+    #[serde(default)]
+    pub browser_binding: Option<String>,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -319,11 +329,17 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
+        let binding = connector
+            .binds_browser()
+            .then(|| (login_id.clone(), crate::tokens::random_token(24)));
         let pending = PendingLogin {
             tenant: tenant.clone(),
             connection: connection.clone(),
             request: req,
             connector_state: started.state,
+            browser_binding: binding
+                .as_ref()
+                .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
         };
         if let Err(e) = self
             .store
@@ -333,7 +349,10 @@ impl Broker {
             return unavailable(e);
         }
         tracing::info!(reason = "login.started", tenant = %tenant, connection = %connection, "sent to the IdP");
-        Outcome::Upstream(started.redirect)
+        Outcome::Upstream {
+            redirect: started.redirect,
+            binding,
+        }
     }
 
     fn upstream_failed(
@@ -366,6 +385,7 @@ impl Broker {
         connection: &str,
         params: CallbackParams,
         sso: &mut BrowserSso,
+        logins: &mut BrowserLogins,
     ) -> Outcome {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             return page(
@@ -394,6 +414,28 @@ impl Broker {
             _ => None,
         };
         if let Some(p) = &pending {
+            if let Some(expected) = &p.browser_binding {
+                let presented = logins
+                    .iter()
+                    .position(|(id, _)| Some(id.as_str()) == connector.login_id(&params))
+                    .map(|i| logins.remove(i).1);
+                let ok = presented.is_some_and(|s| {
+                    use subtle::ConstantTimeEq;
+                    crate::tokens::sha256_base64url(s.as_bytes())
+                        .as_bytes()
+                        .ct_eq(expected.as_bytes())
+                        .into()
+                });
+                if !ok {
+                    tracing::warn!(reason = "callback.browser_mismatch", tenant = %tenant, connection = %connection);
+                    return page(
+                        400,
+                        "Sign-in failed",
+                        "This sign-in was started in another browser or its session has ended. Please start again from the application.",
+                        "callback.browser_mismatch",
+                    );
+                }
+            }
             if p.connection != connection || p.tenant != tenant {
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
                 return page(

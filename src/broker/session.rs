@@ -13,6 +13,23 @@ pub type BrowserSso = BTreeMap<String, String>;
 /// The key of [`BrowserSso`] in the tower-sessions session.
 pub const SESSION_FIELD: &str = "sso";
 
+/// The logins this browser started: (login id, binding secret), newest last.
+pub type BrowserLogins = Vec<(String, String)>;
+
+/// The key of [`BrowserLogins`] in the tower-sessions session.
+pub const LOGINS_FIELD: &str = "logins";
+
+/// How many started logins a browser keeps (several tabs at once).
+pub const MAX_BROWSER_LOGINS: usize = 8;
+
+/// Remembers a started login in the browser's list, dropping the oldest.
+pub fn remember_login(logins: &mut BrowserLogins, login_id: String, secret: String) {
+    logins.push((login_id, secret));
+    if logins.len() > MAX_BROWSER_LOGINS {
+        logins.remove(0);
+    }
+}
+
 /// A signed-in user of one tenant in one browser.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SsoSession {

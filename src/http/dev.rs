@@ -1,7 +1,6 @@
 //! Development mode only: the built-in test IdP's pages and a demo app that
 //! signs in through the real provider and shows the claims it received.
 
-use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
 use super::AppState;
 use crate::ids::TenantId;
@@ -132,15 +131,11 @@ async fn callback(
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let mut sso = load_sso(&session).await;
     let params = CallbackParams {
         query,
         form: BTreeMap::new(),
     };
-    let outcome = app.broker.complete(&tenant, &connection, params, &mut sso).await;
-    let _ = session.cycle_id().await;
-    let _ = session.insert(crate::broker::session::SESSION_FIELD, &sso).await;
-    respond(&app, outcome)
+    super::flows::complete(&app, &session, &tenant, &connection, params).await
 }
 
 #[derive(Serialize, Deserialize)]

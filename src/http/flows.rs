@@ -3,7 +3,7 @@
 
 use super::pages::{self, esc};
 use super::AppState;
-use crate::broker::session::{BrowserSso, SESSION_FIELD};
+use crate::broker::session::{remember_login, BrowserLogins, BrowserSso, LOGINS_FIELD, SESSION_FIELD};
 use crate::broker::Outcome;
 use crate::ids::{ConnectionId, TenantId};
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
@@ -28,8 +28,14 @@ pub async fn load_sso(session: &Session) -> BrowserSso {
 pub fn respond(state: &AppState, outcome: Outcome) -> Response {
     match outcome {
         Outcome::App(url) => Redirect::to(url.as_str()).into_response(),
-        Outcome::Upstream(UpstreamRedirect::Redirect(url)) => Redirect::to(url.as_str()).into_response(),
-        Outcome::Upstream(UpstreamRedirect::PostForm { action, fields }) => pages::auto_post(action.as_str(), &fields),
+        Outcome::Upstream {
+            redirect: UpstreamRedirect::Redirect(url),
+            ..
+        } => Redirect::to(url.as_str()).into_response(),
+        Outcome::Upstream {
+            redirect: UpstreamRedirect::PostForm { action, fields },
+            ..
+        } => pages::auto_post(action.as_str(), &fields),
         Outcome::Page {
             status,
             title,
@@ -85,7 +91,9 @@ fn choose_tenant(state: &AppState, params: &BTreeMap<String, String>, error: Opt
     (pages::no_store(), Html(pages::layout("Sign in", &body))).into_response()
 }
 
-async fn complete(
+/// Completes a login at a callback and keeps the browser's session in step:
+/// the used login binding is dropped, and a new sign-in gets a fresh session id.
+pub async fn complete(
     state: &AppState,
     session: &Session,
     tenant: &str,
@@ -93,16 +101,48 @@ async fn complete(
     params: CallbackParams,
 ) -> Response {
     let mut sso = load_sso(session).await;
-    let before = sso.clone();
-    let outcome = state.broker.complete(tenant, connection, params, &mut sso).await;
-    if sso != before {
+    let mut logins = load_logins(session).await;
+    let (sso_before, logins_before) = (sso.clone(), logins.len());
+    let outcome = state
+        .broker
+        .complete(tenant, connection, params, &mut sso, &mut logins)
+        .await;
+    if sso != sso_before {
         // A new sign-in: a fresh session id, so a planted cookie cannot be fixated.
         let _ = session.cycle_id().await;
         if let Err(e) = session.insert(SESSION_FIELD, &sso).await {
             tracing::error!(reason = "session.save_failed", error = %e);
         }
     }
+    if logins.len() != logins_before {
+        let _ = session.insert(LOGINS_FIELD, &logins).await;
+    }
     respond(state, outcome)
+}
+
+/// The logins this browser started and has not finished.
+pub async fn load_logins(session: &Session) -> BrowserLogins {
+    session
+        .get::<BrowserLogins>(LOGINS_FIELD)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Remembers the browser binding of a login that is being sent upstream.
+pub async fn remember_binding(session: &Session, outcome: &Outcome) {
+    if let Outcome::Upstream {
+        binding: Some((id, secret)),
+        ..
+    } = outcome
+    {
+        let mut logins = load_logins(session).await;
+        remember_login(&mut logins, id.clone(), secret.clone());
+        if let Err(e) = session.insert(LOGINS_FIELD, &logins).await {
+            tracing::error!(reason = "session.save_failed", error = %e);
+        }
+    }
 }
 
 /// `GET /oidc/{tenant}/{connection}/callback`

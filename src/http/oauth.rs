@@ -131,6 +131,7 @@ async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, S
     };
     let sso = load_sso(&session).await;
     let outcome = state.broker.authorize(params, &sso).await;
+    super::flows::remember_binding(&session, &outcome).await;
     respond(&state, outcome)
 }
 

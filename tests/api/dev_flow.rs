@@ -167,3 +167,30 @@ async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token
     assert_eq!(body["error"], "invalid_grant");
     assert!(body["error_description"].as_str().unwrap().contains("tenant"), "{body}");
 }
+
+/// Login CSRF: a callback URL completed in one browser cannot be replayed
+/// into another browser to sign it in as someone else.
+#[tokio::test]
+async fn a_callback_finished_in_another_browser_is_refused() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let mut attacker = Browser::new();
+    let login = attacker.get(&app.url("/demo/login")).await;
+    let form = login.form(None);
+    let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
+    let callback = attacker.submit_until(&login, &form, &is_callback).await.stopped();
+
+    let mut victim = Browser::new();
+    let page = victim.get(&callback).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    assert!(page.body.contains("callback.browser_mismatch"), "{}", page.body);
+    assert!(
+        victim
+            .cookies_for(&app.url("/authorize"))
+            .is_none_or(|c| !c.contains("portcullis_session")),
+        "the victim must not have been given a session"
+    );
+}
