@@ -113,24 +113,18 @@ async fn home_realm_discovery_asks_for_the_email_and_routes_by_domain() {
     );
 }
 
-/// The token endpoint re-checks the app's tenant restriction, so a code
-/// issued before an app was restricted cannot be redeemed for that tenant.
-#[tokio::test]
-async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token_endpoint() {
-    let app = spawn_app(AppOptions {
-        dev: true,
-        ..AppOptions::default()
-    })
-    .await;
+/// Registers a confidential client and signs in through the dev IdP with it,
+/// stopping at the redirect back to the app. Returns (secret, code, verifier, redirect URI).
+async fn dev_code(app: &crate::support::app::TestApp, client_id: &str) -> (String, String, String, url::Url) {
     let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
-    let registered = app.create_client("restricted", "Restricted", &[&redirect], false).await;
+    let registered = app.create_client(client_id, client_id, &[&redirect], false).await;
     let verifier = portcullis::tokens::random_token(32);
     let mut url = app.url("/authorize");
     url.query_pairs_mut()
         .append_pair("response_type", "code")
-        .append_pair("client_id", "restricted")
+        .append_pair("client_id", client_id)
         .append_pair("redirect_uri", redirect.as_str())
-        .append_pair("scope", "openid")
+        .append_pair("scope", "openid email")
         .append_pair("tenant", "demo")
         .append_pair(
             "code_challenge",
@@ -143,16 +137,17 @@ async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token
     let form = login.form(None);
     let back = browser.submit_until(&login, &form, &stop).await.stopped();
     let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    (registered.client_secret.unwrap(), code, verifier, redirect)
+}
 
-    // The app is now restricted to another tenant.
-    let mut client = app.state.provider.clients.get("restricted").await.unwrap().unwrap();
-    client.allowed_tenants = vec![portcullis::ids::TenantId::parse("globex").unwrap()];
-    app.state.provider.clients.put(&client).await.unwrap();
-
-    let resp = app
-        .client
+async fn redeem(
+    app: &crate::support::app::TestApp,
+    client_id: &str,
+    (secret, code, verifier, redirect): &(String, String, String, url::Url),
+) -> reqwest::Response {
+    app.client
         .post(app.url("/token"))
-        .basic_auth("restricted", Some(registered.client_secret.as_deref().unwrap()))
+        .basic_auth(client_id, Some(secret))
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
@@ -161,7 +156,26 @@ async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The token endpoint re-checks the app's tenant restriction, so a code
+/// issued before an app was restricted cannot be redeemed for that tenant.
+#[tokio::test]
+async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token_endpoint() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let got = dev_code(&app, "restricted").await;
+
+    // The app is now restricted to another tenant.
+    let mut client = app.state.provider.clients.get("restricted").await.unwrap().unwrap();
+    client.allowed_tenants = vec![portcullis::ids::TenantId::parse("globex").unwrap()];
+    app.state.provider.clients.put(&client).await.unwrap();
+
+    let resp = redeem(&app, "restricted", &got).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
@@ -193,4 +207,68 @@ async fn a_callback_finished_in_another_browser_is_refused() {
             .is_none_or(|c| !c.contains("portcullis_session")),
         "the victim must not have been given a session"
     );
+}
+
+/// ES256 and EdDSA are selectable: discovery, JWKS and the tokens follow.
+#[tokio::test]
+async fn the_signing_algorithm_is_selectable() {
+    fn es256(s: &mut portcullis::config::Settings) {
+        s.tokens.algorithm = "ES256".into();
+    }
+    fn eddsa(s: &mut portcullis::config::Settings) {
+        s.tokens.algorithm = "EdDSA".into();
+    }
+    for (tweak, alg, kty) in [
+        (es256 as fn(&mut portcullis::config::Settings), "ES256", "EC"),
+        (eddsa, "EdDSA", "OKP"),
+    ] {
+        let app = spawn_app(AppOptions {
+            dev: true,
+            tweak: Some(tweak),
+            ..AppOptions::default()
+        })
+        .await;
+        let disco: serde_json::Value = app
+            .client
+            .get(app.url("/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(disco["id_token_signing_alg_values_supported"], serde_json::json!([alg]));
+        let jwks: serde_json::Value = app
+            .client
+            .get(app.url("/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["kty"] == kty && k["alg"] == alg),
+            "{jwks}"
+        );
+        let got = dev_code(&app, "app").await;
+        let tokens: serde_json::Value = redeem(&app, "app", &got).await.json().await.unwrap();
+        for token in ["id_token", "access_token"] {
+            let header = jsonwebtoken::decode_header(tokens[token].as_str().unwrap()).unwrap();
+            assert_eq!(format!("{:?}", header.alg), alg, "{token}");
+            let kid = header.kid.unwrap();
+            assert!(
+                jwks["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kid"] == kid.as_str()),
+                "{token} kid published"
+            );
+        }
+    }
 }
