@@ -28,11 +28,75 @@ pub(crate) fn init() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         use samael::crypto::CryptoProvider as _;
-        // Loading a (deliberately empty) key runs samael's xmlsec init; the
-        // result is irrelevant.
-        let _ =
-            samael::crypto::XmlSec::verify_signed_xml("<a/>", &samael::crypto::CertificateDer::from(Vec::new()), None);
+        // Loading a key runs samael's xmlsec init; a throwaway certificate
+        // loads cleanly, and "<a/>" has no signature, so nothing is verified.
+        let cert = throwaway_certificate_der().unwrap_or_default();
+        let _ = samael::crypto::XmlSec::verify_signed_xml("<a/>", &samael::crypto::CertificateDer::from(cert), None);
+        // xmlsec's init installs its default (stderr) error callback: replace it after.
+        xmlsec_errors::route_to_tracing();
     });
+}
+
+/// A self-signed P-256 certificate, only to make samael initialize xmlsec.
+fn throwaway_certificate_der() -> Option<Vec<u8>> {
+    use openssl::{asn1::Asn1Time, ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).ok()?;
+    let key = PKey::from_ec_key(ec::EcKey::generate(&group).ok()?).ok()?;
+    let mut name = x509::X509NameBuilder::new().ok()?;
+    name.append_entry_by_text("CN", "portcullis-init").ok()?;
+    let name = name.build();
+    let mut builder = x509::X509Builder::new().ok()?;
+    builder.set_version(2).ok()?;
+    builder.set_subject_name(&name).ok()?;
+    builder.set_issuer_name(&name).ok()?;
+    builder.set_pubkey(&key).ok()?;
+    let (from, until) = (Asn1Time::from_unix(0).ok()?, Asn1Time::from_unix(86_400).ok()?);
+    builder.set_not_before(&from).ok()?;
+    builder.set_not_after(&until).ok()?;
+    builder.sign(&key, MessageDigest::sha256()).ok()?;
+    builder.build().to_der().ok()
+}
+
+/// xmlsec prints every verification failure to stderr by default. Those lines
+/// go to `tracing` at debug level instead: the decision itself is logged once,
+/// with its reason code, by the connector.
+mod xmlsec_errors {
+    use std::ffi::{c_char, c_int, CStr};
+
+    type Callback =
+        unsafe extern "C" fn(*const c_char, c_int, *const c_char, *const c_char, *const c_char, c_int, *const c_char);
+
+    extern "C" {
+        // `void xmlSecErrorsSetCallback(xmlSecErrorsCallback callback)` in
+        // libxmlsec1, which samael links.
+        fn xmlSecErrorsSetCallback(callback: Option<Callback>);
+    }
+
+    fn text(p: *const c_char) -> String {
+        if p.is_null() {
+            return String::new();
+        }
+        // SAFETY: xmlsec passes NUL-terminated strings that live for the call.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    unsafe extern "C" fn to_tracing(
+        _file: *const c_char,
+        _line: c_int,
+        func: *const c_char,
+        _object: *const c_char,
+        subject: *const c_char,
+        reason: c_int,
+        msg: *const c_char,
+    ) {
+        tracing::debug!(reason = "saml.xmlsec", func = %text(func), subject = %text(subject), code = reason, "{}", text(msg));
+    }
+
+    pub(super) fn route_to_tracing() {
+        // SAFETY: called once, inside the process-wide init, before any other
+        // thread uses xmlsec; it only stores the function pointer.
+        unsafe { xmlSecErrorsSetCallback(Some(to_tracing)) }
+    }
 }
 
 /// Why a document was not parsed.
