@@ -272,3 +272,51 @@ async fn the_signing_algorithm_is_selectable() {
         }
     }
 }
+
+/// `prompt=none` never shows a page: without a session the app gets
+/// `login_required`; an unknown tenant is `invalid_request`; both keep `state`.
+#[tokio::test]
+async fn prompt_none_and_unknown_tenants_answer_the_app_with_an_error() {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
+    app.create_client("app", "App", &[&redirect], false).await;
+    let ask = |extra: &[(&str, &str)]| {
+        let mut url = app.url("/authorize");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", "app")
+            .append_pair("redirect_uri", redirect.as_str())
+            .append_pair("scope", "openid")
+            .append_pair("state", "st");
+        for (k, v) in extra {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        url
+    };
+    for (extra, error) in [
+        (&[("tenant", "demo"), ("prompt", "none")][..], "login_required"),
+        (&[("tenant", "nosuch")][..], "invalid_request"),
+        (&[("tenant", "demo"), ("prompt", "none login")][..], "invalid_request"),
+        (
+            &[
+                ("tenant", "demo"),
+                ("code_challenge", "x"),
+                ("code_challenge_method", "plain"),
+            ][..],
+            "invalid_request",
+        ),
+    ] {
+        let resp = app.client.get(ask(extra)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{extra:?}");
+        let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+        assert_eq!(to.host_str(), Some("app.example.test"));
+        let q: std::collections::BTreeMap<_, _> = to.query_pairs().into_owned().collect();
+        assert_eq!(q.get("error").map(String::as_str), Some(error), "{extra:?}: {to}");
+        assert_eq!(q.get("state").map(String::as_str), Some("st"));
+        assert!(!q.contains_key("code"));
+    }
+}
