@@ -1,0 +1,230 @@
+//! SAML ACS cost: validating a real captured, signed IdP response.
+//!
+//! `saml_complete/<vendor>` runs `SamlConnector::complete` end to end on a
+//! vendor capture (`tests/fixtures/saml-vendors/assertions/*`): base64,
+//! strict parse, placement and algorithm checks, xmlsec verification against
+//! the metadata certificate, the reduced re-parse, every SAML condition,
+//! attribute mapping, the blocking-pool hop and the replay-cache write.
+//!
+//! The replay cache would refuse the same assertion from the second iteration
+//! on, so the connector's store is [`ReplayFree`]: a `MemoryStore` whose
+//! `put_if_absent` always writes (`put`) and reports "fresh". The cost of the
+//! in-memory write is still paid; only the refusal is switched off. What is
+//! measured is validation, not the replay cache.
+//!
+//! `saml_xmlsec_only/<vendor>` is the xmlsec step alone (samael's
+//! `reduce_xml_to_signed_with_allowed_algorithms` with the same reduce mode,
+//! certificate and allow-list the connector uses), on the document the
+//! connector hands it: when the Assertion is signed, the Response-level
+//! signature is taken out first, as `validate.rs` does (untimed here).
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use criterion::{criterion_group, criterion_main, Criterion};
+use portcullis::clock::{ManualClock, SharedClock};
+use portcullis::ids::{ConnectionId, TenantId};
+use portcullis::store::memory::MemoryStore;
+use portcullis::store::{Key, Store, StoreError};
+use portcullis::upstream::http::{OutboundConfig, OutboundHttp};
+use portcullis::upstream::saml::{self, SamlConfig, SamlConnector, SignatureAlgorithm};
+use portcullis::upstream::{CallbackParams, Connection, ConnectionKind, Connector, UpstreamContext};
+use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer, CryptoProvider as _, ReduceMode, XmlSec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VENDORS: [&str; 6] = ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"];
+
+/// A `MemoryStore` whose replay check never refuses (see the module docs).
+struct ReplayFree(MemoryStore);
+
+#[async_trait]
+impl Store for ReplayFree {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.0.put(key, value, ttl).await
+    }
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+        self.0.put(key, value, ttl).await.map(|()| true)
+    }
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.take(key).await
+    }
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.0.set_add(key, member, ttl).await
+    }
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        self.0.set_remove(key, member).await
+    }
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        self.0.set_members(key).await
+    }
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
+        self.0.incr(key, ttl).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+}
+
+fn fixture(vendor: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/saml-vendors/assertions")
+        .join(vendor)
+}
+
+/// Reads `name="value"` from the capture (first occurrence).
+fn attr_value(doc: &str, name: &str) -> Option<String> {
+    let start = doc.find(&format!("{name}=\""))? + name.len() + 2;
+    let rest = doc.get(start..)?;
+    Some(rest.get(..rest.find('"')?)?.to_owned())
+}
+
+struct Capture {
+    connector: SamlConnector,
+    cfg: SamlConfig,
+    xml: String,
+    params: CallbackParams,
+    pending: Option<serde_json::Value>,
+}
+
+/// Configures a connection the way `tests/api/saml_vendors.rs` does: the
+/// capture's metadata, its audience and ACS, the clock at its `now`.
+async fn capture(vendor: &str) -> Capture {
+    let dir = fixture(vendor);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("params.json")).unwrap()).unwrap();
+    let now: DateTime<Utc> = meta["now"].as_str().unwrap().parse().unwrap();
+    let clock: SharedClock = Arc::new(ManualClock::at(now));
+    let ctx = UpstreamContext {
+        http: OutboundHttp::new(OutboundConfig::default()).unwrap(),
+        clock: clock.clone(),
+        store: Arc::new(ReplayFree(MemoryStore::new(clock))),
+        public_url: url::Url::parse("https://sso.example.test/").unwrap(),
+        clock_skew_secs: 60,
+    };
+    let (tenant, conn_id) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("idp").unwrap());
+    let xml = std::fs::read_to_string(dir.join("assertion.xml")).unwrap();
+    let body = serde_json::json!({
+        "metadata_xml": std::fs::read_to_string(dir.join("metadata.xml")).unwrap(),
+        "allow_idp_initiated": true,
+        "default_client_id": "app",
+        "redirect_uri": "https://app.example.test/cb",
+    });
+    let mut cfg = saml::setup(body, &ctx, &tenant, &conn_id).await.unwrap();
+    cfg.sp_entity_id = Some(meta["sp_entity_id"].as_str().unwrap().to_owned());
+    cfg.acs_url = attr_value(&xml, "Recipient");
+    let conn = Connection {
+        id: conn_id,
+        tenant,
+        revision: 1,
+        kind: ConnectionKind::Saml(cfg.clone()),
+    };
+    let connector = SamlConnector::new(&conn, cfg.clone(), ctx).unwrap();
+    let mut params = CallbackParams::default();
+    params.form.insert(
+        "SAMLResponse".into(),
+        base64::engine::general_purpose::STANDARD.encode(xml.as_bytes()),
+    );
+    // Captures answering a request bind its id; the others are IdP-initiated.
+    let pending = attr_value(&xml, "InResponseTo").map(|id| serde_json::json!({ "request_id": id }));
+    Capture {
+        connector,
+        cfg,
+        xml,
+        params,
+        pending,
+    }
+}
+
+const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
+
+fn is_signature(n: &libxml::tree::Node) -> bool {
+    n.get_name() == "Signature" && n.get_namespace().is_some_and(|ns| ns.get_href() == DS)
+}
+
+/// The document xmlsec sees in the connector: with a signed Assertion, the
+/// Response's own signature is unlinked before verification.
+fn xmlsec_input(xml: &str) -> String {
+    let doc = libxml::parser::Parser::default().parse_string(xml).unwrap();
+    let root = doc.get_root_element().unwrap();
+    let assertion_signed = root
+        .get_child_elements()
+        .iter()
+        .filter(|n| n.get_name() == "Assertion")
+        .any(|a| a.get_child_elements().iter().any(is_signature));
+    if assertion_signed {
+        for mut sig in root.get_child_elements().into_iter().filter(is_signature) {
+            sig.unlink_node();
+        }
+    }
+    doc.to_string()
+}
+
+fn bench_saml(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let captures: Vec<(&str, Capture)> = VENDORS.iter().map(|v| (*v, rt.block_on(capture(v)))).collect();
+
+    let mut full = c.benchmark_group("saml_complete");
+    for (vendor, cap) in &captures {
+        // Prove the setup is right before timing it: a rejection would be measured otherwise.
+        rt.block_on(cap.connector.complete(cap.pending.as_ref(), &cap.params))
+            .unwrap_or_else(|e| panic!("{vendor} rejected: {e}"));
+        full.bench_function(*vendor, |b| {
+            b.iter(|| {
+                rt.block_on(cap.connector.complete(cap.pending.as_ref(), &cap.params))
+                    .unwrap()
+            })
+        });
+    }
+    full.finish();
+
+    let allowed: Vec<AllowedSignatureAlgorithm> = SignatureAlgorithm::defaults()
+        .iter()
+        .filter_map(|a| match a {
+            SignatureAlgorithm::RsaSha256 => Some(AllowedSignatureAlgorithm::RsaSha256),
+            SignatureAlgorithm::RsaSha384 => Some(AllowedSignatureAlgorithm::RsaSha384),
+            SignatureAlgorithm::RsaSha512 => Some(AllowedSignatureAlgorithm::RsaSha512),
+            SignatureAlgorithm::EcdsaSha256 => Some(AllowedSignatureAlgorithm::EcdsaSha256),
+            SignatureAlgorithm::EcdsaSha384 => Some(AllowedSignatureAlgorithm::EcdsaSha384),
+            SignatureAlgorithm::EcdsaSha512 => Some(AllowedSignatureAlgorithm::EcdsaSha512),
+            _ => None,
+        })
+        .collect();
+    let mut sig = c.benchmark_group("saml_xmlsec_only");
+    for (vendor, cap) in &captures {
+        let certs: Vec<CertificateDer> = cap
+            .cfg
+            .idp_certificates
+            .iter()
+            .map(|b64| CertificateDer::from(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()))
+            .collect();
+        let input = xmlsec_input(&cap.xml);
+        let verify = || {
+            XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
+                &input,
+                &certs,
+                ReduceMode::ValidateAndMarkNoAncestors,
+                Some(&allowed),
+            )
+        };
+        verify().unwrap_or_else(|e| panic!("{vendor}: xmlsec refused: {e}"));
+        sig.bench_function(*vendor, |b| b.iter(|| verify().unwrap()));
+    }
+    sig.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    targets = bench_saml
+}
+criterion_main!(benches);
