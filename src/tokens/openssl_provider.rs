@@ -27,7 +27,8 @@ use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Private, Public};
 use openssl::rsa::{Padding, Rsa};
 use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
-use std::sync::Once;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, Once};
 
 /// The provider; install it with [`install`].
 pub static OPENSSL_PROVIDER: CryptoProvider = CryptoProvider {
@@ -66,9 +67,49 @@ fn ossl(e: openssl::error::ErrorStack) -> signature::Error {
     signature::Error::from_source(e)
 }
 
-/// The key parsed once per signer; a signer lives for one signature, but
-/// parsing is a small part of an openssl signature (measured: see
-/// `docs/PERFORMANCE.md`), so no cache across calls.
+/// Parsed keys by [`cache_id`]. jsonwebtoken asks for a new signer or
+/// verifier per token and hands over key bytes, and with OpenSSL 3 parsing
+/// is the dominant cost: a PKCS#8 decode is ~0.4 ms, more than an Ed25519 or
+/// P-256 signature, and a fresh RSA key pays its blinding and Montgomery
+/// setup on first use (measured, `docs/PERFORMANCE.md`). A gateway uses a
+/// handful of keys (active/next/retired, upstream JWKS), so the bound is
+/// small; when full the cache is simply emptied.
+const CACHE_ENTRIES: usize = 32;
+type KeyCache<T> = LazyLock<Mutex<HashMap<[u8; 32], T>>>;
+static SIGNING_KEYS: KeyCache<SigningKey> = LazyLock::new(Mutex::default);
+static VERIFYING_KEYS: KeyCache<VerifyingKey> = LazyLock::new(Mutex::default);
+
+/// SHA-256 over the algorithm and the length-prefixed key parts: an
+/// identical id means identical key material for the same algorithm.
+fn cache_id(alg: Algorithm, parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = openssl::sha::Sha256::new();
+    h.update(format!("{alg:?}").as_bytes());
+    for part in parts {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finish()
+}
+
+/// The cached key for `id`, or `parse`'s result (cached if it succeeded).
+/// Failures are not cached, and a poisoned lock only costs the cache.
+fn cached<T: Clone>(cache: &Mutex<HashMap<[u8; 32], T>>, id: [u8; 32], parse: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(hit) = cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
+        return Ok(hit);
+    }
+    let value = parse()?;
+    if let Ok(mut m) = cache.lock() {
+        if m.len() >= CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(id, value.clone());
+    }
+    Ok(value)
+}
+
+/// openssl key handles are reference-counted: cloning one out of the cache
+/// is cheap, and openssl allows concurrent signing with one key.
+#[derive(Clone)]
 enum SigningKey {
     Rs256(PKey<Private>),
     Es256(EcKey<Private>),
@@ -81,9 +122,25 @@ struct OpensslSigner {
 }
 
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
-    let bytes = key.as_bytes();
-    let signing = match (alg, key.family()) {
-        (Algorithm::RS256, AlgorithmFamily::Rsa) => {
+    match (alg, key.family()) {
+        (Algorithm::RS256, AlgorithmFamily::Rsa)
+        | (Algorithm::ES256, AlgorithmFamily::Ec)
+        | (Algorithm::EdDSA, AlgorithmFamily::Ed) => {}
+        (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA, _) => return Err(ErrorKind::InvalidKeyFormat.into()),
+        _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
+    }
+    let id = cache_id(*alg, &[key.as_bytes()]);
+    let signing = cached(&SIGNING_KEYS, id, || parse_signing(*alg, key.as_bytes()))?;
+    Ok(Box::new(OpensslSigner {
+        alg: *alg,
+        key: signing,
+    }))
+}
+
+/// `alg` and the key's family were matched by the caller.
+fn parse_signing(alg: Algorithm, bytes: &[u8]) -> Result<SigningKey> {
+    Ok(match alg {
+        Algorithm::RS256 => {
             // jsonwebtoken hands RSA private keys around as PKCS#1 DER.
             let rsa = Rsa::private_key_from_der(bytes).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?;
             if !RSA_BITS.contains(&rsa.n().num_bits().unsigned_abs()) {
@@ -91,7 +148,7 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> 
             }
             SigningKey::Rs256(PKey::from_rsa(rsa).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?)
         }
-        (Algorithm::ES256, AlgorithmFamily::Ec) => {
+        Algorithm::ES256 => {
             let ec = PKey::private_key_from_pkcs8(bytes)
                 .and_then(|k| k.ec_key())
                 .map_err(|_| ErrorKind::InvalidEcdsaKey)?;
@@ -100,20 +157,15 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> 
             }
             SigningKey::Es256(ec)
         }
-        (Algorithm::EdDSA, AlgorithmFamily::Ed) => {
+        Algorithm::EdDSA => {
             let k = PKey::private_key_from_pkcs8(bytes).map_err(|_| ErrorKind::InvalidEddsaKey)?;
             if k.id() != Id::ED25519 {
                 return Err(ErrorKind::InvalidEddsaKey.into());
             }
             SigningKey::EdDsa(k)
         }
-        (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA, _) => return Err(ErrorKind::InvalidKeyFormat.into()),
         _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
-    };
-    Ok(Box::new(OpensslSigner {
-        alg: *alg,
-        key: signing,
-    }))
+    })
 }
 
 impl signature::Signer<Vec<u8>> for OpensslSigner {
@@ -146,6 +198,7 @@ impl JwtSigner for OpensslSigner {
     }
 }
 
+#[derive(Clone)]
 enum VerifyingKey {
     Rsa {
         key: PKey<Public>,
@@ -209,6 +262,19 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
     if key.family() != family {
         return Err(ErrorKind::InvalidKeyFormat.into());
     }
+    let id = match key.kind() {
+        DecodingKeyKind::SecretOrDer(bytes) => cache_id(*alg, &[b"der", bytes]),
+        DecodingKeyKind::RsaModulusExponent { n, e } => cache_id(*alg, &[b"n,e", n, e]),
+    };
+    let verifying = cached(&VERIFYING_KEYS, id, || parse_verifying(*alg, key))?;
+    Ok(Box::new(OpensslVerifier {
+        alg: *alg,
+        key: verifying,
+    }))
+}
+
+/// `alg` and the key's family were matched by the caller.
+fn parse_verifying(alg: Algorithm, key: &DecodingKey) -> Result<VerifyingKey> {
     let rsa = |md, pss| -> Result<VerifyingKey> {
         Ok(VerifyingKey::Rsa {
             key: rsa_public(key)?,
@@ -223,7 +289,7 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
             half,
         })
     };
-    let verifying = match alg {
+    Ok(match alg {
         Algorithm::RS256 => rsa(MessageDigest::sha256(), false)?,
         Algorithm::RS384 => rsa(MessageDigest::sha384(), false)?,
         Algorithm::RS512 => rsa(MessageDigest::sha512(), false)?,
@@ -240,11 +306,7 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
             VerifyingKey::Ed(PKey::public_key_from_raw_bytes(raw, Id::ED25519).map_err(|_| ErrorKind::InvalidEddsaKey)?)
         }
         _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
-    };
-    Ok(Box::new(OpensslVerifier {
-        alg: *alg,
-        key: verifying,
-    }))
+    })
 }
 
 impl signature::Verifier<Vec<u8>> for OpensslVerifier {

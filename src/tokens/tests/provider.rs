@@ -251,6 +251,35 @@ fn key_utils_agree_with_rustcrypto() {
 }
 
 #[test]
+fn the_key_cache_never_answers_with_another_keys_material() {
+    // More keys than the cache holds, each used twice (parse, then hit) and
+    // checked against its neighbour's public key.
+    let keys: Vec<Pair> = (0..40).map(|_| ed_pair()).collect();
+    for round in 0..2 {
+        for (i, k) in keys.iter().enumerate() {
+            let sig = sign(&OPENSSL_PROVIDER, Algorithm::EdDSA, &k.enc, MSG);
+            assert_eq!(
+                verify(&RUST_CRYPTO, Algorithm::EdDSA, &k.dec, MSG, &sig),
+                Ok(true),
+                "{round} {i}"
+            );
+            assert_eq!(verify(&OPENSSL_PROVIDER, Algorithm::EdDSA, &k.dec, MSG, &sig), Ok(true));
+            let neighbour = &keys[(i + 1) % keys.len()];
+            assert_eq!(
+                verify(&OPENSSL_PROVIDER, Algorithm::EdDSA, &neighbour.dec, MSG, &sig),
+                Ok(false)
+            );
+        }
+    }
+    // The same bytes under another algorithm are a separate entry, and refused.
+    let ec = pair(Algorithm::ES256);
+    sign(&OPENSSL_PROVIDER, Algorithm::ES256, &ec.enc, MSG);
+    assert!(
+        (OPENSSL_PROVIDER.signer_factory)(&Algorithm::EdDSA, &EncodingKey::from_ed_der(ec.enc.as_bytes())).is_err()
+    );
+}
+
+#[test]
 fn install_is_idempotent_and_makes_openssl_the_default() {
     install();
     install();
