@@ -4,8 +4,9 @@
 //! `iss`, `exp` and `nbf` checks.
 //!
 //! `openssl_reference/*` signs and verifies the same signing input with
-//! openssl (already linked for xmlsec) and keys of the same kind, only to
-//! show how much of the `jwt_*` time is the RustCrypto backend's arithmetic.
+//! openssl directly (already linked for xmlsec) and keys of the same kind:
+//! the floor the `jwt_*` path (jsonwebtoken with our openssl provider) adds
+//! its JSON, base64, key lookup and claim checks to.
 
 use chrono::TimeZone;
 use criterion::{criterion_group, criterion_main, Criterion};

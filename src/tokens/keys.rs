@@ -173,8 +173,9 @@ impl LoadedKey {
     }
 }
 
-/// jsonwebtoken's rust_crypto backend wants PKCS#1 DER for RSA and PKCS#8 DER
-/// for EC and Ed25519; handing it DER avoids its PEM heuristics.
+/// jsonwebtoken's key convention (which `openssl_provider` follows) is PKCS#1
+/// DER for RSA and PKCS#8 DER for EC and Ed25519; handing it DER avoids its
+/// PEM heuristics.
 fn encoding_key(key: &PKey<openssl::pkey::Private>, alg: SigningAlgorithm) -> Result<EncodingKey, TokenError> {
     let err = |e: openssl::error::ErrorStack| TokenError::Key(format!("der: {e}"));
     Ok(match alg {

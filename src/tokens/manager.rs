@@ -161,6 +161,7 @@ impl Signer {
 impl KeyManager {
     /// Loads the shared keyset, creating it if no replica has yet.
     pub async fn init(store: SharedStore, clock: SharedClock, config: KeyConfig) -> Result<Self, TokenError> {
+        super::openssl_provider::install();
         let ks = load_or_create(&store, &clock, config.algorithm).await?;
         let loaded = LoadedKeyset::load(&ks, clock.now())?;
         tracing::info!(kid = %loaded.active.kid, alg = loaded.active.alg.as_str(), "signing keys loaded");

@@ -15,6 +15,7 @@ mod jwk;
 mod jwt;
 mod keys;
 mod manager;
+mod openssl_provider;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ mod tests;
 pub use jwt::LEEWAY_SECS;
 pub use keys::SigningAlgorithm;
 pub use manager::{KeyConfig, KeyManager, Signer};
+pub use openssl_provider::{install as install_crypto_provider, OPENSSL_PROVIDER};
 
 use crate::store::StoreError;
 use base64::Engine;

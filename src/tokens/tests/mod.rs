@@ -1,6 +1,7 @@
 //! Unit tests of the token layer, on MemoryStore and ManualClock.
 
 mod keyset;
+mod provider;
 mod util;
 mod verify;
 

@@ -136,6 +136,7 @@ fn check_signature(parts: &Parts<'_>, alg: Algorithm, kid: Option<&str>, keys: &
     if candidates.is_empty() {
         return Err(SigError::NoKey);
     }
+    crate::tokens::install_crypto_provider();
     for jwk in candidates {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;

@@ -161,7 +161,19 @@ async fn hs256_signed_with_the_public_key_is_rejected() {
         f.key.public_pem.clone(),
         f.key.jwk["n"].as_str().unwrap().as_bytes().to_vec(),
     ] {
-        let token = jsonwebtoken::encode(&header, &f.claims(&login), &EncodingKey::from_secret(&secret)).unwrap();
+        // Signed with RustCrypto's provider directly: the gateway installed
+        // its openssl provider process-wide, and that one refuses HMAC.
+        let input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header).unwrap()),
+            b64(&serde_json::to_vec(&f.claims(&login)).unwrap())
+        );
+        let signer = (jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.signer_factory)(
+            &Algorithm::HS256,
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        let token = format!("{input}.{}", b64(&signer.try_sign(input.as_bytes()).unwrap()));
         assert_eq!(
             code(f.finish(&login, token, f.callback(&login)).await),
             "oidc.alg_not_allowed"
