@@ -59,7 +59,6 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         keys: Arc::new(keys),
         clients: ClientRegistry::new(store.clone()),
         directory: Directory::new(store.clone(), clock.clone()),
-        algorithm: alg,
     };
     provider
         .clients

@@ -9,7 +9,6 @@ use crate::http::{AppState, SessionConfig};
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{hash_secret, Client, ClientRegistry};
 use crate::provider::Provider;
-use crate::secret::Secret;
 use crate::store::{memory::MemoryStore, redis::RedisStore, Key, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
@@ -53,14 +52,6 @@ pub fn upstream_context(
     })
 }
 
-fn algorithm(name: &str) -> SigningAlgorithm {
-    match name {
-        "ES256" => SigningAlgorithm::Es256,
-        "EdDSA" => SigningAlgorithm::EdDsa,
-        _ => SigningAlgorithm::Rs256,
-    }
-}
-
 /// Builds the application state on `store`.
 pub async fn build(
     settings: &Settings,
@@ -69,7 +60,8 @@ pub async fn build(
     clock: SharedClock,
 ) -> anyhow::Result<Arc<AppState>> {
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
-    let alg = algorithm(&settings.tokens.algorithm);
+    // `Settings::validate` has already refused any other name.
+    let alg = SigningAlgorithm::from_jose(&settings.tokens.algorithm).unwrap_or_default();
     let max_lifetime = settings
         .tokens
         .id_token_ttl_secs
@@ -97,7 +89,6 @@ pub async fn build(
         keys: Arc::new(keys),
         clients,
         directory,
-        algorithm: alg,
     };
     let tenants = TenantRegistry::new(store.clone(), clock.clone());
     let broker = Broker {
@@ -117,7 +108,6 @@ pub async fn build(
         store,
         admin_token: settings.admin.token.clone(),
         dev: settings.dev.enabled,
-        algorithm: settings.tokens.algorithm.clone(),
         session: SessionConfig {
             cookie_name: settings.sessions.cookie_name.clone(),
             ttl: Duration::from_secs(settings.sessions.ttl_secs),
@@ -248,7 +238,6 @@ pub fn spawn_background(state: Arc<AppState>) {
 
 /// Keeps a secret-free summary for the start-up log.
 pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
-    let _: Option<&Secret> = settings.admin.token.as_ref();
     format!(
         "issuer {} · store {} · admin API {} · dev mode {}",
         resolved.public_url,

@@ -37,8 +37,6 @@ pub struct AppState {
     pub admin_token: Option<Secret>,
     /// Development mode (built-in IdP, demo app).
     pub dev: bool,
-    /// The signing algorithm name, for discovery.
-    pub algorithm: String,
     /// Browser session settings.
     pub session: SessionConfig,
 }

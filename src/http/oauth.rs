@@ -59,6 +59,12 @@ pub fn single_valued(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, St
 
 /// `GET /.well-known/openid-configuration`
 pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
+    // The active key's algorithm, and the next key's when a change of
+    // algorithm is under way: what ID tokens may be signed with.
+    let algs: Vec<&str> = match state.provider.keys.signing_algorithms().await {
+        Ok(a) => a.into_iter().map(|a| a.as_str()).collect(),
+        Err(e) => return OAuthError::server("discovery.keys_unavailable", e).into_response(),
+    };
     let u = |p: &str| state.upstream.public(p).to_string();
     let doc = json!({
         "issuer": state.provider.iss(),
@@ -73,7 +79,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [state.algorithm],
+        "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -243,17 +243,14 @@ impl Provider {
             .refresh_token
             .as_deref()
             .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
-        // Check the client before rotating, so another client cannot burn the token.
-        if let Some(f) = self.peek_refresh(token).await? {
-            if f.authz.client_id != client.client_id {
+        let (family, next) = match self.rotate_refresh(token, &client.client_id).await? {
+            Rotation::Rotated(f, n) => (f, n),
+            Rotation::WrongClient => {
                 return Err(OAuthError::invalid_grant(
                     "refresh.wrong_client",
                     "The refresh token was issued to another client.",
-                ));
+                ))
             }
-        }
-        let (family, next) = match self.rotate_refresh(token).await? {
-            Rotation::Rotated(f, n) => (f, n),
             Rotation::Reused => {
                 return Err(OAuthError::invalid_grant(
                     "refresh.reused",
@@ -267,12 +264,6 @@ impl Provider {
                 ))
             }
         };
-        if family.authz.client_id != client.client_id {
-            return Err(OAuthError::invalid_grant(
-                "refresh.wrong_client",
-                "The refresh token was issued to another client.",
-            ));
-        }
         let mut authz = family.authz.clone();
         if let Some(scope) = &req.scope {
             let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
@@ -318,7 +309,10 @@ impl Provider {
             auth_time: authz.auth_time,
             sid: authz.sid.clone(),
         };
-        let access_token = self.keys.sign("at+jwt", &access).await?;
+        // One key snapshot for both tokens, so `at_hash` follows the algorithm
+        // of the key that really signs, even across a rotation.
+        let signer = self.keys.signer().await?;
+        let access_token = signer.sign("at+jwt", &access)?;
         let id_token = if with_id_token {
             let user = self
                 .directory
@@ -341,7 +335,7 @@ impl Provider {
             claims.insert("connection".into(), json!(authz.connection));
             claims.insert(
                 "at_hash".into(),
-                json!(crate::tokens::at_hash(&access_token, self.keys_algorithm())),
+                json!(crate::tokens::at_hash(&access_token, signer.algorithm())),
             );
             if let Some(n) = &authz.nonce {
                 claims.insert("nonce".into(), json!(n));
@@ -350,7 +344,7 @@ impl Provider {
                 claims.insert("amr".into(), json!(authz.amr));
             }
             profile_claims(&user, &mut claims);
-            Some(self.keys.sign("JWT", &Value::Object(claims)).await?)
+            Some(signer.sign("JWT", &Value::Object(claims))?)
         } else {
             None
         };
@@ -375,10 +369,6 @@ impl Provider {
             )
             .await?;
         Ok(())
-    }
-
-    fn keys_algorithm(&self) -> crate::tokens::SigningAlgorithm {
-        self.algorithm
     }
 
     /// Verifies an access token and checks it has not been revoked.

@@ -36,8 +36,6 @@ pub struct Provider {
     pub clients: clients::ClientRegistry,
     /// Users.
     pub directory: Directory,
-    /// The signing algorithm (for `at_hash`).
-    pub algorithm: crate::tokens::SigningAlgorithm,
 }
 
 impl Provider {

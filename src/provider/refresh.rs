@@ -75,6 +75,8 @@ fn parse(token: &str) -> Option<Parsed<'_>> {
 pub enum Rotation {
     /// Valid: the family and the next token.
     Rotated(Box<Family>, String),
+    /// A token of another client: nothing was consumed.
+    WrongClient,
     /// An already-used token: the family has been revoked.
     Reused,
     /// Unknown, expired or revoked.
@@ -118,8 +120,10 @@ impl Provider {
         Ok(token)
     }
 
-    /// Presents a refresh token: rotates it, or detects reuse and revokes the family.
-    pub async fn rotate_refresh(&self, token: &str) -> Result<Rotation, StoreError> {
+    /// Presents a refresh token on behalf of `client_id`: rotates it, or
+    /// detects reuse and revokes the family. A token of another client is
+    /// refused before anything is consumed, so no client can burn another's.
+    pub async fn rotate_refresh(&self, token: &str, client_id: &str) -> Result<Rotation, StoreError> {
         let Some(p) = parse(token) else {
             return Ok(Rotation::Invalid);
         };
@@ -130,6 +134,9 @@ impl Provider {
             self.revoke_family(&family.authz.tenant, &family.id).await?;
             return Ok(Rotation::Invalid);
         };
+        if family.authz.client_id != client_id {
+            return Ok(Rotation::WrongClient);
+        }
         if self
             .store
             .take(&token_key(p.tenant, p.family, &p.hash))

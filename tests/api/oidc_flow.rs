@@ -181,6 +181,9 @@ async fn tokens_and_codes_of_one_client_are_useless_to_another() {
     // app-two presents app-one's refresh token.
     let stolen = w.app2.refresh(s(&a, "refresh_token")).await;
     assert_eq!(stolen.error(), Some("invalid_grant"), "{:?}", stolen.body);
+    // ...and the attempt did not burn it: its owner can still use it.
+    let owner = w.app1.refresh(s(&a, "refresh_token")).await;
+    assert_eq!(owner.status, 200, "{:?}", owner.body);
 
     // A code issued to raw-a, redeemed by raw-b (with either redirect URI).
     let pkce = crate::support::oidc_world::Pkce::new();
