@@ -17,6 +17,7 @@ pub mod config;
 pub mod directory;
 pub mod http;
 pub mod ids;
+pub mod markup;
 pub mod provider;
 pub mod secret;
 pub mod store;

@@ -206,21 +206,7 @@ pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
     node.get_attribute(name)
 }
 
-/// Escapes a string for an XML attribute value or text.
-pub(crate) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(crate) use crate::markup::escape;
 
 #[cfg(test)]
 mod tests {
@@ -254,6 +240,6 @@ mod tests {
 
     #[test]
     fn escape_covers_markup() {
-        assert_eq!(escape("a&<\"'>"), "a&amp;&lt;&quot;&apos;&gt;");
+        assert_eq!(escape("a&<\"'>"), "a&amp;&lt;&quot;&#x27;&gt;");
     }
 }
