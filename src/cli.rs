@@ -52,19 +52,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn check_config(settings: &Settings, source: &str) -> i32 {
-    let mut problems: Vec<ConfigProblem> = match settings.validate(source) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.0,
+    let (resolved, mut problems): (_, Vec<ConfigProblem>) = match settings.validate(source) {
+        Ok(r) => (Some(r), Vec::new()),
+        Err(e) => (None, e.0),
     };
     if let Some(dir) = &settings.tenants_dir {
         let (files, file_problems) = crate::tenant::files::read_dir(dir);
         problems.extend(file_problems);
         // Each connection goes through the same setup as the admin API
         // (metadata parsed, discovery fetched), against a throwaway store.
-        if let Ok(resolved) = settings.validate(source) {
+        if let Some(resolved) = &resolved {
             let clock: SharedClock = Arc::new(SystemClock);
             let store: crate::store::SharedStore = Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
-            if let Ok(ctx) = crate::app::upstream_context(settings, &resolved, store, clock) {
+            if let Ok(ctx) = crate::app::upstream_context(settings, resolved, store, clock) {
                 for f in &files {
                     let Ok(tenant) = crate::ids::TenantId::parse(&f.id) else {
                         continue;
