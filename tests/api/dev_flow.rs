@@ -6,13 +6,18 @@ use crate::support::app::{spawn_app, AppOptions};
 use crate::support::browser::Browser;
 use reqwest::StatusCode;
 
-#[tokio::test]
-async fn the_demo_app_signs_in_through_the_dev_idp_and_shows_the_claims() {
-    let app = spawn_app(AppOptions {
+/// A gateway in dev mode (demo tenant, dev IdP, demo app).
+async fn dev_app() -> crate::support::app::TestApp {
+    spawn_app(AppOptions {
         dev: true,
         ..AppOptions::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_demo_app_signs_in_through_the_dev_idp_and_shows_the_claims() {
+    let app = dev_app().await;
     let mut browser = Browser::new();
     let home = browser.get(&app.url("/demo")).await;
     assert_eq!(home.status, StatusCode::OK);
@@ -71,11 +76,7 @@ async fn the_dev_idp_and_demo_app_do_not_exist_outside_dev_mode() {
 
 #[tokio::test]
 async fn home_realm_discovery_asks_for_the_email_and_routes_by_domain() {
-    let app = spawn_app(AppOptions {
-        dev: true,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app().await;
     let mut browser = Browser::new();
     let mut url = app.url("/authorize");
     let challenge = portcullis::tokens::sha256_base64url(b"a-verifier-that-is-long-enough-to-be-valid-for-pkce");
@@ -163,11 +164,7 @@ async fn redeem(
 /// issued before an app was restricted cannot be redeemed for that tenant.
 #[tokio::test]
 async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token_endpoint() {
-    let app = spawn_app(AppOptions {
-        dev: true,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app().await;
     let got = dev_code(&app, "restricted").await;
 
     // The app is now restricted to another tenant.
@@ -186,11 +183,7 @@ async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token
 /// into another browser to sign it in as someone else.
 #[tokio::test]
 async fn a_callback_finished_in_another_browser_is_refused() {
-    let app = spawn_app(AppOptions {
-        dev: true,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app().await;
     let mut attacker = Browser::new();
     let login = attacker.get(&app.url("/demo/login")).await;
     let form = login.form(None);
@@ -228,25 +221,9 @@ async fn the_signing_algorithm_is_selectable() {
             ..AppOptions::default()
         })
         .await;
-        let disco: serde_json::Value = app
-            .client
-            .get(app.url("/.well-known/openid-configuration"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let disco = app.get_json("/.well-known/openid-configuration").await;
         assert_eq!(disco["id_token_signing_alg_values_supported"], serde_json::json!([alg]));
-        let jwks: serde_json::Value = app
-            .client
-            .get(app.url("/jwks"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = app.get_json("/jwks").await;
         assert!(
             jwks["keys"]
                 .as_array()
@@ -277,11 +254,7 @@ async fn the_signing_algorithm_is_selectable() {
 /// `login_required`; an unknown tenant is `invalid_request`; both keep `state`.
 #[tokio::test]
 async fn prompt_none_and_unknown_tenants_answer_the_app_with_an_error() {
-    let app = spawn_app(AppOptions {
-        dev: true,
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app().await;
     let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
     app.create_client("app", "App", &[&redirect], false).await;
     let ask = |extra: &[(&str, &str)]| {

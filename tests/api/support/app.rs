@@ -42,6 +42,18 @@ impl TestApp {
         self.base.join(path).unwrap()
     }
 
+    /// GETs `path` and decodes its JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The issuer string (no trailing slash).
     pub fn issuer(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_owned()

@@ -173,15 +173,7 @@ impl OidcWorld {
             redirect_uri: raw_b_uri,
         };
 
-        let discovery: Value = app
-            .client
-            .get(app.url("/.well-known/openid-configuration"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let discovery: Value = app.get_json("/.well-known/openid-configuration").await;
         assert_eq!(
             discovery["issuer"].as_str(),
             Some(app.base.as_str().trim_end_matches('/')),
