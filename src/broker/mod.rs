@@ -324,6 +324,7 @@ impl Broker {
             login_id: &login_id,
             force_authn: req.prompt_login || req.max_age == Some(0),
             login_hint: req.login_hint.as_deref(),
+            max_age: req.max_age,
         };
         let started = match connector.begin(begin).await {
             Ok(b) => b,

@@ -43,6 +43,14 @@ pub struct Identity {
     pub raw: BTreeMap<String, Vec<String>>,
     /// The upstream session index (SAML `SessionIndex`), kept for later single logout.
     pub session_index: Option<String>,
+    /// When the person really authenticated at the IdP (Unix seconds): OIDC
+    /// `auth_time`, SAML `AuthnInstant`. `None` when the IdP did not say.
+    #[serde(default)]
+    pub auth_time: Option<i64>,
+    /// When the IdP says its session ends (Unix seconds): SAML
+    /// `SessionNotOnOrAfter`. Caps the SSO session and refresh families.
+    #[serde(default)]
+    pub session_expires_at: Option<i64>,
 }
 
 /// How to send the browser to the IdP.
@@ -79,6 +87,9 @@ pub struct BeginRequest<'a> {
     pub force_authn: bool,
     /// A hint of who is signing in (an email address), passed on where the protocol allows.
     pub login_hint: Option<&'a str>,
+    /// The app's `max_age` (seconds), forwarded where the protocol allows
+    /// (OIDC `max_age`); the broker refuses an answer whose authentication is older.
+    pub max_age: Option<i64>,
 }
 
 /// Parameters of a callback from the IdP, as received.

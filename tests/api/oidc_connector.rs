@@ -106,6 +106,7 @@ impl Fixture {
                 login_id: &login_id,
                 force_authn: false,
                 login_hint: None,
+                max_age: None,
             })
             .await
             .unwrap();

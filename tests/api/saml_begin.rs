@@ -50,6 +50,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
                 login_id: "L-1",
                 force_authn: true,
                 login_hint: None,
+                max_age: None,
             })
             .await
             .unwrap();
@@ -94,6 +95,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
                 login_id: "L-1",
                 force_authn: false,
                 login_hint: None,
+                max_age: None,
             })
             .await
             .unwrap();
@@ -120,6 +122,7 @@ async fn begin_post_binding_is_enveloped_signed() {
             login_id: "L-2",
             force_authn: false,
             login_hint: None,
+            max_age: None,
         })
         .await
         .unwrap();
@@ -170,6 +173,7 @@ async fn idp_wanting_signed_requests_gets_them() {
             login_id: "L",
             force_authn: false,
             login_hint: None,
+            max_age: None,
         })
         .await
         .unwrap();
@@ -197,6 +201,7 @@ async fn begin_keeps_the_idp_query_and_signs_only_ours() {
             login_id: "L-3",
             force_authn: false,
             login_hint: None,
+            max_age: None,
         })
         .await
         .unwrap();

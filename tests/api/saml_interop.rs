@@ -51,6 +51,7 @@ async fn round_trip_with(
             login_id: "login-123",
             force_authn: false,
             login_hint: None,
+            max_age: None,
         })
         .await
         .unwrap();

@@ -110,7 +110,7 @@ pub fn identity(claims: &Claims, mapping: &ClaimMapping) -> Result<Identity, Ups
         groups: claims.get(&mapping.groups).map(strings).unwrap_or_default(),
         amr: claims.get("amr").map(strings).unwrap_or_default(),
         raw,
-        session_index: None,
+        ..Identity::default()
     })
 }
 

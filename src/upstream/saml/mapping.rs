@@ -149,6 +149,7 @@ impl AttributeMapping {
             amr,
             raw,
             session_index,
+            ..Identity::default()
         };
         Some(identity)
     }

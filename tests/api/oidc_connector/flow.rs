@@ -71,6 +71,7 @@ async fn begin_passes_force_authn_and_login_hint_with_fresh_nonces() {
             login_id: "l-1",
             force_authn: true,
             login_hint: Some("ada@acme.example"),
+            max_age: None,
         })
         .await
         .unwrap();

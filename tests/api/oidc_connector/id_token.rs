@@ -265,6 +265,7 @@ async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
             login_id: "strict-1",
             force_authn: false,
             login_hint: None,
+            max_age: None,
         })
         .await
         .unwrap();
