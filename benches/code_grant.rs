@@ -58,6 +58,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         },
         keys: Arc::new(keys),
         clients: ClientRegistry::new(store.clone()),
+        resources: portcullis::provider::resources::ResourceRegistry::new(store.clone()),
         directory: Directory::new(store.clone(), clock.clone()),
     };
     provider
@@ -69,6 +70,9 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
             redirect_uris: vec![REDIRECT.into()],
             post_logout_redirect_uris: vec![],
             allowed_tenants: vec![],
+            allowed_scopes: vec![],
+            grant_types: portcullis::provider::clients::default_grant_types(),
+            default_resource: None,
             created_at: clock.now(),
         })
         .await
@@ -95,13 +99,20 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         connection,
         client_id: "billing".into(),
         redirect_uri: REDIRECT.into(),
-        scope: vec!["openid".into(), "email".into(), "profile".into()],
+        // offline_access: the measured grant starts a refresh-token family.
+        scope: vec![
+            "openid".into(),
+            "email".into(),
+            "profile".into(),
+            "offline_access".into(),
+        ],
         nonce: Some("n-0S6_WzA2Mj".into()),
         code_challenge: Some(sha256_base64url(VERIFIER.as_bytes())),
         sub: user.sub,
         sid: "s_bench".into(),
         auth_time: clock.unix() - 5,
         amr: vec!["pwd".into()],
+        resource: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

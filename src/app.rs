@@ -7,7 +7,8 @@ use crate::config::{Resolved, Settings};
 use crate::directory::Directory;
 use crate::http::{AppState, SessionConfig};
 use crate::ids::{ConnectionId, TenantId};
-use crate::provider::clients::{hash_secret, Client, ClientRegistry};
+use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientRegistry, GrantType};
+use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
 use crate::store::{memory::MemoryStore, redis::RedisStore, Key, SharedStore};
 use crate::tenant::TenantRegistry;
@@ -88,6 +89,7 @@ pub async fn build(
         ttl: settings.tokens.clone(),
         keys: Arc::new(keys),
         clients,
+        resources: ResourceRegistry::new(store.clone()),
         directory,
     };
     let tenants = TenantRegistry::new(store.clone(), clock.clone());
@@ -114,6 +116,7 @@ pub async fn build(
             secure: resolved.public_url.scheme() == "https",
         },
     });
+    seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;
     if settings.dev.enabled {
         seed_dev(&state).await?;
@@ -124,13 +127,63 @@ pub async fn build(
     Ok(state)
 }
 
+/// Loads `[[resource_servers]]` (before the apps that refer to them).
+async fn seed_resource_servers(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
+    for (i, r) in settings.resource_servers.iter().enumerate() {
+        let pairs: Vec<(String, String)> = r
+            .scopes
+            .iter()
+            .map(|s| (s.name.clone(), s.description.clone()))
+            .collect();
+        let scopes = check_resource_server(&r.identifier, &pairs)
+            .map_err(|(f, m)| anyhow::anyhow!("resource_servers[{i}].{f}: {m}"))?;
+        let rs = ResourceServer {
+            identifier: r.identifier.clone(),
+            name: if r.name.is_empty() {
+                r.identifier.clone()
+            } else {
+                r.name.clone()
+            },
+            scopes,
+            created_at: state.provider.clock.now(),
+        };
+        state
+            .provider
+            .resources
+            .put(&rs)
+            .await
+            .map_err(|e| anyhow::anyhow!("resource_servers[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<()> {
-    for c in &settings.clients {
+    for (i, c) in settings.clients.iter().enumerate() {
         let allowed_tenants = c
             .allowed_tenants
             .iter()
             .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("clients: allowed tenant {t:?} {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let grant_types = match &c.grant_types {
+            None => default_grant_types(),
+            Some(list) => list
+                .iter()
+                .map(|g| GrantType::parse(g).ok_or_else(|| anyhow::anyhow!("clients[{i}].grant_types: unknown {g:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        if let Err((field, m)) = state
+            .provider
+            .resources
+            .check_app_fields(
+                c.client_secret.is_none(),
+                &grant_types,
+                &c.allowed_scopes,
+                c.default_resource.as_deref(),
+            )
+            .await?
+        {
+            anyhow::bail!("clients[{i}].{field}: {m}");
+        }
         let client = Client {
             client_id: c.client_id.clone(),
             name: if c.name.is_empty() {
@@ -142,6 +195,9 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
             redirect_uris: c.redirect_uris.clone(),
             post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
             allowed_tenants,
+            allowed_scopes: c.allowed_scopes.clone(),
+            grant_types,
+            default_resource: c.default_resource.clone(),
             created_at: state.provider.clock.now(),
         };
         state.provider.clients.put(&client).await?;
@@ -174,6 +230,9 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
         redirect_uris: vec![state.upstream.public("demo/callback").to_string()],
         post_logout_redirect_uris: vec![state.upstream.public("demo").to_string()],
         allowed_tenants: vec![],
+        allowed_scopes: vec![],
+        grant_types: default_grant_types(),
+        default_resource: None,
         created_at: state.provider.clock.now(),
     };
     state.provider.clients.put(&client).await?;

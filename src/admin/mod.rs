@@ -1,15 +1,19 @@
-//! The platform admin API (`/admin/v1`): tenants, connections and apps.
+//! The platform admin API (`/admin/v1`): tenants, connections, apps and
+//! resource servers (`resources.rs`).
 //! JSON in, JSON out; every error is `application/problem+json` (RFC 9457)
 //! naming the field at fault. A wrong or missing bearer token is 401 and
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
 mod error;
+mod resources;
 
 pub use error::AdminError;
 
 use crate::http::AppState;
 use crate::ids::{ConnectionId, TenantId};
-use crate::provider::clients::{check_redirect_uri, hash_secret, new_secret, Client, ClientError};
+use crate::provider::clients::{
+    check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
+};
 use crate::tenant::{parse_domain, RegistryError};
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -37,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/clients", post(create_client).get(list_clients))
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
+        .merge(resources::routes())
 }
 
 /// Proof that the request carries the platform admin token.
@@ -107,16 +112,12 @@ struct NewTenant {
     domains: Vec<String>,
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, AdminError> {
-    serde_json::from_value(body).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
-            .unwrap_or("body")
-            .to_owned();
-        AdminError::Invalid { field, detail: msg }
+/// Deserializes an admin body; a failure names the path of the field at
+/// fault (`serde_path_to_error`), e.g. `scopes[1].name`.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, AdminError> {
+    crate::upstream::SetupError::from_json(body).map_err(|e| AdminError::Invalid {
+        field: e.field,
+        detail: e.message,
     })
 }
 
@@ -268,6 +269,12 @@ struct NewClient {
     public: bool,
     #[serde(default)]
     allowed_tenants: Vec<String>,
+    #[serde(default)]
+    allowed_scopes: Vec<String>,
+    #[serde(default = "default_grant_types")]
+    grant_types: Vec<GrantType>,
+    #[serde(default)]
+    default_resource: Option<String>,
 }
 
 /// Checks a new client's fields; shared with the config file's `[[clients]]`.
@@ -309,6 +316,17 @@ async fn create_client(
 ) -> Result<Response, AdminError> {
     let req: NewClient = parse_body(body)?;
     let allowed_tenants = check_client(&req)?;
+    s.provider
+        .resources
+        .check_app_fields(
+            req.public,
+            &req.grant_types,
+            &req.allowed_scopes,
+            req.default_resource.as_deref(),
+        )
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?
+        .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
     let secret = (!req.public).then(new_secret);
     let client = Client {
         client_id: req.client_id.clone(),
@@ -317,6 +335,9 @@ async fn create_client(
         redirect_uris: req.redirect_uris.clone(),
         post_logout_redirect_uris: req.post_logout_redirect_uris.clone(),
         allowed_tenants,
+        allowed_scopes: req.allowed_scopes.clone(),
+        grant_types: req.grant_types.clone(),
+        default_resource: req.default_resource.clone(),
         created_at: s.provider.clock.now(),
     };
     s.provider.clients.create(&client).await.map_err(|e| match e {
@@ -341,7 +362,8 @@ fn client_view(c: &Client) -> Value {
     json!({
         "client_id": c.client_id, "name": c.name, "public": c.is_public(),
         "redirect_uris": c.redirect_uris, "post_logout_redirect_uris": c.post_logout_redirect_uris,
-        "allowed_tenants": c.allowed_tenants, "created_at": c.created_at,
+        "allowed_tenants": c.allowed_tenants, "allowed_scopes": c.allowed_scopes,
+        "grant_types": c.grant_types, "default_resource": c.default_resource, "created_at": c.created_at,
     })
 }
 

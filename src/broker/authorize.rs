@@ -13,10 +13,16 @@ use std::collections::BTreeMap;
 pub struct AuthRequest {
     /// The app.
     pub client_id: String,
-    /// Its registered redirect URI (exact match).
+    /// The requested redirect URI: a registered one, or a registered
+    /// loopback IP one with another port (RFC 8252 §7.3).
     pub redirect_uri: String,
-    /// Requested scopes (always includes `openid`).
+    /// Requested scopes (always includes `openid`); once the broker has
+    /// decided the grant, the granted ones.
     pub scope: Vec<String>,
+    /// RFC 8707 `resource`; once the grant is decided, the target resource
+    /// server (the app's default when none was asked for).
+    #[serde(default)]
+    pub resource: Option<String>,
     /// The app's state, echoed back.
     pub state: Option<String>,
     /// The app's nonce, echoed in the ID token.
@@ -45,6 +51,7 @@ impl AuthRequest {
             client_id: client_id.to_owned(),
             redirect_uri: redirect_uri.to_owned(),
             scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+            resource: None,
             state,
             nonce: None,
             code_challenge: None,
@@ -109,7 +116,7 @@ pub fn client_and_redirect<'a>(
             "The application did not say where to return (redirect_uri).",
         ));
     };
-    if !client.redirect_uris.iter().any(|r| r == uri) {
+    if !client.redirect_uri_matches(uri) {
         return Err(page(
             "authorize.redirect_uri_not_registered",
             "The application asked to return to an address that is not registered for it.",
@@ -217,10 +224,24 @@ pub fn parse(
             "prompt=none cannot be combined.",
         ));
     }
-    if let Some(p) = prompts
-        .iter()
-        .find(|p| !matches!(**p, "none" | "login" | "consent" | "select_account"))
-    {
+    // There is no consent screen (apps are registered by the platform
+    // admin, which is the consent) and no account chooser (one account per
+    // tenant and browser), so these are refused rather than ignored.
+    if prompts.contains(&"consent") {
+        return Err(redirect_err(
+            "consent_required",
+            "authorize.prompt_consent_unsupported",
+            "prompt=consent is not supported: this service does not ask users for consent.",
+        ));
+    }
+    if prompts.contains(&"select_account") {
+        return Err(redirect_err(
+            "invalid_request",
+            "authorize.prompt_select_account_unsupported",
+            "prompt=select_account is not supported.",
+        ));
+    }
+    if let Some(p) = prompts.iter().find(|p| !matches!(**p, "none" | "login")) {
         return Err(redirect_err(
             "invalid_request",
             "authorize.prompt",
@@ -245,6 +266,7 @@ pub fn parse(
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),
         scope,
+        resource: params.get("resource").cloned(),
         state: short("state"),
         nonce: short("nonce"),
         code_challenge,

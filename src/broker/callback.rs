@@ -165,7 +165,8 @@ impl Broker {
             client_id,
             redirect_uri.as_str(),
             None,
-            &["openid", "email", "profile"],
+            // No request to ask for scopes: the claims a sign-in released before scopes decided them.
+            &["openid", "email", "profile", "groups"],
         ))
     }
 }

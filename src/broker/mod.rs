@@ -12,7 +12,9 @@ pub mod connectors;
 pub mod session;
 
 use crate::ids::{ConnectionId, TenantId};
+use crate::provider::clients::GrantType;
 use crate::provider::codes::Authorization;
+use crate::provider::scopes::Subject;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::{email_domain, Tenant, TenantRegistry};
@@ -198,6 +200,33 @@ impl Broker {
                 return page(400, "This sign-in link is not valid", message, reason)
             }
         };
+        let mut req = req;
+        if !client.allows_grant(GrantType::AuthorizationCode) {
+            tracing::info!(reason = "authorize.grant_not_allowed", client_id = %client_id, "authorization request refused");
+            return error_to_app(
+                &req,
+                &issuer,
+                "unauthorized_client",
+                "This application may not sign users in.",
+            );
+        }
+        // RFC 6749 §3.3 and RFC 8707: unknown and unallowed scopes are dropped here; a resource
+        // the app may not use is refused.
+        match self
+            .provider
+            .grant_scopes(&client, &req.scope, req.resource.as_deref(), Subject::User)
+            .await
+        {
+            Ok(grant) => {
+                req.scope = grant.scope;
+                req.resource = grant.resource;
+            }
+            Err(e) if e.code == "temporarily_unavailable" => return unavailable(e),
+            Err(e) => {
+                tracing::info!(reason = e.reason, client_id = %client_id, "authorization request refused");
+                return error_to_app(&req, &issuer, e.code, &e.description);
+            }
+        }
 
         // Which tenant?
         let tenant = match self.resolve_tenant(&req).await {
@@ -393,6 +422,7 @@ impl Broker {
             sid: s.sid.clone(),
             auth_time: s.auth_time,
             amr: s.amr.clone(),
+            resource: req.resource.clone(),
         };
         let code = match self.provider.issue_code(&authz).await {
             Ok(c) => c,

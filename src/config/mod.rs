@@ -73,6 +73,8 @@ pub struct Settings {
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
     pub clients: Vec<ClientSettings>,
+    /// Resource servers (APIs) declared in the file.
+    pub resource_servers: Vec<ResourceServerSettings>,
 }
 
 /// `[server]`
@@ -183,6 +185,41 @@ pub struct ClientSettings {
     /// Restrict the app to these tenants (empty: any tenant).
     #[serde(default)]
     pub allowed_tenants: Vec<String>,
+    /// API scopes (defined by resource servers) the app may be granted.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// Grant types (`authorization_code`, `refresh_token`,
+    /// `client_credentials`); absent: `authorization_code` and `refresh_token`.
+    #[serde(default)]
+    pub grant_types: Option<Vec<String>>,
+    /// The resource server its access tokens are for when a request names none.
+    #[serde(default)]
+    pub default_resource: Option<String>,
+}
+
+/// `[[resource_servers]]`: an API declared in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerSettings {
+    /// Its identifier: an absolute URI (the access token's `aud`).
+    pub identifier: String,
+    /// A display name.
+    #[serde(default)]
+    pub name: String,
+    /// The scopes it defines.
+    #[serde(default)]
+    pub scopes: Vec<ResourceScopeSettings>,
+}
+
+/// `[[resource_servers.scopes]]`: one scope of a declared API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceScopeSettings {
+    /// The scope name apps request.
+    pub name: String,
+    /// What it allows.
+    #[serde(default)]
+    pub description: String,
 }
 
 impl Default for ServerSettings {
@@ -427,6 +464,32 @@ impl Settings {
                 if let Err(m) = crate::provider::clients::check_redirect_uri(u) {
                     bad(&format!("clients[{i}].redirect_uris[{j}]"), m);
                 }
+            }
+            for (j, g) in c.grant_types.iter().flatten().enumerate() {
+                match crate::provider::clients::GrantType::parse(g) {
+                    None => bad(
+                        &format!("clients[{i}].grant_types[{j}]"),
+                        format!("{g:?} is not one of authorization_code, refresh_token, client_credentials"),
+                    ),
+                    Some(crate::provider::clients::GrantType::ClientCredentials) if c.client_secret.is_none() => bad(
+                        &format!("clients[{i}].grant_types[{j}]"),
+                        "client_credentials needs a client_secret".into(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (i, r) in self.resource_servers.iter().enumerate() {
+            let scopes: Vec<(String, String)> = r
+                .scopes
+                .iter()
+                .map(|s| (s.name.clone(), s.description.clone()))
+                .collect();
+            if let Err((field, m)) = crate::provider::resources::check_resource_server(&r.identifier, &scopes) {
+                bad(&format!("resource_servers[{i}].{field}"), m);
+            }
+            if self.resource_servers.iter().take(i).any(|o| o.identifier == r.identifier) {
+                bad(&format!("resource_servers[{i}].identifier"), "appears twice".into());
             }
         }
         match (listen, public_url) {

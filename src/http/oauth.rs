@@ -66,6 +66,23 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         Err(e) => return OAuthError::server("discovery.keys_unavailable", e).into_response(),
     };
     let u = |p: &str| state.upstream.public(p).to_string();
+    // The OIDC scopes, then every API scope of the resource servers.
+    let mut scopes: Vec<String> = crate::provider::resources::OIDC_SCOPES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let resources = &state.provider.resources;
+    let ids = match resources.list().await {
+        Ok(ids) => ids,
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    for id in ids {
+        match resources.get(&id).await {
+            Ok(Some(rs)) => scopes.extend(rs.scopes.into_iter().map(|s| s.name)),
+            Ok(None) => {}
+            Err(e) => return OAuthError::from(e).into_response(),
+        }
+    }
     let doc = json!({
         "issuer": state.provider.iss(),
         "authorization_endpoint": u("authorize"),
@@ -77,17 +94,18 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "end_session_endpoint": u("logout"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
-        "scopes_supported": ["openid", "email", "profile", "offline_access"],
+        "scopes_supported": scopes,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid", "tenant", "connection",
             "email", "email_verified", "name", "given_name", "family_name", "groups", "amr", "at_hash", "azp"],
-        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        // No consent screen and no account chooser: consent and select_account are refused.
+        "prompt_values_supported": ["none", "login"],
         "claims_parameter_supported": false,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
@@ -213,6 +231,7 @@ pub async fn token(
             code_verifier: form.remove("code_verifier"),
             refresh_token: form.remove("refresh_token"),
             scope: form.remove("scope"),
+            resource: form.remove("resource"),
         };
         state.provider.token(&client, &req).await
     }

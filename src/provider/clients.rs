@@ -28,6 +28,16 @@ pub struct Client {
     /// Tenants this app may sign users of (empty: any).
     #[serde(default)]
     pub allowed_tenants: Vec<TenantId>,
+    /// API scopes (defined by resource servers) this app may be granted;
+    /// the OIDC scopes are always allowed.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// The grants this app may use at the token endpoint.
+    #[serde(default = "default_grant_types")]
+    pub grant_types: Vec<GrantType>,
+    /// The resource server its access tokens are for when a request names none.
+    #[serde(default)]
+    pub default_resource: Option<String>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
 }
@@ -51,7 +61,88 @@ impl Client {
     pub fn allows_tenant(&self, tenant: &TenantId) -> bool {
         self.allowed_tenants.is_empty() || self.allowed_tenants.contains(tenant)
     }
+
+    /// True if this app may use `grant`.
+    pub fn allows_grant(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+
+    /// True if `requested` is one of the registered redirect URIs: an exact
+    /// match, or (RFC 8252 §7.3) a registered `http` loopback IP literal
+    /// (`127.0.0.0/8`, `[::1]`) with any port. `localhost` stays exact.
+    pub fn redirect_uri_matches(&self, requested: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|r| r == requested || loopback_any_port(r, requested))
+    }
 }
+
+/// A grant type an app may be allowed to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// `authorization_code` (sign-in through `/authorize`).
+    AuthorizationCode,
+    /// `refresh_token`.
+    RefreshToken,
+    /// `client_credentials` (machine to machine; confidential apps only).
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// Its name at the token endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+
+    /// Parses a `grant_type` name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "authorization_code" => Some(Self::AuthorizationCode),
+            "refresh_token" => Some(Self::RefreshToken),
+            "client_credentials" => Some(Self::ClientCredentials),
+            _ => None,
+        }
+    }
+}
+
+/// The grant types of an app registered without `grant_types`.
+pub fn default_grant_types() -> Vec<GrantType> {
+    vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
+}
+
+/// An `http` URL whose host is a loopback IP literal.
+fn loopback_ip_url(uri: &str) -> Option<Url> {
+    let url = Url::parse(uri).ok()?;
+    let loopback = match url.host()? {
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+        url::Host::Domain(_) => false,
+    };
+    (url.scheme() == "http" && loopback).then_some(url)
+}
+
+/// RFC 8252 §7.3: a registered loopback IP redirect URI matches the
+/// requested one whatever the port, everything else being equal.
+fn loopback_any_port(registered: &str, requested: &str) -> bool {
+    let (Some(mut reg), Some(mut req)) = (loopback_ip_url(registered), loopback_ip_url(requested)) else {
+        return false;
+    };
+    if reg.set_port(None).is_err() || req.set_port(None).is_err() {
+        return false;
+    }
+    // Userinfo in a redirect URI is never expected; refuse rather than compare it away.
+    req.username().is_empty() && req.password().is_none() && reg == req
+}
+
+/// URI schemes that are never a native app's private-use scheme.
+const NOT_PRIVATE_USE: [&str; 12] = [
+    "http", "https", "javascript", "data", "file", "vbscript", "blob", "about", "ftp", "ws", "wss", "filesystem",
+];
 
 /// Hex SHA-256 of a client secret.
 pub fn hash_secret(secret: &str) -> String {
@@ -59,18 +150,25 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
-/// Checks that a redirect URI is absolute, without fragment, and https
-/// (plain http only on loopback hosts, RFC 8252).
+/// Checks that a redirect URI is absolute, without fragment, and one of
+/// (RFC 8252): https; http on `localhost` or a loopback IP literal
+/// (`127.0.0.0/8`, `[::1]`); or a private-use scheme named by a reverse
+/// domain (`com.example.app:/cb`, the scheme holding a dot).
 pub fn check_redirect_uri(uri: &str) -> Result<Url, String> {
     let url = Url::parse(uri).map_err(|e| format!("{uri:?} is not an absolute URL ({e})"))?;
-    if url.fragment().is_some() {
+    if url.fragment().is_some() || uri.contains('#') {
         return Err(format!("{uri:?} must not contain a fragment"));
     }
     match url.scheme() {
         "https" => Ok(url),
-        "http" if matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => Ok(url),
-        "http" => Err(format!("{uri:?} must use https (http is allowed only for localhost)")),
-        _ => Err(format!("{uri:?} must be an http(s) URL")),
+        "http" if url.host_str() == Some("localhost") || loopback_ip_url(uri).is_some() => Ok(url),
+        "http" => Err(format!(
+            "{uri:?} must use https (http is allowed only for localhost and loopback IP addresses)"
+        )),
+        s if s.contains('.') && !NOT_PRIVATE_USE.contains(&s) => Ok(url),
+        _ => Err(format!(
+            "{uri:?} must be an https URL, an http loopback URL, or use a private-use scheme named by a reverse domain (com.example.app:/callback)"
+        )),
     }
 }
 
@@ -164,6 +262,46 @@ mod tests {
         assert!(check_redirect_uri("https://app.example.com/cb#x").is_err());
         assert!(check_redirect_uri("/cb").is_err());
         assert!(check_redirect_uri("javascript:alert(1)").is_err());
+        // RFC 8252: any loopback IP literal, private-use reverse-domain schemes.
+        assert!(check_redirect_uri("http://127.0.0.2:8000/cb").is_ok());
+        assert!(check_redirect_uri("http://[::1]/cb").is_ok());
+        assert!(check_redirect_uri("http://localhost/cb").is_ok());
+        assert!(check_redirect_uri("com.example.app:/cb").is_ok());
+        assert!(check_redirect_uri("myapp:/cb").is_err(), "no dot: not a reverse domain");
+        assert!(check_redirect_uri("http://128.0.0.1/cb").is_err());
+        assert!(check_redirect_uri("http://127.0.0.1.example.com/cb").is_err());
+        assert!(check_redirect_uri("data:text/html,x").is_err());
+        assert!(check_redirect_uri("file:///etc/passwd").is_err());
+        assert!(check_redirect_uri("com.example.app:/cb#frag").is_err());
+    }
+
+    #[test]
+    fn loopback_ip_redirect_uris_match_any_port() {
+        let c = Client {
+            client_id: "a".into(),
+            name: "A".into(),
+            secret_sha256: None,
+            redirect_uris: vec![
+                "http://127.0.0.1/cb".into(),
+                "http://[::1]:5000/cb".into(),
+                "http://localhost:4000/cb".into(),
+            ],
+            post_logout_redirect_uris: vec![],
+            allowed_tenants: vec![],
+            allowed_scopes: vec![],
+            grant_types: default_grant_types(),
+            default_resource: None,
+            created_at: DateTime::<Utc>::MIN_UTC,
+        };
+        assert!(c.redirect_uri_matches("http://127.0.0.1:51234/cb"));
+        assert!(c.redirect_uri_matches("http://127.0.0.1/cb"));
+        assert!(c.redirect_uri_matches("http://[::1]:1/cb"));
+        assert!(!c.redirect_uri_matches("http://127.0.0.1:51234/other"));
+        assert!(!c.redirect_uri_matches("http://127.0.0.2:51234/cb"), "another address");
+        assert!(!c.redirect_uri_matches("http://127.0.0.1:5/cb?x=1"));
+        assert!(!c.redirect_uri_matches("http://u:p@127.0.0.1:5/cb"));
+        assert!(!c.redirect_uri_matches("http://localhost:4001/cb"), "localhost stays exact");
+        assert!(c.redirect_uri_matches("http://localhost:4000/cb"));
     }
 
     #[test]
@@ -175,6 +313,9 @@ mod tests {
             redirect_uris: vec![],
             post_logout_redirect_uris: vec![],
             allowed_tenants: vec![],
+            allowed_scopes: vec![],
+            grant_types: default_grant_types(),
+            default_resource: None,
             created_at: DateTime::<Utc>::MIN_UTC,
         };
         assert!(c.secret_matches("s3cret"));

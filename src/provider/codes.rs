@@ -37,6 +37,10 @@ pub struct Authorization {
     pub auth_time: i64,
     /// Authentication methods.
     pub amr: Vec<String>,
+    /// The resource server the access tokens are for (RFC 8707), decided at
+    /// `/authorize`; `None`: the client itself.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 fn code_hash(code: &str) -> String {

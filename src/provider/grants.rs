@@ -2,9 +2,10 @@
 //! minting ID and access tokens, userinfo, revocation (RFC 7009) and
 //! introspection (RFC 7662).
 
-use super::clients::Client;
+use super::clients::{Client, GrantType};
 use super::codes::{Authorization, Issued, Redeemed};
 use super::refresh::Rotation;
+use super::scopes::{invalid_target, Grant, Subject};
 use super::{OAuthError, Provider};
 use crate::directory::User;
 use crate::ids::TenantId;
@@ -33,7 +34,7 @@ pub enum ClientCredentials {
 /// A token request, parsed from the form.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TokenRequest {
-    /// `authorization_code` or `refresh_token`.
+    /// `authorization_code`, `refresh_token` or `client_credentials`.
     pub grant_type: Option<String>,
     /// The code.
     pub code: Option<String>,
@@ -43,8 +44,10 @@ pub struct TokenRequest {
     pub code_verifier: Option<String>,
     /// The refresh token.
     pub refresh_token: Option<String>,
-    /// A narrower scope on refresh.
+    /// A narrower scope on refresh; the scope wanted by `client_credentials`.
     pub scope: Option<String>,
+    /// RFC 8707 `resource`: the API the access token is for.
+    pub resource: Option<String>,
 }
 
 /// A successful token response (RFC 6749 §5.1).
@@ -56,13 +59,13 @@ pub struct TokenResponse {
     pub token_type: &'static str,
     /// Lifetime of the access token, seconds.
     pub expires_in: u64,
-    /// The ID token.
+    /// The ID token (not for `client_credentials`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
-    /// The next refresh token.
+    /// The next refresh token (only with `offline_access`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
-    /// Granted scope.
+    /// Granted scope (RFC 6749 §3.3: may be narrower than requested).
     pub scope: String,
 }
 
@@ -71,9 +74,9 @@ pub struct TokenResponse {
 pub struct AccessClaims {
     /// Issuer.
     pub iss: String,
-    /// Subject.
+    /// Subject: the user, or the client id for `client_credentials`.
     pub sub: String,
-    /// Audience: the client id.
+    /// Audience: the resource server, or the client id when there is none.
     pub aud: String,
     /// Expiry.
     pub exp: i64,
@@ -85,12 +88,15 @@ pub struct AccessClaims {
     pub client_id: String,
     /// Space-separated scopes.
     pub scope: String,
-    /// The user's tenant.
-    pub tenant: String,
-    /// Authentication time.
-    pub auth_time: i64,
-    /// SSO session id.
-    pub sid: String,
+    /// The user's tenant (absent for `client_credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Authentication time (absent for `client_credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// SSO session id (absent for `client_credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 fn pkce_ok(challenge: &str, verifier: &str) -> bool {
@@ -131,17 +137,91 @@ impl Provider {
 
     /// The token endpoint.
     pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
-        match req.grant_type.as_deref() {
-            Some("authorization_code") => self.code_grant(client, req).await,
-            Some("refresh_token") => self.refresh_grant(client, req).await,
-            Some(other) => Err(OAuthError::unsupported_grant_type(format!(
-                "grant_type {other:?} is not supported."
-            ))),
-            None => Err(OAuthError::invalid_request(
-                "token.missing_grant_type",
-                "grant_type is required.",
-            )),
+        let grant = match req.grant_type.as_deref() {
+            Some(g) => GrantType::parse(g)
+                .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
+            None => {
+                return Err(OAuthError::invalid_request(
+                    "token.missing_grant_type",
+                    "grant_type is required.",
+                ))
+            }
+        };
+        if grant == GrantType::ClientCredentials && client.is_public() {
+            // RFC 6749 §4.4: only confidential clients.
+            return Err(OAuthError::unauthorized_client(
+                "client_credentials.public_client",
+                "client_credentials is for confidential clients only.",
+            ));
         }
+        if !client.allows_grant(grant) {
+            return Err(OAuthError::unauthorized_client(
+                "token.grant_not_allowed",
+                format!("This client may not use grant_type {}.", grant.as_str()),
+            ));
+        }
+        match grant {
+            GrantType::AuthorizationCode => self.code_grant(client, req).await,
+            GrantType::RefreshToken => self.refresh_grant(client, req).await,
+            GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
+        }
+    }
+
+    /// RFC 8707 §2.2: a `resource` at the token endpoint must be the one the
+    /// authorization was granted for (one resource per grant).
+    fn check_token_resource(authz: &Authorization, req: &TokenRequest) -> Result<(), OAuthError> {
+        match &req.resource {
+            Some(r) if authz.resource.as_deref() != Some(r.as_str()) => Err(invalid_target(
+                "resource.not_granted",
+                "The resource is not the one this grant is for.",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `client_credentials` (RFC 6749 §4.4): an access token for the app
+    /// itself; no ID token, no refresh token.
+    async fn client_credentials_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        let requested: Vec<String> = match &req.scope {
+            Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+            // RFC 6749 §3.3: without a scope, the pre-defined default is every scope the app is allowed.
+            None => client.allowed_scopes.clone(),
+        };
+        let grant = self
+            .grant_scopes(client, &requested, req.resource.as_deref(), Subject::App)
+            .await?;
+        if grant.scope.is_empty() {
+            return Err(OAuthError::invalid_scope(
+                "client_credentials.no_scope",
+                "None of the requested scopes can be granted to this client for this resource.",
+            ));
+        }
+        let now = self.clock.unix();
+        let at_ttl = self.ttl.access_token_ttl_secs;
+        let scope = grant.scope.join(" ");
+        let access = AccessClaims {
+            iss: self.iss(),
+            sub: client.client_id.clone(),
+            aud: grant.resource.clone().unwrap_or_else(|| client.client_id.clone()),
+            exp: now + i64::try_from(at_ttl).unwrap_or(3600),
+            iat: now,
+            jti: crate::tokens::random_token(16),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            tenant: None,
+            auth_time: None,
+            sid: None,
+        };
+        let access_token = self.keys.signer().await?.sign("at+jwt", &access)?;
+        tracing::info!(reason = "client_credentials.issued", client_id = %client.client_id, aud = %access.aud);
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: at_ttl,
+            id_token: None,
+            refresh_token: None,
+            scope,
+        })
     }
 
     async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
@@ -222,7 +302,8 @@ impl Provider {
             }
             (None, None) => {}
         }
-        let (family, refresh) = if authz.scope.iter().any(|s| s == "offline_access") || !client.is_public() {
+        Self::check_token_resource(&authz, req)?;
+        let (family, refresh) = if wants_refresh(client, &authz) {
             let (f, t) = self.start_family(&authz).await?;
             (Some(f.id), Some(t))
         } else {
@@ -265,6 +346,7 @@ impl Provider {
             }
         };
         let mut authz = family.authz.clone();
+        Self::check_token_resource(&authz, req)?;
         if let Some(scope) = &req.scope {
             let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
             if asked.iter().any(|s| !authz.scope.contains(s)) {
@@ -294,20 +376,21 @@ impl Provider {
         refresh_token: Option<String>,
     ) -> Result<(TokenResponse, AccessClaims), OAuthError> {
         let now = self.clock.unix();
-        let scope = authz.scope.join(" ");
+        let grant: Grant = self.effective_grant(client, authz).await?;
+        let scope = grant.scope.join(" ");
         let at_ttl = self.ttl.access_token_ttl_secs;
         let access = AccessClaims {
             iss: self.iss(),
             sub: authz.sub.clone(),
-            aud: client.client_id.clone(),
+            aud: grant.resource.clone().unwrap_or_else(|| client.client_id.clone()),
             exp: now + i64::try_from(at_ttl).unwrap_or(3600),
             iat: now,
             jti: crate::tokens::random_token(16),
             client_id: client.client_id.clone(),
             scope: scope.clone(),
-            tenant: authz.tenant.to_string(),
-            auth_time: authz.auth_time,
-            sid: authz.sid.clone(),
+            tenant: Some(authz.tenant.to_string()),
+            auth_time: Some(authz.auth_time),
+            sid: Some(authz.sid.clone()),
         };
         // One key snapshot for both tokens, so `at_hash` follows the algorithm
         // of the key that really signs, even across a rotation.
@@ -343,7 +426,7 @@ impl Provider {
             if !authz.amr.is_empty() {
                 claims.insert("amr".into(), json!(authz.amr));
             }
-            profile_claims(&user, &mut claims);
+            profile_claims(&user, &grant.scope, &mut claims);
             Some(signer.sign("JWT", &Value::Object(claims))?)
         } else {
             None
@@ -377,9 +460,15 @@ impl Provider {
             self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
                 OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
             })?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
-        if self.store.get(&revoked_key(&tenant, &claims.jti)).await?.is_some() {
+        let key = match &claims.tenant {
+            Some(t) => revoked_key(
+                &TenantId::parse(t)
+                    .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?,
+                &claims.jti,
+            ),
+            None => app_revoked_key(&claims.jti),
+        };
+        if self.store.get(&key).await?.is_some() {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
                 "The access token has been revoked.",
@@ -391,8 +480,12 @@ impl Provider {
     /// Userinfo for a valid access token.
     pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
         let claims = self.check_access_token(token).await?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        // A client_credentials token is about no user.
+        let tenant = claims
+            .tenant
+            .as_deref()
+            .and_then(|t| TenantId::parse(t).ok())
+            .ok_or_else(|| OAuthError::invalid_token("token.no_user", "The access token is not about a user."))?;
         let user = self
             .directory
             .get(&tenant, &claims.sub)
@@ -402,7 +495,8 @@ impl Provider {
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
         out.insert("connection".into(), json!(user.connection));
-        profile_claims(&user, &mut out);
+        let scope: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
+        profile_claims(&user, &scope, &mut out);
         Ok(Value::Object(out))
     }
 
@@ -416,8 +510,19 @@ impl Provider {
         }
         if let Ok(claims) = self.check_access_token(token).await {
             if claims.client_id == client.client_id {
-                if let Ok(t) = TenantId::parse(&claims.tenant) {
-                    self.revoke_jti(&t, &claims.jti, claims.exp).await?;
+                match claims.tenant.as_deref().map(TenantId::parse) {
+                    Some(Ok(t)) => self.revoke_jti(&t, &claims.jti, claims.exp).await?,
+                    Some(Err(_)) => {}
+                    None => {
+                        let left = (claims.exp - self.clock.unix()).max(1);
+                        self.store
+                            .put(
+                                &app_revoked_key(&claims.jti),
+                                b"1",
+                                Some(Duration::from_secs(left.unsigned_abs())),
+                            )
+                            .await?;
+                    }
                 }
             }
         }
@@ -438,11 +543,17 @@ impl Provider {
             return Ok(json!({"active": false}));
         }
         match self.check_access_token(token).await {
-            Ok(c) if c.client_id == client.client_id => Ok(json!({
-                "active": true, "token_type": "Bearer", "client_id": c.client_id, "sub": c.sub,
-                "scope": c.scope, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud,
-                "jti": c.jti, "tenant": c.tenant,
-            })),
+            Ok(c) if c.client_id == client.client_id => {
+                let mut v = json!({
+                    "active": true, "token_type": "Bearer", "client_id": c.client_id, "sub": c.sub,
+                    "scope": c.scope, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud,
+                    "jti": c.jti,
+                });
+                if let (Some(t), Some(o)) = (c.tenant, v.as_object_mut()) {
+                    o.insert("tenant".into(), json!(t));
+                }
+                Ok(v)
+            }
             Ok(_) => Ok(json!({"active": false})),
             Err(e) if e.code == "invalid_token" => Ok(json!({"active": false})),
             Err(e) => Err(e),
@@ -454,20 +565,39 @@ fn revoked_key(tenant: &TenantId, jti: &str) -> Key {
     Key::tenant(tenant.as_str(), "revoked", format!("jti:{jti}"))
 }
 
-fn profile_claims(user: &User, out: &mut Map<String, Value>) {
+/// Keys of revoked `client_credentials` tokens, which belong to no tenant.
+fn app_revoked_key(jti: &str) -> Key {
+    Key::global("revoked", format!("jti:{jti}"))
+}
+
+/// A refresh token is issued only when `offline_access` was granted (for
+/// every kind of client) and the app may use the refresh grant.
+fn wants_refresh(client: &Client, authz: &Authorization) -> bool {
+    authz.scope.iter().any(|s| s == "offline_access") && client.allows_grant(GrantType::RefreshToken)
+}
+
+/// The user's claims the granted `scope` asks for (OIDC Core §5.4, with
+/// `groups` as Dex and Okta name it): `email` → email, email_verified;
+/// `profile` → name, given_name, family_name; `groups` → groups.
+fn profile_claims(user: &User, scope: &[String], out: &mut Map<String, Value>) {
+    let has = |s: &str| scope.iter().any(|x| x == s);
     let mut put = |k: &str, v: &Option<String>| {
         if let Some(v) = v {
             out.insert(k.into(), json!(v));
         }
     };
-    put("email", &user.email);
-    put("name", &user.name);
-    put("given_name", &user.given_name);
-    put("family_name", &user.family_name);
-    if user.email.is_some() {
+    if has("email") {
+        put("email", &user.email);
+    }
+    if has("profile") {
+        put("name", &user.name);
+        put("given_name", &user.given_name);
+        put("family_name", &user.family_name);
+    }
+    if has("email") && user.email.is_some() {
         out.insert("email_verified".into(), json!(user.email_verified.unwrap_or(false)));
     }
-    if !user.groups.is_empty() {
+    if has("groups") && !user.groups.is_empty() {
         out.insert("groups".into(), json!(user.groups));
     }
 }

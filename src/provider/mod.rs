@@ -8,6 +8,8 @@ pub mod codes;
 pub mod error;
 pub mod grants;
 pub mod refresh;
+pub mod resources;
+pub mod scopes;
 
 pub use error::OAuthError;
 
@@ -34,6 +36,8 @@ pub struct Provider {
     pub keys: Arc<KeyManager>,
     /// Registered apps.
     pub clients: clients::ClientRegistry,
+    /// Registered resource servers (APIs).
+    pub resources: resources::ResourceRegistry,
     /// Users.
     pub directory: Directory,
 }

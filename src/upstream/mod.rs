@@ -215,6 +215,17 @@ impl SetupError {
             message: message.into(),
         }
     }
+
+    /// Deserializes a JSON body; a failure names the exact path of the
+    /// field at fault (`scopes[1].name`), found by `serde_path_to_error`
+    /// while deserializing, or `body` when the whole body is wrong.
+    pub fn from_json<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, Self> {
+        serde_path_to_error::deserialize(body).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            Self::new(field, e.into_inner().to_string())
+        })
+    }
 }
 
 /// The configuration of one connection, by protocol. Stored as JSON with a

@@ -46,21 +46,7 @@ pub async fn setup(
     tenant: &TenantId,
     connection: &ConnectionId,
 ) -> Result<SamlConfig, SetupError> {
-    let req: SamlConnectionRequest = serde_json::from_value(request).map_err(|e| {
-        let msg = e.to_string();
-        // serde names the offending field in its message; point the admin at it.
-        let field = if msg.contains("unknown variant") {
-            // The only enum in the body.
-            "allowed_algorithms"
-        } else {
-            msg.split('`')
-                .nth(1)
-                .filter(|_| msg.contains("unknown field") || msg.contains("missing field"))
-                .unwrap_or("body")
-        }
-        .to_owned();
-        SetupError::new(field, msg)
-    })?;
+    let req: SamlConnectionRequest = SetupError::from_json(request)?;
     let (metadata_xml, field) = match (req.metadata_xml, &req.metadata_url) {
         (Some(_), Some(_)) => {
             return Err(SetupError::new(

@@ -1,0 +1,139 @@
+//! Resource servers (`/admin/v1/resource-servers`): the APIs access tokens
+//! are for and the scopes they define. The identifier is a URI, so the
+//! item routes take it URL-encoded (`https%3A%2F%2Fapi.example.com`) in the
+//! rest of the path.
+
+use super::{parse_body, AdminAuth, AdminError, JsonBody};
+use crate::http::AppState;
+use crate::provider::resources::{check_resource_server, ResourceError, ResourceServer};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The resource server routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/resource-servers", post(create).get(list))
+        .route("/resource-servers/{*identifier}", get(read).delete(delete))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewScope {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewResourceServer {
+    identifier: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<NewScope>,
+}
+
+fn internal(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Internal(e.to_string())
+}
+
+/// The public view of a resource server.
+fn view(rs: &ResourceServer) -> Value {
+    json!({
+        "identifier": rs.identifier, "name": rs.name, "scopes": rs.scopes, "created_at": rs.created_at,
+    })
+}
+
+async fn create(_: AdminAuth, State(s): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response, AdminError> {
+    let req: NewResourceServer = parse_body(body)?;
+    let pairs: Vec<(String, String)> = req
+        .scopes
+        .into_iter()
+        .map(|sc| (sc.name, sc.description))
+        .collect();
+    let scopes =
+        check_resource_server(&req.identifier, &pairs).map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
+    let rs = ResourceServer {
+        name: req
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| req.identifier.clone()),
+        identifier: req.identifier,
+        scopes,
+        created_at: s.provider.clock.now(),
+    };
+    s.provider.resources.create(&rs).await.map_err(|e| match e {
+        ResourceError::Exists(id) => AdminError::Conflict {
+            field: "identifier",
+            detail: format!("The resource server {id:?} already exists."),
+        },
+        ResourceError::ScopeTaken { index, scope, owner } => AdminError::Conflict {
+            field: "scopes",
+            detail: format!("scopes[{index}].name: the scope {scope:?} is already defined by {owner:?}; scope names are unique across resource servers."),
+        },
+        ResourceError::Store(e) => internal(e),
+    })?;
+    tracing::info!(reason = "admin.resource_server_created", identifier = %rs.identifier);
+    Ok((StatusCode::CREATED, Json(view(&rs))).into_response())
+}
+
+async fn list(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+    let mut out = Vec::new();
+    for id in s.provider.resources.list().await.map_err(internal)? {
+        if let Some(rs) = s.provider.resources.get(&id).await.map_err(internal)? {
+            out.push(view(&rs));
+        }
+    }
+    Ok(Json(json!({"resource_servers": out})))
+}
+
+async fn read(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path(identifier): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let rs = s
+        .provider
+        .resources
+        .get(&identifier)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no resource server {identifier:?}.")))?;
+    Ok(Json(view(&rs)))
+}
+
+/// Refused while an app still names it as its default or is allowed one of
+/// its scopes, so no app is left pointing at nothing.
+async fn delete(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path(identifier): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    let Some(rs) = s.provider.resources.get(&identifier).await.map_err(internal)? else {
+        return Err(AdminError::NotFound(format!(
+            "There is no resource server {identifier:?}."
+        )));
+    };
+    for id in s.provider.clients.list().await.map_err(internal)? {
+        if let Some(c) = s.provider.clients.get(&id).await.map_err(internal)? {
+            let uses = c.default_resource.as_deref() == Some(identifier.as_str())
+                || c.allowed_scopes.iter().any(|sc| rs.defines(sc));
+            if uses {
+                return Err(AdminError::Conflict {
+                    field: "identifier",
+                    detail: format!("The app {id:?} still uses this resource server; change or delete it first."),
+                });
+            }
+        }
+    }
+    s.provider.resources.delete(&identifier).await.map_err(internal)?;
+    tracing::info!(reason = "admin.resource_server_deleted", identifier = %identifier);
+    Ok(StatusCode::NO_CONTENT)
+}
