@@ -221,9 +221,21 @@ impl SetupError {
     /// while deserializing, or `body` when the whole body is wrong.
     pub fn from_json<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, Self> {
         serde_path_to_error::deserialize(body).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "body".to_owned() } else { path };
-            Self::new(field, e.into_inner().to_string())
+            let parent = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // A missing field has no path of its own: the path ends at its
+            // parent, and serde's `missing_field` names the leaf.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name);
+            let field = match (parent.as_str(), missing) {
+                (".", Some(name)) => name.to_owned(),
+                (".", None) => "body".to_owned(),
+                (p, Some(name)) => format!("{p}.{name}"),
+                (p, None) => p.to_owned(),
+            };
+            Self::new(field, message)
         })
     }
 }
@@ -285,5 +297,45 @@ pub fn build(connection: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn C
             ctx.clone(),
         )?)),
         ConnectionKind::Dev(cfg) => Ok(Arc::new(dev::DevConnector::new(connection, cfg.clone(), ctx.clone()))),
+    }
+}
+
+#[cfg(test)]
+mod setup_error_tests {
+    use super::SetupError;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        name: String,
+        #[serde(default)]
+        n: u8,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        id: String,
+        #[serde(default)]
+        items: Vec<Inner>,
+    }
+
+    fn field(v: serde_json::Value) -> String {
+        SetupError::from_json::<Outer>(v).unwrap_err().field
+    }
+
+    #[test]
+    fn the_path_of_the_bad_field_is_named() {
+        assert_eq!(field(json!({"id": 3})), "id");
+        assert_eq!(field(json!({"id": "a", "colour": 1})), "colour");
+        assert_eq!(field(json!({"id": "a", "items": [{"name": "x"}, {"name": 1}]})), "items[1].name");
+        assert_eq!(field(json!({"id": "a", "items": [{"name": "x", "n": 300}]})), "items[0].n");
+        assert_eq!(field(json!({"id": "a", "items": [{"name": "x", "extra": 1}]})), "items[0].extra");
+        assert_eq!(field(json!({"id": "a", "items": [{}]})), "items[0].name");
+        assert_eq!(field(json!({})), "id");
+        assert_eq!(field(json!("not an object")), "body");
     }
 }

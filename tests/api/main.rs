@@ -22,4 +22,5 @@ mod saml_gateway;
 mod saml_interop;
 mod saml_setup;
 mod saml_vendors;
+mod scopes;
 mod store_conformance;

@@ -106,11 +106,19 @@ async fn setup_refuses_bad_requests() {
     assert_eq!(e.field, "clock_skew_secs");
     let e = try_setup(
         &ctx,
-        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": ["md5"] }),
+        serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": ["rsa-sha256", "md5"] }),
     )
     .await
     .unwrap_err();
-    assert_eq!(e.field, "allowed_algorithms");
+    // The exact path of the bad element (serde_path_to_error).
+    assert_eq!(e.field, "allowed_algorithms[1]");
+    let e = try_setup(
+        &ctx,
+        serde_json::json!({ "metadata_xml": okta_metadata(), "attribute_mapping": { "email": 7 } }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "attribute_mapping.email");
     let e = try_setup(
         &ctx,
         serde_json::json!({ "metadata_xml": okta_metadata(), "allowed_algorithms": [] }),

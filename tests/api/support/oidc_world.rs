@@ -27,7 +27,7 @@ pub const GLOBEX: &str = "globex";
 pub const CONN: &str = "corp-idp";
 /// The scope the apps ask the gateway for (every flow expects a refresh
 /// token and the groups claim with it).
-pub const APP_SCOPE: &str = "openid email profile";
+pub const APP_SCOPE: &str = "openid email profile groups offline_access";
 /// Scopes the gateway asks upstream for.
 pub const UPSTREAM_SCOPES: &[&str] = &["openid", "email", "profile", "groups"];
 
