@@ -51,15 +51,15 @@ fn view(rs: &ResourceServer) -> Value {
     })
 }
 
-async fn create(_: AdminAuth, State(s): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response, AdminError> {
+async fn create(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AdminError> {
     let req: NewResourceServer = parse_body(body)?;
-    let pairs: Vec<(String, String)> = req
-        .scopes
-        .into_iter()
-        .map(|sc| (sc.name, sc.description))
-        .collect();
-    let scopes =
-        check_resource_server(&req.identifier, &pairs).map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
+    let pairs: Vec<(String, String)> = req.scopes.into_iter().map(|sc| (sc.name, sc.description)).collect();
+    let scopes = check_resource_server(&req.identifier, &pairs)
+        .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
     let rs = ResourceServer {
         name: req
             .name

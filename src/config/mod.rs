@@ -488,7 +488,12 @@ impl Settings {
             if let Err((field, m)) = crate::provider::resources::check_resource_server(&r.identifier, &scopes) {
                 bad(&format!("resource_servers[{i}].{field}"), m);
             }
-            if self.resource_servers.iter().take(i).any(|o| o.identifier == r.identifier) {
+            if self
+                .resource_servers
+                .iter()
+                .take(i)
+                .any(|o| o.identifier == r.identifier)
+            {
                 bad(&format!("resource_servers[{i}].identifier"), "appears twice".into());
             }
         }

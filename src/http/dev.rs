@@ -169,7 +169,7 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
         .append_pair("response_type", "code")
         .append_pair("client_id", DEMO_CLIENT)
         .append_pair("redirect_uri", app.upstream.public("demo/callback").as_str())
-        .append_pair("scope", "openid email profile offline_access")
+        .append_pair("scope", "openid email profile groups offline_access")
         .append_pair("state", &login.state)
         .append_pair("nonce", &login.nonce)
         .append_pair("code_challenge", &challenge)

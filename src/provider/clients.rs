@@ -141,7 +141,18 @@ fn loopback_any_port(registered: &str, requested: &str) -> bool {
 
 /// URI schemes that are never a native app's private-use scheme.
 const NOT_PRIVATE_USE: [&str; 12] = [
-    "http", "https", "javascript", "data", "file", "vbscript", "blob", "about", "ftp", "ws", "wss", "filesystem",
+    "http",
+    "https",
+    "javascript",
+    "data",
+    "file",
+    "vbscript",
+    "blob",
+    "about",
+    "ftp",
+    "ws",
+    "wss",
+    "filesystem",
 ];
 
 /// Hex SHA-256 of a client secret.
@@ -300,7 +311,10 @@ mod tests {
         assert!(!c.redirect_uri_matches("http://127.0.0.2:51234/cb"), "another address");
         assert!(!c.redirect_uri_matches("http://127.0.0.1:5/cb?x=1"));
         assert!(!c.redirect_uri_matches("http://u:p@127.0.0.1:5/cb"));
-        assert!(!c.redirect_uri_matches("http://localhost:4001/cb"), "localhost stays exact");
+        assert!(
+            !c.redirect_uri_matches("http://localhost:4001/cb"),
+            "localhost stays exact"
+        );
         assert!(c.redirect_uri_matches("http://localhost:4000/cb"));
     }
 

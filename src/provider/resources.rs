@@ -100,7 +100,10 @@ pub fn check_resource_server(
             return Err((format!("scopes[{i}].name"), format!("{name:?} appears twice")));
         }
         if description.len() > 1024 {
-            return Err((format!("scopes[{i}].description"), "must be at most 1024 characters".into()));
+            return Err((
+                format!("scopes[{i}].description"),
+                "must be at most 1024 characters".into(),
+            ));
         }
         out.push(ResourceScope {
             name: name.clone(),
@@ -204,11 +207,7 @@ impl ResourceRegistry {
                 continue;
             }
             let key = scope_key(&s.name);
-            if !self
-                .store
-                .put_if_absent(&key, rs.identifier.as_bytes(), None)
-                .await?
-            {
+            if !self.store.put_if_absent(&key, rs.identifier.as_bytes(), None).await? {
                 let owner = self
                     .store
                     .get(&key)

@@ -109,8 +109,7 @@ impl Provider {
                 continue;
             }
             let granted = if is_oidc_scope(s) {
-                subject == Subject::User
-                    && (s != "offline_access" || client.allows_grant(GrantType::RefreshToken))
+                subject == Subject::User && (s != "offline_access" || client.allows_grant(GrantType::RefreshToken))
             } else {
                 client.allowed_scopes.contains(s) && rs.as_ref().is_some_and(|r| r.defines(s))
             };
@@ -128,6 +127,9 @@ impl Provider {
                 "scopes not granted"
             );
         }
-        Ok(Grant { scope, resource: target })
+        Ok(Grant {
+            scope,
+            resource: target,
+        })
     }
 }

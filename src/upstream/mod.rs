@@ -331,9 +331,18 @@ mod setup_error_tests {
     fn the_path_of_the_bad_field_is_named() {
         assert_eq!(field(json!({"id": 3})), "id");
         assert_eq!(field(json!({"id": "a", "colour": 1})), "colour");
-        assert_eq!(field(json!({"id": "a", "items": [{"name": "x"}, {"name": 1}]})), "items[1].name");
-        assert_eq!(field(json!({"id": "a", "items": [{"name": "x", "n": 300}]})), "items[0].n");
-        assert_eq!(field(json!({"id": "a", "items": [{"name": "x", "extra": 1}]})), "items[0].extra");
+        assert_eq!(
+            field(json!({"id": "a", "items": [{"name": "x"}, {"name": 1}]})),
+            "items[1].name"
+        );
+        assert_eq!(
+            field(json!({"id": "a", "items": [{"name": "x", "n": 300}]})),
+            "items[0].n"
+        );
+        assert_eq!(
+            field(json!({"id": "a", "items": [{"name": "x", "extra": 1}]})),
+            "items[0].extra"
+        );
         assert_eq!(field(json!({"id": "a", "items": [{}]})), "items[0].name");
         assert_eq!(field(json!({})), "id");
         assert_eq!(field(json!("not an object")), "body");

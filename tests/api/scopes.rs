@@ -60,7 +60,12 @@ async fn register(app: &TestApp, id: &str, public: bool, extra: Value) -> Option
 
 /// Runs `/authorize` for `client` (tenant demo, PKCE) with `params`, signing
 /// in at the dev IdP when asked; returns the query of the redirect back to the app.
-async fn authorize(app: &TestApp, browser: &mut Browser, client: &str, params: &[(&str, &str)]) -> BTreeMap<String, String> {
+async fn authorize(
+    app: &TestApp,
+    browser: &mut Browser,
+    client: &str,
+    params: &[(&str, &str)],
+) -> BTreeMap<String, String> {
     let mut url = app.url("/authorize");
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -211,7 +216,11 @@ async fn a_resource_the_app_may_not_use_is_invalid_target() {
             &[("scope", "openid"), ("resource", resource), ("state", "st")],
         )
         .await;
-        assert_eq!(q.get("error").map(String::as_str), Some("invalid_target"), "{resource}: {q:?}");
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some("invalid_target"),
+            "{resource}: {q:?}"
+        );
         assert_eq!(q.get("state").map(String::as_str), Some("st"));
         assert!(!q.contains_key("code"));
     }
@@ -238,14 +247,7 @@ async fn a_resource_the_app_may_not_use_is_invalid_target() {
 async fn claims_are_released_only_for_the_scopes_that_ask_for_them() {
     let app = dev_app().await;
     let secret = register(&app, "claims", false, json!({})).await;
-    let identity_claims = [
-        "email",
-        "email_verified",
-        "name",
-        "given_name",
-        "family_name",
-        "groups",
-    ];
+    let identity_claims = ["email", "email_verified", "name", "given_name", "family_name", "groups"];
     for (scope, expected) in [
         ("openid", &[][..]),
         ("openid email", &["email", "email_verified"][..]),
@@ -260,7 +262,11 @@ async fn claims_are_released_only_for_the_scopes_that_ask_for_them() {
         for c in identity_claims {
             let want = expected.contains(&c);
             assert_eq!(id.get(c).is_some(), want, "ID token, scope {scope:?}, claim {c}: {id}");
-            assert_eq!(info.get(c).is_some(), want, "userinfo, scope {scope:?}, claim {c}: {info}");
+            assert_eq!(
+                info.get(c).is_some(),
+                want,
+                "userinfo, scope {scope:?}, claim {c}: {info}"
+            );
         }
         assert!(id["sub"].is_string() && info["sub"] == id["sub"]);
     }
@@ -278,7 +284,9 @@ async fn offline_access_decides_whether_a_refresh_token_is_issued() {
     assert!(got.get("refresh_token").is_none(), "{got}");
     let got = sign_in(&app, "conf", secret.as_deref(), &[("scope", "openid offline_access")]).await;
     assert_eq!(got["scope"], "openid offline_access");
-    let rt = got["refresh_token"].as_str().expect("refresh token with offline_access");
+    let rt = got["refresh_token"]
+        .as_str()
+        .expect("refresh token with offline_access");
     let (status, refreshed) = token(
         &app,
         "conf",
@@ -346,15 +354,27 @@ async fn client_credentials_issues_an_api_token_for_the_app_itself() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    assert_eq!(got["scope"], "billing:read", "unknown, unallowed and OIDC scopes dropped");
-    assert!(got.get("id_token").is_none() && got.get("refresh_token").is_none(), "{got}");
+    assert_eq!(
+        got["scope"], "billing:read",
+        "unknown, unallowed and OIDC scopes dropped"
+    );
+    assert!(
+        got.get("id_token").is_none() && got.get("refresh_token").is_none(),
+        "{got}"
+    );
     let at = claims(&got["access_token"]);
     assert_eq!(at["sub"], "worker");
     assert_eq!(at["aud"], BILLING);
     assert_eq!(at["client_id"], "worker");
     assert!(at.get("tenant").is_none(), "{at}");
     // Without a scope: every scope the app is allowed at the target.
-    let (_, all) = token(&app, "worker", secret.as_deref(), &[("grant_type", "client_credentials")]).await;
+    let (_, all) = token(
+        &app,
+        "worker",
+        secret.as_deref(),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
     assert_eq!(all["scope"], "billing:read billing:admin", "{all}");
 
     // The token introspects as active and is no user's token at userinfo.
@@ -382,7 +402,13 @@ async fn client_credentials_issues_an_api_token_for_the_app_itself() {
 async fn client_credentials_refusals() {
     let app = dev_app().await;
     apis(&app).await;
-    register(&app, "spa", true, json!({"allowed_scopes": ["billing:read"], "default_resource": BILLING})).await;
+    register(
+        &app,
+        "spa",
+        true,
+        json!({"allowed_scopes": ["billing:read"], "default_resource": BILLING}),
+    )
+    .await;
     let web = register(
         &app,
         "web",
@@ -403,14 +429,20 @@ async fn client_credentials_refusals() {
     let (status, body) = token(&app, "spa", None, &cc).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "unauthorized_client", "{body}");
-    assert!(body["error_description"].as_str().unwrap().contains("confidential"), "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("confidential"),
+        "{body}"
+    );
 
     // A confidential client whose grant_types lack it.
     let (status, body) = token(&app, "web", web.as_deref(), &cc).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "unauthorized_client", "{body}");
     assert!(
-        body["error_description"].as_str().unwrap().contains("client_credentials"),
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("client_credentials"),
         "{body}"
     );
 
@@ -441,7 +473,12 @@ async fn client_credentials_refusals() {
 async fn native_app_redirect_uris_follow_rfc_8252() {
     let app = dev_app().await;
     let create = |uri: &str| {
-        let id = format!("native-{}", portcullis::tokens::random_token(6).to_lowercase().replace(['-', '_'], "x"));
+        let id = format!(
+            "native-{}",
+            portcullis::tokens::random_token(6)
+                .to_lowercase()
+                .replace(['-', '_'], "x")
+        );
         let body = json!({"client_id": id, "redirect_uris": [uri], "public": true});
         let app = &app;
         async move { app.admin(Method::POST, "/admin/v1/clients", Some(body)).await }
@@ -491,7 +528,10 @@ async fn native_app_redirect_uris_follow_rfc_8252() {
             .append_pair("scope", "openid")
             .append_pair("tenant", "demo")
             .append_pair("prompt", "none")
-            .append_pair("code_challenge", &portcullis::tokens::sha256_base64url(VERIFIER.as_bytes()))
+            .append_pair(
+                "code_challenge",
+                &portcullis::tokens::sha256_base64url(VERIFIER.as_bytes()),
+            )
             .append_pair("code_challenge_method", "S256");
         url
     };
@@ -518,7 +558,10 @@ async fn native_app_redirect_uris_follow_rfc_8252() {
         let resp = app.client.get(ask(refused)).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{refused}");
         let body = resp.text().await.unwrap();
-        assert!(body.contains("authorize.redirect_uri_not_registered"), "{refused}: {body}");
+        assert!(
+            body.contains("authorize.redirect_uri_not_registered"),
+            "{refused}: {body}"
+        );
     }
 
     // The whole flow to a loopback port that was not registered.
@@ -564,7 +607,9 @@ async fn prompt_consent_and_select_account_are_refused_and_not_advertised() {
         let q = authorize(&app, &mut browser, "app", &[("scope", "openid"), ("prompt", prompt)]).await;
         assert_eq!(q.get("error").map(String::as_str), Some(error), "{prompt}: {q:?}");
         assert!(
-            q.get("error_description").unwrap().contains(prompt.split(' ').next_back().unwrap()),
+            q.get("error_description")
+                .unwrap()
+                .contains(prompt.split(' ').next_back().unwrap()),
             "{q:?}"
         );
         assert!(!q.contains_key("code"));
@@ -604,7 +649,10 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     let (status, got) = app.admin(Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["identifier"], BILLING);
-    assert_eq!(got["scopes"][1], json!({"name": "billing:admin", "description": "billing:admin access"}));
+    assert_eq!(
+        got["scopes"][1],
+        json!({"name": "billing:admin", "description": "billing:admin access"})
+    );
     let (status, list) = app.admin(Method::GET, "/admin/v1/resource-servers", None).await;
     assert_eq!(status, StatusCode::OK);
     let ids: Vec<&str> = list["resource_servers"]
@@ -623,8 +671,16 @@ async fn resource_servers_are_managed_through_the_admin_api() {
             StatusCode::CONFLICT,
             "scopes",
         ),
-        (json!({"identifier": "not a uri"}), StatusCode::BAD_REQUEST, "identifier"),
-        (json!({"identifier": "https://x.example.test#f"}), StatusCode::BAD_REQUEST, "identifier"),
+        (
+            json!({"identifier": "not a uri"}),
+            StatusCode::BAD_REQUEST,
+            "identifier",
+        ),
+        (
+            json!({"identifier": "https://x.example.test#f"}),
+            StatusCode::BAD_REQUEST,
+            "identifier",
+        ),
         (
             json!({"identifier": "https://x.example.test", "scopes": [{"name": "a"}, {"name": "two words"}]}),
             StatusCode::BAD_REQUEST,
@@ -664,9 +720,13 @@ async fn resource_servers_are_managed_through_the_admin_api() {
         assert_eq!(answer["field"], field, "{body}: {answer}");
     }
     assert_eq!(
-        app.admin(Method::GET, "/admin/v1/resource-servers/https%3A%2F%2Fx.example.test", None)
-            .await
-            .0,
+        app.admin(
+            Method::GET,
+            "/admin/v1/resource-servers/https%3A%2F%2Fx.example.test",
+            None
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND,
         "nothing half-written"
     );
@@ -682,14 +742,28 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     };
     for (extra, field) in [
         (json!({"grant_types": ["password"]}), "grant_types[0]"),
-        (json!({"grant_types": ["authorization_code", "implicit"]}), "grant_types[1]"),
+        (
+            json!({"grant_types": ["authorization_code", "implicit"]}),
+            "grant_types[1]",
+        ),
         (json!({"grant_types": []}), "grant_types"),
-        (json!({"grant_types": ["client_credentials"], "public": true}), "grant_types[0]"),
-        (json!({"allowed_scopes": ["billing:read", "billing:write"]}), "allowed_scopes[1]"),
-        (json!({"default_resource": "https://nope.example.test"}), "default_resource"),
+        (
+            json!({"grant_types": ["client_credentials"], "public": true}),
+            "grant_types[0]",
+        ),
+        (
+            json!({"allowed_scopes": ["billing:read", "billing:write"]}),
+            "allowed_scopes[1]",
+        ),
+        (
+            json!({"default_resource": "https://nope.example.test"}),
+            "default_resource",
+        ),
         (json!({"allowed_scopes": "billing:read"}), "allowed_scopes"),
     ] {
-        let (status, answer) = app.admin(Method::POST, "/admin/v1/clients", Some(with(extra.clone()))).await;
+        let (status, answer) = app
+            .admin(Method::POST, "/admin/v1/clients", Some(with(extra.clone())))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {answer}");
         assert_eq!(answer["field"], field, "{extra}: {answer}");
     }
@@ -704,7 +778,10 @@ async fn resource_servers_are_managed_through_the_admin_api() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["grant_types"], json!(["authorization_code", "client_credentials"]));
+    assert_eq!(
+        created["grant_types"],
+        json!(["authorization_code", "client_credentials"])
+    );
     assert_eq!(created["default_resource"], BILLING);
     assert_eq!(created["allowed_scopes"], json!(["billing:read"]));
     let (_, plain) = app
@@ -720,7 +797,10 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     let (status, answer) = app.admin(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(answer["field"], "identifier");
-    assert_eq!(app.admin(Method::DELETE, "/admin/v1/clients/app", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.admin(Method::DELETE, "/admin/v1/clients/app", None).await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(app.admin(Method::GET, &path, None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NOT_FOUND);
