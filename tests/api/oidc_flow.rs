@@ -346,3 +346,88 @@ async fn end_session_clears_the_sso_session() {
     assert_eq!(w.idp.stats().await.authorize, before + 1);
     assert_ne!(again["id_token_claims"]["sid"], out["id_token_claims"]["sid"]);
 }
+
+/// A real openid-client app asks for API scopes: it gets only those its API
+/// defines and it is allowed, an access token whose `aud` is the API, only
+/// the claims its OIDC scopes ask for (ID token and userinfo), and no refresh
+/// token without `offline_access`. A `resource` it may not use comes back as
+/// `invalid_target`.
+#[tokio::test]
+async fn an_app_gets_an_access_token_for_its_api_with_the_scopes_and_claims_it_may_have() {
+    use crate::support::peers::RelyingParty;
+    use reqwest::{Method, StatusCode};
+    const ORDERS: &str = "https://orders.example.test";
+    const STOCK: &str = "https://stock.example.test";
+
+    let w = OidcWorld::new().await;
+    for (id, scope) in [(ORDERS, "orders:read"), (STOCK, "stock:read")] {
+        let (status, body) = w
+            .app
+            .admin(
+                Method::POST,
+                "/admin/v1/resource-servers",
+                Some(json!({"identifier": id, "name": id, "scopes": [{"name": scope}, {"name": format!("{scope}-all")}]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let rp = RelyingParty::spawn("orders-app", &w.app.base).await;
+    let (status, reg) = w
+        .app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({
+                "client_id": "orders-app",
+                "redirect_uris": [rp.redirect_uri().as_str()],
+                "allowed_scopes": ["orders:read"],
+                "default_resource": ORDERS,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reg}");
+    rp.configure(
+        "orders-app",
+        s(&reg, "client_secret"),
+        "basic",
+        "openid email orders:read orders:read-all stock:read",
+    )
+    .await;
+
+    let out = w
+        .sign_in(&mut Browser::new(), &rp, &[("tenant", ACME)], Some("alice"))
+        .await;
+    assert_eq!(s(&out, "scope"), "openid email orders:read");
+    assert!(
+        out["refresh_token"].is_null(),
+        "no offline_access, no refresh token: {out}"
+    );
+    let c = &out["id_token_claims"];
+    assert_eq!(c["aud"], json!("orders-app"));
+    assert_eq!(s(c, "email"), "alice@acme.test");
+    for absent in ["name", "given_name", "family_name", "groups"] {
+        assert!(c.get(absent).is_none(), "{absent} without its scope: {c}");
+    }
+    let (_, at) = w.verify_access_token(s(&out, "access_token")).await;
+    assert_eq!(at["aud"], json!(ORDERS));
+    assert_eq!(s(&at, "scope"), "openid email orders:read");
+    let info = rp.userinfo(s(&out, "access_token"), Some(s(c, "sub"))).await;
+    assert_eq!(info.status, 200, "{:?}", info.body);
+    assert_eq!(s(&info.body, "email"), "alice@acme.test");
+    assert!(
+        info.body.get("name").is_none() && info.body.get("groups").is_none(),
+        "{:?}",
+        info.body
+    );
+
+    // Another API it has no scope at: refused at the authorization endpoint (SSO: no IdP login).
+    let mut browser = Browser::new();
+    w.sign_in(&mut browser, &rp, &[("tenant", ACME)], Some("alice")).await;
+    let page = browser
+        .get(&rp.login_url(&[("tenant", ACME), ("resource", STOCK)]))
+        .await;
+    assert!(rp.is_callback(&page.url), "{}", browser.trail());
+    let body = page.json();
+    assert_eq!(s(&body, "error"), "invalid_target", "{body}");
+    assert_eq!(s(&body, "from"), "authorization_response");
+}

@@ -886,3 +886,63 @@ async fn resource_servers_and_apps_can_be_declared_in_the_config_file() {
         "{err}"
     );
 }
+
+/// The grant is decided again at each refresh: a scope the app lost is no
+/// longer granted, and a `resource` other than the granted one is refused.
+#[tokio::test]
+async fn a_refresh_grants_only_what_is_still_allowed_for_the_same_resource() {
+    let app = dev_app().await;
+    apis(&app).await;
+    let secret = register(
+        &app,
+        "billing-app",
+        false,
+        json!({"allowed_scopes": ["billing:read", "billing:admin"], "default_resource": BILLING}),
+    )
+    .await;
+    let got = sign_in(
+        &app,
+        "billing-app",
+        secret.as_deref(),
+        &[("scope", "openid billing:read billing:admin offline_access")],
+    )
+    .await;
+    assert_eq!(got["scope"], "openid billing:read billing:admin offline_access");
+    let refresh = |rt: String, extra: Option<(&'static str, &'static str)>| {
+        let app = &app;
+        let secret = secret.clone();
+        async move {
+            let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+            form.extend(extra);
+            token(app, "billing-app", secret.as_deref(), &form).await
+        }
+    };
+    let (status, body) = refresh(
+        got["refresh_token"].as_str().unwrap().to_owned(),
+        Some(("resource", REPORTS)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_target", "{body}");
+
+    let got = sign_in(
+        &app,
+        "billing-app",
+        secret.as_deref(),
+        &[("scope", "openid billing:read billing:admin offline_access")],
+    )
+    .await;
+    let mut client = app.state.provider.clients.get("billing-app").await.unwrap().unwrap();
+    client.allowed_scopes = vec!["billing:read".into()];
+    app.state.provider.clients.put(&client).await.unwrap();
+    let (status, body) = refresh(
+        got["refresh_token"].as_str().unwrap().to_owned(),
+        Some(("resource", BILLING)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "openid billing:read offline_access");
+    let at = claims(&body["access_token"]);
+    assert_eq!(at["scope"], "openid billing:read offline_access");
+    assert_eq!(at["aud"], BILLING);
+}
