@@ -189,7 +189,11 @@ impl ResourceRegistry {
             .as_ref()
             .map(|o| o.scopes.iter().map(|s| s.name.clone()).collect())
             .unwrap_or_default();
-        self.reserve_scopes(rs, &kept).await?;
+        if let Err(e) = self.reserve_scopes(rs, &kept).await {
+            // Free the names this attempt reserved; the ones it already had stay.
+            self.release_scopes(rs, &kept).await;
+            return Err(e);
+        }
         self.store.put_json(&resource_key(&rs.identifier), rs, None).await?;
         if let Some(old) = old {
             for s in old.scopes.iter().filter(|s| !rs.defines(&s.name)) {
@@ -340,6 +344,55 @@ impl ResourceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rs(id: &str, scopes: &[&str]) -> ResourceServer {
+        ResourceServer {
+            identifier: id.into(),
+            name: id.into(),
+            scopes: scopes
+                .iter()
+                .map(|s| ResourceScope {
+                    name: (*s).into(),
+                    description: String::new(),
+                })
+                .collect(),
+            created_at: DateTime::<Utc>::MIN_UTC,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scope_name_belongs_to_one_resource_server() {
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+        let reg = ResourceRegistry::new(std::sync::Arc::new(crate::store::memory::MemoryStore::new(clock)));
+        reg.create(&rs("https://a.test", &["a:read", "shared"])).await.unwrap();
+        let taken = reg
+            .create(&rs("https://b.test", &["b:read", "shared"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(taken, ResourceError::ScopeTaken { index: 1, ref owner, .. } if owner == "https://a.test"));
+        assert!(
+            reg.get("https://b.test").await.unwrap().is_none(),
+            "nothing left behind"
+        );
+        assert_eq!(
+            reg.owner_of("b:read").await.unwrap(),
+            None,
+            "its other names were released"
+        );
+        assert!(
+            reg.put(&rs("https://b.test", &["shared"])).await.is_err(),
+            "the config file too"
+        );
+        assert_eq!(reg.owner_of("shared").await.unwrap().as_deref(), Some("https://a.test"));
+
+        // Redeclaring A without `shared` frees it.
+        reg.put(&rs("https://a.test", &["a:read", "a:write"])).await.unwrap();
+        assert_eq!(reg.owner_of("shared").await.unwrap(), None);
+        reg.create(&rs("https://b.test", &["shared"])).await.unwrap();
+        assert!(reg.delete("https://b.test").await.unwrap());
+        assert_eq!(reg.owner_of("shared").await.unwrap(), None);
+        assert_eq!(reg.list().await.unwrap(), vec!["https://a.test".to_owned()]);
+    }
 
     #[test]
     fn identifiers_are_absolute_uris_without_fragment() {
