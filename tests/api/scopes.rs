@@ -393,6 +393,29 @@ async fn client_credentials_issues_an_api_token_for_the_app_itself() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["error"], "invalid_token");
 
+    // RFC 7009: it can be revoked, and is then inactive.
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth("worker", secret.as_deref())
+        .form(&[("token", got["access_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let intro: Value = app
+        .client
+        .post(app.url("/introspect"))
+        .basic_auth("worker", secret.as_deref())
+        .form(&[("token", got["access_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(intro, json!({"active": false}));
+
     // The app may not sign users in: it lacks authorization_code.
     let q = authorize(&app, &mut Browser::new(), "worker", &[("scope", "openid")]).await;
     assert_eq!(q.get("error").map(String::as_str), Some("unauthorized_client"), "{q:?}");
