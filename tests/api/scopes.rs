@@ -208,7 +208,11 @@ async fn a_resource_the_app_may_not_use_is_invalid_target() {
     )
     .await;
     let mut browser = Browser::new();
-    for resource in [REPORTS, "https://unknown.example.test", "not a uri"] {
+    for (resource, why) in [
+        (REPORTS, "may not obtain tokens for that resource"),
+        ("https://unknown.example.test", "not a registered resource server"),
+        ("not a uri", "not a registered resource server"),
+    ] {
         let q = authorize(
             &app,
             &mut browser,
@@ -221,6 +225,7 @@ async fn a_resource_the_app_may_not_use_is_invalid_target() {
             Some("invalid_target"),
             "{resource}: {q:?}"
         );
+        assert!(q["error_description"].contains(why), "{resource}: {q:?}");
         assert_eq!(q.get("state").map(String::as_str), Some("st"));
         assert!(!q.contains_key("code"));
     }
@@ -241,6 +246,13 @@ async fn a_resource_the_app_may_not_use_is_invalid_target() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_target", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not the one this grant is for"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
