@@ -533,7 +533,7 @@ async fn native_app_redirect_uris_follow_rfc_8252() {
         "myapp:/cb",
         "javascript:alert(1)//x.y",
         "data:text/html,x",
-        "file:///tmp/x",
+        "file:///cb",
         "http://127.0.0.1.evil.example/cb",
         "http://128.0.0.1/cb",
         "http://app.example/cb",
