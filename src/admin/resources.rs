@@ -74,10 +74,6 @@ async fn create(
             field: "identifier",
             detail: format!("The resource server {id:?} already exists."),
         },
-        ResourceError::ScopeTaken { index, scope, owner } => AdminError::Conflict {
-            field: "scopes",
-            detail: format!("scopes[{index}].name: the scope {scope:?} is already defined by {owner:?}; scope names are unique across resource servers."),
-        },
         ResourceError::Store(e) => internal(e),
     })?;
     tracing::info!(reason = "admin.resource_server_created", identifier = %rs.identifier);
@@ -109,8 +105,9 @@ async fn read(
     Ok(Json(view(&rs)))
 }
 
-/// Refused while an app still names it as its default or is allowed one of
-/// its scopes, so no app is left pointing at nothing.
+/// Refused while an app still refers to it (its default resource, a
+/// qualified allowed scope, or an allowed bare scope no other resource
+/// server defines), so no app is left pointing at nothing.
 async fn delete(
     _: AdminAuth,
     State(s): State<Arc<AppState>>,
@@ -121,11 +118,11 @@ async fn delete(
             "There is no resource server {identifier:?}."
         )));
     };
+    let others = s.provider.resources.all().await.map_err(internal)?;
     for id in s.provider.clients.list().await.map_err(internal)? {
         if let Some(c) = s.provider.clients.get(&id).await.map_err(internal)? {
-            let uses = c.default_resource.as_deref() == Some(identifier.as_str())
-                || c.allowed_scopes.iter().any(|sc| rs.defines(sc));
-            if uses {
+            if rs.needed_by(&c, &others) {
+                tracing::info!(reason = "admin.resource_server_in_use", identifier = %identifier, client_id = %id);
                 return Err(AdminError::Conflict {
                     field: "identifier",
                     detail: format!("The app {id:?} still uses this resource server; change or delete it first."),

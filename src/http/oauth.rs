@@ -66,22 +66,21 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         Err(e) => return OAuthError::server("discovery.keys_unavailable", e).into_response(),
     };
     let u = |p: &str| state.upstream.public(p).to_string();
-    // The OIDC scopes, then every API scope of the resource servers.
+    // The OIDC scopes, then the API scope names of every resource server,
+    // bare and deduplicated (two APIs may both define `read`): a bare name is
+    // requested at whichever API the `resource` parameter names. The
+    // qualified forms (`<identifier>/<name>`) are accepted too but not listed.
     let mut scopes: Vec<String> = crate::provider::resources::OIDC_SCOPES
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let resources = &state.provider.resources;
-    let ids = match resources.list().await {
-        Ok(ids) => ids,
-        Err(e) => return OAuthError::from(e).into_response(),
-    };
-    for id in ids {
-        match resources.get(&id).await {
-            Ok(Some(rs)) => scopes.extend(rs.scopes.into_iter().map(|s| s.name)),
-            Ok(None) => {}
-            Err(e) => return OAuthError::from(e).into_response(),
+    match state.provider.resources.all().await {
+        Ok(all) => {
+            let names: std::collections::BTreeSet<String> =
+                all.into_iter().flat_map(|rs| rs.scopes).map(|s| s.name).collect();
+            scopes.extend(names);
         }
+        Err(e) => return OAuthError::from(e).into_response(),
     }
     let doc = json!({
         "issuer": state.provider.iss(),

@@ -1,13 +1,25 @@
 //! Resource servers (APIs): an identifier (the access token's `aud`) and the
 //! scopes it defines. One registry for the whole platform, like apps.
 //!
-//! A scope name belongs to exactly one resource server: each name is
-//! reserved with `put_if_absent` (`g:resources` / `scope:<name>`), so a
-//! requested scope string maps to one API and an app allowed `billing:read`
-//! can never be handed the same word at another API. The OIDC scopes
-//! (`openid`, `email`, `profile`, `groups`, `offline_access`) are not API
-//! scopes and cannot be defined by a resource server.
+//! A scope name is unique only within its resource server: two APIs may both
+//! define `read`. A scope is written either *bare* (`read`) or *qualified*,
+//! Cognito-style, as `<identifier>/<name>` (`https://api.example.com/read`).
+//! Scope names cannot contain `/` (as in Cognito) and identifiers are
+//! RFC 6749 scope-token characters, so a qualified scope splits at its last
+//! `/` without ambiguity. The same two forms work in an app's
+//! `allowed_scopes` and in a requested `scope`:
+//! - a bare allowed scope allows that name at every resource server the app
+//!   targets that defines it (including one registered later); a qualified
+//!   one only at that server;
+//! - a requested bare scope is looked up in the target resource server; a
+//!   requested qualified scope only counts when its identifier is the
+//!   target (one token, one `aud`).
+//!
+//! The OIDC scopes (`openid`, `email`, `profile`, `groups`,
+//! `offline_access`) are not API scopes and cannot be defined by a resource
+//! server.
 
+use super::clients::Client;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,6 +30,41 @@ pub const OIDC_SCOPES: [&str; 5] = ["openid", "email", "profile", "groups", "off
 /// True for one of [`OIDC_SCOPES`].
 pub fn is_oidc_scope(s: &str) -> bool {
     OIDC_SCOPES.contains(&s)
+}
+
+/// How a scope string refers to a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeRef<'a> {
+    /// One of [`OIDC_SCOPES`].
+    Oidc(&'a str),
+    /// A bare API scope name (`read`).
+    Bare(&'a str),
+    /// `<identifier>/<name>`: the scope `name` of the resource server `resource`.
+    Qualified {
+        /// The resource server's identifier.
+        resource: &'a str,
+        /// The scope name within it.
+        name: &'a str,
+    },
+}
+
+impl<'a> ScopeRef<'a> {
+    /// Reads a scope string. Anything with a `/` is qualified (scope names
+    /// cannot contain one), split at the last `/`.
+    pub fn parse(s: &'a str) -> Self {
+        if is_oidc_scope(s) {
+            return Self::Oidc(s);
+        }
+        match s.rsplit_once('/') {
+            Some((resource, name)) => Self::Qualified { resource, name },
+            None => Self::Bare(s),
+        }
+    }
+}
+
+/// The qualified form of the scope `name` of `identifier`.
+pub fn qualified(identifier: &str, name: &str) -> String {
+    format!("{identifier}/{name}")
 }
 
 /// One scope a resource server defines.
@@ -45,39 +92,88 @@ pub struct ResourceServer {
 }
 
 impl ResourceServer {
-    /// True if this resource server defines `scope`.
-    pub fn defines(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s.name == scope)
+    /// True if this resource server defines the scope named `name`.
+    pub fn defines(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s.name == name)
+    }
+
+    /// The name of the scope of this resource server that the scope string
+    /// `scope` refers to: a bare name it defines, or a qualified scope with
+    /// its identifier and a name it defines. `None` for anything else
+    /// (OIDC scopes, other servers' qualified scopes, undefined names).
+    pub fn resolve<'a>(&self, scope: &'a str) -> Option<&'a str> {
+        match ScopeRef::parse(scope) {
+            ScopeRef::Oidc(_) => None,
+            ScopeRef::Bare(name) => self.defines(name).then_some(name),
+            ScopeRef::Qualified { resource, name } => (resource == self.identifier && self.defines(name)).then_some(name),
+        }
+    }
+
+    /// True if an app allowed `allowed_scopes` may be granted this server's
+    /// scope `name` (allowed bare, or qualified with this identifier).
+    pub fn allows(&self, allowed_scopes: &[String], name: &str) -> bool {
+        allowed_scopes.iter().any(|a| self.resolve(a) == Some(name))
+    }
+
+    /// True if an app may obtain tokens for this server: it is the app's
+    /// default resource, or it defines one of the app's allowed scopes.
+    pub fn targetable_by(&self, client: &Client) -> bool {
+        client.default_resource.as_deref() == Some(self.identifier.as_str())
+            || client.allowed_scopes.iter().any(|a| self.resolve(a).is_some())
+    }
+
+    /// True if deleting this server would leave `client` referring to
+    /// something that no longer exists: it is the app's default resource, an
+    /// allowed scope is qualified with its identifier, or an allowed bare
+    /// scope is defined by this server and by none of `others`.
+    pub fn needed_by(&self, client: &Client, others: &[ResourceServer]) -> bool {
+        client.default_resource.as_deref() == Some(self.identifier.as_str())
+            || client.allowed_scopes.iter().any(|a| match ScopeRef::parse(a) {
+                ScopeRef::Oidc(_) => false,
+                ScopeRef::Qualified { resource, .. } => resource == self.identifier,
+                ScopeRef::Bare(name) => {
+                    self.defines(name)
+                        && !others
+                            .iter()
+                            .any(|o| o.identifier != self.identifier && o.defines(name))
+                }
+            })
     }
 }
 
+/// True if every byte is an RFC 6749 §3.3 scope-token character
+/// (printable ASCII except space, `"` and `\`).
+fn scope_token_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
 /// Checks a resource server identifier: an absolute URI without fragment
-/// (RFC 8707 §2), at most 255 characters.
+/// (RFC 8707 §2), at most 255 characters, made of scope-token characters
+/// because it is the first part of its qualified scopes (as in Cognito).
 pub fn check_identifier(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 255 {
         return Err("must be 1 to 255 characters".into());
+    }
+    if !scope_token_chars(id) {
+        return Err(format!(
+            "{id:?} must be printable ASCII without spaces, '\"' or '\\' (it prefixes its qualified scopes)"
+        ));
     }
     let url = url::Url::parse(id).map_err(|e| format!("{id:?} is not an absolute URI ({e})"))?;
     if url.fragment().is_some() || id.contains('#') {
         return Err(format!("{id:?} must not contain a fragment"));
     }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{id:?} must not contain spaces"));
-    }
     Ok(())
 }
 
 /// Checks a scope name a resource server defines: an RFC 6749 §3.3
-/// scope-token of at most 128 characters, and not an OIDC scope.
+/// scope-token of at most 128 characters without `/` (which separates a
+/// qualified scope's identifier from its name), and not an OIDC scope.
 pub fn check_scope_name(name: &str) -> Result<(), String> {
-    let token_ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-    if !token_ok {
+    if name.is_empty() || name.len() > 128 || !scope_token_chars(name) || name.contains('/') {
         return Err(format!(
-            "{name:?} must be 1 to 128 printable ASCII characters without spaces, '\"' or '\\'"
+            "{name:?} must be 1 to 128 printable ASCII characters without spaces, '/', '\"' or '\\'"
         ));
     }
     if is_oidc_scope(name) {
@@ -119,16 +215,6 @@ pub enum ResourceError {
     /// The identifier is taken.
     #[error("resource server {0} already exists")]
     Exists(String),
-    /// A scope name already belongs to another resource server.
-    #[error("scope {scope} is defined by {owner}")]
-    ScopeTaken {
-        /// Index of the scope in the request.
-        index: usize,
-        /// The scope.
-        scope: String,
-        /// The resource server that defines it.
-        owner: String,
-    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -147,12 +233,6 @@ fn resource_key(identifier: &str) -> Key {
         format!("resource:{}", crate::tokens::sha256_base64url(identifier.as_bytes())),
     )
 }
-fn scope_key(scope: &str) -> Key {
-    Key::global(
-        "resources",
-        format!("scope:{}", crate::tokens::sha256_base64url(scope.as_bytes())),
-    )
-}
 fn index_key() -> Key {
     Key::global("resources", "index")
 }
@@ -163,8 +243,8 @@ impl ResourceRegistry {
         Self { store }
     }
 
-    /// Registers a resource server; fails if the identifier or one of its
-    /// scope names is taken, leaving nothing behind.
+    /// Registers a resource server; fails if the identifier is taken. Its
+    /// scope names may be the same as another server's.
     pub async fn create(&self, rs: &ResourceServer) -> Result<(), ResourceError> {
         if !self
             .store
@@ -173,77 +253,15 @@ impl ResourceRegistry {
         {
             return Err(ResourceError::Exists(rs.identifier.clone()));
         }
-        if let Err(e) = self.reserve_scopes(rs, &[]).await {
-            self.release_scopes(rs, &[]).await;
-            self.store.delete(&resource_key(&rs.identifier)).await?;
-            return Err(e);
-        }
         self.store.set_add(&index_key(), &rs.identifier, None).await?;
         Ok(())
     }
 
     /// Registers or replaces a resource server (declared in the config file).
     pub async fn put(&self, rs: &ResourceServer) -> Result<(), ResourceError> {
-        let old = self.get(&rs.identifier).await?;
-        let kept: Vec<String> = old
-            .as_ref()
-            .map(|o| o.scopes.iter().map(|s| s.name.clone()).collect())
-            .unwrap_or_default();
-        if let Err(e) = self.reserve_scopes(rs, &kept).await {
-            // Free the names this attempt reserved; the ones it already had stay.
-            self.release_scopes(rs, &kept).await;
-            return Err(e);
-        }
         self.store.put_json(&resource_key(&rs.identifier), rs, None).await?;
-        if let Some(old) = old {
-            for s in old.scopes.iter().filter(|s| !rs.defines(&s.name)) {
-                self.store.delete(&scope_key(&s.name)).await?;
-            }
-        }
         self.store.set_add(&index_key(), &rs.identifier, None).await?;
         Ok(())
-    }
-
-    /// Reserves every scope name of `rs` except those in `already_ours`.
-    async fn reserve_scopes(&self, rs: &ResourceServer, already_ours: &[String]) -> Result<(), ResourceError> {
-        for (index, s) in rs.scopes.iter().enumerate() {
-            if already_ours.contains(&s.name) {
-                continue;
-            }
-            let key = scope_key(&s.name);
-            if !self.store.put_if_absent(&key, rs.identifier.as_bytes(), None).await? {
-                let owner = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                if owner != rs.identifier {
-                    return Err(ResourceError::ScopeTaken {
-                        index,
-                        scope: s.name.clone(),
-                        owner,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Releases the scope names of `rs` that it owns, except `keep`.
-    async fn release_scopes(&self, rs: &ResourceServer, keep: &[String]) {
-        for s in rs.scopes.iter().filter(|s| !keep.contains(&s.name)) {
-            let key = scope_key(&s.name);
-            match self.store.get(&key).await {
-                Ok(Some(owner)) if owner == rs.identifier.as_bytes() => {
-                    if let Err(e) = self.store.delete(&key).await {
-                        tracing::warn!(reason = "resources.release_failed", error = %e);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(reason = "resources.release_failed", error = %e),
-            }
-        }
     }
 
     /// Reads a resource server.
@@ -254,30 +272,29 @@ impl ResourceRegistry {
         self.store.get_json(&resource_key(identifier)).await
     }
 
-    /// The resource server that defines `scope`, if any.
-    pub async fn owner_of(&self, scope: &str) -> Result<Option<String>, StoreError> {
-        if scope.is_empty() || scope.len() > 128 {
-            return Ok(None);
-        }
-        Ok(self
-            .store
-            .get(&scope_key(scope))
-            .await?
-            .map(|b| String::from_utf8_lossy(&b).into_owned()))
-    }
-
     /// All identifiers.
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {
         self.store.set_members(&index_key()).await
     }
 
-    /// Deletes a resource server and frees its scope names. Returns `false`
-    /// if it did not exist.
+    /// Every resource server, ordered by identifier.
+    pub async fn all(&self) -> Result<Vec<ResourceServer>, StoreError> {
+        let mut ids = self.list().await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rs) = self.get(&id).await? {
+                out.push(rs);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a resource server. Returns `false` if it did not exist.
     pub async fn delete(&self, identifier: &str) -> Result<bool, StoreError> {
-        let Some(rs) = self.get(identifier).await? else {
+        if self.get(identifier).await?.is_none() {
             return Ok(false);
-        };
-        self.release_scopes(&rs, &[]).await;
+        }
         let existed = self.store.delete(&resource_key(identifier)).await?;
         self.store.set_remove(&index_key(), identifier).await?;
         Ok(existed)
@@ -290,8 +307,10 @@ pub type FieldProblem = (String, String);
 impl ResourceRegistry {
     /// Checks the API-related fields of an app against the registered
     /// resource servers: `grant_types` (known, not empty, `client_credentials`
-    /// only for confidential apps), `allowed_scopes` (OIDC scopes, or scopes
-    /// some resource server defines) and `default_resource` (registered).
+    /// only for confidential apps), `allowed_scopes` (OIDC scopes, bare names
+    /// some resource server defines, or qualified scopes
+    /// `<identifier>/<name>` that server defines) and `default_resource`
+    /// (registered).
     pub async fn check_app_fields(
         &self,
         public: bool,
@@ -315,18 +334,41 @@ impl ResourceRegistry {
                 return bad(format!("grant_types[{i}]"), format!("{} appears twice", g.as_str()));
             }
         }
+        // Read once, and only when a bare name has to be looked for everywhere.
+        let mut every: Option<Vec<ResourceServer>> = None;
         for (i, s) in allowed_scopes.iter().enumerate() {
-            if is_oidc_scope(s) {
-                continue;
-            }
-            if let Err(m) = check_scope_name(s) {
-                return bad(format!("allowed_scopes[{i}]"), m);
-            }
-            if self.owner_of(s).await?.is_none() {
-                return bad(
-                    format!("allowed_scopes[{i}]"),
-                    format!("{s:?} is not defined by any resource server"),
-                );
+            let field = format!("allowed_scopes[{i}]");
+            match ScopeRef::parse(s) {
+                ScopeRef::Oidc(_) => {}
+                ScopeRef::Bare(name) => {
+                    if let Err(m) = check_scope_name(name) {
+                        return bad(field, m);
+                    }
+                    let servers = match &every {
+                        Some(v) => v,
+                        None => every.insert(self.all().await?),
+                    };
+                    if !servers.iter().any(|r| r.defines(name)) {
+                        return bad(field, format!("{s:?} is not defined by any resource server"));
+                    }
+                }
+                ScopeRef::Qualified { resource, name } => {
+                    if let Err(m) = check_scope_name(name) {
+                        return bad(field, format!("{s:?}: the scope name {m}"));
+                    }
+                    let Some(rs) = self.get(resource).await? else {
+                        return bad(
+                            field,
+                            format!("{s:?}: {resource:?} is not a registered resource server"),
+                        );
+                    };
+                    if !rs.defines(name) {
+                        return bad(
+                            field,
+                            format!("{s:?}: {name:?} is not defined by the resource server {resource:?}"),
+                        );
+                    }
+                }
             }
         }
         if let Some(r) = default_resource {
@@ -360,38 +402,137 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_scope_name_belongs_to_one_resource_server() {
+    fn registry() -> ResourceRegistry {
         let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-        let reg = ResourceRegistry::new(std::sync::Arc::new(crate::store::memory::MemoryStore::new(clock)));
-        reg.create(&rs("https://a.test", &["a:read", "shared"])).await.unwrap();
-        let taken = reg
-            .create(&rs("https://b.test", &["b:read", "shared"]))
-            .await
-            .unwrap_err();
-        assert!(matches!(taken, ResourceError::ScopeTaken { index: 1, ref owner, .. } if owner == "https://a.test"));
-        assert!(
-            reg.get("https://b.test").await.unwrap().is_none(),
-            "nothing left behind"
+        ResourceRegistry::new(std::sync::Arc::new(crate::store::memory::MemoryStore::new(clock)))
+    }
+
+    fn app(allowed: &[&str], default_resource: Option<&str>) -> Client {
+        Client {
+            client_id: "app".into(),
+            name: "app".into(),
+            secret_sha256: None,
+            redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            allowed_tenants: vec![],
+            allowed_scopes: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            grant_types: vec![],
+            default_resource: default_resource.map(str::to_owned),
+            created_at: DateTime::<Utc>::MIN_UTC,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_resource_servers_may_define_the_same_scope_name() {
+        let reg = registry();
+        reg.create(&rs("https://a.test", &["read", "write"])).await.unwrap();
+        reg.create(&rs("https://b.test", &["read"])).await.unwrap();
+        reg.put(&rs("https://c.test", &["read", "write"])).await.unwrap();
+        assert!(matches!(
+            reg.create(&rs("https://a.test", &["other"])).await,
+            Err(ResourceError::Exists(_))
+        ));
+        let all: Vec<String> = reg.all().await.unwrap().into_iter().map(|r| r.identifier).collect();
+        assert_eq!(all, ["https://a.test", "https://b.test", "https://c.test"]);
+        assert!(reg.delete("https://b.test").await.unwrap());
+        assert!(!reg.delete("https://b.test").await.unwrap());
+        assert!(reg.get("https://a.test").await.unwrap().unwrap().defines("read"));
+        assert!(reg.get("https://c.test").await.unwrap().unwrap().defines("read"));
+    }
+
+    #[test]
+    fn scope_strings_are_oidc_bare_or_qualified_at_the_last_slash() {
+        assert_eq!(ScopeRef::parse("openid"), ScopeRef::Oidc("openid"));
+        assert_eq!(ScopeRef::parse("billing:read"), ScopeRef::Bare("billing:read"));
+        assert_eq!(
+            ScopeRef::parse("https://api.test/v1/read"),
+            ScopeRef::Qualified {
+                resource: "https://api.test/v1",
+                name: "read"
+            }
         );
         assert_eq!(
-            reg.owner_of("b:read").await.unwrap(),
-            None,
-            "its other names were released"
+            ScopeRef::parse("https://api.test//read"),
+            ScopeRef::Qualified {
+                resource: "https://api.test/",
+                name: "read"
+            }
         );
-        assert!(
-            reg.put(&rs("https://b.test", &["shared"])).await.is_err(),
-            "the config file too"
-        );
-        assert_eq!(reg.owner_of("shared").await.unwrap().as_deref(), Some("https://a.test"));
+        assert_eq!(qualified("https://api.test/", "read"), "https://api.test//read");
+    }
 
-        // Redeclaring A without `shared` frees it.
-        reg.put(&rs("https://a.test", &["a:read", "a:write"])).await.unwrap();
-        assert_eq!(reg.owner_of("shared").await.unwrap(), None);
-        reg.create(&rs("https://b.test", &["shared"])).await.unwrap();
-        assert!(reg.delete("https://b.test").await.unwrap());
-        assert_eq!(reg.owner_of("shared").await.unwrap(), None);
-        assert_eq!(reg.list().await.unwrap(), vec!["https://a.test".to_owned()]);
+    #[test]
+    fn a_scope_string_resolves_only_at_the_server_it_names() {
+        let a = rs("https://a.test", &["read", "write"]);
+        let b = rs("https://b.test/api", &["read"]);
+        assert_eq!(a.resolve("read"), Some("read"));
+        assert_eq!(b.resolve("read"), Some("read"));
+        assert_eq!(a.resolve("https://a.test/read"), Some("read"));
+        assert_eq!(b.resolve("https://a.test/read"), None, "another server's read");
+        assert_eq!(b.resolve("https://b.test/api/read"), Some("read"));
+        assert_eq!(a.resolve("https://b.test/api/read"), None);
+        assert_eq!(b.resolve("write"), None, "not defined there");
+        assert_eq!(b.resolve("https://b.test/api/write"), None);
+        assert_eq!(a.resolve("openid"), None);
+
+        let qualified_a = app(&["https://a.test/read"], None);
+        assert!(a.allows(&qualified_a.allowed_scopes, "read"));
+        assert!(!b.allows(&qualified_a.allowed_scopes, "read"));
+        assert!(a.targetable_by(&qualified_a) && !b.targetable_by(&qualified_a));
+        let bare = app(&["read"], None);
+        assert!(a.allows(&bare.allowed_scopes, "read") && b.allows(&bare.allowed_scopes, "read"));
+        assert!(!a.allows(&bare.allowed_scopes, "write"));
+        assert!(a.targetable_by(&bare) && b.targetable_by(&bare));
+        let by_default = app(&[], Some("https://b.test/api"));
+        assert!(b.targetable_by(&by_default) && !a.targetable_by(&by_default));
+    }
+
+    #[test]
+    fn a_server_is_needed_by_an_app_that_would_be_left_pointing_at_nothing() {
+        let a = rs("https://a.test", &["read", "write"]);
+        let b = rs("https://b.test", &["read"]);
+        let both = [a.clone(), b.clone()];
+        // Bare `read` is still defined by the other server; `write` only by A.
+        assert!(!b.needed_by(&app(&["read", "openid"], None), &both));
+        assert!(!a.needed_by(&app(&["read"], None), &both));
+        assert!(a.needed_by(&app(&["write"], None), &both));
+        assert!(b.needed_by(&app(&["read"], None), std::slice::from_ref(&b)));
+        // Qualified or default: always.
+        assert!(b.needed_by(&app(&["https://b.test/read"], None), &both));
+        assert!(!a.needed_by(&app(&["https://b.test/read"], None), &both));
+        assert!(b.needed_by(&app(&[], Some("https://b.test")), &both));
+    }
+
+    #[tokio::test]
+    async fn allowed_scopes_are_checked_in_both_forms() {
+        let reg = registry();
+        reg.create(&rs("https://a.test", &["read", "write"])).await.unwrap();
+        reg.create(&rs("https://b.test", &["read"])).await.unwrap();
+        let check = |allowed: &[&str]| {
+            let reg = reg.clone();
+            let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+            async move {
+                reg.check_app_fields(false, &[super::super::clients::GrantType::AuthorizationCode], &allowed, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            check(&["openid", "read", "write", "https://a.test/write", "https://b.test/read"]).await,
+            Ok(())
+        );
+        for (allowed, field, why) in [
+            (&["read", "nope"][..], "allowed_scopes[1]", "not defined by any resource server"),
+            (&["https://b.test/write"][..], "allowed_scopes[0]", "is not defined by the resource server"),
+            (&["https://c.test/read"][..], "allowed_scopes[0]", "is not a registered resource server"),
+            (&["https://a.test/"][..], "allowed_scopes[0]", "the scope name"),
+            (&["read", "https://a.test/openid"][..], "allowed_scopes[1]", "OpenID Connect scope"),
+            (&["two words"][..], "allowed_scopes[0]", "without spaces"),
+        ] {
+            let (f, m) = check(allowed).await.unwrap_err();
+            assert_eq!(f, field, "{allowed:?}: {m}");
+            assert!(m.contains(why), "{allowed:?}: {m}");
+        }
     }
 
     #[test]
@@ -401,6 +542,10 @@ mod tests {
         assert!(check_identifier("api").is_err());
         assert!(check_identifier("https://api.example.com/#x").is_err());
         assert!(check_identifier("").is_err());
+        assert!(check_identifier("https://api.example.com/a b").is_err());
+        assert!(check_identifier("https://api.example.com/\"q\"").is_err());
+        assert!(check_identifier("https://api.example.com/\\").is_err());
+        assert!(check_identifier("https://api.exämple.com").is_err());
     }
 
     #[test]
@@ -411,5 +556,6 @@ mod tests {
         assert!(check_scope_name("two words").is_err());
         assert!(check_scope_name("quote\"d").is_err());
         assert!(check_scope_name("").is_err());
+        assert!(check_scope_name("billing/read").is_err(), "'/' qualifies a scope");
     }
 }
