@@ -702,9 +702,14 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     for (body, status, field) in [
         (json!({"identifier": BILLING}), StatusCode::CONFLICT, "identifier"),
         (
-            json!({"identifier": "https://other.example.test", "scopes": [{"name": "billing:read"}]}),
-            StatusCode::CONFLICT,
-            "scopes",
+            json!({"identifier": "https://x.example.test", "scopes": [{"name": "billing/read"}]}),
+            StatusCode::BAD_REQUEST,
+            "scopes[0].name",
+        ),
+        (
+            json!({"identifier": "https://x.example.test/\"q\""}),
+            StatusCode::BAD_REQUEST,
+            "identifier",
         ),
         (
             json!({"identifier": "not a uri"}),
@@ -765,6 +770,15 @@ async fn resource_servers_are_managed_through_the_admin_api() {
         StatusCode::NOT_FOUND,
         "nothing half-written"
     );
+    // Another API may define a scope name billing already defines.
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/resource-servers",
+            Some(json!({"identifier": "https://other.example.test", "scopes": [{"name": "billing:read"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
 
     // Apps: every new field is checked and named.
     let base = json!({"client_id": "app", "redirect_uris": [REDIRECT]});
@@ -828,7 +842,7 @@ async fn resource_servers_are_managed_through_the_admin_api() {
         .await;
     assert_eq!(plain["grant_types"], json!(["authorization_code", "refresh_token"]));
 
-    // In use: refused; once the app is gone: deleted, and its scope names are free again.
+    // In use (its default resource): refused; once the app is gone: deleted.
     let (status, answer) = app.admin(Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(answer["field"], "identifier");
@@ -839,14 +853,6 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(app.admin(Method::GET, &path, None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NOT_FOUND);
-    let (status, answer) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/resource-servers",
-            Some(json!({"identifier": "https://billing2.example.test", "scopes": [{"name": "billing:read"}]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
 }
 
 fn declared(s: &mut portcullis::config::Settings) {
@@ -855,6 +861,10 @@ fn declared(s: &mut portcullis::config::Settings) {
         identifier = "https://billing.example.test"
         name = "Billing API"
         scopes = [{ name = "billing:read", description = "Read invoices" }]
+
+        [[resource_servers]]
+        identifier = "https://billing-eu.example.test"
+        scopes = [{ name = "billing:read", description = "Read EU invoices" }]
 
         [[clients]]
         client_id = "declared"
@@ -894,6 +904,17 @@ async fn resource_servers_and_apps_can_be_declared_in_the_config_file() {
     .await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(claims(&got["access_token"])["aud"], BILLING);
+    // Both declared APIs define billing:read; the bare allowed scope reaches either.
+    let (status, got) = token(
+        &app,
+        "declared",
+        Some("declared-secret-0123456789"),
+        &[("grant_type", "client_credentials"), ("resource", "https://billing-eu.example.test")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["scope"], "billing:read");
+    assert_eq!(claims(&got["access_token"])["aud"], "https://billing-eu.example.test");
 
     // Unknown keys stay errors, and bad values are named.
     let err = portcullis::config::Settings::parse(
@@ -980,4 +1001,271 @@ async fn a_refresh_grants_only_what_is_still_allowed_for_the_same_resource() {
     let at = claims(&body["access_token"]);
     assert_eq!(at["scope"], "openid billing:read offline_access");
     assert_eq!(at["aud"], BILLING);
+}
+
+const API_A: &str = "https://a.example.test";
+const API_B: &str = "https://b.example.test/api";
+const API_C: &str = "https://c.example.test";
+
+/// Registers the API `id` with `scopes`; returns the admin API's answer.
+async fn api(app: &TestApp, id: &str, scopes: &[&str]) -> (StatusCode, Value) {
+    let scopes: Vec<Value> = scopes.iter().map(|s| json!({"name": s})).collect();
+    app.admin(
+        Method::POST,
+        "/admin/v1/resource-servers",
+        Some(json!({"identifier": id, "name": id, "scopes": scopes})),
+    )
+    .await
+}
+
+/// A (read, write) and B (read, write): the same scope names at two APIs.
+async fn twin_apis(app: &TestApp) {
+    for id in [API_A, API_B] {
+        let (status, body) = api(app, id, &["read", "write"]).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn two_apis_may_define_the_same_scope_names() {
+    let app = dev_app().await;
+    twin_apis(&app).await;
+    for id in [API_A, API_B] {
+        let encoded: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let (status, got) = app
+            .admin(Method::GET, &format!("/admin/v1/resource-servers/{encoded}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        assert_eq!(got["scopes"][0]["name"], "read", "{got}");
+    }
+    // Discovery lists each bare name once.
+    let disco = app.get_json("/.well-known/openid-configuration").await;
+    let scopes: Vec<&str> = disco["scopes_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scopes,
+        ["openid", "email", "profile", "groups", "offline_access", "read", "write"]
+    );
+}
+
+/// An app allowed `https://a.example.test/read` does not get B's `read`,
+/// whichever way it asks; qualified requested scopes count only at their own API.
+#[tokio::test]
+async fn a_qualified_allowed_scope_is_granted_only_at_its_api() {
+    let app = dev_app().await;
+    twin_apis(&app).await;
+    let (status, body) = api(&app, API_C, &["read"]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let a_read = format!("{API_A}/read");
+    let b_read = format!("{API_B}/read");
+    let b_write = format!("{API_B}/write");
+    let secret = register(
+        &app,
+        "worker",
+        false,
+        json!({"allowed_scopes": [a_read, b_write], "grant_types": ["client_credentials"]}),
+    )
+    .await;
+    let cc = |resource: &'static str, scope: Option<String>| {
+        let app = &app;
+        let secret = secret.clone();
+        async move {
+            let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
+            let scope = scope.unwrap_or_default();
+            if !scope.is_empty() {
+                form.push(("scope", scope.as_str()));
+            }
+            token(app, "worker", secret.as_deref(), &form).await
+        }
+    };
+
+    // At B: only write (allowed there through its qualified form), echoed as asked.
+    let (status, got) = cc(API_B, Some(format!("read write {a_read} {b_read} {b_write}"))).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["scope"], format!("write {b_write}"), "B's read is not allowed: {got}");
+    let at = claims(&got["access_token"]);
+    assert_eq!(at["aud"], API_B);
+    assert_eq!(at["scope"], format!("write {b_write}"));
+
+    // At A: read in both forms; A's write and B's scopes are not granted.
+    let (status, got) = cc(API_A, Some(format!("read {a_read} write {b_write}"))).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["scope"], format!("read {a_read}"), "{got}");
+    assert_eq!(claims(&got["access_token"])["aud"], API_A);
+
+    // Without a scope: every allowed scope that is A's.
+    let (_, got) = cc(API_A, None).await;
+    assert_eq!(got["scope"], a_read, "{got}");
+
+    // A qualified scope of another API is never granted: one token, one aud.
+    let (status, got) = cc(API_A, Some(b_write.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(got["error"], "invalid_scope", "{got}");
+
+    // C defines read too, but the app is allowed only A's and B's scopes.
+    let (status, got) = cc(API_C, Some("read".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(got["error"], "invalid_target", "{got}");
+    assert!(
+        got["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("may not obtain tokens for that resource"),
+        "{got}"
+    );
+}
+
+/// An app allowed bare `read` gets it at whichever API defining `read` it
+/// targets, through a user sign-in and a refresh.
+#[tokio::test]
+async fn a_bare_allowed_scope_is_granted_at_whichever_api_the_app_targets() {
+    let app = dev_app().await;
+    twin_apis(&app).await;
+    let (status, body) = api(&app, API_C, &["other"]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let secret = register(&app, "web", false, json!({"allowed_scopes": ["read"]})).await;
+
+    let got = sign_in(
+        &app,
+        "web",
+        secret.as_deref(),
+        &[("scope", "openid read write"), ("resource", API_A)],
+    )
+    .await;
+    assert_eq!(got["scope"], "openid read", "{got}");
+    assert_eq!(claims(&got["access_token"])["aud"], API_A);
+
+    let wanted = format!("openid read {API_B}/read {API_A}/read offline_access");
+    let granted = format!("openid read {API_B}/read offline_access");
+    let got = sign_in(
+        &app,
+        "web",
+        secret.as_deref(),
+        &[("scope", &wanted), ("resource", API_B)],
+    )
+    .await;
+    assert_eq!(got["scope"], granted, "A's qualified read is not B's: {got}");
+    let at = claims(&got["access_token"]);
+    assert_eq!(at["aud"], API_B);
+    assert_eq!(at["scope"], granted);
+    let (status, refreshed) = token(
+        &app,
+        "web",
+        secret.as_deref(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", got["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_eq!(refreshed["scope"], granted);
+    assert_eq!(claims(&refreshed["access_token"])["aud"], API_B);
+
+    // Without a resource: no API, no API scope.
+    let got = sign_in(&app, "web", secret.as_deref(), &[("scope", "openid read")]).await;
+    assert_eq!(got["scope"], "openid");
+    assert_eq!(claims(&got["access_token"])["aud"], "web");
+
+    // C does not define read: not a target for this app.
+    let q = authorize(
+        &app,
+        &mut Browser::new(),
+        "web",
+        &[("scope", "openid read"), ("resource", API_C)],
+    )
+    .await;
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_target"), "{q:?}");
+}
+
+#[tokio::test]
+async fn allowed_scopes_are_checked_in_both_forms_and_the_problem_is_named() {
+    let app = spawn_app(AppOptions::default()).await;
+    twin_apis(&app).await;
+    let (status, body) = api(&app, API_C, &["other"]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (allowed, field, why) in [
+        (json!(["nope"]), "allowed_scopes[0]", "not defined by any resource server"),
+        (
+            json!(["read", format!("{API_C}/read")]),
+            "allowed_scopes[1]",
+            "is not defined by the resource server",
+        ),
+        (
+            json!(["https://unknown.example.test/read"]),
+            "allowed_scopes[0]",
+            "is not a registered resource server",
+        ),
+        (json!([format!("{API_A}/")]), "allowed_scopes[0]", "the scope name"),
+        (
+            json!(["openid", format!("{API_A}/openid")]),
+            "allowed_scopes[1]",
+            "OpenID Connect scope",
+        ),
+    ] {
+        let (status, answer) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/clients",
+                Some(json!({"client_id": "app", "redirect_uris": [REDIRECT], "allowed_scopes": allowed})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{allowed}: {answer}");
+        assert_eq!(answer["field"], field, "{allowed}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(why), "{allowed}: {answer}");
+    }
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "app", "redirect_uris": [REDIRECT],
+                "allowed_scopes": ["read", format!("{API_B}/write"), format!("{API_C}/other"), "openid"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+#[tokio::test]
+async fn deleting_an_api_is_refused_while_an_app_refers_to_it() {
+    let app = spawn_app(AppOptions::default()).await;
+    twin_apis(&app).await;
+    let (status, body) = api(&app, API_C, &["read"]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = |id: &str| {
+        let encoded: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        format!("/admin/v1/resource-servers/{encoded}")
+    };
+    let delete = |id: &'static str| {
+        let app = &app;
+        let p = path(id);
+        async move { app.admin(Method::DELETE, &p, None).await }
+    };
+    register(&app, "bare", false, json!({"allowed_scopes": ["read"]})).await;
+    register(&app, "qualified", false, json!({"allowed_scopes": [format!("{API_C}/read")]})).await;
+
+    // B: A and C still define read, and nobody names B.
+    assert_eq!(delete(API_B).await.0, StatusCode::NO_CONTENT);
+    // C: named by a qualified allowed scope.
+    let (status, answer) = delete(API_C).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["field"], "identifier");
+    assert!(answer["detail"].as_str().unwrap().contains("\"qualified\""), "{answer}");
+    assert_eq!(
+        app.admin(Method::DELETE, "/admin/v1/clients/qualified", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(delete(API_C).await.0, StatusCode::NO_CONTENT);
+    // A: the last API defining the bare read an app is allowed.
+    let (status, answer) = delete(API_A).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("\"bare\""), "{answer}");
+    assert_eq!(
+        app.admin(Method::DELETE, "/admin/v1/clients/bare", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(delete(API_A).await.0, StatusCode::NO_CONTENT);
 }
