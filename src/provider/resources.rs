@@ -105,7 +105,9 @@ impl ResourceServer {
         match ScopeRef::parse(scope) {
             ScopeRef::Oidc(_) => None,
             ScopeRef::Bare(name) => self.defines(name).then_some(name),
-            ScopeRef::Qualified { resource, name } => (resource == self.identifier && self.defines(name)).then_some(name),
+            ScopeRef::Qualified { resource, name } => {
+                (resource == self.identifier && self.defines(name)).then_some(name)
+            }
         }
     }
 
@@ -512,9 +514,14 @@ mod tests {
             let reg = reg.clone();
             let allowed: Vec<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
             async move {
-                reg.check_app_fields(false, &[super::super::clients::GrantType::AuthorizationCode], &allowed, None)
-                    .await
-                    .unwrap()
+                reg.check_app_fields(
+                    false,
+                    &[super::super::clients::GrantType::AuthorizationCode],
+                    &allowed,
+                    None,
+                )
+                .await
+                .unwrap()
             }
         };
         assert_eq!(
@@ -522,11 +529,27 @@ mod tests {
             Ok(())
         );
         for (allowed, field, why) in [
-            (&["read", "nope"][..], "allowed_scopes[1]", "not defined by any resource server"),
-            (&["https://b.test/write"][..], "allowed_scopes[0]", "is not defined by the resource server"),
-            (&["https://c.test/read"][..], "allowed_scopes[0]", "is not a registered resource server"),
+            (
+                &["read", "nope"][..],
+                "allowed_scopes[1]",
+                "not defined by any resource server",
+            ),
+            (
+                &["https://b.test/write"][..],
+                "allowed_scopes[0]",
+                "is not defined by the resource server",
+            ),
+            (
+                &["https://c.test/read"][..],
+                "allowed_scopes[0]",
+                "is not a registered resource server",
+            ),
             (&["https://a.test/"][..], "allowed_scopes[0]", "the scope name"),
-            (&["read", "https://a.test/openid"][..], "allowed_scopes[1]", "OpenID Connect scope"),
+            (
+                &["read", "https://a.test/openid"][..],
+                "allowed_scopes[1]",
+                "OpenID Connect scope",
+            ),
             (&["two words"][..], "allowed_scopes[0]", "without spaces"),
         ] {
             let (f, m) = check(allowed).await.unwrap_err();

@@ -190,7 +190,10 @@ mod tests {
         assert!(api_scope_granted(&qualified, &a, "read"));
         assert!(api_scope_granted(&qualified, &a, "https://a.test/read"));
         assert!(!api_scope_granted(&qualified, &b, "read"), "a's read is not b's");
-        assert!(!api_scope_granted(&qualified, &b, "https://a.test/read"), "not the target");
+        assert!(
+            !api_scope_granted(&qualified, &b, "https://a.test/read"),
+            "not the target"
+        );
         assert!(!api_scope_granted(&qualified, &b, "https://b.test/read"));
         assert!(api_scope_granted(&qualified, &b, "write"));
         assert!(!api_scope_granted(&qualified, &a, "write"));

@@ -909,7 +909,10 @@ async fn resource_servers_and_apps_can_be_declared_in_the_config_file() {
         &app,
         "declared",
         Some("declared-secret-0123456789"),
-        &[("grant_type", "client_credentials"), ("resource", "https://billing-eu.example.test")],
+        &[
+            ("grant_type", "client_credentials"),
+            ("resource", "https://billing-eu.example.test"),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{got}");
@@ -1048,7 +1051,15 @@ async fn two_apis_may_define_the_same_scope_names() {
         .collect();
     assert_eq!(
         scopes,
-        ["openid", "email", "profile", "groups", "offline_access", "read", "write"]
+        [
+            "openid",
+            "email",
+            "profile",
+            "groups",
+            "offline_access",
+            "read",
+            "write"
+        ]
     );
 }
 
@@ -1086,7 +1097,11 @@ async fn a_qualified_allowed_scope_is_granted_only_at_its_api() {
     // At B: only write (allowed there through its qualified form), echoed as asked.
     let (status, got) = cc(API_B, Some(format!("read write {a_read} {b_read} {b_write}"))).await;
     assert_eq!(status, StatusCode::OK, "{got}");
-    assert_eq!(got["scope"], format!("write {b_write}"), "B's read is not allowed: {got}");
+    assert_eq!(
+        got["scope"],
+        format!("write {b_write}"),
+        "B's read is not allowed: {got}"
+    );
     let at = claims(&got["access_token"]);
     assert_eq!(at["aud"], API_B);
     assert_eq!(at["scope"], format!("write {b_write}"));
@@ -1189,7 +1204,11 @@ async fn allowed_scopes_are_checked_in_both_forms_and_the_problem_is_named() {
     let (status, body) = api(&app, API_C, &["other"]).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for (allowed, field, why) in [
-        (json!(["nope"]), "allowed_scopes[0]", "not defined by any resource server"),
+        (
+            json!(["nope"]),
+            "allowed_scopes[0]",
+            "not defined by any resource server",
+        ),
         (
             json!(["read", format!("{API_C}/read")]),
             "allowed_scopes[1]",
@@ -1245,7 +1264,13 @@ async fn deleting_an_api_is_refused_while_an_app_refers_to_it() {
         async move { app.admin(Method::DELETE, &p, None).await }
     };
     register(&app, "bare", false, json!({"allowed_scopes": ["read"]})).await;
-    register(&app, "qualified", false, json!({"allowed_scopes": [format!("{API_C}/read")]})).await;
+    register(
+        &app,
+        "qualified",
+        false,
+        json!({"allowed_scopes": [format!("{API_C}/read")]}),
+    )
+    .await;
 
     // B: A and C still define read, and nobody names B.
     assert_eq!(delete(API_B).await.0, StatusCode::NO_CONTENT);
