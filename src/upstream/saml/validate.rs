@@ -26,11 +26,29 @@ pub(crate) struct Reject {
     pub message: Option<String>,
 }
 
+/// The most characters of a rejection's log detail: details quote what came
+/// in (issuers, audiences, status codes), and a quote is only a hint.
+pub(crate) const MAX_DETAIL_CHARS: usize = 200;
+
+/// `text` cut to at most `max` characters (on a character boundary), with
+/// an ellipsis when something was cut.
+pub(crate) fn clip(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => {
+            let mut cut = text;
+            cut.truncate(at);
+            cut.push('…');
+            cut
+        }
+        None => text,
+    }
+}
+
 impl Reject {
     pub(crate) fn new(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             code,
-            detail: detail.into(),
+            detail: clip(detail.into(), MAX_DETAIL_CHARS),
             message: None,
         }
     }
@@ -59,6 +77,8 @@ pub(crate) struct Validated {
     pub assertion_id: String,
     /// Until when the assertion could still be accepted (for the replay cache TTL).
     pub usable_until: DateTime<Utc>,
+    /// The assertion carried a `<OneTimeUse>` condition.
+    pub one_time_use: bool,
 }
 
 fn parse(text: &str) -> Result<Document, Reject> {
@@ -95,7 +115,7 @@ fn status_check(response: &Node) -> Result<(), Reject> {
     };
     Err(Reject {
         code: "saml.status_not_success",
-        detail: format!("status {top} / {sub}"),
+        detail: clip(format!("status {top} / {sub}"), MAX_DETAIL_CHARS),
         message: Some(message.to_owned()),
     })
 }
@@ -104,7 +124,11 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
     let mut seen = std::collections::HashSet::new();
     for el in xml::all_elements(root) {
         for name in ["ID", "Id", "id"] {
-            if let Some(v) = xml::attr(&el, name) {
+            // Namespace-blind on purpose (`get_attribute` matches any
+            // prefix): an id-like look-alike counts as a duplicate too.
+            let plain = xml::attr(&el, name);
+            let any = el.get_attribute(name).filter(|v| plain.as_ref() != Some(v));
+            for v in plain.into_iter().chain(any) {
                 if !seen.insert(v.clone()) {
                     return Err(Reject::new("saml.duplicate_id", format!("id {v} appears twice")));
                 }
