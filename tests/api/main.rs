@@ -21,5 +21,6 @@ mod saml_flow;
 mod saml_gateway;
 mod saml_interop;
 mod saml_setup;
+mod saml_trust;
 mod saml_vendors;
 mod store_conformance;

@@ -71,6 +71,35 @@ async fn adfs_entra_capture_maps_claim_uris() {
         id.session_index.as_deref(),
         Some("_66b104aa-1f7a-402f-abe6-d131c8896400")
     );
+    // Entra's AuthnInstant is the day before: the real sign-in, not the capture time.
+    assert_eq!(id.auth_time, Some(instant("2023-11-16T18:57:36.659Z")));
+    assert_eq!(id.session_expires_at, None);
+}
+
+fn instant(s: &str) -> i64 {
+    s.parse::<DateTime<Utc>>().unwrap().timestamp()
+}
+
+/// Every capture yields its AuthnInstant as auth_time and its
+/// SessionNotOnOrAfter (PingOne's) as the session's end.
+#[tokio::test]
+async fn captures_yield_auth_time_and_session_end() {
+    for (dir, auth, session) in [
+        ("assertions/google", Some("2023-11-16T20:51:16.000Z"), None),
+        ("assertions/jumpcloud", Some("2023-11-18T16:43:05.562Z"), None),
+        ("assertions/okta", Some("2024-04-25T20:26:25.134Z"), None),
+        (
+            "assertions/ping",
+            Some("2023-11-18T16:20:31.265Z"),
+            Some("2023-11-18T16:25:31.265Z"),
+        ),
+    ] {
+        let id = accept(dir).await;
+        assert_eq!(id.auth_time, auth.map(instant), "{dir}");
+        assert_eq!(id.session_expires_at, session.map(instant), "{dir}");
+        // SAML has no verified flag and the captures' connections do not trust one.
+        assert_eq!(id.email_verified, Some(false), "{dir}");
+    }
 }
 
 #[tokio::test]
