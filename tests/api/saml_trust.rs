@@ -178,7 +178,8 @@ async fn setup_ok(ctx: &UpstreamContext, extra: serde_json::Value) -> SamlConfig
 /// The crafted metadata with its SSO location replaced and `extra` endpoints added.
 fn metadata_with(sso: &str, extra: &str) -> String {
     let md = &crafted().metadata;
-    let md = md.replace("https://idp.example.test/sso", &sso.replace('&', "&amp;"));
+    let escaped = sso.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+    let md = md.replace("https://idp.example.test/sso", &escaped);
     md.replace("</md:IDPSSODescriptor>", &format!("{extra}</md:IDPSSODescriptor>"))
 }
 

@@ -81,13 +81,11 @@ pub(crate) fn check(
         _ => {}
     }
     check_in_response_to(xml::attr(response, "InResponseTo"), p)?;
-    check_issue_instant(response, "Response", p)?;
 
     // Assertion level.
     if xml::attr(assertion, "Version").as_deref() != Some("2.0") {
         return Err(Reject::new("saml.malformed", "Assertion Version is not 2.0"));
     }
-    let issued = check_issue_instant(assertion, "Assertion", p)?;
     let assertion_id = xml::attr(assertion, "ID")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new("saml.malformed", "Assertion without ID"))?;
@@ -120,6 +118,10 @@ pub(crate) fn check(
 
     let scd_until = check_subject_confirmation(&subject, p)?;
     let conditions = check_conditions(assertion, p)?;
+    // After the validity windows, so an expired or early assertion keeps
+    // its more telling reason code.
+    check_issue_instant(response, "Response", p)?;
+    let issued = check_issue_instant(assertion, "Assertion", p)?;
 
     let mut session_index = None;
     let mut amr = Vec::new();
