@@ -83,7 +83,7 @@ pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
     let plain = email
         .split_once('@')
         .is_some_and(|(local, domain)| !local.is_empty() && !domain.contains('@'));
-    plain && email_domain(email).is_some_and(|d| tenant.domains.iter().any(|t| *t == d))
+    plain && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
 }
 
 /// `identity` with `email_verified` true only when the connector said so

@@ -533,6 +533,11 @@ async fn email_verified_is_vouched_only_for_the_tenants_own_domains() {
         let ans = post_acs(&app.client, &acs(conn), &idp.response_as(conn, None, email), None).await;
         let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
         assert_eq!(claims["email"], email, "{claims}");
-        assert_eq!(claims["email_verified"], json!(verified), "{email} via {}: {claims}", conn["id"]);
+        assert_eq!(
+            claims["email_verified"],
+            json!(verified),
+            "{email} via {}: {claims}",
+            conn["id"]
+        );
     }
 }

@@ -17,7 +17,10 @@ use serde_json::json;
 #[tokio::test]
 async fn namespaced_look_alike_status_value_is_not_success() {
     let x = xml("lookalike_status");
-    assert!(x.contains("samlp:Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\""), "{x}");
+    assert!(
+        x.contains("samlp:Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\""),
+        "{x}"
+    );
     assert!(!x.contains(" Value="), "{x}");
     assert_eq!(code("lookalike_status").await, "saml.status_not_success");
 }
@@ -39,11 +42,16 @@ async fn nul_bytes_and_trailing_content_are_refused() {
         ok.replacen("<saml:Issuer>", "<saml:Issuer>\0", 1),
         format!("{ok}<evil/>"),
     ] {
-        let e = complete_xml(&c, Some(&pending(REQ)), bad.as_bytes())
-            .await
-            .unwrap_err();
+        let e = complete_xml(&c, Some(&pending(REQ)), bad.as_bytes()).await.unwrap_err();
         assert_eq!(e.code, "saml.malformed", "{}", e.detail);
     }
+    // A NUL in the form value itself (after valid base64) is refused too.
+    let mut params = form(ok.as_bytes());
+    params.form.get_mut("SAMLResponse").unwrap().push('\0');
+    let e = portcullis::upstream::Connector::complete(&c, Some(&pending(REQ)), &params)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "saml.malformed");
     // The same response without the extra bytes is fine.
     assert!(complete_xml(&c, Some(&pending(REQ)), ok.as_bytes()).await.is_ok());
 }
@@ -71,9 +79,7 @@ async fn one_time_use_assertion_is_refused_again_until_it_expires() {
     assert!(complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.is_ok());
     // NotOnOrAfter is now + 5 min and the skew 60 s: still acceptable at +5:30.
     clock.advance(Duration::seconds(330));
-    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes())
-        .await
-        .unwrap_err();
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
     assert_eq!(e.code, "saml.replay");
 }
 
@@ -98,26 +104,11 @@ async fn transient_name_id_is_never_the_subject() {
 
 #[tokio::test]
 async fn issue_instants_outside_the_window_are_refused() {
-    assert_eq!(
-        code("response_issued_in_future").await,
-        "saml.issue_instant_in_future"
-    );
-    assert_eq!(
-        code("response_issued_long_ago").await,
-        "saml.issue_instant_too_old"
-    );
-    assert_eq!(
-        code("assertion_issued_in_future").await,
-        "saml.issue_instant_in_future"
-    );
-    assert_eq!(
-        code("assertion_issued_long_ago").await,
-        "saml.issue_instant_too_old"
-    );
-    assert_eq!(
-        code("authn_instant_in_future").await,
-        "saml.authn_instant_in_future"
-    );
+    assert_eq!(code("response_issued_in_future").await, "saml.issue_instant_in_future");
+    assert_eq!(code("response_issued_long_ago").await, "saml.issue_instant_too_old");
+    assert_eq!(code("assertion_issued_in_future").await, "saml.issue_instant_in_future");
+    assert_eq!(code("assertion_issued_long_ago").await, "saml.issue_instant_too_old");
+    assert_eq!(code("authn_instant_in_future").await, "saml.authn_instant_in_future");
 }
 
 #[tokio::test]
@@ -207,7 +198,11 @@ async fn idp_sso_and_slo_urls_must_be_https() {
         let e = metadata_error(&private_ok, metadata_with(bad, "")).await;
         assert_eq!(e.field, "metadata_xml", "{bad}");
     }
-    for ok in ["http://127.0.0.1:8080/sso", "http://localhost:8080/sso", "http://10.0.0.7/sso"] {
+    for ok in [
+        "http://127.0.0.1:8080/sso",
+        "http://localhost:8080/sso",
+        "http://10.0.0.7/sso",
+    ] {
         let cfg = try_setup(&private_ok, json!({ "metadata_xml": metadata_with(ok, "") }))
             .await
             .unwrap_or_else(|e| panic!("{ok}: {e}"));
@@ -218,7 +213,11 @@ async fn idp_sso_and_slo_urls_must_be_https() {
             "<md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{loc}\"/>"
         )
     };
-    let e = metadata_error(&public, metadata_with("https://idp.example.test/sso", &slo("javascript:x()"))).await;
+    let e = metadata_error(
+        &public,
+        metadata_with("https://idp.example.test/sso", &slo("javascript:x()")),
+    )
+    .await;
     assert_eq!(e.field, "metadata_xml");
     assert!(e.message.contains("SingleLogoutService"), "{}", e.message);
     assert!(try_setup(

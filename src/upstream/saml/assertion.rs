@@ -172,12 +172,14 @@ pub(crate) fn check(
     let mut identity = if transient {
         // A transient NameID changes every session: the stable subject must
         // come from an attribute, or there is none.
-        p.mapping.identity_without_name_id(raw, session_index, amr).ok_or_else(|| {
-            Reject::new(
-                "saml.transient_subject",
-                "transient NameID and no stable subject attribute",
-            )
-        })?
+        p.mapping
+            .identity_without_name_id(raw, session_index, amr)
+            .ok_or_else(|| {
+                Reject::new(
+                    "saml.transient_subject",
+                    "transient NameID and no stable subject attribute",
+                )
+            })?
     } else {
         p.mapping
             .identity(&name_id, name_id_is_email, raw, session_index, amr)

@@ -287,17 +287,30 @@ mod tests {
             "http://schemas.microsoft.com/identity/claims/objectidentifier",
             &["oid-1"],
         )]);
-        assert_eq!(m.identity_without_name_id(entra, None, vec![]).unwrap().subject, "oid-1");
+        assert_eq!(
+            m.identity_without_name_id(entra, None, vec![]).unwrap().subject,
+            "oid-1"
+        );
         let only_mail = raw(&[("email", &["c@x.test"])]);
-        assert_eq!(m.identity_without_name_id(only_mail, None, vec![]).unwrap().subject, "c@x.test");
-        assert!(m.identity_without_name_id(raw(&[("givenName", &["D"])]), None, vec![]).is_none());
+        assert_eq!(
+            m.identity_without_name_id(only_mail, None, vec![]).unwrap().subject,
+            "c@x.test"
+        );
+        assert!(m
+            .identity_without_name_id(raw(&[("givenName", &["D"])]), None, vec![])
+            .is_none());
         let configured = AttributeMapping {
             subject: Some(OneOrMany::One("employeeNumber".into())),
             ..Default::default()
         };
         let r = raw(&[("uid", &["u1"]), ("employeeNumber", &["42"])]);
-        assert_eq!(configured.identity_without_name_id(r, None, vec![]).unwrap().subject, "42");
-        assert!(configured.identity_without_name_id(raw(&[("uid", &["u1"])]), None, vec![]).is_none());
+        assert_eq!(
+            configured.identity_without_name_id(r, None, vec![]).unwrap().subject,
+            "42"
+        );
+        assert!(configured
+            .identity_without_name_id(raw(&[("uid", &["u1"])]), None, vec![])
+            .is_none());
     }
 
     #[test]

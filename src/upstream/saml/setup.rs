@@ -89,7 +89,7 @@ pub async fn setup(
         req.idp_entity_id.as_deref(),
         ctx.http.config().allow_private_networks,
     )
-        .map_err(|m| SetupError::new(field, m))?;
+    .map_err(|m| SetupError::new(field, m))?;
 
     if req.allow_idp_initiated && (req.default_client_id.is_none() || req.redirect_uri.is_none()) {
         return Err(SetupError::new(

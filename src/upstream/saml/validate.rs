@@ -379,3 +379,17 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_quote_only_a_bounded_part_of_the_input() {
+        assert_eq!(clip("short".into(), 10), "short");
+        let long = "é".repeat(MAX_DETAIL_CHARS * 50);
+        let r = Reject::new("saml.issuer_mismatch", format!("Issuer {long:?}"));
+        assert_eq!(r.detail.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(r.detail.ends_with('…'));
+    }
+}
