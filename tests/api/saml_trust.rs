@@ -32,6 +32,25 @@ async fn namespaced_look_alike_version_is_not_a_version() {
     assert_eq!(code("lookalike_version").await, "saml.malformed");
 }
 
+/// Any look-alike in a SAML or XML-DSig namespace, and a namespaced `ID`
+/// in any namespace (which samael's id lookup would not tell apart), is refused.
+#[tokio::test]
+async fn namespaced_look_alike_attributes_are_refused() {
+    let c = sp().await;
+    let ok = xml("ok");
+    for extra in [
+        "xmlns:x=\"urn:x\" x:ID=\"_evil\"",
+        "saml:Destination=\"https://sso.example.test/saml/acme/corp/acs\"",
+        "samlp:InResponseTo=\"_req1\"",
+    ] {
+        let bad = ok.replacen("<samlp:Response ", &format!("<samlp:Response {extra} "), 1);
+        assert_ne!(bad, ok);
+        let e = complete_xml(&c, Some(&pending(REQ)), bad.as_bytes()).await.unwrap_err();
+        assert_eq!(e.code, "saml.malformed", "{extra}: {}", e.detail);
+        assert!(e.detail.contains("look-alike"), "{extra}: {}", e.detail);
+    }
+}
+
 #[tokio::test]
 async fn nul_bytes_and_trailing_content_are_refused() {
     let c = sp().await;

@@ -120,15 +120,31 @@ fn status_check(response: &Node) -> Result<(), Reject> {
     })
 }
 
+/// Namespaces whose schemas define no namespaced attributes of their own
+/// (SAML, metadata, XML Signature and Encryption are all unqualified): an
+/// attribute in one of them is a look-alike of a real one.
+const NO_QUALIFIED_ATTRIBUTES: &[&str] = &[SAMLP, SAML, xml::MD, DS, xml::XENC];
+
+/// Refuses duplicate ids and namespaced look-alikes of SAML's attributes.
+///
+/// We read attributes by exact name in no namespace, but libxml2 lookups
+/// by local name (which samael uses to register `ID`s for xmlsec) would
+/// take `x:ID` for `ID`: any namespaced `ID`/`Id`/`id`, and any attribute
+/// qualified by a namespace that has none, is refused so the two readings
+/// can never differ.
 fn check_ids_unique(root: &Node) -> Result<(), Reject> {
     let mut seen = std::collections::HashSet::new();
     for el in xml::all_elements(root) {
+        for (ns, name) in xml::namespaced_attributes(&el) {
+            if matches!(name.as_str(), "ID" | "Id" | "id") || NO_QUALIFIED_ATTRIBUTES.contains(&ns.as_str()) {
+                return Err(Reject::new(
+                    "saml.malformed",
+                    format!("namespaced look-alike attribute {{{ns}}}{name}"),
+                ));
+            }
+        }
         for name in ["ID", "Id", "id"] {
-            // Namespace-blind on purpose (`get_attribute` matches any
-            // prefix): an id-like look-alike counts as a duplicate too.
-            let plain = xml::attr(&el, name);
-            let any = el.get_attribute(name).filter(|v| plain.as_ref() != Some(v));
-            for v in plain.into_iter().chain(any) {
+            if let Some(v) = xml::attr(&el, name) {
                 if !seen.insert(v.clone()) {
                     return Err(Reject::new("saml.duplicate_id", format!("id {v} appears twice")));
                 }

@@ -232,6 +232,35 @@ pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The namespaced attributes of `node`, as `(namespace, local name)`.
+/// (Attributes without a namespace and `xmlns` declarations are left out.)
+pub(crate) fn namespaced_attributes(node: &Node) -> Vec<(String, String)> {
+    let text = |p: *const u8| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: libxml2 names and hrefs are NUL-terminated and live as long as the document.
+            unsafe { std::ffi::CStr::from_ptr(p.cast()) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let mut out = Vec::new();
+    // SAFETY: `node` is an element of a live document; its attribute list is
+    // only read, while no one else holds the document (`Node` is `!Send`).
+    let mut attr = unsafe { (*node.node_ptr()).properties };
+    while !attr.is_null() {
+        // SAFETY: `attr` is a non-null member of that list.
+        let (name, ns, next) = unsafe { ((*attr).name, (*attr).ns, (*attr).next) };
+        if !ns.is_null() {
+            // SAFETY: a non-null `ns` points at a namespace of the same document.
+            out.push((text(unsafe { (*ns).href }), text(name)));
+        }
+        attr = next;
+    }
+    out
+}
+
 /// The attribute `{ns}name` of `node` (a namespaced attribute such as `xsi:type`).
 pub(crate) fn attr_ns(node: &Node, ns: &str, name: &str) -> Option<String> {
     node.get_attribute_ns(name, ns)
@@ -271,6 +300,13 @@ mod tests {
         assert_eq!(attr_ns(&root, "urn:x", "Value").as_deref(), Some("ok"));
         let b = root.get_child_elements().into_iter().next().unwrap();
         assert_eq!(attr(&b, "Version"), None);
+        assert_eq!(
+            namespaced_attributes(&root),
+            vec![
+                ("urn:x".to_owned(), "Version".to_owned()),
+                ("urn:x".to_owned(), "Value".to_owned())
+            ]
+        );
     }
 
     #[test]
