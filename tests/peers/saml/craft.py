@@ -6,6 +6,12 @@ stdin:  {"idp": {"entity_id", "key_pem"?, "cert_pem"?}, "attacker": bool,
          "cases": [{"name", ...case fields, see `build`}]}
 stdout: {"idp": {"entity_id", "key_pem", "cert_pem"}, "metadata": str,
          "responses": {name: xml}}
+
+Trust-related case fields: "name_id_format" (null: no Format),
+"response_issue_instant", "assertion_issue_instant", "authn_instant",
+"session_not_on_or_after", "conditions_xml" (raw elements appended to
+<Conditions>; the saml: and xsi: prefixes are declared) and "lookalike"
+("status": StatusCode with samlp:Value only; "version": saml:Version only).
 """
 import base64
 import copy
