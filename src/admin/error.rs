@@ -44,6 +44,25 @@ impl AdminError {
     }
 }
 
+/// The most characters of `detail` a problem+json answer repeats.
+pub const MAX_DETAIL_CHARS: usize = 200;
+/// The most characters of `field` (an unknown field's name comes from the body).
+pub const MAX_FIELD_CHARS: usize = 64;
+
+/// `text` cut to at most `max` characters, on a character boundary, with an
+/// ellipsis when something was cut.
+fn clip(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => {
+            let mut cut = text;
+            cut.truncate(at);
+            cut.push('…');
+            cut
+        }
+        None => text,
+    }
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, title, detail, field) = match &self {
@@ -71,6 +90,10 @@ impl IntoResponse for AdminError {
                 )
             }
         };
+        // serde and parse errors quote the input: repeat only a little of it,
+        // so a huge bad body never comes back (or into the log) whole.
+        let detail = clip(detail, MAX_DETAIL_CHARS);
+        let field = field.map(|f| clip(f, MAX_FIELD_CHARS));
         if !matches!(self, Self::Internal(_)) {
             tracing::info!(
                 reason = "admin.refused",

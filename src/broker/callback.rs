@@ -113,6 +113,7 @@ impl Broker {
             Ok(i) => i,
             Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
         };
+        let identity = self.tenants.vouch_email(&tenant, identity).await;
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
             Err(e) => return unavailable(e),

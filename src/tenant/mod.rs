@@ -11,7 +11,7 @@ pub mod setup;
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
-use crate::upstream::Connection;
+use crate::upstream::{Connection, Identity};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,39 @@ pub fn parse_domain(s: &str) -> Option<String> {
 pub fn email_domain(email: &str) -> Option<String> {
     let (_, domain) = email.rsplit_once('@')?;
     parse_domain(domain)
+}
+
+/// Whether `tenant` may pass on an IdP's word that `email` is verified: only
+/// for an address in one of the tenant's own domains (exact match; a
+/// subdomain is not reserved to the tenant, so it does not count).
+///
+/// Apps link accounts by verified email. A tenant's IdP vouching for an
+/// address in someone else's domain would let that tenant's admin sign in
+/// as anyone in any app that trusts `email_verified` (the "nOAuth" takeover).
+pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
+    // Exactly one `@` and a local part: an address apps could split
+    // differently (`a@evil.test@acme.com`) is never vouched for.
+    let plain = email
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.contains('@'));
+    plain && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
+}
+
+/// `identity` with `email_verified` true only when the connector said so
+/// *and* the address is in the tenant's domains ([`owns_email_domain`]);
+/// otherwise false. Every protocol passes through here before provisioning.
+pub fn vouch_email(tenant: &Tenant, mut identity: Identity) -> Identity {
+    let asserted = identity.email_verified == Some(true);
+    let owned = identity.email.as_deref().is_some_and(|e| owns_email_domain(tenant, e));
+    if asserted && !owned {
+        tracing::info!(
+            reason = "login.email_not_vouched",
+            tenant = %tenant.id,
+            "email_verified withheld: the address is outside the tenant's domains"
+        );
+    }
+    identity.email_verified = Some(asserted && owned);
+    identity
 }
 
 /// The store-backed registry of tenants and connections.
@@ -138,6 +171,21 @@ impl TenantRegistry {
             let _ = self.store.delete(&domain_key(d)).await;
         }
         let _ = self.store.delete(&tenant_key(id)).await;
+    }
+
+    /// [`vouch_email`] for the stored tenant `id`. Fails closed: when the
+    /// tenant cannot be read, the email is not vouched for.
+    pub async fn vouch_email(&self, id: &TenantId, mut identity: Identity) -> Identity {
+        match self.get(id).await {
+            Ok(Some(tenant)) => vouch_email(&tenant, identity),
+            outcome => {
+                if let Err(e) = outcome {
+                    tracing::warn!(reason = "login.email_not_vouched", tenant = %id, error = %e, "tenant unreadable");
+                }
+                identity.email_verified = Some(false);
+                identity
+            }
+        }
     }
 
     /// Reads a tenant.
@@ -242,5 +290,39 @@ mod tests {
         assert_eq!(parse_domain("a..b"), None);
         assert_eq!(email_domain("Jo@Sub.Acme.com").as_deref(), Some("sub.acme.com"));
         assert_eq!(email_domain("no-at-sign"), None);
+    }
+
+    fn acme() -> Tenant {
+        Tenant {
+            id: TenantId::parse("acme").unwrap(),
+            name: "Acme".into(),
+            domains: vec!["acme.com".into(), "acme.io".into()],
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
+    }
+
+    fn asserted(email: Option<&str>, verified: Option<bool>) -> Identity {
+        Identity {
+            subject: "s".into(),
+            email: email.map(str::to_owned),
+            email_verified: verified,
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn email_is_vouched_only_when_asserted_and_in_the_tenants_domains() {
+        let t = acme();
+        let v = |e, ev| vouch_email(&t, asserted(e, ev)).email_verified;
+        assert_eq!(v(Some("jo@acme.com"), Some(true)), Some(true));
+        assert_eq!(v(Some("Jo@ACME.io"), Some(true)), Some(true));
+        assert_eq!(v(Some("jo@acme.com"), Some(false)), Some(false));
+        assert_eq!(v(Some("jo@acme.com"), None), Some(false));
+        assert_eq!(v(Some("ceo@victim.com"), Some(true)), Some(false));
+        assert_eq!(v(Some("jo@sub.acme.com"), Some(true)), Some(false));
+        assert_eq!(v(Some("jo@acme.com.evil.test"), Some(true)), Some(false));
+        assert_eq!(v(Some("jo@evil.test@acme.com"), Some(true)), Some(false));
+        assert_eq!(v(Some("@acme.com"), Some(true)), Some(false));
+        assert_eq!(v(None, Some(true)), Some(false));
     }
 }

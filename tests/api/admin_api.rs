@@ -311,3 +311,36 @@ async fn readiness_follows_redis() {
         StatusCode::OK
     );
 }
+
+/// Errors quote what was sent, but only a little of it: a huge bad body
+/// never comes back whole (it once doubled into a 960 KiB problem+json).
+#[tokio::test]
+async fn a_huge_bad_body_gets_a_small_error() {
+    let app = spawn_app(AppOptions::default()).await;
+    let huge = "x".repeat(480 * 1024);
+    for body in [
+        json!({ "id": huge }),
+        json!({ "id": "a", huge.clone(): 1 }),
+        json!({ "id": "a", "domains": [huge.clone()] }),
+        json!({ "id": ["not", "a", "string", huge.clone()] }),
+    ] {
+        let resp = admin(&app, Method::POST, "/admin/v1/tenants", Some(body)).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let text = resp.text().await.unwrap();
+        assert!(text.len() < 1024, "{} bytes: {}", text.len(), &text[..300]);
+        let p: Value = serde_json::from_str(&text).unwrap();
+        assert!(p["detail"].as_str().unwrap().chars().count() <= 201, "{p}");
+    }
+    // A bad JSON body with a huge string is capped too.
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"id\": \"{huge}\", }}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().len() < 1024);
+}

@@ -21,6 +21,7 @@ mod saml_flow;
 mod saml_gateway;
 mod saml_interop;
 mod saml_setup;
+mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod store_conformance;

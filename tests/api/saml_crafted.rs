@@ -121,6 +121,7 @@ pub fn cases() -> Vec<serde_json::Value> {
             "http://schemas.microsoft.com/identity/claims/objectidentifier": ["0000-oid"] } }),
         ),
     ];
+    v.extend(trust_cases());
     for w in [
         "wrap_before",
         "wrap_after",
@@ -138,6 +139,73 @@ pub fn cases() -> Vec<serde_json::Value> {
         ));
     }
     v
+}
+
+/// The cases of `saml_trust`: look-alike attributes, conditions, transient
+/// NameIDs, issue and authentication instants.
+fn trust_cases() -> Vec<serde_json::Value> {
+    use serde_json::json;
+    const TRANSIENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient";
+    let conditions = |x: &[&str]| json!({ "conditions_xml": x });
+    vec![
+        case("lookalike_status", json!({ "lookalike": "status" })),
+        case("lookalike_version", json!({ "lookalike": "version" })),
+        case(
+            "condition_xsi_type",
+            conditions(&["<saml:Condition xmlns:x=\"urn:x\" xsi:type=\"x:Delegation\"/>"]),
+        ),
+        case("condition_foreign", conditions(&["<x:Anything xmlns:x=\"urn:x\"/>"])),
+        case("condition_one_time_use", conditions(&["<saml:OneTimeUse/>"])),
+        case(
+            "condition_one_time_use_twice",
+            conditions(&["<saml:OneTimeUse/>", "<saml:OneTimeUse/>"]),
+        ),
+        case(
+            "condition_proxy_restriction",
+            conditions(&["<saml:ProxyRestriction Count=\"0\"/>"]),
+        ),
+        case(
+            "transient_without_stable_attribute",
+            json!({ "name_id_format": TRANSIENT, "name_id": "_tr0f1e2d3c",
+                    "attributes": { "firstName": ["Ada"] } }),
+        ),
+        case(
+            "transient_with_eppn",
+            json!({ "name_id_format": TRANSIENT, "name_id": "_tr9a8b7c6d",
+                    "attributes": { "urn:oid:1.3.6.1.4.1.5923.1.1.1.6": ["ada@uni.test"],
+                                    "email": ["ada.lovelace@uni.test"] } }),
+        ),
+        case(
+            "transient_with_employee_id",
+            json!({ "name_id_format": TRANSIENT, "name_id": "_tr11",
+                    "attributes": { "employeeId": ["E-42"], "uid": ["ada"] } }),
+        ),
+        case(
+            "response_issued_in_future",
+            json!({ "sign": "both", "response_issue_instant": ts(Duration::minutes(3)) }),
+        ),
+        case(
+            "response_issued_long_ago",
+            json!({ "sign": "both", "response_issue_instant": ts(Duration::minutes(-10)) }),
+        ),
+        case(
+            "assertion_issued_in_future",
+            json!({ "assertion_issue_instant": ts(Duration::minutes(3)) }),
+        ),
+        case(
+            "assertion_issued_long_ago",
+            json!({ "assertion_issue_instant": ts(Duration::minutes(-10)) }),
+        ),
+        case(
+            "authn_instant_in_future",
+            json!({ "authn_instant": ts(Duration::minutes(3)) }),
+        ),
+        case(
+            "authn_earlier_with_session_end",
+            json!({ "authn_instant": ts(Duration::minutes(-30)),
+                    "session_not_on_or_after": ts(Duration::hours(8)) }),
+        ),
+    ]
 }
 
 pub struct Crafted {

@@ -51,13 +51,18 @@ impl Idp {
     /// A signed Response for the connection `conn` (the admin API's 201
     /// answer): audience, recipient and destination are its SP's.
     fn response(&self, conn: &Value, in_response_to: Option<&str>) -> String {
+        self.response_as(conn, in_response_to, EMAIL)
+    }
+
+    /// Like `response`, for the person with address `email`.
+    fn response_as(&self, conn: &Value, in_response_to: Option<&str>, email: &str) -> String {
         let case = json!({
             "name": "r",
             "sp_entity_id": conn["sp_entity_id"],
             "acs_url": conn["acs_url"],
             "in_response_to": in_response_to,
-            "name_id": EMAIL,
-            "attributes": { "email": [EMAIL], "firstName": ["Ada"], "lastName": ["Lovelace"] },
+            "name_id": email,
+            "attributes": { "email": [email], "firstName": ["Ada"], "lastName": ["Lovelace"] },
             "issue_instant": ts(Duration::zero()),
             "not_before": ts(Duration::minutes(-1)),
             "not_on_or_after": ts(Duration::minutes(5)),
@@ -502,4 +507,37 @@ async fn idp_initiated_response_is_refused_when_the_default_app_is_not_allowed_f
         "an acme sign-in was handed to a globex-only app: {ans:?}"
     );
     assert!(ans.status.is_client_error(), "{ans:?}");
+}
+
+/// `email_verified` reaches the app only when the connection trusts the IdP
+/// for it *and* the address is in the tenant's own domains: a tenant's IdP
+/// cannot vouch for someone else's address (the nOAuth account takeover).
+#[tokio::test]
+async fn email_verified_is_vouched_only_for_the_tenants_own_domains() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let connect = |id: &str, trust: bool| {
+        json!({ "id": id, "metadata_xml": idp.metadata, "allow_idp_initiated": true,
+                "default_client_id": APP_ID, "redirect_uri": APP_CB, "trust_email_verified": trust })
+    };
+    let trusted = app.create_saml_connection("acme", connect("trusted", true)).await;
+    let plain = app.create_saml_connection("acme", connect("plain", false)).await;
+    for (conn, email, verified) in [
+        (&trusted, "ada@acme.test", true),
+        (&trusted, "ceo@victim.test", false),
+        (&trusted, "ada@sub.acme.test", false),
+        (&plain, "ada@acme.test", false),
+    ] {
+        let ans = post_acs(&app.client, &acs(conn), &idp.response_as(conn, None, email), None).await;
+        let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
+        assert_eq!(claims["email"], email, "{claims}");
+        assert_eq!(
+            claims["email_verified"],
+            json!(verified),
+            "{email} via {}: {claims}",
+            conn["id"]
+        );
+    }
 }

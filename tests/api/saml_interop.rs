@@ -97,6 +97,9 @@ async fn round_trip_with(
 
 fn assert_ada(id: &Identity) {
     assert_eq!(id.subject, "ada@example.test");
+    // pysaml2 stamps AuthnInstant with the time it answered (the real clock).
+    let auth_time = id.auth_time.expect("auth_time from AuthnInstant");
+    assert!((SystemClock.unix() - auth_time).abs() <= 120, "auth_time {auth_time}");
     assert_eq!(id.email.as_deref(), Some("ada@example.test"));
     assert_eq!(id.given_name.as_deref(), Some("Ada"));
     assert_eq!(id.family_name.as_deref(), Some("Lovelace"));

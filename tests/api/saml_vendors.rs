@@ -17,8 +17,17 @@ async fn load(dir: &str) -> Capture {
     let base = fixtures().join(dir);
     let params: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("params.json")).unwrap()).unwrap();
     let now: DateTime<Utc> = params["now"].as_str().unwrap().parse().unwrap();
-    let (ctx, _clock) = ctx_at(now);
+    let (mut ctx, _clock) = ctx_at(now);
     let metadata = std::fs::read_to_string(base.join("metadata.xml")).unwrap();
+    if metadata.contains("Location=\"http://localhost:") {
+        // Captured from a local Keycloak: its endpoints are http on loopback,
+        // which the IdP URL rule allows only when private networks are.
+        ctx.http = portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+            allow_private_networks: true,
+            ..Default::default()
+        })
+        .unwrap();
+    }
     let xml = std::fs::read(base.join("assertion.xml")).unwrap();
     let text = String::from_utf8_lossy(&xml).into_owned();
     let mut cfg = setup(
@@ -71,6 +80,35 @@ async fn adfs_entra_capture_maps_claim_uris() {
         id.session_index.as_deref(),
         Some("_66b104aa-1f7a-402f-abe6-d131c8896400")
     );
+    // Entra's AuthnInstant is the day before: the real sign-in, not the capture time.
+    assert_eq!(id.auth_time, Some(instant("2023-11-16T18:57:36.659Z")));
+    assert_eq!(id.session_expires_at, None);
+}
+
+fn instant(s: &str) -> i64 {
+    s.parse::<DateTime<Utc>>().unwrap().timestamp()
+}
+
+/// Every capture yields its AuthnInstant as auth_time and its
+/// SessionNotOnOrAfter (PingOne's) as the session's end.
+#[tokio::test]
+async fn captures_yield_auth_time_and_session_end() {
+    for (dir, auth, session) in [
+        ("assertions/google", Some("2023-11-16T20:51:16.000Z"), None),
+        ("assertions/jumpcloud", Some("2023-11-18T16:43:05.562Z"), None),
+        ("assertions/okta", Some("2024-04-25T20:26:25.134Z"), None),
+        (
+            "assertions/ping",
+            Some("2023-11-18T16:20:31.265Z"),
+            Some("2023-11-18T16:25:31.265Z"),
+        ),
+    ] {
+        let id = accept(dir).await;
+        assert_eq!(id.auth_time, auth.map(instant), "{dir}");
+        assert_eq!(id.session_expires_at, session.map(instant), "{dir}");
+        // SAML has no verified flag and the captures' connections do not trust one.
+        assert_eq!(id.email_verified, Some(false), "{dir}");
+    }
 }
 
 #[tokio::test]
@@ -93,6 +131,20 @@ async fn jumpcloud_capture_is_accepted() {
 
 #[tokio::test]
 async fn keycloak_capture_is_accepted_with_its_request_id() {
+    // Its metadata's http://localhost endpoints are refused without private networks.
+    let base = fixtures().join("assertions/keycloak");
+    let (ctx, _) = ctx_at("2024-05-20T21:10:42.468Z".parse().unwrap());
+    let e = portcullis::upstream::saml::setup(
+        serde_json::json!({ "metadata_xml": std::fs::read_to_string(base.join("metadata.xml")).unwrap() }),
+        &ctx,
+        &portcullis::ids::TenantId::parse("acme").unwrap(),
+        &portcullis::ids::ConnectionId::parse("idp").unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("http://localhost:8085"), "{}", e.message);
+
     let id = accept("assertions/keycloak").await;
     assert_eq!(id.subject, "ulysse.carion@ssoready.com");
     assert_eq!(id.email.as_deref(), Some("ulysse.carion@ssoready.com"));

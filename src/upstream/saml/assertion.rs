@@ -5,9 +5,41 @@
 use super::mapping::amr_for;
 use super::validate::{Policy, Reject, Validated};
 use super::xml::{self, SAML};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use libxml::tree::Node;
 use std::collections::BTreeMap;
+
+/// How old (by its `IssueInstant`, beyond the clock skew) a Response or an
+/// Assertion may be when it arrives. The browser posts the answer right after
+/// the IdP issued it; an older one is stale or replayed from elsewhere.
+pub(crate) const MAX_ISSUE_AGE_SECS: i64 = 300;
+
+/// The transient NameID format: a one-off, per-session identifier (SAML Core
+/// §8.3.8) that must never become the stable subject.
+pub(crate) const NAMEID_TRANSIENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient";
+
+/// The XML Schema instance namespace (`xsi:type`).
+const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// Checks an `IssueInstant` (required): not ahead of us beyond the skew, and
+/// not older than [`MAX_ISSUE_AGE_SECS`] plus the skew.
+fn check_issue_instant(node: &Node, what: &str, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+    let issued = time(node, "IssueInstant")?
+        .ok_or_else(|| Reject::new("saml.malformed", format!("{what} without IssueInstant")))?;
+    if issued > p.now + p.skew {
+        return Err(Reject::new(
+            "saml.issue_instant_in_future",
+            format!("{what} IssueInstant {issued} is ahead of now"),
+        ));
+    }
+    if issued + Duration::seconds(MAX_ISSUE_AGE_SECS) + p.skew < p.now {
+        return Err(Reject::new(
+            "saml.issue_instant_too_old",
+            format!("{what} IssueInstant {issued} is older than {MAX_ISSUE_AGE_SECS} s"),
+        ));
+    }
+    Ok(issued)
+}
 
 fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
     xml::attr(node, name)
@@ -74,24 +106,46 @@ pub(crate) fn check(
     if name_id.is_empty() {
         return Err(Reject::new("saml.malformed", "empty NameID"));
     }
-    let name_id_is_email = match xml::attr(&name_id_el, "Format").as_deref() {
+    let format = xml::attr(&name_id_el, "Format");
+    let name_id_is_email = match format.as_deref() {
         Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress") => true,
         None | Some("urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified") => {
             name_id.contains('@') && !name_id.contains(char::is_whitespace)
         }
         Some(_) => false,
     };
+    let transient = format.as_deref() == Some(NAMEID_TRANSIENT);
 
     let scd_until = check_subject_confirmation(&subject, p)?;
-    let conditions_until = check_conditions(assertion, p)?;
+    let conditions = check_conditions(assertion, p)?;
+    // After the validity windows, so an expired or early assertion keeps
+    // its more telling reason code.
+    check_issue_instant(response, "Response", p)?;
+    let issued = check_issue_instant(assertion, "Assertion", p)?;
 
     let mut session_index = None;
     let mut amr = Vec::new();
+    let mut auth_time = None;
+    let mut session_expires_at: Option<DateTime<Utc>> = None;
     for st in xml::children(assertion, SAML, "AuthnStatement") {
+        // AuthnInstant is required (SAML Core §2.7.2). It becomes auth_time,
+        // which max_age is judged by: one from the future would make any
+        // authentication look fresh, so it is refused beyond the skew.
+        let instant = time(&st, "AuthnInstant")?
+            .ok_or_else(|| Reject::new("saml.malformed", "AuthnStatement without AuthnInstant"))?;
+        if instant > p.now + p.skew {
+            return Err(Reject::new(
+                "saml.authn_instant_in_future",
+                format!("AuthnInstant {instant} is ahead of now"),
+            ));
+        }
+        // With several statements, the oldest authentication is the one vouched for.
+        auth_time = Some(auth_time.map_or(instant, |t: DateTime<Utc>| t.min(instant)));
         if let Some(until) = time(&st, "SessionNotOnOrAfter")? {
             if p.now - p.skew >= until {
                 return Err(Reject::new("saml.expired", "SessionNotOnOrAfter has passed"));
             }
+            session_expires_at = Some(session_expires_at.map_or(until, |t| t.min(until)));
         }
         if session_index.is_none() {
             session_index = xml::attr(&st, "SessionIndex");
@@ -115,14 +169,37 @@ pub(crate) fn check(
             values.extend(xml::children(&attribute, SAML, "AttributeValue").iter().map(xml::text));
         }
     }
-    let identity = p
-        .mapping
-        .identity(&name_id, name_id_is_email, raw, session_index, amr)
-        .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?;
+    let mut identity = if transient {
+        // A transient NameID changes every session: the stable subject must
+        // come from an attribute, or there is none.
+        p.mapping
+            .identity_without_name_id(raw, session_index, amr)
+            .ok_or_else(|| {
+                Reject::new(
+                    "saml.transient_subject",
+                    "transient NameID and no stable subject attribute",
+                )
+            })?
+    } else {
+        p.mapping
+            .identity(&name_id, name_id_is_email, raw, session_index, amr)
+            .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?
+    };
+    identity.auth_time = auth_time.map(|t| t.timestamp());
+    identity.session_expires_at = session_expires_at.map(|t| t.timestamp());
+    // The replay cache keeps the id until every window that could still
+    // accept this assertion has closed: SubjectConfirmation and Conditions
+    // NotOnOrAfter, and the IssueInstant age limit. A OneTimeUse assertion
+    // therefore stays cached at least until its Conditions NotOnOrAfter.
+    let usable_until = scd_until
+        .max(conditions.until)
+        .max(issued + Duration::seconds(MAX_ISSUE_AGE_SECS))
+        + p.skew;
     Ok(Validated {
         identity,
         assertion_id,
-        usable_until: scd_until.max(conditions_until) + p.skew,
+        usable_until,
+        one_time_use: conditions.one_time_use,
     })
 }
 
@@ -208,8 +285,25 @@ fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Rej
     Ok(until)
 }
 
-/// Conditions: validity window and AudienceRestriction (required). Returns NotOnOrAfter (or now).
-fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+/// What the Conditions said, once checked.
+struct ConditionsOk {
+    /// NotOnOrAfter, or now when absent.
+    until: DateTime<Utc>,
+    /// A `<OneTimeUse>` condition was present.
+    one_time_use: bool,
+}
+
+/// Conditions: validity window, AudienceRestriction (required), OneTimeUse,
+/// ProxyRestriction, and nothing else.
+///
+/// SAML Core §2.5.1.5: a relying party that does not understand a condition
+/// must take the assertion as Indeterminate, i.e. not valid. So any other
+/// element, including the abstract `<Condition xsi:type="...">` extension
+/// point, is refused. OneTimeUse is honoured by the replay cache, which
+/// holds every accepted assertion id while it could still be accepted.
+/// ProxyRestriction limits who may issue further SAML assertions from this
+/// one; Portcullis issues none (it issues OIDC tokens to its own apps).
+fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Reject> {
     let cond = xml::child(assertion, SAML, "Conditions")
         .ok_or_else(|| Reject::new("saml.audience_missing", "Assertion without Conditions"))?;
     if let Some(nb) = time(&cond, "NotBefore")? {
@@ -222,6 +316,26 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, R
         if p.now - p.skew >= until {
             return Err(Reject::new("saml.expired", format!("NotOnOrAfter {until}")));
         }
+    }
+    let mut one_time_use = 0usize;
+    for c in cond.get_child_elements() {
+        if xml::is(&c, SAML, "AudienceRestriction") || xml::is(&c, SAML, "ProxyRestriction") {
+            continue;
+        }
+        if xml::is(&c, SAML, "OneTimeUse") {
+            one_time_use += 1;
+            continue;
+        }
+        let name = c.get_name();
+        let ns = c.get_namespace().map(|n| n.get_href()).unwrap_or_default();
+        let kind = xml::attr_ns(&c, XSI, "type").unwrap_or_default();
+        return Err(Reject::new(
+            "saml.condition_unknown",
+            format!("unknown condition {{{ns}}}{name} {kind}"),
+        ));
+    }
+    if one_time_use > 1 {
+        return Err(Reject::new("saml.malformed", "more than one OneTimeUse condition"));
     }
     let restrictions = xml::children(&cond, SAML, "AudienceRestriction");
     if restrictions.is_empty() {
@@ -237,5 +351,8 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, R
             ));
         }
     }
-    Ok(until.unwrap_or(p.now))
+    Ok(ConditionsOk {
+        until: until.unwrap_or(p.now),
+        one_time_use: one_time_use > 0,
+    })
 }

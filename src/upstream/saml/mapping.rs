@@ -98,6 +98,24 @@ const GROUPS: &[&str] = &[
     "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
 ];
 
+/// Stable identifiers, in order of preference, for when the NameID is
+/// transient and no subject attribute is configured: the SAML subject-id and
+/// pairwise-id, eduPerson's unique id and principal name, Entra ID's object
+/// id, AD's objectGUID, LDAP uid; then the email address.
+const STABLE_SUBJECT: &[&str] = &[
+    "urn:oasis:names:tc:SAML:attribute:subject-id",
+    "urn:oasis:names:tc:SAML:attribute:pairwise-id",
+    "urn:oid:1.3.6.1.4.1.5923.1.1.1.13",
+    "eduPersonUniqueId",
+    "urn:oid:1.3.6.1.4.1.5923.1.1.1.6",
+    "eduPersonPrincipalName",
+    "http://schemas.microsoft.com/identity/claims/objectidentifier",
+    "objectGUID",
+    "objectguid",
+    "urn:oid:0.9.2342.19200300.100.1.1",
+    "uid",
+];
+
 fn first<'a>(
     raw: &'a BTreeMap<String, Vec<String>>,
     configured: Option<&OneOrMany>,
@@ -136,7 +154,36 @@ impl AttributeMapping {
             // An email-shaped NameID is the address when no attribute carries it.
             name_id_is_email.then(|| name_id.to_owned())
         });
-        let identity = Identity {
+        Some(self.build(subject, email, raw, session_index, amr))
+    }
+
+    /// Like [`identity`](Self::identity) when the NameID cannot serve (it is
+    /// transient): the subject is the configured subject attribute or, when
+    /// none is configured, the first stable identifier present (see
+    /// `STABLE_SUBJECT`, then the email attributes). `None` when there is none.
+    pub(crate) fn identity_without_name_id(
+        &self,
+        raw: BTreeMap<String, Vec<String>>,
+        session_index: Option<String>,
+        amr: Vec<String>,
+    ) -> Option<Identity> {
+        let email = single(first(&raw, self.email.as_ref(), EMAIL));
+        let subject = match &self.subject {
+            Some(names) => single(first(&raw, Some(names), &[]))?,
+            None => single(first(&raw, None, STABLE_SUBJECT)).or_else(|| email.clone())?,
+        };
+        Some(self.build(subject, email, raw, session_index, amr))
+    }
+
+    fn build(
+        &self,
+        subject: String,
+        email: Option<String>,
+        raw: BTreeMap<String, Vec<String>>,
+        session_index: Option<String>,
+        amr: Vec<String>,
+    ) -> Identity {
+        Identity {
             subject,
             email,
             email_verified: None,
@@ -150,8 +197,7 @@ impl AttributeMapping {
             raw,
             session_index,
             ..Identity::default()
-        };
-        Some(identity)
+        }
     }
 }
 
@@ -225,6 +271,46 @@ mod tests {
         assert_eq!(id.given_name.as_deref(), Some("Bo"));
         assert_eq!(id.family_name.as_deref(), Some("Ek"));
         assert_eq!(id.groups, vec!["staff"]);
+    }
+
+    #[test]
+    fn transient_name_id_takes_a_stable_attribute_or_nothing() {
+        let m = AttributeMapping::default();
+        let eppn = raw(&[
+            ("urn:oid:1.3.6.1.4.1.5923.1.1.1.6", &["bo@uni.edu"]),
+            ("mail", &["b@uni.edu"]),
+        ]);
+        let id = m.identity_without_name_id(eppn, None, vec![]).unwrap();
+        assert_eq!(id.subject, "bo@uni.edu");
+        assert_eq!(id.email.as_deref(), Some("b@uni.edu"));
+        let entra = raw(&[(
+            "http://schemas.microsoft.com/identity/claims/objectidentifier",
+            &["oid-1"],
+        )]);
+        assert_eq!(
+            m.identity_without_name_id(entra, None, vec![]).unwrap().subject,
+            "oid-1"
+        );
+        let only_mail = raw(&[("email", &["c@x.test"])]);
+        assert_eq!(
+            m.identity_without_name_id(only_mail, None, vec![]).unwrap().subject,
+            "c@x.test"
+        );
+        assert!(m
+            .identity_without_name_id(raw(&[("givenName", &["D"])]), None, vec![])
+            .is_none());
+        let configured = AttributeMapping {
+            subject: Some(OneOrMany::One("employeeNumber".into())),
+            ..Default::default()
+        };
+        let r = raw(&[("uid", &["u1"]), ("employeeNumber", &["42"])]);
+        assert_eq!(
+            configured.identity_without_name_id(r, None, vec![]).unwrap().subject,
+            "42"
+        );
+        assert!(configured
+            .identity_without_name_id(raw(&[("uid", &["u1"])]), None, vec![])
+            .is_none());
     }
 
     #[test]

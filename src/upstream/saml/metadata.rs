@@ -23,10 +23,48 @@ pub(crate) struct IdpMetadata {
     pub signing_certificates: Vec<String>,
 }
 
+/// Checks a URL the IdP's metadata (or the admin) gives for the browser or
+/// for us to reach: `https` with a host, or `http` only when private networks
+/// are allowed and the host is loopback or private (a literal address the
+/// outbound guard refuses, or `localhost`), the same rule as the guarded
+/// outbound client. Never `javascript:`, `data:` or any other scheme. The
+/// error is a sentence for the admin.
+pub(crate) fn check_idp_url(location: &str, allow_private_networks: bool) -> Result<url::Url, String> {
+    let shown = super::validate::clip(location.to_owned(), 200);
+    let url = url::Url::parse(location.trim()).map_err(|_| format!("{shown:?} is not a URL"))?;
+    let host = url.host().ok_or_else(|| format!("{shown:?} has no host"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if allow_private_networks => {
+            let private = match host {
+                url::Host::Ipv4(ip) => crate::upstream::http::guard::is_forbidden(ip.into()),
+                url::Host::Ipv6(ip) => crate::upstream::http::guard::is_forbidden(ip.into()),
+                url::Host::Domain(d) => {
+                    let d = d.trim_end_matches('.').to_ascii_lowercase();
+                    d == "localhost" || d.ends_with(".localhost")
+                }
+            };
+            if private {
+                Ok(url)
+            } else {
+                Err(format!(
+                    "{shown:?} must use https (http only for loopback or private hosts)"
+                ))
+            }
+        }
+        _ => Err(format!("{shown:?} must be an https URL")),
+    }
+}
+
 /// Parses IdP metadata (an EntityDescriptor, or an EntitiesDescriptor from
-/// which `wanted` picks the entity; the first IdP when unset). The error is a
-/// sentence for the admin.
-pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<IdpMetadata, String> {
+/// which `wanted` picks the entity; the first IdP when unset). Every SSO and
+/// SLO location must pass [`check_idp_url`]. The error is a sentence for the
+/// admin.
+pub(crate) fn parse_idp_metadata(
+    text: &str,
+    wanted: Option<&str>,
+    allow_private_networks: bool,
+) -> Result<IdpMetadata, String> {
     let doc = xml::parse_strict(text).map_err(|e| match e {
         xml::ParseError::Dtd => "the metadata declares a DTD or entities, which are refused".to_owned(),
         xml::ParseError::Malformed => "the metadata is not well-formed XML".to_owned(),
@@ -83,13 +121,19 @@ pub(crate) fn parse_idp_metadata(text: &str, wanted: Option<&str>) -> Result<Idp
 
     let mut sso_redirect = None;
     let mut sso_post = None;
+    for slo in xml::children(&idp, MD, "SingleLogoutService") {
+        for name in ["Location", "ResponseLocation"] {
+            if let Some(location) = xml::attr(&slo, name) {
+                check_idp_url(&location, allow_private_networks)
+                    .map_err(|e| format!("SingleLogoutService {name} {e}"))?;
+            }
+        }
+    }
     for sso in xml::children(&idp, MD, "SingleSignOnService") {
         let (Some(binding), Some(location)) = (xml::attr(&sso, "Binding"), xml::attr(&sso, "Location")) else {
             continue;
         };
-        if url::Url::parse(&location).is_err() {
-            continue;
-        }
+        check_idp_url(&location, allow_private_networks).map_err(|e| format!("SingleSignOnService Location {e}"))?;
         if binding == BINDING_REDIRECT && sso_redirect.is_none() {
             sso_redirect = Some(location);
         } else if binding == BINDING_POST && sso_post.is_none() {

@@ -18,6 +18,15 @@
 //!   SubjectConfirmationData; an unsolicited one must carry none.
 //! * Encrypted assertions: RSA-OAEP key transport only; when no verified
 //!   signature covers the ciphertext, post-decryption failures share one code.
+//! * Every assertion is single-use: its id stays in the replay cache until
+//!   every window that could still accept it has closed (SubjectConfirmation
+//!   and Conditions NotOnOrAfter, IssueInstant plus the maximum age), so a
+//!   `<OneTimeUse>` assertion is cached at least until its NotOnOrAfter.
+//!   Unknown `<Condition>`s make the assertion invalid (SAML Core §2.5.1).
+//! * A transient NameID is never the subject: the connection's subject
+//!   attribute (or the first stable identifier found) is, or nothing is.
+//! * Attributes are read by exact name in no namespace (`xml::attr`), so a
+//!   look-alike `saml:Version` or `samlp:Value` is never taken for the real one.
 //!
 //! Validation is CPU-bound libxml2/xmlsec work, so it runs on tokio's
 //! blocking pool. It is not serialized: after the one-time initialization in
@@ -101,6 +110,12 @@ pub struct SamlConfig {
     /// Allowed clock skew; the context's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew_secs: Option<i64>,
+    /// Trust the IdP to have verified the email addresses it sends. SAML has
+    /// no standard "verified" flag, so this setting is the assertion: when
+    /// off (the default), `email_verified` is false. When on, the broker
+    /// still vouches only for addresses in the tenant's own domains.
+    #[serde(default)]
+    pub trust_email_verified: bool,
     /// The SP private key (PKCS#8 PEM): signs requests, decrypts assertions.
     pub sp_private_key_pem: Secret,
     /// The SP certificate (PEM), published in SP metadata.
@@ -204,6 +219,12 @@ impl SamlConnector {
         if cfg.allowed_algorithms.is_empty() {
             return Err(config_error("no allowed signature algorithm"));
         }
+        // Stored before the URL rule existed, or edited in the store: the
+        // browser is never sent to an endpoint the rule refuses.
+        let allow_private = ctx.http.config().allow_private_networks;
+        for url in [&cfg.sso_redirect_url, &cfg.sso_post_url].into_iter().flatten() {
+            metadata::check_idp_url(url, allow_private).map_err(|e| config_error(format!("SSO endpoint {e}")))?;
+        }
         let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
         let skew_secs = cfg
             .clock_skew_secs
@@ -250,10 +271,17 @@ fn validation_slots() -> &'static Arc<tokio::sync::Semaphore> {
 /// A sentence for the person, by reason code.
 fn user_message(code: &str) -> &'static str {
     match code {
-        "saml.expired" | "saml.not_yet_valid" => {
+        "saml.expired"
+        | "saml.not_yet_valid"
+        | "saml.issue_instant_in_future"
+        | "saml.issue_instant_too_old"
+        | "saml.authn_instant_in_future" => {
             "The sign-in response from your identity provider has expired or is not valid yet. Please try again."
         }
         "saml.replay" => "This sign-in response was already used. Please sign in again.",
+        "saml.transient_subject" | "saml.subject_missing" => {
+            "Your identity provider did not send a stable identifier for your account. Please contact your administrator."
+        }
         "saml.unsolicited_not_allowed" | "saml.unsolicited_in_response_to" | "saml.in_response_to_mismatch" => {
             "This sign-in was not started here. Please start the sign-in from the application."
         }
@@ -370,10 +398,15 @@ impl Connector for SamlConnector {
         })
         .await
         .map_err(|e| UpstreamError::internal("saml.validation_task", e.to_string()))?;
-        let validated = outcome.map_err(|r| self.reject(r))?;
+        let mut validated = outcome.map_err(|r| self.reject(r))?;
+        // SAML has no "verified" flag: the connection's setting is the IdP's
+        // word, and the broker narrows it to the tenant's domains.
+        validated.identity.email_verified =
+            Some(self.inner.cfg.trust_email_verified && validated.identity.email.is_some());
 
         // Replay: the assertion id is single-use within this tenant's connection
-        // for as long as the assertion could be accepted.
+        // for as long as the assertion could be accepted (every assertion is
+        // treated as OneTimeUse; see `assertion::check` for the TTL).
         let ttl = (validated.usable_until - now).num_seconds().max(1);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
             format!("{}\n{}", self.inner.cfg.idp_entity_id, validated.assertion_id).as_bytes(),
@@ -396,6 +429,7 @@ impl Connector for SamlConnector {
             code = "saml.accepted",
             tenant = %self.inner.tenant,
             connection = %self.inner.connection,
+            one_time_use = validated.one_time_use,
             "SAML response accepted"
         );
         Ok(validated.identity)

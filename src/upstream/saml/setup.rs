@@ -35,6 +35,8 @@ struct SamlConnectionRequest {
     allowed_algorithms: Option<Vec<SignatureAlgorithm>>,
     #[serde(default)]
     clock_skew_secs: Option<i64>,
+    #[serde(default)]
+    trust_email_verified: bool,
 }
 
 /// Validates a connection request (fetching `metadata_url` if given) and
@@ -56,9 +58,8 @@ pub async fn setup(
         }
         (Some(xml), None) => (xml, "metadata_xml"),
         (None, Some(url)) => {
-            if url.scheme() != "https" && url.scheme() != "http" {
-                return Err(SetupError::new("metadata_url", "must be an http(s) URL"));
-            }
+            let allow_private = ctx.http.config().allow_private_networks;
+            metadata::check_idp_url(url.as_str(), allow_private).map_err(|m| SetupError::new("metadata_url", m))?;
             let bytes =
                 ctx.http.get_bytes(url).await.map_err(|e| {
                     SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.detail))
@@ -69,8 +70,12 @@ pub async fn setup(
         }
         (None, None) => return Err(SetupError::new("metadata_xml", "give metadata_xml or metadata_url")),
     };
-    let idp = metadata::parse_idp_metadata(&metadata_xml, req.idp_entity_id.as_deref())
-        .map_err(|m| SetupError::new(field, m))?;
+    let idp = metadata::parse_idp_metadata(
+        &metadata_xml,
+        req.idp_entity_id.as_deref(),
+        ctx.http.config().allow_private_networks,
+    )
+    .map_err(|m| SetupError::new(field, m))?;
 
     if req.allow_idp_initiated && (req.default_client_id.is_none() || req.redirect_uri.is_none()) {
         return Err(SetupError::new(
@@ -129,6 +134,7 @@ pub async fn setup(
         want_encrypted_assertions: req.want_encrypted_assertions,
         allowed_algorithms,
         clock_skew_secs: req.clock_skew_secs,
+        trust_email_verified: req.trust_email_verified,
         sp_private_key_pem: sp.private_key_pem,
         sp_certificate_pem: sp.certificate_pem,
         sp_entity_id: None,

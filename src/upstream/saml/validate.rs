@@ -26,11 +26,29 @@ pub(crate) struct Reject {
     pub message: Option<String>,
 }
 
+/// The most characters of a rejection's log detail: details quote what came
+/// in (issuers, audiences, status codes), and a quote is only a hint.
+pub(crate) const MAX_DETAIL_CHARS: usize = 200;
+
+/// `text` cut to at most `max` characters (on a character boundary), with
+/// an ellipsis when something was cut.
+pub(crate) fn clip(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => {
+            let mut cut = text;
+            cut.truncate(at);
+            cut.push('…');
+            cut
+        }
+        None => text,
+    }
+}
+
 impl Reject {
     pub(crate) fn new(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             code,
-            detail: detail.into(),
+            detail: clip(detail.into(), MAX_DETAIL_CHARS),
             message: None,
         }
     }
@@ -59,6 +77,8 @@ pub(crate) struct Validated {
     pub assertion_id: String,
     /// Until when the assertion could still be accepted (for the replay cache TTL).
     pub usable_until: DateTime<Utc>,
+    /// The assertion carried a `<OneTimeUse>` condition.
+    pub one_time_use: bool,
 }
 
 fn parse(text: &str) -> Result<Document, Reject> {
@@ -95,14 +115,34 @@ fn status_check(response: &Node) -> Result<(), Reject> {
     };
     Err(Reject {
         code: "saml.status_not_success",
-        detail: format!("status {top} / {sub}"),
+        detail: clip(format!("status {top} / {sub}"), MAX_DETAIL_CHARS),
         message: Some(message.to_owned()),
     })
 }
 
+/// Namespaces whose schemas define no namespaced attributes of their own
+/// (SAML, metadata, XML Signature and Encryption are all unqualified): an
+/// attribute in one of them is a look-alike of a real one.
+const NO_QUALIFIED_ATTRIBUTES: &[&str] = &[SAMLP, SAML, xml::MD, DS, xml::XENC];
+
+/// Refuses duplicate ids and namespaced look-alikes of SAML's attributes.
+///
+/// We read attributes by exact name in no namespace, but libxml2 lookups
+/// by local name (which samael uses to register `ID`s for xmlsec) would
+/// take `x:ID` for `ID`: any namespaced `ID`/`Id`/`id`, and any attribute
+/// qualified by a namespace that has none, is refused so the two readings
+/// can never differ.
 fn check_ids_unique(root: &Node) -> Result<(), Reject> {
     let mut seen = std::collections::HashSet::new();
     for el in xml::all_elements(root) {
+        for (ns, name) in xml::namespaced_attributes(&el) {
+            if matches!(name.as_str(), "ID" | "Id" | "id") || NO_QUALIFIED_ATTRIBUTES.contains(&ns.as_str()) {
+                return Err(Reject::new(
+                    "saml.malformed",
+                    format!("namespaced look-alike attribute {{{ns}}}{name}"),
+                ));
+            }
+        }
         for name in ["ID", "Id", "id"] {
             if let Some(v) = xml::attr(&el, name) {
                 if !seen.insert(v.clone()) {
@@ -353,5 +393,19 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
             "saml.unsigned",
             "neither the Response nor the Assertion is signed",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_quote_only_a_bounded_part_of_the_input() {
+        assert_eq!(clip("short".into(), 10), "short");
+        let long = "é".repeat(MAX_DETAIL_CHARS * 50);
+        let r = Reject::new("saml.issuer_mismatch", format!("Issuer {long:?}"));
+        assert_eq!(r.detail.chars().count(), MAX_DETAIL_CHARS + 1);
+        assert!(r.detail.ends_with('…'));
     }
 }

@@ -116,6 +116,11 @@ pub(crate) enum ParseError {
 /// which closes parser-differential tricks.
 pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
     init();
+    // libxml2 stops reading at a NUL byte, so whatever follows one would be
+    // silently ignored instead of refused: no NUL is well-formed XML anyway.
+    if xml.contains('\0') {
+        return Err(ParseError::Malformed);
+    }
     if xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") || xml.contains("<!doctype") {
         return Err(ParseError::Dtd);
     }
@@ -201,9 +206,64 @@ pub(crate) fn text(node: &Node) -> String {
     node.get_content().trim().to_owned()
 }
 
-/// An attribute of `node`.
+/// The attribute `name` of `node` that has no namespace, read by exact name.
+///
+/// libxml2's `xmlGetProp` (the `libxml` crate's `get_attribute`) matches on
+/// the local name whatever the namespace, so a look-alike `saml:Version` or
+/// `samlp:Value` would be taken for the real `Version` or `Value`. SAML's own
+/// attributes are never namespaced: `xmlGetNoNsProp` finds exactly those.
 pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
-    node.get_attribute(name)
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `node` points into a document that outlives this call;
+    // `xmlGetNoNsProp` only reads it and returns a fresh copy (or null).
+    let value = unsafe { libxml::bindings::xmlGetNoNsProp(node.node_ptr(), name.as_ptr().cast()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null result is a NUL-terminated string we own.
+    let out = unsafe { std::ffi::CStr::from_ptr(value.cast()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: the copy was allocated by libxml2's allocator, which `xmlFree`
+    // (read by value, never referenced) releases; it is not used after.
+    if let Some(free) = unsafe { libxml::bindings::xmlFree } {
+        unsafe { free(value.cast()) }
+    }
+    Some(out)
+}
+
+/// The namespaced attributes of `node`, as `(namespace, local name)`.
+/// (Attributes without a namespace and `xmlns` declarations are left out.)
+pub(crate) fn namespaced_attributes(node: &Node) -> Vec<(String, String)> {
+    let text = |p: *const u8| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: libxml2 names and hrefs are NUL-terminated and live as long as the document.
+            unsafe { std::ffi::CStr::from_ptr(p.cast()) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let mut out = Vec::new();
+    // SAFETY: `node` is an element of a live document; its attribute list is
+    // only read, while no one else holds the document (`Node` is `!Send`).
+    let mut attr = unsafe { (*node.node_ptr()).properties };
+    while !attr.is_null() {
+        // SAFETY: `attr` is a non-null member of that list.
+        let (name, ns, next) = unsafe { ((*attr).name, (*attr).ns, (*attr).next) };
+        if !ns.is_null() {
+            // SAFETY: a non-null `ns` points at a namespace of the same document.
+            out.push((text(unsafe { (*ns).href }), text(name)));
+        }
+        attr = next;
+    }
+    out
+}
+
+/// The attribute `{ns}name` of `node` (a namespaced attribute such as `xsi:type`).
+pub(crate) fn attr_ns(node: &Node, ns: &str, name: &str) -> Option<String> {
+    node.get_attribute_ns(name, ns)
 }
 
 pub(crate) use crate::markup::escape;
@@ -226,6 +286,35 @@ mod tests {
             Some(ParseError::Dtd)
         );
         assert_eq!(parse_strict("<a><b></a>").err(), Some(ParseError::Malformed));
+    }
+
+    #[test]
+    fn attributes_are_read_by_exact_name_without_namespace() {
+        let doc = parse_strict(
+            "<a xmlns:s=\"urn:x\" s:Version=\"2.0\" s:Value=\"ok\" Value=\"real\"><b s:Version=\"2.0\"/></a>",
+        )
+        .unwrap();
+        let root = doc.get_root_element().unwrap();
+        assert_eq!(attr(&root, "Version"), None);
+        assert_eq!(attr(&root, "Value").as_deref(), Some("real"));
+        assert_eq!(attr_ns(&root, "urn:x", "Value").as_deref(), Some("ok"));
+        let b = root.get_child_elements().into_iter().next().unwrap();
+        assert_eq!(attr(&b, "Version"), None);
+        assert_eq!(
+            namespaced_attributes(&root),
+            vec![
+                ("urn:x".to_owned(), "Version".to_owned()),
+                ("urn:x".to_owned(), "Value".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn nul_bytes_and_trailing_content_refused() {
+        assert_eq!(parse_strict("<a/>\0<b/>").err(), Some(ParseError::Malformed));
+        assert_eq!(parse_strict("<a>x\0y</a>").err(), Some(ParseError::Malformed));
+        assert_eq!(parse_strict("<a/><b/>").err(), Some(ParseError::Malformed));
+        assert_eq!(parse_strict("<a/>trailing").err(), Some(ParseError::Malformed));
     }
 
     #[test]

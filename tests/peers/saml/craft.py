@@ -6,6 +6,12 @@ stdin:  {"idp": {"entity_id", "key_pem"?, "cert_pem"?}, "attacker": bool,
          "cases": [{"name", ...case fields, see `build`}]}
 stdout: {"idp": {"entity_id", "key_pem", "cert_pem"}, "metadata": str,
          "responses": {name: xml}}
+
+Trust-related case fields: "name_id_format" (null: no Format),
+"response_issue_instant", "assertion_issue_instant", "authn_instant",
+"session_not_on_or_after", "conditions_xml" (raw elements appended to
+<Conditions>; the saml: and xsi: prefixes are declared) and "lookalike"
+("status": StatusCode with samlp:Value only; "version": saml:Version only).
 """
 import base64
 import copy
@@ -24,6 +30,7 @@ from signxml import XMLSigner
 SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS = "http://www.w3.org/2000/09/xmldsig#"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 
 
@@ -90,12 +97,13 @@ def sub(parent, ns, tag, attrib=None, text=None):
 
 def assertion(c, issuer):
     aid = c.get("assertion_id") or "_" + uuid.uuid4().hex
-    a = E(SAML, "Assertion", {"ID": aid, "Version": "2.0", "IssueInstant": c["issue_instant"]},
+    a = E(SAML, "Assertion", {"ID": aid, "Version": "2.0",
+                              "IssueInstant": c.get("assertion_issue_instant", c["issue_instant"])},
           nsmap={"saml": SAML})
     sub(a, SAML, "Issuer", text=c.get("assertion_issuer", issuer))
     s = sub(a, SAML, "Subject")
-    sub(s, SAML, "NameID", {"Format": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"},
-        text=c["name_id"])
+    fmt = c.get("name_id_format", "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress")
+    sub(s, SAML, "NameID", {"Format": fmt} if fmt else {}, text=c["name_id"])
     sc = sub(s, SAML, "SubjectConfirmation", {"Method": "urn:oasis:names:tc:SAML:2.0:cm:bearer"})
     scd = {"Recipient": c.get("recipient", c["acs_url"])}
     if c.get("scd_not_on_or_after"):
@@ -107,7 +115,15 @@ def assertion(c, issuer):
     if c.get("audience", c["sp_entity_id"]) is not None:
         ar = sub(cond, SAML, "AudienceRestriction")
         sub(ar, SAML, "Audience", text=c.get("audience", c["sp_entity_id"]))
-    st = sub(a, SAML, "AuthnStatement", {"AuthnInstant": c["issue_instant"], "SessionIndex": "_sess-" + aid})
+    # Extra conditions as raw XML (prefixes saml: and xsi: are declared).
+    for x in c.get("conditions_xml") or []:
+        wrapper = etree.fromstring('<w xmlns:saml="%s" xmlns:xsi="%s">%s</w>' % (SAML, XSI, x))
+        for child in wrapper:
+            cond.append(child)
+    st_attrs = {"AuthnInstant": c.get("authn_instant", c["issue_instant"]), "SessionIndex": "_sess-" + aid}
+    if c.get("session_not_on_or_after"):
+        st_attrs["SessionNotOnOrAfter"] = c["session_not_on_or_after"]
+    st = sub(a, SAML, "AuthnStatement", st_attrs)
     ac = sub(st, SAML, "AuthnContext")
     sub(ac, SAML, "AuthnContextClassRef",
         text="urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport")
@@ -137,7 +153,13 @@ def sign(el, key_pem, cert_pem, c):
 
 
 def response(c, issuer, inner):
-    attrs = {"ID": "_" + uuid.uuid4().hex, "Version": "2.0", "IssueInstant": c["issue_instant"]}
+    attrs = {"ID": "_" + uuid.uuid4().hex, "Version": "2.0",
+             "IssueInstant": c.get("response_issue_instant", c["issue_instant"])}
+    lookalike = c.get("lookalike")
+    if lookalike == "version":
+        # saml:Version instead of Version: a namespaced look-alike only.
+        del attrs["Version"]
+        attrs["{%s}Version" % SAML] = "2.0"
     if c.get("destination", c["acs_url"]) is not None:
         attrs["Destination"] = c.get("destination", c["acs_url"])
     if c.get("response_in_response_to", c.get("in_response_to")):
@@ -145,7 +167,12 @@ def response(c, issuer, inner):
     r = E(SAMLP, "Response", attrs, nsmap={"samlp": SAMLP, "saml": SAML})
     sub(r, SAML, "Issuer", text=issuer)
     st = sub(r, SAMLP, "Status")
-    code = sub(st, SAMLP, "StatusCode", {"Value": c.get("status", "urn:oasis:names:tc:SAML:2.0:status:Success")})
+    status = c.get("status", "urn:oasis:names:tc:SAML:2.0:status:Success")
+    if lookalike == "status":
+        # samlp:Value instead of Value: the real Value is missing.
+        code = sub(st, SAMLP, "StatusCode", {"{%s}Value" % SAMLP: status})
+    else:
+        code = sub(st, SAMLP, "StatusCode", {"Value": status})
     if c.get("sub_status"):
         sub(code, SAMLP, "StatusCode", {"Value": c["sub_status"]})
     for i in inner:
