@@ -269,10 +269,12 @@ impl Broker {
         // Find (and consume) the pending login the IdP's answer refers to.
         let login_id = connector.login_id(&params).map(str::to_owned);
         let pending = match &login_id {
-            Some(id) if id.len() <= 128 => match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
-                Ok(p) => p,
-                Err(e) => return Err(unavailable(e)),
-            },
+            Some(id) if id.len() <= 128 => {
+                match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
             _ => None,
         };
         if let Some(p) = &pending {
@@ -326,7 +328,10 @@ impl Broker {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
         }
         Ok(Validated {
-            login: pending.as_ref().zip(login_id).map(|(p, id)| (id, p.browser_binding.clone())),
+            login: pending
+                .as_ref()
+                .zip(login_id)
+                .map(|(p, id)| (id, p.browser_binding.clone())),
             tenant,
             connection,
             request,

@@ -142,7 +142,10 @@ pub fn respond(state: &AppState, outcome: Outcome) -> Response {
         Outcome::ConfirmSwitch { .. } => {
             // Only the SAML continuation produces it, and answers it itself
             // (the page needs the session for its CSRF token).
-            tracing::error!(reason = "http.unexpected_outcome", "a switch confirmation reached the generic mapper");
+            tracing::error!(
+                reason = "http.unexpected_outcome",
+                "a switch confirmation reached the generic mapper"
+            );
             pages::error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Sign-in failed",

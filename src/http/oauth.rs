@@ -476,7 +476,12 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
     if let Err(e) = session.flush().await {
         return super::flows::session_failed(e);
     }
-    tracing::info!(reason = "logout.succeeded", sessions = sso.len(), confirmed = !named, "signed out");
+    tracing::info!(
+        reason = "logout.succeeded",
+        sessions = sso.len(),
+        confirmed = !named,
+        "signed out"
+    );
     match target {
         Some(url) => Redirect::to(url.as_str()).into_response(),
         None => pages::page(

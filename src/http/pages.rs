@@ -154,8 +154,14 @@ mod tests {
     fn the_auto_post_policy_allows_exactly_its_script_and_its_target() {
         let action = url::Url::parse("https://idp.example/sso;x=1").unwrap();
         let resp = auto_post(&action, &[("SAMLRequest".into(), "x".into())]);
-        let policy = resp.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
-        assert!(policy.contains("form-action https://idp.example/sso%3Bx=1;"), "{policy}");
+        let policy = resp.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            policy.contains("form-action https://idp.example/sso%3Bx=1;"),
+            "{policy}"
+        );
         // The hash of the script on the page, computed independently.
         let expected = base64::engine::general_purpose::STANDARD
             .encode(sha2::Sha256::digest(b"document.getElementById('f').submit()"));

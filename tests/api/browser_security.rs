@@ -38,7 +38,11 @@ async fn dev_app(clock: Option<ManualClock>) -> TestApp {
 /// returns the demo's signed-in page.
 async fn demo_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
     let login = browser.get(&app.url("/demo/login")).await;
-    assert!(login.url.path().starts_with("/dev/"), "expected the dev IdP, got {}", login.url);
+    assert!(
+        login.url.path().starts_with("/dev/"),
+        "expected the dev IdP, got {}",
+        login.url
+    );
     let done = browser.fill_and_submit(&login, None, &[("email", email)]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(done.url.path().starts_with("/demo/callback"), "{}", browser.trail());
@@ -155,7 +159,10 @@ async fn a_hint_of_another_browsers_session_or_no_hint_asks_first_with_a_csrf_to
     demo_sign_in(&app, &mut bob, "bob@demo.example").await;
 
     // Ada's sign-out link opened in Bob's browser (a cross-site link): a question.
-    let ask = bob.get_from_until(&Url::parse("https://evil.example.test/").unwrap(), &ada_logout, &|_| false)
+    let ask = bob
+        .get_from_until(&Url::parse("https://evil.example.test/").unwrap(), &ada_logout, &|_| {
+            false
+        })
         .await
         .page();
     assert_eq!(ask.status, StatusCode::OK);
@@ -185,10 +192,7 @@ async fn a_logout_post_without_the_right_csrf_token_is_refused_and_the_token_is_
 
     // A cross-site auto-posted form (no token; no Lax cookie comes along).
     let evil = Url::parse("https://evil.example.test/").unwrap();
-    let page = b
-        .post_form_from(&evil, &logout, &post(vec![]), &|_| false)
-        .await
-        .page();
+    let page = b.post_form_from(&evil, &logout, &post(vec![]), &|_| false).await.page();
     assert_reason(&page, 403, "logout.csrf_missing");
     assert!(has_sso(&app, &mut b).await);
 
@@ -211,10 +215,7 @@ async fn a_logout_post_without_the_right_csrf_token_is_refused_and_the_token_is_
     // The right token posted cross-site: no cookie, nothing to match.
     let ask = b.get(&logout).await;
     let form = ask.form(Some("logout"));
-    let page = b
-        .post_form_from(&evil, &logout, &form.fields, &|_| false)
-        .await
-        .page();
+    let page = b.post_form_from(&evil, &logout, &form.fields, &|_| false).await.page();
     assert_reason(&page, 403, "logout.csrf_mismatch");
     assert!(has_sso(&app, &mut b).await, "a refused sign-out signed out");
 }
@@ -291,7 +292,10 @@ async fn every_kind_of_page_carries_its_content_security_policy_and_the_common_h
         .append_pair("client_id", "demo")
         .append_pair("redirect_uri", app.url("/demo/callback").as_str())
         .append_pair("scope", "openid")
-        .append_pair("code_challenge", &portcullis::tokens::sha256_base64url(b"v".repeat(43).as_slice()))
+        .append_pair(
+            "code_challenge",
+            &portcullis::tokens::sha256_base64url(b"v".repeat(43).as_slice()),
+        )
         .append_pair("code_challenge_method", "S256");
     let page = b.get(&authorize).await;
     assert!(page.body.contains("Work email"), "{}", page.body);

@@ -135,7 +135,10 @@ impl Answer {
     /// Asserts the ACS's answer: a 303 to the same-site continuation, and no
     /// cookie set; returns the continuation URL.
     fn expect_continue(&self) -> Url {
-        assert!(self.set_cookies.is_empty(), "the ACS touched the session cookie: {self:?}");
+        assert!(
+            self.set_cookies.is_empty(),
+            "the ACS touched the session cookie: {self:?}"
+        );
         self.continue_url()
             .unwrap_or_else(|| panic!("no 303 to the continuation in {self:?}"))
     }
@@ -647,7 +650,9 @@ async fn an_attackers_response_auto_posted_from_a_victims_browser_with_its_own_p
 
     // The victim has started a sign-in of their own and is at the IdP.
     let (_, _, mut victim) = start_login(&app, "acme", &conn, "victim").await;
-    let victim_cookie = victim.cookie(&app.base, COOKIE).expect("the victim has a session cookie");
+    let victim_cookie = victim
+        .cookie(&app.base, COOKIE)
+        .expect("the victim has a session cookie");
     // The attacker starts one in their own browser and gets a valid Response
     // for their own account...
     let (request_id, relay_state, _attacker) = start_login(&app, "acme", &conn, "attacker").await;
@@ -750,14 +755,23 @@ async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_sess
 
     // Posted cross-site (an attacker's copy of the form): no session cookie
     // comes with it, so no token to match.
-    let ans = from_exchange(b.send(reqwest::Method::POST, &action, Some(&fields), Some(&evil_page())).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&evil_page()))
+            .await,
+    );
     ans.expect_page(403, "callback.csrf_mismatch");
     // Posted without the token: refused (and the token is spent).
     let without: Vec<_> = fields.iter().filter(|(k, _)| k != "csrf").cloned().collect();
-    let ans = from_exchange(b.send(reqwest::Method::POST, &action, Some(&without), Some(&app.base)).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&without), Some(&app.base))
+            .await,
+    );
     ans.expect_page(403, "callback.csrf_missing");
     // The spent token, same-site: refused.
-    let ans = from_exchange(b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base)).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
     ans.expect_page(403, "callback.csrf_mismatch");
 
     // A wrong token on a fresh question: refused.
@@ -765,7 +779,10 @@ async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_sess
     for f in fields.iter_mut().filter(|(k, _)| k == "csrf") {
         f.1 = "A".repeat(43);
     }
-    let ans = from_exchange(b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base)).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
     ans.expect_page(403, "callback.csrf_mismatch");
 
     // Still Ada.
@@ -783,7 +800,10 @@ async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_sess
 
     // Confirmed on the page, with its token: now the other user.
     let (action, fields) = switch_form(&planted(&mut b, &idp, &conn).await);
-    let ans = from_exchange(b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base)).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
     let code = ans.expect_code();
     assert_eq!(
         redeem(&app.client, app.url("/token"), &client, &code).await["email"],

@@ -371,7 +371,8 @@ impl Browser {
         stop: &dyn Fn(&Url) -> bool,
     ) -> Nav {
         let body = encode(fields);
-        self.navigate(Method::POST, url.clone(), Some(body), Some(from), stop).await
+        self.navigate(Method::POST, url.clone(), Some(body), Some(from), stop)
+            .await
     }
 
     /// One request from a page at `from` (`None`: typed), without following
@@ -441,7 +442,13 @@ impl Browser {
 
     /// One request: cookies by the SameSite rules, `Set-Cookie` stored, the
     /// hop recorded. Returns the answer and its `Location`, if a redirect.
-    async fn request(&mut self, method: &Method, url: &Url, body: Option<String>, same: bool) -> (Exchange, Option<String>) {
+    async fn request(
+        &mut self,
+        method: &Method,
+        url: &Url,
+        body: Option<String>,
+        same: bool,
+    ) -> (Exchange, Option<String>) {
         let (cookie_header, cookies_sent) = self.jar.for_request(url, method, same);
         let mut req = self.client.request(method.clone(), url.clone());
         if let Some(c) = cookie_header {
@@ -471,7 +478,12 @@ impl Browser {
         });
         let location = status
             .is_redirection()
-            .then(|| resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned))
+            .then(|| {
+                resp.headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
             .flatten();
         let headers = resp.headers().clone();
         let body = resp.text().await.unwrap();
