@@ -257,7 +257,7 @@ fn inline(body: &str, tag: &str) -> String {
 /// nothing loads, no framing, no base, styles only by the hash of the page's
 /// own style element, no script unless `script` (then by its hash); returns
 /// the form-action directive.
-fn assert_page_headers(headers: &reqwest::header::HeaderMap, body: &str, script: bool) -> String {
+pub(crate) fn assert_page_headers(headers: &reqwest::header::HeaderMap, body: &str, script: bool) -> String {
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["referrer-policy"], "no-referrer");
     assert!(headers.get("strict-transport-security").is_none(), "HSTS over http");
@@ -347,4 +347,89 @@ async fn hsts_is_sent_on_every_response_when_the_public_url_is_https() {
         );
         assert_eq!(resp.headers()["x-content-type-options"], "nosniff", "{path}");
     }
+}
+
+// --------------------------------------------------- the scripted browser --
+
+#[tokio::test]
+async fn the_scripted_browser_sends_cookies_by_the_same_site_rules_of_chromium() {
+    use axum::http::header::{HeaderMap, LOCATION, SET_COOKIE};
+    use axum::response::AppendHeaders;
+    use axum::routing::get;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let echo = |headers: HeaderMap| async move {
+        let mut names: Vec<String> = headers
+            .get("cookie")
+            .map(|c| {
+                c.to_str()
+                    .unwrap()
+                    .split("; ")
+                    .map(|kv| kv.split('=').next().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names.join(",")
+    };
+    let server = axum::Router::new()
+        .route(
+            "/set",
+            get(|| async {
+                AppendHeaders([
+                    (SET_COOKIE, "lax=1; SameSite=Lax; Path=/"),
+                    (SET_COOKIE, "strict=1; SameSite=Strict; Path=/"),
+                    (SET_COOKIE, "plain=1; Path=/"),
+                ])
+            }),
+        )
+        .route("/echo", get(echo).post(echo))
+        .route(
+            "/see-other",
+            axum::routing::post(move || async move {
+                (
+                    StatusCode::SEE_OTHER,
+                    [(LOCATION, format!("http://127.0.0.1:{port}/echo"))],
+                )
+            }),
+        )
+        .route(
+            "/bounce",
+            get(move || async move { (StatusCode::FOUND, [(LOCATION, format!("http://127.0.0.1:{port}/echo"))]) }),
+        );
+    tokio::spawn(async move { axum::serve(listener, server).await.unwrap() });
+    let at = |host: &str, path: &str| Url::parse(&format!("http://{host}:{port}{path}")).unwrap();
+    let same = Url::parse("http://127.0.0.1:1/page").unwrap(); // another port, same site
+    let cross = Url::parse("http://localhost:1/page").unwrap();
+
+    let mut b = Browser::new();
+    b.get(&at("127.0.0.1", "/set")).await;
+    let echo_at = at("127.0.0.1", "/echo");
+    let sent = |b: &mut Browser| b.history.last().unwrap().cookies_sent.clone();
+
+    // Typed, and same-site (ports do not matter): every cookie.
+    assert_eq!(b.get(&echo_at).await.body, "lax,plain,strict");
+    b.send(Method::POST, &echo_at, Some(&[]), Some(&same)).await;
+    assert_eq!(sent(&mut b).len(), 3);
+    // A cross-site form POST: no Lax cookie (nor one without SameSite), no Strict.
+    let ex = b.send(Method::POST, &echo_at, Some(&[]), Some(&cross)).await;
+    assert_eq!(ex.body, "", "cookies went with a cross-site POST");
+    // A cross-site top-level GET: Lax (and default) cookies, not Strict.
+    let ex = b.send(Method::GET, &echo_at, None, Some(&cross)).await;
+    assert_eq!(ex.body, "lax,plain");
+    // A redirect chain through another site makes the request cross-site.
+    let page = b.get(&at("localhost", "/bounce")).await;
+    assert_eq!(page.url, echo_at);
+    assert_eq!(page.body, "lax,plain");
+    assert!(!b.history.last().unwrap().same_site);
+    // A cross-site POST answered 303 (the SAML ACS): the POST carries no
+    // cookie, the GET it leads to carries the Lax ones.
+    b.clear_history();
+    let page = b
+        .post_form_from(&cross, &at("127.0.0.1", "/see-other"), &[], &|_| false)
+        .await
+        .page();
+    assert_eq!(page.body, "lax,plain");
+    assert!(b.history[0].cookies_sent.is_empty(), "{:?}", b.history);
 }

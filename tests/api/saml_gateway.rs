@@ -810,3 +810,36 @@ async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_sess
         "mallory@acme.test"
     );
 }
+
+#[tokio::test]
+async fn a_continuation_handle_is_single_use_and_scoped_to_its_tenant() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    app.create_tenant("globex", "Globex", &["globex.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    saml_connection(&app, "globex", "corp", &idp, true).await;
+
+    let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    let url = ans.expect_continue();
+    // The same handle presented at another tenant's continuation: unknown there.
+    let mut elsewhere = url.clone();
+    elsewhere.set_path(&url.path().replace("/acme/", "/globex/"));
+    answer(app.client.get(elsewhere).send().await.unwrap())
+        .await
+        .expect_page(400, "callback.unknown_handle");
+    // A made-up handle.
+    let mut made_up = url.clone();
+    made_up.set_query(Some("handle=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    answer(app.client.get(made_up).send().await.unwrap())
+        .await
+        .expect_page(400, "callback.unknown_handle");
+    // The real one works once.
+    let done = answer(app.client.get(url.clone()).send().await.unwrap()).await;
+    let code = done.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+    let again = answer(app.client.get(url).send().await.unwrap()).await;
+    assert_eq!(again.code(), None, "{again:?}");
+    again.expect_page(400, "callback.unknown_handle");
+}
