@@ -118,6 +118,13 @@ async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
         .position(|(m, u)| m == "POST" && u.origin() == acs.origin() && u.path() == acs.path())
         .unwrap_or_else(|| panic!("no POST to the ACS: {report:#}"));
     assert!(post > 0 && w.idp.serves(&navs[post - 1].1), "{report:#}");
+    // The ACS sent Chromium on to the same-site continuation (a GET with the
+    // session cookie), where the sign-in was finished.
+    let (method, next) = &navs[post + 1];
+    assert!(
+        method == "GET" && next.origin() == acs.origin() && next.path().ends_with("/continue"),
+        "{report:#}"
+    );
     let stats = w.idp.stats().await;
     assert_eq!((stats.authn_requests, stats.logins, stats.responses), (1, 1, 1));
 }
