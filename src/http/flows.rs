@@ -1,5 +1,6 @@
 //! Browser flows: turning broker outcomes into responses, the IdP callbacks
-//! (OIDC redirect, SAML ACS), SAML SP metadata, and the choosers.
+//! (OIDC redirect, SAML ACS and its same-site continuation), SAML SP
+//! metadata, the choosers, and the single-use CSRF tokens of our own forms.
 
 use super::pages::{self, esc};
 use super::AppState;
