@@ -2,23 +2,168 @@
 //! callback, SAML ACS, dev IdP). Find and consume the pending login, check it
 //! belongs to this browser, let the connector validate, provision the user,
 //! open the SSO session and hand the app a code.
+//!
+//! An answer that arrives as a top-level GET (OIDC, dev IdP) carries the
+//! browser's SameSite=Lax session cookie and is finished at once
+//! ([`Broker::complete`]). A SAML answer arrives as a cross-site POST without
+//! it, so it is finished in two steps: the POST validates and keeps the result
+//! under a one-time handle ([`Broker::accept_post`]) and sends the browser to a
+//! same-site GET, where the cookie is present, the browser binding is checked
+//! and only then the session opened and the code issued ([`Broker::resume`]).
+//! Whoever posts a response to the ACS from someone else's browser (login
+//! CSRF) thus cannot open a session there.
 
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
 use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::directory::Provisioned;
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::StoreJson;
-use crate::upstream::CallbackParams;
+use crate::store::{Key, StoreJson};
+use crate::upstream::{CallbackParams, Identity};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use url::Url;
 
+/// How long the browser has to follow the ACS's redirect to the continuation.
+pub const CONTINUE_TTL: Duration = Duration::from_secs(120);
+
+/// How long a person has to confirm an IdP-initiated sign-in that would
+/// replace another signed-in identity.
+pub const CONFIRM_TTL: Duration = Duration::from_secs(600);
+
+/// The longest handle accepted (handles are 32 random bytes, base64url).
+const MAX_HANDLE_LEN: usize = 128;
+
+/// Where the browser binding of a pending login is checked.
+pub enum BrowserCheck<'a> {
+    /// The answer arrived as a top-level GET carrying the session cookie
+    /// (OIDC callback, dev IdP): checked before the answer is validated.
+    Now(&'a mut BrowserLogins),
+    /// The answer arrived as a cross-site POST without the cookie (SAML ACS):
+    /// checked at the same-site continuation ([`Broker::resume`]).
+    AtContinuation,
+}
+
+/// An IdP answer that passed every check, with its user provisioned, that is
+/// not an SSO session yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validated {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The app's request (or the default app's, IdP-initiated).
+    pub request: AuthRequest,
+    /// The provisioned user.
+    pub sub: String,
+    /// What the IdP asserted.
+    pub identity: Identity,
+    /// The pending login's id and the hash of its browser secret; `None` for
+    /// an IdP-initiated login, which no browser started.
+    pub login: Option<(String, Option<String>)>,
+}
+
+/// Where a validated answer waits for the browser: the handle's hash, so the
+/// store never holds the handle itself.
+fn continue_key(t: &TenantId, handle: &str) -> Key {
+    Key::tenant(
+        t.as_str(),
+        "login",
+        format!("continue:{}", crate::tokens::sha256_base64url(handle.as_bytes())),
+    )
+}
+
+fn browser_mismatch(tenant: &TenantId, connection: &ConnectionId) -> Outcome {
+    tracing::warn!(reason = "callback.browser_mismatch", tenant = %tenant, connection = %connection);
+    page(
+        400,
+        "Sign-in failed",
+        "This sign-in was started in another browser or its session has ended. Please start again from the application.",
+        "callback.browser_mismatch",
+    )
+}
+
+/// Takes the browser's secret for `login_id` out of `logins` and compares its
+/// hash with `expected` in constant time.
+fn browser_holds(logins: &mut BrowserLogins, login_id: &str, expected: &str) -> bool {
+    let presented = logins
+        .iter()
+        .position(|(id, _)| id == login_id)
+        .map(|i| logins.remove(i).1);
+    presented.is_some_and(|s| {
+        use subtle::ConstantTimeEq;
+        crate::tokens::sha256_base64url(s.as_bytes())
+            .as_bytes()
+            .ct_eq(expected.as_bytes())
+            .into()
+    })
+}
+
 impl Broker {
-    /// The IdP's answer (OIDC callback, SAML ACS, dev IdP).
+    /// The IdP's answer as a top-level GET with the session cookie (OIDC
+    /// callback, dev IdP): validate, open the SSO session, issue the code.
     pub async fn complete(
         &self,
         tenant: &str,
         connection: &str,
         params: CallbackParams,
+        sso: &mut BrowserSso,
+        logins: &mut BrowserLogins,
+    ) -> Outcome {
+        match self
+            .validate(tenant, connection, params, BrowserCheck::Now(logins))
+            .await
+        {
+            Ok(v) => self.open(v, sso).await,
+            Err(o) => o,
+        }
+    }
+
+    /// The SAML ACS (a cross-site POST without the session cookie): validate,
+    /// keep the result under a one-time handle and send the browser to the
+    /// same-site continuation. Opens no session and issues no code.
+    pub async fn accept_post(&self, tenant: &str, connection: &str, params: CallbackParams) -> Outcome {
+        let v = match self
+            .validate(tenant, connection, params, BrowserCheck::AtContinuation)
+            .await
+        {
+            Ok(v) => v,
+            Err(o) => return o,
+        };
+        let handle = match self.stash(&v, CONTINUE_TTL).await {
+            Ok(h) => h,
+            Err(o) => return o,
+        };
+        let mut url = self
+            .upstream
+            .public(&format!("saml/{}/{}/continue", v.tenant, v.connection));
+        url.query_pairs_mut().append_pair("handle", &handle);
+        tracing::info!(reason = "callback.validated", tenant = %v.tenant, connection = %v.connection, "answer validated, continuing in the browser");
+        Outcome::Continue(url)
+    }
+
+    /// Keeps `v` under a fresh one-time handle; returns the handle.
+    async fn stash(&self, v: &Validated, ttl: Duration) -> Result<String, Outcome> {
+        let handle = crate::tokens::random_token(32);
+        self.store
+            .put_json(&continue_key(&v.tenant, &handle), v, Some(ttl))
+            .await
+            .map_err(unavailable)?;
+        Ok(handle)
+    }
+
+    /// The same-site continuation of an ACS answer, with the session cookie:
+    /// consume the handle, check the browser started this login, and open the
+    /// session. An IdP-initiated login (no browser started it) never silently
+    /// replaces this browser's session of another user for the tenant: then
+    /// [`Outcome::ConfirmSwitch`] asks first, and `confirmed` says the person
+    /// agreed (the edge checked the confirmation form's CSRF token).
+    pub async fn resume(
+        &self,
+        tenant: &str,
+        connection: &str,
+        handle: &str,
+        confirmed: bool,
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
     ) -> Outcome {
@@ -30,79 +175,141 @@ impl Broker {
                 "callback.unknown_connection",
             );
         };
+        let v = if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
+            None
+        } else {
+            match self.store.take_json::<Validated>(&continue_key(&tenant, handle)).await {
+                Ok(v) => v,
+                Err(e) => return unavailable(e),
+            }
+        };
+        let Some(v) = v else {
+            tracing::warn!(reason = "callback.unknown_handle", tenant = %tenant, connection = %connection);
+            return page(
+                400,
+                "Sign-in failed",
+                "This sign-in has expired or was already used. Please start again from the application.",
+                "callback.unknown_handle",
+            );
+        };
+        if v.tenant != tenant || v.connection != connection {
+            tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
+            return page(
+                400,
+                "Sign-in failed",
+                "This answer does not belong to the sign-in that was started.",
+                "callback.login_mismatch",
+            );
+        }
+        match &v.login {
+            Some((login_id, Some(expected))) => {
+                if !browser_holds(logins, login_id, expected) {
+                    return browser_mismatch(&tenant, &connection);
+                }
+            }
+            Some((_, None)) => {}
+            None if confirmed => {
+                tracing::info!(reason = "callback.switch_confirmed", tenant = %tenant, connection = %connection);
+            }
+            None => {
+                let current = match session::load(&self.store, sso, &tenant).await {
+                    Ok(s) => s,
+                    Err(e) => return unavailable(e),
+                };
+                if current.is_some_and(|s| s.sub != v.sub) {
+                    tracing::info!(reason = "callback.switch_needs_confirmation", tenant = %tenant, connection = %connection);
+                    let who = v
+                        .identity
+                        .email
+                        .clone()
+                        .or_else(|| v.identity.name.clone())
+                        .unwrap_or_else(|| v.identity.subject.clone());
+                    return match self.stash(&v, CONFIRM_TTL).await {
+                        Ok(handle) => Outcome::ConfirmSwitch {
+                            tenant,
+                            connection,
+                            handle,
+                            who,
+                            app: v.request.redirect_uri.clone(),
+                        },
+                        Err(o) => o,
+                    };
+                }
+            }
+        }
+        self.open(v, sso).await
+    }
+
+    /// Takes the pending login the answer refers to, checks it (and, with
+    /// [`BrowserCheck::Now`], the browser), lets the connector validate the
+    /// answer, and provisions the user.
+    async fn validate(
+        &self,
+        tenant: &str,
+        connection: &str,
+        params: CallbackParams,
+        check: BrowserCheck<'_>,
+    ) -> Result<Validated, Outcome> {
+        let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            return Err(page(
+                404,
+                "Unknown sign-in address",
+                "This sign-in address does not exist.",
+                "callback.unknown_connection",
+            ));
+        };
         let connector = match self
             .connectors
             .get(&self.tenants, &self.upstream, &tenant, &connection)
             .await
         {
             Ok(c) => c,
-            Err(e) => return self.upstream_failed(None, &tenant, &connection, e),
+            Err(e) => return Err(self.upstream_failed(None, &tenant, &connection, e)),
         };
         // Find (and consume) the pending login the IdP's answer refers to.
-        let pending = match connector.login_id(&params) {
+        let login_id = connector.login_id(&params).map(str::to_owned);
+        let pending = match &login_id {
             Some(id) if id.len() <= 128 => {
                 match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
                     Ok(p) => p,
-                    Err(e) => return unavailable(e),
+                    Err(e) => return Err(unavailable(e)),
                 }
             }
             _ => None,
         };
         if let Some(p) = &pending {
-            if let Some(expected) = &p.browser_binding {
-                let presented = logins
-                    .iter()
-                    .position(|(id, _)| Some(id.as_str()) == connector.login_id(&params))
-                    .map(|i| logins.remove(i).1);
-                let ok = presented.is_some_and(|s| {
-                    use subtle::ConstantTimeEq;
-                    crate::tokens::sha256_base64url(s.as_bytes())
-                        .as_bytes()
-                        .ct_eq(expected.as_bytes())
-                        .into()
-                });
-                if !ok {
-                    tracing::warn!(reason = "callback.browser_mismatch", tenant = %tenant, connection = %connection);
-                    return page(
-                        400,
-                        "Sign-in failed",
-                        "This sign-in was started in another browser or its session has ended. Please start again from the application.",
-                        "callback.browser_mismatch",
-                    );
+            if let (BrowserCheck::Now(logins), Some(expected), Some(id)) = (check, &p.browser_binding, &login_id) {
+                if !browser_holds(logins, id, expected) {
+                    return Err(browser_mismatch(&tenant, &connection));
                 }
             }
             if p.connection != connection || p.tenant != tenant {
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
-                return page(
+                return Err(page(
                     400,
                     "Sign-in failed",
                     "This answer does not belong to the sign-in that was started.",
                     "callback.login_mismatch",
-                );
+                ));
             }
         }
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => {
-                    match self.unsolicited_request(&tenant, &client_id, &redirect_uri).await {
-                        Ok(r) => r,
-                        Err(o) => return o,
-                    }
-                }
+                Some((client_id, redirect_uri)) => self.unsolicited_request(&tenant, &client_id, &redirect_uri).await?,
                 None => {
-                    let reason = if connector.login_id(&params).is_some() {
+                    let reason = if login_id.is_some() {
                         "callback.unknown_login"
                     } else {
                         "callback.unsolicited"
                     };
                     tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
-                    return page(
+                    return Err(page(
                         400,
                         "Sign-in failed",
                         "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
                         reason,
-                    );
+                    ));
                 }
             },
         };
@@ -111,30 +318,45 @@ impl Broker {
             .await
         {
             Ok(i) => i,
-            Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
+            Err(e) => return Err(self.upstream_failed(Some(&request), &tenant, &connection, e)),
         };
         let identity = self.tenants.vouch_email(&tenant, identity).await;
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
-            Err(e) => return unavailable(e),
+            Err(e) => return Err(unavailable(e)),
         };
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
         }
+        Ok(Validated {
+            login: pending
+                .as_ref()
+                .zip(login_id)
+                .map(|(p, id)| (id, p.browser_binding.clone())),
+            tenant,
+            connection,
+            request,
+            sub: user.sub,
+            identity,
+        })
+    }
+
+    /// Opens the SSO session of a validated answer and issues the app's code.
+    async fn open(&self, v: Validated, sso: &mut BrowserSso) -> Outcome {
         let s = SsoSession {
             sid: crate::tokens::random_token(16),
-            tenant: tenant.clone(),
-            connection: connection.clone(),
-            sub: user.sub.clone(),
+            tenant: v.tenant.clone(),
+            connection: v.connection.clone(),
+            sub: v.sub.clone(),
             auth_time: self.provider.clock.unix(),
-            amr: identity.amr.clone(),
+            amr: v.identity.amr.clone(),
         };
         if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
             return unavailable(e);
         }
-        sso.insert(tenant.to_string(), s.sid.clone());
-        tracing::info!(reason = "login.succeeded", tenant = %tenant, connection = %connection, "sign-in succeeded");
-        self.finish(&request, &s).await
+        sso.insert(v.tenant.to_string(), s.sid.clone());
+        tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
+        self.finish(&v.request, &s).await
     }
 
     async fn unsolicited_request(

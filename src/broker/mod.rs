@@ -39,6 +39,24 @@ pub enum Outcome {
         /// The browser binding of the pending login.
         binding: Option<(String, String)>,
     },
+    /// A validated SAML answer waits under a one-time handle: send the
+    /// browser (303) to this same-site continuation URL.
+    Continue(Url),
+    /// An IdP-initiated sign-in would replace this browser's session of
+    /// another user for the tenant: ask the person first (a form with a CSRF
+    /// token posting `handle` back to the continuation).
+    ConfirmSwitch {
+        /// The tenant.
+        tenant: TenantId,
+        /// The connection.
+        connection: ConnectionId,
+        /// The one-time handle of the waiting sign-in.
+        handle: String,
+        /// Who the new sign-in is (email or name, as the IdP asserted), to show.
+        who: String,
+        /// Where the browser goes once confirmed (the app's redirect URI).
+        app: String,
+    },
     /// Show a page to the person.
     Page {
         /// HTTP status.
@@ -99,8 +117,7 @@ pub struct PendingLogin {
     pub request: AuthRequest,
     /// The connector's private state (request id, nonce, PKCE verifier).
     pub connector_state: serde_json::Value,
-    /// SHA-256 of the secret the starting browser keeps in its session, when
-    /// the callback carries the session cookie.
+    /// SHA-256 of the secret the starting browser keeps in its session.
     #[serde(default)]
     pub browser_binding: Option<String>,
 }
@@ -359,9 +376,10 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
-        let binding = connector
-            .binds_browser()
-            .then(|| (login_id.clone(), crate::tokens::random_token(24)));
+        // Every answer is finished where the browser's session cookie is
+        // present (the OIDC callback, the SAML continuation), so every pending
+        // login is bound to the browser that started it.
+        let binding = Some((login_id.clone(), crate::tokens::random_token(24)));
         let pending = PendingLogin {
             tenant: tenant.clone(),
             connection: connection.clone(),

@@ -8,7 +8,7 @@ use crate::provider::grants::TokenRequest;
 use crate::upstream::{CallbackParams, Identity};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ async fn login_form(
         s = esc(&state),
         e = esc(&email)
     );
-    (pages::no_store(), Html(pages::layout("Dev IdP sign-in", &body))).into_response()
+    pages::page(StatusCode::OK, "Dev IdP sign-in", &body, &["'self'"])
 }
 
 #[derive(Deserialize)]
@@ -154,7 +154,7 @@ It signs in through Portcullis's OpenID Connect provider (authorization code + P
         esc(app.upstream.public("demo/login").as_str()),
         esc(&app.provider.iss())
     );
-    (pages::no_store(), Html(pages::layout("Demo app", &body))).into_response()
+    pages::page(StatusCode::OK, "Demo app", &body, &[])
 }
 
 async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Response {
@@ -175,7 +175,9 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256")
         .append_pair("tenant", DEMO_TENANT);
-    let _ = session.insert("demo_login", &login).await;
+    if let Err(e) = session.insert("demo_login", &login).await {
+        return super::flows::session_failed(e);
+    }
     Redirect::to(url.as_str()).into_response()
 }
 
@@ -243,5 +245,5 @@ async fn demo_callback(
         esc(logout.as_str()),
         esc(app.upstream.public("demo").as_str()),
     );
-    (pages::no_store(), Html(pages::layout("Demo app: signed in", &body))).into_response()
+    pages::page(StatusCode::OK, "Demo app: signed in", &body, &[])
 }

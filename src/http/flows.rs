@@ -1,5 +1,6 @@
 //! Browser flows: turning broker outcomes into responses, the IdP callbacks
-//! (OIDC redirect, SAML ACS), SAML SP metadata, and the choosers.
+//! (OIDC redirect, SAML ACS and its same-site continuation), SAML SP
+//! metadata, the choosers, and the single-use CSRF tokens of our own forms.
 
 use super::pages::{self, esc};
 use super::AppState;
@@ -9,7 +10,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tower_sessions::Session;
@@ -24,10 +25,79 @@ pub async fn load_sso(session: &Session) -> BrowserSso {
         .unwrap_or_default()
 }
 
+/// The answer when the browser's session could not be read or written on a
+/// security path (cycling the id, storing a binding, ending a session): the
+/// request fails closed.
+pub fn session_failed(e: impl std::fmt::Display) -> Response {
+    tracing::error!(reason = "session.save_failed", error = %e, "browser session could not be saved");
+    pages::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "Your browser session could not be saved. Please try again in a moment.",
+        "session.save_failed",
+    )
+}
+
+/// The form field carrying a CSRF token on Portcullis's own forms.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// What a presented CSRF token turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Csrf {
+    /// It matches the one this browser's session holds.
+    Valid,
+    /// The form carried none.
+    Missing,
+    /// It does not match (or the session holds none).
+    Mismatch,
+}
+
+fn csrf_key(purpose: &str) -> String {
+    format!("csrf:{purpose}")
+}
+
+/// Issues a fresh CSRF token for a form of `purpose` and keeps it in the
+/// browser's session (replacing any earlier one of that purpose).
+pub async fn issue_csrf(session: &Session, purpose: &str) -> Result<String, Response> {
+    let token = crate::tokens::random_token(32);
+    session
+        .insert(&csrf_key(purpose), &token)
+        .await
+        .map_err(session_failed)?;
+    Ok(token)
+}
+
+/// Checks a presented CSRF token against the session's, in constant time,
+/// and consumes the session's token whatever the result (single use).
+pub async fn check_csrf(session: &Session, purpose: &str, presented: Option<&str>) -> Result<Csrf, Response> {
+    let expected = session
+        .remove::<String>(&csrf_key(purpose))
+        .await
+        .map_err(session_failed)?;
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return Ok(Csrf::Missing);
+    };
+    let ok = expected.is_some_and(|e| {
+        use subtle::ConstantTimeEq;
+        e.as_bytes().ct_eq(presented.as_bytes()).into()
+    });
+    Ok(if ok { Csrf::Valid } else { Csrf::Mismatch })
+}
+
+/// The form-action sources of a page of ours whose form leads, through
+/// redirects, to `onward` (browsers check form-action on redirects too).
+fn own_form_action(state: &AppState, onward: &[&url::Url]) -> Vec<String> {
+    let mut sources = vec!["'self'".to_owned()];
+    sources.extend(pages::origin_source(&state.upstream.public_url));
+    sources.extend(onward.iter().filter_map(|u| pages::origin_source(u)));
+    sources.dedup();
+    sources
+}
+
 /// Maps a broker outcome to a response.
 pub fn respond(state: &AppState, outcome: Outcome) -> Response {
     match outcome {
-        Outcome::App(url) => Redirect::to(url.as_str()).into_response(),
+        Outcome::App(url) | Outcome::Continue(url) => Redirect::to(url.as_str()).into_response(),
         Outcome::Upstream {
             redirect: UpstreamRedirect::Redirect(url),
             ..
@@ -35,7 +105,7 @@ pub fn respond(state: &AppState, outcome: Outcome) -> Response {
         Outcome::Upstream {
             redirect: UpstreamRedirect::PostForm { action, fields },
             ..
-        } => pages::auto_post(action.as_str(), &fields),
+        } => pages::auto_post(&action, &fields),
         Outcome::Page {
             status,
             title,
@@ -68,7 +138,21 @@ pub fn respond(state: &AppState, outcome: Outcome) -> Response {
                 "<h1>Sign in to {}</h1><p>Choose how to sign in:</p><ul>{links}</ul>",
                 esc(&tenant.name)
             );
-            (pages::no_store(), Html(pages::layout("Choose a sign-in method", &body))).into_response()
+            pages::page(StatusCode::OK, "Choose a sign-in method", &body, &[])
+        }
+        Outcome::ConfirmSwitch { .. } => {
+            // Only the SAML continuation produces it, and answers it itself
+            // (the page needs the session for its CSRF token).
+            tracing::error!(
+                reason = "http.unexpected_outcome",
+                "a switch confirmation reached the generic mapper"
+            );
+            pages::error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed",
+                "Something went wrong on our side. Please start again from the application.",
+                "http.unexpected_outcome",
+            )
         }
     }
 }
@@ -88,11 +172,37 @@ fn choose_tenant(state: &AppState, params: &BTreeMap<String, String>, error: Opt
 <button type=\"submit\">Continue</button></form>",
         esc(state.upstream.public("authorize").as_str())
     );
-    (pages::no_store(), Html(pages::layout("Sign in", &body))).into_response()
+    // The form leads to /authorize, which redirects to whichever IdP the
+    // email's tenant uses, or back to the app: https IdPs, and the app.
+    let app = params.get("redirect_uri").and_then(|u| url::Url::parse(u).ok());
+    let mut sources = own_form_action(state, &app.iter().collect::<Vec<_>>());
+    sources.push("https:".to_owned());
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    pages::page(StatusCode::OK, "Sign in", &body, &sources)
 }
 
-/// Completes a login at a callback and keeps the browser's session in step:
-/// the used login binding is dropped, and a new sign-in gets a fresh session id.
+/// Keeps the browser's session in step after a sign-in step: a new SSO
+/// session gets a fresh session id (a planted cookie cannot be fixated), and
+/// a used login binding is dropped. Any failure fails the request closed.
+async fn keep_session(
+    session: &Session,
+    sso: &BrowserSso,
+    sso_before: &BrowserSso,
+    logins: &BrowserLogins,
+    logins_before: usize,
+) -> Result<(), Response> {
+    if sso != sso_before {
+        session.cycle_id().await.map_err(session_failed)?;
+        session.insert(SESSION_FIELD, sso).await.map_err(session_failed)?;
+    }
+    if logins.len() != logins_before {
+        session.insert(LOGINS_FIELD, logins).await.map_err(session_failed)?;
+    }
+    Ok(())
+}
+
+/// Completes a login at a top-level GET callback (OIDC, dev IdP) and keeps the
+/// browser's session in step.
 pub async fn complete(
     state: &AppState,
     session: &Session,
@@ -107,15 +217,8 @@ pub async fn complete(
         .broker
         .complete(tenant, connection, params, &mut sso, &mut logins)
         .await;
-    if sso != sso_before {
-        // A new sign-in: a fresh session id, so a planted cookie cannot be fixated.
-        let _ = session.cycle_id().await;
-        if let Err(e) = session.insert(SESSION_FIELD, &sso).await {
-            tracing::error!(reason = "session.save_failed", error = %e);
-        }
-    }
-    if logins.len() != logins_before {
-        let _ = session.insert(LOGINS_FIELD, &logins).await;
+    if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+        return r;
     }
     respond(state, outcome)
 }
@@ -130,8 +233,10 @@ pub async fn load_logins(session: &Session) -> BrowserLogins {
         .unwrap_or_default()
 }
 
-/// Remembers the browser binding of a login that is being sent upstream.
-pub async fn remember_binding(session: &Session, outcome: &Outcome) {
+/// Remembers the browser binding of a login that is being sent upstream. A
+/// binding that cannot be saved fails the request: the login could never be
+/// finished in this browser.
+pub async fn remember_binding(session: &Session, outcome: &Outcome) -> Result<(), Response> {
     if let Outcome::Upstream {
         binding: Some((id, secret)),
         ..
@@ -139,10 +244,9 @@ pub async fn remember_binding(session: &Session, outcome: &Outcome) {
     {
         let mut logins = load_logins(session).await;
         remember_login(&mut logins, id.clone(), secret.clone());
-        if let Err(e) = session.insert(LOGINS_FIELD, &logins).await {
-            tracing::error!(reason = "session.save_failed", error = %e);
-        }
+        session.insert(LOGINS_FIELD, &logins).await.map_err(session_failed)?;
     }
+    Ok(())
 }
 
 /// `GET /oidc/{tenant}/{connection}/callback`
@@ -168,10 +272,12 @@ pub async fn oidc_callback(
 }
 
 /// `POST /saml/{tenant}/{connection}/acs` (HTTP-POST binding). Reached by a
-/// cross-site form post, so it never depends on the SameSite=Lax cookie.
+/// cross-site form post without the SameSite=Lax cookie, and outside the
+/// session layer: it validates the answer, keeps it under a one-time handle
+/// and sends the browser (303) to [`saml_continue`], never touching the
+/// browser's session.
 pub async fn saml_acs(
     State(state): State<Arc<AppState>>,
-    session: Session,
     Path((tenant, connection)): Path<(String, String)>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
@@ -187,7 +293,120 @@ pub async fn saml_acs(
         query: BTreeMap::new(),
         form,
     };
-    complete(&state, &session, &tenant, &connection, params).await
+    respond(&state, state.broker.accept_post(&tenant, &connection, params).await)
+}
+
+/// `GET /saml/{tenant}/{connection}/continue?handle=…`: the same-site step
+/// after the ACS, with the session cookie. The browser binding is checked
+/// here, and only here the SSO session is opened and the code issued.
+pub async fn saml_continue(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let Ok(query) = super::oauth::single_valued(query) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "A parameter appears more than once.",
+            "callback.duplicate_parameter",
+        );
+    };
+    let handle = query.get("handle").map(String::as_str).unwrap_or_default();
+    resume(&state, &session, &tenant, &connection, handle, false).await
+}
+
+/// `POST /saml/{tenant}/{connection}/continue`: the person confirmed that an
+/// IdP-initiated sign-in may replace the identity this browser is signed in
+/// with. Refused without the form's CSRF token.
+pub async fn saml_continue_confirmed(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let Ok(form) = super::oauth::single_valued(form) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "A form field appears more than once.",
+            "callback.duplicate_parameter",
+        );
+    };
+    let refused = |reason: &'static str| {
+        tracing::warn!(reason, tenant = %tenant, connection = %connection, "switch confirmation refused");
+        pages::error_page(
+            StatusCode::FORBIDDEN,
+            "Sign-in not confirmed",
+            "This confirmation did not come from the page Portcullis showed in this browser. Please start again.",
+            reason,
+        )
+    };
+    match check_csrf(&session, SWITCH_CSRF, form.get(CSRF_FIELD).map(String::as_str)).await {
+        Ok(Csrf::Valid) => {}
+        Ok(Csrf::Missing) => return refused("callback.csrf_missing"),
+        Ok(Csrf::Mismatch) => return refused("callback.csrf_mismatch"),
+        Err(r) => return r,
+    }
+    let handle = form.get("handle").map(String::as_str).unwrap_or_default();
+    resume(&state, &session, &tenant, &connection, handle, true).await
+}
+
+/// The CSRF purpose of the switch confirmation form.
+const SWITCH_CSRF: &str = "switch";
+
+async fn resume(
+    state: &AppState,
+    session: &Session,
+    tenant: &str,
+    connection: &str,
+    handle: &str,
+    confirmed: bool,
+) -> Response {
+    let mut sso = load_sso(session).await;
+    let mut logins = load_logins(session).await;
+    let (sso_before, logins_before) = (sso.clone(), logins.len());
+    let outcome = state
+        .broker
+        .resume(tenant, connection, handle, confirmed, &mut sso, &mut logins)
+        .await;
+    if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+        return r;
+    }
+    match outcome {
+        Outcome::ConfirmSwitch {
+            tenant,
+            connection,
+            handle,
+            who,
+            app,
+        } => {
+            let csrf = match issue_csrf(session, SWITCH_CSRF).await {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let action = state.upstream.public(&format!("saml/{tenant}/{connection}/continue"));
+            let body = format!(
+                "<h1>Switch user?</h1><p>This browser is already signed in to <code>{t}</code> as another user. \
+Your identity provider is now signing you in as <strong>{w}</strong>.</p>\
+<p>Continue only if you started this sign-in yourself. Otherwise close this page: you stay signed in as before.</p>\
+<form method=\"post\" action=\"{a}\" id=\"switch\"><input type=\"hidden\" name=\"handle\" value=\"{h}\">\
+<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{c}\"><button type=\"submit\">Continue as {w}</button></form>",
+                t = esc(tenant.as_str()),
+                w = esc(&who),
+                a = esc(action.as_str()),
+                h = esc(&handle),
+                c = esc(&csrf),
+            );
+            // After the POST the browser goes on to the default app.
+            let app = url::Url::parse(&app).ok();
+            let sources = own_form_action(state, &app.iter().collect::<Vec<_>>());
+            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+            pages::page(StatusCode::OK, "Switch user?", &body, &sources)
+        }
+        other => respond(state, other),
+    }
 }
 
 /// `GET /saml/{tenant}/{connection}/metadata`: this connection's SP metadata.

@@ -13,6 +13,7 @@ use crate::secret::Secret;
 use crate::store::SharedStore;
 use crate::tenant::TenantRegistry;
 use crate::upstream::UpstreamContext;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let sessions = SessionManagerLayer::new(crate::store::session::StoreSessionStore::new(
         state.store.clone(),
         state.provider.clock.clone(),
+        state.session.ttl,
     ))
     .with_name(state.session.cookie_name.clone())
     .with_http_only(true)
@@ -74,7 +76,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/authorize", get(oauth::authorize_get).post(oauth::authorize_post))
         .route("/logout", get(oauth::logout_get).post(oauth::logout_post))
         .route("/oidc/{tenant}/{connection}/callback", get(flows::oidc_callback))
-        .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs));
+        .route(
+            "/saml/{tenant}/{connection}/continue",
+            get(flows::saml_continue).post(flows::saml_continue_confirmed),
+        );
     if state.dev {
         browser = browser.merge(dev::routes());
     }
@@ -87,15 +92,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/userinfo", get(oauth::userinfo).post(oauth::userinfo))
         .route("/revoke", post(oauth::revoke))
         .route("/introspect", post(oauth::introspect))
+        // The ACS is reached by a cross-site POST without the session cookie:
+        // outside the session layer, it cannot create or replace one.
+        .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs))
         .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/admin/v1", crate::admin::routes());
 
+    let https = state.upstream.public_url.scheme() == "https";
     Router::new()
         .merge(browser)
         .merge(api)
         .fallback(flows::not_found)
+        .layer(axum::middleware::map_response(move |mut resp: Response| async move {
+            pages::security_headers(&mut resp, https);
+            resp
+        }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -5,12 +5,11 @@
 use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
 use super::AppState;
-use crate::broker::session::SESSION_FIELD;
 use crate::provider::grants::{ClientCredentials, TokenRequest};
 use crate::provider::OAuthError;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use base64::Engine;
 use serde_json::json;
@@ -154,7 +153,9 @@ async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, S
     };
     let sso = load_sso(&session).await;
     let outcome = state.broker.authorize(params, &sso).await;
-    super::flows::remember_binding(&session, &outcome).await;
+    if let Err(r) = super::flows::remember_binding(&session, &outcome).await {
+        return r;
+    }
     respond(&state, outcome)
 }
 
@@ -320,8 +321,9 @@ pub async fn introspect(
     }
 }
 
-/// `GET /logout` (OIDC RP-Initiated Logout). Without a valid `id_token_hint`
-/// the person is asked to confirm, so a cross-site link cannot sign them out.
+/// `GET /logout` (OIDC RP-Initiated Logout). Sessions end at once only when
+/// `id_token_hint` names this browser's session; otherwise the person is
+/// asked to confirm, so a cross-site link cannot sign them out.
 pub async fn logout_get(
     State(state): State<Arc<AppState>>,
     session: Session,
@@ -330,7 +332,8 @@ pub async fn logout_get(
     logout(state, session, pairs, false).await
 }
 
-/// `POST /logout`: the confirmation form, or an RP's form post.
+/// `POST /logout`: the confirmation form (with its CSRF token), or an RP's
+/// form post whose `id_token_hint` names this browser's session.
 pub async fn logout_post(
     State(state): State<Arc<AppState>>,
     session: Session,
@@ -339,12 +342,32 @@ pub async fn logout_post(
     logout(state, session, pairs, true).await
 }
 
-async fn logout(
-    state: Arc<AppState>,
-    session: Session,
-    pairs: Vec<(String, String)>,
-    confirmed_post: bool,
-) -> Response {
+/// The CSRF purpose of the logout confirmation form.
+const LOGOUT_CSRF: &str = "logout";
+
+/// Whether the ID token hint's claims name the session of this browser: the
+/// same `sid` for its tenant, or the same `sub` as this browser's session
+/// for that tenant.
+async fn hint_names_this_browser(
+    state: &AppState,
+    sso: &crate::broker::session::BrowserSso,
+    claims: &serde_json::Value,
+) -> Result<bool, crate::store::StoreError> {
+    let claim = |n: &str| claims.get(n).and_then(|v| v.as_str());
+    let Some(tenant) = claim("tenant").and_then(|t| crate::ids::TenantId::parse(t).ok()) else {
+        return Ok(false);
+    };
+    if claim("sid").is_some_and(|sid| sso.get(tenant.as_str()).is_some_and(|s| s == sid)) {
+        return Ok(true);
+    }
+    let Some(sub) = claim("sub") else {
+        return Ok(false);
+    };
+    let current = crate::broker::session::load(&state.store, sso, &tenant).await?;
+    Ok(current.is_some_and(|s| s.sub == sub))
+}
+
+async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>, is_post: bool) -> Response {
     let bad = |reason: &str, msg: &str| pages::error_page(StatusCode::BAD_REQUEST, "Sign-out failed", msg, reason);
     let Ok(params) = single_valued(pairs) else {
         return bad("logout.duplicate_parameter", "A parameter appears more than once.");
@@ -404,40 +427,86 @@ async fn logout(
             }
         }
     }
-    if hint.is_none() && !confirmed_post {
-        let inputs: String = params
-            .iter()
-            .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
-            .collect();
-        let body = format!(
-            "<h1>Sign out?</h1><p>Do you want to sign out of all applications?</p>\
-<form method=\"post\" action=\"{}\">{inputs}<button type=\"submit\">Sign out</button></form>",
-            esc(state.upstream.public("logout").as_str())
-        );
-        return (pages::no_store(), Html(pages::layout("Sign out", &body))).into_response();
-    }
-    let sso = load_sso(&session).await;
-    if let Err(e) = state.broker.logout(&sso).await {
+    let unavailable = |e: &dyn std::fmt::Display| {
         tracing::error!(reason = "logout.store_unavailable", error = %e);
-        return pages::error_page(
+        pages::error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-out failed",
             "The sign-in service could not reach its storage. Please try again.",
             "store.unavailable",
-        );
+        )
+    };
+    let sso = load_sso(&session).await;
+    let named = match &hint {
+        Some(claims) => match hint_names_this_browser(&state, &sso, claims).await {
+            Ok(n) => n,
+            Err(e) => return unavailable(&e),
+        },
+        None => false,
+    };
+    if !named {
+        if !is_post {
+            // Ask first: a form carrying a single-use CSRF token of this browser.
+            let csrf = match super::flows::issue_csrf(&session, LOGOUT_CSRF).await {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let inputs: String = params
+                .iter()
+                .filter(|(k, _)| k.as_str() != super::flows::CSRF_FIELD)
+                .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", esc(k), esc(v)))
+                .collect();
+            let body = format!(
+                "<h1>Sign out?</h1><p>Do you want to sign out of all applications?</p>\
+<form method=\"post\" action=\"{}\" id=\"logout\">{inputs}<input type=\"hidden\" name=\"{}\" value=\"{}\">\
+<button type=\"submit\">Sign out</button></form>",
+                esc(state.upstream.public("logout").as_str()),
+                super::flows::CSRF_FIELD,
+                esc(&csrf),
+            );
+            // After the POST the browser may go on to the app's logout page.
+            let mut sources = vec!["'self'".to_owned()];
+            sources.extend(pages::origin_source(&state.upstream.public_url));
+            sources.extend(target.as_ref().and_then(pages::origin_source));
+            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+            return pages::page(StatusCode::OK, "Sign out", &body, &sources);
+        }
+        let presented = params.get(super::flows::CSRF_FIELD).map(String::as_str);
+        let refused = |reason: &'static str| {
+            tracing::warn!(reason, "sign-out refused");
+            pages::error_page(
+                StatusCode::FORBIDDEN,
+                "Sign-out not confirmed",
+                "This sign-out did not come from the confirmation page Portcullis showed in this browser. You are still signed in.",
+                reason,
+            )
+        };
+        match super::flows::check_csrf(&session, LOGOUT_CSRF, presented).await {
+            Ok(super::flows::Csrf::Valid) => {}
+            Ok(super::flows::Csrf::Missing) => return refused("logout.csrf_missing"),
+            Ok(super::flows::Csrf::Mismatch) => return refused("logout.csrf_mismatch"),
+            Err(r) => return r,
+        }
     }
-    let _ = session.remove::<serde_json::Value>(SESSION_FIELD).await;
-    let _ = session.flush().await;
-    tracing::info!(reason = "logout.succeeded", sessions = sso.len(), "signed out");
+    if let Err(e) = state.broker.logout(&sso).await {
+        return unavailable(&e);
+    }
+    if let Err(e) = session.flush().await {
+        return super::flows::session_failed(e);
+    }
+    tracing::info!(
+        reason = "logout.succeeded",
+        sessions = sso.len(),
+        confirmed = !named,
+        "signed out"
+    );
     match target {
         Some(url) => Redirect::to(url.as_str()).into_response(),
-        None => (
-            pages::no_store(),
-            Html(pages::layout(
-                "Signed out",
-                "<h1>You are signed out</h1><p>You can close this window.</p>",
-            )),
-        )
-            .into_response(),
+        None => pages::page(
+            StatusCode::OK,
+            "Signed out",
+            "<h1>You are signed out</h1><p>You can close this window.</p>",
+            &[],
+        ),
     }
 }

@@ -2,13 +2,18 @@
 //! sessions use the same Redis client (and the same in-memory fallback) as
 //! everything else, and one crate talks to Redis in the whole binary.
 //!
-//! Records are JSON under `Key::new("g:session:<id>", "record")`. Their TTL is the
-//! record's expiry measured against the injected clock, and a record whose
-//! expiry has passed is never returned, whatever the backend still holds.
+//! Records are JSON under `Key::new("g:session:<id>", "record")`, wrapped with
+//! their own expiry instant. That instant is the injected clock's "now" plus
+//! the configured inactivity lifetime at each save; tower-sessions'
+//! `expiry_date` is computed from the wall clock and is ignored here, so the
+//! sessions' lifetime follows the same clock as everything else (tests with a
+//! manual clock see the sessions they create). A record whose expiry has
+//! passed is never returned, whatever the backend still holds.
 
 use super::{Key, SharedStore, StoreError};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
@@ -22,6 +27,14 @@ const CREATE_ATTEMPTS: usize = 4;
 pub struct StoreSessionStore {
     store: SharedStore,
     clock: SharedClock,
+    lifetime: Duration,
+}
+
+/// What is stored: the record and when it expires (injected clock, Unix ms).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    record: Record,
+    expires_at_ms: i64,
 }
 
 impl std::fmt::Debug for StoreSessionStore {
@@ -31,9 +44,10 @@ impl std::fmt::Debug for StoreSessionStore {
 }
 
 impl StoreSessionStore {
-    /// Sessions in `store`, expiring according to `clock`.
-    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
-        Self { store, clock }
+    /// Sessions in `store` that expire `lifetime` after their last save,
+    /// measured by `clock`.
+    pub fn new(store: SharedStore, clock: SharedClock, lifetime: Duration) -> Self {
+        Self { store, clock, lifetime }
     }
 
     fn key(id: &Id) -> Key {
@@ -42,12 +56,14 @@ impl StoreSessionStore {
         Key::new(format!("g:session:{id}"), "record")
     }
 
-    /// Time left until the record expires, or `None` when it already has.
-    fn ttl(&self, record: &Record) -> Option<Duration> {
-        let expiry_ms = record.expiry_date.unix_timestamp_nanos() / 1_000_000;
-        let now_ms = i128::from(self.clock.now().timestamp_millis());
-        let left = expiry_ms - now_ms;
-        (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX)))
+    /// The record wrapped with its expiry: the configured lifetime from now.
+    fn encode(&self, record: &Record) -> Result<Vec<u8>, session_store::Error> {
+        let lifetime_ms = i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let stored = Stored {
+            record: record.clone(),
+            expires_at_ms: self.clock.now().timestamp_millis().saturating_add(lifetime_ms),
+        };
+        serde_json::to_vec(&stored).map_err(|e| session_store::Error::Encode(e.to_string()))
     }
 }
 
@@ -58,22 +74,14 @@ fn backend(e: StoreError) -> session_store::Error {
     }
 }
 
-fn encode(record: &Record) -> Result<Vec<u8>, session_store::Error> {
-    serde_json::to_vec(record).map_err(|e| session_store::Error::Encode(e.to_string()))
-}
-
 #[async_trait]
 impl SessionStore for StoreSessionStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let Some(ttl) = self.ttl(record) else {
-            // Nothing to keep: a record born expired would never load anyway.
-            return Ok(());
-        };
         for _ in 0..CREATE_ATTEMPTS {
-            let value = encode(record)?;
+            let value = self.encode(record)?;
             let written = self
                 .store
-                .put_if_absent(&Self::key(&record.id), &value, Some(ttl))
+                .put_if_absent(&Self::key(&record.id), &value, Some(self.lifetime))
                 .await
                 .map_err(backend)?;
             if written {
@@ -92,27 +100,26 @@ impl SessionStore for StoreSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let key = Self::key(&record.id);
-        match self.ttl(record) {
-            Some(ttl) => self.store.put(&key, &encode(record)?, Some(ttl)).await.map_err(backend),
-            None => self.store.delete(&key).await.map(|_| ()).map_err(backend),
-        }
+        self.store
+            .put(&Self::key(&record.id), &self.encode(record)?, Some(self.lifetime))
+            .await
+            .map_err(backend)
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
         let Some(bytes) = self.store.get(&Self::key(session_id)).await.map_err(backend)? else {
             return Ok(None);
         };
-        let record: Record = serde_json::from_slice(&bytes).map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        if record.id != *session_id {
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        if stored.record.id != *session_id {
             return Err(session_store::Error::Decode(
                 "session record is filed under another id".to_owned(),
             ));
         }
-        if self.ttl(&record).is_none() {
+        if stored.expires_at_ms <= self.clock.now().timestamp_millis() {
             return Ok(None);
         }
-        Ok(Some(record))
+        Ok(Some(stored.record))
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
@@ -133,49 +140,64 @@ mod tests {
     use std::sync::Arc;
     use tower_sessions::cookie::time::OffsetDateTime;
 
+    const LIFETIME: Duration = Duration::from_secs(600);
+
     struct Fixture {
         clock: ManualClock,
         store: Arc<MemoryStore>,
         sessions: StoreSessionStore,
     }
 
+    /// A manual clock far from the wall clock (2040), as tests use.
     fn fixture() -> Fixture {
         let clock = ManualClock::at(
-            chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            chrono::DateTime::parse_from_rfc3339("2040-01-01T00:00:00Z")
                 .unwrap()
                 .to_utc(),
         );
         let shared: SharedClock = Arc::new(clock.clone());
         let store = Arc::new(MemoryStore::new(shared.clone()));
-        let sessions = StoreSessionStore::new(store.clone(), shared);
+        let sessions = StoreSessionStore::new(store.clone(), shared, LIFETIME);
         Fixture { clock, store, sessions }
     }
 
-    fn record(f: &Fixture, id: i128, valid_for_secs: i64, value: &str) -> Record {
-        let expiry = OffsetDateTime::from_unix_timestamp(f.clock.now().timestamp() + valid_for_secs).unwrap();
+    /// A record as tower-sessions makes it: `expiry_date` from the wall clock.
+    fn record(id: i128, value: &str) -> Record {
         let mut data = std::collections::HashMap::new();
         data.insert("who".to_owned(), serde_json::json!(value));
         Record {
             id: Id(id),
             data,
-            expiry_date: expiry,
+            expiry_date: OffsetDateTime::now_utc() + tower_sessions::cookie::time::Duration::seconds(600),
         }
     }
 
+    fn wrapped(r: &Record, expires_at_ms: i64) -> Vec<u8> {
+        serde_json::to_vec(&Stored {
+            record: r.clone(),
+            expires_at_ms,
+        })
+        .unwrap()
+    }
+
     #[tokio::test]
-    async fn create_then_load_roundtrips() {
+    async fn create_then_load_roundtrips_under_a_manual_clock_far_from_the_wall_clock() {
         let f = fixture();
-        let mut r = record(&f, 7, 600, "alice");
+        let mut r = record(7, "alice");
         f.sessions.create(&mut r).await.unwrap();
+        assert!(
+            f.store.get(&StoreSessionStore::key(&r.id)).await.unwrap().is_some(),
+            "the record must really be stored"
+        );
         assert_eq!(f.sessions.load(&r.id).await.unwrap(), Some(r));
     }
 
     #[tokio::test]
     async fn create_never_overwrites_an_existing_id() {
         let f = fixture();
-        let mut first = record(&f, 7, 600, "alice");
+        let mut first = record(7, "alice");
         f.sessions.create(&mut first).await.unwrap();
-        let mut second = record(&f, 7, 600, "mallory");
+        let mut second = record(7, "mallory");
         f.sessions.create(&mut second).await.unwrap();
         assert_ne!(second.id, Id(7), "the colliding id must be replaced");
         assert_eq!(f.sessions.load(&Id(7)).await.unwrap(), Some(first));
@@ -183,22 +205,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn save_replaces_the_record() {
+    async fn save_replaces_the_record_and_restarts_the_lifetime() {
         let f = fixture();
-        let mut r = record(&f, 9, 600, "alice");
+        let mut r = record(9, "alice");
         f.sessions.create(&mut r).await.unwrap();
-        let updated = record(&f, 9, 1200, "alice-updated");
+        f.clock.advance(chrono::Duration::seconds(500));
+        let updated = record(9, "alice-updated");
         f.sessions.save(&updated).await.unwrap();
+        f.clock.advance(chrono::Duration::seconds(500));
         assert_eq!(f.sessions.load(&Id(9)).await.unwrap(), Some(updated));
     }
 
     #[tokio::test]
-    async fn the_store_ttl_follows_the_record_expiry() {
+    async fn the_lifetime_follows_the_injected_clock() {
         let f = fixture();
-        let mut r = record(&f, 3, 600, "alice");
+        let mut r = record(3, "alice");
         f.sessions.create(&mut r).await.unwrap();
         f.clock.advance(chrono::Duration::seconds(599));
-        assert!(f.store.get(&StoreSessionStore::key(&Id(3))).await.unwrap().is_some());
+        assert_eq!(f.sessions.load(&Id(3)).await.unwrap(), Some(r));
         f.clock.advance(chrono::Duration::seconds(2));
         assert!(f.store.get(&StoreSessionStore::key(&Id(3))).await.unwrap().is_none());
         assert_eq!(f.sessions.load(&Id(3)).await.unwrap(), None);
@@ -207,12 +231,14 @@ mod tests {
     #[tokio::test]
     async fn an_expired_record_is_not_returned_even_if_still_stored() {
         let f = fixture();
-        let r = record(&f, 4, 60, "alice");
-        // Stored with a longer TTL than the record itself allows.
+        let r = record(4, "alice");
+        // Stored with a longer backend TTL than its own expiry allows (Redis
+        // counts TTLs on its own clock).
+        let expires = f.clock.now().timestamp_millis() + 60_000;
         f.store
             .put(
                 &StoreSessionStore::key(&Id(4)),
-                &serde_json::to_vec(&r).unwrap(),
+                &wrapped(&r, expires),
                 Some(Duration::from_secs(3600)),
             )
             .await
@@ -222,23 +248,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn saving_an_expired_record_deletes_it() {
-        let f = fixture();
-        let mut r = record(&f, 5, 600, "alice");
-        f.sessions.create(&mut r).await.unwrap();
-        let expired = record(&f, 5, -1, "alice");
-        f.sessions.save(&expired).await.unwrap();
-        assert!(f.store.get(&StoreSessionStore::key(&Id(5))).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
     async fn a_record_under_another_id_is_rejected() {
         let f = fixture();
-        let r = record(&f, 6, 600, "alice");
+        let r = record(6, "alice");
         f.store
             .put(
                 &StoreSessionStore::key(&Id(66)),
-                &serde_json::to_vec(&r).unwrap(),
+                &wrapped(&r, f.clock.now().timestamp_millis() + 60_000),
                 Some(Duration::from_secs(600)),
             )
             .await
@@ -250,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn delete_removes_the_record() {
         let f = fixture();
-        let mut r = record(&f, 8, 600, "alice");
+        let mut r = record(8, "alice");
         f.sessions.create(&mut r).await.unwrap();
         f.sessions.delete(&Id(8)).await.unwrap();
         assert_eq!(f.sessions.load(&Id(8)).await.unwrap(), None);

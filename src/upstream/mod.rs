@@ -155,15 +155,6 @@ pub trait Connector: Send + Sync {
         None
     }
 
-    /// Whether the IdP's answer arrives as a top-level GET navigation, which
-    /// carries the browser's SameSite=Lax session cookie (OIDC redirect). Then
-    /// the pending login is bound to the browser that started it, so nobody can
-    /// plant their own sign-in in someone else's browser (login CSRF). A SAML
-    /// HTTP-POST answer is a cross-site POST without that cookie.
-    fn binds_browser(&self) -> bool {
-        true
-    }
-
     /// Completes a login: validates the IdP's answer. `pending` is the state
     /// returned by `begin`, or `None` for an IdP-initiated (unsolicited) login.
     async fn complete(

@@ -118,6 +118,48 @@ async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
         .position(|(m, u)| m == "POST" && u.origin() == acs.origin() && u.path() == acs.path())
         .unwrap_or_else(|| panic!("no POST to the ACS: {report:#}"));
     assert!(post > 0 && w.idp.serves(&navs[post - 1].1), "{report:#}");
+    // The ACS sent Chromium on to the same-site continuation (a GET with the
+    // session cookie), where the sign-in was finished.
+    let (method, next) = &navs[post + 1];
+    assert!(
+        method == "GET" && next.origin() == acs.origin() && next.path().ends_with("/continue"),
+        "{report:#}"
+    );
+    let stats = w.idp.stats().await;
+    assert_eq!((stats.authn_requests, stats.logins, stats.responses), (1, 1, 1));
+}
+
+/// The same sign-in with the AuthnRequest sent through the HTTP-POST
+/// binding: the gateway's auto-submit page runs under its
+/// Content-Security-Policy (the script allowed by its hash, the form allowed
+/// to post to the IdP's SSO URL only), and Chromium still submits it.
+#[tokio::test]
+async fn saml_post_binding_auto_submits_in_a_real_browser_under_the_content_security_policy() {
+    if skip_browser("saml_post_binding_auto_submits_in_a_real_browser_under_the_content_security_policy") {
+        return;
+    }
+    let w = SamlWorld::with_post_binding().await;
+    let report = run_in_browser(&BrowserFlow {
+        start: w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
+        done: w.rp.redirect_uri(),
+        idp_origin: w.idp.peer.url.clone(),
+        username: "alice".into(),
+        password: IDP_PASSWORD.into(),
+        selectors: None,
+    })
+    .await;
+    assert_eq!(report["status"], 200, "{report:#}");
+    assert_eq!(report["body"]["id_token_claims"]["email"], "alice@acme.test");
+    // The AuthnRequest reached the IdP as a POST made from the gateway's page.
+    let navs = navigations(&report);
+    let post = navs
+        .iter()
+        .position(|(m, u)| m == "POST" && w.idp.serves(u) && u.path() == "/sso")
+        .unwrap_or_else(|| panic!("no POST to the IdP's SSO endpoint: {report:#}"));
+    assert!(
+        post > 0 && navs[post - 1].1.origin() == w.app.base.origin(),
+        "{report:#}"
+    );
     let stats = w.idp.stats().await;
     assert_eq!((stats.authn_requests, stats.logins, stats.responses), (1, 1, 1));
 }

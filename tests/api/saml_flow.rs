@@ -30,6 +30,19 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
 
     let done = browser.submit(&post_page, &saml_post).await;
     assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
+    // The IdP (localhost) posted to the ACS (127.0.0.1) cross-site: no Lax
+    // cookie went with it. The ACS sent the browser on to the same-site
+    // continuation, a top-level GET that carries the session cookie.
+    let acs = browser
+        .history
+        .iter()
+        .position(|h| h.method == reqwest::Method::POST && h.url.path() == w.acs_url().path())
+        .unwrap_or_else(|| panic!("no POST to the ACS:\n{}", browser.trail()));
+    let (post, next) = (&browser.history[acs], &browser.history[acs + 1]);
+    assert!(!post.same_site && post.cookies_sent.is_empty(), "{post:?}");
+    assert_eq!(post.status, 303, "{post:?}");
+    assert!(next.url.path().ends_with("/continue"), "{}", browser.trail());
+    assert!(next.cookies_sent.iter().any(|c| c == "portcullis_session"), "{next:?}");
     assert_eq!(done.status, 200, "{}", done.body);
     let claims = &done.json()["id_token_claims"];
     assert_eq!(claims["tenant"], TENANT);
@@ -52,4 +65,36 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
     if !w.rp.is_callback(&replay.url) {
         assert!(replay.status.is_client_error(), "{} {}", replay.status, replay.body);
     }
+}
+
+/// The AuthnRequest through the HTTP-POST binding: the gateway's auto-submit
+/// page carries its Content-Security-Policy (its one script by hash, the form
+/// allowed to post to the IdP's SSO URL only), and the sign-in completes
+/// when a browser without JavaScript presses its button.
+#[tokio::test]
+async fn saml_post_binding_page_carries_its_policy_and_the_sign_in_completes() {
+    let w = SamlWorld::with_post_binding().await;
+    let mut browser = Browser::new();
+    let auto = browser
+        .get(&w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]))
+        .await;
+    assert_eq!(auto.url.origin(), w.app.base.origin(), "{}", browser.trail());
+    let form = auto.form(Some("f"));
+    assert_eq!(form.method, "POST");
+    let form_action = crate::browser_security::assert_page_headers(&auto.headers, &auto.body, true);
+    assert_eq!(form_action, form.action, "{}", auto.body);
+    assert!(w.idp.serves(&url::Url::parse(&form.action).unwrap()));
+
+    let login = browser.submit(&auto, &form).await;
+    assert!(w.idp.serves(&login.url), "{}", browser.trail());
+    let post_page = browser
+        .fill_and_submit(
+            &login,
+            Some("login"),
+            &[("username", "alice"), ("password", IDP_PASSWORD)],
+        )
+        .await;
+    let done = browser.submit(&post_page, &post_page.form(Some("saml-post"))).await;
+    assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
+    assert_eq!(done.json()["id_token_claims"]["email"], "alice@acme.test");
 }

@@ -16,7 +16,7 @@ use crate::saml_common::{attr_value, peer};
 use crate::saml_crafted::{now, ts};
 use crate::support::admin::RegisteredClient;
 use crate::support::app::{spawn_app, AppOptions, TestApp};
-use crate::support::browser::Browser;
+use crate::support::browser::{Browser, Exchange};
 use crate::support::gateway::spawn_with_public_url;
 use crate::support::redis;
 
@@ -51,11 +51,11 @@ impl Idp {
     /// A signed Response for the connection `conn` (the admin API's 201
     /// answer): audience, recipient and destination are its SP's.
     fn response(&self, conn: &Value, in_response_to: Option<&str>) -> String {
-        self.response_as(conn, in_response_to, EMAIL)
+        self.response_for(conn, in_response_to, EMAIL)
     }
 
-    /// Like `response`, for the person with address `email`.
-    fn response_as(&self, conn: &Value, in_response_to: Option<&str>, email: &str) -> String {
+    /// Like [`Idp::response`], for the user `email`.
+    fn response_for(&self, conn: &Value, in_response_to: Option<&str>, email: &str) -> String {
         let case = json!({
             "name": "r",
             "sp_entity_id": conn["sp_entity_id"],
@@ -124,6 +124,25 @@ impl Answer {
             .map(|(_, v)| v.into_owned())
     }
 
+    /// The continuation URL, when this is the ACS's 303 to it.
+    fn continue_url(&self) -> Option<Url> {
+        if self.status != StatusCode::SEE_OTHER {
+            return None;
+        }
+        self.location.clone().filter(|l| l.path().ends_with("/continue"))
+    }
+
+    /// Asserts the ACS's answer: a 303 to the same-site continuation, and no
+    /// cookie set; returns the continuation URL.
+    fn expect_continue(&self) -> Url {
+        assert!(
+            self.set_cookies.is_empty(),
+            "the ACS touched the session cookie: {self:?}"
+        );
+        self.continue_url()
+            .unwrap_or_else(|| panic!("no 303 to the continuation in {self:?}"))
+    }
+
     /// The code, when this is a redirect to the app carrying one.
     fn code(&self) -> Option<String> {
         let to_app = self
@@ -176,6 +195,61 @@ impl Answer {
             .cloned()
             .unwrap_or_else(|| panic!("no {COOKIE} cookie set: {self:?}"))
     }
+}
+
+fn from_exchange(ex: Exchange) -> Answer {
+    Answer {
+        status: ex.status,
+        location: ex
+            .headers
+            .get(reqwest::header::LOCATION)
+            .map(|v| Url::parse(v.to_str().unwrap()).unwrap()),
+        content_type: ex
+            .headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        set_cookies: ex.set_cookies(),
+        body: ex.body,
+    }
+}
+
+/// The page an IdP's auto-submitted form is on (the initiator of its POST).
+fn idp_page() -> Url {
+    Url::parse(&format!("https://{IDP_HOST}/sso")).unwrap()
+}
+
+/// Posts `xml` to `acs` from the IdP's page in `browser` (a cross-site POST,
+/// as the HTTP-POST binding makes it), without following the redirect.
+async fn post_acs_in(browser: &mut Browser, acs: &Url, xml: &str, relay_state: Option<&str>, from: &Url) -> Answer {
+    let mut form = vec![(
+        "SAMLResponse".to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(xml),
+    )];
+    if let Some(r) = relay_state {
+        form.push(("RelayState".to_owned(), r.to_owned()));
+    }
+    let ex = browser.send(reqwest::Method::POST, acs, Some(&form), Some(from)).await;
+    assert!(
+        ex.cookies_sent.is_empty(),
+        "a cross-site POST carried cookies {:?}",
+        ex.cookies_sent
+    );
+    from_exchange(ex)
+}
+
+/// Follows the ACS's 303 in `browser` (a top-level GET at the end of a
+/// redirect chain that started on `from`).
+async fn continue_in(browser: &mut Browser, acs_answer: &Answer, from: &Url) -> Answer {
+    let url = acs_answer.expect_continue();
+    from_exchange(browser.send(reqwest::Method::GET, &url, None, Some(from)).await)
+}
+
+/// Follows the ACS's 303 with a cookie-less client (a browser that has no
+/// session at Portcullis).
+async fn continue_with(client: &reqwest::Client, acs_answer: &Answer) -> Answer {
+    let url = acs_answer.expect_continue();
+    answer(client.get(url).send().await.unwrap()).await
 }
 
 async fn answer(resp: reqwest::Response) -> Answer {
@@ -241,10 +315,23 @@ fn assert_signed_in(claims: &Value, tenant: &str) {
     assert_eq!(claims["email"], EMAIL, "{claims}");
 }
 
-/// Starts an SP-initiated login at `/authorize` in a scripted browser and
-/// stops where the gateway sends it to the IdP; returns the AuthnRequest's
-/// ID and the RelayState.
-async fn start_login(app: &TestApp, tenant: &str, conn: &Value, state: &str) -> (String, String) {
+/// Starts an SP-initiated login at `/authorize` in a fresh scripted browser
+/// and stops where the gateway sends it to the IdP; returns the
+/// AuthnRequest's ID and the RelayState.
+async fn start_login(app: &TestApp, tenant: &str, conn: &Value, state: &str) -> (String, String, Browser) {
+    let mut browser = Browser::new();
+    let (id, relay) = start_login_in(&mut browser, app, tenant, conn, state).await;
+    (id, relay, browser)
+}
+
+/// Like [`start_login`], in `browser`.
+async fn start_login_in(
+    browser: &mut Browser,
+    app: &TestApp,
+    tenant: &str,
+    conn: &Value,
+    state: &str,
+) -> (String, String) {
     let mut authorize = app.url("/authorize");
     authorize
         .query_pairs_mut()
@@ -255,7 +342,6 @@ async fn start_login(app: &TestApp, tenant: &str, conn: &Value, state: &str) -> 
         .append_pair("state", state)
         .append_pair("tenant", tenant)
         .append_pair("connection", conn["id"].as_str().unwrap());
-    let mut browser = Browser::new();
     let at_idp = browser
         .get_until(&authorize, &|u: &Url| u.host_str() == Some(IDP_HOST))
         .await
@@ -323,7 +409,7 @@ async fn one_response_posted_ten_times_at_once_across_two_replicas_signs_in_exac
     }
     let answers = posts.join_all().await;
 
-    let (winners, refused): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, ans)| ans.code().is_some());
+    let (winners, refused): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, ans)| ans.continue_url().is_some());
     assert_eq!(winners.len(), 1, "{answers:#?}");
     assert_eq!(refused.len(), 9, "{answers:#?}");
     for (_, ans) in &refused {
@@ -336,8 +422,10 @@ async fn one_response_posted_ten_times_at_once_across_two_replicas_signs_in_exac
         }
     }
     let (won_at, winner) = winners[0];
-    let code = winner.expect_code();
-    assert_eq!(winner.param("state"), None, "{winner:?}");
+    // The browser follows to the continuation (IdP-initiated: unbound).
+    let done = continue_with(&a.client, winner).await;
+    let code = done.expect_code();
+    assert_eq!(done.param("state"), None, "{done:?}");
 
     // Redeemed at the other replica: the code lives in the shared store.
     let token_url = if *won_at == 'a' {
@@ -359,6 +447,7 @@ async fn idp_initiated_response_lands_in_the_default_app_with_a_fresh_code_and_n
     let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
 
     let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    let ans = continue_with(&app.client, &ans).await;
     let code = ans.expect_code();
     assert_eq!(ans.param("state"), None, "{ans:?}");
     assert_eq!(ans.param("iss").as_deref(), Some(app.issuer().as_str()), "{ans:?}");
@@ -387,7 +476,7 @@ async fn sp_initiated_response_with_a_tampered_relay_state_is_refused_and_with_t
     let idp = Idp::new();
     let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
 
-    let (request_id, relay_state) = start_login(&app, "acme", &conn, "st-1").await;
+    let (request_id, relay_state, mut browser) = start_login(&app, "acme", &conn, "st-1").await;
     let xml = idp.response(&conn, Some(&request_id));
 
     // One character changed, and a suffix added: neither names the login.
@@ -400,8 +489,10 @@ async fn sp_initiated_response_with_a_tampered_relay_state_is_refused_and_with_t
         ans.expect_page(400, "callback.unknown_login");
     }
 
-    // The very same Response with the original RelayState is good.
-    let ans = post_acs(&app.client, &acs(&conn), &xml, Some(&relay_state)).await;
+    // The very same Response with the original RelayState is good, finished
+    // in the browser that started the login.
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay_state), &idp_page()).await;
+    let ans = continue_in(&mut browser, &ans, &idp_page()).await;
     let code = ans.expect_code();
     assert_eq!(ans.param("state").as_deref(), Some("st-1"), "{ans:?}");
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
@@ -419,7 +510,7 @@ async fn a_response_issued_for_another_tenants_connection_to_the_same_idp_is_ref
     assert_ne!(conn_a["sp_entity_id"], conn_b["sp_entity_id"]);
 
     // A login started at tenant B, answered with an assertion for A's SP.
-    let (request_id, relay_state) = start_login(&app, "globex", &conn_b, "st-b").await;
+    let (request_id, relay_state, _) = start_login(&app, "globex", &conn_b, "st-b").await;
     let for_a = idp.response(&conn_a, Some(&request_id));
     let ans = post_acs(&app.client, &acs(&conn_b), &for_a, Some(&relay_state)).await;
     assert_eq!(ans.code(), None, "{ans:?}");
@@ -427,9 +518,10 @@ async fn a_response_issued_for_another_tenants_connection_to_the_same_idp_is_ref
     assert_eq!(ans.param("state").as_deref(), Some("st-b"), "{ans:?}");
 
     // The control: the same IdP's answer for B's own SP signs in at B.
-    let (request_id, relay_state) = start_login(&app, "globex", &conn_b, "st-b2").await;
+    let (request_id, relay_state, mut browser) = start_login(&app, "globex", &conn_b, "st-b2").await;
     let for_b = idp.response(&conn_b, Some(&request_id));
-    let ans = post_acs(&app.client, &acs(&conn_b), &for_b, Some(&relay_state)).await;
+    let ans = post_acs_in(&mut browser, &acs(&conn_b), &for_b, Some(&relay_state), &idp_page()).await;
+    let ans = continue_in(&mut browser, &ans, &idp_page()).await;
     let code = ans.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "globex");
 }
@@ -443,7 +535,7 @@ fn cookie_attributes(set_cookie: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn successful_acs_sets_an_http_only_same_site_lax_session_cookie_without_secure_on_http() {
+async fn the_acs_sets_no_cookie_and_the_continuation_sets_an_http_only_same_site_lax_one_without_secure_on_http() {
     let app = gateway().await;
     assert_eq!(app.base.scheme(), "http");
     app.create_tenant("acme", "Acme", &["acme.test"]).await;
@@ -452,6 +544,8 @@ async fn successful_acs_sets_an_http_only_same_site_lax_session_cookie_without_s
     let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
 
     let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    assert!(ans.set_cookies.is_empty(), "{ans:?}");
+    let ans = continue_with(&app.client, &ans).await;
     ans.expect_code();
     let attrs = cookie_attributes(&ans.session_cookie());
     assert!(attrs.iter().any(|a| a == "httponly"), "{attrs:?}");
@@ -509,6 +603,247 @@ async fn idp_initiated_response_is_refused_when_the_default_app_is_not_allowed_f
     assert!(ans.status.is_client_error(), "{ans:?}");
 }
 
+/// An attacker's page: where the planted POSTs come from.
+fn evil_page() -> Url {
+    Url::parse("https://evil.example.test/login-csrf").unwrap()
+}
+
+/// The authorization request of the test app for `tenant`/`conn`.
+fn authorize_url(app: &TestApp, tenant: &str, conn: &Value, state: &str) -> Url {
+    let mut authorize = app.url("/authorize");
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", APP_ID)
+        .append_pair("redirect_uri", APP_CB)
+        .append_pair("response_type", "code")
+        .append_pair("scope", "openid email profile")
+        .append_pair("state", state)
+        .append_pair("tenant", tenant)
+        .append_pair("connection", conn["id"].as_str().unwrap());
+    authorize
+}
+
+/// Signs `browser` in SP-initiated as `email`; returns the ID token claims.
+async fn sign_in_sp(
+    app: &TestApp,
+    idp: &Idp,
+    conn: &Value,
+    client: &RegisteredClient,
+    browser: &mut Browser,
+    email: &str,
+) -> Value {
+    let (request_id, relay_state) = start_login_in(browser, app, "acme", conn, "own").await;
+    let xml = idp.response_for(conn, Some(&request_id), email);
+    let ans = post_acs_in(browser, &acs(conn), &xml, Some(&relay_state), &idp_page()).await;
+    let ans = continue_in(browser, &ans, &idp_page()).await;
+    let code = ans.expect_code();
+    redeem(&app.client, app.url("/token"), client, &code).await
+}
+
+#[tokio::test]
+async fn an_attackers_response_auto_posted_from_a_victims_browser_with_its_own_pending_login_signs_nobody_in() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    // The victim has started a sign-in of their own and is at the IdP.
+    let (_, _, mut victim) = start_login(&app, "acme", &conn, "victim").await;
+    let victim_cookie = victim
+        .cookie(&app.base, COOKIE)
+        .expect("the victim has a session cookie");
+    // The attacker starts one in their own browser and gets a valid Response
+    // for their own account...
+    let (request_id, relay_state, _attacker) = start_login(&app, "acme", &conn, "attacker").await;
+    let xml = idp.response_for(&conn, Some(&request_id), "mallory@acme.test");
+    // ...which their page auto-posts to the ACS from the victim's browser.
+    let ans = post_acs_in(&mut victim, &acs(&conn), &xml, Some(&relay_state), &evil_page()).await;
+    let done = continue_in(&mut victim, &ans, &evil_page()).await;
+    assert_eq!(done.code(), None, "the victim was signed in as the attacker: {done:?}");
+    done.expect_page(400, "callback.browser_mismatch");
+    assert_eq!(
+        victim.cookie(&app.base, COOKIE).as_deref(),
+        Some(victim_cookie.as_str()),
+        "the victim's session cookie was replaced"
+    );
+}
+
+#[tokio::test]
+async fn an_attackers_response_auto_posted_into_a_signed_in_browser_leaves_its_session_alone() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    let mut victim = Browser::new();
+    let own = sign_in_sp(&app, &idp, &conn, &client, &mut victim, EMAIL).await;
+    assert_signed_in(&own, "acme");
+    let victim_cookie = victim.cookie(&app.base, COOKIE).unwrap();
+
+    let (request_id, relay_state, _attacker) = start_login(&app, "acme", &conn, "attacker").await;
+    let xml = idp.response_for(&conn, Some(&request_id), "mallory@acme.test");
+    let ans = post_acs_in(&mut victim, &acs(&conn), &xml, Some(&relay_state), &evil_page()).await;
+    let done = continue_in(&mut victim, &ans, &evil_page()).await;
+    assert_eq!(done.code(), None, "{done:?}");
+    done.expect_page(400, "callback.browser_mismatch");
+    assert_eq!(
+        victim.cookie(&app.base, COOKIE).as_deref(),
+        Some(victim_cookie.as_str())
+    );
+
+    // The victim's next app sign-in is still the victim, from the SSO session.
+    victim.clear_history();
+    let back = victim
+        .get_until(&authorize_url(&app, "acme", &conn, "again"), &|u: &Url| {
+            u.as_str().starts_with(APP_CB) || u.host_str() == Some(IDP_HOST)
+        })
+        .await
+        .stopped();
+    assert!(back.as_str().starts_with(APP_CB), "went to the IdP: {back}");
+    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let claims = redeem(&app.client, app.url("/token"), &client, &code).await;
+    assert_eq!(claims["sub"], own["sub"], "{claims}");
+    assert_eq!(claims["email"], EMAIL, "{claims}");
+}
+
+/// Another user's IdP-initiated Response, auto-posted into `b` from an
+/// attacker's page and followed to the continuation.
+async fn planted(b: &mut Browser, idp: &Idp, conn: &Value) -> Answer {
+    let xml = idp.response_for(conn, None, "mallory@acme.test");
+    let ans = post_acs_in(b, &acs(conn), &xml, None, &evil_page()).await;
+    continue_in(b, &ans, &evil_page()).await
+}
+
+/// The switch confirmation form on `page`: its action and fields.
+fn switch_form(ans: &Answer) -> (Url, Vec<(String, String)>) {
+    assert_eq!(ans.status, StatusCode::OK, "{ans:?}");
+    assert_eq!(ans.code(), None, "{ans:?}");
+    let form = crate::support::html_form::parse_forms(&ans.body)
+        .into_iter()
+        .find(|f| f.id.as_deref() == Some("switch"))
+        .unwrap_or_else(|| panic!("no switch confirmation form: {ans:?}"));
+    assert_eq!(form.method, "POST");
+    assert!(form.field("csrf").is_some_and(|c| c.len() >= 32), "{ans:?}");
+    (Url::parse(&form.action).unwrap(), form.fields)
+}
+
+#[tokio::test]
+async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_session_and_needs_the_csrf_token() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    let mut b = Browser::new();
+
+    // Signed in IdP-initiated as Ada; the same user again is not asked.
+    for _ in 0..2 {
+        let ans = post_acs_in(&mut b, &acs(&conn), &idp.response(&conn, None), None, &idp_page()).await;
+        let ans = continue_in(&mut b, &ans, &idp_page()).await;
+        let code = ans.expect_code();
+        assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+    }
+    let cookie = b.cookie(&app.base, COOKIE).unwrap();
+
+    // Another user, IdP-initiated into this browser: a question, not a switch.
+    let ask = planted(&mut b, &idp, &conn).await;
+    assert!(ask.body.contains("mallory@acme.test"), "{ask:?}");
+    let (action, fields) = switch_form(&ask);
+    assert_eq!(b.cookie(&app.base, COOKIE).as_deref(), Some(cookie.as_str()));
+
+    // Posted cross-site (an attacker's copy of the form): no session cookie
+    // comes with it, so no token to match.
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&evil_page()))
+            .await,
+    );
+    ans.expect_page(403, "callback.csrf_mismatch");
+    // Posted without the token: refused (and the token is spent).
+    let without: Vec<_> = fields.iter().filter(|(k, _)| k != "csrf").cloned().collect();
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&without), Some(&app.base))
+            .await,
+    );
+    ans.expect_page(403, "callback.csrf_missing");
+    // The spent token, same-site: refused.
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
+    ans.expect_page(403, "callback.csrf_mismatch");
+
+    // A wrong token on a fresh question: refused.
+    let (action, mut fields) = switch_form(&planted(&mut b, &idp, &conn).await);
+    for f in fields.iter_mut().filter(|(k, _)| k == "csrf") {
+        f.1 = "A".repeat(43);
+    }
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
+    ans.expect_page(403, "callback.csrf_mismatch");
+
+    // Still Ada.
+    let back = b
+        .get_until(&authorize_url(&app, "acme", &conn, "again"), &|u: &Url| {
+            u.as_str().starts_with(APP_CB) || u.host_str() == Some(IDP_HOST)
+        })
+        .await
+        .stopped();
+    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    assert_eq!(
+        redeem(&app.client, app.url("/token"), &client, &code).await["email"],
+        EMAIL
+    );
+
+    // Confirmed on the page, with its token: now the other user.
+    let (action, fields) = switch_form(&planted(&mut b, &idp, &conn).await);
+    let ans = from_exchange(
+        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
+            .await,
+    );
+    let code = ans.expect_code();
+    assert_eq!(
+        redeem(&app.client, app.url("/token"), &client, &code).await["email"],
+        "mallory@acme.test"
+    );
+}
+
+#[tokio::test]
+async fn a_continuation_handle_is_single_use_and_scoped_to_its_tenant() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    app.create_tenant("globex", "Globex", &["globex.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    saml_connection(&app, "globex", "corp", &idp, true).await;
+
+    let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    let url = ans.expect_continue();
+    // The same handle presented at another tenant's continuation: unknown there.
+    let mut elsewhere = url.clone();
+    elsewhere.set_path(&url.path().replace("/acme/", "/globex/"));
+    answer(app.client.get(elsewhere).send().await.unwrap())
+        .await
+        .expect_page(400, "callback.unknown_handle");
+    // A made-up handle.
+    let mut made_up = url.clone();
+    made_up.set_query(Some("handle=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    answer(app.client.get(made_up).send().await.unwrap())
+        .await
+        .expect_page(400, "callback.unknown_handle");
+    // The real one works once.
+    let done = answer(app.client.get(url.clone()).send().await.unwrap()).await;
+    let code = done.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+    let again = answer(app.client.get(url).send().await.unwrap()).await;
+    assert_eq!(again.code(), None, "{again:?}");
+    again.expect_page(400, "callback.unknown_handle");
+}
+
 /// `email_verified` reaches the app only when the connection trusts the IdP
 /// for it *and* the address is in the tenant's own domains: a tenant's IdP
 /// cannot vouch for someone else's address (the nOAuth account takeover).
@@ -530,7 +865,10 @@ async fn email_verified_is_vouched_only_for_the_tenants_own_domains() {
         (&trusted, "ada@sub.acme.test", false),
         (&plain, "ada@acme.test", false),
     ] {
-        let ans = post_acs(&app.client, &acs(conn), &idp.response_as(conn, None, email), None).await;
+        let mut browser = Browser::new();
+        let xml = idp.response_for(conn, None, email);
+        let ans = post_acs_in(&mut browser, &acs(conn), &xml, None, &idp_page()).await;
+        let ans = continue_in(&mut browser, &ans, &idp_page()).await;
         let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
         assert_eq!(claims["email"], email, "{claims}");
         assert_eq!(

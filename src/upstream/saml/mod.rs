@@ -323,13 +323,6 @@ impl Connector for SamlConnector {
         params.form.get("RelayState").map(String::as_str)
     }
 
-    fn binds_browser(&self) -> bool {
-        // The ACS is reached by a cross-site POST: no SameSite=Lax cookie comes
-        // with it. InResponseTo, the single-use pending request and the
-        // assertion replay cache carry the binding instead.
-        false
-    }
-
     fn unsolicited_target(&self) -> Option<(String, Url)> {
         let cfg = &self.inner.cfg;
         if !cfg.allow_idp_initiated {

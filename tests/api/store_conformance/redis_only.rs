@@ -74,12 +74,12 @@ async fn keys_on_the_wire_are_prefixed_and_hash_tagged() {
 }
 
 #[tokio::test]
-async fn sessions_live_in_redis_with_the_record_expiry_as_ttl() {
+async fn sessions_live_in_redis_with_the_configured_lifetime_as_ttl() {
     let url = test_redis::url();
     let prefix = test_redis::prefix();
     let store: SharedStore = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
     let clock: SharedClock = Arc::new(SystemClock);
-    let sessions = StoreSessionStore::new(store, clock.clone());
+    let sessions = StoreSessionStore::new(store, clock.clone(), Duration::from_secs(600));
     let expiry = OffsetDateTime::from_unix_timestamp(clock.now().timestamp() + 600).unwrap();
     let mut record = Record {
         id: Id::default(),

@@ -29,6 +29,17 @@ pub struct SamlWorld {
 impl SamlWorld {
     /// Builds the world; every step asserts its status.
     pub async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// Like [`SamlWorld::new`], but the connection only knows the IdP's
+    /// HTTP-POST binding, so the AuthnRequest goes out through the gateway's
+    /// auto-submitted form page.
+    pub async fn with_post_binding() -> Self {
+        Self::build(true).await
+    }
+
+    async fn build(post_binding: bool) -> Self {
         let app = spawn_app(AppOptions {
             redis_url: Some(redis::url()),
             redis_prefix: Some(redis::prefix()),
@@ -37,11 +48,12 @@ impl SamlWorld {
         .await;
         app.create_tenant(TENANT, "Acme Corp", &["acme.test"]).await;
         let idp = SamlIdp::spawn().await;
+        let mut metadata = idp.metadata_xml().await;
+        if post_binding {
+            metadata = without_redirect_sso(&metadata);
+        }
         let connection = app
-            .create_saml_connection(
-                TENANT,
-                json!({ "id": SAML_CONN, "metadata_xml": idp.metadata_xml().await }),
-            )
+            .create_saml_connection(TENANT, json!({ "id": SAML_CONN, "metadata_xml": metadata }))
             .await;
         let sp_metadata = app
             .client
@@ -76,4 +88,29 @@ impl SamlWorld {
     pub fn acs_url(&self) -> Url {
         Url::parse(self.connection["acs_url"].as_str().unwrap()).unwrap()
     }
+}
+
+/// `metadata` without its HTTP-Redirect `SingleSignOnService` elements.
+fn without_redirect_sso(metadata: &str) -> String {
+    let mut out = String::new();
+    let mut rest = metadata;
+    let mut skip_close = false;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map(|i| start + i + 1).unwrap_or(rest.len());
+        let tag = &rest[start..end];
+        out.push_str(&rest[..start]);
+        let is_sso = tag.contains("SingleSignOnService");
+        if is_sso && tag.contains("HTTP-Redirect") {
+            skip_close = !tag.ends_with("/>");
+        } else if is_sso && tag.starts_with("</") && skip_close {
+            skip_close = false;
+        } else {
+            out.push_str(tag);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    assert!(out.contains("HTTP-POST"), "no POST binding left: {out}");
+    assert_eq!(out.matches("SingleSignOnService").count(), 2, "{out}");
+    out
 }
