@@ -113,6 +113,11 @@ impl Broker {
             Ok(i) => i,
             Err(e) => return self.upstream_failed(Some(&request), &tenant, &connection, e),
         };
+        // max_age / prompt=login: refuse an authentication older than the app allows.
+        let auth_time = match self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection) {
+            Ok(t) => t,
+            Err(refused) => return refused,
+        };
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
             Err(e) => return unavailable(e),
@@ -125,7 +130,7 @@ impl Broker {
             tenant: tenant.clone(),
             connection: connection.clone(),
             sub: user.sub.clone(),
-            auth_time: self.provider.clock.unix(),
+            auth_time,
             amr: identity.amr.clone(),
         };
         if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {

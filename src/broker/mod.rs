@@ -8,6 +8,7 @@
 
 pub mod authorize;
 mod callback;
+mod freshness;
 pub mod connectors;
 pub mod session;
 
@@ -101,6 +102,10 @@ pub struct PendingLogin {
     /// the callback carries the session cookie.
     #[serde(default)]
     pub browser_binding: Option<String>,
+    /// When the browser was sent to the IdP (Unix seconds): with
+    /// `prompt=login` or `max_age=0` the IdP's authentication must not be older.
+    #[serde(default)]
+    pub started_at: i64,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -341,6 +346,7 @@ impl Broker {
             browser_binding: binding
                 .as_ref()
                 .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
+            started_at: self.provider.clock.unix(),
         };
         if let Err(e) = self
             .store

@@ -61,6 +61,11 @@ pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogi
         if req.force_authn {
             q.append_pair("prompt", "login");
         }
+        // OIDC Core §3.1.2.1: with max_age the IdP must re-authenticate an
+        // older session and must put `auth_time` in the ID token.
+        if let Some(max_age) = req.max_age {
+            q.append_pair("max_age", &max_age.max(0).to_string());
+        }
         if let Some(hint) = req.login_hint {
             q.append_pair("login_hint", hint);
         }
@@ -185,13 +190,18 @@ pub async fn complete(
         algorithms: &c.algorithms,
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
+    // Read from the signed ID token only: userinfo must not vouch for when
+    // the person authenticated.
+    let auth_time = id_token::numeric(&claims, "auth_time")?;
     if c.cfg.userinfo {
         if let (Some(endpoint), Some(access_token)) = (&meta.userinfo_endpoint, &tokens.access_token) {
             let extra = userinfo(c, endpoint, access_token).await?;
             merge_userinfo(&mut claims, extra)?;
         }
     }
-    claims::identity(&claims, &c.cfg.claim_mapping)
+    let mut identity = claims::identity(&claims, &c.cfg.claim_mapping)?;
+    identity.auth_time = auth_time;
+    Ok(identity)
 }
 
 #[derive(Deserialize)]

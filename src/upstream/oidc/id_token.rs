@@ -167,8 +167,9 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
     }
 }
 
-/// A NumericDate claim (some IdPs send fractions).
-fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
+/// A NumericDate claim (some IdPs send fractions); a value that is not a
+/// number is `oidc.id_token_malformed`.
+pub fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n
