@@ -40,7 +40,14 @@ impl Broker {
                 prompt_login = request.prompt_login,
                 "authentication older than the app allows"
             );
-            error_to_app(request, &self.provider.iss(), "login_required", message)
+            // The reason code goes to the app too, so its developers can tell
+            // "too old" from "unknown" without our logs.
+            error_to_app(
+                request,
+                &self.provider.iss(),
+                "login_required",
+                &format!("{message} (reason: {reason})"),
+            )
         };
         if reauth || max_age.is_some() {
             let Some(at) = identity.auth_time else {

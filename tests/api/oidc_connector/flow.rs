@@ -212,3 +212,45 @@ async fn token_endpoint_failures_and_missing_id_token() {
     let r = f.connector.complete(Some(&login.pending), &params).await;
     assert_eq!(code(r), "oidc.code_missing");
 }
+
+#[tokio::test]
+async fn begin_forwards_max_age() {
+    let f = Fixture::new().await;
+    let begun = f
+        .connector
+        .begin(BeginRequest {
+            login_id: "l-2",
+            force_authn: false,
+            login_hint: None,
+            max_age: Some(300),
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    assert_eq!(query(&url, "max_age").as_deref(), Some("300"));
+    assert_eq!(query(&url, "prompt"), None);
+}
+
+#[tokio::test]
+async fn auth_time_comes_from_the_signed_id_token_only() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!(f.clock.unix() - 42);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, Some(f.clock.unix() - 42));
+
+    // Userinfo cannot vouch for when the person authenticated.
+    f.idp.with(|s| s.userinfo_claims["auth_time"] = json!(f.clock.unix()));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, None);
+
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!("yesterday");
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
+}

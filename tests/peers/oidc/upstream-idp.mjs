@@ -45,9 +45,12 @@ const { values: args } = parseArgs({
     // Behave like an IdP that ignores `prompt=login` and `max_age` (it
     // reuses its session and reports the old auth_time).
     'ignore-reauth': { type: 'boolean' },
+    // Behave like an IdP that never says when the user authenticated.
+    'no-auth-time': { type: 'boolean' },
   },
 });
 const ignoreReauth = args['ignore-reauth'] ?? false;
+const noAuthTime = args['no-auth-time'] ?? false;
 
 const port = Number(args.port ?? process.env.PORT ?? 0);
 const bindHost = args.host ?? process.env.IDP_HOST ?? '127.0.0.1';
@@ -264,7 +267,7 @@ function buildProvider(issuer) {
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: {
       // amr and auth_time in every ID token, as most enterprise IdPs do.
-      openid: ['sub', 'amr', 'auth_time'],
+      openid: noAuthTime ? ['sub', 'amr'] : ['sub', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       profile: ['name', 'given_name', 'family_name'],
       groups: ['groups'],

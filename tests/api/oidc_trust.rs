@@ -1,0 +1,259 @@
+//! What the upstream OIDC IdP says is believed, and only that: `max_age`,
+//! `prompt=login` and `auth_time` go upstream and come back honestly, and the
+//! app's refresh notices when the IdP stops vouching for the user. Against
+//! the real `oidc-provider` peer (some runs told to behave like IdPs that
+//! ignore `prompt=login`/`max_age` or omit `auth_time`), real Redis, and a
+//! gateway clock the test moves.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::Duration;
+use portcullis::clock::{Clock, ManualClock, SystemClock};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use url::Url;
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Nav};
+use crate::support::oidc_world::{random_token, OAuthResponse, Pkce, RawClient, ACME, CONN};
+use crate::support::peers::{IdpClient, UpstreamIdp, IDP_PASSWORD};
+use crate::support::redis;
+
+/// A gateway with one OIDC connection to the peer and one raw client.
+pub struct Trust {
+    pub app: TestApp,
+    pub idp: UpstreamIdp,
+    pub clock: ManualClock,
+    pub client: RawClient,
+    pub discovery: Value,
+}
+
+impl Trust {
+    /// Starts the peer with `idp_flags` and the gateway with a manual clock
+    /// at the real time; `connection` adds fields to the connection body.
+    pub async fn new(idp_flags: &[&str], scopes: &[&str], connection: Value) -> Self {
+        let clock = ManualClock::at(SystemClock.now());
+        let app = spawn_app(AppOptions {
+            redis_url: Some(redis::url()),
+            redis_prefix: Some(redis::prefix()),
+            clock: Some(clock.clone()),
+            ..AppOptions::default()
+        })
+        .await;
+        app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
+        let upstream = IdpClient {
+            client_id: "portcullis-acme".into(),
+            client_secret: format!("secret-{}", random_token()),
+            redirect_uris: vec![app.oidc_callback(ACME, CONN)],
+        };
+        let idp = UpstreamIdp::spawn_with(0, std::slice::from_ref(&upstream), idp_flags).await;
+        let mut body = json!({
+            "id": CONN,
+            "kind": "oidc",
+            "issuer": idp.issuer(),
+            "client_id": upstream.client_id,
+            "client_secret": upstream.client_secret,
+            "scopes": scopes,
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), connection.as_object()) {
+            body.extend(extra.clone());
+        }
+        app.admin_create(&format!("/admin/v1/tenants/{ACME}/connections"), body)
+            .await;
+        let redirect_uri = Url::parse("http://127.0.0.1:9/raw/callback").unwrap();
+        let reg = app.create_client("raw", "Raw", &[&redirect_uri], false).await;
+        let discovery = app.get_json("/.well-known/openid-configuration").await;
+        Self {
+            app,
+            idp,
+            clock,
+            client: RawClient { reg, redirect_uri },
+            discovery,
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> Url {
+        Url::parse(self.discovery[name].as_str().unwrap()).unwrap()
+    }
+
+    /// Runs `/authorize` with `extra` and returns the query of the redirect
+    /// back to the app, signing `user` in when the IdP shows its login form.
+    /// Panics when the form is shown and `user` is `None`.
+    pub async fn authorize(
+        &self,
+        browser: &mut Browser,
+        pkce: &Pkce,
+        extra: &[(&str, &str)],
+        user: Option<&str>,
+    ) -> HashMap<String, String> {
+        let mut url = self.endpoint("authorization_endpoint");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client.reg.client_id)
+            .append_pair("redirect_uri", self.client.redirect_uri.as_str())
+            .append_pair("scope", "openid email profile offline_access")
+            .append_pair("tenant", ACME)
+            .append_pair("state", "st")
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(extra);
+        let prefix = self.client.redirect_uri.as_str().to_owned();
+        let stop = move |u: &Url| u.as_str().starts_with(&prefix);
+        let back = match browser.get_until(&url, &stop).await {
+            Nav::Stopped(back) => back,
+            Nav::Page(page) => {
+                let user = user.unwrap_or_else(|| panic!("the IdP asked for a login:\n{}", browser.trail()));
+                assert!(self.idp.serves(&page.url), "unexpected page {}:\n{}", page.url, page.body);
+                let mut form = page.form(Some("login"));
+                form.set("username", user);
+                form.set("password", IDP_PASSWORD);
+                browser.submit_until(&page, &form, &stop).await.stopped()
+            }
+        };
+        back.query_pairs().into_owned().collect()
+    }
+
+    /// Signs `user` in (login form expected) and redeems the code.
+    pub async fn tokens(&self, browser: &mut Browser, extra: &[(&str, &str)], user: Option<&str>) -> Value {
+        let pkce = Pkce::new();
+        let q = self.authorize(browser, &pkce, extra, user).await;
+        let code = q.get("code").unwrap_or_else(|| panic!("no code: {q:?}"));
+        let r = self
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.client.redirect_uri.as_str()),
+                ("code_verifier", &pkce.verifier),
+            ])
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    /// A token request as the raw client.
+    pub async fn token(&self, form: &[(&str, &str)]) -> OAuthResponse {
+        let resp = self
+            .app
+            .client
+            .post(self.endpoint("token_endpoint"))
+            .basic_auth(&self.client.reg.client_id, Some(self.client.secret()))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        OAuthResponse {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The app's refresh grant.
+    pub async fn refresh(&self, refresh_token: &str) -> OAuthResponse {
+        self.token(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
+            .await
+    }
+}
+
+/// The claims of a JWT, unverified (the gateway's own tokens are verified elsewhere).
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn refused(q: &HashMap<String, String>, reason: &str) {
+    assert_eq!(q.get("error").map(String::as_str), Some("login_required"), "{q:?}");
+    assert!(q.get("code").is_none(), "{q:?}");
+    let description = q.get("error_description").cloned().unwrap_or_default();
+    assert!(description.contains(reason), "{reason} not in {description:?}");
+}
+
+#[tokio::test]
+async fn the_id_token_auth_time_is_the_idps_not_the_callbacks() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    // The gateway's clock runs five minutes ahead of the IdP's: the callback
+    // happens "later" than the authentication the IdP reports.
+    w.clock.advance(Duration::seconds(300));
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let claims = jwt_claims(tokens["id_token"].as_str().unwrap());
+    let auth_time = claims["auth_time"].as_i64().unwrap();
+    let real_now = SystemClock.unix();
+    assert!(
+        auth_time <= real_now && auth_time > real_now - 30,
+        "auth_time {auth_time} is not the IdP's (real now {real_now}, gateway {})",
+        w.clock.unix()
+    );
+}
+
+#[tokio::test]
+async fn max_age_is_forwarded_and_the_idp_authenticates_again() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    let logins = w.idp.stats().await.logins;
+    // Both clocks move on two seconds; the app wants an authentication of
+    // at most one second ago.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    w.clock.advance(Duration::seconds(2));
+    let tokens = w.tokens(&mut browser, &[("max_age", "1")], Some("alice")).await;
+    assert_eq!(w.idp.stats().await.logins, logins + 1, "the IdP saw max_age");
+    let auth_time = jwt_claims(tokens["id_token"].as_str().unwrap())["auth_time"]
+        .as_i64()
+        .unwrap();
+    assert!(auth_time >= SystemClock.unix() - 5, "fresh auth_time {auth_time}");
+}
+
+#[tokio::test]
+async fn prompt_login_ignored_by_the_idp_is_refused() {
+    let w = Trust::new(&["--ignore-reauth"], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    // Beyond the clock skew: the IdP's session is two minutes old.
+    w.clock.advance(Duration::seconds(120));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("prompt", "login")], None)
+        .await;
+    refused(&q, "login.auth_too_old");
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "0")], None)
+        .await;
+    refused(&q, "login.auth_too_old");
+}
+
+#[tokio::test]
+async fn max_age_ignored_by_the_idp_is_refused() {
+    let w = Trust::new(&["--ignore-reauth"], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(300));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "120")], None)
+        .await;
+    refused(&q, "login.auth_too_old");
+    // Within max_age (plus skew) the same IdP session is fine.
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "600")], None)
+        .await;
+    assert!(q.contains_key("code"), "{q:?}");
+}
+
+#[tokio::test]
+async fn max_age_without_auth_time_from_the_idp_is_refused() {
+    let w = Trust::new(
+        &["--ignore-reauth", "--no-auth-time"],
+        &["openid", "email", "profile"],
+        json!({}),
+    )
+    .await;
+    let mut browser = Browser::new();
+    // Without max_age nothing is asked of auth_time.
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "3600"), ("prompt", "login")], None)
+        .await;
+    refused(&q, "login.auth_time_unknown");
+}
