@@ -254,3 +254,46 @@ async fn auth_time_comes_from_the_signed_id_token_only() {
     claims["auth_time"] = json!("yesterday");
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
 }
+
+#[tokio::test]
+async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_secret() {
+    let f = Fixture::new().await;
+    // Login A's pending state, but the IdP issued the code to login B's
+    // request: A's verifier does not hash to B's challenge.
+    let a = f.begin().await;
+    let _b = f.begin().await;
+    let token = f.key.sign(&f.claims(&a));
+    assert_eq!(code(f.finish(&a, token.clone(), f.callback(&a)).await), "oidc.token_rejected");
+    // The code was spent by that attempt, as at a real IdP.
+    assert_eq!(code(f.finish(&a, token, f.callback(&a)).await), "oidc.token_rejected");
+
+    // A connector with the wrong client secret is refused (invalid_client).
+    let mut cfg = match &f.connection.kind {
+        ConnectionKind::Oidc(cfg) => cfg.clone(),
+        _ => unreachable!(),
+    };
+    cfg.client_secret = Some(portcullis::secret::Secret::new("not-the-secret"));
+    let wrong = OidcConnector::new(&f.connection, cfg, f.ctx.clone()).unwrap();
+    let begun = wrong
+        .begin(BeginRequest {
+            login_id: "w-1",
+            force_authn: false,
+            login_hint: None,
+            max_age: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    f.idp.issue_code("code-123", &url);
+    let mut claims = f.claims(&a);
+    claims["nonce"] = json!(query(&url, "nonce").unwrap());
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&claims)));
+    let mut params = CallbackParams::default();
+    params.query.insert("state".into(), "w-1".into());
+    params.query.insert("code".into(), "code-123".into());
+    let err = wrong.complete(Some(&begun.state), &params).await.unwrap_err();
+    assert!(err.code == "oidc.token_rejected" || err.code == "oidc.token_endpoint", "{err:?}");
+    assert!(err.detail.contains("401"), "{}", err.detail);
+}

@@ -174,6 +174,8 @@ async fn hs256_signed_with_the_public_key_is_rejected() {
         )
         .unwrap();
         let token = format!("{input}.{}", b64(&signer.try_sign(input.as_bytes()).unwrap()));
+        // Each attempt spends the code at the IdP.
+        f.idp.issue_code("code-123", &login.url);
         assert_eq!(
             code(f.finish(&login, token, f.callback(&login)).await),
             "oidc.alg_not_allowed"
@@ -277,10 +279,12 @@ async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
     let mut params = CallbackParams::default();
     params.query.insert("state".into(), "strict-1".into());
     params.query.insert("code".into(), "c".into());
+    f.idp.issue_code("c", &url);
     f.idp.with(|s| s.id_token = Some(f.key.sign(&claims)));
     let r = strict.complete(Some(&begun.state), &params).await;
     assert_eq!(code(r), "oidc.alg_not_allowed");
     // The same claims signed with ES256 pass the strict connection.
+    f.idp.issue_code("c", &url);
     f.idp.with(|s| s.id_token = Some(es256(&claims)));
     strict.complete(Some(&begun.state), &params).await.unwrap();
 }
