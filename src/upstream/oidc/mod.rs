@@ -11,6 +11,7 @@
 pub mod claims;
 pub mod flow;
 pub mod id_token;
+pub mod keys;
 pub mod provider;
 
 pub use claims::ClaimMapping;

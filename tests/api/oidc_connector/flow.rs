@@ -295,5 +295,5 @@ async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_
     params.query.insert("code".into(), "code-123".into());
     let err = wrong.complete(Some(&begun.state), &params).await.unwrap_err();
     assert!(err.code == "oidc.token_rejected" || err.code == "oidc.token_endpoint", "{err:?}");
-    assert!(err.detail.contains("401"), "{}", err.detail);
+    assert!(err.detail.contains("invalid_client"), "{}", err.detail);
 }
