@@ -13,6 +13,9 @@
 //! shared store, so a flood of forged tokens cannot turn the gateway fleet
 //! into a JWKS hammer.
 
+use super::super::http::{HttpRequest, HttpResponse, OutboundHttp};
+use std::future::Future;
+use std::pin::Pin;
 use super::super::{UpstreamContext, UpstreamError};
 use super::keys::OpensslJwk;
 use crate::store::Key;
@@ -153,6 +156,56 @@ fn check_endpoints(meta: &Discovered, allow_private_networks: bool) -> Result<()
     Ok(())
 }
 
+/// The guarded client for discovery, which checks the document's endpoints
+/// as soon as it arrives.
+struct DocumentCheck {
+    http: OutboundHttp,
+    document_url: String,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for DocumentCheck {
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, UpstreamError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let is_document = request.uri().to_string() == self.document_url;
+            let response = self.http.execute(request).await?;
+            if is_document && response.status().is_success() {
+                check_document(response.body(), self.http.config().allow_private_networks)?;
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The endpoint rule applied to the raw discovery document (fields that are
+/// not strings are left to the typed parse).
+fn check_document(body: &[u8], allow_private_networks: bool) -> Result<(), UpstreamError> {
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    for name in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+        "end_session_endpoint",
+    ] {
+        if let Some(raw) = doc.get(name).and_then(serde_json::Value::as_str) {
+            let ok = Url::parse(raw).is_ok_and(|u| endpoint_allowed(&u, allow_private_networks));
+            if !ok {
+                let scheme: String = raw.split(':').next().unwrap_or("").chars().take(16).collect();
+                return Err(UpstreamError::internal(
+                    "oidc.bad_endpoint_url",
+                    format!("the discovery document's {name} (scheme {scheme:?}) is not an https URL"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn discovery_error(code: &'static str, e: DiscoveryError<UpstreamError>) -> UpstreamError {
     match e {
         DiscoveryError::Request(inner) => inner,
@@ -170,7 +223,16 @@ fn discovery_error(code: &'static str, e: DiscoveryError<UpstreamError>) -> Upst
 pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<(ProviderMetadata, KeySet), UpstreamError> {
     let issuer_url = IssuerUrl::new(issuer.to_owned())
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
-    let discovered = Discovered::discover_async(issuer_url, &ctx.http)
+    let document_url = issuer_url
+        .join(".well-known/openid-configuration")
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
+    // The guarded client, plus a look at the document's endpoints before
+    // `discover_async` goes on to fetch the JWKS it names.
+    let http = DocumentCheck {
+        http: ctx.http.clone(),
+        document_url: document_url.to_string(),
+    };
+    let discovered = Discovered::discover_async(issuer_url, &http)
         .await
         .map_err(|e| discovery_error("oidc.discovery", e))?;
     // Byte for byte: IssuerUrl equality alone would forgive spelling differences.

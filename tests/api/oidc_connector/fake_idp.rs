@@ -80,6 +80,8 @@ pub struct Script {
     /// Codes the IdP issued and not yet redeemed: code → (PKCE S256
     /// challenge, redirect URI).
     pub codes: BTreeMap<String, (String, String)>,
+    /// Discovery fields replaced by the test (e.g. a `javascript:` endpoint).
+    pub endpoint_override: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -104,6 +106,7 @@ impl FakeIdp {
             jwks_hits: 0,
             token_requests: Vec::new(),
             codes: BTreeMap::new(),
+            endpoint_override: BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -171,6 +174,9 @@ async fn discovery(State(s): S) -> Json<Value> {
     });
     if let Some(m) = &s.auth_methods {
         doc["token_endpoint_auth_methods_supported"] = json!(m);
+    }
+    for (field, value) in &s.endpoint_override {
+        doc[field.as_str()] = json!(value);
     }
     Json(doc)
 }
