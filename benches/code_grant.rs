@@ -59,6 +59,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         keys: Arc::new(keys),
         clients: ClientRegistry::new(store.clone()),
         directory: Directory::new(store.clone(), clock.clone()),
+        upstream: None,
     };
     provider
         .clients

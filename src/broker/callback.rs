@@ -136,6 +136,9 @@ impl Broker {
         if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
             return unavailable(e);
         }
+        if let Err(e) = self.keep_upstream_session(&s, &identity).await {
+            return unavailable(e);
+        }
         sso.insert(tenant.to_string(), s.sid.clone());
         tracing::info!(reason = "login.succeeded", tenant = %tenant, connection = %connection, "sign-in succeeded");
         self.finish(&request, &s).await

@@ -9,6 +9,7 @@
 pub mod authorize;
 mod callback;
 mod freshness;
+pub mod upstream_refresh;
 pub mod connectors;
 pub mod session;
 

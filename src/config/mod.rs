@@ -140,6 +140,10 @@ pub struct SessionSettings {
 pub struct UpstreamSettings {
     /// Allowed clock skew on validity windows, seconds (at most 300).
     pub clock_skew_secs: i64,
+    /// How long an upstream (IdP) session is trusted before the app's next
+    /// refresh asks the IdP again, seconds (60 to 86400; a connection may
+    /// set its own).
+    pub refresh_interval_secs: u64,
 }
 
 /// `[outbound]`
@@ -228,7 +232,10 @@ impl Default for SessionSettings {
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        Self { clock_skew_secs: 60 }
+        Self {
+            clock_skew_secs: 60,
+            refresh_interval_secs: 3600,
+        }
     }
 }
 
@@ -380,6 +387,12 @@ impl Settings {
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
+            (
+                "upstream.refresh_interval_secs",
+                self.upstream.refresh_interval_secs,
+                60,
+                86_400,
+            ),
         ] {
             if value < min || value > max {
                 bad(field, format!("{value} is outside {min}..={max}"));

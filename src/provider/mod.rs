@@ -8,6 +8,7 @@ pub mod codes;
 pub mod error;
 pub mod grants;
 pub mod refresh;
+pub mod upstream;
 
 pub use error::OAuthError;
 
@@ -36,6 +37,8 @@ pub struct Provider {
     pub clients: clients::ClientRegistry,
     /// Users.
     pub directory: Directory,
+    /// Checks upstream sessions at the app's refresh (`None`: never).
+    pub upstream: Option<Arc<dyn upstream::UpstreamSessions>>,
 }
 
 impl Provider {

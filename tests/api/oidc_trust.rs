@@ -258,3 +258,142 @@ async fn max_age_without_auth_time_from_the_idp_is_refused() {
         .await;
     refused(&q, "login.auth_time_unknown");
 }
+
+impl Trust {
+    /// The app's refresh grant through the provider itself, to read the
+    /// reason code of a refusal (the HTTP answer carries only the RFC code).
+    pub async fn refresh_direct(&self, refresh_token: &str) -> Result<(), portcullis::provider::OAuthError> {
+        let provider = &self.app.state.provider;
+        let client = provider
+            .clients
+            .get(&self.client.reg.client_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let req = portcullis::provider::grants::TokenRequest {
+            grant_type: Some("refresh_token".into()),
+            refresh_token: Some(refresh_token.into()),
+            ..Default::default()
+        };
+        provider.token(&client, &req).await.map(|_| ())
+    }
+}
+
+const REFRESHING: &[&str] = &["openid", "email", "profile"];
+
+fn rt(v: &Value) -> String {
+    v["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refresh_token: {v}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_apps_refresh_refreshes_upstream_after_the_interval() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    // Within the interval the IdP is not asked.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 0);
+    // After it (default one hour), the app's refresh refreshes upstream once.
+    w.clock.advance(Duration::seconds(3601));
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1, "the new upstream session counts from now");
+    // And again after the next interval, with the token the IdP rotated to.
+    w.clock.advance(Duration::seconds(3601));
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 2);
+}
+
+#[tokio::test]
+async fn a_user_removed_at_the_idp_stops_getting_tokens() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let first = w.tokens(&mut browser, &[], Some("alice")).await;
+    // A second family in the same SSO session (no new login at the IdP).
+    let second = w.tokens(&mut browser, &[], None).await;
+    w.idp.remove_account("alice").await;
+    w.clock.advance(Duration::seconds(3601));
+
+    let err = w.refresh_direct(&rt(&first)).await.unwrap_err();
+    assert_eq!(err.code, "invalid_grant");
+    assert_eq!(err.reason, "refresh.upstream_refused");
+    // Every family of the SSO session is gone, and the SSO session too.
+    let r = w.refresh(&rt(&second)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error(), Some("invalid_grant"));
+    let r = w.refresh(&rt(&first)).await;
+    assert_eq!(r.error(), Some("invalid_grant"));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("prompt", "none")], None)
+        .await;
+    assert_eq!(q.get("error").map(String::as_str), Some("login_required"), "{q:?}");
+}
+
+#[tokio::test]
+async fn a_transient_idp_failure_fails_the_refresh_without_revoking() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(3601));
+    w.idp.fail_next_token(503).await;
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!(err.code, "temporarily_unavailable");
+    assert_eq!(err.reason, "refresh.upstream_unavailable");
+    w.idp.fail_next_token(502).await;
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), Some("temporarily_unavailable"));
+    // Nothing was consumed or revoked: the same token works once the IdP is back.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+}
+
+#[tokio::test]
+async fn concurrent_app_refreshes_spend_the_upstream_token_once() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let a = w.tokens(&mut browser, &[], Some("alice")).await;
+    let b = w.tokens(&mut browser, &[], None).await;
+    w.clock.advance(Duration::seconds(3601));
+    let (a, b) = (rt(&a), rt(&b));
+    let (ra, rb) = tokio::join!(w.refresh(&a), w.refresh(&b));
+    assert_eq!(ra.status, 200, "{:?}", ra.body);
+    assert_eq!(rb.status, 200, "{:?}", rb.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+}
+
+#[tokio::test]
+async fn the_refresh_interval_is_per_connection_and_offline_access_only_when_asked() {
+    // A connection with its own interval.
+    let w = Trust::new(
+        &[],
+        REFRESHING,
+        json!({ "refresh_upstream": true, "refresh_interval_secs": 120 }),
+    )
+    .await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(121));
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+
+    // Without refresh_upstream the IdP issues no refresh token, and nothing
+    // is asked upstream.
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(7200));
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 0);
+}

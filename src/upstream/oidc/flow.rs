@@ -5,11 +5,13 @@
 use super::id_token::{self, Claims, Expected};
 use super::provider::ProviderMetadata;
 use super::{claims, OidcConnector};
+use crate::secret::Secret;
 use crate::upstream::{BeginLogin, BeginRequest, CallbackParams, Identity, UpstreamError, UpstreamRedirect};
 use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreErrorResponseType};
 use openidconnect::{
     AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet,
-    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RequestTokenError,
+    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError,
     Scope, StandardErrorResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,9 @@ pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogi
     // `openid` comes first, always.
     for scope in c.cfg.scopes.iter().filter(|s| *s != "openid") {
         auth = auth.add_scope(Scope::new(scope.clone()));
+    }
+    if c.cfg.refresh_upstream && !c.cfg.scopes.iter().any(|s| s == "offline_access") {
+        auth = auth.add_scope(Scope::new("offline_access".into()));
     }
     if req.force_authn {
         auth = auth.add_prompt(CoreAuthPrompt::Login);
@@ -212,6 +217,7 @@ pub async fn complete(
     }
     let mut identity = claims::identity(&claims, &c.cfg.claim_mapping)?;
     identity.auth_time = auth_time;
+    identity.upstream_refresh_token = tokens.refresh_token.map(crate::secret::Secret::new);
     Ok(identity)
 }
 
@@ -240,6 +246,40 @@ async fn exchange(c: &OidcConnector, meta: &ProviderMetadata, code: &str, verifi
             refresh_token: resp.refresh_token().map(|t| t.secret().clone()),
         }),
         Err(e) => Err(token_error(e)),
+    }
+}
+
+/// Refreshes at the IdP (`exchange_refresh_token`). `invalid_grant` is the
+/// IdP's refusal (`oidc.refresh_refused`, not internal); anything else
+/// (network, 5xx, other errors) is transient.
+pub async fn refresh(c: &OidcConnector, refresh_token: &Secret) -> Result<Secret, UpstreamError> {
+    let meta = c.provider.metadata(&c.ctx).await?;
+    let client = client(c, &meta);
+    let token = RefreshToken::new(refresh_token.expose().to_owned());
+    let request = client
+        .exchange_refresh_token(&token)
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?;
+    match request.request_async(&c.ctx.http).await {
+        // Rotated, or the same token again when the IdP does not rotate.
+        Ok(resp) => Ok(resp
+            .refresh_token()
+            .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone()))),
+        Err(RequestTokenError::ServerResponse(err)) if *err.error() == CoreErrorResponseType::InvalidGrant => {
+            Err(UpstreamError::reject(
+                "oidc.refresh_refused",
+                "Your identity provider no longer accepts this session. Please sign in again.",
+                format!(
+                    "the IdP refused the refresh: {:?}",
+                    err.error_description()
+                        .map(|d| d.chars().take(300).collect::<String>())
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        Err(e) => {
+            let e = token_error(e);
+            Err(UpstreamError::internal("oidc.refresh_unavailable", format!("{}: {}", e.code, e.detail)))
+        }
     }
 }
 
