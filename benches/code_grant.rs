@@ -103,6 +103,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         sid: "s_bench".into(),
         auth_time: clock.unix() - 5,
         amr: vec!["pwd".into()],
+        session_expires_at: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

@@ -132,6 +132,7 @@ impl Broker {
             sub: user.sub.clone(),
             auth_time,
             amr: identity.amr.clone(),
+            expires_at: self.session_end(connector.as_ref(), &identity),
         };
         if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
             return unavailable(e);

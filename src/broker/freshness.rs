@@ -6,7 +6,7 @@
 use super::{error_to_app, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::ids::{ConnectionId, TenantId};
-use crate::upstream::Identity;
+use crate::upstream::{Connector, Identity};
 
 const TOO_OLD: &str =
     "The application asked for a recent sign-in, but your identity provider reused an older one. Please sign in again.";
@@ -14,6 +14,17 @@ const UNKNOWN: &str =
     "The application asked for a recent sign-in, but your identity provider did not say when you signed in.";
 
 impl Broker {
+    /// The hard end of the SSO session this answer opens: the IdP's
+    /// `SessionNotOnOrAfter` and the connection's maximum, whichever is first.
+    pub(super) fn session_end(&self, connector: &dyn Connector, identity: &Identity) -> Option<i64> {
+        let now = self.provider.clock.unix();
+        let by_connection = connector.max_session_secs().map(|m| now.saturating_add(m));
+        match (identity.session_expires_at, by_connection) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The `auth_time` of the SSO session this answer opens: the IdP's
     /// (never in the future), or now for connectors that cannot say. Refuses
     /// (`error=login_required` to the app) when the app asked for `max_age` or

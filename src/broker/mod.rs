@@ -307,6 +307,9 @@ impl Broker {
             return Ok(None);
         }
         let now = self.provider.clock.unix();
+        if s.expires_at.is_some_and(|end| now >= end) {
+            return Ok(None);
+        }
         if let Some(max_age) = req.max_age {
             // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the same second.
             if max_age == 0 || now - s.auth_time > max_age {
@@ -400,6 +403,7 @@ impl Broker {
             sid: s.sid.clone(),
             auth_time: s.auth_time,
             amr: s.amr.clone(),
+            session_expires_at: s.expires_at,
         };
         let code = match self.provider.issue_code(&authz).await {
             Ok(c) => c,

@@ -37,6 +37,10 @@ pub struct Authorization {
     pub auth_time: i64,
     /// Authentication methods.
     pub amr: Vec<String>,
+    /// The SSO session's hard end (Unix seconds), if any: refresh families
+    /// started from this authorization end then too.
+    #[serde(default)]
+    pub session_expires_at: Option<i64>,
 }
 
 fn code_hash(code: &str) -> String {

@@ -185,6 +185,12 @@ pub trait Connector: Send + Sync {
         None
     }
 
+    /// The longest an SSO session through this connection may last
+    /// (seconds), when the connection sets a maximum; `None`: no cap.
+    fn max_session_secs(&self) -> Option<i64> {
+        None
+    }
+
     /// Completes a login: validates the IdP's answer. `pending` is the state
     /// returned by `begin`, or `None` for an IdP-initiated (unsolicited) login.
     async fn complete(

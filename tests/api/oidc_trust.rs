@@ -397,3 +397,27 @@ async fn the_refresh_interval_is_per_connection_and_offline_access_only_when_ask
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(w.idp.stats().await.refresh, 0);
 }
+
+#[tokio::test]
+async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let provider = &w.app.state.provider;
+    let family = provider.peek_refresh(&rt(&tokens)).await.unwrap().unwrap();
+    // As a SAML login with SessionNotOnOrAfter ten minutes ahead would carry it.
+    let now = w.clock.unix();
+    let mut authz = family.authz.clone();
+    authz.session_expires_at = Some(now + 600);
+    let (capped, token) = provider.start_family(&authz).await.unwrap();
+    assert_eq!(capped.expires_at, now + 600);
+    let r = w.refresh(&token).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let token = rt(&r.body);
+    w.clock.advance(Duration::seconds(601));
+    let err = w.refresh_direct(&token).await.unwrap_err();
+    assert_eq!((err.code, err.reason), ("invalid_grant", "refresh.unknown"));
+    // The uncapped family of the same login lives on.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}

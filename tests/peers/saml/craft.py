@@ -107,7 +107,10 @@ def assertion(c, issuer):
     if c.get("audience", c["sp_entity_id"]) is not None:
         ar = sub(cond, SAML, "AudienceRestriction")
         sub(ar, SAML, "Audience", text=c.get("audience", c["sp_entity_id"]))
-    st = sub(a, SAML, "AuthnStatement", {"AuthnInstant": c["issue_instant"], "SessionIndex": "_sess-" + aid})
+    authn = {"AuthnInstant": c.get("authn_instant", c["issue_instant"]), "SessionIndex": "_sess-" + aid}
+    if c.get("session_not_on_or_after"):
+        authn["SessionNotOnOrAfter"] = c["session_not_on_or_after"]
+    st = sub(a, SAML, "AuthnStatement", authn)
     ac = sub(st, SAML, "AuthnContext")
     sub(ac, SAML, "AuthnContextClassRef",
         text="urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport")
