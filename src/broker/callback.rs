@@ -116,7 +116,7 @@ impl Broker {
         // max_age / prompt=login: refuse an authentication older than the app allows.
         let auth_time = match self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection) {
             Ok(t) => t,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,

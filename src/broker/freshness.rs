@@ -36,7 +36,7 @@ impl Broker {
         identity: &Identity,
         tenant: &TenantId,
         connection: &ConnectionId,
-    ) -> Result<i64, Outcome> {
+    ) -> Result<i64, Box<Outcome>> {
         let now = self.provider.clock.unix();
         let skew = self.upstream.clock_skew_secs;
         let reauth = request.prompt_login || request.max_age == Some(0);
@@ -53,12 +53,12 @@ impl Broker {
             );
             // The reason code goes to the app too, so its developers can tell
             // "too old" from "unknown" without our logs.
-            error_to_app(
+            Box::new(error_to_app(
                 request,
                 &self.provider.iss(),
                 "login_required",
                 &format!("{message} (reason: {reason})"),
-            )
+            ))
         };
         if reauth || max_age.is_some() {
             let Some(at) = identity.auth_time else {

@@ -8,10 +8,10 @@
 
 pub mod authorize;
 mod callback;
-mod freshness;
-pub mod upstream_refresh;
 pub mod connectors;
+mod freshness;
 pub mod session;
+pub mod upstream_refresh;
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::codes::Authorization;

@@ -183,7 +183,9 @@ impl UpstreamRefresher {
     /// Ends the SSO session (the provider revokes its refresh families).
     async fn end(&self, authz: &Authorization, code: &str) -> Result<UpstreamCheck, StoreError> {
         tracing::warn!(reason = "refresh.upstream_refused", code, tenant = %authz.tenant, connection = %authz.connection, "upstream session ended");
-        self.store.delete(&record_key(authz.tenant.as_str(), &authz.sid)).await?;
+        self.store
+            .delete(&record_key(authz.tenant.as_str(), &authz.sid))
+            .await?;
         session::delete(&self.store, &authz.tenant, &authz.sid).await?;
         Ok(UpstreamCheck::Refused)
     }

@@ -175,7 +175,10 @@ pub trait Connector: Send + Sync {
     /// `Ok(None)`: this connector cannot tell (the default). An error with
     /// `internal == false` is the IdP's refusal (the user was removed, the grant
     /// revoked); with `internal == true` a transient failure (network, 5xx).
-    async fn refresh(&self, _refresh_token: &crate::secret::Secret) -> Result<Option<crate::secret::Secret>, UpstreamError> {
+    async fn refresh(
+        &self,
+        _refresh_token: &crate::secret::Secret,
+    ) -> Result<Option<crate::secret::Secret>, UpstreamError> {
         Ok(None)
     }
 

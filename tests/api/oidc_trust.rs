@@ -103,7 +103,12 @@ impl Trust {
             Nav::Stopped(back) => back,
             Nav::Page(page) => {
                 let user = user.unwrap_or_else(|| panic!("the IdP asked for a login:\n{}", browser.trail()));
-                assert!(self.idp.serves(&page.url), "unexpected page {}:\n{}", page.url, page.body);
+                assert!(
+                    self.idp.serves(&page.url),
+                    "unexpected page {}:\n{}",
+                    page.url,
+                    page.body
+                );
                 let mut form = page.form(Some("login"));
                 form.set("username", user);
                 form.set("password", IDP_PASSWORD);
@@ -194,7 +199,9 @@ async fn max_age_is_forwarded_and_the_idp_authenticates_again() {
     let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
     let mut browser = Browser::new();
     let first = w.tokens(&mut browser, &[], Some("alice")).await;
-    let first = jwt_claims(first["id_token"].as_str().unwrap())["auth_time"].as_i64().unwrap();
+    let first = jwt_claims(first["id_token"].as_str().unwrap())["auth_time"]
+        .as_i64()
+        .unwrap();
     let logins = w.idp.stats().await.logins;
     // Both clocks move on two seconds; the app wants an authentication of
     // at most one second ago.
@@ -219,9 +226,7 @@ async fn prompt_login_ignored_by_the_idp_is_refused() {
         .authorize(&mut browser, &Pkce::new(), &[("prompt", "login")], None)
         .await;
     refused(&q, "login.auth_too_old");
-    let q = w
-        .authorize(&mut browser, &Pkce::new(), &[("max_age", "0")], None)
-        .await;
+    let q = w.authorize(&mut browser, &Pkce::new(), &[("max_age", "0")], None).await;
     refused(&q, "login.auth_too_old");
 }
 
@@ -254,7 +259,12 @@ async fn max_age_without_auth_time_from_the_idp_is_refused() {
     // Without max_age nothing is asked of auth_time.
     w.tokens(&mut browser, &[], Some("alice")).await;
     let q = w
-        .authorize(&mut browser, &Pkce::new(), &[("max_age", "3600"), ("prompt", "login")], None)
+        .authorize(
+            &mut browser,
+            &Pkce::new(),
+            &[("max_age", "3600"), ("prompt", "login")],
+            None,
+        )
         .await;
     refused(&q, "login.auth_time_unknown");
 }
@@ -264,12 +274,7 @@ impl Trust {
     /// reason code of a refusal (the HTTP answer carries only the RFC code).
     pub async fn refresh_direct(&self, refresh_token: &str) -> Result<(), portcullis::provider::OAuthError> {
         let provider = &self.app.state.provider;
-        let client = provider
-            .clients
-            .get(&self.client.reg.client_id)
-            .await
-            .unwrap()
-            .unwrap();
+        let client = provider.clients.get(&self.client.reg.client_id).await.unwrap().unwrap();
         let req = portcullis::provider::grants::TokenRequest {
             grant_type: Some("refresh_token".into()),
             refresh_token: Some(refresh_token.into()),
@@ -304,7 +309,11 @@ async fn the_apps_refresh_refreshes_upstream_after_the_interval() {
     assert_eq!(w.idp.stats().await.refresh, 1);
     let r = w.refresh(&rt(&r.body)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(w.idp.stats().await.refresh, 1, "the new upstream session counts from now");
+    assert_eq!(
+        w.idp.stats().await.refresh,
+        1,
+        "the new upstream session counts from now"
+    );
     // And again after the next interval, with the token the IdP rotated to.
     w.clock.advance(Duration::seconds(3601));
     let r = w.refresh(&rt(&r.body)).await;

@@ -11,8 +11,7 @@ use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, Co
 use openidconnect::{
     AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet,
     LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError,
-    Scope, StandardErrorResponse, TokenResponse,
+    RequestTokenError, Scope, StandardErrorResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,14 +39,18 @@ fn eq(a: &str, b: &str) -> bool {
 }
 
 /// The `openidconnect` client for this connection and discovery document.
-fn client(c: &OidcConnector, meta: &ProviderMetadata) -> CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet> {
-    let secret = c.cfg.client_secret.as_ref().map(|s| ClientSecret::new(s.expose().to_owned()));
-    let mut client = CoreClient::from_provider_metadata(
-        meta.discovered.clone(),
-        ClientId::new(c.cfg.client_id.clone()),
-        secret,
-    )
-    .set_redirect_uri(RedirectUrl::from_url(c.redirect_uri.clone()));
+fn client(
+    c: &OidcConnector,
+    meta: &ProviderMetadata,
+) -> CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet> {
+    let secret = c
+        .cfg
+        .client_secret
+        .as_ref()
+        .map(|s| ClientSecret::new(s.expose().to_owned()));
+    let mut client =
+        CoreClient::from_provider_metadata(meta.discovered.clone(), ClientId::new(c.cfg.client_id.clone()), secret)
+            .set_redirect_uri(RedirectUrl::from_url(c.redirect_uri.clone()));
     if meta.prefers_client_secret_post() {
         client = client.set_auth_type(AuthType::RequestBody);
     }
@@ -233,7 +236,12 @@ pub(crate) struct Tokens {
 
 /// Redeems the code with its PKCE verifier (`openidconnect`'s
 /// `exchange_code(...).set_pkce_verifier(...)`), through the guarded client.
-async fn exchange(c: &OidcConnector, meta: &ProviderMetadata, code: &str, verifier: &str) -> Result<Tokens, UpstreamError> {
+async fn exchange(
+    c: &OidcConnector,
+    meta: &ProviderMetadata,
+    code: &str,
+    verifier: &str,
+) -> Result<Tokens, UpstreamError> {
     let client = client(c, meta);
     let request = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -278,13 +286,18 @@ pub async fn refresh(c: &OidcConnector, refresh_token: &Secret) -> Result<Secret
         }
         Err(e) => {
             let e = token_error(e);
-            Err(UpstreamError::internal("oidc.refresh_unavailable", format!("{}: {}", e.code, e.detail)))
+            Err(UpstreamError::internal(
+                "oidc.refresh_unavailable",
+                format!("{}: {}", e.code, e.detail),
+            ))
         }
     }
 }
 
 /// Maps the token endpoint's failure onto our reason codes.
-pub(crate) fn token_error(e: RequestTokenError<UpstreamError, StandardErrorResponse<CoreErrorResponseType>>) -> UpstreamError {
+pub(crate) fn token_error(
+    e: RequestTokenError<UpstreamError, StandardErrorResponse<CoreErrorResponseType>>,
+) -> UpstreamError {
     match e {
         RequestTokenError::ServerResponse(err) => UpstreamError::reject(
             "oidc.token_rejected",

@@ -6,15 +6,13 @@
 //! `azp`, `nbf`, a non-empty `sub`, and a JWKS refetch on an unknown `kid`
 //! (rate-limited through the store).
 
-use super::provider::{KeySet, Provider};
 use super::keys::OpensslJwk;
+use super::provider::{KeySet, Provider};
 use crate::upstream::{UpstreamContext, UpstreamError};
 use base64::Engine;
 use jsonwebtoken::Algorithm;
 use openidconnect::core::{CoreIdToken, CoreJwsSigningAlgorithm};
-use openidconnect::{
-    ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, Nonce, SignatureVerificationError,
-};
+use openidconnect::{ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, Nonce, SignatureVerificationError};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::str::FromStr;
@@ -97,8 +95,8 @@ pub async fn validate(
             format!("ID token algorithm {:?} is not allowed", header.alg),
         ));
     }
-    let id_token = CoreIdToken::from_str(token)
-        .map_err(|e| reject("oidc.id_token_malformed", format!("not an ID token: {e}")))?;
+    let id_token =
+        CoreIdToken::from_str(token).map_err(|e| reject("oidc.id_token_malformed", format!("not an ID token: {e}")))?;
     let keys = provider.keys(ctx, false).await?;
     let mut outcome = verify(&id_token, expected, &allowed, &keys, ctx);
     if matches!(
@@ -143,7 +141,9 @@ fn verify(
             .set_time_fn(move || now - skew - chrono::Duration::seconds(1))
             .set_issue_time_verifier_fn(move |iat| {
                 if iat > now + skew {
-                    Err(format!("{IAT_IN_FUTURE}: ID token iat {iat} is after now {now} plus skew"))
+                    Err(format!(
+                        "{IAT_IN_FUTURE}: ID token iat {iat} is after now {now} plus skew"
+                    ))
                 } else {
                     Ok(())
                 }
@@ -163,13 +163,17 @@ fn map_error(e: ClaimsVerificationError, ctx: &UpstreamContext) -> UpstreamError
     use ClaimsVerificationError as C;
     use SignatureVerificationError as S;
     match e {
-        C::SignatureVerification(S::NoMatchingKey) => {
-            reject("oidc.unknown_kid", "no key in the IdP's JWKS fits the token's kid and alg")
-        }
+        C::SignatureVerification(S::NoMatchingKey) => reject(
+            "oidc.unknown_kid",
+            "no key in the IdP's JWKS fits the token's kid and alg",
+        ),
         C::SignatureVerification(S::AmbiguousKeyId(d)) => reject("oidc.unknown_kid", d),
         C::SignatureVerification(S::DisallowedAlg(d) | S::UnsupportedAlg(d)) => reject("oidc.alg_not_allowed", d),
         C::SignatureVerification(S::NoSignature) => reject("oidc.alg_not_allowed", "the ID token is unsigned"),
-        C::SignatureVerification(other) => reject("oidc.bad_signature", format!("the ID token signature does not verify: {other}")),
+        C::SignatureVerification(other) => reject(
+            "oidc.bad_signature",
+            format!("the ID token signature does not verify: {other}"),
+        ),
         C::InvalidIssuer(d) => reject("oidc.issuer_mismatch", format!("ID token iss: {d}")),
         C::InvalidAudience(d) => reject("oidc.audience_mismatch", format!("ID token aud: {d}")),
         C::Expired(d) if d.starts_with(IAT_IN_FUTURE) => reject("oidc.issued_in_future", d),

@@ -68,7 +68,9 @@ impl JsonWebKey for OpensslJwk {
         let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
         match jsonwebtoken::crypto::verify(&signature, message, &key, alg) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(SignatureVerificationError::CryptoError("the signature does not verify".into())),
+            Ok(false) => Err(SignatureVerificationError::CryptoError(
+                "the signature does not verify".into(),
+            )),
             Err(e) => Err(SignatureVerificationError::CryptoError(e.to_string())),
         }
     }

@@ -14,8 +14,6 @@
 //! into a JWKS hammer.
 
 use super::super::http::{HttpRequest, HttpResponse, OutboundHttp};
-use std::future::Future;
-use std::pin::Pin;
 use super::super::{UpstreamContext, UpstreamError};
 use super::keys::OpensslJwk;
 use crate::store::Key;
@@ -27,6 +25,8 @@ use openidconnect::core::{
 };
 use openidconnect::{AdditionalProviderMetadata, DiscoveryError, IssuerUrl, JsonWebKeySet};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use url::{Host, Url};
 
@@ -111,7 +111,9 @@ pub fn endpoint_allowed(url: &Url, allow_private_networks: bool) -> bool {
         "http" if allow_private_networks => match url.host() {
             Some(Host::Ipv4(ip)) => super::super::http::guard::is_forbidden(ip.into()),
             Some(Host::Ipv6(ip)) => super::super::http::guard::is_forbidden(ip.into()),
-            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost"),
+            Some(Host::Domain(d)) => {
+                d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+            }
             None => false,
         },
         _ => false,
@@ -120,7 +122,10 @@ pub fn endpoint_allowed(url: &Url, allow_private_networks: bool) -> bool {
 
 fn check_endpoints(meta: &Discovered, allow_private_networks: bool) -> Result<(), UpstreamError> {
     let mut endpoints: Vec<(&str, Option<Url>)> = vec![
-        ("authorization_endpoint", Some(meta.authorization_endpoint().url().clone())),
+        (
+            "authorization_endpoint",
+            Some(meta.authorization_endpoint().url().clone()),
+        ),
         ("token_endpoint", meta.token_endpoint().map(|u| u.url().clone())),
         ("userinfo_endpoint", meta.userinfo_endpoint().map(|u| u.url().clone())),
         ("jwks_uri", Some(meta.jwks_uri().url().clone())),

@@ -263,7 +263,10 @@ async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_
     let a = f.begin().await;
     let _b = f.begin().await;
     let token = f.key.sign(&f.claims(&a));
-    assert_eq!(code(f.finish(&a, token.clone(), f.callback(&a)).await), "oidc.token_rejected");
+    assert_eq!(
+        code(f.finish(&a, token.clone(), f.callback(&a)).await),
+        "oidc.token_rejected"
+    );
     // The code was spent by that attempt, as at a real IdP.
     assert_eq!(code(f.finish(&a, token, f.callback(&a)).await), "oidc.token_rejected");
 
@@ -294,6 +297,9 @@ async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_
     params.query.insert("state".into(), "w-1".into());
     params.query.insert("code".into(), "code-123".into());
     let err = wrong.complete(Some(&begun.state), &params).await.unwrap_err();
-    assert!(err.code == "oidc.token_rejected" || err.code == "oidc.token_endpoint", "{err:?}");
+    assert!(
+        err.code == "oidc.token_rejected" || err.code == "oidc.token_endpoint",
+        "{err:?}"
+    );
     assert!(err.detail.contains("invalid_client"), "{}", err.detail);
 }

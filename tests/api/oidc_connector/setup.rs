@@ -128,7 +128,11 @@ async fn discovery_endpoints_must_be_https_or_private_http() {
             .await
             .unwrap_err();
         assert_eq!(err.field, "issuer", "{field}={value}");
-        assert!(err.message.contains("oidc.bad_endpoint_url"), "{field}={value}: {}", err.message);
+        assert!(
+            err.message.contains("oidc.bad_endpoint_url"),
+            "{field}={value}: {}",
+            err.message
+        );
     }
     // https anywhere, and http to loopback when private networks are allowed, pass.
     let idp = FakeIdp::start(IdpKey::generate("k1")).await;

@@ -200,14 +200,22 @@ impl UpstreamIdp {
     /// Removes `account` at the IdP, as an admin would: its refresh tokens
     /// stop working.
     pub async fn remove_account(&self, account: &str) {
-        let url = self.peer.url.join(&format!("/_test/remove-account?id={account}")).unwrap();
+        let url = self
+            .peer
+            .url
+            .join(&format!("/_test/remove-account?id={account}"))
+            .unwrap();
         let r = reqwest::Client::new().post(url).send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.status());
     }
 
     /// Makes the IdP's next token request fail with `status`.
     pub async fn fail_next_token(&self, status: u16) {
-        let url = self.peer.url.join(&format!("/_test/fail-token?status={status}")).unwrap();
+        let url = self
+            .peer
+            .url
+            .join(&format!("/_test/fail-token?status={status}"))
+            .unwrap();
         let r = reqwest::Client::new().post(url).send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.status());
     }
