@@ -23,6 +23,10 @@ async fn setup_validates_fields() {
     let ctx = context(&clock, true);
     let bad = [
         (
+            json!({"issuer": idp.issuer, "client_id": CLIENT_ID, "refresh_interval_secs": 5}),
+            "refresh_interval_secs",
+        ),
+        (
             json!({"issuer": idp.issuer, "client_id": CLIENT_ID, "allowed_algorithms": ["none"]}),
             "allowed_algorithms",
         ),
@@ -64,7 +68,7 @@ async fn setup_validates_fields() {
             "claim_mapping": {"subject": "sub", "email": "email", "email_verified": "email_verified",
                 "name": "name", "given_name": "given_name", "family_name": "family_name", "groups": "groups"},
             "allowed_algorithms": ["RS256","RS384","RS512","PS256","PS384","PS512","ES256","ES384","EdDSA"],
-            "userinfo": true,
+            "userinfo": true, "refresh_upstream": false, "refresh_interval_secs": null,
         })
     );
     assert_eq!(cfg.client_secret, Some(Secret::new("x")));
