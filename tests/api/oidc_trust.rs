@@ -430,3 +430,74 @@ async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
     let r = w.refresh(&rt(&tokens)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+// The connector's negative cases a real provider can express (the
+// scriptable fake keeps only what no real provider emits).
+
+impl Trust {
+    /// The authorization URL of the raw client with `extra`.
+    fn authorize_url(&self, pkce: &Pkce, extra: &[(&str, &str)]) -> Url {
+        let mut url = self.endpoint("authorization_endpoint");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client.reg.client_id)
+            .append_pair("redirect_uri", self.client.redirect_uri.as_str())
+            .append_pair("scope", "openid email")
+            .append_pair("tenant", ACME)
+            .append_pair("state", "st")
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(extra);
+        url
+    }
+}
+
+#[tokio::test]
+async fn cancelling_at_the_real_idp_reaches_the_app_as_access_denied() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let page = browser.get(&w.authorize_url(&Pkce::new(), &[])).await;
+    assert!(w.idp.serves(&page.url), "{}", browser.trail());
+    let form = page.form(Some("abort"));
+    let prefix = w.client.redirect_uri.as_str().to_owned();
+    let back = browser
+        .submit_until(&page, &form, &move |u: &Url| u.as_str().starts_with(&prefix))
+        .await
+        .stopped();
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(q["error_description"].contains("cancelled"), "{q:?}");
+    assert_eq!(w.idp.stats().await.token, 0, "nothing was exchanged");
+}
+
+#[tokio::test]
+async fn a_callback_whose_rfc9207_iss_is_not_the_real_idps_is_refused() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let callback = w.app.oidc_callback(ACME, CONN).to_string();
+    let at_callback = move |u: &Url| u.as_str().starts_with(&callback);
+    let page = browser.get(&w.authorize_url(&Pkce::new(), &[])).await;
+    let mut form = page.form(Some("login"));
+    form.set("username", "alice");
+    form.set("password", IDP_PASSWORD);
+    let answer = browser.submit_until(&page, &form, &at_callback).await.stopped();
+    let mut params: Vec<(String, String)> = answer.query_pairs().into_owned().collect();
+    // oidc-provider sends iss (it advertises RFC 9207); a mix-up attacker's
+    // answer names another issuer.
+    let iss = params
+        .iter_mut()
+        .find(|(k, _)| k == "iss")
+        .expect("the real IdP sends iss");
+    iss.1 = "https://attacker.example".into();
+    let mut tampered = answer.clone();
+    tampered.query_pairs_mut().clear().extend_pairs(&params);
+    let prefix = w.client.redirect_uri.as_str().to_owned();
+    let back = browser
+        .get_until(&tampered, &move |u: &Url| u.as_str().starts_with(&prefix))
+        .await
+        .stopped();
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(q.get("code").is_none());
+    assert_eq!(w.idp.stats().await.token, 0, "the code was not sent anywhere");
+}
