@@ -484,6 +484,19 @@ mod tests {
     }
 
     #[test]
+    fn upstream_refresh_interval_is_bounded() {
+        let s = Settings::parse("[upstream]\nrefresh_interval_secs = 10\n", "x.toml").unwrap();
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(
+            err.0.iter().any(|p| p.field == "upstream.refresh_interval_secs"),
+            "{err}"
+        );
+        let s = Settings::parse("[upstream]\nrefresh_interval_secs = 900\n", "x.toml").unwrap();
+        assert_eq!(s.upstream.refresh_interval_secs, 900);
+        assert_eq!(Settings::default().upstream.refresh_interval_secs, 3600);
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env: BTreeMap<String, String> = [
             ("PORTCULLIS_LISTEN", "0.0.0.0:9000"),
