@@ -430,6 +430,7 @@ impl Broker {
             if let Ok(t) = TenantId::parse(tenant) {
                 session::delete(&self.store, &t, sid).await?;
                 self.provider.revoke_session_families(&t, sid).await?;
+                upstream_refresh::forget(&self.store, &t, sid).await?;
             }
         }
         Ok(())

@@ -11,7 +11,7 @@
 
 use super::session::{self, SsoSession};
 use super::{connectors::ConnectorCache, Broker};
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, TenantId};
 use crate::provider::codes::Authorization;
 use crate::provider::upstream::{UpstreamCheck, UpstreamSessions};
 use crate::secret::Secret;
@@ -62,6 +62,12 @@ impl Broker {
             .put_json(&record_key(s.tenant.as_str(), &s.sid), &record, Some(ttl))
             .await
     }
+}
+
+/// Forgets the upstream session of `sid` (sign-out): the IdP's refresh
+/// token is not kept past the session it served.
+pub(super) async fn forget(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+    store.delete(&record_key(tenant.as_str(), sid)).await.map(|_| ())
 }
 
 /// As long as the longer of a refresh family and an SSO session.

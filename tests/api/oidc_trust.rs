@@ -501,3 +501,37 @@ async fn a_callback_whose_rfc9207_iss_is_not_the_real_idps_is_refused() {
     assert!(!q.contains_key("code"));
     assert_eq!(w.idp.stats().await.token, 0, "the code was not sent anywhere");
 }
+
+#[tokio::test]
+async fn the_upstream_refresh_token_is_kept_with_the_session_and_forgotten_at_sign_out() {
+    use portcullis::store::Key;
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let sid = jwt_claims(tokens["id_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = Key::tenant(ACME, "sso", format!("upstream:{sid}"));
+    let store = &w.app.state.store;
+    let record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().expect("kept")).unwrap();
+    assert_eq!(record["connection"], json!(CONN));
+    assert_eq!(record["refreshed_at"], json!(w.clock.unix()));
+    assert!(record["refresh_token"].as_str().is_some_and(|t| !t.is_empty()));
+    // The admin API's view of the connection carries no token.
+    let (_, connection) = w
+        .app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{ACME}/connections/{CONN}"),
+            None,
+        )
+        .await;
+    let shown = connection.to_string();
+    assert!(!shown.contains(record["refresh_token"].as_str().unwrap()), "{shown}");
+    assert_eq!(connection["id"], json!(CONN), "{shown}");
+
+    let sso = std::collections::BTreeMap::from([(ACME.to_owned(), sid)]);
+    w.app.state.broker.logout(&sso).await.unwrap();
+    assert!(store.get(&key).await.unwrap().is_none(), "forgotten at sign-out");
+}
