@@ -35,6 +35,9 @@ pub struct UpstreamSession {
     pub refresh_token: Secret,
     /// When the IdP last vouched for the person (Unix seconds).
     pub refreshed_at: i64,
+    /// The IdP's `sub` at sign-in.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 fn record_key(tenant: &str, sid: &str) -> Key {
@@ -56,6 +59,7 @@ impl Broker {
             connection: s.connection.clone(),
             refresh_token: token.clone(),
             refreshed_at: self.provider.clock.unix(),
+            subject: identity.raw.get("sub").and_then(|v| v.first()).cloned(),
         };
         let ttl = record_ttl(self.provider.ttl.refresh_token_ttl_secs, self.session_ttl);
         self.store
@@ -163,7 +167,10 @@ impl UpstreamRefresher {
         if now.saturating_sub(record.refreshed_at) < interval {
             return Ok(UpstreamCheck::Fine);
         }
-        match connector.refresh(&record.refresh_token).await {
+        match connector
+            .refresh(&record.refresh_token, record.subject.as_deref())
+            .await
+        {
             Ok(Some(next)) => {
                 let updated = UpstreamSession {
                     refresh_token: next,

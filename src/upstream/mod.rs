@@ -170,7 +170,8 @@ pub trait Connector: Send + Sync {
     }
 
     /// Asks the IdP whether the person's session still stands, with the
-    /// upstream refresh token kept from the login (Dex's `RefreshConnector`).
+    /// upstream refresh token kept from the login (Dex's `RefreshConnector`);
+    /// `subject` is the IdP's `sub` at sign-in, which a refreshed ID token must repeat.
     /// `Ok(Some(token))`: it does; keep `token` (rotated or the same).
     /// `Ok(None)`: this connector cannot tell (the default). An error with
     /// `internal == false` is the IdP's refusal (the user was removed, the grant
@@ -178,6 +179,7 @@ pub trait Connector: Send + Sync {
     async fn refresh(
         &self,
         _refresh_token: &crate::secret::Secret,
+        _subject: Option<&str>,
     ) -> Result<Option<crate::secret::Secret>, UpstreamError> {
         Ok(None)
     }

@@ -205,7 +205,7 @@ pub async fn complete(
     let expected = Expected {
         issuer: &c.cfg.issuer,
         client_id: &c.cfg.client_id,
-        nonce: &pending.nonce,
+        nonce: Some(&pending.nonce),
         algorithms: &c.algorithms,
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
@@ -260,7 +260,11 @@ async fn exchange(
 /// Refreshes at the IdP (`exchange_refresh_token`). `invalid_grant` is the
 /// IdP's refusal (`oidc.refresh_refused`, not internal); anything else
 /// (network, 5xx, other errors) is transient.
-pub async fn refresh(c: &OidcConnector, refresh_token: &Secret) -> Result<Secret, UpstreamError> {
+pub async fn refresh(
+    c: &OidcConnector,
+    refresh_token: &Secret,
+    subject: Option<&str>,
+) -> Result<Secret, UpstreamError> {
     let meta = c.provider.metadata(&c.ctx).await?;
     let client = client(c, &meta);
     let token = RefreshToken::new(refresh_token.expose().to_owned());
@@ -268,10 +272,31 @@ pub async fn refresh(c: &OidcConnector, refresh_token: &Secret) -> Result<Secret
         .exchange_refresh_token(&token)
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?;
     match request.request_async(&c.ctx.http).await {
-        // Rotated, or the same token again when the IdP does not rotate.
-        Ok(resp) => Ok(resp
-            .refresh_token()
-            .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone()))),
+        Ok(resp) => {
+            // OIDC Core §12.2: an ID token on refresh is verified like the
+            // first, and must be about the same person.
+            if let Some(token) = resp.id_token() {
+                let expected = Expected {
+                    issuer: &c.cfg.issuer,
+                    client_id: &c.cfg.client_id,
+                    nonce: None,
+                    algorithms: &c.algorithms,
+                };
+                let claims = id_token::validate(&token.to_string(), &expected, &c.provider, &c.ctx).await?;
+                let sub = claims.get("sub").and_then(Value::as_str);
+                if subject.is_some_and(|s| Some(s) != sub) {
+                    return Err(UpstreamError::reject(
+                        "oidc.refresh_subject_changed",
+                        "Your identity provider answered for someone else. Please sign in again.",
+                        "the refreshed ID token names another sub",
+                    ));
+                }
+            }
+            // Rotated, or the same token again when the IdP does not rotate.
+            Ok(resp
+                .refresh_token()
+                .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone())))
+        }
         Err(RequestTokenError::ServerResponse(err)) if *err.error() == CoreErrorResponseType::InvalidGrant => {
             Err(UpstreamError::reject(
                 "oidc.refresh_refused",

@@ -26,8 +26,9 @@ pub struct Expected<'a> {
     pub issuer: &'a str,
     /// Our client id.
     pub client_id: &'a str,
-    /// The nonce sent with the authorization request.
-    pub nonce: &'a str,
+    /// The nonce sent with the authorization request; `None` for an ID token
+    /// from a refresh (OIDC Core §12.2: no nonce was sent).
+    pub nonce: Option<&'a str>,
     /// Accepted signature algorithms (never `none` or HS*).
     pub algorithms: &'a [Algorithm],
 }
@@ -150,10 +151,11 @@ fn verify(
             });
     let nonce = |got: Option<&Nonce>| -> Result<(), String> {
         use subtle::ConstantTimeEq;
-        match got {
-            Some(n) if bool::from(n.secret().as_bytes().ct_eq(expected.nonce.as_bytes())) => Ok(()),
-            Some(_) => Err("the ID token nonce differs from the one we sent".into()),
-            None => Err("the ID token has no nonce".into()),
+        match (expected.nonce, got) {
+            (None, _) => Ok(()),
+            (Some(sent), Some(n)) if bool::from(n.secret().as_bytes().ct_eq(sent.as_bytes())) => Ok(()),
+            (Some(_), Some(_)) => Err("the ID token nonce differs from the one we sent".into()),
+            (Some(_), None) => Err("the ID token has no nonce".into()),
         }
     };
     id_token.claims(&verifier, nonce).map(|_| ())

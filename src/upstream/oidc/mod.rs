@@ -236,8 +236,8 @@ impl Connector for OidcConnector {
         params.query.get("state").map(String::as_str)
     }
 
-    async fn refresh(&self, refresh_token: &Secret) -> Result<Option<Secret>, UpstreamError> {
-        flow::refresh(self, refresh_token).await.map(Some)
+    async fn refresh(&self, refresh_token: &Secret, subject: Option<&str>) -> Result<Option<Secret>, UpstreamError> {
+        flow::refresh(self, refresh_token, subject).await.map(Some)
     }
 
     fn refresh_interval_secs(&self) -> Option<u64> {

@@ -82,6 +82,8 @@ pub struct Script {
     pub codes: BTreeMap<String, (String, String)>,
     /// Discovery fields replaced by the test (e.g. a `javascript:` endpoint).
     pub endpoint_override: BTreeMap<String, String>,
+    /// The refresh token the IdP issues with the code (and honours); `None`: none.
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -107,6 +109,7 @@ impl FakeIdp {
             token_requests: Vec::new(),
             codes: BTreeMap::new(),
             endpoint_override: BTreeMap::new(),
+            refresh_token: None,
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -196,6 +199,19 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
     if !client_authenticated(&headers, &form) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        if s.refresh_token.is_none() || form.get("refresh_token") != s.refresh_token.as_ref() {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
+        // Rotates, as many IdPs do.
+        let next = format!("{}+", s.refresh_token.clone().unwrap_or_default());
+        s.refresh_token = Some(next.clone());
+        return Json(json!({
+            "access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 300,
+            "id_token": s.id_token, "refresh_token": next,
+        }))
+        .into_response();
+    }
     if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
@@ -208,13 +224,16 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
     if hashed != challenge || form.get("redirect_uri") != Some(&redirect_uri) {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     }
-    Json(json!({
+    let mut body = json!({
         "access_token": ACCESS_TOKEN,
         "token_type": "Bearer",
         "expires_in": 300,
         "id_token": s.id_token,
-    }))
-    .into_response()
+    });
+    if let Some(rt) = &s.refresh_token {
+        body["refresh_token"] = json!(rt);
+    }
+    Json(body).into_response()
 }
 
 async fn userinfo(State(s): S, headers: HeaderMap) -> Json<Value> {

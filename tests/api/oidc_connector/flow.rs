@@ -303,3 +303,53 @@ async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_
     );
     assert!(err.detail.contains("invalid_client"), "{}", err.detail);
 }
+
+#[tokio::test]
+async fn upstream_refresh_verifies_the_refreshed_id_token() {
+    use portcullis::secret::Secret;
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.refresh_token = Some("rt-1".into()));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    let id = f.finish_claims(&login, claims.clone()).await.unwrap();
+    assert_eq!(id.upstream_refresh_token, Some(Secret::new("rt-1")));
+
+    // OIDC Core §12.2: same person, no nonce; the rotated token is kept.
+    let mut refreshed = claims.clone();
+    refreshed.as_object_mut().unwrap().remove("nonce");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+    let next = f.connector.refresh(&Secret::new("rt-1"), Some("user-1")).await.unwrap();
+    assert_eq!(next, Some(Secret::new("rt-1+")));
+
+    // An ID token about someone else ends the session.
+    let mut other = refreshed.clone();
+    other["sub"] = json!("user-2");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&other)));
+    let err = f
+        .connector
+        .refresh(&Secret::new("rt-1+"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.refresh_subject_changed");
+    assert!(!err.internal);
+
+    // A forged one too.
+    let forger = IdpKey::generate("k1");
+    f.idp.with(|s| s.id_token = Some(forger.sign(&refreshed)));
+    let err = f
+        .connector
+        .refresh(&Secret::new("rt-1++"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.bad_signature");
+    assert!(!err.internal);
+
+    // A refresh token the IdP does not know is its refusal.
+    let err = f
+        .connector
+        .refresh(&Secret::new("nope"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.refresh_refused");
+    assert!(!err.internal);
+}
