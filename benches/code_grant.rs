@@ -60,6 +60,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         clients: ClientRegistry::new(store.clone()),
         resources: portcullis::provider::resources::ResourceRegistry::new(store.clone()),
         directory: Directory::new(store.clone(), clock.clone()),
+        upstream: None,
     };
     provider
         .clients
@@ -113,6 +114,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         auth_time: clock.unix() - 5,
         amr: vec!["pwd".into()],
         resource: None,
+        session_expires_at: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

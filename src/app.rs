@@ -82,6 +82,17 @@ pub async fn build(
     .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
     let directory = Directory::new(store.clone(), clock.clone());
     let clients = ClientRegistry::new(store.clone());
+    let tenants = TenantRegistry::new(store.clone(), clock.clone());
+    let connectors = ConnectorCache::default();
+    let refresher = crate::broker::upstream_refresh::UpstreamRefresher::new(
+        tenants.clone(),
+        upstream.clone(),
+        connectors.clone(),
+        store.clone(),
+        settings.upstream.refresh_interval_secs,
+        settings.tokens.refresh_token_ttl_secs,
+        Duration::from_secs(settings.sessions.ttl_secs),
+    );
     let provider = Provider {
         issuer: resolved.public_url.clone(),
         store: store.clone(),
@@ -91,13 +102,13 @@ pub async fn build(
         clients,
         resources: ResourceRegistry::new(store.clone()),
         directory,
+        upstream: Some(crate::broker::upstream_refresh::hook(refresher)),
     };
-    let tenants = TenantRegistry::new(store.clone(), clock.clone());
     let broker = Broker {
         provider: provider.clone(),
         tenants: tenants.clone(),
         upstream: upstream.clone(),
-        connectors: ConnectorCache::default(),
+        connectors,
         store: store.clone(),
         session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
         login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),

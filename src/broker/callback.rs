@@ -58,6 +58,12 @@ pub struct Validated {
     pub sub: String,
     /// What the IdP asserted.
     pub identity: Identity,
+    /// When the person authenticated (the IdP's word, checked against the
+    /// app's `max_age` / `prompt=login`).
+    pub auth_time: i64,
+    /// The SSO session's hard end, if the IdP or the connection sets one.
+    #[serde(default)]
+    pub session_end: Option<i64>,
     /// The pending login's id and the hash of its browser secret; `None` for
     /// an IdP-initiated login, which no browser started.
     pub login: Option<(String, Option<String>)>,
@@ -321,6 +327,10 @@ impl Broker {
             Err(e) => return Err(self.upstream_failed(Some(&request), &tenant, &connection, e)),
         };
         let identity = self.tenants.vouch_email(&tenant, identity).await;
+        // max_age / prompt=login: refuse an authentication older than the app allows.
+        let auth_time = self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection)
+            .map_err(|refused| *refused)?;
+        let session_end = self.session_end(connector.as_ref(), &identity);
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
             Err(e) => return Err(unavailable(e)),
@@ -338,6 +348,8 @@ impl Broker {
             request,
             sub: user.sub,
             identity,
+            auth_time,
+            session_end,
         })
     }
 
@@ -348,10 +360,14 @@ impl Broker {
             tenant: v.tenant.clone(),
             connection: v.connection.clone(),
             sub: v.sub.clone(),
-            auth_time: self.provider.clock.unix(),
+            auth_time: v.auth_time,
             amr: v.identity.amr.clone(),
+            expires_at: v.session_end,
         };
         if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
+            return unavailable(e);
+        }
+        if let Err(e) = self.keep_upstream_session(&s, &v.identity).await {
             return unavailable(e);
         }
         sso.insert(v.tenant.to_string(), s.sid.clone());

@@ -9,7 +9,9 @@
 pub mod authorize;
 mod callback;
 pub mod connectors;
+mod freshness;
 pub mod session;
+pub mod upstream_refresh;
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::GrantType;
@@ -120,6 +122,10 @@ pub struct PendingLogin {
     /// SHA-256 of the secret the starting browser keeps in its session.
     #[serde(default)]
     pub browser_binding: Option<String>,
+    /// When the browser was sent to the IdP (Unix seconds): with
+    /// `prompt=login` or `max_age=0` the IdP's authentication must not be older.
+    #[serde(default)]
+    pub started_at: i64,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -347,6 +353,9 @@ impl Broker {
             return Ok(None);
         }
         let now = self.provider.clock.unix();
+        if s.expires_at.is_some_and(|end| now >= end) {
+            return Ok(None);
+        }
         if let Some(max_age) = req.max_age {
             // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the same second.
             if max_age == 0 || now - s.auth_time > max_age {
@@ -388,6 +397,7 @@ impl Broker {
             browser_binding: binding
                 .as_ref()
                 .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
+            started_at: self.provider.clock.unix(),
         };
         if let Err(e) = self
             .store
@@ -441,6 +451,7 @@ impl Broker {
             auth_time: s.auth_time,
             amr: s.amr.clone(),
             resource: req.resource.clone(),
+            session_expires_at: s.expires_at,
         };
         let code = match self.provider.issue_code(&authz).await {
             Ok(c) => c,
@@ -467,6 +478,7 @@ impl Broker {
             if let Ok(t) = TenantId::parse(tenant) {
                 session::delete(&self.store, &t, sid).await?;
                 self.provider.revoke_session_families(&t, sid).await?;
+                upstream_refresh::forget(&self.store, &t, sid).await?;
             }
         }
         Ok(())

@@ -45,6 +45,11 @@ pub struct SsoSession {
     pub auth_time: i64,
     /// Authentication methods.
     pub amr: Vec<String>,
+    /// When the session must end whatever else happens (Unix seconds): the
+    /// IdP's SAML `SessionNotOnOrAfter` and/or the connection's maximum.
+    /// Caps the refresh families started from it.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 fn key(t: &TenantId, sid: &str) -> Key {

@@ -142,6 +142,10 @@ pub struct SessionSettings {
 pub struct UpstreamSettings {
     /// Allowed clock skew on validity windows, seconds (at most 300).
     pub clock_skew_secs: i64,
+    /// How long an upstream (IdP) session is trusted before the app's next
+    /// refresh asks the IdP again, seconds (60 to 86400; a connection may
+    /// set its own).
+    pub refresh_interval_secs: u64,
 }
 
 /// `[outbound]`
@@ -265,7 +269,10 @@ impl Default for SessionSettings {
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        Self { clock_skew_secs: 60 }
+        Self {
+            clock_skew_secs: 60,
+            refresh_interval_secs: 3600,
+        }
     }
 }
 
@@ -417,6 +424,12 @@ impl Settings {
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
+            (
+                "upstream.refresh_interval_secs",
+                self.upstream.refresh_interval_secs,
+                60,
+                86_400,
+            ),
         ] {
             if value < min || value > max {
                 bad(field, format!("{value} is outside {min}..={max}"));
@@ -536,6 +549,19 @@ mod tests {
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["server.listen", "server.public_url", "tokens.algorithm"]);
         assert!(err.0.iter().all(|p| p.source == "portcullis.toml"));
+    }
+
+    #[test]
+    fn upstream_refresh_interval_is_bounded() {
+        let s = Settings::parse("[upstream]\nrefresh_interval_secs = 10\n", "x.toml").unwrap();
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(
+            err.0.iter().any(|p| p.field == "upstream.refresh_interval_secs"),
+            "{err}"
+        );
+        let s = Settings::parse("[upstream]\nrefresh_interval_secs = 900\n", "x.toml").unwrap();
+        assert_eq!(s.upstream.refresh_interval_secs, 900);
+        assert_eq!(Settings::default().upstream.refresh_interval_secs, 3600);
     }
 
     #[test]

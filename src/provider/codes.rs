@@ -41,6 +41,10 @@ pub struct Authorization {
     /// `/authorize`; `None`: the client itself.
     #[serde(default)]
     pub resource: Option<String>,
+    /// The SSO session's hard end (Unix seconds), if any: refresh families
+    /// started from this authorization end then too.
+    #[serde(default)]
+    pub session_expires_at: Option<i64>,
 }
 
 fn code_hash(code: &str) -> String {

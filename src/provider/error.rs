@@ -52,6 +52,10 @@ impl OAuthError {
     pub fn invalid_token(reason: &'static str, d: impl Into<String>) -> Self {
         Self::new("invalid_token", reason, d)
     }
+    /// `temporarily_unavailable` (answered with 503): retrying later may work.
+    pub fn temporarily_unavailable(reason: &'static str, d: impl Into<String>) -> Self {
+        Self::new("temporarily_unavailable", reason, d)
+    }
     /// `server_error`: the detail is logged, never sent.
     pub fn server(reason: &'static str, detail: impl std::fmt::Display) -> Self {
         Self {

@@ -324,6 +324,9 @@ impl Provider {
             .refresh_token
             .as_deref()
             .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
+        // Does the IdP still vouch for the person? Asked before anything is
+        // consumed (provider/upstream.rs).
+        self.check_upstream(client, token).await?;
         let (family, next) = match self.rotate_refresh(token, &client.client_id).await? {
             Rotation::Rotated(f, n) => (f, n),
             Rotation::WrongClient => {

@@ -10,6 +10,7 @@ pub mod grants;
 pub mod refresh;
 pub mod resources;
 pub mod scopes;
+pub mod upstream;
 
 pub use error::OAuthError;
 
@@ -40,6 +41,8 @@ pub struct Provider {
     pub resources: resources::ResourceRegistry,
     /// Users.
     pub directory: Directory,
+    /// Checks upstream sessions at the app's refresh (`None`: never).
+    pub upstream: Option<Arc<dyn upstream::UpstreamSessions>>,
 }
 
 impl Provider {

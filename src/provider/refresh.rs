@@ -91,10 +91,17 @@ impl Provider {
 
     /// Starts a family for `authz`; returns it with its first token.
     pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
+        let now = self.clock.unix();
+        let mut expires_at = now + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2);
+        // Never outlive the SSO session's hard end (SAML SessionNotOnOrAfter,
+        // the connection's maximum); at least one second, so the TTL is set.
+        if let Some(end) = authz.session_expires_at {
+            expires_at = expires_at.min(end).max(now + 1);
+        }
         let family = Family {
             id: crate::tokens::random_token(16),
             authz: authz.clone(),
-            expires_at: self.clock.unix() + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            expires_at,
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);

@@ -34,8 +34,11 @@ fn ticket_key(t: &TenantId, ticket: &str) -> Key {
 /// Stores the identity typed into the dev form; returns a single-use ticket.
 pub async fn issue_ticket(ctx: &UpstreamContext, tenant: &TenantId, identity: &Identity) -> Result<String, StoreError> {
     let ticket = crate::tokens::random_token(24);
+    // Submitting the dev form is the authentication: it happened now.
+    let mut identity = identity.clone();
+    identity.auth_time.get_or_insert(ctx.clock.unix());
     ctx.store
-        .put_json(&ticket_key(tenant, &ticket), identity, Some(Duration::from_secs(120)))
+        .put_json(&ticket_key(tenant, &ticket), &identity, Some(Duration::from_secs(120)))
         .await?;
     Ok(ticket)
 }

@@ -51,6 +51,11 @@ pub struct Identity {
     /// `SessionNotOnOrAfter`. Caps the SSO session and refresh families.
     #[serde(default)]
     pub session_expires_at: Option<i64>,
+    /// The IdP's refresh token (OIDC), kept with the SSO session so the app's
+    /// refresh can ask the IdP whether the person may still sign in. Never
+    /// serialized with the identity (dev tickets, logs), never shown.
+    #[serde(skip)]
+    pub upstream_refresh_token: Option<crate::secret::Secret>,
 }
 
 /// How to send the browser to the IdP.
@@ -152,6 +157,33 @@ pub trait Connector: Send + Sync {
     /// Where an IdP-initiated (unsolicited) login lands: the default app's
     /// client id and redirect URI. `None` when IdP-initiated login is off.
     fn unsolicited_target(&self) -> Option<(String, Url)> {
+        None
+    }
+
+    /// Asks the IdP whether the person's session still stands, with the
+    /// upstream refresh token kept from the login (Dex's `RefreshConnector`);
+    /// `subject` is the IdP's `sub` at sign-in, which a refreshed ID token must repeat.
+    /// `Ok(Some(token))`: it does; keep `token` (rotated or the same).
+    /// `Ok(None)`: this connector cannot tell (the default). An error with
+    /// `internal == false` is the IdP's refusal (the user was removed, the grant
+    /// revoked); with `internal == true` a transient failure (network, 5xx).
+    async fn refresh(
+        &self,
+        _refresh_token: &crate::secret::Secret,
+        _subject: Option<&str>,
+    ) -> Result<Option<crate::secret::Secret>, UpstreamError> {
+        Ok(None)
+    }
+
+    /// How often (seconds) the app's refresh asks the IdP again, when the
+    /// connection sets it; `None` uses the global `upstream.refresh_interval_secs`.
+    fn refresh_interval_secs(&self) -> Option<u64> {
+        None
+    }
+
+    /// The longest an SSO session through this connection may last
+    /// (seconds), when the connection sets a maximum; `None`: no cap.
+    fn max_session_secs(&self) -> Option<i64> {
         None
     }
 

@@ -10,6 +10,7 @@ mod dev_flow;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
+mod oidc_trust;
 mod outbound_http;
 mod peers_selftest;
 mod saml_attacks;

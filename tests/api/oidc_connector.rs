@@ -114,6 +114,7 @@ impl Fixture {
             panic!("expected a redirect")
         };
         let nonce = query(&url, "nonce").unwrap();
+        self.idp.issue_code("code-123", &url);
         Login {
             login_id,
             pending: begun.state,

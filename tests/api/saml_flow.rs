@@ -98,3 +98,71 @@ async fn saml_post_binding_page_carries_its_policy_and_the_sign_in_completes() {
     assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
     assert_eq!(done.json()["id_token_claims"]["email"], "alice@acme.test");
 }
+
+#[tokio::test]
+async fn a_saml_connections_maximum_caps_the_refresh_family() {
+    let w = SamlWorld::new().await;
+    // The connection now allows sessions of ten minutes at most.
+    let (status, answer) = w
+        .app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections"),
+            Some(json!({
+                "id": "capped", "kind": "saml",
+                "metadata_xml": w.idp.metadata_xml().await,
+                "max_session_secs": 600,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let sp_metadata = w
+        .app
+        .client
+        .get(answer["sp_metadata_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    w.idp.register_sp(&sp_metadata).await;
+    let (status, bad) = w
+        .app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections"),
+            Some(json!({
+                "id": "capped-bad", "kind": "saml",
+                "metadata_xml": w.idp.metadata_xml().await,
+                "max_session_secs": 5,
+            })),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+
+    let mut browser = Browser::new();
+    let login = browser
+        .get(&w.rp.login_url(&[("tenant", TENANT), ("connection", "capped")]))
+        .await;
+    let post_page = browser
+        .fill_and_submit(
+            &login,
+            Some("login"),
+            &[("username", "alice"), ("password", IDP_PASSWORD)],
+        )
+        .await;
+    let saml_post = post_page.form(Some("saml-post"));
+    let done = browser.submit(&post_page, &saml_post).await;
+    assert_eq!(done.status, 200, "{}\n{}", done.body, browser.trail());
+    let out = done.json();
+    let refresh_token = out["refresh_token"].as_str().expect("a refresh token");
+    let introspected = w.rp.introspect(refresh_token).await;
+    let body = &introspected.body;
+    let exp = body["exp"].as_i64().unwrap_or_else(|| panic!("{body}"));
+    let iat = out["id_token_claims"]["iat"].as_i64().unwrap();
+    assert!(
+        exp <= iat + 600 + 5 && exp >= iat + 600 - 5,
+        "exp {exp}, iat {iat}: {body}"
+    );
+}

@@ -3,12 +3,18 @@
 //! and validates what comes back.
 
 use super::id_token::{self, Claims, Expected};
+use super::provider::ProviderMetadata;
 use super::{claims, OidcConnector};
+use crate::secret::Secret;
 use crate::upstream::{BeginLogin, BeginRequest, CallbackParams, Identity, UpstreamError, UpstreamRedirect};
-use base64::Engine;
+use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreErrorResponseType};
+use openidconnect::{
+    AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardErrorResponse, TokenResponse,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// What `begin` hands the broker to keep until the callback (consumed once).
@@ -22,53 +28,71 @@ struct Pending {
     pkce_verifier: String,
 }
 
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// 256 bits from the OS-seeded generator, base64url (43 characters, within
-/// PKCE's 43..128 verifier length).
-fn random_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    b64url(&bytes)
+/// 256 bits from the OS-seeded generator, base64url (43 characters): the
+/// crate's own `Nonce::new_random` has 128.
+fn random_nonce() -> Nonce {
+    Nonce::new(crate::tokens::random_token(32))
 }
 
 fn eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Builds the authorization request.
+/// The `openidconnect` client for this connection and discovery document.
+fn client(
+    c: &OidcConnector,
+    meta: &ProviderMetadata,
+) -> CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet> {
+    let secret = c
+        .cfg
+        .client_secret
+        .as_ref()
+        .map(|s| ClientSecret::new(s.expose().to_owned()));
+    let mut client =
+        CoreClient::from_provider_metadata(meta.discovered.clone(), ClientId::new(c.cfg.client_id.clone()), secret)
+            .set_redirect_uri(RedirectUrl::from_url(c.redirect_uri.clone()));
+    if meta.prefers_client_secret_post() {
+        client = client.set_auth_type(AuthType::RequestBody);
+    }
+    client
+}
+
+/// Builds the authorization request (`openidconnect`: PKCE S256, nonce, state).
 pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError> {
     let meta = c.provider.metadata(&c.ctx).await?;
-    let nonce = random_token();
-    let verifier = random_token();
-    let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
-    let mut scopes = vec!["openid"];
-    scopes.extend(c.cfg.scopes.iter().map(String::as_str).filter(|s| *s != "openid"));
-    let mut url = meta.authorization_endpoint.clone();
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair("client_id", &c.cfg.client_id)
-            .append_pair("redirect_uri", c.redirect_uri.as_str())
-            .append_pair("scope", &scopes.join(" "))
-            .append_pair("state", req.login_id)
-            .append_pair("nonce", &nonce)
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256");
-        if req.force_authn {
-            q.append_pair("prompt", "login");
-        }
-        if let Some(hint) = req.login_hint {
-            q.append_pair("login_hint", hint);
-        }
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let login_id = req.login_id.to_owned();
+    let client = client(c, &meta);
+    let mut auth = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            move || CsrfToken::new(login_id),
+            random_nonce,
+        )
+        .set_pkce_challenge(challenge);
+    // `openid` comes first, always.
+    for scope in c.cfg.scopes.iter().filter(|s| *s != "openid") {
+        auth = auth.add_scope(Scope::new(scope.clone()));
     }
+    if c.cfg.refresh_upstream && !c.cfg.scopes.iter().any(|s| s == "offline_access") {
+        auth = auth.add_scope(Scope::new("offline_access".into()));
+    }
+    if req.force_authn {
+        auth = auth.add_prompt(CoreAuthPrompt::Login);
+    }
+    // OIDC Core §3.1.2.1: with max_age the IdP must re-authenticate an
+    // older session and must put `auth_time` in the ID token.
+    if let Some(max_age) = req.max_age {
+        auth = auth.set_max_age(std::time::Duration::from_secs(max_age.max(0).unsigned_abs()));
+    }
+    if let Some(hint) = req.login_hint {
+        auth = auth.set_login_hint(LoginHint::new(hint.to_owned()));
+    }
+    let (url, _state, nonce) = auth.url();
     let state = serde_json::to_value(Pending {
         state: req.login_id.to_owned(),
-        nonce,
-        pkce_verifier: verifier,
+        nonce: nonce.secret().clone(),
+        pkce_verifier: verifier.secret().clone(),
     })
     .map_err(|e| UpstreamError::internal("oidc.pending_invalid", e.to_string()))?;
     Ok(BeginLogin {
@@ -145,7 +169,7 @@ pub async fn complete(
                 format!("the callback iss {iss:?} is not the issuer {:?}", c.cfg.issuer),
             ))
         }
-        None if meta.authorization_response_iss_parameter_supported => {
+        None if meta.iss_parameter_supported() => {
             return Err(UpstreamError::reject(
                 "oidc.iss_missing",
                 restart,
@@ -181,84 +205,153 @@ pub async fn complete(
     let expected = Expected {
         issuer: &c.cfg.issuer,
         client_id: &c.cfg.client_id,
-        nonce: &pending.nonce,
+        nonce: Some(&pending.nonce),
         algorithms: &c.algorithms,
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
+    // Read from the signed ID token only: userinfo must not vouch for when
+    // the person authenticated.
+    let auth_time = id_token::numeric(&claims, "auth_time")?;
     if c.cfg.userinfo {
-        if let (Some(endpoint), Some(access_token)) = (&meta.userinfo_endpoint, &tokens.access_token) {
+        if let (Some(endpoint), Some(access_token)) = (meta.userinfo_endpoint(), &tokens.access_token) {
             let extra = userinfo(c, endpoint, access_token).await?;
             merge_userinfo(&mut claims, extra)?;
         }
     }
-    claims::identity(&claims, &c.cfg.claim_mapping)
+    let mut identity = claims::identity(&claims, &c.cfg.claim_mapping)?;
+    identity.auth_time = auth_time;
+    identity.upstream_refresh_token = tokens.refresh_token.map(crate::secret::Secret::new);
+    Ok(identity)
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    id_token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
+/// What the code exchange yields.
+pub(crate) struct Tokens {
+    /// The ID token, compact form.
+    pub(crate) id_token: Option<String>,
+    /// The access token (for userinfo).
+    pub(crate) access_token: Option<String>,
+    /// The refresh token, when the IdP issued one.
+    pub(crate) refresh_token: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct OAuthError {
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
+/// Redeems the code with its PKCE verifier (`openidconnect`'s
+/// `exchange_code(...).set_pkce_verifier(...)`), through the guarded client.
 async fn exchange(
     c: &OidcConnector,
-    meta: &super::provider::ProviderMetadata,
+    meta: &ProviderMetadata,
     code: &str,
     verifier: &str,
-) -> Result<TokenResponse, UpstreamError> {
-    let endpoint = meta.token_endpoint()?;
-    let mut fields = vec![
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", c.redirect_uri.as_str()),
-        ("code_verifier", verifier),
-    ];
-    let secret = c.cfg.client_secret.as_ref().map(|s| s.expose());
-    let basic = match secret {
-        Some(secret) if !meta.prefers_client_secret_post() => Some((c.cfg.client_id.as_str(), secret)),
-        Some(secret) => {
-            fields.push(("client_id", &c.cfg.client_id));
-            fields.push(("client_secret", secret));
-            None
-        }
-        None => {
-            fields.push(("client_id", &c.cfg.client_id));
-            None
-        }
-    };
-    let resp = c.ctx.http.post_form(endpoint, &fields, basic).await?;
-    let status = resp.status();
-    if status.is_success() {
-        return serde_json::from_slice(resp.body())
-            .map_err(|e| UpstreamError::internal("oidc.token_response_invalid", format!("token response: {e}")));
+) -> Result<Tokens, UpstreamError> {
+    let client = client(c, meta);
+    let request = client
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()));
+    match request.request_async(&c.ctx.http).await {
+        Ok(resp) => Ok(Tokens {
+            id_token: resp.id_token().map(ToString::to_string),
+            access_token: Some(resp.access_token().secret().clone()),
+            refresh_token: resp.refresh_token().map(|t| t.secret().clone()),
+        }),
+        Err(e) => Err(token_error(e)),
     }
-    match serde_json::from_slice::<OAuthError>(resp.body()) {
-        Ok(err) if status.is_client_error() => Err(UpstreamError::reject(
+}
+
+/// Refreshes at the IdP (`exchange_refresh_token`). `invalid_grant` is the
+/// IdP's refusal (`oidc.refresh_refused`, not internal); anything else
+/// (network, 5xx, other errors) is transient.
+pub async fn refresh(
+    c: &OidcConnector,
+    refresh_token: &Secret,
+    subject: Option<&str>,
+) -> Result<Secret, UpstreamError> {
+    let meta = c.provider.metadata(&c.ctx).await?;
+    let client = client(c, &meta);
+    let token = RefreshToken::new(refresh_token.expose().to_owned());
+    let request = client
+        .exchange_refresh_token(&token)
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?;
+    match request.request_async(&c.ctx.http).await {
+        Ok(resp) => {
+            // OIDC Core §12.2: an ID token on refresh is verified like the
+            // first, and must be about the same person.
+            if let Some(token) = resp.id_token() {
+                let expected = Expected {
+                    issuer: &c.cfg.issuer,
+                    client_id: &c.cfg.client_id,
+                    nonce: None,
+                    algorithms: &c.algorithms,
+                };
+                let claims = id_token::validate(&token.to_string(), &expected, &c.provider, &c.ctx).await?;
+                let sub = claims.get("sub").and_then(Value::as_str);
+                if subject.is_some_and(|s| Some(s) != sub) {
+                    return Err(UpstreamError::reject(
+                        "oidc.refresh_subject_changed",
+                        "Your identity provider answered for someone else. Please sign in again.",
+                        "the refreshed ID token names another sub",
+                    ));
+                }
+            }
+            // Rotated, or the same token again when the IdP does not rotate.
+            Ok(resp
+                .refresh_token()
+                .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone())))
+        }
+        Err(RequestTokenError::ServerResponse(err)) if *err.error() == CoreErrorResponseType::InvalidGrant => {
+            Err(UpstreamError::reject(
+                "oidc.refresh_refused",
+                "Your identity provider no longer accepts this session. Please sign in again.",
+                format!(
+                    "the IdP refused the refresh: {:?}",
+                    err.error_description()
+                        .map(|d| d.chars().take(300).collect::<String>())
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        Err(e) => {
+            let e = token_error(e);
+            Err(UpstreamError::internal(
+                "oidc.refresh_unavailable",
+                format!("{}: {}", e.code, e.detail),
+            ))
+        }
+    }
+}
+
+/// Maps the token endpoint's failure onto our reason codes.
+pub(crate) fn token_error(
+    e: RequestTokenError<UpstreamError, StandardErrorResponse<CoreErrorResponseType>>,
+) -> UpstreamError {
+    match e {
+        RequestTokenError::ServerResponse(err) => UpstreamError::reject(
             "oidc.token_rejected",
             "Your identity provider refused to complete the sign-in. Please sign in again.",
             format!(
-                "token endpoint answered {status}: {:?} ({:?})",
-                err.error.chars().take(64).collect::<String>(),
-                err.error_description
+                "token endpoint answered {:?} ({:?})",
+                err.error().as_ref().chars().take(64).collect::<String>(),
+                err.error_description()
+                    .map(|d| d.chars().take(300).collect::<String>())
                     .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
             ),
-        )),
-        _ => Err(UpstreamError::internal(
-            "oidc.token_endpoint",
-            format!("token endpoint answered {status}"),
-        )),
+        ),
+        RequestTokenError::Request(inner) => inner,
+        RequestTokenError::Parse(err, body) => {
+            // A response that only fails because its ID token is unreadable
+            // is the ID token's fault.
+            let id_token = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id_token").and_then(Value::as_str).map(str::to_owned));
+            match id_token {
+                Some(t) if id_token::is_malformed(&t) => UpstreamError::reject(
+                    "oidc.id_token_malformed",
+                    "The identity provider's answer could not be verified. Please try again or contact your administrator.",
+                    format!("the ID token cannot be read: {err}"),
+                ),
+                _ => UpstreamError::internal("oidc.token_response_invalid", format!("token response: {err}")),
+            }
+        }
+        RequestTokenError::Other(detail) => UpstreamError::internal("oidc.token_endpoint", detail),
     }
 }
 

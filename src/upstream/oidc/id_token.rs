@@ -1,17 +1,21 @@
-//! ID token validation (OpenID Connect Core 1.0 §3.1.3.7).
-//!
-//! Done here rather than by `openidconnect`'s verifier so that every check has
-//! its own reason code, time comes from the injected clock, and the key
-//! lookup can refetch the JWKS under a shared rate limit. `jsonwebtoken` is
-//! used only for the signature primitive.
+//! ID token validation (OpenID Connect Core 1.0 §3.1.3.7) on `openidconnect`'s
+//! `IdTokenVerifier`: issuer, audience, algorithm allow-list, signature (with
+//! our openssl provider, see [`super::keys`]), expiry and issue time on the
+//! injected clock, nonce. Its typed errors map onto our reason codes; what it
+//! does not check is checked here: the allow-list before anything else,
+//! `azp`, `nbf`, a non-empty `sub`, and a JWKS refetch on an unknown `kid`
+//! (rate-limited through the store).
 
-use super::provider::Provider;
+use super::keys::OpensslJwk;
+use super::provider::{KeySet, Provider};
 use crate::upstream::{UpstreamContext, UpstreamError};
 use base64::Engine;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::Algorithm;
+use openidconnect::core::{CoreIdToken, CoreJwsSigningAlgorithm};
+use openidconnect::{ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, Nonce, SignatureVerificationError};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::str::FromStr;
 
 /// The claims of a validated ID token.
 pub type Claims = Map<String, Value>;
@@ -22,14 +26,19 @@ pub struct Expected<'a> {
     pub issuer: &'a str,
     /// Our client id.
     pub client_id: &'a str,
-    /// The nonce sent with the authorization request.
-    pub nonce: &'a str,
+    /// The nonce sent with the authorization request; `None` for an ID token
+    /// from a refresh (OIDC Core §12.2: no nonce was sent).
+    pub nonce: Option<&'a str>,
     /// Accepted signature algorithms (never `none` or HS*).
     pub algorithms: &'a [Algorithm],
 }
 
 const UNVERIFIABLE: &str =
     "The identity provider's answer could not be verified. Please try again or contact your administrator.";
+
+/// Marks the issue-time verifier's refusal, which `openidconnect` reports
+/// as `Expired` like the expiry check.
+const IAT_IN_FUTURE: &str = "iat-in-future";
 
 fn reject(code: &'static str, detail: impl Into<String>) -> UpstreamError {
     UpstreamError::reject(code, UNVERIFIABLE, detail)
@@ -38,15 +47,6 @@ fn reject(code: &'static str, detail: impl Into<String>) -> UpstreamError {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
-struct Parts<'t> {
-    header: Header,
-    message: &'t str,
-    signature: &'t str,
-    claims: Claims,
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, UpstreamError> {
@@ -55,27 +55,22 @@ fn b64(part: &str) -> Result<Vec<u8>, UpstreamError> {
         .map_err(|e| reject("oidc.id_token_malformed", format!("bad base64url: {e}")))
 }
 
-fn split(token: &str) -> Result<Parts<'_>, UpstreamError> {
+/// The header and payload segments of a three-part JWS.
+fn segments(token: &str) -> Result<(&str, &str), UpstreamError> {
     let mut it = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
-        return Err(reject(
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some(h), Some(p), Some(_), None) => Ok((h, p)),
+        _ => Err(reject(
             "oidc.id_token_malformed",
             "the ID token is not a three-part JWS (encrypted ID tokens are not supported)",
-        ));
-    };
-    let header: Header =
-        serde_json::from_slice(&b64(h)?).map_err(|e| reject("oidc.id_token_malformed", format!("bad header: {e}")))?;
-    let claims: Claims =
-        serde_json::from_slice(&b64(p)?).map_err(|e| reject("oidc.id_token_malformed", format!("bad claims: {e}")))?;
-    let message = token
-        .get(..h.len() + 1 + p.len())
-        .ok_or_else(|| reject("oidc.id_token_malformed", "truncated"))?;
-    Ok(Parts {
-        header,
-        message,
-        signature: s,
-        claims,
-    })
+        )),
+    }
+}
+
+/// Whether `token` cannot be read as an ID token at all (for telling a
+/// malformed ID token from a malformed token response).
+pub fn is_malformed(token: &str) -> bool {
+    CoreIdToken::from_str(token).is_err()
 }
 
 /// Validates `token` and returns its claims.
@@ -85,90 +80,118 @@ pub async fn validate(
     provider: &Provider,
     ctx: &UpstreamContext,
 ) -> Result<Claims, UpstreamError> {
-    let parts = split(token)?;
-    // The allow-list is checked before any key is touched: `none` and HS*
-    // (an HMAC keyed with the IdP's public key) never reach verification.
-    let alg = expected
+    let (header, payload) = segments(token)?;
+    let header: Header = serde_json::from_slice(&b64(header)?)
+        .map_err(|e| reject("oidc.id_token_malformed", format!("bad header: {e}")))?;
+    // The allow-list is checked before anything else: `none` and HS* (an
+    // HMAC keyed with the IdP's public key) never reach verification.
+    let allowed: Vec<CoreJwsSigningAlgorithm> = expected
         .algorithms
         .iter()
-        .copied()
-        .find(|a| format!("{a:?}") == parts.header.alg)
-        .ok_or_else(|| {
-            reject(
-                "oidc.alg_not_allowed",
-                format!("ID token algorithm {:?} is not allowed", parts.header.alg),
-            )
-        })?;
-    let kid = parts.header.kid.as_deref();
-    let keys = provider.keys(ctx, false).await?;
-    let mut outcome = check_signature(&parts, alg, kid, &keys);
-    if matches!(outcome, Err(SigError::NoKey)) && provider.may_refetch(ctx).await? {
-        // The IdP may have rotated its keys since we cached them.
-        tracing::info!(kid = kid.unwrap_or("-"), "oidc: unknown signing key, refetching JWKS");
-        let keys = provider.keys(ctx, true).await?;
-        outcome = check_signature(&parts, alg, kid, &keys);
-    }
-    match outcome {
-        Ok(()) => {}
-        Err(SigError::NoKey) => {
-            return Err(reject(
-                "oidc.unknown_kid",
-                format!("no {alg:?} key with kid {kid:?} in the IdP's JWKS"),
-            ))
-        }
-        Err(SigError::Bad) => return Err(reject("oidc.bad_signature", "the ID token signature does not verify")),
-    }
-    check_claims(&parts.claims, expected, ctx)?;
-    Ok(parts.claims)
-}
-
-enum SigError {
-    NoKey,
-    Bad,
-}
-
-fn check_signature(parts: &Parts<'_>, alg: Algorithm, kid: Option<&str>, keys: &[Jwk]) -> Result<(), SigError> {
-    let candidates: Vec<&Jwk> = keys
-        .iter()
-        .filter(|k| kid.is_none_or(|kid| k.common.key_id.as_deref() == Some(kid)))
-        .filter(|k| key_fits(k, alg))
+        .filter_map(|a| serde_json::from_value(Value::String(format!("{a:?}"))).ok())
         .collect();
-    if candidates.is_empty() {
-        return Err(SigError::NoKey);
+    if !expected.algorithms.iter().any(|a| format!("{a:?}") == header.alg) {
+        return Err(reject(
+            "oidc.alg_not_allowed",
+            format!("ID token algorithm {:?} is not allowed", header.alg),
+        ));
     }
-    crate::tokens::install_crypto_provider();
-    for jwk in candidates {
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
-        if jsonwebtoken::crypto::verify(parts.signature, parts.message.as_bytes(), &key, alg).unwrap_or(false) {
-            return Ok(());
-        }
+    let id_token =
+        CoreIdToken::from_str(token).map_err(|e| reject("oidc.id_token_malformed", format!("not an ID token: {e}")))?;
+    let keys = provider.keys(ctx, false).await?;
+    let mut outcome = verify(&id_token, expected, &allowed, &keys, ctx);
+    if matches!(
+        outcome,
+        Err(ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::NoMatchingKey
+        ))
+    ) && provider.may_refetch(ctx).await?
+    {
+        // The IdP may have rotated its keys since we cached them.
+        tracing::info!("oidc: unknown signing key, refetching JWKS");
+        let keys = provider.keys(ctx, true).await?;
+        outcome = verify(&id_token, expected, &allowed, &keys, ctx);
     }
-    Err(SigError::Bad)
+    outcome.map_err(|e| map_error(e, ctx))?;
+    // Verified: the signed payload is read as it was signed.
+    let claims: Claims = serde_json::from_slice(&b64(payload)?)
+        .map_err(|e| reject("oidc.id_token_malformed", format!("bad claims: {e}")))?;
+    check_rest(&claims, expected, ctx)?;
+    Ok(claims)
 }
 
-/// Whether `jwk` may verify `alg`: same family, matching curve, and the key's
-/// own `alg` (when it states one) equal to the token's.
-fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
-    if let Some(key_alg) = jwk.common.key_algorithm {
-        if format!("{key_alg:?}") != format!("{alg:?}") {
-            return false;
+fn verify(
+    id_token: &CoreIdToken,
+    expected: &Expected<'_>,
+    allowed: &[CoreJwsSigningAlgorithm],
+    keys: &KeySet,
+    ctx: &UpstreamContext,
+) -> Result<(), ClaimsVerificationError> {
+    let issuer = IssuerUrl::new(expected.issuer.to_owned())
+        .map_err(|e| ClaimsVerificationError::InvalidIssuer(format!("configured issuer: {e}")))?;
+    let now = ctx.clock.now();
+    let skew = chrono::Duration::seconds(ctx.clock_skew_secs);
+    let verifier: IdTokenVerifier<'_, OpensslJwk> =
+        IdTokenVerifier::new_public_client(ClientId::new(expected.client_id.to_owned()), issuer, keys.clone())
+            .set_allowed_algs(allowed.iter().cloned())
+            // We never checked `typ`; IdPs disagree on it.
+            .allow_all_jose_types()
+            // Several audiences are judged by `azp` below, as before.
+            .set_other_audience_verifier_fn(|_| true)
+            // Expired when now > exp + skew (the verifier refuses at `time >= exp`).
+            .set_time_fn(move || now - skew - chrono::Duration::seconds(1))
+            .set_issue_time_verifier_fn(move |iat| {
+                if iat > now + skew {
+                    Err(format!(
+                        "{IAT_IN_FUTURE}: ID token iat {iat} is after now {now} plus skew"
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+    let nonce = |got: Option<&Nonce>| -> Result<(), String> {
+        use subtle::ConstantTimeEq;
+        match (expected.nonce, got) {
+            (None, _) => Ok(()),
+            (Some(sent), Some(n)) if bool::from(n.secret().as_bytes().ct_eq(sent.as_bytes())) => Ok(()),
+            (Some(_), Some(_)) => Err("the ID token nonce differs from the one we sent".into()),
+            (Some(_), None) => Err("the ID token has no nonce".into()),
         }
-    }
-    match (&jwk.algorithm, alg.family()) {
-        (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa) => true,
-        (AlgorithmParameters::EllipticCurve(p), AlgorithmFamily::Ec) => matches!(
-            (&p.curve, alg),
-            (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
+    };
+    id_token.claims(&verifier, nonce).map(|_| ())
+}
+
+fn map_error(e: ClaimsVerificationError, ctx: &UpstreamContext) -> UpstreamError {
+    use ClaimsVerificationError as C;
+    use SignatureVerificationError as S;
+    match e {
+        C::SignatureVerification(S::NoMatchingKey) => reject(
+            "oidc.unknown_kid",
+            "no key in the IdP's JWKS fits the token's kid and alg",
         ),
-        (AlgorithmParameters::OctetKeyPair(p), AlgorithmFamily::Ed) => p.curve == EllipticCurve::Ed25519,
-        _ => false,
+        C::SignatureVerification(S::AmbiguousKeyId(d)) => reject("oidc.unknown_kid", d),
+        C::SignatureVerification(S::DisallowedAlg(d) | S::UnsupportedAlg(d)) => reject("oidc.alg_not_allowed", d),
+        C::SignatureVerification(S::NoSignature) => reject("oidc.alg_not_allowed", "the ID token is unsigned"),
+        C::SignatureVerification(other) => reject(
+            "oidc.bad_signature",
+            format!("the ID token signature does not verify: {other}"),
+        ),
+        C::InvalidIssuer(d) => reject("oidc.issuer_mismatch", format!("ID token iss: {d}")),
+        C::InvalidAudience(d) => reject("oidc.audience_mismatch", format!("ID token aud: {d}")),
+        C::Expired(d) if d.starts_with(IAT_IN_FUTURE) => reject("oidc.issued_in_future", d),
+        C::Expired(d) => UpstreamError::reject(
+            "oidc.expired",
+            "The sign-in answer has expired. Please sign in again.",
+            format!("{d} (skew {}s)", ctx.clock_skew_secs),
+        ),
+        C::InvalidNonce(d) => reject("oidc.nonce_mismatch", d),
+        other => reject("oidc.id_token_malformed", other.to_string()),
     }
 }
 
-/// A NumericDate claim (some IdPs send fractions).
-fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
+/// A NumericDate claim (some IdPs send fractions); a value that is not a
+/// number is `oidc.id_token_malformed`.
+pub fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n
@@ -180,25 +203,14 @@ fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
     }
 }
 
-fn check_claims(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -> Result<(), UpstreamError> {
-    let iss = claims.get("iss").and_then(Value::as_str);
-    if iss != Some(expected.issuer) {
-        return Err(reject(
-            "oidc.issuer_mismatch",
-            format!("ID token iss {iss:?}, expected {:?}", expected.issuer),
-        ));
-    }
+/// The checks `openidconnect` leaves to the client: `azp` (it defers them),
+/// `nbf`, and a non-empty `sub`.
+fn check_rest(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -> Result<(), UpstreamError> {
     let audiences: Vec<&str> = match claims.get("aud") {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     };
-    if !audiences.contains(&expected.client_id) {
-        return Err(reject(
-            "oidc.audience_mismatch",
-            format!("ID token aud {audiences:?} does not contain our client id"),
-        ));
-    }
     let azp = claims.get("azp").and_then(Value::as_str);
     if (audiences.len() > 1 || azp.is_some()) && azp != Some(expected.client_id) {
         return Err(reject(
@@ -208,21 +220,6 @@ fn check_claims(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext)
     }
     let now = ctx.clock.unix();
     let skew = ctx.clock_skew_secs;
-    let exp = numeric(claims, "exp")?.ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no exp"))?;
-    if now > exp.saturating_add(skew) {
-        return Err(UpstreamError::reject(
-            "oidc.expired",
-            "The sign-in answer has expired. Please sign in again.",
-            format!("ID token expired at {exp}, now {now}, skew {skew}s"),
-        ));
-    }
-    let iat = numeric(claims, "iat")?.ok_or_else(|| reject("oidc.id_token_malformed", "the ID token has no iat"))?;
-    if iat > now.saturating_add(skew) {
-        return Err(reject(
-            "oidc.issued_in_future",
-            format!("ID token iat {iat} is after now {now} plus skew {skew}s"),
-        ));
-    }
     if let Some(nbf) = numeric(claims, "nbf")? {
         if nbf > now.saturating_add(skew) {
             return Err(reject(
@@ -230,21 +227,6 @@ fn check_claims(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext)
                 format!("ID token nbf {nbf} is after now {now} plus skew {skew}s"),
             ));
         }
-    }
-    let nonce = claims.get("nonce").and_then(Value::as_str);
-    let nonce_ok = nonce.is_some_and(|n| {
-        use subtle::ConstantTimeEq;
-        bool::from(n.as_bytes().ct_eq(expected.nonce.as_bytes()))
-    });
-    if !nonce_ok {
-        return Err(reject(
-            "oidc.nonce_mismatch",
-            if nonce.is_some() {
-                "the ID token nonce differs from the one we sent"
-            } else {
-                "the ID token has no nonce"
-            },
-        ));
     }
     match claims.get("sub").and_then(Value::as_str) {
         Some(s) if !s.is_empty() => Ok(()),

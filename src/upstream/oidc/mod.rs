@@ -11,6 +11,7 @@
 pub mod claims;
 pub mod flow;
 pub mod id_token;
+pub mod keys;
 pub mod provider;
 
 pub use claims::ClaimMapping;
@@ -64,6 +65,15 @@ pub struct OidcConfig {
     /// Read the userinfo endpoint (when the IdP has one) and merge its claims.
     #[serde(default = "yes")]
     pub userinfo: bool,
+    /// Ask for `offline_access`, keep the IdP's refresh token, and refresh
+    /// upstream when the app refreshes (so a user removed at the IdP stops
+    /// getting tokens). A refresh token the IdP sends unasked is used too.
+    #[serde(default)]
+    pub refresh_upstream: bool,
+    /// How often the app's refresh asks the IdP again (seconds); `None`
+    /// uses the global `upstream.refresh_interval_secs`.
+    #[serde(default)]
+    pub refresh_interval_secs: Option<u64>,
 }
 
 /// The body of `POST /admin/v1/tenants/{id}/connections` for `"kind":"oidc"`,
@@ -90,6 +100,12 @@ pub struct OidcConnectionRequest {
     /// Whether to read userinfo.
     #[serde(default = "yes")]
     pub userinfo: bool,
+    /// Refresh upstream when the app refreshes (requests `offline_access`).
+    #[serde(default)]
+    pub refresh_upstream: bool,
+    /// How often the app's refresh asks the IdP again (seconds, 60 to 86400).
+    #[serde(default)]
+    pub refresh_interval_secs: Option<u64>,
 }
 
 /// Parses the algorithm allow-list; the error names the offending entry.
@@ -146,6 +162,12 @@ fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(
         ));
     }
     parse_algorithms(&req.allowed_algorithms).map_err(|e| SetupError::new("allowed_algorithms", e))?;
+    if req.refresh_interval_secs.is_some_and(|s| !(60..=86_400).contains(&s)) {
+        return Err(SetupError::new(
+            "refresh_interval_secs",
+            "must be between 60 and 86400 seconds",
+        ));
+    }
     Ok(())
 }
 
@@ -169,6 +191,8 @@ pub async fn setup(request: serde_json::Value, ctx: &UpstreamContext) -> Result<
         claim_mapping: Box::new(req.claim_mapping),
         allowed_algorithms: req.allowed_algorithms,
         userinfo: req.userinfo,
+        refresh_upstream: req.refresh_upstream,
+        refresh_interval_secs: req.refresh_interval_secs,
     })
 }
 
@@ -210,6 +234,14 @@ impl Connector for OidcConnector {
 
     fn login_id<'p>(&self, params: &'p CallbackParams) -> Option<&'p str> {
         params.query.get("state").map(String::as_str)
+    }
+
+    async fn refresh(&self, refresh_token: &Secret, subject: Option<&str>) -> Result<Option<Secret>, UpstreamError> {
+        flow::refresh(self, refresh_token, subject).await.map(Some)
+    }
+
+    fn refresh_interval_secs(&self) -> Option<u64> {
+        self.cfg.refresh_interval_secs
     }
 
     async fn complete(

@@ -1,18 +1,34 @@
 //! What we know about the IdP: its discovery document and its signing keys.
 //!
-//! Both are fetched through the guarded client and cached in the connector
-//! (connectors are rebuilt when the connection changes). Expiry follows the
-//! injected clock. Fetching the keys again because a token names an unknown
-//! `kid` is rate-limited through the shared store, so a flood of forged
-//! tokens cannot turn the gateway fleet into a JWKS hammer.
+//! Discovery and key fetching are `openidconnect`'s
+//! (`ProviderMetadata::discover_async`, `JsonWebKeySet::fetch_async`), sent
+//! through the guarded client. What that crate does not check is checked here:
+//! every endpoint the document names must be `https` (or `http` to a
+//! loopback/private host when private networks are allowed), never
+//! `javascript:`, `data:` or anything else (`oidc.bad_endpoint_url`).
+//!
+//! Both are cached in the connector (connectors are rebuilt when the
+//! connection changes). Expiry follows the injected clock. Fetching the keys
+//! again because a token names an unknown `kid` is rate-limited through the
+//! shared store, so a flood of forged tokens cannot turn the gateway fleet
+//! into a JWKS hammer.
 
+use super::super::http::{HttpRequest, HttpResponse, OutboundHttp};
 use super::super::{UpstreamContext, UpstreamError};
+use super::keys::OpensslJwk;
 use crate::store::Key;
 use chrono::{DateTime, Duration, Utc};
-use jsonwebtoken::jwk::Jwk;
-use serde::Deserialize;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
+};
+use openidconnect::{AdditionalProviderMetadata, DiscoveryError, IssuerUrl, JsonWebKeySet};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use url::Url;
+use url::{Host, Url};
 
 /// How long a discovery document is trusted before it is fetched again.
 const METADATA_TTL_SECS: i64 = 3600;
@@ -21,96 +37,226 @@ const JWKS_TTL_SECS: i64 = 3600;
 /// The window in which at most one unknown-`kid` refetch happens per connection.
 pub const JWKS_REFETCH_WINDOW_SECS: u64 = 10;
 
-/// The parts of the discovery document (OpenID Connect Discovery 1.0) we use.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ProviderMetadata {
-    /// The issuer identifier, compared byte for byte with the configured one.
-    pub issuer: String,
-    /// Where the browser is sent.
-    pub authorization_endpoint: Url,
-    /// Where the code is exchanged.
-    #[serde(default)]
-    pub token_endpoint: Option<Url>,
-    /// The signing keys.
-    pub jwks_uri: Url,
-    /// Where more claims can be read with the access token.
-    #[serde(default)]
-    pub userinfo_endpoint: Option<Url>,
-    /// Client authentication methods at the token endpoint; absent means
-    /// `client_secret_basic` only.
-    #[serde(default)]
-    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+/// Discovery fields `openidconnect`'s core metadata lacks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
     /// RFC 9207: the IdP puts `iss` on every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// RP-initiated logout (checked like the other endpoints).
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+/// The discovery document as `openidconnect` reads it.
+pub type Discovered = openidconnect::ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The IdP's signing keys, verified with our openssl provider.
+pub type KeySet = JsonWebKeySet<OpensslJwk>;
+
+/// A checked discovery document.
+#[derive(Debug, Clone)]
+pub struct ProviderMetadata {
+    /// The document (its issuer equals the configured one exactly).
+    pub discovered: Discovered,
 }
 
 impl ProviderMetadata {
-    /// Parses and checks a discovery document for `issuer`.
-    pub fn parse(bytes: &[u8], issuer: &str) -> Result<Self, String> {
-        let meta: Self =
-            serde_json::from_slice(bytes).map_err(|e| format!("the discovery document is not valid: {e}"))?;
-        if meta.issuer != issuer {
-            return Err(format!(
-                "the discovery document names issuer \"{}\", not \"{issuer}\"",
-                meta.issuer
-            ));
-        }
-        let token = meta
-            .token_endpoint
-            .as_ref()
-            .ok_or("the discovery document has no token_endpoint")?;
-        // An https issuer must not hand out endpoints that can be read or
-        // altered on the wire.
-        let https = issuer.starts_with("https://");
-        let mut endpoints = vec![&meta.authorization_endpoint, token, &meta.jwks_uri];
-        endpoints.extend(meta.userinfo_endpoint.as_ref());
-        for url in endpoints {
-            let ok = match url.scheme() {
-                "https" => true,
-                "http" => !https,
-                _ => false,
-            };
-            if !ok {
-                return Err(format!("the endpoint {url} does not use https"));
-            }
-        }
-        Ok(meta)
+    /// RFC 9207: whether the IdP puts `iss` on every authorization response.
+    pub fn iss_parameter_supported(&self) -> bool {
+        self.discovered
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
     }
 
-    /// The token endpoint (checked present by [`ProviderMetadata::parse`]).
-    pub fn token_endpoint(&self) -> Result<&Url, UpstreamError> {
-        self.token_endpoint
-            .as_ref()
-            .ok_or_else(|| UpstreamError::internal("oidc.discovery", "the IdP has no token endpoint"))
+    /// The userinfo endpoint, if any.
+    pub fn userinfo_endpoint(&self) -> Option<&Url> {
+        self.discovered.userinfo_endpoint().map(|u| u.url())
     }
 
     /// Whether the token endpoint takes the secret in the form body instead
     /// of HTTP Basic (only when the IdP supports post but not basic).
     pub fn prefers_client_secret_post(&self) -> bool {
-        match &self.token_endpoint_auth_methods_supported {
+        match self.discovered.token_endpoint_auth_methods_supported() {
             None => false,
             Some(methods) => {
-                !methods.iter().any(|m| m == "client_secret_basic") && methods.iter().any(|m| m == "client_secret_post")
+                !methods.contains(&CoreClientAuthMethod::ClientSecretBasic)
+                    && methods.contains(&CoreClientAuthMethod::ClientSecretPost)
             }
         }
     }
 }
 
-/// The discovery URL of an issuer (OpenID Connect Discovery 1.0 §4).
-pub fn discovery_url(issuer: &str) -> Result<Url, String> {
-    Url::parse(&format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    ))
-    .map_err(|e| format!("the issuer is not a URL: {e}"))
+/// Whether an endpoint URL the IdP hands out may be used: `https`, or
+/// `http` only when private networks are allowed and the host is loopback or
+/// private (the guarded client's rule); never any other scheme.
+pub fn endpoint_allowed(url: &Url, allow_private_networks: bool) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" if allow_private_networks => match url.host() {
+            Some(Host::Ipv4(ip)) => super::super::http::guard::is_forbidden(ip.into()),
+            Some(Host::Ipv6(ip)) => super::super::http::guard::is_forbidden(ip.into()),
+            Some(Host::Domain(d)) => {
+                d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+            }
+            None => false,
+        },
+        _ => false,
+    }
 }
 
-/// Fetches and checks the discovery document of `issuer`.
-pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<ProviderMetadata, UpstreamError> {
-    let url = discovery_url(issuer).map_err(|e| UpstreamError::internal("oidc.discovery", e))?;
-    let bytes = ctx.http.get_bytes(&url).await?;
-    ProviderMetadata::parse(&bytes, issuer).map_err(|e| UpstreamError::internal("oidc.discovery", e))
+fn check_endpoints(meta: &Discovered, allow_private_networks: bool) -> Result<(), UpstreamError> {
+    let mut endpoints: Vec<(&str, Option<Url>)> = vec![
+        (
+            "authorization_endpoint",
+            Some(meta.authorization_endpoint().url().clone()),
+        ),
+        ("token_endpoint", meta.token_endpoint().map(|u| u.url().clone())),
+        ("userinfo_endpoint", meta.userinfo_endpoint().map(|u| u.url().clone())),
+        ("jwks_uri", Some(meta.jwks_uri().url().clone())),
+    ];
+    if let Some(raw) = &meta.additional_metadata().end_session_endpoint {
+        match Url::parse(raw) {
+            Ok(u) => endpoints.push(("end_session_endpoint", Some(u))),
+            Err(e) => {
+                return Err(UpstreamError::internal(
+                    "oidc.bad_endpoint_url",
+                    format!("end_session_endpoint is not a URL: {e}"),
+                ))
+            }
+        }
+    }
+    for (name, url) in endpoints {
+        if let Some(url) = url {
+            if !endpoint_allowed(&url, allow_private_networks) {
+                let scheme = url.scheme().chars().take(16).collect::<String>();
+                return Err(UpstreamError::internal(
+                    "oidc.bad_endpoint_url",
+                    format!("the discovery document's {name} (scheme {scheme:?}) is not an https URL"),
+                ));
+            }
+        }
+    }
+    if meta.token_endpoint().is_none() {
+        return Err(UpstreamError::internal(
+            "oidc.discovery",
+            "the discovery document has no token_endpoint",
+        ));
+    }
+    Ok(())
+}
+
+/// The guarded client for discovery, which checks the document's endpoints
+/// as soon as it arrives.
+struct DocumentCheck {
+    http: OutboundHttp,
+    document_url: String,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for DocumentCheck {
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, UpstreamError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let is_document = request.uri().to_string() == self.document_url;
+            let response = self.http.execute(request).await?;
+            if is_document && response.status().is_success() {
+                check_document(response.body(), self.http.config().allow_private_networks)?;
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The endpoint rule applied to the raw discovery document (fields that are
+/// not strings are left to the typed parse).
+fn check_document(body: &[u8], allow_private_networks: bool) -> Result<(), UpstreamError> {
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    for name in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+        "end_session_endpoint",
+    ] {
+        if let Some(raw) = doc.get(name).and_then(serde_json::Value::as_str) {
+            let ok = Url::parse(raw).is_ok_and(|u| endpoint_allowed(&u, allow_private_networks));
+            if !ok {
+                let scheme: String = raw.split(':').next().unwrap_or("").chars().take(16).collect();
+                return Err(UpstreamError::internal(
+                    "oidc.bad_endpoint_url",
+                    format!("the discovery document's {name} (scheme {scheme:?}) is not an https URL"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn discovery_error(code: &'static str, e: DiscoveryError<UpstreamError>) -> UpstreamError {
+    match e {
+        DiscoveryError::Request(inner) => inner,
+        DiscoveryError::Response(status, _, msg) => {
+            UpstreamError::internal("outbound.status", format!("{msg} (status {status})"))
+        }
+        DiscoveryError::Parse(err) => UpstreamError::internal(code, format!("the document is not valid: {err}")),
+        DiscoveryError::Validation(msg) => UpstreamError::internal(code, msg),
+        DiscoveryError::UrlParse(err) => UpstreamError::internal(code, format!("bad URL: {err}")),
+        other => UpstreamError::internal(code, other.to_string()),
+    }
+}
+
+/// Fetches and checks the discovery document of `issuer` (and the key set it names).
+pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<(ProviderMetadata, KeySet), UpstreamError> {
+    let issuer_url = IssuerUrl::new(issuer.to_owned())
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
+    let document_url = issuer_url
+        .join(".well-known/openid-configuration")
+        .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
+    // The guarded client, plus a look at the document's endpoints before
+    // `discover_async` goes on to fetch the JWKS it names.
+    let http = DocumentCheck {
+        http: ctx.http.clone(),
+        document_url: document_url.to_string(),
+    };
+    let discovered = Discovered::discover_async(issuer_url, &http)
+        .await
+        .map_err(|e| discovery_error("oidc.discovery", e))?;
+    // Byte for byte: IssuerUrl equality alone would forgive spelling differences.
+    if discovered.issuer().as_str() != issuer {
+        return Err(UpstreamError::internal(
+            "oidc.discovery",
+            format!(
+                "the discovery document names issuer \"{}\", not \"{issuer}\"",
+                discovered.issuer().as_str()
+            ),
+        ));
+    }
+    check_endpoints(&discovered, ctx.http.config().allow_private_networks)?;
+    let keys = wrap(discovered.jwks());
+    Ok((ProviderMetadata { discovered }, keys))
+}
+
+fn wrap(keys: &JsonWebKeySet<CoreJsonWebKey>) -> KeySet {
+    JsonWebKeySet::new(keys.keys().iter().cloned().map(OpensslJwk).collect())
 }
 
 struct Cached<T> {
@@ -123,7 +269,7 @@ pub struct Provider {
     issuer: String,
     rate_key: Key,
     metadata: Mutex<Option<Cached<ProviderMetadata>>>,
-    jwks: Mutex<Option<Cached<Vec<Jwk>>>>,
+    jwks: Mutex<Option<Cached<KeySet>>>,
 }
 
 impl Provider {
@@ -137,19 +283,21 @@ impl Provider {
         }
     }
 
-    /// The discovery document, fetched when absent or stale.
+    /// The discovery document, fetched when absent or stale (with the keys).
     pub async fn metadata(&self, ctx: &UpstreamContext) -> Result<Arc<ProviderMetadata>, UpstreamError> {
         let now = ctx.clock.now();
         if let Some(hit) = fresh(&self.metadata, now) {
             return Ok(hit);
         }
-        let meta = Arc::new(discover(ctx, &self.issuer).await?);
+        let (meta, keys) = discover(ctx, &self.issuer).await?;
+        let meta = Arc::new(meta);
         store(&self.metadata, meta.clone(), now + Duration::seconds(METADATA_TTL_SECS));
+        store(&self.jwks, Arc::new(keys), now + Duration::seconds(JWKS_TTL_SECS));
         Ok(meta)
     }
 
     /// The signing keys; fetched when absent, stale or `refresh` is set.
-    pub async fn keys(&self, ctx: &UpstreamContext, refresh: bool) -> Result<Arc<Vec<Jwk>>, UpstreamError> {
+    pub async fn keys(&self, ctx: &UpstreamContext, refresh: bool) -> Result<Arc<KeySet>, UpstreamError> {
         let now = ctx.clock.now();
         if !refresh {
             if let Some(hit) = fresh(&self.jwks, now) {
@@ -157,8 +305,10 @@ impl Provider {
             }
         }
         let meta = self.metadata(ctx).await?;
-        let bytes = ctx.http.get_bytes(&meta.jwks_uri).await?;
-        let keys = Arc::new(parse_jwks(&bytes)?);
+        let keys: JsonWebKeySet<CoreJsonWebKey> = JsonWebKeySet::fetch_async(meta.discovered.jwks_uri(), &ctx.http)
+            .await
+            .map_err(|e| discovery_error("oidc.jwks", e))?;
+        let keys = Arc::new(wrap(&keys));
         store(&self.jwks, keys.clone(), now + Duration::seconds(JWKS_TTL_SECS));
         Ok(keys)
     }
@@ -184,33 +334,4 @@ fn fresh<T>(slot: &Mutex<Option<Cached<T>>>, now: DateTime<Utc>) -> Option<Arc<T
 fn store<T>(slot: &Mutex<Option<Cached<T>>>, value: Arc<T>, expires: DateTime<Utc>) {
     let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
     *guard = Some(Cached { value, expires });
-}
-
-/// Parses a JWK set, keeping the keys we can use for signatures. Keys are
-/// read one by one so a single exotic key does not hide the others;
-/// symmetric (`oct`) keys and encryption keys are dropped.
-pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, UpstreamError> {
-    #[derive(Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let set: Set = serde_json::from_slice(bytes)
-        .map_err(|e| UpstreamError::internal("oidc.jwks", format!("the JWKS is not valid: {e}")))?;
-    Ok(set
-        .keys
-        .into_iter()
-        .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
-        .filter(|k| {
-            !matches!(
-                k.algorithm,
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) | jsonwebtoken::jwk::AlgorithmParameters::Other(_)
-            )
-        })
-        .filter(|k| {
-            !matches!(
-                k.common.public_key_use,
-                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-            )
-        })
-        .collect())
 }

@@ -116,6 +116,11 @@ pub struct SamlConfig {
     /// still vouches only for addresses in the tenant's own domains.
     #[serde(default)]
     pub trust_email_verified: bool,
+    /// The longest an SSO session (and its refresh families) through this
+    /// connection may last, seconds; the IdP's `SessionNotOnOrAfter` may end
+    /// it sooner. Unset: no cap beyond the usual lifetimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session_secs: Option<u64>,
     /// The SP private key (PKCS#8 PEM): signs requests, decrypts assertions.
     pub sp_private_key_pem: Secret,
     /// The SP certificate (PEM), published in SP metadata.
@@ -291,6 +296,10 @@ fn user_message(code: &str) -> &'static str {
 
 #[async_trait]
 impl Connector for SamlConnector {
+    fn max_session_secs(&self) -> Option<i64> {
+        self.inner.cfg.max_session_secs.and_then(|s| i64::try_from(s).ok())
+    }
+
     async fn begin(&self, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError> {
         let inner = &self.inner;
         let id = request::new_request_id();

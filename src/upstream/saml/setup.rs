@@ -37,6 +37,7 @@ struct SamlConnectionRequest {
     clock_skew_secs: Option<i64>,
     #[serde(default)]
     trust_email_verified: bool,
+    max_session_secs: Option<u64>,
 }
 
 /// Validates a connection request (fetching `metadata_url` if given) and
@@ -113,6 +114,12 @@ pub async fn setup(
             ));
         }
     }
+    if req.max_session_secs.is_some_and(|m| !(60..=90 * 86_400).contains(&m)) {
+        return Err(SetupError::new(
+            "max_session_secs",
+            "must be between 60 seconds and 90 days",
+        ));
+    }
     let sp = keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
         .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
     if idp.want_authn_requests_signed && !req.sign_authn_requests {
@@ -135,6 +142,7 @@ pub async fn setup(
         allowed_algorithms,
         clock_skew_secs: req.clock_skew_secs,
         trust_email_verified: req.trust_email_verified,
+        max_session_secs: req.max_session_secs,
         sp_private_key_pem: sp.private_key_pem,
         sp_certificate_pem: sp.certificate_pem,
         sp_entity_id: None,

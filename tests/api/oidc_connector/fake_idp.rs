@@ -1,11 +1,19 @@
 //! A scriptable OpenID provider for exact negative cases: discovery, JWKS,
 //! token and userinfo endpoints on 127.0.0.1, with RSA keys made here. The
 //! test decides what the token endpoint returns, which keys are published and
-//! what the metadata advertises. (End-to-end runs against a real provider
-//! live in the peer suite.)
+//! what the metadata advertises. Only for what no real provider will emit
+//! (forged or broken ID tokens, odd metadata); everything a real provider can
+//! express runs against `oidc-provider` (`oidc_negative`, `oidc_trust`).
+//!
+//! Its token endpoint checks like a real one: the code must be one it issued
+//! (single use), the PKCE verifier must hash to that code's challenge, the
+//! redirect URI must match, and the client must authenticate with its secret
+//! (HTTP Basic, form-urlencoded parts, or `client_secret_post`). Anything else
+//! is an RFC 6749 error answer.
 
 use axum::extract::{Form, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
@@ -69,6 +77,13 @@ pub struct Script {
     // Observations.
     pub jwks_hits: usize,
     pub token_requests: Vec<(BTreeMap<String, String>, Option<String>)>,
+    /// Codes the IdP issued and not yet redeemed: code → (PKCE S256
+    /// challenge, redirect URI).
+    pub codes: BTreeMap<String, (String, String)>,
+    /// Discovery fields replaced by the test (e.g. a `javascript:` endpoint).
+    pub endpoint_override: BTreeMap<String, String>,
+    /// The refresh token the IdP issues with the code (and honours); `None`: none.
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -92,6 +107,9 @@ impl FakeIdp {
             userinfo_claims: json!({"groups": ["staff", "admins"], "locale": "de"}),
             jwks_hits: 0,
             token_requests: Vec::new(),
+            codes: BTreeMap::new(),
+            endpoint_override: BTreeMap::new(),
+            refresh_token: None,
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -105,6 +123,38 @@ impl FakeIdp {
 
     pub fn with<R>(&self, f: impl FnOnce(&mut Script) -> R) -> R {
         f(&mut self.script.lock().unwrap())
+    }
+
+    /// Issues `code` for the authorization request `url` (as the IdP would
+    /// after the person signed in): it remembers the request's PKCE
+    /// challenge and redirect URI.
+    pub fn issue_code(&self, code: &str, url: &url::Url) {
+        let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["code_challenge_method"], "S256");
+        self.with(|s| {
+            s.codes
+                .insert(code.into(), (q["code_challenge"].clone(), q["redirect_uri"].clone()))
+        });
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+/// The client authentication a real IdP demands.
+fn client_authenticated(headers: &HeaderMap, form: &BTreeMap<String, String>) -> bool {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(CLIENT_ID), enc(CLIENT_SECRET)))
+    );
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(h) => h == basic && !form.contains_key("client_secret"),
+        None => {
+            form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+                && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)
+        }
     }
 }
 
@@ -128,6 +178,9 @@ async fn discovery(State(s): S) -> Json<Value> {
     if let Some(m) = &s.auth_methods {
         doc["token_endpoint_auth_methods_supported"] = json!(m);
     }
+    for (field, value) in &s.endpoint_override {
+        doc[field.as_str()] = json!(value);
+    }
     Json(doc)
 }
 
@@ -138,16 +191,49 @@ async fn jwks(State(s): S) -> Json<Value> {
     Json(json!({ "keys": keys }))
 }
 
-async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String, String>>) -> Json<Value> {
+async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String, String>>) -> Response {
+    use sha2::{Digest, Sha256};
     let mut s = s.lock().unwrap();
     let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
-    s.token_requests.push((form, auth));
-    Json(json!({
+    s.token_requests.push((form.clone(), auth));
+    if !client_authenticated(&headers, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        if s.refresh_token.is_none() || form.get("refresh_token") != s.refresh_token.as_ref() {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
+        // Rotates, as many IdPs do.
+        let next = format!("{}+", s.refresh_token.clone().unwrap_or_default());
+        s.refresh_token = Some(next.clone());
+        return Json(json!({
+            "access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 300,
+            "id_token": s.id_token, "refresh_token": next,
+        }))
+        .into_response();
+    }
+    if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    }
+    // Single use, like every real IdP.
+    let Some((challenge, redirect_uri)) = form.get("code").and_then(|c| s.codes.remove(c)) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if hashed != challenge || form.get("redirect_uri") != Some(&redirect_uri) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    let mut body = json!({
         "access_token": ACCESS_TOKEN,
         "token_type": "Bearer",
         "expires_in": 300,
         "id_token": s.id_token,
-    }))
+    });
+    if let Some(rt) = &s.refresh_token {
+        body["refresh_token"] = json!(rt);
+    }
+    Json(body).into_response()
 }
 
 async fn userinfo(State(s): S, headers: HeaderMap) -> Json<Value> {

@@ -212,3 +212,144 @@ async fn token_endpoint_failures_and_missing_id_token() {
     let r = f.connector.complete(Some(&login.pending), &params).await;
     assert_eq!(code(r), "oidc.code_missing");
 }
+
+#[tokio::test]
+async fn begin_forwards_max_age() {
+    let f = Fixture::new().await;
+    let begun = f
+        .connector
+        .begin(BeginRequest {
+            login_id: "l-2",
+            force_authn: false,
+            login_hint: None,
+            max_age: Some(300),
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    assert_eq!(query(&url, "max_age").as_deref(), Some("300"));
+    assert_eq!(query(&url, "prompt"), None);
+}
+
+#[tokio::test]
+async fn auth_time_comes_from_the_signed_id_token_only() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!(f.clock.unix() - 42);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, Some(f.clock.unix() - 42));
+
+    // Userinfo cannot vouch for when the person authenticated.
+    f.idp.with(|s| s.userinfo_claims["auth_time"] = json!(f.clock.unix()));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, None);
+
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!("yesterday");
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
+}
+
+#[tokio::test]
+async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_secret() {
+    let f = Fixture::new().await;
+    // Login A's pending state, but the IdP issued the code to login B's
+    // request: A's verifier does not hash to B's challenge.
+    let a = f.begin().await;
+    let _b = f.begin().await;
+    let token = f.key.sign(&f.claims(&a));
+    assert_eq!(
+        code(f.finish(&a, token.clone(), f.callback(&a)).await),
+        "oidc.token_rejected"
+    );
+    // The code was spent by that attempt, as at a real IdP.
+    assert_eq!(code(f.finish(&a, token, f.callback(&a)).await), "oidc.token_rejected");
+
+    // A connector with the wrong client secret is refused (invalid_client).
+    let mut cfg = match &f.connection.kind {
+        ConnectionKind::Oidc(cfg) => cfg.clone(),
+        _ => unreachable!(),
+    };
+    cfg.client_secret = Some(portcullis::secret::Secret::new("not-the-secret"));
+    let wrong = OidcConnector::new(&f.connection, cfg, f.ctx.clone()).unwrap();
+    let begun = wrong
+        .begin(BeginRequest {
+            login_id: "w-1",
+            force_authn: false,
+            login_hint: None,
+            max_age: None,
+        })
+        .await
+        .unwrap();
+    let UpstreamRedirect::Redirect(url) = begun.redirect else {
+        panic!()
+    };
+    f.idp.issue_code("code-123", &url);
+    let mut claims = f.claims(&a);
+    claims["nonce"] = json!(query(&url, "nonce").unwrap());
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&claims)));
+    let mut params = CallbackParams::default();
+    params.query.insert("state".into(), "w-1".into());
+    params.query.insert("code".into(), "code-123".into());
+    let err = wrong.complete(Some(&begun.state), &params).await.unwrap_err();
+    assert!(
+        err.code == "oidc.token_rejected" || err.code == "oidc.token_endpoint",
+        "{err:?}"
+    );
+    assert!(err.detail.contains("invalid_client"), "{}", err.detail);
+}
+
+#[tokio::test]
+async fn upstream_refresh_verifies_the_refreshed_id_token() {
+    use portcullis::secret::Secret;
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.refresh_token = Some("rt-1".into()));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    let id = f.finish_claims(&login, claims.clone()).await.unwrap();
+    assert_eq!(id.upstream_refresh_token, Some(Secret::new("rt-1")));
+
+    // OIDC Core §12.2: same person, no nonce; the rotated token is kept.
+    let mut refreshed = claims.clone();
+    refreshed.as_object_mut().unwrap().remove("nonce");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+    let next = f.connector.refresh(&Secret::new("rt-1"), Some("user-1")).await.unwrap();
+    assert_eq!(next, Some(Secret::new("rt-1+")));
+
+    // An ID token about someone else ends the session.
+    let mut other = refreshed.clone();
+    other["sub"] = json!("user-2");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&other)));
+    let err = f
+        .connector
+        .refresh(&Secret::new("rt-1+"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.refresh_subject_changed");
+    assert!(!err.internal);
+
+    // A forged one too.
+    let forger = IdpKey::generate("k1");
+    f.idp.with(|s| s.id_token = Some(forger.sign(&refreshed)));
+    let err = f
+        .connector
+        .refresh(&Secret::new("rt-1++"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.bad_signature");
+    assert!(!err.internal);
+
+    // A refresh token the IdP does not know is its refusal.
+    let err = f
+        .connector
+        .refresh(&Secret::new("nope"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.refresh_refused");
+    assert!(!err.internal);
+}

@@ -23,6 +23,10 @@ async fn setup_validates_fields() {
     let ctx = context(&clock, true);
     let bad = [
         (
+            json!({"issuer": idp.issuer, "client_id": CLIENT_ID, "refresh_interval_secs": 5}),
+            "refresh_interval_secs",
+        ),
+        (
             json!({"issuer": idp.issuer, "client_id": CLIENT_ID, "allowed_algorithms": ["none"]}),
             "allowed_algorithms",
         ),
@@ -64,7 +68,7 @@ async fn setup_validates_fields() {
             "claim_mapping": {"subject": "sub", "email": "email", "email_verified": "email_verified",
                 "name": "name", "given_name": "given_name", "family_name": "family_name", "groups": "groups"},
             "allowed_algorithms": ["RS256","RS384","RS512","PS256","PS384","PS512","ES256","ES384","EdDSA"],
-            "userinfo": true,
+            "userinfo": true, "refresh_upstream": false, "refresh_interval_secs": null,
         })
     );
     assert_eq!(cfg.client_secret, Some(Secret::new("x")));
@@ -105,4 +109,86 @@ async fn openidconnect_crate_uses_the_guarded_client() {
         .await
         .unwrap_err();
     assert!(format!("{err:?}").contains("outbound.forbidden_address"), "{err:?}");
+}
+
+#[tokio::test]
+async fn discovery_endpoints_must_be_https_or_private_http() {
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let ctx = context(&clock, true);
+    let bad = [
+        ("authorization_endpoint", "javascript:alert(document.cookie)"),
+        ("authorization_endpoint", "data:text/html,<script>alert(1)</script>"),
+        ("token_endpoint", "file:///etc/passwd"),
+        ("userinfo_endpoint", "ftp://127.0.0.1/userinfo"),
+        ("jwks_uri", "gopher://127.0.0.1/jwks"),
+        ("end_session_endpoint", "javascript:alert(1)"),
+        // Plain http to a public host, even with private networks allowed.
+        ("authorization_endpoint", "http://idp.example.com/authorize"),
+    ];
+    for (field, value) in bad {
+        let idp = FakeIdp::start(IdpKey::generate("k1")).await;
+        idp.with(|s| s.endpoint_override.insert(field.into(), value.into()));
+        let err = oidc::setup(json!({"issuer": idp.issuer, "client_id": CLIENT_ID}), &ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(err.field, "issuer", "{field}={value}");
+        assert!(
+            err.message.contains("oidc.bad_endpoint_url"),
+            "{field}={value}: {}",
+            err.message
+        );
+    }
+    // https anywhere, and http to loopback when private networks are allowed, pass.
+    let idp = FakeIdp::start(IdpKey::generate("k1")).await;
+    idp.with(|s| {
+        s.endpoint_override
+            .insert("end_session_endpoint".into(), "https://idp.example.com/logout".into())
+    });
+    oidc::setup(json!({"issuer": idp.issuer, "client_id": CLIENT_ID}), &ctx)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_endpoint_at_refetched_discovery_is_refused_at_login() {
+    let f = Fixture::new().await;
+    // The IdP's document changes after setup; the connector reads it afresh.
+    f.idp.with(|s| {
+        s.endpoint_override
+            .insert("authorization_endpoint".into(), "javascript:alert(1)".into())
+    });
+    let connector = OidcConnector::new(
+        &f.connection,
+        match &f.connection.kind {
+            ConnectionKind::Oidc(cfg) => cfg.clone(),
+            _ => unreachable!(),
+        },
+        f.ctx.clone(),
+    )
+    .unwrap();
+    let err = connector
+        .begin(BeginRequest {
+            login_id: "l-9",
+            force_authn: false,
+            login_hint: None,
+            max_age: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "oidc.bad_endpoint_url");
+}
+
+#[test]
+fn endpoint_rule() {
+    use portcullis::upstream::oidc::provider::endpoint_allowed;
+    let ok = |u: &str, private: bool| endpoint_allowed(&Url::parse(u).unwrap(), private);
+    assert!(ok("https://idp.example.com/a", false));
+    assert!(!ok("http://idp.example.com/a", false));
+    assert!(!ok("http://idp.example.com/a", true));
+    assert!(!ok("http://127.0.0.1:8080/a", false));
+    assert!(ok("http://127.0.0.1:8080/a", true));
+    assert!(ok("http://10.1.2.3/a", true));
+    assert!(ok("http://localhost:3000/a", true));
+    assert!(!ok("javascript:alert(1)", true));
+    assert!(!ok("data:text/html,x", true));
 }

@@ -33,7 +33,8 @@ impl TestApp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn admin_create(&self, path: &str, body: Value) -> Value {
+    /// POSTs `body` to the admin API at `path` and asserts 201 Created.
+    pub async fn admin_create(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self.admin(reqwest::Method::POST, path, Some(body.clone())).await;
         assert_eq!(status, StatusCode::CREATED, "POST {path} {body} answered {answer}");
         answer

@@ -148,6 +148,9 @@ pub struct IdpStats {
     pub token: u64,
     /// Requests to the userinfo endpoint.
     pub userinfo: u64,
+    /// Successful refresh-token grants.
+    #[serde(default)]
+    pub refresh: u64,
 }
 
 impl UpstreamIdp {
@@ -160,7 +163,14 @@ impl UpstreamIdp {
     /// Like [`UpstreamIdp::spawn`] on a given port (0: any), for callers
     /// that must know the issuer before the IdP runs.
     pub async fn spawn_on(port: u16, clients: &[IdpClient]) -> Self {
+        Self::spawn_with(port, clients, &[]).await
+    }
+
+    /// Like [`UpstreamIdp::spawn_on`] with extra command-line flags (e.g.
+    /// `--ignore-reauth`).
+    pub async fn spawn_with(port: u16, clients: &[IdpClient], extra: &[&str]) -> Self {
         let mut args = vec!["--port".to_owned(), port.to_string()];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         for c in clients {
             args.push("--client".to_owned());
             args.push(
@@ -185,6 +195,29 @@ impl UpstreamIdp {
     /// Whether `url` is served by this IdP (same origin).
     pub fn serves(&self, url: &Url) -> bool {
         url.origin() == self.peer.url.origin()
+    }
+
+    /// Removes `account` at the IdP, as an admin would: its refresh tokens
+    /// stop working.
+    pub async fn remove_account(&self, account: &str) {
+        let url = self
+            .peer
+            .url
+            .join(&format!("/_test/remove-account?id={account}"))
+            .unwrap();
+        let r = reqwest::Client::new().post(url).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    /// Makes the IdP's next token request fail with `status`.
+    pub async fn fail_next_token(&self, status: u16) {
+        let url = self
+            .peer
+            .url
+            .join(&format!("/_test/fail-token?status={status}"))
+            .unwrap();
+        let r = reqwest::Client::new().post(url).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
     }
 
     /// The IdP's request counters.

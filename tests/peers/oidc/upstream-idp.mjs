@@ -18,7 +18,16 @@
 // scripted HTTP client can complete it: GET the page, POST `username` and
 // `password` to the form action. Consent is granted automatically.
 // `GET /_test/stats` returns counters (authorization requests, logins, token
-// requests) so tests can prove that a flow did or did not reach the IdP.
+// requests, refresh grants) so tests can prove that a flow did or did not
+// reach the IdP.
+// `POST /_test/remove-account?id=<account>` removes a user (as an admin
+// would at Okta or Entra): its refresh tokens stop working (invalid_grant).
+// `POST /_test/fail-token?status=<code>` makes the next token request fail
+// with that status (a transient outage).
+//
+// Like Okta and Entra, `offline_access` is honoured without the user
+// interacting again: the peer adds `prompt=consent`, which oidc-provider
+// requires for it, and grants consent automatically.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -33,8 +42,15 @@ const { values: args } = parseArgs({
     'public-host': { type: 'string' },
     client: { type: 'string', multiple: true },
     accounts: { type: 'string' },
+    // Behave like an IdP that ignores `prompt=login` and `max_age` (it
+    // reuses its session and reports the old auth_time).
+    'ignore-reauth': { type: 'boolean' },
+    // Behave like an IdP that never says when the user authenticated.
+    'no-auth-time': { type: 'boolean' },
   },
 });
+const ignoreReauth = args['ignore-reauth'] ?? false;
+const noAuthTime = args['no-auth-time'] ?? false;
 
 const port = Number(args.port ?? process.env.PORT ?? 0);
 const bindHost = args.host ?? process.env.IDP_HOST ?? '127.0.0.1';
@@ -78,7 +94,8 @@ const accounts = args.accounts ?? process.env.IDP_ACCOUNTS
   : DEFAULT_ACCOUNTS;
 const passwordOf = (account) => account.password ?? 'test-password';
 
-const stats = { authorize: 0, logins: 0, failed_logins: 0, token: 0, userinfo: 0 };
+const stats = { authorize: 0, logins: 0, failed_logins: 0, token: 0, userinfo: 0, refresh: 0 };
+let failNextToken = 0;
 
 const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({
   '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
@@ -138,8 +155,39 @@ server.listen(port, bindHost, () => {
         await interaction(provider, req, res, m[1], m[2]);
         return;
       }
-      if (url.pathname === '/auth') stats.authorize += 1;
-      if (url.pathname === '/token') stats.token += 1;
+      if (url.pathname === '/_test/remove-account' && req.method === 'POST') {
+        delete accounts[url.searchParams.get('id')];
+        send(res, 204, 'text/plain', '');
+        return;
+      }
+      if (url.pathname === '/_test/fail-token' && req.method === 'POST') {
+        failNextToken = Number(url.searchParams.get('status') ?? 503);
+        send(res, 204, 'text/plain', '');
+        return;
+      }
+      if (url.pathname === '/auth') {
+        stats.authorize += 1;
+        const params = url.searchParams;
+        if (ignoreReauth) {
+          params.delete('max_age');
+          if (params.get('prompt') === 'login') params.delete('prompt');
+        }
+        const scopes = (params.get('scope') ?? '').split(' ');
+        if (scopes.includes('offline_access')) {
+          const prompts = (params.get('prompt') ?? '').split(' ').filter(Boolean);
+          if (!prompts.includes('consent')) params.set('prompt', [...prompts, 'consent'].join(' '));
+        }
+        req.url = `${url.pathname}?${params}`;
+      }
+      if (url.pathname === '/token') {
+        stats.token += 1;
+        if (failNextToken) {
+          const status = failNextToken;
+          failNextToken = 0;
+          send(res, status, 'application/json', JSON.stringify({ error: 'temporarily_unavailable' }));
+          return;
+        }
+      }
       if (url.pathname === '/me') stats.userinfo += 1;
       callback(req, res);
     } catch (err) {
@@ -219,7 +267,7 @@ function buildProvider(issuer) {
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: {
       // amr and auth_time in every ID token, as most enterprise IdPs do.
-      openid: ['sub', 'amr', 'auth_time'],
+      openid: noAuthTime ? ['sub', 'amr'] : ['sub', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       profile: ['name', 'given_name', 'family_name'],
       groups: ['groups'],
@@ -283,6 +331,9 @@ function buildProvider(issuer) {
     },
   });
   provider.on('server_error', (_ctx, err) => console.error('upstream-idp: server_error', err));
+  provider.on('grant.success', (ctx) => {
+    if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refresh += 1;
+  });
   return provider;
 }
 

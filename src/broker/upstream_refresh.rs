@@ -1,0 +1,223 @@
+//! The upstream side of an SSO session: when the IdP issued a refresh token
+//! at sign-in (OIDC with `refresh_upstream`, or unasked), it is kept under
+//! the session's tenant-scoped keys, and the app's refresh asks the IdP again
+//! once the last answer is older than the connection's interval (Dex's
+//! `RefreshConnector` is the model). A refusal ends the SSO session (the
+//! provider revokes its refresh families); a transient failure only fails
+//! that one refresh.
+//!
+//! Until at-rest encryption lands the upstream refresh token is stored as
+//! is: it is never logged (`Secret`) and never returned by any API.
+
+use super::session::{self, SsoSession};
+use super::{connectors::ConnectorCache, Broker};
+use crate::ids::{ConnectionId, TenantId};
+use crate::provider::codes::Authorization;
+use crate::provider::upstream::{UpstreamCheck, UpstreamSessions};
+use crate::secret::Secret;
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::tenant::TenantRegistry;
+use crate::upstream::{Connector, Identity, UpstreamContext};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one upstream refresh may hold the session's lock.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// What is kept of the upstream session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamSession {
+    /// The connection the person signed in through.
+    pub connection: ConnectionId,
+    /// The IdP's current refresh token.
+    pub refresh_token: Secret,
+    /// When the IdP last vouched for the person (Unix seconds).
+    pub refreshed_at: i64,
+    /// The IdP's `sub` at sign-in.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+fn record_key(tenant: &str, sid: &str) -> Key {
+    Key::tenant(tenant, "sso", format!("upstream:{sid}"))
+}
+
+fn lock_key(tenant: &str, sid: &str) -> Key {
+    Key::tenant(tenant, "sso", format!("upstream-lock:{sid}"))
+}
+
+impl Broker {
+    /// Keeps the IdP's refresh token with the new SSO session `s`, if the
+    /// IdP issued one.
+    pub(super) async fn keep_upstream_session(&self, s: &SsoSession, identity: &Identity) -> Result<(), StoreError> {
+        let Some(token) = &identity.upstream_refresh_token else {
+            return Ok(());
+        };
+        let record = UpstreamSession {
+            connection: s.connection.clone(),
+            refresh_token: token.clone(),
+            refreshed_at: self.provider.clock.unix(),
+            subject: identity.raw.get("sub").and_then(|v| v.first()).cloned(),
+        };
+        let ttl = record_ttl(self.provider.ttl.refresh_token_ttl_secs, self.session_ttl);
+        self.store
+            .put_json(&record_key(s.tenant.as_str(), &s.sid), &record, Some(ttl))
+            .await
+    }
+}
+
+/// Forgets the upstream session of `sid` (sign-out): the IdP's refresh
+/// token is not kept past the session it served.
+pub(super) async fn forget(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+    store.delete(&record_key(tenant.as_str(), sid)).await.map(|_| ())
+}
+
+/// As long as the longer of a refresh family and an SSO session.
+fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
+    Duration::from_secs(refresh_token_ttl_secs).max(session_ttl)
+}
+
+/// The broker's answer to "does the IdP still vouch for this session?".
+pub struct UpstreamRefresher {
+    /// Tenants and connections.
+    pub tenants: TenantRegistry,
+    /// Connector context.
+    pub upstream: UpstreamContext,
+    /// Built connectors (shared with the broker).
+    pub connectors: ConnectorCache,
+    /// The store.
+    pub store: SharedStore,
+    /// The global interval (`upstream.refresh_interval_secs`).
+    pub interval_secs: u64,
+    /// Lifetime of the kept record.
+    pub record_ttl: Duration,
+}
+
+impl UpstreamRefresher {
+    /// Builds the refresher; `refresh_token_ttl_secs` and `session_ttl` size the record's TTL.
+    pub fn new(
+        tenants: TenantRegistry,
+        upstream: UpstreamContext,
+        connectors: ConnectorCache,
+        store: SharedStore,
+        interval_secs: u64,
+        refresh_token_ttl_secs: u64,
+        session_ttl: Duration,
+    ) -> Self {
+        Self {
+            tenants,
+            upstream,
+            connectors,
+            store,
+            interval_secs,
+            record_ttl: record_ttl(refresh_token_ttl_secs, session_ttl),
+        }
+    }
+
+    async fn run(&self, authz: &Authorization) -> Result<UpstreamCheck, StoreError> {
+        let t = authz.tenant.as_str();
+        let key = record_key(t, &authz.sid);
+        let Some(record) = self.store.get_json::<UpstreamSession>(&key).await? else {
+            return Ok(UpstreamCheck::Fine);
+        };
+        let connector = match self
+            .connectors
+            .get(&self.tenants, &self.upstream, &authz.tenant, &record.connection)
+            .await
+        {
+            Ok(c) => c,
+            // The connection is gone: nobody vouches for the person any more.
+            Err(e) if !e.internal => return self.end(authz, e.code).await,
+            Err(e) => {
+                tracing::error!(reason = "refresh.upstream_unavailable", tenant = %authz.tenant, connection = %record.connection, detail = %e.detail, "connector unavailable");
+                return Ok(UpstreamCheck::Unavailable);
+            }
+        };
+        let interval = i64::try_from(connector.refresh_interval_secs().unwrap_or(self.interval_secs)).unwrap_or(3600);
+        let now = self.upstream.clock.unix();
+        if now.saturating_sub(record.refreshed_at) < interval {
+            return Ok(UpstreamCheck::Fine);
+        }
+        // One upstream refresh per session at a time: a rotating upstream
+        // token must not be spent twice. A concurrent app refresh goes on
+        // while the first one asks the IdP.
+        let lock = lock_key(t, &authz.sid);
+        if !self.store.put_if_absent(&lock, b"1", Some(LOCK_TTL)).await? {
+            return Ok(UpstreamCheck::Fine);
+        }
+        let outcome = self.refresh_locked(authz, &key, connector.as_ref(), interval).await;
+        self.store.delete(&lock).await?;
+        outcome
+    }
+
+    async fn refresh_locked(
+        &self,
+        authz: &Authorization,
+        key: &Key,
+        connector: &dyn Connector,
+        interval: i64,
+    ) -> Result<UpstreamCheck, StoreError> {
+        // Read again under the lock: another replica may just have rotated it.
+        let Some(record) = self.store.get_json::<UpstreamSession>(key).await? else {
+            return Ok(UpstreamCheck::Fine);
+        };
+        let now = self.upstream.clock.unix();
+        if now.saturating_sub(record.refreshed_at) < interval {
+            return Ok(UpstreamCheck::Fine);
+        }
+        match connector
+            .refresh(&record.refresh_token, record.subject.as_deref())
+            .await
+        {
+            Ok(Some(next)) => {
+                let updated = UpstreamSession {
+                    refresh_token: next,
+                    refreshed_at: now,
+                    ..record
+                };
+                self.store.put_json(key, &updated, Some(self.record_ttl)).await?;
+                tracing::info!(reason = "refresh.upstream_refreshed", tenant = %authz.tenant, connection = %updated.connection, "the IdP still vouches for the session");
+                Ok(UpstreamCheck::Fine)
+            }
+            Ok(None) => Ok(UpstreamCheck::Fine),
+            Err(e) if e.internal => {
+                tracing::warn!(reason = "refresh.upstream_unavailable", code = e.code, tenant = %authz.tenant, connection = %record.connection, detail = %e.detail, "upstream refresh failed; nothing revoked");
+                Ok(UpstreamCheck::Unavailable)
+            }
+            Err(e) => {
+                tracing::info!(code = e.code, detail = %e.detail, "the IdP refused the upstream refresh");
+                self.end(authz, e.code).await
+            }
+        }
+    }
+
+    /// Ends the SSO session (the provider revokes its refresh families).
+    async fn end(&self, authz: &Authorization, code: &str) -> Result<UpstreamCheck, StoreError> {
+        tracing::warn!(reason = "refresh.upstream_refused", code, tenant = %authz.tenant, connection = %authz.connection, "upstream session ended");
+        self.store
+            .delete(&record_key(authz.tenant.as_str(), &authz.sid))
+            .await?;
+        session::delete(&self.store, &authz.tenant, &authz.sid).await?;
+        Ok(UpstreamCheck::Refused)
+    }
+}
+
+#[async_trait]
+impl UpstreamSessions for UpstreamRefresher {
+    async fn check(&self, authz: &Authorization) -> UpstreamCheck {
+        match self.run(authz).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(reason = "store.unavailable", error = %e, "upstream refresh could not use the store");
+                UpstreamCheck::Unavailable
+            }
+        }
+    }
+}
+
+/// Shares `refresher` with a provider.
+pub fn hook(refresher: UpstreamRefresher) -> Arc<dyn UpstreamSessions> {
+    Arc::new(refresher)
+}

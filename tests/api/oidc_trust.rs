@@ -1,0 +1,537 @@
+//! What the upstream OIDC IdP says is believed, and only that: `max_age`,
+//! `prompt=login` and `auth_time` go upstream and come back honestly, and the
+//! app's refresh notices when the IdP stops vouching for the user. Against
+//! the real `oidc-provider` peer (some runs told to behave like IdPs that
+//! ignore `prompt=login`/`max_age` or omit `auth_time`), real Redis, and a
+//! gateway clock the test moves.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::Duration;
+use portcullis::clock::{Clock, ManualClock, SystemClock};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use url::Url;
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Nav};
+use crate::support::oidc_world::{random_token, OAuthResponse, Pkce, RawClient, ACME, CONN};
+use crate::support::peers::{IdpClient, UpstreamIdp, IDP_PASSWORD};
+use crate::support::redis;
+
+/// A gateway with one OIDC connection to the peer and one raw client.
+pub struct Trust {
+    pub app: TestApp,
+    pub idp: UpstreamIdp,
+    pub clock: ManualClock,
+    pub client: RawClient,
+    pub discovery: Value,
+}
+
+impl Trust {
+    /// Starts the peer with `idp_flags` and the gateway with a manual clock
+    /// at the real time; `connection` adds fields to the connection body.
+    pub async fn new(idp_flags: &[&str], scopes: &[&str], connection: Value) -> Self {
+        let clock = ManualClock::at(SystemClock.now());
+        let app = spawn_app(AppOptions {
+            redis_url: Some(redis::url()),
+            redis_prefix: Some(redis::prefix()),
+            clock: Some(clock.clone()),
+            ..AppOptions::default()
+        })
+        .await;
+        app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
+        let upstream = IdpClient {
+            client_id: "portcullis-acme".into(),
+            client_secret: format!("secret-{}", random_token()),
+            redirect_uris: vec![app.oidc_callback(ACME, CONN)],
+        };
+        let idp = UpstreamIdp::spawn_with(0, std::slice::from_ref(&upstream), idp_flags).await;
+        let mut body = json!({
+            "id": CONN,
+            "kind": "oidc",
+            "issuer": idp.issuer(),
+            "client_id": upstream.client_id,
+            "client_secret": upstream.client_secret,
+            "scopes": scopes,
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), connection.as_object()) {
+            body.extend(extra.clone());
+        }
+        app.admin_create(&format!("/admin/v1/tenants/{ACME}/connections"), body)
+            .await;
+        let redirect_uri = Url::parse("http://127.0.0.1:9/raw/callback").unwrap();
+        let reg = app.create_client("raw", "Raw", &[&redirect_uri], false).await;
+        let discovery = app.get_json("/.well-known/openid-configuration").await;
+        Self {
+            app,
+            idp,
+            clock,
+            client: RawClient { reg, redirect_uri },
+            discovery,
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> Url {
+        Url::parse(self.discovery[name].as_str().unwrap()).unwrap()
+    }
+
+    /// Runs `/authorize` with `extra` and returns the query of the redirect
+    /// back to the app, signing `user` in when the IdP shows its login form.
+    /// Panics when the form is shown and `user` is `None`.
+    pub async fn authorize(
+        &self,
+        browser: &mut Browser,
+        pkce: &Pkce,
+        extra: &[(&str, &str)],
+        user: Option<&str>,
+    ) -> HashMap<String, String> {
+        let mut url = self.endpoint("authorization_endpoint");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client.reg.client_id)
+            .append_pair("redirect_uri", self.client.redirect_uri.as_str())
+            .append_pair("scope", "openid email profile offline_access")
+            .append_pair("tenant", ACME)
+            .append_pair("state", "st")
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(extra);
+        let prefix = self.client.redirect_uri.as_str().to_owned();
+        let stop = move |u: &Url| u.as_str().starts_with(&prefix);
+        let back = match browser.get_until(&url, &stop).await {
+            Nav::Stopped(back) => back,
+            Nav::Page(page) => {
+                let user = user.unwrap_or_else(|| panic!("the IdP asked for a login:\n{}", browser.trail()));
+                assert!(
+                    self.idp.serves(&page.url),
+                    "unexpected page {}:\n{}",
+                    page.url,
+                    page.body
+                );
+                let mut form = page.form(Some("login"));
+                form.set("username", user);
+                form.set("password", IDP_PASSWORD);
+                browser.submit_until(&page, &form, &stop).await.stopped()
+            }
+        };
+        back.query_pairs().into_owned().collect()
+    }
+
+    /// Signs `user` in (login form expected) and redeems the code.
+    pub async fn tokens(&self, browser: &mut Browser, extra: &[(&str, &str)], user: Option<&str>) -> Value {
+        let pkce = Pkce::new();
+        let q = self.authorize(browser, &pkce, extra, user).await;
+        let code = q.get("code").unwrap_or_else(|| panic!("no code: {q:?}"));
+        let r = self
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.client.redirect_uri.as_str()),
+                ("code_verifier", &pkce.verifier),
+            ])
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    }
+
+    /// A token request as the raw client.
+    pub async fn token(&self, form: &[(&str, &str)]) -> OAuthResponse {
+        let resp = self
+            .app
+            .client
+            .post(self.endpoint("token_endpoint"))
+            .basic_auth(&self.client.reg.client_id, Some(self.client.secret()))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        OAuthResponse {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The app's refresh grant.
+    pub async fn refresh(&self, refresh_token: &str) -> OAuthResponse {
+        self.token(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
+            .await
+    }
+}
+
+/// The claims of a JWT, unverified (the gateway's own tokens are verified elsewhere).
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn refused(q: &HashMap<String, String>, reason: &str) {
+    assert_eq!(q.get("error").map(String::as_str), Some("login_required"), "{q:?}");
+    assert!(!q.contains_key("code"), "{q:?}");
+    let description = q.get("error_description").cloned().unwrap_or_default();
+    assert!(description.contains(reason), "{reason} not in {description:?}");
+}
+
+#[tokio::test]
+async fn the_id_token_auth_time_is_the_idps_not_the_callbacks() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    // The gateway's clock runs five minutes ahead of the IdP's: the callback
+    // happens "later" than the authentication the IdP reports.
+    w.clock.advance(Duration::seconds(300));
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let claims = jwt_claims(tokens["id_token"].as_str().unwrap());
+    let auth_time = claims["auth_time"].as_i64().unwrap();
+    let real_now = SystemClock.unix();
+    assert!(
+        auth_time <= real_now && auth_time > real_now - 30,
+        "auth_time {auth_time} is not the IdP's (real now {real_now}, gateway {})",
+        w.clock.unix()
+    );
+}
+
+#[tokio::test]
+async fn max_age_is_forwarded_and_the_idp_authenticates_again() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    let first = w.tokens(&mut browser, &[], Some("alice")).await;
+    let first = jwt_claims(first["id_token"].as_str().unwrap())["auth_time"]
+        .as_i64()
+        .unwrap();
+    let logins = w.idp.stats().await.logins;
+    // Both clocks move on two seconds; the app wants an authentication of
+    // at most one second ago.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    w.clock.advance(Duration::seconds(2));
+    let tokens = w.tokens(&mut browser, &[("max_age", "1")], Some("alice")).await;
+    assert_eq!(w.idp.stats().await.logins, logins + 1, "the IdP saw max_age");
+    let auth_time = jwt_claims(tokens["id_token"].as_str().unwrap())["auth_time"]
+        .as_i64()
+        .unwrap();
+    assert!(auth_time > first, "a new authentication: {auth_time} after {first}");
+}
+
+#[tokio::test]
+async fn prompt_login_ignored_by_the_idp_is_refused() {
+    let w = Trust::new(&["--ignore-reauth"], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    // Beyond the clock skew: the IdP's session is two minutes old.
+    w.clock.advance(Duration::seconds(120));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("prompt", "login")], None)
+        .await;
+    refused(&q, "login.auth_too_old");
+    let q = w.authorize(&mut browser, &Pkce::new(), &[("max_age", "0")], None).await;
+    refused(&q, "login.auth_too_old");
+}
+
+#[tokio::test]
+async fn max_age_ignored_by_the_idp_is_refused() {
+    let w = Trust::new(&["--ignore-reauth"], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(300));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "120")], None)
+        .await;
+    refused(&q, "login.auth_too_old");
+    // Within max_age (plus skew) the same IdP session is fine.
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "600")], None)
+        .await;
+    assert!(q.contains_key("code"), "{q:?}");
+}
+
+#[tokio::test]
+async fn max_age_without_auth_time_from_the_idp_is_refused() {
+    let w = Trust::new(
+        &["--ignore-reauth", "--no-auth-time"],
+        &["openid", "email", "profile"],
+        json!({}),
+    )
+    .await;
+    let mut browser = Browser::new();
+    // Without max_age nothing is asked of auth_time.
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    let q = w
+        .authorize(
+            &mut browser,
+            &Pkce::new(),
+            &[("max_age", "3600"), ("prompt", "login")],
+            None,
+        )
+        .await;
+    refused(&q, "login.auth_time_unknown");
+}
+
+impl Trust {
+    /// The app's refresh grant through the provider itself, to read the
+    /// reason code of a refusal (the HTTP answer carries only the RFC code).
+    pub async fn refresh_direct(&self, refresh_token: &str) -> Result<(), portcullis::provider::OAuthError> {
+        let provider = &self.app.state.provider;
+        let client = provider.clients.get(&self.client.reg.client_id).await.unwrap().unwrap();
+        let req = portcullis::provider::grants::TokenRequest {
+            grant_type: Some("refresh_token".into()),
+            refresh_token: Some(refresh_token.into()),
+            ..Default::default()
+        };
+        provider.token(&client, &req).await.map(|_| ())
+    }
+}
+
+const REFRESHING: &[&str] = &["openid", "email", "profile"];
+
+fn rt(v: &Value) -> String {
+    v["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refresh_token: {v}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_apps_refresh_refreshes_upstream_after_the_interval() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    // Within the interval the IdP is not asked.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 0);
+    // After it (default one hour), the app's refresh refreshes upstream once.
+    w.clock.advance(Duration::seconds(3601));
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        w.idp.stats().await.refresh,
+        1,
+        "the new upstream session counts from now"
+    );
+}
+
+#[tokio::test]
+async fn a_user_removed_at_the_idp_stops_getting_tokens() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let first = w.tokens(&mut browser, &[], Some("alice")).await;
+    // A second family in the same SSO session (no new login at the IdP).
+    let second = w.tokens(&mut browser, &[], None).await;
+    w.idp.remove_account("alice").await;
+    w.clock.advance(Duration::seconds(3601));
+
+    let err = w.refresh_direct(&rt(&first)).await.unwrap_err();
+    assert_eq!(err.code, "invalid_grant");
+    assert_eq!(err.reason, "refresh.upstream_refused");
+    // Every family of the SSO session is gone, and the SSO session too.
+    let r = w.refresh(&rt(&second)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error(), Some("invalid_grant"));
+    let r = w.refresh(&rt(&first)).await;
+    assert_eq!(r.error(), Some("invalid_grant"));
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("prompt", "none")], None)
+        .await;
+    assert_eq!(q.get("error").map(String::as_str), Some("login_required"), "{q:?}");
+}
+
+#[tokio::test]
+async fn a_transient_idp_failure_fails_the_refresh_without_revoking() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(3601));
+    w.idp.fail_next_token(503).await;
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!(err.code, "temporarily_unavailable");
+    assert_eq!(err.reason, "refresh.upstream_unavailable");
+    w.idp.fail_next_token(502).await;
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), Some("temporarily_unavailable"));
+    // Nothing was consumed or revoked: the same token works once the IdP is back.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+}
+
+#[tokio::test]
+async fn concurrent_app_refreshes_spend_the_upstream_token_once() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let a = w.tokens(&mut browser, &[], Some("alice")).await;
+    let b = w.tokens(&mut browser, &[], None).await;
+    w.clock.advance(Duration::seconds(3601));
+    let (a, b) = (rt(&a), rt(&b));
+    let (ra, rb) = tokio::join!(w.refresh(&a), w.refresh(&b));
+    assert_eq!(ra.status, 200, "{:?}", ra.body);
+    assert_eq!(rb.status, 200, "{:?}", rb.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+}
+
+#[tokio::test]
+async fn the_refresh_interval_is_per_connection_and_offline_access_only_when_asked() {
+    // A connection with its own interval.
+    let w = Trust::new(
+        &[],
+        REFRESHING,
+        json!({ "refresh_upstream": true, "refresh_interval_secs": 120 }),
+    )
+    .await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(121));
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+    // And again after the next interval, with the token the IdP handed back.
+    w.clock.advance(Duration::seconds(121));
+    let r = w.refresh(&rt(&r.body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 2);
+
+    // Without refresh_upstream the IdP issues no refresh token, and nothing
+    // is asked upstream.
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(7200));
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 0);
+}
+
+#[tokio::test]
+async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let provider = &w.app.state.provider;
+    let family = provider.peek_refresh(&rt(&tokens)).await.unwrap().unwrap();
+    // As a SAML login with SessionNotOnOrAfter ten minutes ahead would carry it.
+    let now = w.clock.unix();
+    let mut authz = family.authz.clone();
+    authz.session_expires_at = Some(now + 600);
+    let (capped, token) = provider.start_family(&authz).await.unwrap();
+    assert_eq!(capped.expires_at, now + 600);
+    let r = w.refresh(&token).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let token = rt(&r.body);
+    w.clock.advance(Duration::seconds(601));
+    let err = w.refresh_direct(&token).await.unwrap_err();
+    assert_eq!((err.code, err.reason), ("invalid_grant", "refresh.unknown"));
+    // The uncapped family of the same login lives on.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+// The connector's negative cases a real provider can express (the
+// scriptable fake keeps only what no real provider emits).
+
+impl Trust {
+    /// The authorization URL of the raw client with `extra`.
+    fn authorize_url(&self, pkce: &Pkce, extra: &[(&str, &str)]) -> Url {
+        let mut url = self.endpoint("authorization_endpoint");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client.reg.client_id)
+            .append_pair("redirect_uri", self.client.redirect_uri.as_str())
+            .append_pair("scope", "openid email")
+            .append_pair("tenant", ACME)
+            .append_pair("state", "st")
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(extra);
+        url
+    }
+}
+
+#[tokio::test]
+async fn cancelling_at_the_real_idp_reaches_the_app_as_access_denied() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let page = browser.get(&w.authorize_url(&Pkce::new(), &[])).await;
+    assert!(w.idp.serves(&page.url), "{}", browser.trail());
+    let form = page.form(Some("abort"));
+    let prefix = w.client.redirect_uri.as_str().to_owned();
+    let back = browser
+        .submit_until(&page, &form, &move |u: &Url| u.as_str().starts_with(&prefix))
+        .await
+        .stopped();
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(q["error_description"].contains("cancelled"), "{q:?}");
+    assert_eq!(w.idp.stats().await.token, 0, "nothing was exchanged");
+}
+
+#[tokio::test]
+async fn a_callback_whose_rfc9207_iss_is_not_the_real_idps_is_refused() {
+    let w = Trust::new(&[], REFRESHING, json!({})).await;
+    let mut browser = Browser::new();
+    let callback = w.app.oidc_callback(ACME, CONN).to_string();
+    let at_callback = move |u: &Url| u.as_str().starts_with(&callback);
+    let page = browser.get(&w.authorize_url(&Pkce::new(), &[])).await;
+    let mut form = page.form(Some("login"));
+    form.set("username", "alice");
+    form.set("password", IDP_PASSWORD);
+    let answer = browser.submit_until(&page, &form, &at_callback).await.stopped();
+    let mut params: Vec<(String, String)> = answer.query_pairs().into_owned().collect();
+    // oidc-provider sends iss (it advertises RFC 9207); a mix-up attacker's
+    // answer names another issuer.
+    let iss = params
+        .iter_mut()
+        .find(|(k, _)| k == "iss")
+        .expect("the real IdP sends iss");
+    iss.1 = "https://attacker.example".into();
+    let mut tampered = answer.clone();
+    tampered.query_pairs_mut().clear().extend_pairs(&params);
+    let prefix = w.client.redirect_uri.as_str().to_owned();
+    let back = browser
+        .get_until(&tampered, &move |u: &Url| u.as_str().starts_with(&prefix))
+        .await
+        .stopped();
+    let q: HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(!q.contains_key("code"));
+    assert_eq!(w.idp.stats().await.token, 0, "the code was not sent anywhere");
+}
+
+#[tokio::test]
+async fn the_upstream_refresh_token_is_kept_with_the_session_and_forgotten_at_sign_out() {
+    use portcullis::store::Key;
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let sid = jwt_claims(tokens["id_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = Key::tenant(ACME, "sso", format!("upstream:{sid}"));
+    let store = &w.app.state.store;
+    let record: Value = serde_json::from_slice(&store.get(&key).await.unwrap().expect("kept")).unwrap();
+    assert_eq!(record["connection"], json!(CONN));
+    assert_eq!(record["refreshed_at"], json!(w.clock.unix()));
+    assert!(record["refresh_token"].as_str().is_some_and(|t| !t.is_empty()));
+    // The admin API's view of the connection carries no token.
+    let (_, connection) = w
+        .app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{ACME}/connections/{CONN}"),
+            None,
+        )
+        .await;
+    let shown = connection.to_string();
+    assert!(!shown.contains(record["refresh_token"].as_str().unwrap()), "{shown}");
+    assert_eq!(connection["id"], json!(CONN), "{shown}");
+
+    let sso = std::collections::BTreeMap::from([(ACME.to_owned(), sid)]);
+    w.app.state.broker.logout(&sso).await.unwrap();
+    assert!(store.get(&key).await.unwrap().is_none(), "forgotten at sign-out");
+}
