@@ -6,7 +6,7 @@
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
 use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
-use crate::directory::Provisioned;
+use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreJson;
 use crate::upstream::CallbackParams;
@@ -115,8 +115,15 @@ impl Broker {
         };
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
-            Err(e) => return unavailable(e),
+            Err(ProvisionError::Inactive(why)) => return inactive_page(&tenant, &connection, why),
+            Err(ProvisionError::Store(e)) => return unavailable(e),
         };
+        // A disabled (or meanwhile superseded) user gets no session and no code.
+        match self.provider.directory.active(&tenant, &user.sub).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => return inactive_page(&tenant, &connection, why),
+            Err(e) => return unavailable(e),
+        }
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
         }
@@ -168,4 +175,32 @@ impl Broker {
             &["openid", "email", "profile"],
         ))
     }
+}
+
+/// The page for a sign-in whose user may not sign in (any more).
+fn inactive_page(tenant: &TenantId, connection: &ConnectionId, why: Inactive) -> Outcome {
+    let (reason, status, message) = match why {
+        Inactive::UserDisabled => (
+            "login.user_disabled",
+            403,
+            "Your account has been disabled for this application. Ask your IT administrator.",
+        ),
+        Inactive::TenantGone => (
+            "login.tenant_gone",
+            404,
+            "Your organization no longer uses this sign-in service.",
+        ),
+        Inactive::ConnectionGone => (
+            "login.connection_gone",
+            404,
+            "This sign-in connection no longer exists. Please start again from the application.",
+        ),
+        Inactive::UserGone | Inactive::Superseded => (
+            "login.user_gone",
+            409,
+            "Your account changed while you were signing in. Please start again from the application.",
+        ),
+    };
+    tracing::warn!(reason, tenant = %tenant, connection = %connection, "sign-in refused for this user");
+    page(status, "Sign-in refused", message, reason)
 }

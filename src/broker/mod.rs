@@ -10,6 +10,7 @@ pub mod authorize;
 mod callback;
 pub mod connectors;
 pub mod session;
+mod users;
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::codes::Authorization;
@@ -297,6 +298,12 @@ impl Broker {
         let Some(s) = session::load(&self.store, sso, tenant).await? else {
             return Ok(None);
         };
+        // A session of a deleted, disabled or superseded user is not reused.
+        if let Err(why) = self.provider.directory.active(tenant, &s.sub).await? {
+            tracing::info!(reason = "sso.user_inactive", tenant = %tenant, inactive = why.as_str(), "SSO session not reused");
+            session::delete(&self.store, tenant, &s.sid).await?;
+            return Ok(None);
+        }
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
             return Ok(None);
         }

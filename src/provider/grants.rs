@@ -5,8 +5,8 @@
 use super::clients::Client;
 use super::codes::{Authorization, Issued, Redeemed};
 use super::refresh::Rotation;
-use super::{OAuthError, Provider};
-use crate::directory::User;
+use super::{OAuthError, OAuthErrorCode, Provider};
+use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
 use crate::store::Key;
 use serde::{Deserialize, Serialize};
@@ -153,15 +153,16 @@ impl Provider {
             Redeemed::Fresh(a) => *a,
             Redeemed::Reused(issued) => {
                 if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
-                    if let Some(f) = &issued.family {
-                        self.revoke_family(&t, f).await?;
-                    }
-                    if let Some(jti) = &issued.jti {
-                        self.revoke_jti(&t, jti, issued.exp).await?;
+                    // Flag the replay, then revoke whatever the first
+                    // redemption has recorded so far (see `codes`).
+                    let recorded = self.record_code_replay(code, &t).await?;
+                    for i in [Some(issued), recorded].into_iter().flatten() {
+                        self.revoke_issued(&t, &i).await?;
                     }
                 }
                 tracing::warn!(
                     reason = "code.reused",
+                    client_id = %client.client_id,
                     "authorization code presented twice; its tokens revoked"
                 );
                 return Err(OAuthError::invalid_grant(
@@ -187,6 +188,17 @@ impl Provider {
                 "code.tenant_not_allowed",
                 "This client may not sign in users of that tenant.",
             ));
+        }
+        // The user, its tenant and connection may have gone since the sign-in.
+        if let Err(why) = self.directory.active(&authz.tenant, &authz.sub).await? {
+            let reason = match why {
+                Inactive::TenantGone => "code.tenant_gone",
+                Inactive::ConnectionGone => "code.connection_gone",
+                Inactive::UserGone => "code.user_gone",
+                Inactive::UserDisabled => "code.user_disabled",
+                Inactive::Superseded => "code.user_superseded",
+            };
+            return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
         }
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
@@ -233,8 +245,18 @@ impl Provider {
             family,
             jti: Some(access.jti),
             exp: access.exp,
+            pending: false,
         };
-        self.mark_code_used(code, &authz.tenant, &issued).await?;
+        if self.record_code_issued(code, &authz.tenant, &issued).await? {
+            // A replay arrived while we were minting: what we issued dies.
+            tracing::warn!(
+                reason = "code.reused",
+                tenant = %authz.tenant,
+                client_id = %client.client_id,
+                "authorization code replayed during its redemption; its tokens revoked"
+            );
+            self.revoke_issued(&authz.tenant, &issued).await?;
+        }
         Ok(resp)
     }
 
@@ -275,15 +297,55 @@ impl Provider {
             }
             authz.scope = asked;
         }
-        // The user may have been removed since; refuse rather than mint for a ghost.
-        if self.directory.get(&authz.tenant, &authz.sub).await?.is_none() {
-            return Err(OAuthError::invalid_grant(
-                "refresh.user_gone",
-                "The user no longer exists.",
-            ));
+        // Everything the family came from must still be there, as the same
+        // incarnation; otherwise the family dies with it.
+        if let Err(reason) = self.refresh_still_allowed(client, &authz).await? {
+            tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
+            self.revoke_family(&authz.tenant, &family.id).await?;
+            return Err(OAuthError::invalid_grant(reason, refresh_description(reason)));
         }
         let with_id = authz.scope.iter().any(|s| s == "openid");
         Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
+    }
+
+    /// Whether a refresh of `authz` may still be served: the user is active
+    /// (exists, enabled, same incarnations of tenant and connection), signs
+    /// in through the same connection, and the app may still serve the tenant.
+    async fn refresh_still_allowed(
+        &self,
+        client: &Client,
+        authz: &Authorization,
+    ) -> Result<Result<(), &'static str>, OAuthError> {
+        if !client.allows_tenant(&authz.tenant) {
+            return Ok(Err("refresh.tenant_not_allowed"));
+        }
+        let user = match self.directory.active(&authz.tenant, &authz.sub).await? {
+            Ok(u) => u,
+            Err(why) => {
+                return Ok(Err(match why {
+                    Inactive::TenantGone => "refresh.tenant_gone",
+                    Inactive::ConnectionGone => "refresh.connection_gone",
+                    Inactive::UserGone => "refresh.user_gone",
+                    Inactive::UserDisabled => "refresh.user_disabled",
+                    Inactive::Superseded => "refresh.user_superseded",
+                }))
+            }
+        };
+        if user.connection != authz.connection {
+            return Ok(Err("refresh.user_superseded"));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Revokes what one code redemption issued.
+    async fn revoke_issued(&self, tenant: &TenantId, issued: &Issued) -> Result<(), OAuthError> {
+        if let Some(f) = &issued.family {
+            self.revoke_family(tenant, f).await?;
+        }
+        if let Some(jti) = &issued.jti {
+            self.revoke_jti(tenant, jti, issued.exp).await?;
+        }
+        Ok(())
     }
 
     async fn mint(
@@ -371,8 +433,15 @@ impl Provider {
         Ok(())
     }
 
-    /// Verifies an access token and checks it has not been revoked.
+    /// Verifies an access token and checks that it has not been revoked and
+    /// that what it came from is still there: the tenant and connection (as
+    /// the same incarnation), the user (enabled), and the client (still
+    /// registered and still allowed to serve the tenant).
     pub async fn check_access_token(&self, token: &str) -> Result<AccessClaims, OAuthError> {
+        Ok(self.check_access_token_user(token).await?.0)
+    }
+
+    async fn check_access_token_user(&self, token: &str) -> Result<(AccessClaims, User), OAuthError> {
         let claims: AccessClaims =
             self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
                 OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
@@ -385,19 +454,40 @@ impl Provider {
                 "The access token has been revoked.",
             ));
         }
-        Ok(claims)
+        let user = match self.directory.active(&tenant, &claims.sub).await? {
+            Ok(u) => u,
+            Err(why) => {
+                let reason = match why {
+                    Inactive::TenantGone => "token.tenant_gone",
+                    Inactive::ConnectionGone => "token.connection_gone",
+                    Inactive::UserGone => "token.user_gone",
+                    Inactive::UserDisabled => "token.user_disabled",
+                    Inactive::Superseded => "token.user_superseded",
+                };
+                return Err(OAuthError::invalid_token(reason, inactive_description(why)));
+            }
+        };
+        match self.clients.get(&claims.client_id).await? {
+            Some(c) if c.allows_tenant(&tenant) => {}
+            Some(_) => {
+                return Err(OAuthError::invalid_token(
+                    "token.tenant_not_allowed",
+                    "The application may no longer serve this organization.",
+                ))
+            }
+            None => {
+                return Err(OAuthError::invalid_token(
+                    "token.client_gone",
+                    "The application the token was issued to no longer exists.",
+                ))
+            }
+        }
+        Ok((claims, user))
     }
 
     /// Userinfo for a valid access token.
     pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
-        let claims = self.check_access_token(token).await?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
-        let user = self
-            .directory
-            .get(&tenant, &claims.sub)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_token("token.user_gone", "The user no longer exists."))?;
+        let (_, user) = self.check_access_token_user(token).await?;
         let mut out = Map::new();
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
@@ -429,6 +519,10 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
+                if let Err(reason) = self.refresh_still_allowed(client, &f.authz).await? {
+                    tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
+                    return Ok(json!({"active": false}));
+                }
                 return Ok(json!({
                     "active": true, "token_type": "refresh_token", "client_id": f.authz.client_id,
                     "sub": f.authz.sub, "scope": f.authz.scope.join(" "), "exp": f.expires_at,
@@ -444,9 +538,42 @@ impl Provider {
                 "jti": c.jti, "tenant": c.tenant,
             })),
             Ok(_) => Ok(json!({"active": false})),
-            Err(e) if e.code == "invalid_token" => Ok(json!({"active": false})),
-            Err(e) => Err(e),
+            Err(e) => match e.code {
+                OAuthErrorCode::InvalidToken => {
+                    tracing::info!(reason = e.reason, "introspected access token inactive");
+                    Ok(json!({"active": false}))
+                }
+                OAuthErrorCode::InvalidRequest
+                | OAuthErrorCode::InvalidClient
+                | OAuthErrorCode::InvalidGrant
+                | OAuthErrorCode::UnauthorizedClient
+                | OAuthErrorCode::UnsupportedGrantType
+                | OAuthErrorCode::InvalidScope
+                | OAuthErrorCode::ServerError
+                | OAuthErrorCode::TemporarilyUnavailable => Err(e),
+            },
         }
+    }
+}
+
+/// The user-safe description of why a user's tokens are refused.
+fn inactive_description(why: Inactive) -> &'static str {
+    match why {
+        Inactive::TenantGone => "The organization no longer exists.",
+        Inactive::ConnectionGone => "The sign-in connection no longer exists.",
+        Inactive::UserGone | Inactive::Superseded => "The user no longer exists.",
+        Inactive::UserDisabled => "The user is disabled.",
+    }
+}
+
+/// The user-safe description of a refused refresh.
+fn refresh_description(reason: &str) -> &'static str {
+    match reason {
+        "refresh.tenant_not_allowed" => "The application may no longer serve this organization.",
+        "refresh.tenant_gone" => "The organization no longer exists.",
+        "refresh.connection_gone" => "The sign-in connection no longer exists.",
+        "refresh.user_disabled" => "The user is disabled.",
+        _ => "The user no longer exists.",
     }
 }
 

@@ -9,7 +9,7 @@ pub mod error;
 pub mod grants;
 pub mod refresh;
 
-pub use error::OAuthError;
+pub use error::{OAuthError, OAuthErrorCode};
 
 use crate::clock::SharedClock;
 use crate::config::TokenSettings;
