@@ -4,6 +4,7 @@
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
 mod error;
+mod users;
 
 pub use error::AdminError;
 
@@ -37,6 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/clients", post(create_client).get(list_clients))
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
+        .merge(users::routes())
 }
 
 /// Proof that the request carries the platform admin token.
@@ -179,6 +181,14 @@ async fn delete_tenant(
     }
     s.tenants.delete(&id).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
+    // Nothing of the tenant is accepted any more (incarnations are checked
+    // on use); this only frees the store and ends sessions early.
+    match s.broker.purge_tenant_users(&id).await {
+        Ok(n) => tracing::info!(reason = "admin.tenant_users_purged", tenant = %id, users = n),
+        Err(e) => {
+            tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -252,6 +262,7 @@ async fn delete_connection(
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
+    tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -384,6 +395,9 @@ async fn delete_client(
     {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
     }
+    // Its refresh tokens need its authentication and its access tokens are
+    // checked against the registry on use, so both die with it.
+    tracing::info!(reason = "admin.client_deleted", client_id = %id);
     Ok(StatusCode::NO_CONTENT)
 }
 

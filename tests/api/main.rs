@@ -11,6 +11,8 @@ mod oidc_flow;
 mod oidc_negative;
 mod outbound_http;
 mod peers_selftest;
+mod revocation;
+mod revocation_races;
 mod saml_attacks;
 mod saml_begin;
 mod saml_bindings;
