@@ -118,6 +118,23 @@ impl Broker {
             Err(ProvisionError::Inactive(why)) => return inactive_page(&tenant, &connection, why),
             Err(ProvisionError::Store(e)) => return unavailable(e),
         };
+        // A login started before its tenant or connection was re-created
+        // belongs to the old one: it ends here.
+        if let Some(p) = &pending {
+            let current = crate::tenant::Incarnation {
+                tenant: user.tenant_incarnation.clone(),
+                connection: user.connection_incarnation.clone(),
+            };
+            if p.incarnation.as_ref() != Some(&current) {
+                tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
+                return page(
+                    400,
+                    "Sign-in failed",
+                    "The sign-in settings changed while you were signing in. Please start again from the application.",
+                    "callback.login_superseded",
+                );
+            }
+        }
         // A disabled (or meanwhile superseded) user gets no session and no code.
         match self.provider.directory.active(&tenant, &user.sub).await {
             Ok(Ok(_)) => {}

@@ -102,6 +102,11 @@ pub struct PendingLogin {
     /// the callback carries the session cookie.
     #[serde(default)]
     pub browser_binding: Option<String>,
+    /// The incarnations of the tenant and connection the login was started
+    /// for: an answer arriving after they were deleted and re-created is
+    /// refused. `None` (a login stored before incarnations) is refused too.
+    #[serde(default)]
+    pub incarnation: Option<crate::tenant::Incarnation>,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -337,6 +342,18 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
+        let incarnation = match self.tenants.incarnation(&tenant, &connection).await {
+            Ok(crate::tenant::Liveness::Live(inc)) => inc,
+            Ok(_) => {
+                return page(
+                    404,
+                    "Sign-in failed",
+                    "This sign-in connection does not exist (any more).",
+                    "authorize.connection_gone",
+                )
+            }
+            Err(e) => return unavailable(e),
+        };
         let binding = connector
             .binds_browser()
             .then(|| (login_id.clone(), crate::tokens::random_token(24)));
@@ -348,6 +365,7 @@ impl Broker {
             browser_binding: binding
                 .as_ref()
                 .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
+            incarnation: Some(incarnation),
         };
         if let Err(e) = self
             .store

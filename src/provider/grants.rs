@@ -299,10 +299,10 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        if let Err(reason) = self.refresh_still_allowed(client, &authz).await? {
+        if let Err((reason, description)) = self.refresh_still_allowed(client, &authz).await? {
             tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
             self.revoke_family(&authz.tenant, &family.id).await?;
-            return Err(OAuthError::invalid_grant(reason, refresh_description(reason)));
+            return Err(OAuthError::invalid_grant(reason, description));
         }
         let with_id = authz.scope.iter().any(|s| s == "openid");
         Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
@@ -315,24 +315,31 @@ impl Provider {
         &self,
         client: &Client,
         authz: &Authorization,
-    ) -> Result<Result<(), &'static str>, OAuthError> {
+    ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
         if !client.allows_tenant(&authz.tenant) {
-            return Ok(Err("refresh.tenant_not_allowed"));
+            return Ok(Err((
+                "refresh.tenant_not_allowed",
+                "The application may no longer serve this organization.",
+            )));
         }
         let user = match self.directory.active(&authz.tenant, &authz.sub).await? {
             Ok(u) => u,
             Err(why) => {
-                return Ok(Err(match why {
+                let reason = match why {
                     Inactive::TenantGone => "refresh.tenant_gone",
                     Inactive::ConnectionGone => "refresh.connection_gone",
                     Inactive::UserGone => "refresh.user_gone",
                     Inactive::UserDisabled => "refresh.user_disabled",
                     Inactive::Superseded => "refresh.user_superseded",
-                }))
+                };
+                return Ok(Err((reason, inactive_description(why))));
             }
         };
         if user.connection != authz.connection {
-            return Ok(Err("refresh.user_superseded"));
+            return Ok(Err((
+                "refresh.user_superseded",
+                inactive_description(Inactive::Superseded),
+            )));
         }
         Ok(Ok(()))
     }
@@ -519,7 +526,7 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
-                if let Err(reason) = self.refresh_still_allowed(client, &f.authz).await? {
+                if let Err((reason, _)) = self.refresh_still_allowed(client, &f.authz).await? {
                     tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
                     return Ok(json!({"active": false}));
                 }
@@ -563,17 +570,6 @@ fn inactive_description(why: Inactive) -> &'static str {
         Inactive::ConnectionGone => "The sign-in connection no longer exists.",
         Inactive::UserGone | Inactive::Superseded => "The user no longer exists.",
         Inactive::UserDisabled => "The user is disabled.",
-    }
-}
-
-/// The user-safe description of a refused refresh.
-fn refresh_description(reason: &str) -> &'static str {
-    match reason {
-        "refresh.tenant_not_allowed" => "The application may no longer serve this organization.",
-        "refresh.tenant_gone" => "The organization no longer exists.",
-        "refresh.connection_gone" => "The sign-in connection no longer exists.",
-        "refresh.user_disabled" => "The user is disabled.",
-        _ => "The user no longer exists.",
     }
 }
 

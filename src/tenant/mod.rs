@@ -42,7 +42,7 @@ pub struct Tenant {
 }
 
 /// The current incarnations of a tenant and one of its connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incarnation {
     /// The tenant's incarnation.
     pub tenant: String,

@@ -570,3 +570,29 @@ async fn unknown_users_and_tenants_are_404() {
         .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A sign-in started before the tenant was deleted and re-created (same id,
+/// same connection id) belongs to the old tenant: the IdP's answer is refused.
+#[tokio::test]
+async fn a_pending_login_of_a_recreated_tenant_is_refused() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
+    let login = nav.page();
+
+    app.delete_tenant(DEMO).await;
+    app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
+    create_dev_connection(&app, DEMO).await;
+
+    let refused = submit_login(&mut browser, &rp, &login, "ivy@demo.example").await.page();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert!(
+        refused.body.contains("<code>callback.login_superseded</code>"),
+        "{}",
+        refused.body
+    );
+    // A login started now works.
+    let fresh = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "ivy@demo.example").await).await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+}
