@@ -76,7 +76,10 @@ async fn list_users(
     let id = existing_tenant(&s, &id).await?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(AdminError::field("limit", format!("must be between 1 and {MAX_LIMIT}.")));
+        return Err(AdminError::field(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}."),
+        ));
     }
     let (users, next) = s
         .provider
@@ -154,7 +157,13 @@ async fn delete_user(
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = existing_tenant(&s, &id).await?;
-    if s.provider.directory.get(&id, &sub).await.map_err(store_error)?.is_none() {
+    if s.provider
+        .directory
+        .get(&id, &sub)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
         return Err(no_user(&sub, &id));
     }
     s.broker.delete_user(&id, &sub).await.map_err(store_error)?;

@@ -23,7 +23,11 @@ impl IntoResponse for OAuthError {
         if let Some(detail) = &self.detail {
             tracing::error!(reason = self.reason, detail = %detail, "OAuth request failed on our side");
         } else {
-            tracing::info!(reason = self.reason, error = self.code.as_str(), "OAuth request refused");
+            tracing::info!(
+                reason = self.reason,
+                error = self.code.as_str(),
+                "OAuth request refused"
+            );
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let body = Json(json!({"error": self.code.as_str(), "error_description": self.description}));

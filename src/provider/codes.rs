@@ -131,7 +131,12 @@ impl Provider {
         let marker = serde_json::to_vec(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         match self
             .store
-            .take_and_mark(&code_key(tenant, &hash), &used_key(tenant, &hash), &marker, self.used_ttl())
+            .take_and_mark(
+                &code_key(tenant, &hash),
+                &used_key(tenant, &hash),
+                &marker,
+                self.used_ttl(),
+            )
             .await?
         {
             Taken::Value(raw) => {

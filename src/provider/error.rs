@@ -104,11 +104,7 @@ impl OAuthError {
     }
     /// `unsupported_grant_type`
     pub fn unsupported_grant_type(d: impl Into<String>) -> Self {
-        Self::new(
-            OAuthErrorCode::UnsupportedGrantType,
-            "token.unsupported_grant_type",
-            d,
-        )
+        Self::new(OAuthErrorCode::UnsupportedGrantType, "token.unsupported_grant_type", d)
     }
     /// `invalid_scope`
     pub fn invalid_scope(reason: &'static str, d: impl Into<String>) -> Self {
@@ -161,7 +157,10 @@ mod tests {
         assert_eq!(OAuthError::invalid_client("r", "d").status(), 401);
         assert_eq!(OAuthError::server("r", "d").status(), 500);
         assert_eq!(OAuthError::invalid_scope("r", "d").status(), 400);
-        assert_eq!(OAuthErrorCode::TemporarilyUnavailable.as_str(), "temporarily_unavailable");
+        assert_eq!(
+            OAuthErrorCode::TemporarilyUnavailable.as_str(),
+            "temporarily_unavailable"
+        );
         assert_eq!(OAuthErrorCode::TemporarilyUnavailable.status(), 503);
     }
 }

@@ -225,7 +225,9 @@ impl Store for RedisStore {
     ) -> Result<Taken, StoreError> {
         if key.tag() != marker_key.tag() {
             // A script over two slots fails on Redis Cluster: refuse it everywhere.
-            return Err(StoreError::Corrupt("take_and_mark keys must share a hash tag".to_owned()));
+            return Err(StoreError::Corrupt(
+                "take_and_mark keys must share a hash tag".to_owned(),
+            ));
         }
         let mut conn = self.conn.clone();
         let mut invocation = self.take_and_mark.prepare_invoke();
@@ -238,13 +240,17 @@ impl Store for RedisStore {
         let answer: Vec<Value> = bounded(invocation.invoke_async(&mut conn)).await?;
         let bytes = |v: &Value| match v {
             Value::BulkString(b) => Ok(b.clone()),
-            _ => Err(StoreError::Corrupt("take_and_mark answered an unexpected value".to_owned())),
+            _ => Err(StoreError::Corrupt(
+                "take_and_mark answered an unexpected value".to_owned(),
+            )),
         };
         match answer.as_slice() {
             [Value::Int(1), v] => Ok(Taken::Value(bytes(v)?)),
             [Value::Int(2), m] => Ok(Taken::Marker(bytes(m)?)),
             [Value::Int(0)] => Ok(Taken::Absent),
-            _ => Err(StoreError::Corrupt("take_and_mark answered an unexpected value".to_owned())),
+            _ => Err(StoreError::Corrupt(
+                "take_and_mark answered an unexpected value".to_owned(),
+            )),
         }
     }
 

@@ -46,7 +46,9 @@ impl Tokens {
     pub fn sub(&self) -> String {
         use base64::Engine;
         let payload = self.at().split('.').nth(1).unwrap();
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
         let claims: Value = serde_json::from_slice(&raw).unwrap();
         claims["sub"].as_str().unwrap().to_owned()
     }
@@ -107,7 +109,9 @@ pub async fn start(app: &TestApp, browser: &mut Browser, rp: &Rp, tenant: &str) 
     let host = rp.redirect.host_str().unwrap().to_owned();
     let stop = move |u: &Url| u.host_str() == Some(host.as_str());
     (
-        browser.get_until(&authorize_url(app, rp, tenant, &verifier), &stop).await,
+        browser
+            .get_until(&authorize_url(app, rp, tenant, &verifier), &stop)
+            .await,
         verifier,
     )
 }
@@ -127,7 +131,12 @@ pub async fn sign_in(app: &TestApp, browser: &mut Browser, rp: &Rp, tenant: &str
 }
 
 pub async fn submit_login(browser: &mut Browser, rp: &Rp, login: &crate::support::browser::Page, email: &str) -> Nav {
-    assert!(login.url.path().starts_with("/dev/"), "not the dev IdP: {} {}", login.url, login.body);
+    assert!(
+        login.url.path().starts_with("/dev/"),
+        "not the dev IdP: {} {}",
+        login.url,
+        login.body
+    );
     let mut form = login.form(None);
     for (k, v) in form.fields.iter_mut() {
         if k == "email" {
@@ -276,11 +285,21 @@ async fn a_deleted_tenant_ends_everything_even_before_its_users_are_purged() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let first = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await).await;
+    let first = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &first).await;
     // Two more by SSO: one to redeem after the deletion, one family to ask for the reason.
     let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await;
-    let second = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await).await;
+    let second = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await,
+    )
+    .await;
     assert_eq!(second.status, StatusCode::OK);
     let old_sub = first.sub();
 
@@ -298,7 +317,13 @@ async fn a_deleted_tenant_ends_everything_even_before_its_users_are_purged() {
     app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
     create_dev_connection(&app, DEMO).await;
     assert!(
-        app.state.provider.directory.get(&demo, &old_sub).await.unwrap().is_some(),
+        app.state
+            .provider
+            .directory
+            .get(&demo, &old_sub)
+            .await
+            .unwrap()
+            .is_some(),
         "the old user is still in the store"
     );
     assert_eq!(access_reason(&app, first.at()).await, "token.user_superseded");
@@ -308,7 +333,9 @@ async fn a_deleted_tenant_ends_everything_even_before_its_users_are_purged() {
     let (nav, verifier) = start(&app, &mut browser, &rp, DEMO).await;
     let login = nav.page();
     assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
-    let back = submit_login(&mut browser, &rp, &login, "ada@demo.example").await.stopped();
+    let back = submit_login(&mut browser, &rp, &login, "ada@demo.example")
+        .await
+        .stopped();
     let fresh = redeem(
         &app,
         &rp,
@@ -332,14 +359,26 @@ async fn deleting_a_tenant_through_the_admin_api_revokes_and_purges() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &tokens).await;
     let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await;
     let old_sub = tokens.sub();
 
     app.delete_tenant(DEMO).await;
     let demo = TenantId::parse(DEMO).unwrap();
-    assert!(app.state.provider.directory.get(&demo, &old_sub).await.unwrap().is_none());
+    assert!(app
+        .state
+        .provider
+        .directory
+        .get(&demo, &old_sub)
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(refresh(&app, &rp, tokens.rt()).await.error(), Some("invalid_grant"));
     assert_eq!(redeem(&app, &rp, &pending_code).await.error(), Some("invalid_grant"));
     assert_tokens_dead(&app, &rp, &tokens, "token.tenant_gone").await;
@@ -348,7 +387,12 @@ async fn deleting_a_tenant_through_the_admin_api_revokes_and_purges() {
 
     app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
     create_dev_connection(&app, DEMO).await;
-    let fresh = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await).await;
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await,
+    )
+    .await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     assert_ne!(fresh.sub(), old_sub);
     assert_eq!(access_reason(&app, tokens.at()).await, "token.user_gone");
@@ -361,8 +405,18 @@ async fn a_recreated_connection_does_not_inherit_users() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await).await;
-    let spare = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &tokens).await;
 
     let (status, _) = app
@@ -379,7 +433,12 @@ async fn a_recreated_connection_does_not_inherit_users() {
     // The browser's SSO session is of the old connection: not reused.
     let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
     assert!(nav.page().url.path().starts_with("/dev/demo/dev/login"));
-    let fresh = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "cy@demo.example").await).await;
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     assert_ne!(fresh.sub(), tokens.sub());
 }
@@ -391,7 +450,12 @@ async fn a_deleted_app_loses_its_tokens() {
     let app = dev_app().await;
     let rp = register(&app, "doomed").await;
     let other = register(&app, "other").await;
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "di@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "di@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &tokens).await;
 
     let (status, _) = app.admin(Method::DELETE, "/admin/v1/clients/doomed", None).await;
@@ -411,15 +475,28 @@ async fn refresh_is_refused_when_the_app_may_no_longer_serve_the_tenant() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await).await;
-    let spare = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &tokens).await;
 
     let mut client = app.state.provider.clients.get("app1").await.unwrap().unwrap();
     client.allowed_tenants = vec![TenantId::parse("globex").unwrap()];
     app.state.provider.clients.put(&client).await.unwrap();
 
-    assert_eq!(refresh_reason(&app, &rp, spare.rt()).await, "refresh.tenant_not_allowed");
+    assert_eq!(
+        refresh_reason(&app, &rp, spare.rt()).await,
+        "refresh.tenant_not_allowed"
+    );
     let refused = refresh(&app, &rp, tokens.rt()).await;
     assert_eq!(refused.error(), Some("invalid_grant"), "{}", refused.body);
     assert!(refused.description().contains("organization"), "{}", refused.body);
@@ -438,14 +515,26 @@ async fn deleting_a_user_revokes_its_sessions_and_tokens() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "fay@demo.example").await).await;
-    let other = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "gus@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "fay@demo.example").await,
+    )
+    .await;
+    let other = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "gus@demo.example").await,
+    )
+    .await;
     let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "fay@demo.example").await;
     assert_tokens_live(&app, &rp, &tokens).await;
     let sub = tokens.sub();
 
     // The list: both users, with the contract's fields, one page at a time.
-    let (status, page1) = app.admin(Method::GET, "/admin/v1/tenants/demo/users?limit=1", None).await;
+    let (status, page1) = app
+        .admin(Method::GET, "/admin/v1/tenants/demo/users?limit=1", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{page1}");
     let users = page1["users"].as_array().unwrap();
     assert_eq!(users.len(), 1);
@@ -454,7 +543,11 @@ async fn deleting_a_user_revokes_its_sessions_and_tokens() {
     }
     let cursor = page1["next_cursor"].as_str().unwrap();
     let (_, page2) = app
-        .admin(Method::GET, &format!("/admin/v1/tenants/demo/users?limit=1&cursor={cursor}"), None)
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/tenants/demo/users?limit=1&cursor={cursor}"),
+            None,
+        )
         .await;
     assert_eq!(page2["users"].as_array().unwrap().len(), 1);
     assert!(page2["next_cursor"].is_null(), "{page2}");
@@ -466,7 +559,9 @@ async fn deleting_a_user_revokes_its_sessions_and_tokens() {
     let mut expected = vec![sub.clone(), other.sub()];
     expected.sort();
     assert_eq!(listed, expected);
-    let (status, one) = app.admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None).await;
+    let (status, one) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["email"], "fay@demo.example");
     assert_eq!(one["connection"], "dev");
@@ -476,7 +571,9 @@ async fn deleting_a_user_revokes_its_sessions_and_tokens() {
         .admin(Method::DELETE, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, p) = app.admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None).await;
+    let (status, p) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
     assert_eq!(p["status"], 404, "{p}");
 
@@ -490,7 +587,12 @@ async fn deleting_a_user_revokes_its_sessions_and_tokens() {
     // and creates a new user.
     let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
     assert!(nav.page().url.path().starts_with("/dev/demo/dev/login"));
-    let fresh = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "fay@demo.example").await).await;
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "fay@demo.example").await,
+    )
+    .await;
     assert_ne!(fresh.sub(), sub);
 }
 
@@ -502,13 +604,27 @@ async fn a_disabled_user_cannot_sign_in_and_its_tokens_are_refused() {
     let app = dev_app().await;
     let rp = register(&app, "app1").await;
     let mut browser = Browser::new();
-    let tokens = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await).await;
-    let spare = redeem(&app, &rp, &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await).await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
     assert_tokens_live(&app, &rp, &tokens).await;
     let sub = tokens.sub();
 
     let (status, user) = app
-        .admin(Method::POST, &format!("/admin/v1/tenants/demo/users/{sub}/disable"), None)
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{sub}/disable"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{user}");
     assert_eq!(user["disabled"], true);
@@ -524,15 +640,28 @@ async fn a_disabled_user_cannot_sign_in_and_its_tokens_are_refused() {
     assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
     let refused = submit_login(&mut browser, &rp, &login, "hal@demo.example").await.page();
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    assert!(refused.body.contains("<code>login.user_disabled</code>"), "{}", refused.body);
+    assert!(
+        refused.body.contains("<code>login.user_disabled</code>"),
+        "{}",
+        refused.body
+    );
 
     // Enabled again: sign-ins work, with the same sub.
     let (status, user) = app
-        .admin(Method::POST, &format!("/admin/v1/tenants/demo/users/{sub}/enable"), None)
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{sub}/enable"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(user["disabled"], false);
-    let back = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "hal@demo.example").await).await;
+    let back = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
     assert_eq!(back.status, StatusCode::OK, "{}", back.body);
     assert_eq!(back.sub(), sub);
 }
@@ -559,7 +688,9 @@ async fn unknown_users_and_tenants_are_404() {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path}");
     }
-    let (status, p) = app.admin(Method::GET, "/admin/v1/tenants/demo/users?limit=0", None).await;
+    let (status, p) = app
+        .admin(Method::GET, "/admin/v1/tenants/demo/users?limit=0", None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
     let (status, _) = app
         .client
@@ -593,6 +724,11 @@ async fn a_pending_login_of_a_recreated_tenant_is_refused() {
         refused.body
     );
     // A login started now works.
-    let fresh = redeem(&app, &rp, &sign_in(&app, &mut Browser::new(), &rp, DEMO, "ivy@demo.example").await).await;
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "ivy@demo.example").await,
+    )
+    .await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
 }

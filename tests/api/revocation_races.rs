@@ -102,13 +102,26 @@ async fn concurrent_redemptions_of_one_code_revoke_what_it_issued() {
         assert_eq!(losers.len(), RACERS - winners.len());
         for t in &losers {
             assert_eq!(t.error(), Some("invalid_grant"), "{}", t.body);
-            assert_eq!(t.description(), "The authorization code was already used.", "{}", t.body);
+            assert_eq!(
+                t.description(),
+                "The authorization code was already used.",
+                "{}",
+                t.body
+            );
         }
         // Whatever the winner got is revoked: its refresh token and its access token.
         for w in winners {
-            assert_eq!(introspect(&app, &rp, w.rt()).await, json!({"active": false}), "round {round}");
+            assert_eq!(
+                introspect(&app, &rp, w.rt()).await,
+                json!({"active": false}),
+                "round {round}"
+            );
             assert_eq!(refresh(&app, &rp, w.rt()).await.error(), Some("invalid_grant"));
-            assert_eq!(introspect(&app, &rp, w.at()).await, json!({"active": false}), "round {round}");
+            assert_eq!(
+                introspect(&app, &rp, w.at()).await,
+                json!({"active": false}),
+                "round {round}"
+            );
             assert_eq!(userinfo_status(&app, w.at()).await, StatusCode::UNAUTHORIZED);
             assert_eq!(
                 app.state.provider.check_access_token(w.at()).await.unwrap_err().reason,

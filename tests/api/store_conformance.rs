@@ -228,7 +228,10 @@ async fn concurrent_take_and_mark_one_wins_every_other_sees_the_marker(b: &Backe
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let mine = format!("used-by-{i}");
-                    (mine.clone(), s.take_and_mark(&k, &m, mine.as_bytes(), LONG).await.unwrap())
+                    (
+                        mine.clone(),
+                        s.take_and_mark(&k, &m, mine.as_bytes(), LONG).await.unwrap(),
+                    )
                 })
             })
             .collect();
@@ -259,7 +262,10 @@ async fn take_and_mark_marker_expires_and_clashes_are_corrupt(b: &Backend) {
     let k = Key::tenant("acme", "codes", "code:exp");
     let m = Key::tenant("acme", "codes", "used:exp");
     s.put(&k, b"v", Some(LONG)).await.unwrap();
-    assert_eq!(s.take_and_mark(&k, &m, b"used", SHORT).await.unwrap(), Taken::Value(b"v".to_vec()));
+    assert_eq!(
+        s.take_and_mark(&k, &m, b"used", SHORT).await.unwrap(),
+        Taken::Value(b"v".to_vec())
+    );
     b.pass(PAST_SHORT).await;
     assert_eq!(s.take_and_mark(&k, &m, b"used", SHORT).await.unwrap(), Taken::Absent);
     // A value of another type is refused and kept.

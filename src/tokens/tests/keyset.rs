@@ -341,7 +341,9 @@ impl crate::store::Store for RacingStore {
         marker_value: &[u8],
         marker_ttl: Duration,
     ) -> Result<crate::store::Taken, crate::store::StoreError> {
-        self.inner.take_and_mark(key, marker_key, marker_value, marker_ttl).await
+        self.inner
+            .take_and_mark(key, marker_key, marker_value, marker_ttl)
+            .await
     }
     async fn delete(&self, key: &Key) -> Result<bool, crate::store::StoreError> {
         self.inner.delete(key).await
