@@ -386,6 +386,21 @@ async fn delete_client(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
+    if s.provider
+        .clients
+        .get(&id)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?
+        .is_none()
+    {
+        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
+    }
+    // The tombstone first: should the deletion fail, the app's tokens are
+    // refused anyway, and a re-registration never inherits them.
+    s.provider
+        .retire_client(&id)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
     if !s
         .provider
         .clients
@@ -395,8 +410,9 @@ async fn delete_client(
     {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
     }
-    // Its refresh tokens need its authentication and its access tokens are
-    // checked against the registry on use, so both die with it.
+    // Its refresh tokens need its authentication, its access tokens are
+    // checked against the registry on use, and the tombstone keeps both dead
+    // should the id be registered again.
     tracing::info!(reason = "admin.client_deleted", client_id = %id);
     Ok(StatusCode::NO_CONTENT)
 }

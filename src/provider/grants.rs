@@ -4,7 +4,7 @@
 
 use super::clients::Client;
 use super::codes::{Authorization, Issued, Redeemed};
-use super::refresh::Rotation;
+use super::refresh::{Family, Rotation};
 use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
@@ -299,7 +299,7 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        if let Err((reason, description)) = self.refresh_still_allowed(client, &authz).await? {
+        if let Err((reason, description)) = self.refresh_still_allowed(client, &family).await? {
             tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
             self.revoke_family(&authz.tenant, &family.id).await?;
             return Err(OAuthError::invalid_grant(reason, description));
@@ -308,14 +308,27 @@ impl Provider {
         Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
     }
 
-    /// Whether a refresh of `authz` may still be served: the user is active
+    /// Whether a refresh of `family` may still be served: the user is active
     /// (exists, enabled, same incarnations of tenant and connection), signs
-    /// in through the same connection, and the app may still serve the tenant.
+    /// in through the same connection, the app may still serve the tenant,
+    /// and the app is the one the family was started for (not a
+    /// re-registration of a deleted app with the same id).
     async fn refresh_still_allowed(
         &self,
         client: &Client,
-        authz: &Authorization,
+        family: &Family,
     ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
+        let authz = &family.authz;
+        if self
+            .client_retired_at(&client.client_id)
+            .await?
+            .is_some_and(|at| family.started_at <= at)
+        {
+            return Ok(Err((
+                "refresh.client_superseded",
+                "The application was registered again since this token was issued.",
+            )));
+        }
         if !client.allows_tenant(&authz.tenant) {
             return Ok(Err((
                 "refresh.tenant_not_allowed",
@@ -489,6 +502,16 @@ impl Provider {
                 ))
             }
         }
+        if self
+            .client_retired_at(&claims.client_id)
+            .await?
+            .is_some_and(|at| claims.iat <= at)
+        {
+            return Err(OAuthError::invalid_token(
+                "token.client_superseded",
+                "The application was registered again since this token was issued.",
+            ));
+        }
         Ok((claims, user))
     }
 
@@ -526,7 +549,7 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
-                if let Err((reason, _)) = self.refresh_still_allowed(client, &f.authz).await? {
+                if let Err((reason, _)) = self.refresh_still_allowed(client, &f).await? {
                     tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
                     return Ok(json!({"active": false}));
                 }

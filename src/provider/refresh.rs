@@ -27,6 +27,10 @@ pub struct Family {
     pub authz: Authorization,
     /// Absolute expiry of the family (Unix seconds).
     pub expires_at: i64,
+    /// When the family was started (Unix seconds); 0 for families stored
+    /// before this was recorded (they count as older than any app deletion).
+    #[serde(default)]
+    pub started_at: i64,
 }
 
 fn group(family: &str) -> String {
@@ -47,6 +51,11 @@ fn session_families_key(t: &str, sid: &str) -> Key {
 /// The families of one user (shares the tag of the user records).
 pub(crate) fn user_families_key(t: &str, sub: &str) -> Key {
     Key::tenant(t, "users", format!("families:{sub}"))
+}
+
+/// The tombstone of a deleted app (see [`Provider::retire_client`]).
+fn client_tombstone_key(client_id: &str) -> Key {
+    Key::global("clients", format!("deleted:{client_id}"))
 }
 
 /// The parts of a presented refresh token.
@@ -100,10 +109,12 @@ impl Provider {
 
     /// Starts a family for `authz`; returns it with its first token.
     pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
+        let now = self.clock.unix();
         let family = Family {
             id: crate::tokens::random_token(16),
             authz: authz.clone(),
-            expires_at: self.clock.unix() + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            expires_at: now + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            started_at: now,
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);
@@ -204,6 +215,37 @@ impl Provider {
         }
         self.store.delete(&key).await?;
         Ok(())
+    }
+
+    /// Records that the app `client_id` is deleted now, before it is: a
+    /// tombstone (kept as long as any token can live) saying that nothing
+    /// issued to this id up to now is accepted, so an app re-registered with
+    /// the same id never inherits its predecessor's refresh families or
+    /// access tokens.
+    pub async fn retire_client(&self, client_id: &str) -> Result<(), StoreError> {
+        let longest = self
+            .ttl
+            .refresh_token_ttl_secs
+            .max(self.ttl.access_token_ttl_secs)
+            .saturating_add(60);
+        self.store
+            .put(
+                &client_tombstone_key(client_id),
+                self.clock.unix().to_string().as_bytes(),
+                Some(Duration::from_secs(longest)),
+            )
+            .await
+    }
+
+    /// When the app `client_id` was last deleted (Unix seconds), if within
+    /// the lifetime of any token. An unreadable tombstone counts as "now".
+    pub async fn client_retired_at(&self, client_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.store.get(&client_tombstone_key(client_id)).await?.map(|raw| {
+            std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| self.clock.unix())
+        }))
     }
 
     /// Revokes every family of the user `sub` (disable, delete).

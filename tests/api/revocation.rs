@@ -468,6 +468,47 @@ async fn a_deleted_app_loses_its_tokens() {
     assert_eq!(introspect(&app, &other, tokens.at()).await, json!({"active": false}));
 }
 
+/// An app deleted and registered again with the same id does not inherit
+/// its predecessor's refresh families or access tokens.
+#[tokio::test]
+async fn a_reregistered_app_does_not_inherit_tokens() {
+    let clock = portcullis::clock::ManualClock::at(chrono::Utc::now());
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let old = register(&app, "phoenix").await;
+    let tokens = redeem(
+        &app,
+        &old,
+        &sign_in(&app, &mut Browser::new(), &old, DEMO, "jo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &old, &tokens).await;
+
+    let (status, _) = app.admin(Method::DELETE, "/admin/v1/clients/phoenix", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    clock.advance(chrono::Duration::seconds(2));
+    let new = register(&app, "phoenix").await;
+    assert_eq!(
+        refresh_reason(&app, &new, tokens.rt()).await,
+        "refresh.client_superseded"
+    );
+    assert_eq!(refresh(&app, &new, tokens.rt()).await.error(), Some("invalid_grant"));
+    assert_tokens_dead(&app, &new, &tokens, "token.client_superseded").await;
+    // The new registration's own sign-ins work.
+    let fresh = redeem(
+        &app,
+        &new,
+        &sign_in(&app, &mut Browser::new(), &new, DEMO, "jo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &new, &fresh).await;
+    assert_eq!(refresh(&app, &new, fresh.rt()).await.status, StatusCode::OK);
+}
+
 /// An app that may no longer serve the tenant cannot refresh, and its
 /// access tokens for that tenant are refused.
 #[tokio::test]
