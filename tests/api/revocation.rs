@@ -472,7 +472,8 @@ async fn a_deleted_app_loses_its_tokens() {
 /// its predecessor's refresh families or access tokens.
 #[tokio::test]
 async fn a_reregistered_app_does_not_inherit_tokens() {
-    let clock = portcullis::clock::ManualClock::at(chrono::Utc::now());
+    use portcullis::clock::Clock as _;
+    let clock = portcullis::clock::ManualClock::at(portcullis::clock::SystemClock.now());
     let app = spawn_app(AppOptions {
         dev: true,
         clock: Some(clock.clone()),
