@@ -263,6 +263,17 @@ async fn delete_connection(
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
     tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
+    // As for a tenant: acceptance is already over; this frees the store.
+    match s.broker.purge_connection_users(&id, &cid).await {
+        Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
+        Err(e) => tracing::error!(
+            reason = "admin.connection_purge_failed",
+            tenant = %id,
+            connection = %cid,
+            error = %e,
+            "users of a deleted connection left in the store"
+        ),
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,8 +5,8 @@
 //! free the store and end sessions early.
 
 use super::{session, Broker};
-use crate::directory::User;
-use crate::ids::TenantId;
+use crate::directory::{Inactive, User};
+use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreError;
 
 impl Broker {
@@ -35,6 +35,33 @@ impl Broker {
         // user keeps working (and its record is still there to retry).
         self.revoke_user(tenant, sub).await?;
         self.provider.directory.delete(tenant, sub).await
+    }
+
+    /// Deletes the users of a deleted connection (those no longer active
+    /// because of it: users of a connection re-created meanwhile are kept).
+    pub async fn purge_connection_users(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> Result<usize, StoreError> {
+        let directory = &self.provider.directory;
+        let mut purged = 0;
+        for sub in directory.subs(tenant).await? {
+            let of_connection = directory
+                .get(tenant, &sub)
+                .await?
+                .is_some_and(|u| &u.connection == connection);
+            if !of_connection {
+                continue;
+            }
+            if let Err(Inactive::ConnectionGone | Inactive::Superseded | Inactive::TenantGone) =
+                directory.active(tenant, &sub).await?
+            {
+                self.delete_user(tenant, &sub).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     /// Deletes every user of a tenant (after the tenant itself is gone).

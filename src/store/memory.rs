@@ -146,6 +146,12 @@ impl Store for MemoryStore {
         marker_value: &[u8],
         marker_ttl: Duration,
     ) -> Result<Taken, StoreError> {
+        if key.tag() != marker_key.tag() {
+            // Refused like the Redis store does (one slot on Redis Cluster).
+            return Err(StoreError::Corrupt(
+                "take_and_mark keys must share a hash tag".to_owned(),
+            ));
+        }
         let now = self.clock.now();
         let expires = self.deadline(Some(marker_ttl));
         // One lock for both keys: the equivalent of the Redis script.

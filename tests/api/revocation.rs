@@ -419,10 +419,11 @@ async fn a_recreated_connection_does_not_inherit_users() {
     .await;
     assert_tokens_live(&app, &rp, &tokens).await;
 
-    let (status, _) = app
-        .admin(Method::DELETE, "/admin/v1/tenants/demo/connections/dev", None)
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    // In the registry only (as if the eager clean-up had not run).
+    let demo = TenantId::parse(DEMO).unwrap();
+    let dev = portcullis::ids::ConnectionId::parse("dev").unwrap();
+    app.state.tenants.delete_connection(&demo, &dev).await.unwrap();
+    app.state.broker.connectors.forget(&demo, &dev);
     assert_eq!(refresh_reason(&app, &rp, spare.rt()).await, "refresh.connection_gone");
     assert_tokens_dead(&app, &rp, &tokens, "token.connection_gone").await;
 
@@ -441,6 +442,16 @@ async fn a_recreated_connection_does_not_inherit_users() {
     .await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     assert_ne!(fresh.sub(), tokens.sub());
+
+    // Through the admin API the users of the deleted connection are purged too.
+    let (status, _) = app
+        .admin(Method::DELETE, "/admin/v1/tenants/demo/connections/dev", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for sub in [tokens.sub(), fresh.sub()] {
+        assert!(app.state.provider.directory.get(&demo, &sub).await.unwrap().is_none());
+    }
+    assert_tokens_dead(&app, &rp, &fresh, "token.user_gone").await;
 }
 
 /// A deleted app: its refresh tokens need its (gone) authentication, its

@@ -276,6 +276,15 @@ async fn take_and_mark_marker_expires_and_clashes_are_corrupt(b: &Backend) {
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(s.set_members(&set).await.unwrap(), vec!["x".to_owned()]);
+    // Two keys in two hash tags would be two Redis Cluster slots: refused,
+    // and the value is kept.
+    let other_tag = Key::tenant("acme", "elsewhere", "used:exp");
+    s.put(&k, b"v", Some(LONG)).await.unwrap();
+    assert!(matches!(
+        s.take_and_mark(&k, &other_tag, b"used", LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"v".to_vec()));
 }
 
 async fn concurrent_put_if_absent_admits_one(b: &Backend) {
