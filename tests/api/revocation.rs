@@ -785,3 +785,41 @@ async fn a_pending_login_of_a_recreated_tenant_is_refused() {
     .await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
 }
+
+/// Each grant refusal names its reason even when only the records changed
+/// (no eager revocation ran): the checks on use decide on their own.
+#[tokio::test]
+async fn grant_refusals_name_their_reason_without_eager_revocation() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let demo = TenantId::parse(DEMO).unwrap();
+    let directory = &app.state.provider.directory;
+
+    let mut kim = Browser::new();
+    let t1 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let c1 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
+    let sub = t1.sub();
+    assert!(directory.set_disabled(&demo, &sub, true).await.unwrap());
+    assert_eq!(refresh_reason(&app, &rp, t1.rt()).await, "refresh.user_disabled");
+    assert_eq!(code_reason(&app, &rp, &c1).await, "code.user_disabled");
+    assert!(directory.set_disabled(&demo, &sub, false).await.unwrap());
+
+    let t2 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let c2 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
+    assert_eq!(t2.sub(), sub);
+    assert!(directory.delete(&demo, &sub).await.unwrap().is_some());
+    assert_eq!(refresh_reason(&app, &rp, t2.rt()).await, "refresh.user_gone");
+    assert_eq!(code_reason(&app, &rp, &c2).await, "code.user_gone");
+
+    let mut lee = Browser::new();
+    let t3 = redeem(&app, &rp, &sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await).await;
+    let c3 = sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await;
+    let c4 = sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await;
+    let dev = portcullis::ids::ConnectionId::parse("dev").unwrap();
+    app.state.tenants.delete_connection(&demo, &dev).await.unwrap();
+    app.state.broker.connectors.forget(&demo, &dev);
+    assert_eq!(code_reason(&app, &rp, &c3).await, "code.connection_gone");
+    create_dev_connection(&app, DEMO).await;
+    assert_eq!(refresh_reason(&app, &rp, t3.rt()).await, "refresh.user_superseded");
+    assert_eq!(code_reason(&app, &rp, &c4).await, "code.user_superseded");
+}
