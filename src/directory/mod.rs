@@ -23,6 +23,7 @@ use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::{Incarnation, Liveness, RegistryError, TenantRegistry};
+
 use crate::upstream::Identity;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -237,22 +238,29 @@ impl Directory {
     /// The user `sub` of `tenant` if everything issued to it may still be
     /// accepted; otherwise why not.
     pub async fn active(&self, tenant: &TenantId, sub: &str) -> Result<Result<User, Inactive>, StoreError> {
-        let Some(user) = self.get(tenant, sub).await? else {
-            // A user of a deleted tenant is reported as the tenant's loss.
-            return Ok(Err(match self.tenants.get(tenant).await.map_err(registry_error)? {
-                None => Inactive::TenantGone,
-                Some(_) => Inactive::UserGone,
-            }));
+        // Independent reads, sent together: this runs on every token use.
+        let tenant_record = async { self.tenants.get(tenant).await.map_err(registry_error) };
+        let (user, tenant_record, disabled) =
+            tokio::try_join!(self.get(tenant, sub), tenant_record, self.is_disabled(tenant, sub))?;
+        // A user of a deleted tenant is reported as the tenant's loss.
+        let Some(tenant_record) = tenant_record else {
+            return Ok(Err(Inactive::TenantGone));
         };
-        let inc = match self.liveness(tenant, &user.connection).await? {
-            Liveness::Live(inc) => inc,
-            Liveness::TenantGone => return Ok(Err(Inactive::TenantGone)),
-            Liveness::ConnectionGone => return Ok(Err(Inactive::ConnectionGone)),
+        let Some(user) = user else {
+            return Ok(Err(Inactive::UserGone));
         };
-        if user.tenant_incarnation != inc.tenant || user.connection_incarnation != inc.connection {
+        let Some(connection) = self
+            .tenants
+            .connection_incarnation(tenant, &user.connection)
+            .await
+            .map_err(registry_error)?
+        else {
+            return Ok(Err(Inactive::ConnectionGone));
+        };
+        if user.tenant_incarnation != tenant_record.incarnation || user.connection_incarnation != connection {
             return Ok(Err(Inactive::Superseded));
         }
-        if self.is_disabled(tenant, sub).await? {
+        if disabled {
             return Ok(Err(Inactive::UserDisabled));
         }
         Ok(Ok(user))

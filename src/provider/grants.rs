@@ -319,11 +319,12 @@ impl Provider {
         family: &Family,
     ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
         let authz = &family.authz;
-        if self
-            .client_retired_at(&client.client_id)
-            .await?
-            .is_some_and(|at| family.started_at <= at)
-        {
+        // Independent reads, sent together.
+        let (retired_at, active) = tokio::try_join!(
+            self.client_retired_at(&client.client_id),
+            self.directory.active(&authz.tenant, &authz.sub)
+        )?;
+        if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((
                 "refresh.client_superseded",
                 "The application was registered again since this token was issued.",
@@ -335,7 +336,7 @@ impl Provider {
                 "The application may no longer serve this organization.",
             )));
         }
-        let user = match self.directory.active(&authz.tenant, &authz.sub).await? {
+        let user = match active {
             Ok(u) => u,
             Err(why) => {
                 let reason = match why {
@@ -468,13 +469,21 @@ impl Provider {
             })?;
         let tenant = TenantId::parse(&claims.tenant)
             .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
-        if self.store.get(&revoked_key(&tenant, &claims.jti)).await?.is_some() {
+        // Independent reads, sent together: this runs on every API call.
+        let revoked_key = revoked_key(&tenant, &claims.jti);
+        let (revoked, active, client, retired_at) = tokio::try_join!(
+            self.store.get(&revoked_key),
+            self.directory.active(&tenant, &claims.sub),
+            self.clients.get(&claims.client_id),
+            self.client_retired_at(&claims.client_id)
+        )?;
+        if revoked.is_some() {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
                 "The access token has been revoked.",
             ));
         }
-        let user = match self.directory.active(&tenant, &claims.sub).await? {
+        let user = match active {
             Ok(u) => u,
             Err(why) => {
                 let reason = match why {
@@ -487,7 +496,7 @@ impl Provider {
                 return Err(OAuthError::invalid_token(reason, inactive_description(why)));
             }
         };
-        match self.clients.get(&claims.client_id).await? {
+        match client {
             Some(c) if c.allows_tenant(&tenant) => {}
             Some(_) => {
                 return Err(OAuthError::invalid_token(
@@ -502,11 +511,7 @@ impl Provider {
                 ))
             }
         }
-        if self
-            .client_retired_at(&claims.client_id)
-            .await?
-            .is_some_and(|at| claims.iat <= at)
-        {
+        if retired_at.is_some_and(|at| claims.iat <= at) {
             return Err(OAuthError::invalid_token(
                 "token.client_superseded",
                 "The application was registered again since this token was issued.",

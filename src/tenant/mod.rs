@@ -198,24 +198,39 @@ impl TenantRegistry {
     /// The current incarnations of `t` and its connection `c`, or which of
     /// them is gone. Checked on every use of anything issued to a user.
     pub async fn incarnation(&self, t: &TenantId, c: &ConnectionId) -> Result<Liveness, RegistryError> {
-        let Some(tenant) = self.get(t).await? else {
+        // Independent reads, sent together (one round trip on Redis).
+        let (tenant, connection) = tokio::try_join!(self.get(t), self.connection_incarnation(t, c))?;
+        let Some(tenant) = tenant else {
             return Ok(Liveness::TenantGone);
         };
-        if self.store.get(&connection_key(t, c)).await?.is_none() {
+        let Some(connection) = connection else {
             return Ok(Liveness::ConnectionGone);
-        }
-        // A connection stored before incarnations existed (or one whose
-        // deletion stopped half-way) has the empty incarnation.
-        let connection = self
-            .store
-            .get(&connection_incarnation_key(t, c))
-            .await?
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned())
-            .unwrap_or_default();
+        };
         Ok(Liveness::Live(Incarnation {
             tenant: tenant.incarnation,
             connection,
         }))
+    }
+
+    /// The current incarnation of the connection `c` of `t`, `None` if the
+    /// connection does not exist.
+    pub async fn connection_incarnation(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+    ) -> Result<Option<String>, RegistryError> {
+        let (record_key, incarnation_key) = (connection_key(t, c), connection_incarnation_key(t, c));
+        let (record, incarnation) = tokio::try_join!(self.store.get(&record_key), self.store.get(&incarnation_key))?;
+        if record.is_none() {
+            return Ok(None);
+        }
+        // A connection stored before incarnations existed (or one whose
+        // deletion stopped half-way) has the empty incarnation.
+        Ok(Some(
+            incarnation
+                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                .unwrap_or_default(),
+        ))
     }
 
     /// Reads a tenant.
