@@ -6,6 +6,7 @@
 
 mod error;
 mod resources;
+mod users;
 
 pub use error::AdminError;
 
@@ -42,6 +43,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
         .merge(resources::routes())
+        .merge(users::routes())
 }
 
 /// Proof that the request carries the platform admin token.
@@ -180,6 +182,14 @@ async fn delete_tenant(
     }
     s.tenants.delete(&id).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
+    // Nothing of the tenant is accepted any more (incarnations are checked
+    // on use); this only frees the store and ends sessions early.
+    match s.broker.purge_tenant_users(&id).await {
+        Ok(n) => tracing::info!(reason = "admin.tenant_users_purged", tenant = %id, users = n),
+        Err(e) => {
+            tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -253,6 +263,18 @@ async fn delete_connection(
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
+    tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
+    // As for a tenant: acceptance is already over; this frees the store.
+    match s.broker.purge_connection_users(&id, &cid).await {
+        Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
+        Err(e) => tracing::error!(
+            reason = "admin.connection_purge_failed",
+            tenant = %id,
+            connection = %cid,
+            error = %e,
+            "users of a deleted connection left in the store"
+        ),
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -397,6 +419,21 @@ async fn delete_client(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
+    if s.provider
+        .clients
+        .get(&id)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?
+        .is_none()
+    {
+        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
+    }
+    // The tombstone first: should the deletion fail, the app's tokens are
+    // refused anyway, and a re-registration never inherits them.
+    s.provider
+        .retire_client(&id)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
     if !s
         .provider
         .clients
@@ -406,6 +443,10 @@ async fn delete_client(
     {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
     }
+    // Its refresh tokens need its authentication, its access tokens are
+    // checked against the registry on use, and the tombstone keeps both dead
+    // should the id be registered again.
+    tracing::info!(reason = "admin.client_deleted", client_id = %id);
     Ok(StatusCode::NO_CONTENT)
 }
 

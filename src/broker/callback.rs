@@ -16,7 +16,7 @@
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
 use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
-use crate::directory::Provisioned;
+use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, StoreJson};
 use crate::upstream::{CallbackParams, Identity};
@@ -333,8 +333,32 @@ impl Broker {
         let session_end = self.session_end(connector.as_ref(), &identity);
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
-            Err(e) => return Err(unavailable(e)),
+            Err(ProvisionError::Inactive(why)) => return Err(inactive_page(&tenant, &connection, why)),
+            Err(ProvisionError::Store(e)) => return Err(unavailable(e)),
         };
+        // A login started before its tenant or connection was re-created
+        // belongs to the old one: it ends here.
+        if let Some(p) = &pending {
+            let current = crate::tenant::Incarnation {
+                tenant: user.tenant_incarnation.clone(),
+                connection: user.connection_incarnation.clone(),
+            };
+            if p.incarnation.as_ref() != Some(&current) {
+                tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
+                return Err(page(
+                    400,
+                    "Sign-in failed",
+                    "The sign-in settings changed while you were signing in. Please start again from the application.",
+                    "callback.login_superseded",
+                ));
+            }
+        }
+        // A disabled (or meanwhile superseded) user gets no session and no code.
+        match self.provider.directory.active(&tenant, &user.sub).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => return Err(inactive_page(&tenant, &connection, why)),
+            Err(e) => return Err(unavailable(e)),
+        }
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
         }
@@ -408,4 +432,32 @@ impl Broker {
             &["openid", "email", "profile", "groups"],
         ))
     }
+}
+
+/// The page for a sign-in whose user may not sign in (any more).
+fn inactive_page(tenant: &TenantId, connection: &ConnectionId, why: Inactive) -> Outcome {
+    let (reason, status, message) = match why {
+        Inactive::UserDisabled => (
+            "login.user_disabled",
+            403,
+            "Your account has been disabled for this application. Ask your IT administrator.",
+        ),
+        Inactive::TenantGone => (
+            "login.tenant_gone",
+            404,
+            "Your organization no longer uses this sign-in service.",
+        ),
+        Inactive::ConnectionGone => (
+            "login.connection_gone",
+            404,
+            "This sign-in connection no longer exists. Please start again from the application.",
+        ),
+        Inactive::UserGone | Inactive::Superseded => (
+            "login.user_gone",
+            409,
+            "Your account changed while you were signing in. Please start again from the application.",
+        ),
+    };
+    tracing::warn!(reason, tenant = %tenant, connection = %connection, "sign-in refused for this user");
+    page(status, "Sign-in refused", message, reason)
 }

@@ -12,10 +12,12 @@ pub mod connectors;
 mod freshness;
 pub mod session;
 pub mod upstream_refresh;
+mod users;
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::GrantType;
 use crate::provider::codes::Authorization;
+use crate::provider::OAuthErrorCode;
 use crate::provider::scopes::Subject;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
@@ -126,6 +128,11 @@ pub struct PendingLogin {
     /// `prompt=login` or `max_age=0` the IdP's authentication must not be older.
     #[serde(default)]
     pub started_at: i64,
+    /// The incarnations of the tenant and connection the login was started
+    /// for: an answer arriving after they were deleted and re-created is
+    /// refused. `None` (a login stored before incarnations) is refused too.
+    #[serde(default)]
+    pub incarnation: Option<crate::tenant::Incarnation>,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -244,10 +251,10 @@ impl Broker {
                 req.scope = grant.scope;
                 req.resource = grant.resource;
             }
-            Err(e) if e.code == "temporarily_unavailable" => return unavailable(e),
+            Err(e) if e.code == OAuthErrorCode::TemporarilyUnavailable => return unavailable(e),
             Err(e) => {
                 tracing::info!(reason = e.reason, client_id = %client_id, "authorization request refused");
-                return error_to_app(&req, &issuer, e.code, &e.description);
+                return error_to_app(&req, &issuer, e.code.as_str(), &e.description);
             }
         }
 
@@ -349,6 +356,12 @@ impl Broker {
         let Some(s) = session::load(&self.store, sso, tenant).await? else {
             return Ok(None);
         };
+        // A session of a deleted, disabled or superseded user is not reused.
+        if let Err(why) = self.provider.directory.active(tenant, &s.sub).await? {
+            tracing::info!(reason = "sso.user_inactive", tenant = %tenant, inactive = why.as_str(), "SSO session not reused");
+            session::delete(&self.store, tenant, &s.sid).await?;
+            return Ok(None);
+        }
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
             return Ok(None);
         }
@@ -385,6 +398,18 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
+        let incarnation = match self.tenants.incarnation(&tenant, &connection).await {
+            Ok(crate::tenant::Liveness::Live(inc)) => inc,
+            Ok(_) => {
+                return page(
+                    404,
+                    "Sign-in failed",
+                    "This sign-in connection does not exist (any more).",
+                    "authorize.connection_gone",
+                )
+            }
+            Err(e) => return unavailable(e),
+        };
         // Every answer is finished where the browser's session cookie is
         // present (the OIDC callback, the SAML continuation), so every pending
         // login is bound to the browser that started it.
@@ -398,6 +423,7 @@ impl Broker {
                 .as_ref()
                 .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
             started_at: self.provider.clock.unix(),
+            incarnation: Some(incarnation),
         };
         if let Err(e) = self
             .store

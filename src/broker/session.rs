@@ -56,9 +56,27 @@ fn key(t: &TenantId, sid: &str) -> Key {
     Key::tenant(t.as_str(), "sso", format!("session:{sid}"))
 }
 
-/// Stores a session.
+/// The SSO sessions of one user (tag `t:<tenant>:users`), so disabling or
+/// deleting the user can end them.
+fn user_sessions_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "users", format!("sessions:{sub}"))
+}
+
+/// Stores a session, and lists it under its user.
 pub async fn save(store: &SharedStore, s: &SsoSession, ttl: Duration) -> Result<(), StoreError> {
+    store
+        .set_add(&user_sessions_key(&s.tenant, &s.sub), &s.sid, Some(ttl))
+        .await?;
     store.put_json(&key(&s.tenant, &s.sid), s, Some(ttl)).await
+}
+
+/// Ends every SSO session of the user `sub` (disable, delete).
+pub async fn delete_user_sessions(store: &SharedStore, tenant: &TenantId, sub: &str) -> Result<(), StoreError> {
+    let index = user_sessions_key(tenant, sub);
+    for sid in store.set_members(&index).await? {
+        store.delete(&key(tenant, &sid)).await?;
+    }
+    store.delete(&index).await.map(|_| ())
 }
 
 /// The browser's live session for `tenant`, if any. A session id from the

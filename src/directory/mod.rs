@@ -1,13 +1,29 @@
 //! The per-tenant user directory: just-in-time provisioning and stable ids.
 //!
-//! A user is identified by `(tenant, connection, upstream subject)`. The first
-//! login creates the user with a fresh random `sub` (so the same person in two
+//! A user is identified by `(tenant, connection, upstream subject)` within
+//! the current incarnations of the tenant and the connection: the identity
+//! link's key names all five, so a tenant or connection re-created with the
+//! same id provisions its users afresh, with new `sub`s. The first login
+//! creates the user with a fresh random `sub` (so the same person in two
 //! tenants has two unrelated `sub`s); later logins update the profile. No
 //! account is ever linked by email alone.
+//!
+//! [`Directory::active`] is the one check everything issued to a user goes
+//! through on use (SSO reuse, code and refresh grants, access tokens): the
+//! user exists, is not disabled, and was provisioned under the tenant's and
+//! connection's current incarnations.
+//!
+//! Keys (tag `t:<tenant>:users`): `user:<sub>`, `link:...`, `disabled:<sub>`
+//! (kept apart from the profile so a sign-in rewriting the profile can never
+//! undo a concurrent disable), `index` (the set of subs, for listing and for
+//! purging a deleted tenant), and per-user indexes of refresh families and
+//! SSO sessions (written by the provider and the broker).
 
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::tenant::{Incarnation, Liveness, RegistryError, TenantRegistry};
+
 use crate::upstream::Identity;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,6 +55,12 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Latest sign-in.
     pub updated_at: DateTime<Utc>,
+    /// The tenant's incarnation the user was provisioned under.
+    #[serde(default)]
+    pub tenant_incarnation: String,
+    /// The connection's incarnation the user was provisioned under.
+    #[serde(default)]
+    pub connection_incarnation: String,
 }
 
 /// Whether a sign-in created the user.
@@ -50,27 +72,108 @@ pub enum Provisioned {
     Updated,
 }
 
+/// Why a user (and everything issued to it) is no longer accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inactive {
+    /// The tenant was deleted.
+    TenantGone,
+    /// The user's connection was deleted.
+    ConnectionGone,
+    /// The user was deleted.
+    UserGone,
+    /// The user is disabled.
+    UserDisabled,
+    /// The tenant or connection was deleted and re-created since the user
+    /// was provisioned: the user belongs to an earlier incarnation.
+    Superseded,
+}
+
+impl Inactive {
+    /// A short stable name, for log fields and admin answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantGone => "tenant_gone",
+            Self::ConnectionGone => "connection_gone",
+            Self::UserGone => "user_gone",
+            Self::UserDisabled => "user_disabled",
+            Self::Superseded => "user_superseded",
+        }
+    }
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The tenant or connection no longer exists.
+    #[error("cannot provision: {}", .0.as_str())]
+    Inactive(Inactive),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A user as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserEntry {
+    /// The user.
+    #[serde(flatten)]
+    pub user: User,
+    /// Whether sign-ins and tokens are refused.
+    pub disabled: bool,
+}
+
 /// The store-backed directory.
 #[derive(Clone)]
 pub struct Directory {
     store: SharedStore,
     clock: SharedClock,
+    tenants: TenantRegistry,
 }
 
-fn link_key(t: &TenantId, c: &ConnectionId, subject: &str) -> Key {
+fn link_key(t: &TenantId, c: &ConnectionId, inc: &Incarnation, subject: &str) -> Key {
     use sha2::Digest;
     // The subject is hashed so arbitrary upstream strings make safe keys.
     let h = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
-    Key::tenant(t.as_str(), "users", format!("link:{c}:{h}"))
+    if inc.tenant.is_empty() && inc.connection.is_empty() {
+        // Stored before incarnations existed: the original key, so those
+        // users keep their `sub`.
+        return Key::tenant(t.as_str(), "users", format!("link:{c}:{h}"));
+    }
+    Key::tenant(
+        t.as_str(),
+        "users",
+        format!("link:{}.{c}.{}:{h}", inc.tenant, inc.connection),
+    )
 }
 fn user_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("user:{sub}"))
+}
+fn disabled_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "users", format!("disabled:{sub}"))
+}
+fn index_key(t: &TenantId) -> Key {
+    Key::tenant(t.as_str(), "users", "index")
+}
+
+fn registry_error(e: RegistryError) -> StoreError {
+    match e {
+        RegistryError::Store(s) => s,
+        other => StoreError::Corrupt(other.to_string()),
+    }
 }
 
 impl Directory {
     /// A directory over `store`.
     pub fn new(store: SharedStore, clock: SharedClock) -> Self {
-        Self { store, clock }
+        let tenants = TenantRegistry::new(store.clone(), clock.clone());
+        Self { store, clock, tenants }
+    }
+
+    async fn liveness(&self, tenant: &TenantId, connection: &ConnectionId) -> Result<Liveness, StoreError> {
+        self.tenants
+            .incarnation(tenant, connection)
+            .await
+            .map_err(registry_error)
     }
 
     /// Creates or updates the user for `identity`. Concurrent first logins of
@@ -80,8 +183,13 @@ impl Directory {
         tenant: &TenantId,
         connection: &ConnectionId,
         identity: &Identity,
-    ) -> Result<(User, Provisioned), StoreError> {
-        let link = link_key(tenant, connection, &identity.subject);
+    ) -> Result<(User, Provisioned), ProvisionError> {
+        let inc = match self.liveness(tenant, connection).await? {
+            Liveness::Live(inc) => inc,
+            Liveness::TenantGone => return Err(ProvisionError::Inactive(Inactive::TenantGone)),
+            Liveness::ConnectionGone => return Err(ProvisionError::Inactive(Inactive::ConnectionGone)),
+        };
+        let link = link_key(tenant, connection, &inc, &identity.subject);
         let candidate = format!("u_{}", crate::tokens::random_token(16));
         let (sub, outcome) = if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? {
             (candidate, Provisioned::Created)
@@ -111,13 +219,128 @@ impl Directory {
             groups: identity.groups.clone(),
             created_at,
             updated_at: now,
+            tenant_incarnation: inc.tenant,
+            connection_incarnation: inc.connection,
         };
         self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
+        self.store.set_add(&index_key(tenant), &sub, None).await?;
         Ok((user, outcome))
     }
 
-    /// Reads a user of `tenant`.
+    /// Reads a user of `tenant` (whether or not still active).
     pub async fn get(&self, tenant: &TenantId, sub: &str) -> Result<Option<User>, StoreError> {
+        if sub.is_empty() || sub.len() > 128 {
+            return Ok(None);
+        }
         self.store.get_json(&user_key(tenant, sub)).await
+    }
+
+    /// The user `sub` of `tenant` if everything issued to it may still be
+    /// accepted; otherwise why not.
+    pub async fn active(&self, tenant: &TenantId, sub: &str) -> Result<Result<User, Inactive>, StoreError> {
+        // Independent reads, sent together: this runs on every token use.
+        let tenant_record = async { self.tenants.get(tenant).await.map_err(registry_error) };
+        let (user, tenant_record, disabled) =
+            tokio::try_join!(self.get(tenant, sub), tenant_record, self.is_disabled(tenant, sub))?;
+        // A user of a deleted tenant is reported as the tenant's loss.
+        let Some(tenant_record) = tenant_record else {
+            return Ok(Err(Inactive::TenantGone));
+        };
+        let Some(user) = user else {
+            return Ok(Err(Inactive::UserGone));
+        };
+        let Some(connection) = self
+            .tenants
+            .connection_incarnation(tenant, &user.connection)
+            .await
+            .map_err(registry_error)?
+        else {
+            return Ok(Err(Inactive::ConnectionGone));
+        };
+        if user.tenant_incarnation != tenant_record.incarnation || user.connection_incarnation != connection {
+            return Ok(Err(Inactive::Superseded));
+        }
+        if disabled {
+            return Ok(Err(Inactive::UserDisabled));
+        }
+        Ok(Ok(user))
+    }
+
+    /// Whether the user is disabled.
+    pub async fn is_disabled(&self, tenant: &TenantId, sub: &str) -> Result<bool, StoreError> {
+        Ok(self.store.get(&disabled_key(tenant, sub)).await?.is_some())
+    }
+
+    /// Disables or enables a user. `false` if there is no such user.
+    pub async fn set_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {
+        if self.get(tenant, sub).await?.is_none() {
+            return Ok(false);
+        }
+        if disabled {
+            self.store.put(&disabled_key(tenant, sub), b"1", None).await?;
+        } else {
+            self.store.delete(&disabled_key(tenant, sub)).await?;
+        }
+        Ok(true)
+    }
+
+    /// One user with its disabled flag.
+    pub async fn entry(&self, tenant: &TenantId, sub: &str) -> Result<Option<UserEntry>, StoreError> {
+        let Some(user) = self.get(tenant, sub).await? else {
+            return Ok(None);
+        };
+        let disabled = self.is_disabled(tenant, sub).await?;
+        Ok(Some(UserEntry { user, disabled }))
+    }
+
+    /// All subs of `tenant`, sorted.
+    pub async fn subs(&self, tenant: &TenantId) -> Result<Vec<String>, StoreError> {
+        self.store.set_members(&index_key(tenant)).await
+    }
+
+    /// A page of `tenant`'s users in `sub` order, starting after `after`;
+    /// with the cursor of the next page when there is one.
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<UserEntry>, Option<String>), StoreError> {
+        let subs = self.subs(tenant).await?;
+        let mut page = Vec::new();
+        let mut next = None;
+        for sub in subs.iter().filter(|s| after.is_none_or(|a| s.as_str() > a)) {
+            if page.len() == limit {
+                next = page.last().map(|e: &UserEntry| e.user.sub.clone());
+                break;
+            }
+            if let Some(entry) = self.entry(tenant, sub).await? {
+                page.push(entry);
+            }
+        }
+        Ok((page, next))
+    }
+
+    /// Deletes a user and its identity link, so the next sign-in of the same
+    /// person creates a new user with a new `sub`. Returns the user, if it
+    /// existed. Sessions and refresh families are revoked by the caller.
+    pub async fn delete(&self, tenant: &TenantId, sub: &str) -> Result<Option<User>, StoreError> {
+        let user = self.get(tenant, sub).await?;
+        if let Some(u) = &user {
+            let inc = Incarnation {
+                tenant: u.tenant_incarnation.clone(),
+                connection: u.connection_incarnation.clone(),
+            };
+            let link = link_key(tenant, &u.connection, &inc, &u.upstream_subject);
+            // Only the link that still names this user: a newer user of the
+            // same person (after a race) keeps its own.
+            if self.store.get(&link).await?.as_deref() == Some(sub.as_bytes()) {
+                self.store.delete(&link).await?;
+            }
+            self.store.delete(&user_key(tenant, sub)).await?;
+        }
+        self.store.delete(&disabled_key(tenant, sub)).await?;
+        self.store.set_remove(&index_key(tenant), sub).await?;
+        Ok(user)
     }
 }

@@ -6,7 +6,7 @@ use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
 use super::AppState;
 use crate::provider::grants::{ClientCredentials, TokenRequest};
-use crate::provider::OAuthError;
+use crate::provider::{OAuthError, OAuthErrorCode};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -22,24 +22,39 @@ impl IntoResponse for OAuthError {
         if let Some(detail) = &self.detail {
             tracing::error!(reason = self.reason, detail = %detail, "OAuth request failed on our side");
         } else {
-            tracing::info!(reason = self.reason, error = self.code, "OAuth request refused");
+            tracing::info!(
+                reason = self.reason,
+                error = self.code.as_str(),
+                "OAuth request refused"
+            );
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = Json(json!({"error": self.code, "error_description": self.description}));
+        let body = Json(json!({"error": self.code.as_str(), "error_description": self.description}));
         let mut resp = (status, pages::no_store(), body).into_response();
-        if self.code == "invalid_token" {
-            let v = format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                self.description.replace('"', "'")
-            );
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        match self.code {
+            OAuthErrorCode::InvalidToken => {
+                let v = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    self.description.replace('"', "'")
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
             }
-        } else if self.code == "invalid_client" {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"portcullis\""),
-            );
+            OAuthErrorCode::InvalidClient => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"portcullis\""),
+                );
+            }
+            OAuthErrorCode::InvalidRequest
+            | OAuthErrorCode::InvalidGrant
+            | OAuthErrorCode::UnauthorizedClient
+            | OAuthErrorCode::UnsupportedGrantType
+            | OAuthErrorCode::InvalidScope
+            | OAuthErrorCode::ServerError
+            | OAuthErrorCode::TemporarilyUnavailable
+            | OAuthErrorCode::InvalidTarget => {}
         }
         resp
     }

@@ -2,13 +2,29 @@
 //! redirect URI and the PKCE challenge.
 //!
 //! A code reads `<tenant>.<random>`; only its SHA-256 is a store key, so a
-//! store dump does not reveal usable codes. Redemption is an atomic `take`.
-//! A second redemption finds the "used" marker and revokes the refresh-token
-//! family the first one started (RFC 6749 §4.1.2).
+//! store dump does not reveal usable codes.
+//!
+//! Redemption is one atomic [`Store::take_and_mark`](crate::store::Store::take_and_mark):
+//! the code is taken and a *pending* "used" marker written in the same step,
+//! so a concurrent second redemption always finds either the code or the
+//! marker, never neither. A replay must revoke what the first redemption
+//! issued (RFC 6749 §4.1.2), even when it arrives between the take and the
+//! minting, when there is nothing to revoke yet. Both sides therefore write
+//! first and read second:
+//!
+//! * the first redeemer, after minting, writes what it issued into the marker
+//!   ([`Provider::record_code_issued`]) and then reads the replay flag; if set,
+//!   it revokes what it just issued;
+//! * a replayer writes the replay flag ([`Provider::record_code_replay`]) and
+//!   then reads the marker; whatever it names is revoked.
+//!
+//! On a linearizable store, of two write-then-read sequences at least one
+//! read sees the other's write, so what was issued is always revoked (at
+//! worst twice, which is harmless).
 
 use super::Provider;
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{Key, StoreError, StoreJson};
+use crate::store::{Key, StoreError, StoreJson, Taken};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -59,6 +75,10 @@ fn used_key(tenant: &str, hash: &str) -> Key {
     Key::tenant(tenant, "codes", format!("used:{hash}"))
 }
 
+fn replayed_key(tenant: &str, hash: &str) -> Key {
+    Key::tenant(tenant, "codes", format!("replayed:{hash}"))
+}
+
 /// What the first redemption of a code issued, so a replay can revoke it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Issued {
@@ -68,6 +88,10 @@ pub struct Issued {
     pub jti: Option<String>,
     /// The access token's expiry (Unix seconds).
     pub exp: i64,
+    /// True while the first redemption has taken the code but not yet
+    /// recorded what it issued.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// The outcome of a redemption attempt.
@@ -92,7 +116,14 @@ impl Provider {
         Ok(code)
     }
 
-    /// Redeems a code atomically.
+    /// How long a "used" marker and a replay flag are kept: well past the
+    /// code's own lifetime, so late replays are still caught.
+    fn used_ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl.code_ttl_secs.saturating_mul(10).max(60))
+    }
+
+    /// Redeems a code: takes it and leaves a pending "used" marker in one
+    /// atomic step.
     pub async fn redeem_code(&self, code: &str) -> Result<Redeemed, StoreError> {
         let Some((tenant, _)) = code.split_once('.') else {
             return Ok(Redeemed::Unknown);
@@ -101,21 +132,52 @@ impl Provider {
             return Ok(Redeemed::Unknown);
         }
         let hash = code_hash(code);
-        if let Some(authz) = self.store.take_json::<Authorization>(&code_key(tenant, &hash)).await? {
-            return Ok(Redeemed::Fresh(Box::new(authz)));
-        }
-        match self.store.get_json::<Issued>(&used_key(tenant, &hash)).await? {
-            Some(issued) => Ok(Redeemed::Reused(issued)),
-            None => Ok(Redeemed::Unknown),
+        let pending = Issued {
+            pending: true,
+            ..Issued::default()
+        };
+        let marker = serde_json::to_vec(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        match self
+            .store
+            .take_and_mark(
+                &code_key(tenant, &hash),
+                &used_key(tenant, &hash),
+                &marker,
+                self.used_ttl(),
+            )
+            .await?
+        {
+            Taken::Value(raw) => {
+                let authz: Authorization =
+                    serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(Redeemed::Fresh(Box::new(authz)))
+            }
+            Taken::Marker(raw) => {
+                let issued: Issued = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(Redeemed::Reused(issued))
+            }
+            Taken::Absent => Ok(Redeemed::Unknown),
         }
     }
 
-    /// Records that `code` was redeemed and what it issued.
-    pub async fn mark_code_used(&self, code: &str, tenant: &TenantId, issued: &Issued) -> Result<(), StoreError> {
-        // Kept well past the code's own lifetime so late replays are still caught.
-        let ttl = Duration::from_secs(self.ttl.code_ttl_secs * 10);
+    /// Records what the first redemption of `code` issued, then answers
+    /// whether a replay was seen meanwhile (the caller must then revoke what
+    /// it issued). See the module docs for why write-then-read suffices.
+    pub async fn record_code_issued(&self, code: &str, tenant: &TenantId, issued: &Issued) -> Result<bool, StoreError> {
+        let hash = code_hash(code);
         self.store
-            .put_json(&used_key(tenant.as_str(), &code_hash(code)), issued, Some(ttl))
-            .await
+            .put_json(&used_key(tenant.as_str(), &hash), issued, Some(self.used_ttl()))
+            .await?;
+        Ok(self.store.get(&replayed_key(tenant.as_str(), &hash)).await?.is_some())
+    }
+
+    /// Records that `code` was presented again, then answers what the first
+    /// redemption has recorded as issued so far (the caller revokes it).
+    pub async fn record_code_replay(&self, code: &str, tenant: &TenantId) -> Result<Option<Issued>, StoreError> {
+        let hash = code_hash(code);
+        self.store
+            .put(&replayed_key(tenant.as_str(), &hash), b"1", Some(self.used_ttl()))
+            .await?;
+        self.store.get_json(&used_key(tenant.as_str(), &hash)).await
     }
 }

@@ -1,12 +1,78 @@
 //! The error type of the OAuth boundary (RFC 6749 §5.2, RFC 6750 §3.1).
 
+/// The RFC error codes the provider answers with. A closed set, so every
+/// decision on it (status, `WWW-Authenticate`, introspection) is an
+/// exhaustive `match` and a new code cannot be forgotten somewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OAuthErrorCode {
+    /// `invalid_request` (RFC 6749 §5.2).
+    InvalidRequest,
+    /// `invalid_client` (RFC 6749 §5.2), answered with 401.
+    InvalidClient,
+    /// `invalid_grant` (RFC 6749 §5.2).
+    InvalidGrant,
+    /// `unauthorized_client` (RFC 6749 §5.2).
+    UnauthorizedClient,
+    /// `unsupported_grant_type` (RFC 6749 §5.2).
+    UnsupportedGrantType,
+    /// `invalid_scope` (RFC 6749 §5.2).
+    InvalidScope,
+    /// `invalid_token` (RFC 6750 §3.1), answered with 401.
+    InvalidToken,
+    /// `server_error` (RFC 6749 §4.1.2.1), answered with 500.
+    ServerError,
+    /// `temporarily_unavailable` (RFC 6749 §4.1.2.1), answered with 503.
+    TemporarilyUnavailable,
+    /// `invalid_target` (RFC 8707 §2): a resource the client may not use.
+    InvalidTarget,
+}
+
+impl OAuthErrorCode {
+    /// The `error` value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidToken => "invalid_token",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::InvalidTarget => "invalid_target",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidClient | Self::InvalidToken => 401,
+            Self::ServerError => 500,
+            Self::TemporarilyUnavailable => 503,
+            Self::InvalidRequest
+            | Self::InvalidGrant
+            | Self::UnauthorizedClient
+            | Self::UnsupportedGrantType
+            | Self::InvalidScope
+            | Self::InvalidTarget => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for OAuthErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An OAuth error. `code` is the RFC error code; `description` is safe to
 /// send; `reason` is the stable reason code for logs and metrics.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code} ({reason}): {description}")]
 pub struct OAuthError {
     /// The RFC 6749 `error` value.
-    pub code: &'static str,
+    pub code: OAuthErrorCode,
     /// `error_description`, safe to show.
     pub description: String,
     /// Stable reason code.
@@ -16,7 +82,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(code: &'static str, reason: &'static str, description: impl Into<String>) -> Self {
+    fn new(code: OAuthErrorCode, reason: &'static str, description: impl Into<String>) -> Self {
         Self {
             code,
             description: description.into(),
@@ -26,40 +92,44 @@ impl OAuthError {
     }
     /// `invalid_request`
     pub fn invalid_request(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("invalid_request", reason, d)
+        Self::new(OAuthErrorCode::InvalidRequest, reason, d)
     }
     /// `invalid_client` (answered with 401)
     pub fn invalid_client(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("invalid_client", reason, d)
+        Self::new(OAuthErrorCode::InvalidClient, reason, d)
     }
     /// `invalid_grant`
     pub fn invalid_grant(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("invalid_grant", reason, d)
+        Self::new(OAuthErrorCode::InvalidGrant, reason, d)
     }
     /// `unauthorized_client`
     pub fn unauthorized_client(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("unauthorized_client", reason, d)
+        Self::new(OAuthErrorCode::UnauthorizedClient, reason, d)
     }
     /// `unsupported_grant_type`
     pub fn unsupported_grant_type(d: impl Into<String>) -> Self {
-        Self::new("unsupported_grant_type", "token.unsupported_grant_type", d)
+        Self::new(OAuthErrorCode::UnsupportedGrantType, "token.unsupported_grant_type", d)
     }
     /// `invalid_scope`
     pub fn invalid_scope(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("invalid_scope", reason, d)
+        Self::new(OAuthErrorCode::InvalidScope, reason, d)
     }
     /// `invalid_token` (RFC 6750, answered with 401)
     pub fn invalid_token(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("invalid_token", reason, d)
+        Self::new(OAuthErrorCode::InvalidToken, reason, d)
     }
     /// `temporarily_unavailable` (answered with 503): retrying later may work.
     pub fn temporarily_unavailable(reason: &'static str, d: impl Into<String>) -> Self {
-        Self::new("temporarily_unavailable", reason, d)
+        Self::new(OAuthErrorCode::TemporarilyUnavailable, reason, d)
+    }
+    /// `invalid_target` (RFC 8707 §2)
+    pub fn invalid_target(reason: &'static str, d: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::InvalidTarget, reason, d)
     }
     /// `server_error`: the detail is logged, never sent.
     pub fn server(reason: &'static str, detail: impl std::fmt::Display) -> Self {
         Self {
-            code: "server_error",
+            code: OAuthErrorCode::ServerError,
             description: "The server could not complete the request.".into(),
             reason,
             detail: Some(detail.to_string()),
@@ -67,19 +137,14 @@ impl OAuthError {
     }
     /// The HTTP status for this error.
     pub fn status(&self) -> u16 {
-        match self.code {
-            "invalid_client" | "invalid_token" => 401,
-            "server_error" => 500,
-            "temporarily_unavailable" => 503,
-            _ => 400,
-        }
+        self.code.status()
     }
 }
 
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
         Self {
-            code: "temporarily_unavailable",
+            code: OAuthErrorCode::TemporarilyUnavailable,
             description: "The service is temporarily unavailable.".into(),
             reason: "store.unavailable",
             detail: Some(e.to_string()),
@@ -90,5 +155,24 @@ impl From<crate::store::StoreError> for OAuthError {
 impl From<crate::tokens::TokenError> for OAuthError {
     fn from(e: crate::tokens::TokenError) -> Self {
         Self::server("token.signing_failed", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_render_and_map_to_statuses() {
+        assert_eq!(OAuthError::invalid_grant("r", "d").code.as_str(), "invalid_grant");
+        assert_eq!(OAuthError::invalid_token("r", "d").status(), 401);
+        assert_eq!(OAuthError::invalid_client("r", "d").status(), 401);
+        assert_eq!(OAuthError::server("r", "d").status(), 500);
+        assert_eq!(OAuthError::invalid_scope("r", "d").status(), 400);
+        assert_eq!(
+            OAuthErrorCode::TemporarilyUnavailable.as_str(),
+            "temporarily_unavailable"
+        );
+        assert_eq!(OAuthErrorCode::TemporarilyUnavailable.status(), 503);
     }
 }

@@ -4,10 +4,10 @@
 
 use super::clients::{Client, GrantType};
 use super::codes::{Authorization, Issued, Redeemed};
-use super::refresh::Rotation;
+use super::refresh::{Family, Rotation};
 use super::scopes::{invalid_target, Grant, Subject};
-use super::{OAuthError, Provider};
-use crate::directory::User;
+use super::{OAuthError, OAuthErrorCode, Provider};
+use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
 use crate::store::Key;
 use serde::{Deserialize, Serialize};
@@ -233,15 +233,16 @@ impl Provider {
             Redeemed::Fresh(a) => *a,
             Redeemed::Reused(issued) => {
                 if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
-                    if let Some(f) = &issued.family {
-                        self.revoke_family(&t, f).await?;
-                    }
-                    if let Some(jti) = &issued.jti {
-                        self.revoke_jti(&t, jti, issued.exp).await?;
+                    // Flag the replay, then revoke whatever the first
+                    // redemption has recorded so far (see `codes`).
+                    let recorded = self.record_code_replay(code, &t).await?;
+                    for i in [Some(issued), recorded].into_iter().flatten() {
+                        self.revoke_issued(&t, &i).await?;
                     }
                 }
                 tracing::warn!(
                     reason = "code.reused",
+                    client_id = %client.client_id,
                     "authorization code presented twice; its tokens revoked"
                 );
                 return Err(OAuthError::invalid_grant(
@@ -267,6 +268,17 @@ impl Provider {
                 "code.tenant_not_allowed",
                 "This client may not sign in users of that tenant.",
             ));
+        }
+        // The user, its tenant and connection may have gone since the sign-in.
+        if let Err(why) = self.directory.active(&authz.tenant, &authz.sub).await? {
+            let reason = match why {
+                Inactive::TenantGone => "code.tenant_gone",
+                Inactive::ConnectionGone => "code.connection_gone",
+                Inactive::UserGone => "code.user_gone",
+                Inactive::UserDisabled => "code.user_disabled",
+                Inactive::Superseded => "code.user_superseded",
+            };
+            return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
         }
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
@@ -314,8 +326,18 @@ impl Provider {
             family,
             jti: Some(access.jti),
             exp: access.exp,
+            pending: false,
         };
-        self.mark_code_used(code, &authz.tenant, &issued).await?;
+        if self.record_code_issued(code, &authz.tenant, &issued).await? {
+            // A replay arrived while we were minting: what we issued dies.
+            tracing::warn!(
+                reason = "code.reused",
+                tenant = %authz.tenant,
+                client_id = %client.client_id,
+                "authorization code replayed during its redemption; its tokens revoked"
+            );
+            self.revoke_issued(&authz.tenant, &issued).await?;
+        }
         Ok(resp)
     }
 
@@ -360,15 +382,76 @@ impl Provider {
             }
             authz.scope = asked;
         }
-        // The user may have been removed since; refuse rather than mint for a ghost.
-        if self.directory.get(&authz.tenant, &authz.sub).await?.is_none() {
-            return Err(OAuthError::invalid_grant(
-                "refresh.user_gone",
-                "The user no longer exists.",
-            ));
+        // Everything the family came from must still be there, as the same
+        // incarnation; otherwise the family dies with it.
+        if let Err((reason, description)) = self.refresh_still_allowed(client, &family).await? {
+            tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
+            self.revoke_family(&authz.tenant, &family.id).await?;
+            return Err(OAuthError::invalid_grant(reason, description));
         }
         let with_id = authz.scope.iter().any(|s| s == "openid");
         Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
+    }
+
+    /// Whether a refresh of `family` may still be served: the user is active
+    /// (exists, enabled, same incarnations of tenant and connection), signs
+    /// in through the same connection, the app may still serve the tenant,
+    /// and the app is the one the family was started for (not a
+    /// re-registration of a deleted app with the same id).
+    async fn refresh_still_allowed(
+        &self,
+        client: &Client,
+        family: &Family,
+    ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
+        let authz = &family.authz;
+        // Independent reads, sent together.
+        let (retired_at, active) = tokio::try_join!(
+            self.client_retired_at(&client.client_id),
+            self.directory.active(&authz.tenant, &authz.sub)
+        )?;
+        if retired_at.is_some_and(|at| family.started_at <= at) {
+            return Ok(Err((
+                "refresh.client_superseded",
+                "The application was registered again since this token was issued.",
+            )));
+        }
+        if !client.allows_tenant(&authz.tenant) {
+            return Ok(Err((
+                "refresh.tenant_not_allowed",
+                "The application may no longer serve this organization.",
+            )));
+        }
+        let user = match active {
+            Ok(u) => u,
+            Err(why) => {
+                let reason = match why {
+                    Inactive::TenantGone => "refresh.tenant_gone",
+                    Inactive::ConnectionGone => "refresh.connection_gone",
+                    Inactive::UserGone => "refresh.user_gone",
+                    Inactive::UserDisabled => "refresh.user_disabled",
+                    Inactive::Superseded => "refresh.user_superseded",
+                };
+                return Ok(Err((reason, inactive_description(why))));
+            }
+        };
+        if user.connection != authz.connection {
+            return Ok(Err((
+                "refresh.user_superseded",
+                inactive_description(Inactive::Superseded),
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Revokes what one code redemption issued.
+    async fn revoke_issued(&self, tenant: &TenantId, issued: &Issued) -> Result<(), OAuthError> {
+        if let Some(f) = &issued.family {
+            self.revoke_family(tenant, f).await?;
+        }
+        if let Some(jti) = &issued.jti {
+            self.revoke_jti(tenant, jti, issued.exp).await?;
+        }
+        Ok(())
     }
 
     async fn mint(
@@ -457,43 +540,106 @@ impl Provider {
         Ok(())
     }
 
-    /// Verifies an access token and checks it has not been revoked.
+    /// Verifies an access token and checks that it has not been revoked and
+    /// that what it came from is still there: the tenant and connection (as
+    /// the same incarnation), the user (enabled), and the client (still
+    /// registered and still allowed to serve the tenant).
     pub async fn check_access_token(&self, token: &str) -> Result<AccessClaims, OAuthError> {
+        Ok(self.check_access_token_user(token).await?.0)
+    }
+
+    async fn check_access_token_user(&self, token: &str) -> Result<(AccessClaims, Option<User>), OAuthError> {
         let claims: AccessClaims =
             self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
                 OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
             })?;
-        let key = match &claims.tenant {
-            Some(t) => revoked_key(
-                &TenantId::parse(t)
-                    .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?,
-                &claims.jti,
-            ),
-            None => app_revoked_key(&claims.jti),
+        let Some(tenant) = claims.tenant.as_deref() else {
+            // A client_credentials token: about the app itself, no user.
+            let revoked_key = app_revoked_key(&claims.jti);
+            let (revoked, client, retired_at) = tokio::try_join!(
+                self.store.get(&revoked_key),
+                self.clients.get(&claims.client_id),
+                self.client_retired_at(&claims.client_id)
+            )?;
+            if revoked.is_some() {
+                return Err(OAuthError::invalid_token(
+                    "token.revoked",
+                    "The access token has been revoked.",
+                ));
+            }
+            if client.is_none() {
+                return Err(OAuthError::invalid_token(
+                    "token.client_gone",
+                    "The application the token was issued to no longer exists.",
+                ));
+            }
+            if retired_at.is_some_and(|at| claims.iat <= at) {
+                return Err(OAuthError::invalid_token(
+                    "token.client_superseded",
+                    "The application was registered again since this token was issued.",
+                ));
+            }
+            return Ok((claims, None));
         };
-        if self.store.get(&key).await?.is_some() {
+        let tenant = TenantId::parse(tenant)
+            .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
+        // Independent reads, sent together: this runs on every API call.
+        let revoked_key = revoked_key(&tenant, &claims.jti);
+        let (revoked, active, client, retired_at) = tokio::try_join!(
+            self.store.get(&revoked_key),
+            self.directory.active(&tenant, &claims.sub),
+            self.clients.get(&claims.client_id),
+            self.client_retired_at(&claims.client_id)
+        )?;
+        if revoked.is_some() {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
                 "The access token has been revoked.",
             ));
         }
-        Ok(claims)
+        let user = match active {
+            Ok(u) => u,
+            Err(why) => {
+                let reason = match why {
+                    Inactive::TenantGone => "token.tenant_gone",
+                    Inactive::ConnectionGone => "token.connection_gone",
+                    Inactive::UserGone => "token.user_gone",
+                    Inactive::UserDisabled => "token.user_disabled",
+                    Inactive::Superseded => "token.user_superseded",
+                };
+                return Err(OAuthError::invalid_token(reason, inactive_description(why)));
+            }
+        };
+        match client {
+            Some(c) if c.allows_tenant(&tenant) => {}
+            Some(_) => {
+                return Err(OAuthError::invalid_token(
+                    "token.tenant_not_allowed",
+                    "The application may no longer serve this organization.",
+                ))
+            }
+            None => {
+                return Err(OAuthError::invalid_token(
+                    "token.client_gone",
+                    "The application the token was issued to no longer exists.",
+                ))
+            }
+        }
+        if retired_at.is_some_and(|at| claims.iat <= at) {
+            return Err(OAuthError::invalid_token(
+                "token.client_superseded",
+                "The application was registered again since this token was issued.",
+            ));
+        }
+        Ok((claims, Some(user)))
     }
 
     /// Userinfo for a valid access token.
     pub async fn userinfo(&self, token: &str) -> Result<Value, OAuthError> {
-        let claims = self.check_access_token(token).await?;
+        let (claims, user) = self.check_access_token_user(token).await?;
         // A client_credentials token is about no user.
-        let tenant = claims
-            .tenant
-            .as_deref()
-            .and_then(|t| TenantId::parse(t).ok())
-            .ok_or_else(|| OAuthError::invalid_token("token.no_user", "The access token is not about a user."))?;
-        let user = self
-            .directory
-            .get(&tenant, &claims.sub)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_token("token.user_gone", "The user no longer exists."))?;
+        let user =
+            user.ok_or_else(|| OAuthError::invalid_token("token.no_user", "The access token is not about a user."))?;
         let mut out = Map::new();
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
@@ -537,6 +683,10 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
+                if let Err((reason, _)) = self.refresh_still_allowed(client, &f).await? {
+                    tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
+                    return Ok(json!({"active": false}));
+                }
                 return Ok(json!({
                     "active": true, "token_type": "refresh_token", "client_id": f.authz.client_id,
                     "sub": f.authz.sub, "scope": f.authz.scope.join(" "), "exp": f.expires_at,
@@ -558,9 +708,32 @@ impl Provider {
                 Ok(v)
             }
             Ok(_) => Ok(json!({"active": false})),
-            Err(e) if e.code == "invalid_token" => Ok(json!({"active": false})),
-            Err(e) => Err(e),
+            Err(e) => match e.code {
+                OAuthErrorCode::InvalidToken => {
+                    tracing::info!(reason = e.reason, "introspected access token inactive");
+                    Ok(json!({"active": false}))
+                }
+                OAuthErrorCode::InvalidRequest
+                | OAuthErrorCode::InvalidClient
+                | OAuthErrorCode::InvalidGrant
+                | OAuthErrorCode::UnauthorizedClient
+                | OAuthErrorCode::UnsupportedGrantType
+                | OAuthErrorCode::InvalidScope
+                | OAuthErrorCode::ServerError
+                | OAuthErrorCode::TemporarilyUnavailable
+                | OAuthErrorCode::InvalidTarget => Err(e),
+            },
         }
+    }
+}
+
+/// The user-safe description of why a user's tokens are refused.
+fn inactive_description(why: Inactive) -> &'static str {
+    match why {
+        Inactive::TenantGone => "The organization no longer exists.",
+        Inactive::ConnectionGone => "The sign-in connection no longer exists.",
+        Inactive::UserGone | Inactive::Superseded => "The user no longer exists.",
+        Inactive::UserDisabled => "The user is disabled.",
     }
 }
 

@@ -12,7 +12,7 @@ pub mod resources;
 pub mod scopes;
 pub mod upstream;
 
-pub use error::OAuthError;
+pub use error::{OAuthError, OAuthErrorCode};
 
 use crate::clock::SharedClock;
 use crate::config::TokenSettings;

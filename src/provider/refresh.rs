@@ -3,13 +3,18 @@
 //!
 //! A token reads `<tenant>.<family>.<secret>`. The family record and its
 //! token entries share the hash tag `t:<tenant>:rf:<family>`, so the rotation
-//! touches one Redis Cluster slot. The current token is consumed with an
-//! atomic `take`: of two concurrent uses, one rotates and the other is a reuse.
+//! touches one Redis Cluster slot. The current token is consumed with one
+//! atomic `take_and_mark` (take the token, write its "used" marker): of any
+//! number of concurrent uses, one rotates and every other sees the marker and
+//! revokes the family as a reuse (RFC 9700 §4.14.2); none can see neither.
+//!
+//! Each family is also listed under its user (`t:<tenant>:users`
+//! `families:<sub>`), so disabling or deleting a user revokes its families.
 
 use super::codes::Authorization;
 use super::Provider;
 use crate::ids::TenantId;
-use crate::store::{Key, StoreError, StoreJson};
+use crate::store::{Key, StoreError, StoreJson, Taken};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -22,6 +27,10 @@ pub struct Family {
     pub authz: Authorization,
     /// Absolute expiry of the family (Unix seconds).
     pub expires_at: i64,
+    /// When the family was started (Unix seconds); 0 for families stored
+    /// before this was recorded (they count as older than any app deletion).
+    #[serde(default)]
+    pub started_at: i64,
 }
 
 fn group(family: &str) -> String {
@@ -38,6 +47,15 @@ fn used_key(t: &str, f: &str, hash: &str) -> Key {
 }
 fn session_families_key(t: &str, sid: &str) -> Key {
     Key::tenant(t, "sso", format!("families:{sid}"))
+}
+/// The families of one user (shares the tag of the user records).
+pub(crate) fn user_families_key(t: &str, sub: &str) -> Key {
+    Key::tenant(t, "users", format!("families:{sub}"))
+}
+
+/// The tombstone of a deleted app (see [`Provider::retire_client`]).
+fn client_tombstone_key(client_id: &str) -> Key {
+    Key::global("clients", format!("deleted:{client_id}"))
 }
 
 /// The parts of a presented refresh token.
@@ -102,12 +120,16 @@ impl Provider {
             id: crate::tokens::random_token(16),
             authz: authz.clone(),
             expires_at,
+            started_at: now,
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);
         self.store.put_json(&family_key(t, &family.id), &family, ttl).await?;
         self.store
             .set_add(&session_families_key(t, &authz.sid), &family.id, ttl)
+            .await?;
+        self.store
+            .set_add(&user_families_key(t, &authz.sub), &family.id, ttl)
             .await?;
         let token = self.new_token(&family).await?;
         Ok((family, token))
@@ -144,28 +166,32 @@ impl Provider {
         if family.authz.client_id != client_id {
             return Ok(Rotation::WrongClient);
         }
-        if self
+        match self
             .store
-            .take(&token_key(p.tenant, p.family, &p.hash))
+            .take_and_mark(
+                &token_key(p.tenant, p.family, &p.hash),
+                &used_key(p.tenant, p.family, &p.hash),
+                b"1",
+                ttl,
+            )
             .await?
-            .is_some()
         {
-            self.store
-                .put(&used_key(p.tenant, p.family, &p.hash), b"1", Some(ttl))
-                .await?;
-            let next = self.new_token(&family).await?;
-            return Ok(Rotation::Rotated(Box::new(family), next));
+            Taken::Value(_) => {
+                let next = self.new_token(&family).await?;
+                Ok(Rotation::Rotated(Box::new(family), next))
+            }
+            Taken::Marker(_) => {
+                tracing::warn!(
+                    reason = "refresh.reuse_detected",
+                    tenant = p.tenant,
+                    client_id,
+                    "refresh token reused: family revoked"
+                );
+                self.revoke_family(&family.authz.tenant, &family.id).await?;
+                Ok(Rotation::Reused)
+            }
+            Taken::Absent => Ok(Rotation::Invalid),
         }
-        if self.store.get(&used_key(p.tenant, p.family, &p.hash)).await?.is_some() {
-            tracing::warn!(
-                reason = "refresh.reuse_detected",
-                tenant = p.tenant,
-                "refresh token reused: family revoked"
-            );
-            self.revoke_family(&family.authz.tenant, &family.id).await?;
-            return Ok(Rotation::Reused);
-        }
-        Ok(Rotation::Invalid)
     }
 
     /// The family a refresh token belongs to, without consuming it (for
@@ -190,6 +216,47 @@ impl Provider {
     /// Revokes every family started in the SSO session `sid` (logout).
     pub async fn revoke_session_families(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
         let key = session_families_key(tenant.as_str(), sid);
+        for f in self.store.set_members(&key).await? {
+            self.revoke_family(tenant, &f).await?;
+        }
+        self.store.delete(&key).await?;
+        Ok(())
+    }
+
+    /// Records that the app `client_id` is deleted now, before it is: a
+    /// tombstone (kept as long as any token can live) saying that nothing
+    /// issued to this id up to now is accepted, so an app re-registered with
+    /// the same id never inherits its predecessor's refresh families or
+    /// access tokens.
+    pub async fn retire_client(&self, client_id: &str) -> Result<(), StoreError> {
+        let longest = self
+            .ttl
+            .refresh_token_ttl_secs
+            .max(self.ttl.access_token_ttl_secs)
+            .saturating_add(60);
+        self.store
+            .put(
+                &client_tombstone_key(client_id),
+                self.clock.unix().to_string().as_bytes(),
+                Some(Duration::from_secs(longest)),
+            )
+            .await
+    }
+
+    /// When the app `client_id` was last deleted (Unix seconds), if within
+    /// the lifetime of any token. An unreadable tombstone counts as "now".
+    pub async fn client_retired_at(&self, client_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.store.get(&client_tombstone_key(client_id)).await?.map(|raw| {
+            std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| self.clock.unix())
+        }))
+    }
+
+    /// Revokes every family of the user `sub` (disable, delete).
+    pub async fn revoke_user_families(&self, tenant: &TenantId, sub: &str) -> Result<(), StoreError> {
+        let key = user_families_key(tenant.as_str(), sub);
         for f in self.store.set_members(&key).await? {
             self.revoke_family(tenant, &f).await?;
         }

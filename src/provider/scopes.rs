@@ -48,12 +48,7 @@ pub struct Grant {
 
 /// `invalid_target` (RFC 8707 §2).
 pub fn invalid_target(reason: &'static str, description: impl Into<String>) -> OAuthError {
-    OAuthError {
-        code: "invalid_target",
-        description: description.into(),
-        reason,
-        detail: None,
-    }
+    OAuthError::invalid_target(reason, description)
 }
 
 impl Provider {

@@ -3,7 +3,7 @@
 //! Expiry follows the injected clock, so TTLs are testable without sleeping.
 //! Expired entries are dropped when touched and swept every few hundred writes.
 
-use super::{Key, Store, StoreError};
+use super::{Key, Store, StoreError, Taken};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -135,6 +135,60 @@ impl Store for MemoryStore {
             Some(other) => {
                 m.insert(key.clone(), other);
                 Err(wrong_type(key))
+            }
+        })
+    }
+
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<Taken, StoreError> {
+        if key.tag() != marker_key.tag() {
+            // Refused like the Redis store does (one slot on Redis Cluster).
+            return Err(StoreError::Corrupt(
+                "take_and_mark keys must share a hash tag".to_owned(),
+            ));
+        }
+        let now = self.clock.now();
+        let expires = self.deadline(Some(marker_ttl));
+        // One lock for both keys: the equivalent of the Redis script.
+        self.with(key, true, |m| {
+            if m.get(marker_key).is_some_and(|e| e.expires.is_some_and(|x| x <= now)) {
+                m.remove(marker_key);
+            }
+            let marker_type_ok = match m.get(marker_key) {
+                None => true,
+                Some(e) => matches!(e.value, Value::Bytes(_)),
+            };
+            if !marker_type_ok {
+                return Err(wrong_type(marker_key));
+            }
+            match m.remove(key) {
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => {
+                    m.insert(
+                        marker_key.clone(),
+                        Entry {
+                            value: Value::Bytes(marker_value.to_vec()),
+                            expires,
+                        },
+                    );
+                    Ok(Taken::Value(b))
+                }
+                Some(other) => {
+                    m.insert(key.clone(), other);
+                    Err(wrong_type(key))
+                }
+                None => match m.get(marker_key) {
+                    Some(Entry {
+                        value: Value::Bytes(b), ..
+                    }) => Ok(Taken::Marker(b.clone())),
+                    _ => Ok(Taken::Absent),
+                },
             }
         })
     }

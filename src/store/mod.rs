@@ -10,7 +10,10 @@
 //! * every transient value has a TTL;
 //! * single-use values (authorization codes, pending logins, refresh tokens)
 //!   are read with [`Store::take`], which is atomic: of two concurrent takes,
-//!   exactly one sees the value;
+//!   exactly one sees the value; where a reuse must be detected (codes,
+//!   refresh tokens) [`Store::take_and_mark`] takes the value and leaves a
+//!   "used" marker in one atomic step, so a concurrent reuse always sees
+//!   either the value or the marker, never neither;
 //! * keys are built with [`Key`], which namespaces them and gives each group of
 //!   keys that one operation touches together the same Redis Cluster hash tag.
 
@@ -95,6 +98,21 @@ pub trait Store: Send + Sync + 'static {
     /// of one key, exactly one sees `Some`.
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Takes the value at `key` and, in the same atomic step, writes
+    /// `marker_value` at `marker_key` (with `marker_ttl`): single use with
+    /// replay detection in one operation. When `key` is absent, answers the
+    /// marker that is already there, if any. Of any number of concurrent
+    /// calls for one key, exactly one sees [`Taken::Value`] and every later
+    /// one sees [`Taken::Marker`] (the marker is written before anyone can
+    /// observe the value gone). Both keys must share a hash tag (Redis Cluster).
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<Taken, StoreError>;
+
     /// Deletes a value. Returns `true` if it existed.
     async fn delete(&self, key: &Key) -> Result<bool, StoreError>;
 
@@ -115,6 +133,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The answer of [`Store::take_and_mark`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// The value was there: it is now gone and the marker written.
+    Value(Vec<u8>),
+    /// The value was already taken: the marker found in its place.
+    Marker(Vec<u8>),
+    /// Neither the value nor a marker exists (unknown or expired).
+    Absent,
 }
 
 /// The store type shared through the application.

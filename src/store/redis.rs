@@ -6,11 +6,11 @@
 //! within about two seconds instead of a hung request: `/readyz` and every
 //! login depend on that.
 //!
-//! Each operation touches exactly one key, so the store is safe on Redis
-//! Cluster; the hash tag in [`Key`] keeps related keys in one slot for callers
-//! that need several. Requires Redis 7 (`PEXPIRE ... NX | GT`).
+//! Each operation touches exactly one key, except `take_and_mark` (a Lua
+//! script over two keys that callers build with one hash tag), so the store
+//! is safe on Redis Cluster. Requires Redis 7 (`PEXPIRE ... NX | GT`).
 
-use super::{Key, Store, StoreError};
+use super::{Key, Store, StoreError, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
@@ -33,11 +33,28 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// "practically forever" anyway (about 73 million years).
 const MAX_TTL_MS: u64 = (i64::MAX / 4) as u64;
 
+/// `take_and_mark`: GETDEL the value; if it was there, SET the marker (with
+/// its TTL) in the same script, so no client ever sees the value gone and the
+/// marker missing. Answers `{1, value}`, `{2, marker}` or `{0}`.
+const TAKE_AND_MARK: &str = r"
+local v = redis.call('GETDEL', KEYS[1])
+if v then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {1, v}
+end
+local m = redis.call('GET', KEYS[2])
+if m then
+  return {2, m}
+end
+return {0}
+";
+
 /// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    take_and_mark: std::sync::Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -69,6 +86,7 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             prefix: prefix.to_owned(),
+            take_and_mark: std::sync::Arc::new(redis::Script::new(TAKE_AND_MARK)),
         };
         store.check_version().await?;
         Ok(store)
@@ -196,6 +214,44 @@ impl Store for RedisStore {
 
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.run(redis::cmd("GETDEL").arg(self.key(key))).await
+    }
+
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<Taken, StoreError> {
+        if key.tag() != marker_key.tag() {
+            // A script over two slots fails on Redis Cluster: refuse it everywhere.
+            return Err(StoreError::Corrupt(
+                "take_and_mark keys must share a hash tag".to_owned(),
+            ));
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.take_and_mark.prepare_invoke();
+        invocation
+            .key(self.key(key))
+            .key(self.key(marker_key))
+            .arg(marker_value)
+            .arg(ttl_ms(marker_ttl));
+        // EVALSHA, falling back to EVAL (and caching the script) on NOSCRIPT.
+        let answer: Vec<Value> = bounded(invocation.invoke_async(&mut conn)).await?;
+        let bytes = |v: &Value| match v {
+            Value::BulkString(b) => Ok(b.clone()),
+            _ => Err(StoreError::Corrupt(
+                "take_and_mark answered an unexpected value".to_owned(),
+            )),
+        };
+        match answer.as_slice() {
+            [Value::Int(1), v] => Ok(Taken::Value(bytes(v)?)),
+            [Value::Int(2), m] => Ok(Taken::Marker(bytes(m)?)),
+            [Value::Int(0)] => Ok(Taken::Absent),
+            _ => Err(StoreError::Corrupt(
+                "take_and_mark answered an unexpected value".to_owned(),
+            )),
+        }
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {

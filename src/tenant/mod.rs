@@ -4,6 +4,15 @@
 //! Keys: the tenant record and its connections share the hash tag
 //! `t:<tenant>:config`; each email domain is reserved under `g:domains` with
 //! `put_if_absent`, so one domain can never route to two tenants.
+//!
+//! Incarnations: a tenant record carries a random `incarnation`, and each
+//! connection has one under `incarnation:<connection>` (same tag), written
+//! fresh whenever the tenant or connection is created. Users record the
+//! incarnations they were provisioned under, and everything issued to a user
+//! (SSO sessions, codes, refresh families, access tokens) is accepted only
+//! while those are still the current ones ([`TenantRegistry::incarnation`]).
+//! So a tenant or connection deleted and re-created with the same id never
+//! inherits its predecessor's users, even while the store still holds them.
 
 pub mod files;
 pub mod setup;
@@ -26,6 +35,30 @@ pub struct Tenant {
     pub domains: Vec<String>,
     /// When the tenant was created.
     pub created_at: DateTime<Utc>,
+    /// Random per creation: what users and their tokens are bound to. Empty
+    /// for tenants stored before incarnations existed.
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+/// The current incarnations of a tenant and one of its connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// The tenant's incarnation.
+    pub tenant: String,
+    /// The connection's incarnation.
+    pub connection: String,
+}
+
+/// Whether a tenant and connection exist, and as which incarnation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Both exist.
+    Live(Incarnation),
+    /// The tenant does not exist.
+    TenantGone,
+    /// The tenant exists, the connection does not.
+    ConnectionGone,
 }
 
 /// Why a registry change was refused.
@@ -119,6 +152,9 @@ fn connections_key(t: &TenantId) -> Key {
 fn connection_key(t: &TenantId, c: &ConnectionId) -> Key {
     Key::tenant(t.as_str(), "config", format!("connection:{c}"))
 }
+fn connection_incarnation_key(t: &TenantId, c: &ConnectionId) -> Key {
+    Key::tenant(t.as_str(), "config", format!("incarnation:{c}"))
+}
 fn domain_key(domain: &str) -> Key {
     Key::global("domains", domain)
 }
@@ -140,6 +176,7 @@ impl TenantRegistry {
             name,
             domains,
             created_at: self.clock.now(),
+            incarnation: new_incarnation(),
         };
         if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
             return Err(RegistryError::Exists(format!("tenant {id}")));
@@ -166,11 +203,67 @@ impl TenantRegistry {
         Ok(tenant)
     }
 
+    /// Undoes a half-made tenant. A failure here leaves a reserved domain
+    /// or a tenant record behind (the caller reports the original error);
+    /// it is logged so an operator can remove it.
     async fn release(&self, id: &TenantId, domains: &[String]) {
         for d in domains {
-            let _ = self.store.delete(&domain_key(d)).await;
+            if let Err(e) = self.store.delete(&domain_key(d)).await {
+                tracing::error!(
+                    reason = "tenant.rollback_failed",
+                    tenant = %id,
+                    domain = %d,
+                    error = %e,
+                    "could not release a domain of a tenant that was not created"
+                );
+            }
         }
-        let _ = self.store.delete(&tenant_key(id)).await;
+        if let Err(e) = self.store.delete(&tenant_key(id)).await {
+            tracing::error!(
+                reason = "tenant.rollback_failed",
+                tenant = %id,
+                error = %e,
+                "could not remove a tenant that was not created"
+            );
+        }
+    }
+
+    /// The current incarnations of `t` and its connection `c`, or which of
+    /// them is gone. Checked on every use of anything issued to a user.
+    pub async fn incarnation(&self, t: &TenantId, c: &ConnectionId) -> Result<Liveness, RegistryError> {
+        // Independent reads, sent together (one round trip on Redis).
+        let (tenant, connection) = tokio::try_join!(self.get(t), self.connection_incarnation(t, c))?;
+        let Some(tenant) = tenant else {
+            return Ok(Liveness::TenantGone);
+        };
+        let Some(connection) = connection else {
+            return Ok(Liveness::ConnectionGone);
+        };
+        Ok(Liveness::Live(Incarnation {
+            tenant: tenant.incarnation,
+            connection,
+        }))
+    }
+
+    /// The current incarnation of the connection `c` of `t`, `None` if the
+    /// connection does not exist.
+    pub async fn connection_incarnation(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+    ) -> Result<Option<String>, RegistryError> {
+        let (record_key, incarnation_key) = (connection_key(t, c), connection_incarnation_key(t, c));
+        let (record, incarnation) = tokio::try_join!(self.store.get(&record_key), self.store.get(&incarnation_key))?;
+        if record.is_none() {
+            return Ok(None);
+        }
+        // A connection stored before incarnations existed (or one whose
+        // deletion stopped half-way) has the empty incarnation.
+        Ok(Some(
+            incarnation
+                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                .unwrap_or_default(),
+        ))
     }
 
     /// [`vouch_email`] for the stored tenant `id`. Fails closed: when the
@@ -216,6 +309,7 @@ impl TenantRegistry {
         };
         for c in self.store.set_members(&connections_key(id)).await? {
             if let Ok(c) = ConnectionId::parse(&c) {
+                self.store.delete(&connection_incarnation_key(id, &c)).await?;
                 self.store.delete(&connection_key(id, &c)).await?;
             }
         }
@@ -237,6 +331,14 @@ impl TenantRegistry {
         if !self.store.put_json_if_absent(&key, connection, None).await? {
             return Err(RegistryError::Exists(format!("connection {}", connection.id)));
         }
+        // Always a fresh incarnation: a predecessor with this id is not inherited.
+        self.store
+            .put(
+                &connection_incarnation_key(&connection.tenant, &connection.id),
+                new_incarnation().as_bytes(),
+                None,
+            )
+            .await?;
         self.store
             .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
             .await?;
@@ -246,6 +348,14 @@ impl TenantRegistry {
     /// Replaces a stored connection (declarative files use this).
     pub async fn put_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
         let key = connection_key(&connection.tenant, &connection.id);
+        // A replaced connection keeps its incarnation; a new one gets one.
+        self.store
+            .put_if_absent(
+                &connection_incarnation_key(&connection.tenant, &connection.id),
+                new_incarnation().as_bytes(),
+                None,
+            )
+            .await?;
         self.store.put_json(&key, connection, None).await?;
         self.store
             .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
@@ -271,12 +381,20 @@ impl TenantRegistry {
 
     /// Deletes a connection.
     pub async fn delete_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<(), RegistryError> {
+        // The incarnation goes first: should the rest fail, what is left is
+        // a connection nobody's users match, never an inherited one.
+        self.store.delete(&connection_incarnation_key(t, c)).await?;
         if !self.store.delete(&connection_key(t, c)).await? {
             return Err(RegistryError::NotFound(format!("connection {c}")));
         }
         self.store.set_remove(&connections_key(t), c.as_str()).await?;
         Ok(())
     }
+}
+
+/// A fresh random incarnation id.
+fn new_incarnation() -> String {
+    crate::tokens::random_token(12)
 }
 
 #[cfg(test)]
@@ -298,6 +416,7 @@ mod tests {
             name: "Acme".into(),
             domains: vec!["acme.com".into(), "acme.io".into()],
             created_at: DateTime::<Utc>::UNIX_EPOCH,
+            incarnation: String::new(),
         }
     }
 

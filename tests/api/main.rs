@@ -13,6 +13,8 @@ mod oidc_negative;
 mod oidc_trust;
 mod outbound_http;
 mod peers_selftest;
+mod revocation;
+mod revocation_races;
 mod saml_attacks;
 mod saml_begin;
 mod saml_bindings;

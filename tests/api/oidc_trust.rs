@@ -327,7 +327,7 @@ async fn a_user_removed_at_the_idp_stops_getting_tokens() {
     w.clock.advance(Duration::seconds(3601));
 
     let err = w.refresh_direct(&rt(&first)).await.unwrap_err();
-    assert_eq!(err.code, "invalid_grant");
+    assert_eq!(err.code.as_str(), "invalid_grant");
     assert_eq!(err.reason, "refresh.upstream_refused");
     // Every family of the SSO session is gone, and the SSO session too.
     let r = w.refresh(&rt(&second)).await;
@@ -349,7 +349,7 @@ async fn a_transient_idp_failure_fails_the_refresh_without_revoking() {
     w.clock.advance(Duration::seconds(3601));
     w.idp.fail_next_token(503).await;
     let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
-    assert_eq!(err.code, "temporarily_unavailable");
+    assert_eq!(err.code.as_str(), "temporarily_unavailable");
     assert_eq!(err.reason, "refresh.upstream_unavailable");
     w.idp.fail_next_token(502).await;
     let r = w.refresh(&rt(&tokens)).await;
@@ -425,7 +425,7 @@ async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
     let token = rt(&r.body);
     w.clock.advance(Duration::seconds(601));
     let err = w.refresh_direct(&token).await.unwrap_err();
-    assert_eq!((err.code, err.reason), ("invalid_grant", "refresh.unknown"));
+    assert_eq!((err.code.as_str(), err.reason), ("invalid_grant", "refresh.unknown"));
     // The uncapped family of the same login lives on.
     let r = w.refresh(&rt(&tokens)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);

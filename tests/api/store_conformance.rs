@@ -13,7 +13,7 @@ use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::RedisStore;
-use portcullis::store::{Key, SharedStore, StoreError};
+use portcullis::store::{Key, SharedStore, StoreError, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Barrier;
@@ -87,6 +87,9 @@ macro_rules! all_cases {
             take_returns_the_value_once,
             concurrent_takes_see_the_value_once,
             concurrent_put_if_absent_admits_one,
+            take_and_mark_takes_once_and_leaves_the_marker,
+            concurrent_take_and_mark_one_wins_every_other_sees_the_marker,
+            take_and_mark_marker_expires_and_clashes_are_corrupt,
             sets_add_remove_and_list_sorted,
             set_ttl_extends_but_never_shortens,
             incr_counts_in_a_fixed_window,
@@ -183,6 +186,105 @@ async fn concurrent_takes_see_the_value_once(b: &Backend) {
         }
         assert_eq!(seen, vec![b"code".to_vec()], "round {round}");
     }
+}
+
+async fn take_and_mark_takes_once_and_leaves_the_marker(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "codes", "code:tm");
+    let m = Key::tenant("acme", "codes", "used:tm");
+    // Neither value nor marker: absent, and nothing is written.
+    assert_eq!(s.take_and_mark(&k, &m, b"used", LONG).await.unwrap(), Taken::Absent);
+    assert_eq!(s.get(&m).await.unwrap(), None);
+    s.put(&k, &[0u8, 255, b'{'], Some(LONG)).await.unwrap();
+    assert_eq!(
+        s.take_and_mark(&k, &m, b"used-1", LONG).await.unwrap(),
+        Taken::Value(vec![0u8, 255, b'{'])
+    );
+    assert_eq!(s.get(&k).await.unwrap(), None, "the value is gone");
+    assert_eq!(s.get(&m).await.unwrap(), Some(b"used-1".to_vec()));
+    // A reuse sees the marker and does not overwrite it.
+    assert_eq!(
+        s.take_and_mark(&k, &m, b"used-2", LONG).await.unwrap(),
+        Taken::Marker(b"used-1".to_vec())
+    );
+    assert_eq!(s.get(&m).await.unwrap(), Some(b"used-1".to_vec()));
+    // The marker can be updated afterwards (what was issued) and is answered.
+    s.put(&m, b"issued", Some(LONG)).await.unwrap();
+    assert_eq!(
+        s.take_and_mark(&k, &m, b"used-3", LONG).await.unwrap(),
+        Taken::Marker(b"issued".to_vec())
+    );
+}
+
+async fn concurrent_take_and_mark_one_wins_every_other_sees_the_marker(b: &Backend) {
+    for round in 0..5 {
+        let k = Key::tenant("acme", "rf:fam", format!("tok:race-{round}"));
+        let m = Key::tenant("acme", "rf:fam", format!("used:race-{round}"));
+        b.store.put(&k, b"token", Some(LONG)).await.unwrap();
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (s, k, m, barrier) = (b.store.clone(), k.clone(), m.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mine = format!("used-by-{i}");
+                    (
+                        mine.clone(),
+                        s.take_and_mark(&k, &m, mine.as_bytes(), LONG).await.unwrap(),
+                    )
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut markers = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                (mine, Taken::Value(v)) => {
+                    assert_eq!(v, b"token".to_vec());
+                    winners.push(mine);
+                }
+                (_, Taken::Marker(found)) => markers.push(found),
+                (_, Taken::Absent) => panic!("round {round}: a racer saw neither value nor marker"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one wins");
+        assert_eq!(markers.len(), RACERS - 1, "round {round}");
+        // Every loser saw the winner's marker, never its own.
+        assert!(
+            markers.iter().all(|found| found == winners[0].as_bytes()),
+            "round {round}"
+        );
+    }
+}
+
+async fn take_and_mark_marker_expires_and_clashes_are_corrupt(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "codes", "code:exp");
+    let m = Key::tenant("acme", "codes", "used:exp");
+    s.put(&k, b"v", Some(LONG)).await.unwrap();
+    assert_eq!(
+        s.take_and_mark(&k, &m, b"used", SHORT).await.unwrap(),
+        Taken::Value(b"v".to_vec())
+    );
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.take_and_mark(&k, &m, b"used", SHORT).await.unwrap(), Taken::Absent);
+    // A value of another type is refused and kept.
+    let set = Key::tenant("acme", "codes", "code:set");
+    s.set_add(&set, "x", Some(LONG)).await.unwrap();
+    assert!(matches!(
+        s.take_and_mark(&set, &m, b"used", LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.set_members(&set).await.unwrap(), vec!["x".to_owned()]);
+    // Two keys in two hash tags would be two Redis Cluster slots: refused,
+    // and the value is kept.
+    let other_tag = Key::tenant("acme", "elsewhere", "used:exp");
+    s.put(&k, b"v", Some(LONG)).await.unwrap();
+    assert!(matches!(
+        s.take_and_mark(&k, &other_tag, b"used", LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"v".to_vec()));
 }
 
 async fn concurrent_put_if_absent_admits_one(b: &Backend) {

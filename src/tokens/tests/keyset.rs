@@ -334,6 +334,17 @@ impl crate::store::Store for RacingStore {
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
         self.inner.take(key).await
     }
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<crate::store::Taken, crate::store::StoreError> {
+        self.inner
+            .take_and_mark(key, marker_key, marker_value, marker_ttl)
+            .await
+    }
     async fn delete(&self, key: &Key) -> Result<bool, crate::store::StoreError> {
         self.inner.delete(key).await
     }

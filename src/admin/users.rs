@@ -1,0 +1,172 @@
+//! The users of a tenant: list, read, disable, enable, delete.
+//!
+//! Disabling refuses the user's sign-ins (a page with `login.user_disabled`)
+//! and every token already issued (checked on use), and ends its SSO
+//! sessions and refresh families at once. Deleting also removes the identity
+//! link, so the person's next sign-in creates a new user with a new `sub`.
+
+use super::{registry, tenant_id, AdminAuth, AdminError};
+use crate::directory::UserEntry;
+use crate::http::AppState;
+use crate::ids::TenantId;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The largest page, and the default.
+const MAX_LIMIT: usize = 200;
+const DEFAULT_LIMIT: usize = 50;
+
+/// The user routes, under `/tenants/{id}/users`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/tenants/{id}/users", get(list_users))
+        .route("/tenants/{id}/users/{sub}", get(get_user).delete(delete_user))
+        .route("/tenants/{id}/users/{sub}/disable", post(disable_user))
+        .route("/tenants/{id}/users/{sub}/enable", post(enable_user))
+}
+
+fn view(e: &UserEntry) -> Value {
+    let u = &e.user;
+    json!({
+        "sub": u.sub, "tenant": u.tenant, "connection": u.connection,
+        "upstream_subject": u.upstream_subject, "email": u.email,
+        "email_verified": u.email_verified, "name": u.name,
+        "given_name": u.given_name, "family_name": u.family_name, "groups": u.groups,
+        "disabled": e.disabled, "created_at": u.created_at, "updated_at": u.updated_at,
+    })
+}
+
+fn store_error(e: crate::store::StoreError) -> AdminError {
+    AdminError::Internal(e.to_string())
+}
+
+fn no_user(sub: &str, tenant: &TenantId) -> AdminError {
+    AdminError::NotFound(format!("There is no user {sub:?} in tenant {tenant:?}."))
+}
+
+async fn existing_tenant(s: &AppState, id: &str) -> Result<TenantId, AdminError> {
+    let id = tenant_id(id)?;
+    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
+    }
+    Ok(id)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_users(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, AdminError> {
+    let Query(page) = page.map_err(|e| AdminError::field("query", e.body_text()))?;
+    let id = existing_tenant(&s, &id).await?;
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(AdminError::field(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}."),
+        ));
+    }
+    let (users, next) = s
+        .provider
+        .directory
+        .list(&id, page.cursor.as_deref(), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "users": users.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+async fn get_user(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let id = existing_tenant(&s, &id).await?;
+    let entry = s
+        .provider
+        .directory
+        .entry(&id, &sub)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| no_user(&sub, &id))?;
+    Ok(Json(view(&entry)))
+}
+
+async fn set_disabled(s: &AppState, id: &str, sub: &str, disabled: bool) -> Result<Json<Value>, AdminError> {
+    let id = existing_tenant(s, id).await?;
+    if !s
+        .broker
+        .set_user_disabled(&id, sub, disabled)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(no_user(sub, &id));
+    }
+    let reason = if disabled {
+        "admin.user_disabled"
+    } else {
+        "admin.user_enabled"
+    };
+    tracing::info!(reason, tenant = %id);
+    let entry = s
+        .provider
+        .directory
+        .entry(&id, sub)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| no_user(sub, &id))?;
+    Ok(Json(view(&entry)))
+}
+
+async fn disable_user(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    set_disabled(&s, &id, &sub, true).await
+}
+
+async fn enable_user(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    set_disabled(&s, &id, &sub, false).await
+}
+
+async fn delete_user(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<StatusCode, AdminError> {
+    let id = existing_tenant(&s, &id).await?;
+    if s.provider
+        .directory
+        .get(&id, &sub)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(no_user(&sub, &id));
+    }
+    s.broker.delete_user(&id, &sub).await.map_err(store_error)?;
+    tracing::info!(reason = "admin.user_deleted", tenant = %id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,75 @@
+//! Ending what a user, or a whole tenant's users, were issued: the admin
+//! API's disable and delete, and the eager clean-up after a tenant is
+//! deleted. Acceptance never depends on these finishing: every use checks
+//! [`Directory::active`](crate::directory::Directory::active); these only
+//! free the store and end sessions early.
+
+use super::{session, Broker};
+use crate::directory::{Inactive, User};
+use crate::ids::{ConnectionId, TenantId};
+use crate::store::StoreError;
+
+impl Broker {
+    /// Ends the user's SSO sessions and refresh-token families.
+    pub async fn revoke_user(&self, tenant: &TenantId, sub: &str) -> Result<(), StoreError> {
+        session::delete_user_sessions(&self.store, tenant, sub).await?;
+        self.provider.revoke_user_families(tenant, sub).await
+    }
+
+    /// Disables (or enables) a user; disabling revokes its sessions and
+    /// families. `false` if there is no such user.
+    pub async fn set_user_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {
+        if !self.provider.directory.set_disabled(tenant, sub, disabled).await? {
+            return Ok(false);
+        }
+        if disabled {
+            self.revoke_user(tenant, sub).await?;
+        }
+        Ok(true)
+    }
+
+    /// Deletes a user, its identity link, sessions and families. Returns
+    /// the user, if it existed.
+    pub async fn delete_user(&self, tenant: &TenantId, sub: &str) -> Result<Option<User>, StoreError> {
+        // Revoke first: should the deletion fail half-way, nothing of the
+        // user keeps working (and its record is still there to retry).
+        self.revoke_user(tenant, sub).await?;
+        self.provider.directory.delete(tenant, sub).await
+    }
+
+    /// Deletes the users of a deleted connection (those no longer active
+    /// because of it: users of a connection re-created meanwhile are kept).
+    pub async fn purge_connection_users(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> Result<usize, StoreError> {
+        let directory = &self.provider.directory;
+        let mut purged = 0;
+        for sub in directory.subs(tenant).await? {
+            let of_connection = directory
+                .get(tenant, &sub)
+                .await?
+                .is_some_and(|u| &u.connection == connection);
+            if !of_connection {
+                continue;
+            }
+            if let Err(Inactive::ConnectionGone | Inactive::Superseded | Inactive::TenantGone) =
+                directory.active(tenant, &sub).await?
+            {
+                self.delete_user(tenant, &sub).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Deletes every user of a tenant (after the tenant itself is gone).
+    pub async fn purge_tenant_users(&self, tenant: &TenantId) -> Result<usize, StoreError> {
+        let subs = self.provider.directory.subs(tenant).await?;
+        for sub in &subs {
+            self.delete_user(tenant, sub).await?;
+        }
+        Ok(subs.len())
+    }
+}

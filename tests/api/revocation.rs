@@ -1,0 +1,825 @@
+//! Deletion and disabling revoke (trust issue, point 3): deleting a tenant,
+//! a connection, an app or a user, or disabling a user, ends its SSO
+//! sessions, codes, refresh families and the acceptance of its access
+//! tokens; a tenant or connection re-created with the same id never inherits
+//! its predecessor's users. Sign-ins go through the built-in dev IdP.
+//!
+//! Reason codes are asserted where the provider decides them
+//! (`state.provider`), next to the HTTP answers apps see.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Nav};
+use portcullis::ids::TenantId;
+use portcullis::provider::grants::{ClientCredentials, TokenRequest};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use url::Url;
+
+pub const DEMO: &str = "demo";
+
+/// An app registered for the test, with a confidential secret.
+pub struct Rp {
+    pub client_id: String,
+    pub secret: String,
+    pub redirect: Url,
+}
+
+/// A code at the app's redirect, with its PKCE verifier.
+pub struct Code {
+    pub code: String,
+    pub verifier: String,
+}
+
+/// What `/token` answered.
+pub struct Tokens {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Tokens {
+    pub fn at(&self) -> &str {
+        self.body["access_token"].as_str().unwrap()
+    }
+    pub fn rt(&self) -> &str {
+        self.body["refresh_token"].as_str().unwrap()
+    }
+    pub fn sub(&self) -> String {
+        use base64::Engine;
+        let payload = self.at().split('.').nth(1).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: Value = serde_json::from_slice(&raw).unwrap();
+        claims["sub"].as_str().unwrap().to_owned()
+    }
+    pub fn error(&self) -> Option<&str> {
+        self.body["error"].as_str()
+    }
+    pub fn description(&self) -> &str {
+        self.body["error_description"].as_str().unwrap_or_default()
+    }
+}
+
+pub async fn dev_app() -> TestApp {
+    spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+pub async fn register(app: &TestApp, client_id: &str) -> Rp {
+    let redirect = Url::parse(&format!("https://{client_id}.example.test/cb")).unwrap();
+    let registered = app.create_client(client_id, client_id, &[&redirect], false).await;
+    Rp {
+        client_id: client_id.to_owned(),
+        secret: registered.client_secret.unwrap(),
+        redirect,
+    }
+}
+
+fn authorize_url(app: &TestApp, rp: &Rp, tenant: &str, verifier: &str) -> Url {
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &rp.client_id)
+        .append_pair("redirect_uri", rp.redirect.as_str())
+        .append_pair("scope", "openid email offline_access")
+        .append_pair("tenant", tenant)
+        .append_pair(
+            "code_challenge",
+            &portcullis::tokens::sha256_base64url(verifier.as_bytes()),
+        )
+        .append_pair("code_challenge_method", "S256");
+    url
+}
+
+fn code_of(back: &Url) -> String {
+    back.query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap_or_else(|| panic!("no code in {back}"))
+        .1
+        .into_owned()
+}
+
+/// Where `/authorize` leads this browser: a code right away (SSO) or a page
+/// (the dev IdP's form, an error page).
+pub async fn start(app: &TestApp, browser: &mut Browser, rp: &Rp, tenant: &str) -> (Nav, String) {
+    let verifier = portcullis::tokens::random_token(32);
+    let host = rp.redirect.host_str().unwrap().to_owned();
+    let stop = move |u: &Url| u.host_str() == Some(host.as_str());
+    (
+        browser
+            .get_until(&authorize_url(app, rp, tenant, &verifier), &stop)
+            .await,
+        verifier,
+    )
+}
+
+/// Signs in as `email` through the dev IdP (or by SSO if the browser has a
+/// session) and returns the code.
+pub async fn sign_in(app: &TestApp, browser: &mut Browser, rp: &Rp, tenant: &str, email: &str) -> Code {
+    let (nav, verifier) = start(app, browser, rp, tenant).await;
+    let back = match nav {
+        Nav::Stopped(url) => url,
+        Nav::Page(login) => submit_login(browser, rp, &login, email).await.stopped(),
+    };
+    Code {
+        code: code_of(&back),
+        verifier,
+    }
+}
+
+pub async fn submit_login(browser: &mut Browser, rp: &Rp, login: &crate::support::browser::Page, email: &str) -> Nav {
+    assert!(
+        login.url.path().starts_with("/dev/"),
+        "not the dev IdP: {} {}",
+        login.url,
+        login.body
+    );
+    let mut form = login.form(None);
+    for (k, v) in form.fields.iter_mut() {
+        if k == "email" {
+            *v = email.to_owned();
+        }
+    }
+    let host = rp.redirect.host_str().unwrap().to_owned();
+    browser
+        .submit_until(login, &form, &move |u: &Url| u.host_str() == Some(host.as_str()))
+        .await
+}
+
+async fn to_tokens(resp: reqwest::Response) -> Tokens {
+    let status = resp.status();
+    Tokens {
+        status,
+        body: resp.json().await.unwrap(),
+    }
+}
+
+pub async fn redeem(app: &TestApp, rp: &Rp, code: &Code) -> Tokens {
+    to_tokens(
+        app.client
+            .post(app.url("/token"))
+            .basic_auth(&rp.client_id, Some(&rp.secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.code.as_str()),
+                ("redirect_uri", rp.redirect.as_str()),
+                ("code_verifier", code.verifier.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+pub async fn refresh(app: &TestApp, rp: &Rp, rt: &str) -> Tokens {
+    to_tokens(
+        app.client
+            .post(app.url("/token"))
+            .basic_auth(&rp.client_id, Some(&rp.secret))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// The provider's reason for refusing a refresh of `rt` (consumes it).
+async fn refresh_reason(app: &TestApp, rp: &Rp, rt: &str) -> &'static str {
+    let creds = ClientCredentials::Secret {
+        id: rp.client_id.clone(),
+        secret: rp.secret.clone(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let req = TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(rt.into()),
+        ..TokenRequest::default()
+    };
+    app.state.provider.token(&client, &req).await.unwrap_err().reason
+}
+
+/// The provider's reason for refusing a code (consumes it).
+async fn code_reason(app: &TestApp, rp: &Rp, code: &Code) -> &'static str {
+    let creds = ClientCredentials::Secret {
+        id: rp.client_id.clone(),
+        secret: rp.secret.clone(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let req = TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code.code.clone()),
+        redirect_uri: Some(rp.redirect.to_string()),
+        code_verifier: Some(code.verifier.clone()),
+        ..TokenRequest::default()
+    };
+    app.state.provider.token(&client, &req).await.unwrap_err().reason
+}
+
+/// The provider's reason for refusing an access token.
+pub async fn access_reason(app: &TestApp, at: &str) -> &'static str {
+    app.state.provider.check_access_token(at).await.unwrap_err().reason
+}
+
+pub async fn userinfo_status(app: &TestApp, at: &str) -> StatusCode {
+    app.client
+        .get(app.url("/userinfo"))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+pub async fn introspect(app: &TestApp, rp: &Rp, token: &str) -> Value {
+    let resp = app
+        .client
+        .post(app.url("/introspect"))
+        .basic_auth(&rp.client_id, Some(&rp.secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+/// Asserts that `t`'s access and refresh tokens are dead at userinfo and
+/// introspection, and its access token for `reason`.
+async fn assert_tokens_dead(app: &TestApp, rp: &Rp, t: &Tokens, reason: &str) {
+    assert_eq!(access_reason(app, t.at()).await, reason);
+    assert_eq!(userinfo_status(app, t.at()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect(app, rp, t.at()).await, json!({"active": false}));
+    assert_eq!(introspect(app, rp, t.rt()).await, json!({"active": false}));
+}
+
+/// Asserts the tokens work (the baseline every negative case starts from).
+async fn assert_tokens_live(app: &TestApp, rp: &Rp, t: &Tokens) {
+    assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+    assert_eq!(userinfo_status(app, t.at()).await, StatusCode::OK);
+    assert_eq!(introspect(app, rp, t.at()).await["active"], json!(true));
+    assert_eq!(introspect(app, rp, t.rt()).await["active"], json!(true));
+}
+
+async fn create_dev_connection(app: &TestApp, tenant: &str) {
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/{tenant}/connections"),
+            Some(json!({"id": "dev", "kind": "dev"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// Deleting the tenant in the registry only (as if the eager clean-up had
+/// not run or had failed): nothing of it is accepted any more, and a
+/// re-created tenant with the same id gives the same person a new `sub`
+/// while the old user, still in the store, stays refused.
+#[tokio::test]
+async fn a_deleted_tenant_ends_everything_even_before_its_users_are_purged() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let first = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &first).await;
+    // Two more by SSO: one to redeem after the deletion, one family to ask for the reason.
+    let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await;
+    let second = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ada@demo.example").await,
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK);
+    let old_sub = first.sub();
+
+    let demo = TenantId::parse(DEMO).unwrap();
+    app.state.tenants.delete(&demo).await.unwrap();
+
+    let refused = refresh(&app, &rp, first.rt()).await;
+    assert_eq!(refused.error(), Some("invalid_grant"), "{}", refused.body);
+    assert_eq!(refused.description(), "The organization no longer exists.");
+    assert_eq!(refresh_reason(&app, &rp, second.rt()).await, "refresh.tenant_gone");
+    assert_eq!(code_reason(&app, &rp, &pending_code).await, "code.tenant_gone");
+    assert_tokens_dead(&app, &rp, &first, "token.tenant_gone").await;
+
+    // The same id again, with a new connection of the same id.
+    app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
+    create_dev_connection(&app, DEMO).await;
+    assert!(
+        app.state
+            .provider
+            .directory
+            .get(&demo, &old_sub)
+            .await
+            .unwrap()
+            .is_some(),
+        "the old user is still in the store"
+    );
+    assert_eq!(access_reason(&app, first.at()).await, "token.user_superseded");
+    assert_eq!(userinfo_status(&app, first.at()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect(&app, &rp, first.at()).await, json!({"active": false}));
+    // The browser's SSO session belongs to the old tenant: not reused.
+    let (nav, verifier) = start(&app, &mut browser, &rp, DEMO).await;
+    let login = nav.page();
+    assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
+    let back = submit_login(&mut browser, &rp, &login, "ada@demo.example")
+        .await
+        .stopped();
+    let fresh = redeem(
+        &app,
+        &rp,
+        &Code {
+            code: code_of(&back),
+            verifier,
+        },
+    )
+    .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+    assert_ne!(fresh.sub(), old_sub, "a re-created tenant never inherits a sub");
+    // And the old tokens are still refused after the new sign-in.
+    assert_eq!(refresh(&app, &rp, first.rt()).await.error(), Some("invalid_grant"));
+    assert_eq!(access_reason(&app, first.at()).await, "token.user_superseded");
+}
+
+/// Through the admin API: the tenant's users are purged too, its SSO session
+/// is not reused, and every token and code of it is refused.
+#[tokio::test]
+async fn deleting_a_tenant_through_the_admin_api_revokes_and_purges() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+    let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await;
+    let old_sub = tokens.sub();
+
+    app.delete_tenant(DEMO).await;
+    let demo = TenantId::parse(DEMO).unwrap();
+    assert!(app
+        .state
+        .provider
+        .directory
+        .get(&demo, &old_sub)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(refresh(&app, &rp, tokens.rt()).await.error(), Some("invalid_grant"));
+    assert_eq!(redeem(&app, &rp, &pending_code).await.error(), Some("invalid_grant"));
+    assert_tokens_dead(&app, &rp, &tokens, "token.tenant_gone").await;
+    let (status, p) = app.admin(Method::GET, "/admin/v1/tenants/demo/users", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+
+    app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
+    create_dev_connection(&app, DEMO).await;
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await,
+    )
+    .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+    assert_ne!(fresh.sub(), old_sub);
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.user_gone");
+}
+
+/// A connection deleted and re-created with the same id: the old user's
+/// tokens are refused and the same upstream person gets a new `sub`.
+#[tokio::test]
+async fn a_recreated_connection_does_not_inherit_users() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+
+    // In the registry only (as if the eager clean-up had not run).
+    let demo = TenantId::parse(DEMO).unwrap();
+    let dev = portcullis::ids::ConnectionId::parse("dev").unwrap();
+    app.state.tenants.delete_connection(&demo, &dev).await.unwrap();
+    app.state.broker.connectors.forget(&demo, &dev);
+    assert_eq!(refresh_reason(&app, &rp, spare.rt()).await, "refresh.connection_gone");
+    assert_tokens_dead(&app, &rp, &tokens, "token.connection_gone").await;
+
+    create_dev_connection(&app, DEMO).await;
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.user_superseded");
+    let refused = refresh(&app, &rp, tokens.rt()).await;
+    assert_eq!(refused.error(), Some("invalid_grant"));
+    // The browser's SSO session is of the old connection: not reused.
+    let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
+    assert!(nav.page().url.path().starts_with("/dev/demo/dev/login"));
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "cy@demo.example").await,
+    )
+    .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+    assert_ne!(fresh.sub(), tokens.sub());
+
+    // Through the admin API the users of the deleted connection are purged too.
+    let (status, _) = app
+        .admin(Method::DELETE, "/admin/v1/tenants/demo/connections/dev", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for sub in [tokens.sub(), fresh.sub()] {
+        assert!(app.state.provider.directory.get(&demo, &sub).await.unwrap().is_none());
+    }
+    assert_tokens_dead(&app, &rp, &fresh, "token.user_gone").await;
+}
+
+/// A deleted app: its refresh tokens need its (gone) authentication, its
+/// access tokens are refused at userinfo and introspection.
+#[tokio::test]
+async fn a_deleted_app_loses_its_tokens() {
+    let app = dev_app().await;
+    let rp = register(&app, "doomed").await;
+    let other = register(&app, "other").await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "di@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+
+    let (status, _) = app.admin(Method::DELETE, "/admin/v1/clients/doomed", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let refused = refresh(&app, &rp, tokens.rt()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error(), Some("invalid_client"));
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.client_gone");
+    assert_eq!(userinfo_status(&app, tokens.at()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect(&app, &other, tokens.at()).await, json!({"active": false}));
+}
+
+/// An app deleted and registered again with the same id does not inherit
+/// its predecessor's refresh families or access tokens.
+#[tokio::test]
+async fn a_reregistered_app_does_not_inherit_tokens() {
+    use portcullis::clock::Clock as _;
+    let clock = portcullis::clock::ManualClock::at(portcullis::clock::SystemClock.now());
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let old = register(&app, "phoenix").await;
+    let tokens = redeem(
+        &app,
+        &old,
+        &sign_in(&app, &mut Browser::new(), &old, DEMO, "jo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &old, &tokens).await;
+
+    let (status, _) = app.admin(Method::DELETE, "/admin/v1/clients/phoenix", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    clock.advance(chrono::Duration::seconds(2));
+    let new = register(&app, "phoenix").await;
+    assert_eq!(
+        refresh_reason(&app, &new, tokens.rt()).await,
+        "refresh.client_superseded"
+    );
+    assert_eq!(refresh(&app, &new, tokens.rt()).await.error(), Some("invalid_grant"));
+    assert_tokens_dead(&app, &new, &tokens, "token.client_superseded").await;
+    // The new registration's own sign-ins work.
+    let fresh = redeem(
+        &app,
+        &new,
+        &sign_in(&app, &mut Browser::new(), &new, DEMO, "jo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &new, &fresh).await;
+    assert_eq!(refresh(&app, &new, fresh.rt()).await.status, StatusCode::OK);
+}
+
+/// An app that may no longer serve the tenant cannot refresh, and its
+/// access tokens for that tenant are refused.
+#[tokio::test]
+async fn refresh_is_refused_when_the_app_may_no_longer_serve_the_tenant() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+
+    let mut client = app.state.provider.clients.get("app1").await.unwrap().unwrap();
+    client.allowed_tenants = vec![TenantId::parse("globex").unwrap()];
+    app.state.provider.clients.put(&client).await.unwrap();
+
+    assert_eq!(
+        refresh_reason(&app, &rp, spare.rt()).await,
+        "refresh.tenant_not_allowed"
+    );
+    let refused = refresh(&app, &rp, tokens.rt()).await;
+    assert_eq!(refused.error(), Some("invalid_grant"), "{}", refused.body);
+    assert!(refused.description().contains("organization"), "{}", refused.body);
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.tenant_not_allowed");
+    assert_eq!(userinfo_status(&app, tokens.at()).await, StatusCode::UNAUTHORIZED);
+    // The refusal revoked the family: lifting the restriction does not revive it.
+    client.allowed_tenants = vec![];
+    app.state.provider.clients.put(&client).await.unwrap();
+    assert_eq!(refresh(&app, &rp, tokens.rt()).await.error(), Some("invalid_grant"));
+}
+
+/// The users of a tenant through the admin API: list (paginated), read,
+/// delete; a deleted user's sessions and tokens end.
+#[tokio::test]
+async fn deleting_a_user_revokes_its_sessions_and_tokens() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "fay@demo.example").await,
+    )
+    .await;
+    let other = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "gus@demo.example").await,
+    )
+    .await;
+    let pending_code = sign_in(&app, &mut browser, &rp, DEMO, "fay@demo.example").await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+    let sub = tokens.sub();
+
+    // The list: both users, with the contract's fields, one page at a time.
+    let (status, page1) = app
+        .admin(Method::GET, "/admin/v1/tenants/demo/users?limit=1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page1}");
+    let users = page1["users"].as_array().unwrap();
+    assert_eq!(users.len(), 1);
+    for field in ["sub", "email", "connection", "disabled", "created_at", "updated_at"] {
+        assert!(users[0].get(field).is_some(), "{field} missing in {page1}");
+    }
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = app
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/tenants/demo/users?limit=1&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(page2["users"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null(), "{page2}");
+    let mut listed = vec![
+        users[0]["sub"].as_str().unwrap().to_owned(),
+        page2["users"][0]["sub"].as_str().unwrap().to_owned(),
+    ];
+    listed.sort();
+    let mut expected = vec![sub.clone(), other.sub()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let (status, one) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["email"], "fay@demo.example");
+    assert_eq!(one["connection"], "dev");
+    assert_eq!(one["disabled"], false);
+
+    let (status, _) = app
+        .admin(Method::DELETE, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, p) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/demo/users/{sub}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    assert_eq!(p["status"], 404, "{p}");
+
+    // The family is gone (revoked eagerly), and the code's user is gone.
+    assert_eq!(refresh_reason(&app, &rp, tokens.rt()).await, "refresh.unknown");
+    assert_eq!(code_reason(&app, &rp, &pending_code).await, "code.user_gone");
+    assert_tokens_dead(&app, &rp, &tokens, "token.user_gone").await;
+    // The other user is untouched.
+    assert_tokens_live(&app, &rp, &other).await;
+    // The SSO session ended with the user: the next sign-in goes to the IdP
+    // and creates a new user.
+    let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
+    assert!(nav.page().url.path().starts_with("/dev/demo/dev/login"));
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "fay@demo.example").await,
+    )
+    .await;
+    assert_ne!(fresh.sub(), sub);
+}
+
+/// A disabled user: tokens refused at once, the SSO session not reused, a
+/// new sign-in refused with a page naming the reason; enabling restores
+/// sign-ins with the same `sub`.
+#[tokio::test]
+async fn a_disabled_user_cannot_sign_in_and_its_tokens_are_refused() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
+    let spare = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+    let sub = tokens.sub();
+
+    let (status, user) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{sub}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(user["disabled"], true);
+
+    // Families are revoked eagerly; the check on use would refuse them anyway.
+    assert_eq!(refresh_reason(&app, &rp, spare.rt()).await, "refresh.unknown");
+    assert_eq!(refresh(&app, &rp, tokens.rt()).await.error(), Some("invalid_grant"));
+    assert_tokens_dead(&app, &rp, &tokens, "token.user_disabled").await;
+
+    // The SSO session is not reused; the IdP's answer is refused with a page.
+    let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
+    let login = nav.page();
+    assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
+    let refused = submit_login(&mut browser, &rp, &login, "hal@demo.example").await.page();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        refused.body.contains("<code>login.user_disabled</code>"),
+        "{}",
+        refused.body
+    );
+
+    // Enabled again: sign-ins work, with the same sub.
+    let (status, user) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{sub}/enable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["disabled"], false);
+    let back = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "hal@demo.example").await,
+    )
+    .await;
+    assert_eq!(back.status, StatusCode::OK, "{}", back.body);
+    assert_eq!(back.sub(), sub);
+}
+
+/// Unknown tenants and users are problem+json 404s.
+#[tokio::test]
+async fn unknown_users_and_tenants_are_404() {
+    let app = dev_app().await;
+    for (method, path) in [
+        (Method::GET, "/admin/v1/tenants/nosuch/users"),
+        (Method::GET, "/admin/v1/tenants/nosuch/users/u_x"),
+        (Method::GET, "/admin/v1/tenants/demo/users/u_nobody"),
+        (Method::DELETE, "/admin/v1/tenants/demo/users/u_nobody"),
+        (Method::POST, "/admin/v1/tenants/demo/users/u_nobody/disable"),
+        (Method::POST, "/admin/v1/tenants/demo/users/u_nobody/enable"),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path}");
+    }
+    let (status, p) = app
+        .admin(Method::GET, "/admin/v1/tenants/demo/users?limit=0", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    let (status, _) = app
+        .client
+        .get(app.url("/admin/v1/tenants/demo/users"))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A sign-in started before the tenant was deleted and re-created (same id,
+/// same connection id) belongs to the old tenant: the IdP's answer is refused.
+#[tokio::test]
+async fn a_pending_login_of_a_recreated_tenant_is_refused() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let (nav, _) = start(&app, &mut browser, &rp, DEMO).await;
+    let login = nav.page();
+
+    app.delete_tenant(DEMO).await;
+    app.create_tenant(DEMO, "Demo again", &["demo.example"]).await;
+    create_dev_connection(&app, DEMO).await;
+
+    let refused = submit_login(&mut browser, &rp, &login, "ivy@demo.example").await.page();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert!(
+        refused.body.contains("<code>callback.login_superseded</code>"),
+        "{}",
+        refused.body
+    );
+    // A login started now works.
+    let fresh = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "ivy@demo.example").await,
+    )
+    .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+}
+
+/// Each grant refusal names its reason even when only the records changed
+/// (no eager revocation ran): the checks on use decide on their own.
+#[tokio::test]
+async fn grant_refusals_name_their_reason_without_eager_revocation() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let demo = TenantId::parse(DEMO).unwrap();
+    let directory = &app.state.provider.directory;
+
+    let mut kim = Browser::new();
+    let t1 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let c1 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
+    let sub = t1.sub();
+    assert!(directory.set_disabled(&demo, &sub, true).await.unwrap());
+    assert_eq!(refresh_reason(&app, &rp, t1.rt()).await, "refresh.user_disabled");
+    assert_eq!(code_reason(&app, &rp, &c1).await, "code.user_disabled");
+    assert!(directory.set_disabled(&demo, &sub, false).await.unwrap());
+
+    let t2 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let c2 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
+    assert_eq!(t2.sub(), sub);
+    assert!(directory.delete(&demo, &sub).await.unwrap().is_some());
+    assert_eq!(refresh_reason(&app, &rp, t2.rt()).await, "refresh.user_gone");
+    assert_eq!(code_reason(&app, &rp, &c2).await, "code.user_gone");
+
+    let mut lee = Browser::new();
+    let t3 = redeem(&app, &rp, &sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await).await;
+    let c3 = sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await;
+    let c4 = sign_in(&app, &mut lee, &rp, DEMO, "lee@demo.example").await;
+    let dev = portcullis::ids::ConnectionId::parse("dev").unwrap();
+    app.state.tenants.delete_connection(&demo, &dev).await.unwrap();
+    app.state.broker.connectors.forget(&demo, &dev);
+    assert_eq!(code_reason(&app, &rp, &c3).await, "code.connection_gone");
+    create_dev_connection(&app, DEMO).await;
+    assert_eq!(refresh_reason(&app, &rp, t3.rt()).await, "refresh.user_superseded");
+    assert_eq!(code_reason(&app, &rp, &c4).await, "code.user_superseded");
+}
