@@ -6,6 +6,7 @@ mod support;
 mod admin_api;
 mod cli;
 mod dev_flow;
+mod memory_flat;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
