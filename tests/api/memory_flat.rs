@@ -226,10 +226,7 @@ fn saml_validation_memory_is_flat() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "the measurement failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "the measurement failed:\n{stdout}\n{stderr}");
     // It ran, and measured: not a filter that matched nothing.
     assert!(
         stdout.contains("1 passed") && stdout.matches("memory: after").count() == 5,
