@@ -281,6 +281,50 @@ mod tests {
     }
 
     #[test]
+    fn standalone_carries_the_namespaces_in_scope() {
+        let xml = r#"<r:R xmlns:r="urn:r" xmlns:a="urn:far" xmlns:xs="urn:xs" xmlns="urn:default"><m xmlns:a="urn:near"><a:A xmlns:own="urn:own"><v type="xs:string">x</v></a:A></m></r:R>"#;
+        let doc = parse_strict(xml).unwrap();
+        let el = descendants(&doc.get_root_element().unwrap(), "urn:near", "A").remove(0);
+        let alone = standalone(&doc, el).unwrap();
+        let reparsed = parse_strict(&alone).unwrap();
+        let root = reparsed.get_root_element().unwrap();
+        assert!(is(&root, "urn:near", "A"), "{alone}");
+        let mut declared: Vec<(String, String)> = root
+            .get_namespace_declarations()
+            .iter()
+            .map(|ns| (ns.get_prefix(), ns.get_href()))
+            .collect();
+        declared.sort();
+        // The nearest `a` wins; `xs`, used only inside an attribute value, is kept.
+        let want = [
+            ("", "urn:default"),
+            ("a", "urn:near"),
+            ("own", "urn:own"),
+            ("r", "urn:r"),
+            ("xs", "urn:xs"),
+        ];
+        assert_eq!(
+            declared,
+            want.iter()
+                .map(|(p, h)| (p.to_string(), h.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(is(&root.get_child_elements().remove(0), "urn:default", "v"), "{alone}");
+    }
+
+    #[test]
+    fn standalone_keeps_an_undeclared_default_undeclared() {
+        let xml = r#"<R xmlns="urn:default"><A xmlns=""><v/></A></R>"#;
+        let doc = parse_strict(xml).unwrap();
+        let el = doc.get_root_element().unwrap().get_child_elements().remove(0);
+        let alone = standalone(&doc, el).unwrap();
+        let reparsed = parse_strict(&alone).unwrap();
+        let root = reparsed.get_root_element().unwrap();
+        assert!(root.get_namespace().is_none(), "{alone}");
+        assert!(root.get_child_elements().remove(0).get_namespace().is_none(), "{alone}");
+    }
+
+    #[test]
     fn escape_covers_markup() {
         assert_eq!(escape("a&<\"'>"), "a&amp;&lt;&quot;&#x27;&gt;");
     }
