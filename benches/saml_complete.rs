@@ -15,8 +15,9 @@
 //! `saml_xmlsec_only/<vendor>` is the xmlsec step alone (samael's
 //! `reduce_xml_to_signed_with_allowed_algorithms` with the same reduce mode,
 //! certificate and allow-list the connector uses), on the document the
-//! connector hands it: when the Assertion is signed, the Response-level
-//! signature is taken out first, as `validate.rs` does (untimed here).
+//! connector hands it: when the Assertion is signed, the Assertion alone,
+//! with the namespace declarations in scope at it, as `validate.rs` does
+//! (`xml::standalone`; untimed here).
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -158,21 +159,39 @@ fn is_signature(n: &libxml::tree::Node) -> bool {
 }
 
 /// The document xmlsec sees in the connector: with a signed Assertion, the
-/// Response's own signature is unlinked before verification.
+/// Assertion as a document of its own, carrying its ancestors' namespace
+/// declarations (what `xml::standalone` does in `validate.rs`).
 fn xmlsec_input(xml: &str) -> String {
     let doc = libxml::parser::Parser::default().parse_string(xml).unwrap();
     let root = doc.get_root_element().unwrap();
-    let assertion_signed = root
+    let signed = root
         .get_child_elements()
-        .iter()
+        .into_iter()
         .filter(|n| n.get_name() == "Assertion")
-        .any(|a| a.get_child_elements().iter().any(is_signature));
-    if assertion_signed {
-        for mut sig in root.get_child_elements().into_iter().filter(is_signature) {
-            sig.unlink_node();
+        .find(|a| a.get_child_elements().iter().any(is_signature));
+    let Some(mut assertion) = signed else {
+        return doc.to_string();
+    };
+    let mut seen: std::collections::HashSet<String> = assertion
+        .get_namespace_declarations()
+        .iter()
+        .map(|ns| ns.get_prefix())
+        .collect();
+    let mut missing = Vec::new();
+    let mut ancestor = assertion.get_parent();
+    while let Some(a) = ancestor {
+        for ns in a.get_namespace_declarations() {
+            if seen.insert(ns.get_prefix()) && !ns.get_href().is_empty() {
+                missing.push((ns.get_prefix(), ns.get_href()));
+            }
         }
+        ancestor = a.get_parent();
     }
-    doc.to_string()
+    drop(root);
+    for (prefix, href) in missing {
+        libxml::tree::Namespace::new(&prefix, &href, &mut assertion).unwrap();
+    }
+    doc.node_to_string(&assertion)
 }
 
 fn bench_saml(c: &mut Criterion) {

@@ -251,15 +251,17 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     // ever used to reject, so a Response signature would add nothing we rely
     // on (stripping it is always open to an attacker). It is taken out before
     // verification: real IdPs (the Okta capture) send Response signatures that
-    // intermediaries broke while the Assertion's own stays intact.
+    // intermediaries broke while the Assertion's own stays intact. xmlsec is
+    // handed the Assertion as a document of its own (`xml::standalone`: the
+    // signed element must be the root, or samael leaks the rest).
     let response_signed = response_signed && !assertion_signed_raw;
     let reduced_text = if assertion_signed_raw {
         let doc = parse(&text)?;
-        for mut sig in xml::children(&root(&doc)?, DS, "Signature") {
-            sig.unlink_node();
-        }
-        let stripped = doc.to_string();
-        Some(signature::verify_and_reduce(&stripped, p.certs, p.allowed)?)
+        let assertion = xml::child(&root(&doc)?, SAML, "Assertion")
+            .ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
+        let alone = xml::standalone(&doc, assertion)
+            .map_err(|_| Reject::new("saml.malformed", "the assertion cannot be serialized on its own"))?;
+        Some(signature::verify_and_reduce(&alone, p.certs, p.allowed)?)
     } else if response_signed {
         Some(signature::verify_and_reduce(&text, p.certs, p.allowed)?)
     } else {

@@ -155,6 +155,48 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
     Ok(doc)
 }
 
+/// Serializes the element `node` of `doc` as a document of its own, with
+/// every namespace declaration in scope at `node` declared on it.
+///
+/// This is how a signed Assertion is handed to xmlsec: samael, when the
+/// signed element is not the document root, makes it the root with
+/// `xmlDocSetRootElement` and never frees the old root that call detaches
+/// (nor the array `xmlGetNsList` returns), about 2-3 KB per sign-in that is
+/// never returned (docs/PERFORMANCE.md, "Memory"). Declaring the in-scope
+/// namespaces on the element keeps its canonical form unchanged: inclusive
+/// C14N renders all of them on the apex anyway, exclusive C14N only those
+/// the subtree uses or its InclusiveNamespaces list names, which are in
+/// scope either way (prefixes used only inside attribute values, such as
+/// `xs` in `xsi:type="xs:string"`, need exactly this). The ancestors' `xml:`
+/// attributes are not carried over: a signature that depended on them fails.
+///
+/// `node` is changed (its declarations added): pass a throwaway parse, and
+/// hold no other handle on `node` (libxml refuses to change a shared node).
+pub(crate) fn standalone(doc: &Document, mut node: Node) -> Result<String, ParseError> {
+    let mut seen: std::collections::HashSet<String> = node
+        .get_namespace_declarations()
+        .iter()
+        .map(|ns| ns.get_prefix())
+        .collect();
+    let mut missing = Vec::new();
+    let mut ancestor = node.get_parent();
+    while let Some(a) = ancestor {
+        for ns in a.get_namespace_declarations() {
+            let prefix = ns.get_prefix();
+            // The nearest declaration of a prefix is the one in scope; an
+            // empty href is `xmlns=""`, which un-declares the default.
+            if seen.insert(prefix.clone()) && !ns.get_href().is_empty() {
+                missing.push((prefix, ns.get_href()));
+            }
+        }
+        ancestor = a.get_parent();
+    }
+    for (prefix, href) in missing {
+        libxml::tree::Namespace::new(&prefix, &href, &mut node).map_err(|_| ParseError::Malformed)?;
+    }
+    Ok(doc.node_to_string(&node))
+}
+
 /// Whether `node` is the element `{ns}local`.
 pub(crate) fn is(node: &Node, ns: &str, local: &str) -> bool {
     node.is_element_node() && node.get_name() == local && node.get_namespace().is_some_and(|n| n.get_href() == ns)
@@ -325,6 +367,50 @@ mod tests {
             parse_strict("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>").err(),
             Some(ParseError::Malformed)
         );
+    }
+
+    #[test]
+    fn standalone_carries_the_namespaces_in_scope() {
+        let xml = r#"<r:R xmlns:r="urn:r" xmlns:a="urn:far" xmlns:xs="urn:xs" xmlns="urn:default"><m xmlns:a="urn:near"><a:A xmlns:own="urn:own"><v type="xs:string">x</v></a:A></m></r:R>"#;
+        let doc = parse_strict(xml).unwrap();
+        let el = descendants(&doc.get_root_element().unwrap(), "urn:near", "A").remove(0);
+        let alone = standalone(&doc, el).unwrap();
+        let reparsed = parse_strict(&alone).unwrap();
+        let root = reparsed.get_root_element().unwrap();
+        assert!(is(&root, "urn:near", "A"), "{alone}");
+        let mut declared: Vec<(String, String)> = root
+            .get_namespace_declarations()
+            .iter()
+            .map(|ns| (ns.get_prefix(), ns.get_href()))
+            .collect();
+        declared.sort();
+        // The nearest `a` wins; `xs`, used only inside an attribute value, is kept.
+        let want = [
+            ("", "urn:default"),
+            ("a", "urn:near"),
+            ("own", "urn:own"),
+            ("r", "urn:r"),
+            ("xs", "urn:xs"),
+        ];
+        assert_eq!(
+            declared,
+            want.iter()
+                .map(|(p, h)| (p.to_string(), h.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(is(&root.get_child_elements().remove(0), "urn:default", "v"), "{alone}");
+    }
+
+    #[test]
+    fn standalone_keeps_an_undeclared_default_undeclared() {
+        let xml = r#"<R xmlns="urn:default"><A xmlns=""><v/></A></R>"#;
+        let doc = parse_strict(xml).unwrap();
+        let el = doc.get_root_element().unwrap().get_child_elements().remove(0);
+        let alone = standalone(&doc, el).unwrap();
+        let reparsed = parse_strict(&alone).unwrap();
+        let root = reparsed.get_root_element().unwrap();
+        assert!(root.get_namespace().is_none(), "{alone}");
+        assert!(root.get_child_elements().remove(0).get_namespace().is_none(), "{alone}");
     }
 
     #[test]
