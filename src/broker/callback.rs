@@ -328,7 +328,8 @@ impl Broker {
         };
         let identity = self.tenants.vouch_email(&tenant, identity).await;
         // max_age / prompt=login: refuse an authentication older than the app allows.
-        let auth_time = self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection)
+        let auth_time = self
+            .auth_time(pending.as_ref(), &request, &identity, &tenant, &connection)
             .map_err(|refused| *refused)?;
         let session_end = self.session_end(connector.as_ref(), &identity);
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {

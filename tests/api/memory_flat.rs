@@ -99,6 +99,15 @@ impl Store for ReplayForgetting {
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.take(key).await
     }
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<portcullis::store::Taken, StoreError> {
+        self.0.take_and_mark(key, marker_key, marker_value, marker_ttl).await
+    }
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
         self.0.delete(key).await
     }
