@@ -133,6 +133,7 @@ async fn capture(vendor: &str) -> Capture {
         id: conn_id,
         tenant,
         revision: 1,
+        status: portcullis::upstream::ConnectionStatus::Active,
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     let connector = SamlConnector::new(&conn, cfg.clone(), ctx).unwrap();

@@ -48,6 +48,7 @@ pub async fn build_connection(
         id,
         tenant: tenant.clone(),
         revision: rand::random(),
+        status: crate::upstream::ConnectionStatus::Active,
         kind,
     })
 }

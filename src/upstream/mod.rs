@@ -290,6 +290,19 @@ impl ConnectionKind {
     }
 }
 
+/// The lifecycle state of a connection (the admin API's `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Registered, waiting for a successful test sign-in; serves no users.
+    PendingTest,
+    /// Serves users.
+    #[default]
+    Active,
+    /// Switched off by an admin; serves no users.
+    Disabled,
+}
+
 /// A configured connection of a tenant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Connection {
@@ -300,6 +313,12 @@ pub struct Connection {
     /// Bumped on every change, so cached connectors are rebuilt.
     #[serde(default)]
     pub revision: u64,
+    /// Whether the connection serves users: a connection registered through
+    /// a setup link waits for a successful test sign-in (`pending_test`); a
+    /// platform admin may disable one. Stored connections without the field
+    /// are active.
+    #[serde(default)]
+    pub status: ConnectionStatus,
     /// The protocol configuration.
     #[serde(flatten)]
     pub kind: ConnectionKind,

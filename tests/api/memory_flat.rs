@@ -163,6 +163,7 @@ async fn capture(vendor: &str) -> Capture {
         id,
         tenant,
         revision: 1,
+        status: portcullis::upstream::ConnectionStatus::Active,
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     Capture {

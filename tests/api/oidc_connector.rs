@@ -85,6 +85,7 @@ impl Fixture {
             id: ConnectionId::parse("corp-idp").unwrap(),
             tenant: TenantId::parse("acme").unwrap(),
             revision: 1,
+            status: portcullis::upstream::ConnectionStatus::Active,
             kind: ConnectionKind::Oidc(cfg.clone()),
         };
         let connector = OidcConnector::new(&connection, cfg, ctx.clone()).unwrap();

@@ -36,6 +36,7 @@ pub fn connection(tenant: &str, id: &str, cfg: SamlConfig) -> Connection {
         id: ConnectionId::parse(id).unwrap(),
         tenant: TenantId::parse(tenant).unwrap(),
         revision: 1,
+        status: portcullis::upstream::ConnectionStatus::Active,
         kind: ConnectionKind::Saml(cfg),
     }
 }
