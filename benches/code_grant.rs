@@ -17,8 +17,10 @@ use portcullis::provider::grants::{ClientCredentials, TokenRequest};
 use portcullis::provider::Provider;
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::SharedStore;
+use portcullis::tenant::TenantRegistry;
 use portcullis::tokens::{sha256_base64url, KeyConfig, KeyManager, SigningAlgorithm};
-use portcullis::upstream::Identity;
+use portcullis::upstream::dev::DevConfig;
+use portcullis::upstream::{Connection, ConnectionKind, Identity};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +81,22 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         .await
         .unwrap();
     let (tenant, connection) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("okta").unwrap());
+    // The user must belong to a live tenant and connection (their incarnations).
+    let tenants = TenantRegistry::new(store.clone(), clock.clone());
+    tenants
+        .create(tenant.clone(), "Acme".into(), vec!["acme.example".into()])
+        .await
+        .unwrap();
+    tenants
+        .add_connection(&Connection {
+            id: connection.clone(),
+            tenant: tenant.clone(),
+            revision: 1,
+            status: portcullis::upstream::ConnectionStatus::Active,
+            kind: ConnectionKind::Dev(DevConfig {}),
+        })
+        .await
+        .unwrap();
     let identity = Identity {
         subject: "ada@acme.example".into(),
         email: Some("ada@acme.example".into()),

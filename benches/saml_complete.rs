@@ -112,7 +112,13 @@ async fn capture(vendor: &str) -> Capture {
     let now: DateTime<Utc> = meta["now"].as_str().unwrap().parse().unwrap();
     let clock: SharedClock = Arc::new(ManualClock::at(now));
     let ctx = UpstreamContext {
-        http: OutboundHttp::new(OutboundConfig::default()).unwrap(),
+        // The Keycloak capture's endpoints are http on loopback, which the IdP URL
+        // rule allows only when private networks are.
+        http: OutboundHttp::new(OutboundConfig {
+            allow_private_networks: true,
+            ..OutboundConfig::default()
+        })
+        .unwrap(),
         clock: clock.clone(),
         store: Arc::new(ReplayFree(MemoryStore::new(clock))),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
