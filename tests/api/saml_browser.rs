@@ -1,22 +1,19 @@
 //! Sign-in in a real browser (Chromium): real cookies, SameSite rules and
 //! JavaScript. The IdP runs on `localhost`, the gateway and the apps on
 //! `127.0.0.1`, so the IdP's POST back to the gateway is cross-site.
-//! Skipped only with `PORTCULLIS_SKIP_BROWSER=1`.
+//! Never skipped: a missing Chromium fails the test with how to install it.
 
 use serde_json::json;
 
 use crate::support::oidc_world::{OidcWorld, ACME};
 use crate::support::peers::{IdpClient, RelyingParty, UpstreamIdp, IDP_PASSWORD};
-use crate::support::real_browser::{navigations, run_in_browser, skip_browser, BrowserFlow};
+use crate::support::real_browser::{navigations, run_in_browser, BrowserFlow};
 use crate::support::saml_world::{SamlWorld, SAML_CONN, TENANT};
 
 /// The harness itself, no gateway: openid-client app -> oidc-provider login
 /// page in Chromium -> app callback.
 #[tokio::test]
 async fn real_browser_harness_signs_in_at_the_oidc_peers() {
-    if skip_browser("real_browser_harness_signs_in_at_the_oidc_peers") {
-        return;
-    }
     let idp_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -58,9 +55,6 @@ async fn real_browser_harness_signs_in_at_the_oidc_peers() {
 /// callback -> app: the gateway's cookies survive a real browser's rules.
 #[tokio::test]
 async fn oidc_sign_in_through_the_gateway_in_a_real_browser() {
-    if skip_browser("oidc_sign_in_through_the_gateway_in_a_real_browser") {
-        return;
-    }
     let w = OidcWorld::new().await;
     let report = run_in_browser(&BrowserFlow {
         start: w.app1.login_url(&[("tenant", ACME)]),
@@ -87,9 +81,6 @@ async fn oidc_sign_in_through_the_gateway_in_a_real_browser() {
 /// tokens validated by openid-client.
 #[tokio::test]
 async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
-    if skip_browser("saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs") {
-        return;
-    }
     let w = SamlWorld::new().await;
     let report = run_in_browser(&BrowserFlow {
         start: w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),
@@ -135,9 +126,6 @@ async fn saml_sign_in_in_a_real_browser_with_a_cross_site_post_to_the_acs() {
 /// to post to the IdP's SSO URL only), and Chromium still submits it.
 #[tokio::test]
 async fn saml_post_binding_auto_submits_in_a_real_browser_under_the_content_security_policy() {
-    if skip_browser("saml_post_binding_auto_submits_in_a_real_browser_under_the_content_security_policy") {
-        return;
-    }
     let w = SamlWorld::with_post_binding().await;
     let report = run_in_browser(&BrowserFlow {
         start: w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]),

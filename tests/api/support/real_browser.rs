@@ -32,22 +32,20 @@ pub struct BrowserFlow {
     pub selectors: Option<(String, String, String)>,
 }
 
-/// True, with a message on stderr, when `PORTCULLIS_SKIP_BROWSER=1`: the
-/// only way a real-browser test is skipped (CI never sets it).
-pub fn skip_browser(test: &str) -> bool {
-    let skip = std::env::var("PORTCULLIS_SKIP_BROWSER").is_ok_and(|v| v == "1");
-    if skip {
-        eprintln!("SKIPPED {test}: PORTCULLIS_SKIP_BROWSER=1 (real-browser tests need chromium)");
-    }
-    skip
-}
-
 /// The Chromium binary: `PORTCULLIS_TEST_CHROMIUM`, else `/usr/bin/chromium`.
+/// A missing binary fails the test with how to install it: a real-browser
+/// test is never skipped.
 pub fn chromium_bin() -> String {
-    std::env::var("PORTCULLIS_TEST_CHROMIUM")
+    let bin = std::env::var("PORTCULLIS_TEST_CHROMIUM")
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "/usr/bin/chromium".to_owned())
+        .unwrap_or_else(|| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "Chromium not found at {bin}: install Debian's `chromium` (scripts/setup-system test) \
+         or set PORTCULLIS_TEST_CHROMIUM"
+    );
+    bin
 }
 
 /// Runs `flow` in Chromium and returns the script's JSON report
