@@ -24,7 +24,7 @@ use super::AdminError;
 use crate::audit::{Actor, AuditEvent, Target};
 use crate::http::AppState;
 use crate::ids::TenantId;
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, OriginalUri, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
@@ -250,12 +250,17 @@ async fn principal_for(s: &AppState, token: &str) -> Result<Principal, AdminErro
 /// Logs and answers an attempt outside the principal's reach: 404, the same
 /// answer as a route or object that does not exist.
 fn out_of_scope(p: &Principal, req: &Request) -> Response {
+    // The full path, not the one left after nesting under `/admin/v1`.
+    let path = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| req.uri().path(), |u| u.0.path());
     tracing::warn!(
         reason = "admin.out_of_scope",
         principal = %p.actor(),
         tenant = p.tenant().map(|t| t.as_str()).unwrap_or(""),
         method = %req.method(),
-        path = %req.uri().path(),
+        path = %path,
         "admin request outside the principal's tenant"
     );
     AdminError::NotFound("There is no such resource.".into()).into_response()
