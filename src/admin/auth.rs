@@ -277,18 +277,18 @@ async fn within_access(p: &Principal, mut req: Request, next: Next) -> Response 
     next.run(req).await
 }
 
-fn principal_of(req: &Request) -> Result<Principal, Response> {
-    req.extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| AdminError::Internal("admin route reached without a principal".into()).into_response())
+fn principal_of(req: &Request) -> Option<Principal> {
+    req.extensions().get::<Principal>().cloned()
+}
+
+fn no_principal() -> Response {
+    AdminError::Internal("admin route reached without a principal".into()).into_response()
 }
 
 /// The platform group: platform principals only.
 async fn platform_only(req: Request, next: Next) -> Response {
-    let p = match principal_of(&req) {
-        Ok(p) => p,
-        Err(resp) => return resp,
+    let Some(p) = principal_of(&req) else {
+        return no_principal();
     };
     if p.tenant().is_some() {
         return out_of_scope(&p, &req);
@@ -300,9 +300,8 @@ async fn platform_only(req: Request, next: Next) -> Response {
 /// path segment. A route of this group without `{id}` serves no tenant
 /// principal.
 async fn tenant_only(params: RawPathParams, req: Request, next: Next) -> Response {
-    let p = match principal_of(&req) {
-        Ok(p) => p,
-        Err(resp) => return resp,
+    let Some(p) = principal_of(&req) else {
+        return no_principal();
     };
     if let Some(own) = p.tenant() {
         let asked = params.iter().find(|(name, _)| *name == "id").map(|(_, v)| v);

@@ -501,9 +501,10 @@ async fn rotate_keys(admin: Admin, State(s): State<Arc<AppState>>) -> Result<Jso
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))?;
     // The public keys only: which key ids are published after the rotation.
-    let kids: Vec<Value> = jwks["keys"]
-        .as_array()
-        .map(|ks| ks.iter().map(|k| k["kid"].clone()).collect())
+    let kids: Vec<Value> = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|ks| ks.iter().filter_map(|k| k.get("kid").cloned()).collect())
         .unwrap_or_default();
     audit::record(
         &s,
