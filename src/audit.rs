@@ -227,6 +227,13 @@ impl Audit {
         }
     }
 
+    /// Deletes `tenant`'s log (the tenant is deleted: a tenant created again
+    /// under the same id must not read it). The global log keeps the
+    /// `tenant.deleted` event, and the process log every event.
+    pub async fn purge(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.store.delete(&Self::log_key(Some(tenant))).await.map(|_| ())
+    }
+
     /// Records `event`: stamps the time, redacts `before`/`after`, writes it
     /// to the process log (`reason = "audit"`) and to its tenant's (or the
     /// global) log in the store. The process log line is written first, so a

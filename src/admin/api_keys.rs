@@ -185,6 +185,17 @@ pub(super) async fn authenticate(s: &AppState, token: &str) -> Result<Option<Pri
     Ok(None)
 }
 
+/// Deletes every API key of a deleted tenant (they are dead already: each
+/// is bound to the tenant's incarnation; this frees the store).
+pub(super) async fn purge_tenant(s: &AppState, tenant: &TenantId) -> Result<usize, crate::store::StoreError> {
+    let ids = s.store.set_members(&index_key(Some(tenant))).await?;
+    for id in &ids {
+        s.store.delete(&record_key(Some(tenant), id)).await?;
+    }
+    s.store.delete(&index_key(Some(tenant))).await?;
+    Ok(ids.len())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewKey {

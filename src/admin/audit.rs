@@ -92,3 +92,19 @@ pub async fn record(s: &AppState, event: crate::audit::AuditEvent) -> Result<(),
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))
 }
+
+/// Frees what the admin API keeps for a deleted tenant: its API keys (dead
+/// already, through the incarnation) and its audit log (so a tenant created
+/// again under the same id starts with an empty one). Failures are logged:
+/// the tenant is gone either way.
+pub async fn purge_tenant(s: &AppState, tenant: &TenantId) {
+    match super::api_keys::purge_tenant(s, tenant).await {
+        Ok(n) => tracing::info!(reason = "admin.tenant_keys_purged", tenant = %tenant, keys = n),
+        Err(e) => {
+            tracing::error!(reason = "admin.tenant_keys_purge_failed", tenant = %tenant, error = %e, "API keys of a deleted tenant left in the store")
+        }
+    }
+    if let Err(e) = s.audit().purge(tenant).await {
+        tracing::error!(reason = "audit.purge_failed", tenant = %tenant, error = %e, "audit log of a deleted tenant left in the store");
+    }
+}

@@ -140,6 +140,15 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// A caller outside the admin router (the setup portal, with
+    /// [`Principal::setup_link`]), for recording its changes.
+    pub fn new(principal: Principal, request_id: impl Into<String>) -> Self {
+        Self {
+            principal,
+            request_id: request_id.into(),
+        }
+    }
+
     /// An audit event by this caller, doing `action` to `target`.
     pub fn event(&self, action: &str, target: Target) -> AuditEvent {
         AuditEvent::new(&self.principal.actor(), action, target, &self.request_id)

@@ -410,6 +410,11 @@ async fn deleted_keys_and_keys_of_a_deleted_tenant_stop_working() {
         call(&app, Method::GET, "/admin/v1/tenants/acme", &tkey2, None).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // The new tenant inherits neither the old one's keys nor its audit log.
+    let (_, keys) = app.admin(Method::GET, "/admin/v1/tenants/acme/api-keys", None).await;
+    assert_eq!(keys["api_keys"], json!([]));
+    let (_, log) = app.admin(Method::GET, "/admin/v1/tenants/acme/audit", None).await;
+    assert_eq!(log["events"], json!([]));
 }
 
 #[tokio::test(flavor = "current_thread")]
