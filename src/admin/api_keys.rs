@@ -105,11 +105,6 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
     AdminError::Internal(e.to_string())
 }
 
-/// Whether a bearer credential has the shape of an API key.
-pub(super) fn looks_like_key(token: &str) -> bool {
-    token.starts_with("pk.") || token.starts_with("tk.")
-}
-
 /// A key id: 16 lower-case hex digits.
 fn valid_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

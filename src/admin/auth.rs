@@ -237,18 +237,20 @@ async fn authenticate(State(s): State<Arc<AppState>>, mut req: Request, next: Ne
     resp
 }
 
-/// The principal a bearer credential stands for.
+/// The principal a bearer credential stands for. Without a platform token
+/// the admin API is off, API keys included (fail closed: unsetting the token
+/// turns every credential off).
 async fn principal_for(s: &AppState, token: &str) -> Result<Principal, AdminError> {
-    if let Some(expected) = &s.admin_token {
-        if expected.matches(token) {
-            return Ok(Principal::platform_token());
-        }
+    let Some(expected) = &s.admin_token else {
+        return Err(AdminError::Unauthorized(
+            "The admin API is disabled: set PORTCULLIS_ADMIN_TOKEN.",
+        ));
+    };
+    if expected.matches(token) {
+        return Ok(Principal::platform_token());
     }
     match super::api_keys::authenticate(s, token).await? {
         Some(p) => Ok(p),
-        None if s.admin_token.is_none() && !super::api_keys::looks_like_key(token) => Err(AdminError::Unauthorized(
-            "The admin API is disabled: set PORTCULLIS_ADMIN_TOKEN.",
-        )),
         None => {
             tracing::info!(reason = "admin.bad_credential", "admin bearer credential refused");
             Err(AdminError::Unauthorized("The bearer token is not valid."))
