@@ -10,6 +10,9 @@ pub enum AdminError {
     /// Missing or wrong bearer token (401).
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// The principal may not do this (403): a read-only key writing.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// A field is invalid (400).
     #[error("{field}: {detail}")]
     Invalid {
@@ -67,6 +70,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, title, detail, field) = match &self {
             Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "Unauthorized", d.to_string(), None),
+            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "Forbidden", d.to_string(), None),
             Self::Invalid { field, detail } => (
                 StatusCode::BAD_REQUEST,
                 "Invalid request",

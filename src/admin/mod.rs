@@ -2,35 +2,55 @@
 //! resource servers (`resources.rs`).
 //! JSON in, JSON out; every error is `application/problem+json` (RFC 9457)
 //! naming the field at fault. A wrong or missing bearer token is 401 and
-//! changes nothing: every handler takes [`AdminAuth`] first.
+//! changes nothing (`auth.rs`); a tenant principal reaches only its own
+//! tenant's routes (404 elsewhere), because every route sits in the platform
+//! or the tenant group of [`routes`]. Every handler takes [`Admin`] first,
+//! and every change is recorded in the audit log (`audit.rs`,
+//! [`crate::audit`]).
 
+mod api_keys;
+pub mod audit;
+pub mod auth;
 mod error;
 mod resources;
 mod users;
 
+pub use auth::{Access, Admin, Principal, PrincipalKind, Via};
 pub use error::AdminError;
 
+use crate::audit::Target;
 use crate::http::AppState;
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{
     check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
 };
 use crate::tenant::{parse_domain, RegistryError};
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// The admin routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+/// The admin routes, in two groups (see `auth.rs`): the platform group
+/// serves platform principals only; the tenant group serves platform
+/// principals and the tenant named by the route's `{id}`. A new route joins
+/// one group here (or in its file's `routes()` merged here); a route under
+/// `/tenants/{id}/` that a tenant admin may use goes in the tenant group.
+pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let platform = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
-        .route("/tenants/{id}", get(get_tenant).delete(delete_tenant))
+        .route("/tenants/{id}", delete(delete_tenant))
+        .route("/clients", post(create_client).get(list_clients))
+        .route("/clients/{id}", get(get_client).delete(delete_client))
+        .route("/keys/rotate", post(rotate_keys))
+        .merge(resources::routes())
+        .merge(api_keys::platform_routes())
+        .merge(audit::platform_routes());
+    let tenant = Router::new()
+        .route("/tenants/{id}", get(get_tenant))
         .route(
             "/tenants/{id}/connections",
             post(create_connection).get(list_connections),
@@ -39,36 +59,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/tenants/{id}/connections/{cid}",
             get(get_connection).delete(delete_connection),
         )
-        .route("/clients", post(create_client).get(list_clients))
-        .route("/clients/{id}", get(get_client).delete(delete_client))
-        .route("/keys/rotate", post(rotate_keys))
-        .merge(resources::routes())
         .merge(users::routes())
-}
-
-/// Proof that the request carries the platform admin token.
-pub struct AdminAuth;
-
-impl FromRequestParts<Arc<AppState>> for AdminAuth {
-    type Rejection = AdminError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, AdminError> {
-        let Some(expected) = &state.admin_token else {
-            return Err(AdminError::Unauthorized(
-                "The admin API is disabled: set PORTCULLIS_ADMIN_TOKEN.",
-            ));
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(t) if expected.matches(t.trim()) => Ok(AdminAuth),
-            Some(_) => Err(AdminError::Unauthorized("The bearer token is not valid.")),
-            None => Err(AdminError::Unauthorized("A bearer token is required.")),
-        }
-    }
+        .merge(audit::tenant_routes());
+    auth::guard(platform, tenant, state)
 }
 
 /// A JSON body whose syntax errors become problem+json.
@@ -124,7 +117,7 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<
 }
 
 async fn create_tenant(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AdminError> {
@@ -144,15 +137,22 @@ async fn create_tenant(
         .unwrap_or_else(|| id.to_string());
     let tenant = s.tenants.create(id, name, domains).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_created", tenant = %tenant.id);
+    audit::record(
+        &s,
+        admin
+            .event("tenant.created", Target::new("tenant", tenant.id.as_str()))
+            .after(json!(tenant)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(json!(tenant))).into_response())
 }
 
-async fn list_tenants(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+async fn list_tenants(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     Ok(Json(json!({"tenants": s.tenants.list().await.map_err(registry)?})))
 }
 
 async fn get_tenant(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
@@ -172,16 +172,24 @@ async fn get_tenant(
 }
 
 async fn delete_tenant(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
+    let before = s.tenants.get(&id).await.map_err(registry)?;
     for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
         s.broker.connectors.forget(&id, &c);
     }
     s.tenants.delete(&id).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
+    audit::record(
+        &s,
+        admin
+            .event("tenant.deleted", Target::new("tenant", id.as_str()))
+            .before(json!(before)),
+    )
+    .await?;
     // Nothing of the tenant is accepted any more (incarnations are checked
     // on use); this only frees the store and ends sessions early.
     match s.broker.purge_tenant_users(&id).await {
@@ -190,11 +198,12 @@ async fn delete_tenant(
             tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
         }
     }
+    audit::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_connection(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
@@ -213,15 +222,20 @@ async fn create_connection(
     crate::upstream::build(&conn, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
     s.tenants.add_connection(&conn).await.map_err(registry)?;
     tracing::info!(reason = "admin.connection_created", tenant = %id, connection = %conn.id, kind = conn.kind.name());
-    Ok((
-        StatusCode::CREATED,
-        Json(crate::tenant::setup::describe(&s.upstream, &conn)),
+    let view = crate::tenant::setup::describe(&s.upstream, &conn);
+    audit::record(
+        &s,
+        admin
+            .event("connection.created", Target::new("connection", conn.id.as_str()))
+            .tenant(&id)
+            .after(view.clone()),
     )
-        .into_response())
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 async fn list_connections(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
@@ -239,7 +253,7 @@ async fn list_connections(
 }
 
 async fn get_connection(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
@@ -255,15 +269,25 @@ async fn get_connection(
 }
 
 async fn delete_connection(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    let before = s.tenants.connection(&id, &cid).await.map_err(registry)?;
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
     tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
+    let before = before.map(|c| crate::tenant::setup::describe(&s.upstream, &c));
+    audit::record(
+        &s,
+        admin
+            .event("connection.deleted", Target::new("connection", cid.as_str()))
+            .tenant(&id)
+            .before(json!(before)),
+    )
+    .await?;
     // As for a tenant: acceptance is already over; this frees the store.
     match s.broker.purge_connection_users(&id, &cid).await {
         Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
@@ -332,7 +356,7 @@ fn check_client(req: &NewClient) -> Result<Vec<TenantId>, AdminError> {
 }
 
 async fn create_client(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AdminError> {
@@ -371,6 +395,13 @@ async fn create_client(
     })?;
     tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
     let mut v = client_view(&client);
+    audit::record(
+        &s,
+        admin
+            .event("client.created", Target::new("client", &client.client_id))
+            .after(v.clone()),
+    )
+    .await?;
     if let Some(secret) = secret {
         // Shown once: only its hash is stored.
         if let Some(o) = v.as_object_mut() {
@@ -389,7 +420,7 @@ fn client_view(c: &Client) -> Value {
     })
 }
 
-async fn list_clients(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+async fn list_clients(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     let ids = s
         .provider
         .clients
@@ -400,7 +431,7 @@ async fn list_clients(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Js
 }
 
 async fn get_client(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
@@ -415,19 +446,19 @@ async fn get_client(
 }
 
 async fn delete_client(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    if s.provider
+    let Some(before) = s
+        .provider
         .clients
         .get(&id)
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))?
-        .is_none()
-    {
+    else {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
-    }
+    };
     // The tombstone first: should the deletion fail, the app's tokens are
     // refused anyway, and a re-registration never inherits them.
     s.provider
@@ -447,10 +478,17 @@ async fn delete_client(
     // checked against the registry on use, and the tombstone keeps both dead
     // should the id be registered again.
     tracing::info!(reason = "admin.client_deleted", client_id = %id);
+    audit::record(
+        &s,
+        admin
+            .event("client.deleted", Target::new("client", &id))
+            .before(client_view(&before)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rotate_keys(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+async fn rotate_keys(admin: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     s.provider
         .keys
         .rotate()
@@ -463,5 +501,18 @@ async fn rotate_keys(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Jso
         .jwks()
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))?;
+    // The public keys only: which key ids are published after the rotation.
+    let kids: Vec<Value> = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|ks| ks.iter().filter_map(|k| k.get("kid").cloned()).collect())
+        .unwrap_or_default();
+    audit::record(
+        &s,
+        admin
+            .event("signing_keys.rotated", Target::new("signing_keys", "jwks"))
+            .after(json!({"kids": kids})),
+    )
+    .await?;
     Ok(Json(jwks))
 }

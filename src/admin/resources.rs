@@ -3,7 +3,8 @@
 //! item routes take it URL-encoded (`https%3A%2F%2Fapi.example.com`) in the
 //! rest of the path.
 
-use super::{parse_body, AdminAuth, AdminError, JsonBody};
+use super::{audit, parse_body, Admin, AdminError, JsonBody};
+use crate::audit::Target;
 use crate::http::AppState;
 use crate::provider::resources::{check_resource_server, ResourceError, ResourceServer};
 use axum::extract::{Path, State};
@@ -52,7 +53,7 @@ fn view(rs: &ResourceServer) -> Value {
 }
 
 async fn create(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AdminError> {
@@ -77,10 +78,20 @@ async fn create(
         ResourceError::Store(e) => internal(e),
     })?;
     tracing::info!(reason = "admin.resource_server_created", identifier = %rs.identifier);
+    audit::record(
+        &s,
+        admin
+            .event(
+                "resource_server.created",
+                Target::new("resource_server", &rs.identifier),
+            )
+            .after(view(&rs)),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view(&rs))).into_response())
 }
 
-async fn list(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
+async fn list(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
     let mut out = Vec::new();
     for id in s.provider.resources.list().await.map_err(internal)? {
         if let Some(rs) = s.provider.resources.get(&id).await.map_err(internal)? {
@@ -91,7 +102,7 @@ async fn list(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value
 }
 
 async fn read(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path(identifier): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
@@ -109,7 +120,7 @@ async fn read(
 /// qualified allowed scope, or an allowed bare scope no other resource
 /// server defines), so no app is left pointing at nothing.
 async fn delete(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path(identifier): Path<String>,
 ) -> Result<StatusCode, AdminError> {
@@ -132,5 +143,12 @@ async fn delete(
     }
     s.provider.resources.delete(&identifier).await.map_err(internal)?;
     tracing::info!(reason = "admin.resource_server_deleted", identifier = %identifier);
+    audit::record(
+        &s,
+        admin
+            .event("resource_server.deleted", Target::new("resource_server", &identifier))
+            .before(view(&rs)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,8 @@
 //! sessions and refresh families at once. Deleting also removes the identity
 //! link, so the person's next sign-in creates a new user with a new `sub`.
 
-use super::{registry, tenant_id, AdminAuth, AdminError};
+use super::{audit, registry, tenant_id, Admin, AdminError};
+use crate::audit::Target;
 use crate::directory::UserEntry;
 use crate::http::AppState;
 use crate::ids::TenantId;
@@ -67,7 +68,7 @@ struct Page {
 }
 
 async fn list_users(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -94,7 +95,7 @@ async fn list_users(
 }
 
 async fn get_user(
-    _: AdminAuth,
+    _: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
@@ -109,8 +110,15 @@ async fn get_user(
     Ok(Json(view(&entry)))
 }
 
-async fn set_disabled(s: &AppState, id: &str, sub: &str, disabled: bool) -> Result<Json<Value>, AdminError> {
+async fn set_disabled(
+    admin: &Admin,
+    s: &AppState,
+    id: &str,
+    sub: &str,
+    disabled: bool,
+) -> Result<Json<Value>, AdminError> {
     let id = existing_tenant(s, id).await?;
+    let before = s.provider.directory.entry(&id, sub).await.map_err(store_error)?;
     if !s
         .broker
         .set_user_disabled(&id, sub, disabled)
@@ -132,41 +140,54 @@ async fn set_disabled(s: &AppState, id: &str, sub: &str, disabled: bool) -> Resu
         .await
         .map_err(store_error)?
         .ok_or_else(|| no_user(sub, &id))?;
+    let action = if disabled { "user.disabled" } else { "user.enabled" };
+    let before = before.as_ref().map(view);
+    audit::record(
+        s,
+        admin
+            .event(action, Target::new("user", sub))
+            .tenant(&id)
+            .before(json!(before))
+            .after(view(&entry)),
+    )
+    .await?;
     Ok(Json(view(&entry)))
 }
 
 async fn disable_user(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    set_disabled(&s, &id, &sub, true).await
+    set_disabled(&admin, &s, &id, &sub, true).await
 }
 
 async fn enable_user(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    set_disabled(&s, &id, &sub, false).await
+    set_disabled(&admin, &s, &id, &sub, false).await
 }
 
 async fn delete_user(
-    _: AdminAuth,
+    admin: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = existing_tenant(&s, &id).await?;
-    if s.provider
-        .directory
-        .get(&id, &sub)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
+    let Some(before) = s.provider.directory.entry(&id, &sub).await.map_err(store_error)? else {
         return Err(no_user(&sub, &id));
-    }
+    };
     s.broker.delete_user(&id, &sub).await.map_err(store_error)?;
     tracing::info!(reason = "admin.user_deleted", tenant = %id);
+    audit::record(
+        &s,
+        admin
+            .event("user.deleted", Target::new("user", &sub))
+            .tenant(&id)
+            .before(view(&before)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

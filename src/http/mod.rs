@@ -98,7 +98,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .nest("/admin/v1", crate::admin::routes());
+        .nest("/admin/v1", crate::admin::routes(&state));
 
     let https = state.upstream.public_url.scheme() == "https";
     Router::new()

@@ -7,7 +7,7 @@ use super::{Key, Store, StoreError, Taken};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use std::time::Duration;
 enum Value {
     Bytes(Vec<u8>),
     Set(BTreeSet<String>),
+    List(VecDeque<Vec<u8>>),
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +273,32 @@ impl Store for MemoryStore {
                 entry.expires = expires;
             }
             Ok(next)
+        })
+    }
+
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        self.with(key, true, |m| {
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::List(VecDeque::new()),
+                expires: None,
+            });
+            let Value::List(list) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            list.push_front(value.to_vec());
+            list.truncate(max_len.max(1));
+            Ok(())
+        })
+    }
+
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::List(list),
+                ..
+            }) => Ok(list.iter().skip(start).take(count).cloned().collect()),
+            Some(_) => Err(wrong_type(key)),
         })
     }
 

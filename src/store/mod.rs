@@ -131,6 +131,16 @@ pub trait Store: Send + Sync + 'static {
     /// TTL is set when the counter is created (a fixed window).
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError>;
 
+    /// Pushes `value` at the head of the list at `key` (creating it) and, in
+    /// the same atomic step, trims the list to its `max_len` newest values
+    /// (at least one is kept): a bounded log, newest first. The list has no
+    /// TTL; its length is what bounds it.
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError>;
+
+    /// Up to `count` values of the list at `key`, from position `start`
+    /// (0 is the newest), newest first; empty when absent or past the end.
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -302,6 +302,37 @@ impl Store for RedisStore {
         Ok(count)
     }
 
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        let k = self.key(key);
+        let last = i64::try_from(max_len.max(1)).unwrap_or(i64::MAX).saturating_sub(1);
+        let mut pipe = redis::pipe();
+        // One MULTI: no reader ever sees the list longer than its bound.
+        pipe.atomic()
+            .cmd("LPUSH")
+            .arg(&k)
+            .arg(value)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&k)
+            .arg(0)
+            .arg(last)
+            .ignore();
+        let _: Value = self.run_pipe(&pipe).await?;
+        Ok(())
+    }
+
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let first = i64::try_from(start).unwrap_or(i64::MAX);
+        let last = first
+            .saturating_add(i64::try_from(count).unwrap_or(i64::MAX))
+            .saturating_sub(1);
+        self.run(redis::cmd("LRANGE").arg(self.key(key)).arg(first).arg(last))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin_api;
+mod admin_scopes;
 mod browser_security;
 mod cli;
 mod dev_flow;

@@ -123,6 +123,12 @@ impl Store for ReplayForgetting {
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         self.0.incr(key, ttl).await
     }
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        self.0.list_push_capped(key, value, max_len).await
+    }
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.0.list_range(key, start, count).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }

@@ -97,6 +97,9 @@ macro_rules! all_cases {
             type_clashes_are_corrupt_and_take_keeps_the_value,
             keys_differ_by_tag_and_name,
             huge_ttls_do_not_overflow,
+            capped_lists_keep_the_newest_values,
+            list_ranges_page_and_clash_with_other_types,
+            concurrent_capped_pushes_lose_nothing_within_the_bound,
             ping_answers,
         );
     )*};
@@ -455,4 +458,99 @@ fn key_render_puts_the_tag_in_braces() {
     assert_eq!(Key::global("session", "xyz").render("pc"), "pc:{g:session}:xyz");
     assert_eq!(Key::new("tag", "name").render("p"), "p:{tag}:name");
     assert_eq!(Key::tenant("acme", "codes", "abc").tag(), "t:acme:codes");
+}
+
+async fn capped_lists_keep_the_newest_values(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "audit", "log");
+    assert!(s.list_range(&k, 0, 10).await.unwrap().is_empty());
+    for i in 0..7u8 {
+        // Values are bytes, not strings.
+        s.list_push_capped(&k, &[i, 0, 255], 4).await.unwrap();
+    }
+    let all = s.list_range(&k, 0, 100).await.unwrap();
+    assert_eq!(
+        all,
+        vec![vec![6, 0, 255], vec![5, 0, 255], vec![4, 0, 255], vec![3, 0, 255]]
+    );
+    // A bound of 0 still keeps the value just pushed.
+    let one = Key::global("audit", "one");
+    s.list_push_capped(&one, b"a", 0).await.unwrap();
+    s.list_push_capped(&one, b"b", 0).await.unwrap();
+    assert_eq!(s.list_range(&one, 0, 10).await.unwrap(), vec![b"b".to_vec()]);
+    // A list is persistent and deleted like any value.
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.list_range(&k, 0, 100).await.unwrap().len(), 4);
+    assert!(s.delete(&k).await.unwrap());
+    assert!(s.list_range(&k, 0, 100).await.unwrap().is_empty());
+}
+
+async fn list_ranges_page_and_clash_with_other_types(b: &Backend) {
+    let s = &b.store;
+    let k = Key::global("audit", "log");
+    for i in 0..5 {
+        s.list_push_capped(&k, format!("e{i}").as_bytes(), 100).await.unwrap();
+    }
+    let texts = |v: Vec<Vec<u8>>| v.into_iter().map(|b| String::from_utf8(b).unwrap()).collect::<Vec<_>>();
+    assert_eq!(texts(s.list_range(&k, 0, 2).await.unwrap()), ["e4", "e3"]);
+    assert_eq!(texts(s.list_range(&k, 2, 2).await.unwrap()), ["e2", "e1"]);
+    assert_eq!(texts(s.list_range(&k, 4, 2).await.unwrap()), ["e0"]);
+    assert!(s.list_range(&k, 5, 2).await.unwrap().is_empty());
+    assert!(s.list_range(&k, 0, 0).await.unwrap().is_empty());
+    assert!(s.list_range(&k, usize::MAX, usize::MAX).await.unwrap().is_empty());
+    // A list is not a value, and a value is not a list: corrupt, nothing changed.
+    assert!(matches!(s.get(&k).await, Err(StoreError::Corrupt(_))));
+    let v = Key::global("audit", "plain");
+    s.put(&v, b"x", None).await.unwrap();
+    assert!(matches!(
+        s.list_push_capped(&v, b"y", 3).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(s.list_range(&v, 0, 3).await, Err(StoreError::Corrupt(_))));
+    assert_eq!(s.get(&v).await.unwrap(), Some(b"x".to_vec()));
+    let set = Key::global("audit", "set");
+    s.set_add(&set, "m", None).await.unwrap();
+    assert!(matches!(
+        s.list_push_capped(&set, b"y", 3).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+async fn concurrent_capped_pushes_lose_nothing_within_the_bound(b: &Backend) {
+    let k = Key::tenant("acme", "audit", "race");
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let s = b.store.clone();
+        let k = k.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            s.list_push_capped(&k, format!("{i}").as_bytes(), 1000).await.unwrap();
+            // Never longer than the bound, even mid-race.
+            s.list_push_capped(&Key::tenant("acme", "audit", "small"), b"x", 3)
+                .await
+                .unwrap();
+            assert!(
+                s.list_range(&Key::tenant("acme", "audit", "small"), 0, 10)
+                    .await
+                    .unwrap()
+                    .len()
+                    <= 3
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut all: Vec<usize> = b
+        .store
+        .list_range(&k, 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..RACERS).collect::<Vec<_>>());
 }

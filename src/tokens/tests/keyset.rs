@@ -360,6 +360,12 @@ impl crate::store::Store for RacingStore {
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, crate::store::StoreError> {
         self.inner.incr(key, ttl).await
     }
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        self.inner.list_push_capped(key, value, max_len).await
+    }
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.list_range(key, start, count).await
+    }
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }

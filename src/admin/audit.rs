@@ -1,0 +1,110 @@
+//! Reading the audit log: `GET /audit` (the global log: platform-wide
+//! changes) and `GET /tenants/{id}/audit` (one tenant's changes), newest
+//! first, `limit` (1 to 200, default 50) and an opaque `cursor` taken from
+//! the previous page's `next_cursor`.
+
+use super::auth::Admin;
+use super::{registry, tenant_id, AdminError};
+use crate::audit::{Audit, AuditError};
+use crate::http::AppState;
+use crate::ids::TenantId;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The largest page, and the default.
+const MAX_LIMIT: usize = 200;
+const DEFAULT_LIMIT: usize = 50;
+
+impl AppState {
+    /// The audit log, on this state's store and clock.
+    pub fn audit(&self) -> Audit {
+        Audit::new(self.store.clone(), self.upstream.clock.clone())
+    }
+}
+
+/// The global log route (platform group).
+pub fn platform_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/audit", get(global_log))
+}
+
+/// The tenant log route (tenant group).
+pub fn tenant_routes() -> Router<Arc<AppState>> {
+    Router::new().route("/tenants/{id}/audit", get(tenant_log))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+type QueryResult = Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>;
+
+async fn page(s: &AppState, tenant: Option<&TenantId>, q: QueryResult) -> Result<Json<Value>, AdminError> {
+    let Query(q) = q.map_err(|e| AdminError::field("query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(AdminError::field(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}."),
+        ));
+    }
+    let page = s
+        .audit()
+        .list(tenant, q.cursor.as_deref(), limit)
+        .await
+        .map_err(|e| match e {
+            AuditError::Cursor(_) => AdminError::field("cursor", "is not a cursor this log gave out."),
+            AuditError::Store(e) => AdminError::Internal(e.to_string()),
+        })?;
+    Ok(Json(json!({"events": page.events, "next_cursor": page.next_cursor})))
+}
+
+async fn global_log(_: Admin, State(s): State<Arc<AppState>>, q: QueryResult) -> Result<Json<Value>, AdminError> {
+    page(&s, None, q).await
+}
+
+async fn tenant_log(
+    _: Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    q: QueryResult,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
+    }
+    page(&s, Some(&id), q).await
+}
+
+/// Records `event` in the audit log; a store failure is a 500 (the change is
+/// made, and the process log already holds the event).
+pub async fn record(s: &AppState, event: crate::audit::AuditEvent) -> Result<(), AdminError> {
+    s.audit()
+        .record(event)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))
+}
+
+/// Frees what the admin API keeps for a deleted tenant: its API keys (dead
+/// already, through the incarnation) and its audit log (so a tenant created
+/// again under the same id starts with an empty one). Failures are logged:
+/// the tenant is gone either way.
+pub async fn purge_tenant(s: &AppState, tenant: &TenantId) {
+    match super::api_keys::purge_tenant(s, tenant).await {
+        Ok(n) => tracing::info!(reason = "admin.tenant_keys_purged", tenant = %tenant, keys = n),
+        Err(e) => {
+            tracing::error!(reason = "admin.tenant_keys_purge_failed", tenant = %tenant, error = %e, "API keys of a deleted tenant left in the store")
+        }
+    }
+    if let Err(e) = s.audit().purge(tenant).await {
+        tracing::error!(reason = "audit.purge_failed", tenant = %tenant, error = %e, "audit log of a deleted tenant left in the store");
+    }
+}
