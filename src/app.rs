@@ -291,19 +291,47 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
-/// Background work: rotate signing keys when due. Runs until the process ends.
-pub fn spawn_background(state: Arc<AppState>) {
+/// Background work: rotate signing keys when due; refresh IdP metadata and
+/// report certificate expiry every `[metadata] refresh_interval_secs`. Runs
+/// until the process ends.
+pub fn spawn_background(state: Arc<AppState>, settings: &Settings) {
+    let keys_state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            match state.provider.keys.rotate_if_due().await {
+            match keys_state.provider.keys.rotate_if_due().await {
                 Ok(true) => tracing::info!(reason = "keys.rotated", "signing key rotated"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(reason = "keys.rotation_failed", error = %e),
             }
         }
     });
+    let interval = Duration::from_secs(settings.metadata.refresh_interval_secs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            metadata_round(&state, interval).await;
+        }
+    });
+}
+
+/// One round of the metadata schedule: refresh every SAML connection from a
+/// metadata URL (one replica per connection and interval), then log the
+/// certificate warnings that became due.
+pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::tenant::refresh::CertificateWarning> {
+    let refresher = crate::tenant::refresh::MetadataRefresher::new(state.tenants.clone(), state.upstream.clone());
+    let fetched = refresher.refresh_all(interval).await;
+    tracing::debug!(fetched, "metadata refresh round done");
+    match crate::tenant::refresh::expiry_events(&state.tenants, &state.store, state.upstream.clock.now()).await {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            tracing::warn!(reason = "certificate.check_failed", error = %e, "certificate expiry not checked");
+            Vec::new()
+        }
+    }
 }
 
 /// Keeps a secret-free summary for the start-up log.

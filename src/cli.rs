@@ -104,7 +104,7 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
-    crate::app::spawn_background(state.clone());
+    crate::app::spawn_background(state.clone(), &settings);
     let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
     tracing::info!(
         "Portcullis listening on {} — {}",

@@ -5,6 +5,7 @@
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
 mod error;
+mod refresh;
 mod resources;
 mod users;
 
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/keys/rotate", post(rotate_keys))
         .merge(resources::routes())
         .merge(users::routes())
+        .merge(refresh::routes())
 }
 
 /// Proof that the request carries the platform admin token.
