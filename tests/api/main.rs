@@ -8,6 +8,7 @@ mod browser_security;
 mod cli;
 mod dev_flow;
 mod memory_flat;
+mod metadata_refresh;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
