@@ -15,6 +15,7 @@
 //! inherits its predecessor's users, even while the store still holds them.
 
 pub mod files;
+pub mod import;
 pub mod refresh;
 pub mod setup;
 

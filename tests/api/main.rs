@@ -7,6 +7,7 @@ mod admin_api;
 mod browser_security;
 mod cli;
 mod dev_flow;
+mod import;
 mod memory_flat;
 mod metadata_refresh;
 mod oidc_connector;

@@ -19,17 +19,17 @@ use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::redis;
 
 const IDP_ENTITY: &str = "https://idp.refresh.test/entity";
-const APP_ID: &str = "refresh-app";
-const APP_CB: &str = "https://app.example.test/callback";
+pub const APP_ID: &str = "refresh-app";
+pub const APP_CB: &str = "https://app.example.test/callback";
 const EMAIL: &str = "ada@acme.test";
 
 /// One IdP signing key (made by craft.py) under the shared entity id.
-struct Key {
+pub struct Key {
     idp: Value,
 }
 
 impl Key {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let out = peer(
             "craft.py",
             &json!({ "idp": { "entity_id": IDP_ENTITY, "sso": "https://idp.refresh.test/sso" }, "cases": [] }),
@@ -37,7 +37,7 @@ impl Key {
         Self { idp: out["idp"].clone() }
     }
 
-    fn cert_b64(&self) -> String {
+    pub fn cert_b64(&self) -> String {
         self.idp["cert_pem"]
             .as_str()
             .unwrap()
@@ -67,7 +67,7 @@ impl Key {
 }
 
 /// IdP metadata publishing `certs` as signing certificates.
-fn metadata(certs: &[String]) -> String {
+pub fn metadata(certs: &[String]) -> String {
     let keys: String = certs
         .iter()
         .map(|c| {
@@ -203,7 +203,7 @@ async fn connect(app: &TestApp, server: &MetadataServer) -> Value {
 /// Posts `key`'s response to the ACS and follows the continuation: `Ok`
 /// when the app gets a code, `Err(where it went)` otherwise (a refused
 /// IdP-initiated response goes to the app with `error=access_denied`).
-async fn sign_in(app: &TestApp, conn: &Value, key: &Key) -> Result<(), String> {
+pub async fn sign_in(app: &TestApp, conn: &Value, key: &Key) -> Result<(), String> {
     let acs = Url::parse(conn["acs_url"].as_str().unwrap()).unwrap();
     let form = [(
         "SAMLResponse",
