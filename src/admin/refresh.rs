@@ -68,7 +68,7 @@ async fn refresh_connection(
                 field: "metadata_url".into(),
                 // First, so the clipped detail always says it.
                 detail: format!("The previous metadata is still serving. {}: {}", p.code, p.detail),
-            })
+            });
         }
         Err(RefreshError::Registry(e)) => return Err(registry(e)),
     };

@@ -173,7 +173,12 @@ pub async fn import(
         if let Err(err) = created {
             // Something changed between the check and the creation (another
             // admin, a replica): undo everything this import created.
-            for t in summary.tenants.iter().filter_map(|t| TenantId::parse(t).ok()).chain([id.clone()]) {
+            for t in summary
+                .tenants
+                .iter()
+                .filter_map(|t| TenantId::parse(t).ok())
+                .chain([id.clone()])
+            {
                 if let Err(e) = tenants.delete(&t).await {
                     tracing::error!(reason = "import.rollback_failed", tenant = %t, error = %e);
                 }
@@ -243,7 +248,10 @@ fn native(map: &Map<String, Value>, problems: &mut Vec<ImportProblem>) -> Vec<En
             problems.push(bad("", "must be an object"));
             continue;
         };
-        for key in t.keys().filter(|k| !matches!(k.as_str(), "id" | "name" | "domains" | "connections")) {
+        for key in t
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "id" | "name" | "domains" | "connections"))
+        {
             problems.push(bad(key, "unknown field"));
         }
         let id = match t.get("id") {
@@ -396,13 +404,17 @@ fn jackson(list: &[Value], prefix: &str, problems: &mut Vec<ImportProblem>) -> V
         };
         let kind = body.get("kind").and_then(Value::as_str).unwrap_or("saml").to_owned();
         let existing = out.iter().position(|e| e.id == tenant);
-        let n = existing
-            .and_then(|p| out.get(p))
-            .map_or(0, |e| e.connections.len());
+        let n = existing.and_then(|p| out.get(p)).map_or(0, |e| e.connections.len());
         let cid = s("name")
             .and_then(|n| sanitise_id(&n))
             .filter(|c| ConnectionId::parse(c).is_ok())
-            .unwrap_or_else(|| if n == 0 { kind.clone() } else { format!("{kind}-{}", n + 1) });
+            .unwrap_or_else(|| {
+                if n == 0 {
+                    kind.clone()
+                } else {
+                    format!("{kind}-{}", n + 1)
+                }
+            });
         body["id"] = json!(cid);
         match existing.and_then(|p| out.get_mut(p)) {
             Some(e) => e.connections.push((entry, body)),

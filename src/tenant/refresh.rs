@@ -194,7 +194,12 @@ impl MetadataRefresher {
 
     /// Fetches the metadata of connection `c` of tenant `t` and takes it if
     /// it is usable and differs (see the module documentation).
-    pub async fn refresh(&self, t: &TenantId, c: &ConnectionId, trigger: Trigger) -> Result<RefreshOutcome, RefreshError> {
+    pub async fn refresh(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        trigger: Trigger,
+    ) -> Result<RefreshOutcome, RefreshError> {
         let conn = self.tenants.connection(t, c).await?.ok_or(RefreshError::NotFound)?;
         let ConnectionKind::Saml(cfg) = &conn.kind else {
             return Err(RefreshError::NotRefreshable);
@@ -243,7 +248,10 @@ impl MetadataRefresher {
             }
             Err(_) => {}
         }
-        self.store().put_json(&state_key(t, c), &state, None).await.map_err(RegistryError::from)?;
+        self.store()
+            .put_json(&state_key(t, c), &state, None)
+            .await
+            .map_err(RegistryError::from)?;
         result
     }
 
@@ -262,17 +270,22 @@ impl MetadataRefresher {
                 detail,
             })
         };
-        let mut request = http::Request::get(url.as_str())
-            .header(http::header::ACCEPT, "application/samlmetadata+xml, application/xml, text/xml, */*;q=0.5");
+        let mut request = http::Request::get(url.as_str()).header(
+            http::header::ACCEPT,
+            "application/samlmetadata+xml, application/xml, text/xml, */*;q=0.5",
+        );
         if let Some(etag) = &state.etag {
             request = request.header(http::header::IF_NONE_MATCH, etag.as_str());
         }
         if let Some(lm) = &state.last_modified {
             request = request.header(http::header::IF_MODIFIED_SINCE, lm.as_str());
         }
-        let request = request
-            .body(Vec::new())
-            .map_err(|e| refused("metadata.unreachable", format!("the metadata URL cannot be requested: {e}")))?;
+        let request = request.body(Vec::new()).map_err(|e| {
+            refused(
+                "metadata.unreachable",
+                format!("the metadata URL cannot be requested: {e}"),
+            )
+        })?;
         let resp = self.ctx.http.execute(request).await.map_err(|e| {
             refused(
                 "metadata.unreachable",
@@ -316,8 +329,12 @@ impl MetadataRefresher {
         let mut updated = conn.clone();
         updated.kind = ConnectionKind::Saml(next.clone());
         // Build it once, so a configuration that cannot work never replaces one that does.
-        crate::upstream::build(&updated, &self.ctx)
-            .map_err(|e| refused("metadata.invalid", format!("the metadata cannot be used: {}", e.message)))?;
+        crate::upstream::build(&updated, &self.ctx).map_err(|e| {
+            refused(
+                "metadata.invalid",
+                format!("the metadata cannot be used: {}", e.message),
+            )
+        })?;
         state.etag = etag;
         state.last_modified = last_modified;
         if !crate::upstream::saml::idp_part_differs(cfg, &next) {
@@ -352,7 +369,9 @@ impl MetadataRefresher {
         out.insert("certificate_expires_at".into(), json!(expires));
         out.insert(
             "certificate_warning".into(),
-            json!(expires.and_then(|e| ExpiryLevel::at(e, self.clock().now())).map(ExpiryLevel::as_str)),
+            json!(expires
+                .and_then(|e| ExpiryLevel::at(e, self.clock().now()))
+                .map(ExpiryLevel::as_str)),
         );
         Ok(out)
     }

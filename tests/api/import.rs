@@ -93,7 +93,12 @@ async fn a_jackson_export_creates_working_connections() {
     // A Jackson record names no app of ours to land IdP-initiated sign-ins
     // in (its redirect URLs belong to the app registration): the connection
     // serves SP-initiated sign-ins and publishes its SP metadata.
-    let md = app.client.get(conn["sp_metadata_url"].as_str().unwrap()).send().await.unwrap();
+    let md = app
+        .client
+        .get(conn["sp_metadata_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(md.status(), 200);
 }
 
@@ -123,7 +128,11 @@ async fn a_bad_export_reports_every_problem_at_once_and_creates_nothing() {
         assert!(all.contains(expected), "{expected:?} missing in:\n{all}");
     }
     assert_eq!(problems.len(), 6, "{all}");
-    assert_eq!(app.state.tenants.list().await.unwrap(), vec!["taken"], "something was created");
+    assert_eq!(
+        app.state.tenants.list().await.unwrap(),
+        vec!["taken"],
+        "something was created"
+    );
     let jackson = import(&app, &json!([{"tenant": "...", "rawMetadata": "x"}, {"tenant": "ok"}]))
         .await
         .unwrap_err();
@@ -156,7 +165,11 @@ async fn the_import_command_reports_problems_or_creates_what_a_gateway_then_serv
         c.arg("--config").arg(&config).arg("import").arg(file).output().unwrap()
     };
     let bad = dir.join("bad.json");
-    std::fs::write(&bad, json!({"tenants": [{"id": "Bad Id"}, {"id": "b", "domains": ["x"]}]}).to_string()).unwrap();
+    std::fs::write(
+        &bad,
+        json!({"tenants": [{"id": "Bad Id"}, {"id": "b", "domains": ["x"]}]}).to_string(),
+    )
+    .unwrap();
     let out = run(&bad);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -32,3 +32,4 @@ mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod store_conformance;
+mod tenant_files;

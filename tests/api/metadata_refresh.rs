@@ -34,7 +34,9 @@ impl Key {
             "craft.py",
             &json!({ "idp": { "entity_id": IDP_ENTITY, "sso": "https://idp.refresh.test/sso" }, "cases": [] }),
         );
-        Self { idp: out["idp"].clone() }
+        Self {
+            idp: out["idp"].clone(),
+        }
     }
 
     pub fn cert_b64(&self) -> String {
@@ -126,9 +128,7 @@ impl MetadataServer {
                 async move {
                     use axum::response::IntoResponse;
                     let mut s = shared.lock().unwrap();
-                    let inm = headers
-                        .get("if-none-match")
-                        .map(|v| v.to_str().unwrap().to_owned());
+                    let inm = headers.get("if-none-match").map(|v| v.to_str().unwrap().to_owned());
                     s.hits.push(inm.clone());
                     match s.mode {
                         Mode::Fail => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
@@ -217,7 +217,11 @@ pub async fn sign_in(app: &TestApp, conn: &Value, key: &Key) -> Result<(), Strin
         if next.starts_with(&format!("{APP_CB}?")) {
             let to_app = Url::parse(&next).unwrap();
             let has = |k: &str| to_app.query_pairs().any(|(n, _)| n == k);
-            return if has("code") && !has("error") { Ok(()) } else { Err(next) };
+            return if has("code") && !has("error") {
+                Ok(())
+            } else {
+                Err(next)
+            };
         }
         resp = app.client.get(next).send().await.unwrap();
     }
@@ -247,7 +251,10 @@ async fn the_idp_adds_a_second_certificate_signs_with_it_then_drops_the_first_an
     let app = gateway(&clock).await;
     let conn = connect(&app, &server).await;
     sign_in(&app, &conn, &first).await.unwrap();
-    assert!(sign_in(&app, &conn, &second).await.is_err(), "an unpublished key signed in");
+    assert!(
+        sign_in(&app, &conn, &second).await.is_err(),
+        "an unpublished key signed in"
+    );
 
     // The IdP publishes its next certificate next to the current one.
     server.publish(metadata(&[first.cert_b64(), second.cert_b64()]));
@@ -294,14 +301,26 @@ async fn unreachable_garbage_or_certificate_less_metadata_is_refused_and_the_las
     let other_entity = good.replace(IDP_ENTITY, "https://evil.test/entity");
     let cases: [(&str, Box<dyn Fn() + '_>, &str); 5] = [
         ("500", Box::new(|| server.fail()), "metadata.unreachable"),
-        ("garbage", Box::new(|| server.publish("<not xml".into())), "metadata.invalid"),
+        (
+            "garbage",
+            Box::new(|| server.publish("<not xml".into())),
+            "metadata.invalid",
+        ),
         (
             "dtd",
             Box::new(|| server.publish(format!("<!DOCTYPE x [<!ENTITY e \"e\">]>{good}"))),
             "metadata.invalid",
         ),
-        ("no signing certificate", Box::new(|| server.publish(no_cert.clone())), "metadata.invalid"),
-        ("another entity", Box::new(|| server.publish(other_entity.clone())), "metadata.invalid"),
+        (
+            "no signing certificate",
+            Box::new(|| server.publish(no_cert.clone())),
+            "metadata.invalid",
+        ),
+        (
+            "another entity",
+            Box::new(|| server.publish(other_entity.clone())),
+            "metadata.invalid",
+        ),
     ];
     for (name, setup, code) in cases {
         setup();
@@ -312,7 +331,9 @@ async fn unreachable_garbage_or_certificate_less_metadata_is_refused_and_the_las
         assert!(detail.contains("still serving"), "{name}: {answer}");
         assert_eq!(answer["field"], "metadata_url", "{name}: {answer}");
         assert_eq!(stored_revision(&app).await, revision, "{name} changed the connection");
-        sign_in(&app, &conn, &key).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        sign_in(&app, &conn, &key)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let state = refresher(&app).state(&tid(), &cid()).await.unwrap();
         assert_eq!(state.last_error.as_ref().map(|e| e.code.as_str()), Some(code), "{name}");
         assert!(state.last_attempt_at.is_some());
@@ -325,7 +346,10 @@ async fn unreachable_garbage_or_certificate_less_metadata_is_refused_and_the_las
     let (status, answer) = refresh(&app).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert!(
-        answer["detail"].as_str().unwrap().contains("metadata.no_usable_certificate"),
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("metadata.no_usable_certificate"),
         "{answer}"
     );
     assert_eq!(stored_revision(&app).await, revision);

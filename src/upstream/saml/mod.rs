@@ -139,7 +139,11 @@ pub struct SamlConfig {
 /// everything else (SP keys, entity id, ACS URL, mapping, policy) kept. The
 /// metadata must describe the same IdP entity id as `cfg`. Used by the
 /// scheduled metadata refresh; the error is a sentence for the admin.
-pub fn with_idp_metadata(cfg: &SamlConfig, metadata_xml: &str, allow_private_networks: bool) -> Result<SamlConfig, String> {
+pub fn with_idp_metadata(
+    cfg: &SamlConfig,
+    metadata_xml: &str,
+    allow_private_networks: bool,
+) -> Result<SamlConfig, String> {
     let idp = metadata::parse_idp_metadata(metadata_xml, Some(&cfg.idp_entity_id), allow_private_networks)?;
     let mut next = cfg.clone();
     next.metadata_xml = metadata_xml.to_owned();
