@@ -281,12 +281,11 @@ async fn update_tenant(
     let store = &tenants.store;
     let mut kept = Vec::new();
     for d in &domains {
-        if tenant.domains.contains(d) {
-            kept.push(d.clone());
-        } else if store
-            .put_if_absent(&super::domain_key(d), tenant.id.as_str().as_bytes(), None)
-            .await?
-        {
+        let ours = tenant.domains.contains(d)
+            || store
+                .put_if_absent(&super::domain_key(d), tenant.id.as_str().as_bytes(), None)
+                .await?;
+        if ours {
             kept.push(d.clone());
         } else {
             problems.push(format!("{source}: domains: {d} already belongs to another tenant"));

@@ -374,8 +374,8 @@ fn jackson(list: &[Value], prefix: &str, problems: &mut Vec<ImportProblem>) -> V
                 .trim_end_matches("/.well-known/openid-configuration")
                 .to_owned();
             let mut body = json!({"kind": "oidc", "issuer": issuer, "client_id": client_id});
-            if let Some(secret) = secret {
-                body["client_secret"] = json!(secret);
+            if let (Some(secret), Value::Object(map)) = (secret, &mut body) {
+                map.insert("client_secret".into(), json!(secret));
             }
             body
         } else if let Some(xml) = s("rawMetadata") {
@@ -415,7 +415,9 @@ fn jackson(list: &[Value], prefix: &str, problems: &mut Vec<ImportProblem>) -> V
                     format!("{kind}-{}", n + 1)
                 }
             });
-        body["id"] = json!(cid);
+        if let Value::Object(map) = &mut body {
+            map.insert("id".into(), json!(cid));
+        }
         match existing.and_then(|p| out.get_mut(p)) {
             Some(e) => e.connections.push((entry, body)),
             None => out.push(Entry {

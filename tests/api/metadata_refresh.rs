@@ -299,7 +299,8 @@ async fn unreachable_garbage_or_certificate_less_metadata_is_refused_and_the_las
     );
     assert_ne!(no_cert, good);
     let other_entity = good.replace(IDP_ENTITY, "https://evil.test/entity");
-    let cases: [(&str, Box<dyn Fn() + '_>, &str); 5] = [
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: [Case; 5] = [
         ("500", Box::new(|| server.fail()), "metadata.unreachable"),
         (
             "garbage",
