@@ -10,7 +10,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientRegistry, GrantType};
 use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
-use crate::store::{memory::MemoryStore, redis::RedisStore, Key, SharedStore};
+use crate::store::{memory::MemoryStore, redis::RedisStore, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -250,60 +250,122 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads `tenants/*.toml`. A connection is (re)built only when its declared
-/// body changed, so SP keys stay stable across restarts.
+/// Loads `tenants/*.toml` at start-up ([`crate::tenant::files::sync`]):
+/// any problem stops the start.
 async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::Result<()> {
-    let (files, problems) = crate::tenant::files::read_dir(dir);
-    if !problems.is_empty() {
-        let errs = crate::config::ConfigErrors(problems);
-        anyhow::bail!("{errs}");
-    }
-    for f in files {
-        let id = TenantId::parse(&f.id).map_err(|e| anyhow::anyhow!("{}: id {e}", f.path.display()))?;
-        if state.tenants.get(&id).await?.is_none() {
-            let name = if f.name.is_empty() {
-                f.id.clone()
-            } else {
-                f.name.clone()
-            };
-            let domains = f
-                .domains
-                .iter()
-                .filter_map(|d| crate::tenant::parse_domain(d))
-                .collect();
-            state.tenants.create(id.clone(), name, domains).await?;
-        }
-        for body in f.connection_bodies() {
-            let declared = crate::tokens::sha256_base64url(body.to_string().as_bytes());
-            let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let marker = Key::tenant(id.as_str(), "config", format!("declared:{cid}"));
-            if state.store.get(&marker).await?.as_deref() == Some(declared.as_bytes()) {
-                continue;
-            }
-            let conn = crate::tenant::setup::build_connection(&state.upstream, &id, body, state.dev)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: connections[{cid}].{}: {}", f.path.display(), e.field, e.message))?;
-            state.tenants.put_connection(&conn).await?;
-            state.store.put(&marker, declared.as_bytes(), None).await?;
-            tracing::info!(tenant = %id, connection = %cid, "declared connection loaded");
-        }
+    let report = crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev)
+        .await
+        .map_err(|problems| anyhow::anyhow!("{}", crate::config::ConfigErrors(problems)))?;
+    if !report.problems.is_empty() {
+        anyhow::bail!("tenant files: {}", report.problems.join("; "));
     }
     Ok(())
 }
 
-/// Background work: rotate signing keys when due. Runs until the process ends.
-pub fn spawn_background(state: Arc<AppState>) {
+/// Re-reads the tenant files (schedule or SIGHUP); problems are logged and
+/// leave what is stored unchanged.
+pub async fn reload_tenant_files(state: &AppState, dir: &std::path::Path) {
+    match crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev).await {
+        Ok(report) => {
+            for p in &report.problems {
+                tracing::warn!(reason = "tenant_file.refused", problem = %p, "part of a tenant file was not applied");
+            }
+            tracing::info!(
+                reason = "tenant_file.synced",
+                created = report.created.len(),
+                updated = report.updated.len(),
+                removed = report.removed.len(),
+                "tenant files re-read"
+            );
+        }
+        Err(problems) => {
+            for p in problems {
+                tracing::warn!(reason = "tenant_file.refused", problem = %p, "tenant files not applied");
+            }
+        }
+    }
+}
+
+/// Background work: rotate signing keys when due; refresh IdP metadata and
+/// report certificate expiry every `[metadata] refresh_interval_secs`. Runs
+/// until the process ends.
+pub fn spawn_background(state: Arc<AppState>, settings: &Settings) {
+    let keys_state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            match state.provider.keys.rotate_if_due().await {
+            match keys_state.provider.keys.rotate_if_due().await {
                 Ok(true) => tracing::info!(reason = "keys.rotated", "signing key rotated"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(reason = "keys.rotation_failed", error = %e),
             }
         }
     });
+    let interval = Duration::from_secs(settings.metadata.refresh_interval_secs);
+    let tenants_dir = settings.tenants_dir.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; start-up has just done this work.
+        tick.tick().await;
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            let scheduled = tokio::select! {
+                _ = tick.tick() => true,
+                _ = hup => false,
+            };
+            if let Some(dir) = &tenants_dir {
+                reload_tenant_files(&state, dir).await;
+            }
+            if scheduled {
+                metadata_round(&state, interval).await;
+            }
+        }
+    });
+}
+
+/// One round of the metadata schedule: refresh every SAML connection from a
+/// metadata URL (one replica per connection and interval), then log the
+/// certificate warnings that became due.
+pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::tenant::refresh::CertificateWarning> {
+    let refresher = crate::tenant::refresh::MetadataRefresher::new(state.tenants.clone(), state.upstream.clone());
+    let fetched = refresher.refresh_all(interval).await;
+    tracing::debug!(fetched, "metadata refresh round done");
+    match crate::tenant::refresh::expiry_events(&state.tenants, &state.store, state.upstream.clock.now()).await {
+        Ok(warnings) => {
+            // Each warning once per threshold (the marker above), into the tenant's audit log.
+            let audit = crate::audit::Audit::new(state.store.clone(), state.upstream.clock.clone());
+            for w in &warnings {
+                let event = crate::audit::AuditEvent::new(
+                    &crate::audit::Actor::System("metadata_refresh".into()),
+                    "connection.certificate_expiring",
+                    crate::audit::Target::new("connection", w.connection.as_str()),
+                    "job",
+                )
+                .tenant(&w.tenant)
+                .after(serde_json::json!({ "not_after": w.not_after, "level": w.level }));
+                if let Err(e) = audit.record(event).await {
+                    tracing::warn!(reason = "audit.write_failed", error = %e, "certificate warning not audited");
+                }
+            }
+            warnings
+        }
+        Err(e) => {
+            tracing::warn!(reason = "certificate.check_failed", error = %e, "certificate expiry not checked");
+            Vec::new()
+        }
+    }
 }
 
 /// Keeps a secret-free summary for the start-up log.

@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `check-config`, `--version`.
+//! The command line: `serve` (the default), `check-config`, `import FILE`,
+//! `--version`.
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{ConfigProblem, Settings};
@@ -26,6 +27,13 @@ pub enum Command {
     Serve,
     /// Validate the configuration and the tenant files; report every problem.
     CheckConfig,
+    /// Create tenants and connections from a JSON export (docs/IMPORT.md):
+    /// every problem is reported at once, and nothing is created unless
+    /// the whole file is valid.
+    Import {
+        /// The export file (native format or a SAML Jackson / Ory Polis export).
+        file: PathBuf,
+    },
 }
 
 fn env_map() -> BTreeMap<String, String> {
@@ -48,6 +56,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => Ok(check_config(&settings, &source).await),
         Command::Serve => serve(settings, &source).await,
+        Command::Import { file } => import(settings, &source, &file).await,
+    }
+}
+
+/// `portcullis import FILE`: exit 0 with a summary, 1 with every problem
+/// (nothing created), 2 when the configuration is invalid.
+async fn import(settings: Settings, source: &str, file: &std::path::Path) -> anyhow::Result<i32> {
+    let resolved = match settings.validate(source) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
+    };
+    let shown = file.display().to_string();
+    let doc: serde_json::Value = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+    {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("{shown}: {e}");
+            return Ok(1);
+        }
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store = crate::app::open_store(&settings, clock.clone()).await?;
+    let ctx = crate::app::upstream_context(&settings, &resolved, store.clone(), clock.clone())?;
+    let tenants = crate::tenant::TenantRegistry::new(store, clock);
+    match crate::tenant::import::import(&ctx, &tenants, &doc, settings.dev.enabled).await {
+        Ok(summary) => {
+            println!(
+                "imported {} tenant(s) and {} connection(s): {}",
+                summary.tenants.len(),
+                summary.connections.len(),
+                summary.connections.join(", ")
+            );
+            Ok(0)
+        }
+        Err(problems) => {
+            eprintln!("{shown}: nothing was imported ({} problem(s)):", problems.len());
+            for p in problems {
+                eprintln!("  - {shown}: {p}");
+            }
+            Ok(1)
+        }
     }
 }
 
@@ -104,7 +158,7 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
-    crate::app::spawn_background(state.clone());
+    crate::app::spawn_background(state.clone(), &settings);
     let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
     tracing::info!(
         "Portcullis listening on {} — {}",

@@ -32,6 +32,15 @@ pub enum AdminError {
         /// What is wrong.
         detail: String,
     },
+    /// The request was understood but what it depends on refused it (422),
+    /// e.g. an IdP's metadata that was fetched and not taken.
+    #[error("{field}: {detail}")]
+    Unprocessable {
+        /// The field at fault.
+        field: String,
+        /// What is wrong, and what still holds.
+        detail: String,
+    },
     /// Our failure (500): logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -83,6 +92,12 @@ impl IntoResponse for AdminError {
                 "Conflict",
                 detail.clone(),
                 Some(field.to_string()),
+            ),
+            Self::Unprocessable { field, detail } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not taken",
+                detail.clone(),
+                Some(field.clone()),
             ),
             Self::Internal(d) => {
                 tracing::error!(reason = "admin.internal", detail = %d, "admin request failed");

@@ -12,6 +12,7 @@ mod api_keys;
 pub mod audit;
 pub mod auth;
 mod error;
+mod refresh;
 mod resources;
 mod users;
 
@@ -60,6 +61,7 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             get(get_connection).delete(delete_connection),
         )
         .merge(users::routes())
+        .merge(refresh::routes())
         .merge(audit::tenant_routes());
     auth::guard(platform, tenant, state)
 }

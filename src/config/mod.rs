@@ -67,6 +67,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// Outbound requests to IdPs.
     pub outbound: OutboundSettings,
+    /// `[metadata]`: keeping IdP metadata and tenant files current.
+    pub metadata: MetadataSettings,
     /// Development mode: built-in test IdP, demo tenant and demo app.
     pub dev: DevSettings,
     /// Where declarative tenant files live.
@@ -158,6 +160,24 @@ pub struct OutboundSettings {
     pub timeout_secs: u64,
     /// Largest response accepted, bytes.
     pub max_body_bytes: usize,
+}
+
+/// `[metadata]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataSettings {
+    /// How often SAML metadata fetched from a `metadata_url` is fetched
+    /// again, and tenant files are re-read, in seconds (300 to 604800;
+    /// default 21600, six hours).
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for MetadataSettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval_secs: 6 * 3600,
+        }
+    }
 }
 
 /// `[dev]`
@@ -424,6 +444,12 @@ impl Settings {
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
+            (
+                "metadata.refresh_interval_secs",
+                self.metadata.refresh_interval_secs,
+                300,
+                7 * 86_400,
+            ),
             (
                 "upstream.refresh_interval_secs",
                 self.upstream.refresh_interval_secs,

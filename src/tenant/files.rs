@@ -12,8 +12,16 @@
 //! ```
 //!
 //! A connection table holds the same fields as the admin API's JSON body.
+//!
+//! [`sync`] applies the directory to the store at start-up, on the metadata
+//! schedule and on SIGHUP: files added, edited or removed create, update in
+//! place or remove their tenants (see `tenants/README.md`).
 
+use super::TenantRegistry;
 use crate::config::ConfigProblem;
+use crate::ids::TenantId;
+use crate::store::{Key, StoreJson};
+use crate::upstream::{ConnectionKind, UpstreamContext};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -117,4 +125,239 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
         }
     }
     (files, problems)
+}
+
+/// The set of tenant ids that came from a tenant file (only these are
+/// removed when their file goes away).
+fn origin_key() -> Key {
+    Key::global("tenants", "from-files")
+}
+
+/// The hash of a connection's declared body, per tenant and connection.
+fn declared_key(t: &TenantId, c: &str) -> Key {
+    Key::tenant(t.as_str(), "config", format!("declared:{c}"))
+}
+
+/// What one pass over the tenant files did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Tenants created.
+    pub created: Vec<String>,
+    /// Tenants whose name, domains or connections changed.
+    pub updated: Vec<String>,
+    /// Tenants removed with their file.
+    pub removed: Vec<String>,
+    /// What could not be applied (`file: field: message`); the rest was.
+    pub problems: Vec<String>,
+}
+
+/// Brings the store in line with the tenant files in `dir`:
+///
+/// * a new file creates its tenant (marked as coming from a file);
+/// * an edited file updates its tenant in place: name and domains, and its
+///   declared connections added, changed or removed. A connection whose
+///   declared body is unchanged is left alone (its metadata is kept current
+///   by the metadata refresh); a changed body is built again, keeps the SP
+///   keys, entity id and ACS URL of the stored connection, and replaces it
+///   (new `revision`) only when the built configuration — with freshly
+///   fetched metadata — differs from the stored one;
+/// * a removed file removes its tenant, only for tenants that came from a file.
+///
+/// When any file cannot be read or parsed, nothing is changed (a broken file
+/// must never read as a removed one): the problems are returned as `Err`.
+/// A connection that cannot be built keeps the stored one and is reported.
+pub async fn sync(
+    tenants: &TenantRegistry,
+    ctx: &UpstreamContext,
+    dir: &Path,
+    dev_enabled: bool,
+) -> Result<SyncReport, Vec<ConfigProblem>> {
+    let (files, problems) = read_dir(dir);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let store = &ctx.store;
+    let mut report = SyncReport::default();
+    let fail = |e: &dyn std::fmt::Display| {
+        vec![ConfigProblem {
+            source: dir.display().to_string(),
+            field: String::new(),
+            message: format!("store: {e}"),
+        }]
+    };
+    let mut declared_ids = std::collections::BTreeSet::new();
+    for f in &files {
+        let source = f.path.display().to_string();
+        let Ok(id) = TenantId::parse(&f.id) else { continue };
+        if !declared_ids.insert(id.clone()) {
+            report
+                .problems
+                .push(format!("{source}: id: tenant {id} is declared by another file too"));
+            continue;
+        }
+        let name = if f.name.is_empty() {
+            f.id.clone()
+        } else {
+            f.name.clone()
+        };
+        let domains: Vec<String> = f.domains.iter().filter_map(|d| super::parse_domain(d)).collect();
+        let mut changed = false;
+        match tenants.get(&id).await.map_err(|e| fail(&e))? {
+            None => {
+                if let Err(e) = tenants.create(id.clone(), name, domains).await {
+                    report.problems.push(format!("{source}: {e}"));
+                    continue;
+                }
+                report.created.push(id.to_string());
+            }
+            Some(existing) => {
+                changed |= update_tenant(tenants, existing, name, domains, &source, &mut report.problems)
+                    .await
+                    .map_err(|e| fail(&e))?;
+            }
+        }
+        store
+            .set_add(&origin_key(), id.as_str(), None)
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut in_file = std::collections::BTreeSet::new();
+        for body in f.connection_bodies() {
+            let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            in_file.insert(cid.clone());
+            match sync_connection(tenants, ctx, &id, &cid, body, dev_enabled).await {
+                Ok(c) => changed |= c,
+                Err(m) => report.problems.push(format!("{source}: connections[{cid}].{m}")),
+            }
+        }
+        for c in tenants.connection_ids(&id).await.map_err(|e| fail(&e))? {
+            let marker = declared_key(&id, c.as_str());
+            if in_file.contains(c.as_str()) || store.get(&marker).await.map_err(|e| fail(&e))?.is_none() {
+                continue;
+            }
+            tenants.delete_connection(&id, &c).await.map_err(|e| fail(&e))?;
+            store.delete(&marker).await.map_err(|e| fail(&e))?;
+            tracing::info!(reason = "tenant_file.connection_removed", tenant = %id, connection = %c);
+            changed = true;
+        }
+        if changed && !report.created.contains(&id.to_string()) {
+            report.updated.push(id.to_string());
+        }
+    }
+    for t in store.set_members(&origin_key()).await.map_err(|e| fail(&e))? {
+        let Ok(id) = TenantId::parse(&t) else { continue };
+        if declared_ids.contains(&id) {
+            continue;
+        }
+        for c in tenants.connection_ids(&id).await.map_err(|e| fail(&e))? {
+            store
+                .delete(&declared_key(&id, c.as_str()))
+                .await
+                .map_err(|e| fail(&e))?;
+        }
+        match tenants.delete(&id).await {
+            Ok(()) | Err(super::RegistryError::NotFound(_)) => {}
+            Err(e) => return Err(fail(&e)),
+        }
+        store
+            .set_remove(&origin_key(), id.as_str())
+            .await
+            .map_err(|e| fail(&e))?;
+        tracing::info!(reason = "tenant_file.tenant_removed", tenant = %id, "tenant file removed: tenant removed");
+        report.removed.push(id.to_string());
+    }
+    Ok(report)
+}
+
+/// Updates a tenant's name and domains in place; `Ok(true)` when something
+/// changed. A domain another tenant owns is reported and left out.
+async fn update_tenant(
+    tenants: &TenantRegistry,
+    mut tenant: super::Tenant,
+    name: String,
+    domains: Vec<String>,
+    source: &str,
+    problems: &mut Vec<String>,
+) -> Result<bool, super::RegistryError> {
+    let store = &tenants.store;
+    let mut kept = Vec::new();
+    for d in &domains {
+        let ours = tenant.domains.contains(d)
+            || store
+                .put_if_absent(&super::domain_key(d), tenant.id.as_str().as_bytes(), None)
+                .await?;
+        if ours {
+            kept.push(d.clone());
+        } else {
+            problems.push(format!("{source}: domains: {d} already belongs to another tenant"));
+        }
+    }
+    for d in tenant.domains.iter().filter(|d| !kept.contains(d)) {
+        if store.get(&super::domain_key(d)).await?.as_deref() == Some(tenant.id.as_str().as_bytes()) {
+            store.delete(&super::domain_key(d)).await?;
+        }
+    }
+    if tenant.name == name && tenant.domains == kept {
+        return Ok(false);
+    }
+    tenant.name = name;
+    tenant.domains = kept;
+    store.put_json(&super::tenant_key(&tenant.id), &tenant, None).await?;
+    tracing::info!(reason = "tenant_file.tenant_updated", tenant = %tenant.id);
+    Ok(true)
+}
+
+/// Applies one declared connection; `Ok(true)` when the stored connection
+/// changed. The error is `field: message`.
+async fn sync_connection(
+    tenants: &TenantRegistry,
+    ctx: &UpstreamContext,
+    id: &TenantId,
+    cid: &str,
+    body: serde_json::Value,
+    dev_enabled: bool,
+) -> Result<bool, String> {
+    let store = &ctx.store;
+    let declared = crate::tokens::sha256_base64url(body.to_string().as_bytes());
+    let marker = declared_key(id, cid);
+    if store.get(&marker).await.map_err(|e| format!("id: {e}"))?.as_deref() == Some(declared.as_bytes()) {
+        return Ok(false);
+    }
+    let mut conn = super::setup::build_connection(ctx, id, body, dev_enabled)
+        .await
+        .map_err(|e| format!("{}: {}", e.field, e.message))?;
+    let existing = tenants.connection(id, &conn.id).await.map_err(|e| format!("id: {e}"))?;
+    let changed = match &existing {
+        Some(old) => {
+            conn.status = old.status;
+            if let (ConnectionKind::Saml(old_cfg), ConnectionKind::Saml(new_cfg)) = (&old.kind, &mut conn.kind) {
+                // The SP side is the customer's IdP configuration: never regenerated.
+                new_cfg.sp_private_key_pem = old_cfg.sp_private_key_pem.clone();
+                new_cfg.sp_certificate_pem = old_cfg.sp_certificate_pem.clone();
+                new_cfg.sp_entity_id = old_cfg.sp_entity_id.clone();
+                new_cfg.acs_url = old_cfg.acs_url.clone();
+                // What the metadata says decides, not how its text is laid out.
+                if !crate::upstream::saml::idp_part_differs(old_cfg, new_cfg) {
+                    new_cfg.metadata_xml = old_cfg.metadata_xml.clone();
+                }
+            }
+            let same = serde_json::to_value(&old.kind).ok() == serde_json::to_value(&conn.kind).ok();
+            conn.revision = if same {
+                old.revision
+            } else {
+                old.revision.wrapping_add(1)
+            };
+            !same
+        }
+        None => true,
+    };
+    if changed {
+        crate::upstream::build(&conn, ctx).map_err(|e| format!("kind: {}", e.message))?;
+        tenants.put_connection(&conn).await.map_err(|e| format!("id: {e}"))?;
+        tracing::info!(reason = "tenant_file.connection_loaded", tenant = %id, connection = %cid);
+    }
+    store
+        .put(&marker, declared.as_bytes(), None)
+        .await
+        .map_err(|e| format!("id: {e}"))?;
+    Ok(changed)
 }

@@ -15,6 +15,8 @@
 //! inherits its predecessor's users, even while the store still holds them.
 
 pub mod files;
+pub mod import;
+pub mod refresh;
 pub mod setup;
 
 use crate::clock::SharedClock;

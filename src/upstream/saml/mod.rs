@@ -134,6 +134,37 @@ pub struct SamlConfig {
     pub acs_url: Option<String>,
 }
 
+/// `cfg` with its IdP part (metadata document, SSO endpoints,
+/// `WantAuthnRequestsSigned`, signing certificates) taken from `metadata_xml`,
+/// everything else (SP keys, entity id, ACS URL, mapping, policy) kept. The
+/// metadata must describe the same IdP entity id as `cfg`. Used by the
+/// scheduled metadata refresh; the error is a sentence for the admin.
+pub fn with_idp_metadata(
+    cfg: &SamlConfig,
+    metadata_xml: &str,
+    allow_private_networks: bool,
+) -> Result<SamlConfig, String> {
+    let idp = metadata::parse_idp_metadata(metadata_xml, Some(&cfg.idp_entity_id), allow_private_networks)?;
+    let mut next = cfg.clone();
+    next.metadata_xml = metadata_xml.to_owned();
+    next.idp_entity_id = idp.entity_id;
+    next.sso_redirect_url = idp.sso_redirect;
+    next.sso_post_url = idp.sso_post;
+    next.want_authn_requests_signed = idp.want_authn_requests_signed;
+    next.idp_certificates = idp.signing_certificates;
+    Ok(next)
+}
+
+/// Whether two configurations differ in what the IdP's metadata decides
+/// (endpoints, `WantAuthnRequestsSigned`, signing certificates).
+pub fn idp_part_differs(a: &SamlConfig, b: &SamlConfig) -> bool {
+    a.idp_entity_id != b.idp_entity_id
+        || a.sso_redirect_url != b.sso_redirect_url
+        || a.sso_post_url != b.sso_post_url
+        || a.want_authn_requests_signed != b.want_authn_requests_signed
+        || a.idp_certificates != b.idp_certificates
+}
+
 /// The SP entity id of this connection (its metadata URL).
 pub fn sp_entity_id(ctx: &UpstreamContext, connection: &Connection) -> Url {
     sp_metadata_url(ctx, connection)

@@ -1,0 +1,201 @@
+//! `portcullis import`: a native export and a SAML Jackson-shaped export
+//! create working connections (a sign-in through one); a bad export reports
+//! every problem with its entry and field and creates nothing.
+
+use portcullis::clock::ManualClock;
+use serde_json::{json, Value};
+use std::process::Command;
+use url::Url;
+
+use crate::metadata_refresh::{metadata, sign_in, Key, APP_CB, APP_ID};
+use crate::saml_crafted::now;
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::redis;
+
+async fn gateway() -> TestApp {
+    spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+async fn import(app: &TestApp, doc: &Value) -> Result<portcullis::tenant::import::ImportSummary, Vec<String>> {
+    portcullis::tenant::import::import(&app.state.upstream, &app.state.tenants, doc, false)
+        .await
+        .map_err(|ps| ps.iter().map(ToString::to_string).collect())
+}
+
+async fn connection(app: &TestApp, tenant: &str, id: &str) -> Value {
+    let (status, answer) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{tenant}/connections/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn a_native_export_creates_tenants_and_connections_that_sign_in() {
+    let app = gateway().await;
+    let cb = Url::parse(APP_CB).unwrap();
+    app.create_client(APP_ID, "Import app", &[&cb], false).await;
+    let key = Key::new();
+    let doc = json!({"tenants": [{
+        "id": "acme", "name": "Acme", "domains": ["acme.test"],
+        "connections": [{
+            "id": "corp", "kind": "saml", "metadata_xml": metadata(&[key.cert_b64()]),
+            "allow_idp_initiated": true, "default_client_id": APP_ID, "redirect_uri": APP_CB,
+        }],
+    }]});
+    let summary = import(&app, &doc).await.unwrap();
+    assert_eq!(summary.tenants, vec!["acme"]);
+    assert_eq!(summary.connections, vec!["acme/corp"]);
+    let (_, tenant) = app.admin(reqwest::Method::GET, "/admin/v1/tenants/acme", None).await;
+    assert_eq!(tenant["domains"], json!(["acme.test"]), "{tenant}");
+    let conn = connection(&app, "acme", "corp").await;
+    sign_in(&app, &conn, &key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jackson_export_creates_working_connections() {
+    let app = gateway().await;
+    let key = Key::new();
+    let doc = json!([
+        {
+            "tenant": "Acme.com", "product": "crm", "name": "Okta SSO", "description": "d",
+            "rawMetadata": metadata(&[key.cert_b64()]),
+            "defaultRedirectUrl": "https://crm.example/login", "redirectUrl": ["https://crm.example/*"],
+            "clientID": "0123abcd", "clientSecret": "s3cret",
+        },
+        {
+            "tenant": "Acme.com", "product": "crm",
+            "oidcProvider": {"discoveryUrl": "https://acme.okta.test/.well-known/openid-configuration",
+                             "clientId": "cid", "clientSecret": "csecret"},
+            "defaultRedirectUrl": "https://crm.example/login", "redirectUrl": ["https://crm.example/*"],
+            "clientID": "4567", "clientSecret": "x",
+        },
+    ]);
+    // The OIDC record's discovery URL is unreachable from the test: it is
+    // reported, with its entry, and nothing is created.
+    let problems = import(&app, &doc).await.unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("[1]"), "{problems:?}");
+    assert!(app.state.tenants.list().await.unwrap().is_empty());
+
+    let summary = import(&app, &json!([doc[0].clone()])).await.unwrap();
+    assert_eq!(summary.connections, vec!["acme-com/okta-sso"]);
+    let conn = connection(&app, "acme-com", "okta-sso").await;
+    assert_eq!(conn["kind"], "saml");
+    // A Jackson record names no app of ours to land IdP-initiated sign-ins
+    // in (its redirect URLs belong to the app registration): the connection
+    // serves SP-initiated sign-ins and publishes its SP metadata.
+    let md = app
+        .client
+        .get(conn["sp_metadata_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(md.status(), 200);
+}
+
+#[tokio::test]
+async fn a_bad_export_reports_every_problem_at_once_and_creates_nothing() {
+    let app = gateway().await;
+    app.create_tenant("taken", "Taken", &["taken.test"]).await;
+    let key = Key::new();
+    let good = json!({"id": "corp", "kind": "saml", "metadata_xml": metadata(&[key.cert_b64()])});
+    let doc = json!({"tenants": [
+        {"id": "fine", "domains": ["fine.test"], "connections": [good]},
+        {"id": "Not Valid!", "connections": []},
+        {"id": "taken"},
+        {"id": "other", "domains": ["taken.test", "not a domain"],
+         "connections": [{"id": "x", "kind": "saml", "metadata_xml": "<garbage"}, {"id": "y", "kind": "ldap"}]},
+    ]});
+    let problems = import(&app, &doc).await.unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "tenants[1].id:",
+        "tenants[2].id: the tenant taken already exists",
+        "tenants[3].domains[0]: taken.test already belongs to tenant taken",
+        "tenants[3].domains[1]:",
+        "tenants[3].connections[0].metadata_xml:",
+        "tenants[3].connections[1].kind:",
+    ] {
+        assert!(all.contains(expected), "{expected:?} missing in:\n{all}");
+    }
+    assert_eq!(problems.len(), 6, "{all}");
+    assert_eq!(
+        app.state.tenants.list().await.unwrap(),
+        vec!["taken"],
+        "something was created"
+    );
+    let jackson = import(&app, &json!([{"tenant": "...", "rawMetadata": "x"}, {"tenant": "ok"}]))
+        .await
+        .unwrap_err();
+    assert!(jackson[0].starts_with("[0].tenant:"), "{jackson:?}");
+    assert!(jackson[1].starts_with("[1].rawMetadata:"), "{jackson:?}");
+}
+
+/// The command itself: against a real Redis, a bad file exits 1 naming the
+/// file and every problem; a good one exits 0 and a gateway on the same
+/// store signs in through the imported connection.
+#[tokio::test]
+async fn the_import_command_reports_problems_or_creates_what_a_gateway_then_serves() {
+    let prefix = redis::prefix();
+    let dir = std::env::temp_dir().join(format!("portcullis-import-{}", portcullis::tokens::random_token(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nredis_url = {:?}\nkey_prefix = {prefix:?}\n[outbound]\nallow_private_networks = true\n",
+            redis::url()
+        ),
+    )
+    .unwrap();
+    let run = |file: &std::path::Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+            c.env_remove(k);
+        }
+        c.arg("--config").arg(&config).arg("import").arg(file).output().unwrap()
+    };
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        json!({"tenants": [{"id": "Bad Id"}, {"id": "b", "domains": ["x"]}]}).to_string(),
+    )
+    .unwrap();
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.json: tenants[0].id:"), "{stderr}");
+    assert!(stderr.contains("bad.json: tenants[1].domains[0]:"), "{stderr}");
+
+    let key = Key::new();
+    let good = dir.join("good.json");
+    let doc = json!({"tenants": [{"id": "acme", "name": "Acme", "connections": [{
+        "id": "corp", "kind": "saml", "metadata_xml": metadata(&[key.cert_b64()]),
+        "allow_idp_initiated": true, "default_client_id": APP_ID, "redirect_uri": APP_CB,
+    }]}]});
+    std::fs::write(&good, doc.to_string()).unwrap();
+    let out = run(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let app = spawn_app(AppOptions {
+        redis_url: Some(redis::url()),
+        redis_prefix: Some(prefix),
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    })
+    .await;
+    let cb = Url::parse(APP_CB).unwrap();
+    app.create_client(APP_ID, "Import app", &[&cb], false).await;
+    let conn = connection(&app, "acme", "corp").await;
+    sign_in(&app, &conn, &key).await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

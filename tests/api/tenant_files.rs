@@ -1,0 +1,151 @@
+//! Declarative tenant files kept in sync: an edited file updates its tenant
+//! in place (same SP keys, entity id and ACS URL), a removed connection or
+//! file removes it, fetched metadata decides whether a connection changed,
+//! and a broken file changes nothing.
+
+use portcullis::clock::ManualClock;
+use portcullis::tenant::files::sync;
+use serde_json::Value;
+
+use crate::metadata_refresh::{metadata, Key};
+use crate::saml_crafted::now;
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+
+fn scratch() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-files-{}", portcullis::tokens::random_token(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn file(name: &str, domains: &[&str], connections: &[(&str, &str)]) -> String {
+    let mut s = format!("id = \"acme\"\nname = {name:?}\ndomains = {domains:?}\n");
+    for (id, xml) in connections {
+        s.push_str(&format!(
+            "\n[[connections]]\nid = {id:?}\nkind = \"saml\"\nmetadata_xml = '''{xml}'''\n"
+        ));
+    }
+    s
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    let (status, v) = app.admin(reqwest::Method::GET, path, None).await;
+    (status.as_u16(), v)
+}
+
+async fn revision(app: &TestApp, c: &str) -> u64 {
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let c = portcullis::ids::ConnectionId::parse(c).unwrap();
+    app.state.tenants.connection(&t, &c).await.unwrap().unwrap().revision
+}
+
+#[tokio::test]
+async fn an_edited_file_updates_its_tenant_in_place_and_a_removed_file_removes_it() {
+    let app = spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    })
+    .await;
+    let dir = scratch();
+    let (k1, k2) = (Key::new(), Key::new());
+    let path = dir.join("acme.toml");
+    std::fs::write(
+        &path,
+        file("Acme", &["acme.test"], &[("corp", &metadata(&[k1.cert_b64()]))]),
+    )
+    .unwrap();
+    let sync_now = || sync(&app.state.tenants, &app.state.upstream, &dir, false);
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.created, vec!["acme"], "{report:?}");
+    let (_, before) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
+    let rev = revision(&app, "corp").await;
+
+    // Nothing changed: nothing happens.
+    let report = sync_now().await.unwrap();
+    assert!(report.updated.is_empty() && report.created.is_empty(), "{report:?}");
+
+    // Only the text changed (whitespace): the built configuration is the
+    // same, so the connection is not replaced.
+    std::fs::write(
+        &path,
+        file(
+            "Acme",
+            &["acme.test"],
+            &[("corp", &format!("{}\n", metadata(&[k1.cert_b64()])))],
+        ),
+    )
+    .unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    assert_eq!(
+        revision(&app, "corp").await,
+        rev,
+        "a layout change replaced the connection"
+    );
+
+    // Name, domains, a changed connection and a new one.
+    std::fs::write(
+        &path,
+        file(
+            "Acme Corp",
+            &["acme.test", "acme.example"],
+            &[
+                ("corp", &metadata(&[k1.cert_b64(), k2.cert_b64()])),
+                ("second", &metadata(&[k2.cert_b64()])),
+            ],
+        ),
+    )
+    .unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.updated, vec!["acme"], "{report:?}");
+    let (_, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(tenant["name"], "Acme Corp", "{tenant}");
+    assert_eq!(
+        tenant["domains"],
+        serde_json::json!(["acme.test", "acme.example"]),
+        "{tenant}"
+    );
+    let (_, after) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
+    assert_eq!(after["sp_entity_id"], before["sp_entity_id"]);
+    assert_eq!(after["acs_url"], before["acs_url"]);
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let c = portcullis::ids::ConnectionId::parse("corp").unwrap();
+    let stored = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let stored = serde_json::to_value(&stored).unwrap();
+    assert_eq!(stored["idp_certificates"].as_array().unwrap().len(), 2, "{stored}");
+    assert_ne!(revision(&app, "corp").await, rev);
+    let (status, _) = get(&app, "/admin/v1/tenants/acme/connections/second").await;
+    assert_eq!(status, 200);
+
+    // A broken file changes nothing (and is not read as a removed one).
+    std::fs::write(&path, "id = \"acme\"\nname = ").unwrap();
+    assert!(sync_now().await.is_err());
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+
+    // A connection dropped from the file is removed.
+    std::fs::write(
+        &path,
+        file(
+            "Acme Corp",
+            &["acme.test"],
+            &[("corp", &metadata(&[k1.cert_b64(), k2.cert_b64()]))],
+        ),
+    )
+    .unwrap();
+    sync_now().await.unwrap();
+    let (status, _) = get(&app, "/admin/v1/tenants/acme/connections/second").await;
+    assert_eq!(status, 404);
+    let (_, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(tenant["domains"], serde_json::json!(["acme.test"]), "{tenant}");
+
+    // A tenant created through the API is not the files' to remove.
+    app.create_tenant("api-made", "API", &[]).await;
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.removed, vec!["acme"], "{report:?}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&app, "/admin/v1/tenants/api-made").await;
+    assert_eq!(status, 200);
+    std::fs::remove_dir_all(&dir).ok();
+}
