@@ -4,6 +4,7 @@
 //! naming the field at fault. A wrong or missing bearer token is 401 and
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
+mod connections;
 mod error;
 mod resources;
 mod users;
@@ -11,7 +12,7 @@ mod users;
 pub use error::AdminError;
 
 use crate::http::AppState;
-use crate::ids::{ConnectionId, TenantId};
+use crate::ids::TenantId;
 use crate::provider::clients::{
     check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
 };
@@ -31,17 +32,10 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{id}", get(get_tenant).delete(delete_tenant))
-        .route(
-            "/tenants/{id}/connections",
-            post(create_connection).get(list_connections),
-        )
-        .route(
-            "/tenants/{id}/connections/{cid}",
-            get(get_connection).delete(delete_connection),
-        )
         .route("/clients", post(create_client).get(list_clients))
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
+        .merge(connections::routes())
         .merge(resources::routes())
         .merge(users::routes())
 }
@@ -85,11 +79,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     }
 }
 
-fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
+pub(crate) fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
     TenantId::parse(id).map_err(|_| AdminError::NotFound(format!("There is no tenant {id:?}.")))
 }
 
-fn registry(e: RegistryError) -> AdminError {
+pub(crate) fn registry(e: RegistryError) -> AdminError {
     match e {
         RegistryError::Exists(what) => AdminError::Conflict {
             field: "id",
@@ -100,6 +94,10 @@ fn registry(e: RegistryError) -> AdminError {
             detail: format!("The domain {domain} already belongs to another tenant."),
         },
         RegistryError::NotFound(what) => AdminError::NotFound(format!("There is no {what}.")),
+        RegistryError::AcsPathTaken { path } => AdminError::Conflict {
+            field: "acs_url",
+            detail: format!("The ACS URL path {path} is already served for another connection."),
+        },
         RegistryError::Store(s) => AdminError::Internal(s.to_string()),
     }
 }
@@ -189,91 +187,6 @@ async fn delete_tenant(
         Err(e) => {
             tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
         }
-    }
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn create_connection(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
-        .await
-        .map_err(|e| AdminError::Invalid {
-            field: e.field,
-            detail: e.message,
-        })?;
-    // Build it once now, so a configuration that cannot work is refused before it is stored.
-    crate::upstream::build(&conn, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
-    s.tenants.add_connection(&conn).await.map_err(registry)?;
-    tracing::info!(reason = "admin.connection_created", tenant = %id, connection = %conn.id, kind = conn.kind.name());
-    Ok((
-        StatusCode::CREATED,
-        Json(crate::tenant::setup::describe(&s.upstream, &conn)),
-    )
-        .into_response())
-}
-
-async fn list_connections(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    let mut out = Vec::new();
-    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
-        if let Some(conn) = s.tenants.connection(&id, &c).await.map_err(registry)? {
-            out.push(crate::tenant::setup::describe(&s.upstream, &conn));
-        }
-    }
-    Ok(Json(json!({"connections": out})))
-}
-
-async fn get_connection(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path((id, cid)): Path<(String, String)>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
-    let conn = s
-        .tenants
-        .connection(&id, &cid)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no connection {cid:?} in tenant {id:?}.")))?;
-    Ok(Json(crate::tenant::setup::describe(&s.upstream, &conn)))
-}
-
-async fn delete_connection(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path((id, cid)): Path<(String, String)>,
-) -> Result<StatusCode, AdminError> {
-    let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
-    s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
-    s.broker.connectors.forget(&id, &cid);
-    tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
-    // As for a tenant: acceptance is already over; this frees the store.
-    match s.broker.purge_connection_users(&id, &cid).await {
-        Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
-        Err(e) => tracing::error!(
-            reason = "admin.connection_purge_failed",
-            tenant = %id,
-            connection = %cid,
-            error = %e,
-            "users of a deleted connection left in the store"
-        ),
     }
     Ok(StatusCode::NO_CONTENT)
 }
