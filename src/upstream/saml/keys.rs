@@ -89,7 +89,7 @@ pub(crate) fn describe(cert: &X509, usage: &str, state: Option<&str>) -> serde_j
             chrono::DateTime::<chrono::Utc>::from_timestamp(i64::from(d.days) * 86_400 + i64::from(d.secs), 0)
         })
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let fingerprint = cert.digest(MessageDigest::sha256()).map(|d| hex::encode(d)).ok();
+    let fingerprint = cert.digest(MessageDigest::sha256()).map(hex::encode).ok();
     let mut v = serde_json::json!({
         "use": usage,
         "not_after": not_after,
