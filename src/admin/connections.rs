@@ -138,7 +138,12 @@ async fn get_connection(
 
 /// Validates and stores the new version of a connection, then drops this
 /// replica's cached connector (others see the new revision).
-async fn store_update(s: &AppState, old: &Connection, new: Connection, reason: &'static str) -> Result<Value, AdminError> {
+async fn store_update(
+    s: &AppState,
+    old: &Connection,
+    new: Connection,
+    reason: &'static str,
+) -> Result<Value, AdminError> {
     // Built once now, so a configuration that cannot work is refused and the old one keeps serving.
     crate::upstream::build(&new, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
     s.tenants.update_connection(old, &new).await.map_err(registry)?;
@@ -175,7 +180,9 @@ async fn set_status(s: &AppState, id: &str, cid: &str, status: ConnectionStatus)
     while new.revision == old.revision {
         new.revision = rand::random();
     }
-    Ok(Json(store_update(s, &old, new, "admin.connection_status_changed").await?))
+    Ok(Json(
+        store_update(s, &old, new, "admin.connection_status_changed").await?,
+    ))
 }
 
 async fn enable(
@@ -210,7 +217,11 @@ async fn sp_certificates(
         "rotate" => crate::upstream::saml::rotate_sp_key(&mut cfg, &old, now),
         "activate" | "promote" => crate::upstream::saml::activate_sp_key(&mut cfg, now),
         "retire" => crate::upstream::saml::retire_sp_key(&mut cfg),
-        _ => return Err(AdminError::NotFound(format!("There is no SP certificate step {step:?}."))),
+        _ => {
+            return Err(AdminError::NotFound(format!(
+                "There is no SP certificate step {step:?}."
+            )))
+        }
     };
     outcome.map_err(|e| AdminError::Conflict {
         field: "sp_certificates",

@@ -458,12 +458,7 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
         Ok(form) => form,
         Err(e) => return e.into_response(),
     };
-    saml_acs(
-        State(state),
-        Path((tenant.to_string(), connection.to_string())),
-        form,
-    )
-    .await
+    saml_acs(State(state), Path((tenant.to_string(), connection.to_string())), form).await
 }
 
 /// Anything else: a plain 404.

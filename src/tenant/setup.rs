@@ -126,15 +126,13 @@ pub async fn patch_connection(
             ConnectionKind::Saml(upstream::saml::setup_patched(merged, ctx, &existing.tenant, &existing.id, cfg).await?)
         }
         ConnectionKind::Oidc(cfg) => {
-            let mut merged =
-                serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
+            let mut merged = serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
             merge_patch(&mut merged, Value::Object(patch));
             strip_nulls(&mut merged);
             ConnectionKind::Oidc(upstream::oidc::setup(merged, ctx).await?)
         }
         ConnectionKind::Dev(cfg) => {
-            let mut merged =
-                serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
+            let mut merged = serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
             merge_patch(&mut merged, Value::Object(patch));
             ConnectionKind::Dev(serde_json::from_value(merged).map_err(|e| SetupError::new("body", e.to_string()))?)
         }
@@ -200,7 +198,10 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
                     }
                 }
             }
-            v.insert("certificates".into(), json!(upstream::saml::certificates(cfg, ctx.clock.now())));
+            v.insert(
+                "certificates".into(),
+                json!(upstream::saml::certificates(cfg, ctx.clock.now())),
+            );
         }
         ConnectionKind::Dev(_) => {
             v.insert("certificates".into(), json!([]));

@@ -895,7 +895,12 @@ fn openssl_fingerprint(cert_pem: &str) -> String {
     child.stdin.take().unwrap().write_all(cert_pem.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    text.trim().rsplit('=').next().unwrap().replace(':', "").to_ascii_lowercase()
+    text.trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase()
 }
 
 async fn sp_metadata(app: &TestApp, conn: &Value) -> String {
@@ -948,19 +953,32 @@ async fn patched_metadata_keeps_the_sp_identity_and_the_new_idp_certificate_sign
         idp_fingerprints(&patched),
         vec![openssl_fingerprint(new_idp.idp["cert_pem"].as_str().unwrap())]
     );
-    assert_eq!(sp_metadata(&app, &patched).await, md_before, "SP metadata (keys) unchanged");
+    assert_eq!(
+        sp_metadata(&app, &patched).await,
+        md_before,
+        "SP metadata (keys) unchanged"
+    );
     assert!(patched.get("sp_private_key_pem").is_none() && !patched.to_string().contains("PRIVATE KEY"));
 
     // The old IdP key no longer signs in; the new one does.
+    // (An IdP-initiated refusal goes to the app as access_denied; the reason
+    // code, saml.signature_invalid, is in the log.)
     let ans = post_acs(&app.client, &acs(&conn), &old_idp.response(&conn, None), None).await;
-    assert_eq!(ans.code(), None, "{ans:?}");
+    assert_eq!(
+        ans.expect_app_error(),
+        "The sign-in response from your identity provider could not be accepted."
+    );
     let ans = post_acs(&app.client, &acs(&conn), &new_idp.response(&conn, None), None).await;
     let code = continue_with(&app.client, &ans).await.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
 
     // Broken metadata: 400 naming the field, and the previous configuration keeps serving.
     let (status, p) = app
-        .admin(reqwest::Method::PATCH, path, Some(json!({ "metadata_xml": "<not metadata" })))
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(json!({ "metadata_xml": "<not metadata" })),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
     assert_eq!(p["field"], "metadata_xml", "{p}");
@@ -1021,7 +1039,9 @@ async fn disable_and_enable_set_the_status_and_bump_the_revision() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
     assert_eq!(p["field"], "status");
-    let (_, list) = app.admin(reqwest::Method::GET, "/admin/v1/tenants/acme/connections", None).await;
+    let (_, list) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/connections", None)
+        .await;
     assert_eq!(list["connections"][0]["status"], "pending_test");
 }
 
@@ -1082,15 +1102,23 @@ async fn sp_certificate_rotation_publishes_then_activates_then_retires() {
     assert_eq!(signing[0], old[0], "the current certificate stays first");
     let new = signing[1].clone();
     assert!(encryption.contains(&old[0]) && encryption.contains(&new));
-    assert_eq!(sp_certs(&rotated, "sp_signing", Some("next")), vec![der_fingerprint(&new)]);
+    assert_eq!(
+        sp_certs(&rotated, "sp_signing", Some("next")),
+        vec![der_fingerprint(&new)]
+    );
     assert_eq!(sp_certs(&rotated, "sp_signing", None), vec![der_fingerprint(&old[0])]);
     let (status, _) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a second rotation waits for the first");
 
-    let (status, active) = app.admin(reqwest::Method::POST, &format!("{base}/activate"), None).await;
+    let (status, active) = app
+        .admin(reqwest::Method::POST, &format!("{base}/activate"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{active}");
     assert_eq!(sp_certs(&active, "sp_signing", None), vec![der_fingerprint(&new)]);
-    assert_eq!(sp_certs(&active, "sp_encryption", Some("previous")), vec![der_fingerprint(&old[0])]);
+    assert_eq!(
+        sp_certs(&active, "sp_encryption", Some("previous")),
+        vec![der_fingerprint(&old[0])]
+    );
     let md = sp_metadata(&app, &conn).await;
     assert_eq!(key_descriptors(&md, "signing"), vec![new.clone()]);
     let encryption = key_descriptors(&md, "encryption");
@@ -1101,7 +1129,10 @@ async fn sp_certificate_rotation_publishes_then_activates_then_retires() {
     let md = sp_metadata(&app, &conn).await;
     assert!(!md.contains(&old[0]), "the old certificate is gone: {md}");
     assert_eq!(key_descriptors(&md, "encryption"), vec![new.clone()]);
-    assert_eq!(sp_certs(&retired, "sp_encryption", Some("previous")), Vec::<String>::new());
+    assert_eq!(
+        sp_certs(&retired, "sp_encryption", Some("previous")),
+        Vec::<String>::new()
+    );
     assert_eq!(retired["sp_entity_id"], conn["sp_entity_id"]);
 }
 
@@ -1122,14 +1153,22 @@ async fn a_migrated_entity_id_and_acs_alias_sign_in_and_the_canonical_acs_still_
     body["acs_url"] = json!("https://elsewhere.example/api/oauth/saml");
     body["kind"] = json!("saml");
     let (status, p) = app
-        .admin(reqwest::Method::POST, "/admin/v1/tenants/acme/connections", Some(body.clone()))
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
     assert_eq!(p["field"], "acs_url");
     // A path the gateway serves itself is refused too.
     body["acs_url"] = json!(app.url("/token").as_str());
     let (status, p) = app
-        .admin(reqwest::Method::POST, "/admin/v1/tenants/acme/connections", Some(body.clone()))
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
     assert_eq!(p["field"], "acs_url");
@@ -1154,10 +1193,19 @@ async fn a_migrated_entity_id_and_acs_alias_sign_in_and_the_canonical_acs_still_
     let mut derived = conn.clone();
     derived["sp_entity_id"] = json!(app.url("/saml/acme/corp/metadata").as_str());
     let ans = post_acs(&app.client, &alias, &idp.response(&derived, None), None).await;
-    assert_eq!(ans.code(), None, "{ans:?}");
+    assert_eq!(
+        ans.expect_app_error(),
+        "The sign-in response from your identity provider could not be accepted."
+    );
     // An unknown path is still a 404.
-    let ans = post_acs(&app.client, &app.url("/api/oauth/other"), &idp.response(&conn, None), None).await;
-    assert_eq!(ans.status, StatusCode::NOT_FOUND);
+    let ans = post_acs(
+        &app.client,
+        &app.url("/api/oauth/other"),
+        &idp.response(&conn, None),
+        None,
+    )
+    .await;
+    ans.expect_page(404, "http.not_found");
 
     // Another connection cannot take the same alias path.
     let (status, p) = app
@@ -1182,5 +1230,44 @@ async fn a_migrated_entity_id_and_acs_alias_sign_in_and_the_canonical_acs_still_
     assert_eq!(p["acs_url"], canonical.as_str());
     assert_eq!(p["sp_entity_id"], entity);
     let ans = post_acs(&app.client, &alias, &idp.response(&conn, None), None).await;
-    assert_eq!(ans.status, StatusCode::NOT_FOUND);
+    ans.expect_page(404, "http.not_found");
+}
+
+#[tokio::test]
+async fn the_previous_sp_certificate_retires_itself_after_the_configured_overlap() {
+    let clock = ManualClock::at(now());
+    let app = spawn_app(options(&clock)).await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let path = "/admin/v1/tenants/acme/connections/corp";
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, path, Some(json!({ "sp_key_overlap_secs": 10 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "sp_key_overlap_secs");
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(json!({ "sp_key_overlap_secs": 3600 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    let old = key_descriptors(&sp_metadata(&app, &conn).await, "signing");
+    let base = format!("{path}/sp-certificates");
+    app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    let (status, _) = app
+        .admin(reqwest::Method::POST, &format!("{base}/activate"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sp_metadata(&app, &conn).await.contains(&old[0]));
+    clock.advance(Duration::seconds(3601));
+    let md = sp_metadata(&app, &conn).await;
+    assert!(!md.contains(&old[0]), "retired after the overlap: {md}");
+    let (_, got) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(sp_certs(&got, "sp_encryption", Some("previous")), Vec::<String>::new());
+    // A new rotation may start once the previous key is gone.
+    let (status, _) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    assert_eq!(status, StatusCode::OK);
 }

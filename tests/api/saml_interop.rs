@@ -281,7 +281,8 @@ fn cert_b64(pem: &str) -> String {
 }
 
 #[tokio::test]
-async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_and_after_retire_the_old_one_does_not() {
+async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_and_after_retire_the_old_one_does_not()
+{
     let (ctx, _clock) = ctx_at(SystemClock.now());
     let keys = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP } }));
     let body = serde_json::json!({ "metadata_xml": keys["metadata"], "want_encrypted_assertions": true });
@@ -307,7 +308,10 @@ async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_
     assert!(xml.contains("EncryptedAssertion"));
     assert_ada(&r.unwrap());
     // ...and to the old one, still current for signing.
-    let p = Peer { sp_metadata: old_metadata.clone(), ..p };
+    let p = Peer {
+        sp_metadata: old_metadata.clone(),
+        ..p
+    };
     let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
     assert_ada(&r.unwrap());
 
@@ -334,7 +338,10 @@ async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_
     };
     let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
     assert_eq!(r.unwrap_err().code, "saml.decryption_failed");
-    let p = Peer { sp_metadata: to_new, ..p };
+    let p = Peer {
+        sp_metadata: to_new,
+        ..p
+    };
     let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
     assert_ada(&r.unwrap());
 }
@@ -348,8 +355,13 @@ fn redirect_signature_verifies(url: &url::Url, cert_pem: &str) -> bool {
         .unwrap()
         .1
         .into_owned();
-    let sig = base64::engine::general_purpose::STANDARD.decode(sig.as_bytes()).unwrap();
-    let key = openssl::x509::X509::from_pem(cert_pem.as_bytes()).unwrap().public_key().unwrap();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig.as_bytes())
+        .unwrap();
+    let key = openssl::x509::X509::from_pem(cert_pem.as_bytes())
+        .unwrap()
+        .public_key()
+        .unwrap();
     let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
     v.update(signed.as_bytes()).unwrap();
     v.verify(&sig).unwrap_or(false)
@@ -385,11 +397,17 @@ async fn authn_requests_are_signed_with_the_new_sp_key_only_after_activate() {
     saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).unwrap();
     let new_pem = cfg.sp_next_key.as_ref().unwrap().certificate_pem.clone();
     let url = begin(&cfg).await;
-    assert!(redirect_signature_verifies(&url, &old_pem), "still signed with the current key");
+    assert!(
+        redirect_signature_verifies(&url, &old_pem),
+        "still signed with the current key"
+    );
     assert!(!redirect_signature_verifies(&url, &new_pem));
 
     saml::activate_sp_key(&mut cfg, SystemClock.now()).unwrap();
     let url = begin(&cfg).await;
-    assert!(redirect_signature_verifies(&url, &new_pem), "signed with the new key after activate");
+    assert!(
+        redirect_signature_verifies(&url, &new_pem),
+        "signed with the new key after activate"
+    );
     assert!(!redirect_signature_verifies(&url, &old_pem));
 }

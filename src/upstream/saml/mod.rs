@@ -192,10 +192,14 @@ pub fn rotate_sp_key(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), RotationError> {
     if cfg.sp_next_key.is_some() {
-        return Err(RotationError("a new SP certificate is already waiting: activate it first"));
+        return Err(RotationError(
+            "a new SP certificate is already waiting: activate it first",
+        ));
     }
     if cfg.sp_previous_key.as_ref().is_some_and(|k| k.live(now)) {
-        return Err(RotationError("the previous SP certificate is still in use: retire it first"));
+        return Err(RotationError(
+            "the previous SP certificate is still in use: retire it first",
+        ));
     }
     let sp = keys::generate(
         &format!("Portcullis SAML SP {}/{}", connection.tenant, connection.id),
@@ -213,10 +217,9 @@ pub fn rotate_sp_key(
 
 /// Step 2 of [`rotate_sp_key`]: signs with the new key from now on.
 pub fn activate_sp_key(cfg: &mut SamlConfig, now: chrono::DateTime<chrono::Utc>) -> Result<(), RotationError> {
-    let next = cfg
-        .sp_next_key
-        .take()
-        .ok_or(RotationError("there is no new SP certificate to activate: rotate first"))?;
+    let next = cfg.sp_next_key.take().ok_or(RotationError(
+        "there is no new SP certificate to activate: rotate first",
+    ))?;
     let retire_at = cfg
         .sp_key_overlap_secs
         .and_then(|s| i64::try_from(s).ok())
@@ -341,7 +344,10 @@ struct Inner {
     keys: keys::SpKeyMaterial,
     /// Every SP key that may decrypt: current, next, previous (with the
     /// moment the previous one stops counting).
-    decrypt_keys: Vec<(openssl::pkey::PKey<openssl::pkey::Private>, Option<chrono::DateTime<chrono::Utc>>)>,
+    decrypt_keys: Vec<(
+        openssl::pkey::PKey<openssl::pkey::Private>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )>,
     skew: chrono::Duration,
 }
 

@@ -218,7 +218,10 @@ async fn build(
         Some(u) => check_acs_url(u, ctx, tenant, connection)?,
         None => None,
     };
-    if req.sp_key_overlap_secs.is_some_and(|s| !(60..=365 * 86_400).contains(&s)) {
+    if req
+        .sp_key_overlap_secs
+        .is_some_and(|s| !(60..=365 * 86_400).contains(&s))
+    {
         return Err(SetupError::new(
             "sp_key_overlap_secs",
             "must be between 60 seconds and 365 days",
