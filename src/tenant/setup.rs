@@ -209,3 +209,28 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
     }
     Value::Object(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The RFC's appendix A example.
+        let mut target = json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+            "tags": ["example", "sample"], "content": "This will be unchanged"});
+        merge_patch(
+            &mut target,
+            json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890", "author": {"familyName": null}, "tags": ["example"]}),
+        );
+        assert_eq!(
+            target,
+            json!({"title": "Hello!", "author": {"givenName": "John"}, "tags": ["example"],
+                "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
+        );
+        let mut t = json!({"a": "b"});
+        merge_patch(&mut t, json!({"a": {"bb": {"ccc": null}}}));
+        assert_eq!(t, json!({"a": {"bb": {}}}));
+    }
+}
