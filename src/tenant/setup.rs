@@ -165,7 +165,8 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
     v.insert("tenant".into(), json!(c.tenant));
     v.insert("kind".into(), json!(c.kind.name()));
     v.insert("status".into(), json!(c.status));
-    v.insert("revision".into(), json!(c.revision));
+    // A string: a 64-bit number does not survive JSON parsers that use doubles.
+    v.insert("revision".into(), json!(c.revision.to_string()));
     match &c.kind {
         ConnectionKind::Oidc(cfg) => {
             v.insert("issuer".into(), json!(cfg.issuer));
