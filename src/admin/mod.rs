@@ -11,6 +11,7 @@
 mod api_keys;
 pub mod audit;
 pub mod auth;
+mod connections;
 mod error;
 mod refresh;
 mod resources;
@@ -21,7 +22,7 @@ pub use error::AdminError;
 
 use crate::audit::Target;
 use crate::http::AppState;
-use crate::ids::{ConnectionId, TenantId};
+use crate::ids::TenantId;
 use crate::provider::clients::{
     check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
 };
@@ -52,14 +53,7 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(audit::platform_routes());
     let tenant = Router::new()
         .route("/tenants/{id}", get(get_tenant))
-        .route(
-            "/tenants/{id}/connections",
-            post(create_connection).get(list_connections),
-        )
-        .route(
-            "/tenants/{id}/connections/{cid}",
-            get(get_connection).delete(delete_connection),
-        )
+        .merge(connections::routes())
         .merge(users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes());
@@ -80,11 +74,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     }
 }
 
-fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
+pub(crate) fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
     TenantId::parse(id).map_err(|_| AdminError::NotFound(format!("There is no tenant {id:?}.")))
 }
 
-fn registry(e: RegistryError) -> AdminError {
+pub(crate) fn registry(e: RegistryError) -> AdminError {
     match e {
         RegistryError::Exists(what) => AdminError::Conflict {
             field: "id",
@@ -95,6 +89,10 @@ fn registry(e: RegistryError) -> AdminError {
             detail: format!("The domain {domain} already belongs to another tenant."),
         },
         RegistryError::NotFound(what) => AdminError::NotFound(format!("There is no {what}.")),
+        RegistryError::AcsPathTaken { path } => AdminError::Conflict {
+            field: "acs_url",
+            detail: format!("The ACS URL path {path} is already served for another connection."),
+        },
         RegistryError::Store(s) => AdminError::Internal(s.to_string()),
     }
 }
@@ -201,106 +199,6 @@ async fn delete_tenant(
         }
     }
     audit::purge_tenant(&s, &id).await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn create_connection(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
-        .await
-        .map_err(|e| AdminError::Invalid {
-            field: e.field,
-            detail: e.message,
-        })?;
-    // Build it once now, so a configuration that cannot work is refused before it is stored.
-    crate::upstream::build(&conn, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
-    s.tenants.add_connection(&conn).await.map_err(registry)?;
-    tracing::info!(reason = "admin.connection_created", tenant = %id, connection = %conn.id, kind = conn.kind.name());
-    let view = crate::tenant::setup::describe(&s.upstream, &conn);
-    audit::record(
-        &s,
-        admin
-            .event("connection.created", Target::new("connection", conn.id.as_str()))
-            .tenant(&id)
-            .after(view.clone()),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-async fn list_connections(
-    _: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    let mut out = Vec::new();
-    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
-        if let Some(conn) = s.tenants.connection(&id, &c).await.map_err(registry)? {
-            out.push(crate::tenant::setup::describe(&s.upstream, &conn));
-        }
-    }
-    Ok(Json(json!({"connections": out})))
-}
-
-async fn get_connection(
-    _: Admin,
-    State(s): State<Arc<AppState>>,
-    Path((id, cid)): Path<(String, String)>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
-    let conn = s
-        .tenants
-        .connection(&id, &cid)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no connection {cid:?} in tenant {id:?}.")))?;
-    Ok(Json(crate::tenant::setup::describe(&s.upstream, &conn)))
-}
-
-async fn delete_connection(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    Path((id, cid)): Path<(String, String)>,
-) -> Result<StatusCode, AdminError> {
-    let id = tenant_id(&id)?;
-    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
-    let before = s.tenants.connection(&id, &cid).await.map_err(registry)?;
-    s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
-    s.broker.connectors.forget(&id, &cid);
-    tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
-    let before = before.map(|c| crate::tenant::setup::describe(&s.upstream, &c));
-    audit::record(
-        &s,
-        admin
-            .event("connection.deleted", Target::new("connection", cid.as_str()))
-            .tenant(&id)
-            .before(json!(before)),
-    )
-    .await?;
-    // As for a tenant: acceptance is already over; this frees the store.
-    match s.broker.purge_connection_users(&id, &cid).await {
-        Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
-        Err(e) => tracing::error!(
-            reason = "admin.connection_purge_failed",
-            tenant = %id,
-            connection = %cid,
-            error = %e,
-            "users of a deleted connection left in the store"
-        ),
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 

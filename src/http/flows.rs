@@ -437,6 +437,30 @@ pub async fn saml_metadata(
     }
 }
 
+/// Anything the router does not know: a POST to a migrated connection's ACS
+/// URL (an alias path kept from another provider, looked up in the store)
+/// goes to the same ACS handler as the canonical path; the rest is a 404.
+pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    if req.method() != axum::http::Method::POST {
+        return not_found().await;
+    }
+    let path = req.uri().path().to_owned();
+    let (tenant, connection) = match state.tenants.acs_alias(&path).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found().await,
+        Err(e) => {
+            tracing::error!(reason = "store.unavailable", error = %e);
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    tracing::debug!(reason = "saml.acs_alias", tenant = %tenant, connection = %connection, "ACS alias path");
+    let form = match <Form<Vec<(String, String)>> as axum::extract::FromRequest<()>>::from_request(req, &()).await {
+        Ok(form) => form,
+        Err(e) => return e.into_response(),
+    };
+    saml_acs(State(state), Path((tenant.to_string(), connection.to_string())), form).await
+}
+
 /// Anything else: a plain 404.
 pub async fn not_found() -> Response {
     pages::error_page(

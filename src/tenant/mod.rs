@@ -78,6 +78,12 @@ pub enum RegistryError {
     /// The tenant or connection does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// A migrated ACS URL is already served for another connection.
+    #[error("the ACS URL path {path} already belongs to another connection")]
+    AcsPathTaken {
+        /// The path.
+        path: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -160,6 +166,23 @@ fn connection_incarnation_key(t: &TenantId, c: &ConnectionId) -> Key {
 fn domain_key(domain: &str) -> Key {
     Key::global("domains", domain)
 }
+fn acs_alias_key(path: &str) -> Key {
+    Key::global("acs-alias", path)
+}
+
+/// The path of a connection's migrated ACS URL (served as an alias), if it has one.
+fn acs_alias_path(connection: &Connection) -> Option<String> {
+    let crate::upstream::ConnectionKind::Saml(cfg) = &connection.kind else {
+        return None;
+    };
+    let url = url::Url::parse(cfg.acs_url.as_deref()?).ok()?;
+    Some(url.path().to_owned())
+}
+
+fn alias_value(t: &TenantId, c: &ConnectionId) -> String {
+    format!("{t}/{c}")
+}
+
 fn index_key() -> Key {
     Key::global("tenants", "index")
 }
@@ -312,6 +335,9 @@ impl TenantRegistry {
         for c in self.store.set_members(&connections_key(id)).await? {
             if let Ok(c) = ConnectionId::parse(&c) {
                 self.store.delete(&connection_incarnation_key(id, &c)).await?;
+                if let Some(old) = self.connection(id, &c).await? {
+                    self.release_acs_alias(&old).await?;
+                }
                 self.store.delete(&connection_key(id, &c)).await?;
             }
         }
@@ -327,10 +353,77 @@ impl TenantRegistry {
         Ok(())
     }
 
+    /// Reserves the ACS alias path of `connection` (if it has one). Fails
+    /// when another connection serves that path.
+    async fn reserve_acs_alias(&self, connection: &Connection) -> Result<(), RegistryError> {
+        let Some(path) = acs_alias_path(connection) else {
+            return Ok(());
+        };
+        let value = alias_value(&connection.tenant, &connection.id);
+        let key = acs_alias_key(&path);
+        if self.store.put_if_absent(&key, value.as_bytes(), None).await? {
+            return Ok(());
+        }
+        if self.store.get(&key).await?.as_deref() == Some(value.as_bytes()) {
+            return Ok(());
+        }
+        Err(RegistryError::AcsPathTaken { path })
+    }
+
+    /// Releases the ACS alias path of `connection`, if it still points at it.
+    async fn release_acs_alias(&self, connection: &Connection) -> Result<(), RegistryError> {
+        let Some(path) = acs_alias_path(connection) else {
+            return Ok(());
+        };
+        let key = acs_alias_key(&path);
+        let value = alias_value(&connection.tenant, &connection.id);
+        if self.store.get(&key).await?.as_deref() == Some(value.as_bytes()) {
+            self.store.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// The connection whose migrated ACS URL has this path, if any.
+    pub async fn acs_alias(&self, path: &str) -> Result<Option<(TenantId, ConnectionId)>, RegistryError> {
+        let Some(raw) = self.store.get(&acs_alias_key(path)).await? else {
+            return Ok(None);
+        };
+        let raw = String::from_utf8_lossy(&raw);
+        let Some((t, c)) = raw.split_once('/') else {
+            return Ok(None);
+        };
+        match (TenantId::parse(t), ConnectionId::parse(c)) {
+            (Ok(t), Ok(c)) => Ok(Some((t, c))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Replaces a stored connection with its patched version (the admin
+    /// API's PATCH), moving its ACS alias when that changed. Fails if the
+    /// connection is gone.
+    pub async fn update_connection(&self, old: &Connection, new: &Connection) -> Result<(), RegistryError> {
+        if self.connection(&new.tenant, &new.id).await?.is_none() {
+            return Err(RegistryError::NotFound(format!("connection {}", new.id)));
+        }
+        self.reserve_acs_alias(new).await?;
+        self.store
+            .put_json(&connection_key(&new.tenant, &new.id), new, None)
+            .await?;
+        if acs_alias_path(old) != acs_alias_path(new) {
+            self.release_acs_alias(old).await?;
+        }
+        Ok(())
+    }
+
     /// Stores a new connection. Fails if the id is taken within the tenant.
     pub async fn add_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
         let key = connection_key(&connection.tenant, &connection.id);
+        if self.connection(&connection.tenant, &connection.id).await?.is_some() {
+            return Err(RegistryError::Exists(format!("connection {}", connection.id)));
+        }
+        self.reserve_acs_alias(connection).await?;
         if !self.store.put_json_if_absent(&key, connection, None).await? {
+            self.release_acs_alias(connection).await?;
             return Err(RegistryError::Exists(format!("connection {}", connection.id)));
         }
         // Always a fresh incarnation: a predecessor with this id is not inherited.
@@ -350,6 +443,11 @@ impl TenantRegistry {
     /// Replaces a stored connection (declarative files use this).
     pub async fn put_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
         let key = connection_key(&connection.tenant, &connection.id);
+        let old = self.connection(&connection.tenant, &connection.id).await?;
+        self.reserve_acs_alias(connection).await?;
+        if let Some(old) = old.filter(|o| acs_alias_path(o) != acs_alias_path(connection)) {
+            self.release_acs_alias(&old).await?;
+        }
         // A replaced connection keeps its incarnation; a new one gets one.
         self.store
             .put_if_absent(
@@ -386,6 +484,9 @@ impl TenantRegistry {
         // The incarnation goes first: should the rest fail, what is left is
         // a connection nobody's users match, never an inherited one.
         self.store.delete(&connection_incarnation_key(t, c)).await?;
+        if let Some(old) = self.connection(t, c).await? {
+            self.release_acs_alias(&old).await?;
+        }
         if !self.store.delete(&connection_key(t, c)).await? {
             return Err(RegistryError::NotFound(format!("connection {c}")));
         }

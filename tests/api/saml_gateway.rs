@@ -879,3 +879,395 @@ async fn email_verified_is_vouched_only_for_the_tenants_own_domains() {
         );
     }
 }
+
+// ---- Connections updated in place (issue 7, "connections") ----
+
+/// `openssl x509 -fingerprint -sha256` of a PEM certificate, as lowercase hex
+/// without colons (an independent computation of `fingerprint_sha256`).
+fn openssl_fingerprint(cert_pem: &str) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl command line tool is needed (apt-get install openssl)");
+    child.stdin.take().unwrap().write_all(cert_pem.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase()
+}
+
+async fn sp_metadata(app: &TestApp, conn: &Value) -> String {
+    let url = conn["sp_metadata_url"].as_str().unwrap();
+    app.client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+fn idp_fingerprints(conn: &Value) -> Vec<String> {
+    conn["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["use"] == "idp_signing")
+        .map(|c| c["fingerprint_sha256"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn patched_metadata_keeps_the_sp_identity_and_the_new_idp_certificate_signs_in() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let old_idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &old_idp, true).await;
+    assert_eq!(conn["status"], "active");
+    assert_eq!(
+        idp_fingerprints(&conn),
+        vec![openssl_fingerprint(old_idp.idp["cert_pem"].as_str().unwrap())]
+    );
+    let md_before = sp_metadata(&app, &conn).await;
+
+    let new_idp = Idp::new();
+    let path = "/admin/v1/tenants/acme/connections/corp";
+    let resp = app
+        .client
+        .patch(app.url(path))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({ "metadata_xml": new_idp.metadata }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let patched: Value = resp.json().await.unwrap();
+    for key in ["sp_entity_id", "acs_url", "sp_metadata_url"] {
+        assert_eq!(patched[key], conn[key], "{key} changed");
+    }
+    assert_ne!(patched["revision"], conn["revision"], "the revision must change");
+    assert_eq!(
+        idp_fingerprints(&patched),
+        vec![openssl_fingerprint(new_idp.idp["cert_pem"].as_str().unwrap())]
+    );
+    assert_eq!(
+        sp_metadata(&app, &patched).await,
+        md_before,
+        "SP metadata (keys) unchanged"
+    );
+    assert!(patched.get("sp_private_key_pem").is_none() && !patched.to_string().contains("PRIVATE KEY"));
+
+    // The old IdP key no longer signs in; the new one does.
+    // (An IdP-initiated refusal goes to the app as access_denied; the reason
+    // code, saml.signature_invalid, is in the log.)
+    let ans = post_acs(&app.client, &acs(&conn), &old_idp.response(&conn, None), None).await;
+    assert_eq!(
+        ans.expect_app_error(),
+        "The sign-in response from your identity provider could not be accepted."
+    );
+    let ans = post_acs(&app.client, &acs(&conn), &new_idp.response(&conn, None), None).await;
+    let code = continue_with(&app.client, &ans).await.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+
+    // Broken metadata: 400 naming the field, and the previous configuration keeps serving.
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(json!({ "metadata_xml": "<not metadata" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "metadata_xml", "{p}");
+    let (_, now) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(now["revision"], patched["revision"]);
+    let ans = post_acs(&app.client, &acs(&conn), &new_idp.response(&conn, None), None).await;
+    continue_with(&app.client, &ans).await.expect_code();
+
+    // A whole-body rule still holds after merging: idp-initiated needs its app.
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, path, Some(json!({ "default_client_id": null })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "default_client_id", "{p}");
+
+    // The kind cannot change.
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, path, Some(json!({ "kind": "oidc" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "kind", "{p}");
+
+    // Settings patch in place (attribute mapping, max session).
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(json!({ "max_session_secs": 3600, "attribute_mapping": { "email": "mail" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["max_session_secs"], 3600);
+    assert_eq!(p["sp_entity_id"], conn["sp_entity_id"]);
+}
+
+#[tokio::test]
+async fn disable_and_enable_set_the_status_and_bump_the_revision() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let base = "/admin/v1/tenants/acme/connections/corp";
+    let (status, d) = app.admin(reqwest::Method::POST, &format!("{base}/disable"), None).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "disabled");
+    assert_ne!(d["revision"], conn["revision"]);
+    let (_, got) = app.admin(reqwest::Method::GET, base, None).await;
+    assert_eq!(got["status"], "disabled");
+    let (_, e) = app.admin(reqwest::Method::POST, &format!("{base}/enable"), None).await;
+    assert_eq!(e["status"], "active");
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, base, Some(json!({ "status": "pending_test" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["status"], "pending_test");
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, base, Some(json!({ "status": "paused" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "status");
+    let (_, list) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/connections", None)
+        .await;
+    assert_eq!(list["connections"][0]["status"], "pending_test");
+}
+
+/// The base64 DER certificates in `md`'s KeyDescriptors of `usage`.
+fn key_descriptors(md: &str, usage: &str) -> Vec<String> {
+    md.split(&format!("<md:KeyDescriptor use=\"{usage}\">"))
+        .skip(1)
+        .map(|s| {
+            let start = s.find("<ds:X509Certificate>").unwrap() + "<ds:X509Certificate>".len();
+            let end = s.find("</ds:X509Certificate>").unwrap();
+            s[start..end].to_owned()
+        })
+        .collect()
+}
+
+fn sp_certs(conn: &Value, usage: &str, state: Option<&str>) -> Vec<String> {
+    conn["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["use"] == usage && c["state"].as_str() == state)
+        .map(|c| c["fingerprint_sha256"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn der_fingerprint(b64: &str) -> String {
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der))
+}
+
+#[tokio::test]
+async fn sp_certificate_rotation_publishes_then_activates_then_retires() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let base = "/admin/v1/tenants/acme/connections/corp/sp-certificates";
+    let md = sp_metadata(&app, &conn).await;
+    let old = key_descriptors(&md, "signing");
+    assert_eq!(old.len(), 1);
+    assert_eq!(sp_certs(&conn, "sp_signing", None), vec![der_fingerprint(&old[0])]);
+
+    // Nothing to activate or retire yet.
+    for step in ["activate", "retire"] {
+        let (status, p) = app.admin(reqwest::Method::POST, &format!("{base}/{step}"), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{step}: {p}");
+        assert_eq!(p["field"], "sp_certificates");
+    }
+
+    let (status, rotated) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["sp_entity_id"], conn["sp_entity_id"]);
+    assert_eq!(rotated["acs_url"], conn["acs_url"]);
+    let md = sp_metadata(&app, &conn).await;
+    let signing = key_descriptors(&md, "signing");
+    let encryption = key_descriptors(&md, "encryption");
+    assert_eq!(signing.len(), 2, "{md}");
+    assert_eq!(signing[0], old[0], "the current certificate stays first");
+    let new = signing[1].clone();
+    assert!(encryption.contains(&old[0]) && encryption.contains(&new));
+    assert_eq!(
+        sp_certs(&rotated, "sp_signing", Some("next")),
+        vec![der_fingerprint(&new)]
+    );
+    assert_eq!(sp_certs(&rotated, "sp_signing", None), vec![der_fingerprint(&old[0])]);
+    let (status, _) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a second rotation waits for the first");
+
+    let (status, active) = app
+        .admin(reqwest::Method::POST, &format!("{base}/activate"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{active}");
+    assert_eq!(sp_certs(&active, "sp_signing", None), vec![der_fingerprint(&new)]);
+    assert_eq!(
+        sp_certs(&active, "sp_encryption", Some("previous")),
+        vec![der_fingerprint(&old[0])]
+    );
+    let md = sp_metadata(&app, &conn).await;
+    assert_eq!(key_descriptors(&md, "signing"), vec![new.clone()]);
+    let encryption = key_descriptors(&md, "encryption");
+    assert!(encryption.contains(&old[0]) && encryption.contains(&new), "{md}");
+
+    let (status, retired) = app.admin(reqwest::Method::POST, &format!("{base}/retire"), None).await;
+    assert_eq!(status, StatusCode::OK, "{retired}");
+    let md = sp_metadata(&app, &conn).await;
+    assert!(!md.contains(&old[0]), "the old certificate is gone: {md}");
+    assert_eq!(key_descriptors(&md, "encryption"), vec![new.clone()]);
+    assert_eq!(
+        sp_certs(&retired, "sp_encryption", Some("previous")),
+        Vec::<String>::new()
+    );
+    assert_eq!(retired["sp_entity_id"], conn["sp_entity_id"]);
+}
+
+#[tokio::test]
+async fn a_migrated_entity_id_and_acs_alias_sign_in_and_the_canonical_acs_still_works() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let entity = "https://sso.previous-provider.example/saml/acme";
+    let alias = app.url("/api/oauth/saml");
+    let mut body = json!({
+        "id": "corp", "metadata_xml": idp.metadata, "allow_idp_initiated": true,
+        "default_client_id": APP_ID, "redirect_uri": APP_CB,
+        "sp_entity_id": entity, "acs_url": alias.as_str(),
+    });
+    // Another origin is refused, naming the field.
+    body["acs_url"] = json!("https://elsewhere.example/api/oauth/saml");
+    body["kind"] = json!("saml");
+    let (status, p) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "acs_url");
+    // A path the gateway serves itself is refused too.
+    body["acs_url"] = json!(app.url("/token").as_str());
+    let (status, p) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "acs_url");
+
+    body["acs_url"] = json!(alias.as_str());
+    let conn = app.create_saml_connection("acme", body).await;
+    assert_eq!(conn["sp_entity_id"], entity);
+    assert_eq!(conn["acs_url"], alias.as_str());
+    let md = sp_metadata(&app, &conn).await;
+    assert!(md.contains(&format!("entityID=\"{entity}\"")), "{md}");
+    assert!(md.contains(&format!("Location=\"{alias}\"")), "{md}");
+
+    // A response with the migrated audience, addressed to the alias, signs in there.
+    let ans = post_acs(&app.client, &alias, &idp.response(&conn, None), None).await;
+    let code = continue_with(&app.client, &ans).await.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+    // The canonical ACS of the same connection still works.
+    let canonical = app.url("/saml/acme/corp/acs");
+    let ans = post_acs(&app.client, &canonical, &idp.response(&conn, None), None).await;
+    continue_with(&app.client, &ans).await.expect_code();
+    // A response for the derived (non-migrated) audience is refused.
+    let mut derived = conn.clone();
+    derived["sp_entity_id"] = json!(app.url("/saml/acme/corp/metadata").as_str());
+    let ans = post_acs(&app.client, &alias, &idp.response(&derived, None), None).await;
+    assert_eq!(
+        ans.expect_app_error(),
+        "The sign-in response from your identity provider could not be accepted."
+    );
+    // An unknown path is still a 404.
+    let ans = post_acs(
+        &app.client,
+        &app.url("/api/oauth/other"),
+        &idp.response(&conn, None),
+        None,
+    )
+    .await;
+    ans.expect_page(404, "http.not_found");
+
+    // Another connection cannot take the same alias path.
+    let (status, p) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({ "id": "corp2", "kind": "saml", "metadata_xml": idp.metadata, "acs_url": alias.as_str() })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["field"], "acs_url");
+
+    // Patching the ACS back to canonical removes the alias.
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/acme/connections/corp",
+            Some(json!({ "acs_url": null })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["acs_url"], canonical.as_str());
+    assert_eq!(p["sp_entity_id"], entity);
+    let ans = post_acs(&app.client, &alias, &idp.response(&conn, None), None).await;
+    ans.expect_page(404, "http.not_found");
+}
+
+#[tokio::test]
+async fn the_previous_sp_certificate_retires_itself_after_the_configured_overlap() {
+    let clock = ManualClock::at(now());
+    let app = spawn_app(options(&clock)).await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let path = "/admin/v1/tenants/acme/connections/corp";
+    let (status, p) = app
+        .admin(reqwest::Method::PATCH, path, Some(json!({ "sp_key_overlap_secs": 10 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "sp_key_overlap_secs");
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(json!({ "sp_key_overlap_secs": 3600 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    let old = key_descriptors(&sp_metadata(&app, &conn).await, "signing");
+    let base = format!("{path}/sp-certificates");
+    app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    let (status, _) = app
+        .admin(reqwest::Method::POST, &format!("{base}/activate"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sp_metadata(&app, &conn).await.contains(&old[0]));
+    clock.advance(Duration::seconds(3601));
+    let md = sp_metadata(&app, &conn).await;
+    assert!(!md.contains(&old[0]), "retired after the overlap: {md}");
+    let (_, got) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(sp_certs(&got, "sp_encryption", Some("previous")), Vec::<String>::new());
+    // A new rotation may start once the previous key is gone.
+    let (status, _) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -271,3 +271,143 @@ async fn tampered_ciphertext_without_response_signature_is_uniform() {
     .await;
     assert_eq!(r.unwrap_err().code, "saml.decryption_failed");
 }
+
+// ---- SP key overlapping rotation against pysaml2 (issue 7) ----
+
+/// The base64 DER of a PEM certificate.
+fn cert_b64(pem: &str) -> String {
+    let der = openssl::x509::X509::from_pem(pem.as_bytes()).unwrap().to_der().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+#[tokio::test]
+async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_and_after_retire_the_old_one_does_not()
+{
+    let (ctx, _clock) = ctx_at(SystemClock.now());
+    let keys = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP } }));
+    let body = serde_json::json!({ "metadata_xml": keys["metadata"], "want_encrypted_assertions": true });
+    let mut cfg = setup(&ctx, "acme", "pysaml2", body).await;
+    let conn = connection("acme", "pysaml2", cfg.clone());
+    let old_metadata = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
+    let old_b64 = cert_b64(&cfg.sp_certificate_pem);
+
+    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).unwrap();
+    let conn = connection("acme", "pysaml2", cfg.clone());
+    let published = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
+    let new_b64 = cert_b64(&cfg.sp_next_key.as_ref().unwrap().certificate_pem);
+    assert!(published.contains(&old_b64) && published.contains(&new_b64));
+    // The IdP encrypts to the new certificate only (as one that took up the
+    // new metadata and prefers the newest key would).
+    let to_new = published.replace(&old_b64, &new_b64);
+    let p = Peer {
+        connector: SamlConnector::new(&conn, cfg.clone(), ctx.clone()).unwrap(),
+        sp_metadata: to_new.clone(),
+        idp: keys["idp"].clone(),
+    };
+    let (r, xml) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
+    assert!(xml.contains("EncryptedAssertion"));
+    assert_ada(&r.unwrap());
+    // ...and to the old one, still current for signing.
+    let p = Peer {
+        sp_metadata: old_metadata.clone(),
+        ..p
+    };
+    let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
+    assert_ada(&r.unwrap());
+
+    // Activated: both still decrypt.
+    saml::activate_sp_key(&mut cfg, SystemClock.now()).unwrap();
+    let conn = connection("acme", "pysaml2", cfg.clone());
+    for md in [&old_metadata, &to_new] {
+        let p = Peer {
+            connector: SamlConnector::new(&conn, cfg.clone(), ctx.clone()).unwrap(),
+            sp_metadata: md.clone(),
+            idp: keys["idp"].clone(),
+        };
+        let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
+        assert_ada(&r.unwrap());
+    }
+
+    // Retired: the old key no longer decrypts; the new one does.
+    saml::retire_sp_key(&mut cfg).unwrap();
+    let conn = connection("acme", "pysaml2", cfg.clone());
+    let p = Peer {
+        connector: SamlConnector::new(&conn, cfg.clone(), ctx.clone()).unwrap(),
+        sp_metadata: old_metadata,
+        idp: keys["idp"].clone(),
+    };
+    let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
+    assert_eq!(r.unwrap_err().code, "saml.decryption_failed");
+    let p = Peer {
+        sp_metadata: to_new,
+        ..p
+    };
+    let (r, _) = round_trip(&p, serde_json::json!({ "sign_assertion": true, "encrypt": true })).await;
+    assert_ada(&r.unwrap());
+}
+
+/// Verifies the HTTP-Redirect binding signature of `url` with `cert_pem`.
+fn redirect_signature_verifies(url: &url::Url, cert_pem: &str) -> bool {
+    let query = url.query().unwrap();
+    let (signed, sig) = query.split_once("&Signature=").unwrap();
+    let sig = url::form_urlencoded::parse(format!("s={sig}").as_bytes())
+        .next()
+        .unwrap()
+        .1
+        .into_owned();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(sig.as_bytes())
+        .unwrap();
+    let key = openssl::x509::X509::from_pem(cert_pem.as_bytes())
+        .unwrap()
+        .public_key()
+        .unwrap();
+    let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+    v.update(signed.as_bytes()).unwrap();
+    v.verify(&sig).unwrap_or(false)
+}
+
+#[tokio::test]
+async fn authn_requests_are_signed_with_the_new_sp_key_only_after_activate() {
+    let (ctx, _clock) = ctx_at(SystemClock.now());
+    let keys = peer("craft.py", &serde_json::json!({ "idp": { "entity_id": IDP } }));
+    let body = serde_json::json!({ "metadata_xml": keys["metadata"], "sign_authn_requests": true });
+    let mut cfg = setup(&ctx, "acme", "pysaml2", body).await;
+    let old_pem = cfg.sp_certificate_pem.clone();
+    let begin = |cfg: &saml::SamlConfig| {
+        let conn = connection("acme", "pysaml2", cfg.clone());
+        let connector = SamlConnector::new(&conn, cfg.clone(), ctx.clone()).unwrap();
+        async move {
+            let b = connector
+                .begin(BeginRequest {
+                    login_id: "login-1",
+                    force_authn: false,
+                    login_hint: None,
+                    max_age: None,
+                })
+                .await
+                .unwrap();
+            let UpstreamRedirect::Redirect(url) = b.redirect else {
+                panic!("expected the redirect binding")
+            };
+            url
+        }
+    };
+    let conn = connection("acme", "pysaml2", cfg.clone());
+    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).unwrap();
+    let new_pem = cfg.sp_next_key.as_ref().unwrap().certificate_pem.clone();
+    let url = begin(&cfg).await;
+    assert!(
+        redirect_signature_verifies(&url, &old_pem),
+        "still signed with the current key"
+    );
+    assert!(!redirect_signature_verifies(&url, &new_pem));
+
+    saml::activate_sp_key(&mut cfg, SystemClock.now()).unwrap();
+    let url = begin(&cfg).await;
+    assert!(
+        redirect_signature_verifies(&url, &new_pem),
+        "signed with the new key after activate"
+    );
+    assert!(!redirect_signature_verifies(&url, &old_pem));
+}

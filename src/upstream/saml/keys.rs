@@ -77,3 +77,26 @@ pub(crate) fn load(private_key_pem: &Secret, certificate_pem: &str) -> Result<Sp
         certificate_b64: base64::engine::general_purpose::STANDARD.encode(der),
     })
 }
+
+/// The admin API's description of a certificate: `use`, `not_after`
+/// (RFC 3339), `fingerprint_sha256` (lowercase hex SHA-256 of the DER) and,
+/// during an SP key rotation, `state`.
+pub(crate) fn describe(cert: &X509, usage: &str, state: Option<&str>) -> serde_json::Value {
+    let not_after = Asn1Time::from_unix(0)
+        .ok()
+        .and_then(|epoch| epoch.diff(cert.not_after()).ok())
+        .and_then(|d| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp(i64::from(d.days) * 86_400 + i64::from(d.secs), 0)
+        })
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let fingerprint = cert.digest(MessageDigest::sha256()).map(hex::encode).ok();
+    let mut v = serde_json::json!({
+        "use": usage,
+        "not_after": not_after,
+        "fingerprint_sha256": fingerprint,
+    });
+    if let (Some(state), Some(o)) = (state, v.as_object_mut()) {
+        o.insert("state".into(), serde_json::json!(state));
+    }
+    v
+}

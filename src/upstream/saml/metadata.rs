@@ -158,10 +158,11 @@ pub(crate) fn parse_idp_metadata(
 pub(crate) fn sp_metadata(
     entity_id: &str,
     acs_url: &str,
-    certificate_b64: &str,
+    signing_certificates: &[String],
+    encryption_certificates: &[String],
     authn_requests_signed: bool,
 ) -> String {
-    let key = |usage: &str| {
+    let key = |usage: &str, certificate_b64: &str| {
         format!(
             "<md:KeyDescriptor use=\"{usage}\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{certificate_b64}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>{}</md:KeyDescriptor>",
             if usage == "encryption" {
@@ -185,8 +186,14 @@ pub(crate) fn sp_metadata(
         ds = DS,
         entity = xml::escape(entity_id),
         signed = authn_requests_signed,
-        signing = key("signing"),
-        encryption = key("encryption"),
+        signing = signing_certificates
+            .iter()
+            .map(|c| key("signing", c))
+            .collect::<String>(),
+        encryption = encryption_certificates
+            .iter()
+            .map(|c| key("encryption", c))
+            .collect::<String>(),
         post = BINDING_POST,
         acs = xml::escape(acs_url),
     )

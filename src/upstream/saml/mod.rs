@@ -47,7 +47,7 @@ mod validate;
 mod xml;
 
 pub use mapping::{AttributeMapping, OneOrMany};
-pub use setup::setup;
+pub use setup::{request_view, setup, setup_patched};
 pub use signature::SignatureAlgorithm;
 
 use super::{
@@ -125,13 +125,152 @@ pub struct SamlConfig {
     pub sp_private_key_pem: Secret,
     /// The SP certificate (PEM), published in SP metadata.
     pub sp_certificate_pem: String,
-    /// Overrides the derived SP entity id (not settable through the admin
-    /// API; for migrations and captured-fixture tests). Unset: [`sp_entity_id`].
+    /// Overrides the derived SP entity id: a connection moved from another
+    /// provider keeps the entity id its IdP already knows (set by the
+    /// platform admin only). Unset: [`sp_entity_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sp_entity_id: Option<String>,
-    /// Overrides the derived ACS URL (not settable through the admin API). Unset: [`acs_url`].
+    /// Overrides the derived ACS URL (platform admin only; on this gateway's
+    /// origin, any other path is served as an alias). Unset: [`acs_url`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acs_url: Option<String>,
+    /// The SP key pair being introduced (`rotate`): published in the SP
+    /// metadata and accepted for decryption, not yet used for signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sp_next_key: Option<SpKeyPair>,
+    /// The SP key pair replaced by `activate`: still published for
+    /// encryption and accepted for decryption until it is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sp_previous_key: Option<SpKeyPair>,
+    /// After `activate`, the previous key is retired automatically after this
+    /// many seconds (unset: only by the `retire` command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sp_key_overlap_secs: Option<u64>,
+}
+
+/// An additional SP key pair of a connection during an overlapping rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpKeyPair {
+    /// The private key (PKCS#8 PEM).
+    pub private_key_pem: Secret,
+    /// The certificate (PEM).
+    pub certificate_pem: String,
+    /// When a previous key stops being published and accepted (set by
+    /// `activate` from `sp_key_overlap_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SpKeyPair {
+    /// Whether this key still counts at `now` (a previous key past its
+    /// `retire_at` is gone, as if retired by command).
+    fn live(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.retire_at.is_none_or(|t| now < t)
+    }
+}
+
+/// Why an SP key rotation step was refused (a sentence for the admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationError(pub &'static str);
+
+/// The overlapping rotation of a connection's SP key pair, in three steps:
+///
+/// 1. [`rotate_sp_key`]: a new key pair is generated and published in the SP
+///    metadata next to the current one (signing and encryption
+///    `KeyDescriptor`s). Requests are still signed with the current key;
+///    assertions encrypted to either key decrypt. The IdP's admin (or its
+///    metadata refresh) picks up the new certificate.
+/// 2. [`activate_sp_key`]: requests are signed with the new key; the old one
+///    stays published for encryption and keeps decrypting.
+/// 3. [`retire_sp_key`]: the old key leaves the metadata and decryption
+///    (or automatically `sp_key_overlap_secs` after step 2).
+///
+/// The SP entity id and ACS URL never change.
+pub fn rotate_sp_key(
+    cfg: &mut SamlConfig,
+    connection: &Connection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), RotationError> {
+    if cfg.sp_next_key.is_some() {
+        return Err(RotationError(
+            "a new SP certificate is already waiting: activate it first",
+        ));
+    }
+    if cfg.sp_previous_key.as_ref().is_some_and(|k| k.live(now)) {
+        return Err(RotationError(
+            "the previous SP certificate is still in use: retire it first",
+        ));
+    }
+    let sp = keys::generate(
+        &format!("Portcullis SAML SP {}/{}", connection.tenant, connection.id),
+        now.timestamp(),
+    )
+    .map_err(|_| RotationError("could not generate the SP key pair"))?;
+    cfg.sp_previous_key = None;
+    cfg.sp_next_key = Some(SpKeyPair {
+        private_key_pem: sp.private_key_pem,
+        certificate_pem: sp.certificate_pem,
+        retire_at: None,
+    });
+    Ok(())
+}
+
+/// Step 2 of [`rotate_sp_key`]: signs with the new key from now on.
+pub fn activate_sp_key(cfg: &mut SamlConfig, now: chrono::DateTime<chrono::Utc>) -> Result<(), RotationError> {
+    let next = cfg.sp_next_key.take().ok_or(RotationError(
+        "there is no new SP certificate to activate: rotate first",
+    ))?;
+    let retire_at = cfg
+        .sp_key_overlap_secs
+        .and_then(|s| i64::try_from(s).ok())
+        .map(|s| now + chrono::Duration::seconds(s));
+    let old = SpKeyPair {
+        private_key_pem: std::mem::replace(&mut cfg.sp_private_key_pem, next.private_key_pem),
+        certificate_pem: std::mem::replace(&mut cfg.sp_certificate_pem, next.certificate_pem),
+        retire_at,
+    };
+    cfg.sp_previous_key = Some(old);
+    Ok(())
+}
+
+/// Step 3 of [`rotate_sp_key`]: forgets the previous key.
+pub fn retire_sp_key(cfg: &mut SamlConfig) -> Result<(), RotationError> {
+    if cfg.sp_previous_key.take().is_none() {
+        return Err(RotationError(if cfg.sp_next_key.is_some() {
+            "the new SP certificate is not active yet: activate it first"
+        } else {
+            "there is no previous SP certificate to retire"
+        }));
+    }
+    Ok(())
+}
+
+/// The certificates of a connection for the admin API: the IdP's signing
+/// certificates and the SP's own (`sp_signing`, `sp_encryption`, with
+/// `"state":"next"` or `"previous"` during a rotation). No private keys.
+pub fn certificates(cfg: &SamlConfig, now: chrono::DateTime<chrono::Utc>) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for b64 in &cfg.idp_certificates {
+        let der = base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).ok();
+        if let Some(c) = der.and_then(|d| openssl::x509::X509::from_der(&d).ok()) {
+            out.push(keys::describe(&c, "idp_signing", None));
+        }
+    }
+    let pem = |p: &str| openssl::x509::X509::from_pem(p.as_bytes()).ok();
+    if let Some(c) = pem(&cfg.sp_certificate_pem) {
+        out.push(keys::describe(&c, "sp_signing", None));
+        out.push(keys::describe(&c, "sp_encryption", None));
+    }
+    if let Some(c) = cfg.sp_next_key.as_ref().and_then(|k| pem(&k.certificate_pem)) {
+        out.push(keys::describe(&c, "sp_signing", Some("next")));
+        out.push(keys::describe(&c, "sp_encryption", Some("next")));
+    }
+    if let Some(k) = cfg.sp_previous_key.as_ref().filter(|k| k.live(now)) {
+        if let Some(c) = pem(&k.certificate_pem) {
+            out.push(keys::describe(&c, "sp_encryption", Some("previous")));
+        }
+    }
+    out
 }
 
 /// `cfg` with its IdP part (metadata document, SSO endpoints,
@@ -180,7 +319,9 @@ pub fn sp_metadata_url(ctx: &UpstreamContext, connection: &Connection) -> Url {
     ctx.public(&format!("saml/{}/{}/metadata", connection.tenant, connection.id))
 }
 
-fn effective_sp(ctx: &UpstreamContext, connection: &Connection, cfg: &SamlConfig) -> (String, String) {
+/// The SP entity id and ACS URL this connection actually uses: the
+/// configured (migrated) values, else the derived ones.
+pub fn effective_sp(ctx: &UpstreamContext, connection: &Connection, cfg: &SamlConfig) -> (String, String) {
     (
         cfg.sp_entity_id
             .clone()
@@ -202,11 +343,24 @@ pub fn sp_metadata_xml(
     ctx: &UpstreamContext,
 ) -> Result<String, UpstreamError> {
     let (entity, acs) = effective_sp(ctx, connection, cfg);
-    let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+    let now = ctx.clock.now();
+    let current = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+    let mut signing = vec![current.certificate_b64.clone()];
+    let mut encryption = vec![current.certificate_b64];
+    if let Some(next) = &cfg.sp_next_key {
+        let k = keys::load(&next.private_key_pem, &next.certificate_pem).map_err(config_error)?;
+        signing.push(k.certificate_b64.clone());
+        encryption.push(k.certificate_b64);
+    }
+    if let Some(prev) = cfg.sp_previous_key.as_ref().filter(|k| k.live(now)) {
+        let k = keys::load(&prev.private_key_pem, &prev.certificate_pem).map_err(config_error)?;
+        encryption.push(k.certificate_b64);
+    }
     Ok(metadata::sp_metadata(
         &entity,
         &acs,
-        &keys.certificate_b64,
+        &signing,
+        &encryption,
         cfg.sign_authn_requests || cfg.want_authn_requests_signed,
     ))
 }
@@ -219,6 +373,12 @@ struct Inner {
     acs_url: String,
     certs: Vec<CertificateDer>,
     keys: keys::SpKeyMaterial,
+    /// Every SP key that may decrypt: current, next, previous (with the
+    /// moment the previous one stops counting).
+    decrypt_keys: Vec<(
+        openssl::pkey::PKey<openssl::pkey::Private>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )>,
     skew: chrono::Duration,
 }
 
@@ -262,6 +422,11 @@ impl SamlConnector {
             metadata::check_idp_url(url, allow_private).map_err(|e| config_error(format!("SSO endpoint {e}")))?;
         }
         let keys = keys::load(&cfg.sp_private_key_pem, &cfg.sp_certificate_pem).map_err(config_error)?;
+        let mut decrypt_keys = vec![(keys.key.clone(), None)];
+        for extra in [&cfg.sp_next_key, &cfg.sp_previous_key].into_iter().flatten() {
+            let k = keys::load(&extra.private_key_pem, &extra.certificate_pem).map_err(config_error)?;
+            decrypt_keys.push((k.key, extra.retire_at));
+        }
         let skew_secs = cfg
             .clock_skew_secs
             .unwrap_or(ctx.clock_skew_secs)
@@ -276,6 +441,7 @@ impl SamlConnector {
                 acs_url,
                 certs,
                 keys,
+                decrypt_keys,
                 skew: chrono::Duration::seconds(skew_secs),
             }),
             ctx,
@@ -424,7 +590,12 @@ impl Connector for SamlConnector {
                 skew: inner.skew,
                 expected_in_response_to: expected.as_deref(),
                 want_encrypted: inner.cfg.want_encrypted_assertions,
-                sp_key: &inner.keys.key,
+                sp_keys: &inner
+                    .decrypt_keys
+                    .iter()
+                    .filter(|(_, retire_at)| retire_at.is_none_or(|t| now < t))
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>(),
                 mapping: &inner.cfg.attribute_mapping,
             };
             validate::validate(&form, &policy)

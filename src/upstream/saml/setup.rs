@@ -38,6 +38,51 @@ struct SamlConnectionRequest {
     #[serde(default)]
     trust_email_verified: bool,
     max_session_secs: Option<u64>,
+    /// A migrated SP entity id (platform admin only, checked by the caller).
+    #[serde(default)]
+    sp_entity_id: Option<String>,
+    /// A migrated ACS URL on this gateway's origin (platform admin only).
+    #[serde(default)]
+    acs_url: Option<Url>,
+    /// Seconds after `activate` until the previous SP key is retired automatically.
+    #[serde(default)]
+    sp_key_overlap_secs: Option<u64>,
+}
+
+/// Paths the gateway serves itself: a migrated ACS URL may not shadow them.
+const RESERVED_PATHS: [&str; 12] = [
+    "/authorize",
+    "/token",
+    "/userinfo",
+    "/revoke",
+    "/introspect",
+    "/logout",
+    "/jwks",
+    "/healthz",
+    "/readyz",
+    "/.well-known/",
+    "/admin/",
+    "/oidc/",
+];
+
+/// The request-shaped view of a stored configuration (without the metadata
+/// fields and `idp_entity_id`): the base a merge patch applies to.
+pub fn request_view(cfg: &SamlConfig) -> serde_json::Value {
+    serde_json::json!({
+        "attribute_mapping": cfg.attribute_mapping,
+        "allow_idp_initiated": cfg.allow_idp_initiated,
+        "default_client_id": cfg.default_client_id,
+        "redirect_uri": cfg.redirect_uri,
+        "sign_authn_requests": cfg.sign_authn_requests,
+        "want_encrypted_assertions": cfg.want_encrypted_assertions,
+        "allowed_algorithms": cfg.allowed_algorithms,
+        "clock_skew_secs": cfg.clock_skew_secs,
+        "trust_email_verified": cfg.trust_email_verified,
+        "max_session_secs": cfg.max_session_secs,
+        "sp_entity_id": cfg.sp_entity_id,
+        "acs_url": cfg.acs_url,
+        "sp_key_overlap_secs": cfg.sp_key_overlap_secs,
+    })
 }
 
 /// Validates a connection request (fetching `metadata_url` if given) and
@@ -50,7 +95,32 @@ pub async fn setup(
     connection: &ConnectionId,
 ) -> Result<SamlConfig, SetupError> {
     let req: SamlConnectionRequest = SetupError::from_json(request)?;
-    let (metadata_xml, field) = match (req.metadata_xml, &req.metadata_url) {
+    build(req, ctx, tenant, connection, None).await
+}
+
+/// Re-validates a patched connection as a whole, exactly as at creation,
+/// keeping the SP keys (and any rotation in progress). `request` is the
+/// merged body: when it has neither `metadata_xml` nor `metadata_url`, the
+/// stored metadata is re-read (nothing is fetched).
+pub async fn setup_patched(
+    request: serde_json::Value,
+    ctx: &UpstreamContext,
+    tenant: &TenantId,
+    connection: &ConnectionId,
+    existing: &SamlConfig,
+) -> Result<SamlConfig, SetupError> {
+    let req: SamlConnectionRequest = SetupError::from_json(request)?;
+    build(req, ctx, tenant, connection, Some(existing)).await
+}
+
+/// The metadata text of a request (`metadata_xml`, or fetched from
+/// `metadata_url`), with the field any error about it names.
+async fn fetch_metadata(
+    xml: Option<String>,
+    url: Option<&Url>,
+    ctx: &UpstreamContext,
+) -> Result<(String, &'static str), SetupError> {
+    Ok(match (xml, url) {
         (Some(_), Some(_)) => {
             return Err(SetupError::new(
                 "metadata_url",
@@ -70,13 +140,93 @@ pub async fn setup(
             (xml, "metadata_url")
         }
         (None, None) => return Err(SetupError::new("metadata_xml", "give metadata_xml or metadata_url")),
+    })
+}
+
+/// Checks a migrated ACS URL: on this gateway's public origin, without query
+/// or fragment, not shadowing a route the gateway serves. The canonical ACS
+/// URL itself is no override (`None`).
+fn check_acs_url(
+    url: &Url,
+    ctx: &UpstreamContext,
+    tenant: &TenantId,
+    connection: &ConnectionId,
+) -> Result<Option<String>, SetupError> {
+    if url.origin() != ctx.public_url.origin() {
+        return Err(SetupError::new(
+            "acs_url",
+            format!(
+                "must be on this gateway's origin {}",
+                ctx.public_url.origin().ascii_serialization()
+            ),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(SetupError::new("acs_url", "must have no query or fragment"));
+    }
+    let canonical = ctx.public(&format!("saml/{tenant}/{connection}/acs"));
+    let path = url.path();
+    if path == canonical.path() {
+        return Ok(None);
+    }
+    let reserved = path == "/"
+        || path.starts_with("/saml/")
+        || RESERVED_PATHS
+            .iter()
+            .any(|r| path == r.trim_end_matches('/') || path.starts_with(r));
+    if reserved {
+        return Err(SetupError::new(
+            "acs_url",
+            format!("{path} is a path the gateway already serves"),
+        ));
+    }
+    Ok(Some(url.to_string()))
+}
+
+async fn build(
+    req: SamlConnectionRequest,
+    ctx: &UpstreamContext,
+    tenant: &TenantId,
+    connection: &ConnectionId,
+    existing: Option<&SamlConfig>,
+) -> Result<SamlConfig, SetupError> {
+    let mut wanted = req.idp_entity_id.clone();
+    let (metadata_xml, metadata_url, field) = match (req.metadata_xml, req.metadata_url, existing) {
+        // A patch that does not touch the metadata re-reads the stored one.
+        (None, None, Some(e)) => {
+            wanted.get_or_insert_with(|| e.idp_entity_id.clone());
+            (e.metadata_xml.clone(), e.metadata_url.clone(), "metadata_xml")
+        }
+        (xml, url, _) => {
+            let (xml, field) = fetch_metadata(xml, url.as_ref(), ctx).await?;
+            (xml, url, field)
+        }
     };
     let idp = metadata::parse_idp_metadata(
         &metadata_xml,
-        req.idp_entity_id.as_deref(),
+        wanted.as_deref(),
         ctx.http.config().allow_private_networks,
     )
     .map_err(|m| SetupError::new(field, m))?;
+    let sp_entity_id = match req.sp_entity_id.map(|e| e.trim().to_owned()) {
+        Some(e) if e.is_empty() || e.len() > 1024 => {
+            return Err(SetupError::new("sp_entity_id", "must be 1 to 1024 characters"))
+        }
+        other => other,
+    };
+    let acs_url = match &req.acs_url {
+        Some(u) => check_acs_url(u, ctx, tenant, connection)?,
+        None => None,
+    };
+    if req
+        .sp_key_overlap_secs
+        .is_some_and(|s| !(60..=365 * 86_400).contains(&s))
+    {
+        return Err(SetupError::new(
+            "sp_key_overlap_secs",
+            "must be between 60 seconds and 365 days",
+        ));
+    }
 
     if req.allow_idp_initiated && (req.default_client_id.is_none() || req.redirect_uri.is_none()) {
         return Err(SetupError::new(
@@ -120,14 +270,21 @@ pub async fn setup(
             "must be between 60 seconds and 90 days",
         ));
     }
-    let sp = keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
-        .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?;
+    // A patch never regenerates the SP keys.
+    let sp = match existing {
+        Some(e) => keys::SpKeys {
+            private_key_pem: e.sp_private_key_pem.clone(),
+            certificate_pem: e.sp_certificate_pem.clone(),
+        },
+        None => keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
+            .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?,
+    };
     if idp.want_authn_requests_signed && !req.sign_authn_requests {
         tracing::info!(tenant = %tenant, connection = %connection, "IdP wants signed AuthnRequests: signing them");
     }
     Ok(SamlConfig {
         metadata_xml,
-        metadata_url: req.metadata_url,
+        metadata_url,
         idp_entity_id: idp.entity_id,
         sso_redirect_url: idp.sso_redirect,
         sso_post_url: idp.sso_post,
@@ -145,7 +302,10 @@ pub async fn setup(
         max_session_secs: req.max_session_secs,
         sp_private_key_pem: sp.private_key_pem,
         sp_certificate_pem: sp.certificate_pem,
-        sp_entity_id: None,
-        acs_url: None,
+        sp_entity_id,
+        acs_url,
+        sp_next_key: existing.and_then(|e| e.sp_next_key.clone()),
+        sp_previous_key: existing.and_then(|e| e.sp_previous_key.clone()),
+        sp_key_overlap_secs: req.sp_key_overlap_secs,
     })
 }

@@ -66,7 +66,7 @@ pub(crate) struct Policy<'a> {
     /// The pending request id; `None` for an unsolicited response.
     pub expected_in_response_to: Option<&'a str>,
     pub want_encrypted: bool,
-    pub sp_key: &'a PKey<Private>,
+    pub sp_keys: &'a [PKey<Private>],
     pub mapping: &'a AttributeMapping,
 }
 
@@ -333,7 +333,16 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
 /// "bad signature" answers would be a decryption oracle (Jager and
 /// Somorovsky's attack on XML Encryption CBC). The log detail keeps the cause.
 fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
-    let opened = decrypt::decrypt_assertion(enc, p.sp_key)
+    // Every current SP decryption key is tried (an overlapping rotation has
+    // two): only a key-transport failure moves on to the next key.
+    let mut attempt = Err(DecryptError::Failed);
+    for key in p.sp_keys {
+        attempt = decrypt::decrypt_assertion(enc, key);
+        if !matches!(attempt, Err(DecryptError::Failed)) {
+            break;
+        }
+    }
+    let opened = attempt
         .map_err(|e| match e {
             DecryptError::Rsa15Refused => {
                 Reject::new("saml.key_transport_not_allowed", "RSA 1.5 key transport refused")

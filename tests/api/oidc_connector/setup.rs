@@ -192,3 +192,60 @@ fn endpoint_rule() {
     assert!(!ok("javascript:alert(1)", true));
     assert!(!ok("data:text/html,x", true));
 }
+
+/// A merge patch of an OIDC connection (issue 7): the client secret is kept
+/// unless patched, never shown; the whole result is validated like a
+/// creation; the kind cannot change; the revision always changes.
+#[tokio::test]
+async fn a_merge_patch_keeps_the_write_only_secret_and_validates_the_whole_connection() {
+    use portcullis::tenant::setup::{build_connection, describe, patch_connection};
+    let idp = FakeIdp::start(IdpKey::generate("k1")).await;
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let ctx = context(&clock, true);
+    let tenant = portcullis::ids::TenantId::parse("acme").unwrap();
+    let body = json!({"id": "corp", "kind": "oidc", "issuer": idp.issuer, "client_id": CLIENT_ID,
+        "client_secret": "s3cret-one", "scopes": ["email"]});
+    let conn = build_connection(&ctx, &tenant, body, false).await.unwrap();
+    let secret = |c: &portcullis::upstream::Connection| match &c.kind {
+        portcullis::upstream::ConnectionKind::Oidc(cfg) => cfg.client_secret.as_ref().map(|s| s.expose().to_owned()),
+        _ => panic!("not oidc"),
+    };
+
+    let patched = patch_connection(
+        &ctx,
+        &conn,
+        json!({"scopes": ["email", "profile"], "claim_mapping": {"email": "mail"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret(&patched).as_deref(), Some("s3cret-one"), "kept when not patched");
+    assert_ne!(patched.revision, conn.revision);
+    let view = describe(&ctx, &patched);
+    assert_eq!(view["scopes"], json!(["email", "profile"]));
+    assert_eq!(view["client_secret_set"], true);
+    assert!(!view.to_string().contains("s3cret"), "{view}");
+    assert_eq!(view["status"], "active");
+
+    let patched = patch_connection(
+        &ctx,
+        &patched,
+        json!({"client_secret": "s3cret-two", "status": "disabled"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret(&patched).as_deref(), Some("s3cret-two"));
+    assert_eq!(patched.status, portcullis::upstream::ConnectionStatus::Disabled);
+
+    let err = patch_connection(&ctx, &patched, json!({"kind": "saml"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field, "kind");
+    let err = patch_connection(&ctx, &patched, json!({"refresh_interval_secs": 5}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field, "refresh_interval_secs");
+    let err = patch_connection(&ctx, &patched, json!({"issuer": "https://evil.example"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field, "issuer");
+}

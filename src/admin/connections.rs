@@ -1,0 +1,317 @@
+//! Connections of a tenant: create, read, list, update in place (JSON merge
+//! patch), enable/disable, delete, and the SP certificate's overlapping
+//! rotation.
+//!
+//! SP certificate rotation, in order (see `upstream::saml::rotate_sp_key`):
+//! 1. `POST …/connections/{cid}/sp-certificates/rotate`: a new SP key pair is
+//!    published in the SP metadata next to the current one; requests are
+//!    still signed with the current key and assertions encrypted to either
+//!    key decrypt. Let the IdP pick up the new metadata.
+//! 2. `POST …/sp-certificates/activate` (alias `promote`): requests are signed
+//!    with the new key; the old one stays published for encryption and keeps
+//!    decrypting.
+//! 3. `POST …/sp-certificates/retire`: the old key leaves the metadata and
+//!    decryption; or automatically `sp_key_overlap_secs` after step 2.
+//!
+//! Every change bumps the connection's `revision`, so every replica rebuilds
+//! its cached connector on next use.
+
+use super::auth::PrincipalKind;
+use super::{audit, registry, tenant_id, Admin, AdminError, JsonBody};
+use crate::audit::Target;
+use crate::http::AppState;
+use crate::ids::{ConnectionId, TenantId};
+use crate::tenant::setup::{describe, patch_connection};
+use crate::upstream::{Connection, ConnectionKind, ConnectionStatus, SetupError};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The connection routes, merged into `admin::routes()`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/tenants/{id}/connections",
+            post(create_connection).get(list_connections),
+        )
+        .route(
+            "/tenants/{id}/connections/{cid}",
+            get(get_connection)
+                .patch(patch_connection_handler)
+                .delete(delete_connection),
+        )
+        .route("/tenants/{id}/connections/{cid}/enable", post(enable))
+        .route("/tenants/{id}/connections/{cid}/disable", post(disable))
+        .route(
+            "/tenants/{id}/connections/{cid}/sp-certificates/{step}",
+            post(sp_certificates),
+        )
+}
+
+fn setup_error(e: SetupError) -> AdminError {
+    AdminError::Invalid {
+        field: e.field,
+        detail: e.message,
+    }
+}
+
+/// Fields only the platform admin may set: a migrated SP identity.
+const PLATFORM_ADMIN_FIELDS: [&str; 2] = ["sp_entity_id", "acs_url"];
+
+/// `sp_entity_id` and `acs_url` change what the customer's IdP must trust:
+/// only the platform admin may set them.
+// platform-admin only: a tenant admin (API key, setup link) is refused,
+// naming the field.
+fn check_platform_admin_fields(admin: &Admin, body: &Value) -> Result<(), AdminError> {
+    let is_platform_admin = !matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. });
+    if let Some(field) = PLATFORM_ADMIN_FIELDS
+        .iter()
+        .find(|f| body.get(**f).is_some() && !is_platform_admin)
+    {
+        return Err(AdminError::field(field, "only the platform admin may set this field"));
+    }
+    Ok(())
+}
+
+async fn load(s: &AppState, id: &str, cid: &str) -> Result<(TenantId, Connection), AdminError> {
+    let id = tenant_id(id)?;
+    let cid = ConnectionId::parse(cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    let conn = s
+        .tenants
+        .connection(&id, &cid)
+        .await
+        .map_err(registry)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no connection {cid:?} in tenant {id:?}.")))?;
+    Ok((id, conn))
+}
+
+async fn create_connection(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AdminError> {
+    let id = tenant_id(&id)?;
+    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
+    }
+    check_platform_admin_fields(&admin, &body)?;
+    let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
+        .await
+        .map_err(setup_error)?;
+    // Build it once now, so a configuration that cannot work is refused before it is stored.
+    crate::upstream::build(&conn, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
+    s.tenants.add_connection(&conn).await.map_err(registry)?;
+    tracing::info!(reason = "admin.connection_created", tenant = %id, connection = %conn.id, kind = conn.kind.name());
+    let view = describe(&s.upstream, &conn);
+    audit::record(
+        &s,
+        admin
+            .event("connection.created", Target::new("connection", conn.id.as_str()))
+            .tenant(&id)
+            .after(view.clone()),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list_connections(
+    _: Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
+    }
+    let mut out = Vec::new();
+    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
+        if let Some(conn) = s.tenants.connection(&id, &c).await.map_err(registry)? {
+            out.push(super::refresh::describe_with_refresh(&s, &conn).await?);
+        }
+    }
+    Ok(Json(json!({"connections": out})))
+}
+
+async fn get_connection(
+    _: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let (_, conn) = load(&s, &id, &cid).await?;
+    Ok(Json(super::refresh::describe_with_refresh(&s, &conn).await?))
+}
+
+/// Validates and stores the new version of a connection, then drops this
+/// replica's cached connector (others see the new revision).
+async fn store_update(
+    s: &AppState,
+    admin: &Admin,
+    old: &Connection,
+    new: Connection,
+    (reason, action): (&'static str, &str),
+) -> Result<Value, AdminError> {
+    // Built once now, so a configuration that cannot work is refused and the old one keeps serving.
+    crate::upstream::build(&new, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
+    s.tenants.update_connection(old, &new).await.map_err(registry)?;
+    s.broker.connectors.forget(&new.tenant, &new.id);
+    tracing::info!(
+        reason,
+        tenant = %new.tenant,
+        connection = %new.id,
+        status = ?new.status,
+        revision = new.revision
+    );
+    let view = describe(&s.upstream, &new);
+    audit::record(
+        s,
+        admin
+            .event(action, Target::new("connection", new.id.as_str()))
+            .tenant(&new.tenant)
+            .before(describe(&s.upstream, old))
+            .after(view.clone()),
+    )
+    .await?;
+    Ok(view)
+}
+
+async fn patch_connection_handler(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, AdminError> {
+    let (id, old) = load(&s, &id, &cid).await?;
+    check_platform_admin_fields(&admin, &body)?;
+    let new = patch_connection(&s.upstream, &old, body).await.map_err(|e| {
+        tracing::info!(reason = "admin.connection_patch_refused", tenant = %id, connection = %old.id, field = %e.field);
+        setup_error(e)
+    })?;
+    Ok(Json(
+        store_update(
+            &s,
+            &admin,
+            &old,
+            new,
+            ("admin.connection_updated", "connection.updated"),
+        )
+        .await?,
+    ))
+}
+
+async fn set_status(
+    s: &AppState,
+    admin: &Admin,
+    (id, cid): (&str, &str),
+    status: ConnectionStatus,
+) -> Result<Json<Value>, AdminError> {
+    let (_, old) = load(s, id, cid).await?;
+    let mut new = old.clone();
+    new.status = status;
+    while new.revision == old.revision {
+        new.revision = rand::random();
+    }
+    Ok(Json(
+        store_update(
+            s,
+            admin,
+            &old,
+            new,
+            ("admin.connection_status_changed", "connection.status_changed"),
+        )
+        .await?,
+    ))
+}
+
+async fn enable(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    set_status(&s, &admin, (&id, &cid), ConnectionStatus::Active).await
+}
+
+async fn disable(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    set_status(&s, &admin, (&id, &cid), ConnectionStatus::Disabled).await
+}
+
+/// `POST …/sp-certificates/{rotate|activate|promote|retire}`.
+async fn sp_certificates(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid, step)): Path<(String, String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let (_, old) = load(&s, &id, &cid).await?;
+    let ConnectionKind::Saml(cfg) = &old.kind else {
+        return Err(AdminError::field("kind", "only a SAML connection has SP certificates"));
+    };
+    let mut cfg = cfg.clone();
+    let now = s.upstream.clock.now();
+    let outcome = match step.as_str() {
+        "rotate" => crate::upstream::saml::rotate_sp_key(&mut cfg, &old, now),
+        "activate" | "promote" => crate::upstream::saml::activate_sp_key(&mut cfg, now),
+        "retire" => crate::upstream::saml::retire_sp_key(&mut cfg),
+        _ => {
+            return Err(AdminError::NotFound(format!(
+                "There is no SP certificate step {step:?}."
+            )))
+        }
+    };
+    outcome.map_err(|e| AdminError::Conflict {
+        field: "sp_certificates",
+        detail: format!("{}.", e.0),
+    })?;
+    let mut new = old.clone();
+    new.kind = ConnectionKind::Saml(cfg);
+    while new.revision == old.revision {
+        new.revision = rand::random();
+    }
+    let labels = match step.as_str() {
+        "rotate" => ("admin.sp_certificate_rotated", "connection.sp_certificate_rotated"),
+        "retire" => ("admin.sp_certificate_retired", "connection.sp_certificate_retired"),
+        _ => ("admin.sp_certificate_activated", "connection.sp_certificate_activated"),
+    };
+    Ok(Json(store_update(&s, &admin, &old, new, labels).await?))
+}
+
+async fn delete_connection(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, cid)): Path<(String, String)>,
+) -> Result<StatusCode, AdminError> {
+    let id = tenant_id(&id)?;
+    let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    let before = s.tenants.connection(&id, &cid).await.map_err(registry)?;
+    s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
+    s.broker.connectors.forget(&id, &cid);
+    tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);
+    let before = before.map(|c| describe(&s.upstream, &c));
+    audit::record(
+        &s,
+        admin
+            .event("connection.deleted", Target::new("connection", cid.as_str()))
+            .tenant(&id)
+            .before(json!(before)),
+    )
+    .await?;
+    // As for a tenant: acceptance is already over; this frees the store.
+    match s.broker.purge_connection_users(&id, &cid).await {
+        Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),
+        Err(e) => tracing::error!(
+            reason = "admin.connection_purge_failed",
+            tenant = %id,
+            connection = %cid,
+            error = %e,
+            "users of a deleted connection left in the store"
+        ),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
