@@ -6,6 +6,7 @@
 
 mod error;
 mod resources;
+mod setup_links;
 mod users;
 
 pub use error::AdminError;
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/keys/rotate", post(rotate_keys))
         .merge(resources::routes())
         .merge(users::routes())
+        .merge(setup_links::routes())
 }
 
 /// Proof that the request carries the platform admin token.
