@@ -764,7 +764,7 @@ async fn activate(
             &s,
             chrome,
             c,
-            Some("This connection was disabled by the application's operator; only they can enable it again.".into()),
+            Some("This connection was disabled by the application's operator; only they can enable it again. (Reason code: portal.activate_disabled)".into()),
         )
         .await;
     }
@@ -778,7 +778,7 @@ async fn activate(
             &s,
             chrome,
             c,
-            Some("Run a successful test sign-in first: a connection is activated only after it has worked once.".into()),
+            Some("Run a successful test sign-in first: a connection is activated only after it has worked once. (Reason code: portal.activate_untested)".into()),
         )
         .await;
     }

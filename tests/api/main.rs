@@ -14,6 +14,7 @@ mod oidc_negative;
 mod oidc_trust;
 mod outbound_http;
 mod peers_selftest;
+mod portal;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;
