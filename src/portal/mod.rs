@@ -55,21 +55,29 @@ fn links(s: &AppState) -> SetupLinks {
 
 /// The policy of a portal page: the portal's stylesheet (by exact URL), the
 /// tenant's logo (https images), forms to the portal only.
-fn portal_csp(s: &AppState) -> String {
+/// `onward`: where a form's redirect may lead (browsers check form-action
+/// on redirects too), e.g. the IdP a test sign-in goes to.
+fn portal_csp(s: &AppState, onward: &[String]) -> String {
     let css = s.upstream.public("portal/portal.css");
     let own = s.upstream.public("portal/");
+    let mut form_action = vec![own.as_str().replace(';', "%3B")];
+    form_action.extend(onward.iter().map(|o| o.replace(';', "%3B")));
     format!(
         "default-src 'none'; style-src {}; img-src https:; form-action {}; frame-ancestors 'none'; base-uri 'none'",
         css.as_str().replace(';', "%3B"),
-        own.as_str().replace(';', "%3B")
+        form_action.join(" ")
     )
 }
 
 fn render(s: &AppState, status: StatusCode, t: &impl Template) -> Response {
+    render_to(s, status, t, &[])
+}
+
+fn render_to(s: &AppState, status: StatusCode, t: &impl Template, onward: &[String]) -> Response {
     match t.render() {
         Ok(html) => {
             let mut resp = (status, pages::no_store(), Html(html)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&portal_csp(s)) {
+            if let Ok(v) = HeaderValue::from_str(&portal_csp(s, onward)) {
                 resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
             }
             resp
@@ -661,7 +669,19 @@ async fn connection_page(s: &AppState, chrome: Chrome, c: Connection, error: Opt
     };
     let sp_metadata_url = matches!(c.kind, ConnectionKind::Saml(_))
         .then(|| crate::upstream::saml::sp_metadata_url(&s.upstream, &c).to_string());
-    render(
+    // The test form's redirect goes to the IdP: its SSO endpoints (SAML), or
+    // any https authorization endpoint (OIDC discovery decides it).
+    let onward: Vec<String> = match &c.kind {
+        ConnectionKind::Saml(cfg) => [&cfg.sso_redirect_url, &cfg.sso_post_url]
+            .into_iter()
+            .flatten()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .filter_map(|u| pages::origin_source(&u))
+            .collect(),
+        ConnectionKind::Oidc(_) => vec!["https:".to_owned()],
+        ConnectionKind::Dev(_) => Vec::new(),
+    };
+    render_to(
         s,
         if error.is_some() {
             StatusCode::CONFLICT
@@ -679,6 +699,7 @@ async fn connection_page(s: &AppState, chrome: Chrome, c: Connection, error: Opt
             result: result.as_ref().map(view),
             error,
         },
+        &onward,
     )
 }
 

@@ -15,6 +15,7 @@ mod oidc_trust;
 mod outbound_http;
 mod peers_selftest;
 mod portal;
+mod portal_browser;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;
