@@ -15,7 +15,7 @@ use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, StoreError, StoreJson};
-use crate::upstream::{BeginRequest, CallbackParams, Connector, ConnectionStatus, Identity, UpstreamError};
+use crate::upstream::{BeginRequest, CallbackParams, ConnectionStatus, Connector, Identity, UpstreamError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -305,7 +305,7 @@ impl Broker {
                 out.push(r);
             }
         }
-        out.sort_by(|a, b| b.at.cmp(&a.at));
+        out.sort_by_key(|f| std::cmp::Reverse(f.at));
         Ok(out)
     }
 }

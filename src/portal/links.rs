@@ -164,7 +164,9 @@ impl SetupLinks {
                 .unix()
                 .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
         };
-        self.store.put_json(&link_key(tenant, &hash(&token)), &link, Some(ttl)).await?;
+        self.store
+            .put_json(&link_key(tenant, &hash(&token)), &link, Some(ttl))
+            .await?;
         tracing::info!(reason = "setup.link_created", tenant = %tenant, link = %link.id);
         Ok((token, link))
     }
@@ -183,7 +185,12 @@ impl SetupLinks {
         let marker = serde_json::to_vec(&now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let taken = self
             .store
-            .take_and_mark(&link_key(&tenant, &hashed), &used_key(&tenant, &hashed), &marker, MAX_LINK_TTL)
+            .take_and_mark(
+                &link_key(&tenant, &hashed),
+                &used_key(&tenant, &hashed),
+                &marker,
+                MAX_LINK_TTL,
+            )
             .await?;
         let link: SetupLink = match taken {
             Taken::Value(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -209,7 +216,11 @@ impl SetupLinks {
             ends_at: now.saturating_add(i64::try_from(PORTAL_SESSION_MAX.as_secs()).unwrap_or(i64::MAX)),
         };
         self.store
-            .put_json(&session_key(&tenant, &hash(&session_token)), &session, Some(PORTAL_SESSION_TTL))
+            .put_json(
+                &session_key(&tenant, &hash(&session_token)),
+                &session,
+                Some(PORTAL_SESSION_TTL),
+            )
             .await?;
         tracing::info!(reason = "setup.link_opened", tenant = %tenant, link = %link.id);
         Ok((session_token, session))

@@ -156,7 +156,10 @@ async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chr
         None => None,
     };
     let Some(session) = session else {
-        tracing::info!(reason = "portal.no_session", "portal page without a live portal session");
+        tracing::info!(
+            reason = "portal.no_session",
+            "portal page without a live portal session"
+        );
         return Err(message(
             s,
             StatusCode::UNAUTHORIZED,
@@ -165,11 +168,7 @@ async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chr
             "portal.no_session",
         ));
     };
-    let tenant = s
-        .tenants
-        .get(&session.tenant)
-        .await
-        .map_err(|e| unavailable(s, e))?;
+    let tenant = s.tenants.get(&session.tenant).await.map_err(|e| unavailable(s, e))?;
     let Some(tenant) = tenant else {
         return Err(message(
             s,
@@ -379,10 +378,19 @@ fn values_page(
         let md = s.upstream.public(&format!("saml/{base}/metadata"));
         (
             vec![
-                ("ACS URL (Reply URL, Single sign-on URL)", s.upstream.public(&format!("saml/{base}/acs")).to_string()),
+                (
+                    "ACS URL (Reply URL, Single sign-on URL)",
+                    s.upstream.public(&format!("saml/{base}/acs")).to_string(),
+                ),
                 ("SP entity ID (Audience URI, Identifier)", md.to_string()),
-                ("NameID format", "EmailAddress (urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress)".to_owned()),
-                ("Required attributes", "email (or NameID as email); optional: given name, family name, groups".to_owned()),
+                (
+                    "NameID format",
+                    "EmailAddress (urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress)".to_owned(),
+                ),
+                (
+                    "Required attributes",
+                    "email (or NameID as email); optional: given name, family name, groups".to_owned(),
+                ),
                 ("Signature algorithm", "RSA-SHA256".to_owned()),
             ],
             Some(md.to_string()),
@@ -391,7 +399,10 @@ fn values_page(
     } else {
         (
             vec![
-                ("Redirect URI (callback URL)", s.upstream.public(&format!("oidc/{base}/callback")).to_string()),
+                (
+                    "Redirect URI (callback URL)",
+                    s.upstream.public(&format!("oidc/{base}/callback")).to_string(),
+                ),
                 ("Grant type", "Authorization code".to_owned()),
                 ("Scopes", "openid email profile".to_owned()),
             ],
@@ -452,7 +463,8 @@ async fn read_form(mut form: Multipart) -> Result<BTreeMap<String, String>, Stri
         if bytes.len() > MAX_METADATA_BYTES {
             return Err("The metadata is too large (more than 256 KiB).".to_owned());
         }
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| "The uploaded file is not a UTF-8 XML document.".to_owned())?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| "The uploaded file is not a UTF-8 XML document.".to_owned())?;
         if !text.trim().is_empty() {
             out.insert(name, text);
         }
@@ -468,7 +480,13 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
     let fields = match read_form(form).await {
         Ok(f) => f,
         Err(m) => {
-            return message(&s, StatusCode::BAD_REQUEST, "The form could not be read", &m, "portal.bad_form")
+            return message(
+                &s,
+                StatusCode::BAD_REQUEST,
+                "The form could not be read",
+                &m,
+                "portal.bad_form",
+            )
         }
     };
     if !csrf_ok(&session, fields.get("csrf").map(String::as_str)) {
@@ -476,8 +494,7 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
     }
     let kind = fields.get("kind").cloned().unwrap_or_default();
     let idp = fields.get("idp").cloned().unwrap_or_default();
-    let Some(cid) = connection_id_for(&kind, &idp).filter(|_| kinds(&session).iter().any(|(k, _)| *k == kind))
-    else {
+    let Some(cid) = connection_id_for(&kind, &idp).filter(|_| kinds(&session).iter().any(|(k, _)| *k == kind)) else {
         return message(
             &s,
             StatusCode::BAD_REQUEST,
@@ -516,7 +533,9 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
             }
         }
     }
-    let built = crate::tenant::setup::build_connection(&s.upstream, &session.tenant, serde_json::Value::Object(body), false).await;
+    let built =
+        crate::tenant::setup::build_connection(&s.upstream, &session.tenant, serde_json::Value::Object(body), false)
+            .await;
     let mut conn = match built {
         Ok(c) => c,
         Err(e) => {
@@ -703,11 +722,7 @@ async fn connection_page(s: &AppState, chrome: Chrome, c: Connection, error: Opt
     )
 }
 
-async fn connection(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(cid): Path<String>,
-) -> Response {
+async fn connection(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(cid): Path<String>) -> Response {
     let (session, chrome) = match portal(&s, &headers).await {
         Ok(p) => p,
         Err(r) => return r,

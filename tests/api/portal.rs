@@ -32,7 +32,10 @@ async fn setup_link(app: &TestApp, tenant: &str, ttl: u64) -> url::Url {
 }
 
 async fn set_status(app: &TestApp, tenant: &str, connection: &str, status: ConnectionStatus) {
-    let (t, c) = (TenantId::parse(tenant).unwrap(), ConnectionId::parse(connection).unwrap());
+    let (t, c) = (
+        TenantId::parse(tenant).unwrap(),
+        ConnectionId::parse(connection).unwrap(),
+    );
     let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
     conn.status = status;
     app.state.tenants.put_connection(&conn).await.unwrap();
@@ -47,7 +50,10 @@ async fn a_setup_link_opens_once_and_a_used_link_is_refused() {
     assert_eq!(first.status(), StatusCode::SEE_OTHER);
     let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("portcullis_portal="), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let again = app.client.get(link).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::GONE);
     assert!(again.headers().get("set-cookie").is_none());
@@ -56,7 +62,11 @@ async fn a_setup_link_opens_once_and_a_used_link_is_refused() {
 
 #[tokio::test]
 async fn an_expired_or_forged_setup_link_is_refused() {
-    let clock = ManualClock::at(chrono::Utc::now());
+    let clock = ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
     let app = dev_app(Some(clock.clone())).await;
     let link = setup_link(&app, "demo", 300).await;
     clock.advance(chrono::TimeDelta::seconds(301));
@@ -118,7 +128,11 @@ async fn a_pending_test_connection_serves_nobody() {
         .fill_and_submit(&login, None, &[("email", "ada@demo.example")])
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    assert!(refused.body.contains("callback.connection_not_active"), "{}", refused.body);
+    assert!(
+        refused.body.contains("callback.connection_not_active"),
+        "{}",
+        refused.body
+    );
 
     // Not chosen when it is the tenant's only connection.
     let mut browser = Browser::new();
@@ -213,7 +227,9 @@ async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
     assert!(result.body.contains("The test sign-in succeeded"), "{}", result.body);
     assert!(result.body.contains("tess@demo.example"), "{}", result.body);
     // No user was provisioned by the test.
-    let (_, users) = app.admin(reqwest::Method::GET, "/admin/v1/tenants/demo/users", None).await;
+    let (_, users) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/demo/users", None)
+        .await;
     assert!(!users.to_string().contains("tess@demo.example"), "{users}");
 
     let activate = result

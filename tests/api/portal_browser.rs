@@ -67,7 +67,10 @@ async fn a_tenant_admin_connects_a_saml_idp_through_the_portal_in_a_real_browser
     std::fs::write(dir.join("wrong.xml"), &wrong).unwrap();
 
     let link = app
-        .admin_create("/admin/v1/tenants/acme/setup-links", serde_json::json!({ "ttl_secs": 3600, "kind": "saml" }))
+        .admin_create(
+            "/admin/v1/tenants/acme/setup-links",
+            serde_json::json!({ "ttl_secs": 3600, "kind": "saml" }),
+        )
         .await;
     let setup_url = link["url"].as_str().unwrap();
 
@@ -101,7 +104,11 @@ async fn a_tenant_admin_connects_a_saml_idp_through_the_portal_in_a_real_browser
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no report\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     for s in report["steps"].as_array().into_iter().flatten() {
-        println!("screenshot {}: {}", s["name"].as_str().unwrap_or(""), s["screenshot"].as_str().unwrap_or(""));
+        println!(
+            "screenshot {}: {}",
+            s["name"].as_str().unwrap_or(""),
+            s["screenshot"].as_str().unwrap_or("")
+        );
     }
     assert_eq!(report["ok"], Value::Bool(true), "{report:#}");
 
@@ -117,7 +124,13 @@ async fn a_tenant_admin_connects_a_saml_idp_through_the_portal_in_a_real_browser
     let steps = report["steps"].as_array().unwrap();
     assert!(steps.len() >= 9, "{report:#}");
     for s in steps {
-        assert_eq!(s["violations"], serde_json::json!([]), "{}: {:#}", s["name"], s["violations"]);
+        assert_eq!(
+            s["violations"],
+            serde_json::json!([]),
+            "{}: {:#}",
+            s["name"],
+            s["violations"]
+        );
         assert!(std::path::Path::new(s["screenshot"].as_str().unwrap()).is_file());
     }
     // The user signed in through home-realm discovery.
