@@ -208,3 +208,30 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_become_sentences_with_a_fix() {
+        let s = setup_error_sentence("metadata_xml", "the metadata has no IdP signing certificate");
+        assert!(s.starts_with("The metadata contains no signing certificate."), "{s}");
+        let s = setup_error_sentence("metadata_url", "could not fetch the metadata: connection refused");
+        assert!(s.contains("could not download"), "{s}");
+        let s = setup_error_sentence(
+            "metadata_xml",
+            "the metadata has no SingleSignOnService with the HTTP-Redirect or HTTP-POST binding",
+        );
+        assert!(s.contains("HTTP-Redirect or HTTP-POST binding"), "{s}");
+    }
+
+    #[test]
+    fn every_idp_has_instructions_for_both_protocols() {
+        for idp in IDPS {
+            assert!(!idp.saml.is_empty() && !idp.oidc.is_empty(), "{}", idp.key);
+        }
+        let (what, fix) = reason_in_words("saml.signature_invalid");
+        assert!(what.contains("signature") && fix.contains("metadata"));
+    }
+}

@@ -260,3 +260,18 @@ impl SetupLinks {
 pub fn principal_of(session: &PortalSession) -> (TenantId, String) {
     (session.tenant.clone(), session.link_id.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_their_tenant_and_malformed_ones_nothing() {
+        let good = format!("acme.{}", "a".repeat(43));
+        assert_eq!(token_tenant(&good).map(|t| t.to_string()).as_deref(), Some("acme"));
+        assert!(token_tenant("acme.short").is_none());
+        assert!(token_tenant(&format!("no/slug.{}", "a".repeat(43))).is_none());
+        assert!(token_tenant(&"a".repeat(300)).is_none());
+        assert!(token_tenant("").is_none());
+    }
+}
