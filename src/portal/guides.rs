@@ -129,6 +129,8 @@ pub fn setup_error_sentence(field: &str, message: &str) -> String {
         "The metadata contains no signing certificate. Export the IdP metadata (not the SP metadata), which has a KeyDescriptor with use=\"signing\", and paste it here."
     } else if m.contains("singlesignonservice") && m.contains("binding") {
         "The metadata offers no single sign-on endpoint with the HTTP-Redirect or HTTP-POST binding. Enable one of these bindings in your IdP (SOAP and Artifact are not supported) and export the metadata again."
+    } else if field == "issuer" && (m.contains("discovery") || m.contains("outbound.")) {
+        "Portcullis could not download the issuer's discovery document. Check that the issuer URL is public (reachable from the internet over https) and that <issuer>/.well-known/openid-configuration opens in a browser."
     } else if m.contains("could not fetch") || m.contains("unreachable") || m.contains("timed out") {
         "Portcullis could not download the metadata from that URL. Check that the URL is public (reachable from the internet over https) and returns the XML, or download the file and upload it instead."
     } else if m.contains("entityid") || m.contains("entity id") {

@@ -242,3 +242,130 @@ async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
     let stored = app.state.tenants.connection(&t, &conn.id).await.unwrap().unwrap();
     assert_eq!(stored.status, ConnectionStatus::Active);
 }
+
+/// Posts the portal's step-3 form as multipart/form-data (built by hand).
+async fn post_setup_form(app: &TestApp, cookie: &str, fields: &[(&str, &str)]) -> (StatusCode, String) {
+    let boundary = "portcullis-test-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let resp = app
+        .client
+        .post(app.url("/portal/connections"))
+        .header("cookie", cookie)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add_saml() {
+    let app = dev_app(None).await;
+    let answer = app
+        .admin_create(
+            "/admin/v1/tenants/demo/setup-links",
+            json!({ "ttl_secs": 3600, "kind": "oidc" }),
+        )
+        .await;
+    assert_eq!(answer["kind"], "oidc");
+    let resp = app.client.get(answer["url"].as_str().unwrap()).send().await.unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let start = app
+        .client
+        .get(app.url("/portal"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!start.contains("kind-saml"), "only OIDC is offered");
+    let csrf = start
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_owned());
+    // The start page has no POST form; take the token from the values page.
+    let values = app
+        .client
+        .get(app.url("/portal/values?kind=oidc&idp=okta"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf.unwrap_or_else(|| {
+        values
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    });
+    // SAML through an OIDC-only link: refused.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "saml"),
+            ("idp", "okta"),
+            ("metadata_xml", "<x/>"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("portal.bad_kind"), "{page}");
+    // Without the CSRF token: refused.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[("kind", "oidc"), ("idp", "okta"), ("issuer", "https://idp.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("portal.csrf_mismatch"), "{page}");
+    // An unreachable issuer: the sentence says what to do.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "oidc"),
+            ("idp", "okta"),
+            ("issuer", "http://127.0.0.1:1"),
+            ("client_id", "x"),
+            ("client_secret", "y"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("could not download the issuer&#39;s discovery document"),
+        "{page}"
+    );
+    let ids = app
+        .state
+        .tenants
+        .connection_ids(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "nothing was created: {ids:?}");
+}
