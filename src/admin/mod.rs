@@ -15,6 +15,7 @@ mod connections;
 mod error;
 mod refresh;
 mod resources;
+mod setup_links;
 mod users;
 
 pub use auth::{Access, Admin, Principal, PrincipalKind, Via};
@@ -50,7 +51,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/keys/rotate", post(rotate_keys))
         .merge(resources::routes())
         .merge(api_keys::platform_routes())
-        .merge(audit::platform_routes());
+        .merge(audit::platform_routes())
+        .merge(setup_links::routes());
     let tenant = Router::new()
         .route("/tenants/{id}", get(get_tenant))
         .merge(connections::routes())

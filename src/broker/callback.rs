@@ -299,6 +299,20 @@ impl Broker {
                 ));
             }
         }
+        // portal: a test sign-in ends here with its result; otherwise a
+        // connection that is not active serves nobody.
+        if let Some((p, test)) = pending.as_ref().and_then(|p| p.test.as_ref().map(|t| (p, t))) {
+            return Err(self.finish_test(connector, p, test, &params).await);
+        }
+        match self.is_active(&tenant, &connection).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.record_failure(&tenant, Some(&connection), "callback.connection_not_active")
+                    .await;
+                return Err(super::testing::not_active(&tenant, &connection));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
@@ -324,7 +338,12 @@ impl Broker {
             .await
         {
             Ok(i) => i,
-            Err(e) => return Err(self.upstream_failed(Some(&request), &tenant, &connection, e)),
+            Err(e) => {
+                // portal: the tenant's admins see why their sign-ins fail.
+                self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
+                    .await;
+                return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
+            }
         };
         let identity = self.tenants.vouch_email(&tenant, identity).await;
         // max_age / prompt=login: refuse an authentication older than the app allows.

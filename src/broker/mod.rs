@@ -11,6 +11,8 @@ mod callback;
 pub mod connectors;
 mod freshness;
 pub mod session;
+// portal: status enforcement, test sign-ins, failed sign-in records.
+pub mod testing;
 pub mod upstream_refresh;
 mod users;
 
@@ -133,6 +135,10 @@ pub struct PendingLogin {
     /// refused. `None` (a login stored before incarnations) is refused too.
     #[serde(default)]
     pub incarnation: Option<crate::tenant::Incarnation>,
+    /// Set when the login is a test sign-in started from the setup portal:
+    /// every check runs, but no user, session or code comes of it.
+    #[serde(default)]
+    pub test: Option<testing::TestSignIn>,
 }
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
@@ -288,12 +294,34 @@ impl Broker {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
+        // portal: only active connections serve users (pending_test and
+        // disabled ones are neither chosen nor offered).
+        let mut active_ids = Vec::new();
+        for c in &connection_ids {
+            match self.is_active(&tenant.id, c).await {
+                Ok(true) => active_ids.push(c.clone()),
+                Ok(false) => {}
+                Err(e) => return unavailable(e),
+            }
+        }
         let connection = match &req.connection {
             Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
-                Some(c) => c,
+                Some(c) if active_ids.contains(&c) => c,
+                Some(c) => {
+                    tracing::info!(reason = "authorize.connection_not_active", tenant = %tenant.id, connection = %c);
+                    return page(
+                        403,
+                        "This sign-in is not available yet",
+                        format!(
+                            "{}'s connection {c} is not active yet (it waits for a successful test) or was disabled. Ask your IT administrator.",
+                            tenant.name
+                        ),
+                        "authorize.connection_not_active",
+                    );
+                }
                 None => return error_to_app(&req, &issuer, "invalid_request", "Unknown connection for this tenant."),
             },
-            None => match connection_ids.as_slice() {
+            None => match active_ids.as_slice() {
                 [] => {
                     return page(
                         409,
@@ -310,7 +338,7 @@ impl Broker {
                     return Outcome::ChooseConnection {
                         params,
                         tenant,
-                        connections: connection_ids,
+                        connections: active_ids,
                     }
                 }
             },
@@ -318,11 +346,11 @@ impl Broker {
 
         // Is there a usable SSO session?
         match self.usable_session(sso, &tenant.id, &req).await {
-            Ok(Some(s)) => {
+            Ok(Some(s)) if active_ids.contains(&s.connection) => {
                 tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
                 return self.finish(&req, &s).await;
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => return unavailable(e),
         }
         if req.prompt_none {
@@ -424,6 +452,7 @@ impl Broker {
                 .map(|(_, secret)| crate::tokens::sha256_base64url(secret.as_bytes())),
             started_at: self.provider.clock.unix(),
             incarnation: Some(incarnation),
+            test: None,
         };
         if let Err(e) = self
             .store

@@ -177,6 +177,10 @@ fn choose_tenant(state: &AppState, params: &BTreeMap<String, String>, error: Opt
     let app = params.get("redirect_uri").and_then(|u| url::Url::parse(u).ok());
     let mut sources = own_form_action(state, &app.iter().collect::<Vec<_>>());
     sources.push("https:".to_owned());
+    // A plain-http gateway (development, tests) has plain-http IdPs too.
+    if state.upstream.public_url.scheme() == "http" {
+        sources.push("http:".to_owned());
+    }
     let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
     pages::page(StatusCode::OK, "Sign in", &body, &sources)
 }

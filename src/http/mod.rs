@@ -104,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(browser)
         .merge(api)
+        .merge(crate::portal::routes())
         .fallback(flows::fallback)
         .layer(axum::middleware::map_response(move |mut resp: Response| async move {
             pages::security_headers(&mut resp, https);

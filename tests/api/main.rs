@@ -17,6 +17,8 @@ mod oidc_negative;
 mod oidc_trust;
 mod outbound_http;
 mod peers_selftest;
+mod portal;
+mod portal_browser;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;

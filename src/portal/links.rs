@@ -1,0 +1,277 @@
+//! Setup links and portal sessions, without HTTP.
+//!
+//! A setup link is a one-time, expiring URL the platform admin sends to a
+//! customer's IT admin. Its token reads `<tenant>.<random>`: the tenant
+//! prefix routes the lookup to tenant-scoped keys, and the store keeps only
+//! the SHA-256 of the token (with a TTL equal to the link's lifetime).
+//! Opening the link consumes it atomically ([`Store::take_and_mark`]): of two
+//! browsers opening it, one gets a portal session, the other a "used" page.
+//!
+//! A portal session is the tenant admin's browser session in the portal: its
+//! own cookie, its own random token (again `<tenant>.<random>`, hashed at
+//! rest), sliding [`PORTAL_SESSION_TTL`], never longer than
+//! [`PORTAL_SESSION_MAX`] after the link was opened.
+
+use crate::clock::SharedClock;
+use crate::ids::TenantId;
+use crate::store::{Key, SharedStore, StoreError, StoreJson, Taken};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The shortest lifetime a setup link may have.
+pub const MIN_LINK_TTL: Duration = Duration::from_secs(5 * 60);
+/// The longest lifetime a setup link may have.
+pub const MAX_LINK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A setup link's lifetime when the admin names none.
+pub const DEFAULT_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A portal session ends after this long without use.
+pub const PORTAL_SESSION_TTL: Duration = Duration::from_secs(3600);
+/// A portal session ends this long after its link was opened, used or not.
+pub const PORTAL_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+
+/// Which connection kind a link may set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    /// SAML 2.0 only.
+    Saml,
+    /// OpenID Connect only.
+    Oidc,
+}
+
+impl LinkKind {
+    /// The protocol name, as in a connection's `kind`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Saml => "saml",
+            Self::Oidc => "oidc",
+        }
+    }
+}
+
+/// A stored setup link (under the hash of its token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupLink {
+    /// The link's public id (for audit records; not the token).
+    pub id: String,
+    /// The tenant it sets up.
+    pub tenant: TenantId,
+    /// The one kind it may set up, if limited.
+    pub kind: Option<LinkKind>,
+    /// When it stops working (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// A tenant admin's session in the portal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortalSession {
+    /// The tenant this session may see and change, and nothing else.
+    pub tenant: TenantId,
+    /// The setup link it came from.
+    pub link_id: String,
+    /// The one kind it may set up, if limited.
+    pub kind: Option<LinkKind>,
+    /// The CSRF token every portal form carries.
+    pub csrf: String,
+    /// The hard end (Unix seconds), whatever the use.
+    pub ends_at: i64,
+}
+
+/// Why a setup link was not exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Unknown, malformed or expired.
+    #[error("the setup link has expired or does not exist")]
+    Expired,
+    /// Already opened once.
+    #[error("the setup link was already used")]
+    Used,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LinkError {
+    /// The stable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Expired => "setup.link_expired",
+            Self::Used => "setup.link_used",
+            Self::Store(_) => "store.unavailable",
+        }
+    }
+}
+
+/// The longest token accepted (tenant id, a dot, 43 characters).
+const MAX_TOKEN_LEN: usize = 256;
+
+fn hash(token: &str) -> String {
+    crate::tokens::sha256_base64url(token.as_bytes())
+}
+
+/// The tenant a `<tenant>.<random>` token names, if it is well-formed.
+fn token_tenant(token: &str) -> Option<TenantId> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let (tenant, random) = token.split_once('.')?;
+    if random.len() < 32 {
+        return None;
+    }
+    TenantId::parse(tenant).ok()
+}
+
+fn link_key(t: &TenantId, hashed: &str) -> Key {
+    Key::tenant(t.as_str(), "setup", format!("link:{hashed}"))
+}
+
+fn used_key(t: &TenantId, hashed: &str) -> Key {
+    Key::tenant(t.as_str(), "setup", format!("used:{hashed}"))
+}
+
+fn session_key(t: &TenantId, hashed: &str) -> Key {
+    Key::tenant(t.as_str(), "portal", format!("session:{hashed}"))
+}
+
+/// Setup links and portal sessions in the store.
+#[derive(Clone)]
+pub struct SetupLinks {
+    store: SharedStore,
+    clock: SharedClock,
+}
+
+impl SetupLinks {
+    /// Over `store`, with time from `clock`.
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+
+    /// Creates a link for `tenant` living `ttl` (the caller bounds it);
+    /// returns the token (shown once, never stored) and the stored link.
+    pub async fn create(
+        &self,
+        tenant: &TenantId,
+        kind: Option<LinkKind>,
+        ttl: Duration,
+    ) -> Result<(String, SetupLink), StoreError> {
+        let token = format!("{tenant}.{}", crate::tokens::random_token(32));
+        let link = SetupLink {
+            id: crate::tokens::random_token(12),
+            tenant: tenant.clone(),
+            kind,
+            expires_at: self
+                .clock
+                .unix()
+                .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+        };
+        self.store
+            .put_json(&link_key(tenant, &hash(&token)), &link, Some(ttl))
+            .await?;
+        tracing::info!(reason = "setup.link_created", tenant = %tenant, link = %link.id);
+        Ok((token, link))
+    }
+
+    /// Opens a link: consumes it atomically and starts a portal session.
+    /// Returns the session token (for the cookie) and the session.
+    pub async fn exchange(&self, token: &str) -> Result<(String, PortalSession), LinkError> {
+        let Some(tenant) = token_tenant(token) else {
+            tracing::info!(reason = "setup.link_expired", "malformed setup link");
+            return Err(LinkError::Expired);
+        };
+        let hashed = hash(token);
+        let now = self.clock.unix();
+        // The marker outlives any link, so a used link says "used" until it
+        // would have expired anyway.
+        let marker = serde_json::to_vec(&now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let taken = self
+            .store
+            .take_and_mark(
+                &link_key(&tenant, &hashed),
+                &used_key(&tenant, &hashed),
+                &marker,
+                MAX_LINK_TTL,
+            )
+            .await?;
+        let link: SetupLink = match taken {
+            Taken::Value(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Taken::Marker(_) => {
+                tracing::warn!(reason = "setup.link_used", tenant = %tenant, "setup link opened again");
+                return Err(LinkError::Used);
+            }
+            Taken::Absent => {
+                tracing::info!(reason = "setup.link_expired", tenant = %tenant);
+                return Err(LinkError::Expired);
+            }
+        };
+        if link.tenant != tenant || now >= link.expires_at {
+            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id);
+            return Err(LinkError::Expired);
+        }
+        let session_token = format!("{tenant}.{}", crate::tokens::random_token(32));
+        let session = PortalSession {
+            tenant: tenant.clone(),
+            link_id: link.id.clone(),
+            kind: link.kind,
+            csrf: crate::tokens::random_token(24),
+            ends_at: now.saturating_add(i64::try_from(PORTAL_SESSION_MAX.as_secs()).unwrap_or(i64::MAX)),
+        };
+        self.store
+            .put_json(
+                &session_key(&tenant, &hash(&session_token)),
+                &session,
+                Some(PORTAL_SESSION_TTL),
+            )
+            .await?;
+        tracing::info!(reason = "setup.link_opened", tenant = %tenant, link = %link.id);
+        Ok((session_token, session))
+    }
+
+    /// The portal session of `token`, if live; each use extends it by
+    /// [`PORTAL_SESSION_TTL`] (never past its hard end).
+    pub async fn session(&self, token: &str) -> Result<Option<PortalSession>, StoreError> {
+        let Some(tenant) = token_tenant(token) else {
+            return Ok(None);
+        };
+        let key = session_key(&tenant, &hash(token));
+        let Some(s) = self.store.get_json::<PortalSession>(&key).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.unix();
+        if s.tenant != tenant || now >= s.ends_at {
+            return Ok(None);
+        }
+        let left = u64::try_from(s.ends_at.saturating_sub(now)).unwrap_or(0);
+        let ttl = PORTAL_SESSION_TTL.min(Duration::from_secs(left.max(1)));
+        self.store.put_json(&key, &s, Some(ttl)).await?;
+        Ok(Some(s))
+    }
+
+    /// Ends a portal session.
+    pub async fn end(&self, token: &str) -> Result<(), StoreError> {
+        if let Some(tenant) = token_tenant(token) {
+            self.store.delete(&session_key(&tenant, &hash(token))).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Who is acting through a portal session: the tenant and the setup link's
+/// id (for the admin principal and audit records).
+pub fn principal_of(session: &PortalSession) -> (TenantId, String) {
+    (session.tenant.clone(), session.link_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_their_tenant_and_malformed_ones_nothing() {
+        let good = format!("acme.{}", "a".repeat(43));
+        assert_eq!(token_tenant(&good).map(|t| t.to_string()).as_deref(), Some("acme"));
+        assert!(token_tenant("acme.short").is_none());
+        assert!(token_tenant(&format!("no/slug.{}", "a".repeat(43))).is_none());
+        assert!(token_tenant(&"a".repeat(300)).is_none());
+        assert!(token_tenant("").is_none());
+    }
+}

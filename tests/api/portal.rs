@@ -1,0 +1,371 @@
+//! The setup portal's contract: setup links (one-time, expiring, platform
+//! admin only), connection status enforced in the broker (a pending_test
+//! connection serves nobody), test sign-ins that open no session, and
+//! activation only after a successful test.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::Browser;
+use portcullis::clock::ManualClock;
+use portcullis::ids::{ConnectionId, TenantId};
+use portcullis::upstream::ConnectionStatus;
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn dev_app(clock: Option<ManualClock>) -> TestApp {
+    spawn_app(AppOptions {
+        dev: true,
+        clock,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+async fn setup_link(app: &TestApp, tenant: &str, ttl: u64) -> url::Url {
+    let answer = app
+        .admin_create(
+            &format!("/admin/v1/tenants/{tenant}/setup-links"),
+            json!({ "ttl_secs": ttl }),
+        )
+        .await;
+    assert!(answer["expires_at"].as_str().is_some(), "{answer}");
+    url::Url::parse(answer["url"].as_str().unwrap()).unwrap()
+}
+
+async fn set_status(app: &TestApp, tenant: &str, connection: &str, status: ConnectionStatus) {
+    let (t, c) = (
+        TenantId::parse(tenant).unwrap(),
+        ConnectionId::parse(connection).unwrap(),
+    );
+    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    conn.status = status;
+    app.state.tenants.put_connection(&conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_setup_link_opens_once_and_a_used_link_is_refused() {
+    let app = dev_app(None).await;
+    let link = setup_link(&app, "demo", 3600).await;
+    assert_eq!(link.path().split('/').nth(1), Some("setup"));
+    let first = app.client.get(link.clone()).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("portcullis_portal="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let again = app.client.get(link).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::GONE);
+    assert!(again.headers().get("set-cookie").is_none());
+    assert!(again.text().await.unwrap().contains("setup.link_used"));
+}
+
+#[tokio::test]
+async fn an_expired_or_forged_setup_link_is_refused() {
+    let clock = ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let app = dev_app(Some(clock.clone())).await;
+    let link = setup_link(&app, "demo", 300).await;
+    clock.advance(chrono::TimeDelta::seconds(301));
+    let resp = app.client.get(link.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+    // A token of the right shape that was never issued.
+    let forged = app.url(&format!("/setup/demo.{}", "A".repeat(43)));
+    let resp = app.client.get(forged).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+}
+
+#[tokio::test]
+async fn setup_links_need_the_platform_admin_and_a_bounded_ttl() {
+    let app = dev_app(None).await;
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants/demo/setup-links"))
+        .json(&json!({ "ttl_secs": 3600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    for ttl in [10, 31 * 24 * 3600] {
+        let (status, body) = app
+            .admin(
+                reqwest::Method::POST,
+                "/admin/v1/tenants/demo/setup-links",
+                Some(json!({ "ttl_secs": ttl })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains("ttl_secs"), "{body}");
+    }
+    let (status, _) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/nobody/setup-links",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The portal without a session shows nothing of any tenant.
+    let resp = app.client.get(app.url("/portal")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("portal.no_session"));
+}
+
+#[tokio::test]
+async fn a_pending_test_connection_serves_nobody() {
+    let app = dev_app(None).await;
+    // Started while active, answered after the connection left service.
+    let mut browser = Browser::new();
+    let login = browser.get(&app.url("/demo/login")).await;
+    assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
+    set_status(&app, "demo", "dev", ConnectionStatus::PendingTest).await;
+    let refused = browser
+        .fill_and_submit(&login, None, &[("email", "ada@demo.example")])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        refused.body.contains("callback.connection_not_active"),
+        "{}",
+        refused.body
+    );
+
+    // Not chosen when it is the tenant's only connection.
+    let mut browser = Browser::new();
+    let page = browser.get(&app.url("/demo/login")).await;
+    assert!(page.body.contains("authorize.no_connection"), "{}", page.body);
+
+    // Asked for explicitly: a clear refusal.
+    let mut browser = Browser::new();
+    let authorize = browser
+        .get_until(&app.url("/demo/login"), &|u| u.path() == "/authorize")
+        .await
+        .stopped();
+    let mut explicit = authorize.clone();
+    explicit.query_pairs_mut().append_pair("connection", "dev");
+    let page = browser.get(&explicit).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    assert!(page.body.contains("authorize.connection_not_active"), "{}", page.body);
+
+    // Disabled is the same; active again serves again.
+    set_status(&app, "demo", "dev", ConnectionStatus::Disabled).await;
+    let page = browser.get(&explicit).await;
+    assert!(page.body.contains("authorize.connection_not_active"), "{}", page.body);
+    set_status(&app, "demo", "dev", ConnectionStatus::Active).await;
+    let page = browser.get(&explicit).await;
+    assert!(page.url.path().starts_with("/dev/demo/dev/login"), "{}", page.url);
+
+    // The refusal is in the tenant's failed sign-ins, with its reason only.
+    let failed = app
+        .state
+        .broker
+        .failed_sign_ins(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        failed.iter().any(|f| f.reason == "callback.connection_not_active"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
+    let app = dev_app(None).await;
+    // A second, pending connection of the demo tenant (as the portal makes them).
+    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
+    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    conn.id = ConnectionId::parse("dev-test").unwrap();
+    conn.status = ConnectionStatus::PendingTest;
+    app.state.tenants.add_connection(&conn).await.unwrap();
+
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    let start = browser.get(&link).await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
+    assert!(start.body.contains("dev-test"), "{}", start.body);
+    let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    assert!(page.body.contains("waiting for a successful test"), "{}", page.body);
+    assert!(!page.body.contains("/activate"), "no activate form before a test");
+
+    // Forcing the activation anyway is refused.
+    let csrf = page.form(None).field("csrf").unwrap().to_owned();
+    let refused = browser
+        .send(
+            reqwest::Method::POST,
+            &app.url("/portal/connections/dev-test/activate"),
+            Some(&[("csrf".to_owned(), csrf.clone())]),
+            Some(&page.url),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(refused.body.contains("portal.activate_untested"), "{}", refused.body);
+    // And without the CSRF token.
+    let refused = browser
+        .send(
+            reqwest::Method::POST,
+            &app.url("/portal/connections/dev-test/activate"),
+            Some(&[("csrf".to_owned(), "wrong".to_owned())]),
+            Some(&page.url),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let stored = app.state.tenants.connection(&t, &conn.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, ConnectionStatus::PendingTest);
+
+    // The test sign-in: to the IdP and back to the portal, with the claims.
+    let idp = browser.submit(&page, &page.form(None)).await;
+    assert!(idp.url.path().starts_with("/dev/demo/dev-test/login"), "{}", idp.url);
+    let result = browser
+        .fill_and_submit(&idp, None, &[("email", "tess@demo.example"), ("given_name", "Tess")])
+        .await;
+    assert_eq!(result.status, StatusCode::OK, "{}", result.body);
+    assert_eq!(result.url.path(), "/portal/connections/dev-test");
+    assert!(result.body.contains("The test sign-in succeeded"), "{}", result.body);
+    assert!(result.body.contains("tess@demo.example"), "{}", result.body);
+    // No user was provisioned by the test.
+    let (_, users) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/demo/users", None)
+        .await;
+    assert!(!users.to_string().contains("tess@demo.example"), "{users}");
+
+    let activate = result
+        .forms()
+        .into_iter()
+        .find(|f| f.action.ends_with("/activate"))
+        .expect("an activate form after a successful test");
+    let done = browser.submit(&result, &activate).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let stored = app.state.tenants.connection(&t, &conn.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, ConnectionStatus::Active);
+}
+
+/// Posts the portal's step-3 form as multipart/form-data (built by hand).
+async fn post_setup_form(app: &TestApp, cookie: &str, fields: &[(&str, &str)]) -> (StatusCode, String) {
+    let boundary = "portcullis-test-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let resp = app
+        .client
+        .post(app.url("/portal/connections"))
+        .header("cookie", cookie)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add_saml() {
+    let app = dev_app(None).await;
+    let answer = app
+        .admin_create(
+            "/admin/v1/tenants/demo/setup-links",
+            json!({ "ttl_secs": 3600, "kind": "oidc" }),
+        )
+        .await;
+    assert_eq!(answer["kind"], "oidc");
+    let resp = app.client.get(answer["url"].as_str().unwrap()).send().await.unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let start = app
+        .client
+        .get(app.url("/portal"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!start.contains("kind-saml"), "only OIDC is offered");
+    let csrf = start
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_owned());
+    // The start page has no POST form; take the token from the values page.
+    let values = app
+        .client
+        .get(app.url("/portal/values?kind=oidc&idp=okta"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf.unwrap_or_else(|| {
+        values
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    });
+    // SAML through an OIDC-only link: refused.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "saml"),
+            ("idp", "okta"),
+            ("metadata_xml", "<x/>"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("portal.bad_kind"), "{page}");
+    // Without the CSRF token: refused.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[("kind", "oidc"), ("idp", "okta"), ("issuer", "https://idp.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("portal.csrf_mismatch"), "{page}");
+    // An unreachable issuer: the sentence says what to do.
+    let (status, page) = post_setup_form(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "oidc"),
+            ("idp", "okta"),
+            ("issuer", "http://127.0.0.1:1"),
+            ("client_id", "x"),
+            ("client_secret", "y"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("could not download the issuer&#39;s discovery document"),
+        "{page}"
+    );
+    let ids = app
+        .state
+        .tenants
+        .connection_ids(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "nothing was created: {ids:?}");
+}
