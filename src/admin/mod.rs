@@ -6,6 +6,7 @@
 
 mod error;
 mod resources;
+mod tenants;
 mod users;
 
 pub use error::AdminError;
@@ -15,7 +16,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{
     check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
 };
-use crate::tenant::{parse_domain, RegistryError};
+use crate::tenant::RegistryError;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -29,8 +30,6 @@ use std::sync::Arc;
 /// The admin routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/tenants", post(create_tenant).get(list_tenants))
-        .route("/tenants/{id}", get(get_tenant).delete(delete_tenant))
         .route(
             "/tenants/{id}/connections",
             post(create_connection).get(list_connections),
@@ -42,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/clients", post(create_client).get(list_clients))
         .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
+        .merge(tenants::routes())
         .merge(resources::routes())
         .merge(users::routes())
 }
@@ -104,16 +104,6 @@ fn registry(e: RegistryError) -> AdminError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTenant {
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    domains: Vec<String>,
-}
-
 /// Deserializes an admin body; a failure names the path of the field at
 /// fault (`serde_path_to_error`), e.g. `scopes[1].name`.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, AdminError> {
@@ -121,76 +111,6 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<
         field: e.field,
         detail: e.message,
     })
-}
-
-async fn create_tenant(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let req: NewTenant = parse_body(body)?;
-    let id = TenantId::parse(&req.id).map_err(|e| AdminError::field("id", format!("{:?} {e}", req.id)))?;
-    let mut domains = Vec::new();
-    for (i, d) in req.domains.iter().enumerate() {
-        let d = parse_domain(d)
-            .ok_or_else(|| AdminError::field(&format!("domains[{i}]"), format!("{d:?} is not a domain name.")))?;
-        if !domains.contains(&d) {
-            domains.push(d);
-        }
-    }
-    let name = req
-        .name
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| id.to_string());
-    let tenant = s.tenants.create(id, name, domains).await.map_err(registry)?;
-    tracing::info!(reason = "admin.tenant_created", tenant = %tenant.id);
-    Ok((StatusCode::CREATED, Json(json!(tenant))).into_response())
-}
-
-async fn list_tenants(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
-    Ok(Json(json!({"tenants": s.tenants.list().await.map_err(registry)?})))
-}
-
-async fn get_tenant(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    let tenant = s
-        .tenants
-        .get(&id)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
-    let connections = s.tenants.connection_ids(&id).await.map_err(registry)?;
-    let mut v = json!(tenant);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("connections".into(), json!(connections));
-    }
-    Ok(Json(v))
-}
-
-async fn delete_tenant(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, AdminError> {
-    let id = tenant_id(&id)?;
-    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
-        s.broker.connectors.forget(&id, &c);
-    }
-    s.tenants.delete(&id).await.map_err(registry)?;
-    tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
-    // Nothing of the tenant is accepted any more (incarnations are checked
-    // on use); this only frees the store and ends sessions early.
-    match s.broker.purge_tenant_users(&id).await {
-        Ok(n) => tracing::info!(reason = "admin.tenant_users_purged", tenant = %id, users = n),
-        Err(e) => {
-            tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
-        }
-    }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_connection(

@@ -30,3 +30,4 @@ mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod store_conformance;
+mod tenants_admin;
