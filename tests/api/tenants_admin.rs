@@ -261,3 +261,151 @@ async fn list_filters_by_domain_name_prefix_and_query() {
         .await;
     assert_eq!(ids(&p2), ["acorn"]);
 }
+
+/// A dev-mode gateway (demo tenant, dev IdP) on a manual clock.
+async fn dev_app(clock: &portcullis::clock::ManualClock) -> TestApp {
+    spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+fn manual_clock() -> portcullis::clock::ManualClock {
+    portcullis::clock::ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .into(),
+    )
+}
+
+/// `/authorize` for `client_id` at the demo tenant.
+fn authorize_url(app: &TestApp, client_id: &str, redirect: &url::Url, verifier: &str) -> url::Url {
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client_id)
+        .append_pair("redirect_uri", redirect.as_str())
+        .append_pair("scope", "openid email")
+        .append_pair("tenant", "demo")
+        .append_pair(
+            "code_challenge",
+            &portcullis::tokens::sha256_base64url(verifier.as_bytes()),
+        )
+        .append_pair("code_challenge_method", "S256");
+    url
+}
+
+/// The tenant's SSO session lifetime replaces the global one: the session
+/// is reused before it ends and not after (the global lifetime is longer).
+#[tokio::test]
+async fn the_tenants_sso_session_lifetime_ends_the_session() {
+    let clock = manual_clock();
+    let app = dev_app(&clock).await;
+    let (st, t) = patch(
+        &app,
+        "/admin/v1/tenants/demo",
+        MERGE,
+        json!({"settings": {"sso_session_ttl_secs": 120}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let mut browser = crate::support::browser::Browser::new();
+    let login = browser.get(&app.url("/demo/login")).await;
+    assert!(login.url.path().starts_with("/dev/demo/dev/login"), "{}", login.url);
+    let done = browser
+        .fill_and_submit(&login, None, &[("email", "ada@demo.example")])
+        .await;
+    assert!(done.url.path().starts_with("/demo/callback"), "{}", done.url);
+
+    clock.advance(chrono::Duration::seconds(100));
+    browser.clear_history();
+    let again = browser.get(&app.url("/demo/login")).await;
+    assert!(
+        again.url.path().starts_with("/demo/callback"),
+        "reused within 120 s: {}",
+        again.url
+    );
+
+    clock.advance(chrono::Duration::seconds(30));
+    browser.clear_history();
+    let later = browser.get(&app.url("/demo/login")).await;
+    assert!(
+        later.url.path().starts_with("/dev/demo/dev/login"),
+        "the tenant's 120 s session has ended (the global lifetime has not): {}",
+        later.url
+    );
+}
+
+/// `allowed_clients` refuses other apps at `/authorize` and at the token
+/// endpoint (a code issued before the restriction).
+#[tokio::test]
+async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
+    use portcullis::provider::grants::TokenRequest;
+    let clock = manual_clock();
+    let app = dev_app(&clock).await;
+    let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
+    let a = app.create_client("app-a", "A", &[&redirect], false).await;
+    app.create_client("app-b", "B", &[&redirect], false).await;
+
+    // A code for app-a, issued while every app is allowed.
+    let verifier = portcullis::tokens::random_token(32);
+    let mut browser = crate::support::browser::Browser::new();
+    let login = browser.get(&authorize_url(&app, "app-a", &redirect, &verifier)).await;
+    let stop = |u: &url::Url| u.host_str() == Some("app.example.test");
+    let form = login.form(None);
+    let back = browser.submit_until(&login, &form, &stop).await.stopped();
+    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+
+    let (st, t) = patch(
+        &app,
+        "/admin/v1/tenants/demo",
+        MERGE,
+        json!({"settings": {"allowed_clients": ["app-b"]}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+
+    // /authorize: app-a is sent back with access_denied, even with an SSO session.
+    let resp = app
+        .client
+        .get(authorize_url(&app, "app-a", &redirect, &verifier))
+        .send()
+        .await
+        .unwrap();
+    let to = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("https://app.example.test/cb?"), "{to}");
+    assert!(to.contains("error=access_denied"), "{to}");
+    assert!(to.contains("does+not+use+this+application"), "{to}");
+    let nav = browser
+        .get_until(&authorize_url(&app, "app-a", &redirect, &verifier), &stop)
+        .await
+        .stopped();
+    assert!(nav.as_str().contains("error=access_denied"), "{nav}");
+    // app-b still signs in.
+    let ok = browser
+        .get_until(&authorize_url(&app, "app-b", &redirect, &verifier), &stop)
+        .await
+        .stopped();
+    assert!(ok.query_pairs().any(|(k, _)| k == "code"), "{ok}");
+
+    // /token: the earlier code of app-a is refused with the reason.
+    let creds = portcullis::provider::grants::ClientCredentials::Secret {
+        id: "app-a".into(),
+        secret: a.client_secret.unwrap(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let req = TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code),
+        redirect_uri: Some(redirect.to_string()),
+        code_verifier: Some(verifier),
+        ..TokenRequest::default()
+    };
+    let err = app.state.provider.token(&client, &req).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_grant", "code.client_not_allowed_by_tenant")
+    );
+}
