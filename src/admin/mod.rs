@@ -4,6 +4,7 @@
 //! naming the field at fault. A wrong or missing bearer token is 401 and
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
+mod clients;
 mod error;
 mod resources;
 mod tenants;
@@ -13,9 +14,6 @@ pub use error::AdminError;
 
 use crate::http::AppState;
 use crate::ids::{ConnectionId, TenantId};
-use crate::provider::clients::{
-    check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
-};
 use crate::tenant::RegistryError;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -23,7 +21,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -38,10 +35,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/tenants/{id}/connections/{cid}",
             get(get_connection).delete(delete_connection),
         )
-        .route("/clients", post(create_client).get(list_clients))
-        .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
         .merge(tenants::routes())
+        .merge(clients::routes())
         .merge(resources::routes())
         .merge(users::routes())
 }
@@ -195,178 +191,6 @@ async fn delete_connection(
             "users of a deleted connection left in the store"
         ),
     }
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewClient {
-    client_id: String,
-    #[serde(default)]
-    name: Option<String>,
-    redirect_uris: Vec<String>,
-    #[serde(default)]
-    post_logout_redirect_uris: Vec<String>,
-    #[serde(default)]
-    public: bool,
-    #[serde(default)]
-    allowed_tenants: Vec<String>,
-    #[serde(default)]
-    allowed_scopes: Vec<String>,
-    #[serde(default = "default_grant_types")]
-    grant_types: Vec<GrantType>,
-    #[serde(default)]
-    default_resource: Option<String>,
-}
-
-/// Checks a new client's fields; shared with the config file's `[[clients]]`.
-fn check_client(req: &NewClient) -> Result<Vec<TenantId>, AdminError> {
-    let id_ok = !req.client_id.is_empty()
-        && req.client_id.len() <= 128
-        && req
-            .client_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !id_ok {
-        return Err(AdminError::field(
-            "client_id",
-            "must be 1 to 128 characters of letters, digits, '-', '_' and '.'.",
-        ));
-    }
-    if req.redirect_uris.is_empty() {
-        return Err(AdminError::field("redirect_uris", "needs at least one redirect URI."));
-    }
-    for (i, u) in req.redirect_uris.iter().enumerate() {
-        check_redirect_uri(u).map_err(|m| AdminError::field(&format!("redirect_uris[{i}]"), m))?;
-    }
-    for (i, u) in req.post_logout_redirect_uris.iter().enumerate() {
-        check_redirect_uri(u).map_err(|m| AdminError::field(&format!("post_logout_redirect_uris[{i}]"), m))?;
-    }
-    req.allowed_tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            TenantId::parse(t).map_err(|e| AdminError::field(&format!("allowed_tenants[{i}]"), format!("{t:?} {e}")))
-        })
-        .collect()
-}
-
-async fn create_client(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let req: NewClient = parse_body(body)?;
-    let allowed_tenants = check_client(&req)?;
-    s.provider
-        .resources
-        .check_app_fields(
-            req.public,
-            &req.grant_types,
-            &req.allowed_scopes,
-            req.default_resource.as_deref(),
-        )
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-        .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
-    let secret = (!req.public).then(new_secret);
-    let client = Client {
-        client_id: req.client_id.clone(),
-        name: req.name.clone().unwrap_or_else(|| req.client_id.clone()),
-        secret_sha256: secret.as_ref().map(|s| hash_secret(s.expose())),
-        redirect_uris: req.redirect_uris.clone(),
-        post_logout_redirect_uris: req.post_logout_redirect_uris.clone(),
-        allowed_tenants,
-        allowed_scopes: req.allowed_scopes.clone(),
-        grant_types: req.grant_types.clone(),
-        default_resource: req.default_resource.clone(),
-        created_at: s.provider.clock.now(),
-    };
-    s.provider.clients.create(&client).await.map_err(|e| match e {
-        ClientError::Exists(id) => AdminError::Conflict {
-            field: "client_id",
-            detail: format!("The client {id:?} already exists."),
-        },
-        ClientError::Store(e) => AdminError::Internal(e.to_string()),
-    })?;
-    tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
-    let mut v = client_view(&client);
-    if let Some(secret) = secret {
-        // Shown once: only its hash is stored.
-        if let Some(o) = v.as_object_mut() {
-            o.insert("client_secret".into(), json!(secret.expose()));
-        }
-    }
-    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(v)).into_response())
-}
-
-fn client_view(c: &Client) -> Value {
-    json!({
-        "client_id": c.client_id, "name": c.name, "public": c.is_public(),
-        "redirect_uris": c.redirect_uris, "post_logout_redirect_uris": c.post_logout_redirect_uris,
-        "allowed_tenants": c.allowed_tenants, "allowed_scopes": c.allowed_scopes,
-        "grant_types": c.grant_types, "default_resource": c.default_resource, "created_at": c.created_at,
-    })
-}
-
-async fn list_clients(_: AdminAuth, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
-    let ids = s
-        .provider
-        .clients
-        .list()
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
-    Ok(Json(json!({"clients": ids})))
-}
-
-async fn get_client(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let c = s
-        .provider
-        .clients
-        .get(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no client {id:?}.")))?;
-    Ok(Json(client_view(&c)))
-}
-
-async fn delete_client(
-    _: AdminAuth,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, AdminError> {
-    if s.provider
-        .clients
-        .get(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-        .is_none()
-    {
-        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
-    }
-    // The tombstone first: should the deletion fail, the app's tokens are
-    // refused anyway, and a re-registration never inherits them.
-    s.provider
-        .retire_client(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
-    if !s
-        .provider
-        .clients
-        .delete(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-    {
-        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
-    }
-    // Its refresh tokens need its authentication, its access tokens are
-    // checked against the registry on use, and the tombstone keeps both dead
-    // should the id be registered again.
-    tracing::info!(reason = "admin.client_deleted", client_id = %id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -106,6 +106,18 @@ pub(crate) struct ListQuery {
     q: Option<String>,
 }
 
+/// The query of a plain paginated listing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default)]
+    pub(crate) limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[serde(default)]
+    pub(crate) cursor: Option<String>,
+}
+
 /// The default page size of listings.
 pub(crate) const DEFAULT_LIMIT: usize = 50;
 

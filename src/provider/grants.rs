@@ -122,7 +122,7 @@ impl Provider {
             return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
         };
         match creds {
-            ClientCredentials::Secret { secret, .. } if client.secret_matches(secret) => Ok(client),
+            ClientCredentials::Secret { secret, .. } if client.secret_matches(secret, self.clock.now()) => Ok(client),
             ClientCredentials::Secret { .. } => Err(OAuthError::invalid_client(
                 "client.bad_secret",
                 "Client authentication failed.",

@@ -409,3 +409,189 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
         ("invalid_grant", "code.client_not_allowed_by_tenant")
     );
 }
+
+#[tokio::test]
+async fn app_patch_merges_and_validates_as_at_creation() {
+    let app = spawn_app(AppOptions::default()).await;
+    let r = url::Url::parse("https://app.example.test/cb").unwrap();
+    app.create_client("app-1", "One", &[&r], false).await;
+    let (st, c) = patch(
+        &app,
+        "/admin/v1/clients/app-1",
+        MERGE,
+        json!({"name": "Uno", "redirect_uris": ["https://app.example.test/cb2"], "allowed_tenants": ["acme"],
+               "post_logout_redirect_uris": ["https://app.example.test/bye"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    assert_eq!(c["name"], "Uno");
+    assert_eq!(c["redirect_uris"], json!(["https://app.example.test/cb2"]));
+    assert_eq!(c["allowed_tenants"], json!(["acme"]));
+    assert_eq!(c["public"], false, "a patch keeps the secret");
+    let stored = app.state.provider.clients.get("app-1").await.unwrap().unwrap();
+    assert!(stored.secret_sha256.is_some());
+    assert_eq!(stored.post_logout_redirect_uris, ["https://app.example.test/bye"]);
+    // null removes an optional member.
+    let (st, c) = patch(&app, "/admin/v1/clients/app-1", MERGE, json!({"allowed_tenants": null})).await;
+    assert_eq!(st, StatusCode::OK, "{c}");
+    assert_eq!(c["allowed_tenants"], json!([]));
+    assert_eq!(c["name"], "Uno");
+
+    for (body, field) in [
+        (
+            json!({"redirect_uris": ["https://ok.test/cb", "http://evil.test/cb"]}),
+            "redirect_uris[1]",
+        ),
+        (json!({"redirect_uris": []}), "redirect_uris"),
+        (json!({"redirect_uris": null}), "redirect_uris"),
+        (
+            json!({"post_logout_redirect_uris": ["not a url"]}),
+            "post_logout_redirect_uris[0]",
+        ),
+        (json!({"allowed_tenants": ["Bad Id"]}), "allowed_tenants[0]"),
+        (json!({"grant_types": ["password"]}), "grant_types[0]"),
+        (json!({"client_id": "other"}), "client_id"),
+        (json!({"secret_sha256": "00"}), "secret_sha256"),
+        (json!({"name": ""}), "name"),
+    ] {
+        let (st, p) = patch(&app, "/admin/v1/clients/app-1", MERGE, body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body} → {p}");
+        assert_eq!(p["field"], field, "{body} → {p}");
+    }
+    let (st, _) = patch(&app, "/admin/v1/clients/none", MERGE, json!({"name": "x"})).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, got) = app.admin(Method::GET, "/admin/v1/clients/app-1", None).await;
+    assert_eq!(
+        got["redirect_uris"],
+        json!(["https://app.example.test/cb2"]),
+        "refused patches changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn app_list_pages_client_objects_without_secrets() {
+    let app = spawn_app(AppOptions::default()).await;
+    let r = url::Url::parse("https://app.example.test/cb").unwrap();
+    for i in 0..7 {
+        app.create_client(&format!("app-{i}"), "A", &[&r], i % 2 == 0).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/admin/v1/clients?limit=3".to_owned();
+    loop {
+        let (st, page) = app.admin(Method::GET, &path, None).await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        for c in page["clients"].as_array().unwrap() {
+            assert!(!c.to_string().contains("secret"), "no secret or hash: {c}");
+            seen.push(c["client_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cur) => path = format!("/admin/v1/clients?limit=3&cursor={cur}"),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..7).map(|i| format!("app-{i}")).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_keeps_working_until_the_overlap_ends() {
+    use portcullis::provider::grants::ClientCredentials;
+    let clock = manual_clock();
+    let app = spawn_app(AppOptions {
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let r = url::Url::parse("https://app.example.test/cb").unwrap();
+    let old = app
+        .create_client("app-1", "One", &[&r], false)
+        .await
+        .client_secret
+        .unwrap();
+    app.create_client("pub", "Public", &[&r], true).await;
+    let auth = |secret: String| {
+        let state = app.state.clone();
+        async move {
+            let creds = ClientCredentials::Secret {
+                id: "app-1".into(),
+                secret,
+            };
+            state
+                .provider
+                .authenticate_client(&creds)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.reason)
+        }
+    };
+
+    let (st, rot) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients/app-1/secret/rotate",
+            Some(json!({"overlap_secs": 3600})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{rot}");
+    let new = rot["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rot["previous_expires_at"], "2030-01-01T01:00:00Z");
+    assert_eq!(auth(old.clone()).await, Ok(()));
+    assert_eq!(auth(new.clone()).await, Ok(()));
+    clock.advance(chrono::Duration::seconds(3599));
+    assert_eq!(auth(old.clone()).await, Ok(()), "still inside the overlap");
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        auth(old.clone()).await,
+        Err("client.bad_secret"),
+        "the overlap has ended"
+    );
+    assert_eq!(auth(new.clone()).await, Ok(()));
+    // Rotating again retires the first secret for good; the default overlap is 24 h.
+    let (st, rot2) = app
+        .admin(Method::POST, "/admin/v1/clients/app-1/secret/rotate", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{rot2}");
+    assert_eq!(rot2["previous_expires_at"], "2030-01-02T01:00:00Z");
+    assert_eq!(auth(old).await, Err("client.bad_secret"));
+    assert_eq!(auth(new).await, Ok(()));
+
+    for (path, body, status, field) in [
+        (
+            "/admin/v1/clients/app-1/secret/rotate",
+            json!({"overlap_secs": 2_592_001}),
+            StatusCode::BAD_REQUEST,
+            Some("overlap_secs"),
+        ),
+        (
+            "/admin/v1/clients/app-1/secret/rotate",
+            json!({"overlap_secs": -1}),
+            StatusCode::BAD_REQUEST,
+            Some("overlap_secs"),
+        ),
+        (
+            "/admin/v1/clients/app-1/secret/rotate",
+            json!({"overlap": 1}),
+            StatusCode::BAD_REQUEST,
+            Some("overlap"),
+        ),
+        (
+            "/admin/v1/clients/pub/secret/rotate",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            Some("client_id"),
+        ),
+        (
+            "/admin/v1/clients/none/secret/rotate",
+            json!({}),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ] {
+        let (st, p) = app.admin(Method::POST, path, Some(body.clone())).await;
+        assert_eq!(st, status, "{path} {body} → {p}");
+        if let Some(f) = field {
+            assert_eq!(p["field"], f, "{path} {body} → {p}");
+        }
+    }
+}
