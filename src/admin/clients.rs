@@ -29,7 +29,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/clients/{id}/secret/rotate", post(rotate_secret))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewClient {
     client_id: String,
@@ -45,6 +45,7 @@ pub(crate) struct NewClient {
     #[serde(default)]
     allowed_scopes: Vec<String>,
     #[serde(default = "default_grant_types")]
+    #[schema(value_type = Vec<String>)]
     grant_types: Vec<GrantType>,
     #[serde(default)]
     default_resource: Option<String>,
@@ -314,12 +315,13 @@ async fn patch_client(
 }
 
 /// The body of `POST /admin/v1/clients/{id}/secret/rotate`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateSecret {
+pub(crate) struct RotateSecret {
     /// How long the previous secret keeps working, in seconds (default
     /// 24 h, at most 30 days; 0 ends it at once).
     #[serde(default)]
+    #[schema(maximum = 2_592_000)]
     overlap_secs: Option<u64>,
 }
 

@@ -6,6 +6,7 @@
 
 mod clients;
 mod error;
+pub mod openapi;
 mod resources;
 mod tenants;
 mod users;
@@ -36,10 +37,47 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(get_connection).delete(delete_connection),
         )
         .route("/keys/rotate", post(rotate_keys))
+        .route("/openapi.json", get(openapi_json))
         .merge(tenants::routes())
         .merge(clients::routes())
         .merge(resources::routes())
         .merge(users::routes())
+}
+
+/// Every admin route as (method, path under `/admin/v1`), in one place:
+/// the OpenAPI test checks that the router serves each and that the
+/// document describes exactly these. Add a line here with every route.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/tenants"),
+    ("GET", "/tenants"),
+    ("GET", "/tenants/{id}"),
+    ("PATCH", "/tenants/{id}"),
+    ("DELETE", "/tenants/{id}"),
+    ("POST", "/tenants/{id}/connections"),
+    ("GET", "/tenants/{id}/connections"),
+    ("GET", "/tenants/{id}/connections/{cid}"),
+    ("DELETE", "/tenants/{id}/connections/{cid}"),
+    ("POST", "/clients"),
+    ("GET", "/clients"),
+    ("GET", "/clients/{id}"),
+    ("PATCH", "/clients/{id}"),
+    ("DELETE", "/clients/{id}"),
+    ("POST", "/clients/{id}/secret/rotate"),
+    ("POST", "/resource-servers"),
+    ("GET", "/resource-servers"),
+    ("GET", "/resource-servers/{identifier}"),
+    ("DELETE", "/resource-servers/{identifier}"),
+    ("GET", "/tenants/{id}/users"),
+    ("GET", "/tenants/{id}/users/{sub}"),
+    ("DELETE", "/tenants/{id}/users/{sub}"),
+    ("POST", "/tenants/{id}/users/{sub}/disable"),
+    ("POST", "/tenants/{id}/users/{sub}/enable"),
+    ("POST", "/keys/rotate"),
+];
+
+/// `GET /admin/v1/openapi.json`: the API's description; public (no data).
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 
 /// Proof that the request carries the platform admin token.

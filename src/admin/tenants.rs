@@ -26,7 +26,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The body of `POST /admin/v1/tenants`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
     /// The tenant id.

@@ -25,15 +25,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One customer of the SaaS, with its email domains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     /// The tenant id.
+    #[schema(value_type = String)]
     pub id: TenantId,
     /// Display name.
     pub name: String,
     /// Email domains whose users this tenant owns (lower case).
     pub domains: Vec<String>,
     /// When the tenant was created.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// Random per creation: what users and their tokens are bound to. Empty
     /// for tenants stored before incarnations existed.
@@ -50,7 +52,7 @@ pub const MAX_SSO_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const MIN_SSO_SESSION_TTL_SECS: u64 = 60;
 
 /// Settings a platform admin sets per tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
     /// How long an SSO session of this tenant lasts, in seconds; `None`
@@ -99,7 +101,7 @@ impl TenantSettings {
 }
 
 /// A tenant's branding, shown on its pages.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Branding {
     /// The name shown to users (at most 100 characters).

@@ -12,6 +12,7 @@ mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
 mod oidc_trust;
+mod openapi;
 mod outbound_http;
 mod peers_selftest;
 mod revocation;
