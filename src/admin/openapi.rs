@@ -11,6 +11,7 @@
 #![allow(dead_code)] // The path items are documentation only, never called.
 
 use super::clients::{NewClient, RotateSecret};
+use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
 use crate::tenant::{Branding, Tenant, TenantSettings};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -150,7 +151,7 @@ impl Modify for Bearer {
         keys_rotate
     ),
     components(schemas(Problem, Tenant, TenantSettings, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
-        NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret))
+        NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope))
 )]
 pub struct ApiDoc;
 
@@ -252,7 +253,7 @@ fn clients_delete() {}
 fn clients_rotate_secret() {}
 
 #[utoipa::path(post, path = "/admin/v1/resource-servers", tag = "resource-servers",
-    request_body(content = Object, description = "identifier, name, scopes [{name, description}]"),
+    request_body = NewResourceServer,
     responses((status = 201, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_create() {}
