@@ -287,7 +287,7 @@ fn authorize_url(app: &TestApp, client_id: &str, redirect: &url::Url, verifier: 
         .append_pair("response_type", "code")
         .append_pair("client_id", client_id)
         .append_pair("redirect_uri", redirect.as_str())
-        .append_pair("scope", "openid email")
+        .append_pair("scope", "openid email offline_access")
         .append_pair("tenant", "demo")
         .append_pair(
             "code_challenge",
@@ -356,7 +356,27 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
     let stop = |u: &url::Url| u.host_str() == Some("app.example.test");
     let form = login.form(None);
     let back = browser.submit_until(&login, &form, &stop).await.stopped();
-    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let first = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let creds = portcullis::provider::grants::ClientCredentials::Secret {
+        id: "app-a".into(),
+        secret: a.client_secret.unwrap(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let redeem = |code: String| TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code),
+        redirect_uri: Some(redirect.to_string()),
+        code_verifier: Some(verifier.clone()),
+        ..TokenRequest::default()
+    };
+    let tokens = app.state.provider.token(&client, &redeem(first)).await.unwrap();
+    let refresh_token = tokens.refresh_token.clone().expect("a refresh token");
+    // A second code (SSO), still unredeemed when the tenant restricts its apps.
+    let again = browser
+        .get_until(&authorize_url(&app, "app-a", &redirect, &verifier), &stop)
+        .await
+        .stopped();
+    let code = again.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
 
     let (st, t) = patch(
         &app,
@@ -390,23 +410,21 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
         .stopped();
     assert!(ok.query_pairs().any(|(k, _)| k == "code"), "{ok}");
 
-    // /token: the earlier code of app-a is refused with the reason.
-    let creds = portcullis::provider::grants::ClientCredentials::Secret {
-        id: "app-a".into(),
-        secret: a.client_secret.unwrap(),
-    };
-    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
-    let req = TokenRequest {
-        grant_type: Some("authorization_code".into()),
-        code: Some(code),
-        redirect_uri: Some(redirect.to_string()),
-        code_verifier: Some(verifier),
-        ..TokenRequest::default()
-    };
-    let err = app.state.provider.token(&client, &req).await.unwrap_err();
+    // /token: the earlier code and refresh token of app-a are refused with the reason.
+    let err = app.state.provider.token(&client, &redeem(code)).await.unwrap_err();
     assert_eq!(
         (err.code.as_str(), err.reason),
         ("invalid_grant", "code.client_not_allowed_by_tenant")
+    );
+    let refresh = TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(refresh_token),
+        ..TokenRequest::default()
+    };
+    let err = app.state.provider.token(&client, &refresh).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_grant", "refresh.client_not_allowed_by_tenant")
     );
 }
 
