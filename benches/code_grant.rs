@@ -70,6 +70,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
             client_id: "billing".into(),
             name: "Billing".into(),
             secret_sha256: Some(hash_secret(SECRET)),
+            previous_secret: None,
             redirect_uris: vec![REDIRECT.into()],
             post_logout_redirect_uris: vec![],
             allowed_tenants: vec![],

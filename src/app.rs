@@ -203,6 +203,7 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
                 c.name.clone()
             },
             secret_sha256: c.client_secret.as_ref().map(|s| hash_secret(s.expose())),
+            previous_secret: None,
             redirect_uris: c.redirect_uris.clone(),
             post_logout_redirect_uris: c.post_logout_redirect_uris.clone(),
             allowed_tenants,
@@ -238,6 +239,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
         client_id: DEMO_CLIENT.into(),
         name: "Demo app".into(),
         secret_sha256: None,
+        previous_secret: None,
         redirect_uris: vec![state.upstream.public("demo/callback").to_string()],
         post_logout_redirect_uris: vec![state.upstream.public("demo").to_string()],
         allowed_tenants: vec![],

@@ -53,6 +53,15 @@ slug_id!(
     ConnectionId
 );
 
+/// Whether `s` is a well-formed client id: 1 to 128 characters of letters,
+/// digits, `-`, `_` and `.`.
+pub fn is_client_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,14 @@
 mod api_keys;
 pub mod audit;
 pub mod auth;
+mod clients;
 mod connections;
 mod error;
+pub mod openapi;
 mod refresh;
 mod resources;
 mod setup_links;
+mod tenants;
 mod users;
 
 pub use auth::{Access, Admin, Principal, PrincipalKind, Via};
@@ -24,16 +27,12 @@ pub use error::AdminError;
 use crate::audit::Target;
 use crate::http::AppState;
 use crate::ids::TenantId;
-use crate::provider::clients::{
-    check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
-};
-use crate::tenant::{parse_domain, RegistryError};
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use crate::tenant::RegistryError;
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -44,22 +43,73 @@ use std::sync::Arc;
 /// `/tenants/{id}/` that a tenant admin may use goes in the tenant group.
 pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let platform = Router::new()
-        .route("/tenants", post(create_tenant).get(list_tenants))
-        .route("/tenants/{id}", delete(delete_tenant))
-        .route("/clients", post(create_client).get(list_clients))
-        .route("/clients/{id}", get(get_client).delete(delete_client))
         .route("/keys/rotate", post(rotate_keys))
+        .merge(tenants::platform_routes())
+        .merge(clients::routes())
         .merge(resources::routes())
         .merge(api_keys::platform_routes())
         .merge(audit::platform_routes())
         .merge(setup_links::routes());
     let tenant = Router::new()
-        .route("/tenants/{id}", get(get_tenant))
+        .merge(tenants::tenant_routes())
         .merge(connections::routes())
         .merge(users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes());
-    auth::guard(platform, tenant, state)
+    // The document describes the API's shape, never its data: no credential needed.
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .merge(auth::guard(platform, tenant, state))
+}
+
+/// Every admin route as (method, path under `/admin/v1`), in one place:
+/// the OpenAPI test checks that the router serves each and that the
+/// document describes exactly these. Add a line here with every route.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/tenants"),
+    ("GET", "/tenants"),
+    ("GET", "/tenants/{id}"),
+    ("PATCH", "/tenants/{id}"),
+    ("DELETE", "/tenants/{id}"),
+    ("POST", "/tenants/{id}/connections"),
+    ("GET", "/tenants/{id}/connections"),
+    ("GET", "/tenants/{id}/connections/{cid}"),
+    ("PATCH", "/tenants/{id}/connections/{cid}"),
+    ("DELETE", "/tenants/{id}/connections/{cid}"),
+    ("POST", "/tenants/{id}/connections/{cid}/enable"),
+    ("POST", "/tenants/{id}/connections/{cid}/disable"),
+    ("POST", "/tenants/{id}/connections/{cid}/refresh"),
+    ("POST", "/tenants/{id}/connections/{cid}/sp-certificates/{step}"),
+    ("POST", "/tenants/{id}/setup-links"),
+    ("POST", "/tenants/{id}/api-keys"),
+    ("GET", "/tenants/{id}/api-keys"),
+    ("DELETE", "/tenants/{id}/api-keys/{kid}"),
+    ("GET", "/tenants/{id}/audit"),
+    ("POST", "/clients"),
+    ("GET", "/clients"),
+    ("GET", "/clients/{id}"),
+    ("PATCH", "/clients/{id}"),
+    ("DELETE", "/clients/{id}"),
+    ("POST", "/clients/{id}/secret/rotate"),
+    ("POST", "/resource-servers"),
+    ("GET", "/resource-servers"),
+    ("GET", "/resource-servers/{identifier}"),
+    ("DELETE", "/resource-servers/{identifier}"),
+    ("GET", "/tenants/{id}/users"),
+    ("GET", "/tenants/{id}/users/{sub}"),
+    ("DELETE", "/tenants/{id}/users/{sub}"),
+    ("POST", "/tenants/{id}/users/{sub}/disable"),
+    ("POST", "/tenants/{id}/users/{sub}/enable"),
+    ("POST", "/keys/rotate"),
+    ("POST", "/api-keys"),
+    ("GET", "/api-keys"),
+    ("DELETE", "/api-keys/{kid}"),
+    ("GET", "/audit"),
+];
+
+/// `GET /admin/v1/openapi.json`: the API's description; public (no data).
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 
 /// A JSON body whose syntax errors become problem+json.
@@ -99,16 +149,6 @@ pub(crate) fn registry(e: RegistryError) -> AdminError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTenant {
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    domains: Vec<String>,
-}
-
 /// Deserializes an admin body; a failure names the path of the field at
 /// fault (`serde_path_to_error`), e.g. `scopes[1].name`.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, AdminError> {
@@ -116,278 +156,6 @@ pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<
         field: e.field,
         detail: e.message,
     })
-}
-
-async fn create_tenant(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let req: NewTenant = parse_body(body)?;
-    let id = TenantId::parse(&req.id).map_err(|e| AdminError::field("id", format!("{:?} {e}", req.id)))?;
-    let mut domains = Vec::new();
-    for (i, d) in req.domains.iter().enumerate() {
-        let d = parse_domain(d)
-            .ok_or_else(|| AdminError::field(&format!("domains[{i}]"), format!("{d:?} is not a domain name.")))?;
-        if !domains.contains(&d) {
-            domains.push(d);
-        }
-    }
-    let name = req
-        .name
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| id.to_string());
-    let tenant = s.tenants.create(id, name, domains).await.map_err(registry)?;
-    tracing::info!(reason = "admin.tenant_created", tenant = %tenant.id);
-    audit::record(
-        &s,
-        admin
-            .event("tenant.created", Target::new("tenant", tenant.id.as_str()))
-            .after(json!(tenant)),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(tenant))).into_response())
-}
-
-async fn list_tenants(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
-    Ok(Json(json!({"tenants": s.tenants.list().await.map_err(registry)?})))
-}
-
-async fn get_tenant(
-    _: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    let tenant = s
-        .tenants
-        .get(&id)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
-    let connections = s.tenants.connection_ids(&id).await.map_err(registry)?;
-    let mut v = json!(tenant);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("connections".into(), json!(connections));
-    }
-    Ok(Json(v))
-}
-
-async fn delete_tenant(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, AdminError> {
-    let id = tenant_id(&id)?;
-    let before = s.tenants.get(&id).await.map_err(registry)?;
-    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
-        s.broker.connectors.forget(&id, &c);
-    }
-    s.tenants.delete(&id).await.map_err(registry)?;
-    tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
-    audit::record(
-        &s,
-        admin
-            .event("tenant.deleted", Target::new("tenant", id.as_str()))
-            .before(json!(before)),
-    )
-    .await?;
-    // Nothing of the tenant is accepted any more (incarnations are checked
-    // on use); this only frees the store and ends sessions early.
-    match s.broker.purge_tenant_users(&id).await {
-        Ok(n) => tracing::info!(reason = "admin.tenant_users_purged", tenant = %id, users = n),
-        Err(e) => {
-            tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
-        }
-    }
-    audit::purge_tenant(&s, &id).await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewClient {
-    client_id: String,
-    #[serde(default)]
-    name: Option<String>,
-    redirect_uris: Vec<String>,
-    #[serde(default)]
-    post_logout_redirect_uris: Vec<String>,
-    #[serde(default)]
-    public: bool,
-    #[serde(default)]
-    allowed_tenants: Vec<String>,
-    #[serde(default)]
-    allowed_scopes: Vec<String>,
-    #[serde(default = "default_grant_types")]
-    grant_types: Vec<GrantType>,
-    #[serde(default)]
-    default_resource: Option<String>,
-}
-
-/// Checks a new client's fields; shared with the config file's `[[clients]]`.
-fn check_client(req: &NewClient) -> Result<Vec<TenantId>, AdminError> {
-    let id_ok = !req.client_id.is_empty()
-        && req.client_id.len() <= 128
-        && req
-            .client_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !id_ok {
-        return Err(AdminError::field(
-            "client_id",
-            "must be 1 to 128 characters of letters, digits, '-', '_' and '.'.",
-        ));
-    }
-    if req.redirect_uris.is_empty() {
-        return Err(AdminError::field("redirect_uris", "needs at least one redirect URI."));
-    }
-    for (i, u) in req.redirect_uris.iter().enumerate() {
-        check_redirect_uri(u).map_err(|m| AdminError::field(&format!("redirect_uris[{i}]"), m))?;
-    }
-    for (i, u) in req.post_logout_redirect_uris.iter().enumerate() {
-        check_redirect_uri(u).map_err(|m| AdminError::field(&format!("post_logout_redirect_uris[{i}]"), m))?;
-    }
-    req.allowed_tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            TenantId::parse(t).map_err(|e| AdminError::field(&format!("allowed_tenants[{i}]"), format!("{t:?} {e}")))
-        })
-        .collect()
-}
-
-async fn create_client(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, AdminError> {
-    let req: NewClient = parse_body(body)?;
-    let allowed_tenants = check_client(&req)?;
-    s.provider
-        .resources
-        .check_app_fields(
-            req.public,
-            &req.grant_types,
-            &req.allowed_scopes,
-            req.default_resource.as_deref(),
-        )
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-        .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
-    let secret = (!req.public).then(new_secret);
-    let client = Client {
-        client_id: req.client_id.clone(),
-        name: req.name.clone().unwrap_or_else(|| req.client_id.clone()),
-        secret_sha256: secret.as_ref().map(|s| hash_secret(s.expose())),
-        redirect_uris: req.redirect_uris.clone(),
-        post_logout_redirect_uris: req.post_logout_redirect_uris.clone(),
-        allowed_tenants,
-        allowed_scopes: req.allowed_scopes.clone(),
-        grant_types: req.grant_types.clone(),
-        default_resource: req.default_resource.clone(),
-        created_at: s.provider.clock.now(),
-    };
-    s.provider.clients.create(&client).await.map_err(|e| match e {
-        ClientError::Exists(id) => AdminError::Conflict {
-            field: "client_id",
-            detail: format!("The client {id:?} already exists."),
-        },
-        ClientError::Store(e) => AdminError::Internal(e.to_string()),
-    })?;
-    tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
-    let mut v = client_view(&client);
-    audit::record(
-        &s,
-        admin
-            .event("client.created", Target::new("client", &client.client_id))
-            .after(v.clone()),
-    )
-    .await?;
-    if let Some(secret) = secret {
-        // Shown once: only its hash is stored.
-        if let Some(o) = v.as_object_mut() {
-            o.insert("client_secret".into(), json!(secret.expose()));
-        }
-    }
-    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(v)).into_response())
-}
-
-fn client_view(c: &Client) -> Value {
-    json!({
-        "client_id": c.client_id, "name": c.name, "public": c.is_public(),
-        "redirect_uris": c.redirect_uris, "post_logout_redirect_uris": c.post_logout_redirect_uris,
-        "allowed_tenants": c.allowed_tenants, "allowed_scopes": c.allowed_scopes,
-        "grant_types": c.grant_types, "default_resource": c.default_resource, "created_at": c.created_at,
-    })
-}
-
-async fn list_clients(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
-    let ids = s
-        .provider
-        .clients
-        .list()
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
-    Ok(Json(json!({"clients": ids})))
-}
-
-async fn get_client(
-    _: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AdminError> {
-    let c = s
-        .provider
-        .clients
-        .get(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no client {id:?}.")))?;
-    Ok(Json(client_view(&c)))
-}
-
-async fn delete_client(
-    admin: Admin,
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, AdminError> {
-    let Some(before) = s
-        .provider
-        .clients
-        .get(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-    else {
-        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
-    };
-    // The tombstone first: should the deletion fail, the app's tokens are
-    // refused anyway, and a re-registration never inherits them.
-    s.provider
-        .retire_client(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
-    if !s
-        .provider
-        .clients
-        .delete(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-    {
-        return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
-    }
-    // Its refresh tokens need its authentication, its access tokens are
-    // checked against the registry on use, and the tombstone keeps both dead
-    // should the id be registered again.
-    tracing::info!(reason = "admin.client_deleted", client_id = %id);
-    audit::record(
-        &s,
-        admin
-            .event("client.deleted", Target::new("client", &id))
-            .before(client_view(&before)),
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn rotate_keys(admin: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {

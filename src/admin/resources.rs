@@ -23,17 +23,19 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/resource-servers/{*identifier}", get(read).delete(delete))
 }
 
-#[derive(Deserialize)]
+/// A scope of a new resource server.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewScope {
+pub(crate) struct NewScope {
     name: String,
     #[serde(default)]
     description: String,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /admin/v1/resource-servers`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewResourceServer {
+pub(crate) struct NewResourceServer {
     identifier: String,
     #[serde(default)]
     name: Option<String>,

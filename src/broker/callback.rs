@@ -408,7 +408,14 @@ impl Broker {
             amr: v.identity.amr.clone(),
             expires_at: v.session_end,
         };
-        if let Err(e) = session::save(&self.store, &s, self.session_ttl).await {
+        // The tenant's own SSO session lifetime, when it sets one.
+        let ttl = match self.tenants.get(&v.tenant).await {
+            Ok(t) => t
+                .and_then(|t| t.settings.sso_session_ttl_secs)
+                .map_or(self.session_ttl, Duration::from_secs),
+            Err(e) => return unavailable(e),
+        };
+        if let Err(e) = session::save(&self.store, &s, ttl).await {
             return unavailable(e);
         }
         if let Err(e) = self.keep_upstream_session(&s, &v.identity).await {

@@ -288,6 +288,15 @@ impl Broker {
                 "This application is not available to your organization.",
             );
         }
+        if !tenant.settings.allows_client(&client_id) {
+            tracing::info!(reason = "authorize.client_not_allowed_by_tenant", tenant = %tenant.id, client_id = %client_id);
+            return error_to_app(
+                &req,
+                &issuer,
+                "access_denied",
+                "Your organization does not use this application.",
+            );
+        }
 
         // Which connection?
         let connection_ids = match self.tenants.connection_ids(&tenant.id).await {

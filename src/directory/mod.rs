@@ -169,6 +169,11 @@ impl Directory {
         Self { store, clock, tenants }
     }
 
+    /// The tenant registry the directory reads.
+    pub fn tenants(&self) -> &TenantRegistry {
+        &self.tenants
+    }
+
     async fn liveness(&self, tenant: &TenantId, connection: &ConnectionId) -> Result<Liveness, StoreError> {
         self.tenants
             .incarnation(tenant, connection)

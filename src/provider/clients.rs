@@ -20,6 +20,9 @@ pub struct Client {
     pub name: String,
     /// Hex SHA-256 of the secret; `None` for public clients (PKCE required).
     pub secret_sha256: Option<String>,
+    /// The secret replaced by the last rotation, accepted until its expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret>,
     /// Exact redirect URIs.
     pub redirect_uris: Vec<String>,
     /// Exact post-logout redirect URIs.
@@ -42,18 +45,54 @@ pub struct Client {
     pub created_at: DateTime<Utc>,
 }
 
+/// A rotated-out secret that keeps working for an overlap window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// Hex SHA-256 of the previous secret.
+    pub sha256: String,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The default overlap of a secret rotation (24 hours).
+pub const DEFAULT_ROTATION_OVERLAP_SECS: u64 = 24 * 3600;
+/// The longest overlap of a secret rotation (30 days).
+pub const MAX_ROTATION_OVERLAP_SECS: u64 = 30 * 24 * 3600;
+
 impl Client {
     /// True for a public client (no secret; PKCE required).
     pub fn is_public(&self) -> bool {
         self.secret_sha256.is_none()
     }
 
-    /// Checks a presented secret in constant time.
-    pub fn secret_matches(&self, presented: &str) -> bool {
+    /// Checks a presented secret in constant time: the current one, or the
+    /// previous one while its overlap lasts at `now`.
+    pub fn secret_matches(&self, presented: &str, now: DateTime<Utc>) -> bool {
         use subtle::ConstantTimeEq;
-        match &self.secret_sha256 {
-            Some(stored) => hash_secret(presented).as_bytes().ct_eq(stored.as_bytes()).into(),
+        let Some(stored) = &self.secret_sha256 else {
+            return false;
+        };
+        let hashed = hash_secret(presented);
+        let current: bool = hashed.as_bytes().ct_eq(stored.as_bytes()).into();
+        // Both comparisons always run, so timing does not tell which matched.
+        let previous: bool = match &self.previous_secret {
+            Some(p) => {
+                let same: bool = hashed.as_bytes().ct_eq(p.sha256.as_bytes()).into();
+                same && now < p.expires_at
+            }
             None => false,
+        };
+        current | previous
+    }
+
+    /// Replaces the secret by `new_sha256`; the current one keeps working
+    /// until `previous_expires_at`.
+    pub fn rotate_secret(&mut self, new_sha256: String, previous_expires_at: DateTime<Utc>) {
+        if let Some(old) = self.secret_sha256.replace(new_sha256) {
+            self.previous_secret = Some(PreviousSecret {
+                sha256: old,
+                expires_at: previous_expires_at,
+            });
         }
     }
 
@@ -248,6 +287,25 @@ impl ClientRegistry {
         self.store.set_members(&index_key()).await
     }
 
+    /// At most `limit` clients with ids after `after`, ordered by id, and
+    /// the id to continue after when there may be more.
+    pub async fn page(&self, after: Option<&str>, limit: usize) -> Result<(Vec<Client>, Option<String>), StoreError> {
+        let mut ids = self.list().await?;
+        ids.sort();
+        let mut out = Vec::new();
+        let mut last = None;
+        for id in ids.iter().filter(|id| after.is_none_or(|a| id.as_str() > a)) {
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            last = Some(id.clone());
+            if let Some(c) = self.get(id).await? {
+                out.push(c);
+            }
+        }
+        Ok((out, None))
+    }
+
     /// Deletes a client. Returns `false` if it did not exist.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.store.delete(&client_key(id)).await?;
@@ -292,6 +350,7 @@ mod tests {
             client_id: "a".into(),
             name: "A".into(),
             secret_sha256: None,
+            previous_secret: None,
             redirect_uris: vec![
                 "http://127.0.0.1/cb".into(),
                 "http://[::1]:5000/cb".into(),
@@ -324,6 +383,7 @@ mod tests {
             client_id: "a".into(),
             name: "A".into(),
             secret_sha256: Some(hash_secret("s3cret")),
+            previous_secret: None,
             redirect_uris: vec![],
             post_logout_redirect_uris: vec![],
             allowed_tenants: vec![],
@@ -332,8 +392,14 @@ mod tests {
             default_resource: None,
             created_at: DateTime::<Utc>::MIN_UTC,
         };
-        assert!(c.secret_matches("s3cret"));
-        assert!(!c.secret_matches("s3cre"));
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        assert!(c.secret_matches("s3cret", now));
+        assert!(!c.secret_matches("s3cre", now));
+        let mut r = c.clone();
+        r.rotate_secret(hash_secret("n3w"), now + chrono::Duration::seconds(10));
+        assert!(r.secret_matches("n3w", now));
+        assert!(r.secret_matches("s3cret", now + chrono::Duration::seconds(9)));
+        assert!(!r.secret_matches("s3cret", now + chrono::Duration::seconds(10)));
         assert!(!c.is_public());
     }
 }

@@ -122,7 +122,7 @@ impl Provider {
             return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
         };
         match creds {
-            ClientCredentials::Secret { secret, .. } if client.secret_matches(secret) => Ok(client),
+            ClientCredentials::Secret { secret, .. } if client.secret_matches(secret, self.clock.now()) => Ok(client),
             ClientCredentials::Secret { .. } => Err(OAuthError::invalid_client(
                 "client.bad_secret",
                 "Client authentication failed.",
@@ -269,6 +269,12 @@ impl Provider {
                 "This client may not sign in users of that tenant.",
             ));
         }
+        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+            return Err(OAuthError::invalid_grant(
+                "code.client_not_allowed_by_tenant",
+                "The organization does not use this application.",
+            ));
+        }
         // The user, its tenant and connection may have gone since the sign-in.
         if let Err(why) = self.directory.active(&authz.tenant, &authz.sub).await? {
             let reason = match why {
@@ -393,6 +399,16 @@ impl Provider {
         Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
     }
 
+    /// Whether the tenant's settings let it use the app (`allowed_clients`).
+    /// A tenant that is gone is left to the liveness checks, which refuse it.
+    async fn tenant_allows_client(&self, tenant: &TenantId, client_id: &str) -> Result<bool, OAuthError> {
+        let found = self.directory.tenants().get(tenant).await.map_err(|e| match e {
+            crate::tenant::RegistryError::Store(e) => OAuthError::from(e),
+            other => OAuthError::from(crate::store::StoreError::Unavailable(other.to_string())),
+        })?;
+        Ok(found.is_none_or(|t| t.settings.allows_client(client_id)))
+    }
+
     /// Whether a refresh of `family` may still be served: the user is active
     /// (exists, enabled, same incarnations of tenant and connection), signs
     /// in through the same connection, the app may still serve the tenant,
@@ -419,6 +435,12 @@ impl Provider {
             return Ok(Err((
                 "refresh.tenant_not_allowed",
                 "The application may no longer serve this organization.",
+            )));
+        }
+        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+            return Ok(Err((
+                "refresh.client_not_allowed_by_tenant",
+                "The organization no longer uses this application.",
             )));
         }
         let user = match active {

@@ -414,6 +414,7 @@ mod tests {
             client_id: "app".into(),
             name: "app".into(),
             secret_sha256: None,
+            previous_secret: None,
             redirect_uris: vec![],
             post_logout_redirect_uris: vec![],
             allowed_tenants: vec![],

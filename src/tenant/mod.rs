@@ -27,20 +27,164 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One customer of the SaaS, with its email domains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     /// The tenant id.
+    #[schema(value_type = String)]
     pub id: TenantId,
     /// Display name.
     pub name: String,
     /// Email domains whose users this tenant owns (lower case).
     pub domains: Vec<String>,
     /// When the tenant was created.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// Random per creation: what users and their tokens are bound to. Empty
     /// for tenants stored before incarnations existed.
     #[serde(default)]
     pub incarnation: String,
+    /// Per-tenant settings (absent in records stored before they existed).
+    #[serde(default)]
+    pub settings: TenantSettings,
+}
+
+/// The most an SSO session of a tenant may be set to last (30 days).
+pub const MAX_SSO_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
+/// The least an SSO session of a tenant may be set to last (one minute).
+pub const MIN_SSO_SESSION_TTL_SECS: u64 = 60;
+
+/// Settings a platform admin sets per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// How long an SSO session of this tenant lasts, in seconds; `None`
+    /// keeps the global lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso_session_ttl_secs: Option<u64>,
+    /// The apps (client ids) the tenant may use; empty means every app that
+    /// allows the tenant.
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+    /// Whether sign-ins of this tenant must show multi-factor authentication.
+    #[serde(default)]
+    pub require_mfa: bool,
+    /// How the tenant's pages look.
+    #[serde(default)]
+    pub branding: Branding,
+}
+
+impl TenantSettings {
+    /// Whether the tenant may use the app `client_id`.
+    pub fn allows_client(&self, client_id: &str) -> bool {
+        self.allowed_clients.is_empty() || self.allowed_clients.iter().any(|c| c == client_id)
+    }
+
+    /// Checks every setting; the error names the field (relative to
+    /// `settings`) and says what is wrong.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if let Some(ttl) = self.sso_session_ttl_secs {
+            if !(MIN_SSO_SESSION_TTL_SECS..=MAX_SSO_SESSION_TTL_SECS).contains(&ttl) {
+                return Err((
+                    "settings.sso_session_ttl_secs".into(),
+                    format!("must be between {MIN_SSO_SESSION_TTL_SECS} and {MAX_SSO_SESSION_TTL_SECS} seconds."),
+                ));
+            }
+        }
+        for (i, c) in self.allowed_clients.iter().enumerate() {
+            if !crate::ids::is_client_id(c) {
+                return Err((
+                    format!("settings.allowed_clients[{i}]"),
+                    format!("{c:?} is not a client id."),
+                ));
+            }
+        }
+        self.branding.check()
+    }
+}
+
+/// A tenant's branding, shown on its pages.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    /// The name shown to users (at most 100 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The logo's address (https only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
+    /// The main colour, `#rrggbb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_color: Option<String>,
+}
+
+impl Branding {
+    fn check(&self) -> Result<(), (String, String)> {
+        if let Some(n) = &self.display_name {
+            if n.trim().is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
+                return Err((
+                    "settings.branding.display_name".into(),
+                    "must be 1 to 100 characters without control characters.".into(),
+                ));
+            }
+        }
+        if let Some(u) = &self.logo_url {
+            let ok = u.len() <= 2048
+                && url::Url::parse(u).is_ok_and(|p| {
+                    p.scheme() == "https" && p.host_str().is_some() && p.password().is_none() && p.username().is_empty()
+                });
+            if !ok {
+                return Err((
+                    "settings.branding.logo_url".into(),
+                    "must be an https URL without credentials.".into(),
+                ));
+            }
+        }
+        if let Some(c) = &self.primary_color {
+            let ok = c.len() == 7 && c.starts_with('#') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(("settings.branding.primary_color".into(), "must read #rrggbb.".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most tenants one page of a listing holds.
+pub const MAX_PAGE: usize = 200;
+
+/// What a tenant listing selects.
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// Only the tenant owning this domain.
+    pub domain: Option<String>,
+    /// Only tenants whose name starts with this (case-insensitive).
+    pub name_prefix: Option<String>,
+    /// Only tenants whose id, name or a domain contains this (case-insensitive).
+    pub q: Option<String>,
+}
+
+impl TenantFilter {
+    fn matches(&self, t: &Tenant) -> bool {
+        let lower_name = t.name.to_lowercase();
+        self.domain.as_ref().is_none_or(|d| t.domains.contains(d))
+            && self
+                .name_prefix
+                .as_ref()
+                .is_none_or(|p| lower_name.starts_with(&p.to_lowercase()))
+            && self.q.as_ref().is_none_or(|q| {
+                let q = q.to_lowercase();
+                t.id.as_str().contains(&q) || lower_name.contains(&q) || t.domains.iter().any(|d| d.contains(&q))
+            })
+    }
+}
+
+/// One page of tenants.
+#[derive(Debug, Clone)]
+pub struct TenantPage {
+    /// The tenants, ordered by id.
+    pub tenants: Vec<Tenant>,
+    /// The id after which the next page starts, if there may be one.
+    pub next_after: Option<String>,
 }
 
 /// The current incarnations of a tenant and one of its connections.
@@ -202,6 +346,7 @@ impl TenantRegistry {
             domains,
             created_at: self.clock.now(),
             incarnation: new_incarnation(),
+            settings: TenantSettings::default(),
         };
         if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
             return Err(RegistryError::Exists(format!("tenant {id}")));
@@ -314,6 +459,99 @@ impl TenantRegistry {
     /// All tenant ids, sorted.
     pub async fn list(&self) -> Result<Vec<String>, RegistryError> {
         Ok(self.store.set_members(&index_key()).await?)
+    }
+
+    /// A page of at most `limit` tenants after the id `after`, ordered by
+    /// id, that match `filter`. Order by id is stable across pages: a
+    /// tenant is listed once, whatever is created or deleted meanwhile
+    /// (those may or may not appear).
+    pub async fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &TenantFilter,
+    ) -> Result<TenantPage, RegistryError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        if let Some(domain) = &filter.domain {
+            // At most one tenant owns a domain: look it up directly.
+            let found = self.by_domain(domain).await?;
+            let tenants = found
+                .filter(|t| after.is_none_or(|a| t.id.as_str() > a) && filter.matches(t))
+                .into_iter()
+                .collect();
+            return Ok(TenantPage {
+                tenants,
+                next_after: None,
+            });
+        }
+        let mut ids = self.list().await?;
+        ids.sort();
+        let mut tenants = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for id in ids.iter().filter(|id| after.is_none_or(|a| id.as_str() > a)) {
+            if tenants.len() == limit {
+                more = true;
+                break;
+            }
+            last = Some(id.clone());
+            let Ok(tid) = TenantId::parse(id) else { continue };
+            if let Some(t) = self.get(&tid).await? {
+                if filter.matches(&t) {
+                    tenants.push(t);
+                }
+            }
+        }
+        Ok(TenantPage {
+            tenants,
+            next_after: if more { last } else { None },
+        })
+    }
+
+    /// Replaces the tenant `old` by `new` (same id): the record, and the
+    /// domains it owns: new ones are reserved first (a taken one refuses
+    /// the whole change and releases what was reserved), removed ones are
+    /// released after the record is written.
+    pub async fn update(&self, old: &Tenant, new: &Tenant) -> Result<(), RegistryError> {
+        let id = &new.id;
+        let mut reserved = Vec::new();
+        for domain in new.domains.iter().filter(|d| !old.domains.contains(d)) {
+            match self
+                .store
+                .put_if_absent(&domain_key(domain), id.as_str().as_bytes(), None)
+                .await
+            {
+                Ok(true) => reserved.push(domain.clone()),
+                outcome => {
+                    self.release_domains(id, &reserved).await;
+                    return Err(match outcome {
+                        Err(e) => e.into(),
+                        _ => RegistryError::DomainTaken { domain: domain.clone() },
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.store.put_json(&tenant_key(id), new, None).await {
+            self.release_domains(id, &reserved).await;
+            return Err(e.into());
+        }
+        for d in old.domains.iter().filter(|d| !new.domains.contains(d)) {
+            // Only release a domain that still points at this tenant.
+            if self.store.get(&domain_key(d)).await?.as_deref() == Some(id.as_str().as_bytes()) {
+                self.store.delete(&domain_key(d)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases domains reserved for a change that did not happen; a
+    /// failure is logged (the caller reports the original error).
+    async fn release_domains(&self, id: &TenantId, domains: &[String]) {
+        for d in domains {
+            if let Err(e) = self.store.delete(&domain_key(d)).await {
+                tracing::error!(reason = "tenant.rollback_failed", tenant = %id, domain = %d, error = %e, "could not release a domain");
+            }
+        }
     }
 
     /// The tenant that owns `domain`, if any.
@@ -520,6 +758,7 @@ mod tests {
             domains: vec!["acme.com".into(), "acme.io".into()],
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             incarnation: String::new(),
+            settings: TenantSettings::default(),
         }
     }
 
