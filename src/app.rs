@@ -126,6 +126,11 @@ pub async fn build(
             ttl: Duration::from_secs(settings.sessions.ttl_secs),
             secure: resolved.public_url.scheme() == "https",
         },
+        domains: crate::tenant::domains::DomainVerifier::new(
+            // Validated as socket addresses by `Settings::validate`.
+            settings.dns.nameservers.iter().filter_map(|a| a.parse().ok()).collect(),
+            Duration::from_secs(settings.dns.timeout_secs),
+        ),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

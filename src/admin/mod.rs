@@ -4,6 +4,7 @@
 //! naming the field at fault. A wrong or missing bearer token is 401 and
 //! changes nothing: every handler takes [`AdminAuth`] first.
 
+mod domains;
 mod error;
 mod resources;
 mod users;
@@ -15,7 +16,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{
     check_redirect_uri, default_grant_types, hash_secret, new_secret, Client, ClientError, GrantType,
 };
-use crate::tenant::{parse_domain, RegistryError};
+use crate::tenant::RegistryError;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/keys/rotate", post(rotate_keys))
         .merge(resources::routes())
         .merge(users::routes())
+        .merge(domains::routes())
 }
 
 /// Proof that the request carries the platform admin token.
@@ -85,11 +87,20 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     }
 }
 
-fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
+/// `text` with its first letter in upper case (error details are sentences).
+pub(crate) fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
     TenantId::parse(id).map_err(|_| AdminError::NotFound(format!("There is no tenant {id:?}.")))
 }
 
-fn registry(e: RegistryError) -> AdminError {
+pub(crate) fn registry(e: RegistryError) -> AdminError {
     match e {
         RegistryError::Exists(what) => AdminError::Conflict {
             field: "id",
@@ -132,8 +143,8 @@ async fn create_tenant(
     let id = TenantId::parse(&req.id).map_err(|e| AdminError::field("id", format!("{:?} {e}", req.id)))?;
     let mut domains = Vec::new();
     for (i, d) in req.domains.iter().enumerate() {
-        let d = parse_domain(d)
-            .ok_or_else(|| AdminError::field(&format!("domains[{i}]"), format!("{d:?} is not a domain name.")))?;
+        let d = crate::tenant::domains::claimable(d)
+            .map_err(|e| AdminError::field(&format!("domains[{i}]"), format!("{}.", capitalize(&e.to_string()))))?;
         if !domains.contains(&d) {
             domains.push(d);
         }
