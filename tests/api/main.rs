@@ -7,6 +7,7 @@ mod admin_api;
 mod browser_security;
 mod cli;
 mod dev_flow;
+mod domains;
 mod memory_flat;
 mod oidc_connector;
 mod oidc_flow;
