@@ -201,6 +201,7 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
             anyhow::bail!("clients[{i}].{field}: {m}");
         }
         let client = Client {
+            require_mfa: false,
             client_id: c.client_id.clone(),
             name: if c.name.is_empty() {
                 c.client_id.clone()
@@ -240,6 +241,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
         state.tenants.put_connection(&conn).await?;
     }
     let client = Client {
+        require_mfa: false,
         client_id: DEMO_CLIENT.into(),
         name: "Demo app".into(),
         secret_sha256: None,

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,6 +20,28 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tenants/{id}/domains", post(claim).get(list))
         .route("/tenants/{id}/domains/{domain}", delete(remove).get(get_one))
         .route("/tenants/{id}/domains/{domain}/verify", post(verify))
+        .route("/tenants/{id}/mfa", put(set_mfa))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaBody {
+    required: bool,
+}
+
+/// `PUT /tenants/{id}/mfa` `{"required": bool}`: whether the tenant's
+/// sign-ins need multi-factor authentication at the IdP.
+async fn set_mfa(
+    _: AdminAuth,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let req: MfaBody = parse_body(body)?;
+    let tenant = s.tenants.set_require_mfa(&id, req.required).await.map_err(registry)?;
+    tracing::info!(reason = "admin.tenant_mfa_set", tenant = %id, required = req.required);
+    Ok(Json(json!({"required": tenant.require_mfa})))
 }
 
 #[derive(Deserialize)]

@@ -308,6 +308,8 @@ struct NewClient {
     grant_types: Vec<GrantType>,
     #[serde(default)]
     default_resource: Option<String>,
+    #[serde(default)]
+    require_mfa: bool,
 }
 
 /// Checks a new client's fields; shared with the config file's `[[clients]]`.
@@ -362,6 +364,7 @@ async fn create_client(
         .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
     let secret = (!req.public).then(new_secret);
     let client = Client {
+        require_mfa: req.require_mfa,
         client_id: req.client_id.clone(),
         name: req.name.clone().unwrap_or_else(|| req.client_id.clone()),
         secret_sha256: secret.as_ref().map(|s| hash_secret(s.expose())),

@@ -43,6 +43,10 @@ pub struct Tenant {
     /// for tenants stored before incarnations existed.
     #[serde(default)]
     pub incarnation: String,
+    /// Sign-ins of this tenant's users need multi-factor authentication at
+    /// the IdP (asked for, then checked in the answer).
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 /// The current incarnations of a tenant and one of its connections.
@@ -176,6 +180,7 @@ impl TenantRegistry {
     /// ones already reserved are released and nothing is left behind.
     pub async fn create(&self, id: TenantId, name: String, domains: Vec<String>) -> Result<Tenant, RegistryError> {
         let tenant = Tenant {
+            require_mfa: false,
             id: id.clone(),
             name,
             domains,
@@ -417,6 +422,7 @@ mod tests {
 
     fn acme() -> Tenant {
         Tenant {
+            require_mfa: false,
             id: TenantId::parse("acme").unwrap(),
             name: "Acme".into(),
             domains: vec!["acme.com".into(), "acme.io".into()],

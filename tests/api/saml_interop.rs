@@ -52,6 +52,7 @@ async fn round_trip_with(
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();

@@ -38,6 +38,9 @@ struct SamlConnectionRequest {
     #[serde(default)]
     trust_email_verified: bool,
     max_session_secs: Option<u64>,
+    /// The `AuthnContextClassRef`s that mean MFA at this IdP.
+    #[serde(default)]
+    mfa_authn_contexts: Vec<String>,
 }
 
 /// Validates a connection request (fetching `metadata_url` if given) and
@@ -143,6 +146,7 @@ pub async fn setup(
         clock_skew_secs: req.clock_skew_secs,
         trust_email_verified: req.trust_email_verified,
         max_session_secs: req.max_session_secs,
+        mfa_authn_contexts: req.mfa_authn_contexts,
         sp_private_key_pem: sp.private_key_pem,
         sp_certificate_pem: sp.certificate_pem,
         sp_entity_id: None,
