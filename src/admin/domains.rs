@@ -114,7 +114,11 @@ async fn claim(
     let req: NewDomain = parse_body(body)?;
     let state = s.tenants.claim_domain(&id, &req.domain).await.map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
-    let status = if state.verified { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if state.verified {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(describe(&state))).into_response())
 }
 
@@ -127,7 +131,9 @@ async fn list(_: AdminAuth, State(s): State<Arc<AppState>>, Path(id): Path<Strin
         .map_err(registry)?
         .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
     let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
-    Ok(Json(json!({"domains": states.iter().map(describe).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"domains": states.iter().map(describe).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn get_one(

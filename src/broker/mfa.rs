@@ -26,7 +26,12 @@ impl Broker {
         if tenant_requires {
             return Ok(true);
         }
-        Ok(self.provider.clients.get(client_id).await?.is_some_and(|c| c.require_mfa))
+        Ok(self
+            .provider
+            .clients
+            .get(client_id)
+            .await?
+            .is_some_and(|c| c.require_mfa))
     }
 
     /// The refusal of an answer without MFA: `access_denied` to the app with

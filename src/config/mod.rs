@@ -431,7 +431,10 @@ impl Settings {
             }
         }
         if !(1..=30).contains(&self.dns.timeout_secs) {
-            bad("dns.timeout_secs", format!("{} is not between 1 and 30", self.dns.timeout_secs));
+            bad(
+                "dns.timeout_secs",
+                format!("{} is not between 1 and 30", self.dns.timeout_secs),
+            );
         }
         if !matches!(self.tokens.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
             bad(

@@ -362,7 +362,10 @@ impl TenantRegistry {
     /// Refused when unclaimable or verified by another tenant.
     pub async fn claim_domain(&self, t: &TenantId, raw: &str) -> Result<DomainState, DomainError> {
         let domain = claimable(raw)?;
-        let tenant = self.get(t).await?.ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        let tenant = self
+            .get(t)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         if let Some(owner) = self.store.get(&domain_key(&domain)).await? {
             if owner.as_slice() != t.as_str().as_bytes() {
                 return Err(DomainError::Taken(domain));
@@ -384,7 +387,9 @@ impl TenantRegistry {
             verified_at: None,
         };
         // A concurrent claim of the same domain by the same tenant keeps the first token.
-        self.store.put_json_if_absent(&claim_key(t, &domain), &claim, None).await?;
+        self.store
+            .put_json_if_absent(&claim_key(t, &domain), &claim, None)
+            .await?;
         self.store.set_add(&claims_key(t), &domain, None).await?;
         let claim = self
             .store
@@ -410,7 +415,10 @@ impl TenantRegistry {
         by: VerifiedBy,
     ) -> Result<DomainState, DomainError> {
         let domain = super::parse_domain(raw).ok_or_else(|| DomainError::Unknown(raw.to_owned()))?;
-        let tenant = self.get(t).await?.ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        let tenant = self
+            .get(t)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         if tenant.domains.contains(&domain) {
             return Ok(DomainState {
                 domain,
@@ -432,7 +440,10 @@ impl TenantRegistry {
                 return Err(DomainError::Dns(outcome));
             }
         }
-        if !self.store.put_if_absent(&domain_key(&domain), t.as_str().as_bytes(), None).await?
+        if !self
+            .store
+            .put_if_absent(&domain_key(&domain), t.as_str().as_bytes(), None)
+            .await?
             && self.store.get(&domain_key(&domain)).await?.as_deref() != Some(t.as_str().as_bytes())
         {
             tracing::info!(reason = "domain.taken", tenant = %t, domain = %domain, "domain verified by another tenant first");
@@ -443,7 +454,10 @@ impl TenantRegistry {
         self.store.put_json(&claim_key(t, &domain), &claim, None).await?;
         // Re-read right before writing, to lose as little as possible of a
         // concurrent tenant update.
-        let mut tenant = self.get(t).await?.ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        let mut tenant = self
+            .get(t)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         if !tenant.domains.contains(&domain) {
             tenant.domains.push(domain.clone());
             self.store.put_json(&tenant_key(t), &tenant, None).await?;
@@ -461,7 +475,10 @@ impl TenantRegistry {
     /// reservation is released so it routes nobody.
     pub async fn remove_domain(&self, t: &TenantId, raw: &str) -> Result<(), DomainError> {
         let domain = super::parse_domain(raw).ok_or_else(|| DomainError::Unknown(raw.to_owned()))?;
-        let mut tenant = self.get(t).await?.ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        let mut tenant = self
+            .get(t)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         let had_claim = self.store.delete(&claim_key(t, &domain)).await?;
         self.store.set_remove(&claims_key(t), &domain).await?;
         let verified = tenant.domains.contains(&domain);
@@ -482,7 +499,10 @@ impl TenantRegistry {
     /// Sets whether sign-ins of tenant `t` require MFA at the IdP. (Kept
     /// here until per-tenant settings have their own home.)
     pub async fn set_require_mfa(&self, t: &TenantId, required: bool) -> Result<Tenant, RegistryError> {
-        let mut tenant = self.get(t).await?.ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        let mut tenant = self
+            .get(t)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         tenant.require_mfa = required;
         self.store.put_json(&tenant_key(t), &tenant, None).await?;
         Ok(tenant)
@@ -522,7 +542,15 @@ mod tests {
         ] {
             assert!(matches!(claimable(d), Err(Unclaimable::FreeMail(_))), "{d}");
         }
-        for d in ["acme.com", "acme.co.uk", "acme.test", "sub.acme.com", "acme.github.io", "notgmail.com", "gmxfoo.de"] {
+        for d in [
+            "acme.com",
+            "acme.co.uk",
+            "acme.test",
+            "sub.acme.com",
+            "acme.github.io",
+            "notgmail.com",
+            "gmxfoo.de",
+        ] {
             assert_eq!(claimable(d).as_deref(), Ok(d), "{d}");
         }
         assert!(matches!(claimable("not a domain"), Err(Unclaimable::Syntax(_))));

@@ -171,7 +171,10 @@ pub const MFA_AMR: &[&str] = &["mfa", "otp", "hwk", "swk"];
 /// [`MFA_AMR`], or an `acr` / `AuthnContextClassRef` among `contexts`.
 pub fn shows_mfa(identity: &Identity, contexts: &[String]) -> bool {
     identity.amr.iter().any(|a| MFA_AMR.contains(&a.as_str()))
-        || identity.acr.as_ref().is_some_and(|acr| contexts.iter().any(|c| c == acr))
+        || identity
+            .acr
+            .as_ref()
+            .is_some_and(|acr| contexts.iter().any(|c| c == acr))
 }
 
 /// One upstream protocol, configured for one connection.

@@ -123,7 +123,10 @@ async fn a_domain_verified_by_its_txt_record_routes_and_vouches_only_then() {
     assert_eq!(done["verified_by"], "dns");
 
     let (url, body) = discover(&app, "bob@dnsco.test").await;
-    assert!(url.path().starts_with("/dev/dnsco/dev/login"), "landed on {url}: {body}");
+    assert!(
+        url.path().starts_with("/dev/dnsco/dev/login"),
+        "landed on {url}: {body}"
+    );
     assert_eq!(vouched(&app, "dnsco", "bob@dnsco.test").await, Some(true));
     let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/dnsco/domains", None).await;
     assert_eq!(list["domains"][0]["verified"], true, "{list}");
@@ -155,7 +158,10 @@ async fn a_failed_check_says_what_was_found() {
     }
     let dns = DnsServer::start(
         port,
-        &[("_portcullis-challenge.wrong.test", "portcullis-verification=not-the-token")],
+        &[(
+            "_portcullis-challenge.wrong.test",
+            "portcullis-verification=not-the-token",
+        )],
         &["_portcullis-challenge.empty.test"],
     );
     for (domain, reason) in [
@@ -168,10 +174,16 @@ async fn a_failed_check_says_what_was_found() {
         assert_eq!(p["field"], "domain", "{p}");
         let detail = p["detail"].as_str().unwrap();
         assert!(detail.contains(reason), "{domain}: {detail}");
-        assert!(routes_nobody(&discover(&app, &format!("bob@{domain}")).await), "{domain}");
+        assert!(
+            routes_nobody(&discover(&app, &format!("bob@{domain}")).await),
+            "{domain}"
+        );
     }
     let (_, p) = verify(&app, "failco", "wrong.test", None).await;
-    assert!(p["detail"].as_str().unwrap().contains("not-the-token"), "says what it found: {p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("not-the-token"),
+        "says what it found: {p}"
+    );
 
     dns.freeze();
     let (status, p) = verify(&app, "failco", "wrong.test", None).await;
@@ -187,7 +199,17 @@ async fn a_failed_check_says_what_was_found() {
 async fn public_suffixes_and_free_mail_domains_are_refused() {
     let app = spawn_app(AppOptions::default()).await;
     app.create_tenant("psl", "Psl", &[]).await;
-    for d in ["co.uk", "github.io", "com.au", "gmail.com", "Outlook.com", "gmx.de", "yandex.ru", "qq.com", "com"] {
+    for d in [
+        "co.uk",
+        "github.io",
+        "com.au",
+        "gmail.com",
+        "Outlook.com",
+        "gmx.de",
+        "yandex.ru",
+        "qq.com",
+        "com",
+    ] {
         let (status, p) = claim(&app, "psl", d).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{d}: {p}");
         assert_eq!(p["field"], "domain", "{d}: {p}");

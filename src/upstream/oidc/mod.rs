@@ -239,7 +239,10 @@ impl OidcConnector {
 impl Connector for OidcConnector {
     fn mfa_contexts(&self) -> Vec<String> {
         if self.cfg.acr_values.is_empty() {
-            crate::upstream::DEFAULT_MFA_CONTEXTS.iter().map(|c| (*c).to_owned()).collect()
+            crate::upstream::DEFAULT_MFA_CONTEXTS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect()
         } else {
             self.cfg.acr_values.clone()
         }

@@ -303,7 +303,10 @@ fn user_message(code: &str) -> &'static str {
 impl Connector for SamlConnector {
     fn mfa_contexts(&self) -> Vec<String> {
         if self.inner.cfg.mfa_authn_contexts.is_empty() {
-            crate::upstream::DEFAULT_MFA_CONTEXTS.iter().map(|c| (*c).to_owned()).collect()
+            crate::upstream::DEFAULT_MFA_CONTEXTS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect()
         } else {
             self.inner.cfg.mfa_authn_contexts.clone()
         }

@@ -61,7 +61,10 @@ impl DnsServer {
             args.push(format!("--host-record={name},127.0.0.2"));
         }
         let mut wrapper = Command::new("sh")
-            .env("PATH", format!("/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!("/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default()),
+            )
             .arg("-c")
             .arg(WRAPPER)
             .arg("dnsmasq-wrapper")
@@ -72,7 +75,9 @@ impl DnsServer {
             .spawn()
             .expect("spawn sh for dnsmasq");
         let mut line = String::new();
-        BufReader::new(wrapper.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(wrapper.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let pid = line.trim().parse().expect("dnsmasq pid");
         let server = DnsServer { wrapper, pid, port };
         // Up once it holds the port.
