@@ -271,7 +271,7 @@ impl DomainVerifier {
             Err(_) => return DnsOutcome::Timeout,
             Ok(Err(e)) if e.is_nx_domain() => return DnsOutcome::NxDomain,
             Ok(Err(e)) if e.is_no_records_found() => return DnsOutcome::NoRecord,
-            Ok(Err(e)) if matches!(e, hickory_resolver::net::NetError::Timeout) => return DnsOutcome::Timeout,
+            Ok(Err(hickory_resolver::net::NetError::Timeout)) => return DnsOutcome::Timeout,
             Ok(Err(e)) => return DnsOutcome::Failed(e.to_string()),
             Ok(Ok(l)) => l,
         };
