@@ -979,3 +979,24 @@ async fn an_sso_session_without_mfa_is_not_reused_once_mfa_is_required() {
     let (request, _, _) = start_login_xml(&mut browser, &app, "acme", &conn, "r2").await;
     assert!(request.contains("RequestedAuthnContext"), "{request}");
 }
+
+#[tokio::test]
+async fn an_app_requiring_mfa_asks_for_it_and_refuses_a_password_only_answer() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let created = app
+        .admin_create(
+            "/admin/v1/clients",
+            json!({ "client_id": APP_ID, "redirect_uris": [APP_CB], "require_mfa": true }),
+        )
+        .await;
+    assert!(created["client_secret"].is_string(), "{created}");
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let mut browser = Browser::new();
+    let (request, id, relay) = start_login_xml(&mut browser, &app, "acme", &conn, "s1").await;
+    assert!(request.contains("RequestedAuthnContext"), "{request}");
+    let xml = idp.response_for(&conn, Some(&id), EMAIL);
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
+    assert!(ans.expect_app_error().contains("login.mfa_required"), "{ans:?}");
+}
