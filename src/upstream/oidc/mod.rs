@@ -77,7 +77,7 @@ pub struct OidcConfig {
     /// The `acr_values` asked for when MFA is required, which an ID token's
     /// `acr` must then be one of (unless its `amr` shows MFA). Empty: the
     /// defaults ([`crate::upstream::DEFAULT_MFA_CONTEXTS`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acr_values: Vec<String>,
 }
 
