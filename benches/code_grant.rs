@@ -67,6 +67,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
     provider
         .clients
         .create(&Client {
+            require_mfa: false,
             client_id: "billing".into(),
             name: "Billing".into(),
             secret_sha256: Some(hash_secret(SECRET)),
@@ -134,6 +135,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         amr: vec!["pwd".into()],
         resource: None,
         session_expires_at: None,
+        acr: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

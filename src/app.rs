@@ -126,6 +126,11 @@ pub async fn build(
             ttl: Duration::from_secs(settings.sessions.ttl_secs),
             secure: resolved.public_url.scheme() == "https",
         },
+        domains: crate::tenant::domains::DomainVerifier::new(
+            // Validated as socket addresses by `Settings::validate`.
+            settings.dns.nameservers.iter().filter_map(|a| a.parse().ok()).collect(),
+            Duration::from_secs(settings.dns.timeout_secs),
+        ),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;
@@ -196,6 +201,7 @@ async fn seed_clients(state: &AppState, settings: &Settings) -> anyhow::Result<(
             anyhow::bail!("clients[{i}].{field}: {m}");
         }
         let client = Client {
+            require_mfa: false,
             client_id: c.client_id.clone(),
             name: if c.name.is_empty() {
                 c.client_id.clone()
@@ -236,6 +242,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
         state.tenants.put_connection(&conn).await?;
     }
     let client = Client {
+        require_mfa: false,
         client_id: DEMO_CLIENT.into(),
         name: "Demo app".into(),
         secret_sha256: None,

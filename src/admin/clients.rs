@@ -50,6 +50,9 @@ pub(crate) struct NewClient {
     grant_types: Vec<GrantType>,
     #[serde(default)]
     default_resource: Option<String>,
+    /// Sign-ins to this app need multi-factor authentication at the IdP.
+    #[serde(default)]
+    pub(crate) require_mfa: bool,
 }
 
 /// Checks a new client's fields; shared with the config file's `[[clients]]`.
@@ -98,6 +101,7 @@ async fn create_client(
         allowed_scopes: req.allowed_scopes.clone(),
         grant_types: req.grant_types.clone(),
         default_resource: req.default_resource.clone(),
+        require_mfa: req.require_mfa,
         created_at: s.provider.clock.now(),
     };
     s.provider.clients.create(&client).await.map_err(|e| match e {
@@ -311,6 +315,7 @@ async fn patch_client(
         allowed_scopes: p.allowed_scopes,
         grant_types: p.grant_types,
         default_resource: p.default_resource,
+        require_mfa: old.require_mfa,
     };
     let allowed_tenants = check_client(&as_new)?;
     check_app_fields(&s, &as_new).await?;

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 mod clients;
 mod connections;
+mod domains;
 mod error;
 pub mod openapi;
 mod refresh;
@@ -55,7 +56,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(connections::routes())
         .merge(users::routes())
         .merge(refresh::routes())
-        .merge(audit::tenant_routes());
+        .merge(audit::tenant_routes())
+        .merge(domains::routes());
     // The document describes the API's shape, never its data: no credential needed.
     Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -124,6 +126,15 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
             Err(e) => Err(AdminError::field("body", e.body_text())),
         }
     }
+}
+
+/// `text` with its first letter in upper case (error details are sentences).
+pub(crate) fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 pub(crate) fn tenant_id(id: &str) -> Result<TenantId, AdminError> {

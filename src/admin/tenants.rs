@@ -52,8 +52,13 @@ pub(crate) struct NewTenant {
 fn check_domains(domains: &[String]) -> Result<Vec<String>, AdminError> {
     let mut out = Vec::new();
     for (i, d) in domains.iter().enumerate() {
-        let d = parse_domain(d)
-            .ok_or_else(|| AdminError::field(&format!("domains[{i}]"), format!("{d:?} is not a domain name.")))?;
+        // Public suffixes and free-mail domains can never be a tenant's.
+        let d = crate::tenant::domains::claimable(d).map_err(|e| {
+            AdminError::field(
+                &format!("domains[{i}]"),
+                format!("{}.", super::capitalize(&e.to_string())),
+            )
+        })?;
         if !out.contains(&d) {
             out.push(d);
         }

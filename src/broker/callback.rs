@@ -67,6 +67,9 @@ pub struct Validated {
     /// The pending login's id and the hash of its browser secret; `None` for
     /// an IdP-initiated login, which no browser started.
     pub login: Option<(String, Option<String>)>,
+    /// Whether the IdP's answer showed multi-factor authentication.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 /// Where a validated answer waits for the browser: the handle's hash, so the
@@ -346,6 +349,13 @@ impl Broker {
             }
         };
         let identity = self.tenants.vouch_email(&tenant, identity).await;
+        // MFA required by the tenant or the app: the answer must show it.
+        let mfa = crate::upstream::shows_mfa(&identity, &connector.mfa_contexts());
+        match self.mfa_required(&tenant, &request.client_id).await {
+            Ok(true) if !mfa => return Err(self.mfa_refused(&request, &tenant, &connection, &identity)),
+            Ok(_) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
         // max_age / prompt=login: refuse an authentication older than the app allows.
         let auth_time = self
             .auth_time(pending.as_ref(), &request, &identity, &tenant, &connection)
@@ -394,6 +404,7 @@ impl Broker {
             identity,
             auth_time,
             session_end,
+            mfa,
         })
     }
 
@@ -407,6 +418,8 @@ impl Broker {
             auth_time: v.auth_time,
             amr: v.identity.amr.clone(),
             expires_at: v.session_end,
+            acr: v.identity.acr.clone(),
+            mfa: v.mfa,
         };
         // The tenant's own SSO session lifetime, when it sets one.
         let ttl = match self.tenants.get(&v.tenant).await {

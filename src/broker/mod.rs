@@ -10,6 +10,7 @@ pub mod authorize;
 mod callback;
 pub mod connectors;
 mod freshness;
+mod mfa;
 pub mod session;
 // portal: status enforcement, test sign-ins, failed sign-in records.
 pub mod testing;
@@ -354,7 +355,8 @@ impl Broker {
         };
 
         // Is there a usable SSO session?
-        match self.usable_session(sso, &tenant.id, &req).await {
+        let require_mfa = tenant.settings.require_mfa || client.require_mfa;
+        match self.usable_session(sso, &tenant.id, &req, require_mfa).await {
             Ok(Some(s)) if active_ids.contains(&s.connection) => {
                 tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
                 return self.finish(&req, &s).await;
@@ -365,7 +367,7 @@ impl Broker {
         if req.prompt_none {
             return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
         }
-        self.begin_upstream(req, tenant.id, connection).await
+        self.begin_upstream(req, tenant.id, connection, require_mfa).await
     }
 
     async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
@@ -386,6 +388,7 @@ impl Broker {
         sso: &BrowserSso,
         tenant: &TenantId,
         req: &AuthRequest,
+        require_mfa: bool,
     ) -> Result<Option<SsoSession>, StoreError> {
         if req.prompt_login {
             return Ok(None);
@@ -402,6 +405,10 @@ impl Broker {
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
             return Ok(None);
         }
+        if require_mfa && !s.mfa {
+            tracing::info!(reason = "sso.mfa_required", tenant = %tenant, "SSO session without MFA not reused");
+            return Ok(None);
+        }
         let now = self.provider.clock.unix();
         if s.expires_at.is_some_and(|end| now >= end) {
             return Ok(None);
@@ -415,7 +422,13 @@ impl Broker {
         Ok(Some(s))
     }
 
-    async fn begin_upstream(&self, req: AuthRequest, tenant: TenantId, connection: ConnectionId) -> Outcome {
+    async fn begin_upstream(
+        &self,
+        req: AuthRequest,
+        tenant: TenantId,
+        connection: ConnectionId,
+        require_mfa: bool,
+    ) -> Outcome {
         let connector = match self
             .connectors
             .get(&self.tenants, &self.upstream, &tenant, &connection)
@@ -430,6 +443,7 @@ impl Broker {
             force_authn: req.prompt_login || req.max_age == Some(0),
             login_hint: req.login_hint.as_deref(),
             max_age: req.max_age,
+            require_mfa,
         };
         let started = match connector.begin(begin).await {
             Ok(b) => b,
@@ -516,6 +530,7 @@ impl Broker {
             amr: s.amr.clone(),
             resource: req.resource.clone(),
             session_expires_at: s.expires_at,
+            acr: s.acr.clone(),
         };
         let code = match self.provider.issue_code(&authz).await {
             Ok(c) => c,

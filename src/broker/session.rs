@@ -50,6 +50,13 @@ pub struct SsoSession {
     /// Caps the refresh families started from it.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// The authentication context class the IdP reported.
+    #[serde(default)]
+    pub acr: Option<String>,
+    /// Whether the authentication showed multi-factor: a session without
+    /// it is not reused for a tenant or app that requires MFA.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 fn key(t: &TenantId, sid: &str) -> Key {

@@ -148,6 +148,7 @@ impl Broker {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         };
         let started = connector
             .begin(begin)

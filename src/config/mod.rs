@@ -71,6 +71,8 @@ pub struct Settings {
     pub metadata: MetadataSettings,
     /// Development mode: built-in test IdP, demo tenant and demo app.
     pub dev: DevSettings,
+    /// The resolver that checks tenants' domain verification TXT records.
+    pub dns: DnsSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -187,6 +189,26 @@ pub struct DevSettings {
     /// Turns on the built-in test IdP, the demo tenant and the demo app
     /// (`PORTCULLIS_DEV`). Never in production.
     pub enabled: bool,
+}
+
+/// `[dns]`: how domain verification TXT records are looked up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// Name servers (`ip:port`) asked for TXT records; empty means the
+    /// system resolver (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+    /// How long one verification may wait for an answer, seconds (1 to 30).
+    pub timeout_secs: u64,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout_secs: 5,
+        }
+    }
 }
 
 /// `[[clients]]`: an app declared in the file.
@@ -419,6 +441,20 @@ impl Settings {
                 "must be https (plain http is only allowed for localhost or in dev mode)".into(),
             ),
             Ok(_) => {}
+        }
+        for (i, ns) in self.dns.nameservers.iter().enumerate() {
+            if ns.parse::<SocketAddr>().is_err() {
+                bad(
+                    &format!("dns.nameservers[{i}]"),
+                    format!("{ns:?} is not an ip:port address; e.g. 127.0.0.1:53"),
+                );
+            }
+        }
+        if !(1..=30).contains(&self.dns.timeout_secs) {
+            bad(
+                "dns.timeout_secs",
+                format!("{} is not between 1 and 30", self.dns.timeout_secs),
+            );
         }
         if !matches!(self.tokens.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
             bad(

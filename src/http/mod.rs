@@ -40,6 +40,8 @@ pub struct AppState {
     pub dev: bool,
     /// Browser session settings.
     pub session: SessionConfig,
+    /// Checks domain verification TXT records (`[dns]`).
+    pub domains: crate::tenant::domains::DomainVerifier,
 }
 
 /// How browser-session cookies are set.

@@ -116,7 +116,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": scopes,
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid", "tenant", "connection",
-            "email", "email_verified", "name", "given_name", "family_name", "groups", "amr", "at_hash", "azp"],
+            "email", "email_verified", "name", "given_name", "family_name", "groups", "amr", "acr", "at_hash", "azp"],
         // No consent screen and no account chooser: consent and select_account are refused.
         "prompt_values_supported": ["none", "login"],
         "claims_parameter_supported": false,

@@ -43,6 +43,9 @@ pub struct Client {
     pub default_resource: Option<String>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// Sign-ins to this app need multi-factor authentication at the IdP.
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 /// A rotated-out secret that keeps working for an overlap window.
@@ -347,6 +350,7 @@ mod tests {
     #[test]
     fn loopback_ip_redirect_uris_match_any_port() {
         let c = Client {
+            require_mfa: false,
             client_id: "a".into(),
             name: "A".into(),
             secret_sha256: None,
@@ -380,6 +384,7 @@ mod tests {
     #[test]
     fn secrets_compare_by_hash() {
         let c = Client {
+            require_mfa: false,
             client_id: "a".into(),
             name: "A".into(),
             secret_sha256: Some(hash_secret("s3cret")),

@@ -61,6 +61,9 @@ pub struct Authorization {
     /// started from this authorization end then too.
     #[serde(default)]
     pub session_expires_at: Option<i64>,
+    /// The authentication context class the IdP reported (the `acr` claim).
+    #[serde(default)]
+    pub acr: Option<String>,
 }
 
 fn code_hash(code: &str) -> String {

@@ -534,6 +534,9 @@ impl Provider {
             if !authz.amr.is_empty() {
                 claims.insert("amr".into(), json!(authz.amr));
             }
+            if let Some(acr) = &authz.acr {
+                claims.insert("acr".into(), json!(acr));
+            }
             profile_claims(&user, &grant.scope, &mut claims);
             Some(signer.sign("JWT", &Value::Object(claims))?)
         } else {

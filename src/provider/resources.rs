@@ -411,6 +411,7 @@ mod tests {
 
     fn app(allowed: &[&str], default_resource: Option<&str>) -> Client {
         Client {
+            require_mfa: false,
             client_id: "app".into(),
             name: "app".into(),
             secret_sha256: None,

@@ -103,8 +103,8 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
             problems.push(problem("id", format!("{:?} {}", file.id, crate::ids::InvalidId)));
         }
         for (i, d) in file.domains.iter().enumerate() {
-            if super::parse_domain(d).is_none() {
-                problems.push(problem(&format!("domains[{i}]"), format!("{d:?} is not a domain name")));
+            if let Err(e) = super::domains::claimable(d) {
+                problems.push(problem(&format!("domains[{i}]"), e.to_string()));
             }
         }
         for (i, c) in file.connections.iter().enumerate() {

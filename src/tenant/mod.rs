@@ -14,6 +14,7 @@
 //! So a tenant or connection deleted and re-created with the same id never
 //! inherits its predecessor's users, even while the store still holds them.
 
+pub mod domains;
 pub mod files;
 pub mod import;
 pub mod refresh;
@@ -34,7 +35,10 @@ pub struct Tenant {
     pub id: TenantId,
     /// Display name.
     pub name: String,
-    /// Email domains whose users this tenant owns (lower case).
+    /// Verified email domains whose users this tenant owns (lower case):
+    /// declared by the platform admin or verified by DNS. Only these route
+    /// users and vouch for `email_verified`; claims still pending live
+    /// apart (`domains.rs`).
     pub domains: Vec<String>,
     /// When the tenant was created.
     #[schema(value_type = String, format = DateTime)]
@@ -580,6 +584,7 @@ impl TenantRegistry {
             }
         }
         self.store.delete(&connections_key(id)).await?;
+        self.delete_claims(id).await?;
         for d in &tenant.domains {
             // Only release a domain that still points at this tenant.
             if self.store.get(&domain_key(d)).await?.as_deref() == Some(id.as_str().as_bytes()) {

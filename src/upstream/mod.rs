@@ -39,6 +39,10 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Authentication methods (RFC 8176 values where known).
     pub amr: Vec<String>,
+    /// The authentication context class the IdP reports: OIDC `acr`, SAML
+    /// `AuthnContextClassRef`. `None` when it said nothing.
+    #[serde(default)]
+    pub acr: Option<String>,
     /// Every attribute or claim received, for the test-connection page and mapping.
     pub raw: BTreeMap<String, Vec<String>>,
     /// The upstream session index (SAML `SessionIndex`), kept for later single logout.
@@ -95,6 +99,10 @@ pub struct BeginRequest<'a> {
     /// The app's `max_age` (seconds), forwarded where the protocol allows
     /// (OIDC `max_age`); the broker refuses an answer whose authentication is older.
     pub max_age: Option<i64>,
+    /// The tenant or app requires multi-factor authentication: ask the IdP
+    /// for it (SAML `RequestedAuthnContext`, OIDC `acr_values`). The broker
+    /// still checks the answer ([`shows_mfa`]).
+    pub require_mfa: bool,
 }
 
 /// Parameters of a callback from the IdP, as received.
@@ -143,6 +151,32 @@ impl UpstreamError {
     }
 }
 
+/// Authentication context classes that mean multi-factor authentication,
+/// asked for and accepted by default: Entra ID's, the SAML 2.0 classes that
+/// combine two factors, and the PAPE multi-factor policy OIDC IdPs use as `acr`.
+pub const DEFAULT_MFA_CONTEXTS: &[&str] = &[
+    "http://schemas.microsoft.com/claims/multipleauthn",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MultiFactor",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered",
+    "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken",
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
+];
+
+/// RFC 8176 `amr` values that show a second factor (or a multi-factor
+/// authentication as such).
+pub const MFA_AMR: &[&str] = &["mfa", "otp", "hwk", "swk"];
+
+/// Whether `identity` shows multi-factor authentication: an `amr` value of
+/// [`MFA_AMR`], or an `acr` / `AuthnContextClassRef` among `contexts`.
+pub fn shows_mfa(identity: &Identity, contexts: &[String]) -> bool {
+    identity.amr.iter().any(|a| MFA_AMR.contains(&a.as_str()))
+        || identity
+            .acr
+            .as_ref()
+            .is_some_and(|acr| contexts.iter().any(|c| c == acr))
+}
+
 /// One upstream protocol, configured for one connection.
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -185,6 +219,13 @@ pub trait Connector: Send + Sync {
     /// (seconds), when the connection sets a maximum; `None`: no cap.
     fn max_session_secs(&self) -> Option<i64> {
         None
+    }
+
+    /// The authentication context classes (SAML `AuthnContextClassRef`, OIDC
+    /// `acr`) that count as multi-factor for this connection, and that are
+    /// asked for when MFA is required.
+    fn mfa_contexts(&self) -> Vec<String> {
+        DEFAULT_MFA_CONTEXTS.iter().map(|c| (*c).to_owned()).collect()
     }
 
     /// Completes a login: validates the IdP's answer. `pending` is the state

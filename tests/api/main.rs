@@ -8,6 +8,7 @@ mod admin_scopes;
 mod browser_security;
 mod cli;
 mod dev_flow;
+mod domains;
 mod import;
 mod memory_flat;
 mod metadata_refresh;

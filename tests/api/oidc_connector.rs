@@ -108,6 +108,7 @@ impl Fixture {
                 force_authn: false,
                 login_hint: None,
                 max_age: None,
+                require_mfa: false,
             })
             .await
             .unwrap();

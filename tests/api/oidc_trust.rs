@@ -535,3 +535,65 @@ async fn the_upstream_refresh_token_is_kept_with_the_session_and_forgotten_at_si
     w.app.state.broker.logout(&sso).await.unwrap();
     assert!(store.get(&key).await.unwrap().is_none(), "forgotten at sign-out");
 }
+
+/// `PUT /admin/v1/tenants/acme/mfa {"required": true}`.
+async fn require_mfa(app: &TestApp) {
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/tenants/{ACME}/mfa"),
+            Some(json!({ "required": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn mfa_required_is_refused_when_the_idp_ignores_acr_values() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    require_mfa(&w.app).await;
+    let mut browser = Browser::new();
+    let q = w.authorize(&mut browser, &Pkce::new(), &[], Some("alice")).await;
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(!q.contains_key("code"), "{q:?}");
+    let description = q.get("error_description").cloned().unwrap_or_default();
+    assert!(description.contains("login.mfa_required"), "{description:?}");
+}
+
+#[tokio::test]
+async fn mfa_required_is_asked_for_and_accepted_when_the_idp_reports_it() {
+    let w = Trust::new(
+        &["--honour-mfa"],
+        &["openid", "email", "profile"],
+        json!({ "acr_values": ["urn:example:mfa"] }),
+    )
+    .await;
+    let mut browser = Browser::new();
+    // Not required yet: a password login, no acr asked for or reported.
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let claims = jwt_claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["pwd"]), "{claims}");
+    assert!(claims.get("acr").is_none(), "{claims}");
+    // Required: the SSO session without MFA is not reused (the IdP is asked
+    // again); the IdP's own password-only session does not show MFA: refused.
+    require_mfa(&w.app).await;
+    let before = w.idp.stats().await.authorize;
+    let q = w.authorize(&mut browser, &Pkce::new(), &[], None).await;
+    assert!(
+        w.idp.stats().await.authorize > before,
+        "the password-only SSO session was reused"
+    );
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{q:?}");
+    assert!(
+        q.get("error_description")
+            .is_some_and(|d| d.contains("login.mfa_required")),
+        "{q:?}"
+    );
+    // A new authentication, asked for with acr_values, shows MFA: accepted,
+    // and the ID token says how.
+    let mut fresh = Browser::new();
+    let tokens = w.tokens(&mut fresh, &[], Some("alice")).await;
+    let claims = jwt_claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!(claims["acr"], "urn:example:mfa", "{claims}");
+    assert_eq!(claims["amr"], json!(["pwd", "otp"]), "{claims}");
+}

@@ -51,6 +51,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
                 force_authn: true,
                 login_hint: None,
                 max_age: None,
+                require_mfa: false,
             })
             .await
             .unwrap();
@@ -96,6 +97,7 @@ async fn begin_redirect_binding_unsigned_and_signed() {
                 force_authn: false,
                 login_hint: None,
                 max_age: None,
+                require_mfa: false,
             })
             .await
             .unwrap();
@@ -123,6 +125,7 @@ async fn begin_post_binding_is_enveloped_signed() {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();
@@ -174,6 +177,7 @@ async fn idp_wanting_signed_requests_gets_them() {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();
@@ -202,6 +206,7 @@ async fn begin_keeps_the_idp_query_and_signs_only_ours() {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();

@@ -56,7 +56,18 @@ impl Idp {
 
     /// Like [`Idp::response`], for the user `email`.
     fn response_for(&self, conn: &Value, in_response_to: Option<&str>, email: &str) -> String {
+        self.response_with(
+            conn,
+            in_response_to,
+            email,
+            "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport",
+        )
+    }
+
+    /// Like [`Idp::response_for`], authenticated with the context class `class_ref`.
+    fn response_with(&self, conn: &Value, in_response_to: Option<&str>, email: &str, class_ref: &str) -> String {
         let case = json!({
+            "authn_context_class_ref": class_ref,
             "name": "r",
             "sp_entity_id": conn["sp_entity_id"],
             "acs_url": conn["acs_url"],
@@ -332,6 +343,18 @@ async fn start_login_in(
     conn: &Value,
     state: &str,
 ) -> (String, String) {
+    let (_, id, relay) = start_login_xml(browser, app, tenant, conn, state).await;
+    (id, relay)
+}
+
+/// Like [`start_login_in`]; also returns the AuthnRequest's XML.
+async fn start_login_xml(
+    browser: &mut Browser,
+    app: &TestApp,
+    tenant: &str,
+    conn: &Value,
+    state: &str,
+) -> (String, String, String) {
     let mut authorize = app.url("/authorize");
     authorize
         .query_pairs_mut()
@@ -365,7 +388,8 @@ async fn start_login_in(
         conn["acs_url"].as_str(),
         "{request}"
     );
-    (attr_value(&request, "ID").unwrap(), q("RelayState"))
+    let id = attr_value(&request, "ID").unwrap();
+    (request, id, q("RelayState"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1270,4 +1294,101 @@ async fn the_previous_sp_certificate_retires_itself_after_the_configured_overlap
     // A new rotation may start once the previous key is gone.
     let (status, _) = app.admin(reqwest::Method::POST, &format!("{base}/rotate"), None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+const MULTIPLE_AUTHN: &str = "http://schemas.microsoft.com/claims/multipleauthn";
+
+/// `PUT /admin/v1/tenants/{tenant}/mfa`.
+async fn require_mfa(app: &TestApp, tenant: &str, required: bool) {
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/tenants/{tenant}/mfa"),
+            Some(json!({ "required": required })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_requiring_mfa_asks_the_idp_for_it_and_refuses_an_answer_without_it() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    require_mfa(&app, "acme", true).await;
+
+    // Asked for: RequestedAuthnContext with the MFA classes.
+    let mut browser = Browser::new();
+    let (request, id, relay) = start_login_xml(&mut browser, &app, "acme", &conn, "s1").await;
+    assert!(
+        request.contains("<samlp:RequestedAuthnContext Comparison=\"exact\">"),
+        "{request}"
+    );
+    assert!(request.contains(MULTIPLE_AUTHN), "{request}");
+    // A password-only answer is refused at the ACS, with the reason, to the app.
+    let xml = idp.response_for(&conn, Some(&id), EMAIL);
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
+    let description = ans.expect_app_error();
+    assert!(description.contains("login.mfa_required"), "{description}");
+
+    // An answer showing MFA signs in; the ID token says how.
+    let (id, relay) = start_login_in(&mut browser, &app, "acme", &conn, "s2").await;
+    let xml = idp.response_with(&conn, Some(&id), EMAIL, MULTIPLE_AUTHN);
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
+    let ans = continue_in(&mut browser, &ans, &idp_page()).await;
+    let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
+    assert_signed_in(&claims, "acme");
+    assert_eq!(claims["acr"], MULTIPLE_AUTHN, "{claims}");
+    assert_eq!(claims["amr"], json!(["mfa"]), "{claims}");
+}
+
+#[tokio::test]
+async fn an_sso_session_without_mfa_is_not_reused_once_mfa_is_required() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let mut browser = Browser::new();
+    let claims = sign_in_sp(&app, &idp, &conn, &client, &mut browser, EMAIL).await;
+    assert_eq!(
+        claims["acr"], "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport",
+        "{claims}"
+    );
+    // Without MFA required, the session is reused: straight back to the app.
+    let reused = browser
+        .get_until(&authorize_url(&app, "acme", &conn, "r1"), &|u: &Url| {
+            u.as_str().starts_with(APP_CB)
+        })
+        .await
+        .stopped();
+    assert!(reused.query_pairs().any(|(k, _)| k == "code"), "{reused}");
+    // Required now: the password-only session sends the browser to the IdP,
+    // and the request asks for MFA.
+    require_mfa(&app, "acme", true).await;
+    let (request, _, _) = start_login_xml(&mut browser, &app, "acme", &conn, "r2").await;
+    assert!(request.contains("RequestedAuthnContext"), "{request}");
+}
+
+#[tokio::test]
+async fn an_app_requiring_mfa_asks_for_it_and_refuses_a_password_only_answer() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let created = app
+        .admin_create(
+            "/admin/v1/clients",
+            json!({ "client_id": APP_ID, "redirect_uris": [APP_CB], "require_mfa": true }),
+        )
+        .await;
+    assert!(created["client_secret"].is_string(), "{created}");
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let mut browser = Browser::new();
+    let (request, id, relay) = start_login_xml(&mut browser, &app, "acme", &conn, "s1").await;
+    assert!(request.contains("RequestedAuthnContext"), "{request}");
+    let xml = idp.response_for(&conn, Some(&id), EMAIL);
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
+    assert!(ans.expect_app_error().contains("login.mfa_required"), "{ans:?}");
 }

@@ -52,6 +52,7 @@ async fn round_trip_with(
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();
@@ -384,6 +385,7 @@ async fn authn_requests_are_signed_with_the_new_sp_key_only_after_activate() {
                     force_authn: false,
                     login_hint: None,
                     max_age: None,
+                    require_mfa: false,
                 })
                 .await
                 .unwrap();

@@ -109,6 +109,7 @@ pub fn identity(claims: &Claims, mapping: &ClaimMapping) -> Result<Identity, Ups
         family_name: single(claims, &mapping.family_name),
         groups: claims.get(&mapping.groups).map(strings).unwrap_or_default(),
         amr: claims.get("amr").map(strings).unwrap_or_default(),
+        acr: claims.get("acr").and_then(Value::as_str).map(str::to_owned),
         raw,
         ..Identity::default()
     })

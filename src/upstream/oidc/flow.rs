@@ -88,6 +88,13 @@ pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogi
     if let Some(hint) = req.login_hint {
         auth = auth.set_login_hint(LoginHint::new(hint.to_owned()));
     }
+    // MFA required: ask for it (OIDC Core §3.1.2.1 `acr_values`); the
+    // broker checks the ID token's `acr` / `amr` afterwards.
+    if req.require_mfa {
+        for acr in crate::upstream::Connector::mfa_contexts(c) {
+            auth = auth.add_auth_context_value(openidconnect::AuthenticationContextClass::new(acr));
+        }
+    }
     let (url, _state, nonce) = auth.url();
     let state = serde_json::to_value(Pending {
         state: req.login_id.to_owned(),

@@ -74,6 +74,11 @@ pub struct OidcConfig {
     /// uses the global `upstream.refresh_interval_secs`.
     #[serde(default)]
     pub refresh_interval_secs: Option<u64>,
+    /// The `acr_values` asked for when MFA is required, which an ID token's
+    /// `acr` must then be one of (unless its `amr` shows MFA). Empty: the
+    /// defaults ([`crate::upstream::DEFAULT_MFA_CONTEXTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acr_values: Vec<String>,
 }
 
 /// The body of `POST /admin/v1/tenants/{id}/connections` for `"kind":"oidc"`,
@@ -106,6 +111,9 @@ pub struct OidcConnectionRequest {
     /// How often the app's refresh asks the IdP again (seconds, 60 to 86400).
     #[serde(default)]
     pub refresh_interval_secs: Option<u64>,
+    /// The `acr_values` that mean MFA at this IdP (asked for when MFA is required).
+    #[serde(default)]
+    pub acr_values: Vec<String>,
 }
 
 /// Parses the algorithm allow-list; the error names the offending entry.
@@ -193,6 +201,7 @@ pub async fn setup(request: serde_json::Value, ctx: &UpstreamContext) -> Result<
         userinfo: req.userinfo,
         refresh_upstream: req.refresh_upstream,
         refresh_interval_secs: req.refresh_interval_secs,
+        acr_values: req.acr_values,
     })
 }
 
@@ -228,6 +237,17 @@ impl OidcConnector {
 
 #[async_trait]
 impl Connector for OidcConnector {
+    fn mfa_contexts(&self) -> Vec<String> {
+        if self.cfg.acr_values.is_empty() {
+            crate::upstream::DEFAULT_MFA_CONTEXTS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect()
+        } else {
+            self.cfg.acr_values.clone()
+        }
+    }
+
     async fn begin(&self, req: BeginRequest<'_>) -> Result<BeginLogin, UpstreamError> {
         flow::begin(self, req).await
     }

@@ -125,6 +125,7 @@ pub(crate) fn check(
 
     let mut session_index = None;
     let mut amr = Vec::new();
+    let mut acr: Option<String> = None;
     let mut auth_time = None;
     let mut session_expires_at: Option<DateTime<Utc>> = None;
     for st in xml::children(assertion, SAML, "AuthnStatement") {
@@ -151,7 +152,11 @@ pub(crate) fn check(
             session_index = xml::attr(&st, "SessionIndex");
         }
         for cr in xml::descendants(&st, SAML, "AuthnContextClassRef") {
-            if let Some(a) = amr_for(&xml::text(&cr)) {
+            let class_ref = xml::text(&cr);
+            if acr.is_none() && !class_ref.trim().is_empty() {
+                acr = Some(class_ref.trim().to_owned());
+            }
+            if let Some(a) = amr_for(&class_ref) {
                 if !amr.iter().any(|x| x == a) {
                     amr.push(a.to_owned());
                 }
@@ -186,6 +191,7 @@ pub(crate) fn check(
             .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?
     };
     identity.auth_time = auth_time.map(|t| t.timestamp());
+    identity.acr = acr;
     identity.session_expires_at = session_expires_at.map(|t| t.timestamp());
     // The replay cache keeps the id until every window that could still
     // accept this assertion has closed: SubjectConfirmation and Conditions

@@ -121,6 +121,11 @@ pub struct SamlConfig {
     /// it sooner. Unset: no cap beyond the usual lifetimes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session_secs: Option<u64>,
+    /// The `AuthnContextClassRef`s that mean MFA at this IdP, asked for
+    /// (`RequestedAuthnContext`) when MFA is required and accepted as MFA
+    /// in the answer. Empty: the defaults ([`crate::upstream::DEFAULT_MFA_CONTEXTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mfa_authn_contexts: Vec<String>,
     /// The SP private key (PKCS#8 PEM): signs requests, decrypts assertions.
     pub sp_private_key_pem: Secret,
     /// The SP certificate (PEM), published in SP metadata.
@@ -493,6 +498,17 @@ fn user_message(code: &str) -> &'static str {
 
 #[async_trait]
 impl Connector for SamlConnector {
+    fn mfa_contexts(&self) -> Vec<String> {
+        if self.inner.cfg.mfa_authn_contexts.is_empty() {
+            crate::upstream::DEFAULT_MFA_CONTEXTS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect()
+        } else {
+            self.inner.cfg.mfa_authn_contexts.clone()
+        }
+    }
+
     fn max_session_secs(&self) -> Option<i64> {
         self.inner.cfg.max_session_secs.and_then(|s| i64::try_from(s).ok())
     }
@@ -515,6 +531,7 @@ impl Connector for SamlConnector {
             acs_url: &inner.acs_url,
             sp_entity_id: &inner.sp_entity_id,
             force_authn: req.force_authn,
+            requested_authn_context: req.require_mfa.then(|| self.mfa_contexts()),
         };
         let redirect = match &inner.cfg.sso_redirect_url {
             Some(url) => request::redirect(url, &request::authn_request_xml(&params, None), req.login_id, keys)?,

@@ -27,12 +27,28 @@ pub(crate) struct AuthnRequestParams<'a> {
     pub acs_url: &'a str,
     pub sp_entity_id: &'a str,
     pub force_authn: bool,
+    /// The `AuthnContextClassRef`s to ask for (MFA required), any one of them.
+    pub requested_authn_context: Option<Vec<String>>,
 }
 
 /// The AuthnRequest XML; with `signature_cert` a signature template is placed
 /// after the Issuer (for enveloped signing in the POST binding).
 pub(crate) fn authn_request_xml(p: &AuthnRequestParams<'_>, signature_cert: Option<&str>) -> String {
     let force = if p.force_authn { " ForceAuthn=\"true\"" } else { "" };
+    // SAML Core §3.3.2.2.1: with Comparison="exact" the IdP must use one of
+    // the listed classes (or fail the request); after NameIDPolicy in schema order.
+    let requested_context = p
+        .requested_authn_context
+        .as_ref()
+        .filter(|refs| !refs.is_empty())
+        .map(|refs| {
+            let refs: String = refs
+                .iter()
+                .map(|r| format!("<saml:AuthnContextClassRef>{}</saml:AuthnContextClassRef>", escape(r)))
+                .collect();
+            format!("<samlp:RequestedAuthnContext Comparison=\"exact\">{refs}</samlp:RequestedAuthnContext>")
+        })
+        .unwrap_or_default();
     let signature = signature_cert
         .map(|cert| {
             format!(
@@ -62,9 +78,10 @@ pub(crate) fn authn_request_xml(p: &AuthnRequestParams<'_>, signature_cert: Opti
             "IssueInstant=\"{instant}\" Destination=\"{dest}\" AssertionConsumerServiceURL=\"{acs}\" ",
             "ProtocolBinding=\"{binding}\"{force}>",
             "<saml:Issuer>{issuer}</saml:Issuer>{signature}",
-            "<samlp:NameIDPolicy AllowCreate=\"true\"/>",
+            "<samlp:NameIDPolicy AllowCreate=\"true\"/>{context}",
             "</samlp:AuthnRequest>"
         ),
+        context = requested_context,
         samlp = SAMLP,
         saml = SAML,
         id = p.id,

@@ -47,6 +47,9 @@ struct SamlConnectionRequest {
     /// Seconds after `activate` until the previous SP key is retired automatically.
     #[serde(default)]
     sp_key_overlap_secs: Option<u64>,
+    /// The `AuthnContextClassRef`s that mean MFA at this IdP.
+    #[serde(default)]
+    mfa_authn_contexts: Vec<String>,
 }
 
 /// Paths the gateway serves itself: a migrated ACS URL may not shadow them.
@@ -82,6 +85,7 @@ pub fn request_view(cfg: &SamlConfig) -> serde_json::Value {
         "sp_entity_id": cfg.sp_entity_id,
         "acs_url": cfg.acs_url,
         "sp_key_overlap_secs": cfg.sp_key_overlap_secs,
+        "mfa_authn_contexts": cfg.mfa_authn_contexts,
     })
 }
 
@@ -300,6 +304,7 @@ async fn build(
         clock_skew_secs: req.clock_skew_secs,
         trust_email_verified: req.trust_email_verified,
         max_session_secs: req.max_session_secs,
+        mfa_authn_contexts: req.mfa_authn_contexts,
         sp_private_key_pem: sp.private_key_pem,
         sp_certificate_pem: sp.certificate_pem,
         sp_entity_id,

@@ -72,6 +72,7 @@ async fn begin_passes_force_authn_and_login_hint_with_fresh_nonces() {
             force_authn: true,
             login_hint: Some("ada@acme.example"),
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();
@@ -223,6 +224,7 @@ async fn begin_forwards_max_age() {
             force_authn: false,
             login_hint: None,
             max_age: Some(300),
+            require_mfa: false,
         })
         .await
         .unwrap();
@@ -283,6 +285,7 @@ async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();

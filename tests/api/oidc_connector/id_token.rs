@@ -269,6 +269,7 @@ async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap();

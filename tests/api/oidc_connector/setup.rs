@@ -172,6 +172,7 @@ async fn a_bad_endpoint_at_refetched_discovery_is_refused_at_login() {
             force_authn: false,
             login_hint: None,
             max_age: None,
+            require_mfa: false,
         })
         .await
         .unwrap_err();

@@ -22,6 +22,8 @@ pub struct AppOptions {
     pub public_host: Option<String>,
     /// Adjusts the settings before start.
     pub tweak: Option<fn(&mut Settings)>,
+    /// `[dns] nameservers` (`ip:port`), e.g. a `dnsmasq` the test started.
+    pub dns_nameservers: Vec<String>,
 }
 
 /// A running gateway.
@@ -86,6 +88,7 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
             .clone()
             .unwrap_or_else(|| format!("test-{}", portcullis::tokens::random_token(8)));
     }
+    settings.dns.nameservers = options.dns_nameservers.clone();
     if let Some(tweak) = options.tweak {
         tweak(&mut settings);
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod browser;
+pub mod dns;
 pub mod gateway;
 pub mod html_form;
 pub mod oidc_world;

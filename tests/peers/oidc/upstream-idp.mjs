@@ -47,10 +47,21 @@ const { values: args } = parseArgs({
     'ignore-reauth': { type: 'boolean' },
     // Behave like an IdP that never says when the user authenticated.
     'no-auth-time': { type: 'boolean' },
+    // Honour `acr_values`: a login asked for one of them is a multi-factor
+    // login (`acr` the first value asked for, `amr` pwd + otp). Without
+    // this flag the peer ignores `acr_values`, like an IdP that cannot do MFA.
+    'honour-mfa': { type: 'boolean' },
   },
 });
 const ignoreReauth = args['ignore-reauth'] ?? false;
 const noAuthTime = args['no-auth-time'] ?? false;
+const honourMfa = args['honour-mfa'] ?? false;
+/** The `acr` values this peer can satisfy (multi-factor), with --honour-mfa. */
+const MFA_ACR_VALUES = [
+  'http://schemas.microsoft.com/claims/multipleauthn',
+  'http://schemas.openid.net/pape/policies/2007/06/multi-factor',
+  'urn:example:mfa',
+];
 
 const port = Number(args.port ?? process.env.PORT ?? 0);
 const bindHost = args.host ?? process.env.IDP_HOST ?? '127.0.0.1';
@@ -221,9 +232,11 @@ async function interaction(provider, req, res, uid, action) {
       return;
     }
     stats.logins += 1;
-    await provider.interactionFinished(req, res, {
-      login: { accountId: username, amr: ['pwd'] },
-    }, { mergeWithLastSubmission: false });
+    const asked = (details.params.acr_values ?? '').split(' ').filter((v) => MFA_ACR_VALUES.includes(v));
+    const login = honourMfa && asked.length > 0
+      ? { accountId: username, amr: ['pwd', 'otp'], acr: asked[0] }
+      : { accountId: username, amr: ['pwd'] };
+    await provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
     return;
   }
 
@@ -273,6 +286,8 @@ function buildProvider(issuer) {
       groups: ['groups'],
     },
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+    // Advertised and issued only with --honour-mfa.
+    acrValues: honourMfa ? MFA_ACR_VALUES : [],
     // Put the scope claims in the ID token too: a gateway may read them from
     // either the ID token or userinfo.
     conformIdTokenClaims: false,

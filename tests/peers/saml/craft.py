@@ -126,7 +126,8 @@ def assertion(c, issuer):
     st = sub(a, SAML, "AuthnStatement", st_attrs)
     ac = sub(st, SAML, "AuthnContext")
     sub(ac, SAML, "AuthnContextClassRef",
-        text="urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport")
+        text=c.get("authn_context_class_ref",
+                   "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"))
     attrs = c.get("attributes") or {}
     if attrs:
         ats = sub(a, SAML, "AttributeStatement")

@@ -1,0 +1,236 @@
+//! A tenant's email domains: claim (`POST …/domains`), list, verify by DNS
+//! TXT record or by the platform admin's override, remove.
+
+use super::auth::PrincipalKind;
+use super::{audit, parse_body, registry, tenant_id, Admin, AdminError, JsonBody};
+use crate::audit::Target;
+use crate::http::AppState;
+use crate::tenant::domains::{DnsOutcome, DomainError, DomainState, VerifiedBy};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The domain routes, merged into `admin::routes()`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/tenants/{id}/domains", post(claim).get(list))
+        .route("/tenants/{id}/domains/{domain}", delete(remove).get(get_one))
+        .route("/tenants/{id}/domains/{domain}/verify", post(verify))
+        .route("/tenants/{id}/mfa", put(set_mfa))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaBody {
+    required: bool,
+}
+
+/// `PUT /tenants/{id}/mfa` `{"required": bool}`: whether the tenant's
+/// sign-ins need multi-factor authentication at the IdP.
+async fn set_mfa(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let req: MfaBody = parse_body(body)?;
+    let tenant = s.tenants.set_require_mfa(&id, req.required).await.map_err(registry)?;
+    tracing::info!(reason = "admin.tenant_mfa_set", tenant = %id, required = req.required);
+    audit::record(
+        &s,
+        admin
+            .event("tenant.mfa_set", Target::new("tenant", id.as_str()))
+            .tenant(&id)
+            .after(json!({"require_mfa": req.required})),
+    )
+    .await?;
+    Ok(Json(json!({"required": tenant.settings.require_mfa})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDomain {
+    domain: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default, rename = "override")]
+    override_check: bool,
+}
+
+/// The JSON answer for one domain.
+fn describe(s: &DomainState) -> Value {
+    let mut v = json!({
+        "domain": s.domain,
+        "verified": s.verified,
+        "verified_by": s.verified_by,
+    });
+    if let (Some(claim), Some(o)) = (&s.claim, v.as_object_mut()) {
+        o.insert(
+            "verification".into(),
+            json!({"type": "dns-txt", "name": claim.record_name(), "value": claim.token}),
+        );
+        o.insert("created_at".into(), json!(claim.created_at));
+    }
+    v
+}
+
+fn domain_error(e: DomainError) -> AdminError {
+    match e {
+        DomainError::Unclaimable(u) => AdminError::field("domain", format!("{}.", super::capitalize(&u.to_string()))),
+        DomainError::Taken(d) => AdminError::Conflict {
+            field: "domain",
+            detail: format!("The domain {d} already belongs to another tenant."),
+        },
+        DomainError::Unknown(d) => AdminError::NotFound(format!("The tenant has no domain {d:?}.")),
+        DomainError::Dns(outcome) => AdminError::field("domain", dns_detail(&outcome)),
+        DomainError::Registry(r) => registry(r),
+    }
+}
+
+/// What the DNS check found, in a sentence ending with its reason code.
+fn dns_detail(outcome: &DnsOutcome) -> String {
+    let what = match outcome {
+        DnsOutcome::Match => "The TXT record matches.".to_owned(),
+        DnsOutcome::NxDomain => "The name of the TXT record does not exist (NXDOMAIN): publish the record shown when the domain was added.".to_owned(),
+        DnsOutcome::NoRecord => "No TXT record was found at that name: publish the record shown when the domain was added, then retry once it has propagated.".to_owned(),
+        DnsOutcome::WrongValue(found) => {
+            // Values come from the domain's own DNS; only their start is shown.
+            let shown: Vec<String> = found.iter().take(3).map(|v| v.chars().take(80).collect()).collect();
+            format!("A TXT record was found with another value ({shown:?}): it must be exactly the value shown when the domain was added.")
+        }
+        DnsOutcome::Timeout => "The DNS resolver did not answer in time: retry later.".to_owned(),
+        DnsOutcome::Failed(_) => "The DNS lookup failed: retry later.".to_owned(),
+    };
+    format!("{what} ({})", outcome.reason())
+}
+
+async fn claim(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, AdminError> {
+    let id = tenant_id(&id)?;
+    let req: NewDomain = parse_body(body)?;
+    let state = s.tenants.claim_domain(&id, &req.domain).await.map_err(domain_error)?;
+    tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
+    audit::record(
+        &s,
+        admin
+            .event("domain.claimed", Target::new("domain", state.domain.as_str()))
+            .tenant(&id)
+            .after(describe(&state)),
+    )
+    .await?;
+    let status = if state.verified {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(describe(&state))).into_response())
+}
+
+async fn list(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let tenant = s
+        .tenants
+        .get(&id)
+        .await
+        .map_err(registry)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
+    Ok(Json(
+        json!({"domains": states.iter().map(describe).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_one(
+    _: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let tenant = s
+        .tenants
+        .get(&id)
+        .await
+        .map_err(registry)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    let wanted = crate::tenant::parse_domain(&domain).unwrap_or_default();
+    let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
+    states
+        .iter()
+        .find(|st| st.domain == wanted)
+        .map(|st| Json(describe(st)))
+        .ok_or_else(|| AdminError::NotFound(format!("The tenant has no domain {domain:?}.")))
+}
+
+async fn verify(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let req: VerifyBody = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyBody::default()
+    } else {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| AdminError::field("body", e.to_string()))?;
+        parse_body(v)?
+    };
+    // The override is the platform admin's: a tenant admin proves ownership by DNS.
+    if req.override_check && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. }) {
+        return Err(AdminError::field(
+            "override",
+            "only the platform admin may verify a domain without its DNS record.",
+        ));
+    }
+    let by = if req.override_check {
+        VerifiedBy::PlatformAdmin
+    } else {
+        VerifiedBy::Dns
+    };
+    let state = s
+        .tenants
+        .verify_domain(&id, &domain, &s.domains, by)
+        .await
+        .map_err(domain_error)?;
+    tracing::info!(reason = "admin.domain_verified", tenant = %id, domain = %state.domain, verified_by = ?by);
+    audit::record(
+        &s,
+        admin
+            .event("domain.verified", Target::new("domain", state.domain.as_str()))
+            .tenant(&id)
+            .after(describe(&state)),
+    )
+    .await?;
+    Ok(Json(describe(&state)))
+}
+
+async fn remove(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<StatusCode, AdminError> {
+    let id = tenant_id(&id)?;
+    s.tenants.remove_domain(&id, &domain).await.map_err(domain_error)?;
+    tracing::info!(reason = "admin.domain_removed", tenant = %id, domain = %domain);
+    audit::record(
+        &s,
+        admin
+            .event("domain.removed", Target::new("domain", domain.as_str()))
+            .tenant(&id),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
