@@ -107,6 +107,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api-keys"),
     ("DELETE", "/api-keys/{kid}"),
     ("GET", "/audit"),
+    ("POST", "/tenants/{id}/domains"),
+    ("GET", "/tenants/{id}/domains"),
+    ("GET", "/tenants/{id}/domains/{domain}"),
+    ("DELETE", "/tenants/{id}/domains/{domain}"),
+    ("POST", "/tenants/{id}/domains/{domain}/verify"),
+    ("PUT", "/tenants/{id}/mfa"),
 ];
 
 /// `GET /admin/v1/openapi.json`: the API's description; public (no data).

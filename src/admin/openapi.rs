@@ -148,7 +148,8 @@ impl Modify for Bearer {
         clients_create, clients_list, clients_get, clients_patch, clients_delete, clients_rotate_secret,
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
         users_list, users_get, users_delete, users_disable, users_enable,
-        keys_rotate
+        keys_rotate,
+        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
     components(schemas(Problem, Tenant, TenantSettings, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope))
@@ -308,3 +309,90 @@ fn users_enable() {}
     responses((status = 200, body = Object, description = "the JWKS after rotation"),
         (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn keys_rotate() {}
+
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
+    request_body(content = Object, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn connections_patch() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/enable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn connections_enable() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/disable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn connections_disable() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/refresh", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+fn connections_refresh() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/sp-certificates/{step}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path), ("step" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn connections_sp_certificates() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/setup-links", tag = "setuplinks", params(("id" = String, Path)),
+    request_body(content = Object, description = "ttl_secs (300 to 2592000) and kind (saml or oidc), both optional"),
+    responses((status = 201, body = Object, description = "url, expires_at"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn setuplinks_create() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "apikeys", params(("id" = String, Path)),
+    request_body(content = Object, description = "name and scopes (read, write), both optional"),
+    responses((status = 201, body = Object, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_create_tenant() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/api-keys", tag = "apikeys", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_list_tenant() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{kid}", tag = "apikeys", params(("id" = String, Path), ("kid" = String, Path)),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_delete_tenant() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/audit", tag = "audit", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn audit_tenant() {}
+
+#[utoipa::path(post, path = "/admin/v1/api-keys", tag = "apikeys",
+    request_body(content = Object, description = "name and scopes (read, write)"),
+    responses((status = 201, body = Object, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_create() {}
+
+#[utoipa::path(get, path = "/admin/v1/api-keys", tag = "apikeys",
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_list() {}
+
+#[utoipa::path(delete, path = "/admin/v1/api-keys/{kid}", tag = "apikeys", params(("kid" = String, Path)),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn apikeys_delete() {}
+
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "audit",
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn audit_platform() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
+    request_body(content = Object, description = "domain"),
+    responses((status = 201, body = Object, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn domains_claim() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn domains_list() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn domains_get() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn domains_delete() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
+    request_body(content = Object, description = "override (platform admin only), optional"),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn domains_verify() {}
+
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/mfa", tag = "tenants", params(("id" = String, Path)),
+    request_body(content = Object, description = "required: whether sign-ins need MFA at the IdP"),
+    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn tenants_mfa() {}
