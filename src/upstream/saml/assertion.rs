@@ -3,6 +3,7 @@
 //! recipient, validity windows, InResponseTo; then the attribute mapping.
 
 use super::mapping::amr_for;
+use super::reason::SamlReason;
 use super::validate::{Policy, Reject, Validated};
 use super::xml::{self, SAML};
 use chrono::{DateTime, Duration, Utc};
@@ -25,16 +26,16 @@ const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// not older than [`MAX_ISSUE_AGE_SECS`] plus the skew.
 fn check_issue_instant(node: &Node, what: &str, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let issued = time(node, "IssueInstant")?
-        .ok_or_else(|| Reject::new("saml.malformed", format!("{what} without IssueInstant")))?;
+        .ok_or_else(|| Reject::new(SamlReason::Malformed, format!("{what} without IssueInstant")))?;
     if issued > p.now + p.skew {
         return Err(Reject::new(
-            "saml.issue_instant_in_future",
+            SamlReason::IssueInstantInFuture,
             format!("{what} IssueInstant {issued} is ahead of now"),
         ));
     }
     if issued + Duration::seconds(MAX_ISSUE_AGE_SECS) + p.skew < p.now {
         return Err(Reject::new(
-            "saml.issue_instant_too_old",
+            SamlReason::IssueInstantTooOld,
             format!("{what} IssueInstant {issued} is older than {MAX_ISSUE_AGE_SECS} s"),
         ));
     }
@@ -46,7 +47,7 @@ fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
         .map(|v| {
             DateTime::parse_from_rfc3339(v.trim())
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| Reject::new("saml.malformed", format!("{name} is not a valid instant")))
+                .map_err(|_| Reject::new(SamlReason::Malformed, format!("{name} is not a valid instant")))
         })
         .transpose()
 }
@@ -63,18 +64,21 @@ pub(crate) fn check(
     if let Some(issuer) = xml::child(response, SAML, "Issuer") {
         if xml::text(&issuer) != p.idp_entity_id {
             return Err(Reject::new(
-                "saml.issuer_mismatch",
+                SamlReason::IssuerMismatch,
                 format!("Response Issuer {:?}", xml::text(&issuer)),
             ));
         }
     }
     match xml::attr(response, "Destination") {
         Some(d) if d != p.acs_url => {
-            return Err(Reject::new("saml.destination_mismatch", format!("Destination {d:?}")))
+            return Err(Reject::new(
+                SamlReason::DestinationMismatch,
+                format!("Destination {d:?}"),
+            ))
         }
         None if response_signed => {
             return Err(Reject::new(
-                "saml.destination_mismatch",
+                SamlReason::DestinationMismatch,
                 "signed Response without Destination",
             ))
         }
@@ -84,27 +88,27 @@ pub(crate) fn check(
 
     // Assertion level.
     if xml::attr(assertion, "Version").as_deref() != Some("2.0") {
-        return Err(Reject::new("saml.malformed", "Assertion Version is not 2.0"));
+        return Err(Reject::new(SamlReason::Malformed, "Assertion Version is not 2.0"));
     }
     let assertion_id = xml::attr(assertion, "ID")
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Reject::new("saml.malformed", "Assertion without ID"))?;
+        .ok_or_else(|| Reject::new(SamlReason::Malformed, "Assertion without ID"))?;
     let issuer = xml::child(assertion, SAML, "Issuer")
         .map(|i| xml::text(&i))
         .unwrap_or_default();
     if issuer != p.idp_entity_id {
         return Err(Reject::new(
-            "saml.issuer_mismatch",
+            SamlReason::IssuerMismatch,
             format!("Assertion Issuer {issuer:?}"),
         ));
     }
     let subject = xml::child(assertion, SAML, "Subject")
-        .ok_or_else(|| Reject::new("saml.malformed", "Assertion without Subject"))?;
-    let name_id_el =
-        xml::child(&subject, SAML, "NameID").ok_or_else(|| Reject::new("saml.malformed", "Subject without NameID"))?;
+        .ok_or_else(|| Reject::new(SamlReason::Malformed, "Assertion without Subject"))?;
+    let name_id_el = xml::child(&subject, SAML, "NameID")
+        .ok_or_else(|| Reject::new(SamlReason::Malformed, "Subject without NameID"))?;
     let name_id = xml::text(&name_id_el);
     if name_id.is_empty() {
-        return Err(Reject::new("saml.malformed", "empty NameID"));
+        return Err(Reject::new(SamlReason::Malformed, "empty NameID"));
     }
     let format = xml::attr(&name_id_el, "Format");
     let name_id_is_email = match format.as_deref() {
@@ -133,10 +137,10 @@ pub(crate) fn check(
         // which max_age is judged by: one from the future would make any
         // authentication look fresh, so it is refused beyond the skew.
         let instant = time(&st, "AuthnInstant")?
-            .ok_or_else(|| Reject::new("saml.malformed", "AuthnStatement without AuthnInstant"))?;
+            .ok_or_else(|| Reject::new(SamlReason::Malformed, "AuthnStatement without AuthnInstant"))?;
         if instant > p.now + p.skew {
             return Err(Reject::new(
-                "saml.authn_instant_in_future",
+                SamlReason::AuthnInstantInFuture,
                 format!("AuthnInstant {instant} is ahead of now"),
             ));
         }
@@ -144,7 +148,7 @@ pub(crate) fn check(
         auth_time = Some(auth_time.map_or(instant, |t: DateTime<Utc>| t.min(instant)));
         if let Some(until) = time(&st, "SessionNotOnOrAfter")? {
             if p.now - p.skew >= until {
-                return Err(Reject::new("saml.expired", "SessionNotOnOrAfter has passed"));
+                return Err(Reject::new(SamlReason::Expired, "SessionNotOnOrAfter has passed"));
             }
             session_expires_at = Some(session_expires_at.map_or(until, |t| t.min(until)));
         }
@@ -181,14 +185,14 @@ pub(crate) fn check(
             .identity_without_name_id(raw, session_index, amr)
             .ok_or_else(|| {
                 Reject::new(
-                    "saml.transient_subject",
+                    SamlReason::TransientSubject,
                     "transient NameID and no stable subject attribute",
                 )
             })?
     } else {
         p.mapping
             .identity(&name_id, name_id_is_email, raw, session_index, amr)
-            .ok_or_else(|| Reject::new("saml.subject_missing", "the configured subject attribute is absent"))?
+            .ok_or_else(|| Reject::new(SamlReason::SubjectMissing, "the configured subject attribute is absent"))?
     };
     identity.auth_time = auth_time.map(|t| t.timestamp());
     identity.acr = acr;
@@ -214,11 +218,11 @@ fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Rej
         (None, _) => Ok(()),
         (Some(v), Some(expected)) if v == expected => Ok(()),
         (Some(v), Some(_)) => Err(Reject::new(
-            "saml.in_response_to_mismatch",
+            SamlReason::InResponseToMismatch,
             format!("InResponseTo {v:?}"),
         )),
         (Some(_), None) => Err(Reject::new(
-            "saml.unsolicited_in_response_to",
+            SamlReason::UnsolicitedInResponseTo,
             "an unsolicited response carries InResponseTo",
         )),
     }
@@ -241,48 +245,53 @@ fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime
         }
     }
     Err(first_error
-        .unwrap_or_else(|| Reject::new("saml.subject_confirmation_missing", "no bearer SubjectConfirmation")))
+        .unwrap_or_else(|| Reject::new(SamlReason::SubjectConfirmationMissing, "no bearer SubjectConfirmation")))
 }
 
 fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let data = xml::child(c, SAML, "SubjectConfirmationData")
-        .ok_or_else(|| Reject::new("saml.subject_confirmation_missing", "no SubjectConfirmationData"))?;
+        .ok_or_else(|| Reject::new(SamlReason::SubjectConfirmationMissing, "no SubjectConfirmationData"))?;
     match xml::attr(&data, "Recipient") {
         Some(r) if r == p.acs_url => {}
-        other => return Err(Reject::new("saml.recipient_mismatch", format!("Recipient {other:?}"))),
+        other => {
+            return Err(Reject::new(
+                SamlReason::RecipientMismatch,
+                format!("Recipient {other:?}"),
+            ))
+        }
     }
     let until = time(&data, "NotOnOrAfter")?.ok_or_else(|| {
         Reject::new(
-            "saml.subject_confirmation_expiry_missing",
+            SamlReason::SubjectConfirmationExpiryMissing,
             "SubjectConfirmationData without NotOnOrAfter",
         )
     })?;
     if p.now - p.skew >= until {
         return Err(Reject::new(
-            "saml.expired",
+            SamlReason::Expired,
             "SubjectConfirmationData NotOnOrAfter has passed",
         ));
     }
     if let Some(nb) = time(&data, "NotBefore")? {
         if p.now + p.skew < nb {
             return Err(Reject::new(
-                "saml.not_yet_valid",
+                SamlReason::NotYetValid,
                 "SubjectConfirmationData NotBefore is ahead",
             ));
         }
     }
     match (xml::attr(&data, "InResponseTo"), p.expected_in_response_to) {
         (Some(v), Some(expected)) if v == expected => {}
-        (None, Some(_)) => return Err(Reject::new("saml.in_response_to_mismatch", "InResponseTo missing")),
+        (None, Some(_)) => return Err(Reject::new(SamlReason::InResponseToMismatch, "InResponseTo missing")),
         (Some(v), Some(_)) => {
             return Err(Reject::new(
-                "saml.in_response_to_mismatch",
+                SamlReason::InResponseToMismatch,
                 format!("InResponseTo {v:?}"),
             ))
         }
         (Some(_), None) => {
             return Err(Reject::new(
-                "saml.unsolicited_in_response_to",
+                SamlReason::UnsolicitedInResponseTo,
                 "an unsolicited assertion carries InResponseTo",
             ))
         }
@@ -311,16 +320,16 @@ struct ConditionsOk {
 /// one; Portcullis issues none (it issues OIDC tokens to its own apps).
 fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Reject> {
     let cond = xml::child(assertion, SAML, "Conditions")
-        .ok_or_else(|| Reject::new("saml.audience_missing", "Assertion without Conditions"))?;
+        .ok_or_else(|| Reject::new(SamlReason::AudienceMissing, "Assertion without Conditions"))?;
     if let Some(nb) = time(&cond, "NotBefore")? {
         if p.now + p.skew < nb {
-            return Err(Reject::new("saml.not_yet_valid", format!("NotBefore {nb}")));
+            return Err(Reject::new(SamlReason::NotYetValid, format!("NotBefore {nb}")));
         }
     }
     let until = time(&cond, "NotOnOrAfter")?;
     if let Some(until) = until {
         if p.now - p.skew >= until {
-            return Err(Reject::new("saml.expired", format!("NotOnOrAfter {until}")));
+            return Err(Reject::new(SamlReason::Expired, format!("NotOnOrAfter {until}")));
         }
     }
     let mut one_time_use = 0usize;
@@ -336,23 +345,23 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Re
         let ns = c.get_namespace().map(|n| n.get_href()).unwrap_or_default();
         let kind = xml::attr_ns(&c, XSI, "type").unwrap_or_default();
         return Err(Reject::new(
-            "saml.condition_unknown",
+            SamlReason::ConditionUnknown,
             format!("unknown condition {{{ns}}}{name} {kind}"),
         ));
     }
     if one_time_use > 1 {
-        return Err(Reject::new("saml.malformed", "more than one OneTimeUse condition"));
+        return Err(Reject::new(SamlReason::Malformed, "more than one OneTimeUse condition"));
     }
     let restrictions = xml::children(&cond, SAML, "AudienceRestriction");
     if restrictions.is_empty() {
-        return Err(Reject::new("saml.audience_missing", "no AudienceRestriction"));
+        return Err(Reject::new(SamlReason::AudienceMissing, "no AudienceRestriction"));
     }
     // Every restriction must name us (each one is a condition on its own).
     for r in &restrictions {
         let audiences: Vec<String> = xml::children(r, SAML, "Audience").iter().map(xml::text).collect();
         if !audiences.iter().any(|a| a == p.sp_entity_id) {
             return Err(Reject::new(
-                "saml.audience_mismatch",
+                SamlReason::AudienceMismatch,
                 format!("audiences {audiences:?}"),
             ));
         }

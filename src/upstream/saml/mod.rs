@@ -40,6 +40,7 @@ mod decrypt;
 mod keys;
 mod mapping;
 mod metadata;
+mod reason;
 mod request;
 mod setup;
 mod signature;
@@ -57,6 +58,7 @@ use crate::secret::Secret;
 use crate::store::Key;
 use async_trait::async_trait;
 use base64::Engine as _;
+use reason::SamlReason;
 use samael::crypto::CertificateDer;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -455,14 +457,14 @@ impl SamlConnector {
 
     fn reject(&self, r: validate::Reject) -> UpstreamError {
         tracing::warn!(
-            code = r.code,
+            code = r.reason.code(),
             tenant = %self.inner.tenant,
             connection = %self.inner.connection,
             detail = %r.detail,
             "SAML response rejected"
         );
-        let message = r.message.unwrap_or_else(|| user_message(r.code).to_owned());
-        UpstreamError::reject(r.code, message, r.detail)
+        let message = r.message.unwrap_or_else(|| r.reason.message().to_owned());
+        UpstreamError::reject(r.reason.code(), message, r.detail)
     }
 }
 
@@ -473,27 +475,6 @@ fn validation_slots() -> &'static Arc<tokio::sync::Semaphore> {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         Arc::new(tokio::sync::Semaphore::new(cores.saturating_mul(2).max(2)))
     })
-}
-
-/// A sentence for the person, by reason code.
-fn user_message(code: &str) -> &'static str {
-    match code {
-        "saml.expired"
-        | "saml.not_yet_valid"
-        | "saml.issue_instant_in_future"
-        | "saml.issue_instant_too_old"
-        | "saml.authn_instant_in_future" => {
-            "The sign-in response from your identity provider has expired or is not valid yet. Please try again."
-        }
-        "saml.replay" => "This sign-in response was already used. Please sign in again.",
-        "saml.transient_subject" | "saml.subject_missing" => {
-            "Your identity provider did not send a stable identifier for your account. Please contact your administrator."
-        }
-        "saml.unsolicited_not_allowed" | "saml.unsolicited_in_response_to" | "saml.in_response_to_mismatch" => {
-            "This sign-in was not started here. Please start the sign-in from the application."
-        }
-        _ => "The sign-in response from your identity provider could not be accepted.",
-    }
 }
 
 #[async_trait]
@@ -568,19 +549,20 @@ impl Connector for SamlConnector {
             None if self.inner.cfg.allow_idp_initiated => None,
             None => {
                 return Err(self.reject(validate::Reject::new(
-                    "saml.unsolicited_not_allowed",
+                    SamlReason::UnsolicitedNotAllowed,
                     "unsolicited response and IdP-initiated login is off",
                 )))
             }
         };
-        let form = params
-            .form
-            .get("SAMLResponse")
-            .cloned()
-            .ok_or_else(|| self.reject(validate::Reject::new("saml.missing_response", "no SAMLResponse field")))?;
+        let form = params.form.get("SAMLResponse").cloned().ok_or_else(|| {
+            self.reject(validate::Reject::new(
+                SamlReason::MissingResponse,
+                "no SAMLResponse field",
+            ))
+        })?;
         if form.len() > validate::MAX_FORM_BYTES {
             return Err(self.reject(validate::Reject::new(
-                "saml.too_large",
+                SamlReason::TooLarge,
                 "SAMLResponse exceeds the size limit",
             )));
         }
@@ -644,7 +626,7 @@ impl Connector for SamlConnector {
             .await
             .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
         if !fresh {
-            return Err(self.reject(validate::Reject::new("saml.replay", "assertion id already used")));
+            return Err(self.reject(validate::Reject::new(SamlReason::Replay, "assertion id already used")));
         }
         tracing::info!(
             code = "saml.accepted",

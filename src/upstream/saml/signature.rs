@@ -7,6 +7,7 @@
 //! in the message is never used as a key) and reduces the document to what
 //! the signatures cover (`ReduceMode::ValidateAndMarkNoAncestors`).
 
+use super::reason::SamlReason;
 use super::validate::Reject;
 use super::xml::{self, DS};
 use libxml::tree::Node;
@@ -92,7 +93,7 @@ const ALLOWED_TRANSFORMS: &[&str] = &[
 /// Checks one signature: a direct child of `parent`, one Reference to
 /// `#parent@ID`, allowed transforms and algorithms.
 pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlgorithm]) -> Result<(), Reject> {
-    let placement = |d: &str| Reject::new("saml.signature_invalid", d.to_owned());
+    let placement = |d: &str| Reject::new(SamlReason::SignatureInvalid, d.to_owned());
     let signed_info = xml::child(sig, DS, "SignedInfo").ok_or_else(|| placement("Signature without SignedInfo"))?;
     let id = xml::attr(parent, "ID").ok_or_else(|| placement("signed element has no ID"))?;
     let refs = xml::children(&signed_info, DS, "Reference");
@@ -115,7 +116,7 @@ pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlg
         .unwrap_or_default();
     if !allowed.iter().any(|a| a.uri() == method) {
         return Err(Reject::new(
-            "saml.signature_algorithm_not_allowed",
+            SamlReason::SignatureAlgorithmNotAllowed,
             format!("signature algorithm {method} is not allowed"),
         ));
     }
@@ -124,7 +125,7 @@ pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlg
         .unwrap_or_default();
     if !allowed.iter().any(|a| a.digest_uri() == digest) {
         return Err(Reject::new(
-            "saml.digest_algorithm_not_allowed",
+            SamlReason::DigestAlgorithmNotAllowed,
             format!("digest algorithm {digest} is not allowed"),
         ));
     }
@@ -149,7 +150,7 @@ pub(crate) fn verify_and_reduce(
     )
     .map_err(|e| {
         Reject::new(
-            "saml.signature_invalid",
+            SamlReason::SignatureInvalid,
             format!("xmlsec: {e}: {:?}", std::error::Error::source(&e)),
         )
     })

@@ -4,6 +4,7 @@
 use super::assertion;
 use super::decrypt::{self, DecryptError};
 use super::mapping::AttributeMapping;
+use super::reason::SamlReason;
 use super::signature::{self, SignatureAlgorithm};
 use super::xml::{self, DS, SAML, SAMLP};
 use crate::upstream::Identity;
@@ -21,7 +22,7 @@ pub(crate) const MAX_XML_BYTES: usize = 192 * 1024;
 /// A rejection: stable code, log detail, and optionally a specific message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reject {
-    pub code: &'static str,
+    pub reason: SamlReason,
     pub detail: String,
     pub message: Option<String>,
 }
@@ -45,9 +46,9 @@ pub(crate) fn clip(text: String, max: usize) -> String {
 }
 
 impl Reject {
-    pub(crate) fn new(code: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: SamlReason, detail: impl Into<String>) -> Self {
         Self {
-            code,
+            reason,
             detail: clip(detail.into(), MAX_DETAIL_CHARS),
             message: None,
         }
@@ -83,14 +84,14 @@ pub(crate) struct Validated {
 
 fn parse(text: &str) -> Result<Document, Reject> {
     xml::parse_strict(text).map_err(|e| match e {
-        xml::ParseError::Dtd => Reject::new("saml.dtd_forbidden", "document declares a DTD or entities"),
-        xml::ParseError::Malformed => Reject::new("saml.malformed", "document is not well-formed XML"),
+        xml::ParseError::Dtd => Reject::new(SamlReason::DtdForbidden, "document declares a DTD or entities"),
+        xml::ParseError::Malformed => Reject::new(SamlReason::Malformed, "document is not well-formed XML"),
     })
 }
 
 fn root(doc: &Document) -> Result<Node, Reject> {
     doc.get_root_element()
-        .ok_or_else(|| Reject::new("saml.malformed", "empty document"))
+        .ok_or_else(|| Reject::new(SamlReason::Malformed, "empty document"))
 }
 
 fn status_check(response: &Node) -> Result<(), Reject> {
@@ -114,7 +115,7 @@ fn status_check(response: &Node) -> Result<(), Reject> {
         _ => "The identity provider reported an error and did not sign you in.",
     };
     Err(Reject {
-        code: "saml.status_not_success",
+        reason: SamlReason::StatusNotSuccess,
         detail: clip(format!("status {top} / {sub}"), MAX_DETAIL_CHARS),
         message: Some(message.to_owned()),
     })
@@ -138,7 +139,7 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
         for (ns, name) in xml::namespaced_attributes(&el) {
             if matches!(name.as_str(), "ID" | "Id" | "id") || NO_QUALIFIED_ATTRIBUTES.contains(&ns.as_str()) {
                 return Err(Reject::new(
-                    "saml.malformed",
+                    SamlReason::Malformed,
                     format!("namespaced look-alike attribute {{{ns}}}{name}"),
                 ));
             }
@@ -146,7 +147,7 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
         for name in ["ID", "Id", "id"] {
             if let Some(v) = xml::attr(&el, name) {
                 if !seen.insert(v.clone()) {
-                    return Err(Reject::new("saml.duplicate_id", format!("id {v} appears twice")));
+                    return Err(Reject::new(SamlReason::DuplicateId, format!("id {v} appears twice")));
                 }
             }
         }
@@ -159,7 +160,7 @@ fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Rej
     let own = xml::children(el, DS, "Signature");
     if own.len() > 1 {
         return Err(Reject::new(
-            "saml.signature_invalid",
+            SamlReason::SignatureInvalid,
             "more than one signature on one element",
         ));
     }
@@ -172,26 +173,26 @@ fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Rej
 /// Validates `form_value` (the base64 `SAMLResponse`).
 pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Reject> {
     if form_value.len() > MAX_FORM_BYTES {
-        return Err(Reject::new("saml.too_large", "SAMLResponse exceeds the size limit"));
+        return Err(Reject::new(SamlReason::TooLarge, "SAMLResponse exceeds the size limit"));
     }
     let compact: String = form_value.split_whitespace().collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
-        .map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not base64"))?;
+        .map_err(|_| Reject::new(SamlReason::Malformed, "SAMLResponse is not base64"))?;
     if bytes.len() > MAX_XML_BYTES {
         return Err(Reject::new(
-            "saml.too_large",
+            SamlReason::TooLarge,
             "decoded SAMLResponse exceeds the size limit",
         ));
     }
-    let text = String::from_utf8(bytes).map_err(|_| Reject::new("saml.malformed", "SAMLResponse is not UTF-8"))?;
+    let text = String::from_utf8(bytes).map_err(|_| Reject::new(SamlReason::Malformed, "SAMLResponse is not UTF-8"))?;
     let raw_doc = parse(&text)?;
     let raw = root(&raw_doc)?;
     if !xml::is(&raw, SAMLP, "Response") {
-        return Err(Reject::new("saml.malformed", "root element is not samlp:Response"));
+        return Err(Reject::new(SamlReason::Malformed, "root element is not samlp:Response"));
     }
     if xml::attr(&raw, "Version").as_deref() != Some("2.0") {
-        return Err(Reject::new("saml.malformed", "Response Version is not 2.0"));
+        return Err(Reject::new(SamlReason::Malformed, "Response Version is not 2.0"));
     }
     // A failure status ends the flow whether or not it is signed: reading it
     // can only reject.
@@ -204,7 +205,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let encrypted = xml::descendants(&raw, SAML, "EncryptedAssertion");
     if plain.len() + encrypted.len() != 1 {
         return Err(Reject::new(
-            "saml.assertion_count",
+            SamlReason::AssertionCount,
             format!(
                 "{} assertions and {} encrypted assertions",
                 plain.len(),
@@ -216,17 +217,17 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         .first()
         .or(encrypted.first())
         .cloned()
-        .ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
+        .ok_or_else(|| Reject::new(SamlReason::AssertionCount, "no assertion"))?;
     if raw_assertion.get_parent().map(|pa| pa.node_ptr()) != Some(raw.node_ptr()) {
         return Err(Reject::new(
-            "saml.malformed",
+            SamlReason::Malformed,
             "the assertion is not a child of the Response",
         ));
     }
     let is_encrypted = !encrypted.is_empty();
     if p.want_encrypted && !is_encrypted {
         return Err(Reject::new(
-            "saml.encryption_required",
+            SamlReason::EncryptionRequired,
             "plaintext assertion where encryption is required",
         ));
     }
@@ -241,7 +242,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let total = xml::descendants(&raw, DS, "Signature").len();
     if total != usize::from(response_signed) + usize::from(assertion_signed_raw) {
         return Err(Reject::new(
-            "saml.signature_invalid",
+            SamlReason::SignatureInvalid,
             "a signature sits outside the Response and Assertion",
         ));
     }
@@ -258,9 +259,9 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let reduced_text = if assertion_signed_raw {
         let doc = parse(&text)?;
         let assertion = xml::child(&root(&doc)?, SAML, "Assertion")
-            .ok_or_else(|| Reject::new("saml.assertion_count", "no assertion"))?;
+            .ok_or_else(|| Reject::new(SamlReason::AssertionCount, "no assertion"))?;
         let alone = xml::standalone(&doc, assertion)
-            .map_err(|_| Reject::new("saml.malformed", "the assertion cannot be serialized on its own"))?;
+            .map_err(|_| Reject::new(SamlReason::Malformed, "the assertion cannot be serialized on its own"))?;
         Some(signature::verify_and_reduce(&alone, p.certs, p.allowed)?)
     } else if response_signed {
         Some(signature::verify_and_reduce(&text, p.certs, p.allowed)?)
@@ -276,7 +277,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         (Some(r), true) => {
             if !xml::is(r, SAMLP, "Response") || xml::attr(r, "ID") != raw_id {
                 return Err(Reject::new(
-                    "saml.signature_invalid",
+                    SamlReason::SignatureInvalid,
                     "the signed element is not this Response",
                 ));
             }
@@ -289,7 +290,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     let mut decrypted_doc: Option<Document> = None;
     let assertion = if is_encrypted {
         let enc = xml::child(&response, SAML, "EncryptedAssertion")
-            .ok_or_else(|| Reject::new("saml.signature_invalid", "the encrypted assertion is not covered"))?;
+            .ok_or_else(|| Reject::new(SamlReason::SignatureInvalid, "the encrypted assertion is not covered"))?;
         let doc = open_encrypted(&enc, response_signed, p)?;
         let a = root(&doc)?;
         decrypted_doc = Some(doc);
@@ -298,14 +299,14 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         match (&reduced_root, response_signed, assertion_signed_raw) {
             (Some(r), true, _) => xml::child(r, SAML, "Assertion").ok_or_else(|| {
                 Reject::new(
-                    "saml.signature_invalid",
+                    SamlReason::SignatureInvalid,
                     "the assertion is not covered by the signature",
                 )
             })?,
             (Some(r), false, true) => {
                 if !xml::is(r, SAML, "Assertion") || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID") {
                     return Err(Reject::new(
-                        "saml.signature_invalid",
+                        SamlReason::SignatureInvalid,
                         "the signed element is not this Assertion",
                     ));
                 }
@@ -313,7 +314,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
             }
             _ => {
                 return Err(Reject::new(
-                    "saml.unsigned",
+                    SamlReason::Unsigned,
                     "neither the Response nor the Assertion is signed",
                 ))
             }
@@ -345,22 +346,25 @@ fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<D
     let opened = attempt
         .map_err(|e| match e {
             DecryptError::Rsa15Refused => {
-                Reject::new("saml.key_transport_not_allowed", "RSA 1.5 key transport refused")
+                Reject::new(SamlReason::KeyTransportNotAllowed, "RSA 1.5 key transport refused")
             }
-            DecryptError::Unsupported(a) => Reject::new("saml.encryption_unsupported", format!("algorithm {a}")),
-            DecryptError::Malformed(d) => Reject::new("saml.decryption_failed", d),
-            DecryptError::Failed => Reject::new("saml.decryption_failed", "the SP key does not decrypt the assertion"),
+            DecryptError::Unsupported(a) => Reject::new(SamlReason::EncryptionUnsupported, format!("algorithm {a}")),
+            DecryptError::Malformed(d) => Reject::new(SamlReason::DecryptionFailed, d),
+            DecryptError::Failed => Reject::new(
+                SamlReason::DecryptionFailed,
+                "the SP key does not decrypt the assertion",
+            ),
         })
         .and_then(|plaintext| trusted_plaintext(&plaintext, response_signed, p));
     match opened {
         Err(r)
             if !response_signed
-                && r.code != "saml.key_transport_not_allowed"
-                && r.code != "saml.encryption_unsupported" =>
+                && r.reason != SamlReason::KeyTransportNotAllowed
+                && r.reason != SamlReason::EncryptionUnsupported =>
         {
             Err(Reject::new(
-                "saml.decryption_failed",
-                format!("{}: {}", r.code, r.detail),
+                SamlReason::DecryptionFailed,
+                format!("{}: {}", r.reason.code(), r.detail),
             ))
         }
         other => other,
@@ -371,16 +375,19 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
     let doc = parse(plaintext)?;
     let a = root(&doc)?;
     if !xml::is(&a, SAML, "Assertion") {
-        return Err(Reject::new("saml.malformed", "decrypted content is not an Assertion"));
+        return Err(Reject::new(
+            SamlReason::Malformed,
+            "decrypted content is not an Assertion",
+        ));
     }
     check_ids_unique(&a)?;
     if !xml::descendants(&a, SAML, "Assertion").is_empty() {
-        return Err(Reject::new("saml.assertion_count", "nested assertion"));
+        return Err(Reject::new(SamlReason::AssertionCount, "nested assertion"));
     }
     let signed = own_signatures(&a, p.allowed)?;
     if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
         return Err(Reject::new(
-            "saml.signature_invalid",
+            SamlReason::SignatureInvalid,
             "a signature sits inside the assertion content",
         ));
     }
@@ -389,7 +396,7 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         let r = root(&reduced)?;
         if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
             return Err(Reject::new(
-                "saml.signature_invalid",
+                SamlReason::SignatureInvalid,
                 "the signed element is not this Assertion",
             ));
         }
@@ -401,7 +408,7 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         Ok(doc)
     } else {
         Err(Reject::new(
-            "saml.unsigned",
+            SamlReason::Unsigned,
             "neither the Response nor the Assertion is signed",
         ))
     }
@@ -415,7 +422,7 @@ mod tests {
     fn details_quote_only_a_bounded_part_of_the_input() {
         assert_eq!(clip("short".into(), 10), "short");
         let long = "é".repeat(MAX_DETAIL_CHARS * 50);
-        let r = Reject::new("saml.issuer_mismatch", format!("Issuer {long:?}"));
+        let r = Reject::new(SamlReason::IssuerMismatch, format!("Issuer {long:?}"));
         assert_eq!(r.detail.chars().count(), MAX_DETAIL_CHARS + 1);
         assert!(r.detail.ends_with('…'));
     }
