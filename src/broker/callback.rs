@@ -289,6 +289,8 @@ impl Broker {
         if let Some(p) = &pending {
             if let (BrowserCheck::Now(logins), Some(expected), Some(id)) = (check, &p.browser_binding, &login_id) {
                 if !browser_holds(logins, id, expected) {
+                    self.record_failure(&tenant, Some(&connection), "callback.browser_mismatch")
+                        .await;
                     return Err(browser_mismatch(&tenant, &connection));
                 }
             }
@@ -352,18 +354,31 @@ impl Broker {
         // MFA required by the tenant or the app: the answer must show it.
         let mfa = crate::upstream::shows_mfa(&identity, &connector.mfa_contexts());
         match self.mfa_required(&tenant, &request.client_id).await {
-            Ok(true) if !mfa => return Err(self.mfa_refused(&request, &tenant, &connection, &identity)),
+            Ok(true) if !mfa => {
+                self.record_failure(&tenant, Some(&connection), "login.mfa_required")
+                    .await;
+                return Err(self.mfa_refused(&request, &tenant, &connection, &identity));
+            }
             Ok(_) => {}
             Err(e) => return Err(unavailable(e)),
         }
         // max_age / prompt=login: refuse an authentication older than the app allows.
-        let auth_time = self
-            .auth_time(pending.as_ref(), &request, &identity, &tenant, &connection)
-            .map_err(|refused| *refused)?;
+        let auth_time = match self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection) {
+            Ok(t) => t,
+            Err(refused) => {
+                self.record_failure(&tenant, Some(&connection), "login.auth_too_old")
+                    .await;
+                return Err(*refused);
+            }
+        };
         let session_end = self.session_end(connector.as_ref(), &identity);
         let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
             Ok(u) => u,
-            Err(ProvisionError::Inactive(why)) => return Err(inactive_page(&tenant, &connection, why)),
+            Err(ProvisionError::Inactive(why)) => {
+                self.record_failure(&tenant, Some(&connection), "login.user_inactive")
+                    .await;
+                return Err(inactive_page(&tenant, &connection, why));
+            }
             Err(ProvisionError::Store(e)) => return Err(unavailable(e)),
         };
         // A login started before its tenant or connection was re-created
@@ -386,7 +401,11 @@ impl Broker {
         // A disabled (or meanwhile superseded) user gets no session and no code.
         match self.provider.directory.active(&tenant, &user.sub).await {
             Ok(Ok(_)) => {}
-            Ok(Err(why)) => return Err(inactive_page(&tenant, &connection, why)),
+            Ok(Err(why)) => {
+                self.record_failure(&tenant, Some(&connection), "login.user_inactive")
+                    .await;
+                return Err(inactive_page(&tenant, &connection, why));
+            }
             Err(e) => return Err(unavailable(e)),
         }
         if provisioned == Provisioned::Created {

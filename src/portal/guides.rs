@@ -192,9 +192,21 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
             "The connection is not active yet, or was disabled.",
             "Finish the test in the setup portal and activate the connection.",
         ),
-        "login.user_disabled" => (
-            "The user's account is disabled for this application.",
+        "login.user_disabled" | "login.user_inactive" => (
+            "The user's account is disabled or was removed for this application.",
             "Ask the application's operator to enable the user.",
+        ),
+        "login.mfa_required" => (
+            "Your organization requires multi-factor authentication, and the IdP's answer did not show it.",
+            "Make the application in your IdP require MFA, or have it report the method (SAML AuthnContextClassRef, OIDC acr/amr).",
+        ),
+        "login.auth_too_old" => (
+            "The application asked for a fresh sign-in, and the IdP reused an older one.",
+            "Let the IdP honour ForceAuthn (SAML) or prompt=login / max_age (OIDC).",
+        ),
+        "callback.browser_mismatch" => (
+            "The sign-in finished in another browser than the one that started it.",
+            "Start the sign-in again from the application, in one browser.",
         ),
         "saml.encryption_required" => (
             "The assertion was not encrypted, but this connection requires encryption.",

@@ -178,9 +178,11 @@ async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chr
             "portal.tenant_gone",
         ));
     };
+    // The tenant's branding, when set (the logo is https only, checked when saved).
+    let branding = &tenant.settings.branding;
     let chrome = Chrome {
-        tenant_name: tenant.name,
-        logo_url: None,
+        tenant_name: branding.display_name.clone().unwrap_or(tenant.name.clone()),
+        logo_url: branding.logo_url.clone(),
         csrf: session.csrf.clone(),
     };
     Ok((session, chrome))
@@ -622,6 +624,8 @@ struct ConnectionPage {
     result: Option<ResultView>,
     can_activate: bool,
     error: Option<String>,
+    /// A warning when a certificate of the connection expires within 30 days.
+    expiry_warning: Option<String>,
 }
 
 fn last_test_key(t: &TenantId, c: &ConnectionId) -> crate::store::Key {
@@ -721,6 +725,7 @@ async fn connection_page(s: &AppState, chrome: Chrome, c: Connection, error: Opt
             can_activate: c.status != ConnectionStatus::Active && result.as_ref().is_some_and(|r| r.ok),
             result: result.as_ref().map(view),
             error,
+            expiry_warning: expiry_warning(s, &c),
         },
         &onward,
     )
@@ -923,4 +928,21 @@ async fn audit(
         .record(event)
         .await
         .map_err(|e| unavailable(s, e))
+}
+
+/// The banner shown 30, 14 and 3 days before a certificate of the
+/// connection expires (and once it has).
+fn expiry_warning(s: &AppState, c: &Connection) -> Option<String> {
+    use crate::tenant::refresh::{certificate_expiry, ExpiryLevel};
+    let not_after = certificate_expiry(c)?;
+    let level = ExpiryLevel::at(not_after, s.upstream.clock.now())?;
+    let when = not_after.format("%Y-%m-%d %H:%M UTC");
+    Some(match level {
+        ExpiryLevel::Expired => format!(
+            "A certificate of this connection expired on {when}: sign-ins fail until your identity provider publishes a new one and the metadata is updated."
+        ),
+        _ => format!(
+            "A certificate of this connection expires on {when}. Publish the new certificate in your identity provider's metadata before then (Portcullis takes it up from the metadata URL by itself, or paste the new metadata here)."
+        ),
+    })
 }

@@ -1332,6 +1332,14 @@ async fn a_tenant_requiring_mfa_asks_the_idp_for_it_and_refuses_an_answer_withou
     let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
     let description = ans.expect_app_error();
     assert!(description.contains("login.mfa_required"), "{description}");
+    // The tenant's admins see why (the portal's failed sign-ins).
+    let failed = app
+        .state
+        .broker
+        .failed_sign_ins(&portcullis::ids::TenantId::parse("acme").unwrap())
+        .await
+        .unwrap();
+    assert!(failed.iter().any(|f| f.reason == "login.mfa_required"), "{failed:?}");
 
     // An answer showing MFA signs in; the ID token says how.
     let (id, relay) = start_login_in(&mut browser, &app, "acme", &conn, "s2").await;
