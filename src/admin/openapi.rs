@@ -170,13 +170,20 @@ pub(crate) struct AttributeMappingView {
 /// Which ID token or userinfo claims give which profile member.
 #[derive(ToSchema)]
 pub(crate) struct ClaimMappingView {
-    subject: Option<String>,
-    email: Option<String>,
-    email_verified: Option<String>,
-    name: Option<String>,
-    given_name: Option<String>,
-    family_name: Option<String>,
-    groups: Option<String>,
+    #[serde(default)]
+    subject: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    email_verified: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    given_name: String,
+    #[serde(default)]
+    family_name: String,
+    #[serde(default)]
+    groups: String,
 }
 
 /// An XML signature algorithm a SAML connection accepts.
@@ -192,6 +199,11 @@ pub(crate) enum SamlAlgorithm {
     EcdsaSha256,
     #[serde(rename = "ecdsa-sha384")]
     EcdsaSha384,
+    #[serde(rename = "ecdsa-sha512")]
+    EcdsaSha512,
+    /// Only by explicit opt-in.
+    #[serde(rename = "rsa-sha1")]
+    RsaSha1,
 }
 
 /// The body of a connection's creation: `id`, `kind` and the kind's
@@ -211,15 +223,20 @@ pub(crate) enum NewConnection {
         metadata_url: Option<String>,
         /// Picks one IdP out of federation metadata.
         idp_entity_id: Option<String>,
-        attribute_mapping: Option<AttributeMappingView>,
-        allow_idp_initiated: Option<bool>,
+        #[serde(default)]
+        attribute_mapping: AttributeMappingView,
+        #[serde(default)]
+        allow_idp_initiated: bool,
         default_client_id: Option<String>,
         redirect_uri: Option<String>,
-        sign_authn_requests: Option<bool>,
-        want_encrypted_assertions: Option<bool>,
+        #[serde(default)]
+        sign_authn_requests: bool,
+        #[serde(default)]
+        want_encrypted_assertions: bool,
         allowed_algorithms: Option<Vec<SamlAlgorithm>>,
         clock_skew_secs: Option<i64>,
-        trust_email_verified: Option<bool>,
+        #[serde(default)]
+        trust_email_verified: bool,
         max_session_secs: Option<u64>,
         /// A migrated SP entity id (platform admin only).
         sp_entity_id: Option<String>,
@@ -228,7 +245,8 @@ pub(crate) enum NewConnection {
         /// Seconds after `activate` until the previous SP key is retired.
         sp_key_overlap_secs: Option<u64>,
         /// The `AuthnContextClassRef`s that mean MFA at this IdP.
-        mfa_authn_contexts: Option<Vec<String>>,
+        #[serde(default)]
+        mfa_authn_contexts: Vec<String>,
     },
     /// An OpenID Connect IdP.
     Oidc {
@@ -242,16 +260,22 @@ pub(crate) enum NewConnection {
         client_id: String,
         /// Our client secret at the IdP (write-only).
         client_secret: Option<String>,
-        scopes: Option<Vec<String>>,
-        claim_mapping: Option<ClaimMappingView>,
+        #[serde(default)]
+        scopes: Vec<String>,
+        #[serde(default)]
+        claim_mapping: ClaimMappingView,
         /// Accepted ID token algorithms (asymmetric only).
-        allowed_algorithms: Option<Vec<String>>,
-        userinfo: Option<bool>,
-        refresh_upstream: Option<bool>,
+        #[serde(default)]
+        allowed_algorithms: Vec<String>,
+        #[serde(default)]
+        userinfo: bool,
+        #[serde(default)]
+        refresh_upstream: bool,
         /// 60 to 86400.
         refresh_interval_secs: Option<u64>,
         /// The `acr_values` that mean MFA at this IdP.
-        acr_values: Option<Vec<String>>,
+        #[serde(default)]
+        acr_values: Vec<String>,
     },
 }
 
@@ -540,7 +564,8 @@ pub(crate) struct NewDomain {
 pub(crate) struct VerifyDomain {
     /// Mark verified without the DNS check (platform admin only).
     #[schema(rename = "override")]
-    r#override: Option<bool>,
+    #[serde(default)]
+    r#override: bool,
 }
 
 /// Who verified a domain.
