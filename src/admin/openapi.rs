@@ -650,19 +650,56 @@ pub(crate) struct MfaSetting {
     required: bool,
 }
 
-/// A JSON object whose members the route's documentation describes in prose
-/// (connections, resource servers, users, keys).
-pub(crate) struct Object;
-
-impl utoipa::PartialSchema for Object {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Object)
-            .into()
-    }
+/// A scope of a resource server.
+#[derive(ToSchema)]
+pub(crate) struct ResourceScopeView {
+    /// The scope name, as apps request it.
+    name: String,
+    /// What it lets an app do.
+    description: String,
 }
 
-impl ToSchema for Object {}
+/// A resource server (an API) as the API shows it.
+#[derive(ToSchema)]
+pub(crate) struct ResourceServerView {
+    /// The audience (a URL).
+    identifier: String,
+    name: String,
+    scopes: Vec<ResourceScopeView>,
+    /// RFC 3339.
+    created_at: String,
+}
+
+/// The resource servers.
+#[derive(ToSchema)]
+pub(crate) struct ResourceServerList {
+    resource_servers: Vec<ResourceServerView>,
+}
+
+/// A public key (RFC 7517); the members depend on `kty`.
+#[derive(ToSchema)]
+pub(crate) struct JwkView {
+    /// `RSA`, `EC` or `OKP`.
+    kty: String,
+    kid: Option<String>,
+    #[schema(rename = "use")]
+    r#use: Option<String>,
+    alg: Option<String>,
+    /// RSA modulus.
+    n: Option<String>,
+    /// RSA exponent.
+    e: Option<String>,
+    /// EC or OKP curve.
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+/// The published signing keys (public parts only).
+#[derive(ToSchema)]
+pub(crate) struct JwksView {
+    keys: Vec<JwkView>,
+}
 
 /// Registers the bearer scheme every route but this document requires.
 struct Bearer;
@@ -696,7 +733,7 @@ impl Modify for Bearer {
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
-        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting))
+        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView))
 )]
 pub struct ApiDoc;
 
@@ -799,17 +836,17 @@ fn clients_rotate_secret() {}
 
 #[utoipa::path(post, path = "/admin/v1/resource-servers", tag = "resource-servers",
     request_body = NewResourceServer,
-    responses((status = 201, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 201, body = ResourceServerView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/resource-servers", tag = "resource-servers",
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ResourceServerList), (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/resource-servers/{identifier}", tag = "resource-servers",
     params(("identifier" = String, Path, description = "the identifier (a URL) after the prefix")),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = ResourceServerView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_get() {}
 
@@ -850,7 +887,7 @@ fn users_disable() {}
 fn users_enable() {}
 
 #[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "keys",
-    responses((status = 200, body = Object, description = "the JWKS after rotation"),
+    responses((status = 200, body = JwksView, description = "the JWKS after rotation"),
         (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn keys_rotate() {}
 
