@@ -109,19 +109,597 @@ pub(crate) struct RotatedSecret {
     previous_expires_at: String,
 }
 
-/// A JSON object whose members the route's documentation describes in prose
-/// (connections, resource servers, users, keys).
-pub(crate) struct Object;
+/// Any JSON value (the `before`/`after` states of an audit event).
+pub(crate) struct AnyJson;
 
-impl utoipa::PartialSchema for Object {
+impl utoipa::PartialSchema for AnyJson {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Object)
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
             .into()
     }
 }
 
-impl ToSchema for Object {}
+impl ToSchema for AnyJson {}
+
+/// A connection's lifecycle state.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ConnectionStatusName {
+    /// Waits for a successful test sign-in; serves no users.
+    PendingTest,
+    /// Serves users.
+    Active,
+    /// Switched off by an admin; serves no users.
+    Disabled,
+}
+
+/// A connection's protocol.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ConnectionKindName {
+    /// SAML 2.0.
+    Saml,
+    /// OpenID Connect.
+    Oidc,
+    /// The built-in development IdP (dev mode only).
+    Dev,
+}
+
+/// One SAML attribute name, or several in order of preference.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub(crate) enum AttributeNames {
+    /// A single attribute name.
+    One(String),
+    /// Attribute names; the first present wins.
+    Many(Vec<String>),
+}
+
+/// Which SAML attributes give which profile member.
+#[derive(ToSchema)]
+pub(crate) struct AttributeMappingView {
+    email: Option<AttributeNames>,
+    name: Option<AttributeNames>,
+    given_name: Option<AttributeNames>,
+    family_name: Option<AttributeNames>,
+    groups: Option<AttributeNames>,
+    subject: Option<AttributeNames>,
+}
+
+/// Which ID token or userinfo claims give which profile member.
+#[derive(ToSchema)]
+pub(crate) struct ClaimMappingView {
+    #[serde(default)]
+    subject: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    email_verified: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    given_name: String,
+    #[serde(default)]
+    family_name: String,
+    #[serde(default)]
+    groups: String,
+}
+
+/// An XML signature algorithm a SAML connection accepts.
+#[derive(ToSchema)]
+pub(crate) enum SamlAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "rsa-sha384")]
+    RsaSha384,
+    #[serde(rename = "rsa-sha512")]
+    RsaSha512,
+    #[serde(rename = "ecdsa-sha256")]
+    EcdsaSha256,
+    #[serde(rename = "ecdsa-sha384")]
+    EcdsaSha384,
+    #[serde(rename = "ecdsa-sha512")]
+    EcdsaSha512,
+    /// Only by explicit opt-in.
+    #[serde(rename = "rsa-sha1")]
+    RsaSha1,
+}
+
+/// The body of a connection's creation: `id`, `kind` and the kind's
+/// settings. Members the kind does not know are refused.
+#[derive(ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(crate) enum NewConnection {
+    /// A SAML 2.0 IdP: `metadata_xml` or `metadata_url` is needed.
+    Saml {
+        /// The connection id (letters, digits, `-`, `_`).
+        id: String,
+        /// `pending_test` keeps it from serving until a test sign-in; default `active`.
+        status: Option<ConnectionStatusName>,
+        /// The IdP's metadata document.
+        metadata_xml: Option<String>,
+        /// Where to fetch (and refresh) the IdP's metadata.
+        metadata_url: Option<String>,
+        /// Picks one IdP out of federation metadata.
+        idp_entity_id: Option<String>,
+        #[serde(default)]
+        attribute_mapping: AttributeMappingView,
+        #[serde(default)]
+        allow_idp_initiated: bool,
+        default_client_id: Option<String>,
+        redirect_uri: Option<String>,
+        #[serde(default)]
+        sign_authn_requests: bool,
+        #[serde(default)]
+        want_encrypted_assertions: bool,
+        allowed_algorithms: Option<Vec<SamlAlgorithm>>,
+        clock_skew_secs: Option<i64>,
+        #[serde(default)]
+        trust_email_verified: bool,
+        max_session_secs: Option<u64>,
+        /// A migrated SP entity id (platform admin only).
+        sp_entity_id: Option<String>,
+        /// A migrated ACS URL on this gateway's origin (platform admin only).
+        acs_url: Option<String>,
+        /// Seconds after `activate` until the previous SP key is retired.
+        sp_key_overlap_secs: Option<u64>,
+        /// The `AuthnContextClassRef`s that mean MFA at this IdP.
+        #[serde(default)]
+        mfa_authn_contexts: Vec<String>,
+    },
+    /// An OpenID Connect IdP.
+    Oidc {
+        /// The connection id (letters, digits, `-`, `_`).
+        id: String,
+        /// `pending_test` keeps it from serving until a test sign-in; default `active`.
+        status: Option<ConnectionStatusName>,
+        /// The IdP's issuer identifier.
+        issuer: String,
+        /// Our client id at the IdP.
+        client_id: String,
+        /// Our client secret at the IdP (write-only).
+        client_secret: Option<String>,
+        #[serde(default)]
+        scopes: Vec<String>,
+        #[serde(default)]
+        claim_mapping: ClaimMappingView,
+        /// Accepted ID token algorithms (asymmetric only).
+        #[serde(default)]
+        allowed_algorithms: Vec<String>,
+        #[serde(default)]
+        userinfo: bool,
+        #[serde(default)]
+        refresh_upstream: bool,
+        /// 60 to 86400.
+        refresh_interval_secs: Option<u64>,
+        /// The `acr_values` that mean MFA at this IdP.
+        #[serde(default)]
+        acr_values: Vec<String>,
+    },
+}
+
+/// A JSON merge patch (RFC 7396) of a connection: the members of its
+/// kind's creation body (except `id` and `kind`); `null` removes a setting.
+#[derive(ToSchema)]
+pub(crate) struct ConnectionMergePatch {
+    status: Option<ConnectionStatusName>,
+    metadata_xml: Option<String>,
+    metadata_url: Option<String>,
+    idp_entity_id: Option<String>,
+    attribute_mapping: Option<AttributeMappingView>,
+    allow_idp_initiated: Option<bool>,
+    default_client_id: Option<String>,
+    redirect_uri: Option<String>,
+    sign_authn_requests: Option<bool>,
+    want_encrypted_assertions: Option<bool>,
+    allowed_algorithms: Option<Vec<String>>,
+    clock_skew_secs: Option<i64>,
+    trust_email_verified: Option<bool>,
+    max_session_secs: Option<u64>,
+    sp_entity_id: Option<String>,
+    acs_url: Option<String>,
+    sp_key_overlap_secs: Option<u64>,
+    mfa_authn_contexts: Option<Vec<String>>,
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scopes: Option<Vec<String>>,
+    claim_mapping: Option<ClaimMappingView>,
+    userinfo: Option<bool>,
+    refresh_upstream: Option<bool>,
+    refresh_interval_secs: Option<u64>,
+    acr_values: Option<Vec<String>>,
+}
+
+/// What a certificate is for.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CertificateUse {
+    /// The IdP signs with it.
+    IdpSigning,
+    /// We sign AuthnRequests with it.
+    SpSigning,
+    /// The IdP encrypts assertions to it.
+    SpEncryption,
+}
+
+/// Where an SP certificate is in its rotation.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CertificateState {
+    /// Published, not yet used.
+    Next,
+    /// Replaced; still decrypts until retired.
+    Previous,
+}
+
+/// A certificate of a connection (never a private key).
+#[derive(ToSchema)]
+pub(crate) struct CertificateView {
+    #[schema(rename = "use")]
+    r#use: CertificateUse,
+    /// RFC 3339.
+    not_after: Option<String>,
+    /// Hex.
+    fingerprint_sha256: Option<String>,
+    /// Absent for the certificate in use.
+    state: Option<CertificateState>,
+}
+
+/// Why fetched metadata was not taken.
+#[derive(ToSchema)]
+pub(crate) struct RefreshProblemView {
+    /// A stable reason code, such as `metadata.unreachable`.
+    code: String,
+    /// A sentence for the admin.
+    detail: String,
+}
+
+/// The metadata refresh of a connection made from a metadata URL.
+#[derive(ToSchema)]
+pub(crate) struct MetadataRefreshView {
+    /// RFC 3339.
+    last_attempt_at: Option<String>,
+    /// RFC 3339.
+    last_success_at: Option<String>,
+    /// RFC 3339.
+    last_changed_at: Option<String>,
+    /// The last refresh's problem; the last good metadata keeps serving.
+    last_error: Option<RefreshProblemView>,
+}
+
+/// How close the IdP's signing certificate is to expiry.
+#[derive(ToSchema)]
+pub(crate) enum CertificateWarning {
+    #[serde(rename = "30_days")]
+    Days30,
+    #[serde(rename = "14_days")]
+    Days14,
+    #[serde(rename = "3_days")]
+    Days3,
+    #[serde(rename = "expired")]
+    Expired,
+}
+
+/// A connection as the API shows it (never a secret or private key). The
+/// members of the other kinds are absent.
+#[derive(ToSchema)]
+pub(crate) struct ConnectionView {
+    id: String,
+    tenant: String,
+    kind: ConnectionKindName,
+    status: ConnectionStatusName,
+    /// Changes on every update (a 64-bit number, as a string).
+    revision: String,
+    /// Empty for OIDC (its keys come from its JWKS).
+    certificates: Vec<CertificateView>,
+    /// SAML: the SP entity id the IdP knows.
+    sp_entity_id: Option<String>,
+    /// SAML: the ACS URL the IdP posts to.
+    acs_url: Option<String>,
+    /// SAML: our metadata, for the IdP.
+    sp_metadata_url: Option<String>,
+    idp_entity_id: Option<String>,
+    metadata_url: Option<String>,
+    attribute_mapping: Option<AttributeMappingView>,
+    allow_idp_initiated: Option<bool>,
+    default_client_id: Option<String>,
+    /// SAML: where IdP-initiated sign-ins go; OIDC: our callback at the IdP.
+    redirect_uri: Option<String>,
+    sign_authn_requests: Option<bool>,
+    want_encrypted_assertions: Option<bool>,
+    /// Accepted signature algorithms.
+    allowed_algorithms: Option<Vec<String>>,
+    clock_skew_secs: Option<i64>,
+    trust_email_verified: Option<bool>,
+    max_session_secs: Option<u64>,
+    sp_key_overlap_secs: Option<u64>,
+    mfa_authn_contexts: Option<Vec<String>>,
+    /// OIDC.
+    issuer: Option<String>,
+    client_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    claim_mapping: Option<ClaimMappingView>,
+    userinfo: Option<bool>,
+    refresh_upstream: Option<bool>,
+    refresh_interval_secs: Option<u64>,
+    /// Whether a client secret is set (it is never shown).
+    client_secret_set: Option<bool>,
+    /// On reads and updates of a connection made from a metadata URL.
+    metadata_refresh: Option<MetadataRefreshView>,
+    /// On reads and updates: when the IdP's earliest signing certificate expires (RFC 3339).
+    certificate_expires_at: Option<String>,
+    /// On reads and updates.
+    certificate_warning: Option<CertificateWarning>,
+}
+
+/// A tenant's connections.
+#[derive(ToSchema)]
+pub(crate) struct ConnectionList {
+    connections: Vec<ConnectionView>,
+}
+
+/// A user of a tenant's directory.
+#[derive(ToSchema)]
+pub(crate) struct UserView {
+    /// The subject issued to apps.
+    sub: String,
+    tenant: String,
+    connection: String,
+    upstream_subject: String,
+    email: Option<String>,
+    email_verified: Option<bool>,
+    name: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    groups: Vec<String>,
+    disabled: bool,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// One page of users.
+#[derive(ToSchema)]
+pub(crate) struct UserPage {
+    users: Vec<UserView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// What an API key may do.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyScope {
+    /// GET and HEAD.
+    Read,
+    /// Changes too.
+    Write,
+}
+
+/// The body of an API key's creation (a platform key needs a name).
+#[derive(ToSchema)]
+pub(crate) struct NewApiKey {
+    /// At most 100 characters.
+    name: Option<String>,
+    /// Default both.
+    scopes: Option<Vec<KeyScope>>,
+}
+
+/// An API key (never the secret or its hash).
+#[derive(ToSchema)]
+pub(crate) struct ApiKeyView {
+    id: String,
+    name: String,
+    scopes: Vec<KeyScope>,
+    /// RFC 3339.
+    created_at: String,
+    /// Tenant keys only.
+    tenant: Option<String>,
+}
+
+/// A new API key, with the key itself (shown once).
+#[derive(ToSchema)]
+pub(crate) struct CreatedApiKey {
+    #[serde(flatten)]
+    view: ApiKeyView,
+    /// Use as `Authorization: Bearer`; only its hash is stored.
+    key: String,
+}
+
+/// API keys.
+#[derive(ToSchema)]
+pub(crate) struct ApiKeyList {
+    api_keys: Vec<ApiKeyView>,
+}
+
+/// What an audit event was about.
+#[derive(ToSchema)]
+pub(crate) struct AuditTargetView {
+    /// `tenant`, `connection`, `client`, `user`, `api_key`...
+    kind: String,
+    id: String,
+}
+
+/// One change in an audit log (secrets redacted).
+#[derive(ToSchema)]
+pub(crate) struct AuditEventView {
+    id: String,
+    /// RFC 3339.
+    at: String,
+    /// `platform_token`, `platform_key:<id>`, `tenant_key:<id>`, `setup_link:<id>` or `system:<job>`.
+    actor: String,
+    /// `area.verb_past`, such as `connection.updated`.
+    action: String,
+    /// `null` for platform-wide changes.
+    tenant: Option<String>,
+    target: AuditTargetView,
+    /// The state before; `null` when it did not exist.
+    #[schema(inline)]
+    before: AnyJson,
+    /// The state after; `null` when it no longer exists.
+    #[schema(inline)]
+    after: AnyJson,
+    request_id: String,
+}
+
+/// One page of an audit log, newest first.
+#[derive(ToSchema)]
+pub(crate) struct AuditPage {
+    events: Vec<AuditEventView>,
+    /// Pass as `cursor` for the next (older) page.
+    next_cursor: Option<String>,
+}
+
+/// The body of a domain claim.
+#[derive(ToSchema)]
+pub(crate) struct NewDomain {
+    domain: String,
+}
+
+/// The body of a domain check (optional).
+#[derive(ToSchema)]
+pub(crate) struct VerifyDomain {
+    /// Mark verified without the DNS check (platform admin only).
+    #[schema(rename = "override")]
+    #[serde(default)]
+    r#override: bool,
+}
+
+/// Who verified a domain.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum VerifiedByName {
+    /// The TXT record was found.
+    Dns,
+    /// Declared or overridden by the platform admin.
+    PlatformAdmin,
+}
+
+/// The kind of a domain check.
+#[derive(ToSchema)]
+pub(crate) enum VerificationType {
+    #[serde(rename = "dns-txt")]
+    DnsTxt,
+}
+
+/// The DNS TXT record that proves a domain.
+#[derive(ToSchema)]
+pub(crate) struct DnsTxtVerification {
+    #[schema(rename = "type")]
+    r#type: VerificationType,
+    /// The record's name.
+    name: String,
+    /// The record's value.
+    value: String,
+}
+
+/// A domain of a tenant and whether it is verified.
+#[derive(ToSchema)]
+pub(crate) struct DomainView {
+    domain: String,
+    /// Only a verified domain routes users and vouches for emails.
+    verified: bool,
+    verified_by: Option<VerifiedByName>,
+    /// While a claim is pending: the record to publish.
+    verification: Option<DnsTxtVerification>,
+    /// When the claim was made (RFC 3339), while one is pending.
+    created_at: Option<String>,
+}
+
+/// A tenant's domains.
+#[derive(ToSchema)]
+pub(crate) struct DomainList {
+    domains: Vec<DomainView>,
+}
+
+/// A connection kind a setup link may be limited to.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SetupLinkKind {
+    Saml,
+    Oidc,
+}
+
+/// The body of a setup link's creation.
+#[derive(ToSchema)]
+pub(crate) struct NewSetupLink {
+    /// 300 to 2592000 seconds; default a week.
+    #[schema(minimum = 300, maximum = 2592000)]
+    ttl_secs: Option<u64>,
+    /// Limits the link to one connection kind.
+    kind: Option<SetupLinkKind>,
+}
+
+/// A new setup link: send `url` to the tenant's admin.
+#[derive(ToSchema)]
+pub(crate) struct SetupLinkView {
+    id: String,
+    /// One-time URL of the setup portal.
+    url: String,
+    /// RFC 3339.
+    expires_at: String,
+    kind: Option<SetupLinkKind>,
+}
+
+/// Whether a tenant's sign-ins need MFA at the IdP (body and answer).
+#[derive(ToSchema)]
+pub(crate) struct MfaSetting {
+    required: bool,
+}
+
+/// A scope of a resource server.
+#[derive(ToSchema)]
+pub(crate) struct ResourceScopeView {
+    /// The scope name, as apps request it.
+    name: String,
+    /// What it lets an app do.
+    description: String,
+}
+
+/// A resource server (an API) as the API shows it.
+#[derive(ToSchema)]
+pub(crate) struct ResourceServerView {
+    /// The audience (a URL).
+    identifier: String,
+    name: String,
+    scopes: Vec<ResourceScopeView>,
+    /// RFC 3339.
+    created_at: String,
+}
+
+/// The resource servers.
+#[derive(ToSchema)]
+pub(crate) struct ResourceServerList {
+    resource_servers: Vec<ResourceServerView>,
+}
+
+/// A public key (RFC 7517); the members depend on `kty`.
+#[derive(ToSchema)]
+pub(crate) struct JwkView {
+    /// `RSA`, `EC` or `OKP`.
+    kty: String,
+    kid: Option<String>,
+    #[schema(rename = "use")]
+    r#use: Option<String>,
+    alg: Option<String>,
+    /// RSA modulus.
+    n: Option<String>,
+    /// RSA exponent.
+    e: Option<String>,
+    /// EC or OKP curve.
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+/// The published signing keys (public parts only).
+#[derive(ToSchema)]
+pub(crate) struct JwksView {
+    keys: Vec<JwkView>,
+}
 
 /// Registers the bearer scheme every route but this document requires.
 struct Bearer;
@@ -152,7 +730,10 @@ impl Modify for Bearer {
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
     components(schemas(Problem, Tenant, TenantSettings, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
-        NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope))
+        NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
+        NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
+        UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
+        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView))
 )]
 pub struct ApiDoc;
 
@@ -196,20 +777,20 @@ fn tenants_patch() {}
 fn tenants_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
-    request_body(content = Object, description = "kind (saml, oidc, dev), id, and the kind's settings"),
-    responses((status = 201, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+    request_body = NewConnection,
+    responses((status = 201, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = ConnectionList), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn connections_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections",
     params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = ConnectionView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn connections_get() {}
 
@@ -255,17 +836,17 @@ fn clients_rotate_secret() {}
 
 #[utoipa::path(post, path = "/admin/v1/resource-servers", tag = "resource-servers",
     request_body = NewResourceServer,
-    responses((status = 201, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 201, body = ResourceServerView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/resource-servers", tag = "resource-servers",
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ResourceServerList), (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/resource-servers/{identifier}", tag = "resource-servers",
     params(("identifier" = String, Path, description = "the identifier (a URL) after the prefix")),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = ResourceServerView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn resource_servers_get() {}
 
@@ -277,13 +858,13 @@ fn resource_servers_delete() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/users", tag = "users",
     params(("id" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = UserPage), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/users/{sub}", tag = "users",
     params(("id" = String, Path), ("sub" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_get() {}
 
@@ -295,92 +876,92 @@ fn users_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/users/{sub}/disable", tag = "users",
     params(("id" = String, Path), ("sub" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_disable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/users/{sub}/enable", tag = "users",
     params(("id" = String, Path), ("sub" = String, Path)),
-    responses((status = 200, body = Object), (status = 401, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_enable() {}
 
 #[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "keys",
-    responses((status = 200, body = Object, description = "the JWKS after rotation"),
+    responses((status = 200, body = JwksView, description = "the JWKS after rotation"),
         (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn keys_rotate() {}
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    request_body(content = Object, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    request_body(content = ConnectionMergePatch, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_patch() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/enable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn connections_enable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/disable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn connections_disable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/refresh", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 fn connections_refresh() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/sp-certificates/{step}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path), ("step" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_sp_certificates() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/setup-links", tag = "setuplinks", params(("id" = String, Path)),
-    request_body(content = Object, description = "ttl_secs (300 to 2592000) and kind (saml or oidc), both optional"),
-    responses((status = 201, body = Object, description = "url, expires_at"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    request_body = NewSetupLink,
+    responses((status = 201, body = SetupLinkView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn setuplinks_create() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "apikeys", params(("id" = String, Path)),
-    request_body(content = Object, description = "name and scopes (read, write), both optional"),
-    responses((status = 201, body = Object, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    request_body = NewApiKey,
+    responses((status = 201, body = CreatedApiKey, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_create_tenant() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/api-keys", tag = "apikeys", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ApiKeyList), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_list_tenant() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{kid}", tag = "apikeys", params(("id" = String, Path), ("kid" = String, Path)),
     responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_delete_tenant() {}
 
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/audit", tag = "audit", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/audit", tag = "audit", params(("id" = String, Path), ("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = AuditPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn audit_tenant() {}
 
 #[utoipa::path(post, path = "/admin/v1/api-keys", tag = "apikeys",
-    request_body(content = Object, description = "name and scopes (read, write)"),
-    responses((status = 201, body = Object, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    request_body = NewApiKey,
+    responses((status = 201, body = CreatedApiKey, description = "key, shown once"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/api-keys", tag = "apikeys",
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ApiKeyList), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_list() {}
 
 #[utoipa::path(delete, path = "/admin/v1/api-keys/{kid}", tag = "apikeys", params(("kid" = String, Path)),
     responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn apikeys_delete() {}
 
-#[utoipa::path(get, path = "/admin/v1/audit", tag = "audit",
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "audit", params(("limit" = Option<u32>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = AuditPage), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn audit_platform() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
-    request_body(content = Object, description = "domain"),
-    responses((status = 201, body = Object, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    request_body = NewDomain,
+    responses((status = 200, body = DomainView, description = "already verified (declared by the platform admin)"), (status = 201, body = DomainView, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn domains_claim() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = DomainList), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn domains_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn domains_get() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
@@ -388,11 +969,11 @@ fn domains_get() {}
 fn domains_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
-    request_body(content = Object, description = "override (platform admin only), optional"),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    request_body(content = Option<VerifyDomain>, description = "optional"),
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn domains_verify() {}
 
 #[utoipa::path(put, path = "/admin/v1/tenants/{id}/mfa", tag = "tenants", params(("id" = String, Path)),
-    request_body(content = Object, description = "required: whether sign-ins need MFA at the IdP"),
-    responses((status = 200, body = Object), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    request_body = MfaSetting,
+    responses((status = 200, body = MfaSetting), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn tenants_mfa() {}
