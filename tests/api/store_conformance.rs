@@ -338,7 +338,10 @@ async fn compare_and_put_writes_only_on_a_match(b: &Backend) {
     // Binary values compare byte for byte; the TTL applies when given.
     let bin = Key::tenant("acme", "records", "bin");
     s.put(&bin, &[0, 255, 0], None).await.unwrap();
-    assert!(s.compare_and_put(&bin, &[0, 255, 0], &[1, 0], Some(SHORT)).await.unwrap());
+    assert!(s
+        .compare_and_put(&bin, &[0, 255, 0], &[1, 0], Some(SHORT))
+        .await
+        .unwrap());
     assert_eq!(s.get(&bin).await.unwrap(), Some(vec![1, 0]));
     b.pass(PAST_SHORT).await;
     assert_eq!(s.get(&bin).await.unwrap(), None);
