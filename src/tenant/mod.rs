@@ -849,6 +849,101 @@ fn new_incarnation() -> String {
 mod tests {
     use super::*;
 
+    /// A memory store where another writer renames the tenant right before
+    /// the first compare-and-set: the race `modify_tenant` must survive.
+    struct Interfering {
+        inner: crate::store::memory::MemoryStore,
+        interfered: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for Interfering {
+        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &Key, value: &[u8], ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &Key,
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            self.inner.put_if_absent(key, value, ttl).await
+        }
+        async fn compare_and_put(
+            &self,
+            key: &Key,
+            expected: &[u8],
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            if !self.interfered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let mut t: Tenant = self.inner.get_json(key).await?.unwrap();
+                t.name = "Renamed meanwhile".into();
+                self.inner.put_json(key, &t, None).await?;
+            }
+            self.inner.compare_and_put(key, expected, value, ttl).await
+        }
+        async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.take(key).await
+        }
+        async fn take_and_mark(
+            &self,
+            key: &Key,
+            marker_key: &Key,
+            marker_value: &[u8],
+            marker_ttl: std::time::Duration,
+        ) -> Result<crate::store::Taken, StoreError> {
+            self.inner
+                .take_and_mark(key, marker_key, marker_value, marker_ttl)
+                .await
+        }
+        async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn set_add(&self, key: &Key, member: &str, ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.set_add(key, member, ttl).await
+        }
+        async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+            self.inner.set_remove(key, member).await
+        }
+        async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+            self.inner.set_members(key).await
+        }
+        async fn incr(&self, key: &Key, ttl: std::time::Duration) -> Result<i64, StoreError> {
+            self.inner.incr(key, ttl).await
+        }
+        async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+            self.inner.list_push_capped(key, value, max_len).await
+        }
+        async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+            self.inner.list_range(key, start, count).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_setting_change_that_loses_a_race_reads_again_and_keeps_the_other_change() {
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::ManualClock::at(DateTime::<Utc>::UNIX_EPOCH));
+        let store = std::sync::Arc::new(Interfering {
+            inner: crate::store::memory::MemoryStore::new(clock.clone()),
+            interfered: std::sync::atomic::AtomicBool::new(false),
+        });
+        let registry = TenantRegistry::new(store.clone(), clock);
+        let id = TenantId::parse("acme").unwrap();
+        registry.create(id.clone(), "Acme".into(), Vec::new()).await.unwrap();
+        let t = registry.set_require_mfa(&id, true).await.unwrap();
+        assert!(store.interfered.load(std::sync::atomic::Ordering::SeqCst));
+        let stored = registry.get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.name, "Renamed meanwhile");
+        assert!(stored.settings.require_mfa);
+        assert_eq!(t.name, stored.name);
+    }
+
     #[test]
     fn domains_are_normalized() {
         assert_eq!(parse_domain(" Acme.COM. ").as_deref(), Some("acme.com"));
