@@ -162,6 +162,10 @@ pub(crate) fn registry(e: RegistryError) -> AdminError {
             field: "acs_url",
             detail: format!("The ACS URL path {path} is already served for another connection."),
         },
+        RegistryError::Changed(what) => AdminError::Conflict {
+            field: "revision",
+            detail: format!("The {what} changed meanwhile; read it again and repeat the change."),
+        },
         RegistryError::Store(s) => AdminError::Internal(s.to_string()),
     }
 }

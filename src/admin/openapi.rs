@@ -897,15 +897,15 @@ fn keys_rotate() {}
 fn connections_patch() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/enable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_enable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/disable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_disable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/refresh", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_refresh() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/sp-certificates/{step}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path), ("step" = String, Path)),
@@ -965,7 +965,7 @@ fn domains_list() {}
 fn domains_get() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
-    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn domains_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
@@ -975,5 +975,5 @@ fn domains_verify() {}
 
 #[utoipa::path(put, path = "/admin/v1/tenants/{id}/mfa", tag = "tenants", params(("id" = String, Path)),
     request_body = MfaSetting,
-    responses((status = 200, body = MfaSetting), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = MfaSetting), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn tenants_mfa() {}

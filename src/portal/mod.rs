@@ -138,6 +138,22 @@ fn unavailable(s: &AppState, e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// A registry write that did not happen: a concurrent change won (409,
+/// to be repeated after reading again), or the store failed (503).
+fn not_stored(s: &AppState, e: crate::tenant::RegistryError) -> Response {
+    if let crate::tenant::RegistryError::Changed(what) = &e {
+        tracing::info!(reason = "portal.connection_changed", what = %what, "changed meanwhile; nothing written");
+        return message(
+            s,
+            StatusCode::CONFLICT,
+            "Changed meanwhile",
+            "This connection was changed by someone else while you worked on it. Reload the page and try again.",
+            "portal.connection_changed",
+        );
+    }
+    unavailable(s, e)
+}
+
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -561,8 +577,9 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
         // Re-registering keeps the SP keys and identifiers of a connection
         // the portal made and that is not serving yet.
         Some(old) if old.status != ConnectionStatus::Active => {
-            conn.kind = keep_sp(old.kind, conn.kind);
-            s.tenants.put_connection(&conn).await
+            conn.kind = keep_sp(old.kind.clone(), conn.kind);
+            // Compare-and-set: a concurrent change of this connection wins.
+            s.tenants.update_connection(&old, &conn).await
         }
         Some(_) => {
             return values_page(
@@ -579,7 +596,7 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
         None => s.tenants.add_connection(&conn).await,
     };
     if let Err(e) = stored {
-        return unavailable(&s, e);
+        return not_stored(&s, e);
     }
     tracing::info!(reason = "portal.connection_created", tenant = %session.tenant, connection = %cid, link = %session.link_id, kind = conn.kind.name());
     let view = crate::tenant::setup::describe(&s.upstream, &conn);
@@ -827,9 +844,11 @@ async fn activate(
         )
         .await;
     }
+    let before = c.clone();
     c.status = ConnectionStatus::Active;
-    if let Err(e) = s.tenants.put_connection(&c).await {
-        return unavailable(&s, e);
+    // Compare-and-set: an operator's change (a disable) made meanwhile wins.
+    if let Err(e) = s.tenants.update_connection(&before, &c).await {
+        return not_stored(&s, e);
     }
     tracing::info!(reason = "portal.connection_activated", tenant = %c.tenant, connection = %c.id, link = %session.link_id);
     let view = crate::tenant::setup::describe(&s.upstream, &c);

@@ -127,6 +127,36 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let expires = self.deadline(ttl);
+        // Compare and write under one lock: the equivalent of the Redis script.
+        self.with(key, true, |m| match m.get(key) {
+            None => Ok(false),
+            Some(Entry {
+                value: Value::Bytes(b), ..
+            }) if b.as_slice() == expected => {
+                m.insert(
+                    key.clone(),
+                    Entry {
+                        value: Value::Bytes(value.to_vec()),
+                        expires,
+                    },
+                );
+                Ok(true)
+            }
+            Some(Entry {
+                value: Value::Bytes(_), ..
+            }) => Ok(false),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.with(key, true, |m| match m.remove(key) {
             None => Ok(None),

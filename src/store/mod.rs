@@ -14,6 +14,9 @@
 //!   refresh tokens) [`Store::take_and_mark`] takes the value and leaves a
 //!   "used" marker in one atomic step, so a concurrent reuse always sees
 //!   either the value or the marker, never neither;
+//! * records updated read-modify-write (tenants, connections) are written
+//!   with [`Store::compare_and_put`] against the bytes read, so of two
+//!   concurrent writers one wins and the other learns it lost;
 //! * keys are built with [`Key`], which namespaces them and gives each group of
 //!   keys that one operation touches together the same Redis Cluster hash tag.
 
@@ -93,6 +96,19 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a value only if the key is absent. Returns `true` if written.
     /// Atomic: of two concurrent calls for one key, exactly one returns `true`.
     async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError>;
+
+    /// Writes `value` only if the value at `key` is currently `expected`, byte
+    /// for byte (an absent key never matches). Returns `true` if written.
+    /// Atomic: of any number of concurrent calls that read the same value and
+    /// compare against it, exactly one returns `true`; the others see the new
+    /// value and return `false`, so a read-modify-write never loses an update.
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError>;
 
     /// Reads and deletes a value in one atomic step. Of two concurrent takes
     /// of one key, exactly one sees `Some`.

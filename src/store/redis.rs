@@ -6,7 +6,8 @@
 //! within about two seconds instead of a hung request: `/readyz` and every
 //! login depend on that.
 //!
-//! Each operation touches exactly one key, except `take_and_mark` (a Lua
+//! Each operation touches exactly one key (`compare_and_put` is a Lua script
+//! over one key), except `take_and_mark` (a Lua
 //! script over two keys that callers build with one hash tag), so the store
 //! is safe on Redis Cluster. Requires Redis 7 (`PEXPIRE ... NX | GT`).
 
@@ -49,12 +50,30 @@ end
 return {0}
 ";
 
+/// `compare_and_put`: GET the value and SET the new one only if it equals
+/// the expected bytes (Lua compares strings byte for byte), with `PX` when a
+/// TTL is given (`ARGV[3]` is `1`). An absent key never matches; a value of
+/// another type fails with WRONGTYPE. Answers 1 when written, 0 otherwise.
+const COMPARE_AND_PUT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  return 0
+end
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+";
+
 /// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     take_and_mark: std::sync::Arc<redis::Script>,
+    compare_and_put: std::sync::Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -87,6 +106,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_owned(),
             take_and_mark: std::sync::Arc::new(redis::Script::new(TAKE_AND_MARK)),
+            compare_and_put: std::sync::Arc::new(redis::Script::new(COMPARE_AND_PUT)),
         };
         store.check_version().await?;
         Ok(store)
@@ -210,6 +230,24 @@ impl Store for RedisStore {
         // `SET NX` answers OK when written and nil when the key exists.
         let answer: Value = self.run(&cmd).await?;
         Ok(!matches!(answer, Value::Nil))
+    }
+
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.compare_and_put.prepare_invoke();
+        invocation.key(self.key(key)).arg(expected).arg(value);
+        match ttl {
+            Some(ttl) => invocation.arg("1").arg(ttl_ms(ttl)),
+            None => invocation.arg("0").arg(0),
+        };
+        let written: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(written == 1)
     }
 
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {

@@ -11,7 +11,7 @@
 //! tenant's config tag as `domain:<domain>` with its token, and in the set
 //! `domains` of that tag, so it can be listed.
 
-use super::{domain_key, tenant_key, RegistryError, Tenant, TenantRegistry};
+use super::{domain_key, RegistryError, Tenant, TenantRegistry};
 use crate::ids::TenantId;
 use crate::store::{Key, StoreJson};
 use chrono::{DateTime, Utc};
@@ -454,14 +454,16 @@ impl TenantRegistry {
         self.store.put_json(&claim_key(t, &domain), &claim, None).await?;
         // Re-read right before writing, to lose as little as possible of a
         // concurrent tenant update.
-        let mut tenant = self
-            .get(t)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
-        if !tenant.domains.contains(&domain) {
-            tenant.domains.push(domain.clone());
-            self.store.put_json(&tenant_key(t), &tenant, None).await?;
-        }
+        // A compare-and-set that reads again when it loses: a concurrent
+        // tenant update is never overwritten.
+        self.modify_tenant(t, |tenant| {
+            let add = !tenant.domains.contains(&domain);
+            if add {
+                tenant.domains.push(domain.clone());
+            }
+            add
+        })
+        .await?;
         tracing::info!(reason = "domain.verified", tenant = %t, domain = %domain, verified_by = ?by, "domain verified");
         Ok(DomainState {
             domain,
@@ -475,17 +477,19 @@ impl TenantRegistry {
     /// reservation is released so it routes nobody.
     pub async fn remove_domain(&self, t: &TenantId, raw: &str) -> Result<(), DomainError> {
         let domain = super::parse_domain(raw).ok_or_else(|| DomainError::Unknown(raw.to_owned()))?;
-        let mut tenant = self
-            .get(t)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
+        if self.get(t).await?.is_none() {
+            return Err(RegistryError::NotFound(format!("tenant {t}")).into());
+        }
         let had_claim = self.store.delete(&claim_key(t, &domain)).await?;
         self.store.set_remove(&claims_key(t), &domain).await?;
-        let verified = tenant.domains.contains(&domain);
-        if verified {
+        let mut verified = false;
+        // A compare-and-set that reads again when it loses.
+        self.modify_tenant(t, |tenant| {
+            verified = tenant.domains.contains(&domain);
             tenant.domains.retain(|d| d != &domain);
-            self.store.put_json(&tenant_key(t), &tenant, None).await?;
-        }
+            verified
+        })
+        .await?;
         if self.store.get(&domain_key(&domain)).await?.as_deref() == Some(t.as_str().as_bytes()) {
             self.store.delete(&domain_key(&domain)).await?;
         }
@@ -499,13 +503,13 @@ impl TenantRegistry {
     /// Sets whether sign-ins of tenant `t` require MFA at the IdP. (Kept
     /// here until per-tenant settings have their own home.)
     pub async fn set_require_mfa(&self, t: &TenantId, required: bool) -> Result<Tenant, RegistryError> {
-        let mut tenant = self
-            .get(t)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
-        tenant.settings.require_mfa = required;
-        self.store.put_json(&tenant_key(t), &tenant, None).await?;
-        Ok(tenant)
+        // A compare-and-set that reads again when it loses.
+        self.modify_tenant(t, |tenant| {
+            let changes = tenant.settings.require_mfa != required;
+            tenant.settings.require_mfa = required;
+            changes
+        })
+        .await
     }
 
     /// Deletes every pending claim of `t` (when the tenant is deleted).

@@ -232,9 +232,32 @@ pub enum RegistryError {
         /// The path.
         path: String,
     },
+    /// The record changed between the caller's read and its write (another
+    /// writer won a compare-and-set): nothing was written; read it again.
+    #[error("{0} changed meanwhile")]
+    Changed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How often [`TenantRegistry::modify_tenant`] reads again after losing a
+/// compare-and-set before it reports [`RegistryError::Changed`].
+const MODIFY_ATTEMPTS: usize = 5;
+
+/// Encodes a record as stored.
+fn encode_record<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RegistryError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()).into())
+}
+
+/// Whether the stored bytes `raw` hold the record `expected`. Both sides go
+/// through the record type and compare as JSON values, so a record written
+/// before a field with a default existed, or with map keys in another
+/// order, still counts as the same record.
+fn holds<T: serde::Serialize + serde::de::DeserializeOwned>(raw: &[u8], expected: &T) -> Result<bool, RegistryError> {
+    let stored: T = serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let as_value = |v: &T| serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()));
+    Ok(as_value(&stored)? == as_value(expected)?)
 }
 
 /// Normalizes and checks an email domain.
@@ -516,8 +539,15 @@ impl TenantRegistry {
     /// domains it owns: new ones are reserved first (a taken one refuses
     /// the whole change and releases what was reserved), removed ones are
     /// released after the record is written.
+    ///
+    /// Compare-and-set: the record is written only if the stored one is
+    /// still `old`; otherwise nothing changes and the answer is
+    /// [`RegistryError::Changed`] (a concurrent update won).
     pub async fn update(&self, old: &Tenant, new: &Tenant) -> Result<(), RegistryError> {
         let id = &new.id;
+        let key = tenant_key(id);
+        let current = self.current(&key, old, || format!("tenant {id}")).await?;
+        let encoded = encode_record(new)?;
         let mut reserved = Vec::new();
         for domain in new.domains.iter().filter(|d| !old.domains.contains(d)) {
             match self
@@ -535,9 +565,17 @@ impl TenantRegistry {
                 }
             }
         }
-        if let Err(e) = self.store.put_json(&tenant_key(id), new, None).await {
-            self.release_domains(id, &reserved).await;
-            return Err(e.into());
+        match self.store.compare_and_put(&key, &current, &encoded, None).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.release_domains(id, &reserved).await;
+                tracing::info!(reason = "tenant.update_conflict", tenant = %id, "the tenant changed meanwhile");
+                return Err(RegistryError::Changed(format!("tenant {id}")));
+            }
+            Err(e) => {
+                self.release_domains(id, &reserved).await;
+                return Err(e.into());
+            }
         }
         for d in old.domains.iter().filter(|d| !new.domains.contains(d)) {
             // Only release a domain that still points at this tenant.
@@ -546,6 +584,56 @@ impl TenantRegistry {
             }
         }
         Ok(())
+    }
+
+    /// The bytes stored at `key` if they still hold the record `expected`:
+    /// [`RegistryError::NotFound`] when gone, [`RegistryError::Changed`]
+    /// when another writer replaced it since the caller read it.
+    async fn current<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &Key,
+        expected: &T,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let Some(raw) = self.store.get(key).await? else {
+            return Err(RegistryError::NotFound(what()));
+        };
+        if !holds(&raw, expected)? {
+            return Err(RegistryError::Changed(what()));
+        }
+        Ok(raw)
+    }
+
+    /// Applies `change` to the stored tenant `id` and writes it back with a
+    /// compare-and-set, reading again (up to a few times) when a concurrent
+    /// writer won: for small changes of one field that are right whatever
+    /// else changed meanwhile (a verified domain, a setting). `change`
+    /// answers whether it changed anything; when not, nothing is written.
+    /// Answers the tenant as written (or as found).
+    pub async fn modify_tenant(
+        &self,
+        id: &TenantId,
+        mut change: impl FnMut(&mut Tenant) -> bool + Send,
+    ) -> Result<Tenant, RegistryError> {
+        let key = tenant_key(id);
+        for _ in 0..MODIFY_ATTEMPTS {
+            let Some(raw) = self.store.get(&key).await? else {
+                return Err(RegistryError::NotFound(format!("tenant {id}")));
+            };
+            let mut tenant: Tenant = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if !change(&mut tenant) {
+                return Ok(tenant);
+            }
+            if self
+                .store
+                .compare_and_put(&key, &raw, &encode_record(&tenant)?, None)
+                .await?
+            {
+                return Ok(tenant);
+            }
+        }
+        tracing::warn!(reason = "tenant.update_conflict", tenant = %id, "the tenant kept changing meanwhile");
+        Err(RegistryError::Changed(format!("tenant {id}")))
     }
 
     /// Releases domains reserved for a change that did not happen; a
@@ -644,15 +732,29 @@ impl TenantRegistry {
     /// Replaces a stored connection with its patched version (the admin
     /// API's PATCH), moving its ACS alias when that changed. Fails if the
     /// connection is gone.
+    ///
+    /// Compare-and-set: written only if the stored connection is still
+    /// `old`; otherwise nothing changes and the answer is
+    /// [`RegistryError::Changed`] (a concurrent PATCH, refresh or
+    /// activation won), so no update is ever lost silently.
     pub async fn update_connection(&self, old: &Connection, new: &Connection) -> Result<(), RegistryError> {
-        if self.connection(&new.tenant, &new.id).await?.is_none() {
-            return Err(RegistryError::NotFound(format!("connection {}", new.id)));
-        }
+        let key = connection_key(&new.tenant, &new.id);
+        let what = || format!("connection {}", new.id);
+        let current = self.current(&key, old, what).await?;
+        let encoded = encode_record(new)?;
+        let alias_moves = acs_alias_path(old) != acs_alias_path(new);
         self.reserve_acs_alias(new).await?;
-        self.store
-            .put_json(&connection_key(&new.tenant, &new.id), new, None)
-            .await?;
-        if acs_alias_path(old) != acs_alias_path(new) {
+        if !self.store.compare_and_put(&key, &current, &encoded, None).await? {
+            // Give back the path reserved for this change, unless the
+            // connection as it is now serves it.
+            let now = self.connection(&new.tenant, &new.id).await?;
+            if alias_moves && now.as_ref().and_then(acs_alias_path) != acs_alias_path(new) {
+                self.release_acs_alias(new).await?;
+            }
+            tracing::info!(reason = "connection.update_conflict", tenant = %new.tenant, connection = %new.id, "the connection changed meanwhile");
+            return Err(RegistryError::Changed(what()));
+        }
+        if alias_moves {
             self.release_acs_alias(old).await?;
         }
         Ok(())
@@ -746,6 +848,101 @@ fn new_incarnation() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memory store where another writer renames the tenant right before
+    /// the first compare-and-set: the race `modify_tenant` must survive.
+    struct Interfering {
+        inner: crate::store::memory::MemoryStore,
+        interfered: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for Interfering {
+        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &Key, value: &[u8], ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &Key,
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            self.inner.put_if_absent(key, value, ttl).await
+        }
+        async fn compare_and_put(
+            &self,
+            key: &Key,
+            expected: &[u8],
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            if !self.interfered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let mut t: Tenant = self.inner.get_json(key).await?.unwrap();
+                t.name = "Renamed meanwhile".into();
+                self.inner.put_json(key, &t, None).await?;
+            }
+            self.inner.compare_and_put(key, expected, value, ttl).await
+        }
+        async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.take(key).await
+        }
+        async fn take_and_mark(
+            &self,
+            key: &Key,
+            marker_key: &Key,
+            marker_value: &[u8],
+            marker_ttl: std::time::Duration,
+        ) -> Result<crate::store::Taken, StoreError> {
+            self.inner
+                .take_and_mark(key, marker_key, marker_value, marker_ttl)
+                .await
+        }
+        async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn set_add(&self, key: &Key, member: &str, ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.set_add(key, member, ttl).await
+        }
+        async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+            self.inner.set_remove(key, member).await
+        }
+        async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+            self.inner.set_members(key).await
+        }
+        async fn incr(&self, key: &Key, ttl: std::time::Duration) -> Result<i64, StoreError> {
+            self.inner.incr(key, ttl).await
+        }
+        async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+            self.inner.list_push_capped(key, value, max_len).await
+        }
+        async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+            self.inner.list_range(key, start, count).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_setting_change_that_loses_a_race_reads_again_and_keeps_the_other_change() {
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::ManualClock::at(DateTime::<Utc>::UNIX_EPOCH));
+        let store = std::sync::Arc::new(Interfering {
+            inner: crate::store::memory::MemoryStore::new(clock.clone()),
+            interfered: std::sync::atomic::AtomicBool::new(false),
+        });
+        let registry = TenantRegistry::new(store.clone(), clock);
+        let id = TenantId::parse("acme").unwrap();
+        registry.create(id.clone(), "Acme".into(), Vec::new()).await.unwrap();
+        let t = registry.set_require_mfa(&id, true).await.unwrap();
+        assert!(store.interfered.load(std::sync::atomic::Ordering::SeqCst));
+        let stored = registry.get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.name, "Renamed meanwhile");
+        assert!(stored.settings.require_mfa);
+        assert_eq!(t.name, stored.name);
+    }
 
     #[test]
     fn domains_are_normalized() {

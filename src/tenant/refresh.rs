@@ -183,6 +183,11 @@ impl MetadataRefresher {
                 match self.refresh(&t, &c, Trigger::Scheduled { interval }).await {
                     Ok(RefreshOutcome::Skipped) | Err(RefreshError::NotRefreshable | RefreshError::NotFound) => {}
                     Ok(_) | Err(RefreshError::Refused(_)) => fetched += 1,
+                    Err(RefreshError::Registry(RegistryError::Changed(_))) => {
+                        // An admin change landed while fetching: it wins; the
+                        // next round starts from it.
+                        tracing::info!(reason = "metadata.refresh_conflict", tenant = %t, connection = %c, "connection changed during refresh; skipped this round")
+                    }
                     Err(RefreshError::Registry(e)) => {
                         tracing::warn!(reason = "metadata.refresh_failed", tenant = %t, connection = %c, error = %e)
                     }
@@ -335,13 +340,19 @@ impl MetadataRefresher {
                 format!("the metadata cannot be used: {}", e.message),
             )
         })?;
-        state.etag = etag;
-        state.last_modified = last_modified;
         if !crate::upstream::saml::idp_part_differs(cfg, &next) {
+            state.etag = etag;
+            state.last_modified = last_modified;
             return Ok(RefreshOutcome::Unchanged(conn.clone()));
         }
         updated.revision = next_revision(conn.revision);
-        self.tenants.put_connection(&updated).await?;
+        // Compare-and-set against the connection this refresh started from:
+        // a PATCH that landed meanwhile wins, and this round is skipped
+        // (`RegistryError::Changed`). The validators are kept only when the
+        // metadata was taken, so the next round fetches it again in full.
+        self.tenants.update_connection(conn, &updated).await?;
+        state.etag = etag;
+        state.last_modified = last_modified;
         Ok(RefreshOutcome::Updated(updated))
     }
 

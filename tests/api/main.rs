@@ -6,6 +6,7 @@ mod support;
 mod admin_api;
 mod admin_scopes;
 mod browser_security;
+mod cas_updates;
 mod cli;
 mod dev_flow;
 mod domains;

@@ -96,6 +96,15 @@ impl Store for ReplayForgetting {
     async fn put_if_absent(&self, _key: &Key, _value: &[u8], _ttl: Option<Duration>) -> Result<bool, StoreError> {
         Ok(true)
     }
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        self.0.compare_and_put(key, expected, value, ttl).await
+    }
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.take(key).await
     }

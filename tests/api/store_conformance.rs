@@ -87,6 +87,8 @@ macro_rules! all_cases {
             take_returns_the_value_once,
             concurrent_takes_see_the_value_once,
             concurrent_put_if_absent_admits_one,
+            compare_and_put_writes_only_on_a_match,
+            concurrent_compare_and_put_one_wins_per_round,
             take_and_mark_takes_once_and_leaves_the_marker,
             concurrent_take_and_mark_one_wins_every_other_sees_the_marker,
             take_and_mark_marker_expires_and_clashes_are_corrupt,
@@ -301,6 +303,71 @@ async fn concurrent_put_if_absent_admits_one(b: &Backend) {
                     barrier.wait().await;
                     let mine = format!("writer-{i}");
                     s.put_if_absent(&k, mine.as_bytes(), Some(LONG))
+                        .await
+                        .unwrap()
+                        .then_some(mine)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            winners.extend(t.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let stored = b.store.get(&k).await.unwrap().unwrap();
+        assert_eq!(stored, winners[0].as_bytes(), "round {round}");
+    }
+}
+
+async fn compare_and_put_writes_only_on_a_match(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "records", "cas");
+    // An absent key never matches, not even an empty expectation.
+    assert!(!s.compare_and_put(&k, b"", b"v1", None).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    s.put(&k, b"v1", None).await.unwrap();
+    // A different value (also a prefix of it) does not match.
+    assert!(!s.compare_and_put(&k, b"v", b"v2", None).await.unwrap());
+    assert!(!s.compare_and_put(&k, b"v10", b"v2", None).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"v1".to_vec()));
+    assert!(s.compare_and_put(&k, b"v1", b"v2", None).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"v2".to_vec()));
+    // The old value no longer matches once replaced.
+    assert!(!s.compare_and_put(&k, b"v1", b"v3", None).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), Some(b"v2".to_vec()));
+    // Binary values compare byte for byte; the TTL applies when given.
+    let bin = Key::tenant("acme", "records", "bin");
+    s.put(&bin, &[0, 255, 0], None).await.unwrap();
+    assert!(s
+        .compare_and_put(&bin, &[0, 255, 0], &[1, 0], Some(SHORT))
+        .await
+        .unwrap());
+    assert_eq!(s.get(&bin).await.unwrap(), Some(vec![1, 0]));
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&bin).await.unwrap(), None);
+    // A value of another type is corrupt, not a mismatch.
+    let set = Key::tenant("acme", "records", "set");
+    s.set_add(&set, "m", None).await.unwrap();
+    assert!(matches!(
+        s.compare_and_put(&set, b"m", b"v", None).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+async fn concurrent_compare_and_put_one_wins_per_round(b: &Backend) {
+    let k = Key::tenant("acme", "records", "cas-race");
+    b.store.put(&k, b"round-0", None).await.unwrap();
+    for round in 0..5 {
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (s, k, barrier) = (b.store.clone(), k.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    // Everyone reads the same value before anyone writes.
+                    let seen = s.get(&k).await.unwrap().unwrap();
+                    barrier.wait().await;
+                    let mine = format!("round-{}-writer-{i}", round + 1);
+                    s.compare_and_put(&k, &seen, mine.as_bytes(), None)
                         .await
                         .unwrap()
                         .then_some(mine)

@@ -331,6 +331,15 @@ impl crate::store::Store for RacingStore {
         self.creations.lock().unwrap().push(won);
         Ok(won)
     }
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.inner.compare_and_put(key, expected, value, ttl).await
+    }
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
         self.inner.take(key).await
     }

@@ -1,0 +1,230 @@
+//! Connection updates are compare-and-set: two writers that read the same
+//! connection (two PATCHes on two replicas, a PATCH and a metadata refresh)
+//! never lose an update silently. The loser writes nothing and is told so
+//! (409 problem+json, `field: "revision"`); the refresh skips its round.
+//! Two gateway replicas share one real Redis server.
+
+use portcullis::clock::ManualClock;
+use portcullis::ids::{ConnectionId, TenantId};
+use portcullis::tenant::RegistryError;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use url::Url;
+
+use crate::metadata_refresh::{metadata, Key};
+use crate::saml_crafted::now;
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::redis;
+
+const PATH: &str = "/admin/v1/tenants/acme/connections/corp";
+
+async fn two_replicas() -> (TestApp, TestApp) {
+    let options = AppOptions {
+        redis_url: Some(redis::url()),
+        redis_prefix: Some(redis::prefix()),
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    };
+    (spawn_app(options.clone()).await, spawn_app(options).await)
+}
+
+/// The SAML fields of the stored connection, as JSON.
+async fn stored(app: &TestApp) -> Value {
+    let t = TenantId::parse("acme").unwrap();
+    let c = ConnectionId::parse("corp").unwrap();
+    let conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    serde_json::to_value(&conn).unwrap()
+}
+
+/// A field of the SAML configuration (flattened into the record).
+fn saml_field(record: &Value, field: &str) -> Value {
+    record[field].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_on_two_replicas_never_lose_an_update() {
+    let (a, b) = two_replicas().await;
+    a.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let key = Key::new();
+    a.create_saml_connection(
+        "acme",
+        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
+    )
+    .await;
+    let mut conflicts = 0;
+    for round in 0..20u64 {
+        let before = stored(&a).await;
+        let (skew, session) = (json!(1 + round), json!(600 + round));
+        let ((sa, pa), (sb, pb)) = tokio::join!(
+            a.admin(Method::PATCH, PATH, Some(json!({ "clock_skew_secs": skew }))),
+            b.admin(Method::PATCH, PATH, Some(json!({ "max_session_secs": session }))),
+        );
+        let after = stored(&a).await;
+        for (status, problem, field, value) in [
+            (sa, &pa, "clock_skew_secs", &skew),
+            (sb, &pb, "max_session_secs", &session),
+        ] {
+            match status {
+                StatusCode::OK => assert_eq!(&saml_field(&after, field), value, "round {round}: {field} lost"),
+                StatusCode::CONFLICT => {
+                    conflicts += 1;
+                    assert_eq!(problem["field"], "revision", "round {round}: {problem}");
+                    assert_eq!(
+                        saml_field(&after, field),
+                        saml_field(&before, field),
+                        "round {round}: a refused PATCH wrote {field}"
+                    );
+                }
+                other => panic!("round {round}: {field}: {other} {problem}"),
+            }
+        }
+        assert!(
+            sa == StatusCode::OK || sb == StatusCode::OK,
+            "round {round}: nobody won"
+        );
+    }
+    eprintln!("conflicts in 20 rounds: {conflicts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
+    let (a, b) = two_replicas().await;
+    a.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let key = Key::new();
+    a.create_saml_connection(
+        "acme",
+        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
+    )
+    .await;
+    let (t, c) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("corp").unwrap());
+    let stale = a.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let (status, body) = b
+        .admin(Method::PATCH, PATH, Some(json!({ "max_session_secs": 777 })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut late = stale.clone();
+    late.status = portcullis::upstream::ConnectionStatus::Disabled;
+    let refused = a.state.tenants.update_connection(&stale, &late).await;
+    assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
+    let after = stored(&a).await;
+    assert_eq!(saml_field(&after, "max_session_secs"), json!(777));
+    assert_eq!(after["status"], json!("active"));
+    // Tenants too: an update from a stale read is refused.
+    let old = a.state.tenants.get(&t).await.unwrap().unwrap();
+    let mut renamed = old.clone();
+    renamed.name = "Acme One".into();
+    a.state.tenants.update(&old, &renamed).await.unwrap();
+    let mut other = old.clone();
+    other.name = "Acme Two".into();
+    let refused = a.state.tenants.update(&old, &other).await;
+    assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
+    assert_eq!(a.state.tenants.get(&t).await.unwrap().unwrap().name, "Acme One");
+}
+
+/// A metadata server that can hold its answer until the test lets it go,
+/// and says when a request arrived.
+struct HeldServer {
+    url: Url,
+    body: Arc<std::sync::Mutex<String>>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl HeldServer {
+    async fn start(body: String) -> Self {
+        let body = Arc::new(std::sync::Mutex::new(body));
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let (b, g) = (body.clone(), gate.clone());
+        let router = axum::Router::new().route(
+            "/metadata",
+            axum::routing::get(move || {
+                let (b, g, tx) = (b.clone(), g.clone(), tx.clone());
+                async move {
+                    tx.send(()).unwrap();
+                    let _held = g.lock().await;
+                    let body = b.lock().unwrap().clone();
+                    ([("content-type", "application/xml")], body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url: Url::parse(&format!("http://127.0.0.1:{port}/metadata")).unwrap(),
+            body,
+            gate,
+            arrived,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_racing_a_patch_does_not_overwrite_it() {
+    let (a, b) = two_replicas().await;
+    let (first, second) = (Key::new(), Key::new());
+    let mut server = HeldServer::start(metadata(&[first.cert_b64()])).await;
+    a.create_tenant("acme", "Acme", &["acme.test"]).await;
+    a.create_saml_connection("acme", json!({ "id": "corp", "metadata_url": server.url.as_str() }))
+        .await;
+    while server.arrived.try_recv().is_ok() {}
+    // The IdP publishes a second certificate: the refresh has something to take.
+    *server.body.lock().unwrap() = metadata(&[first.cert_b64(), second.cert_b64()]);
+
+    // On demand: replica B fetches; while the IdP is answering, a PATCH lands on A.
+    let held = server.gate.clone().lock_owned().await;
+    let refreshing = {
+        let b_client = b.client.clone();
+        let url = b.url(&format!("{PATH}/refresh"));
+        let token = b.admin_token.clone();
+        tokio::spawn(async move {
+            let resp = b_client.post(url).bearer_auth(token).send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        })
+    };
+    server.arrived.recv().await.unwrap();
+    let (status, body) = a
+        .admin(Method::PATCH, PATH, Some(json!({ "max_session_secs": 777 })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    drop(held);
+    let (status, problem) = refreshing.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["field"], "revision", "{problem}");
+    let after = stored(&a).await;
+    assert_eq!(
+        saml_field(&after, "max_session_secs"),
+        json!(777),
+        "the refresh overwrote the PATCH"
+    );
+    assert_eq!(saml_field(&after, "idp_certificates").as_array().unwrap().len(), 1);
+
+    // Scheduled: the round that loses is skipped; the PATCH stays.
+    let held = server.gate.clone().lock_owned().await;
+    let state = b.state.clone();
+    let round = tokio::spawn(async move {
+        portcullis::app::metadata_round(&state, std::time::Duration::from_secs(3600)).await;
+    });
+    server.arrived.recv().await.unwrap();
+    let (status, body) = a
+        .admin(Method::PATCH, PATH, Some(json!({ "max_session_secs": 888 })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    drop(held);
+    round.await.unwrap();
+    let after = stored(&a).await;
+    assert_eq!(
+        saml_field(&after, "max_session_secs"),
+        json!(888),
+        "the scheduled refresh overwrote the PATCH"
+    );
+
+    // The next refresh starts from the PATCHed connection and takes the new certificate.
+    let (status, body) = a.admin(Method::POST, &format!("{PATH}/refresh"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = stored(&a).await;
+    assert_eq!(saml_field(&after, "max_session_secs"), json!(888));
+    assert_eq!(saml_field(&after, "idp_certificates").as_array().unwrap().len(), 2);
+}
