@@ -369,3 +369,54 @@ async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add
         .unwrap();
     assert_eq!(ids.len(), 1, "nothing was created: {ids:?}");
 }
+
+/// The connection page of the portal, opened through a fresh setup link.
+async fn connection_page(app: &TestApp, tenant: &str, connection: &str) -> String {
+    let mut browser = Browser::new();
+    let link = setup_link(app, tenant, 3600).await;
+    let start = browser.get(&link).await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
+    let page = browser
+        .get(&app.url(&format!("/portal/connections/{connection}")))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.body
+}
+
+#[tokio::test]
+async fn the_connection_page_warns_of_a_certificate_close_to_expiry_or_expired() {
+    use crate::metadata_refresh::{metadata, Key};
+    let clock = ManualClock::at(crate::saml_crafted::now());
+    let app = dev_app(Some(clock.clone())).await;
+    let key = Key::new();
+    app.create_saml_connection(
+        "demo",
+        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
+    )
+    .await;
+    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("corp").unwrap());
+    let conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let expires = portcullis::tenant::refresh::certificate_expiry(&conn).unwrap();
+
+    // Far from expiry: no banner, on the SAML connection or the dev one.
+    clock.set(expires - chrono::TimeDelta::days(60));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+    let page = connection_page(&app, "demo", "dev").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+
+    // Ten days ahead: the banner, with the date.
+    clock.set(expires - chrono::TimeDelta::days(10));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(page.contains("id=\"certificate-warning\""), "{page}");
+    let date = expires.format("%Y-%m-%d").to_string();
+    assert!(page.contains(&format!("expires on {date}")), "{page}");
+    let page = connection_page(&app, "demo", "dev").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+
+    // Expired: the banner says sign-ins fail.
+    clock.set(expires + chrono::TimeDelta::days(1));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(page.contains("id=\"certificate-warning\""), "{page}");
+    assert!(page.contains(&format!("expired on {date}")), "{page}");
+}
