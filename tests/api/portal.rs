@@ -420,3 +420,183 @@ async fn the_connection_page_warns_of_a_certificate_close_to_expiry_or_expired()
     assert!(page.contains("id=\"certificate-warning\""), "{page}");
     assert!(page.contains(&format!("expired on {date}")), "{page}");
 }
+
+/// A portal session on `tenant` (through a fresh setup link): the cookie and
+/// the CSRF token of the step-3 form.
+async fn portal_session(app: &TestApp, tenant: &str) -> (String, String) {
+    let link = setup_link(app, tenant, 3600).await;
+    let resp = app.client.get(link).send().await.unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let values = app
+        .client
+        .get(app.url("/portal/values?kind=saml&idp=okta"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = values
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CSRF token: {values}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (cookie, csrf)
+}
+
+/// Posts the step-3 form with `fields` and, when given, the metadata as an
+/// uploaded file (`metadata_file`, with a file name and an XML content type).
+async fn post_with_file(
+    app: &TestApp,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    file: Option<&str>,
+) -> (StatusCode, String) {
+    let boundary = "portcullis-upload-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    if let Some(xml) = file {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata_file\"; filename=\"idp-metadata.xml\"\r\n\
+             Content-Type: application/xml\r\n\r\n{xml}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let resp = app
+        .client
+        .post(app.url("/portal/connections"))
+        .header("cookie", cookie)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+async fn stored(app: &TestApp, tenant: &str, connection: &str) -> Option<portcullis::upstream::Connection> {
+    let (t, c) = (
+        TenantId::parse(tenant).unwrap(),
+        ConnectionId::parse(connection).unwrap(),
+    );
+    app.state.tenants.connection(&t, &c).await.unwrap()
+}
+
+#[tokio::test]
+async fn uploaded_metadata_creates_a_pending_test_saml_connection() {
+    use crate::metadata_refresh::{metadata, Key};
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let key = Key::new();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[("csrf", &csrf), ("kind", "saml"), ("idp", "okta")],
+        Some(&metadata(&[key.cert_b64()])),
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-saml")
+        .await
+        .expect("a connection from the file");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    let cfg = serde_json::to_value(&conn.kind).unwrap();
+    assert!(cfg.to_string().contains(&key.cert_b64()[..40]), "{cfg}");
+}
+
+#[tokio::test]
+async fn a_metadata_url_creates_a_pending_test_saml_connection() {
+    use crate::metadata_refresh::{metadata, Key};
+    let key = Key::new();
+    let xml = metadata(&[key.cert_b64()]);
+    let router = axum::Router::new().route(
+        "/metadata",
+        axum::routing::get(move || {
+            let xml = xml.clone();
+            async move { ([("content-type", "application/xml")], xml) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = format!("http://127.0.0.1:{port}/metadata");
+
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "saml"),
+            ("idp", "okta"),
+            ("metadata_url", &url),
+        ],
+        None,
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-saml")
+        .await
+        .expect("a connection from the URL");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    let cfg = serde_json::to_value(&conn.kind).unwrap();
+    assert_eq!(cfg["metadata_url"], url.as_str(), "{cfg}");
+    assert!(cfg.to_string().contains(&key.cert_b64()[..40]), "{cfg}");
+}
+
+#[tokio::test]
+async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
+    use crate::support::peers::{IdpClient, UpstreamIdp};
+    let app = dev_app(None).await;
+    let client = IdpClient {
+        client_id: "portal-client".into(),
+        client_secret: "portal-secret".into(),
+        redirect_uris: vec![app.url("/oidc/demo/okta-oidc/callback")],
+    };
+    let idp = UpstreamIdp::spawn(std::slice::from_ref(&client)).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let issuer = idp.issuer();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "oidc"),
+            ("idp", "okta"),
+            ("issuer", &issuer),
+            ("client_id", &client.client_id),
+            ("client_secret", &client.client_secret),
+        ],
+        None,
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-oidc").await.expect("an OIDC connection");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    assert_eq!(conn.kind.name(), "oidc");
+    let described = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/v1/tenants/demo/connections/okta-oidc",
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(described["issuer"], issuer.as_str(), "{described}");
+    assert_eq!(described["status"], "pending_test", "{described}");
+}
