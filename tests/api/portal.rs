@@ -566,7 +566,7 @@ async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
     let client = IdpClient {
         client_id: "portal-client".into(),
         client_secret: "portal-secret".into(),
-        redirect_uris: vec![app.url("/oidc/demo/okta-oidc/callback")],
+        redirect_uris: vec![app.oidc_callback("demo", "okta-oidc")],
     };
     let idp = UpstreamIdp::spawn(std::slice::from_ref(&client)).await;
     let (cookie, csrf) = portal_session(&app, "demo").await;
@@ -599,4 +599,38 @@ async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
         .1;
     assert_eq!(described["issuer"], issuer.as_str(), "{described}");
     assert_eq!(described["status"], "pending_test", "{described}");
+
+    // The test sign-in goes through the real IdP and back to the portal.
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    browser.get(&link).await;
+    let page = browser.get(&app.url("/portal/connections/okta-oidc")).await;
+    assert!(page.body.contains("waiting for a successful test"), "{}", page.body);
+    let login = browser.submit(&page, &page.form(None)).await;
+    assert!(idp.serves(&login.url), "{}: {}", login.url, login.body);
+    let mut form = login.form(Some("login"));
+    form.set("username", "alice");
+    form.set("password", crate::support::peers::IDP_PASSWORD);
+    let result = browser.submit(&login, &form).await;
+    assert_eq!(result.status, StatusCode::OK, "{}", result.body);
+    assert_eq!(
+        result.url.path(),
+        "/portal/connections/okta-oidc",
+        "{}",
+        browser.trail()
+    );
+    assert!(result.body.contains("The test sign-in succeeded"), "{}", result.body);
+    // What the IdP sent, as the IdP sent it (only `openid` is asked for by default).
+    assert!(
+        result.body.contains("<code>sub</code></td><td>alice</td>"),
+        "{}",
+        result.body
+    );
+    assert!(result.body.contains(&format!("<td>{issuer}</td>")), "{}", result.body);
+    let stored_now = stored(&app, "demo", "okta-oidc").await.unwrap();
+    assert_eq!(
+        stored_now.status,
+        ConnectionStatus::PendingTest,
+        "a test does not activate"
+    );
 }
