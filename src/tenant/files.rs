@@ -18,11 +18,13 @@
 //! place or remove their tenants (see `tenants/README.md`).
 
 use super::TenantRegistry;
+use crate::audit::{Actor, Audit, AuditEvent, Target};
 use crate::config::ConfigProblem;
 use crate::ids::TenantId;
 use crate::store::{Key, StoreJson};
 use crate::upstream::{ConnectionKind, UpstreamContext};
 use serde::Deserialize;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// One tenant file, parsed.
@@ -127,6 +129,20 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
     (files, problems)
 }
 
+/// Records one change made by the tenant files in the audit log, as
+/// `system:tenant_files`. A failed write is logged (the process log already
+/// holds the event, see [`Audit::record`]) and does not undo the change.
+async fn audit(audit: &Audit, event: AuditEvent) {
+    if let Err(e) = audit.record(event).await {
+        tracing::warn!(reason = "audit.write_failed", error = %e, "tenant file change not audited");
+    }
+}
+
+/// An event of the tenant files doing `action` to `target`.
+fn event(action: &str, target: Target) -> AuditEvent {
+    AuditEvent::new(&Actor::System("tenant_files".into()), action, target, "tenant_files")
+}
+
 /// The set of tenant ids that came from a tenant file (only these are
 /// removed when their file goes away).
 fn origin_key() -> Key {
@@ -163,6 +179,10 @@ pub struct SyncReport {
 ///   fetched metadata — differs from the stored one;
 /// * a removed file removes its tenant, only for tenants that came from a file.
 ///
+/// Every change is recorded in the audit log as `system:tenant_files`
+/// (`tenant.created`/`updated`/`deleted`, `connection.created`/`updated`/
+/// `deleted`, connections described by [`super::setup::describe`]).
+///
 /// When any file cannot be read or parsed, nothing is changed (a broken file
 /// must never read as a removed one): the problems are returned as `Err`.
 /// A connection that cannot be built keeps the stored one and is reported.
@@ -177,6 +197,7 @@ pub async fn sync(
         return Err(problems);
     }
     let store = &ctx.store;
+    let log = Audit::new(store.clone(), ctx.clock.clone());
     let mut report = SyncReport::default();
     let fail = |e: &dyn std::fmt::Display| {
         vec![ConfigProblem {
@@ -204,14 +225,23 @@ pub async fn sync(
         let mut changed = false;
         match tenants.get(&id).await.map_err(|e| fail(&e))? {
             None => {
-                if let Err(e) = tenants.create(id.clone(), name, domains).await {
-                    report.problems.push(format!("{source}: {e}"));
-                    continue;
+                match tenants.create(id.clone(), name, domains).await {
+                    Ok(tenant) => {
+                        audit(
+                            &log,
+                            event("tenant.created", Target::new("tenant", id.as_str())).after(json!(tenant)),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        report.problems.push(format!("{source}: {e}"));
+                        continue;
+                    }
                 }
                 report.created.push(id.to_string());
             }
             Some(existing) => {
-                changed |= update_tenant(tenants, existing, name, domains, &source, &mut report.problems)
+                changed |= update_tenant(tenants, &log, existing, name, domains, &source, &mut report.problems)
                     .await
                     .map_err(|e| fail(&e))?;
             }
@@ -224,7 +254,7 @@ pub async fn sync(
         for body in f.connection_bodies() {
             let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             in_file.insert(cid.clone());
-            match sync_connection(tenants, ctx, &id, &cid, body, dev_enabled).await {
+            match sync_connection(tenants, ctx, &log, &id, &cid, body, dev_enabled).await {
                 Ok(c) => changed |= c,
                 Err(m) => report.problems.push(format!("{source}: connections[{cid}].{m}")),
             }
@@ -234,9 +264,15 @@ pub async fn sync(
             if in_file.contains(c.as_str()) || store.get(&marker).await.map_err(|e| fail(&e))?.is_none() {
                 continue;
             }
+            let before = tenants.connection(&id, &c).await.map_err(|e| fail(&e))?;
             tenants.delete_connection(&id, &c).await.map_err(|e| fail(&e))?;
             store.delete(&marker).await.map_err(|e| fail(&e))?;
             tracing::info!(reason = "tenant_file.connection_removed", tenant = %id, connection = %c);
+            let mut removed = event("connection.deleted", Target::new("connection", c.as_str())).tenant(&id);
+            if let Some(old) = &before {
+                removed = removed.before(super::setup::describe(ctx, old));
+            }
+            audit(&log, removed).await;
             changed = true;
         }
         if changed && !report.created.contains(&id.to_string()) {
@@ -254,8 +290,17 @@ pub async fn sync(
                 .await
                 .map_err(|e| fail(&e))?;
         }
+        let before = tenants.get(&id).await.map_err(|e| fail(&e))?;
         match tenants.delete(&id).await {
-            Ok(()) | Err(super::RegistryError::NotFound(_)) => {}
+            Ok(()) => {
+                // To the global log, as the admin API does: the tenant's own log goes with it.
+                let deleted = event("tenant.deleted", Target::new("tenant", id.as_str()));
+                audit(&log, deleted.before(json!(before))).await;
+                if let Err(e) = log.purge(&id).await {
+                    tracing::warn!(reason = "audit.purge_failed", tenant = %id, error = %e, "audit log of a removed tenant kept");
+                }
+            }
+            Err(super::RegistryError::NotFound(_)) => {}
             Err(e) => return Err(fail(&e)),
         }
         store
@@ -272,6 +317,7 @@ pub async fn sync(
 /// changed. A domain another tenant owns is reported and left out.
 async fn update_tenant(
     tenants: &TenantRegistry,
+    log: &Audit,
     mut tenant: super::Tenant,
     name: String,
     domains: Vec<String>,
@@ -299,10 +345,13 @@ async fn update_tenant(
     if tenant.name == name && tenant.domains == kept {
         return Ok(false);
     }
+    let before = json!(tenant);
     tenant.name = name;
     tenant.domains = kept;
     store.put_json(&super::tenant_key(&tenant.id), &tenant, None).await?;
     tracing::info!(reason = "tenant_file.tenant_updated", tenant = %tenant.id);
+    let updated = event("tenant.updated", Target::new("tenant", tenant.id.as_str())).tenant(&tenant.id);
+    audit(log, updated.before(before).after(json!(tenant))).await;
     Ok(true)
 }
 
@@ -311,6 +360,7 @@ async fn update_tenant(
 async fn sync_connection(
     tenants: &TenantRegistry,
     ctx: &UpstreamContext,
+    log: &Audit,
     id: &TenantId,
     cid: &str,
     body: serde_json::Value,
@@ -354,6 +404,13 @@ async fn sync_connection(
         crate::upstream::build(&conn, ctx).map_err(|e| format!("kind: {}", e.message))?;
         tenants.put_connection(&conn).await.map_err(|e| format!("id: {e}"))?;
         tracing::info!(reason = "tenant_file.connection_loaded", tenant = %id, connection = %cid);
+        let target = Target::new("connection", conn.id.as_str());
+        let mut changed_event = match &existing {
+            Some(old) => event("connection.updated", target).before(super::setup::describe(ctx, old)),
+            None => event("connection.created", target),
+        };
+        changed_event = changed_event.tenant(id).after(super::setup::describe(ctx, &conn));
+        audit(log, changed_event).await;
     }
     store
         .put(&marker, declared.as_bytes(), None)

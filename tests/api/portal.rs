@@ -369,3 +369,268 @@ async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add
         .unwrap();
     assert_eq!(ids.len(), 1, "nothing was created: {ids:?}");
 }
+
+/// The connection page of the portal, opened through a fresh setup link.
+async fn connection_page(app: &TestApp, tenant: &str, connection: &str) -> String {
+    let mut browser = Browser::new();
+    let link = setup_link(app, tenant, 3600).await;
+    let start = browser.get(&link).await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
+    let page = browser
+        .get(&app.url(&format!("/portal/connections/{connection}")))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.body
+}
+
+#[tokio::test]
+async fn the_connection_page_warns_of_a_certificate_close_to_expiry_or_expired() {
+    use crate::metadata_refresh::{metadata, Key};
+    let clock = ManualClock::at(crate::saml_crafted::now());
+    let app = dev_app(Some(clock.clone())).await;
+    let key = Key::new();
+    app.create_saml_connection(
+        "demo",
+        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
+    )
+    .await;
+    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("corp").unwrap());
+    let conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let expires = portcullis::tenant::refresh::certificate_expiry(&conn).unwrap();
+
+    // Far from expiry: no banner, on the SAML connection or the dev one.
+    clock.set(expires - chrono::TimeDelta::days(60));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+    let page = connection_page(&app, "demo", "dev").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+
+    // Ten days ahead: the banner, with the date.
+    clock.set(expires - chrono::TimeDelta::days(10));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(page.contains("id=\"certificate-warning\""), "{page}");
+    let date = expires.format("%Y-%m-%d").to_string();
+    assert!(page.contains(&format!("expires on {date}")), "{page}");
+    let page = connection_page(&app, "demo", "dev").await;
+    assert!(!page.contains("certificate-warning"), "{page}");
+
+    // Expired: the banner says sign-ins fail.
+    clock.set(expires + chrono::TimeDelta::days(1));
+    let page = connection_page(&app, "demo", "corp").await;
+    assert!(page.contains("id=\"certificate-warning\""), "{page}");
+    assert!(page.contains(&format!("expired on {date}")), "{page}");
+}
+
+/// A portal session on `tenant` (through a fresh setup link): the cookie and
+/// the CSRF token of the step-3 form.
+async fn portal_session(app: &TestApp, tenant: &str) -> (String, String) {
+    let link = setup_link(app, tenant, 3600).await;
+    let resp = app.client.get(link).send().await.unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let values = app
+        .client
+        .get(app.url("/portal/values?kind=saml&idp=okta"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = values
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CSRF token: {values}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (cookie, csrf)
+}
+
+/// Posts the step-3 form with `fields` and, when given, the metadata as an
+/// uploaded file (`metadata_file`, with a file name and an XML content type).
+async fn post_with_file(
+    app: &TestApp,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    file: Option<&str>,
+) -> (StatusCode, String) {
+    let boundary = "portcullis-upload-boundary";
+    let mut body = String::new();
+    for (name, value) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    if let Some(xml) = file {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata_file\"; filename=\"idp-metadata.xml\"\r\n\
+             Content-Type: application/xml\r\n\r\n{xml}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let resp = app
+        .client
+        .post(app.url("/portal/connections"))
+        .header("cookie", cookie)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+async fn stored(app: &TestApp, tenant: &str, connection: &str) -> Option<portcullis::upstream::Connection> {
+    let (t, c) = (
+        TenantId::parse(tenant).unwrap(),
+        ConnectionId::parse(connection).unwrap(),
+    );
+    app.state.tenants.connection(&t, &c).await.unwrap()
+}
+
+#[tokio::test]
+async fn uploaded_metadata_creates_a_pending_test_saml_connection() {
+    use crate::metadata_refresh::{metadata, Key};
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let key = Key::new();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[("csrf", &csrf), ("kind", "saml"), ("idp", "okta")],
+        Some(&metadata(&[key.cert_b64()])),
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-saml")
+        .await
+        .expect("a connection from the file");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    let cfg = serde_json::to_value(&conn.kind).unwrap();
+    assert!(cfg.to_string().contains(&key.cert_b64()[..40]), "{cfg}");
+}
+
+#[tokio::test]
+async fn a_metadata_url_creates_a_pending_test_saml_connection() {
+    use crate::metadata_refresh::{metadata, Key};
+    let key = Key::new();
+    let xml = metadata(&[key.cert_b64()]);
+    let router = axum::Router::new().route(
+        "/metadata",
+        axum::routing::get(move || {
+            let xml = xml.clone();
+            async move { ([("content-type", "application/xml")], xml) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = format!("http://127.0.0.1:{port}/metadata");
+
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "saml"),
+            ("idp", "okta"),
+            ("metadata_url", &url),
+        ],
+        None,
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-saml")
+        .await
+        .expect("a connection from the URL");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    let cfg = serde_json::to_value(&conn.kind).unwrap();
+    assert_eq!(cfg["metadata_url"], url.as_str(), "{cfg}");
+    assert!(cfg.to_string().contains(&key.cert_b64()[..40]), "{cfg}");
+}
+
+#[tokio::test]
+async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
+    use crate::support::peers::{IdpClient, UpstreamIdp};
+    let app = dev_app(None).await;
+    let client = IdpClient {
+        client_id: "portal-client".into(),
+        client_secret: "portal-secret".into(),
+        redirect_uris: vec![app.oidc_callback("demo", "okta-oidc")],
+    };
+    let idp = UpstreamIdp::spawn(std::slice::from_ref(&client)).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let issuer = idp.issuer();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("kind", "oidc"),
+            ("idp", "okta"),
+            ("issuer", &issuer),
+            ("client_id", &client.client_id),
+            ("client_secret", &client.client_secret),
+        ],
+        None,
+    )
+    .await;
+    assert!(status.is_success() || status.is_redirection(), "{status}: {page}");
+    let conn = stored(&app, "demo", "okta-oidc").await.expect("an OIDC connection");
+    assert_eq!(conn.status, ConnectionStatus::PendingTest);
+    assert_eq!(conn.kind.name(), "oidc");
+    let described = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/v1/tenants/demo/connections/okta-oidc",
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(described["issuer"], issuer.as_str(), "{described}");
+    assert_eq!(described["status"], "pending_test", "{described}");
+
+    // The test sign-in goes through the real IdP and back to the portal.
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    browser.get(&link).await;
+    let page = browser.get(&app.url("/portal/connections/okta-oidc")).await;
+    assert!(page.body.contains("waiting for a successful test"), "{}", page.body);
+    let login = browser.submit(&page, &page.form(None)).await;
+    assert!(idp.serves(&login.url), "{}: {}", login.url, login.body);
+    let mut form = login.form(Some("login"));
+    form.set("username", "alice");
+    form.set("password", crate::support::peers::IDP_PASSWORD);
+    let result = browser.submit(&login, &form).await;
+    assert_eq!(result.status, StatusCode::OK, "{}", result.body);
+    assert_eq!(
+        result.url.path(),
+        "/portal/connections/okta-oidc",
+        "{}",
+        browser.trail()
+    );
+    assert!(result.body.contains("The test sign-in succeeded"), "{}", result.body);
+    // What the IdP sent, as the IdP sent it (only `openid` is asked for by default).
+    assert!(
+        result.body.contains("<code>sub</code></td><td>alice</td>"),
+        "{}",
+        result.body
+    );
+    assert!(result.body.contains(&format!("<td>{issuer}</td>")), "{}", result.body);
+    let stored_now = stored(&app, "demo", "okta-oidc").await.unwrap();
+    assert_eq!(
+        stored_now.status,
+        ConnectionStatus::PendingTest,
+        "a test does not activate"
+    );
+}

@@ -149,3 +149,98 @@ async fn an_edited_file_updates_its_tenant_in_place_and_a_removed_file_removes_i
     assert_eq!(status, 200);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The events of `path` (an audit log route) by the tenant files.
+async fn file_events(app: &TestApp, path: &str) -> Vec<Value> {
+    let (status, log) = get(app, path).await;
+    assert_eq!(status, 200, "{log}");
+    log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "system:tenant_files")
+        .cloned()
+        .collect()
+}
+
+fn has(events: &[Value], action: &str, target: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["action"] == action && e["target"]["id"] == target)
+}
+
+#[tokio::test]
+async fn changes_made_by_tenant_files_are_audited_as_the_system() {
+    let app = spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    })
+    .await;
+    let dir = scratch();
+    let (k1, k2) = (Key::new(), Key::new());
+    let path = dir.join("acme.toml");
+    std::fs::write(
+        &path,
+        file(
+            "Acme",
+            &["acme.test"],
+            &[
+                ("corp", &metadata(&[k1.cert_b64()])),
+                ("old", &metadata(&[k2.cert_b64()])),
+            ],
+        ),
+    )
+    .unwrap();
+    let sync_now = || sync(&app.state.tenants, &app.state.upstream, &dir, false);
+    sync_now().await.unwrap();
+    let global = file_events(&app, "/admin/v1/audit").await;
+    assert!(has(&global, "tenant.created", "acme"), "{global:?}");
+    let log = file_events(&app, "/admin/v1/tenants/acme/audit").await;
+    assert!(has(&log, "connection.created", "corp"), "{log:?}");
+    assert!(has(&log, "connection.created", "old"), "{log:?}");
+
+    // The file is edited: renamed, one connection changed, one dropped.
+    std::fs::write(
+        &path,
+        file(
+            "Acme Corp",
+            &["acme.test"],
+            &[("corp", &metadata(&[k1.cert_b64(), k2.cert_b64()]))],
+        ),
+    )
+    .unwrap();
+    sync_now().await.unwrap();
+    let log = file_events(&app, "/admin/v1/tenants/acme/audit").await;
+    let renamed = log
+        .iter()
+        .find(|e| e["action"] == "tenant.updated")
+        .unwrap_or_else(|| panic!("no tenant.updated: {log:?}"));
+    assert_eq!(renamed["before"]["name"], "Acme", "{renamed}");
+    assert_eq!(renamed["after"]["name"], "Acme Corp", "{renamed}");
+    let updated = log
+        .iter()
+        .find(|e| e["action"] == "connection.updated" && e["target"]["id"] == "corp")
+        .unwrap_or_else(|| panic!("no connection.updated: {log:?}"));
+    assert_eq!(updated["tenant"], "acme", "{updated}");
+    assert_eq!(updated["before"]["id"], "corp", "{updated}");
+    assert_eq!(updated["after"]["kind"], "saml", "{updated}");
+    assert!(!updated.to_string().contains("PRIVATE KEY"), "no secret: {updated}");
+    let deleted = log
+        .iter()
+        .find(|e| e["action"] == "connection.deleted" && e["target"]["id"] == "old")
+        .unwrap_or_else(|| panic!("no connection.deleted: {log:?}"));
+    assert_eq!(deleted["before"]["id"], "old", "{deleted}");
+    assert!(deleted["after"].is_null(), "{deleted}");
+
+    // An unchanged file records nothing more.
+    let count = log.len();
+    sync_now().await.unwrap();
+    assert_eq!(file_events(&app, "/admin/v1/tenants/acme/audit").await.len(), count);
+
+    // The file is removed: the tenant's deletion is in the global log.
+    std::fs::remove_file(&path).unwrap();
+    sync_now().await.unwrap();
+    let global = file_events(&app, "/admin/v1/audit").await;
+    assert!(has(&global, "tenant.deleted", "acme"), "{global:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
