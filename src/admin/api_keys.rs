@@ -101,8 +101,8 @@ fn index_key(tenant: Option<&TenantId>) -> Key {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> AdminError {
-    AdminError::Internal(e.to_string())
+fn internal(e: crate::store::StoreError) -> AdminError {
+    e.into()
 }
 
 /// A key id: 16 lower-case hex digits.

@@ -62,7 +62,7 @@ async fn page(s: &AppState, tenant: Option<&TenantId>, q: QueryResult) -> Result
         .await
         .map_err(|e| match e {
             AuditError::Cursor(_) => AdminError::field("cursor", "is not a cursor this log gave out."),
-            AuditError::Store(e) => AdminError::Internal(e.to_string()),
+            AuditError::Store(e) => e.into(),
         })?;
     Ok(Json(json!({"events": page.events, "next_cursor": page.next_cursor})))
 }
@@ -87,10 +87,7 @@ async fn tenant_log(
 /// Records `event` in the audit log; a store failure is a 500 (the change is
 /// made, and the process log already holds the event).
 pub async fn record(s: &AppState, event: crate::audit::AuditEvent) -> Result<(), AdminError> {
-    s.audit()
-        .record(event)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))
+    s.audit().record(event).await.map_err(AdminError::from)
 }
 
 /// Frees what the admin API keeps for a deleted tenant: its API keys (dead

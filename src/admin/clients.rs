@@ -109,7 +109,7 @@ async fn create_client(
             field: "client_id",
             detail: format!("The client {id:?} already exists."),
         },
-        ClientError::Store(e) => AdminError::Internal(e.to_string()),
+        ClientError::Store(e) => e.into(),
     })?;
     tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
     let mut v = client_view(&client);
@@ -185,7 +185,7 @@ async fn get_client(
         .clients
         .get(&id)
         .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
+        .map_err(AdminError::from)?
         .ok_or_else(|| AdminError::NotFound(format!("There is no client {id:?}.")))?;
     Ok(Json(client_view(&c)))
 }
@@ -195,28 +195,13 @@ async fn delete_client(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    let Some(before) = s
-        .provider
-        .clients
-        .get(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-    else {
+    let Some(before) = s.provider.clients.get(&id).await.map_err(AdminError::from)? else {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
     };
     // The tombstone first: should the deletion fail, the app's tokens are
     // refused anyway, and a re-registration never inherits them.
-    s.provider
-        .retire_client(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
-    if !s
-        .provider
-        .clients
-        .delete(&id)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?
-    {
+    s.provider.retire_client(&id).await.map_err(AdminError::from)?;
+    if !s.provider.clients.delete(&id).await.map_err(AdminError::from)? {
         return Err(AdminError::NotFound(format!("There is no client {id:?}.")));
     }
     // Its refresh tokens need its authentication, its access tokens are
@@ -233,8 +218,15 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn internal(e: impl std::fmt::Display) -> AdminError {
-    AdminError::Internal(e.to_string())
+fn internal(e: crate::store::StoreError) -> AdminError {
+    e.into()
+}
+
+fn client_store(e: ClientError) -> AdminError {
+    match e {
+        ClientError::Store(e) => e.into(),
+        ClientError::Exists(id) => AdminError::Internal(format!("client {id} already exists")),
+    }
 }
 
 async fn load(s: &AppState, id: &str) -> Result<Client, AdminError> {
@@ -329,7 +321,7 @@ async fn patch_client(
         default_resource: as_new.default_resource,
         ..old.clone()
     };
-    s.provider.clients.put(&new).await.map_err(internal)?;
+    s.provider.clients.put(&new).await.map_err(client_store)?;
     tracing::info!(reason = "admin.client_updated", client_id = %new.client_id);
     let view = client_view(&new);
     audit::record(
@@ -379,10 +371,10 @@ async fn rotate_secret(
         return Err(AdminError::field("client_id", "is a public client: it has no secret."));
     }
     let secret = new_secret();
-    let overlap = i64::try_from(overlap).map_err(internal)?;
+    let overlap = i64::try_from(overlap).map_err(|e| AdminError::Internal(e.to_string()))?;
     let expires_at = s.provider.clock.now() + chrono::Duration::seconds(overlap);
     client.rotate_secret(hash_secret(secret.expose()), expires_at);
-    s.provider.clients.put(&client).await.map_err(internal)?;
+    s.provider.clients.put(&client).await.map_err(client_store)?;
     tracing::info!(reason = "admin.client_secret_rotated", client_id = %client.client_id, overlap_secs = overlap);
     audit::record(
         &s,

@@ -44,6 +44,19 @@ pub enum AdminError {
     /// Our failure (500): logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
+    /// The store could not be reached (503): logged, never sent; retrying
+    /// later may work.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::store::StoreError> for AdminError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Unavailable(d) => Self::Unavailable(d),
+            crate::store::StoreError::Corrupt(d) => Self::Internal(format!("stored value is corrupt: {d}")),
+        }
+    }
 }
 
 impl AdminError {
@@ -108,12 +121,21 @@ impl IntoResponse for AdminError {
                     None,
                 )
             }
+            Self::Unavailable(d) => {
+                tracing::error!(reason = "store.unavailable", detail = %d, "admin request failed: store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    "The service could not reach its storage. Please try again in a moment.".into(),
+                    None,
+                )
+            }
         };
         // serde and parse errors quote the input: repeat only a little of it,
         // so a huge bad body never comes back (or into the log) whole.
         let detail = clip(detail, MAX_DETAIL_CHARS);
         let field = field.map(|f| clip(f, MAX_FIELD_CHARS));
-        if !matches!(self, Self::Internal(_)) {
+        if !matches!(self, Self::Internal(_) | Self::Unavailable(_)) {
             tracing::info!(
                 reason = "admin.refused",
                 status = status.as_u16(),

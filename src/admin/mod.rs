@@ -166,7 +166,7 @@ pub(crate) fn registry(e: RegistryError) -> AdminError {
             field: "revision",
             detail: format!("The {what} changed meanwhile; read it again and repeat the change."),
         },
-        RegistryError::Store(s) => AdminError::Internal(s.to_string()),
+        RegistryError::Store(s) => s.into(),
     }
 }
 

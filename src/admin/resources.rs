@@ -43,8 +43,8 @@ pub(crate) struct NewResourceServer {
     scopes: Vec<NewScope>,
 }
 
-fn internal(e: impl std::fmt::Display) -> AdminError {
-    AdminError::Internal(e.to_string())
+fn internal(e: crate::store::StoreError) -> AdminError {
+    e.into()
 }
 
 /// The public view of a resource server.

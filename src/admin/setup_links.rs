@@ -56,10 +56,7 @@ async fn create_setup_link(
         return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
     }
     let links = SetupLinks::new(s.store.clone(), s.provider.clock.clone());
-    let (token, link) = links
-        .create(&id, req.kind, ttl)
-        .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let (token, link) = links.create(&id, req.kind, ttl).await.map_err(AdminError::from)?;
     let url = s.upstream.public(&format!("setup/{token}"));
     let expires_at = chrono::DateTime::from_timestamp(link.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -43,7 +43,7 @@ fn view(e: &UserEntry) -> Value {
 }
 
 fn store_error(e: crate::store::StoreError) -> AdminError {
-    AdminError::Internal(e.to_string())
+    e.into()
 }
 
 fn no_user(sub: &str, tenant: &TenantId) -> AdminError {

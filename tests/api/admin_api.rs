@@ -344,3 +344,45 @@ async fn a_huge_bad_body_gets_a_small_error() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(resp.text().await.unwrap().len() < 1024);
 }
+
+/// When Redis is gone the admin API answers 503 problem+json (retry later),
+/// never 500, and says nothing of the cause.
+#[tokio::test]
+async fn a_store_outage_is_503_not_500() {
+    let redis = crate::support::redis::RedisServer::start();
+    let app = spawn_app(AppOptions {
+        redis_url: Some(redis.url()),
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "acme", "name": "Acme"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    redis.stop();
+    for (method, path, body) in [
+        (Method::GET, "/admin/v1/tenants/acme", None),
+        (Method::GET, "/admin/v1/tenants", None),
+        (Method::POST, "/admin/v1/tenants", Some(json!({"id": "globex"}))),
+        (Method::GET, "/admin/v1/tenants/acme/users", None),
+        (Method::GET, "/admin/v1/clients", None),
+    ] {
+        let resp = admin(&app, method.clone(), path, body).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+        assert_eq!(
+            resp.headers()[reqwest::header::CONTENT_TYPE],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["status"], 503, "{problem}");
+        assert!(
+            !problem.to_string().to_lowercase().contains("redis"),
+            "the cause stays in the log: {problem}"
+        );
+    }
+}
