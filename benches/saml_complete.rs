@@ -7,7 +7,7 @@
 //! attribute mapping, the blocking-pool hop and the replay-cache write.
 //!
 //! The replay cache would refuse the same assertion from the second iteration
-//! on, so the connector's store is [`ReplayFree`]: a `MemoryStore` whose
+//! on, so the connector's store is `ReplayFree` (`tests/api/support/replay_free.rs`): a `MemoryStore` whose
 //! `put_if_absent` always writes (`put`) and reports "fresh". The cost of the
 //! in-memory write is still paid; only the refusal is switched off. What is
 //! measured is validation, not the replay cache.
@@ -19,14 +19,12 @@
 //! with the namespace declarations in scope at it, as `validate.rs` does
 //! (`xml::standalone`; untimed here).
 
-use async_trait::async_trait;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::ids::{ConnectionId, TenantId};
 use portcullis::store::memory::MemoryStore;
-use portcullis::store::{Key, Store, StoreError};
 use portcullis::upstream::http::{OutboundConfig, OutboundHttp};
 use portcullis::upstream::saml::{self, SamlConfig, SamlConnector, SignatureAlgorithm};
 use portcullis::upstream::{CallbackParams, Connection, ConnectionKind, Connector, UpstreamContext};
@@ -37,66 +35,9 @@ use std::time::Duration;
 
 const VENDORS: [&str; 6] = ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"];
 
-/// A `MemoryStore` whose replay check never refuses (see the module docs).
-struct ReplayFree(MemoryStore);
-
-#[async_trait]
-impl Store for ReplayFree {
-    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get(key).await
-    }
-    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.0.put(key, value, ttl).await
-    }
-    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
-        self.0.put(key, value, ttl).await.map(|()| true)
-    }
-    async fn compare_and_put(
-        &self,
-        key: &Key,
-        expected: &[u8],
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, StoreError> {
-        self.0.compare_and_put(key, expected, value, ttl).await
-    }
-    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.take(key).await
-    }
-    async fn take_and_mark(
-        &self,
-        key: &Key,
-        marker_key: &Key,
-        marker_value: &[u8],
-        marker_ttl: Duration,
-    ) -> Result<portcullis::store::Taken, StoreError> {
-        self.0.take_and_mark(key, marker_key, marker_value, marker_ttl).await
-    }
-    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        self.0.delete(key).await
-    }
-    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.0.set_add(key, member, ttl).await
-    }
-    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
-        self.0.set_remove(key, member).await
-    }
-    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
-        self.0.set_members(key).await
-    }
-    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
-        self.0.incr(key, ttl).await
-    }
-    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
-        self.0.list_push_capped(key, value, max_len).await
-    }
-    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.0.list_range(key, start, count).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.0.ping().await
-    }
-}
+#[path = "../tests/api/support/replay_free.rs"]
+mod replay_free;
+use replay_free::{ReplayFree, ReplayWrites};
 
 fn fixture(vendor: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -135,7 +76,7 @@ async fn capture(vendor: &str) -> Capture {
         })
         .unwrap(),
         clock: clock.clone(),
-        store: Arc::new(ReplayFree(MemoryStore::new(clock))),
+        store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Kept)),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
     };

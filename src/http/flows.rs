@@ -253,6 +253,17 @@ pub async fn remember_binding(session: &Session, outcome: &Outcome) -> Result<()
     Ok(())
 }
 
+/// The refusal of an IdP callback or continuation whose query names a
+/// parameter twice (which of the two would count is ambiguous).
+fn duplicate_parameter() -> Response {
+    pages::error_page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        "A parameter appears more than once.",
+        "callback.duplicate_parameter",
+    )
+}
+
 /// `GET /oidc/{tenant}/{connection}/callback`
 pub async fn oidc_callback(
     State(state): State<Arc<AppState>>,
@@ -261,12 +272,7 @@ pub async fn oidc_callback(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     let Ok(query) = super::oauth::single_valued(query) else {
-        return pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "A parameter appears more than once.",
-            "callback.duplicate_parameter",
-        );
+        return duplicate_parameter();
     };
     let params = CallbackParams {
         query,
@@ -310,12 +316,7 @@ pub async fn saml_continue(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     let Ok(query) = super::oauth::single_valued(query) else {
-        return pages::error_page(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "A parameter appears more than once.",
-            "callback.duplicate_parameter",
-        );
+        return duplicate_parameter();
     };
     let handle = query.get("handle").map(String::as_str).unwrap_or_default();
     resume(&state, &session, &tenant, &connection, handle, false).await

@@ -20,17 +20,15 @@
 //! [`measure_saml_validations`] selected.
 
 use crate::saml_common::{attr_value, fixtures, form, pending};
-use async_trait::async_trait;
+use crate::support::replay_free::{ReplayFree, ReplayWrites};
 use chrono::{DateTime, Utc};
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::ids::{ConnectionId, TenantId};
 use portcullis::store::memory::MemoryStore;
-use portcullis::store::{Key, Store, StoreError};
 use portcullis::upstream::http::{OutboundConfig, OutboundHttp};
 use portcullis::upstream::saml::{self, SamlConnector};
 use portcullis::upstream::{CallbackParams, Connection, ConnectionKind, Connector, UpstreamContext};
 use std::sync::Arc;
-use std::time::Duration;
 
 const VENDORS: [&str; 6] = ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"];
 /// Validations before the baseline: one-time setup (xmlsec's init, the
@@ -79,70 +77,6 @@ fn rss_kib() -> usize {
     pages * 4
 }
 
-/// A `MemoryStore` whose replay cache forgets: every capture is validated
-/// thousands of times, and a real replay cache would both refuse it from
-/// the second time on and (legitimately, until the TTL) grow by one entry a
-/// validation, which is not what is measured here.
-struct ReplayForgetting(MemoryStore);
-
-#[async_trait]
-impl Store for ReplayForgetting {
-    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get(key).await
-    }
-    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.0.put(key, value, ttl).await
-    }
-    async fn put_if_absent(&self, _key: &Key, _value: &[u8], _ttl: Option<Duration>) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-    async fn compare_and_put(
-        &self,
-        key: &Key,
-        expected: &[u8],
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<bool, StoreError> {
-        self.0.compare_and_put(key, expected, value, ttl).await
-    }
-    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.take(key).await
-    }
-    async fn take_and_mark(
-        &self,
-        key: &Key,
-        marker_key: &Key,
-        marker_value: &[u8],
-        marker_ttl: Duration,
-    ) -> Result<portcullis::store::Taken, StoreError> {
-        self.0.take_and_mark(key, marker_key, marker_value, marker_ttl).await
-    }
-    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        self.0.delete(key).await
-    }
-    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.0.set_add(key, member, ttl).await
-    }
-    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
-        self.0.set_remove(key, member).await
-    }
-    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
-        self.0.set_members(key).await
-    }
-    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
-        self.0.incr(key, ttl).await
-    }
-    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
-        self.0.list_push_capped(key, value, max_len).await
-    }
-    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.0.list_range(key, start, count).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.0.ping().await
-    }
-}
-
 struct Capture {
     connector: SamlConnector,
     params: CallbackParams,
@@ -165,7 +99,9 @@ async fn capture(vendor: &str) -> Capture {
         })
         .unwrap(),
         clock: clock.clone(),
-        store: Arc::new(ReplayForgetting(MemoryStore::new(clock))),
+        // The replay cache forgets: it would refuse each capture from the second
+        // time on and (legitimately) grow by one entry a validation.
+        store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Dropped)),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
     };

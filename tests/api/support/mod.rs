@@ -11,4 +11,5 @@ pub mod oidc_world;
 pub mod peers;
 pub mod real_browser;
 pub mod redis;
+pub mod replay_free;
 pub mod saml_world;

@@ -1,0 +1,85 @@
+//! A `MemoryStore` whose replay check never refuses, shared by the SAML
+//! benchmark and the memory test (`#[path]`-included by both): each
+//! validates the same captures thousands of times, which a real replay cache
+//! would refuse from the second time on. What they measure is validation,
+//! not the replay cache.
+
+use async_trait::async_trait;
+use portcullis::store::memory::MemoryStore;
+use portcullis::store::{Key, Store, StoreError};
+use std::time::Duration;
+
+/// What `put_if_absent` does with the replay entry it reports as fresh.
+// Each includer uses one of the two.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayWrites {
+    /// Writes it (`put`): the benchmark still pays the cache write.
+    Kept,
+    /// Drops it: the memory test sees no entry grow per validation.
+    Dropped,
+}
+
+/// A `MemoryStore` whose `put_if_absent` always reports "fresh".
+pub struct ReplayFree(pub MemoryStore, pub ReplayWrites);
+
+#[async_trait]
+impl Store for ReplayFree {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.0.put(key, value, ttl).await
+    }
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+        match self.1 {
+            ReplayWrites::Kept => self.0.put(key, value, ttl).await.map(|()| true),
+            ReplayWrites::Dropped => Ok(true),
+        }
+    }
+    async fn compare_and_put(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        self.0.compare_and_put(key, expected, value, ttl).await
+    }
+    async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.take(key).await
+    }
+    async fn take_and_mark(
+        &self,
+        key: &Key,
+        marker_key: &Key,
+        marker_value: &[u8],
+        marker_ttl: Duration,
+    ) -> Result<portcullis::store::Taken, StoreError> {
+        self.0.take_and_mark(key, marker_key, marker_value, marker_ttl).await
+    }
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        self.0.delete(key).await
+    }
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.0.set_add(key, member, ttl).await
+    }
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        self.0.set_remove(key, member).await
+    }
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        self.0.set_members(key).await
+    }
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
+        self.0.incr(key, ttl).await
+    }
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        self.0.list_push_capped(key, value, max_len).await
+    }
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.0.list_range(key, start, count).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+}
