@@ -25,5 +25,6 @@ pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;

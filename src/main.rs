@@ -5,6 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     portcullis::telemetry::init();
+    portcullis::tls::install_default_provider();
     let cli = portcullis::cli::Cli::parse();
     let code = portcullis::cli::run(cli).await?;
     std::process::exit(code);
