@@ -3,14 +3,15 @@
 
 use crate::broker::{connectors::ConnectorCache, Broker};
 use crate::clock::SharedClock;
-use crate::config::{Resolved, Settings};
+use crate::config::{Backend, Resolved, Settings};
 use crate::directory::Directory;
 use crate::http::{AppState, SessionConfig};
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientRegistry, GrantType};
 use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
-use crate::store::{memory::MemoryStore, redis::RedisStore, SharedStore};
+use crate::store::redis::{RedisOptions, RedisStore, RedisTls};
+use crate::store::{memory::MemoryStore, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -19,16 +20,40 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Opens the configured store: Redis when a URL is set, else in memory.
+/// Opens the configured store: Redis (any topology) or, only when the
+/// settings say so (dev mode, `store.backend = "memory"`), memory.
 pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<SharedStore> {
-    Ok(match &settings.store.redis_url {
-        Some(url) => Arc::new(
-            RedisStore::connect(url.expose(), &settings.store.key_prefix)
-                .await
-                .context("cannot connect to Redis")?,
-        ),
-        None => Arc::new(MemoryStore::new(clock)),
-    })
+    let backend = settings
+        .store
+        .resolve_backend(settings.dev.enabled)
+        .map_err(|m| anyhow::anyhow!("store.backend: {m}"))?;
+    match (backend, &settings.store.redis_url) {
+        (Backend::Redis, Some(url)) => {
+            let read = |path: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+                path.as_ref()
+                    .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+                    .transpose()
+            };
+            let options = RedisOptions {
+                url: url.expose().to_owned(),
+                prefix: settings.store.key_prefix.clone(),
+                tls: RedisTls {
+                    ca_pem: read(&settings.store.ca_file)?,
+                    client_cert_pem: read(&settings.store.client_cert_file)?,
+                    client_key_pem: read(&settings.store.client_key_file)?,
+                },
+                wait_replicas: settings.store.wait_replicas,
+                wait_timeout: Duration::from_millis(settings.store.wait_timeout_ms),
+            };
+            Ok(Arc::new(
+                RedisStore::connect_with(&options)
+                    .await
+                    .context("cannot connect to Redis")?,
+            ))
+        }
+        (Backend::Redis, None) => anyhow::bail!("store.backend: redis needs a Redis URL"),
+        (Backend::Memory, _) => Ok(Arc::new(MemoryStore::new(clock))),
+    }
 }
 
 /// Builds the connector context from the settings.
@@ -382,10 +407,17 @@ pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
     format!(
         "issuer {} · store {} · admin API {} · dev mode {}",
         resolved.public_url,
-        if settings.store.redis_url.is_some() {
-            "redis"
-        } else {
-            "in-memory"
+        match (
+            settings.store.resolve_backend(settings.dev.enabled),
+            settings.store.redis_url.as_ref().map(|u| crate::store::redis_url::Topology::parse(u.expose())),
+        ) {
+            (Ok(Backend::Redis), Some(Ok(t))) => match t.kind() {
+                "sentinel" => "redis (sentinel)",
+                "cluster" => "redis (cluster)",
+                _ => "redis",
+            },
+            (Ok(Backend::Redis), _) => "redis",
+            _ => "in-memory (one process only)",
         },
         if settings.admin.token.is_some() { "on" } else { "off" },
         if settings.dev.enabled {

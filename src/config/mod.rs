@@ -95,10 +95,51 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// Redis URL (`PORTCULLIS_REDIS_URL`); unset means the in-memory store.
+    /// `"redis"` or `"memory"` (`PORTCULLIS_STORE_BACKEND`). Unset: Redis
+    /// when a URL is set, memory in dev mode, otherwise a configuration
+    /// error (two replicas on per-process memory would split their state).
+    pub backend: Option<String>,
+    /// Redis URL (`PORTCULLIS_REDIS_URL`): `redis://`, `rediss://`,
+    /// `redis+sentinel://H:P[,H:P]/MASTER`, `redis+cluster://H:P[,H:P]`.
     pub redis_url: Option<Secret>,
+    /// PEM CA file for TLS to Redis (`PORTCULLIS_REDIS_CA_FILE`); unset:
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for TLS to Redis (`PORTCULLIS_REDIS_CLIENT_CERT_FILE`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM client key for TLS to Redis (`PORTCULLIS_REDIS_CLIENT_KEY_FILE`).
+    pub client_key_file: Option<PathBuf>,
+    /// Replicas a durable write waits for (`WAIT`; `PORTCULLIS_REDIS_WAIT_REPLICAS`).
+    /// Unset: 1 on Sentinel and cluster, 0 on a single server.
+    pub wait_replicas: Option<u32>,
+    /// How long one `WAIT` may take, milliseconds (1 to 1000).
+    pub wait_timeout_ms: u64,
     /// Prefix of every key, so several deployments can share a Redis.
     pub key_prefix: String,
+}
+
+/// The state backend the settings choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Per-process memory: one process only (dev mode, or said explicitly).
+    Memory,
+    /// Redis, shared by every replica.
+    Redis,
+}
+
+impl StoreSettings {
+    /// The backend these settings choose in or out of dev mode, or why none.
+    pub fn resolve_backend(&self, dev: bool) -> Result<Backend, String> {
+        match (self.backend.as_deref(), &self.redis_url) {
+            (Some("memory"), None) => Ok(Backend::Memory),
+            (Some("memory"), Some(_)) => Err("is \"memory\" but a Redis URL is set: remove one of them".into()),
+            (Some("redis"), Some(_)) | (None, Some(_)) => Ok(Backend::Redis),
+            (Some("redis"), None) => Err("is \"redis\" but no Redis URL is set (PORTCULLIS_REDIS_URL or store.redis_url)".into()),
+            (None, None) if dev => Ok(Backend::Memory),
+            (None, None) => Err("no Redis URL is set (PORTCULLIS_REDIS_URL or store.redis_url): replicas cannot share state without one; set store.backend = \"memory\" (PORTCULLIS_STORE_BACKEND=memory) to run a single process on in-memory state".into()),
+            (Some(other), _) => Err(format!("{other:?} is not one of redis, memory")),
+        }
+    }
 }
 
 /// `[admin]`
@@ -189,6 +230,9 @@ pub struct DevSettings {
     /// Turns on the built-in test IdP, the demo tenant and the demo app
     /// (`PORTCULLIS_DEV`). Never in production.
     pub enabled: bool,
+    /// Lets dev mode start with an https public URL or a Redis store, which
+    /// look like production and are refused otherwise (`PORTCULLIS_DEV_FORCE`).
+    pub force: bool,
 }
 
 /// `[dns]`: how domain verification TXT records are looked up.
@@ -280,7 +324,13 @@ impl Default for ServerSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
+            backend: None,
             redis_url: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            wait_replicas: None,
+            wait_timeout_ms: 200,
             key_prefix: "portcullis".into(),
         }
     }
@@ -388,6 +438,29 @@ impl Settings {
             &mut self.outbound.allow_private_networks,
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
+        flag("PORTCULLIS_DEV_FORCE", &mut self.dev.force);
+        if let Some(v) = env.get("PORTCULLIS_STORE_BACKEND") {
+            self.store.backend = (!v.is_empty()).then(|| v.clone());
+        }
+        for (name, target) in [
+            ("PORTCULLIS_REDIS_CA_FILE", &mut self.store.ca_file),
+            ("PORTCULLIS_REDIS_CLIENT_CERT_FILE", &mut self.store.client_cert_file),
+            ("PORTCULLIS_REDIS_CLIENT_KEY_FILE", &mut self.store.client_key_file),
+        ] {
+            if let Some(v) = env.get(name) {
+                *target = (!v.is_empty()).then(|| PathBuf::from(v));
+            }
+        }
+        if let Some(v) = env.get("PORTCULLIS_REDIS_WAIT_REPLICAS") {
+            match v.parse::<u32>() {
+                Ok(n) => self.store.wait_replicas = Some(n),
+                Err(_) => problems.push(ConfigProblem {
+                    source: "PORTCULLIS_REDIS_WAIT_REPLICAS".into(),
+                    field: String::new(),
+                    message: format!("expected a number of replicas, found {v:?}"),
+                }),
+            }
+        }
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
         }
@@ -506,9 +579,56 @@ impl Settings {
         if self.store.key_prefix.is_empty() || self.store.key_prefix.contains(['{', '}', ' ']) {
             bad("store.key_prefix", "must be non-empty, without braces or spaces".into());
         }
-        if let Some(url) = &self.store.redis_url {
-            if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
-                bad("store.redis_url", "must start with redis:// or rediss://".into());
+        let backend = self.store.resolve_backend(self.dev.enabled);
+        if let Err(m) = &backend {
+            bad("store.backend", m.clone());
+        }
+        let topology = self
+            .store
+            .redis_url
+            .as_ref()
+            .map(|url| crate::store::redis_url::Topology::parse(url.expose()));
+        if let Some(Err(m)) = &topology {
+            // The message never repeats the URL: it may hold a password.
+            bad("store.redis_url", m.clone());
+        }
+        let tls = matches!(&topology, Some(Ok(t)) if t.tls());
+        for (field, path) in [
+            ("store.ca_file", &self.store.ca_file),
+            ("store.client_cert_file", &self.store.client_cert_file),
+            ("store.client_key_file", &self.store.client_key_file),
+        ] {
+            let Some(path) = path else { continue };
+            if !tls {
+                bad(field, "is only used with a TLS Redis URL (rediss://, rediss+sentinel://, rediss+cluster://)".into());
+            } else if let Err(e) = std::fs::metadata(path) {
+                bad(field, format!("cannot read {}: {e}", path.display()));
+            }
+        }
+        if self.store.client_cert_file.is_some() != self.store.client_key_file.is_some() {
+            bad(
+                "store.client_key_file",
+                "a Redis client certificate and its key are set together".into(),
+            );
+        }
+        if !(1..=1000).contains(&self.store.wait_timeout_ms) {
+            bad("store.wait_timeout_ms", "must be between 1 and 1000".into());
+        }
+        if self.store.wait_replicas.is_some_and(|n| n > 16) {
+            bad("store.wait_replicas", "must be at most 16".into());
+        }
+        if self.dev.enabled && !self.dev.force {
+            if backend == Ok(Backend::Redis) {
+                bad(
+                    "dev.enabled",
+                    "dev mode with a Redis store looks like production: the built-in test IdP would sign anyone in to shared state; unset the Redis URL, or set dev.force = true (PORTCULLIS_DEV_FORCE=1) if this is really a test".into(),
+                );
+            }
+            if matches!(&public_url, Ok(u) if u.scheme() == "https") {
+                bad(
+                    "dev.enabled",
+                    "dev mode with an https public URL looks like production: the built-in test IdP would sign anyone in; use an http://localhost URL, or set dev.force = true (PORTCULLIS_DEV_FORCE=1) if this is really a test".into(),
+                );
             }
         }
         if let Some(token) = &self.admin.token {
@@ -604,6 +724,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let mut s = Settings::default();
+        s.store.backend = Some("memory".into());
         s.server.listen = "nope".into();
         s.server.public_url = "ftp://x".into();
         s.tokens.algorithm = "HS256".into();
@@ -611,6 +732,115 @@ mod tests {
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["server.listen", "server.public_url", "tokens.algorithm"]);
         assert!(err.0.iter().all(|p| p.source == "portcullis.toml"));
+    }
+
+    fn problems(s: &Settings) -> Vec<String> {
+        match s.validate("x.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| format!("{}: {}", p.field, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn without_a_redis_url_only_dev_mode_or_an_explicit_memory_backend_start() {
+        let s = Settings::default();
+        let p = problems(&s);
+        assert!(
+            p.iter().any(|p| p.starts_with("store.backend: no Redis URL")),
+            "{p:?}"
+        );
+        let s = Settings::parse("[store]\nbackend = \"memory\"\n", "x.toml").unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        let s = Settings::parse("[dev]\nenabled = true\n", "x.toml").unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        let s = Settings::parse("[store]\nbackend = \"redis\"\n", "x.toml").unwrap();
+        assert!(problems(&s).iter().any(|p| p.contains("no Redis URL")), "{:?}", problems(&s));
+        let s = Settings::parse(
+            "[store]\nbackend = \"memory\"\nredis_url = \"redis://127.0.0.1:6379\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.backend")), "{:?}", problems(&s));
+        let s = Settings::parse("[store]\nbackend = \"disk\"\n", "x.toml").unwrap();
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.backend")), "{:?}", problems(&s));
+    }
+
+    #[test]
+    fn every_topology_url_is_accepted_and_a_bad_one_is_not_echoed() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "rediss://u:p@redis.example.com:6380",
+            "redis+sentinel://:p@10.0.0.1:26379,10.0.0.2:26379/mymaster",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        ] {
+            let mut s = Settings::default();
+            s.store.redis_url = Some(Secret::new(url.to_owned()));
+            assert!(problems(&s).is_empty(), "{url}: {:?}", problems(&s));
+        }
+        let mut s = Settings::default();
+        s.store.redis_url = Some(Secret::new("redis+sentinel://:hunter2@h:1".to_owned()));
+        let p = problems(&s);
+        assert!(p.iter().any(|p| p.starts_with("store.redis_url")), "{p:?}");
+        assert!(!p.concat().contains("hunter2"));
+        let mut s = Settings::default();
+        s.store.redis_url = Some(Secret::new("http://h:1".to_owned()));
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.redis_url")));
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_and_go_together() {
+        let mut s = Settings::default();
+        s.store.redis_url = Some(Secret::new("redis://127.0.0.1:6379".to_owned()));
+        s.store.ca_file = Some(PathBuf::from("Cargo.toml"));
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.ca_file: is only used with a TLS")));
+        s.store.redis_url = Some(Secret::new("rediss://127.0.0.1:6379".to_owned()));
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        s.store.client_cert_file = Some(PathBuf::from("Cargo.toml"));
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.client_key_file")));
+        s.store.client_key_file = Some(PathBuf::from("no/such/file.pem"));
+        assert!(problems(&s).iter().any(|p| p.starts_with("store.client_key_file: cannot read")));
+    }
+
+    #[test]
+    fn dev_mode_refuses_production_looks_unless_forced() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let mut s = Settings::default();
+        s.apply_env(&env(&[("PORTCULLIS_DEV", "1"), ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379")]))
+            .unwrap();
+        assert!(problems(&s).iter().any(|p| p.starts_with("dev.enabled: dev mode with a Redis store")));
+        let mut s = Settings::default();
+        s.apply_env(&env(&[("PORTCULLIS_DEV", "1"), ("PORTCULLIS_PUBLIC_URL", "https://sso.example.com")]))
+            .unwrap();
+        assert!(problems(&s).iter().any(|p| p.starts_with("dev.enabled: dev mode with an https public URL")));
+        s.apply_env(&env(&[("PORTCULLIS_DEV_FORCE", "1"), ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379")]))
+            .unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+    }
+
+    #[test]
+    fn store_environment_overrides() {
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_STORE_BACKEND", "redis"),
+            ("PORTCULLIS_REDIS_URL", "rediss://127.0.0.1:6380"),
+            ("PORTCULLIS_REDIS_CA_FILE", "Cargo.toml"),
+            ("PORTCULLIS_REDIS_CLIENT_CERT_FILE", "Cargo.toml"),
+            ("PORTCULLIS_REDIS_CLIENT_KEY_FILE", "Cargo.lock"),
+            ("PORTCULLIS_REDIS_WAIT_REPLICAS", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut s = Settings::default();
+        s.apply_env(&env).unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        assert_eq!(s.store.backend.as_deref(), Some("redis"));
+        assert_eq!(s.store.ca_file, Some(PathBuf::from("Cargo.toml")));
+        assert_eq!(s.store.client_key_file, Some(PathBuf::from("Cargo.lock")));
+        assert_eq!(s.store.wait_replicas, Some(2));
+        let bad: BTreeMap<String, String> = [("PORTCULLIS_REDIS_WAIT_REPLICAS".to_string(), "one".to_string())].into();
+        assert!(Settings::default().apply_env(&bad).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod redis_url;
 pub mod session;
 
 use async_trait::async_trait;

@@ -1,28 +1,69 @@
 //! The Redis store, for production and any number of replicas.
 //!
-//! One [`ConnectionManager`] (a multiplexed connection that reconnects by
-//! itself) serves every request. Every operation runs under a hard deadline,
-//! so a Redis that is gone or frozen turns into [`StoreError::Unavailable`]
-//! within about two seconds instead of a hung request: `/readyz` and every
-//! login depend on that.
+//! One [`RedisStore`] serves every topology the URL can name
+//! ([`Topology`]): a single server (`redis://`, `rediss://`), a primary found
+//! through Sentinels, or a Redis Cluster. Each operation is written once, as
+//! one command or one Lua script over keys of one hash tag, and sent through
+//! [`Conn`], which knows how to reach the right node:
 //!
-//! Each operation touches exactly one key (`compare_and_put` is a Lua script
-//! over one key), except `take_and_mark` (a Lua
-//! script over two keys that callers build with one hash tag), so the store
-//! is safe on Redis Cluster. Requires Redis 7 (`PEXPIRE ... NX | GT`).
+//! * single: one [`ConnectionManager`] (a multiplexed RESP3 connection that
+//!   reconnects by itself, also while idle, when the server goes away);
+//! * Sentinel: the same, to the primary the Sentinels name; a connection
+//!   error or a `READONLY` answer makes the store ask the Sentinels again and
+//!   move to the new primary after a failover;
+//! * cluster: the `redis` crate's cluster connection (slot map, MOVED/ASK).
+//!
+//! Every operation runs under a hard deadline, so a Redis that is gone or
+//! frozen turns into [`StoreError::Unavailable`] within about two seconds
+//! instead of a hung request: `/readyz` and every login depend on that.
+//!
+//! **Retry once.** A connection that went stale while Redis restarted (or
+//! a primary that moved) must not fail the first request after recovery. An
+//! operation whose failure says the command was not executed (connection
+//! refused, `READONLY`, `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`)
+//! is retried once, within the same deadline. An operation that is safe to
+//! repeat (reads, `put`, `delete`, set changes, the bounded list push is
+//! not) is also retried after an I/O error whose outcome is unknown. A take
+//! (`take`, `take_and_mark`), `put_if_absent`, `compare_and_put` and `incr`
+//! are not retried after an unknown outcome: the first attempt may have
+//! consumed or written the value, and a retry would report a single use as a
+//! reuse (revoking a family) or a won race as lost. (On a cluster the
+//! cluster client also retries by itself after connection errors and
+//! redirections; a take repeated there finds the marker or nothing: it fails
+//! closed, never twice.)
+//!
+//! **Replication.** With `wait_replicas > 0` (the default on Sentinel and
+//! cluster), every write except `incr` is followed by `WAIT` on the same
+//! connection, so it returns once that many replicas hold it (or the wait
+//! times out, which is logged as `store.replication_unconfirmed` and does
+//! not fail the write: the primary has it, and a primary without a live
+//! replica cannot fail over to one anyway). A failover then loses no
+//! completed sign-in, refresh rotation, reuse marker or configuration change
+//! that Redis acknowledged. Counters (`incr`: login-attempt windows, rate
+//! limits) do not wait: losing one resets a short window and nothing more.
+//!
+//! Each operation touches one key or keys of one hash tag (`take_and_mark`
+//! checks it), so the store is safe on Redis Cluster. Requires Redis 7
+//! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
+use super::redis_url::{addr, Auth, Topology};
 use super::{Key, Store, StoreError, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Value};
-use std::future::Future;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ErrorKind, ProtocolVersion, RedisError, ServerErrorKind, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the server may take to answer one command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The hard bound on one store operation, including waiting for a reconnect.
+/// The hard bound on one store operation, including waiting for a
+/// reconnect, a new primary, a retry and `WAIT`.
 const OPERATION_DEADLINE: Duration = Duration::from_millis(2000);
 /// Reconnect attempts per reconnect cycle; a failed cycle fails the waiting
 /// commands and the next command starts a new cycle, so few retries keep
@@ -30,9 +71,13 @@ const OPERATION_DEADLINE: Duration = Duration::from_millis(2000);
 const RECONNECT_RETRIES: usize = 1;
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+/// Retries of the cluster client itself (redirections, reconnects).
+const CLUSTER_RETRIES: u32 = 3;
 /// Redis rejects expiry times that overflow its clock; anything this long is
 /// "practically forever" anyway (about 73 million years).
 const MAX_TTL_MS: u64 = (i64::MAX / 4) as u64;
+/// The default bound on one `WAIT`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// `take_and_mark`: GETDEL the value; if it was there, SET the marker (with
 /// its TTL) in the same script, so no client ever sees the value gone and the
@@ -67,69 +112,303 @@ end
 return 1
 ";
 
-/// A [`Store`] on a Redis server (7.0 or later).
+/// `set_add`: SADD, then (when `ARGV[2]` is a TTL) give a set without TTL
+/// its first one (NX) and extend an existing TTL but never shorten it (GT;
+/// GT alone would skip a set without TTL: Redis treats it as infinite). A
+/// script, so a WRONGTYPE stops it before any expiry is touched.
+const SET_ADD: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+end
+return 1
+";
+
+/// `incr`: INCR and give a new counter its window (PEXPIRE NX).
+const INCR: &str = r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
+return n
+";
+
+/// `list_push_capped`: LPUSH and LTRIM in one step, so no reader ever sees
+/// the list longer than its bound.
+const LIST_PUSH_CAPPED: &str = r"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, ARGV[2])
+return 1
+";
+
+/// PEM files for TLS to Redis (`rediss://`, `rediss+sentinel://`,
+/// `rediss+cluster://`). Without a CA, the system's roots are trusted.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// CA certificate(s), PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain, PEM (with `client_key_pem`).
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// Client private key, PEM (with `client_cert_pem`).
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+/// How to reach Redis and how writes are made durable.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// The Redis URL (see [`Topology::parse`]); a secret.
+    pub url: String,
+    /// The prefix every key is rendered under.
+    pub prefix: String,
+    /// TLS material.
+    pub tls: RedisTls,
+    /// Replicas each write waits for (`WAIT`); `None`: 1 on Sentinel and
+    /// cluster, 0 on a single server.
+    pub wait_replicas: Option<u32>,
+    /// How long one `WAIT` may take.
+    pub wait_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    // The URL may carry a password and the TLS material a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("prefix", &self.prefix)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisOptions {
+    /// Options for `url` under `prefix` with every default.
+    pub fn new(url: &str, prefix: &str) -> RedisOptions {
+        RedisOptions {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            tls: RedisTls::default(),
+            wait_replicas: None,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+        }
+    }
+}
+
+/// The connection to whichever node holds a key.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Sentinel(Arc<SentinelConn>),
+    Cluster(ClusterConnection),
+}
+
+/// The primary the Sentinels named last, and how to ask them again.
+struct SentinelConn {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    current: tokio::sync::RwLock<Primary>,
+    /// Bumped on every move to a new primary, so of many requests that
+    /// failed on the old one only the first asks the Sentinels.
+    generation: AtomicU64,
+    config: ConnectionManagerConfig,
+}
+
+struct Primary {
+    addr: redis::ConnectionAddr,
+    conn: ConnectionManager,
+}
+
+/// Which failures an operation may be repeated after.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Only when the command was certainly not executed.
+    IfNotExecuted,
+    /// Also after an I/O error of unknown outcome: repeating it is harmless.
+    Idempotent,
+}
+
+/// Whether a write waits for replicas.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// A read, or a write whose loss costs nothing (counters).
+    None,
+    /// `WAIT` for the configured replicas.
+    Replicated,
+}
+
+/// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    topology: &'static str,
     prefix: String,
-    take_and_mark: std::sync::Arc<redis::Script>,
-    compare_and_put: std::sync::Arc<redis::Script>,
+    wait_replicas: u32,
+    wait_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
     // The connection info may carry a password, so only the prefix is shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("topology", &self.topology)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
+fn unavailable(what: &str) -> StoreError {
+    StoreError::Unavailable(what.to_owned())
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(RECONNECT_MIN_DELAY)
+        .set_max_delay(RECONNECT_MAX_DELAY)
+}
+
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
+    let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => return Err(unavailable("a Redis client certificate needs its key, and a key its certificate")),
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert: tls.ca_pem.clone(),
+    })
+}
+
+fn has_tls_files(tls: &RedisTls) -> bool {
+    tls.ca_pem.is_some() || tls.client_cert_pem.is_some() || tls.client_key_pem.is_some()
+}
+
 impl RedisStore {
-    /// Connects to the Redis server at `url` (`redis://[user:password@]host:port[/db]`)
-    /// and renders every key under `prefix`.
-    ///
-    /// Fails with [`StoreError::Unavailable`] when the URL is invalid or the
-    /// server cannot be reached within the deadline, so a misconfigured
-    /// gateway stops at start-up rather than at the first login.
+    /// Connects to the Redis at `url` (any form [`Topology::parse`] reads)
+    /// with default options and renders every key under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        // The URL may hold a password: never echo it.
-        let client = redis::Client::open(url).map_err(|_| StoreError::Unavailable("invalid Redis URL".to_owned()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let conn = bounded(ConnectionManager::new_with_config(client, config)).await?;
+        Self::connect_with(&RedisOptions::new(url, prefix)).await
+    }
+
+    /// Connects as `options` say, and checks that every primary runs Redis 7.
+    ///
+    /// Fails with [`StoreError::Unavailable`] when the URL is invalid or
+    /// Redis cannot be reached within the deadline, so a misconfigured
+    /// gateway stops at start-up rather than at the first login. Errors never
+    /// repeat the URL (it may hold a password).
+    pub async fn connect_with(options: &RedisOptions) -> Result<RedisStore, StoreError> {
+        let topology = Topology::parse(&options.url).map_err(|e| StoreError::Unavailable(format!("the Redis URL {e}")))?;
+        if has_tls_files(&options.tls) && !topology.tls() {
+            return Err(unavailable(
+                "Redis TLS files are configured but the Redis URL is not rediss:// (or rediss+sentinel://, rediss+cluster://)",
+            ));
+        }
+        if topology.tls() {
+            // The redis crate builds its rustls configuration from the
+            // process default provider: make sure it is ours (OpenSSL).
+            crate::tls::install_default_provider();
+        }
+        let certs = certificates(&options.tls)?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT * 3;
+        let conn = match &topology {
+            Topology::Single { url, tls } => {
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|_| unavailable("invalid Redis URL"))?;
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                let info = info.set_redis_settings(settings);
+                let client = if *tls && has_tls_files(&options.tls) {
+                    redis::Client::build_with_tls(info, certs)
+                } else {
+                    redis::Client::open(info)
+                }
+                .map_err(|e| map_error(&e))?;
+                let manager = bounded_until(deadline, ConnectionManager::new_with_config(client, manager_config())).await?;
+                Conn::Single(manager)
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                auth,
+                sentinel_auth,
+                tls,
+            } => {
+                let client = sentinel_client(sentinels, master, auth, sentinel_auth, *tls, &options.tls, certs)?;
+                Conn::Sentinel(Arc::new(SentinelConn::connect(client, deadline).await?))
+            }
+            Topology::Cluster { nodes, auth, tls } => {
+                let infos: Vec<redis::ConnectionAddr> = nodes.iter().map(|(h, p)| addr(h, *p, *tls)).collect();
+                let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(50)
+                    .max_retry_wait(300);
+                if let Some(user) = &auth.username {
+                    builder = builder.username(user);
+                }
+                if let Some(password) = &auth.password {
+                    builder = builder.password(password);
+                }
+                if *tls {
+                    builder = builder.tls(redis::TlsMode::Secure);
+                    if has_tls_files(&options.tls) {
+                        builder = builder.certs(certs);
+                    }
+                }
+                let client = builder.build().map_err(|e| map_error(&e))?;
+                Conn::Cluster(bounded_until(deadline, client.get_async_connection()).await?)
+            }
+        };
+        let wait_replicas = options.wait_replicas.unwrap_or(match topology {
+            Topology::Single { .. } => 0,
+            Topology::Sentinel { .. } | Topology::Cluster { .. } => 1,
+        });
         let store = RedisStore {
             conn,
-            prefix: prefix.to_owned(),
-            take_and_mark: std::sync::Arc::new(redis::Script::new(TAKE_AND_MARK)),
-            compare_and_put: std::sync::Arc::new(redis::Script::new(COMPARE_AND_PUT)),
+            topology: topology.kind(),
+            prefix: options.prefix.clone(),
+            wait_replicas,
+            wait_timeout: options.wait_timeout,
         };
         store.check_version().await?;
+        tracing::info!(
+            reason = "store.redis_connected",
+            topology = store.topology,
+            tls = topology.tls(),
+            wait_replicas,
+            "connected to Redis"
+        );
         Ok(store)
     }
 
     /// `set_add` and `incr` need `PEXPIRE ... NX | GT` (Redis 7): refuse an
-    /// older server now rather than fail every login later. A server that
+    /// older server now rather than fail every login later. On a cluster,
+    /// `INFO` goes to every node and each answer is checked. A server that
     /// does not say (INFO restricted, a compatible product) is given the
     /// benefit of the doubt.
     async fn check_version(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("INFO").arg("server").to_owned();
-        let info: String = match bounded_raw(cmd.query_async(&mut conn)).await? {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info = match self.send(&cmd, Retry::Idempotent).await {
             Ok(info) => info,
             Err(e) if e.code() == Some("NOPERM") => return Ok(()),
             Err(e) => return Err(map_error(&e)),
         };
-        match major_version(&info) {
-            Some(major) if major < 7 => Err(StoreError::Unavailable(format!(
-                "Redis {major} is too old: Portcullis needs Redis 7 or later"
-            ))),
-            _ => Ok(()),
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        for text in texts {
+            if let Some(major) = major_version(&text) {
+                if major < 7 {
+                    return Err(StoreError::Unavailable(format!(
+                        "Redis {major} is too old: Portcullis needs Redis 7 or later"
+                    )));
+                }
+            }
         }
+        Ok(())
     }
 
     /// The prefix every key is rendered under.
@@ -137,57 +416,330 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// `single`, `sentinel` or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        self.topology
+    }
+
+    /// How many replicas each durable write waits for.
+    pub fn wait_replicas(&self) -> u32 {
+        self.wait_replicas
+    }
+
     fn key(&self, key: &Key) -> String {
         key.render(&self.prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        bounded(cmd.query_async(&mut conn)).await
+    /// Runs one command that is not a durable write (reads, counters), under
+    /// the deadline, retried once when it certainly was not executed. For
+    /// new single-key operations: build the command with keys of one tag.
+    pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.query(cmd, Retry::IfNotExecuted, Durability::None).await
     }
 
-    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        bounded(pipe.query_async(&mut conn)).await
+    /// Runs one command under the deadline with the given retry class, and
+    /// `WAIT`s after it when it is a durable write.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        retry: Retry,
+        durability: Durability,
+    ) -> Result<T, StoreError> {
+        let value = if durability == Durability::Replicated && self.wait_replicas > 0 {
+            self.write_and_wait(cmd, retry).await?
+        } else {
+            self.bounded(self.send(cmd, retry)).await?
+        };
+        redis::from_redis_value(value).map_err(|e| {
+            tracing::warn!(reason = "store.redis_corrupt", error = %e, "Redis answer does not fit the operation");
+            StoreError::Corrupt(e.to_string())
+        })
+    }
+
+    /// Runs a Lua script over `keys` (all of one hash tag) with `args`. The
+    /// script text is sent (`EVAL`), not its hash: Redis caches it, and no
+    /// NOSCRIPT round trip can fail between a failover and a retry.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[&[u8]],
+        retry: Retry,
+        durability: Durability,
+    ) -> Result<T, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len()).arg(keys);
+        for a in args {
+            cmd.arg(*a);
+        }
+        self.query(&cmd, retry, durability).await
+    }
+
+    /// The write, then `WAIT` on the same connection (a pipeline of two:
+    /// on a cluster it is routed by the write's key). Answers the write's
+    /// value; too few acknowledgements are logged, not failed.
+    async fn write_and_wait(&self, cmd: &redis::Cmd, retry: Retry) -> Result<Value, StoreError> {
+        let timeout_ms = u64::try_from(self.wait_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone())
+            .cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(timeout_ms);
+        let answers = self.bounded(self.send_pipe(&pipe, retry)).await?;
+        let mut answers = answers.into_iter();
+        let value = answers.next().ok_or_else(|| unavailable("Redis answered nothing"))?;
+        if let Value::ServerError(e) = &value {
+            return Err(map_error(&RedisError::from(e.clone())));
+        }
+        match answers.next() {
+            Some(Value::Int(acks)) if acks >= i64::from(self.wait_replicas) => {}
+            other => {
+                let acks = match other {
+                    Some(Value::Int(n)) => n,
+                    _ => -1,
+                };
+                tracing::warn!(
+                    reason = "store.replication_unconfirmed",
+                    wanted = self.wait_replicas,
+                    acknowledged = acks,
+                    "a write was not confirmed by the wanted replicas in time; it is on the primary"
+                );
+            }
+        }
+        Ok(value)
+    }
+
+    /// Runs `fut` under [`OPERATION_DEADLINE`].
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+        bounded_until(Instant::now() + OPERATION_DEADLINE, fut).await
+    }
+
+    /// Sends one command, retried once as `retry` allows.
+    async fn send(&self, cmd: &redis::Cmd, retry: Retry) -> Result<Value, RedisError> {
+        match self.conn.send_cmd(cmd).await {
+            Err(e) if may_retry(&e, retry) => {
+                tracing::info!(reason = "store.redis_retry", error = %e, "retrying a Redis command once");
+                self.conn.send_cmd(cmd).await
+            }
+            result => result,
+        }
+    }
+
+    /// Sends one pipeline (not a transaction), retried once as `retry` allows.
+    async fn send_pipe(&self, pipe: &redis::Pipeline, retry: Retry) -> Result<Vec<Value>, RedisError> {
+        match self.conn.send_pipe(pipe).await {
+            Err(e) if may_retry(&e, retry) => {
+                tracing::info!(reason = "store.redis_retry", error = %e, "retrying a Redis command once");
+                self.conn.send_pipe(pipe).await
+            }
+            result => result,
+        }
     }
 }
 
-/// Runs one Redis call under [`OPERATION_DEADLINE`] and maps its error.
-async fn bounded<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
-    bounded_raw(fut).await?.map_err(|e| map_error(&e))
+impl Conn {
+    async fn send_cmd(&self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Sentinel(s) => {
+                let (generation, mut m) = s.primary().await;
+                let result = cmd.query_async(&mut m).await;
+                s.after(generation, &result).await;
+                result
+            }
+        }
+    }
+
+    async fn send_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Conn::Single(m) => pipe.query_async(&mut m.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Sentinel(s) => {
+                let (generation, mut m) = s.primary().await;
+                let result = pipe.query_async(&mut m).await;
+                s.after(generation, &result).await;
+                result
+            }
+        }
+    }
 }
 
-/// Runs one Redis call under [`OPERATION_DEADLINE`], leaving its own error.
-async fn bounded_raw<T>(fut: impl Future<Output = Result<T, RedisError>>) -> Result<Result<T, RedisError>, StoreError> {
-    tokio::time::timeout(OPERATION_DEADLINE, fut).await.map_err(|_| {
-        tracing::warn!(reason = "store.redis_timeout", "Redis did not answer in time");
-        StoreError::Unavailable("Redis did not answer in time".to_owned())
-    })
+fn sentinel_client(
+    sentinels: &[(String, u16)],
+    master: &str,
+    auth: &Auth,
+    sentinel_auth: &Auth,
+    tls: bool,
+    files: &RedisTls,
+    certs: redis::TlsCertificates,
+) -> Result<SentinelClient, StoreError> {
+    let addrs = sentinels.iter().map(|(h, p)| addr(h, *p, tls));
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+        .map_err(|e| map_error(&e))?
+        .set_client_to_redis_protocol(ProtocolVersion::RESP3);
+    if let Some(user) = &auth.username {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = &auth.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(user) = &sentinel_auth.username {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = &sentinel_auth.password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if tls {
+        builder = builder
+            .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if has_tls_files(files) {
+            builder = builder
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs);
+        }
+    }
+    builder.build().map_err(|e| map_error(&e))
+}
+
+impl SentinelConn {
+    async fn connect(mut sentinels: SentinelClient, deadline: Instant) -> Result<SentinelConn, StoreError> {
+        let config = manager_config();
+        let client = bounded_until(deadline, sentinels.async_get_client()).await?;
+        let addr = client.get_connection_info().addr().clone();
+        let conn = bounded_until(deadline, ConnectionManager::new_with_config(client, config.clone())).await?;
+        Ok(SentinelConn {
+            sentinels: tokio::sync::Mutex::new(sentinels),
+            current: tokio::sync::RwLock::new(Primary { addr, conn }),
+            generation: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    async fn primary(&self) -> (u64, ConnectionManager) {
+        let current = self.current.read().await;
+        (self.generation.load(Ordering::Acquire), current.conn.clone())
+    }
+
+    /// After a failure that may mean the primary moved, asks the Sentinels
+    /// (once for all requests that failed on the same primary) and moves to
+    /// the primary they name now.
+    async fn after<T>(&self, generation: u64, result: &Result<T, RedisError>) {
+        let Err(e) = result else { return };
+        if !primary_may_have_moved(e) {
+            return;
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        if self.generation.load(Ordering::Acquire) != generation {
+            return; // another request already moved on
+        }
+        let client = match sentinels.async_get_client().await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(reason = "store.sentinel_unavailable", error = %e, "the Sentinels named no primary");
+                return;
+            }
+        };
+        let addr = client.get_connection_info().addr().clone();
+        if self.current.read().await.addr == addr {
+            return;
+        }
+        match ConnectionManager::new_with_config(client, self.config.clone()).await {
+            Ok(conn) => {
+                *self.current.write().await = Primary { addr, conn };
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(reason = "store.sentinel_failover", "moved to the new Redis primary named by the Sentinels");
+            }
+            Err(e) => {
+                tracing::warn!(reason = "store.sentinel_unavailable", error = %e, "the new Redis primary does not answer yet");
+            }
+        }
+    }
+}
+
+/// A connection failure or a node that is not (or no longer) the primary.
+fn primary_may_have_moved(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// Whether the command certainly did not run: the connection was refused,
+/// or the server refused it before executing (a replica, a primary without
+/// its replicas, a loading server, a cluster moving slots).
+fn not_executed(e: &RedisError) -> bool {
+    e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::BusyLoading
+            )
+        )
+}
+
+fn may_retry(e: &RedisError, retry: Retry) -> bool {
+    not_executed(e)
+        || (retry == Retry::Idempotent
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()))
+}
+
+/// Runs one Redis call until `deadline` and maps its error.
+async fn bounded_until<T>(
+    deadline: Instant,
+    fut: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, fut).await {
+        Ok(result) => result.map_err(|e| map_error(&e)),
+        Err(_) => {
+            tracing::warn!(reason = "store.redis_timeout", "Redis did not answer in time");
+            Err(unavailable("Redis did not answer in time"))
+        }
+    }
 }
 
 /// A type clash, a non-numeric counter or an unparseable answer is about the
 /// data; everything else (I/O, timeouts, server refusals) means the store is
 /// not usable right now. Server error texts never contain key names.
 fn map_error(e: &RedisError) -> StoreError {
-    // In a MULTI the failure is reported per command, inside a pipeline error.
     let about_data = e.clone().into_server_errors().is_some_and(|errs| {
         errs.iter().any(|(_, err)| {
             let detail = err.details().unwrap_or_default();
             err.code() == "WRONGTYPE"
                 || (err.code() == "ERR" && (detail.contains("not an integer") || detail.contains("overflow")))
         })
-    });
-    let corrupt = about_data
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
-        );
+    }) || e.code() == Some("WRONGTYPE")
+        || (e.code() == Some("ERR")
+            && e.detail()
+                .is_some_and(|d| d.contains("not an integer") || d.contains("overflow")));
+    let corrupt = about_data || matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType);
     if corrupt {
         tracing::warn!(reason = "store.redis_corrupt", error = %e, "Redis value does not fit the operation");
         StoreError::Corrupt(e.to_string())
     } else {
         tracing::warn!(reason = "store.redis_unavailable", error = %e, "Redis call failed");
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Every text in an answer (a cluster's `INFO` is a map of node → text).
+fn collect_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => out.push(s.clone()),
+        Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => items.iter().for_each(|v| collect_texts(v, out)),
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
     }
 }
 
@@ -208,7 +760,8 @@ fn ttl_ms(ttl: Duration) -> u64 {
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(redis::cmd("GET").arg(self.key(key))).await
+        self.query(redis::cmd("GET").arg(self.key(key)), Retry::Idempotent, Durability::None)
+            .await
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -217,7 +770,7 @@ impl Store for RedisStore {
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(ttl_ms(ttl));
         }
-        let _: Value = self.run(&cmd).await?;
+        let _: Value = self.query(&cmd, Retry::Idempotent, Durability::Replicated).await?;
         Ok(())
     }
 
@@ -228,7 +781,9 @@ impl Store for RedisStore {
             cmd.arg("PX").arg(ttl_ms(ttl));
         }
         // `SET NX` answers OK when written and nil when the key exists.
-        let answer: Value = self.run(&cmd).await?;
+        let answer: Value = self
+            .query(&cmd, Retry::IfNotExecuted, Durability::Replicated)
+            .await?;
         Ok(!matches!(answer, Value::Nil))
     }
 
@@ -239,19 +794,29 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.compare_and_put.prepare_invoke();
-        invocation.key(self.key(key)).arg(expected).arg(value);
-        match ttl {
-            Some(ttl) => invocation.arg("1").arg(ttl_ms(ttl)),
-            None => invocation.arg("0").arg(0),
+        let (with_ttl, ms) = match ttl {
+            Some(ttl) => ("1", ttl_ms(ttl).to_string()),
+            None => ("0", "0".to_owned()),
         };
-        let written: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
+        let written: i64 = self
+            .eval(
+                COMPARE_AND_PUT,
+                &[self.key(key)],
+                &[expected, value, with_ttl.as_bytes(), ms.as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::Replicated,
+            )
+            .await?;
         Ok(written == 1)
     }
 
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(redis::cmd("GETDEL").arg(self.key(key))).await
+        self.query(
+            redis::cmd("GETDEL").arg(self.key(key)),
+            Retry::IfNotExecuted,
+            Durability::Replicated,
+        )
+        .await
     }
 
     async fn take_and_mark(
@@ -267,15 +832,16 @@ impl Store for RedisStore {
                 "take_and_mark keys must share a hash tag".to_owned(),
             ));
         }
-        let mut conn = self.conn.clone();
-        let mut invocation = self.take_and_mark.prepare_invoke();
-        invocation
-            .key(self.key(key))
-            .key(self.key(marker_key))
-            .arg(marker_value)
-            .arg(ttl_ms(marker_ttl));
-        // EVALSHA, falling back to EVAL (and caching the script) on NOSCRIPT.
-        let answer: Vec<Value> = bounded(invocation.invoke_async(&mut conn)).await?;
+        let ms = ttl_ms(marker_ttl).to_string();
+        let answer: Vec<Value> = self
+            .eval(
+                TAKE_AND_MARK,
+                &[self.key(key), self.key(marker_key)],
+                &[marker_value, ms.as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::Replicated,
+            )
+            .await?;
         let bytes = |v: &Value| match v {
             Value::BulkString(b) => Ok(b.clone()),
             _ => Err(StoreError::Corrupt(
@@ -293,69 +859,81 @@ impl Store for RedisStore {
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        let removed: i64 = self.run(redis::cmd("DEL").arg(self.key(key))).await?;
+        // Idempotent in effect; after a retry the answer may say "was not
+        // there" for a key the lost first attempt deleted.
+        let removed: i64 = self
+            .query(
+                redis::cmd("DEL").arg(self.key(key)),
+                Retry::Idempotent,
+                Durability::Replicated,
+            )
+            .await?;
         Ok(removed > 0)
     }
 
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
-        let k = self.key(key);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("SADD").arg(&k).arg(member).ignore();
-        if let Some(ttl) = ttl {
-            let ms = ttl_ms(ttl);
-            // NX gives a set without TTL (new, or persistent until now) its
-            // first one; GT extends an existing TTL but never shortens it
-            // (GT alone would skip a set without TTL: Redis treats it as infinite).
-            pipe.cmd("PEXPIRE").arg(&k).arg(ms).arg("NX").ignore();
-            pipe.cmd("PEXPIRE").arg(&k).arg(ms).arg("GT").ignore();
-        }
-        // MULTI/EXEC reports a failed command (e.g. WRONGTYPE) as an error.
-        let _: Value = self.run_pipe(&pipe).await?;
+        let ms = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
+        let _: Value = self
+            .eval(
+                SET_ADD,
+                &[self.key(key)],
+                &[member.as_bytes(), ms.as_bytes()],
+                Retry::Idempotent,
+                Durability::Replicated,
+            )
+            .await?;
         Ok(())
     }
 
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self.run(redis::cmd("SREM").arg(self.key(key)).arg(member)).await?;
+        let _: i64 = self
+            .query(
+                redis::cmd("SREM").arg(self.key(key)).arg(member),
+                Retry::Idempotent,
+                Durability::Replicated,
+            )
+            .await?;
         Ok(())
     }
 
     async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
-        let mut members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(self.key(key))).await?;
+        let mut members: Vec<String> = self
+            .query(
+                redis::cmd("SMEMBERS").arg(self.key(key)),
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
         members.sort();
         Ok(members)
     }
 
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
-        let k = self.key(key);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("INCR")
-            .arg(&k)
-            .cmd("PEXPIRE")
-            .arg(&k)
-            .arg(ttl_ms(ttl))
-            .arg("NX")
-            .ignore();
-        let (count,): (i64,) = self.run_pipe(&pipe).await?;
-        Ok(count)
+        let ms = ttl_ms(ttl).to_string();
+        self.eval(
+            INCR,
+            &[self.key(key)],
+            &[ms.as_bytes()],
+            Retry::IfNotExecuted,
+            Durability::None,
+        )
+        .await
     }
 
     async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
-        let k = self.key(key);
-        let last = i64::try_from(max_len.max(1)).unwrap_or(i64::MAX).saturating_sub(1);
-        let mut pipe = redis::pipe();
-        // One MULTI: no reader ever sees the list longer than its bound.
-        pipe.atomic()
-            .cmd("LPUSH")
-            .arg(&k)
-            .arg(value)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&k)
-            .arg(0)
-            .arg(last)
-            .ignore();
-        let _: Value = self.run_pipe(&pipe).await?;
+        let last = i64::try_from(max_len.max(1))
+            .unwrap_or(i64::MAX)
+            .saturating_sub(1)
+            .to_string();
+        let _: Value = self
+            .eval(
+                LIST_PUSH_CAPPED,
+                &[self.key(key)],
+                &[value, last.as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::Replicated,
+            )
+            .await?;
         Ok(())
     }
 
@@ -367,12 +945,18 @@ impl Store for RedisStore {
         let last = first
             .saturating_add(i64::try_from(count).unwrap_or(i64::MAX))
             .saturating_sub(1);
-        self.run(redis::cmd("LRANGE").arg(self.key(key)).arg(first).arg(last))
-            .await
+        self.query(
+            redis::cmd("LRANGE").arg(self.key(key)).arg(first).arg(last),
+            Retry::Idempotent,
+            Durability::None,
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.run(&redis::cmd("PING")).await?;
+        let _: Value = self
+            .query(&redis::cmd("PING"), Retry::Idempotent, Durability::None)
+            .await?;
         Ok(())
     }
 }
@@ -398,10 +982,48 @@ mod tests {
         assert_eq!(major_version("# Server\r\n"), None);
     }
 
+    #[test]
+    fn a_cluster_info_map_yields_every_node_text() {
+        let v = Value::Map(vec![
+            (
+                Value::SimpleString("a".into()),
+                Value::VerbatimString {
+                    format: redis::VerbatimFormat::Text,
+                    text: "redis_version:7.0.1".into(),
+                },
+            ),
+            (
+                Value::SimpleString("b".into()),
+                Value::BulkString(b"redis_version:6.0.1".to_vec()),
+            ),
+        ]);
+        let mut texts = Vec::new();
+        collect_texts(&v, &mut texts);
+        let versions: Vec<_> = texts.iter().filter_map(|t| major_version(t)).collect();
+        assert_eq!(versions, [7, 6]);
+    }
+
+    #[test]
+    fn only_unexecuted_failures_retry_a_take() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let pipe = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(may_retry(&refused, Retry::IfNotExecuted));
+        assert!(!may_retry(&pipe, Retry::IfNotExecuted));
+        assert!(may_retry(&pipe, Retry::Idempotent));
+    }
+
     #[tokio::test]
     async fn an_invalid_url_is_unavailable_and_not_echoed() {
         let err = RedisStore::connect("nonsense://user:hunter2@x", "p").await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)));
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn tls_files_without_a_tls_url_are_refused() {
+        let mut options = RedisOptions::new("redis://127.0.0.1:1", "p");
+        options.tls.ca_pem = Some(b"x".to_vec());
+        let err = RedisStore::connect_with(&options).await.unwrap_err();
+        assert!(err.to_string().contains("rediss://"), "{err}");
     }
 }

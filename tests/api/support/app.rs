@@ -81,6 +81,10 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
     settings.admin.token = Some(Secret::new(admin_token.clone()));
     settings.outbound.allow_private_networks = true;
     settings.dev.enabled = options.dev;
+    // Tests say which store they want: memory only when no Redis is given.
+    settings.store.backend = Some(if options.redis_url.is_some() { "redis" } else { "memory" }.to_owned());
+    // Several tests run the dev IdP over a shared Redis (two replicas).
+    settings.dev.force = options.dev;
     if let Some(url) = &options.redis_url {
         settings.store.redis_url = Some(Secret::new(url.clone()));
         settings.store.key_prefix = options
