@@ -330,7 +330,7 @@ impl Default for StoreSettings {
             client_cert_file: None,
             client_key_file: None,
             wait_replicas: None,
-            wait_timeout_ms: 200,
+            wait_timeout_ms: 100,
             key_prefix: "portcullis".into(),
         }
     }

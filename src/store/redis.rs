@@ -37,7 +37,9 @@
 //! connection, so it returns once that many replicas hold it (or the wait
 //! times out, which is logged as `store.replication_unconfirmed` and does
 //! not fail the write: the primary has it, and a primary without a live
-//! replica cannot fail over to one anyway). A failover then loses no
+//! replica cannot fail over to one anyway; `WAIT` blocks the multiplexed
+//! connection, so after a timeout writes skip it for five seconds rather
+//! than stall every request behind a missing replica). A failover then loses no
 //! completed sign-in, refresh rotation, reuse marker or configuration change
 //! that Redis acknowledged. Counters (`incr`: login-attempt windows, rate
 //! limits) do not wait: losing one resets a short window and nothing more.
@@ -77,7 +79,11 @@ const CLUSTER_RETRIES: u32 = 3;
 /// "practically forever" anyway (about 73 million years).
 const MAX_TTL_MS: u64 = (i64::MAX / 4) as u64;
 /// The default bound on one `WAIT`.
-pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(200);
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(100);
+/// After a `WAIT` that timed out, writes skip `WAIT` this long: `WAIT`
+/// blocks the multiplexed connection it runs on, so waiting on every write
+/// for a replica that is gone would stall every request behind it.
+const WAIT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// `take_and_mark`: GETDEL the value; if it was there, SET the marker (with
 /// its TTL) in the same script, so no client ever sees the value gone and the
@@ -241,6 +247,8 @@ pub struct RedisStore {
     prefix: String,
     wait_replicas: u32,
     wait_timeout: Duration,
+    /// Until when writes skip `WAIT` (after one timed out).
+    wait_paused_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -372,6 +380,7 @@ impl RedisStore {
             prefix: options.prefix.clone(),
             wait_replicas,
             wait_timeout: options.wait_timeout,
+            wait_paused_until: Arc::new(std::sync::Mutex::new(None)),
         };
         store.check_version().await?;
         tracing::info!(
@@ -445,7 +454,7 @@ impl RedisStore {
         retry: Retry,
         durability: Durability,
     ) -> Result<T, StoreError> {
-        let value = if durability == Durability::Replicated && self.wait_replicas > 0 {
+        let value = if durability == Durability::Replicated && self.wait_replicas > 0 && !self.wait_paused() {
             self.write_and_wait(cmd, retry).await?
         } else {
             self.bounded(self.send(cmd, retry)).await?
@@ -502,11 +511,31 @@ impl RedisStore {
                     reason = "store.replication_unconfirmed",
                     wanted = self.wait_replicas,
                     acknowledged = acks,
-                    "a write was not confirmed by the wanted replicas in time; it is on the primary"
+                    "a write was not confirmed by the wanted replicas in time; it is on the primary; \
+                     writes do not wait for replicas for the next few seconds"
                 );
+                if let Ok(mut until) = self.wait_paused_until.lock() {
+                    *until = Some(Instant::now() + WAIT_BACKOFF);
+                }
             }
         }
         Ok(value)
+    }
+
+    /// Whether writes skip `WAIT` for now (a recent one timed out).
+    fn wait_paused(&self) -> bool {
+        match self.wait_paused_until.lock() {
+            Ok(mut until) => match *until {
+                Some(t) if Instant::now() < t => true,
+                Some(_) => {
+                    *until = None;
+                    false
+                }
+                None => false,
+            },
+            // A poisoned lock only means a panic elsewhere: wait, the safe side.
+            Err(_) => false,
+        }
     }
 
     /// Runs `fut` under [`OPERATION_DEADLINE`].

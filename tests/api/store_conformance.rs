@@ -12,7 +12,7 @@ mod redis_only;
 use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
-use portcullis::store::redis::RedisStore;
+use portcullis::store::redis::{RedisOptions, RedisStore};
 use portcullis::store::{Key, SharedStore, StoreError, Taken};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,34 @@ async fn redis() -> Backend {
     }
 }
 
+async fn on(options: RedisOptions) -> Backend {
+    let store = RedisStore::connect_with(&options).await.unwrap();
+    Backend {
+        store: Arc::new(store),
+        clock: None,
+    }
+}
+
+async fn tls() -> Backend {
+    on(support::redis::shared::tls().options(&support::redis::prefix())).await
+}
+
+async fn sentinel() -> Backend {
+    on(RedisOptions::new(
+        &support::redis::shared::sentinel_url(),
+        &support::redis::prefix(),
+    ))
+    .await
+}
+
+async fn cluster() -> Backend {
+    on(RedisOptions::new(
+        &support::redis::shared::cluster_url(),
+        &support::redis::prefix(),
+    ))
+    .await
+}
+
 /// Generates one `#[tokio::test]` per case for a backend.
 macro_rules! conformance {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -107,7 +135,7 @@ macro_rules! all_cases {
     )*};
 }
 
-all_cases!(memory, redis);
+all_cases!(memory, redis, tls, sentinel, cluster);
 
 async fn get_put_delete_roundtrip(b: &Backend) {
     let s = &b.store;
