@@ -38,5 +38,6 @@ mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod store_conformance;
+mod store_topologies;
 mod tenant_files;
 mod tenants_admin;

@@ -203,3 +203,34 @@ async fn connecting_to_a_silent_server_fails_fast() {
     assert!(started.elapsed() < OUTAGE_BOUND, "{:?}", started.elapsed());
     eprintln!("silent server: connect failed after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn the_first_operation_after_a_restart_succeeds_on_every_idle_store() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        let s = store_on(&server.url()).await;
+        s.ping().await.unwrap();
+        stores.push(s);
+    }
+    server.stop();
+    // Idle while Redis is down, long enough for reconnect attempts to fail.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _restarted = RedisServer::start_on(port);
+    // Each store's very first operation after the restart succeeds, the
+    // ones that are never repeated after an unknown outcome included.
+    let k = |n: &str| Key::tenant("acme", "restart", n);
+    stores[0].put(&k("put"), b"v", None).await.unwrap();
+    assert_eq!(
+        stores[1]
+            .take_and_mark(&k("tm"), &k("tm-used"), b"m", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        portcullis::store::Taken::Absent
+    );
+    assert!(!stores[2].compare_and_put(&k("cas"), b"a", b"b", None).await.unwrap());
+    assert!(stores[3].put_if_absent(&k("pia"), b"v", None).await.unwrap());
+    assert_eq!(stores[4].incr(&k("n"), Duration::from_secs(5)).await.unwrap(), 1);
+    assert_eq!(stores[5].take(&k("t")).await.unwrap(), None);
+}

@@ -24,9 +24,13 @@ pub struct AppOptions {
     pub tweak: Option<fn(&mut Settings)>,
     /// `[dns] nameservers` (`ip:port`), e.g. a `dnsmasq` the test started.
     pub dns_nameservers: Vec<String>,
+    /// Adjusts the settings before start, with captured values (e.g. the
+    /// Redis TLS files of a topology the test started).
+    pub configure: Option<std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>>,
 }
 
 /// A running gateway.
+#[derive(Clone)]
 pub struct TestApp {
     /// The public base URL (the issuer), e.g. `http://127.0.0.1:41234`.
     pub base: Url,
@@ -95,6 +99,9 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
     settings.dns.nameservers = options.dns_nameservers.clone();
     if let Some(tweak) = options.tweak {
         tweak(&mut settings);
+    }
+    if let Some(configure) = &options.configure {
+        configure(&mut settings);
     }
     let resolved = settings.validate("test").unwrap();
     let clock: SharedClock = match &options.clock {

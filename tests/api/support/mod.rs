@@ -12,4 +12,5 @@ pub mod peers;
 pub mod real_browser;
 pub mod redis;
 pub mod replay_free;
+pub mod round_robin;
 pub mod saml_world;

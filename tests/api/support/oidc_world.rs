@@ -126,6 +126,12 @@ impl OidcWorld {
             ..AppOptions::default()
         })
         .await;
+        Self::on(app).await
+    }
+
+    /// Builds the world on a gateway already running (e.g. one of two
+    /// replicas behind a round-robin proxy).
+    pub async fn on(app: TestApp) -> Self {
         app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
         app.create_tenant(GLOBEX, "Globex", &["globex.test"]).await;
 

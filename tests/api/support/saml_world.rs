@@ -46,6 +46,12 @@ impl SamlWorld {
             ..AppOptions::default()
         })
         .await;
+        Self::on(app, post_binding).await
+    }
+
+    /// Builds the world on a gateway already running (e.g. one of two
+    /// replicas behind a round-robin proxy).
+    pub async fn on(app: TestApp, post_binding: bool) -> Self {
         app.create_tenant(TENANT, "Acme Corp", &["acme.test"]).await;
         let idp = SamlIdp::spawn().await;
         let mut metadata = idp.metadata_xml().await;
