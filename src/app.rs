@@ -409,7 +409,11 @@ pub fn describe(settings: &Settings, resolved: &Resolved) -> String {
         resolved.public_url,
         match (
             settings.store.resolve_backend(settings.dev.enabled),
-            settings.store.redis_url.as_ref().map(|u| crate::store::redis_url::Topology::parse(u.expose())),
+            settings
+                .store
+                .redis_url
+                .as_ref()
+                .map(|u| crate::store::redis_url::Topology::parse(u.expose())),
         ) {
             (Ok(Backend::Redis), Some(Ok(t))) => match t.kind() {
                 "sentinel" => "redis (sentinel)",

@@ -600,7 +600,10 @@ impl Settings {
         ] {
             let Some(path) = path else { continue };
             if !tls {
-                bad(field, "is only used with a TLS Redis URL (rediss://, rediss+sentinel://, rediss+cluster://)".into());
+                bad(
+                    field,
+                    "is only used with a TLS Redis URL (rediss://, rediss+sentinel://, rediss+cluster://)".into(),
+                );
             } else if let Err(e) = std::fs::metadata(path) {
                 bad(field, format!("cannot read {}: {e}", path.display()));
             }
@@ -745,24 +748,33 @@ mod tests {
     fn without_a_redis_url_only_dev_mode_or_an_explicit_memory_backend_start() {
         let s = Settings::default();
         let p = problems(&s);
-        assert!(
-            p.iter().any(|p| p.starts_with("store.backend: no Redis URL")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|p| p.starts_with("store.backend: no Redis URL")), "{p:?}");
         let s = Settings::parse("[store]\nbackend = \"memory\"\n", "x.toml").unwrap();
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
         let s = Settings::parse("[dev]\nenabled = true\n", "x.toml").unwrap();
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
         let s = Settings::parse("[store]\nbackend = \"redis\"\n", "x.toml").unwrap();
-        assert!(problems(&s).iter().any(|p| p.contains("no Redis URL")), "{:?}", problems(&s));
+        assert!(
+            problems(&s).iter().any(|p| p.contains("no Redis URL")),
+            "{:?}",
+            problems(&s)
+        );
         let s = Settings::parse(
             "[store]\nbackend = \"memory\"\nredis_url = \"redis://127.0.0.1:6379\"\n",
             "x.toml",
         )
         .unwrap();
-        assert!(problems(&s).iter().any(|p| p.starts_with("store.backend")), "{:?}", problems(&s));
+        assert!(
+            problems(&s).iter().any(|p| p.starts_with("store.backend")),
+            "{:?}",
+            problems(&s)
+        );
         let s = Settings::parse("[store]\nbackend = \"disk\"\n", "x.toml").unwrap();
-        assert!(problems(&s).iter().any(|p| p.starts_with("store.backend")), "{:?}", problems(&s));
+        assert!(
+            problems(&s).iter().any(|p| p.starts_with("store.backend")),
+            "{:?}",
+            problems(&s)
+        );
     }
 
     #[test]
@@ -792,13 +804,17 @@ mod tests {
         let mut s = Settings::default();
         s.store.redis_url = Some(Secret::new("redis://127.0.0.1:6379".to_owned()));
         s.store.ca_file = Some(PathBuf::from("Cargo.toml"));
-        assert!(problems(&s).iter().any(|p| p.starts_with("store.ca_file: is only used with a TLS")));
+        assert!(problems(&s)
+            .iter()
+            .any(|p| p.starts_with("store.ca_file: is only used with a TLS")));
         s.store.redis_url = Some(Secret::new("rediss://127.0.0.1:6379".to_owned()));
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
         s.store.client_cert_file = Some(PathBuf::from("Cargo.toml"));
         assert!(problems(&s).iter().any(|p| p.starts_with("store.client_key_file")));
         s.store.client_key_file = Some(PathBuf::from("no/such/file.pem"));
-        assert!(problems(&s).iter().any(|p| p.starts_with("store.client_key_file: cannot read")));
+        assert!(problems(&s)
+            .iter()
+            .any(|p| p.starts_with("store.client_key_file: cannot read")));
     }
 
     #[test]
@@ -807,15 +823,28 @@ mod tests {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
         let mut s = Settings::default();
-        s.apply_env(&env(&[("PORTCULLIS_DEV", "1"), ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379")]))
-            .unwrap();
-        assert!(problems(&s).iter().any(|p| p.starts_with("dev.enabled: dev mode with a Redis store")));
+        s.apply_env(&env(&[
+            ("PORTCULLIS_DEV", "1"),
+            ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379"),
+        ]))
+        .unwrap();
+        assert!(problems(&s)
+            .iter()
+            .any(|p| p.starts_with("dev.enabled: dev mode with a Redis store")));
         let mut s = Settings::default();
-        s.apply_env(&env(&[("PORTCULLIS_DEV", "1"), ("PORTCULLIS_PUBLIC_URL", "https://sso.example.com")]))
-            .unwrap();
-        assert!(problems(&s).iter().any(|p| p.starts_with("dev.enabled: dev mode with an https public URL")));
-        s.apply_env(&env(&[("PORTCULLIS_DEV_FORCE", "1"), ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379")]))
-            .unwrap();
+        s.apply_env(&env(&[
+            ("PORTCULLIS_DEV", "1"),
+            ("PORTCULLIS_PUBLIC_URL", "https://sso.example.com"),
+        ]))
+        .unwrap();
+        assert!(problems(&s)
+            .iter()
+            .any(|p| p.starts_with("dev.enabled: dev mode with an https public URL")));
+        s.apply_env(&env(&[
+            ("PORTCULLIS_DEV_FORCE", "1"),
+            ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379"),
+        ]))
+        .unwrap();
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
     }
 

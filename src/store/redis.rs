@@ -281,7 +281,11 @@ fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
             client_key: key.clone(),
         }),
         (None, None) => None,
-        _ => return Err(unavailable("a Redis client certificate needs its key, and a key its certificate")),
+        _ => {
+            return Err(unavailable(
+                "a Redis client certificate needs its key, and a key its certificate",
+            ))
+        }
     };
     Ok(redis::TlsCertificates {
         client_tls,
@@ -307,7 +311,8 @@ impl RedisStore {
     /// gateway stops at start-up rather than at the first login. Errors never
     /// repeat the URL (it may hold a password).
     pub async fn connect_with(options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let topology = Topology::parse(&options.url).map_err(|e| StoreError::Unavailable(format!("the Redis URL {e}")))?;
+        let topology =
+            Topology::parse(&options.url).map_err(|e| StoreError::Unavailable(format!("the Redis URL {e}")))?;
         if has_tls_files(&options.tls) && !topology.tls() {
             return Err(unavailable(
                 "Redis TLS files are configured but the Redis URL is not rediss:// (or rediss+sentinel://, rediss+cluster://)",
@@ -332,7 +337,8 @@ impl RedisStore {
                     redis::Client::open(info)
                 }
                 .map_err(|e| map_error(&e))?;
-                let manager = bounded_until(deadline, ConnectionManager::new_with_config(client, manager_config())).await?;
+                let manager =
+                    bounded_until(deadline, ConnectionManager::new_with_config(client, manager_config())).await?;
                 Conn::Single(manager)
             }
             Topology::Sentinel {
@@ -678,7 +684,10 @@ impl SentinelConn {
             Ok(conn) => {
                 *self.current.write().await = Primary { addr, conn };
                 self.generation.fetch_add(1, Ordering::AcqRel);
-                tracing::warn!(reason = "store.sentinel_failover", "moved to the new Redis primary named by the Sentinels");
+                tracing::warn!(
+                    reason = "store.sentinel_failover",
+                    "moved to the new Redis primary named by the Sentinels"
+                );
             }
             Err(e) => {
                 tracing::warn!(reason = "store.sentinel_unavailable", error = %e, "the new Redis primary does not answer yet");
@@ -789,8 +798,12 @@ fn ttl_ms(ttl: Duration) -> u64 {
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(redis::cmd("GET").arg(self.key(key)), Retry::Idempotent, Durability::None)
-            .await
+        self.query(
+            redis::cmd("GET").arg(self.key(key)),
+            Retry::Idempotent,
+            Durability::None,
+        )
+        .await
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -810,9 +823,7 @@ impl Store for RedisStore {
             cmd.arg("PX").arg(ttl_ms(ttl));
         }
         // `SET NX` answers OK when written and nil when the key exists.
-        let answer: Value = self
-            .query(&cmd, Retry::IfNotExecuted, Durability::Replicated)
-            .await?;
+        let answer: Value = self.query(&cmd, Retry::IfNotExecuted, Durability::Replicated).await?;
         Ok(!matches!(answer, Value::Nil))
     }
 

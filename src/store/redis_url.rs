@@ -72,9 +72,9 @@ impl Topology {
     /// Reads a Redis URL. The error says what is wrong without repeating
     /// the URL (it may hold a password).
     pub fn parse(url: &str) -> Result<Topology, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| "is not a URL (expected redis://, rediss://, redis+sentinel:// or redis+cluster://)".to_owned())?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            "is not a URL (expected redis://, rediss://, redis+sentinel:// or redis+cluster://)".to_owned()
+        })?;
         match scheme {
             "redis" | "rediss" => {
                 let tls = scheme == "rediss";
@@ -92,7 +92,10 @@ impl Topology {
                 let (auth, hosts, path, query) = split(rest)?;
                 let master = decode(path.trim_matches('/'))?;
                 if master.is_empty() || master.contains('/') {
-                    return Err("needs the master name as its path: redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME".to_owned());
+                    return Err(
+                        "needs the master name as its path: redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME"
+                            .to_owned(),
+                    );
                 }
                 let mut sentinel_auth = Auth::default();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -100,7 +103,11 @@ impl Topology {
                     match k {
                         "sentinel_username" => sentinel_auth.username = Some(decode(v)?),
                         "sentinel_password" => sentinel_auth.password = Some(decode(v)?),
-                        _ => return Err(format!("has an unknown parameter {k:?} (known: sentinel_username, sentinel_password)")),
+                        _ => {
+                            return Err(format!(
+                                "has an unknown parameter {k:?} (known: sentinel_username, sentinel_password)"
+                            ))
+                        }
                     }
                 }
                 Ok(Topology::Sentinel {

@@ -933,6 +933,7 @@ async fn resource_servers_and_apps_can_be_declared_in_the_config_file() {
     )
     .unwrap();
     s.server.public_url = "http://127.0.0.1:8080".into();
+    s.store.backend = Some("memory".into());
     let err = s.validate("x.toml").unwrap_err();
     let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(

@@ -31,7 +31,11 @@ fn options(url: String) -> AppOptions {
 /// Options for a replica on the shared TLS server (CA and client certificate).
 fn tls_options() -> AppOptions {
     let tls = test_redis::shared::tls();
-    let (ca, cert, key) = (tls.ca.path("ca.pem"), tls.ca.path("client.pem"), tls.ca.path("client.key"));
+    let (ca, cert, key) = (
+        tls.ca.path("ca.pem"),
+        tls.ca.path("client.pem"),
+        tls.ca.path("client.key"),
+    );
     AppOptions {
         configure: Some(Arc::new(move |s: &mut Settings| {
             s.store.ca_file = Some(ca.clone());
@@ -62,7 +66,11 @@ async fn saml_sign_in(w: &SamlWorld) {
         .await;
     assert!(w.idp.serves(&login.url), "{}", browser.trail());
     let post_page = browser
-        .fill_and_submit(&login, Some("login"), &[("username", "alice"), ("password", IDP_PASSWORD)])
+        .fill_and_submit(
+            &login,
+            Some("login"),
+            &[("username", "alice"), ("password", IDP_PASSWORD)],
+        )
         .await;
     let done = browser.submit(&post_page, &post_page.form(Some("saml-post"))).await;
     assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
@@ -137,11 +145,16 @@ async fn in_flight_requests_fail_cleanly(w: &OidcWorld) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
         let client = w.app.client.clone();
+        // /readyz, and /authorize as the app sends the browser there (a
+        // pending login and a session written to the store).
         let url = if i % 2 == 0 {
             w.app.url("/readyz")
         } else {
-            w.app1.login_url(&[("tenant", ACME)])
+            let to_app = client.get(w.app1.login_url(&[("tenant", ACME)])).send().await.unwrap();
+            let location = to_app.headers()["location"].to_str().unwrap().to_owned();
+            url::Url::parse(&location).unwrap()
         };
+        assert!(url.as_str().starts_with(w.app.base.as_str()), "{url}");
         tasks.spawn(async move {
             let sent = Instant::now();
             let answer = client.get(url).timeout(Duration::from_secs(10)).send().await;
@@ -150,13 +163,17 @@ async fn in_flight_requests_fail_cleanly(w: &OidcWorld) {
     }
     for (answer, took) in tasks.join_all().await {
         let status = answer.expect("the gateway answered");
+        eprintln!("in flight: {status} after {took:?}");
         assert!(
             status.is_success() || status.is_redirection() || status.is_server_error(),
             "{status}"
         );
         assert!(took < Duration::from_secs(6), "a request hung for {took:?}");
     }
-    eprintln!("in-flight requests during the failover answered within {:?}", started.elapsed());
+    eprintln!(
+        "in-flight requests during the failover answered within {:?}",
+        started.elapsed()
+    );
 }
 
 /// After the store is back: the refresh token issued before the failover
@@ -172,7 +189,11 @@ async fn after_failover(w: &OidcWorld, before: &Value) {
         assert_ne!(r.error(), Some("invalid_grant"), "{:?}", r.body);
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(refreshed.status, 200, "the pre-failover refresh token: {:?}", refreshed.body);
+    assert_eq!(
+        refreshed.status, 200,
+        "the pre-failover refresh token: {:?}",
+        refreshed.body
+    );
     oidc_sign_in_and_refresh(w, "bob").await;
 }
 
@@ -189,7 +210,10 @@ async fn a_sentinel_failover_keeps_sign_ins_and_refresh_tokens_without_a_restart
     topology.wait_for_promotion();
     eprintln!("Sentinel promoted the replica {:?} after the kill", killed.elapsed());
     after_failover(&w, &before).await;
-    eprintln!("sign-ins and refresh worked again {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "sign-ins and refresh worked again {:?} after the kill",
+        killed.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,14 +226,59 @@ async fn a_cluster_primary_kill_keeps_sign_ins_and_refresh_tokens_without_a_rest
     let before = oidc_sign_in_and_refresh(&w, "alice").await;
     // The primary serving this tenant's refresh family.
     let family = s(&before, "refresh_token").split('.').nth(1).unwrap().to_owned();
-    let victim = topology.primary_for(&format!("{prefix}:{{t:{ACME}:rf:{family}}}:family"));
+    let family_key = format!("{prefix}:{{t:{ACME}:rf:{family}}}:family");
+    let victim = topology.primary_for(&family_key);
     let killed = Instant::now();
     topology.kill(victim);
     in_flight_requests_fail_cleanly(&w).await;
-    topology.wait_ok();
+    topology.wait_for_primary_of(&family_key);
     eprintln!("the cluster was ok again {:?} after the kill", killed.elapsed());
     after_failover(&w, &before).await;
-    eprintln!("sign-ins and refresh worked again {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "sign-ins and refresh worked again {:?} after the kill",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn outside_dev_mode_a_missing_redis_url_is_a_configuration_error() {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.backend: no Redis URL is set"), "{err}");
+    // Starting refuses too, before binding anything.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .env("PORTCULLIS_LISTEN", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.backend"));
+    // Dev mode with a Redis store is refused unless forced.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .env("PORTCULLIS_DEV", "1")
+        .env("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dev.enabled: dev mode with a Redis store") && err.contains("PORTCULLIS_DEV_FORCE"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,9 @@ use portcullis::secret::Secret;
 use std::sync::Arc;
 use url::Url;
 
+/// A settings adjustment that may capture values.
+pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
+
 /// How to start the gateway under test.
 #[derive(Clone, Default)]
 pub struct AppOptions {
@@ -26,7 +29,7 @@ pub struct AppOptions {
     pub dns_nameservers: Vec<String>,
     /// Adjusts the settings before start, with captured values (e.g. the
     /// Redis TLS files of a topology the test started).
-    pub configure: Option<std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>>,
+    pub configure: Option<Configure>,
 }
 
 /// A running gateway.

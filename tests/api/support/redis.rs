@@ -67,7 +67,8 @@ impl RedisServer {
     /// Starts a server on `port` with `extra` arguments (replication, TLS,
     /// cluster mode), answering PING on `port` in plain text.
     pub fn start_with(port: u16, extra: &[String]) -> RedisServer {
-        Self::try_start_with(port, extra).unwrap_or_else(|| panic!("redis-server did not start on {port} with {extra:?}"))
+        Self::try_start_with(port, extra)
+            .unwrap_or_else(|| panic!("redis-server did not start on {port} with {extra:?}"))
     }
 
     /// Starts a Sentinel on `port` from the configuration file `conf`
@@ -278,24 +279,80 @@ impl TestCa {
                 .current_dir(&dir)
                 .output()
                 .expect("openssl is missing: install the Debian package openssl (scripts/setup-system test)");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
         run(&[
-            "req", "-x509", "-new", "-key", "ca.key", "-days", "1", "-subj", "/CN=Portcullis test CA", "-out", "ca.pem",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=Portcullis test CA",
+            "-out",
+            "ca.pem",
         ]);
         for (name, cn, ext) in [
-            ("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
             ("client", "portcullis", "extendedKeyUsage=clientAuth\n"),
         ] {
             std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-            run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.ec")]);
-            // PKCS#8, which every TLS stack reads.
-            run(&["pkcs8", "-topk8", "-nocrypt", "-in", &format!("{name}.ec"), "-out", &format!("{name}.key")]);
-            run(&["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", &format!("{name}.csr")]);
             run(&[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "1", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem"),
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &format!("{name}.ec"),
+            ]);
+            // PKCS#8, which every TLS stack reads.
+            run(&[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                &format!("{name}.ec"),
+                "-out",
+                &format!("{name}.key"),
+            ]);
+            run(&[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
             ]);
         }
         TestCa { dir }
@@ -408,10 +465,17 @@ impl SentinelRedis {
             cli(&["-p", &replica.port().to_string(), "info", "replication"]).contains("master_link_status:up")
         });
         for p in &ports {
-            wait_for("the Sentinels to know each other and the replica", Duration::from_secs(30), || {
-                cli(&["-p", p, "sentinel", "replicas", MASTER]).contains(&replica.port().to_string())
-                    && cli(&["-p", p, "sentinel", "sentinels", MASTER]).matches("127.0.0.1").count() >= 2
-            });
+            wait_for(
+                "the Sentinels to know each other and the replica",
+                Duration::from_secs(30),
+                || {
+                    cli(&["-p", p, "sentinel", "replicas", MASTER]).contains(&replica.port().to_string())
+                        && cli(&["-p", p, "sentinel", "sentinels", MASTER])
+                            .matches("127.0.0.1")
+                            .count()
+                            >= 2
+                },
+            );
         }
         SentinelRedis {
             primary: Some(primary),
@@ -422,7 +486,11 @@ impl SentinelRedis {
 
     /// `redis+sentinel://127.0.0.1:a,127.0.0.1:b,127.0.0.1:c/portcullis`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
         format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
     }
 
@@ -435,7 +503,11 @@ impl SentinelRedis {
             "get-master-addr-by-name",
             MASTER,
         ]);
-        answer.lines().nth(1).and_then(|p| p.trim().parse().ok()).expect("a primary address")
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a primary address")
     }
 
     /// Kills the primary and returns at once (the Sentinels promote the
@@ -520,26 +592,46 @@ impl ClusterRedis {
 
     /// The port of the node serving `key`'s slot as primary now.
     pub fn primary_for(&self, key: &str) -> u16 {
-        let any = self.nodes.iter().flatten().next().expect("a live node").port().to_string();
-        let slot = cli(&["-p", &any, "cluster", "keyslot", key]).trim().parse::<u16>().unwrap();
+        self.try_primary_for(key)
+            .unwrap_or_else(|| panic!("no primary serves {key}"))
+    }
+
+    /// Like [`ClusterRedis::primary_for`], `None` while no live primary serves it.
+    pub fn try_primary_for(&self, key: &str) -> Option<u16> {
+        let any = self
+            .nodes
+            .iter()
+            .flatten()
+            .next()
+            .expect("a live node")
+            .port()
+            .to_string();
+        let slot = cli(&["-p", &any, "cluster", "keyslot", key])
+            .trim()
+            .parse::<u16>()
+            .unwrap();
         // Ask each live primary whether it serves the slot.
         for n in self.nodes.iter().flatten() {
             let port = n.port().to_string();
             let role = cli(&["-p", &port, "role"]);
             if role.starts_with("master") {
                 let nodes = cli(&["-p", &port, "cluster", "nodes"]);
-                let myself = nodes.lines().find(|l| l.contains("myself")).unwrap_or_default().to_owned();
+                let myself = nodes
+                    .lines()
+                    .find(|l| l.contains("myself"))
+                    .unwrap_or_default()
+                    .to_owned();
                 for range in myself.split_whitespace().skip(8) {
                     let (a, b) = range.split_once('-').unwrap_or((range, range));
                     if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
                         if (a..=b).contains(&slot) {
-                            return n.port();
+                            return Some(n.port());
                         }
                     }
                 }
             }
         }
-        panic!("no primary serves slot {slot}");
+        None
     }
 
     /// Kills the node on `port`.
@@ -549,6 +641,15 @@ impl ClusterRedis {
                 drop(n.take());
             }
         }
+    }
+
+    /// Waits until a live node serves `key`'s slot as primary (a replica
+    /// took over from a killed one), then until the cluster is `ok` again.
+    pub fn wait_for_primary_of(&self, key: &str) {
+        wait_for("a replica to take over the slot", Duration::from_secs(30), || {
+            self.try_primary_for(key).is_some()
+        });
+        self.wait_ok();
     }
 
     /// Waits until every live node reports the cluster `ok` again.
