@@ -4,7 +4,7 @@
 
 use crate::support::redis::{self as test_redis, RedisServer};
 use portcullis::clock::{SharedClock, SystemClock};
-use portcullis::store::redis::RedisStore;
+use portcullis::store::redis::{RedisOptions, RedisStore};
 use portcullis::store::session::StoreSessionStore;
 use portcullis::store::{Key, SharedStore, Store, StoreError};
 use std::sync::Arc;
@@ -233,4 +233,51 @@ async fn the_first_operation_after_a_restart_succeeds_on_every_idle_store() {
     assert!(stores[3].put_if_absent(&k("pia"), b"v", None).await.unwrap());
     assert_eq!(stores[4].incr(&k("n"), Duration::from_secs(5)).await.unwrap(), 1);
     assert_eq!(stores[5].take(&k("t")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn writes_wait_for_replicas_by_default_only_where_there_are_replicas() {
+    let single = RedisStore::connect(&test_redis::url(), &test_redis::prefix())
+        .await
+        .unwrap();
+    assert_eq!((single.topology(), single.wait_replicas()), ("single", 0));
+    let sentinel = test_redis::shared::sentinel();
+    let store = RedisStore::connect(&sentinel.url(), &test_redis::prefix())
+        .await
+        .unwrap();
+    assert_eq!((store.topology(), store.wait_replicas()), ("sentinel", 1));
+    // A write returns once the replica holds it: read it there at once.
+    let k = Key::tenant("acme", "rf:f1", "tok:abc");
+    Store::put(&store, &k, b"rotated", None).await.unwrap();
+    let on_replica = test_redis::cli(&[
+        "-p",
+        &sentinel.replica.port().to_string(),
+        "get",
+        &k.render(store.prefix()),
+    ]);
+    assert_eq!(on_replica.trim(), "rotated");
+}
+
+#[tokio::test]
+async fn writes_waiting_for_a_missing_replica_succeed_and_stop_waiting_for_a_while() {
+    let mut options = RedisOptions::new(&test_redis::url(), &test_redis::prefix());
+    options.wait_replicas = Some(1);
+    options.wait_timeout = Duration::from_millis(150);
+    let store = RedisStore::connect_with(&options).await.unwrap();
+    let k = Key::global("wait", "k");
+    let started = Instant::now();
+    Store::put(&store, &k, b"v", None).await.unwrap();
+    let first = started.elapsed();
+    assert!(first >= Duration::from_millis(140), "the first write waited {first:?}");
+    // WAIT holds up the shared connection: after a timeout, writes stop waiting.
+    let started = Instant::now();
+    for _ in 0..10 {
+        Store::put(&store, &k, b"v", None).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(Store::get(&store, &k).await.unwrap(), Some(b"v".to_vec()));
 }

@@ -673,10 +673,15 @@ pub mod shared {
         TLS.get_or_init(TlsRedis::start)
     }
 
+    /// The shared Sentinel topology.
+    pub fn sentinel() -> &'static SentinelRedis {
+        static SENTINEL: OnceLock<SentinelRedis> = OnceLock::new();
+        SENTINEL.get_or_init(SentinelRedis::start)
+    }
+
     /// The shared Sentinel topology's URL.
     pub fn sentinel_url() -> String {
-        static SENTINEL: OnceLock<SentinelRedis> = OnceLock::new();
-        SENTINEL.get_or_init(SentinelRedis::start).url()
+        sentinel().url()
     }
 
     /// The shared cluster's URL.
