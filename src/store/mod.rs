@@ -1,10 +1,13 @@
 //! The state layer: one [`Store`] trait, two backends.
 //!
-//! * [`memory::MemoryStore`] — the embedded default for a single process.
-//! * [`redis::RedisStore`] — production; any number of gateway replicas share it.
+//! * [`memory::MemoryStore`] — one process only: dev mode, or when the
+//!   configuration says `store.backend = "memory"`.
+//! * [`redis::RedisStore`] — production; any number of gateway replicas
+//!   share it, on a single server (optionally TLS), behind Sentinel or on a
+//!   Redis Cluster ([`redis_url::Topology`]).
 //!
 //! Both pass the same conformance suite (`tests/api/store_conformance.rs`),
-//! run against a real Redis server.
+//! run against real Redis servers of every topology.
 //!
 //! Invariants:
 //! * every transient value has a TTL;

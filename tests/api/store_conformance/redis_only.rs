@@ -281,3 +281,28 @@ async fn writes_waiting_for_a_missing_replica_succeed_and_stop_waiting_for_a_whi
     );
     assert_eq!(Store::get(&store, &k).await.unwrap(), Some(b"v".to_vec()));
 }
+
+#[tokio::test]
+async fn tls_refuses_a_server_another_ca_signed_and_a_client_without_its_certificate() {
+    let tls = test_redis::shared::tls();
+    // The right CA and client certificate connect.
+    let ok = RedisStore::connect_with(&tls.options(&test_redis::prefix())).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // A CA that did not sign the server's certificate: refused.
+    let other = test_redis::TestCa::new();
+    let mut options = tls.options(&test_redis::prefix());
+    options.tls.ca_pem = Some(other.read("ca.pem"));
+    let err = RedisStore::connect_with(&options).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    // No client certificate: the server (tls-auth-clients yes) refuses.
+    let mut options = tls.options(&test_redis::prefix());
+    options.tls.client_cert_pem = None;
+    options.tls.client_key_pem = None;
+    let err = RedisStore::connect_with(&options).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    // A certificate without its key is a configuration error.
+    let mut options = tls.options(&test_redis::prefix());
+    options.tls.client_key_pem = None;
+    let err = RedisStore::connect_with(&options).await.unwrap_err();
+    assert!(err.to_string().contains("needs its key"), "{err}");
+}
