@@ -41,6 +41,8 @@ pub struct RedisServer {
     wrapper: Child,
     pid: u32,
     port: u16,
+    /// Its data directory, removed with it.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -79,7 +81,13 @@ impl RedisServer {
     }
 
     fn try_start_with(port: u16, extra: &[String]) -> Option<RedisServer> {
+        // A replica writes the RDB it receives to its directory: never the
+        // working directory (the checkout).
+        let data = scratch("redis-data");
+        let dir = data.display().to_string();
         let mut args: Vec<String> = [
+            "--dir",
+            &dir,
             "--port",
             &port.to_string(),
             "--bind",
@@ -95,7 +103,17 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().cloned());
-        Self::spawn(&args, port)
+        let server = Self::spawn(&args, port);
+        match server {
+            Some(mut server) => {
+                server.dir = Some(data);
+                Some(server)
+            }
+            None => {
+                std::fs::remove_dir_all(&data).ok();
+                None
+            }
+        }
     }
 
     fn spawn(args: &[String], port: u16) -> Option<RedisServer> {
@@ -114,7 +132,12 @@ impl RedisServer {
             .read_line(&mut line)
             .expect("read redis-server pid");
         let pid = line.trim().parse().expect("redis-server pid");
-        let server = RedisServer { wrapper, pid, port };
+        let server = RedisServer {
+            wrapper,
+            pid,
+            port,
+            dir: None,
+        };
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
             if ping(port) {
@@ -175,6 +198,9 @@ impl Drop for RedisServer {
         // Closing the wrapper's stdin makes it kill redis-server and exit.
         drop(self.wrapper.stdin.take());
         let _ = self.wrapper.wait();
+        if let Some(dir) = &self.dir {
+            std::fs::remove_dir_all(dir).ok();
+        }
     }
 }
 
