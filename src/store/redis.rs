@@ -17,17 +17,21 @@
 //! frozen turns into [`StoreError::Unavailable`] within about two seconds
 //! instead of a hung request: `/readyz` and every login depend on that.
 //!
-//! **Retry once.** A connection that went stale while Redis restarted (or
-//! a primary that moved) must not fail the first request after recovery. An
-//! operation whose failure says the command was not executed (connection
-//! refused, `READONLY`, `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`)
-//! is retried once, within the same deadline. An operation that is safe to
-//! repeat (reads, `put`, `delete`, set changes, the bounded list push is
-//! not) is also retried after an I/O error whose outcome is unknown. A take
-//! (`take`, `take_and_mark`), `put_if_absent`, `compare_and_put` and `incr`
-//! are not retried after an unknown outcome: the first attempt may have
-//! consumed or written the value, and a retry would report a single use as a
-//! reuse (revoking a family) or a won race as lost. (On a cluster the
+//! **Recovery.** A connection that went stale while Redis restarted (or a
+//! primary that moved) must not fail the first request after recovery.
+//! Connections speak RESP3, so the connection manager hears a disconnect
+//! at once, even while idle, and reconnects in the background; a request
+//! that still finds no connection fails with "connection refused" before
+//! anything was sent. An operation whose failure says the command was not
+//! executed (connection refused, `READONLY`, `MASTERDOWN`, `TRYAGAIN`,
+//! `CLUSTERDOWN`, `LOADING`) is retried once, within the same deadline. An
+//! operation that is safe to repeat (reads, `put`, `delete`, `set_add`,
+//! `set_remove`, `ping`) is also retried after an I/O error or timeout
+//! whose outcome is unknown. A take (`take`, `take_and_mark`),
+//! `put_if_absent`, `compare_and_put`, `incr` and `list_push_capped` are not
+//! retried after an unknown outcome: the first attempt may have consumed or
+//! written the value, and a retry would report a single use as a reuse
+//! (revoking a family), a won race as lost, or count and log twice. (On a cluster the
 //! cluster client also retries by itself after connection errors and
 //! redirections; a take repeated there finds the marker or nothing: it fails
 //! closed, never twice.)
