@@ -306,3 +306,32 @@ async fn tls_refuses_a_server_another_ca_signed_and_a_client_without_its_certifi
     let err = RedisStore::connect_with(&options).await.unwrap_err();
     assert!(err.to_string().contains("needs its key"), "{err}");
 }
+
+#[tokio::test]
+async fn an_acl_user_and_password_in_the_url_authenticate_and_a_wrong_one_is_not_echoed() {
+    let server = RedisServer::start_with(
+        test_redis::free_port(),
+        // The default user stays open for the readiness PING.
+        &[
+            "--user".into(),
+            "gateway".into(),
+            "on".into(),
+            ">s3cret-pw".into(),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+        ],
+    );
+    let url = |auth: &str| format!("redis://{auth}@127.0.0.1:{}", server.port());
+    let store = RedisStore::connect(&url("gateway:s3cret-pw"), &test_redis::prefix())
+        .await
+        .unwrap();
+    Store::put(&store, &Key::global("acl", "k"), b"v", None).await.unwrap();
+    for wrong in ["gateway:hunter2-wrong", "nobody:hunter2-wrong"] {
+        let err = RedisStore::connect(&url(wrong), &test_redis::prefix())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
