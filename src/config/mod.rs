@@ -103,6 +103,11 @@ pub struct ServerSettings {
     /// the process exits anyway, seconds (`PORTCULLIS_SHUTDOWN_GRACE_SECS`,
     /// 1 to 3600; default 25, below Kubernetes' default 30 s grace).
     pub shutdown_grace_secs: u64,
+    /// How long a drain keeps accepting (while `/readyz` already answers
+    /// 503) before it stops, so load balancers notice first, seconds
+    /// (`PORTCULLIS_SHUTDOWN_DELAY_SECS`, 0 to 120; default 0). The grace
+    /// period starts after it.
+    pub shutdown_delay_secs: u64,
 }
 
 /// `[store]`
@@ -291,6 +296,7 @@ impl Default for ServerSettings {
             tls_cert_file: None,
             tls_key_file: None,
             shutdown_grace_secs: 25,
+            shutdown_delay_secs: 0,
         }
     }
 }
@@ -357,8 +363,10 @@ pub struct Resolved {
     pub admin_listen: Option<SocketAddr>,
     /// Certificate and key files when Portcullis serves HTTPS itself.
     pub tls: Option<TlsFiles>,
-    /// The drain deadline after SIGTERM/SIGINT.
+    /// The drain deadline after SIGTERM/SIGINT (after the delay).
     pub shutdown_grace: std::time::Duration,
+    /// How long a drain keeps accepting while unready.
+    pub shutdown_delay: std::time::Duration,
 }
 
 /// The PEM files HTTPS is served with.
@@ -436,14 +444,19 @@ impl Settings {
         if let Some(v) = env.get("PORTCULLIS_TLS_KEY_FILE") {
             self.server.tls_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
         }
-        if let Some(v) = env.get("PORTCULLIS_SHUTDOWN_GRACE_SECS") {
-            match v.parse::<u64>() {
-                Ok(n) => self.server.shutdown_grace_secs = n,
-                Err(_) => problems.push(ConfigProblem {
-                    source: "PORTCULLIS_SHUTDOWN_GRACE_SECS".into(),
-                    field: String::new(),
-                    message: format!("expected a number of seconds, found {v:?}"),
-                }),
+        for (name, target) in [
+            ("PORTCULLIS_SHUTDOWN_GRACE_SECS", &mut self.server.shutdown_grace_secs),
+            ("PORTCULLIS_SHUTDOWN_DELAY_SECS", &mut self.server.shutdown_delay_secs),
+        ] {
+            if let Some(v) = env.get(name) {
+                match v.parse::<u64>() {
+                    Ok(n) => *target = n,
+                    Err(_) => problems.push(ConfigProblem {
+                        source: name.into(),
+                        field: String::new(),
+                        message: format!("expected a number of seconds, found {v:?}"),
+                    }),
+                }
             }
         }
         if let Some(v) = env.get("PORTCULLIS_REDIS_URL") {
@@ -481,7 +494,7 @@ impl Settings {
         }
         let admin_listen = match self.server.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
             None => None,
-            Some(Ok(a)) if listen.as_ref().is_ok_and(|l| *l == a) => {
+            Some(Ok(a)) if a.port() != 0 && listen.as_ref().is_ok_and(|l| *l == a) => {
                 bad(
                     "server.admin_listen",
                     "must differ from server.listen (leave it unset to serve the admin API on the main listener)"
@@ -505,17 +518,11 @@ impl Settings {
             }),
             (None, None) => None,
             (Some(_), None) => {
-                bad(
-                    "server.tls_key_file",
-                    "is required with server.tls_cert_file".into(),
-                );
+                bad("server.tls_key_file", "is required with server.tls_cert_file".into());
                 None
             }
             (None, Some(_)) => {
-                bad(
-                    "server.tls_cert_file",
-                    "is required with server.tls_key_file".into(),
-                );
+                bad("server.tls_cert_file", "is required with server.tls_key_file".into());
                 None
             }
         };
@@ -523,6 +530,12 @@ impl Settings {
             bad(
                 "server.shutdown_grace_secs",
                 format!("{} is outside 1..=3600", self.server.shutdown_grace_secs),
+            );
+        }
+        if self.server.shutdown_delay_secs > 120 {
+            bad(
+                "server.shutdown_delay_secs",
+                format!("{} is outside 0..=120", self.server.shutdown_delay_secs),
             );
         }
         let public_url = Url::parse(&self.server.public_url);
@@ -677,6 +690,7 @@ impl Settings {
                 admin_listen,
                 tls,
                 shutdown_grace: std::time::Duration::from_secs(self.server.shutdown_grace_secs),
+                shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay_secs),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -737,6 +751,7 @@ mod tests {
             ("PORTCULLIS_TLS_CERT_FILE", "/etc/portcullis/tls.crt"),
             ("PORTCULLIS_TLS_KEY_FILE", "/etc/portcullis/tls.key"),
             ("PORTCULLIS_SHUTDOWN_GRACE_SECS", "7"),
+            ("PORTCULLIS_SHUTDOWN_DELAY_SECS", "5"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -747,10 +762,11 @@ mod tests {
         assert_eq!(r.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
         assert_eq!(r.tls.unwrap().key, PathBuf::from("/etc/portcullis/tls.key"));
         assert_eq!(r.shutdown_grace.as_secs(), 7);
+        assert_eq!(r.shutdown_delay.as_secs(), 5);
         assert_eq!(Settings::default().validate("d").unwrap().shutdown_grace.as_secs(), 25);
 
         let s = Settings::parse(
-            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\n",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\n",
             "x.toml",
         )
         .unwrap();
@@ -758,7 +774,12 @@ mod tests {
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["server.admin_listen", "server.tls_key_file", "server.shutdown_grace_secs"]
+            [
+                "server.admin_listen",
+                "server.tls_key_file",
+                "server.shutdown_grace_secs",
+                "server.shutdown_delay_secs"
+            ]
         );
         let mut s = Settings::default();
         s.server.admin_listen = Some("nowhere".into());

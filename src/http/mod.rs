@@ -142,10 +142,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
 
-    Router::new()
-        .merge(browser)
-        .merge(api)
-        .merge(crate::portal::routes())
+    Router::new().merge(browser).merge(api).merge(crate::portal::routes())
 }
 
 /// The layers every listener shares: security headers, the body limit

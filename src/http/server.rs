@@ -76,8 +76,9 @@ impl Listeners {
     }
 }
 
-/// Serves `state` on `listeners` until `shutdown` resolves, then drains for
-/// at most `resolved.shutdown_grace`. With `resolved.tls`, both listeners
+/// Serves `state` on `listeners` until `shutdown` resolves; then turns
+/// unready, keeps serving for `resolved.shutdown_delay`, stops accepting and
+/// drains for at most `resolved.shutdown_grace`. With `resolved.tls`, both listeners
 /// speak HTTPS with the certificate loaded now and re-read on change (an
 /// unreadable or mismatched pair at start is an error; later, the previous
 /// pair keeps serving).
@@ -111,6 +112,14 @@ pub async fn serve(
 
     shutdown.await;
     state.lifecycle.start_drain();
+    if !resolved.shutdown_delay.is_zero() {
+        tracing::info!(
+            reason = "shutdown.unready",
+            delay_secs = resolved.shutdown_delay.as_secs(),
+            "unready: still serving while load balancers take this replica out"
+        );
+        tokio::time::sleep(resolved.shutdown_delay).await;
+    }
     tracing::info!(
         reason = "shutdown.draining",
         grace_secs = resolved.shutdown_grace.as_secs(),
@@ -220,7 +229,9 @@ impl TlsListener {
                                 tracing::debug!("listener closed during a handshake");
                             }
                         }
-                        Ok(Err(e)) => tracing::debug!(reason = "tls.handshake_failed", %remote, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(reason = "tls.handshake_failed", %remote, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(reason = "tls.handshake_timeout", %remote, "TLS handshake timed out"),
                     }
                 });
@@ -379,12 +390,7 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
         .load_private_key(der)
         .map_err(|e| format!("{}: unsupported private key: {e}", files.key.display()))?;
     let key = CertifiedKey::new(certs, signing);
-    key.keys_match().map_err(|e| {
-        format!(
-            "{} does not match {}: {e}",
-            files.key.display(),
-            files.cert.display()
-        )
-    })?;
+    key.keys_match()
+        .map_err(|e| format!("{} does not match {}: {e}", files.key.display(), files.cert.display()))?;
     Ok(key)
 }
