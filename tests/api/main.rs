@@ -8,6 +8,8 @@ mod admin_scopes;
 mod browser_security;
 mod cas_updates;
 mod cli;
+mod deploy;
+mod deploy_image;
 mod dev_flow;
 mod domains;
 mod import;

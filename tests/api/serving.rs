@@ -22,13 +22,35 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Settings for an in-process gateway on the shared test Redis.
+/// A master key file for secrets at rest (`k1 = <base64 of 32 bytes>`),
+/// which a Redis store outside dev mode needs.
+pub fn master_key_file() -> PathBuf {
+    use base64::Engine;
+    let dir = scratch("master-key");
+    let path = dir.join("master.keys");
+    let key: [u8; 32] = rand::random();
+    std::fs::write(
+        &path,
+        format!("k1 = {}\n", base64::engine::general_purpose::STANDARD.encode(key)),
+    )
+    .unwrap();
+    path
+}
+
+/// Settings for an in-process gateway on the shared test Redis, read the
+/// way the binary reads them (environment over defaults).
 fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
-    let mut s = Settings::default();
-    s.server.listen = "127.0.0.1:0".into();
-    s.server.public_url = "http://127.0.0.1:8080".into();
+    let env: std::collections::BTreeMap<String, String> = [
+        ("PORTCULLIS_LISTEN", "127.0.0.1:0".to_owned()),
+        ("PORTCULLIS_PUBLIC_URL", "http://127.0.0.1:8080".to_owned()),
+        ("PORTCULLIS_REDIS_URL", redis::url()),
+        ("PORTCULLIS_MASTER_KEY_FILE", master_key_file().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut s = Settings::load(None, &env).unwrap();
     s.admin.token = Some(Secret::new(TOKEN.to_owned()));
-    s.store.redis_url = Some(Secret::new(redis::url()));
     s.store.key_prefix = redis::prefix();
     tweak(&mut s);
     s
@@ -252,6 +274,7 @@ impl Gateway {
             .env("PORTCULLIS_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
             .env("PORTCULLIS_REDIS_URL", redis::url())
             .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
+            .env("PORTCULLIS_MASTER_KEY_FILE", master_key_file())
             .env("PORTCULLIS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
