@@ -506,3 +506,34 @@ fn check_config_refuses_an_unusable_certificate() {
     assert!(err.contains("not a PEM private key"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn forged_host_and_forwarded_headers_change_no_url() {
+    let (main, _, stop, task) = start(settings(|s| s.server.public_url = "https://sso.example.com".into())).await;
+    let c = reqwest::Client::new();
+    for path in ["/.well-known/openid-configuration", "/jwks"] {
+        let body = c
+            .get(format!("http://{main}{path}"))
+            .header("Host", "evil.example")
+            .header("X-Forwarded-Host", "evil.example")
+            .header("X-Forwarded-Proto", "http")
+            .header("Forwarded", "host=evil.example;proto=http")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !body.contains("evil.example"),
+            "{path} trusted a request header: {body}"
+        );
+        if path.contains("openid") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(doc["issuer"], "https://sso.example.com");
+            assert_eq!(doc["token_endpoint"], "https://sso.example.com/token");
+        }
+    }
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
