@@ -40,7 +40,10 @@ cache="${PORTCULLIS_IMAGE_CACHE:-$root/.tmp/image}"
 mkdir -p "$cache"
 week="$(date -u +%G-w%V)"
 base_tar="$cache/bookworm-minbase-$week.tar"
-podman=(podman --root "$cache/storage" --runroot "$cache/run" --storage-driver vfs --cgroup-manager cgroupfs --events-backend none)
+# overlay keeps layers as differences (vfs would copy the whole tree per
+# layer); PORTCULLIS_IMAGE_STORAGE_DRIVER=vfs where overlay mounts fail.
+driver="${PORTCULLIS_IMAGE_STORAGE_DRIVER:-overlay}"
+podman=(podman --root "$cache/storage-$driver" --runroot "$cache/run-$driver" --storage-driver "$driver" --cgroup-manager cgroupfs --events-backend none)
 started=$SECONDS
 step() { echo "build-test: $* (+$((SECONDS - started)) s)" >&2; }
 
@@ -63,11 +66,16 @@ mkdir -p "$ctx/config"
 cp "$binary" "$ctx/portcullis"
 cp "$root/config/portcullis.toml" "$ctx/config/portcullis.toml"
 
+build=("${podman[@]}" build --quiet --isolation=chroot --network=host --layers --build-arg "BASE=$base_ref"
+  -f "$root/deploy/Dockerfile")
+# The runtime base (Debian packages, user, configuration) gets a name, so its
+# cached layers survive the pruning below; it is rebuilt only when its part
+# of the Dockerfile or the base changes.
+step "podman build --isolation=chroot --target runtime-base"
+"${build[@]}" --target runtime-base -t "localhost/portcullis-runtime-base:$week" "$ctx" >/dev/null
 image="localhost/portcullis:build-test"
 step "podman build --isolation=chroot --target runtime-prebuilt"
-"${podman[@]}" build --quiet --isolation=chroot --network=host --layers \
-  --build-arg "BASE=$base_ref" --target runtime-prebuilt \
-  -f "$root/deploy/Dockerfile" -t "$image" "$ctx" >/dev/null
+"${build[@]}" --target runtime-prebuilt -t "$image" "$ctx" >/dev/null
 
 step "export the image's file system"
 rm -rf "$out"
@@ -76,6 +84,6 @@ mkdir -p "$out/rootfs"
 cid="$("${podman[@]}" create "$image")"
 "${podman[@]}" export "$cid" | tar -x -C "$out/rootfs"
 "${podman[@]}" rm --force "$cid" >/dev/null
-# Keep the store small: earlier builds' layers go.
-"${podman[@]}" image prune --force >/dev/null || true
+# Keep the store small: earlier builds' images (now untagged) go.
+"${podman[@]}" image prune --force >/dev/null
 step "done: $out/rootfs"
