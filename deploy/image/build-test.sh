@@ -55,6 +55,10 @@ if [[ ! -s "$base_tar" ]]; then
 fi
 
 base_ref="localhost/portcullis-base:bookworm-$week"
+# Images of earlier weeks go (their base tarball is gone already).
+"${podman[@]}" images --format '{{.Repository}}:{{.Tag}}' \
+  | grep -E '^localhost/portcullis-(runtime-)?base:' | grep -v -- "$week\$" \
+  | xargs -r "${podman[@]}" rmi --force >/dev/null
 if ! "${podman[@]}" image exists "$base_ref"; then
   step "podman import $base_ref"
   "${podman[@]}" import --quiet "$base_tar" "$base_ref" >/dev/null
