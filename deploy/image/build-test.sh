@@ -57,7 +57,7 @@ fi
 base_ref="localhost/portcullis-base:bookworm-$week"
 # Images of earlier weeks go (their base tarball is gone already).
 "${podman[@]}" images --format '{{.Repository}}:{{.Tag}}' \
-  | grep -E '^localhost/portcullis-(runtime-)?base:' | grep -v -- "$week\$" \
+  | { grep -E '^localhost/portcullis-(runtime-)?base:' || true; } | { grep -v -- "$week\$" || true; } \
   | xargs -r "${podman[@]}" rmi --force >/dev/null
 if ! "${podman[@]}" image exists "$base_ref"; then
   step "podman import $base_ref"
