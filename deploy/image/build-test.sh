@@ -36,7 +36,7 @@ if [[ "$(id -u)" != 0 ]]; then
 fi
 [[ -x "$binary" ]] || { echo "build-test: $binary is not an executable" >&2; exit 2; }
 
-cache="${PORTCULLIS_IMAGE_CACHE:-$root/.tmp/image}"
+cache="$(realpath -m "${PORTCULLIS_IMAGE_CACHE:-$root/.tmp/image}")"
 mkdir -p "$cache"
 week="$(date -u +%G-w%V)"
 base_tar="$cache/bookworm-minbase-$week.tar"
