@@ -346,6 +346,26 @@ fn the_systemd_unit_is_hardened_and_its_pre_start_check_survives_an_unreachable_
     ] {
         assert_eq!(values(key), [want], "{key}");
     }
+    // systemd itself accepts every directive (the binary under test in
+    // place of the installed one, which verify looks for).
+    let dir = std::env::temp_dir().join(format!("portcullis-unit-{}", portcullis::tokens::random_token(8)));
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    let copy = dir.join("portcullis.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/portcullis", env!("CARGO_BIN_EXE_portcullis")),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze is needed ({e}): install the Debian package systemd"));
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let stop: u64 = values("TimeoutStopSec")[0].parse().unwrap();
     assert!(stop > portcullis::config::Settings::default().server.shutdown_grace_secs);
 
@@ -356,8 +376,6 @@ fn the_systemd_unit_is_hardened_and_its_pre_start_check_survives_an_unreachable_
     assert_eq!(pre.len(), 1);
     let mut argv = pre[0].split_whitespace();
     assert_eq!(argv.next(), Some("/usr/local/bin/portcullis"));
-    let dir = std::env::temp_dir().join(format!("portcullis-unit-{}", portcullis::tokens::random_token(8)));
-    std::fs::create_dir_all(dir.join("tenants")).unwrap();
     std::fs::write(
         dir.join("portcullis.toml"),
         format!(
