@@ -156,6 +156,7 @@ pub async fn build(
             settings.dns.nameservers.iter().filter_map(|a| a.parse().ok()).collect(),
             Duration::from_secs(settings.dns.timeout_secs),
         ),
+        lifecycle: crate::http::server::Lifecycle::default(),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

@@ -26,7 +26,14 @@ pub enum Command {
     /// Run the gateway.
     Serve,
     /// Validate the configuration and the tenant files; report every problem.
-    CheckConfig,
+    CheckConfig {
+        /// Check without contacting any IdP: connections whose check needs
+        /// the network (a SAML `metadata_url`, OIDC discovery) are checked
+        /// for what can be read locally and skipped for the rest, so one
+        /// unreachable IdP cannot stop a start-up (use it in pre-start hooks).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Create tenants and connections from a JSON export (docs/IMPORT.md):
     /// every problem is reported at once, and nothing is created unless
     /// the whole file is valid.
@@ -54,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => Ok(check_config(&settings, &source).await),
+        Command::CheckConfig { offline } => Ok(check_config(&settings, &source, offline).await),
         Command::Serve => serve(settings, &source).await,
         Command::Import { file } => import(settings, &source, &file).await,
     }
@@ -105,11 +112,33 @@ async fn import(settings: Settings, source: &str, file: &std::path::Path) -> any
     }
 }
 
-async fn check_config(settings: &Settings, source: &str) -> i32 {
+/// Whether checking this connection body needs an IdP on the network: a
+/// SAML connection with a `metadata_url` and no inline metadata, or any OIDC
+/// connection (its discovery document is fetched).
+fn needs_network(body: &serde_json::Value) -> bool {
+    let has = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    match body.get("kind").and_then(serde_json::Value::as_str) {
+        Some("oidc") => true,
+        Some("saml") => has("metadata_url") && !has("metadata_xml"),
+        _ => false,
+    }
+}
+
+async fn check_config(settings: &Settings, source: &str, offline: bool) -> i32 {
     let (resolved, mut problems): (_, Vec<ConfigProblem>) = match settings.validate(source) {
         Ok(r) => (Some(r), Vec::new()),
         Err(e) => (None, e.0),
     };
+    if let Some(files) = resolved.as_ref().and_then(|r| r.tls.as_ref()) {
+        if let Err(message) = crate::http::server::load_certified_key(files) {
+            problems.push(ConfigProblem {
+                source: source.into(),
+                field: "server.tls_cert_file".into(),
+                message,
+            });
+        }
+    }
+    let mut skipped = 0usize;
     if let Some(dir) = &settings.tenants_dir {
         let (files, file_problems) = crate::tenant::files::read_dir(dir);
         problems.extend(file_problems);
@@ -124,6 +153,10 @@ async fn check_config(settings: &Settings, source: &str) -> i32 {
                         continue;
                     };
                     for (i, body) in f.connection_bodies().into_iter().enumerate() {
+                        if offline && needs_network(&body) {
+                            skipped += 1;
+                            continue;
+                        }
                         if let Err(e) =
                             crate::tenant::setup::build_connection(&ctx, &tenant, body, settings.dev.enabled).await
                         {
@@ -139,7 +172,13 @@ async fn check_config(settings: &Settings, source: &str) -> i32 {
         }
     }
     if problems.is_empty() {
-        println!("configuration OK ({source})");
+        if skipped > 0 {
+            println!(
+                "configuration OK ({source}); offline: {skipped} connection(s) need their IdP to be checked and were not fetched"
+            );
+        } else {
+            println!("configuration OK ({source})");
+        }
         0
     } else {
         eprintln!("{}", crate::config::ConfigErrors(problems));
@@ -155,14 +194,26 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    if let Some(files) = &resolved.tls {
+        // Refuse to start on an unusable certificate before touching the store.
+        if let Err(e) = crate::http::server::load_certified_key(files) {
+            eprintln!("invalid configuration:\n  - {source}: server.tls_cert_file: {e}");
+            return Ok(2);
+        }
+    }
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
     crate::app::spawn_background(state.clone(), &settings);
-    let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
+    let listeners = crate::http::server::Listeners::bind(&resolved).await?;
+    let scheme = if resolved.tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "Portcullis listening on {} — {}",
-        listener.local_addr()?,
+        "Portcullis listening on {scheme}://{}{} — {}",
+        listeners.main.local_addr()?,
+        match &listeners.admin {
+            Some(a) => format!(" (admin API and metrics on {scheme}://{})", a.local_addr()?),
+            None => String::new(),
+        },
         crate::app::describe(&settings, &resolved)
     );
     if settings.dev.enabled {
@@ -171,24 +222,36 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             state.upstream.public("demo")
         );
     }
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    Ok(0)
+    match crate::http::server::serve(state, &resolved, listeners, shutdown_signal()).await? {
+        crate::http::server::Ended::Drained => Ok(0),
+        // Requests were cut off: say so in the exit status.
+        crate::http::server::Ended::GraceExceeded => Ok(1),
+    }
 }
 
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). A signal handler that cannot be
+/// installed is logged, and the other one still works.
 async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
         }
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+    tracing::info!(reason = "shutdown.signal", "shutting down");
 }

@@ -89,6 +89,25 @@ pub struct ServerSettings {
     pub listen: String,
     /// The issuer and base of every URL handed out (`PORTCULLIS_PUBLIC_URL`).
     pub public_url: String,
+    /// A separate address for the admin API, its OpenAPI document and
+    /// `/metrics` (`PORTCULLIS_ADMIN_LISTEN`). When set, the main listener
+    /// answers 404 for them; unset, everything is served on `listen`.
+    pub admin_listen: Option<String>,
+    /// PEM certificate chain for serving HTTPS ourselves
+    /// (`PORTCULLIS_TLS_CERT_FILE`); with `tls_key_file`, both listeners
+    /// speak TLS. Re-read when it changes on disk or on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key matching `tls_cert_file` (`PORTCULLIS_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
+    /// How long a SIGTERM/SIGINT drain waits for in-flight requests before
+    /// the process exits anyway, seconds (`PORTCULLIS_SHUTDOWN_GRACE_SECS`,
+    /// 1 to 3600; default 25, below Kubernetes' default 30 s grace).
+    pub shutdown_grace_secs: u64,
+    /// How long a drain keeps accepting (while `/readyz` already answers
+    /// 503) before it stops, so load balancers notice first, seconds
+    /// (`PORTCULLIS_SHUTDOWN_DELAY_SECS`, 0 to 120; default 0). The grace
+    /// period starts after it.
+    pub shutdown_delay_secs: u64,
 }
 
 /// `[store]`
@@ -317,6 +336,11 @@ impl Default for ServerSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://127.0.0.1:8080".into(),
+            admin_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            shutdown_grace_secs: 25,
+            shutdown_delay_secs: 0,
         }
     }
 }
@@ -385,6 +409,23 @@ pub struct Resolved {
     pub listen: SocketAddr,
     /// The public base URL (issuer).
     pub public_url: Url,
+    /// The separate admin (and metrics) address, if configured.
+    pub admin_listen: Option<SocketAddr>,
+    /// Certificate and key files when Portcullis serves HTTPS itself.
+    pub tls: Option<TlsFiles>,
+    /// The drain deadline after SIGTERM/SIGINT (after the delay).
+    pub shutdown_grace: std::time::Duration,
+    /// How long a drain keeps accepting while unready.
+    pub shutdown_delay: std::time::Duration,
+}
+
+/// The PEM files HTTPS is served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key: PathBuf,
 }
 
 impl Settings {
@@ -467,6 +508,30 @@ impl Settings {
         if let Some(v) = env.get("PORTCULLIS_PUBLIC_URL") {
             self.server.public_url = v.clone();
         }
+        if let Some(v) = env.get("PORTCULLIS_ADMIN_LISTEN") {
+            self.server.admin_listen = (!v.is_empty()).then(|| v.clone());
+        }
+        if let Some(v) = env.get("PORTCULLIS_TLS_CERT_FILE") {
+            self.server.tls_cert_file = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = env.get("PORTCULLIS_TLS_KEY_FILE") {
+            self.server.tls_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        for (name, target) in [
+            ("PORTCULLIS_SHUTDOWN_GRACE_SECS", &mut self.server.shutdown_grace_secs),
+            ("PORTCULLIS_SHUTDOWN_DELAY_SECS", &mut self.server.shutdown_delay_secs),
+        ] {
+            if let Some(v) = env.get(name) {
+                match v.parse::<u64>() {
+                    Ok(n) => *target = n,
+                    Err(_) => problems.push(ConfigProblem {
+                        source: name.into(),
+                        field: String::new(),
+                        message: format!("expected a number of seconds, found {v:?}"),
+                    }),
+                }
+            }
+        }
         if let Some(v) = env.get("PORTCULLIS_REDIS_URL") {
             self.store.redis_url = (!v.is_empty()).then(|| Secret::new(v.clone()));
         }
@@ -498,6 +563,52 @@ impl Settings {
             bad(
                 "server.listen",
                 format!("not a socket address ({e}); e.g. 0.0.0.0:8080"),
+            );
+        }
+        let admin_listen = match self.server.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(a)) if a.port() != 0 && listen.as_ref().is_ok_and(|l| *l == a) => {
+                bad(
+                    "server.admin_listen",
+                    "must differ from server.listen (leave it unset to serve the admin API on the main listener)"
+                        .into(),
+                );
+                None
+            }
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                bad(
+                    "server.admin_listen",
+                    format!("not a socket address ({e}); e.g. 127.0.0.1:9090"),
+                );
+                None
+            }
+        };
+        let tls = match (&self.server.tls_cert_file, &self.server.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                bad("server.tls_key_file", "is required with server.tls_cert_file".into());
+                None
+            }
+            (None, Some(_)) => {
+                bad("server.tls_cert_file", "is required with server.tls_key_file".into());
+                None
+            }
+        };
+        if !(1..=3600).contains(&self.server.shutdown_grace_secs) {
+            bad(
+                "server.shutdown_grace_secs",
+                format!("{} is outside 1..=3600", self.server.shutdown_grace_secs),
+            );
+        }
+        if self.server.shutdown_delay_secs > 120 {
+            bad(
+                "server.shutdown_delay_secs",
+                format!("{} is outside 0..=120", self.server.shutdown_delay_secs),
             );
         }
         let public_url = Url::parse(&self.server.public_url);
@@ -696,7 +807,14 @@ impl Settings {
             }
         }
         match (listen, public_url) {
-            (Ok(listen), Ok(public_url)) if problems.is_empty() => Ok(Resolved { listen, public_url }),
+            (Ok(listen), Ok(public_url)) if problems.is_empty() => Ok(Resolved {
+                listen,
+                public_url,
+                admin_listen,
+                tls,
+                shutdown_grace: std::time::Duration::from_secs(self.server.shutdown_grace_secs),
+                shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay_secs),
+            }),
             _ => Err(ConfigErrors(problems)),
         }
     }
@@ -883,6 +1001,50 @@ mod tests {
         let s = Settings::parse("[upstream]\nrefresh_interval_secs = 900\n", "x.toml").unwrap();
         assert_eq!(s.upstream.refresh_interval_secs, 900);
         assert_eq!(Settings::default().upstream.refresh_interval_secs, 3600);
+    }
+
+    #[test]
+    fn listeners_tls_and_grace_are_checked() {
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:9090"),
+            ("PORTCULLIS_TLS_CERT_FILE", "/etc/portcullis/tls.crt"),
+            ("PORTCULLIS_TLS_KEY_FILE", "/etc/portcullis/tls.key"),
+            ("PORTCULLIS_SHUTDOWN_GRACE_SECS", "7"),
+            ("PORTCULLIS_SHUTDOWN_DELAY_SECS", "5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut s = Settings::default();
+        s.apply_env(&env).unwrap();
+        let r = s.validate("env").unwrap();
+        assert_eq!(r.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(r.tls.unwrap().key, PathBuf::from("/etc/portcullis/tls.key"));
+        assert_eq!(r.shutdown_grace.as_secs(), 7);
+        assert_eq!(r.shutdown_delay.as_secs(), 5);
+        assert_eq!(Settings::default().validate("d").unwrap().shutdown_grace.as_secs(), 25);
+
+        let s = Settings::parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\n",
+            "x.toml",
+        )
+        .unwrap();
+        let err = s.validate("x.toml").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "server.admin_listen",
+                "server.tls_key_file",
+                "server.shutdown_grace_secs",
+                "server.shutdown_delay_secs"
+            ]
+        );
+        let mut s = Settings::default();
+        s.server.admin_listen = Some("nowhere".into());
+        assert!(s.validate("x").unwrap_err().to_string().contains("server.admin_listen"));
+        let env: BTreeMap<String, String> = [("PORTCULLIS_SHUTDOWN_GRACE_SECS".to_string(), "soon".to_string())].into();
+        assert!(Settings::default().apply_env(&env).is_err());
     }
 
     #[test]

@@ -12,8 +12,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 only when the store answers.
+/// `GET /readyz`: 200 only when the store answers and no drain has started
+/// (a draining replica tells its load balancer to stop sending).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.lifecycle.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"})));
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(e)) => {

@@ -6,6 +6,7 @@ pub mod flows;
 pub mod health;
 pub mod oauth;
 pub mod pages;
+pub mod server;
 
 use crate::broker::Broker;
 use crate::provider::Provider;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub session: SessionConfig,
     /// Checks domain verification TXT records (`[dns]`).
     pub domains: crate::tenant::domains::DomainVerifier,
+    /// Draining or serving (`/readyz` turns unready when a drain starts).
+    pub lifecycle: server::Lifecycle,
 }
 
 /// How browser-session cookies are set.
@@ -58,8 +61,46 @@ pub struct SessionConfig {
 /// The largest request body accepted anywhere (the SAML ACS is the biggest).
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
-/// Builds the whole router.
+/// Builds the whole router: everything on one listener (no
+/// `[server] admin_listen`): the public routes and the admin ones.
 pub fn router(state: Arc<AppState>) -> Router {
+    finish(
+        public_routes(&state)
+            .merge(admin_routes(&state))
+            .fallback(flows::fallback),
+        &state,
+    )
+}
+
+/// The router of the public listener when the admin API has its own
+/// listener: browsers, apps, IdPs, the setup portal (tenant admins reach it
+/// from outside) and the health probes. `/admin/...` and `/metrics` answer 404.
+pub fn public_router(state: Arc<AppState>) -> Router {
+    finish(public_routes(&state).fallback(flows::fallback), &state)
+}
+
+/// The router of the admin listener (`[server] admin_listen`): the admin
+/// API with its OpenAPI document, `/metrics` and the health probes.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    finish(
+        admin_routes(&state)
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            // Only the admin API here: no migrated ACS aliases.
+            .fallback(flows::not_found),
+        &state,
+    )
+}
+
+/// What only operators need: the admin API (and its OpenAPI document) and
+/// the metrics. The one place operator-only routes are added.
+fn admin_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new().nest("/admin/v1", crate::admin::routes(state))
+    // The Prometheus endpoint joins here: `.merge(metrics::router(...))`.
+}
+
+/// Everything browsers, apps and IdPs reach.
+fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let sessions = SessionManagerLayer::new(crate::store::session::StoreSessionStore::new(
         state.store.clone(),
         state.provider.clock.clone(),
@@ -99,20 +140,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs))
         .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .nest("/admin/v1", crate::admin::routes(&state));
+        .route("/readyz", get(health::readyz));
 
+    Router::new().merge(browser).merge(api).merge(crate::portal::routes())
+}
+
+/// The layers every listener shares: security headers, the body limit
+/// and request tracing.
+fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
     let https = state.upstream.public_url.scheme() == "https";
-    Router::new()
-        .merge(browser)
-        .merge(api)
-        .merge(crate::portal::routes())
-        .fallback(flows::fallback)
+    routes
         .layer(axum::middleware::map_response(move |mut resp: Response| async move {
             pages::security_headers(&mut resp, https);
             resp
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
 }

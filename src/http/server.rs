@@ -1,0 +1,396 @@
+//! Serving: the main listener and the optional admin listener, HTTPS with
+//! certificates re-read from disk, and the drain on SIGTERM/SIGINT.
+//!
+//! A drain turns `/readyz` unready, stops accepting on every listener (new
+//! connections are refused), lets in-flight requests finish and closes idle
+//! keep-alive connections; after `[server] shutdown_grace_secs` the process
+//! stops anyway, so an orchestrator's own deadline is never the one that
+//! kills a request half-way.
+
+use super::AppState;
+use crate::config::{Resolved, TlsFiles};
+use axum::serve::ListenerExt;
+use axum::Router;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How often the certificate and key files are checked for changes.
+pub const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the process is draining. Shared by the readiness probe (unready
+/// from the first moment of a drain) and the serving loop.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    draining: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    /// True once a drain has started; it never ends.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Marks the start of the drain.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every in-flight request finished within the grace period.
+    Drained,
+    /// The grace period ran out with requests still in flight.
+    GraceExceeded,
+}
+
+/// The sockets Portcullis serves on, bound before anything is announced.
+pub struct Listeners {
+    /// The public listener (`[server] listen`).
+    pub main: TcpListener,
+    /// The admin and metrics listener (`[server] admin_listen`), if separate.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `resolved`.
+    pub async fn bind(resolved: &Resolved) -> std::io::Result<Self> {
+        let main = TcpListener::bind(resolved.listen).await?;
+        let admin = match resolved.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { main, admin })
+    }
+}
+
+/// Serves `state` on `listeners` until `shutdown` resolves; then turns
+/// unready, keeps serving for `resolved.shutdown_delay`, stops accepting and
+/// drains for at most `resolved.shutdown_grace`. With `resolved.tls`, both listeners
+/// speak HTTPS with the certificate loaded now and re-read on change (an
+/// unreadable or mismatched pair at start is an error; later, the previous
+/// pair keeps serving).
+pub async fn serve(
+    state: Arc<AppState>,
+    resolved: &Resolved,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Ended> {
+    let tls = match &resolved.tls {
+        Some(files) => {
+            let reloader = Arc::new(CertReloader::load(files.clone()).map_err(anyhow::Error::msg)?);
+            tokio::spawn(watch_certificate(reloader.clone()));
+            Some(acceptor(reloader)?)
+        }
+        None => None,
+    };
+    let (main_router, admin_router) = match listeners.admin {
+        Some(_) => (
+            super::public_router(state.clone()),
+            Some(super::admin_router(state.clone())),
+        ),
+        None => (super::router(state.clone()), None),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(serve_one(listeners.main, main_router, tls.clone(), stop_rx.clone()));
+    if let (Some(listener), Some(router)) = (listeners.admin, admin_router) {
+        servers.spawn(serve_one(listener, router, tls, stop_rx));
+    }
+
+    shutdown.await;
+    state.lifecycle.start_drain();
+    if !resolved.shutdown_delay.is_zero() {
+        tracing::info!(
+            reason = "shutdown.unready",
+            delay_secs = resolved.shutdown_delay.as_secs(),
+            "unready: still serving while load balancers take this replica out"
+        );
+        tokio::time::sleep(resolved.shutdown_delay).await;
+    }
+    tracing::info!(
+        reason = "shutdown.draining",
+        grace_secs = resolved.shutdown_grace.as_secs(),
+        "draining: no new connections, finishing in-flight requests"
+    );
+    if stop_tx.send(true).is_err() {
+        // Every server already ended (each holds a receiver): nothing to drain.
+        tracing::warn!(reason = "shutdown.servers_gone", "the listeners had already stopped");
+    }
+    let all_done = async {
+        while let Some(done) = servers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(reason = "shutdown.server_error", error = %e, "a listener failed"),
+                Err(e) => tracing::error!(reason = "shutdown.server_error", error = %e, "a listener task failed"),
+            }
+        }
+    };
+    match tokio::time::timeout(resolved.shutdown_grace, all_done).await {
+        Ok(()) => {
+            tracing::info!(reason = "shutdown.drained", "every in-flight request finished");
+            Ok(Ended::Drained)
+        }
+        Err(_) => {
+            tracing::warn!(
+                reason = "shutdown.grace_exceeded",
+                grace_secs = resolved.shutdown_grace.as_secs(),
+                "the grace period ended with requests still in flight; stopping anyway"
+            );
+            Ok(Ended::GraceExceeded)
+        }
+    }
+}
+
+/// Waits until the drain starts.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    // A closed channel (the sender dropped) also means stop.
+    let _closed_means_stop = rx.wait_for(|stop| *stop).await;
+}
+
+async fn serve_one(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => {
+            let listener = listener.tap_io(|tcp: &mut TcpStream| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
+            axum::serve(listener, app).with_graceful_shutdown(stopped(stop)).await
+        }
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor)?.tap_io(|_: &mut TlsStream<TcpStream>| {});
+            axum::serve(listener, app).with_graceful_shutdown(stopped(stop)).await
+        }
+    }
+}
+
+/// A TLS server configuration whose certificate comes from `reloader`.
+fn acceptor(reloader: Arc<CertReloader>) -> anyhow::Result<TlsAcceptor> {
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(reloader);
+    // The router speaks HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept
+/// loop (a slow client never holds up others); dropping it closes the socket.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(reason = "tls.accept_failed", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            if tx.send((stream, remote)).await.is_err() {
+                                tracing::debug!("listener closed during a handshake");
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(reason = "tls.handshake_failed", %remote, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(reason = "tls.handshake_timeout", %remote, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            ready,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // Closes the listening socket: new connections are refused.
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept loop only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// When a file was last changed, as far as reloading cares.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    // `metadata` follows symlinks, so a Kubernetes Secret volume's atomic
+    // `..data` swap is seen as a change.
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok().map(|t| (t, m.len())))
+}
+
+/// The serving certificate, re-read from its files when they change; every
+/// new handshake gets the current one, established connections keep theirs.
+#[derive(Debug)]
+pub struct CertReloader {
+    files: TlsFiles,
+    current: RwLock<Arc<CertifiedKey>>,
+    seen: RwLock<(Stamp, Stamp)>,
+}
+
+impl CertReloader {
+    /// Loads the pair now; an error says which file and why.
+    pub fn load(files: TlsFiles) -> Result<Self, String> {
+        let seen = (stamp(&files.cert), stamp(&files.key));
+        let key = load_certified_key(&files)?;
+        Ok(Self {
+            files,
+            current: RwLock::new(Arc::new(key)),
+            seen: RwLock::new(seen),
+        })
+    }
+
+    /// Re-reads the files if they changed since the last look (or always,
+    /// with `force`). A pair that cannot be used leaves the previous one
+    /// serving; it is retried when the files change again.
+    pub fn reload_if_changed(&self, force: bool) {
+        let now = (stamp(&self.files.cert), stamp(&self.files.key));
+        let changed = match self.seen.read() {
+            Ok(seen) => *seen != now,
+            Err(_) => true,
+        };
+        if !changed && !force {
+            return;
+        }
+        if let Ok(mut seen) = self.seen.write() {
+            *seen = now;
+        }
+        match load_certified_key(&self.files) {
+            Ok(key) => match self.current.write() {
+                Ok(mut current) => {
+                    *current = Arc::new(key);
+                    tracing::info!(reason = "tls.reloaded", cert = %self.files.cert.display(), "serving certificate reloaded");
+                }
+                Err(_) => tracing::error!(reason = "tls.reload_failed", "certificate lock poisoned"),
+            },
+            Err(e) => tracing::warn!(
+                reason = "tls.reload_failed",
+                error = %e,
+                "the new certificate or key is not usable; the previous one keeps serving"
+            ),
+        }
+    }
+}
+
+impl ResolvesServerCert for CertReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock fails the handshake rather than guessing.
+        self.current.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+/// Polls the files every [`TLS_POLL_INTERVAL`] and reloads on SIGHUP.
+async fn watch_certificate(reloader: Arc<CertReloader>) {
+    let mut tick = tokio::time::interval(TLS_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let force = tokio::select! {
+            _ = tick.tick() => false,
+            _ = hup => true,
+        };
+        reloader.reload_if_changed(force);
+    }
+}
+
+/// Reads a PEM certificate chain and private key and checks they belong
+/// together (the key signs with OpenSSL through [`crate::tls::provider`]).
+pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
+    let cert_pem = std::fs::read(&files.cert).map_err(|e| format!("{}: cannot read: {e}", files.cert.display()))?;
+    let chain = openssl::x509::X509::stack_from_pem(&cert_pem)
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: holds no certificate", files.cert.display()));
+    }
+    let mut certs = Vec::with_capacity(chain.len());
+    for c in &chain {
+        let der = c
+            .to_der()
+            .map_err(|e| format!("{}: unusable certificate: {e}", files.cert.display()))?;
+        certs.push(rustls::pki_types::CertificateDer::from(der));
+    }
+    let key_pem = std::fs::read(&files.key).map_err(|e| format!("{}: cannot read: {e}", files.key.display()))?;
+    let pkcs8 = openssl::pkey::PKey::private_key_from_pem(&key_pem)
+        .and_then(|k| k.private_key_to_pkcs8())
+        .map_err(|e| format!("{}: not a PEM private key: {e}", files.key.display()))?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8));
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", files.key.display()))?;
+    let key = CertifiedKey::new(certs, signing);
+    key.keys_match()
+        .map_err(|e| format!("{} does not match {}: {e}", files.key.display(), files.cert.display()))?;
+    Ok(key)
+}

@@ -1,0 +1,539 @@
+//! Serving as operators run it: the admin API on its own listener, HTTPS
+//! with a certificate re-read from disk, the SIGTERM drain of the real
+//! binary (in-flight requests finish, new connections are refused, the
+//! grace period bounds it), and `check-config --offline`.
+
+use crate::support::redis;
+use portcullis::config::Settings;
+use portcullis::http::server::{self, Ended, Listeners};
+use portcullis::secret::Secret;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "serving-test-admin-token-0123456789";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-{name}-{}", portcullis::tokens::random_token(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A master key file for secrets at rest (`k1 = <base64 of 32 bytes>`),
+/// which a Redis store outside dev mode needs.
+pub fn master_key_file() -> PathBuf {
+    use base64::Engine;
+    let dir = scratch("master-key");
+    let path = dir.join("master.keys");
+    let key: [u8; 32] = rand::random();
+    std::fs::write(
+        &path,
+        format!("k1 = {}\n", base64::engine::general_purpose::STANDARD.encode(key)),
+    )
+    .unwrap();
+    path
+}
+
+/// Settings for an in-process gateway on the shared test Redis, read the
+/// way the binary reads them (environment over defaults).
+fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
+    let env: std::collections::BTreeMap<String, String> = [
+        ("PORTCULLIS_LISTEN", "127.0.0.1:0".to_owned()),
+        ("PORTCULLIS_PUBLIC_URL", "http://127.0.0.1:8080".to_owned()),
+        ("PORTCULLIS_REDIS_URL", redis::url()),
+        ("PORTCULLIS_MASTER_KEY_FILE", master_key_file().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut s = Settings::load(None, &env).unwrap();
+    s.admin.token = Some(Secret::new(TOKEN.to_owned()));
+    s.store.key_prefix = redis::prefix();
+    tweak(&mut s);
+    s
+}
+
+/// Starts `settings` in-process through `server::serve` (the code `serve`
+/// runs); returns the main and admin addresses and a stop switch.
+async fn start(
+    settings: Settings,
+) -> (
+    SocketAddr,
+    Option<SocketAddr>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Ended>,
+) {
+    let resolved = settings.validate("test").unwrap();
+    let clock: portcullis::clock::SharedClock = Arc::new(portcullis::clock::SystemClock);
+    let store = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
+    let state = portcullis::app::build(&settings, &resolved, store, clock)
+        .await
+        .unwrap();
+    let listeners = Listeners::bind(&resolved).await.unwrap();
+    let main = listeners.main.local_addr().unwrap();
+    let admin = listeners.admin.as_ref().map(|l| l.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server::serve(state, &resolved, listeners, async {
+            stopped.await.ok();
+        })
+        .await
+        .unwrap()
+    });
+    (main, admin, stop, task)
+}
+
+async fn status(client: &reqwest::Client, url: String, token: bool) -> u16 {
+    let mut req = client.get(url);
+    if token {
+        req = req.bearer_auth(TOKEN);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_separate_admin_listener_serves_the_admin_api_alone() {
+    let (main, admin, stop, task) = start(settings(|s| s.server.admin_listen = Some("127.0.0.1:0".into()))).await;
+    let admin = admin.expect("an admin listener");
+    let c = reqwest::Client::new();
+    // The main listener: the admin API, its document and the metrics are not there.
+    for path in ["/admin/v1/tenants", "/admin/v1/openapi.json", "/metrics"] {
+        assert_eq!(
+            status(&c, format!("http://{main}{path}"), true).await,
+            404,
+            "{path} on main"
+        );
+    }
+    // Browsers, apps, tenant admins (portal) and probes still are.
+    for (path, want) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/.well-known/openid-configuration", 200),
+        ("/jwks", 200),
+    ] {
+        assert_eq!(
+            status(&c, format!("http://{main}{path}"), false).await,
+            want,
+            "{path} on main"
+        );
+    }
+    assert_ne!(
+        status(&c, format!("http://{main}/portal"), false).await,
+        404,
+        "the portal stays public"
+    );
+    // The admin listener: the admin API, its document and the probes; nothing public.
+    assert_eq!(status(&c, format!("http://{admin}/admin/v1/tenants"), true).await, 200);
+    assert_eq!(status(&c, format!("http://{admin}/admin/v1/tenants"), false).await, 401);
+    assert_eq!(
+        status(&c, format!("http://{admin}/admin/v1/openapi.json"), false).await,
+        200
+    );
+    assert_eq!(status(&c, format!("http://{admin}/healthz"), false).await, 200);
+    assert_eq!(status(&c, format!("http://{admin}/readyz"), false).await, 200);
+    for path in ["/authorize", "/jwks", "/portal", "/.well-known/openid-configuration"] {
+        assert_eq!(
+            status(&c, format!("http://{admin}{path}"), false).await,
+            404,
+            "{path} on admin"
+        );
+    }
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
+
+#[tokio::test]
+async fn without_an_admin_listener_everything_is_on_the_main_one() {
+    let (main, admin, stop, task) = start(settings(|_| {})).await;
+    assert!(admin.is_none());
+    let c = reqwest::Client::new();
+    assert_eq!(status(&c, format!("http://{main}/admin/v1/tenants"), true).await, 200);
+    assert_eq!(
+        status(&c, format!("http://{main}/admin/v1/openapi.json"), false).await,
+        200
+    );
+    assert_eq!(status(&c, format!("http://{main}/jwks"), false).await, 200);
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its key (PEM).
+fn self_signed(cn: &str) -> (Vec<u8>, Vec<u8>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509NameBuilder, X509};
+    let key =
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(rand::random::<u32>() >> 1).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256()).unwrap();
+    (b.build().to_pem().unwrap(), key.private_key_to_pem_pkcs8().unwrap())
+}
+
+/// Whether an HTTPS request trusting only `ca` succeeds (a new connection).
+async fn trusted_by(ca: &[u8], url: &str) -> bool {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    client.get(url).send().await.is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test]
+async fn https_is_served_with_the_certificate_on_disk_and_reloaded_when_it_changes() {
+    let dir = scratch("tls");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let (cert_a, key_a) = self_signed("first");
+    std::fs::write(&cert, &cert_a).unwrap();
+    std::fs::write(&key, &key_a).unwrap();
+    let (main, admin, stop, task) = start(settings(|s| {
+        s.server.admin_listen = Some("127.0.0.1:0".into());
+        s.server.tls_cert_file = Some(cert.clone());
+        s.server.tls_key_file = Some(key.clone());
+    }))
+    .await;
+    let admin = admin.unwrap();
+    let main_url = format!("https://127.0.0.1:{}/healthz", main.port());
+    let admin_url = format!("https://127.0.0.1:{}/healthz", admin.port());
+    assert!(
+        trusted_by(&cert_a, &main_url).await,
+        "main listener speaks TLS with the first certificate"
+    );
+    assert!(trusted_by(&cert_a, &admin_url).await, "admin listener too");
+    // Plain HTTP on a TLS port gets no answer.
+    assert!(reqwest::get(format!("http://{main}/healthz")).await.is_err());
+
+    // A key that does not match the certificate is refused; the old pair keeps serving.
+    let (cert_b, key_b) = self_signed("second");
+    std::fs::write(&cert, &cert_b).unwrap();
+    tokio::time::sleep(server::TLS_POLL_INTERVAL * 2).await;
+    assert!(
+        trusted_by(&cert_a, &main_url).await,
+        "a mismatched pair must not replace the serving one"
+    );
+    assert!(!trusted_by(&cert_b, &main_url).await);
+
+    // Once the pair matches, new handshakes get it without a restart.
+    std::fs::write(&key, &key_b).unwrap();
+    let deadline = Instant::now() + server::TLS_POLL_INTERVAL * 4;
+    while !trusted_by(&cert_b, &main_url).await {
+        assert!(Instant::now() < deadline, "the new certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !trusted_by(&cert_a, &main_url).await,
+        "the old certificate is no longer served"
+    );
+    assert!(trusted_by(&cert_b, &admin_url).await);
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- the real binary ---------------------------------------------------
+
+struct Gateway {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn start(extra: &[(&str, &str)]) -> Gateway {
+        let dir = scratch("drain");
+        let log = dir.join("gateway.log");
+        let port = redis::free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+            cmd.env_remove(k);
+        }
+        cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PORTCULLIS_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+            .env("PORTCULLIS_REDIS_URL", redis::url())
+            .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
+            .env("PORTCULLIS_MASTER_KEY_FILE", master_key_file())
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let gw = Gateway { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while raw_get(gw.port, "/healthz").is_none() {
+            assert!(Instant::now() < deadline, "the gateway did not start:\n{}", gw.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        gw
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; its exit code and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            if started.elapsed() > limit {
+                self.child.kill().ok();
+                panic!("the gateway did not exit within {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// One HTTP/1.1 GET on a new connection: status and body, or `None` when
+/// the connection is refused or closed.
+fn raw_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    parse_response(&out)
+}
+
+fn parse_response(raw: &str) -> Option<(u16, String)> {
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Starts a `POST /token` whose body is only half sent: a request in flight.
+fn slow_request(port: u16) -> (TcpStream, &'static str) {
+    let rest = "&client_id=nobody";
+    let first = "grant_type=authorization_code&code=x.y";
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        first.len() + rest.len()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    (s, rest)
+}
+
+#[test]
+fn sigterm_turns_unready_refuses_new_connections_and_finishes_in_flight_requests() {
+    let mut gw = Gateway::start(&[
+        ("PORTCULLIS_SHUTDOWN_GRACE_SECS", "15"),
+        ("PORTCULLIS_SHUTDOWN_DELAY_SECS", "1"),
+    ]);
+    assert_eq!(raw_get(gw.port, "/readyz").map(|r| r.0), Some(200));
+    let (mut inflight, rest) = slow_request(gw.port);
+    std::thread::sleep(Duration::from_millis(200));
+    gw.sigterm();
+    let signalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // During the delay: unready (load balancers stop sending), still alive.
+    let (code, body) = raw_get(gw.port, "/readyz").expect("still accepting during the delay");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(raw_get(gw.port, "/healthz").map(|r| r.0), Some(200));
+
+    // After the delay: new connections are refused.
+    std::thread::sleep(Duration::from_millis(1200));
+    let refused = TcpStream::connect(("127.0.0.1", gw.port));
+    assert!(
+        refused.as_ref().err().map(std::io::Error::kind) == Some(std::io::ErrorKind::ConnectionRefused),
+        "a new connection during the drain must be refused: {refused:?}"
+    );
+
+    // The request in flight since before the signal still gets its answer.
+    inflight.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    inflight.read_to_string(&mut answer).unwrap();
+    let (code, body) = parse_response(&answer).expect("a complete response");
+    assert_eq!(code, 401, "{answer}");
+    assert!(body.contains("invalid_client"), "{body}");
+
+    let (exit, took) = gw.wait_exit(Duration::from_secs(15));
+    assert_eq!(exit, Some(0), "a clean drain exits 0:\n{}", gw.log());
+    assert!(signalled.elapsed() < Duration::from_secs(10), "took {took:?}");
+    let log = gw.log();
+    assert!(
+        log.contains("shutdown.draining") && log.contains("shutdown.drained"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_grace_period_bounds_the_drain() {
+    let mut gw = Gateway::start(&[("PORTCULLIS_SHUTDOWN_GRACE_SECS", "2")]);
+    // A client that never finishes its request.
+    let (mut stuck, _rest) = slow_request(gw.port);
+    std::thread::sleep(Duration::from_millis(200));
+    gw.sigterm();
+    let (exit, took) = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit, Some(1), "cut-off requests show in the exit status:\n{}", gw.log());
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        "the drain took {took:?}, not the 2 s grace"
+    );
+    assert!(gw.log().contains("shutdown.grace_exceeded"), "{}", gw.log());
+    // The stuck client's connection is gone with the process.
+    let mut buf = [0u8; 16];
+    assert!(matches!(stuck.read(&mut buf), Ok(0) | Err(_)));
+}
+
+fn check_config(dir: &Path, offline: bool) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
+        cmd.env_remove(k);
+    }
+    cmd.arg("--config").arg(dir.join("portcullis.toml")).arg("check-config");
+    if offline {
+        cmd.arg("--offline");
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn check_config_offline_passes_when_an_idp_is_unreachable() {
+    let dir = scratch("offline");
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    std::fs::write(
+        dir.join("portcullis.toml"),
+        format!("tenants_dir = {:?}\n", dir.join("tenants")),
+    )
+    .unwrap();
+    // `.invalid` never resolves (RFC 6761): this IdP is unreachable.
+    std::fs::write(
+        dir.join("tenants/acme.toml"),
+        "id = \"acme\"\n[[connections]]\nid = \"okta\"\nkind = \"saml\"\nmetadata_url = \"https://idp.acme.invalid/metadata\"\n[[connections]]\nid = \"entra\"\nkind = \"oidc\"\nissuer = \"https://login.acme.invalid/v2.0\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+    )
+    .unwrap();
+    let online = check_config(&dir, false);
+    assert_eq!(
+        online.status.code(),
+        Some(1),
+        "online, the unreachable IdP is a problem"
+    );
+    assert!(String::from_utf8_lossy(&online.stderr).contains("metadata_url"));
+    let offline = check_config(&dir, true);
+    assert!(
+        offline.status.success(),
+        "offline, it is not: {}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    assert!(String::from_utf8_lossy(&offline.stdout).contains("2 connection(s)"));
+
+    // Offline still refuses what it can see locally.
+    std::fs::write(dir.join("tenants/bad.toml"), "id = \"Bad Id\"\n").unwrap();
+    let bad = check_config(&dir, true);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad.toml"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn check_config_refuses_an_unusable_certificate() {
+    let dir = scratch("tlscheck");
+    let (cert_a, _) = self_signed("a");
+    let (_, key_b) = self_signed("b");
+    std::fs::write(dir.join("tls.crt"), &cert_a).unwrap();
+    std::fs::write(dir.join("tls.key"), &key_b).unwrap();
+    std::fs::write(
+        dir.join("portcullis.toml"),
+        format!(
+            "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            dir.join("tls.crt"),
+            dir.join("tls.key")
+        ),
+    )
+    .unwrap();
+    let out = check_config(&dir, true);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.tls_cert_file") && err.contains("does not match"),
+        "{err}"
+    );
+    std::fs::write(dir.join("tls.key"), b"not a key").unwrap();
+    let err = String::from_utf8_lossy(&check_config(&dir, true).stderr).to_string();
+    assert!(err.contains("not a PEM private key"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn forged_host_and_forwarded_headers_change_no_url() {
+    let (main, _, stop, task) = start(settings(|s| s.server.public_url = "https://sso.example.com".into())).await;
+    let c = reqwest::Client::new();
+    for path in ["/.well-known/openid-configuration", "/jwks"] {
+        let body = c
+            .get(format!("http://{main}{path}"))
+            .header("Host", "evil.example")
+            .header("X-Forwarded-Host", "evil.example")
+            .header("X-Forwarded-Proto", "http")
+            .header("Forwarded", "host=evil.example;proto=http")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !body.contains("evil.example"),
+            "{path} trusted a request header: {body}"
+        );
+        if path.contains("openid") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(doc["issuer"], "https://sso.example.com");
+            assert_eq!(doc["token_endpoint"], "https://sso.example.com/token");
+        }
+    }
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
