@@ -703,14 +703,14 @@ impl Settings {
             // The message never repeats the URL: it may hold a password.
             bad("store.redis_url", m.clone());
         }
-        let tls = matches!(&topology, Some(Ok(t)) if t.tls());
+        let redis_tls = matches!(&topology, Some(Ok(t)) if t.tls());
         for (field, path) in [
             ("store.ca_file", &self.store.ca_file),
             ("store.client_cert_file", &self.store.client_cert_file),
             ("store.client_key_file", &self.store.client_key_file),
         ] {
             let Some(path) = path else { continue };
-            if !tls {
+            if !redis_tls {
                 bad(
                     field,
                     "is only used with a TLS Redis URL (rediss://, rediss+sentinel://, rediss+cluster://)".into(),
