@@ -158,7 +158,7 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
-    crate::app::spawn_background(state.clone(), &settings);
+    let background = crate::app::spawn_background(state.clone(), &settings);
     let listener = tokio::net::TcpListener::bind(resolved.listen).await?;
     tracing::info!(
         "Portcullis listening on {} — {}",
@@ -174,6 +174,7 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     axum::serve(listener, crate::http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    background.stop().await;
     Ok(0)
 }
 
