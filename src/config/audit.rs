@@ -185,3 +185,88 @@ impl AuditSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Settings;
+    use std::collections::BTreeMap;
+
+    fn problems(s: &Settings) -> Vec<String> {
+        match s.validate("x.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|p| p.field).collect(),
+        }
+    }
+
+    #[test]
+    fn the_webhook_comes_from_the_environment_and_keeps_its_secret() {
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_AUDIT_WEBHOOK_URL", "https://siem.example.com/hook"),
+            (
+                "PORTCULLIS_AUDIT_WEBHOOK_SECRET",
+                "0123456789abcdef0123456789abcdef-s3cr3t",
+            ),
+            ("PORTCULLIS_AUDIT_MAX_EVENTS", "5000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = Settings::load(None, &env).unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        assert_eq!(s.audit.max_events, 5000);
+        let c = s.audit.audit_config();
+        assert_eq!(c.max_events, 5000);
+        assert_eq!(c.outbox_max_events, Some(crate::audit::DEFAULT_OUTBOX_MAX_EVENTS));
+        let w = s.audit.webhook_config(false).unwrap();
+        assert_eq!(w.url.as_str(), "https://siem.example.com/hook");
+        assert!(!format!("{s:?}{w:?}").contains("s3cr3t"), "secrets must not print");
+        // Without a webhook: no outbox, no worker.
+        let plain = Settings::default();
+        assert_eq!(plain.audit.audit_config().outbox_max_events, None);
+        assert!(plain.audit.webhook_config(false).is_none());
+        let bad = [("PORTCULLIS_AUDIT_MAX_EVENTS".to_string(), "many".to_string())].into();
+        assert!(Settings::load(None, &bad).is_err());
+    }
+
+    #[test]
+    fn a_webhook_needs_https_a_long_secret_and_a_claim_time_above_two_timeouts() {
+        let parse = |t: &str| Settings::parse(t, "x.toml").unwrap();
+        let secret = "secret = \"0123456789abcdef0123456789abcdef\"";
+        assert_eq!(
+            problems(&parse(&format!(
+                "[audit.webhook]\nurl = \"http://siem.example.com/h\"\n{secret}\n"
+            ))),
+            ["audit.webhook.url"]
+        );
+        assert_eq!(
+            problems(&parse("[audit.webhook]\nurl = \"https://siem.example.com/h\"\n")),
+            ["audit.webhook.secret"]
+        );
+        assert_eq!(
+            problems(&parse(
+                "[audit.webhook]\nurl = \"https://siem.example.com/h\"\nsecret = \"short\"\n"
+            )),
+            ["audit.webhook.secret"]
+        );
+        assert_eq!(
+            problems(&parse(&format!("[audit.webhook]\n{secret}\n"))),
+            ["audit.webhook.url"]
+        );
+        assert_eq!(
+            problems(&parse(&format!(
+                "[audit.webhook]\nurl = \"https://siem.example.com/h\"\n{secret}\ntimeout_secs = 10\nclaim_idle_secs = 20\n"
+            ))),
+            ["audit.webhook.claim_idle_secs"]
+        );
+        assert_eq!(problems(&parse("[audit]\nmax_events = 1\n")), ["audit.max_events"]);
+        // http to loopback only with private networks allowed.
+        let local = format!(
+            "[outbound]\nallow_private_networks = true\n[audit.webhook]\nurl = \"http://127.0.0.1:9000/h\"\n{secret}\n"
+        );
+        assert!(problems(&parse(&local)).is_empty());
+        assert!(
+            Settings::parse("[audit.webhook]\nnope = 1\n", "x.toml").is_err(),
+            "unknown keys are errors"
+        );
+    }
+}

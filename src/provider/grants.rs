@@ -812,6 +812,18 @@ fn profile_claims(user: &User, scope: &[String], out: &mut Map<String, Value>) {
     }
 }
 
+/// The security event of an authorization code presented twice (never the code).
+fn code_reuse_event(client_id: &str, tenant: &TenantId) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent::security(
+        &crate::audit::Actor::Client(client_id.to_owned()),
+        "code.reuse_detected",
+        crate::audit::Target::new("client", client_id),
+        crate::audit::Outcome::Failure,
+        "code.reused",
+    )
+    .tenant(tenant)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,16 +837,4 @@ mod tests {
         assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
         assert!(!pkce_ok(challenge, "short"));
     }
-}
-
-/// The security event of an authorization code presented twice (never the code).
-fn code_reuse_event(client_id: &str, tenant: &TenantId) -> crate::audit::AuditEvent {
-    crate::audit::AuditEvent::security(
-        &crate::audit::Actor::Client(client_id.to_owned()),
-        "code.reuse_detected",
-        crate::audit::Target::new("client", client_id),
-        crate::audit::Outcome::Failure,
-        "code.reused",
-    )
-    .tenant(tenant)
 }
