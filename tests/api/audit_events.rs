@@ -62,8 +62,48 @@ fn with_action<'a>(events: &'a [Value], action: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["action"] == action).collect()
 }
 
+/// Log lines written on this thread while the guard lives (the test runs on
+/// a current-thread runtime, so the gateway's tasks log here too).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The JSON log lines whose `reason` is `audit`.
+    fn audit_lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["reason"] == "audit")
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_secrets() {
+    let (logs, _guard) = Captured::start();
     let w = OidcWorld::new().await;
     let app = &w.app;
 
@@ -188,12 +228,37 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     ids.dedup();
     assert_eq!(ids.len(), events.len());
 
-    // Nothing secret in what is stored, nor in what the admin API shows.
+    // The same events in the process log, one structured line each.
+    let lines = logs.audit_lines();
+    let line = lines
+        .iter()
+        .find(|l| l["fields"]["event_id"] == unknown["id"])
+        .expect("the refused sign-in is in the process log");
+    assert_eq!(line["fields"]["event_type"], "security");
+    assert_eq!(line["fields"]["action"], "signin.failed");
+    assert_eq!(line["fields"]["event_reason"], "callback.unknown_login");
+    assert_eq!(line["fields"]["outcome"], "failure");
+    assert_eq!(line["fields"]["tenant"], ACME);
+    assert_eq!(line["fields"]["connection"], CONN);
+    assert_eq!(line["fields"]["request_id"], "req-bogus-callback-1");
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["event_id"] == ok["id"] && l["fields"]["subject"] == sub.as_str()));
+
+    // The admin API's schema names the new members as they are sent.
+    let doc: Value = serde_json::from_str(&portcullis::admin::openapi::document()).unwrap();
+    let props = &doc["components"]["schemas"]["AuditEventView"]["properties"];
+    for member in ["type", "outcome", "reason", "connection", "subject", "request_id"] {
+        assert!(props.get(member).is_some(), "{member} missing from {props}");
+    }
+
+    // Nothing secret in what is stored, what the admin API shows, or the audit log lines.
     let everything = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         stored(app, Some(ACME)).await.join("\n"),
         stored(app, None).await.join("\n"),
-        serde_json::to_string(&events).unwrap()
+        serde_json::to_string(&events).unwrap(),
+        serde_json::to_string(&lines).unwrap(),
     );
     assert_eq!(stored(app, Some(ACME)).await.len(), events.len());
     for (what, secret) in [
