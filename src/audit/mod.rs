@@ -247,6 +247,27 @@ impl AuditEvent {
         }
     }
 
+    /// A request refused over a rate limit (`429`), for the throttling
+    /// layer: `route` is the route class (`authorize`, `token`...), `scope`
+    /// what was counted (`ip`, `tenant`). Pass `tenant` only for a tenant
+    /// that exists (its log is a store key: a made-up tenant id must not
+    /// create one); otherwise the event goes to the global log. Record it
+    /// once per limited key and window, not per refused request, so an
+    /// attacker cannot flood the log and the webhook.
+    pub fn throttled(route: &str, scope: &str, tenant: Option<&TenantId>) -> Self {
+        let e = Self::security(
+            &Actor::Anonymous,
+            "request.throttled",
+            Target::new("route", route),
+            Outcome::Failure,
+            &format!("throttle.{scope}_limited"),
+        );
+        match tenant {
+            Some(t) => e.tenant(t),
+            None => e,
+        }
+    }
+
     /// The event belongs to `tenant` (and goes to its log).
     pub fn tenant(mut self, tenant: &TenantId) -> Self {
         self.tenant = Some(tenant.clone());
@@ -532,6 +553,28 @@ mod tests {
         assert_eq!(v["client_id"], "app");
         assert_eq!(v["nested"][0]["name"], "n");
         assert_eq!(v["public"], false);
+    }
+
+    #[tokio::test]
+    async fn security_events_take_the_request_id_of_the_request_being_served() {
+        let outside = AuditEvent::throttled("token", "ip", None);
+        assert_eq!(outside.request_id, "");
+        let inside = in_request("req-7".into(), async { AuditEvent::throttled("token", "ip", None) }).await;
+        assert_eq!(inside.request_id, "req-7");
+        assert_eq!(inside.kind, KIND_SECURITY);
+        assert_eq!(inside.outcome.as_deref(), Some("failure"));
+        assert_eq!(inside.reason.as_deref(), Some("throttle.ip_limited"));
+        assert_ne!(inside.id, outside.id);
+        // Admin events keep their shape: `type` is added, empty members are left out.
+        let text = serde_json::to_string(&AuditEvent::new(
+            &Actor::PlatformToken,
+            "tenant.created",
+            Target::new("tenant", "t"),
+            "r",
+        ))
+        .unwrap();
+        assert!(text.contains("\"type\":\"admin\""), "{text}");
+        assert!(text.contains("\"before\":null") && !text.contains("outcome"), "{text}");
     }
 
     #[test]
