@@ -458,7 +458,8 @@ async fn keys_are_stored_hashed() {
                 .unwrap(),
             // The audit streams: every field of every entry.
             "stream" => {
-                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+                type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+                let entries: Entries = redis::cmd("XRANGE")
                     .arg(k)
                     .arg("-")
                     .arg("+")
