@@ -86,7 +86,11 @@ impl Captured {
             .with_max_level(tracing::Level::INFO)
             .with_writer(move || writer.clone())
             .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Other tests' captures come and go on other threads: make this
+        // thread's level filter the one in force for every callsite.
+        tracing::callsite::rebuild_interest_cache();
+        (captured, guard)
     }
 
     /// The JSON log lines whose `reason` is `audit`.
@@ -108,6 +112,7 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     let app = &w.app;
 
     // A successful sign-in, a code, tokens.
+    tracing::callsite::rebuild_interest_cache();
     let pkce = Pkce::new();
     let code = w.raw_code(&w.raw_a, &pkce).await;
     let tokens = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
@@ -139,6 +144,7 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     let again = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
     assert_eq!(again.error(), Some("invalid_grant"));
 
+    tracing::callsite::rebuild_interest_cache();
     // A callback for a sign-in nobody started: refused with its reason
     // code, the request id the caller sent echoed and recorded.
     let mut bogus = app.oidc_callback(ACME, CONN);
@@ -536,6 +542,8 @@ async fn each_log_keeps_only_its_bound_and_pages_by_cursor() {
     }
     let key = Audit::log_key(None);
     assert_eq!(app.state.store.stream_len(&key).await.unwrap(), 10);
+    // Without a webhook nothing is queued for one.
+    assert_eq!(app.state.store.stream_len(&webhook::outbox_key()).await.unwrap(), 0);
     let events = listed(&app, "/admin/v1/audit").await;
     let targets: Vec<&str> = events.iter().map(|e| e["target"]["id"].as_str().unwrap()).collect();
     let expected: Vec<String> = (5..15).rev().map(|i| format!("bound{i:02}")).collect();
