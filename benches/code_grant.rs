@@ -63,6 +63,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         resources: portcullis::provider::resources::ResourceRegistry::new(store.clone()),
         directory: Directory::new(store.clone(), clock.clone()),
         upstream: None,
+        audit: portcullis::audit::Audit::new(store.clone(), clock.clone()),
     };
     provider
         .clients

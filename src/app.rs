@@ -128,6 +128,7 @@ pub async fn build(
         resources: ResourceRegistry::new(store.clone()),
         directory,
         upstream: Some(crate::broker::upstream_refresh::hook(refresher)),
+        audit: crate::audit::Audit::with_config(store.clone(), clock.clone(), settings.audit.audit_config()),
     };
     let broker = Broker {
         provider: provider.clone(),
@@ -288,7 +289,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
 /// Loads `tenants/*.toml` at start-up ([`crate::tenant::files::sync`]):
 /// any problem stops the start.
 async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::Result<()> {
-    let report = crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev)
+    let report = crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit())
         .await
         .map_err(|problems| anyhow::anyhow!("{}", crate::config::ConfigErrors(problems)))?;
     if !report.problems.is_empty() {
@@ -300,7 +301,7 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
 /// Re-reads the tenant files (schedule or SIGHUP); problems are logged and
 /// leave what is stored unchanged.
 pub async fn reload_tenant_files(state: &AppState, dir: &std::path::Path) {
-    match crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev).await {
+    match crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit()).await {
         Ok(report) => {
             for p in &report.problems {
                 tracing::warn!(reason = "tenant_file.refused", problem = %p, "part of a tenant file was not applied");
@@ -324,14 +325,36 @@ pub async fn reload_tenant_files(state: &AppState, dir: &std::path::Path) {
 /// Background work: rotate signing keys when due; refresh IdP metadata and
 /// report certificate expiry every `[metadata] refresh_interval_secs`. Runs
 /// until the process ends.
-pub fn spawn_background(state: Arc<AppState>, settings: &Settings) {
+pub fn spawn_background(state: Arc<AppState>, settings: &Settings) -> Background {
+    let webhook = settings
+        .audit
+        .webhook_config(settings.outbound.allow_private_networks)
+        .and_then(|config| {
+            match crate::audit::webhook::Delivery::new(state.store.clone(), state.upstream.clock.clone(), config) {
+                Ok(delivery) => Some(delivery.spawn()),
+                Err(e) => {
+                    tracing::error!(reason = "audit.webhook_invalid", error = %e, "audit webhook not started");
+                    None
+                }
+            }
+        });
     let keys_state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
             match keys_state.provider.keys.rotate_if_due().await {
-                Ok(true) => tracing::info!(reason = "keys.rotated", "signing key rotated"),
+                Ok(true) => {
+                    tracing::info!(reason = "keys.rotated", "signing key rotated");
+                    let event = crate::audit::AuditEvent::security(
+                        &crate::audit::Actor::System("key_rotation".into()),
+                        "signing_keys.rotated",
+                        crate::audit::Target::new("signing_keys", "jwks"),
+                        crate::audit::Outcome::Success,
+                        "keys.rotated",
+                    );
+                    keys_state.provider.audit.security(event).await;
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(reason = "keys.rotation_failed", error = %e),
             }
@@ -368,6 +391,22 @@ pub fn spawn_background(state: Arc<AppState>, settings: &Settings) {
             }
         }
     });
+    Background { webhook }
+}
+
+/// The background work that must end cleanly at shutdown.
+pub struct Background {
+    webhook: Option<crate::audit::webhook::DeliveryHandle>,
+}
+
+impl Background {
+    /// Stops the audit webhook worker (an event it was sending stays pending
+    /// and another replica delivers it).
+    pub async fn stop(self) {
+        if let Some(w) = self.webhook {
+            w.stop().await;
+        }
+    }
 }
 
 /// One round of the metadata schedule: refresh every SAML connection from a
@@ -380,7 +419,7 @@ pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::
     match crate::tenant::refresh::expiry_events(&state.tenants, &state.store, state.upstream.clock.now()).await {
         Ok(warnings) => {
             // Each warning once per threshold (the marker above), into the tenant's audit log.
-            let audit = crate::audit::Audit::new(state.store.clone(), state.upstream.clock.clone());
+            let audit = state.audit();
             for w in &warnings {
                 let event = crate::audit::AuditEvent::new(
                     &crate::audit::Actor::System("metadata_refresh".into()),

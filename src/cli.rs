@@ -204,7 +204,7 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
-    crate::app::spawn_background(state.clone(), &settings);
+    let background = crate::app::spawn_background(state.clone(), &settings);
     let listeners = crate::http::server::Listeners::bind(&resolved).await?;
     let scheme = if resolved.tls.is_some() { "https" } else { "http" };
     tracing::info!(
@@ -222,7 +222,11 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             state.upstream.public("demo")
         );
     }
-    match crate::http::server::serve(state, &resolved, listeners, shutdown_signal()).await? {
+    let ended = crate::http::server::serve(state, &resolved, listeners, shutdown_signal()).await?;
+    // The background jobs (metadata refresh, audit delivery) stop after the
+    // last request: an event a drained request recorded is still delivered.
+    background.stop().await;
+    match ended {
         crate::http::server::Ended::Drained => Ok(0),
         // Requests were cut off: say so in the exit status.
         crate::http::server::Ended::GraceExceeded => Ok(1),

@@ -20,9 +20,9 @@ const MAX_LIMIT: usize = 200;
 const DEFAULT_LIMIT: usize = 50;
 
 impl AppState {
-    /// The audit log, on this state's store and clock.
+    /// The audit log, as configured (`[audit]`).
     pub fn audit(&self) -> Audit {
-        Audit::new(self.store.clone(), self.upstream.clock.clone())
+        self.provider.audit.clone()
     }
 }
 
@@ -82,6 +82,39 @@ async fn tenant_log(
         return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
     }
     page(&s, Some(&id), q).await
+}
+
+/// The most characters of a caller's request id that are kept.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Gives every request an id: the caller's `X-Request-Id` when it is a short
+/// plain token (set by the edge layer in front, or the client), otherwise a
+/// random one. It is put back on the request (the admin API's audit events
+/// read it there), serves as the request id of every security event recorded
+/// while the request is handled ([`crate::audit::in_request`]) and is
+/// returned in the answer's `x-request-id`.
+pub async fn request_scope(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::tokens::random_token(12));
+    let value = axum::http::HeaderValue::from_str(&id).ok();
+    if let Some(v) = &value {
+        req.headers_mut().insert("x-request-id", v.clone());
+    }
+    let mut resp = crate::audit::in_request(id, next.run(req)).await;
+    if let Some(v) = value {
+        resp.headers_mut().entry("x-request-id").or_insert(v);
+    }
+    resp
 }
 
 /// Records `event` in the audit log; a store failure is a 500 (the change is

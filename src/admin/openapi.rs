@@ -526,12 +526,17 @@ pub(crate) struct AuditTargetView {
 /// One change in an audit log (secrets redacted).
 #[derive(ToSchema)]
 pub(crate) struct AuditEventView {
+    /// Random, unique per event (webhook receivers de-duplicate by it).
     id: String,
+    /// `admin` (a change someone made) or `security` (sign-ins, token reuse, throttling).
+    r#type: String,
     /// RFC 3339.
     at: String,
-    /// `platform_token`, `platform_key:<id>`, `tenant_key:<id>`, `setup_link:<id>` or `system:<job>`.
+    /// `platform_token`, `platform_key:<id>`, `tenant_key:<id>`, `setup_link:<id>`, `system:<job>`,
+    /// `user:<sub>`, `client:<client id>` or `anonymous`.
     actor: String,
-    /// `area.verb_past`, such as `connection.updated`.
+    /// `area.verb_past`, such as `connection.updated`, `signin.succeeded`, `signin.failed`,
+    /// `refresh.reuse_detected`, `code.reuse_detected`.
     action: String,
     /// `null` for platform-wide changes.
     tenant: Option<String>,
@@ -542,6 +547,15 @@ pub(crate) struct AuditEventView {
     /// The state after; `null` when it no longer exists.
     #[schema(inline)]
     after: AnyJson,
+    /// `success` or `failure` (security events only).
+    outcome: Option<String>,
+    /// The stable reason code of the decision (security events only).
+    reason: Option<String>,
+    /// The connection involved, if any.
+    connection: Option<String>,
+    /// The user's `sub`, once known.
+    subject: Option<String>,
+    /// The id of the request that caused the event (`""` for scheduled jobs).
     request_id: String,
 }
 

@@ -194,6 +194,8 @@ impl Broker {
         };
         let Some(v) = v else {
             tracing::warn!(reason = "callback.unknown_handle", tenant = %tenant, connection = %connection);
+            self.audit_failure(&tenant, Some(&connection), "callback.unknown_handle")
+                .await;
             return page(
                 400,
                 "Sign-in failed",
@@ -203,6 +205,8 @@ impl Broker {
         };
         if v.tenant != tenant || v.connection != connection {
             tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
+            self.audit_failure(&tenant, Some(&connection), "callback.login_mismatch")
+                .await;
             return page(
                 400,
                 "Sign-in failed",
@@ -213,6 +217,8 @@ impl Broker {
         match &v.login {
             Some((login_id, Some(expected))) => {
                 if !browser_holds(logins, login_id, expected) {
+                    self.audit_failure(&tenant, Some(&connection), "callback.browser_mismatch")
+                        .await;
                     return browser_mismatch(&tenant, &connection);
                 }
             }
@@ -296,6 +302,8 @@ impl Broker {
             }
             if p.connection != connection || p.tenant != tenant {
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
+                self.audit_failure(&tenant, Some(&connection), "callback.login_mismatch")
+                    .await;
                 return Err(page(
                     400,
                     "Sign-in failed",
@@ -329,6 +337,7 @@ impl Broker {
                         "callback.unsolicited"
                     };
                     tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
+                    self.audit_failure(&tenant, Some(&connection), reason).await;
                     return Err(page(
                         400,
                         "Sign-in failed",
@@ -390,6 +399,8 @@ impl Broker {
             };
             if p.incarnation.as_ref() != Some(&current) {
                 tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
+                self.audit_failure(&tenant, Some(&connection), "callback.login_superseded")
+                    .await;
                 return Err(page(
                     400,
                     "Sign-in failed",
@@ -455,6 +466,14 @@ impl Broker {
         }
         sso.insert(v.tenant.to_string(), s.sid.clone());
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
+        self.provider
+            .audit
+            .security(crate::audit::AuditEvent::signin_succeeded(
+                &v.tenant,
+                v.connection.as_str(),
+                &v.sub,
+            ))
+            .await;
         self.finish(&v.request, &s).await
     }
 

@@ -273,6 +273,7 @@ impl Broker {
     /// ring of [`FAILED_SIGN_INS_KEPT`] slots. A failure to record is
     /// logged, never turned into another failure of the sign-in.
     pub async fn record_failure(&self, tenant: &TenantId, connection: Option<&ConnectionId>, reason: &str) {
+        self.audit_failure(tenant, connection, reason).await;
         let rec = FailedSignIn {
             at: self.provider.clock.unix(),
             connection: connection.cloned(),
@@ -292,6 +293,13 @@ impl Broker {
         if let Err(e) = outcome {
             tracing::error!(reason = "failed_sign_in.not_recorded", tenant = %tenant, error = %e);
         }
+    }
+
+    /// Records a refused sign-in in the audit log (a security event with its
+    /// reason code; never the IdP's answer).
+    pub async fn audit_failure(&self, tenant: &TenantId, connection: Option<&ConnectionId>, reason: &str) {
+        let event = crate::audit::AuditEvent::signin_failed(tenant, connection.map(ConnectionId::as_str), reason);
+        self.provider.audit.security(event).await;
     }
 
     /// The tenant's recorded failed sign-ins, newest first.

@@ -5,6 +5,8 @@
 //! once, each naming the file (or variable) and the field it came from.
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
+pub mod audit;
+
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -73,6 +75,8 @@ pub struct Settings {
     pub dev: DevSettings,
     /// The resolver that checks tenants' domain verification TXT records.
     pub dns: DnsSettings,
+    /// `[audit]`: the audit log's length and its webhook.
+    pub audit: audit::AuditSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -541,6 +545,7 @@ impl Settings {
         if let Some(v) = env.get("PORTCULLIS_TENANTS_DIR") {
             self.tenants_dir = Some(PathBuf::from(v));
         }
+        self.audit.apply_env(env, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -681,6 +686,10 @@ impl Settings {
                 bad(field, format!("{value} is outside {min}..={max}"));
             }
         }
+        self.audit
+            .validate(self.outbound.allow_private_networks, &mut |f: &str, m: String| {
+                bad(f, m)
+            });
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
             bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
         }

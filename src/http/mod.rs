@@ -156,5 +156,6 @@ fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::admin::audit::request_scope))
         .with_state(state.clone())
 }

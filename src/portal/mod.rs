@@ -943,10 +943,7 @@ async fn audit(
     )
     .tenant(&session.tenant)
     .after(after);
-    crate::audit::Audit::new(s.store.clone(), s.provider.clock.clone())
-        .record(event)
-        .await
-        .map_err(|e| unavailable(s, e))
+    s.audit().record(event).await.map_err(|e| unavailable(s, e))
 }
 
 /// The banner shown 30, 14 and 3 days before a certificate of the

@@ -239,6 +239,8 @@ impl Provider {
                     for i in [Some(issued), recorded].into_iter().flatten() {
                         self.revoke_issued(&t, &i).await?;
                     }
+                    // The code was real (its marker exists), so is its tenant.
+                    self.audit.security(code_reuse_event(&client.client_id, &t)).await;
                 }
                 tracing::warn!(
                     reason = "code.reused",
@@ -343,6 +345,13 @@ impl Provider {
                 "authorization code replayed during its redemption; its tokens revoked"
             );
             self.revoke_issued(&authz.tenant, &issued).await?;
+            self.audit
+                .security(
+                    code_reuse_event(&client.client_id, &authz.tenant)
+                        .connection(authz.connection.as_str())
+                        .subject(&authz.sub),
+                )
+                .await;
         }
         Ok(resp)
     }
@@ -801,6 +810,18 @@ fn profile_claims(user: &User, scope: &[String], out: &mut Map<String, Value>) {
     if has("groups") && !user.groups.is_empty() {
         out.insert("groups".into(), json!(user.groups));
     }
+}
+
+/// The security event of an authorization code presented twice (never the code).
+fn code_reuse_event(client_id: &str, tenant: &TenantId) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent::security(
+        &crate::audit::Actor::Client(client_id.to_owned()),
+        "code.reuse_detected",
+        crate::audit::Target::new("client", client_id),
+        crate::audit::Outcome::Failure,
+        "code.reused",
+    )
+    .tenant(tenant)
 }
 
 #[cfg(test)]

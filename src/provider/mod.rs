@@ -43,6 +43,8 @@ pub struct Provider {
     pub directory: Directory,
     /// Checks upstream sessions at the app's refresh (`None`: never).
     pub upstream: Option<Arc<dyn upstream::UpstreamSessions>>,
+    /// The audit log (security events: sign-ins, token reuse, throttling).
+    pub audit: crate::audit::Audit,
 }
 
 impl Provider {

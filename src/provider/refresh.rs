@@ -188,6 +188,18 @@ impl Provider {
                     "refresh token reused: family revoked"
                 );
                 self.revoke_family(&family.authz.tenant, &family.id).await?;
+                // Who and which app, never the token (nor its family id, a part of it).
+                let event = crate::audit::AuditEvent::security(
+                    &crate::audit::Actor::Client(client_id.to_owned()),
+                    "refresh.reuse_detected",
+                    crate::audit::Target::new("client", client_id),
+                    crate::audit::Outcome::Failure,
+                    "refresh.reuse_detected",
+                )
+                .tenant(&family.authz.tenant)
+                .connection(family.authz.connection.as_str())
+                .subject(&family.authz.sub);
+                self.audit.security(event).await;
                 Ok(Rotation::Reused)
             }
             Taken::Absent => Ok(Rotation::Invalid),

@@ -3,11 +3,11 @@
 //! Expiry follows the injected clock, so TTLs are testable without sleeping.
 //! Expired entries are dropped when touched and swept every few hundred writes.
 
-use super::{Key, Store, StoreError, Taken};
+use super::{parse_stream_id, Key, Store, StoreError, StreamEntry, Taken};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +18,35 @@ enum Value {
     Bytes(Vec<u8>),
     Set(BTreeSet<String>),
     List(VecDeque<Vec<u8>>),
+    Stream(Stream),
+}
+
+/// A stream id: milliseconds and sequence number, ordered as Redis orders them.
+type StreamId = (u64, u64);
+
+/// A stream as Redis keeps one: entries by id, the last id given out (ids
+/// never repeat, even after trimming) and consumer groups.
+#[derive(Debug, Clone, Default)]
+struct Stream {
+    entries: BTreeMap<StreamId, Vec<u8>>,
+    last_id: StreamId,
+    groups: HashMap<String, Group>,
+}
+
+/// A consumer group: the last id given to any consumer and the pending
+/// (given, not acknowledged) entries with their consumer and delivery time.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    last_delivered: StreamId,
+    pending: BTreeMap<StreamId, (String, DateTime<Utc>)>,
+}
+
+fn render_id(id: StreamId) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+fn stream_id_arg(id: &str) -> Result<StreamId, StoreError> {
+    parse_stream_id(id).ok_or_else(|| StoreError::Corrupt("not a stream id".to_owned()))
 }
 
 #[derive(Debug, Clone)]
@@ -332,7 +361,212 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
+        let now_ms = u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0);
+        self.with(key, true, |m| {
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::Stream(Stream::default()),
+                expires: None,
+            });
+            let Value::Stream(stream) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            // Like Redis: the clock's millisecond, or the last one with the
+            // next sequence number when the clock has not moved past it.
+            let id = if now_ms > stream.last_id.0 {
+                (now_ms, 0)
+            } else {
+                (stream.last_id.0, stream.last_id.1.saturating_add(1))
+            };
+            stream.last_id = id;
+            stream.entries.insert(id, value.to_vec());
+            while stream.entries.len() > max_len.max(1) {
+                stream.entries.pop_first();
+            }
+            Ok(render_id(id))
+        })
+    }
+
+    async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
+        let after = after.map(stream_id_arg).transpose()?;
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Stream(s),
+                ..
+            }) => Ok(s
+                .entries
+                .iter()
+                .filter(|(id, _)| after.is_none_or(|a| **id > a))
+                .take(count)
+                .map(|(id, v)| StreamEntry {
+                    id: render_id(*id),
+                    value: v.clone(),
+                })
+                .collect()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn stream_rev_range(
+        &self,
+        key: &Key,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let before = before.map(stream_id_arg).transpose()?;
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Stream(s),
+                ..
+            }) => Ok(s
+                .entries
+                .iter()
+                .rev()
+                .filter(|(id, _)| before.is_none_or(|b| **id < b))
+                .take(count)
+                .map(|(id, v)| StreamEntry {
+                    id: render_id(*id),
+                    value: v.clone(),
+                })
+                .collect()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(0),
+            Some(Entry {
+                value: Value::Stream(s),
+                ..
+            }) => Ok(s.entries.len()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
+        self.with(key, true, |m| {
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::Stream(Stream::default()),
+                expires: None,
+            });
+            let Value::Stream(stream) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            stream.groups.entry(group.to_owned()).or_default();
+            Ok(())
+        })
+    }
+
+    async fn stream_group_read(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let now = self.clock.now();
+        self.with(key, true, |m| {
+            let Some(Entry {
+                value: Value::Stream(stream),
+                ..
+            }) = m.get_mut(key)
+            else {
+                return Err(no_group());
+            };
+            let Some(g) = stream.groups.get_mut(group) else {
+                return Err(no_group());
+            };
+            let mut out = Vec::new();
+            for (id, v) in stream
+                .entries
+                .range((std::ops::Bound::Excluded(g.last_delivered), std::ops::Bound::Unbounded))
+            {
+                if out.len() >= count {
+                    break;
+                }
+                g.pending.insert(*id, (consumer.to_owned(), now));
+                out.push(StreamEntry {
+                    id: render_id(*id),
+                    value: v.clone(),
+                });
+            }
+            if let Some(last) = out.last().and_then(|e| parse_stream_id(&e.id)) {
+                g.last_delivered = last;
+            }
+            Ok(out)
+        })
+    }
+
+    async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
+        let id = stream_id_arg(id)?;
+        self.with(key, true, |m| match m.get_mut(key) {
+            Some(Entry {
+                value: Value::Stream(s),
+                ..
+            }) => Ok(s.groups.get_mut(group).is_some_and(|g| g.pending.remove(&id).is_some())),
+            Some(_) => Err(wrong_type(key)),
+            None => Ok(false),
+        })
+    }
+
+    async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let now = self.clock.now();
+        let min_idle = chrono::Duration::from_std(min_idle).unwrap_or(chrono::Duration::MAX);
+        self.with(key, true, |m| {
+            let Some(Entry {
+                value: Value::Stream(stream),
+                ..
+            }) = m.get_mut(key)
+            else {
+                return Err(no_group());
+            };
+            let Some(g) = stream.groups.get_mut(group) else {
+                return Err(no_group());
+            };
+            let mut out = Vec::new();
+            let mut gone = Vec::new();
+            for (id, (owner, at)) in g.pending.iter_mut() {
+                if out.len() >= count {
+                    break;
+                }
+                if now.signed_duration_since(*at) < min_idle {
+                    continue;
+                }
+                match stream.entries.get(id) {
+                    Some(v) => {
+                        *owner = consumer.to_owned();
+                        *at = now;
+                        out.push(StreamEntry {
+                            id: render_id(*id),
+                            value: v.clone(),
+                        });
+                    }
+                    None => gone.push(*id),
+                }
+            }
+            for id in gone {
+                g.pending.remove(&id);
+            }
+            Ok(out)
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Reading through a group that does not exist (Redis answers NOGROUP).
+fn no_group() -> StoreError {
+    StoreError::Corrupt("no such consumer group".to_owned())
 }

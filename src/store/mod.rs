@@ -161,8 +161,84 @@ pub trait Store: Send + Sync + 'static {
     /// (0 is the newest), newest first; empty when absent or past the end.
     async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError>;
 
+    /// Appends `value` to the stream at `key` (creating it) and, in the same
+    /// step, trims the stream to its `max_len` newest entries (exactly; at
+    /// least one is kept). Returns the new entry's id (`<ms>-<seq>`, ordered:
+    /// every id is greater than the ones before it in that stream).
+    async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError>;
+
+    /// Up to `count` entries of the stream at `key`, oldest first, with ids
+    /// strictly greater than `after` (from the start without one); empty when
+    /// absent. `after` must be a stream id (`<ms>-<seq>`).
+    async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError>;
+
+    /// Up to `count` entries of the stream at `key`, newest first, with ids
+    /// strictly smaller than `before` (from the newest without one).
+    async fn stream_rev_range(
+        &self,
+        key: &Key,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError>;
+
+    /// The number of entries in the stream at `key` (0 when absent).
+    async fn stream_len(&self, key: &Key) -> Result<usize, StoreError>;
+
+    /// Creates the consumer group `group` on the stream at `key` (creating an
+    /// empty stream), reading from the stream's first entry. Idempotent: an
+    /// existing group is left as it is.
+    async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError>;
+
+    /// Up to `count` entries no consumer of `group` has been given yet,
+    /// oldest first, now pending for `consumer` until acknowledged
+    /// (`XREADGROUP ... >`). Never blocks. A missing group is an error.
+    async fn stream_group_read(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError>;
+
+    /// Acknowledges entry `id` for `group`: it is no longer pending for
+    /// anyone. Returns `true` if it was pending.
+    async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// Moves to `consumer` up to `count` entries pending in `group` that no
+    /// consumer has been given for at least `min_idle` (a consumer that died
+    /// or gave up), oldest first, and returns them (`XAUTOCLAIM`). Pending
+    /// entries the stream has trimmed away meanwhile are dropped from the
+    /// group and not returned.
+    async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError>;
+
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// One entry of a stream: its id (`<ms>-<seq>`) and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The entry's id, as the store gave it out.
+    pub id: String,
+    /// The value appended.
+    pub value: Vec<u8>,
+}
+
+/// A stream id parsed into its two numbers, or `None` when `id` is not one.
+pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The answer of [`Store::take_and_mark`].

@@ -53,7 +53,7 @@
 //! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
 use super::redis_url::{addr, Auth, Topology};
-use super::{Key, Store, StoreError, Taken};
+use super::{parse_stream_id, Key, Store, StoreError, StreamEntry, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -997,12 +997,239 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
+        // Exact trimming (no `~`): the bound is a promise to the reader, and
+        // trimming one entry per append costs no more than appending it.
+        let cmd = redis::cmd("XADD")
+            .arg(self.key(key))
+            .arg("MAXLEN")
+            .arg(max_len.max(1))
+            .arg("*")
+            .arg(STREAM_FIELD)
+            .arg(value)
+            .to_owned();
+        // An audit event Redis acknowledged survives a failover.
+        self.query(&cmd, Retry::IfNotExecuted, Durability::Replicated).await
+    }
+
+    async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            Some(id) => format!("({}", stream_id_arg(id)?),
+            None => "-".to_owned(),
+        };
+        let cmd = redis::cmd("XRANGE")
+            .arg(self.key(key))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .to_owned();
+        stream_entries(self.query(&cmd, Retry::Idempotent, Durability::None).await?)
+    }
+
+    async fn stream_rev_range(
+        &self,
+        key: &Key,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let end = match before {
+            Some(id) => format!("({}", stream_id_arg(id)?),
+            None => "+".to_owned(),
+        };
+        let cmd = redis::cmd("XREVRANGE")
+            .arg(self.key(key))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .to_owned();
+        stream_entries(self.query(&cmd, Retry::Idempotent, Durability::None).await?)
+    }
+
+    async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
+        self.query(redis::cmd("XLEN").arg(self.key(key)), Retry::Idempotent, Durability::None)
+            .await
+    }
+
+    async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
+        // One script over one key, so an existing group (BUSYGROUP) is not
+        // an error and any other refusal still is.
+        let cmd = redis::cmd("EVAL")
+            .arg(STREAM_GROUP_CREATE)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(group)
+            .to_owned();
+        let _: i64 = self.run(&cmd).await?;
+        Ok(())
+    }
+
+    async fn stream_group_read(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // No BLOCK: a blocked command would hold up every other command on
+        // the shared multiplexed connection.
+        let cmd = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(self.key(key))
+            .arg(">")
+            .to_owned();
+        let answer: Value = self.run(&cmd).await?;
+        // `[[key, entries]]` (a map keyed by the stream in RESP3), or nil.
+        let streams = match answer {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Array(items) => items,
+            Value::Map(pairs) => pairs.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+            _ => return Err(unexpected_stream_answer()),
+        };
+        let mut out = Vec::new();
+        for s in streams {
+            let Value::Array(pair) = s else {
+                return Err(unexpected_stream_answer());
+            };
+            if let Some(entries) = pair.into_iter().nth(1) {
+                out.extend(stream_entries(entries)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
+        let cmd = redis::cmd("XACK")
+            .arg(self.key(key))
+            .arg(group)
+            .arg(stream_id_arg(id)?)
+            .to_owned();
+        let acked: i64 = self.run(&cmd).await?;
+        Ok(acked > 0)
+    }
+
+    async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(MAX_TTL_MS);
+        let cmd = redis::cmd("XAUTOCLAIM")
+            .arg(self.key(key))
+            .arg(group)
+            .arg(consumer)
+            .arg(idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .to_owned();
+        // `[next cursor, claimed entries, ids trimmed away (dropped from the group)]`.
+        let answer: Value = self.run(&cmd).await?;
+        match answer {
+            Value::Array(parts) => match parts.into_iter().nth(1) {
+                Some(entries) => stream_entries(entries),
+                None => Err(unexpected_stream_answer()),
+            },
+            _ => Err(unexpected_stream_answer()),
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Value = self
             .query(&redis::cmd("PING"), Retry::Idempotent, Durability::None)
             .await?;
         Ok(())
     }
+}
+
+/// The one field each stream entry holds its value in.
+const STREAM_FIELD: &str = "v";
+
+/// `stream_group_create`: `XGROUP CREATE ... 0 MKSTREAM`, where an existing
+/// group (BUSYGROUP) is success. Answers 1 when created, 0 when it existed.
+const STREAM_GROUP_CREATE: &str = r"
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(r) == 'table' and r.err then
+  if string.find(r.err, 'BUSYGROUP', 1, true) then
+    return 0
+  end
+  return redis.error_reply(r.err)
+end
+return 1
+";
+
+/// A stream id argument, checked before it reaches Redis (the memory store
+/// refuses the same ids).
+fn stream_id_arg(id: &str) -> Result<String, StoreError> {
+    parse_stream_id(id)
+        .map(|(ms, seq)| format!("{ms}-{seq}"))
+        .ok_or_else(|| StoreError::Corrupt("not a stream id".to_owned()))
+}
+
+fn unexpected_stream_answer() -> StoreError {
+    StoreError::Corrupt("Redis answered a stream command unexpectedly".to_owned())
+}
+
+/// Entries as `XRANGE`, `XREADGROUP` and `XAUTOCLAIM` answer them:
+/// `[[id, [field, value, ...]], ...]`. An entry without our field (written
+/// by something else, or trimmed: nil) is skipped.
+fn stream_entries(answer: Value) -> Result<Vec<StreamEntry>, StoreError> {
+    let items = match answer {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(unexpected_stream_answer()),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(pair) = item else {
+            return Err(unexpected_stream_answer());
+        };
+        let mut pair = pair.into_iter();
+        let id = match pair.next() {
+            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(|_| unexpected_stream_answer())?,
+            Some(Value::SimpleString(s)) => s,
+            _ => return Err(unexpected_stream_answer()),
+        };
+        let fields = match pair.next() {
+            Some(Value::Array(f)) => f,
+            Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => continue,
+        };
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            if matches!(&name, Value::BulkString(n) if n.as_slice() == STREAM_FIELD.as_bytes()) {
+                if let Value::BulkString(v) = value {
+                    out.push(StreamEntry {
+                        id: id.clone(),
+                        value: v,
+                    });
+                }
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

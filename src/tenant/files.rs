@@ -191,13 +191,13 @@ pub async fn sync(
     ctx: &UpstreamContext,
     dir: &Path,
     dev_enabled: bool,
+    log: &Audit,
 ) -> Result<SyncReport, Vec<ConfigProblem>> {
     let (files, problems) = read_dir(dir);
     if !problems.is_empty() {
         return Err(problems);
     }
     let store = &ctx.store;
-    let log = Audit::new(store.clone(), ctx.clock.clone());
     let mut report = SyncReport::default();
     let fail = |e: &dyn std::fmt::Display| {
         vec![ConfigProblem {
@@ -228,7 +228,7 @@ pub async fn sync(
                 match tenants.create(id.clone(), name, domains).await {
                     Ok(tenant) => {
                         audit(
-                            &log,
+                            log,
                             event("tenant.created", Target::new("tenant", id.as_str())).after(json!(tenant)),
                         )
                         .await;
@@ -241,7 +241,7 @@ pub async fn sync(
                 report.created.push(id.to_string());
             }
             Some(existing) => {
-                changed |= update_tenant(tenants, &log, existing, name, domains, &source, &mut report.problems)
+                changed |= update_tenant(tenants, log, existing, name, domains, &source, &mut report.problems)
                     .await
                     .map_err(|e| fail(&e))?;
             }
@@ -254,7 +254,7 @@ pub async fn sync(
         for body in f.connection_bodies() {
             let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             in_file.insert(cid.clone());
-            match sync_connection(tenants, ctx, &log, &id, &cid, body, dev_enabled).await {
+            match sync_connection(tenants, ctx, log, &id, &cid, body, dev_enabled).await {
                 Ok(c) => changed |= c,
                 Err(m) => report.problems.push(format!("{source}: connections[{cid}].{m}")),
             }
@@ -272,7 +272,7 @@ pub async fn sync(
             if let Some(old) = &before {
                 removed = removed.before(super::setup::describe(ctx, old));
             }
-            audit(&log, removed).await;
+            audit(log, removed).await;
             changed = true;
         }
         if changed && !report.created.contains(&id.to_string()) {
@@ -295,7 +295,7 @@ pub async fn sync(
             Ok(()) => {
                 // To the global log, as the admin API does: the tenant's own log goes with it.
                 let deleted = event("tenant.deleted", Target::new("tenant", id.as_str()));
-                audit(&log, deleted.before(json!(before))).await;
+                audit(log, deleted.before(json!(before))).await;
                 if let Err(e) = log.purge(&id).await {
                     tracing::warn!(reason = "audit.purge_failed", tenant = %id, error = %e, "audit log of a removed tenant kept");
                 }

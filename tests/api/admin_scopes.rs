@@ -456,6 +456,21 @@ async fn keys_are_stored_hashed() {
                 .query_async(&mut conn)
                 .await
                 .unwrap(),
+            // The audit streams: every field of every entry.
+            "stream" => {
+                type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+                let entries: Entries = redis::cmd("XRANGE")
+                    .arg(k)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                entries
+                    .into_iter()
+                    .flat_map(|(_, fields)| fields.into_iter().map(|(_, v)| v))
+                    .collect()
+            }
             other => panic!("unexpected type {other} at {k}"),
         };
         for v in values {

@@ -5,6 +5,7 @@ mod support;
 
 mod admin_api;
 mod admin_scopes;
+mod audit_events;
 mod browser_security;
 mod cas_updates;
 mod cli;

@@ -13,7 +13,7 @@ use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::{RedisOptions, RedisStore};
-use portcullis::store::{Key, SharedStore, StoreError, Taken};
+use portcullis::store::{Key, SharedStore, StoreError, StreamEntry, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Barrier;
@@ -130,6 +130,10 @@ macro_rules! all_cases {
             capped_lists_keep_the_newest_values,
             list_ranges_page_and_clash_with_other_types,
             concurrent_capped_pushes_lose_nothing_within_the_bound,
+            streams_append_in_order_and_trim_exactly,
+            stream_ranges_page_both_ways_and_refuse_bad_ids,
+            stream_groups_deliver_once_ack_and_reclaim_idle_entries,
+            concurrent_group_readers_get_each_entry_once,
             ping_answers,
         );
     )*};
@@ -648,4 +652,209 @@ async fn concurrent_capped_pushes_lose_nothing_within_the_bound(b: &Backend) {
         .collect();
     all.sort_unstable();
     assert_eq!(all, (0..RACERS).collect::<Vec<_>>());
+}
+
+fn values(entries: &[StreamEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.value.clone()).unwrap())
+        .collect()
+}
+
+fn id_order(id: &str) -> (u64, u64) {
+    portcullis::store::parse_stream_id(id).unwrap()
+}
+
+async fn streams_append_in_order_and_trim_exactly(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "audit", "stream");
+    assert_eq!(s.stream_len(&k).await.unwrap(), 0);
+    assert!(s.stream_range(&k, None, 10).await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(s.stream_add(&k, format!("e{i}").as_bytes(), 4).await.unwrap());
+    }
+    // Ids only grow, even within one millisecond.
+    for pair in ids.windows(2) {
+        assert!(id_order(&pair[0]) < id_order(&pair[1]), "{ids:?}");
+    }
+    // Exactly the bound, the newest kept.
+    assert_eq!(s.stream_len(&k).await.unwrap(), 4);
+    let all = s.stream_range(&k, None, 100).await.unwrap();
+    assert_eq!(values(&all), ["e3", "e4", "e5", "e6"]);
+    assert_eq!(all.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[3..].to_vec());
+    // Values are bytes, not strings.
+    let bin = Key::global("audit", "bin");
+    s.stream_add(&bin, &[0, 255, 10], 10).await.unwrap();
+    assert_eq!(s.stream_range(&bin, None, 1).await.unwrap()[0].value, vec![0, 255, 10]);
+    // A bound of 0 still keeps the entry just added.
+    let one = Key::global("audit", "one");
+    s.stream_add(&one, b"a", 0).await.unwrap();
+    s.stream_add(&one, b"b", 0).await.unwrap();
+    assert_eq!(values(&s.stream_range(&one, None, 10).await.unwrap()), ["b"]);
+    // A stream is persistent and deleted like any value.
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.stream_len(&k).await.unwrap(), 4);
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(s.stream_len(&k).await.unwrap(), 0);
+    // Ids keep growing in a stream written again (never reused while it exists).
+    let again = s.stream_add(&one, b"c", 5).await.unwrap();
+    let last = s.stream_add(&one, b"d", 5).await.unwrap();
+    assert!(id_order(&again) < id_order(&last));
+}
+
+async fn stream_ranges_page_both_ways_and_refuse_bad_ids(b: &Backend) {
+    let s = &b.store;
+    let k = Key::global("audit", "log");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(s.stream_add(&k, format!("e{i}").as_bytes(), 100).await.unwrap());
+    }
+    assert_eq!(values(&s.stream_range(&k, None, 2).await.unwrap()), ["e0", "e1"]);
+    assert_eq!(
+        values(&s.stream_range(&k, Some(&ids[1]), 2).await.unwrap()),
+        ["e2", "e3"]
+    );
+    assert_eq!(
+        values(&s.stream_range(&k, Some(&ids[4]), 2).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(values(&s.stream_rev_range(&k, None, 2).await.unwrap()), ["e4", "e3"]);
+    assert_eq!(
+        values(&s.stream_rev_range(&k, Some(&ids[3]), 2).await.unwrap()),
+        ["e2", "e1"]
+    );
+    assert_eq!(
+        values(&s.stream_rev_range(&k, Some(&ids[0]), 2).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert!(s.stream_range(&k, None, 0).await.unwrap().is_empty());
+    assert!(s.stream_rev_range(&k, None, 0).await.unwrap().is_empty());
+    // A cursor from another stream still orders (ids are comparable).
+    assert_eq!(
+        s.stream_rev_range(&k, Some("99999999999999-0"), 1).await.unwrap().len(),
+        1
+    );
+    for bad in ["", "x", "1-", "-1", "1-2-3", "+", "-", "(1-0", "1 -0", "１-0"] {
+        assert!(
+            matches!(s.stream_range(&k, Some(bad), 1).await, Err(StoreError::Corrupt(_))),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(s.stream_rev_range(&k, Some(bad), 1).await, Err(StoreError::Corrupt(_))),
+            "{bad:?}"
+        );
+    }
+    // A stream is not a value, and a value is not a stream: corrupt, nothing changed.
+    assert!(matches!(s.get(&k).await, Err(StoreError::Corrupt(_))));
+    let v = Key::global("audit", "plain");
+    s.put(&v, b"x", None).await.unwrap();
+    assert!(matches!(s.stream_add(&v, b"y", 3).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(s.stream_range(&v, None, 3).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(s.stream_len(&v).await, Err(StoreError::Corrupt(_))));
+    assert!(s.stream_group_create(&v, "g").await.is_err());
+    assert_eq!(s.get(&v).await.unwrap(), Some(b"x".to_vec()));
+    let list = Key::global("audit", "list");
+    s.list_push_capped(&list, b"x", 3).await.unwrap();
+    assert!(matches!(
+        s.stream_add(&list, b"y", 3).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(s.list_range(&k, 0, 1).await, Err(StoreError::Corrupt(_))));
+}
+
+async fn stream_groups_deliver_once_ack_and_reclaim_idle_entries(b: &Backend) {
+    let s = &b.store;
+    let k = Key::global("audit", "outbox");
+    // Reading through a group that does not exist fails.
+    assert!(s.stream_group_read(&k, "hooks", "a", 10).await.is_err());
+    s.stream_group_create(&k, "hooks").await.unwrap();
+    // Idempotent.
+    s.stream_group_create(&k, "hooks").await.unwrap();
+    assert_eq!(s.stream_len(&k).await.unwrap(), 0);
+    assert!(s.stream_group_read(&k, "hooks", "a", 10).await.unwrap().is_empty());
+    for i in 0..3 {
+        s.stream_add(&k, format!("e{i}").as_bytes(), 100).await.unwrap();
+    }
+    let a = s.stream_group_read(&k, "hooks", "a", 2).await.unwrap();
+    assert_eq!(values(&a), ["e0", "e1"]);
+    let bb = s.stream_group_read(&k, "hooks", "b", 10).await.unwrap();
+    assert_eq!(values(&bb), ["e2"]);
+    // Nothing is given twice.
+    assert!(s.stream_group_read(&k, "hooks", "a", 10).await.unwrap().is_empty());
+    // A second group reads everything on its own.
+    s.stream_group_create(&k, "other").await.unwrap();
+    assert_eq!(
+        values(&s.stream_group_read(&k, "other", "x", 10).await.unwrap()),
+        ["e0", "e1", "e2"]
+    );
+    // Acknowledged once.
+    assert!(s.stream_ack(&k, "hooks", &a[0].id).await.unwrap());
+    assert!(!s.stream_ack(&k, "hooks", &a[0].id).await.unwrap());
+    assert!(!s.stream_ack(&k, "nogroup", &a[1].id).await.unwrap());
+    assert!(matches!(
+        s.stream_ack(&k, "hooks", "nope").await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // Entries pending for a short while are not claimed.
+    assert!(s.stream_autoclaim(&k, "hooks", "c", LONG, 10).await.unwrap().is_empty());
+    b.pass(PAST_SHORT).await;
+    // After the idle time: e1 (a, unacknowledged) and e2 (b) move to c.
+    let claimed = s.stream_autoclaim(&k, "hooks", "c", SHORT, 10).await.unwrap();
+    assert_eq!(values(&claimed), ["e1", "e2"]);
+    // Claiming resets their idle time: nobody else claims them now.
+    assert!(s
+        .stream_autoclaim(&k, "hooks", "d", SHORT, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.stream_ack(&k, "hooks", &claimed[0].id).await.unwrap());
+    // An entry trimmed away while pending is dropped from the group, not returned.
+    for i in 3..6 {
+        s.stream_add(&k, format!("e{i}").as_bytes(), 2).await.unwrap();
+    }
+    let fresh = s.stream_group_read(&k, "hooks", "a", 10).await.unwrap();
+    assert_eq!(values(&fresh), ["e4", "e5"]);
+    b.pass(PAST_SHORT).await;
+    let claimed = s.stream_autoclaim(&k, "hooks", "d", SHORT, 10).await.unwrap();
+    assert_eq!(values(&claimed), ["e4", "e5"]);
+    // e2 was trimmed: gone from the group for good.
+    assert!(!s.stream_ack(&k, "hooks", &bb[0].id).await.unwrap());
+    // Deleting the stream deletes its groups.
+    assert!(s.delete(&k).await.unwrap());
+    assert!(s.stream_group_read(&k, "hooks", "a", 10).await.is_err());
+}
+
+async fn concurrent_group_readers_get_each_entry_once(b: &Backend) {
+    let k = Key::global("audit", "race");
+    b.store.stream_group_create(&k, "hooks").await.unwrap();
+    const ENTRIES: usize = 200;
+    for i in 0..ENTRIES {
+        b.store.stream_add(&k, format!("{i}").as_bytes(), 10_000).await.unwrap();
+    }
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = Vec::new();
+    for i in 0..RACERS {
+        let s = b.store.clone();
+        let k = k.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut got = Vec::new();
+            loop {
+                let batch = s.stream_group_read(&k, "hooks", &format!("c{i}"), 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let mut n: Vec<usize> = values(&all).into_iter().map(|v| v.parse().unwrap()).collect();
+    n.sort_unstable();
+    assert_eq!(n, (0..ENTRIES).collect::<Vec<_>>());
 }

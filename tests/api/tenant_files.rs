@@ -53,7 +53,15 @@ async fn an_edited_file_updates_its_tenant_in_place_and_a_removed_file_removes_i
         file("Acme", &["acme.test"], &[("corp", &metadata(&[k1.cert_b64()]))]),
     )
     .unwrap();
-    let sync_now = || sync(&app.state.tenants, &app.state.upstream, &dir, false);
+    let sync_now = || {
+        sync(
+            &app.state.tenants,
+            &app.state.upstream,
+            &dir,
+            false,
+            &app.state.provider.audit,
+        )
+    };
     let report = sync_now().await.unwrap();
     assert_eq!(report.created, vec!["acme"], "{report:?}");
     let (_, before) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
@@ -191,7 +199,15 @@ async fn changes_made_by_tenant_files_are_audited_as_the_system() {
         ),
     )
     .unwrap();
-    let sync_now = || sync(&app.state.tenants, &app.state.upstream, &dir, false);
+    let sync_now = || {
+        sync(
+            &app.state.tenants,
+            &app.state.upstream,
+            &dir,
+            false,
+            &app.state.provider.audit,
+        )
+    };
     sync_now().await.unwrap();
     let global = file_events(&app, "/admin/v1/audit").await;
     assert!(has(&global, "tenant.created", "acme"), "{global:?}");

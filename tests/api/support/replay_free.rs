@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use portcullis::store::memory::MemoryStore;
-use portcullis::store::{Key, Store, StoreError};
+use portcullis::store::{Key, Store, StoreError, StreamEntry};
 use std::time::Duration;
 
 /// What `put_if_absent` does with the replay entry it reports as fresh.
@@ -78,6 +78,48 @@ impl Store for ReplayFree {
     }
     async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         self.0.list_range(key, start, count).await
+    }
+    async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
+        self.0.stream_add(key, value, max_len).await
+    }
+    async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
+        self.0.stream_range(key, after, count).await
+    }
+    async fn stream_rev_range(
+        &self,
+        key: &Key,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.0.stream_rev_range(key, before, count).await
+    }
+    async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
+        self.0.stream_len(key).await
+    }
+    async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
+        self.0.stream_group_create(key, group).await
+    }
+    async fn stream_group_read(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.0.stream_group_read(key, group, consumer, count).await
+    }
+    async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
+        self.0.stream_ack(key, group, id).await
+    }
+    async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: std::time::Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.0.stream_autoclaim(key, group, consumer, min_idle, count).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
