@@ -10,7 +10,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientRegistry, GrantType};
 use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
-use crate::store::{memory::MemoryStore, redis::RedisStore, SharedStore};
+use crate::store::{memory::MemoryStore, metered::MeteredStore, redis::RedisStore, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -22,11 +22,12 @@ use std::time::Duration;
 /// Opens the configured store: Redis when a URL is set, else in memory.
 pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Result<SharedStore> {
     Ok(match &settings.store.redis_url {
-        Some(url) => Arc::new(
+        // Measured: Redis latency and errors at `/metrics`.
+        Some(url) => Arc::new(MeteredStore::new(
             RedisStore::connect(url.expose(), &settings.store.key_prefix)
                 .await
                 .context("cannot connect to Redis")?,
-        ),
+        )),
         None => Arc::new(MemoryStore::new(clock)),
     })
 }
@@ -60,6 +61,10 @@ pub async fn build(
     store: SharedStore,
     clock: SharedClock,
 ) -> anyhow::Result<Arc<AppState>> {
+    // Once per process; later builds (tests run several) share it.
+    if settings.metrics.enabled {
+        crate::meter::install();
+    }
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
     // `Settings::validate` has already refused any other name.
     let alg = SigningAlgorithm::from_jose(&settings.tokens.algorithm).unwrap_or_default();
@@ -131,6 +136,7 @@ pub async fn build(
             settings.dns.nameservers.iter().filter_map(|a| a.parse().ok()).collect(),
             Duration::from_secs(settings.dns.timeout_secs),
         ),
+        metrics: settings.metrics.clone(),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

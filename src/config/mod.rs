@@ -79,6 +79,30 @@ pub struct Settings {
     pub clients: Vec<ClientSettings>,
     /// Resource servers (APIs) declared in the file.
     pub resource_servers: Vec<ResourceServerSettings>,
+    /// `[metrics]`: the Prometheus endpoint `/metrics`.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` at all (`PORTCULLIS_METRICS_ENABLED`, default on).
+    pub enabled: bool,
+    /// Bearer token Prometheus must present (`PORTCULLIS_METRICS_TOKEN`).
+    /// Unset: `/metrics` is served without a token, but only on the separate
+    /// admin listener (or in dev mode); on the public listener it is absent,
+    /// so the list of tenants never leaks to the internet by default.
+    pub token: Option<Secret>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -388,6 +412,7 @@ impl Settings {
             &mut self.outbound.allow_private_networks,
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
+        flag("PORTCULLIS_METRICS_ENABLED", &mut self.metrics.enabled);
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
         }
@@ -399,6 +424,9 @@ impl Settings {
         }
         if let Some(v) = env.get("PORTCULLIS_ADMIN_TOKEN") {
             self.admin.token = (!v.is_empty()).then(|| Secret::new(v.clone()));
+        }
+        if let Some(v) = env.get("PORTCULLIS_METRICS_TOKEN") {
+            self.metrics.token = (!v.is_empty()).then(|| Secret::new(v.clone()));
         }
         if let Some(v) = env.get("PORTCULLIS_TENANTS_DIR") {
             self.tenants_dir = Some(PathBuf::from(v));
@@ -514,6 +542,11 @@ impl Settings {
         if let Some(token) = &self.admin.token {
             if token.expose().len() < 16 {
                 bad("admin.token", "must be at least 16 characters".into());
+            }
+        }
+        if let Some(token) = &self.metrics.token {
+            if token.expose().len() < 16 {
+                bad("metrics.token", "must be at least 16 characters".into());
             }
         }
         if self.sessions.cookie_name.is_empty()

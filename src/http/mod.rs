@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod flows;
 pub mod health;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub session: SessionConfig,
     /// Checks domain verification TXT records (`[dns]`).
     pub domains: crate::tenant::domains::DomainVerifier,
+    /// `[metrics]`: whether and how `/metrics` is served.
+    pub metrics: crate::config::MetricsSettings,
 }
 
 /// How browser-session cookies are set.
@@ -101,6 +104,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/admin/v1", crate::admin::routes(&state));
+    // Prometheus scrapes the public listener only with a token (or in dev
+    // mode); a separate admin listener mounts `metrics::routes` itself.
+    let api = if metrics::on_public_listener(&state) {
+        api.merge(metrics::routes())
+    } else {
+        api
+    };
 
     let https = state.upstream.public_url.scheme() == "https";
     Router::new()
@@ -108,6 +118,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(crate::portal::routes())
         .fallback(flows::fallback)
+        // Inside the router's layers, so the matched route template is known.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::map_response(move |mut resp: Response| async move {
             pages::security_headers(&mut resp, https);
             resp
