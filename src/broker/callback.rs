@@ -18,6 +18,7 @@ use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
+use crate::meter;
 use crate::store::{Key, StoreJson};
 use crate::upstream::{CallbackParams, Identity};
 use serde::{Deserialize, Serialize};
@@ -177,6 +178,7 @@ impl Broker {
         logins: &mut BrowserLogins,
     ) -> Outcome {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
             return page(
                 404,
                 "Unknown sign-in address",
@@ -193,6 +195,8 @@ impl Broker {
             }
         };
         let Some(v) = v else {
+            // The ids come from the URL alone: not a label until known.
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_handle");
             tracing::warn!(reason = "callback.unknown_handle", tenant = %tenant, connection = %connection);
             return page(
                 400,
@@ -202,6 +206,7 @@ impl Broker {
             );
         };
         if v.tenant != tenant || v.connection != connection {
+            meter::sign_in_failed(v.tenant.as_str(), v.connection.as_str(), "callback.login_mismatch");
             tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
             return page(
                 400,
@@ -213,6 +218,7 @@ impl Broker {
         match &v.login {
             Some((login_id, Some(expected))) => {
                 if !browser_holds(logins, login_id, expected) {
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.browser_mismatch");
                     return browser_mismatch(&tenant, &connection);
                 }
             }
@@ -260,6 +266,7 @@ impl Broker {
         check: BrowserCheck<'_>,
     ) -> Result<Validated, Outcome> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
             return Err(page(
                 404,
                 "Unknown sign-in address",
@@ -273,7 +280,15 @@ impl Broker {
             .await
         {
             Ok(c) => c,
-            Err(e) => return Err(self.upstream_failed(None, &tenant, &connection, e)),
+            Err(e) => {
+                // An id that names no connection stays out of the labels.
+                if e.code == "callback.unknown_connection" {
+                    meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, e.code);
+                } else {
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), e.code);
+                }
+                return Err(self.upstream_failed(None, &tenant, &connection, e));
+            }
         };
         // Find (and consume) the pending login the IdP's answer refers to.
         let login_id = connector.login_id(&params).map(str::to_owned);
@@ -295,6 +310,7 @@ impl Broker {
                 }
             }
             if p.connection != connection || p.tenant != tenant {
+                meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_mismatch");
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
                 return Err(page(
                     400,
@@ -321,13 +337,21 @@ impl Broker {
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => self.unsolicited_request(&tenant, &client_id, &redirect_uri).await?,
+                Some((client_id, redirect_uri)) => self
+                    .unsolicited_request(&tenant, &client_id, &redirect_uri)
+                    .await
+                    .inspect_err(|o| {
+                    if let Outcome::Page { reason, .. } = o {
+                        meter::sign_in_failed(tenant.as_str(), connection.as_str(), *reason);
+                    }
+                })?,
                 None => {
                     let reason = if login_id.is_some() {
                         "callback.unknown_login"
                     } else {
                         "callback.unsolicited"
                     };
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
                     tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
                     return Err(page(
                         400,
@@ -389,6 +413,7 @@ impl Broker {
                 connection: user.connection_incarnation.clone(),
             };
             if p.incarnation.as_ref() != Some(&current) {
+                meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_superseded");
                 tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
                 return Err(page(
                     400,
@@ -454,6 +479,7 @@ impl Broker {
             return unavailable(e);
         }
         sso.insert(v.tenant.to_string(), s.sid.clone());
+        meter::sign_in_succeeded(v.tenant.as_str(), v.connection.as_str(), "login.succeeded");
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
         self.finish(&v.request, &s).await
     }

@@ -358,6 +358,7 @@ impl Broker {
         let require_mfa = tenant.settings.require_mfa || client.require_mfa;
         match self.usable_session(sso, &tenant.id, &req, require_mfa).await {
             Ok(Some(s)) if active_ids.contains(&s.connection) => {
+                crate::meter::sign_in_succeeded(tenant.id.as_str(), s.connection.as_str(), "sso.reused");
                 tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
                 return self.finish(&req, &s).await;
             }

@@ -56,7 +56,10 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             presented.as_bytes().ct_eq(expected.expose().as_bytes()).into()
         };
         if !ok {
-            tracing::warn!(reason = "metrics.unauthorized", "metrics scrape without the right token");
+            tracing::warn!(
+                reason = "metrics.unauthorized",
+                "metrics scrape without the right token"
+            );
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
@@ -78,7 +81,10 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         Ok(Err(e)) => {
             tracing::warn!(reason = "metrics.certificates_unavailable", error = %e, "certificate expiry not scraped")
         }
-        Err(_) => tracing::warn!(reason = "metrics.certificates_unavailable", "certificate expiry timed out"),
+        Err(_) => tracing::warn!(
+            reason = "metrics.certificates_unavailable",
+            "certificate expiry timed out"
+        ),
     }
     (
         StatusCode::OK,

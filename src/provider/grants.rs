@@ -160,11 +160,18 @@ impl Provider {
                 format!("This client may not use grant_type {}.", grant.as_str()),
             ));
         }
-        match grant {
+        let issued = match grant {
             GrantType::AuthorizationCode => self.code_grant(client, req).await,
             GrantType::RefreshToken => self.refresh_grant(client, req).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
+        };
+        if issued.is_ok() {
+            crate::meter::token_issued(grant.as_str());
+            if grant == GrantType::RefreshToken {
+                crate::meter::refresh_succeeded();
+            }
         }
+        issued
     }
 
     /// RFC 8707 §2.2: a `resource` at the token endpoint must be the one the
