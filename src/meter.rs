@@ -48,6 +48,24 @@ pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
 /// Always 1; the labels say which build is running.
 pub const BUILD_INFO: &str = "portcullis_build_info";
 
+/// Every metric family Portcullis exports (the dashboard and alert rules
+/// may query only these; `tests/api/monitoring.rs` checks it).
+pub const NAMES: &[&str] = &[
+    SIGN_INS,
+    SIGN_UPS,
+    TOKENS_ISSUED,
+    REFRESH_SUCCESSES,
+    REFRESH_REUSE,
+    THROTTLED,
+    HTTP_DURATION,
+    REDIS_ERRORS,
+    REDIS_DURATION,
+    UPSTREAM_DURATION,
+    METADATA_REFRESHES,
+    CERTIFICATE_EXPIRY,
+    BUILD_INFO,
+];
+
 /// The label value for a tenant or connection id that is not (or not yet
 /// known to be) configured: keeps ids an attacker invents out of the labels.
 pub const UNKNOWN: &str = "_unknown";

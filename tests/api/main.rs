@@ -13,6 +13,7 @@ mod domains;
 mod import;
 mod memory_flat;
 mod metadata_refresh;
+mod metrics;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
