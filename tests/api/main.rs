@@ -14,6 +14,7 @@ mod import;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;
+mod monitoring;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;
