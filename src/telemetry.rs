@@ -14,3 +14,30 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+tokio::task_local! {
+    /// The span of the request this task serves (set by the edge).
+    static REQUEST_SPAN: tracing::Span;
+}
+
+/// Runs `f` (a request's handling) with `span` as the request span that
+/// [`tag_span`] records on.
+pub async fn with_request_span<F: std::future::Future>(span: tracing::Span, f: F) -> F::Output {
+    REQUEST_SPAN.scope(span, f).await
+}
+
+/// Records `tenant` (and `connection`, when known) on the current request
+/// span, which declares both empty (`http::metrics::request_span`), so each
+/// log line and exported trace of the request carries them. Ids only: never
+/// a user identifier.
+pub fn tag_span(tenant: &str, connection: Option<&str>) {
+    // Layers inside the edge (the session layer) open spans of their own,
+    // so the request span is found through the task, not as the current span.
+    let span = REQUEST_SPAN
+        .try_with(tracing::Span::clone)
+        .unwrap_or_else(|_| tracing::Span::current());
+    span.record("tenant", tenant);
+    if let Some(c) = connection {
+        span.record("connection", c);
+    }
+}

@@ -280,6 +280,7 @@ impl Broker {
             }
             Err(e) => return unavailable(e),
         };
+        crate::telemetry::tag_span(tenant.id.as_str(), None);
         if !client.allows_tenant(&tenant.id) {
             tracing::info!(reason = "authorize.tenant_not_allowed", tenant = %tenant.id, client_id = %client_id);
             return error_to_app(
@@ -485,6 +486,7 @@ impl Broker {
         {
             return unavailable(e);
         }
+        crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));
         tracing::info!(reason = "login.started", tenant = %tenant, connection = %connection, "sent to the IdP");
         Outcome::Upstream {
             redirect: started.redirect,

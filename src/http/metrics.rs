@@ -10,7 +10,7 @@
 
 use super::AppState;
 use crate::meter;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts as _, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -128,20 +128,54 @@ fn escape(v: &str) -> String {
 /// Middleware: records every request's latency under its matched route
 /// template (`/saml/{tenant}/{connection}/acs`), never the raw path, so the
 /// label set stays bounded; unmatched requests share [`UNMATCHED`].
+///
+/// Also records the route, and the `{tenant}` and `{connection}` of the path
+/// when it has them, on the request span ([`request_span`]).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| UNMATCHED.to_owned(), |m| m.as_str().to_owned());
+    let (mut parts, body) = req.into_parts();
+    let span = tracing::Span::current();
+    span.record("route", route.as_str());
+    if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
+        // The admin API names the tenant `{id}` and the connection `{cid}`.
+        let admin_tenant = route.starts_with("/admin/v1/tenants/{id}");
+        for (k, v) in &params {
+            match k {
+                "tenant" | "connection" => span.record(k, v),
+                "id" if admin_tenant => span.record("tenant", v),
+                "cid" if admin_tenant => span.record("connection", v),
+                _ => &span,
+            };
+        }
+    }
+    let req = Request::from_parts(parts, body);
     let method = match req.method().as_str() {
         m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
         _ => "other",
     }
     .to_owned();
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = crate::telemetry::with_request_span(span, next.run(req)).await;
     meter::http_request(route, method, resp.status().as_u16(), start.elapsed());
     resp
+}
+
+/// The span of one request (the trace layer's `make_span_with`): method,
+/// the matched route template, and the tenant and connection once known
+/// (recorded by [`track`] and [`crate::telemetry::tag_span`]). Never the raw
+/// path or query: they can hold setup-link tokens, codes and handles. At
+/// INFO, so exported traces have it.
+pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        connection = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]

@@ -125,6 +125,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             resp
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(metrics::request_span))
         .with_state(state)
 }

@@ -264,6 +264,7 @@ impl Provider {
                 ))
             }
         };
+        crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
         if authz.client_id != client.client_id {
             return Err(OAuthError::invalid_grant(
                 "code.wrong_client",
@@ -384,6 +385,7 @@ impl Provider {
             }
         };
         let mut authz = family.authz.clone();
+        crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
         Self::check_token_resource(&authz, req)?;
         if let Some(scope) = &req.scope {
             let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();

@@ -30,6 +30,8 @@ struct Gateway {
     child: Child,
     base: Url,
     http: reqwest::Client,
+    /// Where the gateway's JSON log lines go.
+    log: std::path::PathBuf,
 }
 
 impl Drop for Gateway {
@@ -44,6 +46,8 @@ impl Gateway {
     /// until `/healthz` answers.
     async fn start(redis_url: &str) -> Gateway {
         let port = free_port();
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("metrics-gateway-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
         let base = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
@@ -57,14 +61,16 @@ impl Gateway {
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PORTCULLIS_METRICS_TOKEN", METRICS_TOKEN)
             .env("PORTCULLIS_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("PORTCULLIS_LOG", "warn")
+            .env("PORTCULLIS_LOG", "info")
+            .env("PORTCULLIS_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log_file))
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the portcullis binary");
         let gw = Gateway {
             child,
+            log,
             base,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -84,6 +90,15 @@ impl Gateway {
 
     fn url(&self, path: &str) -> Url {
         self.base.join(path).unwrap()
+    }
+
+    /// The JSON log lines written so far.
+    fn log_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     async fn admin(&self, method: Method, path: &str, body: Value) -> Value {
@@ -539,6 +554,35 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
             assert!(m.families().contains(*name), "{name} missing in {}", m.text);
         }
     }
+
+    // The request spans carry tenant and connection (and the route template).
+    let lines = w.gw.log_lines();
+    let span_of = |reason: &str| -> Value {
+        lines
+            .iter()
+            .find(|l| l["fields"]["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} line"))["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "request")
+            .unwrap()
+            .clone()
+    };
+    let started = span_of("login.started");
+    assert_eq!(started["route"], "/authorize", "{started}");
+    assert_eq!(started["tenant"], t, "{started}");
+    assert_eq!(started["connection"], "corp", "{started}");
+    let succeeded = span_of("login.succeeded");
+    assert_eq!(
+        succeeded["route"], "/saml/{tenant}/{connection}/continue",
+        "{succeeded}"
+    );
+    assert_eq!(succeeded["tenant"], t, "{succeeded}");
+    assert_eq!(succeeded["connection"], "corp", "{succeeded}");
+    let expired = span_of("saml.expired");
+    assert_eq!(expired["route"], "/saml/{tenant}/{connection}/acs", "{expired}");
+    assert_eq!(expired["connection"], "corp", "{expired}");
     drop(w);
     redis.stop();
 }
