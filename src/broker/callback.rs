@@ -342,7 +342,7 @@ impl Broker {
                     .await
                     .inspect_err(|o| {
                     if let Outcome::Page { reason, .. } = o {
-                        meter::sign_in_failed(tenant.as_str(), connection.as_str(), *reason);
+                        meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
                     }
                 })?,
                 None => {

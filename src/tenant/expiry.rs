@@ -30,10 +30,13 @@ pub struct CertificateExpiry {
     pub not_after: i64,
 }
 
+/// A list read from the store, and when.
+type Kept = (Instant, Arc<Vec<CertificateExpiry>>);
+
 /// The in-memory copy (shared by the clones of one registry).
 #[derive(Default, Clone)]
 pub struct ExpirySnapshot {
-    inner: Arc<Mutex<Option<(Instant, Arc<Vec<CertificateExpiry>>)>>>,
+    inner: Arc<Mutex<Option<Kept>>>,
 }
 
 impl ExpirySnapshot {
