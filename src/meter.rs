@@ -199,6 +199,13 @@ pub fn refresh_reused() {
     metrics::counter!(REFRESH_REUSE).increment(1);
 }
 
+/// A request refused by a rate limit (429), by route template (the
+/// throttle layer calls this; pass the matched template or a fixed name,
+/// never a raw path).
+pub fn throttled(route: impl Into<String>) {
+    metrics::counter!(THROTTLED, "route" => route.into()).increment(1);
+}
+
 /// One request's latency by route template.
 pub fn http_request(route: String, method: String, status: u16, elapsed: Duration) {
     metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method, "status" => status.to_string())

@@ -687,4 +687,25 @@ mod tests {
             "the Redis URL may hold a password"
         );
     }
+
+    #[test]
+    fn metrics_settings_come_from_the_file_and_the_environment() {
+        let s = Settings::parse("[metrics]\nenabled = false\ntoken = \"short\"\n", "x.toml").unwrap();
+        assert!(!s.metrics.enabled);
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(err.0.iter().any(|p| p.field == "metrics.token"), "{err}");
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_METRICS_TOKEN", "scrape-token-0123456789"),
+            ("PORTCULLIS_METRICS_ENABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut s = Settings::default();
+        assert!(s.metrics.enabled && s.metrics.token.is_none());
+        s.apply_env(&env).unwrap();
+        s.validate("env").unwrap();
+        assert_eq!(s.metrics.token.as_ref().unwrap().expose(), "scrape-token-0123456789");
+        assert!(!format!("{s:?}").contains("scrape-token"), "secrets must not print");
+    }
 }
