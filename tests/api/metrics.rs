@@ -614,3 +614,28 @@ async fn without_a_token_metrics_stay_off_the_public_listener() {
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+/// The in-process recorder's output (shared by every gateway this test
+/// binary runs, so only increases are compared).
+fn in_process() -> Scrape {
+    Scrape::parse(&portcullis::meter::handle().expect("installed by app::build").render())
+}
+
+#[tokio::test]
+async fn oidc_discovery_with_its_jwks_and_the_token_call_are_timed() {
+    use crate::support::oidc_world::{OidcWorld, ACME};
+    let w = OidcWorld::new().await;
+    let count = "portcullis_upstream_duration_seconds_count";
+    let before = in_process();
+    w.sign_in(&mut Browser::new(), &w.app1, &[("tenant", ACME)], Some("alice"))
+        .await;
+    let after = in_process();
+    for op in ["oidc_discovery", "oidc_token"] {
+        let labels = [("op", op), ("result", "ok")];
+        assert!(
+            after.sum(count, &labels) >= before.sum(count, &labels) + 1.0,
+            "{op} not timed:\n{}",
+            after.text
+        );
+    }
+}
