@@ -75,14 +75,17 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// How often recorded histogram samples are folded into buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder as the process's `metrics` recorder
 /// (first call only) and returns the handle that renders it; `None` when
 /// another recorder was installed first (then `/metrics` answers 503 and
-/// the reason is logged once). Must be called inside a Tokio runtime: the
-/// first call starts the task that folds histogram samples into buckets
-/// every few seconds, so memory stays flat between scrapes.
+/// the reason is logged once). The first call starts the thread that folds
+/// histogram samples into their buckets every [`UPKEEP_EVERY`], so memory
+/// stays flat however rarely Prometheus scrapes.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -97,22 +100,26 @@ pub fn install() -> Option<PrometheusHandle> {
                 }
             };
             let handle = recorder.handle();
+            // Started before the recorder is installed, so no sample is
+            // ever recorded that nothing drains; a thread, not a task, so it
+            // outlives whichever runtime installed it (tests run one per test).
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = started {
+                tracing::error!(reason = "metrics.not_installed", error = %e, "no upkeep thread");
+                return None;
+            }
             if let Err(e) = metrics::set_global_recorder(recorder) {
                 tracing::error!(reason = "metrics.not_installed", error = %e, "another metrics recorder is installed");
                 return None;
             }
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            let upkeep = handle.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(5));
-                    loop {
-                        tick.tick().await;
-                        upkeep.run_upkeep();
-                    }
-                });
-            }
             Some(handle)
         })
         .clone()
