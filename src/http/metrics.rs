@@ -26,6 +26,14 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The route label of a request no route matched (404s, the fallback).
 pub const UNMATCHED: &str = "unmatched";
 
+/// The ACS's route template (also the label of a migrated ACS alias path).
+pub const ACS_ROUTE: &str = "/saml/{tenant}/{connection}/acs";
+
+/// A response extension naming the route a request really served, for a
+/// handler reached through the fallback (a migrated ACS alias path).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
 /// How long a scrape may spend reading certificate dates from the store.
 const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,7 +166,14 @@ pub async fn track(req: Request, next: Next) -> Response {
     }
     .to_owned();
     let start = Instant::now();
-    let resp = crate::telemetry::with_request_span(span, next.run(req)).await;
+    let resp = crate::telemetry::with_request_span(span.clone(), next.run(req)).await;
+    let route = match resp.extensions().get::<RouteLabel>() {
+        Some(RouteLabel(served)) => {
+            span.record("route", *served);
+            (*served).to_owned()
+        }
+        None => route,
+    };
     meter::http_request(route, method, resp.status().as_u16(), start.elapsed());
     resp
 }

@@ -99,7 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/introspect", post(oauth::introspect))
         // The ACS is reached by a cross-site POST without the session cookie:
         // outside the session layer, it cannot create or replace one.
-        .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs))
+        .route(metrics::ACS_ROUTE, post(flows::saml_acs))
         .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -639,3 +639,56 @@ async fn oidc_discovery_with_its_jwks_and_the_token_call_are_timed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_acs_alias_is_measured_as_the_acs_and_unknown_paths_share_one_label() {
+    let redis = RedisServer::start();
+    let gw = Gateway::start(&redis.url()).await;
+    gw.admin(
+        Method::POST,
+        "/admin/v1/tenants",
+        json!({ "id": "alias-acme", "name": "Acme", "domains": [] }),
+    )
+    .await;
+    let alias = gw.url("/api/oauth/saml");
+    gw.admin(
+        Method::POST,
+        "/admin/v1/tenants/alias-acme/connections",
+        json!({ "id": "corp", "kind": "saml", "metadata_xml": Idp::new().metadata, "acs_url": alias.as_str() }),
+    )
+    .await;
+    let resp = gw
+        .http
+        .post(alias)
+        .form(&[("SAMLResponse", "not a response")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    for path in ["/no/such/path-1", "/no/such/path-2"] {
+        let resp = gw.http.post(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    let m = gw.scrape().await;
+    let count = "portcullis_http_request_duration_seconds_count";
+    assert_eq!(
+        m.sum(
+            count,
+            &[("route", "/saml/{tenant}/{connection}/acs"), ("status", "400")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(count, &[("route", "unmatched"), ("method", "POST")]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert!(
+        !m.text.contains("/api/oauth/saml") && !m.text.contains("/no/such"),
+        "{}",
+        m.text
+    );
+}
