@@ -11,7 +11,7 @@ use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientR
 use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
 use crate::store::redis::{RedisOptions, RedisStore, RedisTls};
-use crate::store::{memory::MemoryStore, SharedStore};
+use crate::store::{memory::MemoryStore, metered::MeteredStore, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -45,11 +45,12 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
                 wait_replicas: settings.store.wait_replicas,
                 wait_timeout: Duration::from_millis(settings.store.wait_timeout_ms),
             };
-            Ok(Arc::new(
+            // Measured: Redis latency and errors at `/metrics`.
+            Ok(Arc::new(MeteredStore::new(
                 RedisStore::connect_with(&options)
                     .await
                     .context("cannot connect to Redis")?,
-            ))
+            )))
         }
         (Backend::Redis, None) => anyhow::bail!("store.backend: redis needs a Redis URL"),
         (Backend::Memory, _) => Ok(Arc::new(MemoryStore::new(clock))),
@@ -85,6 +86,10 @@ pub async fn build(
     store: SharedStore,
     clock: SharedClock,
 ) -> anyhow::Result<Arc<AppState>> {
+    // Once per process; later builds (tests run several) share it.
+    if settings.metrics.enabled {
+        crate::meter::install();
+    }
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
     // `Settings::validate` has already refused any other name.
     let alg = SigningAlgorithm::from_jose(&settings.tokens.algorithm).unwrap_or_default();
@@ -158,6 +163,7 @@ pub async fn build(
             Duration::from_secs(settings.dns.timeout_secs),
         ),
         lifecycle: crate::http::server::Lifecycle::default(),
+        metrics: settings.metrics.clone(),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

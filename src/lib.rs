@@ -19,6 +19,7 @@ pub mod directory;
 pub mod http;
 pub mod ids;
 pub mod markup;
+pub mod meter;
 pub mod portal;
 pub mod provider;
 pub mod secret;

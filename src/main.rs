@@ -7,6 +7,7 @@ async fn main() -> anyhow::Result<()> {
     portcullis::telemetry::init();
     portcullis::tls::install_default_provider();
     let cli = portcullis::cli::Cli::parse();
-    let code = portcullis::cli::run(cli).await?;
-    std::process::exit(code);
+    let code = portcullis::cli::run(cli).await;
+    portcullis::telemetry::shutdown();
+    std::process::exit(code?);
 }

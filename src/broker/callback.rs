@@ -18,6 +18,7 @@ use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
+use crate::meter;
 use crate::store::{Key, StoreJson};
 use crate::upstream::{CallbackParams, Identity};
 use serde::{Deserialize, Serialize};
@@ -177,6 +178,7 @@ impl Broker {
         logins: &mut BrowserLogins,
     ) -> Outcome {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
             return page(
                 404,
                 "Unknown sign-in address",
@@ -193,6 +195,8 @@ impl Broker {
             }
         };
         let Some(v) = v else {
+            // The ids come from the URL alone: not a label until known.
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_handle");
             tracing::warn!(reason = "callback.unknown_handle", tenant = %tenant, connection = %connection);
             self.audit_failure(&tenant, Some(&connection), "callback.unknown_handle")
                 .await;
@@ -204,6 +208,7 @@ impl Broker {
             );
         };
         if v.tenant != tenant || v.connection != connection {
+            meter::sign_in_failed(v.tenant.as_str(), v.connection.as_str(), "callback.login_mismatch");
             tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
             self.audit_failure(&tenant, Some(&connection), "callback.login_mismatch")
                 .await;
@@ -217,6 +222,7 @@ impl Broker {
         match &v.login {
             Some((login_id, Some(expected))) => {
                 if !browser_holds(logins, login_id, expected) {
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.browser_mismatch");
                     self.audit_failure(&tenant, Some(&connection), "callback.browser_mismatch")
                         .await;
                     return browser_mismatch(&tenant, &connection);
@@ -266,6 +272,7 @@ impl Broker {
         check: BrowserCheck<'_>,
     ) -> Result<Validated, Outcome> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
             return Err(page(
                 404,
                 "Unknown sign-in address",
@@ -279,7 +286,15 @@ impl Broker {
             .await
         {
             Ok(c) => c,
-            Err(e) => return Err(self.upstream_failed(None, &tenant, &connection, e)),
+            Err(e) => {
+                // An id that names no connection stays out of the labels.
+                if e.code == "callback.unknown_connection" {
+                    meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, e.code);
+                } else {
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), e.code);
+                }
+                return Err(self.upstream_failed(None, &tenant, &connection, e));
+            }
         };
         // Find (and consume) the pending login the IdP's answer refers to.
         let login_id = connector.login_id(&params).map(str::to_owned);
@@ -301,6 +316,7 @@ impl Broker {
                 }
             }
             if p.connection != connection || p.tenant != tenant {
+                meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_mismatch");
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
                 self.audit_failure(&tenant, Some(&connection), "callback.login_mismatch")
                     .await;
@@ -329,13 +345,21 @@ impl Broker {
         let request = match &pending {
             Some(p) => p.request.clone(),
             None => match connector.unsolicited_target() {
-                Some((client_id, redirect_uri)) => self.unsolicited_request(&tenant, &client_id, &redirect_uri).await?,
+                Some((client_id, redirect_uri)) => self
+                    .unsolicited_request(&tenant, &client_id, &redirect_uri)
+                    .await
+                    .inspect_err(|o| {
+                    if let Outcome::Page { reason, .. } = o {
+                        meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
+                    }
+                })?,
                 None => {
                     let reason = if login_id.is_some() {
                         "callback.unknown_login"
                     } else {
                         "callback.unsolicited"
                     };
+                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
                     tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
                     self.audit_failure(&tenant, Some(&connection), reason).await;
                     return Err(page(
@@ -398,6 +422,7 @@ impl Broker {
                 connection: user.connection_incarnation.clone(),
             };
             if p.incarnation.as_ref() != Some(&current) {
+                meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_superseded");
                 tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
                 self.audit_failure(&tenant, Some(&connection), "callback.login_superseded")
                     .await;
@@ -465,6 +490,7 @@ impl Broker {
             return unavailable(e);
         }
         sso.insert(v.tenant.to_string(), s.sid.clone());
+        meter::sign_in_succeeded(v.tenant.as_str(), v.connection.as_str(), "login.succeeded");
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
         self.provider
             .audit

@@ -280,6 +280,7 @@ impl Broker {
             }
             Err(e) => return unavailable(e),
         };
+        crate::telemetry::tag_span(tenant.id.as_str(), None);
         if !client.allows_tenant(&tenant.id) {
             tracing::info!(reason = "authorize.tenant_not_allowed", tenant = %tenant.id, client_id = %client_id);
             return error_to_app(
@@ -358,6 +359,7 @@ impl Broker {
         let require_mfa = tenant.settings.require_mfa || client.require_mfa;
         match self.usable_session(sso, &tenant.id, &req, require_mfa).await {
             Ok(Some(s)) if active_ids.contains(&s.connection) => {
+                crate::meter::sign_in_succeeded(tenant.id.as_str(), s.connection.as_str(), "sso.reused");
                 tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
                 return self.finish(&req, &s).await;
             }
@@ -484,6 +486,7 @@ impl Broker {
         {
             return unavailable(e);
         }
+        crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));
         tracing::info!(reason = "login.started", tenant = %tenant, connection = %connection, "sent to the IdP");
         Outcome::Upstream {
             redirect: started.redirect,

@@ -272,7 +272,14 @@ impl Broker {
     /// Records a refused sign-in of `tenant` (reason and time only) in a
     /// ring of [`FAILED_SIGN_INS_KEPT`] slots. A failure to record is
     /// logged, never turned into another failure of the sign-in.
-    pub async fn record_failure(&self, tenant: &TenantId, connection: Option<&ConnectionId>, reason: &str) {
+    /// Also counts it in `portcullis_sign_ins_total{result="failure"}` and
+    /// records a `signin.failed` security event.
+    pub async fn record_failure(&self, tenant: &TenantId, connection: Option<&ConnectionId>, reason: &'static str) {
+        crate::meter::sign_in_failed(
+            tenant.as_str(),
+            connection.map_or(crate::meter::UNKNOWN, ConnectionId::as_str),
+            reason,
+        );
         self.audit_failure(tenant, connection, reason).await;
         let rec = FailedSignIn {
             at: self.provider.clock.unix(),

@@ -83,6 +83,30 @@ pub struct Settings {
     pub clients: Vec<ClientSettings>,
     /// Resource servers (APIs) declared in the file.
     pub resource_servers: Vec<ResourceServerSettings>,
+    /// `[metrics]`: the Prometheus endpoint `/metrics`.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Serve `/metrics` at all (`PORTCULLIS_METRICS_ENABLED`, default on).
+    pub enabled: bool,
+    /// Bearer token Prometheus must present (`PORTCULLIS_METRICS_TOKEN`).
+    /// Unset: `/metrics` is served without a token, but only on the separate
+    /// admin listener (or in dev mode); on the public listener it is absent,
+    /// so the list of tenants never leaks to the internet by default.
+    pub token: Option<Secret>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -484,6 +508,7 @@ impl Settings {
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
         flag("PORTCULLIS_DEV_FORCE", &mut self.dev.force);
+        flag("PORTCULLIS_METRICS_ENABLED", &mut self.metrics.enabled);
         if let Some(v) = env.get("PORTCULLIS_STORE_BACKEND") {
             self.store.backend = (!v.is_empty()).then(|| v.clone());
         }
@@ -541,6 +566,9 @@ impl Settings {
         }
         if let Some(v) = env.get("PORTCULLIS_ADMIN_TOKEN") {
             self.admin.token = (!v.is_empty()).then(|| Secret::new(v.clone()));
+        }
+        if let Some(v) = env.get("PORTCULLIS_METRICS_TOKEN") {
+            self.metrics.token = (!v.is_empty()).then(|| Secret::new(v.clone()));
         }
         if let Some(v) = env.get("PORTCULLIS_TENANTS_DIR") {
             self.tenants_dir = Some(PathBuf::from(v));
@@ -757,6 +785,11 @@ impl Settings {
         if let Some(token) = &self.admin.token {
             if token.expose().len() < 16 {
                 bad("admin.token", "must be at least 16 characters".into());
+            }
+        }
+        if let Some(token) = &self.metrics.token {
+            if token.expose().len() < 16 {
+                bad("metrics.token", "must be at least 16 characters".into());
             }
         }
         if self.sessions.cookie_name.is_empty()
@@ -1083,5 +1116,26 @@ mod tests {
             !format!("{s:?}").contains("redis://127.0.0.1"),
             "the Redis URL may hold a password"
         );
+    }
+
+    #[test]
+    fn metrics_settings_come_from_the_file_and_the_environment() {
+        let s = Settings::parse("[metrics]\nenabled = false\ntoken = \"short\"\n", "x.toml").unwrap();
+        assert!(!s.metrics.enabled);
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(err.0.iter().any(|p| p.field == "metrics.token"), "{err}");
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_METRICS_TOKEN", "scrape-token-0123456789"),
+            ("PORTCULLIS_METRICS_ENABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut s = Settings::default();
+        assert!(s.metrics.enabled && s.metrics.token.is_none());
+        s.apply_env(&env).unwrap();
+        s.validate("env").unwrap();
+        assert_eq!(s.metrics.token.as_ref().unwrap().expose(), "scrape-token-0123456789");
+        assert!(!format!("{s:?}").contains("scrape-token"), "secrets must not print");
     }
 }

@@ -229,6 +229,10 @@ impl Directory {
         };
         self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
         self.store.set_add(&index_key(tenant), &sub, None).await?;
+        if outcome == Provisioned::Created {
+            // Counted once the user is stored (`portcullis_sign_ups_total`).
+            crate::meter::sign_up(tenant.as_str(), connection.as_str());
+        }
         Ok((user, outcome))
     }
 

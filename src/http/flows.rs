@@ -459,11 +459,15 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
         }
     };
     tracing::debug!(reason = "saml.acs_alias", tenant = %tenant, connection = %connection, "ACS alias path");
-    let form = match <Form<Vec<(String, String)>> as axum::extract::FromRequest<()>>::from_request(req, &()).await {
-        Ok(form) => form,
-        Err(e) => return e.into_response(),
+    crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));
+    let mut resp = match <Form<Vec<(String, String)>> as axum::extract::FromRequest<()>>::from_request(req, &()).await {
+        Ok(form) => saml_acs(State(state), Path((tenant.to_string(), connection.to_string())), form).await,
+        Err(e) => e.into_response(),
     };
-    saml_acs(State(state), Path((tenant.to_string(), connection.to_string())), form).await
+    // Measured as the ACS it is, not as an unmatched path.
+    resp.extensions_mut()
+        .insert(super::metrics::RouteLabel(super::metrics::ACS_ROUTE));
+    resp
 }
 
 /// Anything else: a plain 404.

@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod flows;
 pub mod health;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
 pub mod server;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub domains: crate::tenant::domains::DomainVerifier,
     /// Draining or serving (`/readyz` turns unready when a drain starts).
     pub lifecycle: server::Lifecycle,
+    /// `[metrics]`: whether and how `/metrics` is served.
+    pub metrics: crate::config::MetricsSettings,
 }
 
 /// How browser-session cookies are set.
@@ -66,7 +69,7 @@ pub const MAX_BODY_BYTES: usize = 512 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     finish(
         public_routes(&state)
-            .merge(admin_routes(&state))
+            .merge(admin_routes(&state, metrics::on_public_listener(&state)))
             .fallback(flows::fallback),
         &state,
     )
@@ -83,7 +86,7 @@ pub fn public_router(state: Arc<AppState>) -> Router {
 /// API with its OpenAPI document, `/metrics` and the health probes.
 pub fn admin_router(state: Arc<AppState>) -> Router {
     finish(
-        admin_routes(&state)
+        admin_routes(&state, true)
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             // Only the admin API here: no migrated ACS aliases.
@@ -92,11 +95,18 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
     )
 }
 
-/// What only operators need: the admin API (and its OpenAPI document) and
-/// the metrics. The one place operator-only routes are added.
-fn admin_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new().nest("/admin/v1", crate::admin::routes(state))
-    // The Prometheus endpoint joins here: `.merge(metrics::router(...))`.
+/// What only operators need: the admin API (and its OpenAPI document) and,
+/// with `with_metrics`, `/metrics`. The one place operator-only routes are
+/// added. The admin listener always serves the metrics; a shared listener
+/// only with a `[metrics] token` or in dev mode (`metrics::on_public_listener`),
+/// because their labels name the tenants.
+fn admin_routes(state: &Arc<AppState>, with_metrics: bool) -> Router<Arc<AppState>> {
+    let routes = Router::new().nest("/admin/v1", crate::admin::routes(state));
+    if with_metrics && state.metrics.enabled {
+        routes.merge(metrics::routes())
+    } else {
+        routes
+    }
 }
 
 /// Everything browsers, apps and IdPs reach.
@@ -137,7 +147,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/introspect", post(oauth::introspect))
         // The ACS is reached by a cross-site POST without the session cookie:
         // outside the session layer, it cannot create or replace one.
-        .route("/saml/{tenant}/{connection}/acs", post(flows::saml_acs))
+        .route(metrics::ACS_ROUTE, post(flows::saml_acs))
         .route("/saml/{tenant}/{connection}/metadata", get(flows::saml_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
@@ -150,12 +160,14 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
     let https = state.upstream.public_url.scheme() == "https";
     routes
+        // Inside the router's layers, so the matched route template is known.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::map_response(move |mut resp: Response| async move {
             pages::security_headers(&mut resp, https);
             resp
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(metrics::request_span))
         .layer(axum::middleware::from_fn(crate::admin::audit::request_scope))
         .with_state(state.clone())
 }

@@ -160,11 +160,18 @@ impl Provider {
                 format!("This client may not use grant_type {}.", grant.as_str()),
             ));
         }
-        match grant {
+        let issued = match grant {
             GrantType::AuthorizationCode => self.code_grant(client, req).await,
             GrantType::RefreshToken => self.refresh_grant(client, req).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
+        };
+        if issued.is_ok() {
+            crate::meter::token_issued(grant.as_str());
+            if grant == GrantType::RefreshToken {
+                crate::meter::refresh_succeeded();
+            }
         }
+        issued
     }
 
     /// RFC 8707 §2.2: a `resource` at the token endpoint must be the one the
@@ -259,6 +266,7 @@ impl Provider {
                 ))
             }
         };
+        crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
         if authz.client_id != client.client_id {
             return Err(OAuthError::invalid_grant(
                 "code.wrong_client",
@@ -386,6 +394,7 @@ impl Provider {
             }
         };
         let mut authz = family.authz.clone();
+        crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
         Self::check_token_resource(&authz, req)?;
         if let Some(scope) = &req.scope {
             let asked: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();

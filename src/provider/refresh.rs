@@ -181,6 +181,7 @@ impl Provider {
                 Ok(Rotation::Rotated(Box::new(family), next))
             }
             Taken::Marker(_) => {
+                crate::meter::refresh_reused();
                 tracing::warn!(
                     reason = "refresh.reuse_detected",
                     tenant = p.tenant,

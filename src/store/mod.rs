@@ -24,6 +24,7 @@
 //!   keys that one operation touches together the same Redis Cluster hash tag.
 
 pub mod memory;
+pub mod metered;
 pub mod redis;
 pub mod redis_url;
 pub mod session;

@@ -15,6 +15,7 @@
 //! inherits its predecessor's users, even while the store still holds them.
 
 pub mod domains;
+pub mod expiry;
 pub mod files;
 pub mod import;
 pub mod refresh;
@@ -320,6 +321,8 @@ pub fn vouch_email(tenant: &Tenant, mut identity: Identity) -> Identity {
 pub struct TenantRegistry {
     store: SharedStore,
     clock: SharedClock,
+    /// Certificate expiry dates for `/metrics`, forgotten on every change.
+    expiries: expiry::ExpirySnapshot,
 }
 
 fn tenant_key(t: &TenantId) -> Key {
@@ -361,7 +364,11 @@ fn index_key() -> Key {
 impl TenantRegistry {
     /// A registry over `store`.
     pub fn new(store: SharedStore, clock: SharedClock) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            expiries: expiry::ExpirySnapshot::default(),
+        }
     }
 
     /// Creates a tenant. Domains are reserved first; if any is taken, the
@@ -659,6 +666,7 @@ impl TenantRegistry {
 
     /// Deletes a tenant, its connections and its domains.
     pub async fn delete(&self, id: &TenantId) -> Result<(), RegistryError> {
+        self.expiries.invalidate();
         let Some(tenant) = self.get(id).await? else {
             return Err(RegistryError::NotFound(format!("tenant {id}")));
         };
@@ -738,6 +746,7 @@ impl TenantRegistry {
     /// [`RegistryError::Changed`] (a concurrent PATCH, refresh or
     /// activation won), so no update is ever lost silently.
     pub async fn update_connection(&self, old: &Connection, new: &Connection) -> Result<(), RegistryError> {
+        self.expiries.invalidate();
         let key = connection_key(&new.tenant, &new.id);
         let what = || format!("connection {}", new.id);
         let current = self.current(&key, old, what).await?;
@@ -762,6 +771,7 @@ impl TenantRegistry {
 
     /// Stores a new connection. Fails if the id is taken within the tenant.
     pub async fn add_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
+        self.expiries.invalidate();
         let key = connection_key(&connection.tenant, &connection.id);
         if self.connection(&connection.tenant, &connection.id).await?.is_some() {
             return Err(RegistryError::Exists(format!("connection {}", connection.id)));
@@ -787,6 +797,7 @@ impl TenantRegistry {
 
     /// Replaces a stored connection (declarative files use this).
     pub async fn put_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
+        self.expiries.invalidate();
         let key = connection_key(&connection.tenant, &connection.id);
         let old = self.connection(&connection.tenant, &connection.id).await?;
         self.reserve_acs_alias(connection).await?;
@@ -826,6 +837,7 @@ impl TenantRegistry {
 
     /// Deletes a connection.
     pub async fn delete_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<(), RegistryError> {
+        self.expiries.invalidate();
         // The incarnation goes first: should the rest fail, what is left is
         // a connection nobody's users match, never an inherited one.
         self.store.delete(&connection_incarnation_key(t, c)).await?;

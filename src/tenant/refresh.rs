@@ -226,6 +226,16 @@ impl MetadataRefresher {
         let now = self.clock().now();
         state.last_attempt_at = Some(now);
         let result = self.fetch_and_apply(&conn, &url, &mut state).await;
+        crate::meter::metadata_refresh(
+            t.as_str(),
+            c.as_str(),
+            match &result {
+                Ok(RefreshOutcome::Updated(_)) => "updated",
+                Ok(_) => "unchanged",
+                Err(RefreshError::Refused(_)) => "refused",
+                Err(_) => "failed",
+            },
+        );
         match &result {
             Ok(outcome) => {
                 state.last_success_at = Some(now);

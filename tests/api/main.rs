@@ -16,6 +16,8 @@ mod domains;
 mod import;
 mod memory_flat;
 mod metadata_refresh;
+mod metrics;
+mod monitoring;
 mod oidc_connector;
 mod oidc_flow;
 mod oidc_negative;

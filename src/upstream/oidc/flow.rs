@@ -254,7 +254,9 @@ async fn exchange(
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()));
-    match request.request_async(&c.ctx.http).await {
+    let (answer, elapsed) = crate::meter::timed(request.request_async(&c.ctx.http)).await;
+    crate::meter::upstream("oidc_token", elapsed, answer.is_ok());
+    match answer {
         Ok(resp) => Ok(Tokens {
             id_token: resp.id_token().map(ToString::to_string),
             access_token: Some(resp.access_token().secret().clone()),
@@ -278,7 +280,9 @@ pub async fn refresh(
     let request = client
         .exchange_refresh_token(&token)
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?;
-    match request.request_async(&c.ctx.http).await {
+    let (answer, elapsed) = crate::meter::timed(request.request_async(&c.ctx.http)).await;
+    crate::meter::upstream("oidc_refresh", elapsed, answer.is_ok());
+    match answer {
         Ok(resp) => {
             // OIDC Core §12.2: an ID token on refresh is verified like the
             // first, and must be about the same person.
@@ -363,7 +367,9 @@ pub(crate) fn token_error(
 }
 
 async fn userinfo(c: &OidcConnector, endpoint: &url::Url, access_token: &str) -> Result<Claims, UpstreamError> {
-    let resp = c.ctx.http.get_bearer(endpoint, access_token).await?;
+    let (resp, elapsed) = crate::meter::timed(c.ctx.http.get_bearer(endpoint, access_token)).await;
+    crate::meter::upstream("oidc_userinfo", elapsed, resp.is_ok());
+    let resp = resp?;
     serde_json::from_slice::<Claims>(resp.body()).map_err(|e| {
         UpstreamError::internal(
             "oidc.userinfo_invalid",

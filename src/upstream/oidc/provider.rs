@@ -237,9 +237,9 @@ pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<(ProviderMe
         http: ctx.http.clone(),
         document_url: document_url.to_string(),
     };
-    let discovered = Discovered::discover_async(issuer_url, &http)
-        .await
-        .map_err(|e| discovery_error("oidc.discovery", e))?;
+    let (discovered, elapsed) = crate::meter::timed(Discovered::discover_async(issuer_url, &http)).await;
+    crate::meter::upstream("oidc_discovery", elapsed, discovered.is_ok());
+    let discovered = discovered.map_err(|e| discovery_error("oidc.discovery", e))?;
     // Byte for byte: IssuerUrl equality alone would forgive spelling differences.
     if discovered.issuer().as_str() != issuer {
         return Err(UpstreamError::internal(
@@ -305,9 +305,13 @@ impl Provider {
             }
         }
         let meta = self.metadata(ctx).await?;
-        let keys: JsonWebKeySet<CoreJsonWebKey> = JsonWebKeySet::fetch_async(meta.discovered.jwks_uri(), &ctx.http)
-            .await
-            .map_err(|e| discovery_error("oidc.jwks", e))?;
+        let (keys, elapsed) = crate::meter::timed(JsonWebKeySet::<CoreJsonWebKey>::fetch_async(
+            meta.discovered.jwks_uri(),
+            &ctx.http,
+        ))
+        .await;
+        crate::meter::upstream("oidc_jwks", elapsed, keys.is_ok());
+        let keys = keys.map_err(|e| discovery_error("oidc.jwks", e))?;
         let keys = Arc::new(wrap(&keys));
         store(&self.jwks, keys.clone(), now + Duration::seconds(JWKS_TTL_SECS));
         Ok(keys)

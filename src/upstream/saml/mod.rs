@@ -568,6 +568,9 @@ impl Connector for SamlConnector {
         }
         let inner = Arc::clone(&self.inner);
         let now = self.ctx.clock.now();
+        // `portcullis_upstream_duration_seconds{op="saml_acs"}`: the wait for a
+        // validation slot included, as the person waiting sees it.
+        let started = std::time::Instant::now();
         // Bound the CPU work in flight: a flood of posts queues here instead of
         // growing tokio's blocking pool to hundreds of busy threads.
         let permit = Arc::clone(validation_slots())
@@ -601,6 +604,7 @@ impl Connector for SamlConnector {
         })
         .await
         .map_err(|e| UpstreamError::internal("saml.validation_task", e.to_string()))?;
+        crate::meter::upstream("saml_acs", started.elapsed(), outcome.is_ok());
         let mut validated = outcome.map_err(|r| self.reject(r))?;
         // SAML has no "verified" flag: the connection's setting is the IdP's
         // word, and the broker narrows it to the tenant's domains.

@@ -1,0 +1,204 @@
+//! `GET /metrics`: the Prometheus text exposition of [`crate::meter`], plus
+//! the certificate expiry gauges computed at scrape time, and the middleware
+//! that measures every request by its matched route template.
+//!
+//! Where it is served: on a separate admin listener (`PORTCULLIS_ADMIN_LISTEN`,
+//! which mounts [`routes`] next to the admin API) without a token unless
+//! `[metrics] token` is set; on the public listener only when a token is set
+//! (or in dev mode), because the labels name the tenants and connections.
+//! No label carries a user identifier, token or secret.
+
+use super::AppState;
+use crate::meter;
+use axum::extract::{FromRequestParts as _, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The content type of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The route label of a request no route matched (404s, the fallback).
+pub const UNMATCHED: &str = "unmatched";
+
+/// The ACS's route template (also the label of a migrated ACS alias path).
+pub const ACS_ROUTE: &str = "/saml/{tenant}/{connection}/acs";
+
+/// A response extension naming the route a request really served, for a
+/// handler reached through the fallback (a migrated ACS alias path).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// How long a scrape may spend reading certificate dates from the store.
+const CERTIFICATES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `/metrics` route, for whichever listener serves it.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Whether the public listener serves `/metrics`: only with a token (or in
+/// dev mode). A separate admin listener mounts [`routes`] regardless.
+pub fn on_public_listener(state: &AppState) -> bool {
+    state.metrics.enabled && (state.metrics.token.is_some() || state.dev)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !state.metrics.enabled {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if let Some(expected) = &state.metrics.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        let ok: bool = {
+            use subtle::ConstantTimeEq;
+            presented.as_bytes().ct_eq(expected.expose().as_bytes()).into()
+        };
+        if !ok {
+            tracing::warn!(
+                reason = "metrics.unauthorized",
+                "metrics scrape without the right token"
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            )
+                .into_response();
+        }
+    }
+    let Some(handle) = meter::handle() else {
+        tracing::error!(reason = "metrics.not_installed", "no metrics recorder in this process");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let mut body = handle.render();
+    match tokio::time::timeout(CERTIFICATES_TIMEOUT, state.tenants.certificate_expiries()).await {
+        Ok(Ok(list)) => {
+            let now = state.upstream.clock.unix();
+            render_certificates(&mut body, &list, now);
+        }
+        // The rest of the scrape is still worth having; the gap shows on the dashboard.
+        Ok(Err(e)) => {
+            tracing::warn!(reason = "metrics.certificates_unavailable", error = %e, "certificate expiry not scraped")
+        }
+        Err(_) => tracing::warn!(
+            reason = "metrics.certificates_unavailable",
+            "certificate expiry timed out"
+        ),
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Appends `portcullis_certificate_expiry_seconds` for every certificate.
+fn render_certificates(out: &mut String, list: &[crate::tenant::expiry::CertificateExpiry], now: i64) {
+    if list.is_empty() {
+        return;
+    }
+    let name = meter::CERTIFICATE_EXPIRY;
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds until a certificate expires (negative once expired), by tenant, connection and use."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for c in list {
+        let _ = writeln!(
+            out,
+            "{name}{{tenant=\"{}\",connection=\"{}\",use=\"{}\"}} {}",
+            escape(c.tenant.as_str()),
+            escape(c.connection.as_str()),
+            escape(c.usage),
+            c.not_after.saturating_sub(now)
+        );
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Middleware: records every request's latency under its matched route
+/// template (`/saml/{tenant}/{connection}/acs`), never the raw path, so the
+/// label set stays bounded; unmatched requests share [`UNMATCHED`].
+///
+/// Also records the route, and the `{tenant}` and `{connection}` of the path
+/// when it has them, on the request span ([`request_span`]).
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_owned(), |m| m.as_str().to_owned());
+    let (mut parts, body) = req.into_parts();
+    let span = tracing::Span::current();
+    span.record("route", route.as_str());
+    if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
+        // The admin API names the tenant `{id}` and the connection `{cid}`.
+        let admin_tenant = route.starts_with("/admin/v1/tenants/{id}");
+        for (k, v) in &params {
+            match k {
+                "tenant" | "connection" => span.record(k, v),
+                "id" if admin_tenant => span.record("tenant", v),
+                "cid" if admin_tenant => span.record("connection", v),
+                _ => &span,
+            };
+        }
+    }
+    let req = Request::from_parts(parts, body);
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
+    let start = Instant::now();
+    let resp = crate::telemetry::with_request_span(span.clone(), next.run(req)).await;
+    let route = match resp.extensions().get::<RouteLabel>() {
+        Some(RouteLabel(served)) => {
+            span.record("route", *served);
+            (*served).to_owned()
+        }
+        None => route,
+    };
+    meter::http_request(route, method, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// The span of one request (the trace layer's `make_span_with`): method,
+/// the matched route template, and the tenant and connection once known
+/// (recorded by [`track`] and [`crate::telemetry::tag_span`]). Never the raw
+/// path or query: they can hold setup-link tokens, codes and handles. At
+/// INFO, so exported traces have it.
+pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        connection = tracing::field::Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,249 @@
+//! Metrics: the names, their descriptions, the process-wide Prometheus
+//! recorder and one small function per thing we count.
+//!
+//! Every metric of Portcullis is recorded through this module, so the names
+//! (a contract: dashboards, alerts and outside checks use them) live in one
+//! place and every label has a bounded set of values:
+//! * `reason` is always a `&'static str` reason code from the source (a
+//!   closed set), never text from a request;
+//! * `tenant` and `connection` are configured ids, and only ids that were
+//!   found in the registry (an unknown or malformed id from a URL is counted
+//!   as [`UNKNOWN`]);
+//! * `route` is the matched route template (`/saml/{tenant}/{connection}/acs`),
+//!   never the raw path;
+//! * no user identifier (email, `sub`, upstream subject) is ever a label.
+//!
+//! The recorder is installed once per process ([`install`]); several gateway
+//! instances in one process (the tests) share it, so counts are process-wide
+//! and tests compare deltas or use labels unique to them.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Sign-ins by tenant, connection, result (`success`/`failure`) and reason code.
+pub const SIGN_INS: &str = "portcullis_sign_ins_total";
+/// Users created just in time at their first sign-in, by tenant and connection.
+pub const SIGN_UPS: &str = "portcullis_sign_ups_total";
+/// Tokens issued at `/token`, by grant (`authorization_code`, `refresh_token`, `client_credentials`).
+pub const TOKENS_ISSUED: &str = "portcullis_tokens_issued_total";
+/// Refresh tokens rotated successfully.
+pub const REFRESH_SUCCESSES: &str = "portcullis_refresh_successes_total";
+/// Refresh tokens presented again after use (the family is revoked).
+pub const REFRESH_REUSE: &str = "portcullis_refresh_reuse_total";
+/// Requests refused by a rate limit, by route (incremented by the throttle layer).
+pub const THROTTLED: &str = "portcullis_throttled_total";
+/// Request latency by matched route template, method and status.
+pub const HTTP_DURATION: &str = "portcullis_http_request_duration_seconds";
+/// Failed store operations (Redis unreachable, timed out or answering an error).
+pub const REDIS_ERRORS: &str = "portcullis_redis_errors_total";
+/// Store operation latency by operation.
+pub const REDIS_DURATION: &str = "portcullis_redis_operation_duration_seconds";
+/// Latency of calls to and checks of upstream IdPs, by operation and result.
+pub const UPSTREAM_DURATION: &str = "portcullis_upstream_duration_seconds";
+/// SAML metadata refreshes by tenant, connection and result.
+pub const METADATA_REFRESHES: &str = "portcullis_metadata_refreshes_total";
+/// Seconds until a certificate expires (negative once expired), by tenant, connection and use.
+pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
+/// Always 1; the labels say which build is running.
+pub const BUILD_INFO: &str = "portcullis_build_info";
+
+/// Every metric family Portcullis exports (the dashboard and alert rules
+/// may query only these; `tests/api/monitoring.rs` checks it).
+pub const NAMES: &[&str] = &[
+    SIGN_INS,
+    SIGN_UPS,
+    TOKENS_ISSUED,
+    REFRESH_SUCCESSES,
+    REFRESH_REUSE,
+    THROTTLED,
+    HTTP_DURATION,
+    REDIS_ERRORS,
+    REDIS_DURATION,
+    UPSTREAM_DURATION,
+    METADATA_REFRESHES,
+    CERTIFICATE_EXPIRY,
+    BUILD_INFO,
+];
+
+/// The label value for a tenant or connection id that is not (or not yet
+/// known to be) configured: keeps ids an attacker invents out of the labels.
+pub const UNKNOWN: &str = "_unknown";
+
+/// Buckets of every `*_seconds` histogram: 1 ms to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often recorded histogram samples are folded into buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder
+/// (first call only) and returns the handle that renders it; `None` when
+/// another recorder was installed first (then `/metrics` answers 503 and
+/// the reason is logged once). The first call starts the thread that folds
+/// histogram samples into their buckets every [`UPKEEP_EVERY`], so memory
+/// stays flat however rarely Prometheus scrapes.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .map(PrometheusBuilder::build_recorder);
+            let recorder = match built {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(reason = "metrics.not_installed", error = %e, "metrics recorder not built");
+                    return None;
+                }
+            };
+            let handle = recorder.handle();
+            // Started before the recorder is installed, so no sample is
+            // ever recorded that nothing drains; a thread, not a task, so it
+            // outlives whichever runtime installed it (tests run one per test).
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = started {
+                tracing::error!(reason = "metrics.not_installed", error = %e, "no upkeep thread");
+                return None;
+            }
+            if let Err(e) = metrics::set_global_recorder(recorder) {
+                tracing::error!(reason = "metrics.not_installed", error = %e, "another metrics recorder is installed");
+                return None;
+            }
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Some(handle)
+        })
+        .clone()
+}
+
+/// The installed handle, if [`install`] succeeded.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE.get().cloned().flatten()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        SIGN_INS,
+        "Sign-ins by tenant, connection, result (success, failure) and reason code."
+    );
+    describe_counter!(SIGN_UPS, "Users provisioned just in time at their first sign-in.");
+    describe_counter!(TOKENS_ISSUED, "Tokens issued at /token by grant type.");
+    describe_counter!(REFRESH_SUCCESSES, "Refresh tokens rotated successfully.");
+    describe_counter!(
+        REFRESH_REUSE,
+        "Used refresh tokens presented again (the whole family is revoked)."
+    );
+    describe_counter!(THROTTLED, "Requests refused by a rate limit (429), by route.");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Request latency by matched route template, method and status."
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Store operations that failed (Redis unreachable, timed out or answering an error)."
+    );
+    describe_histogram!(REDIS_DURATION, Unit::Seconds, "Store operation latency by operation.");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Latency of upstream IdP work: SAML ACS validation, OIDC token and JWKS calls."
+    );
+    describe_counter!(
+        METADATA_REFRESHES,
+        "SAML metadata refreshes by tenant, connection and result (updated, unchanged, refused, failed)."
+    );
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "Seconds until a certificate expires (negative once expired), by tenant, connection and use."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
+}
+
+/// A sign-in that succeeded (`reason` is `login.succeeded` or `sso.reused`).
+pub fn sign_in_succeeded(tenant: &str, connection: &str, reason: &'static str) {
+    metrics::counter!(SIGN_INS, "tenant" => tenant.to_owned(), "connection" => connection.to_owned(),
+        "result" => "success", "reason" => reason)
+    .increment(1);
+}
+
+/// A sign-in that was refused with `reason`. Pass ids only once the
+/// connection was found in the registry, else [`UNKNOWN`].
+pub fn sign_in_failed(tenant: &str, connection: &str, reason: &'static str) {
+    metrics::counter!(SIGN_INS, "tenant" => tenant.to_owned(), "connection" => connection.to_owned(),
+        "result" => "failure", "reason" => reason)
+    .increment(1);
+}
+
+/// A user provisioned just in time.
+pub fn sign_up(tenant: &str, connection: &str) {
+    metrics::counter!(SIGN_UPS, "tenant" => tenant.to_owned(), "connection" => connection.to_owned()).increment(1);
+}
+
+/// Tokens issued at `/token` for `grant`.
+pub fn token_issued(grant: &'static str) {
+    metrics::counter!(TOKENS_ISSUED, "grant" => grant).increment(1);
+}
+
+/// A refresh token rotated.
+pub fn refresh_succeeded() {
+    metrics::counter!(REFRESH_SUCCESSES).increment(1);
+}
+
+/// A used refresh token presented again.
+pub fn refresh_reused() {
+    metrics::counter!(REFRESH_REUSE).increment(1);
+}
+
+/// A request refused by a rate limit (429), by route template (the
+/// throttle layer calls this; pass the matched template or a fixed name,
+/// never a raw path).
+pub fn throttled(route: impl Into<String>) {
+    metrics::counter!(THROTTLED, "route" => route.into()).increment(1);
+}
+
+/// One request's latency by route template.
+pub fn http_request(route: String, method: String, status: u16, elapsed: Duration) {
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method, "status" => status.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// One store operation: its latency, and an error when it failed.
+pub fn store_operation(op: &'static str, elapsed: Duration, ok: bool) {
+    metrics::histogram!(REDIS_DURATION, "op" => op).record(elapsed.as_secs_f64());
+    if !ok {
+        metrics::counter!(REDIS_ERRORS).increment(1);
+    }
+}
+
+/// One piece of upstream work (`saml_acs`, `oidc_token`, `oidc_jwks`,
+/// `oidc_discovery`, `oidc_userinfo`, `oidc_refresh`): its latency and whether it succeeded.
+pub fn upstream(op: &'static str, elapsed: Duration, ok: bool) {
+    metrics::histogram!(UPSTREAM_DURATION, "op" => op, "result" => if ok { "ok" } else { "error" })
+        .record(elapsed.as_secs_f64());
+}
+
+/// One SAML metadata refresh and its result (`updated`, `unchanged`, `refused`, `failed`).
+pub fn metadata_refresh(tenant: &str, connection: &str, result: &'static str) {
+    metrics::counter!(METADATA_REFRESHES, "tenant" => tenant.to_owned(), "connection" => connection.to_owned(),
+        "result" => result)
+    .increment(1);
+}
+
+/// Times a future: its output and how long it took.
+pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
+    let start = std::time::Instant::now();
+    let out = f.await;
+    (out, start.elapsed())
+}
