@@ -10,6 +10,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::provider::clients::{default_grant_types, hash_secret, Client, ClientRegistry, GrantType};
 use crate::provider::resources::{check_resource_server, ResourceRegistry, ResourceServer};
 use crate::provider::Provider;
+use crate::secrets::sealed::SealedStore;
 use crate::store::{memory::MemoryStore, redis::RedisStore, SharedStore};
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
@@ -29,6 +30,43 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
         ),
         None => Arc::new(MemoryStore::new(clock)),
     })
+}
+
+/// Wraps `store` so that secrets are sealed at rest under the configured
+/// master keys (`[secrets]`, [`crate::secrets::sealed`]). Every part of the
+/// gateway and every command that writes records uses the wrapped store.
+pub fn seal_store(settings: &Settings, store: SharedStore) -> anyhow::Result<Arc<SealedStore>> {
+    use crate::secrets::{Cipher, KeyChoice, DEV_KEY_ID};
+    let persistent = settings.store.redis_url.is_some();
+    let cipher = match settings
+        .secrets
+        .choose(settings.dev.enabled, persistent)
+        .map_err(|e| anyhow::anyhow!("secrets: {e}"))?
+    {
+        KeyChoice::Keys(source) => {
+            if source.current().id() == DEV_KEY_ID && persistent {
+                tracing::warn!(
+                    reason = "secrets.dev_key",
+                    "dev mode: secrets in Redis are sealed under the derived dev key, which is NOT SECRET; set PORTCULLIS_MASTER_KEY_FILE for anything real"
+                );
+            } else {
+                tracing::info!(reason = "secrets.sealed", keys = %source.describe(), "secrets at rest are sealed with AES-256-GCM");
+            }
+            Some(Cipher::new(source))
+        }
+        KeyChoice::Plaintext => {
+            tracing::warn!(
+                reason = "secrets.plaintext",
+                "secrets.allow_plaintext: client secrets, refresh tokens and private keys are stored UNENCRYPTED in Redis; set PORTCULLIS_MASTER_KEY_FILE"
+            );
+            None
+        }
+    };
+    Ok(Arc::new(SealedStore::new(
+        store,
+        cipher,
+        settings.secrets.refuse_plaintext,
+    )))
 }
 
 /// Builds the connector context from the settings.
@@ -60,6 +98,7 @@ pub async fn build(
     store: SharedStore,
     clock: SharedClock,
 ) -> anyhow::Result<Arc<AppState>> {
+    let store: SharedStore = seal_store(settings, store)?;
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
     // `Settings::validate` has already refused any other name.
     let alg = SigningAlgorithm::from_jose(&settings.tokens.algorithm).unwrap_or_default();

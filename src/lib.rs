@@ -22,6 +22,7 @@ pub mod markup;
 pub mod portal;
 pub mod provider;
 pub mod secret;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;

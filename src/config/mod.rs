@@ -73,6 +73,8 @@ pub struct Settings {
     pub dev: DevSettings,
     /// The resolver that checks tenants' domain verification TXT records.
     pub dns: DnsSettings,
+    /// `[secrets]`: the master keys that seal secrets at rest.
+    pub secrets: SecretsSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -189,6 +191,43 @@ pub struct DevSettings {
     /// Turns on the built-in test IdP, the demo tenant and the demo app
     /// (`PORTCULLIS_DEV`). Never in production.
     pub enabled: bool,
+}
+
+/// `[secrets]`: secrets at rest (upstream client secrets and refresh
+/// tokens, SP and token-signing private keys) are sealed with AES-256-GCM
+/// under a master key (`docs/SECRETS.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// The master key file (`PORTCULLIS_MASTER_KEY_FILE`): one or more keys
+    /// with ids, the current one marked. Required with a Redis store
+    /// outside dev mode (unless `allow_plaintext`).
+    pub master_key_file: Option<PathBuf>,
+    /// One master key, `<id>:<base64>` (`PORTCULLIS_MASTER_KEY`; environment
+    /// only, never in the file). Prefer the file: it can hold the old key
+    /// during a rotation.
+    #[serde(skip)]
+    pub master_key: Option<Secret>,
+    /// Store secrets unencrypted when no master key is configured
+    /// (`PORTCULLIS_SECRETS_ALLOW_PLAINTEXT`). Off: a Redis store outside
+    /// dev mode without a master key is a configuration error.
+    pub allow_plaintext: bool,
+    /// Refuse to read a secret stored in plaintext (before encryption was
+    /// configured); turn on once `portcullis keys rewrap` has sealed them all.
+    pub refuse_plaintext: bool,
+}
+
+impl SecretsSettings {
+    /// The key source this configuration chooses (see [`crate::secrets::choose`]).
+    pub fn choose(&self, dev: bool, persistent_store: bool) -> Result<crate::secrets::KeyChoice, crate::secrets::SecretsError> {
+        crate::secrets::choose(
+            self.master_key_file.as_deref(),
+            self.master_key.as_ref().map(Secret::expose),
+            dev,
+            persistent_store,
+            self.allow_plaintext,
+        )
+    }
 }
 
 /// `[dns]`: how domain verification TXT records are looked up.
@@ -388,6 +427,20 @@ impl Settings {
             &mut self.outbound.allow_private_networks,
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
+        flag(
+            "PORTCULLIS_SECRETS_ALLOW_PLAINTEXT",
+            &mut self.secrets.allow_plaintext,
+        );
+        flag(
+            "PORTCULLIS_SECRETS_REFUSE_PLAINTEXT",
+            &mut self.secrets.refuse_plaintext,
+        );
+        if let Some(v) = env.get("PORTCULLIS_MASTER_KEY_FILE") {
+            self.secrets.master_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = env.get("PORTCULLIS_MASTER_KEY") {
+            self.secrets.master_key = (!v.is_empty()).then(|| Secret::new(v.clone()));
+        }
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
         }
@@ -510,6 +563,23 @@ impl Settings {
             if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
                 bad("store.redis_url", "must start with redis:// or rediss://".into());
             }
+        }
+        match self.secrets.choose(self.dev.enabled, self.store.redis_url.is_some()) {
+            Ok(_) => {}
+            Err(crate::secrets::SecretsError::NoKey) => bad(
+                "secrets.master_key_file",
+                "a master key is required to keep secrets encrypted in Redis: set PORTCULLIS_MASTER_KEY_FILE \
+                 (docs/SECRETS.md: `printf 'k1 = %s\\n' \"$(openssl rand -base64 32)\" > master.keys`), \
+                 or secrets.allow_plaintext = true to store them unencrypted"
+                    .into(),
+            ),
+            Err(e) => bad("secrets.master_key_file", e.to_string()),
+        }
+        if self.secrets.refuse_plaintext && self.secrets.allow_plaintext {
+            bad(
+                "secrets.refuse_plaintext",
+                "cannot be on together with secrets.allow_plaintext".into(),
+            );
         }
         if let Some(token) = &self.admin.token {
             if token.expose().len() < 16 {
