@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod clock;

@@ -40,7 +40,7 @@ pub struct UpstreamSession {
     pub subject: Option<String>,
 }
 
-fn record_key(tenant: &str, sid: &str) -> Key {
+pub(crate) fn record_key(tenant: &str, sid: &str) -> Key {
     Key::tenant(tenant, "sso", format!("upstream:{sid}"))
 }
 
@@ -75,7 +75,7 @@ pub(super) async fn forget(store: &SharedStore, tenant: &TenantId, sid: &str) ->
 }
 
 /// As long as the longer of a refresh family and an SSO session.
-fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
+pub(crate) fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
     Duration::from_secs(refresh_token_ttl_secs).max(session_ttl)
 }
 

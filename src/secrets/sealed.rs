@@ -225,12 +225,23 @@ impl SealedStore {
         serde_json::to_vec(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
+    /// Checks that every sealed field of the stored bytes `raw` at `key`
+    /// opens with the configured keys (restores check before writing).
+    pub fn check(&self, key: &Key, raw: &[u8]) -> Result<(), StoreError> {
+        self.open(key, raw.to_vec()).map(|_| ())
+    }
+
     /// Seals every secret field of the record at `key` under the current
     /// key (plaintext ones too), unless all already are. Safe while
     /// gateways run: a compare-and-set against the bytes read, read again
-    /// when a concurrent writer won. `ttl` is written with the record
-    /// (`None`: persistent), so pass the remaining lifetime of a transient one.
-    pub async fn rewrap(&self, key: &Key, ttl: Option<Duration>) -> Result<Rewrapped, StoreError> {
+    /// when a concurrent writer won. `ttl` tells from the bytes read which
+    /// TTL to write the record with (`None`: persistent), so a transient
+    /// record keeps its remaining lifetime.
+    pub async fn rewrap(
+        &self,
+        key: &Key,
+        ttl: &(dyn Fn(&[u8]) -> Option<Duration> + Sync),
+    ) -> Result<Rewrapped, StoreError> {
         let Some(cipher) = &self.cipher else {
             return Err(Self::failed(key, SecretsError::NoKey));
         };
@@ -251,7 +262,7 @@ impl SealedStore {
             }
             let opened = self.open(key, raw.clone())?;
             let sealed = self.seal(key, &opened)?;
-            if self.inner.compare_and_put(key, &raw, &sealed, ttl).await? {
+            if self.inner.compare_and_put(key, &raw, &sealed, ttl(&raw)).await? {
                 return Ok(Rewrapped::Rewrapped { fields: stale });
             }
         }
@@ -441,14 +452,14 @@ mod tests {
         assert_eq!(s1.get(&k).await.unwrap().unwrap(), legacy.to_vec());
         let strict = SealedStore::new(raw.clone(), Some(keys(K1)), true);
         assert!(strict.get(&k).await.unwrap_err().to_string().contains("refuse_plaintext"));
-        assert_eq!(s1.rewrap(&k, None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
-        assert_eq!(s1.rewrap(&k, None).await.unwrap(), Rewrapped::Current);
+        assert_eq!(s1.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
+        assert_eq!(s1.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Current);
         assert_eq!(census(&k, &raw.get(&k).await.unwrap().unwrap()).by_key.get("k1"), Some(&4));
         assert!(strict.get(&k).await.is_ok());
         // Rotate: k2 current, k1 still opens; rewrap moves all to k2.
         let s2 = SealedStore::new(raw.clone(), Some(keys(K12)), false);
         assert!(s2.get(&k).await.is_ok());
-        assert_eq!(s2.rewrap(&k, None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
+        assert_eq!(s2.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
         let c = census(&k, &raw.get(&k).await.unwrap().unwrap());
         assert_eq!((c.plaintext, c.by_key.get("k2"), c.by_key.len()), (0, Some(&4), 1));
         let back: Value = serde_json::from_slice(&s2.get(&k).await.unwrap().unwrap()).unwrap();
