@@ -37,6 +37,7 @@ mod saml_setup;
 mod saml_trust;
 mod saml_vendors;
 mod scopes;
+mod secrets_at_rest;
 mod store_conformance;
 mod tenant_files;
 mod tenants_admin;
