@@ -319,7 +319,11 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
         return Err(problems);
     }
     let mut done = Restored::default();
-    let fail = |e: StoreError| vec![format!("store failure after a partial restore (run it again with --overwrite): {e}")];
+    let fail = |e: StoreError| {
+        vec![format!(
+            "store failure after a partial restore (run it again with --overwrite): {e}"
+        )]
+    };
     for (key, bytes, value) in plan {
         match (bytes, value) {
             (Some(b), _) => {
@@ -392,14 +396,20 @@ fn upstream_ttl(raw: &[u8], record_ttl: Duration, now_unix: i64) -> Duration {
         .and_then(|v| v.get("refreshed_at").and_then(Value::as_i64))
         .unwrap_or(now_unix);
     let age = u64::try_from(now_unix.saturating_sub(refreshed_at)).unwrap_or(0);
-    record_ttl.saturating_sub(Duration::from_secs(age)).max(Duration::from_secs(1))
+    record_ttl
+        .saturating_sub(Duration::from_secs(age))
+        .max(Duration::from_secs(1))
 }
 
 /// Seals every secret at rest under the current master key: the signing
 /// keyset, every connection, every kept upstream session (keeping its
 /// remaining lifetime). Idempotent; safe while gateways run (each record
 /// is swapped with a compare-and-set against the bytes read).
-pub async fn rewrap(store: &SealedStore, upstream_record_ttl: Duration, now_unix: i64) -> Result<RewrapReport, StoreError> {
+pub async fn rewrap(
+    store: &SealedStore,
+    upstream_record_ttl: Duration,
+    now_unix: i64,
+) -> Result<RewrapReport, StoreError> {
     let mut report = RewrapReport::default();
     for (key, transient) in sealed_records(store.raw()).await? {
         let ttl = |raw: &[u8]| transient.then(|| upstream_ttl(raw, upstream_record_ttl, now_unix));

@@ -1,8 +1,8 @@
 //! The command line: `serve` (the default), `check-config`, `import FILE`,
 //! `export FILE`, `keys rewrap`, `keys status`, `--version`.
 
-use crate::clock::{SharedClock, SystemClock};
 use crate::clock::Clock as _;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{ConfigProblem, Settings};
 use crate::secrets::sealed::SealedStore;
 use clap::{Parser, Subcommand};
@@ -130,7 +130,11 @@ async fn export(settings: Settings, source: &str, file: &std::path::Path) -> any
         "exported {} record(s) to {}; sealed with master key(s): {}",
         backup.records.len(),
         file.display(),
-        if backup.sealed_with.is_empty() { "none".to_owned() } else { backup.sealed_with.join(", ") }
+        if backup.sealed_with.is_empty() {
+            "none".to_owned()
+        } else {
+            backup.sealed_with.join(", ")
+        }
     );
     if backup.plaintext_secrets > 0 {
         eprintln!(

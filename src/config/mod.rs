@@ -219,7 +219,11 @@ pub struct SecretsSettings {
 
 impl SecretsSettings {
     /// The key source this configuration chooses (see [`crate::secrets::choose`]).
-    pub fn choose(&self, dev: bool, persistent_store: bool) -> Result<crate::secrets::KeyChoice, crate::secrets::SecretsError> {
+    pub fn choose(
+        &self,
+        dev: bool,
+        persistent_store: bool,
+    ) -> Result<crate::secrets::KeyChoice, crate::secrets::SecretsError> {
         crate::secrets::choose(
             self.master_key_file.as_deref(),
             self.master_key.as_ref().map(Secret::expose),
@@ -427,10 +431,7 @@ impl Settings {
             &mut self.outbound.allow_private_networks,
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
-        flag(
-            "PORTCULLIS_SECRETS_ALLOW_PLAINTEXT",
-            &mut self.secrets.allow_plaintext,
-        );
+        flag("PORTCULLIS_SECRETS_ALLOW_PLAINTEXT", &mut self.secrets.allow_plaintext);
         flag(
             "PORTCULLIS_SECRETS_REFUSE_PLAINTEXT",
             &mut self.secrets.refuse_plaintext,
@@ -704,6 +705,10 @@ mod tests {
             ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379"),
             ("PORTCULLIS_ADMIN_TOKEN", "0123456789abcdef0123"),
             ("PORTCULLIS_ALLOW_PRIVATE_NETWORKS", "true"),
+            (
+                "PORTCULLIS_MASTER_KEY",
+                "env1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -723,5 +728,33 @@ mod tests {
             !format!("{s:?}").contains("redis://127.0.0.1"),
             "the Redis URL may hold a password"
         );
+        assert!(!format!("{s:?}").contains("AQEBAQEB"), "the master key must not print");
+    }
+
+    #[test]
+    fn a_redis_store_outside_dev_mode_needs_a_master_key_or_an_explicit_plaintext_choice() {
+        let redis = "[store]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let s = Settings::parse(redis, "x.toml").unwrap();
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.field == "secrets.master_key_file" && p.message.contains("openssl rand")),
+            "{err}"
+        );
+        let s = Settings::parse(&format!("{redis}[secrets]\nallow_plaintext = true\n"), "x.toml").unwrap();
+        assert!(s.validate("x.toml").is_ok());
+        let s = Settings::parse(&format!("{redis}[dev]\nenabled = true\n"), "x.toml").unwrap();
+        assert!(s.validate("x.toml").is_ok(), "dev mode derives its key");
+        assert!(
+            Settings::default().validate("x").is_ok(),
+            "the memory store needs no key"
+        );
+        let s = Settings::parse(
+            &format!("{redis}[secrets]\nallow_plaintext = true\nrefuse_plaintext = true\n"),
+            "x.toml",
+        )
+        .unwrap();
+        assert!(s.validate("x.toml").is_err());
     }
 }

@@ -102,7 +102,10 @@ impl MasterKey {
                 "master key id {id:?} must be 1 to 32 characters of A-Z, a-z, 0-9, _ and -"
             )));
         }
-        Ok(Self { id: id.to_owned(), bytes })
+        Ok(Self {
+            id: id.to_owned(),
+            bytes,
+        })
     }
 
     /// The key id.
@@ -350,9 +353,7 @@ pub fn is_envelope(value: &str) -> bool {
 /// The key id an envelope names, if `value` is one.
 pub fn envelope_key_id(value: &str) -> Option<&str> {
     let mut parts = value.split('.');
-    (parts.next() == Some(ENVELOPE_VERSION))
-        .then(|| parts.next())
-        .flatten()
+    (parts.next() == Some(ENVELOPE_VERSION)).then(|| parts.next()).flatten()
 }
 
 impl Cipher {

@@ -66,11 +66,7 @@ fn context(key: &Key, path: FieldPath) -> String {
 }
 
 /// Calls `f` on every string at `path` under `value`.
-fn each_string<E>(
-    value: &mut Value,
-    path: &[&str],
-    f: &mut dyn FnMut(&mut String) -> Result<(), E>,
-) -> Result<(), E> {
+fn each_string<E>(value: &mut Value, path: &[&str], f: &mut dyn FnMut(&mut String) -> Result<(), E>) -> Result<(), E> {
     let Some((first, rest)) = path.split_first() else {
         if let Value::String(s) = value {
             f(s)?;
@@ -393,7 +389,9 @@ mod tests {
     }
 
     fn raw_store() -> SharedStore {
-        Arc::new(MemoryStore::new(Arc::new(ManualClock::at(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()))))
+        Arc::new(MemoryStore::new(Arc::new(ManualClock::at(
+            chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        ))))
     }
 
     #[tokio::test]
@@ -402,18 +400,27 @@ mod tests {
         let s = SealedStore::new(raw.clone(), Some(keys(K1)), false);
         let doc = serde_json::json!({"id": "okta", "kind": "oidc", "client_secret": "s3cr3t",
             "sp_next_key": {"private_key_pem": "-----BEGIN PRIVATE KEY-----", "certificate_pem": "C"}});
-        s.put(&conn_key("acme"), &serde_json::to_vec(&doc).unwrap(), None).await.unwrap();
+        s.put(&conn_key("acme"), &serde_json::to_vec(&doc).unwrap(), None)
+            .await
+            .unwrap();
         let stored = String::from_utf8(raw.get(&conn_key("acme")).await.unwrap().unwrap()).unwrap();
         assert!(!stored.contains("s3cr3t") && !stored.contains("BEGIN"), "{stored}");
         assert!(stored.contains("\"certificate_pem\":\"C\"") && stored.contains("pcx1.k1."));
         let back: Value = serde_json::from_slice(&s.get(&conn_key("acme")).await.unwrap().unwrap()).unwrap();
         assert_eq!(back, doc);
         // Other records are untouched.
-        s.put(&Key::tenant("acme", "config", "tenant"), b"{\"client_secret\":\"x\"}", None)
-            .await
-            .unwrap();
+        s.put(
+            &Key::tenant("acme", "config", "tenant"),
+            b"{\"client_secret\":\"x\"}",
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            raw.get(&Key::tenant("acme", "config", "tenant")).await.unwrap().unwrap(),
+            raw.get(&Key::tenant("acme", "config", "tenant"))
+                .await
+                .unwrap()
+                .unwrap(),
             b"{\"client_secret\":\"x\"}"
         );
     }
@@ -422,7 +429,9 @@ mod tests {
     async fn a_sealed_value_moved_to_another_tenant_does_not_open() {
         let raw = raw_store();
         let s = SealedStore::new(raw.clone(), Some(keys(K1)), false);
-        s.put(&conn_key("acme"), br#"{"client_secret":"s3cr3t"}"#, None).await.unwrap();
+        s.put(&conn_key("acme"), br#"{"client_secret":"s3cr3t"}"#, None)
+            .await
+            .unwrap();
         let stolen = raw.get(&conn_key("acme")).await.unwrap().unwrap();
         raw.put(&conn_key("evil"), &stolen, None).await.unwrap();
         let e = s.get(&conn_key("evil")).await.unwrap_err();
@@ -435,9 +444,15 @@ mod tests {
         let k = conn_key("acme");
         s.put(&k, br#"{"client_secret":"a","revision":1}"#, None).await.unwrap();
         let read = s.get(&k).await.unwrap().unwrap();
-        assert!(s.compare_and_put(&k, &read, br#"{"client_secret":"b","revision":2}"#, None).await.unwrap());
+        assert!(s
+            .compare_and_put(&k, &read, br#"{"client_secret":"b","revision":2}"#, None)
+            .await
+            .unwrap());
         // A second writer holding the old reading loses.
-        assert!(!s.compare_and_put(&k, &read, br#"{"client_secret":"c","revision":2}"#, None).await.unwrap());
+        assert!(!s
+            .compare_and_put(&k, &read, br#"{"client_secret":"c","revision":2}"#, None)
+            .await
+            .unwrap());
         let now: Value = serde_json::from_slice(&s.get(&k).await.unwrap().unwrap()).unwrap();
         assert_eq!(now["client_secret"], "b");
     }
@@ -451,22 +466,39 @@ mod tests {
         let s1 = SealedStore::new(raw.clone(), Some(keys(K1)), false);
         assert_eq!(s1.get(&k).await.unwrap().unwrap(), legacy.to_vec());
         let strict = SealedStore::new(raw.clone(), Some(keys(K1)), true);
-        assert!(strict.get(&k).await.unwrap_err().to_string().contains("refuse_plaintext"));
-        assert_eq!(s1.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
+        assert!(strict
+            .get(&k)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("refuse_plaintext"));
+        assert_eq!(
+            s1.rewrap(&k, &|_| None).await.unwrap(),
+            Rewrapped::Rewrapped { fields: 4 }
+        );
         assert_eq!(s1.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Current);
-        assert_eq!(census(&k, &raw.get(&k).await.unwrap().unwrap()).by_key.get("k1"), Some(&4));
+        assert_eq!(
+            census(&k, &raw.get(&k).await.unwrap().unwrap()).by_key.get("k1"),
+            Some(&4)
+        );
         assert!(strict.get(&k).await.is_ok());
         // Rotate: k2 current, k1 still opens; rewrap moves all to k2.
         let s2 = SealedStore::new(raw.clone(), Some(keys(K12)), false);
         assert!(s2.get(&k).await.is_ok());
-        assert_eq!(s2.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Rewrapped { fields: 4 });
+        assert_eq!(
+            s2.rewrap(&k, &|_| None).await.unwrap(),
+            Rewrapped::Rewrapped { fields: 4 }
+        );
         let c = census(&k, &raw.get(&k).await.unwrap().unwrap());
         assert_eq!((c.plaintext, c.by_key.get("k2"), c.by_key.len()), (0, Some(&4), 1));
         let back: Value = serde_json::from_slice(&s2.get(&k).await.unwrap().unwrap()).unwrap();
         assert_eq!(back, serde_json::from_slice::<Value>(legacy).unwrap());
         // Once k1 is gone from the file, k2 alone reads everything.
         let only_k2 = "k2 = AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n";
-        assert!(SealedStore::new(raw.clone(), Some(keys(only_k2)), false).get(&k).await.is_ok());
+        assert!(SealedStore::new(raw.clone(), Some(keys(only_k2)), false)
+            .get(&k)
+            .await
+            .is_ok());
         // Without the key the envelopes do not open: a clear error.
         let e = SealedStore::new(raw, Some(keys(K1)), false).get(&k).await.unwrap_err();
         assert!(e.to_string().contains("secrets.unknown_key"), "{e}");

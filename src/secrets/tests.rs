@@ -16,7 +16,9 @@ fn one() -> Cipher {
 #[test]
 fn an_envelope_opens_for_its_context_only() {
     let c = one();
-    let sealed = c.seal(b"the client secret", "t:acme:config/connection:okta#client_secret").unwrap();
+    let sealed = c
+        .seal(b"the client secret", "t:acme:config/connection:okta#client_secret")
+        .unwrap();
     assert!(sealed.starts_with("pcx1.k1."), "{sealed}");
     assert!(!sealed.contains("client secret"));
     assert_eq!(
@@ -67,7 +69,10 @@ fn a_tampered_envelope_is_refused() {
     body.truncate(8);
     let short = format!("pcx1.k1.{}.{}", parts[2], URL_SAFE_NO_PAD.encode(&body));
     assert_eq!(c.open(&short, "ctx").unwrap_err().code(), "secrets.malformed");
-    assert_eq!(c.open(&format!("{sealed}.x"), "ctx").unwrap_err().code(), "secrets.malformed");
+    assert_eq!(
+        c.open(&format!("{sealed}.x"), "ctx").unwrap_err().code(),
+        "secrets.malformed"
+    );
     assert_eq!(
         c.open(&sealed.replacen("pcx1", "pcx2", 1), "ctx").unwrap_err().code(),
         "secrets.malformed"
@@ -91,7 +96,10 @@ fn a_relabelled_key_id_or_another_key_with_the_same_id_is_refused() {
     let relabelled = sealed.replacen("pcx1.k1.", "pcx1.k2.", 1);
     assert_eq!(two.open(&relabelled, "ctx").unwrap_err(), SecretsError::Refused);
     let same_id_other_key = cipher(&format!("k1 = {}\n", key_b64(9)));
-    assert_eq!(same_id_other_key.open(&sealed, "ctx").unwrap_err(), SecretsError::Refused);
+    assert_eq!(
+        same_id_other_key.open(&sealed, "ctx").unwrap_err(),
+        SecretsError::Refused
+    );
 }
 
 #[test]
@@ -137,7 +145,10 @@ fn the_environment_key_and_the_choice_of_source() {
         choose(None, None, false, true, false),
         Err(SecretsError::NoKey)
     ));
-    assert!(matches!(choose(None, None, false, true, true), Ok(KeyChoice::Plaintext)));
+    assert!(matches!(
+        choose(None, None, false, true, true),
+        Ok(KeyChoice::Plaintext)
+    ));
     let Ok(KeyChoice::Keys(dev)) = choose(None, None, true, true, false) else {
         panic!("dev mode derives its key");
     };

@@ -220,23 +220,47 @@ async fn secrets_of(app: &TestApp, sid: &str) -> Vec<(String, String)> {
     use portcullis::store::Key;
     let store = &app.state.store;
     let read = |v: Option<Vec<u8>>| serde_json::from_slice::<Value>(&v.unwrap()).unwrap();
-    let oidc = read(store.get(&Key::tenant(ACME, "config", format!("connection:{CONN}"))).await.unwrap());
-    let saml = read(store.get(&Key::tenant(ACME, "config", "connection:corp")).await.unwrap());
-    let upstream = read(store.get(&Key::tenant(ACME, "sso", format!("upstream:{sid}"))).await.unwrap());
+    let oidc = read(
+        store
+            .get(&Key::tenant(ACME, "config", format!("connection:{CONN}")))
+            .await
+            .unwrap(),
+    );
+    let saml = read(
+        store
+            .get(&Key::tenant(ACME, "config", "connection:corp"))
+            .await
+            .unwrap(),
+    );
+    let upstream = read(
+        store
+            .get(&Key::tenant(ACME, "sso", format!("upstream:{sid}")))
+            .await
+            .unwrap(),
+    );
     let keyset = read(store.get(&Key::global("keys", "signing")).await.unwrap());
     let mut out = vec![
-        ("client secret".to_owned(), oidc["client_secret"].as_str().unwrap().to_owned()),
+        (
+            "client secret".to_owned(),
+            oidc["client_secret"].as_str().unwrap().to_owned(),
+        ),
         (
             "upstream refresh token".to_owned(),
             upstream["refresh_token"].as_str().unwrap().to_owned(),
         ),
     ];
-    let mut pems = vec![("SP key".to_owned(), saml["sp_private_key_pem"].as_str().unwrap().to_owned())];
+    let mut pems = vec![(
+        "SP key".to_owned(),
+        saml["sp_private_key_pem"].as_str().unwrap().to_owned(),
+    )];
     for (name, k) in [("active", &keyset["active"]), ("next", &keyset["next"])]
         .into_iter()
         .chain(keyset["retired"].as_array().unwrap().iter().map(|k| ("retired", k)))
     {
-        pems.push((format!("{name} signing key"), k["private_pem"].as_str().unwrap().to_owned()));
+        pems.push((
+            format!("{name} signing key"),
+            k["private_pem"].as_str().unwrap().to_owned(),
+        ));
     }
     assert!(keyset["retired"].as_array().unwrap().len() == 1, "the key was rotated");
     for (name, pem) in pems {
@@ -341,14 +365,19 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
         .await;
     let saml_idp = IdpKey::new();
     a.app
-        .create_saml_connection(ACME, json!({"id": "corp", "metadata_xml": metadata(&[saml_idp.cert_b64()])}))
+        .create_saml_connection(
+            ACME,
+            json!({"id": "corp", "metadata_xml": metadata(&[saml_idp.cert_b64()])}),
+        )
         .await;
     let redirect_uri = Url::parse("http://127.0.0.1:9/raw/callback").unwrap();
     let reg = a.app.create_client("raw", "Raw", &[&redirect_uri], false).await;
     let client = RawClient { reg, redirect_uri };
     let discovery = a.app.get_json("/.well-known/openid-configuration").await;
     let t = trust(a.app, idp, clock.clone(), client.clone(), discovery.clone());
-    let first = t.tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice")).await;
+    let first = t
+        .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
+        .await;
     let first_claims = jwt_claims(first["id_token"].as_str().unwrap());
     let sid = first_claims["sid"].as_str().unwrap().to_owned();
     let sub = first_claims["sub"].as_str().unwrap().to_owned();
@@ -384,7 +413,10 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     assert!(!out.contains("rewrapped 0 record"), "{out}");
     let (code, again, _) = w.run(&both, &["keys", "rewrap"]);
     assert_eq!(code, 0);
-    assert!(again.contains("rewrapped 0 record(s) (0 field(s))"), "idempotent: {again}");
+    assert!(
+        again.contains("rewrapped 0 record(s) (0 field(s))"),
+        "idempotent: {again}"
+    );
     let (_, status, _) = w.run(&both, &["keys", "status"]);
     assert_eq!(count(&status, "sealed under k1:"), None, "{status}");
     assert_eq!(count(&status, "plaintext:"), Some(0), "{status}");
@@ -396,7 +428,9 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     // ---- C: k1 has left the key file; sign-in and upstream refresh work.
     let c = w.gateway(&only_k2, &clock).await;
     let t = trust(c.app, idp, clock.clone(), client.clone(), discovery.clone());
-    let second = t.tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice")).await;
+    let second = t
+        .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
+        .await;
     let second_claims = jwt_claims(second["id_token"].as_str().unwrap());
     assert_eq!(second_claims["sub"], json!(sub));
     clock.advance(Duration::seconds(61));
@@ -426,7 +460,10 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     // Restoring with a key file that lacks k2 writes nothing.
     let (code, _, err) = w.run(&only_k1, &["import", backup.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("nothing was restored") && err.contains("secrets.unknown_key") && err.contains("\"k2\""), "{err}");
+    assert!(
+        err.contains("nothing was restored") && err.contains("secrets.unknown_key") && err.contains("\"k2\""),
+        "{err}"
+    );
     assert_eq!(w.redis.cmd("DBSIZE").await, redis::Value::Int(0), "nothing was written");
     let (code, out, err) = w.run(&only_k2, &["import", backup.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -447,7 +484,9 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     }
     assert_eq!(sp_metadata(&d.app).await, metadata_before, "SP metadata is unchanged");
     let t = trust(d.app, idp, clock.clone(), client, discovery);
-    let third = t.tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice")).await;
+    let third = t
+        .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
+        .await;
     assert_eq!(
         jwt_claims(third["id_token"].as_str().unwrap())["sub"],
         json!(sub),
@@ -480,12 +519,21 @@ fn a_redis_store_without_a_master_key_is_a_configuration_error() {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
             c.env_remove(k);
         }
-        let out = c.arg("--config").arg(&config).arg("check-config").envs(env.iter().copied()).output().unwrap();
+        let out = c
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (code, err) = run("", &[]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("secrets.master_key_file") && err.contains("openssl rand"), "{err}");
+    assert!(
+        err.contains("secrets.master_key_file") && err.contains("openssl rand"),
+        "{err}"
+    );
     let (code, err) = run("[secrets]\nallow_plaintext = true\n", &[]);
     assert_eq!(code, Some(0), "{err}");
     let keys = dir.join("master.keys");
