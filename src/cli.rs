@@ -126,6 +126,12 @@ async fn export(settings: Settings, source: &str, file: &std::path::Path) -> any
         eprintln!("{}: {e}", file.display());
         return Ok(1);
     }
+    tracing::info!(
+        reason = "backup.exported",
+        records = backup.records.len(),
+        plaintext_secrets = backup.plaintext_secrets,
+        "export written"
+    );
     println!(
         "exported {} record(s) to {}; sealed with master key(s): {}",
         backup.records.len(),
@@ -153,6 +159,9 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(path)?;
+    // `mode` applies only when the file is created: tighten an existing one too.
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -180,6 +189,15 @@ async fn keys(settings: Settings, source: &str, command: KeysCommand) -> anyhow:
             );
             match crate::backup::rewrap(&store, record_ttl, SystemClock.unix()).await {
                 Ok(r) => {
+                    tracing::info!(
+                        reason = "secrets.rewrapped",
+                        key = %current,
+                        rewrapped = r.rewrapped,
+                        fields = r.fields,
+                        already_current = r.current,
+                        failed = r.failed.len(),
+                        "keys rewrap"
+                    );
                     println!(
                         "rewrapped {} record(s) ({} field(s)) under master key {current}; {} already current; {} failed",
                         r.rewrapped,
@@ -243,6 +261,13 @@ async fn import(settings: Settings, source: &str, file: &std::path::Path, overwr
     if crate::backup::is_backup(&doc) {
         return Ok(match crate::backup::restore(&sealed, doc, overwrite).await {
             Ok(r) => {
+                tracing::info!(
+                    reason = "backup.restored",
+                    tenants = r.tenants,
+                    records = r.values,
+                    sets = r.sets,
+                    "backup restored"
+                );
                 println!(
                     "restored {} tenant(s): {} record(s) and {} set(s) from {shown}",
                     r.tenants, r.values, r.sets

@@ -237,6 +237,17 @@ impl StaticKeys {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| SecretsError::Config(format!("{origin}: cannot read the master key file: {e}")))?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt as _;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    reason = "secrets.key_file_readable",
+                    file = %origin,
+                    "the master key file can be read by other users: make it 0400 (Kubernetes: defaultMode 0400)"
+                );
+            }
+        }
         Self::parse(&text, &origin)
     }
 
