@@ -148,15 +148,28 @@ impl World {
     }
 
     async fn gateway(&self, key_file: &Path, clock: &ManualClock) -> Running {
+        self.try_gateway(Some(key_file), false, clock).await.unwrap()
+    }
+
+    /// A gateway with `key_file` (`None`: `secrets.allow_plaintext`),
+    /// `secrets.refuse_plaintext` as given; `Err` when it does not start.
+    async fn try_gateway(
+        &self,
+        key_file: Option<&Path>,
+        refuse_plaintext: bool,
+        clock: &ManualClock,
+    ) -> Result<Running, String> {
         let mut settings = Settings::load(Some(&self.config()), &Default::default()).unwrap();
         settings.admin.token = Some(Secret::new(self.admin_token.clone()));
-        settings.secrets.master_key_file = Some(key_file.to_owned());
+        settings.secrets.master_key_file = key_file.map(Path::to_owned);
+        settings.secrets.allow_plaintext = key_file.is_none();
+        settings.secrets.refuse_plaintext = refuse_plaintext;
         let resolved = settings.validate("test").unwrap();
         let clock: portcullis::clock::SharedClock = Arc::new(clock.clone());
         let store = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
         let state = portcullis::app::build(&settings, &resolved, store, clock)
             .await
-            .unwrap();
+            .map_err(|e| format!("{e:#}"))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         let router = portcullis::http::router(state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -177,7 +190,7 @@ impl World {
                 .unwrap(),
             state,
         };
-        Running { app, stop, task }
+        Ok(Running { app, stop, task })
     }
 
     /// Runs the `portcullis` binary with the test's configuration.
@@ -552,4 +565,71 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port()
+}
+
+/// A deployment that stored its secrets in plaintext: they stay readable
+/// once a master key is configured, `keys rewrap` seals them, and then
+/// `secrets.refuse_plaintext` can be turned on (before the rewrap it stops a
+/// gateway from starting on the plaintext signing keys).
+#[tokio::test]
+async fn plaintext_from_before_encryption_is_read_then_sealed_by_rewrap() {
+    let dir = std::env::temp_dir().join(format!("portcullis-secrets-up-{}", random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = World {
+        redis: DumpingRedis::start(&dir),
+        dir: dir.clone(),
+        port: free_port(),
+        prefix: format!("upgrade-{}", random_token()),
+        admin_token: random_token(),
+    };
+    let k1 = w.key_file("k1.keys", &[K1]);
+    let clock = ManualClock::at(SystemClock.now());
+
+    // The old deployment: no master key, plaintext allowed.
+    let old = w.try_gateway(None, false, &clock).await.unwrap();
+    old.app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
+    let saml_idp = IdpKey::new();
+    old.app
+        .create_saml_connection(
+            ACME,
+            json!({"id": "corp", "metadata_xml": metadata(&[saml_idp.cert_b64()])}),
+        )
+        .await;
+    let metadata_before = sp_metadata(&old.app).await;
+    // The dump search finds a plaintext key when there is one.
+    assert!(contains(&w.redis.dump().await, "BEGIN PRIVATE KEY"));
+    old.stop().await;
+    let (code, status, err) = w.run(&k1, &["keys", "status"]);
+    assert_eq!(code, 0, "{err}");
+    // The SP key, the active and the next signing key.
+    assert_eq!(count(&status, "plaintext:"), Some(3), "{status}");
+
+    // Refusing plaintext before the rewrap: the gateway does not start.
+    let refused = w.try_gateway(Some(&k1), true, &clock).await.err().unwrap();
+    assert!(
+        refused.contains("secrets.config") && refused.contains("refuse_plaintext"),
+        "{refused}"
+    );
+
+    // With the key, the plaintext values are still read.
+    let upgraded = w.gateway(&k1, &clock).await;
+    assert_eq!(sp_metadata(&upgraded.app).await, metadata_before);
+    let (code, out, err) = w.run(&k1, &["keys", "rewrap"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rewrapped 2 record(s) (3 field(s)) under master key k1"),
+        "{out}"
+    );
+    let (_, status, _) = w.run(&k1, &["keys", "status"]);
+    assert_eq!(count(&status, "plaintext:"), Some(0), "{status}");
+    assert_eq!(count(&status, "sealed under k1:"), Some(3), "{status}");
+    assert!(!contains(&w.redis.dump().await, "PRIVATE KEY"));
+    assert_eq!(sp_metadata(&upgraded.app).await, metadata_before);
+    upgraded.stop().await;
+
+    // Now plaintext can be refused.
+    let strict = w.try_gateway(Some(&k1), true, &clock).await.unwrap();
+    assert_eq!(sp_metadata(&strict.app).await, metadata_before);
+    strict.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
 }
