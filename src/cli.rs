@@ -283,6 +283,10 @@ async fn import(settings: Settings, source: &str, file: &std::path::Path, overwr
             }
         });
     }
+    if overwrite {
+        eprintln!("{shown}: --overwrite applies to backups written by `portcullis export` only");
+        return Ok(2);
+    }
     let store: crate::store::SharedStore = sealed;
     let ctx = crate::app::upstream_context(&settings, &resolved, store.clone(), clock.clone())?;
     let tenants = crate::tenant::TenantRegistry::new(store, clock);
