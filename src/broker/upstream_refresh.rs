@@ -6,8 +6,9 @@
 //! provider revokes its refresh families); a transient failure only fails
 //! that one refresh.
 //!
-//! Until at-rest encryption lands the upstream refresh token is stored as
-//! is: it is never logged (`Secret`) and never returned by any API.
+//! The upstream refresh token is sealed at rest under the master key (the
+//! store's sealing layer, `secrets::sealed`, seals the record's
+//! `refresh_token`); it is never logged (`Secret`) and never returned by any API.
 
 use super::session::{self, SsoSession};
 use super::{connectors::ConnectorCache, Broker};
