@@ -633,3 +633,80 @@ async fn plaintext_from_before_encryption_is_read_then_sealed_by_rewrap() {
     strict.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `keys rewrap` is safe while gateways write: on a real Redis, writers
+/// that read-modify-write a sealed record (each retrying its
+/// compare-and-set until it wins) race a rewrap that runs over and over;
+/// no update is lost, and in the end the record is sealed under the new key
+/// and its secret opens unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_racing_writers_loses_no_update() {
+    use portcullis::secrets::sealed::{census, SealedStore};
+    use portcullis::secrets::{Cipher, StaticKeys};
+    use portcullis::store::{Key, SharedStore, Store};
+    const WRITERS: usize = 20;
+    let raw: SharedStore = Arc::new(
+        portcullis::store::redis::RedisStore::connect(&crate::support::redis::url(), &crate::support::redis::prefix())
+            .await
+            .unwrap(),
+    );
+    let cipher = |text: &str| Some(Cipher::new(Arc::new(StaticKeys::parse(text, "test").unwrap())));
+    let key = Key::tenant(ACME, "config", "connection:race");
+    let old = SealedStore::new(raw.clone(), cipher(K1), false);
+    old.put(&key, br#"{"client_secret":"the-upstream-secret","revision":0}"#, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        census(&key, &raw.get(&key).await.unwrap().unwrap()).by_key.get("k1"),
+        Some(&1)
+    );
+    let new = Arc::new(SealedStore::new(
+        raw.clone(),
+        cipher(&format!("{K1}\n{K2}\ncurrent = k2\n")),
+        false,
+    ));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewrapper = {
+        let (new, done, key) = (new.clone(), done.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                new.rewrap(&key, &|_| None).await.unwrap();
+                rounds += 1;
+                tokio::task::yield_now().await;
+            }
+            rounds
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (new, key) = (new.clone(), key.clone());
+            tokio::spawn(async move {
+                loop {
+                    let read = new.get(&key).await.unwrap().unwrap();
+                    let mut v: Value = serde_json::from_slice(&read).unwrap();
+                    v["revision"] = json!(v["revision"].as_u64().unwrap() + 1);
+                    if new
+                        .compare_and_put(&key, &read, &serde_json::to_vec(&v).unwrap(), None)
+                        .await
+                        .unwrap()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(rewrapper.await.unwrap() > 0);
+    new.rewrap(&key, &|_| None).await.unwrap();
+    let stored = raw.get(&key).await.unwrap().unwrap();
+    let c = census(&key, &stored);
+    assert_eq!((c.plaintext, c.by_key.get("k2"), c.by_key.len()), (0, Some(&1), 1));
+    let v: Value = serde_json::from_slice(&new.get(&key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(v["revision"], json!(WRITERS), "no update was lost");
+    assert_eq!(v["client_secret"], json!("the-upstream-secret"));
+}
