@@ -137,12 +137,24 @@ pub fn census(key: &Key, raw: &[u8]) -> FieldCensus {
     out
 }
 
+/// How many opened configuration records (connections, the keyset) are
+/// kept, so that the reads on every token use (`Directory::active` reads
+/// the connection) do not parse and decrypt the same bytes again. Keyed by
+/// configuration, so bounded by the number of connections; cleared when full.
+const OPENED_CACHE: usize = 1024;
+
 /// The store with secret fields sealed at rest (see the module docs).
 pub struct SealedStore {
     inner: SharedStore,
     cipher: Option<Cipher>,
     refuse_plaintext: bool,
+    /// Stored bytes and their opening, per configuration record: reused
+    /// only while the stored bytes are exactly the same.
+    opened: std::sync::Mutex<OpenedCache>,
 }
+
+/// Per record key: the stored bytes and their opening.
+type OpenedCache = std::collections::HashMap<Key, (Vec<u8>, Vec<u8>)>;
 
 impl SealedStore {
     /// Wraps `inner`. `cipher: None` stores secrets in plaintext (only when
@@ -153,6 +165,7 @@ impl SealedStore {
             inner,
             cipher,
             refuse_plaintext,
+            opened: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -172,12 +185,37 @@ impl SealedStore {
         StoreError::Corrupt(format!("{}: {e}", e.code()))
     }
 
-    /// The stored bytes `raw` with every sealed field opened.
+    /// The stored bytes `raw` with every sealed field opened (from the
+    /// cache when these exact bytes were opened before).
     fn open(&self, key: &Key, raw: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let Some(fields) = sealed_fields(key) else {
             return Ok(raw);
         };
-        let mut doc: Value = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Upstream sessions are many and read rarely: not cached.
+        let cacheable = fields != UPSTREAM_SESSION_FIELDS;
+        if cacheable {
+            if let Ok(cache) = self.opened.lock() {
+                if let Some((stored, opened)) = cache.get(key) {
+                    if *stored == raw {
+                        return Ok(opened.clone());
+                    }
+                }
+            }
+        }
+        let opened = self.open_fields(key, fields, &raw)?;
+        if cacheable {
+            if let Ok(mut cache) = self.opened.lock() {
+                if cache.len() >= OPENED_CACHE {
+                    cache.clear();
+                }
+                cache.insert(key.clone(), (raw, opened.clone()));
+            }
+        }
+        Ok(opened)
+    }
+
+    fn open_fields(&self, key: &Key, fields: &[FieldPath], raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut doc: Value = serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut changed = false;
         for path in fields {
             let ctx = context(key, path);
@@ -199,7 +237,7 @@ impl SealedStore {
         if !changed {
             // Byte-identical when nothing was sealed (legacy records), so a
             // compare-and-set against these bytes behaves as before.
-            return Ok(raw);
+            return Ok(raw.to_vec());
         }
         serde_json::to_vec(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
@@ -423,6 +461,29 @@ mod tests {
                 .unwrap(),
             b"{\"client_secret\":\"x\"}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_opening_is_reused_only_while_the_stored_bytes_are_the_same() {
+        let raw = raw_store();
+        let replica_a = SealedStore::new(raw.clone(), Some(keys(K1)), false);
+        let replica_b = SealedStore::new(raw.clone(), Some(keys(K1)), false);
+        let k = conn_key("acme");
+        replica_a.put(&k, br#"{"client_secret":"one"}"#, None).await.unwrap();
+        let first = replica_a.get(&k).await.unwrap().unwrap();
+        assert_eq!(replica_a.get(&k).await.unwrap().unwrap(), first);
+        // Another replica changes the record: the next read sees it.
+        replica_b.put(&k, br#"{"client_secret":"two"}"#, None).await.unwrap();
+        let now: Value = serde_json::from_slice(&replica_a.get(&k).await.unwrap().unwrap()).unwrap();
+        assert_eq!(now["client_secret"], "two");
+        // Tampered bytes are never served from the cache.
+        let mut stored = raw.get(&k).await.unwrap().unwrap();
+        let at = stored.len() - 10;
+        stored[at] ^= 1;
+        raw.put(&k, &stored, None).await.unwrap();
+        assert!(replica_a.get(&k).await.is_err());
+        raw.delete(&k).await.unwrap();
+        assert!(replica_a.get(&k).await.unwrap().is_none());
     }
 
     #[tokio::test]
