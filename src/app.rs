@@ -12,6 +12,7 @@ use crate::provider::resources::{check_resource_server, ResourceRegistry, Resour
 use crate::provider::Provider;
 use crate::store::redis::{RedisOptions, RedisStore, RedisTls};
 use crate::store::{memory::MemoryStore, metered::MeteredStore, SharedStore};
+use crate::secrets::sealed::SealedStore;
 use crate::tenant::TenantRegistry;
 use crate::tokens::{KeyConfig, KeyManager, SigningAlgorithm};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -57,6 +58,43 @@ pub async fn open_store(settings: &Settings, clock: SharedClock) -> anyhow::Resu
     }
 }
 
+/// Wraps `store` so that secrets are sealed at rest under the configured
+/// master keys (`[secrets]`, [`crate::secrets::sealed`]). Every part of the
+/// gateway and every command that writes records uses the wrapped store.
+pub fn seal_store(settings: &Settings, store: SharedStore) -> anyhow::Result<Arc<SealedStore>> {
+    use crate::secrets::{Cipher, KeyChoice, DEV_KEY_ID};
+    let persistent = settings.store.redis_url.is_some();
+    let cipher = match settings
+        .secrets
+        .choose(settings.dev.enabled, persistent)
+        .map_err(|e| anyhow::anyhow!("secrets: {e}"))?
+    {
+        KeyChoice::Keys(source) => {
+            if source.current().id() == DEV_KEY_ID && persistent {
+                tracing::warn!(
+                    reason = "secrets.dev_key",
+                    "dev mode: secrets in Redis are sealed under the derived dev key, which is NOT SECRET; set PORTCULLIS_MASTER_KEY_FILE for anything real"
+                );
+            } else {
+                tracing::info!(reason = "secrets.sealed", keys = %source.describe(), "secrets at rest are sealed with AES-256-GCM");
+            }
+            Some(Cipher::new(source))
+        }
+        KeyChoice::Plaintext => {
+            tracing::warn!(
+                reason = "secrets.plaintext",
+                "secrets.allow_plaintext: client secrets, refresh tokens and private keys are stored UNENCRYPTED in Redis; set PORTCULLIS_MASTER_KEY_FILE"
+            );
+            None
+        }
+    };
+    Ok(Arc::new(SealedStore::new(
+        store,
+        cipher,
+        settings.secrets.refuse_plaintext,
+    )))
+}
+
 /// Builds the connector context from the settings.
 pub fn upstream_context(
     settings: &Settings,
@@ -90,6 +128,7 @@ pub async fn build(
     if settings.metrics.enabled {
         crate::meter::install();
     }
+    let store: SharedStore = seal_store(settings, store)?;
     let upstream = upstream_context(settings, resolved, store.clone(), clock.clone())?;
     // `Settings::validate` has already refused any other name.
     let alg = SigningAlgorithm::from_jose(&settings.tokens.algorithm).unwrap_or_default();

@@ -1,8 +1,10 @@
 //! The command line: `serve` (the default), `check-config`, `import FILE`,
-//! `--version`.
+//! `export FILE`, `keys rewrap`, `keys status`, `--version`.
 
+use crate::clock::Clock as _;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{ConfigProblem, Settings};
+use crate::secrets::sealed::SealedStore;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,10 +39,42 @@ pub enum Command {
     /// Create tenants and connections from a JSON export (docs/IMPORT.md):
     /// every problem is reported at once, and nothing is created unless
     /// the whole file is valid.
+    ///
+    /// A backup written by `portcullis export` is restored exactly
+    /// (docs/BACKUP.md): into an empty store, unless `--overwrite`.
     Import {
-        /// The export file (native format or a SAML Jackson / Ory Polis export).
+        /// The export file (native format, a SAML Jackson / Ory Polis
+        /// export, or a `portcullis export` backup).
+        file: PathBuf,
+        /// Restoring a backup: replace the records it holds that the store
+        /// already has (otherwise any such record stops the restore).
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write the whole configuration (tenants, connections, apps, resource
+    /// servers, API keys, users, signing keys; secrets still sealed) to
+    /// FILE as a backup that `portcullis import` restores (docs/BACKUP.md).
+    Export {
+        /// Where to write the backup (created with mode 0600; replaced if it exists).
         file: PathBuf,
     },
+    /// Master keys of the secrets at rest (docs/SECRETS.md).
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `portcullis keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Seal every secret at rest under the current master key (after a new
+    /// key was made current). Idempotent, safe while gateways run.
+    Rewrap,
+    /// Count the sealed secrets by master key id (and plaintext ones): an
+    /// old key can leave the key file once nothing uses it.
+    Status,
 }
 
 fn env_map() -> BTreeMap<String, String> {
@@ -63,13 +97,154 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig { offline } => Ok(check_config(&settings, &source, offline).await),
         Command::Serve => serve(settings, &source).await,
-        Command::Import { file } => import(settings, &source, &file).await,
+        Command::Import { file, overwrite } => import(settings, &source, &file, overwrite).await,
+        Command::Export { file } => export(settings, &source, &file).await,
+        Command::Keys { command } => keys(settings, &source, command).await,
+    }
+}
+
+/// Opens the configured store and its sealing layer, for the commands that
+/// read or write records.
+async fn open_sealed(settings: &Settings) -> anyhow::Result<Arc<SealedStore>> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let raw = crate::app::open_store(settings, clock).await?;
+    crate::app::seal_store(settings, raw)
+}
+
+/// `portcullis export FILE`: exit 0 with a summary, 1 when the store or the
+/// file fails, 2 when the configuration is invalid.
+async fn export(settings: Settings, source: &str, file: &std::path::Path) -> anyhow::Result<i32> {
+    if let Err(e) = settings.validate(source) {
+        eprintln!("{e}");
+        return Ok(2);
+    }
+    let store = open_sealed(&settings).await?;
+    let backup = match crate::backup::export(store.raw(), SystemClock.now()).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("export failed: {e}");
+            return Ok(1);
+        }
+    };
+    let written = serde_json::to_vec_pretty(&backup)
+        .map_err(std::io::Error::other)
+        .and_then(|text| write_private(file, &text));
+    if let Err(e) = written {
+        eprintln!("{}: {e}", file.display());
+        return Ok(1);
+    }
+    tracing::info!(
+        reason = "backup.exported",
+        records = backup.records.len(),
+        plaintext_secrets = backup.plaintext_secrets,
+        "export written"
+    );
+    println!(
+        "exported {} record(s) to {}; sealed with master key(s): {}",
+        backup.records.len(),
+        file.display(),
+        if backup.sealed_with.is_empty() {
+            "none".to_owned()
+        } else {
+            backup.sealed_with.join(", ")
+        }
+    );
+    if backup.plaintext_secrets > 0 {
+        eprintln!(
+            "warning: {} secret(s) in this backup are NOT encrypted (stored before a master key was configured); run `portcullis keys rewrap` and export again",
+            backup.plaintext_secrets
+        );
+    }
+    Ok(0)
+}
+
+/// Writes `bytes` to `path`, readable by the owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    // `mode` applies only when the file is created: tighten an existing one too.
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// `portcullis keys rewrap|status`: exit 0 when every secret is sealed
+/// under the current key (rewrap) or the counts were printed (status), 1
+/// when some record could not be rewrapped or the store failed, 2 when the
+/// configuration is invalid.
+async fn keys(settings: Settings, source: &str, command: KeysCommand) -> anyhow::Result<i32> {
+    if let Err(e) = settings.validate(source) {
+        eprintln!("{e}");
+        return Ok(2);
+    }
+    let store = open_sealed(&settings).await?;
+    match command {
+        KeysCommand::Rewrap => {
+            let Some(cipher) = store.cipher() else {
+                eprintln!("no master key is configured: set PORTCULLIS_MASTER_KEY_FILE (docs/SECRETS.md)");
+                return Ok(2);
+            };
+            let current = cipher.current_id().to_owned();
+            let record_ttl = crate::broker::upstream_refresh::record_ttl(
+                settings.tokens.refresh_token_ttl_secs,
+                std::time::Duration::from_secs(settings.sessions.ttl_secs),
+            );
+            match crate::backup::rewrap(&store, record_ttl, SystemClock.unix()).await {
+                Ok(r) => {
+                    tracing::info!(
+                        reason = "secrets.rewrapped",
+                        key = %current,
+                        rewrapped = r.rewrapped,
+                        fields = r.fields,
+                        already_current = r.current,
+                        failed = r.failed.len(),
+                        "keys rewrap"
+                    );
+                    println!(
+                        "rewrapped {} record(s) ({} field(s)) under master key {current}; {} already current; {} failed",
+                        r.rewrapped,
+                        r.fields,
+                        r.current,
+                        r.failed.len()
+                    );
+                    for f in &r.failed {
+                        eprintln!("  - {f}");
+                    }
+                    Ok(i32::from(!r.failed.is_empty()))
+                }
+                Err(e) => {
+                    eprintln!("rewrap failed: {e}");
+                    Ok(1)
+                }
+            }
+        }
+        KeysCommand::Status => match crate::backup::status(store.raw()).await {
+            Ok((by_key, plaintext)) => {
+                if let Some(c) = store.cipher() {
+                    println!("current master key: {}", c.current_id());
+                }
+                for (kid, n) in &by_key {
+                    println!("sealed under {kid}: {n}");
+                }
+                println!("plaintext: {plaintext}");
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("status failed: {e}");
+                Ok(1)
+            }
+        },
     }
 }
 
 /// `portcullis import FILE`: exit 0 with a summary, 1 with every problem
 /// (nothing created), 2 when the configuration is invalid.
-async fn import(settings: Settings, source: &str, file: &std::path::Path) -> anyhow::Result<i32> {
+async fn import(settings: Settings, source: &str, file: &std::path::Path, overwrite: bool) -> anyhow::Result<i32> {
     let resolved = match settings.validate(source) {
         Ok(r) => r,
         Err(e) => {
@@ -89,7 +264,37 @@ async fn import(settings: Settings, source: &str, file: &std::path::Path) -> any
         }
     };
     let clock: SharedClock = Arc::new(SystemClock);
-    let store = crate::app::open_store(&settings, clock.clone()).await?;
+    let sealed = open_sealed(&settings).await?;
+    if crate::backup::is_backup(&doc) {
+        return Ok(match crate::backup::restore(&sealed, doc, overwrite).await {
+            Ok(r) => {
+                tracing::info!(
+                    reason = "backup.restored",
+                    tenants = r.tenants,
+                    records = r.values,
+                    sets = r.sets,
+                    "backup restored"
+                );
+                println!(
+                    "restored {} tenant(s): {} record(s) and {} set(s) from {shown}",
+                    r.tenants, r.values, r.sets
+                );
+                0
+            }
+            Err(problems) => {
+                eprintln!("{shown}: nothing was restored ({} problem(s)):", problems.len());
+                for p in problems {
+                    eprintln!("  - {shown}: {p}");
+                }
+                1
+            }
+        });
+    }
+    if overwrite {
+        eprintln!("{shown}: --overwrite applies to backups written by `portcullis export` only");
+        return Ok(2);
+    }
+    let store: crate::store::SharedStore = sealed;
     let ctx = crate::app::upstream_context(&settings, &resolved, store.clone(), clock.clone())?;
     let tenants = crate::tenant::TenantRegistry::new(store, clock);
     match crate::tenant::import::import(&ctx, &tenants, &doc, settings.dev.enabled).await {

@@ -3,7 +3,8 @@
 //! See `ARCHITECTURE.md` for the bird's-eye view, the code map and the
 //! invariants. Layers, each importing only those below it:
 //! edge (`http`, `admin`) → flow (`broker`, `provider`) → domain (`upstream`,
-//! `tenant`, `directory`, `tokens`) → ground (`store`, `config`, `clock`, `ids`, `secret`).
+//! `tenant`, `directory`, `tokens`) → ground (`store`, `secrets`, `config`, `clock`, `ids`, `secret`).
+//! `app`, `cli` and `backup` wire everything together at the top.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![warn(missing_docs)]
@@ -11,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod clock;
@@ -23,6 +25,7 @@ pub mod meter;
 pub mod portal;
 pub mod provider;
 pub mod secret;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;

@@ -87,14 +87,14 @@ impl StoredKey {
     }
 }
 
-fn record_key(tenant: Option<&TenantId>, id: &str) -> Key {
+pub(crate) fn record_key(tenant: Option<&TenantId>, id: &str) -> Key {
     match tenant {
         Some(t) => Key::tenant(t.as_str(), "api_keys", format!("key:{id}")),
         None => Key::global("api_keys", format!("key:{id}")),
     }
 }
 
-fn index_key(tenant: Option<&TenantId>) -> Key {
+pub(crate) fn index_key(tenant: Option<&TenantId>) -> Key {
     match tenant {
         Some(t) => Key::tenant(t.as_str(), "api_keys", "index"),
         None => Key::global("api_keys", "index"),

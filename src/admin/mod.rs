@@ -9,6 +9,7 @@
 //! [`crate::audit`]).
 
 mod api_keys;
+pub(crate) use api_keys::{index_key as api_key_index_key, record_key as api_key_record_key};
 pub mod audit;
 pub mod auth;
 mod clients;

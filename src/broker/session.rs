@@ -65,7 +65,7 @@ fn key(t: &TenantId, sid: &str) -> Key {
 
 /// The SSO sessions of one user (tag `t:<tenant>:users`), so disabling or
 /// deleting the user can end them.
-fn user_sessions_key(t: &TenantId, sub: &str) -> Key {
+pub(crate) fn user_sessions_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("sessions:{sub}"))
 }
 

@@ -6,8 +6,9 @@
 //! provider revokes its refresh families); a transient failure only fails
 //! that one refresh.
 //!
-//! Until at-rest encryption lands the upstream refresh token is stored as
-//! is: it is never logged (`Secret`) and never returned by any API.
+//! The upstream refresh token is sealed at rest under the master key (the
+//! store's sealing layer, `secrets::sealed`, seals the record's
+//! `refresh_token`); it is never logged (`Secret`) and never returned by any API.
 
 use super::session::{self, SsoSession};
 use super::{connectors::ConnectorCache, Broker};
@@ -40,7 +41,7 @@ pub struct UpstreamSession {
     pub subject: Option<String>,
 }
 
-fn record_key(tenant: &str, sid: &str) -> Key {
+pub(crate) fn record_key(tenant: &str, sid: &str) -> Key {
     Key::tenant(tenant, "sso", format!("upstream:{sid}"))
 }
 
@@ -75,7 +76,7 @@ pub(super) async fn forget(store: &SharedStore, tenant: &TenantId, sid: &str) ->
 }
 
 /// As long as the longer of a refresh family and an SSO session.
-fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
+pub(crate) fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
     Duration::from_secs(refresh_token_ttl_secs).max(session_ttl)
 }
 

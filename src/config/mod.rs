@@ -77,6 +77,8 @@ pub struct Settings {
     pub dns: DnsSettings,
     /// `[audit]`: the audit log's length and its webhook.
     pub audit: audit::AuditSettings,
+    /// `[secrets]`: the master keys that seal secrets at rest.
+    pub secrets: SecretsSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -280,6 +282,47 @@ pub struct DevSettings {
     /// Lets dev mode start with an https public URL or a Redis store, which
     /// look like production and are refused otherwise (`PORTCULLIS_DEV_FORCE`).
     pub force: bool,
+}
+
+/// `[secrets]`: secrets at rest (upstream client secrets and refresh
+/// tokens, SP and token-signing private keys) are sealed with AES-256-GCM
+/// under a master key (`docs/SECRETS.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// The master key file (`PORTCULLIS_MASTER_KEY_FILE`): one or more keys
+    /// with ids, the current one marked. Required with a Redis store
+    /// outside dev mode (unless `allow_plaintext`).
+    pub master_key_file: Option<PathBuf>,
+    /// One master key, `<id>:<base64>` (`PORTCULLIS_MASTER_KEY`; environment
+    /// only, never in the file). Prefer the file: it can hold the old key
+    /// during a rotation.
+    #[serde(skip)]
+    pub master_key: Option<Secret>,
+    /// Store secrets unencrypted when no master key is configured
+    /// (`PORTCULLIS_SECRETS_ALLOW_PLAINTEXT`). Off: a Redis store outside
+    /// dev mode without a master key is a configuration error.
+    pub allow_plaintext: bool,
+    /// Refuse to read a secret stored in plaintext (before encryption was
+    /// configured); turn on once `portcullis keys rewrap` has sealed them all.
+    pub refuse_plaintext: bool,
+}
+
+impl SecretsSettings {
+    /// The key source this configuration chooses (see [`crate::secrets::choose`]).
+    pub fn choose(
+        &self,
+        dev: bool,
+        persistent_store: bool,
+    ) -> Result<crate::secrets::KeyChoice, crate::secrets::SecretsError> {
+        crate::secrets::choose(
+            self.master_key_file.as_deref(),
+            self.master_key.as_ref().map(Secret::expose),
+            dev,
+            persistent_store,
+            self.allow_plaintext,
+        )
+    }
 }
 
 /// `[dns]`: how domain verification TXT records are looked up.
@@ -509,6 +552,11 @@ impl Settings {
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
         flag("PORTCULLIS_DEV_FORCE", &mut self.dev.force);
         flag("PORTCULLIS_METRICS_ENABLED", &mut self.metrics.enabled);
+        flag("PORTCULLIS_SECRETS_ALLOW_PLAINTEXT", &mut self.secrets.allow_plaintext);
+        flag(
+            "PORTCULLIS_SECRETS_REFUSE_PLAINTEXT",
+            &mut self.secrets.refuse_plaintext,
+        );
         if let Some(v) = env.get("PORTCULLIS_STORE_BACKEND") {
             self.store.backend = (!v.is_empty()).then(|| v.clone());
         }
@@ -530,6 +578,12 @@ impl Settings {
                     message: format!("expected a number of replicas, found {v:?}"),
                 }),
             }
+        }
+        if let Some(v) = env.get("PORTCULLIS_MASTER_KEY_FILE") {
+            self.secrets.master_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = env.get("PORTCULLIS_MASTER_KEY") {
+            self.secrets.master_key = (!v.is_empty()).then(|| Secret::new(v.clone()));
         }
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
@@ -781,6 +835,23 @@ impl Settings {
                     "dev mode with an https public URL looks like production: the built-in test IdP would sign anyone in; use an http://localhost URL, or set dev.force = true (PORTCULLIS_DEV_FORCE=1) if this is really a test".into(),
                 );
             }
+        }
+        match self.secrets.choose(self.dev.enabled, self.store.redis_url.is_some()) {
+            Ok(_) => {}
+            Err(crate::secrets::SecretsError::NoKey) => bad(
+                "secrets.master_key_file",
+                "a master key is required to keep secrets encrypted in Redis: set PORTCULLIS_MASTER_KEY_FILE \
+                 (docs/SECRETS.md: `printf 'k1 = %s\\n' \"$(openssl rand -base64 32)\" > master.keys`), \
+                 or secrets.allow_plaintext = true to store them unencrypted"
+                    .into(),
+            ),
+            Err(e) => bad("secrets.master_key_file", e.to_string()),
+        }
+        if self.secrets.refuse_plaintext && self.secrets.allow_plaintext {
+            bad(
+                "secrets.refuse_plaintext",
+                "cannot be on together with secrets.allow_plaintext".into(),
+            );
         }
         if let Some(token) = &self.admin.token {
             if token.expose().len() < 16 {
@@ -1097,6 +1168,10 @@ mod tests {
             ("PORTCULLIS_REDIS_URL", "redis://127.0.0.1:6379"),
             ("PORTCULLIS_ADMIN_TOKEN", "0123456789abcdef0123"),
             ("PORTCULLIS_ALLOW_PRIVATE_NETWORKS", "true"),
+            (
+                "PORTCULLIS_MASTER_KEY",
+                "env1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1116,6 +1191,34 @@ mod tests {
             !format!("{s:?}").contains("redis://127.0.0.1"),
             "the Redis URL may hold a password"
         );
+        assert!(!format!("{s:?}").contains("AQEBAQEB"), "the master key must not print");
+    }
+
+    #[test]
+    fn a_redis_store_outside_dev_mode_needs_a_master_key_or_an_explicit_plaintext_choice() {
+        let redis = "[store]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let s = Settings::parse(redis, "x.toml").unwrap();
+        let err = s.validate("x.toml").unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.field == "secrets.master_key_file" && p.message.contains("openssl rand")),
+            "{err}"
+        );
+        let s = Settings::parse(&format!("{redis}[secrets]\nallow_plaintext = true\n"), "x.toml").unwrap();
+        assert!(s.validate("x.toml").is_ok());
+        let s = Settings::parse(&format!("{redis}[dev]\nenabled = true\n"), "x.toml").unwrap();
+        assert!(s.validate("x.toml").is_ok(), "dev mode derives its key");
+        assert!(
+            Settings::default().validate("x").is_ok(),
+            "the memory store needs no key"
+        );
+        let s = Settings::parse(
+            &format!("{redis}[secrets]\nallow_plaintext = true\nrefuse_plaintext = true\n"),
+            "x.toml",
+        )
+        .unwrap();
+        assert!(s.validate("x.toml").is_err());
     }
 
     #[test]

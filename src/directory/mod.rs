@@ -130,7 +130,7 @@ pub struct Directory {
     tenants: TenantRegistry,
 }
 
-fn link_key(t: &TenantId, c: &ConnectionId, inc: &Incarnation, subject: &str) -> Key {
+pub(crate) fn link_key(t: &TenantId, c: &ConnectionId, inc: &Incarnation, subject: &str) -> Key {
     use sha2::Digest;
     // The subject is hashed so arbitrary upstream strings make safe keys.
     let h = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
@@ -145,13 +145,13 @@ fn link_key(t: &TenantId, c: &ConnectionId, inc: &Incarnation, subject: &str) ->
         format!("link:{}.{c}.{}:{h}", inc.tenant, inc.connection),
     )
 }
-fn user_key(t: &TenantId, sub: &str) -> Key {
+pub(crate) fn user_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("user:{sub}"))
 }
-fn disabled_key(t: &TenantId, sub: &str) -> Key {
+pub(crate) fn disabled_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("disabled:{sub}"))
 }
-fn index_key(t: &TenantId) -> Key {
+pub(crate) fn index_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "users", "index")
 }
 

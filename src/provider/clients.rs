@@ -242,10 +242,10 @@ pub struct ClientRegistry {
     store: SharedStore,
 }
 
-fn client_key(id: &str) -> Key {
+pub(crate) fn client_key(id: &str) -> Key {
     Key::global("clients", format!("client:{id}"))
 }
-fn index_key() -> Key {
+pub(crate) fn index_key() -> Key {
     Key::global("clients", "index")
 }
 

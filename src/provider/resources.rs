@@ -228,14 +228,14 @@ pub struct ResourceRegistry {
     store: SharedStore,
 }
 
-fn resource_key(identifier: &str) -> Key {
+pub(crate) fn resource_key(identifier: &str) -> Key {
     // Hashed: identifiers are URIs, which may hold characters a key should not.
     Key::global(
         "resources",
         format!("resource:{}", crate::tokens::sha256_base64url(identifier.as_bytes())),
     )
 }
-fn index_key() -> Key {
+pub(crate) fn index_key() -> Key {
     Key::global("resources", "index")
 }
 

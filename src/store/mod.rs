@@ -80,6 +80,11 @@ impl Key {
         &self.tag
     }
 
+    /// The name within the hash-tag group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The key as stored, under `prefix`.
     pub fn render(&self, prefix: &str) -> String {
         format!("{prefix}:{{{}}}:{}", self.tag, self.name)

@@ -178,10 +178,10 @@ pub struct DomainState {
     pub claim: Option<DomainClaim>,
 }
 
-fn claim_key(t: &TenantId, domain: &str) -> Key {
+pub(crate) fn claim_key(t: &TenantId, domain: &str) -> Key {
     Key::tenant(t.as_str(), "config", format!("domain:{domain}"))
 }
-fn claims_key(t: &TenantId) -> Key {
+pub(crate) fn claims_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "config", "domains")
 }
 

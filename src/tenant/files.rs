@@ -145,12 +145,12 @@ fn event(action: &str, target: Target) -> AuditEvent {
 
 /// The set of tenant ids that came from a tenant file (only these are
 /// removed when their file goes away).
-fn origin_key() -> Key {
+pub(crate) fn origin_key() -> Key {
     Key::global("tenants", "from-files")
 }
 
 /// The hash of a connection's declared body, per tenant and connection.
-fn declared_key(t: &TenantId, c: &str) -> Key {
+pub(crate) fn declared_key(t: &TenantId, c: &str) -> Key {
     Key::tenant(t.as_str(), "config", format!("declared:{c}"))
 }
 

@@ -325,27 +325,27 @@ pub struct TenantRegistry {
     expiries: expiry::ExpirySnapshot,
 }
 
-fn tenant_key(t: &TenantId) -> Key {
+pub(crate) fn tenant_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "config", "tenant")
 }
-fn connections_key(t: &TenantId) -> Key {
+pub(crate) fn connections_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "config", "connections")
 }
-fn connection_key(t: &TenantId, c: &ConnectionId) -> Key {
+pub(crate) fn connection_key(t: &TenantId, c: &ConnectionId) -> Key {
     Key::tenant(t.as_str(), "config", format!("connection:{c}"))
 }
-fn connection_incarnation_key(t: &TenantId, c: &ConnectionId) -> Key {
+pub(crate) fn connection_incarnation_key(t: &TenantId, c: &ConnectionId) -> Key {
     Key::tenant(t.as_str(), "config", format!("incarnation:{c}"))
 }
-fn domain_key(domain: &str) -> Key {
+pub(crate) fn domain_key(domain: &str) -> Key {
     Key::global("domains", domain)
 }
-fn acs_alias_key(path: &str) -> Key {
+pub(crate) fn acs_alias_key(path: &str) -> Key {
     Key::global("acs-alias", path)
 }
 
 /// The path of a connection's migrated ACS URL (served as an alias), if it has one.
-fn acs_alias_path(connection: &Connection) -> Option<String> {
+pub(crate) fn acs_alias_path(connection: &Connection) -> Option<String> {
     let crate::upstream::ConnectionKind::Saml(cfg) = &connection.kind else {
         return None;
     };
@@ -357,7 +357,7 @@ fn alias_value(t: &TenantId, c: &ConnectionId) -> String {
     format!("{t}/{c}")
 }
 
-fn index_key() -> Key {
+pub(crate) fn index_key() -> Key {
     Key::global("tenants", "index")
 }
 

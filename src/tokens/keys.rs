@@ -2,7 +2,8 @@
 //!
 //! The keyset is one JSON document in the shared store so that every replica
 //! signs with the same key and publishes the same JWKS. Private keys are kept
-//! as PKCS#8 PEM inside [`Secret`], so `Debug` never shows them.
+//! as PKCS#8 PEM inside [`Secret`], so `Debug` never shows them, and the
+//! store's sealing layer (`secrets::sealed`) encrypts them at rest.
 
 use super::jwk::PublicJwk;
 use super::TokenError;

@@ -79,7 +79,7 @@ impl LoadedKeyset {
     }
 }
 
-fn keyset_key() -> Key {
+pub(crate) fn keyset_key() -> Key {
     Key::global("keys", "signing")
 }
 

@@ -162,6 +162,7 @@ async fn the_import_command_reports_problems_or_creates_what_a_gateway_then_serv
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
             c.env_remove(k);
         }
+        c.env("PORTCULLIS_MASTER_KEY", crate::support::app::TEST_MASTER_KEY);
         c.arg("--config").arg(&config).arg("import").arg(file).output().unwrap()
     };
     let bad = dir.join("bad.json");

@@ -43,6 +43,7 @@ mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod serving;
+mod secrets_at_rest;
 mod store_conformance;
 mod store_topologies;
 mod tenant_files;

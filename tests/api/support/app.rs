@@ -8,6 +8,8 @@ use url::Url;
 
 /// A settings adjustment that may capture values.
 pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
+/// The master key of test gateways (`<id>:<base64 of 32 bytes>`).
+pub const TEST_MASTER_KEY: &str = "test:dGVzdC1tYXN0ZXIta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
 
 /// How to start the gateway under test.
 #[derive(Clone, Default)]
@@ -100,6 +102,9 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
             .unwrap_or_else(|| format!("test-{}", portcullis::tokens::random_token(8)));
     }
     settings.dns.nameservers = options.dns_nameservers.clone();
+    // Secrets at rest are sealed in every test, under one key that every
+    // replica of a test shares (`secrets_at_rest` uses key files of its own).
+    settings.secrets.master_key = Some(Secret::new(TEST_MASTER_KEY));
     if let Some(tweak) = options.tweak {
         tweak(&mut settings);
     }
