@@ -11,7 +11,7 @@
 //! script over two keys that callers build with one hash tag), so the store
 //! is safe on Redis Cluster. Requires Redis 7 (`PEXPIRE ... NX | GT`).
 
-use super::{Key, Store, StoreError, Taken};
+use super::{Key, RateDecision, Store, StoreError, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
@@ -65,6 +65,38 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 return 1
+";
+
+/// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
+/// server's clock (`TIME`, one clock for every replica), in whole
+/// milliseconds. `ARGV[1]` is the limit (at least 1), `ARGV[2]` the window.
+/// A refused request writes nothing. A stored value that is not a number is
+/// an error about the data. Answers `{allowed (0|1), retry_after_ms, remaining}`.
+const RATE_LIMIT: &str = r"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = math.max(math.ceil(window / limit), 1)
+local depth = interval * limit
+local start = now
+local v = redis.call('GET', KEYS[1])
+if v then
+  local tat = tonumber(v)
+  if not tat then
+    return redis.error_reply('ERR value is not an integer')
+  end
+  if tat > now then
+    start = tat
+  end
+end
+local next = start + interval
+local ahead = next - now
+if ahead > depth then
+  return {0, ahead - depth, 0}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
+return {1, 0, math.floor((depth - ahead) / interval)}
 ";
 
 /// A [`Store`] on a Redis server (7.0 or later).
@@ -369,6 +401,28 @@ impl Store for RedisStore {
             .saturating_sub(1);
         self.run(redis::cmd("LRANGE").arg(self.key(key)).arg(first).arg(last))
             .await
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        let window_ms = ttl_ms(window);
+        if limit == 0 {
+            // Nothing to count: refused like the memory store, without a round trip.
+            return Ok(super::gcra(None, 0, 0, window_ms).0);
+        }
+        // A script of its own (not a field of the store), so this stays one
+        // self-contained method whatever the connection type becomes.
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(RATE_LIMIT));
+        let mut conn = self.conn.clone();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.key(key)).arg(limit).arg(window_ms);
+        let answer: (i64, i64, i64) = bounded(invocation.invoke_async(&mut conn)).await?;
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: answer.0 == 1,
+            retry_after: ms(answer.1),
+            remaining: u64::try_from(answer.2).unwrap_or(0),
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

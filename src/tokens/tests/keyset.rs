@@ -375,6 +375,14 @@ impl crate::store::Store for RacingStore {
     async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         self.inner.list_range(key, start, count).await
     }
+    async fn rate_limit(
+        &self,
+        key: &crate::store::Key,
+        limit: u64,
+        window: std::time::Duration,
+    ) -> Result<crate::store::RateDecision, crate::store::StoreError> {
+        self.inner.rate_limit(key, limit, window).await
+    }
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }

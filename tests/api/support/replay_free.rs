@@ -79,6 +79,14 @@ impl Store for ReplayFree {
     async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         self.0.list_range(key, start, count).await
     }
+    async fn rate_limit(
+        &self,
+        key: &portcullis::store::Key,
+        limit: u64,
+        window: std::time::Duration,
+    ) -> Result<portcullis::store::RateDecision, StoreError> {
+        self.0.rate_limit(key, limit, window).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }
