@@ -131,6 +131,7 @@ pub async fn build(
             settings.dns.nameservers.iter().filter_map(|a| a.parse().ok()).collect(),
             Duration::from_secs(settings.dns.timeout_secs),
         ),
+        edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

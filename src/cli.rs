@@ -171,7 +171,11 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             state.upstream.public("demo")
         );
     }
-    axum::serve(listener, crate::http::router(state))
+    // The peer address is the client's (or its proxy's): rate limits count by it.
+    axum::serve(
+        listener,
+        crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(0)

@@ -5,7 +5,10 @@
 //! once, each naming the file (or variable) and the field it came from.
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
+pub mod throttle;
+
 use crate::secret::Secret;
+pub use throttle::{RouteLimit, ThrottleSettings};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +76,8 @@ pub struct Settings {
     pub dev: DevSettings,
     /// The resolver that checks tenants' domain verification TXT records.
     pub dns: DnsSettings,
+    /// `[throttle]`: rate limits and trusted proxies.
+    pub throttle: ThrottleSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -388,6 +393,15 @@ impl Settings {
             &mut self.outbound.allow_private_networks,
         );
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
+        flag("PORTCULLIS_THROTTLE_ENABLED", &mut self.throttle.enabled);
+        if let Some(v) = env.get("PORTCULLIS_TRUSTED_PROXIES") {
+            self.throttle.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
         }
@@ -455,6 +469,9 @@ impl Settings {
                 "dns.timeout_secs",
                 format!("{} is not between 1 and 30", self.dns.timeout_secs),
             );
+        }
+        for (field, message) in self.throttle.problems() {
+            bad(&field, message);
         }
         if !matches!(self.tokens.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
             bad(
@@ -645,6 +662,17 @@ mod tests {
         assert_eq!(r.public_url.as_str(), "https://sso.example.com/");
         assert_eq!(s.store.redis_url.as_ref().unwrap().expose(), "redis://127.0.0.1:6379");
         assert!(s.outbound.allow_private_networks);
+        assert!(s.throttle.enabled, "throttling is on by default");
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_THROTTLE_ENABLED", "false"),
+            ("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        s.apply_env(&env).unwrap();
+        assert!(!s.throttle.enabled);
+        assert_eq!(s.throttle.trusted_proxies, ["10.0.0.0/8", "192.0.2.1"]);
         assert!(
             !format!("{s:?}").contains("0123456789abcdef0123"),
             "secrets must not print"
