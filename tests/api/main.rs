@@ -40,3 +40,4 @@ mod scopes;
 mod store_conformance;
 mod tenant_files;
 mod tenants_admin;
+mod throttle;
