@@ -574,26 +574,25 @@ fn answer(
     }
 }
 
-/// The status a handler answered, kept as a response extension inside the
-/// session layer, so the layer outside it can tell when tower-sessions
-/// turned the answer into a 500 because the session could not be saved.
+/// A mark on every response a handler of the browser group produced, set
+/// inside the session layer: when tower-sessions cannot save the session
+/// after the handler ran, it drops the handler's response and answers a
+/// bare 500 of its own, which lacks the mark.
 #[derive(Debug, Clone, Copy)]
-pub struct HandlerStatus(pub StatusCode);
+pub struct FromHandler;
 
-/// Inside the session layer: remembers the handler's status.
+/// Inside the session layer: marks the handler's response.
 pub async fn mark_handler_status(mut resp: Response) -> Response {
-    let status = resp.status();
-    resp.extensions_mut().insert(HandlerStatus(status));
+    resp.extensions_mut().insert(FromHandler);
     resp
 }
 
-/// Outside the session layer: a response that tower-sessions turned into a
-/// 500 (the session could not be saved: the store is down) becomes the 503
-/// page, and whatever it carried (a redirect to the IdP, a code for the app)
-/// is dropped, so no sign-in goes on without its browser binding.
+/// Outside the session layer: the bare 500 of tower-sessions (the session
+/// could not be saved: the store is down) becomes the 503 page. What the
+/// handler answered (a redirect to the IdP, a code for the app) is already
+/// gone, so no sign-in goes on without its browser binding.
 pub async fn session_save_failed(resp: Response) -> Response {
-    let handler = resp.extensions().get::<HandlerStatus>().map(|h| h.0);
-    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && handler.is_some_and(|s| s != StatusCode::INTERNAL_SERVER_ERROR) {
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && resp.extensions().get::<FromHandler>().is_none() {
         return super::flows::session_failed("the session layer could not save the session");
     }
     resp

@@ -38,6 +38,7 @@ mod saml_trust;
 mod saml_vendors;
 mod scopes;
 mod store_conformance;
+mod store_outage;
 mod tenant_files;
 mod tenants_admin;
 mod throttle;
