@@ -176,8 +176,8 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
         listener,
         crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(0)
 }
 

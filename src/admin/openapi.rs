@@ -31,6 +31,9 @@ pub(crate) struct Problem {
     detail: String,
     /// The field at fault (a JSON path such as `settings.branding.logo_url`).
     field: Option<String>,
+    /// The stable reason code, on answers of the edge (`throttle.exceeded`,
+    /// `request.body_too_large`...).
+    reason: Option<String>,
 }
 
 /// A JSON merge patch (RFC 7396) of a tenant: members absent stay, `null`
@@ -714,12 +717,54 @@ impl Modify for Bearer {
     }
 }
 
+/// The answers the edge may give on any route before the handler runs
+/// (`http::edge`): request too large (413, 414, 431), over a rate limit
+/// (429, with `Retry-After`), the store unreachable (503, with `Retry-After`).
+struct EdgeAnswers;
+
+impl Modify for EdgeAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let answers = [
+            ("413", "The request body is too large for this route."),
+            ("414", "The address is too long."),
+            ("429", "Too many requests: retry after `Retry-After` seconds."),
+            ("431", "The request headers are too large."),
+            ("503", "Temporarily unavailable: retry after `Retry-After` seconds."),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in operations.into_iter().flatten() {
+                for (status, description) in answers {
+                    let content = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build();
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content("application/problem+json", content)
+                        .build();
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert(response.into());
+                }
+            }
+        }
+    }
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Portcullis admin API", description = "The platform admin API. Errors are application/problem+json naming the field at fault."),
     security(("bearer" = [])),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &EdgeAnswers),
     paths(
         tenants_create, tenants_list, tenants_get, tenants_patch, tenants_delete,
         connections_create, connections_list, connections_get, connections_delete,

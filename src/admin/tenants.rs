@@ -319,8 +319,7 @@ async fn patch_tenant(
         }
         // Rate limits protect the whole platform: a tenant admin may not
         // lift its own.
-        if o
-            .get("settings")
+        if o.get("settings")
             .and_then(Value::as_object)
             .is_some_and(|st| st.contains_key("throttle"))
             && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. })

@@ -8,11 +8,11 @@
 pub mod throttle;
 
 use crate::secret::Secret;
-pub use throttle::{RouteLimit, ThrottleSettings};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use throttle::{RouteLimit, ThrottleSettings};
 use url::Url;
 
 /// Joins `path` (no leading slash) under the public base URL, keeping any

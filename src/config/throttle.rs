@@ -128,7 +128,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u128::from(u32::from(net)), u128::from(u32::from(ip)), 32, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u128::from(u32::from(net)), u128::from(u32::from(ip)), 32, self.prefix)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), u128::from(ip), 128, self.prefix),
             _ => false,
         }
@@ -155,7 +157,10 @@ impl ThrottleSettings {
     /// The trusted proxy blocks, parsed (invalid entries are reported by
     /// [`ThrottleSettings::problems`] and never trusted).
     pub fn proxies(&self) -> Vec<Cidr> {
-        self.trusted_proxies.iter().filter_map(|p| Cidr::parse(p).ok()).collect()
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| Cidr::parse(p).ok())
+            .collect()
     }
 
     /// Every problem in the section, as (field, message).
@@ -215,6 +220,16 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("proxy.example").is_err());
+    }
+
+    #[test]
+    fn the_shipped_file_documents_the_defaults() {
+        let text = include_str!("../../config/portcullis.toml");
+        let s = crate::config::Settings::parse(text, "portcullis.toml").unwrap();
+        assert_eq!(
+            format!("{:?}", s.throttle),
+            format!("{:?}", ThrottleSettings::default())
+        );
     }
 
     #[test]

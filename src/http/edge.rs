@@ -264,7 +264,10 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
         None => {
             // A server started without `into_make_service_with_connect_info`:
             // a wiring bug. Limits still hold, on one shared bucket.
-            tracing::error!(reason = "edge.no_peer_address", "the server does not pass the peer address");
+            tracing::error!(
+                reason = "edge.no_peer_address",
+                "the server does not pass the peer address"
+            );
             IpAddr::from([0, 0, 0, 0])
         }
     };
@@ -293,7 +296,12 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
     let (class, path_tenant) = RouteClass::of(req.method(), &path);
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > MAX_URL_BYTES {
-        return refuse(class, StatusCode::URI_TOO_LONG, "request.url_too_long", "The address is too long.");
+        return refuse(
+            class,
+            StatusCode::URI_TOO_LONG,
+            "request.url_too_long",
+            "The address is too long.",
+        );
     }
     let header_bytes: usize = req
         .headers()
@@ -414,7 +422,18 @@ async fn check(
         let key = Key::tenant(t.as_str(), "rl", class.as_str());
         let d = state.store.rate_limit(&key, per_tenant, window).await?;
         if !d.allowed {
-            throttled(state, class, Scope::Tenant, tenant, per_tenant, window, d, &key, request_id).await;
+            throttled(
+                state,
+                class,
+                Scope::Tenant,
+                tenant,
+                per_tenant,
+                window,
+                d,
+                &key,
+                request_id,
+            )
+            .await;
             return Ok(Some(too_many(class, d.retry_after)));
         }
     }
@@ -540,7 +559,12 @@ fn unavailable(class: RouteClass) -> Response {
 
 /// A size refusal (413, 414, 431) in the route's format, logged with its reason.
 fn refuse(class: RouteClass, status: StatusCode, reason: &'static str, message: &str) -> Response {
-    tracing::info!(reason, route = class.as_str(), status = status.as_u16(), "request refused");
+    tracing::info!(
+        reason,
+        route = class.as_str(),
+        status = status.as_u16(),
+        "request refused"
+    );
     answer(class, status, "invalid_request", "Request too large", message, reason)
 }
 
@@ -633,7 +657,10 @@ mod tests {
         let h = xff(&["1.1.1.1, 198.51.100.7", "10.0.0.5"]);
         assert_eq!(client_ip(proxy, &h, &cfg), "198.51.100.7".parse::<IpAddr>().unwrap());
         // Every hop trusted: the left-most.
-        assert_eq!(client_ip(proxy, &xff(&["10.1.1.1"]), &cfg), "10.1.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &xff(&["10.1.1.1"]), &cfg),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
         // No header: the proxy itself.
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &cfg), proxy);
         // Garbage past a trusted hop stops the walk there.
@@ -682,13 +709,22 @@ mod tests {
         assert_ne!(request_id(&h, false), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("a b<script>"));
         let id = request_id(&h, true);
-        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{id}");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{id}"
+        );
     }
 
     #[test]
     fn the_token_form_names_its_tenant() {
-        assert_eq!(form_tenant(b"grant_type=authorization_code&code=acme.xyz"), Some("acme".into()));
-        assert_eq!(form_tenant(b"grant_type=refresh_token&refresh_token=t1.f.s"), Some("t1".into()));
+        assert_eq!(
+            form_tenant(b"grant_type=authorization_code&code=acme.xyz"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            form_tenant(b"grant_type=refresh_token&refresh_token=t1.f.s"),
+            Some("t1".into())
+        );
         assert_eq!(form_tenant(b"grant_type=client_credentials"), None);
     }
 }

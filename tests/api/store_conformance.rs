@@ -705,7 +705,10 @@ async fn rate_limit_clashes_are_corrupt(b: &Backend) {
     let s = &b.store;
     let text = Key::new("rl:clash", "text");
     s.put(&text, b"not a number", None).await.unwrap();
-    assert!(matches!(s.rate_limit(&text, 5, LONG).await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        s.rate_limit(&text, 5, LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
     let set = Key::new("rl:clash", "set");
     s.set_add(&set, "m", None).await.unwrap();
     assert!(matches!(s.rate_limit(&set, 5, LONG).await, Err(StoreError::Corrupt(_))));

@@ -37,12 +37,18 @@ async fn unavailable_page(resp: reqwest::Response, what: &str, reason: &str) {
     assert!(resp.headers().get("location").is_none(), "{what}: no redirect");
     assert!(resp.headers().contains_key("x-request-id"), "{what}");
     assert!(
-        resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"),
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
         "{what}: a page"
     );
     let page = resp.text().await.unwrap();
     assert!(page.contains(&format!("<code>{reason}</code>")), "{what}: {page}");
-    assert!(!page.contains("Redis") && !page.contains("Connection refused"), "{what}: no detail sent");
+    assert!(
+        !page.contains("Redis") && !page.contains("Connection refused"),
+        "{what}: no detail sent"
+    );
 }
 
 async fn unavailable_json(resp: reqwest::Response, what: &str) {
@@ -82,11 +88,27 @@ async fn outage_answers(app: &TestApp, authorize: &str, what: &str) {
         ("redirect_uri", "http://x/"),
         ("code_verifier", "v"),
     ];
-    unavailable_json(timed(c.post(app.url("/token")).form(&form)).await, &format!("{what} /token")).await;
-    let refresh = [("grant_type", "refresh_token"), ("client_id", "demo"), ("refresh_token", "demo.f.s")];
-    unavailable_json(timed(c.post(app.url("/token")).form(&refresh)).await, &format!("{what} refresh")).await;
+    unavailable_json(
+        timed(c.post(app.url("/token")).form(&form)).await,
+        &format!("{what} /token"),
+    )
+    .await;
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "demo"),
+        ("refresh_token", "demo.f.s"),
+    ];
+    unavailable_json(
+        timed(c.post(app.url("/token")).form(&refresh)).await,
+        &format!("{what} refresh"),
+    )
+    .await;
     // The admin API: problem+json.
-    let resp = timed(c.request(Method::GET, app.url("/admin/v1/tenants")).bearer_auth(&app.admin_token)).await;
+    let resp = timed(
+        c.request(Method::GET, app.url("/admin/v1/tenants"))
+            .bearer_auth(&app.admin_token),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what} admin");
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(resp.headers()["content-type"], "application/problem+json");

@@ -72,7 +72,11 @@ async fn a_limit_holds_across_two_replicas_and_answers_429_with_retry_after() {
         assert_eq!(body["error"], "invalid_client");
     }
     let resp = post_token(&b, &form, &[]).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "the sixth request, on the other replica");
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the sixth request, on the other replica"
+    );
     let wait = retry_after(&resp);
     assert!((1..=12).contains(&wait), "one request per 12 s comes back: {wait}");
     assert_eq!(resp.headers()["cache-control"], "no-store");
@@ -231,7 +235,11 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
         }
     }
     let resp = post_token(&app, &form, &[("x-forwarded-for", "203.0.113.66, 198.51.100.1")]).await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "the third from one client");
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the third from one client"
+    );
     // The forged entry never counted as a client of its own.
     let resp = post_token(&app, &form, &[("x-forwarded-for", "203.0.113.66")]).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -266,7 +274,11 @@ async fn every_response_carries_a_request_id_and_a_callers_id_only_from_a_truste
         .send()
         .await
         .unwrap();
-    assert_ne!(resp.headers()["x-request-id"], "from-the-client", "not from an untrusted peer");
+    assert_ne!(
+        resp.headers()["x-request-id"],
+        "from-the-client",
+        "not from an untrusted peer"
+    );
     let resp = app.client.get(app.url("/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert!(resp.headers().contains_key("x-request-id"), "404s too");
@@ -310,7 +322,11 @@ async fn every_response_carries_a_request_id_and_a_callers_id_only_from_a_truste
     assert_eq!(resp.headers()["x-request-id"], "create-acme-1");
     let (_, log) = proxied.admin(Method::GET, "/admin/v1/audit", None).await;
     assert!(
-        log["events"].as_array().unwrap().iter().any(|e| e["request_id"] == "create-acme-1"),
+        log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["request_id"] == "create-acme-1"),
         "{log}"
     );
 }
@@ -330,7 +346,11 @@ async fn oversized_requests_are_refused_in_the_routes_format() {
     }
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert!(resp.text().await.unwrap().contains("<code>request.headers_too_large</code>"));
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>request.headers_too_large</code>"));
     // Header bytes: 431.
     let resp = app
         .client
@@ -366,7 +386,11 @@ async fn oversized_requests_are_refused_in_the_routes_format() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(resp.text().await.unwrap().contains("<code>request.body_too_large</code>"));
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>request.body_too_large</code>"));
     // The admin API: problem+json above 512 KiB.
     let resp = app
         .client
