@@ -7,8 +7,9 @@
 //!   `[throttle] trusted_proxies`: then it is the right-most address of
 //!   `X-Forwarded-For` that is not a trusted proxy. A forwarded header from
 //!   anyone else is ignored, so a client cannot pick its own bucket.
-//! * Every response carries `x-request-id`: the caller's (trusted proxies
-//!   only, and only a short token of safe characters) or a fresh random one.
+//! * Every response carries `x-request-id`: the caller's (from trusted
+//!   proxies, and on the admin API; only a short token of safe characters)
+//!   or a fresh random one.
 //!   The id is in the request's log span and in audit events.
 //! * Over a limit: 429 with `Retry-After` (seconds), in the route's error
 //!   format (RFC 6749 JSON, problem+json, or a page), the counter
@@ -271,7 +272,14 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
             IpAddr::from([0, 0, 0, 0])
         }
     };
-    let id = request_id(req.headers(), peer.is_some_and(|p| config.trusted(canonical(p))));
+    // A caller's id is taken from a trusted proxy, and on the admin API,
+    // whose callers correlate their own changes in the audit log (sanitised
+    // either way: a short token of safe characters).
+    let admin_route = RouteClass::of(req.method(), req.uri().path()).0 == RouteClass::Admin;
+    let id = request_id(
+        req.headers(),
+        admin_route || peer.is_some_and(|p| config.trusted(canonical(p))),
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert("x-request-id", v);
     }

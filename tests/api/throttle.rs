@@ -279,6 +279,16 @@ async fn every_response_carries_a_request_id_and_a_callers_id_only_from_a_truste
         "from-the-client",
         "not from an untrusted peer"
     );
+    // The admin API keeps its callers' ids (they correlate their changes).
+    let resp = app
+        .client
+        .get(app.url("/admin/v1/tenants"))
+        .bearer_auth(&app.admin_token)
+        .header("x-request-id", "from-the-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "from-the-admin");
     let resp = app.client.get(app.url("/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert!(resp.headers().contains_key("x-request-id"), "404s too");
