@@ -80,6 +80,12 @@ async fn outage_answers(app: &TestApp, authorize: &str, what: &str) {
     let resp = timed(c.post(app.url("/saml/demo/dev/acs")).form(&[("SAMLResponse", "PHg+")])).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what} ACS");
     assert!(resp.headers().contains_key("retry-after"));
+    // A POST to an unknown path may be a migrated ACS alias: looked up in the store.
+    let resp = timed(c.post(app.url("/sso/legacy/acs")).form(&[("SAMLResponse", "PHg+")])).await;
+    unavailable_page(resp, &format!("{what} ACS alias"), "store.unavailable").await;
+    // SP metadata reads the connection.
+    let resp = timed(c.get(app.url("/saml/demo/dev/metadata"))).await;
+    unavailable_page(resp, &format!("{what} SP metadata"), "store.unavailable").await;
     // The OAuth endpoints: RFC 6749 JSON.
     let form = [
         ("grant_type", "authorization_code"),
