@@ -472,7 +472,7 @@ async fn throttled(
     key: &Key,
     request_id: &str,
 ) {
-    metrics::counter!("portcullis_throttled_total", "route" => class.as_str()).increment(1);
+    count_throttled(class);
     let (scope_name, client) = match scope {
         Scope::Ip(b) => ("ip", b),
         Scope::Tenant => ("tenant", ""),
@@ -521,6 +521,11 @@ async fn throttled(
     if let Err(e) = audit.record(event).await {
         tracing::warn!(reason = "audit.write_failed", error = %e, "throttling not audited");
     }
+}
+
+/// `portcullis_throttled_total{route}` one up.
+fn count_throttled(class: RouteClass) {
+    metrics::counter!("portcullis_throttled_total", "route" => class.as_str()).increment(1);
 }
 
 /// Whole seconds to wait, rounded up, at least one.
@@ -680,6 +685,59 @@ mod tests {
         assert_eq!(
             client_ip(proxy, &xff(&["[2001:db8::1]:4711"]), &cfg),
             "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// Records counter increments by name and labels.
+    #[derive(Default)]
+    struct Counters(std::sync::Mutex<Vec<(String, Vec<(String, String)>, u64)>>);
+
+    struct One(Arc<Counters>, String, Vec<(String, String)>);
+
+    impl metrics::CounterFn for One {
+        fn increment(&self, value: u64) {
+            self.0 .0.lock().unwrap().push((self.1.clone(), self.2.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    struct Recorder(Arc<Counters>);
+
+    impl metrics::Recorder for Recorder {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            metrics::Counter::from_arc(Arc::new(One(self.0.clone(), key.name().to_owned(), labels)))
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_in_the_contract_metric_by_route() {
+        let counters = Arc::new(Counters::default());
+        let recorder = Recorder(counters.clone());
+        metrics::with_local_recorder(&recorder, || {
+            count_throttled(RouteClass::Token);
+            count_throttled(RouteClass::Callback);
+        });
+        let seen = counters.0.lock().unwrap().clone();
+        let route = |r: &str| vec![("route".to_owned(), r.to_owned())];
+        assert_eq!(
+            seen,
+            vec![
+                ("portcullis_throttled_total".to_owned(), route("token"), 1),
+                ("portcullis_throttled_total".to_owned(), route("callback"), 1),
+            ]
         );
     }
 
