@@ -688,9 +688,12 @@ mod tests {
         );
     }
 
+    /// One increment: name, labels, value.
+    type Increment = (String, Vec<(String, String)>, u64);
+
     /// Records counter increments by name and labels.
     #[derive(Default)]
-    struct Counters(std::sync::Mutex<Vec<(String, Vec<(String, String)>, u64)>>);
+    struct Counters(std::sync::Mutex<Vec<Increment>>);
 
     struct One(Arc<Counters>, String, Vec<(String, String)>);
 
