@@ -403,17 +403,20 @@ async fn check(
     request_id: &str,
 ) -> Result<Option<Response>, StoreError> {
     let window = Duration::from_secs(global.window_secs);
-    // A tenant's own limits, where the platform admin set some.
-    let own = match tenant {
+    // A tenant's own limits, where the platform admin set some. A tenant
+    // that does not exist gets no bucket (a made-up id creates no keys).
+    let record = match tenant {
         Some(t) => state
             .tenants
             .get(t)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            .and_then(|t| t.settings.throttle)
-            .and_then(|o| class.tenant_override(&o)),
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
         None => None,
     };
+    let tenant = tenant.filter(|_| record.is_some());
+    let own = record
+        .and_then(|t| t.settings.throttle)
+        .and_then(|o| class.tenant_override(&o));
     let per_ip = own.and_then(|o| o.per_ip).unwrap_or(global.per_ip);
     let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
     let bucket = ip_bucket(ip);

@@ -142,6 +142,18 @@ async fn a_tenant_limit_set_by_the_platform_admin_applies_and_is_audited_to_the_
         let resp = acs(&a, "globex").await.unwrap();
         assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     }
+    // A tenant that does not exist gets no bucket in the store.
+    let resp = acs(&a, "nosuch").await.unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let bucket = Key::tenant("nosuch", "rl", "callback");
+    assert_eq!(a.state.store.get(&bucket).await.unwrap(), None);
+    assert!(a
+        .state
+        .store
+        .get(&Key::tenant("globex", "rl", "callback"))
+        .await
+        .unwrap()
+        .is_some());
     // The event is in the tenant's audit log, readable through the admin API.
     let (status, log) = a.admin(Method::GET, "/admin/v1/tenants/acme/audit", None).await;
     assert_eq!(status, StatusCode::OK, "{log}");
