@@ -172,3 +172,45 @@ async fn a_store_outage_answers_fast_503s_and_the_gateway_recovers() {
         assert_eq!(demo.status(), StatusCode::SEE_OTHER, "sessions are saved again");
     }
 }
+
+#[tokio::test]
+async fn a_frozen_store_answers_503_within_the_deadline_and_recovers() {
+    let server = RedisServer::start();
+    let options = AppOptions {
+        redis_url: Some(server.url()),
+        redis_prefix: Some(crate::support::redis::prefix()),
+        dev: true,
+        ..AppOptions::default()
+    };
+    let app = spawn_app(options).await;
+    let demo = app.client.get(app.url("/demo/login")).send().await.unwrap();
+    let authorize = location(&demo);
+    // Connections stay open, nothing answers.
+    server.freeze();
+    let c = &app.client;
+    for (what, req) in [
+        ("authorize", c.get(&authorize)),
+        (
+            "token",
+            c.post(app.url("/token"))
+                .form(&[("grant_type", "client_credentials"), ("client_id", "x")]),
+        ),
+        (
+            "acs",
+            c.post(app.url("/saml/demo/dev/acs")).form(&[("SAMLResponse", "PHg+")]),
+        ),
+        ("readyz", c.get(app.url("/readyz"))),
+    ] {
+        let start = Instant::now();
+        let resp = req.send().await.unwrap();
+        println!("{what}: {} after {:?}", resp.status(), start.elapsed());
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert!(resp.headers().contains_key("retry-after"), "{what}");
+        assert!(start.elapsed() < FAST, "{what} took {:?}", start.elapsed());
+    }
+    let live = timed(c.get(app.url("/healthz"))).await;
+    assert_eq!(live.status(), StatusCode::OK);
+    server.thaw();
+    let resp = c.get(&authorize).send().await.unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+}
