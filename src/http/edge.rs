@@ -341,9 +341,11 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
     let (parts, body) = req.into_parts();
     let mut body = axum::body::Body::new(http_body_util::Limited::new(body, max_body));
     // The token endpoint names its tenant inside the body (codes and refresh
-    // tokens start with it): read the small form once and hand it on.
+    // tokens start with it), a POSTed /authorize in its `tenant` field: read
+    // the small form once and hand it on.
     let mut tenant = path_tenant;
-    if state.edge.throttle.enabled && class == RouteClass::Token && parts.method == Method::POST {
+    let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
+    if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
             Ok(b) => b,
             Err(_) => {
@@ -355,7 +357,7 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
                 )
             }
         };
-        tenant = form_tenant(&bytes);
+        tenant = form_tenant(class, &bytes);
         body = axum::body::Body::from(bytes);
     }
     if class == RouteClass::Authorize && tenant.is_none() {
@@ -384,10 +386,14 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// The tenant a token-endpoint form names: the prefix of its code, refresh
-/// token or token (`<tenant>.<…>`).
-fn form_tenant(body: &[u8]) -> Option<String> {
-    url::form_urlencoded::parse(body)
+/// The tenant a form names: on the token endpoints the prefix of its code,
+/// refresh token or token (`<tenant>.<…>`), on `/authorize` its `tenant`.
+fn form_tenant(class: RouteClass, body: &[u8]) -> Option<String> {
+    let mut pairs = url::form_urlencoded::parse(body);
+    if class == RouteClass::Authorize {
+        return pairs.find(|(k, _)| k == "tenant").map(|(_, v)| v.into_owned());
+    }
+    pairs
         .find(|(k, _)| matches!(k.as_ref(), "code" | "refresh_token" | "token"))
         .and_then(|(_, v)| v.split_once('.').map(|(t, _)| t.to_owned()))
 }
@@ -790,13 +796,17 @@ mod tests {
     #[test]
     fn the_token_form_names_its_tenant() {
         assert_eq!(
-            form_tenant(b"grant_type=authorization_code&code=acme.xyz"),
+            form_tenant(RouteClass::Token, b"grant_type=authorization_code&code=acme.xyz"),
             Some("acme".into())
         );
         assert_eq!(
-            form_tenant(b"grant_type=refresh_token&refresh_token=t1.f.s"),
+            form_tenant(RouteClass::Token, b"grant_type=refresh_token&refresh_token=t1.f.s"),
             Some("t1".into())
         );
-        assert_eq!(form_tenant(b"grant_type=client_credentials"), None);
+        assert_eq!(form_tenant(RouteClass::Token, b"grant_type=client_credentials"), None);
+        assert_eq!(
+            form_tenant(RouteClass::Authorize, b"client_id=app&tenant=acme"),
+            Some("acme".into())
+        );
     }
 }

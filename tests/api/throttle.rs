@@ -427,3 +427,48 @@ async fn oversized_requests_are_refused_in_the_routes_format() {
     let problem: Value = resp.json().await.unwrap();
     assert_eq!(problem["reason"], "request.body_too_large", "{problem}");
 }
+
+#[tokio::test]
+async fn authorize_counts_the_tenant_named_in_the_query_or_the_posted_form() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let (status, body) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"authorize": {"per_tenant": 2}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..2 {
+        let resp = app
+            .client
+            .get(app.url("/authorize?client_id=nobody&tenant=acme"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "reaches /authorize");
+    }
+    let resp = app
+        .client
+        .post(app.url("/authorize"))
+        .form(&[("client_id", "nobody"), ("tenant", "acme")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the posted form names the tenant too"
+    );
+    assert!(retry_after(&resp) >= 1);
+    assert!(resp.text().await.unwrap().contains("<code>throttle.exceeded</code>"));
+    // Without the tenant only the address counts.
+    let resp = app
+        .client
+        .get(app.url("/authorize?client_id=nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
