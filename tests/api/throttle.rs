@@ -81,6 +81,8 @@ async fn a_limit_holds_across_two_replicas_and_answers_429_with_retry_after() {
     assert!((1..=12).contains(&wait), "one request per 12 s comes back: {wait}");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     // The first replica counts the same bucket.
