@@ -203,6 +203,7 @@ pub async fn build(
         ),
         lifecycle: crate::http::server::Lifecycle::default(),
         metrics: settings.metrics.clone(),
+        edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

@@ -13,7 +13,7 @@
 use super::clients::{NewClient, RotateSecret};
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
-use crate::tenant::{Branding, Tenant, TenantSettings};
+use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -31,6 +31,9 @@ pub(crate) struct Problem {
     detail: String,
     /// The field at fault (a JSON path such as `settings.branding.logo_url`).
     field: Option<String>,
+    /// The stable reason code, on answers of the edge (`throttle.exceeded`,
+    /// `request.body_too_large`...).
+    reason: Option<String>,
 }
 
 /// A JSON merge patch (RFC 7396) of a tenant: members absent stay, `null`
@@ -728,12 +731,54 @@ impl Modify for Bearer {
     }
 }
 
+/// The answers the edge may give on any route before the handler runs
+/// (`http::edge`): request too large (413, 414, 431), over a rate limit
+/// (429, with `Retry-After`), the store unreachable (503, with `Retry-After`).
+struct EdgeAnswers;
+
+impl Modify for EdgeAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let answers = [
+            ("413", "The request body is too large for this route."),
+            ("414", "The address is too long."),
+            ("429", "Too many requests: retry after `Retry-After` seconds."),
+            ("431", "The request headers are too large."),
+            ("503", "Temporarily unavailable: retry after `Retry-After` seconds."),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in operations.into_iter().flatten() {
+                for (status, description) in answers {
+                    let content = ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build();
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content("application/problem+json", content)
+                        .build();
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert(response.into());
+                }
+            }
+        }
+    }
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Portcullis admin API", description = "The platform admin API. Errors are application/problem+json naming the field at fault."),
     security(("bearer" = [])),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &EdgeAnswers),
     paths(
         tenants_create, tenants_list, tenants_get, tenants_patch, tenants_delete,
         connections_create, connections_list, connections_get, connections_delete,
@@ -743,7 +788,7 @@ impl Modify for Bearer {
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
-    components(schemas(Problem, Tenant, TenantSettings, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
+    components(schemas(Problem, Tenant, TenantSettings, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,

@@ -317,6 +317,18 @@ async fn patch_tenant(
                 "only the platform admin may declare domains; add one through /domains and verify it.",
             ));
         }
+        // Rate limits protect the whole platform: a tenant admin may not
+        // lift its own.
+        if o.get("settings")
+            .and_then(Value::as_object)
+            .is_some_and(|st| st.contains_key("throttle"))
+            && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. })
+        {
+            return Err(AdminError::field(
+                "settings.throttle",
+                "only the platform admin may set a tenant's rate limits.",
+            ));
+        }
         if o.get("name").is_some_and(Value::is_null) {
             return Err(AdminError::field("name", "cannot be removed."));
         }

@@ -28,7 +28,7 @@ impl ConnectorCache {
         let stored = tenants
             .connection(tenant, connection)
             .await
-            .map_err(|e| UpstreamError::internal("store.unavailable", e.to_string()))?
+            .map_err(|e| UpstreamError::store(&e))?
             .ok_or_else(|| {
                 UpstreamError::reject(
                     "callback.unknown_connection",

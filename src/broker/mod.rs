@@ -513,6 +513,7 @@ impl Broker {
         };
         match req {
             Some(r) => error_to_app(r, &self.provider.iss(), error, &e.message),
+            None if e.store => unavailable(&e.detail),
             None => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
         }
     }

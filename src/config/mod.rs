@@ -6,12 +6,14 @@
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
 pub mod audit;
+pub mod throttle;
 
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use throttle::{RouteLimit, ThrottleSettings};
 use url::Url;
 
 /// Joins `path` (no leading slash) under the public base URL, keeping any
@@ -79,6 +81,8 @@ pub struct Settings {
     pub audit: audit::AuditSettings,
     /// `[secrets]`: the master keys that seal secrets at rest.
     pub secrets: SecretsSettings,
+    /// `[throttle]`: rate limits and trusted proxies.
+    pub throttle: ThrottleSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -552,6 +556,7 @@ impl Settings {
         flag("PORTCULLIS_DEV", &mut self.dev.enabled);
         flag("PORTCULLIS_DEV_FORCE", &mut self.dev.force);
         flag("PORTCULLIS_METRICS_ENABLED", &mut self.metrics.enabled);
+        flag("PORTCULLIS_THROTTLE_ENABLED", &mut self.throttle.enabled);
         flag("PORTCULLIS_SECRETS_ALLOW_PLAINTEXT", &mut self.secrets.allow_plaintext);
         flag(
             "PORTCULLIS_SECRETS_REFUSE_PLAINTEXT",
@@ -584,6 +589,14 @@ impl Settings {
         }
         if let Some(v) = env.get("PORTCULLIS_MASTER_KEY") {
             self.secrets.master_key = (!v.is_empty()).then(|| Secret::new(v.clone()));
+        }
+        if let Some(v) = env.get("PORTCULLIS_TRUSTED_PROXIES") {
+            self.throttle.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(v) = env.get("PORTCULLIS_LISTEN") {
             self.server.listen = v.clone();
@@ -726,6 +739,9 @@ impl Settings {
                 "dns.timeout_secs",
                 format!("{} is not between 1 and 30", self.dns.timeout_secs),
             );
+        }
+        for (field, message) in self.throttle.problems() {
+            bad(&field, message);
         }
         if !matches!(self.tokens.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
             bad(
@@ -1183,6 +1199,17 @@ mod tests {
         assert_eq!(r.public_url.as_str(), "https://sso.example.com/");
         assert_eq!(s.store.redis_url.as_ref().unwrap().expose(), "redis://127.0.0.1:6379");
         assert!(s.outbound.allow_private_networks);
+        assert!(s.throttle.enabled, "throttling is on by default");
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_THROTTLE_ENABLED", "false"),
+            ("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        s.apply_env(&env).unwrap();
+        assert!(!s.throttle.enabled);
+        assert_eq!(s.throttle.trusted_proxies, ["10.0.0.0/8", "192.0.2.1"]);
         assert!(
             !format!("{s:?}").contains("0123456789abcdef0123"),
             "secrets must not print"

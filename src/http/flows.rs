@@ -38,6 +38,18 @@ pub fn session_failed(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// The 503 page of a browser route whose store read failed: the detail is
+/// logged, never sent (the edge adds `Retry-After`).
+pub fn store_unavailable(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(reason = "store.unavailable", error = %e, "store unavailable");
+    pages::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "The sign-in service could not reach its storage. Please try again in a moment.",
+        "store.unavailable",
+    )
+}
+
 /// The form field carrying a CSRF token on Portcullis's own forms.
 pub const CSRF_FIELD: &str = "csrf";
 
@@ -425,10 +437,7 @@ pub async fn saml_metadata(
     let conn = match state.tenants.connection(&t, &c).await {
         Ok(Some(conn)) => conn,
         Ok(None) => return not_found().await,
-        Err(e) => {
-            tracing::error!(reason = "store.unavailable", error = %e);
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
+        Err(e) => return store_unavailable(&e),
     };
     let ConnectionKind::Saml(cfg) = &conn.kind else {
         return not_found().await;
@@ -453,10 +462,7 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
     let (tenant, connection) = match state.tenants.acs_alias(&path).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found().await,
-        Err(e) => {
-            tracing::error!(reason = "store.unavailable", error = %e);
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
+        Err(e) => return store_unavailable(&e),
     };
     tracing::debug!(reason = "saml.acs_alias", tenant = %tenant, connection = %connection, "ACS alias path");
     crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));

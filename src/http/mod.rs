@@ -2,6 +2,7 @@
 //! call the broker, provider or admin domain, and map the result to HTTP.
 
 pub mod dev;
+pub mod edge;
 pub mod flows;
 pub mod health;
 pub mod metrics;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub lifecycle: server::Lifecycle,
     /// `[metrics]`: whether and how `/metrics` is served.
     pub metrics: crate::config::MetricsSettings,
+    /// Client addresses, request ids, size and rate limits (`[throttle]`).
+    pub edge: Arc<edge::EdgeConfig>,
 }
 
 /// How browser-session cookies are set.
@@ -61,8 +64,10 @@ pub struct SessionConfig {
     pub secure: bool,
 }
 
-/// The largest request body accepted anywhere (the SAML ACS is the biggest).
-pub const MAX_BODY_BYTES: usize = 512 * 1024;
+/// The largest request body accepted anywhere (the admin API and the
+/// portal); each route class has its own, smaller or equal, limit
+/// ([`edge::RouteClass::max_body`]).
+pub const MAX_BODY_BYTES: usize = edge::MAX_ADMIN_BODY;
 
 /// Builds the whole router: everything on one listener (no
 /// `[server] admin_listen`): the public routes and the admin ones.
@@ -136,7 +141,12 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     if state.dev {
         browser = browser.merge(dev::routes());
     }
-    let browser = browser.layer(sessions);
+    // tower-sessions answers 500 when it cannot save the session after the
+    // handler ran; the two maps around it turn that into the 503 page.
+    let browser = browser
+        .layer(axum::middleware::map_response(edge::mark_handler_status))
+        .layer(sessions)
+        .layer(axum::middleware::map_response(edge::session_save_failed));
 
     let api = Router::new()
         .route("/.well-known/openid-configuration", get(oauth::discovery))
@@ -168,6 +178,9 @@ fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
         }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(metrics::request_span))
+        // Inside the edge layer, which has already checked or made the
+        // request id and written it onto the request: the audit scope takes it.
         .layer(axum::middleware::from_fn(crate::admin::audit::request_scope))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge::layer))
         .with_state(state.clone())
 }

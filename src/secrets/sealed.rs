@@ -25,7 +25,7 @@
 //! set; the next write of the record, or `portcullis keys rewrap`, seals it.
 
 use super::{Cipher, SecretsError};
-use crate::store::{Key, SharedStore, Store, StoreError, StreamEntry, Taken};
+use crate::store::{Key, SharedStore, Store, StoreError, RateDecision, StreamEntry, Taken};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
@@ -451,6 +451,10 @@ impl Store for SealedStore {
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
         self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        self.inner.rate_limit(key, limit, window).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 //! Expiry follows the injected clock, so TTLs are testable without sleeping.
 //! Expired entries are dropped when touched and swept every few hundred writes.
 
-use super::{parse_stream_id, Key, Store, StoreError, StreamEntry, Taken};
+use super::{gcra, parse_stream_id, Key, RateDecision, Store, StoreError, StreamEntry, Taken};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -558,6 +558,40 @@ impl Store for MemoryStore {
                 g.pending.remove(&id);
             }
             Ok(out)
+        })
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        let now_dt = self.clock.now();
+        // Milliseconds since the epoch on the injected clock (never before it).
+        let now = u64::try_from(now_dt.timestamp_millis()).unwrap_or(0);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        // Read, decide and write under one lock: the equivalent of the Redis script.
+        self.with(key, true, |m| {
+            let tat = match m.get(key) {
+                None => None,
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => Some(
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| not_a_counter(key))?,
+                ),
+                Some(_) => return Err(wrong_type(key)),
+            };
+            let (decision, next) = gcra(tat, now, limit, window_ms);
+            if let Some(next) = next {
+                let ttl = chrono::Duration::milliseconds(i64::try_from(next - now).unwrap_or(i64::MAX).max(1));
+                m.insert(
+                    key.clone(),
+                    Entry {
+                        value: Value::Bytes(next.to_string().into_bytes()),
+                        expires: now_dt.checked_add_signed(ttl),
+                    },
+                );
+            }
+            Ok(decision)
         })
     }
 

@@ -6,7 +6,7 @@
 //! Only the backend's [`StoreError::Unavailable`] counts as a Redis error: a
 //! value that does not decode is the caller's problem, not Redis's.
 
-use super::{Key, Store, StoreError, StreamEntry, Taken};
+use super::{Key, Store, StoreError, RateDecision, StreamEntry, Taken};
 use crate::meter;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -164,6 +164,10 @@ impl<S: Store> Store for MeteredStore<S> {
             self.inner.stream_autoclaim(key, group, consumer, min_idle, count),
         )
         .await
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        measured("rate_limit", self.inner.rate_limit(key, limit, window)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

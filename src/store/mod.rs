@@ -223,6 +223,16 @@ pub trait Store: Send + Sync + 'static {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError>;
+    /// Counts one request against the rate limit at `key`: at most `limit`
+    /// requests per `window`, spread evenly (GCRA, a token bucket of
+    /// `limit` tokens refilled over `window`: a burst of `limit` is allowed,
+    /// then one request per `window / limit`). A refused request is not
+    /// counted. Atomic (one Lua script over one key on Redis, one lock in
+    /// memory), so any number of replicas share one limit. The time is the
+    /// store's: the Redis server's clock (one clock for every replica), the
+    /// injected clock in memory. `limit == 0` refuses everything. The key
+    /// holds the bucket's state with a TTL of at most `window`.
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError>;
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -245,6 +255,54 @@ pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
         return None;
     }
     Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The answer of [`Store::rate_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request is within the limit (and was counted).
+    pub allowed: bool,
+    /// When refused: how long until one more request would be allowed.
+    /// Zero when allowed.
+    pub retry_after: Duration,
+    /// When allowed: how many more requests the bucket holds right now.
+    pub remaining: u64,
+}
+
+/// The GCRA step both backends share, in whole milliseconds: from the
+/// stored theoretical arrival time `tat` (if any) at `now`, whether the
+/// request is allowed and, if so, the new arrival time to store. Pure, so
+/// the memory store and the Redis script compute the same thing (the script
+/// is its Lua transcription).
+pub fn gcra(tat: Option<u64>, now: u64, limit: u64, window_ms: u64) -> (RateDecision, Option<u64>) {
+    if limit == 0 {
+        let decision = RateDecision {
+            allowed: false,
+            retry_after: Duration::from_millis(window_ms.max(1)),
+            remaining: 0,
+        };
+        return (decision, None);
+    }
+    // The emission interval, and the bucket's depth in time.
+    let interval = window_ms.div_ceil(limit).max(1);
+    let depth = interval.saturating_mul(limit);
+    let start = tat.unwrap_or(now).max(now);
+    let next = start.saturating_add(interval);
+    let ahead = next - now;
+    if ahead > depth {
+        let decision = RateDecision {
+            allowed: false,
+            retry_after: Duration::from_millis(ahead - depth),
+            remaining: 0,
+        };
+        return (decision, None);
+    }
+    let decision = RateDecision {
+        allowed: true,
+        retry_after: Duration::ZERO,
+        remaining: (depth - ahead) / interval,
+    };
+    (decision, Some(next))
 }
 
 /// The answer of [`Store::take_and_mark`].

@@ -53,7 +53,7 @@
 //! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
 use super::redis_url::{addr, Auth, Topology};
-use super::{parse_stream_id, Key, Store, StoreError, StreamEntry, Taken};
+use super::{parse_stream_id, Key, RateDecision, Store, StoreError, StreamEntry, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -244,6 +244,39 @@ enum Durability {
 }
 
 /// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
+/// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
+/// server's clock (`TIME`, one clock for every replica), in whole
+/// milliseconds. `ARGV[1]` is the limit (at least 1), `ARGV[2]` the window.
+/// A refused request writes nothing. A stored value that is not a number is
+/// an error about the data. Answers `{allowed (0|1), retry_after_ms, remaining}`.
+const RATE_LIMIT: &str = r"
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = math.max(math.ceil(window / limit), 1)
+local depth = interval * limit
+local start = now
+local v = redis.call('GET', KEYS[1])
+if v then
+  local tat = tonumber(v)
+  if not tat then
+    return redis.error_reply('ERR value is not an integer')
+  end
+  if tat > now then
+    start = tat
+  end
+end
+local next = start + interval
+local ahead = next - now
+if ahead > depth then
+  return {0, ahead - depth, 0}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
+return {1, 0, math.floor((depth - ahead) / interval)}
+";
+
+/// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
@@ -1069,6 +1102,32 @@ impl Store for RedisStore {
             .to_owned();
         let _: i64 = self.run(&cmd).await?;
         Ok(())
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        let window_ms = ttl_ms(window);
+        if limit == 0 {
+            // Nothing to count: refused like the memory store, without a round trip.
+            return Ok(super::gcra(None, 0, 0, window_ms).0);
+        }
+        // A counter: not retried after an unknown outcome (it may have
+        // counted), and it does not wait for replicas (losing a window's
+        // count after a failover only resets it).
+        let answer: (i64, i64, i64) = self
+            .eval(
+                RATE_LIMIT,
+                &[self.key(key)],
+                &[limit.to_string().as_bytes(), window_ms.to_string().as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::None,
+            )
+            .await?;
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        Ok(RateDecision {
+            allowed: answer.0 == 1,
+            retry_after: ms(answer.1),
+            remaining: u64::try_from(answer.2).unwrap_or(0),
+        })
     }
 
     async fn stream_group_read(

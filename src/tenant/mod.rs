@@ -76,7 +76,47 @@ pub struct TenantSettings {
     /// How the tenant's pages look.
     #[serde(default)]
     pub branding: Branding,
+    /// Rate limits of this tenant that differ from the global `[throttle]`
+    /// ones (set by the platform admin only). Boxed: most tenants have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Box<TenantThrottle>>,
 }
+
+/// A tenant's own rate limits per route class; an absent class or value
+/// keeps the global one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantThrottle {
+    /// `/authorize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize: Option<TenantLimit>,
+    /// The IdP callbacks (SAML ACS and continuation, OIDC callback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<TenantLimit>,
+    /// `/token`, `/revoke`, `/introspect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TenantLimit>,
+    /// The admin API's routes of this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<TenantLimit>,
+}
+
+/// One route class's limits for a tenant, per the global window: requests
+/// from one client address and requests for the tenant as a whole. `0`
+/// turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimit {
+    /// Requests per window from one client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_ip: Option<u64>,
+    /// Requests per window for the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_tenant: Option<u64>,
+}
+
+/// The most a tenant's limit may be set to (per window).
+pub const MAX_TENANT_LIMIT: u64 = 1_000_000;
 
 impl TenantSettings {
     /// Whether the tenant may use the app `client_id`.
@@ -101,6 +141,24 @@ impl TenantSettings {
                     format!("settings.allowed_clients[{i}]"),
                     format!("{c:?} is not a client id."),
                 ));
+            }
+        }
+        if let Some(t) = self.throttle.as_deref() {
+            for (class, limit) in [
+                ("authorize", t.authorize),
+                ("callback", t.callback),
+                ("token", t.token),
+                ("admin", t.admin),
+            ] {
+                let Some(limit) = limit else { continue };
+                for (field, value) in [("per_ip", limit.per_ip), ("per_tenant", limit.per_tenant)] {
+                    if value.is_some_and(|v| v > MAX_TENANT_LIMIT) {
+                        return Err((
+                            format!("settings.throttle.{class}.{field}"),
+                            format!("must be at most {MAX_TENANT_LIMIT} (0 turns the limit off)."),
+                        ));
+                    }
+                }
             }
         }
         self.branding.check()
@@ -979,6 +1037,14 @@ mod tests {
             count: usize,
         ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
             self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
+        }
+        async fn rate_limit(
+            &self,
+            key: &crate::store::Key,
+            limit: u64,
+            window: std::time::Duration,
+        ) -> Result<crate::store::RateDecision, StoreError> {
+            self.inner.rate_limit(key, limit, window).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await

@@ -94,7 +94,7 @@ impl Connector for DevConnector {
             .store
             .take_json::<Identity>(&ticket_key(&self.tenant, ticket))
             .await
-            .map_err(|e| UpstreamError::internal("store.unavailable", e.to_string()))?
+            .map_err(|e| UpstreamError::store(&e))?
             .ok_or_else(|| {
                 UpstreamError::reject(
                     "dev.unknown_ticket",

@@ -127,6 +127,8 @@ pub struct UpstreamError {
     pub detail: String,
     /// True when the failure is ours or the network's (5xx), not the IdP's answer.
     pub internal: bool,
+    /// True when the store failed (503, retry later), not the IdP (502).
+    pub store: bool,
 }
 
 impl UpstreamError {
@@ -137,6 +139,7 @@ impl UpstreamError {
             message: message.into(),
             detail: detail.into(),
             internal: false,
+            store: false,
         }
     }
 
@@ -147,6 +150,15 @@ impl UpstreamError {
             message: "The sign-in service could not complete this request. Please try again later.".into(),
             detail: detail.into(),
             internal: true,
+            store: false,
+        }
+    }
+
+    /// The store failed on the way: the sign-in may work again in a moment.
+    pub fn store(e: &impl std::fmt::Display) -> Self {
+        Self {
+            store: true,
+            ..Self::internal("store.unavailable", e.to_string())
         }
     }
 }

@@ -46,5 +46,7 @@ mod serving;
 mod secrets_at_rest;
 mod store_conformance;
 mod store_topologies;
+mod store_outage;
 mod tenant_files;
 mod tenants_admin;
+mod throttle;

@@ -13,7 +13,7 @@ use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::{RedisOptions, RedisStore};
-use portcullis::store::{Key, SharedStore, StoreError, StreamEntry, Taken};
+use portcullis::store::{Key, RateDecision, SharedStore, StoreError, StreamEntry, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Barrier;
@@ -135,6 +135,10 @@ macro_rules! all_cases {
             stream_groups_deliver_once_ack_and_reclaim_idle_entries,
             concurrent_group_readers_get_each_entry_once,
             ping_answers,
+            rate_limit_allows_a_burst_then_refuses_with_retry_after,
+            rate_limit_refills_over_the_window,
+            concurrent_rate_limit_admits_exactly_the_limit,
+            rate_limit_clashes_are_corrupt,
         );
     )*};
 }
@@ -857,4 +861,92 @@ async fn concurrent_group_readers_get_each_entry_once(b: &Backend) {
     let mut n: Vec<usize> = values(&all).into_iter().map(|v| v.parse().unwrap()).collect();
     n.sort_unstable();
     assert_eq!(n, (0..ENTRIES).collect::<Vec<_>>());
+}
+
+async fn rate_limit_allows_a_burst_then_refuses_with_retry_after(b: &Backend) {
+    let s = &b.store;
+    let k = Key::new("rl:token:ip:203.0.113.7", "gcra");
+    let other = Key::new("rl:token:ip:198.51.100.1", "gcra");
+    let window = Duration::from_secs(60);
+    for i in 0..5u64 {
+        let d = s.rate_limit(&k, 5, window).await.unwrap();
+        assert!(d.allowed, "request {i} is within the limit");
+        assert_eq!(d.remaining, 4 - i);
+        assert_eq!(d.retry_after, Duration::ZERO);
+    }
+    let refused = s.rate_limit(&k, 5, window).await.unwrap();
+    assert!(!refused.allowed, "the sixth request is over the limit");
+    // One token comes back every window / limit = 12 s.
+    assert!(
+        refused.retry_after > Duration::from_secs(11) && refused.retry_after <= Duration::from_secs(12),
+        "{refused:?}"
+    );
+    // Refusals are not counted: the wait does not grow.
+    let again = s.rate_limit(&k, 5, window).await.unwrap();
+    assert!(!again.allowed && again.retry_after <= refused.retry_after, "{again:?}");
+    // Another key has its own bucket.
+    assert!(s.rate_limit(&other, 5, window).await.unwrap().allowed);
+    // A limit of zero refuses everything.
+    let zero = s.rate_limit(&Key::new("rl:x", "zero"), 0, window).await.unwrap();
+    assert_eq!(
+        zero,
+        RateDecision {
+            allowed: false,
+            retry_after: window,
+            remaining: 0
+        }
+    );
+}
+
+async fn rate_limit_refills_over_the_window(b: &Backend) {
+    let s = &b.store;
+    let k = Key::new("rl:authorize:ip:203.0.113.9", "gcra");
+    // Two per second: one token every 500 ms.
+    assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+    assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+    let refused = s.rate_limit(&k, 2, SHORT).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(refused.retry_after <= Duration::from_millis(500), "{refused:?}");
+    b.pass(Duration::from_millis(600)).await;
+    assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed, "one token came back");
+    assert!(!s.rate_limit(&k, 2, SHORT).await.unwrap().allowed, "only one");
+    b.pass(PAST_SHORT).await;
+    // A full window later the bucket is full again, and the key is gone.
+    assert_eq!(s.get(&k).await.unwrap(), None, "the state expires with the window");
+    assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+    assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+    assert!(!s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+}
+
+async fn concurrent_rate_limit_admits_exactly_the_limit(b: &Backend) {
+    let k = Key::new("rl:token:tenant:acme", "gcra");
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = Vec::new();
+    for _ in 0..RACERS {
+        let (s, k, barrier) = (b.store.clone(), k.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            s.rate_limit(&k, 20, LONG).await.unwrap().allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 20, "exactly the limit is admitted, however the requests race");
+}
+
+async fn rate_limit_clashes_are_corrupt(b: &Backend) {
+    let s = &b.store;
+    let text = Key::new("rl:clash", "text");
+    s.put(&text, b"not a number", None).await.unwrap();
+    assert!(matches!(
+        s.rate_limit(&text, 5, LONG).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let set = Key::new("rl:clash", "set");
+    s.set_add(&set, "m", None).await.unwrap();
+    assert!(matches!(s.rate_limit(&set, 5, LONG).await, Err(StoreError::Corrupt(_))));
 }

@@ -422,6 +422,14 @@ impl crate::store::Store for RacingStore {
     ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
         self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
     }
+    async fn rate_limit(
+        &self,
+        key: &crate::store::Key,
+        limit: u64,
+        window: std::time::Duration,
+    ) -> Result<crate::store::RateDecision, crate::store::StoreError> {
+        self.inner.rate_limit(key, limit, window).await
+    }
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }

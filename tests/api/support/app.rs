@@ -122,7 +122,11 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
         .unwrap();
     let router = portcullis::http::router(state.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     let app = TestApp {
         base: Url::parse(&settings.server.public_url).unwrap(),

@@ -121,6 +121,14 @@ impl Store for ReplayFree {
     ) -> Result<Vec<StreamEntry>, StoreError> {
         self.0.stream_autoclaim(key, group, consumer, min_idle, count).await
     }
+    async fn rate_limit(
+        &self,
+        key: &portcullis::store::Key,
+        limit: u64,
+        window: std::time::Duration,
+    ) -> Result<portcullis::store::RateDecision, StoreError> {
+        self.0.rate_limit(key, limit, window).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }

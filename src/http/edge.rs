@@ -1,0 +1,816 @@
+//! The outermost layer every request passes: who is asking (client address,
+//! request id), how big the request may be (URL, headers, body per route),
+//! and how often (rate limits per route class, per client address and per
+//! tenant, counted in the store so they hold across replicas).
+//!
+//! * The client address is the socket's peer, unless that peer is one of
+//!   `[throttle] trusted_proxies`: then it is the right-most address of
+//!   `X-Forwarded-For` that is not a trusted proxy. A forwarded header from
+//!   anyone else is ignored, so a client cannot pick its own bucket.
+//! * Every response carries `x-request-id`: the caller's (from trusted
+//!   proxies, and on the admin API; only a short token of safe characters)
+//!   or a fresh random one.
+//!   The id is in the request's log span and in audit events.
+//! * Over a limit: 429 with `Retry-After` (seconds), in the route's error
+//!   format (RFC 6749 JSON, problem+json, or a page), the counter
+//!   `portcullis_throttled_total{route}`, a `throttle.exceeded` log line and
+//!   an audit event (once per limit window and bucket, so a flood does not
+//!   flood the audit log).
+//! * When the store cannot count, the route class decides (see
+//!   [`RouteClass::fail_open`]).
+//! * Every 503 carries `Retry-After`.
+
+use super::pages;
+use super::AppState;
+use crate::config::throttle::{canonical, Cidr};
+use crate::config::{RouteLimit, ThrottleSettings};
+use crate::ids::TenantId;
+use crate::store::{Key, RateDecision, StoreError};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// The longest request target (path and query) accepted, bytes (414 above).
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// The most request headers accepted (431 above).
+pub const MAX_HEADERS: usize = 64;
+/// The most bytes of request headers accepted, names and values (431 above).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// The SAML ACS (and a migrated ACS alias): a signed, possibly encrypted
+/// response with many attributes, base64-encoded.
+pub const MAX_ACS_BODY: usize = 256 * 1024;
+/// The admin API and the portal (SAML metadata documents).
+pub const MAX_ADMIN_BODY: usize = 512 * 1024;
+/// `/token`, `/revoke`, `/introspect`, `/userinfo` and every other form.
+pub const MAX_SMALL_BODY: usize = 16 * 1024;
+/// `Retry-After` on a 503 (seconds): the store's deadline is two seconds and
+/// it reconnects by itself.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 5;
+/// The longest request id taken from a trusted proxy.
+const MAX_REQUEST_ID: usize = 64;
+
+/// The edge's settings, parsed once.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// `[throttle]`.
+    pub throttle: ThrottleSettings,
+    /// `[throttle] trusted_proxies`, parsed.
+    pub proxies: Vec<Cidr>,
+}
+
+impl EdgeConfig {
+    /// From the validated settings.
+    pub fn new(throttle: &ThrottleSettings) -> Self {
+        Self {
+            throttle: throttle.clone(),
+            proxies: throttle.proxies(),
+        }
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.proxies.iter().any(|p| p.contains(ip))
+    }
+}
+
+/// The request's id, as an extension (also set as the `x-request-id`
+/// request header, which the admin API reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// The client's address as the edge determined it, as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// What a route is, for limits and for the shape of its error answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    /// `/authorize`: a page.
+    Authorize,
+    /// The IdP callbacks (SAML ACS, its continuation, OIDC and dev
+    /// callbacks, a POST to an unknown path that may be an ACS alias): a page.
+    Callback,
+    /// `/token`, `/revoke`, `/introspect`, `/userinfo`: RFC 6749 JSON.
+    Token,
+    /// Setup links and the setup portal: a page.
+    Portal,
+    /// The admin API: problem+json.
+    Admin,
+    /// Everything else (discovery, JWKS, metadata, health, logout, demo):
+    /// not rate limited.
+    Other,
+}
+
+impl RouteClass {
+    /// The label in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorize => "authorize",
+            Self::Callback => "callback",
+            Self::Token => "token",
+            Self::Portal => "portal",
+            Self::Admin => "admin",
+            Self::Other => "other",
+        }
+    }
+
+    /// Which class `path` (with `method`) belongs to, and the tenant its
+    /// path names, if any.
+    pub fn of(method: &Method, path: &str) -> (RouteClass, Option<String>) {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["authorize"] => (Self::Authorize, None),
+            ["token" | "revoke" | "introspect" | "userinfo"] => (Self::Token, None),
+            ["oidc", t, _, "callback"] | ["saml", t, _, "acs" | "continue"] | ["dev", t, _, "callback" | "login"] => {
+                (Self::Callback, Some((*t).to_owned()))
+            }
+            ["setup", _] => (Self::Portal, None),
+            ["portal", ..] => (Self::Portal, None),
+            ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),
+            ["admin", ..] => (Self::Admin, None),
+            ["saml", _, _, "metadata"]
+            | ["jwks" | "healthz" | "readyz" | "logout" | "metrics" | "demo"]
+            | [".well-known", ..]
+            | ["demo", ..] => (Self::Other, None),
+            // A POST anywhere else may be a migrated connection's ACS alias.
+            _ if method == Method::POST => (Self::Callback, None),
+            _ => (Self::Other, None),
+        }
+    }
+
+    /// The largest body the class accepts.
+    pub fn max_body(self, path: &str) -> usize {
+        match self {
+            Self::Callback if !path.ends_with("/continue") && !path.starts_with("/dev/") => MAX_ACS_BODY,
+            Self::Admin | Self::Portal => MAX_ADMIN_BODY,
+            Self::Authorize | Self::Callback | Self::Token | Self::Other => MAX_SMALL_BODY,
+        }
+    }
+
+    /// Whether a request is let through when the store cannot count it.
+    ///
+    /// Only `/authorize` fails open: it guesses no secret, and it needs the
+    /// store itself to store the pending login, so it answers 503 on its own
+    /// when the store is really down; a store that fails only for the
+    /// limiter's key (one Redis Cluster slot) does not stop sign-ins from
+    /// starting. Every other class fails closed (503): the token endpoint,
+    /// the callbacks, setup links and the admin API are where codes, refresh
+    /// tokens, client secrets, setup tokens and API keys are guessed, so
+    /// they are never left unlimited.
+    pub fn fail_open(self) -> bool {
+        matches!(self, Self::Authorize)
+    }
+
+    fn limit(self, t: &ThrottleSettings) -> Option<RouteLimit> {
+        match self {
+            Self::Authorize => Some(t.authorize),
+            Self::Callback => Some(t.callback),
+            Self::Token => Some(t.token),
+            Self::Portal => Some(t.portal),
+            Self::Admin => Some(t.admin),
+            Self::Other => None,
+        }
+    }
+
+    fn tenant_override(self, t: &crate::tenant::TenantThrottle) -> Option<crate::tenant::TenantLimit> {
+        match self {
+            Self::Authorize => t.authorize,
+            Self::Callback => t.callback,
+            Self::Token => t.token,
+            Self::Admin => t.admin,
+            Self::Portal | Self::Other => None,
+        }
+    }
+}
+
+/// The client address: the socket's peer, or, when the peer is a trusted
+/// proxy, the right-most `X-Forwarded-For` address that is not a trusted
+/// proxy (the left-most one when every hop is trusted). An entry that is not
+/// an address stops the walk at the last trusted hop.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &EdgeConfig) -> IpAddr {
+    let peer = canonical(peer);
+    if !config.trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !config.trusted(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
+}
+
+/// The bucket of a client address: IPv4 by address, IPv6 by /64 (one
+/// customer line gets a whole /64).
+pub fn ip_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let [a, b, c, d, ..] = s;
+            format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+        }
+    }
+}
+
+/// The caller's request id when it came from a trusted proxy and is a short
+/// token of safe characters; otherwise a fresh one.
+fn request_id(headers: &HeaderMap, from_trusted_proxy: bool) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| from_trusted_proxy)
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| crate::tokens::random_token(16), str::to_owned)
+}
+
+/// The edge middleware (see the module documentation).
+pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let config = &state.edge;
+    let ip = match peer {
+        Some(peer) => client_ip(peer, req.headers(), config),
+        None => {
+            // A server started without `into_make_service_with_connect_info`:
+            // a wiring bug. Limits still hold, on one shared bucket.
+            tracing::error!(
+                reason = "edge.no_peer_address",
+                "the server does not pass the peer address"
+            );
+            IpAddr::from([0, 0, 0, 0])
+        }
+    };
+    // A caller's id is taken from a trusted proxy, and on the admin API,
+    // whose callers correlate their own changes in the audit log (sanitised
+    // either way: a short token of safe characters).
+    let admin_route = RouteClass::of(req.method(), req.uri().path()).0 == RouteClass::Admin;
+    let id = request_id(
+        req.headers(),
+        admin_route || peer.is_some_and(|p| config.trusted(canonical(p))),
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(ClientIp(ip));
+    let span = tracing::info_span!("request", request_id = %id, client_ip = %ip);
+    let mut resp = admit(&state, req, ip, &id, next).instrument(span).await;
+    // The edge's own answers (429, 413...) carry the headers every response does.
+    pages::security_headers(&mut resp, state.upstream.public_url.scheme() == "https");
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", v);
+    }
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && !resp.headers().contains_key(header::RETRY_AFTER) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_SECS));
+    }
+    resp
+}
+
+/// Size checks, then the limits, then the request itself.
+async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let (class, path_tenant) = RouteClass::of(req.method(), &path);
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_URL_BYTES {
+        return refuse(
+            class,
+            StatusCode::URI_TOO_LONG,
+            "request.url_too_long",
+            "The address is too long.",
+        );
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.as_bytes().len() + 4)
+        .sum();
+    if req.headers().len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return refuse(
+            class,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request.headers_too_large",
+            "The request headers are too large.",
+        );
+    }
+    let max_body = class.max_body(&path);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return refuse(
+            class,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.body_too_large",
+            "The request body is too large.",
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let mut body = axum::body::Body::new(http_body_util::Limited::new(body, max_body));
+    // The token endpoint names its tenant inside the body (codes and refresh
+    // tokens start with it), a POSTed /authorize in its `tenant` field: read
+    // the small form once and hand it on.
+    let mut tenant = path_tenant;
+    let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
+    if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
+        let bytes = match axum::body::to_bytes(body, max_body).await {
+            Ok(b) => b,
+            Err(_) => {
+                return refuse(
+                    class,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request.body_too_large",
+                    "The request body is too large.",
+                )
+            }
+        };
+        tenant = form_tenant(class, &bytes);
+        body = axum::body::Body::from(bytes);
+    }
+    if class == RouteClass::Authorize && tenant.is_none() {
+        tenant = parts.uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "tenant")
+                .map(|(_, v)| v.into_owned())
+        });
+    }
+    let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
+    if state.edge.throttle.enabled {
+        if let Some(limit) = class.limit(&state.edge.throttle) {
+            match check(state, class, limit, ip, tenant.as_ref(), request_id).await {
+                Ok(None) => {}
+                Ok(Some(resp)) => return resp,
+                Err(e) if class.fail_open() => {
+                    tracing::warn!(reason = "throttle.store_unavailable", route = class.as_str(), error = %e, "not counted; let through");
+                }
+                Err(e) => {
+                    tracing::error!(reason = "throttle.store_unavailable", route = class.as_str(), error = %e, "not counted; refused");
+                    return unavailable(class);
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The tenant a form names: on the token endpoints the prefix of its code,
+/// refresh token or token (`<tenant>.<…>`), on `/authorize` its `tenant`.
+fn form_tenant(class: RouteClass, body: &[u8]) -> Option<String> {
+    let mut pairs = url::form_urlencoded::parse(body);
+    if class == RouteClass::Authorize {
+        return pairs.find(|(k, _)| k == "tenant").map(|(_, v)| v.into_owned());
+    }
+    pairs
+        .find(|(k, _)| matches!(k.as_ref(), "code" | "refresh_token" | "token"))
+        .and_then(|(_, v)| v.split_once('.').map(|(t, _)| t.to_owned()))
+}
+
+/// Counts the request per client address, then per tenant. `Ok(Some)` is
+/// the 429 to answer.
+async fn check(
+    state: &AppState,
+    class: RouteClass,
+    global: RouteLimit,
+    ip: IpAddr,
+    tenant: Option<&TenantId>,
+    request_id: &str,
+) -> Result<Option<Response>, StoreError> {
+    let window = Duration::from_secs(global.window_secs);
+    // A tenant's own limits, where the platform admin set some. A tenant
+    // that does not exist gets no bucket (a made-up id creates no keys).
+    let record = match tenant {
+        Some(t) => state
+            .tenants
+            .get(t)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        None => None,
+    };
+    let tenant = tenant.filter(|_| record.is_some());
+    let own = record
+        .and_then(|t| t.settings.throttle)
+        .and_then(|o| class.tenant_override(&o));
+    let per_ip = own.and_then(|o| o.per_ip).unwrap_or(global.per_ip);
+    let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
+    let bucket = ip_bucket(ip);
+    if per_ip > 0 {
+        let key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
+        let d = state.store.rate_limit(&key, per_ip, window).await?;
+        if !d.allowed {
+            let scope = Scope::Ip(&bucket);
+            throttled(state, class, scope, tenant, per_ip, window, d, &key, request_id).await;
+            return Ok(Some(too_many(class, d.retry_after)));
+        }
+    }
+    if let (Some(t), true) = (tenant, per_tenant > 0) {
+        let key = Key::tenant(t.as_str(), "rl", class.as_str());
+        let d = state.store.rate_limit(&key, per_tenant, window).await?;
+        if !d.allowed {
+            throttled(
+                state,
+                class,
+                Scope::Tenant,
+                tenant,
+                per_tenant,
+                window,
+                d,
+                &key,
+                request_id,
+            )
+            .await;
+            return Ok(Some(too_many(class, d.retry_after)));
+        }
+    }
+    Ok(None)
+}
+
+/// Which limit a request exceeded.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// The client address's (bucket).
+    Ip(&'a str),
+    /// The tenant's.
+    Tenant,
+}
+
+/// Everything a refusal leaves behind: the metric, the log line with its
+/// reason code, and (once per window and bucket) an audit event. One
+/// function, so the audit helper can redirect it to its security-event call.
+#[allow(clippy::too_many_arguments)]
+async fn throttled(
+    state: &AppState,
+    class: RouteClass,
+    scope: Scope<'_>,
+    tenant: Option<&TenantId>,
+    limit: u64,
+    window: Duration,
+    decision: RateDecision,
+    key: &Key,
+    request_id: &str,
+) {
+    count_throttled(class);
+    let (scope_name, client) = match scope {
+        Scope::Ip(b) => ("ip", b),
+        Scope::Tenant => ("tenant", ""),
+    };
+    tracing::warn!(
+        reason = "throttle.exceeded",
+        route = class.as_str(),
+        scope = scope_name,
+        client = client,
+        tenant = tenant.map(TenantId::as_str).unwrap_or(""),
+        limit,
+        window_secs = window.as_secs(),
+        retry_after_secs = retry_secs(decision.retry_after),
+        "rate limit exceeded"
+    );
+    // One audit event per bucket and window: the marker shares the bucket's tag.
+    let marker = Key::new(key.tag().to_owned(), "audited");
+    match state.store.put_if_absent(&marker, b"1", Some(window)).await {
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(reason = "audit.write_failed", error = %e, "throttling not audited");
+            return;
+        }
+    }
+    let target = match scope {
+        Scope::Ip(b) => crate::audit::Target::new("client_ip", b),
+        Scope::Tenant => crate::audit::Target::new("tenant", tenant.map(TenantId::as_str).unwrap_or("")),
+    };
+    // A security event (type `security`, outcome `failure`): it reaches the
+    // tenant's (or the global) log and, when configured, the audit webhook.
+    let mut event = crate::audit::AuditEvent::security(
+        &crate::audit::Actor::System("throttle".into()),
+        "throttle.exceeded",
+        target,
+        crate::audit::Outcome::Failure,
+        "throttle.exceeded",
+    )
+    .after(json!({
+        "route": class.as_str(),
+        "scope": scope_name,
+        "limit": limit,
+        "window_secs": window.as_secs(),
+    }));
+    // The edge runs outside the audit's request scope: the id is passed in.
+    event.request_id = request_id.to_owned();
+    if let Some(t) = tenant {
+        event = event.tenant(t);
+    }
+    state.provider.audit.security(event).await;
+}
+
+/// `portcullis_throttled_total{route}` one up.
+fn count_throttled(class: RouteClass) {
+    crate::meter::throttled(class.as_str());
+}
+
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1).try_into().unwrap_or(u64::MAX)
+}
+
+/// The 429 of a route class, with `Retry-After`.
+///
+/// On the OAuth endpoints the body is RFC 6749 JSON with
+/// `temporarily_unavailable`: RFC 6749 has no rate-limit code, and this is
+/// the one that means "try again later" to every client library
+/// (`slow_down` belongs to the device flow, RFC 8628, and tells a client to
+/// change its polling interval, which no client here has).
+fn too_many(class: RouteClass, wait: Duration) -> Response {
+    let secs = retry_secs(wait);
+    let message = format!("Too many requests. Please try again in {secs} seconds.");
+    let mut resp = answer(
+        class,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+        "Too many requests",
+        &message,
+        "throttle.exceeded",
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+/// The 503 of a route class whose limit could not be counted.
+fn unavailable(class: RouteClass) -> Response {
+    let mut resp = answer(
+        class,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "Temporarily unavailable",
+        "The service is temporarily unavailable. Please try again in a moment.",
+        "store.unavailable",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_SECS));
+    resp
+}
+
+/// A size refusal (413, 414, 431) in the route's format, logged with its reason.
+fn refuse(class: RouteClass, status: StatusCode, reason: &'static str, message: &str) -> Response {
+    tracing::info!(
+        reason,
+        route = class.as_str(),
+        status = status.as_u16(),
+        "request refused"
+    );
+    answer(class, status, "invalid_request", "Request too large", message, reason)
+}
+
+/// An error in the format of `class`: RFC 6749 JSON on the OAuth endpoints,
+/// problem+json on the admin API, a page for browsers.
+fn answer(
+    class: RouteClass,
+    status: StatusCode,
+    oauth_error: &str,
+    title: &str,
+    message: &str,
+    reason: &str,
+) -> Response {
+    match class {
+        RouteClass::Token => (
+            status,
+            pages::no_store(),
+            axum::Json(json!({"error": oauth_error, "error_description": message})),
+        )
+            .into_response(),
+        RouteClass::Admin => (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": message, "reason": reason})
+                .to_string(),
+        )
+            .into_response(),
+        RouteClass::Authorize | RouteClass::Callback | RouteClass::Portal | RouteClass::Other => {
+            pages::error_page(status, title, message, reason)
+        }
+    }
+}
+
+/// A mark on every response a handler of the browser group produced, set
+/// inside the session layer: when tower-sessions cannot save the session
+/// after the handler ran, it drops the handler's response and answers a
+/// bare 500 of its own, which lacks the mark.
+#[derive(Debug, Clone, Copy)]
+pub struct FromHandler;
+
+/// Inside the session layer: marks the handler's response.
+pub async fn mark_handler_status(mut resp: Response) -> Response {
+    resp.extensions_mut().insert(FromHandler);
+    resp
+}
+
+/// Outside the session layer: the bare 500 of tower-sessions (the session
+/// could not be saved: the store is down) becomes the 503 page. What the
+/// handler answered (a redirect to the IdP, a code for the app) is already
+/// gone, so no sign-in goes on without its browser binding.
+pub async fn session_save_failed(resp: Response) -> Response {
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR && resp.extensions().get::<FromHandler>().is_none() {
+        return super::flows::session_failed("the session layer could not save the session");
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(proxies: &[&str]) -> EdgeConfig {
+        EdgeConfig::new(&ThrottleSettings {
+            trusted_proxies: proxies.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let spoofed = xff(&["198.51.100.1"]);
+        assert_eq!(client_ip(peer, &spoofed, &config(&[])), peer, "no proxies: the socket");
+        assert_eq!(
+            client_ip(peer, &spoofed, &config(&["10.0.0.0/8"])),
+            peer,
+            "an untrusted peer's header is ignored"
+        );
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let cfg = config(&["10.0.0.0/8"]);
+        // The client forged a left-most entry; the proxy appended the real one.
+        let h = xff(&["1.1.1.1, 198.51.100.7", "10.0.0.5"]);
+        assert_eq!(client_ip(proxy, &h, &cfg), "198.51.100.7".parse::<IpAddr>().unwrap());
+        // Every hop trusted: the left-most.
+        assert_eq!(
+            client_ip(proxy, &xff(&["10.1.1.1"]), &cfg),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        // No header: the proxy itself.
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &cfg), proxy);
+        // Garbage past a trusted hop stops the walk there.
+        assert_eq!(
+            client_ip(proxy, &xff(&["nonsense, 10.0.0.9"]), &cfg),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        // Ports and IPv6 brackets.
+        assert_eq!(
+            client_ip(proxy, &xff(&["[2001:db8::1]:4711"]), &cfg),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// One increment: name, labels, value.
+    type Increment = (String, Vec<(String, String)>, u64);
+
+    /// Records counter increments by name and labels.
+    #[derive(Default)]
+    struct Counters(std::sync::Mutex<Vec<Increment>>);
+
+    struct One(Arc<Counters>, String, Vec<(String, String)>);
+
+    impl metrics::CounterFn for One {
+        fn increment(&self, value: u64) {
+            self.0 .0.lock().unwrap().push((self.1.clone(), self.2.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    struct Recorder(Arc<Counters>);
+
+    impl metrics::Recorder for Recorder {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            metrics::Counter::from_arc(Arc::new(One(self.0.clone(), key.name().to_owned(), labels)))
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_in_the_contract_metric_by_route() {
+        let counters = Arc::new(Counters::default());
+        let recorder = Recorder(counters.clone());
+        metrics::with_local_recorder(&recorder, || {
+            count_throttled(RouteClass::Token);
+            count_throttled(RouteClass::Callback);
+        });
+        let seen = counters.0.lock().unwrap().clone();
+        let route = |r: &str| vec![("route".to_owned(), r.to_owned())];
+        assert_eq!(
+            seen,
+            vec![
+                ("portcullis_throttled_total".to_owned(), route("token"), 1),
+                ("portcullis_throttled_total".to_owned(), route("callback"), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        assert_eq!(ip_bucket("2001:db8:1:2:3:4:5:6".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(ip_bucket("192.0.2.1".parse().unwrap()), "192.0.2.1");
+    }
+
+    #[test]
+    fn routes_fall_into_classes() {
+        let c = |m: Method, p: &str| RouteClass::of(&m, p);
+        assert_eq!(c(Method::GET, "/authorize"), (RouteClass::Authorize, None));
+        assert_eq!(c(Method::POST, "/token"), (RouteClass::Token, None));
+        assert_eq!(
+            c(Method::POST, "/saml/acme/okta/acs"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(
+            c(Method::GET, "/admin/v1/tenants/acme/connections"),
+            (RouteClass::Admin, Some("acme".into()))
+        );
+        assert_eq!(c(Method::GET, "/setup/abc"), (RouteClass::Portal, None));
+        assert_eq!(c(Method::GET, "/jwks"), (RouteClass::Other, None));
+        assert_eq!(c(Method::POST, "/sso/legacy/acs"), (RouteClass::Callback, None));
+        assert_eq!(RouteClass::Callback.max_body("/saml/a/b/acs"), MAX_ACS_BODY);
+        assert_eq!(RouteClass::Callback.max_body("/saml/a/b/continue"), MAX_SMALL_BODY);
+    }
+
+    #[test]
+    fn request_ids_are_taken_only_from_trusted_proxies_and_only_when_safe() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h, true), "abc-123");
+        assert_ne!(request_id(&h, false), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("a b<script>"));
+        let id = request_id(&h, true);
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn the_token_form_names_its_tenant() {
+        assert_eq!(
+            form_tenant(RouteClass::Token, b"grant_type=authorization_code&code=acme.xyz"),
+            Some("acme".into())
+        );
+        assert_eq!(
+            form_tenant(RouteClass::Token, b"grant_type=refresh_token&refresh_token=t1.f.s"),
+            Some("t1".into())
+        );
+        assert_eq!(form_tenant(RouteClass::Token, b"grant_type=client_credentials"), None);
+        assert_eq!(
+            form_tenant(RouteClass::Authorize, b"client_id=app&tenant=acme"),
+            Some("acme".into())
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! A store outage, on a real Redis the test stops and starts again: every
+//! browser route answers a fast 503 page with `Retry-After`, the OAuth
+//! endpoints RFC 6749 `temporarily_unavailable` JSON, the admin API
+//! problem+json; no sign-in goes on half-written (no redirect to the IdP
+//! without a stored pending login and a saved session); `/readyz` is unready
+//! while `/healthz` stays live; and the gateway recovers by itself.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::redis::RedisServer;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// The most a request may take while the store is down (its deadline is 2 s).
+const FAST: Duration = Duration::from_millis(3500);
+
+async fn timed(req: reqwest::RequestBuilder) -> reqwest::Response {
+    let start = Instant::now();
+    let resp = req.send().await.unwrap();
+    assert!(start.elapsed() < FAST, "answered after {:?}", start.elapsed());
+    resp
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location on {}", resp.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A 503 page with `Retry-After`, no redirect, naming `reason`.
+async fn unavailable_page(resp: reqwest::Response, what: &str, reason: &str) {
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    assert!(resp.headers().contains_key("retry-after"), "{what}: Retry-After");
+    assert!(resp.headers().get("location").is_none(), "{what}: no redirect");
+    assert!(resp.headers().contains_key("x-request-id"), "{what}");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{what}: a page"
+    );
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(&format!("<code>{reason}</code>")), "{what}: {page}");
+    assert!(
+        !page.contains("Redis") && !page.contains("Connection refused"),
+        "{what}: no detail sent"
+    );
+}
+
+async fn unavailable_json(resp: reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    assert!(resp.headers().contains_key("retry-after"), "{what}: Retry-After");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{what}: {body}");
+    assert!(!body.to_string().contains("Redis"), "{what}: no detail sent");
+}
+
+async fn outage_answers(app: &TestApp, authorize: &str, what: &str) {
+    let c = &app.client;
+    // Liveness stays, readiness goes.
+    let live = timed(c.get(app.url("/healthz"))).await;
+    assert_eq!(live.status(), StatusCode::OK, "{what}");
+    let ready = timed(c.get(app.url("/readyz"))).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    // A sign-in cannot start: the pending login cannot be stored, so the
+    // browser is not sent to the IdP.
+    let resp = timed(c.get(authorize)).await;
+    unavailable_page(resp, &format!("{what} /authorize"), "store.unavailable").await;
+    // The demo app's session cannot be saved: 503, not the redirect.
+    let resp = timed(c.get(app.url("/demo/login"))).await;
+    unavailable_page(resp, &format!("{what} /demo/login"), "session.save_failed").await;
+    // The IdP callbacks.
+    let resp = timed(c.get(app.url("/oidc/demo/dev/callback?state=s&code=c"))).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what} OIDC callback");
+    assert!(resp.headers().contains_key("retry-after"));
+    let resp = timed(c.post(app.url("/saml/demo/dev/acs")).form(&[("SAMLResponse", "PHg+")])).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what} ACS");
+    assert!(resp.headers().contains_key("retry-after"));
+    // A POST to an unknown path may be a migrated ACS alias: looked up in the store.
+    let resp = timed(c.post(app.url("/sso/legacy/acs")).form(&[("SAMLResponse", "PHg+")])).await;
+    unavailable_page(resp, &format!("{what} ACS alias"), "store.unavailable").await;
+    // SP metadata reads the connection.
+    let resp = timed(c.get(app.url("/saml/demo/dev/metadata"))).await;
+    unavailable_page(resp, &format!("{what} SP metadata"), "store.unavailable").await;
+    // The OAuth endpoints: RFC 6749 JSON.
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", "demo"),
+        ("code", "demo.xyz"),
+        ("redirect_uri", "http://x/"),
+        ("code_verifier", "v"),
+    ];
+    unavailable_json(
+        timed(c.post(app.url("/token")).form(&form)).await,
+        &format!("{what} /token"),
+    )
+    .await;
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "demo"),
+        ("refresh_token", "demo.f.s"),
+    ];
+    unavailable_json(
+        timed(c.post(app.url("/token")).form(&refresh)).await,
+        &format!("{what} refresh"),
+    )
+    .await;
+    // The admin API: problem+json.
+    let resp = timed(
+        c.request(Method::GET, app.url("/admin/v1/tenants"))
+            .bearer_auth(&app.admin_token),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what} admin");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn a_store_outage_answers_fast_503s_and_the_gateway_recovers() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let options = AppOptions {
+        redis_url: Some(server.url()),
+        redis_prefix: Some(crate::support::redis::prefix()),
+        dev: true,
+        ..AppOptions::default()
+    };
+    let app = spawn_app(options.clone()).await;
+    // The same without rate limits, so the handlers' own answers show too
+    // (the limiter fails closed in front of most routes).
+    let bare = spawn_app(AppOptions {
+        tweak: Some(|s| s.throttle.enabled = false),
+        ..options.clone()
+    })
+    .await;
+
+    // While the store is up, a sign-in starts: /authorize sends the browser to the dev IdP.
+    let demo = app.client.get(app.url("/demo/login")).send().await.unwrap();
+    assert_eq!(demo.status(), StatusCode::SEE_OTHER);
+    let authorize = location(&demo);
+    let resp = app.client.get(&authorize).send().await.unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+    assert!(location(&resp).contains("/dev/demo/dev/login"), "{}", location(&resp));
+
+    server.stop();
+    outage_answers(&app, &authorize, "throttled").await;
+    outage_answers(&bare, &authorize, "unthrottled").await;
+
+    // Redis comes back (empty: the test server keeps nothing); a replica
+    // starting now seeds the demo tenant and app again.
+    let _server = RedisServer::start_on(port);
+    let _seeder = spawn_app(options.clone()).await;
+    for app in [&app, &bare] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            if ready.status() == StatusCode::OK {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let resp = app.client.get(&authorize).send().await.unwrap();
+        assert!(resp.status().is_redirection(), "{}", resp.status());
+        assert!(location(&resp).contains("/dev/demo/dev/login"), "{}", location(&resp));
+        let demo = app.client.get(app.url("/demo/login")).send().await.unwrap();
+        assert_eq!(demo.status(), StatusCode::SEE_OTHER, "sessions are saved again");
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_store_answers_503_within_the_deadline_and_recovers() {
+    let server = RedisServer::start();
+    let options = AppOptions {
+        redis_url: Some(server.url()),
+        redis_prefix: Some(crate::support::redis::prefix()),
+        dev: true,
+        ..AppOptions::default()
+    };
+    let app = spawn_app(options).await;
+    let demo = app.client.get(app.url("/demo/login")).send().await.unwrap();
+    let authorize = location(&demo);
+    // Connections stay open, nothing answers.
+    server.freeze();
+    let c = &app.client;
+    for (what, req) in [
+        ("authorize", c.get(&authorize)),
+        (
+            "token",
+            c.post(app.url("/token"))
+                .form(&[("grant_type", "client_credentials"), ("client_id", "x")]),
+        ),
+        (
+            "acs",
+            c.post(app.url("/saml/demo/dev/acs")).form(&[("SAMLResponse", "PHg+")]),
+        ),
+        ("readyz", c.get(app.url("/readyz"))),
+    ] {
+        let start = Instant::now();
+        let resp = req.send().await.unwrap();
+        println!("{what}: {} after {:?}", resp.status(), start.elapsed());
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert!(resp.headers().contains_key("retry-after"), "{what}");
+        assert!(start.elapsed() < FAST, "{what} took {:?}", start.elapsed());
+    }
+    let live = timed(c.get(app.url("/healthz"))).await;
+    assert_eq!(live.status(), StatusCode::OK);
+    server.thaw();
+    let resp = c.get(&authorize).send().await.unwrap();
+    assert!(resp.status().is_redirection(), "{}", resp.status());
+}

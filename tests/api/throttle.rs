@@ -1,0 +1,476 @@
+//! Rate limits, request limits and request ids at the edge: limits counted in
+//! one real Redis hold across two gateway replicas, a tenant's own limits
+//! apply, a forged `X-Forwarded-For` picks no bucket, oversized requests are
+//! refused in the route's format, and every response carries `x-request-id`.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use portcullis::config::Settings;
+use portcullis::store::Key;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Two gateways on one Redis under one prefix (two replicas of one deployment).
+async fn two_replicas(tweak: fn(&mut Settings)) -> (TestApp, TestApp) {
+    let url = crate::support::redis::url();
+    let prefix = crate::support::redis::prefix();
+    let options = AppOptions {
+        redis_url: Some(url),
+        redis_prefix: Some(prefix),
+        tweak: Some(tweak),
+        ..AppOptions::default()
+    };
+    (spawn_app(options.clone()).await, spawn_app(options).await)
+}
+
+async fn post_token(app: &TestApp, form: &[(&str, &str)], headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = app.client.post(app.url("/token")).form(form);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After on {}", resp.status()))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The throttling events in the global audit log.
+async fn global_throttle_events(app: &TestApp) -> Vec<Value> {
+    let raw = app
+        .state
+        .store
+        .list_range(&Key::global("audit", "log"), 0, 100)
+        .await
+        .unwrap();
+    raw.iter()
+        .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+        .filter(|e| e["action"] == "throttle.exceeded")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_limit_holds_across_two_replicas_and_answers_429_with_retry_after() {
+    let (a, b) = two_replicas(|s| {
+        s.throttle.token.per_ip = 5;
+        s.throttle.token.window_secs = 60;
+    })
+    .await;
+    let form = [("grant_type", "client_credentials"), ("client_id", "nobody")];
+    // Alternating replicas: the five allowed requests reach the handler
+    // (and are refused there: no such client), the sixth is throttled.
+    for i in 0..5 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let resp = post_token(app, &form, &[]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "request {i} reaches /token");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client");
+    }
+    let resp = post_token(&b, &form, &[]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the sixth request, on the other replica"
+    );
+    let wait = retry_after(&resp);
+    assert!((1..=12).contains(&wait), "one request per 12 s comes back: {wait}");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    // The first replica counts the same bucket.
+    let resp = post_token(&a, &form, &[]).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The refusal is audited once for the window (a flood adds no events).
+    let events = global_throttle_events(&a).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], "system:throttle");
+    assert_eq!(events[0]["target"]["kind"], "client_ip");
+    assert_eq!(events[0]["target"]["id"], "127.0.0.1");
+    assert_eq!(events[0]["after"]["route"], "token");
+    assert_eq!(events[0]["after"]["scope"], "ip");
+    // Another route class has its own budget.
+    let disco = a
+        .client
+        .get(a.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disco.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_tenant_limit_set_by_the_platform_admin_applies_and_is_audited_to_the_tenant() {
+    let (a, b) = two_replicas(|s| {
+        s.throttle.callback.per_tenant = 1000;
+    })
+    .await;
+    a.create_tenant("acme", "Acme", &[]).await;
+    a.create_tenant("globex", "Globex", &[]).await;
+    let (status, body) = a
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": 3}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["settings"]["throttle"]["callback"]["per_tenant"], 3, "{body}");
+    let acs = |app: &TestApp, tenant: &str| {
+        app.client
+            .post(app.url(&format!("/saml/{tenant}/okta/acs")))
+            .form(&[("SAMLResponse", "PHg+")])
+            .send()
+    };
+    for i in 0..3 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let resp = acs(app, "acme").await.unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
+    }
+    let resp = acs(&b, "acme").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&resp) >= 1);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("<code>throttle.exceeded</code>"), "{page}");
+    // Another tenant keeps the global limit.
+    for _ in 0..5 {
+        let resp = acs(&a, "globex").await.unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // A tenant that does not exist gets no bucket in the store.
+    let resp = acs(&a, "nosuch").await.unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let bucket = Key::tenant("nosuch", "rl", "callback");
+    assert_eq!(a.state.store.get(&bucket).await.unwrap(), None);
+    assert!(a
+        .state
+        .store
+        .get(&Key::tenant("globex", "rl", "callback"))
+        .await
+        .unwrap()
+        .is_some());
+    // The event is in the tenant's audit log, readable through the admin API.
+    let (status, log) = a.admin(Method::GET, "/admin/v1/tenants/acme/audit", None).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let events: Vec<&Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "throttle.exceeded")
+        .collect();
+    assert_eq!(events.len(), 1, "{log}");
+    assert_eq!(events[0]["target"]["kind"], "tenant");
+    assert_eq!(events[0]["after"]["scope"], "tenant");
+    assert_eq!(events[0]["after"]["route"], "callback");
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_lift_its_own_limits() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants/acme/api-keys"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let key: Value = resp.json().await.unwrap();
+    let key = key["key"].as_str().unwrap();
+    let resp = app
+        .client
+        .patch(app.url("/admin/v1/tenants/acme"))
+        .bearer_auth(key)
+        .json(&json!({"settings": {"throttle": {"token": {"per_ip": 0}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "settings.throttle", "{problem}");
+    // Out-of-range values are refused for the platform admin too.
+    let (status, problem) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"token": {"per_ip": 10_000_000u64}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["field"], "settings.throttle.token.per_ip", "{problem}");
+}
+
+#[tokio::test]
+async fn a_forged_forwarded_for_picks_no_bucket_without_trusted_proxies() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| s.throttle.token.per_ip = 3),
+        ..AppOptions::default()
+    })
+    .await;
+    let form = [("grant_type", "client_credentials"), ("client_id", "nobody")];
+    for i in 0..3 {
+        let forged = format!("198.51.100.{i}");
+        let resp = post_token(&app, &form, &[("x-forwarded-for", &forged)]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "request {i}");
+    }
+    let resp = post_token(&app, &form, &[("x-forwarded-for", "198.51.100.99")]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new forged address is still the socket's bucket"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 2;
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into()];
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let form = [("grant_type", "client_credentials"), ("client_id", "nobody")];
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        for _ in 0..2 {
+            // The client forged a left-most entry; the proxy appended its address.
+            let xff = format!("203.0.113.66, {client}");
+            let resp = post_token(&app, &form, &[("x-forwarded-for", &xff)]).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    let resp = post_token(&app, &form, &[("x-forwarded-for", "203.0.113.66, 198.51.100.1")]).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the third from one client"
+    );
+    // The forged entry never counted as a client of its own.
+    let resp = post_token(&app, &form, &[("x-forwarded-for", "203.0.113.66")]).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn throttling_can_be_turned_off() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 1;
+            s.throttle.enabled = false;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let form = [("grant_type", "client_credentials"), ("client_id", "nobody")];
+    for _ in 0..5 {
+        assert_eq!(post_token(&app, &form, &[]).await.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_a_callers_id_only_from_a_trusted_proxy() {
+    let app = spawn_app(AppOptions::default()).await;
+    let resp = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.len() >= 16, "{id}");
+    let resp = app
+        .client
+        .get(app.url("/jwks"))
+        .header("x-request-id", "from-the-client")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        resp.headers()["x-request-id"],
+        "from-the-client",
+        "not from an untrusted peer"
+    );
+    // The admin API keeps its callers' ids (they correlate their changes).
+    let resp = app
+        .client
+        .get(app.url("/admin/v1/tenants"))
+        .bearer_auth(&app.admin_token)
+        .header("x-request-id", "from-the-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "from-the-admin");
+    let resp = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert!(resp.headers().contains_key("x-request-id"), "404s too");
+
+    let proxied = spawn_app(AppOptions {
+        tweak: Some(|s| s.throttle.trusted_proxies = vec!["127.0.0.0/8".into()]),
+        ..AppOptions::default()
+    })
+    .await;
+    let resp = proxied
+        .client
+        .get(proxied.url("/jwks"))
+        .header("x-request-id", "trace-4711")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-4711");
+    let resp = proxied
+        .client
+        .get(proxied.url("/jwks"))
+        .header("x-request-id", "bad id <with> spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "an unsafe id is replaced: {id}"
+    );
+    // The admin API's audit events carry the same id as the response.
+    let resp = proxied
+        .client
+        .post(proxied.url("/admin/v1/tenants"))
+        .bearer_auth(&proxied.admin_token)
+        .header("x-request-id", "create-acme-1")
+        .json(&json!({"id": "acme", "name": "Acme", "domains": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["x-request-id"], "create-acme-1");
+    let (_, log) = proxied.admin(Method::GET, "/admin/v1/audit", None).await;
+    assert!(
+        log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["request_id"] == "create-acme-1"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_in_the_routes_format() {
+    let app = spawn_app(AppOptions::default()).await;
+    // URL length: 414 page.
+    let long = format!("/authorize?state={}", "a".repeat(9000));
+    let resp = app.client.get(app.url(&long)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+    assert!(resp.text().await.unwrap().contains("<code>request.url_too_long</code>"));
+    // Header count: 431.
+    let mut req = app.client.get(app.url("/authorize"));
+    for i in 0..70 {
+        req = req.header(format!("x-filler-{i}"), "1");
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>request.headers_too_large</code>"));
+    // Header bytes: 431.
+    let resp = app
+        .client
+        .get(app.url("/authorize"))
+        .header("cookie", format!("x={}", "c".repeat(40 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The token endpoint takes 16 KiB: 413 as RFC 6749 JSON.
+    let big = "x".repeat(20 * 1024);
+    let resp = post_token(&app, &[("grant_type", "client_credentials"), ("client_id", &big)], &[]).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    // The SAML ACS takes a real response's size (200 KiB reaches the handler)...
+    let saml = "P".repeat(200 * 1024);
+    let resp = app
+        .client
+        .post(app.url("/saml/acme/okta/acs"))
+        .form(&[("SAMLResponse", &saml)])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // ...but not more than 256 KiB.
+    let saml = "P".repeat(300 * 1024);
+    let resp = app
+        .client
+        .post(app.url("/saml/acme/okta/acs"))
+        .form(&[("SAMLResponse", &saml)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>request.body_too_large</code>"));
+    // The admin API: problem+json above 512 KiB.
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"id": "acme", "name": "x".repeat(600 * 1024)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["reason"], "request.body_too_large", "{problem}");
+}
+
+#[tokio::test]
+async fn authorize_counts_the_tenant_named_in_the_query_or_the_posted_form() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let (status, body) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"authorize": {"per_tenant": 2}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..2 {
+        let resp = app
+            .client
+            .get(app.url("/authorize?client_id=nobody&tenant=acme"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "reaches /authorize");
+    }
+    let resp = app
+        .client
+        .post(app.url("/authorize"))
+        .form(&[("client_id", "nobody"), ("tenant", "acme")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the posted form names the tenant too"
+    );
+    assert!(retry_after(&resp) >= 1);
+    assert!(resp.text().await.unwrap().contains("<code>throttle.exceeded</code>"));
+    // Without the tenant only the address counts.
+    let resp = app
+        .client
+        .get(app.url("/authorize?client_id=nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
