@@ -25,7 +25,7 @@
 //! set; the next write of the record, or `portcullis keys rewrap`, seals it.
 
 use super::{Cipher, SecretsError};
-use crate::store::{Key, SharedStore, Store, StoreError, RateDecision, StreamEntry, Taken};
+use crate::store::{Key, RateDecision, SharedStore, Store, StoreError, StreamEntry, Taken};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;

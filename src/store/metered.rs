@@ -6,7 +6,7 @@
 //! Only the backend's [`StoreError::Unavailable`] counts as a Redis error: a
 //! value that does not decode is the caller's problem, not Redis's.
 
-use super::{Key, Store, StoreError, RateDecision, StreamEntry, Taken};
+use super::{Key, RateDecision, Store, StoreError, StreamEntry, Taken};
 use crate::meter;
 use async_trait::async_trait;
 use std::time::Duration;

@@ -1087,8 +1087,12 @@ impl Store for RedisStore {
     }
 
     async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
-        self.query(redis::cmd("XLEN").arg(self.key(key)), Retry::Idempotent, Durability::None)
-            .await
+        self.query(
+            redis::cmd("XLEN").arg(self.key(key)),
+            Retry::Idempotent,
+            Durability::None,
+        )
+        .await
     }
 
     async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
