@@ -207,6 +207,7 @@ mod tests {
                 "0123456789abcdef0123456789abcdef-s3cr3t",
             ),
             ("PORTCULLIS_AUDIT_MAX_EVENTS", "5000"),
+            ("PORTCULLIS_STORE_BACKEND", "memory"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -230,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_webhook_needs_https_a_long_secret_and_a_claim_time_above_two_timeouts() {
-        let parse = |t: &str| Settings::parse(t, "x.toml").unwrap();
+        let parse = |t: &str| Settings::parse(&format!("[store]\nbackend = \"memory\"\n{t}"), "x.toml").unwrap();
         let secret = "secret = \"0123456789abcdef0123456789abcdef\"";
         assert_eq!(
             problems(&parse(&format!(

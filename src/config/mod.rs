@@ -957,6 +957,13 @@ fn is_local_host(url: &Url) -> bool {
 mod tests {
     use super::*;
 
+    /// Defaults on the in-memory store (outside dev mode it must be chosen).
+    fn memory_settings() -> Settings {
+        let mut s = Settings::default();
+        s.store.backend = Some("memory".into());
+        s
+    }
+
     #[test]
     fn join_keeps_base_path() {
         let base = Url::parse("https://sso.example.com/gw/").unwrap();
@@ -1033,6 +1040,7 @@ mod tests {
             "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
         ] {
             let mut s = Settings::default();
+            s.secrets.allow_plaintext = true;
             s.store.redis_url = Some(Secret::new(url.to_owned()));
             assert!(problems(&s).is_empty(), "{url}: {:?}", problems(&s));
         }
@@ -1049,6 +1057,7 @@ mod tests {
     #[test]
     fn tls_files_need_a_tls_url_and_go_together() {
         let mut s = Settings::default();
+        s.secrets.allow_plaintext = true;
         s.store.redis_url = Some(Secret::new("redis://127.0.0.1:6379".to_owned()));
         s.store.ca_file = Some(PathBuf::from("Cargo.toml"));
         assert!(problems(&s)
@@ -1109,6 +1118,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let mut s = Settings::default();
+        s.secrets.allow_plaintext = true;
         s.apply_env(&env).unwrap();
         assert!(problems(&s).is_empty(), "{:?}", problems(&s));
         assert_eq!(s.store.backend.as_deref(), Some("redis"));
@@ -1145,16 +1155,17 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let mut s = Settings::default();
+        s.store.backend = Some("memory".into());
         s.apply_env(&env).unwrap();
         let r = s.validate("env").unwrap();
         assert_eq!(r.admin_listen.unwrap().to_string(), "127.0.0.1:9090");
         assert_eq!(r.tls.unwrap().key, PathBuf::from("/etc/portcullis/tls.key"));
         assert_eq!(r.shutdown_grace.as_secs(), 7);
         assert_eq!(r.shutdown_delay.as_secs(), 5);
-        assert_eq!(Settings::default().validate("d").unwrap().shutdown_grace.as_secs(), 25);
+        assert_eq!(memory_settings().validate("d").unwrap().shutdown_grace.as_secs(), 25);
 
         let s = Settings::parse(
-            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\n",
+            "[store]\nbackend = \"memory\"\n[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\n",
             "x.toml",
         )
         .unwrap();
@@ -1234,12 +1245,9 @@ mod tests {
         );
         let s = Settings::parse(&format!("{redis}[secrets]\nallow_plaintext = true\n"), "x.toml").unwrap();
         assert!(s.validate("x.toml").is_ok());
-        let s = Settings::parse(&format!("{redis}[dev]\nenabled = true\n"), "x.toml").unwrap();
+        let s = Settings::parse(&format!("{redis}[dev]\nenabled = true\nforce = true\n"), "x.toml").unwrap();
         assert!(s.validate("x.toml").is_ok(), "dev mode derives its key");
-        assert!(
-            Settings::default().validate("x").is_ok(),
-            "the memory store needs no key"
-        );
+        assert!(memory_settings().validate("x").is_ok(), "the memory store needs no key");
         let s = Settings::parse(
             &format!("{redis}[secrets]\nallow_plaintext = true\nrefuse_plaintext = true\n"),
             "x.toml",
@@ -1262,6 +1270,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let mut s = Settings::default();
+        s.store.backend = Some("memory".into());
         assert!(s.metrics.enabled && s.metrics.token.is_none());
         s.apply_env(&env).unwrap();
         s.validate("env").unwrap();
