@@ -47,10 +47,11 @@ podman=(podman --root "$cache/storage-$driver" --runroot "$cache/run-$driver" --
 started=$SECONDS
 step() { echo "build-test: $* (+$((SECONDS - started)) s)" >&2; }
 
-if [[ ! -s "$base_tar" ]]; then
+if [[ ! -f "$base_tar" || ! -s "$base_tar" ]]; then
   step "mmdebstrap --variant=minbase bookworm"
-  rm -f "$cache"/bookworm-minbase-*.tar "$cache"/bookworm-minbase-*.partial
-  mmdebstrap --quiet --variant=minbase bookworm "$base_tar.partial"
+  rm -rf "$cache"/bookworm-minbase-*.tar "$cache"/bookworm-minbase-*.partial
+  # The name does not end in .tar: say the format.
+  mmdebstrap --quiet --variant=minbase --format=tar bookworm "$base_tar.partial"
   mv "$base_tar.partial" "$base_tar"
 fi
 

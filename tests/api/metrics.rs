@@ -59,6 +59,7 @@ impl Gateway {
             .env("PORTCULLIS_PUBLIC_URL", base.as_str().trim_end_matches('/'))
             .env("PORTCULLIS_REDIS_URL", redis_url)
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PORTCULLIS_MASTER_KEY", crate::support::app::TEST_MASTER_KEY)
             .env("PORTCULLIS_METRICS_TOKEN", METRICS_TOKEN)
             .env("PORTCULLIS_ALLOW_PRIVATE_NETWORKS", "true")
             .env("PORTCULLIS_LOG", "info")

@@ -22,18 +22,17 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A master key file for secrets at rest (`k1 = <base64 of 32 bytes>`),
-/// which a Redis store outside dev mode needs.
+/// A master key file for secrets at rest, which a Redis store outside dev
+/// mode needs: the test gateways' key (`support::app::TEST_MASTER_KEY`, as
+/// `<id> = <base64>`), so every gateway on the shared test Redis opens what
+/// another sealed (the signing keyset above all).
 pub fn master_key_file() -> PathBuf {
-    use base64::Engine;
     let dir = scratch("master-key");
     let path = dir.join("master.keys");
-    let key: [u8; 32] = rand::random();
-    std::fs::write(
-        &path,
-        format!("k1 = {}\n", base64::engine::general_purpose::STANDARD.encode(key)),
-    )
-    .unwrap();
+    let (id, key) = crate::support::app::TEST_MASTER_KEY.split_once(':').unwrap();
+    std::fs::write(&path, format!("{id} = {key}\n")).unwrap();
+    // Readable by its owner only, as the gateway asks.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
     path
 }
 
@@ -433,6 +432,8 @@ fn check_config(dir: &Path, offline: bool) -> std::process::Output {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
         cmd.env_remove(k);
     }
+    // These files name no store: one process on memory, on purpose.
+    cmd.env("PORTCULLIS_STORE_BACKEND", "memory");
     cmd.arg("--config").arg(dir.join("portcullis.toml")).arg("check-config");
     if offline {
         cmd.arg("--offline");

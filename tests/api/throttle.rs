@@ -45,11 +45,11 @@ async fn global_throttle_events(app: &TestApp) -> Vec<Value> {
     let raw = app
         .state
         .store
-        .list_range(&Key::global("audit", "log"), 0, 100)
+        .stream_rev_range(&Key::global("audit", "events"), None, 100)
         .await
         .unwrap();
     raw.iter()
-        .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+        .map(|e| serde_json::from_slice::<Value>(&e.value).unwrap())
         .filter(|e| e["action"] == "throttle.exceeded")
         .collect()
 }
