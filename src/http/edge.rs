@@ -285,7 +285,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
     }
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ClientIp(ip));
-    let span = tracing::info_span!("request", request_id = %id, client_ip = %ip);
+    let span = tracing::info_span!("edge", request_id = %id, client_ip = %ip);
     let mut resp = admit(&state, req, ip, &id, next).instrument(span).await;
     // The edge's own answers (429, 413...) carry the headers every response does.
     pages::security_headers(&mut resp, state.upstream.public_url.scheme() == "https");
