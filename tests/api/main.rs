@@ -11,6 +11,7 @@ mod cli;
 mod dev_flow;
 mod domains;
 mod import;
+mod load_smoke;
 mod memory_flat;
 mod metadata_refresh;
 mod oidc_connector;

@@ -227,3 +227,71 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 20 operations of 50 ms each, paced at 100/s but one at a time: the
+    /// queue grows, and the open loop charges it (from the intended send
+    /// time) where the closed loop cannot see it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_latency_counts_from_the_intended_send_time() {
+        let op = |_i: usize| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<(), String>(())
+        };
+        let bounds = Bounds {
+            limit: Some(20),
+            duration: None,
+            max_in_flight: 1,
+        };
+        let open = run(Mode::Open(100.0), bounds, false, None, op).await;
+        let closed = run(Mode::Closed(1), bounds, false, None, op).await;
+        assert_eq!((open.ok, closed.ok, open.errors), (20, 20, 0));
+        // The 20th was meant to start at 190 ms and starts at ~950 ms.
+        assert!(open.hist.max() > 700_000, "open max {} µs", open.hist.max());
+        assert!(closed.hist.max() < 400_000, "closed max {} µs", closed.hist.max());
+    }
+
+    #[test]
+    fn an_operation_error_is_counted_with_its_message() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let op = |i: usize| async move {
+            if i % 2 == 0 {
+                Ok(())
+            } else {
+                Err(format!("op {i}: HTTP 500"))
+            }
+        };
+        let bounds = Bounds {
+            limit: Some(10),
+            duration: None,
+            max_in_flight: 4,
+        };
+        let s = rt.block_on(run(Mode::Closed(2), bounds, false, None, op));
+        assert_eq!((s.ok, s.errors), (5, 5));
+        assert!(s.samples.iter().all(|m| m.ends_with("HTTP 500")), "{:?}", s.samples);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read_and_grows() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).unwrap();
+        // Spin until the kernel has charged at least one more tick (a busy
+        // machine may take a while to give us the CPU).
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(pid).unwrap() <= before {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no CPU time charged in 30 s");
+        }
+        assert!(rss_kib(pid).unwrap() > 0);
+    }
+
+}

@@ -202,7 +202,10 @@ impl World {
         // AuthnRequest from it. Loopback, so private networks must be allowed.
         let metadata = idp.metadata("http://127.0.0.1:9/sso");
         let saml = admin
-            .saml_connection(&tenant, json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }))
+            .saml_connection(
+                &tenant,
+                json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }),
+            )
             .await?;
         let saml_idp_init = admin
             .saml_connection(
@@ -239,7 +242,10 @@ impl World {
             oidc_conn: "oidc".into(),
             users: opts.users.max(1),
             mode: opts.mode(),
-            pool: opts.pool.max(1),
+            pool: opts
+                .pool
+                .unwrap_or((2000.0 * opts.duration.max(0.0)).ceil() as usize)
+                .max(1),
             max_in_flight: opts.max_in_flight.max(1),
             pid: opts.gateway_pid,
             signers,
@@ -268,10 +274,7 @@ impl World {
         if inner.tokens.set(tokens).is_err() {
             return Err("setup: tokens set twice".into());
         }
-        Ok(World {
-            inner,
-            gateway_alg,
-        })
+        Ok(World { inner, gateway_alg })
     }
 
     /// Runs `scenario` for `window` (`record` only labels the warm-up).
@@ -385,7 +388,10 @@ impl World {
                     let _ignored_out_of_range = hist.record((a_micros + micros).max(1));
                 }
             }
-            r.stages.push(stage_report(if saml { "acs+continue+token" } else { "callback+token" }, &b));
+            r.stages.push(stage_report(
+                if saml { "acs+continue+token" } else { "callback+token" },
+                &b,
+            ));
             absorb(&mut r, &b);
         }
         // Only whole sign-ins count as done.
@@ -583,7 +589,11 @@ impl Inner {
         let verifier = b64url(&rand::random::<[u8; 32]>());
         let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
         let state = b64url(&rand::random::<[u8; 12]>());
-        let conn = if saml { self.saml.id.as_str() } else { self.oidc_conn.as_str() };
+        let conn = if saml {
+            self.saml.id.as_str()
+        } else {
+            self.oidc_conn.as_str()
+        };
         let mut url = self.base.join("/authorize").map_err(|e| e.to_string())?;
         url.query_pairs_mut()
             .append_pair("response_type", "code")
@@ -596,12 +606,7 @@ impl Inner {
             .append_pair("connection", conn)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("authorize: {e}"))?;
+        let resp = self.http.get(url).send().await.map_err(|e| format!("authorize: {e}"))?;
         let to_idp = location(&resp, &self.base, "authorize")?;
         let cookie = cookies(&resp);
         if cookie.is_empty() {
@@ -831,7 +836,10 @@ impl Inner {
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{what}: {e}"))?;
         if status != StatusCode::OK {
-            return Err(format!("{what}: HTTP {status}: {}", text.chars().take(300).collect::<String>()));
+            return Err(format!(
+                "{what}: HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            ));
         }
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{what}: {e}"))?;
         if !v["access_token"].is_string() {

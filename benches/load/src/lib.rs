@@ -144,10 +144,11 @@ pub struct Options {
     /// Distinct users the sign-ins cycle through.
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
-    /// `saml-acs` in closed loop: responses signed ahead (the window ends
-    /// early if they run out). Open loop signs rate × duration.
-    #[arg(long, default_value_t = 20_000)]
-    pub pool: usize,
+    /// `saml-acs` in closed loop: IdP-initiated responses signed ahead of
+    /// the window (default 2,000 per second of `--duration`; the window ends
+    /// early, with a warning, if they run out). Open loop signs rate × duration.
+    #[arg(long)]
+    pub pool: Option<usize>,
     /// Open loop: at most this many operations in flight.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
@@ -159,13 +160,7 @@ pub struct Options {
 impl Options {
     /// Options for `url` and `admin_token` with the command line's defaults.
     pub fn new(url: url::Url, admin_token: &str) -> Options {
-        Options::parse_from([
-            "portcullis-load",
-            "--url",
-            url.as_str(),
-            "--admin-token",
-            admin_token,
-        ])
+        Options::parse_from(["portcullis-load", "--url", url.as_str(), "--admin-token", admin_token])
     }
 
     /// The scenarios to run.

@@ -139,9 +139,7 @@ impl SamlIdp {
         }
         #[allow(clippy::disallowed_methods)] // A test IdP stamps the real time.
         let now = chrono::Utc::now();
-        let ts = |secs: i64| {
-            (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
+        let ts = |secs: i64| (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let (issued, not_before, not_after) = (ts(0), ts(-60), ts(600));
         let (response_id, assertion_id) = (saml_id(), saml_id());
         let irt = spec
