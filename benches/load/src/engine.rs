@@ -144,7 +144,10 @@ where
                 if deadline.is_some_and(|d| intended >= d) {
                     break;
                 }
-                tokio::time::sleep_until(intended.into()).await;
+                // Behind schedule: send at once (no timer round trip).
+                if intended > Instant::now() {
+                    tokio::time::sleep_until(intended.into()).await;
+                }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
