@@ -296,5 +296,4 @@ mod tests {
         }
         assert!(rss_kib(pid).unwrap() > 0);
     }
-
 }
