@@ -160,6 +160,9 @@ where
                     if let Ok(mut c) = collector.lock() {
                         c.record(i, r, micros);
                     }
+                    // The results first, then the slot: once every slot is
+                    // back, nothing else holds the results.
+                    drop(collector);
                     drop(permit);
                 });
                 i += 1;

@@ -442,7 +442,8 @@ impl World {
             },
         )
         .await;
-        if stage.ok + stage.errors >= bodies.len() as u64 && stage.elapsed < window {
+        let closed = matches!(w.mode, Mode::Closed(_));
+        if closed && stage.ok + stage.errors >= bodies.len() as u64 && stage.elapsed < window {
             eprintln!(
                 "portcullis-load: saml-acs: the {} pre-signed responses ran out after {:.1} s (raise --pool)",
                 bodies.len(),
