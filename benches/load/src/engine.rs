@@ -267,7 +267,7 @@ mod tests {
             .build()
             .unwrap();
         let op = |i: usize| async move {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 Ok(())
             } else {
                 Err(format!("op {i}: HTTP 500"))
