@@ -99,6 +99,7 @@ impl Alg {
 #[derive(Parser, Clone, Debug)]
 #[command(
     name = "portcullis-load",
+    args_override_self = true,
     about = "Load generator for a running Portcullis gateway",
     long_about = "Drives whole SAML and OIDC sign-ins and the token endpoints of a running \
 Portcullis gateway (on a Redis store) over HTTP; reports throughput, latency percentiles and the \
