@@ -317,7 +317,7 @@ pub struct Report {
     pub generator_cpus: Vec<usize>,
     /// `/proc/loadavg` when the run started.
     pub load_average: String,
-    /// Measured seconds and warm-up seconds per scenario.
+    /// Measured seconds per scenario.
     pub duration_s: f64,
     /// Warm-up seconds per scenario.
     pub warmup_s: f64,
