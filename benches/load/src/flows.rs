@@ -329,9 +329,22 @@ impl World {
         let mut hist = engine::histogram();
         let mut left = window;
         let mut offset = 0usize;
-        while left > Duration::ZERO {
-            let round = left.min(ROUND);
-            left = left.saturating_sub(round);
+        // How much longer the second half of the sign-ins took than their
+        // `/authorize` in the last round. Closed loop, `/authorize` alone
+        // runs much faster than the rest, so its stage gets the share of the
+        // window that makes both stages together last about `window`
+        // (the first round guesses, with a short stage). Open loop, both
+        // stages take count / rate.
+        let mut ratio: Option<f64> = match w.mode {
+            Mode::Open(_) => Some(1.0),
+            Mode::Closed(_) => None,
+        };
+        while left > Duration::from_millis(50) {
+            let round = match ratio {
+                Some(k) => left.min(ROUND).div_f64(1.0 + k),
+                None => left.min(ROUND).mul_f64(0.1),
+            }
+            .max(Duration::from_millis(50));
             let wa = w.clone();
             let a = engine::run(
                 w.mode,
@@ -393,6 +406,10 @@ impl World {
                 &b,
             ));
             absorb(&mut r, &b);
+            left = left.saturating_sub(a.elapsed + b.elapsed);
+            if a.elapsed > Duration::ZERO && b.ok > 0 {
+                ratio = Some(b.elapsed.as_secs_f64() / a.elapsed.as_secs_f64());
+            }
         }
         // Only whole sign-ins count as done.
         r.ok = hist.len();
