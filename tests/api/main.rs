@@ -14,6 +14,7 @@ mod deploy_image;
 mod dev_flow;
 mod domains;
 mod import;
+mod load_smoke;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;

@@ -1,0 +1,302 @@
+//! The load engine: closed loop (N workers back to back) or open loop (a
+//! fixed rate, latency measured from each request's intended send time, so
+//! coordinated omission is corrected), HdrHistogram latencies, and the
+//! gateway's CPU time over the window from `/proc/<pid>/stat`.
+
+use hdrhistogram::Histogram;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How requests are issued.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// `n` workers, each sending its next request when the previous answered.
+    Closed(usize),
+    /// A fixed rate (requests per second), whatever the answers take.
+    Open(f64),
+}
+
+/// How many error messages a stage keeps as samples.
+const SAMPLES: usize = 5;
+
+/// A latency histogram in microseconds (1 µs .. 10 min, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant, valid bounds")
+}
+
+/// What one timed stage produced.
+pub struct Stage<T> {
+    /// Latencies of the successful operations (µs).
+    pub hist: Histogram<u64>,
+    /// The successful operations' outputs with their index and latency (µs),
+    /// when kept.
+    pub outputs: Vec<(usize, T, u64)>,
+    /// Successful operations.
+    pub ok: u64,
+    /// Failed operations (unexpected status, transport error).
+    pub errors: u64,
+    /// The first few error messages.
+    pub samples: Vec<String>,
+    /// Wall time of the window.
+    pub elapsed: Duration,
+    /// Gateway CPU seconds (user + system) over the window.
+    pub cpu_secs: Option<f64>,
+}
+
+struct Collector<T> {
+    hist: Histogram<u64>,
+    outputs: Vec<(usize, T, u64)>,
+    ok: u64,
+    errors: u64,
+    samples: Vec<String>,
+    keep: bool,
+}
+
+impl<T> Collector<T> {
+    fn record(&mut self, i: usize, r: Result<T, String>, micros: u64) {
+        match r {
+            Ok(v) => {
+                self.ok += 1;
+                let _ignored_out_of_range = self.hist.record(micros.max(1));
+                if self.keep {
+                    self.outputs.push((i, v, micros));
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                if self.samples.len() < SAMPLES {
+                    self.samples.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// What a stage is bounded by.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// At most this many operations (indices `0..limit`).
+    pub limit: Option<usize>,
+    /// No operation starts after this long.
+    pub duration: Option<Duration>,
+    /// Open loop: at most this many requests in flight; more wait for a slot
+    /// (their latency still counts from their intended send time).
+    pub max_in_flight: usize,
+}
+
+/// Runs `op(i)` for `i = 0, 1, ...` under `mode` within `bounds`, timing
+/// each, and reads the gateway's CPU time (`pid`) around the window.
+pub async fn run<T, F, Fut>(mode: Mode, bounds: Bounds, keep: bool, pid: Option<u32>, op: F) -> Stage<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let collector = Arc::new(Mutex::new(Collector {
+        hist: histogram(),
+        outputs: Vec::new(),
+        ok: 0,
+        errors: 0,
+        samples: Vec::new(),
+        keep,
+    }));
+    let cpu_before = pid.and_then(cpu_seconds);
+    let start = Instant::now();
+    let deadline = bounds.duration.map(|d| start + d);
+    let limit = bounds.limit.unwrap_or(usize::MAX);
+    match mode {
+        Mode::Closed(workers) => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::with_capacity(workers);
+            for _ in 0..workers.max(1) {
+                let (op, next, collector) = (op.clone(), next.clone(), collector.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= limit {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let r = op(i).await;
+                        let micros = t.elapsed().as_micros() as u64;
+                        if let Ok(mut c) = collector.lock() {
+                            c.record(i, r, micros);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _joined = t.await;
+            }
+        }
+        Mode::Open(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_in_flight.max(1)));
+            let mut i = 0usize;
+            while i < limit {
+                let intended = start + interval.mul_f64(i as f64);
+                if deadline.is_some_and(|d| intended >= d) {
+                    break;
+                }
+                // Behind schedule: send at once (no timer round trip).
+                if intended > Instant::now() {
+                    tokio::time::sleep_until(intended.into()).await;
+                }
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (op, collector) = (op.clone(), collector.clone());
+                tokio::spawn(async move {
+                    let r = op(i).await;
+                    // From the intended send time: a request the gateway's
+                    // slowness delayed is charged the delay.
+                    let micros = intended.elapsed().as_micros() as u64;
+                    if let Ok(mut c) = collector.lock() {
+                        c.record(i, r, micros);
+                    }
+                    // The results first, then the slot: once every slot is
+                    // back, nothing else holds the results.
+                    drop(collector);
+                    drop(permit);
+                });
+                i += 1;
+            }
+            // Every slot back: every request answered.
+            let _all = slots.acquire_many(bounds.max_in_flight.max(1) as u32).await;
+        }
+    }
+    let elapsed = start.elapsed();
+    let cpu_after = pid.and_then(cpu_seconds);
+    let cpu_secs = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let c = match Arc::try_unwrap(collector) {
+        Ok(m) => m.into_inner().ok(),
+        Err(_) => None,
+    };
+    let Some(c) = c else {
+        return Stage {
+            hist: histogram(),
+            outputs: Vec::new(),
+            ok: 0,
+            errors: 1,
+            samples: vec!["internal: results still shared after the stage".into()],
+            elapsed,
+            cpu_secs,
+        };
+    };
+    Stage {
+        hist: c.hist,
+        outputs: c.outputs,
+        ok: c.ok,
+        errors: c.errors,
+        samples: c.samples,
+        elapsed,
+        cpu_secs,
+    }
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// User + system CPU seconds `pid` has used so far (`/proc/<pid>/stat`
+/// fields 14 and 15, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: count after its ')'.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after.split_whitespace();
+    // After ')': state is field 3, so utime (14) is the 12th, stime the 13th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// `pid`'s resident set size in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 20 operations of 50 ms each, paced at 100/s but one at a time: the
+    /// queue grows, and the open loop charges it (from the intended send
+    /// time) where the closed loop cannot see it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_latency_counts_from_the_intended_send_time() {
+        let op = |_i: usize| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<(), String>(())
+        };
+        let bounds = Bounds {
+            limit: Some(20),
+            duration: None,
+            max_in_flight: 1,
+        };
+        let open = run(Mode::Open(100.0), bounds, false, None, op).await;
+        let closed = run(Mode::Closed(1), bounds, false, None, op).await;
+        assert_eq!((open.ok, closed.ok, open.errors), (20, 20, 0));
+        // The 20th was meant to start at 190 ms and starts at ~950 ms.
+        assert!(open.hist.max() > 700_000, "open max {} µs", open.hist.max());
+        assert!(closed.hist.max() < 400_000, "closed max {} µs", closed.hist.max());
+    }
+
+    #[test]
+    fn an_operation_error_is_counted_with_its_message() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let op = |i: usize| async move {
+            if i.is_multiple_of(2) {
+                Ok(())
+            } else {
+                Err(format!("op {i}: HTTP 500"))
+            }
+        };
+        let bounds = Bounds {
+            limit: Some(10),
+            duration: None,
+            max_in_flight: 4,
+        };
+        let s = rt.block_on(run(Mode::Closed(2), bounds, false, None, op));
+        assert_eq!((s.ok, s.errors), (5, 5));
+        assert!(s.samples.iter().all(|m| m.ends_with("HTTP 500")), "{:?}", s.samples);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read_and_grows() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).unwrap();
+        // Spin until the kernel has charged at least one more tick (a busy
+        // machine may take a while to give us the CPU).
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(pid).unwrap() <= before {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no CPU time charged in 30 s");
+        }
+        assert!(rss_kib(pid).unwrap() > 0);
+    }
+}

@@ -1,0 +1,1001 @@
+//! The world the generator sets up through the admin API, and the HTTP
+//! flows of each scenario, each checking every answer it gets.
+
+use crate::engine::{self, Bounds, Mode, Stage};
+use crate::saml_idp::{ResponseSpec, SamlIdp};
+use crate::upstream::Upstream;
+use crate::{Latency, Options, Scenario, ScenarioReport, StageReport};
+use base64::Engine as _;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// Sign-in scenarios run in rounds of at most this long, so every pending
+/// login is answered well within the gateway's login TTL (600 s by default).
+const ROUND: Duration = Duration::from_secs(60);
+
+/// An app registered at the gateway.
+#[derive(Clone)]
+struct App {
+    id: String,
+    secret: String,
+}
+
+impl App {
+    fn basic(&self) -> String {
+        let raw = format!("{}:{}", self.id, self.secret);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+}
+
+/// A SAML connection as the admin API describes it.
+struct SamlConn {
+    id: String,
+    acs_url: String,
+    sp_entity_id: String,
+}
+
+/// Tokens from a sign-in.
+#[derive(Clone)]
+struct Tokens {
+    access: String,
+    refresh: Option<String>,
+}
+
+/// Everything the scenarios share.
+pub struct World {
+    inner: Arc<Inner>,
+    /// The `alg` of the ID tokens the gateway issued during setup.
+    pub gateway_alg: Option<String>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    tenant: String,
+    domain: String,
+    redirect_uri: String,
+    app: App,
+    worker: App,
+    api_scope: String,
+    idp: SamlIdp,
+    saml: SamlConn,
+    saml_idp_init: SamlConn,
+    upstream: Upstream,
+    upstream_client_id: String,
+    oidc_conn: String,
+    users: usize,
+    mode: Mode,
+    pool: usize,
+    max_in_flight: usize,
+    pid: Option<u32>,
+    signers: usize,
+    /// Sign-in results the token scenarios use (one refresh chain each).
+    tokens: std::sync::OnceLock<Vec<tokio::sync::Mutex<Tokens>>>,
+    /// The measured window per scenario (the warm-up is shorter).
+    duration: Duration,
+}
+
+fn random_hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:x}", rand::random::<u8>() & 0xf)).collect()
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn query(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The redirect of a 3xx answer, resolved against `base`.
+fn location(resp: &reqwest::Response, base: &Url, what: &str) -> Result<Url, String> {
+    if !resp.status().is_redirection() {
+        return Err(format!("{what}: HTTP {} (expected a redirect)", resp.status()));
+    }
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("{what}: redirect without Location"))?;
+    base.join(loc).map_err(|e| format!("{what}: bad Location {loc:?}: {e}"))
+}
+
+/// The `name=value` pairs of the answer's cookies, as a `Cookie` header.
+fn cookies(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What `/authorize` left for the rest of a sign-in.
+struct Pending {
+    user: usize,
+    cookie: String,
+    state: String,
+    verifier: String,
+    /// SAML: the AuthnRequest ID; OIDC: the nonce.
+    request_id: String,
+    /// SAML: the RelayState.
+    relay_state: Option<String>,
+    /// OIDC: the state the gateway sent upstream.
+    upstream_state: Option<String>,
+}
+
+/// A pending login with the IdP's answer made ahead of the timed stage.
+struct Answered {
+    pending: Pending,
+    /// SAML: the ACS form body; OIDC: the upstream code.
+    answer: String,
+}
+
+impl World {
+    /// Sets up a tenant of its own (random id), the IdPs, connections and
+    /// apps, and signs in a few users for the token scenarios.
+    pub async fn setup(opts: &Options) -> Result<World, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(usize::MAX)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let base = opts.url.clone();
+        let run = random_hex(8);
+        let tenant = format!("load-{run}");
+        let domain = format!("{run}.load.test");
+        let redirect_uri = "http://127.0.0.1:9/cb".to_owned();
+        let admin = Admin {
+            http: &http,
+            base: &base,
+            token: &opts.admin_token,
+        };
+        admin
+            .create(
+                "/admin/v1/tenants",
+                json!({ "id": tenant, "name": format!("Load {run}"), "domains": [domain] }),
+            )
+            .await?;
+        let api = format!("https://api.load.test/{run}");
+        let api_scope = "load:read".to_owned();
+        admin
+            .create(
+                "/admin/v1/resource-servers",
+                json!({ "identifier": api, "name": format!("Load API {run}"),
+                        "scopes": [{ "name": api_scope, "description": "Load test scope" }] }),
+            )
+            .await?;
+        let app_id = format!("load-app-{run}");
+        let created = admin
+            .create(
+                "/admin/v1/clients",
+                json!({ "client_id": app_id, "name": "Load app", "redirect_uris": [redirect_uri], "public": false }),
+            )
+            .await?;
+        let app = App {
+            id: app_id,
+            secret: str_field(&created, "client_secret")?,
+        };
+        let worker_id = format!("load-worker-{run}");
+        let created = admin
+            .create(
+                "/admin/v1/clients",
+                json!({ "client_id": worker_id, "name": "Load worker", "redirect_uris": [redirect_uri],
+                        "public": false, "allowed_scopes": [api_scope], "default_resource": api,
+                        "grant_types": ["client_credentials"] }),
+            )
+            .await?;
+        let worker = App {
+            id: worker_id,
+            secret: str_field(&created, "client_secret")?,
+        };
+        let idp = SamlIdp::generate(&format!("https://idp.load.test/{run}")).map_err(|e| e.to_string())?;
+        // The generator never follows the SSO redirect: it reads the
+        // AuthnRequest from it. Loopback, so private networks must be allowed.
+        let metadata = idp.metadata("http://127.0.0.1:9/sso");
+        let saml = admin
+            .saml_connection(
+                &tenant,
+                json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }),
+            )
+            .await?;
+        let saml_idp_init = admin
+            .saml_connection(
+                &tenant,
+                json!({ "id": "saml-idp", "kind": "saml", "metadata_xml": metadata,
+                        "allow_idp_initiated": true, "default_client_id": app.id, "redirect_uri": redirect_uri }),
+            )
+            .await?;
+        let upstream = Upstream::start().await?;
+        let upstream_client_id = format!("gateway-{run}");
+        admin
+            .create(
+                &format!("/admin/v1/tenants/{tenant}/connections"),
+                json!({ "id": "oidc", "kind": "oidc", "issuer": upstream.issuer(),
+                        "client_id": upstream_client_id, "client_secret": random_hex(32),
+                        "scopes": ["openid", "email", "profile"] }),
+            )
+            .await?;
+        let signers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let inner = Arc::new(Inner {
+            http,
+            base,
+            tenant,
+            domain,
+            redirect_uri,
+            app,
+            worker,
+            api_scope,
+            idp,
+            saml,
+            saml_idp_init,
+            upstream,
+            upstream_client_id,
+            oidc_conn: "oidc".into(),
+            users: opts.users.max(1),
+            mode: opts.mode(),
+            pool: opts
+                .pool
+                .unwrap_or((2000.0 * opts.duration.max(0.0)).ceil() as usize)
+                .max(1),
+            max_in_flight: opts.max_in_flight.max(1),
+            pid: opts.gateway_pid,
+            signers,
+            tokens: std::sync::OnceLock::new(),
+            duration: opts.window(),
+        });
+        // Refresh chains: enough that concurrent refreshes rarely share one.
+        let chains = match opts.mode() {
+            Mode::Closed(c) => (2 * c).max(16),
+            Mode::Open(r) => ((r / 20.0) as usize).clamp(64, 4096),
+        };
+        let mut tokens = Vec::with_capacity(chains);
+        let mut gateway_alg = None;
+        for batch in (0..chains).collect::<Vec<_>>().chunks(16) {
+            let mut set = Vec::new();
+            for &i in batch {
+                let w = inner.clone();
+                set.push(async move { w.saml_signin_once(i).await });
+            }
+            for r in futures_join(set).await {
+                let (t, alg) = r.map_err(|e| format!("setup sign-in: {e}"))?;
+                gateway_alg = gateway_alg.or(alg);
+                tokens.push(tokio::sync::Mutex::new(t));
+            }
+        }
+        if inner.tokens.set(tokens).is_err() {
+            return Err("setup: tokens set twice".into());
+        }
+        Ok(World { inner, gateway_alg })
+    }
+
+    /// Runs `scenario` for `window` (`record` only labels the warm-up).
+    pub async fn scenario(&self, scenario: Scenario, window: Duration, record: bool) -> ScenarioReport {
+        let w = &self.inner;
+        let mut r = match scenario {
+            Scenario::SamlSignin => self.signin(window, true).await,
+            Scenario::OidcSignin => self.signin(window, false).await,
+            Scenario::SamlAcs => self.saml_acs(window).await,
+            simple => {
+                let w2 = self.inner.clone();
+                let stage = engine::run(
+                    w.mode,
+                    Bounds {
+                        limit: None,
+                        duration: Some(window),
+                        max_in_flight: w.max_in_flight,
+                    },
+                    false,
+                    w.pid,
+                    move |i| {
+                        let w = w2.clone();
+                        async move { w.simple(simple, i).await }
+                    },
+                )
+                .await;
+                let mut r = report(scenario, w.mode, 0.0);
+                r.stages.push(stage_report(simple.name(), &stage));
+                absorb(&mut r, &stage);
+                r.latency_ms = Latency::of(&stage.hist);
+                r
+            }
+        };
+        r.scenario = scenario;
+        if !record {
+            r.stages.clear();
+        }
+        finish(&mut r, w.pid);
+        r
+    }
+
+    /// A sign-in scenario in rounds: `/authorize` timed, the IdP's answers
+    /// made untimed, then the rest of each sign-in timed.
+    async fn signin(&self, window: Duration, saml: bool) -> ScenarioReport {
+        let w = &self.inner;
+        let scenario = if saml {
+            Scenario::SamlSignin
+        } else {
+            Scenario::OidcSignin
+        };
+        let mut r = report(scenario, w.mode, 0.0);
+        let mut hist = engine::histogram();
+        let mut left = window;
+        let mut offset = 0usize;
+        // How much longer the second half of the sign-ins took than their
+        // `/authorize` in the last round. Closed loop, `/authorize` alone
+        // runs much faster than the rest, so its stage gets the share of the
+        // window that makes both stages together last about `window`
+        // (the first round guesses, with a short stage). Open loop, both
+        // stages take count / rate.
+        let mut ratio: Option<f64> = match w.mode {
+            Mode::Open(_) => Some(1.0),
+            Mode::Closed(_) => None,
+        };
+        while left > Duration::from_millis(50) {
+            let round = match ratio {
+                Some(k) => left.min(ROUND).div_f64(1.0 + k),
+                None => left.min(ROUND).mul_f64(0.1),
+            }
+            .max(Duration::from_millis(50));
+            let wa = w.clone();
+            let a = engine::run(
+                w.mode,
+                Bounds {
+                    limit: None,
+                    duration: Some(round),
+                    max_in_flight: w.max_in_flight,
+                },
+                true,
+                w.pid,
+                move |i| {
+                    let w = wa.clone();
+                    async move { w.authorize(offset + i, saml).await }
+                },
+            )
+            .await;
+            offset += a.outputs.len() + a.errors as usize;
+            r.stages.push(stage_report("authorize", &a));
+            absorb(&mut r, &a);
+            let t = Instant::now();
+            let (answered, errors) = w.answer_all(a.outputs, saml);
+            r.prepare_s += t.elapsed().as_secs_f64();
+            r.errors += errors.len() as u64;
+            for e in errors {
+                if r.error_samples.len() < 5 {
+                    r.error_samples.push(e);
+                }
+            }
+            let answered: Arc<Vec<(u64, Answered)>> = Arc::new(answered);
+            let wb = w.clone();
+            let items = answered.clone();
+            let b = engine::run(
+                w.mode,
+                Bounds {
+                    limit: Some(answered.len()),
+                    duration: None,
+                    max_in_flight: w.max_in_flight,
+                },
+                true,
+                w.pid,
+                move |i| {
+                    let (w, items) = (wb.clone(), items.clone());
+                    async move {
+                        let (_, item) = items.get(i).ok_or("no such item")?;
+                        w.finish_signin(item, saml).await
+                    }
+                },
+            )
+            .await;
+            // A sign-in's latency is what the gateway took for both of its
+            // halves; the time the person spends at the IdP is not counted.
+            for (i, (), micros) in &b.outputs {
+                if let Some((a_micros, _)) = answered.get(*i) {
+                    let _ignored_out_of_range = hist.record((a_micros + micros).max(1));
+                }
+            }
+            r.stages.push(stage_report(
+                if saml { "acs+continue+token" } else { "callback+token" },
+                &b,
+            ));
+            absorb(&mut r, &b);
+            left = left.saturating_sub(a.elapsed + b.elapsed);
+            if a.elapsed > Duration::ZERO && b.ok > 0 {
+                ratio = Some(b.elapsed.as_secs_f64() / a.elapsed.as_secs_f64());
+            }
+        }
+        // Only whole sign-ins count as done.
+        r.ok = hist.len();
+        r.latency_ms = Latency::of(&hist);
+        r
+    }
+
+    /// IdP-initiated Responses signed ahead, posted to the ACS.
+    async fn saml_acs(&self, window: Duration) -> ScenarioReport {
+        let w = &self.inner;
+        let n = match w.mode {
+            Mode::Open(rate) => (rate * window.as_secs_f64()).ceil() as usize,
+            // The warm-up is shorter than the window: fewer responses.
+            Mode::Closed(_) => {
+                let share = (window.as_secs_f64() / w.duration.as_secs_f64().max(0.001)).min(1.0);
+                ((w.pool as f64 * share).ceil() as usize).max(50)
+            }
+        };
+        let mut r = report(Scenario::SamlAcs, w.mode, 0.0);
+        let t = Instant::now();
+        let bodies = match w.sign_idp_initiated(n) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                r.errors += 1;
+                r.error_samples.push(e);
+                return r;
+            }
+        };
+        r.prepare_s = t.elapsed().as_secs_f64();
+        let wc = w.clone();
+        let items = bodies.clone();
+        let stage = engine::run(
+            w.mode,
+            Bounds {
+                limit: Some(bodies.len()),
+                duration: Some(window),
+                max_in_flight: w.max_in_flight,
+            },
+            false,
+            w.pid,
+            move |i| {
+                let (w, items) = (wc.clone(), items.clone());
+                async move {
+                    let body = items.get(i).ok_or("no such response")?;
+                    w.post_acs(&w.saml_idp_init, body.clone()).await.map(|_| ())
+                }
+            },
+        )
+        .await;
+        let closed = matches!(w.mode, Mode::Closed(_));
+        if closed && stage.ok + stage.errors >= bodies.len() as u64 && stage.elapsed < window {
+            eprintln!(
+                "portcullis-load: saml-acs: the {} pre-signed responses ran out after {:.1} s (raise --pool)",
+                bodies.len(),
+                stage.elapsed.as_secs_f64()
+            );
+        }
+        r.stages.push(stage_report("acs", &stage));
+        absorb(&mut r, &stage);
+        r.latency_ms = Latency::of(&stage.hist);
+        r
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
+}
+
+fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
+    let (m, concurrency, rate) = match mode {
+        Mode::Closed(c) => ("closed", Some(c), None),
+        Mode::Open(r) => ("open", None, Some(r)),
+    };
+    ScenarioReport {
+        scenario,
+        mode: m.into(),
+        concurrency,
+        rate,
+        ok: 0,
+        errors: 0,
+        error_samples: Vec::new(),
+        elapsed_s: 0.0,
+        throughput_per_s: 0.0,
+        latency_ms: Latency::default(),
+        gateway_cpu_s: None,
+        gateway_cpu_ms_per_op: None,
+        gateway_rss_kib: None,
+        prepare_s,
+        stages: Vec::new(),
+    }
+}
+
+fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
+    StageReport {
+        name: name.into(),
+        ok: s.ok,
+        errors: s.errors,
+        elapsed_s: s.elapsed.as_secs_f64(),
+        latency_ms: Latency::of(&s.hist),
+        gateway_cpu_s: s.cpu_secs,
+    }
+}
+
+/// Adds a stage's counts, time and CPU to the scenario.
+fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
+    r.ok = s.ok;
+    r.errors += s.errors;
+    r.elapsed_s += s.elapsed.as_secs_f64();
+    if let Some(c) = s.cpu_secs {
+        r.gateway_cpu_s = Some(r.gateway_cpu_s.unwrap_or(0.0) + c);
+    }
+    for e in &s.samples {
+        if r.error_samples.len() < 5 {
+            r.error_samples.push(e.clone());
+        }
+    }
+}
+
+fn finish(r: &mut ScenarioReport, pid: Option<u32>) {
+    if r.elapsed_s > 0.0 {
+        r.throughput_per_s = r.ok as f64 / r.elapsed_s;
+    }
+    if let Some(cpu) = r.gateway_cpu_s {
+        if r.ok > 0 {
+            r.gateway_cpu_ms_per_op = Some(cpu * 1000.0 / r.ok as f64);
+        }
+    }
+    r.gateway_rss_kib = pid.and_then(engine::rss_kib);
+}
+
+fn str_field(v: &Value, name: &str) -> Result<String, String> {
+    v[name]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no {name} in {v}"))
+}
+
+struct Admin<'a> {
+    http: &'a reqwest::Client,
+    base: &'a Url,
+    token: &'a str,
+}
+
+impl Admin<'_> {
+    async fn create(&self, path: &str, body: Value) -> Result<Value, String> {
+        let url = self.base.join(path).map_err(|e| e.to_string())?;
+        let resp = self
+            .http
+            .request(Method::POST, url)
+            .bearer_auth(self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status != StatusCode::CREATED {
+            return Err(format!("POST {path}: HTTP {status}: {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}"))
+    }
+
+    async fn saml_connection(&self, tenant: &str, body: Value) -> Result<SamlConn, String> {
+        let c = self
+            .create(&format!("/admin/v1/tenants/{tenant}/connections"), body)
+            .await?;
+        Ok(SamlConn {
+            id: str_field(&c, "id")?,
+            acs_url: str_field(&c, "acs_url")?,
+            sp_entity_id: str_field(&c, "sp_entity_id")?,
+        })
+    }
+}
+
+impl Inner {
+    fn email(&self, user: usize) -> String {
+        format!("user{}@{}", user % self.users, self.domain)
+    }
+
+    /// `GET /authorize` for a new browser (PKCE S256, `offline_access`);
+    /// reads what the gateway sent the IdP.
+    async fn authorize(&self, i: usize, saml: bool) -> Result<Pending, String> {
+        let verifier = b64url(&rand::random::<[u8; 32]>());
+        let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
+        let state = b64url(&rand::random::<[u8; 12]>());
+        let conn = if saml {
+            self.saml.id.as_str()
+        } else {
+            self.oidc_conn.as_str()
+        };
+        let mut url = self.base.join("/authorize").map_err(|e| e.to_string())?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.app.id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", "openid email profile offline_access")
+            .append_pair("state", &state)
+            .append_pair("nonce", &b64url(&rand::random::<[u8; 12]>()))
+            .append_pair("tenant", &self.tenant)
+            .append_pair("connection", conn)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        let resp = self.http.get(url).send().await.map_err(|e| format!("authorize: {e}"))?;
+        let to_idp = location(&resp, &self.base, "authorize")?;
+        let cookie = cookies(&resp);
+        if cookie.is_empty() {
+            return Err("authorize: no session cookie".into());
+        }
+        let mut pending = Pending {
+            user: i,
+            cookie,
+            state,
+            verifier,
+            request_id: String::new(),
+            relay_state: None,
+            upstream_state: None,
+        };
+        if saml {
+            let req = query(&to_idp, "SAMLRequest").ok_or("authorize: no SAMLRequest")?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(req)
+                .map_err(|e| format!("authorize: SAMLRequest base64: {e}"))?;
+            let mut xml = String::new();
+            flate2::read::DeflateDecoder::new(raw.as_slice())
+                .read_to_string(&mut xml)
+                .map_err(|e| format!("authorize: SAMLRequest deflate: {e}"))?;
+            pending.request_id = attr(&xml, "ID").ok_or("authorize: AuthnRequest without ID")?;
+            pending.relay_state = query(&to_idp, "RelayState");
+        } else {
+            if !to_idp.as_str().starts_with(self.upstream.issuer()) {
+                return Err(format!("authorize: sent to {to_idp}, not the upstream"));
+            }
+            pending.request_id = query(&to_idp, "nonce").ok_or("authorize: no nonce upstream")?;
+            pending.upstream_state = Some(query(&to_idp, "state").ok_or("authorize: no state upstream")?);
+        }
+        Ok(pending)
+    }
+
+    /// The IdP's answers to `pendings` (signed Responses or minted ID
+    /// tokens), made on every CPU the generator may use, untimed. Keeps the
+    /// `/authorize` latency of each.
+    fn answer_all(&self, pendings: Vec<(usize, Pending, u64)>, saml: bool) -> (Vec<(u64, Answered)>, Vec<String>) {
+        let chunk = pendings.len().div_ceil(self.signers).max(1);
+        let mut input: Vec<Vec<(usize, Pending, u64)>> = Vec::new();
+        let mut it = pendings.into_iter();
+        loop {
+            let c: Vec<_> = it.by_ref().take(chunk).collect();
+            if c.is_empty() {
+                break;
+            }
+            input.push(c);
+        }
+        let results: Vec<Vec<Result<(u64, Answered), String>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = input
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        c.into_iter()
+                            .map(|(_, p, micros)| self.answer(p, saml).map(|a| (micros, a)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| vec![Err("signer thread panicked".into())]))
+                .collect()
+        });
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(a) => ok.push(a),
+                Err(e) => errors.push(e),
+            }
+        }
+        (ok, errors)
+    }
+
+    fn answer(&self, pending: Pending, saml: bool) -> Result<Answered, String> {
+        let email = self.email(pending.user);
+        let answer = if saml {
+            let xml = self
+                .idp
+                .response(&ResponseSpec {
+                    acs_url: &self.saml.acs_url,
+                    audience: &self.saml.sp_entity_id,
+                    in_response_to: Some(&pending.request_id),
+                    email: &email,
+                })
+                .map_err(|e| e.to_string())?;
+            acs_form(&xml, pending.relay_state.as_deref())
+        } else {
+            let sub = format!("user{}", pending.user % self.users);
+            self.upstream
+                .mint(&self.upstream_client_id, &sub, &email, &pending.request_id)?
+        };
+        Ok(Answered { pending, answer })
+    }
+
+    /// `n` IdP-initiated Responses as ACS form bodies, signed on every CPU
+    /// the generator may use.
+    fn sign_idp_initiated(&self, n: usize) -> Result<Vec<String>, String> {
+        let per = n.div_ceil(self.signers).max(1);
+        let parts: Vec<Result<Vec<String>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.signers)
+                .map(|t| {
+                    s.spawn(move || {
+                        let from = t * per;
+                        (from..(from + per).min(n))
+                            .map(|i| {
+                                let email = self.email(i);
+                                let xml = self
+                                    .idp
+                                    .response(&ResponseSpec {
+                                        acs_url: &self.saml_idp_init.acs_url,
+                                        audience: &self.saml_idp_init.sp_entity_id,
+                                        in_response_to: None,
+                                        email: &email,
+                                    })
+                                    .map_err(|e| e.to_string())?;
+                                Ok(acs_form(&xml, None))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("signer thread panicked".into())))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n);
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
+    }
+
+    /// Posts an ACS form; expects the 303 to the continuation.
+    async fn post_acs(&self, conn: &SamlConn, body: String) -> Result<Url, String> {
+        let resp = self
+            .http
+            .post(&conn.acs_url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("acs: {e}"))?;
+        if resp.status() != StatusCode::SEE_OTHER {
+            let status = resp.status();
+            let text: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+            return Err(format!("acs: HTTP {status} (expected 303): {text}"));
+        }
+        let next = location(&resp, &self.base, "acs")?;
+        if !next.path().ends_with("/continue") {
+            return Err(format!("acs: sent to {next}, not the continuation"));
+        }
+        Ok(next)
+    }
+
+    /// The rest of a sign-in: the IdP's answer to the gateway, back to the
+    /// app with a code, the code redeemed.
+    async fn finish_signin(&self, item: &Answered, saml: bool) -> Result<(), String> {
+        let p = &item.pending;
+        let back = if saml {
+            let next = self.post_acs(&self.saml, item.answer.clone()).await?;
+            self.http.get(next).header(COOKIE, &p.cookie).send().await
+        } else {
+            let mut cb = self
+                .base
+                .join(&format!("/oidc/{}/{}/callback", self.tenant, self.oidc_conn))
+                .map_err(|e| e.to_string())?;
+            cb.query_pairs_mut()
+                .append_pair("code", &item.answer)
+                .append_pair("state", p.upstream_state.as_deref().unwrap_or_default());
+            self.http.get(cb).header(COOKIE, &p.cookie).send().await
+        }
+        .map_err(|e| format!("back to the gateway: {e}"))?;
+        let what = if saml { "continue" } else { "callback" };
+        let to_app = location(&back, &self.base, what)?;
+        if !to_app.as_str().starts_with(&self.redirect_uri) {
+            return Err(format!("{what}: sent to {to_app}, not the app"));
+        }
+        if query(&to_app, "state").as_deref() != Some(p.state.as_str()) {
+            return Err(format!("{what}: state not returned to the app: {to_app}"));
+        }
+        let code = query(&to_app, "code").ok_or_else(|| format!("{what}: no code in {to_app}"))?;
+        self.redeem(&code, &p.verifier).await.map(|_| ())
+    }
+
+    /// The code grant with PKCE; returns the tokens and the ID token's `alg`.
+    async fn redeem(&self, code: &str, verifier: &str) -> Result<(Tokens, Option<String>), String> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("code_verifier", verifier)
+            .finish();
+        let v = self.token(&self.app, body, "token (code)").await?;
+        if !v["id_token"].is_string() {
+            return Err(format!("token (code): no id_token in {v}"));
+        }
+        let alg = v["id_token"]
+            .as_str()
+            .and_then(|t| t.split('.').next())
+            .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok())
+            .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+            .and_then(|h| h["alg"].as_str().map(str::to_owned));
+        Ok((
+            Tokens {
+                access: str_field(&v, "access_token")?,
+                refresh: v["refresh_token"].as_str().map(str::to_owned),
+            },
+            alg,
+        ))
+    }
+
+    /// POSTs to `/token` as `app`; expects 200 and an access token.
+    async fn token(&self, app: &App, body: String, what: &str) -> Result<Value, String> {
+        let resp = self
+            .http
+            .post(self.base.join("/token").map_err(|e| e.to_string())?)
+            .header(AUTHORIZATION, app.basic())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| format!("{what}: {e}"))?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "{what}: HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            ));
+        }
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{what}: {e}"))?;
+        if !v["access_token"].is_string() {
+            return Err(format!("{what}: no access_token"));
+        }
+        Ok(v)
+    }
+
+    /// One whole SAML sign-in, untimed (setup).
+    async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>), String> {
+        let p = self.authorize(i, true).await?;
+        let a = self.answer(p, true)?;
+        let next = self.post_acs(&self.saml, a.answer.clone()).await?;
+        let back = self
+            .http
+            .get(next)
+            .header(COOKIE, &a.pending.cookie)
+            .send()
+            .await
+            .map_err(|e| format!("continue: {e}"))?;
+        let to_app = location(&back, &self.base, "continue")?;
+        let code = query(&to_app, "code").ok_or_else(|| format!("continue: no code in {to_app}"))?;
+        let (t, alg) = self.redeem(&code, &a.pending.verifier).await?;
+        if t.refresh.is_none() {
+            return Err("token (code): no refresh_token for offline_access".into());
+        }
+        Ok((t, alg))
+    }
+
+    /// One operation of the scenarios that need no preparation.
+    async fn simple(&self, s: Scenario, i: usize) -> Result<(), String> {
+        let tokens = self.tokens.get().map(Vec::as_slice).unwrap_or_default();
+        let pick = |i: usize| tokens.get(i % tokens.len().max(1)).ok_or("no tokens");
+        match s {
+            Scenario::Jwks | Scenario::Discovery => {
+                let path = if s == Scenario::Jwks {
+                    "/jwks"
+                } else {
+                    "/.well-known/openid-configuration"
+                };
+                let resp = self
+                    .http
+                    .get(self.base.join(path).map_err(|e| e.to_string())?)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{path}: {e}"))?;
+                let status = resp.status();
+                let body = resp.bytes().await.map_err(|e| format!("{path}: {e}"))?;
+                if status != StatusCode::OK || body.is_empty() {
+                    return Err(format!("{path}: HTTP {status}"));
+                }
+                Ok(())
+            }
+            Scenario::Userinfo => {
+                let access = pick(i)?.lock().await.access.clone();
+                let resp = self
+                    .http
+                    .get(self.base.join("/userinfo").map_err(|e| e.to_string())?)
+                    .bearer_auth(access)
+                    .send()
+                    .await
+                    .map_err(|e| format!("userinfo: {e}"))?;
+                let status = resp.status();
+                let v: Value = resp.json().await.map_err(|e| format!("userinfo: {e}"))?;
+                if status != StatusCode::OK || !v["sub"].is_string() {
+                    return Err(format!("userinfo: HTTP {status}: {v}"));
+                }
+                Ok(())
+            }
+            Scenario::Introspect => {
+                let access = pick(i)?.lock().await.access.clone();
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("token", &access)
+                    .finish();
+                let resp = self
+                    .http
+                    .post(self.base.join("/introspect").map_err(|e| e.to_string())?)
+                    .header(AUTHORIZATION, self.app.basic())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("introspect: {e}"))?;
+                let status = resp.status();
+                let v: Value = resp.json().await.map_err(|e| format!("introspect: {e}"))?;
+                if status != StatusCode::OK || v["active"] != json!(true) {
+                    return Err(format!("introspect: HTTP {status}: {v}"));
+                }
+                Ok(())
+            }
+            Scenario::Refresh => {
+                let mut chain = pick(i)?.lock().await;
+                let refresh = chain.refresh.clone().ok_or("refresh: chain has no refresh token")?;
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", &refresh)
+                    .finish();
+                let v = self.token(&self.app, body, "token (refresh)").await?;
+                let next = str_field(&v, "refresh_token").map_err(|_| "token (refresh): not rotated".to_owned())?;
+                *chain = Tokens {
+                    access: str_field(&v, "access_token")?,
+                    refresh: Some(next),
+                };
+                Ok(())
+            }
+            Scenario::ClientCredentials => {
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "client_credentials")
+                    .append_pair("scope", &self.api_scope)
+                    .finish();
+                self.token(&self.worker, body, "token (client_credentials)")
+                    .await
+                    .map(|_| ())
+            }
+            Scenario::SamlSignin | Scenario::SamlAcs | Scenario::OidcSignin => {
+                Err(format!("{} is not a simple scenario", s.name()))
+            }
+        }
+    }
+}
+
+/// The HTTP-POST binding's form body.
+fn acs_form(xml: &str, relay_state: Option<&str>) -> String {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    f.append_pair(
+        "SAMLResponse",
+        &base64::engine::general_purpose::STANDARD.encode(xml.as_bytes()),
+    );
+    if let Some(r) = relay_state {
+        f.append_pair("RelayState", r);
+    }
+    f.finish()
+}
+
+/// `name="value"` of the first element carrying it (the AuthnRequest's ID).
+fn attr(xml: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = xml.find(&needle)? + needle.len();
+    let rest = xml.get(start..)?;
+    Some(rest.get(..rest.find('"')?)?.to_owned())
+}

@@ -1,0 +1,397 @@
+//! `portcullis-load`: drives whole sign-ins and the token endpoints of a
+//! running Portcullis gateway over HTTP and reports throughput, latency
+//! percentiles (HdrHistogram) and the gateway's CPU time per operation.
+//!
+//! The generator sets up what it needs through the admin API (a tenant of
+//! its own, SAML and OIDC connections to IdPs it runs itself, an app, a
+//! worker app and a resource server), then runs each scenario: a warm-up
+//! that is not recorded, then the measured window. See `docs/PERFORMANCE.md`.
+
+pub mod engine;
+pub mod flows;
+pub mod saml_idp;
+pub mod upstream;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use std::time::Duration;
+
+/// The scenarios, in the order `all` runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// `/authorize` → AuthnRequest → signed Response → ACS → continue → `/token` (code + PKCE).
+    SamlSignin,
+    /// The ACS alone with IdP-initiated (unsolicited) signed Responses.
+    SamlAcs,
+    /// `/authorize` → upstream OIDC → callback (code exchange, ID token) → `/token`.
+    OidcSignin,
+    /// The refresh grant, each chain rotating its refresh token.
+    Refresh,
+    /// `GET /userinfo` with an access token.
+    Userinfo,
+    /// `POST /introspect` of an access token by its app.
+    Introspect,
+    /// The `client_credentials` grant for an API.
+    ClientCredentials,
+    /// `GET /jwks`.
+    Jwks,
+    /// `GET /.well-known/openid-configuration`.
+    Discovery,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 9] = [
+        Scenario::SamlSignin,
+        Scenario::SamlAcs,
+        Scenario::OidcSignin,
+        Scenario::Refresh,
+        Scenario::Userinfo,
+        Scenario::Introspect,
+        Scenario::ClientCredentials,
+        Scenario::Jwks,
+        Scenario::Discovery,
+    ];
+
+    /// The scenario's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SamlSignin => "saml-signin",
+            Scenario::SamlAcs => "saml-acs",
+            Scenario::OidcSignin => "oidc-signin",
+            Scenario::Refresh => "refresh",
+            Scenario::Userinfo => "userinfo",
+            Scenario::Introspect => "introspect",
+            Scenario::ClientCredentials => "client-credentials",
+            Scenario::Jwks => "jwks",
+            Scenario::Discovery => "discovery",
+        }
+    }
+}
+
+/// The gateway's token signing algorithm (`[tokens] algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Alg {
+    /// RSA-2048 PKCS#1 v1.5 with SHA-256.
+    #[value(name = "RS256")]
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    #[value(name = "ES256")]
+    ES256,
+    /// Ed25519.
+    #[value(name = "EdDSA")]
+    EdDSA,
+}
+
+impl Alg {
+    /// The JOSE name.
+    pub fn jose(self) -> &'static str {
+        match self {
+            Alg::RS256 => "RS256",
+            Alg::ES256 => "ES256",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// The command line.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "portcullis-load",
+    args_override_self = true,
+    about = "Load generator for a running Portcullis gateway",
+    long_about = "Drives whole SAML and OIDC sign-ins and the token endpoints of a running \
+Portcullis gateway (on a Redis store) over HTTP; reports throughput, latency percentiles and the \
+gateway's CPU time per operation. Exits 1 if any request got an unexpected answer."
+)]
+pub struct Options {
+    /// The gateway's base URL (its public URL: the issuer).
+    #[arg(long, env = "PORTCULLIS_LOAD_URL")]
+    pub url: url::Url,
+    /// The platform admin token (sets up the tenant, connections and apps).
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Scenarios to run (comma-separated); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// The gateway's token algorithm; when given, checked against the
+    /// tokens the gateway issues (it is the gateway's configuration,
+    /// `[tokens] algorithm`, not something the generator can choose).
+    #[arg(long, value_enum)]
+    pub alg: Option<Alg>,
+    /// Closed loop: this many concurrent workers (ignored with `--rate`).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Open loop: this many operations per second, latency measured from
+    /// each operation's intended start (coordinated omission corrected).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds measured per scenario.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of unrecorded warm-up per scenario.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// The gateway's process id, for its CPU time and RSS (`/proc/<pid>`).
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+    /// Pin the generator to these CPUs (e.g. `1` or `1,2`), like `taskset -c`.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Tokio worker threads (default: the CPUs the generator may run on).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Distinct users the sign-ins cycle through.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// `saml-acs` in closed loop: IdP-initiated responses signed ahead of
+    /// the window (default 2,000 per second of `--duration`; the window ends
+    /// early, with a warning, if they run out). Open loop signs rate × duration.
+    #[arg(long)]
+    pub pool: Option<usize>,
+    /// Open loop: at most this many operations in flight.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Write the JSON report here (`-` for stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+}
+
+impl Options {
+    /// Options for `url` and `admin_token` with the command line's defaults.
+    pub fn new(url: url::Url, admin_token: &str) -> Options {
+        Options::parse_from(["portcullis-load", "--url", url.as_str(), "--admin-token", admin_token])
+    }
+
+    /// The scenarios to run.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        if self.scenario.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            self.scenario.clone()
+        }
+    }
+
+    /// The issuing mode.
+    pub fn mode(&self) -> engine::Mode {
+        match self.rate {
+            Some(r) => engine::Mode::Open(r),
+            None => engine::Mode::Closed(self.concurrency.max(1)),
+        }
+    }
+
+    /// The measured window.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.0))
+    }
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p99_9: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles of a histogram in microseconds.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// One timed stage of a scenario (sign-ins have two: `/authorize`, then the
+/// IdP's answer onwards).
+#[derive(Serialize, Clone, Debug)]
+pub struct StageReport {
+    /// What the stage does.
+    pub name: String,
+    /// Successful operations.
+    pub ok: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Seconds.
+    pub elapsed_s: f64,
+    /// Latency of the stage's operations.
+    pub latency_ms: Latency,
+    /// Gateway CPU seconds in the stage.
+    pub gateway_cpu_s: Option<f64>,
+}
+
+/// The result of one scenario.
+#[derive(Serialize, Clone, Debug)]
+pub struct ScenarioReport {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// `closed` or `open`.
+    pub mode: String,
+    /// Closed loop: workers.
+    pub concurrency: Option<usize>,
+    /// Open loop: target operations per second.
+    pub rate: Option<f64>,
+    /// Completed operations (whole sign-ins for the sign-in scenarios).
+    pub ok: u64,
+    /// Operations that got an unexpected answer or none.
+    pub errors: u64,
+    /// The first few error messages.
+    pub error_samples: Vec<String>,
+    /// Seconds the gateway was driven (timed stages only).
+    pub elapsed_s: f64,
+    /// Completed operations per second.
+    pub throughput_per_s: f64,
+    /// Per-operation latency (a sign-in: the sum of its stages).
+    pub latency_ms: Latency,
+    /// Gateway CPU seconds (user + system) over the timed stages.
+    pub gateway_cpu_s: Option<f64>,
+    /// Gateway CPU milliseconds per completed operation.
+    pub gateway_cpu_ms_per_op: Option<f64>,
+    /// Gateway resident set size at the end, KiB.
+    pub gateway_rss_kib: Option<u64>,
+    /// Untimed preparation (signing responses, minting ID tokens), seconds.
+    pub prepare_s: f64,
+    /// The timed stages.
+    pub stages: Vec<StageReport>,
+}
+
+impl ScenarioReport {
+    /// The one summary line.
+    pub fn line(&self) -> String {
+        let load = match (self.concurrency, self.rate) {
+            (_, Some(r)) => format!("rate={r}"),
+            (Some(c), None) => format!("c={c}"),
+            (None, None) => String::new(),
+        };
+        let cpu = self
+            .gateway_cpu_ms_per_op
+            .map(|c| format!("{c:.3} ms/op"))
+            .unwrap_or_else(|| "n/a".into());
+        format!(
+            "{:<18} {:<6} {:<10} ok={:<8} err={:<4} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}",
+            self.scenario.name(),
+            self.mode,
+            load,
+            self.ok,
+            self.errors,
+            self.throughput_per_s,
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.p99_9,
+            cpu
+        )
+    }
+}
+
+/// The whole run.
+#[derive(Serialize, Clone, Debug)]
+pub struct Report {
+    /// The gateway.
+    pub url: String,
+    /// The token algorithm the gateway's ID tokens carry.
+    pub gateway_alg: Option<String>,
+    /// The gateway's pid, if given.
+    pub gateway_pid: Option<u32>,
+    /// The CPUs the generator was pinned to (empty: not pinned).
+    pub generator_cpus: Vec<usize>,
+    /// `/proc/loadavg` when the run started.
+    pub load_average: String,
+    /// Measured seconds per scenario.
+    pub duration_s: f64,
+    /// Warm-up seconds per scenario.
+    pub warmup_s: f64,
+    /// Clock ticks per second used for CPU times.
+    pub clock_ticks: f64,
+    /// One entry per scenario.
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+impl Report {
+    /// Failed operations over all scenarios.
+    pub fn errors(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.errors).sum()
+    }
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpus`.
+pub fn pin(cpus: &[usize]) -> Result<(), String> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it
+    // for indices below CPU_SETSIZE (checked), and sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            if c >= libc::CPU_SETSIZE as usize {
+                return Err(format!("cpu {c} out of range"));
+            }
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!("sched_setaffinity: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Sets up and runs every scenario of `opts`, printing each summary line as
+/// it completes.
+pub async fn run(opts: &Options) -> Result<Report, String> {
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let world = flows::World::setup(opts).await?;
+    if let (Some(want), Some(got)) = (opts.alg, &world.gateway_alg) {
+        if want.jose() != got {
+            return Err(format!(
+                "--alg {} but the gateway signs its tokens with {got} (set `[tokens] algorithm`)",
+                want.jose()
+            ));
+        }
+    }
+    let mut scenarios = Vec::new();
+    for s in opts.scenarios() {
+        if opts.warmup > 0.0 {
+            let _discarded = world.scenario(s, Duration::from_secs_f64(opts.warmup), false).await;
+        }
+        let r = world.scenario(s, opts.window(), true).await;
+        println!("{}", r.line());
+        for e in &r.error_samples {
+            eprintln!("portcullis-load: {}: {e}", s.name());
+        }
+        scenarios.push(r);
+    }
+    Ok(Report {
+        url: opts.url.to_string(),
+        gateway_alg: world.gateway_alg.clone(),
+        gateway_pid: opts.gateway_pid,
+        generator_cpus: opts.cpus.clone(),
+        load_average,
+        duration_s: opts.duration,
+        warmup_s: opts.warmup,
+        clock_ticks: engine::clock_ticks(),
+        scenarios,
+    })
+}

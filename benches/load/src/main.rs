@@ -1,0 +1,48 @@
+//! `portcullis-load`: see the library documentation and `docs/PERFORMANCE.md`.
+
+use clap::Parser as _;
+use portcullis_load::{pin, run, Options};
+
+fn main() {
+    let opts = Options::parse();
+    // Before the runtime starts its threads, so they all inherit it.
+    if let Err(e) = pin(&opts.cpus) {
+        eprintln!("portcullis-load: cannot pin to {:?}: {e}", opts.cpus);
+        std::process::exit(2);
+    }
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis-load: tokio runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let report = match rt.block_on(run(&opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis-load: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if path == "-" {
+            println!("{text}");
+        } else if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("portcullis-load: writing {path}: {e}");
+            std::process::exit(2);
+        }
+    }
+    let errors = report.errors();
+    if errors > 0 {
+        eprintln!("portcullis-load: {errors} operations got an unexpected answer: the numbers are not valid");
+        std::process::exit(1);
+    }
+}

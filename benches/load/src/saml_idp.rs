@@ -1,0 +1,213 @@
+//! A test SAML IdP that signs many Responses cheaply and honestly.
+//!
+//! Each Response is a fresh document (its own Response and Assertion IDs,
+//! `InResponseTo` of the AuthnRequest it answers, instants of the moment it
+//! is signed) whose Assertion carries an enveloped XML-DSig signature:
+//! RSA-SHA256 over exclusive-C14N, SHA-256 digest, as real IdPs send.
+//!
+//! The cheap part: the Assertion and the `SignedInfo` are *written* directly
+//! in their exclusive-C14N form (sorted attributes, explicit end tags, one
+//! namespace declaration on the apex element, no whitespace between
+//! elements, nothing that needs escaping), so signing is one SHA-256 over the
+//! Assertion, one SHA-256 and one RSA-2048 signature over `SignedInfo`, and
+//! no XML parsing at all. The honest part: nothing about the check is
+//! relaxed. The gateway verifies every signature with xmlsec against the
+//! certificate in the connection's metadata, canonicalising itself; a byte
+//! that was not canonical would break the digest and the run would report
+//! the rejections as errors.
+
+use base64::Engine as _;
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::sign::Signer;
+use openssl::x509::{X509NameBuilder, X509};
+use sha2::{Digest, Sha256};
+
+const SAML: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+const SAMLP: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
+
+/// The IdP's signing key and certificate.
+pub struct SamlIdp {
+    /// The IdP's entity id (the `Issuer` of every Response).
+    pub entity_id: String,
+    key: PKey<Private>,
+    cert_b64: String,
+}
+
+/// What one Response is about.
+pub struct ResponseSpec<'a> {
+    /// The connection's ACS URL (`Destination`, `Recipient`).
+    pub acs_url: &'a str,
+    /// The connection's SP entity id (the `Audience`).
+    pub audience: &'a str,
+    /// The AuthnRequest answered; `None` for an IdP-initiated Response.
+    pub in_response_to: Option<&'a str>,
+    /// The user's email address (NameID and `email` attribute).
+    pub email: &'a str,
+}
+
+/// An error while making keys or signing.
+#[derive(Debug)]
+pub struct SignError(pub String);
+
+impl std::fmt::Display for SignError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SAML IdP: {}", self.0)
+    }
+}
+
+impl From<openssl::error::ErrorStack> for SignError {
+    fn from(e: openssl::error::ErrorStack) -> Self {
+        SignError(e.to_string())
+    }
+}
+
+/// A random SAML ID: `_` and 32 hex digits.
+pub fn saml_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let mut s = String::with_capacity(33);
+    s.push('_');
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Whether `s` can be written as C14N text or attribute value unchanged.
+fn plain(s: &str) -> bool {
+    !s.contains(['&', '<', '>', '"', '\r', '\n', '\t'])
+}
+
+impl SamlIdp {
+    /// A fresh RSA-2048 key and a self-signed certificate for it.
+    pub fn generate(entity_id: &str) -> Result<Self, SignError> {
+        let rsa = Rsa::generate(2048)?;
+        let key = PKey::from_rsa(rsa)?;
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_text("CN", "portcullis-load test IdP")?;
+        let name = name.build();
+        let mut b = X509::builder()?;
+        b.set_version(2)?;
+        let mut serial = BigNum::new()?;
+        serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
+        let serial = serial.to_asn1_integer()?;
+        b.set_serial_number(&serial)?;
+        b.set_subject_name(&name)?;
+        b.set_issuer_name(&name)?;
+        b.set_pubkey(&key)?;
+        b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+        b.set_not_after(&*Asn1Time::days_from_now(3650)?)?;
+        b.sign(&key, MessageDigest::sha256())?;
+        let cert = b.build();
+        let cert_b64 = base64::engine::general_purpose::STANDARD.encode(cert.to_der()?);
+        Ok(Self {
+            entity_id: entity_id.to_owned(),
+            key,
+            cert_b64,
+        })
+    }
+
+    /// The IdP metadata an admin would paste into the connection: the
+    /// signing certificate and an HTTP-Redirect SSO endpoint (`sso_url`; the
+    /// generator never goes there, it reads the AuthnRequest from the
+    /// redirect).
+    pub fn metadata(&self, sso_url: &str) -> String {
+        format!(
+            "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"{DS}\" entityID=\"{}\">\
+             <md:IDPSSODescriptor protocolSupportEnumeration=\"{SAMLP}\">\
+             <md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate>\
+             </ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+             <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{sso_url}\"/>\
+             </md:IDPSSODescriptor></md:EntityDescriptor>",
+            self.entity_id, self.cert_b64
+        )
+    }
+
+    /// A signed Response (the Assertion signed), issued now.
+    pub fn response(&self, spec: &ResponseSpec<'_>) -> Result<String, SignError> {
+        for v in [spec.acs_url, spec.audience, spec.email, &self.entity_id]
+            .into_iter()
+            .chain(spec.in_response_to)
+        {
+            if !plain(v) {
+                return Err(SignError(format!("{v:?} would need escaping")));
+            }
+        }
+        #[allow(clippy::disallowed_methods)] // A test IdP stamps the real time.
+        let now = chrono::Utc::now();
+        let ts = |secs: i64| (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (issued, not_before, not_after) = (ts(0), ts(-60), ts(600));
+        let (response_id, assertion_id) = (saml_id(), saml_id());
+        let irt = spec
+            .in_response_to
+            .map(|id| format!(" InResponseTo=\"{id}\""))
+            .unwrap_or_default();
+        let issuer = format!("<saml:Issuer>{}</saml:Issuer>", self.entity_id);
+        // Everything after the Issuer, in canonical form.
+        let rest = format!(
+            "<saml:Subject><saml:NameID Format=\"urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\">{email}</saml:NameID>\
+             <saml:SubjectConfirmation Method=\"urn:oasis:names:tc:SAML:2.0:cm:bearer\">\
+             <saml:SubjectConfirmationData{irt} NotOnOrAfter=\"{not_after}\" Recipient=\"{acs}\"></saml:SubjectConfirmationData>\
+             </saml:SubjectConfirmation></saml:Subject>\
+             <saml:Conditions NotBefore=\"{not_before}\" NotOnOrAfter=\"{not_after}\"><saml:AudienceRestriction>\
+             <saml:Audience>{audience}</saml:Audience></saml:AudienceRestriction></saml:Conditions>\
+             <saml:AuthnStatement AuthnInstant=\"{issued}\" SessionIndex=\"_s{assertion_id}\"><saml:AuthnContext>\
+             <saml:AuthnContextClassRef>urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport</saml:AuthnContextClassRef>\
+             </saml:AuthnContext></saml:AuthnStatement>\
+             <saml:AttributeStatement>\
+             <saml:Attribute Name=\"email\"><saml:AttributeValue>{email}</saml:AttributeValue></saml:Attribute>\
+             <saml:Attribute Name=\"firstName\"><saml:AttributeValue>Ada</saml:AttributeValue></saml:Attribute>\
+             <saml:Attribute Name=\"lastName\"><saml:AttributeValue>Lovelace</saml:AttributeValue></saml:Attribute>\
+             <saml:Attribute Name=\"groups\"><saml:AttributeValue>engineering</saml:AttributeValue>\
+             <saml:AttributeValue>load</saml:AttributeValue></saml:Attribute>\
+             </saml:AttributeStatement></saml:Assertion>",
+            email = spec.email,
+            acs = spec.acs_url,
+            audience = spec.audience,
+        );
+        let open = format!(
+            "<saml:Assertion xmlns:saml=\"{SAML}\" ID=\"{assertion_id}\" IssueInstant=\"{issued}\" Version=\"2.0\">"
+        );
+        // The enveloped-signature transform removes the Signature, so the
+        // digest is over the Assertion without it.
+        let mut h = Sha256::new();
+        h.update(open.as_bytes());
+        h.update(issuer.as_bytes());
+        h.update(rest.as_bytes());
+        let digest = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+        let signed_info = |ns: &str| {
+            format!(
+                "<ds:SignedInfo{ns}><ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\">\
+                 </ds:CanonicalizationMethod><ds:SignatureMethod Algorithm=\"http://www.w3.org/2001/04/xmldsig-more#rsa-sha256\">\
+                 </ds:SignatureMethod><ds:Reference URI=\"#{assertion_id}\"><ds:Transforms>\
+                 <ds:Transform Algorithm=\"http://www.w3.org/2000/09/xmldsig#enveloped-signature\"></ds:Transform>\
+                 <ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"></ds:Transform></ds:Transforms>\
+                 <ds:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"></ds:DigestMethod>\
+                 <ds:DigestValue>{digest}</ds:DigestValue></ds:Reference></ds:SignedInfo>"
+            )
+        };
+        // Exclusive C14N of SignedInfo as the apex: it declares `ds` itself.
+        let canonical_si = signed_info(&format!(" xmlns:ds=\"{DS}\""));
+        let mut signer = Signer::new(MessageDigest::sha256(), &self.key)?;
+        signer.update(canonical_si.as_bytes())?;
+        let sig = base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec()?);
+        let signature = format!(
+            "<ds:Signature xmlns:ds=\"{DS}\">{}<ds:SignatureValue>{sig}</ds:SignatureValue>\
+             <ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate></ds:X509Data></ds:KeyInfo>\
+             </ds:Signature>",
+            signed_info(""),
+            self.cert_b64
+        );
+        Ok(format!(
+            "<samlp:Response xmlns:samlp=\"{SAMLP}\" xmlns:saml=\"{SAML}\" Destination=\"{acs}\" ID=\"{response_id}\"{irt} \
+             IssueInstant=\"{issued}\" Version=\"2.0\">{issuer}<samlp:Status>\
+             <samlp:StatusCode Value=\"urn:oasis:names:tc:SAML:2.0:status:Success\"></samlp:StatusCode></samlp:Status>\
+             {open}{issuer}{signature}{rest}</samlp:Response>",
+            acs = spec.acs_url,
+        ))
+    }
+}
