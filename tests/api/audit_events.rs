@@ -162,7 +162,10 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
         .unwrap();
     assert_eq!(resp.status(), 400);
     let bogus_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_ne!(bogus_id, "req-bogus-callback-1", "a browser does not choose its request id");
+    assert_ne!(
+        bogus_id, "req-bogus-callback-1",
+        "a browser does not choose its request id"
+    );
     assert!(!bogus_id.is_empty());
 
     // A disabled user signing in again: refused after the IdP said yes.
