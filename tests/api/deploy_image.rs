@@ -94,6 +94,9 @@ async fn the_image_builds_and_its_binary_signs_in_as_the_numeric_user() {
         // Dev mode on a Redis store is refused unless forced: this is a test.
         ("PORTCULLIS_DEV_FORCE", "true".into()),
         ("PORTCULLIS_ADMIN_TOKEN", "image-test-admin-token-0123456789".into()),
+        // The test gateways' master key: they share the suite's Redis (and
+        // its signing keyset) with this one.
+        ("PORTCULLIS_MASTER_KEY", crate::support::app::TEST_MASTER_KEY.into()),
         ("PORTCULLIS_LOG_FORMAT", "text".into()),
     ] {
         env.retain(|(name, _)| name != k);
