@@ -280,9 +280,11 @@ impl Broker {
                 "callback.unknown_connection",
             ));
         };
-        let connector = match self
+        // The record read here also answers whether the connection is
+        // active, below: one read of it per callback.
+        let (connector, record) = match self
             .connectors
-            .get(&self.tenants, &self.upstream, &tenant, &connection)
+            .get_with_record(&self.tenants, &self.upstream, &tenant, &connection)
             .await
         {
             Ok(c) => c,
@@ -333,14 +335,10 @@ impl Broker {
         if let Some((p, test)) = pending.as_ref().and_then(|p| p.test.as_ref().map(|t| (p, t))) {
             return Err(self.finish_test(connector, p, test, &params).await);
         }
-        match self.is_active(&tenant, &connection).await {
-            Ok(true) => {}
-            Ok(false) => {
-                self.record_failure(&tenant, Some(&connection), "callback.connection_not_active")
-                    .await;
-                return Err(super::testing::not_active(&tenant, &connection));
-            }
-            Err(e) => return Err(unavailable(e)),
+        if record.status != crate::upstream::ConnectionStatus::Active {
+            self.record_failure(&tenant, Some(&connection), "callback.connection_not_active")
+                .await;
+            return Err(super::testing::not_active(&tenant, &connection));
         }
         let request = match &pending {
             Some(p) => p.request.clone(),
