@@ -515,8 +515,9 @@ impl TenantRegistry {
         c: &ConnectionId,
     ) -> Result<Option<String>, RegistryError> {
         let (record_key, incarnation_key) = (connection_key(t, c), connection_incarnation_key(t, c));
-        let (record, incarnation) = tokio::try_join!(self.store.get(&record_key), self.store.get(&incarnation_key))?;
-        if record.is_none() {
+        // Only whether the record is there: it is not transferred.
+        let (record, incarnation) = tokio::try_join!(self.store.exists(&record_key), self.store.get(&incarnation_key))?;
+        if !record {
             return Ok(None);
         }
         // A connection stored before incarnations existed (or one whose

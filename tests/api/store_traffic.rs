@@ -82,6 +82,10 @@ impl Store for Counting {
         self.count("get", key, opt_len(&v));
         Ok(v)
     }
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        self.count("exists", key, 0);
+        self.inner.exists(key).await
+    }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.count("put", key, value.len());
         self.inner.put(key, value, ttl).await
