@@ -381,10 +381,24 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        let identity = self.tenants.vouch_email(&tenant, identity).await;
+        // The tenant, read once for both the email vouching and the MFA
+        // rule. Unreadable, the sign-in fails (503): nothing is relaxed.
+        let stored_tenant = match self.tenants.get(&tenant).await {
+            Ok(t) => t,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let identity = match &stored_tenant {
+            Some(t) => crate::tenant::vouch_email(t, identity),
+            // A tenant gone meanwhile vouches for nothing; provisioning
+            // refuses the sign-in below.
+            None => Identity {
+                email_verified: Some(false),
+                ..identity
+            },
+        };
         // MFA required by the tenant or the app: the answer must show it.
         let mfa = crate::upstream::shows_mfa(&identity, &connector.mfa_contexts());
-        match self.mfa_required(&tenant, &request.client_id).await {
+        match self.mfa_required(stored_tenant.as_ref(), &request.client_id).await {
             Ok(true) if !mfa => {
                 self.record_failure(&tenant, Some(&connection), "login.mfa_required")
                     .await;

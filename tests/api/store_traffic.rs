@@ -320,6 +320,14 @@ async fn measure(
         let (mut last_server, mut last_reply) = ServerStats::read(&mut con);
         let mut seen: Vec<(&'static str, Tally, ServerStats)> = Vec::new();
         let mut mark = |stage: &'static str| {
+            if stage == "authorize" && i == 0 {
+                // The pending login exists only between authorize and the answer.
+                let (n, bytes) = memory(&mut con, "traffic:{t:*:login}:pending:*");
+                println!(
+                    "memory pending login ({}): {n} key(s), {bytes} B",
+                    if saml { "SAML" } else { "OIDC" }
+                );
+            }
             let ops = tally.lock().unwrap().clone();
             let (server, reply) = ServerStats::read(&mut con);
             seen.push((stage, ops.minus(&last_ops), server.since(&last_server, last_reply)));
@@ -429,22 +437,24 @@ async fn one_sign_in_costs_few_store_round_trips() {
     }
     const N: usize = 10;
     let saml = measure(&world, &tally, &server.url(), true, N).await;
-    let (saml_trips, _, _) = print("SAML sign-in", &saml, N as u64);
+    let (saml_trips, saml_bytes, _) = print("SAML sign-in", &saml, N as u64);
     let oidc = measure(&world, &tally, &server.url(), false, N).await;
-    let (oidc_trips, _, _) = print("OIDC sign-in", &oidc, N as u64);
+    let (oidc_trips, oidc_bytes, _) = print("OIDC sign-in", &oidc, N as u64);
 
     // What a sign-in leaves in Redis, per kind of key.
     let mut con = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
     for (what, pattern) in [
-        ("SSO session", "traffic:*:sso:*"),
-        ("pending login", "traffic:*:pending:*"),
-        ("refresh token", "traffic:*:rt:*"),
-        ("refresh family", "traffic:*:rtfam:*"),
-        ("user", "traffic:*:user:*"),
+        ("SSO session", "traffic:{t:*:sso}:session:*"),
+        ("SSO session families", "traffic:{t:*:sso}:families:*"),
+        ("refresh family", "traffic:{t:*:rf:*}:family"),
+        ("refresh token", "traffic:{t:*:rf:*}:tok*"),
+        ("user", "traffic:{t:*:users}:user:*"),
+        ("code-used marker", "traffic:{t:*:codes}:used:*"),
+        ("SAML replay entry", "traffic:{t:*:saml-replay}:*"),
     ] {
         let (n, bytes) = memory(&mut con, pattern);
         println!(
-            "memory {what:<15} keys {n:>4}  total {bytes:>7} B  per key {:>5} B",
+            "memory {what:<20} keys {n:>4}  total {bytes:>7} B  per key {:>5} B",
             bytes / n.max(1)
         );
     }
@@ -477,6 +487,12 @@ async fn one_sign_in_costs_few_store_round_trips() {
         println!("keys {g:<40} {n:>5} keys {b:>8} B  ({} B each)", b / n.max(1));
     }
 
-    assert!(saml_trips <= 100, "SAML sign-in: {saml_trips} round trips");
-    assert!(oidc_trips <= 100, "OIDC sign-in: {oidc_trips} round trips");
+    // Regression guards (counts, not timings), at what this change left
+    // (before it: 69 and 62 round trips, 75 KB and 31 KB of keys and
+    // values: the SAML connection's record, metadata and PEMs included, was
+    // read five times per authorize and four times per ACS).
+    assert!(saml_trips <= 64, "SAML sign-in: {saml_trips} store round trips");
+    assert!(oidc_trips <= 58, "OIDC sign-in: {oidc_trips} store round trips");
+    assert!(saml_bytes <= 35_000, "SAML sign-in: {saml_bytes} B of keys and values");
+    assert!(oidc_bytes <= 18_000, "OIDC sign-in: {oidc_bytes} B of keys and values");
 }
