@@ -385,7 +385,7 @@ impl Broker {
             // Chosen above among the active records: cannot happen.
             return unavailable(StoreError::Corrupt(format!("connection {connection} vanished")));
         };
-        self.begin_upstream(req, tenant.id, record, require_mfa).await
+        self.begin_upstream(req, &tenant, record, require_mfa).await
     }
 
     async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
@@ -443,10 +443,11 @@ impl Broker {
     async fn begin_upstream(
         &self,
         req: AuthRequest,
-        tenant: TenantId,
+        tenant_record: &Tenant,
         record: crate::upstream::Connection,
         require_mfa: bool,
     ) -> Outcome {
+        let tenant = tenant_record.id.clone();
         let connection = record.id.clone();
         let connector = match self.connectors.for_record(&record, &self.upstream) {
             Ok(c) => c,
@@ -464,7 +465,9 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
-        let incarnation = match self.tenants.incarnation(&tenant, &connection).await {
+        // The tenant record resolved for this request gives the tenant's
+        // incarnation; only the connection's is read.
+        let incarnation = match self.tenants.incarnation_of(tenant_record, &connection).await {
             Ok(crate::tenant::Liveness::Live(inc)) => inc,
             Ok(_) => {
                 return page(

@@ -507,6 +507,19 @@ impl TenantRegistry {
         }))
     }
 
+    /// Like [`Self::incarnation`], for a tenant record the caller has just
+    /// read from the store in this request (never one kept in memory): only
+    /// the connection's incarnation is read.
+    pub async fn incarnation_of(&self, tenant: &Tenant, c: &ConnectionId) -> Result<Liveness, RegistryError> {
+        let Some(connection) = self.connection_incarnation(&tenant.id, c).await? else {
+            return Ok(Liveness::ConnectionGone);
+        };
+        Ok(Liveness::Live(Incarnation {
+            tenant: tenant.incarnation.clone(),
+            connection,
+        }))
+    }
+
     /// The current incarnation of the connection `c` of `t`, `None` if the
     /// connection does not exist.
     pub async fn connection_incarnation(
