@@ -280,9 +280,11 @@ impl Broker {
                 "callback.unknown_connection",
             ));
         };
-        let connector = match self
+        // The record read here also answers whether the connection is
+        // active, below: one read of it per callback.
+        let (connector, record) = match self
             .connectors
-            .get(&self.tenants, &self.upstream, &tenant, &connection)
+            .get_with_record(&self.tenants, &self.upstream, &tenant, &connection)
             .await
         {
             Ok(c) => c,
@@ -333,14 +335,10 @@ impl Broker {
         if let Some((p, test)) = pending.as_ref().and_then(|p| p.test.as_ref().map(|t| (p, t))) {
             return Err(self.finish_test(connector, p, test, &params).await);
         }
-        match self.is_active(&tenant, &connection).await {
-            Ok(true) => {}
-            Ok(false) => {
-                self.record_failure(&tenant, Some(&connection), "callback.connection_not_active")
-                    .await;
-                return Err(super::testing::not_active(&tenant, &connection));
-            }
-            Err(e) => return Err(unavailable(e)),
+        if record.status != crate::upstream::ConnectionStatus::Active {
+            self.record_failure(&tenant, Some(&connection), "callback.connection_not_active")
+                .await;
+            return Err(super::testing::not_active(&tenant, &connection));
         }
         let request = match &pending {
             Some(p) => p.request.clone(),
@@ -383,10 +381,24 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        let identity = self.tenants.vouch_email(&tenant, identity).await;
+        // The tenant, read once for both the email vouching and the MFA
+        // rule. Unreadable, the sign-in fails (503): nothing is relaxed.
+        let stored_tenant = match self.tenants.get(&tenant).await {
+            Ok(t) => t,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let identity = match &stored_tenant {
+            Some(t) => crate::tenant::vouch_email(t, identity),
+            // A tenant gone meanwhile vouches for nothing; provisioning
+            // refuses the sign-in below.
+            None => Identity {
+                email_verified: Some(false),
+                ..identity
+            },
+        };
         // MFA required by the tenant or the app: the answer must show it.
         let mfa = crate::upstream::shows_mfa(&identity, &connector.mfa_contexts());
-        match self.mfa_required(&tenant, &request.client_id).await {
+        match self.mfa_required(stored_tenant.as_ref(), &request.client_id).await {
             Ok(true) if !mfa => {
                 self.record_failure(&tenant, Some(&connection), "login.mfa_required")
                     .await;

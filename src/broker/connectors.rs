@@ -4,7 +4,7 @@
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::TenantRegistry;
-use crate::upstream::{self, Connector, UpstreamContext, UpstreamError};
+use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +25,19 @@ impl ConnectorCache {
         tenant: &TenantId,
         connection: &ConnectionId,
     ) -> Result<Arc<dyn Connector>, UpstreamError> {
+        Ok(self.get_with_record(tenants, ctx, tenant, connection).await?.0)
+    }
+
+    /// Like [`Self::get`], and also answers the stored record the connector
+    /// was checked against, so that the request reads it once (its status,
+    /// for instance, needs no second read).
+    pub async fn get_with_record(
+        &self,
+        tenants: &TenantRegistry,
+        ctx: &UpstreamContext,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> Result<(Arc<dyn Connector>, Connection), UpstreamError> {
         let stored = tenants
             .connection(tenant, connection)
             .await
@@ -36,7 +49,17 @@ impl ConnectorCache {
                     format!("no connection {tenant}/{connection}"),
                 )
             })?;
-        let key = (tenant.clone(), connection.clone());
+        let built = self.for_record(&stored, ctx)?;
+        Ok((built, stored))
+    }
+
+    /// The connector for `stored`, a record the caller has just read from
+    /// the store in this request: the cached connector when it was built
+    /// from the same revision, else a new one. The record must be fresh
+    /// (read for this request), never one kept in memory: that read is what
+    /// re-validates the cache.
+    pub fn for_record(&self, stored: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn Connector>, UpstreamError> {
+        let key = (stored.tenant.clone(), stored.id.clone());
         {
             let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((rev, c)) = map.get(&key) {
@@ -45,7 +68,7 @@ impl ConnectorCache {
                 }
             }
         }
-        let built = upstream::build(&stored, ctx)?;
+        let built = upstream::build(stored, ctx)?;
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(key, (stored.revision, built.clone()));
         Ok(built)

@@ -7,6 +7,7 @@ use super::{error_to_app, Broker, Outcome};
 use crate::broker::authorize::AuthRequest;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreError;
+use crate::tenant::Tenant;
 use crate::upstream::Identity;
 
 const MFA_MISSING: &str = "This application requires multi-factor authentication, but your identity provider did not report one. Sign in again with a second factor, or ask your IT administrator to require it for this application.";
@@ -15,14 +16,10 @@ impl Broker {
     /// Whether the tenant or the app requires MFA, as stored now (so a
     /// change counts for logins already under way). A tenant or app that
     /// cannot be read does not relax anything: the store error fails the login.
-    pub(super) async fn mfa_required(&self, tenant: &TenantId, client_id: &str) -> Result<bool, StoreError> {
-        let tenant_requires = match self.tenants.get(tenant).await {
-            Ok(t) => t.is_some_and(|t| t.settings.require_mfa),
-            Err(crate::tenant::RegistryError::Store(e)) => return Err(e),
-            // Other registry errors do not occur on a read; a missing tenant
-            // is refused later by provisioning.
-            Err(_) => false,
-        };
+    /// `tenant` is the tenant's record as the caller read it for this answer
+    /// (`None`: gone; a missing tenant is refused later by provisioning).
+    pub(super) async fn mfa_required(&self, tenant: Option<&Tenant>, client_id: &str) -> Result<bool, StoreError> {
+        let tenant_requires = tenant.is_some_and(|t| t.settings.require_mfa);
         if tenant_requires {
             return Ok(true);
         }

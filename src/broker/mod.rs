@@ -306,15 +306,27 @@ impl Broker {
             Err(e) => return unavailable(e),
         };
         // portal: only active connections serve users (pending_test and
-        // disabled ones are neither chosen nor offered).
-        let mut active_ids = Vec::new();
-        for c in &connection_ids {
-            match self.is_active(&tenant.id, c).await {
-                Ok(true) => active_ids.push(c.clone()),
-                Ok(false) => {}
-                Err(e) => return unavailable(e),
+        // disabled ones are neither chosen nor offered). With a connection
+        // named, only that one is read (its record also re-validates the
+        // cached connector below); without, every connection's status.
+        let wanted: Vec<ConnectionId> = match &req.connection {
+            Some(c) => ConnectionId::parse(c)
+                .ok()
+                .filter(|c| connection_ids.contains(c))
+                .into_iter()
+                .collect(),
+            None => connection_ids.clone(),
+        };
+        let mut active = Vec::new();
+        for c in &wanted {
+            match self.tenants.connection(&tenant.id, c).await {
+                Ok(Some(record)) if record.status == crate::upstream::ConnectionStatus::Active => active.push(record),
+                Ok(_) => {}
+                Err(crate::tenant::RegistryError::Store(e)) => return unavailable(e),
+                Err(e) => return unavailable(StoreError::Corrupt(e.to_string())),
             }
         }
+        let active_ids: Vec<ConnectionId> = active.iter().map(|r| r.id.clone()).collect();
         let connection = match &req.connection {
             Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
                 Some(c) if active_ids.contains(&c) => c,
@@ -369,7 +381,11 @@ impl Broker {
         if req.prompt_none {
             return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
         }
-        self.begin_upstream(req, tenant.id, connection, require_mfa).await
+        let Some(record) = active.into_iter().find(|r| r.id == connection) else {
+            // Chosen above among the active records: cannot happen.
+            return unavailable(StoreError::Corrupt(format!("connection {connection} vanished")));
+        };
+        self.begin_upstream(req, &tenant, record, require_mfa).await
     }
 
     async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
@@ -427,15 +443,13 @@ impl Broker {
     async fn begin_upstream(
         &self,
         req: AuthRequest,
-        tenant: TenantId,
-        connection: ConnectionId,
+        tenant_record: &Tenant,
+        record: crate::upstream::Connection,
         require_mfa: bool,
     ) -> Outcome {
-        let connector = match self
-            .connectors
-            .get(&self.tenants, &self.upstream, &tenant, &connection)
-            .await
-        {
+        let tenant = tenant_record.id.clone();
+        let connection = record.id.clone();
+        let connector = match self.connectors.for_record(&record, &self.upstream) {
             Ok(c) => c,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
@@ -451,7 +465,9 @@ impl Broker {
             Ok(b) => b,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
-        let incarnation = match self.tenants.incarnation(&tenant, &connection).await {
+        // The tenant record resolved for this request gives the tenant's
+        // incarnation; only the connection's is read.
+        let incarnation = match self.tenants.incarnation_of(tenant_record, &connection).await {
             Ok(crate::tenant::Liveness::Live(inc)) => inc,
             Ok(_) => {
                 return page(

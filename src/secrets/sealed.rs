@@ -317,6 +317,11 @@ impl Store for SealedStore {
         }
     }
 
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        // Whether a value is there needs no unsealing.
+        self.inner.exists(key).await
+    }
+
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let sealed = self.seal(key, value)?;
         self.inner.put(key, &sealed, ttl).await

@@ -84,6 +84,10 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("delete", self.inner.delete(key)).await
     }
 
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        measured("exists", self.inner.exists(key)).await
+    }
+
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         measured("set_add", self.inner.set_add(key, member, ttl)).await
     }

@@ -100,6 +100,14 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a value.
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether a value exists at `key`, without transferring it (`EXISTS`
+    /// on Redis): for records read only to learn that they are there. The
+    /// default reads the value; wrappers forward it so the backend's own
+    /// answers.
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        Ok(self.get(key).await?.is_some())
+    }
+
     /// Writes a value, replacing any previous one.
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
 

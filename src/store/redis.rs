@@ -843,6 +843,17 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        let found: i64 = self
+            .query(
+                redis::cmd("EXISTS").arg(self.key(key)),
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
+        Ok(found > 0)
+    }
+
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);

@@ -507,6 +507,19 @@ impl TenantRegistry {
         }))
     }
 
+    /// Like [`Self::incarnation`], for a tenant record the caller has just
+    /// read from the store in this request (never one kept in memory): only
+    /// the connection's incarnation is read.
+    pub async fn incarnation_of(&self, tenant: &Tenant, c: &ConnectionId) -> Result<Liveness, RegistryError> {
+        let Some(connection) = self.connection_incarnation(&tenant.id, c).await? else {
+            return Ok(Liveness::ConnectionGone);
+        };
+        Ok(Liveness::Live(Incarnation {
+            tenant: tenant.incarnation.clone(),
+            connection,
+        }))
+    }
+
     /// The current incarnation of the connection `c` of `t`, `None` if the
     /// connection does not exist.
     pub async fn connection_incarnation(
@@ -515,8 +528,9 @@ impl TenantRegistry {
         c: &ConnectionId,
     ) -> Result<Option<String>, RegistryError> {
         let (record_key, incarnation_key) = (connection_key(t, c), connection_incarnation_key(t, c));
-        let (record, incarnation) = tokio::try_join!(self.store.get(&record_key), self.store.get(&incarnation_key))?;
-        if record.is_none() {
+        // Only whether the record is there: it is not transferred.
+        let (record, incarnation) = tokio::try_join!(self.store.exists(&record_key), self.store.get(&incarnation_key))?;
+        if !record {
             return Ok(None);
         }
         // A connection stored before incarnations existed (or one whose

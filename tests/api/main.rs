@@ -48,6 +48,7 @@ mod serving;
 mod store_conformance;
 mod store_outage;
 mod store_topologies;
+mod store_traffic;
 mod tenant_files;
 mod tenants_admin;
 mod throttle;

@@ -110,6 +110,7 @@ macro_rules! all_cases {
         conformance!($backend:
             get_put_delete_roundtrip,
             put_overwrites,
+            exists_answers_presence_without_the_value,
             values_expire_after_their_ttl,
             put_if_absent_writes_once,
             take_returns_the_value_once,
@@ -164,6 +165,23 @@ async fn put_overwrites(b: &Backend) {
     s.put(&k, b"first", Some(LONG)).await.unwrap();
     s.put(&k, b"second", Some(LONG)).await.unwrap();
     assert_eq!(s.get(&k).await.unwrap(), Some(b"second".to_vec()));
+}
+
+async fn exists_answers_presence_without_the_value(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "config", "exists");
+    let short = Key::tenant("acme", "config", "exists-short");
+    assert!(!s.exists(&k).await.unwrap());
+    s.put(&k, b"", None).await.unwrap();
+    // An empty value is still a value.
+    assert!(s.exists(&k).await.unwrap());
+    s.put(&short, b"v", Some(SHORT)).await.unwrap();
+    assert!(s.exists(&short).await.unwrap());
+    b.pass(PAST_SHORT).await;
+    // An expired key is absent, a deleted one too.
+    assert!(!s.exists(&short).await.unwrap());
+    assert!(s.delete(&k).await.unwrap());
+    assert!(!s.exists(&k).await.unwrap());
 }
 
 async fn values_expire_after_their_ttl(b: &Backend) {

@@ -277,6 +277,51 @@ impl World {
         Ok(World { inner, gateway_alg })
     }
 
+    /// One whole sign-in of user `user`, untimed, calling `mark` with each
+    /// stage's name right after that stage's request was answered (SAML:
+    /// `authorize`, `acs`, `continue`, `token`; OIDC: `authorize`,
+    /// `callback`, `token`), so a caller can attribute what happened in
+    /// between (the store traffic test counts Redis commands per stage).
+    pub async fn sign_in_stepwise(
+        &self,
+        user: usize,
+        saml: bool,
+        mark: &mut (dyn FnMut(&'static str) + Send),
+    ) -> Result<(), String> {
+        let w = &self.inner;
+        let p = w.authorize(user, saml).await?;
+        mark("authorize");
+        let a = w.answer(p, saml)?;
+        let back = if saml {
+            let next = w.post_acs(&w.saml, a.answer.clone()).await?;
+            mark("acs");
+            w.http.get(next).header(COOKIE, &a.pending.cookie).send().await
+        } else {
+            let mut cb = w
+                .base
+                .join(&format!("/oidc/{}/{}/callback", w.tenant, w.oidc_conn))
+                .map_err(|e| e.to_string())?;
+            cb.query_pairs_mut()
+                .append_pair("code", &a.answer)
+                .append_pair("state", a.pending.upstream_state.as_deref().unwrap_or_default());
+            w.http.get(cb).header(COOKIE, &a.pending.cookie).send().await
+        }
+        .map_err(|e| format!("back to the gateway: {e}"))?;
+        let what = if saml { "continue" } else { "callback" };
+        let to_app = location(&back, &w.base, what)?;
+        mark(what);
+        if query(&to_app, "state").as_deref() != Some(a.pending.state.as_str()) {
+            return Err(format!("{what}: state not returned to the app: {to_app}"));
+        }
+        let code = query(&to_app, "code").ok_or_else(|| format!("{what}: no code in {to_app}"))?;
+        let (t, _) = w.redeem(&code, &a.pending.verifier).await?;
+        mark("token");
+        if t.refresh.is_none() {
+            return Err("token (code): no refresh_token for offline_access".into());
+        }
+        Ok(())
+    }
+
     /// Runs `scenario` for `window` (`record` only labels the warm-up).
     pub async fn scenario(&self, scenario: Scenario, window: Duration, record: bool) -> ScenarioReport {
         let w = &self.inner;

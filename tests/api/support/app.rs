@@ -8,6 +8,10 @@ use url::Url;
 
 /// A settings adjustment that may capture values.
 pub type Configure = std::sync::Arc<dyn Fn(&mut Settings) + Send + Sync>;
+/// A wrapper put around the store the gateway opened (e.g. one that counts
+/// operations), before the gateway is built on it.
+pub type WrapStore =
+    std::sync::Arc<dyn Fn(portcullis::store::SharedStore) -> portcullis::store::SharedStore + Send + Sync>;
 /// The master key of test gateways (`<id>:<base64 of 32 bytes>`).
 pub const TEST_MASTER_KEY: &str = "test:dGVzdC1tYXN0ZXIta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
 
@@ -32,6 +36,8 @@ pub struct AppOptions {
     /// Adjusts the settings before start, with captured values (e.g. the
     /// Redis TLS files of a topology the test started).
     pub configure: Option<Configure>,
+    /// Wraps the opened store (the gateway sees only the wrapper).
+    pub wrap_store: Option<WrapStore>,
 }
 
 /// A running gateway.
@@ -117,6 +123,10 @@ pub async fn spawn_listening(options: AppOptions, public_url: impl FnOnce(u16) -
         None => Arc::new(SystemClock),
     };
     let store = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
+    let store = match &options.wrap_store {
+        Some(wrap) => wrap(store),
+        None => store,
+    };
     let state = portcullis::app::build(&settings, &resolved, store, clock)
         .await
         .unwrap();
