@@ -383,7 +383,11 @@ mod tests {
         ))
         .unwrap();
         assert!(!has_unsigned_comment(&doc.get_root_element().unwrap()));
-        for xml in ["<a><b>x<!---->y</b></a>", "<a><!-- c --><b/></a>", "<a><b><c><!----></c></b></a>"] {
+        for xml in [
+            "<a><b>x<!---->y</b></a>",
+            "<a><!-- c --><b/></a>",
+            "<a><b><c><!----></c></b></a>",
+        ] {
             let doc = parse_strict(xml).unwrap();
             assert!(has_unsigned_comment(&doc.get_root_element().unwrap()), "{xml}");
         }
