@@ -71,11 +71,12 @@ async fn attacker_key_in_key_info_is_not_trusted() {
 }
 
 /// The classic attack: a comment injected after signing. Exclusive c14n
-/// ignores comments, so the signature alone still verifies; samael's
-/// reduction then finds the document differs from the signed content and
-/// refuses it, so a truncated `admin@corp.test` can never come out. (That a
-/// comment never shortens a value we read is the unit test
-/// `xml::tests::comment_does_not_truncate_text`.)
+/// ignores comments, so the signature alone still verifies; a comment inside
+/// the signed element is never signed, so the response is refused
+/// (`xml::has_unsigned_comment`), and a truncated `admin@corp.test` can never
+/// come out. (That a comment never shortens a value we read is the unit test
+/// `xml::tests::comment_does_not_truncate_text`; what is read after
+/// verification is the signed canonical form, without the comment.)
 #[tokio::test]
 async fn comment_injected_into_name_id_is_refused() {
     let x = xml("comment_in_name_id");

@@ -8,8 +8,8 @@
 //!
 //! Policy decisions worth knowing:
 //! * Only the connection's metadata certificates verify signatures (never
-//!   KeyInfo), and only content xmlsec verified is read
-//!   (`ReduceMode::ValidateAndMarkNoAncestors`).
+//!   KeyInfo), and only content xmlsec verified is read: the canonical bytes
+//!   its digest covered (`ReduceMode::PreDigest`), parsed again.
 //! * When the Assertion is signed, its signature is the one verified and the
 //!   Response's is ignored (Response fields can then only reject). Otherwise
 //!   the Response must be signed and name its `Destination`; an unsigned

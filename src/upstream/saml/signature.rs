@@ -4,8 +4,10 @@
 //! puts it (a direct child of the Response or of the Assertion), reference
 //! exactly its parent by id, and use only allowed algorithms and transforms.
 //! xmlsec then verifies against the connection's certificates only (KeyInfo
-//! in the message is never used as a key) and reduces the document to what
-//! the signatures cover (`ReduceMode::ValidateAndMarkNoAncestors`).
+//! in the message is never used as a key) and hands back exactly the bytes the
+//! signature's digest covers (`ReduceMode::PreDigest`): the canonical form of
+//! the signed element, without its enveloped signature. Those bytes are what
+//! the rest of the ACS reads.
 
 use super::reason::SamlReason;
 use super::validate::Reject;
@@ -132,8 +134,18 @@ pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlg
     Ok(())
 }
 
-/// Verifies every signature of `xml` against `certs` and returns the
-/// document reduced to signed content.
+/// Verifies the one signature of `xml_text` against `certs` and returns
+/// what it signs: xmlsec's pre-digest buffer of its one Reference, the
+/// canonical form of the signed element without the enveloped signature.
+///
+/// This is the signed content by construction (the digest is computed over
+/// these very bytes), so nothing unsigned can survive into what is read
+/// afterwards. It is also the cheapest reduction samael offers: no fragment
+/// re-parse, pruning or re-serialization of the whole document. Callers
+/// hand over a document with exactly one signature whose one Reference
+/// points at its parent with only enveloped and canonicalization transforms
+/// ([`check_signature`]): samael refuses documents whose signatures leave
+/// more than one candidate, and the caller checks the result's root and id.
 pub(crate) fn verify_and_reduce(
     xml_text: &str,
     certs: &[CertificateDer],
@@ -145,7 +157,7 @@ pub(crate) fn verify_and_reduce(
     samael::crypto::XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
         xml_text,
         certs,
-        ReduceMode::ValidateAndMarkNoAncestors,
+        ReduceMode::PreDigest,
         samael_list.as_deref(),
     )
     .map_err(|e| {

@@ -175,10 +175,20 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     if form_value.len() > MAX_FORM_BYTES {
         return Err(Reject::new(SamlReason::TooLarge, "SAMLResponse exceeds the size limit"));
     }
-    let compact: String = form_value.split_whitespace().collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(compact.as_bytes())
-        .map_err(|_| Reject::new(SamlReason::Malformed, "SAMLResponse is not base64"))?;
+    // Line-wrapped base64 (some IdPs wrap at 64 or 76 columns) is joined
+    // first; a value of base64 characters only (the usual case, and then
+    // there is nothing to join) is decoded as it is, without a copy.
+    let engine = base64::engine::general_purpose::STANDARD;
+    let plain = form_value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    let decoded = if plain {
+        engine.decode(form_value.as_bytes())
+    } else {
+        let compact: String = form_value.split_whitespace().collect();
+        engine.decode(compact.as_bytes())
+    };
+    let bytes = decoded.map_err(|_| Reject::new(SamlReason::Malformed, "SAMLResponse is not base64"))?;
     if bytes.len() > MAX_XML_BYTES {
         return Err(Reject::new(
             SamlReason::TooLarge,
@@ -253,14 +263,28 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     // on (stripping it is always open to an attacker). It is taken out before
     // verification: real IdPs (the Okta capture) send Response signatures that
     // intermediaries broke while the Assertion's own stays intact. xmlsec is
-    // handed the Assertion as a document of its own (`xml::standalone`: the
-    // signed element must be the root, or samael leaks the rest).
+    // handed the Assertion as a document of its own (`xml::standalone`), so
+    // the Response signature is not in what it verifies. What comes back is
+    // the canonical form of the signed element (`signature::verify_and_reduce`),
+    // parsed once more below: the only parse after the first.
     let response_signed = response_signed && !assertion_signed_raw;
+    // The element whose signature is verified carries no comment: none is
+    // ever signed (`xml::has_unsigned_comment`).
+    let signed_element = if assertion_signed_raw {
+        Some(&raw_assertion)
+    } else if response_signed {
+        Some(&raw)
+    } else {
+        None
+    };
+    if signed_element.is_some_and(xml::has_unsigned_comment) {
+        return Err(Reject::new(
+            SamlReason::SignatureInvalid,
+            "a comment inside the signed element is not covered by the signature",
+        ));
+    }
     let reduced_text = if assertion_signed_raw {
-        let doc = parse(&text)?;
-        let assertion = xml::child(&root(&doc)?, SAML, "Assertion")
-            .ok_or_else(|| Reject::new(SamlReason::AssertionCount, "no assertion"))?;
-        let alone = xml::standalone(&doc, assertion)
+        let alone = xml::standalone(&raw_doc, &raw_assertion)
             .map_err(|_| Reject::new(SamlReason::Malformed, "the assertion cannot be serialized on its own"))?;
         Some(signature::verify_and_reduce(&alone, p.certs, p.allowed)?)
     } else if response_signed {
@@ -389,6 +413,12 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         return Err(Reject::new(
             SamlReason::SignatureInvalid,
             "a signature sits inside the assertion content",
+        ));
+    }
+    if signed && xml::has_unsigned_comment(&a) {
+        return Err(Reject::new(
+            SamlReason::SignatureInvalid,
+            "a comment inside the signed assertion is not covered by its signature",
         ));
     }
     if signed {

@@ -170,9 +170,10 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
 /// `xs` in `xsi:type="xs:string"`, need exactly this). The ancestors' `xml:`
 /// attributes are not carried over: a signature that depended on them fails.
 ///
-/// `node` is changed (its declarations added): pass a throwaway parse, and
-/// hold no other handle on `node` (libxml refuses to change a shared node).
-pub(crate) fn standalone(doc: &Document, mut node: Node) -> Result<String, ParseError> {
+/// `node` gains those declarations. They repeat what is already in scope
+/// there, so every name in `doc` resolves as before and the caller may keep
+/// reading `doc` afterwards (no second parse is needed for this).
+pub(crate) fn standalone(doc: &Document, node: &Node) -> Result<String, ParseError> {
     let mut seen: std::collections::HashSet<String> = node
         .get_namespace_declarations()
         .iter()
@@ -192,9 +193,63 @@ pub(crate) fn standalone(doc: &Document, mut node: Node) -> Result<String, Parse
         ancestor = a.get_parent();
     }
     for (prefix, href) in missing {
-        libxml::tree::Namespace::new(&prefix, &href, &mut node).map_err(|_| ParseError::Malformed)?;
+        let href = std::ffi::CString::new(href).map_err(|_| ParseError::Malformed)?;
+        let prefix_c = std::ffi::CString::new(prefix.as_str()).map_err(|_| ParseError::Malformed)?;
+        // The default namespace is declared with a null prefix.
+        let prefix_ptr = if prefix.is_empty() {
+            std::ptr::null()
+        } else {
+            prefix_c.as_ptr().cast()
+        };
+        // SAFETY: `node` is an element of `doc`, alive for this call; this
+        // thread owns the document (`Node` is `!Send`) and no Rust reference
+        // into its namespace list is held across the call. `xmlNewNs` copies
+        // both strings and links the declaration into the node, which frees
+        // it with the document. The `libxml` crate's safe wrapper refuses
+        // while other `Node` handles exist, which is a borrow rule of its
+        // own, not a libxml2 one.
+        let ns = unsafe { libxml::bindings::xmlNewNs(node.node_ptr(), href.as_ptr().cast(), prefix_ptr) };
+        if ns.is_null() {
+            return Err(ParseError::Malformed);
+        }
     }
-    Ok(doc.node_to_string(&node))
+    Ok(doc.node_to_string(node))
+}
+
+/// Whether a comment sits anywhere under the element `node`, outside its
+/// own (direct child) `ds:Signature`.
+///
+/// A same-document Reference (`URI="#id"`, the only kind we accept) never
+/// covers comments, whatever the canonicalization (XML Signature 1.1,
+/// §4.4.3.3), so a comment inside a signed element was not signed: it is
+/// how `admin@corp.test<!---->.evil.test` gets past a signature over
+/// `admin@corp.test.evil.test`. What we read after verification is the
+/// signed canonical form, where the comment is gone, but a document someone
+/// changed after signing is refused all the same.
+pub(crate) fn has_unsigned_comment(node: &Node) -> bool {
+    let mut stack: Vec<libxml::bindings::xmlNodePtr> = node
+        .get_child_nodes()
+        .into_iter()
+        .filter(|c| !is(c, DS, "Signature"))
+        .map(|c| c.node_ptr())
+        .collect();
+    while let Some(p) = stack.pop() {
+        // SAFETY: `p` is a node of `node`'s document, which outlives this
+        // call and is only read here, by the one thread that owns it.
+        let (kind, mut child) = unsafe { ((*p).type_, (*p).children) };
+        if kind == libxml::bindings::xmlElementType_XML_COMMENT_NODE {
+            return true;
+        }
+        if kind != libxml::bindings::xmlElementType_XML_ELEMENT_NODE {
+            continue;
+        }
+        while !child.is_null() {
+            stack.push(child);
+            // SAFETY: as above; `child` is a non-null member of a child list.
+            child = unsafe { (*child).next };
+        }
+    }
+    false
 }
 
 /// Whether `node` is the element `{ns}local`.
@@ -322,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn comments_below_a_signed_element_are_found_outside_its_signature() {
+        let doc = parse_strict(&format!(
+            "<a><ds:Signature xmlns:ds=\"{DS}\"><!-- own signature --></ds:Signature><b>x</b></a>"
+        ))
+        .unwrap();
+        assert!(!has_unsigned_comment(&doc.get_root_element().unwrap()));
+        for xml in [
+            "<a><b>x<!---->y</b></a>",
+            "<a><!-- c --><b/></a>",
+            "<a><b><c><!----></c></b></a>",
+        ] {
+            let doc = parse_strict(xml).unwrap();
+            assert!(has_unsigned_comment(&doc.get_root_element().unwrap()), "{xml}");
+        }
+    }
+
+    #[test]
     fn doctype_and_entities_refused() {
         assert_eq!(
             parse_strict("<!DOCTYPE a [<!ENTITY x \"y\">]><a>&x;</a>").err(),
@@ -374,7 +446,7 @@ mod tests {
         let xml = r#"<r:R xmlns:r="urn:r" xmlns:a="urn:far" xmlns:xs="urn:xs" xmlns="urn:default"><m xmlns:a="urn:near"><a:A xmlns:own="urn:own"><v type="xs:string">x</v></a:A></m></r:R>"#;
         let doc = parse_strict(xml).unwrap();
         let el = descendants(&doc.get_root_element().unwrap(), "urn:near", "A").remove(0);
-        let alone = standalone(&doc, el).unwrap();
+        let alone = standalone(&doc, &el).unwrap();
         let reparsed = parse_strict(&alone).unwrap();
         let root = reparsed.get_root_element().unwrap();
         assert!(is(&root, "urn:near", "A"), "{alone}");
@@ -406,7 +478,7 @@ mod tests {
         let xml = r#"<R xmlns="urn:default"><A xmlns=""><v/></A></R>"#;
         let doc = parse_strict(xml).unwrap();
         let el = doc.get_root_element().unwrap().get_child_elements().remove(0);
-        let alone = standalone(&doc, el).unwrap();
+        let alone = standalone(&doc, &el).unwrap();
         let reparsed = parse_strict(&alone).unwrap();
         let root = reparsed.get_root_element().unwrap();
         assert!(root.get_namespace().is_none(), "{alone}");
