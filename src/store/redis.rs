@@ -1109,13 +1109,15 @@ impl Store for RedisStore {
     async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
         // One script over one key, so an existing group (BUSYGROUP) is not
         // an error and any other refusal still is.
-        let cmd = redis::cmd("EVAL")
-            .arg(STREAM_GROUP_CREATE)
-            .arg(1)
-            .arg(self.key(key))
-            .arg(group)
-            .to_owned();
-        let _: i64 = self.run(&cmd).await?;
+        let _: i64 = self
+            .eval(
+                STREAM_GROUP_CREATE,
+                &[self.key(key)],
+                &[group.as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::None,
+            )
+            .await?;
         Ok(())
     }
 
