@@ -22,6 +22,18 @@
 //! same step with the reduction the connector used before
 //! (`ValidateAndMarkNoAncestors`: a fragment re-parse, pruning and a
 //! re-serialization of the document on top).
+//!
+//! `saml_scaling/*` measures how `complete` grows with the number of
+//! configured IdP certificates and with the size of the Response, on
+//! Responses signed for the run by the load generator's test IdP
+//! (`portcullis_load::saml_idp`, an RSA-2048 key, the Assertion signed):
+//! `certs_1` and `certs_3` are the same Response with the signing
+//! certificate configured alone or after two others (an EC one, which xmlsec
+//! refuses for an RSA signature without computing anything, and another RSA
+//! one, which costs a failed verification); `size_<n>k` grow the Response to
+//! about n KB through the user's e-mail address (NameID and attribute), so
+//! the parse, canonicalization, digest and the reads of the signed bytes
+//! all grow with it.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -237,9 +249,109 @@ fn bench_saml(c: &mut Criterion) {
     old.finish();
 }
 
+/// A connector for the load generator's test IdP and an IdP-initiated
+/// Response it signed now, with `extra_certs` other certificates configured
+/// ahead of the signing one and an e-mail address of about `email_len` bytes.
+async fn generated(extra_certs: usize, email_len: usize) -> (SamlConnector, CallbackParams, usize) {
+    use portcullis_load::saml_idp::{ResponseSpec, SamlIdp};
+    #[allow(clippy::disallowed_methods)] // The test IdP stamps the real time; the clock follows it.
+    let now = Utc::now();
+    let clock: SharedClock = Arc::new(ManualClock::at(now));
+    let ctx = UpstreamContext {
+        http: OutboundHttp::new(OutboundConfig::default()).unwrap(),
+        clock: clock.clone(),
+        store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Kept)),
+        public_url: url::Url::parse("https://sso.example.test/").unwrap(),
+        clock_skew_secs: 60,
+    };
+    let (tenant, conn_id) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("idp").unwrap());
+    let idp = SamlIdp::generate("https://idp.example.test/metadata").unwrap();
+    let body = serde_json::json!({
+        "metadata_xml": idp.metadata("https://idp.example.test/sso"),
+        "allow_idp_initiated": true,
+        "default_client_id": "app",
+        "redirect_uri": "https://app.example.test/cb",
+    });
+    let mut cfg = saml::setup(body, &ctx, &tenant, &conn_id).await.unwrap();
+    let others = [other_certificate(true), other_certificate(false)];
+    let mut certs: Vec<String> = others.iter().cycle().take(extra_certs).cloned().collect();
+    certs.extend(cfg.idp_certificates.iter().cloned());
+    cfg.idp_certificates = certs;
+    let sp_entity_id = "https://sso.example.test/saml/acme/idp".to_owned();
+    let acs = "https://sso.example.test/saml/acme/idp/acs".to_owned();
+    cfg.sp_entity_id = Some(sp_entity_id.clone());
+    cfg.acs_url = Some(acs.clone());
+    let conn = Connection {
+        id: conn_id,
+        tenant,
+        revision: 1,
+        status: portcullis::upstream::ConnectionStatus::Active,
+        kind: ConnectionKind::Saml(cfg.clone()),
+    };
+    let connector = SamlConnector::new(&conn, cfg, ctx).unwrap();
+    let email = format!("{}@example.test", "u".repeat(email_len.max(1)));
+    let xml = idp
+        .response(&ResponseSpec {
+            acs_url: &acs,
+            audience: &sp_entity_id,
+            in_response_to: None,
+            email: &email,
+        })
+        .unwrap();
+    let mut params = CallbackParams::default();
+    params.form.insert(
+        "SAMLResponse".into(),
+        base64::engine::general_purpose::STANDARD.encode(xml.as_bytes()),
+    );
+    (connector, params, xml.len())
+}
+
+/// A self-signed certificate (base64 DER) of a fresh EC P-256 or RSA-2048 key.
+fn other_certificate(ec: bool) -> String {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, x509};
+    let key = if ec {
+        let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap()
+    } else {
+        PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap()
+    };
+    let mut b = x509::X509Builder::new().unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(365).unwrap()).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap())
+}
+
+fn bench_scaling(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("saml_scaling");
+    let cases: [(&str, usize, usize); 5] = [
+        ("certs_1", 0, 16),
+        ("certs_3", 2, 16),
+        ("size_16k", 0, 6_400),
+        ("size_64k", 0, 30_400),
+        ("size_160k", 0, 78_400),
+    ];
+    for (name, extra, email_len) in cases {
+        // Signed right before its measurement: the clock is fixed at signing.
+        let (connector, params, bytes) = rt.block_on(generated(extra, email_len));
+        rt.block_on(connector.complete(None, &params))
+            .unwrap_or_else(|e| panic!("{name} ({bytes} bytes) rejected: {e}"));
+        eprintln!("saml_scaling/{name}: {bytes} bytes of XML");
+        group.bench_function(name, |b| {
+            b.iter(|| rt.block_on(connector.complete(None, &params)).unwrap())
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    targets = bench_saml
+    targets = bench_saml, bench_scaling
 }
 criterion_main!(benches);

@@ -40,6 +40,11 @@ const MEASURED: usize = 4_000;
 /// bytes a validation. The leak this guards against kept ~2,500; a correct
 /// build grows by under 30 KB in all.
 const BOUND: usize = 64 * MEASURED;
+/// Connector builds (per capture) measured after a warm-up of a quarter of that.
+const REBUILDS: usize = 100;
+/// Allowed growth over those builds: 32 bytes a build; one leaked xmlsec key
+/// (an `xmlSecKey`, its key data and the `EVP_PKEY`) is over 1 KB.
+const REBUILD_BOUND: usize = 32 * REBUILDS * VENDORS.len();
 /// The glibc tunable that turns the per-thread caches off.
 const NO_TCACHE: &str = "glibc.malloc.tcache_count=0";
 
@@ -81,6 +86,8 @@ struct Capture {
     connector: SamlConnector,
     params: CallbackParams,
     pending: Option<serde_json::Value>,
+    /// What the connector was built from, to build it again.
+    rebuild: (Connection, saml::SamlConfig, UpstreamContext),
 }
 
 /// The connection of `tests/api/saml_vendors.rs` for one capture, its clock
@@ -124,9 +131,10 @@ async fn capture(vendor: &str) -> Capture {
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     Capture {
-        connector: SamlConnector::new(&conn, cfg, ctx).unwrap(),
+        connector: SamlConnector::new(&conn, cfg.clone(), ctx.clone()).unwrap(),
         params: form(xml.as_bytes()),
         pending: attr_value(&xml, "InResponseTo").map(|id| pending(&id)),
+        rebuild: (conn, cfg, ctx),
     }
 }
 
@@ -175,6 +183,36 @@ async fn measure_saml_validations() {
          ({} per validation; at most {BOUND} in all allowed)",
         grown / MEASURED
     );
+
+    // Building a connector loads the IdP's keys into xmlsec (once per
+    // connector, `dsig::IdpKeys`); dropping it must free them, or every
+    // configuration change would keep them.
+    let rebuild = |captures: &mut Vec<Capture>| {
+        for cap in captures.iter_mut() {
+            let (conn, cfg, ctx) = &cap.rebuild;
+            cap.connector = SamlConnector::new(conn, cfg.clone(), ctx.clone()).unwrap();
+        }
+    };
+    for _ in 0..REBUILDS / 4 {
+        rebuild(&mut captures);
+    }
+    validate(&captures, VENDORS.len()).await;
+    let base = in_use();
+    for _ in 0..REBUILDS {
+        rebuild(&mut captures);
+    }
+    validate(&captures, VENDORS.len()).await;
+    let grown = in_use().saturating_sub(base);
+    println!(
+        "connectors: {} rebuilt: {grown} bytes kept, RSS {} KiB",
+        REBUILDS * VENDORS.len(),
+        rss_kib()
+    );
+    assert!(
+        grown < REBUILD_BOUND,
+        "{} connector builds kept {grown} bytes (at most {REBUILD_BOUND} allowed)",
+        REBUILDS * VENDORS.len()
+    );
 }
 
 #[test]
@@ -196,7 +234,7 @@ fn saml_validation_memory_is_flat() {
     assert!(out.status.success(), "the measurement failed:\n{stdout}\n{stderr}");
     // It ran, and measured: not a filter that matched nothing.
     assert!(
-        stdout.contains("1 passed") && stdout.matches("memory: after").count() == 5,
+        stdout.contains("1 passed") && stdout.matches("memory: after").count() == 5 && stdout.contains("connectors: "),
         "the measurement did not run:\n{stdout}"
     );
 }

@@ -37,6 +37,7 @@
 
 mod assertion;
 mod decrypt;
+mod dsig;
 mod keys;
 mod mapping;
 mod metadata;
@@ -59,7 +60,6 @@ use crate::store::Key;
 use async_trait::async_trait;
 use base64::Engine as _;
 use reason::SamlReason;
-use samael::crypto::CertificateDer;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use url::Url;
@@ -378,7 +378,8 @@ struct Inner {
     connection: String,
     sp_entity_id: String,
     acs_url: String,
-    certs: Vec<CertificateDer>,
+    /// The IdP's signing keys, loaded into xmlsec once for this connector.
+    idp_keys: dsig::IdpKeys,
     keys: keys::SpKeyMaterial,
     /// Every SP key that may decrypt: current, next, previous (with the
     /// moment the previous one stops counting).
@@ -413,12 +414,14 @@ impl SamlConnector {
                     .decode(b64.as_bytes())
                     .map_err(|_| config_error("an IdP certificate is not base64"))?;
                 openssl::x509::X509::from_der(&der).map_err(|_| config_error("an IdP certificate is not X.509"))?;
-                Ok(CertificateDer::from(der))
+                Ok(der)
             })
             .collect::<Result<Vec<_>, UpstreamError>>()?;
         if certs.is_empty() {
             return Err(config_error("no IdP signing certificate"));
         }
+        // Once per built connector (cached per stored revision), never per response.
+        let idp_keys = dsig::IdpKeys::load(&certs).map_err(config_error)?;
         if cfg.allowed_algorithms.is_empty() {
             return Err(config_error("no allowed signature algorithm"));
         }
@@ -446,7 +449,7 @@ impl SamlConnector {
                 connection: connection.id.to_string(),
                 sp_entity_id,
                 acs_url,
-                certs,
+                idp_keys,
                 keys,
                 decrypt_keys,
                 skew: chrono::Duration::seconds(skew_secs),
@@ -584,7 +587,7 @@ impl Connector for SamlConnector {
             let _permit = permit;
             let policy = validate::Policy {
                 idp_entity_id: &inner.cfg.idp_entity_id,
-                certs: &inner.certs,
+                keys: &inner.idp_keys,
                 allowed: &inner.cfg.allowed_algorithms,
                 sp_entity_id: &inner.sp_entity_id,
                 acs_url: &inner.acs_url,

@@ -3,17 +3,19 @@
 //! Before xmlsec runs, every `ds:Signature` must sit where the SAML profile
 //! puts it (a direct child of the Response or of the Assertion), reference
 //! exactly its parent by id, and use only allowed algorithms and transforms.
-//! xmlsec then verifies against the connection's certificates only (KeyInfo
-//! in the message is never used as a key) and hands back exactly the bytes the
-//! signature's digest covers (`ReduceMode::PreDigest`): the canonical form of
+//! xmlsec then verifies, in place in the document we parsed, against the
+//! connection's keys only (loaded once per connector, `dsig.rs`; KeyInfo in
+//! the message is never used as a key) and hands back exactly the bytes the
+//! signature's digest covers (the pre-digest buffer): the canonical form of
 //! the signed element, without its enveloped signature. Those bytes are what
 //! the rest of the ACS reads.
 
 use super::reason::SamlReason;
 use super::validate::Reject;
 use super::xml::{self, DS};
-use libxml::tree::Node;
-use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer, CryptoProvider as _, ReduceMode};
+use super::dsig::{self, IdpKeys};
+use libxml::tree::{Document, Node};
+use samael::crypto::AllowedSignatureAlgorithm;
 use serde::{Deserialize, Serialize};
 
 /// A signature algorithm a connection may accept.
@@ -134,36 +136,21 @@ pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlg
     Ok(())
 }
 
-/// Verifies the one signature of `xml_text` against `certs` and returns
-/// what it signs: xmlsec's pre-digest buffer of its one Reference, the
-/// canonical form of the signed element without the enveloped signature.
+/// Verifies the one signature of `signed` (its direct child `ds:Signature`)
+/// in place in `doc` against the connection's keys and returns what it
+/// signs: xmlsec's pre-digest buffer of its one Reference, the canonical
+/// form of the signed element without the enveloped signature.
 ///
 /// This is the signed content by construction (the digest is computed over
 /// these very bytes), so nothing unsigned can survive into what is read
-/// afterwards. It is also the cheapest reduction samael offers: no fragment
-/// re-parse, pruning or re-serialization of the whole document. Callers
-/// hand over a document with exactly one signature whose one Reference
-/// points at its parent with only enveloped and canonicalization transforms
-/// ([`check_signature`]): samael refuses documents whose signatures leave
-/// more than one candidate, and the caller checks the result's root and id.
-pub(crate) fn verify_and_reduce(
-    xml_text: &str,
-    certs: &[CertificateDer],
-    allowed: &[SignatureAlgorithm],
-) -> Result<String, Reject> {
-    // With SHA-1 opted in, samael's list cannot express it; our own check
-    // above has already enforced the connection's list either way.
-    let samael_list: Option<Vec<AllowedSignatureAlgorithm>> = allowed.iter().map(|a| a.samael()).collect();
-    samael::crypto::XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
-        xml_text,
-        certs,
-        ReduceMode::PreDigest,
-        samael_list.as_deref(),
-    )
-    .map_err(|e| {
-        Reject::new(
-            SamlReason::SignatureInvalid,
-            format!("xmlsec: {e}: {:?}", std::error::Error::source(&e)),
-        )
-    })
+/// afterwards. The caller has run [`check_signature`] on it (one Reference
+/// to `#` + the element's `ID`, only enveloped and canonicalization
+/// transforms, allowed algorithms) and checked that ids are unique, and it
+/// checks the result's root and id. Other signatures in `doc` (a Response
+/// signature next to a signed Assertion) are not looked at.
+pub(crate) fn verify_and_reduce(doc: &Document, signed: &Node, keys: &IdpKeys) -> Result<String, Reject> {
+    let invalid = |d: &str| Reject::new(SamlReason::SignatureInvalid, format!("xmlsec: {d}"));
+    let sig = xml::child(signed, DS, "Signature").ok_or_else(|| invalid("no signature on the signed element"))?;
+    let id = xml::attr(signed, "ID").ok_or_else(|| invalid("signed element has no ID"))?;
+    dsig::verify_in_place(doc, signed, &id, &sig, keys).map_err(invalid)
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use libxml::tree::{Document, Node};
 use openssl::pkey::{PKey, Private};
-use samael::crypto::CertificateDer;
+use super::dsig::IdpKeys;
 
 /// The largest `SAMLResponse` form value accepted (base64 characters).
 pub(crate) const MAX_FORM_BYTES: usize = 256 * 1024;
@@ -58,7 +58,8 @@ impl Reject {
 /// What a response is checked against.
 pub(crate) struct Policy<'a> {
     pub idp_entity_id: &'a str,
-    pub certs: &'a [CertificateDer],
+    /// The connection's IdP signing keys: the only keys a signature is checked against.
+    pub keys: &'a IdpKeys,
     pub allowed: &'a [SignatureAlgorithm],
     pub sp_entity_id: &'a str,
     pub acs_url: &'a str,
@@ -129,30 +130,30 @@ const NO_QUALIFIED_ATTRIBUTES: &[&str] = &[SAMLP, SAML, xml::MD, DS, xml::XENC];
 /// Refuses duplicate ids and namespaced look-alikes of SAML's attributes.
 ///
 /// We read attributes by exact name in no namespace, but libxml2 lookups
-/// by local name (which samael uses to register `ID`s for xmlsec) would
+/// by local name (which xmlsec or samael could use to resolve `ID`s) would
 /// take `x:ID` for `ID`: any namespaced `ID`/`Id`/`id`, and any attribute
 /// qualified by a namespace that has none, is refused so the two readings
 /// can never differ.
 fn check_ids_unique(root: &Node) -> Result<(), Reject> {
     let mut seen = std::collections::HashSet::new();
-    for el in xml::all_elements(root) {
-        for (ns, name) in xml::namespaced_attributes(&el) {
-            if matches!(name.as_str(), "ID" | "Id" | "id") || NO_QUALIFIED_ATTRIBUTES.contains(&ns.as_str()) {
+    xml::walk_attributes(
+        root,
+        |ns, name| {
+            if matches!(name, "ID" | "Id" | "id") || NO_QUALIFIED_ATTRIBUTES.contains(&ns) {
                 return Err(Reject::new(
                     SamlReason::Malformed,
                     format!("namespaced look-alike attribute {{{ns}}}{name}"),
                 ));
             }
-        }
-        for name in ["ID", "Id", "id"] {
-            if let Some(v) = xml::attr(&el, name) {
-                if !seen.insert(v.clone()) {
-                    return Err(Reject::new(SamlReason::DuplicateId, format!("id {v} appears twice")));
-                }
+            Ok(())
+        },
+        |v| {
+            if !seen.insert(v.to_owned()) {
+                return Err(Reject::new(SamlReason::DuplicateId, format!("id {v} appears twice")));
             }
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }
 
 /// Signatures directly under `el` (checked) and any others below (refused).
@@ -249,7 +250,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     } else {
         own_signatures(&raw_assertion, p.allowed)?
     };
-    let total = xml::descendants(&raw, DS, "Signature").len();
+    let total = xml::count_descendants(&raw, DS, "Signature");
     if total != usize::from(response_signed) + usize::from(assertion_signed_raw) {
         return Err(Reject::new(
             SamlReason::SignatureInvalid,
@@ -260,13 +261,12 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     // When the Assertion carries its own signature, that signature is what we
     // verify and the Assertion is all we read: Response fields are then only
     // ever used to reject, so a Response signature would add nothing we rely
-    // on (stripping it is always open to an attacker). It is taken out before
+    // on (stripping it is always open to an attacker). It is left out of
     // verification: real IdPs (the Okta capture) send Response signatures that
-    // intermediaries broke while the Assertion's own stays intact. xmlsec is
-    // handed the Assertion as a document of its own (`xml::standalone`), so
-    // the Response signature is not in what it verifies. What comes back is
-    // the canonical form of the signed element (`signature::verify_and_reduce`),
-    // parsed once more below: the only parse after the first.
+    // intermediaries broke while the Assertion's own stays intact. xmlsec
+    // verifies exactly one signature, in place in this first parse
+    // (`signature::verify_and_reduce`); what comes back is the canonical form
+    // of the signed element, parsed once more below: the only parse after the first.
     let response_signed = response_signed && !assertion_signed_raw;
     // The element whose signature is verified carries no comment: none is
     // ever signed (`xml::has_unsigned_comment`).
@@ -284,11 +284,9 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
         ));
     }
     let reduced_text = if assertion_signed_raw {
-        let alone = xml::standalone(&raw_doc, &raw_assertion)
-            .map_err(|_| Reject::new(SamlReason::Malformed, "the assertion cannot be serialized on its own"))?;
-        Some(signature::verify_and_reduce(&alone, p.certs, p.allowed)?)
+        Some(signature::verify_and_reduce(&raw_doc, &raw_assertion, p.keys)?)
     } else if response_signed {
-        Some(signature::verify_and_reduce(&text, p.certs, p.allowed)?)
+        Some(signature::verify_and_reduce(&raw_doc, &raw, p.keys)?)
     } else {
         None
     };
@@ -405,11 +403,11 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         ));
     }
     check_ids_unique(&a)?;
-    if !xml::descendants(&a, SAML, "Assertion").is_empty() {
+    if xml::count_descendants(&a, SAML, "Assertion") != 0 {
         return Err(Reject::new(SamlReason::AssertionCount, "nested assertion"));
     }
     let signed = own_signatures(&a, p.allowed)?;
-    if xml::descendants(&a, DS, "Signature").len() != usize::from(signed) {
+    if xml::count_descendants(&a, DS, "Signature") != usize::from(signed) {
         return Err(Reject::new(
             SamlReason::SignatureInvalid,
             "a signature sits inside the assertion content",
@@ -422,7 +420,7 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         ));
     }
     if signed {
-        let reduced = parse(&signature::verify_and_reduce(plaintext, p.certs, p.allowed)?)?;
+        let reduced = parse(&signature::verify_and_reduce(&doc, &a, p.keys)?)?;
         let r = root(&reduced)?;
         if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
             return Err(Reject::new(

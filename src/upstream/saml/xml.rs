@@ -155,67 +155,6 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
     Ok(doc)
 }
 
-/// Serializes the element `node` of `doc` as a document of its own, with
-/// every namespace declaration in scope at `node` declared on it.
-///
-/// This is how a signed Assertion is handed to xmlsec: samael, when the
-/// signed element is not the document root, makes it the root with
-/// `xmlDocSetRootElement` and never frees the old root that call detaches
-/// (nor the array `xmlGetNsList` returns), about 2-3 KB per sign-in that is
-/// never returned (docs/PERFORMANCE.md, "Memory"). Declaring the in-scope
-/// namespaces on the element keeps its canonical form unchanged: inclusive
-/// C14N renders all of them on the apex anyway, exclusive C14N only those
-/// the subtree uses or its InclusiveNamespaces list names, which are in
-/// scope either way (prefixes used only inside attribute values, such as
-/// `xs` in `xsi:type="xs:string"`, need exactly this). The ancestors' `xml:`
-/// attributes are not carried over: a signature that depended on them fails.
-///
-/// `node` gains those declarations. They repeat what is already in scope
-/// there, so every name in `doc` resolves as before and the caller may keep
-/// reading `doc` afterwards (no second parse is needed for this).
-pub(crate) fn standalone(doc: &Document, node: &Node) -> Result<String, ParseError> {
-    let mut seen: std::collections::HashSet<String> = node
-        .get_namespace_declarations()
-        .iter()
-        .map(|ns| ns.get_prefix())
-        .collect();
-    let mut missing = Vec::new();
-    let mut ancestor = node.get_parent();
-    while let Some(a) = ancestor {
-        for ns in a.get_namespace_declarations() {
-            let prefix = ns.get_prefix();
-            // The nearest declaration of a prefix is the one in scope; an
-            // empty href is `xmlns=""`, which un-declares the default.
-            if seen.insert(prefix.clone()) && !ns.get_href().is_empty() {
-                missing.push((prefix, ns.get_href()));
-            }
-        }
-        ancestor = a.get_parent();
-    }
-    for (prefix, href) in missing {
-        let href = std::ffi::CString::new(href).map_err(|_| ParseError::Malformed)?;
-        let prefix_c = std::ffi::CString::new(prefix.as_str()).map_err(|_| ParseError::Malformed)?;
-        // The default namespace is declared with a null prefix.
-        let prefix_ptr = if prefix.is_empty() {
-            std::ptr::null()
-        } else {
-            prefix_c.as_ptr().cast()
-        };
-        // SAFETY: `node` is an element of `doc`, alive for this call; this
-        // thread owns the document (`Node` is `!Send`) and no Rust reference
-        // into its namespace list is held across the call. `xmlNewNs` copies
-        // both strings and links the declaration into the node, which frees
-        // it with the document. The `libxml` crate's safe wrapper refuses
-        // while other `Node` handles exist, which is a borrow rule of its
-        // own, not a libxml2 one.
-        let ns = unsafe { libxml::bindings::xmlNewNs(node.node_ptr(), href.as_ptr().cast(), prefix_ptr) };
-        if ns.is_null() {
-            return Err(ParseError::Malformed);
-        }
-    }
-    Ok(doc.node_to_string(node))
-}
-
 /// Whether a comment sits anywhere under the element `node`, outside its
 /// own (direct child) `ds:Signature`.
 ///
@@ -252,45 +191,206 @@ pub(crate) fn has_unsigned_comment(node: &Node) -> bool {
     false
 }
 
+// Navigation walks libxml2's tree through raw pointers and wraps only the
+// nodes it returns: the `libxml` crate's `Node` allocates a wrapper (and a
+// hash-map entry in its document) for every node it hands out, text nodes
+// included, and its `get_name`/`get_namespace` copy strings, which made
+// `malloc`/`free` a quarter of the ACS profile (docs/PERFORMANCE.md).
+//
+// SAFETY (for every raw read below): the pointers come from a `Node` of a
+// live document that this thread owns for the call (`Node` is `!Send`) and
+// that is only read here; libxml2 keeps names, hrefs and child lists valid
+// as long as the document is not changed.
+
+type NodePtr = libxml::bindings::xmlNodePtr;
+
+/// Whether the NUL-terminated libxml2 string `p` is exactly `s`.
+fn c_eq(p: *const u8, s: &str) -> bool {
+    // SAFETY: libxml2 strings are NUL-terminated and live with the document.
+    !p.is_null() && unsafe { std::ffi::CStr::from_ptr(p.cast()) }.to_bytes() == s.as_bytes()
+}
+
+/// Whether the node at `p` is the element `{ns}local` (no allocation).
+fn ptr_is(p: NodePtr, ns: &str, local: &str) -> bool {
+    // SAFETY: see above; `p` is checked non-null first.
+    unsafe {
+        !p.is_null()
+            && (*p).type_ == libxml::bindings::xmlElementType_XML_ELEMENT_NODE
+            && c_eq((*p).name, local)
+            && !(*p).ns.is_null()
+            && c_eq((*(*p).ns).href, ns)
+    }
+}
+
+/// The element children of `p`, in order, as raw pointers.
+fn element_children(p: NodePtr) -> impl Iterator<Item = NodePtr> {
+    // SAFETY: see above.
+    let first = if p.is_null() {
+        std::ptr::null_mut()
+    } else {
+        unsafe { (*p).children }
+    };
+    std::iter::successors(Some(first).filter(|c| !c.is_null()), |c| {
+        // SAFETY: `c` is a non-null member of a child list.
+        Some(unsafe { (**c).next }).filter(|n| !n.is_null())
+    })
+    // SAFETY: as above.
+    .filter(|c| unsafe { (**c).type_ } == libxml::bindings::xmlElementType_XML_ELEMENT_NODE)
+}
+
+/// The `Node` for `target`, an element at or below `anchor`: found by
+/// stepping down the element chain from `anchor` (wrapping only the
+/// elements on the way), so no raw pointer is ever turned into a `Node`
+/// without the `libxml` crate's own bookkeeping.
+fn wrap_below(anchor: &Node, target: NodePtr) -> Option<Node> {
+    let mut path = Vec::new();
+    let mut p = target;
+    while p != anchor.node_ptr() {
+        if p.is_null() {
+            return None;
+        }
+        path.push(p);
+        // SAFETY: see above.
+        p = unsafe { (*p).parent };
+    }
+    let mut node = anchor.clone();
+    for step in path.into_iter().rev() {
+        let mut c = node.get_first_element_child();
+        loop {
+            let n = c?;
+            if n.node_ptr() == step {
+                node = n;
+                break;
+            }
+            c = n.get_next_element_sibling();
+        }
+    }
+    Some(node)
+}
+
 /// Whether `node` is the element `{ns}local`.
 pub(crate) fn is(node: &Node, ns: &str, local: &str) -> bool {
-    node.is_element_node() && node.get_name() == local && node.get_namespace().is_some_and(|n| n.get_href() == ns)
+    ptr_is(node.node_ptr(), ns, local)
 }
 
 /// The child elements `{ns}local` of `node`.
 pub(crate) fn children(node: &Node, ns: &str, local: &str) -> Vec<Node> {
-    node.get_child_elements()
-        .into_iter()
-        .filter(|c| is(c, ns, local))
+    element_children(node.node_ptr())
+        .filter(|c| ptr_is(*c, ns, local))
+        .filter_map(|c| wrap_below(node, c))
         .collect()
 }
 
 /// The first child element `{ns}local` of `node`.
 pub(crate) fn child(node: &Node, ns: &str, local: &str) -> Option<Node> {
-    node.get_child_elements().into_iter().find(|c| is(c, ns, local))
+    let found = element_children(node.node_ptr()).find(|c| ptr_is(*c, ns, local))?;
+    wrap_below(node, found)
+}
+
+/// Calls `f` on every element under (and including) `p`, in document order,
+/// without wrapping any of them.
+fn each_element(p: NodePtr, mut f: impl FnMut(NodePtr)) {
+    let mut stack = vec![p];
+    while let Some(n) = stack.pop() {
+        f(n);
+        let len = stack.len();
+        stack.extend(element_children(n));
+        if let Some(added) = stack.get_mut(len..) {
+            added.reverse();
+        }
+    }
 }
 
 /// Every descendant element `{ns}local` of `node` (not `node` itself), in document order.
 pub(crate) fn descendants(node: &Node, ns: &str, local: &str) -> Vec<Node> {
-    let mut out = Vec::new();
-    let mut stack: Vec<Node> = node.get_child_elements().into_iter().rev().collect();
-    while let Some(n) = stack.pop() {
-        if is(&n, ns, local) {
-            out.push(n.clone());
+    let mut found = Vec::new();
+    let root = node.node_ptr();
+    each_element(root, |p| {
+        if p != root && ptr_is(p, ns, local) {
+            found.push(p);
         }
-        stack.extend(n.get_child_elements().into_iter().rev());
-    }
-    out
+    });
+    found.into_iter().filter_map(|p| wrap_below(node, p)).collect()
 }
 
-/// Every element of the tree under (and including) `node`.
-pub(crate) fn all_elements(node: &Node) -> Vec<Node> {
-    let mut out = Vec::new();
-    let mut stack = vec![node.clone()];
-    while let Some(n) = stack.pop() {
-        stack.extend(n.get_child_elements().into_iter().rev());
-        out.push(n);
+/// How many descendant elements `{ns}local` `node` has (not `node` itself).
+pub(crate) fn count_descendants(node: &Node, ns: &str, local: &str) -> usize {
+    let mut count = 0;
+    let root = node.node_ptr();
+    each_element(root, |p| count += usize::from(p != root && ptr_is(p, ns, local)));
+    count
+}
+
+/// The value of the attribute `name` in no namespace of the element at `p`,
+/// read in place; `None` when absent or when its value is not one text node
+/// (then [`raw_no_ns_prop`] reads it the exact, copying way).
+fn ptr_attr<'a>(p: NodePtr, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    // SAFETY: see above; attributes and their text children live with the document.
+    unsafe {
+        let mut a = (*p).properties;
+        while !a.is_null() {
+            if (*a).ns.is_null() && c_eq((*a).name, name) {
+                let t = (*a).children;
+                if t.is_null() {
+                    return Some(std::borrow::Cow::Borrowed(""));
+                }
+                if !(*t).next.is_null()
+                    || (*t).type_ != libxml::bindings::xmlElementType_XML_TEXT_NODE
+                    || (*t).content.is_null()
+                {
+                    return None;
+                }
+                return Some(std::ffi::CStr::from_ptr((*t).content.cast()).to_string_lossy());
+            }
+            a = (*a).next;
+        }
     }
+    None
+}
+
+/// Walks every element under (and including) `node` and each of its
+/// attributes: `namespaced(href, local)` for each namespaced attribute,
+/// `id(value)` for each `ID`, `Id` or `id` attribute in no namespace;
+/// stops at the first error.
+pub(crate) fn walk_attributes<E>(
+    node: &Node,
+    mut namespaced: impl FnMut(&str, &str) -> Result<(), E>,
+    mut id: impl FnMut(&str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut out = Ok(());
+    each_element(node.node_ptr(), |p| {
+        if out.is_err() {
+            return;
+        }
+        // SAFETY: see above.
+        let mut a = unsafe { (*p).properties };
+        while !a.is_null() {
+            // SAFETY: `a` is a non-null member of the attribute list.
+            let (name, ns, next) = unsafe { ((*a).name, (*a).ns, (*a).next) };
+            let step = if !ns.is_null() {
+                // SAFETY: names and hrefs are NUL-terminated and live with the document.
+                let (href, local) = unsafe {
+                    (
+                        std::ffi::CStr::from_ptr((*ns).href.cast()).to_string_lossy(),
+                        std::ffi::CStr::from_ptr(name.cast()).to_string_lossy(),
+                    )
+                };
+                namespaced(&href, &local)
+            } else if let Some(local) = ["ID", "Id", "id"].into_iter().find(|n| c_eq(name, n)) {
+                match ptr_attr(p, local) {
+                    Some(v) => id(&v),
+                    None => id(&raw_no_ns_prop(p, local).unwrap_or_default()),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = step {
+                out = Err(e);
+                return;
+            }
+            a = next;
+        }
+    });
     out
 }
 
@@ -310,10 +410,18 @@ pub(crate) fn text(node: &Node) -> String {
 /// `samlp:Value` would be taken for the real `Version` or `Value`. SAML's own
 /// attributes are never namespaced: `xmlGetNoNsProp` finds exactly those.
 pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
+    match ptr_attr(node.node_ptr(), name) {
+        Some(v) => Some(v.into_owned()),
+        None => raw_no_ns_prop(node.node_ptr(), name),
+    }
+}
+
+/// `xmlGetNoNsProp`: the exact value of the attribute `name` in no namespace.
+fn raw_no_ns_prop(p: NodePtr, name: &str) -> Option<String> {
     let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `node` points into a document that outlives this call;
+    // SAFETY: `p` points into a document that outlives this call;
     // `xmlGetNoNsProp` only reads it and returns a fresh copy (or null).
-    let value = unsafe { libxml::bindings::xmlGetNoNsProp(node.node_ptr(), name.as_ptr().cast()) };
+    let value = unsafe { libxml::bindings::xmlGetNoNsProp(p, name.as_ptr().cast()) };
     if value.is_null() {
         return None;
     }
@@ -327,35 +435,6 @@ pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
         unsafe { free(value.cast()) }
     }
     Some(out)
-}
-
-/// The namespaced attributes of `node`, as `(namespace, local name)`.
-/// (Attributes without a namespace and `xmlns` declarations are left out.)
-pub(crate) fn namespaced_attributes(node: &Node) -> Vec<(String, String)> {
-    let text = |p: *const u8| {
-        if p.is_null() {
-            String::new()
-        } else {
-            // SAFETY: libxml2 names and hrefs are NUL-terminated and live as long as the document.
-            unsafe { std::ffi::CStr::from_ptr(p.cast()) }
-                .to_string_lossy()
-                .into_owned()
-        }
-    };
-    let mut out = Vec::new();
-    // SAFETY: `node` is an element of a live document; its attribute list is
-    // only read, while no one else holds the document (`Node` is `!Send`).
-    let mut attr = unsafe { (*node.node_ptr()).properties };
-    while !attr.is_null() {
-        // SAFETY: `attr` is a non-null member of that list.
-        let (name, ns, next) = unsafe { ((*attr).name, (*attr).ns, (*attr).next) };
-        if !ns.is_null() {
-            // SAFETY: a non-null `ns` points at a namespace of the same document.
-            out.push((text(unsafe { (*ns).href }), text(name)));
-        }
-        attr = next;
-    }
-    out
 }
 
 /// The attribute `{ns}name` of `node` (a namespaced attribute such as `xsi:type`).
@@ -414,13 +493,36 @@ mod tests {
         assert_eq!(attr_ns(&root, "urn:x", "Value").as_deref(), Some("ok"));
         let b = root.get_child_elements().into_iter().next().unwrap();
         assert_eq!(attr(&b, "Version"), None);
+        let mut namespaced = Vec::new();
+        let mut ids = Vec::new();
+        walk_attributes::<()>(
+            &root,
+            |ns, name| {
+                namespaced.push((ns.to_owned(), name.to_owned()));
+                Ok(())
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
         assert_eq!(
-            namespaced_attributes(&root),
+            namespaced,
             vec![
                 ("urn:x".to_owned(), "Version".to_owned()),
-                ("urn:x".to_owned(), "Value".to_owned())
+                ("urn:x".to_owned(), "Value".to_owned()),
+                ("urn:x".to_owned(), "Version".to_owned())
             ]
         );
+        let doc = parse_strict(r#"<a ID="1"><b Id="x&amp;y"/><c id="3" s:id="4" xmlns:s="urn:s"/></a>"#).unwrap();
+        walk_attributes::<()>(
+            &doc.get_root_element().unwrap(),
+            |_, _| Ok(()),
+            |v| {
+                ids.push(v.to_owned());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(ids, ["1", "x&y", "3"]);
     }
 
     #[test]
@@ -442,47 +544,25 @@ mod tests {
     }
 
     #[test]
-    fn standalone_carries_the_namespaces_in_scope() {
-        let xml = r#"<r:R xmlns:r="urn:r" xmlns:a="urn:far" xmlns:xs="urn:xs" xmlns="urn:default"><m xmlns:a="urn:near"><a:A xmlns:own="urn:own"><v type="xs:string">x</v></a:A></m></r:R>"#;
-        let doc = parse_strict(xml).unwrap();
-        let el = descendants(&doc.get_root_element().unwrap(), "urn:near", "A").remove(0);
-        let alone = standalone(&doc, &el).unwrap();
-        let reparsed = parse_strict(&alone).unwrap();
-        let root = reparsed.get_root_element().unwrap();
-        assert!(is(&root, "urn:near", "A"), "{alone}");
-        let mut declared: Vec<(String, String)> = root
-            .get_namespace_declarations()
-            .iter()
-            .map(|ns| (ns.get_prefix(), ns.get_href()))
-            .collect();
-        declared.sort();
-        // The nearest `a` wins; `xs`, used only inside an attribute value, is kept.
-        let want = [
-            ("", "urn:default"),
-            ("a", "urn:near"),
-            ("own", "urn:own"),
-            ("r", "urn:r"),
-            ("xs", "urn:xs"),
-        ];
-        assert_eq!(
-            declared,
-            want.iter()
-                .map(|(p, h)| (p.to_string(), h.to_string()))
-                .collect::<Vec<_>>()
-        );
-        assert!(is(&root.get_child_elements().remove(0), "urn:default", "v"), "{alone}");
-    }
-
-    #[test]
-    fn standalone_keeps_an_undeclared_default_undeclared() {
-        let xml = r#"<R xmlns="urn:default"><A xmlns=""><v/></A></R>"#;
-        let doc = parse_strict(xml).unwrap();
-        let el = doc.get_root_element().unwrap().get_child_elements().remove(0);
-        let alone = standalone(&doc, &el).unwrap();
-        let reparsed = parse_strict(&alone).unwrap();
-        let root = reparsed.get_root_element().unwrap();
-        assert!(root.get_namespace().is_none(), "{alone}");
-        assert!(root.get_child_elements().remove(0).get_namespace().is_none(), "{alone}");
+    fn navigation_finds_elements_by_namespace_in_document_order() {
+        let doc = parse_strict(
+            r#"<r xmlns:x="urn:x" xmlns:y="urn:y">text<x:a n="1"><x:a n="2"/><y:a n="3"/></x:a><!-- c --><x:b/><x:a n="4">t<x:c><x:a n="5"/></x:c></x:a></r>"#,
+        )
+        .unwrap();
+        let root = doc.get_root_element().unwrap();
+        let ns = |nodes: Vec<Node>| nodes.iter().map(|n| attr(n, "n").unwrap()).collect::<Vec<_>>();
+        assert_eq!(ns(descendants(&root, "urn:x", "a")), ["1", "2", "4", "5"]);
+        assert_eq!(count_descendants(&root, "urn:x", "a"), 4);
+        assert_eq!(ns(children(&root, "urn:x", "a")), ["1", "4"]);
+        assert_eq!(attr(&child(&root, "urn:x", "a").unwrap(), "n").as_deref(), Some("1"));
+        assert!(child(&root, "urn:y", "a").is_none());
+        let deep = descendants(&root, "urn:x", "a").remove(3);
+        assert!(is(&deep, "urn:x", "a") && !is(&deep, "urn:y", "a") && !is(&deep, "urn:x", "c"));
+        assert_eq!(deep.get_parent().map(|p| p.get_name()).as_deref(), Some("c"));
+        // The same `Node` the `libxml` crate hands out for that element.
+        let via_crate = root.get_last_element_child().unwrap().get_last_element_child().unwrap();
+        assert_eq!(via_crate.get_first_element_child().unwrap(), deep);
+        assert_eq!(count_descendants(&deep, "urn:x", "a"), 0);
     }
 
     #[test]
