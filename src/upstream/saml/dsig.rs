@@ -94,7 +94,10 @@ impl IdpKeys {
                 .and_then(|c| c.public_key())
                 .and_then(|k| k.public_key_to_der())
                 .map_err(|_| "an IdP certificate's public key cannot be read".to_owned())?;
-            let len = spki.len().try_into().map_err(|_| "an IdP public key is too large".to_owned())?;
+            let len = spki
+                .len()
+                .try_into()
+                .map_err(|_| "an IdP public key is too large".to_owned())?;
             // SAFETY: xmlsec is initialized (`xml::init`); the buffer is
             // valid for `len` bytes for the call, which copies what it
             // needs; no password or callbacks are passed. A DER buffer that
@@ -301,7 +304,10 @@ mod tests {
         for vendor in ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"] {
             let right = metadata_cert(vendor);
             let signed = verify(vendor, std::slice::from_ref(&right)).unwrap_or_else(|e| panic!("{vendor}: {e}"));
-            assert!(signed.contains("Assertion") && !signed.contains("SignatureValue"), "{vendor}: {signed}");
+            assert!(
+                signed.contains("Assertion") && !signed.contains("SignatureValue"),
+                "{vendor}: {signed}"
+            );
             // A key of another type first (xmlsec refuses it for the method), another RSA key next.
             let three = [other_cert(true), other_cert(false), right];
             assert_eq!(verify(vendor, &three).unwrap(), signed, "{vendor}");
@@ -317,10 +323,7 @@ mod tests {
     #[test]
     fn refuses_ids_that_are_not_ncnames() {
         let keys = IdpKeys::load(&[metadata_cert("google")]).unwrap();
-        let doc = xml::parse_strict(&format!(
-            r#"<a ID="xpointer(/)"><ds:Signature xmlns:ds="{DS}"/></a>"#
-        ))
-        .unwrap();
+        let doc = xml::parse_strict(&format!(r#"<a ID="xpointer(/)"><ds:Signature xmlns:ds="{DS}"/></a>"#)).unwrap();
         let root = doc.get_root_element().unwrap();
         let sig = xml::child(&root, DS, "Signature").unwrap();
         assert_eq!(

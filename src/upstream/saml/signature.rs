@@ -10,10 +10,10 @@
 //! the signed element, without its enveloped signature. Those bytes are what
 //! the rest of the ACS reads.
 
+use super::dsig::{self, IdpKeys};
 use super::reason::SamlReason;
 use super::validate::Reject;
 use super::xml::{self, DS};
-use super::dsig::{self, IdpKeys};
 use libxml::tree::{Document, Node};
 use samael::crypto::AllowedSignatureAlgorithm;
 use serde::{Deserialize, Serialize};

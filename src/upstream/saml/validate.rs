@@ -3,6 +3,7 @@
 
 use super::assertion;
 use super::decrypt::{self, DecryptError};
+use super::dsig::IdpKeys;
 use super::mapping::AttributeMapping;
 use super::reason::SamlReason;
 use super::signature::{self, SignatureAlgorithm};
@@ -12,7 +13,6 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use libxml::tree::{Document, Node};
 use openssl::pkey::{PKey, Private};
-use super::dsig::IdpKeys;
 
 /// The largest `SAMLResponse` form value accepted (base64 characters).
 pub(crate) const MAX_FORM_BYTES: usize = 256 * 1024;
