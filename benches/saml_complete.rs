@@ -12,14 +12,13 @@
 //! in-memory write is still paid; only the refusal is switched off. What is
 //! measured is validation, not the replay cache.
 //!
-//! `saml_xmlsec_only/<vendor>` is the xmlsec step alone (samael's
-//! `reduce_xml_to_signed_with_allowed_algorithms` with the same reduce mode,
-//! `PreDigest`,
-//! certificate and allow-list the connector uses), on the document the
-//! connector hands it: when the Assertion is signed, the Assertion alone,
-//! with the namespace declarations in scope at it, as `validate.rs` does
-//! (`xml::standalone`; untimed here). `saml_xmlsec_reduce_no_ancestors` is the
-//! same step with the reduction the connector used before
+//! `saml_xmlsec_only/<vendor>` is the xmlsec step as the connector did it
+//! before it loaded keys once and verified in place (`dsig.rs`): samael's
+//! `reduce_xml_to_signed_with_allowed_algorithms` with `PreDigest`, the
+//! certificate loaded per call, on the Assertion serialized as a document of
+//! its own (untimed here). It is kept as the reference for
+//! docs/PERFORMANCE.md. `saml_xmlsec_reduce_no_ancestors` is the same step
+//! with the reduction used before that
 //! (`ValidateAndMarkNoAncestors`: a fragment re-parse, pruning and a
 //! re-serialization of the document on top).
 //!
@@ -139,7 +138,7 @@ fn is_signature(n: &libxml::tree::Node) -> bool {
 
 /// The document xmlsec sees in the connector: with a signed Assertion, the
 /// Assertion as a document of its own, carrying its ancestors' namespace
-/// declarations (what `xml::standalone` does in `validate.rs`).
+/// declarations (what `xml::standalone` did in `validate.rs` before).
 fn xmlsec_input(xml: &str) -> String {
     let doc = libxml::parser::Parser::default().parse_string(xml).unwrap();
     let root = doc.get_root_element().unwrap();
