@@ -393,6 +393,9 @@ pub struct ResourceServerSettings {
     /// The scopes it defines.
     #[serde(default)]
     pub scopes: Vec<ResourceScopeSettings>,
+    /// `[[resource_servers.routes]]`: per-route scope rules for forward auth.
+    #[serde(default)]
+    pub routes: Vec<crate::provider::resources::RouteRule>,
 }
 
 /// `[[resource_servers.scopes]]`: one scope of a declared API.
@@ -924,6 +927,9 @@ impl Settings {
                 .map(|s| (s.name.clone(), s.description.clone()))
                 .collect();
             if let Err((field, m)) = crate::provider::resources::check_resource_server(&r.identifier, &scopes) {
+                bad(&format!("resource_servers[{i}].{field}"), m);
+            }
+            if let Err((field, m)) = crate::provider::resources::check_routes(&r.routes) {
                 bad(&format!("resource_servers[{i}].{field}"), m);
             }
             if self
