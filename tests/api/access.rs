@@ -694,9 +694,11 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
     refused(ask("/write", Some(files.clone())).await, StatusCode::FORBIDDEN, "authorizer.missing_scope");
     let reports = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid reports:read"), ("resource", REPORTS)]).await);
     refused(ask("/read", Some(reports)).await, StatusCode::UNAUTHORIZED, "authorizer.wrong_audience");
-    let mut forged = files.clone();
-    forged.pop();
-    forged.push(if files.ends_with('A') { 'B' } else { 'A' });
+    // One character in the middle of the signature changed: still base64url, wrong signature.
+    let (signed, signature) = files.rsplit_once('.').unwrap();
+    let mut sig: Vec<char> = signature.chars().collect();
+    sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
+    let forged = format!("{signed}.{}", sig.into_iter().collect::<String>());
     refused(ask("/read", Some(forged)).await, StatusCode::UNAUTHORIZED, "authorizer.bad_signature");
 
     // Two rotations: the active key is one the authorizer has never seen.
