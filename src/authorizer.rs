@@ -246,11 +246,7 @@ impl Authorizer {
 
     async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
         let (alg, kid, typ) = header(token).ok_or(Rejection::unauthorized("authorizer.malformed"))?;
-        if !typ
-            .to_ascii_lowercase()
-            .trim_start_matches("application/")
-            .eq("at+jwt")
-        {
+        if !typ.to_ascii_lowercase().trim_start_matches("application/").eq("at+jwt") {
             return Err(Rejection::unauthorized("authorizer.wrong_type"));
         }
         let key = self.key(&kid).await?;
@@ -265,7 +261,9 @@ impl Authorizer {
         validation.leeway = 0;
         let claims = jsonwebtoken::decode::<Value>(token, &key.key, &validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => Rejection::unauthorized("authorizer.bad_signature"),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    Rejection::unauthorized("authorizer.bad_signature")
+                }
                 _ => Rejection::unauthorized("authorizer.malformed"),
             })?
             .claims;

@@ -12,9 +12,9 @@
 
 use super::clients::{NewClient, RotateSecret};
 use super::exchange_rules::{NewExchangeRule, NewWhen};
-use crate::provider::resources::RouteRule;
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
+use crate::provider::resources::RouteRule;
 use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};

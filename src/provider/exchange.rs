@@ -343,16 +343,21 @@ fn refuse(reason: &'static str, description: &str) -> OAuthError {
 
 impl Provider {
     /// The token-exchange grant (RFC 8693 §2.1); see the module comment.
-    pub(crate) async fn exchange_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    pub(crate) async fn exchange_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
         if req.actor_token.is_some() || req.actor_token_type.is_some() {
             return Err(refuse(
                 "exchange.actor_not_supported",
                 "actor_token is not supported: the exchange is on behalf of the subject.",
             ));
         }
-        let subject_token = req.subject_token.as_deref().ok_or_else(|| {
-            refuse("exchange.missing_subject_token", "subject_token is required.")
-        })?;
+        let subject_token = req
+            .subject_token
+            .as_deref()
+            .ok_or_else(|| refuse("exchange.missing_subject_token", "subject_token is required."))?;
         match req.subject_token_type.as_deref() {
             Some(ACCESS_TOKEN_TYPE) => {}
             Some(_) => {
@@ -361,7 +366,12 @@ impl Provider {
                     "subject_token_type must be urn:ietf:params:oauth:token-type:access_token.",
                 ))
             }
-            None => return Err(refuse("exchange.missing_subject_token_type", "subject_token_type is required.")),
+            None => {
+                return Err(refuse(
+                    "exchange.missing_subject_token_type",
+                    "subject_token_type is required.",
+                ))
+            }
         }
         if req
             .requested_token_type
@@ -420,11 +430,12 @@ impl Provider {
                 "This application may not serve the user's organization.",
             ));
         }
-        let user = self
-            .directory
-            .get(&tenant, &subject.sub)
-            .await?
-            .ok_or_else(|| refuse("token.user_gone", "The subject_token is not valid: the user no longer exists."))?;
+        let user = self.directory.get(&tenant, &subject.sub).await?.ok_or_else(|| {
+            refuse(
+                "token.user_gone",
+                "The subject_token is not valid: the user no longer exists.",
+            )
+        })?;
         let Some(rs) = self.resources.get(resource).await? else {
             tracing::info!(reason = "exchange.unknown_resource", tenant = %tenant, client_id = %client.client_id);
             return Err(OAuthError::invalid_target(

@@ -165,7 +165,12 @@ impl Provider {
 }
 
 /// The route rules: some rule matching the request whose scopes are all held.
-fn check_route(rs: &ResourceServer, claims: &AccessClaims, held: &[String], req: &ForwardRequest<'_>) -> Result<(), Denied> {
+fn check_route(
+    rs: &ResourceServer,
+    claims: &AccessClaims,
+    held: &[String],
+    req: &ForwardRequest<'_>,
+) -> Result<(), Denied> {
     let Some(uri) = req.original_uri else {
         return Err(deny(
             DenyStatus::Forbidden,

@@ -146,12 +146,18 @@ pub fn check_routes(routes: &[RouteRule]) -> Result<(), (String, String)> {
         }
         for (j, m) in r.methods.iter().enumerate() {
             if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err((format!("routes[{i}].methods[{j}]"), "must be an upper-case method name".into()));
+                return Err((
+                    format!("routes[{i}].methods[{j}]"),
+                    "must be an upper-case method name".into(),
+                ));
             }
         }
         for (j, s) in r.scopes.iter().enumerate() {
             if s.is_empty() || s.len() > 255 || !scope_token_chars(s) {
-                return Err((format!("routes[{i}].scopes[{j}]"), format!("{s:?} is not a scope token")));
+                return Err((
+                    format!("routes[{i}].scopes[{j}]"),
+                    format!("{s:?} is not a scope token"),
+                ));
             }
         }
     }

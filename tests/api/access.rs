@@ -235,7 +235,14 @@ async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() 
     let clock = far_clock();
     let (app, secret) = world(Some(clock.clone())).await;
     let nginx = proxy(&app, &backend().await);
-    let files = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid files:read"), ("resource", FILES)]).await;
+    let files = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await;
     let files_at = at(&files);
     let sub = claims(&files_at)["sub"].as_str().unwrap().to_owned();
 
@@ -244,7 +251,11 @@ async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() 
     assert_eq!(ok.body["path"], "/files/report.pdf");
     assert_eq!(ok.body["sub"], sub.as_str(), "identity passed downstream");
     assert_eq!(ok.body["tenant"], "demo");
-    assert!(ok.body["scopes"].as_str().unwrap().contains("files:read"), "{}", ok.body);
+    assert!(
+        ok.body["scopes"].as_str().unwrap().contains("files:read"),
+        "{}",
+        ok.body
+    );
 
     // No token: 401 with a bare challenge (RFC 6750 §3.1).
     let none = call(Method::GET, &nginx.url("/files/report.pdf"), None).await;
@@ -274,7 +285,14 @@ async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() 
         "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"files:write\""
     );
     // Another resource server's token.
-    let reports = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid reports:read"), ("resource", REPORTS)]).await;
+    let reports = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid reports:read"), ("resource", REPORTS)],
+    )
+    .await;
     let other = call(Method::GET, &nginx.url("/files/a"), Some(&at(&reports))).await;
     refused(&other, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
     // The app's own token (aud = client id) is no API token either.
@@ -296,9 +314,19 @@ async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() 
     refused(&revoked, StatusCode::UNAUTHORIZED, "token.revoked");
 
     // Expired, on the gateway's clock.
-    let fresh = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid files:read"), ("resource", FILES)]).await;
+    let fresh = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await;
     let fresh = at(&fresh);
-    assert_eq!(call(Method::GET, &nginx.url("/files/a"), Some(&fresh)).await.status, StatusCode::OK);
+    assert_eq!(
+        call(Method::GET, &nginx.url("/files/a"), Some(&fresh)).await.status,
+        StatusCode::OK
+    );
     clock.advance(chrono::Duration::hours(2));
     let expired = call(Method::GET, &nginx.url("/files/a"), Some(&fresh)).await;
     refused(&expired, StatusCode::UNAUTHORIZED, "token.invalid");
@@ -308,7 +336,14 @@ async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() 
 #[tokio::test]
 async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
     let (app, secret) = world(None).await;
-    let home = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid home:read"), ("resource", HOME)]).await;
+    let home = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid home:read"), ("resource", HOME)],
+    )
+    .await;
     let home = at(&home);
     let sub = claims(&home)["sub"].as_str().unwrap().to_owned();
     let fa = |query: &str| app.url(&format!("/forward-auth{query}")).to_string();
@@ -318,7 +353,10 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
     refused(&unknown, StatusCode::BAD_REQUEST, "forward_auth.unknown_resource");
 
     // The resource has route rules: the original URI decides, and must be sent.
-    let q = format!("?resource={}", url::form_urlencoded::byte_serialize(HOME.as_bytes()).collect::<String>());
+    let q = format!(
+        "?resource={}",
+        url::form_urlencoded::byte_serialize(HOME.as_bytes()).collect::<String>()
+    );
     let no_uri = call(Method::GET, &fa(&q), Some(&home)).await;
     refused(&no_uri, StatusCode::FORBIDDEN, "forward_auth.no_original_uri");
     let ask = |uri: String, method: &'static str| {
@@ -346,15 +384,27 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
     assert_eq!((status, reason.as_str()), (StatusCode::OK, "forward_auth.allowed"));
     assert_eq!(got.as_deref(), Some(sub.as_str()));
     for (uri, method, why) in [
-        (format!("/home/someone-else/notes"), "GET", "forward_auth.no_route"),
+        ("/home/someone-else/notes".to_owned(), "GET", "forward_auth.no_route"),
         (format!("/home/{sub}/notes"), "DELETE", "forward_auth.no_route"),
         (format!("/home/{sub}/../someone-else"), "GET", "forward_auth.bad_path"),
-        (format!("/home/{sub}/%2e%2e/someone-else"), "GET", "forward_auth.bad_path"),
-        (format!("/home/{sub}%2F..%2Fsomeone-else"), "GET", "forward_auth.bad_path"),
+        (
+            format!("/home/{sub}/%2e%2e/someone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (
+            format!("/home/{sub}%2F..%2Fsomeone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
         (format!("/home//{sub}"), "GET", "forward_auth.bad_path"),
     ] {
         let (status, reason, got) = ask(uri.clone(), method).await;
-        assert_eq!((status, reason.as_str()), (StatusCode::FORBIDDEN, why), "{method} {uri}");
+        assert_eq!(
+            (status, reason.as_str()),
+            (StatusCode::FORBIDDEN, why),
+            "{method} {uri}"
+        );
         assert_eq!(got, None, "no identity on a refusal");
     }
     // A resource server's route rules are checked when it is registered.
@@ -403,7 +453,10 @@ async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_ano
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["issued_token_type"], ACCESS_TOKEN);
     assert_eq!(got["token_type"], "Bearer");
-    assert!(got.get("refresh_token").is_none() && got.get("id_token").is_none(), "{got}");
+    assert!(
+        got.get("refresh_token").is_none() && got.get("id_token").is_none(),
+        "{got}"
+    );
     assert!(got["expires_in"].as_u64().unwrap() <= 300, "short-lived: {got}");
     let scoped = at(&got);
     let c = claims(&scoped);
@@ -414,10 +467,20 @@ async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_ano
     assert_eq!(c["home"], format!("/home/{ann_sub}"), "policy variables expanded");
     assert_eq!(c["org"], "demo");
 
-    let own = call(Method::GET, &nginx.url(&format!("/home/{ann_sub}/notes")), Some(&scoped)).await;
+    let own = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
     assert_eq!(own.status, StatusCode::OK, "{} {}", own.reason, own.challenge);
     assert_eq!(own.body["sub"], ann_sub.as_str());
-    let other = call(Method::GET, &nginx.url(&format!("/home/{bob_sub}/notes")), Some(&scoped)).await;
+    let other = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{bob_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
     refused(&other, StatusCode::FORBIDDEN, "forward_auth.no_route");
     // An encoded slash that nginx decodes into a dot segment never reaches
     // another user's path (`%2e%2e` itself is normalised by the client).
@@ -428,10 +491,20 @@ async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_ano
     )
     .await;
     refused(&sneaky, StatusCode::FORBIDDEN, "forward_auth.bad_path");
-    let write = call(Method::POST, &nginx.url(&format!("/home/{ann_sub}/notes")), Some(&scoped)).await;
+    let write = call(
+        Method::POST,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
     refused(&write, StatusCode::FORBIDDEN, "forward_auth.no_route");
     // Ann's own sign-in token is for the app, not for the API.
-    let unexchanged = call(Method::GET, &nginx.url(&format!("/home/{ann_sub}/notes")), Some(&at(&ann))).await;
+    let unexchanged = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&at(&ann)),
+    )
+    .await;
     refused(&unexchanged, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
 }
 
@@ -505,21 +578,41 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     let (status, body) = token(&app, "web", &secret, &ok_ref).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let cases: Vec<(&str, Vec<(&'static str, String)>, &str, &str)> = vec![
+    type Form = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Form, &str, &str)> = vec![
         // No rule maps Ann (engineering) to FILES: unmapped users get nothing.
         ("web", base(FILES, &ann), "invalid_target", "exchange.no_rule"),
-        ("web", base("https://nope.test", &ann), "invalid_target", "exchange.unknown_resource"),
-        ("web", with(base(HOME, &ann), "resource", None), "invalid_request", "exchange.missing_resource"),
+        (
+            "web",
+            base("https://nope.test", &ann),
+            "invalid_target",
+            "exchange.unknown_resource",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "resource", None),
+            "invalid_request",
+            "exchange.missing_resource",
+        ),
         (
             "web",
             with(base(HOME, &ann), "audience", Some(FILES)),
             "invalid_target",
             "exchange.audience_mismatch",
         ),
-        ("web", with(base(HOME, &ann), "subject_token", None), "invalid_request", "exchange.missing_subject_token"),
         (
             "web",
-            with(base(HOME, &ann), "subject_token_type", Some("urn:ietf:params:oauth:token-type:id_token")),
+            with(base(HOME, &ann), "subject_token", None),
+            "invalid_request",
+            "exchange.missing_subject_token",
+        ),
+        (
+            "web",
+            with(
+                base(HOME, &ann),
+                "subject_token_type",
+                Some("urn:ietf:params:oauth:token-type:id_token"),
+            ),
             "invalid_request",
             "exchange.unsupported_subject_token_type",
         ),
@@ -531,17 +624,41 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
         ),
         (
             "web",
-            with(base(HOME, &ann), "requested_token_type", Some("urn:ietf:params:oauth:token-type:refresh_token")),
+            with(
+                base(HOME, &ann),
+                "requested_token_type",
+                Some("urn:ietf:params:oauth:token-type:refresh_token"),
+            ),
             "invalid_request",
             "exchange.unsupported_requested_token_type",
         ),
-        ("web", with(base(HOME, &ann), "actor_token", Some("x")), "invalid_request", "exchange.actor_not_supported"),
+        (
+            "web",
+            with(base(HOME, &ann), "actor_token", Some("x")),
+            "invalid_request",
+            "exchange.actor_not_supported",
+        ),
         ("web", base(HOME, "not.a.token"), "invalid_request", "token.invalid"),
-        ("web", with(base(HOME, &ann), "scope", Some("files:read")), "invalid_scope", "exchange.no_scope"),
+        (
+            "web",
+            with(base(HOME, &ann), "scope", Some("files:read")),
+            "invalid_scope",
+            "exchange.no_scope",
+        ),
         // A token of `web` exchanged by another app.
-        ("other", base(HOME, &ann), "invalid_request", "exchange.subject_other_client"),
+        (
+            "other",
+            base(HOME, &ann),
+            "invalid_request",
+            "exchange.subject_other_client",
+        ),
         // An app that may not use the grant.
-        ("plain", base(HOME, &ann), "unauthorized_client", "token.grant_not_allowed"),
+        (
+            "plain",
+            base(HOME, &ann),
+            "unauthorized_client",
+            "token.grant_not_allowed",
+        ),
     ];
     for (client, form, error, reason) in &cases {
         let form_ref: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -551,8 +668,15 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
             _ => plain_secret.as_str(),
         };
         let (status, body) = token(&app, client, secret, &form_ref).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some(*error)), "{reason}: {body}");
-        assert_eq!(exchange_reason(&app, client, &form_ref).await, (*reason, (*error).to_owned()));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(*error)),
+            "{reason}: {body}"
+        );
+        assert_eq!(
+            exchange_reason(&app, client, &form_ref).await,
+            (*reason, (*error).to_owned())
+        );
     }
 
     // The subject token is checked like any access token on use: revoked...
@@ -568,7 +692,11 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     let revoked = base(HOME, &ann);
     let revoked: Vec<(&str, &str)> = revoked.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (status, body) = token(&app, "web", &secret, &revoked).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
     assert_eq!(exchange_reason(&app, "web", &revoked).await.0, "token.revoked");
     // ... expired ...
     let fresh = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
@@ -581,13 +709,24 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     assert!(claims(&at(&body))["exp"].as_i64().unwrap() <= subject_exp);
     clock.advance(chrono::Duration::hours(2));
     let (status, body) = token(&app, "web", &secret, &exchanged).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{body}");
-    assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
     clock.advance(chrono::Duration::hours(-2));
     // ... and the user still active.
     let subs = claims(&fresh)["sub"].as_str().unwrap().to_owned();
     let (status, _) = app
-        .admin(Method::POST, &format!("/admin/v1/tenants/demo/users/{subs}/disable"), None)
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{subs}/disable"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
@@ -602,16 +741,38 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["id"], "eng");
     let (status, dup) = app.admin(Method::POST, path, Some(rule)).await;
-    assert_eq!((status, dup["field"].as_str()), (StatusCode::CONFLICT, Some("id")), "{dup}");
+    assert_eq!(
+        (status, dup["field"].as_str()),
+        (StatusCode::CONFLICT, Some("id")),
+        "{dup}"
+    );
     for (body, field) in [
-        (json!({"id": "x", "resource": HOME, "scopes": ["home:write"]}), "scopes[0]"),
-        (json!({"id": "x", "resource": "https://nope.test", "scopes": ["read"]}), "resource"),
-        (json!({"id": "x", "resource": HOME, "scopes": ["home:${user}"]}), "scopes[0]"),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:write"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"id": "x", "resource": "https://nope.test", "scopes": ["read"]}),
+            "resource",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:${user}"]}),
+            "scopes[0]",
+        ),
         (json!({"id": "x", "resource": HOME, "scopes": []}), "scopes"),
         (json!({"id": "X Y", "resource": HOME, "scopes": ["home:read"]}), "id"),
-        (json!({"id": "x", "when": {"claim": "role", "equals": "a"}, "resource": HOME, "scopes": ["home:read"]}), "when.claim"),
-        (json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"sub": "me"}}), "claims.sub"),
-        (json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "extra": 1}), "extra"),
+        (
+            json!({"id": "x", "when": {"claim": "role", "equals": "a"}, "resource": HOME, "scopes": ["home:read"]}),
+            "when.claim",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"sub": "me"}}),
+            "claims.sub",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "extra": 1}),
+            "extra",
+        ),
     ] {
         let (status, problem) = app.admin(Method::POST, path, Some(body.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
@@ -622,7 +783,9 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     assert_eq!(list["exchange_rules"].as_array().unwrap().len(), 1, "{list}");
     let (status, one) = app.admin(Method::GET, &format!("{path}/eng"), None).await;
     assert_eq!((status, one["resource"].as_str()), (StatusCode::OK, Some(HOME)));
-    let (status, _) = app.admin(Method::GET, "/admin/v1/tenants/nope/exchange-rules", None).await;
+    let (status, _) = app
+        .admin(Method::GET, "/admin/v1/tenants/nope/exchange-rules", None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = app.admin(Method::DELETE, &format!("{path}/eng"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -658,8 +821,14 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
         axum::Json(json!({"sub": who.sub, "tenant": who.tenant, "scopes": who.scopes}))
     }
     let api: axum::Router = axum::Router::new()
-        .route("/read", axum::routing::get(me).layer(authorizer.require(["files:read"])))
-        .route("/write", axum::routing::get(me).layer(authorizer.require(["files:write"])));
+        .route(
+            "/read",
+            axum::routing::get(me).layer(authorizer.require(["files:read"])),
+        )
+        .route(
+            "/write",
+            axum::routing::get(me).layer(authorizer.require(["files:write"])),
+        );
     let ask = |path: &'static str, token: Option<String>| {
         let api = api.clone();
         async move {
@@ -674,10 +843,21 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
                 .map(|v| v.to_str().unwrap().to_owned());
             let status = resp.status();
             let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
-            (status, reason, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+            (
+                status,
+                reason,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
         }
     };
-    let files = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid files:read"), ("resource", FILES)]).await);
+    let files = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
     let (status, _, body) = ask("/read", Some(files.clone())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["sub"], claims(&files)["sub"]);
@@ -690,25 +870,59 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
     let refused = |r: (StatusCode, Option<String>, Value), status: StatusCode, reason: &str| {
         assert_eq!((r.0, r.1.as_deref()), (status, Some(reason)), "{}", r.2);
     };
-    refused(ask("/read", None).await, StatusCode::UNAUTHORIZED, "authorizer.no_token");
-    refused(ask("/write", Some(files.clone())).await, StatusCode::FORBIDDEN, "authorizer.missing_scope");
-    let reports = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid reports:read"), ("resource", REPORTS)]).await);
-    refused(ask("/read", Some(reports)).await, StatusCode::UNAUTHORIZED, "authorizer.wrong_audience");
+    refused(
+        ask("/read", None).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.no_token",
+    );
+    refused(
+        ask("/write", Some(files.clone())).await,
+        StatusCode::FORBIDDEN,
+        "authorizer.missing_scope",
+    );
+    let reports = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid reports:read"), ("resource", REPORTS)],
+    )
+    .await);
+    refused(
+        ask("/read", Some(reports)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.wrong_audience",
+    );
     // One character in the middle of the signature changed: still base64url, wrong signature.
     let (signed, signature) = files.rsplit_once('.').unwrap();
     let mut sig: Vec<char> = signature.chars().collect();
     sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
     let forged = format!("{signed}.{}", sig.into_iter().collect::<String>());
-    refused(ask("/read", Some(forged)).await, StatusCode::UNAUTHORIZED, "authorizer.bad_signature");
+    refused(
+        ask("/read", Some(forged)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.bad_signature",
+    );
 
     // Two rotations: the active key is one the authorizer has never seen.
     for _ in 0..2 {
         let (status, body) = app.admin(Method::POST, "/admin/v1/keys/rotate", None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let new_kid = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid files:read"), ("resource", FILES)]).await);
+    let new_kid = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
     // Within the refetch interval of the first fetch: no new fetch, refused.
-    refused(ask("/read", Some(new_kid.clone())).await, StatusCode::UNAUTHORIZED, "authorizer.unknown_kid");
+    refused(
+        ask("/read", Some(new_kid.clone())).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.unknown_kid",
+    );
     assert_eq!(authorizer.jwks_fetches(), 1, "refetch rate-limited");
     clock.advance(chrono::Duration::seconds(31));
     let (status, _, body) = ask("/read", Some(new_kid.clone())).await;
@@ -717,9 +931,17 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
     // Garbage kids right after do not make it fetch again.
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"nope","typ":"at+jwt"}"#);
     let rest = new_kid.split_once('.').unwrap().1;
-    refused(ask("/read", Some(format!("{header}.{rest}"))).await, StatusCode::UNAUTHORIZED, "authorizer.unknown_kid");
+    refused(
+        ask("/read", Some(format!("{header}.{rest}"))).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.unknown_kid",
+    );
     assert_eq!(authorizer.jwks_fetches(), 2);
     // Expiry on the injected clock.
     clock.advance(chrono::Duration::hours(2));
-    refused(ask("/read", Some(new_kid)).await, StatusCode::UNAUTHORIZED, "authorizer.expired");
+    refused(
+        ask("/read", Some(new_kid)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.expired",
+    );
 }
