@@ -783,6 +783,28 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     assert_eq!(list["exchange_rules"].as_array().unwrap().len(), 1, "{list}");
     let (status, one) = app.admin(Method::GET, &format!("{path}/eng"), None).await;
     assert_eq!((status, one["resource"].as_str()), (StatusCode::OK, Some(HOME)));
+    // A backup holds the rule and the tenant's index of rules.
+    let backup = portcullis::backup::export(&app.state.store, app.state.provider.clock.now())
+        .await
+        .unwrap();
+    let backup = serde_json::to_value(&backup).unwrap();
+    let names: Vec<(String, String)> = backup["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [("t:demo:exchange", "rule:eng"), ("t:demo:exchange", "index")] {
+        assert!(
+            names.iter().any(|(t, n)| t == wanted.0 && n == wanted.1),
+            "{wanted:?} not in {names:?}"
+        );
+    }
     let (status, _) = app
         .admin(Method::GET, "/admin/v1/tenants/nope/exchange-rules", None)
         .await;
