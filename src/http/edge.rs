@@ -135,7 +135,8 @@ impl RouteClass {
             ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),
             ["admin", ..] => (Self::Admin, None),
             ["saml", _, _, "metadata"]
-            | ["jwks" | "healthz" | "readyz" | "logout" | "metrics" | "demo" | "forward-auth"]
+            | ["jwks" | "healthz" | "readyz" | "logout" | "metrics" | "demo"]
+            | ["forward-auth", ..]
             | [".well-known", ..]
             | ["demo", ..] => (Self::Other, None),
             // A POST anywhere else may be a migrated connection's ACS alias.

@@ -45,24 +45,59 @@ fn put(resp: &mut Response, name: &'static str, value: &str) {
 }
 
 /// `GET /forward-auth?resource=IDENTIFIER&scope=SCOPE` (any method: nginx
-/// sends the original request's).
+/// sends the original request's), for nginx `auth_request` and Traefik
+/// ForwardAuth: the original request in `X-Original-URI`/`X-Forwarded-Uri`
+/// and `X-Original-Method`/`X-Forwarded-Method`.
 pub async fn forward_auth(
     State(state): State<Arc<AppState>>,
     Query(q): Query<ForwardQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let token = header_str(&headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
     let req = ForwardRequest {
-        token,
+        token: bearer(&headers),
         resource: q.resource.as_deref(),
         scope: q.scope.as_deref(),
         original_uri: header_str(&headers, "x-original-uri").or_else(|| header_str(&headers, "x-forwarded-uri")),
         original_method: header_str(&headers, "x-original-method")
             .or_else(|| header_str(&headers, "x-forwarded-method")),
     };
-    let decision = match state.provider.forward_auth(&req).await {
+    decide(&state, &req).await
+}
+
+/// `/forward-auth/{original path}` for Envoy ext_authz (HTTP service with
+/// `path_prefix: /forward-auth`), which appends the original path and query
+/// to the prefix and cannot add a query of its own: the resource and scope
+/// come from the `X-Portcullis-Resource` and `X-Portcullis-Scope` headers
+/// the proxy sets (`headers_to_add`, which overrides a client's), never
+/// from the query, which is the client's.
+pub async fn forward_auth_prefixed(
+    State(state): State<Arc<AppState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let original = raw.strip_prefix("/forward-auth").filter(|o| o.starts_with('/'));
+    let req = ForwardRequest {
+        token: bearer(&headers),
+        resource: header_str(&headers, "x-portcullis-resource"),
+        scope: header_str(&headers, "x-portcullis-scope"),
+        original_uri: original,
+        original_method: header_str(&headers, "x-original-method")
+            .or_else(|| header_str(&headers, "x-forwarded-method"))
+            .or(Some(method.as_str())),
+    };
+    decide(&state, &req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    header_str(headers, header::AUTHORIZATION.as_str())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+async fn decide(state: &AppState, req: &ForwardRequest<'_>) -> Response {
+    let decision = match state.provider.forward_auth(req).await {
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };

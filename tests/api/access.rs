@@ -407,6 +407,39 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
         );
         assert_eq!(got, None, "no identity on a refusal");
     }
+    // Envoy ext_authz: the original path appended to the prefix; the
+    // resource only from the proxy's header, never from the client's query.
+    let envoy = |path: String, resource: Option<&'static str>| {
+        let (app, home) = (app.clone(), home.clone());
+        async move {
+            let mut req = app
+                .client
+                .get(app.url(&format!("/forward-auth{path}")))
+                .bearer_auth(home);
+            if let Some(r) = resource {
+                req = req.header("x-portcullis-resource", r);
+            }
+            let resp = req.send().await.unwrap();
+            (
+                resp.status(),
+                resp.headers()["x-portcullis-reason"].to_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (status, reason) = envoy(format!("/home/{sub}/notes?x=1"), Some(HOME)).await;
+    assert_eq!((status, reason.as_str()), (StatusCode::OK, "forward_auth.allowed"));
+    let (status, reason) = envoy("/home/someone-else/notes".into(), Some(HOME)).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::FORBIDDEN, "forward_auth.no_route")
+    );
+    let q_home = url::form_urlencoded::byte_serialize(HOME.as_bytes()).collect::<String>();
+    let (status, reason) = envoy(format!("/home/{sub}/notes?resource={q_home}"), None).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_REQUEST, "forward_auth.missing_resource")
+    );
+
     // A resource server's route rules are checked when it is registered.
     let (status, body) = app
         .admin(
