@@ -712,6 +712,19 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
         );
     }
 
+    // An unmapped user's refusal is a security event of the tenant.
+    let (_, audit) = app.admin(Method::GET, "/admin/v1/tenants/demo/audit", None).await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.exchange_refused"
+                && e["reason"] == "exchange.no_rule"
+                && e["type"] == "security"),
+        "{audit}"
+    );
+
     // The subject token is checked like any access token on use: revoked...
     let resp = app
         .client
@@ -846,6 +859,30 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app.admin(Method::DELETE, &format!("{path}/eng"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A tenant deleted and created again does not inherit its rules.
+    let acme = "/admin/v1/tenants/acme/exchange-rules";
+    for _ in 0..2 {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants",
+                Some(json!({"id": "acme", "name": "Acme"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, list) = app.admin(Method::GET, acme, None).await;
+        assert_eq!(list["exchange_rules"], json!([]), "{list}");
+        let (status, _) = app
+            .admin(
+                Method::POST,
+                acme,
+                Some(json!({"id": "all", "resource": HOME, "scopes": ["home:read"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = app.admin(Method::DELETE, "/admin/v1/tenants/acme", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
     let (status, audit) = app.admin(Method::GET, "/admin/v1/tenants/demo/audit", None).await;
     assert_eq!(status, StatusCode::OK);
     let actions: Vec<&str> = audit["events"]
