@@ -985,6 +985,25 @@ mod tests {
     }
 
     #[test]
+    fn resource_server_routes_are_read_and_checked() {
+        let text = r#"
+[[resource_servers]]
+identifier = "https://home.example.test"
+scopes = [{ name = "home:read" }]
+routes = [
+  { path = "/home/${sub}/**", methods = ["GET"], scopes = ["home:read"] },
+  { path = "/a/**/b" },
+]
+"#;
+        let mut s = Settings::parse(text, "portcullis.toml").unwrap();
+        assert_eq!(s.resource_servers[0].routes[0].path, "/home/${sub}/**");
+        s.store.backend = Some("memory".into());
+        let err = s.validate("portcullis.toml").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["resource_servers[0].routes[1].path"]);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let mut s = Settings::default();
         s.store.backend = Some("memory".into());
