@@ -218,7 +218,12 @@ fn check_route(
 /// (after expanding `${sub}`/`${tenant}`), or the same scope of `rs` written
 /// bare or qualified.
 fn holds(rs: &ResourceServer, claims: &AccessClaims, held: &[String], wanted: &str) -> bool {
-    let wanted = super::exchange::expand(wanted, &claims.sub, claims.tenant.as_deref().unwrap_or(""));
+    let wanted = match (super::exchange::is_template(wanted), claims.tenant.as_deref()) {
+        (false, _) => wanted.to_owned(),
+        // A policy variable names a user; an app's own token holds none.
+        (true, None) => return false,
+        (true, Some(tenant)) => super::exchange::expand(wanted, &claims.sub, tenant),
+    };
     if super::exchange::is_template(&wanted) {
         return false;
     }
@@ -274,10 +279,12 @@ fn segment_matches(pattern: &str, segment: &str, sub: &str, tenant: Option<&str>
     if !pattern.contains("${") {
         return pattern == segment;
     }
-    if pattern.contains("${tenant}") && tenant.is_none() {
+    // Policy variables name a user: an app's own token (no tenant, `sub` =
+    // its client id) never matches them, whatever the app is called.
+    let Some(tenant) = tenant else {
         return false;
-    }
-    let expanded = super::exchange::expand(pattern, sub, tenant.unwrap_or(""));
+    };
+    let expanded = super::exchange::expand(pattern, sub, tenant);
     !sub.is_empty() && !expanded.contains("${") && expanded == segment
 }
 
@@ -293,6 +300,10 @@ mod tests {
         assert!(!path_matches("/users/${sub}", "/users/u1x", "u1", Some("t")));
         assert!(path_matches("/t/${tenant}/*", "/t/acme/x", "u1", Some("acme")));
         assert!(!path_matches("/t/${tenant}/*", "/t/acme/x", "u1", None));
+        assert!(
+            !path_matches("/users/${sub}", "/users/app", "app", None),
+            "an app token is no user"
+        );
         assert!(!path_matches("/t/${tenant}/*", "/t/acme/x/y", "u1", Some("acme")));
         assert!(!path_matches("/a/*", "/a/", "u1", None));
         assert!(path_matches("/a", "/a", "u1", None));
