@@ -14,7 +14,6 @@ use super::clients::{NewClient, RotateSecret};
 use super::exchange_rules::{NewExchangeRule, NewWhen};
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
-use crate::provider::resources::RouteRule;
 use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -688,7 +687,21 @@ pub(crate) struct ResourceServerView {
     /// RFC 3339.
     created_at: String,
     /// Per-route scope rules for forward auth.
-    routes: Vec<RouteRule>,
+    routes: Vec<RouteRuleView>,
+}
+
+/// A route rule of a resource server (forward auth).
+#[derive(ToSchema)]
+pub(crate) struct RouteRuleView {
+    /// `/`-separated segments: literal, `*` (one segment), `**` (last: the
+    /// rest), or holding `${sub}`/`${tenant}`.
+    path: String,
+    /// Upper-case methods; empty or absent: any.
+    #[schema(required = false)]
+    methods: Vec<String>,
+    /// Scopes the token needs.
+    #[schema(required = false)]
+    scopes: Vec<String>,
 }
 
 /// The condition of an exchange rule.
@@ -825,7 +838,7 @@ impl Modify for EdgeAnswers {
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
         NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
-        RouteRule, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList))
+        RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList))
 )]
 pub struct ApiDoc;
 

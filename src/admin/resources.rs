@@ -42,6 +42,7 @@ pub(crate) struct NewResourceServer {
     #[serde(default)]
     scopes: Vec<NewScope>,
     #[serde(default)]
+    #[schema(value_type = Vec<super::openapi::RouteRuleView>)]
     routes: Vec<RouteRule>,
 }
 

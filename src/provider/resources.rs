@@ -100,7 +100,7 @@ pub struct ResourceServer {
 /// `X-Original-Method`/`X-Forwarded-Method`). A request is allowed when a
 /// rule matches its method and path and the token holds all of its scopes;
 /// a resource server with rules refuses every request no rule matches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     /// A path pattern of `/`-separated segments: a literal segment, `*` (any
