@@ -226,6 +226,8 @@ async fn seed_resource_servers(state: &AppState, settings: &Settings) -> anyhow:
             .collect();
         let scopes = check_resource_server(&r.identifier, &pairs)
             .map_err(|(f, m)| anyhow::anyhow!("resource_servers[{i}].{f}: {m}"))?;
+        crate::provider::resources::check_routes(&r.routes)
+            .map_err(|(f, m)| anyhow::anyhow!("resource_servers[{i}].{f}: {m}"))?;
         let rs = ResourceServer {
             identifier: r.identifier.clone(),
             name: if r.name.is_empty() {
@@ -235,6 +237,7 @@ async fn seed_resource_servers(state: &AppState, settings: &Settings) -> anyhow:
             },
             scopes,
             created_at: state.provider.clock.now(),
+            routes: r.routes.clone(),
         };
         state
             .provider

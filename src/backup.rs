@@ -177,6 +177,11 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             out.insert(crate::admin::api_key_record_key(Some(&tid), &id), Value);
         }
         out.insert(api_keys, Set);
+        let rules = crate::provider::exchange::index_key(&tid);
+        for id in raw.set_members(&rules).await? {
+            out.insert(crate::provider::exchange::rule_key(&tid, &id), Value);
+        }
+        out.insert(rules, Set);
         let users = directory::index_key(&tid);
         for sub in raw.set_members(&users).await? {
             let user_key = directory::user_key(&tid, &sub);

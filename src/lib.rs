@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod authorizer;
 pub mod backup;
 pub mod broker;
 pub mod cli;

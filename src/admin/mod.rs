@@ -16,6 +16,7 @@ mod clients;
 mod connections;
 mod domains;
 mod error;
+mod exchange_rules;
 pub mod openapi;
 mod refresh;
 mod resources;
@@ -58,7 +59,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes())
-        .merge(domains::routes());
+        .merge(domains::routes())
+        .merge(exchange_rules::routes());
     // The document describes the API's shape, never its data: no credential needed.
     Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -114,6 +116,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/tenants/{id}/domains/{domain}"),
     ("POST", "/tenants/{id}/domains/{domain}/verify"),
     ("PUT", "/tenants/{id}/mfa"),
+    ("POST", "/tenants/{id}/exchange-rules"),
+    ("GET", "/tenants/{id}/exchange-rules"),
+    ("GET", "/tenants/{id}/exchange-rules/{rid}"),
+    ("DELETE", "/tenants/{id}/exchange-rules/{rid}"),
 ];
 
 /// `GET /admin/v1/openapi.json`: the API's description; public (no data).

@@ -11,6 +11,7 @@
 #![allow(dead_code)] // The path items are documentation only, never called.
 
 use super::clients::{NewClient, RotateSecret};
+use super::exchange_rules::{NewExchangeRule, NewWhen};
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
 use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
@@ -685,6 +686,49 @@ pub(crate) struct ResourceServerView {
     scopes: Vec<ResourceScopeView>,
     /// RFC 3339.
     created_at: String,
+    /// Per-route scope rules for forward auth.
+    routes: Vec<RouteRuleView>,
+}
+
+/// A route rule of a resource server (forward auth).
+#[derive(ToSchema)]
+pub(crate) struct RouteRuleView {
+    /// `/`-separated segments: literal, `*` (one segment), `**` (last: the
+    /// rest), or holding `${sub}`/`${tenant}`.
+    path: String,
+    /// Upper-case methods; empty or absent: any.
+    #[schema(required = false)]
+    methods: Vec<String>,
+    /// Scopes the token needs.
+    #[schema(required = false)]
+    scopes: Vec<String>,
+}
+
+/// The condition of an exchange rule.
+#[derive(ToSchema)]
+pub(crate) struct WhenView {
+    claim: String,
+    equals: String,
+}
+
+/// A token-exchange rule of a tenant.
+#[derive(ToSchema)]
+pub(crate) struct ExchangeRuleView {
+    id: String,
+    /// `null`: every user of the tenant.
+    when: Option<WhenView>,
+    /// The resource server's identifier.
+    resource: String,
+    scopes: Vec<String>,
+    claims: std::collections::BTreeMap<String, String>,
+    /// RFC 3339.
+    created_at: String,
+}
+
+/// A tenant's exchange rules.
+#[derive(ToSchema)]
+pub(crate) struct ExchangeRuleList {
+    exchange_rules: Vec<ExchangeRuleView>,
 }
 
 /// The resource servers.
@@ -786,13 +830,15 @@ impl Modify for EdgeAnswers {
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
         users_list, users_get, users_delete, users_disable, users_enable,
         keys_rotate,
-        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
+        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
+        exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete
     ),
     components(schemas(Problem, Tenant, TenantSettings, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
-        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView))
+        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
+        RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList))
 )]
 pub struct ApiDoc;
 
@@ -1036,3 +1082,27 @@ fn domains_verify() {}
     request_body = MfaSetting,
     responses((status = 200, body = MfaSetting), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn tenants_mfa() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/exchange-rules", tag = "exchange-rules", params(("id" = String, Path)),
+    request_body = NewExchangeRule,
+    responses((status = 201, body = ExchangeRuleView), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn exchange_rules_create() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/exchange-rules", tag = "exchange-rules", params(("id" = String, Path)),
+    responses((status = 200, body = ExchangeRuleList), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn exchange_rules_list() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/exchange-rules/{rid}", tag = "exchange-rules",
+    params(("id" = String, Path), ("rid" = String, Path)),
+    responses((status = 200, body = ExchangeRuleView), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn exchange_rules_get() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/exchange-rules/{rid}", tag = "exchange-rules",
+    params(("id" = String, Path), ("rid" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn exchange_rules_delete() {}

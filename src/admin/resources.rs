@@ -6,7 +6,7 @@
 use super::{audit, parse_body, Admin, AdminError, JsonBody};
 use crate::audit::Target;
 use crate::http::AppState;
-use crate::provider::resources::{check_resource_server, ResourceError, ResourceServer};
+use crate::provider::resources::{check_resource_server, check_routes, ResourceError, ResourceServer, RouteRule};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,9 @@ pub(crate) struct NewResourceServer {
     name: Option<String>,
     #[serde(default)]
     scopes: Vec<NewScope>,
+    #[serde(default)]
+    #[schema(value_type = Vec<super::openapi::RouteRuleView>)]
+    routes: Vec<RouteRule>,
 }
 
 fn internal(e: crate::store::StoreError) -> AdminError {
@@ -51,6 +54,7 @@ fn internal(e: crate::store::StoreError) -> AdminError {
 fn view(rs: &ResourceServer) -> Value {
     json!({
         "identifier": rs.identifier, "name": rs.name, "scopes": rs.scopes, "created_at": rs.created_at,
+        "routes": rs.routes,
     })
 }
 
@@ -63,6 +67,7 @@ async fn create(
     let pairs: Vec<(String, String)> = req.scopes.into_iter().map(|sc| (sc.name, sc.description)).collect();
     let scopes = check_resource_server(&req.identifier, &pairs)
         .map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
+    check_routes(&req.routes).map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
     let rs = ResourceServer {
         name: req
             .name
@@ -71,6 +76,7 @@ async fn create(
         identifier: req.identifier,
         scopes,
         created_at: s.provider.clock.now(),
+        routes: req.routes,
     };
     s.provider.resources.create(&rs).await.map_err(|e| match e {
         ResourceError::Exists(id) => AdminError::Conflict {

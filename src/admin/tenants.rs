@@ -391,6 +391,13 @@ async fn delete_tenant(
             tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
         }
     }
+    // A tenant created later with the same id must not inherit its rules.
+    if let Err(e) = crate::provider::exchange::ExchangeRules::new(s.store.clone())
+        .purge(&id)
+        .await
+    {
+        tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "exchange rules of a deleted tenant left in the store");
+    }
     audit::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }

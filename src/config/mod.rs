@@ -393,6 +393,9 @@ pub struct ResourceServerSettings {
     /// The scopes it defines.
     #[serde(default)]
     pub scopes: Vec<ResourceScopeSettings>,
+    /// `[[resource_servers.routes]]`: per-route scope rules for forward auth.
+    #[serde(default)]
+    pub routes: Vec<crate::provider::resources::RouteRule>,
 }
 
 /// `[[resource_servers.scopes]]`: one scope of a declared API.
@@ -926,6 +929,9 @@ impl Settings {
             if let Err((field, m)) = crate::provider::resources::check_resource_server(&r.identifier, &scopes) {
                 bad(&format!("resource_servers[{i}].{field}"), m);
             }
+            if let Err((field, m)) = crate::provider::resources::check_routes(&r.routes) {
+                bad(&format!("resource_servers[{i}].{field}"), m);
+            }
             if self
                 .resource_servers
                 .iter()
@@ -976,6 +982,25 @@ mod tests {
     fn unknown_keys_are_errors() {
         let err = Settings::parse("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n", "x.toml").unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn resource_server_routes_are_read_and_checked() {
+        let text = r#"
+[[resource_servers]]
+identifier = "https://home.example.test"
+scopes = [{ name = "home:read" }]
+routes = [
+  { path = "/home/${sub}/**", methods = ["GET"], scopes = ["home:read"] },
+  { path = "/a/**/b" },
+]
+"#;
+        let mut s = Settings::parse(text, "portcullis.toml").unwrap();
+        assert_eq!(s.resource_servers[0].routes[0].path, "/home/${sub}/**");
+        s.store.backend = Some("memory".into());
+        let err = s.validate("portcullis.toml").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["resource_servers[0].routes[1].path"]);
     }
 
     #[test]

@@ -101,8 +101,9 @@ pub enum RouteClass {
     Portal,
     /// The admin API: problem+json.
     Admin,
-    /// Everything else (discovery, JWKS, metadata, health, logout, demo):
-    /// not rate limited.
+    /// Everything else (discovery, JWKS, metadata, health, logout, demo,
+    /// forward auth, which a proxy calls for every API request and which
+    /// guesses no secret): not rate limited.
     Other,
 }
 
@@ -135,6 +136,7 @@ impl RouteClass {
             ["admin", ..] => (Self::Admin, None),
             ["saml", _, _, "metadata"]
             | ["jwks" | "healthz" | "readyz" | "logout" | "metrics" | "demo"]
+            | ["forward-auth", ..]
             | [".well-known", ..]
             | ["demo", ..] => (Self::Other, None),
             // A POST anywhere else may be a migrated connection's ACS alias.

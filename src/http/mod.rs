@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod edge;
 pub mod flows;
+pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod oauth;
@@ -155,6 +156,13 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/userinfo", get(oauth::userinfo).post(oauth::userinfo))
         .route("/revoke", post(oauth::revoke))
         .route("/introspect", post(oauth::introspect))
+        // Any method: nginx's auth_request sends the original request's.
+        .route("/forward-auth", axum::routing::any(forward::forward_auth))
+        // Envoy ext_authz appends the original path to its prefix.
+        .route(
+            "/forward-auth/{*original}",
+            axum::routing::any(forward::forward_auth_prefixed),
+        )
         // The ACS is reached by a cross-site POST without the session cookie:
         // outside the session layer, it cannot create or replace one.
         .route(metrics::ACS_ROUTE, post(flows::saml_acs))

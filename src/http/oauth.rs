@@ -107,7 +107,8 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "end_session_endpoint": u("logout"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
+            crate::provider::clients::TOKEN_EXCHANGE],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -247,6 +248,12 @@ pub async fn token(
             refresh_token: form.remove("refresh_token"),
             scope: form.remove("scope"),
             resource: form.remove("resource"),
+            subject_token: form.remove("subject_token"),
+            subject_token_type: form.remove("subject_token_type"),
+            requested_token_type: form.remove("requested_token_type"),
+            audience: form.remove("audience"),
+            actor_token: form.remove("actor_token"),
+            actor_token_type: form.remove("actor_token_type"),
         };
         state.provider.token(&client, &req).await
     }

@@ -129,6 +129,10 @@ pub enum GrantType {
     RefreshToken,
     /// `client_credentials` (machine to machine; confidential apps only).
     ClientCredentials,
+    /// RFC 8693 token exchange: a user's access token for a short-lived one
+    /// scoped to one resource server by the tenant's exchange rules.
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
 }
 
 impl GrantType {
@@ -138,6 +142,7 @@ impl GrantType {
             Self::AuthorizationCode => "authorization_code",
             Self::RefreshToken => "refresh_token",
             Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => TOKEN_EXCHANGE,
         }
     }
 
@@ -147,10 +152,14 @@ impl GrantType {
             "authorization_code" => Some(Self::AuthorizationCode),
             "refresh_token" => Some(Self::RefreshToken),
             "client_credentials" => Some(Self::ClientCredentials),
+            TOKEN_EXCHANGE => Some(Self::TokenExchange),
             _ => None,
         }
     }
 }
+
+/// The `grant_type` of RFC 8693 token exchange.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// The grant types of an app registered without `grant_types`.
 pub fn default_grant_types() -> Vec<GrantType> {

@@ -48,6 +48,18 @@ pub struct TokenRequest {
     pub scope: Option<String>,
     /// RFC 8707 `resource`: the API the access token is for.
     pub resource: Option<String>,
+    /// RFC 8693 `subject_token` (token exchange).
+    pub subject_token: Option<String>,
+    /// RFC 8693 `subject_token_type`.
+    pub subject_token_type: Option<String>,
+    /// RFC 8693 `requested_token_type`.
+    pub requested_token_type: Option<String>,
+    /// RFC 8693 `audience` (the same as `resource` here).
+    pub audience: Option<String>,
+    /// RFC 8693 `actor_token` (not supported: refused).
+    pub actor_token: Option<String>,
+    /// RFC 8693 `actor_token_type` (not supported: refused).
+    pub actor_token_type: Option<String>,
 }
 
 /// A successful token response (RFC 6749 §5.1).
@@ -67,6 +79,9 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
     /// Granted scope (RFC 6749 §3.3: may be narrower than requested).
     pub scope: String,
+    /// RFC 8693 `issued_token_type` (token exchange only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// Claims of an access token (RFC 9068).
@@ -164,6 +179,7 @@ impl Provider {
             GrantType::AuthorizationCode => self.code_grant(client, req).await,
             GrantType::RefreshToken => self.refresh_grant(client, req).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
+            GrantType::TokenExchange => self.exchange_grant(client, req).await,
         };
         if issued.is_ok() {
             crate::meter::token_issued(grant.as_str());
@@ -228,6 +244,7 @@ impl Provider {
             id_token: None,
             refresh_token: None,
             scope,
+            issued_token_type: None,
         })
     }
 
@@ -567,6 +584,7 @@ impl Provider {
             id_token,
             refresh_token,
             scope,
+            issued_token_type: None,
         };
         Ok((resp, access))
     }

@@ -6,6 +6,8 @@
 pub mod clients;
 pub mod codes;
 pub mod error;
+pub mod exchange;
+pub mod forward;
 pub mod grants;
 pub mod refresh;
 pub mod resources;

@@ -89,6 +89,79 @@ pub struct ResourceServer {
     pub scopes: Vec<ResourceScope>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// Per-route scope rules for forward auth (`GET /forward-auth`); empty:
+    /// only the scope the proxy asks for is checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteRule>,
+}
+
+/// A route rule of a resource server, checked by forward auth against the
+/// original request the proxy reports (`X-Original-URI`/`X-Forwarded-Uri`,
+/// `X-Original-Method`/`X-Forwarded-Method`). A request is allowed when a
+/// rule matches its method and path and the token holds all of its scopes;
+/// a resource server with rules refuses every request no rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// A path pattern of `/`-separated segments: a literal segment, `*` (any
+    /// one segment), `**` (last only: any rest, even empty), or a segment
+    /// holding `${sub}` / `${tenant}`, expanded for the token's user.
+    pub path: String,
+    /// Methods (upper case); empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Scopes of this resource server the token needs (bare or qualified,
+    /// or a token-exchange scope with `${sub}`/`${tenant}`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Checks a resource server's route rules (at most 64): field path and message.
+pub fn check_routes(routes: &[RouteRule]) -> Result<(), (String, String)> {
+    if routes.len() > 64 {
+        return Err(("routes".into(), "at most 64 route rules".into()));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let f = |x: &str| format!("routes[{i}].{x}");
+        if !r.path.starts_with('/') || r.path.len() > 1024 || r.path.contains(['?', '#', '%', '\\']) {
+            return Err((
+                f("path"),
+                "must start with '/' and hold no '?', '#', '%' or '\\' (at most 1024 characters)".into(),
+            ));
+        }
+        let segments: Vec<&str> = r.path.split('/').skip(1).collect();
+        for (j, seg) in segments.iter().enumerate() {
+            if matches!(*seg, "." | "..") {
+                return Err((f("path"), "has a '.' or '..' segment".into()));
+            }
+            if *seg == "**" && j + 1 != segments.len() {
+                return Err((f("path"), "'**' can only be the last segment".into()));
+            }
+            if seg.replace("${sub}", "").replace("${tenant}", "").contains("${") {
+                return Err((
+                    f("path"),
+                    "uses an unknown policy variable (only ${sub} and ${tenant} exist)".into(),
+                ));
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err((
+                    format!("routes[{i}].methods[{j}]"),
+                    "must be an upper-case method name".into(),
+                ));
+            }
+        }
+        for (j, s) in r.scopes.iter().enumerate() {
+            if s.is_empty() || s.len() > 255 || !scope_token_chars(s) {
+                return Err((
+                    format!("routes[{i}].scopes[{j}]"),
+                    format!("{s:?} is not a scope token"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ResourceServer {
@@ -401,6 +474,7 @@ mod tests {
                 })
                 .collect(),
             created_at: DateTime::<Utc>::MIN_UTC,
+            routes: vec![],
         }
     }
 

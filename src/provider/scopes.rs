@@ -159,6 +159,7 @@ mod tests {
                 })
                 .collect(),
             created_at: DateTime::<Utc>::MIN_UTC,
+            routes: vec![],
         }
     }
 

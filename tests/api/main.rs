@@ -3,6 +3,7 @@
 
 mod support;
 
+mod access;
 mod admin_api;
 mod admin_scopes;
 mod audit_events;

@@ -653,7 +653,12 @@ async fn prompt_consent_and_select_account_are_refused_and_not_advertised() {
     assert_eq!(disco["prompt_values_supported"], json!(["none", "login"]));
     assert_eq!(
         disco["grant_types_supported"],
-        json!(["authorization_code", "refresh_token", "client_credentials"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
     );
     let scopes: Vec<&str> = disco["scopes_supported"]
         .as_array()

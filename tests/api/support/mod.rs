@@ -7,6 +7,7 @@ pub mod browser;
 pub mod dns;
 pub mod gateway;
 pub mod html_form;
+pub mod nginx;
 pub mod oidc_world;
 pub mod peers;
 pub mod real_browser;

@@ -1,0 +1,490 @@
+//! `portcullis::authorizer`: a tower layer a Rust API puts in front of its
+//! routes to accept Portcullis access tokens (RFC 9068) without a round
+//! trip per request.
+//!
+//! It validates the bearer token against the gateway's JWKS (fetched once,
+//! cached for [`AuthorizerConfig::cache_ttl`], fetched again when a token
+//! names an unknown `kid`, at most once per
+//! [`AuthorizerConfig::min_refetch_interval`] so garbage `kid`s cannot make
+//! it hammer the gateway), then `typ` (`at+jwt`), `iss`, `aud` (the API's
+//! resource identifier), `exp`/`nbf` on the injected clock, and the scopes
+//! each route requires. The identity goes into the request's extensions as
+//! an [`Identity`]. Refusals are RFC 6750: 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"`, 403 with
+//! `error="insufficient_scope"`, each with its reason code in
+//! `X-Portcullis-Reason`.
+//!
+//! What a local check cannot see: a token revoked, or a user disabled,
+//! after the token was issued. Tokens are short-lived; an API that must
+//! honour revocation at once puts `/forward-auth` (or `/introspect`) in
+//! front instead.
+//!
+//! ```no_run
+//! use axum::{routing::get, Extension, Router};
+//! use portcullis::authorizer::{Authorizer, AuthorizerConfig, Identity};
+//! use std::sync::Arc;
+//!
+//! async fn me(Extension(who): Extension<Identity>) -> String {
+//!     format!("hello {} of {:?}", who.sub, who.tenant)
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let authorizer = Authorizer::new(
+//!     AuthorizerConfig::new("https://sso.example.com", "https://api.example.com")?,
+//!     Arc::new(portcullis::clock::SystemClock),
+//! )?;
+//! let app: Router = Router::new()
+//!     .route("/me", get(me).layer(authorizer.require(["read"])))
+//!     .route("/admin", get(me).layer(authorizer.require(["read", "admin"])));
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::clock::SharedClock;
+use crate::tokens::{SigningAlgorithm, LEEWAY_SECS};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use http::{header, HeaderValue, Request, StatusCode};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{Mutex, RwLock};
+use url::Url;
+
+/// The largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Where the gateway is and which API this is.
+#[derive(Debug, Clone)]
+pub struct AuthorizerConfig {
+    /// The gateway's issuer (`iss` of its tokens), without a trailing slash.
+    pub issuer: String,
+    /// The JWKS URL (default: `{issuer}/jwks`).
+    pub jwks_uri: Url,
+    /// This API's resource server identifier: the `aud` its tokens carry.
+    pub audience: String,
+    /// How long fetched keys are used before being fetched again (default 5 min).
+    pub cache_ttl: Duration,
+    /// The shortest time between two fetches caused by unknown `kid`s (default 30 s).
+    pub min_refetch_interval: Duration,
+    /// The timeout of one JWKS fetch (default 5 s).
+    pub fetch_timeout: Duration,
+}
+
+impl AuthorizerConfig {
+    /// A configuration with the defaults, for the gateway `issuer` and the
+    /// resource server `audience`.
+    pub fn new(issuer: &str, audience: &str) -> Result<Self, AuthorizerError> {
+        let issuer = issuer.trim_end_matches('/').to_owned();
+        let jwks_uri = Url::parse(&format!("{issuer}/jwks")).map_err(|e| AuthorizerError::Config(e.to_string()))?;
+        Ok(Self {
+            issuer,
+            jwks_uri,
+            audience: audience.to_owned(),
+            cache_ttl: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Why an authorizer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizerError {
+    /// The configuration is unusable.
+    #[error("authorizer configuration: {0}")]
+    Config(String),
+}
+
+/// Who a valid token is about; in the request's extensions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The user's `sub` (the client id for an app's own token).
+    pub sub: String,
+    /// The user's tenant (none for an app's own token).
+    pub tenant: Option<String>,
+    /// The app the token was issued to.
+    pub client_id: String,
+    /// The token's scopes.
+    pub scopes: Vec<String>,
+    /// Every claim of the token (extra claims of exchanged tokens included).
+    pub claims: Value,
+}
+
+/// Why a request was refused: status and stable reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// 401 or 403.
+    pub status: StatusCode,
+    /// The reason code (`authorizer.no_token`, `authorizer.unknown_kid`...).
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    fn unauthorized(reason: &'static str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            reason,
+        }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let challenge = match (self.status, self.reason) {
+            (_, "authorizer.no_token") => "Bearer realm=\"portcullis\"",
+            (StatusCode::FORBIDDEN, _) => "Bearer realm=\"portcullis\", error=\"insufficient_scope\"",
+            _ => "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+        };
+        let mut resp = self.status.into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        resp.headers_mut()
+            .insert("x-portcullis-reason", HeaderValue::from_static(self.reason));
+        resp
+    }
+}
+
+struct CachedKey {
+    alg: SigningAlgorithm,
+    key: jsonwebtoken::DecodingKey,
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<String, Arc<CachedKey>>,
+    /// When the keys were fetched (unix seconds), if ever.
+    fetched_at: Option<i64>,
+    /// When a fetch was last tried, successful or not.
+    tried_at: Option<i64>,
+}
+
+struct Inner {
+    config: AuthorizerConfig,
+    clock: SharedClock,
+    http: reqwest::Client,
+    cache: RwLock<Cache>,
+    /// One fetch at a time; others wait and use its result.
+    fetching: Mutex<()>,
+    fetches: AtomicU64,
+}
+
+/// Validates Portcullis access tokens for one API; cheap to clone.
+#[derive(Clone)]
+pub struct Authorizer {
+    inner: Arc<Inner>,
+}
+
+impl Authorizer {
+    /// An authorizer; the keys are fetched at the first request.
+    pub fn new(config: AuthorizerConfig, clock: SharedClock) -> Result<Self, AuthorizerError> {
+        crate::tokens::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AuthorizerError::Config(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                http,
+                cache: RwLock::new(Cache::default()),
+                fetching: Mutex::new(()),
+                fetches: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A layer requiring a valid token holding every one of `scopes`.
+    pub fn require<I, S>(&self, scopes: I) -> AuthorizerLayer
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AuthorizerLayer {
+            authorizer: self.clone(),
+            scopes: scopes.into_iter().map(Into::into).collect::<Vec<_>>().into(),
+        }
+    }
+
+    /// How many JWKS fetches were attempted (for monitoring and tests).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Validates `authorization` (the header's value) and checks `scopes`.
+    pub async fn authorize(&self, authorization: Option<&str>, scopes: &[String]) -> Result<Identity, Rejection> {
+        let token = authorization
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(Rejection::unauthorized("authorizer.no_token"))?;
+        let identity = self.verify(token).await?;
+        // A scope is held bare (`read`) or qualified with this API (`<audience>/read`).
+        let audience = &self.inner.config.audience;
+        let held = |s: &String| {
+            identity
+                .scopes
+                .iter()
+                .any(|h| h == s || h.strip_prefix(audience.as_str()).and_then(|r| r.strip_prefix('/')) == Some(s))
+        };
+        if let Some(missing) = scopes.iter().find(|s| !held(s)) {
+            tracing::info!(reason = "authorizer.missing_scope", scope = %missing, "request refused");
+            return Err(Rejection {
+                status: StatusCode::FORBIDDEN,
+                reason: "authorizer.missing_scope",
+            });
+        }
+        Ok(identity)
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
+        let (alg, kid, typ) = header(token).ok_or(Rejection::unauthorized("authorizer.malformed"))?;
+        if !typ.to_ascii_lowercase().trim_start_matches("application/").eq("at+jwt") {
+            return Err(Rejection::unauthorized("authorizer.wrong_type"));
+        }
+        let key = self.key(&kid).await?;
+        if SigningAlgorithm::from_jose(&alg) != Some(key.alg) {
+            return Err(Rejection::unauthorized("authorizer.alg_mismatch"));
+        }
+        let mut validation = jsonwebtoken::Validation::new(key.alg.jsonwebtoken());
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<Value>(token, &key.key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    Rejection::unauthorized("authorizer.bad_signature")
+                }
+                _ => Rejection::unauthorized("authorizer.malformed"),
+            })?
+            .claims;
+        let config = &self.inner.config;
+        if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
+            return Err(Rejection::unauthorized("authorizer.wrong_issuer"));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == config.audience,
+            Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(config.audience.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(Rejection::unauthorized("authorizer.wrong_audience"));
+        }
+        let now = self.inner.clock.unix();
+        match claims.get("exp").and_then(Value::as_i64) {
+            Some(exp) if now < exp.saturating_add(LEEWAY_SECS) => {}
+            Some(_) => return Err(Rejection::unauthorized("authorizer.expired")),
+            None => return Err(Rejection::unauthorized("authorizer.malformed")),
+        }
+        if claims
+            .get("nbf")
+            .and_then(Value::as_i64)
+            .is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf)
+        {
+            return Err(Rejection::unauthorized("authorizer.not_yet_valid"));
+        }
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (Some(sub), Some(client_id)) = (text("sub"), text("client_id")) else {
+            return Err(Rejection::unauthorized("authorizer.malformed"));
+        };
+        Ok(Identity {
+            sub,
+            tenant: text("tenant"),
+            client_id,
+            scopes: text("scope")
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            claims,
+        })
+    }
+
+    /// The key `kid`: from the cache while fresh; otherwise fetched again,
+    /// an unknown `kid` at most once per `min_refetch_interval`.
+    async fn key(&self, kid: &str) -> Result<Arc<CachedKey>, Rejection> {
+        let ttl = i64::try_from(self.inner.config.cache_ttl.as_secs()).unwrap_or(i64::MAX);
+        let min_gap = i64::try_from(self.inner.config.min_refetch_interval.as_secs()).unwrap_or(i64::MAX);
+        let now = self.inner.clock.unix();
+        {
+            let cache = self.inner.cache.read().await;
+            let fresh = cache.fetched_at.is_some_and(|t| now < t.saturating_add(ttl));
+            if let (true, Some(k)) = (fresh, cache.keys.get(kid)) {
+                return Ok(k.clone());
+            }
+        }
+        let _one = self.inner.fetching.lock().await;
+        {
+            // Another request may have fetched while this one waited.
+            let cache = self.inner.cache.read().await;
+            let fresh = cache.fetched_at.is_some_and(|t| now < t.saturating_add(ttl));
+            let known = cache.keys.get(kid).cloned();
+            match known {
+                Some(k) if fresh => return Ok(k),
+                _ if fresh && cache.tried_at.is_some_and(|t| now < t.saturating_add(min_gap)) => {
+                    tracing::info!(reason = "authorizer.unknown_kid", "unknown kid; refetch rate-limited");
+                    return Err(Rejection::unauthorized("authorizer.unknown_kid"));
+                }
+                _ => {}
+            }
+        }
+        self.fetch(now).await;
+        let cache = self.inner.cache.read().await;
+        cache.keys.get(kid).cloned().ok_or_else(|| {
+            tracing::info!(reason = "authorizer.unknown_kid", "kid not in the gateway's JWKS");
+            Rejection::unauthorized("authorizer.unknown_kid")
+        })
+    }
+
+    /// Fetches the JWKS; a failure keeps the keys already known.
+    async fn fetch(&self, now: i64) {
+        self.inner.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch_keys().await;
+        let mut cache = self.inner.cache.write().await;
+        cache.tried_at = Some(now);
+        match result {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched_at = Some(now);
+            }
+            Err(e) => {
+                tracing::warn!(reason = "authorizer.jwks_unavailable", error = %e, "JWKS fetch failed; keeping the keys known");
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<HashMap<String, Arc<CachedKey>>, String> {
+        let resp = self
+            .inner
+            .http
+            .get(self.inner.config.jwks_uri.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        if resp.content_length().is_some_and(|l| l > MAX_JWKS_BYTES as u64) {
+            return Err("JWKS too large".into());
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err("JWKS too large".into());
+        }
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let mut out = HashMap::new();
+        for jwk in doc.get("keys").and_then(Value::as_array).into_iter().flatten() {
+            let s = |k: &str| jwk.get(k).and_then(Value::as_str);
+            let (Some(kid), Some(alg)) = (s("kid"), s("alg").and_then(SigningAlgorithm::from_jose)) else {
+                continue;
+            };
+            let key = match (alg, s("kty"), s("crv")) {
+                (SigningAlgorithm::Rs256, Some("RSA"), _) => match (s("n"), s("e")) {
+                    (Some(n), Some(e)) => jsonwebtoken::DecodingKey::from_rsa_components(n, e).ok(),
+                    _ => None,
+                },
+                (SigningAlgorithm::Es256, Some("EC"), Some("P-256")) => match (s("x"), s("y")) {
+                    (Some(x), Some(y)) => jsonwebtoken::DecodingKey::from_ec_components(x, y).ok(),
+                    _ => None,
+                },
+                (SigningAlgorithm::EdDsa, Some("OKP"), Some("Ed25519")) => {
+                    s("x").and_then(|x| jsonwebtoken::DecodingKey::from_ed_components(x).ok())
+                }
+                _ => None,
+            };
+            if let Some(key) = key {
+                out.insert(kid.to_owned(), Arc::new(CachedKey { alg, key }));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The JOSE header's `alg`, `kid` and `typ`, if the token is a compact JWS.
+fn header(token: &str) -> Option<(String, String, String)> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    if v.get("crit").is_some() {
+        return None;
+    }
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some((s("alg")?, s("kid")?, s("typ")?))
+}
+
+/// The layer of [`Authorizer::require`].
+#[derive(Clone)]
+pub struct AuthorizerLayer {
+    authorizer: Authorizer,
+    scopes: Arc<[String]>,
+}
+
+impl<S> tower::Layer<S> for AuthorizerLayer {
+    type Service = AuthorizerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthorizerService {
+            inner,
+            authorizer: self.authorizer.clone(),
+            scopes: self.scopes.clone(),
+        }
+    }
+}
+
+/// The service of [`AuthorizerLayer`].
+#[derive(Clone)]
+pub struct AuthorizerService<S> {
+    inner: S,
+    authorizer: Authorizer,
+    scopes: Arc<[String]>,
+}
+
+impl<S, B> tower::Service<Request<B>> for AuthorizerService<S>
+where
+    S: tower::Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this request (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authorizer = self.authorizer.clone();
+        let scopes = self.scopes.clone();
+        Box::pin(async move {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match authorizer.authorize(authorization.as_deref(), &scopes).await {
+                Ok(identity) => {
+                    req.extensions_mut().insert(identity);
+                    inner.call(req).await
+                }
+                Err(rejection) => {
+                    tracing::info!(reason = rejection.reason, "request refused by the authorizer");
+                    Ok(rejection.into_response())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,1039 @@
+//! Access to APIs: forward auth behind a real nginx (`auth_request`), RFC 8693
+//! token exchange with per-tenant exchange rules, and the
+//! `portcullis::authorizer` tower layer. Provider-side, so the built-in dev
+//! IdP signs users in.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Nav};
+use crate::support::nginx::{Nginx, Protected};
+use axum::http::HeaderMap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use portcullis::clock::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use url::Url;
+
+const FILES: &str = "https://files.example.test";
+const REPORTS: &str = "https://reports.example.test";
+const HOME: &str = "https://home.example.test";
+const REDIRECT: &str = "https://app.example.test/cb";
+const VERIFIER: &str = "a-verifier-that-is-long-enough-to-be-valid-for-pkce-0123456789";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn far_clock() -> ManualClock {
+    ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    )
+}
+
+/// A dev gateway with three APIs and the app `web` (confidential, may
+/// exchange tokens); returns it with web's secret.
+async fn world(clock: Option<ManualClock>) -> (TestApp, String) {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock,
+        ..AppOptions::default()
+    })
+    .await;
+    for (id, scopes, routes) in [
+        (FILES, &["files:read", "files:write"][..], json!([])),
+        (REPORTS, &["reports:read"][..], json!([])),
+        (
+            HOME,
+            &["home:read"][..],
+            json!([{"path": "/home/${sub}/**", "methods": ["GET"], "scopes": ["home:read"]}]),
+        ),
+    ] {
+        let scopes: Vec<Value> = scopes.iter().map(|s| json!({"name": s})).collect();
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/resource-servers",
+                Some(json!({"identifier": id, "scopes": scopes, "routes": routes})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let secret = register(
+        &app,
+        "web",
+        json!({
+            "allowed_scopes": ["files:read", "reports:read", "home:read"],
+            "grant_types": ["authorization_code", "refresh_token", EXCHANGE],
+        }),
+    )
+    .await;
+    (app, secret)
+}
+
+async fn register(app: &TestApp, id: &str, extra: Value) -> String {
+    let mut body = json!({"client_id": id, "redirect_uris": [REDIRECT], "public": false});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, answer) = app.admin(Method::POST, "/admin/v1/clients", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    answer["client_secret"].as_str().unwrap().to_owned()
+}
+
+/// Signs `email` in at the dev IdP through `/authorize` (tenant demo) and
+/// redeems the code; returns the token response.
+async fn sign_in(app: &TestApp, client: &str, secret: &str, email: &str, params: &[(&str, &str)]) -> Value {
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client)
+        .append_pair("redirect_uri", REDIRECT)
+        .append_pair("tenant", "demo")
+        .append_pair("login_hint", email)
+        .append_pair(
+            "code_challenge",
+            &portcullis::tokens::sha256_base64url(VERIFIER.as_bytes()),
+        )
+        .append_pair("code_challenge_method", "S256")
+        .extend_pairs(params);
+    let mut browser = Browser::new();
+    let stop = |u: &Url| u.host_str() == Some("app.example.test");
+    let back = match browser.get_until(&url, &stop).await {
+        Nav::Stopped(u) => u,
+        Nav::Page(login) => {
+            let mut form = login.form(None);
+            form.set("email", email);
+            browser.submit_until(&login, &form, &stop).await.stopped()
+        }
+    };
+    let q: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    let code = q.get("code").unwrap_or_else(|| panic!("no code: {q:?}"));
+    let (status, body) = token(
+        app,
+        client,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn token(app: &TestApp, client: &str, secret: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
+    let resp = app
+        .client
+        .post(app.url("/token"))
+        .basic_auth(client, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The claims of a JWT.
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn at(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A small backend that echoes what nginx passed on.
+async fn backend() -> String {
+    async fn echo(uri: axum::http::Uri, headers: HeaderMap) -> axum::Json<Value> {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        axum::Json(json!({
+            "path": uri.path(), "sub": h("x-portcullis-sub"), "tenant": h("x-portcullis-tenant"),
+            "scopes": h("x-portcullis-scopes"),
+        }))
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().fallback(echo);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr.to_string()
+}
+
+fn proxy(app: &TestApp, backend: &str) -> Nginx {
+    Nginx::start(
+        &app.base,
+        backend,
+        &[
+            Protected {
+                prefix: "/files/",
+                resource: FILES,
+                scope: Some("files:read"),
+            },
+            Protected {
+                prefix: "/files-admin/",
+                resource: FILES,
+                scope: Some("files:write"),
+            },
+            Protected {
+                prefix: "/home/",
+                resource: HOME,
+                scope: None,
+            },
+        ],
+    )
+}
+
+struct Answer {
+    status: StatusCode,
+    reason: String,
+    challenge: String,
+    body: Value,
+}
+
+async fn call(method: Method, url: &str, bearer: Option<&str>) -> Answer {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (reason, challenge) = (h("x-portcullis-reason"), h("www-authenticate"));
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    Answer {
+        status,
+        reason,
+        challenge,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+fn refused(a: &Answer, status: StatusCode, reason: &str) {
+    assert_eq!(
+        (a.status, a.reason.as_str()),
+        (status, reason),
+        "{} {}",
+        a.challenge,
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn nginx_lets_the_right_audience_and_scope_through_and_refuses_the_rest() {
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let nginx = proxy(&app, &backend().await);
+    let files = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await;
+    let files_at = at(&files);
+    let sub = claims(&files_at)["sub"].as_str().unwrap().to_owned();
+
+    let ok = call(Method::GET, &nginx.url("/files/report.pdf"), Some(&files_at)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{} {}", ok.reason, ok.challenge);
+    assert_eq!(ok.body["path"], "/files/report.pdf");
+    assert_eq!(ok.body["sub"], sub.as_str(), "identity passed downstream");
+    assert_eq!(ok.body["tenant"], "demo");
+    assert!(
+        ok.body["scopes"].as_str().unwrap().contains("files:read"),
+        "{}",
+        ok.body
+    );
+
+    // No token: 401 with a bare challenge (RFC 6750 §3.1).
+    let none = call(Method::GET, &nginx.url("/files/report.pdf"), None).await;
+    refused(&none, StatusCode::UNAUTHORIZED, "forward_auth.no_token");
+    assert_eq!(none.challenge, "Bearer realm=\"portcullis\"");
+    // Not a token of ours.
+    let junk = call(Method::GET, &nginx.url("/files/a"), Some("not.a.token")).await;
+    refused(&junk, StatusCode::UNAUTHORIZED, "token.invalid");
+    assert!(junk.challenge.contains("error=\"invalid_token\""), "{}", junk.challenge);
+    // Right audience, wrong scope.
+    let admin = call(Method::GET, &nginx.url("/files-admin/a"), Some(&files_at)).await;
+    refused(&admin, StatusCode::FORBIDDEN, "forward_auth.missing_scope");
+    // nginx passes a 403 on without the challenge; the gateway's own answer has it (RFC 6750 §3.1).
+    let direct = call(
+        Method::GET,
+        app.url(&format!(
+            "/forward-auth?resource={}&scope=files%3Awrite",
+            url::form_urlencoded::byte_serialize(FILES.as_bytes()).collect::<String>()
+        ))
+        .as_str(),
+        Some(&files_at),
+    )
+    .await;
+    refused(&direct, StatusCode::FORBIDDEN, "forward_auth.missing_scope");
+    assert_eq!(
+        direct.challenge,
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"files:write\""
+    );
+    // Another resource server's token.
+    let reports = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid reports:read"), ("resource", REPORTS)],
+    )
+    .await;
+    let other = call(Method::GET, &nginx.url("/files/a"), Some(&at(&reports))).await;
+    refused(&other, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
+    // The app's own token (aud = client id) is no API token either.
+    let plain = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await;
+    let plain = call(Method::GET, &nginx.url("/files/a"), Some(&at(&plain))).await;
+    refused(&plain, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
+
+    // Revoked (RFC 7009): refused at once.
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", files_at.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let revoked = call(Method::GET, &nginx.url("/files/a"), Some(&files_at)).await;
+    refused(&revoked, StatusCode::UNAUTHORIZED, "token.revoked");
+
+    // Expired, on the gateway's clock.
+    let fresh = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await;
+    let fresh = at(&fresh);
+    assert_eq!(
+        call(Method::GET, &nginx.url("/files/a"), Some(&fresh)).await.status,
+        StatusCode::OK
+    );
+    clock.advance(chrono::Duration::hours(2));
+    let expired = call(Method::GET, &nginx.url("/files/a"), Some(&fresh)).await;
+    refused(&expired, StatusCode::UNAUTHORIZED, "token.invalid");
+    assert!(expired.challenge.contains("expired"), "{}", expired.challenge);
+}
+
+#[tokio::test]
+async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
+    let (app, secret) = world(None).await;
+    let home = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid home:read"), ("resource", HOME)],
+    )
+    .await;
+    let home = at(&home);
+    let sub = claims(&home)["sub"].as_str().unwrap().to_owned();
+    let fa = |query: &str| app.url(&format!("/forward-auth{query}")).to_string();
+    let missing = call(Method::GET, &fa(""), Some(&home)).await;
+    refused(&missing, StatusCode::BAD_REQUEST, "forward_auth.missing_resource");
+    let unknown = call(Method::GET, &fa("?resource=https%3A%2F%2Fnope.test"), Some(&home)).await;
+    refused(&unknown, StatusCode::BAD_REQUEST, "forward_auth.unknown_resource");
+
+    // The resource has route rules: the original URI decides, and must be sent.
+    let q = format!(
+        "?resource={}",
+        url::form_urlencoded::byte_serialize(HOME.as_bytes()).collect::<String>()
+    );
+    let no_uri = call(Method::GET, &fa(&q), Some(&home)).await;
+    refused(&no_uri, StatusCode::FORBIDDEN, "forward_auth.no_original_uri");
+    let ask = |uri: String, method: &'static str| {
+        let (app, home, url) = (app.clone(), home.clone(), fa(&q));
+        async move {
+            let resp = app
+                .client
+                .get(url)
+                .bearer_auth(home)
+                .header("x-forwarded-uri", uri)
+                .header("x-forwarded-method", method)
+                .send()
+                .await
+                .unwrap();
+            let reason = resp.headers()["x-portcullis-reason"].to_str().unwrap().to_owned();
+            let sub = resp
+                .headers()
+                .get("x-portcullis-sub")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), reason, sub)
+        }
+    };
+    // Traefik's headers work too.
+    let (status, reason, got) = ask(format!("/home/{sub}/notes?x=1"), "GET").await;
+    assert_eq!((status, reason.as_str()), (StatusCode::OK, "forward_auth.allowed"));
+    assert_eq!(got.as_deref(), Some(sub.as_str()));
+    for (uri, method, why) in [
+        ("/home/someone-else/notes".to_owned(), "GET", "forward_auth.no_route"),
+        (format!("/home/{sub}/notes"), "DELETE", "forward_auth.no_route"),
+        (format!("/home/{sub}/../someone-else"), "GET", "forward_auth.bad_path"),
+        (
+            format!("/home/{sub}/%2e%2e/someone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (
+            format!("/home/{sub}%2F..%2Fsomeone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (format!("/home//{sub}"), "GET", "forward_auth.bad_path"),
+    ] {
+        let (status, reason, got) = ask(uri.clone(), method).await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (StatusCode::FORBIDDEN, why),
+            "{method} {uri}"
+        );
+        assert_eq!(got, None, "no identity on a refusal");
+    }
+    // Envoy ext_authz: the original path appended to the prefix; the
+    // resource only from the proxy's header, never from the client's query.
+    let envoy = |path: String, resource: Option<&'static str>| {
+        let (app, home) = (app.clone(), home.clone());
+        async move {
+            let mut req = app
+                .client
+                .get(app.url(&format!("/forward-auth{path}")))
+                .bearer_auth(home);
+            if let Some(r) = resource {
+                req = req.header("x-portcullis-resource", r);
+            }
+            let resp = req.send().await.unwrap();
+            (
+                resp.status(),
+                resp.headers()["x-portcullis-reason"].to_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (status, reason) = envoy(format!("/home/{sub}/notes?x=1"), Some(HOME)).await;
+    assert_eq!((status, reason.as_str()), (StatusCode::OK, "forward_auth.allowed"));
+    let (status, reason) = envoy("/home/someone-else/notes".into(), Some(HOME)).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::FORBIDDEN, "forward_auth.no_route")
+    );
+    let q_home = url::form_urlencoded::byte_serialize(HOME.as_bytes()).collect::<String>();
+    let (status, reason) = envoy(format!("/home/{sub}/notes?resource={q_home}"), None).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::BAD_REQUEST, "forward_auth.missing_resource")
+    );
+
+    // A resource server's route rules are checked when it is registered.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/resource-servers",
+            Some(json!({"identifier": "https://bad.test", "routes": [{"path": "/a/**/b"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "routes[0].path", "{body}");
+}
+
+#[tokio::test]
+async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_another_users() {
+    let (app, secret) = world(None).await;
+    let nginx = proxy(&app, &backend().await);
+    let rule = json!({
+        "id": "own-home", "when": {"claim": "groups", "equals": "engineering"},
+        "resource": HOME, "scopes": ["home:read", "home:${sub}"], "claims": {"home": "/home/${sub}", "org": "${tenant}"},
+    });
+    let (status, created) = app
+        .admin(Method::POST, "/admin/v1/tenants/demo/exchange-rules", Some(rule))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    let ann = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await;
+    let bob = sign_in(&app, "web", &secret, "bob@demo.test", &[("scope", "openid")]).await;
+    let ann_sub = claims(&at(&ann))["sub"].as_str().unwrap().to_owned();
+    let bob_sub = claims(&at(&bob))["sub"].as_str().unwrap().to_owned();
+    assert_ne!(ann_sub, bob_sub);
+
+    let (status, got) = token(
+        &app,
+        "web",
+        &secret,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &at(&ann)),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("resource", HOME),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(got["token_type"], "Bearer");
+    assert!(
+        got.get("refresh_token").is_none() && got.get("id_token").is_none(),
+        "{got}"
+    );
+    assert!(got["expires_in"].as_u64().unwrap() <= 300, "short-lived: {got}");
+    let scoped = at(&got);
+    let c = claims(&scoped);
+    assert_eq!(c["aud"], HOME);
+    assert_eq!(c["sub"], ann_sub.as_str());
+    assert_eq!(c["tenant"], "demo");
+    assert_eq!(c["scope"], format!("home:read home:{ann_sub}"));
+    assert_eq!(c["home"], format!("/home/{ann_sub}"), "policy variables expanded");
+    assert_eq!(c["org"], "demo");
+
+    let own = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK, "{} {}", own.reason, own.challenge);
+    assert_eq!(own.body["sub"], ann_sub.as_str());
+    let other = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{bob_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
+    refused(&other, StatusCode::FORBIDDEN, "forward_auth.no_route");
+    // An encoded slash that nginx decodes into a dot segment never reaches
+    // another user's path (`%2e%2e` itself is normalised by the client).
+    let sneaky = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{ann_sub}/..%2f{bob_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
+    refused(&sneaky, StatusCode::FORBIDDEN, "forward_auth.bad_path");
+    let write = call(
+        Method::POST,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&scoped),
+    )
+    .await;
+    refused(&write, StatusCode::FORBIDDEN, "forward_auth.no_route");
+    // Ann's own sign-in token is for the app, not for the API.
+    let unexchanged = call(
+        Method::GET,
+        &nginx.url(&format!("/home/{ann_sub}/notes")),
+        Some(&at(&ann)),
+    )
+    .await;
+    refused(&unexchanged, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
+}
+
+/// The provider's reason for refusing an exchange (the HTTP answer carries
+/// only the RFC error code).
+async fn exchange_reason(app: &TestApp, client: &str, form: &[(&str, &str)]) -> (&'static str, String) {
+    let provider = &app.state.provider;
+    let client = provider.clients.get(client).await.unwrap().unwrap();
+    let get = |k: &str| form.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+    let req = portcullis::provider::grants::TokenRequest {
+        grant_type: get("grant_type"),
+        subject_token: get("subject_token"),
+        subject_token_type: get("subject_token_type"),
+        requested_token_type: get("requested_token_type"),
+        resource: get("resource"),
+        audience: get("audience"),
+        actor_token: get("actor_token"),
+        scope: get("scope"),
+        ..Default::default()
+    };
+    let e = provider.token(&client, &req).await.unwrap_err();
+    (e.reason, e.code.as_str().to_owned())
+}
+
+#[tokio::test]
+async fn token_exchange_refusals_carry_their_rfc_error_codes() {
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let other_secret = register(
+        &app,
+        "other",
+        json!({"allowed_scopes": ["home:read"], "grant_types": ["authorization_code", EXCHANGE]}),
+    )
+    .await;
+    let plain_secret = register(&app, "plain", json!({"allowed_scopes": ["home:read"]})).await;
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/demo/exchange-rules",
+            Some(json!({"id": "finance-files", "when": {"claim": "groups", "equals": "finance"}, "resource": FILES, "scopes": ["files:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/demo/exchange-rules",
+            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
+    let base = |resource: &'static str, subject: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("grant_type", EXCHANGE.to_owned()),
+            ("subject_token", subject.to_owned()),
+            ("subject_token_type", ACCESS_TOKEN.to_owned()),
+            ("resource", resource.to_owned()),
+        ]
+    };
+    let with = |mut f: Vec<(&'static str, String)>, k: &'static str, v: Option<&str>| {
+        f.retain(|(n, _)| *n != k);
+        if let Some(v) = v {
+            f.push((k, v.to_owned()));
+        }
+        f
+    };
+    // Everyone of the tenant may reach HOME: the baseline works.
+    let ok = base(HOME, &ann);
+    let ok_ref: Vec<(&str, &str)> = ok.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &ok_ref).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    type Form = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Form, &str, &str)> = vec![
+        // No rule maps Ann (engineering) to FILES: unmapped users get nothing.
+        ("web", base(FILES, &ann), "invalid_target", "exchange.no_rule"),
+        (
+            "web",
+            base("https://nope.test", &ann),
+            "invalid_target",
+            "exchange.unknown_resource",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "resource", None),
+            "invalid_request",
+            "exchange.missing_resource",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "audience", Some(FILES)),
+            "invalid_target",
+            "exchange.audience_mismatch",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "subject_token", None),
+            "invalid_request",
+            "exchange.missing_subject_token",
+        ),
+        (
+            "web",
+            with(
+                base(HOME, &ann),
+                "subject_token_type",
+                Some("urn:ietf:params:oauth:token-type:id_token"),
+            ),
+            "invalid_request",
+            "exchange.unsupported_subject_token_type",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "subject_token_type", None),
+            "invalid_request",
+            "exchange.missing_subject_token_type",
+        ),
+        (
+            "web",
+            with(
+                base(HOME, &ann),
+                "requested_token_type",
+                Some("urn:ietf:params:oauth:token-type:refresh_token"),
+            ),
+            "invalid_request",
+            "exchange.unsupported_requested_token_type",
+        ),
+        (
+            "web",
+            with(base(HOME, &ann), "actor_token", Some("x")),
+            "invalid_request",
+            "exchange.actor_not_supported",
+        ),
+        ("web", base(HOME, "not.a.token"), "invalid_request", "token.invalid"),
+        (
+            "web",
+            with(base(HOME, &ann), "scope", Some("files:read")),
+            "invalid_scope",
+            "exchange.no_scope",
+        ),
+        // A token of `web` exchanged by another app.
+        (
+            "other",
+            base(HOME, &ann),
+            "invalid_request",
+            "exchange.subject_other_client",
+        ),
+        // An app that may not use the grant.
+        (
+            "plain",
+            base(HOME, &ann),
+            "unauthorized_client",
+            "token.grant_not_allowed",
+        ),
+    ];
+    for (client, form, error, reason) in &cases {
+        let form_ref: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let secret = match *client {
+            "web" => secret.as_str(),
+            "other" => other_secret.as_str(),
+            _ => plain_secret.as_str(),
+        };
+        let (status, body) = token(&app, client, secret, &form_ref).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(*error)),
+            "{reason}: {body}"
+        );
+        assert_eq!(
+            exchange_reason(&app, client, &form_ref).await,
+            (*reason, (*error).to_owned())
+        );
+    }
+
+    // An unmapped user's refusal is a security event of the tenant.
+    let (_, audit) = app.admin(Method::GET, "/admin/v1/tenants/demo/audit", None).await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.exchange_refused"
+                && e["reason"] == "exchange.no_rule"
+                && e["type"] == "security"),
+        "{audit}"
+    );
+
+    // The subject token is checked like any access token on use: revoked...
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", ann.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let revoked = base(HOME, &ann);
+    let revoked: Vec<(&str, &str)> = revoked.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &revoked).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
+    assert_eq!(exchange_reason(&app, "web", &revoked).await.0, "token.revoked");
+    // ... expired ...
+    let fresh = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
+    let exchanged = base(HOME, &fresh);
+    let exchanged: Vec<(&str, &str)> = exchanged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &exchanged).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An exchanged token never outlives its subject token.
+    let subject_exp = claims(&fresh)["exp"].as_i64().unwrap();
+    assert!(claims(&at(&body))["exp"].as_i64().unwrap() <= subject_exp);
+    clock.advance(chrono::Duration::hours(2));
+    let (status, body) = token(&app, "web", &secret, &exchanged).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    clock.advance(chrono::Duration::hours(-2));
+    // ... and the user still active.
+    let subs = claims(&fresh)["sub"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/demo/users/{subs}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
+}
+
+#[tokio::test]
+async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
+    let (app, _) = world(None).await;
+    let path = "/admin/v1/tenants/demo/exchange-rules";
+    let rule = json!({"id": "eng", "when": {"claim": "groups", "equals": "engineering"}, "resource": HOME, "scopes": ["home:read"]});
+    let (status, created) = app.admin(Method::POST, path, Some(rule.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["id"], "eng");
+    let (status, dup) = app.admin(Method::POST, path, Some(rule)).await;
+    assert_eq!(
+        (status, dup["field"].as_str()),
+        (StatusCode::CONFLICT, Some("id")),
+        "{dup}"
+    );
+    for (body, field) in [
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:write"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"id": "x", "resource": "https://nope.test", "scopes": ["read"]}),
+            "resource",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:${user}"]}),
+            "scopes[0]",
+        ),
+        (json!({"id": "x", "resource": HOME, "scopes": []}), "scopes"),
+        (json!({"id": "X Y", "resource": HOME, "scopes": ["home:read"]}), "id"),
+        (
+            json!({"id": "x", "when": {"claim": "role", "equals": "a"}, "resource": HOME, "scopes": ["home:read"]}),
+            "when.claim",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"sub": "me"}}),
+            "claims.sub",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let (status, problem) = app.admin(Method::POST, path, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    let (status, list) = app.admin(Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["exchange_rules"].as_array().unwrap().len(), 1, "{list}");
+    let (status, one) = app.admin(Method::GET, &format!("{path}/eng"), None).await;
+    assert_eq!((status, one["resource"].as_str()), (StatusCode::OK, Some(HOME)));
+    // A backup holds the rule and the tenant's index of rules.
+    let backup = portcullis::backup::export(&app.state.store, app.state.provider.clock.now())
+        .await
+        .unwrap();
+    let backup = serde_json::to_value(&backup).unwrap();
+    let names: Vec<(String, String)> = backup["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [("t:demo:exchange", "rule:eng"), ("t:demo:exchange", "index")] {
+        assert!(
+            names.iter().any(|(t, n)| t == wanted.0 && n == wanted.1),
+            "{wanted:?} not in {names:?}"
+        );
+    }
+    let (status, _) = app
+        .admin(Method::GET, "/admin/v1/tenants/nope/exchange-rules", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.admin(Method::DELETE, &format!("{path}/eng"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.admin(Method::DELETE, &format!("{path}/eng"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A tenant deleted and created again does not inherit its rules.
+    let acme = "/admin/v1/tenants/acme/exchange-rules";
+    for _ in 0..2 {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants",
+                Some(json!({"id": "acme", "name": "Acme"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, list) = app.admin(Method::GET, acme, None).await;
+        assert_eq!(list["exchange_rules"], json!([]), "{list}");
+        let (status, _) = app
+            .admin(
+                Method::POST,
+                acme,
+                Some(json!({"id": "all", "resource": HOME, "scopes": ["home:read"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = app.admin(Method::DELETE, "/admin/v1/tenants/acme", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (status, audit) = app.admin(Method::GET, "/admin/v1/tenants/demo/audit", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"exchange_rule.created") && actions.contains(&"exchange_rule.deleted"),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid_at_a_limited_rate() {
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig, Identity};
+    use tower::ServiceExt as _;
+
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let authorizer = Authorizer::new(
+        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    async fn me(axum::Extension(who): axum::Extension<Identity>) -> axum::Json<Value> {
+        axum::Json(json!({"sub": who.sub, "tenant": who.tenant, "scopes": who.scopes}))
+    }
+    let api: axum::Router = axum::Router::new()
+        .route(
+            "/read",
+            axum::routing::get(me).layer(authorizer.require(["files:read"])),
+        )
+        .route(
+            "/write",
+            axum::routing::get(me).layer(authorizer.require(["files:write"])),
+        );
+    let ask = |path: &'static str, token: Option<String>| {
+        let api = api.clone();
+        async move {
+            let mut req = axum::http::Request::builder().uri(path);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = api.oneshot(req.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+            let reason = resp
+                .headers()
+                .get("x-portcullis-reason")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            (
+                status,
+                reason,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let files = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    let (status, _, body) = ask("/read", Some(files.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sub"], claims(&files)["sub"]);
+    assert_eq!(body["tenant"], "demo");
+    assert_eq!(authorizer.jwks_fetches(), 1);
+    let (status, _, _) = ask("/read", Some(files.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(authorizer.jwks_fetches(), 1, "keys are cached");
+
+    let refused = |r: (StatusCode, Option<String>, Value), status: StatusCode, reason: &str| {
+        assert_eq!((r.0, r.1.as_deref()), (status, Some(reason)), "{}", r.2);
+    };
+    refused(
+        ask("/read", None).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.no_token",
+    );
+    refused(
+        ask("/write", Some(files.clone())).await,
+        StatusCode::FORBIDDEN,
+        "authorizer.missing_scope",
+    );
+    let reports = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid reports:read"), ("resource", REPORTS)],
+    )
+    .await);
+    refused(
+        ask("/read", Some(reports)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.wrong_audience",
+    );
+    // One character in the middle of the signature changed: still base64url, wrong signature.
+    let (signed, signature) = files.rsplit_once('.').unwrap();
+    let mut sig: Vec<char> = signature.chars().collect();
+    sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
+    let forged = format!("{signed}.{}", sig.into_iter().collect::<String>());
+    refused(
+        ask("/read", Some(forged)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.bad_signature",
+    );
+
+    // Two rotations: the active key is one the authorizer has never seen.
+    for _ in 0..2 {
+        let (status, body) = app.admin(Method::POST, "/admin/v1/keys/rotate", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let new_kid = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    // Within the refetch interval of the first fetch: no new fetch, refused.
+    refused(
+        ask("/read", Some(new_kid.clone())).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.unknown_kid",
+    );
+    assert_eq!(authorizer.jwks_fetches(), 1, "refetch rate-limited");
+    clock.advance(chrono::Duration::seconds(31));
+    let (status, _, body) = ask("/read", Some(new_kid.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(authorizer.jwks_fetches(), 2, "one refetch for the unknown kid");
+    // Garbage kids right after do not make it fetch again.
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"nope","typ":"at+jwt"}"#);
+    let rest = new_kid.split_once('.').unwrap().1;
+    refused(
+        ask("/read", Some(format!("{header}.{rest}"))).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.unknown_kid",
+    );
+    assert_eq!(authorizer.jwks_fetches(), 2);
+    // Expiry on the injected clock.
+    clock.advance(chrono::Duration::hours(2));
+    refused(
+        ask("/read", Some(new_kid)).await,
+        StatusCode::UNAUTHORIZED,
+        "authorizer.expired",
+    );
+}
