@@ -600,7 +600,7 @@ async fn local_users_admin_api_creates_disables_force_resets_deletes_and_is_back
     );
 
     // The accounts are in a backup.
-    let backup = portcullis::backup::export(&app.state.store, chrono::Utc::now())
+    let backup = portcullis::backup::export(&app.state.store, app.state.provider.clock.now())
         .await
         .unwrap();
     let names: Vec<&str> = backup.records.iter().map(|r| r.name.as_str()).collect();
