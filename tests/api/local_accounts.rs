@@ -495,6 +495,13 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
     let p = pkce();
     let mut browser = Browser::new();
     let sign_in = start(&app, &mut browser, &p).await;
+    // Signed in once: the browser has an SSO session for the tenant.
+    let mut form = sign_in.form(None);
+    form.set("email", email);
+    form.set("password", GOOD_PASSWORD);
+    browser.submit_until(&sign_in, &form, &at_app).await.stopped();
+    browser.get_until(&authorize_url(&app, &p), &at_app).await.stopped();
+
     let forgot = browser.get(&link(&sign_in, "Forgot password?")).await;
     let reset = browser.fill_and_submit(&forgot, None, &[("email", email)]).await;
     let mail = smtp.wait_for(email).await;
@@ -531,10 +538,12 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
         .fill_and_submit(&done, None, &[("email", email), ("password", GOOD_PASSWORD)])
         .await;
     assert_reason(&old, 401, "local.bad_credentials");
-    let mut form = old.form(None);
+    // The reset ended the SSO session: the next sign-in asks for the password.
+    let again = start(&app, &mut browser, &p).await;
+    let mut form = again.form(None);
     form.set("email", email);
     form.set("password", new_password);
-    browser.submit_until(&old, &form, &at_app).await.stopped();
+    browser.submit_until(&again, &form, &at_app).await.stopped();
 }
 
 #[tokio::test]
