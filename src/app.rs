@@ -173,6 +173,14 @@ pub async fn build(
         directory,
         upstream: Some(crate::broker::upstream_refresh::hook(refresher)),
         audit: crate::audit::Audit::with_config(store.clone(), clock.clone(), settings.audit.audit_config()),
+        hooks: Some(
+            crate::hooks::Hooks::new(
+                store.clone(),
+                clock.clone(),
+                settings.hooks.hooks_config(settings.outbound.allow_private_networks),
+            )
+            .map_err(|e| anyhow::anyhow!("hooks: {e}"))?,
+        ),
     };
     let broker = Broker {
         provider: provider.clone(),

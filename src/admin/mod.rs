@@ -16,6 +16,7 @@ mod clients;
 mod connections;
 mod domains;
 mod error;
+mod hooks;
 pub mod openapi;
 mod refresh;
 mod resources;
@@ -58,7 +59,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes())
-        .merge(domains::routes());
+        .merge(domains::routes())
+        .merge(hooks::routes());
     // The document describes the API's shape, never its data: no credential needed.
     Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -114,6 +116,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/tenants/{id}/domains/{domain}"),
     ("POST", "/tenants/{id}/domains/{domain}/verify"),
     ("PUT", "/tenants/{id}/mfa"),
+    ("GET", "/tenants/{id}/hooks"),
+    ("GET", "/tenants/{id}/hooks/{kind}"),
+    ("PUT", "/tenants/{id}/hooks/{kind}"),
+    ("DELETE", "/tenants/{id}/hooks/{kind}"),
 ];
 
 /// `GET /admin/v1/openapi.json`: the API's description; public (no data).

@@ -392,6 +392,7 @@ async fn delete_tenant(
         }
     }
     audit::purge_tenant(&s, &id).await;
+    super::hooks::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
 pub mod audit;
+pub mod hooks;
 pub mod throttle;
 
 use crate::secret::Secret;
@@ -81,6 +82,8 @@ pub struct Settings {
     pub audit: audit::AuditSettings,
     /// `[secrets]`: the master keys that seal secrets at rest.
     pub secrets: SecretsSettings,
+    /// `[hooks]`: how tenants' hooks (signed webhooks) are called.
+    pub hooks: hooks::HooksSettings,
     /// `[throttle]`: rate limits and trusted proxies.
     pub throttle: ThrottleSettings,
     /// Where declarative tenant files live.
@@ -641,6 +644,7 @@ impl Settings {
             self.tenants_dir = Some(PathBuf::from(v));
         }
         self.audit.apply_env(env, &mut problems);
+        self.hooks.apply_env(env, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -788,6 +792,7 @@ impl Settings {
             .validate(self.outbound.allow_private_networks, &mut |f: &str, m: String| {
                 bad(f, m)
             });
+        self.hooks.validate(&mut |f: &str, m: String| bad(f, m));
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
             bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
         }

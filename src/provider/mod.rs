@@ -7,6 +7,7 @@ pub mod clients;
 pub mod codes;
 pub mod error;
 pub mod grants;
+mod pre_token;
 pub mod refresh;
 pub mod resources;
 pub mod scopes;
@@ -45,6 +46,8 @@ pub struct Provider {
     pub upstream: Option<Arc<dyn upstream::UpstreamSessions>>,
     /// The audit log (security events: sign-ins, token reuse, throttling).
     pub audit: crate::audit::Audit,
+    /// Tenants' hooks (the pre-token-generation hook at minting); `None`: none are called.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 impl Provider {
