@@ -13,6 +13,7 @@ mod deploy;
 mod deploy_image;
 mod dev_flow;
 mod domains;
+mod hooks;
 mod import;
 mod load_smoke;
 mod memory_flat;
