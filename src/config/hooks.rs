@@ -31,6 +31,11 @@ pub struct HooksSettings {
     pub breaker_max_entries: usize,
     /// The largest answer a hook may send, in bytes.
     pub max_answer_bytes: usize,
+    /// How long a replica reuses a tenant's hook configuration it read when
+    /// minting tokens, in seconds (0 to 60; 0: read on every mint). A hook
+    /// changed through another replica's admin API applies here within this
+    /// time; on the replica that changed it, at once.
+    pub config_cache_secs: u64,
 }
 
 impl Default for HooksSettings {
@@ -44,6 +49,7 @@ impl Default for HooksSettings {
             breaker_open_secs: 30,
             breaker_max_entries: 10_000,
             max_answer_bytes: 64 * 1024,
+            config_cache_secs: 5,
         }
     }
 }
@@ -79,6 +85,7 @@ impl HooksSettings {
             ("hooks.retry_backoff_ms", self.retry_backoff_ms, 0, 5000),
             ("hooks.breaker_failures", u64::from(self.breaker_failures), 1, 1000),
             ("hooks.breaker_open_secs", self.breaker_open_secs, 1, 3600),
+            ("hooks.config_cache_secs", self.config_cache_secs, 0, 60),
             (
                 "hooks.breaker_max_entries",
                 u64::try_from(self.breaker_max_entries).unwrap_or(u64::MAX),
@@ -110,6 +117,7 @@ impl HooksSettings {
             breaker_open: Duration::from_secs(self.breaker_open_secs),
             breaker_max_entries: self.breaker_max_entries,
             max_answer_bytes: self.max_answer_bytes,
+            config_cache: Duration::from_secs(self.config_cache_secs),
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct HooksConfig {
     pub breaker_max_entries: usize,
     /// The largest answer read.
     pub max_answer_bytes: usize,
+    /// How long a replica reuses a hook configuration it read for minting
+    /// (zero: read on every mint).
+    pub config_cache: Duration,
 }
 
 impl Default for HooksConfig {
@@ -251,7 +254,18 @@ pub struct Hooks {
     http: OutboundHttp,
     config: Arc<HooksConfig>,
     breaker: Arc<breaker::Breaker>,
+    cache: Arc<std::sync::Mutex<std::collections::HashMap<(String, HookKind), Cached>>>,
 }
+
+/// A hook configuration (or its absence) as read from the store, and when.
+#[derive(Clone)]
+struct Cached {
+    read_at_ms: i64,
+    hook: Option<HookConfig>,
+}
+
+/// The most (tenant, kind) entries the configuration cache keeps (cleared when full).
+const CACHE_ENTRIES: usize = 10_000;
 
 impl Hooks {
     /// The hooks over `store`.
@@ -274,6 +288,7 @@ impl Hooks {
             http,
             config: Arc::new(config),
             breaker: Arc::new(breaker),
+            cache: Arc::default(),
         })
     }
 
@@ -355,15 +370,62 @@ impl Hooks {
         }))
     }
 
+    /// The tenant's hook of `kind` for the hot path (every token mint): read
+    /// from the store at most once per `config_cache` per replica, absent
+    /// hooks included, so a tenant without hooks costs no store round trip
+    /// per token. A change made on this replica applies at once; on the
+    /// others within `config_cache` (keyed by configuration: bounded by
+    /// tenants × kinds, cleared when full).
+    pub async fn get_cached(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, StoreError> {
+        let ttl = i64::try_from(self.config.config_cache.as_millis()).unwrap_or(i64::MAX);
+        let now = self.now_ms();
+        let key = (tenant.as_str().to_owned(), kind);
+        if ttl > 0 {
+            let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(c) = cache.get(&key) {
+                if now >= c.read_at_ms && now - c.read_at_ms < ttl {
+                    return Ok(c.hook.clone());
+                }
+            }
+        }
+        let hook = self.get(tenant, kind).await?;
+        if ttl > 0 {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(
+                key,
+                Cached {
+                    read_at_ms: now,
+                    hook: hook.clone(),
+                },
+            );
+        }
+        Ok(hook)
+    }
+
+    fn forget(&self, tenant: &TenantId, kind: HookKind) {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(tenant.as_str().to_owned(), kind));
+    }
+
     /// Stores the tenant's hook of `kind` (created or replaced).
     pub async fn put(&self, tenant: &TenantId, hook: &HookConfig) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(hook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.store.put(&hook_key(tenant, hook.kind), &raw, None).await
+        self.forget(tenant, hook.kind);
+        let stored = self.store.put(&hook_key(tenant, hook.kind), &raw, None).await;
+        self.forget(tenant, hook.kind);
+        stored
     }
 
     /// Removes the tenant's hook of `kind`; whether there was one.
     pub async fn delete(&self, tenant: &TenantId, kind: HookKind) -> Result<bool, StoreError> {
-        self.store.delete(&hook_key(tenant, kind)).await
+        let deleted = self.store.delete(&hook_key(tenant, kind)).await;
+        self.forget(tenant, kind);
+        deleted
     }
 
     /// Removes every hook of a deleted tenant (frees the store; acceptance
@@ -371,6 +433,7 @@ impl Hooks {
     pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
         for kind in HookKind::ALL {
             self.store.delete(&hook_key(tenant, kind)).await?;
+            self.forget(tenant, kind);
         }
         Ok(())
     }

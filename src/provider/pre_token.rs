@@ -27,7 +27,7 @@ impl Provider {
         let Some(hooks) = &self.hooks else {
             return Ok((access, id));
         };
-        let Some(hook) = hooks.get(&authz.tenant, HookKind::PreTokenGeneration).await? else {
+        let Some(hook) = hooks.get_cached(&authz.tenant, HookKind::PreTokenGeneration).await? else {
             return Ok((access, id));
         };
         let read;
