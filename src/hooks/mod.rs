@@ -21,6 +21,7 @@
 //! fail closed on it.
 
 pub mod breaker;
+pub mod kinds;
 pub mod pre_token;
 
 use crate::clock::SharedClock;
@@ -564,6 +565,15 @@ mod tests {
         assert_eq!(HookKind::parse("pre_token"), None);
         assert!(HookKind::PreTokenGeneration.idempotent());
         assert!(!HookKind::PostConfirmation.idempotent());
+    }
+
+    #[test]
+    fn hook_secrets_are_sealed_at_rest() {
+        let t = TenantId::parse("acme").unwrap();
+        for k in HookKind::ALL {
+            let fields = crate::secrets::sealed::sealed_fields(&hook_key(&t, k)).unwrap();
+            assert!(fields.iter().any(|f| *f == ["secret"]));
+        }
     }
 
     #[test]
