@@ -377,6 +377,9 @@ async fn sealed_records(raw: &SharedStore) -> Result<Vec<(Key, bool)>, StoreErro
                 out.push((tenant::connection_key(&tid, &cid), false));
             }
         }
+        for kind in crate::hooks::HookKind::ALL {
+            out.push((crate::hooks::hook_key(&tid, kind), false));
+        }
         let mut sids = BTreeSet::new();
         for sub in raw.set_members(&directory::index_key(&tid)).await? {
             sids.extend(
