@@ -80,7 +80,12 @@ impl HooksSettings {
     pub fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
         for (field, value, min, max) in [
             ("hooks.max_timeout_ms", self.max_timeout_ms, 100, 30_000),
-            ("hooks.default_timeout_ms", self.default_timeout_ms, 100, self.max_timeout_ms),
+            (
+                "hooks.default_timeout_ms",
+                self.default_timeout_ms,
+                100,
+                self.max_timeout_ms,
+            ),
             ("hooks.retries", u64::from(self.retries), 0, 3),
             ("hooks.retry_backoff_ms", self.retry_backoff_ms, 0, 5000),
             ("hooks.breaker_failures", u64::from(self.breaker_failures), 1, 1000),

@@ -95,7 +95,10 @@ impl Breaker {
             // fail closed, they just are not cut short).
             circuits.retain(|_, c| c.open_until.is_some_and(|u| now_ms < u));
             if circuits.len() >= self.max_entries {
-                tracing::warn!(reason = "hook.breaker_full", "circuit breaker table full; hook not tracked");
+                tracing::warn!(
+                    reason = "hook.breaker_full",
+                    "circuit breaker table full; hook not tracked"
+                );
                 return false;
             }
         }

@@ -78,7 +78,11 @@ fn check_profile(p: &LegacyProfile) -> Result<(), HookError> {
             "a profile value is longer than {MAX_VALUE_CHARS} characters"
         )));
     }
-    if p.groups.len() > MAX_GROUPS || p.groups.iter().any(|g| g.is_empty() || g.chars().count() > MAX_VALUE_CHARS) {
+    if p.groups.len() > MAX_GROUPS
+        || p.groups
+            .iter()
+            .any(|g| g.is_empty() || g.chars().count() > MAX_VALUE_CHARS)
+    {
         return Err(HookError::BadAnswer(format!(
             "groups must be at most {MAX_GROUPS} names of 1 to {MAX_VALUE_CHARS} characters"
         )));
@@ -111,8 +115,8 @@ impl Hooks {
             "connection": connection, "email": email, "password": password.expose(),
         });
         let answer = self.call(tenant, hook, &body).await?;
-        let parsed: MigrationAnswer = serde_json::from_value(answer)
-            .map_err(|e| HookError::BadAnswer(super::clip(&e.to_string(), 200)))?;
+        let parsed: MigrationAnswer =
+            serde_json::from_value(answer).map_err(|e| HookError::BadAnswer(super::clip(&e.to_string(), 200)))?;
         match parsed {
             MigrationAnswer::Migrate { profile } => {
                 check_profile(&profile)?;

@@ -333,7 +333,8 @@ impl Hooks {
             }
         }
         let max = u64::try_from(self.config.max_timeout.as_millis()).unwrap_or(u64::MAX);
-        let timeout = timeout_ms.unwrap_or_else(|| u64::try_from(self.config.default_timeout.as_millis()).unwrap_or(max));
+        let timeout =
+            timeout_ms.unwrap_or_else(|| u64::try_from(self.config.default_timeout.as_millis()).unwrap_or(max));
         if !(100..=max).contains(&timeout) {
             return Err(InvalidHook {
                 field: "timeout_ms",
@@ -519,7 +520,12 @@ impl Hooks {
             .body(body.to_vec())
             .map_err(|e| HookError::Internal(e.to_string()))?;
         let resp = match tokio::time::timeout(timeout, self.http.execute(request)).await {
-            Err(_) => return Err(HookError::Timeout(format!("no answer within {} ms", timeout.as_millis()))),
+            Err(_) => {
+                return Err(HookError::Timeout(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            }
             Ok(Err(e)) => {
                 return Err(match e.code {
                     "outbound.timeout" => HookError::Timeout(e.detail),

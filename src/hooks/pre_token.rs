@@ -248,7 +248,8 @@ mod tests {
                 .reason(),
             "hook.bad_answer"
         );
-        let both = parse(json!({"id_token": {"claims_to_add_or_override": {"x": 1}, "claims_to_suppress": ["x"]}})).unwrap();
+        let both =
+            parse(json!({"id_token": {"claims_to_add_or_override": {"x": 1}, "claims_to_suppress": ["x"]}})).unwrap();
         assert_eq!(
             apply_answer(both, &mut claims(), None).unwrap_err().reason(),
             "hook.bad_answer"

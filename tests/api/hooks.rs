@@ -192,7 +192,11 @@ async fn pre_token_hook_adds_overrides_and_suppresses_claims_at_code_and_refresh
         .unwrap();
     let id2 = claims(refreshed["id_token"].as_str().unwrap());
     assert_eq!(id2["plan"], "platinum");
-    assert_eq!(id2["groups"], json!(["engineering", "admins"]), "this answer suppresses nothing");
+    assert_eq!(
+        id2["groups"],
+        json!(["engineering", "admins"]),
+        "this answer suppresses nothing"
+    );
     assert_eq!(hooks.calls_to("pre").len(), 2);
     assert!(hooks.calls().iter().all(|c| c.signed));
 }
@@ -230,7 +234,9 @@ async fn pre_token_hook_cannot_change_sub_tenant_or_other_protected_claims() {
     assert_eq!(t.error(), Some("server_error"));
     assert!(t.body.get("access_token").is_none() && t.body.get("id_token").is_none());
     // The refusal is a security event of the tenant.
-    let (_, log) = app.admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/audit"), None).await;
+    let (_, log) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/audit"), None)
+        .await;
     assert!(
         log["events"]
             .as_array()
@@ -255,7 +261,12 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
 
     let cases: [(Behavior, &str, &str, usize); 4] = [
         (Behavior::Status(500), "hook.bad_status", "temporarily_unavailable", 2),
-        (Behavior::Slow(Duration::from_millis(1500)), "hook.timeout", "temporarily_unavailable", 2),
+        (
+            Behavior::Slow(Duration::from_millis(1500)),
+            "hook.timeout",
+            "temporarily_unavailable",
+            2,
+        ),
         (Behavior::Garbage("not json"), "hook.bad_answer", "server_error", 1),
         (Behavior::Status(403), "hook.bad_status", "server_error", 1),
     ];
@@ -313,7 +324,10 @@ async fn breaker_opens_after_consecutive_failures_and_closes_after_a_good_trial(
     let code = sign_in(&app, &mut browser, &rp, "bo@hooks.example").await;
     redeem(&app, &rp, &code).await.unwrap();
     assert_eq!(hooks.calls_to("pre").len(), 3);
-    assert!(app.state.provider.hooks.as_ref().unwrap().breaker().is_empty(), "closed");
+    assert!(
+        app.state.provider.hooks.as_ref().unwrap().breaker().is_empty(),
+        "closed"
+    );
     let code = sign_in(&app, &mut browser, &rp, "bo@hooks.example").await;
     redeem(&app, &rp, &code).await.unwrap();
     assert_eq!(hooks.calls_to("pre").len(), 4);
@@ -333,7 +347,9 @@ async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes(
     assert_eq!(status, StatusCode::OK);
     assert!(read.get("secret").is_none(), "shown once only: {read}");
     assert_eq!(read["url"], hooks.url("pre"));
-    let (_, list) = app.admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/hooks"), None).await;
+    let (_, list) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/hooks"), None)
+        .await;
     assert_eq!(list["hooks"].as_array().unwrap().len(), 1);
     assert!(!list.to_string().contains(&secret));
 
@@ -350,7 +366,10 @@ async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes(
         .hooks
         .as_ref()
         .unwrap()
-        .get(&portcullis::ids::TenantId::parse(DEMO).unwrap(), portcullis::hooks::HookKind::PreTokenGeneration)
+        .get(
+            &portcullis::ids::TenantId::parse(DEMO).unwrap(),
+            portcullis::hooks::HookKind::PreTokenGeneration,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -363,7 +382,10 @@ async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes(
         (json!({"url": "https://user:pw@hooks.example/x"}), "url"),
         (json!({"url": "https://hooks.example/x", "secret": "short"}), "secret"),
         (json!({"url": "https://hooks.example/x", "timeout_ms": 5}), "timeout_ms"),
-        (json!({"url": "https://hooks.example/x", "timeout_ms": 60000}), "timeout_ms"),
+        (
+            json!({"url": "https://hooks.example/x", "timeout_ms": 60000}),
+            "timeout_ms",
+        ),
         (json!({"url": "https://hooks.example/x", "extra": 1}), "extra"),
     ] {
         let (status, problem) = app.admin(Method::PUT, &path, Some(body.clone())).await;
@@ -388,14 +410,19 @@ async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes(
     assert_eq!(status, StatusCode::NOT_FOUND, "unknown tenant");
 
     // Audited, without the secret.
-    let (_, log) = app.admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/audit"), None).await;
+    let (_, log) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/audit"), None)
+        .await;
     let actions: Vec<&str> = log["events"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert!(actions.contains(&"hook.created") && actions.contains(&"hook.updated"), "{actions:?}");
+    assert!(
+        actions.contains(&"hook.created") && actions.contains(&"hook.updated"),
+        "{actions:?}"
+    );
     assert!(!log.to_string().contains(&secret), "no secret in the audit log");
 
     // Removed: tokens are minted without calling it.

@@ -259,10 +259,7 @@ async fn secrets_of(app: &TestApp, sid: &str) -> Vec<(String, String)> {
             .unwrap(),
     );
     let mut out = vec![
-        (
-            "hook secret".to_owned(),
-            hook["secret"].as_str().unwrap().to_owned(),
-        ),
+        ("hook secret".to_owned(), hook["secret"].as_str().unwrap().to_owned()),
         (
             "client secret".to_owned(),
             oidc["client_secret"].as_str().unwrap().to_owned(),

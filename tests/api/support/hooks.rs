@@ -103,11 +103,7 @@ impl HookServer {
 
     /// How calls to `name` are answered from now on.
     pub fn behave(&self, name: &str, behavior: Behavior) {
-        self.inner
-            .lock()
-            .unwrap()
-            .behaviors
-            .insert(name.to_owned(), behavior);
+        self.inner.lock().unwrap().behaviors.insert(name.to_owned(), behavior);
     }
 
     /// Adds a user to the legacy user base.
