@@ -21,6 +21,7 @@
 //! fail closed on it.
 
 pub mod breaker;
+pub mod challenge;
 pub mod kinds;
 pub mod pre_token;
 
@@ -444,6 +445,18 @@ impl Hooks {
     /// (an object). Signed, time-limited, retried only for idempotent kinds,
     /// cut short by the circuit breaker. Logs every outcome with its reason.
     pub async fn call(&self, tenant: &TenantId, hook: &HookConfig, body: &Value) -> Result<Value, HookError> {
+        self.call_as(tenant, hook, body, hook.kind.idempotent()).await
+    }
+
+    /// [`Self::call`], saying whether this call is idempotent (retried):
+    /// the steps of `custom_challenge` differ.
+    pub async fn call_as(
+        &self,
+        tenant: &TenantId,
+        hook: &HookConfig,
+        body: &Value,
+        idempotent: bool,
+    ) -> Result<Value, HookError> {
         let kind = hook.kind;
         let circuit = format!("{tenant}/{kind}");
         let admission = self.breaker.admit(&circuit, self.now_ms());
@@ -452,7 +465,7 @@ impl Hooks {
             crate::meter::hook_called(kind.as_str(), "hook.circuit_open");
             return Err(HookError::CircuitOpen);
         }
-        let result = self.attempts(tenant, hook, body).await;
+        let result = self.attempts(tenant, hook, body, idempotent).await;
         let opened = self.breaker.record(&circuit, result.is_ok(), self.now_ms());
         match &result {
             Ok(_) => {
@@ -471,7 +484,13 @@ impl Hooks {
         self.clock.now().timestamp_millis()
     }
 
-    async fn attempts(&self, tenant: &TenantId, hook: &HookConfig, body: &Value) -> Result<Value, HookError> {
+    async fn attempts(
+        &self,
+        tenant: &TenantId,
+        hook: &HookConfig,
+        body: &Value,
+        idempotent: bool,
+    ) -> Result<Value, HookError> {
         let url = Url::parse(&hook.url).map_err(|e| HookError::Forbidden(e.to_string()))?;
         // Checked again on use: the setting may have changed since.
         crate::audit::webhook::check_url(&url, self.config.allow_private_networks)
@@ -479,7 +498,7 @@ impl Hooks {
         let bytes = serde_json::to_vec(body).map_err(|e| HookError::Internal(e.to_string()))?;
         let call_id = crate::tokens::random_token(12);
         let timeout = Duration::from_millis(hook.timeout_ms).min(self.config.max_timeout);
-        let tries = if hook.kind.idempotent() {
+        let tries = if idempotent {
             self.config.retries.saturating_add(1)
         } else {
             1
