@@ -91,14 +91,24 @@ fn check_profile(p: &LegacyProfile) -> Result<(), HookError> {
 }
 
 impl Hooks {
-    /// The tenant's hook of `kind` for its current incarnation, if configured.
-    pub async fn configured(
-        &self,
-        tenant: &TenantId,
-        kind: HookKind,
-        incarnation: &str,
-    ) -> Result<Option<HookConfig>, HookError> {
-        Ok(self.current(tenant, kind, incarnation).await?)
+    /// The tenant's hook of `kind`, if configured for the tenant as it is
+    /// now (reads the tenant's record for its incarnation; a hook left by a
+    /// deleted tenant with the same id is not this tenant's). For the rare
+    /// paths (a sign-in of an unknown email, a confirmation).
+    pub async fn configured(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, HookError> {
+        let Some(hook) = self.get(tenant, kind).await? else {
+            return Ok(None);
+        };
+        let Some(raw) = self.store.get(&crate::tenant::tenant_key(tenant)).await? else {
+            return Ok(None);
+        };
+        let record: crate::tenant::Tenant =
+            serde_json::from_slice(&raw).map_err(|e| HookError::Store(format!("tenant {tenant}: {e}")))?;
+        if record.incarnation != hook.tenant_incarnation {
+            tracing::warn!(reason = "hook.stale", tenant = %tenant, kind = %kind, "a hook of an earlier tenant with this id is ignored");
+            return Ok(None);
+        }
+        Ok(Some(hook))
     }
 
     /// Asks the `user_migration` hook about `email` and `password`.
