@@ -21,6 +21,8 @@ pub mod directory;
 pub mod hooks;
 pub mod http;
 pub mod ids;
+pub mod local;
+pub mod mail;
 pub mod markup;
 pub mod meter;
 pub mod portal;

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod hooks;
+pub mod local;
 pub mod throttle;
 
 use crate::secret::Secret;
@@ -94,6 +95,10 @@ pub struct Settings {
     pub resource_servers: Vec<ResourceServerSettings>,
     /// `[metrics]`: the Prometheus endpoint `/metrics`.
     pub metrics: MetricsSettings,
+    /// `[local]`: local accounts (password hashing, lockout).
+    pub local: local::LocalSettings,
+    /// `[mail]`: how verification and reset codes are sent.
+    pub mail: local::MailSettings,
 }
 
 /// `[metrics]`
@@ -645,6 +650,8 @@ impl Settings {
         }
         self.audit.apply_env(env, &mut problems);
         self.hooks.apply_env(env, &mut problems);
+        self.local.apply_env(env, &mut problems);
+        self.mail.apply_env(env);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -793,6 +800,9 @@ impl Settings {
                 bad(f, m)
             });
         self.hooks.validate(&mut |f: &str, m: String| bad(f, m));
+        self.local.validate(&mut |f: &str, m: String| bad(f, m));
+        self.mail
+            .validate(self.dev.enabled, &mut |f: &str, m: String| bad(f, m));
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
             bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
         }

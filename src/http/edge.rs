@@ -126,9 +126,10 @@ impl RouteClass {
         match segments.as_slice() {
             ["authorize"] => (Self::Authorize, None),
             ["token" | "revoke" | "introspect" | "userinfo"] => (Self::Token, None),
-            ["oidc", t, _, "callback"] | ["saml", t, _, "acs" | "continue"] | ["dev", t, _, "callback" | "login"] => {
-                (Self::Callback, Some((*t).to_owned()))
-            }
+            ["oidc", t, _, "callback"]
+            | ["saml", t, _, "acs" | "continue"]
+            | ["dev", t, _, "callback" | "login"]
+            | ["local", t, _, _] => (Self::Callback, Some((*t).to_owned())),
             ["setup", _] => (Self::Portal, None),
             ["portal", ..] => (Self::Portal, None),
             ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),
@@ -146,7 +147,11 @@ impl RouteClass {
     /// The largest body the class accepts.
     pub fn max_body(self, path: &str) -> usize {
         match self {
-            Self::Callback if !path.ends_with("/continue") && !path.starts_with("/dev/") => MAX_ACS_BODY,
+            Self::Callback
+                if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/local/") =>
+            {
+                MAX_ACS_BODY
+            }
             Self::Admin | Self::Portal => MAX_ADMIN_BODY,
             Self::Authorize | Self::Callback | Self::Token | Self::Other => MAX_SMALL_BODY,
         }

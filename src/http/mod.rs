@@ -5,6 +5,7 @@ pub mod dev;
 pub mod edge;
 pub mod flows;
 pub mod health;
+pub mod local;
 pub mod metrics;
 pub mod oauth;
 pub mod pages;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub metrics: crate::config::MetricsSettings,
     /// Client addresses, request ids, size and rate limits (`[throttle]`).
     pub edge: Arc<edge::EdgeConfig>,
+    /// Local accounts (`"kind":"local"` connections) and their mail.
+    pub accounts: crate::local::Accounts,
 }
 
 /// How browser-session cookies are set.
@@ -138,6 +141,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/saml/{tenant}/{connection}/continue",
             get(flows::saml_continue).post(flows::saml_continue_confirmed),
         );
+    browser = browser.merge(local::routes());
     if state.dev {
         browser = browser.merge(dev::routes());
     }
