@@ -191,7 +191,7 @@ pub async fn build(
         session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
         login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),
     };
-    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?;
+    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?.with_hooks(provider.hooks.clone());
     let state = Arc::new(AppState {
         broker,
         provider,

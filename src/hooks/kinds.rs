@@ -8,8 +8,8 @@
 //! {"version": 1, "kind": "user_migration", "tenant": "acme", "connection": "local",
 //!  "email": "jane@acme.example", "password": "…"}
 //! ```
-//! answered `{"outcome": "migrate", "profile": {"name"?, "given_name"?,
-//! "family_name"?, "groups"?: [...]}}` to create the account (confirmed,
+//! answered `{"outcome": "migrate", "profile": {"given_name"?,
+//! "family_name"?}}` to create the account (confirmed,
 //! with that password, re-hashed) or `{"outcome": "refuse"}` when the legacy
 //! base does not know these credentials (the sign-in then fails like any
 //! wrong password). Anything else is `hook.bad_answer`.
@@ -38,22 +38,17 @@ pub enum Migration {
     Refuse,
 }
 
-/// The profile a migration hook hands over (all optional).
+/// The profile a migration hook hands over (all optional): what a local
+/// account keeps.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LegacyProfile {
-    /// Display name.
-    #[serde(default)]
-    pub name: Option<String>,
     /// Given name.
     #[serde(default)]
     pub given_name: Option<String>,
     /// Family name.
     #[serde(default)]
     pub family_name: Option<String>,
-    /// Groups.
-    #[serde(default)]
-    pub groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,23 +63,15 @@ enum MigrationAnswer {
 
 /// The longest profile value kept.
 const MAX_VALUE_CHARS: usize = 256;
-/// The most groups kept.
-const MAX_GROUPS: usize = 100;
 
 fn check_profile(p: &LegacyProfile) -> Result<(), HookError> {
-    let long = |v: &Option<String>| v.as_ref().is_some_and(|s| s.chars().count() > MAX_VALUE_CHARS);
-    if long(&p.name) || long(&p.given_name) || long(&p.family_name) {
+    let bad = |v: &Option<String>| {
+        v.as_ref()
+            .is_some_and(|s| s.chars().count() > MAX_VALUE_CHARS || s.chars().any(char::is_control))
+    };
+    if bad(&p.given_name) || bad(&p.family_name) {
         return Err(HookError::BadAnswer(format!(
-            "a profile value is longer than {MAX_VALUE_CHARS} characters"
-        )));
-    }
-    if p.groups.len() > MAX_GROUPS
-        || p.groups
-            .iter()
-            .any(|g| g.is_empty() || g.chars().count() > MAX_VALUE_CHARS)
-    {
-        return Err(HookError::BadAnswer(format!(
-            "groups must be at most {MAX_GROUPS} names of 1 to {MAX_VALUE_CHARS} characters"
+            "a profile value must be at most {MAX_VALUE_CHARS} printable characters"
         )));
     }
     Ok(())
@@ -159,7 +146,7 @@ mod tests {
     #[test]
     fn migration_answers_are_read_strictly() {
         let m: MigrationAnswer =
-            serde_json::from_value(json!({"outcome": "migrate", "profile": {"name": "J", "groups": ["a"]}})).unwrap();
+            serde_json::from_value(json!({"outcome": "migrate", "profile": {"given_name": "J"}})).unwrap();
         assert!(matches!(m, MigrationAnswer::Migrate { .. }));
         let r: MigrationAnswer = serde_json::from_value(json!({"outcome": "refuse"})).unwrap();
         assert!(matches!(r, MigrationAnswer::Refuse));
@@ -170,7 +157,7 @@ mod tests {
         )
         .is_err());
         let long = LegacyProfile {
-            name: Some("x".repeat(300)),
+            given_name: Some("x".repeat(300)),
             ..LegacyProfile::default()
         };
         assert_eq!(check_profile(&long).unwrap_err().reason(), "hook.bad_answer");
