@@ -17,6 +17,7 @@ mod connections;
 mod domains;
 mod error;
 mod hooks;
+mod local_users;
 pub mod openapi;
 mod refresh;
 mod resources;
@@ -57,6 +58,7 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(tenants::tenant_routes())
         .merge(connections::routes())
         .merge(users::routes())
+        .merge(local_users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes())
         .merge(domains::routes())
@@ -105,6 +107,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/tenants/{id}/users/{sub}"),
     ("POST", "/tenants/{id}/users/{sub}/disable"),
     ("POST", "/tenants/{id}/users/{sub}/enable"),
+    ("POST", "/tenants/{id}/connections/{cid}/users"),
+    ("GET", "/tenants/{id}/connections/{cid}/users"),
+    ("GET", "/tenants/{id}/connections/{cid}/users/{email}"),
+    ("DELETE", "/tenants/{id}/connections/{cid}/users/{email}"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/disable"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/enable"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/force-reset"),
     ("POST", "/keys/rotate"),
     ("POST", "/api-keys"),
     ("GET", "/api-keys"),
