@@ -64,6 +64,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         directory: Directory::new(store.clone(), clock.clone()),
         upstream: None,
         audit: portcullis::audit::Audit::new(store.clone(), clock.clone()),
+        hooks: None,
     };
     provider
         .clients

@@ -173,6 +173,14 @@ pub async fn build(
         directory,
         upstream: Some(crate::broker::upstream_refresh::hook(refresher)),
         audit: crate::audit::Audit::with_config(store.clone(), clock.clone(), settings.audit.audit_config()),
+        hooks: Some(
+            crate::hooks::Hooks::new(
+                store.clone(),
+                clock.clone(),
+                settings.hooks.hooks_config(settings.outbound.allow_private_networks),
+            )
+            .map_err(|e| anyhow::anyhow!("hooks: {e}"))?,
+        ),
     };
     let broker = Broker {
         provider: provider.clone(),
@@ -183,7 +191,7 @@ pub async fn build(
         session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
         login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),
     };
-    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?;
+    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?.with_hooks(provider.hooks.clone());
     let state = Arc::new(AppState {
         broker,
         provider,

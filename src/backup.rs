@@ -9,8 +9,8 @@
 //! (with their SP key pairs and incarnations, declared-by-file markers,
 //! migrated ACS aliases), verified-domain reservations and pending claims,
 //! apps (client secret *hashes*), resource servers, API keys (hashes), the
-//! users with their identity links (so every `sub` survives), and the
-//! token-signing keyset. Secrets stay sealed: a backup is no more readable
+//! users with their identity links (so every `sub` survives), tenants'
+//! hook configurations (secrets sealed), and the token-signing keyset. Secrets stay sealed: a backup is no more readable
 //! than the Redis it came from, and restoring it needs the master keys.
 //! Transient state (SSO sessions, codes, refresh tokens, pending logins,
 //! caches) and the audit log are not part of it.
@@ -208,6 +208,9 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             out.insert(directory::disabled_key(&tid, &sub), Value);
         }
         out.insert(users, Set);
+        for kind in crate::hooks::HookKind::ALL {
+            out.insert(crate::hooks::hook_key(&tid, kind), Value);
+        }
     }
     out.insert(tenants_index, Set);
     Ok(out)
@@ -385,6 +388,9 @@ async fn sealed_records(raw: &SharedStore) -> Result<Vec<(Key, bool)>, StoreErro
             if let Ok(cid) = ConnectionId::parse(&c) {
                 out.push((tenant::connection_key(&tid, &cid), false));
             }
+        }
+        for kind in crate::hooks::HookKind::ALL {
+            out.push((crate::hooks::hook_key(&tid, kind), false));
         }
         let mut sids = BTreeSet::new();
         for sub in raw.set_members(&directory::index_key(&tid)).await? {

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod local;

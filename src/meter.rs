@@ -45,6 +45,8 @@ pub const UPSTREAM_DURATION: &str = "portcullis_upstream_duration_seconds";
 pub const METADATA_REFRESHES: &str = "portcullis_metadata_refreshes_total";
 /// Seconds until a certificate expires (negative once expired), by tenant, connection and use.
 pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
+/// Calls of tenants' hooks by kind and outcome (`hook.answered` or the failure's reason code).
+pub const HOOK_CALLS: &str = "portcullis_hook_calls_total";
 /// Always 1; the labels say which build is running.
 pub const BUILD_INFO: &str = "portcullis_build_info";
 
@@ -63,6 +65,7 @@ pub const NAMES: &[&str] = &[
     UPSTREAM_DURATION,
     METADATA_REFRESHES,
     CERTIFICATE_EXPIRY,
+    HOOK_CALLS,
     BUILD_INFO,
 ];
 
@@ -168,6 +171,10 @@ fn describe() {
         Unit::Seconds,
         "Seconds until a certificate expires (negative once expired), by tenant, connection and use."
     );
+    describe_counter!(
+        HOOK_CALLS,
+        "Calls of tenants' hooks by kind and outcome (hook.answered or the failure's reason code)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
 }
 
@@ -194,6 +201,12 @@ pub fn sign_up(tenant: &str, connection: &str) {
 /// Tokens issued at `/token` for `grant`.
 pub fn token_issued(grant: &'static str) {
     metrics::counter!(TOKENS_ISSUED, "grant" => grant).increment(1);
+}
+
+/// A call of a tenant's hook of `kind` that ended with `outcome`
+/// (`hook.answered` or a failure's reason code).
+pub fn hook_called(kind: &'static str, outcome: &'static str) {
+    metrics::counter!(HOOK_CALLS, "kind" => kind, "outcome" => outcome).increment(1);
 }
 
 /// A refresh token rotated.

@@ -117,6 +117,8 @@ fn local_error(e: LocalError) -> AdminError {
         LocalError::Refused { reason, message, .. } => AdminError::field("body", format!("{message} ({reason})")),
         LocalError::Store(e) => e.into(),
         LocalError::Hash(e) => AdminError::Internal(e.to_string()),
+        // No admin operation calls a hook; should one, its failure is ours to log.
+        LocalError::Hook(e) => AdminError::Unavailable(e.to_string()),
     }
 }
 

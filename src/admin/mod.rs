@@ -17,6 +17,7 @@ mod connections;
 mod domains;
 mod error;
 mod exchange_rules;
+mod hooks;
 mod local_users;
 pub mod openapi;
 mod refresh;
@@ -62,7 +63,8 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(refresh::routes())
         .merge(audit::tenant_routes())
         .merge(domains::routes())
-        .merge(exchange_rules::routes());
+        .merge(exchange_rules::routes())
+        .merge(hooks::routes());
     // The document describes the API's shape, never its data: no credential needed.
     Router::new()
         .route("/openapi.json", get(openapi_json))
@@ -129,6 +131,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/tenants/{id}/exchange-rules"),
     ("GET", "/tenants/{id}/exchange-rules/{rid}"),
     ("DELETE", "/tenants/{id}/exchange-rules/{rid}"),
+    ("GET", "/tenants/{id}/hooks"),
+    ("GET", "/tenants/{id}/hooks/{kind}"),
+    ("PUT", "/tenants/{id}/hooks/{kind}"),
+    ("DELETE", "/tenants/{id}/hooks/{kind}"),
 ];
 
 /// `GET /admin/v1/openapi.json`: the API's description; public (no data).

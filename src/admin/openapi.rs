@@ -744,6 +744,52 @@ pub(crate) struct MfaSetting {
     required: bool,
 }
 
+/// The kind of a tenant's hook.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum HookKindName {
+    PreTokenGeneration,
+    UserMigration,
+    PostConfirmation,
+    CustomChallenge,
+}
+
+/// The body of `PUT /tenants/{id}/hooks/{kind}`.
+#[derive(ToSchema)]
+pub(crate) struct HookSetting {
+    /// Where the hook is POSTed: https (http only to a loopback or private
+    /// address when the gateway allows private networks); no credentials.
+    url: String,
+    /// The HMAC-SHA256 key of `Portcullis-Signature`, 32 to 512 characters.
+    /// Left out: generated when the hook is created (and shown once), kept when it is replaced.
+    #[schema(min_length = 32, max_length = 512)]
+    secret: Option<String>,
+    /// Timeout of one attempt in milliseconds (default from `[hooks]`).
+    #[schema(minimum = 100)]
+    timeout_ms: Option<u64>,
+}
+
+/// A tenant's hook.
+#[derive(ToSchema)]
+pub(crate) struct HookView {
+    kind: HookKindName,
+    url: String,
+    timeout_ms: u64,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+    /// Only in the answer that generated it: the signing secret, shown once.
+    secret: Option<String>,
+}
+
+/// A tenant's hooks.
+#[derive(ToSchema)]
+pub(crate) struct HookList {
+    hooks: Vec<HookView>,
+}
+
 /// A scope of a resource server.
 #[derive(ToSchema)]
 pub(crate) struct ResourceScopeView {
@@ -908,7 +954,8 @@ impl Modify for EdgeAnswers {
         local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
-        exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete
+        exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete,
+        hooks_list, hooks_get, hooks_put, hooks_delete
     ),
     components(schemas(Problem, Tenant, TenantSettings, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
@@ -916,7 +963,8 @@ impl Modify for EdgeAnswers {
         UserView, UserPage, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
         crate::local::password::PasswordPolicy, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
         NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
-        RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList))
+        RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList,
+        HookKindName, HookSetting, HookView, HookList))
 )]
 pub struct ApiDoc;
 
@@ -1228,3 +1276,20 @@ fn exchange_rules_get() {}
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn exchange_rules_delete() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/hooks", tag = "hooks", params(("id" = String, Path)),
+    responses((status = 200, body = HookList), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn hooks_list() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/hooks/{kind}", tag = "hooks", params(("id" = String, Path), ("kind" = String, Path, description = "pre_token_generation, user_migration, post_confirmation or custom_challenge")),
+    responses((status = 200, body = HookView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn hooks_get() {}
+
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/hooks/{kind}", tag = "hooks", params(("id" = String, Path), ("kind" = String, Path, description = "pre_token_generation, user_migration, post_confirmation or custom_challenge")),
+    request_body = HookSetting,
+    responses((status = 200, body = HookView, description = "replaced"), (status = 201, body = HookView, description = "created; with the generated secret if none was given"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn hooks_put() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/hooks/{kind}", tag = "hooks", params(("id" = String, Path), ("kind" = String, Path, description = "pre_token_generation, user_migration, post_confirmation or custom_challenge")),
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn hooks_delete() {}

@@ -406,6 +406,7 @@ async fn delete_tenant(
         tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "exchange rules of a deleted tenant left in the store");
     }
     audit::purge_tenant(&s, &id).await;
+    super::hooks::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
 pub mod audit;
+pub mod hooks;
 pub mod local;
 pub mod throttle;
 
@@ -82,6 +83,8 @@ pub struct Settings {
     pub audit: audit::AuditSettings,
     /// `[secrets]`: the master keys that seal secrets at rest.
     pub secrets: SecretsSettings,
+    /// `[hooks]`: how tenants' hooks (signed webhooks) are called.
+    pub hooks: hooks::HooksSettings,
     /// `[throttle]`: rate limits and trusted proxies.
     pub throttle: ThrottleSettings,
     /// Where declarative tenant files live.
@@ -649,6 +652,7 @@ impl Settings {
             self.tenants_dir = Some(PathBuf::from(v));
         }
         self.audit.apply_env(env, &mut problems);
+        self.hooks.apply_env(env, &mut problems);
         self.local.apply_env(env, &mut problems);
         self.mail.apply_env(env);
         if problems.is_empty() {
@@ -798,6 +802,7 @@ impl Settings {
             .validate(self.outbound.allow_private_networks, &mut |f: &str, m: String| {
                 bad(f, m)
             });
+        self.hooks.validate(&mut |f: &str, m: String| bad(f, m));
         self.local.validate(&mut |f: &str, m: String| bad(f, m));
         self.mail
             .validate(self.dev.enabled, &mut |f: &str, m: String| bad(f, m));

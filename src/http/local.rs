@@ -535,7 +535,11 @@ fn status_of(e: &LocalError) -> StatusCode {
         }
         "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
+        _ => match e {
+            LocalError::Hook(h) if h.transient() => StatusCode::SERVICE_UNAVAILABLE,
+            LocalError::Hook(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::BAD_REQUEST,
+        },
     }
 }
 
@@ -569,6 +573,15 @@ async fn refused(app: &AppState, session: &Session, l: &Local, kind: Kind, e: Lo
                 None,
                 None,
             )
+        }
+        // A tenant's hook failed: nothing was created or confirmed.
+        LocalError::Hook(err) => {
+            tracing::warn!(reason, error = %err, tenant = %l.t, connection = %l.c, page = kind.page(), "hook failed; nothing changed");
+            let message = match kind {
+                Kind::Confirm => "Your organization's account service did not answer, so your account is not confirmed yet. Please ask for a new code and try again in a moment.",
+                _ => "Your organization's sign-in service did not answer, so you are not signed in and nothing was changed. Please try again in a moment.",
+            };
+            (message.to_owned(), None, err.transient().then_some(5))
         }
     };
     if matches!(e, LocalError::Refused { .. }) {
@@ -658,7 +671,7 @@ async fn sign_in(
         }
         Err(e) => {
             let reason = e.reason();
-            if matches!(e, LocalError::Refused { .. }) {
+            if matches!(e, LocalError::Refused { .. } | LocalError::Hook(_)) {
                 crate::meter::sign_in_failed(l.t.as_str(), l.c.as_str(), reason);
                 app.provider
                     .audit

@@ -156,6 +156,10 @@ pub enum LocalError {
     /// Hashing failed.
     #[error("{0}")]
     Hash(#[from] password::HashError),
+    /// A tenant's hook (user migration, post confirmation) failed: the
+    /// operation did not happen (fail closed).
+    #[error("{0}")]
+    Hook(#[from] crate::hooks::HookError),
 }
 
 impl LocalError {
@@ -173,6 +177,7 @@ impl LocalError {
             Self::Refused { reason, .. } => reason,
             Self::Store(_) => "store.unavailable",
             Self::Hash(_) => "local.hash_failed",
+            Self::Hook(e) => e.reason(),
         }
     }
 }
@@ -317,6 +322,7 @@ pub struct Accounts {
     mailer: Mailer,
     lockout: LockoutPolicy,
     audit: Audit,
+    hooks: Option<crate::hooks::Hooks>,
 }
 
 /// Where a sign-in stands after the password was checked.
@@ -343,6 +349,78 @@ impl Accounts {
             mailer,
             lockout,
             audit,
+            hooks: None,
+        }
+    }
+
+    /// The tenants' hooks this service calls: `user_migration` at the
+    /// sign-in of an unknown email, `post_confirmation` before an account is
+    /// marked confirmed.
+    pub fn with_hooks(mut self, hooks: Option<crate::hooks::Hooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The tenant's hook of `kind`, if it has one.
+    async fn hook(
+        &self,
+        t: &TenantId,
+        kind: crate::hooks::HookKind,
+    ) -> Result<Option<(&crate::hooks::Hooks, crate::hooks::HookConfig)>, LocalError> {
+        let Some(hooks) = &self.hooks else {
+            return Ok(None);
+        };
+        Ok(hooks.configured(t, kind).await?.map(|h| (hooks, h)))
+    }
+
+    /// Asks the tenant's user-migration hook about an email this connection
+    /// does not know. On `migrate` the account is created (confirmed, the
+    /// password re-hashed) and returned; on `refuse`, or without a hook,
+    /// `None`. A failing hook is an error and creates nothing.
+    async fn migrate(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+    ) -> Result<Option<LocalUser>, LocalError> {
+        let Some((hooks, hook)) = self.hook(t, crate::hooks::HookKind::UserMigration).await? else {
+            return Ok(None);
+        };
+        match hooks.migrate_user(t, &hook, c.as_str(), email, password).await? {
+            crate::hooks::kinds::Migration::Refuse => {
+                tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
+                Ok(None)
+            }
+            crate::hooks::kinds::Migration::Migrate(p) => {
+                let profile = Profile {
+                    given_name: p.given_name,
+                    family_name: p.family_name,
+                };
+                let user = match self.create_migrated(t, c, email, password, profile).await {
+                    Ok(u) => u,
+                    // A concurrent sign-in migrated it first: use that account.
+                    Err(LocalError::Refused {
+                        reason: "local.exists", ..
+                    }) => return Ok(self.get(t, c, email).await?),
+                    Err(e) => return Err(e),
+                };
+                tracing::info!(reason = "hook.user_migrated", tenant = %t, connection = %c);
+                self.audit
+                    .security(
+                        AuditEvent::security(
+                            &Actor::User(user.subject.clone()),
+                            "local.migrated",
+                            Target::new("connection", c.as_str()),
+                            Outcome::Success,
+                            "hook.user_migrated",
+                        )
+                        .tenant(t)
+                        .connection(c.as_str()),
+                    )
+                    .await;
+                Ok(Some(user))
+            }
         }
     }
 
@@ -602,9 +680,18 @@ impl Accounts {
     ) -> Result<LocalUser, LocalError> {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
         self.check_code(t, c, CodePurpose::Verify, &email, code).await?;
-        // hooks: post confirmation — the hooks part calls the post-confirmation
-        // hook here, before the account is marked confirmed (a failing hook
-        // leaves it unconfirmed).
+        // hooks: post confirmation — told before the account is marked
+        // confirmed, so a failing hook leaves it unconfirmed (a new code
+        // confirms it later) and never half done.
+        if let Some((hooks, hook)) = self.hook(t, crate::hooks::HookKind::PostConfirmation).await? {
+            let pending = self
+                .get(t, c, &email)
+                .await?
+                .is_some_and(|u| u.status == AccountStatus::Unconfirmed);
+            if pending {
+                hooks.post_confirmation(t, &hook, c.as_str(), &email).await?;
+            }
+        }
         let user = self
             .update(t, c, &email, |u| {
                 if u.status == AccountStatus::Unconfirmed {
@@ -757,12 +844,15 @@ impl Accounts {
                 });
             }
         }
-        let user = self.get(t, c, &email).await?;
-        // hooks: user migration — when `user` is None, the hooks part asks the
-        // user-migration hook here (email + password); on success it calls
-        // `create_migrated` and goes on with the new account. Until then an
-        // unknown email is "unknown": the dummy hash below, then bad_credentials.
         let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
+        let user = match self.get(t, c, &email).await? {
+            Some(u) => Some(u),
+            // hooks: user migration — an unknown email asks the tenant's
+            // user-migration hook (email + password); a migrated account is
+            // then checked below like any other (its new hash).
+            None if !too_long => self.migrate(t, c, &email, password).await?,
+            None => None,
+        };
         let ok = !too_long
             && self
                 .hasher

@@ -535,16 +535,17 @@ impl Provider {
             auth_time: Some(authz.auth_time),
             sid: Some(authz.sid.clone()),
         };
-        // One key snapshot for both tokens, so `at_hash` follows the algorithm
-        // of the key that really signs, even across a rotation.
-        let signer = self.keys.signer().await?;
-        let access_token = signer.sign("at+jwt", &access)?;
-        let id_token = if with_id_token {
-            let user = self
-                .directory
-                .get(&authz.tenant, &authz.sub)
-                .await?
-                .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+        let user = if with_id_token {
+            Some(
+                self.directory
+                    .get(&authz.tenant, &authz.sub)
+                    .await?
+                    .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?,
+            )
+        } else {
+            None
+        };
+        let id_claims = user.as_ref().map(|user| {
             let mut claims = Map::new();
             claims.insert("iss".into(), json!(self.iss()));
             claims.insert("sub".into(), json!(authz.sub));
@@ -559,10 +560,6 @@ impl Provider {
             claims.insert("sid".into(), json!(authz.sid));
             claims.insert("tenant".into(), json!(authz.tenant));
             claims.insert("connection".into(), json!(authz.connection));
-            claims.insert(
-                "at_hash".into(),
-                json!(crate::tokens::at_hash(&access_token, signer.algorithm())),
-            );
             if let Some(n) = &authz.nonce {
                 claims.insert("nonce".into(), json!(n));
             }
@@ -572,10 +569,33 @@ impl Provider {
             if let Some(acr) = &authz.acr {
                 claims.insert("acr".into(), json!(acr));
             }
-            profile_claims(&user, &grant.scope, &mut claims);
-            Some(signer.sign("JWT", &Value::Object(claims))?)
-        } else {
-            None
+            profile_claims(user, &grant.scope, &mut claims);
+            claims
+        });
+        let access_claims = match serde_json::to_value(&access) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => Map::new(),
+            Err(e) => return Err(OAuthError::server("token.claims_unserializable", e)),
+        };
+        // hooks: the tenant's pre-token-generation hook may add, override or
+        // suppress claims (provider/pre_token.rs); a failing hook fails the
+        // request, so no token is ever issued without it.
+        let (access_claims, id_claims) = self
+            .pre_token(authz, &grant.scope, access_claims, id_claims, user.as_ref())
+            .await?;
+        // One key snapshot for both tokens, so `at_hash` follows the algorithm
+        // of the key that really signs, even across a rotation.
+        let signer = self.keys.signer().await?;
+        let access_token = signer.sign("at+jwt", &Value::Object(access_claims))?;
+        let id_token = match id_claims {
+            Some(mut claims) => {
+                claims.insert(
+                    "at_hash".into(),
+                    json!(crate::tokens::at_hash(&access_token, signer.algorithm())),
+                );
+                Some(signer.sign("JWT", &Value::Object(claims))?)
+            }
+            None => None,
         };
         let resp = TokenResponse {
             access_token,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod grants;
+mod pre_token;
 pub mod refresh;
 pub mod resources;
 pub mod scopes;
@@ -47,6 +48,8 @@ pub struct Provider {
     pub upstream: Option<Arc<dyn upstream::UpstreamSessions>>,
     /// The audit log (security events: sign-ins, token reuse, throttling).
     pub audit: crate::audit::Audit,
+    /// Tenants' hooks (the pre-token-generation hook at minting); `None`: none are called.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 impl Provider {

@@ -10,6 +10,7 @@
 //! | a connection (`t:<tenant>:config` / `connection:<id>`) | `client_secret`, `sp_private_key_pem`, `sp_next_key.private_key_pem`, `sp_previous_key.private_key_pem` |
 //! | an upstream session (`t:<tenant>:sso` / `upstream:<sid>`) | `refresh_token` |
 //! | the signing keyset (`g:keys` / `signing`) | `active.private_pem`, `next.private_pem`, `retired[].private_pem` |
+//! | a tenant's hook (`t:<tenant>:hooks` / `<kind>`) | `secret` |
 //!
 //! Each field is one envelope whose context is `<tag>/<name>#<field path>`,
 //! so a sealed value only opens in the record and field it was written to.
@@ -40,6 +41,7 @@ const CONNECTION_FIELDS: &[FieldPath] = &[
     &["sp_previous_key", "private_key_pem"],
 ];
 const UPSTREAM_SESSION_FIELDS: &[FieldPath] = &[&["refresh_token"]];
+const HOOK_FIELDS: &[FieldPath] = &[&["secret"]];
 const KEYSET_FIELDS: &[FieldPath] = &[
     &["active", "private_pem"],
     &["next", "private_pem"],
@@ -56,6 +58,8 @@ pub fn sealed_fields(key: &Key) -> Option<&'static [FieldPath]> {
         Some(UPSTREAM_SESSION_FIELDS)
     } else if tag == "g:keys" && name == "signing" {
         Some(KEYSET_FIELDS)
+    } else if tag.starts_with("t:") && tag.ends_with(":hooks") {
+        Some(HOOK_FIELDS)
     } else {
         None
     }

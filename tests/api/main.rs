@@ -14,6 +14,8 @@ mod deploy;
 mod deploy_image;
 mod dev_flow;
 mod domains;
+mod hooks;
+mod hooks_local;
 mod import;
 mod load_smoke;
 mod local_accounts;

@@ -549,6 +549,7 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
             portcullis::meter::THROTTLED,
             portcullis::meter::REDIS_ERRORS,
             portcullis::meter::METADATA_REFRESHES,
+            portcullis::meter::HOOK_CALLS,
         ]
         .contains(name);
         if expected_here {

@@ -252,7 +252,14 @@ async fn secrets_of(app: &TestApp, sid: &str) -> Vec<(String, String)> {
             .unwrap(),
     );
     let keyset = read(store.get(&Key::global("keys", "signing")).await.unwrap());
+    let hook = read(
+        store
+            .get(&Key::tenant(ACME, "hooks", "post_confirmation"))
+            .await
+            .unwrap(),
+    );
     let mut out = vec![
+        ("hook secret".to_owned(), hook["secret"].as_str().unwrap().to_owned()),
         (
             "client secret".to_owned(),
             oidc["client_secret"].as_str().unwrap().to_owned(),
@@ -376,6 +383,16 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
                    "scopes": ["openid", "email", "profile"]}),
         )
         .await;
+    // A tenant's hook secret is sealed too (never called here).
+    let (status, _) = a
+        .app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/tenants/{ACME}/hooks/post_confirmation"),
+            Some(json!({"url": "https://hooks.acme.test/confirmed", "secret": HOOK_SECRET})),
+        )
+        .await;
+    assert_eq!(status, 201);
     let saml_idp = IdpKey::new();
     a.app
         .create_saml_connection(
@@ -407,8 +424,8 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     let (code, out, err) = w.run(&only_k1, &["keys", "status"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&out, "plaintext:"), Some(0), "{out}");
-    // Client secret, SP key, upstream refresh token, three signing keys.
-    assert_eq!(count(&out, "sealed under k1:"), Some(6), "{out}");
+    // Client secret, SP key, upstream refresh token, three signing keys, the hook secret.
+    assert_eq!(count(&out, "sealed under k1:"), Some(7), "{out}");
     let Trust { app, idp, .. } = t;
     let a = Running { app, ..a };
     a.stop().await;
@@ -496,6 +513,21 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
         assert_eq!(claims["sub"], json!(sub));
     }
     assert_eq!(sp_metadata(&d.app).await, metadata_before, "SP metadata is unchanged");
+    let hook = d
+        .app
+        .state
+        .provider
+        .hooks
+        .as_ref()
+        .unwrap()
+        .get(
+            &portcullis::ids::TenantId::parse(ACME).unwrap(),
+            portcullis::hooks::HookKind::PostConfirmation,
+        )
+        .await
+        .unwrap()
+        .expect("the hook is restored");
+    assert_eq!(hook.secret.expose(), HOOK_SECRET, "and its secret opens");
     let t = trust(d.app, idp, clock.clone(), client, discovery);
     let third = t
         .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
@@ -510,6 +542,9 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     Running { app, ..d }.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tenant's hook secret (the search for it in dumps and backups must fail).
+const HOOK_SECRET: &str = "hook-secret-3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e";
 
 fn idp_issuer(t: &Trust) -> String {
     t.idp.issuer()

@@ -1,0 +1,174 @@
+//! A tenant's hook receiver, as a customer would run it: a small axum server
+//! on loopback that verifies every call's `Portcullis-Signature` (the
+//! receiver's side of the scheme, `portcullis::audit::webhook::verify`),
+//! records the calls, and answers as the test says: a fixed answer, a
+//! status, a delay, or (for `user_migration`) by looking the credentials up
+//! in its legacy user list.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use portcullis::clock::SharedClock;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use url::Url;
+
+/// How the receiver answers calls to one path.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// 200 with this JSON.
+    Answer(Value),
+    /// This status with an empty JSON object.
+    Status(u16),
+    /// 200 with this body, not JSON.
+    Garbage(&'static str),
+    /// Waits this long, then answers `{}`.
+    Slow(Duration),
+    /// The legacy user base: 200 with the user's profile when the email and
+    /// password match an entry, else 200 `{"outcome": "refuse"}`.
+    Legacy,
+}
+
+/// One recorded call.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The path's last segment (the hook's name in its URL).
+    pub path: String,
+    /// The `Portcullis-Hook` header.
+    pub kind: Option<String>,
+    /// Whether the signature verified under the current secret.
+    pub signed: bool,
+    /// The body.
+    pub body: Value,
+}
+
+/// A legacy user.
+#[derive(Clone, Debug)]
+pub struct LegacyUser {
+    pub password: String,
+    pub profile: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    secret: Option<String>,
+    calls: Vec<Call>,
+    behaviors: HashMap<String, Behavior>,
+    legacy: HashMap<String, LegacyUser>,
+}
+
+/// The running receiver.
+#[derive(Clone)]
+pub struct HookServer {
+    /// Its base URL (`http://127.0.0.1:<port>/`).
+    pub base: Url,
+    inner: Arc<Mutex<Inner>>,
+    clock: SharedClock,
+}
+
+impl HookServer {
+    /// Starts a receiver on loopback; signatures are checked against
+    /// `clock` (the gateway's, so a manual clock works) with 300 s tolerance.
+    pub async fn start(clock: SharedClock) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = Self {
+            base: Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
+            inner: Arc::new(Mutex::new(Inner::default())),
+            clock,
+        };
+        let app = Router::new()
+            .route("/hook/{name}", post(handle))
+            .with_state(server.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        server
+    }
+
+    /// The URL of the hook named `name`.
+    pub fn url(&self, name: &str) -> String {
+        self.base.join(&format!("hook/{name}")).unwrap().to_string()
+    }
+
+    /// The secret signatures must verify under (the one the gateway gave).
+    pub fn set_secret(&self, secret: &str) {
+        self.inner.lock().unwrap().secret = Some(secret.to_owned());
+    }
+
+    /// How calls to `name` are answered from now on.
+    pub fn behave(&self, name: &str, behavior: Behavior) {
+        self.inner.lock().unwrap().behaviors.insert(name.to_owned(), behavior);
+    }
+
+    /// Adds a user to the legacy user base.
+    pub fn add_legacy_user(&self, email: &str, password: &str, profile: Value) {
+        self.inner.lock().unwrap().legacy.insert(
+            email.to_owned(),
+            LegacyUser {
+                password: password.to_owned(),
+                profile,
+            },
+        );
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// The calls to `name` so far.
+    pub fn calls_to(&self, name: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.path == name).collect()
+    }
+}
+
+async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (secret, behavior) = {
+        let inner = s.inner.lock().unwrap();
+        (inner.secret.clone(), inner.behaviors.get(&name).cloned())
+    };
+    let signed = match (&secret, header("portcullis-signature")) {
+        (Some(secret), Some(sig)) => {
+            portcullis::audit::webhook::verify(secret.as_bytes(), &sig, &body, s.clock.unix(), 300)
+        }
+        _ => false,
+    };
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.inner.lock().unwrap().calls.push(Call {
+        path: name.clone(),
+        kind: header("portcullis-hook"),
+        signed,
+        body: value.clone(),
+    });
+    if !signed {
+        // A real receiver refuses what it cannot verify.
+        return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
+    }
+    match behavior.unwrap_or(Behavior::Answer(json!({}))) {
+        Behavior::Answer(v) => axum::Json(v).into_response(),
+        Behavior::Status(code) => (StatusCode::from_u16(code).unwrap(), axum::Json(json!({}))).into_response(),
+        Behavior::Garbage(text) => (StatusCode::OK, text).into_response(),
+        Behavior::Slow(d) => {
+            tokio::time::sleep(d).await;
+            axum::Json(json!({})).into_response()
+        }
+        Behavior::Legacy => {
+            let email = value["email"].as_str().unwrap_or_default();
+            let password = value["password"].as_str().unwrap_or_default();
+            let user = s.inner.lock().unwrap().legacy.get(email).cloned();
+            match user {
+                Some(u) if u.password == password => {
+                    axum::Json(json!({"outcome": "migrate", "profile": u.profile})).into_response()
+                }
+                _ => axum::Json(json!({"outcome": "refuse"})).into_response(),
+            }
+        }
+    }
+}
