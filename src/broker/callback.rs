@@ -71,6 +71,10 @@ pub struct Validated {
     /// Whether the IdP's answer showed multi-factor authentication.
     #[serde(default)]
     pub mfa: bool,
+    /// The tenant's own SSO session lifetime, from the tenant record read
+    /// while validating (`None`: the default lifetime).
+    #[serde(default)]
+    pub session_ttl_secs: Option<u64>,
 }
 
 /// Where a validated answer waits for the browser: the handle's hash, so the
@@ -417,7 +421,14 @@ impl Broker {
             }
         };
         let session_end = self.session_end(connector.as_ref(), &identity);
-        let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
+        // Provisioned against the tenant record read above (its incarnation),
+        // with the connection's incarnation read now.
+        let provisioned = self
+            .provider
+            .directory
+            .provision_in(&tenant, stored_tenant.as_ref(), &connection, &identity)
+            .await;
+        let (user, provisioned) = match provisioned {
             Ok(u) => u,
             Err(ProvisionError::Inactive(why)) => {
                 self.record_failure(&tenant, Some(&connection), "login.user_inactive")
@@ -446,13 +457,17 @@ impl Broker {
                 ));
             }
         }
-        // A disabled (or meanwhile superseded) user gets no session and no code.
-        match self.provider.directory.active(&tenant, &user.sub).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(why)) => {
+        // A disabled user gets no session and no code. The rest of what
+        // `Directory::active` checks was read in this request by
+        // provisioning: the tenant record (above) and the connection's
+        // incarnation, which the user record just written carries; only
+        // the disabled flag is still to be read.
+        match self.provider.directory.is_disabled(&tenant, &user.sub).await {
+            Ok(false) => {}
+            Ok(true) => {
                 self.record_failure(&tenant, Some(&connection), "login.user_inactive")
                     .await;
-                return Err(inactive_page(&tenant, &connection, why));
+                return Err(inactive_page(&tenant, &connection, Inactive::UserDisabled));
             }
             Err(e) => return Err(unavailable(e)),
         }
@@ -472,6 +487,7 @@ impl Broker {
             auth_time,
             session_end,
             mfa,
+            session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
         })
     }
 
@@ -488,13 +504,10 @@ impl Broker {
             acr: v.identity.acr.clone(),
             mfa: v.mfa,
         };
-        // The tenant's own SSO session lifetime, when it sets one.
-        let ttl = match self.tenants.get(&v.tenant).await {
-            Ok(t) => t
-                .and_then(|t| t.settings.sso_session_ttl_secs)
-                .map_or(self.session_ttl, Duration::from_secs),
-            Err(e) => return unavailable(e),
-        };
+        // The tenant's own SSO session lifetime, when it sets one: read
+        // with the tenant record while validating (a lifetime, not a check;
+        // whether the tenant and user may still sign in was decided there).
+        let ttl = v.session_ttl_secs.map_or(self.session_ttl, Duration::from_secs);
         if let Err(e) = session::save(&self.store, &s, ttl).await {
             return unavailable(e);
         }

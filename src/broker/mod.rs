@@ -307,8 +307,10 @@ impl Broker {
         };
         // portal: only active connections serve users (pending_test and
         // disabled ones are neither chosen nor offered). With a connection
-        // named, only that one is read (its record also re-validates the
-        // cached connector below); without, every connection's status.
+        // named, only that one is looked up (its record also re-validates the
+        // cached connector below); without, every connection's status. Each
+        // record is the stored one, re-validated by its fingerprint read
+        // here (`ConnectorCache::record`), not transferred when unchanged.
         let wanted: Vec<ConnectionId> = match &req.connection {
             Some(c) => ConnectionId::parse(c)
                 .ok()
@@ -319,11 +321,10 @@ impl Broker {
         };
         let mut active = Vec::new();
         for c in &wanted {
-            match self.tenants.connection(&tenant.id, c).await {
+            match self.connectors.record(&self.tenants, &tenant.id, c).await {
                 Ok(Some(record)) if record.status == crate::upstream::ConnectionStatus::Active => active.push(record),
                 Ok(_) => {}
-                Err(crate::tenant::RegistryError::Store(e)) => return unavailable(e),
-                Err(e) => return unavailable(StoreError::Corrupt(e.to_string())),
+                Err(e) => return unavailable(e),
             }
         }
         let active_ids: Vec<ConnectionId> = active.iter().map(|r| r.id.clone()).collect();

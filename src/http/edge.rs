@@ -428,18 +428,47 @@ async fn check(
     let per_ip = own.and_then(|o| o.per_ip).unwrap_or(global.per_ip);
     let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
     let bucket = ip_bucket(ip);
-    if per_ip > 0 {
-        let key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
-        let d = state.store.rate_limit(&key, per_ip, window).await?;
-        if !d.allowed {
-            let scope = Scope::Ip(&bucket);
-            throttled(state, class, scope, tenant, per_ip, window, d, &key, request_id).await;
-            return Ok(Some(too_many(class, d.retry_after)));
+    let ip_key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
+    let tenant_key = tenant
+        .filter(|_| per_tenant > 0)
+        .map(|t| Key::tenant(t.as_str(), "rl", class.as_str()));
+    // The address first, then (only if the address is within its limit) the
+    // tenant: both in one store round trip when both apply.
+    let (ip_decision, tenant_decision) = match (per_ip > 0, &tenant_key) {
+        (true, Some(tk)) => {
+            state
+                .store
+                .rate_limit_chain((&ip_key, per_ip), (tk, per_tenant), window)
+                .await?
         }
+        (true, None) => (state.store.rate_limit(&ip_key, per_ip, window).await?, None),
+        (false, Some(tk)) => (
+            RateDecision {
+                allowed: true,
+                retry_after: Duration::ZERO,
+                remaining: 0,
+            },
+            Some(state.store.rate_limit(tk, per_tenant, window).await?),
+        ),
+        (false, None) => return Ok(None),
+    };
+    if !ip_decision.allowed {
+        let scope = Scope::Ip(&bucket);
+        throttled(
+            state,
+            class,
+            scope,
+            tenant,
+            per_ip,
+            window,
+            ip_decision,
+            &ip_key,
+            request_id,
+        )
+        .await;
+        return Ok(Some(too_many(class, ip_decision.retry_after)));
     }
-    if let (Some(t), true) = (tenant, per_tenant > 0) {
-        let key = Key::tenant(t.as_str(), "rl", class.as_str());
-        let d = state.store.rate_limit(&key, per_tenant, window).await?;
+    if let (Some(key), Some(d)) = (tenant_key, tenant_decision) {
         if !d.allowed {
             throttled(
                 state,

@@ -279,23 +279,30 @@ impl Provider {
                 "This client may not sign in users of that tenant.",
             ));
         }
-        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+        // The user, its tenant and connection may have gone since the
+        // sign-in. One read of the tenant serves both this and the tenant's
+        // `allowed_clients` (checked first, as before); the user read here
+        // is the one the ID token is minted from.
+        let (tenant_record, active) = self.directory.active_in(&authz.tenant, &authz.sub).await?;
+        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
                 "The organization does not use this application.",
             ));
         }
-        // The user, its tenant and connection may have gone since the sign-in.
-        if let Err(why) = self.directory.active(&authz.tenant, &authz.sub).await? {
-            let reason = match why {
-                Inactive::TenantGone => "code.tenant_gone",
-                Inactive::ConnectionGone => "code.connection_gone",
-                Inactive::UserGone => "code.user_gone",
-                Inactive::UserDisabled => "code.user_disabled",
-                Inactive::Superseded => "code.user_superseded",
-            };
-            return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
-        }
+        let user = match active {
+            Ok(u) => u,
+            Err(why) => {
+                let reason = match why {
+                    Inactive::TenantGone => "code.tenant_gone",
+                    Inactive::ConnectionGone => "code.connection_gone",
+                    Inactive::UserGone => "code.user_gone",
+                    Inactive::UserDisabled => "code.user_disabled",
+                    Inactive::Superseded => "code.user_superseded",
+                };
+                return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
+            }
+        };
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
                 "code.redirect_uri_mismatch",
@@ -337,7 +344,7 @@ impl Provider {
         } else {
             (None, None)
         };
-        let (resp, access) = self.mint(client, &authz, true, refresh).await?;
+        let (resp, access) = self.mint(client, &authz, true, refresh, Some(&user)).await?;
         let issued = Issued {
             family,
             jti: Some(access.jti),
@@ -408,23 +415,16 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        if let Err((reason, description)) = self.refresh_still_allowed(client, &family).await? {
-            tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
-            self.revoke_family(&authz.tenant, &family.id).await?;
-            return Err(OAuthError::invalid_grant(reason, description));
-        }
+        let user = match self.refresh_still_allowed(client, &family).await? {
+            Ok(user) => user,
+            Err((reason, description)) => {
+                tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
+                self.revoke_family(&authz.tenant, &family.id).await?;
+                return Err(OAuthError::invalid_grant(reason, description));
+            }
+        };
         let with_id = authz.scope.iter().any(|s| s == "openid");
-        Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
-    }
-
-    /// Whether the tenant's settings let it use the app (`allowed_clients`).
-    /// A tenant that is gone is left to the liveness checks, which refuse it.
-    async fn tenant_allows_client(&self, tenant: &TenantId, client_id: &str) -> Result<bool, OAuthError> {
-        let found = self.directory.tenants().get(tenant).await.map_err(|e| match e {
-            crate::tenant::RegistryError::Store(e) => OAuthError::from(e),
-            other => OAuthError::from(crate::store::StoreError::Unavailable(other.to_string())),
-        })?;
-        Ok(found.is_none_or(|t| t.settings.allows_client(client_id)))
+        Ok(self.mint(client, &authz, with_id, Some(next), Some(&user)).await?.0)
     }
 
     /// Whether a refresh of `family` may still be served: the user is active
@@ -432,16 +432,18 @@ impl Provider {
     /// in through the same connection, the app may still serve the tenant,
     /// and the app is the one the family was started for (not a
     /// re-registration of a deleted app with the same id).
+    /// Answers the user (read here) when it may.
     async fn refresh_still_allowed(
         &self,
         client: &Client,
         family: &Family,
-    ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
+    ) -> Result<Result<User, (&'static str, &'static str)>, OAuthError> {
         let authz = &family.authz;
-        // Independent reads, sent together.
-        let (retired_at, active) = tokio::try_join!(
+        // Independent reads, sent together; the tenant record read for the
+        // liveness check also answers its `allowed_clients`.
+        let (retired_at, (tenant_record, active)) = tokio::try_join!(
             self.client_retired_at(&client.client_id),
-            self.directory.active(&authz.tenant, &authz.sub)
+            self.directory.active_in(&authz.tenant, &authz.sub)
         )?;
         if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((
@@ -455,7 +457,7 @@ impl Provider {
                 "The application may no longer serve this organization.",
             )));
         }
-        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Ok(Err((
                 "refresh.client_not_allowed_by_tenant",
                 "The organization no longer uses this application.",
@@ -480,7 +482,7 @@ impl Provider {
                 inactive_description(Inactive::Superseded),
             )));
         }
-        Ok(Ok(()))
+        Ok(Ok(user))
     }
 
     /// Revokes what one code redemption issued.
@@ -500,6 +502,8 @@ impl Provider {
         authz: &Authorization,
         with_id_token: bool,
         refresh_token: Option<String>,
+        // The user as read (and found active) in this request, if it was.
+        user: Option<&User>,
     ) -> Result<(TokenResponse, AccessClaims), OAuthError> {
         let now = self.clock.unix();
         let grant: Grant = self.effective_grant(client, authz).await?;
@@ -523,11 +527,18 @@ impl Provider {
         let signer = self.keys.signer().await?;
         let access_token = signer.sign("at+jwt", &access)?;
         let id_token = if with_id_token {
-            let user = self
-                .directory
-                .get(&authz.tenant, &authz.sub)
-                .await?
-                .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+            let read;
+            let user = match user {
+                Some(u) => u,
+                None => {
+                    read = self
+                        .directory
+                        .get(&authz.tenant, &authz.sub)
+                        .await?
+                        .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+                    &read
+                }
+            };
             let mut claims = Map::new();
             claims.insert("iss".into(), json!(self.iss()));
             claims.insert("sub".into(), json!(authz.sub));
@@ -846,4 +857,11 @@ mod tests {
         assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
         assert!(!pkce_ok(challenge, "short"));
     }
+}
+
+/// Whether the tenant's settings let it use the app (`allowed_clients`),
+/// for the tenant record read in this request. A tenant that is gone is
+/// left to the liveness checks, which refuse it.
+fn tenant_allows_client(tenant: Option<&crate::tenant::Tenant>, client_id: &str) -> bool {
+    tenant.is_none_or(|t| t.settings.allows_client(client_id))
 }

@@ -429,6 +429,11 @@ impl TenantRegistry {
         }
     }
 
+    /// The store the registry reads and writes.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
     /// Creates a tenant. Domains are reserved first; if any is taken, the
     /// ones already reserved are released and nothing is left behind.
     pub async fn create(&self, id: TenantId, name: String, domains: Vec<String>) -> Result<Tenant, RegistryError> {

@@ -86,6 +86,11 @@ impl Store for Counting {
         self.count("exists", key, 0);
         self.inner.exists(key).await
     }
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        let f = self.inner.fingerprint(key).await?;
+        self.count("fingerprint", key, f.as_ref().map_or(0, String::len));
+        Ok(f)
+    }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.count("put", key, value.len());
         self.inner.put(key, value, ttl).await
@@ -221,6 +226,15 @@ impl Store for Counting {
     async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
         self.count("rate_limit", key, 0);
         self.inner.rate_limit(key, limit, window).await
+    }
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        self.count("rate_limit_chain", first.0, 0);
+        self.inner.rate_limit_chain(first, second, window).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
