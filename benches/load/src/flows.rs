@@ -325,6 +325,11 @@ impl World {
         Ok(World { inner, gateway_alg })
     }
 
+    /// The tenants the sign-ins go to, in order.
+    pub fn tenants(&self) -> Vec<String> {
+        self.inner.sites.iter().map(|s| s.tenant.clone()).collect()
+    }
+
     /// One whole sign-in of user `user`, untimed, calling `mark` with each
     /// stage's name right after that stage's request was answered (SAML:
     /// `authorize`, `acs`, `continue`, `token`; OIDC: `authorize`,

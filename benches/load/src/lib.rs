@@ -337,6 +337,8 @@ pub struct Report {
     pub clock_ticks: f64,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
+    /// The tenants the sign-ins went to (`--tenants`), created for this run.
+    pub tenants: Vec<String>,
     /// The gateway's resident set size, sampled every second from the end
     /// of the setup to the end of the run (with `--gateway-pid`):
     /// `[seconds since the first sample, KiB]`. Each scenario's
@@ -492,6 +494,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     Ok(Report {
         gateway_rss_kib_per_s: rss,
         gateway_rss_summary: summary,
+        tenants: world.tenants(),
         url: opts.url.to_string(),
         gateway_alg: world.gateway_alg.clone(),
         gateway_pid: opts.gateway_pid,
