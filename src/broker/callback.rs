@@ -20,6 +20,7 @@ use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
 use crate::meter;
 use crate::store::{Key, StoreJson};
+use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, Identity};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -123,9 +124,10 @@ impl Broker {
         params: CallbackParams,
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
+        fresh: Option<&FreshTenant>,
     ) -> Outcome {
         match self
-            .validate(tenant, connection, params, BrowserCheck::Now(logins))
+            .validate(tenant, connection, params, BrowserCheck::Now(logins), fresh)
             .await
         {
             Ok(v) => self.open(v, sso).await,
@@ -136,9 +138,16 @@ impl Broker {
     /// The SAML ACS (a cross-site POST without the session cookie): validate,
     /// keep the result under a one-time handle and send the browser to the
     /// same-site continuation. Opens no session and issues no code.
-    pub async fn accept_post(&self, tenant: &str, connection: &str, params: CallbackParams) -> Outcome {
+    /// `fresh`: the tenant record the edge read for this request, if any.
+    pub async fn accept_post(
+        &self,
+        tenant: &str,
+        connection: &str,
+        params: CallbackParams,
+        fresh: Option<&FreshTenant>,
+    ) -> Outcome {
         let v = match self
-            .validate(tenant, connection, params, BrowserCheck::AtContinuation)
+            .validate(tenant, connection, params, BrowserCheck::AtContinuation, fresh)
             .await
         {
             Ok(v) => v,
@@ -274,6 +283,7 @@ impl Broker {
         connection: &str,
         params: CallbackParams,
         check: BrowserCheck<'_>,
+        fresh: Option<&FreshTenant>,
     ) -> Result<Validated, Outcome> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
@@ -385,11 +395,16 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        // The tenant, read once for both the email vouching and the MFA
-        // rule. Unreadable, the sign-in fails (503): nothing is relaxed.
-        let stored_tenant = match self.tenants.get(&tenant).await {
-            Ok(t) => t,
-            Err(e) => return Err(unavailable(e)),
+        // The tenant, read once for the email vouching, the MFA rule and
+        // provisioning: the record the edge read for this request if it
+        // did, else read now. Unreadable, the sign-in fails (503): nothing
+        // is relaxed.
+        let stored_tenant = match FreshTenant::for_id(fresh, &tenant) {
+            Some(read) => Some(read),
+            None => match self.tenants.get(&tenant).await {
+                Ok(t) => t,
+                Err(e) => return Err(unavailable(e)),
+            },
         };
         let identity = match &stored_tenant {
             Some(t) => crate::tenant::vouch_email(t, identity),

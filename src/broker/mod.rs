@@ -192,6 +192,18 @@ pub struct Broker {
 impl Broker {
     /// `/authorize`: decide where the browser goes.
     pub async fn authorize(&self, params: BTreeMap<String, String>, sso: &BrowserSso) -> Outcome {
+        self.authorize_with(params, sso, None).await
+    }
+
+    /// [`Self::authorize`], with the tenant record the edge read while
+    /// serving this request (used when it is the tenant asked for, instead
+    /// of reading it again).
+    pub async fn authorize_with(
+        &self,
+        params: BTreeMap<String, String>,
+        sso: &BrowserSso,
+        fresh: Option<&crate::tenant::FreshTenant>,
+    ) -> Outcome {
         let issuer = self.provider.iss();
         let client_id = params.get("client_id").cloned().unwrap_or_default();
         let client = match self.provider.clients.get(&client_id).await {
@@ -266,7 +278,7 @@ impl Broker {
         }
 
         // Which tenant?
-        let tenant = match self.resolve_tenant(&req).await {
+        let tenant = match self.resolve_tenant(&req, fresh).await {
             Ok(Some(t)) => t,
             Ok(None) if req.tenant.is_some() => {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
@@ -389,10 +401,17 @@ impl Broker {
         self.begin_upstream(req, &tenant, record, require_mfa).await
     }
 
-    async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+    async fn resolve_tenant(
+        &self,
+        req: &AuthRequest,
+        fresh: Option<&crate::tenant::FreshTenant>,
+    ) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
         if let Some(t) = &req.tenant {
             return match TenantId::parse(t) {
-                Ok(id) => self.tenants.get(&id).await,
+                Ok(id) => match crate::tenant::FreshTenant::for_id(fresh, &id) {
+                    Some(read) => Ok(Some(read)),
+                    None => self.tenants.get(&id).await,
+                },
                 Err(_) => Ok(None),
             };
         }

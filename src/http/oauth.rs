@@ -7,10 +7,11 @@ use super::pages::{self, esc};
 use super::AppState;
 use crate::provider::grants::{ClientCredentials, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
+use crate::tenant::FreshTenant;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -140,21 +141,29 @@ pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
 pub async fn authorize_get(
     State(state): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<Extension<FreshTenant>>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, pairs).await
+    authorize(state, session, fresh.map(|e| e.0), pairs).await
 }
 
 /// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1)
 pub async fn authorize_post(
     State(state): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<Extension<FreshTenant>>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, pairs).await
+    authorize(state, session, fresh.map(|e| e.0), pairs).await
 }
 
-async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>) -> Response {
+/// `fresh`: the tenant record the edge read for this request, if any.
+async fn authorize(
+    state: Arc<AppState>,
+    session: Session,
+    fresh: Option<FreshTenant>,
+    pairs: Vec<(String, String)>,
+) -> Response {
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
@@ -167,7 +176,7 @@ async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, S
         }
     };
     let sso = load_sso(&session).await;
-    let outcome = state.broker.authorize(params, &sso).await;
+    let outcome = state.broker.authorize_with(params, &sso, fresh.as_ref()).await;
     if let Err(r) = super::flows::remember_binding(&session, &outcome).await {
         return r;
     }

@@ -565,9 +565,13 @@ impl RedisStore {
         })
     }
 
-    /// Runs a Lua script over `keys` (all of one hash tag) with `args`. The
-    /// script text is sent (`EVAL`), not its hash: Redis caches it, and no
-    /// NOSCRIPT round trip can fail between a failover and a retry.
+    /// Runs a Lua script over `keys` (all of one hash tag) with `args`.
+    /// Sent by its SHA-1 (`EVALSHA`, 40 bytes instead of the script text,
+    /// which Redis would hash again on every call); a server that does not
+    /// know the script yet (first use, a restart, a failover to a replica
+    /// that never ran it) answers `NOSCRIPT` without running anything, and
+    /// the script text is sent then (`EVAL`, which also caches it). So the
+    /// fallback is safe for every operation, consuming ones included.
     async fn eval<T: redis::FromRedisValue>(
         &self,
         script: &str,
@@ -576,12 +580,25 @@ impl RedisStore {
         retry: Retry,
         durability: Durability,
     ) -> Result<T, StoreError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script).arg(keys.len()).arg(keys);
-        for a in args {
-            cmd.arg(*a);
+        let build = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(keys.len()).arg(keys);
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd
+        };
+        let sha = super::fingerprint_of(script.as_bytes());
+        match self.query(&build("EVALSHA", &sha), retry, durability).await {
+            Err(StoreError::Unavailable(e)) if is_noscript(&e) => {
+                tracing::debug!(
+                    reason = "store.script_loaded",
+                    "Redis did not know a script yet; sent with its text"
+                );
+                self.query(&build("EVAL", script), retry, durability).await
+            }
+            other => other,
         }
-        self.query(&cmd, retry, durability).await
     }
 
     /// The write, then `WAIT` on the same connection (a pipeline of two:
@@ -842,7 +859,17 @@ async fn bounded_until<T>(
 /// A type clash, a non-numeric counter or an unparseable answer is about the
 /// data; everything else (I/O, timeouts, server refusals) means the store is
 /// not usable right now. Server error texts never contain key names.
+/// Whether an error (as [`map_error`] words it) is Redis's `NOSCRIPT`: the
+/// script is not in the server's cache and nothing ran.
+fn is_noscript(message: &str) -> bool {
+    message.starts_with("NOSCRIPT ")
+}
+
 fn map_error(e: &RedisError) -> StoreError {
+    if e.code() == Some("NOSCRIPT") || matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
+        // Not a failure of the store: the caller sends the script's text.
+        return StoreError::Unavailable(format!("NOSCRIPT {e}"));
+    }
     let about_data = e.clone().into_server_errors().is_some_and(|errs| {
         errs.iter().any(|(_, err)| {
             let detail = err.details().unwrap_or_default();

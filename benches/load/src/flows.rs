@@ -257,7 +257,10 @@ impl World {
                         )
                         .await?;
                     let saml = admin
-                        .saml_connection(&tenant, json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }))
+                        .saml_connection(
+                            &tenant,
+                            json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }),
+                        )
                         .await?;
                     admin
                         .create(
@@ -352,7 +355,11 @@ impl World {
         } else {
             let mut cb = w
                 .base
-                .join(&format!("/oidc/{}/{}/callback", w.site(a.pending.user).tenant, w.oidc_conn))
+                .join(&format!(
+                    "/oidc/{}/{}/callback",
+                    w.site(a.pending.user).tenant,
+                    w.oidc_conn
+                ))
                 .map_err(|e| e.to_string())?;
             cb.query_pairs_mut()
                 .append_pair("code", &a.answer)
@@ -455,7 +462,12 @@ impl World {
         };
         let cpu_before = w.pid.and_then(engine::cpu_seconds);
         let t0 = Instant::now();
-        let (wa, tx, sm, ae) = (w.clone(), senders.clone(), signing_micros.clone(), answer_errors.clone());
+        let (wa, tx, sm, ae) = (
+            w.clone(),
+            senders.clone(),
+            signing_micros.clone(),
+            answer_errors.clone(),
+        );
         let first = async move {
             let a = engine::run(
                 Mode::Open(rate),
@@ -1062,7 +1074,11 @@ impl Inner {
         } else {
             let mut cb = self
                 .base
-                .join(&format!("/oidc/{}/{}/callback", self.site(p.user).tenant, self.oidc_conn))
+                .join(&format!(
+                    "/oidc/{}/{}/callback",
+                    self.site(p.user).tenant,
+                    self.oidc_conn
+                ))
                 .map_err(|e| e.to_string())?;
             cb.query_pairs_mut()
                 .append_pair("code", &item.answer)

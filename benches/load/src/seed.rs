@@ -130,7 +130,10 @@ pub fn seed(opts: &SeedOptions) -> Result<Seeded, String> {
             "link:{inc}.seed.{connection_incarnation}:{}",
             hex_lower(&Sha256::digest(subject.as_bytes()))
         );
-        pipe.cmd("SET").arg(key(p, &tag, &format!("user:{sub}"))).arg(user.to_string()).ignore();
+        pipe.cmd("SET")
+            .arg(key(p, &tag, &format!("user:{sub}")))
+            .arg(user.to_string())
+            .ignore();
         pipe.cmd("SET").arg(key(p, &tag, &link)).arg(&sub).ignore();
         pipe.cmd("SADD").arg(key(p, &tag, "index")).arg(&sub).ignore();
         queued += 3;
