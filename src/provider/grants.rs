@@ -566,7 +566,7 @@ impl Provider {
             if let Some(acr) = &authz.acr {
                 claims.insert("acr".into(), json!(acr));
             }
-            profile_claims(&user, &grant.scope, &mut claims);
+            profile_claims(user, &grant.scope, &mut claims);
             Some(signer.sign("JWT", &Value::Object(claims))?)
         } else {
             None
@@ -844,6 +844,13 @@ fn code_reuse_event(client_id: &str, tenant: &TenantId) -> crate::audit::AuditEv
     .tenant(tenant)
 }
 
+/// Whether the tenant's settings let it use the app (`allowed_clients`),
+/// for the tenant record read in this request. A tenant that is gone is
+/// left to the liveness checks, which refuse it.
+fn tenant_allows_client(tenant: Option<&crate::tenant::Tenant>, client_id: &str) -> bool {
+    tenant.is_none_or(|t| t.settings.allows_client(client_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,11 +864,4 @@ mod tests {
         assert!(!pkce_ok(challenge, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK"));
         assert!(!pkce_ok(challenge, "short"));
     }
-}
-
-/// Whether the tenant's settings let it use the app (`allowed_clients`),
-/// for the tenant record read in this request. A tenant that is gone is
-/// left to the liveness checks, which refuse it.
-fn tenant_allows_client(tenant: Option<&crate::tenant::Tenant>, client_id: &str) -> bool {
-    tenant.is_none_or(|t| t.settings.allows_client(client_id))
 }
