@@ -8,6 +8,7 @@ mod admin_scopes;
 mod audit_events;
 mod browser_security;
 mod cas_updates;
+mod connection_cache;
 mod cli;
 mod deploy;
 mod deploy_image;
