@@ -300,6 +300,23 @@ impl Directory {
         Ok((tenant_record, outcome))
     }
 
+    /// [`Self::active_in`] for a tenant record `known` read from the store
+    /// in this request (never one kept in memory): when it is `tenant`'s,
+    /// only the user and its disabled flag are read here.
+    pub async fn active_in_with(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        known: Option<Tenant>,
+    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        let Some(record) = known.filter(|t| t.id == *tenant) else {
+            return self.active_in(tenant, sub).await;
+        };
+        let (user, disabled) = tokio::try_join!(self.get(tenant, sub), self.is_disabled(tenant, sub))?;
+        let outcome = self.judge(tenant, Some(&record), user, disabled).await?;
+        Ok((Some(record), outcome))
+    }
+
     /// The liveness decision over the records read by [`Self::active_in`]:
     /// the connection's incarnation is read here.
     async fn judge(

@@ -241,9 +241,11 @@ fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>,
 /// `POST /token`
 pub async fn token(
     State(state): State<Arc<AppState>>,
+    fresh: Option<Extension<FreshTenant>>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    let fresh = fresh.map(|e| e.0);
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
@@ -257,7 +259,7 @@ pub async fn token(
             scope: form.remove("scope"),
             resource: form.remove("resource"),
         };
-        state.provider.token(&client, &req).await
+        state.provider.token_with(&client, &req, fresh.as_ref()).await
     }
     .await;
     match result {

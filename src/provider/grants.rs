@@ -10,6 +10,7 @@ use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
 use crate::store::Key;
+use crate::tenant::FreshTenant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -137,6 +138,18 @@ impl Provider {
 
     /// The token endpoint.
     pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        self.token_with(client, req, None).await
+    }
+
+    /// [`Self::token`], with the tenant record the edge read while serving
+    /// this request (used for the grant's tenant checks when it is that
+    /// tenant's, instead of reading the tenant again).
+    pub async fn token_with(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
                 .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
@@ -161,8 +174,8 @@ impl Provider {
             ));
         }
         let issued = match grant {
-            GrantType::AuthorizationCode => self.code_grant(client, req).await,
-            GrantType::RefreshToken => self.refresh_grant(client, req).await,
+            GrantType::AuthorizationCode => self.code_grant(client, req, fresh).await,
+            GrantType::RefreshToken => self.refresh_grant(client, req, fresh).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
         };
         if issued.is_ok() {
@@ -231,7 +244,12 @@ impl Provider {
         })
     }
 
-    async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    async fn code_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let code = req
             .code
             .as_deref()
@@ -283,7 +301,8 @@ impl Provider {
         // sign-in. One read of the tenant serves both this and the tenant's
         // `allowed_clients` (checked first, as before); the user read here
         // is the one the ID token is minted from.
-        let (tenant_record, active) = self.directory.active_in(&authz.tenant, &authz.sub).await?;
+        let known = FreshTenant::for_id(fresh, &authz.tenant);
+        let (tenant_record, active) = self.directory.active_in_with(&authz.tenant, &authz.sub, known).await?;
         if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
@@ -371,7 +390,12 @@ impl Provider {
         Ok(resp)
     }
 
-    async fn refresh_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let token = req
             .refresh_token
             .as_deref()
@@ -415,7 +439,7 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        let user = match self.refresh_still_allowed(client, &family).await? {
+        let user = match self.refresh_still_allowed(client, &family, fresh).await? {
             Ok(user) => user,
             Err((reason, description)) => {
                 tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
@@ -437,13 +461,15 @@ impl Provider {
         &self,
         client: &Client,
         family: &Family,
+        fresh: Option<&FreshTenant>,
     ) -> Result<Result<User, (&'static str, &'static str)>, OAuthError> {
         let authz = &family.authz;
         // Independent reads, sent together; the tenant record read for the
         // liveness check also answers its `allowed_clients`.
         let (retired_at, (tenant_record, active)) = tokio::try_join!(
             self.client_retired_at(&client.client_id),
-            self.directory.active_in(&authz.tenant, &authz.sub)
+            self.directory
+                .active_in_with(&authz.tenant, &authz.sub, FreshTenant::for_id(fresh, &authz.tenant))
         )?;
         if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((
@@ -737,7 +763,7 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
-                if let Err((reason, _)) = self.refresh_still_allowed(client, &f).await? {
+                if let Err((reason, _)) = self.refresh_still_allowed(client, &f, None).await? {
                     tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
                     return Ok(json!({"active": false}));
                 }
