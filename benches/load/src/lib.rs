@@ -168,7 +168,13 @@ pub struct Options {
 impl Options {
     /// Options for `url` and `admin_token` with the command line's defaults.
     pub fn new(url: url::Url, admin_token: &str) -> Options {
-        Options::parse_from(["portcullis-load", "--url", url.as_str(), "--admin-token", admin_token])
+        // `--name=value`: a token may begin with `-` (base64url), which
+        // as a separate argument would read as a flag.
+        Options::parse_from([
+            "portcullis-load".to_owned(),
+            format!("--url={url}"),
+            format!("--admin-token={admin_token}"),
+        ])
     }
 
     /// The scenarios to run.
@@ -505,4 +511,19 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         clock_ticks: engine::clock_ticks(),
         scenarios,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Admin tokens are base64url: one that begins with `-` is still the
+    /// token, not a flag (the CI smoke run failed on such a token).
+    #[test]
+    fn options_take_a_token_that_begins_with_a_dash() {
+        let url = url::Url::parse("http://127.0.0.1:8080").unwrap();
+        let opts = Options::new(url.clone(), "-_starts-with-a-dash");
+        assert_eq!(opts.admin_token, "-_starts-with-a-dash");
+        assert_eq!(opts.url, url);
+    }
 }
