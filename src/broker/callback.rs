@@ -20,6 +20,7 @@ use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
 use crate::meter;
 use crate::store::{Key, StoreJson};
+use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, Identity};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -71,6 +72,10 @@ pub struct Validated {
     /// Whether the IdP's answer showed multi-factor authentication.
     #[serde(default)]
     pub mfa: bool,
+    /// The tenant's own SSO session lifetime, from the tenant record read
+    /// while validating (`None`: the default lifetime).
+    #[serde(default)]
+    pub session_ttl_secs: Option<u64>,
 }
 
 /// Where a validated answer waits for the browser: the handle's hash, so the
@@ -119,9 +124,10 @@ impl Broker {
         params: CallbackParams,
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
+        fresh: Option<&FreshTenant>,
     ) -> Outcome {
         match self
-            .validate(tenant, connection, params, BrowserCheck::Now(logins))
+            .validate(tenant, connection, params, BrowserCheck::Now(logins), fresh)
             .await
         {
             Ok(v) => self.open(v, sso).await,
@@ -132,9 +138,16 @@ impl Broker {
     /// The SAML ACS (a cross-site POST without the session cookie): validate,
     /// keep the result under a one-time handle and send the browser to the
     /// same-site continuation. Opens no session and issues no code.
-    pub async fn accept_post(&self, tenant: &str, connection: &str, params: CallbackParams) -> Outcome {
+    /// `fresh`: the tenant record the edge read for this request, if any.
+    pub async fn accept_post(
+        &self,
+        tenant: &str,
+        connection: &str,
+        params: CallbackParams,
+        fresh: Option<&FreshTenant>,
+    ) -> Outcome {
         let v = match self
-            .validate(tenant, connection, params, BrowserCheck::AtContinuation)
+            .validate(tenant, connection, params, BrowserCheck::AtContinuation, fresh)
             .await
         {
             Ok(v) => v,
@@ -270,6 +283,7 @@ impl Broker {
         connection: &str,
         params: CallbackParams,
         check: BrowserCheck<'_>,
+        fresh: Option<&FreshTenant>,
     ) -> Result<Validated, Outcome> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
@@ -381,11 +395,16 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        // The tenant, read once for both the email vouching and the MFA
-        // rule. Unreadable, the sign-in fails (503): nothing is relaxed.
-        let stored_tenant = match self.tenants.get(&tenant).await {
-            Ok(t) => t,
-            Err(e) => return Err(unavailable(e)),
+        // The tenant, read once for the email vouching, the MFA rule and
+        // provisioning: the record the edge read for this request if it
+        // did, else read now. Unreadable, the sign-in fails (503): nothing
+        // is relaxed.
+        let stored_tenant = match FreshTenant::for_id(fresh, &tenant) {
+            Some(read) => Some(read),
+            None => match self.tenants.get(&tenant).await {
+                Ok(t) => t,
+                Err(e) => return Err(unavailable(e)),
+            },
         };
         let identity = match &stored_tenant {
             Some(t) => crate::tenant::vouch_email(t, identity),
@@ -417,7 +436,14 @@ impl Broker {
             }
         };
         let session_end = self.session_end(connector.as_ref(), &identity);
-        let (user, provisioned) = match self.provider.directory.provision(&tenant, &connection, &identity).await {
+        // Provisioned against the tenant record read above (its incarnation),
+        // with the connection's incarnation read now.
+        let provisioned = self
+            .provider
+            .directory
+            .provision_in(&tenant, stored_tenant.as_ref(), &connection, &identity)
+            .await;
+        let (user, provisioned) = match provisioned {
             Ok(u) => u,
             Err(ProvisionError::Inactive(why)) => {
                 self.record_failure(&tenant, Some(&connection), "login.user_inactive")
@@ -446,13 +472,17 @@ impl Broker {
                 ));
             }
         }
-        // A disabled (or meanwhile superseded) user gets no session and no code.
-        match self.provider.directory.active(&tenant, &user.sub).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(why)) => {
+        // A disabled user gets no session and no code. The rest of what
+        // `Directory::active` checks was read in this request by
+        // provisioning: the tenant record (above) and the connection's
+        // incarnation, which the user record just written carries; only
+        // the disabled flag is still to be read.
+        match self.provider.directory.is_disabled(&tenant, &user.sub).await {
+            Ok(false) => {}
+            Ok(true) => {
                 self.record_failure(&tenant, Some(&connection), "login.user_inactive")
                     .await;
-                return Err(inactive_page(&tenant, &connection, why));
+                return Err(inactive_page(&tenant, &connection, Inactive::UserDisabled));
             }
             Err(e) => return Err(unavailable(e)),
         }
@@ -472,6 +502,7 @@ impl Broker {
             auth_time,
             session_end,
             mfa,
+            session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
         })
     }
 
@@ -488,13 +519,10 @@ impl Broker {
             acr: v.identity.acr.clone(),
             mfa: v.mfa,
         };
-        // The tenant's own SSO session lifetime, when it sets one.
-        let ttl = match self.tenants.get(&v.tenant).await {
-            Ok(t) => t
-                .and_then(|t| t.settings.sso_session_ttl_secs)
-                .map_or(self.session_ttl, Duration::from_secs),
-            Err(e) => return unavailable(e),
-        };
+        // The tenant's own SSO session lifetime, when it sets one: read
+        // with the tenant record while validating (a lifetime, not a check;
+        // whether the tenant and user may still sign in was decided there).
+        let ttl = v.session_ttl_secs.map_or(self.session_ttl, Duration::from_secs);
         if let Err(e) = session::save(&self.store, &s, ttl).await {
             return unavailable(e);
         }

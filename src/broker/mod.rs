@@ -192,6 +192,18 @@ pub struct Broker {
 impl Broker {
     /// `/authorize`: decide where the browser goes.
     pub async fn authorize(&self, params: BTreeMap<String, String>, sso: &BrowserSso) -> Outcome {
+        self.authorize_with(params, sso, None).await
+    }
+
+    /// [`Self::authorize`], with the tenant record the edge read while
+    /// serving this request (used when it is the tenant asked for, instead
+    /// of reading it again).
+    pub async fn authorize_with(
+        &self,
+        params: BTreeMap<String, String>,
+        sso: &BrowserSso,
+        fresh: Option<&crate::tenant::FreshTenant>,
+    ) -> Outcome {
         let issuer = self.provider.iss();
         let client_id = params.get("client_id").cloned().unwrap_or_default();
         let client = match self.provider.clients.get(&client_id).await {
@@ -266,7 +278,7 @@ impl Broker {
         }
 
         // Which tenant?
-        let tenant = match self.resolve_tenant(&req).await {
+        let tenant = match self.resolve_tenant(&req, fresh).await {
             Ok(Some(t)) => t,
             Ok(None) if req.tenant.is_some() => {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
@@ -307,8 +319,10 @@ impl Broker {
         };
         // portal: only active connections serve users (pending_test and
         // disabled ones are neither chosen nor offered). With a connection
-        // named, only that one is read (its record also re-validates the
-        // cached connector below); without, every connection's status.
+        // named, only that one is looked up (its record also re-validates the
+        // cached connector below); without, every connection's status. Each
+        // record is the stored one, re-validated by its fingerprint read
+        // here (`ConnectorCache::record`), not transferred when unchanged.
         let wanted: Vec<ConnectionId> = match &req.connection {
             Some(c) => ConnectionId::parse(c)
                 .ok()
@@ -319,11 +333,10 @@ impl Broker {
         };
         let mut active = Vec::new();
         for c in &wanted {
-            match self.tenants.connection(&tenant.id, c).await {
+            match self.connectors.record(&self.tenants, &tenant.id, c).await {
                 Ok(Some(record)) if record.status == crate::upstream::ConnectionStatus::Active => active.push(record),
                 Ok(_) => {}
-                Err(crate::tenant::RegistryError::Store(e)) => return unavailable(e),
-                Err(e) => return unavailable(StoreError::Corrupt(e.to_string())),
+                Err(e) => return unavailable(e),
             }
         }
         let active_ids: Vec<ConnectionId> = active.iter().map(|r| r.id.clone()).collect();
@@ -388,10 +401,17 @@ impl Broker {
         self.begin_upstream(req, &tenant, record, require_mfa).await
     }
 
-    async fn resolve_tenant(&self, req: &AuthRequest) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+    async fn resolve_tenant(
+        &self,
+        req: &AuthRequest,
+        fresh: Option<&crate::tenant::FreshTenant>,
+    ) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
         if let Some(t) = &req.tenant {
             return match TenantId::parse(t) {
-                Ok(id) => self.tenants.get(&id).await,
+                Ok(id) => match crate::tenant::FreshTenant::for_id(fresh, &id) {
+                    Some(read) => Ok(Some(read)),
+                    None => self.tenants.get(&id).await,
+                },
                 Err(_) => Ok(None),
             };
         }

@@ -22,7 +22,7 @@
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
-use crate::tenant::{Incarnation, Liveness, RegistryError, TenantRegistry};
+use crate::tenant::{Incarnation, Liveness, RegistryError, Tenant, TenantRegistry};
 
 use crate::upstream::Identity;
 use chrono::{DateTime, Utc};
@@ -189,7 +189,40 @@ impl Directory {
         connection: &ConnectionId,
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
-        let inc = match self.liveness(tenant, connection).await? {
+        let liveness = self.liveness(tenant, connection).await?;
+        self.provision_live(tenant, connection, identity, liveness).await
+    }
+
+    /// [`Self::provision`] for the tenant record `tenant_record`, read from
+    /// the store in this request (never one kept in memory): only the
+    /// connection's incarnation is read. `None`: the tenant is gone.
+    pub async fn provision_in(
+        &self,
+        tenant: &TenantId,
+        tenant_record: Option<&Tenant>,
+        connection: &ConnectionId,
+        identity: &Identity,
+    ) -> Result<(User, Provisioned), ProvisionError> {
+        let liveness = match tenant_record {
+            Some(t) if t.id == *tenant => self
+                .tenants
+                .incarnation_of(t, connection)
+                .await
+                .map_err(registry_error)?,
+            // Absent, or (a caller's mistake) another tenant's: fail closed.
+            _ => Liveness::TenantGone,
+        };
+        self.provision_live(tenant, connection, identity, liveness).await
+    }
+
+    async fn provision_live(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        identity: &Identity,
+        liveness: Liveness,
+    ) -> Result<(User, Provisioned), ProvisionError> {
+        let inc = match liveness {
             Liveness::Live(inc) => inc,
             Liveness::TenantGone => return Err(ProvisionError::Inactive(Inactive::TenantGone)),
             Liveness::ConnectionGone => return Err(ProvisionError::Inactive(Inactive::ConnectionGone)),
@@ -267,10 +300,52 @@ impl Directory {
     /// The user `sub` of `tenant` if everything issued to it may still be
     /// accepted; otherwise why not.
     pub async fn active(&self, tenant: &TenantId, sub: &str) -> Result<Result<User, Inactive>, StoreError> {
+        Ok(self.active_in(tenant, sub).await?.1)
+    }
+
+    /// [`Self::active`], also answering the tenant record it read (`None`
+    /// when the tenant is gone), so the caller's other checks of the tenant
+    /// (its settings) need no second read, and the user record, so minting
+    /// needs none either. Both were read in this call.
+    pub async fn active_in(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
         // Independent reads, sent together: this runs on every token use.
         let tenant_record = async { self.tenants.get(tenant).await.map_err(registry_error) };
         let (user, tenant_record, disabled) =
             tokio::try_join!(self.get(tenant, sub), tenant_record, self.is_disabled(tenant, sub))?;
+        let outcome = self.judge(tenant, tenant_record.as_ref(), user, disabled).await?;
+        Ok((tenant_record, outcome))
+    }
+
+    /// [`Self::active_in`] for a tenant record `known` read from the store
+    /// in this request (never one kept in memory): when it is `tenant`'s,
+    /// only the user and its disabled flag are read here.
+    pub async fn active_in_with(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        known: Option<Tenant>,
+    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        let Some(record) = known.filter(|t| t.id == *tenant) else {
+            return self.active_in(tenant, sub).await;
+        };
+        let (user, disabled) = tokio::try_join!(self.get(tenant, sub), self.is_disabled(tenant, sub))?;
+        let outcome = self.judge(tenant, Some(&record), user, disabled).await?;
+        Ok((Some(record), outcome))
+    }
+
+    /// The liveness decision over the records read by [`Self::active_in`]:
+    /// the connection's incarnation is read here.
+    async fn judge(
+        &self,
+        tenant: &TenantId,
+        tenant_record: Option<&Tenant>,
+        user: Option<User>,
+        disabled: bool,
+    ) -> Result<Result<User, Inactive>, StoreError> {
         // A user of a deleted tenant is reported as the tenant's loss.
         let Some(tenant_record) = tenant_record else {
             return Ok(Err(Inactive::TenantGone));

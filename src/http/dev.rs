@@ -135,7 +135,7 @@ async fn callback(
         query,
         form: BTreeMap::new(),
     };
-    super::flows::complete(&app, &session, &tenant, &connection, params).await
+    super::flows::complete(&app, &session, &tenant, &connection, params, None).await
 }
 
 #[derive(Serialize, Deserialize)]

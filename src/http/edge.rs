@@ -377,11 +377,18 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
         });
     }
     let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
+    let mut parts = parts;
     if state.edge.throttle.enabled {
         if let Some(limit) = class.limit(&state.edge.throttle) {
             match check(state, class, limit, ip, tenant.as_ref(), request_id).await {
-                Ok(None) => {}
-                Ok(Some(resp)) => return resp,
+                Ok(Checked::Within(record)) => {
+                    // Read for this request: the handler uses it instead of
+                    // reading the tenant again.
+                    if let Some(t) = record {
+                        parts.extensions.insert(crate::tenant::FreshTenant(t));
+                    }
+                }
+                Ok(Checked::Refused(resp)) => return resp,
                 Err(e) if class.fail_open() => {
                     tracing::warn!(reason = "throttle.store_unavailable", route = class.as_str(), error = %e, "not counted; let through");
                 }
@@ -407,8 +414,16 @@ fn form_tenant(class: RouteClass, body: &[u8]) -> Option<String> {
         .and_then(|(_, v)| v.split_once('.').map(|(t, _)| t.to_owned()))
 }
 
-/// Counts the request per client address, then per tenant. `Ok(Some)` is
-/// the 429 to answer.
+/// What [`check`] decided.
+enum Checked {
+    /// Within the limits, with the tenant record read for its own limits
+    /// (when the request names an existing tenant).
+    Within(Option<crate::tenant::Tenant>),
+    /// The 429 to answer.
+    Refused(Response),
+}
+
+/// Counts the request per client address, then per tenant.
 async fn check(
     state: &AppState,
     class: RouteClass,
@@ -416,7 +431,7 @@ async fn check(
     ip: IpAddr,
     tenant: Option<&TenantId>,
     request_id: &str,
-) -> Result<Option<Response>, StoreError> {
+) -> Result<Checked, StoreError> {
     let window = Duration::from_secs(global.window_secs);
     // A tenant's own limits, where the platform admin set some. A tenant
     // that does not exist gets no bucket (a made-up id creates no keys).
@@ -430,23 +445,53 @@ async fn check(
     };
     let tenant = tenant.filter(|_| record.is_some());
     let own = record
-        .and_then(|t| t.settings.throttle)
-        .and_then(|o| class.tenant_override(&o));
+        .as_ref()
+        .and_then(|t| t.settings.throttle.as_deref())
+        .and_then(|o| class.tenant_override(o));
     let per_ip = own.and_then(|o| o.per_ip).unwrap_or(global.per_ip);
     let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
     let bucket = ip_bucket(ip);
-    if per_ip > 0 {
-        let key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
-        let d = state.store.rate_limit(&key, per_ip, window).await?;
-        if !d.allowed {
-            let scope = Scope::Ip(&bucket);
-            throttled(state, class, scope, tenant, per_ip, window, d, &key, request_id).await;
-            return Ok(Some(too_many(class, d.retry_after)));
+    let ip_key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
+    let tenant_key = tenant
+        .filter(|_| per_tenant > 0)
+        .map(|t| Key::tenant(t.as_str(), "rl", class.as_str()));
+    // The address first, then (only if the address is within its limit) the
+    // tenant: both in one store round trip when both apply.
+    let (ip_decision, tenant_decision) = match (per_ip > 0, &tenant_key) {
+        (true, Some(tk)) => {
+            state
+                .store
+                .rate_limit_chain((&ip_key, per_ip), (tk, per_tenant), window)
+                .await?
         }
+        (true, None) => (state.store.rate_limit(&ip_key, per_ip, window).await?, None),
+        (false, Some(tk)) => (
+            RateDecision {
+                allowed: true,
+                retry_after: Duration::ZERO,
+                remaining: 0,
+            },
+            Some(state.store.rate_limit(tk, per_tenant, window).await?),
+        ),
+        (false, None) => return Ok(Checked::Within(record)),
+    };
+    if !ip_decision.allowed {
+        let scope = Scope::Ip(&bucket);
+        throttled(
+            state,
+            class,
+            scope,
+            tenant,
+            per_ip,
+            window,
+            ip_decision,
+            &ip_key,
+            request_id,
+        )
+        .await;
+        return Ok(Checked::Refused(too_many(class, ip_decision.retry_after)));
     }
-    if let (Some(t), true) = (tenant, per_tenant > 0) {
-        let key = Key::tenant(t.as_str(), "rl", class.as_str());
-        let d = state.store.rate_limit(&key, per_tenant, window).await?;
+    if let (Some(key), Some(d)) = (tenant_key, tenant_decision) {
         if !d.allowed {
             throttled(
                 state,
@@ -460,10 +505,10 @@ async fn check(
                 request_id,
             )
             .await;
-            return Ok(Some(too_many(class, d.retry_after)));
+            return Ok(Checked::Refused(too_many(class, d.retry_after)));
         }
     }
-    Ok(None)
+    Ok(Checked::Within(record))
 }
 
 /// Which limit a request exceeded.

@@ -7,10 +7,12 @@ use super::AppState;
 use crate::broker::session::{remember_login, BrowserLogins, BrowserSso, LOGINS_FIELD, SESSION_FIELD};
 use crate::broker::Outcome;
 use crate::ids::{ConnectionId, TenantId};
+use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::Extension;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tower_sessions::Session;
@@ -225,13 +227,14 @@ pub async fn complete(
     tenant: &str,
     connection: &str,
     params: CallbackParams,
+    fresh: Option<&FreshTenant>,
 ) -> Response {
     let mut sso = load_sso(session).await;
     let mut logins = load_logins(session).await;
     let (sso_before, logins_before) = (sso.clone(), logins.len());
     let outcome = state
         .broker
-        .complete(tenant, connection, params, &mut sso, &mut logins)
+        .complete(tenant, connection, params, &mut sso, &mut logins, fresh)
         .await;
     if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
         return r;
@@ -280,6 +283,7 @@ fn duplicate_parameter() -> Response {
 pub async fn oidc_callback(
     State(state): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<Extension<FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
@@ -290,7 +294,8 @@ pub async fn oidc_callback(
         query,
         form: BTreeMap::new(),
     };
-    complete(&state, &session, &tenant, &connection, params).await
+    let fresh = fresh.map(|e| e.0);
+    complete(&state, &session, &tenant, &connection, params, fresh.as_ref()).await
 }
 
 /// `POST /saml/{tenant}/{connection}/acs` (HTTP-POST binding). Reached by a
@@ -300,6 +305,7 @@ pub async fn oidc_callback(
 /// browser's session.
 pub async fn saml_acs(
     State(state): State<Arc<AppState>>,
+    fresh: Option<Extension<FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
@@ -315,7 +321,14 @@ pub async fn saml_acs(
         query: BTreeMap::new(),
         form,
     };
-    respond(&state, state.broker.accept_post(&tenant, &connection, params).await)
+    let fresh = fresh.map(|e| e.0);
+    respond(
+        &state,
+        state
+            .broker
+            .accept_post(&tenant, &connection, params, fresh.as_ref())
+            .await,
+    )
 }
 
 /// `GET /saml/{tenant}/{connection}/continue?handle=…`: the same-site step
@@ -467,7 +480,15 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
     tracing::debug!(reason = "saml.acs_alias", tenant = %tenant, connection = %connection, "ACS alias path");
     crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));
     let mut resp = match <Form<Vec<(String, String)>> as axum::extract::FromRequest<()>>::from_request(req, &()).await {
-        Ok(form) => saml_acs(State(state), Path((tenant.to_string(), connection.to_string())), form).await,
+        Ok(form) => {
+            saml_acs(
+                State(state),
+                None,
+                Path((tenant.to_string(), connection.to_string())),
+                form,
+            )
+            .await
+        }
         Err(e) => e.into_response(),
     };
     // Measured as the ACS it is, not as an unmatched path.

@@ -690,6 +690,7 @@ async fn sign_in(
 async fn callback(
     State(app): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<axum::Extension<crate::tenant::FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
@@ -705,7 +706,8 @@ async fn callback(
         query,
         form: BTreeMap::new(),
     };
-    flows::complete(&app, &session, &tenant, &connection, params).await
+    let fresh = fresh.map(|e| e.0);
+    flows::complete(&app, &session, &tenant, &connection, params, fresh.as_ref()).await
 }
 
 async fn sign_up_form(

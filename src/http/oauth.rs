@@ -7,10 +7,11 @@ use super::pages::{self, esc};
 use super::AppState;
 use crate::provider::grants::{ClientCredentials, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
+use crate::tenant::FreshTenant;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -141,21 +142,29 @@ pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
 pub async fn authorize_get(
     State(state): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<Extension<FreshTenant>>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, pairs).await
+    authorize(state, session, fresh.map(|e| e.0), pairs).await
 }
 
 /// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1)
 pub async fn authorize_post(
     State(state): State<Arc<AppState>>,
     session: Session,
+    fresh: Option<Extension<FreshTenant>>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, pairs).await
+    authorize(state, session, fresh.map(|e| e.0), pairs).await
 }
 
-async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, String)>) -> Response {
+/// `fresh`: the tenant record the edge read for this request, if any.
+async fn authorize(
+    state: Arc<AppState>,
+    session: Session,
+    fresh: Option<FreshTenant>,
+    pairs: Vec<(String, String)>,
+) -> Response {
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
@@ -168,7 +177,7 @@ async fn authorize(state: Arc<AppState>, session: Session, pairs: Vec<(String, S
         }
     };
     let sso = load_sso(&session).await;
-    let outcome = state.broker.authorize(params, &sso).await;
+    let outcome = state.broker.authorize_with(params, &sso, fresh.as_ref()).await;
     if let Err(r) = super::flows::remember_binding(&session, &outcome).await {
         return r;
     }
@@ -233,9 +242,11 @@ fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>,
 /// `POST /token`
 pub async fn token(
     State(state): State<Arc<AppState>>,
+    fresh: Option<Extension<FreshTenant>>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    let fresh = fresh.map(|e| e.0);
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
@@ -255,7 +266,7 @@ pub async fn token(
             actor_token: form.remove("actor_token"),
             actor_token_type: form.remove("actor_token_type"),
         };
-        state.provider.token(&client, &req).await
+        state.provider.token_with(&client, &req, fresh.as_ref()).await
     }
     .await;
     match result {

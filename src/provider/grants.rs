@@ -10,6 +10,7 @@ use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
 use crate::store::Key;
+use crate::tenant::FreshTenant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -152,6 +153,18 @@ impl Provider {
 
     /// The token endpoint.
     pub async fn token(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+        self.token_with(client, req, None).await
+    }
+
+    /// [`Self::token`], with the tenant record the edge read while serving
+    /// this request (used for the grant's tenant checks when it is that
+    /// tenant's, instead of reading the tenant again).
+    pub async fn token_with(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
                 .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
@@ -176,8 +189,8 @@ impl Provider {
             ));
         }
         let issued = match grant {
-            GrantType::AuthorizationCode => self.code_grant(client, req).await,
-            GrantType::RefreshToken => self.refresh_grant(client, req).await,
+            GrantType::AuthorizationCode => self.code_grant(client, req, fresh).await,
+            GrantType::RefreshToken => self.refresh_grant(client, req, fresh).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
             GrantType::TokenExchange => self.exchange_grant(client, req).await,
         };
@@ -248,7 +261,12 @@ impl Provider {
         })
     }
 
-    async fn code_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    async fn code_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let code = req
             .code
             .as_deref()
@@ -296,23 +314,31 @@ impl Provider {
                 "This client may not sign in users of that tenant.",
             ));
         }
-        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+        // The user, its tenant and connection may have gone since the
+        // sign-in. One read of the tenant serves both this and the tenant's
+        // `allowed_clients` (checked first, as before); the user read here
+        // is the one the ID token is minted from.
+        let known = FreshTenant::for_id(fresh, &authz.tenant);
+        let (tenant_record, active) = self.directory.active_in_with(&authz.tenant, &authz.sub, known).await?;
+        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
                 "The organization does not use this application.",
             ));
         }
-        // The user, its tenant and connection may have gone since the sign-in.
-        if let Err(why) = self.directory.active(&authz.tenant, &authz.sub).await? {
-            let reason = match why {
-                Inactive::TenantGone => "code.tenant_gone",
-                Inactive::ConnectionGone => "code.connection_gone",
-                Inactive::UserGone => "code.user_gone",
-                Inactive::UserDisabled => "code.user_disabled",
-                Inactive::Superseded => "code.user_superseded",
-            };
-            return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
-        }
+        let user = match active {
+            Ok(u) => u,
+            Err(why) => {
+                let reason = match why {
+                    Inactive::TenantGone => "code.tenant_gone",
+                    Inactive::ConnectionGone => "code.connection_gone",
+                    Inactive::UserGone => "code.user_gone",
+                    Inactive::UserDisabled => "code.user_disabled",
+                    Inactive::Superseded => "code.user_superseded",
+                };
+                return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
+            }
+        };
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
                 "code.redirect_uri_mismatch",
@@ -354,7 +380,7 @@ impl Provider {
         } else {
             (None, None)
         };
-        let (resp, access) = self.mint(client, &authz, true, refresh).await?;
+        let (resp, access) = self.mint(client, &authz, true, refresh, Some(&user)).await?;
         let issued = Issued {
             family,
             jti: Some(access.jti),
@@ -381,7 +407,12 @@ impl Provider {
         Ok(resp)
     }
 
-    async fn refresh_grant(&self, client: &Client, req: &TokenRequest) -> Result<TokenResponse, OAuthError> {
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
         let token = req
             .refresh_token
             .as_deref()
@@ -425,23 +456,16 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        if let Err((reason, description)) = self.refresh_still_allowed(client, &family).await? {
-            tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
-            self.revoke_family(&authz.tenant, &family.id).await?;
-            return Err(OAuthError::invalid_grant(reason, description));
-        }
+        let user = match self.refresh_still_allowed(client, &family, fresh).await? {
+            Ok(user) => user,
+            Err((reason, description)) => {
+                tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
+                self.revoke_family(&authz.tenant, &family.id).await?;
+                return Err(OAuthError::invalid_grant(reason, description));
+            }
+        };
         let with_id = authz.scope.iter().any(|s| s == "openid");
-        Ok(self.mint(client, &authz, with_id, Some(next)).await?.0)
-    }
-
-    /// Whether the tenant's settings let it use the app (`allowed_clients`).
-    /// A tenant that is gone is left to the liveness checks, which refuse it.
-    async fn tenant_allows_client(&self, tenant: &TenantId, client_id: &str) -> Result<bool, OAuthError> {
-        let found = self.directory.tenants().get(tenant).await.map_err(|e| match e {
-            crate::tenant::RegistryError::Store(e) => OAuthError::from(e),
-            other => OAuthError::from(crate::store::StoreError::Unavailable(other.to_string())),
-        })?;
-        Ok(found.is_none_or(|t| t.settings.allows_client(client_id)))
+        Ok(self.mint(client, &authz, with_id, Some(next), Some(&user)).await?.0)
     }
 
     /// Whether a refresh of `family` may still be served: the user is active
@@ -449,16 +473,20 @@ impl Provider {
     /// in through the same connection, the app may still serve the tenant,
     /// and the app is the one the family was started for (not a
     /// re-registration of a deleted app with the same id).
+    /// Answers the user (read here) when it may.
     async fn refresh_still_allowed(
         &self,
         client: &Client,
         family: &Family,
-    ) -> Result<Result<(), (&'static str, &'static str)>, OAuthError> {
+        fresh: Option<&FreshTenant>,
+    ) -> Result<Result<User, (&'static str, &'static str)>, OAuthError> {
         let authz = &family.authz;
-        // Independent reads, sent together.
-        let (retired_at, active) = tokio::try_join!(
+        // Independent reads, sent together; the tenant record read for the
+        // liveness check also answers its `allowed_clients`.
+        let (retired_at, (tenant_record, active)) = tokio::try_join!(
             self.client_retired_at(&client.client_id),
-            self.directory.active(&authz.tenant, &authz.sub)
+            self.directory
+                .active_in_with(&authz.tenant, &authz.sub, FreshTenant::for_id(fresh, &authz.tenant))
         )?;
         if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((
@@ -472,7 +500,7 @@ impl Provider {
                 "The application may no longer serve this organization.",
             )));
         }
-        if !self.tenant_allows_client(&authz.tenant, &client.client_id).await? {
+        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Ok(Err((
                 "refresh.client_not_allowed_by_tenant",
                 "The organization no longer uses this application.",
@@ -497,7 +525,7 @@ impl Provider {
                 inactive_description(Inactive::Superseded),
             )));
         }
-        Ok(Ok(()))
+        Ok(Ok(user))
     }
 
     /// Revokes what one code redemption issued.
@@ -517,6 +545,8 @@ impl Provider {
         authz: &Authorization,
         with_id_token: bool,
         refresh_token: Option<String>,
+        // The user as read (and found active) in this request, if it was.
+        user: Option<&User>,
     ) -> Result<(TokenResponse, AccessClaims), OAuthError> {
         let now = self.clock.unix();
         let grant: Grant = self.effective_grant(client, authz).await?;
@@ -535,17 +565,23 @@ impl Provider {
             auth_time: Some(authz.auth_time),
             sid: Some(authz.sid.clone()),
         };
-        let user = if with_id_token {
-            Some(
-                self.directory
-                    .get(&authz.tenant, &authz.sub)
-                    .await?
-                    .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?,
-            )
+        let read;
+        let user: Option<&User> = if with_id_token {
+            match user {
+                Some(u) => Some(u),
+                None => {
+                    read = self
+                        .directory
+                        .get(&authz.tenant, &authz.sub)
+                        .await?
+                        .ok_or_else(|| OAuthError::invalid_grant("code.user_gone", "The user no longer exists."))?;
+                    Some(&read)
+                }
+            }
         } else {
             None
         };
-        let id_claims = user.as_ref().map(|user| {
+        let id_claims = user.map(|user| {
             let mut claims = Map::new();
             claims.insert("iss".into(), json!(self.iss()));
             claims.insert("sub".into(), json!(authz.sub));
@@ -581,7 +617,7 @@ impl Provider {
         // suppress claims (provider/pre_token.rs); a failing hook fails the
         // request, so no token is ever issued without it.
         let (access_claims, id_claims) = self
-            .pre_token(authz, &grant.scope, access_claims, id_claims, user.as_ref())
+            .pre_token(authz, &grant.scope, access_claims, id_claims, user)
             .await?;
         // One key snapshot for both tokens, so `at_hash` follows the algorithm
         // of the key that really signs, even across a rotation.
@@ -764,7 +800,7 @@ impl Provider {
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
-                if let Err((reason, _)) = self.refresh_still_allowed(client, &f).await? {
+                if let Err((reason, _)) = self.refresh_still_allowed(client, &f, None).await? {
                     tracing::info!(reason, tenant = %f.authz.tenant, "introspected refresh token inactive");
                     return Ok(json!({"active": false}));
                 }
@@ -869,6 +905,13 @@ fn code_reuse_event(client_id: &str, tenant: &TenantId) -> crate::audit::AuditEv
         "code.reused",
     )
     .tenant(tenant)
+}
+
+/// Whether the tenant's settings let it use the app (`allowed_clients`),
+/// for the tenant record read in this request. A tenant that is gone is
+/// left to the liveness checks, which refuse it.
+fn tenant_allows_client(tenant: Option<&crate::tenant::Tenant>, client_id: &str) -> bool {
+    tenant.is_none_or(|t| t.settings.allows_client(client_id))
 }
 
 #[cfg(test)]

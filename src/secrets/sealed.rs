@@ -326,6 +326,12 @@ impl Store for SealedStore {
         self.inner.exists(key).await
     }
 
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        // Of the sealed bytes as stored: any write (a new nonce included)
+        // changes it, and nothing needs opening.
+        self.inner.fingerprint(key).await
+    }
+
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let sealed = self.seal(key, value)?;
         self.inner.put(key, &sealed, ttl).await
@@ -464,6 +470,15 @@ impl Store for SealedStore {
 
     async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
         self.inner.rate_limit(key, limit, window).await
+    }
+
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        self.inner.rate_limit_chain(first, second, window).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -88,6 +88,10 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("exists", self.inner.exists(key)).await
     }
 
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        measured("fingerprint", self.inner.fingerprint(key)).await
+    }
+
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         measured("set_add", self.inner.set_add(key, member, ttl)).await
     }
@@ -172,6 +176,15 @@ impl<S: Store> Store for MeteredStore<S> {
 
     async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
         measured("rate_limit", self.inner.rate_limit(key, limit, window)).await
+    }
+
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        measured("rate_limit_chain", self.inner.rate_limit_chain(first, second, window)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

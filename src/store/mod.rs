@@ -108,6 +108,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.get(key).await?.is_some())
     }
 
+    /// A fingerprint of the value at `key` (the lowercase hex SHA-1 of the
+    /// stored bytes), `None` when absent, computed where the value is
+    /// stored so that it is not transferred (`redis.sha1hex` in a script on
+    /// Redis): 40 bytes instead of a record, for a caller that keeps a
+    /// decoded copy and only needs to know whether it is still what is
+    /// stored. Any write that changes the stored bytes changes it. The
+    /// fingerprint is of the bytes as stored (sealed, where the store seals),
+    /// so it is only ever compared with fingerprints from the same store.
+    /// SHA-1 is a change detector here, not a security boundary: the
+    /// records it is used for are written only by their administrators.
+    /// The default reads the value; wrappers forward it.
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        Ok(self.get(key).await?.map(|v| fingerprint_of(&v)))
+    }
+
     /// Writes a value, replacing any previous one.
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
 
@@ -242,8 +257,44 @@ pub trait Store: Send + Sync + 'static {
     /// holds the bucket's state with a TTL of at most `window`.
     async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError>;
 
+    /// Counts one request against two rate limits in turn, each exactly as
+    /// [`Store::rate_limit`]: `first`, and only if it allows the request,
+    /// `second` (a request refused by the first limit is counted by
+    /// neither). Answers the first decision and, when the first allowed,
+    /// the second's. Backends that can do it in one round trip do (one
+    /// script on a single Redis server or behind Sentinel); on a Redis
+    /// Cluster, where the two keys may live on different nodes, and by
+    /// default, it is two [`Store::rate_limit`] calls in a row.
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        let d = self.rate_limit(first.0, first.1, window).await?;
+        if !d.allowed {
+            return Ok((d, None));
+        }
+        let d2 = self.rate_limit(second.0, second.1, window).await?;
+        Ok((d, Some(d2)))
+    }
+
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The fingerprint [`Store::fingerprint`] answers for `bytes`: the
+/// lowercase hex SHA-1, as Redis's `redis.sha1hex` writes it.
+pub fn fingerprint_of(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = openssl::sha::sha1(bytes);
+    let mut out = String::with_capacity(40);
+    for b in digest {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0')));
+        }
+    }
+    out
 }
 
 /// One entry of a stream: its id (`<ms>-<seq>`) and value.

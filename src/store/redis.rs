@@ -243,6 +243,16 @@ enum Durability {
     Replicated,
 }
 
+/// `fingerprint`: the SHA-1 of the value, hex, computed on the server so
+/// the value is not sent; nil when absent.
+const FINGERPRINT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+return redis.sha1hex(v)
+";
+
 /// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
 /// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
 /// server's clock (`TIME`, one clock for every replica), in whole
@@ -274,6 +284,53 @@ if ahead > depth then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
 return {1, 0, math.floor((depth - ahead) / interval)}
+";
+
+/// `rate_limit_chain`: [`RATE_LIMIT`]'s step on `KEYS[1]` (limit `ARGV[1]`)
+/// and, only when it allows, on `KEYS[2]` (limit `ARGV[2]`), both over the
+/// window `ARGV[3]` and one reading of the server's clock. Answers
+/// `{allowed1, retry1, remaining1, allowed2, retry2, remaining2}`, the
+/// second triple `-1` when the first refused. The two keys belong to
+/// different hash tags: only for a single server or Sentinel, never a
+/// cluster.
+const RATE_LIMIT_CHAIN: &str = r"
+local window = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function step(key, limit)
+  local interval = math.max(math.ceil(window / limit), 1)
+  local depth = interval * limit
+  local start = now
+  local v = redis.call('GET', key)
+  if v then
+    local tat = tonumber(v)
+    if not tat then
+      return nil
+    end
+    if tat > now then
+      start = tat
+    end
+  end
+  local next = start + interval
+  local ahead = next - now
+  if ahead > depth then
+    return {0, ahead - depth, 0}
+  end
+  redis.call('SET', key, string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
+  return {1, 0, math.floor((depth - ahead) / interval)}
+end
+local a = step(KEYS[1], tonumber(ARGV[1]))
+if not a then
+  return redis.error_reply('ERR value is not an integer')
+end
+if a[1] == 0 then
+  return {a[1], a[2], a[3], -1, -1, -1}
+end
+local b = step(KEYS[2], tonumber(ARGV[2]))
+if not b then
+  return redis.error_reply('ERR value is not an integer')
+end
+return {a[1], a[2], a[3], b[1], b[2], b[3]}
 ";
 
 /// A [`Store`] on a Redis server (7.0 or later).
@@ -508,9 +565,13 @@ impl RedisStore {
         })
     }
 
-    /// Runs a Lua script over `keys` (all of one hash tag) with `args`. The
-    /// script text is sent (`EVAL`), not its hash: Redis caches it, and no
-    /// NOSCRIPT round trip can fail between a failover and a retry.
+    /// Runs a Lua script over `keys` (all of one hash tag) with `args`.
+    /// Sent by its SHA-1 (`EVALSHA`, 40 bytes instead of the script text,
+    /// which Redis would hash again on every call); a server that does not
+    /// know the script yet (first use, a restart, a failover to a replica
+    /// that never ran it) answers `NOSCRIPT` without running anything, and
+    /// the script text is sent then (`EVAL`, which also caches it). So the
+    /// fallback is safe for every operation, consuming ones included.
     async fn eval<T: redis::FromRedisValue>(
         &self,
         script: &str,
@@ -519,12 +580,25 @@ impl RedisStore {
         retry: Retry,
         durability: Durability,
     ) -> Result<T, StoreError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script).arg(keys.len()).arg(keys);
-        for a in args {
-            cmd.arg(*a);
+        let build = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(keys.len()).arg(keys);
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd
+        };
+        let sha = super::fingerprint_of(script.as_bytes());
+        match self.query(&build("EVALSHA", &sha), retry, durability).await {
+            Err(StoreError::Unavailable(e)) if is_noscript(&e) => {
+                tracing::debug!(
+                    reason = "store.script_loaded",
+                    "Redis did not know a script yet; sent with its text"
+                );
+                self.query(&build("EVAL", script), retry, durability).await
+            }
+            other => other,
         }
-        self.query(&cmd, retry, durability).await
     }
 
     /// The write, then `WAIT` on the same connection (a pipeline of two:
@@ -785,7 +859,17 @@ async fn bounded_until<T>(
 /// A type clash, a non-numeric counter or an unparseable answer is about the
 /// data; everything else (I/O, timeouts, server refusals) means the store is
 /// not usable right now. Server error texts never contain key names.
+/// Whether an error (as [`map_error`] words it) is Redis's `NOSCRIPT`: the
+/// script is not in the server's cache and nothing ran.
+fn is_noscript(message: &str) -> bool {
+    message.starts_with("NOSCRIPT ")
+}
+
 fn map_error(e: &RedisError) -> StoreError {
+    if e.code() == Some("NOSCRIPT") || matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
+        // Not a failure of the store: the caller sends the script's text.
+        return StoreError::Unavailable(format!("NOSCRIPT {e}"));
+    }
     let about_data = e.clone().into_server_errors().is_some_and(|errs| {
         errs.iter().any(|(_, err)| {
             let detail = err.details().unwrap_or_default();
@@ -852,6 +936,12 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(found > 0)
+    }
+
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        // A read: retried once after any connection error.
+        self.eval(FINGERPRINT, &[self.key(key)], &[], Retry::Idempotent, Durability::None)
+            .await
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -1145,6 +1235,54 @@ impl Store for RedisStore {
             retry_after: ms(answer.1),
             remaining: u64::try_from(answer.2).unwrap_or(0),
         })
+    }
+
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        // On a cluster the two keys may live on different nodes; a zero
+        // limit refuses without a round trip: the two steps in turn.
+        if matches!(self.conn, Conn::Cluster(_)) || first.1 == 0 || second.1 == 0 {
+            let d = self.rate_limit(first.0, first.1, window).await?;
+            if !d.allowed {
+                return Ok((d, None));
+            }
+            let d2 = self.rate_limit(second.0, second.1, window).await?;
+            return Ok((d, Some(d2)));
+        }
+        let window_ms = ttl_ms(window);
+        // Counters: not retried after an unknown outcome, no `WAIT` (as `rate_limit`).
+        let answer: (i64, i64, i64, i64, i64, i64) = self
+            .eval(
+                RATE_LIMIT_CHAIN,
+                &[self.key(first.0), self.key(second.0)],
+                &[
+                    first.1.to_string().as_bytes(),
+                    second.1.to_string().as_bytes(),
+                    window_ms.to_string().as_bytes(),
+                ],
+                Retry::IfNotExecuted,
+                Durability::None,
+            )
+            .await?;
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        let d = RateDecision {
+            allowed: answer.0 == 1,
+            retry_after: ms(answer.1),
+            remaining: u64::try_from(answer.2).unwrap_or(0),
+        };
+        if !d.allowed {
+            return Ok((d, None));
+        }
+        let d2 = RateDecision {
+            allowed: answer.3 == 1,
+            retry_after: ms(answer.4),
+            remaining: u64::try_from(answer.5).unwrap_or(0),
+        };
+        Ok((d, Some(d2)))
     }
 
     async fn stream_group_read(

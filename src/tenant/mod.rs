@@ -419,6 +419,20 @@ pub(crate) fn index_key() -> Key {
     Key::global("tenants", "index")
 }
 
+/// A tenant record read from the store while serving the current request
+/// (by the edge, for the tenant's own rate limits), handed down in the
+/// request's extensions so the request reads its tenant once. Only ever
+/// used by the request that read it, and only for the tenant it names.
+#[derive(Debug, Clone)]
+pub struct FreshTenant(pub Tenant);
+
+impl FreshTenant {
+    /// The record, if it is the tenant `id`'s.
+    pub fn for_id(fresh: Option<&FreshTenant>, id: &TenantId) -> Option<Tenant> {
+        fresh.filter(|f| f.0.id == *id).map(|f| f.0.clone())
+    }
+}
+
 impl TenantRegistry {
     /// A registry over `store`.
     pub fn new(store: SharedStore, clock: SharedClock) -> Self {
@@ -427,6 +441,11 @@ impl TenantRegistry {
             clock,
             expiries: expiry::ExpirySnapshot::default(),
         }
+    }
+
+    /// The store the registry reads and writes.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
     }
 
     /// Creates a tenant. Domains are reserved first; if any is taken, the

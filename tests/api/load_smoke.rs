@@ -93,6 +93,106 @@ async fn the_sign_ins_and_refresh_rotation_succeed_open_loop() {
     assert_all_succeeded(&report, &scenarios);
     let acs = &report.scenarios[1];
     assert_eq!(acs.ok, 20, "rate × duration responses signed and posted: {acs:#?}");
+    // `--rate` is whole sign-ins per second: the second halves overlap the
+    // next `/authorize`s, so a one-second window at 20/s completes 20
+    // sign-ins (half as many when the halves took turns).
+    for s in [&report.scenarios[0], &report.scenarios[2]] {
+        assert_eq!(s.ok, 20, "rate × duration whole sign-ins: {s:#?}");
+    }
+    // The gateway's RSS, sampled every second over the run.
+    assert!(!report.gateway_rss_kib_per_s.is_empty(), "no RSS sample");
+    assert!(report.gateway_rss_kib_per_s.iter().all(|(_, kib)| *kib > 0));
+    let summary = report.gateway_rss_summary.as_ref().expect("an RSS summary");
+    assert!(summary.min_kib <= summary.max_kib);
+    for s in &report.scenarios {
+        assert!(s.started_s.is_some() && s.ended_s >= s.started_s, "{s:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_spread_over_several_tenants() {
+    let app = gateway().await;
+    let mut opts = smoke(&app);
+    opts.tenants = 3;
+    opts.users = 6;
+    let scenarios = vec![Scenario::SamlSignin, Scenario::OidcSignin];
+    opts.scenario = scenarios.clone();
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &scenarios);
+    assert_eq!(report.tenants.len(), 3, "{:?}", report.tenants);
+    // Every tenant got users from the sign-ins.
+    for t in &report.tenants {
+        let users = app
+            .client
+            .get(app.url(&format!("/admin/v1/tenants/{t}/users")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        let n = users["users"].as_array().map_or(0, Vec::len);
+        assert!(n > 0, "tenant {t} has no users: {users}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_tenants_and_users_are_what_the_gateway_reads() {
+    let prefix = redis::prefix();
+    let app = spawn_app(AppOptions {
+        redis_url: Some(redis::url()),
+        redis_prefix: Some(prefix.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let opts = portcullis_load::seed::SeedOptions {
+        redis_url: redis::url(),
+        prefix,
+        tenants: 3,
+        users: 7,
+        batch: 4,
+    };
+    let done = tokio::task::spawn_blocking(move || portcullis_load::seed::seed(&opts))
+        .await
+        .unwrap()
+        .expect("seeded");
+    assert_eq!((done.tenants, done.users, done.tenant_sample.len()), (3, 7, 3));
+    let get = |path: String| {
+        let app = app.clone();
+        async move {
+            let resp = app
+                .client
+                .get(app.url(&path))
+                .bearer_auth(&app.admin_token)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let mut users = 0;
+    for t in &done.tenant_sample {
+        let (status, tenant) = get(format!("/admin/v1/tenants/{t}")).await;
+        assert_eq!(status, 200, "{tenant}");
+        assert_eq!(tenant["id"], t.as_str());
+        let (status, list) = get(format!("/admin/v1/tenants/{t}/users")).await;
+        assert_eq!(status, 200, "{list}");
+        let page = list["users"].as_array().expect("users");
+        for u in page {
+            let sub = u["sub"].as_str().expect("sub");
+            let (status, one) = get(format!("/admin/v1/tenants/{t}/users/{sub}")).await;
+            assert_eq!(status, 200, "{one}");
+            assert_eq!(one["tenant"], t.as_str());
+        }
+        users += page.len();
+    }
+    assert_eq!(users, 7, "7 users over 3 tenants");
+    // The seeded tenants are in the tenant index the admin API pages through.
+    let (status, all) = get("/admin/v1/tenants?limit=100".into()).await;
+    assert_eq!(status, 200, "{all}");
+    let listed = all.to_string();
+    assert!(done.tenant_sample.iter().all(|t| listed.contains(t.as_str())), "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

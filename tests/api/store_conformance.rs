@@ -140,6 +140,8 @@ macro_rules! all_cases {
             rate_limit_refills_over_the_window,
             concurrent_rate_limit_admits_exactly_the_limit,
             rate_limit_clashes_are_corrupt,
+            fingerprint_names_the_stored_bytes,
+            rate_limit_chain_counts_the_second_only_after_the_first,
         );
     )*};
 }
@@ -967,4 +969,123 @@ async fn rate_limit_clashes_are_corrupt(b: &Backend) {
     let set = Key::new("rl:clash", "set");
     s.set_add(&set, "m", None).await.unwrap();
     assert!(matches!(s.rate_limit(&set, 5, LONG).await, Err(StoreError::Corrupt(_))));
+}
+
+async fn fingerprint_names_the_stored_bytes(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "config", "fingerprinted");
+    assert_eq!(s.fingerprint(&k).await.unwrap(), None, "absent: no fingerprint");
+    s.put(&k, b"first", None).await.unwrap();
+    let first = s.fingerprint(&k).await.unwrap().expect("a fingerprint");
+    // The lowercase hex SHA-1 of the stored bytes, the same on every backend.
+    assert_eq!(first, "e0996a37c13d44c3b06074939d43fa3759bd32c1");
+    assert_eq!(first, portcullis::store::fingerprint_of(b"first"));
+    assert_eq!(
+        s.fingerprint(&k).await.unwrap().as_deref(),
+        Some(first.as_str()),
+        "stable"
+    );
+    s.put(&k, b"second", None).await.unwrap();
+    let second = s.fingerprint(&k).await.unwrap().expect("a fingerprint");
+    assert_ne!(first, second, "a write that changes the bytes changes it");
+    assert!(s.compare_and_put(&k, b"second", b"first", None).await.unwrap());
+    assert_eq!(
+        s.fingerprint(&k).await.unwrap(),
+        Some(first),
+        "it names the bytes, not the write"
+    );
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(s.fingerprint(&k).await.unwrap(), None, "deleted: none");
+}
+
+async fn rate_limit_chain_counts_the_second_only_after_the_first(b: &Backend) {
+    let s = &b.store;
+    let ip = Key::new("rl:token:ip:203.0.113.9", "gcra");
+    let other_ip = Key::new("rl:token:ip:198.51.100.9", "gcra");
+    let tenant = Key::tenant("acme", "rl", "token");
+    let window = Duration::from_secs(60);
+    // Both within their limits: both counted.
+    let (first, second) = s.rate_limit_chain((&ip, 1), (&tenant, 3), window).await.unwrap();
+    assert!(first.allowed && first.remaining == 0, "{first:?}");
+    let second = second.expect("the second limit is counted when the first allows");
+    assert!(second.allowed && second.remaining == 2, "{second:?}");
+    // The first refuses: the second is neither asked nor counted.
+    let (first, second) = s.rate_limit_chain((&ip, 1), (&tenant, 3), window).await.unwrap();
+    assert!(
+        !first.allowed && first.retry_after > Duration::from_secs(59),
+        "{first:?}"
+    );
+    assert_eq!(second, None);
+    // So another address finds the tenant's bucket where the first request left it.
+    let (first, second) = s.rate_limit_chain((&other_ip, 5), (&tenant, 3), window).await.unwrap();
+    assert!(first.allowed && first.remaining == 4, "{first:?}");
+    let second = second.expect("counted");
+    assert!(
+        second.allowed && second.remaining == 1,
+        "not drained by the refusal: {second:?}"
+    );
+    // The second refuses: the first has counted, as two calls in a row would.
+    assert!(s.rate_limit(&tenant, 3, window).await.unwrap().allowed);
+    let (first, second) = s.rate_limit_chain((&other_ip, 5), (&tenant, 3), window).await.unwrap();
+    assert!(first.allowed && first.remaining == 3, "{first:?}");
+    let second = second.expect("counted");
+    assert!(!second.allowed && second.retry_after > Duration::ZERO, "{second:?}");
+    let after = s.rate_limit(&other_ip, 5, window).await.unwrap();
+    assert!(
+        after.allowed && after.remaining == 2,
+        "the first counted the refused request: {after:?}"
+    );
+    // A zero limit refuses, as `rate_limit` does.
+    let (first, second) = s
+        .rate_limit_chain((&Key::new("rl:x", "zero"), 0), (&tenant, 3), window)
+        .await
+        .unwrap();
+    assert!(!first.allowed);
+    assert_eq!(second, None);
+}
+
+/// Scripts are sent by their SHA-1 (`EVALSHA`); a server that lost its
+/// script cache (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`
+/// without running anything, and the store sends the text then: every
+/// script operation keeps working, and a consuming one still runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_work_after_the_server_forgot_them() {
+    use portcullis::store::Store;
+    let server = support::redis::RedisServer::start();
+    let store = RedisStore::connect(&server.url(), &support::redis::prefix())
+        .await
+        .unwrap();
+    let mut admin = ::redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    let flush = |con: &mut ::redis::Connection| {
+        let () = ::redis::cmd("SCRIPT").arg("FLUSH").query(con).unwrap();
+    };
+    let code = Key::tenant("acme", "codes", "code:x");
+    let used = Key::tenant("acme", "codes", "used:x");
+    let window = Duration::from_secs(60);
+    for round in 0..3 {
+        flush(&mut admin);
+        store.put(&code, b"v", Some(LONG)).await.unwrap();
+        assert_eq!(
+            store.take_and_mark(&code, &used, b"m", LONG).await.unwrap(),
+            Taken::Value(b"v".to_vec()),
+            "round {round}"
+        );
+        // Known now: by its hash, and the marker answers the reuse.
+        assert_eq!(
+            store.take_and_mark(&code, &used, b"m", LONG).await.unwrap(),
+            Taken::Marker(b"m".to_vec())
+        );
+        flush(&mut admin);
+        let limited = Key::new(format!("rl:token:ip:192.0.2.{round}"), "gcra");
+        assert_eq!(store.rate_limit(&limited, 5, window).await.unwrap().remaining, 4);
+        assert_eq!(
+            store.rate_limit(&limited, 5, window).await.unwrap().remaining,
+            3,
+            "counted once each"
+        );
+        flush(&mut admin);
+        assert!(store.fingerprint(&code).await.unwrap().is_none());
+    }
+    let calls: String = ::redis::cmd("INFO").arg("commandstats").query(&mut admin).unwrap();
+    assert!(calls.contains("cmdstat_evalsha:"), "scripts go by hash: {calls}");
 }

@@ -54,17 +54,25 @@ pub struct World {
     pub gateway_alg: Option<String>,
 }
 
+/// One tenant the sign-ins use, with its SAML connection (id `saml`) and
+/// OIDC connection (id `oidc`).
+struct Site {
+    tenant: String,
+    domain: String,
+    saml: SamlConn,
+}
+
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    tenant: String,
-    domain: String,
+    /// The tenants sign-in *i* goes to `sites[i % len]` (never empty; the
+    /// first also has the IdP-initiated connection).
+    sites: Vec<Site>,
     redirect_uri: String,
     app: App,
     worker: App,
     api_scope: String,
     idp: SamlIdp,
-    saml: SamlConn,
     saml_idp_init: SamlConn,
     upstream: Upstream,
     upstream_client_id: String,
@@ -224,18 +232,61 @@ impl World {
                         "scopes": ["openid", "email", "profile"] }),
             )
             .await?;
+        let mut sites = vec![Site { tenant, domain, saml }];
+        // `--tenants N`: N - 1 more tenants, each with its own SAML and OIDC
+        // connection to the same IdPs, created 16 at a time.
+        let more: Vec<usize> = (1..opts.tenants.max(1)).collect();
+        for batch in more.chunks(16) {
+            let mut set = Vec::new();
+            for &k in batch {
+                let (http, base, token) = (http.clone(), base.clone(), opts.admin_token.clone());
+                let (run, metadata, issuer) = (run.clone(), metadata.clone(), upstream.issuer().to_owned());
+                let client_id = upstream_client_id.clone();
+                set.push(async move {
+                    let admin = Admin {
+                        http: &http,
+                        base: &base,
+                        token: &token,
+                    };
+                    let tenant = format!("load-{run}-{k}");
+                    let domain = format!("t{k}.{run}.load.test");
+                    admin
+                        .create(
+                            "/admin/v1/tenants",
+                            json!({ "id": tenant, "name": format!("Load {run} {k}"), "domains": [domain] }),
+                        )
+                        .await?;
+                    let saml = admin
+                        .saml_connection(
+                            &tenant,
+                            json!({ "id": "saml", "kind": "saml", "metadata_xml": metadata }),
+                        )
+                        .await?;
+                    admin
+                        .create(
+                            &format!("/admin/v1/tenants/{tenant}/connections"),
+                            json!({ "id": "oidc", "kind": "oidc", "issuer": issuer,
+                                    "client_id": client_id, "client_secret": random_hex(32),
+                                    "scopes": ["openid", "email", "profile"] }),
+                        )
+                        .await?;
+                    Ok::<Site, String>(Site { tenant, domain, saml })
+                });
+            }
+            for site in futures_join(set).await {
+                sites.push(site.map_err(|e| format!("setup of --tenants: {e}"))?);
+            }
+        }
         let signers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let inner = Arc::new(Inner {
             http,
             base,
-            tenant,
-            domain,
+            sites,
             redirect_uri,
             app,
             worker,
             api_scope,
             idp,
-            saml,
             saml_idp_init,
             upstream,
             upstream_client_id,
@@ -277,6 +328,11 @@ impl World {
         Ok(World { inner, gateway_alg })
     }
 
+    /// The tenants the sign-ins go to, in order.
+    pub fn tenants(&self) -> Vec<String> {
+        self.inner.sites.iter().map(|s| s.tenant.clone()).collect()
+    }
+
     /// One whole sign-in of user `user`, untimed, calling `mark` with each
     /// stage's name right after that stage's request was answered (SAML:
     /// `authorize`, `acs`, `continue`, `token`; OIDC: `authorize`,
@@ -293,13 +349,17 @@ impl World {
         mark("authorize");
         let a = w.answer(p, saml)?;
         let back = if saml {
-            let next = w.post_acs(&w.saml, a.answer.clone()).await?;
+            let next = w.post_acs(&w.site(a.pending.user).saml, a.answer.clone()).await?;
             mark("acs");
             w.http.get(next).header(COOKIE, &a.pending.cookie).send().await
         } else {
             let mut cb = w
                 .base
-                .join(&format!("/oidc/{}/{}/callback", w.tenant, w.oidc_conn))
+                .join(&format!(
+                    "/oidc/{}/{}/callback",
+                    w.site(a.pending.user).tenant,
+                    w.oidc_conn
+                ))
                 .map_err(|e| e.to_string())?;
             cb.query_pairs_mut()
                 .append_pair("code", &a.answer)
@@ -361,10 +421,170 @@ impl World {
         r
     }
 
+    /// An open-loop sign-in scenario: sign-in *i*'s `/authorize` is due at
+    /// `start + i / rate` and the rest of it (the IdP's answer onwards)
+    /// `think` later, so at any moment the gateway serves first halves and
+    /// second halves at once, each at `rate`: `--rate` is sign-ins per
+    /// second. Each IdP answer is made (signed) on the blocking pool as soon
+    /// as its `/authorize` is answered, off the gateway's CPUs; a second
+    /// half whose answer is not ready when due is counted as late, and its
+    /// latency (from its intended start) includes the wait.
+    async fn signin_open(&self, window: Duration, saml: bool, rate: f64) -> ScenarioReport {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::sync::oneshot;
+        type Slot<T> = std::sync::Mutex<Option<T>>;
+        let w = &self.inner;
+        let scenario = if saml {
+            Scenario::SamlSignin
+        } else {
+            Scenario::OidcSignin
+        };
+        let mut r = report(scenario, w.mode, 0.0);
+        let n = ((rate * window.as_secs_f64()).ceil() as usize).max(1);
+        // The person's time at the IdP.
+        let think = Duration::from_secs_f64((window.as_secs_f64() / 10.0).clamp(0.2, 1.0));
+        let mut senders = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = oneshot::channel::<Answered>();
+            senders.push(Slot::new(Some(tx)));
+            receivers.push(Slot::new(Some(rx)));
+        }
+        let senders: Arc<Vec<Slot<oneshot::Sender<Answered>>>> = Arc::new(senders);
+        let receivers: Arc<Vec<Slot<oneshot::Receiver<Answered>>>> = Arc::new(receivers);
+        let late = Arc::new(AtomicU64::new(0));
+        let signing_micros = Arc::new(AtomicU64::new(0));
+        let answer_errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let bounds = |limit| Bounds {
+            limit: Some(limit),
+            duration: None,
+            max_in_flight: w.max_in_flight,
+        };
+        let cpu_before = w.pid.and_then(engine::cpu_seconds);
+        let t0 = Instant::now();
+        let (wa, tx, sm, ae) = (
+            w.clone(),
+            senders.clone(),
+            signing_micros.clone(),
+            answer_errors.clone(),
+        );
+        let first = async move {
+            let a = engine::run(
+                Mode::Open(rate),
+                Bounds {
+                    duration: Some(window),
+                    ..bounds(n)
+                },
+                true,
+                None,
+                move |i| {
+                    let (w, tx, sm, ae) = (wa.clone(), tx.clone(), sm.clone(), ae.clone());
+                    async move {
+                        let p = w.authorize(i, saml).await?;
+                        let sender = tx.get(i).and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
+                        // Signed off the timed path; the second half waits for it.
+                        tokio::spawn(async move {
+                            let t = Instant::now();
+                            let made = tokio::task::spawn_blocking(move || w.answer(p, saml)).await;
+                            sm.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            match made {
+                                Ok(Ok(a)) => {
+                                    if let Some(s) = sender {
+                                        let _receiver_gone = s.send(a);
+                                    }
+                                }
+                                Ok(Err(e)) => ae.lock().map(|mut v| v.push(e)).unwrap_or(()),
+                                Err(e) => ae.lock().map(|mut v| v.push(e.to_string())).unwrap_or(()),
+                            }
+                        });
+                        Ok(())
+                    }
+                },
+            )
+            .await;
+            // Sign-ins never started have no answer coming: their second
+            // halves end at once.
+            for s in tx_all(&senders) {
+                drop(s);
+            }
+            a
+        };
+        let (wb, rx, lt) = (w.clone(), receivers.clone(), late.clone());
+        let second = async move {
+            tokio::time::sleep(think).await;
+            engine::run(Mode::Open(rate), bounds(n), true, None, move |i| {
+                let (w, rx, lt) = (wb.clone(), rx.clone(), lt.clone());
+                async move {
+                    let Some(mut rx) = rx.get(i).and_then(|s| s.lock().ok().and_then(|mut s| s.take())) else {
+                        return Ok(false);
+                    };
+                    let item = match rx.try_recv() {
+                        Ok(item) => item,
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            lt.fetch_add(1, Ordering::Relaxed);
+                            match rx.await {
+                                Ok(item) => item,
+                                // Its `/authorize` failed or never ran (counted there).
+                                Err(_) => return Ok(false),
+                            }
+                        }
+                        Err(oneshot::error::TryRecvError::Closed) => return Ok(false),
+                    };
+                    w.finish_signin(&item, saml).await.map(|()| true)
+                }
+            })
+            .await
+        };
+        let (a, b) = tokio::join!(first, second);
+        let elapsed = t0.elapsed();
+        let cpu_after = w.pid.and_then(engine::cpu_seconds);
+        r.stages.push(stage_report("authorize", &a));
+        r.stages.push(stage_report(
+            if saml { "acs+continue+token" } else { "callback+token" },
+            &b,
+        ));
+        absorb(&mut r, &a);
+        absorb(&mut r, &b);
+        r.elapsed_s = elapsed.as_secs_f64();
+        r.gateway_cpu_s = match (cpu_before, cpu_after) {
+            (Some(x), Some(y)) => Some(y - x),
+            _ => None,
+        };
+        r.prepare_s = signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        for e in answer_errors.lock().map(|v| v.clone()).unwrap_or_default() {
+            r.errors += 1;
+            if r.error_samples.len() < 5 {
+                r.error_samples.push(e);
+            }
+        }
+        let firsts: std::collections::HashMap<usize, u64> = a.outputs.iter().map(|(i, (), m)| (*i, *m)).collect();
+        let mut hist = engine::histogram();
+        for (i, done, micros) in &b.outputs {
+            if let (true, Some(first)) = (*done, firsts.get(i)) {
+                let _ignored_out_of_range = hist.record((first + micros).max(1));
+            }
+        }
+        let late = late.load(Ordering::Relaxed);
+        if late > 0 {
+            eprintln!(
+                "portcullis-load: {}: {late} second halves were due before their IdP answer was signed \
+                 (their latency includes the wait: the generator's signing did not keep up)",
+                scenario.name()
+            );
+        }
+        r.ok = hist.len();
+        r.latency_ms = Latency::of(&hist);
+        r
+    }
+
     /// A sign-in scenario in rounds: `/authorize` timed, the IdP's answers
-    /// made untimed, then the rest of each sign-in timed.
+    /// made untimed, then the rest of each sign-in timed. Open loop, the
+    /// halves overlap instead ([`Self::signin_open`]).
     async fn signin(&self, window: Duration, saml: bool) -> ScenarioReport {
         let w = &self.inner;
+        if let Mode::Open(rate) = w.mode {
+            return self.signin_open(window, saml, rate).await;
+        }
         let scenario = if saml {
             Scenario::SamlSignin
         } else {
@@ -519,6 +739,14 @@ impl World {
     }
 }
 
+/// Takes every sender still in its slot (those whose `/authorize` never ran).
+fn tx_all<T>(slots: &[std::sync::Mutex<Option<T>>]) -> Vec<T> {
+    slots
+        .iter()
+        .filter_map(|s| s.lock().ok().and_then(|mut s| s.take()))
+        .collect()
+}
+
 /// Runs futures concurrently and returns their outputs in order.
 async fn futures_join<F: std::future::Future + Send + 'static>(futs: Vec<F>) -> Vec<F::Output>
 where
@@ -554,6 +782,8 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         gateway_cpu_s: None,
         gateway_cpu_ms_per_op: None,
         gateway_rss_kib: None,
+        started_s: None,
+        ended_s: None,
         prepare_s,
         stages: Vec::new(),
     }
@@ -642,8 +872,14 @@ impl Admin<'_> {
 }
 
 impl Inner {
+    /// The tenant sign-in `i` goes to.
+    fn site(&self, i: usize) -> &Site {
+        // `sites` is never empty.
+        &self.sites[i % self.sites.len()]
+    }
+
     fn email(&self, user: usize) -> String {
-        format!("user{}@{}", user % self.users, self.domain)
+        format!("user{}@{}", user % self.users, self.site(user).domain)
     }
 
     /// `GET /authorize` for a new browser (PKCE S256, `offline_access`);
@@ -653,7 +889,7 @@ impl Inner {
         let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
         let state = b64url(&rand::random::<[u8; 12]>());
         let conn = if saml {
-            self.saml.id.as_str()
+            self.site(i).saml.id.as_str()
         } else {
             self.oidc_conn.as_str()
         };
@@ -665,7 +901,7 @@ impl Inner {
             .append_pair("scope", "openid email profile offline_access")
             .append_pair("state", &state)
             .append_pair("nonce", &b64url(&rand::random::<[u8; 12]>()))
-            .append_pair("tenant", &self.tenant)
+            .append_pair("tenant", &self.site(i).tenant)
             .append_pair("connection", conn)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
@@ -752,8 +988,8 @@ impl Inner {
             let xml = self
                 .idp
                 .response(&ResponseSpec {
-                    acs_url: &self.saml.acs_url,
-                    audience: &self.saml.sp_entity_id,
+                    acs_url: &self.site(pending.user).saml.acs_url,
+                    audience: &self.site(pending.user).saml.sp_entity_id,
                     in_response_to: Some(&pending.request_id),
                     email: &email,
                 })
@@ -778,7 +1014,7 @@ impl Inner {
                         let from = t * per;
                         (from..(from + per).min(n))
                             .map(|i| {
-                                let email = self.email(i);
+                                let email = self.email(i * self.sites.len());
                                 let xml = self
                                     .idp
                                     .response(&ResponseSpec {
@@ -833,12 +1069,16 @@ impl Inner {
     async fn finish_signin(&self, item: &Answered, saml: bool) -> Result<(), String> {
         let p = &item.pending;
         let back = if saml {
-            let next = self.post_acs(&self.saml, item.answer.clone()).await?;
+            let next = self.post_acs(&self.site(p.user).saml, item.answer.clone()).await?;
             self.http.get(next).header(COOKIE, &p.cookie).send().await
         } else {
             let mut cb = self
                 .base
-                .join(&format!("/oidc/{}/{}/callback", self.tenant, self.oidc_conn))
+                .join(&format!(
+                    "/oidc/{}/{}/callback",
+                    self.site(p.user).tenant,
+                    self.oidc_conn
+                ))
                 .map_err(|e| e.to_string())?;
             cb.query_pairs_mut()
                 .append_pair("code", &item.answer)
@@ -915,7 +1155,7 @@ impl Inner {
     async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>), String> {
         let p = self.authorize(i, true).await?;
         let a = self.answer(p, true)?;
-        let next = self.post_acs(&self.saml, a.answer.clone()).await?;
+        let next = self.post_acs(&self.site(i).saml, a.answer.clone()).await?;
         let back = self
             .http
             .get(next)

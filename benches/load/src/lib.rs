@@ -10,6 +10,7 @@
 pub mod engine;
 pub mod flows;
 pub mod saml_idp;
+pub mod seed;
 pub mod upstream;
 
 use clap::{Parser, ValueEnum};
@@ -145,6 +146,12 @@ pub struct Options {
     /// Distinct users the sign-ins cycle through.
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
+    /// Tenants the sign-ins are spread over (sign-in i goes to tenant
+    /// i mod N), each with its own SAML and OIDC connection; the generator
+    /// creates them through the admin API. To fill Redis with many more
+    /// tenants and users than are signed in to, see `portcullis-load seed`.
+    #[arg(long, default_value_t = 1)]
+    pub tenants: usize,
     /// `saml-acs` in closed loop: IdP-initiated responses signed ahead of
     /// the window (default 2,000 per second of `--duration`; the window ends
     /// early, with a warning, if they run out). Open loop signs rate × duration.
@@ -161,7 +168,13 @@ pub struct Options {
 impl Options {
     /// Options for `url` and `admin_token` with the command line's defaults.
     pub fn new(url: url::Url, admin_token: &str) -> Options {
-        Options::parse_from(["portcullis-load", "--url", url.as_str(), "--admin-token", admin_token])
+        // `--name=value`: a token may begin with `-` (base64url), which
+        // as a separate argument would read as a flag.
+        Options::parse_from([
+            "portcullis-load".to_owned(),
+            format!("--url={url}"),
+            format!("--admin-token={admin_token}"),
+        ])
     }
 
     /// The scenarios to run.
@@ -269,6 +282,11 @@ pub struct ScenarioReport {
     pub gateway_cpu_ms_per_op: Option<f64>,
     /// Gateway resident set size at the end, KiB.
     pub gateway_rss_kib: Option<u64>,
+    /// When the measured window started and ended, seconds on the time axis
+    /// of [`Report::gateway_rss_kib_per_s`] (with `--gateway-pid`).
+    pub started_s: Option<f64>,
+    /// See `started_s`.
+    pub ended_s: Option<f64>,
     /// Untimed preparation (signing responses, minting ID tokens), seconds.
     pub prepare_s: f64,
     /// The timed stages.
@@ -325,6 +343,93 @@ pub struct Report {
     pub clock_ticks: f64,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
+    /// The tenants the sign-ins went to (`--tenants`), created for this run.
+    pub tenants: Vec<String>,
+    /// The gateway's resident set size, sampled every second from the end
+    /// of the setup to the end of the run (with `--gateway-pid`):
+    /// `[seconds since the first sample, KiB]`. Each scenario's
+    /// `started_s`/`ended_s` are on the same time axis.
+    pub gateway_rss_kib_per_s: Vec<(f64, u64)>,
+    /// The smallest and largest RSS sample, KiB, and the growth from the
+    /// first to the last minute of samples (mean of each), KiB.
+    pub gateway_rss_summary: Option<RssSummary>,
+}
+
+/// What the RSS samples say about memory over the run.
+#[derive(Serialize, Clone, Debug)]
+pub struct RssSummary {
+    /// Smallest sample, KiB.
+    pub min_kib: u64,
+    /// Largest sample, KiB.
+    pub max_kib: u64,
+    /// Mean of the first minute of samples (all of them in a shorter run), KiB.
+    pub first_minute_mean_kib: f64,
+    /// Mean of the last minute of samples, KiB.
+    pub last_minute_mean_kib: f64,
+}
+
+impl RssSummary {
+    /// The summary of `samples` (`None` when there are none).
+    pub fn of(samples: &[(f64, u64)]) -> Option<RssSummary> {
+        let min_kib = samples.iter().map(|s| s.1).min()?;
+        let max_kib = samples.iter().map(|s| s.1).max()?;
+        let end = samples.last().map_or(0.0, |s| s.0);
+        let mean = |it: Vec<u64>| it.iter().sum::<u64>() as f64 / it.len().max(1) as f64;
+        Some(RssSummary {
+            min_kib,
+            max_kib,
+            first_minute_mean_kib: mean(samples.iter().filter(|s| s.0 < 60.0).map(|s| s.1).collect()),
+            last_minute_mean_kib: mean(samples.iter().filter(|s| s.0 >= end - 60.0).map(|s| s.1).collect()),
+        })
+    }
+
+    /// One line for the terminal.
+    pub fn line(&self) -> String {
+        format!(
+            "gateway rss: min {} KiB, max {} KiB, first minute {:.0} KiB, last minute {:.0} KiB ({:+.0} KiB)",
+            self.min_kib,
+            self.max_kib,
+            self.first_minute_mean_kib,
+            self.last_minute_mean_kib,
+            self.last_minute_mean_kib - self.first_minute_mean_kib
+        )
+    }
+}
+
+/// Samples `pid`'s RSS every second until dropped.
+struct RssSampler {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
+    task: tokio::task::JoinHandle<()>,
+    start: std::time::Instant,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = std::time::Instant::now();
+        let out = samples.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let (Some(kib), Ok(mut v)) = (engine::rss_kib(pid), out.lock()) {
+                    v.push((start.elapsed().as_secs_f64(), kib));
+                }
+            }
+        });
+        RssSampler { samples, task, start }
+    }
+
+    fn since_start(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn finish(self) -> Vec<(f64, u64)> {
+        self.task.abort();
+        let v = self.samples.lock().map(|v| v.clone()).unwrap_or_default();
+        v
+    }
 }
 
 impl Report {
@@ -371,19 +476,31 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             ));
         }
     }
+    let sampler = opts.gateway_pid.map(RssSampler::start);
     let mut scenarios = Vec::new();
     for s in opts.scenarios() {
         if opts.warmup > 0.0 {
             let _discarded = world.scenario(s, Duration::from_secs_f64(opts.warmup), false).await;
         }
-        let r = world.scenario(s, opts.window(), true).await;
+        let started = sampler.as_ref().map(RssSampler::since_start);
+        let mut r = world.scenario(s, opts.window(), true).await;
+        r.started_s = started;
+        r.ended_s = sampler.as_ref().map(RssSampler::since_start);
         println!("{}", r.line());
         for e in &r.error_samples {
             eprintln!("portcullis-load: {}: {e}", s.name());
         }
         scenarios.push(r);
     }
+    let rss = sampler.map(RssSampler::finish).unwrap_or_default();
+    let summary = RssSummary::of(&rss);
+    if let Some(sum) = &summary {
+        println!("{}", sum.line());
+    }
     Ok(Report {
+        gateway_rss_kib_per_s: rss,
+        gateway_rss_summary: summary,
+        tenants: world.tenants(),
         url: opts.url.to_string(),
         gateway_alg: world.gateway_alg.clone(),
         gateway_pid: opts.gateway_pid,
@@ -394,4 +511,19 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         clock_ticks: engine::clock_ticks(),
         scenarios,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Admin tokens are base64url: one that begins with `-` is still the
+    /// token, not a flag (the CI smoke run failed on such a token).
+    #[test]
+    fn options_take_a_token_that_begins_with_a_dash() {
+        let url = url::Url::parse("http://127.0.0.1:8080").unwrap();
+        let opts = Options::new(url.clone(), "-_starts-with-a-dash");
+        assert_eq!(opts.admin_token, "-_starts-with-a-dash");
+        assert_eq!(opts.url, url);
+    }
 }

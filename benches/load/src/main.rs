@@ -4,6 +4,23 @@ use clap::Parser as _;
 use portcullis_load::{pin, run, Options};
 
 fn main() {
+    // `portcullis-load seed ...`: fill Redis, print what was written, exit.
+    if std::env::args().nth(1).as_deref() == Some("seed") {
+        let opts = portcullis_load::seed::SeedOptions::parse_from(std::env::args().skip(1));
+        match portcullis_load::seed::seed(&opts) {
+            Ok(done) => {
+                println!(
+                    "seeded {} tenants and {} users in {:.1} s (run {})",
+                    done.tenants, done.users, done.seconds, done.run
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("portcullis-load seed: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let opts = Options::parse();
     // Before the runtime starts its threads, so they all inherit it.
     if let Err(e) = pin(&opts.cpus) {
