@@ -22,6 +22,7 @@ pub mod http;
 pub mod ids;
 pub mod markup;
 pub mod meter;
+pub mod mfa;
 pub mod portal;
 pub mod provider;
 pub mod secret;

@@ -10,6 +10,7 @@
 //! | a connection (`t:<tenant>:config` / `connection:<id>`) | `client_secret`, `sp_private_key_pem`, `sp_next_key.private_key_pem`, `sp_previous_key.private_key_pem` |
 //! | an upstream session (`t:<tenant>:sso` / `upstream:<sid>`) | `refresh_token` |
 //! | the signing keyset (`g:keys` / `signing`) | `active.private_pem`, `next.private_pem`, `retired[].private_pem` |
+//! | an MFA enrolment (`t:<tenant>:mfa` / `enrolment:<sub>`, `pending:<sub>`) | `secret` (the TOTP seed) |
 //!
 //! Each field is one envelope whose context is `<tag>/<name>#<field path>`,
 //! so a sealed value only opens in the record and field it was written to.
@@ -40,6 +41,7 @@ const CONNECTION_FIELDS: &[FieldPath] = &[
     &["sp_previous_key", "private_key_pem"],
 ];
 const UPSTREAM_SESSION_FIELDS: &[FieldPath] = &[&["refresh_token"]];
+const MFA_ENROLMENT_FIELDS: &[FieldPath] = &[&["secret"]];
 const KEYSET_FIELDS: &[FieldPath] = &[
     &["active", "private_pem"],
     &["next", "private_pem"],
@@ -56,6 +58,11 @@ pub fn sealed_fields(key: &Key) -> Option<&'static [FieldPath]> {
         Some(UPSTREAM_SESSION_FIELDS)
     } else if tag == "g:keys" && name == "signing" {
         Some(KEYSET_FIELDS)
+    } else if tag.starts_with("t:")
+        && tag.ends_with(":mfa")
+        && (name.starts_with("enrolment:") || name.starts_with("pending:"))
+    {
+        Some(MFA_ENROLMENT_FIELDS)
     } else {
         None
     }
