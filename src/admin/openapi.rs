@@ -13,7 +13,7 @@
 use super::clients::{NewClient, RotateSecret};
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
-use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
+use crate::tenant::{Branding, LocalMfa, Tenant, TenantLimit, TenantSettings, TenantThrottle};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -788,7 +788,7 @@ impl Modify for EdgeAnswers {
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
-    components(schemas(Problem, Tenant, TenantSettings, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
+    components(schemas(Problem, Tenant, TenantSettings, LocalMfa, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,

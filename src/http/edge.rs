@@ -126,7 +126,10 @@ impl RouteClass {
         match segments.as_slice() {
             ["authorize"] => (Self::Authorize, None),
             ["token" | "revoke" | "introspect" | "userinfo"] => (Self::Token, None),
-            ["oidc", t, _, "callback"] | ["saml", t, _, "acs" | "continue"] | ["dev", t, _, "callback" | "login"] => {
+            ["oidc", t, _, "callback"]
+            | ["saml", t, _, "acs" | "continue"]
+            | ["dev", t, _, "callback" | "login"]
+            | ["mfa", t, _] | ["mfa", t, _, "continue"] => {
                 (Self::Callback, Some((*t).to_owned()))
             }
             ["setup", _] => (Self::Portal, None),
@@ -146,7 +149,9 @@ impl RouteClass {
     /// The largest body the class accepts.
     pub fn max_body(self, path: &str) -> usize {
         match self {
-            Self::Callback if !path.ends_with("/continue") && !path.starts_with("/dev/") => MAX_ACS_BODY,
+            Self::Callback if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/mfa/") => {
+                MAX_ACS_BODY
+            }
             Self::Admin | Self::Portal => MAX_ADMIN_BODY,
             Self::Authorize | Self::Callback | Self::Token | Self::Other => MAX_SMALL_BODY,
         }

@@ -6,6 +6,7 @@ pub mod edge;
 pub mod flows;
 pub mod health;
 pub mod metrics;
+pub mod mfa;
 pub mod oauth;
 pub mod pages;
 pub mod server;
@@ -137,7 +138,8 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/saml/{tenant}/{connection}/continue",
             get(flows::saml_continue).post(flows::saml_continue_confirmed),
-        );
+        )
+        .merge(mfa::routes());
     if state.dev {
         browser = browser.merge(dev::routes());
     }
