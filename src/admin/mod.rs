@@ -103,6 +103,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/tenants/{id}/users/{sub}"),
     ("POST", "/tenants/{id}/users/{sub}/disable"),
     ("POST", "/tenants/{id}/users/{sub}/enable"),
+    ("DELETE", "/tenants/{id}/users/{sub}/mfa"),
     ("POST", "/keys/rotate"),
     ("POST", "/api-keys"),
     ("GET", "/api-keys"),

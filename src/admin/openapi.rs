@@ -784,7 +784,7 @@ impl Modify for EdgeAnswers {
         connections_create, connections_list, connections_get, connections_delete,
         clients_create, clients_list, clients_get, clients_patch, clients_delete, clients_rotate_secret,
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
-        users_list, users_get, users_delete, users_disable, users_enable,
+        users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset,
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
@@ -944,6 +944,13 @@ fn users_disable() {}
     responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_enable() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/users/{sub}/mfa", tag = "users",
+    description = "Removes the user's TOTP enrolment and recovery codes; where the tenant requires MFA the next sign-in enrols again.",
+    params(("id" = String, Path), ("sub" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn users_mfa_reset() {}
 
 #[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "keys",
     responses((status = 200, body = JwksView, description = "the JWKS after rotation"),

@@ -18,6 +18,7 @@ mod load_smoke;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;
+mod mfa;
 mod monitoring;
 mod oidc_connector;
 mod oidc_flow;
