@@ -203,7 +203,13 @@ async fn reset_mfa(
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = existing_tenant(&s, &id).await?;
-    if s.provider.directory.entry(&id, &sub).await.map_err(store_error)?.is_none() {
+    if s.provider
+        .directory
+        .entry(&id, &sub)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
         return Err(no_user(&sub, &id));
     }
     let mfa = crate::mfa::Mfa::new(s.store.clone(), s.provider.clock.clone());

@@ -110,7 +110,7 @@ pub struct MfaPage {
 #[derive(Debug)]
 pub enum MfaAnswer {
     /// Show the page.
-    Page(Box<MfaPage>),
+    Page(MfaPage),
     /// Done or refused: the usual outcome (a redirect to the app, a page).
     Outcome(Outcome),
 }
@@ -198,7 +198,11 @@ impl Broker {
         browser: Option<&str>,
     ) -> Result<(Waiting, TenantId, ConnectionId), MfaAnswer> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
-            return Err(refused(404, "This sign-in address does not exist.", "mfa.unknown_handle"));
+            return Err(refused(
+                404,
+                "This sign-in address does not exist.",
+                "mfa.unknown_handle",
+            ));
         };
         let found = if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
             None
@@ -271,7 +275,11 @@ impl Broker {
             let uri = crate::mfa::totp::otpauth_uri(&tenant_name, &who, &pending.secret);
             let Some(qr_svg) = crate::mfa::qr::svg(&uri, "QR code to add this account to an authenticator app") else {
                 tracing::error!(reason = "mfa.qr_failed", tenant = %v.tenant);
-                return refused(500, "The enrolment could not be shown. Please try again.", "mfa.qr_failed");
+                return refused(
+                    500,
+                    "The enrolment could not be shown. Please try again.",
+                    "mfa.qr_failed",
+                );
             };
             Some(EnrolView {
                 secret: grouped(&pending.secret),
@@ -286,7 +294,7 @@ impl Broker {
             Some("mfa.throttled") => 429,
             Some(_) => 400,
         };
-        MfaAnswer::Page(Box::new(MfaPage {
+        MfaAnswer::Page(MfaPage {
             status,
             tenant: v.tenant.clone(),
             connection: v.connection.clone(),
@@ -298,7 +306,7 @@ impl Broker {
             recovery_codes,
             error,
             app: v.request.redirect_uri.clone(),
-        }))
+        })
     }
 
     /// `GET /mfa/{tenant}/{connection}?handle=…`: the challenge or the
@@ -336,7 +344,11 @@ impl Broker {
                     tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
                     self.mfa_audit(&tenant, &connection, &sub, "mfa.enrolled").await;
                     w.step = Step::Done;
-                    if let Err(e) = self.store.put_json(&waiting_key(&tenant, handle), &w, Some(MFA_TTL)).await {
+                    if let Err(e) = self
+                        .store
+                        .put_json(&waiting_key(&tenant, handle), &w, Some(MFA_TTL))
+                        .await
+                    {
                         return store_failed(e);
                     }
                     self.mfa_page(&w, handle, None, codes).await

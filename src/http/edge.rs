@@ -129,9 +129,8 @@ impl RouteClass {
             ["oidc", t, _, "callback"]
             | ["saml", t, _, "acs" | "continue"]
             | ["dev", t, _, "callback" | "login"]
-            | ["mfa", t, _] | ["mfa", t, _, "continue"] => {
-                (Self::Callback, Some((*t).to_owned()))
-            }
+            | ["mfa", t, _]
+            | ["mfa", t, _, "continue"] => (Self::Callback, Some((*t).to_owned())),
             ["setup", _] => (Self::Portal, None),
             ["portal", ..] => (Self::Portal, None),
             ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),
@@ -149,7 +148,9 @@ impl RouteClass {
     /// The largest body the class accepts.
     pub fn max_body(self, path: &str) -> usize {
         match self {
-            Self::Callback if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/mfa/") => {
+            Self::Callback
+                if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/mfa/") =>
+            {
                 MAX_ACS_BODY
             }
             Self::Admin | Self::Portal => MAX_ADMIN_BODY,
@@ -782,6 +783,12 @@ mod tests {
             (RouteClass::Admin, Some("acme".into()))
         );
         assert_eq!(c(Method::GET, "/setup/abc"), (RouteClass::Portal, None));
+        assert_eq!(c(Method::POST, "/mfa/acme/local"), (RouteClass::Callback, Some("acme".into())));
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/local/continue"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(RouteClass::Callback.max_body("/mfa/acme/local"), MAX_SMALL_BODY);
         assert_eq!(c(Method::GET, "/jwks"), (RouteClass::Other, None));
         assert_eq!(c(Method::POST, "/sso/legacy/acs"), (RouteClass::Callback, None));
         assert_eq!(RouteClass::Callback.max_body("/saml/a/b/acs"), MAX_ACS_BODY);

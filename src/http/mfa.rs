@@ -68,7 +68,9 @@ struct RecoveryPage<'a> {
 fn message(reason: Option<&str>) -> &'static str {
     match reason {
         None => "",
-        Some("mfa.bad_code") => "That code is not right. Check that your phone's clock is set automatically and try again.",
+        Some("mfa.bad_code") => {
+            "That code is not right. Check that your phone's clock is set automatically and try again."
+        }
         Some("mfa.code_reused") => "That code was already used. Wait for the next code in your app.",
         Some("mfa.recovery_reused") => "That recovery code was already used. Each works once.",
         Some("mfa.throttled") => "Too many attempts. Wait 15 minutes, then try again.",

@@ -321,7 +321,11 @@ impl Mfa {
         for _ in 0..CAS_ROUNDS {
             match self.store.get(&key).await? {
                 None => {
-                    if self.store.put_if_absent(&key, value.as_bytes(), Some(STEP_MEMORY)).await? {
+                    if self
+                        .store
+                        .put_if_absent(&key, value.as_bytes(), Some(STEP_MEMORY))
+                        .await?
+                    {
                         return Ok(true);
                     }
                 }
@@ -388,7 +392,9 @@ mod tests {
     use std::sync::Arc;
 
     fn setup() -> (Mfa, Arc<ManualClock>, TenantId) {
-        let clock = Arc::new(ManualClock::at(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()));
+        let clock = Arc::new(ManualClock::at(
+            chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        ));
         let store: SharedStore = Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
         (Mfa::new(store, clock.clone()), clock, TenantId::parse("acme").unwrap())
     }
@@ -451,7 +457,10 @@ mod tests {
             assert_eq!(mfa.verify(&t, "u1", wrong).await.unwrap_err().reason(), "mfa.bad_code");
         }
         // Even the right code is refused now.
-        assert_eq!(mfa.verify(&t, "u1", &right).await.unwrap_err().reason(), "mfa.throttled");
+        assert_eq!(
+            mfa.verify(&t, "u1", &right).await.unwrap_err().reason(),
+            "mfa.throttled"
+        );
         clock.advance(chrono::Duration::from_std(ATTEMPT_WINDOW).unwrap());
         let right = code_now(&pending.secret, &clock);
         assert_eq!(mfa.verify(&t, "u1", &right).await.unwrap(), Factor::Totp);

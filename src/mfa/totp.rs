@@ -104,7 +104,11 @@ pub fn base32_encode(data: &[u8]) -> String {
         buffer &= (1 << bits) - 1;
     }
     if bits > 0 {
-        out.extend(BASE32.get(((buffer << (5 - bits)) & 31) as usize).map(|&c| char::from(c)));
+        out.extend(
+            BASE32
+                .get(((buffer << (5 - bits)) & 31) as usize)
+                .map(|&c| char::from(c)),
+        );
     }
     out
 }
@@ -131,7 +135,11 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
 /// secret: the label `issuer:account`, the secret in base32, and the
 /// parameters spelled out so every app uses SHA-1, 6 digits, 30 s.
 pub fn otpauth_uri(issuer: &str, account: &str, secret_b32: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20");
+    let enc = |s: &str| {
+        url::form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
     format!(
         "otpauth://totp/{}:{}?secret={secret_b32}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECS}",
         enc(issuer),
@@ -162,8 +170,16 @@ mod tests {
         for &(t, sha1, sha256, sha512) in rows {
             let step = step_of(t).unwrap();
             assert_eq!(code_at(Algorithm::Sha1, SEED20, step, 8).unwrap(), sha1, "SHA1 at {t}");
-            assert_eq!(code_at(Algorithm::Sha256, SEED32, step, 8).unwrap(), sha256, "SHA256 at {t}");
-            assert_eq!(code_at(Algorithm::Sha512, SEED64, step, 8).unwrap(), sha512, "SHA512 at {t}");
+            assert_eq!(
+                code_at(Algorithm::Sha256, SEED32, step, 8).unwrap(),
+                sha256,
+                "SHA256 at {t}"
+            );
+            assert_eq!(
+                code_at(Algorithm::Sha512, SEED64, step, 8).unwrap(),
+                sha512,
+                "SHA512 at {t}"
+            );
         }
     }
 

@@ -395,7 +395,10 @@ async fn the_seed_is_sealed_at_rest_and_an_admin_reset_makes_the_user_enrol_agai
     // The stored record holds an envelope, not the secret.
     let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
     let raw = app.state.store.get(&key).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&raw).contains(&secret), "the sealing store opens it");
+    assert!(
+        String::from_utf8_lossy(&raw).contains(&secret),
+        "the sealing store opens it"
+    );
     let dump = crate::support::redis::cli(&[
         "-u",
         &crate::support::redis::url(),
