@@ -102,8 +102,24 @@ pub struct MfaPage {
     pub recovery_codes: Vec<String>,
     /// Why the last code was refused (a reason code), if it was.
     pub error: Option<&'static str>,
-    /// Where the sign-in goes afterwards (the app's redirect URI).
+    /// Where the sign-in goes afterwards (the app's redirect URI; empty
+    /// for a self-service enrolment).
     pub app: String,
+    /// A signed-in user enrolling on their own (`/mfa/{tenant}/enroll`):
+    /// no sign-in continues afterwards.
+    pub self_service: bool,
+}
+
+/// Whose page, and which.
+struct PageFor<'a> {
+    tenant: &'a TenantId,
+    connection: &'a ConnectionId,
+    sub: &'a str,
+    who: String,
+    step: Step,
+    handle: &'a str,
+    app: &'a str,
+    self_service: bool,
 }
 
 /// The broker's answer to the MFA page.
@@ -257,24 +273,38 @@ impl Broker {
         recovery_codes: Vec<String>,
     ) -> MfaAnswer {
         let v = &w.validated;
-        let tenant_name = match self.tenants.get(&v.tenant).await {
-            Ok(t) => t.map_or_else(|| v.tenant.to_string(), |t| t.name),
-            Err(e) => return store_failed(e),
-        };
         let who = v
             .identity
             .email
             .clone()
             .or_else(|| v.identity.name.clone())
             .unwrap_or_else(|| v.identity.subject.clone());
-        let enrol = if w.step == Step::Enrol {
-            let pending = match self.mfa().start_enrolment(&v.tenant, &v.sub).await {
-                Ok(p) => p,
+        let target = PageFor {
+            tenant: &v.tenant,
+            connection: &v.connection,
+            sub: &v.sub,
+            who,
+            step: w.step,
+            handle,
+            app: &v.request.redirect_uri,
+            self_service: false,
+        };
+        self.build_page(target, error, recovery_codes).await
+    }
+
+    async fn build_page(&self, p: PageFor<'_>, error: Option<&'static str>, recovery_codes: Vec<String>) -> MfaAnswer {
+        let tenant_name = match self.tenants.get(p.tenant).await {
+            Ok(t) => t.map_or_else(|| p.tenant.to_string(), |t| t.name),
+            Err(e) => return store_failed(e),
+        };
+        let enrol = if p.step == Step::Enrol {
+            let pending = match self.mfa().start_enrolment(p.tenant, p.sub).await {
+                Ok(pending) => pending,
                 Err(e) => return store_failed(e),
             };
-            let uri = crate::mfa::totp::otpauth_uri(&tenant_name, &who, &pending.secret);
+            let uri = crate::mfa::totp::otpauth_uri(&tenant_name, &p.who, &pending.secret);
             let Some(qr_svg) = crate::mfa::qr::svg(&uri, "QR code to add this account to an authenticator app") else {
-                tracing::error!(reason = "mfa.qr_failed", tenant = %v.tenant);
+                tracing::error!(reason = "mfa.qr_failed", tenant = %p.tenant);
                 return refused(
                     500,
                     "The enrolment could not be shown. Please try again.",
@@ -296,17 +326,111 @@ impl Broker {
         };
         MfaAnswer::Page(MfaPage {
             status,
-            tenant: v.tenant.clone(),
-            connection: v.connection.clone(),
+            tenant: p.tenant.clone(),
+            connection: p.connection.clone(),
             tenant_name,
-            handle: handle.to_owned(),
-            who,
-            step: w.step,
+            handle: p.handle.to_owned(),
+            who: p.who,
+            step: p.step,
             enrol,
             recovery_codes,
             error,
-            app: v.request.redirect_uri.clone(),
+            app: p.app.to_owned(),
+            self_service: p.self_service,
         })
+    }
+
+    /// `/mfa/{tenant}/enroll`: a signed-in user of a connection with
+    /// Portcullis's own factors enrols on their own (tenant setting
+    /// `optional` or `required`), with the browser's SSO session for the
+    /// tenant. `code`: the first code typed (`None`: show the enrolment).
+    /// An existing enrolment is never replaced here (an admin resets it).
+    pub async fn mfa_self_enrol(&self, tenant: &str, sso: &BrowserSso, code: Option<&str>) -> MfaAnswer {
+        let Ok(tenant) = TenantId::parse(tenant) else {
+            return refused(404, "There is nothing at this address.", "mfa.not_signed_in");
+        };
+        let signed_in = match super::session::load(&self.store, sso, &tenant).await {
+            Ok(s) => s,
+            Err(e) => return store_failed(e),
+        };
+        let Some(s) = signed_in else {
+            tracing::info!(reason = "mfa.not_signed_in", tenant = %tenant);
+            return refused(
+                401,
+                "Sign in to the application first, then come back to set up two-step verification.",
+                "mfa.not_signed_in",
+            );
+        };
+        match self.provider.directory.active(&tenant, &s.sub).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return refused(
+                    401,
+                    "Sign in to the application first, then come back to set up two-step verification.",
+                    "mfa.not_signed_in",
+                )
+            }
+            Err(e) => return store_failed(e),
+        }
+        let applies = match (
+            self.tenants.get(&tenant).await,
+            self.tenants.connection(&tenant, &s.connection).await,
+        ) {
+            (Ok(Some(t)), Ok(Some(c))) => t.settings.local_mfa != LocalMfa::Off && own_factor(&c.kind),
+            (Err(e), _) => return store_failed(e),
+            (_, Err(crate::tenant::RegistryError::Store(e))) => return store_failed(e),
+            _ => false,
+        };
+        if !applies {
+            tracing::info!(reason = "mfa.not_applicable", tenant = %tenant, connection = %s.connection);
+            return refused(
+                403,
+                "Two-step verification by Portcullis is not used for your sign-in method.",
+                "mfa.not_applicable",
+            );
+        }
+        match self.mfa().enrolled(&tenant, &s.sub).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return refused(
+                    409,
+                    "Two-step verification is already set up for your account. Your administrator can reset it.",
+                    "mfa.already_enrolled",
+                )
+            }
+            Err(e) => return store_failed(e),
+        }
+        let who = match self.provider.directory.get(&tenant, &s.sub).await {
+            Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),
+            Err(e) => return store_failed(e),
+        };
+        let mut target = PageFor {
+            tenant: &tenant,
+            connection: &s.connection,
+            sub: &s.sub,
+            who,
+            step: Step::Enrol,
+            handle: "",
+            app: "",
+            self_service: true,
+        };
+        let Some(code) = code else {
+            return self.build_page(target, None, Vec::new()).await;
+        };
+        match self.mfa().confirm(&tenant, &s.sub, code).await {
+            Ok((_, codes)) => {
+                tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %s.connection, "TOTP enrolment confirmed");
+                self.mfa_audit(&tenant, &s.connection, &s.sub, "mfa.enrolled").await;
+                target.step = Step::Done;
+                self.build_page(target, None, codes).await
+            }
+            Err(MfaError::Store(e)) => store_failed(e),
+            Err(e) => {
+                let reason = e.reason();
+                tracing::warn!(reason, tenant = %tenant, connection = %s.connection, "enrolment code refused");
+                self.build_page(target, Some(reason), Vec::new()).await
+            }
+        }
     }
 
     /// `GET /mfa/{tenant}/{connection}?handle=…`: the challenge or the

@@ -783,7 +783,10 @@ mod tests {
             (RouteClass::Admin, Some("acme".into()))
         );
         assert_eq!(c(Method::GET, "/setup/abc"), (RouteClass::Portal, None));
-        assert_eq!(c(Method::POST, "/mfa/acme/local"), (RouteClass::Callback, Some("acme".into())));
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/local"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
         assert_eq!(
             c(Method::POST, "/mfa/acme/local/continue"),
             (RouteClass::Callback, Some("acme".into()))

@@ -28,6 +28,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/mfa/{tenant}/{connection}", get(show).post(submit))
         .route("/mfa/{tenant}/{connection}/continue", post(continue_))
+        // A static segment: matched before the `{connection}` route.
+        .route("/mfa/{tenant}/enroll", get(self_enrol_form).post(self_enrol))
 }
 
 /// What the templates show.
@@ -44,6 +46,7 @@ struct View {
     secret: String,
     qr_svg: String,
     codes: Vec<String>,
+    self_service: bool,
 }
 
 #[derive(Template)]
@@ -86,7 +89,9 @@ fn message(reason: Option<&str>) -> &'static str {
 /// element, no script), which needs no source of its own.
 fn csp(state: &AppState, app: &str) -> String {
     let css = state.upstream.public("portal/portal.css");
-    let app = url::Url::parse(app).ok();
+    let app = Some(app)
+        .filter(|a| !a.is_empty())
+        .and_then(|a| url::Url::parse(a).ok());
     let form_action = flows::own_form_action(state, &app.iter().collect::<Vec<_>>());
     format!(
         "default-src 'none'; style-src {}; form-action {}; frame-ancestors 'none'; base-uri 'none'",
@@ -100,7 +105,11 @@ async fn render(state: &AppState, session: &Session, p: &MfaPage) -> Response {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let base = format!("mfa/{}/{}", p.tenant, p.connection);
+    let base = if p.self_service {
+        format!("mfa/{}/enroll", p.tenant)
+    } else {
+        format!("mfa/{}/{}", p.tenant, p.connection)
+    };
     let enrol = p.enrol.as_ref();
     let v = View {
         css: state.upstream.public("portal/portal.css").to_string(),
@@ -115,6 +124,7 @@ async fn render(state: &AppState, session: &Session, p: &MfaPage) -> Response {
         secret: enrol.map(|e| e.secret.clone()).unwrap_or_default(),
         qr_svg: enrol.map(|e| e.qr_svg.clone()).unwrap_or_default(),
         codes: p.recovery_codes.clone(),
+        self_service: p.self_service,
     };
     let html = match p.step {
         Step::Challenge => ChallengePage { v: &v }.render(),
@@ -251,4 +261,27 @@ async fn continue_(
         (a, sso)
     })
     .await
+}
+
+/// `GET /mfa/{tenant}/enroll`: a signed-in user sets up TOTP on their own.
+async fn self_enrol_form(State(state): State<Arc<AppState>>, session: Session, Path(tenant): Path<String>) -> Response {
+    let sso = flows::load_sso(&session).await;
+    let a = state.broker.mfa_self_enrol(&tenant, &sso, None).await;
+    answer(&state, &session, a).await
+}
+
+/// `POST /mfa/{tenant}/enroll`: the first code of a self-service enrolment.
+async fn self_enrol(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Path(tenant): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = csrf_ok(&session, &form, &tenant).await {
+        return r;
+    }
+    let code = form.get("code").cloned().unwrap_or_default();
+    let sso = flows::load_sso(&session).await;
+    let a = state.broker.mfa_self_enrol(&tenant, &sso, Some(&code)).await;
+    answer(&state, &session, a).await
 }

@@ -443,3 +443,48 @@ async fn the_seed_is_sealed_at_rest_and_an_admin_reset_makes_the_user_enrol_agai
     assert!(page.body.contains("<svg role=\"img\""), "{}", page.body);
     assert_ne!(shown_secret(&page), secret);
 }
+
+#[tokio::test]
+async fn a_signed_in_user_enrols_on_their_own_where_mfa_is_optional() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    let enroll = app.url("/mfa/demo/enroll");
+
+    // Not signed in: refused.
+    let mut stranger = Browser::new();
+    assert_reason(&stranger.get(&enroll).await, 401, "mfa.not_signed_in");
+
+    // Signed in while local_mfa is off: not applicable.
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, "self@demo.example").await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    assert_reason(&browser.get(&enroll).await, 403, "mfa.not_applicable");
+
+    // Optional: the enrolment page, a wrong then a right first code.
+    set_local_mfa(&app, "optional").await;
+    let page = browser.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<svg role=\"img\""));
+    let secret = shown_secret(&page);
+    let wrong = browser
+        .fill_and_submit(&page, None, &[("code", &wrong_code(&secret, &clock))])
+        .await;
+    assert_reason(&wrong, 400, "mfa.bad_code");
+    let done = browser
+        .fill_and_submit(&wrong, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body.matches("<li><code>").count(), 10, "{}", done.body);
+    assert!(done.forms().is_empty(), "nothing to continue: {}", done.body);
+
+    // Enrolled: not again; and the next sign-in is challenged.
+    assert_reason(&browser.get(&enroll).await, 409, "mfa.already_enrolled");
+    let mut browser = Browser::new();
+    let challenge = dev_sign_in(&app, &mut browser, "self@demo.example").await;
+    assert!(challenge.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    clock.advance(chrono::Duration::seconds(30));
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
