@@ -183,6 +183,7 @@ pub async fn build(
         session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
         login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),
     };
+    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?;
     let state = Arc::new(AppState {
         broker,
         provider,
@@ -204,6 +205,7 @@ pub async fn build(
         lifecycle: crate::http::server::Lifecycle::default(),
         metrics: settings.metrics.clone(),
         edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
+        accounts,
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;
@@ -214,6 +216,37 @@ pub async fn build(
         seed_tenant_files(&state, dir).await?;
     }
     Ok(state)
+}
+
+/// Builds the local-accounts service from `[local]` and `[mail]`.
+pub fn local_accounts(
+    settings: &Settings,
+    store: &SharedStore,
+    clock: &SharedClock,
+    audit: &crate::audit::Audit,
+) -> anyhow::Result<crate::local::Accounts> {
+    let l = &settings.local;
+    let hasher = crate::local::password::Hasher::new(
+        l.argon2_memory_kib,
+        l.argon2_iterations,
+        l.argon2_parallelism,
+        l.max_concurrent_hashes,
+    )
+    .map_err(|e| anyhow::anyhow!("local: {e}"))?;
+    let mailer = crate::mail::Mailer::from_settings(&settings.mail, settings.dev.enabled)?;
+    Ok(crate::local::Accounts::new(
+        store.clone(),
+        clock.clone(),
+        Arc::new(hasher),
+        mailer,
+        crate::local::LockoutPolicy {
+            threshold: l.lockout_threshold,
+            base_secs: l.lockout_base_secs,
+            max_secs: l.lockout_max_secs,
+            window_secs: l.lockout_window_secs,
+        },
+        audit.clone(),
+    ))
 }
 
 /// Loads `[[resource_servers]]` (before the apps that refer to them).

@@ -20,6 +20,8 @@ pub mod config;
 pub mod directory;
 pub mod http;
 pub mod ids;
+pub mod local;
+pub mod mail;
 pub mod markup;
 pub mod meter;
 pub mod mfa;

@@ -581,6 +581,24 @@ impl Broker {
         }
     }
 
+    /// The app redirect URI a pending login of connection `c` will end at,
+    /// read without consuming the login (`None`: no such login, or one of
+    /// another connection). For pages of ours whose forms lead back to the
+    /// app through redirects (their CSP `form-action`), e.g. local sign-in.
+    pub async fn pending_redirect_uri(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        login_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .get_json::<PendingLogin>(&pending_key(t, login_id))
+            .await?
+            .filter(|p| &p.connection == c)
+            .map(|p| p.request.redirect_uri))
+    }
+
     /// Ends the browser's SSO sessions (all tenants) and revokes their refresh tokens.
     pub async fn logout(&self, sso: &BrowserSso) -> Result<(), StoreError> {
         for (tenant, sid) in sso {

@@ -37,7 +37,7 @@ const MAX_HANDLE_LEN: usize = 128;
 /// Whether Portcullis checks the first factor of connections of this kind
 /// itself, so that its own second factor applies.
 pub fn own_factor(kind: &ConnectionKind) -> bool {
-    matches!(kind, ConnectionKind::Dev(_))
+    matches!(kind, ConnectionKind::Dev(_) | ConnectionKind::Local(_))
 }
 
 /// Which second-factor step a waiting answer is at.

@@ -6,6 +6,7 @@
 //! Secrets are [`Secret`]s, so `Debug` never prints them.
 
 pub mod audit;
+pub mod local;
 pub mod throttle;
 
 use crate::secret::Secret;
@@ -91,6 +92,10 @@ pub struct Settings {
     pub resource_servers: Vec<ResourceServerSettings>,
     /// `[metrics]`: the Prometheus endpoint `/metrics`.
     pub metrics: MetricsSettings,
+    /// `[local]`: local accounts (password hashing, lockout).
+    pub local: local::LocalSettings,
+    /// `[mail]`: how verification and reset codes are sent.
+    pub mail: local::MailSettings,
 }
 
 /// `[metrics]`
@@ -641,6 +646,8 @@ impl Settings {
             self.tenants_dir = Some(PathBuf::from(v));
         }
         self.audit.apply_env(env, &mut problems);
+        self.local.apply_env(env, &mut problems);
+        self.mail.apply_env(env);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -788,6 +795,9 @@ impl Settings {
             .validate(self.outbound.allow_private_networks, &mut |f: &str, m: String| {
                 bad(f, m)
             });
+        self.local.validate(&mut |f: &str, m: String| bad(f, m));
+        self.mail
+            .validate(self.dev.enabled, &mut |f: &str, m: String| bad(f, m));
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
             bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
         }

@@ -129,6 +129,7 @@ impl RouteClass {
             ["oidc", t, _, "callback"]
             | ["saml", t, _, "acs" | "continue"]
             | ["dev", t, _, "callback" | "login"]
+            | ["local", t, _, _]
             | ["mfa", t, _]
             | ["mfa", t, _, "continue"] => (Self::Callback, Some((*t).to_owned())),
             ["setup", _] => (Self::Portal, None),
@@ -149,7 +150,10 @@ impl RouteClass {
     pub fn max_body(self, path: &str) -> usize {
         match self {
             Self::Callback
-                if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/mfa/") =>
+                if !path.ends_with("/continue")
+                    && !path.starts_with("/dev/")
+                    && !path.starts_with("/local/")
+                    && !path.starts_with("/mfa/") =>
             {
                 MAX_ACS_BODY
             }

@@ -5,6 +5,7 @@ pub mod dev;
 pub mod edge;
 pub mod flows;
 pub mod health;
+pub mod local;
 pub mod metrics;
 pub mod mfa;
 pub mod oauth;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub metrics: crate::config::MetricsSettings,
     /// Client addresses, request ids, size and rate limits (`[throttle]`).
     pub edge: Arc<edge::EdgeConfig>,
+    /// Local accounts (`"kind":"local"` connections) and their mail.
+    pub accounts: crate::local::Accounts,
 }
 
 /// How browser-session cookies are set.
@@ -140,6 +143,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             get(flows::saml_continue).post(flows::saml_continue_confirmed),
         )
         .merge(mfa::routes());
+    browser = browser.merge(local::routes());
     if state.dev {
         browser = browser.merge(dev::routes());
     }

@@ -723,7 +723,7 @@ async fn connection_page(s: &AppState, chrome: Chrome, c: Connection, error: Opt
             .filter_map(|u| pages::origin_source(&u))
             .collect(),
         ConnectionKind::Oidc(_) => vec!["https:".to_owned()],
-        ConnectionKind::Dev(_) => Vec::new(),
+        ConnectionKind::Dev(_) | ConnectionKind::Local(_) => Vec::new(),
     };
     render_to(
         s,

@@ -115,10 +115,10 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
                 _ => problems.push(problem(&format!("connections[{i}].id"), "missing or invalid".into())),
             }
             match c.get("kind").and_then(|v| v.as_str()) {
-                Some("saml" | "oidc" | "dev") => {}
+                Some("saml" | "oidc" | "dev" | "local") => {}
                 _ => problems.push(problem(
                     &format!("connections[{i}].kind"),
-                    "must be \"saml\", \"oidc\" or \"dev\"".into(),
+                    "must be \"saml\", \"oidc\", \"local\" or \"dev\"".into(),
                 )),
             }
         }

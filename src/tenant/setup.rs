@@ -41,10 +41,11 @@ pub async fn build_connection(
                 "the built-in development IdP is only available in dev mode",
             ))
         }
+        "local" => ConnectionKind::Local(local_config(rest)?),
         other => {
             return Err(SetupError::new(
                 "kind",
-                format!("{other:?} is not \"saml\" or \"oidc\""),
+                format!("{other:?} is not \"saml\", \"oidc\" or \"local\""),
             ))
         }
     };
@@ -55,6 +56,14 @@ pub async fn build_connection(
         status,
         kind,
     })
+}
+
+/// Parses and checks a local connection's settings.
+fn local_config(body: Value) -> Result<crate::local::LocalConfig, SetupError> {
+    let cfg: crate::local::LocalConfig = SetupError::from_json(body)?;
+    cfg.check()
+        .map_err(|(field, message)| SetupError::new(field, message))?;
+    Ok(cfg)
 }
 
 fn parse_status(v: Value) -> Result<ConnectionStatus, SetupError> {
@@ -136,6 +145,12 @@ pub async fn patch_connection(
             merge_patch(&mut merged, Value::Object(patch));
             ConnectionKind::Dev(serde_json::from_value(merged).map_err(|e| SetupError::new("body", e.to_string()))?)
         }
+        ConnectionKind::Local(cfg) => {
+            let mut merged = serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
+            merge_patch(&mut merged, Value::Object(patch));
+            strip_nulls(&mut merged);
+            ConnectionKind::Local(local_config(merged)?)
+        }
     };
     let mut revision = rand::random();
     while revision == existing.revision {
@@ -205,6 +220,17 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
             );
         }
         ConnectionKind::Dev(_) => {
+            v.insert("certificates".into(), json!([]));
+        }
+        ConnectionKind::Local(cfg) => {
+            v.insert("password_policy".into(), json!(cfg.password_policy));
+            v.insert("allow_sign_up".into(), json!(cfg.allow_sign_up));
+            v.insert("verify_template".into(), json!(cfg.verify_template));
+            v.insert("reset_template".into(), json!(cfg.reset_template));
+            v.insert(
+                "sign_in_url".into(),
+                json!(ctx.public(&format!("local/{}/{}/sign-in", c.tenant, c.id))),
+            );
             v.insert("certificates".into(), json!([]));
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod dev;
 pub mod http;
+pub mod local;
 pub mod oidc;
 pub mod saml;
 
@@ -330,6 +331,8 @@ pub enum ConnectionKind {
     Saml(saml::SamlConfig),
     /// The built-in development IdP (refused unless dev mode is on).
     Dev(dev::DevConfig),
+    /// Local accounts: email and password kept by Portcullis.
+    Local(crate::local::LocalConfig),
 }
 
 impl ConnectionKind {
@@ -339,6 +342,7 @@ impl ConnectionKind {
             Self::Oidc(_) => "oidc",
             Self::Saml(_) => "saml",
             Self::Dev(_) => "dev",
+            Self::Local(_) => "local",
         }
     }
 }
@@ -392,6 +396,11 @@ pub fn build(connection: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn C
             ctx.clone(),
         )?)),
         ConnectionKind::Dev(cfg) => Ok(Arc::new(dev::DevConnector::new(connection, cfg.clone(), ctx.clone()))),
+        ConnectionKind::Local(cfg) => Ok(Arc::new(local::LocalConnector::new(
+            connection,
+            cfg.clone(),
+            ctx.clone(),
+        ))),
     }
 }
 

@@ -15,6 +15,7 @@ mod dev_flow;
 mod domains;
 mod import;
 mod load_smoke;
+mod local_accounts;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;

@@ -14,3 +14,4 @@ pub mod redis;
 pub mod replay_free;
 pub mod round_robin;
 pub mod saml_world;
+pub mod smtp;

@@ -1,0 +1,975 @@
+//! The pages of local accounts (`"kind":"local"` connections): sign-in,
+//! sign-up, confirm, resend code, forgot password → reset by code, change
+//! password. Server-rendered (askama, `templates/local/`), the portal's
+//! stylesheet, no JavaScript, every form with its single-use CSRF token,
+//! every refusal with its reason code on the page and in the log.
+//!
+//! A successful sign-in stores the identity under a single-use ticket and
+//! sends the browser to `/local/{t}/{c}/callback`, where the broker
+//! completes the pending login like any IdP's answer.
+
+use super::flows::{self, check_csrf, issue_csrf, Csrf, CSRF_FIELD};
+use super::pages;
+use super::AppState;
+use crate::ids::{ConnectionId, TenantId};
+use crate::local::{LocalConfig, LocalError, Profile};
+use crate::secret::Secret;
+use crate::upstream::{CallbackParams, ConnectionKind, ConnectionStatus};
+use askama::Template;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tower_sessions::Session;
+
+/// The local-account routes (browser routes: they carry the session).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/local/{tenant}/{connection}/sign-in", get(sign_in_form).post(sign_in))
+        .route("/local/{tenant}/{connection}/callback", get(callback))
+        .route("/local/{tenant}/{connection}/sign-up", get(sign_up_form).post(sign_up))
+        .route("/local/{tenant}/{connection}/confirm", get(confirm_form).post(confirm))
+        .route("/local/{tenant}/{connection}/resend", get(resend_form).post(resend))
+        .route("/local/{tenant}/{connection}/forgot", get(forgot_form).post(forgot))
+        .route("/local/{tenant}/{connection}/reset", get(reset_form).post(reset))
+        .route(
+            "/local/{tenant}/{connection}/change-password",
+            get(change_form).post(change_password),
+        )
+}
+
+/// One input of a form.
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    autocomplete: &'static str,
+    inputmode: &'static str,
+    required: bool,
+    value: String,
+    hint: Option<String>,
+    error: Option<String>,
+}
+
+impl Field {
+    fn email(value: &str) -> Self {
+        Self {
+            name: "email",
+            label: "Email address",
+            kind: "text",
+            autocomplete: "username",
+            inputmode: "email",
+            required: true,
+            value: value.to_owned(),
+            hint: None,
+            error: None,
+        }
+    }
+
+    fn password(name: &'static str, label: &'static str, autocomplete: &'static str) -> Self {
+        Self {
+            name,
+            label,
+            kind: "password",
+            autocomplete,
+            inputmode: "",
+            required: true,
+            value: String::new(),
+            hint: None,
+            error: None,
+        }
+    }
+
+    fn code() -> Self {
+        Self {
+            name: "code",
+            label: "Code from the email (6 digits)",
+            kind: "text",
+            autocomplete: "one-time-code",
+            inputmode: "numeric",
+            required: true,
+            value: String::new(),
+            hint: None,
+            error: None,
+        }
+    }
+
+    fn text(name: &'static str, label: &'static str, autocomplete: &'static str, value: &str) -> Self {
+        Self {
+            name,
+            label,
+            kind: "text",
+            autocomplete,
+            inputmode: "",
+            required: false,
+            value: value.to_owned(),
+            hint: None,
+            error: None,
+        }
+    }
+
+    fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+#[derive(Template)]
+#[template(path = "local/page.html")]
+struct LocalPage {
+    stylesheet: String,
+    title: String,
+    tenant_name: String,
+    intro: Option<String>,
+    notice: Option<String>,
+    error: Option<String>,
+    reason: Option<String>,
+    action: String,
+    csrf: String,
+    hidden: Vec<(String, String)>,
+    fields: Vec<Field>,
+    submit: String,
+    links: Vec<(String, String)>,
+}
+
+/// The resolved local connection a request is for.
+struct Local {
+    t: TenantId,
+    c: ConnectionId,
+    cfg: LocalConfig,
+    tenant_name: String,
+    /// The pending login (`login=` in the query or the form), carried
+    /// through every page so the person ends up back at the app.
+    login: Option<String>,
+}
+
+impl Local {
+    fn path(&self, page: &str) -> String {
+        format!("/local/{}/{}/{page}", self.t, self.c)
+    }
+
+    fn url(&self, app: &AppState, page: &str) -> String {
+        let mut url = app.upstream.public(&self.path(page));
+        if let Some(l) = &self.login {
+            url.query_pairs_mut().append_pair("login", l);
+        }
+        url.to_string()
+    }
+
+    fn hidden(&self) -> Vec<(String, String)> {
+        self.login.iter().map(|l| ("login".to_owned(), l.clone())).collect()
+    }
+}
+
+fn not_found(reason: &'static str) -> Response {
+    tracing::info!(reason, "local page for an unknown connection");
+    pages::error_page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such sign-in page.",
+        reason,
+    )
+}
+
+async fn resolve(app: &AppState, tenant: &str, connection: &str, login: Option<&String>) -> Result<Local, Response> {
+    let (Ok(t), Ok(c)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+        return Err(not_found("local.unknown_connection"));
+    };
+    let tenant = match app.tenants.get(&t).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err(not_found("local.unknown_connection")),
+        Err(e) => return Err(flows::store_unavailable(&e)),
+    };
+    let conn = match app.tenants.connection(&t, &c).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return Err(not_found("local.unknown_connection")),
+        Err(e) => return Err(flows::store_unavailable(&e)),
+    };
+    let ConnectionKind::Local(cfg) = conn.kind else {
+        return Err(not_found("local.not_local"));
+    };
+    if conn.status != ConnectionStatus::Active {
+        return Err(not_found("local.connection_inactive"));
+    }
+    let login = login
+        .filter(|l| {
+            !l.is_empty() && l.len() <= 128 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .cloned();
+    Ok(Local {
+        t,
+        c,
+        cfg,
+        tenant_name: tenant.name,
+        login,
+    })
+}
+
+/// The CSP of a local page: the portal stylesheet, forms to ourselves and,
+/// for the sign-in form (whose answer redirects back to the app), the app.
+fn csp(app: &AppState, onward: Option<&str>) -> String {
+    let css = app.upstream.public("portal/portal.css");
+    let mut form_action = vec!["'self'".to_owned()];
+    form_action.extend(pages::origin_source(&app.upstream.public_url));
+    if let Some(o) = onward.and_then(|u| url::Url::parse(u).ok()) {
+        form_action.extend(pages::origin_source(&o));
+    }
+    form_action.dedup();
+    format!(
+        "default-src 'none'; style-src {}; form-action {}; frame-ancestors 'none'; base-uri 'none'",
+        css.as_str().replace(';', "%3B"),
+        form_action.join(" ").replace(';', "%3B")
+    )
+}
+
+fn render(app: &AppState, status: StatusCode, page: &LocalPage, onward: Option<&str>) -> Response {
+    match page.render() {
+        Ok(html) => {
+            let mut resp = (status, pages::no_store(), Html(html)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&csp(app, onward)) {
+                resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::error!(reason = "local.render_failed", error = %e);
+            pages::error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The page could not be shown. Please try again.",
+                "local.render_failed",
+            )
+        }
+    }
+}
+
+/// What a page shows besides its form.
+#[derive(Default)]
+struct Say {
+    notice: Option<String>,
+    error: Option<(String, &'static str)>,
+    /// The field the error belongs to.
+    field: Option<&'static str>,
+}
+
+impl Say {
+    fn notice(n: impl Into<String>) -> Self {
+        Self {
+            notice: Some(n.into()),
+            ..Self::default()
+        }
+    }
+
+    fn error(message: impl Into<String>, reason: &'static str, field: Option<&'static str>) -> Self {
+        Self {
+            error: Some((message.into(), reason)),
+            field,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SignIn,
+    SignUp,
+    Confirm,
+    Resend,
+    Forgot,
+    Reset,
+    Change,
+}
+
+impl Kind {
+    fn csrf_purpose(self) -> &'static str {
+        match self {
+            Self::SignIn => "local.sign-in",
+            Self::SignUp => "local.sign-up",
+            Self::Confirm => "local.confirm",
+            Self::Resend => "local.resend",
+            Self::Forgot => "local.forgot",
+            Self::Reset => "local.reset",
+            Self::Change => "local.change-password",
+        }
+    }
+
+    fn page(self) -> &'static str {
+        match self {
+            Self::SignIn => "sign-in",
+            Self::SignUp => "sign-up",
+            Self::Confirm => "confirm",
+            Self::Resend => "resend",
+            Self::Forgot => "forgot",
+            Self::Reset => "reset",
+            Self::Change => "change-password",
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn show(
+    app: &AppState,
+    session: &Session,
+    l: &Local,
+    kind: Kind,
+    status: StatusCode,
+    say: Say,
+    form: &BTreeMap<String, String>,
+) -> Response {
+    let csrf = match issue_csrf(session, kind.csrf_purpose()).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let v = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let email = if v("email").is_empty() {
+        v("login_hint")
+    } else {
+        v("email")
+    };
+    let policy = &l.cfg.password_policy;
+    let policy_hint = format!(
+        "At least {} characters{}. Common or breached passwords are refused.",
+        policy.min_length.max(8),
+        if policy.min_classes > 0 {
+            format!(
+                ", using at least {} of: lower case, upper case, digits, symbols",
+                policy.min_classes
+            )
+        } else {
+            String::new()
+        }
+    );
+    let sign_in = (l.url(app, "sign-in"), "Back to sign-in".to_owned());
+    let (title, intro, mut fields, submit, links): PageParts = match kind {
+        Kind::SignIn => {
+            let mut links = Vec::new();
+            if l.cfg.allow_sign_up {
+                links.push((l.url(app, "sign-up"), "Create account".to_owned()));
+            }
+            links.push((l.url(app, "forgot"), "Forgot password?".to_owned()));
+            links.push((l.url(app, "confirm"), "Confirm your email with a code".to_owned()));
+            links.push((l.url(app, "change-password"), "Change password".to_owned()));
+            (
+                "Sign in",
+                None,
+                vec![
+                    Field::email(&email),
+                    Field::password("password", "Password", "current-password"),
+                ],
+                "Sign in",
+                links,
+            )
+        }
+        Kind::SignUp => (
+            "Create account",
+            Some("We will e-mail you a 6-digit code to confirm your address."),
+            vec![
+                Field::email(&email),
+                Field::text("given_name", "Given name (optional)", "given-name", &v("given_name")),
+                Field::text(
+                    "family_name",
+                    "Family name (optional)",
+                    "family-name",
+                    &v("family_name"),
+                ),
+                Field::password("password", "Password", "new-password").hint(policy_hint.clone()),
+                Field::password("password_confirm", "Repeat the password", "new-password"),
+            ],
+            "Create account",
+            vec![sign_in],
+        ),
+        Kind::Confirm => (
+            "Confirm your email",
+            Some("Enter the 6-digit code we e-mailed you. It expires after 10 minutes."),
+            vec![Field::email(&email), Field::code()],
+            "Confirm",
+            vec![(l.url(app, "resend"), "Send a new code".to_owned()), sign_in],
+        ),
+        Kind::Resend => (
+            "Send a new code",
+            None,
+            vec![Field::email(&email)],
+            "Send a new code",
+            vec![sign_in],
+        ),
+        Kind::Forgot => (
+            "Forgot password",
+            Some("We will e-mail you a 6-digit code to choose a new password."),
+            vec![Field::email(&email)],
+            "Send a reset code",
+            vec![sign_in],
+        ),
+        Kind::Reset => (
+            "Choose a new password",
+            Some("Enter the 6-digit code we e-mailed you and your new password."),
+            vec![
+                Field::email(&email),
+                Field::code(),
+                Field::password("password", "New password", "new-password").hint(policy_hint.clone()),
+                Field::password("password_confirm", "Repeat the new password", "new-password"),
+            ],
+            "Set the new password",
+            vec![(l.url(app, "forgot"), "Send a new code".to_owned()), sign_in],
+        ),
+        Kind::Change => (
+            "Change password",
+            None,
+            vec![
+                Field::email(&email),
+                Field::password("current_password", "Current password", "current-password"),
+                Field::password("password", "New password", "new-password").hint(policy_hint.clone()),
+                Field::password("password_confirm", "Repeat the new password", "new-password"),
+            ],
+            "Change password",
+            vec![sign_in],
+        ),
+    };
+    let (error, reason) = match &say.error {
+        Some((m, r)) => (Some(m.clone()), Some((*r).to_owned())),
+        None => (None, None),
+    };
+    if let (Some(name), Some(m)) = (say.field, &error) {
+        if let Some(f) = fields.iter_mut().find(|f| f.name == name) {
+            f.error = Some(m.clone());
+        }
+    }
+    // The sign-in form's answer redirects through the callback to the app.
+    let onward = match (&l.login, kind) {
+        (Some(login), Kind::SignIn) => app.broker.pending_redirect_uri(&l.t, &l.c, login).await.ok().flatten(),
+        _ => None,
+    };
+    let page = LocalPage {
+        stylesheet: app.upstream.public("portal/portal.css").to_string(),
+        title: title.to_owned(),
+        tenant_name: l.tenant_name.clone(),
+        intro: intro.map(str::to_owned),
+        notice: say.notice,
+        error,
+        reason,
+        action: l.path(kind.page()),
+        csrf,
+        hidden: l.hidden(),
+        fields,
+        submit: submit.to_owned(),
+        links,
+    };
+    render(app, status, &page, onward.as_deref())
+}
+
+type Form_ = BTreeMap<String, String>;
+
+/// A page's title, introduction, fields, button and links.
+type PageParts = (
+    &'static str,
+    Option<&'static str>,
+    Vec<Field>,
+    &'static str,
+    Vec<(String, String)>,
+);
+
+async fn page_get(app: &AppState, session: &Session, tenant: &str, connection: &str, q: Form_, kind: Kind) -> Response {
+    let l = match resolve(app, tenant, connection, q.get("login")).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if kind == Kind::SignUp && !l.cfg.allow_sign_up {
+        return show(
+            app,
+            session,
+            &l,
+            Kind::SignIn,
+            StatusCode::FORBIDDEN,
+            Say::error(
+                "Sign-up is not open here. Ask your administrator for an account.",
+                "local.sign_up_disabled",
+                None,
+            ),
+            &q,
+        )
+        .await;
+    }
+    show(app, session, &l, kind, StatusCode::OK, Say::default(), &q).await
+}
+
+/// Resolves the connection and checks the form's CSRF token; `Err` is the answer.
+async fn post_prelude(
+    app: &AppState,
+    session: &Session,
+    tenant: &str,
+    connection: &str,
+    form: &Form_,
+    kind: Kind,
+) -> Result<Local, Response> {
+    let l = resolve(app, tenant, connection, form.get("login")).await?;
+    let reason = match check_csrf(session, kind.csrf_purpose(), form.get(CSRF_FIELD).map(String::as_str)).await? {
+        Csrf::Valid => return Ok(l),
+        Csrf::Missing => "local.csrf_missing",
+        Csrf::Mismatch => "local.csrf_mismatch",
+    };
+    tracing::warn!(reason, tenant = %l.t, connection = %l.c, "local form refused");
+    Err(show(
+        app,
+        session,
+        &l,
+        kind,
+        StatusCode::FORBIDDEN,
+        Say::error(
+            "This form has expired or was not sent from this page. Please try again.",
+            reason,
+            None,
+        ),
+        form,
+    )
+    .await)
+}
+
+fn status_of(e: &LocalError) -> StatusCode {
+    match e.reason() {
+        "local.bad_credentials" => StatusCode::UNAUTHORIZED,
+        "local.locked" | "local.code_attempts_exceeded" => StatusCode::TOO_MANY_REQUESTS,
+        "local.disabled" | "local.unconfirmed" | "local.reset_required" | "local.sign_up_disabled" => {
+            StatusCode::FORBIDDEN
+        }
+        "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Shows `kind` again with the refusal `e` (logged with its reason code).
+async fn refused(app: &AppState, session: &Session, l: &Local, kind: Kind, e: LocalError, form: &Form_) -> Response {
+    let reason = e.reason();
+    let (message, field, retry_after) = match &e {
+        LocalError::Refused {
+            message, retry_after, ..
+        } => {
+            let field = match reason {
+                "local.bad_email" => Some("email"),
+                r if r.starts_with("local.password_") => Some("password"),
+                "local.code_invalid" | "local.code_attempts_exceeded" => Some("code"),
+                _ => None,
+            };
+            ((*message).to_owned(), field, *retry_after)
+        }
+        LocalError::Store(err) => {
+            tracing::error!(reason, error = %err, tenant = %l.t, connection = %l.c);
+            (
+                "The service could not reach its storage. Please try again in a moment.".to_owned(),
+                None,
+                Some(5),
+            )
+        }
+        LocalError::Hash(err) => {
+            tracing::error!(reason, error = %err, tenant = %l.t, connection = %l.c);
+            (
+                "Something went wrong on our side. Please try again.".to_owned(),
+                None,
+                None,
+            )
+        }
+    };
+    if matches!(e, LocalError::Refused { .. }) {
+        tracing::info!(reason, tenant = %l.t, connection = %l.c, page = kind.page(), "local request refused");
+    }
+    let mut resp = show(
+        app,
+        session,
+        l,
+        kind,
+        status_of(&e),
+        Say::error(message, reason, field),
+        form,
+    )
+    .await;
+    if let Some(secs) = retry_after {
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+fn secret(form: &Form_, name: &str) -> Secret {
+    Secret::new(form.get(name).cloned().unwrap_or_default())
+}
+
+fn field(form: &Form_, name: &str) -> String {
+    form.get(name).cloned().unwrap_or_default()
+}
+
+fn mismatch() -> LocalError {
+    LocalError::Refused {
+        reason: "local.password_mismatch",
+        message: "The two passwords are not the same.",
+        retry_after: None,
+    }
+}
+
+async fn sign_in_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::SignIn).await
+}
+
+async fn sign_in(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::SignIn).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let Some(login) = l.login.clone() else {
+        tracing::info!(reason = "local.no_login", tenant = %l.t, connection = %l.c);
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Start from your application",
+            "This sign-in was not started by an application. Open the application you want to use and sign in from there.",
+            "local.no_login",
+        );
+    };
+    let email = field(&form, "email");
+    match app
+        .accounts
+        .authenticate(&l.t, &l.c, &email, &secret(&form, "password"))
+        .await
+    {
+        Ok(signed_in) => {
+            let identity = crate::upstream::local::identity(&signed_in.user, app.upstream.clock.unix());
+            let ticket = match crate::upstream::local::issue_ticket(&app.upstream, &l.t, &l.c, &login, &identity).await
+            {
+                Ok(t) => t,
+                Err(e) => return flows::store_unavailable(&e),
+            };
+            tracing::info!(reason = "local.password_ok", tenant = %l.t, connection = %l.c);
+            let mut url = app.upstream.public(&l.path("callback"));
+            url.query_pairs_mut()
+                .append_pair("state", &login)
+                .append_pair("ticket", &ticket);
+            Redirect::to(url.as_str()).into_response()
+        }
+        Err(e) => {
+            let reason = e.reason();
+            if matches!(e, LocalError::Refused { .. }) {
+                crate::meter::sign_in_failed(l.t.as_str(), l.c.as_str(), reason);
+                app.provider
+                    .audit
+                    .security(crate::audit::AuditEvent::signin_failed(
+                        &l.t,
+                        Some(l.c.as_str()),
+                        reason,
+                    ))
+                    .await;
+            }
+            refused(&app, &session, &l, Kind::SignIn, e, &form).await
+        }
+    }
+}
+
+async fn callback(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let Ok(query) = super::oauth::single_valued(query) else {
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "A parameter appears more than once.",
+            "callback.duplicate_parameter",
+        );
+    };
+    let params = CallbackParams {
+        query,
+        form: BTreeMap::new(),
+    };
+    flows::complete(&app, &session, &tenant, &connection, params).await
+}
+
+async fn sign_up_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::SignUp).await
+}
+
+async fn sign_up(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::SignUp).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let password = secret(&form, "password");
+    if !password.matches(&field(&form, "password_confirm")) {
+        return refused(&app, &session, &l, Kind::SignUp, mismatch(), &form).await;
+    }
+    let profile = Profile {
+        given_name: Some(field(&form, "given_name")),
+        family_name: Some(field(&form, "family_name")),
+    };
+    match app
+        .accounts
+        .sign_up(
+            &l.t,
+            &l.tenant_name,
+            &l.c,
+            &l.cfg,
+            &field(&form, "email"),
+            &password,
+            profile,
+        )
+        .await
+    {
+        // The same answer whether or not the address had an account.
+        Ok(()) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::Confirm,
+                StatusCode::OK,
+                Say::notice("If this address can be used, we have sent a 6-digit code to it. Enter it below."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::SignUp, e, &form).await,
+    }
+}
+
+async fn confirm_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::Confirm).await
+}
+
+async fn confirm(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Confirm).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    match app
+        .accounts
+        .confirm(&l.t, &l.c, &field(&form, "email"), &field(&form, "code"))
+        .await
+    {
+        Ok(_) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::SignIn,
+                StatusCode::OK,
+                Say::notice("Your email address is confirmed. You can sign in now."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::Confirm, e, &form).await,
+    }
+}
+
+async fn resend_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::Resend).await
+}
+
+async fn resend(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Resend).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    match app
+        .accounts
+        .resend(&l.t, &l.tenant_name, &l.c, &l.cfg, &field(&form, "email"))
+        .await
+    {
+        Ok(()) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::Confirm,
+                StatusCode::OK,
+                Say::notice("If this address has an account waiting for confirmation, we have sent a new code to it."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::Resend, e, &form).await,
+    }
+}
+
+async fn forgot_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::Forgot).await
+}
+
+async fn forgot(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Forgot).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    match app
+        .accounts
+        .forgot(&l.t, &l.tenant_name, &l.c, &l.cfg, &field(&form, "email"))
+        .await
+    {
+        Ok(()) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::Reset,
+                StatusCode::OK,
+                Say::notice("If this address has an account, we have sent a 6-digit code to it."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::Forgot, e, &form).await,
+    }
+}
+
+async fn reset_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::Reset).await
+}
+
+async fn reset(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Reset).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let password = secret(&form, "password");
+    if !password.matches(&field(&form, "password_confirm")) {
+        return refused(&app, &session, &l, Kind::Reset, mismatch(), &form).await;
+    }
+    match app
+        .accounts
+        .reset(
+            &l.t,
+            &l.c,
+            &l.cfg,
+            &field(&form, "email"),
+            &field(&form, "code"),
+            &password,
+        )
+        .await
+    {
+        Ok(_) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::SignIn,
+                StatusCode::OK,
+                Say::notice("Your password has been changed. You can sign in with it now."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::Reset, e, &form).await,
+    }
+}
+
+async fn change_form(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Query(q): Query<Form_>,
+) -> Response {
+    page_get(&app, &session, &tenant, &connection, q, Kind::Change).await
+}
+
+async fn change_password(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Change).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let password = secret(&form, "password");
+    if !password.matches(&field(&form, "password_confirm")) {
+        return refused(&app, &session, &l, Kind::Change, mismatch(), &form).await;
+    }
+    match app
+        .accounts
+        .change_password(
+            &l.t,
+            &l.c,
+            &l.cfg,
+            &field(&form, "email"),
+            &secret(&form, "current_password"),
+            &password,
+        )
+        .await
+    {
+        Ok(_) => {
+            show(
+                &app,
+                &session,
+                &l,
+                Kind::SignIn,
+                StatusCode::OK,
+                Say::notice("Your password has been changed."),
+                &form,
+            )
+            .await
+        }
+        Err(e) => refused(&app, &session, &l, Kind::Change, e, &form).await,
+    }
+}

@@ -1,0 +1,980 @@
+//! Local accounts: people who sign in with an email and a password kept by
+//! Portcullis, for tenants without an IdP (Cognito's user pool).
+//!
+//! Accounts live per (tenant, local connection), keyed by the SHA-256 of the
+//! normalised email (no address in a key name). Sign-up makes an
+//! `UNCONFIRMED` account and e-mails a six-digit code (single use, 10-minute
+//! TTL, at most 5 attempts, stored salted-hashed); confirming makes it
+//! `CONFIRMED`, and only then can it sign in. Failed sign-ins are counted in
+//! the store (so every replica sees them) and lock the account with
+//! exponential backoff. Answers never tell whether an email has an account:
+//! unknown emails are checked against a dummy hash (same work), and sign-up,
+//! resend and forgot-password always answer the same; mail goes out in the
+//! background so its latency does not show either.
+//!
+//! Every key of one tenant's accounts shares the hash tag `t:<tenant>:local`.
+
+pub mod password;
+
+use crate::audit::{Actor, Audit, AuditEvent, Outcome, Target};
+use crate::clock::SharedClock;
+use crate::ids::{ConnectionId, TenantId};
+use crate::mail::{MailTemplate, Mailer};
+use crate::secret::Secret;
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use password::{Hasher, PasswordPolicy, PolicyViolation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lifetime of a verification or reset code.
+pub const CODE_TTL: Duration = Duration::from_secs(600);
+/// The most attempts at one code; the code is void after that.
+pub const CODE_MAX_ATTEMPTS: i64 = 5;
+/// The most codes mailed per account and purpose per hour.
+pub const CODES_PER_HOUR: u64 = 5;
+
+/// The store group (hash tag suffix) of local accounts.
+pub const GROUP: &str = "local";
+
+/// The stored configuration of a local connection (`"kind":"local"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// The password policy.
+    pub password_policy: PasswordPolicy,
+    /// Whether people may sign up themselves (otherwise only admins create accounts).
+    #[serde(default = "yes")]
+    pub allow_sign_up: bool,
+    /// The verification message (`{code}`, `{minutes}`, `{tenant}`); default when unset.
+    pub verify_template: Option<MailTemplate>,
+    /// The password-reset message; default when unset.
+    pub reset_template: Option<MailTemplate>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl LocalConfig {
+    /// Checks the values an admin gave; the error names the field.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        self.password_policy
+            .check_settings()
+            .map_err(|m| ("password_policy".to_owned(), m))?;
+        if let Some(t) = &self.verify_template {
+            t.check().map_err(|m| ("verify_template".to_owned(), m))?;
+        }
+        if let Some(t) = &self.reset_template {
+            t.check().map_err(|m| ("reset_template".to_owned(), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// The state of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccountStatus {
+    /// Signed up, email not confirmed yet: cannot sign in.
+    Unconfirmed,
+    /// Can sign in.
+    Confirmed,
+    /// An admin asked for a new password: sign-in refused until the person
+    /// resets it by a code sent to the address.
+    ResetRequired,
+    /// Switched off by an admin (answers only: stored as `disabled`).
+    Disabled,
+}
+
+/// A stored local account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalUser {
+    /// The normalised email (lower case, trimmed).
+    pub email: String,
+    /// The stable upstream subject of this account (random; the directory
+    /// maps it to the tenant's `sub`).
+    pub subject: String,
+    /// `UNCONFIRMED`, `CONFIRMED` or `RESET_REQUIRED`.
+    pub status: AccountStatus,
+    /// Switched off by an admin.
+    #[serde(default)]
+    pub disabled: bool,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Given name.
+    #[serde(default)]
+    pub given_name: Option<String>,
+    /// Family name.
+    #[serde(default)]
+    pub family_name: Option<String>,
+    /// Created (Unix seconds).
+    pub created_at: i64,
+    /// Last change (Unix seconds).
+    pub updated_at: i64,
+    /// Moved in by the user-migration hook.
+    #[serde(default)]
+    pub migrated: bool,
+}
+
+impl LocalUser {
+    /// The status as answered (disabled wins).
+    pub fn effective_status(&self) -> AccountStatus {
+        if self.disabled {
+            AccountStatus::Disabled
+        } else {
+            self.status
+        }
+    }
+}
+
+/// Optional profile fields of a new account.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+}
+
+/// A refusal or failure of an account operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Refused: `reason` is the stable code; `message` may be shown.
+    #[error("{reason}")]
+    Refused {
+        /// Stable reason code (`local.bad_credentials`...).
+        reason: &'static str,
+        /// A sentence for the person.
+        message: &'static str,
+        /// Seconds until a retry may work (lockout).
+        retry_after: Option<u64>,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Hashing failed.
+    #[error("{0}")]
+    Hash(#[from] password::HashError),
+}
+
+impl LocalError {
+    fn refused(reason: &'static str, message: &'static str) -> Self {
+        Self::Refused {
+            reason,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// The reason code (for logs and tests).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused { reason, .. } => reason,
+            Self::Store(_) => "store.unavailable",
+            Self::Hash(_) => "local.hash_failed",
+        }
+    }
+}
+
+impl From<PolicyViolation> for LocalError {
+    fn from(v: PolicyViolation) -> Self {
+        let message = match v {
+            PolicyViolation::TooShort => "The password is too short.",
+            PolicyViolation::TooLong => "The password is too long.",
+            PolicyViolation::TooFewClasses => {
+                "The password needs more kinds of characters (lower case, upper case, digits, symbols)."
+            }
+            PolicyViolation::Breached => {
+                "This password appears in lists of breached or common passwords. Please choose another one."
+            }
+            PolicyViolation::ContainsEmail => "The password must not contain your email address.",
+        };
+        Self::refused(v.reason(), message)
+    }
+}
+
+/// What a code is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Confirming the email of a new account.
+    Verify,
+    /// Resetting a forgotten password.
+    Reset,
+}
+
+impl CodePurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CodeRecord {
+    salt: String,
+    hash: String,
+}
+
+/// How failed sign-ins lock an account.
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    /// Failures before the first lock.
+    pub threshold: u32,
+    /// The first lock (seconds), doubled with each further failure.
+    pub base_secs: u64,
+    /// The longest lock.
+    pub max_secs: u64,
+    /// How long failures are remembered.
+    pub window_secs: u64,
+}
+
+impl LockoutPolicy {
+    /// The lock after the `failures`-th failure, if any.
+    pub fn lock_secs(&self, failures: i64) -> Option<u64> {
+        let over = failures.checked_sub(i64::from(self.threshold))?;
+        if over < 0 {
+            return None;
+        }
+        let shift = u32::try_from(over).unwrap_or(u32::MAX).min(30);
+        Some(self.base_secs.saturating_mul(1u64 << shift).min(self.max_secs))
+    }
+}
+
+/// The normalised form of an email address, or `None` when it is not one.
+pub fn normalise_email(raw: &str) -> Option<String> {
+    let e = raw.trim().to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    let ok = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && e.len() <= 254
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+        && !domain.contains('@');
+    ok.then_some(e)
+}
+
+fn email_id(email: &str) -> String {
+    hex::encode(sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        email.as_bytes(),
+    )))
+}
+
+fn key(t: &TenantId, name: String) -> Key {
+    Key::tenant(t.as_str(), GROUP, name)
+}
+
+/// The key of the account `email` of connection `c`.
+pub fn user_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
+    key(t, format!("user:{c}:{}", email_id(email)))
+}
+
+/// The index of a connection's accounts (members: email ids).
+pub fn index_key(t: &TenantId, c: &ConnectionId) -> Key {
+    key(t, format!("users:{c}"))
+}
+
+/// The key of an account given its email id (as in the index).
+pub fn user_key_by_id(t: &TenantId, c: &ConnectionId, id: &str) -> Key {
+    key(t, format!("user:{c}:{id}"))
+}
+
+fn code_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
+    key(t, format!("code:{}:{c}:{}", p.as_str(), email_id(email)))
+}
+
+fn attempts_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
+    key(t, format!("code-attempts:{}:{c}:{}", p.as_str(), email_id(email)))
+}
+
+fn mail_limit_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
+    key(t, format!("code-mails:{}:{c}:{}", p.as_str(), email_id(email)))
+}
+
+fn fails_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
+    key(t, format!("fails:{c}:{}", email_id(email)))
+}
+
+fn lock_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
+    key(t, format!("lock:{c}:{}", email_id(email)))
+}
+
+fn code_hash(salt: &str, code: &str) -> String {
+    crate::tokens::sha256_base64url(format!("{salt}.{code}").as_bytes())
+}
+
+/// The local-accounts service (cheap to clone).
+#[derive(Clone)]
+pub struct Accounts {
+    store: SharedStore,
+    clock: SharedClock,
+    hasher: Arc<Hasher>,
+    mailer: Mailer,
+    lockout: LockoutPolicy,
+    audit: Audit,
+}
+
+/// Where a sign-in stands after the password was checked.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The account.
+    pub user: LocalUser,
+}
+
+impl Accounts {
+    /// Builds the service.
+    pub fn new(
+        store: SharedStore,
+        clock: SharedClock,
+        hasher: Arc<Hasher>,
+        mailer: Mailer,
+        lockout: LockoutPolicy,
+        audit: Audit,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            hasher,
+            mailer,
+            lockout,
+            audit,
+        }
+    }
+
+    /// Whether codes can be mailed at all.
+    pub fn mail_configured(&self) -> bool {
+        self.mailer.configured()
+    }
+
+    /// Reads an account.
+    pub async fn get(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<Option<LocalUser>, StoreError> {
+        self.store.get_json(&user_key(t, c, email)).await
+    }
+
+    /// Every account of a connection (admin list, backup), by email.
+    pub async fn list(&self, t: &TenantId, c: &ConnectionId) -> Result<Vec<LocalUser>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.store.set_members(&index_key(t, c)).await? {
+            if let Some(u) = self.store.get_json::<LocalUser>(&user_key_by_id(t, c, &id)).await? {
+                out.push(u);
+            }
+        }
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        Ok(out)
+    }
+
+    async fn insert(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser) -> Result<bool, StoreError> {
+        let k = user_key(t, c, &user.email);
+        if !self.store.put_json_if_absent(&k, user, None).await? {
+            return Ok(false);
+        }
+        self.store
+            .set_add(&index_key(t, c), &email_id(&user.email), None)
+            .await?;
+        Ok(true)
+    }
+
+    async fn update(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        change: impl Fn(&mut LocalUser),
+    ) -> Result<Option<LocalUser>, StoreError> {
+        let k = user_key(t, c, email);
+        for _ in 0..5 {
+            let Some(before) = self.store.get(&k).await? else {
+                return Ok(None);
+            };
+            let mut user: LocalUser =
+                serde_json::from_slice(&before).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            change(&mut user);
+            user.updated_at = self.clock.unix();
+            let after = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if self.store.compare_and_put(&k, &before, &after, None).await? {
+                return Ok(Some(user));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "local account: too many concurrent updates".into(),
+        ))
+    }
+
+    fn new_user(&self, email: String, hash: String, status: AccountStatus, profile: Profile) -> LocalUser {
+        let now = self.clock.unix();
+        LocalUser {
+            email,
+            subject: format!("local|{}", crate::tokens::random_token(18)),
+            status,
+            disabled: false,
+            password_hash: hash,
+            given_name: profile.given_name.filter(|s| !s.trim().is_empty()),
+            family_name: profile.family_name.filter(|s| !s.trim().is_empty()),
+            created_at: now,
+            updated_at: now,
+            migrated: false,
+        }
+    }
+
+    fn bad_email() -> LocalError {
+        LocalError::refused("local.bad_email", "Enter a valid email address.")
+    }
+
+    /// Sign-up (Cognito's SignUp). Always answers `Ok` for a valid email and
+    /// password, whether or not the address already has an account; a new
+    /// account gets a verification code by mail, an unconfirmed one a fresh
+    /// code, a confirmed one nothing.
+    // The tenant, connection and its settings, the address, the password and
+    // the profile: each is needed, and a struct for one call would only move them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sign_up(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        password: &Secret,
+        profile: Profile,
+    ) -> Result<(), LocalError> {
+        if !cfg.allow_sign_up {
+            return Err(LocalError::refused(
+                "local.sign_up_disabled",
+                "Sign-up is not open here. Ask your administrator for an account.",
+            ));
+        }
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        cfg.password_policy.check(password.expose(), &email)?;
+        if !self.mailer.configured() {
+            return Err(LocalError::refused(
+                "local.mail_unavailable",
+                "Sign-up is not available: this service cannot send email.",
+            ));
+        }
+        // Hashed whatever happens next: the same work for every address.
+        let hash = self.hasher.hash(password.expose()).await?;
+        let user = self.new_user(email.clone(), hash, AccountStatus::Unconfirmed, profile);
+        if self.insert(t, c, &user).await? {
+            tracing::info!(reason = "local.signed_up", tenant = %t, connection = %c);
+            self.audit
+                .security(
+                    AuditEvent::security(
+                        &Actor::User(user.subject.clone()),
+                        "local.sign_up",
+                        Target::new("connection", c.as_str()),
+                        Outcome::Success,
+                        "local.signed_up",
+                    )
+                    .tenant(t)
+                    .connection(c.as_str()),
+                )
+                .await;
+            self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
+                .await?;
+            return Ok(());
+        }
+        match self.get(t, c, &email).await? {
+            Some(existing) if existing.status == AccountStatus::Unconfirmed && !existing.disabled => {
+                tracing::info!(reason = "local.sign_up_existing_unconfirmed", tenant = %t, connection = %c);
+                self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
+                    .await?;
+            }
+            _ => {
+                // Same answer; the owner's account is untouched.
+                tracing::info!(reason = "local.sign_up_existing", tenant = %t, connection = %c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes, stores and mails a fresh code (replacing any earlier one and
+    /// its attempt count). Mail goes out in the background; at most
+    /// [`CODES_PER_HOUR`] per account and purpose.
+    async fn send_code(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        purpose: CodePurpose,
+        email: &str,
+    ) -> Result<(), LocalError> {
+        let limit = self
+            .store
+            .rate_limit(
+                &mail_limit_key(t, c, purpose, email),
+                CODES_PER_HOUR,
+                Duration::from_secs(3600),
+            )
+            .await?;
+        if !limit.allowed {
+            tracing::warn!(reason = "local.code_mail_throttled", tenant = %t, connection = %c);
+            return Ok(());
+        }
+        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+        let salt = crate::tokens::random_token(12);
+        let record = CodeRecord {
+            hash: code_hash(&salt, &code),
+            salt,
+        };
+        self.store.delete(&attempts_key(t, c, purpose, email)).await?;
+        self.store
+            .put_json(&code_key(t, c, purpose, email), &record, Some(CODE_TTL))
+            .await?;
+        let template = match purpose {
+            CodePurpose::Verify => cfg.verify_template.clone().unwrap_or_else(MailTemplate::default_verify),
+            CodePurpose::Reset => cfg.reset_template.clone().unwrap_or_else(MailTemplate::default_reset),
+        };
+        let rendered = template.render(&code, CODE_TTL.as_secs() / 60, tenant_name);
+        let mailer = self.mailer.clone();
+        let to = email.to_owned();
+        let (tenant, connection) = (t.clone(), c.clone());
+        // In the background: how long the SMTP server takes must not tell
+        // whether the address has an account.
+        tokio::spawn(async move {
+            match mailer.send(&to, &rendered).await {
+                Ok(()) => {
+                    tracing::info!(reason = "mail.sent", tenant = %tenant, connection = %connection, purpose = purpose.as_str())
+                }
+                Err(e) => {
+                    tracing::error!(reason = e.code, tenant = %tenant, connection = %connection, error = %e.detail, "code not mailed")
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Checks a code: counted (at most [`CODE_MAX_ATTEMPTS`]), compared in
+    /// constant time, consumed on success (single use).
+    async fn check_code(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        purpose: CodePurpose,
+        email: &str,
+        code: &str,
+    ) -> Result<(), LocalError> {
+        let attempts = self.store.incr(&attempts_key(t, c, purpose, email), CODE_TTL).await?;
+        let ck = code_key(t, c, purpose, email);
+        if attempts > CODE_MAX_ATTEMPTS {
+            // Void: a new code has to be asked for.
+            self.store.delete(&ck).await?;
+            return Err(LocalError::refused(
+                "local.code_attempts_exceeded",
+                "Too many wrong codes. Ask for a new code.",
+            ));
+        }
+        let invalid = || LocalError::refused("local.code_invalid", "The code is wrong or has expired.");
+        let code = code.trim();
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        let Some(record) = self.store.get_json::<CodeRecord>(&ck).await? else {
+            return Err(invalid());
+        };
+        let presented = code_hash(&record.salt, code);
+        let same: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), record.hash.as_bytes()).into();
+        if !same {
+            return Err(invalid());
+        }
+        // Single use: of two concurrent right answers only one takes it.
+        match self.store.take_json::<CodeRecord>(&ck).await? {
+            Some(taken) if taken.hash == record.hash => {
+                self.store.delete(&attempts_key(t, c, purpose, email)).await?;
+                Ok(())
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    /// Confirms a sign-up with the mailed code (Cognito's ConfirmSignUp).
+    pub async fn confirm(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        code: &str,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        self.check_code(t, c, CodePurpose::Verify, &email, code).await?;
+        // hooks: post confirmation — the hooks part calls the post-confirmation
+        // hook here, before the account is marked confirmed (a failing hook
+        // leaves it unconfirmed).
+        let user = self
+            .update(t, c, &email, |u| {
+                if u.status == AccountStatus::Unconfirmed {
+                    u.status = AccountStatus::Confirmed;
+                }
+            })
+            .await?
+            .ok_or_else(|| LocalError::refused("local.code_invalid", "The code is wrong or has expired."))?;
+        tracing::info!(reason = "local.confirmed", tenant = %t, connection = %c);
+        self.audit
+            .security(
+                AuditEvent::security(
+                    &Actor::User(user.subject.clone()),
+                    "local.confirm",
+                    Target::new("connection", c.as_str()),
+                    Outcome::Success,
+                    "local.confirmed",
+                )
+                .tenant(t)
+                .connection(c.as_str()),
+            )
+            .await;
+        Ok(user)
+    }
+
+    /// Sends a new verification code to an unconfirmed account. Always `Ok`
+    /// for a valid address.
+    pub async fn resend(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+    ) -> Result<(), LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        if let Some(u) = self.get(t, c, &email).await? {
+            if u.status == AccountStatus::Unconfirmed && !u.disabled {
+                self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgot password: mails a reset code to a confirmed (or reset-required)
+    /// account. Always `Ok` for a valid address.
+    pub async fn forgot(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+    ) -> Result<(), LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        if let Some(u) = self.get(t, c, &email).await? {
+            if matches!(u.status, AccountStatus::Confirmed | AccountStatus::ResetRequired) && !u.disabled {
+                self.send_code(t, tenant_name, c, cfg, CodePurpose::Reset, &email)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a new password with a reset code; ends any lockout.
+    pub async fn reset(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        code: &str,
+        new_password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        cfg.password_policy.check(new_password.expose(), &email)?;
+        self.check_code(t, c, CodePurpose::Reset, &email, code).await?;
+        let hash = self.hasher.hash(new_password.expose()).await?;
+        let user = self
+            .update(t, c, &email, |u| {
+                u.password_hash = hash.clone();
+                u.status = AccountStatus::Confirmed;
+            })
+            .await?
+            .ok_or_else(|| LocalError::refused("local.code_invalid", "The code is wrong or has expired."))?;
+        self.clear_failures(t, c, &email).await?;
+        self.audit_password_change(t, c, &user, "local.password_reset").await;
+        Ok(user)
+    }
+
+    /// Changes the password of an account that signs in with `old`.
+    pub async fn change_password(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        old: &Secret,
+        new_password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        cfg.password_policy.check(new_password.expose(), &email)?;
+        self.authenticate(t, c, &email, old).await?;
+        let hash = self.hasher.hash(new_password.expose()).await?;
+        let user = self
+            .update(t, c, &email, |u| u.password_hash = hash.clone())
+            .await?
+            .ok_or_else(|| LocalError::refused("local.bad_credentials", "The email or password is wrong."))?;
+        self.audit_password_change(t, c, &user, "local.password_changed").await;
+        Ok(user)
+    }
+
+    async fn audit_password_change(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser, reason: &'static str) {
+        tracing::info!(reason, tenant = %t, connection = %c);
+        self.audit
+            .security(
+                AuditEvent::security(
+                    &Actor::User(user.subject.clone()),
+                    "local.password",
+                    Target::new("connection", c.as_str()),
+                    Outcome::Success,
+                    reason,
+                )
+                .tenant(t)
+                .connection(c.as_str()),
+            )
+            .await;
+    }
+
+    /// Checks an email and password (the sign-in). A lock is checked first;
+    /// an unknown email costs the same hash as a known one and counts
+    /// failures the same way, so neither the answer, the timing nor the
+    /// lockout tells whether the address has an account.
+    pub async fn authenticate(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+    ) -> Result<SignedIn, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let now = self.clock.unix();
+        if let Some(until) = self.store.get_json::<i64>(&lock_key(t, c, &email)).await? {
+            if until > now {
+                return Err(LocalError::Refused {
+                    reason: "local.locked",
+                    message: "Too many failed sign-ins. Wait a moment and try again, or reset your password.",
+                    retry_after: u64::try_from(until - now).ok(),
+                });
+            }
+        }
+        let user = self.get(t, c, &email).await?;
+        // hooks: user migration — when `user` is None, the hooks part asks the
+        // user-migration hook here (email + password); on success it calls
+        // `create_migrated` and goes on with the new account. Until then an
+        // unknown email is "unknown": the dummy hash below, then bad_credentials.
+        let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
+        let ok = !too_long
+            && self
+                .hasher
+                .verify(password.expose(), user.as_ref().map(|u| u.password_hash.as_str()))
+                .await?;
+        let Some(user) = user.filter(|_| ok) else {
+            self.record_failure(t, c, &email).await?;
+            return Err(LocalError::refused(
+                "local.bad_credentials",
+                "The email or password is wrong.",
+            ));
+        };
+        if user.disabled {
+            return Err(LocalError::refused(
+                "local.disabled",
+                "This account is disabled. Ask your administrator.",
+            ));
+        }
+        match user.status {
+            AccountStatus::Unconfirmed => {
+                return Err(LocalError::refused(
+                    "local.unconfirmed",
+                    "Confirm your email address first with the code we sent you.",
+                ))
+            }
+            AccountStatus::ResetRequired => {
+                return Err(LocalError::refused(
+                    "local.reset_required",
+                    "You need to choose a new password: use \"Forgot password\" to get a code.",
+                ))
+            }
+            AccountStatus::Confirmed | AccountStatus::Disabled => {}
+        }
+        self.clear_failures(t, c, &email).await?;
+        if self.hasher.outdated(&user.password_hash) {
+            let hash = self.hasher.hash(password.expose()).await?;
+            self.update(t, c, &email, |u| u.password_hash = hash.clone()).await?;
+        }
+        Ok(SignedIn { user })
+    }
+
+    async fn record_failure(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<(), StoreError> {
+        let failures = self
+            .store
+            .incr(&fails_key(t, c, email), Duration::from_secs(self.lockout.window_secs))
+            .await?;
+        if let Some(secs) = self.lockout.lock_secs(failures) {
+            let until = self
+                .clock
+                .unix()
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+            self.store
+                .put_json(&lock_key(t, c, email), &until, Some(Duration::from_secs(secs)))
+                .await?;
+            tracing::warn!(reason = "local.locked", tenant = %t, connection = %c, failures, lock_secs = secs);
+            self.audit
+                .security(
+                    AuditEvent::security(
+                        &Actor::Anonymous,
+                        "local.lockout",
+                        Target::new("connection", c.as_str()),
+                        Outcome::Failure,
+                        "local.locked",
+                    )
+                    .tenant(t)
+                    .connection(c.as_str()),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn clear_failures(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<(), StoreError> {
+        self.store.delete(&fails_key(t, c, email)).await?;
+        self.store.delete(&lock_key(t, c, email)).await?;
+        Ok(())
+    }
+
+    /// Creates a confirmed account for a user moved in by the user-migration
+    /// hook, with `password` (already checked by the legacy system) re-hashed
+    /// with argon2id. Not checked against the policy: the legacy password is
+    /// what the person knows. Refused (`local.exists`) when the account exists.
+    pub async fn create_migrated(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+        profile: Profile,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let hash = self.hasher.hash(password.expose()).await?;
+        let mut user = self.new_user(email, hash, AccountStatus::Confirmed, profile);
+        user.migrated = true;
+        if !self.insert(t, c, &user).await? {
+            return Err(LocalError::refused(
+                "local.exists",
+                "An account with this email exists.",
+            ));
+        }
+        Ok(user)
+    }
+
+    /// Admin: creates an account. With a password it is `CONFIRMED`; without
+    /// one it is `RESET_REQUIRED` with a random password, and the person
+    /// sets one through "forgot password".
+    pub async fn admin_create(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        password: Option<&Secret>,
+        profile: Profile,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let (hash, status) = match password {
+            Some(p) => {
+                cfg.password_policy.check(p.expose(), &email)?;
+                (self.hasher.hash(p.expose()).await?, AccountStatus::Confirmed)
+            }
+            None => (
+                self.hasher.hash(&crate::tokens::random_token(24)).await?,
+                AccountStatus::ResetRequired,
+            ),
+        };
+        let user = self.new_user(email, hash, status, profile);
+        if !self.insert(t, c, &user).await? {
+            return Err(LocalError::refused(
+                "local.exists",
+                "An account with this email exists.",
+            ));
+        }
+        Ok(user)
+    }
+
+    /// Admin: disables or enables an account.
+    pub async fn set_disabled(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        disabled: bool,
+    ) -> Result<Option<LocalUser>, StoreError> {
+        self.update(t, c, email, |u| u.disabled = disabled).await
+    }
+
+    /// Admin: requires a new password (sign-in refused until reset by code).
+    pub async fn force_reset(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+    ) -> Result<Option<LocalUser>, StoreError> {
+        self.update(t, c, email, |u| {
+            if u.status == AccountStatus::Confirmed {
+                u.status = AccountStatus::ResetRequired;
+            }
+        })
+        .await
+    }
+
+    /// Admin: deletes an account and its codes and counters.
+    pub async fn delete(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<bool, StoreError> {
+        let existed = self.store.delete(&user_key(t, c, email)).await?;
+        self.store.set_remove(&index_key(t, c), &email_id(email)).await?;
+        for p in [CodePurpose::Verify, CodePurpose::Reset] {
+            self.store.delete(&code_key(t, c, p, email)).await?;
+            self.store.delete(&attempts_key(t, c, p, email)).await?;
+        }
+        self.clear_failures(t, c, email).await?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_normalise_and_bad_ones_are_refused() {
+        assert_eq!(
+            normalise_email("  Jane.Doe@Acme.Example "),
+            Some("jane.doe@acme.example".into())
+        );
+        for bad in [
+            "",
+            "jane",
+            "@acme.example",
+            "jane@acme",
+            "jane@.example",
+            "a b@c.d",
+            "j@a@b.c",
+            "<j@a.b>",
+        ] {
+            assert_eq!(normalise_email(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lockout_doubles_from_the_threshold_up_to_the_cap() {
+        let p = LockoutPolicy {
+            threshold: 5,
+            base_secs: 30,
+            max_secs: 3600,
+            window_secs: 86_400,
+        };
+        assert_eq!(p.lock_secs(4), None);
+        assert_eq!(p.lock_secs(5), Some(30));
+        assert_eq!(p.lock_secs(6), Some(60));
+        assert_eq!(p.lock_secs(8), Some(240));
+        assert_eq!(p.lock_secs(20), Some(3600));
+        assert_eq!(p.lock_secs(i64::MAX), Some(3600));
+    }
+}

@@ -1,0 +1,527 @@
+//! Local accounts (`"kind":"local"`): sign-up → code by mail (a real aiosmtpd
+//! on loopback) → confirm → sign-in through the broker and the provider, in
+//! the scripted browser, outside dev mode. Every refusal asserts its reason
+//! code: unconfirmed, wrong and reused codes, too many attempts, breached and
+//! weak passwords, CSRF, lockout counted across two replicas over Redis; and
+//! unknown emails get the same answer as known ones.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Page};
+use crate::support::redis;
+use crate::support::smtp::SmtpServer;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use url::Url;
+
+const TENANT: &str = "acme";
+const CONN: &str = "pw";
+const CLIENT: &str = "local-app";
+const REDIRECT: &str = "http://127.0.0.1:9/cb";
+const GOOD_PASSWORD: &str = "Tangerine-Orbit-42";
+
+/// A gateway (not in dev mode) sending mail to `smtp`, with cheap argon2
+/// parameters (the production ones are measured in the unit tests).
+async fn gateway(smtp: &SmtpServer, redis: Option<(String, String)>) -> TestApp {
+    let url = smtp.url();
+    spawn_app(AppOptions {
+        redis_url: redis.as_ref().map(|r| r.0.clone()),
+        redis_prefix: redis.map(|r| r.1),
+        configure: Some(Arc::new(move |s| {
+            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+            s.mail.from = Some("Acme sign-in <signin@acme.example>".into());
+            s.local.argon2_memory_kib = 8192;
+            s.local.argon2_iterations = 1;
+        })),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Creates the tenant, its local connection (201 through the admin API)
+/// and a public app.
+async fn setup(app: &TestApp) {
+    app.create_tenant(TENANT, "Acme Corp", &["acme.example"]).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections"),
+            Some(json!({"id": CONN, "kind": "local"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "local", "{body}");
+    let redirect = Url::parse(REDIRECT).unwrap();
+    app.create_client(CLIENT, "Local app", &[&redirect], true).await;
+}
+
+struct Pkce {
+    verifier: String,
+    challenge: String,
+}
+
+fn pkce() -> Pkce {
+    let verifier = portcullis::tokens::random_token(32);
+    let challenge = portcullis::tokens::sha256_base64url(verifier.as_bytes());
+    Pkce { verifier, challenge }
+}
+
+fn authorize_url(app: &TestApp, p: &Pkce) -> Url {
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLIENT)
+        .append_pair("redirect_uri", REDIRECT)
+        .append_pair("scope", "openid email profile")
+        .append_pair("state", "st")
+        .append_pair("nonce", "nn")
+        .append_pair("code_challenge", &p.challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("tenant", TENANT);
+    url
+}
+
+fn at_app(u: &Url) -> bool {
+    u.as_str().starts_with(REDIRECT)
+}
+
+/// Starts a sign-in at the app: the browser lands on the local sign-in page.
+async fn start(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
+    let page = browser.get(&authorize_url(app, p)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.url.path(),
+        format!("/local/{TENANT}/{CONN}/sign-in"),
+        "{}",
+        browser.trail()
+    );
+    page
+}
+
+fn assert_reason(page: &Page, status: u16, reason: &str) {
+    assert_eq!(page.status.as_u16(), status, "expected {reason}: {}", page.body);
+    assert!(
+        page.body.contains(&format!("<code>{reason}</code>")),
+        "reason {reason} not on the page: {}",
+        page.body
+    );
+}
+
+/// The href of the link whose text contains `text`.
+fn link(page: &Page, text: &str) -> Url {
+    let href = page
+        .body
+        .split("<a href=\"")
+        .skip(1)
+        .find_map(|rest| {
+            let (href, after) = rest.split_once('"')?;
+            let label = after.split("</a>").next()?;
+            label.contains(text).then_some(href)
+        })
+        .unwrap_or_else(|| panic!("no link {text:?}: {}", page.body));
+    page.url.join(&href.replace("&amp;", "&")).unwrap()
+}
+
+/// Signs up `email` from the sign-in page and returns the confirm page.
+async fn sign_up(browser: &mut Browser, sign_in: &Page, email: &str, password: &str) -> Page {
+    let form = browser.get(&link(sign_in, "Create account")).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    browser
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", email),
+                ("given_name", "Grace"),
+                ("family_name", "Hopper"),
+                ("password", password),
+                ("password_confirm", password),
+            ],
+        )
+        .await
+}
+
+async fn redeem(app: &TestApp, code: &str, p: &Pkce) -> Value {
+    let resp = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("client_id", CLIENT),
+            ("code_verifier", &p.verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn local_sign_up_confirm_by_mailed_code_then_sign_in_issues_pwd_tokens() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "grace@acme.example";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    assert!(sign_in.body.contains("Create account"), "{}", sign_in.body);
+    assert!(!sign_in.body.contains("<script"), "no JavaScript needed");
+
+    let confirm = sign_up(&mut browser, &sign_in, email, GOOD_PASSWORD).await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    assert!(confirm.body.contains("Confirm your email"), "{}", confirm.body);
+    let mail = smtp.wait_for(email).await;
+    assert_eq!(mail.from, "signin@acme.example");
+    assert!(mail.subject.contains("Acme Corp"), "{}", mail.subject);
+    let code = mail.code();
+
+    // Not confirmed yet: the right password is refused with its reason.
+    let early = browser.get(&sign_in.url).await;
+    let early = browser
+        .fill_and_submit(&early, None, &[("email", email), ("password", GOOD_PASSWORD)])
+        .await;
+    assert_reason(&early, 403, "local.unconfirmed");
+
+    // A wrong code first, then the right one.
+    let confirm = browser.get(&link(&early, "Confirm your email")).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let refused = browser
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", wrong)])
+        .await;
+    assert_reason(&refused, 400, "local.code_invalid");
+    let signed = browser
+        .fill_and_submit(&refused, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_eq!(signed.status, StatusCode::OK, "{}", signed.body);
+    assert!(signed.body.contains("confirmed"), "{}", signed.body);
+
+    // The code is single use.
+    let again = browser.get(&link(&signed, "Confirm your email")).await;
+    let again = browser
+        .fill_and_submit(&again, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_reason(&again, 400, "local.code_invalid");
+
+    // Sign in: back at the app with a code.
+    let form_page = browser.get(&sign_in.url).await;
+    let mut form = form_page.form(None);
+    form.set("email", "Grace@Acme.Example");
+    form.set("password", GOOD_PASSWORD);
+    let back = browser.submit_until(&form_page, &form, &at_app).await.stopped();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("st"));
+    let tokens = redeem(&app, q.get("code").unwrap(), &p).await;
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let claims: Value = app
+        .state
+        .provider
+        .keys
+        .verify(id_token, "JWT", &app.state.provider.iss())
+        .await
+        .unwrap();
+    assert_eq!(claims["email"], email, "{claims}");
+    assert_eq!(claims["email_verified"], true, "{claims}");
+    assert_eq!(claims["amr"], json!(["pwd"]), "{claims}");
+    assert!(claims["auth_time"].as_i64().is_some(), "{claims}");
+    assert_eq!(claims["name"], "Grace Hopper", "{claims}");
+}
+
+#[tokio::test]
+async fn local_unknown_and_known_emails_get_the_same_answer() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let known = "ada@acme.example";
+    let unknown = "nobody@acme.example";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    sign_up(&mut browser, &sign_in, known, GOOD_PASSWORD).await;
+    let code = smtp.wait_for(known).await.code();
+    let c = browser.get(&link(&sign_in, "Confirm your email")).await;
+    let ok = browser
+        .fill_and_submit(&c, None, &[("email", known), ("code", &code)])
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+    // Sign-up again with a taken address: the same page as for a new one.
+    let normalise = |page: &Page, email: &str| {
+        let body = page.body.replace(email, "EMAIL");
+        let csrf = page.form(None).field("csrf").unwrap().to_owned();
+        body.replace(&csrf, "CSRF")
+    };
+    let taken = sign_up(&mut browser, &sign_in, known, GOOD_PASSWORD).await;
+    let fresh = sign_up(&mut browser, &sign_in, "new@acme.example", GOOD_PASSWORD).await;
+    assert_eq!(taken.status, fresh.status);
+    assert_eq!(normalise(&taken, known), normalise(&fresh, "new@acme.example"));
+    // The owner of the taken address got no second message.
+    smtp.assert_none_after(known, 1, std::time::Duration::from_millis(300))
+        .await;
+
+    // A wrong password and an unknown email: the same status and reason,
+    // and the unknown email costs a hash too.
+    let mut timing = Vec::new();
+    let mut bodies = Vec::new();
+    for email in [known, unknown, known, unknown] {
+        let page = browser.get(&sign_in.url).await;
+        let t0 = std::time::Instant::now();
+        let answer = browser
+            .fill_and_submit(&page, None, &[("email", email), ("password", "Wrong-Password-99")])
+            .await;
+        timing.push(t0.elapsed());
+        assert_reason(&answer, 401, "local.bad_credentials");
+        bodies.push(normalise(&answer, email));
+    }
+    assert_eq!(bodies[0], bodies[1], "the page does not depend on the address");
+    let (k, u) = (timing[0] + timing[2], timing[1] + timing[3]);
+    assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
+
+    // Forgot password: the same answer; only the real account gets a code.
+    let mut answers = Vec::new();
+    for email in [known, unknown] {
+        let page = browser.get(&link(&sign_in, "Forgot password?")).await;
+        let answer = browser.fill_and_submit(&page, None, &[("email", email)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answers.push(normalise(&answer, email));
+    }
+    assert_eq!(answers[0], answers[1]);
+    smtp.wait_for_after(known, 1).await;
+    smtp.assert_none_after(unknown, 0, std::time::Duration::from_millis(300))
+        .await;
+}
+
+#[tokio::test]
+async fn local_wrong_codes_are_counted_and_the_sixth_attempt_voids_the_code() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "lin@acme.example";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let mut page = sign_up(&mut browser, &sign_in, email, GOOD_PASSWORD).await;
+    let code = smtp.wait_for(email).await.code();
+    let wrong = if code == "123456" { "654321" } else { "123456" };
+    for _ in 0..5 {
+        page = browser
+            .fill_and_submit(&page, None, &[("email", email), ("code", wrong)])
+            .await;
+        assert_reason(&page, 400, "local.code_invalid");
+    }
+    // The sixth attempt is refused even with the right code, and voids it.
+    page = browser
+        .fill_and_submit(&page, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_reason(&page, 429, "local.code_attempts_exceeded");
+    assert!(page.headers.get("retry-after").is_none());
+
+    // A new code works.
+    let resend = browser.get(&link(&page, "Send a new code")).await;
+    let confirm = browser.fill_and_submit(&resend, None, &[("email", email)]).await;
+    let fresh = smtp.wait_for_after(email, 1).await.code();
+    let done = browser
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", &fresh)])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("confirmed"), "{}", done.body);
+}
+
+#[tokio::test]
+async fn local_breached_weak_and_mismatched_passwords_are_refused_with_their_reason() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    for (password, reason) in [
+        ("password12345", "local.password_breached"),
+        ("Baseball2024!", "local.password_breached"),
+        ("short", "local.password_too_short"),
+    ] {
+        let page = sign_up(&mut browser, &sign_in, "kim@acme.example", password).await;
+        assert_reason(&page, 400, reason);
+        assert!(
+            page.body.contains("aria-invalid=\"true\""),
+            "the error is tied to the field"
+        );
+    }
+    let form = browser.get(&link(&sign_in, "Create account")).await;
+    let page = browser
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", "kim@acme.example"),
+                ("password", GOOD_PASSWORD),
+                ("password_confirm", "Tangerine-Orbit-43"),
+            ],
+        )
+        .await;
+    assert_reason(&page, 400, "local.password_mismatch");
+    smtp.assert_none_after("kim@acme.example", 0, std::time::Duration::from_millis(200))
+        .await;
+}
+
+#[tokio::test]
+async fn local_forms_without_their_csrf_token_are_refused() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let mut form = sign_in.form(None);
+    form.set("email", "x@acme.example");
+    form.set("password", GOOD_PASSWORD);
+    form.set("csrf", "");
+    let page = browser.submit(&sign_in, &form).await;
+    assert_reason(&page, 403, "local.csrf_missing");
+    let mut form = page.form(None);
+    form.set("csrf", "forged-token");
+    let page2 = browser.submit(&page, &form).await;
+    assert_reason(&page2, 403, "local.csrf_mismatch");
+}
+
+#[tokio::test]
+async fn local_lockout_counts_across_two_replicas_over_redis() {
+    let smtp = SmtpServer::start();
+    let shared = (redis::url(), redis::prefix());
+    let a = gateway(&smtp, Some(shared.clone())).await;
+    let b = gateway(&smtp, Some(shared)).await;
+    setup(&a).await;
+    let email = "max@acme.example";
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    a.state
+        .accounts
+        .admin_create(
+            &t,
+            &c,
+            &Default::default(),
+            email,
+            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let p = pkce();
+    let mut on_a = Browser::new();
+    let sign_in_a = start(&a, &mut on_a, &p).await;
+    let path_and_query = format!("{}?{}", sign_in_a.url.path(), sign_in_a.url.query().unwrap());
+    let sign_in_b = b.url(&path_and_query);
+    let mut on_b = Browser::new();
+    // Five failures, alternating between the replicas.
+    for i in 0..5 {
+        let (browser, url) = if i % 2 == 0 {
+            (&mut on_a, sign_in_a.url.clone())
+        } else {
+            (&mut on_b, sign_in_b.clone())
+        };
+        let page = browser.get(&url).await;
+        let answer = browser
+            .fill_and_submit(&page, None, &[("email", email), ("password", "Wrong-Password-99")])
+            .await;
+        assert_reason(&answer, 401, "local.bad_credentials");
+    }
+    // Now locked on both replicas, even with the right password.
+    for (browser, url) in [(&mut on_b, sign_in_b.clone()), (&mut on_a, sign_in_a.url.clone())] {
+        let page = browser.get(&url).await;
+        let answer = browser
+            .fill_and_submit(&page, None, &[("email", email), ("password", GOOD_PASSWORD)])
+            .await;
+        assert_reason(&answer, 429, "local.locked");
+        let retry: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&retry), "{retry}");
+    }
+    // An unknown address locks the same way (no enumeration by lockout).
+    for _ in 0..5 {
+        let page = on_a.get(&sign_in_a.url).await;
+        let answer = on_a
+            .fill_and_submit(
+                &page,
+                None,
+                &[("email", "ghost@acme.example"), ("password", "Wrong-Password-99")],
+            )
+            .await;
+        assert_reason(&answer, 401, "local.bad_credentials");
+    }
+    let page = on_b.get(&sign_in_b).await;
+    let answer = on_b
+        .fill_and_submit(
+            &page,
+            None,
+            &[("email", "ghost@acme.example"), ("password", "Wrong-Password-99")],
+        )
+        .await;
+    assert_reason(&answer, 429, "local.locked");
+}
+
+#[tokio::test]
+async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "rosa@acme.example";
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    app.state
+        .accounts
+        .admin_create(
+            &t,
+            &c,
+            &Default::default(),
+            email,
+            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let forgot = browser.get(&link(&sign_in, "Forgot password?")).await;
+    let reset = browser.fill_and_submit(&forgot, None, &[("email", email)]).await;
+    let mail = smtp.wait_for(email).await;
+    assert!(mail.subject.contains("reset"), "{}", mail.subject);
+    let code = mail.code();
+    let new_password = "Marigold-Canyon-77";
+    let breached = browser
+        .fill_and_submit(
+            &reset,
+            None,
+            &[
+                ("email", email),
+                ("code", &code),
+                ("password", "password1234"),
+                ("password_confirm", "password1234"),
+            ],
+        )
+        .await;
+    assert_reason(&breached, 400, "local.password_breached");
+    let done = browser
+        .fill_and_submit(
+            &breached,
+            None,
+            &[
+                ("email", email),
+                ("code", &code),
+                ("password", new_password),
+                ("password_confirm", new_password),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let old = browser
+        .fill_and_submit(&done, None, &[("email", email), ("password", GOOD_PASSWORD)])
+        .await;
+    assert_reason(&old, 401, "local.bad_credentials");
+    let mut form = old.form(None);
+    form.set("email", email);
+    form.set("password", new_password);
+    browser.submit_until(&old, &form, &at_app).await.stopped();
+}
