@@ -16,6 +16,7 @@ mod domains;
 mod import;
 mod load_smoke;
 mod local_accounts;
+mod local_browser;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;
