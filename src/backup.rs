@@ -165,6 +165,13 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             out.insert(key, Value);
             out.insert(tenant::connection_incarnation_key(&tid, &cid), Value);
             out.insert(tenant::files::declared_key(&tid, &c), Value);
+            // Local accounts of a local connection (codes, counters and
+            // locks are transient and not backed up).
+            let local_users = crate::local::index_key(&tid, &cid);
+            for id in raw.set_members(&local_users).await? {
+                out.insert(crate::local::user_key_by_id(&tid, &cid, &id), Value);
+            }
+            out.insert(local_users, Set);
         }
         out.insert(connections, Set);
         let claims = tenant::domains::claims_key(&tid);

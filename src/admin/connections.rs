@@ -302,6 +302,17 @@ async fn delete_connection(
             .before(json!(before)),
     )
     .await?;
+    // Local accounts go with their connection (a new one of the same id starts empty).
+    match s.accounts.purge_connection(&id, &cid).await {
+        Ok(n) => tracing::info!(reason = "admin.local_users_purged", tenant = %id, connection = %cid, users = n),
+        Err(e) => tracing::error!(
+            reason = "admin.local_purge_failed",
+            tenant = %id,
+            connection = %cid,
+            error = %e,
+            "local accounts of a deleted connection left in the store"
+        ),
+    }
     // As for a tenant: acceptance is already over; this frees the store.
     match s.broker.purge_connection_users(&id, &cid).await {
         Ok(n) => tracing::info!(reason = "admin.connection_users_purged", tenant = %id, connection = %cid, users = n),

@@ -16,6 +16,7 @@ mod clients;
 mod connections;
 mod domains;
 mod error;
+mod local_users;
 pub mod openapi;
 mod refresh;
 mod resources;
@@ -56,6 +57,7 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(tenants::tenant_routes())
         .merge(connections::routes())
         .merge(users::routes())
+        .merge(local_users::routes())
         .merge(refresh::routes())
         .merge(audit::tenant_routes())
         .merge(domains::routes());
@@ -104,6 +106,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/tenants/{id}/users/{sub}/disable"),
     ("POST", "/tenants/{id}/users/{sub}/enable"),
     ("DELETE", "/tenants/{id}/users/{sub}/mfa"),
+    ("POST", "/tenants/{id}/connections/{cid}/users"),
+    ("GET", "/tenants/{id}/connections/{cid}/users"),
+    ("GET", "/tenants/{id}/connections/{cid}/users/{email}"),
+    ("DELETE", "/tenants/{id}/connections/{cid}/users/{email}"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/disable"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/enable"),
+    ("POST", "/tenants/{id}/connections/{cid}/users/{email}/force-reset"),
     ("POST", "/keys/rotate"),
     ("POST", "/api-keys"),
     ("GET", "/api-keys"),

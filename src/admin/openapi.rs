@@ -147,6 +147,8 @@ pub(crate) enum ConnectionKindName {
     Oidc,
     /// The built-in development IdP (dev mode only).
     Dev,
+    /// Local accounts: email and password kept by Portcullis.
+    Local,
 }
 
 /// One SAML attribute name, or several in order of preference.
@@ -280,6 +282,21 @@ pub(crate) enum NewConnection {
         #[serde(default)]
         acr_values: Vec<String>,
     },
+    /// Local accounts (sign-up with a mailed code, sign-in with a password).
+    Local {
+        /// The connection id (letters, digits, `-`, `_`).
+        id: String,
+        /// `pending_test` keeps it from serving until a test sign-in; default `active`.
+        status: Option<ConnectionStatusName>,
+        #[serde(default)]
+        password_policy: Option<crate::local::password::PasswordPolicy>,
+        /// Whether people may sign up themselves (default true).
+        allow_sign_up: Option<bool>,
+        /// The verification message; `{code}` is required.
+        verify_template: Option<crate::mail::MailTemplate>,
+        /// The password-reset message; `{code}` is required.
+        reset_template: Option<crate::mail::MailTemplate>,
+    },
 }
 
 /// A JSON merge patch (RFC 7396) of a connection: the members of its
@@ -313,6 +330,10 @@ pub(crate) struct ConnectionMergePatch {
     refresh_upstream: Option<bool>,
     refresh_interval_secs: Option<u64>,
     acr_values: Option<Vec<String>>,
+    password_policy: Option<crate::local::password::PasswordPolicy>,
+    allow_sign_up: Option<bool>,
+    verify_template: Option<crate::mail::MailTemplate>,
+    reset_template: Option<crate::mail::MailTemplate>,
 }
 
 /// What a certificate is for.
@@ -435,6 +456,13 @@ pub(crate) struct ConnectionView {
     certificate_expires_at: Option<String>,
     /// On reads and updates.
     certificate_warning: Option<CertificateWarning>,
+    /// Local.
+    password_policy: Option<crate::local::password::PasswordPolicy>,
+    allow_sign_up: Option<bool>,
+    verify_template: Option<crate::mail::MailTemplate>,
+    reset_template: Option<crate::mail::MailTemplate>,
+    /// Local: the sign-in page (apps reach it through `/authorize`).
+    sign_in_url: Option<String>,
 }
 
 /// A tenant's connections.
@@ -462,6 +490,54 @@ pub(crate) struct UserView {
     created_at: String,
     /// RFC 3339.
     updated_at: String,
+}
+
+/// A local account's state (`DISABLED` when an admin disabled it).
+#[derive(ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum LocalUserStatus {
+    /// Signed up, email not confirmed: cannot sign in.
+    Unconfirmed,
+    /// Can sign in.
+    Confirmed,
+    /// Must set a new password through "forgot password" first.
+    ResetRequired,
+    /// Disabled by an admin.
+    Disabled,
+}
+
+/// A local account (the password hash is never shown).
+#[derive(ToSchema)]
+pub(crate) struct LocalUserView {
+    email: String,
+    status: LocalUserStatus,
+    /// The upstream subject the directory maps to the tenant's `sub`.
+    upstream_subject: String,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    /// Moved in by the user-migration hook.
+    migrated: bool,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+}
+
+/// The local accounts of a connection.
+#[derive(ToSchema)]
+pub(crate) struct LocalUserList {
+    users: Vec<LocalUserView>,
+}
+
+/// A new local account: with a password it is `CONFIRMED`; without, it is
+/// `RESET_REQUIRED` and the person sets one through "forgot password".
+#[derive(ToSchema)]
+pub(crate) struct NewLocalUser {
+    email: String,
+    /// Checked against the connection's password policy (write-only).
+    password: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
 }
 
 /// One page of users.
@@ -785,13 +861,15 @@ impl Modify for EdgeAnswers {
         clients_create, clients_list, clients_get, clients_patch, clients_delete, clients_rotate_secret,
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
         users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset,
+        local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa
     ),
     components(schemas(Problem, Tenant, TenantSettings, LocalMfa, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
-        UserView, UserPage, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
+        UserView, UserPage, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
+        crate::local::password::PasswordPolicy, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
         NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView))
 )]
 pub struct ApiDoc;
@@ -951,6 +1029,50 @@ fn users_enable() {}
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_mfa_reset() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path)),
+    request_body = NewLocalUser,
+    responses((status = 201, body = LocalUserView), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn local_users_create() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections/{cid}/users", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path)),
+    responses((status = 200, body = LocalUserList), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_list() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_get() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_delete() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/disable", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_disable() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/enable", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_enable() {}
+
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/force-reset", tag = "local-users",
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn local_users_force_reset() {}
 
 #[utoipa::path(post, path = "/admin/v1/keys/rotate", tag = "keys",
     responses((status = 200, body = JwksView, description = "the JWKS after rotation"),

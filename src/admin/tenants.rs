@@ -371,10 +371,17 @@ async fn delete_tenant(
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
     let before = s.tenants.get(&id).await.map_err(registry)?;
-    for c in s.tenants.connection_ids(&id).await.map_err(registry)? {
-        s.broker.connectors.forget(&id, &c);
+    let connections = s.tenants.connection_ids(&id).await.map_err(registry)?;
+    for c in &connections {
+        s.broker.connectors.forget(&id, c);
     }
     s.tenants.delete(&id).await.map_err(registry)?;
+    // Local accounts go with their tenant (a new tenant of the same id starts empty).
+    for c in &connections {
+        if let Err(e) = s.accounts.purge_connection(&id, c).await {
+            tracing::error!(reason = "admin.local_purge_failed", tenant = %id, connection = %c, error = %e, "local accounts of a deleted tenant left in the store");
+        }
+    }
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
     audit::record(
         &s,

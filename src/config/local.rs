@@ -34,8 +34,8 @@ pub struct LocalSettings {
 impl Default for LocalSettings {
     fn default() -> Self {
         Self {
-            // OWASP's first argon2id choice (m=19 MiB, t=2, p=1): about
-            // 25-40 ms per hash on one core of a current server.
+            // OWASP's first argon2id choice (m=19 MiB, t=2, p=1): 80 ms per
+            // hash measured on a loaded 2-core machine (see config/portcullis.toml).
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,

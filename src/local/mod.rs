@@ -925,6 +925,19 @@ impl Accounts {
         .await
     }
 
+    /// Deletes every account of a deleted connection, so a connection
+    /// re-created with the same id starts empty. Codes, counters and locks
+    /// expire on their own.
+    pub async fn purge_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<usize, StoreError> {
+        let index = index_key(t, c);
+        let ids = self.store.set_members(&index).await?;
+        for id in &ids {
+            self.store.delete(&user_key_by_id(t, c, id)).await?;
+        }
+        self.store.delete(&index).await?;
+        Ok(ids.len())
+    }
+
     /// Admin: deletes an account and its codes and counters.
     pub async fn delete(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<bool, StoreError> {
         let existed = self.store.delete(&user_key(t, c, email)).await?;

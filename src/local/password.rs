@@ -244,6 +244,28 @@ mod tests {
         assert!(breached_count() > 3000);
     }
 
+    /// The cost of the shipped parameters on this machine (run with
+    /// `cargo test --release --lib argon2_cost -- --ignored --nocapture`).
+    #[tokio::test]
+    #[ignore]
+    async fn argon2_cost_of_the_default_parameters() {
+        let d = crate::config::local::LocalSettings::default();
+        let h = Arc::new(Hasher::new(d.argon2_memory_kib, d.argon2_iterations, d.argon2_parallelism, 1).unwrap());
+        let phc = h.hash("Correct-Horse-Battery-9").await.unwrap();
+        let n = 20;
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(h.verify("Correct-Horse-Battery-9", Some(&phc)).await.unwrap());
+        }
+        println!(
+            "argon2id m={} t={} p={}: {:?} per verification",
+            d.argon2_memory_kib,
+            d.argon2_iterations,
+            d.argon2_parallelism,
+            t0.elapsed() / n
+        );
+    }
+
     #[tokio::test]
     async fn argon2id_hashes_verify_and_unknown_accounts_never_match() {
         let h = Arc::new(Hasher::new(8192, 1, 1, 2).unwrap());

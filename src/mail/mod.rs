@@ -389,6 +389,30 @@ mod tests {
         assert!(!e.contains("hunter2"));
     }
 
+    #[tokio::test]
+    async fn the_dev_sink_writes_each_message_as_an_eml_file() {
+        let dir = std::env::temp_dir().join(format!("portcullis-sink-{}", crate::tokens::random_token(6)));
+        let settings = MailSettings {
+            sink_dir: Some(dir.clone()),
+            ..MailSettings::default()
+        };
+        assert!(Mailer::from_settings(&settings, false).is_err(), "dev mode only");
+        let mailer = Mailer::from_settings(&settings, true).unwrap();
+        let r = MailTemplate::default_verify().render("314159", 10, "Acme");
+        mailer.send("jane@acme.example", &r).await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1);
+        let eml = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(eml.contains("To: jane@acme.example"), "{eml}");
+        assert!(eml.contains("314159"), "{eml}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let off = Mailer::from_settings(&MailSettings::default(), true).unwrap();
+        assert_eq!(
+            off.send("jane@acme.example", &r).await.unwrap_err().code,
+            "mail.not_configured"
+        );
+    }
+
     #[test]
     fn the_code_is_the_only_six_digit_number() {
         for t in [MailTemplate::default_verify(), MailTemplate::default_reset()] {

@@ -525,3 +525,121 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
     form.set("password", new_password);
     browser.submit_until(&old, &form, &at_app).await.stopped();
 }
+
+#[tokio::test]
+async fn local_users_admin_api_creates_disables_force_resets_deletes_and_is_backed_up() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let base = format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users");
+    let post = |path: String, body: Option<Value>| {
+        let app = app.clone();
+        async move { app.admin(reqwest::Method::POST, &path, body).await }
+    };
+    let (status, user) = post(
+        base.clone(),
+        Some(json!({"email": "Ops@Acme.Example", "password": GOOD_PASSWORD, "given_name": "Op"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert_eq!(user["email"], "ops@acme.example");
+    assert_eq!(user["status"], "CONFIRMED");
+    assert!(user.get("password_hash").is_none(), "{user}");
+    let (status, dup) = post(base.clone(), Some(json!({"email": "ops@acme.example"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dup}");
+    let (status, weak) = post(
+        base.clone(),
+        Some(json!({"email": "x@acme.example", "password": "password2024"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{weak}");
+    assert!(weak.to_string().contains("local.password_breached"), "{weak}");
+    let (status, _) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{TENANT}/connections/nope/users"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Without a password: the person must reset it first.
+    let (status, invited) = post(base.clone(), Some(json!({"email": "new@acme.example"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{invited}");
+    assert_eq!(invited["status"], "RESET_REQUIRED");
+
+    let (_, list) = app.admin(reqwest::Method::GET, &base, None).await;
+    assert_eq!(list["users"].as_array().unwrap().len(), 2, "{list}");
+
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let pw = portcullis::secret::Secret::new(GOOD_PASSWORD);
+    let reason = |r: Result<portcullis::local::SignedIn, portcullis::local::LocalError>| match r {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    };
+    assert_eq!(
+        reason(app.state.accounts.authenticate(&t, &c, "ops@acme.example", &pw).await),
+        "ok"
+    );
+
+    let one = format!("{base}/ops%40acme.example");
+    let (status, disabled) = post(format!("{one}/disable"), None).await;
+    assert_eq!(status, StatusCode::OK, "{disabled}");
+    assert_eq!(disabled["status"], "DISABLED");
+    assert_eq!(
+        reason(app.state.accounts.authenticate(&t, &c, "ops@acme.example", &pw).await),
+        "local.disabled"
+    );
+    let (_, enabled) = post(format!("{one}/enable"), None).await;
+    assert_eq!(enabled["status"], "CONFIRMED");
+    let (_, reset) = post(format!("{one}/force-reset"), None).await;
+    assert_eq!(reset["status"], "RESET_REQUIRED");
+    assert_eq!(
+        reason(app.state.accounts.authenticate(&t, &c, "ops@acme.example", &pw).await),
+        "local.reset_required"
+    );
+
+    // The accounts are in a backup.
+    let backup = portcullis::backup::export(&app.state.store, app.state.provider.clock.now())
+        .await
+        .unwrap();
+    let names: Vec<&str> = backup.records.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("user:pw:")).count(),
+        2,
+        "{names:?}"
+    );
+    assert!(names.contains(&"users:pw"), "{names:?}");
+
+    // Every change is in the tenant's audit log.
+    let (_, audit) = app
+        .admin(reqwest::Method::GET, &format!("/admin/v1/tenants/{TENANT}/audit"), None)
+        .await;
+    for action in [
+        "local_user.created",
+        "local_user.disabled",
+        "local_user.enabled",
+        "local_user.force_reset",
+    ] {
+        assert!(audit.to_string().contains(action), "{action} not audited: {audit}");
+    }
+
+    let (status, _) = app.admin(reqwest::Method::DELETE, &one, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.admin(reqwest::Method::GET, &one, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        reason(app.state.accounts.authenticate(&t, &c, "ops@acme.example", &pw).await),
+        "local.bad_credentials"
+    );
+    // Deleting the connection deletes its accounts.
+    let (status, _) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(app.state.accounts.list(&t, &c).await.unwrap().is_empty());
+}
