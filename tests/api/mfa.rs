@@ -488,3 +488,67 @@ async fn a_signed_in_user_enrols_on_their_own_where_mfa_is_optional() {
         .await;
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
 }
+
+/// The settings of a raw store on the test Redis under `prefix` (what the
+/// gateway opens underneath the sealing).
+fn store_settings(prefix: &str) -> portcullis::config::Settings {
+    let mut s = portcullis::config::Settings::default();
+    s.dev.enabled = true;
+    s.dev.force = true;
+    s.store.backend = Some("redis".into());
+    s.store.redis_url = Some(portcullis::secret::Secret::new(crate::support::redis::url()));
+    s.store.key_prefix = prefix.to_owned();
+    s.secrets.master_key = Some(portcullis::secret::Secret::new(crate::support::app::TEST_MASTER_KEY));
+    s
+}
+
+#[tokio::test]
+async fn an_enrolment_is_in_the_backup_sealed_and_works_after_a_restore() {
+    let clock = clock();
+    let ((app, _other), prefix) = replicas_with_prefix(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let (secret, _, _) = enrol(&app, &mut browser, &clock, "backup@demo.example").await;
+
+    // Exported: the enrolment record, its seed still sealed.
+    let shared: portcullis::clock::SharedClock = std::sync::Arc::new(clock.clone());
+    let raw = portcullis::app::open_store(&store_settings(&prefix), shared.clone())
+        .await
+        .unwrap();
+    let backup = portcullis::backup::export(&raw, portcullis::clock::Clock::now(&clock))
+        .await
+        .unwrap();
+    let doc = serde_json::to_value(&backup).unwrap();
+    let enrolment = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tag"] == "t:demo:mfa" && r["name"].as_str().unwrap().starts_with("enrolment:"))
+        .unwrap_or_else(|| panic!("no enrolment in the backup: {doc:#}"))
+        .to_string();
+    assert!(enrolment.contains("pcx1."), "{enrolment}");
+    assert!(!enrolment.contains(&secret), "the seed is in clear in the backup");
+
+    // Restored elsewhere: the same person is challenged, and the seed works.
+    let restored_prefix = crate::support::redis::prefix();
+    let settings = store_settings(&restored_prefix);
+    let raw2 = portcullis::app::open_store(&settings, shared).await.unwrap();
+    let sealed = portcullis::app::seal_store(&settings, raw2).unwrap();
+    portcullis::backup::restore(&sealed, doc, false).await.unwrap();
+    let restored = spawn_app(AppOptions {
+        dev: true,
+        redis_url: Some(crate::support::redis::url()),
+        redis_prefix: Some(restored_prefix),
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut browser = Browser::new();
+    let challenge = dev_sign_in(&restored, &mut browser, "backup@demo.example").await;
+    assert!(challenge.body.contains("Two-step verification"), "{}", challenge.body);
+    clock.advance(chrono::Duration::seconds(30));
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
