@@ -203,6 +203,7 @@ async fn delete_user(
     let (t, c, _) = local_connection(&s, &id, &cid).await?;
     let email = email_of(&email)?;
     let before = s.accounts.get(&t, &c, &email).await?.ok_or_else(no_user)?;
+    s.broker.revoke_local_account(&t, &c, &before.subject).await?;
     s.accounts.delete(&t, &c, &email).await?;
     tracing::info!(reason = "admin.local_user_deleted", tenant = %t, connection = %c);
     audit::record(
@@ -241,6 +242,10 @@ async fn change(
         Change::ForceReset => s.accounts.force_reset(&t, &c, &email).await?,
     }
     .ok_or_else(no_user)?;
+    if matches!(what, Change::Disable | Change::ForceReset) {
+        // What the account was issued ends now, not at the next sign-in.
+        s.broker.revoke_local_account(&t, &c, &after.subject).await?;
+    }
     let (reason, action) = match what {
         Change::Disable => ("admin.local_user_disabled", "local_user.disabled"),
         Change::Enable => ("admin.local_user_enabled", "local_user.enabled"),

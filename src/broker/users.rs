@@ -16,6 +16,25 @@ impl Broker {
         self.provider.revoke_user_families(tenant, sub).await
     }
 
+    /// Ends the SSO sessions and refresh-token families of the user
+    /// provisioned for a local account (`subject`) of `connection`, if any:
+    /// after a password change or reset, or when an admin disables the
+    /// account or forces a reset. Tokens already issued are refused on use
+    /// only while the directory user is disabled; access tokens otherwise run
+    /// out on their own (short lifetime).
+    pub async fn revoke_local_account(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
+            return Ok(false);
+        };
+        self.revoke_user(tenant, &sub).await?;
+        Ok(true)
+    }
+
     /// Disables (or enables) a user; disabling revokes its sessions and
     /// families. `false` if there is no such user.
     pub async fn set_user_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {

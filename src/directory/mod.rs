@@ -236,6 +236,26 @@ impl Directory {
         Ok((user, outcome))
     }
 
+    /// The `sub` provisioned for `(connection, upstream subject)` in the
+    /// current incarnation of the tenant and connection, if any (local
+    /// accounts: to end a user's sessions when its password changes or an
+    /// admin disables it).
+    pub async fn sub_of(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Liveness::Live(inc) = self.liveness(tenant, connection).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get(&link_key(tenant, connection, &inc, subject))
+            .await?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+    }
+
     /// Reads a user of `tenant` (whether or not still active).
     pub async fn get(&self, tenant: &TenantId, sub: &str) -> Result<Option<User>, StoreError> {
         if sub.is_empty() || sub.len() > 128 {

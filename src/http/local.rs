@@ -907,7 +907,11 @@ async fn reset(
         )
         .await
     {
-        Ok(_) => {
+        Ok(user) => {
+            // Whoever knew the old password is signed out everywhere.
+            if let Err(e) = app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await {
+                return flows::store_unavailable(&e);
+            }
             show(
                 &app,
                 &session,
@@ -958,7 +962,11 @@ async fn change_password(
         )
         .await
     {
-        Ok(_) => {
+        Ok(user) => {
+            // Whoever knew the old password is signed out everywhere.
+            if let Err(e) = app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await {
+                return flows::store_unavailable(&e);
+            }
             show(
                 &app,
                 &session,
