@@ -206,6 +206,7 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             }
             out.insert(user_key, Value);
             out.insert(directory::disabled_key(&tid, &sub), Value);
+            out.insert(crate::mfa::enrolment_key(&tid, &sub), Value);
         }
         out.insert(users, Set);
         for kind in crate::hooks::HookKind::ALL {

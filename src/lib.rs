@@ -26,6 +26,7 @@ pub mod local;
 pub mod mail;
 pub mod markup;
 pub mod meter;
+pub mod mfa;
 pub mod portal;
 pub mod provider;
 pub mod secret;

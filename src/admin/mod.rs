@@ -109,6 +109,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/tenants/{id}/users/{sub}"),
     ("POST", "/tenants/{id}/users/{sub}/disable"),
     ("POST", "/tenants/{id}/users/{sub}/enable"),
+    ("DELETE", "/tenants/{id}/users/{sub}/mfa"),
     ("POST", "/tenants/{id}/connections/{cid}/users"),
     ("GET", "/tenants/{id}/connections/{cid}/users"),
     ("GET", "/tenants/{id}/connections/{cid}/users/{email}"),

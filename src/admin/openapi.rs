@@ -14,7 +14,7 @@ use super::clients::{NewClient, RotateSecret};
 use super::exchange_rules::{NewExchangeRule, NewWhen};
 use super::resources::{NewResourceServer, NewScope};
 use super::tenants::NewTenant;
-use crate::tenant::{Branding, Tenant, TenantLimit, TenantSettings, TenantThrottle};
+use crate::tenant::{Branding, LocalMfa, Tenant, TenantLimit, TenantSettings, TenantThrottle};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -950,14 +950,14 @@ impl Modify for EdgeAnswers {
         connections_create, connections_list, connections_get, connections_delete,
         clients_create, clients_list, clients_get, clients_patch, clients_delete, clients_rotate_secret,
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
-        users_list, users_get, users_delete, users_disable, users_enable,
+        users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset,
         local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
         exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete,
         hooks_list, hooks_get, hooks_put, hooks_delete
     ),
-    components(schemas(Problem, Tenant, TenantSettings, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
+    components(schemas(Problem, Tenant, TenantSettings, LocalMfa, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
@@ -1116,6 +1116,13 @@ fn users_disable() {}
     responses((status = 200, body = UserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_enable() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/users/{sub}/mfa", tag = "users",
+    description = "Removes the user's TOTP enrolment and recovery codes; where the tenant requires MFA the next sign-in enrols again.",
+    params(("id" = String, Path), ("sub" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn users_mfa_reset() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users", tag = "local-users",
     params(("id" = String, Path), ("cid" = String, Path)),

@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tenants/{id}/users/{sub}", get(get_user).delete(delete_user))
         .route("/tenants/{id}/users/{sub}/disable", post(disable_user))
         .route("/tenants/{id}/users/{sub}/enable", post(enable_user))
+        .route("/tenants/{id}/users/{sub}/mfa", axum::routing::delete(reset_mfa))
 }
 
 fn view(e: &UserEntry) -> Value {
@@ -187,6 +188,40 @@ async fn delete_user(
             .event("user.deleted", Target::new("user", &sub))
             .tenant(&id)
             .before(view(&before)),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /tenants/{id}/users/{sub}/mfa`: removes the user's TOTP
+/// enrolment (and a pending one, the attempt count and the recovery codes);
+/// where the tenant requires MFA the next sign-in enrols again. 204 whether
+/// or not the user was enrolled; 404 for an unknown user.
+async fn reset_mfa(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<StatusCode, AdminError> {
+    let id = existing_tenant(&s, &id).await?;
+    if s.provider
+        .directory
+        .entry(&id, &sub)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(no_user(&sub, &id));
+    }
+    let mfa = crate::mfa::Mfa::new(s.store.clone(), s.provider.clock.clone());
+    let had = mfa.reset(&id, &sub).await.map_err(store_error)?;
+    tracing::info!(reason = "admin.user_mfa_reset", tenant = %id, enrolled = had);
+    audit::record(
+        &s,
+        admin
+            .event("user.mfa_reset", Target::new("user", &sub))
+            .tenant(&id)
+            .before(json!({"enrolled": had}))
+            .after(json!({"enrolled": false})),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -76,6 +76,13 @@ pub struct Validated {
     /// while validating (`None`: the default lifetime).
     #[serde(default)]
     pub session_ttl_secs: Option<u64>,
+    /// Whether Portcullis checks this connection's factors itself (local
+    /// accounts, the dev IdP), so its own second factor applies.
+    #[serde(default)]
+    pub own_factor: bool,
+    /// Whether the tenant or the app required MFA when the answer arrived.
+    #[serde(default)]
+    pub mfa_demanded: bool,
 }
 
 /// Where a validated answer waits for the browser: the handle's hash, so the
@@ -417,7 +424,12 @@ impl Broker {
         };
         // MFA required by the tenant or the app: the answer must show it.
         let mfa = crate::upstream::shows_mfa(&identity, &connector.mfa_contexts());
+        // mfa: where Portcullis checks the first factor itself, it asks for
+        // the second one too (after provisioning, before the session opens).
+        let own_factor = super::second_factor::own_factor(&record.kind);
+        let mut mfa_demanded = false;
         match self.mfa_required(stored_tenant.as_ref(), &request.client_id).await {
+            Ok(true) if own_factor => mfa_demanded = true,
             Ok(true) if !mfa => {
                 self.record_failure(&tenant, Some(&connection), "login.mfa_required")
                     .await;
@@ -503,11 +515,25 @@ impl Broker {
             session_end,
             mfa,
             session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
+            own_factor,
+            mfa_demanded,
         })
     }
 
-    /// Opens the SSO session of a validated answer and issues the app's code.
+    /// Opens the SSO session of a validated answer and issues the app's
+    /// code, unless Portcullis's own second factor applies first: then the
+    /// answer waits under a one-time handle for the MFA page.
     async fn open(&self, v: Validated, sso: &mut BrowserSso) -> Outcome {
+        match self.second_factor_step(&v).await {
+            Ok(None) => self.open_session(v, sso).await,
+            Ok(Some(step)) => self.ask_second_factor(v, step).await,
+            Err(o) => o,
+        }
+    }
+
+    /// Opens the SSO session of a validated answer whose every factor
+    /// passed, and issues the app's code.
+    pub(super) async fn open_session(&self, v: Validated, sso: &mut BrowserSso) -> Outcome {
         let s = SsoSession {
             sid: crate::tokens::random_token(16),
             tenant: v.tenant.clone(),

@@ -11,6 +11,7 @@ mod callback;
 pub mod connectors;
 mod freshness;
 mod mfa;
+pub mod second_factor;
 pub mod session;
 // portal: status enforcement, test sign-ins, failed sign-in records.
 pub mod testing;
@@ -81,6 +82,15 @@ pub enum Outcome {
         params: BTreeMap<String, String>,
         /// Why we ask again, if the first answer did not match.
         error: Option<String>,
+    },
+    /// The answer waits for Portcullis's own second factor: send the browser
+    /// to `url` (the MFA page) and keep `secret` in its session (the page
+    /// checks that the browser holds it).
+    SecondFactor {
+        /// The MFA page with its one-time handle.
+        url: Url,
+        /// The browser secret whose hash the waiting answer stores.
+        secret: String,
     },
     /// The tenant has several connections: let the person pick one.
     ChooseConnection {

@@ -53,6 +53,11 @@ impl Broker {
         // Revoke first: should the deletion fail half-way, nothing of the
         // user keeps working (and its record is still there to retry).
         self.revoke_user(tenant, sub).await?;
+        // mfa: the enrolment goes with the user (a new user gets a new `sub`
+        // anyway; this frees the store and the sealed seed).
+        crate::mfa::Mfa::new(self.store.clone(), self.provider.clock.clone())
+            .reset(tenant, sub)
+            .await?;
         self.provider.directory.delete(tenant, sub).await
     }
 

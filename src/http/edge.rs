@@ -130,7 +130,9 @@ impl RouteClass {
             ["oidc", t, _, "callback"]
             | ["saml", t, _, "acs" | "continue"]
             | ["dev", t, _, "callback" | "login"]
-            | ["local", t, _, _] => (Self::Callback, Some((*t).to_owned())),
+            | ["local", t, _, _]
+            | ["mfa", t, _]
+            | ["mfa", t, _, "continue"] => (Self::Callback, Some((*t).to_owned())),
             ["setup", _] => (Self::Portal, None),
             ["portal", ..] => (Self::Portal, None),
             ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),
@@ -150,7 +152,10 @@ impl RouteClass {
     pub fn max_body(self, path: &str) -> usize {
         match self {
             Self::Callback
-                if !path.ends_with("/continue") && !path.starts_with("/dev/") && !path.starts_with("/local/") =>
+                if !path.ends_with("/continue")
+                    && !path.starts_with("/dev/")
+                    && !path.starts_with("/local/")
+                    && !path.starts_with("/mfa/") =>
             {
                 MAX_ACS_BODY
             }
@@ -829,6 +834,15 @@ mod tests {
             (RouteClass::Admin, Some("acme".into()))
         );
         assert_eq!(c(Method::GET, "/setup/abc"), (RouteClass::Portal, None));
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/local"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/local/continue"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(RouteClass::Callback.max_body("/mfa/acme/local"), MAX_SMALL_BODY);
         assert_eq!(c(Method::GET, "/jwks"), (RouteClass::Other, None));
         assert_eq!(c(Method::POST, "/sso/legacy/acs"), (RouteClass::Callback, None));
         assert_eq!(RouteClass::Callback.max_body("/saml/a/b/acs"), MAX_ACS_BODY);

@@ -100,7 +100,7 @@ pub async fn check_csrf(session: &Session, purpose: &str, presented: Option<&str
 
 /// The form-action sources of a page of ours whose form leads, through
 /// redirects, to `onward` (browsers check form-action on redirects too).
-fn own_form_action(state: &AppState, onward: &[&url::Url]) -> Vec<String> {
+pub(crate) fn own_form_action(state: &AppState, onward: &[&url::Url]) -> Vec<String> {
     let mut sources = vec!["'self'".to_owned()];
     sources.extend(pages::origin_source(&state.upstream.public_url));
     sources.extend(onward.iter().filter_map(|u| pages::origin_source(u)));
@@ -111,7 +111,9 @@ fn own_form_action(state: &AppState, onward: &[&url::Url]) -> Vec<String> {
 /// Maps a broker outcome to a response.
 pub fn respond(state: &AppState, outcome: Outcome) -> Response {
     match outcome {
-        Outcome::App(url) | Outcome::Continue(url) => Redirect::to(url.as_str()).into_response(),
+        Outcome::App(url) | Outcome::Continue(url) | Outcome::SecondFactor { url, .. } => {
+            Redirect::to(url.as_str()).into_response()
+        }
         Outcome::Upstream {
             redirect: UpstreamRedirect::Redirect(url),
             ..
@@ -199,10 +201,22 @@ fn choose_tenant(state: &AppState, params: &BTreeMap<String, String>, error: Opt
     pages::page(StatusCode::OK, "Sign in", &body, &sources)
 }
 
+/// Keeps the secret a sign-in waiting for its second factor is bound to in
+/// the browser's session (mfa); failing to, the request fails closed.
+pub async fn remember_second_factor(session: &Session, outcome: &Outcome) -> Result<(), Response> {
+    if let Outcome::SecondFactor { secret, .. } = outcome {
+        session
+            .insert(crate::broker::second_factor::MFA_SESSION_FIELD, secret)
+            .await
+            .map_err(session_failed)?;
+    }
+    Ok(())
+}
+
 /// Keeps the browser's session in step after a sign-in step: a new SSO
 /// session gets a fresh session id (a planted cookie cannot be fixated), and
 /// a used login binding is dropped. Any failure fails the request closed.
-async fn keep_session(
+pub async fn keep_session(
     session: &Session,
     sso: &BrowserSso,
     sso_before: &BrowserSso,
@@ -237,6 +251,9 @@ pub async fn complete(
         .complete(tenant, connection, params, &mut sso, &mut logins, fresh)
         .await;
     if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+        return r;
+    }
+    if let Err(r) = remember_second_factor(session, &outcome).await {
         return r;
     }
     respond(state, outcome)
@@ -402,6 +419,9 @@ async fn resume(
         .resume(tenant, connection, handle, confirmed, &mut sso, &mut logins)
         .await;
     if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+        return r;
+    }
+    if let Err(r) = remember_second_factor(session, &outcome).await {
         return r;
     }
     match outcome {

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod health;
 pub mod local;
 pub mod metrics;
+pub mod mfa;
 pub mod oauth;
 pub mod pages;
 pub mod server;
@@ -141,7 +142,8 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/saml/{tenant}/{connection}/continue",
             get(flows::saml_continue).post(flows::saml_continue_confirmed),
-        );
+        )
+        .merge(mfa::routes());
     browser = browser.merge(local::routes());
     if state.dev {
         browser = browser.merge(dev::routes());

@@ -11,6 +11,7 @@
 //! | an upstream session (`t:<tenant>:sso` / `upstream:<sid>`) | `refresh_token` |
 //! | the signing keyset (`g:keys` / `signing`) | `active.private_pem`, `next.private_pem`, `retired[].private_pem` |
 //! | a tenant's hook (`t:<tenant>:hooks` / `<kind>`) | `secret` |
+//! | an MFA enrolment (`t:<tenant>:mfa` / `enrolment:<sub>`, `pending:<sub>`) | `secret` (the TOTP seed) |
 //!
 //! Each field is one envelope whose context is `<tag>/<name>#<field path>`,
 //! so a sealed value only opens in the record and field it was written to.
@@ -42,6 +43,7 @@ const CONNECTION_FIELDS: &[FieldPath] = &[
 ];
 const UPSTREAM_SESSION_FIELDS: &[FieldPath] = &[&["refresh_token"]];
 const HOOK_FIELDS: &[FieldPath] = &[&["secret"]];
+const MFA_ENROLMENT_FIELDS: &[FieldPath] = &[&["secret"]];
 const KEYSET_FIELDS: &[FieldPath] = &[
     &["active", "private_pem"],
     &["next", "private_pem"],
@@ -60,6 +62,11 @@ pub fn sealed_fields(key: &Key) -> Option<&'static [FieldPath]> {
         Some(KEYSET_FIELDS)
     } else if tag.starts_with("t:") && tag.ends_with(":hooks") {
         Some(HOOK_FIELDS)
+    } else if tag.starts_with("t:")
+        && tag.ends_with(":mfa")
+        && (name.starts_with("enrolment:") || name.starts_with("pending:"))
+    {
+        Some(MFA_ENROLMENT_FIELDS)
     } else {
         None
     }

@@ -73,6 +73,12 @@ pub struct TenantSettings {
     /// Whether sign-ins of this tenant must show multi-factor authentication.
     #[serde(default)]
     pub require_mfa: bool,
+    /// The second factor Portcullis itself asks for on the connections whose
+    /// first factor it checks (local accounts, the dev IdP): `off`,
+    /// `optional` (enrolled users are challenged) or `required` (everyone
+    /// enrols). `require_mfa` (tenant or app) counts as `required` there.
+    #[serde(default)]
+    pub local_mfa: LocalMfa,
     /// How the tenant's pages look.
     #[serde(default)]
     pub branding: Branding,
@@ -80,6 +86,19 @@ pub struct TenantSettings {
     /// ones (set by the platform admin only). Boxed: most tenants have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Box<TenantThrottle>>,
+}
+
+/// The tenant setting `local_mfa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalMfa {
+    /// No second factor unless the tenant or app requires MFA.
+    #[default]
+    Off,
+    /// Users who enrolled are asked for their second factor.
+    Optional,
+    /// Every user enrols at the first sign-in and is asked every time.
+    Required,
 }
 
 /// A tenant's own rate limits per route class; an absent class or value

@@ -1,0 +1,577 @@
+//! Portcullis's own second factor, between provisioning and the SSO session,
+//! on the connections whose first factor Portcullis checks itself (local
+//! accounts, the dev IdP).
+//!
+//! When the tenant's `local_mfa` is `required`, or `optional` and the user
+//! is enrolled, or the tenant or app requires MFA, a validated answer does
+//! not open a session: it waits under a one-time handle (hash as key,
+//! tenant-scoped, [`MFA_TTL`]) bound to the browser (a secret in its session
+//! whose hash the waiting answer stores), and the browser goes to the MFA
+//! page: a challenge (TOTP or recovery code) or, for a user not enrolled
+//! where MFA is required, the enrolment (QR code, secret, first code, then
+//! the recovery codes once). Only a passed second factor opens the session,
+//! with `amr` showing `otp` and `mfa` beside the first factor's, and the
+//! session counts as MFA for `require_mfa`.
+
+use super::callback::Validated;
+use super::session::BrowserSso;
+use super::{page, unavailable, Broker, Outcome};
+use crate::ids::{ConnectionId, TenantId};
+use crate::mfa::{Factor, Mfa, MfaError};
+use crate::store::{Key, StoreJson};
+use crate::tenant::LocalMfa;
+use crate::upstream::ConnectionKind;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How long a validated answer waits for its second factor (enrolment
+/// included: scanning a QR code takes a moment).
+pub const MFA_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The browser-session field holding the secret the waiting answer is bound to.
+pub const MFA_SESSION_FIELD: &str = "mfa_browser";
+
+/// The longest handle accepted (handles are 32 random bytes, base64url).
+const MAX_HANDLE_LEN: usize = 128;
+
+/// Whether Portcullis checks the first factor of connections of this kind
+/// itself, so that its own second factor applies.
+pub fn own_factor(kind: &ConnectionKind) -> bool {
+    matches!(kind, ConnectionKind::Dev(_) | ConnectionKind::Local(_))
+}
+
+/// Which second-factor step a waiting answer is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// An enrolled user types a TOTP or recovery code.
+    Challenge,
+    /// A user who must enrol scans the QR code and types a first code.
+    Enrol,
+    /// Enrolled just now: the recovery codes were shown; continue.
+    Done,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Waiting {
+    validated: Validated,
+    step: Step,
+    /// SHA-256 of the browser's secret.
+    browser: String,
+}
+
+fn waiting_key(t: &TenantId, handle: &str) -> Key {
+    Key::tenant(
+        t.as_str(),
+        "login",
+        format!("mfa:{}", crate::tokens::sha256_base64url(handle.as_bytes())),
+    )
+}
+
+/// The enrolment part of the page: everything an authenticator app needs.
+#[derive(Debug, Clone)]
+pub struct EnrolView {
+    /// The secret in base32, in groups of four for typing.
+    pub secret: String,
+    /// The `otpauth://` URI.
+    pub uri: String,
+    /// The QR code of the URI as an inline SVG element.
+    pub qr_svg: String,
+}
+
+/// What the MFA page shows.
+#[derive(Debug, Clone)]
+pub struct MfaPage {
+    /// HTTP status.
+    pub status: u16,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The tenant's display name.
+    pub tenant_name: String,
+    /// The one-time handle of the waiting answer.
+    pub handle: String,
+    /// Who is signing in (email or name), to show.
+    pub who: String,
+    /// Which step.
+    pub step: Step,
+    /// The enrolment details (step [`Step::Enrol`]).
+    pub enrol: Option<EnrolView>,
+    /// The recovery codes, shown once (step [`Step::Done`]).
+    pub recovery_codes: Vec<String>,
+    /// Why the last code was refused (a reason code), if it was.
+    pub error: Option<&'static str>,
+    /// Where the sign-in goes afterwards (the app's redirect URI; empty
+    /// for a self-service enrolment).
+    pub app: String,
+    /// A signed-in user enrolling on their own (`/mfa/{tenant}/enroll`):
+    /// no sign-in continues afterwards.
+    pub self_service: bool,
+}
+
+/// Whose page, and which.
+struct PageFor<'a> {
+    tenant: &'a TenantId,
+    connection: &'a ConnectionId,
+    sub: &'a str,
+    who: String,
+    step: Step,
+    handle: &'a str,
+    app: &'a str,
+    self_service: bool,
+}
+
+/// The broker's answer to the MFA page.
+#[derive(Debug)]
+pub enum MfaAnswer {
+    /// Show the page.
+    Page(MfaPage),
+    /// Done or refused: the usual outcome (a redirect to the app, a page).
+    Outcome(Outcome),
+}
+
+fn refused(status: u16, message: &str, reason: &'static str) -> MfaAnswer {
+    MfaAnswer::Outcome(page(status, "Sign-in failed", message, reason))
+}
+
+fn store_failed(e: impl std::fmt::Display) -> MfaAnswer {
+    MfaAnswer::Outcome(unavailable(e))
+}
+
+/// The secret in groups of four characters.
+fn grouped(secret: &str) -> String {
+    secret
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Broker {
+    fn mfa(&self) -> Mfa {
+        Mfa::new(self.store.clone(), self.provider.clock.clone())
+    }
+
+    /// Whether the validated answer needs Portcullis's second factor, and
+    /// which step; a store failure fails the sign-in.
+    pub(super) async fn second_factor_step(&self, v: &Validated) -> Result<Option<Step>, Outcome> {
+        if !v.own_factor {
+            return Ok(None);
+        }
+        let setting = match self.tenants.get(&v.tenant).await {
+            Ok(t) => t.map(|t| t.settings.local_mfa).unwrap_or_default(),
+            Err(e) => return Err(unavailable(e)),
+        };
+        if setting == LocalMfa::Off && !v.mfa_demanded {
+            return Ok(None);
+        }
+        let enrolled = self.mfa().enrolled(&v.tenant, &v.sub).await.map_err(unavailable)?;
+        Ok(match (enrolled, setting, v.mfa_demanded) {
+            (true, _, _) => Some(Step::Challenge),
+            (false, LocalMfa::Required, _) | (false, _, true) => Some(Step::Enrol),
+            (false, _, false) => None,
+        })
+    }
+
+    /// Keeps `v` waiting for its second factor and sends the browser to the
+    /// MFA page.
+    pub(super) async fn ask_second_factor(&self, v: Validated, step: Step) -> Outcome {
+        let handle = crate::tokens::random_token(32);
+        let secret = crate::tokens::random_token(24);
+        let (tenant, connection) = (v.tenant.clone(), v.connection.clone());
+        let waiting = Waiting {
+            validated: v,
+            step,
+            browser: crate::tokens::sha256_base64url(secret.as_bytes()),
+        };
+        if let Err(e) = self
+            .store
+            .put_json(&waiting_key(&tenant, &handle), &waiting, Some(MFA_TTL))
+            .await
+        {
+            return unavailable(e);
+        }
+        let mut url = self.upstream.public(&format!("mfa/{tenant}/{connection}"));
+        url.query_pairs_mut().append_pair("handle", &handle);
+        let reason = if step == Step::Enrol {
+            "mfa.enrolment_required"
+        } else {
+            "mfa.challenge"
+        };
+        tracing::info!(reason, tenant = %tenant, connection = %connection, "second factor asked");
+        Outcome::SecondFactor { url, secret }
+    }
+
+    /// Finds the waiting answer of `handle` and checks it belongs to this
+    /// tenant, connection and browser.
+    async fn waiting(
+        &self,
+        tenant: &str,
+        connection: &str,
+        handle: &str,
+        browser: Option<&str>,
+    ) -> Result<(Waiting, TenantId, ConnectionId), MfaAnswer> {
+        let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
+            return Err(refused(
+                404,
+                "This sign-in address does not exist.",
+                "mfa.unknown_handle",
+            ));
+        };
+        let found = if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
+            None
+        } else {
+            self.store
+                .get_json::<Waiting>(&waiting_key(&tenant, handle))
+                .await
+                .map_err(store_failed)?
+        };
+        let Some(w) = found else {
+            tracing::warn!(reason = "mfa.unknown_handle", tenant = %tenant, connection = %connection);
+            return Err(refused(
+                400,
+                "This sign-in has expired or was already finished. Please start again from the application.",
+                "mfa.unknown_handle",
+            ));
+        };
+        if w.validated.tenant != tenant || w.validated.connection != connection {
+            tracing::warn!(reason = "mfa.login_mismatch", tenant = %tenant, connection = %connection);
+            return Err(refused(
+                400,
+                "This page does not belong to the sign-in that was started.",
+                "mfa.login_mismatch",
+            ));
+        }
+        let holds = browser.is_some_and(|s| {
+            use subtle::ConstantTimeEq;
+            crate::tokens::sha256_base64url(s.as_bytes())
+                .as_bytes()
+                .ct_eq(w.browser.as_bytes())
+                .into()
+        });
+        if !holds {
+            self.record_failure(&tenant, Some(&connection), "mfa.browser_mismatch")
+                .await;
+            tracing::warn!(reason = "mfa.browser_mismatch", tenant = %tenant, connection = %connection);
+            return Err(refused(
+                400,
+                "This sign-in was started in another browser or its session has ended. Please start again from the application.",
+                "mfa.browser_mismatch",
+            ));
+        }
+        Ok((w, tenant, connection))
+    }
+
+    /// The page of a waiting answer (`error`: why the last code was refused).
+    async fn mfa_page(
+        &self,
+        w: &Waiting,
+        handle: &str,
+        error: Option<&'static str>,
+        recovery_codes: Vec<String>,
+    ) -> MfaAnswer {
+        let v = &w.validated;
+        let who = v
+            .identity
+            .email
+            .clone()
+            .or_else(|| v.identity.name.clone())
+            .unwrap_or_else(|| v.identity.subject.clone());
+        let target = PageFor {
+            tenant: &v.tenant,
+            connection: &v.connection,
+            sub: &v.sub,
+            who,
+            step: w.step,
+            handle,
+            app: &v.request.redirect_uri,
+            self_service: false,
+        };
+        self.build_page(target, error, recovery_codes).await
+    }
+
+    async fn build_page(&self, p: PageFor<'_>, error: Option<&'static str>, recovery_codes: Vec<String>) -> MfaAnswer {
+        let tenant_name = match self.tenants.get(p.tenant).await {
+            Ok(t) => t.map_or_else(|| p.tenant.to_string(), |t| t.name),
+            Err(e) => return store_failed(e),
+        };
+        let enrol = if p.step == Step::Enrol {
+            let pending = match self.mfa().start_enrolment(p.tenant, p.sub).await {
+                Ok(pending) => pending,
+                Err(e) => return store_failed(e),
+            };
+            let uri = crate::mfa::totp::otpauth_uri(&tenant_name, &p.who, &pending.secret);
+            let Some(qr_svg) = crate::mfa::qr::svg(&uri, "QR code to add this account to an authenticator app") else {
+                tracing::error!(reason = "mfa.qr_failed", tenant = %p.tenant);
+                return refused(
+                    500,
+                    "The enrolment could not be shown. Please try again.",
+                    "mfa.qr_failed",
+                );
+            };
+            Some(EnrolView {
+                secret: grouped(&pending.secret),
+                uri,
+                qr_svg,
+            })
+        } else {
+            None
+        };
+        let status = match error {
+            None => 200,
+            Some("mfa.throttled") => 429,
+            Some(_) => 400,
+        };
+        MfaAnswer::Page(MfaPage {
+            status,
+            tenant: p.tenant.clone(),
+            connection: p.connection.clone(),
+            tenant_name,
+            handle: p.handle.to_owned(),
+            who: p.who,
+            step: p.step,
+            enrol,
+            recovery_codes,
+            error,
+            app: p.app.to_owned(),
+            self_service: p.self_service,
+        })
+    }
+
+    /// `/mfa/{tenant}/enroll`: a signed-in user of a connection with
+    /// Portcullis's own factors enrols on their own (tenant setting
+    /// `optional` or `required`), with the browser's SSO session for the
+    /// tenant. `code`: the first code typed (`None`: show the enrolment).
+    /// An existing enrolment is never replaced here (an admin resets it).
+    pub async fn mfa_self_enrol(&self, tenant: &str, sso: &BrowserSso, code: Option<&str>) -> MfaAnswer {
+        let Ok(tenant) = TenantId::parse(tenant) else {
+            return refused(404, "There is nothing at this address.", "mfa.not_signed_in");
+        };
+        let signed_in = match super::session::load(&self.store, sso, &tenant).await {
+            Ok(s) => s,
+            Err(e) => return store_failed(e),
+        };
+        let Some(s) = signed_in else {
+            tracing::info!(reason = "mfa.not_signed_in", tenant = %tenant);
+            return refused(
+                401,
+                "Sign in to the application first, then come back to set up two-step verification.",
+                "mfa.not_signed_in",
+            );
+        };
+        match self.provider.directory.active(&tenant, &s.sub).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return refused(
+                    401,
+                    "Sign in to the application first, then come back to set up two-step verification.",
+                    "mfa.not_signed_in",
+                )
+            }
+            Err(e) => return store_failed(e),
+        }
+        let applies = match (
+            self.tenants.get(&tenant).await,
+            self.tenants.connection(&tenant, &s.connection).await,
+        ) {
+            (Ok(Some(t)), Ok(Some(c))) => t.settings.local_mfa != LocalMfa::Off && own_factor(&c.kind),
+            (Err(e), _) => return store_failed(e),
+            (_, Err(crate::tenant::RegistryError::Store(e))) => return store_failed(e),
+            _ => false,
+        };
+        if !applies {
+            tracing::info!(reason = "mfa.not_applicable", tenant = %tenant, connection = %s.connection);
+            return refused(
+                403,
+                "Two-step verification by Portcullis is not used for your sign-in method.",
+                "mfa.not_applicable",
+            );
+        }
+        match self.mfa().enrolled(&tenant, &s.sub).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return refused(
+                    409,
+                    "Two-step verification is already set up for your account. Your administrator can reset it.",
+                    "mfa.already_enrolled",
+                )
+            }
+            Err(e) => return store_failed(e),
+        }
+        let who = match self.provider.directory.get(&tenant, &s.sub).await {
+            Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),
+            Err(e) => return store_failed(e),
+        };
+        let mut target = PageFor {
+            tenant: &tenant,
+            connection: &s.connection,
+            sub: &s.sub,
+            who,
+            step: Step::Enrol,
+            handle: "",
+            app: "",
+            self_service: true,
+        };
+        let Some(code) = code else {
+            return self.build_page(target, None, Vec::new()).await;
+        };
+        match self.mfa().confirm(&tenant, &s.sub, code).await {
+            Ok((_, codes)) => {
+                tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %s.connection, "TOTP enrolment confirmed");
+                self.mfa_audit(&tenant, &s.connection, &s.sub, "mfa.enrolled").await;
+                target.step = Step::Done;
+                self.build_page(target, None, codes).await
+            }
+            Err(MfaError::Store(e)) => store_failed(e),
+            Err(e) => {
+                let reason = e.reason();
+                tracing::warn!(reason, tenant = %tenant, connection = %s.connection, "enrolment code refused");
+                self.build_page(target, Some(reason), Vec::new()).await
+            }
+        }
+    }
+
+    /// `GET /mfa/{tenant}/{connection}?handle=…`: the challenge or the
+    /// enrolment of a waiting answer. `browser` is the secret this
+    /// browser's session holds.
+    pub async fn mfa_show(&self, tenant: &str, connection: &str, handle: &str, browser: Option<&str>) -> MfaAnswer {
+        match self.waiting(tenant, connection, handle, browser).await {
+            Ok((w, _, _)) => self.mfa_page(&w, handle, None, Vec::new()).await,
+            Err(a) => a,
+        }
+    }
+
+    /// A code typed on the MFA page: a TOTP or recovery code for a
+    /// challenge, the first TOTP code for an enrolment. A right challenge
+    /// code opens the session; a confirmed enrolment shows the recovery
+    /// codes once; a wrong code shows the page again with its reason.
+    pub async fn mfa_submit(
+        &self,
+        tenant: &str,
+        connection: &str,
+        handle: &str,
+        browser: Option<&str>,
+        code: &str,
+        sso: &mut BrowserSso,
+    ) -> MfaAnswer {
+        let (mut w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
+            Ok(found) => found,
+            Err(a) => return a,
+        };
+        let sub = w.validated.sub.clone();
+        match w.step {
+            Step::Done => self.mfa_page(&w, handle, None, Vec::new()).await,
+            Step::Enrol => match self.mfa().confirm(&tenant, &sub, code).await {
+                Ok((_, codes)) => {
+                    tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
+                    self.mfa_audit(&tenant, &connection, &sub, "mfa.enrolled").await;
+                    w.step = Step::Done;
+                    if let Err(e) = self
+                        .store
+                        .put_json(&waiting_key(&tenant, handle), &w, Some(MFA_TTL))
+                        .await
+                    {
+                        return store_failed(e);
+                    }
+                    self.mfa_page(&w, handle, None, codes).await
+                }
+                Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
+            },
+            Step::Challenge => match self.mfa().verify(&tenant, &sub, code).await {
+                Ok(factor) => {
+                    if let Factor::Recovery { remaining } = factor {
+                        tracing::info!(reason = "mfa.recovery_used", tenant = %tenant, connection = %connection, remaining, "a recovery code was used");
+                        self.mfa_audit(&tenant, &connection, &sub, "mfa.recovery_used").await;
+                    }
+                    self.finish_second_factor(&tenant, &connection, handle, sso).await
+                }
+                Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
+            },
+        }
+    }
+
+    /// `POST /mfa/{tenant}/{connection}/continue`: after the recovery codes
+    /// were shown, open the session.
+    pub async fn mfa_continue(
+        &self,
+        tenant: &str,
+        connection: &str,
+        handle: &str,
+        browser: Option<&str>,
+        sso: &mut BrowserSso,
+    ) -> MfaAnswer {
+        let (w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
+            Ok(found) => found,
+            Err(a) => return a,
+        };
+        if w.step != Step::Done {
+            tracing::warn!(reason = "mfa.not_done", tenant = %tenant, connection = %connection);
+            return self.mfa_page(&w, handle, Some("mfa.not_done"), Vec::new()).await;
+        }
+        self.finish_second_factor(&tenant, &connection, handle, sso).await
+    }
+
+    /// Consumes the waiting answer (once: a concurrent second success finds
+    /// nothing) and opens the session with the second factor in `amr`.
+    async fn finish_second_factor(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        handle: &str,
+        sso: &mut BrowserSso,
+    ) -> MfaAnswer {
+        let taken = match self.store.take_json::<Waiting>(&waiting_key(tenant, handle)).await {
+            Ok(t) => t,
+            Err(e) => return store_failed(e),
+        };
+        let Some(mut w) = taken else {
+            tracing::warn!(reason = "mfa.unknown_handle", tenant = %tenant, connection = %connection);
+            return refused(
+                400,
+                "This sign-in was already finished. Please start again from the application.",
+                "mfa.unknown_handle",
+            );
+        };
+        for method in ["otp", "mfa"] {
+            if !w.validated.identity.amr.iter().any(|m| m == method) {
+                w.validated.identity.amr.push(method.to_owned());
+            }
+        }
+        w.validated.mfa = true;
+        tracing::info!(reason = "mfa.verified", tenant = %tenant, connection = %connection, "second factor passed");
+        MfaAnswer::Outcome(self.open_session(w.validated, sso).await)
+    }
+
+    async fn second_factor_refused(
+        &self,
+        w: &Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        e: MfaError,
+    ) -> MfaAnswer {
+        let reason = e.reason();
+        if let MfaError::Store(e) = e {
+            return store_failed(e);
+        }
+        tracing::warn!(reason, tenant = %tenant, connection = %connection, "second factor refused");
+        self.record_failure(tenant, Some(connection), reason).await;
+        self.mfa_page(w, handle, Some(reason), Vec::new()).await
+    }
+
+    async fn mfa_audit(&self, tenant: &TenantId, connection: &ConnectionId, sub: &str, action: &'static str) {
+        let event = crate::audit::AuditEvent::security(
+            &crate::audit::Actor::User(sub.to_owned()),
+            action,
+            crate::audit::Target::new("user", sub),
+            crate::audit::Outcome::Success,
+            action,
+        )
+        .tenant(tenant)
+        .connection(connection.as_str())
+        .subject(sub);
+        self.provider.audit.security(event).await;
+    }
+}

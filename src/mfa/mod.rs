@@ -1,0 +1,512 @@
+//! Second factor for the connections whose first factor Portcullis checks
+//! itself (local accounts, and the dev IdP): TOTP (RFC 6238) enrolments per
+//! (tenant, user `sub`), one-time recovery codes, and the checks a code
+//! passes.
+//!
+//! - The TOTP seed is random (160 bits), shown once as a QR code and as
+//!   text, and stored sealed at rest (`secrets::sealed::sealed_fields`
+//!   lists `secret` of `t:<tenant>:mfa` / `enrolment:<sub>` and
+//!   `pending:<sub>`).
+//! - An enrolment is *pending* (TTL [`ENROL_TTL`]) until the person types a
+//!   first code; only then it becomes the persistent enrolment, with ten
+//!   recovery codes shown once and stored as SHA-256 hashes (80 random bits
+//!   each), each usable once.
+//! - A time step once accepted for a user is never accepted again, nor any
+//!   earlier one (RFC 6238 §5.2): the last accepted step is advanced with a
+//!   compare-and-set in the store, so two replicas cannot both accept it.
+//! - Every attempt is counted in the store per (tenant, sub) before the
+//!   code is looked at: more than [`MAX_ATTEMPTS`] in [`ATTEMPT_WINDOW`] is
+//!   refused (`mfa.throttled`) whatever the code, on every replica.
+
+pub mod qr;
+pub mod totp;
+
+use crate::clock::SharedClock;
+use crate::ids::TenantId;
+use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Recovery codes made at enrolment.
+pub const RECOVERY_CODES: usize = 10;
+/// Base32 characters of a recovery code (80 bits).
+const RECOVERY_CHARS: usize = 16;
+/// Attempts (codes typed, right or wrong) per user and window.
+pub const MAX_ATTEMPTS: i64 = 5;
+/// The window attempts are counted in.
+pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How long a started enrolment waits for its first code.
+pub const ENROL_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long the last accepted step is remembered: longer than any code of
+/// that step (or an earlier one) can still match.
+const STEP_MEMORY: Duration = Duration::from_secs(10 * 60);
+/// Compare-and-set rounds before a contended update is refused.
+const CAS_ROUNDS: usize = 4;
+
+/// The key of a user's confirmed enrolment (persistent, sealed).
+pub fn enrolment_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "mfa", format!("enrolment:{sub}"))
+}
+
+/// The key of a user's enrolment waiting for its first code (sealed, TTL).
+fn pending_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "mfa", format!("pending:{sub}"))
+}
+
+fn step_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "mfa", format!("step:{sub}"))
+}
+
+fn attempts_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "mfa", format!("attempts:{sub}"))
+}
+
+/// One recovery code, by hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryCode {
+    /// SHA-256 (base64url) of `<tenant>/<sub>/<code>`.
+    pub hash: String,
+    /// When it was used (Unix seconds); a used code is refused.
+    #[serde(default)]
+    pub used_at: Option<i64>,
+}
+
+/// A user's TOTP enrolment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// The user.
+    pub sub: String,
+    /// The shared secret, base32 (sealed at rest).
+    pub secret: String,
+    /// When the enrolment was started (Unix seconds).
+    pub created_at: i64,
+    /// When the first code confirmed it (Unix seconds); `None` while pending.
+    #[serde(default)]
+    pub confirmed_at: Option<i64>,
+    /// The recovery codes (empty while pending).
+    #[serde(default)]
+    pub recovery: Vec<RecoveryCode>,
+}
+
+impl Enrolment {
+    /// Recovery codes not used yet.
+    pub fn recovery_left(&self) -> usize {
+        self.recovery.iter().filter(|r| r.used_at.is_none()).count()
+    }
+}
+
+/// What a second factor was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factor {
+    /// A TOTP code.
+    Totp,
+    /// A recovery code; `remaining` are left.
+    Recovery {
+        /// Unused recovery codes left.
+        remaining: usize,
+    },
+}
+
+/// Why a code was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MfaError {
+    /// Not the code of any step in the window (nor an unused recovery code).
+    #[error("wrong code")]
+    BadCode,
+    /// The code's time step (or a later one) was already accepted.
+    #[error("code already used")]
+    CodeReused,
+    /// The recovery code was already used.
+    #[error("recovery code already used")]
+    RecoveryReused,
+    /// Too many attempts in the window.
+    #[error("too many attempts")]
+    Throttled,
+    /// The user has no enrolment (or no pending one, when confirming).
+    #[error("not enrolled")]
+    NotEnrolled,
+    /// The enrolment changed meanwhile (a concurrent confirmation or reset).
+    #[error("enrolment changed meanwhile")]
+    Changed,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MfaError {
+    /// The stable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadCode => "mfa.bad_code",
+            Self::CodeReused => "mfa.code_reused",
+            Self::RecoveryReused => "mfa.recovery_reused",
+            Self::Throttled => "mfa.throttled",
+            Self::NotEnrolled => "mfa.not_enrolled",
+            Self::Changed => "mfa.enrolment_changed",
+            Self::Store(_) => "store.unavailable",
+        }
+    }
+}
+
+/// A code as typed: spaces and dashes dropped, letters upper-cased.
+fn normalise(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+fn recovery_hash(t: &TenantId, sub: &str, normalised: &str) -> String {
+    crate::tokens::sha256_base64url(format!("{t}/{sub}/{normalised}").as_bytes())
+}
+
+/// Random bytes from OpenSSL's generator.
+fn random_bytes(n: usize) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0u8; n];
+    openssl::rand::rand_bytes(&mut buf).map_err(|e| StoreError::Unavailable(format!("random bytes: {e}")))?;
+    Ok(buf)
+}
+
+/// A recovery code as shown: four groups of four base32 characters.
+fn new_recovery_code() -> Result<String, StoreError> {
+    let raw = totp::base32_encode(&random_bytes(10)?);
+    let chars: Vec<char> = raw.chars().take(RECOVERY_CHARS).collect();
+    Ok(chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-"))
+}
+
+/// The MFA enrolments and checks, over the store and the injected clock.
+#[derive(Clone)]
+pub struct Mfa {
+    store: SharedStore,
+    clock: SharedClock,
+}
+
+impl Mfa {
+    /// The service over `store` (the sealing store) and `clock`.
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+
+    /// The user's confirmed enrolment, if any.
+    pub async fn enrolment(&self, t: &TenantId, sub: &str) -> Result<Option<Enrolment>, StoreError> {
+        self.store.get_json(&enrolment_key(t, sub)).await
+    }
+
+    /// Whether the user has a confirmed enrolment (presence only).
+    pub async fn enrolled(&self, t: &TenantId, sub: &str) -> Result<bool, StoreError> {
+        self.store.exists(&enrolment_key(t, sub)).await
+    }
+
+    /// The user's pending enrolment: the one already started (so a reload
+    /// shows the same secret), or a new one with a fresh secret.
+    pub async fn start_enrolment(&self, t: &TenantId, sub: &str) -> Result<Enrolment, StoreError> {
+        let key = pending_key(t, sub);
+        for _ in 0..CAS_ROUNDS {
+            if let Some(p) = self.store.get_json::<Enrolment>(&key).await? {
+                return Ok(p);
+            }
+            let fresh = Enrolment {
+                sub: sub.to_owned(),
+                secret: totp::base32_encode(&random_bytes(totp::SECRET_BYTES)?),
+                created_at: self.clock.unix(),
+                confirmed_at: None,
+                recovery: Vec::new(),
+            };
+            if self.store.put_json_if_absent(&key, &fresh, Some(ENROL_TTL)).await? {
+                return Ok(fresh);
+            }
+        }
+        Err(StoreError::Unavailable("pending enrolment contended".into()))
+    }
+
+    /// Confirms the pending enrolment with its first code: the enrolment
+    /// becomes the user's, and its recovery codes are returned (the only
+    /// time they exist in clear).
+    pub async fn confirm(&self, t: &TenantId, sub: &str, code: &str) -> Result<(Enrolment, Vec<String>), MfaError> {
+        self.count_attempt(t, sub).await?;
+        let Some(pending) = self.store.get_json::<Enrolment>(&pending_key(t, sub)).await? else {
+            return Err(MfaError::NotEnrolled);
+        };
+        let key = totp::base32_decode(&pending.secret).ok_or(MfaError::NotEnrolled)?;
+        let step = totp::matching_step(&key, &normalise(code), self.clock.unix()).ok_or(MfaError::BadCode)?;
+        if !self.claim_step(t, sub, step).await? {
+            return Err(MfaError::CodeReused);
+        }
+        let mut codes = Vec::with_capacity(RECOVERY_CODES);
+        for _ in 0..RECOVERY_CODES {
+            codes.push(new_recovery_code()?);
+        }
+        let enrolment = Enrolment {
+            confirmed_at: Some(self.clock.unix()),
+            recovery: codes
+                .iter()
+                .map(|c| RecoveryCode {
+                    hash: recovery_hash(t, sub, &normalise(c)),
+                    used_at: None,
+                })
+                .collect(),
+            ..pending
+        };
+        if !self
+            .store
+            .put_json_if_absent(&enrolment_key(t, sub), &enrolment, None)
+            .await?
+        {
+            return Err(MfaError::Changed);
+        }
+        self.store.delete(&pending_key(t, sub)).await?;
+        self.forget_attempts(t, sub).await;
+        Ok((enrolment, codes))
+    }
+
+    /// Checks a second factor of an enrolled user: a TOTP code (6 digits)
+    /// or one of the recovery codes.
+    pub async fn verify(&self, t: &TenantId, sub: &str, code: &str) -> Result<Factor, MfaError> {
+        self.count_attempt(t, sub).await?;
+        let code = normalise(code);
+        let factor = if code.len() == RECOVERY_CHARS {
+            self.use_recovery(t, sub, &code).await?
+        } else {
+            let Some(enrolment) = self.enrolment(t, sub).await? else {
+                return Err(MfaError::NotEnrolled);
+            };
+            let key = totp::base32_decode(&enrolment.secret).ok_or(MfaError::NotEnrolled)?;
+            let step = totp::matching_step(&key, &code, self.clock.unix()).ok_or(MfaError::BadCode)?;
+            if !self.claim_step(t, sub, step).await? {
+                return Err(MfaError::CodeReused);
+            }
+            Factor::Totp
+        };
+        self.forget_attempts(t, sub).await;
+        Ok(factor)
+    }
+
+    /// Removes the user's enrolment (confirmed and pending) and the replay
+    /// and attempt state: the next sign-in enrols again where MFA is
+    /// required. Returns whether there was a confirmed enrolment.
+    pub async fn reset(&self, t: &TenantId, sub: &str) -> Result<bool, StoreError> {
+        let had = self.store.delete(&enrolment_key(t, sub)).await?;
+        self.store.delete(&pending_key(t, sub)).await?;
+        self.store.delete(&attempts_key(t, sub)).await?;
+        Ok(had)
+    }
+
+    /// Counts one attempt; refuses it beyond the limit.
+    async fn count_attempt(&self, t: &TenantId, sub: &str) -> Result<(), MfaError> {
+        let n = self.store.incr(&attempts_key(t, sub), ATTEMPT_WINDOW).await?;
+        if n > MAX_ATTEMPTS {
+            return Err(MfaError::Throttled);
+        }
+        Ok(())
+    }
+
+    /// A right code clears the count. Failing to clear it only keeps the
+    /// user more restricted (fail closed), so it is logged, not raised.
+    async fn forget_attempts(&self, t: &TenantId, sub: &str) {
+        if let Err(e) = self.store.delete(&attempts_key(t, sub)).await {
+            tracing::warn!(reason = "mfa.attempts_not_cleared", tenant = %t, error = %e);
+        }
+    }
+
+    /// Advances the user's last accepted step to `step`; `false` when it is
+    /// already there or beyond (a replay), or the update stayed contended.
+    async fn claim_step(&self, t: &TenantId, sub: &str, step: u64) -> Result<bool, StoreError> {
+        let key = step_key(t, sub);
+        let value = step.to_string();
+        for _ in 0..CAS_ROUNDS {
+            match self.store.get(&key).await? {
+                None => {
+                    if self
+                        .store
+                        .put_if_absent(&key, value.as_bytes(), Some(STEP_MEMORY))
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Some(stored) => {
+                    let last = std::str::from_utf8(&stored)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| StoreError::Corrupt("mfa step".into()))?;
+                    if step <= last {
+                        return Ok(false);
+                    }
+                    if self
+                        .store
+                        .compare_and_put(&key, &stored, value.as_bytes(), Some(STEP_MEMORY))
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Marks the recovery code `code` (normalised) used, atomically against
+    /// the enrolment record as read.
+    async fn use_recovery(&self, t: &TenantId, sub: &str, code: &str) -> Result<Factor, MfaError> {
+        let key = enrolment_key(t, sub);
+        let hash = recovery_hash(t, sub, code);
+        for _ in 0..CAS_ROUNDS {
+            let Some(stored) = self.store.get(&key).await? else {
+                return Err(MfaError::NotEnrolled);
+            };
+            let mut enrolment: Enrolment =
+                serde_json::from_slice(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // Every entry is compared, in constant time.
+            let mut found = None;
+            for (i, r) in enrolment.recovery.iter().enumerate() {
+                if bool::from(r.hash.as_bytes().ct_eq(hash.as_bytes())) {
+                    found = found.or(Some(i));
+                }
+            }
+            let Some(entry) = found.and_then(|i| enrolment.recovery.get_mut(i)) else {
+                return Err(MfaError::BadCode);
+            };
+            if entry.used_at.is_some() {
+                return Err(MfaError::RecoveryReused);
+            }
+            entry.used_at = Some(self.clock.unix());
+            let remaining = enrolment.recovery_left();
+            let new = serde_json::to_vec(&enrolment).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if self.store.compare_and_put(&key, &stored, &new, None).await? {
+                return Ok(Factor::Recovery { remaining });
+            }
+        }
+        Err(MfaError::Changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
+
+    fn setup() -> (Mfa, Arc<ManualClock>, TenantId) {
+        let clock = Arc::new(ManualClock::at(
+            chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        ));
+        let store: SharedStore = Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
+        (Mfa::new(store, clock.clone()), clock, TenantId::parse("acme").unwrap())
+    }
+
+    fn code_now(secret: &str, clock: &ManualClock) -> String {
+        use crate::clock::Clock;
+        let key = totp::base32_decode(secret).unwrap();
+        totp::code_at(totp::Algorithm::Sha1, &key, totp::step_of(clock.unix()).unwrap(), 6).unwrap()
+    }
+
+    #[tokio::test]
+    async fn enrolment_confirms_with_a_first_code_and_a_used_step_is_refused() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        // A reload shows the same secret.
+        assert_eq!(mfa.start_enrolment(&t, "u1").await.unwrap().secret, pending.secret);
+        assert!(!mfa.enrolled(&t, "u1").await.unwrap());
+        let code = code_now(&pending.secret, &clock);
+        let (_, recovery) = mfa.confirm(&t, "u1", &code).await.unwrap();
+        assert_eq!(recovery.len(), RECOVERY_CODES);
+        assert!(mfa.enrolled(&t, "u1").await.unwrap());
+        // The confirming code cannot sign in again.
+        assert!(matches!(mfa.verify(&t, "u1", &code).await, Err(MfaError::CodeReused)));
+        clock.advance(chrono::Duration::seconds(30));
+        let next = code_now(&pending.secret, &clock);
+        assert_eq!(mfa.verify(&t, "u1", &next).await.unwrap(), Factor::Totp);
+        assert_eq!(
+            mfa.verify(&t, "u1", &next).await.unwrap_err().reason(),
+            "mfa.code_reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_earlier_step_is_refused_after_a_later_one() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        clock.advance(chrono::Duration::seconds(60));
+        let key = totp::base32_decode(&pending.secret).unwrap();
+        use crate::clock::Clock;
+        let step = totp::step_of(clock.unix()).unwrap();
+        let current = totp::code_at(totp::Algorithm::Sha1, &key, step, 6).unwrap();
+        let previous = totp::code_at(totp::Algorithm::Sha1, &key, step - 1, 6).unwrap();
+        assert_eq!(mfa.verify(&t, "u1", &current).await.unwrap(), Factor::Totp);
+        assert_eq!(
+            mfa.verify(&t, "u1", &previous).await.unwrap_err().reason(),
+            "mfa.code_reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_are_throttled_in_the_store() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        clock.advance(chrono::Duration::seconds(30));
+        let right = code_now(&pending.secret, &clock);
+        let wrong = if right == "000000" { "111111" } else { "000000" };
+        for _ in 0..MAX_ATTEMPTS {
+            assert_eq!(mfa.verify(&t, "u1", wrong).await.unwrap_err().reason(), "mfa.bad_code");
+        }
+        // Even the right code is refused now.
+        assert_eq!(
+            mfa.verify(&t, "u1", &right).await.unwrap_err().reason(),
+            "mfa.throttled"
+        );
+        clock.advance(chrono::Duration::from_std(ATTEMPT_WINDOW).unwrap());
+        let right = code_now(&pending.secret, &clock);
+        assert_eq!(mfa.verify(&t, "u1", &right).await.unwrap(), Factor::Totp);
+    }
+
+    #[tokio::test]
+    async fn recovery_codes_are_single_use_and_stored_hashed() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        let (_, codes) = mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        let stored = mfa.enrolment(&t, "u1").await.unwrap().unwrap();
+        let json = serde_json::to_string(&stored).unwrap();
+        for c in &codes {
+            assert!(!json.contains(c.as_str()) && !json.contains(&normalise(c)));
+        }
+        let first = codes[0].to_lowercase();
+        assert_eq!(
+            mfa.verify(&t, "u1", &first).await.unwrap(),
+            Factor::Recovery { remaining: 9 }
+        );
+        assert_eq!(
+            mfa.verify(&t, "u1", &codes[0]).await.unwrap_err().reason(),
+            "mfa.recovery_reused"
+        );
+        assert_eq!(
+            mfa.verify(&t, "u1", "AAAA-BBBB-CCCC-DDDD").await.unwrap_err().reason(),
+            "mfa.bad_code"
+        );
+        // Another user's code is not this user's.
+        let other = mfa.start_enrolment(&t, "u2").await.unwrap();
+        mfa.confirm(&t, "u2", &code_now(&other.secret, &clock)).await.unwrap();
+        assert_eq!(
+            mfa.verify(&t, "u2", &codes[1]).await.unwrap_err().reason(),
+            "mfa.bad_code"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_removes_the_enrolment() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        assert!(mfa.reset(&t, "u1").await.unwrap());
+        assert!(!mfa.enrolled(&t, "u1").await.unwrap());
+        assert!(!mfa.reset(&t, "u1").await.unwrap());
+        let again = mfa.start_enrolment(&t, "u1").await.unwrap();
+        assert_ne!(again.secret, pending.secret);
+    }
+}

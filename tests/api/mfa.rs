@@ -1,0 +1,554 @@
+//! Portcullis's own second factor (TOTP, RFC 6238) on the dev connector,
+//! through the scripted browser, over a real Redis shared by two replicas:
+//! enrolment (QR code, secret shown as text, a first code, recovery codes
+//! once), the challenge at the next sign-in, `amr` showing `pwd`, `otp` and
+//! `mfa`, replay and throttling refused with their reason codes, recovery
+//! codes single use, the page bound to its browser and CSRF-protected, the
+//! seed sealed at rest, and the admin reset.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::browser::{Browser, Page};
+use crate::support::html_form::decode_entities;
+use portcullis::clock::ManualClock;
+use portcullis::mfa::totp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+fn clock() -> ManualClock {
+    ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:10Z")
+            .unwrap()
+            .to_utc(),
+    )
+}
+
+/// Two dev-mode replicas over one real Redis (one key prefix), on `clock`.
+async fn replicas(clock: &ManualClock) -> (TestApp, TestApp) {
+    replicas_with_prefix(clock).await.0
+}
+
+/// [`replicas`], with their Redis key prefix.
+async fn replicas_with_prefix(clock: &ManualClock) -> ((TestApp, TestApp), String) {
+    let prefix = crate::support::redis::prefix();
+    let spawn = || {
+        spawn_app(AppOptions {
+            dev: true,
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(prefix.clone()),
+            clock: Some(clock.clone()),
+            ..AppOptions::default()
+        })
+    };
+    let a = spawn().await;
+    let b = spawn().await;
+    ((a, b), prefix)
+}
+
+async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
+    let resp = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    resp.json().await.unwrap()
+}
+
+async fn set_local_mfa(app: &TestApp, value: &str) {
+    let resp = app
+        .client
+        .patch(app.url("/admin/v1/tenants/demo"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/merge-patch+json")
+        .json(&json!({"settings": {"local_mfa": value}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+}
+
+/// Starts a demo sign-in through the dev IdP as `email`; returns the page
+/// the sign-in lands on (the MFA page, or the demo app).
+async fn dev_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
+    let login = browser.get(&app.url("/demo/login")).await;
+    assert!(login.url.path().starts_with("/dev/"), "{}", browser.trail());
+    browser.fill_and_submit(&login, None, &[("email", email)]).await
+}
+
+fn assert_reason(page: &Page, status: u16, reason: &str) {
+    assert_eq!(page.status.as_u16(), status, "{}", page.body);
+    assert!(
+        page.body.contains(&format!("<code>{reason}</code>")),
+        "reason {reason} not on the page: {}",
+        page.body
+    );
+}
+
+/// The secret the enrolment page shows as text.
+fn shown_secret(page: &Page) -> String {
+    let start = page.body.find("<code id=\"secret\"").expect("no secret on the page");
+    let rest = &page.body[start..];
+    let open = rest.find('>').unwrap() + 1;
+    let close = rest.find("</code>").unwrap();
+    rest[open..close].replace(' ', "")
+}
+
+/// The TOTP code of `secret` at `clock`'s time, `offset` steps away.
+fn code(secret: &str, clock: &ManualClock, offset: i64) -> String {
+    use portcullis::clock::Clock;
+    let key = totp::base32_decode(secret).unwrap();
+    let step = totp::step_of(clock.unix()).unwrap().checked_add_signed(offset).unwrap();
+    totp::code_at(totp::Algorithm::Sha1, &key, step, 6).unwrap()
+}
+
+/// A 6-digit code that is none of the window's codes.
+fn wrong_code(secret: &str, clock: &ManualClock) -> String {
+    let window: Vec<String> = (-1..=1).map(|o| code(secret, clock, o)).collect();
+    (0..10)
+        .map(|d| format!("{d}{d}{d}{d}{d}{d}"))
+        .find(|c| !window.contains(c))
+        .unwrap()
+}
+
+/// The `amr` values in the demo page's ID token claims.
+fn amr_of(page: &Page) -> Vec<String> {
+    let body = decode_entities(&page.body);
+    let start = body.find("\"amr\": [").unwrap_or_else(|| panic!("no amr: {body}"));
+    let rest = &body[start + 8..];
+    let end = rest.find(']').unwrap();
+    rest[..end]
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Enrols `email` (local_mfa required) and signs in; returns the secret,
+/// the recovery codes and the demo page.
+async fn enrol(app: &TestApp, browser: &mut Browser, clock: &ManualClock, email: &str) -> (String, Vec<String>, Page) {
+    let page = dev_sign_in(app, browser, email).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    let secret = shown_secret(&page);
+    let done = browser
+        .fill_and_submit(&page, None, &[("code", &code(&secret, clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let codes: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10, "{}", done.body);
+    let demo = browser.submit(&done, &done.form(None)).await;
+    assert_eq!(demo.status, StatusCode::OK, "{}", demo.body);
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    (secret, codes, demo)
+}
+
+#[tokio::test]
+async fn totp_enrolment_then_challenge_through_the_dev_idp_over_redis() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+
+    // The first sign-in enrols: a QR code as inline SVG, the secret as text.
+    let page = dev_sign_in(&app, &mut browser, "ada@demo.example").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    assert!(page.body.contains("<svg role=\"img\""), "{}", page.body);
+    assert!(!page.body.contains("<script"), "no script on the page");
+    assert!(page.body.contains("autocomplete=\"one-time-code\""));
+    let csp = page.headers["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let secret = shown_secret(&page);
+    assert_eq!(totp::base32_decode(&secret).unwrap().len(), 20);
+
+    // A wrong first code is refused, with its reason; the page stays.
+    let wrong = browser
+        .fill_and_submit(&page, None, &[("code", &wrong_code(&secret, &clock))])
+        .await;
+    assert_reason(&wrong, 400, "mfa.bad_code");
+    assert!(wrong.body.contains("aria-invalid=\"true\""));
+    assert_eq!(shown_secret(&wrong), secret, "the same enrolment goes on");
+
+    // The right code: recovery codes once, then the app, with otp + mfa.
+    let first = code(&secret, &clock, 0);
+    let done = browser.fill_and_submit(&wrong, None, &[("code", &first)]).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("Save your recovery codes"), "{}", done.body);
+    let codes: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    let demo = browser.submit(&done, &done.form(None)).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+
+    // Next sign-in: a challenge. The code that confirmed the enrolment
+    // (same time step) is refused as a replay.
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    let challenge = dev_sign_in(&app, &mut browser, "ada@demo.example").await;
+    assert_eq!(challenge.status, StatusCode::OK, "{}", challenge.body);
+    assert!(challenge.body.contains("Two-step verification"), "{}", challenge.body);
+    assert!(!challenge.body.contains("<svg"), "no enrolment again");
+    let replay = browser.fill_and_submit(&challenge, None, &[("code", &first)]).await;
+    assert_reason(&replay, 400, "mfa.code_reused");
+
+    // The next step's code passes.
+    clock.advance(chrono::Duration::seconds(30));
+    let next = code(&secret, &clock, 0);
+    let demo = browser.fill_and_submit(&replay, None, &[("code", &next)]).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+
+    // A recovery code signs in once; the second use is refused.
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    let challenge = dev_sign_in(&app, &mut browser, "ada@demo.example").await;
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &codes[3].to_lowercase())])
+        .await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", demo.body);
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    let challenge = dev_sign_in(&app, &mut browser, "ada@demo.example").await;
+    let again = browser.fill_and_submit(&challenge, None, &[("code", &codes[3])]).await;
+    assert_reason(&again, 400, "mfa.recovery_reused");
+}
+
+#[tokio::test]
+async fn wrong_codes_are_throttled_across_replicas_and_counted() {
+    let clock = clock();
+    let (app, other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let (secret, _, _) = enrol(&app, &mut browser, &clock, "bob@demo.example").await;
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    clock.advance(chrono::Duration::seconds(60));
+
+    // Four wrong codes on one replica...
+    let mut page = dev_sign_in(&app, &mut browser, "bob@demo.example").await;
+    let wrong = wrong_code(&secret, &clock);
+    for _ in 0..4 {
+        page = browser.fill_and_submit(&page, None, &[("code", &wrong)]).await;
+        assert_reason(&page, 400, "mfa.bad_code");
+    }
+    // ...one on the other (the count is in the store)...
+    let mut browser_b = Browser::new();
+    let page_b = dev_sign_in(&other, &mut browser_b, "bob@demo.example").await;
+    let page_b = browser_b.fill_and_submit(&page_b, None, &[("code", &wrong)]).await;
+    assert_reason(&page_b, 400, "mfa.bad_code");
+    // ...and now even the right code is refused on either.
+    let right = code(&secret, &clock, 0);
+    let refused = browser.fill_and_submit(&page, None, &[("code", &right)]).await;
+    assert_reason(&refused, 429, "mfa.throttled");
+    let refused_b = browser_b.fill_and_submit(&page_b, None, &[("code", &right)]).await;
+    assert_reason(&refused_b, 429, "mfa.throttled");
+
+    // Counted as failed sign-ins with their reason codes, and audited.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["mfa.bad_code", "mfa.throttled"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("portcullis_sign_ins_total") && l.contains(&format!("reason=\"{reason}\""))),
+            "{reason} not counted"
+        );
+    }
+    let audit = admin_json(&app, "/admin/v1/tenants/demo/audit?limit=100").await;
+    let reasons: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"mfa.bad_code"), "{reasons:?}");
+    assert!(reasons.contains(&"mfa.throttled"), "{reasons:?}");
+    assert!(reasons.contains(&"mfa.enrolled"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn the_mfa_page_is_bound_to_its_browser_and_its_forms_to_their_csrf_token() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let page = dev_sign_in(&app, &mut browser, "eve@demo.example").await;
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    let secret = shown_secret(&page);
+
+    // The same URL in another browser: refused.
+    let mut stranger = Browser::new();
+    let other = stranger.get(&page.url).await;
+    assert_reason(&other, 400, "mfa.browser_mismatch");
+
+    // The form without or with a wrong CSRF token: refused.
+    let mut form = page.form(None);
+    form.set("code", &code(&secret, &clock, 0));
+    form.set("csrf", "");
+    let missing = browser.submit(&page, &form).await;
+    assert_reason(&missing, 403, "mfa.csrf_missing");
+    let page = browser.get(&page.url).await;
+    let mut form = page.form(None);
+    form.set("code", &code(&secret, &clock, 0));
+    form.set("csrf", "forged");
+    let forged = browser.submit(&page, &form).await;
+    assert_reason(&forged, 403, "mfa.csrf_mismatch");
+
+    // A made-up handle: refused.
+    let mut url = page.url.clone();
+    url.set_query(Some("handle=nothing"));
+    let unknown = browser.get(&url).await;
+    assert_reason(&unknown, 400, "mfa.unknown_handle");
+}
+
+#[tokio::test]
+async fn optional_mfa_challenges_enrolled_users_only_and_off_asks_nobody() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+
+    // Off (the default): no second factor.
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, "off@demo.example").await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    assert_eq!(amr_of(&demo), ["pwd"]);
+
+    // Optional: someone not enrolled goes straight through...
+    set_local_mfa(&app, "optional").await;
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, "opt@demo.example").await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+
+    // ...an enrolled user is challenged.
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let _ = enrol(&app, &mut browser, &clock, "enrolled@demo.example").await;
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    set_local_mfa(&app, "optional").await;
+    let challenge = dev_sign_in(&app, &mut browser, "enrolled@demo.example").await;
+    assert!(challenge.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    assert!(challenge.body.contains("Two-step verification"));
+
+    // The tenant's require_mfa makes the factor mandatory on the dev
+    // connection even with local_mfa off (and is satisfied by it).
+    set_local_mfa(&app, "off").await;
+    let resp = app
+        .client
+        .put(app.url("/admin/v1/tenants/demo/mfa"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"required": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    let mut browser = Browser::new();
+    let page = dev_sign_in(&app, &mut browser, "newcomer@demo.example").await;
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    let secret = shown_secret(&page);
+    let done = browser
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    let demo = browser.submit(&done, &done.form(None)).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", demo.body);
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
+
+#[tokio::test]
+async fn the_seed_is_sealed_at_rest_and_an_admin_reset_makes_the_user_enrol_again() {
+    let clock = clock();
+    let ((app, _other), prefix) = replicas_with_prefix(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let (secret, _, _) = enrol(&app, &mut browser, &clock, "reset@demo.example").await;
+    let users = admin_json(&app, "/admin/v1/tenants/demo/users").await;
+    let sub = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "reset@demo.example")
+        .unwrap()["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The stored record holds an envelope, not the secret.
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    let raw = app.state.store.get(&key).await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw).contains(&secret),
+        "the sealing store opens it"
+    );
+    let dump = crate::support::redis::cli(&[
+        "-u",
+        &crate::support::redis::url(),
+        "--no-raw",
+        "GET",
+        &key.render(&prefix),
+    ]);
+    assert!(dump.contains("pcx1."), "{dump}");
+    assert!(!dump.contains(&secret), "the seed is in clear in Redis: {dump}");
+
+    // Reset through the admin API: 204, audited; unknown user 404.
+    let reset = app
+        .client
+        .delete(app.url(&format!("/admin/v1/tenants/demo/users/{sub}/mfa")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    let unknown = app
+        .client
+        .delete(app.url("/admin/v1/tenants/demo/users/nobody/mfa"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let audit = admin_json(&app, "/admin/v1/tenants/demo/audit?limit=50").await;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "user.mfa_reset" && e["target"]["id"] == sub.as_str()),
+        "{audit}"
+    );
+
+    // The next sign-in enrols again, with a new secret.
+    // Signed out: a fresh browser has no SSO session.
+    browser = Browser::new();
+    let page = dev_sign_in(&app, &mut browser, "reset@demo.example").await;
+    assert!(page.body.contains("<svg role=\"img\""), "{}", page.body);
+    assert_ne!(shown_secret(&page), secret);
+}
+
+#[tokio::test]
+async fn a_signed_in_user_enrols_on_their_own_where_mfa_is_optional() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    let enroll = app.url("/mfa/demo/enroll");
+
+    // Not signed in: refused.
+    let mut stranger = Browser::new();
+    assert_reason(&stranger.get(&enroll).await, 401, "mfa.not_signed_in");
+
+    // Signed in while local_mfa is off: not applicable.
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, "self@demo.example").await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    assert_reason(&browser.get(&enroll).await, 403, "mfa.not_applicable");
+
+    // Optional: the enrolment page, a wrong then a right first code.
+    set_local_mfa(&app, "optional").await;
+    let page = browser.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("<svg role=\"img\""));
+    let secret = shown_secret(&page);
+    let wrong = browser
+        .fill_and_submit(&page, None, &[("code", &wrong_code(&secret, &clock))])
+        .await;
+    assert_reason(&wrong, 400, "mfa.bad_code");
+    let done = browser
+        .fill_and_submit(&wrong, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body.matches("<li><code>").count(), 10, "{}", done.body);
+    assert!(done.forms().is_empty(), "nothing to continue: {}", done.body);
+
+    // Enrolled: not again; and the next sign-in is challenged.
+    assert_reason(&browser.get(&enroll).await, 409, "mfa.already_enrolled");
+    let mut browser = Browser::new();
+    let challenge = dev_sign_in(&app, &mut browser, "self@demo.example").await;
+    assert!(challenge.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    clock.advance(chrono::Duration::seconds(30));
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
+
+/// The settings of a raw store on the test Redis under `prefix` (what the
+/// gateway opens underneath the sealing).
+fn store_settings(prefix: &str) -> portcullis::config::Settings {
+    let mut s = portcullis::config::Settings::default();
+    s.dev.enabled = true;
+    s.dev.force = true;
+    s.store.backend = Some("redis".into());
+    s.store.redis_url = Some(portcullis::secret::Secret::new(crate::support::redis::url()));
+    s.store.key_prefix = prefix.to_owned();
+    s.secrets.master_key = Some(portcullis::secret::Secret::new(crate::support::app::TEST_MASTER_KEY));
+    s
+}
+
+#[tokio::test]
+async fn an_enrolment_is_in_the_backup_sealed_and_works_after_a_restore() {
+    let clock = clock();
+    let ((app, _other), prefix) = replicas_with_prefix(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let mut browser = Browser::new();
+    let (secret, _, _) = enrol(&app, &mut browser, &clock, "backup@demo.example").await;
+
+    // Exported: the enrolment record, its seed still sealed.
+    let shared: portcullis::clock::SharedClock = std::sync::Arc::new(clock.clone());
+    let raw = portcullis::app::open_store(&store_settings(&prefix), shared.clone())
+        .await
+        .unwrap();
+    let backup = portcullis::backup::export(&raw, portcullis::clock::Clock::now(&clock))
+        .await
+        .unwrap();
+    let doc = serde_json::to_value(&backup).unwrap();
+    let enrolment = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tag"] == "t:demo:mfa" && r["name"].as_str().unwrap().starts_with("enrolment:"))
+        .unwrap_or_else(|| panic!("no enrolment in the backup: {doc:#}"))
+        .to_string();
+    assert!(enrolment.contains("pcx1."), "{enrolment}");
+    assert!(!enrolment.contains(&secret), "the seed is in clear in the backup");
+
+    // Restored elsewhere: the same person is challenged, and the seed works.
+    let restored_prefix = crate::support::redis::prefix();
+    let settings = store_settings(&restored_prefix);
+    let raw2 = portcullis::app::open_store(&settings, shared).await.unwrap();
+    let sealed = portcullis::app::seal_store(&settings, raw2).unwrap();
+    portcullis::backup::restore(&sealed, doc, false).await.unwrap();
+    let restored = spawn_app(AppOptions {
+        dev: true,
+        redis_url: Some(crate::support::redis::url()),
+        redis_prefix: Some(restored_prefix),
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut browser = Browser::new();
+    let challenge = dev_sign_in(&restored, &mut browser, "backup@demo.example").await;
+    assert!(challenge.body.contains("Two-step verification"), "{}", challenge.body);
+    clock.advance(chrono::Duration::seconds(30));
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
