@@ -180,13 +180,7 @@ impl Accounts {
             return Err(e);
         }
         let user = match self.get(t, c, &w.email).await? {
-            Some(u)
-                if u.subject == w.subject
-                    && !u.disabled
-                    && u.status == super::AccountStatus::Confirmed =>
-            {
-                u
-            }
+            Some(u) if u.subject == w.subject && !u.disabled && u.status == super::AccountStatus::Confirmed => u,
             _ => {
                 return Err(refused(
                     "challenge.account_changed",
@@ -221,8 +215,7 @@ impl Accounts {
                 return Err(e);
             }
         }
-        self.decide(hooks, &hook, t, c, user, &w.login, rounds, !correct)
-            .await
+        self.decide(hooks, &hook, t, c, user, &w.login, rounds, !correct).await
     }
 
     /// Asks `define` what follows `rounds`, and `create` for a challenge.

@@ -101,7 +101,12 @@ async fn password(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
         .append_pair("code_challenge_method", "S256")
         .append_pair("tenant", TENANT);
     let page = browser.get(&url).await;
-    assert_eq!(page.url.path(), format!("/local/{TENANT}/{CONN}/sign-in"), "{}", page.body);
+    assert_eq!(
+        page.url.path(),
+        format!("/local/{TENANT}/{CONN}/sign-in"),
+        "{}",
+        page.body
+    );
     let mut form = page.form(None);
     form.set("email", EMAIL);
     form.set("password", PASSWORD);
@@ -174,7 +179,11 @@ fn assert_challenge_page(page: &Page) -> String {
     );
     assert!(page.body.contains("What is 2+3?"), "{}", page.body);
     assert!(page.body.contains("A number between 1 and 9."), "{}", page.body);
-    assert!(page.body.contains("Ask &#60;b&#62;us&#60;/b&#62;"), "escaped: {}", page.body);
+    assert!(
+        page.body.contains("Ask &#60;b&#62;us&#60;/b&#62;"),
+        "escaped: {}",
+        page.body
+    );
     assert!(!page.body.contains("<b>us"));
     assert!(!page.body.contains(PRIVATE_MARKER), "private parameter on the page");
     assert!(!page.body.contains("\"5\""), "the expected answer on the page");
@@ -223,13 +232,18 @@ async fn a_right_answer_signs_in_and_the_private_parameters_stay_on_the_server()
     let claims = answer(&app, &mut browser, &p, &page, " 5 ", None).await.unwrap();
     assert_eq!(claims["email"], EMAIL);
     let calls = hooks.calls_to("challenge");
-    assert!(calls.iter().all(|c| c.signed && c.kind.as_deref() == Some("custom_challenge")));
+    assert!(calls
+        .iter()
+        .all(|c| c.signed && c.kind.as_deref() == Some("custom_challenge")));
     let verify = calls.iter().find(|c| c.body["step"] == "verify").unwrap();
     assert_eq!(verify.body["private_challenge_parameters"]["marker"], PRIVATE_MARKER);
     assert_eq!(verify.body["challenge_answer"], " 5 ");
     assert_eq!(
         define_sessions(&hooks),
-        [json!([]), json!([{"challenge_name": "arithmetic", "challenge_result": true}])]
+        [
+            json!([]),
+            json!([{"challenge_name": "arithmetic", "challenge_result": true}])
+        ]
     );
 }
 
@@ -269,7 +283,11 @@ async fn fail_authentication_is_refused_with_its_reason_code() {
     assert_reason(&page, 403, "challenge.failed");
     assert!(!page.body.contains("/challenge\""), "no challenge form: {}", page.body);
     assert_eq!(hooks.calls_to("challenge").len(), 1, "define only");
-    assert!(browser.trail().find(REDIRECT).is_none(), "nothing issued: {}", browser.trail());
+    assert!(
+        browser.trail().find(REDIRECT).is_none(),
+        "nothing issued: {}",
+        browser.trail()
+    );
 }
 
 #[tokio::test]
@@ -282,14 +300,22 @@ async fn a_failing_or_slow_hook_fails_closed_and_issues_no_code() {
         (Behavior::Status(500), 503, "hook.bad_status"),
         (Behavior::Slow(Duration::from_millis(1500)), 503, "hook.timeout"),
         (Behavior::Garbage("<html>oops</html>"), 502, "hook.bad_answer"),
-        (Behavior::Answer(json!({"issue_tokens": true, "challenge_name": "x"})), 502, "hook.bad_answer"),
+        (
+            Behavior::Answer(json!({"issue_tokens": true, "challenge_name": "x"})),
+            502,
+            "hook.bad_answer",
+        ),
     ] {
         hooks.behave("challenge", behavior.clone());
         let p = pkce();
         let mut browser = Browser::new();
         let page = password(&app, &mut browser, &p).await;
         assert_reason(&page, status, reason);
-        assert!(page.body.contains("you are not signed in"), "a clear page: {}", page.body);
+        assert!(
+            page.body.contains("you are not signed in"),
+            "a clear page: {}",
+            page.body
+        );
         assert!(!browser.trail().contains("ticket="), "no ticket: {behavior:?}");
         assert!(!browser.trail().contains(REDIRECT), "no code: {behavior:?}");
     }
@@ -311,7 +337,9 @@ async fn a_failing_or_slow_hook_fails_closed_and_issues_no_code() {
         hooks.behave("challenge", Behavior::Arithmetic);
         let again = password(&app, &mut browser, &p).await;
         assert_challenge_page(&again);
-        let replay = answer(&app, &mut browser, &p, &again, "5", Some(&handle)).await.unwrap_err();
+        let replay = answer(&app, &mut browser, &p, &again, "5", Some(&handle))
+            .await
+            .unwrap_err();
         assert_reason(&replay, 400, "challenge.unknown_handle");
     }
     // The hook removed between the page and the answer: refused, not waved through.
@@ -321,7 +349,11 @@ async fn a_failing_or_slow_hook_fails_closed_and_issues_no_code() {
     let page = password(&app, &mut browser, &p).await;
     assert_challenge_page(&page);
     let (status, _) = app
-        .admin(Method::DELETE, &format!("/admin/v1/tenants/{TENANT}/hooks/custom_challenge"), None)
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/custom_challenge"),
+            None,
+        )
         .await;
     assert!(status.is_success(), "{status}");
     let refused = answer(&app, &mut browser, &p, &page, "5", None).await.unwrap_err();
@@ -341,7 +373,9 @@ async fn the_handle_is_single_use_and_bound_to_the_browser() {
     let handle_a = assert_challenge_page(&page_a);
     let page_b = password(&app, &mut b, &pb).await;
     assert_challenge_page(&page_b);
-    let stolen = answer(&app, &mut b, &pb, &page_b, "5", Some(&handle_a)).await.unwrap_err();
+    let stolen = answer(&app, &mut b, &pb, &page_b, "5", Some(&handle_a))
+        .await
+        .unwrap_err();
     assert_reason(&stolen, 400, "challenge.browser_mismatch");
     let late = answer(&app, &mut a, &pa, &page_a, "5", None).await.unwrap_err();
     assert_reason(&late, 400, "challenge.unknown_handle");
@@ -356,7 +390,9 @@ async fn the_handle_is_single_use_and_bound_to_the_browser() {
     let mut browser = Browser::new();
     let again = password(&app, &mut browser, &p).await;
     assert_challenge_page(&again);
-    let replay = answer(&app, &mut browser, &p, &again, "5", Some(&used)).await.unwrap_err();
+    let replay = answer(&app, &mut browser, &p, &again, "5", Some(&used))
+        .await
+        .unwrap_err();
     assert_reason(&replay, 400, "challenge.unknown_handle");
     // Without the form's CSRF token the answer is not even looked at.
     let mut form = again.form(None);
