@@ -12,6 +12,7 @@ use super::flows::{self, check_csrf, issue_csrf, Csrf, CSRF_FIELD};
 use super::pages;
 use super::AppState;
 use crate::ids::{ConnectionId, TenantId};
+use crate::local::challenge::{Asked, SignInStep, CHALLENGE_SESSION_FIELD};
 use crate::local::{LocalConfig, LocalError, Profile};
 use crate::secret::Secret;
 use crate::upstream::{CallbackParams, ConnectionKind, ConnectionStatus};
@@ -19,7 +20,7 @@ use askama::Template;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tower_sessions::Session;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/local/{tenant}/{connection}/sign-in", get(sign_in_form).post(sign_in))
+        .route("/local/{tenant}/{connection}/challenge", post(challenge))
         .route("/local/{tenant}/{connection}/callback", get(callback))
         .route("/local/{tenant}/{connection}/sign-up", get(sign_up_form).post(sign_up))
         .route("/local/{tenant}/{connection}/confirm", get(confirm_form).post(confirm))
@@ -131,6 +133,8 @@ struct LocalPage {
     csrf: String,
     hidden: Vec<(String, String)>,
     fields: Vec<Field>,
+    /// Shown as a list of terms (a custom challenge's public parameters).
+    details: Vec<(String, String)>,
     submit: String,
     links: Vec<(String, String)>,
 }
@@ -453,6 +457,7 @@ async fn show(
         csrf,
         hidden: l.hidden(),
         fields,
+        details: Vec::new(),
         submit: submit.to_owned(),
         links,
     };
@@ -530,9 +535,12 @@ fn status_of(e: &LocalError) -> StatusCode {
     match e.reason() {
         "local.bad_credentials" => StatusCode::UNAUTHORIZED,
         "local.locked" | "local.code_attempts_exceeded" => StatusCode::TOO_MANY_REQUESTS,
-        "local.disabled" | "local.unconfirmed" | "local.reset_required" | "local.sign_up_disabled" => {
-            StatusCode::FORBIDDEN
-        }
+        "local.disabled"
+        | "local.unconfirmed"
+        | "local.reset_required"
+        | "local.sign_up_disabled"
+        | "challenge.failed"
+        | "challenge.too_many_rounds" => StatusCode::FORBIDDEN,
         "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => match e {
@@ -650,13 +658,26 @@ async fn sign_in(
         );
     };
     let email = field(&form, "email");
-    match app
+    let step = app
         .accounts
-        .authenticate(&l.t, &l.c, &email, &secret(&form, "password"))
-        .await
-    {
-        Ok(signed_in) => {
-            let identity = crate::upstream::local::identity(&signed_in.user, app.upstream.clock.unix());
+        .sign_in(&l.t, &l.c, &email, &secret(&form, "password"), &login)
+        .await;
+    signed_in_or_asked(&app, &session, &l, step, &form).await
+}
+
+/// Continues a sign-in after the password or a challenge's answer: the
+/// ticket and the redirect to the callback, the (next) challenge page, or
+/// the refusal (counted, audited, on the sign-in page).
+async fn signed_in_or_asked(
+    app: &AppState,
+    session: &Session,
+    l: &Local,
+    step: Result<SignInStep, LocalError>,
+    form: &Form_,
+) -> Response {
+    match step {
+        Ok(SignInStep::Done { user, login }) => {
+            let identity = crate::upstream::local::identity(&user, app.upstream.clock.unix());
             let ticket = match crate::upstream::local::issue_ticket(&app.upstream, &l.t, &l.c, &login, &identity).await
             {
                 Ok(t) => t,
@@ -668,6 +689,18 @@ async fn sign_in(
                 .append_pair("state", &login)
                 .append_pair("ticket", &ticket);
             Redirect::to(url.as_str()).into_response()
+        }
+        Ok(SignInStep::Ask(asked)) => {
+            // Bound to this browser: its session holds the secret whose
+            // hash the waiting challenge keeps; failing to store it, fail closed.
+            if let Err(e) = session
+                .insert(CHALLENGE_SESSION_FIELD, asked.browser_secret.expose())
+                .await
+            {
+                tracing::error!(reason = "session.save_failed", error = %e, tenant = %l.t, connection = %l.c);
+                return flows::store_unavailable(&e);
+            }
+            show_challenge(app, session, l, &asked).await
         }
         Err(e) => {
             let reason = e.reason();
@@ -682,9 +715,132 @@ async fn sign_in(
                     ))
                     .await;
             }
-            refused(&app, &session, &l, Kind::SignIn, e, &form).await
+            refused(app, session, l, Kind::SignIn, e, form).await
         }
     }
+}
+
+/// The CSRF purpose of the challenge form.
+const CHALLENGE_CSRF: &str = "local.challenge";
+
+/// The page of a custom challenge: its public parameters as text (a
+/// `question` or `prompt` as the introduction, a `hint` under the answer
+/// field, any other as a list), the answer field, the one-time handle, the
+/// CSRF token. The private parameters never reach it.
+async fn show_challenge(app: &AppState, session: &Session, l: &Local, asked: &Asked) -> Response {
+    let csrf = match issue_csrf(session, CHALLENGE_CSRF).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut public = asked.public.clone();
+    let intro = public
+        .remove("question")
+        .or_else(|| public.remove("prompt"))
+        .unwrap_or_else(|| "Answer this check to finish signing in.".to_owned());
+    let hint = public.remove("hint");
+    let mut answer = Field {
+        name: "answer",
+        label: "Your answer",
+        kind: "text",
+        autocomplete: "off",
+        inputmode: "",
+        required: true,
+        value: String::new(),
+        hint,
+        error: None,
+    };
+    let (error, reason) = if asked.after_wrong_answer {
+        let m = "That answer is not right. Please answer this check.".to_owned();
+        answer.error = Some(m.clone());
+        (Some(m), Some("challenge.wrong_answer".to_owned()))
+    } else {
+        (None, None)
+    };
+    let mut hidden = vec![("handle".to_owned(), asked.handle.clone())];
+    hidden.push(("login".to_owned(), asked.login.clone()));
+    let page = LocalPage {
+        stylesheet: app.upstream.public("portal/portal.css").to_string(),
+        title: "One more step".to_owned(),
+        tenant_name: l.tenant_name.clone(),
+        intro: Some(intro),
+        notice: None,
+        error,
+        reason,
+        action: l.path("challenge"),
+        csrf,
+        hidden,
+        fields: vec![answer],
+        details: public.into_iter().collect(),
+        submit: "Continue".to_owned(),
+        links: vec![(l.url(app, "sign-in"), "Start the sign-in again".to_owned())],
+    };
+    // The answer redirects through the callback to the app.
+    let onward = app
+        .broker
+        .pending_redirect_uri(&l.t, &l.c, &asked.login)
+        .await
+        .ok()
+        .flatten();
+    let status = if asked.after_wrong_answer {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    render(app, status, &page, onward.as_deref())
+}
+
+/// The answer to a custom challenge.
+async fn challenge(
+    State(app): State<Arc<AppState>>,
+    session: Session,
+    Path((tenant, connection)): Path<(String, String)>,
+    Form(form): Form<Form_>,
+) -> Response {
+    let l = match resolve(&app, &tenant, &connection, form.get("login")).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let reason = match check_csrf(&session, CHALLENGE_CSRF, form.get(CSRF_FIELD).map(String::as_str)).await {
+        Ok(Csrf::Valid) => None,
+        Ok(Csrf::Missing) => Some("local.csrf_missing"),
+        Ok(Csrf::Mismatch) => Some("local.csrf_mismatch"),
+        Err(r) => return r,
+    };
+    if let Some(reason) = reason {
+        tracing::warn!(reason, tenant = %l.t, connection = %l.c, "challenge form refused");
+        return show(
+            &app,
+            &session,
+            &l,
+            Kind::SignIn,
+            StatusCode::FORBIDDEN,
+            Say::error(
+                "This form has expired or was not sent from this page. Please sign in again.",
+                reason,
+                None,
+            ),
+            &form,
+        )
+        .await;
+    }
+    let browser = match session.get::<String>(CHALLENGE_SESSION_FIELD).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(reason = "session.save_failed", error = %e, tenant = %l.t, connection = %l.c);
+            return flows::store_unavailable(&e);
+        }
+    };
+    let step = app
+        .accounts
+        .answer_challenge(
+            &l.t,
+            &l.c,
+            &field(&form, "handle"),
+            browser.as_deref(),
+            &field(&form, "answer"),
+        )
+        .await;
+    signed_in_or_asked(&app, &session, &l, step, &form).await
 }
 
 async fn callback(

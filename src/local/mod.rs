@@ -14,6 +14,7 @@
 //!
 //! Every key of one tenant's accounts shares the hash tag `t:<tenant>:local`.
 
+pub mod challenge;
 pub mod password;
 
 use crate::audit::{Actor, Audit, AuditEvent, Outcome, Target};
@@ -833,16 +834,36 @@ impl Accounts {
         email: &str,
         password: &Secret,
     ) -> Result<SignedIn, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let user = self.check_password(t, c, email, password).await?;
+        self.clear_failures(t, c, &user.email).await?;
+        Ok(SignedIn { user })
+    }
+
+    /// The refusal of a locked account, if `email` is locked now.
+    async fn locked(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<Option<LocalError>, StoreError> {
         let now = self.clock.unix();
-        if let Some(until) = self.store.get_json::<i64>(&lock_key(t, c, &email)).await? {
-            if until > now {
-                return Err(LocalError::Refused {
-                    reason: "local.locked",
-                    message: "Too many failed sign-ins. Wait a moment and try again, or reset your password.",
-                    retry_after: u64::try_from(until - now).ok(),
-                });
-            }
+        Ok(match self.store.get_json::<i64>(&lock_key(t, c, email)).await? {
+            Some(until) if until > now => Some(LocalError::Refused {
+                reason: "local.locked",
+                message: "Too many failed sign-ins. Wait a moment and try again, or reset your password.",
+                retry_after: u64::try_from(until - now).ok(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// [`Self::authenticate`]'s checks without clearing the failure count
+    /// (a sign-in with a custom challenge clears it only once it is done).
+    async fn check_password(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
+        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        if let Some(e) = self.locked(t, c, &email).await? {
+            return Err(e);
         }
         let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
         let user = match self.get(t, c, &email).await? {
@@ -886,12 +907,11 @@ impl Accounts {
             }
             AccountStatus::Confirmed | AccountStatus::Disabled => {}
         }
-        self.clear_failures(t, c, &email).await?;
         if self.hasher.outdated(&user.password_hash) {
             let hash = self.hasher.hash(password.expose()).await?;
             self.update(t, c, &email, |u| u.password_hash = hash.clone()).await?;
         }
-        Ok(SignedIn { user })
+        Ok(user)
     }
 
     async fn record_failure(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@ mod deploy_image;
 mod dev_flow;
 mod domains;
 mod hooks;
+mod hooks_challenge;
 mod hooks_local;
 mod import;
 mod load_smoke;

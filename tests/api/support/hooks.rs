@@ -32,7 +32,15 @@ pub enum Behavior {
     /// The legacy user base: 200 with the user's profile when the email and
     /// password match an entry, else 200 `{"outcome": "refuse"}`.
     Legacy,
+    /// A scripted `custom_challenge`: `define` asks the challenge
+    /// `arithmetic` until an answer is right (then `issue_tokens`); `create`
+    /// asks "What is 2+3?" with a hint and keeps the answer and
+    /// [`PRIVATE_MARKER`] private; `verify` compares the answer.
+    Arithmetic,
 }
+
+/// A private challenge parameter that must never reach a page.
+pub const PRIVATE_MARKER: &str = "private-marker-7f3a9c";
 
 /// One recorded call.
 #[derive(Clone, Debug)]
@@ -159,6 +167,29 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
             tokio::time::sleep(d).await;
             axum::Json(json!({})).into_response()
         }
+        Behavior::Arithmetic => match value["step"].as_str().unwrap_or_default() {
+            "define" => {
+                let passed = value["session"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["challenge_result"] == true));
+                if passed {
+                    axum::Json(json!({"issue_tokens": true})).into_response()
+                } else {
+                    axum::Json(json!({"challenge_name": "arithmetic"})).into_response()
+                }
+            }
+            "create" => axum::Json(json!({
+                "public_challenge_parameters": {"question": "What is 2+3?", "hint": "A number between 1 and 9.", "note": "Ask <b>us</b>"},
+                "private_challenge_parameters": {"answer": "5", "marker": PRIVATE_MARKER},
+            }))
+            .into_response(),
+            "verify" => {
+                let correct = value["challenge_answer"].as_str().map(str::trim)
+                    == value["private_challenge_parameters"]["answer"].as_str();
+                axum::Json(json!({"answer_correct": correct})).into_response()
+            }
+            _ => (StatusCode::BAD_REQUEST, axum::Json(json!({}))).into_response(),
+        },
         Behavior::Legacy => {
             let email = value["email"].as_str().unwrap_or_default();
             let password = value["password"].as_str().unwrap_or_default();
