@@ -193,22 +193,26 @@ impl Directory {
         self.provision_live(tenant, connection, identity, liveness).await
     }
 
-    /// [`Self::provision`] for the tenant record `tenant_record`, read from
-    /// the store in this request (never one kept in memory): only the
-    /// connection's incarnation is read. `None`: the tenant is gone.
+    /// [`Self::provision`] for the tenant record `tenant_record` and the
+    /// connection record `connection_record`, both read (or re-validated by
+    /// fingerprint) from the store in this request, never kept in memory
+    /// without that: the connection is known to exist, so only its
+    /// incarnation is read. `None`: the tenant is gone.
     pub async fn provision_in(
         &self,
         tenant: &TenantId,
         tenant_record: Option<&Tenant>,
-        connection: &ConnectionId,
+        connection_record: &crate::upstream::Connection,
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
+        let connection = &connection_record.id;
         let liveness = match tenant_record {
-            Some(t) if t.id == *tenant => self
-                .tenants
-                .incarnation_of(t, connection)
-                .await
-                .map_err(registry_error)?,
+            Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(
+                self.tenants
+                    .incarnation_of_record(t, connection_record)
+                    .await
+                    .map_err(registry_error)?,
+            ),
             // Absent, or (a caller's mistake) another tenant's: fail closed.
             _ => Liveness::TenantGone,
         };
