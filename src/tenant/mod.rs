@@ -565,14 +565,20 @@ impl TenantRegistry {
     /// connection deleted since that read gets the empty incarnation: the
     /// check on use refuses it as gone, and a re-created one has a fresh
     /// incarnation that the empty one does not match.
-    pub async fn incarnation_of_record(&self, tenant: &Tenant, connection: &Connection) -> Result<Incarnation, RegistryError> {
+    pub async fn incarnation_of_record(
+        &self,
+        tenant: &Tenant,
+        connection: &Connection,
+    ) -> Result<Incarnation, RegistryError> {
         let raw = self
             .store
             .get(&connection_incarnation_key(&tenant.id, &connection.id))
             .await?;
         Ok(Incarnation {
             tenant: tenant.incarnation.clone(),
-            connection: raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()).unwrap_or_default(),
+            connection: raw
+                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                .unwrap_or_default(),
         })
     }
 
