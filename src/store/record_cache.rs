@@ -102,3 +102,62 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn store() -> SharedStore {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        Arc::new(crate::store::memory::MemoryStore::new(clock))
+    }
+
+    /// Reads `key` through `cache`, counting how often the record itself is read.
+    async fn read(
+        cache: &RecordCache<String, String>,
+        store: &SharedStore,
+        key: &Key,
+        reads: &AtomicUsize,
+    ) -> Option<String> {
+        cache
+            .get(store, key, &key.name().to_owned(), || async {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(store.get(key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_what_is_stored_and_reads_it_only_when_it_changed() {
+        let (store, cache, reads) = (store(), RecordCache::new(16), AtomicUsize::new(0));
+        let key = Key::global("t", "a");
+        assert_eq!(read(&cache, &store, &key, &reads).await, None);
+        store.put(&key, b"one", None).await.unwrap();
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("one"));
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("one"));
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "the second answer is the kept copy");
+        store.put(&key, b"two", None).await.unwrap();
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("two"));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        store.delete(&key).await.unwrap();
+        assert_eq!(
+            read(&cache, &store, &key, &reads).await,
+            None,
+            "a deleted record is gone at once"
+        );
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_its_capacity() {
+        let (store, cache, reads) = (store(), RecordCache::new(2), AtomicUsize::new(0));
+        for name in ["a", "b", "c", "d"] {
+            let key = Key::global("t", name);
+            store.put(&key, name.as_bytes(), None).await.unwrap();
+            assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some(name));
+        }
+        assert_eq!(cache.len(), 2);
+    }
+}
