@@ -233,15 +233,22 @@ impl Directory {
         };
         let link = link_key(tenant, connection, &inc, &identity.subject);
         let candidate = format!("u_{}", crate::tokens::random_token(16));
-        let (sub, outcome) = if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? {
-            (candidate, Provisioned::Created)
-        } else {
-            let raw = self
-                .store
-                .get(&link)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?;
-            (String::from_utf8_lossy(&raw).into_owned(), Provisioned::Updated)
+        // A returning user (the common case) has the link: one read. Only
+        // when it is absent is it written, with `put_if_absent`, so that
+        // concurrent first logins still agree on one `sub`.
+        let existing = match self.store.get(&link).await? {
+            Some(raw) => Some(raw),
+            None if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? => None,
+            None => Some(
+                self.store
+                    .get(&link)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?,
+            ),
+        };
+        let (sub, outcome) = match existing {
+            Some(raw) => (String::from_utf8_lossy(&raw).into_owned(), Provisioned::Updated),
+            None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
         let created_at = match outcome {
