@@ -448,12 +448,13 @@ impl Broker {
             }
         };
         let session_end = self.session_end(connector.as_ref(), &identity);
-        // Provisioned against the tenant record read above (its incarnation),
-        // with the connection's incarnation read now.
+        // Provisioned against the tenant record read above (its incarnation)
+        // and the connection record re-validated above (it exists), with
+        // only the connection's incarnation read now.
         let provisioned = self
             .provider
             .directory
-            .provision_in(&tenant, stored_tenant.as_ref(), &connection, &identity)
+            .provision_in(&tenant, stored_tenant.as_ref(), &record, &identity)
             .await;
         let (user, provisioned) = match provisioned {
             Ok(u) => u,

@@ -3,17 +3,14 @@
 //! on every use, so a replica never serves a connection that was changed or
 //! deleted elsewhere.
 //!
-//! A connection record (metadata and certificates included) is several KB;
-//! reading and decoding it on every `/authorize` and callback only to learn
-//! that it did not change cost more than anything else the store did for a
-//! sign-in. So the record is re-validated by its fingerprint
-//! ([`Store::fingerprint`]: the SHA-1 of the stored bytes, computed by
-//! Redis, 40 bytes on the wire) read in the request: when it matches the
-//! fingerprint of the copy kept here, that copy is byte for byte what the
-//! store holds now; otherwise the record is read again.
+//! A connection record (metadata and certificates included) is several KB,
+//! so the decoded record is kept in a [`RecordCache`] and re-validated by
+//! the fingerprint of the stored bytes read in the request (see
+//! `store::record_cache`).
 
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{SharedStore, StoreError};
+use crate::store::record_cache::RecordCache;
+use crate::store::StoreError;
 use crate::tenant::{RegistryError, TenantRegistry};
 use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamError};
 use std::collections::HashMap;
@@ -21,15 +18,24 @@ use std::sync::{Arc, Mutex};
 
 type Entry = (u64, Arc<dyn Connector>);
 
-/// A connection record with the fingerprint of the stored bytes it was
-/// decoded from.
-type Record = (String, Connection);
+/// How many decoded connection records are kept (keyed by configuration;
+/// past this an arbitrary one is read again on its next use).
+const RECORDS_KEPT: usize = 100_000;
 
 /// The cache. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ConnectorCache {
     inner: Arc<Mutex<HashMap<(TenantId, ConnectionId), Entry>>>,
-    records: Arc<Mutex<HashMap<(TenantId, ConnectionId), Record>>>,
+    records: RecordCache<(TenantId, ConnectionId), Connection>,
+}
+
+impl Default for ConnectorCache {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            records: RecordCache::new(RECORDS_KEPT),
+        }
+    }
 }
 
 fn store_error(e: RegistryError) -> StoreError {
@@ -77,44 +83,21 @@ impl ConnectorCache {
     }
 
     /// The connection record as the store holds it now, `None` when there
-    /// is none. Reads the record's fingerprint in this request; the copy
-    /// kept in memory is answered only when its fingerprint is the one just
-    /// read (so it is the stored record, byte for byte), otherwise the
-    /// record is read (and kept when its fingerprint did not move while it
-    /// was read).
+    /// is none: re-validated by the fingerprint read in this request
+    /// ([`RecordCache::get`]), read only when it changed.
     pub async fn record(
         &self,
         tenants: &TenantRegistry,
         tenant: &TenantId,
         connection: &ConnectionId,
     ) -> Result<Option<Connection>, StoreError> {
-        let store: &SharedStore = tenants.store();
         let key = crate::tenant::connection_key(tenant, connection);
-        let map_key = (tenant.clone(), connection.clone());
-        let Some(fingerprint) = store.fingerprint(&key).await? else {
-            self.forget(tenant, connection);
-            return Ok(None);
-        };
-        {
-            let map = self.records.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((kept, record)) = map.get(&map_key) {
-                if *kept == fingerprint {
-                    return Ok(Some(record.clone()));
-                }
-            }
-        }
-        let Some(record) = tenants.connection(tenant, connection).await.map_err(store_error)? else {
-            self.forget(tenant, connection);
-            return Ok(None);
-        };
-        // Kept only if nothing was written between the two fingerprints:
-        // then the record read is the one the first fingerprint names.
-        // Either way this request uses the record it read.
-        if store.fingerprint(&key).await?.as_deref() == Some(fingerprint.as_str()) {
-            let mut map = self.records.lock().unwrap_or_else(|e| e.into_inner());
-            map.insert(map_key, (fingerprint, record.clone()));
-        }
-        Ok(Some(record))
+        let id = (tenant.clone(), connection.clone());
+        self.records
+            .get(tenants.store(), &key, &id, || async {
+                tenants.connection(tenant, connection).await.map_err(store_error)
+            })
+            .await
     }
 
     /// The connector for `stored`, a record the caller has obtained in this
@@ -142,6 +125,6 @@ impl ConnectorCache {
     pub fn forget(&self, tenant: &TenantId, connection: &ConnectionId) {
         let key = (tenant.clone(), connection.clone());
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.records.forget(&key);
     }
 }

@@ -496,17 +496,10 @@ impl Broker {
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };
         // The tenant record resolved for this request gives the tenant's
-        // incarnation; only the connection's is read.
-        let incarnation = match self.tenants.incarnation_of(tenant_record, &connection).await {
-            Ok(crate::tenant::Liveness::Live(inc)) => inc,
-            Ok(_) => {
-                return page(
-                    404,
-                    "Sign-in failed",
-                    "This sign-in connection does not exist (any more).",
-                    "authorize.connection_gone",
-                )
-            }
+        // incarnation, and the connection record re-validated in it shows
+        // the connection exists; only the connection's incarnation is read.
+        let incarnation = match self.tenants.incarnation_of_record(tenant_record, &record).await {
+            Ok(inc) => inc,
             Err(e) => return unavailable(e),
         };
         // Every answer is finished where the browser's session cookie is

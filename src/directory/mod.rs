@@ -193,22 +193,26 @@ impl Directory {
         self.provision_live(tenant, connection, identity, liveness).await
     }
 
-    /// [`Self::provision`] for the tenant record `tenant_record`, read from
-    /// the store in this request (never one kept in memory): only the
-    /// connection's incarnation is read. `None`: the tenant is gone.
+    /// [`Self::provision`] for the tenant record `tenant_record` and the
+    /// connection record `connection_record`, both read (or re-validated by
+    /// fingerprint) from the store in this request, never kept in memory
+    /// without that: the connection is known to exist, so only its
+    /// incarnation is read. `None`: the tenant is gone.
     pub async fn provision_in(
         &self,
         tenant: &TenantId,
         tenant_record: Option<&Tenant>,
-        connection: &ConnectionId,
+        connection_record: &crate::upstream::Connection,
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
+        let connection = &connection_record.id;
         let liveness = match tenant_record {
-            Some(t) if t.id == *tenant => self
-                .tenants
-                .incarnation_of(t, connection)
-                .await
-                .map_err(registry_error)?,
+            Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(
+                self.tenants
+                    .incarnation_of_record(t, connection_record)
+                    .await
+                    .map_err(registry_error)?,
+            ),
             // Absent, or (a caller's mistake) another tenant's: fail closed.
             _ => Liveness::TenantGone,
         };
@@ -229,15 +233,22 @@ impl Directory {
         };
         let link = link_key(tenant, connection, &inc, &identity.subject);
         let candidate = format!("u_{}", crate::tokens::random_token(16));
-        let (sub, outcome) = if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? {
-            (candidate, Provisioned::Created)
-        } else {
-            let raw = self
-                .store
-                .get(&link)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?;
-            (String::from_utf8_lossy(&raw).into_owned(), Provisioned::Updated)
+        // A returning user (the common case) has the link: one read. Only
+        // when it is absent is it written, with `put_if_absent`, so that
+        // concurrent first logins still agree on one `sub`.
+        let existing = match self.store.get(&link).await? {
+            Some(raw) => Some(raw),
+            None if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? => None,
+            None => Some(
+                self.store
+                    .get(&link)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?,
+            ),
+        };
+        let (sub, outcome) = match existing {
+            Some(raw) => (String::from_utf8_lossy(&raw).into_owned(), Provisioned::Updated),
+            None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
         let created_at = match outcome {

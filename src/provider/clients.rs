@@ -6,6 +6,7 @@
 
 use crate::ids::TenantId;
 use crate::secret::Secret;
+use crate::store::record_cache::RecordCache;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -245,10 +246,17 @@ pub enum ClientError {
     Store(#[from] StoreError),
 }
 
-/// The store-backed client registry.
+/// How many decoded app records a replica keeps (keyed by configuration;
+/// past this an arbitrary one is read again on its next use).
+const CLIENTS_KEPT: usize = 10_000;
+
+/// The store-backed client registry. Cheap to clone (clones share the kept
+/// records).
 #[derive(Clone)]
 pub struct ClientRegistry {
     store: SharedStore,
+    /// Decoded app records, re-validated by fingerprint on every read.
+    records: RecordCache<String, Client>,
 }
 
 pub(crate) fn client_key(id: &str) -> Key {
@@ -261,7 +269,10 @@ pub(crate) fn index_key() -> Key {
 impl ClientRegistry {
     /// A registry over `store`.
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            records: RecordCache::new(CLIENTS_KEPT),
+        }
     }
 
     /// Registers a client; fails if the id is taken.
@@ -286,12 +297,19 @@ impl ClientRegistry {
         Ok(())
     }
 
-    /// Reads a client.
+    /// Reads a client as the store holds it now: the record's fingerprint
+    /// is read on every call, and the record itself (a few KB: redirect
+    /// URIs, hashed secrets) only when it changed since this replica last
+    /// decoded it. So a deletion, a secret rotation or a change of
+    /// `allowed_tenants` on any replica counts at once everywhere.
     pub async fn get(&self, id: &str) -> Result<Option<Client>, StoreError> {
         if id.is_empty() || id.len() > 255 {
             return Ok(None);
         }
-        self.store.get_json(&client_key(id)).await
+        let key = client_key(id);
+        self.records
+            .get(&self.store, &key, &id.to_owned(), || self.store.get_json(&key))
+            .await
     }
 
     /// All client ids.
@@ -321,6 +339,7 @@ impl ClientRegistry {
     /// Deletes a client. Returns `false` if it did not exist.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.store.delete(&client_key(id)).await?;
+        self.records.forget(&id.to_owned());
         self.store.set_remove(&index_key(), id).await?;
         Ok(existed)
     }

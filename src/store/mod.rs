@@ -25,6 +25,7 @@
 
 pub mod memory;
 pub mod metered;
+pub mod record_cache;
 pub mod redis;
 pub mod redis_url;
 pub mod session;

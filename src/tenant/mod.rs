@@ -558,6 +558,30 @@ impl TenantRegistry {
         }))
     }
 
+    /// Like [`Self::incarnation_of`], for a connection record the caller
+    /// has also read, or re-validated by its fingerprint, from the store in
+    /// this request (never one kept in memory without that): the record is
+    /// known to exist, so only the connection's incarnation is read. A
+    /// connection deleted since that read gets the empty incarnation: the
+    /// check on use refuses it as gone, and a re-created one has a fresh
+    /// incarnation that the empty one does not match.
+    pub async fn incarnation_of_record(
+        &self,
+        tenant: &Tenant,
+        connection: &Connection,
+    ) -> Result<Incarnation, RegistryError> {
+        let raw = self
+            .store
+            .get(&connection_incarnation_key(&tenant.id, &connection.id))
+            .await?;
+        Ok(Incarnation {
+            tenant: tenant.incarnation.clone(),
+            connection: raw
+                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                .unwrap_or_default(),
+        })
+    }
+
     /// The current incarnation of the connection `c` of `t`, `None` if the
     /// connection does not exist.
     pub async fn connection_incarnation(

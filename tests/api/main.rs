@@ -10,6 +10,7 @@ mod audit_events;
 mod browser_security;
 mod cas_updates;
 mod cli;
+mod client_cache;
 mod connection_cache;
 mod deploy;
 mod deploy_image;

@@ -1,0 +1,163 @@
+//! Decoded records kept in memory and re-validated by fingerprint on every
+//! use, so a replica answers exactly what the store holds now without
+//! transferring or decoding a record that did not change.
+//!
+//! A record is several KB (a SAML connection with its metadata and
+//! certificates, an app with its redirect URIs and hashed secrets); reading
+//! and decoding it on every request only to learn that it did not change
+//! cost more than anything else the store did for a sign-in. Each use reads
+//! the record's fingerprint ([`Store::fingerprint`]: the SHA-1 of the stored
+//! bytes, computed by Redis, 40 bytes on the wire) in the request: when it
+//! matches the fingerprint of the copy kept here, that copy is byte for byte
+//! what the store holds now; otherwise the record is read again. No write
+//! path needs to know about the cache: any write that changes the stored
+//! bytes changes the fingerprint, and a deleted record has none.
+
+use super::{Key, SharedStore, StoreError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+/// The cache: per record id, the decoded record and the fingerprint of the
+/// stored bytes it was decoded from. Keyed by configuration (ids of records
+/// that exist), and bounded: past `capacity` ids an arbitrary entry makes
+/// room (it is only read again). Cheap to clone.
+pub struct RecordCache<K, V> {
+    map: Arc<Mutex<HashMap<K, (String, V)>>>,
+    capacity: usize,
+}
+
+impl<K, V> Clone for RecordCache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
+    /// An empty cache keeping at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The record stored at `key` as the store holds it now, `None` when
+    /// there is none. Reads the fingerprint in this request; the copy kept
+    /// for `id` is answered only when its fingerprint is the one just read,
+    /// otherwise `read` reads and decodes the record, which is kept only
+    /// when the fingerprint did not move while it was read (then the record
+    /// read is the one the first fingerprint names). Either way this request
+    /// uses what it read.
+    pub async fn get<F, Fut>(&self, store: &SharedStore, key: &Key, id: &K, read: F) -> Result<Option<V>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        let Some(fingerprint) = store.fingerprint(key).await? else {
+            self.forget(id);
+            return Ok(None);
+        };
+        {
+            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((kept, record)) = map.get(id) {
+                if *kept == fingerprint {
+                    return Ok(Some(record.clone()));
+                }
+            }
+        }
+        let Some(record) = read().await? else {
+            self.forget(id);
+            return Ok(None);
+        };
+        if store.fingerprint(key).await?.as_deref() == Some(fingerprint.as_str()) {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() >= self.capacity && !map.contains_key(id) {
+                if let Some(evicted) = map.keys().next().cloned() {
+                    map.remove(&evicted);
+                }
+            }
+            map.insert(id.clone(), (fingerprint, record.clone()));
+        }
+        Ok(Some(record))
+    }
+
+    /// Drops the copy kept for `id` (after a delete, for instance; not
+    /// needed for correctness, only to free it at once).
+    pub fn forget(&self, id: &K) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// How many records are kept.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no record is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn store() -> SharedStore {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        Arc::new(crate::store::memory::MemoryStore::new(clock))
+    }
+
+    /// Reads `key` through `cache`, counting how often the record itself is read.
+    async fn read(
+        cache: &RecordCache<String, String>,
+        store: &SharedStore,
+        key: &Key,
+        reads: &AtomicUsize,
+    ) -> Option<String> {
+        cache
+            .get(store, key, &key.name().to_owned(), || async {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(store.get(key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_what_is_stored_and_reads_it_only_when_it_changed() {
+        let (store, cache, reads) = (store(), RecordCache::new(16), AtomicUsize::new(0));
+        let key = Key::global("t", "a");
+        assert_eq!(read(&cache, &store, &key, &reads).await, None);
+        store.put(&key, b"one", None).await.unwrap();
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("one"));
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("one"));
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "the second answer is the kept copy");
+        store.put(&key, b"two", None).await.unwrap();
+        assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some("two"));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        store.delete(&key).await.unwrap();
+        assert_eq!(
+            read(&cache, &store, &key, &reads).await,
+            None,
+            "a deleted record is gone at once"
+        );
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_its_capacity() {
+        let (store, cache, reads) = (store(), RecordCache::new(2), AtomicUsize::new(0));
+        for name in ["a", "b", "c", "d"] {
+            let key = Key::global("t", name);
+            store.put(&key, name.as_bytes(), None).await.unwrap();
+            assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some(name));
+        }
+        assert_eq!(cache.len(), 2);
+    }
+}
