@@ -48,9 +48,26 @@ struct Waiting {
     subject: String,
     rounds: Vec<Round>,
     name: String,
-    challenge: Challenge,
+    /// The public challenge parameters (shown on the page).
+    public: BTreeMap<String, String>,
+    /// The private challenge parameters as JSON text: one string field, so
+    /// the store seals it at rest (`secrets::sealed::sealed_fields`).
+    private: String,
     /// SHA-256 of the browser's secret.
     browser: String,
+}
+
+impl Waiting {
+    /// The challenge as the hook created it, for `verify`.
+    fn challenge(&self) -> Result<Challenge, LocalError> {
+        let private = serde_json::from_str(&self.private).map_err(|e| {
+            LocalError::from(crate::store::StoreError::Corrupt(format!("challenge parameters: {e}")))
+        })?;
+        Ok(Challenge {
+            public_challenge_parameters: self.public.clone(),
+            private_challenge_parameters: private,
+        })
+    }
 }
 
 fn waiting_key(t: &TenantId, handle: &str) -> Key {
@@ -201,7 +218,7 @@ impl Accounts {
         };
         let correct = answer.chars().count() <= MAX_ANSWER_CHARS
             && hooks
-                .challenge_verify(&hook, &who, &w.rounds, &w.name, &w.challenge, answer)
+                .challenge_verify(&hook, &who, &w.rounds, &w.name, &w.challenge()?, answer)
                 .await?;
         let mut rounds = w.rounds;
         rounds.push(Round {
@@ -269,7 +286,10 @@ impl Accounts {
                     subject: user.subject.clone(),
                     rounds,
                     name: name.clone(),
-                    challenge,
+                    private: serde_json::to_string(&challenge.private_challenge_parameters).map_err(|e| {
+                        LocalError::from(crate::store::StoreError::Corrupt(format!("challenge parameters: {e}")))
+                    })?,
+                    public: challenge.public_challenge_parameters,
                     browser: crate::tokens::sha256_base64url(secret.as_bytes()),
                 };
                 self.store

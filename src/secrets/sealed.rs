@@ -12,6 +12,7 @@
 //! | the signing keyset (`g:keys` / `signing`) | `active.private_pem`, `next.private_pem`, `retired[].private_pem` |
 //! | a tenant's hook (`t:<tenant>:hooks` / `<kind>`) | `secret` |
 //! | an MFA enrolment (`t:<tenant>:mfa` / `enrolment:<sub>`, `pending:<sub>`) | `secret` (the TOTP seed) |
+//! | a waiting custom challenge (`t:<tenant>:local` / `challenge:<hash>`) | `private` (the hook's private parameters) |
 //!
 //! Each field is one envelope whose context is `<tag>/<name>#<field path>`,
 //! so a sealed value only opens in the record and field it was written to.
@@ -44,6 +45,7 @@ const CONNECTION_FIELDS: &[FieldPath] = &[
 const UPSTREAM_SESSION_FIELDS: &[FieldPath] = &[&["refresh_token"]];
 const HOOK_FIELDS: &[FieldPath] = &[&["secret"]];
 const MFA_ENROLMENT_FIELDS: &[FieldPath] = &[&["secret"]];
+const CHALLENGE_FIELDS: &[FieldPath] = &[&["private"]];
 const KEYSET_FIELDS: &[FieldPath] = &[
     &["active", "private_pem"],
     &["next", "private_pem"],
@@ -67,6 +69,8 @@ pub fn sealed_fields(key: &Key) -> Option<&'static [FieldPath]> {
         && (name.starts_with("enrolment:") || name.starts_with("pending:"))
     {
         Some(MFA_ENROLMENT_FIELDS)
+    } else if tag.starts_with("t:") && tag.ends_with(":local") && name.starts_with("challenge:") {
+        Some(CHALLENGE_FIELDS)
     } else {
         None
     }
