@@ -60,9 +60,8 @@ struct Waiting {
 impl Waiting {
     /// The challenge as the hook created it, for `verify`.
     fn challenge(&self) -> Result<Challenge, LocalError> {
-        let private = serde_json::from_str(&self.private).map_err(|e| {
-            LocalError::from(crate::store::StoreError::Corrupt(format!("challenge parameters: {e}")))
-        })?;
+        let private = serde_json::from_str(&self.private)
+            .map_err(|e| LocalError::from(crate::store::StoreError::Corrupt(format!("challenge parameters: {e}"))))?;
         Ok(Challenge {
             public_challenge_parameters: self.public.clone(),
             private_challenge_parameters: private,
