@@ -461,3 +461,47 @@ async fn a_tenant_key_configures_only_its_own_tenants_hooks() {
     assert_eq!(put("hk-acme").await.unwrap().status(), StatusCode::CREATED);
     assert_eq!(put("hk-globex").await.unwrap().status(), StatusCode::NOT_FOUND);
 }
+
+/// A pre-token hook that fails at a refresh consumes nothing: the app keeps
+/// its refresh token (re-sending it once the hook recovers is not a reuse),
+/// and a hook failing at the code grant leaves no refresh family behind.
+#[tokio::test]
+async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
+    let app = dev_app(None, None).await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&app, "hook-keeps-refresh").await;
+    configure(&app, &hooks, PRE, "pre", 2000).await;
+    let mut browser = Browser::new();
+    let code = sign_in(&app, &mut browser, &rp, "kim@hooks.example").await;
+    let good = redeem(&app, &rp, &code).await.unwrap();
+    let rt = good["refresh_token"].as_str().unwrap().to_owned();
+    let sub = claims(good["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let families = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
+    assert_eq!(app.state.store.set_members(&families).await.unwrap().len(), 1);
+
+    // The hook fails at the refresh: the request fails, nothing is consumed.
+    hooks.behave("pre", Behavior::Status(500));
+    let e = refresh(&app, &rp, &rt).await.unwrap_err();
+    assert_eq!(e.reason, "hook.bad_status");
+    // It recovers: the same refresh token works (once), no reuse detected.
+    hooks.behave("pre", Behavior::Answer(json!({})));
+    let next = refresh(&app, &rp, &rt).await.unwrap();
+    let rt2 = next["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rt2, rt);
+    refresh(&app, &rp, &rt2).await.unwrap();
+    // The old one is used now: a reuse, as always.
+    assert_eq!(refresh(&app, &rp, &rt).await.unwrap_err().reason, "refresh.reused");
+
+    // At the code grant a failing hook starts no family.
+    hooks.behave("pre", Behavior::Status(500));
+    let code = sign_in(&app, &mut browser, &rp, "kim@hooks.example").await;
+    assert_eq!(redeem(&app, &rp, &code).await.unwrap_err().reason, "hook.bad_status");
+    assert_eq!(
+        app.state.store.set_members(&families).await.unwrap().len(),
+        1,
+        "no family started for a failed code redemption"
+    );
+}
