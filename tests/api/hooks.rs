@@ -505,3 +505,45 @@ async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
         "no family started for a failed code redemption"
     );
 }
+
+/// A hook removed on one replica is not called by another: the next token
+/// minted there is without it (the cached configuration is re-validated).
+#[tokio::test]
+async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+    let prefix = crate::support::redis::prefix();
+    let spawn = || {
+        spawn_app(AppOptions {
+            dev: true,
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(prefix.clone()),
+            ..AppOptions::default()
+        })
+    };
+    let a = spawn().await;
+    let b = spawn().await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&a, "hook-two-replicas").await;
+    configure(&a, &hooks, PRE, "pre", 2000).await;
+    hooks.behave(
+        "pre",
+        Behavior::Answer(json!({"access_token": {"claims_to_add_or_override": {"plan": "gold"}}})),
+    );
+    let mut browser = Browser::new();
+
+    // Replica B mints with the hook (and caches its configuration).
+    let code = sign_in(&b, &mut browser, &rp, "rex@hooks.example").await;
+    let first = redeem(&b, &rp, &code).await.unwrap();
+    assert_eq!(claims(first["access_token"].as_str().unwrap())["plan"], "gold");
+    assert_eq!(hooks.calls_to("pre").len(), 1);
+
+    // Removed on replica A: B's next token is minted without it at once.
+    let (status, _) = a
+        .admin(Method::DELETE, &format!("/admin/v1/tenants/{DEMO}/hooks/{PRE}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let next = refresh(&b, &rp, first["refresh_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert!(claims(next["access_token"].as_str().unwrap()).get("plan").is_none());
+    assert_eq!(hooks.calls_to("pre").len(), 1, "the removed hook is not called");
+}
