@@ -205,7 +205,10 @@ async fn delete_user(
     let (t, c, _) = local_connection(&s, &id, &cid).await?;
     let email = email_of(&email)?;
     let before = s.accounts.get(&t, &c, &email).await?.ok_or_else(no_user)?;
-    s.broker.revoke_local_account(&t, &c, &before.subject).await?;
+    // The directory user goes first (its sessions, families, MFA
+    // enrolment, and with its `sub` every token issued to it); should the
+    // account's deletion then fail, a retry finds it still there.
+    s.broker.delete_local_account(&t, &c, &before.subject).await?;
     s.accounts.delete(&t, &c, &email).await?;
     tracing::info!(reason = "admin.local_user_deleted", tenant = %t, connection = %c);
     audit::record(
@@ -244,9 +247,25 @@ async fn change(
         Change::ForceReset => s.accounts.force_reset(&t, &c, &email).await?,
     }
     .ok_or_else(no_user)?;
-    if matches!(what, Change::Disable | Change::ForceReset) {
-        // What the account was issued ends now, not at the next sign-in.
-        s.broker.revoke_local_account(&t, &c, &after.subject).await?;
+    match what {
+        // The directory user follows the account, so the access tokens it
+        // already has are refused on use while it is disabled (and what it
+        // was issued ends now, not at the next sign-in).
+        Change::Disable => {
+            s.broker
+                .set_local_account_disabled(&t, &c, &after.subject, true)
+                .await?;
+        }
+        Change::Enable => {
+            s.broker
+                .set_local_account_disabled(&t, &c, &after.subject, false)
+                .await?;
+        }
+        // Sessions and refresh families end now; access tokens run out on
+        // their own (short lifetime).
+        Change::ForceReset => {
+            s.broker.revoke_local_account(&t, &c, &after.subject).await?;
+        }
     }
     let (reason, action) = match what {
         Change::Disable => ("admin.local_user_disabled", "local_user.disabled"),

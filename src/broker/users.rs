@@ -35,6 +35,39 @@ impl Broker {
         Ok(true)
     }
 
+    /// Deletes the directory user of a local account (with its sessions,
+    /// families and MFA enrolment, see [`Broker::delete_user`]), so its
+    /// `sub` is gone and every token issued to it is refused on use. `false`
+    /// if the account never signed in.
+    pub async fn delete_local_account(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
+            return Ok(false);
+        };
+        Ok(self.delete_user(tenant, &sub).await?.is_some())
+    }
+
+    /// Disables (or enables) the directory user of a local account, so the
+    /// access tokens it already has are refused (accepted again) on use;
+    /// disabling revokes its sessions and families. `false` if the account
+    /// never signed in.
+    pub async fn set_local_account_disabled(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
+        let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
+            return Ok(false);
+        };
+        self.set_user_disabled(tenant, &sub, disabled).await
+    }
+
     /// Disables (or enables) a user; disabling revokes its sessions and
     /// families. `false` if there is no such user.
     pub async fn set_user_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {

@@ -263,6 +263,9 @@ pub struct Hooks {
 #[derive(Clone)]
 struct Cached {
     read_at_ms: i64,
+    /// The stored bytes' fingerprint ([`crate::store::Store::fingerprint`])
+    /// when a hook was read; `None` for an absent hook.
+    fingerprint: Option<String>,
     hook: Option<HookConfig>,
 }
 
@@ -373,39 +376,78 @@ impl Hooks {
         }))
     }
 
-    /// The tenant's hook of `kind` for the hot path (every token mint): read
-    /// from the store at most once per `config_cache` per replica, absent
-    /// hooks included, so a tenant without hooks costs no store round trip
-    /// per token. A change made on this replica applies at once; on the
-    /// others within `config_cache` (keyed by configuration: bounded by
-    /// tenants × kinds, cleared when full).
+    /// The tenant's hook of `kind` for the hot path (every token mint).
+    /// A cached hook is re-validated on every use by its stored bytes'
+    /// fingerprint (one small read), so a hook removed or changed on another
+    /// replica is never called again once the change is written; it is read
+    /// in full again at most once per `config_cache`. An absent hook is
+    /// cached for `config_cache` without a read, so a tenant without hooks
+    /// costs no store round trip per token (a hook added on another replica
+    /// applies here within `config_cache`). A change made on this replica
+    /// applies at once. Keyed by configuration: bounded by tenants × kinds,
+    /// cleared when full.
     pub async fn get_cached(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, StoreError> {
         let ttl = i64::try_from(self.config.config_cache.as_millis()).unwrap_or(i64::MAX);
         let now = self.now_ms();
         let key = (tenant.as_str().to_owned(), kind);
+        let store_key = hook_key(tenant, kind);
+        let mut kept: Option<Cached> = None;
         if ttl > 0 {
             let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(c) = cache.get(&key) {
                 if now >= c.read_at_ms && now - c.read_at_ms < ttl {
-                    return Ok(c.hook.clone());
+                    kept = Some(c.clone());
                 }
             }
         }
-        let hook = self.get(tenant, kind).await?;
-        if ttl > 0 {
-            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(
-                key,
-                Cached {
-                    read_at_ms: now,
-                    hook: hook.clone(),
+        if let Some(c) = kept {
+            match (c.hook, c.fingerprint) {
+                (None, _) => return Ok(None),
+                (Some(hook), Some(fingerprint)) => match self.store.fingerprint(&store_key).await? {
+                    Some(now_fp) if now_fp == fingerprint => return Ok(Some(hook)),
+                    None => {
+                        self.remember(key, now, None, None);
+                        return Ok(None);
+                    }
+                    // Changed elsewhere: read it again.
+                    Some(_) => {}
                 },
-            );
+                // No fingerprint to compare with: read it again.
+                (Some(_), None) => {}
+            }
         }
+        let hook = self.get(tenant, kind).await?;
+        if ttl <= 0 {
+            return Ok(hook);
+        }
+        if hook.is_none() {
+            self.remember(key, now, None, None);
+            return Ok(None);
+        }
+        // A hook is there: its fingerprint, then the hook read again, so
+        // should a write come between the two, the newer hook is kept under
+        // the older fingerprint, which the next use finds changed and reads
+        // again (never the reverse).
+        let fingerprint = self.store.fingerprint(&store_key).await?;
+        let hook = self.get(tenant, kind).await?;
+        let fingerprint = fingerprint.filter(|_| hook.is_some());
+        self.remember(key, now, fingerprint, hook.clone());
         Ok(hook)
+    }
+
+    fn remember(&self, key: (String, HookKind), now: i64, fingerprint: Option<String>, hook: Option<HookConfig>) {
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(
+            key,
+            Cached {
+                read_at_ms: now,
+                fingerprint,
+                hook,
+            },
+        );
     }
 
     fn forget(&self, tenant: &TenantId, kind: HookKind) {

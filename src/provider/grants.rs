@@ -374,13 +374,16 @@ impl Provider {
             (None, None) => {}
         }
         Self::check_token_resource(&authz, req)?;
+        // The hook runs (and may fail) before the family starts, so a failed
+        // redemption leaves no family that was never handed out.
+        let prepared = self.prepare(client, &authz, true, Some(&user)).await?;
         let (family, refresh) = if wants_refresh(client, &authz) {
             let (f, t) = self.start_family(&authz).await?;
             (Some(f.id), Some(t))
         } else {
             (None, None)
         };
-        let (resp, access) = self.mint(client, &authz, true, refresh, Some(&user)).await?;
+        let (resp, access) = Self::sign(prepared, refresh)?;
         let issued = Issued {
             family,
             jti: Some(access.jti),
@@ -417,9 +420,23 @@ impl Provider {
             .refresh_token
             .as_deref()
             .ok_or_else(|| OAuthError::invalid_request("token.missing_refresh_token", "refresh_token is required."))?;
-        // Does the IdP still vouch for the person? Asked before anything is
-        // consumed (provider/upstream.rs).
-        self.check_upstream(client, token).await?;
+        // Everything that can fail for reasons outside the app's control
+        // (the IdP's answer, the liveness checks, the pre-token hook) runs on
+        // the family as peeked, read-only, before the token is consumed: a
+        // failure there leaves the app its refresh token. Tokens that are not
+        // current, or of another client, are left to the rotation to refuse.
+        let peeked = self
+            .peek_refresh(token)
+            .await?
+            .filter(|f| f.authz.client_id == client.client_id);
+        let prepared = match &peeked {
+            Some(family) => {
+                // Does the IdP still vouch for the person? (provider/upstream.rs)
+                self.check_upstream(family).await?;
+                Some(self.prepare_refresh(client, req, family, fresh).await?)
+            }
+            None => None,
+        };
         let (family, next) = match self.rotate_refresh(token, &client.client_id).await? {
             Rotation::Rotated(f, n) => (f, n),
             Rotation::WrongClient => {
@@ -441,6 +458,38 @@ impl Provider {
                 ))
             }
         };
+        // The rotated family must be the one prepared for; anything else
+        // (a race with a revocation and a new family cannot produce it, but
+        // fail closed) is refused as an unknown token.
+        match (peeked, prepared) {
+            (Some(p), Some(prepared)) if p.id == family.id && p.started_at == family.started_at => {
+                Ok(Self::sign(prepared, Some(next))?.0)
+            }
+            _ => {
+                tracing::warn!(
+                    reason = "refresh.unknown",
+                    tenant = %family.authz.tenant,
+                    client_id = %client.client_id,
+                    "refresh token rotated without a prepared family; refused"
+                );
+                Err(OAuthError::invalid_grant(
+                    "refresh.unknown",
+                    "The refresh token is invalid, expired or revoked.",
+                ))
+            }
+        }
+    }
+
+    /// Checks a refresh of `family` as asked by `req` and prepares its
+    /// tokens (see [`Provider::prepare`]), without consuming anything; a
+    /// family whose user, app or tenant no longer allows it is revoked.
+    async fn prepare_refresh(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        family: &Family,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<Prepared, OAuthError> {
         let mut authz = family.authz.clone();
         crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
         Self::check_token_resource(&authz, req)?;
@@ -456,7 +505,7 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        let user = match self.refresh_still_allowed(client, &family, fresh).await? {
+        let user = match self.refresh_still_allowed(client, family, fresh).await? {
             Ok(user) => user,
             Err((reason, description)) => {
                 tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
@@ -465,7 +514,7 @@ impl Provider {
             }
         };
         let with_id = authz.scope.iter().any(|s| s == "openid");
-        Ok(self.mint(client, &authz, with_id, Some(next), Some(&user)).await?.0)
+        self.prepare(client, &authz, with_id, Some(&user)).await
     }
 
     /// Whether a refresh of `family` may still be served: the user is active
@@ -539,15 +588,18 @@ impl Provider {
         Ok(())
     }
 
-    async fn mint(
+    /// Everything of a mint that can fail for reasons outside the app's
+    /// control (the grant decision, the user read, the pre-token hook, the
+    /// signing key snapshot), done before anything single-use is consumed
+    /// or started, so such a failure costs the app nothing.
+    async fn prepare(
         &self,
         client: &Client,
         authz: &Authorization,
         with_id_token: bool,
-        refresh_token: Option<String>,
         // The user as read (and found active) in this request, if it was.
         user: Option<&User>,
-    ) -> Result<(TokenResponse, AccessClaims), OAuthError> {
+    ) -> Result<Prepared, OAuthError> {
         let now = self.clock.unix();
         let grant: Grant = self.effective_grant(client, authz).await?;
         let scope = grant.scope.join(" ");
@@ -622,6 +674,27 @@ impl Provider {
         // One key snapshot for both tokens, so `at_hash` follows the algorithm
         // of the key that really signs, even across a rotation.
         let signer = self.keys.signer().await?;
+        Ok(Prepared {
+            signer,
+            access,
+            access_claims,
+            id_claims,
+            scope,
+            at_ttl,
+        })
+    }
+
+    /// Signs what [`Provider::prepare`] prepared, with the refresh token (if
+    /// any) the grant has by now rotated or started.
+    fn sign(prepared: Prepared, refresh_token: Option<String>) -> Result<(TokenResponse, AccessClaims), OAuthError> {
+        let Prepared {
+            signer,
+            access,
+            access_claims,
+            id_claims,
+            scope,
+            at_ttl,
+        } = prepared;
         let access_token = signer.sign("at+jwt", &Value::Object(access_claims))?;
         let id_token = match id_claims {
             Some(mut claims) => {
@@ -845,6 +918,17 @@ impl Provider {
 }
 
 /// The user-safe description of why a user's tokens are refused.
+/// The claims of a token response, decided and passed through the hooks,
+/// with the key snapshot that will sign them (see [`Provider::prepare`]).
+struct Prepared {
+    signer: crate::tokens::Signer,
+    access: AccessClaims,
+    access_claims: Map<String, Value>,
+    id_claims: Option<Map<String, Value>>,
+    scope: String,
+    at_ttl: u64,
+}
+
 fn inactive_description(why: Inactive) -> &'static str {
     match why {
         Inactive::TenantGone => "The organization no longer exists.",

@@ -5,8 +5,8 @@
 //! fails this refresh with `temporarily_unavailable` and consumes nothing, so
 //! the app can simply retry.
 
-use super::clients::Client;
 use super::codes::Authorization;
+use super::refresh::Family;
 use super::{OAuthError, Provider};
 use async_trait::async_trait;
 
@@ -30,19 +30,13 @@ pub trait UpstreamSessions: Send + Sync {
 }
 
 impl Provider {
-    /// Checks the upstream session behind the refresh token `token`, before
-    /// it is rotated. Tokens that are not current, or of another client, are
-    /// left to the rotation to refuse.
-    pub(super) async fn check_upstream(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
+    /// Checks the upstream session behind the refresh family `family` (as
+    /// peeked, for the app that presents its token), before the token is
+    /// rotated.
+    pub(super) async fn check_upstream(&self, family: &Family) -> Result<(), OAuthError> {
         let Some(hook) = &self.upstream else {
             return Ok(());
         };
-        let Some(family) = self.peek_refresh(token).await? else {
-            return Ok(());
-        };
-        if family.authz.client_id != client.client_id {
-            return Ok(());
-        }
         match hook.check(&family.authz).await {
             UpstreamCheck::Fine => Ok(()),
             UpstreamCheck::Refused => {

@@ -461,3 +461,89 @@ async fn a_tenant_key_configures_only_its_own_tenants_hooks() {
     assert_eq!(put("hk-acme").await.unwrap().status(), StatusCode::CREATED);
     assert_eq!(put("hk-globex").await.unwrap().status(), StatusCode::NOT_FOUND);
 }
+
+/// A pre-token hook that fails at a refresh consumes nothing: the app keeps
+/// its refresh token (re-sending it once the hook recovers is not a reuse),
+/// and a hook failing at the code grant leaves no refresh family behind.
+#[tokio::test]
+async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
+    let app = dev_app(None, None).await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&app, "hook-keeps-refresh").await;
+    configure(&app, &hooks, PRE, "pre", 2000).await;
+    let mut browser = Browser::new();
+    let code = sign_in(&app, &mut browser, &rp, "kim@hooks.example").await;
+    let good = redeem(&app, &rp, &code).await.unwrap();
+    let rt = good["refresh_token"].as_str().unwrap().to_owned();
+    let sub = claims(good["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let families = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
+    assert_eq!(app.state.store.set_members(&families).await.unwrap().len(), 1);
+
+    // The hook fails at the refresh: the request fails, nothing is consumed.
+    hooks.behave("pre", Behavior::Status(500));
+    let e = refresh(&app, &rp, &rt).await.unwrap_err();
+    assert_eq!(e.reason, "hook.bad_status");
+    // It recovers: the same refresh token works (once), no reuse detected.
+    hooks.behave("pre", Behavior::Answer(json!({})));
+    let next = refresh(&app, &rp, &rt).await.unwrap();
+    let rt2 = next["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rt2, rt);
+    refresh(&app, &rp, &rt2).await.unwrap();
+    // The old one is used now: a reuse, as always.
+    assert_eq!(refresh(&app, &rp, &rt).await.unwrap_err().reason, "refresh.reused");
+
+    // At the code grant a failing hook starts no family.
+    hooks.behave("pre", Behavior::Status(500));
+    let code = sign_in(&app, &mut browser, &rp, "kim@hooks.example").await;
+    assert_eq!(redeem(&app, &rp, &code).await.unwrap_err().reason, "hook.bad_status");
+    assert_eq!(
+        app.state.store.set_members(&families).await.unwrap().len(),
+        1,
+        "no family started for a failed code redemption"
+    );
+}
+
+/// A hook removed on one replica is not called by another: the next token
+/// minted there is without it (the cached configuration is re-validated).
+#[tokio::test]
+async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+    let prefix = crate::support::redis::prefix();
+    let spawn = || {
+        spawn_app(AppOptions {
+            dev: true,
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(prefix.clone()),
+            ..AppOptions::default()
+        })
+    };
+    let a = spawn().await;
+    let b = spawn().await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&a, "hook-two-replicas").await;
+    configure(&a, &hooks, PRE, "pre", 2000).await;
+    hooks.behave(
+        "pre",
+        Behavior::Answer(json!({"access_token": {"claims_to_add_or_override": {"plan": "gold"}}})),
+    );
+    let mut browser = Browser::new();
+
+    // Replica B mints with the hook (and caches its configuration).
+    let code = sign_in(&b, &mut browser, &rp, "rex@hooks.example").await;
+    let first = redeem(&b, &rp, &code).await.unwrap();
+    assert_eq!(claims(first["access_token"].as_str().unwrap())["plan"], "gold");
+    assert_eq!(hooks.calls_to("pre").len(), 1);
+
+    // Removed on replica A: B's next token is minted without it at once.
+    let (status, _) = a
+        .admin(Method::DELETE, &format!("/admin/v1/tenants/{DEMO}/hooks/{PRE}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let next = refresh(&b, &rp, first["refresh_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert!(claims(next["access_token"].as_str().unwrap()).get("plan").is_none());
+    assert_eq!(hooks.calls_to("pre").len(), 1, "the removed hook is not called");
+}

@@ -663,3 +663,80 @@ async fn local_users_admin_api_creates_disables_force_resets_deletes_and_is_back
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(app.state.accounts.list(&t, &c).await.unwrap().is_empty());
 }
+
+/// Signs `email` in through the local sign-in page; the token response.
+async fn sign_in_tokens(app: &TestApp, email: &str) -> Value {
+    let p = pkce();
+    let mut browser = Browser::new();
+    let page = start(app, &mut browser, &p).await;
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", GOOD_PASSWORD);
+    let back = browser.submit_until(&page, &form, &at_app).await.stopped();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    redeem(app, q.get("code").unwrap(), &p).await
+}
+
+/// Disabling a local account refuses the access tokens it already has (and
+/// enabling accepts them again); deleting it removes its directory user
+/// (tokens, userinfo refused) and its MFA enrolment.
+#[tokio::test]
+async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolment() {
+    use portcullis::mfa::{totp, Mfa};
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let base = format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users");
+    let email = "ada@acme.example";
+    let (status, user) = app
+        .admin(
+            reqwest::Method::POST,
+            &base,
+            Some(json!({"email": email, "password": GOOD_PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let tokens = sign_in_tokens(&app, email).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let provider = &app.state.provider;
+    let sub = provider.check_access_token(access).await.unwrap().sub;
+    provider.userinfo(access).await.unwrap();
+
+    // An MFA enrolment for the user.
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let mfa = Mfa::new(app.state.store.clone(), provider.clock.clone());
+    let pending = mfa.start_enrolment(&t, &sub).await.unwrap();
+    let key = totp::base32_decode(&pending.secret).unwrap();
+    let step = totp::step_of(provider.clock.unix()).unwrap();
+    let code = totp::code_at(totp::Algorithm::Sha1, &key, step, 6).unwrap();
+    mfa.confirm(&t, &sub, &code).await.unwrap();
+    assert!(mfa.enrolled(&t, &sub).await.unwrap());
+
+    let one = format!("{base}/ada%40acme.example");
+    let (status, _) = app.admin(reqwest::Method::POST, &format!("{one}/disable"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        provider.check_access_token(access).await.unwrap_err().reason,
+        "token.user_disabled"
+    );
+    assert_eq!(
+        provider.userinfo(access).await.unwrap_err().reason,
+        "token.user_disabled"
+    );
+    let (status, _) = app.admin(reqwest::Method::POST, &format!("{one}/enable"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    provider.check_access_token(access).await.unwrap();
+
+    let (status, _) = app.admin(reqwest::Method::DELETE, &one, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        provider.check_access_token(access).await.unwrap_err().reason,
+        "token.user_gone"
+    );
+    assert_eq!(provider.userinfo(access).await.unwrap_err().reason, "token.user_gone");
+    assert!(provider.directory.get(&t, &sub).await.unwrap().is_none());
+    assert!(
+        !mfa.enrolled(&t, &sub).await.unwrap(),
+        "the enrolment went with the account"
+    );
+}
