@@ -591,12 +591,16 @@ async fn passwordless_unknown_email_looks_the_same_and_never_signs_in() {
 
     // Even the answer the hook judges right never signs in: it reads as a
     // wrong answer, the same page and status as a known email's wrong one.
-    let known_wrong = answer(&app, &mut known_browser, &p, &known, "4", None).await.unwrap_err();
+    let known_wrong = answer(&app, &mut known_browser, &p, &known, "4", None)
+        .await
+        .unwrap_err();
     let decoy_right = answer(&app, &mut browser, &p, &decoy, "5", None).await.unwrap_err();
     assert_reason(&known_wrong, 400, "challenge.wrong_answer");
     assert_reason(&decoy_right, 400, "challenge.wrong_answer");
     assert_eq!(normalised(&decoy_right), normalised(&known_wrong), "the same page");
-    let last = answer(&app, &mut browser, &p, &decoy_right, "5", None).await.unwrap_err();
+    let last = answer(&app, &mut browser, &p, &decoy_right, "5", None)
+        .await
+        .unwrap_err();
     assert_reason(&last, 400, "challenge.wrong_answer");
     assert!(
         browser.trail().find(REDIRECT).is_none(),
