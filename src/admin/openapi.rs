@@ -297,6 +297,8 @@ pub(crate) enum NewConnection {
         verify_template: Option<crate::mail::MailTemplate>,
         /// The password-reset message; `{code}` is required.
         reset_template: Option<crate::mail::MailTemplate>,
+        /// `password` (default) or `custom_challenge` (passwordless: the tenant's hook alone).
+        sign_in: Option<crate::local::SignInMode>,
     },
 }
 
@@ -335,6 +337,7 @@ pub(crate) struct ConnectionMergePatch {
     allow_sign_up: Option<bool>,
     verify_template: Option<crate::mail::MailTemplate>,
     reset_template: Option<crate::mail::MailTemplate>,
+    sign_in: Option<crate::local::SignInMode>,
 }
 
 /// What a certificate is for.
@@ -462,6 +465,7 @@ pub(crate) struct ConnectionView {
     allow_sign_up: Option<bool>,
     verify_template: Option<crate::mail::MailTemplate>,
     reset_template: Option<crate::mail::MailTemplate>,
+    sign_in: Option<crate::local::SignInMode>,
     /// Local: the sign-in page (apps reach it through `/authorize`).
     sign_in_url: Option<String>,
 }
@@ -961,7 +965,7 @@ impl Modify for EdgeAnswers {
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
-        crate::local::password::PasswordPolicy, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
+        crate::local::password::PasswordPolicy, crate::local::SignInMode, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
         NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
         RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList,
         HookKindName, HookSetting, HookView, HookList))

@@ -13,6 +13,7 @@ use super::pages;
 use super::AppState;
 use crate::ids::{ConnectionId, TenantId};
 use crate::local::challenge::{Asked, SignInStep, CHALLENGE_SESSION_FIELD};
+use crate::local::SignInMode;
 use crate::local::{LocalConfig, LocalError, Profile};
 use crate::secret::Secret;
 use crate::upstream::{CallbackParams, ConnectionKind, ConnectionStatus};
@@ -353,19 +354,31 @@ async fn show(
             if l.cfg.allow_sign_up {
                 links.push((l.url(app, "sign-up"), "Create account".to_owned()));
             }
-            links.push((l.url(app, "forgot"), "Forgot password?".to_owned()));
-            links.push((l.url(app, "confirm"), "Confirm your email with a code".to_owned()));
-            links.push((l.url(app, "change-password"), "Change password".to_owned()));
-            (
-                "Sign in",
-                None,
-                vec![
-                    Field::email(&email),
-                    Field::password("password", "Password", "current-password"),
-                ],
-                "Sign in",
-                links,
-            )
+            if l.cfg.sign_in == SignInMode::CustomChallenge {
+                // Passwordless: the email only; the tenant's hook asks the rest.
+                links.push((l.url(app, "confirm"), "Confirm your email with a code".to_owned()));
+                (
+                    "Sign in",
+                    Some("Enter your email address. We will then ask you to confirm it is you."),
+                    vec![Field::email(&email)],
+                    "Continue",
+                    links,
+                )
+            } else {
+                links.push((l.url(app, "forgot"), "Forgot password?".to_owned()));
+                links.push((l.url(app, "confirm"), "Confirm your email with a code".to_owned()));
+                links.push((l.url(app, "change-password"), "Change password".to_owned()));
+                (
+                    "Sign in",
+                    None,
+                    vec![
+                        Field::email(&email),
+                        Field::password("password", "Password", "current-password"),
+                    ],
+                    "Sign in",
+                    links,
+                )
+            }
         }
         Kind::SignUp => (
             "Create account",
@@ -540,7 +553,8 @@ fn status_of(e: &LocalError) -> StatusCode {
         | "local.reset_required"
         | "local.sign_up_disabled"
         | "challenge.failed"
-        | "challenge.too_many_rounds" => StatusCode::FORBIDDEN,
+        | "challenge.too_many_rounds"
+        | "local.challenge_not_configured" => StatusCode::FORBIDDEN,
         "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => match e {
@@ -658,10 +672,15 @@ async fn sign_in(
         );
     };
     let email = field(&form, "email");
-    let step = app
-        .accounts
-        .sign_in(&l.t, &l.c, &email, &secret(&form, "password"), &login)
-        .await;
+    let step = match l.cfg.sign_in {
+        SignInMode::Password => {
+            app.accounts
+                .sign_in(&l.t, &l.c, &email, &secret(&form, "password"), &login)
+                .await
+        }
+        // Passwordless: a posted `password` is ignored, never checked.
+        SignInMode::CustomChallenge => app.accounts.sign_in_passwordless(&l.t, &l.c, &email, &login).await,
+    };
     signed_in_or_asked(&app, &session, &l, step, &form).await
 }
 
@@ -676,8 +695,17 @@ async fn signed_in_or_asked(
     form: &Form_,
 ) -> Response {
     match step {
-        Ok(SignInStep::Done { user, login }) => {
-            let identity = crate::upstream::local::identity(&user, app.upstream.clock.unix());
+        Ok(SignInStep::Done {
+            user,
+            login,
+            passwordless,
+        }) => {
+            let mut identity = crate::upstream::local::identity(&user, app.upstream.clock.unix());
+            if passwordless {
+                // RFC 8176: no password was used; what the tenant's
+                // challenge checked is its own, so no method is claimed.
+                identity.amr.clear();
+            }
             let ticket = match crate::upstream::local::issue_ticket(&app.upstream, &l.t, &l.c, &login, &identity).await
             {
                 Ok(t) => t,

@@ -55,6 +55,13 @@ struct Waiting {
     private: String,
     /// SHA-256 of the browser's secret.
     browser: String,
+    /// A passwordless sign-in (no `pwd` in `amr`).
+    #[serde(default)]
+    passwordless: bool,
+    /// A decoy for an email without a usable account (passwordless): the
+    /// hook is asked as for a real one, but no answer ever signs in.
+    #[serde(default)]
+    decoy: bool,
 }
 
 impl Waiting {
@@ -103,9 +110,19 @@ pub enum SignInStep {
         user: LocalUser,
         /// The pending login.
         login: String,
+        /// Signed in without a password (the custom challenge alone).
+        passwordless: bool,
     },
     /// The tenant's hook asks a challenge first.
     Ask(Asked),
+}
+
+/// The sign-in a decision belongs to.
+struct Flow<'a> {
+    /// The pending login the sign-in continues.
+    login: &'a str,
+    /// Whether it started without a password.
+    passwordless: bool,
 }
 
 fn refused(reason: &'static str, message: &'static str) -> LocalError {
@@ -149,9 +166,54 @@ impl Accounts {
             return Ok(SignInStep::Done {
                 user,
                 login: login.to_owned(),
+                passwordless: false,
             });
         };
-        self.decide(hooks, &hook, t, c, user, login, Vec::new(), false).await
+        let email = user.email.clone();
+        let flow = Flow {
+            login,
+            passwordless: false,
+        };
+        self.decide(hooks, &hook, t, c, &email, Some(user), &flow, Vec::new(), false)
+            .await
+    }
+
+    /// The passwordless local sign-in (`"sign_in":"custom_challenge"`):
+    /// the email only, then the tenant's `custom_challenge` hook's rounds
+    /// with an empty history. Refused (`local.challenge_not_configured`)
+    /// when the tenant has no such hook. An email without a usable account
+    /// (unknown, unconfirmed, disabled, reset required) gets a decoy: the
+    /// hook is asked exactly as for a real account, the page is the same,
+    /// and the waiting record is marked so that no answer ever signs in;
+    /// its wrong answers count against that email's lockout like real ones.
+    pub async fn sign_in_passwordless(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        login: &str,
+    ) -> Result<SignInStep, LocalError> {
+        let email = super::normalise_email(email).ok_or_else(Self::bad_email)?;
+        let Some((hooks, hook)) = self.hook(t, HookKind::CustomChallenge).await? else {
+            tracing::warn!(reason = "local.challenge_not_configured", tenant = %t, connection = %c);
+            return Err(refused(
+                "local.challenge_not_configured",
+                "This sign-in is not set up yet: your organization has no sign-in check configured. Ask your administrator.",
+            ));
+        };
+        if let Some(e) = self.locked(t, c, &email).await? {
+            return Err(e);
+        }
+        let user = self
+            .get(t, c, &email)
+            .await?
+            .filter(|u| !u.disabled && u.status == super::AccountStatus::Confirmed);
+        let flow = Flow {
+            login,
+            passwordless: true,
+        };
+        self.decide(hooks, &hook, t, c, &email, user, &flow, Vec::new(), false)
+            .await
     }
 
     /// The answer to a waiting challenge: the handle is consumed (single
@@ -195,13 +257,21 @@ impl Accounts {
         if let Some(e) = self.locked(t, c, &w.email).await? {
             return Err(e);
         }
-        let user = match self.get(t, c, &w.email).await? {
-            Some(u) if u.subject == w.subject && !u.disabled && u.status == super::AccountStatus::Confirmed => u,
-            _ => {
-                return Err(refused(
-                    "challenge.account_changed",
-                    "This account changed while signing in. Please sign in again.",
-                ))
+        // A decoy has no account: it goes on as a real one would, but its
+        // answers are never right and it never signs in.
+        let user = if w.decoy {
+            None
+        } else {
+            match self.get(t, c, &w.email).await? {
+                Some(u) if u.subject == w.subject && !u.disabled && u.status == super::AccountStatus::Confirmed => {
+                    Some(u)
+                }
+                _ => {
+                    return Err(refused(
+                        "challenge.account_changed",
+                        "This account changed while signing in. Please sign in again.",
+                    ))
+                }
             }
         };
         // Asked again on every step: a hook removed meanwhile does not wave
@@ -213,12 +283,13 @@ impl Accounts {
         let who = Subject {
             tenant: t,
             connection: c.as_str(),
-            email: &user.email,
+            email: &w.email,
         };
-        let correct = answer.chars().count() <= MAX_ANSWER_CHARS
+        let verified = answer.chars().count() <= MAX_ANSWER_CHARS
             && hooks
                 .challenge_verify(&hook, &who, &w.rounds, &w.name, &w.challenge()?, answer)
                 .await?;
+        let correct = verified && !w.decoy;
         let mut rounds = w.rounds;
         rounds.push(Round {
             challenge_name: w.name,
@@ -226,28 +297,37 @@ impl Accounts {
         });
         if !correct {
             tracing::info!(reason = "challenge.wrong_answer", tenant = %t, connection = %c);
-            self.record_failure(t, c, &user.email).await?;
-            if let Some(e) = self.locked(t, c, &user.email).await? {
+            self.record_failure(t, c, &w.email).await?;
+            if let Some(e) = self.locked(t, c, &w.email).await? {
                 return Err(e);
             }
         }
-        self.decide(hooks, &hook, t, c, user, &w.login, rounds, !correct).await
+        let flow = Flow {
+            login: &w.login,
+            passwordless: w.passwordless,
+        };
+        self.decide(hooks, &hook, t, c, &w.email, user, &flow, rounds, !correct)
+            .await
     }
 
     /// Asks `define` what follows `rounds`, and `create` for a challenge.
     // The hook, who, where and the history: each is needed.
     #[allow(clippy::too_many_arguments)]
+    /// `user` is `None` for a passwordless decoy (no usable account for
+    /// `email`): asked the same way, it never signs in.
     async fn decide(
         &self,
         hooks: &Hooks,
         hook: &HookConfig,
         t: &TenantId,
         c: &ConnectionId,
-        user: LocalUser,
-        login: &str,
+        email: &str,
+        user: Option<LocalUser>,
+        flow: &Flow<'_>,
         rounds: Vec<Round>,
         after_wrong_answer: bool,
     ) -> Result<SignInStep, LocalError> {
+        let login = flow.login;
         if rounds.len() >= MAX_ROUNDS {
             tracing::warn!(reason = "challenge.too_many_rounds", tenant = %t, connection = %c);
             return Err(refused(
@@ -258,15 +338,21 @@ impl Accounts {
         let who = Subject {
             tenant: t,
             connection: c.as_str(),
-            email: &user.email,
+            email,
         };
         match hooks.challenge_define(hook, &who, &rounds).await? {
             Next::IssueTokens => {
+                let Some(user) = user else {
+                    // A decoy never signs in, whatever the hook says.
+                    tracing::info!(reason = "challenge.failed", tenant = %t, connection = %c, rounds = rounds.len());
+                    return Err(failed());
+                };
                 tracing::info!(reason = "challenge.passed", tenant = %t, connection = %c, rounds = rounds.len());
                 self.clear_failures(t, c, &user.email).await?;
                 Ok(SignInStep::Done {
                     user,
                     login: login.to_owned(),
+                    passwordless: flow.passwordless,
                 })
             }
             Next::Fail => {
@@ -281,8 +367,8 @@ impl Accounts {
                 let waiting = Waiting {
                     connection: c.as_str().to_owned(),
                     login: login.to_owned(),
-                    email: user.email.clone(),
-                    subject: user.subject.clone(),
+                    email: email.to_owned(),
+                    subject: user.as_ref().map(|u| u.subject.clone()).unwrap_or_default(),
                     rounds,
                     name: name.clone(),
                     private: serde_json::to_string(&challenge.private_challenge_parameters).map_err(|e| {
@@ -290,6 +376,8 @@ impl Accounts {
                     })?,
                     public: challenge.public_challenge_parameters,
                     browser: crate::tokens::sha256_base64url(secret.as_bytes()),
+                    passwordless: flow.passwordless,
+                    decoy: user.is_none(),
                 };
                 self.store
                     .put_json(&waiting_key(t, &handle), &waiting, Some(CHALLENGE_TTL))

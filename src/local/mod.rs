@@ -51,6 +51,21 @@ pub struct LocalConfig {
     pub verify_template: Option<MailTemplate>,
     /// The password-reset message; default when unset.
     pub reset_template: Option<MailTemplate>,
+    /// How people sign in: with a password (default), or passwordless with
+    /// the tenant's `custom_challenge` hook only.
+    pub sign_in: SignInMode,
+}
+
+/// How a local connection signs people in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignInMode {
+    /// Email and password, then the custom challenge when the tenant has one.
+    #[default]
+    Password,
+    /// Email only, then the tenant's `custom_challenge` hook decides alone
+    /// (Cognito's CUSTOM_AUTH without SRP); refused without that hook.
+    CustomChallenge,
 }
 
 fn yes() -> bool {

@@ -227,6 +227,7 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
             v.insert("allow_sign_up".into(), json!(cfg.allow_sign_up));
             v.insert("verify_template".into(), json!(cfg.verify_template));
             v.insert("reset_template".into(), json!(cfg.reset_template));
+            v.insert("sign_in".into(), json!(cfg.sign_in));
             v.insert(
                 "sign_in_url".into(),
                 json!(ctx.public(&format!("local/{}/{}/sign-in", c.tenant, c.id))),

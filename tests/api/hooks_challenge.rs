@@ -6,6 +6,10 @@
 //! the private parameters never reach the page; a failing or slow hook
 //! fails closed and issues no code; the challenge's handle is single use and
 //! bound to the browser; wrong answers count against the account lockout.
+//! Passwordless (`"sign_in":"custom_challenge"`): the email only, then the
+//! hook alone; an unknown email gets a decoy challenge that looks the same
+//! and never signs in; without a hook the sign-in is refused; a posted
+//! password is ignored.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav, Page};
@@ -435,4 +439,229 @@ async fn a_sign_in_asks_at_most_five_challenges() {
     let last = answer(&app, &mut browser, &p, &page, "6", None).await.unwrap_err();
     assert_reason(&last, 403, "challenge.too_many_rounds");
     assert_eq!(define_sessions(&hooks).len(), 5);
+}
+
+// ---- Passwordless (`"sign_in":"custom_challenge"`): the hook alone ----
+
+/// Turns the connection passwordless through the admin merge patch.
+async fn make_passwordless(app: &TestApp) {
+    let (status, answer) = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}"),
+            Some(json!({"sign_in": "custom_challenge"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["sign_in"], "custom_challenge", "{answer}");
+}
+
+/// Starts a sign-in at the app and sends `email` on the passwordless page
+/// (and `password`, when given, as an extra form field): the page that follows.
+async fn email_only(app: &TestApp, browser: &mut Browser, p: &Pkce, email: &str, password: Option<&str>) -> Page {
+    let mut url = app.url("/authorize");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLIENT)
+        .append_pair("redirect_uri", REDIRECT)
+        .append_pair("scope", "openid email")
+        .append_pair("state", "st")
+        .append_pair("code_challenge", &p.challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("tenant", TENANT);
+    let page = browser.get(&url).await;
+    assert_eq!(
+        page.url.path(),
+        format!("/local/{TENANT}/{CONN}/sign-in"),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        !page.body.contains("type=\"password\""),
+        "no password field: {}",
+        page.body
+    );
+    let mut form = page.form(None);
+    assert!(form.field("password").is_none(), "{form:?}");
+    form.set("email", email);
+    if let Some(pw) = password {
+        form.set("password", pw);
+    }
+    browser.submit(&page, &form).await
+}
+
+/// The page with its per-request values (CSRF token, handle, login id)
+/// blanked, to compare two pages.
+fn normalised(page: &Page) -> String {
+    let mut body = page.body.clone();
+    for (_, v) in page.form(None).fields {
+        if v.len() >= 16 {
+            body = body.replace(&v, "<per-request>");
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn passwordless_sign_in_asks_the_hook_alone_and_never_a_password() {
+    let app = gateway(5).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let page = email_only(&app, &mut browser, &p, EMAIL, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_challenge_page(&page);
+    let calls = hooks.calls_to("challenge");
+    let steps: Vec<&str> = calls.iter().map(|c| c.body["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["define", "create"]);
+    assert_eq!(calls[0].body["email"], EMAIL);
+    assert_eq!(calls[0].body["session"], json!([]));
+
+    let claims = answer(&app, &mut browser, &p, &page, "5", None).await.unwrap();
+    assert_eq!(claims["email"], EMAIL);
+    // RFC 8176: no password was used, so no `pwd`.
+    assert!(
+        !claims["amr"].as_array().is_some_and(|a| a.iter().any(|m| m == "pwd")),
+        "{claims}"
+    );
+    assert!(
+        !browser.trail().contains("password="),
+        "no password ever posted: {}",
+        browser.trail()
+    );
+    assert_eq!(
+        define_sessions(&hooks),
+        [
+            json!([]),
+            json!([{"challenge_name": "arithmetic", "challenge_result": true}])
+        ]
+    );
+}
+
+#[tokio::test]
+async fn passwordless_a_wrong_answer_then_a_right_one_signs_in() {
+    let app = gateway(5).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let first = email_only(&app, &mut browser, &p, EMAIL, None).await;
+    assert_challenge_page(&first);
+    let second = answer(&app, &mut browser, &p, &first, "4", None).await.unwrap_err();
+    assert_reason(&second, 400, "challenge.wrong_answer");
+    assert_challenge_page(&second);
+    let claims = answer(&app, &mut browser, &p, &second, "5", None).await.unwrap();
+    assert_eq!(claims["email"], EMAIL);
+    assert_eq!(
+        define_sessions(&hooks).last().unwrap(),
+        &json!([
+            {"challenge_name": "arithmetic", "challenge_result": false},
+            {"challenge_name": "arithmetic", "challenge_result": true},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn passwordless_unknown_email_looks_the_same_and_never_signs_in() {
+    let app = gateway(100).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let unknown = "nobody@quiz.example";
+
+    let p = pkce();
+    let mut known_browser = Browser::new();
+    let known = email_only(&app, &mut known_browser, &p, EMAIL, None).await;
+    let mut browser = Browser::new();
+    let decoy = email_only(&app, &mut browser, &p, unknown, None).await;
+    assert_eq!(decoy.status, known.status);
+    assert_challenge_page(&decoy);
+    assert_eq!(normalised(&decoy), normalised(&known), "the same page");
+    // The hook was asked for the unknown email as for a known one.
+    let emails: Vec<String> = hooks
+        .calls_to("challenge")
+        .iter()
+        .map(|c| c.body["email"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(emails, [EMAIL, EMAIL, unknown, unknown]);
+
+    // Even the answer the hook judges right never signs in: it reads as a
+    // wrong answer, the same page and status as a known email's wrong one.
+    let known_wrong = answer(&app, &mut known_browser, &p, &known, "4", None)
+        .await
+        .unwrap_err();
+    let decoy_right = answer(&app, &mut browser, &p, &decoy, "5", None).await.unwrap_err();
+    assert_reason(&known_wrong, 400, "challenge.wrong_answer");
+    assert_reason(&decoy_right, 400, "challenge.wrong_answer");
+    assert_eq!(normalised(&decoy_right), normalised(&known_wrong), "the same page");
+    let last = answer(&app, &mut browser, &p, &decoy_right, "5", None)
+        .await
+        .unwrap_err();
+    assert_reason(&last, 400, "challenge.wrong_answer");
+    assert!(
+        browser.trail().find(REDIRECT).is_none(),
+        "nothing issued: {}",
+        browser.trail()
+    );
+}
+
+#[tokio::test]
+async fn passwordless_unknown_email_wrong_answers_count_against_the_lockout() {
+    let app = gateway(2).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    for email in [EMAIL, "nobody@quiz.example"] {
+        let p = pkce();
+        let mut browser = Browser::new();
+        let page = email_only(&app, &mut browser, &p, email, None).await;
+        let second = answer(&app, &mut browser, &p, &page, "7", None).await.unwrap_err();
+        assert_reason(&second, 400, "challenge.wrong_answer");
+        let locked = answer(&app, &mut browser, &p, &second, "8", None).await.unwrap_err();
+        assert_reason(&locked, 429, "local.locked");
+    }
+}
+
+#[tokio::test]
+async fn passwordless_without_a_hook_is_refused_with_its_reason_code() {
+    let app = gateway(5).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let (status, answer) = app
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/custom_challenge"),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {answer}");
+    for email in [EMAIL, "nobody@quiz.example"] {
+        let p = pkce();
+        let mut browser = Browser::new();
+        let page = email_only(&app, &mut browser, &p, email, None).await;
+        assert_reason(&page, 403, "local.challenge_not_configured");
+        assert!(browser.trail().find(REDIRECT).is_none(), "{}", browser.trail());
+    }
+    assert!(hooks.calls_to("challenge").is_empty());
+}
+
+#[tokio::test]
+async fn passwordless_ignores_a_posted_password() {
+    let app = gateway(1).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    // A wrong password is neither checked nor counted (threshold 1 would lock).
+    let page = email_only(&app, &mut browser, &p, EMAIL, Some("wrong-password")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_challenge_page(&page);
+    let claims = answer(&app, &mut browser, &p, &page, "5", None).await.unwrap();
+    assert_eq!(claims["email"], EMAIL);
 }
