@@ -285,11 +285,13 @@ async fn local_unknown_and_known_emails_get_the_same_answer() {
         bodies.push(normalise(&answer, email));
     }
     assert_eq!(bodies[0], bodies[1], "the page does not depend on the address");
-    // The fastest of three each (the machine may be busy): an unknown email
-    // costs the same hash as a known one.
+    // The fastest of three each: an unknown email costs the same hash as a
+    // known one. Without the dummy hash the unknown address answers about 35
+    // times faster (5 ms against 160 ms), so a factor of 3 still tells the
+    // two apart while a busy machine (CI shares its cores) does not flake.
     let k = [timing[0], timing[2], timing[4]].into_iter().min().unwrap();
     let u = [timing[1], timing[3], timing[5]].into_iter().min().unwrap();
-    assert!(u * 2 > k && k * 2 > u, "known {k:?} vs unknown {u:?}");
+    assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
 
     // Forgot password: the same answer; only the real account gets a code.
     let mut answers = Vec::new();
