@@ -190,6 +190,19 @@ pub async fn build(
         store: store.clone(),
         session_ttl: Duration::from_secs(settings.sessions.ttl_secs),
         login_ttl: Duration::from_secs(settings.sessions.login_ttl_secs),
+        passkeys: if settings.passkeys.enabled {
+            Some(
+                crate::mfa::passkey::Passkeys::new(
+                    store.clone(),
+                    clock.clone(),
+                    &upstream.public_url,
+                    settings.passkeys.rp_name(),
+                )
+                .map_err(|e| anyhow::anyhow!("passkeys: {e}"))?,
+            )
+        } else {
+            None
+        },
     };
     let accounts = local_accounts(settings, &store, &clock, &provider.audit)?.with_hooks(provider.hooks.clone());
     let state = Arc::new(AppState {

@@ -11,6 +11,7 @@ mod callback;
 pub mod connectors;
 mod freshness;
 mod mfa;
+pub mod passkey;
 pub mod second_factor;
 pub mod session;
 // portal: status enforcement, test sign-ins, failed sign-in records.
@@ -197,6 +198,8 @@ pub struct Broker {
     pub session_ttl: Duration,
     /// Pending login lifetime.
     pub login_ttl: Duration,
+    /// WebAuthn passkeys (`[passkeys] enabled`); `None` when off.
+    pub passkeys: Option<crate::mfa::passkey::Passkeys>,
 }
 
 impl Broker {

@@ -53,14 +53,14 @@ pub enum Step {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Waiting {
-    validated: Validated,
-    step: Step,
+pub(super) struct Waiting {
+    pub(super) validated: Validated,
+    pub(super) step: Step,
     /// SHA-256 of the browser's secret.
     browser: String,
 }
 
-fn waiting_key(t: &TenantId, handle: &str) -> Key {
+pub(super) fn waiting_key(t: &TenantId, handle: &str) -> Key {
     Key::tenant(
         t.as_str(),
         "login",
@@ -108,6 +108,12 @@ pub struct MfaPage {
     /// A signed-in user enrolling on their own (`/mfa/{tenant}/enroll`):
     /// no sign-in continues afterwards.
     pub self_service: bool,
+    /// The user has a TOTP enrolment (the challenge asks for a code).
+    pub totp: bool,
+    /// The user has a passkey (the challenge offers "Use a passkey").
+    pub passkey: bool,
+    /// Passkeys are enabled (the enrolment offers registering one).
+    pub passkeys_enabled: bool,
 }
 
 /// Whose page, and which.
@@ -131,11 +137,11 @@ pub enum MfaAnswer {
     Outcome(Outcome),
 }
 
-fn refused(status: u16, message: &str, reason: &'static str) -> MfaAnswer {
+pub(super) fn refused(status: u16, message: &str, reason: &'static str) -> MfaAnswer {
     MfaAnswer::Outcome(page(status, "Sign-in failed", message, reason))
 }
 
-fn store_failed(e: impl std::fmt::Display) -> MfaAnswer {
+pub(super) fn store_failed(e: impl std::fmt::Display) -> MfaAnswer {
     MfaAnswer::Outcome(unavailable(e))
 }
 
@@ -167,7 +173,16 @@ impl Broker {
         if setting == LocalMfa::Off && !v.mfa_demanded {
             return Ok(None);
         }
-        let enrolled = self.mfa().enrolled(&v.tenant, &v.sub).await.map_err(unavailable)?;
+        // Already multi-factor: a passwordless passkey sign-in with user
+        // verification (the only way an own-factor answer shows MFA).
+        if v.mfa {
+            return Ok(None);
+        }
+        let enrolled = self.mfa().enrolled(&v.tenant, &v.sub).await.map_err(unavailable)?
+            || (self.passkeys.is_some()
+                && crate::mfa::passkey::has_any(&self.store, &v.tenant, &v.sub)
+                    .await
+                    .map_err(unavailable)?);
         Ok(match (enrolled, setting, v.mfa_demanded) {
             (true, _, _) => Some(Step::Challenge),
             (false, LocalMfa::Required, _) | (false, _, true) => Some(Step::Enrol),
@@ -206,7 +221,7 @@ impl Broker {
 
     /// Finds the waiting answer of `handle` and checks it belongs to this
     /// tenant, connection and browser.
-    async fn waiting(
+    pub(super) async fn waiting(
         &self,
         tenant: &str,
         connection: &str,
@@ -265,7 +280,7 @@ impl Broker {
     }
 
     /// The page of a waiting answer (`error`: why the last code was refused).
-    async fn mfa_page(
+    pub(super) async fn mfa_page(
         &self,
         w: &Waiting,
         handle: &str,
@@ -321,8 +336,23 @@ impl Broker {
         };
         let status = match error {
             None => 200,
-            Some("mfa.throttled") => 429,
+            Some("mfa.throttled" | "passkey.throttled") => 429,
             Some(_) => 400,
+        };
+        let passkeys_enabled = self.passkeys.is_some();
+        let (totp, passkey) = if p.step == Step::Challenge {
+            let totp = match self.mfa().enrolled(p.tenant, p.sub).await {
+                Ok(e) => e,
+                Err(e) => return store_failed(e),
+            };
+            let passkey = passkeys_enabled
+                && match crate::mfa::passkey::has_any(&self.store, p.tenant, p.sub).await {
+                    Ok(h) => h,
+                    Err(e) => return store_failed(e),
+                };
+            (totp, passkey)
+        } else {
+            (false, false)
         };
         MfaAnswer::Page(MfaPage {
             status,
@@ -337,6 +367,9 @@ impl Broker {
             error,
             app: p.app.to_owned(),
             self_service: p.self_service,
+            totp,
+            passkey,
+            passkeys_enabled,
         })
     }
 
@@ -485,7 +518,8 @@ impl Broker {
                         tracing::info!(reason = "mfa.recovery_used", tenant = %tenant, connection = %connection, remaining, "a recovery code was used");
                         self.mfa_audit(&tenant, &connection, &sub, "mfa.recovery_used").await;
                     }
-                    self.finish_second_factor(&tenant, &connection, handle, sso).await
+                    self.finish_second_factor(&tenant, &connection, handle, sso, &["otp", "mfa"])
+                        .await
                 }
                 Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
             },
@@ -510,17 +544,20 @@ impl Broker {
             tracing::warn!(reason = "mfa.not_done", tenant = %tenant, connection = %connection);
             return self.mfa_page(&w, handle, Some("mfa.not_done"), Vec::new()).await;
         }
-        self.finish_second_factor(&tenant, &connection, handle, sso).await
+        self.finish_second_factor(&tenant, &connection, handle, sso, &["otp", "mfa"])
+            .await
     }
 
     /// Consumes the waiting answer (once: a concurrent second success finds
-    /// nothing) and opens the session with the second factor in `amr`.
-    async fn finish_second_factor(
+    /// nothing) and opens the session with the second factor's `methods`
+    /// added to `amr`.
+    pub(super) async fn finish_second_factor(
         &self,
         tenant: &TenantId,
         connection: &ConnectionId,
         handle: &str,
         sso: &mut BrowserSso,
+        methods: &[&str],
     ) -> MfaAnswer {
         let taken = match self.store.take_json::<Waiting>(&waiting_key(tenant, handle)).await {
             Ok(t) => t,
@@ -534,9 +571,9 @@ impl Broker {
                 "mfa.unknown_handle",
             );
         };
-        for method in ["otp", "mfa"] {
-            if !w.validated.identity.amr.iter().any(|m| m == method) {
-                w.validated.identity.amr.push(method.to_owned());
+        for method in methods {
+            if !w.validated.identity.amr.iter().any(|m| m == *method) {
+                w.validated.identity.amr.push((*method).to_owned());
             }
         }
         w.validated.mfa = true;
@@ -561,7 +598,7 @@ impl Broker {
         self.mfa_page(w, handle, Some(reason), Vec::new()).await
     }
 
-    async fn mfa_audit(&self, tenant: &TenantId, connection: &ConnectionId, sub: &str, action: &'static str) {
+    pub(super) async fn mfa_audit(&self, tenant: &TenantId, connection: &ConnectionId, sub: &str, action: &'static str) {
         let event = crate::audit::AuditEvent::security(
             &crate::audit::Actor::User(sub.to_owned()),
             action,

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod hooks;
 pub mod local;
+pub mod passkeys;
 pub mod throttle;
 
 use crate::secret::Secret;
@@ -99,6 +100,8 @@ pub struct Settings {
     pub local: local::LocalSettings,
     /// `[mail]`: how verification and reset codes are sent.
     pub mail: local::MailSettings,
+    /// `[passkeys]`: WebAuthn passkeys of local accounts.
+    pub passkeys: passkeys::PasskeySettings,
 }
 
 /// `[metrics]`
@@ -655,6 +658,7 @@ impl Settings {
         self.hooks.apply_env(env, &mut problems);
         self.local.apply_env(env, &mut problems);
         self.mail.apply_env(env);
+        self.passkeys.apply_env(env, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -740,6 +744,8 @@ impl Settings {
             ),
             Ok(_) => {}
         }
+        self.passkeys
+            .validate(public_url.as_ref().ok(), &mut |f: &str, m: String| bad(f, m));
         for (i, ns) in self.dns.nameservers.iter().enumerate() {
             if ns.parse::<SocketAddr>().is_err() {
                 bad(

@@ -18,6 +18,7 @@
 //!   code is looked at: more than [`MAX_ATTEMPTS`] in [`ATTEMPT_WINDOW`] is
 //!   refused (`mfa.throttled`) whatever the code, on every replica.
 
+pub mod passkey;
 pub mod qr;
 pub mod totp;
 
@@ -286,18 +287,20 @@ impl Mfa {
         Ok(factor)
     }
 
-    /// Removes the user's enrolment (confirmed and pending) and the replay
-    /// and attempt state: the next sign-in enrols again where MFA is
-    /// required. Returns whether there was a confirmed enrolment.
+    /// Removes the user's enrolment (confirmed and pending), passkeys, and
+    /// the replay and attempt state: the next sign-in enrols again where MFA
+    /// is required. Returns whether there was a confirmed enrolment or a
+    /// passkey.
     pub async fn reset(&self, t: &TenantId, sub: &str) -> Result<bool, StoreError> {
+        let passkeys = passkey::remove_all(&self.store, t, sub).await?;
         let had = self.store.delete(&enrolment_key(t, sub)).await?;
         self.store.delete(&pending_key(t, sub)).await?;
         self.store.delete(&attempts_key(t, sub)).await?;
-        Ok(had)
+        Ok(had || passkeys > 0)
     }
 
-    /// Counts one attempt; refuses it beyond the limit.
-    async fn count_attempt(&self, t: &TenantId, sub: &str) -> Result<(), MfaError> {
+    /// Counts one attempt (a code or a passkey); refuses it beyond the limit.
+    pub async fn count_attempt(&self, t: &TenantId, sub: &str) -> Result<(), MfaError> {
         let n = self.store.incr(&attempts_key(t, sub), ATTEMPT_WINDOW).await?;
         if n > MAX_ATTEMPTS {
             return Err(MfaError::Throttled);
@@ -307,7 +310,7 @@ impl Mfa {
 
     /// A right code clears the count. Failing to clear it only keeps the
     /// user more restricted (fail closed), so it is logged, not raised.
-    async fn forget_attempts(&self, t: &TenantId, sub: &str) {
+    pub async fn forget_attempts(&self, t: &TenantId, sub: &str) {
         if let Err(e) = self.store.delete(&attempts_key(t, sub)).await {
             tracing::warn!(reason = "mfa.attempts_not_cleared", tenant = %t, error = %e);
         }
