@@ -132,7 +132,7 @@ impl RouteClass {
             | ["dev", t, _, "callback" | "login"]
             | ["local", t, _, _]
             | ["mfa", t, _]
-            | ["mfa", t, _, "continue"] => (Self::Callback, Some((*t).to_owned())),
+            | ["mfa", t, _, "continue" | "passkey"] => (Self::Callback, Some((*t).to_owned())),
             ["setup", _] => (Self::Portal, None),
             ["portal", ..] => (Self::Portal, None),
             ["admin", "v1", "tenants", t, ..] => (Self::Admin, Some((*t).to_owned())),

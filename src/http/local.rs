@@ -365,6 +365,10 @@ async fn show(
                     links,
                 )
             } else {
+                if app.broker.passkeys.is_some() {
+                    // WebAuthn needs a script: its own page (`http::passkey`).
+                    links.push((l.url(app, "passkey"), "Sign in with a passkey".to_owned()));
+                }
                 links.push((l.url(app, "forgot"), "Forgot password?".to_owned()));
                 links.push((l.url(app, "confirm"), "Confirm your email with a code".to_owned()));
                 links.push((l.url(app, "change-password"), "Change password".to_owned()));

@@ -47,6 +47,13 @@ struct View {
     qr_svg: String,
     codes: Vec<String>,
     self_service: bool,
+    /// The challenge asks for a TOTP or recovery code.
+    totp: bool,
+    /// The passkey step of this sign-in (challenge: use one; enrolment:
+    /// register one); empty when passkeys are not offered.
+    passkey_url: String,
+    /// A signed-in user's passkeys page; empty when passkeys are off.
+    passkeys_url: String,
 }
 
 #[derive(Template)]
@@ -79,6 +86,7 @@ fn message(reason: Option<&str>) -> &'static str {
         Some("mfa.throttled") => "Too many attempts. Wait 15 minutes, then try again.",
         Some("mfa.not_enrolled") => "This set-up has expired. Start the sign-in again from the application.",
         Some("mfa.not_done") => "Confirm a code from your app first.",
+        Some(r) if r.starts_with("passkey.") => super::passkey::message(Some(r)),
         Some(_) => "That did not work. Please try again.",
     }
 }
@@ -125,6 +133,21 @@ async fn render(state: &AppState, session: &Session, p: &MfaPage) -> Response {
         qr_svg: enrol.map(|e| e.qr_svg.clone()).unwrap_or_default(),
         codes: p.recovery_codes.clone(),
         self_service: p.self_service,
+        totp: p.totp,
+        passkey_url: if !p.self_service && (p.passkey || (p.step == Step::Enrol && p.passkeys_enabled)) {
+            let mut u = state
+                .upstream
+                .public(&format!("mfa/{}/{}/passkey", p.tenant, p.connection));
+            u.query_pairs_mut().append_pair("handle", &p.handle);
+            u.to_string()
+        } else {
+            String::new()
+        },
+        passkeys_url: if p.self_service && p.passkeys_enabled {
+            state.upstream.public(&format!("mfa/{}/passkeys", p.tenant)).to_string()
+        } else {
+            String::new()
+        },
     };
     let html = match p.step {
         Step::Challenge => ChallengePage { v: &v }.render(),
@@ -155,7 +178,7 @@ async fn browser_secret(session: &Session) -> Option<String> {
     session.get::<String>(MFA_SESSION_FIELD).await.ok().flatten()
 }
 
-async fn answer(state: &AppState, session: &Session, a: MfaAnswer) -> Response {
+pub(super) async fn answer(state: &AppState, session: &Session, a: MfaAnswer) -> Response {
     match a {
         MfaAnswer::Page(p) => render(state, session, &p).await,
         MfaAnswer::Outcome(o) => flows::respond(state, o),

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod oauth;
 pub mod pages;
+pub mod passkey;
 pub mod server;
 
 use crate::broker::Broker;
@@ -143,7 +144,8 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/saml/{tenant}/{connection}/continue",
             get(flows::saml_continue).post(flows::saml_continue_confirmed),
         )
-        .merge(mfa::routes());
+        .merge(mfa::routes())
+        .merge(passkey::routes());
     browser = browser.merge(local::routes());
     if state.dev {
         browser = browser.merge(dev::routes());

@@ -822,7 +822,9 @@ mod tests {
             p.finish_registration(&t, "u1", &c, &state, "", "k").await.unwrap_err().reason(),
             "passkey.missing_credential"
         );
-        // Client data for another origin (with the right challenge).
+        // Client data for another origin (with the right challenge) and
+        // an attestation object that is not one: refused before anything
+        // is stored (the browser test drives the origin check itself).
         let options: serde_json::Value = serde_json::from_str(&started.options).unwrap();
         let challenge = options["publicKey"]["challenge"].as_str().unwrap();
         use base64::Engine;
@@ -847,7 +849,8 @@ mod tests {
                 .await
                 .unwrap_err()
                 .reason(),
-            "passkey.wrong_origin"
+            "passkey.malformed_credential"
         );
+        assert!(read(&p.store, &t, "u1").await.unwrap().unwrap().passkeys.is_empty());
     }
 }
