@@ -207,6 +207,14 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             out.insert(user_key, Value);
             out.insert(directory::disabled_key(&tid, &sub), Value);
             out.insert(crate::mfa::enrolment_key(&tid, &sub), Value);
+            // Passkeys and the user-handle index of a passwordless sign-in.
+            let passkeys = crate::mfa::passkey::passkeys_key(&tid, &sub);
+            if let Some(record) = raw.get(&passkeys).await? {
+                if let Ok(p) = serde_json::from_slice::<crate::mfa::passkey::UserPasskeys>(&record) {
+                    out.insert(crate::mfa::passkey::handle_key(&tid, &p.user_handle), Value);
+                }
+            }
+            out.insert(passkeys, Value);
         }
         out.insert(users, Set);
         for kind in crate::hooks::HookKind::ALL {

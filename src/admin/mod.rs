@@ -110,6 +110,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/tenants/{id}/users/{sub}/disable"),
     ("POST", "/tenants/{id}/users/{sub}/enable"),
     ("DELETE", "/tenants/{id}/users/{sub}/mfa"),
+    ("GET", "/tenants/{id}/users/{sub}/passkeys"),
+    ("DELETE", "/tenants/{id}/users/{sub}/passkeys/{pid}"),
     ("POST", "/tenants/{id}/connections/{cid}/users"),
     ("GET", "/tenants/{id}/connections/{cid}/users"),
     ("GET", "/tenants/{id}/connections/{cid}/users/{email}"),

@@ -497,6 +497,27 @@ pub(crate) struct UserView {
     updated_at: String,
 }
 
+/// A user's WebAuthn passkey.
+#[derive(ToSchema)]
+pub(crate) struct PasskeyView {
+    /// The credential id (base64url).
+    id: String,
+    /// The name the person gave it.
+    name: String,
+    /// The connection it was registered from (passwordless sign-in there only).
+    connection: String,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339; `null` if never used.
+    last_used_at: Option<String>,
+}
+
+/// A user's passkeys.
+#[derive(ToSchema)]
+pub(crate) struct PasskeyList {
+    passkeys: Vec<PasskeyView>,
+}
+
 /// A local account's state (`DISABLED` when an admin disabled it).
 #[derive(ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -954,7 +975,7 @@ impl Modify for EdgeAnswers {
         connections_create, connections_list, connections_get, connections_delete,
         clients_create, clients_list, clients_get, clients_patch, clients_delete, clients_rotate_secret,
         resource_servers_create, resource_servers_list, resource_servers_get, resource_servers_delete,
-        users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset,
+        users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset, users_passkeys_list, users_passkeys_delete,
         local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
         connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
@@ -964,7 +985,7 @@ impl Modify for EdgeAnswers {
     components(schemas(Problem, Tenant, TenantSettings, LocalMfa, TenantThrottle, TenantLimit, Branding, NewTenant, TenantMergePatch, TenantView, TenantPage,
         NewClient, ClientView, ClientMergePatch, ClientPage, RotateSecret, RotatedSecret, NewResourceServer, NewScope,
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
-        UserView, UserPage, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
+        UserView, UserPage, PasskeyView, PasskeyList, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
         crate::local::password::PasswordPolicy, crate::local::SignInMode, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
         NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
         RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList,
@@ -1122,11 +1143,26 @@ fn users_disable() {}
 fn users_enable() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/users/{sub}/mfa", tag = "users",
-    description = "Removes the user's TOTP enrolment and recovery codes; where the tenant requires MFA the next sign-in enrols again.",
+    description = "Removes the user's TOTP enrolment, recovery codes and passkeys; where the tenant requires MFA the next sign-in enrols again.",
     params(("id" = String, Path), ("sub" = String, Path)),
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn users_mfa_reset() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/users/{sub}/passkeys", tag = "users",
+    description = "The user's WebAuthn passkeys (names, dates; no key material).",
+    params(("id" = String, Path), ("sub" = String, Path)),
+    responses((status = 200, body = PasskeyList), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn users_passkeys_list() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/users/{sub}/passkeys/{pid}", tag = "users",
+    description = "Removes one passkey of the user (its next use is refused). The MFA reset removes all of them.",
+    params(("id" = String, Path), ("sub" = String, Path), ("pid" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")))]
+fn users_passkeys_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users", tag = "local-users",
     params(("id" = String, Path), ("cid" = String, Path)),

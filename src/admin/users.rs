@@ -30,6 +30,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/tenants/{id}/users/{sub}/disable", post(disable_user))
         .route("/tenants/{id}/users/{sub}/enable", post(enable_user))
         .route("/tenants/{id}/users/{sub}/mfa", axum::routing::delete(reset_mfa))
+        .route("/tenants/{id}/users/{sub}/passkeys", get(list_passkeys))
+        .route(
+            "/tenants/{id}/users/{sub}/passkeys/{pid}",
+            axum::routing::delete(delete_passkey),
+        )
 }
 
 fn view(e: &UserEntry) -> Value {
@@ -222,6 +227,81 @@ async fn reset_mfa(
             .tenant(&id)
             .before(json!({"enrolled": had}))
             .after(json!({"enrolled": false})),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The user (an existing tenant's, existing user), or the 404.
+async fn existing_user(s: &AppState, id: &str, sub: &str) -> Result<TenantId, AdminError> {
+    let id = existing_tenant(s, id).await?;
+    if s.provider
+        .directory
+        .entry(&id, sub)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(no_user(sub, &id));
+    }
+    Ok(id)
+}
+
+fn passkey_view(p: &crate::mfa::passkey::StoredPasskey) -> Value {
+    let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339());
+    json!({
+        "id": p.id, "name": p.name, "connection": p.connection,
+        "created_at": at(p.created_at), "last_used_at": p.last_used_at.and_then(at),
+    })
+}
+
+/// `GET /tenants/{id}/users/{sub}/passkeys`: the user's passkeys (no key material).
+async fn list_passkeys(
+    _admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    let id = existing_user(&s, &id, &sub).await?;
+    let record = crate::mfa::passkey::read(&s.store, &id, &sub)
+        .await
+        .map_err(store_error)?;
+    let passkeys: Vec<Value> = record
+        .map(|r| r.passkeys.iter().map(passkey_view).collect())
+        .unwrap_or_default();
+    Ok(Json(json!({ "passkeys": passkeys })))
+}
+
+/// `DELETE /tenants/{id}/users/{sub}/passkeys/{pid}`: removes one passkey
+/// (audited); its next use is refused (`passkey.unknown_credential`).
+async fn delete_passkey(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, sub, pid)): Path<(String, String, String)>,
+) -> Result<StatusCode, AdminError> {
+    let id = existing_user(&s, &id, &sub).await?;
+    let removed = match crate::mfa::passkey::remove_one(&s.store, &id, &sub, &pid).await {
+        Ok(p) => p,
+        Err(crate::mfa::passkey::PasskeyError::Store(e)) => return Err(store_error(e)),
+        Err(crate::mfa::passkey::PasskeyError::NotFound) => {
+            return Err(AdminError::NotFound(format!(
+                "The user {sub:?} has no passkey {pid:?}."
+            )))
+        }
+        Err(e) => {
+            return Err(AdminError::Conflict {
+                field: "pid",
+                detail: format!("The passkey could not be removed ({}); try again.", e.reason()),
+            })
+        }
+    };
+    tracing::info!(reason = "admin.user_passkey_removed", tenant = %id);
+    audit::record(
+        &s,
+        admin
+            .event("user.passkey_removed", Target::new("user", &sub))
+            .tenant(&id)
+            .before(passkey_view(&removed))
+            .after(Value::Null),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -110,11 +110,7 @@ pub enum Manage {
 
 fn disabled() -> PasskeyAnswer {
     tracing::info!(reason = "passkey.disabled", "passkeys are not enabled");
-    PasskeyAnswer::Mfa(refused(
-        404,
-        "Passkeys are not available here.",
-        "passkey.disabled",
-    ))
+    PasskeyAnswer::Mfa(refused(404, "Passkeys are not available here.", "passkey.disabled"))
 }
 
 impl Broker {
@@ -139,8 +135,17 @@ impl Broker {
             Ok(found) => found,
             Err(a) => return PasskeyAnswer::Mfa(a),
         };
-        self.passkey_step_page(pk, &w, &tenant, &connection, handle, browser.unwrap_or_default(), None, None)
-            .await
+        self.passkey_step_page(
+            pk,
+            &w,
+            &tenant,
+            &connection,
+            handle,
+            browser.unwrap_or_default(),
+            None,
+            None,
+        )
+        .await
     }
 
     /// The passkey page of a waiting answer at its step, with a new ceremony.
@@ -182,7 +187,13 @@ impl Broker {
             },
             Step::Done => return PasskeyAnswer::Mfa(self.mfa_page(w, handle, None, Vec::new()).await),
         };
-        let (mode, Started { handle: ceremony, options }) = started;
+        let (
+            mode,
+            Started {
+                handle: ceremony,
+                options,
+            },
+        ) = started;
         let tenant_name = match self.tenants.get(tenant).await {
             Ok(t) => t.map_or_else(|| tenant.to_string(), |t| t.name),
             Err(e) => return PasskeyAnswer::Mfa(store_failed(e)),
@@ -429,7 +440,11 @@ impl Broker {
         sso: &BrowserSso,
     ) -> Result<(TenantId, ConnectionId, String, String, String), MfaAnswer> {
         let not_signed_in = || {
-            tracing::info!(reason = "passkey.not_signed_in", tenant, "passkeys page without a session");
+            tracing::info!(
+                reason = "passkey.not_signed_in",
+                tenant,
+                "passkeys page without a session"
+            );
             refused(
                 401,
                 "Sign in to the application first, then come back to manage your passkeys.",

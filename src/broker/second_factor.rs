@@ -598,7 +598,13 @@ impl Broker {
         self.mfa_page(w, handle, Some(reason), Vec::new()).await
     }
 
-    pub(super) async fn mfa_audit(&self, tenant: &TenantId, connection: &ConnectionId, sub: &str, action: &'static str) {
+    pub(super) async fn mfa_audit(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        sub: &str,
+        action: &'static str,
+    ) {
         let event = crate::audit::AuditEvent::security(
             &crate::audit::Actor::User(sub.to_owned()),
             action,

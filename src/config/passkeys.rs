@@ -37,7 +37,10 @@ impl PasskeySettings {
 
     /// The relying party name.
     pub fn rp_name(&self) -> &str {
-        self.rp_name.as_deref().filter(|n| !n.is_empty()).unwrap_or("Portcullis")
+        self.rp_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("Portcullis")
     }
 
     /// Checks the values against the public URL; `bad(field, message)`
@@ -81,3 +84,49 @@ pub fn relying_party(public_url: &Url) -> Result<(String, Url), String> {
     Ok((host, origin))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(public_url: &str, enabled: bool) -> Vec<String> {
+        let mut s = crate::config::Settings::default();
+        s.server.public_url = public_url.into();
+        s.passkeys.enabled = enabled;
+        match s.validate("test") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| format!("{}: {}", p.field, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn passkeys_refuse_to_start_without_https_or_localhost() {
+        let bad = problems("http://127.0.0.1:8080", true);
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("passkeys.enabled") && p.contains("IP address")),
+            "{bad:?}"
+        );
+        assert!(problems("http://localhost:8080", true)
+            .iter()
+            .all(|p| !p.starts_with("passkeys")));
+        assert!(problems("https://login.example.com", true)
+            .iter()
+            .all(|p| !p.starts_with("passkeys")));
+        // Off: nothing is asked of the public URL.
+        assert!(problems("http://127.0.0.1:8080", false)
+            .iter()
+            .all(|p| !p.starts_with("passkeys")));
+    }
+
+    #[test]
+    fn the_environment_switches_passkeys() {
+        let mut s = PasskeySettings::default();
+        let mut problems = Vec::new();
+        let env = BTreeMap::from([("PORTCULLIS_PASSKEYS_ENABLED".to_owned(), "true".to_owned())]);
+        s.apply_env(&env, &mut problems);
+        assert!(s.enabled && problems.is_empty());
+        let env = BTreeMap::from([("PORTCULLIS_PASSKEYS_ENABLED".to_owned(), "maybe".to_owned())]);
+        s.apply_env(&env, &mut problems);
+        assert_eq!(problems.len(), 1);
+    }
+}

@@ -138,9 +138,7 @@ fn notice_text(n: Option<&str>) -> &'static str {
 fn csp(state: &AppState, app: Option<&str>) -> String {
     let css = state.upstream.public("portal/portal.css");
     let js = state.upstream.public("mfa/passkey.js");
-    let app = app
-        .filter(|a| !a.is_empty())
-        .and_then(|a| url::Url::parse(a).ok());
+    let app = app.filter(|a| !a.is_empty()).and_then(|a| url::Url::parse(a).ok());
     let form_action = flows::own_form_action(state, &app.iter().collect::<Vec<_>>());
     format!(
         "default-src 'none'; style-src {}; script-src {}; form-action {}; frame-ancestors 'none'; base-uri 'none'",
@@ -188,16 +186,10 @@ async fn render(state: &AppState, session: &Session, p: &PasskeyPage) -> Respons
             )
         }
         None => (
-            state
-                .upstream
-                .public(&format!("mfa/{}/passkeys", p.tenant))
-                .to_string(),
+            state.upstream.public(&format!("mfa/{}/passkeys", p.tenant)).to_string(),
             vec![("action", "register".to_owned())],
             vec![(
-                state
-                    .upstream
-                    .public(&format!("mfa/{}/enroll", p.tenant))
-                    .to_string(),
+                state.upstream.public(&format!("mfa/{}/enroll", p.tenant)).to_string(),
                 "Authenticator app",
             )],
         ),
@@ -398,10 +390,19 @@ async fn manage_submit(
 
 /// The local connection of a passwordless page, active, with its tenant's
 /// name.
-async fn local_connection(state: &AppState, tenant: &str, connection: &str) -> Result<(TenantId, ConnectionId, String), Response> {
+async fn local_connection(
+    state: &AppState,
+    tenant: &str,
+    connection: &str,
+) -> Result<(TenantId, ConnectionId, String), Response> {
     let not_found = |reason: &'static str| {
         tracing::info!(reason, "passkey sign-in page for an unknown connection");
-        pages::error_page(StatusCode::NOT_FOUND, "Not found", "There is no such sign-in page.", reason)
+        pages::error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such sign-in page.",
+            reason,
+        )
     };
     let (Ok(t), Ok(c)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
         return Err(not_found("local.unknown_connection"));
@@ -502,12 +503,7 @@ async fn passwordless_page(
         links: vec![(back.to_string(), "Sign in with a password")],
     };
     // The answer redirects through the callback to the app.
-    let onward = state
-        .broker
-        .pending_redirect_uri(t, c, login)
-        .await
-        .ok()
-        .flatten();
+    let onward = state.broker.pending_redirect_uri(t, c, login).await.ok().flatten();
     html(state, status, &v, onward.as_deref())
 }
 

@@ -344,7 +344,13 @@ impl Passkeys {
 
     /// Keeps `purpose` waiting under a new handle bound to the browser whose
     /// session holds `browser_secret`.
-    async fn wait(&self, t: &TenantId, purpose: Purpose, browser_secret: &str, options: String) -> Result<Started, StoreError> {
+    async fn wait(
+        &self,
+        t: &TenantId,
+        purpose: Purpose,
+        browser_secret: &str,
+        options: String,
+    ) -> Result<Started, StoreError> {
         let handle = crate::tokens::random_token(32);
         let ceremony = Ceremony {
             purpose,
@@ -359,7 +365,12 @@ impl Passkeys {
     /// Consumes the ceremony of `handle` (once) and checks it is this
     /// browser's. Consumed before anything else is checked: a failed
     /// answer cannot be retried with the same challenge.
-    pub async fn take(&self, t: &TenantId, handle: &str, browser_secret: Option<&str>) -> Result<Purpose, PasskeyError> {
+    pub async fn take(
+        &self,
+        t: &TenantId,
+        handle: &str,
+        browser_secret: Option<&str>,
+    ) -> Result<Purpose, PasskeyError> {
         if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
             return Err(PasskeyError::UnknownChallenge);
         }
@@ -415,7 +426,11 @@ impl Passkeys {
         if u.passkeys.len() >= MAX_PASSKEYS {
             return Err(PasskeyError::TooMany);
         }
-        let exclude = u.passkeys.iter().map(|p| p.passkey.cred_id().clone()).collect::<Vec<_>>();
+        let exclude = u
+            .passkeys
+            .iter()
+            .map(|p| p.passkey.cred_id().clone())
+            .collect::<Vec<_>>();
         let (ccr, state): (CreationChallengeResponse, PasskeyRegistration) = self
             .webauthn
             .start_passkey_registration(u.user_handle, user_name, user_name, Some(exclude))
@@ -728,7 +743,10 @@ mod tests {
             PasskeyError::from_webauthn(WebauthnError::UserNotVerified).reason(),
             "passkey.user_not_verified"
         );
-        assert_eq!(parse::<PublicKeyCredential>("").unwrap_err().reason(), "passkey.missing_credential");
+        assert_eq!(
+            parse::<PublicKeyCredential>("").unwrap_err().reason(),
+            "passkey.missing_credential"
+        );
         assert_eq!(
             parse::<PublicKeyCredential>("{\"id\":1}").unwrap_err().reason(),
             "passkey.malformed_credential"
@@ -754,20 +772,35 @@ mod tests {
     async fn a_ceremony_is_single_use_and_bound_to_its_browser() {
         let (p, _, t) = service();
         let c = ConnectionId::parse("pw").unwrap();
-        let started = p.start_registration(&t, "u1", &c, "a@acme.example", None, "secret-1").await.unwrap();
+        let started = p
+            .start_registration(&t, "u1", &c, "a@acme.example", None, "secret-1")
+            .await
+            .unwrap();
         let options: serde_json::Value = serde_json::from_str(&started.options).unwrap();
         assert_eq!(options["publicKey"]["rp"]["id"], "localhost");
-        assert_eq!(options["publicKey"]["authenticatorSelection"]["userVerification"], "required");
+        assert_eq!(
+            options["publicKey"]["authenticatorSelection"]["userVerification"],
+            "required"
+        );
         // Another browser's secret: refused, and the ceremony is spent.
         assert_eq!(
-            p.take(&t, &started.handle, Some("secret-2")).await.unwrap_err().reason(),
+            p.take(&t, &started.handle, Some("secret-2"))
+                .await
+                .unwrap_err()
+                .reason(),
             "passkey.browser_mismatch"
         );
         assert_eq!(
-            p.take(&t, &started.handle, Some("secret-1")).await.unwrap_err().reason(),
+            p.take(&t, &started.handle, Some("secret-1"))
+                .await
+                .unwrap_err()
+                .reason(),
             "passkey.unknown_challenge"
         );
-        let again = p.start_registration(&t, "u1", &c, "a@acme.example", None, "secret-1").await.unwrap();
+        let again = p
+            .start_registration(&t, "u1", &c, "a@acme.example", None, "secret-1")
+            .await
+            .unwrap();
         assert!(matches!(
             p.take(&t, &again.handle, Some("secret-1")).await.unwrap(),
             Purpose::Register { ref sub, .. } if sub == "u1"
@@ -778,7 +811,10 @@ mod tests {
         );
         // Another tenant does not see the ceremony.
         let other = TenantId::parse("globex").unwrap();
-        let third = p.start_registration(&t, "u1", &c, "a@acme.example", None, "s").await.unwrap();
+        let third = p
+            .start_registration(&t, "u1", &c, "a@acme.example", None, "s")
+            .await
+            .unwrap();
         assert_eq!(
             p.take(&other, &third.handle, Some("s")).await.unwrap_err().reason(),
             "passkey.unknown_challenge"
@@ -800,11 +836,18 @@ mod tests {
             b"u1".to_vec()
         );
         let other = TenantId::parse("globex").unwrap();
-        assert!(store.get(&handle_key(&other, &first.user_handle)).await.unwrap().is_none());
+        assert!(store
+            .get(&handle_key(&other, &first.user_handle))
+            .await
+            .unwrap()
+            .is_none());
         // No passkey yet: no second factor offered, nothing to remove.
         assert!(!has_any(&store, &t, "u1").await.unwrap());
         assert!(p.start_second_factor(&t, "u1", "h", "s").await.unwrap().is_none());
-        assert_eq!(p.remove(&t, "u1", "nope").await.unwrap_err().reason(), "passkey.not_found");
+        assert_eq!(
+            p.remove(&t, "u1", "nope").await.unwrap_err().reason(),
+            "passkey.not_found"
+        );
         assert_eq!(remove_all(&store, &t, "u1").await.unwrap(), 0);
         assert!(read(&store, &t, "u1").await.unwrap().is_none());
         assert!(store.get(&handle_key(&t, &first.user_handle)).await.unwrap().is_none());
@@ -819,7 +862,10 @@ mod tests {
             panic!("not a registration");
         };
         assert_eq!(
-            p.finish_registration(&t, "u1", &c, &state, "", "k").await.unwrap_err().reason(),
+            p.finish_registration(&t, "u1", &c, &state, "", "k")
+                .await
+                .unwrap_err()
+                .reason(),
             "passkey.missing_credential"
         );
         // Client data for another origin (with the right challenge) and

@@ -34,6 +34,7 @@ mod oidc_negative;
 mod oidc_trust;
 mod openapi;
 mod outbound_http;
+mod passkeys;
 mod peers_selftest;
 mod portal;
 mod portal_browser;

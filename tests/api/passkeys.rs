@@ -1,0 +1,274 @@
+//! WebAuthn passkeys of local accounts in headless Chromium with a CDP
+//! virtual authenticator (`tests/peers/browser/passkey-e2e.mjs`), against a
+//! real SMTP server (aiosmtpd), Redis and a real OIDC app (openid-client):
+//! sign-up → confirm → sign-in → register a passkey → sign-out → password +
+//! passkey as the second factor → sign-out → passwordless with the passkey;
+//! then the refusals, each by its reason code: a replayed answer, a wrong
+//! origin, throttling, another tenant's sign-in, a passkey whose enrolment
+//! the admin reset. The gateway's public URL is `http://localhost:PORT`:
+//! Chromium refuses WebAuthn with an IP address as the relying party id.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::peers::{node_bin, peers_dir, RelyingParty};
+use crate::support::real_browser::chromium_bin;
+use crate::support::redis;
+use crate::support::smtp::SmtpServer;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const TENANT: &str = "acme";
+const OTHER: &str = "globex";
+const CONN: &str = "pw";
+const EMAIL: &str = "ada@acme.example";
+const PASSWORD: &str = "Marmalade-Comet-73";
+
+async fn gateway(smtp: &SmtpServer) -> TestApp {
+    let url = smtp.url();
+    spawn_app(AppOptions {
+        redis_url: Some(redis::url()),
+        redis_prefix: Some(redis::prefix()),
+        public_host: Some("localhost".into()),
+        configure: Some(Arc::new(move |s| {
+            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+            s.mail.from = Some("Acme sign-in <signin@acme.example>".into());
+            s.local.argon2_memory_kib = 8192;
+            s.local.argon2_iterations = 1;
+            s.passkeys.enabled = true;
+        })),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+async fn local_tenant(app: &TestApp, id: &str, name: &str, domain: &str) {
+    app.create_tenant(id, name, &[domain]).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{id}/connections"),
+            Some(json!({"id": CONN, "kind": "local"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/v1/tenants/{id}"),
+            Some(json!({"settings": {"local_mfa": "optional"}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+}
+
+fn amr(claims: &Value) -> Vec<String> {
+    claims["amr"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no amr: {claims:#}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusals_in_chromium() {
+    assert!(
+        peers_dir().join("node_modules/axe-core").is_dir(),
+        "axe-core is missing in {}: run `npm ci` there (scripts/test does)",
+        peers_dir().display()
+    );
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp).await;
+    assert_eq!(app.base.host_str(), Some("localhost"));
+    local_tenant(&app, TENANT, "Acme Corp", "acme.example").await;
+    local_tenant(&app, OTHER, "Globex", "globex.example").await;
+    let rp = RelyingParty::spawn("passkey-app", &app.base).await;
+    let reg = app
+        .create_client("passkey-app", "Passkey App", &[&rp.redirect_uri()], false)
+        .await;
+    rp.configure(
+        "passkey-app",
+        reg.client_secret.as_deref().unwrap(),
+        "basic",
+        "openid email profile",
+    )
+    .await;
+
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-passkey-e2e-{}",
+        portcullis::tokens::random_token(6)
+    ));
+    let shots = dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    println!("screenshots in {}", shots.display());
+
+    let mut child = Command::new(node_bin())
+        .arg(peers_dir().join("browser/passkey-e2e.mjs"))
+        .args(["--start", rp.login_url(&[("tenant", TENANT)]).as_str()])
+        .args(["--start-other", rp.login_url(&[("tenant", OTHER)]).as_str()])
+        .args(["--done", rp.redirect_uri().as_str()])
+        .args(["--email", EMAIL])
+        .args(["--password", PASSWORD])
+        .args(["--logout", app.url("/logout").as_str()])
+        .args(["--passkeys", app.url(&format!("/mfa/{TENANT}/passkeys")).as_str()])
+        .args(["--screenshots", shots.to_str().unwrap()])
+        .args(["--chromium", &chromium_bin()])
+        .current_dir(peers_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot run node for the browser script");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+
+    let mut sub = None::<String>;
+    let report: Value = tokio::time::timeout(Duration::from_secs(300), async {
+        let mut last = None;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                println!("{line}");
+                continue;
+            };
+            if v["need"] == "code" {
+                let mail = smtp.wait_for(EMAIL).await;
+                stdin.write_all(format!("{}\n", mail.code()).as_bytes()).await.unwrap();
+                stdin.flush().await.unwrap();
+            } else if v["need"] == "reset" {
+                // The admin's MFA reset removes the user's passkeys.
+                let (status, users) = app
+                    .admin(reqwest::Method::GET, &format!("/admin/v1/tenants/{TENANT}/users"), None)
+                    .await;
+                assert_eq!(status, reqwest::StatusCode::OK, "{users}");
+                let s = users["users"][0]["sub"].as_str().expect("the user").to_owned();
+                sub = Some(s.clone());
+                // The admin sees the passkey (no key material) ...
+                let (status, list) = app
+                    .admin(
+                        reqwest::Method::GET,
+                        &format!("/admin/v1/tenants/{TENANT}/users/{s}/passkeys"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+                assert_eq!(list["passkeys"][0]["name"], "Laptop", "{list}");
+                assert_eq!(list["passkeys"][0]["connection"], CONN, "{list}");
+                assert!(list["passkeys"][0]["last_used_at"].is_string(), "{list}");
+                assert!(!list.to_string().contains("cred"), "{list}");
+                let (status, body) = app
+                    .admin(
+                        reqwest::Method::DELETE,
+                        &format!("/admin/v1/tenants/{TENANT}/users/{s}/passkeys/nope"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{body}");
+                let (status, body) = app
+                    .admin(
+                        reqwest::Method::DELETE,
+                        &format!("/admin/v1/tenants/{TENANT}/users/{s}/mfa"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
+                // ... and after the reset, none.
+                let (_, list) = app
+                    .admin(
+                        reqwest::Method::GET,
+                        &format!("/admin/v1/tenants/{TENANT}/users/{s}/passkeys"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(list["passkeys"], json!([]), "{list}");
+                stdin.write_all(b"done\n").await.unwrap();
+                stdin.flush().await.unwrap();
+            } else if v.get("need").is_none() && v.get("ok").is_none() {
+                println!("{line}");
+            } else {
+                last = Some(v);
+            }
+        }
+        last
+    })
+    .await
+    .expect("the browser run took too long")
+    .unwrap_or_else(|| panic!("no report from the browser script"));
+    let _ = child.wait().await;
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err)
+        .await
+        .ok();
+    for s in report["steps"].as_array().into_iter().flatten() {
+        println!(
+            "screenshot {}: {}",
+            s["name"].as_str().unwrap_or(""),
+            s["screenshot"].as_str().unwrap_or("")
+        );
+    }
+    assert_eq!(report["ok"], Value::Bool(true), "{report:#}\n{err}");
+
+    // Every page of ours is accessible; every screenshot exists.
+    for s in report["steps"].as_array().unwrap() {
+        assert_eq!(s["violations"], json!([]), "{}: {:#}", s["name"], s["violations"]);
+        assert!(std::path::Path::new(s["screenshot"].as_str().unwrap()).is_file());
+    }
+
+    // The passkey was registered under its name, as a discoverable credential for `localhost`.
+    assert_eq!(report["registered"], json!(["Laptop"]), "{report:#}");
+    assert_eq!(report["credentials"][0]["isResidentCredential"], true, "{report:#}");
+    assert_eq!(report["credentials"][0]["rpId"], "localhost");
+
+    // First sign-in: the password only (MFA optional, nothing enrolled yet).
+    let first = amr(&report["first"]["id_token_claims"]);
+    assert_eq!(first, vec!["pwd".to_owned()], "{report:#}");
+    // Second: the password and the passkey (RFC 8176 `hwk`; the
+    // authenticator verified the person: `user`; together `mfa`).
+    let second = amr(&report["second"]["id_token_claims"]);
+    for m in ["pwd", "hwk", "user", "mfa"] {
+        assert!(second.contains(&m.to_owned()), "second: {second:?}");
+    }
+    // Third: the passkey alone, no password.
+    let third = amr(&report["third"]["id_token_claims"]);
+    assert!(!third.contains(&"pwd".to_owned()), "third: {third:?}");
+    for m in ["hwk", "user", "mfa"] {
+        assert!(third.contains(&m.to_owned()), "third: {third:?}");
+    }
+    for which in ["first", "second", "third"] {
+        let claims = &report[which]["id_token_claims"];
+        assert_eq!(claims["email"], EMAIL, "{which}");
+        assert_eq!(claims["tenant"], TENANT, "{which}");
+        assert_eq!(claims["connection"], CONN, "{which}");
+        assert_eq!(claims["sub"].as_str(), sub.as_deref(), "{which}");
+    }
+
+    // Every refusal by its reason code.
+    let refusals = &report["refusals"];
+    assert_eq!(refusals["replay"], "passkey.unknown_challenge", "{report:#}");
+    assert_eq!(refusals["origin"], "passkey.wrong_origin", "{report:#}");
+    assert_eq!(refusals["throttled"], "passkey.throttled", "{report:#}");
+    assert_eq!(refusals["other_tenant"], "passkey.unknown_credential", "{report:#}");
+    assert_eq!(refusals["removed"], "passkey.unknown_credential", "{report:#}");
+
+    // Registration and the admin reset are audited; refusals are counted
+    // as failed sign-ins with their reasons.
+    let (status, audit) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{TENANT}/audit?limit=200"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let events = audit["events"].as_array().unwrap();
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    for r in ["passkey.registered", "passkey.wrong_origin", "passkey.throttled"] {
+        assert!(reasons.contains(&r), "{r}: {reasons:?}");
+    }
+    assert!(events.iter().any(|e| e["action"] == "user.mfa_reset"), "{audit:#}");
+}
