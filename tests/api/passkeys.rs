@@ -22,15 +22,17 @@ use tokio::process::Command;
 
 const TENANT: &str = "acme";
 const OTHER: &str = "globex";
+const REQUIRED: &str = "initech";
+const EMAIL_REQUIRED: &str = "bo@initech.example";
 const CONN: &str = "pw";
 const EMAIL: &str = "ada@acme.example";
 const PASSWORD: &str = "Marmalade-Comet-73";
 
-async fn gateway(smtp: &SmtpServer) -> TestApp {
+async fn gateway(smtp: &SmtpServer, prefix: &str) -> TestApp {
     let url = smtp.url();
     spawn_app(AppOptions {
         redis_url: Some(redis::url()),
-        redis_prefix: Some(redis::prefix()),
+        redis_prefix: Some(prefix.to_owned()),
         public_host: Some("localhost".into()),
         configure: Some(Arc::new(move |s| {
             s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
@@ -44,7 +46,7 @@ async fn gateway(smtp: &SmtpServer) -> TestApp {
     .await
 }
 
-async fn local_tenant(app: &TestApp, id: &str, name: &str, domain: &str) {
+async fn local_tenant(app: &TestApp, id: &str, name: &str, domain: &str, local_mfa: &str) {
     app.create_tenant(id, name, &[domain]).await;
     let (status, body) = app
         .admin(
@@ -58,7 +60,7 @@ async fn local_tenant(app: &TestApp, id: &str, name: &str, domain: &str) {
         .admin(
             reqwest::Method::PATCH,
             &format!("/admin/v1/tenants/{id}"),
-            Some(json!({"settings": {"local_mfa": "optional"}})),
+            Some(json!({"settings": {"local_mfa": local_mfa}})),
         )
         .await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
@@ -82,10 +84,12 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
         peers_dir().display()
     );
     let smtp = SmtpServer::start();
-    let app = gateway(&smtp).await;
+    let prefix = redis::prefix();
+    let app = gateway(&smtp, &prefix).await;
     assert_eq!(app.base.host_str(), Some("localhost"));
-    local_tenant(&app, TENANT, "Acme Corp", "acme.example").await;
-    local_tenant(&app, OTHER, "Globex", "globex.example").await;
+    local_tenant(&app, TENANT, "Acme Corp", "acme.example", "optional").await;
+    local_tenant(&app, OTHER, "Globex", "globex.example", "optional").await;
+    local_tenant(&app, REQUIRED, "Initech", "initech.example", "required").await;
     let rp = RelyingParty::spawn("passkey-app", &app.base).await;
     let reg = app
         .create_client("passkey-app", "Passkey App", &[&rp.redirect_uri()], false)
@@ -110,6 +114,8 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
         .arg(peers_dir().join("browser/passkey-e2e.mjs"))
         .args(["--start", rp.login_url(&[("tenant", TENANT)]).as_str()])
         .args(["--start-other", rp.login_url(&[("tenant", OTHER)]).as_str()])
+        .args(["--start-required", rp.login_url(&[("tenant", REQUIRED)]).as_str()])
+        .args(["--email-required", EMAIL_REQUIRED])
         .args(["--done", rp.redirect_uri().as_str()])
         .args(["--email", EMAIL])
         .args(["--password", PASSWORD])
@@ -137,7 +143,7 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
                 continue;
             };
             if v["need"] == "code" {
-                let mail = smtp.wait_for(EMAIL).await;
+                let mail = smtp.wait_for(v["email"].as_str().unwrap_or(EMAIL)).await;
                 stdin.write_all(format!("{}\n", mail.code()).as_bytes()).await.unwrap();
                 stdin.flush().await.unwrap();
             } else if v["need"] == "reset" {
@@ -247,6 +253,16 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
         assert_eq!(claims["sub"].as_str(), sub.as_deref(), "{which}");
     }
 
+    // Where MFA is required, a passkey registered at the enrolment of the
+    // first sign-in is then used as its second factor.
+    let fourth = &report["fourth"]["id_token_claims"];
+    assert_eq!(fourth["tenant"], REQUIRED, "{report:#}");
+    assert_eq!(fourth["email"], EMAIL_REQUIRED);
+    let fourth = amr(fourth);
+    for m in ["pwd", "hwk", "user", "mfa"] {
+        assert!(fourth.contains(&m.to_owned()), "fourth: {fourth:?}");
+    }
+
     // Every refusal by its reason code.
     let refusals = &report["refusals"];
     assert_eq!(refusals["replay"], "passkey.unknown_challenge", "{report:#}");
@@ -271,4 +287,27 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
         assert!(reasons.contains(&r), "{r}: {reasons:?}");
     }
     assert!(events.iter().any(|e| e["action"] == "user.mfa_reset"), "{audit:#}");
+
+    // The initech user's passkey and its user-handle index are in the backup.
+    let mut settings = portcullis::config::Settings::default();
+    settings.dev.enabled = true;
+    settings.dev.force = true;
+    settings.store.backend = Some("redis".into());
+    settings.store.redis_url = Some(portcullis::secret::Secret::new(redis::url()));
+    settings.store.key_prefix = prefix.clone();
+    let clock: portcullis::clock::SharedClock = Arc::new(portcullis::clock::SystemClock);
+    let raw = portcullis::app::open_store(&settings, clock.clone()).await.unwrap();
+    let backup = portcullis::backup::export(&raw, portcullis::clock::Clock::now(clock.as_ref()))
+        .await
+        .unwrap();
+    let doc = serde_json::to_value(&backup).unwrap();
+    let names: Vec<&str> = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tag"] == format!("t:{REQUIRED}:mfa"))
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("passkeys:")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("passkey-user:")), "{names:?}");
 }

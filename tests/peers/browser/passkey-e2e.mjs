@@ -9,12 +9,15 @@
 // page shows: a replayed answer, a wrong origin (the client data rewritten
 // in flight), throttling, another tenant's sign-in, and after the test
 // resets the user's MFA through the admin API (asked on stdout) a passkey
-// whose enrolment is gone. Every page of ours is checked with axe-core and a
+// whose enrolment is gone. Last, in a tenant that requires MFA, a new
+// person registers a passkey instead of an authenticator app at the
+// enrolment of their first sign-in, and finishes it with that passkey. Every page of ours is checked with axe-core and a
 // screenshot of each step is saved.
 //
 // Usage:
 //   node passkey-e2e.mjs --start U --start-other U --done U --email E --password P
-//     --logout U --passkeys U --screenshots DIR [--chromium PATH] [--timeout-ms 30000]
+//     --start-required U --email-required E --logout U --passkeys U --screenshots DIR
+//     [--chromium PATH] [--timeout-ms 30000]
 //
 // Ends with one JSON line: {"ok":true,"steps":[...],"first":..,"second":..,
 // "third":..,"refusals":{...}} or {"ok":false,"error":..}.
@@ -35,6 +38,8 @@ const { values: args } = parseArgs({
   options: {
     start: { type: 'string' },
     'start-other': { type: 'string' },
+    'start-required': { type: 'string' },
+    'email-required': { type: 'string' },
     done: { type: 'string' },
     email: { type: 'string' },
     password: { type: 'string' },
@@ -45,7 +50,7 @@ const { values: args } = parseArgs({
     'timeout-ms': { type: 'string', default: '30000' },
   },
 });
-for (const required of ['start', 'start-other', 'done', 'email', 'password', 'logout', 'passkeys', 'screenshots']) {
+for (const required of ['start', 'start-other', 'start-required', 'email-required', 'done', 'email', 'password', 'logout', 'passkeys', 'screenshots']) {
   if (!args[required]) {
     console.error(`passkey-e2e: --${required} is required`);
     process.exit(2);
@@ -279,6 +284,29 @@ try {
   await usePasskey();
   await step('refused-removed');
   result.refusals.removed = await reasonShown();
+
+  // A tenant requiring MFA: the first sign-in's enrolment offers a passkey.
+  await page.goto(args['start-required'], { waitUntil: 'load' });
+  await page.waitForSelector('input[name="password"]');
+  await follow(/Create account/);
+  await submitWith({ email: args['email-required'], password: args.password, password_confirm: args.password }, 'password');
+  await page.waitForSelector('input[name="code"]');
+  const code2 = await ask({ need: 'code', email: args['email-required'] });
+  await submitWith({ code: code2 }, 'code');
+  if (await page.locator('input[name="password"]').count()) {
+    await submitWith({ email: args['email-required'], password: args.password }, 'password');
+  }
+  await page.waitForSelector('#add-passkey');
+  await step('enrol-offers-passkey');
+  await follow(/add a passkey instead/);
+  await page.waitForSelector('form[data-passkey="create"]');
+  await step('enrol-passkey');
+  await page.fill('input[name="name"]', 'Phone');
+  await usePasskey();
+  await page.waitForSelector('form[data-passkey="get"]');
+  await step('enrol-passkey-use');
+  await usePasskey();
+  result.fourth = await appAnswer();
 
   console.log(JSON.stringify({ ok: true, steps, ...result }));
 } catch (e) {
