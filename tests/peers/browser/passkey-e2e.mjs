@@ -229,8 +229,12 @@ try {
   // Sign out; passwordless sign-in with the passkey. The post is kept for the replay.
   await signOut('sign-out-again');
   let posted = null;
+  let postedUrl = null;
   const keep = (request) => {
-    if (request.method() === 'POST' && new URL(request.url()).pathname.endsWith('/passkey')) posted = request.postData();
+    if (request.method() === 'POST' && new URL(request.url()).pathname.endsWith('/passkey')) {
+      posted = request.postData();
+      postedUrl = request.url();
+    }
   };
   page.on('request', keep);
   await passwordlessPage(args.start);
@@ -239,10 +243,13 @@ try {
   page.off('request', keep);
   result.third = await appAnswer();
 
-  // Refusals. A replayed answer (its ceremony already used), on a fresh page.
-  await signOut('sign-out-third');
-  await passwordlessPage(args.start);
+  // Refusals. A replayed answer (its ceremony already used), in the same
+  // browser session, on a fresh page of the same sign-in.
   const old = new URLSearchParams(posted ?? '');
+  const again = new URL(postedUrl);
+  again.searchParams.set('login', old.get('login'));
+  await page.goto(again.toString(), { waitUntil: 'load' });
+  await page.waitForSelector('form[data-passkey="get"]');
   await page.evaluate(
     ([ceremony, credential]) => {
       const form = document.querySelector('form[data-passkey]');
@@ -256,6 +263,8 @@ try {
   await page.waitForSelector('form[data-passkey="get"]');
   await step('refused-replay');
   result.refusals.replay = await reasonShown();
+  await signOut('sign-out-third');
+  await passwordlessPage(args.start);
 
   // A wrong origin: the client data says another origin (rewritten in flight).
   const pattern = '**/local/*/*/passkey';
