@@ -423,6 +423,23 @@ async fn local_connection(
     if conn.status != ConnectionStatus::Active {
         return Err(not_found("local.connection_inactive"));
     }
+    // A tenant whose local sign-in asks its custom-challenge hook keeps
+    // that step: a passkey does not skip it (fail closed).
+    if let Some(hooks) = &state.provider.hooks {
+        match hooks.get(&t, crate::hooks::HookKind::CustomChallenge).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::info!(reason = "passkey.challenge_hook", tenant = %t, connection = %c, "passwordless passkey refused: the tenant's custom challenge applies");
+                return Err(pages::error_page(
+                    StatusCode::FORBIDDEN,
+                    "Sign in with your password",
+                    "This organisation asks an extra question at sign-in, so a passkey cannot be used to sign in here without a password.",
+                    "passkey.challenge_hook",
+                ));
+            }
+            Err(e) => return Err(flows::store_unavailable(&e)),
+        }
+    }
     Ok((t, c, name))
 }
 

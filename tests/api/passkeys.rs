@@ -311,3 +311,201 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
     assert!(names.iter().any(|n| n.starts_with("passkeys:")), "{names:?}");
     assert!(names.iter().any(|n| n.starts_with("passkey-user:")), "{names:?}");
 }
+
+/// The value of the hidden field `name` in a page.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end].to_owned()
+}
+
+async fn local_only(app: &TestApp) {
+    app.create_tenant(TENANT, "Acme Corp", &["acme.example"]).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections"),
+            Some(json!({"id": CONN, "kind": "local"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn passkey_pages_refuse_when_off_without_a_session_a_csrf_token_a_ceremony_or_a_credential_and_under_a_challenge_hook(
+) {
+    let browser = || {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    // Passkeys off (the default): no link, and the page does not exist.
+    let off = spawn_app(AppOptions::default()).await;
+    local_only(&off).await;
+    let page = browser()
+        .get(off.url(&format!("/local/{TENANT}/{CONN}/sign-in?login=abc")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Create account") && !page.contains("passkey"), "{page}");
+    let r = browser()
+        .get(off.url(&format!("/local/{TENANT}/{CONN}/passkey?login=abc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("passkey.disabled"));
+
+    // On, at http://localhost.
+    let app = spawn_app(AppOptions {
+        public_host: Some("localhost".into()),
+        configure: Some(Arc::new(|s| s.passkeys.enabled = true)),
+        ..AppOptions::default()
+    })
+    .await;
+    local_only(&app).await;
+    let b = browser();
+    let page = b
+        .get(app.url(&format!("/local/{TENANT}/{CONN}/sign-in?login=abc")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Sign in with a passkey"), "{page}");
+    // The passkeys page needs a signed-in user.
+    let r = b.get(app.url(&format!("/mfa/{TENANT}/passkeys"))).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("passkey.not_signed_in"));
+    // Every form needs its CSRF token.
+    let r = b
+        .post(app.url(&format!("/mfa/{TENANT}/passkeys")))
+        .form(&[("action", "remove"), ("id", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("passkey.csrf_missing"));
+    // The passwordless page: its script only, by URL; a ceremony per view.
+    let r = b
+        .get(app.url(&format!("/local/{TENANT}/{CONN}/passkey?login=abc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains(&format!("script-src {}", app.url("/mfa/passkey.js"))),
+        "{csp}"
+    );
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>"), "no inline script");
+    let script = b.get(app.url("/mfa/passkey.js")).send().await.unwrap();
+    assert_eq!(script.status(), reqwest::StatusCode::OK);
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    // An unknown ceremony.
+    let r = b
+        .post(app.url(&format!("/local/{TENANT}/{CONN}/passkey")))
+        .form(&[
+            ("csrf", hidden(&html, "csrf").as_str()),
+            ("login", "abc"),
+            ("ceremony", "not-a-ceremony"),
+            ("credential", "{}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("passkey.unknown_challenge"), "{html}");
+    // The right ceremony, but no credential (no JavaScript): refused, and
+    // the ceremony is spent.
+    let ceremony = hidden(&html, "ceremony");
+    let r = b
+        .post(app.url(&format!("/local/{TENANT}/{CONN}/passkey")))
+        .form(&[
+            ("csrf", hidden(&html, "csrf").as_str()),
+            ("login", "abc"),
+            ("ceremony", ceremony.as_str()),
+            ("credential", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("passkey.missing_credential"), "{html}");
+    // Another browser cannot answer this browser's ceremony.
+    let ceremony = hidden(&html, "ceremony");
+    let other = browser();
+    let theirs = other
+        .get(app.url(&format!("/local/{TENANT}/{CONN}/passkey?login=abc")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = other
+        .post(app.url(&format!("/local/{TENANT}/{CONN}/passkey")))
+        .form(&[
+            ("csrf", hidden(&theirs, "csrf").as_str()),
+            ("login", "abc"),
+            ("ceremony", ceremony.as_str()),
+            ("credential", "{}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("passkey.browser_mismatch"));
+    // A ceremony of another sign-in (login) is refused.
+    let theirs = other
+        .get(app.url(&format!("/local/{TENANT}/{CONN}/passkey?login=abc")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ceremony = hidden(&theirs, "ceremony");
+    let r = other
+        .post(app.url(&format!("/local/{TENANT}/{CONN}/passkey")))
+        .form(&[
+            ("csrf", hidden(&theirs, "csrf").as_str()),
+            ("login", "another"),
+            ("ceremony", ceremony.as_str()),
+            ("credential", "{}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains("passkey.ceremony_mismatch"), "{body}");
+
+    // A tenant whose sign-in asks a custom challenge: no passkey shortcut.
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/custom_challenge"),
+            Some(json!({"url": "http://127.0.0.1:9/challenge", "timeout_ms": 500})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let r = b
+        .get(app.url(&format!("/local/{TENANT}/{CONN}/passkey?login=abc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("passkey.challenge_hook"));
+}
