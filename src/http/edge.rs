@@ -843,6 +843,21 @@ mod tests {
             (RouteClass::Callback, Some("acme".into()))
         );
         assert_eq!(RouteClass::Callback.max_body("/mfa/acme/local"), MAX_SMALL_BODY);
+        // Passkey answers: throttled per tenant, small bodies.
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/local/passkey"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(
+            c(Method::POST, "/local/acme/pw/passkey"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(
+            c(Method::POST, "/mfa/acme/passkeys"),
+            (RouteClass::Callback, Some("acme".into()))
+        );
+        assert_eq!(RouteClass::Callback.max_body("/mfa/acme/local/passkey"), MAX_SMALL_BODY);
+        assert_eq!(RouteClass::Callback.max_body("/local/acme/pw/passkey"), MAX_SMALL_BODY);
         assert_eq!(c(Method::GET, "/jwks"), (RouteClass::Other, None));
         assert_eq!(c(Method::POST, "/sso/legacy/acs"), (RouteClass::Callback, None));
         assert_eq!(RouteClass::Callback.max_body("/saml/a/b/acs"), MAX_ACS_BODY);

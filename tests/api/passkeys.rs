@@ -146,6 +146,18 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
                 let mail = smtp.wait_for(v["email"].as_str().unwrap_or(EMAIL)).await;
                 stdin.write_all(format!("{}\n", mail.code()).as_bytes()).await.unwrap();
                 stdin.flush().await.unwrap();
+            } else if v["need"] == "disable" || v["need"] == "enable" {
+                let what = v["need"].as_str().unwrap();
+                let (status, body) = app
+                    .admin(
+                        reqwest::Method::POST,
+                        &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/{EMAIL}/{what}"),
+                        None,
+                    )
+                    .await;
+                assert!(status.is_success(), "{what}: {status} {body}");
+                stdin.write_all(b"done\n").await.unwrap();
+                stdin.flush().await.unwrap();
             } else if v["need"] == "reset" {
                 // The admin's MFA reset removes the user's passkeys.
                 let (status, users) = app
@@ -266,6 +278,7 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
     // Every refusal by its reason code.
     let refusals = &report["refusals"];
     assert_eq!(refusals["replay"], "passkey.unknown_challenge", "{report:#}");
+    assert_eq!(refusals["disabled"], "passkey.account_unusable", "{report:#}");
     assert_eq!(refusals["origin"], "passkey.wrong_origin", "{report:#}");
     assert_eq!(refusals["throttled"], "passkey.throttled", "{report:#}");
     assert_eq!(refusals["other_tenant"], "passkey.unknown_credential", "{report:#}");

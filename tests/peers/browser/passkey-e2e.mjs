@@ -7,7 +7,7 @@
 // the second factor, signs out, and signs in with the passkey alone
 // (passwordless). Then the refusals, each reported with the reason code the
 // page shows: a replayed answer, a wrong origin (the client data rewritten
-// in flight), throttling, another tenant's sign-in, and after the test
+// in flight), a disabled account, throttling, another tenant's sign-in, and after the test
 // resets the user's MFA through the admin API (asked on stdout) a passkey
 // whose enrolment is gone. Last, in a tenant that requires MFA, a new
 // person registers a passkey instead of an authenticator app at the
@@ -264,7 +264,14 @@ try {
   await step('refused-replay');
   result.refusals.replay = await reasonShown();
   await signOut('sign-out-third');
+
+  // The admin disables the local account: its passkey no longer signs in.
+  await ask({ need: 'disable' });
   await passwordlessPage(args.start);
+  await usePasskey();
+  await step('refused-disabled');
+  result.refusals.disabled = await reasonShown();
+  await ask({ need: 'enable' });
 
   // A wrong origin: the client data says another origin (rewritten in flight).
   const pattern = '**/local/*/*/passkey';
