@@ -23,6 +23,7 @@ mod import;
 mod load_smoke;
 mod local_accounts;
 mod local_browser;
+mod local_credentials;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;
