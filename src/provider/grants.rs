@@ -615,7 +615,10 @@ impl Provider {
         user: Option<&User>,
     ) -> Result<Prepared, OAuthError> {
         let now = self.clock.unix();
-        let grant: Grant = self.effective_grant(client, authz).await?;
+        // The tenant's pre-token hook is looked up alongside the grant
+        // decision's reads (its presence is checked on every mint).
+        let (grant, hook): (Grant, _) =
+            tokio::try_join!(self.effective_grant(client, authz), self.pre_token_hook(authz))?;
         let scope = grant.scope.join(" ");
         let at_ttl = self.ttl.access_token_ttl_secs;
         let access = AccessClaims {
@@ -684,7 +687,7 @@ impl Provider {
         // suppress claims (provider/pre_token.rs); a failing hook fails the
         // request, so no token is ever issued without it.
         let (access_claims, id_claims) = self
-            .pre_token(authz, &grant.scope, access_claims, id_claims, user)
+            .pre_token(hook, authz, &grant.scope, access_claims, id_claims, user)
             .await?;
         // One key snapshot for both tokens, so `at_hash` follows the algorithm
         // of the key that really signs, even across a rotation.
