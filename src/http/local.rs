@@ -11,8 +11,8 @@
 use super::flows::{self, check_csrf, issue_csrf, Csrf, CSRF_FIELD};
 use super::pages;
 use super::AppState;
-use crate::ids::{ConnectionId, TenantId};
 use crate::broker::session::SESSION_FIELD;
+use crate::ids::{ConnectionId, TenantId};
 use crate::local::challenge::{Asked, SignInStep, CHALLENGE_SESSION_FIELD};
 use crate::local::SignInMode;
 use crate::local::{LocalConfig, LocalError, Profile};
@@ -1059,7 +1059,8 @@ async fn act(
     // The address the next page is filled with (never one that is not an address).
     let keep = crate::local::normalise_email(&email);
     let password = secret(form, "password");
-    if matches!(kind, Kind::SignUp | Kind::Reset | Kind::Change) && !password.matches(&field(form, "password_confirm")) {
+    if matches!(kind, Kind::SignUp | Kind::Reset | Kind::Change) && !password.matches(&field(form, "password_confirm"))
+    {
         return Err(mismatch());
     }
     let a = &app.accounts;
@@ -1124,14 +1125,7 @@ async fn act(
             // Signed in: the session's account, whatever the form says.
             let email = account.map_or(email, |s| s.email.clone());
             let user = a
-                .change_password(
-                    &l.t,
-                    &l.c,
-                    &l.cfg,
-                    &email,
-                    &secret(form, "current_password"),
-                    &password,
-                )
+                .change_password(&l.t, &l.c, &l.cfg, &email, &secret(form, "current_password"), &password)
                 .await?;
             if account.is_some_and(|s| s.subject != user.subject) {
                 // The account behind the address is not the session's
