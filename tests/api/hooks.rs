@@ -506,21 +506,27 @@ async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
     );
 }
 
-/// A hook removed on one replica is not called by another: the next token
-/// minted there is without it (the cached configuration is re-validated).
-#[tokio::test]
-async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+/// Two dev gateways over one Redis, with a long hook-configuration cache
+/// (so that anything remembered for it would show).
+async fn two_replicas() -> (TestApp, TestApp) {
     let prefix = crate::support::redis::prefix();
     let spawn = || {
         spawn_app(AppOptions {
             dev: true,
             redis_url: Some(crate::support::redis::url()),
             redis_prefix: Some(prefix.clone()),
+            tweak: Some(|s| s.hooks.config_cache_secs = 60),
             ..AppOptions::default()
         })
     };
-    let a = spawn().await;
-    let b = spawn().await;
+    (spawn().await, spawn().await)
+}
+
+/// A hook removed on one replica is not called by another: the next token
+/// minted there is without it (the cached configuration is re-validated).
+#[tokio::test]
+async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+    let (a, b) = two_replicas().await;
     let hooks = HookServer::start(system_clock()).await;
     let rp = register(&a, "hook-two-replicas").await;
     configure(&a, &hooks, PRE, "pre", 2000).await;
@@ -553,19 +559,7 @@ async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
 /// re-validated on every use, not kept for `[hooks] config_cache_secs`.
 #[tokio::test]
 async fn a_hook_added_on_one_replica_is_called_by_another_at_once() {
-    let prefix = crate::support::redis::prefix();
-    let spawn = || {
-        spawn_app(AppOptions {
-            dev: true,
-            redis_url: Some(crate::support::redis::url()),
-            redis_prefix: Some(prefix.clone()),
-            // A long cache, so that a remembered absence would show.
-            tweak: Some(|s| s.hooks.config_cache_secs = 60),
-            ..AppOptions::default()
-        })
-    };
-    let a = spawn().await;
-    let b = spawn().await;
+    let (a, b) = two_replicas().await;
     let hooks = HookServer::start(system_clock()).await;
     hooks.behave(
         "pre",

@@ -26,11 +26,7 @@ const WORLD: World = World {
 };
 
 fn clock() -> ManualClock {
-    ManualClock::at(
-        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
-            .unwrap()
-            .to_utc(),
-    )
+    crate::support::local::far_clock()
 }
 
 /// A gateway on a manual clock with the local world, the API `FILES`, the

@@ -9,7 +9,6 @@
 use crate::support::browser::{Browser, Page};
 use crate::support::local::{assert_reason, link, pkce, statuses_since, Gateway, World};
 use crate::support::smtp::SmtpServer;
-use portcullis::clock::ManualClock;
 use reqwest::StatusCode;
 
 const WORLD: World = World {
@@ -148,11 +147,7 @@ async fn local_forms_answer_303_and_the_next_page_shows_the_message_once() {
 
 #[tokio::test]
 async fn a_signed_in_user_changes_the_password_without_the_email_and_every_session_ends() {
-    let clock = ManualClock::at(
-        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
-            .unwrap()
-            .to_utc(),
-    );
+    let clock = crate::support::local::far_clock();
     let app = Gateway {
         clock: Some(clock.clone()),
         ..Gateway::default()

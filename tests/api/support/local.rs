@@ -213,6 +213,15 @@ impl World {
     }
 }
 
+/// A manual clock far from the machine's (2040-06-01T12:00:00Z).
+pub fn far_clock() -> ManualClock {
+    ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    )
+}
+
 /// Whether `u` is the app's redirect URI.
 pub fn at_app(u: &Url) -> bool {
     u.as_str().starts_with(REDIRECT)
