@@ -261,8 +261,8 @@ async fn change(
                 .set_local_account_disabled(&t, &c, &after.subject, false)
                 .await?;
         }
-        // Sessions and refresh families end now; access tokens run out on
-        // their own (short lifetime).
+        // Sessions and refresh families end now, and the access tokens
+        // issued before are refused on use (`token.credentials_reset`).
         Change::ForceReset => {
             s.broker.revoke_local_account(&t, &c, &after.subject).await?;
         }

@@ -16,12 +16,13 @@ impl Broker {
         self.provider.revoke_user_families(tenant, sub).await
     }
 
-    /// Ends the SSO sessions and refresh-token families of the user
-    /// provisioned for a local account (`subject`) of `connection`, if any:
-    /// after a password change or reset, or when an admin disables the
-    /// account or forces a reset. Tokens already issued are refused on use
-    /// only while the directory user is disabled; access tokens otherwise run
-    /// out on their own (short lifetime).
+    /// Ends everything the user provisioned for a local account (`subject`)
+    /// of `connection`, if any, was issued under its old credentials: after a
+    /// password change or reset, or an admin's force-reset. The user's
+    /// "not before" stamp is set first (so access tokens already issued, and
+    /// any code or refresh family of an earlier authentication, are refused
+    /// on use: `token.credentials_reset`), then its SSO sessions and refresh
+    /// families end.
     pub async fn revoke_local_account(
         &self,
         tenant: &TenantId,
@@ -31,6 +32,8 @@ impl Broker {
         let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
             return Ok(false);
         };
+        let now = self.provider.clock.unix();
+        self.provider.directory.set_not_before(tenant, &sub, now).await?;
         self.revoke_user(tenant, &sub).await?;
         Ok(true)
     }

@@ -32,9 +32,11 @@ pub struct HooksSettings {
     /// The largest answer a hook may send, in bytes.
     pub max_answer_bytes: usize,
     /// How long a replica reuses a tenant's hook configuration it read when
-    /// minting tokens, in seconds (0 to 60; 0: read on every mint). A hook
-    /// changed through another replica's admin API applies here within this
-    /// time; on the replica that changed it, at once.
+    /// minting tokens before reading it in full again, in seconds (0 to 60;
+    /// 0: read on every mint). Every use re-validates it against the store
+    /// (the stored hook's fingerprint, or that an absent hook is still
+    /// absent), so a hook added, changed or removed through any replica
+    /// applies on every replica at once.
     pub config_cache_secs: u64,
 }
 

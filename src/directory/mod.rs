@@ -61,6 +61,12 @@ pub struct User {
     /// The connection's incarnation the user was provisioned under.
     #[serde(default)]
     pub connection_incarnation: String,
+    /// Unix seconds: access tokens issued (`iat`), and codes and refresh
+    /// families authenticated (`auth_time`), before this are refused: the
+    /// account's password was reset or changed then. Kept in the user
+    /// record so the liveness read that every token use makes carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<i64>,
 }
 
 /// Whether a sign-in created the user.
@@ -251,9 +257,14 @@ impl Directory {
             None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
-        let created_at = match outcome {
-            Provisioned::Created => now,
-            Provisioned::Updated => self.get(tenant, &sub).await?.map_or(now, |u| u.created_at),
+        // A returning user keeps its creation time and its credentials'
+        // "not before" stamp (a sign-in must never lift it).
+        let (created_at, not_before) = match outcome {
+            Provisioned::Created => (now, None),
+            Provisioned::Updated => self
+                .get(tenant, &sub)
+                .await?
+                .map_or((now, None), |u| (u.created_at, u.not_before)),
         };
         let user = User {
             sub: sub.clone(),
@@ -270,6 +281,7 @@ impl Directory {
             updated_at: now,
             tenant_incarnation: inc.tenant,
             connection_incarnation: inc.connection,
+            not_before,
         };
         self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
         self.store.set_add(&index_key(tenant), &sub, None).await?;
@@ -379,6 +391,34 @@ impl Directory {
             return Ok(Err(Inactive::UserDisabled));
         }
         Ok(Ok(user))
+    }
+
+    /// Refuses everything issued to the user before `at` (Unix seconds):
+    /// access tokens by `iat`, codes and refresh families by `auth_time`
+    /// (see [`User::not_before`]). Never moves the stamp back. Written with
+    /// a compare-and-set against the bytes read, retried a few times, so a
+    /// concurrent profile write is not lost and does not lose the stamp
+    /// (provisioning carries it over). `false` if there is no such user.
+    pub async fn set_not_before(&self, tenant: &TenantId, sub: &str, at: i64) -> Result<bool, StoreError> {
+        let key = user_key(tenant, sub);
+        for _ in 0..5 {
+            let Some(raw) = self.store.get(&key).await? else {
+                return Ok(false);
+            };
+            let mut user: User =
+                serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(format!("user {sub}: {e}")))?;
+            if user.not_before.is_some_and(|nb| nb >= at) {
+                return Ok(true);
+            }
+            user.not_before = Some(at);
+            let new = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if self.store.compare_and_put(&key, &raw, &new, None).await? {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "user {sub} kept changing while its credentials were reset"
+        )))
     }
 
     /// Whether the user is disabled.

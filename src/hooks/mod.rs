@@ -380,12 +380,13 @@ impl Hooks {
     /// A cached hook is re-validated on every use by its stored bytes'
     /// fingerprint (one small read), so a hook removed or changed on another
     /// replica is never called again once the change is written; it is read
-    /// in full again at most once per `config_cache`. An absent hook is
-    /// cached for `config_cache` without a read, so a tenant without hooks
-    /// costs no store round trip per token (a hook added on another replica
-    /// applies here within `config_cache`). A change made on this replica
-    /// applies at once. Keyed by configuration: bounded by tenants × kinds,
-    /// cleared when full.
+    /// in full again at most once per `config_cache`. A cached absence is
+    /// re-validated on every use too, by `Store::exists` (one small read
+    /// that transfers no value), so a hook added on another replica is
+    /// called from the next use on, on every replica; the caller sends that
+    /// read together with its other reads, so it adds no round trip. A
+    /// change made on this replica applies at once. Keyed by configuration:
+    /// bounded by tenants × kinds, cleared when full.
     pub async fn get_cached(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, StoreError> {
         let ttl = i64::try_from(self.config.config_cache.as_millis()).unwrap_or(i64::MAX);
         let now = self.now_ms();
@@ -402,7 +403,12 @@ impl Hooks {
         }
         if let Some(c) = kept {
             match (c.hook, c.fingerprint) {
-                (None, _) => return Ok(None),
+                // Still absent (added elsewhere: read it below).
+                (None, _) => {
+                    if !self.store.exists(&store_key).await? {
+                        return Ok(None);
+                    }
+                }
                 (Some(hook), Some(fingerprint)) => match self.store.fingerprint(&store_key).await? {
                     Some(now_fp) if now_fp == fingerprint => return Ok(Some(hook)),
                     None => {

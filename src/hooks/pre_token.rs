@@ -60,6 +60,7 @@ pub const PROTECTED: &[&str] = &[
     "connection",
     "email",
     "email_verified",
+    "subject_jti",
 ];
 
 /// The most claims one answer may add or override per token.

@@ -11,6 +11,7 @@
 use super::flows::{self, check_csrf, issue_csrf, Csrf, CSRF_FIELD};
 use super::pages;
 use super::AppState;
+use crate::broker::session::SESSION_FIELD;
 use crate::ids::{ConnectionId, TenantId};
 use crate::local::challenge::{Asked, SignInStep, CHALLENGE_SESSION_FIELD};
 use crate::local::SignInMode;
@@ -33,14 +34,29 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/local/{tenant}/{connection}/sign-in", get(sign_in_form).post(sign_in))
         .route("/local/{tenant}/{connection}/challenge", post(challenge))
         .route("/local/{tenant}/{connection}/callback", get(callback))
-        .route("/local/{tenant}/{connection}/sign-up", get(sign_up_form).post(sign_up))
-        .route("/local/{tenant}/{connection}/confirm", get(confirm_form).post(confirm))
-        .route("/local/{tenant}/{connection}/resend", get(resend_form).post(resend))
-        .route("/local/{tenant}/{connection}/forgot", get(forgot_form).post(forgot))
-        .route("/local/{tenant}/{connection}/reset", get(reset_form).post(reset))
+        .route(
+            "/local/{tenant}/{connection}/sign-up",
+            get(show_page::<SIGN_UP>).post(submit::<SIGN_UP>),
+        )
+        .route(
+            "/local/{tenant}/{connection}/confirm",
+            get(show_page::<CONFIRM>).post(submit::<CONFIRM>),
+        )
+        .route(
+            "/local/{tenant}/{connection}/resend",
+            get(show_page::<RESEND>).post(submit::<RESEND>),
+        )
+        .route(
+            "/local/{tenant}/{connection}/forgot",
+            get(show_page::<FORGOT>).post(submit::<FORGOT>),
+        )
+        .route(
+            "/local/{tenant}/{connection}/reset",
+            get(show_page::<RESET>).post(submit::<RESET>),
+        )
         .route(
             "/local/{tenant}/{connection}/change-password",
-            get(change_form).post(change_password),
+            get(show_page::<CHANGE>).post(submit::<CHANGE>),
         )
 }
 
@@ -328,6 +344,14 @@ async fn show(
         Ok(c) => c,
         Err(r) => return r,
     };
+    let signed_in = if kind == Kind::Change {
+        match signed_in_account(app, session, l).await {
+            Ok(a) => a,
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
     let v = |k: &str| form.get(k).cloned().unwrap_or_default();
     let email = if v("email").is_empty() {
         v("login_hint")
@@ -435,18 +459,25 @@ async fn show(
             "Set the new password",
             vec![(l.url(app, "forgot"), "Send a new code".to_owned()), sign_in],
         ),
-        Kind::Change => (
-            "Change password",
-            None,
-            vec![
-                Field::email(&email),
+        Kind::Change => {
+            let mut fields = vec![
                 Field::password("current_password", "Current password", "current-password"),
                 Field::password("password", "New password", "new-password").hint(policy_hint.clone()),
                 Field::password("password_confirm", "Repeat the new password", "new-password"),
-            ],
-            "Change password",
-            vec![sign_in],
-        ),
+            ];
+            // Signed in here: the session names the account, no address asked.
+            let intro = if signed_in.is_some() {
+                Some("You are signed in. Enter your current password and choose a new one. Every session of your account ends, and you sign in again with the new password.")
+            } else {
+                fields.insert(0, Field::email(&email));
+                None
+            };
+            ("Change password", intro, fields, "Change password", vec![sign_in])
+        }
+    };
+    let intro = match (&signed_in, intro) {
+        (Some(a), Some(i)) => Some(format!("{i} Account: {}.", a.email)),
+        (_, i) => i.map(str::to_owned),
     };
     let (error, reason) = match &say.error {
         Some((m, r)) => (Some(m.clone()), Some((*r).to_owned())),
@@ -466,7 +497,7 @@ async fn show(
         stylesheet: app.upstream.public("portal/portal.css").to_string(),
         title: title.to_owned(),
         tenant_name: l.tenant_name.clone(),
-        intro: intro.map(str::to_owned),
+        intro,
         notice: say.notice,
         error,
         reason,
@@ -513,7 +544,18 @@ async fn page_get(app: &AppState, session: &Session, tenant: &str, connection: &
         )
         .await;
     }
-    show(app, session, &l, kind, StatusCode::OK, Say::default(), &q).await
+    // The message a successful form left for this page, shown once.
+    let mut q = q;
+    let say = match take_flash(session, &l, kind).await {
+        Some(f) => {
+            if let Some(email) = f.email {
+                q.entry("email".to_owned()).or_insert(email);
+            }
+            Say::notice(f.notice)
+        }
+        None => Say::default(),
+    };
+    show(app, session, &l, kind, StatusCode::OK, say, &q).await
 }
 
 /// Resolves the connection and checks the form's CSRF token; `Err` is the answer.
@@ -898,289 +940,289 @@ async fn callback(
     flows::complete(&app, &session, &tenant, &connection, params, fresh.as_ref()).await
 }
 
-async fn sign_up_form(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
-) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::SignUp).await
-}
+/// A local page's kind as a const parameter, so one GET and one POST
+/// handler serve every form page (`show_page::<SIGN_UP>`...).
+const SIGN_UP: u8 = 1;
+const CONFIRM: u8 = 2;
+const RESEND: u8 = 3;
+const FORGOT: u8 = 4;
+const RESET: u8 = 5;
+const CHANGE: u8 = 6;
 
-async fn sign_up(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
-) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::SignUp).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let password = secret(&form, "password");
-    if !password.matches(&field(&form, "password_confirm")) {
-        return refused(&app, &session, &l, Kind::SignUp, mismatch(), &form).await;
-    }
-    let profile = Profile {
-        given_name: Some(field(&form, "given_name")),
-        family_name: Some(field(&form, "family_name")),
-    };
-    match app
-        .accounts
-        .sign_up(
-            &l.t,
-            &l.tenant_name,
-            &l.c,
-            &l.cfg,
-            &field(&form, "email"),
-            &password,
-            profile,
-        )
-        .await
-    {
-        // The same answer whether or not the address had an account.
-        Ok(()) => {
-            show(
-                &app,
-                &session,
-                &l,
-                Kind::Confirm,
-                StatusCode::OK,
-                Say::notice("If this address can be used, we have sent a 6-digit code to it. Enter it below."),
-                &form,
-            )
-            .await
+impl Kind {
+    fn of(k: u8) -> Self {
+        match k {
+            SIGN_UP => Self::SignUp,
+            CONFIRM => Self::Confirm,
+            RESEND => Self::Resend,
+            FORGOT => Self::Forgot,
+            RESET => Self::Reset,
+            CHANGE => Self::Change,
+            _ => Self::SignIn,
         }
-        Err(e) => refused(&app, &session, &l, Kind::SignUp, e, &form).await,
     }
 }
 
-async fn confirm_form(
+/// `GET` of a form page (with the one-time message a redirect left for it).
+async fn show_page<const K: u8>(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
     Query(q): Query<Form_>,
 ) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::Confirm).await
+    page_get(&app, &session, &tenant, &connection, q, Kind::of(K)).await
 }
 
-async fn confirm(
+/// `POST` of a form page: connection and CSRF check, the accounts domain,
+/// then Post/Redirect/Get: success answers 303 to the next page (its
+/// message kept for it in the session, once), so a reload or "back" never
+/// sends the form again; a refusal shows the form again with its status
+/// (400/401/403/429...) and reason code.
+async fn submit<const K: u8>(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
     Form(form): Form<Form_>,
 ) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Confirm).await {
+    let kind = Kind::of(K);
+    let l = match post_prelude(&app, &session, &tenant, &connection, &form, kind).await {
         Ok(l) => l,
         Err(r) => return r,
     };
-    match app
-        .accounts
-        .confirm(&l.t, &l.c, &field(&form, "email"), &field(&form, "code"))
-        .await
+    let account = if kind == Kind::Change {
+        match signed_in_account(&app, &session, &l).await {
+            Ok(a) => a,
+            Err(r) => return r,
+        }
+    } else {
+        None
+    };
+    match act(&app, &l, kind, &form, account.as_ref()).await {
+        Ok(done) => {
+            if done.sign_out {
+                // The change ended every session of the account, this
+                // browser's too: forget its id here as well.
+                let mut sso = flows::load_sso(&session).await;
+                sso.remove(l.t.as_str());
+                if let Err(e) = session.insert(SESSION_FIELD, &sso).await {
+                    return flows::session_failed(e);
+                }
+            }
+            let flash = Flash {
+                tenant: l.t.to_string(),
+                connection: l.c.to_string(),
+                page: done.next.page().to_owned(),
+                notice: done.notice.to_owned(),
+                email: done.email,
+            };
+            if let Err(e) = session.insert(FLASH_FIELD, &flash).await {
+                return flows::session_failed(e);
+            }
+            tracing::info!(reason = done.reason, tenant = %l.t, connection = %l.c, page = kind.page());
+            Redirect::to(&l.url(&app, done.next.page())).into_response()
+        }
+        Err(e) => refused(&app, &session, &l, kind, e, &form).await,
+    }
+}
+
+/// What a successful form leads to.
+struct Done {
+    /// The page the browser is sent to.
+    next: Kind,
+    /// The message that page shows once.
+    notice: &'static str,
+    /// The address that page's form is filled with.
+    email: Option<String>,
+    /// The stable code logged for the success.
+    reason: &'static str,
+    /// Whether this browser's SSO session for the tenant ended.
+    sign_out: bool,
+}
+
+impl Done {
+    fn to(next: Kind, notice: &'static str, email: Option<String>, reason: &'static str) -> Self {
+        Self {
+            next,
+            notice,
+            email,
+            reason,
+            sign_out: false,
+        }
+    }
+}
+
+/// The accounts domain's part of each form page.
+async fn act(
+    app: &AppState,
+    l: &Local,
+    kind: Kind,
+    form: &Form_,
+    account: Option<&SignedInAccount>,
+) -> Result<Done, LocalError> {
+    let email = field(form, "email");
+    // The address the next page is filled with (never one that is not an address).
+    let keep = crate::local::normalise_email(&email);
+    let password = secret(form, "password");
+    if matches!(kind, Kind::SignUp | Kind::Reset | Kind::Change) && !password.matches(&field(form, "password_confirm"))
     {
-        Ok(_) => {
-            show(
-                &app,
-                &session,
-                &l,
+        return Err(mismatch());
+    }
+    let a = &app.accounts;
+    match kind {
+        Kind::SignUp => {
+            let profile = Profile {
+                given_name: Some(field(form, "given_name")),
+                family_name: Some(field(form, "family_name")),
+            };
+            a.sign_up(&l.t, &l.tenant_name, &l.c, &l.cfg, &email, &password, profile)
+                .await?;
+            // The same answer whether or not the address had an account.
+            Ok(Done::to(
+                Kind::Confirm,
+                "If this address can be used, we have sent a 6-digit code to it. Enter it below.",
+                keep,
+                "local.sign_up_accepted",
+            ))
+        }
+        Kind::Confirm => {
+            a.confirm(&l.t, &l.c, &email, &field(form, "code")).await?;
+            Ok(Done::to(
                 Kind::SignIn,
-                StatusCode::OK,
-                Say::notice("Your email address is confirmed. You can sign in now."),
-                &form,
-            )
-            .await
+                "Your email address is confirmed. You can sign in now.",
+                keep,
+                "local.confirmed",
+            ))
         }
-        Err(e) => refused(&app, &session, &l, Kind::Confirm, e, &form).await,
-    }
-}
-
-async fn resend_form(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
-) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::Resend).await
-}
-
-async fn resend(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
-) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Resend).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    match app
-        .accounts
-        .resend(&l.t, &l.tenant_name, &l.c, &l.cfg, &field(&form, "email"))
-        .await
-    {
-        Ok(()) => {
-            show(
-                &app,
-                &session,
-                &l,
+        Kind::Resend => {
+            a.resend(&l.t, &l.tenant_name, &l.c, &l.cfg, &email).await?;
+            Ok(Done::to(
                 Kind::Confirm,
-                StatusCode::OK,
-                Say::notice("If this address has an account waiting for confirmation, we have sent a new code to it."),
-                &form,
-            )
-            .await
+                "If this address has an account waiting for confirmation, we have sent a new code to it.",
+                keep,
+                "local.resend_accepted",
+            ))
         }
-        Err(e) => refused(&app, &session, &l, Kind::Resend, e, &form).await,
-    }
-}
-
-async fn forgot_form(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
-) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::Forgot).await
-}
-
-async fn forgot(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
-) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Forgot).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    match app
-        .accounts
-        .forgot(&l.t, &l.tenant_name, &l.c, &l.cfg, &field(&form, "email"))
-        .await
-    {
-        Ok(()) => {
-            show(
-                &app,
-                &session,
-                &l,
+        Kind::Forgot => {
+            a.forgot(&l.t, &l.tenant_name, &l.c, &l.cfg, &email).await?;
+            Ok(Done::to(
                 Kind::Reset,
-                StatusCode::OK,
-                Say::notice("If this address has an account, we have sent a 6-digit code to it."),
-                &form,
-            )
-            .await
+                "If this address has an account, we have sent a 6-digit code to it.",
+                keep,
+                "local.forgot_accepted",
+            ))
         }
-        Err(e) => refused(&app, &session, &l, Kind::Forgot, e, &form).await,
-    }
-}
-
-async fn reset_form(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
-) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::Reset).await
-}
-
-async fn reset(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
-) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Reset).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let password = secret(&form, "password");
-    if !password.matches(&field(&form, "password_confirm")) {
-        return refused(&app, &session, &l, Kind::Reset, mismatch(), &form).await;
-    }
-    match app
-        .accounts
-        .reset(
-            &l.t,
-            &l.c,
-            &l.cfg,
-            &field(&form, "email"),
-            &field(&form, "code"),
-            &password,
-        )
-        .await
-    {
-        Ok(user) => {
-            // Whoever knew the old password is signed out everywhere.
-            if let Err(e) = app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await {
-                return flows::store_unavailable(&e);
-            }
-            show(
-                &app,
-                &session,
-                &l,
+        Kind::Reset => {
+            let user = a
+                .reset(&l.t, &l.c, &l.cfg, &email, &field(form, "code"), &password)
+                .await?;
+            // Whoever knew the old password is signed out everywhere, and
+            // the tokens issued before are refused (`token.credentials_reset`).
+            app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await?;
+            Ok(Done::to(
                 Kind::SignIn,
-                StatusCode::OK,
-                Say::notice("Your password has been changed. You can sign in with it now."),
-                &form,
-            )
-            .await
+                "Your password has been changed. You can sign in with it now.",
+                keep,
+                "local.password_reset",
+            ))
         }
-        Err(e) => refused(&app, &session, &l, Kind::Reset, e, &form).await,
-    }
-}
-
-async fn change_form(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
-) -> Response {
-    page_get(&app, &session, &tenant, &connection, q, Kind::Change).await
-}
-
-async fn change_password(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
-) -> Response {
-    let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::Change).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let password = secret(&form, "password");
-    if !password.matches(&field(&form, "password_confirm")) {
-        return refused(&app, &session, &l, Kind::Change, mismatch(), &form).await;
-    }
-    match app
-        .accounts
-        .change_password(
-            &l.t,
-            &l.c,
-            &l.cfg,
-            &field(&form, "email"),
-            &secret(&form, "current_password"),
-            &password,
-        )
-        .await
-    {
-        Ok(user) => {
-            // Whoever knew the old password is signed out everywhere.
-            if let Err(e) = app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await {
-                return flows::store_unavailable(&e);
+        Kind::Change => {
+            // Signed in: the session's account, whatever the form says.
+            let email = account.map_or(email, |s| s.email.clone());
+            let user = a
+                .change_password(&l.t, &l.c, &l.cfg, &email, &secret(form, "current_password"), &password)
+                .await?;
+            if account.is_some_and(|s| s.subject != user.subject) {
+                // The account behind the address is not the session's
+                // (deleted and created again meanwhile): nothing more.
+                return Err(LocalError::Refused {
+                    reason: "local.session_account_changed",
+                    message: "Your session no longer matches this account. Please sign in again.",
+                    retry_after: None,
+                });
             }
-            show(
-                &app,
-                &session,
-                &l,
-                Kind::SignIn,
-                StatusCode::OK,
-                Say::notice("Your password has been changed."),
-                &form,
-            )
-            .await
+            // Every session and refresh family of the account ends, this
+            // browser's included, and earlier tokens are refused: signing
+            // in again with the new password is the proof it works.
+            app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await?;
+            Ok(Done {
+                sign_out: account.is_some(),
+                ..Done::to(
+                    Kind::SignIn,
+                    "Your password has been changed. Sign in with the new password.",
+                    Some(user.email),
+                    "local.password_changed",
+                )
+            })
         }
-        Err(e) => refused(&app, &session, &l, Kind::Change, e, &form).await,
+        Kind::SignIn => Err(LocalError::Refused {
+            reason: "local.bad_request",
+            message: "This form cannot be sent here.",
+            retry_after: None,
+        }),
     }
+}
+
+/// The local account this browser is signed in with on `l`'s connection
+/// (its SSO session for the tenant, through that connection, of a user
+/// that is still active and whose account still exists), if any.
+struct SignedInAccount {
+    email: String,
+    subject: String,
+}
+
+async fn signed_in_account(app: &AppState, session: &Session, l: &Local) -> Result<Option<SignedInAccount>, Response> {
+    let sso = flows::load_sso(session).await;
+    let found = async {
+        let Some(s) = crate::broker::session::load(&app.store, &sso, &l.t).await? else {
+            return Ok(None);
+        };
+        if s.connection != l.c {
+            return Ok(None);
+        }
+        let Ok(user) = app.provider.directory.active(&l.t, &s.sub).await? else {
+            return Ok(None);
+        };
+        let Some(email) = user.email.as_deref() else {
+            return Ok(None);
+        };
+        Ok::<_, crate::store::StoreError>(
+            app.accounts
+                .get(&l.t, &l.c, email)
+                .await?
+                .filter(|a| a.subject == user.upstream_subject)
+                .map(|a| SignedInAccount {
+                    email: a.email,
+                    subject: a.subject,
+                }),
+        )
+    };
+    found.await.map_err(|e| flows::store_unavailable(&e))
+}
+
+/// The key of [`Flash`] in the browser session.
+const FLASH_FIELD: &str = "local.flash";
+
+/// A message a successful form leaves for the page it redirects to, shown
+/// once (taken on that page's GET), with the address to fill in.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Flash {
+    tenant: String,
+    connection: String,
+    page: String,
+    notice: String,
+    email: Option<String>,
+}
+
+/// Takes the message left for `kind` on `l`, if any (one left for another
+/// page is dropped too: it was never followed).
+async fn take_flash(session: &Session, l: &Local, kind: Kind) -> Option<Flash> {
+    let flash = match session.remove::<Flash>(FLASH_FIELD).await {
+        Ok(f) => f,
+        // Unreadable: as if none (it only carries a message).
+        Err(e) => {
+            tracing::warn!(reason = "local.flash_unreadable", error = %e, tenant = %l.t, connection = %l.c);
+            None
+        }
+    };
+    flash.filter(|f| f.tenant == l.t.as_str() && f.connection == l.c.as_str() && f.page == kind.page())
 }

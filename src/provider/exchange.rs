@@ -63,7 +63,7 @@ pub const RULE_CLAIMS: [&str; 8] = [
 ];
 
 /// Claims a rule can never set: the token's identity, audience and lifetime.
-const PROTECTED_CLAIMS: [&str; 17] = [
+const PROTECTED_CLAIMS: [&str; 18] = [
     "iss",
     "sub",
     "aud",
@@ -81,7 +81,12 @@ const PROTECTED_CLAIMS: [&str; 17] = [
     "azp",
     "cnf",
     "amr",
+    "subject_jti",
 ];
+
+/// How many exchanges deep a token may be (an exchanged token exchanged
+/// again...): each one's link to its subject tokens is checked on use.
+pub const MAX_EXCHANGE_DEPTH: usize = 4;
 
 /// The condition of a rule: the user's claim `claim` equals `equals` (for
 /// `groups`: the user is a member of the group `equals`).
@@ -514,6 +519,17 @@ impl Provider {
                 "None of the requested scopes can be granted for this resource.",
             ));
         }
+        // The link to the subject token (and to what it was exchanged for),
+        // so revoking any of them refuses this token on use.
+        let mut subject_jti = Vec::with_capacity(subject.subject_jti.len() + 1);
+        subject_jti.push(subject.jti.clone());
+        subject_jti.extend(subject.subject_jti.iter().cloned());
+        if subject_jti.len() > MAX_EXCHANGE_DEPTH {
+            return Err(refuse(
+                "exchange.too_deep",
+                "The subject_token was itself exchanged too many times.",
+            ));
+        }
         let now = self.clock.unix();
         let exp = (now + EXCHANGED_TOKEN_TTL_SECS).min(subject.exp);
         let claims = ExchangedClaims {
@@ -529,6 +545,7 @@ impl Provider {
                 tenant: Some(tenant.to_string()),
                 auth_time: subject.auth_time,
                 sid: subject.sid.clone(),
+                subject_jti,
             },
             extra,
         };
@@ -585,6 +602,7 @@ mod tests {
             updated_at: DateTime::<Utc>::MIN_UTC,
             tenant_incarnation: String::new(),
             connection_incarnation: String::new(),
+            not_before: None,
         }
     }
 

@@ -9,7 +9,7 @@ use super::scopes::{invalid_target, Grant, Subject};
 use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
-use crate::store::Key;
+use crate::store::{Key, StoreError};
 use crate::tenant::FreshTenant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -113,6 +113,12 @@ pub struct AccessClaims {
     /// SSO session id (absent for `client_credentials`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// An exchanged token (RFC 8693): the `jti` of the subject token it was
+    /// exchanged for, then those that token was itself exchanged for
+    /// (at most [`super::exchange::MAX_EXCHANGE_DEPTH`]). Revoking any of
+    /// them refuses this token too (`token.subject_revoked`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_jti: Vec<String>,
 }
 
 fn pkce_ok(challenge: &str, verifier: &str) -> bool {
@@ -247,6 +253,7 @@ impl Provider {
             tenant: None,
             auth_time: None,
             sid: None,
+            subject_jti: Vec::new(),
         };
         let access_token = self.keys.signer().await?.sign("at+jwt", &access)?;
         tracing::info!(reason = "client_credentials.issued", client_id = %client.client_id, aud = %access.aud);
@@ -339,6 +346,10 @@ impl Provider {
                 return Err(OAuthError::invalid_grant(reason, inactive_description(why)));
             }
         };
+        if credentials_reset_since(&user, authz.auth_time) {
+            tracing::info!(reason = "code.credentials_reset", tenant = %authz.tenant, client_id = %client.client_id);
+            return Err(OAuthError::invalid_grant("code.credentials_reset", CREDENTIALS_RESET));
+        }
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
                 "code.redirect_uri_mismatch",
@@ -574,6 +585,9 @@ impl Provider {
                 inactive_description(Inactive::Superseded),
             )));
         }
+        if credentials_reset_since(&user, authz.auth_time) {
+            return Ok(Err(("refresh.credentials_reset", CREDENTIALS_RESET)));
+        }
         Ok(Ok(user))
     }
 
@@ -601,7 +615,10 @@ impl Provider {
         user: Option<&User>,
     ) -> Result<Prepared, OAuthError> {
         let now = self.clock.unix();
-        let grant: Grant = self.effective_grant(client, authz).await?;
+        // The tenant's pre-token hook is looked up alongside the grant
+        // decision's reads (its presence is checked on every mint).
+        let (grant, hook): (Grant, _) =
+            tokio::try_join!(self.effective_grant(client, authz), self.pre_token_hook(authz))?;
         let scope = grant.scope.join(" ");
         let at_ttl = self.ttl.access_token_ttl_secs;
         let access = AccessClaims {
@@ -616,6 +633,7 @@ impl Provider {
             tenant: Some(authz.tenant.to_string()),
             auth_time: Some(authz.auth_time),
             sid: Some(authz.sid.clone()),
+            subject_jti: Vec::new(),
         };
         let read;
         let user: Option<&User> = if with_id_token {
@@ -669,7 +687,7 @@ impl Provider {
         // suppress claims (provider/pre_token.rs); a failing hook fails the
         // request, so no token is ever issued without it.
         let (access_claims, id_claims) = self
-            .pre_token(authz, &grant.scope, access_claims, id_claims, user)
+            .pre_token(hook, authz, &grant.scope, access_claims, id_claims, user)
             .await?;
         // One key snapshot for both tokens, so `at_hash` follows the algorithm
         // of the key that really signs, even across a rotation.
@@ -775,8 +793,9 @@ impl Provider {
             .map_err(|_| OAuthError::invalid_token("token.invalid", "The access token is invalid."))?;
         // Independent reads, sent together: this runs on every API call.
         let revoked_key = revoked_key(&tenant, &claims.jti);
-        let (revoked, active, client, retired_at) = tokio::try_join!(
+        let (revoked, subject_revoked, active, client, retired_at) = tokio::try_join!(
             self.store.get(&revoked_key),
+            self.any_revoked(&tenant, &claims.subject_jti),
             self.directory.active(&tenant, &claims.sub),
             self.clients.get(&claims.client_id),
             self.client_retired_at(&claims.client_id)
@@ -785,6 +804,13 @@ impl Provider {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
                 "The access token has been revoked.",
+            ));
+        }
+        // An exchanged token dies with the token it was exchanged for.
+        if subject_revoked {
+            return Err(OAuthError::invalid_token(
+                "token.subject_revoked",
+                "The token this one was exchanged for has been revoked.",
             ));
         }
         let user = match active {
@@ -800,6 +826,10 @@ impl Provider {
                 return Err(OAuthError::invalid_token(reason, inactive_description(why)));
             }
         };
+        // The stamp is in the user record the liveness check just read.
+        if credentials_reset_since(&user, claims.iat) {
+            return Err(OAuthError::invalid_token("token.credentials_reset", CREDENTIALS_RESET));
+        }
         match client {
             Some(c) if c.allows_tenant(&tenant) => {}
             Some(_) => {
@@ -822,6 +852,17 @@ impl Provider {
             ));
         }
         Ok((claims, Some(user)))
+    }
+
+    /// Whether any of `jtis` (an exchanged token's subject tokens) was
+    /// revoked. No read for an ordinary token; the chain is short.
+    async fn any_revoked(&self, tenant: &TenantId, jtis: &[String]) -> Result<bool, StoreError> {
+        for jti in jtis {
+            if self.store.get(&revoked_key(tenant, jti)).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Userinfo for a valid access token.
@@ -936,6 +977,17 @@ fn inactive_description(why: Inactive) -> &'static str {
         Inactive::UserGone | Inactive::Superseded => "The user no longer exists.",
         Inactive::UserDisabled => "The user is disabled.",
     }
+}
+
+/// The user-safe description of a refusal after a credentials reset.
+const CREDENTIALS_RESET: &str = "The user's password was reset or changed after this was issued.";
+
+/// Whether the user's password was reset or changed after `at` (an `iat`
+/// or `auth_time`, Unix seconds): then what was issued at `at` is refused.
+/// Same-second issues pass (as Keycloak's not-before does): the sessions
+/// and refresh families that could issue them were ended with the stamp.
+fn credentials_reset_since(user: &User, at: i64) -> bool {
+    user.not_before.is_some_and(|nb| at < nb)
 }
 
 fn revoked_key(tenant: &TenantId, jti: &str) -> Key {

@@ -8,26 +8,34 @@
 use super::codes::Authorization;
 use super::{OAuthError, Provider};
 use crate::directory::User;
-use crate::hooks::{pre_token, HookError, HookKind};
+use crate::hooks::{pre_token, HookConfig, HookError, HookKind};
 use serde_json::{Map, Value};
 
 impl Provider {
-    /// Runs the tenant's pre-token-generation hook, if any, over the claims
+    /// The tenant's pre-token-generation hook, if configured (the
+    /// per-replica cache, re-validated against the store on every call).
+    pub(super) async fn pre_token_hook(&self, authz: &Authorization) -> Result<Option<HookConfig>, OAuthError> {
+        let Some(hooks) = &self.hooks else {
+            return Ok(None);
+        };
+        Ok(hooks.get_cached(&authz.tenant, HookKind::PreTokenGeneration).await?)
+    }
+
+    /// Runs the tenant's pre-token-generation hook `hook` (from
+    /// [`Self::pre_token_hook`] in this request), if any, over the claims
     /// about to be issued: `access` (the access token's claims) and `id` (the
     /// ID token's, when one is issued; `at_hash` is added after). `user` is
     /// the user when the caller has read it already.
     pub(super) async fn pre_token(
         &self,
+        hook: Option<HookConfig>,
         authz: &Authorization,
         scopes: &[String],
         mut access: Map<String, Value>,
         mut id: Option<Map<String, Value>>,
         user: Option<&User>,
     ) -> Result<(Map<String, Value>, Option<Map<String, Value>>), OAuthError> {
-        let Some(hooks) = &self.hooks else {
-            return Ok((access, id));
-        };
-        let Some(hook) = hooks.get_cached(&authz.tenant, HookKind::PreTokenGeneration).await? else {
+        let (Some(hooks), Some(hook)) = (&self.hooks, hook) else {
             return Ok((access, id));
         };
         let read;

@@ -506,21 +506,27 @@ async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
     );
 }
 
-/// A hook removed on one replica is not called by another: the next token
-/// minted there is without it (the cached configuration is re-validated).
-#[tokio::test]
-async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+/// Two dev gateways over one Redis, with a long hook-configuration cache
+/// (so that anything remembered for it would show).
+async fn two_replicas() -> (TestApp, TestApp) {
     let prefix = crate::support::redis::prefix();
     let spawn = || {
         spawn_app(AppOptions {
             dev: true,
             redis_url: Some(crate::support::redis::url()),
             redis_prefix: Some(prefix.clone()),
+            tweak: Some(|s| s.hooks.config_cache_secs = 60),
             ..AppOptions::default()
         })
     };
-    let a = spawn().await;
-    let b = spawn().await;
+    (spawn().await, spawn().await)
+}
+
+/// A hook removed on one replica is not called by another: the next token
+/// minted there is without it (the cached configuration is re-validated).
+#[tokio::test]
+async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
+    let (a, b) = two_replicas().await;
     let hooks = HookServer::start(system_clock()).await;
     let rp = register(&a, "hook-two-replicas").await;
     configure(&a, &hooks, PRE, "pre", 2000).await;
@@ -546,4 +552,32 @@ async fn a_hook_removed_on_one_replica_is_not_called_by_another() {
         .unwrap();
     assert!(claims(next["access_token"].as_str().unwrap()).get("plan").is_none());
     assert_eq!(hooks.calls_to("pre").len(), 1, "the removed hook is not called");
+}
+
+/// A hook added on one replica is called by another from its next token on,
+/// although that replica had just found (and cached) no hook: an absence is
+/// re-validated on every use, not kept for `[hooks] config_cache_secs`.
+#[tokio::test]
+async fn a_hook_added_on_one_replica_is_called_by_another_at_once() {
+    let (a, b) = two_replicas().await;
+    let hooks = HookServer::start(system_clock()).await;
+    hooks.behave(
+        "pre",
+        Behavior::Answer(json!({"access_token": {"claims_to_add_or_override": {"plan": "gold"}}})),
+    );
+    let rp = register(&a, "hook-added-two-replicas").await;
+    let mut browser = Browser::new();
+
+    // Replica B mints without a hook (and remembers that there is none).
+    let code = sign_in(&b, &mut browser, &rp, "ida@hooks.example").await;
+    let first = redeem(&b, &rp, &code).await.unwrap();
+    assert!(claims(first["access_token"].as_str().unwrap()).get("plan").is_none());
+
+    // Added on replica A: B's next token goes through it at once.
+    configure(&a, &hooks, PRE, "pre", 2000).await;
+    let next = refresh(&b, &rp, first["refresh_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(claims(next["access_token"].as_str().unwrap())["plan"], "gold");
+    assert_eq!(hooks.calls_to("pre").len(), 1, "the added hook is called");
 }

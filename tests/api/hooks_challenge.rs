@@ -14,6 +14,7 @@
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav, Page};
 use crate::support::hooks::{Behavior, HookServer, PRIVATE_MARKER};
+use crate::support::local::{assert_reason, pkce, Pkce};
 use portcullis::clock::SystemClock;
 use portcullis::ids::{ConnectionId, TenantId};
 use portcullis::secret::Secret;
@@ -78,17 +79,6 @@ async fn setup(app: &TestApp, hooks: &HookServer) {
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     hooks.set_secret(answer["secret"].as_str().unwrap());
     hooks.behave("challenge", Behavior::Arithmetic);
-}
-
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn pkce() -> Pkce {
-    let verifier = portcullis::tokens::random_token(32);
-    let challenge = portcullis::tokens::sha256_base64url(verifier.as_bytes());
-    Pkce { verifier, challenge }
 }
 
 /// Starts a sign-in at the app and sends the password: the page that
@@ -162,15 +152,6 @@ async fn answer(
         .verify(tokens["id_token"].as_str().unwrap(), "JWT", &app.state.provider.iss())
         .await
         .unwrap())
-}
-
-fn assert_reason(page: &Page, status: u16, reason: &str) {
-    assert_eq!(page.status.as_u16(), status, "expected {reason}: {}", page.body);
-    assert!(
-        page.body.contains(&format!("<code>{reason}</code>")),
-        "reason {reason} not on the page: {}",
-        page.body
-    );
 }
 
 /// A challenge page: the question as text, no script, a CSRF token, a

@@ -8,6 +8,7 @@
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Page};
 use crate::support::hooks::{Behavior, HookServer};
+use crate::support::local::{assert_reason, link, pkce, Pkce};
 use crate::support::smtp::SmtpServer;
 use portcullis::clock::SystemClock;
 use portcullis::ids::{ConnectionId, TenantId};
@@ -61,17 +62,6 @@ async fn setup(app: &TestApp, hooks: &HookServer, kind: &str, name: &str) {
     hooks.set_secret(answer["secret"].as_str().unwrap());
 }
 
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn pkce() -> Pkce {
-    let verifier = portcullis::tokens::random_token(32);
-    let challenge = portcullis::tokens::sha256_base64url(verifier.as_bytes());
-    Pkce { verifier, challenge }
-}
-
 /// Starts a sign-in at the app: the local sign-in page.
 async fn start(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
     let mut url = app.url("/authorize");
@@ -92,29 +82,6 @@ async fn start(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
         page.body
     );
     page
-}
-
-fn assert_reason(page: &Page, status: u16, reason: &str) {
-    assert_eq!(page.status.as_u16(), status, "expected {reason}: {}", page.body);
-    assert!(
-        page.body.contains(&format!("<code>{reason}</code>")),
-        "reason {reason} not on the page: {}",
-        page.body
-    );
-}
-
-fn link(page: &Page, text: &str) -> Url {
-    let href = page
-        .body
-        .split("<a href=\"")
-        .skip(1)
-        .find_map(|rest| {
-            let (href, after) = rest.split_once('"')?;
-            let label = after.split("</a>").next()?;
-            label.contains(text).then_some(href)
-        })
-        .unwrap_or_else(|| panic!("no link {text:?}: {}", page.body));
-    page.url.join(&href.replace("&amp;", "&")).unwrap()
 }
 
 /// Signs in with `email`/`password` from a fresh sign-in: the app's code

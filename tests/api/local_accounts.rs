@@ -7,6 +7,7 @@
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Page};
+use crate::support::local::{assert_reason, link, pkce, Pkce};
 use crate::support::redis;
 use crate::support::smtp::SmtpServer;
 use reqwest::StatusCode;
@@ -62,17 +63,6 @@ async fn setup(app: &TestApp) {
     app.create_client(CLIENT, "Local app", &[&redirect], true).await;
 }
 
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn pkce() -> Pkce {
-    let verifier = portcullis::tokens::random_token(32);
-    let challenge = portcullis::tokens::sha256_base64url(verifier.as_bytes());
-    Pkce { verifier, challenge }
-}
-
 fn authorize_url(app: &TestApp, p: &Pkce) -> Url {
     let mut url = app.url("/authorize");
     url.query_pairs_mut()
@@ -103,30 +93,6 @@ async fn start(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
         browser.trail()
     );
     page
-}
-
-fn assert_reason(page: &Page, status: u16, reason: &str) {
-    assert_eq!(page.status.as_u16(), status, "expected {reason}: {}", page.body);
-    assert!(
-        page.body.contains(&format!("<code>{reason}</code>")),
-        "reason {reason} not on the page: {}",
-        page.body
-    );
-}
-
-/// The href of the link whose text contains `text`.
-fn link(page: &Page, text: &str) -> Url {
-    let href = page
-        .body
-        .split("<a href=\"")
-        .skip(1)
-        .find_map(|rest| {
-            let (href, after) = rest.split_once('"')?;
-            let label = after.split("</a>").next()?;
-            label.contains(text).then_some(href)
-        })
-        .unwrap_or_else(|| panic!("no link {text:?}: {}", page.body));
-    page.url.join(&href.replace("&amp;", "&")).unwrap()
 }
 
 /// Signs up `email` from the sign-in page and returns the confirm page.

@@ -23,6 +23,8 @@ mod import;
 mod load_smoke;
 mod local_accounts;
 mod local_browser;
+mod local_credentials;
+mod local_pages;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;

@@ -515,11 +515,14 @@ async fn one_sign_in_costs_few_store_round_trips() {
     // taken from the record re-validated in the request (no `EXISTS` on
     // /authorize and the ACS/callback); 45 / 40 (OIDC 18.6 → 18.0 per
     // callback), 11.6 KB / 8.4 KB with a returning user's identity link
-    // read once (before: a refused `put_if_absent`, then a read).
-    println!("BEFORE (previous guard): SAML 48 round trips, 12876 B; OIDC 42 round trips, 9670 B");
+    // read once (before: a refused `put_if_absent`, then a read); 46 / 41
+    // with the pre-token hook's absence re-validated at every mint (one
+    // `EXISTS`, sent together with the grant decision's reads), so a hook
+    // added on another replica applies at once.
+    println!("BEFORE (previous guard): SAML 45 round trips; OIDC 40 round trips");
     println!("AFTER: SAML {saml_trips} round trips, {saml_bytes} B; OIDC {oidc_trips} round trips, {oidc_bytes} B");
-    assert!(saml_trips <= 45, "SAML sign-in: {saml_trips} store round trips");
-    assert!(oidc_trips <= 40, "OIDC sign-in: {oidc_trips} store round trips");
+    assert!(saml_trips <= 46, "SAML sign-in: {saml_trips} store round trips");
+    assert!(oidc_trips <= 41, "OIDC sign-in: {oidc_trips} store round trips");
     assert!(saml_bytes <= 12_000, "SAML sign-in: {saml_bytes} B of keys and values");
     assert!(oidc_bytes <= 9_000, "OIDC sign-in: {oidc_bytes} B of keys and values");
 }

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod gateway;
 pub mod hooks;
 pub mod html_form;
+pub mod local;
 pub mod nginx;
 pub mod oidc_world;
 pub mod peers;
