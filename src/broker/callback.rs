@@ -545,6 +545,7 @@ impl Broker {
             expires_at: v.session_end,
             acr: v.identity.acr.clone(),
             mfa: v.mfa,
+            upstream: Some(v.identity.upstream_refresh_token.is_some()),
         };
         // The tenant's own SSO session lifetime, when it sets one: read
         // with the tenant record while validating (a lifetime, not a check;

@@ -64,6 +64,12 @@ pub struct Authorization {
     /// The authentication context class the IdP reported (the `acr` claim).
     #[serde(default)]
     pub acr: Option<String>,
+    /// Whether the SSO session kept the IdP's refresh token (see
+    /// `broker::session::SsoSession::upstream`): `Some(false)` means the
+    /// refresh grant has no upstream session to check and does not read
+    /// one; `None` (stored before this was recorded) reads it.
+    #[serde(default)]
+    pub upstream_session: Option<bool>,
 }
 
 fn code_hash(code: &str) -> String {
