@@ -199,21 +199,24 @@ impl Directory {
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
         let liveness = self.liveness(tenant, connection).await?;
-        self.provision_live(tenant, connection, identity, liveness).await
+        let (user, outcome, _) = self.provision_live(tenant, connection, identity, liveness).await?;
+        Ok((user, outcome))
     }
 
     /// [`Self::provision`] for the tenant record `tenant_record` and the
     /// connection record `connection_record`, both read (or re-validated by
     /// fingerprint) from the store in this request, never kept in memory
     /// without that: the connection is known to exist, so only its
-    /// incarnation is read. `None`: the tenant is gone.
+    /// incarnation is read. `None`: the tenant is gone. Also answers
+    /// whether the user is disabled, read with the user record in one
+    /// script (a user just created has no flag).
     pub async fn provision_in(
         &self,
         tenant: &TenantId,
         tenant_record: Option<&Tenant>,
         connection_record: &crate::upstream::Connection,
         identity: &Identity,
-    ) -> Result<(User, Provisioned), ProvisionError> {
+    ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let connection = &connection_record.id;
         let liveness = match tenant_record {
             Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(
@@ -234,7 +237,7 @@ impl Directory {
         connection: &ConnectionId,
         identity: &Identity,
         liveness: Liveness,
-    ) -> Result<(User, Provisioned), ProvisionError> {
+    ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let inc = match liveness {
             Liveness::Live(inc) => inc,
             Liveness::TenantGone => return Err(ProvisionError::Inactive(Inactive::TenantGone)),
@@ -260,9 +263,24 @@ impl Directory {
             None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
-        let stored = match outcome {
-            Provisioned::Created => None,
-            Provisioned::Updated => self.get(tenant, &sub).await?,
+        // A returning user's record and disabled flag, one script over
+        // their shared hash tag.
+        let (stored, disabled) = match outcome {
+            Provisioned::Created => (None, false),
+            Provisioned::Updated => {
+                let (user_key, flag_key) = (user_key(tenant, &sub), disabled_key(tenant, &sub));
+                let mut read = self
+                    .store
+                    .read_many(&[(&user_key, Read::Value), (&flag_key, Read::Presence)])
+                    .await?
+                    .into_iter();
+                let stored: Option<User> = read
+                    .next()
+                    .flatten()
+                    .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+                    .transpose()?;
+                (stored, read.next().flatten().is_some())
+            }
         };
         let created_at = stored.as_ref().map_or(now, |u| u.created_at);
         let user = User {
@@ -293,7 +311,7 @@ impl Directory {
             } == stored;
             let recent = stored.updated_at <= now && now - stored.updated_at < LAST_SIGN_IN_RESOLUTION;
             if unchanged && recent {
-                return Ok((stored, outcome));
+                return Ok((stored, outcome, disabled));
             }
         }
         // The index first: a user record is never stored unlisted (should
@@ -305,7 +323,7 @@ impl Directory {
             // Counted once the user is stored (`portcullis_sign_ups_total`).
             crate::meter::sign_up(tenant.as_str(), connection.as_str());
         }
-        Ok((user, outcome))
+        Ok((user, outcome, disabled))
     }
 
     /// The `sub` provisioned for `(connection, upstream subject)` in the
