@@ -355,6 +355,21 @@ impl Store for SealedStore {
         }
     }
 
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // Sealed as `put` seals it; the answer opened as `get` opens it.
+        let sealed = self.seal(key, value)?;
+        match self.inner.put_then_get(key, &sealed, ttl, read).await? {
+            Some(raw) => self.open(read, raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let answers = self.inner.read_many(keys).await?;
         // Values are opened as `get` opens them; a presence needs no unsealing.

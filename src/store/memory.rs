@@ -146,6 +146,41 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if key.tag() != read.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "put_then_get over keys of two hash tags ({{{}}}, ...)",
+                key.tag()
+            )));
+        }
+        let expires = self.deadline(ttl);
+        let now = self.clock.now();
+        // Written and read under one lock, as the Redis script does.
+        self.with(key, true, |m| {
+            m.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires,
+                },
+            );
+            match m.get(read) {
+                Some(e) if e.expires.is_some_and(|x| x <= now) => Ok(None),
+                None => Ok(None),
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => Ok(Some(b.clone())),
+                Some(_) => Err(wrong_type(read)),
+            }
+        })
+    }
+
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         super::one_tag(keys)?;
         let now = self.clock.now();

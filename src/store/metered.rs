@@ -96,6 +96,16 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("get_if_changed", self.inner.get_if_changed(key, known)).await
     }
 
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        measured("put_then_get", self.inner.put_then_get(key, value, ttl, read)).await
+    }
+
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         measured("read_many", self.inner.read_many(keys)).await
     }

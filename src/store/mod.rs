@@ -150,6 +150,21 @@ pub trait Store: Send + Sync + 'static {
     /// Every wrapper must forward it: there is no default.
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
+    /// Writes `value` at `key` (as [`Store::put`]) and then, in the same
+    /// atomic step (one Lua script on Redis, one lock in memory), reads the
+    /// value at `read`: write-then-read in one round trip, for the
+    /// detection schemes where each side writes its own key and then looks
+    /// for the other's (`provider/codes.rs`). Both keys must share a hash
+    /// tag (Redis Cluster); otherwise nothing is written and the answer is
+    /// an error. Every wrapper must forward it: there is no default.
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Writes a value, replacing any previous one.
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
 

@@ -269,6 +269,17 @@ end
 return {1, v, f}
 ";
 
+/// `put_then_get`: `SET` the first key (with `PX` when `ARGV[2]` is not
+/// `0`), then `GET` the second, in one script. Keys of one hash tag.
+const PUT_THEN_GET: &str = r"
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return redis.call('GET', KEYS[2])
+";
+
 /// `read_many`: per key, `GET` (`ARGV[i]` is `v`) or `EXISTS`; one array
 /// in the order asked (nil for an absent value, 0/1 for presence). Keys of
 /// one hash tag (checked before it is sent).
@@ -1002,6 +1013,32 @@ impl Store for RedisStore {
             }
             _ => Err(corrupt()),
         }
+    }
+
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if key.tag() != read.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "put_then_get over keys of two hash tags ({{{}}}, ...)",
+                key.tag()
+            )));
+        }
+        let ms = ttl.map_or_else(|| "0".to_owned(), |t| ttl_ms(t).to_string());
+        // A durable write (`WAIT` after it); repeating it writes the same
+        // value and reads again, so it is retried as `put` is.
+        self.eval(
+            PUT_THEN_GET,
+            &[self.key(key), self.key(read)],
+            &[value, ms.as_bytes()],
+            Retry::Idempotent,
+            Durability::Replicated,
+        )
+        .await
     }
 
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {

@@ -1016,6 +1016,15 @@ mod tests {
         async fn read_many(&self, keys: &[(&Key, crate::store::Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
             self.inner.read_many(keys).await
         }
+        async fn put_then_get(
+            &self,
+            key: &Key,
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+            read: &Key,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.put_then_get(key, value, ttl, read).await
+        }
         async fn put_if_absent(
             &self,
             key: &Key,

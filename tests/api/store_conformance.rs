@@ -144,6 +144,7 @@ macro_rules! all_cases {
             rate_limit_chain_counts_the_second_only_after_the_first,
             get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
             read_many_reads_keys_of_one_tag_in_one_step,
+            put_then_get_writes_and_reads_in_one_step,
         );
     )*};
 }
@@ -157,6 +158,7 @@ conformance!(wrapped_cluster:
     fingerprint_names_the_stored_bytes,
     get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
     read_many_reads_keys_of_one_tag_in_one_step,
+    put_then_get_writes_and_reads_in_one_step,
 );
 
 async fn wrapped_cluster() -> Backend {
@@ -1212,4 +1214,39 @@ async fn read_many_reads_keys_of_one_tag_in_one_step(b: &Backend) {
         s.read_many(&[(&user, Read::Value), (&other, Read::Value)]).await,
         Err(StoreError::Corrupt(_))
     ));
+}
+
+async fn put_then_get_writes_and_reads_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let (mine, theirs) = (
+        Key::tenant("acme", "codes", "used:h1"),
+        Key::tenant("acme", "codes", "replayed:h1"),
+    );
+    // Nothing on the other side yet: written, nothing read.
+    assert_eq!(
+        s.put_then_get(&mine, b"issued", Some(LONG), &theirs).await.unwrap(),
+        None
+    );
+    assert_eq!(s.get(&mine).await.unwrap(), Some(b"issued".to_vec()));
+    // The other side writes its key and reads mine.
+    assert_eq!(
+        s.put_then_get(&theirs, b"1", Some(SHORT), &mine).await.unwrap(),
+        Some(b"issued".to_vec())
+    );
+    assert_eq!(
+        s.put_then_get(&mine, b"again", None, &theirs).await.unwrap(),
+        Some(b"1".to_vec()),
+        "without a TTL too"
+    );
+    // The TTL is the write's: the short one expires.
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&theirs).await.unwrap(), None);
+    assert_eq!(s.put_then_get(&mine, b"x", Some(LONG), &theirs).await.unwrap(), None);
+    // Keys of two hash tags are refused, and nothing is written.
+    let elsewhere = Key::tenant("acme", "users", "user:u9");
+    assert!(matches!(
+        s.put_then_get(&elsewhere, b"v", None, &mine).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&elsewhere).await.unwrap(), None);
 }

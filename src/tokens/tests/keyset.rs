@@ -334,6 +334,15 @@ impl crate::store::Store for RacingStore {
     ) -> Result<Vec<Option<Vec<u8>>>, crate::store::StoreError> {
         self.inner.read_many(keys).await
     }
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.put_then_get(key, value, ttl, read).await
+    }
     async fn put_if_absent(
         &self,
         key: &Key,
