@@ -158,3 +158,24 @@ async fn the_sealing_layer_opens_what_it_forwards_and_fingerprints_the_stored_by
     );
     assert_eq!(answers[1], Some(Vec::new()), "presence: nothing to open");
 }
+
+#[test]
+fn records_from_before_the_upstream_flag_still_check_the_upstream_session() {
+    use portcullis::broker::session::SsoSession;
+    use portcullis::provider::codes::Authorization;
+    // A code or refresh family stored before the flag existed: `None`,
+    // which reads the upstream session as before (only `Some(false)` skips).
+    let authz: Authorization = serde_json::from_value(json!({
+        "tenant": "acme", "connection": "main", "client_id": "app",
+        "redirect_uri": "https://app.test/cb", "scope": ["openid"], "nonce": null,
+        "code_challenge": null, "sub": "u_1", "sid": "s1", "auth_time": 1, "amr": []
+    }))
+    .unwrap();
+    assert_eq!(authz.upstream_session, None);
+    let session: SsoSession = serde_json::from_value(json!({
+        "sid": "s1", "tenant": "acme", "connection": "main", "sub": "u_1",
+        "auth_time": 1, "amr": []
+    }))
+    .unwrap();
+    assert_eq!(session.upstream, None);
+}
