@@ -138,6 +138,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         resource: None,
         session_expires_at: None,
         acr: None,
+        upstream_session: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

@@ -456,7 +456,7 @@ impl Broker {
             .directory
             .provision_in(&tenant, stored_tenant.as_ref(), &record, &identity)
             .await;
-        let (user, provisioned) = match provisioned {
+        let (user, provisioned, disabled) = match provisioned {
             Ok(u) => u,
             Err(ProvisionError::Inactive(why)) => {
                 self.record_failure(&tenant, Some(&connection), "login.user_inactive")
@@ -485,19 +485,15 @@ impl Broker {
                 ));
             }
         }
-        // A disabled user gets no session and no code. The rest of what
+        // A disabled user gets no session and no code. What
         // `Directory::active` checks was read in this request by
-        // provisioning: the tenant record (above) and the connection's
-        // incarnation, which the user record just written carries; only
-        // the disabled flag is still to be read.
-        match self.provider.directory.is_disabled(&tenant, &user.sub).await {
-            Ok(false) => {}
-            Ok(true) => {
-                self.record_failure(&tenant, Some(&connection), "login.user_inactive")
-                    .await;
-                return Err(inactive_page(&tenant, &connection, Inactive::UserDisabled));
-            }
-            Err(e) => return Err(unavailable(e)),
+        // provisioning: the tenant record (above), the connection's
+        // incarnation, which the user record as stored now carries, and the
+        // disabled flag, read with the user record.
+        if disabled {
+            self.record_failure(&tenant, Some(&connection), "login.user_inactive")
+                .await;
+            return Err(inactive_page(&tenant, &connection, Inactive::UserDisabled));
         }
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
@@ -545,6 +541,7 @@ impl Broker {
             expires_at: v.session_end,
             acr: v.identity.acr.clone(),
             mfa: v.mfa,
+            upstream: Some(v.identity.upstream_refresh_token.is_some()),
         };
         // The tenant's own SSO session lifetime, when it sets one: read
         // with the tenant record while validating (a lifetime, not a check;

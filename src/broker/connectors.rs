@@ -11,7 +11,7 @@
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::record_cache::RecordCache;
 use crate::store::StoreError;
-use crate::tenant::{RegistryError, TenantRegistry};
+use crate::tenant::TenantRegistry;
 use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,13 +35,6 @@ impl Default for ConnectorCache {
             inner: Arc::default(),
             records: RecordCache::new(RECORDS_KEPT),
         }
-    }
-}
-
-fn store_error(e: RegistryError) -> StoreError {
-    match e {
-        RegistryError::Store(s) => s,
-        other => StoreError::Corrupt(other.to_string()),
     }
 }
 
@@ -94,9 +87,7 @@ impl ConnectorCache {
         let key = crate::tenant::connection_key(tenant, connection);
         let id = (tenant.clone(), connection.clone());
         self.records
-            .get(tenants.store(), &key, &id, || async {
-                tenants.connection(tenant, connection).await.map_err(store_error)
-            })
+            .get(tenants.store(), &key, &id, crate::store::record_cache::json)
             .await
     }
 

@@ -577,6 +577,7 @@ impl Broker {
             resource: req.resource.clone(),
             session_expires_at: s.expires_at,
             acr: s.acr.clone(),
+            upstream_session: s.upstream,
         };
         let code = match self.provider.issue_code(&authz).await {
             Ok(c) => c,

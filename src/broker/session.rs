@@ -57,6 +57,13 @@ pub struct SsoSession {
     /// it is not reused for a tenant or app that requires MFA.
     #[serde(default)]
     pub mfa: bool,
+    /// Whether the IdP's refresh token was kept with the session
+    /// (`upstream_refresh.rs`). It is kept only when the session opens,
+    /// never added later, so `Some(false)` lets the app's refresh skip
+    /// reading it; `None` (a session stored before this was recorded)
+    /// reads it.
+    #[serde(default)]
+    pub upstream: Option<bool>,
 }
 
 fn key(t: &TenantId, sid: &str) -> Key {

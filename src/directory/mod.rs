@@ -21,7 +21,7 @@
 
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, Read, SharedStore, StoreError, StoreJson};
 use crate::tenant::{Incarnation, Liveness, RegistryError, Tenant, TenantRegistry};
 
 use crate::upstream::Identity;
@@ -53,7 +53,8 @@ pub struct User {
     pub groups: Vec<String>,
     /// First sign-in.
     pub created_at: DateTime<Utc>,
-    /// Latest sign-in.
+    /// Latest sign-in, to within [`LAST_SIGN_IN_RESOLUTION`] (or the last
+    /// change of the profile, whichever is later).
     pub updated_at: DateTime<Utc>,
     /// The tenant's incarnation the user was provisioned under.
     #[serde(default)]
@@ -69,12 +70,20 @@ pub struct User {
     pub not_before: Option<i64>,
 }
 
+/// How stale a returning user's recorded latest sign-in (`updated_at`) may
+/// get before a sign-in that changes nothing else writes the record again:
+/// an unchanged user costs no write per sign-in, and `updated_at` stays
+/// the latest sign-in to within this.
+pub const LAST_SIGN_IN_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Whether a sign-in created the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provisioned {
     /// First sign-in: the user was created (a JIT sign-up).
     Created,
-    /// A returning user: the profile was updated.
+    /// A returning user: the stored profile is what the IdP said now
+    /// (written only when it changed, or when the recorded latest sign-in
+    /// is older than [`LAST_SIGN_IN_RESOLUTION`]).
     Updated,
 }
 
@@ -196,21 +205,24 @@ impl Directory {
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
         let liveness = self.liveness(tenant, connection).await?;
-        self.provision_live(tenant, connection, identity, liveness).await
+        let (user, outcome, _) = self.provision_live(tenant, connection, identity, liveness).await?;
+        Ok((user, outcome))
     }
 
     /// [`Self::provision`] for the tenant record `tenant_record` and the
     /// connection record `connection_record`, both read (or re-validated by
     /// fingerprint) from the store in this request, never kept in memory
     /// without that: the connection is known to exist, so only its
-    /// incarnation is read. `None`: the tenant is gone.
+    /// incarnation is read. `None`: the tenant is gone. Also answers
+    /// whether the user is disabled, read with the user record in one
+    /// script (a user just created has no flag).
     pub async fn provision_in(
         &self,
         tenant: &TenantId,
         tenant_record: Option<&Tenant>,
         connection_record: &crate::upstream::Connection,
         identity: &Identity,
-    ) -> Result<(User, Provisioned), ProvisionError> {
+    ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let connection = &connection_record.id;
         let liveness = match tenant_record {
             Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(
@@ -231,7 +243,7 @@ impl Directory {
         connection: &ConnectionId,
         identity: &Identity,
         liveness: Liveness,
-    ) -> Result<(User, Provisioned), ProvisionError> {
+    ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let inc = match liveness {
             Liveness::Live(inc) => inc,
             Liveness::TenantGone => return Err(ProvisionError::Inactive(Inactive::TenantGone)),
@@ -257,15 +269,29 @@ impl Directory {
             None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
+        // A returning user's record and disabled flag, one script over
+        // their shared hash tag.
+        let (stored, disabled) = match outcome {
+            Provisioned::Created => (None, false),
+            Provisioned::Updated => {
+                let (user_key, flag_key) = (user_key(tenant, &sub), disabled_key(tenant, &sub));
+                let mut read = self
+                    .store
+                    .read_many(&[(&user_key, Read::Value), (&flag_key, Read::Presence)])
+                    .await?
+                    .into_iter();
+                let stored: Option<User> = read
+                    .next()
+                    .flatten()
+                    .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+                    .transpose()?;
+                (stored, read.next().flatten().is_some())
+            }
+        };
         // A returning user keeps its creation time and its credentials'
         // "not before" stamp (a sign-in must never lift it).
-        let (created_at, not_before) = match outcome {
-            Provisioned::Created => (now, None),
-            Provisioned::Updated => self
-                .get(tenant, &sub)
-                .await?
-                .map_or((now, None), |u| (u.created_at, u.not_before)),
-        };
+        let created_at = stored.as_ref().map_or(now, |u| u.created_at);
+        let not_before = stored.as_ref().and_then(|u| u.not_before);
         let user = User {
             sub: sub.clone(),
             tenant: tenant.clone(),
@@ -283,13 +309,31 @@ impl Directory {
             connection_incarnation: inc.connection,
             not_before,
         };
-        self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
+        if let Some(stored) = stored {
+            // A returning user whose record would be written as it is
+            // (same profile, ids and incarnations) and whose recorded
+            // sign-in is recent: nothing to write. `updated_at` is the
+            // latest sign-in to within `LAST_SIGN_IN_RESOLUTION`; every
+            // sign-in itself is in the audit log (`signin.succeeded`).
+            let unchanged = User {
+                updated_at: stored.updated_at,
+                ..user.clone()
+            } == stored;
+            let recent = stored.updated_at <= now && now - stored.updated_at < LAST_SIGN_IN_RESOLUTION;
+            if unchanged && recent {
+                return Ok((stored, outcome, disabled));
+            }
+        }
+        // The index first: a user record is never stored unlisted (should
+        // the write fail, a listed sub without a record is skipped by the
+        // listing and written by the next sign-in).
         self.store.set_add(&index_key(tenant), &sub, None).await?;
+        self.store.put_json(&user_key(tenant, &sub), &user, None).await?;
         if outcome == Provisioned::Created {
             // Counted once the user is stored (`portcullis_sign_ups_total`).
             crate::meter::sign_up(tenant.as_str(), connection.as_str());
         }
-        Ok((user, outcome))
+        Ok((user, outcome, disabled))
     }
 
     /// The `sub` provisioned for `(connection, upstream subject)` in the
@@ -335,62 +379,114 @@ impl Directory {
         tenant: &TenantId,
         sub: &str,
     ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
-        // Independent reads, sent together: this runs on every token use.
-        let tenant_record = async { self.tenants.get(tenant).await.map_err(registry_error) };
-        let (user, tenant_record, disabled) =
-            tokio::try_join!(self.get(tenant, sub), tenant_record, self.is_disabled(tenant, sub))?;
-        let outcome = self.judge(tenant, tenant_record.as_ref(), user, disabled).await?;
-        Ok((tenant_record, outcome))
+        self.active_checked(tenant, sub, None).await
     }
 
     /// [`Self::active_in`] for a tenant record `known` read from the store
     /// in this request (never one kept in memory): when it is `tenant`'s,
-    /// only the user and its disabled flag are read here.
+    /// it is not read again here.
     pub async fn active_in_with(
         &self,
         tenant: &TenantId,
         sub: &str,
         known: Option<Tenant>,
     ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
-        let Some(record) = known.filter(|t| t.id == *tenant) else {
-            return self.active_in(tenant, sub).await;
-        };
-        let (user, disabled) = tokio::try_join!(self.get(tenant, sub), self.is_disabled(tenant, sub))?;
-        let outcome = self.judge(tenant, Some(&record), user, disabled).await?;
-        Ok((Some(record), outcome))
+        self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant))
+            .await
     }
 
-    /// The liveness decision over the records read by [`Self::active_in`]:
-    /// the connection's incarnation is read here.
-    async fn judge(
+    /// The liveness decision, in two round trips of one script each (this
+    /// runs on every token use): the user with its disabled flag (one hash
+    /// tag, `t:<tenant>:users`), then, for the user's connection, whether
+    /// the connection exists and its incarnation, with the tenant record
+    /// unless `known` (one hash tag, `t:<tenant>:config`). Each script reads
+    /// its keys at one moment, so a disable, deletion or re-creation is seen
+    /// whole, never half.
+    async fn active_checked(
         &self,
         tenant: &TenantId,
-        tenant_record: Option<&Tenant>,
-        user: Option<User>,
-        disabled: bool,
-    ) -> Result<Result<User, Inactive>, StoreError> {
-        // A user of a deleted tenant is reported as the tenant's loss.
-        let Some(tenant_record) = tenant_record else {
-            return Ok(Err(Inactive::TenantGone));
+        sub: &str,
+        known: Option<Tenant>,
+    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        let (user, disabled) = if sub.is_empty() || sub.len() > 128 {
+            (None, false)
+        } else {
+            let (user_key, flag_key) = (user_key(tenant, sub), disabled_key(tenant, sub));
+            let mut read = self
+                .store
+                .read_many(&[(&user_key, Read::Value), (&flag_key, Read::Presence)])
+                .await?
+                .into_iter();
+            let user: Option<User> = read
+                .next()
+                .flatten()
+                .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()?;
+            (user, read.next().flatten().is_some())
         };
+        let tenant_key = crate::tenant::tenant_key(tenant);
         let Some(user) = user else {
-            return Ok(Err(Inactive::UserGone));
+            // A user of a deleted tenant is reported as the tenant's loss.
+            let record = match known {
+                Some(t) => Some(t),
+                None => self.store.get_json::<Tenant>(&tenant_key).await?,
+            };
+            let outcome = Err(if record.is_some() {
+                Inactive::UserGone
+            } else {
+                Inactive::TenantGone
+            });
+            return Ok((record, outcome));
         };
-        let Some(connection) = self
-            .tenants
-            .connection_incarnation(tenant, &user.connection)
-            .await
-            .map_err(registry_error)?
-        else {
-            return Ok(Err(Inactive::ConnectionGone));
+        let connection_key = crate::tenant::connection_key(tenant, &user.connection);
+        let incarnation_key = crate::tenant::connection_incarnation_key(tenant, &user.connection);
+        let mut keys = vec![(&connection_key, Read::Presence), (&incarnation_key, Read::Value)];
+        if known.is_none() {
+            keys.push((&tenant_key, Read::Value));
+        }
+        let mut read = self.store.read_many(&keys).await?.into_iter();
+        let (connection, incarnation) = (read.next().flatten(), read.next().flatten());
+        let record = match known {
+            Some(t) => Some(t),
+            None => read
+                .next()
+                .flatten()
+                .map(|raw| serde_json::from_slice::<Tenant>(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()?,
+        };
+        // A connection stored before incarnations existed (or one whose
+        // deletion stopped half-way) has the empty incarnation.
+        let connection = connection.map(|_| {
+            incarnation
+                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+                .unwrap_or_default()
+        });
+        let outcome = Self::judge(record.as_ref(), user, connection, disabled);
+        Ok((record, outcome))
+    }
+
+    /// The liveness decision over what [`Self::active_checked`] read: the
+    /// tenant record, the user, the incarnation of the user's connection
+    /// (`None`: the connection is gone) and the disabled flag.
+    fn judge(
+        tenant_record: Option<&Tenant>,
+        user: User,
+        connection: Option<String>,
+        disabled: bool,
+    ) -> Result<User, Inactive> {
+        let Some(tenant_record) = tenant_record else {
+            return Err(Inactive::TenantGone);
+        };
+        let Some(connection) = connection else {
+            return Err(Inactive::ConnectionGone);
         };
         if user.tenant_incarnation != tenant_record.incarnation || user.connection_incarnation != connection {
-            return Ok(Err(Inactive::Superseded));
+            return Err(Inactive::Superseded);
         }
         if disabled {
-            return Ok(Err(Inactive::UserDisabled));
+            return Err(Inactive::UserDisabled);
         }
-        Ok(Ok(user))
+        Ok(user)
     }
 
     /// Refuses everything issued to the user before `at` (Unix seconds):

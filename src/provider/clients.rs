@@ -308,7 +308,7 @@ impl ClientRegistry {
         }
         let key = client_key(id);
         self.records
-            .get(&self.store, &key, &id.to_owned(), || self.store.get_json(&key))
+            .get(&self.store, &key, &id.to_owned(), crate::store::record_cache::json)
             .await
     }
 

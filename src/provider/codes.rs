@@ -20,7 +20,10 @@
 //!
 //! On a linearizable store, of two write-then-read sequences at least one
 //! read sees the other's write, so what was issued is always revoked (at
-//! worst twice, which is harmless).
+//! worst twice, which is harmless). Each side's write and read are one
+//! atomic step ([`Store::put_then_get`](crate::store::Store::put_then_get),
+//! one script on Redis, one round trip): of the two steps one runs first,
+//! and the other's read sees its write.
 
 use super::Provider;
 use crate::ids::{ConnectionId, TenantId};
@@ -64,6 +67,12 @@ pub struct Authorization {
     /// The authentication context class the IdP reported (the `acr` claim).
     #[serde(default)]
     pub acr: Option<String>,
+    /// Whether the SSO session kept the IdP's refresh token (see
+    /// `broker::session::SsoSession::upstream`): `Some(false)` means the
+    /// refresh grant has no upstream session to check and does not read
+    /// one; `None` (stored before this was recorded) reads it.
+    #[serde(default)]
+    pub upstream_session: Option<bool>,
 }
 
 fn code_hash(code: &str) -> String {
@@ -168,19 +177,34 @@ impl Provider {
     /// it issued). See the module docs for why write-then-read suffices.
     pub async fn record_code_issued(&self, code: &str, tenant: &TenantId, issued: &Issued) -> Result<bool, StoreError> {
         let hash = code_hash(code);
-        self.store
-            .put_json(&used_key(tenant.as_str(), &hash), issued, Some(self.used_ttl()))
-            .await?;
-        Ok(self.store.get(&replayed_key(tenant.as_str(), &hash)).await?.is_some())
+        let issued = serde_json::to_vec(issued).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Write then read, in one script (one round trip, one step).
+        Ok(self
+            .store
+            .put_then_get(
+                &used_key(tenant.as_str(), &hash),
+                &issued,
+                Some(self.used_ttl()),
+                &replayed_key(tenant.as_str(), &hash),
+            )
+            .await?
+            .is_some())
     }
 
     /// Records that `code` was presented again, then answers what the first
     /// redemption has recorded as issued so far (the caller revokes it).
     pub async fn record_code_replay(&self, code: &str, tenant: &TenantId) -> Result<Option<Issued>, StoreError> {
         let hash = code_hash(code);
+        // Write then read, in one script (one round trip, one step).
         self.store
-            .put(&replayed_key(tenant.as_str(), &hash), b"1", Some(self.used_ttl()))
-            .await?;
-        self.store.get_json(&used_key(tenant.as_str(), &hash)).await
+            .put_then_get(
+                &replayed_key(tenant.as_str(), &hash),
+                b"1",
+                Some(self.used_ttl()),
+                &used_key(tenant.as_str(), &hash),
+            )
+            .await?
+            .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
     }
 }

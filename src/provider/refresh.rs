@@ -14,7 +14,7 @@
 use super::codes::Authorization;
 use super::Provider;
 use crate::ids::TenantId;
-use crate::store::{Key, StoreError, StoreJson, Taken};
+use crate::store::{Key, Read, StoreError, StoreJson, Taken};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -213,10 +213,22 @@ impl Provider {
         let Some(p) = parse(token) else {
             return Ok(None);
         };
-        if self.store.get(&token_key(p.tenant, p.family, &p.hash)).await?.is_none() {
+        // The token's presence and the family, one script over their
+        // shared hash tag (one round trip, read at one moment).
+        let (token, family) = (token_key(p.tenant, p.family, &p.hash), family_key(p.tenant, p.family));
+        let mut read = self
+            .store
+            .read_many(&[(&token, Read::Presence), (&family, Read::Value)])
+            .await?
+            .into_iter();
+        if read.next().flatten().is_none() {
             return Ok(None);
         }
-        let family: Option<Family> = self.store.get_json(&family_key(p.tenant, p.family)).await?;
+        let family: Option<Family> = read
+            .next()
+            .flatten()
+            .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
         Ok(family.filter(|f| f.expires_at > self.clock.unix()))
     }
 

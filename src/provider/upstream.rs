@@ -37,6 +37,11 @@ impl Provider {
         let Some(hook) = &self.upstream else {
             return Ok(());
         };
+        // A session that kept no upstream refresh token at its opening never
+        // gets one later (it is written only then): nothing to read or ask.
+        if family.authz.upstream_session == Some(false) {
+            return Ok(());
+        }
         match hook.check(&family.authz).await {
             UpstreamCheck::Fine => Ok(()),
             UpstreamCheck::Refused => {

@@ -28,7 +28,7 @@
 //! set; the next write of the record, or `portcullis keys rewrap`, seals it.
 
 use super::{Cipher, SecretsError};
-use crate::store::{Key, RateDecision, SharedStore, Store, StoreError, StreamEntry, Taken};
+use crate::store::{IfChanged, Key, RateDecision, Read, SharedStore, Store, StoreError, StreamEntry, Taken};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
@@ -341,6 +341,45 @@ impl Store for SealedStore {
         // Of the sealed bytes as stored: any write (a new nonce included)
         // changes it, and nothing needs opening.
         self.inner.fingerprint(key).await
+    }
+
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+        // The fingerprint is of the sealed bytes as stored (as
+        // `fingerprint`); only a value answered is opened.
+        match self.inner.get_if_changed(key, known).await? {
+            IfChanged::Value { value, fingerprint } => Ok(IfChanged::Value {
+                value: self.open(key, value)?,
+                fingerprint,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // Sealed as `put` seals it; the answer opened as `get` opens it.
+        let sealed = self.seal(key, value)?;
+        match self.inner.put_then_get(key, &sealed, ttl, read).await? {
+            Some(raw) => self.open(read, raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let answers = self.inner.read_many(keys).await?;
+        // Values are opened as `get` opens them; a presence needs no unsealing.
+        keys.iter()
+            .zip(answers)
+            .map(|((key, how), answer)| match (how, answer) {
+                (Read::Value, Some(raw)) => self.open(key, raw).map(Some),
+                (_, answer) => Ok(answer),
+            })
+            .collect()
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 //! Expiry follows the injected clock, so TTLs are testable without sleeping.
 //! Expired entries are dropped when touched and swept every few hundred writes.
 
-use super::{gcra, parse_stream_id, Key, RateDecision, Store, StoreError, StreamEntry, Taken};
+use super::{gcra, parse_stream_id, IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -123,6 +123,80 @@ impl Store for MemoryStore {
             }) => Ok(Some(b.clone())),
             Some(_) => Err(wrong_type(key)),
         })
+    }
+
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+        // Read and fingerprinted under one lock, as the Redis script does.
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(IfChanged::Absent),
+            Some(Entry {
+                value: Value::Bytes(b), ..
+            }) => {
+                let fingerprint = super::fingerprint_of(b);
+                if known == Some(fingerprint.as_str()) {
+                    Ok(IfChanged::Unchanged)
+                } else {
+                    Ok(IfChanged::Value {
+                        value: b.clone(),
+                        fingerprint,
+                    })
+                }
+            }
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if key.tag() != read.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "put_then_get over keys of two hash tags ({{{}}}, ...)",
+                key.tag()
+            )));
+        }
+        let expires = self.deadline(ttl);
+        let now = self.clock.now();
+        // Written and read under one lock, as the Redis script does.
+        self.with(key, true, |m| {
+            m.insert(
+                key.clone(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires,
+                },
+            );
+            match m.get(read) {
+                Some(e) if e.expires.is_some_and(|x| x <= now) => Ok(None),
+                None => Ok(None),
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => Ok(Some(b.clone())),
+                Some(_) => Err(wrong_type(read)),
+            }
+        })
+    }
+
+    async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        super::one_tag(keys)?;
+        let now = self.clock.now();
+        // One lock for every key: the answers are of one moment.
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|(key, how)| match inner.map.get(*key) {
+                Some(e) if e.expires.is_some_and(|x| x <= now) => Ok(None),
+                None => Ok(None),
+                Some(_) if *how == Read::Presence => Ok(Some(Vec::new())),
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => Ok(Some(b.clone())),
+                Some(_) => Err(wrong_type(key)),
+            })
+            .collect()
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {

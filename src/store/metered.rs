@@ -6,7 +6,7 @@
 //! Only the backend's [`StoreError::Unavailable`] counts as a Redis error: a
 //! value that does not decode is the caller's problem, not Redis's.
 
-use super::{Key, RateDecision, Store, StoreError, StreamEntry, Taken};
+use super::{IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
 use crate::meter;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -90,6 +90,24 @@ impl<S: Store> Store for MeteredStore<S> {
 
     async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
         measured("fingerprint", self.inner.fingerprint(key)).await
+    }
+
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+        measured("get_if_changed", self.inner.get_if_changed(key, known)).await
+    }
+
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        measured("put_then_get", self.inner.put_then_get(key, value, ttl, read)).await
+    }
+
+    async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        measured("read_many", self.inner.read_many(keys)).await
     }
 
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {

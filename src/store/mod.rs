@@ -124,6 +124,47 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.get(key).await?.map(|v| fingerprint_of(&v)))
     }
 
+    /// Reads the value at `key` only if it is not the one the caller
+    /// already holds: `known` is the fingerprint ([`Store::fingerprint`]) of
+    /// the stored bytes the caller decoded earlier. Answers
+    /// [`IfChanged::Unchanged`] when the stored bytes still have that
+    /// fingerprint (nothing else is transferred), [`IfChanged::Absent`] when
+    /// nothing is stored, and otherwise the value with the fingerprint of
+    /// the very bytes answered, computed in the same atomic step (one Lua
+    /// script on Redis, one lock in memory): one round trip where a
+    /// fingerprint and then a read took two, and no window in which a
+    /// concurrent write could pair a value with another value's
+    /// fingerprint. `known: None` reads the value and its fingerprint.
+    /// Every wrapper must forward it (the fingerprint is of the bytes as
+    /// stored, so a wrapper that transforms values cannot compute it), which
+    /// is why there is no default.
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError>;
+
+    /// Reads several keys of one hash tag in one round trip (one Lua script
+    /// on Redis): for each key, its value ([`Read::Value`]) or only whether
+    /// it exists ([`Read::Presence`]: `Some` of an empty value when it does,
+    /// the value itself is not transferred). Answers in the order asked.
+    /// The reads are one atomic step (a script), so the answers are of one
+    /// moment. Every key must share the first key's hash tag (Redis
+    /// Cluster); otherwise nothing is read and the answer is an error.
+    /// Every wrapper must forward it: there is no default.
+    async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Writes `value` at `key` (as [`Store::put`]) and then, in the same
+    /// atomic step (one Lua script on Redis, one lock in memory), reads the
+    /// value at `read`: write-then-read in one round trip, for the
+    /// detection schemes where each side writes its own key and then looks
+    /// for the other's (`provider/codes.rs`). Both keys must share a hash
+    /// tag (Redis Cluster); otherwise nothing is written and the answer is
+    /// an error. Every wrapper must forward it: there is no default.
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Writes a value, replacing any previous one.
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
 
@@ -296,6 +337,42 @@ pub fn fingerprint_of(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The answer of [`Store::get_if_changed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfChanged {
+    /// The stored bytes still have the fingerprint the caller gave.
+    Unchanged,
+    /// Nothing is stored at the key.
+    Absent,
+    /// The value as read, and the fingerprint of its stored bytes.
+    Value {
+        /// The value (opened, where the store seals).
+        value: Vec<u8>,
+        /// The fingerprint of the bytes as stored.
+        fingerprint: String,
+    },
+}
+
+/// How [`Store::read_many`] reads one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The value.
+    Value,
+    /// Only whether there is one (the value is not transferred).
+    Presence,
+}
+
+/// Checks that every key of a [`Store::read_many`] shares the first one's
+/// hash tag. Names only the tag: key names can be secrets.
+pub fn one_tag(keys: &[(&Key, Read)]) -> Result<(), StoreError> {
+    match keys.split_first() {
+        Some(((first, _), rest)) if rest.iter().any(|(k, _)| k.tag() != first.tag()) => Err(StoreError::Corrupt(
+            format!("read_many over keys of several hash tags ({{{}}}, ...)", first.tag()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One entry of a stream: its id (`<ms>-<seq>`) and value.

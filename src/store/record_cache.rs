@@ -6,16 +6,17 @@
 //! certificates, an app with its redirect URIs and hashed secrets); reading
 //! and decoding it on every request only to learn that it did not change
 //! cost more than anything else the store did for a sign-in. Each use reads
-//! the record's fingerprint ([`Store::fingerprint`]: the SHA-1 of the stored
-//! bytes, computed by Redis, 40 bytes on the wire) in the request: when it
-//! matches the fingerprint of the copy kept here, that copy is byte for byte
-//! what the store holds now; otherwise the record is read again. No write
+//! the record through [`Store::get_if_changed`] with the fingerprint of the
+//! copy kept here (the SHA-1 of the stored bytes, computed by Redis, 40 bytes
+//! on the wire): when the stored bytes still have it the store answers only
+//! "unchanged" and that copy is byte for byte what the store holds now;
+//! otherwise it answers the record with its new fingerprint, in the same
+//! round trip. No write
 //! path needs to know about the cache: any write that changes the stored
 //! bytes changes the fingerprint, and a deleted record has none.
 
-use super::{Key, SharedStore, StoreError};
+use super::{IfChanged, Key, SharedStore, StoreError};
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
@@ -47,43 +48,45 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     }
 
     /// The record stored at `key` as the store holds it now, `None` when
-    /// there is none. Reads the fingerprint in this request; the copy kept
-    /// for `id` is answered only when its fingerprint is the one just read,
-    /// otherwise `read` reads and decodes the record, which is kept only
-    /// when the fingerprint did not move while it was read (then the record
-    /// read is the one the first fingerprint names). Either way this request
-    /// uses what it read.
-    pub async fn get<F, Fut>(&self, store: &SharedStore, key: &Key, id: &K, read: F) -> Result<Option<V>, StoreError>
+    /// there is none, in one round trip ([`Store::get_if_changed`]): the
+    /// fingerprint of the copy kept for `id` goes with the read, and the
+    /// store answers "unchanged" when the stored bytes still have it (the
+    /// copy is then byte for byte what the store holds now), or the record
+    /// with the fingerprint of the very bytes answered, which `decode`
+    /// decodes and which is kept under that fingerprint. Either way this
+    /// request uses what the store said in this request.
+    pub async fn get<F>(&self, store: &SharedStore, key: &Key, id: &K, decode: F) -> Result<Option<V>, StoreError>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, StoreError>>,
+        F: FnOnce(&[u8]) -> Result<V, StoreError>,
     {
-        let Some(fingerprint) = store.fingerprint(key).await? else {
-            self.forget(id);
-            return Ok(None);
-        };
-        {
+        let kept = {
             let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((kept, record)) = map.get(id) {
-                if *kept == fingerprint {
-                    return Ok(Some(record.clone()));
-                }
-            }
-        }
-        let Some(record) = read().await? else {
-            self.forget(id);
-            return Ok(None);
+            map.get(id)
+                .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
         };
-        if store.fingerprint(key).await?.as_deref() == Some(fingerprint.as_str()) {
-            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= self.capacity && !map.contains_key(id) {
-                if let Some(evicted) = map.keys().next().cloned() {
-                    map.remove(&evicted);
-                }
+        let known = kept.as_ref().map(|(fingerprint, _)| fingerprint.as_str());
+        match store.get_if_changed(key, known).await? {
+            IfChanged::Unchanged => match kept {
+                Some((_, record)) => Ok(Some(record)),
+                // Only answered for the fingerprint given, i.e. with a copy.
+                None => Err(StoreError::Corrupt("unchanged answered without a fingerprint".into())),
+            },
+            IfChanged::Absent => {
+                self.forget(id);
+                Ok(None)
             }
-            map.insert(id.clone(), (fingerprint, record.clone()));
+            IfChanged::Value { value, fingerprint } => {
+                let record = decode(&value)?;
+                let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+                if map.len() >= self.capacity && !map.contains_key(id) {
+                    if let Some(evicted) = map.keys().next().cloned() {
+                        map.remove(&evicted);
+                    }
+                }
+                map.insert(id.clone(), (fingerprint, record.clone()));
+                Ok(Some(record))
+            }
         }
-        Ok(Some(record))
     }
 
     /// Drops the copy kept for `id` (after a delete, for instance; not
@@ -101,6 +104,12 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Decodes a JSON record (the `decode` of [`RecordCache::get`] for records
+/// stored as JSON).
+pub fn json<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 #[cfg(test)]
@@ -121,9 +130,9 @@ mod tests {
         reads: &AtomicUsize,
     ) -> Option<String> {
         cache
-            .get(store, key, &key.name().to_owned(), || async {
+            .get(store, key, &key.name().to_owned(), |v| {
                 reads.fetch_add(1, Ordering::SeqCst);
-                Ok(store.get(key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                Ok(String::from_utf8_lossy(v).into_owned())
             })
             .await
             .unwrap()

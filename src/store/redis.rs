@@ -53,7 +53,7 @@
 //! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
 use super::redis_url::{addr, Auth, Topology};
-use super::{parse_stream_id, Key, RateDecision, Store, StoreError, StreamEntry, Taken};
+use super::{parse_stream_id, IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -251,6 +251,48 @@ if not v then
   return false
 end
 return redis.sha1hex(v)
+";
+
+/// `get_if_changed`: the value's SHA-1 computed on the server; when it is
+/// `ARGV[1]` (the caller's), only `{0}`, else `{1, value, sha1}`; nil when
+/// absent. One script, so the value and the fingerprint answered are of
+/// the same bytes.
+const GET_IF_CHANGED: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+local f = redis.sha1hex(v)
+if f == ARGV[1] then
+  return {0}
+end
+return {1, v, f}
+";
+
+/// `put_then_get`: `SET` the first key (with `PX` when `ARGV[2]` is not
+/// `0`), then `GET` the second, in one script. Keys of one hash tag.
+const PUT_THEN_GET: &str = r"
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return redis.call('GET', KEYS[2])
+";
+
+/// `read_many`: per key, `GET` (`ARGV[i]` is `v`) or `EXISTS`; one array
+/// in the order asked (nil for an absent value, 0/1 for presence). Keys of
+/// one hash tag (checked before it is sent).
+const READ_MANY: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  if ARGV[i] == 'v' then
+    out[i] = redis.call('GET', k)
+  else
+    out[i] = redis.call('EXISTS', k)
+  end
+end
+return out
 ";
 
 /// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
@@ -942,6 +984,93 @@ impl Store for RedisStore {
         // A read: retried once after any connection error.
         self.eval(FINGERPRINT, &[self.key(key)], &[], Retry::Idempotent, Durability::None)
             .await
+    }
+
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+        // A read: retried once after any connection error.
+        let answer: Value = self
+            .eval(
+                GET_IF_CHANGED,
+                &[self.key(key)],
+                &[known.unwrap_or_default().as_bytes()],
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt("get_if_changed: unexpected answer".into());
+        match answer {
+            Value::Nil => Ok(IfChanged::Absent),
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                match (items.next(), items.next(), items.next()) {
+                    (Some(Value::Int(0)), None, None) => Ok(IfChanged::Unchanged),
+                    (Some(Value::Int(1)), Some(v), Some(f)) => Ok(IfChanged::Value {
+                        value: redis::from_redis_value(v).map_err(|_| corrupt())?,
+                        fingerprint: redis::from_redis_value(f).map_err(|_| corrupt())?,
+                    }),
+                    _ => Err(corrupt()),
+                }
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if key.tag() != read.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "put_then_get over keys of two hash tags ({{{}}}, ...)",
+                key.tag()
+            )));
+        }
+        let ms = ttl.map_or_else(|| "0".to_owned(), |t| ttl_ms(t).to_string());
+        // A durable write (`WAIT` after it); repeating it writes the same
+        // value and reads again, so it is retried as `put` is.
+        self.eval(
+            PUT_THEN_GET,
+            &[self.key(key), self.key(read)],
+            &[value, ms.as_bytes()],
+            Retry::Idempotent,
+            Durability::Replicated,
+        )
+        .await
+    }
+
+    async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        super::one_tag(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rendered: Vec<String> = keys.iter().map(|(k, _)| self.key(k)).collect();
+        let how: Vec<&[u8]> = keys
+            .iter()
+            .map(|(_, h)| match h {
+                Read::Value => b"v".as_slice(),
+                Read::Presence => b"e".as_slice(),
+            })
+            .collect();
+        // Reads only: retried once after any connection error.
+        let answer: Vec<Value> = self
+            .eval(READ_MANY, &rendered, &how, Retry::Idempotent, Durability::None)
+            .await?;
+        if answer.len() != keys.len() {
+            return Err(StoreError::Corrupt("read_many: unexpected answer".into()));
+        }
+        answer
+            .into_iter()
+            .map(|v| match v {
+                Value::Nil | Value::Int(0) => Ok(None),
+                Value::Int(_) => Ok(Some(Vec::new())),
+                other => redis::from_redis_value::<Vec<u8>>(other)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(e.to_string())),
+            })
+            .collect()
     }
 
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {

@@ -59,6 +59,7 @@ mod secrets_at_rest;
 mod serving;
 mod store_conformance;
 mod store_outage;
+mod store_round4;
 mod store_topologies;
 mod store_traffic;
 mod tenant_files;

@@ -13,7 +13,7 @@ use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::{RedisOptions, RedisStore};
-use portcullis::store::{Key, RateDecision, SharedStore, StoreError, StreamEntry, Taken};
+use portcullis::store::{IfChanged, Key, RateDecision, Read, SharedStore, StoreError, StreamEntry, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Barrier;
@@ -142,11 +142,44 @@ macro_rules! all_cases {
             rate_limit_clashes_are_corrupt,
             fingerprint_names_the_stored_bytes,
             rate_limit_chain_counts_the_second_only_after_the_first,
+            get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
+            read_many_reads_keys_of_one_tag_in_one_step,
+            put_then_get_writes_and_reads_in_one_step,
         );
     )*};
 }
 
 all_cases!(memory, redis, tls, sentinel, cluster);
+
+// The store the gateway really uses: metrics and sealing wrapped around a
+// Redis Cluster; every wrapper forwards the one-round-trip operations.
+conformance!(wrapped_cluster:
+    get_put_delete_roundtrip,
+    fingerprint_names_the_stored_bytes,
+    get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
+    read_many_reads_keys_of_one_tag_in_one_step,
+    put_then_get_writes_and_reads_in_one_step,
+);
+
+async fn wrapped_cluster() -> Backend {
+    use portcullis::secrets::sealed::SealedStore;
+    use portcullis::secrets::{Cipher, StaticKeys};
+    use portcullis::store::metered::MeteredStore;
+    let raw = RedisStore::connect_with(&RedisOptions::new(
+        &support::redis::shared::cluster_url(),
+        &support::redis::prefix(),
+    ))
+    .await
+    .unwrap();
+    let metered: SharedStore = Arc::new(MeteredStore::new(raw));
+    let cipher = Cipher::new(Arc::new(
+        StaticKeys::parse("k1 = AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "test").unwrap(),
+    ));
+    Backend {
+        store: Arc::new(SealedStore::new(metered, Some(cipher), false)),
+        clock: None,
+    }
+}
 
 async fn get_put_delete_roundtrip(b: &Backend) {
     let s = &b.store;
@@ -1088,4 +1121,132 @@ async fn scripts_work_after_the_server_forgot_them() {
     }
     let calls: String = ::redis::cmd("INFO").arg("commandstats").query(&mut admin).unwrap();
     assert!(calls.contains("cmdstat_evalsha:"), "scripts go by hash: {calls}");
+}
+
+async fn get_if_changed_answers_only_a_changed_value_with_its_fingerprint(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "config", "if-changed");
+    assert_eq!(s.get_if_changed(&k, None).await.unwrap(), IfChanged::Absent);
+    assert_eq!(
+        s.get_if_changed(&k, Some("e0996a37c13d44c3b06074939d43fa3759bd32c1"))
+            .await
+            .unwrap(),
+        IfChanged::Absent,
+        "absent whatever the caller holds"
+    );
+    s.put(&k, b"first", None).await.unwrap();
+    let stored = s.fingerprint(&k).await.unwrap().expect("a fingerprint");
+    // Without a fingerprint: the value and the fingerprint `fingerprint` answers.
+    let IfChanged::Value { value, fingerprint } = s.get_if_changed(&k, None).await.unwrap() else {
+        panic!("a value")
+    };
+    assert_eq!(value, b"first".to_vec());
+    assert_eq!(fingerprint, stored, "the fingerprint of the bytes as stored");
+    assert_eq!(
+        s.get_if_changed(&k, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Unchanged,
+        "the caller's copy is current: nothing transferred"
+    );
+    assert!(matches!(
+        s.get_if_changed(&k, Some("0000000000000000000000000000000000000000"))
+            .await
+            .unwrap(),
+        IfChanged::Value { .. }
+    ));
+    s.put(&k, b"second", None).await.unwrap();
+    let IfChanged::Value {
+        value,
+        fingerprint: next,
+    } = s.get_if_changed(&k, Some(&fingerprint)).await.unwrap()
+    else {
+        panic!("a changed value is answered")
+    };
+    assert_eq!(value, b"second".to_vec());
+    assert_ne!(next, fingerprint);
+    assert_eq!(s.fingerprint(&k).await.unwrap().as_deref(), Some(next.as_str()));
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(
+        s.get_if_changed(&k, Some(&next)).await.unwrap(),
+        IfChanged::Absent,
+        "deleted"
+    );
+    // Another type at the key is corrupt, as for `get`.
+    let set = Key::tenant("acme", "config", "if-changed-set");
+    s.set_add(&set, "m", None).await.unwrap();
+    assert!(matches!(
+        s.get_if_changed(&set, None).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+async fn read_many_reads_keys_of_one_tag_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let (user, flag, missing) = (
+        Key::tenant("acme", "users", "user:u1"),
+        Key::tenant("acme", "users", "disabled:u1"),
+        Key::tenant("acme", "users", "user:u2"),
+    );
+    s.put(&user, b"{\"sub\":\"u1\"}", None).await.unwrap();
+    let answers = s
+        .read_many(&[(&user, Read::Value), (&flag, Read::Presence), (&missing, Read::Value)])
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![Some(b"{\"sub\":\"u1\"}".to_vec()), None, None]);
+    s.put(&flag, b"1", None).await.unwrap();
+    let answers = s
+        .read_many(&[(&flag, Read::Presence), (&user, Read::Presence)])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![Some(Vec::new()), Some(Vec::new())],
+        "presence only: no value"
+    );
+    // Expired keys are absent.
+    let short = Key::tenant("acme", "users", "short");
+    s.put(&short, b"x", Some(SHORT)).await.unwrap();
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.read_many(&[(&short, Read::Value)]).await.unwrap(), vec![None]);
+    assert_eq!(s.read_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
+    // Keys of several hash tags are refused before anything is read.
+    let other = Key::tenant("acme", "config", "tenant");
+    assert!(matches!(
+        s.read_many(&[(&user, Read::Value), (&other, Read::Value)]).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+async fn put_then_get_writes_and_reads_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let (mine, theirs) = (
+        Key::tenant("acme", "codes", "used:h1"),
+        Key::tenant("acme", "codes", "replayed:h1"),
+    );
+    // Nothing on the other side yet: written, nothing read.
+    assert_eq!(
+        s.put_then_get(&mine, b"issued", Some(LONG), &theirs).await.unwrap(),
+        None
+    );
+    assert_eq!(s.get(&mine).await.unwrap(), Some(b"issued".to_vec()));
+    // The other side writes its key and reads mine.
+    assert_eq!(
+        s.put_then_get(&theirs, b"1", Some(SHORT), &mine).await.unwrap(),
+        Some(b"issued".to_vec())
+    );
+    assert_eq!(
+        s.put_then_get(&mine, b"again", None, &theirs).await.unwrap(),
+        Some(b"1".to_vec()),
+        "without a TTL too"
+    );
+    // The TTL is the write's: the short one expires.
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&theirs).await.unwrap(), None);
+    assert_eq!(s.put_then_get(&mine, b"x", Some(LONG), &theirs).await.unwrap(), None);
+    // Keys of two hash tags are refused, and nothing is written.
+    let elsewhere = Key::tenant("acme", "users", "user:u9");
+    assert!(matches!(
+        s.put_then_get(&elsewhere, b"v", None, &mine).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&elsewhere).await.unwrap(), None);
 }

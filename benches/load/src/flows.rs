@@ -336,7 +336,8 @@ impl World {
     /// One whole sign-in of user `user`, untimed, calling `mark` with each
     /// stage's name right after that stage's request was answered (SAML:
     /// `authorize`, `acs`, `continue`, `token`; OIDC: `authorize`,
-    /// `callback`, `token`), so a caller can attribute what happened in
+    /// `callback`, `token`; then `refresh`, one rotation of the refresh
+    /// token just issued), so a caller can attribute what happened in
     /// between (the store traffic test counts Redis commands per stage).
     pub async fn sign_in_stepwise(
         &self,
@@ -376,9 +377,17 @@ impl World {
         let code = query(&to_app, "code").ok_or_else(|| format!("{what}: no code in {to_app}"))?;
         let (t, _) = w.redeem(&code, &a.pending.verifier).await?;
         mark("token");
-        if t.refresh.is_none() {
+        let Some(refresh) = t.refresh else {
             return Err("token (code): no refresh_token for offline_access".into());
-        }
+        };
+        // One rotation of the new refresh token (the `refresh` stage).
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", &refresh)
+            .finish();
+        let v = w.token(&w.app, body, "token (refresh)").await?;
+        str_field(&v, "refresh_token").map_err(|_| "token (refresh): not rotated".to_owned())?;
+        mark("refresh");
         Ok(())
     }
 

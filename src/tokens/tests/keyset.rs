@@ -321,6 +321,28 @@ impl crate::store::Store for RacingStore {
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), crate::store::StoreError> {
         self.inner.put(key, value, ttl).await
     }
+    async fn get_if_changed(
+        &self,
+        key: &Key,
+        known: Option<&str>,
+    ) -> Result<crate::store::IfChanged, crate::store::StoreError> {
+        self.inner.get_if_changed(key, known).await
+    }
+    async fn read_many(
+        &self,
+        keys: &[(&Key, crate::store::Read)],
+    ) -> Result<Vec<Option<Vec<u8>>>, crate::store::StoreError> {
+        self.inner.read_many(keys).await
+    }
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.inner.put_then_get(key, value, ttl, read).await
+    }
     async fn put_if_absent(
         &self,
         key: &Key,

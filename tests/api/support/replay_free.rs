@@ -28,6 +28,21 @@ impl Store for ReplayFree {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(key).await
     }
+    async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<portcullis::store::IfChanged, StoreError> {
+        self.0.get_if_changed(key, known).await
+    }
+    async fn read_many(&self, keys: &[(&Key, portcullis::store::Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.0.read_many(keys).await
+    }
+    async fn put_then_get(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        read: &Key,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.put_then_get(key, value, ttl, read).await
+    }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.0.put(key, value, ttl).await
     }
