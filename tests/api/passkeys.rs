@@ -135,7 +135,7 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
     let mut stderr = child.stderr.take().unwrap();
 
     let mut sub = None::<String>;
-    let report: Value = tokio::time::timeout(Duration::from_secs(300), async {
+    let report: Option<Value> = tokio::time::timeout(Duration::from_secs(300), async {
         let mut last = None;
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
@@ -215,13 +215,13 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
         last
     })
     .await
-    .expect("the browser run took too long")
-    .unwrap_or_else(|| panic!("no report from the browser script"));
+    .expect("the browser run took too long");
     let _ = child.wait().await;
     let mut err = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err)
         .await
         .ok();
+    let report = report.unwrap_or_else(|| panic!("no report from the browser script; its stderr:\n{err}"));
     for s in report["steps"].as_array().into_iter().flatten() {
         println!(
             "screenshot {}: {}",
