@@ -54,6 +54,7 @@ mod saml_vendors;
 mod scopes;
 mod secrets_at_rest;
 mod serving;
+mod shedding;
 mod store_conformance;
 mod store_outage;
 mod store_topologies;
