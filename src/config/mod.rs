@@ -1233,6 +1233,22 @@ routes = [
     }
 
     #[test]
+    fn max_in_flight_defaults_to_the_machine_and_is_bounded() {
+        let r = memory_settings().validate("d").unwrap();
+        assert_eq!(r.max_in_flight, default_max_in_flight());
+        assert!(r.max_in_flight >= DEFAULT_IN_FLIGHT_PER_CPU);
+        let s = Settings::parse("[store]\nbackend = \"memory\"\n[server]\nmax_in_flight = 7\n", "x.toml").unwrap();
+        assert_eq!(s.validate("x.toml").unwrap().max_in_flight, 7);
+        let mut s = memory_settings();
+        let env: BTreeMap<String, String> = [("PORTCULLIS_MAX_IN_FLIGHT".to_string(), "0".to_string())].into();
+        s.apply_env(&env).unwrap();
+        let err = s.validate("d").unwrap_err();
+        assert!(err.0.iter().any(|p| p.field == "server.max_in_flight"), "{err}");
+        let bad: BTreeMap<String, String> = [("PORTCULLIS_MAX_IN_FLIGHT".to_string(), "lots".to_string())].into();
+        assert!(memory_settings().apply_env(&bad).is_err());
+    }
+
+    #[test]
     fn listeners_tls_and_grace_are_checked() {
         let env: BTreeMap<String, String> = [
             ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:9090"),
