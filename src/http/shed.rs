@@ -16,6 +16,10 @@
 //!   length to every answer, while the client, its load balancer or another
 //!   replica can retry at once; bursts shorter than the budget are absorbed
 //!   by the budget itself.
+//! * New sign-ins go first: `/authorize` may use three quarters of the
+//!   budget; the last quarter is kept for the IdP callbacks, continuations
+//!   and `/token` of sign-ins already under way, whose earlier steps were
+//!   work already paid for.
 //! * Before anything else: the refusal costs no store round trip (the rate
 //!   limiter counts in Redis, so a starved Redis would otherwise hold every
 //!   request there before it could be refused), no session and no body read.
@@ -91,9 +95,23 @@ impl InFlight {
         self.max.saturating_sub(self.slots.available_permits())
     }
 
-    /// A slot, if one is free; never waits.
-    fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+    /// A slot, if one is free; never waits. A request that starts a new
+    /// sign-in (`fresh`) gets one only while more than a quarter of the
+    /// budget is free: the last quarter is kept for sign-ins already under
+    /// way (IdP callbacks, the continuation, `/token`), so that under
+    /// overload the gateway finishes the sign-ins it started instead of
+    /// starting new ones it then cannot finish.
+    fn try_enter(&self, fresh: bool) -> Option<OwnedSemaphorePermit> {
+        if fresh && self.slots.available_permits() <= self.reserved() {
+            return None;
+        }
         self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Slots new sign-ins may not take (a quarter of the budget; none of a
+    /// budget below four).
+    fn reserved(&self) -> usize {
+        self.max / 4
     }
 
     /// Counts a refusal and logs it, at most once per [`LOG_EVERY`].
@@ -182,7 +200,8 @@ where
         if EXEMPT.contains(&req.uri().path()) {
             return Box::pin(inner.call(req));
         }
-        match self.budget.try_enter() {
+        let fresh = RouteClass::of(req.method(), req.uri().path()).0 == RouteClass::Authorize;
+        match self.budget.try_enter(fresh) {
             Some(slot) => {
                 let answer = inner.call(req);
                 Box::pin(async move {
@@ -396,6 +415,33 @@ mod tests {
         task.abort();
         let _ = task.await;
         until_in_flight(&budget, 0).await;
+    }
+
+    #[tokio::test]
+    async fn the_last_quarter_of_the_budget_is_kept_for_sign_ins_under_way() {
+        let release = Arc::new(Semaphore::new(0));
+        let budget = Arc::new(InFlight::new(4));
+        let svc = tower::ServiceBuilder::new()
+            .layer(ShedLayer::new(budget.clone(), false))
+            .service(held(release.clone()));
+        let held: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request(Method::POST, "/token"))))
+            .collect();
+        until_in_flight(&budget, 3).await;
+        // One slot is free, but it is the reserved one: no new sign-in...
+        let page = svc.clone().oneshot(request(Method::GET, "/authorize")).await.unwrap();
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(page).await.contains(REASON));
+        // ...while a sign-in under way still gets it.
+        let last = tokio::spawn(svc.clone().oneshot(request(Method::POST, "/token")));
+        until_in_flight(&budget, 4).await;
+        release.add_permits(4);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(last.await.unwrap().unwrap().status(), StatusCode::OK);
+        let page = svc.clone().oneshot(request(Method::GET, "/authorize")).await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
     }
 
     #[test]
