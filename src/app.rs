@@ -227,6 +227,7 @@ pub async fn build(
         metrics: settings.metrics.clone(),
         edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
         accounts,
+        in_flight: Arc::new(crate::http::shed::InFlight::new(resolved.max_in_flight)),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

@@ -33,6 +33,13 @@ pub const REFRESH_SUCCESSES: &str = "portcullis_refresh_successes_total";
 pub const REFRESH_REUSE: &str = "portcullis_refresh_reuse_total";
 /// Requests refused by a rate limit, by route (incremented by the throttle layer).
 pub const THROTTLED: &str = "portcullis_throttled_total";
+/// Requests refused at once because the replica was at `[server]
+/// max_in_flight` (503, `overload.shed`), by route class.
+pub const SHED: &str = "portcullis_requests_shed_total";
+/// Requests being served now (those counted against `[server] max_in_flight`), read at scrape time.
+pub const IN_FLIGHT: &str = "portcullis_requests_in_flight";
+/// The replica's `[server] max_in_flight`.
+pub const MAX_IN_FLIGHT: &str = "portcullis_requests_max_in_flight";
 /// Request latency by matched route template, method and status.
 pub const HTTP_DURATION: &str = "portcullis_http_request_duration_seconds";
 /// Failed store operations (Redis unreachable, timed out or answering an error).
@@ -59,6 +66,9 @@ pub const NAMES: &[&str] = &[
     REFRESH_SUCCESSES,
     REFRESH_REUSE,
     THROTTLED,
+    SHED,
+    IN_FLIGHT,
+    MAX_IN_FLIGHT,
     HTTP_DURATION,
     REDIS_ERRORS,
     REDIS_DURATION,
@@ -147,6 +157,18 @@ fn describe() {
         "Used refresh tokens presented again (the whole family is revoked)."
     );
     describe_counter!(THROTTLED, "Requests refused by a rate limit (429), by route.");
+    describe_counter!(
+        SHED,
+        "Requests refused at once (503, overload.shed) because the replica was at max_in_flight, by route class."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Requests being served now, counted against max_in_flight (health probes and /metrics excluded)."
+    );
+    describe_gauge!(
+        MAX_IN_FLIGHT,
+        "The most requests this replica serves at once ([server] max_in_flight)."
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
@@ -224,6 +246,17 @@ pub fn refresh_reused() {
 /// never a raw path).
 pub fn throttled(route: impl Into<String>) {
     metrics::counter!(THROTTLED, "route" => route.into()).increment(1);
+}
+
+/// A request refused by load shedding (503), by route class.
+pub fn shed(route: &'static str) {
+    metrics::counter!(SHED, "route" => route).increment(1);
+}
+
+/// The requests in flight and the budget, set when `/metrics` is scraped.
+pub fn in_flight(current: usize, max: usize) {
+    metrics::gauge!(IN_FLIGHT).set(current as f64);
+    metrics::gauge!(MAX_IN_FLIGHT).set(max as f64);
 }
 
 /// One request's latency by route template.

@@ -153,7 +153,25 @@ pub struct ServerSettings {
     /// (`PORTCULLIS_SHUTDOWN_DELAY_SECS`, 0 to 120; default 0). The grace
     /// period starts after it.
     pub shutdown_delay_secs: u64,
+    /// The most requests this replica serves at once, over all its
+    /// listeners (`PORTCULLIS_MAX_IN_FLIGHT`, 1 to 1,000,000). One more is
+    /// refused at once with a 503 and `Retry-After` (`overload.shed`)
+    /// instead of waiting in a queue; health probes and `/metrics` are never
+    /// refused. Unset: [`DEFAULT_IN_FLIGHT_PER_CPU`] per CPU this process
+    /// may run on.
+    pub max_in_flight: Option<usize>,
 }
+
+/// Requests in flight per CPU when `[server] max_in_flight` is unset. A
+/// sign-in costs about 1 ms of CPU, so a saturated core finishes about
+/// 1,000 requests a second, and 128 waiting per core is roughly 128 ms of
+/// queueing: enough to absorb a burst and to cover the requests that wait
+/// on Redis, an IdP or a hook without using CPU, small enough that memory
+/// stays bounded and what cannot be served soon is refused at once.
+pub const DEFAULT_IN_FLIGHT_PER_CPU: usize = 128;
+
+/// The largest `[server] max_in_flight` accepted.
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
 
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
@@ -430,6 +448,7 @@ impl Default for ServerSettings {
             tls_key_file: None,
             shutdown_grace_secs: 25,
             shutdown_delay_secs: 0,
+            max_in_flight: None,
         }
     }
 }
@@ -506,6 +525,9 @@ pub struct Resolved {
     pub shutdown_grace: std::time::Duration,
     /// How long a drain keeps accepting while unready.
     pub shutdown_delay: std::time::Duration,
+    /// The most requests served at once (`[server] max_in_flight`, or its
+    /// default for this machine).
+    pub max_in_flight: usize,
 }
 
 /// The PEM files HTTPS is served with.
@@ -627,6 +649,17 @@ impl Settings {
         if let Some(v) = env.get("PORTCULLIS_TLS_KEY_FILE") {
             self.server.tls_key_file = (!v.is_empty()).then(|| PathBuf::from(v));
         }
+        if let Some(v) = env.get("PORTCULLIS_MAX_IN_FLIGHT") {
+            match v.parse::<usize>() {
+                Ok(n) => self.server.max_in_flight = Some(n),
+                Err(_) if v.is_empty() => self.server.max_in_flight = None,
+                Err(_) => problems.push(ConfigProblem {
+                    source: "PORTCULLIS_MAX_IN_FLIGHT".into(),
+                    field: String::new(),
+                    message: format!("expected a number of requests, found {v:?}"),
+                }),
+            }
+        }
         for (name, target) in [
             ("PORTCULLIS_SHUTDOWN_GRACE_SECS", &mut self.server.shutdown_grace_secs),
             ("PORTCULLIS_SHUTDOWN_DELAY_SECS", &mut self.server.shutdown_delay_secs),
@@ -722,6 +755,14 @@ impl Settings {
                 "server.shutdown_grace_secs",
                 format!("{} is outside 1..=3600", self.server.shutdown_grace_secs),
             );
+        }
+        if let Some(n) = self.server.max_in_flight {
+            if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&n) {
+                bad(
+                    "server.max_in_flight",
+                    format!("{n} is outside 1..={MAX_IN_FLIGHT_LIMIT}"),
+                );
+            }
         }
         if self.server.shutdown_delay_secs > 120 {
             bad(
@@ -970,10 +1011,19 @@ impl Settings {
                 tls,
                 shutdown_grace: std::time::Duration::from_secs(self.server.shutdown_grace_secs),
                 shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay_secs),
+                max_in_flight: self.server.max_in_flight.unwrap_or_else(default_max_in_flight),
             }),
             _ => Err(ConfigErrors(problems)),
         }
     }
+}
+
+/// [`DEFAULT_IN_FLIGHT_PER_CPU`] for every CPU this process may run on
+/// (its affinity mask and cgroup quota count, so a pod limited to one CPU
+/// gets 128).
+pub fn default_max_in_flight() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    DEFAULT_IN_FLIGHT_PER_CPU.saturating_mul(cpus)
 }
 
 fn is_local_host(url: &Url) -> bool {
@@ -1186,6 +1236,22 @@ routes = [
         let s = Settings::parse("[upstream]\nrefresh_interval_secs = 900\n", "x.toml").unwrap();
         assert_eq!(s.upstream.refresh_interval_secs, 900);
         assert_eq!(Settings::default().upstream.refresh_interval_secs, 3600);
+    }
+
+    #[test]
+    fn max_in_flight_defaults_to_the_machine_and_is_bounded() {
+        let r = memory_settings().validate("d").unwrap();
+        assert_eq!(r.max_in_flight, default_max_in_flight());
+        assert!(r.max_in_flight >= DEFAULT_IN_FLIGHT_PER_CPU);
+        let s = Settings::parse("[store]\nbackend = \"memory\"\n[server]\nmax_in_flight = 7\n", "x.toml").unwrap();
+        assert_eq!(s.validate("x.toml").unwrap().max_in_flight, 7);
+        let mut s = memory_settings();
+        let env: BTreeMap<String, String> = [("PORTCULLIS_MAX_IN_FLIGHT".to_string(), "0".to_string())].into();
+        s.apply_env(&env).unwrap();
+        let err = s.validate("d").unwrap_err();
+        assert!(err.0.iter().any(|p| p.field == "server.max_in_flight"), "{err}");
+        let bad: BTreeMap<String, String> = [("PORTCULLIS_MAX_IN_FLIGHT".to_string(), "lots".to_string())].into();
+        assert!(memory_settings().apply_env(&bad).is_err());
     }
 
     #[test]

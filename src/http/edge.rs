@@ -652,8 +652,9 @@ fn refuse(class: RouteClass, status: StatusCode, reason: &'static str, message: 
 }
 
 /// An error in the format of `class`: RFC 6749 JSON on the OAuth endpoints,
-/// problem+json on the admin API, a page for browsers.
-fn answer(
+/// problem+json on the admin API, a page for browsers (also the shape of
+/// load shedding's 503, `http::shed`).
+pub(crate) fn answer(
     class: RouteClass,
     status: StatusCode,
     oauth_error: &str,

@@ -79,6 +79,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         tracing::error!(reason = "metrics.not_installed", "no metrics recorder in this process");
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    // Read now rather than moved per request: a scrape sees the same
+    // number, and serving a request costs no gauge update.
+    meter::in_flight(state.in_flight.current(), state.in_flight.max());
     let mut body = handle.render();
     match tokio::time::timeout(CERTIFICATES_TIMEOUT, state.tenants.certificate_expiries()).await {
         Ok(Ok(list)) => {

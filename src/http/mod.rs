@@ -13,6 +13,7 @@ pub mod oauth;
 pub mod pages;
 pub mod passkey;
 pub mod server;
+pub mod shed;
 
 use crate::broker::Broker;
 use crate::provider::Provider;
@@ -57,6 +58,9 @@ pub struct AppState {
     pub edge: Arc<edge::EdgeConfig>,
     /// Local accounts (`"kind":"local"` connections) and their mail.
     pub accounts: crate::local::Accounts,
+    /// The replica's budget of requests in flight (`[server] max_in_flight`),
+    /// shared by every listener.
+    pub in_flight: Arc<shed::InFlight>,
 }
 
 /// How browser-session cookies are set.
@@ -181,8 +185,8 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new().merge(browser).merge(api).merge(crate::portal::routes())
 }
 
-/// The layers every listener shares: security headers, the body limit
-/// and request tracing.
+/// The layers every listener shares: load shedding, the edge, security
+/// headers, the body limit and request tracing.
 fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
     let https = state.upstream.public_url.scheme() == "https";
     routes
@@ -198,5 +202,8 @@ fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
         // request id and written it onto the request: the audit scope takes it.
         .layer(axum::middleware::from_fn(crate::admin::audit::request_scope))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::layer))
+        // Outermost: a request over the replica's budget is refused before
+        // any work, above all before the rate limiter's store round trip.
+        .layer(shed::ShedLayer::new(state.in_flight.clone(), https))
         .with_state(state.clone())
 }

@@ -48,6 +48,7 @@ fn smoke(app: &TestApp) -> Options {
 
 fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]) {
     assert_eq!(report.errors(), 0, "{report:#?}");
+    assert_eq!(report.shed(), 0, "nothing is shed at smoke-test rates: {report:#?}");
     assert_eq!(report.gateway_alg.as_deref(), Some("RS256"));
     let ran: Vec<Scenario> = report.scenarios.iter().map(|s| s.scenario).collect();
     assert_eq!(ran, scenarios);

@@ -57,6 +57,7 @@ mod saml_vendors;
 mod scopes;
 mod secrets_at_rest;
 mod serving;
+mod shedding;
 mod store_conformance;
 mod store_outage;
 mod store_round4;

@@ -35,8 +35,12 @@ pub struct Stage<T> {
     pub outputs: Vec<(usize, T, u64)>,
     /// Successful operations.
     pub ok: u64,
-    /// Failed operations (unexpected status, transport error).
+    /// Failed operations (unexpected status, transport error), not
+    /// counting those the gateway shed.
     pub errors: u64,
+    /// Operations the gateway answered with 503 (it shed them: over
+    /// capacity, or its store unavailable), counted apart from `errors`.
+    pub shed: u64,
     /// The first few error messages.
     pub samples: Vec<String>,
     /// Wall time of the window.
@@ -50,8 +54,15 @@ struct Collector<T> {
     outputs: Vec<(usize, T, u64)>,
     ok: u64,
     errors: u64,
+    shed: u64,
     samples: Vec<String>,
     keep: bool,
+}
+
+/// Whether an operation's error says the gateway answered 503: every flow
+/// reports an unexpected status as `HTTP <code> <reason>`.
+pub fn is_shed(message: &str) -> bool {
+    message.contains("HTTP 503")
 }
 
 impl<T> Collector<T> {
@@ -64,6 +75,7 @@ impl<T> Collector<T> {
                     self.outputs.push((i, v, micros));
                 }
             }
+            Err(e) if is_shed(&e) => self.shed += 1,
             Err(e) => {
                 self.errors += 1;
                 if self.samples.len() < SAMPLES {
@@ -100,6 +112,7 @@ where
         outputs: Vec::new(),
         ok: 0,
         errors: 0,
+        shed: 0,
         samples: Vec::new(),
         keep,
     }));
@@ -187,6 +200,7 @@ where
             outputs: Vec::new(),
             ok: 0,
             errors: 1,
+            shed: 0,
             samples: vec!["internal: results still shared after the stage".into()],
             elapsed,
             cpu_secs,
@@ -197,6 +211,7 @@ where
         outputs: c.outputs,
         ok: c.ok,
         errors: c.errors,
+        shed: c.shed,
         samples: c.samples,
         elapsed,
         cpu_secs,
@@ -281,6 +296,29 @@ mod tests {
         let s = rt.block_on(run(Mode::Closed(2), bounds, false, None, op));
         assert_eq!((s.ok, s.errors), (5, 5));
         assert!(s.samples.iter().all(|m| m.ends_with("HTTP 500")), "{:?}", s.samples);
+    }
+
+    #[test]
+    fn a_503_is_counted_as_shed_not_as_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let op = |i: usize| async move {
+            match i % 3 {
+                0 => Ok(()),
+                1 => Err(format!("op {i}: HTTP 503 Service Unavailable")),
+                _ => Err(format!("op {i}: HTTP 500 Internal Server Error")),
+            }
+        };
+        let bounds = Bounds {
+            limit: Some(9),
+            duration: None,
+            max_in_flight: 4,
+        };
+        let s = rt.block_on(run(Mode::Open(1000.0), bounds, false, None, op));
+        assert_eq!((s.ok, s.shed, s.errors), (3, 3, 3));
+        assert!(s.samples.iter().all(|m| m.contains("HTTP 500")), "{:?}", s.samples);
     }
 
     #[test]

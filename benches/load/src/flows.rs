@@ -635,7 +635,7 @@ impl World {
                 },
             )
             .await;
-            offset += a.outputs.len() + a.errors as usize;
+            offset += a.outputs.len() + (a.errors + a.shed) as usize;
             r.stages.push(stage_report("authorize", &a));
             absorb(&mut r, &a);
             let t = Instant::now();
@@ -734,7 +734,7 @@ impl World {
         )
         .await;
         let closed = matches!(w.mode, Mode::Closed(_));
-        if closed && stage.ok + stage.errors >= bodies.len() as u64 && stage.elapsed < window {
+        if closed && stage.ok + stage.errors + stage.shed >= bodies.len() as u64 && stage.elapsed < window {
             eprintln!(
                 "portcullis-load: saml-acs: the {} pre-signed responses ran out after {:.1} s (raise --pool)",
                 bodies.len(),
@@ -784,6 +784,7 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         rate,
         ok: 0,
         errors: 0,
+        shed: 0,
         error_samples: Vec::new(),
         elapsed_s: 0.0,
         throughput_per_s: 0.0,
@@ -803,6 +804,7 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         name: name.into(),
         ok: s.ok,
         errors: s.errors,
+        shed: s.shed,
         elapsed_s: s.elapsed.as_secs_f64(),
         latency_ms: Latency::of(&s.hist),
         gateway_cpu_s: s.cpu_secs,
@@ -813,6 +815,7 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
 fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     r.ok = s.ok;
     r.errors += s.errors;
+    r.shed += s.shed;
     r.elapsed_s += s.elapsed.as_secs_f64();
     if let Some(c) = s.cpu_secs {
         r.gateway_cpu_s = Some(r.gateway_cpu_s.unwrap_or(0.0) + c);

@@ -243,8 +243,10 @@ pub struct StageReport {
     pub name: String,
     /// Successful operations.
     pub ok: u64,
-    /// Failed operations.
+    /// Failed operations (not counting `shed`).
     pub errors: u64,
+    /// Operations the gateway answered with 503 (shed).
+    pub shed: u64,
     /// Seconds.
     pub elapsed_s: f64,
     /// Latency of the stage's operations.
@@ -266,8 +268,13 @@ pub struct ScenarioReport {
     pub rate: Option<f64>,
     /// Completed operations (whole sign-ins for the sign-in scenarios).
     pub ok: u64,
-    /// Operations that got an unexpected answer or none.
+    /// Operations that got an unexpected answer or none (not counting `shed`).
     pub errors: u64,
+    /// Operations the gateway answered with 503: it shed them (over
+    /// `[server] max_in_flight`, or its store unavailable). Counted apart
+    /// from `errors`; an overload run expects them, any other run should
+    /// have none.
+    pub shed: u64,
     /// The first few error messages.
     pub error_samples: Vec<String>,
     /// Seconds the gateway was driven (timed stages only).
@@ -306,12 +313,13 @@ impl ScenarioReport {
             .map(|c| format!("{c:.3} ms/op"))
             .unwrap_or_else(|| "n/a".into());
         format!(
-            "{:<18} {:<6} {:<10} ok={:<8} err={:<4} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}",
+            "{:<18} {:<6} {:<10} ok={:<8} err={:<4} shed={:<6} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}",
             self.scenario.name(),
             self.mode,
             load,
             self.ok,
             self.errors,
+            self.shed,
             self.throughput_per_s,
             self.latency_ms.p50,
             self.latency_ms.p90,
@@ -436,6 +444,11 @@ impl Report {
     /// Failed operations over all scenarios.
     pub fn errors(&self) -> u64 {
         self.scenarios.iter().map(|s| s.errors).sum()
+    }
+
+    /// Operations shed (503) over all scenarios.
+    pub fn shed(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.shed).sum()
     }
 }
 

@@ -57,6 +57,13 @@ fn main() {
             std::process::exit(2);
         }
     }
+    let shed = report.shed();
+    if shed > 0 {
+        eprintln!(
+            "portcullis-load: {shed} operations were shed (HTTP 503): the gateway was over capacity; \
+             throughput and latency are those of the operations it served"
+        );
+    }
     let errors = report.errors();
     if errors > 0 {
         eprintln!("portcullis-load: {errors} operations got an unexpected answer: the numbers are not valid");

@@ -29,6 +29,9 @@ pub enum Behavior {
     Garbage(&'static str),
     /// Waits this long, then answers `{}`.
     Slow(Duration),
+    /// Waits until the test adds a permit to the semaphore (one per call),
+    /// then answers `{}`: holds calls in flight for as long as a test needs.
+    Hold(Arc<tokio::sync::Semaphore>),
     /// The legacy user base: 200 with the user's profile when the email and
     /// password match an entry, else 200 `{"outcome": "refuse"}`.
     Legacy,
@@ -165,6 +168,10 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
         Behavior::Garbage(text) => (StatusCode::OK, text).into_response(),
         Behavior::Slow(d) => {
             tokio::time::sleep(d).await;
+            axum::Json(json!({})).into_response()
+        }
+        Behavior::Hold(gate) => {
+            gate.acquire().await.unwrap().forget();
             axum::Json(json!({})).into_response()
         }
         Behavior::Arithmetic => match value["step"].as_str().unwrap_or_default() {
