@@ -214,6 +214,7 @@ pub async fn build(
         metrics: settings.metrics.clone(),
         edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
         accounts,
+        published: Arc::default(),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

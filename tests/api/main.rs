@@ -37,6 +37,7 @@ mod outbound_http;
 mod peers_selftest;
 mod portal;
 mod portal_browser;
+mod published_docs;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;
