@@ -228,6 +228,7 @@ pub async fn build(
         edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
         accounts,
         in_flight: Arc::new(crate::http::shed::InFlight::new(resolved.max_in_flight)),
+        published: Arc::default(),
     });
     seed_resource_servers(&state, settings).await?;
     seed_clients(&state, settings).await?;

@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// With the `mimalloc` feature, the Rust allocations of the whole process
+/// (not those of the C libraries) go to mimalloc instead of glibc's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     portcullis::telemetry::init();

@@ -259,10 +259,51 @@ pub fn in_flight(current: usize, max: usize) {
     metrics::gauge!(MAX_IN_FLIGHT).set(max as f64);
 }
 
-/// One request's latency by route template.
-pub fn http_request(route: String, method: String, status: u16, elapsed: Duration) {
-    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method, "status" => status.to_string())
-        .record(elapsed.as_secs_f64());
+/// One request's latency by route template (`method` is one of a closed
+/// set of names). The histogram of each (route, method, status) is looked
+/// up in the recorder once and kept ([`HttpHistograms`]): a request then
+/// records without building labels.
+pub fn http_request(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    HTTP_HISTOGRAMS.get(route, method, status).record(elapsed.as_secs_f64());
+}
+
+/// The `portcullis_http_request_duration_seconds` histograms already
+/// registered, by status, method and route template. Bounded: routes are
+/// templates (or [`UNKNOWN`]-like fixed names), methods a closed set,
+/// statuses the few the handlers answer. Only histograms of our own
+/// installed recorder are kept, so a handle taken before [`install`] (a
+/// no-op) is never kept past it.
+#[derive(Default)]
+struct HttpHistograms {
+    by_status: std::sync::RwLock<HttpHistogramMap>,
+}
+
+type HttpHistogramMap =
+    std::collections::HashMap<(u16, &'static str), std::collections::HashMap<String, metrics::Histogram>>;
+
+static HTTP_HISTOGRAMS: std::sync::LazyLock<HttpHistograms> = std::sync::LazyLock::new(HttpHistograms::default);
+
+impl HttpHistograms {
+    fn get(&self, route: &str, method: &'static str, status: u16) -> metrics::Histogram {
+        let known = self
+            .by_status
+            .read()
+            .ok()
+            .and_then(|m| m.get(&(status, method)).and_then(|r| r.get(route)).cloned());
+        if let Some(h) = known {
+            return h;
+        }
+        let h = metrics::histogram!(HTTP_DURATION, "route" => route.to_owned(), "method" => method,
+            "status" => status.to_string());
+        if handle().is_some() {
+            if let Ok(mut m) = self.by_status.write() {
+                m.entry((status, method))
+                    .or_default()
+                    .insert(route.to_owned(), h.clone());
+            }
+        }
+        h
+    }
 }
 
 /// One store operation: its latency, and an error when it failed.

@@ -123,8 +123,17 @@ impl RouteClass {
     /// Which class `path` (with `method`) belongs to, and the tenant its
     /// path names, if any.
     pub fn of(method: &Method, path: &str) -> (RouteClass, Option<String>) {
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match segments.as_slice() {
+        // No allocation: the exact patterns have at most four segments, so
+        // a longer path keeps its first six (still longer than any of them)
+        // and the prefix patterns see the same first segments.
+        let mut segments = [""; 6];
+        let mut count = 0;
+        for (slot, s) in segments.iter_mut().zip(path.trim_start_matches('/').split('/')) {
+            *slot = s;
+            count += 1;
+        }
+        let segments = segments.get(..count).unwrap_or_default();
+        match segments {
             ["authorize"] => (Self::Authorize, None),
             ["token" | "revoke" | "introspect" | "userinfo"] => (Self::Token, None),
             ["oidc", t, _, "callback"]
@@ -268,7 +277,10 @@ fn request_id(headers: &HeaderMap, from_trusted_proxy: bool) -> String {
         .map_or_else(|| crate::tokens::random_token(16), str::to_owned)
 }
 
-/// The edge middleware (see the module documentation).
+/// The edge middleware (see the module documentation). It also opens the
+/// request's log span ([`super::metrics::request_span`]) and the audit
+/// scope of its request id ([`crate::audit::in_request`]): one layer, not
+/// three, on every request.
 pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let config = &state.edge;
@@ -284,25 +296,27 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
             IpAddr::from([0, 0, 0, 0])
         }
     };
+    let (class, path_tenant) = RouteClass::of(req.method(), req.uri().path());
     // A caller's id is taken from a trusted proxy, and on the admin API,
     // whose callers correlate their own changes in the audit log (sanitised
     // either way: a short token of safe characters).
-    let admin_route = RouteClass::of(req.method(), req.uri().path()).0 == RouteClass::Admin;
     let id = request_id(
         req.headers(),
-        admin_route || peer.is_some_and(|p| config.trusted(canonical(p))),
+        class == RouteClass::Admin || peer.is_some_and(|p| config.trusted(canonical(p))),
     );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        req.headers_mut().insert("x-request-id", v);
+    let id_value = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &id_value {
+        req.headers_mut().insert("x-request-id", v.clone());
     }
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ClientIp(ip));
-    let span = tracing::info_span!("edge", request_id = %id, client_ip = %ip);
-    let mut resp = admit(&state, req, ip, &id, next).instrument(span).await;
+    let span = super::metrics::request_span(req.method(), &id, ip);
+    let admitted = admit(&state, req, ip, class, path_tenant, &id, next);
+    let mut resp = crate::audit::in_request(id.clone(), admitted).instrument(span).await;
     // The edge's own answers (429, 413...) carry the headers every response does.
     pages::security_headers(&mut resp, state.upstream.public_url.scheme() == "https");
     let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = id_value {
         headers.insert("x-request-id", v);
     }
     if resp.status() == StatusCode::SERVICE_UNAVAILABLE && !resp.headers().contains_key(header::RETRY_AFTER) {
@@ -313,9 +327,15 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
 }
 
 /// Size checks, then the limits, then the request itself.
-async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
-    let (class, path_tenant) = RouteClass::of(req.method(), &path);
+async fn admit(
+    state: &AppState,
+    req: Request,
+    ip: IpAddr,
+    class: RouteClass,
+    path_tenant: Option<String>,
+    request_id: &str,
+    next: Next,
+) -> Response {
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > MAX_URL_BYTES {
         return refuse(
@@ -338,7 +358,7 @@ async fn admit(state: &AppState, req: Request, ip: IpAddr, request_id: &str, nex
             "The request headers are too large.",
         );
     }
-    let max_body = class.max_body(&path);
+    let max_body = class.max_body(req.uri().path());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -143,53 +143,66 @@ fn escape(v: &str) -> String {
 /// Also records the route, and the `{tenant}` and `{connection}` of the path
 /// when it has them, on the request span ([`request_span`]).
 pub async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |m| m.as_str().to_owned());
-    let (mut parts, body) = req.into_parts();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route_str = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     let span = tracing::Span::current();
-    span.record("route", route.as_str());
-    if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
-        // The admin API names the tenant `{id}` and the connection `{cid}`.
-        let admin_tenant = route.starts_with("/admin/v1/tenants/{id}");
-        for (k, v) in &params {
-            match k {
-                "tenant" | "connection" => span.record(k, v),
-                "id" if admin_tenant => span.record("tenant", v),
-                "cid" if admin_tenant => span.record("connection", v),
-                _ => &span,
-            };
+    // The span is off below INFO (`PORTCULLIS_LOG=warn`): then there is
+    // nothing to record, and the path parameters are not collected.
+    let req = if span.is_disabled() {
+        req
+    } else {
+        span.record("route", route_str);
+        let (mut parts, body) = req.into_parts();
+        if let Ok(params) = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
+            // The admin API names the tenant `{id}` and the connection `{cid}`.
+            let admin_tenant = route_str.starts_with("/admin/v1/tenants/{id}");
+            for (k, v) in &params {
+                match k {
+                    "tenant" | "connection" => span.record(k, v),
+                    "id" if admin_tenant => span.record("tenant", v),
+                    "cid" if admin_tenant => span.record("connection", v),
+                    _ => &span,
+                };
+            }
         }
-    }
-    let req = Request::from_parts(parts, body);
+        Request::from_parts(parts, body)
+    };
     let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
         _ => "other",
-    }
-    .to_owned();
+    };
     let start = Instant::now();
     let resp = crate::telemetry::with_request_span(span.clone(), next.run(req)).await;
-    let route = match resp.extensions().get::<RouteLabel>() {
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    match resp.extensions().get::<RouteLabel>() {
         Some(RouteLabel(served)) => {
             span.record("route", *served);
-            (*served).to_owned()
+            meter::http_request(served, method, status, elapsed);
         }
-        None => route,
-    };
-    meter::http_request(route, method, resp.status().as_u16(), start.elapsed());
+        None => meter::http_request(route_str, method, status, elapsed),
+    }
     resp
 }
 
-/// The span of one request (the trace layer's `make_span_with`): method,
-/// the matched route template, and the tenant and connection once known
-/// (recorded by [`track`] and [`crate::telemetry::tag_span`]). Never the raw
-/// path or query: they can hold setup-link tokens, codes and handles. At
-/// INFO, so exported traces have it.
-pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+/// The span of one request (opened by the edge, [`super::edge::layer`]):
+/// method, request id, client address, the matched route template, and the
+/// tenant and connection once known (recorded by [`track`] and
+/// [`crate::telemetry::tag_span`]). Never the raw path or query: they can
+/// hold setup-link tokens, codes and handles. At INFO, so exported traces
+/// have it.
+pub fn request_span(method: &axum::http::Method, request_id: &str, client_ip: std::net::IpAddr) -> tracing::Span {
     tracing::info_span!(
         "request",
-        method = %req.method(),
+        method = method.as_str(),
+        request_id,
+        client_ip = %client_ip,
         route = tracing::field::Empty,
         tenant = tracing::field::Empty,
         connection = tracing::field::Empty,

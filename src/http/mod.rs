@@ -21,7 +21,6 @@ use crate::secret::Secret;
 use crate::store::SharedStore;
 use crate::tenant::TenantRegistry;
 use crate::upstream::UpstreamContext;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -61,6 +60,8 @@ pub struct AppState {
     /// The replica's budget of requests in flight (`[server] max_in_flight`),
     /// shared by every listener.
     pub in_flight: Arc<shed::InFlight>,
+    /// Discovery served from bytes serialised once per change.
+    pub published: Arc<oauth::PublishedDocs>,
 }
 
 /// How browser-session cookies are set.
@@ -185,22 +186,18 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new().merge(browser).merge(api).merge(crate::portal::routes())
 }
 
-/// The layers every listener shares: load shedding, the edge, security
-/// headers, the body limit and request tracing.
+/// The layers every listener shares: load shedding (outermost), the edge
+/// (client address, request id, the request's span and audit scope, size
+/// and rate limits, the security headers of every response), the body
+/// limit and the route metrics.
 fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
+    // The shedding layer sits outside the edge, so it sets the security
+    // headers of its own 503s.
     let https = state.upstream.public_url.scheme() == "https";
     routes
         // Inside the router's layers, so the matched route template is known.
         .layer(axum::middleware::from_fn(metrics::track))
-        .layer(axum::middleware::map_response(move |mut resp: Response| async move {
-            pages::security_headers(&mut resp, https);
-            resp
-        }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(metrics::request_span))
-        // Inside the edge layer, which has already checked or made the
-        // request id and written it onto the request: the audit scope takes it.
-        .layer(axum::middleware::from_fn(crate::admin::audit::request_scope))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::layer))
         // Outermost: a request over the replica's budget is refused before
         // any work, above all before the rate limiter's store round trip.

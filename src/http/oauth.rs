@@ -8,6 +8,7 @@ use super::AppState;
 use crate::provider::grants::{ClientCredentials, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
+use crate::tokens::PublishedDoc;
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -72,14 +73,109 @@ pub fn single_valued(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, St
     Ok(out)
 }
 
+/// How long a replica serves its discovery document before reading the
+/// resource servers again. A change made on this replica shows at once (the
+/// registry's generation); one made on another replica within this long.
+/// Clients cache the document for five minutes anyway (`Cache-Control`).
+pub const DISCOVERY_CACHE_SECS: i64 = 5;
+
+/// The public documents served as pre-serialised bytes: the discovery
+/// document (rebuilt when the signing algorithms or the resource servers
+/// change, and at least every [`DISCOVERY_CACHE_SECS`]); the JWKS is kept by
+/// the key manager ([`crate::tokens::KeyManager::jwks_published`]).
+#[derive(Debug, Default)]
+pub struct PublishedDocs {
+    discovery: std::sync::Mutex<Option<CachedDiscovery>>,
+}
+
+#[derive(Debug)]
+struct CachedDiscovery {
+    algs: Vec<crate::tokens::SigningAlgorithm>,
+    generation: u64,
+    built_at: i64,
+    doc: Arc<PublishedDoc>,
+}
+
+impl PublishedDocs {
+    fn discovery(
+        &self,
+        algs: &[crate::tokens::SigningAlgorithm],
+        generation: u64,
+        now: i64,
+    ) -> Option<Arc<PublishedDoc>> {
+        let cached = self.discovery.lock().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|c| {
+                c.algs == algs
+                    && c.generation == generation
+                    && now >= c.built_at
+                    && now < c.built_at.saturating_add(DISCOVERY_CACHE_SECS)
+            })
+            .map(|c| c.doc.clone())
+    }
+
+    fn keep_discovery(
+        &self,
+        algs: Vec<crate::tokens::SigningAlgorithm>,
+        generation: u64,
+        now: i64,
+        doc: Arc<PublishedDoc>,
+    ) {
+        *self.discovery.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedDiscovery {
+            algs,
+            generation,
+            built_at: now,
+            doc,
+        });
+    }
+}
+
+/// A published document as a `200` with its `ETag` and `Cache-Control`, or
+/// a bodiless `304` when the request's `If-None-Match` names that `ETag`.
+fn published(headers: &HeaderMap, doc: &PublishedDoc, cache_control: &'static str) -> Response {
+    let cache = (header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    let etag = HeaderValue::from_str(&doc.etag).ok();
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == doc.etag);
+    let mut resp = if matches {
+        (StatusCode::NOT_MODIFIED, [cache]).into_response()
+    } else {
+        (
+            [
+                cache,
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            ],
+            doc.body.clone(),
+        )
+            .into_response()
+    };
+    if let Some(etag) = etag {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    resp
+}
+
 /// `GET /.well-known/openid-configuration`
-pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
+pub async fn discovery(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     // The active key's algorithm, and the next key's when a change of
     // algorithm is under way: what ID tokens may be signed with.
-    let algs: Vec<&str> = match state.provider.keys.signing_algorithms().await {
-        Ok(a) => a.into_iter().map(|a| a.as_str()).collect(),
+    let algs = match state.provider.keys.signing_algorithms().await {
+        Ok(a) => a,
         Err(e) => return OAuthError::server("discovery.keys_unavailable", e).into_response(),
     };
+    let now = state.provider.clock.unix();
+    // Read before the resource servers are: a change made while the
+    // document is built leaves a stale generation behind, so it is rebuilt.
+    let generation = state.provider.resources.generation();
+    if let Some(doc) = state.published.discovery(&algs, generation, now) {
+        return published(&headers, &doc, "public, max-age=300");
+    }
     let u = |p: &str| state.upstream.public(p).to_string();
     // The OIDC scopes, then the API scope names of every resource server,
     // bare and deduplicated (two APIs may both define `read`): a bare name is
@@ -97,6 +193,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         }
         Err(e) => return OAuthError::from(e).into_response(),
     }
+    let alg_names: Vec<&str> = algs.iter().map(|a| a.as_str()).collect();
     let doc = json!({
         "issuer": state.provider.iss(),
         "authorization_endpoint": u("authorize"),
@@ -111,7 +208,7 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
             crate::provider::clients::TOKEN_EXCHANGE],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": algs,
+        "id_token_signing_alg_values_supported": alg_names,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -127,13 +224,15 @@ pub async fn discovery(State(state): State<Arc<AppState>>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "frontchannel_logout_supported": false,
     });
-    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(doc)).into_response()
+    let doc = Arc::new(PublishedDoc::new(&doc));
+    state.published.keep_discovery(algs, generation, now, doc.clone());
+    published(&headers, &doc, "public, max-age=300")
 }
 
 /// `GET /jwks`
-pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
-    match state.provider.keys.jwks().await {
-        Ok(doc) => ([(header::CACHE_CONTROL, "public, max-age=60")], Json(doc)).into_response(),
+pub async fn jwks(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match state.provider.keys.jwks_published().await {
+        Ok(doc) => published(&headers, &doc, "public, max-age=60"),
         Err(e) => OAuthError::server("jwks.unavailable", e).into_response(),
     }
 }

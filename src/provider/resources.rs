@@ -23,6 +23,8 @@ use super::clients::Client;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The scopes of OpenID Connect itself, which every app may ask for.
 pub const OIDC_SCOPES: [&str; 5] = ["openid", "email", "profile", "groups", "offline_access"];
@@ -299,6 +301,10 @@ pub enum ResourceError {
 #[derive(Clone)]
 pub struct ResourceRegistry {
     store: SharedStore,
+    /// One up after every change made through this registry (shared by its
+    /// clones), so what is derived from the set (the discovery document's
+    /// scopes) is rebuilt at once on this replica.
+    changes: Arc<AtomicU64>,
 }
 
 pub(crate) fn resource_key(identifier: &str) -> Key {
@@ -315,7 +321,20 @@ pub(crate) fn index_key() -> Key {
 impl ResourceRegistry {
     /// A registry over `store`.
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            changes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many changes were made through this registry (or a clone) so
+    /// far: a cache of something derived from the set compares it.
+    pub fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Registers a resource server; fails if the identifier is taken. Its
@@ -328,14 +347,18 @@ impl ResourceRegistry {
         {
             return Err(ResourceError::Exists(rs.identifier.clone()));
         }
+        self.changed();
         self.store.set_add(&index_key(), &rs.identifier, None).await?;
+        self.changed();
         Ok(())
     }
 
     /// Registers or replaces a resource server (declared in the config file).
     pub async fn put(&self, rs: &ResourceServer) -> Result<(), ResourceError> {
+        self.changed();
         self.store.put_json(&resource_key(&rs.identifier), rs, None).await?;
         self.store.set_add(&index_key(), &rs.identifier, None).await?;
+        self.changed();
         Ok(())
     }
 
@@ -370,8 +393,10 @@ impl ResourceRegistry {
         if self.get(identifier).await?.is_none() {
             return Ok(false);
         }
+        self.changed();
         let existed = self.store.delete(&resource_key(identifier)).await?;
         self.store.set_remove(&index_key(), identifier).await?;
+        self.changed();
         Ok(existed)
     }
 }

@@ -101,12 +101,44 @@ async fn generate(alg: SigningAlgorithm, now: DateTime<Utc>) -> Result<StoredKey
         .map_err(|e| TokenError::Key(format!("key generation task: {e}")))?
 }
 
+/// A public document served as is: its bytes, serialised once, and a
+/// strong `ETag` (a digest of the bytes) for conditional requests.
+#[derive(Debug, Clone)]
+pub struct PublishedDoc {
+    /// The JSON body.
+    pub body: bytes::Bytes,
+    /// `"<base64url of the first 16 bytes of SHA-256(body)>"`, quotes included.
+    pub etag: String,
+}
+
+impl PublishedDoc {
+    /// Serialises `doc` and computes its `ETag`.
+    pub fn new(doc: &Value) -> Self {
+        use sha2::Digest as _;
+        let body = bytes::Bytes::from(doc.to_string());
+        let digest = sha2::Sha256::digest(&body);
+        let etag = format!("\"{}\"", super::b64(digest.get(..16).unwrap_or_default()));
+        Self { body, etag }
+    }
+}
+
+/// The JWKS document as last serialised, and what it was built from: the
+/// keyset snapshot (by identity) and the instant the published set changes
+/// next (a retired key's grace period ends).
+#[derive(Debug)]
+struct JwksCache {
+    keyset: Arc<LoadedKeyset>,
+    valid_until: i64,
+    doc: Arc<PublishedDoc>,
+}
+
 /// Owns the provider's signing keys. Cheap to share behind an `Arc`.
 pub struct KeyManager {
     store: SharedStore,
     clock: SharedClock,
     config: KeyConfig,
     cache: Mutex<Arc<LoadedKeyset>>,
+    jwks: Mutex<Option<JwksCache>>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -170,6 +202,7 @@ impl KeyManager {
             clock,
             config,
             cache: Mutex::new(Arc::new(loaded)),
+            jwks: Mutex::new(None),
         })
     }
 
@@ -259,11 +292,38 @@ impl KeyManager {
     /// The JWKS document: `{"keys": [...]}` with public keys only.
     pub async fn jwks(&self) -> Result<Value, TokenError> {
         let keyset = self.current().await?;
-        let keys: Vec<Value> = keyset
-            .published(self.clock.unix())
-            .map(|k| k.public.to_json(&k.kid, k.alg))
-            .collect();
-        Ok(serde_json::json!({ "keys": keys }))
+        Ok(jwks_of(&keyset, self.clock.unix()))
+    }
+
+    /// The JWKS document serialised, as `/jwks` serves it: built once per
+    /// keyset read (every `cache_for`, and at every rotation) and again
+    /// when a retired key stops being published, so a request only clones
+    /// a reference.
+    pub async fn jwks_published(&self) -> Result<Arc<PublishedDoc>, TokenError> {
+        let keyset = self.current().await?;
+        let now = self.clock.unix();
+        let mut cache = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref() {
+            if Arc::ptr_eq(&c.keyset, &keyset) && now < c.valid_until {
+                return Ok(c.doc.clone());
+            }
+        }
+        // The published set changes when the first still-published retired
+        // key's grace period ends.
+        let valid_until = keyset
+            .retired
+            .iter()
+            .filter_map(|k| k.published_until.map(|t| t.timestamp()))
+            .filter(|t| *t > now)
+            .min()
+            .unwrap_or(i64::MAX);
+        let doc = Arc::new(PublishedDoc::new(&jwks_of(&keyset, now)));
+        *cache = Some(JwksCache {
+            keyset,
+            valid_until,
+            doc: doc.clone(),
+        });
+        Ok(doc)
     }
 
     /// Rotates now: next becomes active, active is retired, a new next is
@@ -361,6 +421,12 @@ impl KeyManager {
             Err(e) => tracing::warn!(error = %e, "rotation lock not released"),
         }
     }
+}
+
+/// `{"keys": [...]}`: the keys of `keyset` published at `now`.
+fn jwks_of(keyset: &LoadedKeyset, now: i64) -> Value {
+    let keys: Vec<Value> = keyset.published(now).map(|k| k.public.to_json(&k.kid, k.alg)).collect();
+    serde_json::json!({ "keys": keys })
 }
 
 /// Reads the keyset, or creates it. Of replicas racing to create, one write

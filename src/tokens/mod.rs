@@ -23,7 +23,7 @@ mod tests;
 pub use jwt::LEEWAY_SECS;
 pub use keys::SigningAlgorithm;
 pub(crate) use manager::keyset_key;
-pub use manager::{KeyConfig, KeyManager, Signer};
+pub use manager::{KeyConfig, KeyManager, PublishedDoc, Signer};
 pub use openssl_provider::{install as install_crypto_provider, OPENSSL_PROVIDER};
 
 use crate::store::StoreError;

@@ -40,6 +40,7 @@ mod passkeys;
 mod peers_selftest;
 mod portal;
 mod portal_browser;
+mod published_docs;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;

@@ -534,3 +534,43 @@ async fn manager_is_shareable_across_tasks() {
     send(&m.rotate_if_due());
     send(&m.signer());
 }
+
+/// The serialised JWKS (`/jwks`) is built once and then shared, and follows
+/// every change of the published set: a rotation, and a retired key's end of
+/// grace even when the keyset itself was not re-read.
+#[tokio::test]
+async fn published_jwks_bytes_follow_rotation_and_the_end_of_grace() {
+    let env = Env::new();
+    // A keyset cache longer than the grace period: the end of grace must be
+    // seen without a re-read of the keyset.
+    let m = KeyManager::init(
+        env.store.clone(),
+        Arc::new(env.clock.clone()),
+        KeyConfig {
+            cache_for: Duration::from_secs(100_000),
+            ..config(SigningAlgorithm::Es256)
+        },
+    )
+    .await
+    .unwrap();
+    let kids_of =
+        |doc: &crate::tokens::PublishedDoc| jwks_kids(&serde_json::from_slice::<serde_json::Value>(&doc.body).unwrap());
+    let first = m.jwks_published().await.unwrap();
+    let again = m.jwks_published().await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "built once, then shared");
+    assert_eq!(kids_of(&first), jwks_kids(&m.jwks().await.unwrap()));
+    assert!(first.etag.starts_with('"') && first.etag.ends_with('"') && first.etag.len() > 2);
+
+    let old_kid = env.stored().await.active.kid;
+    m.rotate().await.unwrap();
+    let rotated = m.jwks_published().await.unwrap();
+    assert_ne!(rotated.etag, first.etag, "a rotation changes the document and its ETag");
+    assert_eq!(kids_of(&rotated).len(), 3);
+    assert!(kids_of(&rotated).contains(&old_kid));
+
+    // Past the retired key's grace: gone from the bytes too.
+    env.advance(3600 + LEEWAY_SECS + 2);
+    let later = m.jwks_published().await.unwrap();
+    assert!(!kids_of(&later).contains(&old_kid), "{:?}", kids_of(&later));
+    assert_eq!(kids_of(&later), jwks_kids(&m.jwks().await.unwrap()));
+}
