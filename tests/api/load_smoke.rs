@@ -41,6 +41,7 @@ fn smoke(app: &TestApp) -> Options {
     opts.concurrency = 2;
     opts.users = 3;
     opts.pool = Some(200);
+    opts.code_pool = Some(200);
     opts.gateway_pid = Some(std::process::id());
     opts.alg = Some(Alg::RS256);
     opts
@@ -88,12 +89,15 @@ async fn the_sign_ins_and_refresh_rotation_succeed_open_loop() {
         Scenario::SamlAcs,
         Scenario::OidcSignin,
         Scenario::Refresh,
+        Scenario::CodeGrant,
     ];
     opts.scenario = scenarios.clone();
     let report = portcullis_load::run(&opts).await.expect("the generator's setup");
     assert_all_succeeded(&report, &scenarios);
     let acs = &report.scenarios[1];
     assert_eq!(acs.ok, 20, "rate × duration responses signed and posted: {acs:#?}");
+    let codes = &report.scenarios[4];
+    assert_eq!(codes.ok, 20, "rate × duration codes minted and redeemed: {codes:#?}");
     // `--rate` is whole sign-ins per second: the second halves overlap the
     // next `/authorize`s, so a one-second window at 20/s completes 20
     // sign-ins (half as many when the halves took turns).

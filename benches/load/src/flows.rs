@@ -80,11 +80,16 @@ struct Inner {
     users: usize,
     mode: Mode,
     pool: usize,
+    /// `code-grant` in closed loop: codes minted per measured window.
+    code_pool: usize,
     max_in_flight: usize,
     pid: Option<u32>,
     signers: usize,
     /// Sign-in results the token scenarios use (one refresh chain each).
     tokens: std::sync::OnceLock<Vec<tokio::sync::Mutex<Tokens>>>,
+    /// The browser cookies (SSO session) of those sign-ins, by chain: the
+    /// `code-grant` scenario mints codes through `/authorize` with them.
+    sso: std::sync::OnceLock<Vec<(usize, String)>>,
     /// The measured window per scenario (the warm-up is shorter).
     duration: Duration,
 }
@@ -297,10 +302,15 @@ impl World {
                 .pool
                 .unwrap_or((2000.0 * opts.duration.max(0.0)).ceil() as usize)
                 .max(1),
+            code_pool: opts
+                .code_pool
+                .unwrap_or((6000.0 * opts.duration.max(0.0)).ceil() as usize)
+                .max(1),
             max_in_flight: opts.max_in_flight.max(1),
             pid: opts.gateway_pid,
             signers,
             tokens: std::sync::OnceLock::new(),
+            sso: std::sync::OnceLock::new(),
             duration: opts.window(),
         });
         // Refresh chains: enough that concurrent refreshes rarely share one.
@@ -309,6 +319,7 @@ impl World {
             Mode::Open(r) => ((r / 20.0) as usize).clamp(64, 4096),
         };
         let mut tokens = Vec::with_capacity(chains);
+        let mut sso = Vec::with_capacity(chains);
         let mut gateway_alg = None;
         for batch in (0..chains).collect::<Vec<_>>().chunks(16) {
             let mut set = Vec::new();
@@ -316,13 +327,14 @@ impl World {
                 let w = inner.clone();
                 set.push(async move { w.saml_signin_once(i).await });
             }
-            for r in futures_join(set).await {
-                let (t, alg) = r.map_err(|e| format!("setup sign-in: {e}"))?;
+            for (&i, r) in batch.iter().zip(futures_join(set).await) {
+                let (t, alg, cookie) = r.map_err(|e| format!("setup sign-in: {e}"))?;
                 gateway_alg = gateway_alg.or(alg);
                 tokens.push(tokio::sync::Mutex::new(t));
+                sso.push((i, cookie));
             }
         }
-        if inner.tokens.set(tokens).is_err() {
+        if inner.tokens.set(tokens).is_err() || inner.sso.set(sso).is_err() {
             return Err("setup: tokens set twice".into());
         }
         Ok(World { inner, gateway_alg })
@@ -398,6 +410,7 @@ impl World {
             Scenario::SamlSignin => self.signin(window, true).await,
             Scenario::OidcSignin => self.signin(window, false).await,
             Scenario::SamlAcs => self.saml_acs(window).await,
+            Scenario::CodeGrant => self.code_grant(window).await,
             simple => {
                 let w2 = self.inner.clone();
                 let stage = engine::run(
@@ -746,6 +759,111 @@ impl World {
         r.latency_ms = Latency::of(&stage.hist);
         r
     }
+}
+
+impl World {
+    /// `/token` with the code grant alone: codes minted ahead (untimed)
+    /// through `/authorize` with the setup sign-ins' SSO sessions, then
+    /// redeemed with their PKCE verifiers in the timed window; each answer
+    /// must carry an ID token and an access token.
+    async fn code_grant(&self, window: Duration) -> ScenarioReport {
+        let w = &self.inner;
+        let n = match w.mode {
+            Mode::Open(rate) => (rate * window.as_secs_f64()).ceil() as usize,
+            Mode::Closed(_) => {
+                let share = (window.as_secs_f64() / w.duration.as_secs_f64().max(0.001)).min(1.0);
+                ((w.code_pool as f64 * share).ceil() as usize).max(50)
+            }
+        };
+        let mut r = report(Scenario::CodeGrant, w.mode, 0.0);
+        let t = Instant::now();
+        // Minted with a bounded number in flight, in order, so the oldest
+        // code is redeemed first (codes live `[tokens] code_ttl_secs`, 60 s
+        // by default).
+        let minted = Arc::new(std::sync::Mutex::new(Vec::<Option<(String, String)>>::new()));
+        let mut errors = Vec::new();
+        for batch in (0..n).collect::<Vec<_>>().chunks(32) {
+            let set: Vec<_> = batch
+                .iter()
+                .map(|&i| {
+                    let w = w.clone();
+                    async move { w.sso_code(i).await }
+                })
+                .collect();
+            for res in futures_join(set).await {
+                match res {
+                    Ok(c) => {
+                        if let Ok(mut m) = minted.lock() {
+                            m.push(Some(c));
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        r.prepare_s = t.elapsed().as_secs_f64();
+        if !errors.is_empty() {
+            r.errors += errors.len() as u64;
+            r.error_samples.extend(errors.into_iter().take(5));
+            return r;
+        }
+        let count = minted.lock().map(|m| m.len()).unwrap_or(0);
+        let wc = w.clone();
+        let items = minted.clone();
+        let stage = engine::run(
+            w.mode,
+            Bounds {
+                limit: Some(count),
+                duration: Some(window),
+                max_in_flight: w.max_in_flight,
+            },
+            false,
+            w.pid,
+            move |i| {
+                let (w, items) = (wc.clone(), items.clone());
+                async move {
+                    let item = items
+                        .lock()
+                        .map_err(|_| "code-grant: lock poisoned".to_owned())?
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .ok_or("code-grant: no such code")?;
+                    w.redeem(&item.0, &item.1).await.map(|_| ())
+                }
+            },
+        )
+        .await;
+        if matches!(w.mode, Mode::Closed(_))
+            && stage.ok + stage.errors + stage.shed >= count as u64
+            && stage.elapsed < window
+        {
+            eprintln!(
+                "portcullis-load: code-grant: the {count} minted codes ran out after {:.1} s (raise --code-pool)",
+                stage.elapsed.as_secs_f64()
+            );
+        }
+        r.stages.push(stage_report("token", &stage));
+        absorb(&mut r, &stage);
+        r.latency_ms = Latency::of(&stage.hist);
+        r
+    }
+}
+
+/// `a` with the cookies of `b` added, a cookie of `b` replacing one of the
+/// same name in `a` (as a browser keeps the newest).
+fn merge_cookies(a: &str, b: &str) -> String {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in a.split("; ").chain(b.split("; ")).filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => out.push((name.to_owned(), value.to_owned())),
+        }
+    }
+    out.iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Takes every sender still in its slot (those whose `/authorize` never ran).
@@ -1163,8 +1281,9 @@ impl Inner {
         Ok(v)
     }
 
-    /// One whole SAML sign-in, untimed (setup).
-    async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>), String> {
+    /// One whole SAML sign-in, untimed (setup); also answers the browser's
+    /// cookies after it (its SSO session).
+    async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>, String), String> {
         let p = self.authorize(i, true).await?;
         let a = self.answer(p, true)?;
         let next = self.post_acs(&self.site(i).saml, a.answer.clone()).await?;
@@ -1176,12 +1295,51 @@ impl Inner {
             .await
             .map_err(|e| format!("continue: {e}"))?;
         let to_app = location(&back, &self.base, "continue")?;
+        let cookie = merge_cookies(&a.pending.cookie, &cookies(&back));
         let code = query(&to_app, "code").ok_or_else(|| format!("continue: no code in {to_app}"))?;
         let (t, alg) = self.redeem(&code, &a.pending.verifier).await?;
         if t.refresh.is_none() {
             return Err("token (code): no refresh_token for offline_access".into());
         }
-        Ok((t, alg))
+        Ok((t, alg, cookie))
+    }
+
+    /// An authorization code for the app through `/authorize` with the SSO
+    /// session of setup chain `i` (no IdP involved): the code and its PKCE
+    /// verifier.
+    async fn sso_code(&self, i: usize) -> Result<(String, String), String> {
+        let sso = self.sso.get().map(Vec::as_slice).unwrap_or_default();
+        let (user, cookie) = sso.get(i % sso.len().max(1)).ok_or("code-grant: no SSO session")?;
+        let verifier = b64url(&rand::random::<[u8; 32]>());
+        let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
+        let state = b64url(&rand::random::<[u8; 12]>());
+        let mut url = self.base.join("/authorize").map_err(|e| e.to_string())?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.app.id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", "openid email profile offline_access")
+            .append_pair("state", &state)
+            .append_pair("nonce", &b64url(&rand::random::<[u8; 12]>()))
+            .append_pair("tenant", &self.site(*user).tenant)
+            .append_pair("connection", &self.site(*user).saml.id)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        let resp = self
+            .http
+            .get(url)
+            .header(COOKIE, cookie)
+            .send()
+            .await
+            .map_err(|e| format!("authorize (SSO): {e}"))?;
+        let to_app = location(&resp, &self.base, "authorize (SSO)")?;
+        if !to_app.as_str().starts_with(&self.redirect_uri) || query(&to_app, "state").as_deref() != Some(&state) {
+            return Err(format!(
+                "authorize (SSO): sent to {to_app}, not back to the app with its state"
+            ));
+        }
+        let code = query(&to_app, "code").ok_or_else(|| format!("authorize (SSO): no code in {to_app}"))?;
+        Ok((code, verifier))
     }
 
     /// One operation of the scenarios that need no preparation.
@@ -1269,7 +1427,7 @@ impl Inner {
                     .await
                     .map(|_| ())
             }
-            Scenario::SamlSignin | Scenario::SamlAcs | Scenario::OidcSignin => {
+            Scenario::SamlSignin | Scenario::SamlAcs | Scenario::OidcSignin | Scenario::CodeGrant => {
                 Err(format!("{} is not a simple scenario", s.name()))
             }
         }

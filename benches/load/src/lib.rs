@@ -27,6 +27,10 @@ pub enum Scenario {
     SamlAcs,
     /// `/authorize` → upstream OIDC → callback (code exchange, ID token) → `/token`.
     OidcSignin,
+    /// `/token` alone with the authorization code grant (PKCE): codes are
+    /// minted ahead of the window through `/authorize` with an SSO session
+    /// (no IdP involved), so only the code exchange is timed.
+    CodeGrant,
     /// The refresh grant, each chain rotating its refresh token.
     Refresh,
     /// `GET /userinfo` with an access token.
@@ -43,10 +47,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::SamlSignin,
         Scenario::SamlAcs,
         Scenario::OidcSignin,
+        Scenario::CodeGrant,
         Scenario::Refresh,
         Scenario::Userinfo,
         Scenario::Introspect,
@@ -61,6 +66,7 @@ impl Scenario {
             Scenario::SamlSignin => "saml-signin",
             Scenario::SamlAcs => "saml-acs",
             Scenario::OidcSignin => "oidc-signin",
+            Scenario::CodeGrant => "code-grant",
             Scenario::Refresh => "refresh",
             Scenario::Userinfo => "userinfo",
             Scenario::Introspect => "introspect",
@@ -157,6 +163,14 @@ pub struct Options {
     /// early, with a warning, if they run out). Open loop signs rate × duration.
     #[arg(long)]
     pub pool: Option<usize>,
+    /// `code-grant` in closed loop: authorization codes minted ahead of the
+    /// window through `/authorize` with an SSO session (default 6,000 per
+    /// second of `--duration`, minted before the window starts; the window
+    /// ends early, with a warning, if they run out). Codes live
+    /// `[tokens] code_ttl_secs` (60 s by default): minting more than fits in
+    /// that makes the first ones expire. Open loop mints rate × duration.
+    #[arg(long)]
+    pub code_pool: Option<usize>,
     /// Open loop: at most this many operations in flight.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
