@@ -16,7 +16,9 @@
 use crate::support::app::{spawn_app, AppOptions, WrapStore};
 use crate::support::redis::RedisServer;
 use async_trait::async_trait;
-use portcullis::store::{IfChanged, Key, RateDecision, Read, SharedStore, Store, StoreError, StreamEntry, Taken};
+use portcullis::store::{
+    IfChanged, Key, Probe, Probed, RateDecision, Read, SharedStore, Store, StoreError, StreamEntry, Taken,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -269,6 +271,31 @@ impl Store for Counting {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError> {
+        let answers = self.inner.read_many_if_changed(keys).await?;
+        // One round trip: counted under the first key, with every key's
+        // name, every fingerprint sent and every answer.
+        if let Some((first, _)) = keys.first() {
+            let names: usize = keys.iter().skip(1).map(|(k, _)| k.tag().len() + k.name().len()).sum();
+            let sent: usize = keys
+                .iter()
+                .map(|(_, p)| match p {
+                    Probe::IfChanged(Some(f)) => f.len(),
+                    _ => 0,
+                })
+                .sum();
+            let answered: usize = answers
+                .iter()
+                .map(|a| match a {
+                    Probed::Read(IfChanged::Value { value, fingerprint }) => value.len() + fingerprint.len(),
+                    Probed::Members(m) => m.iter().map(String::len).sum(),
+                    Probed::Read(_) | Probed::Present(_) => 0,
+                })
+                .sum();
+            self.count("read_many_if_changed", first, names + sent + answered);
+        }
+        Ok(answers)
     }
 }
 
