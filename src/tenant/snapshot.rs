@@ -305,3 +305,68 @@ impl TenantRegistry {
             .await
     }
 }
+
+impl TenantRegistry {
+    /// The configuration an authorization request naming tenant `tenant`
+    /// needs, read in one operation: the tenant record (unless `fresh` is
+    /// that tenant's, read by the edge in this request), its connection
+    /// set, and the connection named by `connection` or else every one,
+    /// each with its incarnation. `None` when the request names no valid
+    /// tenant id (a `login_hint` is resolved by domain first).
+    pub async fn read_for_authorize(
+        &self,
+        tenant: Option<&str>,
+        connection: Option<&str>,
+        fresh: Option<&super::FreshTenant>,
+    ) -> Option<Result<ConfigSnapshot, StoreError>> {
+        let id = TenantId::parse(tenant?).ok()?;
+        let named = connection.and_then(|c| ConnectionId::parse(c).ok());
+        let want = ConfigWant {
+            tenant: super::FreshTenant::for_id(fresh, &id).is_none(),
+            set: true,
+            connections: match &named {
+                Some(c) => Connections::Named(c),
+                None => Connections::All,
+            },
+        };
+        Some(self.read_config(&id, want).await)
+    }
+}
+
+impl TenantRegistry {
+    /// What the liveness check of anything issued to a user reads of the
+    /// configuration, in one operation: whether the connection `c` exists
+    /// (its record is not transferred) and its incarnation (`None`: the
+    /// connection is gone; empty when none is stored), and, when
+    /// `with_tenant`, the tenant record, re-validated by fingerprint.
+    pub async fn liveness_read(
+        &self,
+        id: &TenantId,
+        c: &ConnectionId,
+        with_tenant: bool,
+    ) -> Result<(Option<Option<Tenant>>, Option<String>), StoreError> {
+        let kept_tenant = if with_tenant { self.kept.tenants.kept(id) } else { None };
+        let (record_key, incarnation_key, tenant_key) =
+            (connection_key(id, c), connection_incarnation_key(id, c), tenant_key(id));
+        let mut keys = vec![(&record_key, Probe::Presence), (&incarnation_key, Probe::IfChanged(None))];
+        if with_tenant {
+            keys.push((&tenant_key, Probe::IfChanged(kept_tenant.as_ref().map(|(f, _)| f.as_str()))));
+        }
+        let mut answers = self.store.read_many_if_changed(&keys).await?.into_iter();
+        let present = match answers.next() {
+            Some(Probed::Present(p)) => p,
+            _ => return Err(StoreError::Corrupt("read_many_if_changed: answer of another kind".into())),
+        };
+        let incarnation = incarnation_of(read(answers.next())?);
+        let tenant = if with_tenant {
+            Some(
+                self.kept
+                    .tenants
+                    .settle(id, kept_tenant, read(answers.next())?, record_cache::json)?,
+            )
+        } else {
+            None
+        };
+        Ok((tenant, present.then_some(incarnation)))
+    }
+}
