@@ -483,7 +483,11 @@ impl Directory {
         };
         let (read_tenant, connection) = match early {
             Some((c, config)) if c == user.connection => config,
-            _ => self.tenants.liveness_read(tenant, &user.connection, with_tenant).await?,
+            _ => {
+                self.tenants
+                    .liveness_read(tenant, &user.connection, with_tenant)
+                    .await?
+            }
         };
         let record = match known {
             Some(t) => Some(t),

@@ -329,7 +329,9 @@ impl Provider {
         // config: the pre-token hook is looked up at the same time (one wait).
         let ((tenant_record, active), hook) = tokio::try_join!(
             async {
-                let live = self.directory.active_at(&authz.tenant, &authz.sub, &authz.connection, known);
+                let live = self
+                    .directory
+                    .active_at(&authz.tenant, &authz.sub, &authz.connection, known);
                 Ok::<_, OAuthError>(live.await?)
             },
             self.pre_token_hook(&authz)
@@ -557,8 +559,12 @@ impl Provider {
         // liveness check also answers its `allowed_clients`.
         let (retired_at, (tenant_record, active)) = tokio::try_join!(
             self.client_retired_at(&client.client_id),
-            self.directory
-                .active_at(&authz.tenant, &authz.sub, &authz.connection, FreshTenant::for_id(fresh, &authz.tenant))
+            self.directory.active_at(
+                &authz.tenant,
+                &authz.sub,
+                &authz.connection,
+                FreshTenant::for_id(fresh, &authz.tenant)
+            )
         )?;
         if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((

@@ -682,10 +682,7 @@ impl Store for MemoryStore {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         keys.iter()
             .map(|(key, probe)| {
-                let entry = inner
-                    .map
-                    .get(*key)
-                    .filter(|e| e.expires.is_none_or(|x| x > now));
+                let entry = inner.map.get(*key).filter(|e| e.expires.is_none_or(|x| x > now));
                 match (probe, entry) {
                     (Probe::Presence, e) => Ok(Probed::Present(e.is_some())),
                     (Probe::Members, None) => Ok(Probed::Members(Vec::new())),

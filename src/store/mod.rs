@@ -371,9 +371,12 @@ pub enum Probed {
 /// first one's hash tag. Names only the tag: key names can be secrets.
 pub fn one_tag_probed(keys: &[(&Key, Probe<'_>)]) -> Result<(), StoreError> {
     match keys.split_first() {
-        Some(((first, _), rest)) if rest.iter().any(|(k, _)| k.tag() != first.tag()) => Err(StoreError::Corrupt(
-            format!("read_many_if_changed over keys of several hash tags ({{{}}}, ...)", first.tag()),
-        )),
+        Some(((first, _), rest)) if rest.iter().any(|(k, _)| k.tag() != first.tag()) => {
+            Err(StoreError::Corrupt(format!(
+                "read_many_if_changed over keys of several hash tags ({{{}}}, ...)",
+                first.tag()
+            )))
+        }
         _ => Ok(()),
     }
 }

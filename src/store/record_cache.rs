@@ -6,7 +6,9 @@
 //! certificates, an app with its redirect URIs and hashed secrets); reading
 //! and decoding it on every request only to learn that it did not change
 //! cost more than anything else the store did for a sign-in. Each use reads
-//! the record through [`Store::get_if_changed`] with the fingerprint of the
+//! the record through [`Store::get_if_changed`] (or, together with other
+//! records of its hash tag, [`Store::read_many_if_changed`]: see
+//! [`RecordCache::kept`] and [`RecordCache::settle`]) with the fingerprint of the
 //! copy kept here (the SHA-1 of the stored bytes, computed by Redis, 40 bytes
 //! on the wire): when the stored bytes still have it the store answers only
 //! "unchanged" and that copy is byte for byte what the store holds now;
@@ -81,7 +83,13 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     /// [`Self::kept`] gave): the kept copy when unchanged, `None` when
     /// absent (the copy is dropped), else the value decoded by `decode`,
     /// which is kept under its fingerprint.
-    pub fn settle<F>(&self, id: &K, kept: Option<(String, V)>, answer: IfChanged, decode: F) -> Result<Option<V>, StoreError>
+    pub fn settle<F>(
+        &self,
+        id: &K,
+        kept: Option<(String, V)>,
+        answer: IfChanged,
+        decode: F,
+    ) -> Result<Option<V>, StoreError>
     where
         F: FnOnce(&[u8]) -> Result<V, StoreError>,
     {

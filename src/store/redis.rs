@@ -1536,10 +1536,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn read_many_if_changed(
-        &self,
-        keys: &[(&Key, super::Probe<'_>)],
-    ) -> Result<Vec<super::Probed>, StoreError> {
+    async fn read_many_if_changed(&self, keys: &[(&Key, super::Probe<'_>)]) -> Result<Vec<super::Probed>, StoreError> {
         use super::{Probe, Probed};
         super::one_tag_probed(keys)?;
         if keys.is_empty() {
@@ -1557,7 +1554,13 @@ impl Store for RedisStore {
         let args: Vec<&[u8]> = how.iter().map(Vec::as_slice).collect();
         // Reads only: retried once after any connection error.
         let answer: Vec<Value> = self
-            .eval(READ_MANY_IF_CHANGED, &rendered, &args, Retry::Idempotent, Durability::None)
+            .eval(
+                READ_MANY_IF_CHANGED,
+                &rendered,
+                &args,
+                Retry::Idempotent,
+                Durability::None,
+            )
             .await?;
         let corrupt = || StoreError::Corrupt("read_many_if_changed: unexpected answer".into());
         if answer.len() != keys.len() {

@@ -170,7 +170,9 @@ fn incarnation_of(answer: IfChanged) -> String {
 fn read(answer: Option<Probed>) -> Result<IfChanged, StoreError> {
     match answer {
         Some(Probed::Read(a)) => Ok(a),
-        _ => Err(StoreError::Corrupt("read_many_if_changed: answer of another kind".into())),
+        _ => Err(StoreError::Corrupt(
+            "read_many_if_changed: answer of another kind".into(),
+        )),
     }
 }
 
@@ -188,11 +190,8 @@ impl TenantRegistry {
         };
         let with_set = want.set || matches!(want.connections, Connections::All);
         let (tenant, connection_ids, mut connections) = self.probe(id, want.tenant, with_set, &guessed).await?;
-        let connection_ids: Option<Vec<ConnectionId>> = connection_ids.map(|ids| {
-            ids.iter()
-                .filter_map(|c| ConnectionId::parse(c).ok())
-                .collect()
-        });
+        let connection_ids: Option<Vec<ConnectionId>> =
+            connection_ids.map(|ids| ids.iter().filter_map(|c| ConnectionId::parse(c).ok()).collect());
         if let (Connections::All, Some(ids)) = (want.connections, &connection_ids) {
             self.kept.remember(id, ids);
             let missed: Vec<ConnectionId> = ids.iter().filter(|c| !guessed.contains(c)).cloned().collect();
@@ -233,7 +232,10 @@ impl TenantRegistry {
             .collect();
         let mut keys: Vec<(&Key, Probe<'_>)> = Vec::with_capacity(2 + 2 * connections.len());
         if with_tenant {
-            keys.push((&tenant_key, Probe::IfChanged(kept_tenant.as_ref().map(|(f, _)| f.as_str()))));
+            keys.push((
+                &tenant_key,
+                Probe::IfChanged(kept_tenant.as_ref().map(|(f, _)| f.as_str())),
+            ));
         }
         if with_set {
             keys.push((&set_key, Probe::Members));
@@ -255,7 +257,11 @@ impl TenantRegistry {
         let set = if with_set {
             match answers.next() {
                 Some(Probed::Members(m)) => Some(m),
-                _ => return Err(StoreError::Corrupt("read_many_if_changed: answer of another kind".into())),
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "read_many_if_changed: answer of another kind".into(),
+                    ))
+                }
             }
         } else {
             None
@@ -348,14 +354,24 @@ impl TenantRegistry {
         let kept_tenant = if with_tenant { self.kept.tenants.kept(id) } else { None };
         let (record_key, incarnation_key, tenant_key) =
             (connection_key(id, c), connection_incarnation_key(id, c), tenant_key(id));
-        let mut keys = vec![(&record_key, Probe::Presence), (&incarnation_key, Probe::IfChanged(None))];
+        let mut keys = vec![
+            (&record_key, Probe::Presence),
+            (&incarnation_key, Probe::IfChanged(None)),
+        ];
         if with_tenant {
-            keys.push((&tenant_key, Probe::IfChanged(kept_tenant.as_ref().map(|(f, _)| f.as_str()))));
+            keys.push((
+                &tenant_key,
+                Probe::IfChanged(kept_tenant.as_ref().map(|(f, _)| f.as_str())),
+            ));
         }
         let mut answers = self.store.read_many_if_changed(&keys).await?.into_iter();
         let present = match answers.next() {
             Some(Probed::Present(p)) => p,
-            _ => return Err(StoreError::Corrupt("read_many_if_changed: answer of another kind".into())),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "read_many_if_changed: answer of another kind".into(),
+                ))
+            }
         };
         let incarnation = incarnation_of(read(answers.next())?);
         let tenant = if with_tenant {

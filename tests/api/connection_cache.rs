@@ -161,7 +161,9 @@ async fn a_tenant_changed_on_another_replica_is_seen_at_once() {
         "authorize.client_not_allowed_by_tenant: back to the app with access_denied: {to}"
     );
     // Allowed again through B: A serves again.
-    let resp = patch(&b, json!({ "settings": { "allowed_clients": [] } })).await.unwrap();
+    let resp = patch(&b, json!({ "settings": { "allowed_clients": [] } }))
+        .await
+        .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
     let outcome = authorize(&a, "tcache", "saml").await;
     assert!(served(&outcome), "{outcome:?}");

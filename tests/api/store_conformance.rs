@@ -1312,7 +1312,9 @@ async fn read_many_if_changed_probes_keys_of_one_tag_in_one_step(b: &Backend) {
         Some(&Probed::Read(IfChanged::Unchanged))
     );
     assert!(matches!(
-        probe(all(Some("0000000000000000000000000000000000000000"))).await.first(),
+        probe(all(Some("0000000000000000000000000000000000000000")))
+            .await
+            .first(),
         Some(Probed::Read(IfChanged::Value { .. }))
     ));
     // A change is answered with its new fingerprint, as `get_if_changed` does.
@@ -1323,7 +1325,10 @@ async fn read_many_if_changed_probes_keys_of_one_tag_in_one_step(b: &Backend) {
     };
     assert_eq!(value, b"second".to_vec());
     assert_ne!(fingerprint, stored);
-    assert_eq!(s.get_if_changed(&record, Some(&fingerprint)).await.unwrap(), IfChanged::Unchanged);
+    assert_eq!(
+        s.get_if_changed(&record, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Unchanged
+    );
     // A presence of another type is still a presence; the set is one.
     let refs = [(&set, Probe::Presence), (&record, Probe::Presence)];
     assert_eq!(
