@@ -386,3 +386,259 @@ impl TenantRegistry {
         Ok((tenant, present.then_some(incarnation)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Probe, Probed, SharedStore, Store};
+    use crate::upstream::{dev::DevConfig, ConnectionKind, ConnectionStatus};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory store counting its `read_many_if_changed` operations.
+    struct Counted {
+        inner: crate::store::memory::MemoryStore,
+        scripts: AtomicUsize,
+    }
+
+    fn counted() -> (Arc<Counted>, TenantRegistry) {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let store = Arc::new(Counted {
+            inner: crate::store::memory::MemoryStore::new(clock.clone()),
+            scripts: AtomicUsize::new(0),
+        });
+        let registry = TenantRegistry::new(store.clone() as SharedStore, clock);
+        (store, registry)
+    }
+
+    fn dev(tenant: &TenantId, id: &str) -> Connection {
+        Connection {
+            id: ConnectionId::parse(id).unwrap(),
+            tenant: tenant.clone(),
+            revision: 1,
+            status: ConnectionStatus::Active,
+            kind: ConnectionKind::Dev(DevConfig {}),
+        }
+    }
+
+    fn all() -> ConfigWant<'static> {
+        ConfigWant {
+            tenant: true,
+            set: true,
+            connections: Connections::All,
+        }
+    }
+
+    fn ids(s: &ConfigSnapshot) -> Vec<&str> {
+        s.connections.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn one_script_reads_what_the_store_holds_now_and_a_wrong_guess_costs_one_more() {
+        let (store, registry) = counted();
+        let t = TenantId::parse("acme").unwrap();
+        registry.create(t.clone(), "Acme".into(), Vec::new()).await.unwrap();
+        registry.add_connection(&dev(&t, "one")).await.unwrap();
+        let scripts = || store.scripts.swap(0, Ordering::SeqCst);
+
+        // Nothing guessed yet: the set, then the connection it names.
+        let s = registry.read_config(&t, all()).await.unwrap();
+        assert_eq!(scripts(), 2);
+        assert_eq!(ids(&s), ["one"]);
+        let read = s.connection(&ConnectionId::parse("one").unwrap()).unwrap();
+        assert!(read.record.is_some());
+        assert!(!read.incarnation.is_empty(), "read with the record");
+        let tenant = s.tenant.clone().flatten().unwrap();
+        assert_eq!(
+            s.incarnation(&tenant, &read.id).unwrap().tenant,
+            tenant.incarnation,
+            "the tenant's incarnation with the connection's"
+        );
+        // Guessed right: one script, answered from the copies the store vouched for.
+        let again = registry.read_config(&t, all()).await.unwrap();
+        assert_eq!(scripts(), 1);
+        assert_eq!(ids(&again), ["one"]);
+        assert_eq!(again.tenant, s.tenant);
+
+        // Changed elsewhere (another registry, as another replica): seen at once.
+        let elsewhere = TenantRegistry::new(store.clone() as SharedStore, Arc::new(crate::clock::SystemClock));
+        elsewhere.add_connection(&dev(&t, "two")).await.unwrap();
+        elsewhere.set_require_mfa(&t, true).await.unwrap();
+        let s = registry.read_config(&t, all()).await.unwrap();
+        assert_eq!(scripts(), 2, "the connection the guess missed, in a second script");
+        assert_eq!(ids(&s), ["one", "two"]);
+        assert!(s.tenant.clone().flatten().unwrap().settings.require_mfa);
+        elsewhere
+            .delete_connection(&t, &ConnectionId::parse("one").unwrap())
+            .await
+            .unwrap();
+        let s = registry.read_config(&t, all()).await.unwrap();
+        assert_eq!(scripts(), 1);
+        assert_eq!(ids(&s), ["two"], "a deleted connection is gone at once");
+        assert_eq!(
+            s.connection_ids.as_deref(),
+            Some([ConnectionId::parse("two").unwrap()].as_slice())
+        );
+
+        // A named connection that does not exist: absent, with no incarnation.
+        let gone = ConnectionId::parse("one").unwrap();
+        let want = ConfigWant {
+            tenant: false,
+            set: false,
+            connections: Connections::Named(&gone),
+        };
+        let s = registry.read_config(&t, want).await.unwrap();
+        assert_eq!(scripts(), 1);
+        assert!(s.tenant.is_none() && s.connection_ids.is_none());
+        let read = s.connection(&gone).unwrap();
+        assert!(read.record.is_none() && read.incarnation.is_empty());
+
+        // The liveness read: presence and incarnation, with the tenant.
+        let (tenant, incarnation) = registry
+            .liveness_read(&t, &ConnectionId::parse("two").unwrap(), true)
+            .await
+            .unwrap();
+        assert!(tenant.flatten().is_some());
+        assert!(incarnation.is_some_and(|i| !i.is_empty()));
+        let (_, incarnation) = registry.liveness_read(&t, &gone, false).await.unwrap();
+        assert_eq!(incarnation, None, "a deleted connection is gone");
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Counted {
+        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+            self.inner.get_if_changed(key, known).await
+        }
+        async fn read_many(&self, keys: &[(&Key, crate::store::Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.inner.read_many(keys).await
+        }
+        async fn put_then_get(
+            &self,
+            key: &Key,
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+            read: &Key,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.put_then_get(key, value, ttl, read).await
+        }
+        async fn put(&self, key: &Key, value: &[u8], ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &Key,
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            self.inner.put_if_absent(key, value, ttl).await
+        }
+        async fn compare_and_put(
+            &self,
+            key: &Key,
+            expected: &[u8],
+            value: &[u8],
+            ttl: Option<std::time::Duration>,
+        ) -> Result<bool, StoreError> {
+            self.inner.compare_and_put(key, expected, value, ttl).await
+        }
+        async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.take(key).await
+        }
+        async fn take_and_mark(
+            &self,
+            key: &Key,
+            marker_key: &Key,
+            marker_value: &[u8],
+            marker_ttl: std::time::Duration,
+        ) -> Result<crate::store::Taken, StoreError> {
+            self.inner
+                .take_and_mark(key, marker_key, marker_value, marker_ttl)
+                .await
+        }
+        async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn set_add(&self, key: &Key, member: &str, ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
+            self.inner.set_add(key, member, ttl).await
+        }
+        async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+            self.inner.set_remove(key, member).await
+        }
+        async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+            self.inner.set_members(key).await
+        }
+        async fn incr(&self, key: &Key, ttl: std::time::Duration) -> Result<i64, StoreError> {
+            self.inner.incr(key, ttl).await
+        }
+        async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+            self.inner.list_push_capped(key, value, max_len).await
+        }
+        async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+            self.inner.list_range(key, start, count).await
+        }
+        async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
+            self.inner.stream_add(key, value, max_len).await
+        }
+        async fn stream_range(
+            &self,
+            key: &Key,
+            after: Option<&str>,
+            count: usize,
+        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
+            self.inner.stream_range(key, after, count).await
+        }
+        async fn stream_rev_range(
+            &self,
+            key: &Key,
+            before: Option<&str>,
+            count: usize,
+        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
+            self.inner.stream_rev_range(key, before, count).await
+        }
+        async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
+            self.inner.stream_len(key).await
+        }
+        async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
+            self.inner.stream_group_create(key, group).await
+        }
+        async fn stream_group_read(
+            &self,
+            key: &Key,
+            group: &str,
+            consumer: &str,
+            count: usize,
+        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
+            self.inner.stream_group_read(key, group, consumer, count).await
+        }
+        async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
+            self.inner.stream_ack(key, group, id).await
+        }
+        async fn stream_autoclaim(
+            &self,
+            key: &Key,
+            group: &str,
+            consumer: &str,
+            min_idle: std::time::Duration,
+            count: usize,
+        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
+            self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
+        }
+        async fn rate_limit(
+            &self,
+            key: &Key,
+            limit: u64,
+            window: std::time::Duration,
+        ) -> Result<crate::store::RateDecision, StoreError> {
+            self.inner.rate_limit(key, limit, window).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError> {
+            self.scripts.fetch_add(1, Ordering::SeqCst);
+            self.inner.read_many_if_changed(keys).await
+        }
+    }
+}
