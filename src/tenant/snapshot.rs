@@ -193,7 +193,10 @@ impl TenantRegistry {
         let connection_ids: Option<Vec<ConnectionId>> =
             connection_ids.map(|ids| ids.iter().filter_map(|c| ConnectionId::parse(c).ok()).collect());
         if let (Connections::All, Some(ids)) = (want.connections, &connection_ids) {
-            self.kept.remember(id, ids);
+            // A made-up tenant id (an empty set) leaves nothing behind.
+            if !ids.is_empty() || !guessed.is_empty() {
+                self.kept.remember(id, ids);
+            }
             let missed: Vec<ConnectionId> = ids.iter().filter(|c| !guessed.contains(c)).cloned().collect();
             if !missed.is_empty() {
                 let (_, _, more) = self.probe(id, false, false, &missed).await?;
