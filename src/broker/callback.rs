@@ -303,9 +303,17 @@ impl Broker {
         };
         // The record read here also answers whether the connection is
         // active, below: one read of it per callback.
-        let (connector, record) = match self
+        // config: the connection record, its incarnation and (unless the
+        // edge read it) the tenant record, in one store operation.
+        let (connector, record, config) = match self
             .connectors
-            .get_with_record(&self.tenants, &self.upstream, &tenant, &connection)
+            .get_with_config(
+                &self.tenants,
+                &self.upstream,
+                &tenant,
+                &connection,
+                FreshTenant::for_id(fresh, &tenant).is_none(),
+            )
             .await
         {
             Ok(c) => c,
@@ -406,7 +414,7 @@ impl Broker {
         // provisioning: the record the edge read for this request if it
         // did, else read now. Unreadable, the sign-in fails (503): nothing
         // is relaxed.
-        let stored_tenant = match FreshTenant::for_id(fresh, &tenant) {
+        let stored_tenant = match FreshTenant::for_id(fresh, &tenant).or_else(|| config.tenant.clone().flatten()) {
             Some(read) => Some(read),
             None => match self.tenants.get(&tenant).await {
                 Ok(t) => t,
@@ -450,11 +458,17 @@ impl Broker {
         let session_end = self.session_end(connector.as_ref(), &identity);
         // Provisioned against the tenant record read above (its incarnation)
         // and the connection record re-validated above (it exists), with
-        // only the connection's incarnation read now.
+        // the connection's incarnation read in the same script as it.
         let provisioned = self
             .provider
             .directory
-            .provision_in(&tenant, stored_tenant.as_ref(), &record, &identity)
+            .provision_in(
+                &tenant,
+                stored_tenant.as_ref(),
+                &record,
+                stored_tenant.as_ref().and_then(|t| config.incarnation(t, &connection)),
+                &identity,
+            )
             .await;
         let (user, provisioned, disabled) = match provisioned {
             Ok(u) => u,

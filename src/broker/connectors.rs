@@ -4,13 +4,13 @@
 //! deleted elsewhere.
 //!
 //! A connection record (metadata and certificates included) is several KB,
-//! so the decoded record is kept in a [`RecordCache`] and re-validated by
+//! so the decoded record is kept by the tenant registry and re-validated by
 //! the fingerprint of the stored bytes read in the request (see
-//! `store::record_cache`).
+//! `store::record_cache` and `tenant::snapshot`).
 
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::record_cache::RecordCache;
 use crate::store::StoreError;
+use crate::tenant::snapshot::{ConfigSnapshot, ConfigWant, Connections};
 use crate::tenant::TenantRegistry;
 use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamError};
 use std::collections::HashMap;
@@ -18,24 +18,10 @@ use std::sync::{Arc, Mutex};
 
 type Entry = (u64, Arc<dyn Connector>);
 
-/// How many decoded connection records are kept (keyed by configuration;
-/// past this an arbitrary one is read again on its next use).
-const RECORDS_KEPT: usize = 100_000;
-
 /// The cache. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ConnectorCache {
     inner: Arc<Mutex<HashMap<(TenantId, ConnectionId), Entry>>>,
-    records: RecordCache<(TenantId, ConnectionId), Connection>,
-}
-
-impl Default for ConnectorCache {
-    fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            records: RecordCache::new(RECORDS_KEPT),
-        }
-    }
 }
 
 impl ConnectorCache {
@@ -77,18 +63,49 @@ impl ConnectorCache {
 
     /// The connection record as the store holds it now, `None` when there
     /// is none: re-validated by the fingerprint read in this request
-    /// ([`RecordCache::get`]), read only when it changed.
+    /// ([`TenantRegistry::connection_record`]), read only when it changed.
     pub async fn record(
         &self,
         tenants: &TenantRegistry,
         tenant: &TenantId,
         connection: &ConnectionId,
     ) -> Result<Option<Connection>, StoreError> {
-        let key = crate::tenant::connection_key(tenant, connection);
-        let id = (tenant.clone(), connection.clone());
-        self.records
-            .get(tenants.store(), &key, &id, crate::store::record_cache::json)
+        tenants.connection_record(tenant, connection).await
+    }
+
+    /// Like [`Self::get_with_record`], and in the same store operation
+    /// (one script over the tenant's configuration tag) also reads the
+    /// connection's incarnation and, when `with_tenant`, the tenant record:
+    /// a callback's whole configuration in one round trip.
+    pub async fn get_with_config(
+        &self,
+        tenants: &TenantRegistry,
+        ctx: &UpstreamContext,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        with_tenant: bool,
+    ) -> Result<(Arc<dyn Connector>, Connection, ConfigSnapshot), UpstreamError> {
+        let want = ConfigWant {
+            tenant: with_tenant,
+            set: false,
+            connections: Connections::Named(connection),
+        };
+        let snapshot = tenants
+            .read_config(tenant, want)
             .await
+            .map_err(|e| UpstreamError::store(&e))?;
+        let stored = snapshot
+            .connection(connection)
+            .and_then(|c| c.record.clone())
+            .ok_or_else(|| {
+                UpstreamError::reject(
+                    "callback.unknown_connection",
+                    "This sign-in connection does not exist (any more).",
+                    format!("no connection {tenant}/{connection}"),
+                )
+            })?;
+        let built = self.for_record(&stored, ctx)?;
+        Ok((built, stored, snapshot))
     }
 
     /// The connector for `stored`, a record the caller has obtained in this
@@ -116,6 +133,5 @@ impl ConnectorCache {
     pub fn forget(&self, tenant: &TenantId, connection: &ConnectionId) {
         let key = (tenant.clone(), connection.clone());
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        self.records.forget(&key);
     }
 }

@@ -26,6 +26,7 @@ use crate::provider::scopes::Subject;
 use crate::provider::OAuthErrorCode;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::tenant::snapshot::ConfigSnapshot;
 use crate::tenant::{email_domain, Tenant, TenantRegistry};
 use crate::upstream::{BeginRequest, UpstreamContext, UpstreamError, UpstreamRedirect};
 use authorize::{AuthRequest, AuthorizeError};
@@ -219,7 +220,21 @@ impl Broker {
     ) -> Outcome {
         let issuer = self.provider.iss();
         let client_id = params.get("client_id").cloned().unwrap_or_default();
-        let client = match self.provider.clients.get(&client_id).await {
+        // config: the app, and the configuration of the tenant the request
+        // names (see `tenant::snapshot`), read together: one wait on the store.
+        let (client, config) = tokio::join!(
+            self.provider.clients.get(&client_id),
+            self.tenants.read_for_authorize(
+                params.get("tenant").map(String::as_str),
+                params.get("connection").map(String::as_str),
+                fresh
+            )
+        );
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let config = match config.transpose() {
             Ok(c) => c,
             Err(e) => return unavailable(e),
         };
@@ -291,7 +306,8 @@ impl Broker {
         }
 
         // Which tenant?
-        let tenant = match self.resolve_tenant(&req, fresh).await {
+        let read_now = config.as_ref().and_then(ConfigSnapshot::fresh_tenant);
+        let tenant = match self.resolve_tenant(&req, fresh.or(read_now.as_ref())).await {
             Ok(Some(t)) => t,
             Ok(None) if req.tenant.is_some() => {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
@@ -326,9 +342,13 @@ impl Broker {
         }
 
         // Which connection?
-        let connection_ids = match self.tenants.connection_ids(&tenant.id).await {
-            Ok(c) => c,
-            Err(e) => return unavailable(e),
+        let config = ConfigSnapshot::of(config.as_ref(), &tenant.id);
+        let connection_ids = match config.and_then(|read| read.connection_ids.clone()) {
+            Some(ids) => ids,
+            None => match self.tenants.connection_ids(&tenant.id).await {
+                Ok(c) => c,
+                Err(e) => return unavailable(e),
+            },
         };
         // portal: only active connections serve users (pending_test and
         // disabled ones are neither chosen nor offered). With a connection
@@ -346,7 +366,11 @@ impl Broker {
         };
         let mut active = Vec::new();
         for c in &wanted {
-            match self.connectors.record(&self.tenants, &tenant.id, c).await {
+            let record = match config.and_then(|read| read.connection(c)) {
+                Some(read) => Ok(read.record.clone()),
+                None => self.connectors.record(&self.tenants, &tenant.id, c).await,
+            };
+            match record {
                 Ok(Some(record)) if record.status == crate::upstream::ConnectionStatus::Active => active.push(record),
                 Ok(_) => {}
                 Err(e) => return unavailable(e),
@@ -411,7 +435,9 @@ impl Broker {
             // Chosen above among the active records: cannot happen.
             return unavailable(StoreError::Corrupt(format!("connection {connection} vanished")));
         };
-        self.begin_upstream(req, &tenant, record, require_mfa).await
+        let incarnation = config.and_then(|read| read.incarnation(&tenant, &connection));
+        self.begin_upstream(req, &tenant, record, incarnation, require_mfa)
+            .await
     }
 
     async fn resolve_tenant(
@@ -448,7 +474,13 @@ impl Broker {
             return Ok(None);
         };
         // A session of a deleted, disabled or superseded user is not reused.
-        if let Err(why) = self.provider.directory.active(tenant, &s.sub).await? {
+        if let Err(why) = self
+            .provider
+            .directory
+            .active_at(tenant, &s.sub, &s.connection, None)
+            .await?
+            .1
+        {
             tracing::info!(reason = "sso.user_inactive", tenant = %tenant, inactive = why.as_str(), "SSO session not reused");
             session::delete(&self.store, tenant, &s.sid).await?;
             return Ok(None);
@@ -478,6 +510,8 @@ impl Broker {
         req: AuthRequest,
         tenant_record: &Tenant,
         record: crate::upstream::Connection,
+        // The incarnations, when read with the record in this request.
+        known: Option<crate::tenant::Incarnation>,
         require_mfa: bool,
     ) -> Outcome {
         let tenant = tenant_record.id.clone();
@@ -500,10 +534,14 @@ impl Broker {
         };
         // The tenant record resolved for this request gives the tenant's
         // incarnation, and the connection record re-validated in it shows
-        // the connection exists; only the connection's incarnation is read.
-        let incarnation = match self.tenants.incarnation_of_record(tenant_record, &record).await {
-            Ok(inc) => inc,
-            Err(e) => return unavailable(e),
+        // the connection exists; the connection's incarnation was read in
+        // the same script as that record (else it is read now).
+        let incarnation = match known {
+            Some(inc) => inc,
+            None => match self.tenants.incarnation_of_record(tenant_record, &record).await {
+                Ok(inc) => inc,
+                Err(e) => return unavailable(e),
+            },
         };
         // Every answer is finished where the browser's session cookie is
         // present (the OIDC callback, the SAML continuation), so every pending

@@ -215,22 +215,29 @@ impl Directory {
     /// without that: the connection is known to exist, so only its
     /// incarnation is read. `None`: the tenant is gone. Also answers
     /// whether the user is disabled, read with the user record in one
-    /// script (a user just created has no flag).
+    /// script (a user just created has no flag). `incarnation`: the
+    /// connection's incarnation when the caller read it in this request
+    /// with the record (one script, `tenant::snapshot`); otherwise it is
+    /// read here.
     pub async fn provision_in(
         &self,
         tenant: &TenantId,
         tenant_record: Option<&Tenant>,
         connection_record: &crate::upstream::Connection,
+        incarnation: Option<Incarnation>,
         identity: &Identity,
     ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let connection = &connection_record.id;
         let liveness = match tenant_record {
-            Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(
-                self.tenants
+            Some(t) if t.id == *tenant && connection_record.tenant == *tenant => Liveness::Live(match incarnation {
+                // Only with the tenant record's own incarnation.
+                Some(inc) if inc.tenant == t.incarnation => inc,
+                _ => self
+                    .tenants
                     .incarnation_of_record(t, connection_record)
                     .await
                     .map_err(registry_error)?,
-            ),
+            }),
             // Absent, or (a caller's mistake) another tenant's: fail closed.
             _ => Liveness::TenantGone,
         };
@@ -379,7 +386,7 @@ impl Directory {
         tenant: &TenantId,
         sub: &str,
     ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
-        self.active_checked(tenant, sub, None).await
+        self.active_checked(tenant, sub, None, None).await
     }
 
     /// [`Self::active_in`] for a tenant record `known` read from the store
@@ -391,45 +398,81 @@ impl Directory {
         sub: &str,
         known: Option<Tenant>,
     ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
-        self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant))
+        self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant), None)
             .await
     }
 
-    /// The liveness decision, in two round trips of one script each (this
-    /// runs on every token use): the user with its disabled flag (one hash
-    /// tag, `t:<tenant>:users`), then, for the user's connection, whether
-    /// the connection exists and its incarnation, with the tenant record
-    /// unless `known` (one hash tag, `t:<tenant>:config`). Each script reads
-    /// its keys at one moment, so a disable, deletion or re-creation is seen
-    /// whole, never half.
+    /// [`Self::active_in_with`] for a user expected to sign in through
+    /// `connection` (the one a code or refresh family was issued for): the
+    /// configuration the decision needs (that connection's presence and
+    /// incarnation, the tenant record unless `known`) is read at the same
+    /// time as the user, one wait on the store instead of two. Should the
+    /// user's connection be another, it is read again for that one: the
+    /// decision only ever uses what was read for the user's own connection.
+    pub async fn active_at(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        connection: &ConnectionId,
+        known: Option<Tenant>,
+    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant), Some(connection))
+            .await
+    }
+
+    /// The user with its disabled flag, one script over their hash tag
+    /// (`t:<tenant>:users`); `None` for a sub that cannot be one.
+    async fn user_and_flag(&self, tenant: &TenantId, sub: &str) -> Result<(Option<User>, bool), StoreError> {
+        if sub.is_empty() || sub.len() > 128 {
+            return Ok((None, false));
+        }
+        let (user_key, flag_key) = (user_key(tenant, sub), disabled_key(tenant, sub));
+        let mut read = self
+            .store
+            .read_many(&[(&user_key, Read::Value), (&flag_key, Read::Presence)])
+            .await?
+            .into_iter();
+        let user: Option<User> = read
+            .next()
+            .flatten()
+            .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
+        Ok((user, read.next().flatten().is_some()))
+    }
+
+    /// The liveness decision, from two scripts (this runs on every token
+    /// use): the user with its disabled flag (one hash tag,
+    /// `t:<tenant>:users`), and, for the user's connection, whether the
+    /// connection exists and its incarnation, with the tenant record unless
+    /// `known` (one hash tag, `t:<tenant>:config`,
+    /// [`TenantRegistry::liveness_read`]). With a `hint` of the user's
+    /// connection both are sent at once; without, one after the other.
+    /// Each script reads its keys at one moment, so a disable, deletion or
+    /// re-creation is seen whole, never half.
     async fn active_checked(
         &self,
         tenant: &TenantId,
         sub: &str,
         known: Option<Tenant>,
+        hint: Option<&ConnectionId>,
     ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
-        let (user, disabled) = if sub.is_empty() || sub.len() > 128 {
-            (None, false)
-        } else {
-            let (user_key, flag_key) = (user_key(tenant, sub), disabled_key(tenant, sub));
-            let mut read = self
-                .store
-                .read_many(&[(&user_key, Read::Value), (&flag_key, Read::Presence)])
-                .await?
-                .into_iter();
-            let user: Option<User> = read
-                .next()
-                .flatten()
-                .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()?;
-            (user, read.next().flatten().is_some())
+        let with_tenant = known.is_none();
+        let ((user, disabled), early) = match hint {
+            Some(c) => {
+                let (user, config) = tokio::try_join!(
+                    self.user_and_flag(tenant, sub),
+                    self.tenants.liveness_read(tenant, c, with_tenant)
+                )?;
+                (user, Some((c.clone(), config)))
+            }
+            None => (self.user_and_flag(tenant, sub).await?, None),
         };
-        let tenant_key = crate::tenant::tenant_key(tenant);
         let Some(user) = user else {
             // A user of a deleted tenant is reported as the tenant's loss.
-            let record = match known {
-                Some(t) => Some(t),
-                None => self.store.get_json::<Tenant>(&tenant_key).await?,
+            let record = match (known, early) {
+                (Some(t), _) => Some(t),
+                (None, Some((_, (Some(read), _)))) => read,
+                (None, _) => self.tenants.tenant_record(tenant).await?,
             };
             let outcome = Err(if record.is_some() {
                 Inactive::UserGone
@@ -438,29 +481,18 @@ impl Directory {
             });
             return Ok((record, outcome));
         };
-        let connection_key = crate::tenant::connection_key(tenant, &user.connection);
-        let incarnation_key = crate::tenant::connection_incarnation_key(tenant, &user.connection);
-        let mut keys = vec![(&connection_key, Read::Presence), (&incarnation_key, Read::Value)];
-        if known.is_none() {
-            keys.push((&tenant_key, Read::Value));
-        }
-        let mut read = self.store.read_many(&keys).await?.into_iter();
-        let (connection, incarnation) = (read.next().flatten(), read.next().flatten());
+        let (read_tenant, connection) = match early {
+            Some((c, config)) if c == user.connection => config,
+            _ => {
+                self.tenants
+                    .liveness_read(tenant, &user.connection, with_tenant)
+                    .await?
+            }
+        };
         let record = match known {
             Some(t) => Some(t),
-            None => read
-                .next()
-                .flatten()
-                .map(|raw| serde_json::from_slice::<Tenant>(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()?,
+            None => read_tenant.flatten(),
         };
-        // A connection stored before incarnations existed (or one whose
-        // deletion stopped half-way) has the empty incarnation.
-        let connection = connection.map(|_| {
-            incarnation
-                .map(|raw| String::from_utf8_lossy(&raw).into_owned())
-                .unwrap_or_default()
-        });
         let outcome = Self::judge(record.as_ref(), user, connection, disabled);
         Ok((record, outcome))
     }

@@ -28,7 +28,7 @@ pub mod pre_token;
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
 use crate::secret::Secret;
-use crate::store::{Key, SharedStore, StoreError};
+use crate::store::{IfChanged, Key, SharedStore, StoreError};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -376,69 +376,56 @@ impl Hooks {
         }))
     }
 
-    /// The tenant's hook of `kind` for the hot path (every token mint).
-    /// A cached hook is re-validated on every use by its stored bytes'
-    /// fingerprint (one small read), so a hook removed or changed on another
-    /// replica is never called again once the change is written; it is read
-    /// in full again at most once per `config_cache`. A cached absence is
-    /// re-validated on every use too, by `Store::exists` (one small read
-    /// that transfers no value), so a hook added on another replica is
-    /// called from the next use on, on every replica; the caller sends that
-    /// read together with its other reads, so it adds no round trip. A
-    /// change made on this replica applies at once. Keyed by configuration:
-    /// bounded by tenants × kinds, cleared when full.
+    /// The tenant's hook of `kind` for the hot path (every token mint), in
+    /// one small store operation whatever is kept: the kept copy (or
+    /// absence) is re-validated on every use by
+    /// [`crate::store::Store::get_if_changed`] with the fingerprint of the
+    /// stored bytes it was decoded from (none for an absence). So a hook
+    /// added, changed or removed on another replica applies from the next
+    /// use on, on every replica, and an unchanged hook is not transferred.
+    /// A kept copy is read in full again at most once per `config_cache`
+    /// (zero: on every use). The caller sends this read together with its
+    /// other reads, so it adds no wait. Keyed by configuration: bounded by
+    /// tenants × kinds, cleared when full.
     pub async fn get_cached(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, StoreError> {
         let ttl = i64::try_from(self.config.config_cache.as_millis()).unwrap_or(i64::MAX);
+        if ttl <= 0 {
+            return self.get(tenant, kind).await;
+        }
         let now = self.now_ms();
         let key = (tenant.as_str().to_owned(), kind);
         let store_key = hook_key(tenant, kind);
-        let mut kept: Option<Cached> = None;
-        if ttl > 0 {
+        let kept: Option<Cached> = {
             let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = cache.get(&key) {
-                if now >= c.read_at_ms && now - c.read_at_ms < ttl {
-                    kept = Some(c.clone());
+            cache
+                .get(&key)
+                .filter(|c| now >= c.read_at_ms && now - c.read_at_ms < ttl)
+                .cloned()
+        };
+        // A kept hook is sent by its fingerprint; an absence, or nothing
+        // kept, reads the value if there is one.
+        let known = kept.as_ref().and_then(|c| c.fingerprint.clone());
+        match self.store.get_if_changed(&store_key, known.as_deref()).await? {
+            IfChanged::Unchanged => match kept.and_then(|c| c.hook) {
+                Some(hook) => Ok(Some(hook)),
+                // Only answered for the fingerprint given, i.e. with a copy.
+                None => Err(StoreError::Corrupt("unchanged answered without a fingerprint".into())),
+            },
+            IfChanged::Absent => {
+                // The first time absent (or absent again): remembered, so
+                // the next use's read is as small.
+                if kept.is_none_or(|c| c.hook.is_some()) {
+                    self.remember(key, now, None, None);
                 }
+                Ok(None)
+            }
+            IfChanged::Value { value, fingerprint } => {
+                let hook: HookConfig = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("hook {kind} of {tenant}: {e}")))?;
+                self.remember(key, now, Some(fingerprint), Some(hook.clone()));
+                Ok(Some(hook))
             }
         }
-        if let Some(c) = kept {
-            match (c.hook, c.fingerprint) {
-                // Still absent (added elsewhere: read it below).
-                (None, _) => {
-                    if !self.store.exists(&store_key).await? {
-                        return Ok(None);
-                    }
-                }
-                (Some(hook), Some(fingerprint)) => match self.store.fingerprint(&store_key).await? {
-                    Some(now_fp) if now_fp == fingerprint => return Ok(Some(hook)),
-                    None => {
-                        self.remember(key, now, None, None);
-                        return Ok(None);
-                    }
-                    // Changed elsewhere: read it again.
-                    Some(_) => {}
-                },
-                // No fingerprint to compare with: read it again.
-                (Some(_), None) => {}
-            }
-        }
-        let hook = self.get(tenant, kind).await?;
-        if ttl <= 0 {
-            return Ok(hook);
-        }
-        if hook.is_none() {
-            self.remember(key, now, None, None);
-            return Ok(None);
-        }
-        // A hook is there: its fingerprint, then the hook read again, so
-        // should a write come between the two, the newer hook is kept under
-        // the older fingerprint, which the next use finds changed and reads
-        // again (never the reverse).
-        let fingerprint = self.store.fingerprint(&store_key).await?;
-        let hook = self.get(tenant, kind).await?;
-        let fingerprint = fingerprint.filter(|_| hook.is_some());
-        self.remember(key, now, fingerprint, hook.clone());
-        Ok(hook)
     }
 
     fn remember(&self, key: (String, HookKind), now: i64, fingerprint: Option<String>, hook: Option<HookConfig>) {

@@ -326,7 +326,16 @@ impl Provider {
         // `allowed_clients` (checked first, as before); the user read here
         // is the one the ID token is minted from.
         let known = FreshTenant::for_id(fresh, &authz.tenant);
-        let (tenant_record, active) = self.directory.active_in_with(&authz.tenant, &authz.sub, known).await?;
+        // config: the pre-token hook is looked up at the same time (one wait).
+        let ((tenant_record, active), hook) = tokio::try_join!(
+            async {
+                let live = self
+                    .directory
+                    .active_at(&authz.tenant, &authz.sub, &authz.connection, known);
+                Ok::<_, OAuthError>(live.await?)
+            },
+            self.pre_token_hook(&authz)
+        )?;
         if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
@@ -387,7 +396,7 @@ impl Provider {
         Self::check_token_resource(&authz, req)?;
         // The hook runs (and may fail) before the family starts, so a failed
         // redemption leaves no family that was never handed out.
-        let prepared = self.prepare(client, &authz, true, Some(&user)).await?;
+        let prepared = self.prepare(client, &authz, true, Some(&user), Some(hook)).await?;
         let (family, refresh) = if wants_refresh(client, &authz) {
             let (f, t) = self.start_family(&authz).await?;
             (Some(f.id), Some(t))
@@ -516,7 +525,12 @@ impl Provider {
         }
         // Everything the family came from must still be there, as the same
         // incarnation; otherwise the family dies with it.
-        let user = match self.refresh_still_allowed(client, family, fresh).await? {
+        // config: the pre-token hook is looked up with the liveness reads (one wait).
+        let (allowed, hook) = tokio::try_join!(
+            self.refresh_still_allowed(client, family, fresh),
+            self.pre_token_hook(&authz)
+        )?;
+        let user = match allowed {
             Ok(user) => user,
             Err((reason, description)) => {
                 tracing::warn!(reason, tenant = %authz.tenant, client_id = %client.client_id, "refresh refused; family revoked");
@@ -525,7 +539,7 @@ impl Provider {
             }
         };
         let with_id = authz.scope.iter().any(|s| s == "openid");
-        self.prepare(client, &authz, with_id, Some(&user)).await
+        self.prepare(client, &authz, with_id, Some(&user), Some(hook)).await
     }
 
     /// Whether a refresh of `family` may still be served: the user is active
@@ -545,8 +559,12 @@ impl Provider {
         // liveness check also answers its `allowed_clients`.
         let (retired_at, (tenant_record, active)) = tokio::try_join!(
             self.client_retired_at(&client.client_id),
-            self.directory
-                .active_in_with(&authz.tenant, &authz.sub, FreshTenant::for_id(fresh, &authz.tenant))
+            self.directory.active_at(
+                &authz.tenant,
+                &authz.sub,
+                &authz.connection,
+                FreshTenant::for_id(fresh, &authz.tenant)
+            )
         )?;
         if retired_at.is_some_and(|at| family.started_at <= at) {
             return Ok(Err((
@@ -613,12 +631,17 @@ impl Provider {
         with_id_token: bool,
         // The user as read (and found active) in this request, if it was.
         user: Option<&User>,
+        // The tenant's pre-token hook as looked up in this request, if it was.
+        hook: Option<Option<crate::hooks::HookConfig>>,
     ) -> Result<Prepared, OAuthError> {
         let now = self.clock.unix();
         // The tenant's pre-token hook is looked up alongside the grant
-        // decision's reads (its presence is checked on every mint).
-        let (grant, hook): (Grant, _) =
-            tokio::try_join!(self.effective_grant(client, authz), self.pre_token_hook(authz))?;
+        // decision's reads unless the caller did (its presence is checked
+        // on every mint).
+        let (grant, hook): (Grant, _) = match hook {
+            Some(hook) => (self.effective_grant(client, authz).await?, hook),
+            None => tokio::try_join!(self.effective_grant(client, authz), self.pre_token_hook(authz))?,
+        };
         let scope = grant.scope.join(" ");
         let at_ttl = self.ttl.access_token_ttl_secs;
         let access = AccessClaims {

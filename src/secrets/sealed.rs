@@ -534,6 +534,27 @@ impl Store for SealedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
+    async fn read_many_if_changed(
+        &self,
+        keys: &[(&Key, crate::store::Probe<'_>)],
+    ) -> Result<Vec<crate::store::Probed>, StoreError> {
+        use crate::store::Probed;
+        let answers = self.inner.read_many_if_changed(keys).await?;
+        // As `get_if_changed`: the fingerprint is of the sealed bytes as
+        // stored, and only a value answered is opened; presence and set
+        // members are never sealed.
+        keys.iter()
+            .zip(answers)
+            .map(|((key, _), answer)| match answer {
+                Probed::Read(IfChanged::Value { value, fingerprint }) => Ok(Probed::Read(IfChanged::Value {
+                    value: self.open(key, value)?,
+                    fingerprint,
+                })),
+                other => Ok(other),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

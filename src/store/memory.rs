@@ -672,6 +672,48 @@ impl Store for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn read_many_if_changed(&self, keys: &[(&Key, super::Probe<'_>)]) -> Result<Vec<super::Probed>, StoreError> {
+        use super::{Probe, Probed};
+        super::one_tag_probed(keys)?;
+        let now = self.clock.now();
+        // One lock for every key: the answers are of one moment, as the
+        // Redis script's.
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .map(|(key, probe)| {
+                let entry = inner.map.get(*key).filter(|e| e.expires.is_none_or(|x| x > now));
+                match (probe, entry) {
+                    (Probe::Presence, e) => Ok(Probed::Present(e.is_some())),
+                    (Probe::Members, None) => Ok(Probed::Members(Vec::new())),
+                    (
+                        Probe::Members,
+                        Some(Entry {
+                            value: Value::Set(s), ..
+                        }),
+                    ) => Ok(Probed::Members(s.iter().cloned().collect())),
+                    (Probe::IfChanged(_), None) => Ok(Probed::Read(IfChanged::Absent)),
+                    (
+                        Probe::IfChanged(known),
+                        Some(Entry {
+                            value: Value::Bytes(b), ..
+                        }),
+                    ) => {
+                        let fingerprint = super::fingerprint_of(b);
+                        Ok(Probed::Read(if *known == Some(fingerprint.as_str()) {
+                            IfChanged::Unchanged
+                        } else {
+                            IfChanged::Value {
+                                value: b.clone(),
+                                fingerprint,
+                            }
+                        }))
+                    }
+                    (_, Some(_)) => Err(wrong_type(key)),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Reading through a group that does not exist (Redis answers NOGROUP).

@@ -208,4 +208,8 @@ impl<S: Store> Store for MeteredStore<S> {
     async fn ping(&self) -> Result<(), StoreError> {
         measured("ping", self.inner.ping()).await
     }
+
+    async fn read_many_if_changed(&self, keys: &[(&Key, super::Probe<'_>)]) -> Result<Vec<super::Probed>, StoreError> {
+        measured("read_many_if_changed", self.inner.read_many_if_changed(keys)).await
+    }
 }

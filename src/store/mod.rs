@@ -323,6 +323,62 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Reads several keys of one hash tag in one atomic step (one Lua
+    /// script on Redis, one lock in memory), each as its [`Probe`] says:
+    /// a record the caller keeps decoded, re-validated by the fingerprint
+    /// of its stored bytes exactly as [`Store::get_if_changed`] does
+    /// ([`Probe::IfChanged`]), only whether a value exists
+    /// ([`Probe::Presence`]), or the members of a set ([`Probe::Members`]).
+    /// Answers in the order asked, one [`Probed`] of the probe's kind per
+    /// key. For a request that needs several configuration records of one
+    /// tenant (its record, a connection, the connection's incarnation, the
+    /// connection set): one round trip where there were several, and every
+    /// answer of one moment, so a change is seen whole or not at all.
+    /// Every key must share the first key's hash tag (Redis Cluster);
+    /// otherwise nothing is read and the answer is an error. A value of
+    /// another type than the probe reads is corrupt. Every wrapper must
+    /// forward it (the fingerprint is of the bytes as stored): there is no
+    /// default.
+    async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError>;
+}
+
+/// How [`Store::read_many_if_changed`] reads one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe<'a> {
+    /// The value unless its stored bytes still have this fingerprint, as
+    /// [`Store::get_if_changed`] (`None`: the value and its fingerprint).
+    IfChanged(Option<&'a str>),
+    /// Only whether a value exists (nothing is transferred).
+    Presence,
+    /// The members of the set at the key (empty when absent), sorted.
+    Members,
+}
+
+/// One answer of [`Store::read_many_if_changed`], of the kind its
+/// [`Probe`] asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probed {
+    /// For [`Probe::IfChanged`]: as [`Store::get_if_changed`] answers.
+    Read(IfChanged),
+    /// For [`Probe::Presence`]: whether a value exists.
+    Present(bool),
+    /// For [`Probe::Members`]: the set's members, sorted.
+    Members(Vec<String>),
+}
+
+/// Checks that every key of a [`Store::read_many_if_changed`] shares the
+/// first one's hash tag. Names only the tag: key names can be secrets.
+pub fn one_tag_probed(keys: &[(&Key, Probe<'_>)]) -> Result<(), StoreError> {
+    match keys.split_first() {
+        Some(((first, _), rest)) if rest.iter().any(|(k, _)| k.tag() != first.tag()) => {
+            Err(StoreError::Corrupt(format!(
+                "read_many_if_changed over keys of several hash tags ({{{}}}, ...)",
+                first.tag()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The fingerprint [`Store::fingerprint`] answers for `bytes`: the

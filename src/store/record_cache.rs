@@ -6,7 +6,9 @@
 //! certificates, an app with its redirect URIs and hashed secrets); reading
 //! and decoding it on every request only to learn that it did not change
 //! cost more than anything else the store did for a sign-in. Each use reads
-//! the record through [`Store::get_if_changed`] with the fingerprint of the
+//! the record through [`Store::get_if_changed`] (or, together with other
+//! records of its hash tag, [`Store::read_many_if_changed`]: see
+//! [`RecordCache::kept`] and [`RecordCache::settle`]) with the fingerprint of the
 //! copy kept here (the SHA-1 of the stored bytes, computed by Redis, 40 bytes
 //! on the wire): when the stored bytes still have it the store answers only
 //! "unchanged" and that copy is byte for byte what the store holds now;
@@ -59,13 +61,39 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     where
         F: FnOnce(&[u8]) -> Result<V, StoreError>,
     {
-        let kept = {
-            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(id)
-                .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
-        };
+        let kept = self.kept(id);
         let known = kept.as_ref().map(|(fingerprint, _)| fingerprint.as_str());
-        match store.get_if_changed(key, known).await? {
+        let answer = store.get_if_changed(key, known).await?;
+        self.settle(id, kept, answer, decode)
+    }
+
+    /// The copy kept for `id` with the fingerprint of the stored bytes it
+    /// was decoded from, for a caller that sends the fingerprint with other
+    /// reads (`Store::read_many_if_changed`) and hands the answer to
+    /// [`Self::settle`]. Never an answer by itself: only the store's word
+    /// in this request says whether it is still current.
+    pub fn kept(&self, id: &K) -> Option<(String, V)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id)
+            .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
+    }
+
+    /// The record as the store answered it in this request (`answer`, to
+    /// a re-validation with the fingerprint of `kept`, the copy
+    /// [`Self::kept`] gave): the kept copy when unchanged, `None` when
+    /// absent (the copy is dropped), else the value decoded by `decode`,
+    /// which is kept under its fingerprint.
+    pub fn settle<F>(
+        &self,
+        id: &K,
+        kept: Option<(String, V)>,
+        answer: IfChanged,
+        decode: F,
+    ) -> Result<Option<V>, StoreError>
+    where
+        F: FnOnce(&[u8]) -> Result<V, StoreError>,
+    {
+        match answer {
             IfChanged::Unchanged => match kept {
                 Some((_, record)) => Ok(Some(record)),
                 // Only answered for the fingerprint given, i.e. with a copy.

@@ -295,6 +295,37 @@ end
 return out
 ";
 
+/// `read_many_if_changed`: per key, as `ARGV[i]` says: `c<fingerprint>`
+/// re-validates a value as `get_if_changed` does (nil when absent, `0` when
+/// its SHA-1 is the fingerprint given, else `{value, sha1}`), `e` answers
+/// `EXISTS`, `m` the set's members. One array in the order asked. Keys of
+/// one hash tag (checked before it is sent).
+const READ_MANY_IF_CHANGED: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  local how = ARGV[i]
+  local kind = string.sub(how, 1, 1)
+  if kind == 'e' then
+    out[i] = redis.call('EXISTS', k)
+  elseif kind == 'm' then
+    out[i] = redis.call('SMEMBERS', k)
+  else
+    local v = redis.call('GET', k)
+    if not v then
+      out[i] = false
+    else
+      local f = redis.sha1hex(v)
+      if f == string.sub(how, 2) then
+        out[i] = 0
+      else
+        out[i] = {v, f}
+      end
+    end
+  end
+end
+return out
+";
+
 /// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
 /// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
 /// server's clock (`TIME`, one clock for every replica), in whole
@@ -1503,6 +1534,65 @@ impl Store for RedisStore {
             .query(&redis::cmd("PING"), Retry::Idempotent, Durability::None)
             .await?;
         Ok(())
+    }
+
+    async fn read_many_if_changed(&self, keys: &[(&Key, super::Probe<'_>)]) -> Result<Vec<super::Probed>, StoreError> {
+        use super::{Probe, Probed};
+        super::one_tag_probed(keys)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rendered: Vec<String> = keys.iter().map(|(k, _)| self.key(k)).collect();
+        let how: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(_, probe)| match probe {
+                Probe::IfChanged(known) => format!("c{}", known.unwrap_or_default()).into_bytes(),
+                Probe::Presence => b"e".to_vec(),
+                Probe::Members => b"m".to_vec(),
+            })
+            .collect();
+        let args: Vec<&[u8]> = how.iter().map(Vec::as_slice).collect();
+        // Reads only: retried once after any connection error.
+        let answer: Vec<Value> = self
+            .eval(
+                READ_MANY_IF_CHANGED,
+                &rendered,
+                &args,
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt("read_many_if_changed: unexpected answer".into());
+        if answer.len() != keys.len() {
+            return Err(corrupt());
+        }
+        keys.iter()
+            .zip(answer)
+            .map(|((_, probe), value)| match (probe, value) {
+                (Probe::Presence, Value::Int(n)) => Ok(Probed::Present(n > 0)),
+                (Probe::Members, Value::Array(items) | Value::Set(items)) => {
+                    let mut members = items
+                        .into_iter()
+                        .map(|m| redis::from_redis_value::<String>(m).map_err(|_| corrupt()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    members.sort();
+                    Ok(Probed::Members(members))
+                }
+                (Probe::IfChanged(_), Value::Nil) => Ok(Probed::Read(IfChanged::Absent)),
+                (Probe::IfChanged(_), Value::Int(0)) => Ok(Probed::Read(IfChanged::Unchanged)),
+                (Probe::IfChanged(_), Value::Array(items)) => {
+                    let mut items = items.into_iter();
+                    match (items.next(), items.next(), items.next()) {
+                        (Some(v), Some(f), None) => Ok(Probed::Read(IfChanged::Value {
+                            value: redis::from_redis_value(v).map_err(|_| corrupt())?,
+                            fingerprint: redis::from_redis_value(f).map_err(|_| corrupt())?,
+                        })),
+                        _ => Err(corrupt()),
+                    }
+                }
+                _ => Err(corrupt()),
+            })
+            .collect()
     }
 }
 

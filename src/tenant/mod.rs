@@ -20,6 +20,7 @@ pub mod files;
 pub mod import;
 pub mod refresh;
 pub mod setup;
+pub mod snapshot;
 
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
@@ -400,6 +401,8 @@ pub struct TenantRegistry {
     clock: SharedClock,
     /// Certificate expiry dates for `/metrics`, forgotten on every change.
     expiries: expiry::ExpirySnapshot,
+    /// Decoded configuration records, re-validated by fingerprint on every use.
+    kept: snapshot::Kept,
 }
 
 pub(crate) fn tenant_key(t: &TenantId) -> Key {
@@ -459,6 +462,7 @@ impl TenantRegistry {
             store,
             clock,
             expiries: expiry::ExpirySnapshot::default(),
+            kept: snapshot::Kept::default(),
         }
     }
 
@@ -619,9 +623,11 @@ impl TenantRegistry {
         }
     }
 
-    /// Reads a tenant.
+    /// Reads a tenant, as the store holds it now: a decoded copy is kept
+    /// and re-validated by the fingerprint of the stored bytes in this
+    /// read, so an unchanged record is not transferred again.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, RegistryError> {
-        Ok(self.store.get_json(&tenant_key(id)).await?)
+        Ok(self.tenant_record(id).await?)
     }
 
     /// All tenant ids, sorted.
@@ -978,7 +984,9 @@ impl TenantRegistry {
         if let Some(old) = self.connection(t, c).await? {
             self.release_acs_alias(&old).await?;
         }
-        if !self.store.delete(&connection_key(t, c)).await? {
+        let existed = self.store.delete(&connection_key(t, c)).await?;
+        self.kept.forget_connection(t, c);
+        if !existed {
             return Err(RegistryError::NotFound(format!("connection {c}")));
         }
         self.store.set_remove(&connections_key(t), c.as_str()).await?;
@@ -1139,6 +1147,13 @@ mod tests {
         }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
+        }
+
+        async fn read_many_if_changed(
+            &self,
+            keys: &[(&crate::store::Key, crate::store::Probe<'_>)],
+        ) -> Result<Vec<crate::store::Probed>, StoreError> {
+            self.inner.read_many_if_changed(keys).await
         }
     }
 

@@ -108,3 +108,88 @@ async fn a_connection_changed_on_another_replica_is_seen_at_once() {
         "back to the app with an error, not to the IdP: {to}"
     );
 }
+
+/// The tenant record (kept decoded by each replica and re-validated by the
+/// fingerprint read with the request's other configuration) and the
+/// connection's incarnation: a tenant changed, a connection deleted and
+/// re-created, or a tenant deleted through replica B is seen by replica A's
+/// very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_changed_on_another_replica_is_seen_at_once() {
+    let prefix = redis::prefix();
+    let (a, b) = (replica(&prefix).await, replica(&prefix).await);
+    let idp = portcullis_load::saml_idp::SamlIdp::generate("https://idp.tcache.test").unwrap();
+    let saml = json!({ "id": "saml", "kind": "saml", "metadata_xml": idp.metadata("http://127.0.0.1:9/sso") });
+    for (path, body) in [
+        (
+            "/admin/v1/tenants",
+            json!({ "id": "tcache", "name": "Tenant cache", "domains": ["tcache.test"] }),
+        ),
+        (
+            "/admin/v1/clients",
+            json!({ "client_id": "cache-app", "name": "Cache app", "redirect_uris": ["http://127.0.0.1:9/cb"], "public": false }),
+        ),
+        ("/admin/v1/tenants/tcache/connections", saml.clone()),
+    ] {
+        let (status, body) = admin(&a, path, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let patch = |app: &TestApp, body: serde_json::Value| {
+        app.client
+            .patch(app.url("/admin/v1/tenants/tcache"))
+            .bearer_auth(&app.admin_token)
+            .json(&body)
+            .send()
+    };
+    let delete = |app: &TestApp, path: &str| app.client.delete(app.url(path)).bearer_auth(&app.admin_token).send();
+    let served = |(status, to): &(StatusCode, String)| status.is_redirection() && to.contains("SAMLRequest=");
+
+    // Served, twice: the second time from the copies replica A keeps.
+    for _ in 0..2 {
+        let outcome = authorize(&a, "tcache", "saml").await;
+        assert!(served(&outcome), "{outcome:?}");
+    }
+    // The tenant stops using the app through B: A refuses at once.
+    let resp = patch(&b, json!({ "settings": { "allowed_clients": ["other-app"] } }))
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (status, to) = authorize(&a, "tcache", "saml").await;
+    assert!(status.is_redirection(), "{status}: {to}");
+    assert!(
+        to.starts_with("http://127.0.0.1:9/cb") && to.contains("error=access_denied"),
+        "authorize.client_not_allowed_by_tenant: back to the app with access_denied: {to}"
+    );
+    // Allowed again through B: A serves again.
+    let resp = patch(&b, json!({ "settings": { "allowed_clients": [] } }))
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let outcome = authorize(&a, "tcache", "saml").await;
+    assert!(served(&outcome), "{outcome:?}");
+
+    // The connection deleted and re-created through B: A's next pending
+    // login carries the new incarnation (a login A started before is
+    // superseded: `callback.login_superseded`, tested with the callback).
+    let resp = delete(&b, "/admin/v1/tenants/tcache/connections/saml").await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (status, to) = authorize(&a, "tcache", "saml").await;
+    assert!(
+        status.is_redirection() && to.contains("error=invalid_request"),
+        "a deleted connection is unknown at once: {status}: {to}"
+    );
+    let (status, body) = admin(&b, "/admin/v1/tenants/tcache/connections", saml).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let outcome = authorize(&a, "tcache", "saml").await;
+    assert!(served(&outcome), "re-created: served again at once: {outcome:?}");
+
+    // The tenant deleted through B: A no longer knows it.
+    let resp = delete(&b, "/admin/v1/tenants/tcache").await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (status, to) = authorize(&a, "tcache", "saml").await;
+    assert!(status.is_redirection(), "{status}: {to}");
+    assert!(
+        to.starts_with("http://127.0.0.1:9/cb") && to.contains("error=invalid_request"),
+        "an unknown tenant: back to the app with invalid_request: {to}"
+    );
+}

@@ -13,7 +13,9 @@ use crate::support;
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::{RedisOptions, RedisStore};
-use portcullis::store::{IfChanged, Key, RateDecision, Read, SharedStore, StoreError, StreamEntry, Taken};
+use portcullis::store::{
+    IfChanged, Key, Probe, Probed, RateDecision, Read, SharedStore, StoreError, StreamEntry, Taken,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Barrier;
@@ -145,6 +147,7 @@ macro_rules! all_cases {
             get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
             read_many_reads_keys_of_one_tag_in_one_step,
             put_then_get_writes_and_reads_in_one_step,
+            read_many_if_changed_probes_keys_of_one_tag_in_one_step,
         );
     )*};
 }
@@ -159,6 +162,7 @@ conformance!(wrapped_cluster:
     get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
     read_many_reads_keys_of_one_tag_in_one_step,
     put_then_get_writes_and_reads_in_one_step,
+    read_many_if_changed_probes_keys_of_one_tag_in_one_step,
 );
 
 async fn wrapped_cluster() -> Backend {
@@ -1249,4 +1253,113 @@ async fn put_then_get_writes_and_reads_in_one_step(b: &Backend) {
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(s.get(&elsewhere).await.unwrap(), None);
+}
+
+async fn read_many_if_changed_probes_keys_of_one_tag_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let (record, flag, set, missing) = (
+        Key::tenant("acme", "config", "probe-record"),
+        Key::tenant("acme", "config", "probe-flag"),
+        Key::tenant("acme", "config", "probe-set"),
+        Key::tenant("acme", "config", "probe-missing"),
+    );
+    let all = |known: Option<&'static str>| {
+        [
+            (record.clone(), Probe::IfChanged(known)),
+            (flag.clone(), Probe::Presence),
+            (set.clone(), Probe::Members),
+            (missing.clone(), Probe::IfChanged(None)),
+        ]
+    };
+    let probe = |keys: [(Key, Probe<'static>); 4]| async move {
+        let refs: Vec<(&Key, Probe<'_>)> = keys.iter().map(|(k, p)| (k, *p)).collect();
+        s.read_many_if_changed(&refs).await.unwrap()
+    };
+    // Nothing stored: absent, not present, no members.
+    assert_eq!(
+        probe(all(None)).await,
+        vec![
+            Probed::Read(IfChanged::Absent),
+            Probed::Present(false),
+            Probed::Members(Vec::new()),
+            Probed::Read(IfChanged::Absent),
+        ]
+    );
+    s.put(&record, b"first", None).await.unwrap();
+    s.put(&flag, b"1", None).await.unwrap();
+    for m in ["c2", "c1", "c3"] {
+        s.set_add(&set, m, None).await.unwrap();
+    }
+    let stored = s.fingerprint(&record).await.unwrap().expect("a fingerprint");
+    let answers = probe(all(None)).await;
+    assert_eq!(
+        answers,
+        vec![
+            Probed::Read(IfChanged::Value {
+                value: b"first".to_vec(),
+                fingerprint: stored.clone(),
+            }),
+            Probed::Present(true),
+            Probed::Members(vec!["c1".into(), "c2".into(), "c3".into()]),
+            Probed::Read(IfChanged::Absent),
+        ],
+        "values with the fingerprint of the bytes as stored, members sorted, in the order asked"
+    );
+    // The caller's copy is current: nothing transferred.
+    let known: &'static str = Box::leak(stored.clone().into_boxed_str());
+    assert_eq!(
+        probe(all(Some(known))).await.first(),
+        Some(&Probed::Read(IfChanged::Unchanged))
+    );
+    assert!(matches!(
+        probe(all(Some("0000000000000000000000000000000000000000")))
+            .await
+            .first(),
+        Some(Probed::Read(IfChanged::Value { .. }))
+    ));
+    // A change is answered with its new fingerprint, as `get_if_changed` does.
+    s.put(&record, b"second", None).await.unwrap();
+    let Some(Probed::Read(IfChanged::Value { value, fingerprint })) = probe(all(Some(known))).await.first().cloned()
+    else {
+        panic!("a changed value is answered")
+    };
+    assert_eq!(value, b"second".to_vec());
+    assert_ne!(fingerprint, stored);
+    assert_eq!(
+        s.get_if_changed(&record, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Unchanged
+    );
+    // A presence of another type is still a presence; the set is one.
+    let refs = [(&set, Probe::Presence), (&record, Probe::Presence)];
+    assert_eq!(
+        s.read_many_if_changed(&refs).await.unwrap(),
+        vec![Probed::Present(true), Probed::Present(true)]
+    );
+    // Expired keys are absent.
+    let short = Key::tenant("acme", "config", "probe-short");
+    s.put(&short, b"x", Some(SHORT)).await.unwrap();
+    b.pass(PAST_SHORT).await;
+    assert_eq!(
+        s.read_many_if_changed(&[(&short, Probe::IfChanged(None)), (&short, Probe::Presence)])
+            .await
+            .unwrap(),
+        vec![Probed::Read(IfChanged::Absent), Probed::Present(false)]
+    );
+    assert_eq!(s.read_many_if_changed(&[]).await.unwrap(), Vec::<Probed>::new());
+    // Another type than the probe reads is corrupt.
+    assert!(matches!(
+        s.read_many_if_changed(&[(&set, Probe::IfChanged(None))]).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.read_many_if_changed(&[(&record, Probe::Members)]).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // Keys of several hash tags are refused before anything is read.
+    let other = Key::tenant("acme", "users", "user:u1");
+    assert!(matches!(
+        s.read_many_if_changed(&[(&record, Probe::IfChanged(None)), (&other, Probe::Presence)])
+            .await,
+        Err(StoreError::Corrupt(_))
+    ));
 }

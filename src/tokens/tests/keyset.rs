@@ -455,6 +455,13 @@ impl crate::store::Store for RacingStore {
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }
+
+    async fn read_many_if_changed(
+        &self,
+        keys: &[(&crate::store::Key, crate::store::Probe<'_>)],
+    ) -> Result<Vec<crate::store::Probed>, crate::store::StoreError> {
+        self.inner.read_many_if_changed(keys).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

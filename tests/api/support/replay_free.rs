@@ -147,4 +147,11 @@ impl Store for ReplayFree {
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }
+
+    async fn read_many_if_changed(
+        &self,
+        keys: &[(&portcullis::store::Key, portcullis::store::Probe<'_>)],
+    ) -> Result<Vec<portcullis::store::Probed>, StoreError> {
+        self.0.read_many_if_changed(keys).await
+    }
 }
