@@ -6,7 +6,7 @@
 //! Only the backend's [`StoreError::Unavailable`] counts as a Redis error: a
 //! value that does not decode is the caller's problem, not Redis's.
 
-use super::{IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
+use super::{IfChanged, Key, RateDecision, Read, Rotate, Store, StoreError, StreamEntry, Taken, Write};
 use crate::meter;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -207,5 +207,13 @@ impl<S: Store> Store for MeteredStore<S> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         measured("ping", self.inner.ping()).await
+    }
+
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        measured("write_many", self.inner.write_many(writes)).await
+    }
+
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        measured("rotate", self.inner.rotate(r)).await
     }
 }

@@ -1140,6 +1140,12 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
         }
+        async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), StoreError> {
+            self.inner.write_many(writes).await
+        }
+        async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, StoreError> {
+            self.inner.rotate(r).await
+        }
     }
 
     #[tokio::test]

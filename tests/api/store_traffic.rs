@@ -16,15 +16,21 @@
 use crate::support::app::{spawn_app, AppOptions, WrapStore};
 use crate::support::redis::RedisServer;
 use async_trait::async_trait;
-use portcullis::store::{IfChanged, Key, RateDecision, Read, SharedStore, Store, StoreError, StreamEntry, Taken};
+use portcullis::store::{
+    IfChanged, Key, RateDecision, Read, Rotate, SharedStore, Store, StoreError, StreamEntry, Taken, Write,
+};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Round trips and bytes per operation name.
+/// Round trips and bytes per operation name, and the sequential waits:
+/// how many times an operation started while no other was in flight (ops
+/// sent together, `try_join!`, share one wait).
 #[derive(Default, Clone, Debug)]
 struct Tally {
     ops: BTreeMap<String, (u64, u64)>,
+    waits: u64,
 }
 
 impl Tally {
@@ -42,7 +48,10 @@ impl Tally {
                 ops.insert(k.clone(), (n - n0, b - b0));
             }
         }
-        Tally { ops }
+        Tally {
+            ops,
+            waits: self.waits - earlier.waits,
+        }
     }
     fn describe(&self) -> String {
         self.ops
@@ -57,9 +66,29 @@ impl Tally {
 struct Counting {
     inner: SharedStore,
     tally: Arc<Mutex<Tally>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One operation in flight (released when it ends or is dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Counting {
+    /// Runs one operation, counting a sequential wait when it starts with
+    /// no other operation in flight.
+    async fn op<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.tally.lock().unwrap().waits += 1;
+        }
+        let _guard = InFlight(self.in_flight.clone());
+        f.await
+    }
+
     fn count(&self, op: &str, key: &Key, bytes: usize) {
         // Group by operation and the key's group (the tag without ids).
         let group = key.tag().split(':').next_back().unwrap_or_default();
@@ -78,21 +107,21 @@ fn opt_len(v: &Option<Vec<u8>>) -> usize {
 #[async_trait]
 impl Store for Counting {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self.inner.get(key).await?;
+        let v = self.op(self.inner.get(key)).await?;
         self.count("get", key, opt_len(&v));
         Ok(v)
     }
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
         self.count("exists", key, 0);
-        self.inner.exists(key).await
+        self.op(self.inner.exists(key)).await
     }
     async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
-        let f = self.inner.fingerprint(key).await?;
+        let f = self.op(self.inner.fingerprint(key)).await?;
         self.count("fingerprint", key, f.as_ref().map_or(0, String::len));
         Ok(f)
     }
     async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
-        let answer = self.inner.get_if_changed(key, known).await?;
+        let answer = self.op(self.inner.get_if_changed(key, known)).await?;
         let bytes = known.map_or(0, str::len)
             + match &answer {
                 IfChanged::Value { value, fingerprint } => value.len() + fingerprint.len(),
@@ -108,12 +137,12 @@ impl Store for Counting {
         ttl: Option<Duration>,
         read: &Key,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let answer = self.inner.put_then_get(key, value, ttl, read).await?;
+        let answer = self.op(self.inner.put_then_get(key, value, ttl, read)).await?;
         self.count("put_then_get", key, value.len() + read.name().len() + opt_len(&answer));
         Ok(answer)
     }
     async fn read_many(&self, keys: &[(&Key, Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let answers = self.inner.read_many(keys).await?;
+        let answers = self.op(self.inner.read_many(keys)).await?;
         // One round trip: counted under the first key, with every key's bytes.
         if let Some((first, _)) = keys.first() {
             let names: usize = keys.iter().skip(1).map(|(k, _)| k.tag().len() + k.name().len()).sum();
@@ -124,11 +153,11 @@ impl Store for Counting {
     }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         self.count("put", key, value.len());
-        self.inner.put(key, value, ttl).await
+        self.op(self.inner.put(key, value, ttl)).await
     }
     async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
         self.count("put_if_absent", key, value.len());
-        self.inner.put_if_absent(key, value, ttl).await
+        self.op(self.inner.put_if_absent(key, value, ttl)).await
     }
     async fn compare_and_put(
         &self,
@@ -138,10 +167,10 @@ impl Store for Counting {
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
         self.count("compare_and_put", key, expected.len() + value.len());
-        self.inner.compare_and_put(key, expected, value, ttl).await
+        self.op(self.inner.compare_and_put(key, expected, value, ttl)).await
     }
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = self.inner.take(key).await?;
+        let v = self.op(self.inner.take(key)).await?;
         self.count("take", key, opt_len(&v));
         Ok(v)
     }
@@ -153,8 +182,7 @@ impl Store for Counting {
         marker_ttl: Duration,
     ) -> Result<Taken, StoreError> {
         let t = self
-            .inner
-            .take_and_mark(key, marker_key, marker_value, marker_ttl)
+            .op(self.inner.take_and_mark(key, marker_key, marker_value, marker_ttl))
             .await?;
         let answer = match &t {
             Taken::Value(v) | Taken::Marker(v) => v.len(),
@@ -169,40 +197,40 @@ impl Store for Counting {
     }
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
         self.count("delete", key, 0);
-        self.inner.delete(key).await
+        self.op(self.inner.delete(key)).await
     }
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         self.count("set_add", key, member.len());
-        self.inner.set_add(key, member, ttl).await
+        self.op(self.inner.set_add(key, member, ttl)).await
     }
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
         self.count("set_remove", key, member.len());
-        self.inner.set_remove(key, member).await
+        self.op(self.inner.set_remove(key, member)).await
     }
     async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
-        let m = self.inner.set_members(key).await?;
+        let m = self.op(self.inner.set_members(key)).await?;
         self.count("set_members", key, m.iter().map(String::len).sum());
         Ok(m)
     }
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         self.count("incr", key, 0);
-        self.inner.incr(key, ttl).await
+        self.op(self.inner.incr(key, ttl)).await
     }
     async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
         self.count("list_push_capped", key, value.len());
-        self.inner.list_push_capped(key, value, max_len).await
+        self.op(self.inner.list_push_capped(key, value, max_len)).await
     }
     async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let v = self.inner.list_range(key, start, count).await?;
+        let v = self.op(self.inner.list_range(key, start, count)).await?;
         self.count("list_range", key, v.iter().map(Vec::len).sum());
         Ok(v)
     }
     async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
         self.count("stream_add", key, value.len());
-        self.inner.stream_add(key, value, max_len).await
+        self.op(self.inner.stream_add(key, value, max_len)).await
     }
     async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
-        let v = self.inner.stream_range(key, after, count).await?;
+        let v = self.op(self.inner.stream_range(key, after, count)).await?;
         self.count("stream_range", key, v.iter().map(|e| e.value.len()).sum());
         Ok(v)
     }
@@ -212,17 +240,17 @@ impl Store for Counting {
         before: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let v = self.inner.stream_rev_range(key, before, count).await?;
+        let v = self.op(self.inner.stream_rev_range(key, before, count)).await?;
         self.count("stream_rev_range", key, v.iter().map(|e| e.value.len()).sum());
         Ok(v)
     }
     async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
         self.count("stream_len", key, 0);
-        self.inner.stream_len(key).await
+        self.op(self.inner.stream_len(key)).await
     }
     async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
         self.count("stream_group_create", key, group.len());
-        self.inner.stream_group_create(key, group).await
+        self.op(self.inner.stream_group_create(key, group)).await
     }
     async fn stream_group_read(
         &self,
@@ -231,13 +259,15 @@ impl Store for Counting {
         consumer: &str,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let v = self.inner.stream_group_read(key, group, consumer, count).await?;
+        let v = self
+            .op(self.inner.stream_group_read(key, group, consumer, count))
+            .await?;
         self.count("stream_group_read", key, v.iter().map(|e| e.value.len()).sum());
         Ok(v)
     }
     async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
         self.count("stream_ack", key, id.len());
-        self.inner.stream_ack(key, group, id).await
+        self.op(self.inner.stream_ack(key, group, id)).await
     }
     async fn stream_autoclaim(
         &self,
@@ -248,15 +278,14 @@ impl Store for Counting {
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
         let v = self
-            .inner
-            .stream_autoclaim(key, group, consumer, min_idle, count)
+            .op(self.inner.stream_autoclaim(key, group, consumer, min_idle, count))
             .await?;
         self.count("stream_autoclaim", key, v.iter().map(|e| e.value.len()).sum());
         Ok(v)
     }
     async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
         self.count("rate_limit", key, 0);
-        self.inner.rate_limit(key, limit, window).await
+        self.op(self.inner.rate_limit(key, limit, window)).await
     }
     async fn rate_limit_chain(
         &self,
@@ -265,10 +294,46 @@ impl Store for Counting {
         window: Duration,
     ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
         self.count("rate_limit_chain", first.0, 0);
-        self.inner.rate_limit_chain(first, second, window).await
+        self.op(self.inner.rate_limit_chain(first, second, window)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
+        self.op(self.inner.ping()).await
+    }
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        // One round trip: counted under the first key, with every key's bytes.
+        if let Some(first) = writes.first() {
+            let bytes: usize = writes
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let key = if i == 0 {
+                        0
+                    } else {
+                        w.key().tag().len() + w.key().name().len()
+                    };
+                    key + match w {
+                        Write::Put { value, .. } => value.len(),
+                        Write::SetAdd { member, .. } => member.len(),
+                        Write::Delete { .. } => 0,
+                    }
+                })
+                .sum();
+            self.count("write_many", first.key(), bytes);
+        }
+        self.op(self.inner.write_many(writes)).await
+    }
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        let t = self.op(self.inner.rotate(r)).await?;
+        let answer = match &t {
+            Taken::Value(v) | Taken::Marker(v) => v.len(),
+            Taken::Absent => 0,
+        };
+        self.count(
+            "rotate",
+            r.key,
+            r.marker_value.len() + answer + r.marker_key.name().len() + r.next_key.name().len() + r.next_value.len(),
+        );
+        Ok(t)
     }
 }
 
@@ -388,6 +453,7 @@ async fn measure(
             match stages.get_mut(k) {
                 Some(s) => {
                     assert_eq!(s.stage, stage);
+                    s.ops.waits += ops.waits;
                     for (op, (c, b)) in ops.ops {
                         let e = s.ops.ops.entry(op).or_default();
                         e.0 += c;
@@ -415,9 +481,10 @@ fn print(what: &str, stages: &[StageTraffic], n: u64) -> (u64, u64, u64) {
     for s in stages {
         let per = |x: u64| x as f64 / n as f64;
         println!(
-            "{:<10} round trips {:>5.1}  value bytes {:>7.0}  | redis: commands {:>5.1}, in {:>6.0} B, out {:>6.0} B",
+            "{:<10} round trips {:>5.1}  waits {:>4.1}  value bytes {:>7.0}  | redis: commands {:>5.1}, in {:>6.0} B, out {:>6.0} B",
             s.stage,
             per(s.ops.round_trips()),
+            per(s.ops.waits),
             per(s.ops.bytes()),
             per(s.server.total()),
             per(s.server.net_in),
@@ -435,6 +502,17 @@ fn print(what: &str, stages: &[StageTraffic], n: u64) -> (u64, u64, u64) {
     let (trips, bytes, wire) = (trips / n, bytes / n, wire / n);
     println!("TOTAL {what}: {trips} round trips, {bytes} B of keys and values, {wire} B on the wire");
     (trips, bytes, wire)
+}
+
+/// Sequential waits per sign-in (without the `refresh` stage) and per refresh.
+fn waits_of(stages: &[StageTraffic], n: u64) -> (u64, u64) {
+    let sign_in: u64 = stages
+        .iter()
+        .filter(|s| s.stage != "refresh")
+        .map(|s| s.ops.waits)
+        .sum();
+    let refresh = stages.iter().find(|s| s.stage == "refresh").map_or(0, |s| s.ops.waits);
+    (sign_in / n, refresh / n)
 }
 
 /// The `refresh` stage's (round trips, bytes) per refresh.
@@ -471,6 +549,7 @@ async fn one_sign_in_costs_few_store_round_trips() {
         Arc::new(Counting {
             inner,
             tally: t.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }) as SharedStore
     });
     let app = spawn_app(AppOptions {
@@ -586,6 +665,12 @@ async fn one_sign_in_costs_few_store_round_trips() {
     println!(
         "AFTER: SAML {saml_trips} round trips, {saml_bytes} B; OIDC {oidc_trips} round trips, {oidc_bytes} B; \
          refresh {saml_refresh} / {oidc_refresh} round trips"
+    );
+    let (saml_waits, saml_refresh_waits) = waits_of(&saml, N as u64);
+    let (oidc_waits, oidc_refresh_waits) = waits_of(&oidc, N as u64);
+    println!(
+        "WAITS: SAML {saml_waits} sequential waits; OIDC {oidc_waits} sequential waits; \
+         refresh {saml_refresh_waits} / {oidc_refresh_waits} sequential waits"
     );
     assert!(saml_trips <= 40, "SAML sign-in: {saml_trips} store round trips");
     assert!(oidc_trips <= 35, "OIDC sign-in: {oidc_trips} store round trips");

@@ -455,6 +455,12 @@ impl crate::store::Store for RacingStore {
     async fn ping(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }
+    async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), crate::store::StoreError> {
+        self.inner.write_many(writes).await
+    }
+    async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, crate::store::StoreError> {
+        self.inner.rotate(r).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

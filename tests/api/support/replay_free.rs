@@ -147,4 +147,10 @@ impl Store for ReplayFree {
     async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }
+    async fn write_many(&self, writes: &[portcullis::store::Write<'_>]) -> Result<(), StoreError> {
+        self.0.write_many(writes).await
+    }
+    async fn rotate(&self, r: &portcullis::store::Rotate<'_>) -> Result<portcullis::store::Taken, StoreError> {
+        self.0.rotate(r).await
+    }
 }
