@@ -574,6 +574,29 @@ impl Store for SealedStore {
             other => Ok(other),
         }
     }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        let Some((raw, answers)) = self.inner.read_through(pointer, reads).await? else {
+            return Ok(None);
+        };
+        // Each value opened as `get` opens it, the pointer's too.
+        let keys = crate::store::through_keys(pointer, &raw, reads)?;
+        let value = self.open(pointer, raw)?;
+        let answers = keys
+            .iter()
+            .zip(reads)
+            .zip(answers)
+            .map(|((key, (_, how)), answer)| match (how, answer) {
+                (Read::Value, Some(raw)) => self.open(key, raw).map(Some),
+                (_, answer) => Ok(answer),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((value, answers)))
+    }
 }
 
 #[cfg(test)]

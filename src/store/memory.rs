@@ -759,6 +759,42 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        let now = self.clock.now();
+        // One lock for the pointer and what it names: the equivalent of
+        // the Redis script.
+        self.with(pointer, false, |m| {
+            let value = match m.get(pointer) {
+                None => return Ok(None),
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => b.clone(),
+                Some(_) => return Err(wrong_type(pointer)),
+            };
+            let keys = super::through_keys(pointer, &value, reads)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (key, (_, how)) in keys.iter().zip(reads) {
+                let live = m.get(key).filter(|e| e.expires.is_none_or(|x| x > now));
+                out.push(match (live, how) {
+                    (None, _) => None,
+                    (Some(_), Read::Presence) => Some(Vec::new()),
+                    (
+                        Some(Entry {
+                            value: Value::Bytes(b), ..
+                        }),
+                        Read::Value,
+                    ) => Some(b.clone()),
+                    (Some(_), Read::Value) => return Err(wrong_type(key)),
+                });
+            }
+            Ok(Some((value, out)))
+        })
+    }
+
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
         r.one_tag()?;
         let marker_expires = self.deadline(Some(r.marker_ttl));

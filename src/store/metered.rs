@@ -216,4 +216,12 @@ impl<S: Store> Store for MeteredStore<S> {
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
         measured("rotate", self.inner.rotate(r)).await
     }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        measured("read_through", self.inner.read_through(pointer, reads)).await
+    }
 }

@@ -350,6 +350,33 @@ pub trait Store: Send + Sync + 'static {
     /// written. Conditional, so it is retried only when certainly not
     /// executed. Every wrapper must forward it: no default.
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError>;
+
+    /// Reads the value at `pointer` and, in the same atomic step (one Lua
+    /// script on Redis, one lock in memory), the keys it names: for each
+    /// `(prefix, how)` the key of the pointer's hash tag named `prefix`
+    /// followed by the pointer's value, read as [`Store::read_many`] reads
+    /// (its value, or only its presence). `None` when the pointer is
+    /// absent (nothing else is read). One round trip where an index (an
+    /// identity link naming a user) and then what it names took two; the
+    /// keys read share the pointer's tag by construction (Redis Cluster).
+    /// A pointer value that is not UTF-8 is an error about the data.
+    /// Every wrapper must forward it: no default.
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError>;
+}
+
+/// The keys [`Store::read_through`] reads for the pointer value `value`:
+/// each `prefix` + `value`, in the pointer's hash tag.
+pub fn through_keys(pointer: &Key, value: &[u8], reads: &[(&str, Read)]) -> Result<Vec<Key>, StoreError> {
+    let value = std::str::from_utf8(value)
+        .map_err(|_| StoreError::Corrupt(format!("a pointer in {{{}}} is not text", pointer.tag())))?;
+    Ok(reads
+        .iter()
+        .map(|(prefix, _)| Key::new(pointer.tag(), format!("{prefix}{value}")))
+        .collect())
 }
 
 /// One write of [`Store::write_many`].

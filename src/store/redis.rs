@@ -1538,6 +1538,55 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        // The names are built in the script from the pointer's value, under
+        // the pointer's own rendered tag: every key read is in its slot.
+        let base = self.key(&Key::new(pointer.tag(), ""));
+        let mut args: Vec<&[u8]> = vec![base.as_bytes()];
+        for (prefix, how) in reads {
+            args.push(prefix.as_bytes());
+            args.push(match how {
+                Read::Value => b"v".as_slice(),
+                Read::Presence => b"e".as_slice(),
+            });
+        }
+        // Reads only: retried once after any connection error.
+        let answer: Value = self
+            .eval(
+                READ_THROUGH,
+                &[self.key(pointer)],
+                &args,
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt("read_through: unexpected answer".into());
+        let items = match answer {
+            Value::Nil => return Ok(None),
+            Value::Array(items) if items.len() == reads.len() + 1 => items,
+            _ => return Err(corrupt()),
+        };
+        let mut items = items.into_iter();
+        let value: Vec<u8> = match items.next() {
+            Some(v @ Value::BulkString(_)) => redis::from_redis_value(v).map_err(|_| corrupt())?,
+            _ => return Err(corrupt()),
+        };
+        let read = items
+            .map(|v| match v {
+                Value::Nil | Value::Int(0) => Ok(None),
+                Value::Int(_) => Ok(Some(Vec::new())),
+                other => redis::from_redis_value::<Vec<u8>>(other)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(e.to_string())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((value, read)))
+    }
+
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
         r.one_tag()?;
         let marker_ms = ttl_ms(r.marker_ttl).to_string();
@@ -1603,6 +1652,29 @@ for i, k in ipairs(KEYS) do
   end
 end
 return 1
+";
+
+/// `read_through`: `GET KEYS[1]`; nil when absent; else `{value, ...}`
+/// with, per pair `ARGV[2i]` (a name prefix), `ARGV[2i+1]` (`v` value, `e`
+/// presence), the key `ARGV[1]` (the pointer's rendered tag) .. prefix ..
+/// value read. Every key read is in the pointer's hash tag, so its slot.
+const READ_THROUGH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+local out = {v}
+local i = 2
+while ARGV[i] do
+  local k = ARGV[1] .. ARGV[i] .. v
+  if ARGV[i + 1] == 'v' then
+    out[#out + 1] = redis.call('GET', k)
+  else
+    out[#out + 1] = redis.call('EXISTS', k)
+  end
+  i = i + 2
+end
+return out
 ";
 
 /// `rotate`: nothing when the required key (`KEYS[3]`) is absent (`{0}`);

@@ -1146,6 +1146,13 @@ mod tests {
         async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, StoreError> {
             self.inner.rotate(r).await
         }
+        async fn read_through(
+            &self,
+            pointer: &Key,
+            reads: &[(&str, crate::store::Read)],
+        ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+            self.inner.read_through(pointer, reads).await
+        }
     }
 
     #[tokio::test]

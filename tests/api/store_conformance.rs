@@ -150,6 +150,7 @@ macro_rules! all_cases {
             write_many_writes_keys_of_one_tag_in_one_step,
             rotate_takes_once_and_writes_the_next_only_when_taken,
             concurrent_rotate_one_wins_and_writes_the_next_once,
+            read_through_reads_a_pointer_and_what_it_names_in_one_step,
         );
     )*};
 }
@@ -168,6 +169,7 @@ conformance!(wrapped_cluster:
     write_many_seals_what_put_seals,
     rotate_takes_once_and_writes_the_next_only_when_taken,
     concurrent_rotate_one_wins_and_writes_the_next_once,
+    read_through_reads_a_pointer_and_what_it_names_in_one_step,
 );
 
 async fn wrapped_cluster() -> Backend {
@@ -1504,4 +1506,55 @@ async fn concurrent_rotate_one_wins_and_writes_the_next_once(b: &Backend) {
         }
         assert_eq!(written, 1, "exactly one next token");
     }
+}
+
+async fn read_through_reads_a_pointer_and_what_it_names_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let link = Key::tenant("acme", "users", "link:c1:h1");
+    let reads = [("user:", Read::Value), ("disabled:", Read::Presence)];
+    // No pointer: nothing.
+    assert_eq!(s.read_through(&link, &reads).await.unwrap(), None);
+    // A pointer to nothing: the pointer, and absences.
+    s.put(&link, b"u_1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![None, None]))
+    );
+    // What it names, in the pointer's tag: a value and a presence.
+    let user = Key::tenant("acme", "users", "user:u_1");
+    let flag = Key::tenant("acme", "users", "disabled:u_1");
+    s.put(&user, &[0u8, 255, b'{'], None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![Some(vec![0u8, 255, b'{']), None]))
+    );
+    s.put(&flag, b"1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![Some(vec![0u8, 255, b'{']), Some(Vec::new())])),
+        "a presence, not the value"
+    );
+    // The same names in another tag are not read.
+    let other = Key::tenant("other", "users", "link:c1:h1");
+    s.put(&other, b"u_1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&other, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![None, None]))
+    );
+    // Nothing to read through: only the pointer.
+    assert_eq!(
+        s.read_through(&link, &[]).await.unwrap(),
+        Some((b"u_1".to_vec(), Vec::new()))
+    );
+    // Expired names are absent.
+    let short = Key::tenant("acme", "users", "link:c1:h2");
+    s.put(&short, b"u_2", None).await.unwrap();
+    s.put(&Key::tenant("acme", "users", "user:u_2"), b"x", Some(SHORT))
+        .await
+        .unwrap();
+    b.pass(PAST_SHORT).await;
+    assert_eq!(
+        s.read_through(&short, &reads).await.unwrap(),
+        Some((b"u_2".to_vec(), vec![None, None]))
+    );
 }

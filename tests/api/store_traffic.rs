@@ -322,6 +322,21 @@ impl Store for Counting {
         }
         self.op(self.inner.write_many(writes)).await
     }
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        let answer = self.op(self.inner.read_through(pointer, reads)).await?;
+        // One round trip: counted under the pointer, with every name and value.
+        let bytes = answer.as_ref().map_or(0, |(v, read)| {
+            v.len()
+                + read.iter().map(opt_len).sum::<usize>()
+                + reads.iter().map(|(p, _)| p.len() + v.len()).sum::<usize>()
+        });
+        self.count("read_through", pointer, bytes);
+        Ok(answer)
+    }
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
         let t = self.op(self.inner.rotate(r)).await?;
         let answer = match &t {

@@ -461,6 +461,13 @@ impl crate::store::Store for RacingStore {
     async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, crate::store::StoreError> {
         self.inner.rotate(r).await
     }
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, crate::store::Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, crate::store::StoreError> {
+        self.inner.read_through(pointer, reads).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

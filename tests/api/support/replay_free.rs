@@ -153,4 +153,12 @@ impl Store for ReplayFree {
     async fn rotate(&self, r: &portcullis::store::Rotate<'_>) -> Result<portcullis::store::Taken, StoreError> {
         self.0.rotate(r).await
     }
+    #[allow(clippy::type_complexity)]
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, portcullis::store::Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        self.0.read_through(pointer, reads).await
+    }
 }
