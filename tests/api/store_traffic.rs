@@ -675,8 +675,8 @@ async fn one_sign_in_costs_few_store_round_trips() {
     // sent together with the grant decision's reads), so a hook added on
     // another replica applies at once; 38 / 33 and 9 per refresh, and
     // counted as sequential waits (ops sent together share one) 32 / 28 and
-    // 7 per refresh (from 38 / 33 and 10, the state ops were all one after
-    // the other), with a refresh family started in one wait (family and
+    // 7 per refresh (from 40 / 35 and 9: every op of a sign-in waited
+    // for the one before), with a refresh family started in one wait (family and
     // first token in one script, both indexes sent with it), the refresh
     // rotation in one script (`rotate`: the family's presence, the take
     // and the next token), the SSO session (with any kept upstream
