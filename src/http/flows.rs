@@ -253,13 +253,10 @@ pub fn cycle_alongside<'a>(session: &'a Session, result: &'a CycleResult) -> cra
     })
 }
 
-/// Whether the id was cycled alongside the sign-in, or the failure answer.
-fn cycled_of(result: CycleResult) -> Result<bool, Response> {
-    match result.into_inner() {
-        None => Ok(false),
-        Some(Ok(cycled)) => Ok(cycled),
-        Some(Err(e)) => Err(session_failed(e)),
-    }
+/// Whether the id was cycled alongside the sign-in, or why it failed (the
+/// caller answers [`session_failed`]).
+fn cycled_of(result: CycleResult) -> Result<bool, String> {
+    result.into_inner().unwrap_or(Ok(false))
 }
 
 /// [`keep_session`] when the id may already have been cycled in this
@@ -313,7 +310,7 @@ pub async fn complete(
         .await;
     let cycled = match cycled_of(cycle) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return session_failed(e),
     };
     if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
         return r;
@@ -499,7 +496,7 @@ async fn resume(
         .await;
     let cycled = match cycled_of(cycle) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return session_failed(e),
     };
     if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
         return r;
