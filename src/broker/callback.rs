@@ -14,7 +14,7 @@
 //! CSRF) thus cannot open a session there.
 
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
-use super::{page, pending_key, unavailable, Broker, Outcome, PendingLogin};
+use super::{page, pending_key, unavailable, Alongside, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
@@ -45,6 +45,11 @@ pub enum BrowserCheck<'a> {
     /// checked at the same-site continuation ([`Broker::resume`]).
     AtContinuation,
 }
+
+/// A continuation handle as taken by [`Broker::take_continuation`]: the
+/// validated answer it named (`None`: unknown, used or expired), or the
+/// refusal when the store failed. Opaque outside the broker.
+pub struct Continuation(Result<Option<Box<Validated>>, Outcome>);
 
 /// An IdP answer that passed every check, with its user provisioned, that is
 /// not an SSO session yet.
@@ -133,11 +138,28 @@ impl Broker {
         logins: &mut BrowserLogins,
         fresh: Option<&FreshTenant>,
     ) -> Outcome {
+        self.complete_alongside(tenant, connection, params, sso, logins, fresh, None)
+            .await
+    }
+
+    /// [`Self::complete`], running `alongside` with the new SSO session's
+    /// writes (see [`Alongside`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete_alongside(
+        &self,
+        tenant: &str,
+        connection: &str,
+        params: CallbackParams,
+        sso: &mut BrowserSso,
+        logins: &mut BrowserLogins,
+        fresh: Option<&FreshTenant>,
+        alongside: Option<Alongside<'_>>,
+    ) -> Outcome {
         match self
             .validate(tenant, connection, params, BrowserCheck::Now(logins), fresh)
             .await
         {
-            Ok(v) => self.open(v, sso).await,
+            Ok(v) => self.open(v, sso, alongside).await,
             Err(o) => o,
         }
     }
@@ -197,6 +219,43 @@ impl Broker {
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
     ) -> Outcome {
+        let taken = self.take_continuation(tenant, handle).await;
+        self.resume_taken(tenant, connection, taken, confirmed, sso, logins, None)
+            .await
+    }
+
+    /// The first step of [`Self::resume`]: consumes the one-time handle
+    /// (single use: whatever follows, it is gone). Needs nothing of the
+    /// browser's session, so the edge runs it concurrently with reading
+    /// that session (one store wait for both).
+    pub async fn take_continuation(&self, tenant: &str, handle: &str) -> Continuation {
+        let Ok(tenant) = TenantId::parse(tenant) else {
+            // `resume_taken` refuses the address.
+            return Continuation(Ok(None));
+        };
+        if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
+            return Continuation(Ok(None));
+        }
+        match self.store.take_json::<Validated>(&continue_key(&tenant, handle)).await {
+            Ok(v) => Continuation(Ok(v.map(Box::new))),
+            Err(e) => Continuation(Err(unavailable(e))),
+        }
+    }
+
+    /// The rest of [`Self::resume`], on the handle taken by
+    /// [`Self::take_continuation`], running `alongside` with the new SSO
+    /// session's writes (see [`Alongside`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resume_taken(
+        &self,
+        tenant: &str,
+        connection: &str,
+        taken: Continuation,
+        confirmed: bool,
+        sso: &mut BrowserSso,
+        logins: &mut BrowserLogins,
+        alongside: Option<Alongside<'_>>,
+    ) -> Outcome {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
             return page(
@@ -206,13 +265,9 @@ impl Broker {
                 "callback.unknown_connection",
             );
         };
-        let v = if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
-            None
-        } else {
-            match self.store.take_json::<Validated>(&continue_key(&tenant, handle)).await {
-                Ok(v) => v,
-                Err(e) => return unavailable(e),
-            }
+        let v = match taken.0 {
+            Ok(v) => v.map(|v| *v),
+            Err(o) => return o,
         };
         let Some(v) = v else {
             // The ids come from the URL alone: not a label until known.
@@ -278,7 +333,7 @@ impl Broker {
                 }
             }
         }
-        self.open(v, sso).await
+        self.open(v, sso, alongside).await
     }
 
     /// Takes the pending login the answer refers to, checks it (and, with
@@ -534,9 +589,9 @@ impl Broker {
     /// Opens the SSO session of a validated answer and issues the app's
     /// code, unless Portcullis's own second factor applies first: then the
     /// answer waits under a one-time handle for the MFA page.
-    async fn open(&self, v: Validated, sso: &mut BrowserSso) -> Outcome {
+    async fn open(&self, v: Validated, sso: &mut BrowserSso, alongside: Option<Alongside<'_>>) -> Outcome {
         match self.second_factor_step(&v).await {
-            Ok(None) => self.open_session(v, sso).await,
+            Ok(None) => self.open_session(v, sso, alongside).await,
             Ok(Some(step)) => self.ask_second_factor(v, step).await,
             Err(o) => o,
         }
@@ -544,7 +599,12 @@ impl Broker {
 
     /// Opens the SSO session of a validated answer whose every factor
     /// passed, and issues the app's code.
-    pub(super) async fn open_session(&self, v: Validated, sso: &mut BrowserSso) -> Outcome {
+    pub(super) async fn open_session(
+        &self,
+        v: Validated,
+        sso: &mut BrowserSso,
+        alongside: Option<Alongside<'_>>,
+    ) -> Outcome {
         let s = SsoSession {
             sid: crate::tokens::random_token(16),
             tenant: v.tenant.clone(),
@@ -561,12 +621,32 @@ impl Broker {
         // with the tenant record while validating (a lifetime, not a check;
         // whether the tenant and user may still sign in was decided there).
         let ttl = v.session_ttl_secs.map_or(self.session_ttl, Duration::from_secs);
-        if let Err(e) = session::save(&self.store, &s, ttl).await {
-            return unavailable(e);
-        }
-        if let Err(e) = self.keep_upstream_session(&s, &v.identity).await {
-            return unavailable(e);
-        }
+        let upstream = match self.upstream_session_record(&s, &v.identity) {
+            Ok(u) => u,
+            Err(e) => return unavailable(e),
+        };
+        // The session (with the kept upstream session, one script), its
+        // user's index and the app's code, sent together: one wait. Any
+        // failure fails the sign-in before the `sid` or the code leaves
+        // (neither is in the answer), so what the others wrote is inert: a
+        // code nobody holds (it expires), a session nobody can present.
+        // The edge's work alongside (the browser session's id cycle) goes
+        // out with them.
+        let authz = self.authorization(&v.request, &s);
+        let writes = async {
+            tokio::try_join!(
+                session::save(&self.store, &s, ttl, upstream.as_ref()),
+                self.provider.issue_code(&authz)
+            )
+        };
+        let saved = match alongside {
+            Some(work) => tokio::join!(writes, work).0,
+            None => writes.await,
+        };
+        let code = match saved {
+            Ok(((), code)) => code,
+            Err(e) => return unavailable(e),
+        };
         sso.insert(v.tenant.to_string(), s.sid.clone());
         meter::sign_in_succeeded(v.tenant.as_str(), v.connection.as_str(), "login.succeeded");
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
@@ -578,7 +658,7 @@ impl Broker {
                 &v.sub,
             ))
             .await;
-        self.finish(&v.request, &s).await
+        self.redirect_with_code(&v.request, &code)
     }
 
     async fn unsolicited_request(

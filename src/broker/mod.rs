@@ -154,6 +154,12 @@ pub struct PendingLogin {
     pub test: Option<testing::TestSignIn>,
 }
 
+/// Work of the edge run alongside opening an SSO session (the browser
+/// session's id cycle): polled only once every check of the sign-in passed,
+/// together with the session's own writes, so it shares their store wait;
+/// dropped unpolled when no session opens.
+pub type Alongside<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
     Key::tenant(t.as_str(), "login", format!("pending:{login_id}"))
 }
@@ -600,7 +606,17 @@ impl Broker {
 
     /// Issues a code for `req` from session `s` and sends the browser to the app.
     async fn finish(&self, req: &AuthRequest, s: &SsoSession) -> Outcome {
-        let authz = Authorization {
+        let authz = self.authorization(req, s);
+        let code = match self.provider.issue_code(&authz).await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        self.redirect_with_code(req, &code)
+    }
+
+    /// What a code for `req` from session `s` grants.
+    fn authorization(&self, req: &AuthRequest, s: &SsoSession) -> Authorization {
+        Authorization {
             tenant: s.tenant.clone(),
             connection: s.connection.clone(),
             client_id: req.client_id.clone(),
@@ -616,12 +632,12 @@ impl Broker {
             session_expires_at: s.expires_at,
             acr: s.acr.clone(),
             upstream_session: s.upstream,
-        };
-        let code = match self.provider.issue_code(&authz).await {
-            Ok(c) => c,
-            Err(e) => return unavailable(e),
-        };
-        let mut params = vec![("code", code.as_str())];
+        }
+    }
+
+    /// Sends the browser to the app with `code` (and the request's state).
+    fn redirect_with_code(&self, req: &AuthRequest, code: &str) -> Outcome {
+        let mut params = vec![("code", code)];
         if let Some(st) = &req.state {
             params.push(("state", st));
         }

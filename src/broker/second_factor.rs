@@ -578,7 +578,7 @@ impl Broker {
         }
         w.validated.mfa = true;
         tracing::info!(reason = "mfa.verified", tenant = %tenant, connection = %connection, "second factor passed");
-        MfaAnswer::Outcome(self.open_session(w.validated, sso).await)
+        MfaAnswer::Outcome(self.open_session(w.validated, sso, None).await)
     }
 
     async fn second_factor_refused(

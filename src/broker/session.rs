@@ -2,7 +2,7 @@
 //! The browser's tower-sessions session holds only the map tenant → sid.
 
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,12 +76,36 @@ pub(crate) fn user_sessions_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("sessions:{sub}"))
 }
 
-/// Stores a session, and lists it under its user.
-pub async fn save(store: &SharedStore, s: &SsoSession, ttl: Duration) -> Result<(), StoreError> {
-    store
-        .set_add(&user_sessions_key(&s.tenant, &s.sub), &s.sid, Some(ttl))
-        .await?;
-    store.put_json(&key(&s.tenant, &s.sid), s, Some(ttl)).await
+/// Stores a session with `companion` (a record of the session's own hash
+/// tag, `t:<tenant>:sso`, with its TTL: the kept upstream session) in one
+/// script, and lists it under its user, sent together: one wait. The
+/// writes may fail independently; the caller fails the sign-in on any
+/// failure and hands the `sid` out (browser session, code) only after all
+/// succeeded, so a session left unlisted is one nobody can present, and a
+/// listed `sid` without a record is skipped when the user's sessions end.
+pub async fn save(
+    store: &SharedStore,
+    s: &SsoSession,
+    ttl: Duration,
+    companion: Option<&(Key, Vec<u8>, Duration)>,
+) -> Result<(), StoreError> {
+    let record = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let at = key(&s.tenant, &s.sid);
+    let mut writes = vec![Write::Put {
+        key: &at,
+        value: &record,
+        ttl: Some(ttl),
+    }];
+    if let Some((k, value, ttl)) = companion {
+        writes.push(Write::Put {
+            key: k,
+            value,
+            ttl: Some(*ttl),
+        });
+    }
+    let index = user_sessions_key(&s.tenant, &s.sub);
+    tokio::try_join!(store.write_many(&writes), store.set_add(&index, &s.sid, Some(ttl)))?;
+    Ok(())
 }
 
 /// Ends every SSO session of the user `sub` (disable, delete).

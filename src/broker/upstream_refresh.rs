@@ -50,11 +50,16 @@ fn lock_key(tenant: &str, sid: &str) -> Key {
 }
 
 impl Broker {
-    /// Keeps the IdP's refresh token with the new SSO session `s`, if the
-    /// IdP issued one.
-    pub(super) async fn keep_upstream_session(&self, s: &SsoSession, identity: &Identity) -> Result<(), StoreError> {
+    /// The upstream session of `s` to keep, when the IdP gave a refresh
+    /// token: its key (the SSO session's hash tag), encoded record and TTL,
+    /// for [`session::save`] to write with the session in one step.
+    pub(super) fn upstream_session_record(
+        &self,
+        s: &SsoSession,
+        identity: &Identity,
+    ) -> Result<Option<(Key, Vec<u8>, Duration)>, StoreError> {
         let Some(token) = &identity.upstream_refresh_token else {
-            return Ok(());
+            return Ok(None);
         };
         let record = UpstreamSession {
             connection: s.connection.clone(),
@@ -63,9 +68,8 @@ impl Broker {
             subject: identity.raw.get("sub").and_then(|v| v.first()).cloned(),
         };
         let ttl = record_ttl(self.provider.ttl.refresh_token_ttl_secs, self.session_ttl);
-        self.store
-            .put_json(&record_key(s.tenant.as_str(), &s.sid), &record, Some(ttl))
-            .await
+        let encoded = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some((record_key(s.tenant.as_str(), &s.sid), encoded, ttl)))
     }
 }
 

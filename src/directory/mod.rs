@@ -258,17 +258,24 @@ impl Directory {
         };
         let link = link_key(tenant, connection, &inc, &identity.subject);
         let candidate = format!("u_{}", crate::tokens::random_token(16));
-        // A returning user (the common case) has the link: one read. Only
-        // when it is absent is it written, with `put_if_absent`, so that
-        // concurrent first logins still agree on one `sub`.
-        let existing = match self.store.get(&link).await? {
-            Some(raw) => Some(raw),
-            None if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? => None,
-            None => Some(
-                self.store
-                    .get(&link)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?,
+        // A returning user (the common case) has the link: one script reads
+        // it and, through it, the user's record and disabled flag (the
+        // link, `user:<sub>` and `disabled:<sub>` share the tag
+        // `t:<tenant>:users`). Only when it is absent is it written, with
+        // `put_if_absent`, so that concurrent first logins still agree on
+        // one `sub`.
+        const THROUGH: [(&str, Read); 2] = [("user:", Read::Value), ("disabled:", Read::Presence)];
+        let (existing, through) = match self.store.read_through(&link, &THROUGH).await? {
+            Some((raw, read)) => (Some(raw), Some(read)),
+            None if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? => (None, None),
+            None => (
+                Some(
+                    self.store
+                        .get(&link)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt("identity link vanished".into()))?,
+                ),
+                None,
             ),
         };
         let (sub, outcome) = match existing {
@@ -276,11 +283,21 @@ impl Directory {
             None => (candidate, Provisioned::Created),
         };
         let now = self.clock.now();
-        // A returning user's record and disabled flag, one script over
-        // their shared hash tag.
-        let (stored, disabled) = match outcome {
-            Provisioned::Created => (None, false),
-            Provisioned::Updated => {
+        // A returning user's record and disabled flag: read with the link
+        // above, or (a first login that lost the race for the link) one
+        // script over their shared hash tag.
+        let (stored, disabled) = match (outcome, through) {
+            (Provisioned::Created, _) => (None, false),
+            (Provisioned::Updated, Some(read)) => {
+                let mut read = read.into_iter();
+                let stored: Option<User> = read
+                    .next()
+                    .flatten()
+                    .map(|raw| serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string())))
+                    .transpose()?;
+                (stored, read.next().flatten().is_some())
+            }
+            (Provisioned::Updated, None) => {
                 let (user_key, flag_key) = (user_key(tenant, &sub), disabled_key(tenant, &sub));
                 let mut read = self
                     .store

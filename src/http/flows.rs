@@ -223,8 +223,56 @@ pub async fn keep_session(
     logins: &BrowserLogins,
     logins_before: usize,
 ) -> Result<(), Response> {
+    keep_session_after(session, false, sso, sso_before, logins, logins_before).await
+}
+
+/// What cycling the session id alongside a sign-in came to: not run (no
+/// SSO session opened), run (`Ok(cycled)`), or failed (the error, logged
+/// by [`session_failed`] when answered).
+pub type CycleResult = std::sync::OnceLock<Result<bool, String>>;
+
+/// The work the broker runs alongside opening an SSO session
+/// ([`crate::broker::Alongside`]): cycles the id of the browser's session,
+/// if it has a stored one, so the old record's delete goes out with the
+/// new SSO session's writes instead of after them, and only when a session
+/// opens (a refused answer leaves the browser's session as it was). A
+/// session with no stored record gets a fresh id when first saved anyway.
+/// The outcome lands in `result`. Call after the session was read (the
+/// record is loaded); the broker does not touch the browser's session.
+pub fn cycle_alongside<'a>(session: &'a Session, result: &'a CycleResult) -> crate::broker::Alongside<'a> {
+    Box::pin(async move {
+        let outcome = if session.id().is_none() {
+            Ok(false)
+        } else {
+            session.cycle_id().await.map(|()| true).map_err(|e| e.to_string())
+        };
+        if result.set(outcome).is_err() {
+            // Set only here, once per request: unreachable, but never silent.
+            tracing::error!(reason = "session.save_failed", "session id cycle recorded twice");
+        }
+    })
+}
+
+/// Whether the id was cycled alongside the sign-in, or why it failed (the
+/// caller answers [`session_failed`]).
+fn cycled_of(result: CycleResult) -> Result<bool, String> {
+    result.into_inner().unwrap_or(Ok(false))
+}
+
+/// [`keep_session`] when the id may already have been cycled in this
+/// request ([`cycle_early`]): a new SSO session then needs no second cycle.
+pub async fn keep_session_after(
+    session: &Session,
+    cycled: bool,
+    sso: &BrowserSso,
+    sso_before: &BrowserSso,
+    logins: &BrowserLogins,
+    logins_before: usize,
+) -> Result<(), Response> {
     if sso != sso_before {
-        session.cycle_id().await.map_err(session_failed)?;
+        if !cycled {
+            session.cycle_id().await.map_err(session_failed)?;
+        }
         session.insert(SESSION_FIELD, sso).await.map_err(session_failed)?;
     }
     if logins.len() != logins_before {
@@ -246,11 +294,25 @@ pub async fn complete(
     let mut sso = load_sso(session).await;
     let mut logins = load_logins(session).await;
     let (sso_before, logins_before) = (sso.clone(), logins.len());
+    // The session id is cycled alongside the new session's writes.
+    let cycle = CycleResult::new();
     let outcome = state
         .broker
-        .complete(tenant, connection, params, &mut sso, &mut logins, fresh)
+        .complete_alongside(
+            tenant,
+            connection,
+            params,
+            &mut sso,
+            &mut logins,
+            fresh,
+            Some(cycle_alongside(session, &cycle)),
+        )
         .await;
-    if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+    let cycled = match cycled_of(cycle) {
+        Ok(c) => c,
+        Err(e) => return session_failed(e),
+    };
+    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
         return r;
     }
     if let Err(r) = remember_second_factor(session, &outcome).await {
@@ -411,14 +473,32 @@ async fn resume(
     handle: &str,
     confirmed: bool,
 ) -> Response {
-    let mut sso = load_sso(session).await;
-    let mut logins = load_logins(session).await;
+    // The browser's session read and the one-time handle taken together
+    // (one store wait); nothing is decided before both are in.
+    let ((mut sso, mut logins), taken) = tokio::join!(
+        async { (load_sso(session).await, load_logins(session).await) },
+        state.broker.take_continuation(tenant, handle)
+    );
     let (sso_before, logins_before) = (sso.clone(), logins.len());
+    // The session id is cycled alongside the new session's writes.
+    let cycle = CycleResult::new();
     let outcome = state
         .broker
-        .resume(tenant, connection, handle, confirmed, &mut sso, &mut logins)
+        .resume_taken(
+            tenant,
+            connection,
+            taken,
+            confirmed,
+            &mut sso,
+            &mut logins,
+            Some(cycle_alongside(session, &cycle)),
+        )
         .await;
-    if let Err(r) = keep_session(session, &sso, &sso_before, &logins, logins_before).await {
+    let cycled = match cycled_of(cycle) {
+        Ok(c) => c,
+        Err(e) => return session_failed(e),
+    };
+    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
         return r;
     }
     if let Err(r) = remember_second_factor(session, &outcome).await {

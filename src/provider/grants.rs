@@ -457,7 +457,14 @@ impl Provider {
             }
             None => None,
         };
-        let (family, next) = match self.rotate_refresh(token, &client.client_id).await? {
+        // A peeked family rotates in one step (the family's presence, the
+        // take and the next token in one script); anything else takes the
+        // general path, which finds reuses of tokens already rotated.
+        let rotation = match &peeked {
+            Some(family) => self.rotate_peeked(token, family, &client.client_id).await?,
+            None => self.rotate_refresh(token, &client.client_id).await?,
+        };
+        let (family, next) = match rotation {
             Rotation::Rotated(f, n) => (f, n),
             Rotation::WrongClient => {
                 return Err(OAuthError::invalid_grant(

@@ -14,7 +14,7 @@
 use super::codes::Authorization;
 use super::Provider;
 use crate::ids::TenantId;
-use crate::store::{Key, Read, StoreError, StoreJson, Taken};
+use crate::store::{Key, Read, Rotate, StoreError, StoreJson, Taken, Write};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -56,6 +56,18 @@ pub(crate) fn user_families_key(t: &str, sub: &str) -> Key {
 /// The tombstone of a deleted app (see [`Provider::retire_client`]).
 fn client_tombstone_key(client_id: &str) -> Key {
     Key::global("clients", format!("deleted:{client_id}"))
+}
+
+/// A fresh token of `family` and the hash its store key is named by.
+fn next_token(family: &Family) -> (String, String) {
+    let token = format!(
+        "{}.{}.{}",
+        family.authz.tenant,
+        family.id,
+        crate::tokens::random_token(32)
+    );
+    let hash = crate::tokens::sha256_base64url(token.as_bytes());
+    (token, hash)
 }
 
 /// The parts of a presented refresh token.
@@ -124,29 +136,105 @@ impl Provider {
         };
         let t = authz.tenant.as_str();
         let ttl = self.remaining(family.expires_at);
-        self.store.put_json(&family_key(t, &family.id), &family, ttl).await?;
-        self.store
-            .set_add(&session_families_key(t, &authz.sid), &family.id, ttl)
-            .await?;
-        self.store
-            .set_add(&user_families_key(t, &authz.sub), &family.id, ttl)
-            .await?;
-        let token = self.new_token(&family).await?;
+        let (token, hash) = next_token(&family);
+        let record = serde_json::to_vec(&family).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (family_at, token_at) = (family_key(t, &family.id), token_key(t, &family.id, &hash));
+        let (by_session, by_user) = (session_families_key(t, &authz.sid), user_families_key(t, &authz.sub));
+        // One wait: the family and its first token in one script (their
+        // shared tag), the two indexes (other tags) sent with it. They may
+        // fail independently; any failure fails the grant, so the token is
+        // never handed out and whatever was written is inert: a family
+        // whose token nobody holds, or an index naming a family that is
+        // absent (revoking it deletes nothing). The code's "issued" record,
+        // which a replay reads to revoke this family, is written only
+        // after all of them (see `codes`).
+        let together = [
+            Write::Put {
+                key: &family_at,
+                value: &record,
+                ttl,
+            },
+            Write::Put {
+                key: &token_at,
+                value: b"1",
+                ttl,
+            },
+        ];
+        tokio::try_join!(
+            self.store.write_many(&together),
+            self.store.set_add(&by_session, &family.id, ttl),
+            self.store.set_add(&by_user, &family.id, ttl),
+        )?;
         Ok((family, token))
     }
 
-    async fn new_token(&self, family: &Family) -> Result<String, StoreError> {
-        let t = family.authz.tenant.as_str();
-        let token = format!("{t}.{}.{}", family.id, crate::tokens::random_token(32));
-        let hash = crate::tokens::sha256_base64url(token.as_bytes());
-        self.store
-            .put(
-                &token_key(t, &family.id, &hash),
-                b"1",
-                self.remaining(family.expires_at),
-            )
-            .await?;
-        Ok(token)
+    /// Rotates `token` of `family`, as peeked (read without consuming, by
+    /// [`Provider::peek_refresh`]) and prepared for in this request, in
+    /// one step: the token is consumed (with its "used" marker) and the
+    /// next one written only if the family still exists at that moment
+    /// (one script, [`crate::store::Store::rotate`]); a family revoked
+    /// meanwhile rotates nothing. The family's record is written once, at
+    /// its start, and only ever deleted, so the peeked copy is what is
+    /// stored. A reuse revokes the family as [`Provider::rotate_refresh`]
+    /// does.
+    pub async fn rotate_peeked(&self, token: &str, family: &Family, client_id: &str) -> Result<Rotation, StoreError> {
+        let Some(p) = parse(token).filter(|p| p.family == family.id && p.tenant == family.authz.tenant.as_str()) else {
+            return Ok(Rotation::Invalid);
+        };
+        let Some(ttl) = self.remaining(family.expires_at) else {
+            self.revoke_family(&family.authz.tenant, &family.id).await?;
+            return Ok(Rotation::Invalid);
+        };
+        if family.authz.client_id != client_id {
+            return Ok(Rotation::WrongClient);
+        }
+        let (next, hash) = next_token(family);
+        let (current, marker, family_at, next_at) = (
+            token_key(p.tenant, p.family, &p.hash),
+            used_key(p.tenant, p.family, &p.hash),
+            family_key(p.tenant, p.family),
+            token_key(p.tenant, p.family, &hash),
+        );
+        let rotation = Rotate {
+            key: &current,
+            marker_key: &marker,
+            marker_value: b"1",
+            marker_ttl: ttl,
+            requires: &family_at,
+            next_key: &next_at,
+            next_value: b"1",
+            next_ttl: Some(ttl),
+        };
+        match self.store.rotate(&rotation).await? {
+            Taken::Value(_) => Ok(Rotation::Rotated(Box::new(family.clone()), next)),
+            Taken::Marker(_) => self.reused(family, p.tenant, client_id).await,
+            Taken::Absent => Ok(Rotation::Invalid),
+        }
+    }
+
+    /// A reused token: revokes its family, audits it.
+    async fn reused(&self, family: &Family, tenant: &str, client_id: &str) -> Result<Rotation, StoreError> {
+        crate::meter::refresh_reused();
+        tracing::warn!(
+            reason = "refresh.reuse_detected",
+            tenant,
+            client_id,
+            "refresh token reused: family revoked"
+        );
+        self.revoke_family(&family.authz.tenant, &family.id).await?;
+        // Who and which app, never the token (nor its family id, a part of it).
+        let event = crate::audit::AuditEvent::security(
+            &crate::audit::Actor::Client(client_id.to_owned()),
+            "refresh.reuse_detected",
+            crate::audit::Target::new("client", client_id),
+            crate::audit::Outcome::Failure,
+            "refresh.reuse_detected",
+        )
+        .tenant(&family.authz.tenant)
+        .connection(family.authz.connection.as_str())
+        .subject(&family.authz.sub);
+        self.audit.security(event).await;
+        Ok(Rotation::Reused)
     }
 
     /// Presents a refresh token on behalf of `client_id`: rotates it, or
@@ -177,32 +265,15 @@ impl Provider {
             .await?
         {
             Taken::Value(_) => {
-                let next = self.new_token(&family).await?;
+                // The next token after the take: written only once this
+                // rotation is known to have consumed the current one.
+                let (next, hash) = next_token(&family);
+                self.store
+                    .put(&token_key(p.tenant, p.family, &hash), b"1", Some(ttl))
+                    .await?;
                 Ok(Rotation::Rotated(Box::new(family), next))
             }
-            Taken::Marker(_) => {
-                crate::meter::refresh_reused();
-                tracing::warn!(
-                    reason = "refresh.reuse_detected",
-                    tenant = p.tenant,
-                    client_id,
-                    "refresh token reused: family revoked"
-                );
-                self.revoke_family(&family.authz.tenant, &family.id).await?;
-                // Who and which app, never the token (nor its family id, a part of it).
-                let event = crate::audit::AuditEvent::security(
-                    &crate::audit::Actor::Client(client_id.to_owned()),
-                    "refresh.reuse_detected",
-                    crate::audit::Target::new("client", client_id),
-                    crate::audit::Outcome::Failure,
-                    "refresh.reuse_detected",
-                )
-                .tenant(&family.authz.tenant)
-                .connection(family.authz.connection.as_str())
-                .subject(&family.authz.sub);
-                self.audit.security(event).await;
-                Ok(Rotation::Reused)
-            }
+            Taken::Marker(_) => self.reused(&family, p.tenant, client_id).await,
             Taken::Absent => Ok(Rotation::Invalid),
         }
     }

@@ -28,7 +28,9 @@
 //! set; the next write of the record, or `portcullis keys rewrap`, seals it.
 
 use super::{Cipher, SecretsError};
-use crate::store::{IfChanged, Key, RateDecision, Read, SharedStore, Store, StoreError, StreamEntry, Taken};
+use crate::store::{
+    IfChanged, Key, RateDecision, Read, Rotate, SharedStore, Store, StoreError, StreamEntry, Taken, Write,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
@@ -554,6 +556,67 @@ impl Store for SealedStore {
                 other => Ok(other),
             })
             .collect()
+    }
+
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        // Each value sealed as `put` seals it.
+        let sealed: Vec<Option<Vec<u8>>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put { key, value, .. } => self.seal(key, value).map(Some),
+                Write::SetAdd { .. } | Write::Delete { .. } => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        let forwarded: Vec<Write<'_>> = writes
+            .iter()
+            .zip(&sealed)
+            .map(|(w, s)| match (w, s) {
+                (Write::Put { key, ttl, .. }, Some(value)) => Write::Put {
+                    key,
+                    value: value.as_slice(),
+                    ttl: *ttl,
+                },
+                (other, _) => *other,
+            })
+            .collect();
+        self.inner.write_many(&forwarded).await
+    }
+
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        // The next value sealed as `put` seals it; the taken one opened as
+        // `take_and_mark` opens it (a marker is never sealed).
+        let next = self.seal(r.next_key, r.next_value)?;
+        let forwarded = Rotate {
+            next_value: next.as_slice(),
+            ..*r
+        };
+        match self.inner.rotate(&forwarded).await? {
+            Taken::Value(raw) => self.open(r.key, raw).map(Taken::Value),
+            other => Ok(other),
+        }
+    }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        let Some((raw, answers)) = self.inner.read_through(pointer, reads).await? else {
+            return Ok(None);
+        };
+        // Each value opened as `get` opens it, the pointer's too.
+        let keys = crate::store::through_keys(pointer, &raw, reads)?;
+        let value = self.open(pointer, raw)?;
+        let answers = keys
+            .iter()
+            .zip(reads)
+            .zip(answers)
+            .map(|((key, (_, how)), answer)| match (how, answer) {
+                (Read::Value, Some(raw)) => self.open(key, raw).map(Some),
+                (_, answer) => Ok(answer),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((value, answers)))
     }
 }
 

@@ -3,7 +3,9 @@
 //! Expiry follows the injected clock, so TTLs are testable without sleeping.
 //! Expired entries are dropped when touched and swept every few hundred writes.
 
-use super::{gcra, parse_stream_id, IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
+use super::{
+    gcra, parse_stream_id, IfChanged, Key, RateDecision, Read, Rotate, Store, StoreError, StreamEntry, Taken, Write,
+};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -102,6 +104,49 @@ impl MemoryStore {
         }
         f(&mut inner.map)
     }
+
+    /// [`Self::with`] for an operation over several keys: every one's
+    /// expired entry dropped first, all under one lock.
+    fn with_keys<R>(&self, keys: &[&Key], f: impl FnOnce(&mut HashMap<Key, Entry>) -> R) -> R {
+        let now = self.clock.now();
+        let Some((first, rest)) = keys.split_first() else {
+            return self.with(&Key::new("", ""), false, f);
+        };
+        self.with(first, true, |m| {
+            for key in rest {
+                if m.get(*key).is_some_and(|e| e.expires.is_some_and(|x| x <= now)) {
+                    m.remove(*key);
+                }
+            }
+            f(m)
+        })
+    }
+}
+
+/// Adds `member` to the set in `m` at `key` with the TTL rule of
+/// [`Store::set_add`] (the caller checked the type).
+fn add_member(
+    m: &mut HashMap<Key, Entry>,
+    key: &Key,
+    member: &str,
+    expires: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+        value: Value::Set(BTreeSet::new()),
+        expires,
+    });
+    match &mut entry.value {
+        Value::Set(s) => {
+            s.insert(member.to_owned());
+        }
+        _ => return Err(wrong_type(key)),
+    }
+    match (expires, entry.expires) {
+        (Some(new), Some(old)) if new > old => entry.expires = Some(new),
+        (Some(new), None) => entry.expires = Some(new),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Names only the key's tag: key names can be secrets (authorization codes).
@@ -713,6 +758,129 @@ impl Store for MemoryStore {
                 }
             })
             .collect()
+    }
+
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        super::one_write_tag(writes)?;
+        let keys: Vec<&Key> = writes.iter().map(Write::key).collect();
+        let deadlines: Vec<Option<DateTime<Utc>>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => self.deadline(*ttl),
+                Write::Delete { .. } => None,
+            })
+            .collect();
+        // One lock for every key: the equivalent of the Redis script, which
+        // checks the set types before it writes anything.
+        self.with_keys(&keys, |m| {
+            for w in writes {
+                if let Write::SetAdd { key, .. } = w {
+                    if m.get(*key).is_some_and(|e| !matches!(e.value, Value::Set(_))) {
+                        return Err(wrong_type(key));
+                    }
+                }
+            }
+            for (w, expires) in writes.iter().zip(deadlines) {
+                match w {
+                    Write::Put { key, value, .. } => {
+                        m.insert(
+                            (*key).clone(),
+                            Entry {
+                                value: Value::Bytes(value.to_vec()),
+                                expires,
+                            },
+                        );
+                    }
+                    Write::SetAdd { key, member, .. } => add_member(m, key, member, expires)?,
+                    Write::Delete { key } => {
+                        m.remove(*key);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        let now = self.clock.now();
+        // One lock for the pointer and what it names: the equivalent of
+        // the Redis script.
+        self.with(pointer, false, |m| {
+            let value = match m.get(pointer) {
+                None => return Ok(None),
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => b.clone(),
+                Some(_) => return Err(wrong_type(pointer)),
+            };
+            let keys = super::through_keys(pointer, &value, reads)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (key, (_, how)) in keys.iter().zip(reads) {
+                let live = m.get(key).filter(|e| e.expires.is_none_or(|x| x > now));
+                out.push(match (live, how) {
+                    (None, _) => None,
+                    (Some(_), Read::Presence) => Some(Vec::new()),
+                    (
+                        Some(Entry {
+                            value: Value::Bytes(b), ..
+                        }),
+                        Read::Value,
+                    ) => Some(b.clone()),
+                    (Some(_), Read::Value) => return Err(wrong_type(key)),
+                });
+            }
+            Ok(Some((value, out)))
+        })
+    }
+
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        r.one_tag()?;
+        let marker_expires = self.deadline(Some(r.marker_ttl));
+        let next_expires = self.deadline(r.next_ttl);
+        // One lock for every key: the equivalent of the Redis script.
+        self.with_keys(&[r.key, r.marker_key, r.requires, r.next_key], |m| {
+            if !m.contains_key(r.requires) {
+                return Ok(Taken::Absent);
+            }
+            if m.get(r.marker_key).is_some_and(|e| !matches!(e.value, Value::Bytes(_))) {
+                return Err(wrong_type(r.marker_key));
+            }
+            match m.remove(r.key) {
+                Some(Entry {
+                    value: Value::Bytes(b), ..
+                }) => {
+                    m.insert(
+                        r.marker_key.clone(),
+                        Entry {
+                            value: Value::Bytes(r.marker_value.to_vec()),
+                            expires: marker_expires,
+                        },
+                    );
+                    m.insert(
+                        r.next_key.clone(),
+                        Entry {
+                            value: Value::Bytes(r.next_value.to_vec()),
+                            expires: next_expires,
+                        },
+                    );
+                    Ok(Taken::Value(b))
+                }
+                Some(other) => {
+                    m.insert(r.key.clone(), other);
+                    Err(wrong_type(r.key))
+                }
+                None => match m.get(r.marker_key) {
+                    Some(Entry {
+                        value: Value::Bytes(b), ..
+                    }) => Ok(Taken::Marker(b.clone())),
+                    _ => Ok(Taken::Absent),
+                },
+            }
+        })
     }
 }
 

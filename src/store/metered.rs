@@ -6,7 +6,7 @@
 //! Only the backend's [`StoreError::Unavailable`] counts as a Redis error: a
 //! value that does not decode is the caller's problem, not Redis's.
 
-use super::{IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
+use super::{IfChanged, Key, RateDecision, Read, Rotate, Store, StoreError, StreamEntry, Taken, Write};
 use crate::meter;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -211,5 +211,21 @@ impl<S: Store> Store for MeteredStore<S> {
 
     async fn read_many_if_changed(&self, keys: &[(&Key, super::Probe<'_>)]) -> Result<Vec<super::Probed>, StoreError> {
         measured("read_many_if_changed", self.inner.read_many_if_changed(keys)).await
+    }
+
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        measured("write_many", self.inner.write_many(writes)).await
+    }
+
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        measured("rotate", self.inner.rotate(r)).await
+    }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        measured("read_through", self.inner.read_through(pointer, reads)).await
     }
 }

@@ -341,6 +341,49 @@ pub trait Store: Send + Sync + 'static {
     /// forward it (the fingerprint is of the bytes as stored): there is no
     /// default.
     async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError>;
+
+    /// Applies several unconditional writes ([`Write`]: put, set add,
+    /// delete, each exactly as its own method) to keys of one hash tag, in
+    /// the order given, in one atomic step (one Lua script on Redis, one
+    /// lock in memory): one round trip where a request wrote a record and
+    /// its companions one after the other, and no reader ever sees some of
+    /// them written and not the others. Every key must share the first
+    /// one's hash tag (Redis Cluster); otherwise nothing is written and the
+    /// answer is an error. A set write over a key holding another type is
+    /// refused before anything is written. Every write is idempotent, so
+    /// the whole is retried as `put` is. Every wrapper must forward it (a
+    /// sealing wrapper seals the values it seals for `put`): no default.
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError>;
+
+    /// A refresh-token rotation in one atomic step (one Lua script on
+    /// Redis, one lock in memory), all keys of one hash tag: when
+    /// [`Rotate::requires`] (the family) is absent, nothing changes and the
+    /// answer is [`Taken::Absent`]; otherwise exactly
+    /// [`Store::take_and_mark`] of [`Rotate::key`] with its marker, and,
+    /// only when the value was taken, [`Rotate::next_key`] written (as
+    /// [`Store::put`]) in the same step. So the next token exists if and
+    /// only if this call consumed the current one while its family was
+    /// alive; of any number of concurrent calls exactly one writes it. Keys
+    /// of several hash tags are refused before anything is read or
+    /// written. Conditional, so it is retried only when certainly not
+    /// executed. Every wrapper must forward it: no default.
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError>;
+
+    /// Reads the value at `pointer` and, in the same atomic step (one Lua
+    /// script on Redis, one lock in memory), the keys it names: for each
+    /// `(prefix, how)` the key of the pointer's hash tag named `prefix`
+    /// followed by the pointer's value, read as [`Store::read_many`] reads
+    /// (its value, or only its presence). `None` when the pointer is
+    /// absent (nothing else is read). One round trip where an index (an
+    /// identity link naming a user) and then what it names took two; the
+    /// keys read share the pointer's tag by construction (Redis Cluster).
+    /// A pointer value that is not UTF-8 is an error about the data.
+    /// Every wrapper must forward it: no default.
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError>;
 }
 
 /// How [`Store::read_many_if_changed`] reads one key.
@@ -378,6 +421,106 @@ pub fn one_tag_probed(keys: &[(&Key, Probe<'_>)]) -> Result<(), StoreError> {
             )))
         }
         _ => Ok(()),
+    }
+}
+
+/// The keys [`Store::read_through`] reads for the pointer value `value`:
+/// each `prefix` + `value`, in the pointer's hash tag.
+pub fn through_keys(pointer: &Key, value: &[u8], reads: &[(&str, Read)]) -> Result<Vec<Key>, StoreError> {
+    let value = std::str::from_utf8(value)
+        .map_err(|_| StoreError::Corrupt(format!("a pointer in {{{}}} is not text", pointer.tag())))?;
+    Ok(reads
+        .iter()
+        .map(|(prefix, _)| Key::new(pointer.tag(), format!("{prefix}{value}")))
+        .collect())
+}
+
+/// One write of [`Store::write_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    /// Writes `value` at `key`, as [`Store::put`].
+    Put {
+        /// The key.
+        key: &'a Key,
+        /// The value.
+        value: &'a [u8],
+        /// Its TTL; `None`: persists.
+        ttl: Option<Duration>,
+    },
+    /// Adds `member` to the set at `key`, as [`Store::set_add`] (the TTL
+    /// extended, never shortened).
+    SetAdd {
+        /// The set's key.
+        key: &'a Key,
+        /// The member.
+        member: &'a str,
+        /// The set's TTL; `None`: leaves any TTL.
+        ttl: Option<Duration>,
+    },
+    /// Deletes the value at `key`, as [`Store::delete`].
+    Delete {
+        /// The key.
+        key: &'a Key,
+    },
+}
+
+impl Write<'_> {
+    /// The key written.
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Put { key, .. } | Write::SetAdd { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// Checks that every key of a [`Store::write_many`] shares the first one's
+/// hash tag. Names only the tag: key names can be secrets.
+pub fn one_write_tag(writes: &[Write<'_>]) -> Result<(), StoreError> {
+    match writes.split_first() {
+        Some((first, rest)) if rest.iter().any(|w| w.key().tag() != first.key().tag()) => {
+            Err(StoreError::Corrupt(format!(
+                "write_many over keys of several hash tags ({{{}}}, ...)",
+                first.key().tag()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What [`Store::rotate`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotate<'a> {
+    /// The single-use value taken (the current token).
+    pub key: &'a Key,
+    /// Its "used" marker, written when it is taken.
+    pub marker_key: &'a Key,
+    /// The marker's value.
+    pub marker_value: &'a [u8],
+    /// The marker's TTL.
+    pub marker_ttl: Duration,
+    /// A key that must exist for anything to happen (the family).
+    pub requires: &'a Key,
+    /// The value written when, and only when, `key` was taken (the next token).
+    pub next_key: &'a Key,
+    /// Its value.
+    pub next_value: &'a [u8],
+    /// Its TTL; `None`: persists.
+    pub next_ttl: Option<Duration>,
+}
+
+impl Rotate<'_> {
+    /// Refuses keys of several hash tags (Redis Cluster). Names only the tag.
+    pub fn one_tag(&self) -> Result<(), StoreError> {
+        let tag = self.key.tag();
+        if [self.marker_key, self.requires, self.next_key]
+            .iter()
+            .any(|k| k.tag() != tag)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "rotate over keys of several hash tags ({{{tag}}}, ...)"
+            )));
+        }
+        Ok(())
     }
 }
 

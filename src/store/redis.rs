@@ -53,7 +53,9 @@
 //! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
 use super::redis_url::{addr, Auth, Topology};
-use super::{parse_stream_id, IfChanged, Key, RateDecision, Read, Store, StoreError, StreamEntry, Taken};
+use super::{
+    parse_stream_id, IfChanged, Key, RateDecision, Read, Rotate, Store, StoreError, StreamEntry, Taken, Write,
+};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -1594,7 +1596,201 @@ impl Store for RedisStore {
             })
             .collect()
     }
+
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        super::one_write_tag(writes)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let rendered: Vec<String> = writes.iter().map(|w| self.key(w.key())).collect();
+        let ms = |ttl: &Option<Duration>| ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
+        let ttls: Vec<String> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => ms(ttl),
+                Write::Delete { .. } => String::new(),
+            })
+            .collect();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(writes.len() * 3);
+        for (w, ttl) in writes.iter().zip(&ttls) {
+            let (op, value): (&[u8], &[u8]) = match w {
+                Write::Put { value, .. } => (b"p", value),
+                Write::SetAdd { member, .. } => (b"s", member.as_bytes()),
+                Write::Delete { .. } => (b"d", b""),
+            };
+            args.extend([op, value, ttl.as_bytes()]);
+        }
+        // Unconditional writes only: repeating the script writes the same
+        // values, so it is retried as `put` is, and durable (`WAIT`).
+        let _: Value = self
+            .eval(WRITE_MANY, &rendered, &args, Retry::Idempotent, Durability::Replicated)
+            .await?;
+        Ok(())
+    }
+
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        // The names are built in the script from the pointer's value, under
+        // the pointer's own rendered tag: every key read is in its slot.
+        let base = self.key(&Key::new(pointer.tag(), ""));
+        let mut args: Vec<&[u8]> = vec![base.as_bytes()];
+        for (prefix, how) in reads {
+            args.push(prefix.as_bytes());
+            args.push(match how {
+                Read::Value => b"v".as_slice(),
+                Read::Presence => b"e".as_slice(),
+            });
+        }
+        // Reads only: retried once after any connection error.
+        let answer: Value = self
+            .eval(
+                READ_THROUGH,
+                &[self.key(pointer)],
+                &args,
+                Retry::Idempotent,
+                Durability::None,
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt("read_through: unexpected answer".into());
+        let items = match answer {
+            Value::Nil => return Ok(None),
+            Value::Array(items) if items.len() == reads.len() + 1 => items,
+            _ => return Err(corrupt()),
+        };
+        let mut items = items.into_iter();
+        let value: Vec<u8> = match items.next() {
+            Some(v @ Value::BulkString(_)) => redis::from_redis_value(v).map_err(|_| corrupt())?,
+            _ => return Err(corrupt()),
+        };
+        let read = items
+            .map(|v| match v {
+                Value::Nil | Value::Int(0) => Ok(None),
+                Value::Int(_) => Ok(Some(Vec::new())),
+                other => redis::from_redis_value::<Vec<u8>>(other)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(e.to_string())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((value, read)))
+    }
+
+    async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
+        r.one_tag()?;
+        let marker_ms = ttl_ms(r.marker_ttl).to_string();
+        let next_ms = r.next_ttl.map_or_else(|| "0".to_owned(), |t| ttl_ms(t).to_string());
+        // Conditional (it consumes): retried only when certainly not executed.
+        let answer: Vec<Value> = self
+            .eval(
+                ROTATE,
+                &[
+                    self.key(r.key),
+                    self.key(r.marker_key),
+                    self.key(r.requires),
+                    self.key(r.next_key),
+                ],
+                &[r.marker_value, marker_ms.as_bytes(), r.next_value, next_ms.as_bytes()],
+                Retry::IfNotExecuted,
+                Durability::Replicated,
+            )
+            .await?;
+        let bytes = |v: &Value| match v {
+            Value::BulkString(b) => Ok(b.clone()),
+            _ => Err(StoreError::Corrupt("rotate answered an unexpected value".to_owned())),
+        };
+        match answer.as_slice() {
+            [Value::Int(1), v] => Ok(Taken::Value(bytes(v)?)),
+            [Value::Int(2), m] => Ok(Taken::Marker(bytes(m)?)),
+            [Value::Int(0)] => Ok(Taken::Absent),
+            _ => Err(StoreError::Corrupt("rotate answered an unexpected value".to_owned())),
+        }
+    }
 }
+
+/// `write_many`: per key `KEYS[i]`, the write `ARGV[3i-2]` (`p` put, `s`
+/// set add, `d` delete) with the value or member `ARGV[3i-1]` and the TTL
+/// in ms `ARGV[3i]` (empty: none). Set writes over a key of another type
+/// are refused before anything is written. Keys of one hash tag (checked
+/// before it is sent).
+const WRITE_MANY: &str = r"
+for i, k in ipairs(KEYS) do
+  if ARGV[3 * i - 2] == 's' then
+    local t = redis.call('TYPE', k)['ok']
+    if t ~= 'none' and t ~= 'set' then
+      return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+    end
+  end
+end
+for i, k in ipairs(KEYS) do
+  local op, v, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if op == 'p' then
+    if ttl == '' then
+      redis.call('SET', k, v)
+    else
+      redis.call('SET', k, v, 'PX', ttl)
+    end
+  elseif op == 's' then
+    redis.call('SADD', k, v)
+    if ttl ~= '' then
+      redis.call('PEXPIRE', k, ttl, 'NX')
+      redis.call('PEXPIRE', k, ttl, 'GT')
+    end
+  else
+    redis.call('DEL', k)
+  end
+end
+return 1
+";
+
+/// `read_through`: `GET KEYS[1]`; nil when absent; else `{value, ...}`
+/// with, per pair `ARGV[2i]` (a name prefix), `ARGV[2i+1]` (`v` value, `e`
+/// presence), the key `ARGV[1]` (the pointer's rendered tag) .. prefix ..
+/// value read. Every key read is in the pointer's hash tag, so its slot.
+const READ_THROUGH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+local out = {v}
+local i = 2
+while ARGV[i] do
+  local k = ARGV[1] .. ARGV[i] .. v
+  if ARGV[i + 1] == 'v' then
+    out[#out + 1] = redis.call('GET', k)
+  else
+    out[#out + 1] = redis.call('EXISTS', k)
+  end
+  i = i + 2
+end
+return out
+";
+
+/// `rotate`: nothing when the required key (`KEYS[3]`) is absent (`{0}`);
+/// otherwise `take_and_mark` of `KEYS[1]` with the marker `KEYS[2]`, and
+/// when taken, `SET KEYS[4]` (with `PX` unless `ARGV[4]` is `0`) in the
+/// same step. Keys of one hash tag (checked before it is sent).
+const ROTATE: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {0}
+end
+local v = redis.call('GETDEL', KEYS[1])
+if v then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  if ARGV[4] == '0' then
+    redis.call('SET', KEYS[4], ARGV[3])
+  else
+    redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  end
+  return {1, v}
+end
+local m = redis.call('GET', KEYS[2])
+if m then
+  return {2, m}
+end
+return {0}
+";
 
 /// The one field each stream entry holds its value in.
 const STREAM_FIELD: &str = "v";

@@ -643,5 +643,18 @@ mod tests {
             self.scripts.fetch_add(1, Ordering::SeqCst);
             self.inner.read_many_if_changed(keys).await
         }
+        async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), StoreError> {
+            self.inner.write_many(writes).await
+        }
+        async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, StoreError> {
+            self.inner.rotate(r).await
+        }
+        async fn read_through(
+            &self,
+            pointer: &Key,
+            reads: &[(&str, crate::store::Read)],
+        ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+            self.inner.read_through(pointer, reads).await
+        }
     }
 }

@@ -14,7 +14,7 @@ use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::store::memory::MemoryStore;
 use portcullis::store::redis::{RedisOptions, RedisStore};
 use portcullis::store::{
-    IfChanged, Key, Probe, Probed, RateDecision, Read, SharedStore, StoreError, StreamEntry, Taken,
+    IfChanged, Key, Probe, Probed, RateDecision, Read, Rotate, SharedStore, StoreError, StreamEntry, Taken, Write,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +148,10 @@ macro_rules! all_cases {
             read_many_reads_keys_of_one_tag_in_one_step,
             put_then_get_writes_and_reads_in_one_step,
             read_many_if_changed_probes_keys_of_one_tag_in_one_step,
+            write_many_writes_keys_of_one_tag_in_one_step,
+            rotate_takes_once_and_writes_the_next_only_when_taken,
+            concurrent_rotate_one_wins_and_writes_the_next_once,
+            read_through_reads_a_pointer_and_what_it_names_in_one_step,
         );
     )*};
 }
@@ -163,6 +167,11 @@ conformance!(wrapped_cluster:
     read_many_reads_keys_of_one_tag_in_one_step,
     put_then_get_writes_and_reads_in_one_step,
     read_many_if_changed_probes_keys_of_one_tag_in_one_step,
+    write_many_writes_keys_of_one_tag_in_one_step,
+    write_many_seals_what_put_seals,
+    rotate_takes_once_and_writes_the_next_only_when_taken,
+    concurrent_rotate_one_wins_and_writes_the_next_once,
+    read_through_reads_a_pointer_and_what_it_names_in_one_step,
 );
 
 async fn wrapped_cluster() -> Backend {
@@ -1362,4 +1371,301 @@ async fn read_many_if_changed_probes_keys_of_one_tag_in_one_step(b: &Backend) {
             .await,
         Err(StoreError::Corrupt(_))
     ));
+}
+
+async fn write_many_writes_keys_of_one_tag_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let (family, token, index, gone) = (
+        Key::tenant("acme", "rf:wm", "family"),
+        Key::tenant("acme", "rf:wm", "tok:h1"),
+        Key::tenant("acme", "rf:wm", "index"),
+        Key::tenant("acme", "rf:wm", "gone"),
+    );
+    s.put(&gone, b"old", None).await.unwrap();
+    s.write_many(&[
+        Write::Put {
+            key: &family,
+            value: &[0u8, 255, b'{'],
+            ttl: None,
+        },
+        Write::Put {
+            key: &token,
+            value: b"1",
+            ttl: Some(SHORT),
+        },
+        Write::SetAdd {
+            key: &index,
+            member: "f1",
+            ttl: Some(SHORT),
+        },
+        Write::Delete { key: &gone },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&family).await.unwrap(), Some(vec![0u8, 255, b'{']));
+    assert_eq!(s.get(&token).await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.set_members(&index).await.unwrap(), vec!["f1".to_owned()]);
+    assert_eq!(s.get(&gone).await.unwrap(), None);
+    // A set's TTL is extended, never shortened, as `set_add` does.
+    s.write_many(&[Write::SetAdd {
+        key: &index,
+        member: "f2",
+        ttl: Some(LONG),
+    }])
+    .await
+    .unwrap();
+    // Nothing at all is fine.
+    s.write_many(&[]).await.unwrap();
+    // The TTLs are each write's: the short token expires, the rest stays.
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&token).await.unwrap(), None);
+    assert_eq!(s.get(&family).await.unwrap(), Some(vec![0u8, 255, b'{']));
+    assert_eq!(
+        s.set_members(&index).await.unwrap(),
+        vec!["f1".to_owned(), "f2".to_owned()]
+    );
+    // Keys of two hash tags are refused, and nothing is written.
+    let elsewhere = Key::tenant("acme", "users", "families:u9");
+    assert!(matches!(
+        s.write_many(&[
+            Write::Put {
+                key: &token,
+                value: b"2",
+                ttl: None
+            },
+            Write::SetAdd {
+                key: &elsewhere,
+                member: "f3",
+                ttl: None
+            },
+        ])
+        .await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&token).await.unwrap(), None);
+    assert!(s.set_members(&elsewhere).await.unwrap().is_empty());
+    // A set write over a value of another type is refused before anything
+    // is written.
+    let refused = s
+        .write_many(&[
+            Write::Put {
+                key: &token,
+                value: b"3",
+                ttl: None,
+            },
+            Write::SetAdd {
+                key: &family,
+                member: "x",
+                ttl: None,
+            },
+        ])
+        .await;
+    assert!(refused.is_err(), "a set add over a string: {refused:?}");
+    assert_eq!(s.get(&token).await.unwrap(), None, "nothing written");
+    assert_eq!(s.get(&family).await.unwrap(), Some(vec![0u8, 255, b'{']));
+}
+
+/// The sealing wrapper seals what `put` seals, so a sealed record written
+/// with `write_many` reads back (opened) like one written with `put`.
+async fn write_many_seals_what_put_seals(b: &Backend) {
+    let s = &b.store;
+    let (record, other) = (
+        Key::tenant("acme", "config", "connection:wm"),
+        Key::tenant("acme", "config", "note:wm"),
+    );
+    let value = br#"{"id":"wm","client_secret":"s3cret"}"#;
+    s.write_many(&[
+        Write::Put {
+            key: &record,
+            value,
+            ttl: None,
+        },
+        Write::Put {
+            key: &other,
+            value: b"plain",
+            ttl: None,
+        },
+    ])
+    .await
+    .unwrap();
+    let read: serde_json::Value = serde_json::from_slice(&s.get(&record).await.unwrap().unwrap()).unwrap();
+    assert_eq!(read["client_secret"], "s3cret");
+    assert_eq!(s.get(&other).await.unwrap(), Some(b"plain".to_vec()));
+}
+
+fn rotation<'a>(family: &'a Key, token: &'a Key, marker: &'a Key, next: &'a Key, value: &'a [u8]) -> Rotate<'a> {
+    Rotate {
+        key: token,
+        marker_key: marker,
+        marker_value: b"used",
+        marker_ttl: LONG,
+        requires: family,
+        next_key: next,
+        next_value: value,
+        next_ttl: Some(LONG),
+    }
+}
+
+async fn rotate_takes_once_and_writes_the_next_only_when_taken(b: &Backend) {
+    let s = &b.store;
+    let (family, token, marker, next) = (
+        Key::tenant("acme", "rf:rot", "family"),
+        Key::tenant("acme", "rf:rot", "tok:h1"),
+        Key::tenant("acme", "rf:rot", "used:h1"),
+        Key::tenant("acme", "rf:rot", "tok:h2"),
+    );
+    let r = rotation(&family, &token, &marker, &next, b"next");
+    // Without the family nothing happens, even with the token there.
+    s.put(&token, b"1", Some(LONG)).await.unwrap();
+    assert_eq!(s.rotate(&r).await.unwrap(), Taken::Absent);
+    assert_eq!(s.get(&token).await.unwrap(), Some(b"1".to_vec()), "not consumed");
+    assert_eq!(s.get(&marker).await.unwrap(), None);
+    assert_eq!(s.get(&next).await.unwrap(), None, "no next token");
+    // With it: taken, marked, and the next one written.
+    s.put(&family, b"{}", Some(LONG)).await.unwrap();
+    assert_eq!(s.rotate(&r).await.unwrap(), Taken::Value(b"1".to_vec()));
+    assert_eq!(s.get(&token).await.unwrap(), None);
+    assert_eq!(s.get(&marker).await.unwrap(), Some(b"used".to_vec()));
+    assert_eq!(s.get(&next).await.unwrap(), Some(b"next".to_vec()));
+    // A reuse sees the marker and writes nothing.
+    let other_next = Key::tenant("acme", "rf:rot", "tok:h3");
+    let again = rotation(&family, &token, &marker, &other_next, b"other");
+    assert_eq!(s.rotate(&again).await.unwrap(), Taken::Marker(b"used".to_vec()));
+    assert_eq!(s.get(&other_next).await.unwrap(), None);
+    // Unknown: absent, nothing written.
+    let (unknown, unknown_marker) = (
+        Key::tenant("acme", "rf:rot", "tok:none"),
+        Key::tenant("acme", "rf:rot", "used:none"),
+    );
+    let r = rotation(&family, &unknown, &unknown_marker, &other_next, b"other");
+    assert_eq!(s.rotate(&r).await.unwrap(), Taken::Absent);
+    assert_eq!(s.get(&unknown_marker).await.unwrap(), None);
+    assert_eq!(s.get(&other_next).await.unwrap(), None);
+    // The next token's TTL is the one given.
+    let (t2, m2, n2) = (
+        Key::tenant("acme", "rf:rot", "tok:t2"),
+        Key::tenant("acme", "rf:rot", "used:t2"),
+        Key::tenant("acme", "rf:rot", "tok:n2"),
+    );
+    s.put(&t2, b"1", Some(LONG)).await.unwrap();
+    let short = Rotate {
+        next_ttl: Some(SHORT),
+        ..rotation(&family, &t2, &m2, &n2, b"n2")
+    };
+    assert_eq!(s.rotate(&short).await.unwrap(), Taken::Value(b"1".to_vec()));
+    b.pass(PAST_SHORT).await;
+    assert_eq!(s.get(&n2).await.unwrap(), None);
+    // Keys of two hash tags are refused, and nothing is read or written.
+    let (t3, elsewhere) = (
+        Key::tenant("acme", "rf:rot", "tok:t3"),
+        Key::tenant("acme", "rf:other", "tok:n3"),
+    );
+    s.put(&t3, b"1", Some(LONG)).await.unwrap();
+    let m3 = Key::tenant("acme", "rf:rot", "used:t3");
+    assert!(matches!(
+        s.rotate(&rotation(&family, &t3, &m3, &elsewhere, b"n3")).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(s.get(&t3).await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.get(&elsewhere).await.unwrap(), None);
+}
+
+async fn concurrent_rotate_one_wins_and_writes_the_next_once(b: &Backend) {
+    for round in 0..3 {
+        let family = Key::tenant("acme", "rf:race", "family");
+        let token = Key::tenant("acme", "rf:race", format!("tok:race-{round}"));
+        let marker = Key::tenant("acme", "rf:race", format!("used:race-{round}"));
+        b.store.put(&family, b"{}", Some(LONG)).await.unwrap();
+        b.store.put(&token, b"token", Some(LONG)).await.unwrap();
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (s, family, token, marker, barrier) = (
+                    b.store.clone(),
+                    family.clone(),
+                    token.clone(),
+                    marker.clone(),
+                    barrier.clone(),
+                );
+                tokio::spawn(async move {
+                    let next = Key::tenant("acme", "rf:race", format!("tok:next-{round}-{i}"));
+                    barrier.wait().await;
+                    s.rotate(&rotation(&family, &token, &marker, &next, b"next"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Taken::Value(v) => {
+                    assert_eq!(v, b"token");
+                    won += 1;
+                }
+                Taken::Marker(m) => assert_eq!(m, b"used"),
+                Taken::Absent => panic!("a racer saw neither the token nor its marker"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one rotation");
+        let mut written = 0;
+        for i in 0..RACERS {
+            let next = Key::tenant("acme", "rf:race", format!("tok:next-{round}-{i}"));
+            if b.store.get(&next).await.unwrap().is_some() {
+                written += 1;
+            }
+        }
+        assert_eq!(written, 1, "exactly one next token");
+    }
+}
+
+async fn read_through_reads_a_pointer_and_what_it_names_in_one_step(b: &Backend) {
+    let s = &b.store;
+    let link = Key::tenant("acme", "users", "link:c1:h1");
+    let reads = [("user:", Read::Value), ("disabled:", Read::Presence)];
+    // No pointer: nothing.
+    assert_eq!(s.read_through(&link, &reads).await.unwrap(), None);
+    // A pointer to nothing: the pointer, and absences.
+    s.put(&link, b"u_1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![None, None]))
+    );
+    // What it names, in the pointer's tag: a value and a presence.
+    let user = Key::tenant("acme", "users", "user:u_1");
+    let flag = Key::tenant("acme", "users", "disabled:u_1");
+    s.put(&user, &[0u8, 255, b'{'], None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![Some(vec![0u8, 255, b'{']), None]))
+    );
+    s.put(&flag, b"1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![Some(vec![0u8, 255, b'{']), Some(Vec::new())])),
+        "a presence, not the value"
+    );
+    // The same names in another tag are not read.
+    let other = Key::tenant("other", "users", "link:c1:h1");
+    s.put(&other, b"u_1", None).await.unwrap();
+    assert_eq!(
+        s.read_through(&other, &reads).await.unwrap(),
+        Some((b"u_1".to_vec(), vec![None, None]))
+    );
+    // Nothing to read through: only the pointer.
+    assert_eq!(
+        s.read_through(&link, &[]).await.unwrap(),
+        Some((b"u_1".to_vec(), Vec::new()))
+    );
+    // Expired names are absent.
+    let short = Key::tenant("acme", "users", "link:c1:h2");
+    s.put(&short, b"u_2", None).await.unwrap();
+    s.put(&Key::tenant("acme", "users", "user:u_2"), b"x", Some(SHORT))
+        .await
+        .unwrap();
+    b.pass(PAST_SHORT).await;
+    assert_eq!(
+        s.read_through(&short, &reads).await.unwrap(),
+        Some((b"u_2".to_vec(), vec![None, None]))
+    );
 }

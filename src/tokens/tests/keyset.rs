@@ -462,6 +462,19 @@ impl crate::store::Store for RacingStore {
     ) -> Result<Vec<crate::store::Probed>, crate::store::StoreError> {
         self.inner.read_many_if_changed(keys).await
     }
+    async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), crate::store::StoreError> {
+        self.inner.write_many(writes).await
+    }
+    async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, crate::store::StoreError> {
+        self.inner.rotate(r).await
+    }
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, crate::store::Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, crate::store::StoreError> {
+        self.inner.read_through(pointer, reads).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,4 +154,18 @@ impl Store for ReplayFree {
     ) -> Result<Vec<portcullis::store::Probed>, StoreError> {
         self.0.read_many_if_changed(keys).await
     }
+    async fn write_many(&self, writes: &[portcullis::store::Write<'_>]) -> Result<(), StoreError> {
+        self.0.write_many(writes).await
+    }
+    async fn rotate(&self, r: &portcullis::store::Rotate<'_>) -> Result<portcullis::store::Taken, StoreError> {
+        self.0.rotate(r).await
+    }
+    #[allow(clippy::type_complexity)]
+    async fn read_through(
+        &self,
+        pointer: &Key,
+        reads: &[(&str, portcullis::store::Read)],
+    ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
+        self.0.read_through(pointer, reads).await
+    }
 }
