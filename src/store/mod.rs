@@ -88,7 +88,15 @@ impl Key {
 
     /// The key as stored, under `prefix`.
     pub fn render(&self, prefix: &str) -> String {
-        format!("{prefix}:{{{}}}:{}", self.tag, self.name)
+        // `prefix:{tag}:name`, built in one allocation of the exact size
+        // (every store operation renders its keys; `format!` costs more).
+        let mut out = String::with_capacity(prefix.len() + self.tag.len() + self.name.len() + 4);
+        out.push_str(prefix);
+        out.push_str(":{");
+        out.push_str(&self.tag);
+        out.push_str("}:");
+        out.push_str(&self.name);
+        out
     }
 }
 

@@ -649,7 +649,7 @@ impl RedisStore {
     /// fallback is safe for every operation, consuming ones included.
     async fn eval<T: redis::FromRedisValue>(
         &self,
-        script: &str,
+        script: &'static str,
         keys: &[String],
         args: &[&[u8]],
         retry: Retry,
@@ -663,7 +663,7 @@ impl RedisStore {
             }
             cmd
         };
-        let sha = super::fingerprint_of(script.as_bytes());
+        let sha = script_sha(script);
         match self.query(&build("EVALSHA", &sha), retry, durability).await {
             Err(StoreError::Unavailable(e)) if is_noscript(&e) => {
                 tracing::debug!(
@@ -766,7 +766,7 @@ impl Conn {
             Conn::Sentinel(s) => {
                 let (generation, mut m) = s.primary().await;
                 let result = cmd.query_async(&mut m).await;
-                s.after(generation, &result).await;
+                s.check(generation, &result).await;
                 result
             }
         }
@@ -779,7 +779,7 @@ impl Conn {
             Conn::Sentinel(s) => {
                 let (generation, mut m) = s.primary().await;
                 let result = pipe.query_async(&mut m).await;
-                s.after(generation, &result).await;
+                s.check(generation, &result).await;
                 result
             }
         }
@@ -843,11 +843,22 @@ impl SentinelConn {
         (self.generation.load(Ordering::Acquire), current.conn.clone())
     }
 
+    /// After each command: on a failure that may mean the primary moved,
+    /// [`Self::after`]. That slow path is boxed, so the futures of every
+    /// operation (which embed this one) do not carry its large state and
+    /// are not copied around with it on every call.
+    async fn check<T>(&self, generation: u64, result: &Result<T, RedisError>) {
+        if let Err(e) = result {
+            if primary_may_have_moved(e) {
+                Box::pin(self.after(generation, e)).await;
+            }
+        }
+    }
+
     /// After a failure that may mean the primary moved, asks the Sentinels
     /// (once for all requests that failed on the same primary) and moves to
     /// the primary they name now.
-    async fn after<T>(&self, generation: u64, result: &Result<T, RedisError>) {
-        let Err(e) = result else { return };
+    async fn after(&self, generation: u64, e: &RedisError) {
         if !primary_may_have_moved(e) {
             return;
         }
@@ -915,6 +926,24 @@ fn may_retry(e: &RedisError, retry: Retry) -> bool {
     not_executed(e)
         || (retry == Retry::Idempotent
             && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()))
+}
+
+/// The hex SHA-1 of a Lua script, for `EVALSHA`: computed once per script
+/// (scripts are constants) and kept, instead of hashing the script's text
+/// on every call. Keyed by the text's address and length, which identify a
+/// `'static` string for the life of the process.
+fn script_sha(script: &'static str) -> Arc<str> {
+    type Shas = std::collections::HashMap<(usize, usize), Arc<str>>;
+    static SHAS: std::sync::LazyLock<std::sync::RwLock<Shas>> = std::sync::LazyLock::new(Default::default);
+    let id = (script.as_ptr() as usize, script.len());
+    if let Some(sha) = SHAS.read().ok().and_then(|shas| shas.get(&id).cloned()) {
+        return sha;
+    }
+    let sha: Arc<str> = super::fingerprint_of(script.as_bytes()).into();
+    if let Ok(mut shas) = SHAS.write() {
+        shas.insert(id, sha.clone());
+    }
+    sha
 }
 
 /// Runs one Redis call until `deadline` and maps its error.
