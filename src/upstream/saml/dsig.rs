@@ -14,10 +14,10 @@
 //! The context has no keys manager, so the `KeyInfo` of a message (a
 //! certificate the sender chose) is never read as a key: xmlsec only uses the
 //! key we set. The signature is verified where it sits, in the document we
-//! parsed first (no serialization, no second parse), and what comes back is
-//! xmlsec's pre-digest buffer of its one Reference: the exact bytes the digest
-//! was computed over, i.e. the canonical form of the signed element without
-//! its enveloped signature.
+//! parsed first (no serialization, no second parse), and the Reference's
+//! pre-digest buffer (the exact bytes its digest was computed over) must
+//! start with the signed element's own start tag and `ID`: the element the
+//! ACS goes on to read, in that same parse, is the one that was digested.
 
 use super::xml::{self, El, DS};
 use base64::Engine as _;

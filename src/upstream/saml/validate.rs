@@ -319,7 +319,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
 }
 
 /// Decrypts the EncryptedAssertion and returns a document whose root is the
-/// trusted Assertion: its own verified, reduced signature, or the plaintext
+/// trusted Assertion: verified in place against its own signature, or the plaintext
 /// when the signed Response covered the ciphertext.
 ///
 /// When no verified signature covered the ciphertext, every failure after
