@@ -3,7 +3,7 @@
 //! `saml_complete/<vendor>` runs `SamlConnector::complete` end to end on a
 //! vendor capture (`tests/fixtures/saml-vendors/assertions/*`): base64,
 //! strict parse, placement and algorithm checks, xmlsec verification against
-//! the metadata certificate, the parse of the signed bytes, every SAML condition,
+//! the metadata certificate in place in that one parse, every SAML condition,
 //! attribute mapping, the blocking-pool hop and the replay-cache write.
 //!
 //! The replay cache would refuse the same assertion from the second iteration
@@ -29,7 +29,8 @@
 //! `certs_1` and `certs_3` are the same Response with the signing
 //! certificate configured alone or after two others (an EC one, which xmlsec
 //! refuses for an RSA signature without computing anything, and another RSA
-//! one, which costs a failed verification); `size_<n>k` grow the Response to
+//! one, which would cost a failed verification; the signature's `KeyInfo`
+//! names the signing certificate, so it is tried first); `size_<n>k` grow the Response to
 //! about n KB through the user's e-mail address (NameID and attribute), so
 //! the parse, canonicalization, digest and the reads of the signed bytes
 //! all grow with it.

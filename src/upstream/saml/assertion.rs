@@ -5,9 +5,8 @@
 use super::mapping::amr_for;
 use super::reason::SamlReason;
 use super::validate::{Policy, Reject, Validated};
-use super::xml::{self, SAML};
+use super::xml::{self, El, SAML};
 use chrono::{DateTime, Duration, Utc};
-use libxml::tree::Node;
 use std::collections::BTreeMap;
 
 /// How old (by its `IssueInstant`, beyond the clock skew) a Response or an
@@ -24,7 +23,7 @@ const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
 /// Checks an `IssueInstant` (required): not ahead of us beyond the skew, and
 /// not older than [`MAX_ISSUE_AGE_SECS`] plus the skew.
-fn check_issue_instant(node: &Node, what: &str, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+fn check_issue_instant(node: &El<'_>, what: &str, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let issued = time(node, "IssueInstant")?
         .ok_or_else(|| Reject::new(SamlReason::Malformed, format!("{what} without IssueInstant")))?;
     if issued > p.now + p.skew {
@@ -42,7 +41,7 @@ fn check_issue_instant(node: &Node, what: &str, p: &Policy<'_>) -> Result<DateTi
     Ok(issued)
 }
 
-fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
+fn time(node: &El<'_>, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
     xml::attr(node, name)
         .map(|v| {
             DateTime::parse_from_rfc3339(v.trim())
@@ -54,9 +53,9 @@ fn time(node: &Node, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
 
 /// Checks the Response fields and the trusted assertion; maps the identity.
 pub(crate) fn check(
-    response: &Node,
+    response: &El<'_>,
     response_signed: bool,
-    assertion: &Node,
+    assertion: &El<'_>,
     p: &Policy<'_>,
 ) -> Result<Validated, Reject> {
     // Response level. A signed Response must name its Destination (SAML
@@ -230,8 +229,8 @@ fn check_in_response_to(value: Option<String>, p: &Policy<'_>) -> Result<(), Rej
 
 /// Bearer SubjectConfirmation: Recipient = ACS, NotOnOrAfter required and in
 /// the future, InResponseTo bound. Returns its NotOnOrAfter.
-fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
-    let bearer: Vec<Node> = xml::children(subject, SAML, "SubjectConfirmation")
+fn check_subject_confirmation(subject: &El<'_>, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+    let bearer: Vec<El<'_>> = xml::children(subject, SAML, "SubjectConfirmation")
         .into_iter()
         .filter(|c| xml::attr(c, "Method").as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer"))
         .collect();
@@ -248,7 +247,7 @@ fn check_subject_confirmation(subject: &Node, p: &Policy<'_>) -> Result<DateTime
         .unwrap_or_else(|| Reject::new(SamlReason::SubjectConfirmationMissing, "no bearer SubjectConfirmation")))
 }
 
-fn check_one_confirmation(c: &Node, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
+fn check_one_confirmation(c: &El<'_>, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
     let data = xml::child(c, SAML, "SubjectConfirmationData")
         .ok_or_else(|| Reject::new(SamlReason::SubjectConfirmationMissing, "no SubjectConfirmationData"))?;
     match xml::attr(&data, "Recipient") {
@@ -318,7 +317,7 @@ struct ConditionsOk {
 /// holds every accepted assertion id while it could still be accepted.
 /// ProxyRestriction limits who may issue further SAML assertions from this
 /// one; Portcullis issues none (it issues OIDC tokens to its own apps).
-fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Reject> {
+fn check_conditions(assertion: &El<'_>, p: &Policy<'_>) -> Result<ConditionsOk, Reject> {
     let cond = xml::child(assertion, SAML, "Conditions")
         .ok_or_else(|| Reject::new(SamlReason::AudienceMissing, "Assertion without Conditions"))?;
     if let Some(nb) = time(&cond, "NotBefore")? {
@@ -333,7 +332,7 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Re
         }
     }
     let mut one_time_use = 0usize;
-    for c in cond.get_child_elements() {
+    for c in cond.elements() {
         if xml::is(&c, SAML, "AudienceRestriction") || xml::is(&c, SAML, "ProxyRestriction") {
             continue;
         }
@@ -341,8 +340,7 @@ fn check_conditions(assertion: &Node, p: &Policy<'_>) -> Result<ConditionsOk, Re
             one_time_use += 1;
             continue;
         }
-        let name = c.get_name();
-        let ns = c.get_namespace().map(|n| n.get_href()).unwrap_or_default();
+        let (name, ns) = (c.name(), c.ns_href());
         let kind = xml::attr_ns(&c, XSI, "type").unwrap_or_default();
         return Err(Reject::new(
             SamlReason::ConditionUnknown,

@@ -3,9 +3,8 @@
 //! Written on OpenSSL directly rather than samael's helpers, which accept
 //! RSA 1.5 and leave the CBC padding in the plaintext.
 
-use super::xml::{self, DS, XENC};
+use super::xml::{self, El, DS, XENC};
 use base64::Engine as _;
-use libxml::tree::Node;
 use openssl::pkey::{PKey, Private};
 use openssl::symm::{Cipher, Crypter, Mode};
 
@@ -27,7 +26,7 @@ pub(crate) enum DecryptError {
     Failed,
 }
 
-fn b64(node: &Node) -> Result<Vec<u8>, DecryptError> {
+fn b64(node: &El<'_>) -> Result<Vec<u8>, DecryptError> {
     let value = xml::child(node, XENC, "CipherData")
         .and_then(|cd| xml::child(&cd, XENC, "CipherValue"))
         .ok_or(DecryptError::Malformed("CipherValue missing"))?;
@@ -57,7 +56,7 @@ fn digest_for(uri: &str) -> Option<openssl::hash::MessageDigest> {
 }
 
 /// Unwraps the content-encryption key from an `EncryptedKey`.
-fn unwrap_key(ek: &Node, key: &PKey<Private>) -> Result<Vec<u8>, DecryptError> {
+fn unwrap_key(ek: &El<'_>, key: &PKey<Private>) -> Result<Vec<u8>, DecryptError> {
     let method = xml::child(ek, XENC, "EncryptionMethod")
         .ok_or(DecryptError::Malformed("EncryptedKey has no EncryptionMethod"))?;
     let alg = xml::attr(&method, "Algorithm").unwrap_or_default();
@@ -145,7 +144,7 @@ fn decrypt_content(cipher: Cipher, gcm: bool, key: &[u8], data: &[u8]) -> Result
 }
 
 /// Decrypts a `saml:EncryptedAssertion` element into the assertion's XML text.
-pub(crate) fn decrypt_assertion(encrypted_assertion: &Node, key: &PKey<Private>) -> Result<String, DecryptError> {
+pub(crate) fn decrypt_assertion(encrypted_assertion: &El<'_>, key: &PKey<Private>) -> Result<String, DecryptError> {
     let ed = xml::child(encrypted_assertion, XENC, "EncryptedData")
         .ok_or(DecryptError::Malformed("EncryptedData missing"))?;
     let method = xml::child(&ed, XENC, "EncryptionMethod")
@@ -215,7 +214,7 @@ mod tests {
 
     fn run(xml_text: &str, key: &PKey<Private>) -> Result<String, DecryptError> {
         let doc = xml::parse_strict(xml_text).unwrap();
-        decrypt_assertion(&doc.get_root_element().unwrap(), key)
+        decrypt_assertion(&El::root(&doc).unwrap(), key)
     }
 
     fn key() -> PKey<Private> {

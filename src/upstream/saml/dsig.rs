@@ -14,12 +14,14 @@
 //! The context has no keys manager, so the `KeyInfo` of a message (a
 //! certificate the sender chose) is never read as a key: xmlsec only uses the
 //! key we set. The signature is verified where it sits, in the document we
-//! parsed first (no serialization, no second parse), and what comes back is
-//! xmlsec's pre-digest buffer of its one Reference: the exact bytes the digest
-//! was computed over, i.e. the canonical form of the signed element without
-//! its enveloped signature.
+//! parsed first (no serialization, no second parse), and the Reference's
+//! pre-digest buffer (the exact bytes its digest was computed over) must
+//! start with the signed element's own start tag and `ID`: the element the
+//! ACS goes on to read, in that same parse, is the one that was digested.
 
-use libxml::tree::{Document, Node};
+use super::xml::{self, El, DS};
+use base64::Engine as _;
+use libxml::tree::Document;
 use std::ffi::CString;
 use std::ptr::{null, null_mut, NonNull};
 
@@ -51,6 +53,13 @@ use ffi::xmlSecOpenSSLAppKeyLoadMemory as key_load_memory;
 /// One IdP public key, loaded into xmlsec once.
 struct IdpKey(NonNull<ffi::xmlSecKey>);
 
+/// One configured certificate: its key, and its DER in base64 (standard
+/// alphabet, padded) to recognise it in a message's `KeyInfo`.
+struct IdpCert {
+    key: IdpKey,
+    base64: String,
+}
+
 // SAFETY: the key is never changed after it is loaded: it is only read by
 // `xmlSecKeyDuplicate` (which copies its fields and takes a reference on the
 // `EVP_PKEY`, an atomic count) and destroyed once, by `Drop`, when the last
@@ -70,7 +79,7 @@ impl Drop for IdpKey {
 /// The connection's signing keys, in configuration order: the only keys a
 /// response's signature is verified against.
 pub(crate) struct IdpKeys {
-    keys: Vec<IdpKey>,
+    keys: Vec<IdpCert>,
 }
 
 impl std::fmt::Debug for IdpKeys {
@@ -113,9 +122,32 @@ impl IdpKeys {
                 )
             };
             let key = NonNull::new(key).ok_or_else(|| "xmlsec cannot load an IdP public key".to_owned())?;
-            keys.push(IdpKey(key));
+            keys.push(IdpCert {
+                key: IdpKey(key),
+                base64: base64::engine::general_purpose::STANDARD.encode(der),
+            });
         }
         Ok(Self { keys })
+    }
+
+    /// The position of the configured certificate that the signature's
+    /// `KeyInfo` carries (`ds:X509Data/ds:X509Certificate`, compared byte
+    /// for byte in base64 without white space), when several are configured.
+    ///
+    /// Only the order of the attempts depends on it: the message's
+    /// certificate is never a key, and every configured key is still tried.
+    fn named_by(&self, sig: &El<'_>) -> Option<usize> {
+        if self.keys.len() < 2 {
+            return None;
+        }
+        let info = xml::child(sig, DS, "KeyInfo")?;
+        xml::children(&info, DS, "X509Data")
+            .iter()
+            .flat_map(|data| xml::children(data, DS, "X509Certificate"))
+            .find_map(|cert| {
+                let text: String = xml::text(&cert).split_whitespace().collect();
+                self.keys.iter().position(|k| k.base64 == text)
+            })
     }
 }
 
@@ -155,12 +187,15 @@ impl Context {
         rc == 0 && unsafe { (*self.0.as_ptr()).status } == ffi::xmlSecDSigStatus_xmlSecDSigStatusSucceeded
     }
 
-    /// The pre-digest bytes of the signature's one (verified) Reference.
-    fn pre_digest(&self) -> Result<String, &'static str> {
+    /// Whether the signature's one (verified) Reference digested the element
+    /// `qname` with `ID="id"`: its pre-digest buffer (the exact bytes the
+    /// digest was computed over, the canonical form of the referenced
+    /// element) starts with that element's start tag.
+    fn digested(&self, qname: &str, id: &str) -> Result<(), &'static str> {
         // SAFETY: the context is ours and was verified with
         // `XMLSEC_DSIG_FLAGS_STORE_SIGNEDINFO_REFERENCES`, so its list holds
         // the reference contexts of SignedInfo, alive until it is destroyed;
-        // the buffer is copied before that.
+        // the buffer is only read before that.
         unsafe {
             let list = &mut (*self.0.as_ptr()).signedInfoReferences as *mut ffi::xmlSecPtrList;
             if ffi::xmlSecPtrListGetSize(list) != 1 {
@@ -179,8 +214,50 @@ impl Context {
             if data.is_null() || size == 0 {
                 return Err("empty pre-digest buffer");
             }
-            let bytes = std::slice::from_raw_parts(data, size);
-            String::from_utf8(bytes.to_vec()).map_err(|_| "the signed bytes are not UTF-8")
+            if canonical_start_tag_is(std::slice::from_raw_parts(data, size), qname, id) {
+                Ok(())
+            } else {
+                Err("the signature digested another element than the one read")
+            }
+        }
+    }
+}
+
+/// Whether `c14n`, a canonical XML serialization, starts with the start tag
+/// of the element `qname` that has the attribute `ID="id"` (in no namespace).
+///
+/// Canonical XML writes every attribute as ` name="value"` with a `"`
+/// inside a value escaped as `&quot;`, so the start tag splits into its
+/// attributes exactly; an element without attributes ends at once with `>`.
+fn canonical_start_tag_is(c14n: &[u8], qname: &str, id: &str) -> bool {
+    let Some(mut rest) = c14n.strip_prefix(b"<").and_then(|r| r.strip_prefix(qname.as_bytes())) else {
+        return false;
+    };
+    let mut found = false;
+    loop {
+        match rest.split_first() {
+            Some((b'>', _)) => return found,
+            Some((b' ', after)) => {
+                let Some(eq) = after.iter().position(|b| *b == b'=') else {
+                    return false;
+                };
+                let (name, value) = after.split_at(eq);
+                let Some(value) = value.strip_prefix(b"=\"") else {
+                    return false;
+                };
+                let Some(close) = value.iter().position(|b| *b == b'"') else {
+                    return false;
+                };
+                let (value, tail) = value.split_at(close);
+                if name == b"ID" {
+                    if found || value != id.as_bytes() {
+                        return false;
+                    }
+                    found = true;
+                }
+                rest = tail.get(1..).unwrap_or_default();
+            }
+            _ => return false,
         }
     }
 }
@@ -193,22 +270,31 @@ impl Drop for Context {
 }
 
 /// Verifies the signature `sig`, a direct child of `signed`, in place in
-/// `doc` against `keys` (in order, the first that verifies wins) and returns
-/// the bytes it signs (the pre-digest buffer of its one Reference).
+/// `doc` against `keys` and checks that what it digested is `signed`.
+///
+/// Keys are tried in configuration order, except that a key whose
+/// certificate is exactly the one in the signature's `KeyInfo` is tried
+/// first: that only orders the attempts (a `KeyInfo` certificate is never a
+/// key), so a message naming the right certificate costs one verification.
 ///
 /// The caller has checked the signature's placement, algorithms and
 /// transforms, that its one Reference is `#` + `id`, that `id` is the
 /// `ID` attribute of `signed` (no namespace), and that no other element
 /// carries that id. `id` is registered as the document's one ID here so
 /// xmlsec resolves the Reference to `signed`; it must be an NCName, else
-/// `#id` could be read as an XPointer expression.
+/// `#id` could be read as an XPointer expression. After verification, the
+/// Reference's pre-digest buffer must start with `signed`'s own start tag
+/// (`ID` included): what the caller goes on to read, `signed` in this
+/// document, is then by construction what was digested (the subtree of the
+/// element with that ID, without comments (refused beforehand) and without
+/// the enveloped `sig`).
 pub(crate) fn verify_in_place(
     doc: &Document,
-    signed: &Node,
+    signed: &El<'_>,
     id: &str,
-    sig: &Node,
+    sig: &El<'_>,
     keys: &IdpKeys,
-) -> Result<String, &'static str> {
+) -> Result<(), &'static str> {
     let id_c = CString::new(id).map_err(|_| "the signed element's ID has a NUL")?;
     // SAFETY: a NUL-terminated string, only read.
     if unsafe { libxml::bindings::xmlValidateNCName(id_c.as_ptr().cast(), 0) } != 0 {
@@ -216,12 +302,13 @@ pub(crate) fn verify_in_place(
     }
     let name = c"ID";
     // SAFETY: `signed` is an element of `doc`, which this thread owns for the
-    // call (`Node` is `!Send`); `xmlHasNsProp` with a null namespace finds the
-    // attribute `ID` in no namespace, and `xmlAddID` records it in the
-    // document's ID table (freed with the document). It returns null when
-    // the id is already registered, which for a fresh parse means a duplicate.
+    // call (`El` and `Document` are `!Send`); `xmlHasNsProp` with a null
+    // namespace finds the attribute `ID` in no namespace, and `xmlAddID`
+    // records it in the document's ID table (freed with the document). It
+    // returns null when the id is already registered, which for a fresh
+    // parse means a duplicate.
     unsafe {
-        let attr = libxml::bindings::xmlHasNsProp(signed.node_ptr(), name.as_ptr().cast(), null());
+        let attr = libxml::bindings::xmlHasNsProp(signed.ptr(), name.as_ptr().cast(), null());
         if attr.is_null() {
             return Err("the signed element has no ID attribute");
         }
@@ -234,10 +321,18 @@ pub(crate) fn verify_in_place(
             return Err("the signed element's ID is registered for another attribute");
         }
     }
-    for key in &keys.keys {
-        let ctx = Context::new(key)?;
-        if ctx.verify(sig.node_ptr().cast::<ffi::xmlNode>()) {
-            return ctx.pre_digest();
+    let qname = match signed.prefix() {
+        Some(prefix) => format!("{prefix}:{}", signed.name()),
+        None => signed.name().into_owned(),
+    };
+    let first = keys.named_by(sig);
+    let order = first
+        .into_iter()
+        .chain((0..keys.keys.len()).filter(|i| Some(*i) != first));
+    for key in order.filter_map(|i| keys.keys.get(i)) {
+        let ctx = Context::new(&key.key)?;
+        if ctx.verify(sig.ptr().cast::<ffi::xmlNode>()) {
+            return ctx.digested(&qname, id);
         }
     }
     Err("no configured certificate verifies the signature")
@@ -246,8 +341,7 @@ pub(crate) fn verify_in_place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::saml::xml::{self, DS};
-    use base64::Engine as _;
+    use crate::upstream::saml::xml;
 
     fn fixture(vendor: &str, file: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -284,14 +378,17 @@ mod tests {
     }
 
     /// Verifies the capture's one signed element (the Assertion's when both are signed).
-    fn verify(vendor: &str, certs: &[Vec<u8>]) -> Result<String, &'static str> {
+    fn verify(vendor: &str, certs: &[Vec<u8>]) -> Result<(), &'static str> {
+        verify_text(&fixture(vendor, "assertion.xml"), certs)
+    }
+
+    fn verify_text(text: &str, certs: &[Vec<u8>]) -> Result<(), &'static str> {
         let keys = IdpKeys::load(certs).unwrap();
-        let text = fixture(vendor, "assertion.xml");
-        let doc = xml::parse_strict(&text).unwrap();
-        let root = doc.get_root_element().unwrap();
+        let doc = xml::parse_strict(text).unwrap();
+        let root = El::root(&doc).unwrap();
         let signed = xml::descendants(&root, DS, "Signature")
             .into_iter()
-            .map(|s| s.get_parent().unwrap())
+            .map(|s| s.parent().unwrap())
             .last()
             .unwrap();
         let sig = xml::child(&signed, DS, "Signature").unwrap();
@@ -299,18 +396,23 @@ mod tests {
         verify_in_place(&doc, &signed, &id, &sig, &keys)
     }
 
+    /// Which configured certificate `keys` would try first for the capture's signature.
+    fn named_first(text: &str, certs: &[Vec<u8>]) -> Option<usize> {
+        let keys = IdpKeys::load(certs).unwrap();
+        let doc = xml::parse_strict(text).unwrap();
+        let root = El::root(&doc).unwrap();
+        let sig = xml::descendants(&root, DS, "Signature").into_iter().last().unwrap();
+        keys.named_by(&sig)
+    }
+
     #[test]
     fn verifies_in_place_against_the_configured_keys_only() {
         for vendor in ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"] {
             let right = metadata_cert(vendor);
-            let signed = verify(vendor, std::slice::from_ref(&right)).unwrap_or_else(|e| panic!("{vendor}: {e}"));
-            assert!(
-                signed.contains("Assertion") && !signed.contains("SignatureValue"),
-                "{vendor}: {signed}"
-            );
+            verify(vendor, std::slice::from_ref(&right)).unwrap_or_else(|e| panic!("{vendor}: {e}"));
             // A key of another type first (xmlsec refuses it for the method), another RSA key next.
             let three = [other_cert(true), other_cert(false), right];
-            assert_eq!(verify(vendor, &three).unwrap(), signed, "{vendor}");
+            assert_eq!(verify(vendor, &three), Ok(()), "{vendor}");
             // The message's KeyInfo certificate is never used.
             assert_eq!(
                 verify(vendor, &[other_cert(false)]).err(),
@@ -324,11 +426,85 @@ mod tests {
     fn refuses_ids_that_are_not_ncnames() {
         let keys = IdpKeys::load(&[metadata_cert("google")]).unwrap();
         let doc = xml::parse_strict(&format!(r#"<a ID="xpointer(/)"><ds:Signature xmlns:ds="{DS}"/></a>"#)).unwrap();
-        let root = doc.get_root_element().unwrap();
+        let root = El::root(&doc).unwrap();
         let sig = xml::child(&root, DS, "Signature").unwrap();
         assert_eq!(
             verify_in_place(&doc, &root, "xpointer(/)", &sig, &keys).err(),
             Some("the signed element's ID is not an NCName")
         );
+    }
+
+    #[test]
+    fn the_keyinfo_certificate_is_tried_first_but_never_trusted() {
+        for vendor in ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"] {
+            let text = fixture(vendor, "assertion.xml");
+            let right = metadata_cert(vendor);
+            let (ec, rsa) = (other_cert(true), other_cert(false));
+            let three = [ec.clone(), rsa.clone(), right.clone()];
+            // One configured certificate: nothing to order.
+            assert_eq!(named_first(&text, std::slice::from_ref(&right)), None, "{vendor}");
+            let in_key_info = {
+                let doc = xml::parse_strict(&text).unwrap();
+                let root = El::root(&doc).unwrap();
+                let sig = xml::descendants(&root, DS, "Signature").into_iter().last().unwrap();
+                xml::descendants(&sig, DS, "X509Certificate")
+                    .first()
+                    .map(xml::text)
+                    .filter(|t| text.contains(t.as_str()))
+            };
+            assert_eq!(named_first(&text, &three), in_key_info.as_ref().map(|_| 2), "{vendor}");
+            let Some(in_key_info) = in_key_info else {
+                continue;
+            };
+            // KeyInfo is outside SignedInfo: naming another configured
+            // certificate there changes the order, not the outcome.
+            let renamed = text.replace(&in_key_info, &base64::engine::general_purpose::STANDARD.encode(&rsa));
+            assert_eq!(named_first(&renamed, &three), Some(1), "{vendor}");
+            assert_eq!(verify_text(&renamed, &three), Ok(()), "{vendor}");
+            // Named and configured, but not the signer's: still refused.
+            assert_eq!(
+                verify_text(&renamed, &[ec.clone(), rsa.clone()]).err(),
+                Some("no configured certificate verifies the signature"),
+                "{vendor}"
+            );
+            // The untouched message names the signer's certificate; with
+            // it not configured, naming it changes nothing.
+            assert_eq!(
+                verify_text(&text, &[ec, rsa]).err(),
+                Some("no configured certificate verifies the signature"),
+                "{vendor}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_digested_element_must_be_the_read_one() {
+        let tag = br#"<saml:Assertion xmlns:saml="urn:a" ID="_a1" IssueInstant="2024-01-01T00:00:00Z"><saml:Issuer>x</saml:Issuer></saml:Assertion>"#;
+        assert!(canonical_start_tag_is(tag, "saml:Assertion", "_a1"));
+        // Another element, another prefix, another id, an id only deeper down.
+        assert!(!canonical_start_tag_is(tag, "saml:Response", "_a1"));
+        assert!(!canonical_start_tag_is(tag, "Assertion", "_a1"));
+        assert!(!canonical_start_tag_is(tag, "saml:Assertio", "_a1"));
+        assert!(!canonical_start_tag_is(tag, "saml:Assertion", "_a"));
+        assert!(!canonical_start_tag_is(tag, "saml:Assertion", "_a10"));
+        let deeper = br#"<saml:Assertion xmlns:saml="urn:a"><saml:Issuer ID="_a1">x</saml:Issuer></saml:Assertion>"#;
+        assert!(!canonical_start_tag_is(deeper, "saml:Assertion", "_a1"));
+        // Look-alikes: a namespaced ID, the id inside another value, two IDs.
+        for tag in [
+            &br#"<saml:Assertion xmlns:saml="urn:a" saml:ID="_a1">"#[..],
+            br#"<saml:Assertion xmlns:saml="urn:a" Name="x&quot; ID=&quot;_a1">"#,
+            br#"<saml:Assertion xID="_a1">"#,
+            br#"<saml:Assertion ID="_a1" ID="_a1">"#,
+            br#"<saml:Assertion ID="_a1""#,
+            br#"<saml:Assertion  ID="_a1">"#,
+            b"",
+        ] {
+            assert!(
+                !canonical_start_tag_is(tag, "saml:Assertion", "_a1"),
+                "{}",
+                String::from_utf8_lossy(tag)
+            );
+        }
+        assert!(canonical_start_tag_is(br#"<Assertion ID="_a1">"#, "Assertion", "_a1"));
     }
 }

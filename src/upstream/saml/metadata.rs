@@ -69,18 +69,16 @@ pub(crate) fn parse_idp_metadata(
         xml::ParseError::Dtd => "the metadata declares a DTD or entities, which are refused".to_owned(),
         xml::ParseError::Malformed => "the metadata is not well-formed XML".to_owned(),
     })?;
-    let root = doc
-        .get_root_element()
-        .ok_or_else(|| "the metadata is empty".to_owned())?;
+    let root = xml::El::root(&doc).ok_or_else(|| "the metadata is empty".to_owned())?;
     let mut candidates = Vec::new();
     if xml::is(&root, MD, "EntityDescriptor") {
-        candidates.push(root.clone());
+        candidates.push(root);
     }
     candidates.extend(xml::descendants(&root, MD, "EntityDescriptor"));
     let (entity, idp) = candidates
         .iter()
         .filter(|e| wanted.is_none_or(|w| xml::attr(e, "entityID").as_deref() == Some(w)))
-        .find_map(|e| xml::child(e, MD, "IDPSSODescriptor").map(|d| (e.clone(), d)))
+        .find_map(|e| xml::child(e, MD, "IDPSSODescriptor").map(|d| (*e, d)))
         .ok_or_else(|| match wanted {
             Some(w) => format!("the metadata has no IdP with entityID {w}"),
             None => "the metadata has no IDPSSODescriptor (is this SP metadata?)".to_owned(),

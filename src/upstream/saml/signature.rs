@@ -5,16 +5,17 @@
 //! exactly its parent by id, and use only allowed algorithms and transforms.
 //! xmlsec then verifies, in place in the document we parsed, against the
 //! connection's keys only (loaded once per connector, `dsig.rs`; KeyInfo in
-//! the message is never used as a key) and hands back exactly the bytes the
-//! signature's digest covers (the pre-digest buffer): the canonical form of
-//! the signed element, without its enveloped signature. Those bytes are what
-//! the rest of the ACS reads.
+//! the message is never used as a key) and checks that the Reference's
+//! digest was computed over the signed element itself (its pre-digest
+//! buffer starts with that element's start tag and ID). The rest of the ACS
+//! reads that element, in the same parse, and nothing outside it.
 
 use super::dsig::{self, IdpKeys};
 use super::reason::SamlReason;
 use super::validate::Reject;
+use super::xml::El;
 use super::xml::{self, DS};
-use libxml::tree::{Document, Node};
+use libxml::tree::Document;
 use samael::crypto::AllowedSignatureAlgorithm;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +97,7 @@ const ALLOWED_TRANSFORMS: &[&str] = &[
 
 /// Checks one signature: a direct child of `parent`, one Reference to
 /// `#parent@ID`, allowed transforms and algorithms.
-pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlgorithm]) -> Result<(), Reject> {
+pub(crate) fn check_signature(sig: &El<'_>, parent: &El<'_>, allowed: &[SignatureAlgorithm]) -> Result<(), Reject> {
     let placement = |d: &str| Reject::new(SamlReason::SignatureInvalid, d.to_owned());
     let signed_info = xml::child(sig, DS, "SignedInfo").ok_or_else(|| placement("Signature without SignedInfo"))?;
     let id = xml::attr(parent, "ID").ok_or_else(|| placement("signed element has no ID"))?;
@@ -137,18 +138,17 @@ pub(crate) fn check_signature(sig: &Node, parent: &Node, allowed: &[SignatureAlg
 }
 
 /// Verifies the one signature of `signed` (its direct child `ds:Signature`)
-/// in place in `doc` against the connection's keys and returns what it
-/// signs: xmlsec's pre-digest buffer of its one Reference, the canonical
-/// form of the signed element without the enveloped signature.
+/// in place in `doc` against the connection's keys, and checks that what it
+/// digested is `signed` itself.
 ///
-/// This is the signed content by construction (the digest is computed over
-/// these very bytes), so nothing unsigned can survive into what is read
-/// afterwards. The caller has run [`check_signature`] on it (one Reference
-/// to `#` + the element's `ID`, only enveloped and canonicalization
-/// transforms, allowed algorithms) and checked that ids are unique, and it
-/// checks the result's root and id. Other signatures in `doc` (a Response
-/// signature next to a signed Assertion) are not looked at.
-pub(crate) fn verify_and_reduce(doc: &Document, signed: &Node, keys: &IdpKeys) -> Result<String, Reject> {
+/// The caller has run [`check_signature`] on it (one Reference to `#` + the
+/// element's `ID`, only enveloped and canonicalization transforms, allowed
+/// algorithms), checked that ids are unique and that `signed` holds no
+/// comment; it then reads `signed`, in `doc`, and nothing outside it: the
+/// subtree the digest covered, less the enveloped signature, which the
+/// readers never enter. Other signatures in `doc` (a Response signature next
+/// to a signed Assertion) are not looked at.
+pub(crate) fn verify(doc: &Document, signed: &El<'_>, keys: &IdpKeys) -> Result<(), Reject> {
     let invalid = |d: &str| Reject::new(SamlReason::SignatureInvalid, format!("xmlsec: {d}"));
     let sig = xml::child(signed, DS, "Signature").ok_or_else(|| invalid("no signature on the signed element"))?;
     let id = xml::attr(signed, "ID").ok_or_else(|| invalid("signed element has no ID"))?;

@@ -7,11 +7,12 @@ use super::dsig::IdpKeys;
 use super::mapping::AttributeMapping;
 use super::reason::SamlReason;
 use super::signature::{self, SignatureAlgorithm};
+use super::xml::El;
 use super::xml::{self, DS, SAML, SAMLP};
 use crate::upstream::Identity;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
-use libxml::tree::{Document, Node};
+use libxml::tree::Document;
 use openssl::pkey::{PKey, Private};
 
 /// The largest `SAMLResponse` form value accepted (base64 characters).
@@ -90,12 +91,11 @@ fn parse(text: &str) -> Result<Document, Reject> {
     })
 }
 
-fn root(doc: &Document) -> Result<Node, Reject> {
-    doc.get_root_element()
-        .ok_or_else(|| Reject::new(SamlReason::Malformed, "empty document"))
+fn root(doc: &Document) -> Result<El<'_>, Reject> {
+    El::root(doc).ok_or_else(|| Reject::new(SamlReason::Malformed, "empty document"))
 }
 
-fn status_check(response: &Node) -> Result<(), Reject> {
+fn status_check(response: &El<'_>) -> Result<(), Reject> {
     let code = xml::child(response, SAMLP, "Status").and_then(|s| xml::child(&s, SAMLP, "StatusCode"));
     let top = code.as_ref().and_then(|c| xml::attr(c, "Value")).unwrap_or_default();
     if top == "urn:oasis:names:tc:SAML:2.0:status:Success" {
@@ -134,7 +134,7 @@ const NO_QUALIFIED_ATTRIBUTES: &[&str] = &[SAMLP, SAML, xml::MD, DS, xml::XENC];
 /// take `x:ID` for `ID`: any namespaced `ID`/`Id`/`id`, and any attribute
 /// qualified by a namespace that has none, is refused so the two readings
 /// can never differ.
-fn check_ids_unique(root: &Node) -> Result<(), Reject> {
+fn check_ids_unique(root: &El<'_>) -> Result<(), Reject> {
     let mut seen = std::collections::HashSet::new();
     xml::walk_attributes(
         root,
@@ -157,7 +157,7 @@ fn check_ids_unique(root: &Node) -> Result<(), Reject> {
 }
 
 /// Signatures directly under `el` (checked) and any others below (refused).
-fn own_signatures(el: &Node, allowed: &[SignatureAlgorithm]) -> Result<bool, Reject> {
+fn own_signatures(el: &El<'_>, allowed: &[SignatureAlgorithm]) -> Result<bool, Reject> {
     let own = xml::children(el, DS, "Signature");
     if own.len() > 1 {
         return Err(Reject::new(
@@ -224,12 +224,11 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
             ),
         ));
     }
-    let raw_assertion = plain
+    let raw_assertion = *plain
         .first()
         .or(encrypted.first())
-        .cloned()
         .ok_or_else(|| Reject::new(SamlReason::AssertionCount, "no assertion"))?;
-    if raw_assertion.get_parent().map(|pa| pa.node_ptr()) != Some(raw.node_ptr()) {
+    if raw_assertion.parent() != Some(raw) {
         return Err(Reject::new(
             SamlReason::Malformed,
             "the assertion is not a child of the Response",
@@ -264,98 +263,70 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
     // on (stripping it is always open to an attacker). It is left out of
     // verification: real IdPs (the Okta capture) send Response signatures that
     // intermediaries broke while the Assertion's own stays intact. xmlsec
-    // verifies exactly one signature, in place in this first parse
-    // (`signature::verify_and_reduce`); what comes back is the canonical form
-    // of the signed element, parsed once more below: the only parse after the first.
+    // verifies exactly one signature, in place in this one parse, and checks
+    // that its digest covered the very element read afterwards
+    // (`signature::verify`).
     let response_signed = response_signed && !assertion_signed_raw;
     // The element whose signature is verified carries no comment: none is
     // ever signed (`xml::has_unsigned_comment`).
     let signed_element = if assertion_signed_raw {
-        Some(&raw_assertion)
+        Some(raw_assertion)
     } else if response_signed {
-        Some(&raw)
+        Some(raw)
     } else {
         None
     };
-    if signed_element.is_some_and(xml::has_unsigned_comment) {
-        return Err(Reject::new(
-            SamlReason::SignatureInvalid,
-            "a comment inside the signed element is not covered by the signature",
-        ));
-    }
-    let reduced_text = if assertion_signed_raw {
-        Some(signature::verify_and_reduce(&raw_doc, &raw_assertion, p.keys)?)
-    } else if response_signed {
-        Some(signature::verify_and_reduce(&raw_doc, &raw, p.keys)?)
-    } else {
-        None
-    };
-    let reduced_doc = reduced_text.as_deref().map(parse).transpose()?;
-    let reduced_root = reduced_doc.as_ref().map(root).transpose()?;
-    let raw_id = xml::attr(&raw, "ID");
-
-    // The Response fields: signed ones when the Response is signed.
-    let response = match (&reduced_root, response_signed) {
-        (Some(r), true) => {
-            if !xml::is(r, SAMLP, "Response") || xml::attr(r, "ID") != raw_id {
-                return Err(Reject::new(
-                    SamlReason::SignatureInvalid,
-                    "the signed element is not this Response",
-                ));
-            }
-            r.clone()
+    if let Some(signed) = signed_element {
+        if xml::has_unsigned_comment(&signed) {
+            return Err(Reject::new(
+                SamlReason::SignatureInvalid,
+                "a comment inside the signed element is not covered by the signature",
+            ));
         }
-        _ => raw.clone(),
-    };
+        signature::verify(&raw_doc, &signed, p.keys)?;
+    }
 
-    // The trusted assertion.
-    let mut decrypted_doc: Option<Document> = None;
-    let assertion = if is_encrypted {
+    // The Response fields: signed ones when the Response is signed (the
+    // verified element is then `raw` itself); otherwise they only reject.
+    let response = raw;
+
+    // The trusted assertion: inside the verified Response, the verified
+    // Assertion itself, or the decrypted one (`open_encrypted`).
+    let decrypted_doc = if is_encrypted {
         let enc = xml::child(&response, SAML, "EncryptedAssertion")
             .ok_or_else(|| Reject::new(SamlReason::SignatureInvalid, "the encrypted assertion is not covered"))?;
-        let doc = open_encrypted(&enc, response_signed, p)?;
-        let a = root(&doc)?;
-        decrypted_doc = Some(doc);
-        a
+        Some(open_encrypted(&enc, response_signed, p)?)
     } else {
-        match (&reduced_root, response_signed, assertion_signed_raw) {
-            (Some(r), true, _) => xml::child(r, SAML, "Assertion").ok_or_else(|| {
-                Reject::new(
-                    SamlReason::SignatureInvalid,
-                    "the assertion is not covered by the signature",
-                )
-            })?,
-            (Some(r), false, true) => {
-                if !xml::is(r, SAML, "Assertion") || xml::attr(r, "ID") != xml::attr(&raw_assertion, "ID") {
-                    return Err(Reject::new(
-                        SamlReason::SignatureInvalid,
-                        "the signed element is not this Assertion",
-                    ));
-                }
-                r.clone()
-            }
-            _ => {
-                return Err(Reject::new(
-                    SamlReason::Unsigned,
-                    "neither the Response nor the Assertion is signed",
-                ))
-            }
+        None
+    };
+    let assertion = match (&decrypted_doc, response_signed, assertion_signed_raw) {
+        (Some(doc), _, _) => root(doc)?,
+        (None, true, _) => xml::child(&raw, SAML, "Assertion").ok_or_else(|| {
+            Reject::new(
+                SamlReason::SignatureInvalid,
+                "the assertion is not covered by the signature",
+            )
+        })?,
+        (None, false, true) => raw_assertion,
+        (None, false, false) => {
+            return Err(Reject::new(
+                SamlReason::Unsigned,
+                "neither the Response nor the Assertion is signed",
+            ))
         }
     };
-    let out = assertion::check(&response, response_signed, &assertion, p);
-    drop(decrypted_doc);
-    out
+    assertion::check(&response, response_signed, &assertion, p)
 }
 
 /// Decrypts the EncryptedAssertion and returns a document whose root is the
-/// trusted Assertion: its own verified, reduced signature, or the plaintext
+/// trusted Assertion: verified in place against its own signature, or the plaintext
 /// when the signed Response covered the ciphertext.
 ///
 /// When no verified signature covered the ciphertext, every failure after
 /// key transport reports one code: distinct "bad padding", "not XML" and
 /// "bad signature" answers would be a decryption oracle (Jager and
 /// Somorovsky's attack on XML Encryption CBC). The log detail keeps the cause.
-fn open_encrypted(enc: &Node, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
+fn open_encrypted(enc: &El<'_>, response_signed: bool, p: &Policy<'_>) -> Result<Document, Reject> {
     // Every current SP decryption key is tried (an overlapping rotation has
     // two): only a key-transport failure moves on to the next key.
     let mut attempt = Err(DecryptError::Failed);
@@ -420,19 +391,9 @@ fn trusted_plaintext(plaintext: &str, response_signed: bool, p: &Policy<'_>) -> 
         ));
     }
     if signed {
-        let reduced = parse(&signature::verify_and_reduce(&doc, &a, p.keys)?)?;
-        let r = root(&reduced)?;
-        if !xml::is(&r, SAML, "Assertion") || xml::attr(&r, "ID") != xml::attr(&a, "ID") {
-            return Err(Reject::new(
-                SamlReason::SignatureInvalid,
-                "the signed element is not this Assertion",
-            ));
-        }
-        drop(r);
-        drop(a);
-        Ok(reduced)
+        signature::verify(&doc, &a, p.keys)?;
+        Ok(doc)
     } else if response_signed {
-        drop(a);
         Ok(doc)
     } else {
         Err(Reject::new(

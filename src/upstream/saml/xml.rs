@@ -2,7 +2,7 @@
 //! same parser xmlsec verifies with, so what we read is what was verified).
 
 use libxml::parser::{Parser, ParserOptions};
-use libxml::tree::{Document, Node};
+use libxml::tree::Document;
 
 /// SAML 2.0 protocol namespace.
 pub(crate) const SAMLP: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
@@ -162,19 +162,21 @@ pub(crate) fn parse_strict(xml: &str) -> Result<Document, ParseError> {
 /// covers comments, whatever the canonicalization (XML Signature 1.1,
 /// §4.4.3.3), so a comment inside a signed element was not signed: it is
 /// how `admin@corp.test<!---->.evil.test` gets past a signature over
-/// `admin@corp.test.evil.test`. What we read after verification is the
-/// signed canonical form, where the comment is gone, but a document someone
-/// changed after signing is refused all the same.
-pub(crate) fn has_unsigned_comment(node: &Node) -> bool {
-    let mut stack: Vec<libxml::bindings::xmlNodePtr> = node
-        .get_child_nodes()
-        .into_iter()
-        .filter(|c| !is(c, DS, "Signature"))
-        .map(|c| c.node_ptr())
-        .collect();
+/// `admin@corp.test.evil.test`. Such a document was changed after signing
+/// (or signed carelessly) and is refused.
+pub(crate) fn has_unsigned_comment(node: &El<'_>) -> bool {
+    let mut stack: Vec<NodePtr> = Vec::new();
+    // SAFETY: see "SAFETY" above `NodePtr`.
+    let mut c = unsafe { (*node.p).children };
+    while !c.is_null() {
+        if !ptr_is(c, DS, "Signature") {
+            stack.push(c);
+        }
+        // SAFETY: as above; `c` is a non-null member of a child list.
+        c = unsafe { (*c).next };
+    }
     while let Some(p) = stack.pop() {
-        // SAFETY: `p` is a node of `node`'s document, which outlives this
-        // call and is only read here, by the one thread that owns it.
+        // SAFETY: as above; `p` is a non-null node of the same document.
         let (kind, mut child) = unsafe { ((*p).type_, (*p).children) };
         if kind == libxml::bindings::xmlElementType_XML_COMMENT_NODE {
             return true;
@@ -191,18 +193,100 @@ pub(crate) fn has_unsigned_comment(node: &Node) -> bool {
     false
 }
 
-// Navigation walks libxml2's tree through raw pointers and wraps only the
-// nodes it returns: the `libxml` crate's `Node` allocates a wrapper (and a
-// hash-map entry in its document) for every node it hands out, text nodes
-// included, and its `get_name`/`get_namespace` copy strings, which made
-// `malloc`/`free` a quarter of the ACS profile (docs/PERFORMANCE.md).
+// Navigation walks libxml2's tree through raw pointers, handed out as `El`:
+// a borrowed, copyable element handle. The `libxml` crate's `Node` allocates
+// a wrapper (and a hash-map entry in its document) for every node it hands
+// out, text nodes included, and its `get_name`/`get_namespace` copy strings,
+// which made `malloc`/`free` a quarter of the ACS profile
+// (docs/PERFORMANCE.md).
 //
-// SAFETY (for every raw read below): the pointers come from a `Node` of a
-// live document that this thread owns for the call (`Node` is `!Send`) and
-// that is only read here; libxml2 keeps names, hrefs and child lists valid
-// as long as the document is not changed.
+// SAFETY (for every raw read below): an `El<'d>` is only made from the root
+// of a `&'d Document` (`El::root`) or by stepping through the tree from
+// another `El<'d>`, so its pointer is an element of a live document that
+// cannot be dropped while the handle exists; nothing in the SAML code
+// changes a parsed document's tree (xmlsec's verification adds IDs, which
+// moves no node), and documents are owned by the one thread validating them
+// (`Document` is `!Send`, and so is `El`). libxml2 keeps names, hrefs and
+// child lists valid as long as the tree is not changed.
 
 type NodePtr = libxml::bindings::xmlNodePtr;
+
+/// One element of a parsed document, borrowed from it: a raw libxml2 node
+/// pointer that is only ever read (see the SAFETY note above).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct El<'d> {
+    p: NodePtr,
+    _doc: std::marker::PhantomData<&'d Document>,
+}
+
+impl std::fmt::Debug for El<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "El({})", self.name())
+    }
+}
+
+impl<'d> El<'d> {
+    /// The root element of `doc` (a parsed document always has one).
+    pub(crate) fn root(doc: &'d Document) -> Option<Self> {
+        // SAFETY: `doc` is live for 'd; the root is one of its elements.
+        let p = unsafe { libxml::bindings::xmlDocGetRootElement(doc.doc_ptr()) };
+        Self::at(p)
+    }
+
+    fn at(p: NodePtr) -> Option<Self> {
+        // SAFETY: see above; `p` is checked non-null first.
+        (!p.is_null() && unsafe { (*p).type_ } == libxml::bindings::xmlElementType_XML_ELEMENT_NODE).then_some(Self {
+            p,
+            _doc: std::marker::PhantomData,
+        })
+    }
+
+    /// The libxml2 node (for xmlsec and for identity comparisons).
+    pub(crate) fn ptr(self) -> NodePtr {
+        self.p
+    }
+
+    /// The parent element, if any.
+    pub(crate) fn parent(self) -> Option<Self> {
+        // SAFETY: see above.
+        Self::at(unsafe { (*self.p).parent })
+    }
+
+    /// The element children, in order.
+    pub(crate) fn elements(self) -> impl Iterator<Item = El<'d>> {
+        element_children(self.p).filter_map(Self::at)
+    }
+
+    /// The local name.
+    pub(crate) fn name(self) -> std::borrow::Cow<'d, str> {
+        // SAFETY: see above; element names are non-null NUL-terminated strings.
+        unsafe { std::ffi::CStr::from_ptr((*self.p).name.cast()) }.to_string_lossy()
+    }
+
+    /// The namespace prefix, if the element has one.
+    pub(crate) fn prefix(self) -> Option<std::borrow::Cow<'d, str>> {
+        // SAFETY: see above.
+        unsafe {
+            let ns = (*self.p).ns;
+            if ns.is_null() || (*ns).prefix.is_null() {
+                return None;
+            }
+            Some(std::ffi::CStr::from_ptr((*ns).prefix.cast()).to_string_lossy())
+        }
+    }
+
+    /// The namespace URI ("" when none).
+    pub(crate) fn ns_href(self) -> std::borrow::Cow<'d, str> {
+        // SAFETY: see above.
+        unsafe {
+            let ns = (*self.p).ns;
+            if ns.is_null() || (*ns).href.is_null() {
+                return std::borrow::Cow::Borrowed("");
+            }
+            std::ffi::CStr::from_ptr((*ns).href.cast()).to_string_lossy()
+        }
+    }
+}
 
 /// Whether the NUL-terminated libxml2 string `p` is exactly `s`.
 fn c_eq(p: *const u8, s: &str) -> bool {
@@ -238,57 +322,22 @@ fn element_children(p: NodePtr) -> impl Iterator<Item = NodePtr> {
     .filter(|c| unsafe { (**c).type_ } == libxml::bindings::xmlElementType_XML_ELEMENT_NODE)
 }
 
-/// The `Node` for `target`, an element at or below `anchor`: found by
-/// stepping down the element chain from `anchor` (wrapping only the
-/// elements on the way), so no raw pointer is ever turned into a `Node`
-/// without the `libxml` crate's own bookkeeping.
-fn wrap_below(anchor: &Node, target: NodePtr) -> Option<Node> {
-    let mut path = Vec::new();
-    let mut p = target;
-    while p != anchor.node_ptr() {
-        if p.is_null() {
-            return None;
-        }
-        path.push(p);
-        // SAFETY: see above.
-        p = unsafe { (*p).parent };
-    }
-    let mut node = anchor.clone();
-    for step in path.into_iter().rev() {
-        let mut c = node.get_first_element_child();
-        loop {
-            let n = c?;
-            if n.node_ptr() == step {
-                node = n;
-                break;
-            }
-            c = n.get_next_element_sibling();
-        }
-    }
-    Some(node)
-}
-
 /// Whether `node` is the element `{ns}local`.
-pub(crate) fn is(node: &Node, ns: &str, local: &str) -> bool {
-    ptr_is(node.node_ptr(), ns, local)
+pub(crate) fn is(node: &El<'_>, ns: &str, local: &str) -> bool {
+    ptr_is(node.p, ns, local)
 }
 
 /// The child elements `{ns}local` of `node`.
-pub(crate) fn children(node: &Node, ns: &str, local: &str) -> Vec<Node> {
-    element_children(node.node_ptr())
-        .filter(|c| ptr_is(*c, ns, local))
-        .filter_map(|c| wrap_below(node, c))
-        .collect()
+pub(crate) fn children<'d>(node: &El<'d>, ns: &str, local: &str) -> Vec<El<'d>> {
+    node.elements().filter(|c| ptr_is(c.p, ns, local)).collect()
 }
 
 /// The first child element `{ns}local` of `node`.
-pub(crate) fn child(node: &Node, ns: &str, local: &str) -> Option<Node> {
-    let found = element_children(node.node_ptr()).find(|c| ptr_is(*c, ns, local))?;
-    wrap_below(node, found)
+pub(crate) fn child<'d>(node: &El<'d>, ns: &str, local: &str) -> Option<El<'d>> {
+    node.elements().find(|c| ptr_is(c.p, ns, local))
 }
 
-/// Calls `f` on every element under (and including) `p`, in document order,
-/// without wrapping any of them.
+/// Calls `f` on every element under (and including) `p`, in document order.
 fn each_element(p: NodePtr, mut f: impl FnMut(NodePtr)) {
     let mut stack = vec![p];
     while let Some(n) = stack.pop() {
@@ -302,21 +351,21 @@ fn each_element(p: NodePtr, mut f: impl FnMut(NodePtr)) {
 }
 
 /// Every descendant element `{ns}local` of `node` (not `node` itself), in document order.
-pub(crate) fn descendants(node: &Node, ns: &str, local: &str) -> Vec<Node> {
+pub(crate) fn descendants<'d>(node: &El<'d>, ns: &str, local: &str) -> Vec<El<'d>> {
     let mut found = Vec::new();
-    let root = node.node_ptr();
+    let root = node.p;
     each_element(root, |p| {
         if p != root && ptr_is(p, ns, local) {
-            found.push(p);
+            found.extend(El::at(p));
         }
     });
-    found.into_iter().filter_map(|p| wrap_below(node, p)).collect()
+    found
 }
 
 /// How many descendant elements `{ns}local` `node` has (not `node` itself).
-pub(crate) fn count_descendants(node: &Node, ns: &str, local: &str) -> usize {
+pub(crate) fn count_descendants(node: &El<'_>, ns: &str, local: &str) -> usize {
     let mut count = 0;
-    let root = node.node_ptr();
+    let root = node.p;
     each_element(root, |p| count += usize::from(p != root && ptr_is(p, ns, local)));
     count
 }
@@ -353,12 +402,12 @@ fn ptr_attr<'a>(p: NodePtr, name: &str) -> Option<std::borrow::Cow<'a, str>> {
 /// `id(value)` for each `ID`, `Id` or `id` attribute in no namespace;
 /// stops at the first error.
 pub(crate) fn walk_attributes<E>(
-    node: &Node,
+    node: &El<'_>,
     mut namespaced: impl FnMut(&str, &str) -> Result<(), E>,
     mut id: impl FnMut(&str) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut out = Ok(());
-    each_element(node.node_ptr(), |p| {
+    each_element(node.p, |p| {
         if out.is_err() {
             return;
         }
@@ -398,9 +447,37 @@ pub(crate) fn walk_attributes<E>(
 ///
 /// libxml2 concatenates every text and CDATA descendant and skips comments,
 /// so `a@b.com<!---->.evil` reads as `a@b.com.evil`: a comment can never
-/// shorten a value to a prefix an attacker chose.
-pub(crate) fn text(node: &Node) -> String {
-    node.get_content().trim().to_owned()
+/// shorten a value to a prefix an attacker chose. An element whose only
+/// child is one text node (the usual case) is read in place.
+pub(crate) fn text(node: &El<'_>) -> String {
+    // SAFETY: see above.
+    unsafe {
+        let t = (*node.p).children;
+        if !t.is_null()
+            && (*t).next.is_null()
+            && (*t).type_ == libxml::bindings::xmlElementType_XML_TEXT_NODE
+            && !(*t).content.is_null()
+        {
+            return std::ffi::CStr::from_ptr((*t).content.cast())
+                .to_string_lossy()
+                .trim()
+                .to_owned();
+        }
+        let value = libxml::bindings::xmlNodeGetContent(node.p);
+        if value.is_null() {
+            return String::new();
+        }
+        let out = std::ffi::CStr::from_ptr(value.cast())
+            .to_string_lossy()
+            .trim()
+            .to_owned();
+        // SAFETY: a copy allocated by libxml2's allocator, released by
+        // `xmlFree` (read by value), not used after.
+        if let Some(free) = libxml::bindings::xmlFree {
+            free(value.cast());
+        }
+        out
+    }
 }
 
 /// The attribute `name` of `node` that has no namespace, read by exact name.
@@ -409,10 +486,10 @@ pub(crate) fn text(node: &Node) -> String {
 /// the local name whatever the namespace, so a look-alike `saml:Version` or
 /// `samlp:Value` would be taken for the real `Version` or `Value`. SAML's own
 /// attributes are never namespaced: `xmlGetNoNsProp` finds exactly those.
-pub(crate) fn attr(node: &Node, name: &str) -> Option<String> {
-    match ptr_attr(node.node_ptr(), name) {
+pub(crate) fn attr(node: &El<'_>, name: &str) -> Option<String> {
+    match ptr_attr(node.p, name) {
         Some(v) => Some(v.into_owned()),
-        None => raw_no_ns_prop(node.node_ptr(), name),
+        None => raw_no_ns_prop(node.p, name),
     }
 }
 
@@ -438,8 +515,22 @@ fn raw_no_ns_prop(p: NodePtr, name: &str) -> Option<String> {
 }
 
 /// The attribute `{ns}name` of `node` (a namespaced attribute such as `xsi:type`).
-pub(crate) fn attr_ns(node: &Node, ns: &str, name: &str) -> Option<String> {
-    node.get_attribute_ns(name, ns)
+pub(crate) fn attr_ns(node: &El<'_>, ns: &str, name: &str) -> Option<String> {
+    let (name, ns) = (std::ffi::CString::new(name).ok()?, std::ffi::CString::new(ns).ok()?);
+    // SAFETY: as `raw_no_ns_prop`: a fresh copy or null.
+    let value = unsafe { libxml::bindings::xmlGetNsProp(node.p, name.as_ptr().cast(), ns.as_ptr().cast()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: as `raw_no_ns_prop`.
+    let out = unsafe { std::ffi::CStr::from_ptr(value.cast()) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: as `raw_no_ns_prop`.
+    if let Some(free) = unsafe { libxml::bindings::xmlFree } {
+        unsafe { free(value.cast()) }
+    }
+    Some(out)
 }
 
 pub(crate) use crate::markup::escape;
@@ -451,8 +542,12 @@ mod tests {
     #[test]
     fn comment_does_not_truncate_text() {
         let doc = parse_strict("<a>user@example.com<!-- x -->.evil.test</a>").unwrap();
-        let root = doc.get_root_element().unwrap();
+        let root = El::root(&doc).unwrap();
         assert_eq!(text(&root), "user@example.com.evil.test");
+        let doc = parse_strict("<a> in place </a>").unwrap();
+        assert_eq!(text(&El::root(&doc).unwrap()), "in place");
+        let doc = parse_strict("<a>x<![CDATA[<y>]]><b>z</b></a>").unwrap();
+        assert_eq!(text(&El::root(&doc).unwrap()), "x<y>z");
     }
 
     #[test]
@@ -461,14 +556,14 @@ mod tests {
             "<a><ds:Signature xmlns:ds=\"{DS}\"><!-- own signature --></ds:Signature><b>x</b></a>"
         ))
         .unwrap();
-        assert!(!has_unsigned_comment(&doc.get_root_element().unwrap()));
+        assert!(!has_unsigned_comment(&El::root(&doc).unwrap()));
         for xml in [
             "<a><b>x<!---->y</b></a>",
             "<a><!-- c --><b/></a>",
             "<a><b><c><!----></c></b></a>",
         ] {
             let doc = parse_strict(xml).unwrap();
-            assert!(has_unsigned_comment(&doc.get_root_element().unwrap()), "{xml}");
+            assert!(has_unsigned_comment(&El::root(&doc).unwrap()), "{xml}");
         }
     }
 
@@ -487,11 +582,11 @@ mod tests {
             "<a xmlns:s=\"urn:x\" s:Version=\"2.0\" s:Value=\"ok\" Value=\"real\"><b s:Version=\"2.0\"/></a>",
         )
         .unwrap();
-        let root = doc.get_root_element().unwrap();
+        let root = El::root(&doc).unwrap();
         assert_eq!(attr(&root, "Version"), None);
         assert_eq!(attr(&root, "Value").as_deref(), Some("real"));
         assert_eq!(attr_ns(&root, "urn:x", "Value").as_deref(), Some("ok"));
-        let b = root.get_child_elements().into_iter().next().unwrap();
+        let b = root.elements().next().unwrap();
         assert_eq!(attr(&b, "Version"), None);
         let mut namespaced = Vec::new();
         let mut ids = Vec::new();
@@ -514,7 +609,7 @@ mod tests {
         );
         let doc = parse_strict(r#"<a ID="1"><b Id="x&amp;y"/><c id="3" s:id="4" xmlns:s="urn:s"/></a>"#).unwrap();
         walk_attributes::<()>(
-            &doc.get_root_element().unwrap(),
+            &El::root(&doc).unwrap(),
             |_, _| Ok(()),
             |v| {
                 ids.push(v.to_owned());
@@ -549,8 +644,8 @@ mod tests {
             r#"<r xmlns:x="urn:x" xmlns:y="urn:y">text<x:a n="1"><x:a n="2"/><y:a n="3"/></x:a><!-- c --><x:b/><x:a n="4">t<x:c><x:a n="5"/></x:c></x:a></r>"#,
         )
         .unwrap();
-        let root = doc.get_root_element().unwrap();
-        let ns = |nodes: Vec<Node>| nodes.iter().map(|n| attr(n, "n").unwrap()).collect::<Vec<_>>();
+        let root = El::root(&doc).unwrap();
+        let ns = |nodes: Vec<El<'_>>| nodes.iter().map(|n| attr(n, "n").unwrap()).collect::<Vec<_>>();
         assert_eq!(ns(descendants(&root, "urn:x", "a")), ["1", "2", "4", "5"]);
         assert_eq!(count_descendants(&root, "urn:x", "a"), 4);
         assert_eq!(ns(children(&root, "urn:x", "a")), ["1", "4"]);
@@ -558,10 +653,19 @@ mod tests {
         assert!(child(&root, "urn:y", "a").is_none());
         let deep = descendants(&root, "urn:x", "a").remove(3);
         assert!(is(&deep, "urn:x", "a") && !is(&deep, "urn:y", "a") && !is(&deep, "urn:x", "c"));
-        assert_eq!(deep.get_parent().map(|p| p.get_name()).as_deref(), Some("c"));
-        // The same `Node` the `libxml` crate hands out for that element.
-        let via_crate = root.get_last_element_child().unwrap().get_last_element_child().unwrap();
-        assert_eq!(via_crate.get_first_element_child().unwrap(), deep);
+        assert_eq!(deep.parent().map(|p| p.name().into_owned()).as_deref(), Some("c"));
+        assert_eq!(
+            (deep.prefix().as_deref(), deep.ns_href().as_ref()),
+            (Some("x"), "urn:x")
+        );
+        // The same element the `libxml` crate hands out.
+        let via_crate = doc.get_root_element().unwrap().get_last_element_child().unwrap();
+        let via_crate = via_crate
+            .get_last_element_child()
+            .unwrap()
+            .get_first_element_child()
+            .unwrap();
+        assert_eq!(via_crate.node_ptr(), deep.ptr());
         assert_eq!(count_descendants(&deep, "urn:x", "a"), 0);
     }
 
