@@ -707,14 +707,7 @@ impl World {
     /// IdP-initiated Responses signed ahead, posted to the ACS.
     async fn saml_acs(&self, window: Duration) -> ScenarioReport {
         let w = &self.inner;
-        let n = match w.mode {
-            Mode::Open(rate) => (rate * window.as_secs_f64()).ceil() as usize,
-            // The warm-up is shorter than the window: fewer responses.
-            Mode::Closed(_) => {
-                let share = (window.as_secs_f64() / w.duration.as_secs_f64().max(0.001)).min(1.0);
-                ((w.pool as f64 * share).ceil() as usize).max(50)
-            }
-        };
+        let n = w.prepared(window, w.pool);
         let mut r = report(Scenario::SamlAcs, w.mode, 0.0);
         let t = Instant::now();
         let bodies = match w.sign_idp_initiated(n) {
@@ -746,14 +739,12 @@ impl World {
             },
         )
         .await;
-        let closed = matches!(w.mode, Mode::Closed(_));
-        if closed && stage.ok + stage.errors + stage.shed >= bodies.len() as u64 && stage.elapsed < window {
-            eprintln!(
-                "portcullis-load: saml-acs: the {} pre-signed responses ran out after {:.1} s (raise --pool)",
-                bodies.len(),
-                stage.elapsed.as_secs_f64()
-            );
-        }
+        w.warn_ran_out(
+            &stage,
+            window,
+            Scenario::SamlAcs,
+            (bodies.len(), "pre-signed responses", "--pool"),
+        );
         r.stages.push(stage_report("acs", &stage));
         absorb(&mut r, &stage);
         r.latency_ms = Latency::of(&stage.hist);
@@ -768,13 +759,7 @@ impl World {
     /// must carry an ID token and an access token.
     async fn code_grant(&self, window: Duration) -> ScenarioReport {
         let w = &self.inner;
-        let n = match w.mode {
-            Mode::Open(rate) => (rate * window.as_secs_f64()).ceil() as usize,
-            Mode::Closed(_) => {
-                let share = (window.as_secs_f64() / w.duration.as_secs_f64().max(0.001)).min(1.0);
-                ((w.code_pool as f64 * share).ceil() as usize).max(50)
-            }
-        };
+        let n = w.prepared(window, w.code_pool);
         let mut r = report(Scenario::CodeGrant, w.mode, 0.0);
         let t = Instant::now();
         // Minted with a bounded number in flight, in order, so the oldest
@@ -833,15 +818,12 @@ impl World {
             },
         )
         .await;
-        if matches!(w.mode, Mode::Closed(_))
-            && stage.ok + stage.errors + stage.shed >= count as u64
-            && stage.elapsed < window
-        {
-            eprintln!(
-                "portcullis-load: code-grant: the {count} minted codes ran out after {:.1} s (raise --code-pool)",
-                stage.elapsed.as_secs_f64()
-            );
-        }
+        w.warn_ran_out(
+            &stage,
+            window,
+            Scenario::CodeGrant,
+            (count, "minted codes", "--code-pool"),
+        );
         r.stages.push(stage_report("token", &stage));
         absorb(&mut r, &stage);
         r.latency_ms = Latency::of(&stage.hist);
@@ -1302,6 +1284,41 @@ impl Inner {
             return Err("token (code): no refresh_token for offline_access".into());
         }
         Ok((t, alg, cookie))
+    }
+
+    /// How many items a scenario prepares ahead of a window: rate × window
+    /// in open loop; in closed loop `pool` (per measured window), scaled to
+    /// this window (the warm-up is shorter), at least 50.
+    fn prepared(&self, window: Duration, pool: usize) -> usize {
+        match self.mode {
+            Mode::Open(rate) => (rate * window.as_secs_f64()).ceil() as usize,
+            Mode::Closed(_) => {
+                let share = (window.as_secs_f64() / self.duration.as_secs_f64().max(0.001)).min(1.0);
+                ((pool as f64 * share).ceil() as usize).max(50)
+            }
+        }
+    }
+
+    /// Warns when a closed-loop stage of `scenario` used up the `count`
+    /// items prepared for it (`what`) before its window ended; `flag` is the
+    /// option that raises their number.
+    fn warn_ran_out<T>(
+        &self,
+        stage: &Stage<T>,
+        window: Duration,
+        scenario: Scenario,
+        (count, what, flag): (usize, &str, &str),
+    ) {
+        if matches!(self.mode, Mode::Closed(_))
+            && stage.ok + stage.errors + stage.shed >= count as u64
+            && stage.elapsed < window
+        {
+            eprintln!(
+                "portcullis-load: {}: the {count} {what} ran out after {:.1} s (raise {flag})",
+                scenario.name(),
+                stage.elapsed.as_secs_f64()
+            );
+        }
     }
 
     /// An authorization code for the app through `/authorize` with the SSO
