@@ -94,7 +94,8 @@ const WAIT_BACKOFF: Duration = Duration::from_secs(5);
 /// `take_and_mark`: GETDEL the value; if it was there, SET the marker (with
 /// its TTL) in the same script, so no client ever sees the value gone and the
 /// marker missing. Answers `{1, value}`, `{2, marker}` or `{0}`.
-const TAKE_AND_MARK: &str = r"
+static TAKE_AND_MARK: Script = Script::new(
+    r"
 local v = redis.call('GETDEL', KEYS[1])
 if v then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -105,13 +106,15 @@ if m then
   return {2, m}
 end
 return {0}
-";
+",
+);
 
 /// `compare_and_put`: GET the value and SET the new one only if it equals
 /// the expected bytes (Lua compares strings byte for byte), with `PX` when a
 /// TTL is given (`ARGV[3]` is `1`). An absent key never matches; a value of
 /// another type fails with WRONGTYPE. Answers 1 when written, 0 otherwise.
-const COMPARE_AND_PUT: &str = r"
+static COMPARE_AND_PUT: Script = Script::new(
+    r"
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
   return 0
@@ -122,35 +125,42 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 return 1
-";
+",
+);
 
 /// `set_add`: SADD, then (when `ARGV[2]` is a TTL) give a set without TTL
 /// its first one (NX) and extend an existing TTL but never shorten it (GT;
 /// GT alone would skip a set without TTL: Redis treats it as infinite). A
 /// script, so a WRONGTYPE stops it before any expiry is touched.
-const SET_ADD: &str = r"
+static SET_ADD: Script = Script::new(
+    r"
 redis.call('SADD', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
   redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
 end
 return 1
-";
+",
+);
 
 /// `incr`: INCR and give a new counter its window (PEXPIRE NX).
-const INCR: &str = r"
+static INCR: Script = Script::new(
+    r"
 local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1], 'NX')
 return n
-";
+",
+);
 
 /// `list_push_capped`: LPUSH and LTRIM in one step, so no reader ever sees
 /// the list longer than its bound.
-const LIST_PUSH_CAPPED: &str = r"
+static LIST_PUSH_CAPPED: Script = Script::new(
+    r"
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, ARGV[2])
 return 1
-";
+",
+);
 
 /// PEM files for TLS to Redis (`rediss://`, `rediss+sentinel://`,
 /// `rediss+cluster://`). Without a CA, the system's roots are trusted.
@@ -247,19 +257,22 @@ enum Durability {
 
 /// `fingerprint`: the SHA-1 of the value, hex, computed on the server so
 /// the value is not sent; nil when absent.
-const FINGERPRINT: &str = r"
+static FINGERPRINT: Script = Script::new(
+    r"
 local v = redis.call('GET', KEYS[1])
 if not v then
   return false
 end
 return redis.sha1hex(v)
-";
+",
+);
 
 /// `get_if_changed`: the value's SHA-1 computed on the server; when it is
 /// `ARGV[1]` (the caller's), only `{0}`, else `{1, value, sha1}`; nil when
 /// absent. One script, so the value and the fingerprint answered are of
 /// the same bytes.
-const GET_IF_CHANGED: &str = r"
+static GET_IF_CHANGED: Script = Script::new(
+    r"
 local v = redis.call('GET', KEYS[1])
 if not v then
   return false
@@ -269,23 +282,27 @@ if f == ARGV[1] then
   return {0}
 end
 return {1, v, f}
-";
+",
+);
 
 /// `put_then_get`: `SET` the first key (with `PX` when `ARGV[2]` is not
 /// `0`), then `GET` the second, in one script. Keys of one hash tag.
-const PUT_THEN_GET: &str = r"
+static PUT_THEN_GET: Script = Script::new(
+    r"
 if ARGV[2] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 return redis.call('GET', KEYS[2])
-";
+",
+);
 
 /// `read_many`: per key, `GET` (`ARGV[i]` is `v`) or `EXISTS`; one array
 /// in the order asked (nil for an absent value, 0/1 for presence). Keys of
 /// one hash tag (checked before it is sent).
-const READ_MANY: &str = r"
+static READ_MANY: Script = Script::new(
+    r"
 local out = {}
 for i, k in ipairs(KEYS) do
   if ARGV[i] == 'v' then
@@ -295,14 +312,16 @@ for i, k in ipairs(KEYS) do
   end
 end
 return out
-";
+",
+);
 
 /// `read_many_if_changed`: per key, as `ARGV[i]` says: `c<fingerprint>`
 /// re-validates a value as `get_if_changed` does (nil when absent, `0` when
 /// its SHA-1 is the fingerprint given, else `{value, sha1}`), `e` answers
 /// `EXISTS`, `m` the set's members. One array in the order asked. Keys of
 /// one hash tag (checked before it is sent).
-const READ_MANY_IF_CHANGED: &str = r"
+static READ_MANY_IF_CHANGED: Script = Script::new(
+    r"
 local out = {}
 for i, k in ipairs(KEYS) do
   local how = ARGV[i]
@@ -326,7 +345,8 @@ for i, k in ipairs(KEYS) do
   end
 end
 return out
-";
+",
+);
 
 /// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
 /// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
@@ -334,7 +354,8 @@ return out
 /// milliseconds. `ARGV[1]` is the limit (at least 1), `ARGV[2]` the window.
 /// A refused request writes nothing. A stored value that is not a number is
 /// an error about the data. Answers `{allowed (0|1), retry_after_ms, remaining}`.
-const RATE_LIMIT: &str = r"
+static RATE_LIMIT: Script = Script::new(
+    r"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -359,7 +380,8 @@ if ahead > depth then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
 return {1, 0, math.floor((depth - ahead) / interval)}
-";
+",
+);
 
 /// `rate_limit_chain`: [`RATE_LIMIT`]'s step on `KEYS[1]` (limit `ARGV[1]`)
 /// and, only when it allows, on `KEYS[2]` (limit `ARGV[2]`), both over the
@@ -368,7 +390,8 @@ return {1, 0, math.floor((depth - ahead) / interval)}
 /// second triple `-1` when the first refused. The two keys belong to
 /// different hash tags: only for a single server or Sentinel, never a
 /// cluster.
-const RATE_LIMIT_CHAIN: &str = r"
+static RATE_LIMIT_CHAIN: Script = Script::new(
+    r"
 local window = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -406,7 +429,8 @@ if not b then
   return redis.error_reply('ERR value is not an integer')
 end
 return {a[1], a[2], a[3], b[1], b[2], b[3]}
-";
+",
+);
 
 /// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
@@ -649,7 +673,7 @@ impl RedisStore {
     /// fallback is safe for every operation, consuming ones included.
     async fn eval<T: redis::FromRedisValue>(
         &self,
-        script: &'static str,
+        script: &'static Script,
         keys: &[String],
         args: &[&[u8]],
         retry: Retry,
@@ -663,14 +687,13 @@ impl RedisStore {
             }
             cmd
         };
-        let sha = script_sha(script);
-        match self.query(&build("EVALSHA", &sha), retry, durability).await {
+        match self.query(&build("EVALSHA", script.sha()), retry, durability).await {
             Err(StoreError::Unavailable(e)) if is_noscript(&e) => {
                 tracing::debug!(
                     reason = "store.script_loaded",
                     "Redis did not know a script yet; sent with its text"
                 );
-                self.query(&build("EVAL", script), retry, durability).await
+                self.query(&build("EVAL", script.text), retry, durability).await
             }
             other => other,
         }
@@ -928,22 +951,26 @@ fn may_retry(e: &RedisError, retry: Retry) -> bool {
             && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()))
 }
 
-/// The hex SHA-1 of a Lua script, for `EVALSHA`: computed once per script
-/// (scripts are constants) and kept, instead of hashing the script's text
-/// on every call. Keyed by the text's address and length, which identify a
-/// `'static` string for the life of the process.
-fn script_sha(script: &'static str) -> Arc<str> {
-    type Shas = std::collections::HashMap<(usize, usize), Arc<str>>;
-    static SHAS: std::sync::LazyLock<std::sync::RwLock<Shas>> = std::sync::LazyLock::new(Default::default);
-    let id = (script.as_ptr() as usize, script.len());
-    if let Some(sha) = SHAS.read().ok().and_then(|shas| shas.get(&id).cloned()) {
-        return sha;
+/// A Lua script sent by `EVALSHA`: its text and the SHA-1 Redis names it
+/// by, computed on first use and then kept (a `static` per script), instead
+/// of hashing the text on every call.
+struct Script {
+    text: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Script {
+    const fn new(text: &'static str) -> Script {
+        Script {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
     }
-    let sha: Arc<str> = super::fingerprint_of(script.as_bytes()).into();
-    if let Ok(mut shas) = SHAS.write() {
-        shas.insert(id, sha.clone());
+
+    /// The lowercase hex SHA-1 of the text, as `SCRIPT LOAD` answers it.
+    fn sha(&self) -> &str {
+        self.sha.get_or_init(|| super::fingerprint_of(self.text.as_bytes()))
     }
-    sha
 }
 
 /// Runs one Redis call until `deadline` and maps its error.
@@ -1044,7 +1071,7 @@ impl Store for RedisStore {
 
     async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
         // A read: retried once after any connection error.
-        self.eval(FINGERPRINT, &[self.key(key)], &[], Retry::Idempotent, Durability::None)
+        self.eval(&FINGERPRINT, &[self.key(key)], &[], Retry::Idempotent, Durability::None)
             .await
     }
 
@@ -1052,7 +1079,7 @@ impl Store for RedisStore {
         // A read: retried once after any connection error.
         let answer: Value = self
             .eval(
-                GET_IF_CHANGED,
+                &GET_IF_CHANGED,
                 &[self.key(key)],
                 &[known.unwrap_or_default().as_bytes()],
                 Retry::Idempotent,
@@ -1094,7 +1121,7 @@ impl Store for RedisStore {
         // A durable write (`WAIT` after it); repeating it writes the same
         // value and reads again, so it is retried as `put` is.
         self.eval(
-            PUT_THEN_GET,
+            &PUT_THEN_GET,
             &[self.key(key), self.key(read)],
             &[value, ms.as_bytes()],
             Retry::Idempotent,
@@ -1118,7 +1145,7 @@ impl Store for RedisStore {
             .collect();
         // Reads only: retried once after any connection error.
         let answer: Vec<Value> = self
-            .eval(READ_MANY, &rendered, &how, Retry::Idempotent, Durability::None)
+            .eval(&READ_MANY, &rendered, &how, Retry::Idempotent, Durability::None)
             .await?;
         if answer.len() != keys.len() {
             return Err(StoreError::Corrupt("read_many: unexpected answer".into()));
@@ -1169,7 +1196,7 @@ impl Store for RedisStore {
         };
         let written: i64 = self
             .eval(
-                COMPARE_AND_PUT,
+                &COMPARE_AND_PUT,
                 &[self.key(key)],
                 &[expected, value, with_ttl.as_bytes(), ms.as_bytes()],
                 Retry::IfNotExecuted,
@@ -1204,7 +1231,7 @@ impl Store for RedisStore {
         let ms = ttl_ms(marker_ttl).to_string();
         let answer: Vec<Value> = self
             .eval(
-                TAKE_AND_MARK,
+                &TAKE_AND_MARK,
                 &[self.key(key), self.key(marker_key)],
                 &[marker_value, ms.as_bytes()],
                 Retry::IfNotExecuted,
@@ -1244,7 +1271,7 @@ impl Store for RedisStore {
         let ms = ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
         let _: Value = self
             .eval(
-                SET_ADD,
+                &SET_ADD,
                 &[self.key(key)],
                 &[member.as_bytes(), ms.as_bytes()],
                 Retry::Idempotent,
@@ -1280,7 +1307,7 @@ impl Store for RedisStore {
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         let ms = ttl_ms(ttl).to_string();
         self.eval(
-            INCR,
+            &INCR,
             &[self.key(key)],
             &[ms.as_bytes()],
             Retry::IfNotExecuted,
@@ -1296,7 +1323,7 @@ impl Store for RedisStore {
             .to_string();
         let _: Value = self
             .eval(
-                LIST_PUSH_CAPPED,
+                &LIST_PUSH_CAPPED,
                 &[self.key(key)],
                 &[value, last.as_bytes()],
                 Retry::IfNotExecuted,
@@ -1392,7 +1419,7 @@ impl Store for RedisStore {
         // an error and any other refusal still is.
         let _: i64 = self
             .eval(
-                STREAM_GROUP_CREATE,
+                &STREAM_GROUP_CREATE,
                 &[self.key(key)],
                 &[group.as_bytes()],
                 Retry::IfNotExecuted,
@@ -1413,7 +1440,7 @@ impl Store for RedisStore {
         // count after a failover only resets it).
         let answer: (i64, i64, i64) = self
             .eval(
-                RATE_LIMIT,
+                &RATE_LIMIT,
                 &[self.key(key)],
                 &[limit.to_string().as_bytes(), window_ms.to_string().as_bytes()],
                 Retry::IfNotExecuted,
@@ -1448,7 +1475,7 @@ impl Store for RedisStore {
         // Counters: not retried after an unknown outcome, no `WAIT` (as `rate_limit`).
         let answer: (i64, i64, i64, i64, i64, i64) = self
             .eval(
-                RATE_LIMIT_CHAIN,
+                &RATE_LIMIT_CHAIN,
                 &[self.key(first.0), self.key(second.0)],
                 &[
                     first.1.to_string().as_bytes(),
@@ -1586,7 +1613,7 @@ impl Store for RedisStore {
         // Reads only: retried once after any connection error.
         let answer: Vec<Value> = self
             .eval(
-                READ_MANY_IF_CHANGED,
+                &READ_MANY_IF_CHANGED,
                 &rendered,
                 &args,
                 Retry::Idempotent,
@@ -1652,7 +1679,7 @@ impl Store for RedisStore {
         // Unconditional writes only: repeating the script writes the same
         // values, so it is retried as `put` is, and durable (`WAIT`).
         let _: Value = self
-            .eval(WRITE_MANY, &rendered, &args, Retry::Idempotent, Durability::Replicated)
+            .eval(&WRITE_MANY, &rendered, &args, Retry::Idempotent, Durability::Replicated)
             .await?;
         Ok(())
     }
@@ -1676,7 +1703,7 @@ impl Store for RedisStore {
         // Reads only: retried once after any connection error.
         let answer: Value = self
             .eval(
-                READ_THROUGH,
+                &READ_THROUGH,
                 &[self.key(pointer)],
                 &args,
                 Retry::Idempotent,
@@ -1713,7 +1740,7 @@ impl Store for RedisStore {
         // Conditional (it consumes): retried only when certainly not executed.
         let answer: Vec<Value> = self
             .eval(
-                ROTATE,
+                &ROTATE,
                 &[
                     self.key(r.key),
                     self.key(r.marker_key),
@@ -1743,7 +1770,8 @@ impl Store for RedisStore {
 /// in ms `ARGV[3i]` (empty: none). Set writes over a key of another type
 /// are refused before anything is written. Keys of one hash tag (checked
 /// before it is sent).
-const WRITE_MANY: &str = r"
+static WRITE_MANY: Script = Script::new(
+    r"
 for i, k in ipairs(KEYS) do
   if ARGV[3 * i - 2] == 's' then
     local t = redis.call('TYPE', k)['ok']
@@ -1771,13 +1799,15 @@ for i, k in ipairs(KEYS) do
   end
 end
 return 1
-";
+",
+);
 
 /// `read_through`: `GET KEYS[1]`; nil when absent; else `{value, ...}`
 /// with, per pair `ARGV[2i]` (a name prefix), `ARGV[2i+1]` (`v` value, `e`
 /// presence), the key `ARGV[1]` (the pointer's rendered tag) .. prefix ..
 /// value read. Every key read is in the pointer's hash tag, so its slot.
-const READ_THROUGH: &str = r"
+static READ_THROUGH: Script = Script::new(
+    r"
 local v = redis.call('GET', KEYS[1])
 if not v then
   return false
@@ -1794,13 +1824,15 @@ while ARGV[i] do
   i = i + 2
 end
 return out
-";
+",
+);
 
 /// `rotate`: nothing when the required key (`KEYS[3]`) is absent (`{0}`);
 /// otherwise `take_and_mark` of `KEYS[1]` with the marker `KEYS[2]`, and
 /// when taken, `SET KEYS[4]` (with `PX` unless `ARGV[4]` is `0`) in the
 /// same step. Keys of one hash tag (checked before it is sent).
-const ROTATE: &str = r"
+static ROTATE: Script = Script::new(
+    r"
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return {0}
 end
@@ -1819,14 +1851,16 @@ if m then
   return {2, m}
 end
 return {0}
-";
+",
+);
 
 /// The one field each stream entry holds its value in.
 const STREAM_FIELD: &str = "v";
 
 /// `stream_group_create`: `XGROUP CREATE ... 0 MKSTREAM`, where an existing
 /// group (BUSYGROUP) is success. Answers 1 when created, 0 when it existed.
-const STREAM_GROUP_CREATE: &str = r"
+static STREAM_GROUP_CREATE: Script = Script::new(
+    r"
 local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 if type(r) == 'table' and r.err then
   if string.find(r.err, 'BUSYGROUP', 1, true) then
@@ -1835,7 +1869,8 @@ if type(r) == 'table' and r.err then
   return redis.error_reply(r.err)
 end
 return 1
-";
+",
+);
 
 /// A stream id argument, checked before it reaches Redis (the memory store
 /// refuses the same ids).
