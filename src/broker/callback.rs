@@ -36,6 +36,31 @@ pub const CONFIRM_TTL: Duration = Duration::from_secs(600);
 /// The longest handle accepted (handles are 32 random bytes, base64url).
 const MAX_HANDLE_LEN: usize = 128;
 
+/// The longest pending-login id looked up (ids are 32 random bytes, base64url).
+const MAX_LOGIN_ID_LEN: usize = 128;
+
+/// The parameter an answer's route names its pending login in: every
+/// connector answering at that route names it there (the SAML ACS in
+/// `RelayState`, the OIDC, local and dev callbacks in `state`), so the
+/// pending login can be taken before the connection is known.
+#[derive(Clone, Copy)]
+enum LoginIdIn {
+    /// The query's `state` (a top-level GET callback).
+    Query,
+    /// The form's `RelayState` (the SAML ACS).
+    RelayState,
+}
+
+impl LoginIdIn {
+    fn of(self, params: &CallbackParams) -> Option<&str> {
+        match self {
+            Self::Query => params.query.get("state"),
+            Self::RelayState => params.form.get("RelayState"),
+        }
+        .map(String::as_str)
+    }
+}
+
 /// Where the browser binding of a pending login is checked.
 pub enum BrowserCheck<'a> {
     /// The answer arrived as a top-level GET carrying the session cookie
@@ -156,7 +181,14 @@ impl Broker {
         alongside: Option<Alongside<'_>>,
     ) -> Outcome {
         match self
-            .validate(tenant, connection, params, BrowserCheck::Now(logins), fresh)
+            .validate(
+                tenant,
+                connection,
+                params,
+                LoginIdIn::Query,
+                BrowserCheck::Now(logins),
+                fresh,
+            )
             .await
         {
             Ok(v) => self.open(v, sso, alongside).await,
@@ -176,7 +208,14 @@ impl Broker {
         fresh: Option<&FreshTenant>,
     ) -> Outcome {
         let v = match self
-            .validate(tenant, connection, params, BrowserCheck::AtContinuation, fresh)
+            .validate(
+                tenant,
+                connection,
+                params,
+                LoginIdIn::RelayState,
+                BrowserCheck::AtContinuation,
+                fresh,
+            )
             .await
         {
             Ok(v) => v,
@@ -344,6 +383,7 @@ impl Broker {
         tenant: &str,
         connection: &str,
         params: CallbackParams,
+        login_id_in: LoginIdIn,
         check: BrowserCheck<'_>,
         fresh: Option<&FreshTenant>,
     ) -> Result<Validated, Outcome> {
@@ -360,17 +400,27 @@ impl Broker {
         // active, below: one read of it per callback.
         // config: the connection record, its incarnation and (unless the
         // edge read it) the tenant record, in one store operation.
-        let (connector, record, config) = match self
-            .connectors
-            .get_with_config(
+        // The pending login is named by the route's own parameter, so it is
+        // taken while the connection is read (one store wait for both). It
+        // is consumed whatever follows, as it always was: an answer that
+        // names it ends it (the id is a secret of the browser and the IdP).
+        let route_login_id = login_id_in.of(&params).filter(|id| id.len() <= MAX_LOGIN_ID_LEN);
+        let (read, taken) = tokio::join!(
+            self.connectors.get_with_config(
                 &self.tenants,
                 &self.upstream,
                 &tenant,
                 &connection,
                 FreshTenant::for_id(fresh, &tenant).is_none(),
-            )
-            .await
-        {
+            ),
+            async {
+                match route_login_id {
+                    Some(id) => self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await,
+                    None => Ok(None),
+                }
+            }
+        );
+        let (connector, record, config) = match read {
             Ok(c) => c,
             Err(e) => {
                 // An id that names no connection stays out of the labels.
@@ -382,16 +432,14 @@ impl Broker {
                 return Err(self.upstream_failed(None, &tenant, &connection, e));
             }
         };
-        // Find (and consume) the pending login the IdP's answer refers to.
+        // The pending login the IdP's answer refers to, taken above. A
+        // connector that names its logins in another parameter than the
+        // route's (an ACS address of an OIDC connection) has none here.
         let login_id = connector.login_id(&params).map(str::to_owned);
-        let pending = match &login_id {
-            Some(id) if id.len() <= 128 => {
-                match self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await {
-                    Ok(p) => p,
-                    Err(e) => return Err(unavailable(e)),
-                }
-            }
-            _ => None,
+        let pending = match taken {
+            Err(e) => return Err(unavailable(e)),
+            Ok(p) if login_id.is_some() && login_id.as_deref() == route_login_id => p,
+            Ok(_) => None,
         };
         if let Some(p) = &pending {
             if let (BrowserCheck::Now(logins), Some(expected), Some(id)) = (check, &p.browser_binding, &login_id) {
@@ -453,18 +501,6 @@ impl Broker {
                 }
             },
         };
-        let identity = match connector
-            .complete(pending.as_ref().map(|p| &p.connector_state), &params)
-            .await
-        {
-            Ok(i) => i,
-            Err(e) => {
-                // portal: the tenant's admins see why their sign-ins fail.
-                self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
-                    .await;
-                return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
-            }
-        };
         // The tenant, read once for the email vouching, the MFA rule and
         // provisioning: the record the edge read for this request if it
         // did, else read now. Unreadable, the sign-in fails (503): nothing
@@ -475,6 +511,22 @@ impl Broker {
                 Ok(t) => t,
                 Err(e) => return Err(unavailable(e)),
             },
+        };
+        // Whether the tenant or the app requires MFA is read while the
+        // connector validates the answer (one store wait for both); it is
+        // looked at only once the answer is valid.
+        let (completed, mfa_rule) = tokio::join!(
+            connector.complete(pending.as_ref().map(|p| &p.connector_state), &params),
+            self.mfa_required(stored_tenant.as_ref(), &request.client_id)
+        );
+        let identity = match completed {
+            Ok(i) => i,
+            Err(e) => {
+                // portal: the tenant's admins see why their sign-ins fail.
+                self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
+                    .await;
+                return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
+            }
         };
         let identity = match &stored_tenant {
             Some(t) => crate::tenant::vouch_email(t, identity),
@@ -491,7 +543,7 @@ impl Broker {
         // the second one too (after provisioning, before the session opens).
         let own_factor = super::second_factor::own_factor(&record.kind);
         let mut mfa_demanded = false;
-        match self.mfa_required(stored_tenant.as_ref(), &request.client_id).await {
+        match mfa_rule {
             Ok(true) if own_factor => mfa_demanded = true,
             Ok(true) if !mfa => {
                 self.record_failure(&tenant, Some(&connection), "login.mfa_required")
