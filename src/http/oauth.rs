@@ -349,7 +349,6 @@ pub async fn token(
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
-        let client = state.provider.authenticate_client(&creds).await?;
         let req = TokenRequest {
             grant_type: form.remove("grant_type"),
             code: form.remove("code"),
@@ -365,7 +364,7 @@ pub async fn token(
             actor_token: form.remove("actor_token"),
             actor_token_type: form.remove("actor_token_type"),
         };
-        state.provider.token_with(&client, &req, fresh.as_ref()).await
+        state.provider.token_for(&creds, &req, fresh.as_ref()).await
     }
     .await;
     match result {

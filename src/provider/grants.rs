@@ -171,6 +171,45 @@ impl Provider {
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
     ) -> Result<TokenResponse, OAuthError> {
+        self.token_peeked(client, req, fresh, None).await
+    }
+
+    /// The token endpoint from the client's credentials: authenticates the
+    /// client, then serves [`Self::token_with`]. A refresh request's family
+    /// is peeked (a read, nothing changes) while the client is
+    /// authenticated: one store wait for both. Nothing of it is used, or
+    /// told, unless the client authenticates first.
+    pub async fn token_for(
+        &self,
+        creds: &ClientCredentials,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let refresh_token = req
+            .refresh_token
+            .as_deref()
+            .filter(|_| req.grant_type.as_deref() == Some(GrantType::RefreshToken.as_str()));
+        let peek = async {
+            match refresh_token {
+                Some(t) => Some(self.peek_refresh(t).await),
+                None => None,
+            }
+        };
+        let (client, peeked) = tokio::join!(self.authenticate_client(creds), peek);
+        let client = client?;
+        let peeked = peeked.transpose()?;
+        self.token_peeked(&client, req, fresh, peeked).await
+    }
+
+    /// [`Self::token_with`], with the refresh family already peeked for
+    /// this request's refresh token (`Some`), or to be peeked (`None`).
+    async fn token_peeked(
+        &self,
+        client: &Client,
+        req: &TokenRequest,
+        fresh: Option<&FreshTenant>,
+        peeked: Option<Option<Family>>,
+    ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
                 .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
@@ -196,7 +235,7 @@ impl Provider {
         }
         let issued = match grant {
             GrantType::AuthorizationCode => self.code_grant(client, req, fresh).await,
-            GrantType::RefreshToken => self.refresh_grant(client, req, fresh).await,
+            GrantType::RefreshToken => self.refresh_grant(client, req, fresh, peeked).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
             GrantType::TokenExchange => self.exchange_grant(client, req).await,
         };
@@ -435,6 +474,7 @@ impl Provider {
         client: &Client,
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
+        peeked: Option<Option<Family>>,
     ) -> Result<TokenResponse, OAuthError> {
         let token = req
             .refresh_token
@@ -445,10 +485,11 @@ impl Provider {
         // the family as peeked, read-only, before the token is consumed: a
         // failure there leaves the app its refresh token. Tokens that are not
         // current, or of another client, are left to the rotation to refuse.
-        let peeked = self
-            .peek_refresh(token)
-            .await?
-            .filter(|f| f.authz.client_id == client.client_id);
+        let peeked = match peeked {
+            Some(p) => p,
+            None => self.peek_refresh(token).await?,
+        }
+        .filter(|f| f.authz.client_id == client.client_id);
         let prepared = match &peeked {
             Some(family) => {
                 // Does the IdP still vouch for the person? (provider/upstream.rs)

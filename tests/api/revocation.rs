@@ -521,6 +521,70 @@ async fn a_reregistered_app_does_not_inherit_tokens() {
     assert_eq!(refresh(&app, &new, fresh.rt()).await.status, StatusCode::OK);
 }
 
+/// The refresh family is peeked while the client authenticates (one store
+/// wait): a client that fails to authenticate is refused as before, learns
+/// nothing of the token, and the token keeps working for its own app.
+#[tokio::test]
+async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let other = register(&app, "app2").await;
+    let mut browser = Browser::new();
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ed@demo.example").await,
+    )
+    .await;
+    let req = TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(tokens.rt().into()),
+        ..TokenRequest::default()
+    };
+    for (creds, reason) in [
+        (
+            ClientCredentials::Secret {
+                id: rp.client_id.clone(),
+                secret: "not-the-secret".into(),
+            },
+            "client.bad_secret",
+        ),
+        (
+            ClientCredentials::Secret {
+                id: other.client_id.clone(),
+                secret: rp.secret.clone(),
+            },
+            "client.bad_secret",
+        ),
+        (
+            ClientCredentials::Secret {
+                id: "no-such-app".into(),
+                secret: rp.secret.clone(),
+            },
+            "client.unknown",
+        ),
+    ] {
+        let refused = app.state.provider.token_for(&creds, &req, None).await.unwrap_err();
+        assert_eq!(refused.reason, reason);
+    }
+    let wrong = app
+        .client
+        .post(app.url("/token"))
+        .basic_auth(&rp.client_id, Some("not-the-secret"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", tokens.rt())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    // Still the current token of its family: it rotates for its own app.
+    let rotated = refresh(&app, &rp, tokens.rt()).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    assert_ne!(rotated.rt(), tokens.rt());
+}
+
 /// An app that may no longer serve the tenant cannot refresh, and its
 /// access tokens for that tenant are refused.
 #[tokio::test]
