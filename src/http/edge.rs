@@ -25,6 +25,7 @@ use super::AppState;
 use crate::config::throttle::{canonical, Cidr};
 use crate::config::{RouteLimit, ThrottleSettings};
 use crate::ids::TenantId;
+use crate::provider::grants::PrefetchedClient;
 use crate::store::{Key, RateDecision, StoreError};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -378,6 +379,7 @@ async fn admit(
     // tokens start with it), a POSTed /authorize in its `tenant` field: read
     // the small form once and hand it on.
     let mut tenant = path_tenant;
+    let mut client_id = None;
     let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
     if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
@@ -392,6 +394,9 @@ async fn admit(
             }
         };
         tenant = form_tenant(class, &bytes);
+        if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
+            client_id = super::oauth::client_id_hint(&parts.headers, &bytes);
+        }
         body = axum::body::Body::from(bytes);
     }
     if class == RouteClass::Authorize && tenant.is_none() {
@@ -405,12 +410,26 @@ async fn admit(
     let mut parts = parts;
     if state.edge.throttle.enabled {
         if let Some(limit) = class.limit(&state.edge.throttle) {
-            match check(state, class, limit, ip, tenant.as_ref(), request_id).await {
+            // The app the request names is read alongside the limiter's
+            // work (one store wait for both). Only a read, handed to the
+            // handler, which still authenticates the client; a failed read
+            // hands nothing on (the handler reads it again and answers).
+            let prefetch = async {
+                let id = client_id?;
+                let client = state.provider.clients.get(&id).await.ok()?;
+                Some(PrefetchedClient { id, client })
+            };
+            let (checked, prefetched) =
+                tokio::join!(check(state, class, limit, ip, tenant.as_ref(), request_id), prefetch);
+            match checked {
                 Ok(Checked::Within(record)) => {
                     // Read for this request: the handler uses it instead of
                     // reading the tenant again.
                     if let Some(t) = record {
                         parts.extensions.insert(crate::tenant::FreshTenant(t));
+                    }
+                    if let Some(p) = prefetched {
+                        parts.extensions.insert(p);
                     }
                 }
                 Ok(Checked::Refused(resp)) => return resp,

@@ -5,7 +5,7 @@
 use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
 use super::AppState;
-use crate::provider::grants::{ClientCredentials, TokenRequest};
+use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
 use crate::tokens::PublishedDoc;
@@ -283,6 +283,40 @@ async fn authorize(
     respond(&state, outcome)
 }
 
+/// The client id and secret of `Basic` credentials (RFC 6749 §2.3.1: each
+/// form-urlencoded, then joined by a colon and base64-encoded).
+fn basic_credentials(b64: &str) -> Option<(String, String)> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let (id, secret) = decoded.split_once(':')?;
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((dec(id), dec(secret)))
+}
+
+/// The client id a token, revocation or introspection request names
+/// (`Basic` credentials, else the form's `client_id`), checking nothing:
+/// the edge reads that app's record alongside its rate limiting, and
+/// [`client_credentials`] still decides how the client authenticates.
+pub(super) fn client_id_hint(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
+    match basic {
+        Some(b64) => basic_credentials(b64).map(|(id, _)| id),
+        None => url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "client_id")
+            .map(|(_, v)| v.into_owned()),
+    }
+}
+
 fn client_credentials(
     headers: &HeaderMap,
     form: &mut BTreeMap<String, String>,
@@ -300,21 +334,8 @@ fn client_credentials(
                 "Use one client authentication method.",
             ));
         }
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
+        let (id, secret) = basic_credentials(b64)
             .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
-        let (id, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| OAuthError::invalid_client("client.bad_basic", "Malformed Basic credentials."))?;
-        let dec = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        let (id, secret) = (dec(id), dec(secret));
         if form_id.as_deref().is_some_and(|f| f != id) {
             return Err(OAuthError::invalid_request(
                 "client.id_mismatch",
@@ -342,10 +363,12 @@ fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>,
 pub async fn token(
     State(state): State<Arc<AppState>>,
     fresh: Option<Extension<FreshTenant>>,
+    prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let fresh = fresh.map(|e| e.0);
+    let prefetched = prefetched.map(|e| e.0);
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
@@ -364,7 +387,7 @@ pub async fn token(
             actor_token: form.remove("actor_token"),
             actor_token_type: form.remove("actor_token_type"),
         };
-        state.provider.token_for(&creds, &req, fresh.as_ref()).await
+        state.provider.token_for(&creds, &req, fresh.as_ref(), prefetched).await
     }
     .await;
     match result {
@@ -399,6 +422,7 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 async fn client_and_token(
     state: &AppState,
     headers: &HeaderMap,
+    prefetched: Option<Extension<PrefetchedClient>>,
     pairs: Vec<(String, String)>,
     endpoint: &'static str,
     confidential_only: bool,
@@ -411,7 +435,10 @@ async fn client_and_token(
             "This endpoint requires client authentication.",
         ));
     }
-    let client = state.provider.authenticate_client(&creds).await?;
+    let client = state
+        .provider
+        .authenticate_prefetched(&creds, prefetched.map(|e| e.0))
+        .await?;
     let token = form
         .remove("token")
         .ok_or_else(|| OAuthError::invalid_request(endpoint, "token is required."))?;
@@ -421,11 +448,13 @@ async fn client_and_token(
 /// `POST /revoke` (RFC 7009)
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
+    prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let result = async {
-        let (client, token) = client_and_token(&state, &headers, pairs, "revoke.missing_token", false).await?;
+        let (client, token) =
+            client_and_token(&state, &headers, prefetched, pairs, "revoke.missing_token", false).await?;
         state.provider.revoke(&client, &token).await
     }
     .await;
@@ -438,11 +467,13 @@ pub async fn revoke(
 /// `POST /introspect` (RFC 7662); confidential clients only.
 pub async fn introspect(
     State(state): State<Arc<AppState>>,
+    prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let result = async {
-        let (client, token) = client_and_token(&state, &headers, pairs, "introspect.missing_token", true).await?;
+        let (client, token) =
+            client_and_token(&state, &headers, prefetched, pairs, "introspect.missing_token", true).await?;
         state.provider.introspect(&client, &token).await
     }
     .await;
@@ -639,5 +670,46 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             "<h1>You are signed out</h1><p>You can close this window.</p>",
             &[],
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(id: &str, secret: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {v}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn the_client_id_hint_is_the_id_the_credentials_name() {
+        // Basic credentials first (form-urlencoded inside, RFC 6749 §2.3.1).
+        assert_eq!(
+            client_id_hint(&basic("app%201", "s"), b"client_id=other").as_deref(),
+            Some("app 1")
+        );
+        assert_eq!(
+            client_id_hint(&HeaderMap::new(), b"grant_type=refresh_token&client_id=app2").as_deref(),
+            Some("app2")
+        );
+        assert_eq!(
+            client_id_hint(&HeaderMap::new(), b"grant_type=client_credentials"),
+            None
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic %%%"));
+        assert_eq!(client_id_hint(&bad, b"client_id=app2"), None);
+        // The same id the handler authenticates.
+        let mut form = BTreeMap::new();
+        match client_credentials(&basic("app%201", "s%3A1"), &mut form).unwrap() {
+            ClientCredentials::Secret { id, secret } => assert_eq!((id.as_str(), secret.as_str()), ("app 1", "s:1")),
+            ClientCredentials::Public { .. } => panic!("Basic credentials are a secret"),
+        }
     }
 }

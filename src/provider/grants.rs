@@ -15,6 +15,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
+/// An app's record the edge read while it served this request (alongside
+/// the rate limiter's work, one store wait for both), for the client id
+/// the request names. Only a read: the handler still authenticates.
+#[derive(Clone, Debug)]
+pub struct PrefetchedClient {
+    /// The client id the request named.
+    pub id: String,
+    /// Its record as read, `None` when no such app exists.
+    pub client: Option<Client>,
+}
+
 /// How the client authenticated at the token endpoint.
 #[derive(Debug, Clone)]
 pub enum ClientCredentials {
@@ -137,10 +148,24 @@ fn pkce_ok(challenge: &str, verifier: &str) -> bool {
 impl Provider {
     /// Authenticates the client at the token, revocation or introspection endpoint.
     pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
+        self.authenticate_prefetched(creds, None).await
+    }
+
+    /// [`Self::authenticate_client`], with the app's record the edge read
+    /// for this request when it names the same client id (no second read).
+    pub async fn authenticate_prefetched(
+        &self,
+        creds: &ClientCredentials,
+        prefetched: Option<PrefetchedClient>,
+    ) -> Result<Client, OAuthError> {
         let id = match creds {
             ClientCredentials::Secret { id, .. } | ClientCredentials::Public { id } => id,
         };
-        let Some(client) = self.clients.get(id).await? else {
+        let record = match prefetched.filter(|p| p.id == *id) {
+            Some(p) => p.client,
+            None => self.clients.get(id).await?,
+        };
+        let Some(client) = record else {
             return Err(OAuthError::invalid_client("client.unknown", "Unknown client."));
         };
         match creds {
@@ -184,6 +209,7 @@ impl Provider {
         creds: &ClientCredentials,
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
+        prefetched: Option<PrefetchedClient>,
     ) -> Result<TokenResponse, OAuthError> {
         let refresh_token = req
             .refresh_token
@@ -195,7 +221,7 @@ impl Provider {
                 None => None,
             }
         };
-        let (client, peeked) = tokio::join!(self.authenticate_client(creds), peek);
+        let (client, peeked) = tokio::join!(self.authenticate_prefetched(creds, prefetched), peek);
         let client = client?;
         let peeked = peeked.transpose()?;
         self.token_peeked(&client, req, fresh, peeked).await

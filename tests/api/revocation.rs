@@ -10,7 +10,7 @@
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav};
 use portcullis::ids::TenantId;
-use portcullis::provider::grants::{ClientCredentials, TokenRequest};
+use portcullis::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use url::Url;
@@ -564,7 +564,24 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
             "client.unknown",
         ),
     ] {
-        let refused = app.state.provider.token_for(&creds, &req, None).await.unwrap_err();
+        let refused = app
+            .state
+            .provider
+            .token_for(&creds, &req, None, None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason, reason);
+        // The edge's read of another app's record is not this client's.
+        let other_record = PrefetchedClient {
+            id: rp.client_id.clone(),
+            client: app.state.provider.clients.get(&rp.client_id).await.unwrap(),
+        };
+        let refused = app
+            .state
+            .provider
+            .token_for(&creds, &req, None, Some(other_record))
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason, reason);
     }
     let wrong = app
