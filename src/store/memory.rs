@@ -123,8 +123,9 @@ impl MemoryStore {
     }
 }
 
-/// Adds `member` to the set in `m` at `key` with the TTL rule of
-/// [`Store::set_add`] (the caller checked the type).
+/// Adds `member` to the set in `m` at `key` (a wrong type is refused).
+/// The TTL extends, never shortens; a set without TTL takes the new one
+/// (the same as Redis `PEXPIRE NX` + `PEXPIRE GT`).
 fn add_member(
     m: &mut HashMap<Key, Entry>,
     key: &Key,
@@ -378,26 +379,7 @@ impl Store for MemoryStore {
 
     async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
         let expires = self.deadline(ttl);
-        self.with(key, true, |m| {
-            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
-                value: Value::Set(BTreeSet::new()),
-                expires,
-            });
-            match &mut entry.value {
-                Value::Set(s) => {
-                    s.insert(member.to_owned());
-                }
-                _ => return Err(wrong_type(key)),
-            }
-            // Extend, never shorten; a set without TTL takes the new one
-            // (the same as Redis `PEXPIRE NX` + `PEXPIRE GT`).
-            match (expires, entry.expires) {
-                (Some(new), Some(old)) if new > old => entry.expires = Some(new),
-                (Some(new), None) => entry.expires = Some(new),
-                _ => {}
-            }
-            Ok(())
-        })
+        self.with(key, true, |m| add_member(m, key, member, expires))
     }
 
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
