@@ -3,13 +3,14 @@
 //! metadata, the choosers, and the single-use CSRF tokens of our own forms.
 
 use super::pages::{self, esc};
+use super::pairs::FormPairs;
 use super::AppState;
 use crate::broker::session::{remember_login, BrowserLogins, BrowserSso, LOGINS_FIELD, SESSION_FIELD};
 use crate::broker::Outcome;
 use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -386,7 +387,7 @@ pub async fn saml_acs(
     State(state): State<Arc<AppState>>,
     fresh: Option<Extension<FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Vec<(String, String)>>,
+    FormPairs(form): FormPairs,
 ) -> Response {
     let Ok(form) = super::oauth::single_valued(form) else {
         return pages::error_page(
@@ -433,7 +434,7 @@ pub async fn saml_continue_confirmed(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Vec<(String, String)>>,
+    FormPairs(form): FormPairs,
 ) -> Response {
     let Ok(form) = super::oauth::single_valued(form) else {
         return pages::error_page(
@@ -579,7 +580,7 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
     };
     tracing::debug!(reason = "saml.acs_alias", tenant = %tenant, connection = %connection, "ACS alias path");
     crate::telemetry::tag_span(tenant.as_str(), Some(connection.as_str()));
-    let mut resp = match <Form<Vec<(String, String)>> as axum::extract::FromRequest<()>>::from_request(req, &()).await {
+    let mut resp = match <FormPairs as axum::extract::FromRequest<()>>::from_request(req, &()).await {
         Ok(form) => {
             saml_acs(
                 State(state),

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod oauth;
 pub mod pages;
+pub mod pairs;
 pub mod passkey;
 pub mod server;
 pub mod shed;

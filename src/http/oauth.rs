@@ -4,12 +4,13 @@
 
 use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
+use super::pairs::FormPairs;
 use super::AppState;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
 use crate::tokens::PublishedDoc;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Json};
@@ -252,7 +253,7 @@ pub async fn authorize_post(
     State(state): State<Arc<AppState>>,
     session: Session,
     fresh: Option<Extension<FreshTenant>>,
-    Form(pairs): Form<Vec<(String, String)>>,
+    FormPairs(pairs): FormPairs,
 ) -> Response {
     authorize(state, session, fresh.map(|e| e.0), pairs).await
 }
@@ -365,7 +366,7 @@ pub async fn token(
     fresh: Option<Extension<FreshTenant>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    Form(pairs): Form<Vec<(String, String)>>,
+    FormPairs(pairs): FormPairs,
 ) -> Response {
     let fresh = fresh.map(|e| e.0);
     let prefetched = prefetched.map(|e| e.0);
@@ -450,7 +451,7 @@ pub async fn revoke(
     State(state): State<Arc<AppState>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    Form(pairs): Form<Vec<(String, String)>>,
+    FormPairs(pairs): FormPairs,
 ) -> Response {
     let result = async {
         let (client, token) =
@@ -469,7 +470,7 @@ pub async fn introspect(
     State(state): State<Arc<AppState>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    Form(pairs): Form<Vec<(String, String)>>,
+    FormPairs(pairs): FormPairs,
 ) -> Response {
     let result = async {
         let (client, token) =
@@ -499,7 +500,7 @@ pub async fn logout_get(
 pub async fn logout_post(
     State(state): State<Arc<AppState>>,
     session: Session,
-    Form(pairs): Form<Vec<(String, String)>>,
+    FormPairs(pairs): FormPairs,
 ) -> Response {
     logout(state, session, pairs, true).await
 }

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod metered;
 pub mod record_cache;
 pub mod redis;
+mod redis_batch;
 pub mod redis_url;
 pub mod session;
 

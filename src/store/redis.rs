@@ -52,12 +52,13 @@
 //! checks it), so the store is safe on Redis Cluster. Requires Redis 7
 //! (`PEXPIRE ... NX | GT`), checked at start-up on every primary.
 
+use super::redis_batch::{self, Batch};
 use super::redis_url::{addr, Auth, Topology};
 use super::{
     parse_stream_id, IfChanged, Key, RateDecision, Read, Rotate, Store, StoreError, StreamEntry, Taken, Write,
 };
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ErrorKind, ProtocolVersion, RedisError, ServerErrorKind, Value};
@@ -217,7 +218,7 @@ impl RedisOptions {
 /// The connection to whichever node holds a key.
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(ConnectionManager, Arc<Batch>),
     Sentinel(Arc<SentinelConn>),
     Cluster(ClusterConnection),
 }
@@ -230,6 +231,8 @@ struct SentinelConn {
     /// failed on the old one only the first asks the Sentinels.
     generation: AtomicU64,
     config: ConnectionManagerConfig,
+    /// Commands waiting to be sent to the primary together.
+    batch: Batch,
 }
 
 struct Primary {
@@ -532,7 +535,7 @@ impl RedisStore {
                 .map_err(|e| map_error(&e))?;
                 let manager =
                     bounded_until(deadline, ConnectionManager::new_with_config(client, manager_config())).await?;
-                Conn::Single(manager)
+                Conn::Single(manager, Arc::default())
             }
             Topology::Sentinel {
                 sentinels,
@@ -782,22 +785,62 @@ impl RedisStore {
 }
 
 impl Conn {
+    /// Sends one command; on a single server or a Sentinel-named primary it
+    /// goes out with the commands of concurrent operations
+    /// ([`super::redis_batch`]).
     async fn send_cmd(&self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
-        match self {
-            Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        let batch = match self {
+            Conn::Single(_, batch) => &**batch,
+            Conn::Sentinel(s) => &s.batch,
+            Conn::Cluster(c) => return cmd.query_async(&mut c.clone()).await,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if batch.push(cmd.clone(), reply) {
+            let conn = self.clone();
+            tokio::spawn(async move {
+                // Runs once every task that was ready has run (and queued
+                // its commands).
+                tokio::task::yield_now().await;
+                conn.flush().await;
+            });
+        }
+        answer.await.unwrap_or_else(|_| Err(redis_batch::dropped()))
+    }
+
+    /// Sends what is queued as one pipeline and answers each command.
+    async fn flush(&self) {
+        let (pipe, replies) = match self {
+            Conn::Single(_, batch) => batch.take(),
+            Conn::Sentinel(s) => s.batch.take(),
+            Conn::Cluster(_) => return,
+        };
+        if replies.is_empty() {
+            return;
+        }
+        let count = replies.len();
+        let answers = match self {
+            Conn::Single(m, _) => m.clone().req_packed_commands(&pipe, 0, count).await,
             Conn::Sentinel(s) => {
                 let (generation, mut m) = s.primary().await;
-                let result = cmd.query_async(&mut m).await;
-                s.check(generation, &result).await;
-                result
+                let answers = m.req_packed_commands(&pipe, 0, count).await;
+                s.check(generation, &answers).await;
+                // A command refused by a node that is no longer the primary
+                // (`READONLY`) says the same as a failed exchange.
+                if let Ok(values) = &answers {
+                    if let Some(Value::ServerError(e)) = values.iter().find(|v| matches!(v, Value::ServerError(_))) {
+                        s.check::<()>(generation, &Err(RedisError::from(e.clone()))).await;
+                    }
+                }
+                answers
             }
-        }
+            Conn::Cluster(_) => return,
+        };
+        redis_batch::deliver(replies, answers);
     }
 
     async fn send_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, RedisError> {
         match self {
-            Conn::Single(m) => pipe.query_async(&mut m.clone()).await,
+            Conn::Single(m, _) => pipe.query_async(&mut m.clone()).await,
             Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
             Conn::Sentinel(s) => {
                 let (generation, mut m) = s.primary().await;
@@ -858,6 +901,7 @@ impl SentinelConn {
             current: tokio::sync::RwLock::new(Primary { addr, conn }),
             generation: AtomicU64::new(0),
             config,
+            batch: Batch::default(),
         })
     }
 

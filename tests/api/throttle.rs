@@ -171,6 +171,55 @@ async fn a_tenant_limit_set_by_the_platform_admin_applies_and_is_audited_to_the_
     assert_eq!(events[0]["after"]["route"], "callback");
 }
 
+/// A replica keeps a decoded copy of each tenant's record and counts a
+/// request under the copy's limits while it re-validates the record (one
+/// store wait for both); a limit changed meanwhile (on another replica)
+/// must still apply to the very next request, not one later.
+#[tokio::test]
+async fn a_lowered_tenant_limit_applies_to_the_next_request_on_a_replica_that_kept_the_old_one() {
+    let (a, b) = two_replicas(|s| {
+        s.throttle.callback.per_tenant = 1000;
+    })
+    .await;
+    a.create_tenant("acme", "Acme", &[]).await;
+    let acs = |app: &TestApp| {
+        app.client
+            .post(app.url("/saml/acme/okta/acs"))
+            .form(&[("SAMLResponse", "PHg+")])
+            .send()
+    };
+    // b reads (and keeps) acme's record, with the route's limit.
+    for i in 0..2 {
+        let resp = acs(&b).await.unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
+    }
+    let (status, body) = a
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": 1}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Under the kept copy's limit (1000) this request would pass; under the
+    // new one (1 per window, two already counted) it is refused.
+    let resp = acs(&b).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("<code>throttle.exceeded</code>"), "{page}");
+    // Lifted again: the next request passes on the same replica.
+    let (status, body) = a
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": 1000}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let resp = acs(&b).await.unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn a_tenant_admin_cannot_lift_its_own_limits() {
     let app = spawn_app(AppOptions::default()).await;

@@ -335,3 +335,92 @@ async fn an_acl_user_and_password_in_the_url_authenticate_and_a_wrong_one_is_not
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }
+
+/// `INFO stats`' `total_reads_processed`: how many reads the server made
+/// from its clients (one per batch of commands that arrived together).
+async fn reads_processed(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(admin).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Operations that run at the same time go to Redis together (one write,
+/// one read on the server for many commands: `store/redis_batch.rs`), and
+/// each still gets exactly its own answer: values, "absent", a won or lost
+/// `put_if_absent`, a type clash reported as corrupt for that operation
+/// only, and scripts the server forgot (`NOSCRIPT` answers one command of
+/// the batch; that operation sends its text and runs once).
+#[tokio::test]
+async fn concurrent_operations_go_together_and_each_gets_its_own_answer() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let mut admin = raw(&server.url()).await;
+    const N: usize = 64;
+    let key = |i: usize| Key::tenant("acme", "batch", format!("k{i}"));
+    let list = Key::tenant("acme", "batch", "a-list");
+    store.list_push_capped(&list, b"x", 4).await.unwrap();
+    for i in (0..N).step_by(2) {
+        store.put(&key(i), format!("v{i}").as_bytes(), None).await.unwrap();
+    }
+    // One task's burst on a single-threaded runtime: every operation is
+    // queued before the first flush runs, whatever the machine's speed.
+    let before = reads_processed(&mut admin).await;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                match i % 4 {
+                    0 | 2 => store.get(&key(i)).await.map(|v| format!("{v:?}")),
+                    1 => store.put_if_absent(&key(i), b"new", None).await.map(|w| format!("{w}")),
+                    _ => store.get(&key(i)).await.map(|v| format!("{v:?}")),
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let after = reads_processed(&mut admin).await;
+    for (i, r) in results.iter().enumerate() {
+        let want = match i % 4 {
+            0 | 2 => format!("{:?}", Some(format!("v{i}").into_bytes())),
+            1 => "true".to_owned(),
+            _ => "None".to_owned(),
+        };
+        assert_eq!(r.as_ref().unwrap(), &want, "operation {i}");
+    }
+    // The INFO call itself is one read; N separate commands would be N.
+    assert!(
+        after - before <= 4,
+        "{N} concurrent operations took {} reads on the server",
+        after - before
+    );
+
+    // A clash and a forgotten script in the same batch as plain reads.
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    let code = Key::tenant("acme", "batch", "code");
+    let used = Key::tenant("acme", "batch", "used");
+    store.put(&code, b"c", None).await.unwrap();
+    let (first, limited) = (key(0), Key::new("rl:batch", "gcra"));
+    let (clash, taken, plain, window) = tokio::join!(
+        store.get(&list),
+        store.take_and_mark(&code, &used, b"m", Duration::from_secs(60)),
+        store.get(&first),
+        store.rate_limit(&limited, 5, Duration::from_secs(60)),
+    );
+    assert!(matches!(clash, Err(StoreError::Corrupt(_))), "{clash:?}");
+    assert_eq!(taken.unwrap(), portcullis::store::Taken::Value(b"c".to_vec()));
+    assert_eq!(plain.unwrap(), Some(b"v0".to_vec()));
+    assert_eq!(window.unwrap().remaining, 4, "counted once");
+    assert_eq!(
+        store
+            .take_and_mark(&code, &used, b"m", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        portcullis::store::Taken::Marker(b"m".to_vec()),
+        "taken once"
+    );
+}
