@@ -467,7 +467,92 @@ enum Checked {
     Refused(Response),
 }
 
+/// The buckets a request is counted in and their limits: the client
+/// address's, and the tenant's when the request names one that exists and
+/// its limit is not zero.
+struct Plan {
+    ip_key: Key,
+    per_ip: u64,
+    tenant_key: Option<Key>,
+    per_tenant: u64,
+}
+
+impl Plan {
+    /// The plan for a request naming `tenant`, whose record is `record`
+    /// (`None`: no such tenant, which gets no bucket, so a made-up id
+    /// creates no keys). A tenant's own limits, where the platform admin set
+    /// some, replace the route's.
+    fn of(
+        class: RouteClass,
+        global: RouteLimit,
+        bucket: &str,
+        tenant: Option<&TenantId>,
+        record: Option<&crate::tenant::Tenant>,
+    ) -> Self {
+        let own = record
+            .and_then(|t| t.settings.throttle.as_deref())
+            .and_then(|o| class.tenant_override(o));
+        let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
+        Self {
+            ip_key: Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra"),
+            per_ip: own.and_then(|o| o.per_ip).unwrap_or(global.per_ip),
+            tenant_key: tenant
+                .filter(|_| record.is_some() && per_tenant > 0)
+                .map(|t| Key::tenant(t.as_str(), "rl", class.as_str())),
+            per_tenant,
+        }
+    }
+
+    /// The limits to count, in order: the address first, then (only if
+    /// the address is within its limit) the tenant.
+    fn limits(&self) -> Vec<(&Key, u64)> {
+        let ip = (self.per_ip > 0).then_some((&self.ip_key, self.per_ip));
+        let tenant = self.tenant_key.as_ref().map(|k| (k, self.per_tenant));
+        ip.into_iter().chain(tenant).collect()
+    }
+
+    /// Counts the request under [`Self::limits`]: both in one store round
+    /// trip when both apply. Decisions as [`decisions`] reads them.
+    async fn count(&self, state: &AppState, window: Duration) -> Result<Vec<RateDecision>, StoreError> {
+        let store = &state.store;
+        Ok(match self.limits().as_slice() {
+            [] => Vec::new(),
+            [(key, limit)] => vec![store.rate_limit(key, *limit, window).await?],
+            [first, second, ..] => {
+                let (d, d2) = store.rate_limit_chain(*first, *second, window).await?;
+                std::iter::once(d).chain(d2).collect()
+            }
+        })
+    }
+
+    /// The address's and the tenant's decisions, out of the decisions made
+    /// for [`Self::limits`] (an address without a limit is within it).
+    fn decisions(&self, made: Vec<RateDecision>) -> (RateDecision, Option<RateDecision>) {
+        let mut made = made.into_iter();
+        let within = RateDecision {
+            allowed: true,
+            retry_after: Duration::ZERO,
+            remaining: 0,
+        };
+        let ip = if self.per_ip > 0 {
+            made.next().unwrap_or(within)
+        } else {
+            within
+        };
+        (ip, made.next())
+    }
+}
+
 /// Counts the request per client address, then per tenant.
+///
+/// The tenant's record decides the tenant's limits (and whether it has a
+/// bucket at all). A replica that has seen the tenant keeps a decoded copy
+/// with the fingerprint of its stored bytes: the count under the copy's
+/// limits goes to the store with that fingerprint, and the store counts
+/// only if the record still has it (`Store::rate_limit_guarded`: one step,
+/// so the copy is what the store holds now and is handed on as this
+/// request's read). If the record changed or is gone, nothing was counted,
+/// and the record is read and the request counted under what it says.
 async fn check(
     state: &AppState,
     class: RouteClass,
@@ -477,48 +562,48 @@ async fn check(
     request_id: &str,
 ) -> Result<Checked, StoreError> {
     let window = Duration::from_secs(global.window_secs);
-    // A tenant's own limits, where the platform admin set some. A tenant
-    // that does not exist gets no bucket (a made-up id creates no keys).
-    let record = match tenant {
-        Some(t) => state
-            .tenants
-            .get(t)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
-        None => None,
-    };
-    let tenant = tenant.filter(|_| record.is_some());
-    let own = record
-        .as_ref()
-        .and_then(|t| t.settings.throttle.as_deref())
-        .and_then(|o| class.tenant_override(o));
-    let per_ip = own.and_then(|o| o.per_ip).unwrap_or(global.per_ip);
-    let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
     let bucket = ip_bucket(ip);
-    let ip_key = Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra");
-    let tenant_key = tenant
-        .filter(|_| per_tenant > 0)
-        .map(|t| Key::tenant(t.as_str(), "rl", class.as_str()));
-    // The address first, then (only if the address is within its limit) the
-    // tenant: both in one store round trip when both apply.
-    let (ip_decision, tenant_decision) = match (per_ip > 0, &tenant_key) {
-        (true, Some(tk)) => {
-            state
+    let mut counted = None;
+    if let Some((key, fingerprint, kept)) = tenant.and_then(|t| state.tenants.kept_tenant(t)) {
+        let plan = Plan::of(class, global, &bucket, tenant, Some(&kept));
+        let limits = plan.limits();
+        if !limits.is_empty() {
+            if let Some(made) = state
                 .store
-                .rate_limit_chain((&ip_key, per_ip), (tk, per_tenant), window)
+                .rate_limit_guarded((&key, &fingerprint), &limits, window)
                 .await?
+            {
+                counted = Some((Some(kept), plan, made));
+            }
         }
-        (true, None) => (state.store.rate_limit(&ip_key, per_ip, window).await?, None),
-        (false, Some(tk)) => (
-            RateDecision {
-                allowed: true,
-                retry_after: Duration::ZERO,
-                remaining: 0,
-            },
-            Some(state.store.rate_limit(tk, per_tenant, window).await?),
-        ),
-        (false, None) => return Ok(Checked::Within(record)),
+    }
+    let (record, plan, made) = match counted {
+        Some(counted) => counted,
+        None => {
+            let record = match tenant {
+                Some(t) => state
+                    .tenants
+                    .get(t)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                None => None,
+            };
+            let plan = Plan::of(class, global, &bucket, tenant, record.as_ref());
+            let made = plan.count(state, window).await?;
+            (record, plan, made)
+        }
     };
+    if plan.limits().is_empty() {
+        return Ok(Checked::Within(record));
+    }
+    let tenant = tenant.filter(|_| record.is_some());
+    let (ip_decision, tenant_decision) = plan.decisions(made);
+    let Plan {
+        ip_key,
+        per_ip,
+        tenant_key,
+        per_tenant,
+    } = plan;
     if !ip_decision.allowed {
         let scope = Scope::Ip(&bucket);
         throttled(

@@ -533,6 +533,17 @@ impl Store for SealedStore {
         self.inner.rate_limit_chain(first, second, window).await
     }
 
+    async fn rate_limit_guarded(
+        &self,
+        guard: (&Key, &str),
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        // The guard's fingerprint is of the sealed bytes as stored (as
+        // `fingerprint`): nothing to open.
+        self.inner.rate_limit_guarded(guard, limits, window).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

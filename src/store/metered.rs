@@ -205,6 +205,19 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("rate_limit_chain", self.inner.rate_limit_chain(first, second, window)).await
     }
 
+    async fn rate_limit_guarded(
+        &self,
+        guard: (&Key, &str),
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        measured(
+            "rate_limit_guarded",
+            self.inner.rate_limit_guarded(guard, limits, window),
+        )
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         measured("ping", self.inner.ping()).await
     }

@@ -330,6 +330,27 @@ pub trait Store: Send + Sync + 'static {
         Ok((d, Some(d2)))
     }
 
+    /// Counts one request against `limits` in turn, each exactly as
+    /// [`Store::rate_limit`] and stopping at the first that refuses (as
+    /// [`Store::rate_limit_chain`]), provided the record at `guard.0` still
+    /// has the fingerprint `guard.1` ([`Store::fingerprint`]). Answers
+    /// `None`, with nothing counted, when it does not (changed or gone);
+    /// otherwise the decisions made, in order (shorter than `limits` after a
+    /// refusal). For a caller whose limits come from a record it keeps
+    /// decoded: the limits are checked to be the stored record's and
+    /// counted in one step. One script on a single Redis server or behind
+    /// Sentinel (the check and the counts atomic); on a Redis Cluster, where
+    /// the keys may live on different nodes, and by default: the check, then
+    /// the counts ([`rate_limit_guarded_in_steps`]).
+    async fn rate_limit_guarded(
+        &self,
+        guard: (&Key, &str),
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        rate_limit_guarded_in_steps(self, guard, limits, window).await
+    }
+
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -531,6 +552,31 @@ impl Rotate<'_> {
         }
         Ok(())
     }
+}
+
+/// [`Store::rate_limit_guarded`] as separate operations: the guard's
+/// fingerprint, then each limit in turn. Not atomic: a record changed
+/// between the check and the counts was changed concurrently with this
+/// request, which may then be counted under either.
+pub async fn rate_limit_guarded_in_steps<S: Store + ?Sized>(
+    store: &S,
+    guard: (&Key, &str),
+    limits: &[(&Key, u64)],
+    window: Duration,
+) -> Result<Option<Vec<RateDecision>>, StoreError> {
+    if store.fingerprint(guard.0).await?.as_deref() != Some(guard.1) {
+        return Ok(None);
+    }
+    let mut decisions = Vec::with_capacity(limits.len());
+    for (key, limit) in limits {
+        let d = store.rate_limit(key, *limit, window).await?;
+        let allowed = d.allowed;
+        decisions.push(d);
+        if !allowed {
+            break;
+        }
+    }
+    Ok(Some(decisions))
 }
 
 /// The fingerprint [`Store::fingerprint`] answers for `bytes`: the

@@ -435,6 +435,56 @@ return {a[1], a[2], a[3], b[1], b[2], b[3]}
 ",
 );
 
+/// `rate_limit_guarded`: when the value at `KEYS[1]` still has the
+/// fingerprint `ARGV[1]` (`redis.sha1hex` of the stored bytes, as
+/// [`GET_IF_CHANGED`]), [`RATE_LIMIT`]'s step on `KEYS[2]`, `KEYS[3]`, ...
+/// (limits `ARGV[3]`, `ARGV[4]`, ..., all over the window `ARGV[2]` and one
+/// reading of the server's clock) in turn until one refuses. Answers `{0}`
+/// (nothing counted) when the guard does not hold, else `{1}` followed by
+/// each step's `allowed, retry, remaining`. The keys belong to different
+/// hash tags: only for a single server or Sentinel, never a cluster.
+static RATE_LIMIT_GUARDED: Script = Script::new(
+    r"
+local g = redis.call('GET', KEYS[1])
+if not g or redis.sha1hex(g) ~= ARGV[1] then
+  return {0}
+end
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {1}
+for i = 2, #KEYS do
+  local limit = tonumber(ARGV[i + 1])
+  local interval = math.max(math.ceil(window / limit), 1)
+  local depth = interval * limit
+  local start = now
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local tat = tonumber(v)
+    if not tat then
+      return redis.error_reply('ERR value is not an integer')
+    end
+    if tat > now then
+      start = tat
+    end
+  end
+  local next = start + interval
+  local ahead = next - now
+  if ahead > depth then
+    table.insert(out, 0)
+    table.insert(out, ahead - depth)
+    table.insert(out, 0)
+    return out
+  end
+  redis.call('SET', KEYS[i], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
+  table.insert(out, 1)
+  table.insert(out, 0)
+  table.insert(out, math.floor((depth - ahead) / interval))
+end
+return out
+",
+);
+
 /// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -1629,6 +1679,60 @@ impl Store for RedisStore {
             },
             _ => Err(unexpected_stream_answer()),
         }
+    }
+
+    async fn rate_limit_guarded(
+        &self,
+        guard: (&Key, &str),
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        // On a cluster the keys may live on different nodes; a zero limit
+        // refuses without counting: the steps in turn.
+        if matches!(self.conn, Conn::Cluster(_)) || limits.iter().any(|(_, limit)| *limit == 0) {
+            return super::rate_limit_guarded_in_steps(self, guard, limits, window).await;
+        }
+        let mut keys = Vec::with_capacity(limits.len() + 1);
+        keys.push(self.key(guard.0));
+        keys.extend(limits.iter().map(|(key, _)| self.key(key)));
+        let window_ms = ttl_ms(window).to_string();
+        let limit_args: Vec<String> = limits.iter().map(|(_, limit)| limit.to_string()).collect();
+        let mut args: Vec<&[u8]> = vec![guard.1.as_bytes(), window_ms.as_bytes()];
+        args.extend(limit_args.iter().map(|a| a.as_bytes()));
+        // Counters: not retried after an unknown outcome, no `WAIT` (as `rate_limit`).
+        let answer: Vec<i64> = self
+            .eval(
+                &RATE_LIMIT_GUARDED,
+                &keys,
+                &args,
+                Retry::IfNotExecuted,
+                Durability::None,
+            )
+            .await?;
+        let Some((&held, steps)) = answer.split_first() else {
+            return Err(StoreError::Corrupt("rate limit answered nothing".into()));
+        };
+        if held == 0 {
+            return Ok(None);
+        }
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        Ok(Some(
+            steps
+                .chunks_exact(3)
+                .map(|step| match step {
+                    [allowed, retry, remaining] => RateDecision {
+                        allowed: *allowed == 1,
+                        retry_after: ms(*retry),
+                        remaining: u64::try_from(*remaining).unwrap_or(0),
+                    },
+                    _ => RateDecision {
+                        allowed: false,
+                        retry_after: Duration::ZERO,
+                        remaining: 0,
+                    },
+                })
+                .collect(),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

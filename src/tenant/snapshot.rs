@@ -287,6 +287,19 @@ impl TenantRegistry {
         Ok((tenant, set, read_connections))
     }
 
+    /// The decoded copy of the tenant record this replica keeps, with the
+    /// key it is stored at and the fingerprint of the stored bytes it was
+    /// decoded from. Never an answer by itself: a caller uses it only with
+    /// a store operation that checks the fingerprint in the same step (the
+    /// edge's rate limit: `Store::rate_limit_guarded`), exactly as
+    /// [`Self::tenant_record`] re-validates it.
+    pub(crate) fn kept_tenant(&self, id: &TenantId) -> Option<(Key, String, Tenant)> {
+        self.kept
+            .tenants
+            .kept(id)
+            .map(|(fingerprint, record)| (tenant_key(id), fingerprint, record))
+    }
+
     /// The tenant record as the store holds it now, re-validated by the
     /// fingerprint of the stored bytes (one small read when unchanged).
     pub(crate) async fn tenant_record(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {

@@ -144,6 +144,7 @@ macro_rules! all_cases {
             rate_limit_clashes_are_corrupt,
             fingerprint_names_the_stored_bytes,
             rate_limit_chain_counts_the_second_only_after_the_first,
+            rate_limit_guarded_counts_only_while_the_record_is_unchanged,
             get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
             read_many_reads_keys_of_one_tag_in_one_step,
             put_then_get_writes_and_reads_in_one_step,
@@ -172,6 +173,7 @@ conformance!(wrapped_cluster:
     rotate_takes_once_and_writes_the_next_only_when_taken,
     concurrent_rotate_one_wins_and_writes_the_next_once,
     read_through_reads_a_pointer_and_what_it_names_in_one_step,
+    rate_limit_guarded_counts_only_while_the_record_is_unchanged,
 );
 
 async fn wrapped_cluster() -> Backend {
@@ -1088,6 +1090,59 @@ async fn rate_limit_chain_counts_the_second_only_after_the_first(b: &Backend) {
         .unwrap();
     assert!(!first.allowed);
     assert_eq!(second, None);
+}
+
+/// The limits a caller took from a record it keeps are counted only while
+/// the stored record still has the fingerprint it was decoded from; a
+/// changed or deleted record counts nothing and answers `None`.
+async fn rate_limit_guarded_counts_only_while_the_record_is_unchanged(b: &Backend) {
+    let s = &b.store;
+    let record = Key::tenant("acme", "config", "tenant");
+    let ip = Key::new("rl:guarded:ip:192.0.2.1", "gcra");
+    let tenant = Key::tenant("acme", "rl", "guarded");
+    let window = Duration::from_secs(60);
+    s.put(&record, b"limits v1", None).await.unwrap();
+    let v1 = s.fingerprint(&record).await.unwrap().unwrap();
+    let both = [(&ip, 3), (&tenant, 1)];
+    let d = s
+        .rate_limit_guarded((&record, &v1), &both, window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.len(), 2);
+    assert!(d[0].allowed && d[1].allowed);
+    assert_eq!((d[0].remaining, d[1].remaining), (2, 0));
+    // The second refuses: the first was counted.
+    let d = s
+        .rate_limit_guarded((&record, &v1), &both, window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(d[0].allowed && !d[1].allowed, "{d:?}");
+    assert_eq!(d[0].remaining, 1);
+    assert!(d[1].retry_after > Duration::ZERO);
+    // Changed: nothing counted.
+    s.put(&record, b"limits v2", None).await.unwrap();
+    assert_eq!(s.rate_limit_guarded((&record, &v1), &both, window).await.unwrap(), None);
+    let v2 = s.fingerprint(&record).await.unwrap().unwrap();
+    let d = s
+        .rate_limit_guarded((&record, &v2), &[(&ip, 3)], window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(d[0].allowed, "the refused guard did not count: {d:?}");
+    assert_eq!(d[0].remaining, 0);
+    // The first refuses: the chain stops there.
+    let d = s
+        .rate_limit_guarded((&record, &v2), &both, window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    assert!(!d[0].allowed);
+    // Gone: nothing counted either.
+    s.delete(&record).await.unwrap();
+    assert_eq!(s.rate_limit_guarded((&record, &v2), &both, window).await.unwrap(), None);
 }
 
 /// Scripts are sent by their SHA-1 (`EVALSHA`); a server that lost its
