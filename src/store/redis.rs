@@ -351,54 +351,19 @@ return out
 ",
 );
 
-/// A [`Store`] on Redis (7.0 or later): one server, Sentinel or cluster.
-/// `rate_limit`: the GCRA step of [`super::gcra`] in Lua, on the Redis
-/// server's clock (`TIME`, one clock for every replica), in whole
-/// milliseconds. `ARGV[1]` is the limit (at least 1), `ARGV[2]` the window.
-/// A refused request writes nothing. A stored value that is not a number is
-/// an error about the data. Answers `{allowed (0|1), retry_after_ms, remaining}`.
-static RATE_LIMIT: Script = Script::new(
-    r"
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+/// The GCRA step of [`super::gcra`] in Lua, on the Redis server's clock
+/// (`TIME`, one clock for every replica, read once per script), in whole
+/// milliseconds: `step(key, limit)` over the window `window` (at least 1
+/// for the limit). A refused request writes nothing. Answers `{allowed
+/// (0|1), retry_after_ms, remaining}`, or `nil` when the stored value is
+/// not a number (an error about the data, which each script reports).
+/// A macro, so the scripts below are each one literal.
+macro_rules! gcra_lua {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = math.max(math.ceil(window / limit), 1)
-local depth = interval * limit
-local start = now
-local v = redis.call('GET', KEYS[1])
-if v then
-  local tat = tonumber(v)
-  if not tat then
-    return redis.error_reply('ERR value is not an integer')
-  end
-  if tat > now then
-    start = tat
-  end
-end
-local next = start + interval
-local ahead = next - now
-if ahead > depth then
-  return {0, ahead - depth, 0}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
-return {1, 0, math.floor((depth - ahead) / interval)}
-",
-);
-
-/// `rate_limit_chain`: [`RATE_LIMIT`]'s step on `KEYS[1]` (limit `ARGV[1]`)
-/// and, only when it allows, on `KEYS[2]` (limit `ARGV[2]`), both over the
-/// window `ARGV[3]` and one reading of the server's clock. Answers
-/// `{allowed1, retry1, remaining1, allowed2, retry2, remaining2}`, the
-/// second triple `-1` when the first refused. The two keys belong to
-/// different hash tags: only for a single server or Sentinel, never a
-/// cluster.
-static RATE_LIMIT_CHAIN: Script = Script::new(
-    r"
-local window = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function step(key, limit)
+local function step(key, limit, window)
   local interval = math.max(math.ceil(window / limit), 1)
   local depth = interval * limit
   local start = now
@@ -420,70 +385,83 @@ local function step(key, limit)
   redis.call('SET', key, string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
   return {1, 0, math.floor((depth - ahead) / interval)}
 end
-local a = step(KEYS[1], tonumber(ARGV[1]))
-if not a then
+local function clash()
   return redis.error_reply('ERR value is not an integer')
+end
+"
+    };
+}
+
+/// `rate_limit`: the GCRA step on `KEYS[1]`, limit `ARGV[1]`, window
+/// `ARGV[2]`. Answers `{allowed (0|1), retry_after_ms, remaining}`.
+static RATE_LIMIT: Script = Script::new(concat!(
+    gcra_lua!(),
+    r"
+local a = step(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if not a then
+  return clash()
+end
+return a
+"
+));
+
+/// `rate_limit_chain`: the GCRA step on `KEYS[1]` (limit `ARGV[1]`) and,
+/// only when it allows, on `KEYS[2]` (limit `ARGV[2]`), both over the
+/// window `ARGV[3]`. Answers `{allowed1, retry1, remaining1, allowed2,
+/// retry2, remaining2}`, the second triple `-1` when the first refused. The
+/// two keys belong to different hash tags: only for a single server or
+/// Sentinel, never a cluster.
+static RATE_LIMIT_CHAIN: Script = Script::new(concat!(
+    gcra_lua!(),
+    r"
+local window = tonumber(ARGV[3])
+local a = step(KEYS[1], tonumber(ARGV[1]), window)
+if not a then
+  return clash()
 end
 if a[1] == 0 then
   return {a[1], a[2], a[3], -1, -1, -1}
 end
-local b = step(KEYS[2], tonumber(ARGV[2]))
+local b = step(KEYS[2], tonumber(ARGV[2]), window)
 if not b then
-  return redis.error_reply('ERR value is not an integer')
+  return clash()
 end
 return {a[1], a[2], a[3], b[1], b[2], b[3]}
-",
-);
+"
+));
 
 /// `rate_limit_guarded`: when the value at `KEYS[1]` still has the
 /// fingerprint `ARGV[1]` (`redis.sha1hex` of the stored bytes, as
-/// [`GET_IF_CHANGED`]), [`RATE_LIMIT`]'s step on `KEYS[2]`, `KEYS[3]`, ...
-/// (limits `ARGV[3]`, `ARGV[4]`, ..., all over the window `ARGV[2]` and one
-/// reading of the server's clock) in turn until one refuses. Answers `{0}`
-/// (nothing counted) when the guard does not hold, else `{1}` followed by
-/// each step's `allowed, retry, remaining`. The keys belong to different
-/// hash tags: only for a single server or Sentinel, never a cluster.
-static RATE_LIMIT_GUARDED: Script = Script::new(
+/// [`GET_IF_CHANGED`]), the GCRA step on `KEYS[2]`, `KEYS[3]`, ... (limits
+/// `ARGV[3]`, `ARGV[4]`, ..., over the window `ARGV[2]`) in turn until one
+/// refuses. Answers `{0}` (nothing counted) when the guard does not hold,
+/// else `{1}` followed by each step's `allowed, retry, remaining`. The keys
+/// belong to different hash tags: only for a single server or Sentinel,
+/// never a cluster.
+static RATE_LIMIT_GUARDED: Script = Script::new(concat!(
+    gcra_lua!(),
     r"
 local g = redis.call('GET', KEYS[1])
 if not g or redis.sha1hex(g) ~= ARGV[1] then
   return {0}
 end
 local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {1}
 for i = 2, #KEYS do
-  local limit = tonumber(ARGV[i + 1])
-  local interval = math.max(math.ceil(window / limit), 1)
-  local depth = interval * limit
-  local start = now
-  local v = redis.call('GET', KEYS[i])
-  if v then
-    local tat = tonumber(v)
-    if not tat then
-      return redis.error_reply('ERR value is not an integer')
-    end
-    if tat > now then
-      start = tat
-    end
+  local d = step(KEYS[i], tonumber(ARGV[i + 1]), window)
+  if not d then
+    return clash()
   end
-  local next = start + interval
-  local ahead = next - now
-  if ahead > depth then
-    table.insert(out, 0)
-    table.insert(out, ahead - depth)
-    table.insert(out, 0)
+  table.insert(out, d[1])
+  table.insert(out, d[2])
+  table.insert(out, d[3])
+  if d[1] == 0 then
     return out
   end
-  redis.call('SET', KEYS[i], string.format('%.0f', next), 'PX', string.format('%.0f', math.max(ahead, 1)))
-  table.insert(out, 1)
-  table.insert(out, 0)
-  table.insert(out, math.floor((depth - ahead) / interval))
 end
 return out
-",
-);
+"
+));
 
 /// A [`Store`] on a Redis server (7.0 or later).
 #[derive(Clone)]
