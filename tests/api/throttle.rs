@@ -188,18 +188,19 @@ async fn a_lowered_tenant_limit_applies_to_the_next_request_on_a_replica_that_ke
             .form(&[("SAMLResponse", "PHg+")])
             .send()
     };
+    let set_limit = |per_tenant: u64| {
+        a.admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": per_tenant}}}})),
+        )
+    };
     // b reads (and keeps) acme's record, with the route's limit.
     for i in 0..2 {
         let resp = acs(&b).await.unwrap();
         assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
     }
-    let (status, body) = a
-        .admin(
-            Method::PATCH,
-            "/admin/v1/tenants/acme",
-            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": 1}}}})),
-        )
-        .await;
+    let (status, body) = set_limit(1).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Under the kept copy's limit (1000) this request would pass; under the
     // new one (1 per window, two already counted) it is refused.
@@ -208,13 +209,7 @@ async fn a_lowered_tenant_limit_applies_to_the_next_request_on_a_replica_that_ke
     let page = resp.text().await.unwrap();
     assert!(page.contains("<code>throttle.exceeded</code>"), "{page}");
     // Lifted again: the next request passes on the same replica.
-    let (status, body) = a
-        .admin(
-            Method::PATCH,
-            "/admin/v1/tenants/acme",
-            Some(json!({"settings": {"throttle": {"callback": {"per_tenant": 1000}}}})),
-        )
-        .await;
+    let (status, body) = set_limit(1000).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let resp = acs(&b).await.unwrap();
     assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
