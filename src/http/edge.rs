@@ -511,6 +511,11 @@ impl Plan {
         ip.into_iter().chain(tenant).collect()
     }
 
+    /// Whether no limit applies (nothing to count).
+    fn counts_nothing(&self) -> bool {
+        self.per_ip == 0 && self.tenant_key.is_none()
+    }
+
     /// Counts the request under [`Self::limits`]: both in one store round
     /// trip when both apply. Decisions as [`decisions`] reads them.
     async fn count(&self, state: &AppState, window: Duration) -> Result<Vec<RateDecision>, StoreError> {
@@ -566,11 +571,10 @@ async fn check(
     let mut counted = None;
     if let Some((key, fingerprint, kept)) = tenant.and_then(|t| state.tenants.kept_tenant(t)) {
         let plan = Plan::of(class, global, &bucket, tenant, Some(&kept));
-        let limits = plan.limits();
-        if !limits.is_empty() {
+        if !plan.counts_nothing() {
             if let Some(made) = state
                 .store
-                .rate_limit_guarded((&key, &fingerprint), &limits, window)
+                .rate_limit_guarded((&key, &fingerprint), &plan.limits(), window)
                 .await?
             {
                 counted = Some((Some(kept), plan, made));
@@ -593,7 +597,7 @@ async fn check(
             (record, plan, made)
         }
     };
-    if plan.limits().is_empty() {
+    if plan.counts_nothing() {
         return Ok(Checked::Within(record));
     }
     let tenant = tenant.filter(|_| record.is_some());

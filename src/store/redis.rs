@@ -405,50 +405,30 @@ return a
 "
 ));
 
-/// `rate_limit_chain`: the GCRA step on `KEYS[1]` (limit `ARGV[1]`) and,
-/// only when it allows, on `KEYS[2]` (limit `ARGV[2]`), both over the
-/// window `ARGV[3]`. Answers `{allowed1, retry1, remaining1, allowed2,
-/// retry2, remaining2}`, the second triple `-1` when the first refused. The
-/// two keys belong to different hash tags: only for a single server or
-/// Sentinel, never a cluster.
-static RATE_LIMIT_CHAIN: Script = Script::new(concat!(
+/// `rate_limit_chain` and `rate_limit_guarded`: the GCRA step on each
+/// limit's key in turn until one refuses, over the window `ARGV[2]`, the
+/// limits from `ARGV[3]` on. With a guard (`ARGV[1]` a fingerprint, not
+/// empty), `KEYS[1]` is the guarded record and the limits' keys follow: the
+/// steps run only while its stored bytes have that fingerprint
+/// (`redis.sha1hex`, as [`GET_IF_CHANGED`]). Answers `{0}` (nothing
+/// counted) when the guard does not hold, else `{1}` followed by each
+/// step's `allowed, retry, remaining`. The keys belong to different hash
+/// tags: only for a single server or Sentinel, never a cluster.
+static RATE_LIMIT_STEPS: Script = Script::new(concat!(
     gcra_lua!(),
     r"
-local window = tonumber(ARGV[3])
-local a = step(KEYS[1], tonumber(ARGV[1]), window)
-if not a then
-  return clash()
-end
-if a[1] == 0 then
-  return {a[1], a[2], a[3], -1, -1, -1}
-end
-local b = step(KEYS[2], tonumber(ARGV[2]), window)
-if not b then
-  return clash()
-end
-return {a[1], a[2], a[3], b[1], b[2], b[3]}
-"
-));
-
-/// `rate_limit_guarded`: when the value at `KEYS[1]` still has the
-/// fingerprint `ARGV[1]` (`redis.sha1hex` of the stored bytes, as
-/// [`GET_IF_CHANGED`]), the GCRA step on `KEYS[2]`, `KEYS[3]`, ... (limits
-/// `ARGV[3]`, `ARGV[4]`, ..., over the window `ARGV[2]`) in turn until one
-/// refuses. Answers `{0}` (nothing counted) when the guard does not hold,
-/// else `{1}` followed by each step's `allowed, retry, remaining`. The keys
-/// belong to different hash tags: only for a single server or Sentinel,
-/// never a cluster.
-static RATE_LIMIT_GUARDED: Script = Script::new(concat!(
-    gcra_lua!(),
-    r"
-local g = redis.call('GET', KEYS[1])
-if not g or redis.sha1hex(g) ~= ARGV[1] then
-  return {0}
+local first = 1
+if ARGV[1] ~= '' then
+  local g = redis.call('GET', KEYS[1])
+  if not g or redis.sha1hex(g) ~= ARGV[1] then
+    return {0}
+  end
+  first = 2
 end
 local window = tonumber(ARGV[2])
 local out = {1}
-for i = 2, #KEYS do
-  local d = step(KEYS[i], tonumber(ARGV[i + 1]), window)
+for i = first, #KEYS do
+  local d = step(KEYS[i], tonumber(ARGV[i - first + 3]), window)
   if not d then
     return clash()
   end
@@ -766,6 +746,47 @@ impl RedisStore {
             }
         }
         Ok(value)
+    }
+
+    /// [`RATE_LIMIT_STEPS`]: the limits counted in turn (each at least 1),
+    /// under `guard` if any; `None` when the guard did not hold (nothing
+    /// counted). A counter: not retried after an unknown outcome, no `WAIT`
+    /// (as `rate_limit`). Single server or Sentinel only.
+    async fn gcra_steps(
+        &self,
+        guard: Option<(&Key, &str)>,
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        let keys: Vec<String> = guard
+            .map(|(key, _)| key)
+            .into_iter()
+            .chain(limits.iter().map(|(key, _)| *key))
+            .map(|key| self.key(key))
+            .collect();
+        let fingerprint = guard.map_or("", |(_, f)| f);
+        let window_ms = ttl_ms(window).to_string();
+        let limit_args: Vec<String> = limits.iter().map(|(_, limit)| limit.to_string()).collect();
+        let mut args: Vec<&[u8]> = vec![fingerprint.as_bytes(), window_ms.as_bytes()];
+        args.extend(limit_args.iter().map(|a| a.as_bytes()));
+        let answer: Vec<i64> = self
+            .eval(&RATE_LIMIT_STEPS, &keys, &args, Retry::IfNotExecuted, Durability::None)
+            .await?;
+        let Some((&held, steps)) = answer.split_first() else {
+            return Err(StoreError::Corrupt("rate limit answered nothing".into()));
+        };
+        if held == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            steps
+                .chunks_exact(3)
+                .filter_map(|step| match step {
+                    [allowed, retry, remaining] => Some(decision(*allowed, *retry, *remaining)),
+                    _ => None,
+                })
+                .collect(),
+        ))
     }
 
     /// Whether writes skip `WAIT` for now (a recent one timed out).
@@ -1114,6 +1135,15 @@ fn major_version(info: &str) -> Option<u32> {
 }
 
 /// A TTL in whole milliseconds, rounded up, at least 1 (Redis rejects `PX 0`).
+/// A rate-limit script's `allowed (0|1), retry_after_ms, remaining`.
+fn decision(allowed: i64, retry_ms: i64, remaining: i64) -> RateDecision {
+    RateDecision {
+        allowed: allowed == 1,
+        retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
+        remaining: u64::try_from(remaining).unwrap_or(0),
+    }
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     let ms = ttl.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(MAX_TTL_MS).clamp(1, MAX_TTL_MS)
@@ -1519,12 +1549,7 @@ impl Store for RedisStore {
                 Durability::None,
             )
             .await?;
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        Ok(RateDecision {
-            allowed: answer.0 == 1,
-            retry_after: ms(answer.1),
-            remaining: u64::try_from(answer.2).unwrap_or(0),
-        })
+        Ok(decision(answer.0, answer.1, answer.2))
     }
 
     async fn rate_limit_chain(
@@ -1543,36 +1568,15 @@ impl Store for RedisStore {
             let d2 = self.rate_limit(second.0, second.1, window).await?;
             return Ok((d, Some(d2)));
         }
-        let window_ms = ttl_ms(window);
-        // Counters: not retried after an unknown outcome, no `WAIT` (as `rate_limit`).
-        let answer: (i64, i64, i64, i64, i64, i64) = self
-            .eval(
-                &RATE_LIMIT_CHAIN,
-                &[self.key(first.0), self.key(second.0)],
-                &[
-                    first.1.to_string().as_bytes(),
-                    second.1.to_string().as_bytes(),
-                    window_ms.to_string().as_bytes(),
-                ],
-                Retry::IfNotExecuted,
-                Durability::None,
-            )
-            .await?;
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        let d = RateDecision {
-            allowed: answer.0 == 1,
-            retry_after: ms(answer.1),
-            remaining: u64::try_from(answer.2).unwrap_or(0),
-        };
-        if !d.allowed {
-            return Ok((d, None));
-        }
-        let d2 = RateDecision {
-            allowed: answer.3 == 1,
-            retry_after: ms(answer.4),
-            remaining: u64::try_from(answer.5).unwrap_or(0),
-        };
-        Ok((d, Some(d2)))
+        let made = self
+            .gcra_steps(None, &[first, second], window)
+            .await?
+            .unwrap_or_default();
+        let mut made = made.into_iter();
+        let d = made
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("rate limit answered nothing".into()))?;
+        Ok((d, made.next()))
     }
 
     async fn stream_group_read(
@@ -1666,51 +1670,12 @@ impl Store for RedisStore {
         window: Duration,
     ) -> Result<Option<Vec<RateDecision>>, StoreError> {
         // On a cluster the keys may live on different nodes; a zero limit
-        // refuses without counting: the steps in turn.
-        if matches!(self.conn, Conn::Cluster(_)) || limits.iter().any(|(_, limit)| *limit == 0) {
+        // refuses without counting (and an empty fingerprint would read as
+        // no guard): the steps in turn.
+        if matches!(self.conn, Conn::Cluster(_)) || guard.1.is_empty() || limits.iter().any(|(_, limit)| *limit == 0) {
             return super::rate_limit_guarded_in_steps(self, guard, limits, window).await;
         }
-        let mut keys = Vec::with_capacity(limits.len() + 1);
-        keys.push(self.key(guard.0));
-        keys.extend(limits.iter().map(|(key, _)| self.key(key)));
-        let window_ms = ttl_ms(window).to_string();
-        let limit_args: Vec<String> = limits.iter().map(|(_, limit)| limit.to_string()).collect();
-        let mut args: Vec<&[u8]> = vec![guard.1.as_bytes(), window_ms.as_bytes()];
-        args.extend(limit_args.iter().map(|a| a.as_bytes()));
-        // Counters: not retried after an unknown outcome, no `WAIT` (as `rate_limit`).
-        let answer: Vec<i64> = self
-            .eval(
-                &RATE_LIMIT_GUARDED,
-                &keys,
-                &args,
-                Retry::IfNotExecuted,
-                Durability::None,
-            )
-            .await?;
-        let Some((&held, steps)) = answer.split_first() else {
-            return Err(StoreError::Corrupt("rate limit answered nothing".into()));
-        };
-        if held == 0 {
-            return Ok(None);
-        }
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        Ok(Some(
-            steps
-                .chunks_exact(3)
-                .map(|step| match step {
-                    [allowed, retry, remaining] => RateDecision {
-                        allowed: *allowed == 1,
-                        retry_after: ms(*retry),
-                        remaining: u64::try_from(*remaining).unwrap_or(0),
-                    },
-                    _ => RateDecision {
-                        allowed: false,
-                        retry_after: Duration::ZERO,
-                        remaining: 0,
-                    },
-                })
-                .collect(),
-        ))
+        self.gcra_steps(Some(guard), limits, window).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
