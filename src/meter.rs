@@ -161,14 +161,6 @@ fn describe() {
         SHED,
         "Requests refused at once (503, overload.shed) because the replica was at max_in_flight, by route class."
     );
-    describe_gauge!(
-        IN_FLIGHT,
-        "Requests being served now, counted against max_in_flight (health probes and /metrics excluded)."
-    );
-    describe_gauge!(
-        MAX_IN_FLIGHT,
-        "The most requests this replica serves at once ([server] max_in_flight)."
-    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
@@ -251,12 +243,6 @@ pub fn throttled(route: impl Into<String>) {
 /// A request refused by load shedding (503), by route class.
 pub fn shed(route: &'static str) {
     metrics::counter!(SHED, "route" => route).increment(1);
-}
-
-/// The requests in flight and the budget, set when `/metrics` is scraped.
-pub fn in_flight(current: usize, max: usize) {
-    metrics::gauge!(IN_FLIGHT).set(current as f64);
-    metrics::gauge!(MAX_IN_FLIGHT).set(max as f64);
 }
 
 /// One request's latency by route template (`method` is one of a closed

@@ -79,10 +79,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         tracing::error!(reason = "metrics.not_installed", "no metrics recorder in this process");
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    // Read now rather than moved per request: a scrape sees the same
-    // number, and serving a request costs no gauge update.
-    meter::in_flight(state.in_flight.current(), state.in_flight.max());
     let mut body = handle.render();
+    render_in_flight(&mut body, state.in_flight.current(), state.in_flight.max());
     match tokio::time::timeout(CERTIFICATES_TIMEOUT, state.tenants.certificate_expiries()).await {
         Ok(Ok(list)) => {
             let now = state.upstream.clock.unix();
@@ -109,6 +107,30 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 }
 
 /// Appends `portcullis_certificate_expiry_seconds` for every certificate.
+/// The replica's requests in flight and its budget, read at scrape time
+/// from this replica's own budget (not moved per request, so serving costs
+/// no gauge update). Written here rather than through the process's
+/// recorder, which every app in the process shares: a scrape always shows
+/// the numbers of the replica that answers it.
+fn render_in_flight(out: &mut String, current: usize, max: usize) {
+    for (name, help, value) in [
+        (
+            meter::IN_FLIGHT,
+            "Requests being served now, counted against max_in_flight (health probes and /metrics excluded).",
+            current,
+        ),
+        (
+            meter::MAX_IN_FLIGHT,
+            "The most requests this replica serves at once ([server] max_in_flight).",
+            max,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 fn render_certificates(out: &mut String, list: &[crate::tenant::expiry::CertificateExpiry], now: i64) {
     if list.is_empty() {
         return;
@@ -212,6 +234,21 @@ pub fn request_span(method: &axum::http::Method, request_id: &str, client_ip: st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_gauges_are_written_with_their_help_and_type() {
+        let mut out = String::new();
+        render_in_flight(&mut out, 3, 256);
+        assert!(
+            out.contains("# TYPE portcullis_requests_in_flight gauge\nportcullis_requests_in_flight 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE portcullis_requests_max_in_flight gauge\nportcullis_requests_max_in_flight 256\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("# HELP ").count(), 2, "{out}");
+    }
 
     #[test]
     fn label_values_are_escaped() {
