@@ -380,6 +380,7 @@ async fn admit(
     // the small form once and hand it on.
     let mut tenant = path_tenant;
     let mut client_id = None;
+    let mut refresh_token = None;
     let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
     if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
@@ -396,6 +397,9 @@ async fn admit(
         tenant = form_tenant(class, &bytes);
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
             client_id = super::oauth::client_id_hint(&parts.headers, &bytes);
+            if parts.uri.path() == "/token" {
+                refresh_token = super::oauth::refresh_token_hint(&bytes);
+            }
         }
         body = axum::body::Body::from(bytes);
     }
@@ -410,14 +414,24 @@ async fn admit(
     let mut parts = parts;
     if state.edge.throttle.enabled {
         if let Some(limit) = class.limit(&state.edge.throttle) {
-            // The app the request names is read alongside the limiter's
-            // work (one store wait for both). Only a read, handed to the
-            // handler, which still authenticates the client; a failed read
-            // hands nothing on (the handler reads it again and answers).
+            // The app the request names, and the family of the refresh
+            // token it presents, are read alongside the limiter's work (one
+            // store wait for all). Only reads, handed to the handler, which
+            // still authenticates the client before using them; a failed
+            // read hands nothing on (the handler reads again and answers).
             let prefetch = async {
                 let id = client_id?;
-                let client = state.provider.clients.get(&id).await.ok()?;
-                Some(PrefetchedClient { id, client })
+                let peek = async {
+                    let token = refresh_token?;
+                    let family = state.provider.peek_refresh(&token).await.ok()?;
+                    Some((token, family))
+                };
+                let (client, refresh) = tokio::join!(state.provider.clients.get(&id), peek);
+                Some(PrefetchedClient {
+                    id,
+                    client: client.ok()?,
+                    refresh,
+                })
             };
             let (checked, prefetched) =
                 tokio::join!(check(state, class, limit, ip, tenant.as_ref(), request_id), prefetch);

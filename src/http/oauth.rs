@@ -6,6 +6,7 @@ use super::flows::{load_sso, respond};
 use super::pages::{self, esc};
 use super::pairs::FormPairs;
 use super::AppState;
+use crate::provider::clients::GrantType;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
@@ -316,6 +317,23 @@ pub(super) fn client_id_hint(headers: &HeaderMap, body: &[u8]) -> Option<String>
             .find(|(k, _)| k == "client_id")
             .map(|(_, v)| v.into_owned()),
     }
+}
+
+/// The refresh token a token request's form names, when it asks for the
+/// refresh grant (for the edge to read its family ahead, alongside the rate
+/// limiter; the handler parses and checks the form itself).
+pub(super) fn refresh_token_hint(body: &[u8]) -> Option<String> {
+    let (mut grant, mut token) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(body) {
+        match &*k {
+            "grant_type" if grant.is_none() => grant = Some(v),
+            "refresh_token" if token.is_none() => token = Some(v),
+            _ => {}
+        }
+    }
+    token
+        .filter(|_| grant.as_deref() == Some(GrantType::RefreshToken.as_str()))
+        .map(std::borrow::Cow::into_owned)
 }
 
 fn client_credentials(
@@ -712,5 +730,23 @@ mod tests {
             ClientCredentials::Secret { id, secret } => assert_eq!((id.as_str(), secret.as_str()), ("app 1", "s:1")),
             ClientCredentials::Public { .. } => panic!("Basic credentials are a secret"),
         }
+    }
+
+    #[test]
+    fn the_refresh_token_hint_is_named_only_by_a_refresh_grant() {
+        assert_eq!(
+            refresh_token_hint(b"refresh_token=acme.f%2Eh&grant_type=refresh_token").as_deref(),
+            Some("acme.f.h")
+        );
+        assert_eq!(
+            refresh_token_hint(b"grant_type=authorization_code&refresh_token=acme.f.h"),
+            None
+        );
+        assert_eq!(refresh_token_hint(b"grant_type=refresh_token"), None);
+        // The first of repeated fields (the handler refuses repeats anyway).
+        assert_eq!(
+            refresh_token_hint(b"grant_type=refresh_token&refresh_token=a&refresh_token=b").as_deref(),
+            Some("a")
+        );
     }
 }

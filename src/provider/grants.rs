@@ -16,14 +16,19 @@ use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 /// An app's record the edge read while it served this request (alongside
-/// the rate limiter's work, one store wait for both), for the client id
-/// the request names. Only a read: the handler still authenticates.
+/// the rate limiter's work, one store wait for all), for the client id
+/// the request names, and for a refresh request the family its token
+/// belongs to. Only reads: the handler still authenticates the client
+/// before it uses either.
 #[derive(Clone, Debug)]
 pub struct PrefetchedClient {
     /// The client id the request named.
     pub id: String,
     /// Its record as read, `None` when no such app exists.
     pub client: Option<Client>,
+    /// The refresh token the request named and its family as
+    /// [`Provider::peek_refresh`] read it (`None` inside: not current).
+    pub refresh: Option<(String, Option<Family>)>,
 }
 
 /// How the client authenticated at the token endpoint.
@@ -202,23 +207,30 @@ impl Provider {
     /// The token endpoint from the client's credentials: authenticates the
     /// client, then serves [`Self::token_with`]. A refresh request's family
     /// is peeked (a read, nothing changes) while the client is
-    /// authenticated: one store wait for both. Nothing of it is used, or
-    /// told, unless the client authenticates first.
+    /// authenticated: one store wait for both, none when the edge already
+    /// read both for this token. Nothing of it is used, or told, unless the
+    /// client authenticates first.
     pub async fn token_for(
         &self,
         creds: &ClientCredentials,
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
-        prefetched: Option<PrefetchedClient>,
+        mut prefetched: Option<PrefetchedClient>,
     ) -> Result<TokenResponse, OAuthError> {
         let refresh_token = req
             .refresh_token
             .as_deref()
             .filter(|_| req.grant_type.as_deref() == Some(GrantType::RefreshToken.as_str()));
+        let read_at_edge = prefetched
+            .as_mut()
+            .and_then(|p| p.refresh.take())
+            .filter(|(t, _)| refresh_token == Some(t.as_str()))
+            .map(|(_, family)| family);
         let peek = async {
-            match refresh_token {
-                Some(t) => Some(self.peek_refresh(t).await),
-                None => None,
+            match (refresh_token, read_at_edge) {
+                (Some(_), Some(family)) => Some(Ok(family)),
+                (Some(t), None) => Some(self.peek_refresh(t).await),
+                (None, _) => None,
             }
         };
         let (client, peeked) = tokio::join!(self.authenticate_prefetched(creds, prefetched), peek);

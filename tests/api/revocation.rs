@@ -541,6 +541,9 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
         refresh_token: Some(tokens.rt().into()),
         ..TokenRequest::default()
     };
+    // The family as the edge reads it for this token, alongside the limiter.
+    let family = app.state.provider.peek_refresh(tokens.rt()).await.unwrap();
+    assert!(family.is_some());
     for (creds, reason) in [
         (
             ClientCredentials::Secret {
@@ -575,6 +578,7 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
         let other_record = PrefetchedClient {
             id: rp.client_id.clone(),
             client: app.state.provider.clients.get(&rp.client_id).await.unwrap(),
+            refresh: Some((tokens.rt().to_owned(), family.clone())),
         };
         let refused = app
             .state
@@ -600,6 +604,45 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
     let rotated = refresh(&app, &rp, tokens.rt()).await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
     assert_ne!(rotated.rt(), tokens.rt());
+
+    // What the edge read is used only for the token it was read for: a
+    // read of another token ("not current") does not refuse this one.
+    let creds = ClientCredentials::Secret {
+        id: rp.client_id.clone(),
+        secret: rp.secret.clone(),
+    };
+    let req = TokenRequest {
+        refresh_token: Some(rotated.rt().into()),
+        ..req
+    };
+    let read_for_another = PrefetchedClient {
+        id: rp.client_id.clone(),
+        client: app.state.provider.clients.get(&rp.client_id).await.unwrap(),
+        refresh: Some((tokens.rt().to_owned(), None)),
+    };
+    let next = app
+        .state
+        .provider
+        .token_for(&creds, &req, None, Some(read_for_another.clone()))
+        .await
+        .unwrap();
+    // And for its own token it is the answer: read as "not current", the
+    // token is refused like one that is not.
+    let req = TokenRequest {
+        refresh_token: next.refresh_token.clone(),
+        ..req
+    };
+    let read_as_gone = PrefetchedClient {
+        refresh: Some((next.refresh_token.clone().unwrap_or_default(), None)),
+        ..read_for_another
+    };
+    let refused = app
+        .state
+        .provider
+        .token_for(&creds, &req, None, Some(read_as_gone))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason, "refresh.unknown");
 }
 
 /// An app that may no longer serve the tenant cannot refresh, and its
