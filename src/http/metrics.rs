@@ -106,7 +106,6 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// Appends `portcullis_certificate_expiry_seconds` for every certificate.
 /// The replica's requests in flight and its budget, read at scrape time
 /// from this replica's own budget (not moved per request, so serving costs
 /// no gauge update). Written here rather than through the process's
@@ -131,6 +130,7 @@ fn render_in_flight(out: &mut String, current: usize, max: usize) {
     }
 }
 
+/// Appends `portcullis_certificate_expiry_seconds` for every certificate.
 fn render_certificates(out: &mut String, list: &[crate::tenant::expiry::CertificateExpiry], now: i64) {
     if list.is_empty() {
         return;
