@@ -396,10 +396,8 @@ async fn admit(
         };
         tenant = form_tenant(class, &bytes);
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
-            client_id = super::oauth::client_id_hint(&parts.headers, &bytes);
-            if parts.uri.path() == "/token" {
-                refresh_token = super::oauth::refresh_token_hint(&bytes);
-            }
+            let hints = super::oauth::token_hints(&parts.headers, &bytes);
+            (client_id, refresh_token) = (hints.client_id, hints.refresh_token);
         }
         body = axum::body::Body::from(bytes);
     }

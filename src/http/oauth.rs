@@ -302,38 +302,47 @@ fn basic_credentials(b64: &str) -> Option<(String, String)> {
     Some((dec(id), dec(secret)))
 }
 
-/// The client id a token, revocation or introspection request names
-/// (`Basic` credentials, else the form's `client_id`), checking nothing:
-/// the edge reads that app's record alongside its rate limiting, and
-/// [`client_credentials`] still decides how the client authenticates.
-pub(super) fn client_id_hint(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+/// What a token, revocation or introspection request names, read in one
+/// pass over its small form and checking nothing: the client id (`Basic`
+/// credentials, else the form's `client_id`), and the refresh token when
+/// the form asks for the refresh grant. The edge reads that app's record
+/// and that token's family alongside its rate limiting; [`client_credentials`]
+/// still decides how the client authenticates, and the handler parses and
+/// checks the form itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct TokenHints {
+    /// The client id the credentials name.
+    pub client_id: Option<String>,
+    /// The refresh token of a refresh grant.
+    pub refresh_token: Option<String>,
+}
+
+pub(super) fn token_hints(headers: &HeaderMap, body: &[u8]) -> TokenHints {
+    let (mut form_id, mut grant, mut token) = (None, None, None);
+    for (k, v) in url::form_urlencoded::parse(body) {
+        let first = match &*k {
+            "client_id" => &mut form_id,
+            "grant_type" => &mut grant,
+            "refresh_token" => &mut token,
+            _ => continue,
+        };
+        first.get_or_insert(v);
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
-    match basic {
+    let client_id = match basic {
         Some(b64) => basic_credentials(b64).map(|(id, _)| id),
-        None => url::form_urlencoded::parse(body)
-            .find(|(k, _)| k == "client_id")
-            .map(|(_, v)| v.into_owned()),
-    }
-}
-
-/// The refresh token a token request's form names, when it asks for the
-/// refresh grant (for the edge to read its family ahead, alongside the rate
-/// limiter; the handler parses and checks the form itself).
-pub(super) fn refresh_token_hint(body: &[u8]) -> Option<String> {
-    let (mut grant, mut token) = (None, None);
-    for (k, v) in url::form_urlencoded::parse(body) {
-        match &*k {
-            "grant_type" if grant.is_none() => grant = Some(v),
-            "refresh_token" if token.is_none() => token = Some(v),
-            _ => {}
-        }
-    }
-    token
+        None => form_id.map(std::borrow::Cow::into_owned),
+    };
+    let refresh_token = token
         .filter(|_| grant.as_deref() == Some(GrantType::RefreshToken.as_str()))
-        .map(std::borrow::Cow::into_owned)
+        .map(std::borrow::Cow::into_owned);
+    TokenHints {
+        client_id,
+        refresh_token,
+    }
 }
 
 fn client_credentials(
@@ -710,20 +719,24 @@ mod tests {
     fn the_client_id_hint_is_the_id_the_credentials_name() {
         // Basic credentials first (form-urlencoded inside, RFC 6749 §2.3.1).
         assert_eq!(
-            client_id_hint(&basic("app%201", "s"), b"client_id=other").as_deref(),
+            token_hints(&basic("app%201", "s"), b"client_id=other")
+                .client_id
+                .as_deref(),
             Some("app 1")
         );
         assert_eq!(
-            client_id_hint(&HeaderMap::new(), b"grant_type=refresh_token&client_id=app2").as_deref(),
+            token_hints(&HeaderMap::new(), b"grant_type=refresh_token&client_id=app2")
+                .client_id
+                .as_deref(),
             Some("app2")
         );
         assert_eq!(
-            client_id_hint(&HeaderMap::new(), b"grant_type=client_credentials"),
+            token_hints(&HeaderMap::new(), b"grant_type=client_credentials").client_id,
             None
         );
         let mut bad = HeaderMap::new();
         bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic %%%"));
-        assert_eq!(client_id_hint(&bad, b"client_id=app2"), None);
+        assert_eq!(token_hints(&bad, b"client_id=app2").client_id, None);
         // The same id the handler authenticates.
         let mut form = BTreeMap::new();
         match client_credentials(&basic("app%201", "s%3A1"), &mut form).unwrap() {
@@ -734,6 +747,7 @@ mod tests {
 
     #[test]
     fn the_refresh_token_hint_is_named_only_by_a_refresh_grant() {
+        let refresh_token_hint = |body: &[u8]| token_hints(&HeaderMap::new(), body).refresh_token;
         assert_eq!(
             refresh_token_hint(b"refresh_token=acme.f%2Eh&grant_type=refresh_token").as_deref(),
             Some("acme.f.h")
