@@ -5,25 +5,32 @@
 //! store dump does not reveal usable codes.
 //!
 //! Redemption is one atomic [`Store::take_and_mark`](crate::store::Store::take_and_mark):
-//! the code is taken and a *pending* "used" marker written in the same step,
-//! so a concurrent second redemption always finds either the code or the
-//! marker, never neither. A replay must revoke what the first redemption
-//! issued (RFC 6749 §4.1.2), even when it arrives between the take and the
-//! minting, when there is nothing to revoke yet. Both sides therefore write
-//! first and read second:
+//! the code is taken and a "used" marker written in the same step, so a
+//! concurrent second redemption always finds either the code or the marker,
+//! never neither. A replay must revoke what the first redemption issued
+//! (RFC 6749 §4.1.2), even when it arrives between the take and the
+//! minting, when nothing exists yet. So the first redeemer names what it
+//! will issue before it takes the code: the marker carries the access
+//! token's `jti` and expiry and the refresh family's id ([`Issued`]). A
+//! replayer revokes them whether or not they exist yet:
 //!
-//! * the first redeemer, after minting, writes what it issued into the marker
-//!   ([`Provider::record_code_issued`]) and then reads the replay flag; if set,
-//!   it revokes what it just issued;
-//! * a replayer writes the replay flag ([`Provider::record_code_replay`]) and
-//!   then reads the marker; whatever it names is revoked.
+//! * the `jti` goes on the deny list until the token's expiry: a token
+//!   signed later with it is refused like any revoked one;
+//! * the family is deleted and its tombstone written in one step
+//!   ([`Provider::forbid_family`]); the first redeemer starts the family
+//!   in one step that writes nothing when the tombstone is there
+//!   ([`Provider::start_family`]), and then fails the grant. Both steps
+//!   are on the family's keys, so of the two one runs first: the family
+//!   is either deleted or never written.
 //!
-//! On a linearizable store, of two write-then-read sequences at least one
-//! read sees the other's write, so what was issued is always revoked (at
-//! worst twice, which is harmless). Each side's write and read are one
-//! atomic step ([`Store::put_then_get`](crate::store::Store::put_then_get),
-//! one script on Redis, one round trip): of the two steps one runs first,
-//! and the other's read sees its write.
+//! A marker written by an earlier version says only *pending* until its
+//! redeemer records what it issued (write what was issued, then read the
+//! replay flag, in one step); a replayer that finds one writes the replay
+//! flag and reads the marker in one step ([`Provider::record_code_replay`]),
+//! so of the two at least one sees the other's write. A replica of an
+//! earlier version that replays a code being redeemed by this one revokes
+//! the named family only if it started already: a window that exists only
+//! during a rolling upgrade (the access token is revoked either way).
 
 use super::Provider;
 use crate::ids::{ConnectionId, TenantId};
@@ -100,8 +107,8 @@ pub struct Issued {
     pub jti: Option<String>,
     /// The access token's expiry (Unix seconds).
     pub exp: i64,
-    /// True while the first redemption has taken the code but not yet
-    /// recorded what it issued.
+    /// Written by an earlier version: the first redemption has taken the
+    /// code but not yet recorded what it issued (see the module docs).
     #[serde(default)]
     pub pending: bool,
 }
@@ -134,9 +141,9 @@ impl Provider {
         Duration::from_secs(self.ttl.code_ttl_secs.saturating_mul(10).max(60))
     }
 
-    /// Redeems a code: takes it and leaves a pending "used" marker in one
-    /// atomic step.
-    pub async fn redeem_code(&self, code: &str) -> Result<Redeemed, StoreError> {
+    /// Redeems a code: takes it and leaves its "used" marker, naming what
+    /// this redemption will issue (`will_issue`), in one atomic step.
+    pub async fn redeem_code(&self, code: &str, will_issue: &Issued) -> Result<Redeemed, StoreError> {
         let Some((tenant, _)) = code.split_once('.') else {
             return Ok(Redeemed::Unknown);
         };
@@ -144,11 +151,7 @@ impl Provider {
             return Ok(Redeemed::Unknown);
         }
         let hash = code_hash(code);
-        let pending = Issued {
-            pending: true,
-            ..Issued::default()
-        };
-        let marker = serde_json::to_vec(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let marker = serde_json::to_vec(will_issue).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         match self
             .store
             .take_and_mark(
@@ -172,27 +175,9 @@ impl Provider {
         }
     }
 
-    /// Records what the first redemption of `code` issued, then answers
-    /// whether a replay was seen meanwhile (the caller must then revoke what
-    /// it issued). See the module docs for why write-then-read suffices.
-    pub async fn record_code_issued(&self, code: &str, tenant: &TenantId, issued: &Issued) -> Result<bool, StoreError> {
-        let hash = code_hash(code);
-        let issued = serde_json::to_vec(issued).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // Write then read, in one script (one round trip, one step).
-        Ok(self
-            .store
-            .put_then_get(
-                &used_key(tenant.as_str(), &hash),
-                &issued,
-                Some(self.used_ttl()),
-                &replayed_key(tenant.as_str(), &hash),
-            )
-            .await?
-            .is_some())
-    }
-
     /// Records that `code` was presented again, then answers what the first
-    /// redemption has recorded as issued so far (the caller revokes it).
+    /// redemption has recorded as issued so far (the caller revokes it);
+    /// for a marker an earlier version left pending (see the module docs).
     pub async fn record_code_replay(&self, code: &str, tenant: &TenantId) -> Result<Option<Issued>, StoreError> {
         let hash = code_hash(code);
         // Write then read, in one script (one round trip, one step).

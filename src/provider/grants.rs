@@ -355,13 +355,32 @@ impl Provider {
             .code
             .as_deref()
             .ok_or_else(|| OAuthError::invalid_request("token.missing_code", "code is required."))?;
-        let authz = match self.redeem_code(code).await? {
+        // What this redemption will issue is named before the code is
+        // taken, in its "used" marker, so a replay from the take on can
+        // revoke it whether or not it exists yet (see `codes`).
+        let minting = Minting {
+            jti: crate::tokens::random_token(16),
+            now: self.clock.unix(),
+        };
+        let family_id = Self::new_family_id();
+        let will_issue = Issued {
+            family: Some(family_id.clone()),
+            jti: Some(minting.jti.clone()),
+            exp: minting.access_exp(self.ttl.access_token_ttl_secs),
+            pending: false,
+        };
+        let authz = match self.redeem_code(code, &will_issue).await? {
             Redeemed::Fresh(a) => *a,
             Redeemed::Reused(issued) => {
                 if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
-                    // Flag the replay, then revoke whatever the first
-                    // redemption has recorded so far (see `codes`).
-                    let recorded = self.record_code_replay(code, &t).await?;
+                    // Revoke what the first redemption named; a marker an
+                    // earlier version left pending is flagged, then read
+                    // again (see `codes`).
+                    let recorded = if issued.pending {
+                        self.record_code_replay(code, &t).await?
+                    } else {
+                        None
+                    };
                     for i in [Some(issued), recorded].into_iter().flatten() {
                         self.revoke_issued(&t, &i).await?;
                     }
@@ -473,37 +492,32 @@ impl Provider {
         Self::check_token_resource(&authz, req)?;
         // The hook runs (and may fail) before the family starts, so a failed
         // redemption leaves no family that was never handed out.
-        let prepared = self.prepare(client, &authz, true, Some(&user), Some(hook)).await?;
-        let (family, refresh) = if wants_refresh(client, &authz) {
-            let (f, t) = self.start_family(&authz).await?;
-            (Some(f.id), Some(t))
+        let prepared = self
+            .prepare(client, &authz, true, Some(&user), Some(hook), Some(&minting))
+            .await?;
+        let refresh = if wants_refresh(client, &authz) {
+            match self.start_family(&authz, family_id).await? {
+                Some((_, token)) => Some(token),
+                None => {
+                    // A replay arrived while we were minting and forbade
+                    // the family (and denied the access token's `jti`);
+                    // the replay was audited where it arrived.
+                    tracing::warn!(
+                        reason = "code.reused",
+                        tenant = %authz.tenant,
+                        client_id = %client.client_id,
+                        "authorization code replayed during its redemption; no tokens issued"
+                    );
+                    return Err(OAuthError::invalid_grant(
+                        "code.reused",
+                        "The authorization code was already used.",
+                    ));
+                }
+            }
         } else {
-            (None, None)
+            None
         };
-        let (resp, access) = Self::sign(prepared, refresh)?;
-        let issued = Issued {
-            family,
-            jti: Some(access.jti),
-            exp: access.exp,
-            pending: false,
-        };
-        if self.record_code_issued(code, &authz.tenant, &issued).await? {
-            // A replay arrived while we were minting: what we issued dies.
-            tracing::warn!(
-                reason = "code.reused",
-                tenant = %authz.tenant,
-                client_id = %client.client_id,
-                "authorization code replayed during its redemption; its tokens revoked"
-            );
-            self.revoke_issued(&authz.tenant, &issued).await?;
-            self.audit
-                .security(
-                    code_reuse_event(&client.client_id, &authz.tenant)
-                        .connection(authz.connection.as_str())
-                        .subject(&authz.sub),
-                )
-                .await;
-        }
+        let (resp, _) = Self::sign(prepared, refresh)?;
         Ok(resp)
     }
 
@@ -625,7 +639,8 @@ impl Provider {
             }
         };
         let with_id = authz.scope.iter().any(|s| s == "openid");
-        self.prepare(client, &authz, with_id, Some(&user), Some(hook)).await
+        self.prepare(client, &authz, with_id, Some(&user), Some(hook), None)
+            .await
     }
 
     /// Whether a refresh of `family` may still be served: the user is active
@@ -698,7 +713,8 @@ impl Provider {
     /// Revokes what one code redemption issued.
     async fn revoke_issued(&self, tenant: &TenantId, issued: &Issued) -> Result<(), OAuthError> {
         if let Some(f) = &issued.family {
-            self.revoke_family(tenant, f).await?;
+            // Named before it started: it may start after this.
+            self.forbid_family(tenant, f).await?;
         }
         if let Some(jti) = &issued.jti {
             self.revoke_jti(tenant, jti, issued.exp).await?;
@@ -719,8 +735,10 @@ impl Provider {
         user: Option<&User>,
         // The tenant's pre-token hook as looked up in this request, if it was.
         hook: Option<Option<crate::hooks::HookConfig>>,
+        // The access token's `jti` and issue time, if named before.
+        minting: Option<&Minting>,
     ) -> Result<Prepared, OAuthError> {
-        let now = self.clock.unix();
+        let now = minting.map_or_else(|| self.clock.unix(), |m| m.now);
         // The tenant's pre-token hook is looked up alongside the grant
         // decision's reads unless the caller did (its presence is checked
         // on every mint).
@@ -734,9 +752,9 @@ impl Provider {
             iss: self.iss(),
             sub: authz.sub.clone(),
             aud: grant.resource.clone().unwrap_or_else(|| client.client_id.clone()),
-            exp: now + i64::try_from(at_ttl).unwrap_or(3600),
+            exp: access_exp(now, at_ttl),
             iat: now,
-            jti: crate::tokens::random_token(16),
+            jti: minting.map_or_else(|| crate::tokens::random_token(16), |m| m.jti.clone()),
             client_id: client.client_id.clone(),
             scope: scope.clone(),
             tenant: Some(authz.tenant.to_string()),
@@ -1067,7 +1085,25 @@ impl Provider {
     }
 }
 
-/// The user-safe description of why a user's tokens are refused.
+/// The access token's `jti` and issue time, chosen before the mint: a code
+/// grant names them in the code's "used" marker (see `codes`).
+struct Minting {
+    jti: String,
+    now: i64,
+}
+
+impl Minting {
+    /// The expiry of the access token minted at this time.
+    fn access_exp(&self, at_ttl: u64) -> i64 {
+        access_exp(self.now, at_ttl)
+    }
+}
+
+/// An access token's expiry when issued at `now` for `at_ttl` seconds.
+fn access_exp(now: i64, at_ttl: u64) -> i64 {
+    now + i64::try_from(at_ttl).unwrap_or(3600)
+}
+
 /// The claims of a token response, decided and passed through the hooks,
 /// with the key snapshot that will sign them (see [`Provider::prepare`]).
 struct Prepared {
@@ -1079,6 +1115,7 @@ struct Prepared {
     at_ttl: u64,
 }
 
+/// The user-safe description of why a user's tokens are refused.
 fn inactive_description(why: Inactive) -> &'static str {
     match why {
         Inactive::TenantGone => "The organization no longer exists.",

@@ -45,6 +45,12 @@ fn token_key(t: &str, f: &str, hash: &str) -> Key {
 fn used_key(t: &str, f: &str, hash: &str) -> Key {
     Key::tenant(t, &group(f), format!("used:{hash}"))
 }
+/// A family's tombstone: written when a family named in advance is revoked
+/// (a replayed code), so it can never start afterwards (see
+/// [`Provider::forbid_family`]).
+fn forbidden_key(t: &str, f: &str) -> Key {
+    Key::tenant(t, &group(f), "forbidden")
+}
 fn session_families_key(t: &str, sid: &str) -> Key {
     Key::tenant(t, "sso", format!("families:{sid}"))
 }
@@ -119,8 +125,21 @@ impl Provider {
         (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
     }
 
-    /// Starts a family for `authz`; returns it with its first token.
-    pub async fn start_family(&self, authz: &Authorization) -> Result<(Family, String), StoreError> {
+    /// A new family id, for [`Provider::start_family`].
+    pub fn new_family_id() -> String {
+        crate::tokens::random_token(16)
+    }
+
+    /// Starts the family `id` (from [`Provider::new_family_id`], named in
+    /// advance in the code's "used" marker) for `authz`; returns it with
+    /// its first token, or `None` when the family was forbidden before it
+    /// started (the code was replayed meanwhile, see
+    /// [`Provider::forbid_family`]): then nothing was written.
+    pub async fn start_family(
+        &self,
+        authz: &Authorization,
+        id: String,
+    ) -> Result<Option<(Family, String)>, StoreError> {
         let now = self.clock.unix();
         let mut expires_at = now + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2);
         // Never outlive the SSO session's hard end (SAML SessionNotOnOrAfter,
@@ -129,7 +148,7 @@ impl Provider {
             expires_at = expires_at.min(end).max(now + 1);
         }
         let family = Family {
-            id: crate::tokens::random_token(16),
+            id,
             authz: authz.clone(),
             expires_at,
             started_at: now,
@@ -139,16 +158,19 @@ impl Provider {
         let (token, hash) = next_token(&family);
         let record = serde_json::to_vec(&family).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (family_at, token_at) = (family_key(t, &family.id), token_key(t, &family.id, &hash));
+        let forbidden = forbidden_key(t, &family.id);
         let (by_session, by_user) = (session_families_key(t, &authz.sid), user_families_key(t, &authz.sub));
         // One wait: the family and its first token in one script (their
-        // shared tag), the two indexes (other tags) sent with it. They may
-        // fail independently; any failure fails the grant, so the token is
-        // never handed out and whatever was written is inert: a family
-        // whose token nobody holds, or an index naming a family that is
-        // absent (revoking it deletes nothing). The code's "issued" record,
-        // which a replay reads to revoke this family, is written only
-        // after all of them (see `codes`).
+        // shared tag), unless the family's tombstone is there, the two
+        // indexes (other tags) sent with it. They may fail independently;
+        // any failure fails the grant, so the token is never handed out and
+        // whatever was written is inert: a family whose token nobody holds,
+        // or an index naming a family that is absent (revoking it deletes
+        // nothing). A replay of the code, which names this family in its
+        // marker before it starts, either finds it written (and deletes it)
+        // or leaves the tombstone this script honours (see `codes`).
         let together = [
+            Write::RequireAbsent { key: &forbidden },
             Write::Put {
                 key: &family_at,
                 value: &record,
@@ -160,12 +182,12 @@ impl Provider {
                 ttl,
             },
         ];
-        tokio::try_join!(
+        let (started, (), ()) = tokio::try_join!(
             self.store.write_many(&together),
             self.store.set_add(&by_session, &family.id, ttl),
             self.store.set_add(&by_user, &family.id, ttl),
         )?;
-        Ok((family, token))
+        Ok(started.then_some((family, token)))
     }
 
     /// Rotates `token` of `family`, as peeked (read without consuming, by
@@ -306,6 +328,27 @@ impl Provider {
     /// Revokes a family: no token of it works any more.
     pub async fn revoke_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
         self.store.delete(&family_key(tenant.as_str(), family)).await?;
+        Ok(())
+    }
+
+    /// Revokes the family `family` whether or not it has started yet: in
+    /// one step, deletes it and leaves a tombstone (as long as a family can
+    /// live) that [`Provider::start_family`] honours, so a family named in
+    /// advance and started after this call never starts.
+    pub async fn forbid_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
+        let t = tenant.as_str();
+        let (family_at, forbidden) = (family_key(t, family), forbidden_key(t, family));
+        let ttl = Duration::from_secs(self.ttl.refresh_token_ttl_secs.max(1));
+        self.store
+            .write_many(&[
+                Write::Put {
+                    key: &forbidden,
+                    value: b"1",
+                    ttl: Some(ttl),
+                },
+                Write::Delete { key: &family_at },
+            ])
+            .await?;
         Ok(())
     }
 

@@ -569,13 +569,13 @@ impl Store for SealedStore {
             .collect()
     }
 
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         // Each value sealed as `put` seals it.
         let sealed: Vec<Option<Vec<u8>>> = writes
             .iter()
             .map(|w| match w {
                 Write::Put { key, value, .. } => self.seal(key, value).map(Some),
-                Write::SetAdd { .. } | Write::Delete { .. } => Ok(None),
+                Write::SetAdd { .. } | Write::Delete { .. } | Write::RequireAbsent { .. } => Ok(None),
             })
             .collect::<Result<_, _>>()?;
         let forwarded: Vec<Write<'_>> = writes

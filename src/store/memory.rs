@@ -742,24 +742,26 @@ impl Store for MemoryStore {
             .collect()
     }
 
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         super::one_write_tag(writes)?;
         let keys: Vec<&Key> = writes.iter().map(Write::key).collect();
         let deadlines: Vec<Option<DateTime<Utc>>> = writes
             .iter()
             .map(|w| match w {
                 Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => self.deadline(*ttl),
-                Write::Delete { .. } => None,
+                Write::Delete { .. } | Write::RequireAbsent { .. } => None,
             })
             .collect();
         // One lock for every key: the equivalent of the Redis script, which
-        // checks the set types before it writes anything.
+        // checks the set types and the conditions before it writes anything.
         self.with_keys(&keys, |m| {
             for w in writes {
-                if let Write::SetAdd { key, .. } = w {
-                    if m.get(*key).is_some_and(|e| !matches!(e.value, Value::Set(_))) {
+                match w {
+                    Write::SetAdd { key, .. } if m.get(*key).is_some_and(|e| !matches!(e.value, Value::Set(_))) => {
                         return Err(wrong_type(key));
                     }
+                    Write::RequireAbsent { key } if m.get(*key).is_some() => return Ok(false),
+                    _ => {}
                 }
             }
             for (w, expires) in writes.iter().zip(deadlines) {
@@ -777,9 +779,10 @@ impl Store for MemoryStore {
                     Write::Delete { key } => {
                         m.remove(*key);
                     }
+                    Write::RequireAbsent { .. } => {}
                 }
             }
-            Ok(())
+            Ok(true)
         })
     }
 

@@ -226,7 +226,7 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("read_many_if_changed", self.inner.read_many_if_changed(keys)).await
     }
 
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         measured("write_many", self.inner.write_many(writes)).await
     }
 

@@ -372,18 +372,22 @@ pub trait Store: Send + Sync + 'static {
     /// default.
     async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError>;
 
-    /// Applies several unconditional writes ([`Write`]: put, set add,
-    /// delete, each exactly as its own method) to keys of one hash tag, in
-    /// the order given, in one atomic step (one Lua script on Redis, one
-    /// lock in memory): one round trip where a request wrote a record and
-    /// its companions one after the other, and no reader ever sees some of
-    /// them written and not the others. Every key must share the first
-    /// one's hash tag (Redis Cluster); otherwise nothing is written and the
+    /// Applies several writes ([`Write`]: put, set add, delete, each
+    /// exactly as its own method) to keys of one hash tag, in the order
+    /// given, in one atomic step (one Lua script on Redis, one lock in
+    /// memory): one round trip where a request wrote a record and its
+    /// companions one after the other, and no reader ever sees some of them
+    /// written and not the others. Every key must share the first one's
+    /// hash tag (Redis Cluster); otherwise nothing is written and the
     /// answer is an error. A set write over a key holding another type is
-    /// refused before anything is written. Every write is idempotent, so
-    /// the whole is retried as `put` is. Every wrapper must forward it (a
-    /// sealing wrapper seals the values it seals for `put`): no default.
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError>;
+    /// refused before anything is written. When a [`Write::RequireAbsent`]
+    /// key holds a value, nothing is written and the answer is `false`;
+    /// otherwise every write is applied and the answer is `true`. Every
+    /// write is idempotent and a condition only ever turns a repeat into
+    /// "nothing written", so the whole is retried as `put` is. Every
+    /// wrapper must forward it (a sealing wrapper seals the values it seals
+    /// for `put`): no default.
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError>;
 
     /// A refresh-token rotation in one atomic step (one Lua script on
     /// Redis, one lock in memory), all keys of one hash tag: when
@@ -492,13 +496,24 @@ pub enum Write<'a> {
         /// The key.
         key: &'a Key,
     },
+    /// Writes nothing: a condition of the whole [`Store::write_many`],
+    /// which writes nothing at all (and answers `false`) when a value is
+    /// present at `key`. A tombstone checked and honoured in the same step
+    /// as the writes it forbids.
+    RequireAbsent {
+        /// The key that must hold nothing.
+        key: &'a Key,
+    },
 }
 
 impl Write<'_> {
     /// The key written.
     pub fn key(&self) -> &Key {
         match self {
-            Write::Put { key, .. } | Write::SetAdd { key, .. } | Write::Delete { key } => key,
+            Write::Put { key, .. }
+            | Write::SetAdd { key, .. }
+            | Write::Delete { key }
+            | Write::RequireAbsent { key } => key,
         }
     }
 }

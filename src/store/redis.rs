@@ -1744,10 +1744,10 @@ impl Store for RedisStore {
             .collect()
     }
 
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         super::one_write_tag(writes)?;
         if writes.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let rendered: Vec<String> = writes.iter().map(|w| self.key(w.key())).collect();
         let ms = |ttl: &Option<Duration>| ttl.map(|t| ttl_ms(t).to_string()).unwrap_or_default();
@@ -1755,7 +1755,7 @@ impl Store for RedisStore {
             .iter()
             .map(|w| match w {
                 Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => ms(ttl),
-                Write::Delete { .. } => String::new(),
+                Write::Delete { .. } | Write::RequireAbsent { .. } => String::new(),
             })
             .collect();
         let mut args: Vec<&[u8]> = Vec::with_capacity(writes.len() * 3);
@@ -1764,15 +1764,21 @@ impl Store for RedisStore {
                 Write::Put { value, .. } => (b"p", value),
                 Write::SetAdd { member, .. } => (b"s", member.as_bytes()),
                 Write::Delete { .. } => (b"d", b""),
+                Write::RequireAbsent { .. } => (b"a", b""),
             };
             args.extend([op, value, ttl.as_bytes()]);
         }
-        // Unconditional writes only: repeating the script writes the same
-        // values, so it is retried as `put` is, and durable (`WAIT`).
-        let _: Value = self
+        // Repeating the script writes the same values, or nothing once a
+        // condition's key appeared: it is retried as `put` is, and durable
+        // (`WAIT`).
+        let written: i64 = self
             .eval(&WRITE_MANY, &rendered, &args, Retry::Idempotent, Durability::Replicated)
             .await?;
-        Ok(())
+        match written {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(StoreError::Corrupt("write_many: unexpected answer".into())),
+        }
     }
 
     async fn read_through(
@@ -1857,23 +1863,29 @@ impl Store for RedisStore {
 }
 
 /// `write_many`: per key `KEYS[i]`, the write `ARGV[3i-2]` (`p` put, `s`
-/// set add, `d` delete) with the value or member `ARGV[3i-1]` and the TTL
-/// in ms `ARGV[3i]` (empty: none). Set writes over a key of another type
-/// are refused before anything is written. Keys of one hash tag (checked
+/// set add, `d` delete, `a` the condition that the key is absent) with the
+/// value or member `ARGV[3i-1]` and the TTL in ms `ARGV[3i]` (empty: none).
+/// Set writes over a key of another type are refused, and a present `a`
+/// key answers 0, before anything is written; 1 when all were written. Keys of one hash tag (checked
 /// before it is sent).
 static WRITE_MANY: Script = Script::new(
     r"
 for i, k in ipairs(KEYS) do
-  if ARGV[3 * i - 2] == 's' then
+  local op = ARGV[3 * i - 2]
+  if op == 's' then
     local t = redis.call('TYPE', k)['ok']
     if t ~= 'none' and t ~= 'set' then
       return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
     end
+  elseif op == 'a' and redis.call('EXISTS', k) == 1 then
+    return 0
   end
 end
 for i, k in ipairs(KEYS) do
   local op, v, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  if op == 'p' then
+  if op == 'a' then
+    -- a condition, checked above
+  elseif op == 'p' then
     if ttl == '' then
       redis.call('SET', k, v)
     else

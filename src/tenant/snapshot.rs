@@ -656,7 +656,7 @@ mod tests {
             self.scripts.fetch_add(1, Ordering::SeqCst);
             self.inner.read_many_if_changed(keys).await
         }
-        async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), StoreError> {
+        async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<bool, StoreError> {
             self.inner.write_many(writes).await
         }
         async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, StoreError> {

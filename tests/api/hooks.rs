@@ -581,3 +581,125 @@ async fn a_hook_added_on_one_replica_is_called_by_another_at_once() {
     assert_eq!(claims(next["access_token"].as_str().unwrap())["plan"], "gold");
     assert_eq!(hooks.calls_to("pre").len(), 1, "the added hook is called");
 }
+
+/// Redeems `code` in a task while the pre-token hook holds it (after the
+/// code was taken, before anything is minted or started), replays the code
+/// meanwhile, then lets the first redemption go on: answers (first, replay).
+async fn replay_while_minting(
+    app: &Arc<TestApp>,
+    hooks: &HookServer,
+    rp: &Rp,
+    code: Code,
+) -> (Result<Value, OAuthError>, Result<Value, OAuthError>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    hooks.behave("pre", Behavior::Hold(gate.clone()));
+    let before = hooks.calls_to("pre").len();
+    let replayed = Code {
+        code: code.code.clone(),
+        verifier: code.verifier.clone(),
+    };
+    let first = {
+        let app = app.clone();
+        let rp = Rp {
+            client_id: rp.client_id.clone(),
+            secret: rp.secret.clone(),
+            redirect: rp.redirect.clone(),
+        };
+        tokio::spawn(async move { redeem(&app, &rp, &code).await })
+    };
+    let start = std::time::Instant::now();
+    while hooks.calls_to("pre").len() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the redemption never reached the hook"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let replay = redeem(app, rp, &replayed).await;
+    gate.add_permits(1);
+    (first.await.unwrap(), replay)
+}
+
+#[tokio::test]
+async fn a_code_replayed_while_its_first_redemption_mints_leaves_no_token_alive() {
+    // Over Redis: the family's tombstone and its start are Lua scripts.
+    let app = Arc::new(
+        spawn_app(AppOptions {
+            dev: true,
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(crate::support::redis::prefix()),
+            ..AppOptions::default()
+        })
+        .await,
+    );
+    let hooks = HookServer::start(system_clock()).await;
+    configure(&app, &hooks, PRE, "pre", 10_000).await;
+    let mut browser = Browser::new();
+
+    // An app with refresh tokens: the family named in the code's marker is
+    // forbidden by the replay before it starts, so the first redemption
+    // fails as a reuse and issues nothing.
+    let rp = register(&app, "replayed-while-minting").await;
+    let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
+    let (first, replay) = replay_while_minting(&app, &hooks, &rp, code).await;
+    assert_eq!(replay.unwrap_err().reason, "code.reused");
+    assert_eq!(first.unwrap_err().reason, "code.reused");
+    // What the first redemption named: a family that never started, and a
+    // tombstone that keeps it from ever starting.
+    hooks.behave("pre", Behavior::Answer(json!({})));
+    let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
+    let good = redeem(&app, &rp, &code).await.unwrap();
+    let sub = claims(good["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let index = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
+    let families = app.state.store.set_members(&index).await.unwrap();
+    assert_eq!(
+        families.len(),
+        2,
+        "the forbidden family's index entry and the good one's"
+    );
+    let key = |f: &str, name: &str| portcullis::store::Key::tenant(DEMO, &format!("rf:{f}"), name);
+    let mut forbidden = 0;
+    for f in &families {
+        let started = app.state.store.get(&key(f, "family")).await.unwrap().is_some();
+        let tombstone = app.state.store.get(&key(f, "forbidden")).await.unwrap().is_some();
+        assert!(
+            started != tombstone,
+            "family {f}: started {started}, tombstone {tombstone}"
+        );
+        forbidden += usize::from(tombstone);
+    }
+    assert_eq!(forbidden, 1);
+
+    // An app without refresh tokens: the first redemption answers, and the
+    // access token it signed after the replay is already revoked (its
+    // `jti` was named in the marker and denied by the replay).
+    let created = app
+        .admin_create(
+            "/admin/v1/clients",
+            json!({
+                "client_id": "no-refresh-replayed",
+                "name": "no-refresh-replayed",
+                "redirect_uris": ["https://no-refresh-replayed.example.test/cb"],
+                "grant_types": ["authorization_code"],
+            }),
+        )
+        .await;
+    let rp = Rp {
+        client_id: "no-refresh-replayed".into(),
+        secret: created["client_secret"].as_str().unwrap().to_owned(),
+        redirect: Url::parse("https://no-refresh-replayed.example.test/cb").unwrap(),
+    };
+    let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
+    let (first, replay) = replay_while_minting(&app, &hooks, &rp, code).await;
+    assert_eq!(replay.unwrap_err().reason, "code.reused");
+    let first = first.unwrap();
+    assert!(first.get("refresh_token").is_none(), "{first}");
+    let at = first["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.state.provider.check_access_token(at).await.unwrap_err().reason,
+        "token.revoked"
+    );
+}

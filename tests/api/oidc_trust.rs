@@ -423,7 +423,11 @@ async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
     let now = w.clock.unix();
     let mut authz = family.authz.clone();
     authz.session_expires_at = Some(now + 600);
-    let (capped, token) = provider.start_family(&authz).await.unwrap();
+    let (capped, token) = provider
+        .start_family(&authz, portcullis::provider::Provider::new_family_id())
+        .await
+        .unwrap()
+        .expect("a family nobody forbade starts");
     assert_eq!(capped.expires_at, now + 600);
     let r = w.refresh(&token).await;
     assert_eq!(r.status, 200, "{:?}", r.body);

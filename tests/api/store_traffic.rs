@@ -309,7 +309,7 @@ impl Store for Counting {
     async fn ping(&self) -> Result<(), StoreError> {
         self.op(self.inner.ping()).await
     }
-    async fn write_many(&self, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         // One round trip: counted under the first key, with every key's bytes.
         if let Some(first) = writes.first() {
             let bytes: usize = writes
@@ -324,7 +324,7 @@ impl Store for Counting {
                     key + match w {
                         Write::Put { value, .. } => value.len(),
                         Write::SetAdd { member, .. } => member.len(),
-                        Write::Delete { .. } => 0,
+                        Write::Delete { .. } | Write::RequireAbsent { .. } => 0,
                     }
                 })
                 .sum();
@@ -554,6 +554,14 @@ fn print(what: &str, stages: &[StageTraffic], n: u64) -> (u64, u64, u64) {
     (trips, bytes, wire)
 }
 
+/// The mean sequential waits of one stage (`acs`, `token`...), in tenths.
+fn stage_waits_tenths(stages: &[StageTraffic], stage: &str, n: u64) -> u64 {
+    stages
+        .iter()
+        .find(|s| s.stage == stage)
+        .map_or(0, |s| s.ops.waits * 10 / n)
+}
+
 /// Sequential waits per sign-in (without the `refresh` stage) and per refresh.
 fn waits_of(stages: &[StageTraffic], n: u64) -> (u64, u64) {
     let sign_in: u64 = stages
@@ -727,7 +735,17 @@ async fn one_sign_in_costs_few_store_round_trips() {
     // and 4 waits with the edge's count checked against the kept tenant
     // record in the same script (`rate_limit_guarded`) instead of after
     // re-reading it; 3 waits per refresh with the token's family read by
-    // the edge alongside its count and the app's record.
+    // the edge alongside its count and the app's record; 30 / 26, 18 / 16
+    // waits with what a code grant will issue named in the code's marker
+    // (no write-then-read of the replay flag after the mint).
+    //
+    // Waits are counted as operations that started while none was in
+    // flight, so a read started early that has already finished when the
+    // next operation starts counts as a wait of its own: the ACS's
+    // identity-link read, started alongside the signature check, counts 5
+    // to 7 waits depending on which finishes first, and the OIDC callback
+    // likewise. Those two stages are guarded at their worst case, the
+    // others exactly.
     println!(
         "BEFORE (previous guard): SAML 40 round trips, 11200 B; OIDC 35 round trips, 8200 B; refresh 11 round trips"
     );
@@ -741,16 +759,35 @@ async fn one_sign_in_costs_few_store_round_trips() {
         "WAITS: SAML {saml_waits} sequential waits; OIDC {oidc_waits} sequential waits; \
          refresh {saml_refresh_waits} / {oidc_refresh_waits} sequential waits"
     );
-    assert!(saml_trips <= 31, "SAML sign-in: {saml_trips} store round trips");
-    assert!(oidc_trips <= 27, "OIDC sign-in: {oidc_trips} store round trips");
-    assert!(saml_waits <= 19, "SAML sign-in: {saml_waits} sequential store waits");
-    assert!(oidc_waits <= 17, "OIDC sign-in: {oidc_waits} sequential store waits");
+    assert!(saml_trips <= 30, "SAML sign-in: {saml_trips} store round trips");
+    assert!(oidc_trips <= 26, "OIDC sign-in: {oidc_trips} store round trips");
+    for (what, stages, stage, most) in [
+        ("SAML", &saml, "authorize", 40),
+        ("SAML", &saml, "acs", 70),
+        ("SAML", &saml, "continue", 50),
+        ("SAML", &saml, "token", 40),
+        ("OIDC", &oidc, "authorize", 40),
+        ("OIDC", &oidc, "callback", 100),
+        ("OIDC", &oidc, "token", 40),
+    ] {
+        let tenths = stage_waits_tenths(stages, stage, N as u64);
+        assert!(
+            tenths <= most,
+            "{what} {stage}: {}.{} sequential store waits (at most {}.{})",
+            tenths / 10,
+            tenths % 10,
+            most / 10,
+            most % 10
+        );
+    }
+    assert!(saml_waits <= 20, "SAML sign-in: {saml_waits} sequential store waits");
+    assert!(oidc_waits <= 18, "OIDC sign-in: {oidc_waits} sequential store waits");
     assert!(
         saml_refresh_waits <= 3 && oidc_refresh_waits <= 3,
         "refresh: {saml_refresh_waits} / {oidc_refresh_waits} sequential store waits"
     );
-    assert!(saml_bytes <= 10_500, "SAML sign-in: {saml_bytes} B of keys and values");
-    assert!(oidc_bytes <= 7_700, "OIDC sign-in: {oidc_bytes} B of keys and values");
+    assert!(saml_bytes <= 10_100, "SAML sign-in: {saml_bytes} B of keys and values");
+    assert!(oidc_bytes <= 7_400, "OIDC sign-in: {oidc_bytes} B of keys and values");
     assert!(
         saml_refresh <= 8,
         "refresh (SAML session): {saml_refresh} store round trips"

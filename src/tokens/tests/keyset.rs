@@ -462,7 +462,7 @@ impl crate::store::Store for RacingStore {
     ) -> Result<Vec<crate::store::Probed>, crate::store::StoreError> {
         self.inner.read_many_if_changed(keys).await
     }
-    async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<(), crate::store::StoreError> {
+    async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<bool, crate::store::StoreError> {
         self.inner.write_many(writes).await
     }
     async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, crate::store::StoreError> {

@@ -154,7 +154,7 @@ impl Store for ReplayFree {
     ) -> Result<Vec<portcullis::store::Probed>, StoreError> {
         self.0.read_many_if_changed(keys).await
     }
-    async fn write_many(&self, writes: &[portcullis::store::Write<'_>]) -> Result<(), StoreError> {
+    async fn write_many(&self, writes: &[portcullis::store::Write<'_>]) -> Result<bool, StoreError> {
         self.0.write_many(writes).await
     }
     async fn rotate(&self, r: &portcullis::store::Rotate<'_>) -> Result<portcullis::store::Taken, StoreError> {
