@@ -115,6 +115,17 @@ pub struct Validated {
     pub mfa_demanded: bool,
 }
 
+/// What [`Broker::accept`] decided about a validated answer.
+struct Accepted {
+    sub: String,
+    identity: Identity,
+    auth_time: i64,
+    session_end: Option<i64>,
+    mfa: bool,
+    own_factor: bool,
+    mfa_demanded: bool,
+}
+
 /// Where a validated answer waits for the browser: the handle's hash, so the
 /// store never holds the handle itself.
 fn continue_key(t: &TenantId, handle: &str) -> Key {
@@ -516,10 +527,10 @@ impl Broker {
         // connector validates the answer (one store wait for both); it is
         // looked at only once the answer is valid.
         let (completed, mfa_rule) = tokio::join!(
-            connector.complete(pending.as_ref().map(|p| &p.connector_state), &params),
+            connector.complete_unclaimed(pending.as_ref().map(|p| &p.connector_state), &params),
             self.mfa_required(stored_tenant.as_ref(), &request.client_id)
         );
-        let identity = match completed {
+        let (identity, claim) = match completed {
             Ok(i) => i,
             Err(e) => {
                 // portal: the tenant's admins see why their sign-ins fail.
@@ -528,7 +539,84 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        let identity = match &stored_tenant {
+        // The answer's single use (a SAML assertion's id) is claimed
+        // alongside everything that follows its validation, provisioning
+        // included (one store wait for both), and always to its end: the
+        // answer is consumed whatever else refuses it, as when the claim
+        // came first. A refused claim (a replay) is the outcome, whatever
+        // else happened; what ran beside it is inert (a user provisioned
+        // from a validly signed answer; nothing is handed out).
+        let claimed = async {
+            match claim {
+                Some(claim) => claim.await,
+                None => Ok(()),
+            }
+        };
+        let accepted = self.accept(
+            &tenant,
+            &connection,
+            &record,
+            &config,
+            pending.as_ref(),
+            &request,
+            stored_tenant.as_ref(),
+            connector.as_ref(),
+            identity,
+            mfa_rule,
+        );
+        let (claimed, accepted) = tokio::join!(claimed, accepted);
+        if let Err(e) = claimed {
+            self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
+                .await;
+            return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
+        }
+        let Accepted {
+            sub,
+            identity,
+            auth_time,
+            session_end,
+            mfa,
+            own_factor,
+            mfa_demanded,
+        } = accepted?;
+        Ok(Validated {
+            login: pending
+                .as_ref()
+                .zip(login_id)
+                .map(|(p, id)| (id, p.browser_binding.clone())),
+            tenant,
+            connection,
+            request,
+            sub,
+            identity,
+            auth_time,
+            session_end,
+            mfa,
+            session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
+            own_factor,
+            mfa_demanded,
+        })
+    }
+
+    /// What follows the validation of an answer: the tenant's email
+    /// vouching, the MFA rule, the authentication's age, provisioning and
+    /// the user's state. Runs alongside the answer's single-use claim (see
+    /// `validate`).
+    #[allow(clippy::too_many_arguments)]
+    async fn accept(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        record: &crate::upstream::Connection,
+        config: &crate::tenant::snapshot::ConfigSnapshot,
+        pending: Option<&PendingLogin>,
+        request: &AuthRequest,
+        stored_tenant: Option<&crate::tenant::Tenant>,
+        connector: &dyn crate::upstream::Connector,
+        identity: Identity,
+        mfa_rule: Result<bool, crate::store::StoreError>,
+    ) -> Result<Accepted, Outcome> {
+        let identity = match stored_tenant {
             Some(t) => crate::tenant::vouch_email(t, identity),
             // A tenant gone meanwhile vouches for nothing; provisioning
             // refuses the sign-in below.
@@ -546,23 +634,23 @@ impl Broker {
         match mfa_rule {
             Ok(true) if own_factor => mfa_demanded = true,
             Ok(true) if !mfa => {
-                self.record_failure(&tenant, Some(&connection), "login.mfa_required")
+                self.record_failure(tenant, Some(connection), "login.mfa_required")
                     .await;
-                return Err(self.mfa_refused(&request, &tenant, &connection, &identity));
+                return Err(self.mfa_refused(request, tenant, connection, &identity));
             }
             Ok(_) => {}
             Err(e) => return Err(unavailable(e)),
         }
         // max_age / prompt=login: refuse an authentication older than the app allows.
-        let auth_time = match self.auth_time(pending.as_ref(), &request, &identity, &tenant, &connection) {
+        let auth_time = match self.auth_time(pending, request, &identity, tenant, connection) {
             Ok(t) => t,
             Err(refused) => {
-                self.record_failure(&tenant, Some(&connection), "login.auth_too_old")
+                self.record_failure(tenant, Some(connection), "login.auth_too_old")
                     .await;
                 return Err(*refused);
             }
         };
-        let session_end = self.session_end(connector.as_ref(), &identity);
+        let session_end = self.session_end(connector, &identity);
         // Provisioned against the tenant record read above (its incarnation)
         // and the connection record re-validated above (it exists), with
         // the connection's incarnation read in the same script as it.
@@ -570,19 +658,19 @@ impl Broker {
             .provider
             .directory
             .provision_in(
-                &tenant,
-                stored_tenant.as_ref(),
-                &record,
-                stored_tenant.as_ref().and_then(|t| config.incarnation(t, &connection)),
+                tenant,
+                stored_tenant,
+                record,
+                stored_tenant.and_then(|t| config.incarnation(t, connection)),
                 &identity,
             )
             .await;
         let (user, provisioned, disabled) = match provisioned {
             Ok(u) => u,
             Err(ProvisionError::Inactive(why)) => {
-                self.record_failure(&tenant, Some(&connection), "login.user_inactive")
+                self.record_failure(tenant, Some(connection), "login.user_inactive")
                     .await;
-                return Err(inactive_page(&tenant, &connection, why));
+                return Err(inactive_page(tenant, connection, why));
             }
             Err(ProvisionError::Store(e)) => return Err(unavailable(e)),
         };
@@ -596,7 +684,7 @@ impl Broker {
             if p.incarnation.as_ref() != Some(&current) {
                 meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_superseded");
                 tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
-                self.audit_failure(&tenant, Some(&connection), "callback.login_superseded")
+                self.audit_failure(tenant, Some(connection), "callback.login_superseded")
                     .await;
                 return Err(page(
                     400,
@@ -612,27 +700,19 @@ impl Broker {
         // incarnation, which the user record as stored now carries, and the
         // disabled flag, read with the user record.
         if disabled {
-            self.record_failure(&tenant, Some(&connection), "login.user_inactive")
+            self.record_failure(tenant, Some(connection), "login.user_inactive")
                 .await;
-            return Err(inactive_page(&tenant, &connection, Inactive::UserDisabled));
+            return Err(inactive_page(tenant, connection, Inactive::UserDisabled));
         }
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
         }
-        Ok(Validated {
-            login: pending
-                .as_ref()
-                .zip(login_id)
-                .map(|(p, id)| (id, p.browser_binding.clone())),
-            tenant,
-            connection,
-            request,
+        Ok(Accepted {
             sub: user.sub,
             identity,
             auth_time,
             session_end,
             mfa,
-            session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
             own_factor,
             mfa_demanded,
         })

@@ -248,7 +248,27 @@ pub trait Connector: Send + Sync {
         pending: Option<&serde_json::Value>,
         params: &CallbackParams,
     ) -> Result<Identity, UpstreamError>;
+
+    /// [`Connector::complete`] less its last step, the claim of the
+    /// answer's single use (a SAML assertion id in the replay cache), which
+    /// is handed back to run: the answer counts as accepted only once the
+    /// claim succeeded, and a caller runs it alongside what follows the
+    /// validation (provisioning) instead of before it, always to its end
+    /// whatever else fails. The default claims nothing (a connector whose
+    /// single use is checked inside `complete`, as OIDC's state and nonce).
+    async fn complete_unclaimed(
+        &self,
+        pending: Option<&serde_json::Value>,
+        params: &CallbackParams,
+    ) -> Result<(Identity, Option<Claim>), UpstreamError> {
+        Ok((self.complete(pending, params).await?, None))
+    }
 }
+
+/// The single-use claim of a validated answer (see
+/// [`Connector::complete_unclaimed`]): nothing happens until it is awaited;
+/// an error is the answer's rejection (a replay) or the store's failure.
+pub type Claim = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), UpstreamError>> + Send>>;
 
 /// What every connector may use: the outbound HTTP client, the clock, the
 /// store (replay caches, JWKS rate limits) and the public URL.

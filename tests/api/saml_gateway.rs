@@ -1400,3 +1400,28 @@ async fn an_app_requiring_mfa_asks_for_it_and_refuses_a_password_only_answer() {
     let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
     assert!(ans.expect_app_error().contains("login.mfa_required"), "{ans:?}");
 }
+
+#[tokio::test]
+async fn an_answer_refused_after_its_validation_is_still_used_up() {
+    // The assertion's id is claimed alongside provisioning and the checks
+    // after the signature (one store wait), and always to its end: an
+    // answer refused by those checks cannot be posted again.
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    require_mfa(&app, "acme", true).await;
+    let xml = idp.response(&conn, None);
+    let first = post_acs(&app.client, &acs(&conn), &xml, None).await;
+    assert!(first.expect_app_error().contains("login.mfa_required"), "{first:?}");
+    // No longer required: the same answer would pass every other check now,
+    // but it was used up.
+    require_mfa(&app, "acme", false).await;
+    let again = post_acs(&app.client, &acs(&conn), &xml, None).await;
+    assert_eq!(again.code(), None, "{again:?}");
+    assert_eq!(again.expect_app_error(), REPLAY_MESSAGE, "{again:?}");
+    // A fresh answer of the IdP passes.
+    let fresh = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    assert!(fresh.continue_url().is_some(), "{fresh:?}");
+}

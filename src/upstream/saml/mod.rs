@@ -53,7 +53,7 @@ pub use setup::{request_view, setup, setup_patched};
 pub use signature::SignatureAlgorithm;
 
 use super::{
-    BeginLogin, BeginRequest, CallbackParams, Connection, Connector, Identity, UpstreamContext, UpstreamError,
+    BeginLogin, BeginRequest, CallbackParams, Claim, Connection, Connector, Identity, UpstreamContext, UpstreamError,
 };
 use crate::secret::Secret;
 use crate::store::Key;
@@ -459,10 +459,16 @@ impl SamlConnector {
     }
 
     fn reject(&self, r: validate::Reject) -> UpstreamError {
+        self.inner.reject(r)
+    }
+}
+
+impl Inner {
+    fn reject(&self, r: validate::Reject) -> UpstreamError {
         tracing::warn!(
             code = r.reason.code(),
-            tenant = %self.inner.tenant,
-            connection = %self.inner.connection,
+            tenant = %self.tenant,
+            connection = %self.connection,
             detail = %r.detail,
             "SAML response rejected"
         );
@@ -543,6 +549,18 @@ impl Connector for SamlConnector {
         pending: Option<&serde_json::Value>,
         params: &CallbackParams,
     ) -> Result<Identity, UpstreamError> {
+        let (identity, claim) = self.complete_unclaimed(pending, params).await?;
+        if let Some(claim) = claim {
+            claim.await?;
+        }
+        Ok(identity)
+    }
+
+    async fn complete_unclaimed(
+        &self,
+        pending: Option<&serde_json::Value>,
+        params: &CallbackParams,
+    ) -> Result<(Identity, Option<Claim>), UpstreamError> {
         let expected = match pending {
             Some(v) => Some(
                 serde_json::from_value::<PendingState>(v.clone())
@@ -626,22 +644,25 @@ impl Connector for SamlConnector {
             "saml-replay",
             format!("{}:{digest}", self.inner.connection),
         );
-        let fresh = self
-            .ctx
-            .store
-            .put_if_absent(&key, b"1", Some(std::time::Duration::from_secs(ttl.unsigned_abs())))
-            .await
-            .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
-        if !fresh {
-            return Err(self.reject(validate::Reject::new(SamlReason::Replay, "assertion id already used")));
-        }
-        tracing::info!(
-            code = "saml.accepted",
-            tenant = %self.inner.tenant,
-            connection = %self.inner.connection,
-            one_time_use = validated.one_time_use,
-            "SAML response accepted"
-        );
-        Ok(validated.identity)
+        // The claim runs when the caller awaits it (see `complete_unclaimed`).
+        let (store, inner, one_time_use) = (self.ctx.store.clone(), Arc::clone(&self.inner), validated.one_time_use);
+        let claim: Claim = Box::pin(async move {
+            let fresh = store
+                .put_if_absent(&key, b"1", Some(std::time::Duration::from_secs(ttl.unsigned_abs())))
+                .await
+                .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
+            if !fresh {
+                return Err(inner.reject(validate::Reject::new(SamlReason::Replay, "assertion id already used")));
+            }
+            tracing::info!(
+                code = "saml.accepted",
+                tenant = %inner.tenant,
+                connection = %inner.connection,
+                one_time_use,
+                "SAML response accepted"
+            );
+            Ok(())
+        });
+        Ok((validated.identity, Some(claim)))
     }
 }
