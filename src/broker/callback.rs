@@ -570,15 +570,7 @@ impl Broker {
                 .await;
             return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
         }
-        let Accepted {
-            sub,
-            identity,
-            auth_time,
-            session_end,
-            mfa,
-            own_factor,
-            mfa_demanded,
-        } = accepted?;
+        let a = accepted?;
         Ok(Validated {
             login: pending
                 .as_ref()
@@ -587,14 +579,14 @@ impl Broker {
             tenant,
             connection,
             request,
-            sub,
-            identity,
-            auth_time,
-            session_end,
-            mfa,
+            sub: a.sub,
+            identity: a.identity,
+            auth_time: a.auth_time,
+            session_end: a.session_end,
+            mfa: a.mfa,
             session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
-            own_factor,
-            mfa_demanded,
+            own_factor: a.own_factor,
+            mfa_demanded: a.mfa_demanded,
         })
     }
 
