@@ -366,7 +366,7 @@ impl Provider {
         let will_issue = Issued {
             family: Some(family_id.clone()),
             jti: Some(minting.jti.clone()),
-            exp: minting.access_exp(self.ttl.access_token_ttl_secs),
+            exp: access_exp(minting.now, self.ttl.access_token_ttl_secs),
             pending: false,
         };
         let authz = match self.redeem_code(code, &will_issue).await? {
@@ -1090,13 +1090,6 @@ impl Provider {
 struct Minting {
     jti: String,
     now: i64,
-}
-
-impl Minting {
-    /// The expiry of the access token minted at this time.
-    fn access_exp(&self, at_ttl: u64) -> i64 {
-        access_exp(self.now, at_ttl)
-    }
 }
 
 /// An access token's expiry when issued at `now` for `at_ttl` seconds.

@@ -507,7 +507,7 @@ pub enum Write<'a> {
 }
 
 impl Write<'_> {
-    /// The key written.
+    /// The key written (for [`Write::RequireAbsent`], the key checked).
     pub fn key(&self) -> &Key {
         match self {
             Write::Put { key, .. }

@@ -457,10 +457,6 @@ impl SamlConnector {
             ctx,
         })
     }
-
-    fn reject(&self, r: validate::Reject) -> UpstreamError {
-        self.inner.reject(r)
-    }
 }
 
 impl Inner {
@@ -569,20 +565,20 @@ impl Connector for SamlConnector {
             ),
             None if self.inner.cfg.allow_idp_initiated => None,
             None => {
-                return Err(self.reject(validate::Reject::new(
+                return Err(self.inner.reject(validate::Reject::new(
                     SamlReason::UnsolicitedNotAllowed,
                     "unsolicited response and IdP-initiated login is off",
                 )))
             }
         };
         let form = params.form.get("SAMLResponse").cloned().ok_or_else(|| {
-            self.reject(validate::Reject::new(
+            self.inner.reject(validate::Reject::new(
                 SamlReason::MissingResponse,
                 "no SAMLResponse field",
             ))
         })?;
         if form.len() > validate::MAX_FORM_BYTES {
-            return Err(self.reject(validate::Reject::new(
+            return Err(self.inner.reject(validate::Reject::new(
                 SamlReason::TooLarge,
                 "SAMLResponse exceeds the size limit",
             )));
@@ -626,7 +622,7 @@ impl Connector for SamlConnector {
         .await
         .map_err(|e| UpstreamError::internal("saml.validation_task", e.to_string()))?;
         crate::meter::upstream("saml_acs", started.elapsed(), outcome.is_ok());
-        let mut validated = outcome.map_err(|r| self.reject(r))?;
+        let mut validated = outcome.map_err(|r| self.inner.reject(r))?;
         // SAML has no "verified" flag: the connection's setting is the IdP's
         // word, and the broker narrows it to the tenant's domains.
         validated.identity.email_verified =
