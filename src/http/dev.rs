@@ -128,6 +128,7 @@ async fn login_submit(
 async fn callback(
     State(app): State<Arc<AppState>>,
     session: Session,
+    headers: axum::http::HeaderMap,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
@@ -135,7 +136,7 @@ async fn callback(
         query,
         form: BTreeMap::new(),
     };
-    super::flows::complete(&app, &session, &tenant, &connection, params, None).await
+    super::flows::complete(&app, &session, &headers, &tenant, &connection, params, None).await
 }
 
 #[derive(Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! (OIDC redirect, SAML ACS and its same-site continuation), SAML SP
 //! metadata, the choosers, and the single-use CSRF tokens of our own forms.
 
+use super::binding;
 use super::pages::{self, esc};
 use super::pairs::FormPairs;
 use super::AppState;
@@ -11,7 +12,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use std::collections::BTreeMap;
@@ -215,16 +216,10 @@ pub async fn remember_second_factor(session: &Session, outcome: &Outcome) -> Res
 }
 
 /// Keeps the browser's session in step after a sign-in step: a new SSO
-/// session gets a fresh session id (a planted cookie cannot be fixated), and
-/// a used login binding is dropped. Any failure fails the request closed.
-pub async fn keep_session(
-    session: &Session,
-    sso: &BrowserSso,
-    sso_before: &BrowserSso,
-    logins: &BrowserLogins,
-    logins_before: usize,
-) -> Result<(), Response> {
-    keep_session_after(session, false, sso, sso_before, logins, logins_before).await
+/// session gets a fresh session id (a planted cookie cannot be fixated).
+/// Any failure fails the request closed.
+pub async fn keep_session(session: &Session, sso: &BrowserSso, sso_before: &BrowserSso) -> Result<(), Response> {
+    keep_session_after(session, false, sso, sso_before, None).await
 }
 
 /// What cycling the session id alongside a sign-in came to: not run (no
@@ -261,40 +256,46 @@ fn cycled_of(result: CycleResult) -> Result<bool, String> {
 }
 
 /// [`keep_session`] when the id may already have been cycled in this
-/// request ([`cycle_early`]): a new SSO session then needs no second cycle.
-pub async fn keep_session_after(
+/// request ([`cycle_alongside`]): a new SSO session then needs no second
+/// cycle. A session with no stored record (none was sent, or the one named
+/// is gone: the id is `None` once read) is not cycled: it gets a fresh id
+/// when first saved, and a delete of a random id would only cost a wait.
+/// Call after the session was read. `logins`: the session's list of login bindings (an earlier
+/// version's, [`binding`]) when one of them was used.
+async fn keep_session_after(
     session: &Session,
     cycled: bool,
     sso: &BrowserSso,
     sso_before: &BrowserSso,
-    logins: &BrowserLogins,
-    logins_before: usize,
+    logins: Option<&BrowserLogins>,
 ) -> Result<(), Response> {
     if sso != sso_before {
-        if !cycled {
+        if !cycled && session.id().is_some() {
             session.cycle_id().await.map_err(session_failed)?;
         }
         session.insert(SESSION_FIELD, sso).await.map_err(session_failed)?;
     }
-    if logins.len() != logins_before {
+    if let Some(logins) = logins {
         session.insert(LOGINS_FIELD, logins).await.map_err(session_failed)?;
     }
     Ok(())
 }
 
 /// Completes a login at a top-level GET callback (OIDC, dev IdP) and keeps the
-/// browser's session in step.
+/// browser's session and bindings cookie in step.
 pub async fn complete(
     state: &AppState,
     session: &Session,
+    headers: &HeaderMap,
     tenant: &str,
     connection: &str,
     params: CallbackParams,
     fresh: Option<&FreshTenant>,
 ) -> Response {
     let mut sso = load_sso(session).await;
-    let mut logins = load_logins(session).await;
-    let (sso_before, logins_before) = (sso.clone(), logins.len());
+    let presented = binding::Presented::new(state, headers, load_logins(session).await);
+    let mut logins = presented.all();
+    let sso_before = sso.clone();
     // The session id is cycled alongside the new session's writes.
     let cycle = CycleResult::new();
     let outcome = state
@@ -313,17 +314,19 @@ pub async fn complete(
         Ok(c) => c,
         Err(e) => return session_failed(e),
     };
-    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
+    let settled = presented.settle(&logins);
+    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, settled.session.as_ref()).await {
         return r;
     }
     if let Err(r) = remember_second_factor(session, &outcome).await {
         return r;
     }
-    respond(state, outcome)
+    settled.respond(state, respond(state, outcome))
 }
 
-/// The logins this browser started and has not finished.
-pub async fn load_logins(session: &Session) -> BrowserLogins {
+/// The login bindings an earlier version kept in the browser's session
+/// ([`binding`]).
+async fn load_logins(session: &Session) -> BrowserLogins {
     session
         .get::<BrowserLogins>(LOGINS_FIELD)
         .await
@@ -332,20 +335,26 @@ pub async fn load_logins(session: &Session) -> BrowserLogins {
         .unwrap_or_default()
 }
 
-/// Remembers the browser binding of a login that is being sent upstream. A
-/// binding that cannot be saved fails the request: the login could never be
-/// finished in this browser.
-pub async fn remember_binding(session: &Session, outcome: &Outcome) -> Result<(), Response> {
-    if let Outcome::Upstream {
-        binding: Some((id, secret)),
-        ..
-    } = outcome
-    {
-        let mut logins = load_logins(session).await;
-        remember_login(&mut logins, id.clone(), secret.clone());
-        session.insert(LOGINS_FIELD, &logins).await.map_err(session_failed)?;
+/// Answers `outcome` of `/authorize`; a login sent upstream has its browser
+/// binding added to the browser's bindings cookie ([`binding`]), which a
+/// step that cannot hand it over fails closed.
+pub fn respond_binding(state: &AppState, headers: &HeaderMap, outcome: Outcome) -> Response {
+    let added = match &outcome {
+        Outcome::Upstream {
+            binding: Some((id, secret)),
+            ..
+        } => {
+            let mut logins = binding::from_cookie(state, headers);
+            remember_login(&mut logins, id.clone(), secret.clone());
+            Some(logins)
+        }
+        _ => None,
+    };
+    let resp = respond(state, outcome);
+    match added {
+        Some(logins) => binding::hand_over(state, &logins, resp),
+        None => resp,
     }
-    Ok(())
 }
 
 /// The refusal of an IdP callback or continuation whose query names a
@@ -363,6 +372,7 @@ fn duplicate_parameter() -> Response {
 pub async fn oidc_callback(
     State(state): State<Arc<AppState>>,
     session: Session,
+    headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
@@ -375,7 +385,7 @@ pub async fn oidc_callback(
         form: BTreeMap::new(),
     };
     let fresh = fresh.map(|e| e.0);
-    complete(&state, &session, &tenant, &connection, params, fresh.as_ref()).await
+    complete(&state, &session, &headers, &tenant, &connection, params, fresh.as_ref()).await
 }
 
 /// `POST /saml/{tenant}/{connection}/acs` (HTTP-POST binding). Reached by a
@@ -417,6 +427,7 @@ pub async fn saml_acs(
 pub async fn saml_continue(
     State(state): State<Arc<AppState>>,
     session: Session,
+    headers: HeaderMap,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
@@ -424,7 +435,7 @@ pub async fn saml_continue(
         return duplicate_parameter();
     };
     let handle = query.get("handle").map(String::as_str).unwrap_or_default();
-    resume(&state, &session, &tenant, &connection, handle, false).await
+    resume(&state, &session, &headers, &tenant, &connection, handle, false).await
 }
 
 /// `POST /saml/{tenant}/{connection}/continue`: the person confirmed that an
@@ -433,6 +444,7 @@ pub async fn saml_continue(
 pub async fn saml_continue_confirmed(
     State(state): State<Arc<AppState>>,
     session: Session,
+    headers: HeaderMap,
     Path((tenant, connection)): Path<(String, String)>,
     FormPairs(form): FormPairs,
 ) -> Response {
@@ -460,7 +472,7 @@ pub async fn saml_continue_confirmed(
         Err(r) => return r,
     }
     let handle = form.get("handle").map(String::as_str).unwrap_or_default();
-    resume(&state, &session, &tenant, &connection, handle, true).await
+    resume(&state, &session, &headers, &tenant, &connection, handle, true).await
 }
 
 /// The CSRF purpose of the switch confirmation form.
@@ -469,6 +481,7 @@ const SWITCH_CSRF: &str = "switch";
 async fn resume(
     state: &AppState,
     session: &Session,
+    headers: &HeaderMap,
     tenant: &str,
     connection: &str,
     handle: &str,
@@ -476,11 +489,13 @@ async fn resume(
 ) -> Response {
     // The browser's session read and the one-time handle taken together
     // (one store wait); nothing is decided before both are in.
-    let ((mut sso, mut logins), taken) = tokio::join!(
+    let ((mut sso, in_session), taken) = tokio::join!(
         async { (load_sso(session).await, load_logins(session).await) },
         state.broker.take_continuation(tenant, handle)
     );
-    let (sso_before, logins_before) = (sso.clone(), logins.len());
+    let presented = binding::Presented::new(state, headers, in_session);
+    let mut logins = presented.all();
+    let sso_before = sso.clone();
     // The session id is cycled alongside the new session's writes.
     let cycle = CycleResult::new();
     let outcome = state
@@ -499,13 +514,14 @@ async fn resume(
         Ok(c) => c,
         Err(e) => return session_failed(e),
     };
-    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, &logins, logins_before).await {
+    let settled = presented.settle(&logins);
+    if let Err(r) = keep_session_after(session, cycled, &sso, &sso_before, settled.session.as_ref()).await {
         return r;
     }
     if let Err(r) = remember_second_factor(session, &outcome).await {
         return r;
     }
-    match outcome {
+    let resp = match outcome {
         Outcome::ConfirmSwitch {
             tenant,
             connection,
@@ -537,7 +553,8 @@ Your identity provider is now signing you in as <strong>{w}</strong>.</p>\
             pages::page(StatusCode::OK, "Switch user?", &body, &sources)
         }
         other => respond(state, other),
-    }
+    };
+    settled.respond(state, resp)
 }
 
 /// `GET /saml/{tenant}/{connection}/metadata`: this connection's SP metadata.

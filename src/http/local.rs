@@ -920,6 +920,7 @@ async fn challenge(
 async fn callback(
     State(app): State<Arc<AppState>>,
     session: Session,
+    headers: axum::http::HeaderMap,
     fresh: Option<axum::Extension<crate::tenant::FreshTenant>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
@@ -937,7 +938,7 @@ async fn callback(
         form: BTreeMap::new(),
     };
     let fresh = fresh.map(|e| e.0);
-    flows::complete(&app, &session, &tenant, &connection, params, fresh.as_ref()).await
+    flows::complete(&app, &session, &headers, &tenant, &connection, params, fresh.as_ref()).await
 }
 
 /// A local page's kind as a const parameter, so one GET and one POST

@@ -230,7 +230,7 @@ where
     let before = sso.clone();
     let (a, sso) = f(sso).await;
     if sso != before {
-        if let Err(r) = keep_session(session, &sso, &before, &Vec::new(), 0).await {
+        if let Err(r) = keep_session(session, &sso, &before).await {
             return r;
         }
         // The waiting sign-in is finished: its binding goes.

@@ -1,6 +1,7 @@
 //! The edge: the only code that knows axum. Handlers convert a request,
 //! call the broker, provider or admin domain, and map the result to HTTP.
 
+pub mod binding;
 pub mod dev;
 pub mod edge;
 pub mod flows;

@@ -2,7 +2,7 @@
 //! token, userinfo, revocation, introspection and RP-initiated logout.
 //! Errors follow RFC 6749 §5.2 (JSON) and RFC 6750 §3 (`WWW-Authenticate`).
 
-use super::flows::{load_sso, respond};
+use super::flows::load_sso;
 use super::pages::{self, esc};
 use super::pairs::FormPairs;
 use super::AppState;
@@ -243,26 +243,29 @@ pub async fn jwks(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 pub async fn authorize_get(
     State(state): State<Arc<AppState>>,
     session: Session,
+    headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, fresh.map(|e| e.0), pairs).await
+    authorize(state, session, &headers, fresh.map(|e| e.0), pairs).await
 }
 
 /// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1)
 pub async fn authorize_post(
     State(state): State<Arc<AppState>>,
     session: Session,
+    headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
     FormPairs(pairs): FormPairs,
 ) -> Response {
-    authorize(state, session, fresh.map(|e| e.0), pairs).await
+    authorize(state, session, &headers, fresh.map(|e| e.0), pairs).await
 }
 
 /// `fresh`: the tenant record the edge read for this request, if any.
 async fn authorize(
     state: Arc<AppState>,
     session: Session,
+    headers: &HeaderMap,
     fresh: Option<FreshTenant>,
     pairs: Vec<(String, String)>,
 ) -> Response {
@@ -279,10 +282,7 @@ async fn authorize(
     };
     let sso = load_sso(&session).await;
     let outcome = state.broker.authorize_with(params, &sso, fresh.as_ref()).await;
-    if let Err(r) = super::flows::remember_binding(&session, &outcome).await {
-        return r;
-    }
-    respond(&state, outcome)
+    super::flows::respond_binding(&state, headers, outcome)
 }
 
 /// The client id and secret of `Basic` credentials (RFC 6749 §2.3.1: each

@@ -318,7 +318,7 @@ async fn mfa_submit(
         )
         .await;
     if sso != before {
-        if let Err(r) = keep_session(&session, &sso, &before, &Vec::new(), 0).await {
+        if let Err(r) = keep_session(&session, &sso, &before).await {
             return r;
         }
         // The waiting sign-in is finished: its binding goes.

@@ -155,14 +155,7 @@ fn not_stored(s: &AppState, e: crate::tenant::RegistryError) -> Response {
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::http::binding::cookie_value(headers, COOKIE).map(str::to_owned)
 }
 
 /// The portal session of the request, or the page to show instead.

@@ -32,7 +32,7 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
     assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
     // The IdP (localhost) posted to the ACS (127.0.0.1) cross-site: no Lax
     // cookie went with it. The ACS sent the browser on to the same-site
-    // continuation, a top-level GET that carries the session cookie.
+    // continuation, a top-level GET that carries the login binding cookie.
     let acs = browser
         .history
         .iter()
@@ -42,7 +42,10 @@ async fn saml_sign_in_yields_mapped_claims_and_a_replayed_response_is_refused() 
     assert!(!post.same_site && post.cookies_sent.is_empty(), "{post:?}");
     assert_eq!(post.status, 303, "{post:?}");
     assert!(next.url.path().ends_with("/continue"), "{}", browser.trail());
-    assert!(next.cookies_sent.iter().any(|c| c == "portcullis_session"), "{next:?}");
+    assert!(
+        next.cookies_sent.iter().any(|c| c == "portcullis_session_logins"),
+        "{next:?}"
+    );
     assert_eq!(done.status, 200, "{}", done.body);
     let claims = &done.json()["id_token_claims"];
     assert_eq!(claims["tenant"], TENANT);

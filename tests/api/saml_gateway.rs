@@ -26,6 +26,8 @@ const APP_ID: &str = "gw-app";
 const APP_CB: &str = "https://app.example.test/callback";
 const EMAIL: &str = "ada@acme.test";
 const COOKIE: &str = "portcullis_session";
+/// The browser's login bindings (`http/binding.rs`).
+const LOGINS_COOKIE: &str = "portcullis_session_logins";
 /// The user message of `saml.replay` (what an app sees in `error_description`).
 const REPLAY_MESSAGE: &str = "This sign-in response was already used. Please sign in again.";
 
@@ -578,6 +580,106 @@ async fn the_acs_sets_no_cookie_and_the_continuation_sets_an_http_only_same_site
 }
 
 #[tokio::test]
+async fn starting_a_sign_in_sets_only_its_binding_cookie_and_each_tab_finishes_with_its_own_entry() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    // What `/authorize` answers: the binding cookie, no session cookie.
+    let ans = answer(
+        app.client
+            .get(authorize_url(&app, "acme", &conn, "attrs"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(ans.status.is_redirection(), "{ans:?}");
+    assert_eq!(ans.set_cookies.len(), 1, "{ans:?}");
+    assert!(ans.set_cookies[0].starts_with(&format!("{LOGINS_COOKIE}=")), "{ans:?}");
+    let attrs = cookie_attributes(&ans.set_cookies[0]);
+    for expected in ["httponly", "samesite=lax", "path=/", "max-age=600"] {
+        assert!(attrs.iter().any(|a| a == expected), "{expected}: {attrs:?}");
+    }
+    assert!(!attrs.iter().any(|a| a == "secure"), "{attrs:?}");
+
+    // Two tabs of one browser: both bindings are held, each login finishes
+    // with its own, and the last one clears the cookie.
+    let mut b = Browser::new();
+    let (first_id, first_relay) = start_login_in(&mut b, &app, "acme", &conn, "one").await;
+    let (second_id, second_relay) = start_login_in(&mut b, &app, "acme", &conn, "two").await;
+    assert_eq!(b.cookie(&app.base, COOKIE), None, "no session before a sign-in");
+    let held = b.cookie(&app.base, LOGINS_COOKIE).unwrap();
+    assert_eq!(held.split('.').count(), 2, "{held}");
+
+    let xml = idp.response_for(&conn, Some(&second_id), EMAIL);
+    let ans = post_acs_in(&mut b, &acs(&conn), &xml, Some(&second_relay), &idp_page()).await;
+    continue_in(&mut b, &ans, &idp_page()).await.expect_code();
+    let left = b.cookie(&app.base, LOGINS_COOKIE).unwrap();
+    assert_eq!(left.split('.').count(), 1, "{left}");
+    assert!(
+        held.starts_with(&left),
+        "the first tab's entry is kept: {held} / {left}"
+    );
+    assert!(b.cookie(&app.base, COOKIE).is_some(), "signed in: a session");
+
+    let xml = idp.response_for(&conn, Some(&first_id), EMAIL);
+    let ans = post_acs_in(&mut b, &acs(&conn), &xml, Some(&first_relay), &idp_page()).await;
+    continue_in(&mut b, &ans, &idp_page()).await.expect_code();
+    assert_eq!(b.cookie(&app.base, LOGINS_COOKIE), None, "no binding left");
+}
+
+/// Before the bindings cookie, a login's binding was kept in the browser's
+/// session (field `logins`): a login started on a replica of that version
+/// still finishes on this one, and its entry is dropped from the session.
+#[tokio::test]
+async fn a_login_whose_binding_an_earlier_version_kept_in_the_session_still_finishes() {
+    use tower_sessions::session::{Id, Record};
+    use tower_sessions::SessionStore;
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    let mut b = Browser::new();
+    let (request_id, relay) = start_login_in(&mut b, &app, "acme", &conn, "old").await;
+    let held = b.cookie(&app.base, LOGINS_COOKIE).unwrap();
+    let (login, secret) = held.split_once(':').unwrap();
+    // Rewrite the browser as the earlier version left it: the binding in the
+    // session record, no bindings cookie.
+    let sessions = portcullis::store::session::StoreSessionStore::new(
+        app.state.store.clone(),
+        app.state.provider.clock.clone(),
+        app.state.session.ttl,
+    );
+    let mut record = Record {
+        id: Id::default(),
+        data: [("logins".to_owned(), json!([[login, secret], ["other", "entry"]]))].into(),
+        expiry_date: tower_sessions::cookie::time::OffsetDateTime::now_utc()
+            + tower_sessions::cookie::time::Duration::hours(1),
+    };
+    sessions.create(&mut record).await.unwrap();
+    b.store_cookie(
+        &app.base,
+        &format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", record.id),
+    );
+    b.store_cookie(&app.base, &format!("{LOGINS_COOKIE}=; Path=/; Max-Age=0"));
+    assert_eq!(b.cookie(&app.base, LOGINS_COOKIE), None);
+
+    let xml = idp.response_for(&conn, Some(&request_id), EMAIL);
+    let ans = post_acs_in(&mut b, &acs(&conn), &xml, Some(&relay), &idp_page()).await;
+    continue_in(&mut b, &ans, &idp_page()).await.expect_code();
+    // The session (under a fresh id) keeps only the entry not used.
+    let id: Id = b.cookie(&app.base, COOKIE).unwrap().parse().unwrap();
+    assert_ne!(id, record.id, "the session id is cycled at sign-in");
+    let now = sessions.load(&id).await.unwrap().expect("the session record");
+    assert_eq!(now.data["logins"], json!([["other", "entry"]]));
+}
+
+#[tokio::test]
 async fn session_cookie_is_secure_when_the_public_url_is_https() {
     // The gateway believes it is served over https; the test talks plain
     // http to its listener (a TLS-terminating proxy's view).
@@ -596,6 +698,21 @@ async fn session_cookie_is_secure_when_the_public_url_is_https() {
     assert!(attrs.iter().any(|a| a == "secure"), "{attrs:?}");
     assert!(attrs.iter().any(|a| a == "httponly"), "{attrs:?}");
     assert!(attrs.iter().any(|a| a == "samesite=lax"), "{attrs:?}");
+
+    // The demo app's `/authorize` starts a login: its binding cookie too.
+    let authorize = ans.location.clone().unwrap();
+    let authorize = gw.at(&format!("{}?{}", authorize.path(), authorize.query().unwrap()));
+    let ans = answer(gw.app.client.get(authorize).send().await.unwrap()).await;
+    assert!(ans.status.is_redirection(), "{ans:?}");
+    let binding = ans
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{LOGINS_COOKIE}=")))
+        .unwrap_or_else(|| panic!("no binding cookie: {ans:?}"));
+    let attrs = cookie_attributes(binding);
+    for expected in ["secure", "httponly", "samesite=lax"] {
+        assert!(attrs.iter().any(|a| a == expected), "{expected}: {attrs:?}");
+    }
 }
 
 #[tokio::test]
@@ -674,9 +791,11 @@ async fn an_attackers_response_auto_posted_from_a_victims_browser_with_its_own_p
 
     // The victim has started a sign-in of their own and is at the IdP.
     let (_, _, mut victim) = start_login(&app, "acme", &conn, "victim").await;
-    let victim_cookie = victim
-        .cookie(&app.base, COOKIE)
-        .expect("the victim has a session cookie");
+    // Starting a sign-in gives the browser its login binding, not a session.
+    assert_eq!(victim.cookie(&app.base, COOKIE), None);
+    let victim_logins = victim
+        .cookie(&app.base, LOGINS_COOKIE)
+        .expect("the victim holds the binding of its login");
     // The attacker starts one in their own browser and gets a valid Response
     // for their own account...
     let (request_id, relay_state, _attacker) = start_login(&app, "acme", &conn, "attacker").await;
@@ -686,10 +805,11 @@ async fn an_attackers_response_auto_posted_from_a_victims_browser_with_its_own_p
     let done = continue_in(&mut victim, &ans, &evil_page()).await;
     assert_eq!(done.code(), None, "the victim was signed in as the attacker: {done:?}");
     done.expect_page(400, "callback.browser_mismatch");
+    assert_eq!(victim.cookie(&app.base, COOKIE), None, "the victim was given a session");
     assert_eq!(
-        victim.cookie(&app.base, COOKIE).as_deref(),
-        Some(victim_cookie.as_str()),
-        "the victim's session cookie was replaced"
+        victim.cookie(&app.base, LOGINS_COOKIE).as_deref(),
+        Some(victim_logins.as_str()),
+        "the victim's own login binding was touched"
     );
 }
 

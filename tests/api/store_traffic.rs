@@ -739,7 +739,12 @@ async fn one_sign_in_costs_few_store_round_trips() {
     // waits with what a code grant will issue named in the code's marker
     // (no write-then-read of the replay flag after the mint), and the
     // SAML assertion's replay entry written alongside provisioning's read
-    // (the ACS at 5 counted waits, from 5.4-6).
+    // (the ACS at 5 counted waits, from 5.4-6); 27 / 23, 17 / 14 waits
+    // (9.5 KB / 6.7 KB) with the pending login's browser binding in a
+    // cookie of its own (`http/binding.rs`): a browser that starts a
+    // sign-in gets no session record (one create after `/authorize` less),
+    // the continuation and callback read none, and a session with no
+    // stored record is not cycled (no delete of a random id).
     //
     // Waits are counted as operations that started while none was in
     // flight, so a read started early that has already finished when the
@@ -761,15 +766,15 @@ async fn one_sign_in_costs_few_store_round_trips() {
         "WAITS: SAML {saml_waits} sequential waits; OIDC {oidc_waits} sequential waits; \
          refresh {saml_refresh_waits} / {oidc_refresh_waits} sequential waits"
     );
-    assert!(saml_trips <= 30, "SAML sign-in: {saml_trips} store round trips");
-    assert!(oidc_trips <= 26, "OIDC sign-in: {oidc_trips} store round trips");
+    assert!(saml_trips <= 27, "SAML sign-in: {saml_trips} store round trips");
+    assert!(oidc_trips <= 23, "OIDC sign-in: {oidc_trips} store round trips");
     for (what, stages, stage, most) in [
-        ("SAML", &saml, "authorize", 40),
+        ("SAML", &saml, "authorize", 30),
         ("SAML", &saml, "acs", 50),
         ("SAML", &saml, "continue", 50),
         ("SAML", &saml, "token", 40),
-        ("OIDC", &oidc, "authorize", 40),
-        ("OIDC", &oidc, "callback", 95),
+        ("OIDC", &oidc, "authorize", 30),
+        ("OIDC", &oidc, "callback", 85),
         ("OIDC", &oidc, "token", 40),
     ] {
         let tenths = stage_waits_tenths(stages, stage, N as u64);
@@ -782,14 +787,14 @@ async fn one_sign_in_costs_few_store_round_trips() {
             most % 10
         );
     }
-    assert!(saml_waits <= 18, "SAML sign-in: {saml_waits} sequential store waits");
-    assert!(oidc_waits <= 17, "OIDC sign-in: {oidc_waits} sequential store waits");
+    assert!(saml_waits <= 17, "SAML sign-in: {saml_waits} sequential store waits");
+    assert!(oidc_waits <= 15, "OIDC sign-in: {oidc_waits} sequential store waits");
     assert!(
         saml_refresh_waits <= 3 && oidc_refresh_waits <= 3,
         "refresh: {saml_refresh_waits} / {oidc_refresh_waits} sequential store waits"
     );
-    assert!(saml_bytes <= 10_100, "SAML sign-in: {saml_bytes} B of keys and values");
-    assert!(oidc_bytes <= 7_400, "OIDC sign-in: {oidc_bytes} B of keys and values");
+    assert!(saml_bytes <= 9_600, "SAML sign-in: {saml_bytes} B of keys and values");
+    assert!(oidc_bytes <= 6_900, "OIDC sign-in: {oidc_bytes} B of keys and values");
     assert!(
         saml_refresh <= 8,
         "refresh (SAML session): {saml_refresh} store round trips"

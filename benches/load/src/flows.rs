@@ -1021,7 +1021,7 @@ impl Inner {
         let to_idp = location(&resp, &self.base, "authorize")?;
         let cookie = cookies(&resp);
         if cookie.is_empty() {
-            return Err("authorize: no session cookie".into());
+            return Err("authorize: no cookie (the login binding)".into());
         }
         let mut pending = Pending {
             user: i,

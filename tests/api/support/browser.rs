@@ -421,6 +421,12 @@ impl Browser {
             .find_map(|c| c.strip_prefix(&format!("{name}=")).map(str::to_owned))
     }
 
+    /// Takes a `Set-Cookie` as if `url` had answered it (a cookie an earlier
+    /// version set, a cookie's removal).
+    pub fn store_cookie(&mut self, url: &Url, set_cookie: &str) {
+        self.jar.store(url, set_cookie);
+    }
+
     /// Forgets the recorded history (not the cookies).
     pub fn clear_history(&mut self) {
         self.history.clear();
