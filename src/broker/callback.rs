@@ -754,8 +754,8 @@ impl Broker {
         // failure fails the sign-in before the `sid` or the code leaves
         // (neither is in the answer), so what the others wrote is inert: a
         // code nobody holds (it expires), a session nobody can present.
-        // The edge's work alongside (the browser session's id cycle) goes
-        // out with them.
+        // The edge's first work alongside (the browser session's id cycle)
+        // goes out with them.
         let authz = self.authorization(&v.request, &s);
         let writes = async {
             tokio::try_join!(
@@ -763,7 +763,11 @@ impl Broker {
                 self.provider.issue_code(&authz)
             )
         };
-        let saved = match alongside {
+        let (with_writes, once_stored) = match alongside {
+            Some(a) => (Some(a.with_writes), Some(a.once_stored)),
+            None => (None, None),
+        };
+        let saved = match with_writes {
             Some(work) => tokio::join!(writes, work).0,
             None => writes.await,
         };
@@ -774,14 +778,19 @@ impl Broker {
         sso.insert(v.tenant.to_string(), s.sid.clone());
         meter::sign_in_succeeded(v.tenant.as_str(), v.connection.as_str(), "login.succeeded");
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");
-        self.provider
-            .audit
-            .security(crate::audit::AuditEvent::signin_succeeded(
-                &v.tenant,
-                v.connection.as_str(),
-                &v.sub,
-            ))
-            .await;
+        // The session is stored: the edge's browser session may name it now,
+        // in the same wait as the audit event.
+        let audit = self.provider.audit.security(crate::audit::AuditEvent::signin_succeeded(
+            &v.tenant,
+            v.connection.as_str(),
+            &v.sub,
+        ));
+        match once_stored {
+            Some(edge) => {
+                tokio::join!(audit, edge(sso.clone()));
+            }
+            None => audit.await,
+        }
         self.redirect_with_code(&v.request, &code)
     }
 

@@ -154,11 +154,21 @@ pub struct PendingLogin {
     pub test: Option<testing::TestSignIn>,
 }
 
-/// Work of the edge run alongside opening an SSO session (the browser
-/// session's id cycle): polled only once every check of the sign-in passed,
-/// together with the session's own writes, so it shares their store wait;
-/// dropped unpolled when no session opens.
-pub type Alongside<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+/// Work of the edge, boxed to run inside the broker's own steps.
+pub type EdgeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Work of the edge run alongside opening an SSO session, so it shares the
+/// broker's store waits instead of adding its own; neither part runs when
+/// no session opens.
+pub struct Alongside<'a> {
+    /// Polled only once every check of the sign-in passed, together with
+    /// the session's own writes (the browser session's id cycle).
+    pub with_writes: EdgeFuture<'a>,
+    /// Called once those writes all succeeded, with the browser's SSO map
+    /// now naming the new session; its future runs together with the
+    /// sign-in's audit event (the browser session's save).
+    pub once_stored: Box<dyn FnOnce(BrowserSso) -> EdgeFuture<'a> + Send + 'a>,
+}
 
 fn pending_key(t: &TenantId, login_id: &str) -> Key {
     Key::tenant(t.as_str(), "login", format!("pending:{login_id}"))

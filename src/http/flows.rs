@@ -222,46 +222,81 @@ pub async fn keep_session(session: &Session, sso: &BrowserSso, sso_before: &Brow
     keep_session_after(session, false, sso, sso_before, None).await
 }
 
-/// What cycling the session id alongside a sign-in came to: not run (no
-/// SSO session opened), run (`Ok(cycled)`), or failed (the error, logged
-/// by [`session_failed`] when answered).
-pub type CycleResult = std::sync::OnceLock<Result<bool, String>>;
+/// What the browser session's work alongside a sign-in came to
+/// ([`session_alongside`]): each part not run (no SSO session opened), run,
+/// or failed (the error, logged by [`session_failed`] when answered).
+#[derive(Default)]
+pub struct SessionWork {
+    /// The id cycle: whether the session had a stored record to cycle.
+    cycled: std::sync::OnceLock<Result<bool, String>>,
+    /// The save of the session naming the new SSO session.
+    saved: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl SessionWork {
+    /// Whether the session's id is fresh after the sign-in (cycled, or
+    /// saved under a new id), or why it failed (the caller answers
+    /// [`session_failed`]).
+    fn fresh_id(self) -> Result<bool, String> {
+        let cycled = self.cycled.into_inner().unwrap_or(Ok(false))?;
+        let saved = self.saved.into_inner().transpose()?.is_some();
+        Ok(cycled || saved)
+    }
+}
+
+/// Records `outcome` in `slot`, set only here, once per request.
+fn record<T>(slot: &std::sync::OnceLock<Result<T, String>>, outcome: Result<T, String>) {
+    if slot.set(outcome).is_err() {
+        // Unreachable, but never silent.
+        tracing::error!(reason = "session.save_failed", "browser session work recorded twice");
+    }
+}
 
 /// The work the broker runs alongside opening an SSO session
-/// ([`crate::broker::Alongside`]): cycles the id of the browser's session,
-/// if it has a stored one, so the old record's delete goes out with the
-/// new SSO session's writes instead of after them, and only when a session
-/// opens (a refused answer leaves the browser's session as it was). A
-/// session with no stored record gets a fresh id when first saved anyway.
-/// The outcome lands in `result`. Call after the session was read (the
+/// ([`crate::broker::Alongside`]), only when a session opens (a refused
+/// answer leaves the browser's session as it was):
+/// - with the new SSO session's writes, the id of the browser's session is
+///   cycled if it has a stored record, so the old record's delete shares
+///   their wait (a session with no stored record gets a fresh id when
+///   first saved anyway);
+/// - once they succeeded, the browser's session is saved naming the new
+///   SSO session, in the same wait as the sign-in's audit event, instead
+///   of by the session layer after the handler (which then finds the
+///   record unchanged and skips it: `store::session::request_scope`).
+///
+/// The outcomes land in `work`. Call after the session was read (the
 /// record is loaded); the broker does not touch the browser's session.
-pub fn cycle_alongside<'a>(session: &'a Session, result: &'a CycleResult) -> crate::broker::Alongside<'a> {
-    Box::pin(async move {
-        let outcome = if session.id().is_none() {
-            Ok(false)
-        } else {
-            session.cycle_id().await.map(|()| true).map_err(|e| e.to_string())
-        };
-        if result.set(outcome).is_err() {
-            // Set only here, once per request: unreachable, but never silent.
-            tracing::error!(reason = "session.save_failed", "session id cycle recorded twice");
-        }
-    })
+pub fn session_alongside<'a>(session: &'a Session, work: &'a SessionWork) -> crate::broker::Alongside<'a> {
+    crate::broker::Alongside {
+        with_writes: Box::pin(async move {
+            let outcome = if session.id().is_none() {
+                Ok(false)
+            } else {
+                session.cycle_id().await.map(|()| true).map_err(|e| e.to_string())
+            };
+            record(&work.cycled, outcome);
+        }),
+        once_stored: Box::new(move |sso: BrowserSso| {
+            Box::pin(async move {
+                let outcome = async {
+                    session.insert(SESSION_FIELD, &sso).await?;
+                    session.save().await
+                }
+                .await
+                .map_err(|e| e.to_string());
+                record(&work.saved, outcome);
+            })
+        }),
+    }
 }
 
-/// Whether the id was cycled alongside the sign-in, or why it failed (the
-/// caller answers [`session_failed`]).
-fn cycled_of(result: CycleResult) -> Result<bool, String> {
-    result.into_inner().unwrap_or(Ok(false))
-}
-
-/// [`keep_session`] when the id may already have been cycled in this
-/// request ([`cycle_alongside`]): a new SSO session then needs no second
-/// cycle. A session with no stored record (none was sent, or the one named
-/// is gone: the id is `None` once read) is not cycled: it gets a fresh id
-/// when first saved, and a delete of a random id would only cost a wait.
-/// Call after the session was read. `logins`: the session's list of login bindings (an earlier
-/// version's, [`binding`]) when one of them was used.
+/// [`keep_session`] when the id may already be fresh in this request
+/// ([`session_alongside`]): a new SSO session then needs no second cycle.
+/// A session with no stored record (none was sent, or the one named is
+/// gone: the id is `None` once read) is not cycled: it gets a fresh id when
+/// first saved, and a delete of a random id would only cost a wait. Call
+/// after the session was read. `logins`: the session's list of login
+/// bindings (an earlier version's, [`binding`]) when one of them was used.
 async fn keep_session_after(
     session: &Session,
     cycled: bool,
@@ -296,8 +331,9 @@ pub async fn complete(
     let presented = binding::Presented::new(state, headers, load_logins(session).await);
     let mut logins = presented.all();
     let sso_before = sso.clone();
-    // The session id is cycled alongside the new session's writes.
-    let cycle = CycleResult::new();
+    // The session id is cycled alongside the new session's writes, and the
+    // session saved once they succeeded.
+    let work = SessionWork::default();
     let outcome = state
         .broker
         .complete_alongside(
@@ -307,10 +343,10 @@ pub async fn complete(
             &mut sso,
             &mut logins,
             fresh,
-            Some(cycle_alongside(session, &cycle)),
+            Some(session_alongside(session, &work)),
         )
         .await;
-    let cycled = match cycled_of(cycle) {
+    let cycled = match work.fresh_id() {
         Ok(c) => c,
         Err(e) => return session_failed(e),
     };
@@ -496,8 +532,9 @@ async fn resume(
     let presented = binding::Presented::new(state, headers, in_session);
     let mut logins = presented.all();
     let sso_before = sso.clone();
-    // The session id is cycled alongside the new session's writes.
-    let cycle = CycleResult::new();
+    // The session id is cycled alongside the new session's writes, and the
+    // session saved once they succeeded.
+    let work = SessionWork::default();
     let outcome = state
         .broker
         .resume_taken(
@@ -507,10 +544,10 @@ async fn resume(
             confirmed,
             &mut sso,
             &mut logins,
-            Some(cycle_alongside(session, &cycle)),
+            Some(session_alongside(session, &work)),
         )
         .await;
-    let cycled = match cycled_of(cycle) {
+    let cycled = match work.fresh_id() {
         Ok(c) => c,
         Err(e) => return session_failed(e),
     };

@@ -127,6 +127,12 @@ fn admin_routes(state: &Arc<AppState>, with_metrics: bool) -> Router<Arc<AppStat
     }
 }
 
+/// A browser request with a record of what it writes of its session
+/// ([`crate::store::session::request_scope`]).
+async fn session_scope(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    crate::store::session::request_scope(next.run(req)).await
+}
+
 /// Everything browsers, apps and IdPs reach.
 fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let sessions = SessionManagerLayer::new(crate::store::session::StoreSessionStore::new(
@@ -162,6 +168,9 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let browser = browser
         .layer(axum::middleware::map_response(edge::mark_handler_status))
         .layer(sessions)
+        // Outside the session layer: its save after the handler skips a
+        // record the handler already wrote unchanged.
+        .layer(axum::middleware::from_fn(session_scope))
         .layer(axum::middleware::map_response(edge::session_save_failed));
 
     let api = Router::new()

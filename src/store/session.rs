@@ -9,11 +9,20 @@
 //! sessions' lifetime follows the same clock as everything else (tests with a
 //! manual clock see the sessions they create). A record whose expiry has
 //! passed is never returned, whatever the backend still holds.
+//!
+//! A handler may save its session itself, alongside other store work
+//! (`http::flows::session_alongside`); the session layer then saves it again
+//! after the handler, as it does for every modified session. Inside
+//! [`request_scope`] that second save is skipped when it would write what
+//! this request already wrote under the same id: one store wait less, and
+//! the same record.
 
 use super::{Key, SharedStore, StoreError};
 use crate::clock::SharedClock;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
@@ -21,6 +30,36 @@ use tower_sessions::session_store::{self, SessionStore};
 /// How many fresh ids `create` tries before giving up. Ids are 128 random
 /// bits, so a second attempt already means something is badly wrong.
 const CREATE_ATTEMPTS: usize = 4;
+
+tokio::task_local! {
+    /// What the current request last wrote of its browser session: the id
+    /// and the data.
+    static WRITTEN: RefCell<Option<(Id, HashMap<String, serde_json::Value>)>>;
+}
+
+/// Runs `request` (a request through the session layer) with a record of
+/// what it writes of its session, so that the layer's save after the
+/// handler skips a record the handler already wrote, unchanged.
+pub async fn request_scope<F: std::future::Future>(request: F) -> F::Output {
+    WRITTEN.scope(RefCell::new(None), request).await
+}
+
+/// Notes that `record` was written in this request (outside a
+/// [`request_scope`], nothing is noted and nothing skipped).
+fn note_written(record: &Record) {
+    let _ = WRITTEN.try_with(|w| *w.borrow_mut() = Some((record.id, record.data.clone())));
+}
+
+/// Whether this request already wrote `record` as it is now.
+fn already_written(record: &Record) -> bool {
+    WRITTEN
+        .try_with(|w| {
+            w.borrow()
+                .as_ref()
+                .is_some_and(|(id, data)| *id == record.id && *data == record.data)
+        })
+        .unwrap_or(false)
+}
 
 /// Browser sessions kept in a [`super::Store`].
 #[derive(Clone)]
@@ -85,6 +124,7 @@ impl SessionStore for StoreSessionStore {
                 .await
                 .map_err(backend)?;
             if written {
+                note_written(record);
                 return Ok(());
             }
             // Never overwrite someone else's session: pick another id.
@@ -100,10 +140,15 @@ impl SessionStore for StoreSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
+        if already_written(record) {
+            return Ok(());
+        }
         self.store
             .put(&Self::key(&record.id), &self.encode(record)?, Some(self.lifetime))
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        note_written(record);
+        Ok(())
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -271,5 +316,50 @@ mod tests {
         f.sessions.delete(&Id(8)).await.unwrap();
         assert_eq!(f.sessions.load(&Id(8)).await.unwrap(), None);
         assert_eq!(f.sessions.load(&Id(12345)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn in_a_request_scope_a_save_of_what_the_request_already_wrote_writes_nothing() {
+        let f = fixture();
+        request_scope(async {
+            let mut r = record(21, "alice");
+            f.sessions.create(&mut r).await.unwrap();
+            // Gone behind the request's back: an unchanged save is skipped...
+            f.store.delete(&StoreSessionStore::key(&r.id)).await.unwrap();
+            f.sessions.save(&r).await.unwrap();
+            assert!(f.store.get(&StoreSessionStore::key(&r.id)).await.unwrap().is_none());
+            // ...a changed one is written, and then itself skipped unchanged.
+            let changed = record(21, "alice-changed");
+            f.sessions.save(&changed).await.unwrap();
+            assert_eq!(f.sessions.load(&r.id).await.unwrap(), Some(changed.clone()));
+            f.store.delete(&StoreSessionStore::key(&r.id)).await.unwrap();
+            f.sessions.save(&changed).await.unwrap();
+            assert!(f.store.get(&StoreSessionStore::key(&r.id)).await.unwrap().is_none());
+            // Another id with the same data is written.
+            let other = record(22, "alice-changed");
+            f.sessions.save(&other).await.unwrap();
+            assert_eq!(f.sessions.load(&other.id).await.unwrap(), Some(other));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn outside_a_request_scope_every_save_writes() {
+        let f = fixture();
+        let mut r = record(23, "bob");
+        f.sessions.create(&mut r).await.unwrap();
+        f.store.delete(&StoreSessionStore::key(&r.id)).await.unwrap();
+        f.sessions.save(&r).await.unwrap();
+        assert_eq!(f.sessions.load(&r.id).await.unwrap(), Some(r));
+    }
+
+    #[tokio::test]
+    async fn each_request_scope_starts_with_nothing_written() {
+        let f = fixture();
+        let mut r = record(24, "carol");
+        request_scope(async { f.sessions.create(&mut r).await.unwrap() }).await;
+        f.store.delete(&StoreSessionStore::key(&r.id)).await.unwrap();
+        request_scope(async { f.sessions.save(&r).await.unwrap() }).await;
+        assert_eq!(f.sessions.load(&r.id).await.unwrap(), Some(r), "a later request writes");
     }
 }
