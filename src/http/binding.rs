@@ -16,7 +16,7 @@
 //! strong as before.
 //!
 //! Bindings an earlier version kept in the session (field
-//! [`LOGINS_FIELD`]) are still honoured where a login finishes, so a rolling
+//! [`crate::broker::session::LOGINS_FIELD`]) are still honoured where a login finishes, so a rolling
 //! upgrade loses no login in flight.
 
 use super::AppState;
@@ -138,9 +138,8 @@ impl Presented {
         self.session.iter().chain(&self.cookie).cloned().collect()
     }
 
-    /// After the broker took from [`Self::all`] and left `left`: the
-    /// session's list to store if it changed, and the response with the
-    /// cookie updated if that changed.
+    /// After the broker took from [`Self::all`] and left `left`: what
+    /// changed of each source.
     pub fn settle(self, left: &BrowserLogins) -> Settled {
         let kept = |list: &BrowserLogins| -> BrowserLogins {
             list.iter()

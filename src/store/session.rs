@@ -50,6 +50,16 @@ fn note_written(record: &Record) {
     let _ = WRITTEN.try_with(|w| *w.borrow_mut() = Some((record.id, record.data.clone())));
 }
 
+/// Forgets what this request wrote under `id` (deleted since).
+fn forget_written(id: &Id) {
+    let _ = WRITTEN.try_with(|w| {
+        let mut w = w.borrow_mut();
+        if w.as_ref().is_some_and(|(written, _)| written == id) {
+            *w = None;
+        }
+    });
+}
+
 /// Whether this request already wrote `record` as it is now.
 fn already_written(record: &Record) -> bool {
     WRITTEN
@@ -168,6 +178,7 @@ impl SessionStore for StoreSessionStore {
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        forget_written(session_id);
         self.store
             .delete(&Self::key(session_id))
             .await
@@ -337,6 +348,10 @@ mod tests {
             assert!(f.store.get(&StoreSessionStore::key(&r.id)).await.unwrap().is_none());
             // Another id with the same data is written.
             let other = record(22, "alice-changed");
+            f.sessions.save(&other).await.unwrap();
+            assert_eq!(f.sessions.load(&other.id).await.unwrap(), Some(other.clone()));
+            // Deleted in this request, then saved unchanged: written again.
+            f.sessions.delete(&other.id).await.unwrap();
             f.sessions.save(&other).await.unwrap();
             assert_eq!(f.sessions.load(&other.id).await.unwrap(), Some(other));
         })
