@@ -393,6 +393,45 @@ impl Provider {
         }))
     }
 
+    /// Whether the family `id` is stored (started and not revoked).
+    pub async fn family_exists(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let at = family_key(tenant.as_str(), id);
+        let read = self.store.read_many(&[(&at, Read::Presence)]).await?;
+        Ok(read.into_iter().next().flatten().is_some())
+    }
+
+    /// Undoes [`Provider::start_family`] for a code grant that failed after
+    /// the family started (or after its start failed part-way): deletes the
+    /// family with its first token (`token`, when known) and its entries in
+    /// the session's and the user's indexes, in one wait. Nothing of it was
+    /// handed out, so this only tidies: a failure is logged, and what stays
+    /// is inert (a family whose token nobody holds, or index entries naming
+    /// an absent family).
+    pub async fn abandon_family(&self, authz: &Authorization, id: &str, token: Option<&str>) {
+        let t = authz.tenant.as_str();
+        let family_at = family_key(t, id);
+        let token_at = token.and_then(parse).map(|p| token_key(t, id, &p.hash));
+        let mut deletes = vec![Write::Delete { key: &family_at }];
+        if let Some(k) = &token_at {
+            deletes.push(Write::Delete { key: k });
+        }
+        let (by_session, by_user) = (session_families_key(t, &authz.sid), user_families_key(t, &authz.sub));
+        // Each step on its own: one failing does not cancel the others.
+        let (family, session, user) = tokio::join!(
+            self.store.write_many(&deletes),
+            self.store.set_remove(&by_session, id),
+            self.store.set_remove(&by_user, id),
+        );
+        for e in [family.err(), session.err(), user.err()].into_iter().flatten() {
+            tracing::warn!(
+                reason = "code.family_abandon_failed",
+                tenant = %authz.tenant,
+                error = %e,
+                "a refresh family started for a failed code grant could not be removed; it is inert (its token was never handed out)"
+            );
+        }
+    }
+
     /// Revokes every family of the user `sub` (disable, delete).
     pub async fn revoke_user_families(&self, tenant: &TenantId, sub: &str) -> Result<(), StoreError> {
         let key = user_families_key(tenant.as_str(), sub);

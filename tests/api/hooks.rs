@@ -502,7 +502,14 @@ async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
     assert_eq!(
         app.state.store.set_members(&families).await.unwrap().len(),
         1,
-        "no family started for a failed code redemption"
+        "no family left for a failed code redemption"
+    );
+    // It started alongside the redemption's reads, and was removed again.
+    let named = crate::revocation::family_named_by(&app, &code).await;
+    assert_eq!(
+        crate::revocation::family_left(&app, &named, &sub).await,
+        (false, false),
+        "family {named}"
     );
 }
 
@@ -636,16 +643,24 @@ async fn a_code_replayed_while_its_first_redemption_mints_leaves_no_token_alive(
     configure(&app, &hooks, PRE, "pre", 10_000).await;
     let mut browser = Browser::new();
 
-    // An app with refresh tokens: the family named in the code's marker is
-    // forbidden by the replay before it starts, so the first redemption
-    // fails as a reuse and issues nothing.
+    // An app with refresh tokens: the family named in the code's marker
+    // starts alongside the first redemption's reads; the replay, while the
+    // hook holds that redemption, deletes it and leaves its tombstone, and
+    // the first redemption, finding it gone after the hook, fails as a
+    // reuse and issues nothing.
     let rp = register(&app, "replayed-while-minting").await;
     let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
+    let replayed = Code {
+        code: code.code.clone(),
+        verifier: code.verifier.clone(),
+    };
     let (first, replay) = replay_while_minting(&app, &hooks, &rp, code).await;
     assert_eq!(replay.unwrap_err().reason, "code.reused");
     assert_eq!(first.unwrap_err().reason, "code.reused");
-    // What the first redemption named: a family that never started, and a
-    // tombstone that keeps it from ever starting.
+    // What the first redemption named (and started before the hook was
+    // called): no record left, in no index, and a tombstone that keeps it
+    // from ever starting again.
+    let named = crate::revocation::family_named_by(&app, &replayed).await;
     hooks.behave("pre", Behavior::Answer(json!({})));
     let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
     let good = redeem(&app, &rp, &code).await.unwrap();
@@ -653,25 +668,23 @@ async fn a_code_replayed_while_its_first_redemption_mints_leaves_no_token_alive(
         .as_str()
         .unwrap()
         .to_owned();
-    let index = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
-    let families = app.state.store.set_members(&index).await.unwrap();
     assert_eq!(
-        families.len(),
-        2,
-        "the forbidden family's index entry and the good one's"
+        crate::revocation::family_left(&app, &named, &sub).await,
+        (false, false),
+        "family {named}"
     );
     let key = |f: &str, name: &str| portcullis::store::Key::tenant(DEMO, &format!("rf:{f}"), name);
-    let mut forbidden = 0;
-    for f in &families {
-        let started = app.state.store.get(&key(f, "family")).await.unwrap().is_some();
-        let tombstone = app.state.store.get(&key(f, "forbidden")).await.unwrap().is_some();
-        assert!(
-            started != tombstone,
-            "family {f}: started {started}, tombstone {tombstone}"
-        );
-        forbidden += usize::from(tombstone);
-    }
-    assert_eq!(forbidden, 1);
+    assert!(app.state.store.get(&key(&named, "forbidden")).await.unwrap().is_some());
+    let index = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
+    let families = app.state.store.set_members(&index).await.unwrap();
+    assert_eq!(families.len(), 1, "only the good redemption's family: {families:?}");
+    assert!(app
+        .state
+        .store
+        .get(&key(&families[0], "family"))
+        .await
+        .unwrap()
+        .is_some());
 
     // An app without refresh tokens: the first redemption answers, and the
     // access token it signed after the replay is already revoked (its

@@ -220,6 +220,39 @@ async fn code_reason(app: &TestApp, rp: &Rp, code: &Code) -> &'static str {
     app.state.provider.token(&client, &req).await.unwrap_err().reason
 }
 
+/// The refresh family a redemption of `code` (of the demo tenant) named
+/// in the code's "used" marker before it took the code.
+pub async fn family_named_by(app: &TestApp, code: &Code) -> String {
+    let hash = portcullis::tokens::sha256_base64url(code.code.as_bytes());
+    let marker = portcullis::store::Key::tenant(DEMO, "codes", format!("used:{hash}"));
+    let raw = app
+        .state
+        .store
+        .get(&marker)
+        .await
+        .unwrap()
+        .expect("the code's used marker");
+    let issued: Value = serde_json::from_slice(&raw).unwrap();
+    issued["family"].as_str().expect("a family named").to_owned()
+}
+
+/// Whether the demo tenant's refresh family `family` has a record, and
+/// whether the user `sub`'s index of families names it.
+pub async fn family_left(app: &TestApp, family: &str, sub: &str) -> (bool, bool) {
+    let record = portcullis::store::Key::tenant(DEMO, &format!("rf:{family}"), "family");
+    let index = portcullis::store::Key::tenant(DEMO, "users", format!("families:{sub}"));
+    let stored = app.state.store.get(&record).await.unwrap().is_some();
+    let indexed = app
+        .state
+        .store
+        .set_members(&index)
+        .await
+        .unwrap()
+        .iter()
+        .any(|f| f == family);
+    (stored, indexed)
+}
+
 /// The provider's reason for refusing an access token.
 pub async fn access_reason(app: &TestApp, at: &str) -> &'static str {
     app.state.provider.check_access_token(at).await.unwrap_err().reason
@@ -926,6 +959,9 @@ async fn grant_refusals_name_their_reason_without_eager_revocation() {
     assert!(directory.set_disabled(&demo, &sub, true).await.unwrap());
     assert_eq!(refresh_reason(&app, &rp, t1.rt()).await, "refresh.user_disabled");
     assert_eq!(code_reason(&app, &rp, &c1).await, "code.user_disabled");
+    // The family that redemption started alongside its reads is gone again.
+    let named = family_named_by(&app, &c1).await;
+    assert_eq!(family_left(&app, &named, &sub).await, (false, false), "family {named}");
     assert!(directory.set_disabled(&demo, &sub, false).await.unwrap());
 
     let t2 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;

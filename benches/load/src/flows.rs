@@ -82,6 +82,9 @@ struct Inner {
     pool: usize,
     /// `code-grant` in closed loop: codes minted per measured window.
     code_pool: usize,
+    /// `code-grant`: how long minting ahead may run (the codes' lifetime
+    /// less a margin).
+    mint_budget: Duration,
     max_in_flight: usize,
     pid: Option<u32>,
     signers: usize,
@@ -306,6 +309,7 @@ impl World {
                 .code_pool
                 .unwrap_or((6000.0 * opts.duration.max(0.0)).ceil() as usize)
                 .max(1),
+            mint_budget: Duration::from_secs(opts.code_ttl.saturating_sub(10).max(5)),
             max_in_flight: opts.max_in_flight.max(1),
             pid: opts.gateway_pid,
             signers,
@@ -768,6 +772,16 @@ impl World {
         let minted = Arc::new(std::sync::Mutex::new(Vec::<Option<(String, String)>>::new()));
         let mut errors = Vec::new();
         for batch in (0..n).collect::<Vec<_>>().chunks(32) {
+            if t.elapsed() >= w.mint_budget {
+                // The first codes would expire before their turn.
+                eprintln!(
+                    "portcullis-load: code-grant: minted {} of {n} codes in {:.1} s, the most that stay \
+                     unexpired (minting stops after --code-ttl less 10 s); the window ends early if they run out",
+                    batch[0],
+                    t.elapsed().as_secs_f64()
+                );
+                break;
+            }
             let set: Vec<_> = batch
                 .iter()
                 .map(|&i| {

@@ -167,10 +167,17 @@ pub struct Options {
     /// window through `/authorize` with an SSO session (default 6,000 per
     /// second of `--duration`, minted before the window starts; the window
     /// ends early, with a warning, if they run out). Codes live
-    /// `[tokens] code_ttl_secs` (60 s by default): minting more than fits in
-    /// that makes the first ones expire. Open loop mints rate × duration.
+    /// `[tokens] code_ttl_secs` (60 s by default): minting stops once it
+    /// has run `--code-ttl` less ten seconds, so no code expires before
+    /// its turn. Open loop mints rate × duration.
     #[arg(long)]
     pub code_pool: Option<usize>,
+    /// `code-grant`: how long the gateway's codes live (its `[tokens]
+    /// code_ttl_secs`), in seconds: minting codes ahead of the window stops
+    /// after this less ten seconds (at least five), with a note, on a
+    /// machine too slow to mint the whole pool in time.
+    #[arg(long, default_value_t = 60)]
+    pub code_ttl: u64,
     /// Open loop: at most this many operations in flight.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
