@@ -496,7 +496,13 @@ impl Provider {
             .prepare(client, &authz, true, Some(&user), Some(hook), Some(&minting))
             .await?;
         let refresh = if wants_refresh(client, &authz) {
-            match self.start_family(&authz, family_id).await? {
+            let started = self.start_family(&authz, family_id.clone()).await;
+            if !matches!(started, Ok(Some(_))) {
+                // Its index entries, sent alongside, may have been written:
+                // nothing of a family that did not start stays behind.
+                self.abandon_family(&authz, &family_id, None).await;
+            }
+            match started? {
                 Some((_, token)) => Some(token),
                 None => {
                     // A replay arrived while we were minting and forbade

@@ -393,20 +393,13 @@ impl Provider {
         }))
     }
 
-    /// Whether the family `id` is stored (started and not revoked).
-    pub async fn family_exists(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let at = family_key(tenant.as_str(), id);
-        let read = self.store.read_many(&[(&at, Read::Presence)]).await?;
-        Ok(read.into_iter().next().flatten().is_some())
-    }
-
     /// Undoes [`Provider::start_family`] for a code grant that failed after
-    /// the family started (or after its start failed part-way): deletes the
-    /// family with its first token (`token`, when known) and its entries in
-    /// the session's and the user's indexes, in one wait. Nothing of it was
-    /// handed out, so this only tidies: a failure is logged, and what stays
-    /// is inert (a family whose token nobody holds, or index entries naming
-    /// an absent family).
+    /// the family's start was sent (it failed, or a replay had forbidden
+    /// the family): deletes the family with its first token (`token`, when
+    /// known) and its entries in the session's and the user's indexes, in
+    /// one wait. Nothing of it was handed out, so this only tidies: a
+    /// failure is logged, and what stays is inert (a family whose token
+    /// nobody holds, or index entries naming an absent family).
     pub async fn abandon_family(&self, authz: &Authorization, id: &str, token: Option<&str>) {
         let t = authz.tenant.as_str();
         let family_at = family_key(t, id);

@@ -504,7 +504,7 @@ async fn failing_pre_token_hook_keeps_the_refresh_token_and_starts_no_family() {
         1,
         "no family left for a failed code redemption"
     );
-    // It started alongside the redemption's reads, and was removed again.
+    // Nothing of the family the redemption named.
     let named = crate::revocation::family_named_by(&app, &code).await;
     assert_eq!(
         crate::revocation::family_left(&app, &named, &sub).await,
@@ -643,11 +643,9 @@ async fn a_code_replayed_while_its_first_redemption_mints_leaves_no_token_alive(
     configure(&app, &hooks, PRE, "pre", 10_000).await;
     let mut browser = Browser::new();
 
-    // An app with refresh tokens: the family named in the code's marker
-    // starts alongside the first redemption's reads; the replay, while the
-    // hook holds that redemption, deletes it and leaves its tombstone, and
-    // the first redemption, finding it gone after the hook, fails as a
-    // reuse and issues nothing.
+    // An app with refresh tokens: the family named in the code's marker is
+    // forbidden by the replay before it starts, so the first redemption
+    // fails as a reuse and issues nothing.
     let rp = register(&app, "replayed-while-minting").await;
     let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;
     let replayed = Code {
@@ -657,9 +655,9 @@ async fn a_code_replayed_while_its_first_redemption_mints_leaves_no_token_alive(
     let (first, replay) = replay_while_minting(&app, &hooks, &rp, code).await;
     assert_eq!(replay.unwrap_err().reason, "code.reused");
     assert_eq!(first.unwrap_err().reason, "code.reused");
-    // What the first redemption named (and started before the hook was
-    // called): no record left, in no index, and a tombstone that keeps it
-    // from ever starting again.
+    // What the first redemption named: never started, in no index (its
+    // entries, sent with the refused start, were tidied), and a tombstone
+    // that keeps it from ever starting.
     let named = crate::revocation::family_named_by(&app, &replayed).await;
     hooks.behave("pre", Behavior::Answer(json!({})));
     let code = sign_in(&app, &mut browser, &rp, "lee@hooks.example").await;

@@ -211,3 +211,26 @@ async fn a_wrong_alg_flag_is_refused_before_anything_is_measured() {
         .expect_err("RS256 gateway, --alg ES256");
     assert!(err.contains("--alg ES256") && err.contains("RS256"), "{err}");
 }
+
+/// Codes minted ahead of the window must still be alive when it ends: with
+/// a pool larger than can be minted in the codes' lifetime (here the
+/// generator is told they live 2 s), minting stops in time, the window
+/// redeems what was minted (ending early when they run out), and no code
+/// is redeemed expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minting_codes_ahead_stops_before_the_first_would_expire() {
+    let app = gateway().await;
+    let mut opts = smoke(&app);
+    opts.scenario = vec![Scenario::CodeGrant];
+    opts.code_pool = Some(50_000);
+    opts.code_ttl = 2;
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &[Scenario::CodeGrant]);
+    let s = &report.scenarios[0];
+    assert!(
+        s.prepare_s < 2.0,
+        "minting ran {:.1} s, past what keeps the first code alive",
+        s.prepare_s
+    );
+    assert!(s.ok < 50_000, "{s:#?}");
+}

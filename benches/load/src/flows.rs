@@ -309,7 +309,7 @@ impl World {
                 .code_pool
                 .unwrap_or((6000.0 * opts.duration.max(0.0)).ceil() as usize)
                 .max(1),
-            mint_budget: Duration::from_secs(opts.code_ttl.saturating_sub(10).max(5)),
+            mint_budget: Duration::from_secs_f64(((opts.code_ttl as f64 - opts.duration.max(0.0)) * 0.9).max(0.5)),
             max_in_flight: opts.max_in_flight.max(1),
             pid: opts.gateway_pid,
             signers,
@@ -776,7 +776,7 @@ impl World {
                 // The first codes would expire before their turn.
                 eprintln!(
                     "portcullis-load: code-grant: minted {} of {n} codes in {:.1} s, the most that stay \
-                     unexpired (minting stops after --code-ttl less 10 s); the window ends early if they run out",
+                     unexpired through the window (see --code-ttl); the window ends early if they run out",
                     batch[0],
                     t.elapsed().as_secs_f64()
                 );

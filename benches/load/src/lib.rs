@@ -167,15 +167,17 @@ pub struct Options {
     /// window through `/authorize` with an SSO session (default 6,000 per
     /// second of `--duration`, minted before the window starts; the window
     /// ends early, with a warning, if they run out). Codes live
-    /// `[tokens] code_ttl_secs` (60 s by default): minting stops once it
-    /// has run `--code-ttl` less ten seconds, so no code expires before
-    /// its turn. Open loop mints rate × duration.
+    /// `[tokens] code_ttl_secs` (60 s by default): minting stops early
+    /// when the first codes would expire before the window ends (see
+    /// `--code-ttl`). Open loop mints rate × duration.
     #[arg(long)]
     pub code_pool: Option<usize>,
     /// `code-grant`: how long the gateway's codes live (its `[tokens]
-    /// code_ttl_secs`), in seconds: minting codes ahead of the window stops
-    /// after this less ten seconds (at least five), with a note, on a
-    /// machine too slow to mint the whole pool in time.
+    /// code_ttl_secs`), in seconds. The first code minted must still be
+    /// alive when the window ends, so minting ahead stops, with a note,
+    /// after 90 % of this less `--duration` (at least half a second): on a
+    /// machine too slow to mint the whole pool in time the window then ends
+    /// early when the codes run out, instead of redeeming expired ones.
     #[arg(long, default_value_t = 60)]
     pub code_ttl: u64,
     /// Open loop: at most this many operations in flight.
