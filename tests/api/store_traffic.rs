@@ -842,6 +842,27 @@ async fn one_sign_in_costs_few_store_round_trips() {
     );
 }
 
+/// A dev gateway over the in-memory store, whose browser session writes
+/// (`sessions`) and refresh family writes (`families`) fail as an outage
+/// while the flag is set.
+async fn dev_app_refusing(sessions: Arc<AtomicBool>, families: Arc<AtomicBool>) -> crate::support::app::TestApp {
+    let wrap: WrapStore = Arc::new(move |inner| {
+        Arc::new(Counting {
+            inner,
+            tally: Arc::default(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            refuse_session_writes: sessions.clone(),
+            refuse_family_writes: families.clone(),
+        }) as SharedStore
+    });
+    spawn_app(AppOptions {
+        dev: true,
+        wrap_store: Some(wrap),
+        ..AppOptions::default()
+    })
+    .await
+}
+
 /// The browser session naming a new SSO session is saved by the handler,
 /// alongside the sign-in's audit event, not by the session layer after it:
 /// when that save fails, the sign-in still fails closed (503
@@ -849,22 +870,7 @@ async fn one_sign_in_costs_few_store_round_trips() {
 #[tokio::test]
 async fn a_browser_session_that_cannot_be_saved_at_sign_in_fails_it_closed_without_a_code() {
     let refuse = Arc::new(AtomicBool::new(false));
-    let r = refuse.clone();
-    let wrap: WrapStore = Arc::new(move |inner| {
-        Arc::new(Counting {
-            inner,
-            tally: Arc::default(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            refuse_session_writes: r.clone(),
-            refuse_family_writes: Arc::default(),
-        }) as SharedStore
-    });
-    let app = spawn_app(AppOptions {
-        dev: true,
-        wrap_store: Some(wrap),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app_refusing(refuse.clone(), Arc::default()).await;
     let mut browser = crate::support::browser::Browser::new();
     let login = browser.get(&app.url("/demo/login")).await;
     let form = login.form(None);
@@ -909,22 +915,7 @@ async fn a_browser_session_that_cannot_be_saved_at_sign_in_fails_it_closed_witho
 #[tokio::test]
 async fn a_code_grant_whose_refresh_family_cannot_be_written_fails_closed_and_leaves_no_index_entry() {
     let refuse = Arc::new(AtomicBool::new(false));
-    let r = refuse.clone();
-    let wrap: WrapStore = Arc::new(move |inner| {
-        Arc::new(Counting {
-            inner,
-            tally: Arc::default(),
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            refuse_session_writes: Arc::default(),
-            refuse_family_writes: r.clone(),
-        }) as SharedStore
-    });
-    let app = spawn_app(AppOptions {
-        dev: true,
-        wrap_store: Some(wrap),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = dev_app_refusing(Arc::default(), refuse.clone()).await;
     let rp = crate::revocation::register(&app, "family-refused").await;
     let mut browser = crate::support::browser::Browser::new();
     let first = crate::revocation::sign_in(&app, &mut browser, &rp, crate::revocation::DEMO, "kim@demo.example").await;
