@@ -500,7 +500,7 @@ impl Provider {
             if !matches!(started, Ok(Some(_))) {
                 // Its index entries, sent alongside, may have been written:
                 // nothing of a family that did not start stays behind.
-                self.abandon_family(&authz, &family_id, None).await;
+                self.abandon_family(&authz, &family_id).await;
             }
             match started? {
                 Some((_, token)) => Some(token),

@@ -393,25 +393,23 @@ impl Provider {
         }))
     }
 
-    /// Undoes [`Provider::start_family`] for a code grant that failed after
-    /// the family's start was sent (it failed, or a replay had forbidden
-    /// the family): deletes the family with its first token (`token`, when
-    /// known) and its entries in the session's and the user's indexes, in
-    /// one wait. Nothing of it was handed out, so this only tidies: a
-    /// failure is logged, and what stays is inert (a family whose token
+    /// Undoes [`Provider::start_family`] for a code grant whose family did
+    /// not start (its script failed, or a replay had forbidden the family):
+    /// deletes the family's record (a failed script may still have run)
+    /// and its entries in the session's and the user's indexes, sent with
+    /// it, in one wait. Nothing of it was handed out, so this only tidies:
+    /// a failure is logged, and what stays is inert (a family whose token
     /// nobody holds, or index entries naming an absent family).
-    pub async fn abandon_family(&self, authz: &Authorization, id: &str, token: Option<&str>) {
+    pub async fn abandon_family(&self, authz: &Authorization, id: &str) {
         let t = authz.tenant.as_str();
-        let family_at = family_key(t, id);
-        let token_at = token.and_then(parse).map(|p| token_key(t, id, &p.hash));
-        let mut deletes = vec![Write::Delete { key: &family_at }];
-        if let Some(k) = &token_at {
-            deletes.push(Write::Delete { key: k });
-        }
-        let (by_session, by_user) = (session_families_key(t, &authz.sid), user_families_key(t, &authz.sub));
+        let (family_at, by_session, by_user) = (
+            family_key(t, id),
+            session_families_key(t, &authz.sid),
+            user_families_key(t, &authz.sub),
+        );
         // Each step on its own: one failing does not cancel the others.
         let (family, session, user) = tokio::join!(
-            self.store.write_many(&deletes),
+            self.store.delete(&family_at),
             self.store.set_remove(&by_session, id),
             self.store.set_remove(&by_user, id),
         );
@@ -420,7 +418,7 @@ impl Provider {
                 reason = "code.family_abandon_failed",
                 tenant = %authz.tenant,
                 error = %e,
-                "a refresh family started for a failed code grant could not be removed; it is inert (its token was never handed out)"
+                "a refresh family of a failed code grant could not be removed; it is inert (its token was never handed out)"
             );
         }
     }

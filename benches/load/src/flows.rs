@@ -82,8 +82,8 @@ struct Inner {
     pool: usize,
     /// `code-grant` in closed loop: codes minted per measured window.
     code_pool: usize,
-    /// `code-grant`: how long minting ahead may run (the codes' lifetime
-    /// less a margin).
+    /// `code-grant`: how long minting ahead may run (90 % of the codes'
+    /// lifetime less the window, so the first code outlives the window).
     mint_budget: Duration,
     max_in_flight: usize,
     pid: Option<u32>,
