@@ -856,16 +856,41 @@ impl Conn {
         answer.await.unwrap_or_else(|_| Err(redis_batch::dropped()))
     }
 
-    /// Sends what is queued as one pipeline and answers each command.
+    /// Sends what is queued (as pipelines of at most
+    /// [`redis_batch::MAX_PIPELINE`] commands, all at once and in queue
+    /// order) and answers each command as its pipeline's replies come in.
     async fn flush(&self) {
-        let (pipe, replies) = match self {
+        let mut chunks = match self {
             Conn::Single(_, batch) => batch.take(),
             Conn::Sentinel(s) => s.batch.take(),
             Conn::Cluster(_) => return,
         };
-        if replies.is_empty() {
+        if chunks.len() <= 1 {
+            if let Some((pipe, replies)) = chunks.pop() {
+                self.exchange(pipe, replies).await;
+            }
             return;
         }
+        // Polled in order, each exchange queues its pipeline on the
+        // connection before the next does; each answers its own callers
+        // when its replies are in.
+        let mut exchanges: Vec<_> = chunks
+            .into_iter()
+            .map(|(pipe, replies)| Box::pin(self.exchange(pipe, replies)))
+            .collect();
+        std::future::poll_fn(|cx| {
+            exchanges.retain_mut(|exchange| std::future::Future::poll(exchange.as_mut(), cx).is_pending());
+            if exchanges.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Sends one pipeline of queued commands and hands each its answer.
+    async fn exchange(&self, pipe: redis::Pipeline, replies: Vec<tokio::sync::oneshot::Sender<redis_batch::Answer>>) {
         let count = replies.len();
         let answers = match self {
             Conn::Single(m, _) => m.clone().req_packed_commands(&pipe, 0, count).await,

@@ -117,6 +117,7 @@ macro_rules! all_cases {
             put_if_absent_writes_once,
             take_returns_the_value_once,
             concurrent_takes_see_the_value_once,
+            many_concurrent_operations_each_get_their_own_answer,
             concurrent_put_if_absent_admits_one,
             compare_and_put_writes_only_on_a_match,
             concurrent_compare_and_put_one_wins_per_round,
@@ -296,6 +297,52 @@ async fn concurrent_takes_see_the_value_once(b: &Backend) {
             seen.extend(t.await.unwrap());
         }
         assert_eq!(seen, vec![b"code".to_vec()], "round {round}");
+    }
+}
+
+/// Far more operations at once than one Redis pipeline carries (they go
+/// as several, `store::redis_batch::MAX_PIPELINE`): each gets its own
+/// answer, a failing one fails alone, and writes land once.
+async fn many_concurrent_operations_each_get_their_own_answer(b: &Backend) {
+    const CALLERS: usize = 300;
+    let barrier = Arc::new(Barrier::new(CALLERS));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let (s, barrier) = (b.store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let k = Key::tenant("acme", "codes", format!("many-{i}"));
+                barrier.wait().await;
+                s.put(&k, format!("value-{i}").as_bytes(), Some(LONG)).await.unwrap();
+                barrier.wait().await;
+                let read = s.get(&k).await.unwrap();
+                barrier.wait().await;
+                // Every seventh counts on its key holding text (a type
+                // clash); the others on a counter of their own.
+                let counted = if i % 7 == 0 {
+                    s.incr(&k, LONG).await
+                } else {
+                    s.incr(&Key::tenant("acme", "codes", format!("many-count-{i}")), LONG)
+                        .await
+                };
+                (i, read, counted)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, read, counted) = t.await.unwrap();
+        assert_eq!(read, Some(format!("value-{i}").into_bytes()), "caller {i}");
+        if i % 7 == 0 {
+            assert!(
+                matches!(counted, Err(StoreError::Corrupt(_))),
+                "caller {i}: {counted:?}"
+            );
+        } else {
+            assert_eq!(counted.ok(), Some(1), "caller {i}");
+        }
+    }
+    for i in 0..CALLERS {
+        let k = Key::tenant("acme", "codes", format!("many-{i}"));
+        assert_eq!(b.store.get(&k).await.unwrap(), Some(format!("value-{i}").into_bytes()));
     }
 }
 
