@@ -15,14 +15,15 @@
 //! (`tokio::task::yield_now` defers it until then), then sends everything
 //! queued meanwhile as pipelines (not transactions) of at most
 //! [`MAX_PIPELINE`] commands, all at once and in queue order, and hands
-//! each caller its own answer as its pipeline's replies come in. Under load many commands share one write and one
-//! read; when idle the flush runs at once, after one look at the I/O driver.
+//! each caller its own answer as its pipeline's replies come in. Under
+//! load many commands share few writes and reads; when idle the flush runs
+//! at once, after one look at the I/O driver.
 //!
 //! Nothing about an operation changes: each command is the one it built,
 //! executed once, in the order queued; a server error answers only its own
 //! command (a `NOSCRIPT` still makes that one operation send its script's
-//! text); a failure of the whole exchange answers every command of the batch
-//! with that error, and each caller's own retry rule ([`super::redis`])
+//! text); a failure of a pipeline's exchange answers every command of that
+//! pipeline with that error, and each caller's own retry rule ([`super::redis`])
 //! decides what happens next. The flush runs in its own task, so a caller
 //! that gives up (its deadline, a client that went away) cancels nothing
 //! for the others. Cluster connections route each command by its key and do
@@ -169,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_exchange_fails_every_command_of_the_batch() {
+    fn a_failed_exchange_fails_every_command_of_its_pipeline() {
         let batch = Batch::default();
         let mut answers = queued(&batch, 3);
         let replies = batch.take().into_iter().flat_map(|(_, r)| r).collect();
