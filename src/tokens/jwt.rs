@@ -17,9 +17,14 @@ use std::time::Duration;
 /// Tokens are minted and checked by the same fleet, so this stays tiny.
 pub const LEEWAY_SECS: i64 = 5;
 
-/// Signs `claims` with `key`. The claims must carry a numeric `exp` no
-/// further than `max_lifetime` from `now`: retired keys are published for
-/// exactly that long, so a longer-lived token would outlive its key.
+/// Signs `claims` with `key`. The claims must be a JSON object with each
+/// name once and a numeric `exp` no further than `max_lifetime` from `now`:
+/// retired keys are published for exactly that long, so a longer-lived token
+/// would outlive its key.
+///
+/// The claims are serialized once, and those bytes are what is checked and
+/// signed (no intermediate `Value` copy of the claim set); jsonwebtoken
+/// computes the signature over the JWS signing input we assemble.
 pub(crate) fn sign<C: serde::Serialize>(
     key: &LoadedKey,
     typ: &str,
@@ -31,19 +36,98 @@ pub(crate) fn sign<C: serde::Serialize>(
         .encoding
         .as_ref()
         .ok_or_else(|| TokenError::Key(format!("key {} cannot sign", key.kid)))?;
-    let value = serde_json::to_value(claims).map_err(|e| TokenError::Claims(e.to_string()))?;
-    let exp = value
-        .get("exp")
+    let payload = serde_json::to_vec(claims).map_err(|e| TokenError::Claims(e.to_string()))?;
+    let exp = serde_json::from_slice::<ClaimSet>(&payload)
+        .map_err(|e| TokenError::Claims(e.to_string()))?
+        .exp
+        .as_ref()
         .and_then(numeric_date)
         .ok_or_else(|| TokenError::Claims("claims need a numeric exp".into()))?;
     let max = i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX);
     if exp > now.saturating_add(max) {
         return Err(TokenError::Claims("exp is beyond the maximum token lifetime".into()));
     }
-    let mut header = jsonwebtoken::Header::new(key.alg.jsonwebtoken());
+    let alg = key.alg.jsonwebtoken();
+    let mut header = jsonwebtoken::Header::new(alg);
     header.typ = Some(typ.to_owned());
     header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, &value, encoding).map_err(|e| TokenError::Key(e.to_string()))
+    let header = serde_json::to_vec(&header).map_err(|e| TokenError::Key(e.to_string()))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // header.payload.signature; an RSA-4096 signature is 683 characters.
+    let mut token = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 700);
+    b64.encode_string(&header, &mut token);
+    token.push('.');
+    b64.encode_string(&payload, &mut token);
+    let signature =
+        jsonwebtoken::crypto::sign(token.as_bytes(), encoding, alg).map_err(|e| TokenError::Key(e.to_string()))?;
+    token.push('.');
+    token.push_str(&signature);
+    Ok(token)
+}
+
+/// What [`sign`] checks of a serialized claim set: a JSON object whose
+/// names are unique (a claim named twice would be read differently by
+/// different verifiers), and its `exp`. Other values are skipped unread.
+struct ClaimSet {
+    exp: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for ClaimSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(ClaimSetVisitor)
+    }
+}
+
+struct ClaimSetVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ClaimSetVisitor {
+    type Value = ClaimSet;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ClaimSet, A::Error> {
+        let mut names: Vec<ClaimName<'de>> = Vec::with_capacity(24);
+        let mut exp = None;
+        while let Some(name) = map.next_key::<ClaimName<'de>>()? {
+            if names.iter().any(|n| n.0 == name.0) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "claim {:?} appears twice",
+                    name.0
+                )));
+            }
+            if name.0 == "exp" {
+                exp = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            names.push(name);
+        }
+        Ok(ClaimSet { exp })
+    }
+}
+
+/// A claim's name, borrowed from the serialized claims unless it had escapes.
+struct ClaimName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for ClaimName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ClaimName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a claim name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<ClaimName<'de>, E> {
+                Ok(ClaimName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClaimName<'de>, E> {
+                Ok(ClaimName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// The header members we read before choosing a key.

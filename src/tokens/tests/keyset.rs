@@ -245,6 +245,68 @@ async fn sign_refuses_tokens_that_would_outlive_their_key() {
     ));
 }
 
+/// A claim set is signed exactly as serialized, once: the payload is those
+/// bytes, names escaped in JSON included, and the signature covers them.
+#[tokio::test]
+async fn sign_signs_the_claims_as_serialized() {
+    for alg in ALL {
+        let env = Env::new();
+        let m = env.manager(alg).await;
+        let claims = json!({"iss": ISS, "exp": env.clock.unix() + 60, "we\"ird": "\u{e9}t\u{e9}", "n": 1.5});
+        let token = m.sign("JWT", &claims).await.unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        assert_eq!(bytes, serde_json::to_vec(&claims).unwrap(), "{alg:?}");
+        let back: Value = m.verify(&token, "JWT", ISS).await.unwrap();
+        assert_eq!(back, claims, "{alg:?}");
+    }
+}
+
+/// A claim named twice would be read differently by different verifiers
+/// (first or last wins); such a claim set is refused, never signed.
+#[tokio::test]
+async fn sign_refuses_a_claim_named_twice_or_claims_that_are_no_object() {
+    #[derive(Serialize)]
+    struct Twice {
+        exp: i64,
+        sub: &'static str,
+        #[serde(flatten)]
+        extra: serde_json::Map<String, Value>,
+    }
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    let exp = env.clock.unix() + 60;
+    let mut extra = serde_json::Map::new();
+    extra.insert("tenant".into(), json!("acme"));
+    assert!(m
+        .sign(
+            "JWT",
+            &Twice {
+                exp,
+                sub: "u",
+                extra: extra.clone()
+            }
+        )
+        .await
+        .is_ok());
+    for name in ["sub", "exp"] {
+        let mut extra = extra.clone();
+        extra.insert(name.into(), json!(exp));
+        match m.sign("JWT", &Twice { exp, sub: "u", extra }).await {
+            Err(TokenError::Claims(msg)) => assert!(msg.contains("appears twice"), "{name}: {msg}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    for claims in [json!("exp"), json!([{"exp": exp}]), json!(null), json!({"exp": "soon"})] {
+        assert!(
+            matches!(m.sign("JWT", &claims).await, Err(TokenError::Claims(_))),
+            "{claims}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn debug_output_never_shows_private_keys() {
     let env = Env::new();
