@@ -69,6 +69,29 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
             assert_eq!((authorized, finished), (s.ok, s.ok), "{s:#?}");
         }
     }
+    // Each scenario's run on CLOCK_MONOTONIC (what `scripts/perf` cuts a
+    // recording by): it holds the timed stages, and the runs follow each
+    // other without overlapping.
+    let windows: Vec<[f64; 2]> = report
+        .scenarios
+        .iter()
+        .map(|s| {
+            s.monotonic_window_s
+                .unwrap_or_else(|| panic!("no window for {}", s.scenario.name()))
+        })
+        .collect();
+    for (s, [start, end]) in report.scenarios.iter().zip(&windows) {
+        assert!(
+            end - start >= s.elapsed_s,
+            "{} ran {}-{}: {s:#?}",
+            s.scenario.name(),
+            start,
+            end
+        );
+    }
+    for pair in windows.windows(2) {
+        assert!(pair[1][0] >= pair[0][1], "overlapping runs: {windows:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

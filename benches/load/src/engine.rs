@@ -229,6 +229,15 @@ pub fn clock_ticks() -> f64 {
     }
 }
 
+/// Seconds on `CLOCK_MONOTONIC`, the clock `perf record -k CLOCK_MONOTONIC`
+/// stamps its samples with (`perf script --time` takes these values).
+pub fn monotonic_s() -> Option<f64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+}
+
 /// User + system CPU seconds `pid` has used so far (`/proc/<pid>/stat`
 /// fields 14 and 15, in clock ticks).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

@@ -908,6 +908,7 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         gateway_rss_kib: None,
         started_s: None,
         ended_s: None,
+        monotonic_window_s: None,
         prepare_s,
         stages: Vec::new(),
     }

@@ -317,6 +317,12 @@ pub struct ScenarioReport {
     pub started_s: Option<f64>,
     /// See `started_s`.
     pub ended_s: Option<f64>,
+    /// The scenario's run (its untimed preparation and its timed stages,
+    /// not the warm-up) as `[start, end]` seconds on `CLOCK_MONOTONIC`: the
+    /// window to cut from a `perf record -k CLOCK_MONOTONIC` of the gateway
+    /// (`perf script --time start,end`), so a profile leaves out the setup
+    /// and the other scenarios (`scripts/perf` with `PERF_FLAMEGRAPH`).
+    pub monotonic_window_s: Option<[f64; 2]>,
     /// Untimed preparation (signing responses, minting ID tokens), seconds.
     pub prepare_s: f64,
     /// The timed stages.
@@ -519,7 +525,9 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             let _discarded = world.scenario(s, Duration::from_secs_f64(opts.warmup), false).await;
         }
         let started = sampler.as_ref().map(RssSampler::since_start);
+        let clock_start = engine::monotonic_s();
         let mut r = world.scenario(s, opts.window(), true).await;
+        r.monotonic_window_s = clock_start.zip(engine::monotonic_s()).map(|(a, b)| [a, b]);
         r.started_s = started;
         r.ended_s = sampler.as_ref().map(RssSampler::since_start);
         println!("{}", r.line());
