@@ -39,9 +39,11 @@ pub(super) type Answer = Result<Value, RedisError>;
 /// The most commands one pipeline carries. A flush that found more sends
 /// them as several pipelines at once, in queue order, each answered as its
 /// own replies come in (the `redis` crate answers a pipeline only when its
-/// last reply is in). Under load, capped pipelines gave about a tenth more
-/// saturated throughput than one pipeline per flush (`docs/PERFORMANCE.md`,
-/// thirteenth pass; 8, 16 and 32 alike, 32 splits the fewest flushes).
+/// last reply is in), so no caller waits for a long pipeline's last reply.
+/// Measured under load (`docs/PERFORMANCE.md`, thirteenth and fourteenth
+/// passes): ahead in most alternated pairs, but profiles found no less work
+/// per operation once the machine's drift was taken out; 8, 16 and 32
+/// alike, 32 splits the fewest flushes.
 pub(super) const MAX_PIPELINE: usize = 32;
 
 /// Commands sent together, and where each answer goes, in the same order.
