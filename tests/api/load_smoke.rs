@@ -5,10 +5,12 @@
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::redis;
+use crate::support::round_robin::spawn_unproxied_pair;
 use portcullis_load::{Alg, Options, Scenario};
 
-async fn gateway() -> TestApp {
-    spawn_app(AppOptions {
+/// The gateway's options for a run: a real Redis, limits out of the way.
+fn options() -> AppOptions {
+    AppOptions {
         redis_url: Some(redis::url()),
         redis_prefix: Some(redis::prefix()),
         // One generator is one client address: limits as high as the
@@ -28,8 +30,11 @@ async fn gateway() -> TestApp {
             }
         }),
         ..AppOptions::default()
-    })
-    .await
+    }
+}
+
+async fn gateway() -> TestApp {
+    spawn_app(options()).await
 }
 
 /// A short, low-concurrency run against `app`, its CPU read from this
@@ -42,7 +47,7 @@ fn smoke(app: &TestApp) -> Options {
     opts.users = 3;
     opts.pool = Some(200);
     opts.code_pool = Some(200);
-    opts.gateway_pid = Some(std::process::id());
+    opts.gateway_pid = vec![std::process::id()];
     opts.alg = Some(Alg::RS256);
     opts
 }
@@ -135,6 +140,51 @@ async fn the_sign_ins_and_refresh_rotation_succeed_open_loop() {
     for s in &report.scenarios {
         assert!(s.started_s.is_some() && s.ended_s >= s.started_s, "{s:#?}");
     }
+}
+
+/// `--replica`: two replicas on one Redis with one public URL, every
+/// request to the next replica in turn (no stickiness), so a sign-in's
+/// `/authorize`, ACS, continuation and `/token` alternate between them;
+/// every scenario still succeeds, and both replicas were sent their half.
+/// The Redis server is this test's own, so its CPU time (`--redis-pid`) is
+/// what the run cost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_succeeds_with_requests_alternating_between_two_replicas() {
+    let server = redis::RedisServer::start();
+    let (a, _b, listen) = spawn_unproxied_pair(AppOptions {
+        redis_url: Some(server.url()),
+        ..options()
+    })
+    .await;
+    let mut opts = smoke(&a);
+    opts.replicas = listen.to_vec();
+    opts.redis_pid = Some(server.pid());
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &Scenario::ALL);
+    for s in &report.scenarios {
+        let redis = s
+            .redis_cpu_s
+            .unwrap_or_else(|| panic!("no Redis CPU time for {}", s.scenario.name()));
+        assert!(redis >= 0.0, "{s:#?}");
+        assert!(s.redis_cpu_ms_per_op.is_some(), "{s:#?}");
+    }
+    assert!(
+        report.scenarios.iter().any(|s| s.redis_cpu_s > Some(0.0)),
+        "Redis was charged no CPU at all: {:#?}",
+        report.scenarios
+    );
+    let sent: Vec<(String, u64)> = report
+        .replicas
+        .iter()
+        .map(|r| (r.address.clone(), r.requests))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].0, listen[0].to_string());
+    assert_eq!(sent[1].0, listen[1].to_string());
+    // Round robin: the two counts differ by at most one, and each replica
+    // served thousands of requests, not a setup call or two.
+    assert!(sent[0].1.abs_diff(sent[1].1) <= 1, "{sent:?}");
+    assert!(sent[0].1 > 100, "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

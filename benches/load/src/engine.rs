@@ -1,7 +1,8 @@
 //! The load engine: closed loop (N workers back to back) or open loop (a
 //! fixed rate, latency measured from each request's intended send time, so
 //! coordinated omission is corrected), HdrHistogram latencies, and the
-//! gateway's CPU time over the window from `/proc/<pid>/stat`.
+//! CPU time of the gateway's replicas (and of Redis) over the window from
+//! `/proc/<pid>/stat`.
 
 use hdrhistogram::Histogram;
 use std::future::Future;
@@ -45,8 +46,65 @@ pub struct Stage<T> {
     pub samples: Vec<String>,
     /// Wall time of the window.
     pub elapsed: Duration,
-    /// Gateway CPU seconds (user + system) over the window.
+    /// Gateway CPU seconds (user + system, every replica) over the window.
     pub cpu_secs: Option<f64>,
+    /// Redis CPU seconds over the window (with its pid).
+    pub redis_cpu_secs: Option<f64>,
+}
+
+/// The processes whose CPU time a window is charged: the gateway's
+/// replicas (one pid each, summed) and, if given, the Redis server they
+/// share.
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    /// The gateway's processes.
+    pub gateway: Vec<u32>,
+    /// The Redis server's.
+    pub redis: Option<u32>,
+}
+
+/// CPU seconds the watched processes have used.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    /// Every replica together (`None`: none given, or one unreadable).
+    pub gateway: Option<f64>,
+    /// Redis.
+    pub redis: Option<f64>,
+}
+
+impl Watched {
+    /// CPU seconds used so far.
+    pub fn cpu(&self) -> CpuTimes {
+        CpuTimes {
+            gateway: total(&self.gateway, cpu_seconds),
+            redis: self.redis.and_then(cpu_seconds),
+        }
+    }
+
+    /// The replicas' resident set sizes together, KiB.
+    pub fn gateway_rss_kib(&self) -> Option<u64> {
+        total(&self.gateway, rss_kib)
+    }
+}
+
+impl CpuTimes {
+    /// What was used between `before` and `self`.
+    pub fn since(self, before: CpuTimes) -> CpuTimes {
+        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+        CpuTimes {
+            gateway: diff(self.gateway, before.gateway),
+            redis: diff(self.redis, before.redis),
+        }
+    }
+}
+
+/// The sum of `read` over `pids`: `None` when there are none or one cannot
+/// be read (a replica that exited would otherwise look cheaper).
+fn total<T: std::iter::Sum<T>>(pids: &[u32], read: fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| read(p)).sum()
 }
 
 struct Collector<T> {
@@ -99,8 +157,8 @@ pub struct Bounds {
 }
 
 /// Runs `op(i)` for `i = 0, 1, ...` under `mode` within `bounds`, timing
-/// each, and reads the gateway's CPU time (`pid`) around the window.
-pub async fn run<T, F, Fut>(mode: Mode, bounds: Bounds, keep: bool, pid: Option<u32>, op: F) -> Stage<T>
+/// each, and reads the CPU time of the `watched` processes around the window.
+pub async fn run<T, F, Fut>(mode: Mode, bounds: Bounds, keep: bool, watched: &Watched, op: F) -> Stage<T>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -116,7 +174,7 @@ where
         samples: Vec::new(),
         keep,
     }));
-    let cpu_before = pid.and_then(cpu_seconds);
+    let cpu_before = watched.cpu();
     let start = Instant::now();
     let deadline = bounds.duration.map(|d| start + d);
     let limit = bounds.limit.unwrap_or(usize::MAX);
@@ -185,11 +243,7 @@ where
         }
     }
     let elapsed = start.elapsed();
-    let cpu_after = pid.and_then(cpu_seconds);
-    let cpu_secs = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let used = watched.cpu().since(cpu_before);
     let c = match Arc::try_unwrap(collector) {
         Ok(m) => m.into_inner().ok(),
         Err(_) => None,
@@ -203,7 +257,8 @@ where
             shed: 0,
             samples: vec!["internal: results still shared after the stage".into()],
             elapsed,
-            cpu_secs,
+            cpu_secs: used.gateway,
+            redis_cpu_secs: used.redis,
         };
     };
     Stage {
@@ -214,7 +269,8 @@ where
         shed: c.shed,
         samples: c.samples,
         elapsed,
-        cpu_secs,
+        cpu_secs: used.gateway,
+        redis_cpu_secs: used.redis,
     }
 }
 
@@ -276,8 +332,8 @@ mod tests {
             duration: None,
             max_in_flight: 1,
         };
-        let open = run(Mode::Open(100.0), bounds, false, None, op).await;
-        let closed = run(Mode::Closed(1), bounds, false, None, op).await;
+        let open = run(Mode::Open(100.0), bounds, false, &Watched::default(), op).await;
+        let closed = run(Mode::Closed(1), bounds, false, &Watched::default(), op).await;
         assert_eq!((open.ok, closed.ok, open.errors), (20, 20, 0));
         // The 20th was meant to start at 190 ms and starts at ~950 ms.
         assert!(open.hist.max() > 700_000, "open max {} µs", open.hist.max());
@@ -302,7 +358,7 @@ mod tests {
             duration: None,
             max_in_flight: 4,
         };
-        let s = rt.block_on(run(Mode::Closed(2), bounds, false, None, op));
+        let s = rt.block_on(run(Mode::Closed(2), bounds, false, &Watched::default(), op));
         assert_eq!((s.ok, s.errors), (5, 5));
         assert!(s.samples.iter().all(|m| m.ends_with("HTTP 500")), "{:?}", s.samples);
     }
@@ -325,7 +381,7 @@ mod tests {
             duration: None,
             max_in_flight: 4,
         };
-        let s = rt.block_on(run(Mode::Open(1000.0), bounds, false, None, op));
+        let s = rt.block_on(run(Mode::Open(1000.0), bounds, false, &Watched::default(), op));
         assert_eq!((s.ok, s.shed, s.errors), (3, 3, 3));
         assert!(s.samples.iter().all(|m| m.contains("HTTP 500")), "{:?}", s.samples);
     }
@@ -345,5 +401,35 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(30), "no CPU time charged in 30 s");
         }
         assert!(rss_kib(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_replicas_cpu_times_are_summed_and_one_unreadable_pid_reads_as_none() {
+        let me = std::process::id();
+        let one = Watched {
+            gateway: vec![me],
+            redis: Some(me),
+        }
+        .cpu();
+        let (g, r) = (one.gateway.unwrap(), one.redis.unwrap());
+        assert!(g > 0.0 && r > 0.0);
+        // The same process twice counts twice (read a moment later: at least as much).
+        let twice = Watched {
+            gateway: vec![me, me],
+            redis: None,
+        };
+        assert!(twice.cpu().gateway.unwrap() >= 2.0 * g);
+        assert!(twice.cpu().redis.is_none());
+        assert!(twice.gateway_rss_kib().unwrap() > rss_kib(me).unwrap());
+        // A pid that is not running: no figure rather than a smaller one.
+        let gone = Watched {
+            gateway: vec![me, u32::MAX],
+            redis: Some(u32::MAX),
+        };
+        assert!(gone.cpu().gateway.is_none() && gone.cpu().redis.is_none());
+        assert!(gone.gateway_rss_kib().is_none());
+        assert!(Watched::default().cpu().gateway.is_none());
+        let used = twice.cpu().since(one);
+        assert!(used.gateway.is_some() && used.redis.is_none());
     }
 }

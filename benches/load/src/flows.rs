@@ -1,7 +1,8 @@
 //! The world the generator sets up through the admin API, and the HTTP
 //! flows of each scenario, each checking every answer it gets.
 
-use crate::engine::{self, Bounds, Mode, Stage};
+use crate::balance::{Gateway, ReplicaReport};
+use crate::engine::{self, Bounds, Mode, Stage, Watched};
 use crate::saml_idp::{ResponseSpec, SamlIdp};
 use crate::upstream::Upstream;
 use crate::{Latency, Options, Scenario, ScenarioReport, StageReport};
@@ -37,6 +38,8 @@ impl App {
 struct SamlConn {
     id: String,
     acs_url: String,
+    /// `acs_url` parsed once.
+    acs: Url,
     sp_entity_id: String,
 }
 
@@ -63,7 +66,8 @@ struct Site {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    /// The gateway, behind its replicas (`--replica`).
+    http: Gateway,
     base: Url,
     /// The tenants sign-in *i* goes to `sites[i % len]` (never empty; the
     /// first also has the IdP-initiated connection).
@@ -86,7 +90,8 @@ struct Inner {
     /// lifetime less the window, so the first code outlives the window).
     mint_budget: Duration,
     max_in_flight: usize,
-    pid: Option<u32>,
+    /// The processes each window's CPU time is read from.
+    watched: Watched,
     signers: usize,
     /// Sign-in results the token scenarios use (one refresh chain each).
     tokens: std::sync::OnceLock<Vec<tokio::sync::Mutex<Tokens>>>,
@@ -158,13 +163,14 @@ impl World {
     /// Sets up a tenant of its own (random id), the IdPs, connections and
     /// apps, and signs in a few users for the token scenarios.
     pub async fn setup(opts: &Options) -> Result<World, String> {
-        let http = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(usize::MAX)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| e.to_string())?;
         let base = opts.url.clone();
+        let http = Gateway::new(client, base.clone(), &opts.replicas);
         let run = random_hex(8);
         let tenant = format!("load-{run}");
         let domain = format!("{run}.load.test");
@@ -311,7 +317,7 @@ impl World {
                 .max(1),
             mint_budget: Duration::from_secs_f64(((opts.code_ttl as f64 - opts.duration.max(0.0)) * 0.9).max(0.5)),
             max_in_flight: opts.max_in_flight.max(1),
-            pid: opts.gateway_pid,
+            watched: opts.watched(),
             signers,
             tokens: std::sync::OnceLock::new(),
             sso: std::sync::OnceLock::new(),
@@ -342,6 +348,11 @@ impl World {
             return Err("setup: tokens set twice".into());
         }
         Ok(World { inner, gateway_alg })
+    }
+
+    /// Requests sent to each replica so far (empty without `--replica`).
+    pub fn replicas(&self) -> Vec<ReplicaReport> {
+        self.inner.http.replicas()
     }
 
     /// The tenants the sign-ins go to, in order.
@@ -425,7 +436,7 @@ impl World {
                         max_in_flight: w.max_in_flight,
                     },
                     false,
-                    w.pid,
+                    &w.watched,
                     move |i| {
                         let w = w2.clone();
                         async move { w.simple(simple, i).await }
@@ -443,7 +454,7 @@ impl World {
         if !record {
             r.stages.clear();
         }
-        finish(&mut r, w.pid);
+        finish(&mut r, &w.watched);
         r
     }
 
@@ -486,7 +497,7 @@ impl World {
             duration: None,
             max_in_flight: w.max_in_flight,
         };
-        let cpu_before = w.pid.and_then(engine::cpu_seconds);
+        let cpu_before = w.watched.cpu();
         let t0 = Instant::now();
         let (wa, tx, sm, ae) = (
             w.clone(),
@@ -502,7 +513,7 @@ impl World {
                     ..bounds(n)
                 },
                 true,
-                None,
+                &Watched::default(),
                 move |i| {
                     let (w, tx, sm, ae) = (wa.clone(), tx.clone(), sm.clone(), ae.clone());
                     async move {
@@ -538,7 +549,7 @@ impl World {
         let (wb, rx, lt) = (w.clone(), receivers.clone(), late.clone());
         let second = async move {
             tokio::time::sleep(think).await;
-            engine::run(Mode::Open(rate), bounds(n), true, None, move |i| {
+            engine::run(Mode::Open(rate), bounds(n), true, &Watched::default(), move |i| {
                 let (w, rx, lt) = (wb.clone(), rx.clone(), lt.clone());
                 async move {
                     let Some(mut rx) = rx.get(i).and_then(|s| s.lock().ok().and_then(|mut s| s.take())) else {
@@ -563,7 +574,7 @@ impl World {
         };
         let (a, b) = tokio::join!(first, second);
         let elapsed = t0.elapsed();
-        let cpu_after = w.pid.and_then(engine::cpu_seconds);
+        let used = w.watched.cpu().since(cpu_before);
         r.stages.push(stage_report("authorize", &a));
         r.stages.push(stage_report(
             if saml { "acs+continue+token" } else { "callback+token" },
@@ -572,10 +583,8 @@ impl World {
         absorb(&mut r, &a);
         absorb(&mut r, &b);
         r.elapsed_s = elapsed.as_secs_f64();
-        r.gateway_cpu_s = match (cpu_before, cpu_after) {
-            (Some(x), Some(y)) => Some(y - x),
-            _ => None,
-        };
+        r.gateway_cpu_s = used.gateway;
+        r.redis_cpu_s = used.redis;
         r.prepare_s = signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
         for e in answer_errors.lock().map(|v| v.clone()).unwrap_or_default() {
             r.errors += 1;
@@ -645,7 +654,7 @@ impl World {
                     max_in_flight: w.max_in_flight,
                 },
                 true,
-                w.pid,
+                &w.watched,
                 move |i| {
                     let w = wa.clone();
                     async move { w.authorize(offset + i, saml).await }
@@ -675,7 +684,7 @@ impl World {
                     max_in_flight: w.max_in_flight,
                 },
                 true,
-                w.pid,
+                &w.watched,
                 move |i| {
                     let (w, items) = (wb.clone(), items.clone());
                     async move {
@@ -733,7 +742,7 @@ impl World {
                 max_in_flight: w.max_in_flight,
             },
             false,
-            w.pid,
+            &w.watched,
             move |i| {
                 let (w, items) = (wc.clone(), items.clone());
                 async move {
@@ -817,7 +826,7 @@ impl World {
                 max_in_flight: w.max_in_flight,
             },
             false,
-            w.pid,
+            &w.watched,
             move |i| {
                 let (w, items) = (wc.clone(), items.clone());
                 async move {
@@ -905,6 +914,8 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         latency_ms: Latency::default(),
         gateway_cpu_s: None,
         gateway_cpu_ms_per_op: None,
+        redis_cpu_s: None,
+        redis_cpu_ms_per_op: None,
         gateway_rss_kib: None,
         started_s: None,
         ended_s: None,
@@ -923,6 +934,7 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         elapsed_s: s.elapsed.as_secs_f64(),
         latency_ms: Latency::of(&s.hist),
         gateway_cpu_s: s.cpu_secs,
+        redis_cpu_s: s.redis_cpu_secs,
     }
 }
 
@@ -935,6 +947,9 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     if let Some(c) = s.cpu_secs {
         r.gateway_cpu_s = Some(r.gateway_cpu_s.unwrap_or(0.0) + c);
     }
+    if let Some(c) = s.redis_cpu_secs {
+        r.redis_cpu_s = Some(r.redis_cpu_s.unwrap_or(0.0) + c);
+    }
     for e in &s.samples {
         if r.error_samples.len() < 5 {
             r.error_samples.push(e.clone());
@@ -942,16 +957,14 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     }
 }
 
-fn finish(r: &mut ScenarioReport, pid: Option<u32>) {
+fn finish(r: &mut ScenarioReport, watched: &Watched) {
     if r.elapsed_s > 0.0 {
         r.throughput_per_s = r.ok as f64 / r.elapsed_s;
     }
-    if let Some(cpu) = r.gateway_cpu_s {
-        if r.ok > 0 {
-            r.gateway_cpu_ms_per_op = Some(cpu * 1000.0 / r.ok as f64);
-        }
-    }
-    r.gateway_rss_kib = pid.and_then(engine::rss_kib);
+    let per_op = |cpu: Option<f64>| cpu.filter(|_| r.ok > 0).map(|c| c * 1000.0 / r.ok as f64);
+    r.gateway_cpu_ms_per_op = per_op(r.gateway_cpu_s);
+    r.redis_cpu_ms_per_op = per_op(r.redis_cpu_s);
+    r.gateway_rss_kib = watched.gateway_rss_kib();
 }
 
 fn str_field(v: &Value, name: &str) -> Result<String, String> {
@@ -962,7 +975,7 @@ fn str_field(v: &Value, name: &str) -> Result<String, String> {
 }
 
 struct Admin<'a> {
-    http: &'a reqwest::Client,
+    http: &'a Gateway,
     base: &'a Url,
     token: &'a str,
 }
@@ -992,6 +1005,7 @@ impl Admin<'_> {
             .await?;
         Ok(SamlConn {
             id: str_field(&c, "id")?,
+            acs: str_field(&c, "acs_url")?.parse().map_err(|e| format!("acs_url: {e}"))?,
             acs_url: str_field(&c, "acs_url")?,
             sp_entity_id: str_field(&c, "sp_entity_id")?,
         })
@@ -1173,7 +1187,7 @@ impl Inner {
     async fn post_acs(&self, conn: &SamlConn, body: String) -> Result<Url, String> {
         let resp = self
             .http
-            .post(&conn.acs_url)
+            .post(conn.acs.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body)
             .send()

@@ -7,6 +7,7 @@
 //! worker app and a resource server), then runs each scenario: a warm-up
 //! that is not recorded, then the measured window. See `docs/PERFORMANCE.md`.
 
+pub mod balance;
 pub mod engine;
 pub mod flows;
 pub mod saml_idp;
@@ -116,6 +117,13 @@ pub struct Options {
     /// The gateway's base URL (its public URL: the issuer).
     #[arg(long, env = "PORTCULLIS_LOAD_URL")]
     pub url: url::Url,
+    /// The gateway's replicas (`host:port`, repeated or comma-separated),
+    /// each with `--url` as its public URL and all on one store: every
+    /// request to `--url` goes to the next replica in turn, as a load
+    /// balancer without stickiness would, so the steps of one sign-in land
+    /// on different replicas. Without it, requests go to `--url` itself.
+    #[arg(long = "replica", value_delimiter = ',')]
+    pub replicas: Vec<std::net::SocketAddr>,
     /// The platform admin token (sets up the tenant, connections and apps).
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
@@ -140,9 +148,15 @@ pub struct Options {
     /// Seconds of unrecorded warm-up per scenario.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// The gateway's process id, for its CPU time and RSS (`/proc/<pid>`).
+    /// The gateway's process id, for its CPU time and RSS (`/proc/<pid>`);
+    /// with several replicas, each one's (repeated or comma-separated):
+    /// their CPU times and RSS are added up.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway_pid: Vec<u32>,
+    /// The Redis server's process id: its CPU time per operation is
+    /// reported too (the store the replicas share).
     #[arg(long)]
-    pub gateway_pid: Option<u32>,
+    pub redis_pid: Option<u32>,
     /// Pin the generator to these CPUs (e.g. `1` or `1,2`), like `taskset -c`.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
@@ -221,6 +235,14 @@ impl Options {
     pub fn window(&self) -> Duration {
         Duration::from_secs_f64(self.duration.max(0.0))
     }
+
+    /// The processes whose CPU time each window is charged.
+    pub fn watched(&self) -> engine::Watched {
+        engine::Watched {
+            gateway: self.gateway_pid.clone(),
+            redis: self.redis_pid,
+        }
+    }
 }
 
 /// Latency percentiles, milliseconds.
@@ -274,8 +296,10 @@ pub struct StageReport {
     pub elapsed_s: f64,
     /// Latency of the stage's operations.
     pub latency_ms: Latency,
-    /// Gateway CPU seconds in the stage.
+    /// Gateway CPU seconds in the stage (every replica).
     pub gateway_cpu_s: Option<f64>,
+    /// Redis CPU seconds in the stage (with `--redis-pid`).
+    pub redis_cpu_s: Option<f64>,
 }
 
 /// The result of one scenario.
@@ -306,11 +330,15 @@ pub struct ScenarioReport {
     pub throughput_per_s: f64,
     /// Per-operation latency (a sign-in: the sum of its stages).
     pub latency_ms: Latency,
-    /// Gateway CPU seconds (user + system) over the timed stages.
+    /// Gateway CPU seconds (user + system, every replica) over the timed stages.
     pub gateway_cpu_s: Option<f64>,
     /// Gateway CPU milliseconds per completed operation.
     pub gateway_cpu_ms_per_op: Option<f64>,
-    /// Gateway resident set size at the end, KiB.
+    /// Redis CPU seconds over the timed stages (with `--redis-pid`).
+    pub redis_cpu_s: Option<f64>,
+    /// Redis CPU milliseconds per completed operation.
+    pub redis_cpu_ms_per_op: Option<f64>,
+    /// Gateway resident set size at the end (every replica), KiB.
     pub gateway_rss_kib: Option<u64>,
     /// When the measured window started and ended, seconds on the time axis
     /// of [`Report::gateway_rss_kib_per_s`] (with `--gateway-pid`).
@@ -341,8 +369,12 @@ impl ScenarioReport {
             .gateway_cpu_ms_per_op
             .map(|c| format!("{c:.3} ms/op"))
             .unwrap_or_else(|| "n/a".into());
+        let redis = self
+            .redis_cpu_ms_per_op
+            .map(|c| format!("  redis cpu={c:.3} ms/op"))
+            .unwrap_or_default();
         format!(
-            "{:<18} {:<6} {:<10} ok={:<8} err={:<4} shed={:<6} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}",
+            "{:<18} {:<6} {:<10} ok={:<8} err={:<4} shed={:<6} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}{}",
             self.scenario.name(),
             self.mode,
             load,
@@ -354,7 +386,8 @@ impl ScenarioReport {
             self.latency_ms.p90,
             self.latency_ms.p99,
             self.latency_ms.p99_9,
-            cpu
+            cpu,
+            redis
         )
     }
 }
@@ -362,12 +395,16 @@ impl ScenarioReport {
 /// The whole run.
 #[derive(Serialize, Clone, Debug)]
 pub struct Report {
-    /// The gateway.
+    /// The gateway's public URL.
     pub url: String,
+    /// With `--replica`: the requests sent to each replica.
+    pub replicas: Vec<balance::ReplicaReport>,
     /// The token algorithm the gateway's ID tokens carry.
     pub gateway_alg: Option<String>,
-    /// The gateway's pid, if given.
-    pub gateway_pid: Option<u32>,
+    /// The gateway's pids (one per replica), if given.
+    pub gateway_pids: Vec<u32>,
+    /// The Redis server's pid, if given.
+    pub redis_pid: Option<u32>,
     /// The CPUs the generator was pinned to (empty: not pinned).
     pub generator_cpus: Vec<usize>,
     /// `/proc/loadavg` when the run started.
@@ -383,7 +420,8 @@ pub struct Report {
     /// The tenants the sign-ins went to (`--tenants`), created for this run.
     pub tenants: Vec<String>,
     /// The gateway's resident set size, sampled every second from the end
-    /// of the setup to the end of the run (with `--gateway-pid`):
+    /// of the setup to the end of the run (with `--gateway-pid`; every
+    /// replica's added up):
     /// `[seconds since the first sample, KiB]`. Each scenario's
     /// `started_s`/`ended_s` are on the same time axis.
     pub gateway_rss_kib_per_s: Vec<(f64, u64)>,
@@ -433,7 +471,7 @@ impl RssSummary {
     }
 }
 
-/// Samples `pid`'s RSS every second until dropped.
+/// Samples the replicas' RSS (added up) every second until dropped.
 struct RssSampler {
     samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
     task: tokio::task::JoinHandle<()>,
@@ -441,7 +479,7 @@ struct RssSampler {
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
+    fn start(watched: engine::Watched) -> RssSampler {
         let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let start = std::time::Instant::now();
         let out = samples.clone();
@@ -450,7 +488,7 @@ impl RssSampler {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let (Some(kib), Ok(mut v)) = (engine::rss_kib(pid), out.lock()) {
+                if let (Some(kib), Ok(mut v)) = (watched.gateway_rss_kib(), out.lock()) {
                     v.push((start.elapsed().as_secs_f64(), kib));
                 }
             }
@@ -518,7 +556,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             ));
         }
     }
-    let sampler = opts.gateway_pid.map(RssSampler::start);
+    let sampler = (!opts.gateway_pid.is_empty()).then(|| RssSampler::start(opts.watched()));
     let mut scenarios = Vec::new();
     for s in opts.scenarios() {
         if opts.warmup > 0.0 {
@@ -541,13 +579,23 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     if let Some(sum) = &summary {
         println!("{}", sum.line());
     }
+    let replicas = world.replicas();
+    if !replicas.is_empty() {
+        let each: Vec<String> = replicas
+            .iter()
+            .map(|r| format!("{} {}", r.address, r.requests))
+            .collect();
+        println!("requests per replica: {}", each.join(", "));
+    }
     Ok(Report {
         gateway_rss_kib_per_s: rss,
         gateway_rss_summary: summary,
         tenants: world.tenants(),
         url: opts.url.to_string(),
+        replicas,
         gateway_alg: world.gateway_alg.clone(),
-        gateway_pid: opts.gateway_pid,
+        gateway_pids: opts.gateway_pid.clone(),
+        redis_pid: opts.redis_pid,
         generator_cpus: opts.cpus.clone(),
         load_average,
         duration_s: opts.duration,

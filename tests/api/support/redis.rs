@@ -161,6 +161,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The `redis-server` process's id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn freeze(&self) {
         self.signal("-STOP");

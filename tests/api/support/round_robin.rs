@@ -40,11 +40,10 @@ impl Pair {
     }
 }
 
-/// Starts two replicas with `options` (which must name a shared Redis and
-/// prefix) behind a round-robin proxy on 127.0.0.1.
-pub async fn spawn_pair(mut options: AppOptions) -> Pair {
+/// `options` with one admin token for every replica, as one deployment
+/// has; returns the token.
+fn one_admin_token(options: &mut AppOptions) -> String {
     assert!(options.redis_url.is_some() && options.redis_prefix.is_some());
-    // One admin token for both, as one deployment has.
     let token = portcullis::tokens::random_token(24);
     let (shared, inner) = (token.clone(), options.configure.take());
     options.configure = Some(Arc::new(move |s: &mut portcullis::config::Settings| {
@@ -53,6 +52,13 @@ pub async fn spawn_pair(mut options: AppOptions) -> Pair {
             inner(s);
         }
     }));
+    token
+}
+
+/// Starts two replicas with `options` (which must name a shared Redis and
+/// prefix) behind a round-robin proxy on 127.0.0.1.
+pub async fn spawn_pair(mut options: AppOptions) -> Pair {
+    let token = one_admin_token(&mut options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (a, a_listen) = spawn_listening(options.clone(), |_| public.clone()).await;
@@ -75,6 +81,25 @@ pub async fn spawn_pair(mut options: AppOptions) -> Pair {
         let _ = axum::serve(listener, router).await;
     });
     Pair { a, b, served }
+}
+
+/// Two replicas on one store with no proxy in front, for a client that
+/// spreads its requests itself (the load generator's `--replica`): both
+/// have replica A's own address as their public URL and one admin token.
+/// Returns them with the addresses they listen on.
+pub async fn spawn_unproxied_pair(mut options: AppOptions) -> (TestApp, TestApp, [std::net::SocketAddr; 2]) {
+    let token = one_admin_token(&mut options);
+    let (mut a, a_listen) = spawn_listening(options.clone(), |port| format!("http://127.0.0.1:{port}")).await;
+    let public = format!("http://127.0.0.1:{}", a_listen.port().unwrap());
+    let (mut b, b_listen) = spawn_listening(options, |_| public).await;
+    a.admin_token = token.clone();
+    b.admin_token = token;
+    let addr = |u: &Url| {
+        let host = u.host_str().unwrap();
+        format!("{host}:{}", u.port().unwrap()).parse().unwrap()
+    };
+    let listen = [addr(&a_listen), addr(&b_listen)];
+    (a, b, listen)
 }
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
