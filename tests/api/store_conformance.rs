@@ -141,6 +141,7 @@ macro_rules! all_cases {
             ping_answers,
             rate_limit_allows_a_burst_then_refuses_with_retry_after,
             rate_limit_refills_over_the_window,
+            rate_limit_keeps_its_bucket_in_whole_milliseconds,
             concurrent_rate_limit_admits_exactly_the_limit,
             rate_limit_clashes_are_corrupt,
             fingerprint_names_the_stored_bytes,
@@ -1033,6 +1034,26 @@ async fn rate_limit_refills_over_the_window(b: &Backend) {
     assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
     assert!(s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
     assert!(!s.rate_limit(&k, 2, SHORT).await.unwrap().allowed);
+}
+
+/// The bucket is the theoretical arrival time in whole milliseconds, as
+/// decimal digits (what the next step, on any replica or backend, parses):
+/// each admitted request moves it by exactly window / limit.
+async fn rate_limit_keeps_its_bucket_in_whole_milliseconds(b: &Backend) {
+    let s = &b.store;
+    let k = Key::new("rl:token:ip:192.0.2.44", "gcra");
+    let window = Duration::from_secs(60);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        assert!(s.rate_limit(&k, 5, window).await.unwrap().allowed);
+        let raw = s.get(&k).await.unwrap().expect("the bucket is stored");
+        let text = String::from_utf8(raw).unwrap();
+        assert!(!text.is_empty() && text.bytes().all(|c| c.is_ascii_digit()), "{text:?}");
+        seen.push(text.parse::<u64>().unwrap());
+    }
+    // Milliseconds since the epoch (after 2001, before 5138).
+    assert!(seen[0] > 1_000_000_000_000 && seen[0] < 100_000_000_000_000, "{seen:?}");
+    assert_eq!([seen[1] - seen[0], seen[2] - seen[1]], [12_000, 12_000], "{seen:?}");
 }
 
 async fn concurrent_rate_limit_admits_exactly_the_limit(b: &Backend) {
