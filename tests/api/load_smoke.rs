@@ -159,8 +159,24 @@ async fn every_scenario_succeeds_with_requests_alternating_between_two_replicas(
     let mut opts = smoke(&a);
     opts.replicas = listen.to_vec();
     opts.redis_pid = Some(server.pid());
+    opts.redis_url = Some(server.url());
     let report = portcullis_load::run(&opts).await.expect("the generator's setup");
     assert_all_succeeded(&report, &Scenario::ALL);
+    // `--redis-url`: the commands Redis ran per operation. Every sign-in
+    // and every token grant runs the store's scripts (`evalsha`: at least
+    // the rate limit and a re-validated record).
+    for s in &report.scenarios {
+        if matches!(
+            s.scenario,
+            Scenario::SamlSignin | Scenario::SamlAcs | Scenario::OidcSignin | Scenario::CodeGrant | Scenario::Refresh
+        ) {
+            let scripts = s.redis_commands_per_op.get("evalsha").map_or(0.0, |c| c.calls);
+            assert!(scripts >= 2.0, "{}: {:#?}", s.scenario.name(), s.redis_commands_per_op);
+        }
+        for (name, c) in &s.redis_commands_per_op {
+            assert!(c.calls > 0.0 && c.usec >= 0.0, "{name}: {c:?}");
+        }
+    }
     for s in &report.scenarios {
         let redis = s
             .redis_cpu_s

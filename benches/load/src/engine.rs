@@ -5,6 +5,7 @@
 //! `/proc/<pid>/stat`.
 
 use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,62 @@ pub struct Stage<T> {
     pub cpu_secs: Option<f64>,
     /// Redis CPU seconds over the window (with its pid).
     pub redis_cpu_secs: Option<f64>,
+    /// The commands Redis ran over the window (with its URL).
+    pub redis_commands: Option<CommandStats>,
+}
+
+/// Per Redis command (lowercase, as `INFO commandstats` names it): calls
+/// and microseconds Redis spent in them.
+pub type CommandStats = BTreeMap<String, (u64, u64)>;
+
+/// Redis's `INFO commandstats` (`None` if it cannot be read). The `info`
+/// command itself is left out: it is the generator's own.
+pub fn commandstats(redis_url: &str) -> Option<CommandStats> {
+    let client = redis::Client::open(redis_url).ok()?;
+    let mut con = client.get_connection().ok()?;
+    let text: String = redis::cmd("INFO").arg("commandstats").query(&mut con).ok()?;
+    Some(parse_commandstats(&text))
+}
+
+/// The `cmdstat_<name>:calls=N,usec=M,...` lines of `INFO commandstats`.
+pub fn parse_commandstats(text: &str) -> CommandStats {
+    let mut out = CommandStats::new();
+    for line in text.lines() {
+        let Some((name, fields)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        if name == "info" {
+            continue;
+        }
+        let field = |want: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(want)?.strip_prefix('='))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(calls), Some(usec)) = (field("calls"), field("usec")) {
+            out.insert(name.to_owned(), (calls, usec));
+        }
+    }
+    out
+}
+
+/// What ran between two snapshots (a command's counters only grow unless
+/// Redis was reset: then its later figures are taken as they are).
+pub fn commandstats_since(after: &CommandStats, before: &CommandStats) -> CommandStats {
+    after
+        .iter()
+        .map(|(name, &(calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            let diff = if calls >= c0 && usec >= u0 {
+                (calls - c0, usec - u0)
+            } else {
+                (calls, usec)
+            };
+            (name.clone(), diff)
+        })
+        .filter(|(_, (calls, _))| *calls > 0)
+        .collect()
 }
 
 /// The processes whose CPU time a window is charged: the gateway's
@@ -61,6 +118,8 @@ pub struct Watched {
     pub gateway: Vec<u32>,
     /// The Redis server's.
     pub redis: Option<u32>,
+    /// The Redis server's URL, for the commands it ran (`INFO commandstats`).
+    pub redis_url: Option<String>,
 }
 
 /// CPU seconds the watched processes have used.
@@ -79,6 +138,16 @@ impl Watched {
             gateway: total(&self.gateway, cpu_seconds),
             redis: self.redis.and_then(cpu_seconds),
         }
+    }
+
+    /// Redis's command counters now (with its URL), read off the async
+    /// workers.
+    pub async fn commands(&self) -> Option<CommandStats> {
+        let url = self.redis_url.clone()?;
+        tokio::task::spawn_blocking(move || commandstats(&url))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The replicas' resident set sizes together, KiB.
@@ -174,6 +243,7 @@ where
         samples: Vec::new(),
         keep,
     }));
+    let commands_before = watched.commands().await;
     let cpu_before = watched.cpu();
     let start = Instant::now();
     let deadline = bounds.duration.map(|d| start + d);
@@ -244,6 +314,10 @@ where
     }
     let elapsed = start.elapsed();
     let used = watched.cpu().since(cpu_before);
+    let redis_commands = match (commands_before, watched.commands().await) {
+        (Some(before), Some(after)) => Some(commandstats_since(&after, &before)),
+        _ => None,
+    };
     let c = match Arc::try_unwrap(collector) {
         Ok(m) => m.into_inner().ok(),
         Err(_) => None,
@@ -259,6 +333,7 @@ where
             elapsed,
             cpu_secs: used.gateway,
             redis_cpu_secs: used.redis,
+            redis_commands,
         };
     };
     Stage {
@@ -271,6 +346,7 @@ where
         elapsed,
         cpu_secs: used.gateway,
         redis_cpu_secs: used.redis,
+        redis_commands,
     }
 }
 
@@ -409,6 +485,7 @@ mod tests {
         let one = Watched {
             gateway: vec![me],
             redis: Some(me),
+            redis_url: None,
         }
         .cpu();
         let (g, r) = (one.gateway.unwrap(), one.redis.unwrap());
@@ -416,7 +493,7 @@ mod tests {
         // The same process twice counts twice (read a moment later: at least as much).
         let twice = Watched {
             gateway: vec![me, me],
-            redis: None,
+            ..Watched::default()
         };
         assert!(twice.cpu().gateway.unwrap() >= 2.0 * g);
         assert!(twice.cpu().redis.is_none());
@@ -425,11 +502,35 @@ mod tests {
         let gone = Watched {
             gateway: vec![me, u32::MAX],
             redis: Some(u32::MAX),
+            redis_url: None,
         };
         assert!(gone.cpu().gateway.is_none() && gone.cpu().redis.is_none());
         assert!(gone.gateway_rss_kib().is_none());
         assert!(Watched::default().cpu().gateway.is_none());
         let used = twice.cpu().since(one);
         assert!(used.gateway.is_some() && used.redis.is_none());
+    }
+
+    #[test]
+    fn commandstats_are_parsed_and_differenced_per_command() {
+        let before = parse_commandstats(
+            "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=200,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_get:calls=5,usec=6,usec_per_call=1.20,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_info:calls=1,usec=70,usec_per_call=70.00,rejected_calls=0,failed_calls=0\r\n",
+        );
+        assert_eq!(before.get("evalsha"), Some(&(10, 200)));
+        assert!(!before.contains_key("info"), "the generator's own INFO is left out");
+        let after = parse_commandstats(
+            "cmdstat_evalsha:calls=30,usec=650,usec_per_call=21.67\n\
+             cmdstat_get:calls=5,usec=6,usec_per_call=1.20\n\
+             cmdstat_set:calls=4,usec=12,usec_per_call=3.00\n\
+             cmdstat_bad:calls=x,usec=1\n",
+        );
+        let ran = commandstats_since(&after, &before);
+        let want: CommandStats = [("evalsha".to_owned(), (20, 450)), ("set".to_owned(), (4, 12))].into();
+        assert_eq!(ran, want, "unchanged and unparsable commands are left out");
+        // After a CONFIG RESETSTAT the counters start again from zero.
+        let reset = parse_commandstats("cmdstat_evalsha:calls=3,usec=60\n");
+        assert_eq!(commandstats_since(&reset, &after).get("evalsha"), Some(&(3, 60)));
     }
 }

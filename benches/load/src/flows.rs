@@ -5,7 +5,7 @@ use crate::balance::{Gateway, ReplicaReport};
 use crate::engine::{self, Bounds, Mode, Stage, Watched};
 use crate::saml_idp::{ResponseSpec, SamlIdp};
 use crate::upstream::Upstream;
-use crate::{Latency, Options, Scenario, ScenarioReport, StageReport};
+use crate::{Latency, Options, RedisCommand, Scenario, ScenarioReport, StageReport};
 use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -497,6 +497,7 @@ impl World {
             duration: None,
             max_in_flight: w.max_in_flight,
         };
+        let commands_before = w.watched.commands().await;
         let cpu_before = w.watched.cpu();
         let t0 = Instant::now();
         let (wa, tx, sm, ae) = (
@@ -575,6 +576,10 @@ impl World {
         let (a, b) = tokio::join!(first, second);
         let elapsed = t0.elapsed();
         let used = w.watched.cpu().since(cpu_before);
+        let commands = match (commands_before, w.watched.commands().await) {
+            (Some(before), Some(after)) => Some(engine::commandstats_since(&after, &before)),
+            _ => None,
+        };
         r.stages.push(stage_report("authorize", &a));
         r.stages.push(stage_report(
             if saml { "acs+continue+token" } else { "callback+token" },
@@ -585,6 +590,7 @@ impl World {
         r.elapsed_s = elapsed.as_secs_f64();
         r.gateway_cpu_s = used.gateway;
         r.redis_cpu_s = used.redis;
+        add_commands(&mut r, commands.as_ref());
         r.prepare_s = signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
         for e in answer_errors.lock().map(|v| v.clone()).unwrap_or_default() {
             r.errors += 1;
@@ -916,6 +922,7 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         gateway_cpu_ms_per_op: None,
         redis_cpu_s: None,
         redis_cpu_ms_per_op: None,
+        redis_commands_per_op: Default::default(),
         gateway_rss_kib: None,
         started_s: None,
         ended_s: None,
@@ -950,10 +957,21 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     if let Some(c) = s.redis_cpu_secs {
         r.redis_cpu_s = Some(r.redis_cpu_s.unwrap_or(0.0) + c);
     }
+    add_commands(r, s.redis_commands.as_ref());
     for e in &s.samples {
         if r.error_samples.len() < 5 {
             r.error_samples.push(e.clone());
         }
+    }
+}
+
+/// Adds Redis's commands of a stage to the scenario's (totals until
+/// [`finish`] divides them by the operations).
+fn add_commands(r: &mut ScenarioReport, ran: Option<&engine::CommandStats>) {
+    for (name, &(calls, usec)) in ran.into_iter().flatten() {
+        let c = r.redis_commands_per_op.entry(name.clone()).or_default();
+        c.calls += calls as f64;
+        c.usec += usec as f64;
     }
 }
 
@@ -964,6 +982,16 @@ fn finish(r: &mut ScenarioReport, watched: &Watched) {
     let per_op = |cpu: Option<f64>| cpu.filter(|_| r.ok > 0).map(|c| c * 1000.0 / r.ok as f64);
     r.gateway_cpu_ms_per_op = per_op(r.gateway_cpu_s);
     r.redis_cpu_ms_per_op = per_op(r.redis_cpu_s);
+    if r.ok == 0 {
+        r.redis_commands_per_op.clear();
+    }
+    let ops = r.ok.max(1) as f64;
+    for c in r.redis_commands_per_op.values_mut() {
+        *c = RedisCommand {
+            calls: c.calls / ops,
+            usec: c.usec / ops,
+        };
+    }
     r.gateway_rss_kib = watched.gateway_rss_kib();
 }
 

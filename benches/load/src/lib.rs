@@ -157,6 +157,11 @@ pub struct Options {
     /// reported too (the store the replicas share).
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    /// The gateway's Redis (`redis://host:port`, a single server): each
+    /// scenario also reports the commands Redis ran per operation and the
+    /// time it spent in them (`INFO commandstats` around each timed stage).
+    #[arg(long)]
+    pub redis_url: Option<String>,
     /// Pin the generator to these CPUs (e.g. `1` or `1,2`), like `taskset -c`.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
@@ -241,6 +246,7 @@ impl Options {
         engine::Watched {
             gateway: self.gateway_pid.clone(),
             redis: self.redis_pid,
+            redis_url: self.redis_url.clone(),
         }
     }
 }
@@ -338,6 +344,10 @@ pub struct ScenarioReport {
     pub redis_cpu_s: Option<f64>,
     /// Redis CPU milliseconds per completed operation.
     pub redis_cpu_ms_per_op: Option<f64>,
+    /// With `--redis-url`: per command Redis ran in the timed stages (the
+    /// store's Lua scripts are `evalsha`), calls and Redis's microseconds
+    /// per completed operation.
+    pub redis_commands_per_op: std::collections::BTreeMap<String, RedisCommand>,
     /// Gateway resident set size at the end (every replica), KiB.
     pub gateway_rss_kib: Option<u64>,
     /// When the measured window started and ended, seconds on the time axis
@@ -388,6 +398,39 @@ impl ScenarioReport {
             self.latency_ms.p99_9,
             cpu,
             redis
+        )
+    }
+}
+
+/// One Redis command's share of an operation.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct RedisCommand {
+    /// Calls per completed operation.
+    pub calls: f64,
+    /// Microseconds Redis spent in them per completed operation.
+    pub usec: f64,
+}
+
+impl ScenarioReport {
+    /// The commands that cost Redis the most per operation, one line
+    /// (empty without `--redis-url`).
+    pub fn redis_line(&self) -> String {
+        let mut by_time: Vec<(&String, &RedisCommand)> = self.redis_commands_per_op.iter().collect();
+        by_time.sort_by(|a, b| b.1.usec.total_cmp(&a.1.usec));
+        let total: f64 = by_time.iter().map(|(_, c)| c.usec).sum();
+        let calls: f64 = by_time.iter().map(|(_, c)| c.calls).sum();
+        if by_time.is_empty() {
+            return String::new();
+        }
+        let top: Vec<String> = by_time
+            .iter()
+            .take(5)
+            .map(|(name, c)| format!("{name} {:.2} ({:.1} µs)", c.calls, c.usec))
+            .collect();
+        format!(
+            "{:<18} redis per op: {calls:.2} commands, {total:.1} µs: {}",
+            self.scenario.name(),
+            top.join(", ")
         )
     }
 }
@@ -569,6 +612,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         r.started_s = started;
         r.ended_s = sampler.as_ref().map(RssSampler::since_start);
         println!("{}", r.line());
+        let redis = r.redis_line();
+        if !redis.is_empty() {
+            println!("{redis}");
+        }
         for e in &r.error_samples {
             eprintln!("portcullis-load: {}: {e}", s.name());
         }
