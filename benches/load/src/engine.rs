@@ -150,9 +150,46 @@ impl Watched {
             .flatten()
     }
 
+    /// Starts a window: the counters its end subtracts.
+    pub async fn open(&self) -> Window {
+        let commands = self.commands().await;
+        Window {
+            watched: self.clone(),
+            cpu: self.cpu(),
+            commands,
+        }
+    }
+
     /// The replicas' resident set sizes together, KiB.
     pub fn gateway_rss_kib(&self) -> Option<u64> {
         total(&self.gateway, rss_kib)
+    }
+}
+
+/// A window of [`Watched`] processes, from [`Watched::open`] to [`Window::close`].
+pub struct Window {
+    watched: Watched,
+    cpu: CpuTimes,
+    commands: Option<CommandStats>,
+}
+
+/// What the watched processes used over a window.
+pub struct Used {
+    /// CPU seconds.
+    pub cpu: CpuTimes,
+    /// The commands Redis ran (with its URL).
+    pub commands: Option<CommandStats>,
+}
+
+impl Window {
+    /// Ends the window.
+    pub async fn close(self) -> Used {
+        let cpu = self.watched.cpu().since(self.cpu);
+        let commands = match (self.commands, self.watched.commands().await) {
+            (Some(before), Some(after)) => Some(commandstats_since(&after, &before)),
+            _ => None,
+        };
+        Used { cpu, commands }
     }
 }
 
@@ -243,8 +280,7 @@ where
         samples: Vec::new(),
         keep,
     }));
-    let commands_before = watched.commands().await;
-    let cpu_before = watched.cpu();
+    let window = watched.open().await;
     let start = Instant::now();
     let deadline = bounds.duration.map(|d| start + d);
     let limit = bounds.limit.unwrap_or(usize::MAX);
@@ -313,11 +349,10 @@ where
         }
     }
     let elapsed = start.elapsed();
-    let used = watched.cpu().since(cpu_before);
-    let redis_commands = match (commands_before, watched.commands().await) {
-        (Some(before), Some(after)) => Some(commandstats_since(&after, &before)),
-        _ => None,
-    };
+    let Used {
+        cpu: used,
+        commands: redis_commands,
+    } = window.close().await;
     let c = match Arc::try_unwrap(collector) {
         Ok(m) => m.into_inner().ok(),
         Err(_) => None,

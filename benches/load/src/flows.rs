@@ -497,8 +497,7 @@ impl World {
             duration: None,
             max_in_flight: w.max_in_flight,
         };
-        let commands_before = w.watched.commands().await;
-        let cpu_before = w.watched.cpu();
+        let measured = w.watched.open().await;
         let t0 = Instant::now();
         let (wa, tx, sm, ae) = (
             w.clone(),
@@ -575,11 +574,7 @@ impl World {
         };
         let (a, b) = tokio::join!(first, second);
         let elapsed = t0.elapsed();
-        let used = w.watched.cpu().since(cpu_before);
-        let commands = match (commands_before, w.watched.commands().await) {
-            (Some(before), Some(after)) => Some(engine::commandstats_since(&after, &before)),
-            _ => None,
-        };
+        let engine::Used { cpu: used, commands } = measured.close().await;
         r.stages.push(stage_report("authorize", &a));
         r.stages.push(stage_report(
             if saml { "acs+continue+token" } else { "callback+token" },
