@@ -231,6 +231,36 @@ async fn sign_ins_spread_over_several_tenants() {
     }
 }
 
+/// `--idp-certificates 3`: the SAML connections trust three certificates,
+/// the signing one last; every sign-in and IdP-initiated Response is still
+/// accepted (the Response names its certificate), and the report says what
+/// the connections were created with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_succeed_with_the_signing_certificate_last_of_three_in_the_metadata() {
+    let app = gateway().await;
+    let mut opts = smoke(&app);
+    opts.idp_certificates = 3;
+    let scenarios = vec![Scenario::SamlSignin, Scenario::SamlAcs];
+    opts.scenario = scenarios.clone();
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &scenarios);
+    assert_eq!(report.idp_certificates, 3);
+    let t = portcullis::ids::TenantId::parse(&report.tenants[0]).unwrap();
+    for id in ["saml", "saml-idp"] {
+        let c = portcullis::ids::ConnectionId::parse(id).unwrap();
+        let stored = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+        let stored = serde_json::to_value(&stored).unwrap();
+        let certs = stored["idp_certificates"].as_array().unwrap();
+        assert_eq!(certs.len(), 3, "{id}: {stored}");
+        let distinct: std::collections::BTreeSet<_> = certs.iter().filter_map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), 3, "{id}: three different certificates");
+        assert_eq!(
+            stored["metadata_xml"].as_str().map(str::len),
+            Some(report.idp_metadata_bytes)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_tenants_and_users_are_what_the_gateway_reads() {
     let prefix = redis::prefix();

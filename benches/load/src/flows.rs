@@ -77,6 +77,8 @@ struct Inner {
     worker: App,
     api_scope: String,
     idp: SamlIdp,
+    /// The size of the metadata the SAML connections were created with.
+    idp_metadata_bytes: usize,
     saml_idp_init: SamlConn,
     upstream: Upstream,
     upstream_client_id: String,
@@ -219,7 +221,9 @@ impl World {
             id: worker_id,
             secret: str_field(&created, "client_secret")?,
         };
-        let idp = SamlIdp::generate(&format!("https://idp.load.test/{run}")).map_err(|e| e.to_string())?;
+        let idp = SamlIdp::generate(&format!("https://idp.load.test/{run}"))
+            .and_then(|idp| idp.with_other_certificates(usize::from(opts.idp_certificates.max(1)) - 1))
+            .map_err(|e| e.to_string())?;
         // The generator never follows the SSO redirect: it reads the
         // AuthnRequest from it. Loopback, so private networks must be allowed.
         let metadata = idp.metadata("http://127.0.0.1:9/sso");
@@ -300,6 +304,7 @@ impl World {
             app,
             worker,
             api_scope,
+            idp_metadata_bytes: metadata.len(),
             idp,
             saml_idp_init,
             upstream,
@@ -358,6 +363,11 @@ impl World {
     /// The tenants the sign-ins go to, in order.
     pub fn tenants(&self) -> Vec<String> {
         self.inner.sites.iter().map(|s| s.tenant.clone()).collect()
+    }
+
+    /// The size of the IdP metadata each SAML connection was created with.
+    pub fn idp_metadata_bytes(&self) -> usize {
+        self.inner.idp_metadata_bytes
     }
 
     /// One whole sign-in of user `user`, untimed, calling `mark` with each

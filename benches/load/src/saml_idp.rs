@@ -36,6 +36,9 @@ pub struct SamlIdp {
     pub entity_id: String,
     key: PKey<Private>,
     cert_b64: String,
+    /// Certificates the metadata lists before the signing one (base64 DER):
+    /// other keys the IdP publishes, as during a rollover.
+    others_b64: Vec<String>,
 }
 
 /// What one Response is about.
@@ -82,48 +85,77 @@ fn plain(s: &str) -> bool {
     !s.contains(['&', '<', '>', '"', '\r', '\n', '\t'])
 }
 
+/// A self-signed certificate (ten years, SHA-256) for `key`, base64 DER.
+fn self_signed(key: &PKey<Private>, common_name: &str) -> Result<String, SignError> {
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", common_name)?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(key)?;
+    b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    b.set_not_after(&*Asn1Time::days_from_now(3650)?)?;
+    b.sign(key, MessageDigest::sha256())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(b.build().to_der()?))
+}
+
 impl SamlIdp {
     /// A fresh RSA-2048 key and a self-signed certificate for it.
     pub fn generate(entity_id: &str) -> Result<Self, SignError> {
-        let rsa = Rsa::generate(2048)?;
-        let key = PKey::from_rsa(rsa)?;
-        let mut name = X509NameBuilder::new()?;
-        name.append_entry_by_text("CN", "portcullis-load test IdP")?;
-        let name = name.build();
-        let mut b = X509::builder()?;
-        b.set_version(2)?;
-        let mut serial = BigNum::new()?;
-        serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
-        let serial = serial.to_asn1_integer()?;
-        b.set_serial_number(&serial)?;
-        b.set_subject_name(&name)?;
-        b.set_issuer_name(&name)?;
-        b.set_pubkey(&key)?;
-        b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
-        b.set_not_after(&*Asn1Time::days_from_now(3650)?)?;
-        b.sign(&key, MessageDigest::sha256())?;
-        let cert = b.build();
-        let cert_b64 = base64::engine::general_purpose::STANDARD.encode(cert.to_der()?);
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        let cert_b64 = self_signed(&key, "portcullis-load test IdP")?;
         Ok(Self {
             entity_id: entity_id.to_owned(),
             key,
             cert_b64,
+            others_b64: Vec::new(),
         })
     }
 
+    /// This IdP with `n` more certificates in its metadata, each of a fresh
+    /// RSA-2048 key that never signs, listed before the signing certificate
+    /// (the order in which a gateway that tries certificates in turn would
+    /// reach the signing one last). The Responses still carry the signing
+    /// certificate in `KeyInfo`.
+    pub fn with_other_certificates(mut self, n: usize) -> Result<Self, SignError> {
+        self.others_b64 = (0..n)
+            .map(|i| {
+                let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+                self_signed(&key, &format!("portcullis-load other IdP key {i}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
     /// The IdP metadata an admin would paste into the connection: the
-    /// signing certificate and an HTTP-Redirect SSO endpoint (`sso_url`; the
+    /// other certificates ([`Self::with_other_certificates`]), the signing
+    /// certificate and an HTTP-Redirect SSO endpoint (`sso_url`; the
     /// generator never goes there, it reads the AuthnRequest from the
     /// redirect).
     pub fn metadata(&self, sso_url: &str) -> String {
+        let keys: String = self
+            .others_b64
+            .iter()
+            .chain(std::iter::once(&self.cert_b64))
+            .map(|c| {
+                format!(
+                    "<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}\
+                     </ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"
+                )
+            })
+            .collect();
         format!(
             "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"{DS}\" entityID=\"{}\">\
-             <md:IDPSSODescriptor protocolSupportEnumeration=\"{SAMLP}\">\
-             <md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{}</ds:X509Certificate>\
-             </ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+             <md:IDPSSODescriptor protocolSupportEnumeration=\"{SAMLP}\">{keys}\
              <md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{sso_url}\"/>\
              </md:IDPSSODescriptor></md:EntityDescriptor>",
-            self.entity_id, self.cert_b64
+            self.entity_id
         )
     }
 
