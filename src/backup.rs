@@ -312,7 +312,7 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
             problems.push(format!("{at}: appears twice"));
             continue;
         }
-        let bytes = match r.value.to_bytes() {
+        let bytes = match unstamped(&r.value).to_bytes() {
             Ok(b) => b,
             Err(e) => {
                 problems.push(format!("{at}: {e}"));
@@ -370,6 +370,21 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
         }
     }
     Ok(done)
+}
+
+/// `value` without a write stamp (`store::STAMP_FIELD`): a stamp names the
+/// content it was drawn for, and a backup's content may have been edited
+/// since, so a restored record is re-validated by its SHA-1 until its next
+/// write stamps it afresh.
+fn unstamped(value: &Payload) -> std::borrow::Cow<'_, Payload> {
+    match value {
+        Payload::Json(Value::Object(map)) if map.contains_key(crate::store::STAMP_FIELD) => {
+            let mut map = map.clone();
+            map.remove(crate::store::STAMP_FIELD);
+            std::borrow::Cow::Owned(Payload::Json(Value::Object(map)))
+        }
+        other => std::borrow::Cow::Borrowed(other),
+    }
 }
 
 /// What `keys rewrap` did.

@@ -118,12 +118,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.get(key).await?.is_some())
     }
 
-    /// A fingerprint of the value at `key` (the lowercase hex SHA-1 of the
-    /// stored bytes), `None` when absent, computed where the value is
-    /// stored so that it is not transferred (`redis.sha1hex` in a script on
-    /// Redis): 40 bytes instead of a record, for a caller that keeps a
-    /// decoded copy and only needs to know whether it is still what is
-    /// stored. Any write that changes the stored bytes changes it. The
+    /// A fingerprint of the value at `key` ([`fingerprint_of`] the stored
+    /// bytes: their write stamp when they begin with one, else their
+    /// lowercase hex SHA-1), `None` when absent, computed where the value
+    /// is stored so that it is not transferred (in a script on Redis): a
+    /// few bytes instead of a record, for a caller that keeps a decoded
+    /// copy and only needs to know whether it is still what is stored. Any
+    /// write that changes what the record says changes it (a stamped record
+    /// is only ever written with a fresh stamp, see [`stamped`]). The
     /// fingerprint is of the bytes as stored (sealed, where the store seals),
     /// so it is only ever compared with fingerprints from the same store.
     /// SHA-1 is a change detector here, not a security boundary: the
@@ -594,9 +596,81 @@ pub async fn rate_limit_guarded_in_steps<S: Store + ?Sized>(
     Ok(Some(decisions))
 }
 
-/// The fingerprint [`Store::fingerprint`] answers for `bytes`: the
-/// lowercase hex SHA-1, as Redis's `redis.sha1hex` writes it.
+/// How a stamped record begins: its first member is the write stamp
+/// (`{"_w":"<stamp>",...}`).
+const STAMP_OPEN: &[u8] = b"{\"_w\":\"";
+
+/// A write stamp's length: 16 random bytes in base64url.
+const STAMP_LEN: usize = 22;
+
+/// The JSON object `json` with a fresh write stamp as its first member
+/// (`"_w"`: 128 random bits in base64url, drawn for this write). The
+/// fingerprint of a stamped record is its stamp ([`fingerprint_of`]), which
+/// a store reads without reading or hashing the rest of the record (on
+/// Redis: the first 31 bytes, `GETRANGE`), so re-validating a large record
+/// costs what a small one does. The contract that makes that exact: a
+/// stamp names one content. Every write that encodes a record draws a new
+/// one; what may keep a stamp is only a write of the same content (the
+/// same bytes again, or its secrets sealed again). Writers that do not
+/// stamp (earlier versions, during a rolling update) write bytes that do
+/// not begin with a stamp, whose fingerprint is their SHA-1: a change
+/// either way. Readers decode the member as an unknown field (ignored).
+/// Something that is not a JSON object is returned unchanged.
+pub fn stamped(json: &[u8]) -> Vec<u8> {
+    let Some(rest) = json.strip_prefix(b"{") else {
+        return json.to_vec();
+    };
+    let stamp = crate::tokens::random_token(16);
+    let mut out = Vec::with_capacity(json.len() + STAMP_OPEN.len() + STAMP_LEN + 2);
+    out.extend_from_slice(STAMP_OPEN);
+    out.extend_from_slice(stamp.as_bytes());
+    out.push(b'"');
+    match rest.trim_ascii_start() {
+        // An empty object: the stamp is its only member, followed by `}`.
+        empty @ [b'}', ..] => out.extend_from_slice(empty),
+        _ => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+    }
+    out
+}
+
+/// The name of the write stamp's member, for code that handles records as
+/// JSON values (a restore drops it: restored content may differ from what
+/// the stamp named).
+pub const STAMP_FIELD: &str = "_w";
+
+/// The write stamp `bytes` begin with ([`stamped`]): exactly
+/// `{"_w":"` + 22 base64url characters + `"` followed by `,` or `}`, as the
+/// Redis scripts match it (`^{"_w":"([%w_%-]+)"[,}]` on the first 31 bytes).
+pub fn stamp_of(bytes: &[u8]) -> Option<&str> {
+    let rest = bytes.strip_prefix(STAMP_OPEN)?;
+    let (stamp, after) = rest.split_at_checked(STAMP_LEN)?;
+    if !stamp
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
+        return None;
+    }
+    match after {
+        [b'"', b',' | b'}', ..] => std::str::from_utf8(stamp).ok(),
+        _ => None,
+    }
+}
+
+/// The fingerprint [`Store::fingerprint`] answers for `bytes`: `w:` and
+/// the write stamp they begin with ([`stamp_of`]), else their lowercase hex
+/// SHA-1 ([`sha1_hex`]). The two forms never equal each other.
 pub fn fingerprint_of(bytes: &[u8]) -> String {
+    match stamp_of(bytes) {
+        Some(stamp) => format!("w:{stamp}"),
+        None => sha1_hex(bytes),
+    }
+}
+
+/// The lowercase hex SHA-1 of `bytes`, as Redis's `redis.sha1hex` writes it.
+pub fn sha1_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = openssl::sha::sha1(bytes);
     let mut out = String::with_capacity(40);
@@ -781,5 +855,31 @@ impl<S: Store + ?Sized> StoreJson for S {
     }
     async fn take_json<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError> {
         decode(self.take(key).await?)
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::{fingerprint_of, sha1_hex, stamp_of, stamped};
+
+    #[test]
+    fn a_stamp_is_the_first_member_and_fresh_at_every_write() {
+        let body = br#"{"id":"okta","kind":"saml"}"#;
+        let (one, two) = (stamped(body), stamped(body));
+        let (a, b) = (stamp_of(&one).unwrap(), stamp_of(&two).unwrap());
+        assert_ne!(a, b, "each write draws its own stamp");
+        assert_eq!(fingerprint_of(&one), format!("w:{a}"));
+        let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
+        assert_eq!(v, serde_json::json!({"_w": a, "id": "okta", "kind": "saml"}));
+        assert!(one.starts_with(br#"{"_w":""#) && one.ends_with(&body[1..]));
+        // An empty object, with or without white space, stays valid JSON.
+        for empty in [&b"{}"[..], b"{ }"] {
+            let s = stamped(empty);
+            assert!(stamp_of(&s).is_some());
+            assert!(serde_json::from_slice::<serde_json::Value>(&s).is_ok(), "{s:?}");
+        }
+        // Not an object: unchanged, and fingerprinted by its SHA-1.
+        assert_eq!(stamped(b"[1]"), b"[1]");
+        assert_eq!(fingerprint_of(b"[1]"), sha1_hex(b"[1]"));
     }
 }

@@ -258,35 +258,60 @@ enum Durability {
     Replicated,
 }
 
-/// `fingerprint`: the SHA-1 of the value, hex, computed on the server so
+/// The fingerprint of a stored value in Lua ([`super::fingerprint_of`]):
+/// `fp(key)` answers `w:` and the write stamp the value begins with, read
+/// from its first 31 bytes (`GETRANGE`: the rest is neither read nor
+/// hashed), else its SHA-1 (`redis.sha1hex`) together with the value read
+/// for it; `nil` when absent. A macro, so each script is one literal.
+macro_rules! fingerprint_lua {
+    () => {
+        r#"
+local function fp(k)
+  local h = redis.call('GETRANGE', k, 0, 30)
+  local s = string.match(h, '^{"_w":"([%w_%-]+)"[,}]')
+  if s and #s == 22 then
+    return 'w:' .. s, nil
+  end
+  local v = redis.call('GET', k)
+  if not v then
+    return nil, nil
+  end
+  return redis.sha1hex(v), v
+end
+"#
+    };
+}
+
+/// `fingerprint`: the value's fingerprint (`fp`), computed on the server so
 /// the value is not sent; nil when absent.
-static FINGERPRINT: Script = Script::new(
+static FINGERPRINT: Script = Script::new(concat!(
+    fingerprint_lua!(),
     r"
-local v = redis.call('GET', KEYS[1])
-if not v then
+local f = fp(KEYS[1])
+if not f then
   return false
 end
-return redis.sha1hex(v)
-",
-);
+return f
+"
+));
 
-/// `get_if_changed`: the value's SHA-1 computed on the server; when it is
-/// `ARGV[1]` (the caller's), only `{0}`, else `{1, value, sha1}`; nil when
+/// `get_if_changed`: the value's fingerprint (`fp`); when it is `ARGV[1]`
+/// (the caller's), only `{0}`, else `{1, value, fingerprint}`; nil when
 /// absent. One script, so the value and the fingerprint answered are of
 /// the same bytes.
-static GET_IF_CHANGED: Script = Script::new(
+static GET_IF_CHANGED: Script = Script::new(concat!(
+    fingerprint_lua!(),
     r"
-local v = redis.call('GET', KEYS[1])
-if not v then
+local f, v = fp(KEYS[1])
+if not f then
   return false
 end
-local f = redis.sha1hex(v)
 if f == ARGV[1] then
   return {0}
 end
-return {1, v, f}
-",
-);
+return {1, v or redis.call('GET', KEYS[1]), f}
+"
+));
 
 /// `put_then_get`: `SET` the first key (with `PX` when `ARGV[2]` is not
 /// `0`), then `GET` the second, in one script. Keys of one hash tag.
@@ -320,10 +345,11 @@ return out
 
 /// `read_many_if_changed`: per key, as `ARGV[i]` says: `c<fingerprint>`
 /// re-validates a value as `get_if_changed` does (nil when absent, `0` when
-/// its SHA-1 is the fingerprint given, else `{value, sha1}`), `e` answers
+/// its fingerprint (`fp`) is the one given, else `{value, fingerprint}`), `e` answers
 /// `EXISTS`, `m` the set's members. One array in the order asked. Keys of
 /// one hash tag (checked before it is sent).
-static READ_MANY_IF_CHANGED: Script = Script::new(
+static READ_MANY_IF_CHANGED: Script = Script::new(concat!(
+    fingerprint_lua!(),
     r"
 local out = {}
 for i, k in ipairs(KEYS) do
@@ -334,22 +360,19 @@ for i, k in ipairs(KEYS) do
   elseif kind == 'm' then
     out[i] = redis.call('SMEMBERS', k)
   else
-    local v = redis.call('GET', k)
-    if not v then
+    local f, v = fp(k)
+    if not f then
       out[i] = false
+    elseif f == string.sub(how, 2) then
+      out[i] = 0
     else
-      local f = redis.sha1hex(v)
-      if f == string.sub(how, 2) then
-        out[i] = 0
-      else
-        out[i] = {v, f}
-      end
+      out[i] = {v or redis.call('GET', k), f}
     end
   end
 end
 return out
-",
-);
+"
+));
 
 /// The GCRA step of [`super::gcra`] in Lua, on the Redis server's clock
 /// (`TIME`, one clock for every replica, read once per script), in whole
@@ -410,17 +433,17 @@ return a
 /// limits from `ARGV[3]` on. With a guard (`ARGV[1]` a fingerprint, not
 /// empty), `KEYS[1]` is the guarded record and the limits' keys follow: the
 /// steps run only while its stored bytes have that fingerprint
-/// (`redis.sha1hex`, as [`GET_IF_CHANGED`]). Answers `{0}` (nothing
+/// (`fp`, as [`GET_IF_CHANGED`]). Answers `{0}` (nothing
 /// counted) when the guard does not hold, else `{1}` followed by each
 /// step's `allowed, retry, remaining`. The keys belong to different hash
 /// tags: only for a single server or Sentinel, never a cluster.
 static RATE_LIMIT_STEPS: Script = Script::new(concat!(
     gcra_lua!(),
+    fingerprint_lua!(),
     r"
 local first = 1
 if ARGV[1] ~= '' then
-  local g = redis.call('GET', KEYS[1])
-  if not g or redis.sha1hex(g) ~= ARGV[1] then
+  if fp(KEYS[1]) ~= ARGV[1] then
     return {0}
   end
   first = 2
@@ -1087,7 +1110,7 @@ impl Script {
 
     /// The lowercase hex SHA-1 of the text, as `SCRIPT LOAD` answers it.
     fn sha(&self) -> &str {
-        self.sha.get_or_init(|| super::fingerprint_of(self.text.as_bytes()))
+        self.sha.get_or_init(|| super::sha1_hex(self.text.as_bytes()))
     }
 }
 

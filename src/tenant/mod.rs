@@ -25,7 +25,7 @@ pub mod snapshot;
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
-use crate::upstream::{Connection, Identity};
+use crate::upstream::{Connection, ConnectionKind, Identity};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -327,6 +327,22 @@ const MODIFY_ATTEMPTS: usize = 5;
 /// Encodes a record as stored.
 fn encode_record<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, RegistryError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()).into())
+}
+
+/// A connection as stored. Every write of a connection record goes through
+/// here. SAML and OIDC connections get a fresh write stamp each time
+/// (`store::stamped`), so every `/authorize` and ACS re-validates them by
+/// reading their first bytes instead of hashing them whole (a SAML
+/// connection holds the IdP's metadata as received, often tens of KB).
+/// Local and development connections are small and stay unstamped: their
+/// configurations refuse unknown members, so a replica of an earlier
+/// version, during a rolling update, could not read them stamped.
+fn encode_connection(connection: &Connection) -> Result<Vec<u8>, RegistryError> {
+    let encoded = encode_record(connection)?;
+    Ok(match connection.kind {
+        ConnectionKind::Saml(_) | ConnectionKind::Oidc(_) => crate::store::stamped(&encoded),
+        ConnectionKind::Local(_) | ConnectionKind::Dev(_) => encoded,
+    })
 }
 
 /// Whether the stored bytes `raw` hold the record `expected`. Both sides go
@@ -890,7 +906,7 @@ impl TenantRegistry {
         let key = connection_key(&new.tenant, &new.id);
         let what = || format!("connection {}", new.id);
         let current = self.current(&key, old, what).await?;
-        let encoded = encode_record(new)?;
+        let encoded = encode_connection(new)?;
         let alias_moves = acs_alias_path(old) != acs_alias_path(new);
         self.reserve_acs_alias(new).await?;
         if !self.store.compare_and_put(&key, &current, &encoded, None).await? {
@@ -917,7 +933,11 @@ impl TenantRegistry {
             return Err(RegistryError::Exists(format!("connection {}", connection.id)));
         }
         self.reserve_acs_alias(connection).await?;
-        if !self.store.put_json_if_absent(&key, connection, None).await? {
+        if !self
+            .store
+            .put_if_absent(&key, &encode_connection(connection)?, None)
+            .await?
+        {
             self.release_acs_alias(connection).await?;
             return Err(RegistryError::Exists(format!("connection {}", connection.id)));
         }
@@ -952,7 +972,7 @@ impl TenantRegistry {
                 None,
             )
             .await?;
-        self.store.put_json(&key, connection, None).await?;
+        self.store.put(&key, &encode_connection(connection)?, None).await?;
         self.store
             .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
             .await?;

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Stored configuration of a development connection (nothing to configure).
+/// Unknown members are ignored, as for every kind: the stored record's
+/// members that are not the connection's own (its write stamp) reach the
+/// kind's configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DevConfig {}
 
 /// The development connector.

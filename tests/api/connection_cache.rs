@@ -109,6 +109,89 @@ async fn a_connection_changed_on_another_replica_is_seen_at_once() {
     );
 }
 
+/// SAML and OIDC connections are stored with a write stamp (a fresh one at every write),
+/// which replicas re-validate without reading the rest of the record. A
+/// replica of an earlier version writes the record without one: that
+/// write (here made straight in Redis, a connection disabled the way such
+/// a replica writes it) is a change like any other, seen at the very next
+/// request, and the next write through this version stamps it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_written_without_a_stamp_is_seen_at_once() {
+    use portcullis::store::redis::{RedisOptions, RedisStore};
+    use portcullis::store::{stamp_of, Key, Store};
+    let prefix = redis::prefix();
+    let a = replica(&prefix).await;
+    let raw = RedisStore::connect_with(&RedisOptions::new(&redis::url(), &prefix))
+        .await
+        .unwrap();
+    let key = Key::tenant("stamp", "config", "connection:saml");
+    let idp = portcullis_load::saml_idp::SamlIdp::generate("https://idp.stamp.test").unwrap();
+    for (path, body) in [
+        (
+            "/admin/v1/tenants",
+            json!({ "id": "stamp", "name": "Stamp", "domains": ["stamp.test"] }),
+        ),
+        (
+            "/admin/v1/clients",
+            json!({ "client_id": "cache-app", "name": "Cache app", "redirect_uris": ["http://127.0.0.1:9/cb"], "public": false }),
+        ),
+        (
+            "/admin/v1/tenants/stamp/connections",
+            json!({ "id": "saml", "kind": "saml", "metadata_xml": idp.metadata("http://127.0.0.1:9/sso") }),
+        ),
+    ] {
+        let (status, answer) = admin(&a, path, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let stored = raw.get(&key).await.unwrap().expect("stored");
+    let created = stamp_of(&stored).expect("a connection is stored stamped").to_owned();
+    // A local connection is not: its configuration refuses unknown members,
+    // so a replica of an earlier version could not read it stamped.
+    let (status, answer) = admin(
+        &a,
+        "/admin/v1/tenants/stamp/connections",
+        json!({ "id": "pw", "kind": "local" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let local = raw
+        .get(&Key::tenant("stamp", "config", "connection:pw"))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(stamp_of(&local).is_none() && !String::from_utf8_lossy(&local).contains("\"_w\""));
+    for _ in 0..2 {
+        let (status, to) = authorize(&a, "stamp", "saml").await;
+        assert!(status.is_redirection() && to.contains("SAMLRequest="), "{status}: {to}");
+    }
+    // Disabled by a replica that does not stamp: its record as it writes it.
+    let mut record: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    let object = record.as_object_mut().unwrap();
+    assert!(object.remove("_w").is_some());
+    object.insert("status".into(), json!("disabled"));
+    let unstamped = serde_json::to_vec(&record).unwrap();
+    assert!(stamp_of(&unstamped).is_none());
+    raw.put(&key, &unstamped, None).await.unwrap();
+    let (status, body) = authorize(&a, "stamp", "saml").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("authorize.connection_not_active"), "{body}");
+    // Enabled through this version: stamped again, with a new stamp, and served.
+    let (status, body) = admin(&a, "/admin/v1/tenants/stamp/connections/saml/enable", json!({})).await;
+    assert!(status.is_success(), "{status}: {body}");
+    let stored = raw.get(&key).await.unwrap().expect("stored");
+    let enabled = stamp_of(&stored).expect("stamped again").to_owned();
+    assert_ne!(enabled, created);
+    let (status, to) = authorize(&a, "stamp", "saml").await;
+    assert!(status.is_redirection() && to.contains("SAMLRequest="), "{status}: {to}");
+    // Disabled through this version: a fresh stamp, refused at once.
+    let (status, body) = admin(&a, "/admin/v1/tenants/stamp/connections/saml/disable", json!({})).await;
+    assert!(status.is_success(), "{status}: {body}");
+    let stored = raw.get(&key).await.unwrap().expect("stored");
+    assert!(![created.as_str(), enabled.as_str()].contains(&stamp_of(&stored).expect("stamped")));
+    let (status, body) = authorize(&a, "stamp", "saml").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
 /// The tenant record (kept decoded by each replica and re-validated by the
 /// fingerprint read with the request's other configuration) and the
 /// connection's incarnation: a tenant changed, a connection deleted and

@@ -145,6 +145,7 @@ macro_rules! all_cases {
             concurrent_rate_limit_admits_exactly_the_limit,
             rate_limit_clashes_are_corrupt,
             fingerprint_names_the_stored_bytes,
+            a_stamped_record_is_fingerprinted_by_its_stamp,
             rate_limit_chain_counts_the_second_only_after_the_first,
             rate_limit_guarded_counts_only_while_the_record_is_unchanged,
             get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
@@ -167,6 +168,7 @@ all_cases!(memory, redis, tls, sentinel, cluster);
 conformance!(wrapped_cluster:
     get_put_delete_roundtrip,
     fingerprint_names_the_stored_bytes,
+    a_stamped_record_is_fingerprinted_by_its_stamp,
     get_if_changed_answers_only_a_changed_value_with_its_fingerprint,
     read_many_reads_keys_of_one_tag_in_one_step,
     put_then_get_writes_and_reads_in_one_step,
@@ -1114,6 +1116,107 @@ async fn fingerprint_names_the_stored_bytes(b: &Backend) {
     );
     assert!(s.delete(&k).await.unwrap());
     assert_eq!(s.fingerprint(&k).await.unwrap(), None, "deleted: none");
+}
+
+/// A record whose bytes begin with a write stamp (`store::stamped`, as
+/// connections are written) is fingerprinted by the stamp alone, `w:` and
+/// the stamp, on every backend and through the sealing wrapper (the
+/// wrapped case seals this key's `sp_private_key_pem`): every way of
+/// re-validating it (`fingerprint`, `get_if_changed`,
+/// `read_many_if_changed`, `rate_limit_guarded`) answers "unchanged" for
+/// it. The same content written without a stamp (as a writer of an
+/// earlier version writes it) and a new stamp are each a change, answered
+/// with the value and its fingerprint; bytes that only resemble a stamp
+/// are fingerprinted by their SHA-1.
+async fn a_stamped_record_is_fingerprinted_by_its_stamp(b: &Backend) {
+    use portcullis::store::{fingerprint_of, sha1_hex, stamp_of, stamped};
+    let s = &b.store;
+    let k = Key::tenant("acme", "config", "connection:stamped");
+    let rl = Key::new("rl:stamped", "gcra");
+    let window = Duration::from_secs(60);
+    let body = format!(
+        r#"{{"id":"stamped","sp_private_key_pem":"-----BEGIN PRIVATE KEY-----","metadata_xml":"{}"}}"#,
+        "m".repeat(40_000)
+    );
+    let json = |v: &[u8]| serde_json::from_slice::<serde_json::Value>(v).unwrap();
+    let first = stamped(body.as_bytes());
+    let stamp = stamp_of(&first).expect("stamped").to_owned();
+    assert_eq!(stamp.len(), 22);
+    assert_eq!(json(&first)["_w"], stamp.as_str(), "the stamp is the first member");
+    s.put(&k, &first, None).await.unwrap();
+    let known = format!("w:{stamp}");
+    assert_eq!(s.fingerprint(&k).await.unwrap().as_deref(), Some(known.as_str()));
+    let IfChanged::Value { value, fingerprint } = s.get_if_changed(&k, None).await.unwrap() else {
+        panic!("a stored value");
+    };
+    assert_eq!(fingerprint, known);
+    assert_eq!(json(&value), json(&first));
+    assert_eq!(s.get_if_changed(&k, Some(&known)).await.unwrap(), IfChanged::Unchanged);
+    assert_eq!(
+        s.read_many_if_changed(&[(&k, Probe::IfChanged(Some(&known)))])
+            .await
+            .unwrap(),
+        vec![Probed::Read(IfChanged::Unchanged)]
+    );
+    let counted = s.rate_limit_guarded((&k, &known), &[(&rl, 100)], window).await.unwrap();
+    assert_eq!(counted.map(|d| d.len()), Some(1), "counted under the stamped record");
+
+    // The same content without a stamp: a change, fingerprinted by its SHA-1.
+    s.put(&k, body.as_bytes(), None).await.unwrap();
+    let IfChanged::Value { value, fingerprint } = s.get_if_changed(&k, Some(&known)).await.unwrap() else {
+        panic!("an unstamped write is a change");
+    };
+    assert_eq!(json(&value), json(body.as_bytes()));
+    assert!(
+        !fingerprint.starts_with("w:") && fingerprint.len() == 40,
+        "{fingerprint}"
+    );
+    assert_eq!(s.fingerprint(&k).await.unwrap().as_deref(), Some(fingerprint.as_str()));
+    assert_eq!(
+        s.rate_limit_guarded((&k, &known), &[(&rl, 100)], window).await.unwrap(),
+        None
+    );
+    let unstamped = fingerprint;
+
+    // A new stamp: a change, whatever else is the same.
+    let second = stamped(body.as_bytes());
+    s.put(&k, &second, None).await.unwrap();
+    let renewed = format!("w:{}", stamp_of(&second).unwrap());
+    assert_ne!(renewed, known);
+    for asked in [&known, &unstamped] {
+        let answers = s
+            .read_many_if_changed(&[(&k, Probe::IfChanged(Some(asked)))])
+            .await
+            .unwrap();
+        let [Probed::Read(IfChanged::Value { value, fingerprint })] = answers.as_slice() else {
+            panic!("a change: {answers:?}");
+        };
+        assert_eq!(fingerprint, &renewed);
+        assert_eq!(json(value), json(&second));
+    }
+
+    // Only the exact form is a stamp: these are fingerprinted by their SHA-1.
+    let short = br#"{"_w":"AAAAAAAAAAAAAAAAAAAAA","id":"x"}"#;
+    let long = br#"{"_w":"AAAAAAAAAAAAAAAAAAAAAAA","id":"x"}"#;
+    let odd = br#"{"_w":"AAAAAAAAAAAAAAAAAAAAA.","id":"x"}"#;
+    let later = br#"{"id":"x","_w":"AAAAAAAAAAAAAAAAAAAAAA"}"#;
+    let spaced = br#"{ "_w":"AAAAAAAAAAAAAAAAAAAAAA","id":"x"}"#;
+    let plain = Key::tenant("acme", "config", "lookalike");
+    for bytes in [&short[..], long, odd, later, spaced] {
+        assert_eq!(stamp_of(bytes), None, "{}", String::from_utf8_lossy(bytes));
+        assert_eq!(fingerprint_of(bytes), sha1_hex(bytes));
+        s.put(&plain, bytes, None).await.unwrap();
+        assert_eq!(s.fingerprint(&plain).await.unwrap(), Some(sha1_hex(bytes)));
+    }
+    let exact = br#"{"_w":"AAAAAAAAAAAAAAAAAAAAAA"}"#;
+    s.put(&plain, exact, None).await.unwrap();
+    assert_eq!(
+        s.fingerprint(&plain).await.unwrap().as_deref(),
+        Some("w:AAAAAAAAAAAAAAAAAAAAAA"),
+        "a stamp may also be the only member"
+    );
+    assert!(s.delete(&k).await.unwrap());
+    assert_eq!(s.get_if_changed(&k, Some(&renewed)).await.unwrap(), IfChanged::Absent);
 }
 
 async fn rate_limit_chain_counts_the_second_only_after_the_first(b: &Backend) {
