@@ -259,24 +259,37 @@ enum Durability {
 }
 
 /// The fingerprint of a stored value in Lua ([`super::fingerprint_of`]):
-/// `fp(key)` answers `w:` and the write stamp the value begins with, read
-/// from its first 31 bytes (`GETRANGE`: the rest is neither read nor
-/// hashed), else its SHA-1 (`redis.sha1hex`) together with the value read
-/// for it; `nil` when absent. A macro, so each script is one literal.
+/// `fp(key, known)` answers `w:` and the write stamp the value begins with,
+/// else its SHA-1 (`redis.sha1hex`), with the value when it was read for
+/// that; `nil` when absent. Where the caller last saw the record stamped
+/// (`known` a stamp's fingerprint) or saw nothing yet, the first 31 bytes
+/// are read first (`GETRANGE`: for a stamped record the rest is neither
+/// read nor hashed); where it last saw the record unstamped, the value is
+/// read at once (no `GETRANGE` that would find nothing) and still checked
+/// for a stamp. Either way the answer depends on the stored bytes alone. A
+/// macro, so each script is one literal.
 macro_rules! fingerprint_lua {
     () => {
         r#"
-local function fp(k)
-  local h = redis.call('GETRANGE', k, 0, 30)
-  local s = string.match(h, '^{"_w":"([%w_%-]+)"[,}]')
+local function stamp(b)
+  local s = string.match(b, '^{"_w":"([%w_%-]+)"[,}]')
   if s and #s == 22 then
-    return 'w:' .. s, nil
+    return 'w:' .. s
+  end
+  return nil
+end
+local function fp(k, known)
+  if not known or known == '' or string.sub(known, 1, 2) == 'w:' then
+    local w = stamp(redis.call('GETRANGE', k, 0, 30))
+    if w then
+      return w, nil
+    end
   end
   local v = redis.call('GET', k)
   if not v then
     return nil, nil
   end
-  return redis.sha1hex(v), v
+  return stamp(v) or redis.sha1hex(v), v
 end
 "#
     };
@@ -287,7 +300,7 @@ end
 static FINGERPRINT: Script = Script::new(concat!(
     fingerprint_lua!(),
     r"
-local f = fp(KEYS[1])
+local f = fp(KEYS[1], nil)
 if not f then
   return false
 end
@@ -302,7 +315,7 @@ return f
 static GET_IF_CHANGED: Script = Script::new(concat!(
     fingerprint_lua!(),
     r"
-local f, v = fp(KEYS[1])
+local f, v = fp(KEYS[1], ARGV[1])
 if not f then
   return false
 end
@@ -360,10 +373,11 @@ for i, k in ipairs(KEYS) do
   elseif kind == 'm' then
     out[i] = redis.call('SMEMBERS', k)
   else
-    local f, v = fp(k)
+    local known = string.sub(how, 2)
+    local f, v = fp(k, known)
     if not f then
       out[i] = false
-    elseif f == string.sub(how, 2) then
+    elseif f == known then
       out[i] = 0
     else
       out[i] = {v or redis.call('GET', k), f}
@@ -443,7 +457,7 @@ static RATE_LIMIT_STEPS: Script = Script::new(concat!(
     r"
 local first = 1
 if ARGV[1] ~= '' then
-  if fp(KEYS[1]) ~= ARGV[1] then
+  if fp(KEYS[1], ARGV[1]) ~= ARGV[1] then
     return {0}
   end
   first = 2
