@@ -121,8 +121,13 @@ tokio::task_local! {
 
 /// Runs `f` (a request's handling) with `span` as the request span that
 /// [`tag_span`] records on.
-pub async fn with_request_span<F: std::future::Future>(span: tracing::Span, f: F) -> F::Output {
-    REQUEST_SPAN.scope(span, f).await
+///
+/// Not an `async fn`, which would keep `f` twice in its state.
+pub fn with_request_span<F: std::future::Future>(
+    span: tracing::Span,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_SPAN.scope(span, f)
 }
 
 /// Records `tenant` (and `connection`, when known) on the current request

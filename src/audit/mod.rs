@@ -53,8 +53,11 @@ tokio::task_local! {
 
 /// Runs `fut` (serving one request) with `request_id` as the request id of
 /// every security event recorded inside it. The edge wraps each request in it.
-pub async fn in_request<F: std::future::Future>(request_id: String, fut: F) -> F::Output {
-    REQUEST_ID.scope(request_id, fut).await
+///
+/// Not an `async fn`: one would keep `fut` twice in its state (the argument
+/// and the scope it is moved into), and the edge's future is large.
+pub fn in_request<F: std::future::Future>(request_id: String, fut: F) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_ID.scope(request_id, fut)
 }
 
 /// The id of the request being served, or `""` outside a request (a
@@ -553,6 +556,32 @@ mod tests {
         assert_eq!(v["client_id"], "app");
         assert_eq!(v["nested"][0]["name"], "n");
         assert_eq!(v["public"], false);
+    }
+
+    /// The scopes every request runs in keep the request's future once: an
+    /// `async fn` taking it would keep it twice (its argument and the scope
+    /// it is moved into), and every byte of a request's future is copied
+    /// when the future is boxed and moved.
+    #[tokio::test]
+    async fn request_scopes_do_not_double_the_future_they_wrap() {
+        async fn big() -> u8 {
+            let buf = [7u8; 4096];
+            tokio::task::yield_now().await;
+            buf[4095]
+        }
+        let alone = std::mem::size_of_val(&big());
+        assert!(alone >= 4096);
+        let id = in_request("req".into(), big());
+        let span = crate::telemetry::with_request_span(tracing::Span::none(), big());
+        let session = crate::store::session::request_scope(big());
+        for (what, size) in [
+            ("in_request", std::mem::size_of_val(&id)),
+            ("with_request_span", std::mem::size_of_val(&span)),
+            ("request_scope", std::mem::size_of_val(&session)),
+        ] {
+            assert!(size < alone + 256, "{what}: {size} bytes for a future of {alone}");
+        }
+        assert_eq!((id.await, span.await, session.await), (7, 7, 7));
     }
 
     #[tokio::test]

@@ -40,8 +40,10 @@ tokio::task_local! {
 /// Runs `request` (a request through the session layer) with a record of
 /// what it writes of its session, so that the layer's save after the
 /// handler skips a record the handler already wrote, unchanged.
-pub async fn request_scope<F: std::future::Future>(request: F) -> F::Output {
-    WRITTEN.scope(RefCell::new(None), request).await
+///
+/// Not an `async fn`, which would keep `request` twice in its state.
+pub fn request_scope<F: std::future::Future>(request: F) -> impl std::future::Future<Output = F::Output> {
+    WRITTEN.scope(RefCell::new(None), request)
 }
 
 /// Notes that `record` was written in this request (outside a
