@@ -8,6 +8,7 @@
 
 use super::keys::{LoadedKey, SigningAlgorithm};
 use super::manager::LoadedKeyset;
+use super::openssl_provider::KeySigner;
 use super::{RejectReason, TokenError};
 use base64::Engine;
 use serde_json::Value;
@@ -17,14 +18,44 @@ use std::time::Duration;
 /// Tokens are minted and checked by the same fleet, so this stays tiny.
 pub const LEEWAY_SECS: i64 = 5;
 
+/// What signing with one key takes, made once when the keyset is loaded:
+/// the parsed key, and the encoded headers of the two token types minted on
+/// every grant (ID tokens `JWT`, access tokens `at+jwt`).
+pub(crate) struct SigningHandle {
+    signer: KeySigner,
+    id_header: String,
+    access_header: String,
+}
+
+impl SigningHandle {
+    pub(crate) fn new(key: &jsonwebtoken::EncodingKey, alg: SigningAlgorithm, kid: &str) -> Result<Self, TokenError> {
+        Ok(Self {
+            signer: KeySigner::new(alg.jsonwebtoken(), key).map_err(|e| TokenError::Key(e.to_string()))?,
+            id_header: encoded_header(alg, kid, "JWT")?,
+            access_header: encoded_header(alg, kid, "at+jwt")?,
+        })
+    }
+}
+
+/// The base64url JOSE header of a token of type `typ` signed by `kid`.
+fn encoded_header(alg: SigningAlgorithm, kid: &str, typ: &str) -> Result<String, TokenError> {
+    let mut header = jsonwebtoken::Header::new(alg.jsonwebtoken());
+    header.typ = Some(typ.to_owned());
+    header.kid = Some(kid.to_owned());
+    let header = serde_json::to_vec(&header).map_err(|e| TokenError::Key(e.to_string()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header))
+}
+
 /// Signs `claims` with `key`. The claims must be a JSON object with each
 /// name once and a numeric `exp` no further than `max_lifetime` from `now`:
 /// retired keys are published for exactly that long, so a longer-lived token
 /// would outlive its key.
 ///
 /// The claims are serialized once, and those bytes are what is checked and
-/// signed (no intermediate `Value` copy of the claim set); jsonwebtoken
-/// computes the signature over the JWS signing input we assemble.
+/// signed (no intermediate `Value` copy of the claim set). The header is the
+/// key's own, encoded when the key was loaded (another `typ` is encoded
+/// here), and the key's signer was parsed then too: the openssl signer that
+/// jsonwebtoken's provider (`openssl_provider`) would hand out for it.
 pub(crate) fn sign<C: serde::Serialize>(
     key: &LoadedKey,
     typ: &str,
@@ -32,8 +63,8 @@ pub(crate) fn sign<C: serde::Serialize>(
     now: i64,
     max_lifetime: Duration,
 ) -> Result<String, TokenError> {
-    let encoding = key
-        .encoding
+    let signing = key
+        .signing
         .as_ref()
         .ok_or_else(|| TokenError::Key(format!("key {} cannot sign", key.kid)))?;
     let payload = serde_json::to_vec(claims).map_err(|e| TokenError::Claims(e.to_string()))?;
@@ -47,21 +78,27 @@ pub(crate) fn sign<C: serde::Serialize>(
     if exp > now.saturating_add(max) {
         return Err(TokenError::Claims("exp is beyond the maximum token lifetime".into()));
     }
-    let alg = key.alg.jsonwebtoken();
-    let mut header = jsonwebtoken::Header::new(alg);
-    header.typ = Some(typ.to_owned());
-    header.kid = Some(key.kid.clone());
-    let header = serde_json::to_vec(&header).map_err(|e| TokenError::Key(e.to_string()))?;
+    let other;
+    let header = match typ {
+        "JWT" => &signing.id_header,
+        "at+jwt" => &signing.access_header,
+        _ => {
+            other = encoded_header(key.alg, &key.kid, typ)?;
+            &other
+        }
+    };
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     // header.payload.signature; an RSA-4096 signature is 683 characters.
-    let mut token = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 700);
-    b64.encode_string(&header, &mut token);
+    let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 700);
+    token.push_str(header);
     token.push('.');
     b64.encode_string(&payload, &mut token);
-    let signature =
-        jsonwebtoken::crypto::sign(token.as_bytes(), encoding, alg).map_err(|e| TokenError::Key(e.to_string()))?;
+    let signature = signing
+        .signer
+        .sign(token.as_bytes())
+        .map_err(|e| TokenError::Key(e.to_string()))?;
     token.push('.');
-    token.push_str(&signature);
+    b64.encode_string(&signature, &mut token);
     Ok(token)
 }
 

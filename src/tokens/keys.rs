@@ -129,7 +129,7 @@ pub(crate) struct LoadedKey {
     pub public: PublicJwk,
     pub decoding: jsonwebtoken::DecodingKey,
     /// Only the active key needs one; parsing the others would be waste.
-    pub encoding: Option<EncodingKey>,
+    pub signing: Option<super::jwt::SigningHandle>,
     /// End of this key's publication (retired keys only).
     pub published_until: Option<DateTime<Utc>>,
 }
@@ -158,8 +158,12 @@ impl LoadedKey {
                 stored.kid
             )));
         }
-        let encoding = if signing {
-            Some(encoding_key(&key, stored.alg)?)
+        let signing = if signing {
+            Some(super::jwt::SigningHandle::new(
+                &encoding_key(&key, stored.alg)?,
+                stored.alg,
+                &stored.kid,
+            )?)
         } else {
             None
         };
@@ -168,7 +172,7 @@ impl LoadedKey {
             alg: stored.alg,
             decoding: public.decoding_key()?,
             public,
-            encoding,
+            signing,
             published_until: stored.publish_until,
         })
     }

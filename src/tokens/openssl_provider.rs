@@ -122,19 +122,46 @@ struct OpensslSigner {
 }
 
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
-    match (alg, key.family()) {
-        (Algorithm::RS256, AlgorithmFamily::Rsa)
-        | (Algorithm::ES256, AlgorithmFamily::Ec)
-        | (Algorithm::EdDSA, AlgorithmFamily::Ed) => {}
-        (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA, _) => return Err(ErrorKind::InvalidKeyFormat.into()),
-        _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
-    }
+    signable(*alg, key)?;
     let id = cache_id(*alg, &[key.as_bytes()]);
     let signing = cached(&SIGNING_KEYS, id, || parse_signing(*alg, key.as_bytes()))?;
     Ok(Box::new(OpensslSigner {
         alg: *alg,
         key: signing,
     }))
+}
+
+/// Whether we sign with `alg` at all, and `key` is of its family.
+fn signable(alg: Algorithm, key: &EncodingKey) -> Result<()> {
+    match (alg, key.family()) {
+        (Algorithm::RS256, AlgorithmFamily::Rsa)
+        | (Algorithm::ES256, AlgorithmFamily::Ec)
+        | (Algorithm::EdDSA, AlgorithmFamily::Ed) => Ok(()),
+        (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA, _) => Err(ErrorKind::InvalidKeyFormat.into()),
+        _ => Err(ErrorKind::UnsupportedAlgorithm.into()),
+    }
+}
+
+/// One signing key parsed once, for a holder that signs with it many times
+/// (the loaded keyset's active key): the same openssl signer that
+/// [`OPENSSL_PROVIDER`] hands jsonwebtoken, without looking it up by a hash
+/// of the key bytes on every signature.
+pub(crate) struct KeySigner(OpensslSigner);
+
+impl KeySigner {
+    /// Parses `key` for `alg` (the checks of the provider's signer factory).
+    pub(crate) fn new(alg: Algorithm, key: &EncodingKey) -> Result<Self> {
+        signable(alg, key)?;
+        Ok(Self(OpensslSigner {
+            alg,
+            key: parse_signing(alg, key.as_bytes())?,
+        }))
+    }
+
+    /// The JWS signature of `msg` (RFC 7515 §5.1 step 5: raw, not encoded).
+    pub(crate) fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+        signature::Signer::try_sign(&self.0, msg)
+    }
 }
 
 /// `alg` and the key's family were matched by the caller.
@@ -177,7 +204,11 @@ impl signature::Signer<Vec<u8>> for OpensslSigner {
                 s.sign_oneshot_to_vec(msg).map_err(ossl)
             }
             SigningKey::Es256(k) => {
-                let digest = openssl::sha::sha256(msg);
+                // The streaming hasher: OpenSSL 3's one-shot `SHA256()`
+                // fetches the algorithm by name on every call.
+                let mut h = openssl::sha::Sha256::new();
+                h.update(msg);
+                let digest = h.finish();
                 let sig = EcdsaSig::sign(&digest, k).map_err(ossl)?;
                 // JWS wants the fixed-width r‖s (RFC 7518 §3.4), not DER.
                 let mut out = sig.r().to_vec_padded(32).map_err(ossl)?;

@@ -264,6 +264,38 @@ async fn sign_signs_the_claims_as_serialized() {
     }
 }
 
+/// The headers encoded when the key was loaded (`JWT`, `at+jwt`) and one
+/// encoded per token (any other `typ`) all name the type asked for, the
+/// key's algorithm and its `kid`, and verify as that type only.
+#[tokio::test]
+async fn each_token_type_gets_its_own_header() {
+    for alg in ALL {
+        let env = Env::new();
+        let m = env.manager(alg).await;
+        let kid = m.signer().await.unwrap().kid().to_owned();
+        let claims = json!({"iss": ISS, "exp": env.clock.unix() + 60});
+        for typ in ["JWT", "at+jwt", "logout+jwt"] {
+            let token = m.sign(typ, &claims).await.unwrap();
+            let header = token.split('.').next().unwrap();
+            let header: Value =
+                serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+                    .unwrap();
+            assert_eq!(
+                header,
+                json!({"typ": typ, "alg": alg.as_str(), "kid": kid}),
+                "{alg:?} {typ}"
+            );
+            let back: Value = m.verify(&token, typ, ISS).await.unwrap();
+            assert_eq!(back, claims, "{alg:?} {typ}");
+            let other = if typ == "JWT" { "at+jwt" } else { "JWT" };
+            assert!(
+                m.verify::<Value>(&token, other, ISS).await.is_err(),
+                "{alg:?} {typ} as {other}"
+            );
+        }
+    }
+}
+
 /// A claim named twice would be read differently by different verifiers
 /// (first or last wins); such a claim set is refused, never signed.
 #[tokio::test]
