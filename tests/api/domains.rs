@@ -4,7 +4,7 @@
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::Browser;
-use crate::support::dns::{free_port, DnsServer};
+use crate::support::dns::{reserve_port, DnsServer};
 use portcullis::ids::TenantId;
 use portcullis::upstream::Identity;
 use reqwest::{Method, StatusCode};
@@ -88,8 +88,8 @@ async fn vouched(app: &TestApp, tenant: &str, email: &str) -> Option<bool> {
 
 #[tokio::test]
 async fn a_domain_verified_by_its_txt_record_routes_and_vouches_only_then() {
-    let port = free_port();
-    let app = app_with_dns(port).await;
+    let port = reserve_port();
+    let app = app_with_dns(port.port).await;
     tenant_with_dev_connection(&app, "dnsco").await;
 
     let (status, claimed) = claim(&app, "dnsco", "DNSco.test").await;
@@ -150,8 +150,8 @@ async fn a_domain_verified_by_its_txt_record_routes_and_vouches_only_then() {
 
 #[tokio::test]
 async fn a_failed_check_says_what_was_found() {
-    let port = free_port();
-    let app = app_with_dns(port).await;
+    let port = reserve_port();
+    let app = app_with_dns(port.port).await;
     tenant_with_dev_connection(&app, "failco").await;
     for d in ["wrong.test", "empty.test", "absent.test"] {
         assert_eq!(claim(&app, "failco", d).await.0, StatusCode::CREATED);

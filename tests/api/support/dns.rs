@@ -5,12 +5,14 @@
 //! Like `redis.rs`, it runs under a tiny `sh` wrapper that kills it when the
 //! pipe from this process closes, so it never outlives the test binary.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WRAPPER: &str = r#"dnsmasq "$@" </dev/null >/dev/null 2>&1 &
+const WRAPPER: &str = r#"dnsmasq "$@" </dev/null >/dev/null 2>"$DNSMASQ_LOG" &
 pid=$!
 echo "$pid"
 read _ignored
@@ -26,15 +28,51 @@ pub struct DnsServer {
     pub port: u16,
 }
 
-/// A free UDP port on 127.0.0.1 (for a server started later on it).
-pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port on 127.0.0.1 held (UDP and TCP, as `dnsmasq` binds both) until
+/// `DnsServer::start` hands it to `dnsmasq`.
+///
+/// It is taken below the kernel's ephemeral range: a port the kernel handed
+/// out (`bind` to port 0) is also where it puts the source port of other
+/// tests' outgoing connections, so between choosing it and starting
+/// `dnsmasq` seconds later, one of them could take it.
+pub struct ReservedPort {
+    pub port: u16,
+    _udp: UdpSocket,
+    _tcp: TcpListener,
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12000 {
+        (10000, ephemeral_low)
+    } else {
+        (ephemeral_low.saturating_sub(2000).max(1024), ephemeral_low)
+    };
+    let random = RandomState::new();
+    for attempt in 0u32..200 {
+        let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
+        let (Ok(udp), Ok(tcp)) = (
+            UdpSocket::bind(("127.0.0.1", port)),
+            TcpListener::bind(("127.0.0.1", port)),
+        ) else {
+            continue;
+        };
+        return ReservedPort {
+            port,
+            _udp: udp,
+            _tcp: tcp,
+        };
+    }
+    panic!("no port free for UDP and TCP in {low}..{high}");
 }
 
 impl DnsServer {
-    /// Starts `dnsmasq` on `port` with `txt` records (name, value) and
-    /// names that exist without a TXT record (`empty`).
-    pub fn start(port: u16, txt: &[(&str, &str)], empty: &[&str]) -> DnsServer {
+    /// Starts `dnsmasq` on the reserved port with `txt` records (name, value)
+    /// and names that exist without a TXT record (`empty`).
+    pub fn start(reserved: ReservedPort, txt: &[(&str, &str)], empty: &[&str]) -> DnsServer {
         let found = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .iter()
             .any(|p| std::path::Path::new(p).exists());
@@ -42,6 +80,7 @@ impl DnsServer {
             found,
             "dnsmasq is not installed: run `scripts/setup-system test` (Debian package dnsmasq-base)"
         );
+        let port = reserved.port;
         let mut args = vec![
             "--keep-in-foreground".to_owned(),
             "--conf-file=/dev/null".to_owned(),
@@ -60,15 +99,33 @@ impl DnsServer {
         for name in empty {
             args.push(format!("--host-record={name},127.0.0.2"));
         }
+        drop(reserved);
+        // Another process may bind the port in the moment between the drop
+        // and dnsmasq's bind: then dnsmasq exits, and it is tried again.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Self::spawn(port, &args) {
+                Ok(server) => return server,
+                Err(why) => failures.push(why),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("dnsmasq did not start on port {port}: {failures:?}");
+    }
+
+    /// One start: the server once it holds the port, or why it did not.
+    fn spawn(port: u16, args: &[String]) -> Result<DnsServer, String> {
+        let log = std::env::temp_dir().join(format!("portcullis-dnsmasq-{}-{port}.log", std::process::id()));
         let mut wrapper = Command::new("sh")
             .env(
                 "PATH",
                 format!("/usr/sbin:/sbin:{}", std::env::var("PATH").unwrap_or_default()),
             )
+            .env("DNSMASQ_LOG", &log)
             .arg("-c")
             .arg(WRAPPER)
             .arg("dnsmasq-wrapper")
-            .args(&args)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -80,13 +137,26 @@ impl DnsServer {
             .unwrap();
         let pid = line.trim().parse().expect("dnsmasq pid");
         let server = DnsServer { wrapper, pid, port };
-        // Up once it holds the port.
+        // Up once it holds the port; gone if it could not bind it.
         let deadline = Instant::now() + Duration::from_secs(10);
+        let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
         while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            assert!(Instant::now() < deadline, "dnsmasq did not start on port {port}");
+            let gone = !alive() || zombie(pid);
+            if gone || Instant::now() >= deadline {
+                drop(server);
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let _ = std::fs::remove_file(&log);
+                let state = if gone {
+                    "exited"
+                } else {
+                    "still not listening after 10 s"
+                };
+                return Err(format!("{state}: {}", said.trim()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+        let _ = std::fs::remove_file(&log);
+        Ok(server)
     }
 
     /// `127.0.0.1:<port>`, for `[dns] nameservers`.
@@ -103,6 +173,16 @@ impl DnsServer {
             .success();
         assert!(ok, "kill -STOP {}", self.pid);
     }
+}
+
+/// Whether `pid` has exited and waits to be reaped by its parent (the wrapper).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }
 
 impl Drop for DnsServer {
