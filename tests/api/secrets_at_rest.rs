@@ -616,11 +616,10 @@ fn a_redis_store_without_a_master_key_is_a_configuration_error() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The gateway of a `World` is stopped and started on its port several
+/// times, so the port is one the kernel never hands out as a source port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
+    crate::support::ports::unhanded_port()
 }
 
 /// A deployment that stored its secrets in plaintext: they stay readable

@@ -5,12 +5,12 @@
 //! Like `redis.rs`, it runs under a tiny `sh` wrapper that kills it when the
 //! pipe from this process closes, so it never outlives the test binary.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use super::ports::{reserve_port, ReservedPort};
 
 const WRAPPER: &str = r#"dnsmasq "$@" </dev/null >/dev/null 2>"$DNSMASQ_LOG" &
 pid=$!
@@ -26,47 +26,6 @@ pub struct DnsServer {
     pid: u32,
     /// The port it listens on (UDP and TCP, 127.0.0.1).
     pub port: u16,
-}
-
-/// A port on 127.0.0.1 held (UDP and TCP, as `dnsmasq` binds both) until
-/// `DnsServer::start` hands it to `dnsmasq`.
-///
-/// It is taken below the kernel's ephemeral range: a port the kernel handed
-/// out (`bind` to port 0) is also where it puts the source port of other
-/// tests' outgoing connections, so between choosing it and starting
-/// `dnsmasq` seconds later, one of them could take it.
-pub struct ReservedPort {
-    pub port: u16,
-    _udp: UdpSocket,
-    _tcp: TcpListener,
-}
-
-pub fn reserve_port() -> ReservedPort {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, high) = if ephemeral_low > 12000 {
-        (10000, ephemeral_low)
-    } else {
-        (ephemeral_low.saturating_sub(2000).max(1024), ephemeral_low)
-    };
-    let random = RandomState::new();
-    for attempt in 0u32..200 {
-        let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
-        let (Ok(udp), Ok(tcp)) = (
-            UdpSocket::bind(("127.0.0.1", port)),
-            TcpListener::bind(("127.0.0.1", port)),
-        ) else {
-            continue;
-        };
-        return ReservedPort {
-            port,
-            _udp: udp,
-            _tcp: tcp,
-        };
-    }
-    panic!("no port free for UDP and TCP in {low}..{high}");
 }
 
 impl DnsServer {

@@ -12,6 +12,7 @@ pub mod local;
 pub mod nginx;
 pub mod oidc_world;
 pub mod peers;
+pub mod ports;
 pub mod real_browser;
 pub mod redis;
 pub mod replay_free;
