@@ -28,9 +28,13 @@ pub(crate) struct SigningHandle {
 }
 
 impl SigningHandle {
-    pub(crate) fn new(key: &jsonwebtoken::EncodingKey, alg: SigningAlgorithm, kid: &str) -> Result<Self, TokenError> {
+    pub(crate) fn new(
+        key: &openssl::pkey::PKey<openssl::pkey::Private>,
+        alg: SigningAlgorithm,
+        kid: &str,
+    ) -> Result<Self, TokenError> {
         Ok(Self {
-            signer: KeySigner::new(alg.jsonwebtoken(), key).map_err(|e| TokenError::Key(e.to_string()))?,
+            signer: KeySigner::from_key(alg.jsonwebtoken(), key).map_err(|e| TokenError::Key(e.to_string()))?,
             id_header: encoded_header(alg, kid, "JWT")?,
             access_header: encoded_header(alg, kid, "at+jwt")?,
         })

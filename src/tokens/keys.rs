@@ -9,7 +9,6 @@ use super::jwk::PublicJwk;
 use super::TokenError;
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::EncodingKey;
 use openssl::pkey::PKey;
 use serde::{Deserialize, Serialize};
 
@@ -159,11 +158,7 @@ impl LoadedKey {
             )));
         }
         let signing = if signing {
-            Some(super::jwt::SigningHandle::new(
-                &encoding_key(&key, stored.alg)?,
-                stored.alg,
-                &stored.kid,
-            )?)
+            Some(super::jwt::SigningHandle::new(&key, stored.alg, &stored.kid)?)
         } else {
             None
         };
@@ -176,19 +171,4 @@ impl LoadedKey {
             published_until: stored.publish_until,
         })
     }
-}
-
-/// jsonwebtoken's key convention (which `openssl_provider` follows) is PKCS#1
-/// DER for RSA and PKCS#8 DER for EC and Ed25519; handing it DER avoids its
-/// PEM heuristics.
-fn encoding_key(key: &PKey<openssl::pkey::Private>, alg: SigningAlgorithm) -> Result<EncodingKey, TokenError> {
-    let err = |e: openssl::error::ErrorStack| TokenError::Key(format!("der: {e}"));
-    Ok(match alg {
-        SigningAlgorithm::Rs256 => {
-            let der = key.rsa().and_then(|r| r.private_key_to_der()).map_err(err)?;
-            EncodingKey::from_rsa_der(&der)
-        }
-        SigningAlgorithm::Es256 => EncodingKey::from_ec_der(&key.private_key_to_pkcs8().map_err(err)?),
-        SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(&key.private_key_to_pkcs8().map_err(err)?),
-    })
 }

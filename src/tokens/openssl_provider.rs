@@ -149,13 +149,21 @@ fn signable(alg: Algorithm, key: &EncodingKey) -> Result<()> {
 pub(crate) struct KeySigner(OpensslSigner);
 
 impl KeySigner {
-    /// Parses `key` for `alg` (the checks of the provider's signer factory).
-    pub(crate) fn new(alg: Algorithm, key: &EncodingKey) -> Result<Self> {
-        signable(alg, key)?;
-        Ok(Self(OpensslSigner {
-            alg,
-            key: parse_signing(alg, key.as_bytes())?,
-        }))
+    /// A signer for `alg` from a key already parsed (the keyset's stored
+    /// PEM), with the checks the provider's signer factory makes on DER: the
+    /// key's type matches `alg`, an RSA modulus within range, the P-256
+    /// curve, Ed25519.
+    pub(crate) fn from_key(alg: Algorithm, key: &PKey<Private>) -> Result<Self> {
+        let key = match alg {
+            Algorithm::RS256 => {
+                let rsa = key.rsa().map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?;
+                checked_rsa(rsa)?
+            }
+            Algorithm::ES256 => checked_ec(key.ec_key().map_err(|_| ErrorKind::InvalidEcdsaKey)?)?,
+            Algorithm::EdDSA => checked_ed(key.clone())?,
+            _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
+        };
+        Ok(Self(OpensslSigner { alg, key }))
     }
 
     /// The JWS signature of `msg` (RFC 7515 §5.1 step 5: raw, not encoded).
@@ -166,33 +174,42 @@ impl KeySigner {
 
 /// `alg` and the key's family were matched by the caller.
 fn parse_signing(alg: Algorithm, bytes: &[u8]) -> Result<SigningKey> {
-    Ok(match alg {
+    match alg {
+        // jsonwebtoken hands RSA private keys around as PKCS#1 DER.
         Algorithm::RS256 => {
-            // jsonwebtoken hands RSA private keys around as PKCS#1 DER.
-            let rsa = Rsa::private_key_from_der(bytes).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?;
-            if !RSA_BITS.contains(&rsa.n().num_bits().unsigned_abs()) {
-                return Err(ErrorKind::InvalidRsaKey("modulus size out of range".into()).into());
-            }
-            SigningKey::Rs256(PKey::from_rsa(rsa).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?)
+            checked_rsa(Rsa::private_key_from_der(bytes).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?)
         }
-        Algorithm::ES256 => {
-            let ec = PKey::private_key_from_pkcs8(bytes)
+        Algorithm::ES256 => checked_ec(
+            PKey::private_key_from_pkcs8(bytes)
                 .and_then(|k| k.ec_key())
-                .map_err(|_| ErrorKind::InvalidEcdsaKey)?;
-            if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
-                return Err(ErrorKind::InvalidEcdsaKey.into());
-            }
-            SigningKey::Es256(ec)
-        }
-        Algorithm::EdDSA => {
-            let k = PKey::private_key_from_pkcs8(bytes).map_err(|_| ErrorKind::InvalidEddsaKey)?;
-            if k.id() != Id::ED25519 {
-                return Err(ErrorKind::InvalidEddsaKey.into());
-            }
-            SigningKey::EdDsa(k)
-        }
-        _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
-    })
+                .map_err(|_| ErrorKind::InvalidEcdsaKey)?,
+        ),
+        Algorithm::EdDSA => checked_ed(PKey::private_key_from_pkcs8(bytes).map_err(|_| ErrorKind::InvalidEddsaKey)?),
+        _ => Err(ErrorKind::UnsupportedAlgorithm.into()),
+    }
+}
+
+fn checked_rsa(rsa: Rsa<Private>) -> Result<SigningKey> {
+    if !RSA_BITS.contains(&rsa.n().num_bits().unsigned_abs()) {
+        return Err(ErrorKind::InvalidRsaKey("modulus size out of range".into()).into());
+    }
+    Ok(SigningKey::Rs256(
+        PKey::from_rsa(rsa).map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?,
+    ))
+}
+
+fn checked_ec(ec: EcKey<Private>) -> Result<SigningKey> {
+    if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+        return Err(ErrorKind::InvalidEcdsaKey.into());
+    }
+    Ok(SigningKey::Es256(ec))
+}
+
+fn checked_ed(key: PKey<Private>) -> Result<SigningKey> {
+    if key.id() != Id::ED25519 {
+        return Err(ErrorKind::InvalidEddsaKey.into());
+    }
+    Ok(SigningKey::EdDsa(key))
 }
 
 impl signature::Signer<Vec<u8>> for OpensslSigner {

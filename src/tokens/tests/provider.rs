@@ -3,7 +3,7 @@
 //! verifies, so the wire encodings — PKCS#1 v1.5, PSS, ECDSA r‖s, Ed25519 —
 //! are proven, not assumed.
 
-use super::super::openssl_provider::{install, OPENSSL_PROVIDER};
+use super::super::openssl_provider::{install, KeySigner, OPENSSL_PROVIDER};
 use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER as RUST_CRYPTO;
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::jwk::{EllipticCurve, ThumbprintHash};
@@ -198,6 +198,57 @@ fn keys_of_the_wrong_kind_or_size_are_refused() {
     assert!((OPENSSL_PROVIDER.signer_factory)(&Algorithm::RS256, &EncodingKey::from_rsa_der(b"junk")).is_err());
     let short = DecodingKey::from_ed_components(&b64(&[9; 31])).unwrap();
     assert!(verify(&OPENSSL_PROVIDER, Algorithm::EdDSA, &short, MSG, b"x").is_err());
+}
+
+/// The keyset's signer is built from the key parsed out of its PEM, not
+/// from DER: the same refusals as the provider's factory, and what it signs
+/// verifies with RustCrypto.
+#[test]
+fn a_key_signer_from_a_parsed_key_refuses_what_the_factory_refuses_and_signs_alike() {
+    let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let p256 =
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+    let p384 = PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap()).unwrap();
+    let ed = PKey::generate_ed25519().unwrap();
+    let small = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+    for (alg, key) in [
+        (Algorithm::RS256, &p256),
+        (Algorithm::RS256, &small),
+        (Algorithm::ES256, &rsa),
+        (Algorithm::ES256, &p384),
+        (Algorithm::ES256, &ed),
+        (Algorithm::EdDSA, &rsa),
+        (Algorithm::EdDSA, &p256),
+        (Algorithm::ES384, &p384),
+        (Algorithm::HS256, &rsa),
+    ] {
+        assert!(
+            KeySigner::from_key(alg, key).is_err(),
+            "{alg:?} with a {:?} key",
+            key.id()
+        );
+    }
+    for (alg, key, dec) in [
+        (
+            Algorithm::RS256,
+            &rsa,
+            DecodingKey::from_rsa_der(&rsa.rsa().unwrap().public_key_to_der_pkcs1().unwrap()),
+        ),
+        (
+            Algorithm::ES256,
+            &p256,
+            DecodingKey::from_ec_pem(&p256.public_key_to_pem().unwrap()).unwrap(),
+        ),
+        (
+            Algorithm::EdDSA,
+            &ed,
+            DecodingKey::from_ed_der(&ed.raw_public_key().unwrap()),
+        ),
+    ] {
+        let sig = KeySigner::from_key(alg, key).unwrap().sign(MSG).unwrap();
+        assert_eq!(verify(&RUST_CRYPTO, alg, &dec, MSG, &sig), Ok(true), "{alg:?}");
+        assert_eq!(verify(&RUST_CRYPTO, alg, &dec, b"other", &sig), Ok(false), "{alg:?}");
+    }
 }
 
 #[test]
