@@ -664,15 +664,23 @@ pub fn stamp_of(bytes: &[u8]) -> Option<&str> {
 /// SHA-1 ([`sha1_hex`]). The two forms never equal each other.
 pub fn fingerprint_of(bytes: &[u8]) -> String {
     match stamp_of(bytes) {
-        Some(stamp) => format!("w:{stamp}"),
+        Some(stamp) => format!("{STAMP_FINGERPRINT}{stamp}"),
         None => sha1_hex(bytes),
     }
 }
 
+/// How the fingerprint of a stamped record begins (`w:` and the stamp); a
+/// SHA-1 in hex never does.
+pub const STAMP_FINGERPRINT: &str = "w:";
+
 /// The lowercase hex SHA-1 of `bytes`, as Redis's `redis.sha1hex` writes it.
 pub fn sha1_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = openssl::sha::sha1(bytes);
+    // The streaming hasher: OpenSSL 3's one-shot `SHA1()` fetches the
+    // algorithm by name on every call.
+    let mut hasher = openssl::sha::Sha1::new();
+    hasher.update(bytes);
+    let digest = hasher.finish();
     let mut out = String::with_capacity(40);
     for b in digest {
         for nibble in [b >> 4, b & 0x0f] {

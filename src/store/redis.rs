@@ -1240,6 +1240,25 @@ impl Store for RedisStore {
     }
 
     async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
+        // A record last seen unstamped (or never seen) is read whole either
+        // way, by the script to hash it: a plain `GET` and the fingerprint
+        // computed here answer the same, for a fraction of what a script
+        // call costs Redis (`docs/PERFORMANCE.md`, "Eighteenth pass"). Only
+        // a stamp is worth a script: it re-validates from 31 bytes.
+        if !known.is_some_and(|k| k.starts_with(super::STAMP_FINGERPRINT)) {
+            let value: Option<Vec<u8>> = self.get(key).await?;
+            return Ok(match value {
+                None => IfChanged::Absent,
+                Some(value) => {
+                    let fingerprint = super::fingerprint_of(&value);
+                    if known == Some(fingerprint.as_str()) {
+                        IfChanged::Unchanged
+                    } else {
+                        IfChanged::Value { value, fingerprint }
+                    }
+                }
+            });
+        }
         // A read: retried once after any connection error.
         let answer: Value = self
             .eval(

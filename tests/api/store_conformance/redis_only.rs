@@ -6,7 +6,7 @@ use crate::support::redis::{self as test_redis, RedisServer};
 use portcullis::clock::{SharedClock, SystemClock};
 use portcullis::store::redis::{RedisOptions, RedisStore};
 use portcullis::store::session::StoreSessionStore;
-use portcullis::store::{Key, SharedStore, Store, StoreError};
+use portcullis::store::{IfChanged, Key, SharedStore, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_sessions::cookie::time::OffsetDateTime;
@@ -422,5 +422,84 @@ async fn concurrent_operations_go_together_and_each_gets_its_own_answer() {
             .unwrap(),
         portcullis::store::Taken::Marker(b"m".to_vec()),
         "taken once"
+    );
+}
+
+/// How many times the server ran each of `cmds`, added up (`INFO commandstats`).
+async fn calls_of(admin: &mut redis::aio::MultiplexedConnection, cmds: &[&str]) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(admin).await.unwrap();
+    cmds.iter()
+        .filter_map(|cmd| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Script runs, by hash or (after `NOSCRIPT`) by text.
+const SCRIPT_CALLS: &[&str] = &["evalsha", "eval"];
+
+/// A record last seen unstamped is read whole to be re-validated, so it is
+/// re-validated by a plain `GET` and hashed by the gateway, not by a script
+/// that reads and hashes it on the server (a script call costs Redis several
+/// times a `GET`); a stamped record still goes to the script, which reads
+/// only its first 31 bytes. The answers are `get_if_changed`'s either way
+/// (the conformance tests above, on every backend).
+#[tokio::test]
+async fn only_a_stamped_record_is_re_validated_by_a_script() {
+    let server = RedisServer::start();
+    let store = store_on(&server.url()).await;
+    let mut admin = raw(&server.url()).await;
+    let plain = Key::tenant("acme", "apps", "plain");
+    let stamped = Key::tenant("acme", "apps", "stamped");
+    store.put(&plain, br#"{"name":"plain"}"#, None).await.unwrap();
+    store
+        .put(&stamped, &portcullis::store::stamped(br#"{"name":"stamped"}"#), None)
+        .await
+        .unwrap();
+    let (scripts, gets) = (
+        calls_of(&mut admin, SCRIPT_CALLS).await,
+        calls_of(&mut admin, &["get"]).await,
+    );
+
+    let IfChanged::Value { fingerprint, .. } = store.get_if_changed(&plain, None).await.unwrap() else {
+        panic!("a first read answers the value");
+    };
+    assert_eq!(fingerprint.len(), 40, "a SHA-1: {fingerprint}");
+    assert_eq!(
+        store.get_if_changed(&plain, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Unchanged
+    );
+    let absent = Key::tenant("acme", "apps", "absent");
+    assert_eq!(
+        store.get_if_changed(&absent, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Absent
+    );
+    assert_eq!(
+        calls_of(&mut admin, SCRIPT_CALLS).await,
+        scripts,
+        "no script for unstamped records"
+    );
+    assert_eq!(calls_of(&mut admin, &["get"]).await, gets + 3);
+
+    let IfChanged::Value { fingerprint, .. } = store.get_if_changed(&stamped, None).await.unwrap() else {
+        panic!("a first read answers the value");
+    };
+    assert!(fingerprint.starts_with("w:"), "{fingerprint}");
+    assert_eq!(
+        store.get_if_changed(&stamped, Some(&fingerprint)).await.unwrap(),
+        IfChanged::Unchanged
+    );
+    // By hash; and by text too on this fresh server (its first `NOSCRIPT`).
+    let ran = calls_of(&mut admin, SCRIPT_CALLS).await - scripts;
+    assert!(
+        (1..=2).contains(&ran),
+        "a stamp is re-validated by the script ({ran} script calls)"
+    );
+    assert_eq!(
+        calls_of(&mut admin, &["get"]).await,
+        gets + 4,
+        "the first read was a GET"
     );
 }
