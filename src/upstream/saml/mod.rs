@@ -37,6 +37,7 @@
 
 mod assertion;
 mod decrypt;
+mod deflate;
 mod dsig;
 mod keys;
 mod mapping;

@@ -98,41 +98,6 @@ fn internal(detail: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::internal("saml.request_build", detail.to_string())
 }
 
-/// Raw DEFLATE (RFC 1951), as the HTTP-Redirect binding sends a message:
-/// greedy matching into static Huffman blocks, with one compressor per
-/// thread, reset before each use. An AuthnRequest is under a kilobyte:
-/// a fresh compressor (hundreds of kilobytes to allocate and clear) and
-/// dynamic Huffman tables cost about 19 µs per request and saved 70 bytes
-/// of it; this costs about 5 µs.
-fn deflate(input: &[u8]) -> Result<Vec<u8>, UpstreamError> {
-    use miniz_oxide::deflate::core::{
-        compress_to_output, create_comp_flags_from_zip_params, deflate_flags, CompressorOxide, TDEFLFlush, TDEFLStatus,
-    };
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<CompressorOxide> = std::cell::RefCell::new(CompressorOxide::new(
-            // Level 1, raw (negative window bits: no zlib header), default strategy.
-            create_comp_flags_from_zip_params(1, -15, 0)
-                | deflate_flags::TDEFL_FORCE_ALL_STATIC_BLOCKS
-                | deflate_flags::TDEFL_GREEDY_PARSING_FLAG,
-        ));
-    }
-    COMPRESSOR.with(|cell| {
-        let mut compressor = cell
-            .try_borrow_mut()
-            .map_err(|_| internal("the thread's compressor is in use"))?;
-        compressor.reset();
-        let mut out = Vec::with_capacity(input.len() / 2 + 64);
-        let (status, _) = compress_to_output(&mut compressor, input, TDEFLFlush::Finish, |chunk| {
-            out.extend_from_slice(chunk);
-            true
-        });
-        match status {
-            TDEFLStatus::Done => Ok(out),
-            other => Err(internal(format!("deflate ended as {other:?}"))),
-        }
-    })
-}
-
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -145,7 +110,7 @@ pub(crate) fn redirect(
     relay_state: &str,
     keys: Option<&SpKeyMaterial>,
 ) -> Result<UpstreamRedirect, UpstreamError> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(deflate(xml.as_bytes())?);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(super::deflate::deflate(xml.as_bytes()));
     let mut query = format!("SAMLRequest={}&RelayState={}", enc(&encoded), enc(relay_state));
     if let Some(keys) = keys {
         query.push_str(&format!("&SigAlg={}", enc(RSA_SHA256)));
@@ -191,33 +156,4 @@ pub(crate) fn post(
             ("RelayState".to_owned(), relay_state.to_owned()),
         ],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read as _;
-
-    fn inflate(raw: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::DeflateDecoder::new(raw).read_to_end(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn the_reused_compressor_deflates_each_message_on_its_own() {
-        let small =
-            br#"<samlp:AuthnRequest ID="_1" Version="2.0"><saml:Issuer>https://sp</saml:Issuer></samlp:AuthnRequest>"#;
-        // Larger than the 32 KiB window, and incompressible stretches.
-        let large: Vec<u8> = (0..100_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        for input in [&small[..], &large[..], b"", &small[..]] {
-            let deflated = deflate(input).unwrap();
-            assert_eq!(inflate(&deflated), input);
-        }
-        // Compressed at all (XML repeats itself).
-        let xml = small.repeat(8);
-        assert!(deflate(&xml).unwrap().len() < xml.len() / 2);
-    }
 }
