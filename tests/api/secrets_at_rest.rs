@@ -28,6 +28,7 @@ use crate::support::app::TestApp;
 use crate::support::browser::Browser;
 use crate::support::oidc_world::{random_token, RawClient, ACME, CONN};
 use crate::support::peers::{IdpClient, UpstreamIdp};
+use crate::support::redis::free_port;
 
 const K1: &str = "k1 = AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const K2: &str = "k2 = AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
@@ -614,12 +615,6 @@ fn a_redis_store_without_a_master_key_is_a_configuration_error() {
     let (code, err) = run("", &[("PORTCULLIS_MASTER_KEY_FILE", keys.to_str().unwrap())]);
     assert_eq!(code, Some(0), "{err}");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// The gateway of a `World` is stopped and started on its port several
-/// times, so the port is one the kernel never hands out as a source port.
-fn free_port() -> u16 {
-    crate::support::ports::unhanded_port()
 }
 
 /// A deployment that stored its secrets in plaintext: they stay readable
