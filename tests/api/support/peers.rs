@@ -14,9 +14,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use url::Url;
 
-/// How long a peer may take to print its READY line (cold `node` start and
-/// RSA key generation included).
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one start of a peer may take to print its READY line (cold
+/// `node` start and RSA key generation included; seconds on an idle machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How many times a peer that printed nothing in [`READY_TIMEOUT`] is killed
+/// and started again before the test fails.
+const START_ATTEMPTS: u32 = 3;
 
 /// The password of every default account of the upstream IdP peer.
 pub const IDP_PASSWORD: &str = "test-password";
@@ -55,7 +59,9 @@ impl Peer {
 
 /// Starts `node <script> <args>` in the peers directory and waits for its
 /// READY line. The peer's stderr is forwarded to the test output, prefixed
-/// with `name`.
+/// with `name`. A start that prints nothing within [`READY_TIMEOUT`] is
+/// reported (the process's state and CPU time, so a stall can be told from
+/// slowness), killed and tried again, up to [`START_ATTEMPTS`] times.
 pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
     let dir = peers_dir();
     assert!(
@@ -63,10 +69,30 @@ pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
         "{}/node_modules is missing: run `npm ci` there (scripts/test does)",
         dir.display()
     );
+    let mut stalls = Vec::new();
+    for attempt in 1..=START_ATTEMPTS {
+        match start_node(name, &dir, script, args).await {
+            Ok(peer) => return peer,
+            Err(stall) => {
+                eprintln!("[{name}] start {attempt} of {START_ATTEMPTS}: {stall}");
+                stalls.push(stall);
+            }
+        }
+    }
+    panic!(
+        "peer {name} printed no READY line within {READY_TIMEOUT:?} in {START_ATTEMPTS} starts: {}",
+        stalls.join("; ")
+    );
+}
+
+/// One start of a peer: the running peer, or what the process was doing
+/// when it had printed nothing for [`READY_TIMEOUT`] (it is then killed).
+async fn start_node(name: &str, dir: &std::path::Path, script: &str, args: &[String]) -> Result<Peer, String> {
+    let started = std::time::Instant::now();
     let mut child = Command::new(node_bin())
         .arg(dir.join(script))
         .args(args)
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("PORTCULLIS_PEER_LIFELINE", "stdin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -96,9 +122,20 @@ pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
         }
         None
     })
-    .await
-    .unwrap_or_else(|_| panic!("peer {name} printed no READY line within {READY_TIMEOUT:?}"))
-    .unwrap_or_else(|| panic!("peer {name} exited before it was ready"));
+    .await;
+    let ready = match ready {
+        Ok(Some(url)) => url,
+        Ok(None) => panic!("peer {name} exited before it was ready: {:?}", child.wait().await),
+        Err(_) => {
+            let state = child.id().map_or_else(|| "no pid".to_owned(), process_state);
+            let _ = child.kill().await;
+            return Err(format!("nothing after {:?} ({state})", started.elapsed()));
+        }
+    };
+    let took = started.elapsed();
+    if took > Duration::from_secs(5) {
+        eprintln!("[{name}] ready after {took:?}");
+    }
 
     // Keep draining stdout so the child never blocks on a full pipe.
     let tag = name.to_owned();
@@ -108,11 +145,30 @@ pub async fn spawn_node(name: &str, script: &str, args: &[String]) -> Peer {
         }
     });
 
-    Peer {
+    Ok(Peer {
         url: Url::parse(&ready).unwrap_or_else(|e| panic!("peer {name} READY url {ready:?}: {e}")),
         name: name.to_owned(),
         _child: child,
         _lifeline: lifeline,
+    })
+}
+
+/// A process's scheduler state, CPU time and wait channel from `/proc`, for
+/// the report of a peer that did not start.
+fn process_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is the first,
+    // utime and stime the 12th and 13th (clock ticks).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    match (fields.first(), fields.get(11), fields.get(12)) {
+        (Some(state), Some(utime), Some(stime)) => {
+            format!("state {state}, user {utime} ticks, system {stime} ticks, waiting in {wchan:?}")
+        }
+        _ => format!("pid {pid}: /proc unreadable"),
     }
 }
 
