@@ -4,6 +4,7 @@
 //! the audit log (who, what, before/after without secrets, bounded).
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::logs::Captured;
 use portcullis::audit::{Actor, Audit, AuditEvent, Target};
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::ids::{ConnectionId, TenantId};
@@ -11,50 +12,7 @@ use portcullis::store::memory::MemoryStore;
 use portcullis::upstream::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
-
-/// Log lines written on this thread while the guard lives (the tests run on
-/// a current-thread runtime, so the gateway's tasks log here too).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
-    }
-
-    /// The JSON log lines whose `reason` is `reason`.
-    fn with_reason(&self, reason: &str) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["reason"] == reason)
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
+use std::sync::Arc;
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(token);

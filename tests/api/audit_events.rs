@@ -7,6 +7,7 @@
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::Browser;
+use crate::support::logs::Captured;
 use crate::support::oidc_world::{random_token, ClientAuth, OidcWorld, Pkce, ACME, CONN};
 use crate::support::peers::IDP_PASSWORD;
 use crate::support::redis;
@@ -62,49 +63,6 @@ fn with_action<'a>(events: &'a [Value], action: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["action"] == action).collect()
 }
 
-/// Log lines written on this thread while the guard lives (the test runs on
-/// a current-thread runtime, so the gateway's tasks log here too).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        // Other tests' captures come and go on other threads: make this
-        // thread's level filter the one in force for every callsite.
-        tracing::callsite::rebuild_interest_cache();
-        (captured, guard)
-    }
-
-    /// The JSON log lines whose `reason` is `audit`.
-    fn audit_lines(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["reason"] == "audit")
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_secrets() {
     let (logs, _guard) = Captured::start();
@@ -112,7 +70,6 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     let app = &w.app;
 
     // A successful sign-in, a code, tokens.
-    tracing::callsite::rebuild_interest_cache();
     let pkce = Pkce::new();
     let code = w.raw_code(&w.raw_a, &pkce).await;
     let tokens = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
@@ -144,7 +101,6 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     let again = w.redeem(&w.raw_a, &code, Some(&pkce.verifier)).await;
     assert_eq!(again.error(), Some("invalid_grant"));
 
-    tracing::callsite::rebuild_interest_cache();
     // A callback for a sign-in nobody started: refused with its reason
     // code; the request id the gateway answered with is the one recorded. A
     // browser's own `x-request-id` is not taken (only a trusted proxy's).
@@ -241,7 +197,7 @@ async fn sign_ins_and_token_reuse_are_security_events_with_reason_codes_and_no_s
     assert_eq!(ids.len(), events.len());
 
     // The same events in the process log, one structured line each.
-    let lines = logs.audit_lines();
+    let lines = logs.with_reason("audit");
     let line = lines
         .iter()
         .find(|l| l["fields"]["event_id"] == unknown["id"])

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod hooks;
 pub mod html_form;
 pub mod local;
+pub mod logs;
 pub mod nginx;
 pub mod oidc_world;
 pub mod peers;
