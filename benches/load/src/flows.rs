@@ -340,7 +340,7 @@ impl World {
             let mut set = Vec::new();
             for &i in batch {
                 let w = inner.clone();
-                set.push(async move { w.saml_signin_once(i).await });
+                set.push(async move { w.setup_signin(i).await });
             }
             for (&i, r) in batch.iter().zip(futures_join(set).await) {
                 let (t, alg, cookie) = r.map_err(|e| format!("setup sign-in: {e}"))?;
@@ -1327,6 +1327,27 @@ impl Inner {
 
     /// One whole SAML sign-in, untimed (setup); also answers the browser's
     /// cookies after it (its SSO session).
+    /// One of the setup's sign-ins (untimed): a sign-in the gateway
+    /// answered with "temporarily unavailable" (503) is tried again, up to
+    /// three times in all, since a gateway that is still warming up (under
+    /// valgrind, translating each new code path on its first run, a store
+    /// answer can miss its one-second deadline) refuses some of the first
+    /// sixteen concurrent sign-ins; every other error, and a third 503,
+    /// ends the run as before.
+    async fn setup_signin(self: &Inner, i: usize) -> Result<(Tokens, Option<String>, String), String> {
+        let mut attempt = 1;
+        loop {
+            match self.saml_signin_once(i).await {
+                Err(e) if attempt < 3 && e.contains("HTTP 503") => {
+                    eprintln!("portcullis-load: setup sign-in {i} (attempt {attempt}) answered 503, trying again: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>, String), String> {
         let p = self.authorize(i, true).await?;
         let a = self.answer(p, true)?;

@@ -11,9 +11,16 @@
 //! shared between calls, so verifications run concurrently on the blocking
 //! pool without a lock.
 //!
-//! The context has no keys manager, so the `KeyInfo` of a message (a
-//! certificate the sender chose) is never read as a key: xmlsec only uses the
-//! key we set. The signature is verified where it sits, in the document we
+//! The context's keys manager has one job: its `getKey` callback
+//! ([`configured_key`]) hands xmlsec the configured key the context was made
+//! for and never looks at the message, so the `KeyInfo` of a message (a
+//! certificate the sender chose) is never read as a key. The callback also
+//! answers xmlsec's key-type requirement itself, from the type read once when
+//! the key was loaded: xmlsec 1.2 with OpenSSL 3 reads an RSA key's modulus,
+//! exponent and private exponent into 2,048-byte buffers to tell a public key
+//! from a private one, about a tenth of a whole ACS check (`docs/PERFORMANCE.md`,
+//! twentieth pass). The algorithm, usage and size requirements are still
+//! checked by xmlsec. The signature is verified where it sits, in the document we
 //! parsed first (no serialization, no second parse), and the Reference's
 //! pre-digest buffer (the exact bytes its digest was computed over) must
 //! start with the signed element's own start tag and `ID`: the element the
@@ -50,8 +57,14 @@ use ffi::xmlSecCryptoAppKeyLoadMemory as key_load_memory;
 #[cfg(not(xmlsec_dynamic))]
 use ffi::xmlSecOpenSSLAppKeyLoadMemory as key_load_memory;
 
-/// One IdP public key, loaded into xmlsec once.
-struct IdpKey(NonNull<ffi::xmlSecKey>);
+/// One IdP public key, loaded into xmlsec once, with its type as xmlsec
+/// tells it (`xmlSecKeyGetType`, read at load: public for an RSA key loaded
+/// from a SubjectPublicKeyInfo; xmlsec 1.2 calls every EC key both public
+/// and private).
+struct IdpKey {
+    key: NonNull<ffi::xmlSecKey>,
+    kind: ffi::xmlSecKeyDataType,
+}
 
 /// One configured certificate: its key, and its DER in base64 (standard
 /// alphabet, padded) to recognise it in a message's `KeyInfo`.
@@ -72,7 +85,7 @@ unsafe impl Sync for IdpKey {}
 impl Drop for IdpKey {
     fn drop(&mut self) {
         // SAFETY: we own this key (loaded by us, never handed to a context).
-        unsafe { ffi::xmlSecKeyDestroy(self.0.as_ptr()) }
+        unsafe { ffi::xmlSecKeyDestroy(self.key.as_ptr()) }
     }
 }
 
@@ -80,6 +93,70 @@ impl Drop for IdpKey {
 /// response's signature is verified against.
 pub(crate) struct IdpKeys {
     keys: Vec<IdpCert>,
+    manager: KeysManager,
+}
+
+/// An xmlsec keys manager with no key store whose `getKey` is
+/// [`configured_key`]: what a signature context needs to ask us for its key.
+struct KeysManager(NonNull<ffi::xmlSecKeysMngr>);
+
+// SAFETY: the manager is never changed after `KeysManager::new`: contexts
+// only keep its address and read its `getKey` field; it is destroyed once,
+// by `Drop`, after every context using it (they borrow the `IdpKeys`).
+unsafe impl Send for KeysManager {}
+// SAFETY: as above: shared references only ever read it.
+unsafe impl Sync for KeysManager {}
+
+impl KeysManager {
+    fn new() -> Result<Self, String> {
+        // SAFETY: xmlsec is initialized (`xml::init`); the manager is ours.
+        let manager = NonNull::new(unsafe { ffi::xmlSecKeysMngrCreate() })
+            .ok_or_else(|| "xmlsec cannot create a keys manager".to_owned())?;
+        // SAFETY: a fresh manager we own; no store is adopted, so the default
+        // `getKey` would find nothing anyway.
+        unsafe { (*manager.as_ptr()).getKey = Some(configured_key) };
+        Ok(Self(manager))
+    }
+}
+
+impl Drop for KeysManager {
+    fn drop(&mut self) {
+        // SAFETY: our manager, destroyed once, after every context using it.
+        unsafe { ffi::xmlSecKeysMngrDestroy(self.0.as_ptr()) }
+    }
+}
+
+/// The `getKey` callback of [`KeysManager`]: a duplicate of the configured
+/// key whose [`IdpKey`] the context carries in `keyInfoReadCtx.userData`
+/// (set by [`Context::new`]), or null (xmlsec then fails with "key not
+/// found") when there is none or its type is not the one required.
+///
+/// `_key_info` (the message's `KeyInfo`, possibly null) is never read. The
+/// key-type requirement (public, for a verification) is answered here from
+/// the type read at load, and cleared so that xmlsec does not compute the
+/// type again; xmlsec still checks the requirement's algorithm, usage and
+/// size against the key.
+unsafe extern "C" fn configured_key(
+    _key_info: *mut ffi::xmlNode,
+    ctx: *mut ffi::xmlSecKeyInfoCtx,
+) -> *mut ffi::xmlSecKey {
+    // SAFETY: xmlsec passes its live key-info context, or null.
+    let Some(ctx) = (unsafe { ctx.as_mut() }) else {
+        return null_mut();
+    };
+    // SAFETY: `userData` is null or the `IdpKey` that `Context::new` set,
+    // borrowed for the whole verification (xmlsec itself never touches it).
+    let Some(key) = (unsafe { ctx.userData.cast::<IdpKey>().as_ref() }) else {
+        return null_mut();
+    };
+    let required = ctx.keyReq.keyType;
+    if required != ffi::xmlSecKeyDataTypeUnknown && required & key.kind == 0 {
+        return null_mut();
+    }
+    ctx.keyReq.keyType = ffi::xmlSecKeyDataTypeUnknown;
+    // SAFETY: a live, loaded key, only read; the context takes ownership of
+    // the duplicate (`signKey`, destroyed with the context).
+    unsafe { ffi::xmlSecKeyDuplicate(key.key.as_ptr()) }
 }
 
 impl std::fmt::Debug for IdpKeys {
@@ -122,12 +199,21 @@ impl IdpKeys {
                 )
             };
             let key = NonNull::new(key).ok_or_else(|| "xmlsec cannot load an IdP public key".to_owned())?;
+            // SAFETY: a live key we own, only read.
+            let kind = unsafe { ffi::xmlSecKeyGetType(key.as_ptr()) };
+            let key = IdpKey { key, kind };
+            if kind & ffi::xmlSecKeyDataTypePublic == 0 {
+                return Err("an IdP certificate's key is not a public key to xmlsec".to_owned());
+            }
             keys.push(IdpCert {
-                key: IdpKey(key),
+                key,
                 base64: base64::engine::general_purpose::STANDARD.encode(der),
             });
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            manager: KeysManager::new()?,
+        })
     }
 
     /// The position of the configured certificate that the signature's
@@ -156,21 +242,21 @@ impl IdpKeys {
 struct Context(NonNull<ffi::xmlSecDSigCtx>);
 
 impl Context {
-    fn new(key: &IdpKey) -> Result<Self, &'static str> {
-        // SAFETY: xmlsec is initialized; a null keys manager means no key is
-        // ever looked up from the message.
-        let ctx = NonNull::new(unsafe { ffi::xmlSecDSigCtxCreate(null_mut()) }).ok_or("xmlsec context")?;
+    /// A context that verifies with `key` alone, through `manager`'s
+    /// [`configured_key`]; both must outlive it (the caller borrows them
+    /// from one `IdpKeys` for the verification).
+    fn new(manager: &KeysManager, key: &IdpKey) -> Result<Self, &'static str> {
+        // SAFETY: xmlsec is initialized; the manager only answers `getKey`
+        // with the key set below, never with one from the message.
+        let ctx = NonNull::new(unsafe { ffi::xmlSecDSigCtxCreate(manager.0.as_ptr()) }).ok_or("xmlsec context")?;
         let ctx = Self(ctx);
-        // SAFETY: `key` is a live, loaded key only read here.
-        let dup = unsafe { ffi::xmlSecKeyDuplicate(key.0.as_ptr()) };
-        if dup.is_null() {
-            return Err("xmlsec key duplicate");
-        }
-        // SAFETY: the context is ours and fresh; it takes ownership of `dup`
+        // SAFETY: the context is ours and fresh. `userData` is ours alone
+        // (xmlsec never reads it); `configured_key` reads the key through it
+        // and the context takes ownership of the duplicate it returns
         // (`xmlSecDSigCtxDestroy` destroys `signKey`).
         unsafe {
             let c = &mut *ctx.0.as_ptr();
-            c.signKey = dup;
+            c.keyInfoReadCtx.userData = std::ptr::from_ref(key).cast_mut().cast();
             c.flags |= ffi::XMLSEC_DSIG_FLAGS_STORE_SIGNEDINFO_REFERENCES;
             // Only `#id` references (also checked before, by `check_signature`).
             c.enabledReferenceUris = ffi::xmlSecTransformUriTypeSameDocument;
@@ -330,7 +416,7 @@ pub(crate) fn verify_in_place(
         .into_iter()
         .chain((0..keys.keys.len()).filter(|i| Some(*i) != first));
     for key in order.filter_map(|i| keys.keys.get(i)) {
-        let ctx = Context::new(&key.key)?;
+        let ctx = Context::new(&keys.manager, &key.key)?;
         if ctx.verify(sig.ptr().cast::<ffi::xmlNode>()) {
             return ctx.digested(&qname, id);
         }
@@ -506,5 +592,43 @@ mod tests {
             );
         }
         assert!(canonical_start_tag_is(br#"<Assertion ID="_a1">"#, "Assertion", "_a1"));
+    }
+
+    #[test]
+    fn the_key_callback_hands_out_the_configured_key_for_the_type_it_was_loaded_as() {
+        let keys = IdpKeys::load(&[metadata_cert("okta"), other_cert(true)]).unwrap();
+        // An RSA key loaded from a certificate is a public key to xmlsec
+        // (xmlsec 1.2 calls an EC key both, whatever it holds).
+        assert_eq!(keys.keys[0].key.kind, ffi::xmlSecKeyDataTypePublic);
+        for cert in &keys.keys {
+            let key = &cert.key;
+            // SAFETY: a key-info context as `xmlSecKeyInfoCtxInitialize`
+            // starts it (all zero), only read and written by the callback.
+            let mut ctx: ffi::xmlSecKeyInfoCtx = unsafe { std::mem::zeroed() };
+            // No key carried: none handed out.
+            ctx.keyReq.keyType = ffi::xmlSecKeyDataTypePublic;
+            assert!(unsafe { configured_key(null_mut(), &mut ctx) }.is_null());
+            ctx.userData = std::ptr::from_ref(key).cast_mut().cast();
+            // Each requirement is answered as xmlsec answers it for this
+            // key: a duplicate and the requirement cleared when the key's
+            // type has it, else nothing and the requirement left as it was.
+            for required in [ffi::xmlSecKeyDataTypePublic, ffi::xmlSecKeyDataTypePrivate] {
+                ctx.keyReq.keyType = required;
+                let dup = unsafe { configured_key(null_mut(), &mut ctx) };
+                if key.kind & required == 0 {
+                    assert!(dup.is_null(), "{required}");
+                    assert_eq!(ctx.keyReq.keyType, required);
+                    continue;
+                }
+                assert!(!dup.is_null(), "{required}");
+                assert_ne!(dup, key.key.as_ptr());
+                assert_eq!(ctx.keyReq.keyType, ffi::xmlSecKeyDataTypeUnknown);
+                // SAFETY: the duplicate is ours to read and destroy.
+                unsafe {
+                    assert_eq!(ffi::xmlSecKeyGetType(dup), key.kind);
+                    ffi::xmlSecKeyDestroy(dup);
+                }
+            }
+        }
     }
 }
