@@ -1325,8 +1325,6 @@ impl Inner {
         Ok(v)
     }
 
-    /// One whole SAML sign-in, untimed (setup); also answers the browser's
-    /// cookies after it (its SSO session).
     /// One of the setup's sign-ins (untimed): a sign-in the gateway
     /// answered with "temporarily unavailable" (503) is tried again, up to
     /// three times in all, since a gateway that is still warming up (under
@@ -1348,6 +1346,8 @@ impl Inner {
         }
     }
 
+    /// One whole SAML sign-in, untimed (setup); also answers the browser's
+    /// cookies after it (its SSO session).
     async fn saml_signin_once(self: &Inner, i: usize) -> Result<(Tokens, Option<String>, String), String> {
         let p = self.authorize(i, true).await?;
         let a = self.answer(p, true)?;
