@@ -54,7 +54,7 @@ fn main() {
         .allowlist_type("xmlSec(Key|DSigCtx|DSigReferenceCtx|PtrList|KeysMngr|KeyInfoCtx)")
         .allowlist_type("xmlSecDSigStatus")
         .allowlist_type("xmlSecKeyDataFormat")
-        .allowlist_var("XMLSEC_DSIG_FLAGS_STORE_SIGNEDINFO_REFERENCES")
+        .allowlist_var("XMLSEC_DSIG_FLAGS_(STORE_SIGNEDINFO_REFERENCES|USE_VISA3D_HACK)")
         .allowlist_var("xmlSecTransformUriTypeSameDocument")
         .allowlist_var("xmlSecKeyDataType(Unknown|Public|Private)")
         .layout_tests(true)

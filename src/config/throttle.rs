@@ -19,7 +19,8 @@ pub struct ThrottleSettings {
     pub trusted_proxies: Vec<String>,
     /// `/authorize`.
     pub authorize: RouteLimit,
-    /// The IdP callbacks: SAML ACS and its continuation, OIDC callback.
+    /// The IdP callbacks: SAML ACS (its same-site continuation is not
+    /// counted again), OIDC callback.
     pub callback: RouteLimit,
     /// `/token`, `/revoke`, `/introspect`, `/userinfo`.
     pub token: RouteLimit,

@@ -93,8 +93,9 @@ pub struct ClientIp(pub IpAddr);
 pub enum RouteClass {
     /// `/authorize`: a page.
     Authorize,
-    /// The IdP callbacks (SAML ACS, its continuation, OIDC and dev
-    /// callbacks, a POST to an unknown path that may be an ACS alias): a page.
+    /// The IdP callbacks (SAML ACS, its continuation (not counted:
+    /// [`continues_a_counted_acs`]), OIDC and dev callbacks, a POST to an
+    /// unknown path that may be an ACS alias): a page.
     Callback,
     /// `/token`, `/revoke`, `/introspect`, `/userinfo`: RFC 6749 JSON.
     Token,
@@ -381,6 +382,7 @@ async fn admit(
     let mut tenant = path_tenant;
     let mut client_id = None;
     let mut refresh_token = None;
+    let mut parsed_form = None;
     let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
     if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
@@ -394,11 +396,13 @@ async fn admit(
                 )
             }
         };
-        tenant = form_tenant(class, &bytes);
+        let form = super::pairs::parse(&bytes);
+        tenant = form_tenant(class, &form);
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
-            let hints = super::oauth::token_hints(&parts.headers, &bytes);
+            let hints = super::oauth::token_hints(&parts.headers, &form);
             (client_id, refresh_token) = (hints.client_id, hints.refresh_token);
         }
+        parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
     }
     if class == RouteClass::Authorize && tenant.is_none() {
@@ -410,7 +414,10 @@ async fn admit(
     }
     let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
     let mut parts = parts;
-    if state.edge.throttle.enabled {
+    if let Some(form) = parsed_form {
+        parts.extensions.insert(form);
+    }
+    if state.edge.throttle.enabled && !continues_a_counted_acs(parts.uri.path()) {
         if let Some(limit) = class.limit(&state.edge.throttle) {
             // The app the request names, and the family of the refresh
             // token it presents, are read alongside the limiter's work (one
@@ -458,15 +465,29 @@ async fn admit(
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Whether `path` is the same-site continuation of a SAML ACS
+/// (`/saml/{tenant}/{connection}/continue`, the GET after the ACS and the
+/// POST confirming a switch of user): not counted again, since the sign-in
+/// was counted at its ACS. It guesses no secret (it takes a single-use
+/// handle the ACS minted, and only in the browser the login is bound to)
+/// and does nothing costly without one, while counting it cost Redis one
+/// rate-limit script per sign-in, dearer than refusing a made-up handle
+/// (`docs/PERFORMANCE.md`, twenty-first pass).
+fn continues_a_counted_acs(path: &str) -> bool {
+    // `saml`, a tenant, a connection, `continue`, and nothing after.
+    let mut segments = path.trim_start_matches('/').split('/');
+    segments.next() == Some("saml") && segments.nth(2) == Some("continue") && segments.next().is_none()
+}
+
 /// The tenant a form names: on the token endpoints the prefix of its code,
 /// refresh token or token (`<tenant>.<…>`), on `/authorize` its `tenant`.
-fn form_tenant(class: RouteClass, body: &[u8]) -> Option<String> {
-    let mut pairs = url::form_urlencoded::parse(body);
+fn form_tenant(class: RouteClass, form: &[(String, String)]) -> Option<String> {
+    let mut pairs = form.iter();
     if class == RouteClass::Authorize {
-        return pairs.find(|(k, _)| k == "tenant").map(|(_, v)| v.into_owned());
+        return pairs.find(|(k, _)| k == "tenant").map(|(_, v)| v.clone());
     }
     pairs
-        .find(|(k, _)| matches!(k.as_ref(), "code" | "refresh_token" | "token"))
+        .find(|(k, _)| matches!(k.as_str(), "code" | "refresh_token" | "token"))
         .and_then(|(_, v)| v.split_once('.').map(|(t, _)| t.to_owned()))
 }
 
@@ -1020,18 +1041,48 @@ mod tests {
     }
 
     #[test]
+    fn only_the_saml_continuation_is_left_to_its_acs() {
+        assert!(continues_a_counted_acs("/saml/acme/okta/continue"));
+        for path in [
+            "/saml/acme/okta/acs",
+            "/saml/acme/okta/continue/x",
+            "/saml/acme/continue",
+            "/mfa/acme/okta/continue",
+            "/oidc/acme/okta/callback",
+            "/dev/acme/dev/callback",
+        ] {
+            assert!(!continues_a_counted_acs(path), "{path}");
+        }
+    }
+
+    #[test]
     fn the_token_form_names_its_tenant() {
         assert_eq!(
-            form_tenant(RouteClass::Token, b"grant_type=authorization_code&code=acme.xyz"),
+            form_tenant(
+                RouteClass::Token,
+                &crate::http::pairs::parse(b"grant_type=authorization_code&code=acme.xyz")
+            ),
             Some("acme".into())
         );
         assert_eq!(
-            form_tenant(RouteClass::Token, b"grant_type=refresh_token&refresh_token=t1.f.s"),
+            form_tenant(
+                RouteClass::Token,
+                &crate::http::pairs::parse(b"grant_type=refresh_token&refresh_token=t1.f.s")
+            ),
             Some("t1".into())
         );
-        assert_eq!(form_tenant(RouteClass::Token, b"grant_type=client_credentials"), None);
         assert_eq!(
-            form_tenant(RouteClass::Authorize, b"client_id=app&tenant=acme"),
+            form_tenant(
+                RouteClass::Token,
+                &crate::http::pairs::parse(b"grant_type=client_credentials")
+            ),
+            None
+        );
+        assert_eq!(
+            form_tenant(
+                RouteClass::Authorize,
+                &crate::http::pairs::parse(b"client_id=app&tenant=acme")
+            ),
             Some("acme".into())
         );
     }

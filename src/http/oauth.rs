@@ -4,7 +4,7 @@
 
 use super::flows::load_sso;
 use super::pages::{self, esc};
-use super::pairs::FormPairs;
+use super::pairs::{self, FormPairs};
 use super::AppState;
 use crate::provider::clients::GrantType;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
@@ -286,20 +286,13 @@ async fn authorize(
 }
 
 /// The client id and secret of `Basic` credentials (RFC 6749 §2.3.1: each
-/// form-urlencoded, then joined by a colon and base64-encoded).
+/// form-urlencoded, then joined by a colon and base64-encoded). Each half is
+/// decoded as a form value is (`+` a space, `%XX` a byte); a raw `&`, which
+/// a conforming client sends as `%26`, is kept as part of the value.
 fn basic_credentials(b64: &str) -> Option<(String, String)> {
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())?;
-    let (id, secret) = decoded.split_once(':')?;
-    let dec = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Some((dec(id), dec(secret)))
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let (id, secret) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((pairs::decode(id.as_bytes()), pairs::decode(secret.as_bytes())))
 }
 
 /// What a token, revocation or introspection request names, read in one
@@ -307,8 +300,8 @@ fn basic_credentials(b64: &str) -> Option<(String, String)> {
 /// credentials, else the form's `client_id`), and the refresh token when
 /// the form asks for the refresh grant. The edge reads that app's record
 /// and that token's family alongside its rate limiting; [`client_credentials`]
-/// still decides how the client authenticates, and the handler parses and
-/// checks the form itself.
+/// still decides how the client authenticates, and the handler checks the
+/// form itself (the pairs the edge parsed, handed on with the request).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct TokenHints {
     /// The client id the credentials name.
@@ -317,10 +310,10 @@ pub(super) struct TokenHints {
     pub refresh_token: Option<String>,
 }
 
-pub(super) fn token_hints(headers: &HeaderMap, body: &[u8]) -> TokenHints {
+pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> TokenHints {
     let (mut form_id, mut grant, mut token) = (None, None, None);
-    for (k, v) in url::form_urlencoded::parse(body) {
-        let first = match &*k {
+    for (k, v) in form {
+        let first = match k.as_str() {
             "client_id" => &mut form_id,
             "grant_type" => &mut grant,
             "refresh_token" => &mut token,
@@ -334,11 +327,11 @@ pub(super) fn token_hints(headers: &HeaderMap, body: &[u8]) -> TokenHints {
         .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
     let client_id = match basic {
         Some(b64) => basic_credentials(b64).map(|(id, _)| id),
-        None => form_id.map(std::borrow::Cow::into_owned),
+        None => form_id.cloned(),
     };
     let refresh_token = token
-        .filter(|_| grant.as_deref() == Some(GrantType::RefreshToken.as_str()))
-        .map(std::borrow::Cow::into_owned);
+        .filter(|_| grant.map(String::as_str) == Some(GrantType::RefreshToken.as_str()))
+        .cloned();
     TokenHints {
         client_id,
         refresh_token,
@@ -719,35 +712,57 @@ mod tests {
     fn the_client_id_hint_is_the_id_the_credentials_name() {
         // Basic credentials first (form-urlencoded inside, RFC 6749 §2.3.1).
         assert_eq!(
-            token_hints(&basic("app%201", "s"), b"client_id=other")
+            token_hints(&basic("app%201", "s"), &pairs::parse(b"client_id=other"))
                 .client_id
                 .as_deref(),
             Some("app 1")
         );
         assert_eq!(
-            token_hints(&HeaderMap::new(), b"grant_type=refresh_token&client_id=app2")
-                .client_id
-                .as_deref(),
+            token_hints(
+                &HeaderMap::new(),
+                &pairs::parse(b"grant_type=refresh_token&client_id=app2")
+            )
+            .client_id
+            .as_deref(),
             Some("app2")
         );
         assert_eq!(
-            token_hints(&HeaderMap::new(), b"grant_type=client_credentials").client_id,
+            token_hints(&HeaderMap::new(), &pairs::parse(b"grant_type=client_credentials")).client_id,
             None
         );
         let mut bad = HeaderMap::new();
         bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic %%%"));
-        assert_eq!(token_hints(&bad, b"client_id=app2").client_id, None);
+        assert_eq!(token_hints(&bad, &pairs::parse(b"client_id=app2")).client_id, None);
         // The same id the handler authenticates.
         let mut form = BTreeMap::new();
         match client_credentials(&basic("app%201", "s%3A1"), &mut form).unwrap() {
             ClientCredentials::Secret { id, secret } => assert_eq!((id.as_str(), secret.as_str()), ("app 1", "s:1")),
             ClientCredentials::Public { .. } => panic!("Basic credentials are a secret"),
         }
+        // Each half decoded as a form value: `+` a space, `%XX` a byte, a
+        // second colon part of the secret, a raw `&` or `=` kept.
+        for (id, secret, expected) in [
+            ("a+b", "s%2B1", ("a b", "s+1")),
+            ("app", "s:1:2", ("app", "s:1:2")),
+            ("app", "s&t=u", ("app", "s&t=u")),
+            ("app", "%zz%", ("app", "%zz%")),
+            ("", "", ("", "")),
+        ] {
+            let v = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            let got = basic_credentials(&v).unwrap();
+            assert_eq!((got.0.as_str(), got.1.as_str()), expected, "{id}:{secret}");
+        }
+        // Not base64, not UTF-8, no colon: no credentials.
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("app");
+        let not_utf8 = base64::engine::general_purpose::STANDARD.encode(b"app:\xff");
+        for v in ["%%%", no_colon.as_str(), not_utf8.as_str()] {
+            assert_eq!(basic_credentials(v), None, "{v}");
+        }
     }
 
     #[test]
     fn the_refresh_token_hint_is_named_only_by_a_refresh_grant() {
-        let refresh_token_hint = |body: &[u8]| token_hints(&HeaderMap::new(), body).refresh_token;
+        let refresh_token_hint = |body: &[u8]| token_hints(&HeaderMap::new(), &pairs::parse(body)).refresh_token;
         assert_eq!(
             refresh_token_hint(b"refresh_token=acme.f%2Eh&grant_type=refresh_token").as_deref(),
             Some("acme.f.h")

@@ -24,12 +24,28 @@ use axum::extract::{FromRequest, RawForm, Request};
 #[derive(Debug)]
 pub struct FormPairs(pub Vec<(String, String)>);
 
+/// The pairs of a POSTed body the edge already read and parsed (it reads
+/// the small token and `/authorize` forms for the tenant, client and refresh
+/// token they name), handed on as a request extension with that same body,
+/// so [`FormPairs`] does not parse it again.
+#[derive(Debug, Clone)]
+pub struct ParsedForm(pub Vec<(String, String)>);
+
 impl<S: Send + Sync> FromRequest<S> for FormPairs {
     type Rejection = axum::extract::rejection::RawFormRejection;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let parsed = match *req.method() {
+            axum::http::Method::POST => req.extensions_mut().remove::<ParsedForm>(),
+            _ => None,
+        };
+        // Still read through `RawForm`: the same content-type check and
+        // rejections whether or not the edge parsed the body.
         let RawForm(bytes) = RawForm::from_request(req, state).await?;
-        Ok(Self(parse(&bytes)))
+        Ok(Self(match parsed {
+            Some(ParsedForm(pairs)) => pairs,
+            None => parse(&bytes),
+        }))
     }
 }
 

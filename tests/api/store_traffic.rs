@@ -803,12 +803,13 @@ async fn one_sign_in_costs_few_store_round_trips() {
         "WAITS: SAML {saml_waits} sequential waits; OIDC {oidc_waits} sequential waits; \
          refresh {saml_refresh_waits} / {oidc_refresh_waits} sequential waits"
     );
-    assert!(saml_trips <= 27, "SAML sign-in: {saml_trips} store round trips");
+    // The SAML continuation is not rate limited again (its ACS was counted).
+    assert!(saml_trips <= 26, "SAML sign-in: {saml_trips} store round trips");
     assert!(oidc_trips <= 23, "OIDC sign-in: {oidc_trips} store round trips");
     for (what, stages, stage, most) in [
         ("SAML", &saml, "authorize", 30),
         ("SAML", &saml, "acs", 50),
-        ("SAML", &saml, "continue", 40),
+        ("SAML", &saml, "continue", 30),
         ("SAML", &saml, "token", 40),
         ("OIDC", &oidc, "authorize", 30),
         ("OIDC", &oidc, "callback", 75),
@@ -824,7 +825,7 @@ async fn one_sign_in_costs_few_store_round_trips() {
             most % 10
         );
     }
-    assert!(saml_waits <= 16, "SAML sign-in: {saml_waits} sequential store waits");
+    assert!(saml_waits <= 15, "SAML sign-in: {saml_waits} sequential store waits");
     assert!(oidc_waits <= 14, "OIDC sign-in: {oidc_waits} sequential store waits");
     assert!(
         saml_refresh_waits <= 3 && oidc_refresh_waits <= 3,

@@ -1,7 +1,8 @@
 //! Rate limits, request limits and request ids at the edge: limits counted in
 //! one real Redis hold across two gateway replicas, a tenant's own limits
 //! apply, a forged `X-Forwarded-For` picks no bucket, oversized requests are
-//! refused in the route's format, and every response carries `x-request-id`.
+//! refused in the route's format, every response carries `x-request-id`, and
+//! a SAML sign-in is counted once, at its ACS.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use portcullis::config::Settings;
@@ -516,5 +517,33 @@ async fn authorize_counts_the_tenant_named_in_the_query_or_the_posted_form() {
         .send()
         .await
         .unwrap();
+    assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_saml_sign_in_is_counted_at_its_acs_and_not_again_at_its_continuation() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| s.throttle.callback.per_ip = 2),
+        ..AppOptions::default()
+    })
+    .await;
+    let acs = app.url("/saml/acme/okta/acs");
+    let continuation = app.url("/saml/acme/okta/continue?handle=made-up");
+    // More continuations than the limit: none counted (each refused on its own).
+    for _ in 0..5 {
+        let resp = app.client.get(continuation.clone()).send().await.unwrap();
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // The ACS still has its whole budget, and still counts.
+    let post_acs = || app.client.post(acs.clone()).form(&[("SAMLResponse", "x")]).send();
+    for _ in 0..2 {
+        assert_ne!(post_acs().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let resp = post_acs().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.text().await.unwrap().contains("<code>throttle.exceeded</code>"));
+    // The continuation of a sign-in whose ACS was counted is not refused.
+    let resp = app.client.get(continuation).send().await.unwrap();
     assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }

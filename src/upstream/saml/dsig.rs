@@ -260,6 +260,19 @@ impl Context {
             c.flags |= ffi::XMLSEC_DSIG_FLAGS_STORE_SIGNEDINFO_REFERENCES;
             // Only `#id` references (also checked before, by `check_signature`).
             c.enabledReferenceUris = ffi::xmlSecTransformUriTypeSameDocument;
+            // A bare-name `#id` is resolved by the document's ID table
+            // (`xmlGetID`, the element owning the attribute, the subtree
+            // without comments) instead of by evaluating the XPointer
+            // `id('id')` in a new XPath context (a context registers every
+            // XPath function in a fresh hash table: about 3 % of an ACS).
+            // With the ID checked to be an NCName and registered for the
+            // signed element's own `ID` attribute (`verify_in_place`), the
+            // XPointer selects exactly that element with the same node-set
+            // type, so the same bytes are digested; an `#xpointer(...)` URI
+            // would still go through XPointer, and `check_signature` refuses
+            // any URI but `#<ID>` before. (xmlsec names the flag after the
+            // Visa 3-D Secure messages whose numeric ids XPointer refuses.)
+            c.flags |= ffi::XMLSEC_DSIG_FLAGS_USE_VISA3D_HACK;
         }
         Ok(ctx)
     }
@@ -278,10 +291,19 @@ impl Context {
     /// digest was computed over, the canonical form of the referenced
     /// element) starts with that element's start tag.
     fn digested(&self, qname: &str, id: &str) -> Result<(), &'static str> {
+        if canonical_start_tag_is(self.pre_digest()?, qname, id) {
+            Ok(())
+        } else {
+            Err("the signature digested another element than the one read")
+        }
+    }
+
+    /// The pre-digest buffer of the signature's one verified Reference.
+    fn pre_digest(&self) -> Result<&[u8], &'static str> {
         // SAFETY: the context is ours and was verified with
         // `XMLSEC_DSIG_FLAGS_STORE_SIGNEDINFO_REFERENCES`, so its list holds
-        // the reference contexts of SignedInfo, alive until it is destroyed;
-        // the buffer is only read before that.
+        // the reference contexts of SignedInfo, alive until it is destroyed
+        // (the slice borrows the context).
         unsafe {
             let list = &mut (*self.0.as_ptr()).signedInfoReferences as *mut ffi::xmlSecPtrList;
             if ffi::xmlSecPtrListGetSize(list) != 1 {
@@ -300,11 +322,7 @@ impl Context {
             if data.is_null() || size == 0 {
                 return Err("empty pre-digest buffer");
             }
-            if canonical_start_tag_is(std::slice::from_raw_parts(data, size), qname, id) {
-                Ok(())
-            } else {
-                Err("the signature digested another element than the one read")
-            }
+            Ok(std::slice::from_raw_parts(data, size))
         }
     }
 }
@@ -592,6 +610,58 @@ mod tests {
             );
         }
         assert!(canonical_start_tag_is(br#"<Assertion ID="_a1">"#, "Assertion", "_a1"));
+    }
+
+    #[test]
+    fn the_reference_resolved_by_the_id_table_digests_what_its_xpointer_selects() {
+        for vendor in ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"] {
+            let keys = IdpKeys::load(&[metadata_cert(vendor)]).unwrap();
+            let text = fixture(vendor, "assertion.xml");
+            // What one verification digested, the Reference resolved by the
+            // document's ID table or by XPointer (each in a fresh parse: verification registers
+            // the ID and leaves the reference's state in the context).
+            let digested = |by_id_table: bool| {
+                let doc = xml::parse_strict(&text).unwrap();
+                let root = El::root(&doc).unwrap();
+                let sig = xml::descendants(&root, DS, "Signature").into_iter().last().unwrap();
+                let signed = sig.parent().unwrap();
+                let id = xml::attr(&signed, "ID").unwrap();
+                verify_in_place(&doc, &signed, &id, &sig, &keys).unwrap_or_else(|e| panic!("{vendor}: {e}"));
+                let ctx = Context::new(&keys.manager, &keys.keys[0].key).unwrap();
+                if !by_id_table {
+                    // SAFETY: our fresh context; only its flags change.
+                    unsafe { (*ctx.0.as_ptr()).flags &= !ffi::XMLSEC_DSIG_FLAGS_USE_VISA3D_HACK };
+                }
+                assert!(ctx.verify(sig.ptr().cast::<ffi::xmlNode>()), "{vendor}");
+                // The Reference's first transform is the one that resolved it.
+                // SAFETY: the context was verified with the references kept
+                // (as in `pre_digest`); the transform and its class name are
+                // xmlsec's, alive with the context, only read.
+                let resolver = unsafe {
+                    let list = &mut (*ctx.0.as_ptr()).signedInfoReferences as *mut ffi::xmlSecPtrList;
+                    let reference = ffi::xmlSecPtrListGetItem(list, 0).cast::<ffi::xmlSecDSigReferenceCtx>();
+                    let first = (*reference).transformCtx.first;
+                    std::ffi::CStr::from_ptr((*(*first).id).name.cast())
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                let expected = if by_id_table { "Visa3DHackTransform" } else { "xpointer" };
+                assert_eq!(resolver, expected, "{vendor}");
+                let qname = match signed.prefix() {
+                    Some(prefix) => format!("{prefix}:{}", signed.name()),
+                    None => signed.name().into_owned(),
+                };
+                let bytes = ctx.pre_digest().map(<[u8]>::to_vec).unwrap();
+                assert!(canonical_start_tag_is(&bytes, &qname, &id), "{vendor}");
+                bytes
+            };
+            let (by_id_table, by_xpointer) = (digested(true), digested(false));
+            assert_eq!(
+                String::from_utf8_lossy(&by_id_table),
+                String::from_utf8_lossy(&by_xpointer),
+                "{vendor}"
+            );
+        }
     }
 
     #[test]
