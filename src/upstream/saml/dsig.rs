@@ -617,9 +617,9 @@ mod tests {
         for vendor in ["adfs", "google", "jumpcloud", "keycloak", "okta", "ping"] {
             let keys = IdpKeys::load(&[metadata_cert(vendor)]).unwrap();
             let text = fixture(vendor, "assertion.xml");
-            // What one verification digested, the Reference resolved by the
-            // document's ID table or by XPointer (each in a fresh parse: verification registers
-            // the ID and leaves the reference's state in the context).
+            // What one verification digested, its Reference resolved by the
+            // document's ID table or by XPointer (each in a parse of its own:
+            // verifying registers the ID in the document).
             let digested = |by_id_table: bool| {
                 let doc = xml::parse_strict(&text).unwrap();
                 let root = El::root(&doc).unwrap();
