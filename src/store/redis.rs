@@ -74,6 +74,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The hard bound on one store operation, including waiting for a
 /// reconnect, a new primary, a retry and `WAIT`.
 const OPERATION_DEADLINE: Duration = Duration::from_millis(2000);
+/// How far ahead [`TimerFloor`] keeps a timer: less than the shortest
+/// deadline every operation arms ([`RESPONSE_TIMEOUT`]).
+const TIMER_FLOOR: Duration = Duration::from_millis(500);
 /// Reconnect attempts per reconnect cycle; a failed cycle fails the waiting
 /// commands and the next command starts a new cycle, so few retries keep
 /// failures fast without ever giving up for good.
@@ -491,6 +494,44 @@ pub struct RedisStore {
     wait_timeout: Duration,
     /// Until when writes skip `WAIT` (after one timed out).
     wait_paused_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Ticks while any clone of this store is alive.
+    _timer_floor: Arc<TimerFloor>,
+}
+
+/// A timer kept at most [`TIMER_FLOOR`] ahead on the runtime, so that the
+/// deadlines store operations arm never wake its I/O driver.
+///
+/// Each operation arms two timers, its deadline ([`OPERATION_DEADLINE`]) and
+/// the `redis` crate's response timeout ([`RESPONSE_TIMEOUT`]). Tokio wakes
+/// the I/O driver (an `eventfd` write, and one more event for the next
+/// `epoll_wait`) whenever a timer is armed earlier than the wake it planned
+/// when a worker last parked on the driver. The worker arming it is running,
+/// so that wake is wasted, and with few requests in flight it came on
+/// nearly every store round trip: 16 `write`s per SAML sign-in at one
+/// request at a time (`perf stat`, `docs/PERFORMANCE.md`, twenty-second
+/// pass). With this timer ticking, the planned wake is never more than
+/// [`TIMER_FLOOR`] away, earlier than any deadline an operation arms, so
+/// arming one wakes nothing; the ticks themselves are two wake-ups a second.
+/// Timers are still exact: tokio fires each when due whatever wakes it.
+struct TimerFloor(tokio::task::AbortHandle);
+
+impl TimerFloor {
+    fn start() -> TimerFloor {
+        let ticking = tokio::spawn(async {
+            let mut tick = tokio::time::interval(TIMER_FLOOR);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+            }
+        });
+        TimerFloor(ticking.abort_handle())
+    }
+}
+
+impl Drop for TimerFloor {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -629,6 +670,7 @@ impl RedisStore {
             wait_replicas,
             wait_timeout: options.wait_timeout,
             wait_paused_until: Arc::new(std::sync::Mutex::new(None)),
+            _timer_floor: Arc::new(TimerFloor::start()),
         };
         store.check_version().await?;
         tracing::info!(
@@ -2113,6 +2155,28 @@ fn stream_entries(answer: Value) -> Result<Vec<StreamEntry>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_floor_ticks_until_the_last_clone_of_its_store_is_dropped() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let floor = Arc::new(TimerFloor::start());
+        let clone = Arc::clone(&floor);
+        // Many periods later (the paused clock jumps to each timer) it still ticks.
+        tokio::time::sleep(TIMER_FLOOR * 20).await;
+        assert_eq!(metrics.num_alive_tasks(), before + 1);
+        drop(floor);
+        tokio::time::sleep(TIMER_FLOOR * 2).await;
+        assert_eq!(metrics.num_alive_tasks(), before + 1, "a clone still holds it");
+        drop(clone);
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == before {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), before, "stopped with its last holder");
+    }
 
     #[test]
     fn ttl_is_rounded_up_to_a_positive_millisecond() {

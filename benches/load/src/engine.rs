@@ -49,6 +49,8 @@ pub struct Stage<T> {
     pub elapsed: Duration,
     /// Gateway CPU seconds (user + system, every replica) over the window.
     pub cpu_secs: Option<f64>,
+    /// Of `cpu_secs`, the seconds in the kernel (system time).
+    pub system_cpu_secs: Option<f64>,
     /// Redis CPU seconds over the window (with its pid).
     pub redis_cpu_secs: Option<f64>,
     /// The commands Redis ran over the window (with its URL).
@@ -127,6 +129,8 @@ pub struct Watched {
 pub struct CpuTimes {
     /// Every replica together (`None`: none given, or one unreadable).
     pub gateway: Option<f64>,
+    /// Of `gateway`, the seconds in the kernel (system time).
+    pub gateway_system: Option<f64>,
     /// Redis.
     pub redis: Option<f64>,
 }
@@ -136,6 +140,7 @@ impl Watched {
     pub fn cpu(&self) -> CpuTimes {
         CpuTimes {
             gateway: total(&self.gateway, cpu_seconds),
+            gateway_system: total(&self.gateway, system_cpu_seconds),
             redis: self.redis.and_then(cpu_seconds),
         }
     }
@@ -199,6 +204,7 @@ impl CpuTimes {
         let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
         CpuTimes {
             gateway: diff(self.gateway, before.gateway),
+            gateway_system: diff(self.gateway_system, before.gateway_system),
             redis: diff(self.redis, before.redis),
         }
     }
@@ -367,6 +373,7 @@ where
             samples: vec!["internal: results still shared after the stage".into()],
             elapsed,
             cpu_secs: used.gateway,
+            system_cpu_secs: used.gateway_system,
             redis_cpu_secs: used.redis,
             redis_commands,
         };
@@ -380,6 +387,7 @@ where
         samples: c.samples,
         elapsed,
         cpu_secs: used.gateway,
+        system_cpu_secs: used.gateway_system,
         redis_cpu_secs: used.redis,
         redis_commands,
     }
@@ -408,6 +416,18 @@ pub fn monotonic_s() -> Option<f64> {
 /// User + system CPU seconds `pid` has used so far (`/proc/<pid>/stat`
 /// fields 14 and 15, in clock ticks).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let (utime, stime) = cpu_ticks(pid)?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// The system (kernel) part of [`cpu_seconds`]: field 15 alone.
+pub fn system_cpu_seconds(pid: u32) -> Option<f64> {
+    let (_, stime) = cpu_ticks(pid)?;
+    Some(stime as f64 / clock_ticks())
+}
+
+/// `pid`'s user and system time so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces: count after its ')'.
     let after = stat.get(stat.rfind(')')? + 1..)?;
@@ -415,7 +435,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // After ')': state is field 3, so utime (14) is the 12th, stime the 13th.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks())
+    Some((utime, stime))
 }
 
 /// `pid`'s resident set size in KiB (`VmRSS` in `/proc/<pid>/status`).
@@ -497,26 +517,36 @@ mod tests {
         assert!(s.samples.iter().all(|m| m.contains("HTTP 500")), "{:?}", s.samples);
     }
 
-    #[test]
-    fn cpu_time_of_this_process_is_read_and_grows() {
+    /// Spins until the kernel has charged this process more than `than`
+    /// seconds of CPU (a busy machine may take a while to give us the CPU).
+    fn spin_past(than: f64) {
         let pid = std::process::id();
-        let before = cpu_seconds(pid).unwrap();
-        // Spin until the kernel has charged at least one more tick (a busy
-        // machine may take a while to give us the CPU).
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        while cpu_seconds(pid).unwrap() <= before {
+        while cpu_seconds(pid).unwrap() <= than {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
             assert!(t.elapsed() < Duration::from_secs(30), "no CPU time charged in 30 s");
         }
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read_and_grows() {
+        let pid = std::process::id();
+        // At least one more tick than before.
+        spin_past(cpu_seconds(pid).unwrap());
         assert!(rss_kib(pid).unwrap() > 0);
+        // The kernel's part is part of the whole.
+        let system = system_cpu_seconds(pid).unwrap();
+        assert!(system >= 0.0 && system <= cpu_seconds(pid).unwrap());
     }
 
     #[test]
     fn the_replicas_cpu_times_are_summed_and_one_unreadable_pid_reads_as_none() {
         let me = std::process::id();
+        // A test process run alone may not have been charged a tick yet.
+        spin_past(0.0);
         let one = Watched {
             gateway: vec![me],
             redis: Some(me),
@@ -542,8 +572,10 @@ mod tests {
         assert!(gone.cpu().gateway.is_none() && gone.cpu().redis.is_none());
         assert!(gone.gateway_rss_kib().is_none());
         assert!(Watched::default().cpu().gateway.is_none());
+        assert!(gone.cpu().gateway_system.is_none());
+        assert!(twice.cpu().gateway_system.unwrap() <= twice.cpu().gateway.unwrap());
         let used = twice.cpu().since(one);
-        assert!(used.gateway.is_some() && used.redis.is_none());
+        assert!(used.gateway.is_some() && used.gateway_system.is_some() && used.redis.is_none());
     }
 
     #[test]

@@ -594,6 +594,7 @@ impl World {
         absorb(&mut r, &b);
         r.elapsed_s = elapsed.as_secs_f64();
         r.gateway_cpu_s = used.gateway;
+        r.gateway_system_cpu_s = used.gateway_system;
         r.redis_cpu_s = used.redis;
         add_commands(&mut r, commands.as_ref());
         r.prepare_s = signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -925,6 +926,7 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         latency_ms: Latency::default(),
         gateway_cpu_s: None,
         gateway_cpu_ms_per_op: None,
+        gateway_system_cpu_s: None,
         redis_cpu_s: None,
         redis_cpu_ms_per_op: None,
         redis_commands_per_op: Default::default(),
@@ -946,6 +948,7 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         elapsed_s: s.elapsed.as_secs_f64(),
         latency_ms: Latency::of(&s.hist),
         gateway_cpu_s: s.cpu_secs,
+        gateway_system_cpu_s: s.system_cpu_secs,
         redis_cpu_s: s.redis_cpu_secs,
     }
 }
@@ -958,6 +961,9 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     r.elapsed_s += s.elapsed.as_secs_f64();
     if let Some(c) = s.cpu_secs {
         r.gateway_cpu_s = Some(r.gateway_cpu_s.unwrap_or(0.0) + c);
+    }
+    if let Some(c) = s.system_cpu_secs {
+        r.gateway_system_cpu_s = Some(r.gateway_system_cpu_s.unwrap_or(0.0) + c);
     }
     if let Some(c) = s.redis_cpu_secs {
         r.redis_cpu_s = Some(r.redis_cpu_s.unwrap_or(0.0) + c);
@@ -1553,4 +1559,42 @@ fn attr(xml: &str, name: &str) -> Option<String> {
     let start = xml.find(&needle)? + needle.len();
     let rest = xml.get(start..)?;
     Some(rest.get(..rest.find('"')?)?.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_gives_the_kernels_share_of_the_gateways_cpu() {
+        let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
+        r.ok = 1000;
+        r.elapsed_s = 1.0;
+        let s = Stage::<()> {
+            hist: engine::histogram(),
+            outputs: Vec::new(),
+            ok: 1000,
+            errors: 0,
+            shed: 0,
+            samples: Vec::new(),
+            elapsed: Duration::from_secs(1),
+            cpu_secs: Some(1.5),
+            system_cpu_secs: Some(0.375),
+            redis_cpu_secs: None,
+            redis_commands: None,
+        };
+        absorb(&mut r, &s);
+        absorb(&mut r, &s);
+        finish(&mut r, &Watched::default());
+        assert_eq!(r.gateway_system_cpu_s, Some(0.75));
+        assert_eq!(r.system_share(), Some(0.25));
+        assert!(
+            r.line().contains("gateway cpu=3.000 ms/op (25 % system)"),
+            "{}",
+            r.line()
+        );
+        // Without the kernel's figure the line says only the whole.
+        r.gateway_system_cpu_s = None;
+        assert!(r.line().ends_with("gateway cpu=3.000 ms/op"), "{}", r.line());
+    }
 }

@@ -311,6 +311,8 @@ pub struct StageReport {
     pub latency_ms: Latency,
     /// Gateway CPU seconds in the stage (every replica).
     pub gateway_cpu_s: Option<f64>,
+    /// Of `gateway_cpu_s`, the seconds in the kernel (system time).
+    pub gateway_system_cpu_s: Option<f64>,
     /// Redis CPU seconds in the stage (with `--redis-pid`).
     pub redis_cpu_s: Option<f64>,
 }
@@ -347,6 +349,9 @@ pub struct ScenarioReport {
     pub gateway_cpu_s: Option<f64>,
     /// Gateway CPU milliseconds per completed operation.
     pub gateway_cpu_ms_per_op: Option<f64>,
+    /// Of `gateway_cpu_s`, the seconds in the kernel (system time: the
+    /// sockets to clients and Redis, waking and waiting).
+    pub gateway_system_cpu_s: Option<f64>,
     /// Redis CPU seconds over the timed stages (with `--redis-pid`).
     pub redis_cpu_s: Option<f64>,
     /// Redis CPU milliseconds per completed operation.
@@ -382,10 +387,11 @@ impl ScenarioReport {
             (Some(c), None) => format!("c={c}"),
             (None, None) => String::new(),
         };
-        let cpu = self
-            .gateway_cpu_ms_per_op
-            .map(|c| format!("{c:.3} ms/op"))
-            .unwrap_or_else(|| "n/a".into());
+        let cpu = match (self.gateway_cpu_ms_per_op, self.system_share()) {
+            (Some(c), Some(share)) => format!("{c:.3} ms/op ({:.0} % system)", 100.0 * share),
+            (Some(c), None) => format!("{c:.3} ms/op"),
+            (None, _) => "n/a".into(),
+        };
         let redis = self
             .redis_cpu_ms_per_op
             .map(|c| format!("  redis cpu={c:.3} ms/op"))
@@ -419,6 +425,13 @@ pub struct RedisCommand {
 }
 
 impl ScenarioReport {
+    /// The kernel's share of the gateway's CPU time (`None` without both
+    /// figures or with no CPU time at all).
+    pub fn system_share(&self) -> Option<f64> {
+        let (all, system) = (self.gateway_cpu_s?, self.gateway_system_cpu_s?);
+        (all > 0.0).then(|| system / all)
+    }
+
     /// The commands that cost Redis the most per operation, one line
     /// (empty without `--redis-url`).
     pub fn redis_line(&self) -> String {
