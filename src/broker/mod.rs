@@ -219,40 +219,104 @@ pub struct Broker {
     pub passkeys: Option<crate::mfa::passkey::Passkeys>,
 }
 
+/// What an authorization request reads first, the app and the named
+/// tenant's configuration, read by the edge alongside its rate limiting
+/// (one store wait for all) for the parameters it names. Only reads:
+/// [`Broker::authorize_with`] uses them for a request with exactly these
+/// parameters and checks them as it checks its own reads; a throttled
+/// request discards them unused.
+#[derive(Clone, Debug)]
+pub struct PrefetchedAuthorize {
+    /// The `client_id`, `tenant` and `connection` parameters read for.
+    pub names: AuthorizeNames,
+    /// The app's record, `None` when no such app exists.
+    pub client: Option<crate::provider::clients::Client>,
+    /// The tenant's configuration (its record included), `None` when the
+    /// request names no valid tenant id.
+    pub config: Option<ConfigSnapshot>,
+}
+
+/// The `client_id`, `tenant` and `connection` parameters of an authorization request.
+type AuthorizeNames = (String, Option<String>, Option<String>);
+
+impl PrefetchedAuthorize {
+    /// Its reads, when they were made for exactly `names`.
+    fn reads_for(
+        &self,
+        names: &AuthorizeNames,
+    ) -> Option<(Option<crate::provider::clients::Client>, Option<ConfigSnapshot>)> {
+        (self.names == *names).then(|| (self.client.clone(), self.config.clone()))
+    }
+}
+
 impl Broker {
     /// `/authorize`: decide where the browser goes.
     pub async fn authorize(&self, params: BTreeMap<String, String>, sso: &BrowserSso) -> Outcome {
-        self.authorize_with(params, sso, None).await
+        self.authorize_with(params, sso, None, None).await
+    }
+
+    /// The reads an authorization request naming `client_id`, `tenant` and
+    /// `connection` starts with, for the edge to run beside its rate
+    /// limiting; `None` when one failed (the handler reads again and
+    /// answers). The tenant's record is left out: the edge's limiting reads
+    /// it at the same time and hands it on (`FreshTenant`); where it does
+    /// not (no such tenant), the handler reads it.
+    pub async fn prefetch_authorize(
+        &self,
+        client_id: String,
+        tenant: Option<String>,
+        connection: Option<String>,
+    ) -> Option<PrefetchedAuthorize> {
+        let config = async {
+            let id = TenantId::parse(tenant.as_deref()?).ok()?;
+            Some(
+                self.tenants
+                    .read_for_authorize_of(&id, connection.as_deref(), false)
+                    .await,
+            )
+        };
+        let (client, config) = tokio::join!(self.provider.clients.get(&client_id), config);
+        Some(PrefetchedAuthorize {
+            client: client.ok()?,
+            config: config.transpose().ok()?,
+            names: (client_id, tenant, connection),
+        })
     }
 
     /// [`Self::authorize`], with the tenant record the edge read while
     /// serving this request (used when it is the tenant asked for, instead
-    /// of reading it again).
+    /// of reading it again) and the reads it started for it.
     pub async fn authorize_with(
         &self,
         params: BTreeMap<String, String>,
         sso: &BrowserSso,
         fresh: Option<&crate::tenant::FreshTenant>,
+        prefetched: Option<&PrefetchedAuthorize>,
     ) -> Outcome {
         let issuer = self.provider.iss();
         let client_id = params.get("client_id").cloned().unwrap_or_default();
+        let (tenant_param, connection_param) = (params.get("tenant").cloned(), params.get("connection").cloned());
         // config: the app, and the configuration of the tenant the request
-        // names (see `tenant::snapshot`), read together: one wait on the store.
-        let (client, config) = tokio::join!(
-            self.provider.clients.get(&client_id),
-            self.tenants.read_for_authorize(
-                params.get("tenant").map(String::as_str),
-                params.get("connection").map(String::as_str),
-                fresh
-            )
-        );
-        let client = match client {
-            Ok(c) => c,
-            Err(e) => return unavailable(e),
-        };
-        let config = match config.transpose() {
-            Ok(c) => c,
-            Err(e) => return unavailable(e),
+        // names (see `tenant::snapshot`), read together: one wait on the
+        // store, unless the edge read them for these very parameters.
+        let names = (client_id.clone(), tenant_param, connection_param);
+        let (client, config) = match prefetched.and_then(|p| p.reads_for(&names)) {
+            Some(reads) => reads,
+            None => {
+                let (client, config) = tokio::join!(
+                    self.provider.clients.get(&client_id),
+                    self.tenants
+                        .read_for_authorize(names.1.as_deref(), names.2.as_deref(), fresh)
+                );
+                let client = match client {
+                    Ok(c) => c,
+                    Err(e) => return unavailable(e),
+                };
+                match config.transpose() {
+                    Ok(config) => (client, config),
+                    Err(e) => return unavailable(e),
+                }
+            }
         };
         let redirect_uri = match authorize::client_and_redirect(&params, client.as_ref()) {
             Ok(u) => u.to_owned(),
@@ -690,5 +754,31 @@ impl Broker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_edge_made_serve_only_the_parameters_they_were_made_for() {
+        let names = ("app".to_owned(), Some("acme".to_owned()), Some("okta".to_owned()));
+        let prefetched = PrefetchedAuthorize {
+            names: names.clone(),
+            client: None,
+            config: None,
+        };
+        assert!(prefetched.reads_for(&names).is_some());
+        let others = [
+            ("other".to_owned(), names.1.clone(), names.2.clone()),
+            (names.0.clone(), Some("evil".to_owned()), names.2.clone()),
+            (names.0.clone(), None, names.2.clone()),
+            (names.0.clone(), names.1.clone(), None),
+            (names.0.clone(), names.1.clone(), Some("entra".to_owned())),
+        ];
+        for other in others {
+            assert!(prefetched.reads_for(&other).is_none(), "{other:?}");
+        }
     }
 }

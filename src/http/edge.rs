@@ -383,6 +383,9 @@ async fn admit(
     let mut client_id = None;
     let mut refresh_token = None;
     let mut parsed_form = None;
+    // What `/authorize` names (its app, tenant and connection), from the
+    // pairs its handler reads: the form of a POST, else the query.
+    let mut authorize_names = None;
     let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
     if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
@@ -398,12 +401,19 @@ async fn admit(
         };
         let form = super::pairs::parse(&bytes);
         tenant = form_tenant(class, &form);
+        if class == RouteClass::Authorize {
+            authorize_names = named_by_authorize(&form);
+        }
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
             let hints = super::oauth::token_hints(&parts.headers, &form);
             (client_id, refresh_token) = (hints.client_id, hints.refresh_token);
         }
         parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
+    }
+    if class == RouteClass::Authorize && parts.method == Method::GET {
+        let query = super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes());
+        authorize_names = named_by_authorize(&query);
     }
     if class == RouteClass::Authorize && tenant.is_none() {
         tenant = parts.uri.query().and_then(|q| {
@@ -424,22 +434,44 @@ async fn admit(
             // store wait for all). Only reads, handed to the handler, which
             // still authenticates the client before using them; a failed
             // read hands nothing on (the handler reads again and answers).
-            let prefetch = async {
-                let id = client_id?;
-                let peek = async {
-                    let token = refresh_token?;
-                    let family = state.provider.peek_refresh(&token).await.ok()?;
-                    Some((token, family))
-                };
-                let (client, refresh) = tokio::join!(state.provider.clients.get(&id), peek);
-                Some(PrefetchedClient {
-                    id,
-                    client: client.ok()?,
-                    refresh,
+            // Boxed, and only when there is something to read: their
+            // futures are large, and this one is moved whole on every
+            // request (`docs/PERFORMANCE.md`, twenty-second pass).
+            let prefetch = client_id.map(|id| {
+                Box::pin(async {
+                    let peek = async {
+                        let token = refresh_token?;
+                        let family = state.provider.peek_refresh(&token).await.ok()?;
+                        Some((token, family))
+                    };
+                    let (client, refresh) = tokio::join!(state.provider.clients.get(&id), peek);
+                    Some(PrefetchedClient {
+                        id,
+                        client: client.ok()?,
+                        refresh,
+                    })
                 })
-            };
-            let (checked, prefetched) =
-                tokio::join!(check(state, class, limit, ip, tenant.as_ref(), request_id), prefetch);
+            });
+            // Likewise what an authorization request reads first: its app
+            // and its tenant's configuration.
+            let prefetch_authorize = authorize_names.map(|(client_id, tenant, connection)| {
+                Box::pin(state.broker.prefetch_authorize(client_id, tenant, connection))
+            });
+            let (checked, prefetched, prefetched_authorize) = tokio::join!(
+                check(state, class, limit, ip, tenant.as_ref(), request_id),
+                async {
+                    match prefetch {
+                        Some(read) => read.await,
+                        None => None,
+                    }
+                },
+                async {
+                    match prefetch_authorize {
+                        Some(read) => read.await,
+                        None => None,
+                    }
+                }
+            );
             match checked {
                 Ok(Checked::Within(record)) => {
                     // Read for this request: the handler uses it instead of
@@ -449,6 +481,10 @@ async fn admit(
                     }
                     if let Some(p) = prefetched {
                         parts.extensions.insert(p);
+                    }
+                    if let Some(p) = prefetched_authorize {
+                        // Shared, not copied, into the handler's future.
+                        parts.extensions.insert(std::sync::Arc::new(p));
                     }
                 }
                 Ok(Checked::Refused(resp)) => return resp,
@@ -477,6 +513,14 @@ fn continues_a_counted_acs(path: &str) -> bool {
     // `saml`, a tenant, a connection, `continue`, and nothing after.
     let mut segments = path.trim_start_matches('/').split('/');
     segments.next() == Some("saml") && segments.nth(2) == Some("continue") && segments.next().is_none()
+}
+
+/// The `client_id`, `tenant` and `connection` an authorization request's
+/// pairs name (the first of each, as the handler refuses repeated ones);
+/// `None` without a `client_id`, which the handler refuses too.
+fn named_by_authorize(pairs: &[(String, String)]) -> Option<(String, Option<String>, Option<String>)> {
+    let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Some((first("client_id")?, first("tenant"), first("connection")))
 }
 
 /// The tenant a form names: on the token endpoints the prefix of its code,
@@ -1038,6 +1082,29 @@ mod tests {
             id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "{id}"
         );
+    }
+
+    #[test]
+    fn an_authorization_request_names_its_first_app_tenant_and_connection() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert_eq!(
+            named_by_authorize(&pairs(&[
+                ("response_type", "code"),
+                ("tenant", "acme"),
+                ("client_id", "app"),
+                ("connection", "okta"),
+                ("client_id", "second"),
+            ])),
+            Some(("app".to_owned(), Some("acme".to_owned()), Some("okta".to_owned())))
+        );
+        assert_eq!(
+            named_by_authorize(&pairs(&[("client_id", "app")])),
+            Some(("app".to_owned(), None, None))
+        );
+        // No app, nothing to read ahead: the handler refuses the request.
+        assert_eq!(named_by_authorize(&pairs(&[("tenant", "acme")])), None);
     }
 
     #[test]

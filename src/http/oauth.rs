@@ -6,6 +6,7 @@ use super::flows::load_sso;
 use super::pages::{self, esc};
 use super::pairs::{self, FormPairs};
 use super::AppState;
+use crate::broker::PrefetchedAuthorize;
 use crate::provider::clients::GrantType;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
@@ -245,9 +246,17 @@ pub async fn authorize_get(
     session: Session,
     headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
+    prefetched: Option<Extension<Arc<PrefetchedAuthorize>>>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    authorize(state, session, &headers, fresh.map(|e| e.0), pairs).await
+    authorize(
+        state,
+        session,
+        &headers,
+        (fresh.map(|e| e.0), prefetched.map(|e| e.0)),
+        pairs,
+    )
+    .await
 }
 
 /// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1)
@@ -256,19 +265,29 @@ pub async fn authorize_post(
     session: Session,
     headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
+    prefetched: Option<Extension<Arc<PrefetchedAuthorize>>>,
     FormPairs(pairs): FormPairs,
 ) -> Response {
-    authorize(state, session, &headers, fresh.map(|e| e.0), pairs).await
+    authorize(
+        state,
+        session,
+        &headers,
+        (fresh.map(|e| e.0), prefetched.map(|e| e.0)),
+        pairs,
+    )
+    .await
 }
 
-/// `fresh`: the tenant record the edge read for this request, if any.
+/// `read`: what the edge read for this request, if anything: the tenant
+/// record, and the app and tenant configuration the request names.
 async fn authorize(
     state: Arc<AppState>,
     session: Session,
     headers: &HeaderMap,
-    fresh: Option<FreshTenant>,
+    read: (Option<FreshTenant>, Option<Arc<PrefetchedAuthorize>>),
     pairs: Vec<(String, String)>,
 ) -> Response {
+    let (fresh, prefetched) = read;
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
@@ -281,7 +300,10 @@ async fn authorize(
         }
     };
     let sso = load_sso(&session).await;
-    let outcome = state.broker.authorize_with(params, &sso, fresh.as_ref()).await;
+    let outcome = state
+        .broker
+        .authorize_with(params, &sso, fresh.as_ref(), prefetched.as_deref())
+        .await;
     super::flows::respond_binding(&state, headers, outcome)
 }
 

@@ -342,16 +342,29 @@ impl TenantRegistry {
         fresh: Option<&super::FreshTenant>,
     ) -> Option<Result<ConfigSnapshot, StoreError>> {
         let id = TenantId::parse(tenant?).ok()?;
+        let with_tenant = super::FreshTenant::for_id(fresh, &id).is_none();
+        Some(self.read_for_authorize_of(&id, connection, with_tenant).await)
+    }
+
+    /// [`Self::read_for_authorize`] of a valid tenant id, with its record
+    /// only if `with_tenant` (the edge, which reads the record for its own
+    /// limits at the same time, leaves it out).
+    pub async fn read_for_authorize_of(
+        &self,
+        id: &TenantId,
+        connection: Option<&str>,
+        with_tenant: bool,
+    ) -> Result<ConfigSnapshot, StoreError> {
         let named = connection.and_then(|c| ConnectionId::parse(c).ok());
         let want = ConfigWant {
-            tenant: super::FreshTenant::for_id(fresh, &id).is_none(),
+            tenant: with_tenant,
             set: true,
             connections: match &named {
                 Some(c) => Connections::Named(c),
                 None => Connections::All,
             },
         };
-        Some(self.read_config(&id, want).await)
+        self.read_config(id, want).await
     }
 }
 
