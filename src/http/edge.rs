@@ -411,9 +411,12 @@ async fn admit(
         parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
     }
-    if class == RouteClass::Authorize && parts.method == Method::GET {
+    if state.edge.throttle.enabled && class == RouteClass::Authorize && parts.method == Method::GET {
         let query = super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes());
         authorize_names = named_by_authorize(&query);
+        if tenant.is_none() {
+            tenant = form_tenant(class, &query);
+        }
     }
     if class == RouteClass::Authorize && tenant.is_none() {
         tenant = parts.uri.query().and_then(|q| {
