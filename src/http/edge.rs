@@ -411,19 +411,17 @@ async fn admit(
         parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
     }
-    if state.edge.throttle.enabled && class == RouteClass::Authorize && parts.method == Method::GET {
+    // A GET /authorize names everything in its query; a POST whose form
+    // names no tenant may name it there. (Only the limits use these.)
+    let get = parts.method == Method::GET;
+    if state.edge.throttle.enabled && class == RouteClass::Authorize && (get || tenant.is_none()) {
         let query = super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes());
-        authorize_names = named_by_authorize(&query);
+        if get {
+            authorize_names = named_by_authorize(&query);
+        }
         if tenant.is_none() {
             tenant = form_tenant(class, &query);
         }
-    }
-    if class == RouteClass::Authorize && tenant.is_none() {
-        tenant = parts.uri.query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "tenant")
-                .map(|(_, v)| v.into_owned())
-        });
     }
     let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
     let mut parts = parts;

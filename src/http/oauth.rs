@@ -253,7 +253,8 @@ pub async fn authorize_get(
         state,
         session,
         &headers,
-        (fresh.map(|e| e.0), prefetched.map(|e| e.0)),
+        fresh.map(|e| e.0),
+        prefetched.map(|e| e.0),
         pairs,
     )
     .await
@@ -272,22 +273,24 @@ pub async fn authorize_post(
         state,
         session,
         &headers,
-        (fresh.map(|e| e.0), prefetched.map(|e| e.0)),
+        fresh.map(|e| e.0),
+        prefetched.map(|e| e.0),
         pairs,
     )
     .await
 }
 
-/// `read`: what the edge read for this request, if anything: the tenant
-/// record, and the app and tenant configuration the request names.
+/// `fresh` and `prefetched`: what the edge read for this request, if
+/// anything (the tenant record; the app and tenant configuration the
+/// request names).
 async fn authorize(
     state: Arc<AppState>,
     session: Session,
     headers: &HeaderMap,
-    read: (Option<FreshTenant>, Option<Arc<PrefetchedAuthorize>>),
+    fresh: Option<FreshTenant>,
+    prefetched: Option<Arc<PrefetchedAuthorize>>,
     pairs: Vec<(String, String)>,
 ) -> Response {
-    let (fresh, prefetched) = read;
     let params = match single_valued(pairs) {
         Ok(p) => p,
         Err(k) => {
