@@ -256,7 +256,7 @@ async fn sp_certificates(
     let mut cfg = cfg.clone();
     let now = s.upstream.clock.now();
     let outcome = match step.as_str() {
-        "rotate" => crate::upstream::saml::rotate_sp_key(&mut cfg, &old, now),
+        "rotate" => crate::upstream::saml::rotate_sp_key(&mut cfg, &old, now).await,
         "activate" | "promote" => crate::upstream::saml::activate_sp_key(&mut cfg, now),
         "retire" => crate::upstream::saml::retire_sp_key(&mut cfg),
         _ => {

@@ -292,7 +292,7 @@ async fn after_rotate_an_assertion_encrypted_to_the_new_sp_certificate_decrypts_
     let old_metadata = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
     let old_b64 = cert_b64(&cfg.sp_certificate_pem);
 
-    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).unwrap();
+    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).await.unwrap();
     let conn = connection("acme", "pysaml2", cfg.clone());
     let published = saml::sp_metadata_xml(&conn, &cfg, &ctx).unwrap();
     let new_b64 = cert_b64(&cfg.sp_next_key.as_ref().unwrap().certificate_pem);
@@ -396,7 +396,7 @@ async fn authn_requests_are_signed_with_the_new_sp_key_only_after_activate() {
         }
     };
     let conn = connection("acme", "pysaml2", cfg.clone());
-    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).unwrap();
+    saml::rotate_sp_key(&mut cfg, &conn, SystemClock.now()).await.unwrap();
     let new_pem = cfg.sp_next_key.as_ref().unwrap().certificate_pem.clone();
     let url = begin(&cfg).await;
     assert!(

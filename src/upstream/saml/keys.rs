@@ -17,6 +17,33 @@ pub(crate) struct SpKeys {
     pub certificate_pem: String,
 }
 
+/// [`generate`] on tokio's blocking pool, for request paths (creating a
+/// connection, rotating its SP certificate). An RSA 2048 key takes tens to
+/// hundreds of milliseconds of CPU (prime search is random); on an async
+/// worker that stalls every request queued behind it, and a few admins
+/// creating connections at once held the workers long enough for other
+/// requests' store operations to hit their response timeout (503s, found
+/// creating 2,000 tenants with `portcullis-load --tenants 2000`). The
+/// failure's detail is logged here; callers answer a fixed message.
+pub(crate) async fn generate_off_worker(common_name: String, now_unix: i64) -> Result<SpKeys, KeyGenerationFailed> {
+    let outcome = tokio::task::spawn_blocking(move || generate(&common_name, now_unix)).await;
+    match outcome {
+        Ok(Ok(keys)) => Ok(keys),
+        Ok(Err(e)) => {
+            tracing::error!(reason = "saml.sp_key_generation_failed", detail = %e, "could not generate an SP key pair");
+            Err(KeyGenerationFailed)
+        }
+        Err(e) => {
+            tracing::error!(reason = "saml.sp_key_generation_failed", detail = %e, "SP key generation task failed");
+            Err(KeyGenerationFailed)
+        }
+    }
+}
+
+/// The SP key pair could not be generated (the detail is logged).
+#[derive(Debug)]
+pub(crate) struct KeyGenerationFailed;
+
 /// Generates an RSA 2048 key and a ten-year self-signed certificate starting at `now_unix`.
 /// Validity dates do not matter to SAML peers (they pin the key), but they must be sane.
 pub(crate) fn generate(common_name: &str, now_unix: i64) -> Result<SpKeys, openssl::error::ErrorStack> {
@@ -99,4 +126,27 @@ pub(crate) fn describe(cert: &X509, usage: &str, state: Option<&str>) -> serde_j
         o.insert("state".into(), serde_json::json!(state));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future as _;
+    use std::task::Poll;
+
+    /// On a single-threaded runtime, the generation is handed to the
+    /// blocking pool: its future is pending at once, so the worker that polls
+    /// it goes on with other tasks. Generated inline, as it was, the future is
+    /// ready on its first poll, having held the worker for the whole key.
+    #[tokio::test(flavor = "current_thread")]
+    async fn sp_keys_are_generated_off_the_async_worker() {
+        let mut keys = std::pin::pin!(generate_off_worker("acme/okta".into(), 1_700_000_000));
+        let first = std::future::poll_fn(|cx| Poll::Ready(keys.as_mut().poll(cx).is_pending())).await;
+        assert!(first, "the key was generated on the async worker");
+        let keys = keys.await.expect("generated");
+        let material = load(&keys.private_key_pem, &keys.certificate_pem).expect("usable");
+        assert_eq!(material.key.bits(), 2048);
+        let cert = X509::from_pem(keys.certificate_pem.as_bytes()).expect("certificate");
+        assert!(cert.public_key().expect("key").public_eq(&material.key));
+    }
 }

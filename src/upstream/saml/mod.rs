@@ -194,7 +194,7 @@ pub struct RotationError(pub &'static str);
 ///    (or automatically `sp_key_overlap_secs` after step 2).
 ///
 /// The SP entity id and ACS URL never change.
-pub fn rotate_sp_key(
+pub async fn rotate_sp_key(
     cfg: &mut SamlConfig,
     connection: &Connection,
     now: chrono::DateTime<chrono::Utc>,
@@ -209,10 +209,11 @@ pub fn rotate_sp_key(
             "the previous SP certificate is still in use: retire it first",
         ));
     }
-    let sp = keys::generate(
-        &format!("Portcullis SAML SP {}/{}", connection.tenant, connection.id),
+    let sp = keys::generate_off_worker(
+        format!("Portcullis SAML SP {}/{}", connection.tenant, connection.id),
         now.timestamp(),
     )
+    .await
     .map_err(|_| RotationError("could not generate the SP key pair"))?;
     cfg.sp_previous_key = None;
     cfg.sp_next_key = Some(SpKeyPair {

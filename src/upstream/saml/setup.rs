@@ -280,8 +280,9 @@ async fn build(
             private_key_pem: e.sp_private_key_pem.clone(),
             certificate_pem: e.sp_certificate_pem.clone(),
         },
-        None => keys::generate(&format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
-            .map_err(|e| SetupError::new("kind", format!("could not generate the SP key pair: {e}")))?,
+        None => keys::generate_off_worker(format!("Portcullis SAML SP {tenant}/{connection}"), ctx.clock.unix())
+            .await
+            .map_err(|_| SetupError::new("kind", "could not generate the SP key pair"))?,
     };
     if idp.want_authn_requests_signed && !req.sign_authn_requests {
         tracing::info!(tenant = %tenant, connection = %connection, "IdP wants signed AuthnRequests: signing them");
