@@ -46,7 +46,8 @@ pub(crate) struct KeyGenerationFailed;
 
 /// Generates an RSA 2048 key and a ten-year self-signed certificate starting at `now_unix`.
 /// Validity dates do not matter to SAML peers (they pin the key), but they must be sane.
-pub(crate) fn generate(common_name: &str, now_unix: i64) -> Result<SpKeys, openssl::error::ErrorStack> {
+/// Private: request paths go through [`generate_off_worker`].
+fn generate(common_name: &str, now_unix: i64) -> Result<SpKeys, openssl::error::ErrorStack> {
     let rsa = Rsa::generate(2048)?;
     let key = PKey::from_rsa(rsa)?;
     let mut name = X509NameBuilder::new()?;
