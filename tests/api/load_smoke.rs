@@ -74,9 +74,11 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
             assert_eq!((authorized, finished), (s.ok, s.ok), "{s:#?}");
         }
     }
-    // Each scenario's run on CLOCK_MONOTONIC (what `scripts/perf` cuts a
-    // recording by): it holds the timed stages, and the runs follow each
-    // other without overlapping.
+    // Each scenario's measured run on CLOCK_MONOTONIC (what `scripts/perf`
+    // cuts a recording and callgrind's dumps by): it holds the timed stages
+    // (a preparation before them through the gateway, such as code-grant's
+    // minting, is not in it), and the runs follow each other without
+    // overlapping.
     let windows: Vec<[f64; 2]> = report
         .scenarios
         .iter()
@@ -93,6 +95,34 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
             start,
             end
         );
+    }
+    for (s, [start, end]) in report.scenarios.iter().zip(&windows) {
+        let stages: Vec<[f64; 2]> = s
+            .stages
+            .iter()
+            .map(|st| {
+                st.monotonic_s
+                    .unwrap_or_else(|| panic!("no window for a stage of {}", s.scenario.name()))
+            })
+            .collect();
+        for [a, b] in &stages {
+            assert!(
+                start <= a && a <= b && b <= end,
+                "{} stage {a}-{b} outside {start}-{end}",
+                s.scenario.name()
+            );
+        }
+        if s.stages.len() == 1 && s.prepare_s > 0.0 {
+            // One stage after a preparation: the window is that stage
+            // (microseconds more than its timing), not the preparation too.
+            assert!(
+                end - start < s.elapsed_s + s.prepare_s,
+                "{} ran {start}-{end}, timed {} s, prepared {} s",
+                s.scenario.name(),
+                s.elapsed_s,
+                s.prepare_s
+            );
+        }
     }
     for pair in windows.windows(2) {
         assert!(pair[1][0] >= pair[0][1], "overlapping runs: {windows:?}");
@@ -214,6 +244,8 @@ async fn sign_ins_spread_over_several_tenants() {
     let report = portcullis_load::run(&opts).await.expect("the generator's setup");
     assert_all_succeeded(&report, &scenarios);
     assert_eq!(report.tenants.len(), 3, "{:?}", report.tenants);
+    // Before the first window, one untimed sign-in per tenant and protocol.
+    assert_eq!(report.tenant_warmup_signins, 6);
     // Every tenant got users from the sign-ins.
     for t in &report.tenants {
         let users = app
@@ -352,4 +384,52 @@ async fn minting_codes_ahead_stops_before_the_first_would_expire() {
         s.prepare_s
     );
     assert!(s.ok < 50_000, "{s:#?}");
+}
+
+/// `--pause-after-setup`: the generator sets up, creates the file and
+/// waits; no scenario runs until the file says `resume` with the gateway's
+/// process ids (here the Redis server's, an outside process, so the switch
+/// shows), and the scenarios are then charged to those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generator_waits_after_its_setup_until_told_the_gateways_new_pids() {
+    let server = redis::RedisServer::start();
+    let app = spawn_app(AppOptions {
+        redis_url: Some(server.url()),
+        ..options()
+    })
+    .await;
+    let file = std::env::temp_dir().join(format!(
+        "portcullis-load-paused-{}-{}",
+        std::process::id(),
+        redis::prefix()
+    ));
+    let _ignored = std::fs::remove_file(&file);
+    let mut opts = smoke(&app);
+    let scenarios = vec![Scenario::SamlSignin, Scenario::Refresh];
+    opts.scenario = scenarios.clone();
+    opts.pause_after_setup = Some(file.clone());
+    let (watch, pid) = (file.clone(), server.pid());
+    let resumer = tokio::spawn(async move {
+        while !watch.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Still paused a while later: nothing runs before the resume.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let resumed_at = portcullis_load::engine::monotonic_s().expect("CLOCK_MONOTONIC");
+        std::fs::write(&watch, format!("resume {pid}\n")).expect("the pause file is writable");
+        resumed_at
+    });
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    let resumed_at = resumer.await.expect("the resumer");
+    let _ignored = std::fs::remove_file(&file);
+    assert_all_succeeded(&report, &scenarios);
+    assert_eq!(report.gateway_pids, vec![server.pid()]);
+    for s in &report.scenarios {
+        let [start, _] = s.monotonic_window_s.expect("a window");
+        assert!(
+            start >= resumed_at,
+            "{} started at {start}, resumed at {resumed_at}",
+            s.scenario.name()
+        );
+    }
 }

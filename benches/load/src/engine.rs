@@ -55,6 +55,8 @@ pub struct Stage<T> {
     pub redis_cpu_secs: Option<f64>,
     /// The commands Redis ran over the window (with its URL).
     pub redis_commands: Option<CommandStats>,
+    /// The window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
+    pub monotonic_s: Option<[f64; 2]>,
 }
 
 /// Per Redis command (lowercase, as `INFO commandstats` names it): calls
@@ -287,6 +289,7 @@ where
         keep,
     }));
     let window = watched.open().await;
+    let monotonic_start = monotonic_s();
     let start = Instant::now();
     let deadline = bounds.duration.map(|d| start + d);
     let limit = bounds.limit.unwrap_or(usize::MAX);
@@ -355,6 +358,7 @@ where
         }
     }
     let elapsed = start.elapsed();
+    let monotonic = monotonic_start.zip(monotonic_s()).map(|(a, b)| [a, b]);
     let Used {
         cpu: used,
         commands: redis_commands,
@@ -376,6 +380,7 @@ where
             system_cpu_secs: used.gateway_system,
             redis_cpu_secs: used.redis,
             redis_commands,
+            monotonic_s: monotonic,
         };
     };
     Stage {
@@ -390,6 +395,7 @@ where
         system_cpu_secs: used.gateway_system,
         redis_cpu_secs: used.redis,
         redis_commands,
+        monotonic_s: monotonic,
     }
 }
 

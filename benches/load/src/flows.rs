@@ -360,6 +360,48 @@ impl World {
         self.inner.http.replicas()
     }
 
+    /// With sign-ins spread over several tenants (`--tenants`), one
+    /// untimed whole sign-in per tenant over SAML and one over OIDC,
+    /// `--concurrency` at a time (at most 16), so that the windows measure what a long-running replica
+    /// spends: a connection's first use on a replica builds its connector
+    /// (its keys and certificates parsed), which a warm-up of a few seconds
+    /// does not reach for every tenant. Answers how many sign-ins it made.
+    pub async fn warm_tenants(&self, saml: bool, oidc: bool, concurrency: usize) -> Result<usize, String> {
+        let n = self.inner.sites.len();
+        if n <= 1 {
+            return Ok(0);
+        }
+        let mut done = 0;
+        for protocol in [saml.then_some(true), oidc.then_some(false)].into_iter().flatten() {
+            for batch in (0..n).collect::<Vec<_>>().chunks(concurrency.clamp(1, 16)) {
+                let set: Vec<_> = batch
+                    .iter()
+                    .map(|&i| {
+                        let w = self.inner.clone();
+                        async move {
+                            let pending = w.authorize(i, protocol).await?;
+                            let answered = w.answer(pending, protocol)?;
+                            w.finish_signin(&answered, protocol).await
+                        }
+                    })
+                    .collect();
+                for res in futures_join(set).await {
+                    res.map_err(|e| format!("warming the tenants: {e}"))?;
+                    done += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Charges the scenarios' windows to `watched` from now on (the
+    /// gateway was restarted after the setup: `--pause-after-setup`).
+    pub fn watch(&mut self, watched: Watched) -> Result<(), String> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or("the setup's state is still shared")?;
+        inner.watched = watched;
+        Ok(())
+    }
+
     /// The tenants the sign-ins go to, in order.
     pub fn tenants(&self) -> Vec<String> {
         self.inner.sites.iter().map(|s| s.tenant.clone()).collect()
@@ -508,6 +550,7 @@ impl World {
             max_in_flight: w.max_in_flight,
         };
         let measured = w.watched.open().await;
+        let m0 = engine::monotonic_s();
         let t0 = Instant::now();
         let (wa, tx, sm, ae) = (
             w.clone(),
@@ -584,6 +627,8 @@ impl World {
         };
         let (a, b) = tokio::join!(first, second);
         let elapsed = t0.elapsed();
+        // Both halves overlap: the window is the scenario's, around both.
+        r.monotonic_window_s = m0.zip(engine::monotonic_s()).map(|(a, b)| [a, b]);
         let engine::Used { cpu: used, commands } = measured.close().await;
         r.stages.push(stage_report("authorize", &a));
         r.stages.push(stage_report(
@@ -950,6 +995,7 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         gateway_cpu_s: s.cpu_secs,
         gateway_system_cpu_s: s.system_cpu_secs,
         redis_cpu_s: s.redis_cpu_secs,
+        monotonic_s: s.monotonic_s,
     }
 }
 
@@ -1565,6 +1611,30 @@ fn attr(xml: &str, name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The measured window runs from the first stage's start to the last
+    /// one's end, and is unknown when a stage's is.
+    #[test]
+    fn the_measured_window_spans_the_timed_stages() {
+        let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
+        let stage = |w: Option<[f64; 2]>| StageReport {
+            name: "s".into(),
+            ok: 1,
+            errors: 0,
+            shed: 0,
+            elapsed_s: 1.0,
+            latency_ms: Latency::default(),
+            gateway_cpu_s: None,
+            gateway_system_cpu_s: None,
+            redis_cpu_s: None,
+            monotonic_s: w,
+        };
+        assert_eq!(r.measured_window(), None);
+        r.stages = vec![stage(Some([10.0, 11.0])), stage(Some([11.5, 13.0]))];
+        assert_eq!(r.measured_window(), Some([10.0, 13.0]));
+        r.stages.push(stage(None));
+        assert_eq!(r.measured_window(), None);
+    }
+
     #[test]
     fn the_summary_line_gives_the_kernels_share_of_the_gateways_cpu() {
         let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
@@ -1582,6 +1652,7 @@ mod tests {
             system_cpu_secs: Some(0.375),
             redis_cpu_secs: None,
             redis_commands: None,
+            monotonic_s: None,
         };
         absorb(&mut r, &s);
         absorb(&mut r, &s);

@@ -173,7 +173,10 @@ pub struct Options {
     pub users: usize,
     /// Tenants the sign-ins are spread over (sign-in i goes to tenant
     /// i mod N), each with its own SAML and OIDC connection; the generator
-    /// creates them through the admin API. To fill Redis with many more
+    /// creates them through the admin API, and before the first scenario
+    /// signs in once to each over SAML and once over OIDC, untimed (a
+    /// connection's first use on a replica builds its connector), so the
+    /// windows see a long-running replica. To fill Redis with many more
     /// tenants and users than are signed in to, see `portcullis-load seed`.
     #[arg(long, default_value_t = 1)]
     pub tenants: usize,
@@ -212,6 +215,13 @@ pub struct Options {
     /// Write the JSON report here (`-` for stdout).
     #[arg(long)]
     pub json: Option<String>,
+    /// After the setup, create this file and wait until it holds a line
+    /// `resume <pid>[,<pid>...]`, the gateway's process ids from then on:
+    /// the caller restarts the gateway in between on the same store (for
+    /// instance under a profiler, so that the setup's key generation runs at
+    /// full speed), and the scenarios then charge the new processes.
+    #[arg(long)]
+    pub pause_after_setup: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -315,6 +325,8 @@ pub struct StageReport {
     pub gateway_system_cpu_s: Option<f64>,
     /// Redis CPU seconds in the stage (with `--redis-pid`).
     pub redis_cpu_s: Option<f64>,
+    /// The stage's window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
+    pub monotonic_s: Option<[f64; 2]>,
 }
 
 /// The result of one scenario.
@@ -367,11 +379,15 @@ pub struct ScenarioReport {
     pub started_s: Option<f64>,
     /// See `started_s`.
     pub ended_s: Option<f64>,
-    /// The scenario's run (its untimed preparation and its timed stages,
-    /// not the warm-up) as `[start, end]` seconds on `CLOCK_MONOTONIC`: the
-    /// window to cut from a `perf record -k CLOCK_MONOTONIC` of the gateway
-    /// (`perf script --time start,end`), so a profile leaves out the setup
-    /// and the other scenarios (`scripts/perf` with `PERF_FLAMEGRAPH`).
+    /// The scenario's measured run, from the start of its first timed
+    /// stage to the end of its last (with what runs between them, such as
+    /// a sign-in's signing of responses; open loop, a sign-in's two
+    /// overlapping halves and the window around them), as `[start, end]` seconds on
+    /// `CLOCK_MONOTONIC`: the window to cut from a `perf record -k
+    /// CLOCK_MONOTONIC` or a callgrind run of the gateway (`scripts/perf`
+    /// with `PERF_FLAMEGRAPH` or `PERF_CALLGRIND`), so a profile leaves out
+    /// the setup, the warm-up, the preparation before the first stage (the
+    /// codes `code-grant` mints through the gateway) and the other scenarios.
     pub monotonic_window_s: Option<[f64; 2]>,
     /// Untimed preparation (signing responses, minting ID tokens), seconds.
     pub prepare_s: f64,
@@ -425,6 +441,17 @@ pub struct RedisCommand {
 }
 
 impl ScenarioReport {
+    /// [`Self::monotonic_window_s`] from the timed stages' windows: the
+    /// first one's start to the last one's end (`None` without stages, or
+    /// with a stage whose window was not read).
+    pub fn measured_window(&self) -> Option<[f64; 2]> {
+        let windows: Option<Vec<[f64; 2]>> = self.stages.iter().map(|s| s.monotonic_s).collect();
+        let windows = windows?;
+        let start = windows.iter().map(|w| w[0]).reduce(f64::min)?;
+        let end = windows.iter().map(|w| w[1]).reduce(f64::max)?;
+        Some([start, end])
+    }
+
     /// The kernel's share of the gateway's CPU time (`None` without both
     /// figures or with no CPU time at all).
     pub fn system_share(&self) -> Option<f64> {
@@ -482,6 +509,9 @@ pub struct Report {
     pub scenarios: Vec<ScenarioReport>,
     /// The tenants the sign-ins went to (`--tenants`), created for this run.
     pub tenants: Vec<String>,
+    /// The untimed sign-ins made before the first scenario, one per tenant
+    /// and protocol the scenarios sign in with (none with one tenant).
+    pub tenant_warmup_signins: usize,
     /// Signing certificates in each SAML connection's metadata (`--idp-certificates`).
     pub idp_certificates: u16,
     /// The size of that metadata document, bytes.
@@ -608,13 +638,51 @@ pub fn pin(cpus: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
+/// `--pause-after-setup`: creates `file`, then waits for its `resume` line
+/// and answers the process ids it names.
+async fn pause(file: &std::path::Path) -> Result<Vec<u32>, String> {
+    std::fs::write(file, "paused after setup\n").map_err(|e| format!("--pause-after-setup {}: {e}", file.display()))?;
+    eprintln!(
+        "portcullis-load: paused after setup; waiting for `resume <pid>` in {}",
+        file.display()
+    );
+    loop {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("--pause-after-setup {}: {e}", file.display()))?;
+        if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("resume ")) {
+            return parse_pids(rest);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `1234` or `1234,1235`: process ids.
+fn parse_pids(s: &str) -> Result<Vec<u32>, String> {
+    let pids: Result<Vec<u32>, _> = s.split(',').map(|p| p.trim().parse::<u32>()).collect();
+    match pids {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => Err(format!("--pause-after-setup: `resume {s}` does not name process ids")),
+    }
+}
+
 /// Sets up and runs every scenario of `opts`, printing each summary line as
 /// it completes.
 pub async fn run(opts: &Options) -> Result<Report, String> {
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let world = flows::World::setup(opts).await?;
+    let mut world = flows::World::setup(opts).await?;
+    let resumed;
+    let opts = match &opts.pause_after_setup {
+        Some(file) => {
+            let pids = pause(file).await?;
+            let mut o = opts.clone();
+            o.gateway_pid = pids;
+            world.watch(o.watched())?;
+            resumed = o;
+            &resumed
+        }
+        None => opts,
+    };
     if opts.idp_certificates > 1 {
         println!(
             "idp metadata: {} signing certificates, {} bytes",
@@ -630,6 +698,21 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             ));
         }
     }
+    let scenarios = opts.scenarios();
+    let t = std::time::Instant::now();
+    let warmed = world
+        .warm_tenants(
+            scenarios.contains(&Scenario::SamlSignin),
+            scenarios.contains(&Scenario::OidcSignin),
+            opts.concurrency,
+        )
+        .await?;
+    if warmed > 0 {
+        eprintln!(
+            "portcullis-load: {warmed} untimed sign-ins, one per tenant and protocol, in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let sampler = (!opts.gateway_pid.is_empty()).then(|| RssSampler::start(opts.watched()));
     let mut scenarios = Vec::new();
     for s in opts.scenarios() {
@@ -637,9 +720,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             let _discarded = world.scenario(s, Duration::from_secs_f64(opts.warmup), false).await;
         }
         let started = sampler.as_ref().map(RssSampler::since_start);
-        let clock_start = engine::monotonic_s();
         let mut r = world.scenario(s, opts.window(), true).await;
-        r.monotonic_window_s = clock_start.zip(engine::monotonic_s()).map(|(a, b)| [a, b]);
+        if r.monotonic_window_s.is_none() {
+            r.monotonic_window_s = r.measured_window();
+        }
         r.started_s = started;
         r.ended_s = sampler.as_ref().map(RssSampler::since_start);
         println!("{}", r.line());
@@ -669,6 +753,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         gateway_rss_kib_per_s: rss,
         gateway_rss_summary: summary,
         tenants: world.tenants(),
+        tenant_warmup_signins: warmed,
         idp_certificates: opts.idp_certificates,
         idp_metadata_bytes: world.idp_metadata_bytes(),
         url: opts.url.to_string(),
