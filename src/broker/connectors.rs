@@ -57,7 +57,7 @@ impl ConnectorCache {
                     format!("no connection {tenant}/{connection}"),
                 )
             })?;
-        let built = self.for_record(&stored, ctx).await?;
+        let built = self.for_record(&stored, ctx)?;
         Ok((built, stored))
     }
 
@@ -104,7 +104,7 @@ impl ConnectorCache {
                     format!("no connection {tenant}/{connection}"),
                 )
             })?;
-        let built = self.for_record(&stored, ctx).await?;
+        let built = self.for_record(&stored, ctx)?;
         Ok((built, stored, snapshot))
     }
 
@@ -113,17 +113,7 @@ impl ConnectorCache {
     /// the fingerprint read in this request): the cached connector when it
     /// was built from the same revision, else a new one. Never a record
     /// kept elsewhere in memory: that read is what re-validates the cache.
-    ///
-    /// A new one is built on tokio's blocking pool: building parses the
-    /// IdP's certificates and the SP's keys (1.5-1.8 ms of CPU for a SAML
-    /// connection), and a replica started under load builds one per active
-    /// connection at once, which on the async workers would hold up every
-    /// request of the connections already built.
-    pub async fn for_record(
-        &self,
-        stored: &Connection,
-        ctx: &UpstreamContext,
-    ) -> Result<Arc<dyn Connector>, UpstreamError> {
+    pub fn for_record(&self, stored: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn Connector>, UpstreamError> {
         let key = (stored.tenant.clone(), stored.id.clone());
         {
             let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,13 +123,7 @@ impl ConnectorCache {
                 }
             }
         }
-        let (record, context) = (stored.clone(), ctx.clone());
-        let built = tokio::task::spawn_blocking(move || upstream::build(&record, &context))
-            .await
-            .map_err(|e| {
-                tracing::error!(reason = "connector.build_failed", tenant = %stored.tenant, connection = %stored.id, error = %e, "building a connector did not complete");
-                UpstreamError::internal("connector.build_failed", e.to_string())
-            })??;
+        let built = upstream::build(stored, ctx)?;
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(key, (stored.revision, built.clone()));
         Ok(built)
@@ -149,64 +133,5 @@ impl ConnectorCache {
     pub fn forget(&self, tenant: &TenantId, connection: &ConnectionId) {
         let key = (tenant.clone(), connection.clone());
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::upstream::dev::DevConfig;
-    use crate::upstream::http::{OutboundConfig, OutboundHttp};
-    use crate::upstream::{ConnectionKind, ConnectionStatus};
-    use std::future::Future;
-    use std::task::Poll;
-
-    fn context() -> UpstreamContext {
-        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
-        UpstreamContext {
-            http: OutboundHttp::new(OutboundConfig::default()).unwrap(),
-            store: Arc::new(crate::store::memory::MemoryStore::new(clock.clone())),
-            clock,
-            public_url: url::Url::parse("https://sso.example.com/").unwrap(),
-            clock_skew_secs: 60,
-        }
-    }
-
-    fn record(revision: u64) -> Connection {
-        Connection {
-            id: ConnectionId::parse("dev").unwrap(),
-            tenant: TenantId::parse("acme").unwrap(),
-            revision,
-            status: ConnectionStatus::Active,
-            kind: ConnectionKind::Dev(DevConfig {}),
-        }
-    }
-
-    /// Whether the first poll of `f` is pending (it waited on something,
-    /// here the blocking pool), then its output.
-    async fn first_poll_pending<F: Future>(f: F) -> (bool, F::Output) {
-        let mut f = std::pin::pin!(f);
-        let first = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(out) => (false, out),
-            Poll::Pending => (true, f.await),
-        }
-    }
-
-    /// A connector is built on the blocking pool (the first poll waits for
-    /// it), kept for its record's revision (answered at once, the same
-    /// one), and built anew for another revision.
-    #[tokio::test(flavor = "current_thread")]
-    async fn connectors_are_built_off_the_async_worker_once_per_revision() {
-        let (cache, ctx) = (ConnectorCache::default(), context());
-        let (pending, first) = first_poll_pending(cache.for_record(&record(1), &ctx)).await;
-        assert!(pending, "the connector was built on the async worker");
-        let first = first.unwrap();
-        let (pending, again) = first_poll_pending(cache.for_record(&record(1), &ctx)).await;
-        assert!(!pending, "a kept connector waited");
-        assert!(Arc::ptr_eq(&first, &again.unwrap()));
-        let (pending, changed) = first_poll_pending(cache.for_record(&record(2), &ctx)).await;
-        assert!(pending, "a changed connection was not built again");
-        assert!(!Arc::ptr_eq(&first, &changed.unwrap()));
     }
 }

@@ -596,7 +596,7 @@ impl Broker {
     ) -> Outcome {
         let tenant = tenant_record.id.clone();
         let connection = record.id.clone();
-        let connector = match self.connectors.for_record(&record, &self.upstream).await {
+        let connector = match self.connectors.for_record(&record, &self.upstream) {
             Ok(c) => c,
             Err(e) => return self.upstream_failed(Some(&req), &tenant, &connection, e),
         };

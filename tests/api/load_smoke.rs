@@ -241,12 +241,24 @@ async fn sign_ins_spread_over_several_tenants() {
     opts.users = 6;
     let scenarios = vec![Scenario::SamlSignin, Scenario::OidcSignin];
     opts.scenario = scenarios.clone();
+    // By default, one untimed sign-in per tenant and protocol comes before
+    // the first window.
+    let warm = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&warm, &scenarios);
+    assert_eq!(warm.tenants.len(), 3, "{:?}", warm.tenants);
+    assert_eq!(warm.tenant_warmup_signins, 6);
+    // `--cold-tenants`: none, so only the measured sign-ins reach the
+    // (new) tenants.
+    opts.cold_tenants = true;
     let report = portcullis_load::run(&opts).await.expect("the generator's setup");
     assert_all_succeeded(&report, &scenarios);
+    assert_eq!(report.tenant_warmup_signins, 0);
     assert_eq!(report.tenants.len(), 3, "{:?}", report.tenants);
-    // Before the first window, one untimed sign-in per tenant and protocol.
-    assert_eq!(report.tenant_warmup_signins, 6);
-    // Every tenant got users from the sign-ins.
+    assert!(
+        report.tenants.iter().all(|t| !warm.tenants.contains(t)),
+        "a run's tenants are its own"
+    );
+    // Every tenant got users from the measured sign-ins.
     for t in &report.tenants {
         let users = app
             .client
