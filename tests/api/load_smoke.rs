@@ -95,8 +95,6 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
             start,
             end
         );
-    }
-    for (s, [start, end]) in report.scenarios.iter().zip(&windows) {
         let stages: Vec<[f64; 2]> = s
             .stages
             .iter()

@@ -362,10 +362,11 @@ impl World {
 
     /// With sign-ins spread over several tenants (`--tenants`), one
     /// untimed whole sign-in per tenant over SAML and one over OIDC,
-    /// `--concurrency` at a time (at most 16), so that the windows measure what a long-running replica
-    /// spends: a connection's first use on a replica builds its connector
-    /// (its keys and certificates parsed), which a warm-up of a few seconds
-    /// does not reach for every tenant. Answers how many sign-ins it made.
+    /// `--concurrency` at a time (at most 16), so that the windows measure
+    /// what a long-running replica spends: a connection's first use on a
+    /// replica builds its connector (its keys and certificates parsed),
+    /// which a warm-up of a few seconds does not reach for every tenant.
+    /// Answers how many sign-ins it made.
     pub async fn warm_tenants(&self, saml: bool, oidc: bool, concurrency: usize) -> Result<usize, String> {
         let n = self.inner.sites.len();
         if n <= 1 {
