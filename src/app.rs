@@ -151,8 +151,9 @@ pub async fn build(
     .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
     let directory = Directory::new(store.clone(), clock.clone());
     let clients = ClientRegistry::new(store.clone());
-    let tenants = TenantRegistry::new(store.clone(), clock.clone());
-    let connectors = ConnectorCache::default();
+    let cached = settings.upstream.cached_connections;
+    let tenants = TenantRegistry::new(store.clone(), clock.clone()).keeping_connections(cached);
+    let connectors = ConnectorCache::new(cached);
     let refresher = crate::broker::upstream_refresh::UpstreamRefresher::new(
         tenants.clone(),
         upstream.clone(),

@@ -54,6 +54,16 @@ pub const METADATA_REFRESHES: &str = "portcullis_metadata_refreshes_total";
 pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
 /// Calls of tenants' hooks by kind and outcome (`hook.answered` or the failure's reason code).
 pub const HOOK_CALLS: &str = "portcullis_hook_calls_total";
+/// Connections' validators built (parsed IdP certificates and keys): a
+/// connection's first use on the replica, after a change, or after being
+/// dropped from the bounded cache.
+pub const CONNECTOR_BUILDS: &str = "portcullis_connector_builds_total";
+/// Built validators dropped from the cache to stay within `[upstream] cached_connections`.
+pub const CONNECTOR_EVICTIONS: &str = "portcullis_connector_evictions_total";
+/// Built validators the replica keeps now, read at scrape time.
+pub const CONNECTORS_CACHED: &str = "portcullis_connectors_cached";
+/// The replica's `[upstream] cached_connections`.
+pub const CONNECTORS_MAX: &str = "portcullis_connectors_cached_max";
 /// Always 1; the labels say which build is running.
 pub const BUILD_INFO: &str = "portcullis_build_info";
 
@@ -76,6 +86,10 @@ pub const NAMES: &[&str] = &[
     METADATA_REFRESHES,
     CERTIFICATE_EXPIRY,
     HOOK_CALLS,
+    CONNECTOR_BUILDS,
+    CONNECTOR_EVICTIONS,
+    CONNECTORS_CACHED,
+    CONNECTORS_MAX,
     BUILD_INFO,
 ];
 
@@ -189,6 +203,14 @@ fn describe() {
         HOOK_CALLS,
         "Calls of tenants' hooks by kind and outcome (hook.answered or the failure's reason code)."
     );
+    describe_counter!(
+        CONNECTOR_BUILDS,
+        "Connections' validators built: first use on this replica, after a change, or after eviction."
+    );
+    describe_counter!(
+        CONNECTOR_EVICTIONS,
+        "Built validators dropped to stay within [upstream] cached_connections."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
 }
 
@@ -221,6 +243,16 @@ pub fn token_issued(grant: &'static str) {
 /// (`hook.answered` or a failure's reason code).
 pub fn hook_called(kind: &'static str, outcome: &'static str) {
     metrics::counter!(HOOK_CALLS, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// A connection's validator built.
+pub fn connector_built() {
+    metrics::counter!(CONNECTOR_BUILDS).increment(1);
+}
+
+/// `count` built validators dropped from the bounded cache.
+pub fn connectors_evicted(count: usize) {
+    metrics::counter!(CONNECTOR_EVICTIONS).increment(count as u64);
 }
 
 /// A refresh token rotated.

@@ -7,6 +7,15 @@
 //! so the decoded record is kept by the tenant registry and re-validated by
 //! the fingerprint of the stored bytes read in the request (see
 //! `store::record_cache` and `tenant::snapshot`).
+//!
+//! The cache is bounded (`[upstream] cached_connections`): a built SAML
+//! connector holds its IdP's keys in xmlsec and openssl, several KB, and
+//! a replica serving every tenant of a large deployment, or outliving
+//! connections deleted through another replica, would otherwise keep one
+//! for every connection it ever served. Past the bound, the least recently
+//! used sixteenth is dropped at once (one pass over the entries per that
+//! many builds, never per request); a dropped connector is built again at
+//! its next use, as after a change.
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreError;
@@ -16,15 +25,90 @@ use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamErro
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-type Entry = (u64, Arc<dyn Connector>);
+/// How many built connectors a replica keeps unless configured otherwise
+/// (`[upstream] cached_connections`).
+pub const DEFAULT_CAPACITY: usize = 10_000;
 
-/// The cache. Cheap to clone.
-#[derive(Clone, Default)]
+type Key = (TenantId, ConnectionId);
+
+/// One built connector: the revision it was built from and when it was
+/// last used (a tick of [`Kept::tick`], unique per use).
+struct Entry {
+    revision: u64,
+    connector: Arc<dyn Connector>,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Kept {
+    entries: HashMap<Key, Entry>,
+    /// Counts uses: the order of `Entry::used`.
+    tick: u64,
+}
+
+impl Kept {
+    fn touch(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Makes room for one more entry when `capacity` is reached: drops the
+    /// least recently used sixteenth (at least one), and answers how many.
+    fn make_room(&mut self, capacity: usize) -> usize {
+        if self.entries.len() < capacity {
+            return 0;
+        }
+        let count = (self.entries.len() - capacity + 1).max(capacity / 16).min(self.entries.len());
+        let mut used: Vec<u64> = self.entries.values().map(|e| e.used).collect();
+        // Ticks are unique, so exactly `count` entries are at or below the cut.
+        let (_, cut, _) = used.select_nth_unstable(count - 1);
+        let cut = *cut;
+        self.entries.retain(|_, e| e.used > cut);
+        count
+    }
+}
+
+/// The cache. Cheap to clone (clones share the entries).
+#[derive(Clone)]
 pub struct ConnectorCache {
-    inner: Arc<Mutex<HashMap<(TenantId, ConnectionId), Entry>>>,
+    inner: Arc<Mutex<Kept>>,
+    capacity: usize,
+}
+
+impl Default for ConnectorCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
 }
 
 impl ConnectorCache {
+    /// An empty cache keeping at most `capacity` built connectors (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many built connectors are kept now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most kept at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The connector for `(tenant, connection)`, built if absent or stale.
     pub async fn get(
         &self,
@@ -116,22 +200,120 @@ impl ConnectorCache {
     pub fn for_record(&self, stored: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn Connector>, UpstreamError> {
         let key = (stored.tenant.clone(), stored.id.clone());
         {
-            let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((rev, c)) = map.get(&key) {
-                if *rev == stored.revision {
-                    return Ok(c.clone());
+            let mut kept = self.lock();
+            let now = kept.touch();
+            if let Some(entry) = kept.entries.get_mut(&key) {
+                if entry.revision == stored.revision {
+                    entry.used = now;
+                    return Ok(entry.connector.clone());
                 }
             }
         }
         let built = upstream::build(stored, ctx)?;
-        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(key, (stored.revision, built.clone()));
+        crate::meter::connector_built();
+        let mut kept = self.lock();
+        if !kept.entries.contains_key(&key) {
+            let dropped = kept.make_room(self.capacity);
+            if dropped > 0 {
+                crate::meter::connectors_evicted(dropped);
+            }
+        }
+        let used = kept.touch();
+        kept.entries.insert(
+            key,
+            Entry {
+                revision: stored.revision,
+                connector: built.clone(),
+                used,
+            },
+        );
         Ok(built)
     }
 
     /// Drops a cached connector and record (after a delete).
     pub fn forget(&self, tenant: &TenantId, connection: &ConnectionId) {
         let key = (tenant.clone(), connection.clone());
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.lock().entries.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::upstream::dev::DevConfig;
+    use crate::upstream::http::{OutboundConfig, OutboundHttp};
+    use crate::upstream::{ConnectionKind, ConnectionStatus};
+
+    fn ctx() -> UpstreamContext {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        UpstreamContext {
+            http: OutboundHttp::new(OutboundConfig::default()).unwrap(),
+            clock: clock.clone(),
+            store: Arc::new(MemoryStore::new(clock)),
+            public_url: url::Url::parse("https://sso.example.test/").unwrap(),
+            clock_skew_secs: 60,
+        }
+    }
+
+    fn dev(n: usize, revision: u64) -> Connection {
+        Connection {
+            id: ConnectionId::parse(&format!("c{n}")).unwrap(),
+            tenant: TenantId::parse("acme").unwrap(),
+            revision,
+            status: ConnectionStatus::Active,
+            kind: ConnectionKind::Dev(DevConfig {}),
+        }
+    }
+
+    #[test]
+    fn a_full_cache_drops_its_least_recently_used_sixteenth() {
+        let (cache, ctx) = (ConnectorCache::new(32), ctx());
+        let first: Vec<_> = (0..32).map(|n| cache.for_record(&dev(n, 1), &ctx).unwrap()).collect();
+        assert_eq!(cache.len(), 32);
+        // c0..c15 used again: c16 and c17 are now the least recently used.
+        for n in 0..16 {
+            assert!(Arc::ptr_eq(&cache.for_record(&dev(n, 1), &ctx).unwrap(), &first[n]));
+        }
+        cache.for_record(&dev(32, 1), &ctx).unwrap();
+        assert_eq!(cache.len(), 31, "32 / 16 = 2 dropped, 1 added");
+        for n in (0..16).chain(18..32) {
+            assert!(
+                Arc::ptr_eq(&cache.for_record(&dev(n, 1), &ctx).unwrap(), &first[n]),
+                "c{n} was kept"
+            );
+        }
+        for n in [16, 17] {
+            assert!(
+                !Arc::ptr_eq(&cache.for_record(&dev(n, 1), &ctx).unwrap(), &first[n]),
+                "c{n} was dropped and built again"
+            );
+        }
+        assert!(cache.len() <= 32);
+    }
+
+    #[test]
+    fn a_changed_revision_replaces_its_entry_and_drops_nothing_else() {
+        let (cache, ctx) = (ConnectorCache::new(2), ctx());
+        let a = cache.for_record(&dev(0, 1), &ctx).unwrap();
+        let b = cache.for_record(&dev(1, 1), &ctx).unwrap();
+        let a2 = cache.for_record(&dev(0, 2), &ctx).unwrap();
+        assert!(!Arc::ptr_eq(&a, &a2), "a new revision is built again");
+        assert_eq!(cache.len(), 2);
+        assert!(Arc::ptr_eq(&cache.for_record(&dev(1, 1), &ctx).unwrap(), &b));
+        assert!(Arc::ptr_eq(&cache.for_record(&dev(0, 2), &ctx).unwrap(), &a2));
+    }
+
+    #[test]
+    fn a_cache_of_one_keeps_the_last_used() {
+        let (cache, ctx) = (ConnectorCache::new(0), ctx());
+        assert_eq!(cache.capacity(), 1);
+        let a = cache.for_record(&dev(0, 1), &ctx).unwrap();
+        assert!(Arc::ptr_eq(&cache.for_record(&dev(0, 1), &ctx).unwrap(), &a));
+        cache.for_record(&dev(1, 1), &ctx).unwrap();
+        assert_eq!(cache.len(), 1);
+        assert!(!Arc::ptr_eq(&cache.for_record(&dev(0, 1), &ctx).unwrap(), &a));
+        cache.forget(&TenantId::parse("acme").unwrap(), &ConnectionId::parse("c0").unwrap());
+        assert!(cache.is_empty());
     }
 }

@@ -273,6 +273,12 @@ pub struct UpstreamSettings {
     /// refresh asks the IdP again, seconds (60 to 86400; a connection may
     /// set its own).
     pub refresh_interval_secs: u64,
+    /// How many connections' validators (parsed IdP certificates, keys and
+    /// endpoints) a replica keeps built, and how many decoded connection
+    /// records it keeps (`PORTCULLIS_CACHED_CONNECTIONS`, 1 to 1,000,000).
+    /// Past this the least recently used are dropped and built again at
+    /// their next sign-in.
+    pub cached_connections: usize,
 }
 
 /// `[outbound]`
@@ -496,6 +502,7 @@ impl Default for UpstreamSettings {
         Self {
             clock_skew_secs: 60,
             refresh_interval_secs: 3600,
+            cached_connections: crate::broker::connectors::DEFAULT_CAPACITY,
         }
     }
 }
@@ -657,6 +664,16 @@ impl Settings {
                     source: "PORTCULLIS_MAX_IN_FLIGHT".into(),
                     field: String::new(),
                     message: format!("expected a number of requests, found {v:?}"),
+                }),
+            }
+        }
+        if let Some(v) = env.get("PORTCULLIS_CACHED_CONNECTIONS") {
+            match v.parse::<usize>() {
+                Ok(n) => self.upstream.cached_connections = n,
+                Err(_) => problems.push(ConfigProblem {
+                    source: "PORTCULLIS_CACHED_CONNECTIONS".into(),
+                    field: String::new(),
+                    message: format!("expected a number of connections, found {v:?}"),
                 }),
             }
         }
@@ -855,6 +872,12 @@ impl Settings {
             .validate(self.dev.enabled, &mut |f: &str, m: String| bad(f, m));
         if !(0..=300).contains(&self.upstream.clock_skew_secs) {
             bad("upstream.clock_skew_secs", "must be between 0 and 300".into());
+        }
+        if !(1..=1_000_000).contains(&self.upstream.cached_connections) {
+            bad(
+                "upstream.cached_connections",
+                format!("{} is outside 1..=1000000", self.upstream.cached_connections),
+            );
         }
         if self.outbound.max_body_bytes < 1024 || self.outbound.max_body_bytes > 16 * 1024 * 1024 {
             bad("outbound.max_body_bytes", "must be between 1 KiB and 16 MiB".into());
@@ -1236,6 +1259,26 @@ routes = [
         let s = Settings::parse("[upstream]\nrefresh_interval_secs = 900\n", "x.toml").unwrap();
         assert_eq!(s.upstream.refresh_interval_secs, 900);
         assert_eq!(Settings::default().upstream.refresh_interval_secs, 3600);
+    }
+
+    #[test]
+    fn cached_connections_is_bounded() {
+        for bad in [0, 1_000_001] {
+            let s = Settings::parse(&format!("[upstream]\ncached_connections = {bad}\n"), "x.toml").unwrap();
+            let err = s.validate("x.toml").unwrap_err();
+            assert!(
+                err.0.iter().any(|p| p.field == "upstream.cached_connections"),
+                "{err}"
+            );
+        }
+        let mut s = Settings::parse("[upstream]\ncached_connections = 500\n", "x.toml").unwrap();
+        assert_eq!(s.upstream.cached_connections, 500);
+        let env: BTreeMap<String, String> = [("PORTCULLIS_CACHED_CONNECTIONS".to_string(), "2".to_string())].into();
+        s.apply_env(&env).unwrap();
+        assert_eq!(s.upstream.cached_connections, 2);
+        let bad: BTreeMap<String, String> = [("PORTCULLIS_CACHED_CONNECTIONS".to_string(), "many".to_string())].into();
+        assert!(Settings::default().apply_env(&bad).is_err());
+        assert_eq!(Settings::default().upstream.cached_connections, 10_000);
     }
 
     #[test]

@@ -81,6 +81,8 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     };
     let mut body = handle.render();
     render_in_flight(&mut body, state.in_flight.current(), state.in_flight.max());
+    let connectors = &state.broker.connectors;
+    render_connectors(&mut body, connectors.len(), connectors.capacity());
     match tokio::time::timeout(CERTIFICATES_TIMEOUT, state.tenants.certificate_expiries()).await {
         Ok(Ok(list)) => {
             let now = state.upstream.clock.unix();
@@ -112,18 +114,46 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 /// recorder, which every app in the process shares: a scrape always shows
 /// the numbers of the replica that answers it.
 fn render_in_flight(out: &mut String, current: usize, max: usize) {
-    for (name, help, value) in [
-        (
-            meter::IN_FLIGHT,
-            "Requests being served now, counted against max_in_flight (health probes and /metrics excluded).",
-            current,
-        ),
-        (
-            meter::MAX_IN_FLIGHT,
-            "The most requests this replica serves at once ([server] max_in_flight).",
-            max,
-        ),
-    ] {
+    render_gauges(
+        out,
+        [
+            (
+                meter::IN_FLIGHT,
+                "Requests being served now, counted against max_in_flight (health probes and /metrics excluded).",
+                current,
+            ),
+            (
+                meter::MAX_IN_FLIGHT,
+                "The most requests this replica serves at once ([server] max_in_flight).",
+                max,
+            ),
+        ],
+    );
+}
+
+/// The replica's built connection validators and their bound, read at
+/// scrape time from this replica's own cache (as [`render_in_flight`]).
+fn render_connectors(out: &mut String, cached: usize, max: usize) {
+    render_gauges(
+        out,
+        [
+            (
+                meter::CONNECTORS_CACHED,
+                "Connections' validators this replica keeps built (parsed IdP certificates and keys).",
+                cached,
+            ),
+            (
+                meter::CONNECTORS_MAX,
+                "The most validators this replica keeps built ([upstream] cached_connections).",
+                max,
+            ),
+        ],
+    );
+}
+
+/// Unlabelled gauges with their help and type.
+fn render_gauges<const N: usize>(out: &mut String, gauges: [(&str, &str, usize); N]) {
+    for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name} {value}");
@@ -245,6 +275,21 @@ mod tests {
         );
         assert!(
             out.contains("# TYPE portcullis_requests_max_in_flight gauge\nportcullis_requests_max_in_flight 256\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("# HELP ").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn connector_gauges_are_written_with_their_help_and_type() {
+        let mut out = String::new();
+        render_connectors(&mut out, 12, 10_000);
+        assert!(
+            out.contains("# TYPE portcullis_connectors_cached gauge\nportcullis_connectors_cached 12\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE portcullis_connectors_cached_max gauge\nportcullis_connectors_cached_max 10000\n"),
             "{out}"
         );
         assert_eq!(out.matches("# HELP ").count(), 2, "{out}");

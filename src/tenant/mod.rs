@@ -482,6 +482,13 @@ impl TenantRegistry {
         }
     }
 
+    /// The same registry keeping at most `count` decoded connection records
+    /// (`[upstream] cached_connections`; the default keeps 100,000).
+    pub fn keeping_connections(mut self, count: usize) -> Self {
+        self.kept = snapshot::Kept::with_connections(count);
+        self
+    }
+
     /// The store the registry reads and writes.
     pub fn store(&self) -> &SharedStore {
         &self.store

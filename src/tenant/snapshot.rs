@@ -47,15 +47,20 @@ pub(crate) struct Kept {
 
 impl Default for Kept {
     fn default() -> Self {
-        Self {
-            tenants: RecordCache::new(TENANTS_KEPT),
-            connections: RecordCache::new(CONNECTIONS_KEPT),
-            hints: Arc::default(),
-        }
+        Self::with_connections(CONNECTIONS_KEPT)
     }
 }
 
 impl Kept {
+    /// Keeping at most `count` decoded connection records.
+    pub(crate) fn with_connections(count: usize) -> Self {
+        Self {
+            tenants: RecordCache::new(TENANTS_KEPT),
+            connections: RecordCache::new(count),
+            hints: Arc::default(),
+        }
+    }
+
     fn hint(&self, tenant: &TenantId) -> Vec<ConnectionId> {
         self.hints
             .lock()

@@ -276,3 +276,56 @@ async fn a_tenant_changed_on_another_replica_is_seen_at_once() {
         "an unknown tenant: back to the app with invalid_request: {to}"
     );
 }
+
+/// A replica keeps at most `[upstream] cached_connections` connections
+/// built: serving more drops the least recently used, which is built again
+/// at its next use and served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_at_most_cached_connections_built() {
+    let prefix = redis::prefix();
+    let a = spawn_app(AppOptions {
+        redis_url: Some(redis::url()),
+        redis_prefix: Some(prefix),
+        tweak: Some(|s| s.upstream.cached_connections = 2),
+        ..AppOptions::default()
+    })
+    .await;
+    let connectors = &a.state.broker.connectors;
+    assert_eq!(connectors.capacity(), 2);
+    for (path, body) in [
+        (
+            "/admin/v1/tenants",
+            json!({ "id": "bound", "name": "Bound", "domains": ["bound.test"] }),
+        ),
+        (
+            "/admin/v1/clients",
+            json!({ "client_id": "cache-app", "name": "Cache app", "redirect_uris": ["http://127.0.0.1:9/cb"], "public": false }),
+        ),
+    ] {
+        let (status, answer) = admin(&a, path, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    for c in ["one", "two", "three"] {
+        let idp = portcullis_load::saml_idp::SamlIdp::generate(&format!("https://idp.{c}.bound.test")).unwrap();
+        let (status, answer) = admin(
+            &a,
+            "/admin/v1/tenants/bound/connections",
+            json!({ "id": c, "kind": "saml", "metadata_xml": idp.metadata("http://127.0.0.1:9/sso") }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    // Each served (and so built); never more than two kept; "one", the least
+    // recently used, is dropped and served again, and so on round.
+    for round in 0..2 {
+        for c in ["one", "two", "three"] {
+            let (status, to) = authorize(&a, "bound", c).await;
+            assert!(
+                status.is_redirection() && to.contains("SAMLRequest="),
+                "round {round}, {c}: {status}: {to}"
+            );
+            assert!(connectors.len() <= 2, "round {round}, {c}: {} kept", connectors.len());
+        }
+    }
+    assert_eq!(connectors.len(), 2);
+}

@@ -45,6 +45,11 @@ const REBUILDS: usize = 100;
 /// Allowed growth over those builds: 32 bytes a build; one leaked xmlsec key
 /// (an `xmlSecKey`, its key data and the `EVP_PKEY`) is over 1 KB.
 const REBUILD_BOUND: usize = 32 * REBUILDS * VENDORS.len();
+/// Connectors (and records) built and held at once to weigh one.
+const HELD: usize = 50;
+/// What one connection kept ready may cost: a vendor's connector and its
+/// record weigh 10 to 30 KB (docs/PERFORMANCE.md, "Memory per connection").
+const PER_CONNECTION_BOUND: usize = 128 * 1024;
 /// The glibc tunable that turns the per-thread caches off.
 const NO_TCACHE: &str = "glibc.malloc.tcache_count=0";
 
@@ -213,6 +218,31 @@ async fn measure_saml_validations() {
         "{} connector builds kept {grown} bytes (at most {REBUILD_BOUND} allowed)",
         REBUILDS * VENDORS.len()
     );
+
+    // What one connection kept ready costs a replica (the bound of
+    // `[upstream] cached_connections` times this): a built connector, and
+    // the decoded record the registry keeps beside it.
+    for (vendor, cap) in VENDORS.iter().zip(&captures) {
+        let (conn, cfg, ctx) = &cap.rebuild;
+        let base = in_use();
+        let kept: Vec<SamlConnector> = (0..HELD)
+            .map(|_| SamlConnector::new(conn, cfg.clone(), ctx.clone()).unwrap())
+            .collect();
+        let connector = in_use().saturating_sub(base) / HELD;
+        let base = in_use();
+        let records: Vec<Connection> = (0..HELD).map(|_| conn.clone()).collect();
+        let record = in_use().saturating_sub(base) / HELD;
+        println!(
+            "kept per connection: {vendor}: connector {connector} bytes, record {record} bytes \
+             (metadata {} bytes)",
+            cfg.metadata_xml.len()
+        );
+        assert!(
+            connector + record < PER_CONNECTION_BOUND,
+            "{vendor}: {connector} + {record} bytes kept per connection (at most {PER_CONNECTION_BOUND})"
+        );
+        drop((kept, records));
+    }
 }
 
 #[test]
@@ -234,7 +264,10 @@ fn saml_validation_memory_is_flat() {
     assert!(out.status.success(), "the measurement failed:\n{stdout}\n{stderr}");
     // It ran, and measured: not a filter that matched nothing.
     assert!(
-        stdout.contains("1 passed") && stdout.matches("memory: after").count() == 5 && stdout.contains("connectors: "),
+        stdout.contains("1 passed")
+            && stdout.matches("memory: after").count() == 5
+            && stdout.contains("connectors: ")
+            && stdout.matches("kept per connection: ").count() == VENDORS.len(),
         "the measurement did not run:\n{stdout}"
     );
 }

@@ -453,6 +453,12 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
         m.text
     );
     assert_eq!(m.sum(sign_ins, &[("result", "failure")]), 3.0, "{}", m.text);
+    // The one connection was built once, at its first use, and is kept
+    // (the made-up one was never built); the bound is the default.
+    assert_eq!(m.sum("portcullis_connector_builds_total", &[]), 1.0, "{}", m.text);
+    assert_eq!(m.sum("portcullis_connectors_cached", &[]), 1.0, "{}", m.text);
+    assert_eq!(m.sum("portcullis_connectors_cached_max", &[]), 10_000.0, "{}", m.text);
+    assert_eq!(m.sum("portcullis_connector_evictions_total", &[]), 0.0, "{}", m.text);
     assert_eq!(
         m.sum(
             sign_ins,
@@ -552,6 +558,8 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
             portcullis::meter::HOOK_CALLS,
             // Nothing in this run is over the in-flight budget.
             portcullis::meter::SHED,
+            // Nor over the bound of built connections.
+            portcullis::meter::CONNECTOR_EVICTIONS,
         ]
         .contains(name);
         if expected_here {
