@@ -165,7 +165,7 @@ pub(super) async fn authenticate(s: &AppState, token: &str) -> Result<Option<Pri
         }
         // The key lives only as long as the tenant incarnation it was made for.
         let live = s.tenants.get(&tenant).await.map_err(registry)?;
-        if live.map(|t| t.incarnation) != stored.incarnation {
+        if live.map(|t| t.incarnation.clone()) != stored.incarnation {
             tracing::info!(reason = "admin.key_tenant_gone", tenant = %tenant, key = %stored.id);
             return Ok(None);
         }
@@ -359,7 +359,7 @@ async fn create_tenant(
         .await
         .map_err(registry)?
         .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
-    let (stored, key) = issue(&s, Some(&id), name, scopes, Some(tenant.incarnation)).await?;
+    let (stored, key) = issue(&s, Some(&id), name, scopes, Some(tenant.incarnation.clone())).await?;
     tracing::info!(reason = "admin.api_key_created", key = %stored.id, tenant = %id);
     s.audit()
         .record(

@@ -235,6 +235,7 @@ async fn load(s: &AppState, id: &str) -> Result<Client, AdminError> {
         .get(id)
         .await
         .map_err(internal)?
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| AdminError::NotFound(format!("There is no client {id:?}.")))
 }
 

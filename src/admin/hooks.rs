@@ -70,7 +70,7 @@ async fn existing(s: &AppState, id: &str) -> Result<(TenantId, String), AdminErr
         .await
         .map_err(registry)?
         .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
-    Ok((id, tenant.incarnation))
+    Ok((id, tenant.incarnation.clone()))
 }
 
 async fn list(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {

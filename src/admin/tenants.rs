@@ -213,6 +213,7 @@ async fn load(s: &AppState, id: &TenantId) -> Result<Tenant, AdminError> {
         .get(id)
         .await
         .map_err(registry)?
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))
 }
 

@@ -528,7 +528,7 @@ impl Broker {
         // looked at only once the answer is valid.
         let (completed, mfa_rule) = tokio::join!(
             connector.complete_unclaimed(pending.as_ref().map(|p| &p.connector_state), &params),
-            self.mfa_required(stored_tenant.as_ref(), &request.client_id)
+            self.mfa_required(stored_tenant.as_deref(), &request.client_id)
         );
         let (identity, claim) = match completed {
             Ok(i) => i,
@@ -559,7 +559,7 @@ impl Broker {
             &config,
             pending.as_ref(),
             &request,
-            stored_tenant.as_ref(),
+            stored_tenant.as_deref(),
             connector.as_ref(),
             identity,
             mfa_rule,

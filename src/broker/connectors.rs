@@ -58,7 +58,9 @@ impl Kept {
         if self.entries.len() < capacity {
             return 0;
         }
-        let count = (self.entries.len() - capacity + 1).max(capacity / 16).min(self.entries.len());
+        let count = (self.entries.len() - capacity + 1)
+            .max(capacity / 16)
+            .min(self.entries.len());
         let mut used: Vec<u64> = self.entries.values().map(|e| e.used).collect();
         // Ticks are unique, so exactly `count` entries are at or below the cut.
         let (_, cut, _) = used.select_nth_unstable(count - 1);
@@ -129,7 +131,7 @@ impl ConnectorCache {
         ctx: &UpstreamContext,
         tenant: &TenantId,
         connection: &ConnectionId,
-    ) -> Result<(Arc<dyn Connector>, Connection), UpstreamError> {
+    ) -> Result<(Arc<dyn Connector>, Arc<Connection>), UpstreamError> {
         let stored = self
             .record(tenants, tenant, connection)
             .await
@@ -153,7 +155,7 @@ impl ConnectorCache {
         tenants: &TenantRegistry,
         tenant: &TenantId,
         connection: &ConnectionId,
-    ) -> Result<Option<Connection>, StoreError> {
+    ) -> Result<Option<Arc<Connection>>, StoreError> {
         tenants.connection_record(tenant, connection).await
     }
 
@@ -168,7 +170,7 @@ impl ConnectorCache {
         tenant: &TenantId,
         connection: &ConnectionId,
         with_tenant: bool,
-    ) -> Result<(Arc<dyn Connector>, Connection, ConfigSnapshot), UpstreamError> {
+    ) -> Result<(Arc<dyn Connector>, Arc<Connection>, ConfigSnapshot), UpstreamError> {
         let want = ConfigWant {
             tenant: with_tenant,
             set: false,
@@ -272,8 +274,8 @@ mod tests {
         let first: Vec<_> = (0..32).map(|n| cache.for_record(&dev(n, 1), &ctx).unwrap()).collect();
         assert_eq!(cache.len(), 32);
         // c0..c15 used again: c16 and c17 are now the least recently used.
-        for n in 0..16 {
-            assert!(Arc::ptr_eq(&cache.for_record(&dev(n, 1), &ctx).unwrap(), &first[n]));
+        for (n, built) in first.iter().enumerate().take(16) {
+            assert!(Arc::ptr_eq(&cache.for_record(&dev(n, 1), &ctx).unwrap(), built));
         }
         cache.for_record(&dev(32, 1), &ctx).unwrap();
         assert_eq!(cache.len(), 31, "32 / 16 = 2 dropped, 1 added");

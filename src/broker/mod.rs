@@ -33,6 +33,7 @@ use authorize::{AuthRequest, AuthorizeError};
 use serde::{Deserialize, Serialize};
 use session::{BrowserSso, SsoSession};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -99,7 +100,7 @@ pub enum Outcome {
         /// The original authorization parameters.
         params: BTreeMap<String, String>,
         /// The tenant.
-        tenant: Tenant,
+        tenant: Arc<Tenant>,
         /// Its connections.
         connections: Vec<ConnectionId>,
     },
@@ -230,7 +231,7 @@ pub struct PrefetchedAuthorize {
     /// The `client_id`, `tenant` and `connection` parameters read for.
     pub names: AuthorizeNames,
     /// The app's record, `None` when no such app exists.
-    pub client: Option<crate::provider::clients::Client>,
+    pub client: Option<Arc<crate::provider::clients::Client>>,
     /// The tenant's configuration (its record included), `None` when the
     /// request names no valid tenant id.
     pub config: Option<ConfigSnapshot>,
@@ -244,7 +245,7 @@ impl PrefetchedAuthorize {
     fn reads_for(
         &self,
         names: &AuthorizeNames,
-    ) -> Option<(Option<crate::provider::clients::Client>, Option<ConfigSnapshot>)> {
+    ) -> Option<(Option<Arc<crate::provider::clients::Client>>, Option<ConfigSnapshot>)> {
         (self.names == *names).then(|| (self.client.clone(), self.config.clone()))
     }
 }
@@ -318,7 +319,7 @@ impl Broker {
                 }
             }
         };
-        let redirect_uri = match authorize::client_and_redirect(&params, client.as_ref()) {
+        let redirect_uri = match authorize::client_and_redirect(&params, client.as_deref()) {
             Ok(u) => u.to_owned(),
             Err(AuthorizeError::Page { reason, message }) => {
                 tracing::info!(reason, client_id = %client_id, "authorization request refused");
@@ -524,7 +525,7 @@ impl Broker {
         &self,
         req: &AuthRequest,
         fresh: Option<&crate::tenant::FreshTenant>,
-    ) -> Result<Option<Tenant>, crate::tenant::RegistryError> {
+    ) -> Result<Option<Arc<Tenant>>, crate::tenant::RegistryError> {
         if let Some(t) = &req.tenant {
             return match TenantId::parse(t) {
                 Ok(id) => match crate::tenant::FreshTenant::for_id(fresh, &id) {
@@ -589,7 +590,7 @@ impl Broker {
         &self,
         req: AuthRequest,
         tenant_record: &Tenant,
-        record: crate::upstream::Connection,
+        record: Arc<crate::upstream::Connection>,
         // The incarnations, when read with the record in this request.
         known: Option<crate::tenant::Incarnation>,
         require_mfa: bool,

@@ -195,7 +195,7 @@ impl Broker {
             },
         ) = started;
         let tenant_name = match self.tenants.get(tenant).await {
-            Ok(t) => t.map_or_else(|| tenant.to_string(), |t| t.name),
+            Ok(t) => t.map_or_else(|| tenant.to_string(), |t| t.name.clone()),
             Err(e) => return PasskeyAnswer::Mfa(store_failed(e)),
         };
         PasskeyAnswer::Page(PasskeyPage {
@@ -486,7 +486,7 @@ impl Broker {
             Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),
             Err(e) => return Err(store_failed(e)),
         };
-        let tenant_name = tenant_record.map_or_else(|| t.to_string(), |r| r.name);
+        let tenant_name = tenant_record.map_or_else(|| t.to_string(), |r| r.name.clone());
         Ok((t, s.connection, s.sub, who, tenant_name))
     }
 }

@@ -309,7 +309,7 @@ impl Broker {
 
     async fn build_page(&self, p: PageFor<'_>, error: Option<&'static str>, recovery_codes: Vec<String>) -> MfaAnswer {
         let tenant_name = match self.tenants.get(p.tenant).await {
-            Ok(t) => t.map_or_else(|| p.tenant.to_string(), |t| t.name),
+            Ok(t) => t.map_or_else(|| p.tenant.to_string(), |t| t.name.clone()),
             Err(e) => return store_failed(e),
         };
         let enrol = if p.step == Step::Enrol {

@@ -1266,10 +1266,7 @@ routes = [
         for bad in [0, 1_000_001] {
             let s = Settings::parse(&format!("[upstream]\ncached_connections = {bad}\n"), "x.toml").unwrap();
             let err = s.validate("x.toml").unwrap_err();
-            assert!(
-                err.0.iter().any(|p| p.field == "upstream.cached_connections"),
-                "{err}"
-            );
+            assert!(err.0.iter().any(|p| p.field == "upstream.cached_connections"), "{err}");
         }
         let mut s = Settings::parse("[upstream]\ncached_connections = 500\n", "x.toml").unwrap();
         assert_eq!(s.upstream.cached_connections, 500);

@@ -27,6 +27,7 @@ use crate::tenant::{Incarnation, Liveness, RegistryError, Tenant, TenantRegistry
 use crate::upstream::Identity;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A provisioned user of a tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,7 +403,7 @@ impl Directory {
         &self,
         tenant: &TenantId,
         sub: &str,
-    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+    ) -> Result<(Option<Arc<Tenant>>, Result<User, Inactive>), StoreError> {
         self.active_checked(tenant, sub, None, None).await
     }
 
@@ -413,8 +414,8 @@ impl Directory {
         &self,
         tenant: &TenantId,
         sub: &str,
-        known: Option<Tenant>,
-    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        known: Option<Arc<Tenant>>,
+    ) -> Result<(Option<Arc<Tenant>>, Result<User, Inactive>), StoreError> {
         self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant), None)
             .await
     }
@@ -431,8 +432,8 @@ impl Directory {
         tenant: &TenantId,
         sub: &str,
         connection: &ConnectionId,
-        known: Option<Tenant>,
-    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+        known: Option<Arc<Tenant>>,
+    ) -> Result<(Option<Arc<Tenant>>, Result<User, Inactive>), StoreError> {
         self.active_checked(tenant, sub, known.filter(|t| t.id == *tenant), Some(connection))
             .await
     }
@@ -470,9 +471,9 @@ impl Directory {
         &self,
         tenant: &TenantId,
         sub: &str,
-        known: Option<Tenant>,
+        known: Option<Arc<Tenant>>,
         hint: Option<&ConnectionId>,
-    ) -> Result<(Option<Tenant>, Result<User, Inactive>), StoreError> {
+    ) -> Result<(Option<Arc<Tenant>>, Result<User, Inactive>), StoreError> {
         let with_tenant = known.is_none();
         let ((user, disabled), early) = match hint {
             Some(c) => {
@@ -510,7 +511,7 @@ impl Directory {
             Some(t) => Some(t),
             None => read_tenant.flatten(),
         };
-        let outcome = Self::judge(record.as_ref(), user, connection, disabled);
+        let outcome = Self::judge(record.as_deref(), user, connection, disabled);
         Ok((record, outcome))
     }
 

@@ -540,7 +540,7 @@ fn form_tenant(class: RouteClass, form: &[(String, String)]) -> Option<String> {
 enum Checked {
     /// Within the limits, with the tenant record read for its own limits
     /// (when the request names an existing tenant).
-    Within(Option<crate::tenant::Tenant>),
+    Within(Option<std::sync::Arc<crate::tenant::Tenant>>),
     /// The 429 to answer.
     Refused(Response),
 }
@@ -670,7 +670,7 @@ async fn check(
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?,
                 None => None,
             };
-            let plan = Plan::of(class, global, &bucket, tenant, record.as_ref());
+            let plan = Plan::of(class, global, &bucket, tenant, record.as_deref());
             let made = plan.count(state, window).await?;
             (record, plan, made)
         }

@@ -224,7 +224,7 @@ async fn resolve(app: &AppState, tenant: &str, connection: &str, login: Option<&
         t,
         c,
         cfg,
-        tenant_name: tenant.name,
+        tenant_name: tenant.name.clone(),
         login,
     })
 }

@@ -472,7 +472,7 @@ async fn client_and_token(
     pairs: Vec<(String, String)>,
     endpoint: &'static str,
     confidential_only: bool,
-) -> Result<(crate::provider::clients::Client, String), OAuthError> {
+) -> Result<(std::sync::Arc<crate::provider::clients::Client>, String), OAuthError> {
     let mut form = form_params(pairs)?;
     let creds = client_credentials(headers, &mut form)?;
     if confidential_only && matches!(creds, ClientCredentials::Public { .. }) {

@@ -408,7 +408,7 @@ async fn local_connection(
         return Err(not_found("local.unknown_connection"));
     };
     let name = match state.tenants.get(&t).await {
-        Ok(Some(x)) => x.name,
+        Ok(Some(x)) => x.name.clone(),
         Ok(None) => return Err(not_found("local.unknown_connection")),
         Err(e) => return Err(flows::store_unavailable(&e)),
     };

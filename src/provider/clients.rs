@@ -10,6 +10,7 @@ use crate::store::record_cache::RecordCache;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use url::Url;
 
 /// A registered app.
@@ -302,7 +303,7 @@ impl ClientRegistry {
     /// URIs, hashed secrets) only when it changed since this replica last
     /// decoded it. So a deletion, a secret rotation or a change of
     /// `allowed_tenants` on any replica counts at once everywhere.
-    pub async fn get(&self, id: &str) -> Result<Option<Client>, StoreError> {
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         if id.is_empty() || id.len() > 255 {
             return Ok(None);
         }
@@ -330,7 +331,7 @@ impl ClientRegistry {
             }
             last = Some(id.clone());
             if let Some(c) = self.get(id).await? {
-                out.push(c);
+                out.push(Arc::unwrap_or_clone(c));
             }
         }
         Ok((out, None))

@@ -13,6 +13,7 @@ use crate::store::{Key, StoreError};
 use crate::tenant::FreshTenant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An app's record the edge read while it served this request (alongside
@@ -25,7 +26,7 @@ pub struct PrefetchedClient {
     /// The client id the request named.
     pub id: String,
     /// Its record as read, `None` when no such app exists.
-    pub client: Option<Client>,
+    pub client: Option<Arc<Client>>,
     /// The refresh token the request named and its family as
     /// [`Provider::peek_refresh`] read it (`None` inside: not current).
     pub refresh: Option<(String, Option<Family>)>,
@@ -152,7 +153,7 @@ fn pkce_ok(challenge: &str, verifier: &str) -> bool {
 
 impl Provider {
     /// Authenticates the client at the token, revocation or introspection endpoint.
-    pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Client, OAuthError> {
+    pub async fn authenticate_client(&self, creds: &ClientCredentials) -> Result<Arc<Client>, OAuthError> {
         self.authenticate_prefetched(creds, None).await
     }
 
@@ -162,7 +163,7 @@ impl Provider {
         &self,
         creds: &ClientCredentials,
         prefetched: Option<PrefetchedClient>,
-    ) -> Result<Client, OAuthError> {
+    ) -> Result<Arc<Client>, OAuthError> {
         let id = match creds {
             ClientCredentials::Secret { id, .. } | ClientCredentials::Public { id } => id,
         };
@@ -432,7 +433,7 @@ impl Provider {
             },
             self.pre_token_hook(&authz)
         )?;
-        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
+        if !tenant_allows_client(tenant_record.as_deref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
                 "The organization does not use this application.",
@@ -685,7 +686,7 @@ impl Provider {
                 "The application may no longer serve this organization.",
             )));
         }
-        if !tenant_allows_client(tenant_record.as_ref(), &client.client_id) {
+        if !tenant_allows_client(tenant_record.as_deref(), &client.client_id) {
             return Ok(Err((
                 "refresh.client_not_allowed_by_tenant",
                 "The organization no longer uses this application.",

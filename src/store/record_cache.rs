@@ -25,11 +25,16 @@ use std::sync::{Arc, Mutex};
 /// The cache: per record id, the decoded record and the fingerprint of the
 /// stored bytes it was decoded from. Keyed by configuration (ids of records
 /// that exist), and bounded: past `capacity` ids an arbitrary entry makes
-/// room (it is only read again). Cheap to clone.
+/// room (it is only read again). Cheap to clone. Records are shared
+/// (`Arc`): a request that finds its record unchanged takes a reference,
+/// never a copy of several KB.
 pub struct RecordCache<K, V> {
-    map: Arc<Mutex<HashMap<K, (String, V)>>>,
+    map: Arc<Mutex<HashMap<K, Kept<V>>>>,
     capacity: usize,
 }
+
+/// A kept record: the fingerprint of the stored bytes, and the record decoded from them.
+type Kept<V> = (String, Arc<V>);
 
 impl<K, V> Clone for RecordCache<K, V> {
     fn clone(&self) -> Self {
@@ -40,7 +45,7 @@ impl<K, V> Clone for RecordCache<K, V> {
     }
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
+impl<K: Eq + Hash + Clone, V> RecordCache<K, V> {
     /// An empty cache keeping at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -57,7 +62,7 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     /// with the fingerprint of the very bytes answered, which `decode`
     /// decodes and which is kept under that fingerprint. Either way this
     /// request uses what the store said in this request.
-    pub async fn get<F>(&self, store: &SharedStore, key: &Key, id: &K, decode: F) -> Result<Option<V>, StoreError>
+    pub async fn get<F>(&self, store: &SharedStore, key: &Key, id: &K, decode: F) -> Result<Option<Arc<V>>, StoreError>
     where
         F: FnOnce(&[u8]) -> Result<V, StoreError>,
     {
@@ -72,7 +77,7 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     /// reads (`Store::read_many_if_changed`) and hands the answer to
     /// [`Self::settle`]. Never an answer by itself: only the store's word
     /// in this request says whether it is still current.
-    pub fn kept(&self, id: &K) -> Option<(String, V)> {
+    pub fn kept(&self, id: &K) -> Option<Kept<V>> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
             .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
@@ -86,10 +91,10 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
     pub fn settle<F>(
         &self,
         id: &K,
-        kept: Option<(String, V)>,
+        kept: Option<Kept<V>>,
         answer: IfChanged,
         decode: F,
-    ) -> Result<Option<V>, StoreError>
+    ) -> Result<Option<Arc<V>>, StoreError>
     where
         F: FnOnce(&[u8]) -> Result<V, StoreError>,
     {
@@ -104,7 +109,7 @@ impl<K: Eq + Hash + Clone, V: Clone> RecordCache<K, V> {
                 Ok(None)
             }
             IfChanged::Value { value, fingerprint } => {
-                let record = decode(&value)?;
+                let record = Arc::new(decode(&value)?);
                 let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
                 if map.len() >= self.capacity && !map.contains_key(id) {
                     if let Some(evicted) = map.keys().next().cloned() {
@@ -164,6 +169,7 @@ mod tests {
             })
             .await
             .unwrap()
+            .map(|v| v.as_ref().clone())
     }
 
     #[tokio::test]

@@ -241,9 +241,17 @@ pub async fn sync(
                 report.created.push(id.to_string());
             }
             Some(existing) => {
-                changed |= update_tenant(tenants, log, existing, name, domains, &source, &mut report.problems)
-                    .await
-                    .map_err(|e| fail(&e))?;
+                changed |= update_tenant(
+                    tenants,
+                    log,
+                    std::sync::Arc::unwrap_or_clone(existing),
+                    name,
+                    domains,
+                    &source,
+                    &mut report.problems,
+                )
+                .await
+                .map_err(|e| fail(&e))?;
             }
         }
         store

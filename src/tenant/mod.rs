@@ -28,6 +28,7 @@ use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::upstream::{Connection, ConnectionKind, Identity};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// One customer of the SaaS, with its email domains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -462,11 +463,11 @@ pub(crate) fn index_key() -> Key {
 /// request's extensions so the request reads its tenant once. Only ever
 /// used by the request that read it, and only for the tenant it names.
 #[derive(Debug, Clone)]
-pub struct FreshTenant(pub Tenant);
+pub struct FreshTenant(pub Arc<Tenant>);
 
 impl FreshTenant {
     /// The record, if it is the tenant `id`'s.
-    pub fn for_id(fresh: Option<&FreshTenant>, id: &TenantId) -> Option<Tenant> {
+    pub fn for_id(fresh: Option<&FreshTenant>, id: &TenantId) -> Option<Arc<Tenant>> {
         fresh.filter(|f| f.0.id == *id).map(|f| f.0.clone())
     }
 }
@@ -567,7 +568,7 @@ impl TenantRegistry {
             return Ok(Liveness::ConnectionGone);
         };
         Ok(Liveness::Live(Incarnation {
-            tenant: tenant.incarnation,
+            tenant: tenant.incarnation.clone(),
             connection,
         }))
     }
@@ -649,7 +650,7 @@ impl TenantRegistry {
     /// Reads a tenant, as the store holds it now: a decoded copy is kept
     /// and re-validated by the fingerprint of the stored bytes in this
     /// read, so an unchanged record is not transferred again.
-    pub async fn get(&self, id: &TenantId) -> Result<Option<Tenant>, RegistryError> {
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, RegistryError> {
         Ok(self.tenant_record(id).await?)
     }
 
@@ -674,6 +675,7 @@ impl TenantRegistry {
             let found = self.by_domain(domain).await?;
             let tenants = found
                 .filter(|t| after.is_none_or(|a| t.id.as_str() > a) && filter.matches(t))
+                .map(Arc::unwrap_or_clone)
                 .into_iter()
                 .collect();
             return Ok(TenantPage {
@@ -695,7 +697,7 @@ impl TenantRegistry {
             let Ok(tid) = TenantId::parse(id) else { continue };
             if let Some(t) = self.get(&tid).await? {
                 if filter.matches(&t) {
-                    tenants.push(t);
+                    tenants.push(Arc::unwrap_or_clone(t));
                 }
             }
         }
@@ -817,7 +819,7 @@ impl TenantRegistry {
     }
 
     /// The tenant that owns `domain`, if any.
-    pub async fn by_domain(&self, domain: &str) -> Result<Option<Tenant>, RegistryError> {
+    pub async fn by_domain(&self, domain: &str) -> Result<Option<Arc<Tenant>>, RegistryError> {
         let Some(raw) = self.store.get(&domain_key(domain)).await? else {
             return Ok(None);
         };

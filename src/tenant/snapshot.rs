@@ -113,8 +113,9 @@ pub struct ConfigWant<'a> {
 pub struct ReadConnection {
     /// The connection id.
     pub id: ConnectionId,
-    /// The record as stored now (`None`: there is none).
-    pub record: Option<Connection>,
+    /// The record as stored now (`None`: there is none), shared with the
+    /// replica's kept copy.
+    pub record: Option<Arc<Connection>>,
     /// Its incarnation as stored now (empty when none is stored: a
     /// connection from before incarnations, or one being deleted).
     pub incarnation: String,
@@ -128,7 +129,7 @@ pub struct ConfigSnapshot {
     /// The tenant.
     pub tenant_id: TenantId,
     /// The tenant record when asked for (`Some(None)`: there is none).
-    pub tenant: Option<Option<Tenant>>,
+    pub tenant: Option<Option<Arc<Tenant>>>,
     /// The ids in the tenant's connection set, when it was asked for.
     pub connection_ids: Option<Vec<ConnectionId>>,
     /// The connections read.
@@ -226,7 +227,7 @@ impl TenantRegistry {
         with_tenant: bool,
         with_set: bool,
         connections: &[ConnectionId],
-    ) -> Result<(Option<Option<Tenant>>, Option<Vec<String>>, Vec<ReadConnection>), StoreError> {
+    ) -> Result<(Option<Option<Arc<Tenant>>>, Option<Vec<String>>, Vec<ReadConnection>), StoreError> {
         let kept_tenant = if with_tenant { self.kept.tenants.kept(id) } else { None };
         let kept_connections: Vec<_> = connections
             .iter()
@@ -298,7 +299,7 @@ impl TenantRegistry {
     /// a store operation that checks the fingerprint in the same step (the
     /// edge's rate limit: `Store::rate_limit_guarded`), exactly as
     /// [`Self::tenant_record`] re-validates it.
-    pub(crate) fn kept_tenant(&self, id: &TenantId) -> Option<(Key, String, Tenant)> {
+    pub(crate) fn kept_tenant(&self, id: &TenantId) -> Option<(Key, String, Arc<Tenant>)> {
         self.kept
             .tenants
             .kept(id)
@@ -307,7 +308,7 @@ impl TenantRegistry {
 
     /// The tenant record as the store holds it now, re-validated by the
     /// fingerprint of the stored bytes (one small read when unchanged).
-    pub(crate) async fn tenant_record(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+    pub(crate) async fn tenant_record(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
         self.kept
             .tenants
             .get(&self.store, &tenant_key(id), id, record_cache::json)
@@ -320,7 +321,7 @@ impl TenantRegistry {
         &self,
         tenant: &TenantId,
         connection: &ConnectionId,
-    ) -> Result<Option<Connection>, StoreError> {
+    ) -> Result<Option<Arc<Connection>>, StoreError> {
         self.kept
             .connections
             .get(
@@ -384,7 +385,7 @@ impl TenantRegistry {
         id: &TenantId,
         c: &ConnectionId,
         with_tenant: bool,
-    ) -> Result<(Option<Option<Tenant>>, Option<String>), StoreError> {
+    ) -> Result<(Option<Option<Arc<Tenant>>>, Option<String>), StoreError> {
         let kept_tenant = if with_tenant { self.kept.tenants.kept(id) } else { None };
         let (record_key, incarnation_key, tenant_key) =
             (connection_key(id, c), connection_incarnation_key(id, c), tenant_key(id));

@@ -112,10 +112,10 @@ async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
     assert_eq!(after["status"], json!("active"));
     // Tenants too: an update from a stale read is refused.
     let old = a.state.tenants.get(&t).await.unwrap().unwrap();
-    let mut renamed = old.clone();
+    let mut renamed = (*old).clone();
     renamed.name = "Acme One".into();
     a.state.tenants.update(&old, &renamed).await.unwrap();
-    let mut other = old.clone();
+    let mut other = (*old).clone();
     other.name = "Acme Two".into();
     let refused = a.state.tenants.update(&old, &other).await;
     assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");

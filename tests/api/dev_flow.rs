@@ -168,7 +168,8 @@ async fn a_code_for_a_tenant_the_app_may_no_longer_serve_is_refused_at_the_token
     let got = dev_code(&app, "restricted").await;
 
     // The app is now restricted to another tenant.
-    let mut client = app.state.provider.clients.get("restricted").await.unwrap().unwrap();
+    let mut client =
+        std::sync::Arc::unwrap_or_clone(app.state.provider.clients.get("restricted").await.unwrap().unwrap());
     client.allowed_tenants = vec![portcullis::ids::TenantId::parse("globex").unwrap()];
     app.state.provider.clients.put(&client).await.unwrap();
 

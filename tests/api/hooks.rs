@@ -79,7 +79,7 @@ async fn sign_in(app: &TestApp, browser: &mut Browser, rp: &Rp, email: &str) -> 
     Code { code, verifier }
 }
 
-async fn client(app: &TestApp, rp: &Rp) -> portcullis::provider::clients::Client {
+async fn client(app: &TestApp, rp: &Rp) -> std::sync::Arc<portcullis::provider::clients::Client> {
     let creds = ClientCredentials::Secret {
         id: rp.client_id.clone(),
         secret: rp.secret.clone(),

@@ -699,7 +699,7 @@ async fn refresh_is_refused_when_the_app_may_no_longer_serve_the_tenant() {
     .await;
     assert_tokens_live(&app, &rp, &tokens).await;
 
-    let mut client = app.state.provider.clients.get("app1").await.unwrap().unwrap();
+    let mut client = std::sync::Arc::unwrap_or_clone(app.state.provider.clients.get("app1").await.unwrap().unwrap());
     client.allowed_tenants = vec![TenantId::parse("globex").unwrap()];
     app.state.provider.clients.put(&client).await.unwrap();
 

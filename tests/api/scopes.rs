@@ -997,7 +997,8 @@ async fn a_refresh_grants_only_what_is_still_allowed_for_the_same_resource() {
         &[("scope", "openid billing:read billing:admin offline_access")],
     )
     .await;
-    let mut client = app.state.provider.clients.get("billing-app").await.unwrap().unwrap();
+    let mut client =
+        std::sync::Arc::unwrap_or_clone(app.state.provider.clients.get("billing-app").await.unwrap().unwrap());
     client.allowed_scopes = vec!["billing:read".into()];
     app.state.provider.clients.put(&client).await.unwrap();
     let (status, body) = refresh(
