@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod local;
+pub mod lru;
 pub mod mail;
 pub mod markup;
 pub mod meter;

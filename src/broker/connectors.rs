@@ -18,11 +18,11 @@
 //! its next use, as after a change.
 
 use crate::ids::{ConnectionId, TenantId};
+use crate::lru::Lru;
 use crate::store::StoreError;
 use crate::tenant::snapshot::{ConfigSnapshot, ConfigWant, Connections};
 use crate::tenant::TenantRegistry;
 use crate::upstream::{self, Connection, Connector, UpstreamContext, UpstreamError};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// How many built connectors a replica keeps unless configured otherwise
@@ -31,50 +31,16 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 
 type Key = (TenantId, ConnectionId);
 
-/// One built connector: the revision it was built from and when it was
-/// last used (a tick of [`Kept::tick`], unique per use).
+/// One built connector and the revision it was built from.
 struct Entry {
     revision: u64,
     connector: Arc<dyn Connector>,
-    used: u64,
-}
-
-#[derive(Default)]
-struct Kept {
-    entries: HashMap<Key, Entry>,
-    /// Counts uses: the order of `Entry::used`.
-    tick: u64,
-}
-
-impl Kept {
-    fn touch(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    /// Makes room for one more entry when `capacity` is reached: drops the
-    /// least recently used sixteenth (at least one), and answers how many.
-    fn make_room(&mut self, capacity: usize) -> usize {
-        if self.entries.len() < capacity {
-            return 0;
-        }
-        let count = (self.entries.len() - capacity + 1)
-            .max(capacity / 16)
-            .min(self.entries.len());
-        let mut used: Vec<u64> = self.entries.values().map(|e| e.used).collect();
-        // Ticks are unique, so exactly `count` entries are at or below the cut.
-        let (_, cut, _) = used.select_nth_unstable(count - 1);
-        let cut = *cut;
-        self.entries.retain(|_, e| e.used > cut);
-        count
-    }
 }
 
 /// The cache. Cheap to clone (clones share the entries).
 #[derive(Clone)]
 pub struct ConnectorCache {
-    inner: Arc<Mutex<Kept>>,
-    capacity: usize,
+    inner: Arc<Mutex<Lru<Key, Entry>>>,
 }
 
 impl Default for ConnectorCache {
@@ -87,14 +53,13 @@ impl ConnectorCache {
     /// An empty cache keeping at most `capacity` built connectors (at least one).
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Arc::default(),
-            capacity: capacity.max(1),
+            inner: Arc::new(Mutex::new(Lru::new(capacity))),
         }
     }
 
     /// How many built connectors are kept now.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     /// True when none is kept.
@@ -104,10 +69,10 @@ impl ConnectorCache {
 
     /// The most kept at once.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.lock().capacity()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<Key, Entry>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -201,41 +166,28 @@ impl ConnectorCache {
     /// kept elsewhere in memory: that read is what re-validates the cache.
     pub fn for_record(&self, stored: &Connection, ctx: &UpstreamContext) -> Result<Arc<dyn Connector>, UpstreamError> {
         let key = (stored.tenant.clone(), stored.id.clone());
-        {
-            let mut kept = self.lock();
-            let now = kept.touch();
-            if let Some(entry) = kept.entries.get_mut(&key) {
-                if entry.revision == stored.revision {
-                    entry.used = now;
-                    return Ok(entry.connector.clone());
-                }
+        if let Some(entry) = self.lock().get(&key) {
+            if entry.revision == stored.revision {
+                return Ok(entry.connector.clone());
             }
         }
         let built = upstream::build(stored, ctx)?;
         crate::meter::connector_built();
-        let mut kept = self.lock();
-        if !kept.entries.contains_key(&key) {
-            let dropped = kept.make_room(self.capacity);
-            if dropped > 0 {
-                crate::meter::connectors_evicted(dropped);
-            }
+        let entry = Entry {
+            revision: stored.revision,
+            connector: built.clone(),
+        };
+        let dropped = self.lock().insert(key, entry);
+        if dropped > 0 {
+            crate::meter::connectors_evicted(dropped);
         }
-        let used = kept.touch();
-        kept.entries.insert(
-            key,
-            Entry {
-                revision: stored.revision,
-                connector: built.clone(),
-                used,
-            },
-        );
         Ok(built)
     }
 
     /// Drops a cached connector and record (after a delete).
     pub fn forget(&self, tenant: &TenantId, connection: &ConnectionId) {
         let key = (tenant.clone(), connection.clone());
-        self.lock().entries.remove(&key);
+        self.lock().remove(&key);
     }
 }
 

@@ -18,19 +18,19 @@
 //! bytes changes the fingerprint, and a deleted record has none.
 
 use super::{IfChanged, Key, SharedStore, StoreError};
-use std::collections::HashMap;
+use crate::lru::Lru;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// The cache: per record id, the decoded record and the fingerprint of the
 /// stored bytes it was decoded from. Keyed by configuration (ids of records
-/// that exist), and bounded: past `capacity` ids an arbitrary entry makes
-/// room (it is only read again). Cheap to clone. Records are shared
+/// that exist), and bounded: past `capacity` ids the least recently used
+/// sixteenth makes room ([`Lru`]; a dropped record is only read again).
+/// Cheap to clone. Records are shared
 /// (`Arc`): a request that finds its record unchanged takes a reference,
 /// never a copy of several KB.
 pub struct RecordCache<K, V> {
-    map: Arc<Mutex<HashMap<K, Kept<V>>>>,
-    capacity: usize,
+    map: Arc<Mutex<Lru<K, Kept<V>>>>,
 }
 
 /// A kept record: the fingerprint of the stored bytes, and the record decoded from them.
@@ -38,10 +38,7 @@ type Kept<V> = (String, Arc<V>);
 
 impl<K, V> Clone for RecordCache<K, V> {
     fn clone(&self) -> Self {
-        Self {
-            map: self.map.clone(),
-            capacity: self.capacity,
-        }
+        Self { map: self.map.clone() }
     }
 }
 
@@ -49,8 +46,7 @@ impl<K: Eq + Hash + Clone, V> RecordCache<K, V> {
     /// An empty cache keeping at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: Arc::new(Mutex::new(HashMap::new())),
-            capacity: capacity.max(1),
+            map: Arc::new(Mutex::new(Lru::new(capacity))),
         }
     }
 
@@ -78,7 +74,7 @@ impl<K: Eq + Hash + Clone, V> RecordCache<K, V> {
     /// [`Self::settle`]. Never an answer by itself: only the store's word
     /// in this request says whether it is still current.
     pub fn kept(&self, id: &K) -> Option<Kept<V>> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
             .map(|(fingerprint, record)| (fingerprint.clone(), record.clone()))
     }
@@ -110,13 +106,10 @@ impl<K: Eq + Hash + Clone, V> RecordCache<K, V> {
             }
             IfChanged::Value { value, fingerprint } => {
                 let record = Arc::new(decode(&value)?);
-                let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-                if map.len() >= self.capacity && !map.contains_key(id) {
-                    if let Some(evicted) = map.keys().next().cloned() {
-                        map.remove(&evicted);
-                    }
-                }
-                map.insert(id.clone(), (fingerprint, record.clone()));
+                self.map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), (fingerprint, record.clone()));
                 Ok(Some(record))
             }
         }
@@ -202,5 +195,13 @@ mod tests {
             assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some(name));
         }
         assert_eq!(cache.len(), 2);
+        // "d" and "c" are kept (the least recently used went): read again
+        // unchanged, without transferring the record.
+        let before = reads.load(Ordering::SeqCst);
+        for name in ["d", "c"] {
+            let key = Key::global("t", name);
+            assert_eq!(read(&cache, &store, &key, &reads).await.as_deref(), Some(name));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), before, "both were kept");
     }
 }
