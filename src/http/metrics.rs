@@ -266,33 +266,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn in_flight_gauges_are_written_with_their_help_and_type() {
-        let mut out = String::new();
-        render_in_flight(&mut out, 3, 256);
-        assert!(
-            out.contains("# TYPE portcullis_requests_in_flight gauge\nportcullis_requests_in_flight 3\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("# TYPE portcullis_requests_max_in_flight gauge\nportcullis_requests_max_in_flight 256\n"),
-            "{out}"
-        );
-        assert_eq!(out.matches("# HELP ").count(), 2, "{out}");
-    }
-
-    #[test]
-    fn connector_gauges_are_written_with_their_help_and_type() {
-        let mut out = String::new();
-        render_connectors(&mut out, 12, 10_000);
-        assert!(
-            out.contains("# TYPE portcullis_connectors_cached gauge\nportcullis_connectors_cached 12\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("# TYPE portcullis_connectors_cached_max gauge\nportcullis_connectors_cached_max 10000\n"),
-            "{out}"
-        );
-        assert_eq!(out.matches("# HELP ").count(), 2, "{out}");
+    fn scrape_time_gauges_are_written_with_their_help_and_type() {
+        type Render = fn(&mut String, usize, usize);
+        let cases: [(Render, [(&str, usize); 2]); 2] = [
+            (
+                render_in_flight,
+                [
+                    ("portcullis_requests_in_flight", 3),
+                    ("portcullis_requests_max_in_flight", 256),
+                ],
+            ),
+            (
+                render_connectors,
+                [
+                    ("portcullis_connectors_cached", 12),
+                    ("portcullis_connectors_cached_max", 10_000),
+                ],
+            ),
+        ];
+        for (render, gauges) in cases {
+            let mut out = String::new();
+            render(&mut out, gauges[0].1, gauges[1].1);
+            for (name, value) in gauges {
+                assert!(out.contains(&format!("# TYPE {name} gauge\n{name} {value}\n")), "{out}");
+            }
+            assert_eq!(out.matches("# HELP ").count(), 2, "{out}");
+        }
     }
 
     #[test]
