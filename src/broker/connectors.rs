@@ -12,10 +12,9 @@
 //! connector holds its IdP's keys in xmlsec and openssl, several KB, and
 //! a replica serving every tenant of a large deployment, or outliving
 //! connections deleted through another replica, would otherwise keep one
-//! for every connection it ever served. Past the bound, the least recently
-//! used sixteenth is dropped at once (one pass over the entries per that
-//! many builds, never per request); a dropped connector is built again at
-//! its next use, as after a change.
+//! for every connection it ever served. Past the bound the least recently
+//! used are dropped ([`Lru`]); a dropped connector is built again at its
+//! next use, as after a change.
 
 use crate::ids::{ConnectionId, TenantId};
 use crate::lru::Lru;

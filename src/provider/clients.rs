@@ -248,7 +248,7 @@ pub enum ClientError {
 }
 
 /// How many decoded app records a replica keeps (keyed by configuration;
-/// past this an arbitrary one is read again on its next use).
+/// past this the least recently used are read again on their next use).
 const CLIENTS_KEPT: usize = 10_000;
 
 /// The store-backed client registry. Cheap to clone (clones share the kept

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 /// How many decoded tenant records a registry keeps.
 const TENANTS_KEPT: usize = 100_000;
 /// How many decoded connection records a registry keeps (keyed by
-/// configuration; past this an arbitrary one is read again on its next use).
+/// configuration; past this the least recently used are read again on their
+/// next use). The gateway sets `[upstream] cached_connections` instead.
 const CONNECTIONS_KEPT: usize = 100_000;
 /// How many tenants' connection ids are remembered as the guess of which
 /// connections to read.
