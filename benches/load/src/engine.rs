@@ -171,6 +171,68 @@ impl Watched {
     pub fn gateway_rss_kib(&self) -> Option<u64> {
         total(&self.gateway, rss_kib)
     }
+
+    /// What the replicas' resident memory is, together.
+    pub fn gateway_memory(&self) -> Option<MemorySplit> {
+        total(&self.gateway, memory_split)
+    }
+}
+
+/// A process's resident memory by kind (`/proc/<pid>/smaps_rollup`), KiB.
+#[derive(serde::Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemorySplit {
+    /// Everything resident (`Rss`).
+    pub resident_kib: u64,
+    /// The heap, stacks and other anonymous mappings (`Anonymous`).
+    pub anonymous_kib: u64,
+    /// Of the anonymous memory, what transparent huge pages back
+    /// (`AnonHugePages`): resident in 2 MB units.
+    pub anonymous_huge_kib: u64,
+    /// Mapped files: the binary and its shared libraries (`Rss` less `Anonymous`).
+    pub file_kib: u64,
+}
+
+impl std::iter::Sum for MemorySplit {
+    fn sum<I: Iterator<Item = MemorySplit>>(iter: I) -> Self {
+        iter.fold(MemorySplit::default(), |a, b| MemorySplit {
+            resident_kib: a.resident_kib + b.resident_kib,
+            anonymous_kib: a.anonymous_kib + b.anonymous_kib,
+            anonymous_huge_kib: a.anonymous_huge_kib + b.anonymous_huge_kib,
+            file_kib: a.file_kib + b.file_kib,
+        })
+    }
+}
+
+impl MemorySplit {
+    /// One line for the terminal.
+    pub fn line(&self) -> String {
+        format!(
+            "gateway memory: {} KiB resident: {} KiB anonymous (heap and stacks; {} KiB of it in huge pages), {} KiB mapped files (binary and libraries)",
+            self.resident_kib, self.anonymous_kib, self.anonymous_huge_kib, self.file_kib
+        )
+    }
+}
+
+/// `pid`'s resident memory by kind, from `/proc/<pid>/smaps_rollup`.
+pub fn memory_split(pid: u32) -> Option<MemorySplit> {
+    parse_smaps_rollup(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// The fields of an `smaps_rollup` text that [`MemorySplit`] holds (`None`
+/// when one is missing).
+fn parse_smaps_rollup(text: &str) -> Option<MemorySplit> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let resident_kib = field("Rss")?;
+    let anonymous_kib = field("Anonymous")?;
+    Some(MemorySplit {
+        resident_kib,
+        anonymous_kib,
+        anonymous_huge_kib: field("AnonHugePages")?,
+        file_kib: resident_kib.saturating_sub(anonymous_kib),
+    })
 }
 
 /// A window of [`Watched`] processes, from [`Watched::open`] to [`Window::close`].
@@ -535,6 +597,40 @@ mod tests {
             }
             assert!(t.elapsed() < Duration::from_secs(30), "no CPU time charged in 30 s");
         }
+    }
+
+    #[test]
+    fn memory_is_split_into_anonymous_huge_and_file_backed() {
+        let text = "5569f5553000-7ffc48a27000 ---p 00000000 00:00 0                          [rollup]\n\
+                    Rss:              101788 kB\nPss:                 386 kB\nPss_Anon:            116 kB\n\
+                    Anonymous:         90116 kB\nLazyFree:              0 kB\nAnonHugePages:     40960 kB\n\
+                    ShmemPmdMapped:        0 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(text),
+            Some(MemorySplit {
+                resident_kib: 101_788,
+                anonymous_kib: 90_116,
+                anonymous_huge_kib: 40_960,
+                file_kib: 11_672,
+            })
+        );
+        // `Pss_Anon` is not `Anonymous`, and a missing field is no figure.
+        assert_eq!(
+            parse_smaps_rollup("Rss: 10 kB\nPss_Anon: 5 kB\nAnonHugePages: 0 kB\n"),
+            None
+        );
+        // This process: some heap, some mapped binary, the two making up the whole.
+        let me = memory_split(std::process::id()).unwrap();
+        assert!(me.anonymous_kib > 0 && me.file_kib > 0);
+        assert_eq!(me.anonymous_kib + me.file_kib, me.resident_kib);
+        assert!(me.anonymous_huge_kib <= me.anonymous_kib);
+        let twice = Watched {
+            gateway: vec![std::process::id(), std::process::id()],
+            ..Watched::default()
+        };
+        // The same process twice counts twice.
+        assert!(twice.gateway_memory().unwrap().resident_kib > me.resident_kib);
+        assert!(memory_split(u32::MAX).is_none());
     }
 
     #[test]

@@ -977,6 +977,7 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         redis_cpu_ms_per_op: None,
         redis_commands_per_op: Default::default(),
         gateway_rss_kib: None,
+        gateway_memory: None,
         started_s: None,
         ended_s: None,
         monotonic_window_s: None,
@@ -1051,6 +1052,7 @@ fn finish(r: &mut ScenarioReport, watched: &Watched) {
         };
     }
     r.gateway_rss_kib = watched.gateway_rss_kib();
+    r.gateway_memory = watched.gateway_memory();
 }
 
 fn str_field(v: &Value, name: &str) -> Result<String, String> {

@@ -379,6 +379,9 @@ pub struct ScenarioReport {
     pub redis_commands_per_op: std::collections::BTreeMap<String, RedisCommand>,
     /// Gateway resident set size at the end (every replica), KiB.
     pub gateway_rss_kib: Option<u64>,
+    /// What that memory is, by kind, at the end of the measured window
+    /// (every replica's added up).
+    pub gateway_memory: Option<engine::MemorySplit>,
     /// When the measured window started and ended, seconds on the time axis
     /// of [`Report::gateway_rss_kib_per_s`] (with `--gateway-pid`).
     pub started_s: Option<f64>,
@@ -736,6 +739,9 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         if !redis.is_empty() {
             println!("{redis}");
         }
+        if let Some(memory) = &r.gateway_memory {
+            println!("{:<18} {}", s.name(), memory.line());
+        }
         for e in &r.error_samples {
             eprintln!("portcullis-load: {}: {e}", s.name());
         }
@@ -746,6 +752,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     if let Some(sum) = &summary {
         println!("{}", sum.line());
     }
+
     let replicas = world.replicas();
     if !replicas.is_empty() {
         let each: Vec<String> = replicas
