@@ -27,6 +27,7 @@ pub mod pre_token;
 
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
+use crate::lru::Lru;
 use crate::secret::Secret;
 use crate::store::{IfChanged, Key, SharedStore, StoreError};
 use crate::upstream::http::{OutboundConfig, OutboundHttp};
@@ -256,7 +257,7 @@ pub struct Hooks {
     http: OutboundHttp,
     config: Arc<HooksConfig>,
     breaker: Arc<breaker::Breaker>,
-    cache: Arc<std::sync::Mutex<std::collections::HashMap<(String, HookKind), Cached>>>,
+    cache: Arc<std::sync::Mutex<Lru<(String, HookKind), Cached>>>,
 }
 
 /// A hook configuration (or its absence) as read from the store, and when.
@@ -269,7 +270,9 @@ struct Cached {
     hook: Option<HookConfig>,
 }
 
-/// The most (tenant, kind) entries the configuration cache keeps (cleared when full).
+/// The most (tenant, kind) entries the configuration cache keeps; past
+/// that the least recently used are dropped ([`Lru`]), so a busy tenant's
+/// entry is not dropped to make room for a cold one.
 const CACHE_ENTRIES: usize = 10_000;
 
 impl Hooks {
@@ -293,7 +296,7 @@ impl Hooks {
             http,
             config: Arc::new(config),
             breaker: Arc::new(breaker),
-            cache: Arc::default(),
+            cache: Arc::new(std::sync::Mutex::new(Lru::new(CACHE_ENTRIES))),
         })
     }
 
@@ -385,8 +388,8 @@ impl Hooks {
     /// use on, on every replica, and an unchanged hook is not transferred.
     /// A kept copy is read in full again at most once per `config_cache`
     /// (zero: on every use). The caller sends this read together with its
-    /// other reads, so it adds no wait. Keyed by configuration: bounded by
-    /// tenants × kinds, cleared when full.
+    /// other reads, so it adds no wait. Keyed by (tenant, kind): at most
+    /// `CACHE_ENTRIES`, the least recently used dropped first.
     pub async fn get_cached(&self, tenant: &TenantId, kind: HookKind) -> Result<Option<HookConfig>, StoreError> {
         let ttl = i64::try_from(self.config.config_cache.as_millis()).unwrap_or(i64::MAX);
         if ttl <= 0 {
@@ -395,13 +398,7 @@ impl Hooks {
         let now = self.now_ms();
         let key = (tenant.as_str().to_owned(), kind);
         let store_key = hook_key(tenant, kind);
-        let kept: Option<Cached> = {
-            let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache
-                .get(&key)
-                .filter(|c| now >= c.read_at_ms && now - c.read_at_ms < ttl)
-                .cloned()
-        };
+        let kept = self.kept(&key, now, ttl);
         // A kept hook is sent by its fingerprint; an absence, or nothing
         // kept, reads the value if there is one.
         let known = kept.as_ref().and_then(|c| c.fingerprint.clone());
@@ -428,11 +425,18 @@ impl Hooks {
         }
     }
 
+    /// The kept entry for `key` if read less than `ttl` ms before `now`
+    /// (a use: it moves to the back of the line to be dropped).
+    fn kept(&self, key: &(String, HookKind), now: i64, ttl: i64) -> Option<Cached> {
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(key)
+            .filter(|c| now >= c.read_at_ms && now - c.read_at_ms < ttl)
+            .cloned()
+    }
+
     fn remember(&self, key: (String, HookKind), now: i64, fingerprint: Option<String>, hook: Option<HookConfig>) {
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
         cache.insert(
             key,
             Cached {
@@ -615,6 +619,34 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_tenants_hook_stays_kept_while_cold_ones_fill_the_cache() {
+        let clock: SharedClock = Arc::new(crate::clock::ManualClock::at(DateTime::<Utc>::UNIX_EPOCH));
+        let store: SharedStore = Arc::new(crate::store::memory::MemoryStore::new(clock.clone()));
+        let hooks = Hooks::new(store, clock, HooksConfig::default()).unwrap();
+        let kind = HookKind::PreTokenGeneration;
+        let busy = ("busy".to_owned(), kind);
+        let ttl = i64::MAX;
+        hooks.remember(busy.clone(), 0, Some("f".into()), None);
+        // Twice as many other tenants as the cache holds, each used once,
+        // the busy one used between them.
+        for i in 0..2 * CACHE_ENTRIES {
+            hooks.remember((format!("t{i}"), kind), 0, None, None);
+            if i % 100 == 0 {
+                assert!(hooks.kept(&busy, 0, ttl).is_some(), "dropped after {i} others");
+            }
+        }
+        assert!(hooks.kept(&busy, 0, ttl).is_some());
+        let cache = hooks.cache.lock().unwrap();
+        assert!(cache.len() <= CACHE_ENTRIES);
+        drop(cache);
+        // The first cold ones made room long ago; the last one is kept.
+        assert!(hooks.kept(&("t0".to_owned(), kind), 0, ttl).is_none());
+        assert!(hooks
+            .kept(&(format!("t{}", 2 * CACHE_ENTRIES - 1), kind), 0, ttl)
+            .is_some());
+    }
 
     #[test]
     fn kinds_round_trip_and_only_computing_hooks_retry() {
