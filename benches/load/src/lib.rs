@@ -752,7 +752,6 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     if let Some(sum) = &summary {
         println!("{}", sum.line());
     }
-
     let replicas = world.replicas();
     if !replicas.is_empty() {
         let each: Vec<String> = replicas
