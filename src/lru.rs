@@ -1,9 +1,9 @@
-//! A bounded map for the caches of what a replica keeps per connection
-//! (built connectors, decoded records): when full, it drops its least
-//! recently used sixteenth in one pass, so a busy entry is never the one
-//! dropped to make room for a cold one, and the pass (a selection over the
-//! entries' use stamps) runs once per `capacity / 16` insertions, never on
-//! a lookup.
+//! A bounded map for the caches a replica keeps per connection (built
+//! connectors, decoded records) and per tenant (hook configurations):
+//! when full, it drops its least recently used sixteenth in one pass, so a
+//! busy entry is never the one dropped to make room for a cold one, and
+//! the pass (a selection over the entries' use stamps) runs once per
+//! `capacity / 16` insertions, never on a lookup.
 
 use std::collections::HashMap;
 use std::hash::Hash;
