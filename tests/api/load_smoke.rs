@@ -62,6 +62,27 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
         assert!(s.ok > 0, "{} did nothing: {s:#?}", s.scenario.name());
         assert!(s.error_samples.is_empty(), "{s:#?}");
         assert!(s.gateway_cpu_s.is_some(), "no CPU time read for {}", s.scenario.name());
+        // The generator's own CPU time and how busy both sides' CPUs were.
+        // When the gateway runs inside the generator's process, the same
+        // CPU time, read at the same moments: a tick or two apart at most
+        // per window.
+        let (gateway, generator) = (s.gateway_cpu_s.unwrap_or(-1.0), s.generator_cpu_s.unwrap_or(-1.0));
+        assert!(generator >= 0.0, "{}: no generator CPU time", s.scenario.name());
+        if report.gateway_pids == [std::process::id()] {
+            let windows = 2.0 * (s.stages.len() + 1) as f64;
+            assert!(
+                (gateway - generator).abs() <= 0.02 * windows,
+                "{}: gateway {gateway} s, generator {generator} s",
+                s.scenario.name()
+            );
+        }
+        for busy in [s.gateway_cpus_busy, s.generator_cpus_busy] {
+            assert!(
+                busy.is_some_and(|b| (0.0..=1.0).contains(&b)),
+                "{}: CPUs busy {busy:?}",
+                s.scenario.name()
+            );
+        }
         assert!(
             s.latency_ms.p50 > 0.0 && s.latency_ms.p99_9 >= s.latency_ms.p50,
             "{s:#?}"

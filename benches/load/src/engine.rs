@@ -53,6 +53,12 @@ pub struct Stage<T> {
     pub system_cpu_secs: Option<f64>,
     /// Redis CPU seconds over the window (with its pid).
     pub redis_cpu_secs: Option<f64>,
+    /// The generator's own CPU seconds over the window.
+    pub generator_cpu_secs: Option<f64>,
+    /// The ticks of the CPUs the replicas may run on, over the window.
+    pub gateway_cpus: Option<CpuLoad>,
+    /// The ticks of the generator's CPUs, over the window.
+    pub generator_cpus: Option<CpuLoad>,
     /// The commands Redis ran over the window (with its URL).
     pub redis_commands: Option<CommandStats>,
     /// The window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
@@ -124,9 +130,14 @@ pub struct Watched {
     pub redis: Option<u32>,
     /// The Redis server's URL, for the commands it ran (`INFO commandstats`).
     pub redis_url: Option<String>,
+    /// Whether the generator's own CPU time, and the ticks of the CPUs it
+    /// may run on, are read too (off for the untimed runs inside a
+    /// scenario, whose window is read around them).
+    pub generator: bool,
 }
 
-/// CPU seconds the watched processes have used.
+/// CPU seconds the watched processes have used, and how busy the CPUs
+/// they may run on have been.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuTimes {
     /// Every replica together (`None`: none given, or one unreadable).
@@ -135,15 +146,74 @@ pub struct CpuTimes {
     pub gateway_system: Option<f64>,
     /// Redis.
     pub redis: Option<f64>,
+    /// The generator itself (this process).
+    pub generator: Option<f64>,
+    /// The CPUs the replicas may run on (their affinity), whoever used them.
+    pub gateway_cpus: Option<CpuLoad>,
+    /// The CPUs the generator may run on (Redis may share them).
+    pub generator_cpus: Option<CpuLoad>,
+}
+
+/// Clock ticks of a set of CPUs (`/proc/stat`): busy (user, nice, system,
+/// interrupts and steal) and in all (busy, idle and I/O wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuLoad {
+    /// Ticks the CPUs ran something (or the hypervisor took them).
+    pub busy: u64,
+    /// Every tick of the CPUs.
+    pub total: u64,
+}
+
+impl CpuLoad {
+    /// The busy share, 0 to 1 (`None` with no ticks).
+    pub fn share(self) -> Option<f64> {
+        (self.total > 0).then(|| self.busy as f64 / self.total as f64)
+    }
+
+    /// What was used between `before` and `self`.
+    fn since(self, before: CpuLoad) -> CpuLoad {
+        CpuLoad {
+            busy: self.busy.saturating_sub(before.busy),
+            total: self.total.saturating_sub(before.total),
+        }
+    }
+
+    /// Both windows' ticks together.
+    pub fn plus(self, other: CpuLoad) -> CpuLoad {
+        CpuLoad {
+            busy: self.busy + other.busy,
+            total: self.total + other.total,
+        }
+    }
 }
 
 impl Watched {
-    /// CPU seconds used so far.
+    /// CPU seconds used so far, and the CPUs' ticks.
     pub fn cpu(&self) -> CpuTimes {
+        let me = std::process::id();
+        let per_cpu = cpu_ticks_per_cpu();
+        let load = |cpus: Option<Vec<usize>>| per_cpu.as_ref().zip(cpus).and_then(|(t, c)| cpu_load(t, &c));
+        let gateway_cpus = if self.gateway.is_empty() {
+            None
+        } else {
+            self.gateway
+                .iter()
+                .map(|&p| allowed_cpus(p))
+                .collect::<Option<Vec<Vec<usize>>>>()
+                .map(|sets| {
+                    let mut all: Vec<usize> = sets.into_iter().flatten().collect();
+                    all.sort_unstable();
+                    all.dedup();
+                    all
+                })
+        };
         CpuTimes {
             gateway: total(&self.gateway, cpu_seconds),
             gateway_system: total(&self.gateway, system_cpu_seconds),
             redis: self.redis.and_then(cpu_seconds),
+            generator: self.generator.then(|| cpu_seconds(me)).flatten(),
+            gateway_cpus: load(gateway_cpus),
+            generator_cpus: load(self.generator.then(|| allowed_cpus(me)).flatten()),
         }
     }
 
@@ -266,10 +336,14 @@ impl CpuTimes {
     /// What was used between `before` and `self`.
     pub fn since(self, before: CpuTimes) -> CpuTimes {
         let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+        let load = |a: Option<CpuLoad>, b: Option<CpuLoad>| a.zip(b).map(|(a, b)| a.since(b));
         CpuTimes {
             gateway: diff(self.gateway, before.gateway),
             gateway_system: diff(self.gateway_system, before.gateway_system),
             redis: diff(self.redis, before.redis),
+            generator: diff(self.generator, before.generator),
+            gateway_cpus: load(self.gateway_cpus, before.gateway_cpus),
+            generator_cpus: load(self.generator_cpus, before.generator_cpus),
         }
     }
 }
@@ -441,6 +515,9 @@ where
             cpu_secs: used.gateway,
             system_cpu_secs: used.gateway_system,
             redis_cpu_secs: used.redis,
+            generator_cpu_secs: used.generator,
+            gateway_cpus: used.gateway_cpus,
+            generator_cpus: used.generator_cpus,
             redis_commands,
             monotonic_s: monotonic,
         };
@@ -456,6 +533,9 @@ where
         cpu_secs: used.gateway,
         system_cpu_secs: used.gateway_system,
         redis_cpu_secs: used.redis,
+        generator_cpu_secs: used.generator,
+        gateway_cpus: used.gateway_cpus,
+        generator_cpus: used.generator_cpus,
         redis_commands,
         monotonic_s: monotonic,
     }
@@ -504,6 +584,72 @@ fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some((utime, stime))
+}
+
+/// Every CPU's `(busy, total)` clock ticks so far, by CPU number, from
+/// `/proc/stat` (`None` if it cannot be read).
+fn cpu_ticks_per_cpu() -> Option<BTreeMap<usize, (u64, u64)>> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The `cpuN` lines of `/proc/stat`: user, nice, system, idle, iowait, irq,
+/// softirq, steal (guest time is already inside user and nice).
+fn parse_proc_stat(text: &str) -> Option<BTreeMap<usize, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|n| n.strip_prefix("cpu"))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        let ticks: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq + steal;
+        out.insert(cpu, (busy, busy + idle + iowait));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The ticks of `cpus` together (`None` if one is not in `ticks`).
+fn cpu_load(ticks: &BTreeMap<usize, (u64, u64)>, cpus: &[usize]) -> Option<CpuLoad> {
+    if cpus.is_empty() {
+        return None;
+    }
+    cpus.iter().try_fold(CpuLoad::default(), |sum, c| {
+        let &(busy, total) = ticks.get(c)?;
+        Some(sum.plus(CpuLoad { busy, total }))
+    })
+}
+
+/// The CPUs `pid` may run on (`Cpus_allowed_list` in `/proc/<pid>/status`,
+/// its main thread's).
+pub fn allowed_cpus(pid: u32) -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    parse_cpu_list(list)
+}
+
+/// A kernel CPU list such as `0-2,5`.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// `pid`'s resident set size in KiB (`VmRSS` in `/proc/<pid>/status`).
@@ -639,6 +785,52 @@ mod tests {
     }
 
     #[test]
+    fn cpu_lists_and_the_cpus_ticks_are_parsed() {
+        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("0-x"), None);
+        // user nice system idle iowait irq softirq steal guest guest_nice;
+        // the machine's total line (`cpu`) and the others are not CPUs.
+        let text = "cpu  10 1 5 100 1 1 1 2 0 0\ncpu0 4 1 2 40 1 1 1 2 0 0\n\
+                    cpu1 6 0 3 60 0 0 0 0 0 0\nintr 1 2\nctxt 7\n";
+        let ticks = parse_proc_stat(text).unwrap();
+        assert_eq!(ticks.len(), 2);
+        assert_eq!(ticks.get(&0), Some(&(11, 52)));
+        assert_eq!(ticks.get(&1), Some(&(9, 69)));
+        let both = cpu_load(&ticks, &[0, 1]).unwrap();
+        assert_eq!(both, CpuLoad { busy: 20, total: 121 });
+        assert_eq!(cpu_load(&ticks, &[1, 2]), None, "a CPU not in /proc/stat");
+        assert_eq!(cpu_load(&ticks, &[]), None);
+        assert_eq!(both.since(CpuLoad { busy: 10, total: 21 }).share(), Some(0.1));
+        assert_eq!(CpuLoad::default().share(), None);
+        assert_eq!(parse_proc_stat("cpu0 1 2 3\n"), None, "too few fields");
+    }
+
+    #[test]
+    fn the_generators_own_cpu_and_its_cpus_business_are_read() {
+        let me = std::process::id();
+        let mine = allowed_cpus(me).unwrap();
+        assert!(!mine.is_empty());
+        let w = Watched {
+            gateway: vec![me],
+            generator: true,
+            ..Watched::default()
+        };
+        let before = w.cpu();
+        spin_past(before.generator.unwrap() + 0.05);
+        let used = w.cpu().since(before);
+        assert!(used.generator.unwrap() >= 0.05, "{used:?}");
+        // The same process on the same CPUs: both sides' CPUs were busy.
+        for load in [used.gateway_cpus.unwrap(), used.generator_cpus.unwrap()] {
+            assert!(load.busy > 0 && load.busy <= load.total, "{used:?}");
+        }
+        // Untimed runs read neither.
+        let quiet = Watched::default().cpu();
+        assert!(quiet.generator.is_none() && quiet.generator_cpus.is_none() && quiet.gateway_cpus.is_none());
+    }
+
+    #[test]
     fn cpu_time_of_this_process_is_read_and_grows() {
         let pid = std::process::id();
         // At least one more tick than before.
@@ -658,6 +850,7 @@ mod tests {
             gateway: vec![me],
             redis: Some(me),
             redis_url: None,
+            generator: false,
         }
         .cpu();
         let (g, r) = (one.gateway.unwrap(), one.redis.unwrap());
@@ -675,6 +868,7 @@ mod tests {
             gateway: vec![me, u32::MAX],
             redis: Some(u32::MAX),
             redis_url: None,
+            generator: false,
         };
         assert!(gone.cpu().gateway.is_none() && gone.cpu().redis.is_none());
         assert!(gone.gateway_rss_kib().is_none());

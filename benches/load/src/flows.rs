@@ -642,6 +642,8 @@ impl World {
         r.gateway_cpu_s = used.gateway;
         r.gateway_system_cpu_s = used.gateway_system;
         r.redis_cpu_s = used.redis;
+        r.generator_cpu_s = used.generator;
+        r.add_cpu_load(used.gateway_cpus, used.generator_cpus);
         add_commands(&mut r, commands.as_ref());
         r.prepare_s = signing_micros.load(Ordering::Relaxed) as f64 / 1e6;
         for e in answer_errors.lock().map(|v| v.clone()).unwrap_or_default() {
@@ -975,6 +977,11 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         gateway_system_cpu_s: None,
         redis_cpu_s: None,
         redis_cpu_ms_per_op: None,
+        generator_cpu_s: None,
+        generator_cpu_ms_per_op: None,
+        gateway_cpus_busy: None,
+        generator_cpus_busy: None,
+        cpu_ticks: Default::default(),
         redis_commands_per_op: Default::default(),
         gateway_rss_kib: None,
         gateway_memory: None,
@@ -1016,6 +1023,10 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     if let Some(c) = s.redis_cpu_secs {
         r.redis_cpu_s = Some(r.redis_cpu_s.unwrap_or(0.0) + c);
     }
+    if let Some(c) = s.generator_cpu_secs {
+        r.generator_cpu_s = Some(r.generator_cpu_s.unwrap_or(0.0) + c);
+    }
+    r.add_cpu_load(s.gateway_cpus, s.generator_cpus);
     add_commands(r, s.redis_commands.as_ref());
     for e in &s.samples {
         if r.error_samples.len() < 5 {
@@ -1041,6 +1052,9 @@ fn finish(r: &mut ScenarioReport, watched: &Watched) {
     let per_op = |cpu: Option<f64>| cpu.filter(|_| r.ok > 0).map(|c| c * 1000.0 / r.ok as f64);
     r.gateway_cpu_ms_per_op = per_op(r.gateway_cpu_s);
     r.redis_cpu_ms_per_op = per_op(r.redis_cpu_s);
+    r.generator_cpu_ms_per_op = per_op(r.generator_cpu_s);
+    r.gateway_cpus_busy = r.cpu_ticks.0.and_then(engine::CpuLoad::share);
+    r.generator_cpus_busy = r.cpu_ticks.1.and_then(engine::CpuLoad::share);
     if r.ok == 0 {
         r.redis_commands_per_op.clear();
     }
@@ -1654,6 +1668,9 @@ mod tests {
             cpu_secs: Some(1.5),
             system_cpu_secs: Some(0.375),
             redis_cpu_secs: None,
+            generator_cpu_secs: None,
+            gateway_cpus: None,
+            generator_cpus: None,
             redis_commands: None,
             monotonic_s: None,
         };
@@ -1670,5 +1687,66 @@ mod tests {
         // Without the kernel's figure the line says only the whole.
         r.gateway_system_cpu_s = None;
         assert!(r.line().ends_with("gateway cpu=3.000 ms/op"), "{}", r.line());
+    }
+
+    #[test]
+    fn the_generators_cpu_and_both_sides_cpus_business_are_reported_and_a_busy_generator_flagged() {
+        let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
+        r.ok = 1000;
+        r.elapsed_s = 1.0;
+        let s = Stage::<()> {
+            hist: engine::histogram(),
+            outputs: Vec::new(),
+            ok: 1000,
+            errors: 0,
+            shed: 0,
+            samples: Vec::new(),
+            elapsed: Duration::from_secs(1),
+            cpu_secs: Some(0.6),
+            system_cpu_secs: None,
+            redis_cpu_secs: None,
+            generator_cpu_secs: Some(0.5),
+            gateway_cpus: Some(engine::CpuLoad { busy: 90, total: 100 }),
+            generator_cpus: Some(engine::CpuLoad { busy: 80, total: 100 }),
+            redis_commands: None,
+            monotonic_s: None,
+        };
+        absorb(&mut r, &s);
+        absorb(
+            &mut r,
+            &Stage::<()> {
+                generator_cpus: Some(engine::CpuLoad { busy: 90, total: 100 }),
+                hist: engine::histogram(),
+                outputs: Vec::new(),
+                samples: Vec::new(),
+                redis_commands: None,
+                ..s
+            },
+        );
+        finish(&mut r, &Watched::default());
+        assert_eq!(r.generator_cpu_ms_per_op, Some(1.0));
+        assert_eq!((r.gateway_cpus_busy, r.generator_cpus_busy), (Some(0.9), Some(0.85)));
+        assert!(
+            r.line().ends_with(
+                "gateway cpu=1.200 ms/op  generator cpu=1.000 ms/op  busy: gateway's cpus 90 %, generator's 85 %"
+            ),
+            "{}",
+            r.line()
+        );
+        // Under 90 % the generator is not suspected.
+        assert_eq!(r.cpu_warning(false), None);
+        r.generator_cpus_busy = Some(0.95);
+        let apart = r.cpu_warning(false).unwrap_or_default();
+        assert!(
+            apart.contains("saml-signin: the generator's CPUs were 95 % busy (the generator 1.000 ms/op, Redis n/a)"),
+            "{apart}"
+        );
+        let shared = r.cpu_warning(true).unwrap_or_default();
+        assert!(shared.contains("shares CPUs with the gateway"), "{shared}");
+        // Without the CPUs' ticks the line has no share and nothing is flagged.
+        let mut none = report(Scenario::Refresh, Mode::Closed(1), 0.0);
+        none.ok = 1;
+        finish(&mut none, &Watched::default());
+        assert!(!none.line().contains("busy") && none.cpu_warning(false).is_none());
     }
 }

@@ -269,6 +269,7 @@ impl Options {
             gateway: self.gateway_pid.clone(),
             redis: self.redis_pid,
             redis_url: self.redis_url.clone(),
+            generator: true,
         }
     }
 }
@@ -373,6 +374,20 @@ pub struct ScenarioReport {
     pub redis_cpu_s: Option<f64>,
     /// Redis CPU milliseconds per completed operation.
     pub redis_cpu_ms_per_op: Option<f64>,
+    /// The generator's own CPU seconds over the timed stages (this process).
+    pub generator_cpu_s: Option<f64>,
+    /// The generator's CPU milliseconds per completed operation.
+    pub generator_cpu_ms_per_op: Option<f64>,
+    /// How busy the CPUs the gateway may run on were over the timed stages,
+    /// 0 to 1, whoever used them (`/proc/stat`; with `--gateway-pid`).
+    pub gateway_cpus_busy: Option<f64>,
+    /// How busy the generator's CPUs were over the timed stages, 0 to 1: at
+    /// or near 1, the generator (or what shares its CPUs, such as Redis)
+    /// may have limited the run ([`Self::cpu_warning`]).
+    pub generator_cpus_busy: Option<f64>,
+    /// The ticks behind the two shares: (gateway's CPUs, generator's CPUs).
+    #[serde(skip)]
+    pub cpu_ticks: (Option<engine::CpuLoad>, Option<engine::CpuLoad>),
     /// With `--redis-url`: per command Redis ran in the timed stages (the
     /// store's Lua scripts are `evalsha`), calls and Redis's microseconds
     /// per completed operation.
@@ -416,10 +431,20 @@ impl ScenarioReport {
             (Some(c), None) => format!("{c:.3} ms/op"),
             (None, _) => "n/a".into(),
         };
-        let redis = self
+        let mut redis = self
             .redis_cpu_ms_per_op
             .map(|c| format!("  redis cpu={c:.3} ms/op"))
             .unwrap_or_default();
+        if let Some(c) = self.generator_cpu_ms_per_op {
+            redis.push_str(&format!("  generator cpu={c:.3} ms/op"));
+        }
+        if let (Some(g), Some(l)) = (self.gateway_cpus_busy, self.generator_cpus_busy) {
+            redis.push_str(&format!(
+                "  busy: gateway's cpus {:.0} %, generator's {:.0} %",
+                100.0 * g,
+                100.0 * l
+            ));
+        }
         format!(
             "{:<18} {:<6} {:<10} ok={:<8} err={:<4} shed={:<6} {:>9.1}/s  p50={:.3} p90={:.3} p99={:.3} p99.9={:.3} ms  gateway cpu={}{}",
             self.scenario.name(),
@@ -437,6 +462,14 @@ impl ScenarioReport {
             redis
         )
     }
+}
+
+/// The generator's CPUs' busy share from which [`ScenarioReport::cpu_warning`]
+/// doubts a run.
+pub const GENERATOR_BUSY: f64 = 0.9;
+
+fn per_op(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "n/a".into(), |c| format!("{c:.3} ms/op"))
 }
 
 /// One Redis command's share of an operation.
@@ -458,6 +491,39 @@ impl ScenarioReport {
         let start = windows.iter().map(|w| w[0]).reduce(f64::min)?;
         let end = windows.iter().map(|w| w[1]).reduce(f64::max)?;
         Some([start, end])
+    }
+
+    /// Adds a window's CPU ticks (gateway's CPUs, generator's CPUs).
+    pub fn add_cpu_load(&mut self, gateway: Option<engine::CpuLoad>, generator: Option<engine::CpuLoad>) {
+        let add = |sum: Option<engine::CpuLoad>, more: Option<engine::CpuLoad>| match (sum, more) {
+            (Some(a), Some(b)) => Some(a.plus(b)),
+            (a, b) => a.or(b),
+        };
+        self.cpu_ticks = (add(self.cpu_ticks.0, gateway), add(self.cpu_ticks.1, generator));
+    }
+
+    /// What the CPUs' business says about this run's figures, when it casts
+    /// doubt on them: the generator's CPUs at least 90 % busy (`shared`:
+    /// the generator may run on some of the gateway's CPUs).
+    pub fn cpu_warning(&self, shared: bool) -> Option<String> {
+        let busy = self.generator_cpus_busy.filter(|b| *b >= GENERATOR_BUSY)?;
+        Some(if shared {
+            format!(
+                "{}: the generator shares CPUs with the gateway, and its CPUs were {:.0} % busy: \
+                 throughput and latency are the machine's, not the gateway's alone (pin them apart with --cpus and taskset)",
+                self.scenario.name(),
+                100.0 * busy
+            )
+        } else {
+            format!(
+                "{}: the generator's CPUs were {:.0} % busy (the generator {}, Redis {}): it, or what shares \
+                 its CPUs, may have limited throughput and latency; give it more CPUs or another machine",
+                self.scenario.name(),
+                100.0 * busy,
+                per_op(self.generator_cpu_ms_per_op),
+                per_op(self.redis_cpu_ms_per_op)
+            )
+        })
     }
 
     /// The kernel's share of the gateway's CPU time (`None` without both
@@ -624,6 +690,17 @@ impl Report {
     }
 }
 
+/// Whether this process may run on a CPU one of the `gateway` processes
+/// may run on (unknown affinities count as shared).
+fn shares_cpus(gateway: &[u32]) -> bool {
+    let Some(mine) = engine::allowed_cpus(std::process::id()) else {
+        return true;
+    };
+    gateway
+        .iter()
+        .any(|&pid| engine::allowed_cpus(pid).is_none_or(|theirs| theirs.iter().any(|c| mine.contains(c))))
+}
+
 /// Pins the calling thread (and the threads it starts later) to `cpus`.
 pub fn pin(cpus: &[usize]) -> Result<(), String> {
     if cpus.is_empty() {
@@ -735,6 +812,9 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         r.started_s = started;
         r.ended_s = sampler.as_ref().map(RssSampler::since_start);
         println!("{}", r.line());
+        if let Some(w) = r.cpu_warning(shares_cpus(&opts.gateway_pid)) {
+            eprintln!("portcullis-load: {w}");
+        }
         let redis = r.redis_line();
         if !redis.is_empty() {
             println!("{redis}");
