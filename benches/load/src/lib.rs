@@ -431,15 +431,17 @@ impl ScenarioReport {
             (Some(c), None) => format!("{c:.3} ms/op"),
             (None, _) => "n/a".into(),
         };
-        let mut redis = self
+        // What else was measured: Redis's CPU, the generator's, and how
+        // busy each side's CPUs were.
+        let mut others = self
             .redis_cpu_ms_per_op
             .map(|c| format!("  redis cpu={c:.3} ms/op"))
             .unwrap_or_default();
         if let Some(c) = self.generator_cpu_ms_per_op {
-            redis.push_str(&format!("  generator cpu={c:.3} ms/op"));
+            others.push_str(&format!("  generator cpu={c:.3} ms/op"));
         }
         if let (Some(g), Some(l)) = (self.gateway_cpus_busy, self.generator_cpus_busy) {
-            redis.push_str(&format!(
+            others.push_str(&format!(
                 "  busy: gateway's cpus {:.0} %, generator's {:.0} %",
                 100.0 * g,
                 100.0 * l
@@ -459,7 +461,7 @@ impl ScenarioReport {
             self.latency_ms.p99,
             self.latency_ms.p99_9,
             cpu,
-            redis
+            others
         )
     }
 }
