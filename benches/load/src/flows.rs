@@ -1652,12 +1652,9 @@ mod tests {
         assert_eq!(r.measured_window(), None);
     }
 
-    #[test]
-    fn the_summary_line_gives_the_kernels_share_of_the_gateways_cpu() {
-        let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
-        r.ok = 1000;
-        r.elapsed_s = 1.0;
-        let s = Stage::<()> {
+    /// A stage of one second with 1,000 successes and no figure read.
+    fn second_of_1000() -> Stage<()> {
+        Stage {
             hist: engine::histogram(),
             outputs: Vec::new(),
             ok: 1000,
@@ -1665,14 +1662,26 @@ mod tests {
             shed: 0,
             samples: Vec::new(),
             elapsed: Duration::from_secs(1),
-            cpu_secs: Some(1.5),
-            system_cpu_secs: Some(0.375),
+            cpu_secs: None,
+            system_cpu_secs: None,
             redis_cpu_secs: None,
             generator_cpu_secs: None,
             gateway_cpus: None,
             generator_cpus: None,
             redis_commands: None,
             monotonic_s: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_line_gives_the_kernels_share_of_the_gateways_cpu() {
+        let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
+        r.ok = 1000;
+        r.elapsed_s = 1.0;
+        let s = Stage {
+            cpu_secs: Some(1.5),
+            system_cpu_secs: Some(0.375),
+            ..second_of_1000()
         };
         absorb(&mut r, &s);
         absorb(&mut r, &s);
@@ -1694,35 +1703,18 @@ mod tests {
         let mut r = report(Scenario::SamlSignin, Mode::Closed(1), 0.0);
         r.ok = 1000;
         r.elapsed_s = 1.0;
-        let s = Stage::<()> {
-            hist: engine::histogram(),
-            outputs: Vec::new(),
-            ok: 1000,
-            errors: 0,
-            shed: 0,
-            samples: Vec::new(),
-            elapsed: Duration::from_secs(1),
+        let stage = |generator_busy| Stage {
             cpu_secs: Some(0.6),
-            system_cpu_secs: None,
-            redis_cpu_secs: None,
             generator_cpu_secs: Some(0.5),
             gateway_cpus: Some(engine::CpuLoad { busy: 90, total: 100 }),
-            generator_cpus: Some(engine::CpuLoad { busy: 80, total: 100 }),
-            redis_commands: None,
-            monotonic_s: None,
+            generator_cpus: Some(engine::CpuLoad {
+                busy: generator_busy,
+                total: 100,
+            }),
+            ..second_of_1000()
         };
-        absorb(&mut r, &s);
-        absorb(
-            &mut r,
-            &Stage::<()> {
-                generator_cpus: Some(engine::CpuLoad { busy: 90, total: 100 }),
-                hist: engine::histogram(),
-                outputs: Vec::new(),
-                samples: Vec::new(),
-                redis_commands: None,
-                ..s
-            },
-        );
+        absorb(&mut r, &stage(80));
+        absorb(&mut r, &stage(90));
         finish(&mut r, &Watched::default());
         assert_eq!(r.generator_cpu_ms_per_op, Some(1.0));
         assert_eq!((r.gateway_cpus_busy, r.generator_cpus_busy), (Some(0.9), Some(0.85)));
