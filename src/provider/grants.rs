@@ -418,6 +418,43 @@ impl Provider {
                 "This client may not sign in users of that tenant.",
             ));
         }
+        // What needs no read is checked first: a redemption the app got
+        // wrong costs no store read.
+        if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
+            return Err(OAuthError::invalid_grant(
+                "code.redirect_uri_mismatch",
+                "redirect_uri does not match the authorization request.",
+            ));
+        }
+        match (&authz.code_challenge, req.code_verifier.as_deref()) {
+            (Some(ch), Some(v)) if pkce_ok(ch, v) => {}
+            (Some(_), Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "pkce.mismatch",
+                    "code_verifier does not match the challenge.",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(OAuthError::invalid_grant(
+                    "pkce.missing_verifier",
+                    "code_verifier is required.",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "pkce.unexpected_verifier",
+                    "code_verifier given but the authorization request had no code_challenge.",
+                ))
+            }
+            (None, None) if client.is_public() => {
+                return Err(OAuthError::invalid_grant(
+                    "pkce.required",
+                    "PKCE is required for public clients.",
+                ))
+            }
+            (None, None) => {}
+        }
+        Self::check_token_resource(&authz, req)?;
         // The user, its tenant and connection may have gone since the
         // sign-in. One read of the tenant serves both this and the tenant's
         // `allowed_clients` (checked first, as before); the user read here
@@ -456,41 +493,6 @@ impl Provider {
             tracing::info!(reason = "code.credentials_reset", tenant = %authz.tenant, client_id = %client.client_id);
             return Err(OAuthError::invalid_grant("code.credentials_reset", CREDENTIALS_RESET));
         }
-        if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
-            return Err(OAuthError::invalid_grant(
-                "code.redirect_uri_mismatch",
-                "redirect_uri does not match the authorization request.",
-            ));
-        }
-        match (&authz.code_challenge, req.code_verifier.as_deref()) {
-            (Some(ch), Some(v)) if pkce_ok(ch, v) => {}
-            (Some(_), Some(_)) => {
-                return Err(OAuthError::invalid_grant(
-                    "pkce.mismatch",
-                    "code_verifier does not match the challenge.",
-                ))
-            }
-            (Some(_), None) => {
-                return Err(OAuthError::invalid_grant(
-                    "pkce.missing_verifier",
-                    "code_verifier is required.",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(OAuthError::invalid_grant(
-                    "pkce.unexpected_verifier",
-                    "code_verifier given but the authorization request had no code_challenge.",
-                ))
-            }
-            (None, None) if client.is_public() => {
-                return Err(OAuthError::invalid_grant(
-                    "pkce.required",
-                    "PKCE is required for public clients.",
-                ))
-            }
-            (None, None) => {}
-        }
-        Self::check_token_resource(&authz, req)?;
         // The hook runs (and may fail) before the family starts, so a failed
         // redemption leaves no family that was never handed out.
         let prepared = self

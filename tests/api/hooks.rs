@@ -258,6 +258,7 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
     // A working hook first, for a refresh token to try later.
     let code = sign_in(&app, &mut browser, &rp, "sam@hooks.example").await;
     let good = redeem(&app, &rp, &code).await.unwrap();
+    let sub = crate::revocation::sub_of(&good);
 
     let cases: [(Behavior, &str, &str, usize); 4] = [
         (Behavior::Status(500), "hook.bad_status", "temporarily_unavailable", 2),
@@ -279,6 +280,14 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
         assert_eq!(e.code.as_str(), error, "{behavior:?}");
         // Retried once only where it may help (the hook is idempotent).
         assert_eq!(hooks.calls_to("pre").len() - before, attempts, "{behavior:?}");
+        // The refresh family the redemption named in the code's marker is
+        // in no record and no index: a refused grant leaves none behind.
+        let named = crate::revocation::family_named_by(&app, &code).await;
+        assert_eq!(
+            crate::revocation::family_left(&app, &named, &sub).await,
+            (false, false),
+            "{behavior:?}: family {named}"
+        );
     }
     // A wrong signature key at the receiver is a refusal (401) too.
     hooks.set_secret("not-the-secret-the-gateway-signs-with-000");

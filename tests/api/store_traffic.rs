@@ -848,10 +848,19 @@ async fn one_sign_in_costs_few_store_round_trips() {
 /// (`sessions`) and refresh family writes (`families`) fail as an outage
 /// while the flag is set.
 async fn dev_app_refusing(sessions: Arc<AtomicBool>, families: Arc<AtomicBool>) -> crate::support::app::TestApp {
+    dev_app_counting(sessions, families, Arc::default()).await
+}
+
+/// [`dev_app_refusing`], counting its store traffic into `tally`.
+async fn dev_app_counting(
+    sessions: Arc<AtomicBool>,
+    families: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) -> crate::support::app::TestApp {
     let wrap: WrapStore = Arc::new(move |inner| {
         Arc::new(Counting {
             inner,
-            tally: Arc::default(),
+            tally: tally.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             refuse_session_writes: sessions.clone(),
             refuse_family_writes: families.clone(),
@@ -949,4 +958,64 @@ async fn a_code_grant_whose_refresh_family_cannot_be_written_fails_closed_and_le
         1,
         "only the first grant's family"
     );
+}
+
+/// A redemption the app got wrong (another redirect URI, a wrong or
+/// missing PKCE verifier) is refused with its reason after taking the code
+/// and before any other store read: the user, tenant and connection are
+/// not read for it, and no refresh family is written.
+#[tokio::test]
+async fn a_code_grant_refused_for_the_apps_own_mistake_reads_nothing_but_the_code() {
+    use portcullis::provider::grants::{ClientCredentials, TokenRequest};
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let app = dev_app_counting(Arc::default(), Arc::default(), tally.clone()).await;
+    let rp = crate::revocation::register(&app, "cheap-refusals").await;
+    let creds = ClientCredentials::Secret {
+        id: rp.client_id.clone(),
+        secret: rp.secret.clone(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let mut browser = crate::support::browser::Browser::new();
+    let wrong_verifier = portcullis::tokens::random_token(32);
+    type Spoil = fn(&mut TokenRequest, &str);
+    let cases: [(&str, Spoil); 3] = [
+        ("code.redirect_uri_mismatch", |r, _| {
+            r.redirect_uri = Some("https://elsewhere.example.test/cb".into())
+        }),
+        ("pkce.mismatch", |r, v| r.code_verifier = Some(v.into())),
+        ("pkce.missing_verifier", |r, _| r.code_verifier = None),
+    ];
+    for (reason, spoil) in cases {
+        let code =
+            crate::revocation::sign_in(&app, &mut browser, &rp, crate::revocation::DEMO, "kim@demo.example").await;
+        let mut req = TokenRequest {
+            grant_type: Some("authorization_code".into()),
+            code: Some(code.code.clone()),
+            redirect_uri: Some(rp.redirect.to_string()),
+            code_verifier: Some(code.verifier.clone()),
+            ..TokenRequest::default()
+        };
+        spoil(&mut req, &wrong_verifier);
+        let before = tally.lock().unwrap().clone();
+        let refused = app.state.provider.token(&client, &req).await.unwrap_err();
+        let spent = tally.lock().unwrap().minus(&before);
+        assert_eq!(refused.reason, reason);
+        assert!(spent.round_trips() > 0, "{reason}: the code was taken");
+        // Only the code's own keys (its take and "used" marker).
+        assert!(
+            spent.ops.keys().all(|op| op.contains("[codes:")),
+            "{reason}: {}",
+            spent.describe()
+        );
+        let named = crate::revocation::family_named_by(&app, &code).await;
+        assert!(
+            app.state
+                .store
+                .get(&Key::tenant(crate::revocation::DEMO, &format!("rf:{named}"), "family"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{reason}: family {named}"
+        );
+    }
 }
