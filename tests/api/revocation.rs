@@ -44,7 +44,13 @@ impl Tokens {
         self.body["refresh_token"].as_str().unwrap()
     }
     pub fn sub(&self) -> String {
-        sub_of(&self.body)
+        use base64::Engine;
+        let payload = self.at().split('.').nth(1).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let claims: Value = serde_json::from_slice(&raw).unwrap();
+        claims["sub"].as_str().unwrap().to_owned()
     }
     pub fn error(&self) -> Option<&str> {
         self.body["error"].as_str()
@@ -52,18 +58,6 @@ impl Tokens {
     pub fn description(&self) -> &str {
         self.body["error_description"].as_str().unwrap_or_default()
     }
-}
-
-/// The `sub` of the access token of the token response `body`.
-pub fn sub_of(body: &Value) -> String {
-    use base64::Engine;
-    let at = body["access_token"].as_str().unwrap();
-    let payload = at.split('.').nth(1).unwrap();
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let claims: Value = serde_json::from_slice(&raw).unwrap();
-    claims["sub"].as_str().unwrap().to_owned()
 }
 
 pub async fn dev_app() -> TestApp {
