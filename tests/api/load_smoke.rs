@@ -58,6 +58,17 @@ fn assert_all_succeeded(report: &portcullis_load::Report, scenarios: &[Scenario]
     assert_eq!(report.gateway_alg.as_deref(), Some("RS256"));
     let ran: Vec<Scenario> = report.scenarios.iter().map(|s| s.scenario).collect();
     assert_eq!(ran, scenarios);
+    // The machine's yardstick before and after, on the gateway's CPUs
+    // (here this process's).
+    let gateway_cpus = portcullis_load::engine::allowed_cpus(std::process::id()).unwrap_or_default();
+    for y in [&report.machine_before, &report.machine_after] {
+        let y = y.as_ref().expect("a machine yardstick before and after the run");
+        assert_eq!(y.cpus, gateway_cpus, "{y:?}");
+        assert!(y.p256_sign_us > 0.0, "{y:?}");
+        let sizes: Vec<usize> = y.memory_latency_ns.iter().map(|m| m.0).collect();
+        assert_eq!(sizes, portcullis_load::machine::CHASE_KIB, "{y:?}");
+        assert!(y.memory_latency_ns.iter().all(|m| m.1 > 0.0), "{y:?}");
+    }
     for s in &report.scenarios {
         assert!(s.ok > 0, "{} did nothing: {s:#?}", s.scenario.name());
         assert!(s.error_samples.is_empty(), "{s:#?}");

@@ -10,6 +10,7 @@
 pub mod balance;
 pub mod engine;
 pub mod flows;
+pub mod machine;
 pub mod saml_idp;
 pub mod seed;
 pub mod upstream;
@@ -601,6 +602,11 @@ pub struct Report {
     /// The smallest and largest RSS sample, KiB, and the growth from the
     /// first to the last minute of samples (mean of each), KiB.
     pub gateway_rss_summary: Option<RssSummary>,
+    /// The machine's yardstick on the gateway's CPUs before the first
+    /// scenario and after the last ([`machine`]): runs compare when these agree.
+    pub machine_before: Option<machine::Yardstick>,
+    /// See `machine_before`.
+    pub machine_after: Option<machine::Yardstick>,
 }
 
 /// What the RSS samples say about memory over the run.
@@ -725,6 +731,31 @@ pub fn pin(cpus: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
+/// The machine's yardstick ([`machine`]) on the gateway's CPUs (those of
+/// its first process; the generator's own without a gateway pid), printed;
+/// `None`, with a note, when it could not be measured.
+async fn yardstick(opts: &Options, when: &'static str) -> Option<machine::Yardstick> {
+    let cpus = match opts.gateway_pid.first() {
+        Some(&pid) => engine::allowed_cpus(pid).unwrap_or_default(),
+        None => opts.cpus.clone(),
+    };
+    let measured = tokio::task::spawn_blocking(move || machine::measure(&cpus)).await;
+    match measured {
+        Ok(Ok(y)) => {
+            println!("{}", y.line(when));
+            Some(y)
+        }
+        Ok(Err(e)) => {
+            eprintln!("portcullis-load: machine yardstick {when}: {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("portcullis-load: machine yardstick {when}: {e}");
+            None
+        }
+    }
+}
+
 /// `--pause-after-setup`: creates `file`, then waits for its `resume` line
 /// and answers the process ids it names.
 async fn pause(file: &std::path::Path) -> Result<Vec<u32>, String> {
@@ -800,6 +831,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             t.elapsed().as_secs_f64()
         );
     }
+    let machine_before = yardstick(opts, "before").await;
     let sampler = (!opts.gateway_pid.is_empty()).then(|| RssSampler::start(opts.watched()));
     let mut scenarios = Vec::new();
     for s in opts.scenarios() {
@@ -830,6 +862,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         scenarios.push(r);
     }
     let rss = sampler.map(RssSampler::finish).unwrap_or_default();
+    let machine_after = yardstick(opts, "after").await;
     let summary = RssSummary::of(&rss);
     if let Some(sum) = &summary {
         println!("{}", sum.line());
@@ -845,6 +878,8 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     Ok(Report {
         gateway_rss_kib_per_s: rss,
         gateway_rss_summary: summary,
+        machine_before,
+        machine_after,
         tenants: world.tenants(),
         tenant_warmup_signins: warmed,
         idp_certificates: opts.idp_certificates,
