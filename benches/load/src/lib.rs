@@ -739,15 +739,14 @@ async fn yardstick(opts: &Options, when: &'static str) -> Option<machine::Yardst
         Some(&pid) => engine::allowed_cpus(pid).unwrap_or_default(),
         None => opts.cpus.clone(),
     };
-    let measured = tokio::task::spawn_blocking(move || machine::measure(&cpus)).await;
+    let measured = tokio::task::spawn_blocking(move || machine::measure(&cpus))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|m| m);
     match measured {
-        Ok(Ok(y)) => {
+        Ok(y) => {
             println!("{}", y.line(when));
             Some(y)
-        }
-        Ok(Err(e)) => {
-            eprintln!("portcullis-load: machine yardstick {when}: {e}");
-            None
         }
         Err(e) => {
             eprintln!("portcullis-load: machine yardstick {when}: {e}");
