@@ -2,15 +2,16 @@
 //! before the first scenario and after the last, on the gateway's CPUs.
 //!
 //! On a shared VM the same build's CPU per operation moves by up to half
-//! between sittings while `openssl speed` does not (`docs/PERFORMANCE.md`,
-//! twenty-ninth pass): the core computes as fast as ever, but how much of
-//! the shared last-level cache the neighbours leave, and so what a load
-//! that misses the second level costs, changes. So the yardstick has both:
-//! one P-256 signature (compute in the first level, what `openssl speed`
-//! sees) and the latency of dependent loads over buffers from a quarter of
-//! a megabyte to 32 MiB (a pointer chase through one random cycle over
-//! their cache lines: no prefetcher can guess the next line). Two runs are
-//! comparable when their yardsticks agree.
+//! between sittings (`docs/PERFORMANCE.md`, twenty-ninth pass): how much
+//! of the shared last-level cache the neighbours leave changes, and so
+//! what a load that misses the second level costs, and the vCPU's own
+//! compute speed moves too. So the yardstick has both: one P-256 signature
+//! (compute in the first level, what `openssl speed` sees) and the latency
+//! of dependent loads over buffers from a quarter of a megabyte to 32 MiB
+//! (a pointer chase through one random cycle over their cache lines: no
+//! prefetcher can guess the next line). Two runs compare only when their
+//! yardsticks agree (needed, not enough: the same build still differed by
+//! a fifth between runs with agreeing yardsticks).
 
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
