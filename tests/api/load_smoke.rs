@@ -211,6 +211,42 @@ async fn the_sign_ins_and_refresh_rotation_succeed_open_loop() {
     }
 }
 
+/// `--round`: open loop, a window longer than a round runs in rounds, each
+/// prepared (its second halves' `/authorize`s and the IdP's answers)
+/// before it, so a prepared login is never left longer than a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_sign_ins_run_in_rounds_each_prepared_before_it() {
+    let app = gateway().await;
+    let mut opts = smoke(&app);
+    opts.rate = Some(20.0);
+    opts.duration = 1.0;
+    opts.round = 0.5;
+    let scenarios = vec![Scenario::SamlSignin, Scenario::OidcSignin];
+    opts.scenario = scenarios.clone();
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &scenarios);
+    for s in &report.scenarios {
+        assert_eq!(s.ok, 20, "rate × duration whole sign-ins over both rounds: {s:#?}");
+        let names: Vec<&str> = s.stages.iter().map(|st| st.name.as_str()).collect();
+        let second = if s.scenario == Scenario::SamlSignin {
+            "acs+continue+token"
+        } else {
+            "callback+token"
+        };
+        assert_eq!(names, ["authorize", second, "authorize", second], "two rounds: {s:#?}");
+        // Each round's halves: ten fresh `/authorize`s and ten prepared second halves.
+        assert!(s.stages.iter().all(|st| st.ok == 10), "{s:#?}");
+        assert!(s.prepare_s > 0.0, "each round was prepared: {s:#?}");
+        // The second round's stages start after the first round's end.
+        let w: Vec<[f64; 2]> = s
+            .stages
+            .iter()
+            .map(|st| st.monotonic_s.expect("a stage window"))
+            .collect();
+        assert!(w[2][0] >= w[0][1].max(w[1][1]), "{w:?}");
+    }
+}
+
 /// `--replica`: two replicas on one Redis with one public URL, every
 /// request to the next replica in turn (no stickiness), so a sign-in's
 /// `/authorize`, ACS, continuation and `/token` alternate between them;

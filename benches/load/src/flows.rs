@@ -16,10 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::Url;
 
-/// Sign-in scenarios run in rounds of at most this long, so every pending
-/// login is answered well within the gateway's login TTL (600 s by default).
-const ROUND: Duration = Duration::from_secs(60);
-
 /// How many first halves run at once ahead of an open-loop window.
 const PREPARE_CONCURRENCY: usize = 16;
 
@@ -105,6 +101,9 @@ struct Inner {
     sso: std::sync::OnceLock<Vec<(usize, String)>>,
     /// The measured window per scenario (the warm-up is shorter).
     duration: Duration,
+    /// Sign-in scenarios run in rounds of at most this long (`--round`), so
+    /// every pending login is answered well within the gateway's login TTL.
+    round: Duration,
 }
 
 fn random_hex(n: usize) -> String {
@@ -330,6 +329,11 @@ impl World {
             tokens: std::sync::OnceLock::new(),
             sso: std::sync::OnceLock::new(),
             duration: opts.window(),
+            round: Duration::from_secs_f64(if opts.round.is_finite() {
+                opts.round.clamp(0.1, 300.0)
+            } else {
+                60.0
+            }),
         });
         // Refresh chains: enough that concurrent refreshes rarely share one.
         let chains = match opts.mode() {
@@ -533,6 +537,11 @@ impl World {
     /// sign-ins' halves, which are distributed as one person's two halves
     /// are, since the person's time at the IdP (`think`) already makes the
     /// two waits independent.
+    ///
+    /// A window longer than `--round` (60 s) runs in rounds of at most that, each
+    /// prepared just before it, so every prepared login is answered well
+    /// within the gateway's login TTL and the answers held stay bounded; the
+    /// scenario's CPU and commands are the rounds' windows' own.
     async fn signin_open(&self, window: Duration, saml: bool, rate: f64) -> ScenarioReport {
         let w = &self.inner;
         let scenario = if saml {
@@ -541,100 +550,119 @@ impl World {
             Scenario::OidcSignin
         };
         let mut r = report(scenario, w.mode, 0.0);
-        let n = ((rate * window.as_secs_f64()).ceil() as usize).max(1);
         // The person's time at the IdP.
         let think = Duration::from_secs_f64((window.as_secs_f64() / 10.0).clamp(0.2, 1.0));
-        let bounds = |limit| Bounds {
-            limit: Some(limit),
-            duration: None,
-            max_in_flight: w.max_in_flight,
-        };
-        // Ahead of the window: the second halves' first halves, and the
-        // IdP's answers to them, signed on every CPU the generator may use.
-        let prepared = Instant::now();
-        let wp = w.clone();
-        let ahead = engine::run(
-            Mode::Closed(PREPARE_CONCURRENCY),
-            bounds(n),
-            true,
-            &Watched::default(),
-            move |i| {
-                let w = wp.clone();
-                // Indices past the window's fresh sign-ins: other users.
-                async move { w.authorize(n + i, saml).await }
-            },
-        )
-        .await;
-        let mut failed = ahead.samples;
-        let (answered, errors) = w.answer_all(ahead.outputs, saml);
-        r.prepare_s = prepared.elapsed().as_secs_f64();
-        // A sign-in that could not be prepared is an error of the scenario:
-        // the window would run fewer second halves than first halves.
-        let unprepared = ahead.errors + ahead.shed + errors.len() as u64;
-        if unprepared > 0 {
-            r.errors += unprepared;
-            failed.extend(errors);
-            r.error_samples = failed.into_iter().take(5).collect();
-            return r;
-        }
-        let answered: Arc<Vec<(u64, Answered)>> = Arc::new(answered);
-        let measured = w.watched.open().await;
-        let m0 = engine::monotonic_s();
-        let t0 = Instant::now();
-        let wa = w.clone();
-        let unwatched = Watched::default();
-        let first = engine::run(
-            Mode::Open(rate),
-            Bounds {
-                duration: Some(window),
-                ..bounds(n)
-            },
-            true,
-            &unwatched,
-            move |i| {
-                let w = wa.clone();
-                async move { w.authorize(i, saml).await.map(|_pending| ()) }
-            },
-        );
-        let (wb, items) = (w.clone(), answered.clone());
-        let count = answered.len();
-        let second = async move {
-            tokio::time::sleep(think).await;
-            engine::run(Mode::Open(rate), bounds(count), true, &Watched::default(), move |i| {
-                let (w, items) = (wb.clone(), items.clone());
-                async move {
-                    let (_, item) = items.get(i).ok_or("no such prepared sign-in")?;
-                    w.finish_signin(item, saml).await
-                }
-            })
-            .await
-        };
-        let (a, b) = tokio::join!(first, second);
-        let elapsed = t0.elapsed();
-        // Both halves overlap: the window is the scenario's, around both.
-        r.monotonic_window_s = m0.zip(engine::monotonic_s()).map(|(a, b)| [a, b]);
-        let engine::Used { cpu: used, commands } = measured.close().await;
-        r.stages.push(stage_report("authorize", &a));
-        r.stages.push(stage_report(
-            if saml { "acs+continue+token" } else { "callback+token" },
-            &b,
-        ));
-        absorb(&mut r, &a);
-        absorb(&mut r, &b);
-        r.elapsed_s = elapsed.as_secs_f64();
-        r.gateway_cpu_s = used.gateway;
-        r.gateway_system_cpu_s = used.gateway_system;
-        r.redis_cpu_s = used.redis;
-        r.generator_cpu_s = used.generator;
-        r.add_cpu_load(used.gateway_cpus, used.generator_cpus);
-        add_commands(&mut r, commands.as_ref());
-        let firsts: std::collections::HashMap<usize, u64> = a.outputs.iter().map(|(i, (), m)| (*i, *m)).collect();
         let mut hist = engine::histogram();
-        for (i, (), micros) in &b.outputs {
-            if let Some(first) = firsts.get(i) {
-                let _ignored_out_of_range = hist.record((first + micros).max(1));
+        let mut left = window;
+        // Sign-in indices used so far (each picks its user and tenant).
+        let mut offset = 0usize;
+        let mut first_start: Option<f64> = None;
+        while left > Duration::from_millis(50) {
+            let round = left.min(w.round);
+            left = left.saturating_sub(round);
+            let n = ((rate * round.as_secs_f64()).ceil() as usize).max(1);
+            let bounds = |limit| Bounds {
+                limit: Some(limit),
+                duration: None,
+                max_in_flight: w.max_in_flight,
+            };
+            // Ahead of the round: the second halves' first halves, and the
+            // IdP's answers to them, signed on every CPU the generator may use.
+            let prepared = Instant::now();
+            let (wp, base) = (w.clone(), offset + n);
+            let ahead = engine::run(
+                Mode::Closed(PREPARE_CONCURRENCY),
+                bounds(n),
+                true,
+                &Watched::default(),
+                move |i| {
+                    let w = wp.clone();
+                    // Indices past the round's fresh sign-ins: other users.
+                    async move { w.authorize(base + i, saml).await }
+                },
+            )
+            .await;
+            let mut failed = ahead.samples;
+            let (answered, errors) = w.answer_all(ahead.outputs, saml);
+            r.prepare_s += prepared.elapsed().as_secs_f64();
+            // A sign-in that could not be prepared is an error of the
+            // scenario: the round would run fewer second halves than first.
+            let unprepared = ahead.errors + ahead.shed + errors.len() as u64;
+            if unprepared > 0 {
+                r.errors += unprepared;
+                failed.extend(errors);
+                r.error_samples = failed.into_iter().take(5).collect();
+                return r;
             }
+            let answered: Arc<Vec<(u64, Answered)>> = Arc::new(answered);
+            let measured = w.watched.open().await;
+            first_start = first_start.or(engine::monotonic_s());
+            let t0 = Instant::now();
+            let (wa, fresh) = (w.clone(), offset);
+            let unwatched = Watched::default();
+            let first = engine::run(
+                Mode::Open(rate),
+                Bounds {
+                    duration: Some(round),
+                    ..bounds(n)
+                },
+                true,
+                &unwatched,
+                move |i| {
+                    let w = wa.clone();
+                    async move { w.authorize(fresh + i, saml).await.map(|_pending| ()) }
+                },
+            );
+            let (wb, items) = (w.clone(), answered.clone());
+            let count = answered.len();
+            let second = async move {
+                tokio::time::sleep(think).await;
+                engine::run(Mode::Open(rate), bounds(count), true, &Watched::default(), move |i| {
+                    let (w, items) = (wb.clone(), items.clone());
+                    async move {
+                        let (_, item) = items.get(i).ok_or("no such prepared sign-in")?;
+                        w.finish_signin(item, saml).await
+                    }
+                })
+                .await
+            };
+            let (a, b) = tokio::join!(first, second);
+            r.elapsed_s += t0.elapsed().as_secs_f64();
+            let engine::Used { cpu: used, commands } = measured.close().await;
+            r.stages.push(stage_report("authorize", &a));
+            r.stages.push(stage_report(
+                if saml { "acs+continue+token" } else { "callback+token" },
+                &b,
+            ));
+            r.errors += a.errors + b.errors;
+            r.shed += a.shed + b.shed;
+            for e in a.samples.iter().chain(&b.samples) {
+                if r.error_samples.len() < 5 {
+                    r.error_samples.push(e.clone());
+                }
+            }
+            let sum = |total: Option<f64>, more: Option<f64>| match (total, more) {
+                (Some(t), Some(m)) => Some(t + m),
+                (t, m) => t.or(m),
+            };
+            r.gateway_cpu_s = sum(r.gateway_cpu_s, used.gateway);
+            r.gateway_system_cpu_s = sum(r.gateway_system_cpu_s, used.gateway_system);
+            r.redis_cpu_s = sum(r.redis_cpu_s, used.redis);
+            r.generator_cpu_s = sum(r.generator_cpu_s, used.generator);
+            r.add_cpu_load(used.gateway_cpus, used.generator_cpus);
+            add_commands(&mut r, commands.as_ref());
+            let firsts: std::collections::HashMap<usize, u64> = a.outputs.iter().map(|(i, (), m)| (*i, *m)).collect();
+            for (i, (), micros) in &b.outputs {
+                if let Some(first) = firsts.get(i) {
+                    let _ignored_out_of_range = hist.record((first + micros).max(1));
+                }
+            }
+            offset += 2 * n;
         }
+        // The rounds overlap their halves: the window is the scenario's,
+        // around every round (with a longer window, the preparations between
+        // rounds fall inside it).
+        r.monotonic_window_s = first_start.zip(engine::monotonic_s()).map(|(a, b)| [a, b]);
         r.ok = hist.len();
         r.latency_ms = Latency::of(&hist);
         r
@@ -669,8 +697,8 @@ impl World {
         };
         while left > Duration::from_millis(50) {
             let round = match ratio {
-                Some(k) => left.min(ROUND).div_f64(1.0 + k),
-                None => left.min(ROUND).mul_f64(0.1),
+                Some(k) => left.min(w.round).div_f64(1.0 + k),
+                None => left.min(w.round).mul_f64(0.1),
             }
             .max(Duration::from_millis(50));
             let wa = w.clone();

@@ -215,6 +215,13 @@ pub struct Options {
     /// early when the codes run out, instead of redeeming expired ones.
     #[arg(long, default_value_t = 60)]
     pub code_ttl: u64,
+    /// Sign-in scenarios run in rounds of at most this many seconds, each
+    /// prepared just before it: closed loop, the IdP's answers are made
+    /// between rounds; open loop, the next round's prepared first halves
+    /// and their answers. Between 0.1 and 300, so a prepared login is
+    /// answered well within the gateway's login TTL (600 s by default).
+    #[arg(long, default_value_t = 60.0)]
+    pub round: f64,
     /// Open loop: at most this many operations in flight.
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
@@ -406,7 +413,8 @@ pub struct ScenarioReport {
     /// The scenario's measured run, from the start of its first timed
     /// stage to the end of its last (with what runs between them, such as
     /// a sign-in's signing of responses; open loop, a sign-in's two
-    /// overlapping halves and the window around them), as `[start, end]` seconds on
+    /// overlapping halves and the window around them, and past one
+    /// `--round` the preparation of the next round), as `[start, end]` seconds on
     /// `CLOCK_MONOTONIC`: the window to cut from a `perf record -k
     /// CLOCK_MONOTONIC` or a callgrind run of the gateway (`scripts/perf`
     /// with `PERF_FLAMEGRAPH` or `PERF_CALLGRIND`), so a profile leaves out
