@@ -634,23 +634,9 @@ impl World {
                 if saml { "acs+continue+token" } else { "callback+token" },
                 &b,
             ));
-            r.errors += a.errors + b.errors;
-            r.shed += a.shed + b.shed;
-            for e in a.samples.iter().chain(&b.samples) {
-                if r.error_samples.len() < 5 {
-                    r.error_samples.push(e.clone());
-                }
-            }
-            let sum = |total: Option<f64>, more: Option<f64>| match (total, more) {
-                (Some(t), Some(m)) => Some(t + m),
-                (t, m) => t.or(m),
-            };
-            r.gateway_cpu_s = sum(r.gateway_cpu_s, used.gateway);
-            r.gateway_system_cpu_s = sum(r.gateway_system_cpu_s, used.gateway_system);
-            r.redis_cpu_s = sum(r.redis_cpu_s, used.redis);
-            r.generator_cpu_s = sum(r.generator_cpu_s, used.generator);
-            r.add_cpu_load(used.gateway_cpus, used.generator_cpus);
-            add_commands(&mut r, commands.as_ref());
+            add_outcomes(&mut r, &a);
+            add_outcomes(&mut r, &b);
+            add_used(&mut r, &used, commands.as_ref());
             let firsts: std::collections::HashMap<usize, u64> = a.outputs.iter().map(|(i, (), m)| (*i, *m)).collect();
             for (i, (), micros) in &b.outputs {
                 if let Some(first) = firsts.get(i) {
@@ -999,28 +985,43 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
 /// Adds a stage's counts, time and CPU to the scenario.
 fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     r.ok = s.ok;
+    r.elapsed_s += s.elapsed.as_secs_f64();
+    add_outcomes(r, s);
+    let cpu = engine::CpuTimes {
+        gateway: s.cpu_secs,
+        gateway_system: s.system_cpu_secs,
+        redis: s.redis_cpu_secs,
+        generator: s.generator_cpu_secs,
+        gateway_cpus: s.gateway_cpus,
+        generator_cpus: s.generator_cpus,
+    };
+    add_used(r, &cpu, s.redis_commands.as_ref());
+}
+
+/// Adds a stage's errors, sheds and error samples to the scenario's.
+fn add_outcomes<T>(r: &mut ScenarioReport, s: &Stage<T>) {
     r.errors += s.errors;
     r.shed += s.shed;
-    r.elapsed_s += s.elapsed.as_secs_f64();
-    if let Some(c) = s.cpu_secs {
-        r.gateway_cpu_s = Some(r.gateway_cpu_s.unwrap_or(0.0) + c);
-    }
-    if let Some(c) = s.system_cpu_secs {
-        r.gateway_system_cpu_s = Some(r.gateway_system_cpu_s.unwrap_or(0.0) + c);
-    }
-    if let Some(c) = s.redis_cpu_secs {
-        r.redis_cpu_s = Some(r.redis_cpu_s.unwrap_or(0.0) + c);
-    }
-    if let Some(c) = s.generator_cpu_secs {
-        r.generator_cpu_s = Some(r.generator_cpu_s.unwrap_or(0.0) + c);
-    }
-    r.add_cpu_load(s.gateway_cpus, s.generator_cpus);
-    add_commands(r, s.redis_commands.as_ref());
     for e in &s.samples {
         if r.error_samples.len() < 5 {
             r.error_samples.push(e.clone());
         }
     }
+}
+
+/// Adds what a window used (CPU seconds, the CPUs' ticks, Redis's
+/// commands) to the scenario's totals.
+fn add_used(r: &mut ScenarioReport, cpu: &engine::CpuTimes, commands: Option<&engine::CommandStats>) {
+    let sum = |total: Option<f64>, more: Option<f64>| match (total, more) {
+        (Some(t), Some(m)) => Some(t + m),
+        (t, m) => t.or(m),
+    };
+    r.gateway_cpu_s = sum(r.gateway_cpu_s, cpu.gateway);
+    r.gateway_system_cpu_s = sum(r.gateway_system_cpu_s, cpu.gateway_system);
+    r.redis_cpu_s = sum(r.redis_cpu_s, cpu.redis);
+    r.generator_cpu_s = sum(r.generator_cpu_s, cpu.generator);
+    r.add_cpu_load(cpu.gateway_cpus, cpu.generator_cpus);
+    add_commands(r, commands);
 }
 
 /// Adds Redis's commands of a stage to the scenario's (totals until
