@@ -32,6 +32,7 @@ pub mod portal;
 pub mod provider;
 pub mod secret;
 pub mod secrets;
+pub mod single_flight;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;

@@ -5,6 +5,7 @@ use super::jwt;
 use super::keys::{Keyset, LoadedKey, SigningAlgorithm, StoredKey};
 use super::TokenError;
 use crate::clock::SharedClock;
+use crate::single_flight::Flight;
 use crate::store::{Key, SharedStore, StoreJson};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -38,18 +39,29 @@ impl Default for KeyConfig {
     }
 }
 
-/// A keyset parsed for use, with the instant it was read.
+/// A keyset parsed for use.
 #[derive(Debug)]
 pub(crate) struct LoadedKeyset {
     pub active: LoadedKey,
     pub next: LoadedKey,
     pub retired: Vec<LoadedKey>,
     pub active_since: DateTime<Utc>,
-    pub loaded_at: DateTime<Utc>,
+    /// A digest of the stored keyset this was parsed from
+    /// ([`source_digest`]): a re-read that finds the same document keeps
+    /// this parse instead of decoding every key again.
+    source: [u8; 32],
+}
+
+/// SHA-256 of the keyset document as serialised: equal digests, equal
+/// keys and metadata.
+fn source_digest(ks: &Keyset) -> Result<[u8; 32], TokenError> {
+    use sha2::Digest as _;
+    let doc = serde_json::to_vec(ks).map_err(|e| TokenError::Key(format!("keyset digest: {e}")))?;
+    Ok(sha2::Sha256::digest(&doc).into())
 }
 
 impl LoadedKeyset {
-    fn load(ks: &Keyset, now: DateTime<Utc>) -> Result<Self, TokenError> {
+    fn load(ks: &Keyset, source: [u8; 32]) -> Result<Self, TokenError> {
         Ok(Self {
             active: LoadedKey::load(&ks.active, true)?,
             next: LoadedKey::load(&ks.next, false)?,
@@ -59,7 +71,7 @@ impl LoadedKeyset {
                 .map(|k| LoadedKey::load(k, false))
                 .collect::<Result<_, _>>()?,
             active_since: ks.active.activated_at.unwrap_or(ks.active.created_at),
-            loaded_at: now,
+            source,
         })
     }
 
@@ -132,12 +144,21 @@ struct JwksCache {
     doc: Arc<PublishedDoc>,
 }
 
+/// The parsed keyset, and when it was last read from the store.
+#[derive(Debug)]
+struct Cached {
+    keyset: Arc<LoadedKeyset>,
+    read_at: DateTime<Utc>,
+}
+
 /// Owns the provider's signing keys. Cheap to share behind an `Arc`.
 pub struct KeyManager {
     store: SharedStore,
     clock: SharedClock,
     config: KeyConfig,
-    cache: Mutex<Arc<LoadedKeyset>>,
+    cache: Mutex<Cached>,
+    /// The one re-read of the keyset in flight.
+    rereading: Flight,
     jwks: Mutex<Option<JwksCache>>,
 }
 
@@ -195,39 +216,76 @@ impl KeyManager {
     pub async fn init(store: SharedStore, clock: SharedClock, config: KeyConfig) -> Result<Self, TokenError> {
         super::openssl_provider::install();
         let ks = load_or_create(&store, &clock, config.algorithm).await?;
-        let loaded = LoadedKeyset::load(&ks, clock.now())?;
+        let loaded = LoadedKeyset::load(&ks, source_digest(&ks)?)?;
         tracing::info!(kid = %loaded.active.kid, alg = loaded.active.alg.as_str(), "signing keys loaded");
         Ok(Self {
+            cache: Mutex::new(Cached {
+                keyset: Arc::new(loaded),
+                read_at: clock.now(),
+            }),
             store,
             clock,
             config,
-            cache: Mutex::new(Arc::new(loaded)),
+            rereading: Flight::new(),
             jwks: Mutex::new(None),
         })
     }
 
-    fn cached(&self) -> Arc<LoadedKeyset> {
-        // The guarded value is an Arc swapped in one step; a poisoned lock
-        // cannot hold a half-written keyset.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The cached keyset and when it was read.
+    fn cached(&self) -> (Arc<LoadedKeyset>, DateTime<Utc>) {
+        // The guarded value is swapped in one step; a poisoned lock cannot
+        // hold a half-written keyset.
+        let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        (c.keyset.clone(), c.read_at)
     }
 
+    /// Caches `ks`, read from the store just now. A document equal to the
+    /// cached one keeps its parsed keys (and with them the serialised
+    /// JWKS): decoding a PKCS#8 key costs OpenSSL 3 about 0.6 ms.
     fn install(&self, ks: &Keyset) -> Result<Arc<LoadedKeyset>, TokenError> {
-        let loaded = Arc::new(LoadedKeyset::load(ks, self.clock.now())?);
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = loaded.clone();
-        Ok(loaded)
+        let source = source_digest(ks)?;
+        let (held, _) = self.cached();
+        let keyset = if held.source == source {
+            held
+        } else {
+            Arc::new(LoadedKeyset::load(ks, source)?)
+        };
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Cached {
+            keyset: keyset.clone(),
+            read_at: self.clock.now(),
+        };
+        Ok(keyset)
     }
 
     /// The keyset, re-read from the store once the cache is older than
     /// `cache_for` (or the clock went backwards past the read).
+    ///
+    /// One caller re-reads; the callers that find the cache stale while it
+    /// does keep using the cached keyset, for at most another `cache_for`,
+    /// instead of each reading and parsing the same document (under load,
+    /// every request in flight when the cache went stale did, and parsing
+    /// stalled the worker for tens of milliseconds every `cache_for`).
     async fn current(&self) -> Result<Arc<LoadedKeyset>, TokenError> {
-        let cached = self.cached();
+        let (keyset, read_at) = self.cached();
         let now = self.clock.now();
-        if now >= cached.loaded_at && now < cached.loaded_at + to_chrono(self.config.cache_for) {
-            return Ok(cached);
+        let within = |periods: i32| {
+            now >= read_at
+                && to_chrono(self.config.cache_for)
+                    .checked_mul(periods)
+                    .and_then(|d| read_at.checked_add_signed(d))
+                    .is_none_or(|until| now < until)
+        };
+        if within(1) {
+            return Ok(keyset);
+        }
+        let turn = self.rereading.take();
+        if turn.is_none() && within(2) {
+            return Ok(keyset);
         }
         let ks = load_or_create(&self.store, &self.clock, self.config.algorithm).await?;
-        self.install(&ks)
+        let installed = self.install(&ks);
+        drop(turn);
+        installed
     }
 
     /// A snapshot of the active key to sign with.

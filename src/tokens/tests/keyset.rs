@@ -393,22 +393,44 @@ async fn kid_is_deterministic_per_key() {
     assert_eq!(a.jwks().await.unwrap(), first);
 }
 
-/// A store that holds the first two keyset reads until both have happened,
-/// so two `init`s are forced to both miss and both try to create.
+/// A store whose reads can be held: each `get` first waits for `gate` to
+/// open, and the first `barrier` gets also wait for each other after reading
+/// (with two, two `init`s are forced to both miss and both try to create).
 struct RacingStore {
     inner: MemoryStore,
-    barrier: tokio::sync::Barrier,
+    barrier: Option<(usize, tokio::sync::Barrier)>,
+    gate: tokio::sync::watch::Receiver<bool>,
     gets: std::sync::atomic::AtomicUsize,
     creations: std::sync::Mutex<Vec<bool>>,
+}
+
+impl RacingStore {
+    /// A store whose gate is open, and the sender that closes or opens it.
+    fn new(clock: SharedClock, barrier: usize) -> (Self, tokio::sync::watch::Sender<bool>) {
+        let (open, gate) = tokio::sync::watch::channel(true);
+        let store = Self {
+            inner: MemoryStore::new(clock),
+            barrier: (barrier > 0).then(|| (barrier, tokio::sync::Barrier::new(barrier))),
+            gate,
+            gets: Default::default(),
+            creations: Default::default(),
+        };
+        (store, open)
+    }
+
+    fn gets(&self) -> usize {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 #[async_trait::async_trait]
 impl crate::store::Store for RacingStore {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
         let n = self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.gate.clone().wait_for(|open| *open).await;
         let r = self.inner.get(key).await;
-        if n < 2 {
-            self.barrier.wait().await;
+        if let Some((_, b)) = self.barrier.as_ref().filter(|(parties, _)| n < *parties) {
+            b.wait().await;
         }
         r
     }
@@ -575,12 +597,7 @@ impl crate::store::Store for RacingStore {
 async fn init_race_loser_adopts_the_winners_keyset() {
     let clock = clock();
     let shared: SharedClock = Arc::new(clock.clone());
-    let racing = Arc::new(RacingStore {
-        inner: MemoryStore::new(shared.clone()),
-        barrier: tokio::sync::Barrier::new(2),
-        gets: Default::default(),
-        creations: Default::default(),
-    });
+    let racing = Arc::new(RacingStore::new(shared.clone(), 2).0);
     let store: SharedStore = racing.clone();
     let (a, b) = tokio::join!(
         KeyManager::init(store.clone(), shared.clone(), config(SigningAlgorithm::Es256)),
@@ -687,4 +704,122 @@ async fn published_jwks_bytes_follow_rotation_and_the_end_of_grace() {
     let later = m.jwks_published().await.unwrap();
     assert!(!kids_of(&later).contains(&old_kid), "{:?}", kids_of(&later));
     assert_eq!(kids_of(&later), jwks_kids(&m.jwks().await.unwrap()));
+}
+
+/// Under load every request in flight when the cached keyset went stale used
+/// to re-read and re-parse it (about 0.6 ms of OpenSSL per key each), which
+/// stalled a busy worker every `cache_for`. Now one caller re-reads while the
+/// others keep signing with the cached keys; a lone caller still re-reads
+/// before it signs.
+#[tokio::test]
+async fn a_stale_keyset_is_reread_by_one_caller_while_the_others_use_the_cached_one() {
+    let clock = clock();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let (racing, open) = RacingStore::new(shared.clone(), 0);
+    let racing = Arc::new(racing);
+    let store: SharedStore = racing.clone();
+    let m = KeyManager::init(store.clone(), shared.clone(), config(SigningAlgorithm::Es256))
+        .await
+        .unwrap();
+    let env = Env { store, clock };
+    let before = racing.gets();
+    let kid = kid_of(&m.sign("JWT", &env.claims(60)).await.unwrap());
+    assert_eq!(racing.gets(), before, "a fresh cache reads nothing");
+
+    // Stale, and the store slow to answer: the first caller waits for it,
+    // the fifteen after it sign at once with the cached key.
+    env.advance(31);
+    open.send_replace(false);
+    let claims = env.claims(60);
+    let first = m.sign("JWT", &claims);
+    tokio::pin!(first);
+    assert!(
+        poll_once(first.as_mut()).await.is_none(),
+        "the re-reader waits for the store"
+    );
+    for _ in 0..15 {
+        let other = m.sign("JWT", &claims);
+        tokio::pin!(other);
+        let signed = poll_once(other.as_mut())
+            .await
+            .expect("signed without waiting for the store");
+        assert_eq!(kid_of(&signed.unwrap()), kid);
+    }
+    assert_eq!(racing.gets(), before + 1, "one read of the keyset for sixteen callers");
+    open.send_replace(true);
+    assert_eq!(kid_of(&first.await.unwrap()), kid);
+    assert_eq!(racing.gets(), before + 1);
+
+    // Read again: the next caller finds the cache fresh.
+    m.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(racing.gets(), before + 1);
+
+    // A stale cache is used meanwhile for at most one more `cache_for`:
+    // past that, a caller reads the keyset itself even while another does.
+    env.advance(61);
+    open.send_replace(false);
+    let first = m.sign("JWT", &claims);
+    tokio::pin!(first);
+    assert!(poll_once(first.as_mut()).await.is_none());
+    let second = m.sign("JWT", &claims);
+    tokio::pin!(second);
+    assert!(poll_once(second.as_mut()).await.is_none(), "too stale to use meanwhile");
+    assert_eq!(racing.gets(), before + 3);
+    open.send_replace(true);
+    first.await.unwrap();
+    second.await.unwrap();
+}
+
+/// Polls `f` once: its output if it finished, `None` if it waits.
+async fn poll_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// A re-read that finds the document it parsed last keeps that parse (and
+/// the JWKS serialised from it) instead of decoding every key again; one
+/// that finds another replica's rotation parses the new keyset.
+#[tokio::test]
+async fn a_reread_of_an_unchanged_keyset_keeps_its_parsed_keys() {
+    let env = Env::new();
+    let a = env.manager(SigningAlgorithm::Es256).await;
+    let b = env.manager(SigningAlgorithm::Es256).await;
+    let doc = b.jwks_published().await.unwrap();
+    env.advance(31);
+    let again = b.jwks_published().await.unwrap();
+    assert!(
+        Arc::ptr_eq(&doc, &again),
+        "same keyset re-read: same parse, same document"
+    );
+
+    a.rotate().await.unwrap();
+    let new_kid = env.stored().await.active.kid;
+    env.advance(31);
+    let rotated = b.jwks_published().await.unwrap();
+    assert_ne!(rotated.etag, doc.etag, "the rotation is seen");
+    let token = b.sign("JWT", &env.claims(60)).await.unwrap();
+    assert_eq!(kid_of(&token), new_kid);
+    let _: Claims = a.verify(&token, "JWT", ISS).await.unwrap();
+}
+
+/// The comparison covers the keys themselves, not only their names: a
+/// re-read that finds another private key under the same `kid` parses it,
+/// and fails closed on the mismatch instead of keeping the earlier parse.
+#[tokio::test]
+async fn a_reread_keyset_with_a_replaced_key_under_the_same_kid_fails_closed() {
+    let env = Env::new();
+    let m = env.manager(SigningAlgorithm::Es256).await;
+    m.sign("JWT", &env.claims(60)).await.unwrap();
+    let mut ks = env.stored().await;
+    ks.active.private_pem = ks.next.private_pem.clone();
+    env.store
+        .put_json(&Key::global("keys", "signing"), &ks, None)
+        .await
+        .unwrap();
+    env.advance(31);
+    assert!(matches!(m.sign("JWT", &env.claims(60)).await, Err(TokenError::Key(_))));
+    assert!(matches!(m.sign("JWT", &env.claims(60)).await, Err(TokenError::Key(_))));
 }

@@ -16,6 +16,7 @@
 use super::super::http::{HttpRequest, HttpResponse, OutboundHttp};
 use super::super::{UpstreamContext, UpstreamError};
 use super::keys::OpensslJwk;
+use crate::single_flight::Flight;
 use crate::store::Key;
 use chrono::{DateTime, Duration, Utc};
 use openidconnect::core::{
@@ -265,11 +266,18 @@ struct Cached<T> {
 }
 
 /// The per-connector cache of metadata and keys.
+///
+/// When a copy expires, one caller fetches it again ([`Flight`]); the callers
+/// that find it expired meanwhile use the expired copy, for at most another
+/// TTL, instead of all sending the same requests to the IdP at once. A copy
+/// never fetched, or expired for longer, is fetched by whoever needs it.
 pub struct Provider {
     issuer: String,
     rate_key: Key,
     metadata: Mutex<Option<Cached<ProviderMetadata>>>,
     jwks: Mutex<Option<Cached<KeySet>>>,
+    discovering: Flight,
+    fetching_keys: Flight,
 }
 
 impl Provider {
@@ -280,6 +288,8 @@ impl Provider {
             rate_key,
             metadata: Mutex::new(None),
             jwks: Mutex::new(None),
+            discovering: Flight::new(),
+            fetching_keys: Flight::new(),
         }
     }
 
@@ -289,6 +299,21 @@ impl Provider {
         if let Some(hit) = fresh(&self.metadata, now) {
             return Ok(hit);
         }
+        let _turn = match self.discovering.take() {
+            Some(turn) => turn,
+            None => match expired_within(&self.metadata, now, METADATA_TTL_SECS) {
+                Some(meanwhile) => return Ok(meanwhile),
+                None => return self.discover(ctx, now).await,
+            },
+        };
+        self.discover(ctx, now).await
+    }
+
+    async fn discover(
+        &self,
+        ctx: &UpstreamContext,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<ProviderMetadata>, UpstreamError> {
         let (meta, keys) = discover(ctx, &self.issuer).await?;
         let meta = Arc::new(meta);
         store(&self.metadata, meta.clone(), now + Duration::seconds(METADATA_TTL_SECS));
@@ -304,7 +329,19 @@ impl Provider {
                 return Ok(hit);
             }
         }
+        let turn = self.fetching_keys.take();
+        if !refresh && turn.is_none() {
+            if let Some(meanwhile) = expired_within(&self.jwks, now, JWKS_TTL_SECS) {
+                return Ok(meanwhile);
+            }
+        }
         let meta = self.metadata(ctx).await?;
+        if !refresh {
+            // Discovering again brought the keys along.
+            if let Some(hit) = fresh(&self.jwks, now) {
+                return Ok(hit);
+            }
+        }
         let (keys, elapsed) = crate::meter::timed(JsonWebKeySet::<CoreJsonWebKey>::fetch_async(
             meta.discovered.jwks_uri(),
             &ctx.http,
@@ -333,6 +370,15 @@ impl Provider {
 fn fresh<T>(slot: &Mutex<Option<Cached<T>>>, now: DateTime<Utc>) -> Option<Arc<T>> {
     let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
     guard.as_ref().filter(|c| c.expires > now).map(|c| c.value.clone())
+}
+
+/// The copy in `slot` if it expired no more than `grace_secs` ago.
+fn expired_within<T>(slot: &Mutex<Option<Cached<T>>>, now: DateTime<Utc>, grace_secs: i64) -> Option<Arc<T>> {
+    let guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .as_ref()
+        .filter(|c| c.expires + Duration::seconds(grace_secs) > now)
+        .map(|c| c.value.clone())
 }
 
 fn store<T>(slot: &Mutex<Option<Cached<T>>>, value: Arc<T>, expires: DateTime<Utc>) {

@@ -75,6 +75,7 @@ pub struct Script {
     pub userinfo_sub: String,
     pub userinfo_claims: Value,
     // Observations.
+    pub discovery_hits: usize,
     pub jwks_hits: usize,
     pub token_requests: Vec<(BTreeMap<String, String>, Option<String>)>,
     /// Codes the IdP issued and not yet redeemed: code → (PKCE S256
@@ -105,6 +106,7 @@ impl FakeIdp {
             id_token: None,
             userinfo_sub: "user-1".into(),
             userinfo_claims: json!({"groups": ["staff", "admins"], "locale": "de"}),
+            discovery_hits: 0,
             jwks_hits: 0,
             token_requests: Vec::new(),
             codes: BTreeMap::new(),
@@ -161,7 +163,8 @@ fn client_authenticated(headers: &HeaderMap, form: &BTreeMap<String, String>) ->
 type S = State<Arc<Mutex<Script>>>;
 
 async fn discovery(State(s): S) -> Json<Value> {
-    let s = s.lock().unwrap();
+    let mut s = s.lock().unwrap();
+    s.discovery_hits += 1;
     let i = &s.issuer;
     let mut doc = json!({
         "issuer": s.discovery_issuer,

@@ -238,6 +238,61 @@ async fn unknown_kid_flood_refetches_at_most_once_per_window() {
     assert_eq!(f.idp.with(|s| s.jwks_hits), base + 2);
 }
 
+/// The discovery document and keys are trusted for an hour. Past it, one
+/// sign-in fetches them again while the others in flight carry on with the
+/// copy the connector has: the IdP sees one discovery and one JWKS request,
+/// not one of each per sign-in.
+#[tokio::test]
+async fn expired_discovery_is_fetched_once_for_sign_ins_in_flight() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims).await.unwrap();
+    let hits = || f.idp.with(|s| (s.discovery_hits, s.jwks_hits));
+    let base = hits();
+
+    f.clock.advance(Duration::seconds(3601));
+    let begun = tokio::join!(f.begin(), f.begin(), f.begin(), f.begin(), f.begin(), f.begin());
+    assert_eq!(hits(), (base.0 + 1, base.1 + 1), "one fetch of each for six sign-ins");
+    drop(begun);
+    // The copy fetched is the one used from now on.
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(hits(), (base.0 + 1, base.1 + 1));
+}
+
+/// The same for the keys an ID token is checked with: one caller fetches
+/// the expired set, and the discovery that brings it along is not followed
+/// by a second JWKS request.
+#[tokio::test]
+async fn expired_keys_are_fetched_once_for_concurrent_checks() {
+    let f = Fixture::new().await;
+    let provider = oidc::provider::Provider::new(
+        f.idp.issuer.clone(),
+        portcullis::store::Key::global("test", "oidc-refetch"),
+    );
+    let hits = || f.idp.with(|s| (s.discovery_hits, s.jwks_hits));
+    let base = hits();
+    provider.keys(&f.ctx, false).await.unwrap();
+    assert_eq!(hits(), (base.0 + 1, base.1 + 1), "discovery brings the keys");
+
+    f.clock.advance(Duration::seconds(3601));
+    let keys = tokio::join!(
+        provider.keys(&f.ctx, false),
+        provider.keys(&f.ctx, false),
+        provider.keys(&f.ctx, false),
+        provider.keys(&f.ctx, false),
+        provider.keys(&f.ctx, false),
+    );
+    for k in [keys.0, keys.1, keys.2, keys.3, keys.4] {
+        assert_eq!(k.unwrap().keys().len(), 1);
+    }
+    assert_eq!(hits(), (base.0 + 2, base.1 + 2), "one fetch of each for five callers");
+    provider.keys(&f.ctx, false).await.unwrap();
+    assert_eq!(hits(), (base.0 + 2, base.1 + 2), "fresh again");
+}
+
 #[tokio::test]
 async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
     let f = Fixture::new().await;
