@@ -67,13 +67,40 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `resolved`.
     pub async fn bind(resolved: &Resolved) -> std::io::Result<Self> {
-        let main = TcpListener::bind(resolved.listen).await?;
+        let main = listen(resolved.listen)?;
         let admin = match resolved.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(listen(addr)?),
             None => None,
         };
         Ok(Self { main, admin })
     }
+}
+
+/// The queue of connections the kernel completes for us before we accept
+/// them, asked as long as it may be: the kernel caps it at its own limit
+/// (`net.core.somaxconn`, 4096 by default on Linux since 5.4), as Go's
+/// servers do. tokio's `TcpListener::bind` asks for 128 (mio's, the
+/// standard library's value): under a burst of new connections (a load
+/// balancer reconnecting after a deploy, a client opening connections for
+/// the requests it holds while the gateway is busy) the queue overflowed,
+/// the kernel dropped the handshakes past it, and each of those clients
+/// waited a second or more for its SYN to be sent again
+/// (`TcpExtListenOverflows` in `nstat`).
+const LISTEN_BACKLOG: u32 = i32::MAX as u32;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] and, as tokio's own `bind`
+/// does on Unix, `SO_REUSEADDR` (a restart binds the port its predecessor's
+/// connections still linger on).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `state` on `listeners` until `shutdown` resolves; then turns
