@@ -283,9 +283,7 @@ impl KeyManager {
             return Ok(keyset);
         }
         let ks = load_or_create(&self.store, &self.clock, self.config.algorithm).await?;
-        let installed = self.install(&ks);
-        drop(turn);
-        installed
+        self.install(&ks)
     }
 
     /// A snapshot of the active key to sign with.

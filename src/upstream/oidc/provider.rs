@@ -299,21 +299,12 @@ impl Provider {
         if let Some(hit) = fresh(&self.metadata, now) {
             return Ok(hit);
         }
-        let _turn = match self.discovering.take() {
-            Some(turn) => turn,
-            None => match expired_within(&self.metadata, now, METADATA_TTL_SECS) {
-                Some(meanwhile) => return Ok(meanwhile),
-                None => return self.discover(ctx, now).await,
-            },
-        };
-        self.discover(ctx, now).await
-    }
-
-    async fn discover(
-        &self,
-        ctx: &UpstreamContext,
-        now: DateTime<Utc>,
-    ) -> Result<Arc<ProviderMetadata>, UpstreamError> {
+        let turn = self.discovering.take();
+        if turn.is_none() {
+            if let Some(meanwhile) = expired_within(&self.metadata, now, METADATA_TTL_SECS) {
+                return Ok(meanwhile);
+            }
+        }
         let (meta, keys) = discover(ctx, &self.issuer).await?;
         let meta = Arc::new(meta);
         store(&self.metadata, meta.clone(), now + Duration::seconds(METADATA_TTL_SECS));
