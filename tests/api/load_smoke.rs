@@ -165,6 +165,16 @@ async fn every_scenario_of_the_load_generator_succeeds_closed_loop() {
     let opts = smoke(&app);
     let report = portcullis_load::run(&opts).await.expect("the generator's setup");
     assert_all_succeeded(&report, &Scenario::ALL);
+    // Closed loop has no intended send times: no lag is reported.
+    for s in &report.scenarios {
+        assert!(
+            s.stages
+                .iter()
+                .all(|st| st.send_lag_ms.is_none() && st.slowest.is_none()),
+            "{s:#?}"
+        );
+        assert_eq!(s.lag_line(), "");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,6 +196,22 @@ async fn the_sign_ins_and_refresh_rotation_succeed_open_loop() {
     assert_eq!(acs.ok, 20, "rate × duration responses signed and posted: {acs:#?}");
     let codes = &report.scenarios[4];
     assert_eq!(codes.ok, 20, "rate × duration codes minted and redeemed: {codes:#?}");
+    // Every stage says how late the generator started its requests, and
+    // how the slowest one's latency divides between that lag and its answer.
+    for s in &report.scenarios {
+        for st in &s.stages {
+            let lag = st.send_lag_ms.as_ref().unwrap_or_else(|| panic!("no lag: {s:#?}"));
+            assert!(lag.max >= lag.p99 && lag.max <= st.latency_ms.max * 1.002, "{st:#?}");
+            let w = st.slowest.unwrap_or_else(|| panic!("no slowest request: {s:#?}"));
+            let total = w.lag_ms + w.answer_ms;
+            assert!(
+                (total - st.latency_ms.max).abs() <= 0.002 * total + 0.002,
+                "{w:?} against {st:#?}"
+            );
+            assert!((0.0..=st.elapsed_s).contains(&w.at_s), "{w:?} against {st:#?}");
+        }
+        assert!(s.lag_line().contains("lag p99="), "{}", s.lag_line());
+    }
     // `--rate` is whole sign-ins per second: the second halves overlap the
     // next `/authorize`s, so a one-second window at 20/s completes 20
     // sign-ins (half as many when the halves took turns).

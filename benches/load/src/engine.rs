@@ -63,6 +63,26 @@ pub struct Stage<T> {
     pub redis_commands: Option<CommandStats>,
     /// The window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
     pub monotonic_s: Option<[f64; 2]>,
+    /// Open loop: how late the generator started each successful operation
+    /// after its intended send time (µs; a part of its latency the gateway
+    /// never saw). Empty closed loop.
+    pub lag: Histogram<u64>,
+    /// Open loop: the successful operation with the longest latency.
+    pub slowest: Option<Slowest>,
+}
+
+/// The slowest operation of an open-loop stage: when it was meant to be
+/// sent and how its latency divides between the generator's lag in
+/// starting it and the wait for its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Slowest {
+    /// Its intended send time, seconds after the stage started.
+    pub at_s: f64,
+    /// From the intended send time to the generator starting it, ms.
+    pub lag_ms: f64,
+    /// From the generator starting it to its answer (the loopback and the
+    /// gateway, and the generator's reading of the answer), ms.
+    pub answer_ms: f64,
 }
 
 /// Per Redis command (lowercase, as `INFO commandstats` names it): calls
@@ -359,6 +379,9 @@ fn total<T: std::iter::Sum<T>>(pids: &[u32], read: fn(u32) -> Option<T>) -> Opti
 
 struct Collector<T> {
     hist: Histogram<u64>,
+    lag: Histogram<u64>,
+    /// The slowest operation and its latency (µs).
+    slowest: Option<(u64, Slowest)>,
     outputs: Vec<(usize, T, u64)>,
     ok: u64,
     errors: u64,
@@ -374,6 +397,23 @@ pub fn is_shed(message: &str) -> bool {
 }
 
 impl<T> Collector<T> {
+    /// Open loop: the operation meant to be sent `at` into the stage, started
+    /// `lag` µs late and done `micros` µs after its intended send time.
+    fn record_open(&mut self, i: usize, r: Result<T, String>, micros: u64, at: Duration, lag: u64) {
+        if r.is_ok() {
+            let _ignored_out_of_range = self.lag.record(lag.max(1));
+            if self.slowest.is_none_or(|(longest, _)| micros > longest) {
+                let slowest = Slowest {
+                    at_s: at.as_secs_f64(),
+                    lag_ms: lag as f64 / 1000.0,
+                    answer_ms: micros.saturating_sub(lag) as f64 / 1000.0,
+                };
+                self.slowest = Some((micros, slowest));
+            }
+        }
+        self.record(i, r, micros);
+    }
+
     fn record(&mut self, i: usize, r: Result<T, String>, micros: u64) {
         match r {
             Ok(v) => {
@@ -417,6 +457,8 @@ where
     let op = Arc::new(op);
     let collector = Arc::new(Mutex::new(Collector {
         hist: histogram(),
+        lag: histogram(),
+        slowest: None,
         outputs: Vec::new(),
         ok: 0,
         errors: 0,
@@ -475,12 +517,15 @@ where
                 };
                 let (op, collector) = (op.clone(), collector.clone());
                 tokio::spawn(async move {
+                    // What the generator added: its timer, the wait for a
+                    // slot, the task's wait for a worker thread.
+                    let lag = intended.elapsed().as_micros() as u64;
                     let r = op(i).await;
                     // From the intended send time: a request the gateway's
                     // slowness delayed is charged the delay.
                     let micros = intended.elapsed().as_micros() as u64;
                     if let Ok(mut c) = collector.lock() {
-                        c.record(i, r, micros);
+                        c.record_open(i, r, micros, intended - start, lag);
                     }
                     // The results first, then the slot: once every slot is
                     // back, nothing else holds the results.
@@ -520,6 +565,8 @@ where
             generator_cpus: used.generator_cpus,
             redis_commands,
             monotonic_s: monotonic,
+            lag: histogram(),
+            slowest: None,
         };
     };
     Stage {
@@ -538,6 +585,8 @@ where
         generator_cpus: used.generator_cpus,
         redis_commands,
         monotonic_s: monotonic,
+        lag: c.lag,
+        slowest: c.slowest.map(|(_, s)| s),
     }
 }
 
@@ -683,6 +732,43 @@ mod tests {
         // The 20th was meant to start at 190 ms and starts at ~950 ms.
         assert!(open.hist.max() > 700_000, "open max {} µs", open.hist.max());
         assert!(closed.hist.max() < 400_000, "closed max {} µs", closed.hist.max());
+        // Of that, the wait for the one slot is the generator's own lag: the
+        // slowest was the last, started ~760 ms late, answered 50 ms later.
+        assert!(open.lag.max() > 700_000, "open lag max {} µs", open.lag.max());
+        let slowest = open.slowest.expect("the slowest operation");
+        assert!((slowest.at_s - 0.19).abs() < 1e-6, "{slowest:?}");
+        assert!(slowest.lag_ms > 700.0, "{slowest:?}");
+        assert!((50.0..300.0).contains(&slowest.answer_ms), "{slowest:?}");
+        // Closed loop has no intended send times, so no lag.
+        assert!(closed.lag.is_empty() && closed.slowest.is_none());
+    }
+
+    /// Open loop with slots to spare: one slow answer is the gateway's
+    /// (the answer), not the generator's (the lag).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_slowest_open_loop_operation_is_split_into_lag_and_answer() {
+        let op = |i: usize| async move {
+            let ms = if i == 5 { 300 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if i == 7 {
+                // A failure, however slow, is not the slowest success.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Err("op 7: HTTP 500".into());
+            }
+            Ok::<(), String>(())
+        };
+        let bounds = Bounds {
+            limit: Some(10),
+            duration: None,
+            max_in_flight: 10,
+        };
+        let s = run(Mode::Open(100.0), bounds, false, &Watched::default(), op).await;
+        assert_eq!((s.ok, s.errors, s.lag.len()), (9, 1, 9));
+        let slowest = s.slowest.expect("the slowest operation");
+        assert!((slowest.at_s - 0.05).abs() < 1e-6, "{slowest:?}");
+        assert!(slowest.answer_ms >= 300.0, "{slowest:?}");
+        assert!(slowest.lag_ms < 100.0, "{slowest:?}");
+        assert!(s.lag.max() < 100_000, "lag max {} µs", s.lag.max());
     }
 
     #[test]

@@ -979,6 +979,8 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         gateway_system_cpu_s: s.system_cpu_secs,
         redis_cpu_s: s.redis_cpu_secs,
         monotonic_s: s.monotonic_s,
+        send_lag_ms: (!s.lag.is_empty()).then(|| Latency::of(&s.lag)),
+        slowest: s.slowest,
     }
 }
 
@@ -1633,6 +1635,8 @@ mod tests {
             gateway_system_cpu_s: None,
             redis_cpu_s: None,
             monotonic_s: w,
+            send_lag_ms: None,
+            slowest: None,
         };
         assert_eq!(r.measured_window(), None);
         r.stages = vec![stage(Some([10.0, 11.0])), stage(Some([11.5, 13.0]))];
@@ -1659,6 +1663,8 @@ mod tests {
             generator_cpus: None,
             redis_commands: None,
             monotonic_s: None,
+            lag: engine::histogram(),
+            slowest: None,
         }
     }
 

@@ -341,6 +341,14 @@ pub struct StageReport {
     pub redis_cpu_s: Option<f64>,
     /// The stage's window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
     pub monotonic_s: Option<[f64; 2]>,
+    /// Open loop: the generator's lag in starting each operation after its
+    /// intended send time (a part of `latency_ms` the gateway never saw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Latency>,
+    /// Open loop: the slowest operation, and how its latency divides
+    /// between the generator's lag and the wait for its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest: Option<engine::Slowest>,
 }
 
 /// The result of one scenario.
@@ -535,6 +543,30 @@ impl ScenarioReport {
                 per_op(self.redis_cpu_ms_per_op)
             )
         })
+    }
+
+    /// Open loop: how much of the latency the generator itself added, by
+    /// stage (the lag from each request's intended send time to the
+    /// generator starting it) and where the slowest request's time went;
+    /// empty closed loop. A long tail with a short lag was spent on the
+    /// loopback or in the gateway, not waiting in the generator.
+    pub fn lag_line(&self) -> String {
+        let parts: Vec<String> = self
+            .stages
+            .iter()
+            .filter_map(|s| {
+                let lag = s.send_lag_ms.as_ref()?;
+                let mut part = format!("{}: lag p99={:.3} max={:.3} ms", s.name, lag.p99, lag.max);
+                if let Some(w) = s.slowest {
+                    part.push_str(&format!(
+                        ", slowest at +{:.1} s: lag {:.3} + answer {:.3} ms",
+                        w.at_s, w.lag_ms, w.answer_ms
+                    ));
+                }
+                Some(part)
+            })
+            .collect();
+        parts.join("; ")
     }
 
     /// The kernel's share of the gateway's CPU time (`None` without both
@@ -862,6 +894,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         }
         if let Some(memory) = &r.gateway_memory {
             println!("{:<18} {}", s.name(), memory.line());
+        }
+        let lag = r.lag_line();
+        if !lag.is_empty() {
+            println!("{:<18} {lag}", s.name());
         }
         for e in &r.error_samples {
             eprintln!("portcullis-load: {}: {e}", s.name());
