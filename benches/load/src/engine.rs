@@ -812,32 +812,35 @@ mod tests {
         assert!(s.lag.max() < 100_000, "lag max {} µs", s.lag.max());
     }
 
-    /// The open loop sends each request close to its intended time, at a
-    /// rate where nothing waits for a slot. tokio's timer, which paced it
-    /// before, wakes on whole milliseconds: the median request left 0.5 ms
-    /// or more late (0.74-0.96 ms in three tries of this test); the pacer's
-    /// own thread sleeps in the kernel, and the median request starts about
-    /// 0.1 ms late. A loaded machine can hold up any thread for a while, so
-    /// it has three tries.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_open_loop_sends_each_request_close_to_its_intended_time() {
+    /// The open loop keeps its schedule on a thread of its own, which
+    /// sleeps in the kernel, not with tokio's timer: that timer fires on
+    /// whole milliseconds, and every request left 0.6-1.0 ms after its
+    /// intended time at the median (1.5-2.0 ms at p99), a lag counted in
+    /// every open-loop latency (docs/PERFORMANCE.md, thirty-fourth pass).
+    /// So the loop runs on a runtime without a timer (the old pacer panics
+    /// there), and it still spreads its requests over their schedule: the
+    /// last of 200 at 1,000 a second is due 199 ms after the first, and a
+    /// sleep never ends early. How late each request starts is measured by
+    /// the generator in every open-loop run (`send_lag_ms`), not asserted.
+    #[test]
+    fn the_open_loop_is_paced_by_a_thread_of_its_own_not_by_tokios_timer() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("a runtime without a timer");
         let op = |_i: usize| async { Ok::<(), String>(()) };
         let bounds = Bounds {
             limit: Some(200),
             duration: None,
             max_in_flight: 64,
         };
-        let mut medians = Vec::new();
-        for _ in 0..3 {
-            let s = run(Mode::Open(1000.0), bounds, false, &Watched::default(), op).await;
-            assert_eq!((s.ok, s.errors, s.lag.len()), (200, 0, 200));
-            let p50 = s.lag.value_at_quantile(0.5);
-            if p50 < 300 {
-                return;
-            }
-            medians.push(p50);
-        }
-        panic!("the median request left {medians:?} µs after its intended time, in three tries");
+        let s = rt.block_on(run(Mode::Open(1000.0), bounds, false, &Watched::default(), op));
+        assert_eq!((s.ok, s.errors, s.lag.len()), (200, 0, 200), "{:?}", s.samples);
+        assert!(
+            s.elapsed >= Duration::from_millis(199),
+            "200 requests at 1,000 a second took {:?}: sent ahead of their schedule",
+            s.elapsed
+        );
     }
 
     #[test]
