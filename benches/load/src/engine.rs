@@ -7,7 +7,7 @@
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -447,50 +447,112 @@ pub struct Bounds {
 }
 
 /// An open loop's schedule: request `i` is meant to be sent at
-/// `start + i * interval`, none at or after `deadline`, at most `limit`, and
-/// at most as many in flight as `slots` has permits.
-struct Paced {
+/// `start + i * interval`, none at or after `deadline`, at most `limit`.
+#[derive(Clone, Copy)]
+struct Schedule {
     start: Instant,
     interval: Duration,
     deadline: Option<Instant>,
     limit: usize,
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Sends an open loop's requests at their intended times, on a thread of
-/// its own: it sleeps in the kernel until the next one is due (a
-/// `nanosleep`, late by the thread's timer slack, 50 µs), sends everything
-/// that fell due meanwhile at once, and hands each request to the runtime
-/// as a task (a worker starts it about 0.1 ms after its intended time).
-/// tokio's timer, which paced them before, fires on whole milliseconds:
-/// requests left 0.6-1.0 ms after their intended time at the median and
-/// 1.9 ms at p99 whatever the rate, and that lag is part of every
-/// open-loop latency (it counts from the intended time).
-fn pace<T, F, Fut>(paced: Paced, handle: &tokio::runtime::Handle, op: Arc<F>, collector: Arc<Mutex<Collector<T>>>)
-where
+impl Schedule {
+    fn intended(&self, i: usize) -> Instant {
+        self.start + self.interval.mul_f64(i as f64)
+    }
+
+    /// Whether request `i` is part of the schedule at all.
+    fn includes(&self, i: usize) -> bool {
+        i < self.limit && self.deadline.is_none_or(|d| self.intended(i) < d)
+    }
+}
+
+/// What the clock thread has declared due: requests `0..upto`, and whether
+/// the schedule has ended.
+struct Due {
+    upto: AtomicUsize,
+    ended: AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+/// The shortest time between two of the clock thread's wake-ups, so at
+/// most 2,000 a second. Woken for every request, the clock cost the
+/// generator a third more CPU per JWKS request at 50,000 a second (0.020-0.022
+/// ms against 0.015 with tokio's timer) and put it behind its schedule; at
+/// 100 µs still 0.018-0.019 ms and behind in three runs of four, at 250 µs
+/// behind in one of four, at 500 µs 0.014 ms and on schedule in all four
+/// (docs/PERFORMANCE.md, thirty-fourth pass). Below 2,000 requests a second
+/// the clock wakes for each; above, a request waits at most this long for
+/// its wake-up (lag p99 0.65 ms for refreshes at 3,837 a second).
+const MIN_WAKE_GAP: Duration = Duration::from_micros(500);
+
+/// The open loop's clock, on a thread of its own: it sleeps in the kernel
+/// until the next request is due (a `nanosleep`, late by the thread's timer
+/// slack, 50 µs, and at least [`MIN_WAKE_GAP`] after its last wake-up) and
+/// declares due everything whose time has come. tokio's timer, which paced
+/// the loop before, fires on whole milliseconds: requests left 0.6-1.0 ms
+/// after their intended time at the median and 1.9 ms at p99 whatever the
+/// rate, and that lag is part of every open-loop latency (it counts from
+/// the intended time). The requests themselves are started by
+/// [`dispatch`], inside the runtime.
+fn clock(schedule: Schedule, due: &Due) {
+    let mut next = 0usize;
+    let mut woke: Option<Instant> = None;
+    while schedule.includes(next) {
+        let intended = schedule.intended(next);
+        let at = woke.map_or(intended, |w| intended.max(w + MIN_WAKE_GAP));
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let now = Instant::now();
+        woke = Some(now);
+        // Behind schedule, or several due in one wake-up: all at once.
+        while schedule.includes(next) && schedule.intended(next) <= now {
+            next += 1;
+        }
+        due.upto.store(next, Ordering::Release);
+        due.changed.notify_one();
+    }
+    due.ended.store(true, Ordering::Release);
+    due.changed.notify_one();
+}
+
+/// Starts each request the clock declared due, as a task of the runtime
+/// (spawned from a worker, so it costs what a spawn from inside costs),
+/// once one of `slots` is free. Returns when the clock has ended and every
+/// request it declared is started.
+async fn dispatch<T, F, Fut>(
+    schedule: Schedule,
+    due: &Due,
+    slots: &Arc<tokio::sync::Semaphore>,
+    op: &Arc<F>,
+    collector: &Arc<Mutex<Collector<T>>>,
+) where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<T, String>> + Send + 'static,
 {
     let mut i = 0usize;
-    while i < paced.limit {
-        let intended = paced.start + paced.interval.mul_f64(i as f64);
-        if paced.deadline.is_some_and(|d| intended >= d) {
-            break;
+    loop {
+        // `ended` first: once it is set, `upto` is final.
+        let ended = due.ended.load(Ordering::Acquire);
+        let upto = due.upto.load(Ordering::Acquire);
+        if i >= upto {
+            if ended {
+                return;
+            }
+            // A notification sent since the loads is kept for this wait.
+            due.changed.notified().await;
+            continue;
         }
-        // Behind schedule: send at once.
-        let now = Instant::now();
-        if intended > now {
-            std::thread::sleep(intended - now);
-        }
-        // A thread outside the runtime may wait on it (the slot is freed by
-        // a task the runtime runs).
-        let Ok(permit) = handle.block_on(paced.slots.clone().acquire_owned()) else {
-            break;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
         };
-        let (op, collector, start) = (op.clone(), collector.clone(), paced.start);
-        handle.spawn(async move {
-            // What the generator added: its pacing, the wait for a slot,
+        let intended = schedule.intended(i);
+        let (op, collector, start) = (op.clone(), collector.clone(), schedule.start);
+        tokio::spawn(async move {
+            // What the generator added: its clock, the wait for a slot,
             // the task's wait for a worker thread.
             let lag = intended.elapsed().as_micros() as u64;
             let r = op(i).await;
@@ -563,18 +625,26 @@ where
             }
         }
         Mode::Open(rate) => {
-            let paced = Paced {
+            let schedule = Schedule {
                 start,
                 interval: Duration::from_secs_f64(1.0 / rate.max(0.001)),
                 deadline,
                 limit,
-                slots: Arc::new(tokio::sync::Semaphore::new(bounds.max_in_flight.max(1))),
             };
-            let slots = paced.slots.clone();
-            let (handle, op, collector) = (tokio::runtime::Handle::current(), op.clone(), collector.clone());
-            // The pacer has a thread of its own (see `pace`); it ends when
-            // the last request is sent, and holds nothing after that.
-            let _paced = tokio::task::spawn_blocking(move || pace(paced, &handle, op, collector)).await;
+            let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_in_flight.max(1)));
+            let due = Arc::new(Due {
+                upto: AtomicUsize::new(0),
+                ended: AtomicBool::new(false),
+                changed: tokio::sync::Notify::new(),
+            });
+            // The clock has a thread of its own (see `clock`); it ends with
+            // the schedule.
+            let ticking = {
+                let due = due.clone();
+                tokio::task::spawn_blocking(move || clock(schedule, &due))
+            };
+            dispatch(schedule, &due, &slots, &op, &collector).await;
+            let _ended = ticking.await;
             // Every slot back: every request answered.
             let _all = slots.acquire_many(bounds.max_in_flight.max(1) as u32).await;
         }
