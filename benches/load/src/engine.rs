@@ -481,7 +481,9 @@ struct Due {
 /// ms against 0.015 with tokio's timer) and put it behind its schedule; at
 /// 100 µs still 0.018-0.019 ms and behind in three runs of four, at 250 µs
 /// behind in one of four, at 500 µs 0.014 ms and on schedule in all four
-/// (docs/PERFORMANCE.md, thirty-fourth pass). Below 2,000 requests a second
+/// (in four more runs, briefly behind in three: at these rates one shared
+/// vCPU is the generator's limit with any clock; docs/PERFORMANCE.md,
+/// thirty-fourth pass). Below 2,000 requests a second
 /// the clock wakes for each; above, a request waits at most this long for
 /// its wake-up (lag p99 0.65 ms for refreshes at 3,837 a second).
 const MIN_WAKE_GAP: Duration = Duration::from_micros(500);
