@@ -410,6 +410,8 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;
     let background = crate::app::spawn_background(state.clone(), &settings);
+    // Lives as long as the process serves (dropped after the drain).
+    let _wake_probe = crate::wake_probe::start_for_gateway();
     let listeners = crate::http::server::Listeners::bind(&resolved).await?;
     let scheme = if resolved.tls.is_some() { "https" } else { "http" };
     tracing::info!(

@@ -39,3 +39,4 @@ pub mod tenant;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;
+pub mod wake_probe;

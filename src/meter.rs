@@ -64,6 +64,10 @@ pub const CONNECTOR_EVICTIONS: &str = "portcullis_connector_evictions_total";
 pub const CONNECTORS_CACHED: &str = "portcullis_connectors_cached";
 /// The replica's `[upstream] cached_connections`.
 pub const CONNECTORS_MAX: &str = "portcullis_connectors_cached_max";
+/// How long a task made ready waited for one of the replica's workers,
+/// probed every 10 ms (`wake_probe.rs`): long delays mean every worker was
+/// busy (saturation, or a task blocking its worker).
+pub const RUNTIME_WAKE_DELAY: &str = "portcullis_runtime_wake_delay_seconds";
 /// Always 1; the labels say which build is running.
 pub const BUILD_INFO: &str = "portcullis_build_info";
 
@@ -90,6 +94,7 @@ pub const NAMES: &[&str] = &[
     CONNECTOR_EVICTIONS,
     CONNECTORS_CACHED,
     CONNECTORS_MAX,
+    RUNTIME_WAKE_DELAY,
     BUILD_INFO,
 ];
 
@@ -210,6 +215,11 @@ fn describe() {
     describe_counter!(
         CONNECTOR_EVICTIONS,
         "Built validators dropped to stay within [upstream] cached_connections."
+    );
+    describe_histogram!(
+        RUNTIME_WAKE_DELAY,
+        Unit::Seconds,
+        "How long a task made ready waited for one of the replica's workers (probed every 10 ms)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
 }
@@ -358,6 +368,11 @@ pub fn store_operation(op: &'static str, elapsed: Duration, ok: bool) {
     if !ok {
         metrics::counter!(REDIS_ERRORS).increment(1);
     }
+}
+
+/// One wake-delay probe of the replica's runtime (`wake_probe.rs`).
+pub fn runtime_wake_delay(delay: Duration) {
+    metrics::histogram!(RUNTIME_WAKE_DELAY).record(delay.as_secs_f64());
 }
 
 /// One piece of upstream work (`saml_acs`, `oidc_token`, `oidc_jwks`,

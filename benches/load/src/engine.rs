@@ -59,6 +59,8 @@ pub struct Stage<T> {
     pub gateway_cpus: Option<CpuLoad>,
     /// The ticks of the generator's CPUs, over the window.
     pub generator_cpus: Option<CpuLoad>,
+    /// What the watched processes waited for a CPU over the window.
+    pub waited: Waited,
     /// The commands Redis ran over the window (with its URL).
     pub redis_commands: Option<CommandStats>,
     /// The window as `[start, end]` seconds on `CLOCK_MONOTONIC`.
@@ -69,6 +71,32 @@ pub struct Stage<T> {
     pub lag: Histogram<u64>,
     /// Open loop: the successful operation with the longest latency.
     pub slowest: Option<Slowest>,
+    /// Open loop: the generator's own wake delays over the stage (µs; see
+    /// `wake.rs`). Empty closed loop.
+    pub wake: Histogram<u64>,
+    /// Open loop: the operations over [`SLOW`], and how many of them were
+    /// in flight while the generator itself was held.
+    pub slow: Option<SlowOps>,
+    /// The gateway's own wake delays over the window (with its metrics).
+    pub gateway_tails: Option<crate::wake::GatewayTails>,
+}
+
+/// An open-loop operation that took this long or longer is *slow*: the
+/// issue's p99 target.
+pub const SLOW: Duration = Duration::from_millis(10);
+
+/// A generator wake delay this long or longer, while a slow operation was
+/// in flight, counts it as one the generator may have held.
+pub const HELD: Duration = Duration::from_millis(2);
+
+/// The slow operations of an open-loop stage, and which side they waited on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SlowOps {
+    /// Successful operations of [`SLOW`] or longer (from their intended time).
+    pub count: u64,
+    /// Of them, those in flight while a probe of the generator's own runtime
+    /// waited [`HELD`] or longer: the generator may have read their answer late.
+    pub generator_held: u64,
 }
 
 /// The slowest operation of an open-loop stage: when it was meant to be
@@ -83,6 +111,8 @@ pub struct Slowest {
     /// From the generator starting it to its answer (the loopback and the
     /// gateway, and the generator's reading of the answer), ms.
     pub answer_ms: f64,
+    /// The generator's longest wake delay while it was in flight, ms.
+    pub generator_wake_ms: f64,
 }
 
 /// Per Redis command (lowercase, as `INFO commandstats` names it): calls
@@ -150,6 +180,9 @@ pub struct Watched {
     pub redis: Option<u32>,
     /// The Redis server's URL, for the commands it ran (`INFO commandstats`).
     pub redis_url: Option<String>,
+    /// The replicas' `/metrics` and the token to read them with: each window
+    /// also reads the gateway's own wake delays (`wake.rs`).
+    pub metrics: Option<(Vec<String>, String)>,
     /// Whether the generator's own CPU time, and the ticks of the CPUs it
     /// may run on, are read too (off for the untimed runs inside a
     /// scenario, whose window is read around them).
@@ -172,6 +205,45 @@ pub struct CpuTimes {
     pub gateway_cpus: Option<CpuLoad>,
     /// The CPUs the generator may run on (Redis may share them).
     pub generator_cpus: Option<CpuLoad>,
+    /// Seconds the watched processes' threads were ready to run but waited
+    /// for a CPU (`/proc/<pid>/task/*/schedstat`, the run-queue wait):
+    /// every replica's together, Redis's, the generator's.
+    pub waited: Waited,
+}
+
+/// Seconds threads were ready but waited for a CPU, by process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Waited {
+    /// Every replica's threads together.
+    pub gateway: Option<f64>,
+    /// Redis's.
+    pub redis: Option<f64>,
+    /// The generator's.
+    pub generator: Option<f64>,
+}
+
+impl Waited {
+    fn since(self, before: Waited) -> Waited {
+        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b).max(0.0));
+        Waited {
+            gateway: diff(self.gateway, before.gateway),
+            redis: diff(self.redis, before.redis),
+            generator: diff(self.generator, before.generator),
+        }
+    }
+
+    /// Both windows' waits together.
+    pub fn plus(self, other: Waited) -> Waited {
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        Waited {
+            gateway: sum(self.gateway, other.gateway),
+            redis: sum(self.redis, other.redis),
+            generator: sum(self.generator, other.generator),
+        }
+    }
 }
 
 /// Clock ticks of a set of CPUs (`/proc/stat`): busy (user, nice, system,
@@ -234,6 +306,11 @@ impl Watched {
             generator: self.generator.then(|| cpu_seconds(me)).flatten(),
             gateway_cpus: load(gateway_cpus),
             generator_cpus: load(self.generator.then(|| allowed_cpus(me)).flatten()),
+            waited: Waited {
+                gateway: total(&self.gateway, run_queue_wait_seconds),
+                redis: self.redis.and_then(run_queue_wait_seconds),
+                generator: self.generator.then(|| run_queue_wait_seconds(me)).flatten(),
+            },
         }
     }
 
@@ -247,13 +324,21 @@ impl Watched {
             .flatten()
     }
 
+    /// The gateway's wake-delay, request and store histograms now (with `metrics`).
+    pub async fn wake_buckets(&self) -> Option<[crate::wake::Buckets; 3]> {
+        let (urls, token) = self.metrics.as_ref()?;
+        crate::wake::gateway_buckets(urls, token).await
+    }
+
     /// Starts a window: the counters its end subtracts.
     pub async fn open(&self) -> Window {
         let commands = self.commands().await;
+        let wake = self.wake_buckets().await;
         Window {
             watched: self.clone(),
             cpu: self.cpu(),
             commands,
+            wake,
         }
     }
 
@@ -330,6 +415,7 @@ pub struct Window {
     watched: Watched,
     cpu: CpuTimes,
     commands: Option<CommandStats>,
+    wake: Option<[crate::wake::Buckets; 3]>,
 }
 
 /// What the watched processes used over a window.
@@ -338,6 +424,8 @@ pub struct Used {
     pub cpu: CpuTimes,
     /// The commands Redis ran (with its URL).
     pub commands: Option<CommandStats>,
+    /// The gateway's own wake delays (with `metrics`).
+    pub gateway_tails: Option<crate::wake::GatewayTails>,
 }
 
 impl Window {
@@ -348,7 +436,15 @@ impl Window {
             (Some(before), Some(after)) => Some(commandstats_since(&after, &before)),
             _ => None,
         };
-        Used { cpu, commands }
+        let gateway_tails = match (self.wake, self.watched.wake_buckets().await) {
+            (Some(before), Some(after)) => crate::wake::GatewayTails::between(&before, &after),
+            _ => None,
+        };
+        Used {
+            cpu,
+            commands,
+            gateway_tails,
+        }
     }
 }
 
@@ -364,6 +460,7 @@ impl CpuTimes {
             generator: diff(self.generator, before.generator),
             gateway_cpus: load(self.gateway_cpus, before.gateway_cpus),
             generator_cpus: load(self.generator_cpus, before.generator_cpus),
+            waited: self.waited.since(before.waited),
         }
     }
 }
@@ -382,6 +479,9 @@ struct Collector<T> {
     lag: Histogram<u64>,
     /// The slowest operation and its latency (µs).
     slowest: Option<(u64, Slowest)>,
+    /// Open loop: the slow successful operations' intended times and
+    /// latencies (µs).
+    slow: Vec<(Instant, u64)>,
     outputs: Vec<(usize, T, u64)>,
     ok: u64,
     errors: u64,
@@ -399,14 +499,18 @@ pub fn is_shed(message: &str) -> bool {
 impl<T> Collector<T> {
     /// Open loop: the operation meant to be sent `at` into the stage, started
     /// `lag` µs late and done `micros` µs after its intended send time.
-    fn record_open(&mut self, i: usize, r: Result<T, String>, micros: u64, at: Duration, lag: u64) {
+    fn record_open(&mut self, i: usize, r: Result<T, String>, micros: u64, intended: Instant, at: Duration, lag: u64) {
         if r.is_ok() {
+            if micros >= SLOW.as_micros() as u64 {
+                self.slow.push((intended, micros));
+            }
             let _ignored_out_of_range = self.lag.record(lag.max(1));
             if self.slowest.is_none_or(|(longest, _)| micros > longest) {
                 let slowest = Slowest {
                     at_s: at.as_secs_f64(),
                     lag_ms: lag as f64 / 1000.0,
                     answer_ms: micros.saturating_sub(lag) as f64 / 1000.0,
+                    generator_wake_ms: 0.0,
                 };
                 self.slowest = Some((micros, slowest));
             }
@@ -562,7 +666,7 @@ async fn dispatch<T, F, Fut>(
             // slowness delayed is charged the delay.
             let micros = intended.elapsed().as_micros() as u64;
             if let Ok(mut c) = collector.lock() {
-                c.record_open(i, r, micros, intended - start, lag);
+                c.record_open(i, r, micros, intended, intended - start, lag);
             }
             // The results first, then the slot: once every slot is
             // back, nothing else holds the results.
@@ -586,6 +690,7 @@ where
         hist: histogram(),
         lag: histogram(),
         slowest: None,
+        slow: Vec::new(),
         outputs: Vec::new(),
         ok: 0,
         errors: 0,
@@ -598,6 +703,7 @@ where
     let start = Instant::now();
     let deadline = bounds.duration.map(|d| start + d);
     let limit = bounds.limit.unwrap_or(usize::MAX);
+    let mut wake_samples = Vec::new();
     match mode {
         Mode::Closed(workers) => {
             let next = Arc::new(AtomicUsize::new(0));
@@ -639,6 +745,7 @@ where
                 ended: AtomicBool::new(false),
                 changed: tokio::sync::Notify::new(),
             });
+            let probe = crate::wake::Probe::start(crate::wake::PERIOD);
             // The clock has a thread of its own (see `clock`); it ends with
             // the schedule.
             let ticking = {
@@ -649,6 +756,7 @@ where
             let _ended = ticking.await;
             // Every slot back: every request answered.
             let _all = slots.acquire_many(bounds.max_in_flight.max(1) as u32).await;
+            wake_samples = probe.map(crate::wake::Probe::finish).unwrap_or_default();
         }
     }
     let elapsed = start.elapsed();
@@ -656,6 +764,7 @@ where
     let Used {
         cpu: used,
         commands: redis_commands,
+        gateway_tails,
     } = window.close().await;
     let c = match Arc::try_unwrap(collector) {
         Ok(m) => m.into_inner().ok(),
@@ -676,12 +785,37 @@ where
             generator_cpu_secs: used.generator,
             gateway_cpus: used.gateway_cpus,
             generator_cpus: used.generator_cpus,
+            waited: used.waited,
             redis_commands,
             monotonic_s: monotonic,
             lag: histogram(),
             slowest: None,
+            wake: histogram(),
+            slow: None,
+            gateway_tails,
         };
     };
+    let mut wake = histogram();
+    for &(_, delay) in &wake_samples {
+        let _ignored_out_of_range = wake.record(delay.max(1));
+    }
+    // Which slow operations the generator itself may have held.
+    let in_flight_wake = |from: Instant, micros: u64| {
+        crate::wake::longest_within(&wake_samples, from, from + Duration::from_micros(micros))
+    };
+    let slow = (!wake_samples.is_empty()).then(|| SlowOps {
+        count: c.slow.len() as u64,
+        generator_held: c
+            .slow
+            .iter()
+            .filter(|&&(from, micros)| in_flight_wake(from, micros) >= HELD.as_micros() as u64)
+            .count() as u64,
+    });
+    let slowest = c.slowest.map(|(micros, mut s)| {
+        let from = start + Duration::from_secs_f64(s.at_s);
+        s.generator_wake_ms = in_flight_wake(from, micros) as f64 / 1000.0;
+        s
+    });
     Stage {
         hist: c.hist,
         outputs: c.outputs,
@@ -696,10 +830,14 @@ where
         generator_cpu_secs: used.generator,
         gateway_cpus: used.gateway_cpus,
         generator_cpus: used.generator_cpus,
+        waited: used.waited,
         redis_commands,
         monotonic_s: monotonic,
         lag: c.lag,
-        slowest: c.slowest.map(|(_, s)| s),
+        slowest,
+        wake,
+        slow,
+        gateway_tails,
     }
 }
 
@@ -734,6 +872,25 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 pub fn system_cpu_seconds(pid: u32) -> Option<f64> {
     let (_, stime) = cpu_ticks(pid)?;
     Some(stime as f64 / clock_ticks())
+}
+
+/// Seconds `pid`'s threads (those alive now) have waited for a CPU while
+/// ready to run: the second field of each `/proc/<pid>/task/<tid>/schedstat`,
+/// in nanoseconds.
+pub fn run_queue_wait_seconds(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
 }
 
 /// `pid`'s user and system time so far, in clock ticks.
@@ -882,6 +1039,10 @@ mod tests {
         assert!(slowest.answer_ms >= 300.0, "{slowest:?}");
         assert!(slowest.lag_ms < 100.0, "{slowest:?}");
         assert!(s.lag.max() < 100_000, "lag max {} µs", s.lag.max());
+        // Every success took its 10 ms at least, so all nine are slow; the
+        // generator's own runtime was probed meanwhile.
+        assert_eq!(s.slow.map(|x| x.count), Some(9));
+        assert!(!s.wake.is_empty());
     }
 
     /// The open loop keeps its schedule on a thread of its own, which
@@ -1061,6 +1222,24 @@ mod tests {
     }
 
     #[test]
+    fn the_run_queue_wait_is_read_over_every_thread_and_an_absent_pid_reads_as_none() {
+        let me = std::process::id();
+        // A second thread, so there is more than one task to add up.
+        let other = std::thread::spawn(|| spin_past(0.0));
+        assert!(run_queue_wait_seconds(me).is_some_and(|s| s >= 0.0));
+        other.join().unwrap();
+        assert!(run_queue_wait_seconds(u32::MAX).is_none());
+        let w = Watched {
+            gateway: vec![me],
+            generator: true,
+            ..Watched::default()
+        }
+        .cpu()
+        .waited;
+        assert!(w.gateway.is_some() && w.generator.is_some() && w.redis.is_none());
+    }
+
+    #[test]
     fn cpu_time_of_this_process_is_read_and_grows() {
         let pid = std::process::id();
         // At least one more tick than before.
@@ -1080,6 +1259,7 @@ mod tests {
             gateway: vec![me],
             redis: Some(me),
             redis_url: None,
+            metrics: None,
             generator: false,
         }
         .cpu();
@@ -1098,6 +1278,7 @@ mod tests {
             gateway: vec![me, u32::MAX],
             redis: Some(u32::MAX),
             redis_url: None,
+            metrics: None,
             generator: false,
         };
         assert!(gone.cpu().gateway.is_none() && gone.cpu().redis.is_none());

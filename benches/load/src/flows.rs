@@ -628,12 +628,17 @@ impl World {
             };
             let (a, b) = tokio::join!(first, second);
             r.elapsed_s += t0.elapsed().as_secs_f64();
-            let engine::Used { cpu: used, commands } = measured.close().await;
+            let engine::Used {
+                cpu: used,
+                commands,
+                gateway_tails,
+            } = measured.close().await;
             r.stages.push(stage_report("authorize", &a));
-            r.stages.push(stage_report(
-                if saml { "acs+continue+token" } else { "callback+token" },
-                &b,
-            ));
+            let mut second = stage_report(if saml { "acs+continue+token" } else { "callback+token" }, &b);
+            // The halves overlap in one window: the gateway's probes over it
+            // go with the half that carries the tail.
+            second.gateway_tails = gateway_tails;
+            r.stages.push(second);
             add_outcomes(&mut r, &a);
             add_outcomes(&mut r, &b);
             add_used(&mut r, &used, commands.as_ref());
@@ -956,6 +961,8 @@ fn report(scenario: Scenario, mode: Mode, prepare_s: f64) -> ScenarioReport {
         gateway_cpus_busy: None,
         generator_cpus_busy: None,
         cpu_ticks: Default::default(),
+        waited_s: Default::default(),
+        waited_for_cpu_ms_per_op: Default::default(),
         redis_commands_per_op: Default::default(),
         gateway_rss_kib: None,
         gateway_memory: None,
@@ -981,6 +988,9 @@ fn stage_report<T>(name: &str, s: &Stage<T>) -> StageReport {
         monotonic_s: s.monotonic_s,
         send_lag_ms: (!s.lag.is_empty()).then(|| Latency::of(&s.lag)),
         slowest: s.slowest,
+        generator_wake_ms: (!s.wake.is_empty()).then(|| Latency::of(&s.wake)),
+        slow_ops: s.slow,
+        gateway_tails: s.gateway_tails,
     }
 }
 
@@ -996,6 +1006,7 @@ fn absorb<T>(r: &mut ScenarioReport, s: &Stage<T>) {
         generator: s.generator_cpu_secs,
         gateway_cpus: s.gateway_cpus,
         generator_cpus: s.generator_cpus,
+        waited: s.waited,
     };
     add_used(r, &cpu, s.redis_commands.as_ref());
 }
@@ -1023,6 +1034,7 @@ fn add_used(r: &mut ScenarioReport, cpu: &engine::CpuTimes, commands: Option<&en
     r.redis_cpu_s = sum(r.redis_cpu_s, cpu.redis);
     r.generator_cpu_s = sum(r.generator_cpu_s, cpu.generator);
     r.add_cpu_load(cpu.gateway_cpus, cpu.generator_cpus);
+    r.waited_s = r.waited_s.plus(cpu.waited);
     add_commands(r, commands);
 }
 
@@ -1046,6 +1058,12 @@ fn finish(r: &mut ScenarioReport, watched: &Watched) {
     r.generator_cpu_ms_per_op = per_op(r.generator_cpu_s);
     r.gateway_cpus_busy = r.cpu_ticks.0.and_then(engine::CpuLoad::share);
     r.generator_cpus_busy = r.cpu_ticks.1.and_then(engine::CpuLoad::share);
+    let ms = |s: Option<f64>| s.filter(|_| r.ok > 0).map(|s| s * 1000.0 / r.ok as f64);
+    r.waited_for_cpu_ms_per_op = engine::Waited {
+        gateway: ms(r.waited_s.gateway),
+        redis: ms(r.waited_s.redis),
+        generator: ms(r.waited_s.generator),
+    };
     if r.ok == 0 {
         r.redis_commands_per_op.clear();
     }
@@ -1637,6 +1655,9 @@ mod tests {
             monotonic_s: w,
             send_lag_ms: None,
             slowest: None,
+            generator_wake_ms: None,
+            slow_ops: None,
+            gateway_tails: None,
         };
         assert_eq!(r.measured_window(), None);
         r.stages = vec![stage(Some([10.0, 11.0])), stage(Some([11.5, 13.0]))];
@@ -1663,8 +1684,12 @@ mod tests {
             generator_cpus: None,
             redis_commands: None,
             monotonic_s: None,
+            waited: Default::default(),
             lag: engine::histogram(),
             slowest: None,
+            wake: engine::histogram(),
+            slow: None,
+            gateway_tails: None,
         }
     }
 

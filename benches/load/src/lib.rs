@@ -14,6 +14,7 @@ pub mod machine;
 pub mod saml_idp;
 pub mod seed;
 pub mod upstream;
+pub mod wake;
 
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -158,6 +159,12 @@ pub struct Options {
     /// reported too (the store the replicas share).
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    /// The gateway's `/metrics` token (`[metrics] token`): each stage also
+    /// reports the gateway's own wake delays over its window (how long a
+    /// task made ready waited for one of its workers,
+    /// `portcullis_runtime_wake_delay_seconds`), every replica's added up.
+    #[arg(long, env = "PORTCULLIS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// The gateway's Redis (`redis://host:port`, a single server): each
     /// scenario also reports the commands Redis ran per operation and the
     /// time it spent in them (`INFO commandstats` around each timed stage).
@@ -277,8 +284,21 @@ impl Options {
             gateway: self.gateway_pid.clone(),
             redis: self.redis_pid,
             redis_url: self.redis_url.clone(),
+            metrics: self.metrics_token.clone().map(|token| (self.metrics_urls(), token)),
             generator: true,
         }
+    }
+
+    /// Each replica's `/metrics` (the public URL's without `--replica`).
+    pub fn metrics_urls(&self) -> Vec<String> {
+        if self.replicas.is_empty() {
+            return self
+                .url
+                .join("/metrics")
+                .map(|u| vec![u.to_string()])
+                .unwrap_or_default();
+        }
+        self.replicas.iter().map(|a| format!("http://{a}/metrics")).collect()
     }
 }
 
@@ -349,6 +369,20 @@ pub struct StageReport {
     /// between the generator's lag and the wait for its answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slowest: Option<engine::Slowest>,
+    /// Open loop: the generator's own wake delays (`wake.rs`): how long a
+    /// task made ready waited for one of its workers, probed every ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_wake_ms: Option<Latency>,
+    /// Open loop: the operations of 10 ms or more, and how many of them
+    /// were in flight while the generator itself was held 2 ms or more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_ops: Option<engine::SlowOps>,
+    /// With `--metrics-token`: the gateway's own wake-delay probes, requests
+    /// and store operations over the stage, and how many of each took
+    /// longer than 1, 5, 10 and 25 ms (a sign-in's overlapping halves: over
+    /// both, with the second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_tails: Option<wake::GatewayTails>,
 }
 
 /// The result of one scenario.
@@ -404,6 +438,15 @@ pub struct ScenarioReport {
     /// The ticks behind the two shares: (gateway's CPUs, generator's CPUs).
     #[serde(skip)]
     pub cpu_ticks: (Option<engine::CpuLoad>, Option<engine::CpuLoad>),
+    /// Seconds each side's threads were ready to run but waited for a CPU
+    /// over the timed stages (summed before [`Self::waited_for_cpu_ms_per_op`]).
+    #[serde(skip)]
+    pub waited_s: engine::Waited,
+    /// Per completed operation, the milliseconds the gateway's, Redis's and
+    /// the generator's threads were ready to run but waited for a CPU
+    /// (`/proc/<pid>/task/*/schedstat`): time an operation may have spent
+    /// on a run queue rather than in anyone's code.
+    pub waited_for_cpu_ms_per_op: engine::Waited,
     /// With `--redis-url`: per command Redis ran in the timed stages (the
     /// store's Lua scripts are `evalsha`), calls and Redis's microseconds
     /// per completed operation.
@@ -557,16 +600,45 @@ impl ScenarioReport {
             .filter_map(|s| {
                 let lag = s.send_lag_ms.as_ref()?;
                 let mut part = format!("{}: lag p99={:.3} max={:.3} ms", s.name, lag.p99, lag.max);
+                if let Some(w) = &s.generator_wake_ms {
+                    part.push_str(&format!(", generator wake p99={:.3} max={:.3} ms", w.p99, w.max));
+                }
+                if let Some(slow) = s.slow_ops {
+                    part.push_str(&format!(
+                        ", {} over {} ms ({} while the generator was held {} ms or more)",
+                        slow.count,
+                        engine::SLOW.as_millis(),
+                        slow.generator_held,
+                        engine::HELD.as_millis()
+                    ));
+                }
+                if let Some(g) = s.gateway_tails {
+                    part.push_str(&format!(", {}", g.line()));
+                }
                 if let Some(w) = s.slowest {
                     part.push_str(&format!(
-                        ", slowest at +{:.1} s: lag {:.3} + answer {:.3} ms",
-                        w.at_s, w.lag_ms, w.answer_ms
+                        ", slowest at +{:.1} s: lag {:.3} + answer {:.3} ms (generator held up to {:.3} ms meanwhile)",
+                        w.at_s, w.lag_ms, w.answer_ms, w.generator_wake_ms
                     ));
                 }
                 Some(part)
             })
             .collect();
         parts.join("; ")
+    }
+
+    /// What each side waited for a CPU per operation, one line (empty
+    /// without any figure).
+    pub fn waited_line(&self) -> String {
+        let w = self.waited_for_cpu_ms_per_op;
+        let parts: Vec<String> = [("gateway", w.gateway), ("Redis", w.redis), ("generator", w.generator)]
+            .into_iter()
+            .filter_map(|(who, ms)| Some(format!("{who} {:.3} ms", ms?)))
+            .collect();
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!("waited for a CPU per op: {}", parts.join(", "))
     }
 
     /// The kernel's share of the gateway's CPU time (`None` without both
@@ -894,6 +966,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         }
         if let Some(memory) = &r.gateway_memory {
             println!("{:<18} {}", s.name(), memory.line());
+        }
+        let waited = r.waited_line();
+        if !waited.is_empty() {
+            println!("{:<18} {waited}", s.name());
         }
         let lag = r.lag_line();
         if !lag.is_empty() {
