@@ -114,6 +114,9 @@ pub fn upstream_context(
         store,
         public_url: resolved.public_url.clone(),
         clock_skew_secs: settings.upstream.clock_skew_secs,
+        saml_in_place_bytes: crate::upstream::saml::in_place_bytes_for(
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        ),
     })
 }
 

@@ -206,6 +206,7 @@ mod tests {
             store: Arc::new(MemoryStore::new(clock)),
             public_url: url::Url::parse("https://sso.example.test/").unwrap(),
             clock_skew_secs: 60,
+            saml_in_place_bytes: 0,
         }
     }
 

@@ -284,6 +284,10 @@ pub struct UpstreamContext {
     pub public_url: Url,
     /// Allowed clock skew for validity windows, in seconds.
     pub clock_skew_secs: i64,
+    /// SAML responses up to this many bytes (the base64 form value)
+    /// validate on the async worker instead of the blocking pool; 0: none
+    /// (see [`saml::in_place_bytes_for`]).
+    pub saml_in_place_bytes: usize,
 }
 
 impl UpstreamContext {

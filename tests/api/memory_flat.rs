@@ -116,6 +116,7 @@ async fn capture(vendor: &str) -> Capture {
         store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Dropped)),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
+        saml_in_place_bytes: 0,
     };
     let (tenant, id) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("idp").unwrap());
     let xml = std::fs::read_to_string(dir.join("assertion.xml")).unwrap();

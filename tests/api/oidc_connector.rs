@@ -40,6 +40,7 @@ pub(crate) fn context(clock: &ManualClock, allow_private_networks: bool) -> Upst
         store: Arc::new(MemoryStore::new(Arc::new(clock.clone()))),
         public_url: Url::parse("https://gw.example.com/").unwrap(),
         clock_skew_secs: SKEW,
+        saml_in_place_bytes: 0,
     }
 }
 

@@ -27,6 +27,7 @@ pub fn ctx_at(now: DateTime<Utc>) -> (UpstreamContext, ManualClock) {
         store: Arc::new(MemoryStore::new(shared)),
         public_url: Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
+        saml_in_place_bytes: 0,
     };
     (ctx, clock)
 }

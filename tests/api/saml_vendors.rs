@@ -268,3 +268,61 @@ async fn unsigned_assertion_is_rejected() {
     assert_eq!(e.code, "saml.signature_invalid");
     assert!(e.detail.contains("xmlsec"), "{}", e.detail);
 }
+
+/// Polls `fut` once with a waker that does nothing: its output if it
+/// finished within that poll.
+fn first_poll<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// On a replica with one CPU an ordinary response validates in place, on
+/// the async worker (`saml::in_place_bytes_for`): every capture, good and
+/// bad, gets the same answer there as on the blocking pool, and in place
+/// the whole validation is done within the first poll (a blocking task
+/// would leave it pending).
+#[tokio::test]
+async fn in_place_validation_answers_every_capture_as_the_blocking_pool_does() {
+    assert_eq!(portcullis::upstream::saml::in_place_bytes_for(2), 0);
+    let in_place = portcullis::upstream::saml::in_place_bytes_for(1);
+    assert_eq!(in_place, portcullis::upstream::saml::IN_PLACE_FORM_BYTES);
+    let dirs = std::fs::read_dir(fixtures().join("assertions"))
+        .unwrap()
+        .chain(std::fs::read_dir(fixtures().join("bad-assertions")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("params.json").exists())
+        .map(|p| {
+            let parent = p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+            format!("{parent}/{}", p.file_name().unwrap().to_string_lossy())
+        })
+        .collect::<Vec<_>>();
+    assert!(dirs.len() >= 14, "{dirs:?}");
+    let outcome = |r: Result<Identity, UpstreamError>| match r {
+        Ok(id) => format!("ok {}", id.subject),
+        Err(e) => format!("refused {}", e.code),
+    };
+    let mut accepted = 0;
+    for dir in &dirs {
+        // Each side on a store of its own: the second validation of an
+        // assertion on one store is a replay.
+        let cap = load(dir).await;
+        let text = String::from_utf8_lossy(&cap.xml).into_owned();
+        let pending = attr_value(&text, "InResponseTo").map(|id| pending(&id));
+        let pooled = connector(&cap.ctx, "acme", "idp", cap.cfg);
+        let pooled = outcome(complete_xml(&pooled, pending.as_ref(), &cap.xml).await);
+        let cap = load(dir).await;
+        let mut ctx = cap.ctx.clone();
+        ctx.saml_in_place_bytes = in_place;
+        let c = connector(&ctx, "acme", "idp", cap.cfg);
+        let here = first_poll(complete_xml(&c, pending.as_ref(), &cap.xml))
+            .unwrap_or_else(|| panic!("{dir}: the in-place validation did not finish within its first poll"));
+        assert_eq!(outcome(here), pooled, "{dir}");
+        accepted += usize::from(pooled.starts_with("ok "));
+    }
+    // Both kinds were compared.
+    assert!(accepted >= 6 && accepted < dirs.len(), "{accepted} of {}", dirs.len());
+}
