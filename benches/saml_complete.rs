@@ -95,6 +95,8 @@ async fn capture(vendor: &str) -> Capture {
         store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Kept)),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
+        // Through the blocking pool, as every earlier pass measured it.
+        saml_in_place_bytes: 0,
     };
     let (tenant, conn_id) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("idp").unwrap());
     let xml = std::fs::read_to_string(dir.join("assertion.xml")).unwrap();
@@ -263,6 +265,8 @@ async fn generated(extra_certs: usize, email_len: usize) -> (SamlConnector, Call
         store: Arc::new(ReplayFree(MemoryStore::new(clock), ReplayWrites::Kept)),
         public_url: url::Url::parse("https://sso.example.test/").unwrap(),
         clock_skew_secs: 60,
+        // Through the blocking pool, as every earlier pass measured it.
+        saml_in_place_bytes: 0,
     };
     let (tenant, conn_id) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("idp").unwrap());
     let idp = SamlIdp::generate("https://idp.example.test/metadata").unwrap();
