@@ -71,6 +71,28 @@ pub enum BrowserCheck<'a> {
     AtContinuation,
 }
 
+/// What an IdP's answer reads first, read by the edge beside its rate
+/// limiting ([`Broker::prefetch_callback`]): the configuration of the
+/// connection its route names, and the pending login it names, only
+/// peeked (read, not consumed). The handler uses them when they were read
+/// for exactly its route and login id, and then consumes the pending login
+/// itself, alongside its next reads (one store wait less per sign-in).
+pub struct PrefetchedCallback {
+    /// The route's tenant and connection, and the login id, read for.
+    names: (String, String, String),
+    /// The connection's connector, record and configuration snapshot.
+    read: ConnectionRead,
+    /// The pending login as peeked, `None` when there is none.
+    pending: Option<PendingLogin>,
+}
+
+/// A callback's connection as [`super::connectors::Connectors::get_with_config`] answers it.
+type ConnectionRead = (
+    std::sync::Arc<dyn crate::upstream::Connector>,
+    std::sync::Arc<crate::upstream::Connection>,
+    crate::tenant::snapshot::ConfigSnapshot,
+);
+
 /// A continuation handle as taken by [`Broker::take_continuation`]: the
 /// validated answer it named (`None`: unknown, used or expired), or the
 /// refusal when the store failed. Opaque outside the broker.
@@ -174,7 +196,7 @@ impl Broker {
         logins: &mut BrowserLogins,
         fresh: Option<&FreshTenant>,
     ) -> Outcome {
-        self.complete_alongside(tenant, connection, params, sso, logins, fresh, None)
+        self.complete_alongside(tenant, connection, params, sso, logins, fresh, None, None)
             .await
     }
 
@@ -190,6 +212,7 @@ impl Broker {
         logins: &mut BrowserLogins,
         fresh: Option<&FreshTenant>,
         alongside: Option<Alongside<'_>>,
+        prefetched: Option<&PrefetchedCallback>,
     ) -> Outcome {
         match self
             .validate(
@@ -199,6 +222,7 @@ impl Broker {
                 LoginIdIn::Query,
                 BrowserCheck::Now(logins),
                 fresh,
+                prefetched,
             )
             .await
         {
@@ -207,16 +231,49 @@ impl Broker {
         }
     }
 
+    /// The reads an IdP's answer at `tenant`/`connection` naming the
+    /// pending login `login_id` starts with, for the edge to run beside its
+    /// rate limiting: the connection's configuration (without the tenant
+    /// record, which the edge's limiting reads and hands on) and the
+    /// pending login, peeked. `None` when a name cannot be one or a read
+    /// failed: the handler then reads (and takes) as it always did.
+    pub async fn prefetch_callback(
+        &self,
+        tenant: String,
+        connection: String,
+        login_id: String,
+    ) -> Option<PrefetchedCallback> {
+        let (Ok(t), Ok(c)) = (TenantId::parse(&tenant), ConnectionId::parse(&connection)) else {
+            return None;
+        };
+        if login_id.is_empty() || login_id.len() > MAX_LOGIN_ID_LEN {
+            return None;
+        }
+        let key = pending_key(&t, &login_id);
+        let (read, pending) = tokio::join!(
+            self.connectors
+                .get_with_config(&self.tenants, &self.upstream, &t, &c, false),
+            self.store.get_json::<PendingLogin>(&key)
+        );
+        Some(PrefetchedCallback {
+            names: (tenant, connection, login_id),
+            read: read.ok()?,
+            pending: pending.ok()?,
+        })
+    }
+
     /// The SAML ACS (a cross-site POST without the session cookie): validate,
     /// keep the result under a one-time handle and send the browser to the
     /// same-site continuation. Opens no session and issues no code.
-    /// `fresh`: the tenant record the edge read for this request, if any.
+    /// `fresh`: the tenant record the edge read for this request, if any;
+    /// `prefetched`: what the edge read for it beside its rate limiting.
     pub async fn accept_post(
         &self,
         tenant: &str,
         connection: &str,
         params: CallbackParams,
         fresh: Option<&FreshTenant>,
+        prefetched: Option<&PrefetchedCallback>,
     ) -> Outcome {
         let v = match self
             .validate(
@@ -226,6 +283,7 @@ impl Broker {
                 LoginIdIn::RelayState,
                 BrowserCheck::AtContinuation,
                 fresh,
+                prefetched,
             )
             .await
         {
@@ -389,6 +447,7 @@ impl Broker {
     /// Takes the pending login the answer refers to, checks it (and, with
     /// [`BrowserCheck::Now`], the browser), lets the connector validate the
     /// answer, and provisions the user.
+    #[allow(clippy::too_many_arguments)]
     async fn validate(
         &self,
         tenant: &str,
@@ -397,6 +456,7 @@ impl Broker {
         login_id_in: LoginIdIn,
         check: BrowserCheck<'_>,
         fresh: Option<&FreshTenant>,
+        prefetched: Option<&PrefetchedCallback>,
     ) -> Result<Validated, Outcome> {
         let (Ok(tenant), Ok(connection)) = (TenantId::parse(tenant), ConnectionId::parse(connection)) else {
             meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_connection");
@@ -415,22 +475,89 @@ impl Broker {
         // taken while the connection is read (one store wait for both). It
         // is consumed whatever follows, as it always was: an answer that
         // names it ends it (the id is a secret of the browser and the IdP).
-        let route_login_id = login_id_in.of(&params).filter(|id| id.len() <= MAX_LOGIN_ID_LEN);
-        let (read, taken) = tokio::join!(
-            self.connectors.get_with_config(
-                &self.tenants,
-                &self.upstream,
-                &tenant,
-                &connection,
-                FreshTenant::for_id(fresh, &tenant).is_none(),
+        let route_login_id = login_id_in
+            .of(&params)
+            .filter(|id| id.len() <= MAX_LOGIN_ID_LEN)
+            .map(str::to_owned);
+        // What the edge read for exactly this route and login id, beside
+        // its rate limiting: then the pending login was only peeked, and is
+        // owed: consumed alongside the reads that follow the connection's
+        // checks, or on the way out whatever refused the answer.
+        let prefetched = prefetched.filter(|p| {
+            p.names.0 == tenant.as_str()
+                && p.names.1 == connection.as_str()
+                && route_login_id.as_deref() == Some(p.names.2.as_str())
+        });
+        let (read, taken, mut owed) = match prefetched {
+            Some(p) => (
+                Ok(p.read.clone()),
+                Ok(p.pending.clone()),
+                p.pending.as_ref().map(|_| pending_key(&tenant, &p.names.2)),
             ),
-            async {
-                match route_login_id {
-                    Some(id) => self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await,
-                    None => Ok(None),
-                }
+            None => {
+                let (read, taken) = tokio::join!(
+                    self.connectors.get_with_config(
+                        &self.tenants,
+                        &self.upstream,
+                        &tenant,
+                        &connection,
+                        FreshTenant::for_id(fresh, &tenant).is_none(),
+                    ),
+                    async {
+                        match route_login_id.as_deref() {
+                            Some(id) => self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await,
+                            None => Ok(None),
+                        }
+                    }
+                );
+                (read, taken, None)
             }
-        );
+        };
+        let validated = self
+            .validate_read(
+                tenant.clone(),
+                connection.clone(),
+                params,
+                route_login_id.as_deref(),
+                check,
+                fresh,
+                read,
+                taken,
+                &mut owed,
+            )
+            .await;
+        if let Some(key) = owed {
+            // An answer that names a pending login ends it, whatever
+            // refused it (only on the way out of a refusal).
+            if let Err(e) = self.store.delete(&key).await {
+                tracing::warn!(
+                    reason = "callback.login_not_consumed",
+                    tenant = %tenant,
+                    connection = %connection,
+                    error = %e,
+                    "the pending login of a refused answer could not be consumed; it expires on its own"
+                );
+            }
+        }
+        validated
+    }
+
+    /// [`Self::validate`] once the connection and the pending login are
+    /// read: the pending login was taken, or only peeked and then `owed`
+    /// names it until it is consumed here.
+    #[allow(clippy::too_many_arguments)]
+    async fn validate_read(
+        &self,
+        tenant: TenantId,
+        connection: ConnectionId,
+        params: CallbackParams,
+        route_login_id: Option<&str>,
+        check: BrowserCheck<'_>,
+        fresh: Option<&FreshTenant>,
+        read: Result<ConnectionRead, crate::upstream::UpstreamError>,
+        taken: Result<Option<PendingLogin>, crate::store::StoreError>,
+        owed: &mut Option<Key>,
+    ) -> Result<Validated, Outcome> {
         let (connector, record, config) = match read {
             Ok(c) => c,
             Err(e) => {
@@ -526,10 +653,36 @@ impl Broker {
         // Whether the tenant or the app requires MFA is read while the
         // connector validates the answer (one store wait for both); it is
         // looked at only once the answer is valid.
-        let (completed, mfa_rule) = tokio::join!(
+        // A pending login the edge only peeked is consumed now, alongside
+        // (one wait for all three).
+        let consume = async {
+            match owed.take() {
+                Some(key) => Some(self.store.delete(&key).await),
+                None => None,
+            }
+        };
+        let (completed, mfa_rule, consumed) = tokio::join!(
             connector.complete_unclaimed(pending.as_ref().map(|p| &p.connector_state), &params),
-            self.mfa_required(stored_tenant.as_deref(), &request.client_id)
+            self.mfa_required(stored_tenant.as_deref(), &request.client_id),
+            consume
         );
+        match consumed {
+            Some(Ok(false)) => {
+                // Another answer naming it consumed it since it was peeked.
+                let reason = "callback.unknown_login";
+                meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
+                tracing::warn!(reason, tenant = %tenant, connection = %connection, "the pending login was consumed by another answer meanwhile");
+                self.audit_failure(&tenant, Some(&connection), reason).await;
+                return Err(page(
+                    400,
+                    "Sign-in failed",
+                    "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
+                    reason,
+                ));
+            }
+            Some(Err(e)) => return Err(unavailable(e)),
+            Some(Ok(true)) | None => {}
+        }
         let (identity, claim) = match completed {
             Ok(i) => i,
             Err(e) => {

@@ -8,6 +8,7 @@
 
 pub mod authorize;
 mod callback;
+pub use callback::PrefetchedCallback;
 pub mod connectors;
 mod freshness;
 mod mfa;

@@ -129,6 +129,8 @@ async fn callback(
     State(app): State<Arc<AppState>>,
     session: Session,
     headers: axum::http::HeaderMap,
+    fresh: Option<axum::Extension<crate::tenant::FreshTenant>>,
+    prefetched: Option<axum::Extension<Arc<crate::broker::PrefetchedCallback>>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
@@ -136,7 +138,18 @@ async fn callback(
         query,
         form: BTreeMap::new(),
     };
-    super::flows::complete(&app, &session, &headers, &tenant, &connection, params, None).await
+    let (fresh, prefetched) = (fresh.map(|e| e.0), prefetched.map(|e| e.0));
+    super::flows::complete(
+        &app,
+        &session,
+        &headers,
+        &tenant,
+        &connection,
+        params,
+        fresh.as_ref(),
+        prefetched.as_deref(),
+    )
+    .await
 }
 
 #[derive(Serialize, Deserialize)]

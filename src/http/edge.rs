@@ -386,8 +386,12 @@ async fn admit(
     // What `/authorize` names (its app, tenant and connection), from the
     // pairs its handler reads: the form of a POST, else the query.
     let mut authorize_names = None;
+    // What an IdP's answer names: its route's tenant and connection, and
+    // the pending login (a SAML ACS's RelayState, a callback's `state`).
+    let mut answer_names = None;
     let names_tenant_in_body = matches!(class, RouteClass::Token | RouteClass::Authorize);
-    if state.edge.throttle.enabled && names_tenant_in_body && parts.method == Method::POST {
+    let acs = class == RouteClass::Callback && parts.method == Method::POST && answer_route(parts.uri.path()).is_some();
+    if state.edge.throttle.enabled && (names_tenant_in_body || acs) && parts.method == Method::POST {
         let bytes = match axum::body::to_bytes(body, max_body).await {
             Ok(b) => b,
             Err(_) => {
@@ -400,7 +404,11 @@ async fn admit(
             }
         };
         let form = super::pairs::parse(&bytes);
-        tenant = form_tenant(class, &form);
+        if acs {
+            answer_names = answer_route(parts.uri.path()).zip(first_value(&form, "RelayState"));
+        } else {
+            tenant = form_tenant(class, &form);
+        }
         if class == RouteClass::Authorize {
             authorize_names = named_by_authorize(&form);
         }
@@ -421,6 +429,12 @@ async fn admit(
         }
         if tenant.is_none() {
             tenant = form_tenant(class, &query);
+        }
+    }
+    if state.edge.throttle.enabled && class == RouteClass::Callback && get {
+        if let Some(route) = answer_route(parts.uri.path()) {
+            let query = super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes());
+            answer_names = first_value(&query, "state").map(|id| (route, id));
         }
     }
     let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
@@ -458,7 +472,12 @@ async fn admit(
             let prefetch_authorize = authorize_names.map(|(client_id, tenant, connection)| {
                 Box::pin(state.broker.prefetch_authorize(client_id, tenant, connection))
             });
-            let (checked, prefetched, prefetched_authorize) = tokio::join!(
+            // Likewise what an IdP's answer reads first: its connection's
+            // configuration and its pending login, only peeked.
+            let prefetch_answer = answer_names.map(|((tenant, connection), login_id)| {
+                Box::pin(state.broker.prefetch_callback(tenant, connection, login_id))
+            });
+            let (checked, prefetched, prefetched_authorize, prefetched_answer) = tokio::join!(
                 check(state, class, limit, ip, tenant.as_ref(), request_id),
                 async {
                     match prefetch {
@@ -468,6 +487,12 @@ async fn admit(
                 },
                 async {
                     match prefetch_authorize {
+                        Some(read) => read.await,
+                        None => None,
+                    }
+                },
+                async {
+                    match prefetch_answer {
                         Some(read) => read.await,
                         None => None,
                     }
@@ -485,6 +510,9 @@ async fn admit(
                     }
                     if let Some(p) = prefetched_authorize {
                         // Shared, not copied, into the handler's future.
+                        parts.extensions.insert(std::sync::Arc::new(p));
+                    }
+                    if let Some(p) = prefetched_answer {
                         parts.extensions.insert(std::sync::Arc::new(p));
                     }
                 }
@@ -522,6 +550,22 @@ fn continues_a_counted_acs(path: &str) -> bool {
 fn named_by_authorize(pairs: &[(String, String)]) -> Option<(String, Option<String>, Option<String>)> {
     let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Some((first("client_id")?, first("tenant"), first("connection")))
+}
+
+/// The tenant and connection of an IdP's answer route: a SAML ACS
+/// (`/saml/{tenant}/{connection}/acs`), an OIDC or dev IdP callback
+/// (`/oidc|dev/{tenant}/{connection}/callback`); the segments as sent
+/// (the handler compares them with its own, decoded, path).
+fn answer_route(path: &str) -> Option<(String, String)> {
+    let mut segments = path.strip_prefix('/')?.split('/');
+    let (kind, tenant, connection, end) = (segments.next()?, segments.next()?, segments.next()?, segments.next()?);
+    let known = matches!((kind, end), ("saml", "acs") | ("oidc" | "dev", "callback"));
+    (known && segments.next().is_none()).then(|| (tenant.to_owned(), connection.to_owned()))
+}
+
+/// The value of the first pair named `name`.
+fn first_value(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
 /// The tenant a form names: on the token endpoints the prefix of its code,

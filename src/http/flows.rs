@@ -7,7 +7,7 @@ use super::pages::{self, esc};
 use super::pairs::FormPairs;
 use super::AppState;
 use crate::broker::session::{remember_login, BrowserLogins, BrowserSso, LOGINS_FIELD, SESSION_FIELD};
-use crate::broker::Outcome;
+use crate::broker::{Outcome, PrefetchedCallback};
 use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
@@ -318,6 +318,7 @@ async fn keep_session_after(
 
 /// Completes a login at a top-level GET callback (OIDC, dev IdP) and keeps the
 /// browser's session and bindings cookie in step.
+#[allow(clippy::too_many_arguments)]
 pub async fn complete(
     state: &AppState,
     session: &Session,
@@ -326,6 +327,7 @@ pub async fn complete(
     connection: &str,
     params: CallbackParams,
     fresh: Option<&FreshTenant>,
+    prefetched: Option<&PrefetchedCallback>,
 ) -> Response {
     let mut sso = load_sso(session).await;
     let presented = binding::Presented::new(state, headers, load_logins(session).await);
@@ -344,6 +346,7 @@ pub async fn complete(
             &mut logins,
             fresh,
             Some(session_alongside(session, &work)),
+            prefetched,
         )
         .await;
     let cycled = match work.fresh_id() {
@@ -410,6 +413,7 @@ pub async fn oidc_callback(
     session: Session,
     headers: HeaderMap,
     fresh: Option<Extension<FreshTenant>>,
+    prefetched: Option<Extension<Arc<PrefetchedCallback>>>,
     Path((tenant, connection)): Path<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
@@ -421,7 +425,18 @@ pub async fn oidc_callback(
         form: BTreeMap::new(),
     };
     let fresh = fresh.map(|e| e.0);
-    complete(&state, &session, &headers, &tenant, &connection, params, fresh.as_ref()).await
+    let prefetched = prefetched.map(|e| e.0);
+    complete(
+        &state,
+        &session,
+        &headers,
+        &tenant,
+        &connection,
+        params,
+        fresh.as_ref(),
+        prefetched.as_deref(),
+    )
+    .await
 }
 
 /// `POST /saml/{tenant}/{connection}/acs` (HTTP-POST binding). Reached by a
@@ -432,6 +447,7 @@ pub async fn oidc_callback(
 pub async fn saml_acs(
     State(state): State<Arc<AppState>>,
     fresh: Option<Extension<FreshTenant>>,
+    prefetched: Option<Extension<Arc<PrefetchedCallback>>>,
     Path((tenant, connection)): Path<(String, String)>,
     FormPairs(form): FormPairs,
 ) -> Response {
@@ -443,6 +459,7 @@ pub async fn saml_acs(
             "saml.duplicate_field",
         );
     };
+    let prefetched = prefetched.map(|e| e.0);
     let params = CallbackParams {
         query: BTreeMap::new(),
         form,
@@ -452,7 +469,7 @@ pub async fn saml_acs(
         &state,
         state
             .broker
-            .accept_post(&tenant, &connection, params, fresh.as_ref())
+            .accept_post(&tenant, &connection, params, fresh.as_ref(), prefetched.as_deref())
             .await,
     )
 }
@@ -638,6 +655,7 @@ pub async fn fallback(State(state): State<Arc<AppState>>, req: axum::extract::Re
         Ok(form) => {
             saml_acs(
                 State(state),
+                None,
                 None,
                 Path((tenant.to_string(), connection.to_string())),
                 form,

@@ -938,7 +938,17 @@ async fn callback(
         form: BTreeMap::new(),
     };
     let fresh = fresh.map(|e| e.0);
-    flows::complete(&app, &session, &headers, &tenant, &connection, params, fresh.as_ref()).await
+    flows::complete(
+        &app,
+        &session,
+        &headers,
+        &tenant,
+        &connection,
+        params,
+        fresh.as_ref(),
+        None,
+    )
+    .await
 }
 
 /// A local page's kind as a const parameter, so one GET and one POST

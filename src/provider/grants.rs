@@ -458,18 +458,55 @@ impl Provider {
         // The user, its tenant and connection may have gone since the
         // sign-in. One read of the tenant serves both this and the tenant's
         // `allowed_clients` (checked first, as before); the user read here
-        // is the one the ID token is minted from.
+        // is the one the ID token is minted from. The pre-token hook is
+        // looked up and the refresh family started in the same wait: the
+        // family is written ahead of the checks, its token handed out only
+        // once every check has passed, and abandoned (deleted with its index
+        // entries and its token) when any refuses the redemption, so nothing
+        // of a redemption that fails stays behind but what is inert: a
+        // family whose token nobody holds (`docs/PERFORMANCE.md`,
+        // thirty-sixth pass).
         let known = FreshTenant::for_id(fresh, &authz.tenant);
-        // config: the pre-token hook is looked up at the same time (one wait).
-        let ((tenant_record, active), hook) = tokio::try_join!(
+        let wants = wants_refresh(client, &authz);
+        let (live, hook, started) = tokio::join!(
+            self.directory
+                .active_at(&authz.tenant, &authz.sub, &authz.connection, known),
+            self.pre_token_hook(&authz),
             async {
-                let live = self
-                    .directory
-                    .active_at(&authz.tenant, &authz.sub, &authz.connection, known);
-                Ok::<_, OAuthError>(live.await?)
-            },
-            self.pre_token_hook(&authz)
-        )?;
+                match wants {
+                    true => Some(self.start_family(&authz, family_id.clone()).await),
+                    false => None,
+                }
+            }
+        );
+        // The first token of the family, once it is certain it started.
+        let first_token = match &started {
+            Some(Ok(Some((_, token)))) => Some(token.clone()),
+            _ => None,
+        };
+        let granted = self
+            .code_grant_checked(client, &authz, live, hook, started, &minting)
+            .await;
+        if granted.is_err() && wants {
+            // Whatever of the family was written (all, some or none).
+            self.abandon_family(&authz, &family_id, first_token.as_deref()).await;
+        }
+        granted
+    }
+
+    /// The rest of a code grant once its reads are in: the liveness
+    /// decision, the pre-token hook, the family's start, the tokens.
+    async fn code_grant_checked(
+        &self,
+        client: &Client,
+        authz: &Authorization,
+        live: Result<Liveness, StoreError>,
+        hook: Result<Option<crate::hooks::HookConfig>, OAuthError>,
+        started: Option<Result<Option<(Family, String)>, StoreError>>,
+        minting: &Minting,
+    ) -> Result<TokenResponse, OAuthError> {
+        let (tenant_record, active) = live?;
+        let hook = hook?;
         if !tenant_allows_client(tenant_record.as_deref(), &client.client_id) {
             return Err(OAuthError::invalid_grant(
                 "code.client_not_allowed_by_tenant",
@@ -493,24 +530,24 @@ impl Provider {
             tracing::info!(reason = "code.credentials_reset", tenant = %authz.tenant, client_id = %client.client_id);
             return Err(OAuthError::invalid_grant("code.credentials_reset", CREDENTIALS_RESET));
         }
-        // The hook runs (and may fail) before the family starts, so a failed
-        // redemption leaves no family that was never handed out.
+        // The hook runs (and may fail) before anything is handed out.
+        let hooked = hook.is_some();
         let prepared = self
-            .prepare(client, &authz, true, Some(&user), Some(hook), Some(&minting))
+            .prepare(client, authz, true, Some(&user), Some(hook), Some(minting))
             .await?;
-        let refresh = if wants_refresh(client, &authz) {
-            let started = self.start_family(&authz, family_id.clone()).await;
-            if !matches!(started, Ok(Some(_))) {
-                // Its index entries, sent alongside, may have been written:
-                // nothing of a family that did not start stays behind.
-                self.abandon_family(&authz, &family_id).await;
-            }
-            match started? {
-                Some((_, token)) => Some(token),
-                None => {
-                    // A replay arrived while we were minting and forbade
-                    // the family (and denied the access token's `jti`);
-                    // the replay was audited where it arrived.
+        let refresh = match started {
+            None => None,
+            Some(started) => match started? {
+                // A hook's call takes long enough for a replay to arrive
+                // meanwhile and delete the family (see `codes`): it is
+                // looked for again after the call, so such a redemption
+                // fails as the replay's did instead of answering dead tokens.
+                Some((family, token)) if !hooked || self.family_exists(&authz.tenant, &family.id).await? => Some(token),
+                _ => {
+                    // A replay arrived while we were redeeming and forbade
+                    // the family before it started, or deleted it since
+                    // (and denied the access token's `jti`); the replay
+                    // was audited where it arrived.
                     tracing::warn!(
                         reason = "code.reused",
                         tenant = %authz.tenant,
@@ -522,9 +559,7 @@ impl Provider {
                         "The authorization code was already used.",
                     ));
                 }
-            }
-        } else {
-            None
+            },
         };
         let (resp, _) = Self::sign(prepared, refresh)?;
         Ok(resp)
@@ -1149,6 +1184,10 @@ fn app_revoked_key(jti: &str) -> Key {
 
 /// A refresh token is issued only when `offline_access` was granted (for
 /// every kind of client) and the app may use the refresh grant.
+/// What [`crate::directory::Directory::active_at`] answers: the tenant
+/// record read with it, and the user when active.
+type Liveness = (Option<Arc<crate::tenant::Tenant>>, Result<User, Inactive>);
+
 fn wants_refresh(client: &Client, authz: &Authorization) -> bool {
     authz.scope.iter().any(|s| s == "offline_access") && client.allows_grant(GrantType::RefreshToken)
 }

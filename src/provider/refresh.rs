@@ -393,23 +393,31 @@ impl Provider {
         }))
     }
 
-    /// Undoes [`Provider::start_family`] for a code grant whose family did
-    /// not start (its script failed, or a replay had forbidden the family):
-    /// deletes the family's record (a failed script may still have run)
-    /// and its entries in the session's and the user's indexes, sent with
-    /// it, in one wait. Nothing of it was handed out, so this only tidies:
-    /// a failure is logged, and what stays is inert (a family whose token
-    /// nobody holds, or index entries naming an absent family).
-    pub async fn abandon_family(&self, authz: &Authorization, id: &str) {
+    /// Undoes [`Provider::start_family`] for a code grant that failed:
+    /// the family's script failed, a replay had forbidden the family, or a
+    /// check that ran beside its start refused the redemption. Deletes the
+    /// family's record (a failed script may still have run), its first
+    /// token when the start answered it, and its entries in the session's
+    /// and the user's indexes, sent with it, in one wait. Nothing of it was
+    /// handed out, so this only tidies: a failure is logged, and what stays
+    /// is inert (a family whose token nobody holds, a token whose family is
+    /// gone, or index entries naming an absent family).
+    pub async fn abandon_family(&self, authz: &Authorization, id: &str, first_token: Option<&str>) {
         let t = authz.tenant.as_str();
         let (family_at, by_session, by_user) = (
             family_key(t, id),
             session_families_key(t, &authz.sid),
             user_families_key(t, &authz.sub),
         );
+        let token_at = first_token.map(|token| token_key(t, id, &crate::tokens::sha256_base64url(token.as_bytes())));
+        // The family and its token share a tag: one script for both.
+        let mut records = vec![Write::Delete { key: &family_at }];
+        if let Some(k) = &token_at {
+            records.push(Write::Delete { key: k });
+        }
         // Each step on its own: one failing does not cancel the others.
         let (family, session, user) = tokio::join!(
-            self.store.delete(&family_at),
+            self.store.write_many(&records),
             self.store.set_remove(&by_session, id),
             self.store.set_remove(&by_user, id),
         );
@@ -421,6 +429,12 @@ impl Provider {
                 "a refresh family of a failed code grant could not be removed; it is inert (its token was never handed out)"
             );
         }
+    }
+
+    /// Whether the family `id` of `tenant` is stored (started and neither
+    /// revoked nor expired).
+    pub(super) async fn family_exists(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        self.store.exists(&family_key(tenant.as_str(), id)).await
     }
 
     /// Revokes every family of the user `sub` (disable, delete).
