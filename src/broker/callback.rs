@@ -650,21 +650,61 @@ impl Broker {
                 Err(e) => return Err(unavailable(e)),
             },
         };
-        // Whether the tenant or the app requires MFA is read while the
-        // connector validates the answer (one store wait for both); it is
-        // looked at only once the answer is valid.
-        // A pending login the edge only peeked is consumed now, alongside
-        // (one wait for all three).
+        // The answer is validated first (in place on a replica with one
+        // CPU, else on the blocking pool); everything that follows its
+        // validation then goes out in one store wait.
+        let completed = connector
+            .complete_unclaimed(pending.as_ref().map(|p| &p.connector_state), &params)
+            .await;
+        let (identity, claim) = match completed {
+            Ok(i) => i,
+            Err(e) => {
+                // portal: the tenant's admins see why their sign-ins fail.
+                self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
+                    .await;
+                return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
+            }
+        };
+        // One wait for: the pending login the edge only peeked, consumed
+        // now; whether the tenant or the app requires MFA; the answer's
+        // single use (a SAML assertion's id), claimed always to its end, so
+        // the answer is consumed whatever else refuses it; and
+        // provisioning's first read, the identity link with the user's
+        // record and disabled flag (a read: nothing is provisioned before
+        // the MFA rule and the claim have allowed it).
         let consume = async {
             match owed.take() {
                 Some(key) => Some(self.store.delete(&key).await),
                 None => None,
             }
         };
-        let (completed, mfa_rule, consumed) = tokio::join!(
-            connector.complete_unclaimed(pending.as_ref().map(|p| &p.connector_state), &params),
+        let claimed = async {
+            match claim {
+                Some(claim) => claim.await,
+                None => Ok(()),
+            }
+        };
+        let link = self.provider.directory.link_for(
+            &tenant,
+            stored_tenant.as_deref(),
+            &record,
+            stored_tenant
+                .as_deref()
+                .and_then(|t| config.incarnation(t, &connection))
+                .as_ref(),
+            &identity,
+        );
+        let link_read = async {
+            match link {
+                Some(link) => Some(self.provider.directory.read_link(link).await),
+                None => None,
+            }
+        };
+        let (mfa_rule, consumed, claimed, ahead) = tokio::join!(
             self.mfa_required(stored_tenant.as_deref(), &request.client_id),
-            consume
+            consume,
+            claimed,
+            link_read
         );
         match consumed {
             Some(Ok(false)) => {
@@ -683,46 +723,27 @@ impl Broker {
             Some(Err(e)) => return Err(unavailable(e)),
             Some(Ok(true)) | None => {}
         }
-        let (identity, claim) = match completed {
-            Ok(i) => i,
-            Err(e) => {
-                // portal: the tenant's admins see why their sign-ins fail.
-                self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
-                    .await;
-                return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
-            }
-        };
-        // The answer's single use (a SAML assertion's id) is claimed
-        // alongside everything that follows its validation, provisioning
-        // included (one store wait for both), and always to its end: the
-        // answer is consumed whatever else refuses it, as when the claim
-        // came first. A refused claim (a replay) is the outcome, whatever
-        // else happened; what ran beside it is inert (a user provisioned
-        // from a validly signed answer; nothing is handed out).
-        let claimed = async {
-            match claim {
-                Some(claim) => claim.await,
-                None => Ok(()),
-            }
-        };
-        let accepted = self.accept(
-            &tenant,
-            &connection,
-            &record,
-            &config,
-            pending.as_ref(),
-            &request,
-            stored_tenant.as_deref(),
-            connector.as_ref(),
-            identity,
-            mfa_rule,
-        );
-        let (claimed, accepted) = tokio::join!(claimed, accepted);
+        // A refused claim (a replay) is the outcome, whatever else happened.
         if let Err(e) = claimed {
             self.record_failure(&tenant, Some(&connection), super::testing::reason_of(&e))
                 .await;
             return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
         }
+        let accepted = self
+            .accept(
+                &tenant,
+                &connection,
+                &record,
+                &config,
+                pending.as_ref(),
+                &request,
+                stored_tenant.as_deref(),
+                connector.as_ref(),
+                identity,
+                mfa_rule,
+                ahead,
+            )
+            .await;
         let a = accepted?;
         Ok(Validated {
             login: pending
@@ -745,8 +766,8 @@ impl Broker {
 
     /// What follows the validation of an answer: the tenant's email
     /// vouching, the MFA rule, the authentication's age, provisioning and
-    /// the user's state. Runs alongside the answer's single-use claim (see
-    /// `validate`).
+    /// the user's state. Runs once the answer's single-use claim succeeded,
+    /// with provisioning's first read done alongside the claim (`ahead`).
     #[allow(clippy::too_many_arguments)]
     async fn accept(
         &self,
@@ -760,6 +781,7 @@ impl Broker {
         connector: &dyn crate::upstream::Connector,
         identity: Identity,
         mfa_rule: Result<bool, crate::store::StoreError>,
+        ahead: Option<crate::directory::LinkRead>,
     ) -> Result<Accepted, Outcome> {
         let identity = match stored_tenant {
             Some(t) => crate::tenant::vouch_email(t, identity),
@@ -808,6 +830,7 @@ impl Broker {
                 record,
                 stored_tenant.and_then(|t| config.incarnation(t, connection)),
                 &identity,
+                ahead,
             )
             .await;
         let (user, provisioned, disabled) = match provisioned {

@@ -161,6 +161,20 @@ pub(crate) fn link_key(t: &TenantId, c: &ConnectionId, inc: &Incarnation, subjec
         format!("link:{}.{c}.{}:{h}", inc.tenant, inc.connection),
     )
 }
+/// What provisioning reads through an identity link: the user's record and
+/// disabled flag (they share the link's tag, `t:<tenant>:users`).
+const THROUGH: [(&str, Read); 2] = [("user:", Read::Value), ("disabled:", Read::Presence)];
+
+/// What [`crate::store::Store::read_through`] answers: the pointer's value
+/// and the keys read through it.
+type Through = Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>;
+
+/// An identity link read ahead of provisioning ([`Directory::read_link`]).
+pub struct LinkRead {
+    link: Key,
+    read: Result<Through, StoreError>,
+}
+
 pub(crate) fn user_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("user:{sub}"))
 }
@@ -206,7 +220,9 @@ impl Directory {
         identity: &Identity,
     ) -> Result<(User, Provisioned), ProvisionError> {
         let liveness = self.liveness(tenant, connection).await?;
-        let (user, outcome, _) = self.provision_live(tenant, connection, identity, liveness).await?;
+        let (user, outcome, _) = self
+            .provision_live(tenant, connection, identity, liveness, None)
+            .await?;
         Ok((user, outcome))
     }
 
@@ -227,6 +243,7 @@ impl Directory {
         connection_record: &crate::upstream::Connection,
         incarnation: Option<Incarnation>,
         identity: &Identity,
+        ahead: Option<LinkRead>,
     ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let connection = &connection_record.id;
         let liveness = match tenant_record {
@@ -242,7 +259,37 @@ impl Directory {
             // Absent, or (a caller's mistake) another tenant's: fail closed.
             _ => Liveness::TenantGone,
         };
-        self.provision_live(tenant, connection, identity, liveness).await
+        self.provision_live(tenant, connection, identity, liveness, ahead).await
+    }
+
+    /// The identity link [`Self::provision_in`] will read first for
+    /// `identity`, with the same arguments, when finding it needs no read
+    /// (the incarnation given is the tenant record's); `None` otherwise.
+    pub fn link_for(
+        &self,
+        tenant: &TenantId,
+        tenant_record: Option<&Tenant>,
+        connection_record: &crate::upstream::Connection,
+        incarnation: Option<&Incarnation>,
+        identity: &Identity,
+    ) -> Option<Key> {
+        match (tenant_record, incarnation) {
+            (Some(t), Some(inc))
+                if t.id == *tenant && connection_record.tenant == *tenant && inc.tenant == t.incarnation =>
+            {
+                Some(link_key(tenant, &connection_record.id, inc, &identity.subject))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads the identity link `link` (from [`Self::link_for`]) and, through
+    /// it, the user's record and disabled flag, as provisioning's first
+    /// step does: started alongside other work, and handed to
+    /// [`Self::provision_in`], which uses it only for that very link.
+    pub async fn read_link(&self, link: Key) -> LinkRead {
+        let read = self.store.read_through(&link, &THROUGH).await;
+        LinkRead { link, read }
     }
 
     async fn provision_live(
@@ -251,6 +298,7 @@ impl Directory {
         connection: &ConnectionId,
         identity: &Identity,
         liveness: Liveness,
+        ahead: Option<LinkRead>,
     ) -> Result<(User, Provisioned, bool), ProvisionError> {
         let inc = match liveness {
             Liveness::Live(inc) => inc,
@@ -265,8 +313,11 @@ impl Directory {
         // `t:<tenant>:users`). Only when it is absent is it written, with
         // `put_if_absent`, so that concurrent first logins still agree on
         // one `sub`.
-        const THROUGH: [(&str, Read); 2] = [("user:", Read::Value), ("disabled:", Read::Presence)];
-        let (existing, through) = match self.store.read_through(&link, &THROUGH).await? {
+        let read = match ahead.filter(|a| a.link == link) {
+            Some(ahead) => ahead.read?,
+            None => self.store.read_through(&link, &THROUGH).await?,
+        };
+        let (existing, through) = match read {
             Some((raw, read)) => (Some(raw), Some(read)),
             None if self.store.put_if_absent(&link, candidate.as_bytes(), None).await? => (None, None),
             None => (

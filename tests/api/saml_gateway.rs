@@ -1523,9 +1523,9 @@ async fn an_app_requiring_mfa_asks_for_it_and_refuses_a_password_only_answer() {
 
 #[tokio::test]
 async fn an_answer_refused_after_its_validation_is_still_used_up() {
-    // The assertion's id is claimed alongside provisioning and the checks
-    // after the signature (one store wait), and always to its end: an
-    // answer refused by those checks cannot be posted again.
+    // The assertion's id is claimed right after the signature, always to
+    // its end, and provisioning and the checks after it follow the claim:
+    // an answer refused by those checks cannot be posted again.
     let app = gateway().await;
     app.create_tenant("acme", "Acme", &["acme.test"]).await;
     register_app(&app).await;
@@ -1541,7 +1541,13 @@ async fn an_answer_refused_after_its_validation_is_still_used_up() {
     let again = post_acs(&app.client, &acs(&conn), &xml, None).await;
     assert_eq!(again.code(), None, "{again:?}");
     assert_eq!(again.expect_app_error(), REPLAY_MESSAGE, "{again:?}");
+    // Provisioning follows the claim: neither the refused answer nor its
+    // replay wrote a user.
+    let users = portcullis::store::Key::tenant("acme", "users", "index");
+    let listed = app.state.store.set_members(&users).await.unwrap();
+    assert!(listed.is_empty(), "users provisioned: {listed:?}");
     // A fresh answer of the IdP passes.
     let fresh = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
     assert!(fresh.continue_url().is_some(), "{fresh:?}");
+    assert_eq!(app.state.store.set_members(&users).await.unwrap().len(), 1);
 }
