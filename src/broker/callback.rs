@@ -627,15 +627,9 @@ impl Broker {
                     } else {
                         "callback.unsolicited"
                     };
-                    meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
-                    tracing::warn!(reason, tenant = %tenant, connection = %connection, "no pending login for this answer");
-                    self.audit_failure(&tenant, Some(&connection), reason).await;
-                    return Err(page(
-                        400,
-                        "Sign-in failed",
-                        "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
-                        reason,
-                    ));
+                    return Err(self
+                        .no_pending_login(&tenant, &connection, reason, "no pending login for this answer")
+                        .await);
                 }
             },
         };
@@ -709,16 +703,14 @@ impl Broker {
         match consumed {
             Some(Ok(false)) => {
                 // Another answer naming it consumed it since it was peeked.
-                let reason = "callback.unknown_login";
-                meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
-                tracing::warn!(reason, tenant = %tenant, connection = %connection, "the pending login was consumed by another answer meanwhile");
-                self.audit_failure(&tenant, Some(&connection), reason).await;
-                return Err(page(
-                    400,
-                    "Sign-in failed",
-                    "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
-                    reason,
-                ));
+                return Err(self
+                    .no_pending_login(
+                        &tenant,
+                        &connection,
+                        "callback.unknown_login",
+                        "the pending login was consumed by another answer meanwhile",
+                    )
+                    .await);
             }
             Some(Err(e)) => return Err(unavailable(e)),
             Some(Ok(true)) | None => {}
@@ -762,6 +754,27 @@ impl Broker {
             own_factor: a.own_factor,
             mfa_demanded: a.mfa_demanded,
         })
+    }
+
+    /// The refusal of an answer with no pending login to finish (`reason`:
+    /// none named, none found, or consumed by another answer meanwhile):
+    /// counted, logged with `why`, audited, and a page for the person.
+    async fn no_pending_login(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        reason: &'static str,
+        why: &str,
+    ) -> Outcome {
+        meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
+        tracing::warn!(reason, tenant = %tenant, connection = %connection, "{why}");
+        self.audit_failure(tenant, Some(connection), reason).await;
+        page(
+            400,
+            "Sign-in failed",
+            "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
+            reason,
+        )
     }
 
     /// What follows the validation of an answer: the tenant's email

@@ -548,7 +548,7 @@ fn continues_a_counted_acs(path: &str) -> bool {
 /// pairs name (the first of each, as the handler refuses repeated ones);
 /// `None` without a `client_id`, which the handler refuses too.
 fn named_by_authorize(pairs: &[(String, String)]) -> Option<(String, Option<String>, Option<String>)> {
-    let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let first = |name: &str| first_value(pairs, name);
     Some((first("client_id")?, first("tenant"), first("connection")))
 }
 

@@ -1182,12 +1182,12 @@ fn app_revoked_key(jti: &str) -> Key {
     Key::global("revoked", format!("jti:{jti}"))
 }
 
-/// A refresh token is issued only when `offline_access` was granted (for
-/// every kind of client) and the app may use the refresh grant.
 /// What [`crate::directory::Directory::active_at`] answers: the tenant
 /// record read with it, and the user when active.
 type Liveness = (Option<Arc<crate::tenant::Tenant>>, Result<User, Inactive>);
 
+/// A refresh token is issued only when `offline_access` was granted (for
+/// every kind of client) and the app may use the refresh grant.
 fn wants_refresh(client: &Client, authz: &Authorization) -> bool {
     authz.scope.iter().any(|s| s == "offline_access") && client.allows_grant(GrantType::RefreshToken)
 }

@@ -905,6 +905,18 @@ async fn dev_app_wrapped(
     .await
 }
 
+/// Starts the demo app's sign-in in `browser` and stops at the dev IdP's
+/// callback, answered but not yet followed: its URL.
+async fn to_dev_callback(
+    app: &crate::support::app::TestApp,
+    browser: &mut crate::support::browser::Browser,
+) -> url::Url {
+    let login = browser.get(&app.url("/demo/login")).await;
+    let form = login.form(None);
+    let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
+    browser.submit_until(&login, &form, &is_callback).await.stopped()
+}
+
 /// The browser session naming a new SSO session is saved by the handler,
 /// alongside the sign-in's audit event, not by the session layer after it:
 /// when that save fails, the sign-in still fails closed (503
@@ -914,10 +926,7 @@ async fn a_browser_session_that_cannot_be_saved_at_sign_in_fails_it_closed_witho
     let refuse = Arc::new(AtomicBool::new(false));
     let app = dev_app_refusing(refuse.clone(), Arc::default()).await;
     let mut browser = crate::support::browser::Browser::new();
-    let login = browser.get(&app.url("/demo/login")).await;
-    let form = login.form(None);
-    let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
-    let callback = browser.submit_until(&login, &form, &is_callback).await.stopped();
+    let callback = to_dev_callback(&app, &mut browser).await;
 
     let before = browser.cookie(&app.base, "portcullis_session");
     refuse.store(true, Ordering::SeqCst);
@@ -1128,10 +1137,7 @@ async fn an_answer_whose_peeked_login_was_consumed_meanwhile_is_refused() {
     let steal = Arc::new(AtomicBool::new(false));
     let app = dev_app_stealing(steal.clone()).await;
     let mut browser = crate::support::browser::Browser::new();
-    let login = browser.get(&app.url("/demo/login")).await;
-    let form = login.form(None);
-    let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
-    let callback = browser.submit_until(&login, &form, &is_callback).await.stopped();
+    let callback = to_dev_callback(&app, &mut browser).await;
 
     let before = browser.cookie(&app.base, "portcullis_session");
     steal.store(true, Ordering::SeqCst);
@@ -1158,10 +1164,7 @@ async fn an_answer_whose_peeked_login_was_consumed_meanwhile_is_refused() {
 async fn an_answer_refused_before_its_login_was_consumed_still_ends_the_login() {
     let app = dev_app_stealing(Arc::default()).await;
     let mut browser = crate::support::browser::Browser::new();
-    let login = browser.get(&app.url("/demo/login")).await;
-    let form = login.form(None);
-    let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
-    let callback = browser.submit_until(&login, &form, &is_callback).await.stopped();
+    let callback = to_dev_callback(&app, &mut browser).await;
 
     let mut other = crate::support::browser::Browser::new();
     let refused = other.get(&callback).await;
