@@ -138,7 +138,13 @@ pub struct Options {
     #[arg(long, value_enum)]
     pub alg: Option<Alg>,
     /// Closed loop: this many concurrent workers (ignored with `--rate`).
-    #[arg(long, default_value_t = 32)]
+    /// 64 keeps a one-core gateway busy when Redis and the generator share
+    /// the other core: at 32 it idled 3-10 % of the time, waiting on them,
+    /// and every maximum read 10-17 % low (docs/PERFORMANCE.md, thirty-
+    /// seventh pass); at 128 new sign-ins were shed, as they should be:
+    /// `/authorize` may use three quarters of a replica's budget of
+    /// requests in flight (by default 128 per CPU).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Open loop: this many operations per second, latency measured from
     /// each operation's intended start (coordinated omission corrected).
