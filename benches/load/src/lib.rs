@@ -140,7 +140,7 @@ pub struct Options {
     /// Closed loop: this many concurrent workers (ignored with `--rate`).
     /// 64 keeps a one-core gateway busy when Redis and the generator share
     /// the other core: at 32 it idled 3-10 % of the time, waiting on them,
-    /// and every maximum read 10-17 % low (docs/PERFORMANCE.md, thirty-
+    /// and every maximum read 8-17 % low (docs/PERFORMANCE.md, thirty-
     /// seventh pass); at 128 new sign-ins were shed, as they should be:
     /// `/authorize` may use three quarters of a replica's budget of
     /// requests in flight (by default 128 per CPU).
