@@ -382,6 +382,7 @@ async fn admit(
     let mut tenant = path_tenant;
     let mut client_id = None;
     let mut refresh_token = None;
+    let mut code = None;
     let mut parsed_form = None;
     // What `/authorize` names (its app, tenant and connection), from the
     // pairs its handler reads: the form of a POST, else the query.
@@ -414,7 +415,7 @@ async fn admit(
         }
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
             let hints = super::oauth::token_hints(&parts.headers, &form);
-            (client_id, refresh_token) = (hints.client_id, hints.refresh_token);
+            (client_id, refresh_token, code) = (hints.client_id, hints.refresh_token, hints.code);
         }
         parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
@@ -459,11 +460,19 @@ async fn admit(
                         let family = state.provider.peek_refresh(&token).await.ok()?;
                         Some((token, family))
                     };
-                    let (client, refresh) = tokio::join!(state.provider.clients.get(&id), peek);
+                    // Likewise what a code grants, only read: the grant
+                    // still takes the code.
+                    let peek_code = async {
+                        let code = code?;
+                        let authz = state.provider.peek_code(&code).await.ok()?;
+                        Some((code, authz))
+                    };
+                    let (client, refresh, code) = tokio::join!(state.provider.clients.get(&id), peek, peek_code);
                     Some(PrefetchedClient {
                         id,
                         client: client.ok()?,
                         refresh,
+                        code,
                     })
                 })
             });

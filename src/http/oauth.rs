@@ -333,15 +333,18 @@ pub(super) struct TokenHints {
     pub client_id: Option<String>,
     /// The refresh token of a refresh grant.
     pub refresh_token: Option<String>,
+    /// The code of an authorization-code grant.
+    pub code: Option<String>,
 }
 
 pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> TokenHints {
-    let (mut form_id, mut grant, mut token) = (None, None, None);
+    let (mut form_id, mut grant, mut token, mut code) = (None, None, None, None);
     for (k, v) in form {
         let first = match k.as_str() {
             "client_id" => &mut form_id,
             "grant_type" => &mut grant,
             "refresh_token" => &mut token,
+            "code" => &mut code,
             _ => continue,
         };
         first.get_or_insert(v);
@@ -357,9 +360,13 @@ pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> Tok
     let refresh_token = token
         .filter(|_| grant.map(String::as_str) == Some(GrantType::RefreshToken.as_str()))
         .cloned();
+    let code = code
+        .filter(|_| grant.map(String::as_str) == Some(GrantType::AuthorizationCode.as_str()))
+        .cloned();
     TokenHints {
         client_id,
         refresh_token,
+        code,
     }
 }
 

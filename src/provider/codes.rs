@@ -141,6 +141,20 @@ impl Provider {
         Duration::from_secs(self.ttl.code_ttl_secs.saturating_mul(10).max(60))
     }
 
+    /// What `code` grants, read without consuming it (`None`: unknown,
+    /// expired or already taken). Only a hint: the redemption still takes
+    /// the code ([`Self::redeem_code`]) and goes on only with the very
+    /// authorization it took.
+    pub async fn peek_code(&self, code: &str) -> Result<Option<Authorization>, StoreError> {
+        let Some((tenant, _)) = code.split_once('.') else {
+            return Ok(None);
+        };
+        if TenantId::parse(tenant).is_err() || code.len() > 256 {
+            return Ok(None);
+        }
+        self.store.get_json(&code_key(tenant, &code_hash(code))).await
+    }
+
     /// Redeems a code: takes it and leaves its "used" marker, naming what
     /// this redemption will issue (`will_issue`), in one atomic step.
     pub async fn redeem_code(&self, code: &str, will_issue: &Issued) -> Result<Redeemed, StoreError> {

@@ -30,7 +30,27 @@ pub struct PrefetchedClient {
     /// The refresh token the request named and its family as
     /// [`Provider::peek_refresh`] read it (`None` inside: not current).
     pub refresh: Option<(String, Option<Family>)>,
+    /// The authorization code the request named and what it grants as
+    /// [`Provider::peek_code`] read it (`None` inside: not there).
+    pub code: Option<(String, Option<Authorization>)>,
 }
+
+/// What a token request's grant had read ahead, nothing consumed: the
+/// refresh token's family (`Some`: peeked; `None` inside: not current) or
+/// what the code grants (`Some`: found).
+#[derive(Default)]
+struct Peeked {
+    family: Option<Option<Family>>,
+    code: Option<Authorization>,
+}
+
+/// What [`Provider::code_grant_reads`] answers: the liveness reads, the
+/// pre-token hook, and the refresh family's start (`None`: not wanted).
+type CodeGrantReads = (
+    Result<Liveness, StoreError>,
+    Result<Option<crate::hooks::HookConfig>, OAuthError>,
+    Option<Result<Option<(Family, String)>, StoreError>>,
+);
 
 /// How the client authenticated at the token endpoint.
 #[derive(Debug, Clone)]
@@ -202,7 +222,7 @@ impl Provider {
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
     ) -> Result<TokenResponse, OAuthError> {
-        self.token_peeked(client, req, fresh, None).await
+        self.token_peeked(client, req, fresh, Peeked::default()).await
     }
 
     /// The token endpoint from the client's credentials: authenticates the
@@ -227,6 +247,15 @@ impl Provider {
             .and_then(|p| p.refresh.take())
             .filter(|(t, _)| refresh_token == Some(t.as_str()))
             .map(|(_, family)| family);
+        let code = req
+            .code
+            .as_deref()
+            .filter(|_| req.grant_type.as_deref() == Some(GrantType::AuthorizationCode.as_str()));
+        let code_at_edge = prefetched
+            .as_mut()
+            .and_then(|p| p.code.take())
+            .filter(|(c, _)| code == Some(c.as_str()))
+            .map(|(_, authz)| authz);
         let peek = async {
             match (refresh_token, read_at_edge) {
                 (Some(_), Some(family)) => Some(Ok(family)),
@@ -234,10 +263,30 @@ impl Provider {
                 (None, _) => None,
             }
         };
-        let (client, peeked) = tokio::join!(self.authenticate_prefetched(creds, prefetched), peek);
+        // A code is only peeked here too: what it grants lets the grant
+        // send the code's take together with the reads that follow it.
+        let peek_code = async {
+            match (code, code_at_edge) {
+                (Some(_), Some(authz)) => Some(authz),
+                // A failed read only costs the grant its early reads.
+                (Some(c), None) => self.peek_code(c).await.ok(),
+                (None, _) => None,
+            }
+        };
+        let (client, peeked, code_peeked) =
+            tokio::join!(self.authenticate_prefetched(creds, prefetched), peek, peek_code);
         let client = client?;
         let peeked = peeked.transpose()?;
-        self.token_peeked(&client, req, fresh, peeked).await
+        self.token_peeked(
+            &client,
+            req,
+            fresh,
+            Peeked {
+                family: peeked,
+                code: code_peeked.flatten(),
+            },
+        )
+        .await
     }
 
     /// [`Self::token_with`], with the refresh family already peeked for
@@ -247,7 +296,7 @@ impl Provider {
         client: &Client,
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
-        peeked: Option<Option<Family>>,
+        peeked: Peeked,
     ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
@@ -273,8 +322,8 @@ impl Provider {
             ));
         }
         let issued = match grant {
-            GrantType::AuthorizationCode => self.code_grant(client, req, fresh).await,
-            GrantType::RefreshToken => self.refresh_grant(client, req, fresh, peeked).await,
+            GrantType::AuthorizationCode => self.code_grant(client, req, fresh, peeked.code).await,
+            GrantType::RefreshToken => self.refresh_grant(client, req, fresh, peeked.family).await,
             GrantType::ClientCredentials => self.client_credentials_grant(client, req).await,
             GrantType::TokenExchange => self.exchange_grant(client, req).await,
         };
@@ -351,6 +400,7 @@ impl Provider {
         client: &Client,
         req: &TokenRequest,
         fresh: Option<&FreshTenant>,
+        peeked: Option<Authorization>,
     ) -> Result<TokenResponse, OAuthError> {
         let code = req
             .code
@@ -370,42 +420,76 @@ impl Provider {
             exp: access_exp(minting.now, self.ttl.access_token_ttl_secs),
             pending: false,
         };
-        let authz = match self.redeem_code(code, &will_issue).await? {
-            Redeemed::Fresh(a) => *a,
-            Redeemed::Reused(issued) => {
-                if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
-                    // Revoke what the first redemption named; a marker an
-                    // earlier version left pending is flagged, then read
-                    // again (see `codes`).
-                    let recorded = if issued.pending {
-                        self.record_code_replay(code, &t).await?
-                    } else {
-                        None
-                    };
-                    for i in [Some(issued), recorded].into_iter().flatten() {
-                        self.revoke_issued(&t, &i).await?;
-                    }
-                    // The code was real (its marker exists), so is its tenant.
-                    self.audit.security(code_reuse_event(&client.client_id, &t)).await;
-                }
-                tracing::warn!(
-                    reason = "code.reused",
-                    client_id = %client.client_id,
-                    "authorization code presented twice; its tokens revoked"
+        // With the code peeked (read, not consumed) and every check that
+        // needs no read passing on what it grants, its take goes out in the
+        // same wait as the reads and the family start that follow it; they
+        // are used only if the take answers that very authorization, and
+        // the family is abandoned otherwise (`docs/PERFORMANCE.md`,
+        // thirty-ninth pass). Otherwise the code is taken first, as a
+        // redemption the app got wrong must consume it too.
+        let ahead = peeked.filter(|a| Self::code_checks(client, a, req).is_ok());
+        let (redeemed, early) = match ahead {
+            Some(p) => {
+                let (redeemed, reads) = tokio::join!(
+                    self.redeem_code(code, &will_issue),
+                    self.code_grant_reads(client, &p, fresh, &family_id)
                 );
-                return Err(OAuthError::invalid_grant(
-                    "code.reused",
-                    "The authorization code was already used.",
-                ));
+                (redeemed, Some((p, reads)))
             }
-            Redeemed::Unknown => {
-                return Err(OAuthError::invalid_grant(
-                    "code.unknown",
-                    "The authorization code is invalid or expired.",
-                ))
+            None => (self.redeem_code(code, &will_issue).await, None),
+        };
+        let authz = match redeemed {
+            Ok(Redeemed::Fresh(a)) => *a,
+            other => {
+                if let Some((p, reads)) = &early {
+                    self.abandon_early(p, &family_id, reads).await;
+                }
+                return Err(self.code_not_redeemed(client, code, other).await);
             }
         };
         crate::telemetry::tag_span(authz.tenant.as_str(), Some(authz.connection.as_str()));
+        let reads = match early {
+            // Checked and read for exactly what was taken.
+            Some((p, reads)) if p == authz => reads,
+            Some((p, reads)) => {
+                // A code's authorization is written once and its name is
+                // random, so this cannot happen; refused all the same.
+                tracing::warn!(
+                    reason = "code.changed_since_peeked",
+                    "the code taken is not the one peeked"
+                );
+                self.abandon_early(&p, &family_id, &reads).await;
+                return Err(OAuthError::invalid_grant(
+                    "code.unknown",
+                    "The authorization code is invalid or expired.",
+                ));
+            }
+            None => {
+                Self::code_checks(client, &authz, req)?;
+                self.code_grant_reads(client, &authz, fresh, &family_id).await
+            }
+        };
+        let (live, hook, started) = reads;
+        // The first token of the family, once it is certain it started.
+        let first_token = match &started {
+            Some(Ok(Some((_, token)))) => Some(token.clone()),
+            _ => None,
+        };
+        let wants = started.is_some();
+        let granted = self
+            .code_grant_checked(client, &authz, live, hook, started, &minting)
+            .await;
+        if granted.is_err() && wants {
+            // Whatever of the family was written (all, some or none).
+            self.abandon_family(&authz, &family_id, first_token.as_deref()).await;
+        }
+        granted
+    }
+
+    /// The checks of a code redemption that need no read, on what the code
+    /// grants: the app, its tenant, `redirect_uri`, PKCE, the resource. They
+    /// come first, so a redemption the app got wrong costs no other read.
+    fn code_checks(client: &Client, authz: &Authorization, req: &TokenRequest) -> Result<(), OAuthError> {
         if authz.client_id != client.client_id {
             return Err(OAuthError::invalid_grant(
                 "code.wrong_client",
@@ -418,8 +502,6 @@ impl Provider {
                 "This client may not sign in users of that tenant.",
             ));
         }
-        // What needs no read is checked first: a redemption the app got
-        // wrong costs no store read.
         if req.redirect_uri.as_deref() != Some(authz.redirect_uri.as_str()) {
             return Err(OAuthError::invalid_grant(
                 "code.redirect_uri_mismatch",
@@ -454,44 +536,96 @@ impl Provider {
             }
             (None, None) => {}
         }
-        Self::check_token_resource(&authz, req)?;
-        // The user, its tenant and connection may have gone since the
-        // sign-in. One read of the tenant serves both this and the tenant's
-        // `allowed_clients` (checked first, as before); the user read here
-        // is the one the ID token is minted from. The pre-token hook is
-        // looked up and the refresh family started in the same wait: the
-        // family is written ahead of the checks, its token handed out only
-        // once every check has passed, and abandoned (deleted with its index
-        // entries and its token) when any refuses the redemption, so nothing
-        // of a redemption that fails stays behind but what is inert: a
-        // family whose token nobody holds (`docs/PERFORMANCE.md`,
-        // thirty-sixth pass).
+        Self::check_token_resource(authz, req)
+    }
+
+    /// What a code redemption reads once the code's checks have passed, in
+    /// one wait: the user, its tenant and connection may have gone since
+    /// the sign-in (one read of the tenant serves both this and its
+    /// `allowed_clients`; the user read here is the one the ID token is
+    /// minted from), the pre-token hook, and the refresh family's start.
+    /// The family is written ahead of the liveness checks, its token handed
+    /// out only once every check has passed, and abandoned (deleted with
+    /// its index entries and its token) when any refuses the redemption,
+    /// so nothing of a redemption that fails stays behind but what is
+    /// inert: a family whose token nobody holds (`docs/PERFORMANCE.md`,
+    /// thirty-sixth pass).
+    async fn code_grant_reads(
+        &self,
+        client: &Client,
+        authz: &Authorization,
+        fresh: Option<&FreshTenant>,
+        family_id: &str,
+    ) -> CodeGrantReads {
         let known = FreshTenant::for_id(fresh, &authz.tenant);
-        let wants = wants_refresh(client, &authz);
-        let (live, hook, started) = tokio::join!(
+        let wants = wants_refresh(client, authz);
+        tokio::join!(
             self.directory
                 .active_at(&authz.tenant, &authz.sub, &authz.connection, known),
-            self.pre_token_hook(&authz),
+            self.pre_token_hook(authz),
             async {
                 match wants {
-                    true => Some(self.start_family(&authz, family_id.clone()).await),
+                    true => Some(self.start_family(authz, family_id.to_owned()).await),
                     false => None,
                 }
             }
-        );
-        // The first token of the family, once it is certain it started.
-        let first_token = match &started {
-            Some(Ok(Some((_, token)))) => Some(token.clone()),
-            _ => None,
+        )
+    }
+
+    /// Undoes the family a redemption started beside its take, when the
+    /// take did not answer the authorization it was started for.
+    async fn abandon_early(&self, authz: &Authorization, family_id: &str, reads: &CodeGrantReads) {
+        let first_token = match &reads.2 {
+            // Not wanted: nothing was started.
+            None => return,
+            Some(Ok(Some((_, token)))) => Some(token.as_str()),
+            Some(_) => None,
         };
-        let granted = self
-            .code_grant_checked(client, &authz, live, hook, started, &minting)
-            .await;
-        if granted.is_err() && wants {
-            // Whatever of the family was written (all, some or none).
-            self.abandon_family(&authz, &family_id, first_token.as_deref()).await;
+        self.abandon_family(authz, family_id, first_token).await;
+    }
+
+    /// The refusal of a redemption whose take found no fresh code: a reuse
+    /// revokes what the first redemption issued.
+    async fn code_not_redeemed(
+        &self,
+        client: &Client,
+        code: &str,
+        redeemed: Result<Redeemed, StoreError>,
+    ) -> OAuthError {
+        match redeemed {
+            Err(e) => e.into(),
+            Ok(Redeemed::Reused(issued)) => {
+                if let Some(t) = code.split_once('.').and_then(|(t, _)| TenantId::parse(t).ok()) {
+                    // Revoke what the first redemption named; a marker an
+                    // earlier version left pending is flagged, then read
+                    // again (see `codes`).
+                    let recorded = if issued.pending {
+                        match self.record_code_replay(code, &t).await {
+                            Ok(r) => r,
+                            Err(e) => return e.into(),
+                        }
+                    } else {
+                        None
+                    };
+                    for i in [Some(issued), recorded].into_iter().flatten() {
+                        if let Err(e) = self.revoke_issued(&t, &i).await {
+                            return e;
+                        }
+                    }
+                    // The code was real (its marker exists), so is its tenant.
+                    self.audit.security(code_reuse_event(&client.client_id, &t)).await;
+                }
+                tracing::warn!(
+                    reason = "code.reused",
+                    client_id = %client.client_id,
+                    "authorization code presented twice; its tokens revoked"
+                );
+                OAuthError::invalid_grant("code.reused", "The authorization code was already used.")
+            }
+            Ok(Redeemed::Unknown | Redeemed::Fresh(_)) => {
+                OAuthError::invalid_grant("code.unknown", "The authorization code is invalid or expired.")
+            }
         }
-        granted
     }
 
     /// The rest of a code grant once its reads are in: the liveness

@@ -612,6 +612,7 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
             id: rp.client_id.clone(),
             client: app.state.provider.clients.get(&rp.client_id).await.unwrap(),
             refresh: Some((tokens.rt().to_owned(), family.clone())),
+            code: None,
         };
         let refused = app
             .state
@@ -652,6 +653,7 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
         id: rp.client_id.clone(),
         client: app.state.provider.clients.get(&rp.client_id).await.unwrap(),
         refresh: Some((tokens.rt().to_owned(), None)),
+        code: None,
     };
     let next = app
         .state
