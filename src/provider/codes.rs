@@ -82,6 +82,13 @@ pub struct Authorization {
     pub upstream_session: Option<bool>,
 }
 
+/// The tenant a code names (`<tenant>.<random>`), if it has the shape of
+/// one of ours; anything else is unknown without a read.
+fn code_tenant(code: &str) -> Option<&str> {
+    let (tenant, _) = code.split_once('.')?;
+    (TenantId::parse(tenant).is_ok() && code.len() <= 256).then_some(tenant)
+}
+
 fn code_hash(code: &str) -> String {
     crate::tokens::sha256_base64url(code.as_bytes())
 }
@@ -146,24 +153,18 @@ impl Provider {
     /// the code ([`Self::redeem_code`]) and goes on only with the very
     /// authorization it took.
     pub async fn peek_code(&self, code: &str) -> Result<Option<Authorization>, StoreError> {
-        let Some((tenant, _)) = code.split_once('.') else {
+        let Some(tenant) = code_tenant(code) else {
             return Ok(None);
         };
-        if TenantId::parse(tenant).is_err() || code.len() > 256 {
-            return Ok(None);
-        }
         self.store.get_json(&code_key(tenant, &code_hash(code))).await
     }
 
     /// Redeems a code: takes it and leaves its "used" marker, naming what
     /// this redemption will issue (`will_issue`), in one atomic step.
     pub async fn redeem_code(&self, code: &str, will_issue: &Issued) -> Result<Redeemed, StoreError> {
-        let Some((tenant, _)) = code.split_once('.') else {
+        let Some(tenant) = code_tenant(code) else {
             return Ok(Redeemed::Unknown);
         };
-        if TenantId::parse(tenant).is_err() || code.len() > 256 {
-            return Ok(Redeemed::Unknown);
-        }
         let hash = code_hash(code);
         let marker = serde_json::to_vec(will_issue).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         match self
