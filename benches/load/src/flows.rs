@@ -68,6 +68,9 @@ struct Inner {
     /// The gateway, behind its replicas (`--replica`).
     http: Gateway,
     base: Url,
+    /// The gateway's endpoints, joined to `base` once (a join parses the
+    /// address again, host name included, on every request).
+    at: Endpoints,
     /// The tenants sign-in *i* goes to `sites[i % len]` (never empty; the
     /// first also has the IdP-initiated connection).
     sites: Vec<Site>,
@@ -104,6 +107,30 @@ struct Inner {
     /// Sign-in scenarios run in rounds of at most this long (`--round`), so
     /// every pending login is answered well within the gateway's login TTL.
     round: Duration,
+}
+
+/// The endpoints the timed scenarios call, as absolute URLs.
+struct Endpoints {
+    authorize: Url,
+    token: Url,
+    userinfo: Url,
+    introspect: Url,
+    jwks: Url,
+    discovery: Url,
+}
+
+impl Endpoints {
+    fn of(base: &Url) -> Result<Self, String> {
+        let at = |path: &str| base.join(path).map_err(|e| format!("{base} + {path}: {e}"));
+        Ok(Self {
+            authorize: at("/authorize")?,
+            token: at("/token")?,
+            userinfo: at("/userinfo")?,
+            introspect: at("/introspect")?,
+            jwks: at("/jwks")?,
+            discovery: at("/.well-known/openid-configuration")?,
+        })
+    }
 }
 
 fn random_hex(n: usize) -> String {
@@ -298,9 +325,11 @@ impl World {
             }
         }
         let signers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let at = Endpoints::of(&base)?;
         let inner = Arc::new(Inner {
             http,
             base,
+            at,
             sites,
             redirect_uri,
             app,
@@ -1145,7 +1174,7 @@ impl Inner {
         } else {
             self.oidc_conn.as_str()
         };
-        let mut url = self.base.join("/authorize").map_err(|e| e.to_string())?;
+        let mut url = self.at.authorize.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.app.id)
@@ -1381,7 +1410,7 @@ impl Inner {
     async fn token(&self, app: &App, body: String, what: &str) -> Result<Value, String> {
         let resp = self
             .http
-            .post(self.base.join("/token").map_err(|e| e.to_string())?)
+            .post(self.at.token.clone())
             .header(AUTHORIZATION, app.basic())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body)
@@ -1491,7 +1520,7 @@ impl Inner {
         let verifier = b64url(&rand::random::<[u8; 32]>());
         let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
         let state = b64url(&rand::random::<[u8; 12]>());
-        let mut url = self.base.join("/authorize").map_err(|e| e.to_string())?;
+        let mut url = self.at.authorize.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.app.id)
@@ -1526,14 +1555,14 @@ impl Inner {
         let pick = |i: usize| tokens.get(i % tokens.len().max(1)).ok_or("no tokens");
         match s {
             Scenario::Jwks | Scenario::Discovery => {
-                let path = if s == Scenario::Jwks {
-                    "/jwks"
+                let (path, url) = if s == Scenario::Jwks {
+                    ("/jwks", &self.at.jwks)
                 } else {
-                    "/.well-known/openid-configuration"
+                    ("/.well-known/openid-configuration", &self.at.discovery)
                 };
                 let resp = self
                     .http
-                    .get(self.base.join(path).map_err(|e| e.to_string())?)
+                    .get(url.clone())
                     .send()
                     .await
                     .map_err(|e| format!("{path}: {e}"))?;
@@ -1548,7 +1577,7 @@ impl Inner {
                 let access = pick(i)?.lock().await.access.clone();
                 let resp = self
                     .http
-                    .get(self.base.join("/userinfo").map_err(|e| e.to_string())?)
+                    .get(self.at.userinfo.clone())
                     .bearer_auth(access)
                     .send()
                     .await
@@ -1567,7 +1596,7 @@ impl Inner {
                     .finish();
                 let resp = self
                     .http
-                    .post(self.base.join("/introspect").map_err(|e| e.to_string())?)
+                    .post(self.at.introspect.clone())
                     .header(AUTHORIZATION, self.app.basic())
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(body)
