@@ -275,7 +275,7 @@ impl Broker {
         fresh: Option<&FreshTenant>,
         prefetched: Option<&PrefetchedCallback>,
     ) -> Outcome {
-        let v = match self
+        let mut v = match self
             .validate(
                 tenant,
                 connection,
@@ -290,6 +290,13 @@ impl Broker {
             Ok(v) => v,
             Err(o) => return o,
         };
+        // Every attribute the IdP sent, as received, served the mapping and
+        // provisioning; nothing after the continuation reads them (the
+        // session takes `amr` and `acr`, the code the user's id). Kept, a
+        // Response with many attributes or groups would carry them all
+        // through the store, written here and read back at the continuation
+        // (`docs/PERFORMANCE.md`, "How the cost grows").
+        v.identity.raw.clear();
         let handle = match self.stash(&v, CONTINUE_TTL).await {
             Ok(h) => h,
             Err(o) => return o,

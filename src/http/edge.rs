@@ -452,7 +452,7 @@ async fn admit(
             // read hands nothing on (the handler reads again and answers).
             // Boxed, and only when there is something to read: their
             // futures are large, and this one is moved whole on every
-            // request (`docs/PERFORMANCE.md`, twenty-second pass).
+            // request (`docs/performance-log.md`, twenty-second pass).
             let prefetch = client_id.map(|id| {
                 Box::pin(async {
                     let peek = async {
@@ -546,7 +546,7 @@ async fn admit(
 /// handle the ACS minted, and only in the browser the login is bound to)
 /// and does nothing costly without one, while counting it cost Redis one
 /// rate-limit script per sign-in, dearer than refusing a made-up handle
-/// (`docs/PERFORMANCE.md`, twenty-first pass).
+/// (`docs/performance-log.md`, twenty-first pass).
 fn continues_a_counted_acs(path: &str) -> bool {
     // `saml`, a tenant, a connection, `continue`, and nothing after.
     let mut segments = path.trim_start_matches('/').split('/');

@@ -6,7 +6,7 @@
 //! byte by byte into a `Cow`, and validate it once more lossily. For the
 //! ACS's `SAMLResponse` (6 KB of base64 in which every `+`, `/` and `=` is
 //! percent-encoded) that was about 3 % of a whole sign-in's CPU
-//! (`docs/PERFORMANCE.md`, eighth pass). [`FormPairs`] reads the same body
+//! (`docs/performance-log.md`, eighth pass). [`FormPairs`] reads the same body
 //! through axum's `RawForm` (the same content-type check, body limit and
 //! rejections) and decodes each name and value with [`decode`]: plain runs
 //! copied as slices, one output buffer, one UTF-8 validation.

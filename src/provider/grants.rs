@@ -424,7 +424,7 @@ impl Provider {
         // needs no read passing on what it grants, its take goes out in the
         // same wait as the reads and the family start that follow it; they
         // are used only if the take answers that very authorization, and
-        // the family is abandoned otherwise (`docs/PERFORMANCE.md`,
+        // the family is abandoned otherwise (`docs/performance-log.md`,
         // thirty-ninth pass). Otherwise the code is taken first, as a
         // redemption the app got wrong must consume it too.
         let ahead = peeked.filter(|a| Self::code_checks(client, a, req).is_ok());
@@ -548,7 +548,7 @@ impl Provider {
     /// out only once every check has passed, and abandoned (deleted with
     /// its index entries and its token) when any refuses the redemption,
     /// so nothing of a redemption that fails stays behind but what is
-    /// inert: a family whose token nobody holds (`docs/PERFORMANCE.md`,
+    /// inert: a family whose token nobody holds (`docs/performance-log.md`,
     /// thirty-sixth pass).
     async fn code_grant_reads(
         &self,

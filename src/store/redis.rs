@@ -508,7 +508,7 @@ pub struct RedisStore {
 /// when a worker last parked on the driver. The worker arming it is running,
 /// so that wake is wasted, and with few requests in flight it came on
 /// nearly every store round trip: 16 `write`s per SAML sign-in at one
-/// request at a time (`perf stat`, `docs/PERFORMANCE.md`, twenty-second
+/// request at a time (`perf stat`, `docs/performance-log.md`, twenty-second
 /// pass). With this timer ticking, the planned wake is never more than
 /// [`TIMER_FLOOR`] away, earlier than any deadline an operation arms, so
 /// arming one wakes nothing; the ticks themselves are two wake-ups a second.
@@ -1286,7 +1286,7 @@ impl Store for RedisStore {
         // A record last seen unstamped (or never seen) is read whole either
         // way, by the script to hash it: a plain `GET` and the fingerprint
         // computed here answer the same, for a fraction of what a script
-        // call costs Redis (`docs/PERFORMANCE.md`, "Eighteenth pass"). Only
+        // call costs Redis (`docs/performance-log.md`, "Eighteenth pass"). Only
         // a stamp is worth a script: it re-validates from 31 bytes.
         if !known.is_some_and(|k| k.starts_with(super::STAMP_FINGERPRINT)) {
             let value: Option<Vec<u8>> = self.get(key).await?;

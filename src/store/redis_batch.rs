@@ -8,7 +8,7 @@
 //! are already queued when its driver runs, and tokio runs a task it just
 //! woke (the driver) right after the current one, before any other request
 //! had a chance to queue a command. Profiled, that was about a quarter of a
-//! whole sign-in's CPU (`docs/PERFORMANCE.md`, eighth pass).
+//! whole sign-in's CPU (`docs/performance-log.md`, eighth pass).
 //!
 //! So the first command that finds the queue empty starts a flush task,
 //! which first yields until the worker has run every task that was ready
@@ -40,7 +40,7 @@ pub(super) type Answer = Result<Value, RedisError>;
 /// them as several pipelines at once, in queue order, each answered as its
 /// own replies come in (the `redis` crate answers a pipeline only when its
 /// last reply is in), so no caller waits for a long pipeline's last reply.
-/// Measured under load (`docs/PERFORMANCE.md`, thirteenth and fourteenth
+/// Measured under load (`docs/performance-log.md`, thirteenth and fourteenth
 /// passes): ahead in most alternated pairs, but profiles found no less work
 /// per operation once the machine's drift was taken out; 8, 16 and 32
 /// alike, 32 splits the fewest flushes.

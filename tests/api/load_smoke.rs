@@ -406,6 +406,23 @@ async fn sign_ins_succeed_with_the_signing_certificate_last_of_three_in_the_meta
     }
 }
 
+/// `--response-bytes 65536`: every SAML Response is padded to 64 KB inside
+/// its signed Assertion (an attribute no connection maps); every sign-in and
+/// IdP-initiated Response is still accepted, so the gateway digested every
+/// byte of each, and the report says how large they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_succeed_with_responses_padded_to_64_kb() {
+    let app = gateway().await;
+    let mut opts = smoke(&app);
+    opts.response_bytes = Some(65_536);
+    let scenarios = vec![Scenario::SamlSignin, Scenario::SamlAcs];
+    opts.scenario = scenarios.clone();
+    let report = portcullis_load::run(&opts).await.expect("the generator's setup");
+    assert_all_succeeded(&report, &scenarios);
+    let bytes = report.saml_response_bytes;
+    assert!((65_536..65_536 + 200).contains(&bytes), "{bytes} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_tenants_and_users_are_what_the_gateway_reads() {
     let prefix = redis::prefix();

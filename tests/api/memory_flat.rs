@@ -2,7 +2,7 @@
 //! SAML ACS validations (`SamlConnector::complete` on the six vendor
 //! captures in turn, signed Responses and signed Assertions) must not keep
 //! memory. It used to: samael leaked the detached Response of every signed
-//! Assertion, ~2.5 KB per sign-in (docs/PERFORMANCE.md, "Memory").
+//! Assertion, ~2.5 KB per sign-in (docs/performance-log.md, "Memory").
 //!
 //! What is measured is glibc's count of bytes in use (`mallinfo2`: the small
 //! blocks of every arena plus the mmapped large ones), which sees libxml2's,
@@ -48,7 +48,7 @@ const REBUILD_BOUND: usize = 32 * REBUILDS * VENDORS.len();
 /// Connectors (and records) built and held at once to weigh one.
 const HELD: usize = 50;
 /// What one connection kept ready may cost: a vendor's connector and its
-/// record weigh 10 to 30 KB (docs/PERFORMANCE.md, "Memory per connection").
+/// record weigh 10 to 30 KB (docs/performance-log.md, twenty-fifth pass).
 const PER_CONNECTION_BOUND: usize = 128 * 1024;
 /// The glibc tunable that turns the per-thread caches off.
 const NO_TCACHE: &str = "glibc.malloc.tcache_count=0";

@@ -480,6 +480,41 @@ async fn idp_initiated_response_lands_in_the_default_app_with_a_fresh_code_and_n
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
 }
 
+/// What waits in the store between the ACS and its continuation is what the
+/// continuation needs: the mapped profile, not every attribute the IdP sent
+/// (a Response with many attributes or groups would otherwise carry them all
+/// through Redis); the sign-in still completes from it.
+#[tokio::test]
+async fn the_continuation_keeps_the_mapped_profile_not_every_attribute_sent() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+
+    let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
+    let handle = ans.expect_continue();
+    let handle = handle
+        .query_pairs()
+        .find(|(k, _)| k == "handle")
+        .map(|(_, v)| v.into_owned())
+        .expect("the continuation's handle");
+    let key = portcullis::store::Key::tenant(
+        "acme",
+        "login",
+        format!("continue:{}", portcullis::tokens::sha256_base64url(handle.as_bytes())),
+    );
+    let kept: Value = serde_json::from_slice(&app.state.store.get(&key).await.unwrap().expect("kept")).unwrap();
+    let identity = &kept["identity"];
+    assert_eq!(identity["email"], json!(EMAIL), "{kept}");
+    assert_eq!(identity["given_name"], json!("Ada"), "{kept}");
+    assert_eq!(identity["raw"], json!({}), "every attribute as sent was kept: {kept}");
+
+    let ans = continue_with(&app.client, &ans).await;
+    let code = ans.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+}
+
 #[tokio::test]
 async fn idp_initiated_response_is_refused_with_a_readable_page_when_the_connection_does_not_allow_it() {
     let app = gateway().await;

@@ -586,7 +586,7 @@ struct Due {
 /// 100 µs still 0.018-0.019 ms and behind in three runs of four, at 250 µs
 /// behind in one of four, at 500 µs 0.014 ms and on schedule in all four
 /// (in four more runs, briefly behind in three: at these rates one shared
-/// vCPU is the generator's limit with any clock; docs/PERFORMANCE.md,
+/// vCPU is the generator's limit with any clock; docs/performance-log.md,
 /// thirty-fourth pass). Below 2,000 requests a second
 /// the clock wakes for each; above, a request waits at most this long for
 /// its wake-up (lag p99 0.65 ms for refreshes at 3,837 a second).
@@ -1049,7 +1049,7 @@ mod tests {
     /// sleeps in the kernel, not with tokio's timer: that timer fires on
     /// whole milliseconds, and every request left 0.6-1.0 ms after its
     /// intended time at the median (1.5-2.0 ms at p99), a lag counted in
-    /// every open-loop latency (docs/PERFORMANCE.md, thirty-fourth pass).
+    /// every open-loop latency (docs/performance-log.md, thirty-fourth pass).
     /// So the loop runs on a runtime without a timer (the old pacer panics
     /// there), and it still spreads its requests over their schedule: the
     /// last of 200 at 1,000 a second is due 199 ms after the first, and a

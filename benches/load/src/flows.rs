@@ -3,7 +3,7 @@
 
 use crate::balance::{Gateway, ReplicaReport};
 use crate::engine::{self, Bounds, Mode, Stage, Watched};
-use crate::saml_idp::{ResponseSpec, SamlIdp};
+use crate::saml_idp::{saml_id, ResponseSpec, SamlIdp};
 use crate::upstream::Upstream;
 use crate::{Latency, Options, RedisCommand, Scenario, ScenarioReport, StageReport};
 use base64::Engine as _;
@@ -81,6 +81,8 @@ struct Inner {
     idp: SamlIdp,
     /// The size of the metadata the SAML connections were created with.
     idp_metadata_bytes: usize,
+    /// The size of one signed SP-initiated Response (`--response-bytes`).
+    saml_response_bytes: usize,
     saml_idp_init: SamlConn,
     upstream: Upstream,
     upstream_client_id: String,
@@ -250,7 +252,7 @@ impl World {
             id: worker_id,
             secret: str_field(&created, "client_secret")?,
         };
-        let idp = SamlIdp::generate(&format!("https://idp.load.test/{run}"))
+        let mut idp = SamlIdp::generate(&format!("https://idp.load.test/{run}"))
             .and_then(|idp| idp.with_other_certificates(usize::from(opts.idp_certificates.max(1)) - 1))
             .map_err(|e| e.to_string())?;
         // The generator never follows the SSO redirect: it reads the
@@ -324,6 +326,11 @@ impl World {
                 sites.push(site.map_err(|e| format!("setup of --tenants: {e}"))?);
             }
         }
+        let mut saml_response_bytes = probe_response(&idp, &sites[0])?;
+        if let Some(bytes) = opts.response_bytes {
+            idp.pad_to(usize::try_from(bytes).map_err(|e| e.to_string())?, saml_response_bytes);
+            saml_response_bytes = probe_response(&idp, &sites[0])?;
+        }
         let signers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let at = Endpoints::of(&base)?;
         let inner = Arc::new(Inner {
@@ -336,6 +343,7 @@ impl World {
             worker,
             api_scope,
             idp_metadata_bytes: metadata.len(),
+            saml_response_bytes,
             idp,
             saml_idp_init,
             upstream,
@@ -447,6 +455,12 @@ impl World {
     /// The size of the IdP metadata each SAML connection was created with.
     pub fn idp_metadata_bytes(&self) -> usize {
         self.inner.idp_metadata_bytes
+    }
+
+    /// The size of one signed SP-initiated Response, XML bytes before the
+    /// binding's base64 (`--response-bytes` pads it).
+    pub fn saml_response_bytes(&self) -> usize {
+        self.inner.saml_response_bytes
     }
 
     /// One whole sign-in of user `user`, untimed, calling `mark` with each
@@ -1660,6 +1674,21 @@ fn attr(xml: &str, name: &str) -> Option<String> {
     let start = xml.find(&needle)? + needle.len();
     let rest = xml.get(start..)?;
     Some(rest.get(..rest.find('"')?)?.to_owned())
+}
+
+/// The size of a Response `idp` signs for `site`'s SP-initiated connection,
+/// as one of the sign-ins would get it (an AuthnRequest id, the first user).
+fn probe_response(idp: &SamlIdp, site: &Site) -> Result<usize, String> {
+    let email = format!("user0@{}", site.domain);
+    let request_id = saml_id();
+    idp.response(&ResponseSpec {
+        acs_url: &site.saml.acs_url,
+        audience: &site.saml.sp_entity_id,
+        in_response_to: Some(&request_id),
+        email: &email,
+    })
+    .map(|xml| xml.len())
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub struct Options {
     /// Closed loop: this many concurrent workers (ignored with `--rate`).
     /// 64 keeps a one-core gateway busy when Redis and the generator share
     /// the other core: at 32 it idled 3-10 % of the time, waiting on them,
-    /// and every maximum read 8-17 % low (docs/PERFORMANCE.md, thirty-
+    /// and every maximum read 8-17 % low (docs/performance-log.md, thirty-
     /// seventh pass); at 128 new sign-ins were shed, as they should be:
     /// `/authorize` may use three quarters of a replica's budget of
     /// requests in flight (by default 128 per CPU).
@@ -206,6 +206,14 @@ pub struct Options {
     /// connection record.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub idp_certificates: u16,
+    /// Pad every signed SAML Response to at least this many bytes of XML
+    /// (before the binding's base64; unpadded about 4.3 KB): the Assertion
+    /// gets an attribute no connection maps (`entitlements`), with as many
+    /// 61-byte values as it takes, as an IdP that sends many claims or
+    /// group memberships does. At most 160,000: the gateway refuses ACS
+    /// bodies over 256 KB, and base64 and the form's escaping add about 40 %.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=160_000))]
+    pub response_bytes: Option<u64>,
     /// `saml-acs` in closed loop: IdP-initiated responses signed ahead of
     /// the window (default 2,000 per second of `--duration`; the window ends
     /// early, with a warning, if they run out). Open loop signs rate × duration.
@@ -711,6 +719,9 @@ pub struct Report {
     pub idp_certificates: u16,
     /// The size of that metadata document, bytes.
     pub idp_metadata_bytes: usize,
+    /// The size of one signed SP-initiated SAML Response, XML bytes before
+    /// the binding's base64 (`--response-bytes` pads it).
+    pub saml_response_bytes: usize,
     /// The gateway's resident set size, sampled every second from the end
     /// of the setup to the end of the run (with `--gateway-pid`; every
     /// replica's added up):
@@ -918,6 +929,15 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         }
         None => opts,
     };
+    println!(
+        "saml responses: {} bytes of XML{}",
+        world.saml_response_bytes(),
+        if opts.response_bytes.is_some() {
+            ", padded (--response-bytes)"
+        } else {
+            ""
+        }
+    );
     if opts.idp_certificates > 1 {
         println!(
             "idp metadata: {} signing certificates, {} bytes",
@@ -1009,6 +1029,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         tenant_warmup_signins: warmed,
         idp_certificates: opts.idp_certificates,
         idp_metadata_bytes: world.idp_metadata_bytes(),
+        saml_response_bytes: world.saml_response_bytes(),
         url: opts.url.to_string(),
         replicas,
         gateway_alg: world.gateway_alg.clone(),

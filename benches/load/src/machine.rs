@@ -2,7 +2,7 @@
 //! before the first scenario and after the last, on the gateway's CPUs.
 //!
 //! On a shared VM the same build's CPU per operation moves by up to half
-//! between sittings (`docs/PERFORMANCE.md`, twenty-ninth pass): how much
+//! between sittings (`docs/performance-log.md`, twenty-ninth pass): how much
 //! of the shared last-level cache the neighbours leave changes, and so
 //! what a load that misses the second level costs, and the vCPU's own
 //! compute speed moves too. So the yardstick has both: one P-256 signature

@@ -16,6 +16,8 @@
 //! that was not canonical would break the digest and the run would report
 //! the rejections as errors.
 
+use std::fmt::Write as _;
+
 use base64::Engine as _;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -39,7 +41,18 @@ pub struct SamlIdp {
     /// Certificates the metadata lists before the signing one (base64 DER):
     /// other keys the IdP publishes, as during a rollover.
     others_b64: Vec<String>,
+    /// An attribute no connection maps, with its values, added to every
+    /// Assertion ([`Self::pad_to`]; empty by default): how an IdP that sends
+    /// many claims or group memberships makes a Response large.
+    padding: String,
 }
+
+/// The attribute that pads a Response, around its values (each
+/// [`PADDING_VALUE_BYTES`]).
+const PADDING_OPEN: &str = "<saml:Attribute Name=\"entitlements\">";
+const PADDING_CLOSE: &str = "</saml:Attribute>";
+/// One padding value: `<saml:AttributeValue>entitlement-NNNNNN</saml:AttributeValue>`.
+const PADDING_VALUE_BYTES: usize = 61;
 
 /// What one Response is about.
 pub struct ResponseSpec<'a> {
@@ -115,6 +128,7 @@ impl SamlIdp {
             key,
             cert_b64,
             others_b64: Vec::new(),
+            padding: String::new(),
         })
     }
 
@@ -131,6 +145,43 @@ impl SamlIdp {
             })
             .collect::<Result<_, _>>()?;
         Ok(self)
+    }
+
+    /// Pads every later Response to at least `bytes` (the XML, before the
+    /// binding's base64), given one Response signed without padding for the
+    /// same connection (`unpadded`, its size): the Assertion gets an
+    /// attribute no connection maps (`entitlements`) with as many values as
+    /// it takes. Inside the signed Assertion, so the gateway parses,
+    /// canonicalizes and digests every byte of it. The size is reached and
+    /// passed by less than one value and the attribute's own tags (114
+    /// bytes), give or take the few bytes by which Responses differ (the
+    /// email's length). Returns the number of values.
+    pub fn pad_to(&mut self, bytes: usize, unpadded: usize) -> usize {
+        let missing = bytes.saturating_sub(unpadded);
+        let values = if missing == 0 {
+            0
+        } else {
+            missing
+                .saturating_sub(PADDING_OPEN.len() + PADDING_CLOSE.len())
+                .div_ceil(PADDING_VALUE_BYTES)
+                .max(1)
+        };
+        self.padding.clear();
+        if values > 0 {
+            self.padding
+                .reserve(PADDING_OPEN.len() + values * PADDING_VALUE_BYTES + PADDING_CLOSE.len());
+            self.padding.push_str(PADDING_OPEN);
+            for i in 0..values {
+                // Six digits keep every value PADDING_VALUE_BYTES long up to
+                // a million values, far past the gateway's 256 KB ACS limit.
+                let _ = write!(
+                    self.padding,
+                    "<saml:AttributeValue>entitlement-{i:06}</saml:AttributeValue>"
+                );
+            }
+            self.padding.push_str(PADDING_CLOSE);
+        }
+        values
     }
 
     /// The IdP metadata an admin would paste into the connection: the
@@ -195,8 +246,9 @@ impl SamlIdp {
              <saml:Attribute Name=\"firstName\"><saml:AttributeValue>Ada</saml:AttributeValue></saml:Attribute>\
              <saml:Attribute Name=\"lastName\"><saml:AttributeValue>Lovelace</saml:AttributeValue></saml:Attribute>\
              <saml:Attribute Name=\"groups\"><saml:AttributeValue>engineering</saml:AttributeValue>\
-             <saml:AttributeValue>load</saml:AttributeValue></saml:Attribute>\
+             <saml:AttributeValue>load</saml:AttributeValue></saml:Attribute>{padding}\
              </saml:AttributeStatement></saml:Assertion>",
+            padding = self.padding,
             email = spec.email,
             acs = spec.acs_url,
             audience = spec.audience,
@@ -241,5 +293,45 @@ impl SamlIdp {
              {open}{issuer}{signature}{rest}</samlp:Response>",
             acs = spec.acs_url,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(request_id: &'a str) -> ResponseSpec<'a> {
+        ResponseSpec {
+            acs_url: "https://sso.example/saml/t/c/acs",
+            audience: "https://sso.example/saml/t/c",
+            in_response_to: Some(request_id),
+            email: "user0@t.example",
+        }
+    }
+
+    #[test]
+    fn a_padded_response_reaches_its_size_inside_the_signed_assertion() {
+        let mut idp = SamlIdp::generate("https://idp.example").unwrap();
+        let id = saml_id();
+        let unpadded = idp.response(&spec(&id)).unwrap();
+        assert!(!unpadded.contains("entitlements"));
+        for target in [unpadded.len() - 1, unpadded.len()] {
+            assert_eq!(idp.pad_to(target, unpadded.len()), 0, "already {target} bytes");
+        }
+        for target in [unpadded.len() + 1, 16_384, 65_536, 160_000] {
+            let values = idp.pad_to(target, unpadded.len());
+            let padded = idp.response(&spec(&id)).unwrap();
+            assert!(padded.len() >= target, "{} < {target}", padded.len());
+            let most = target + PADDING_VALUE_BYTES + PADDING_OPEN.len() + PADDING_CLOSE.len();
+            assert!(padded.len() < most, "{} for {target}", padded.len());
+            assert_eq!(padded.matches("entitlement-").count(), values);
+            // The padding is inside the Assertion, which the signature covers.
+            let (assertion_start, assertion_end) = (
+                padded.find("<saml:Assertion ").unwrap(),
+                padded.find("</saml:Assertion>").unwrap(),
+            );
+            let pad = padded.find(PADDING_OPEN).unwrap();
+            assert!(assertion_start < pad && pad < assertion_end);
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! answers xmlsec's key-type requirement itself, from the type read once when
 //! the key was loaded: xmlsec 1.2 with OpenSSL 3 reads an RSA key's modulus,
 //! exponent and private exponent into 2,048-byte buffers to tell a public key
-//! from a private one, 6-8 % of a whole ACS check (`docs/PERFORMANCE.md`,
+//! from a private one, 6-8 % of a whole ACS check (`docs/performance-log.md`,
 //! twentieth pass). The algorithm, usage and size requirements are still
 //! checked by xmlsec. The signature is verified where it sits, in the document we
 //! parsed first (no serialization, no second parse), and the Reference's

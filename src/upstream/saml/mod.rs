@@ -510,7 +510,7 @@ pub const IN_PLACE_FORM_BYTES: usize = 32 * 1024;
 /// 0.2 ms that the kernel would seldom cut short anyway (its slices are
 /// longer). In place, the ACS cost 9 % less CPU at saturation and a
 /// sign-in 4 % less at half load, whose p99 fell from 10.8-14.5 to 8.3-10.6
-/// ms (docs/PERFORMANCE.md, thirty-fifth pass). Larger responses still go
+/// ms (docs/performance-log.md, thirty-fifth pass). Larger responses still go
 /// to the blocking pool, where the kernel time-slices a long parse with
 /// the worker.
 pub fn in_place_bytes_for(cpus: usize) -> usize {
