@@ -139,6 +139,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
         session_expires_at: None,
         acr: None,
         upstream_session: None,
+        client_registered_at: None,
     };
     let creds = ClientCredentials::Secret {
         id: "billing".into(),

@@ -52,11 +52,14 @@ async fn create_setup_link(
             ))
         }
     };
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+    let Some(tenant) = s.tenants.get(&id).await.map_err(registry)? else {
         return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
+    };
     let links = SetupLinks::new(s.store.clone(), s.provider.clock.clone());
-    let (token, link) = links.create(&id, req.kind, ttl).await.map_err(AdminError::from)?;
+    let (token, link) = links
+        .create(&id, &tenant.incarnation, req.kind, ttl)
+        .await
+        .map_err(AdminError::from)?;
     let url = s.upstream.public(&format!("setup/{token}"));
     let expires_at = chrono::DateTime::from_timestamp(link.expires_at, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

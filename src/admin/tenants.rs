@@ -318,18 +318,6 @@ async fn patch_tenant(
                 "only the platform admin may declare domains; add one through /domains and verify it.",
             ));
         }
-        // Rate limits protect the whole platform: a tenant admin may not
-        // lift its own.
-        if o.get("settings")
-            .and_then(Value::as_object)
-            .is_some_and(|st| st.contains_key("throttle"))
-            && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. })
-        {
-            return Err(AdminError::field(
-                "settings.throttle",
-                "only the platform admin may set a tenant's rate limits.",
-            ));
-        }
         if o.get("name").is_some_and(Value::is_null) {
             return Err(AdminError::field("name", "cannot be removed."));
         }
@@ -338,6 +326,17 @@ async fn patch_tenant(
     let mut doc = json!({"name": old.name, "domains": old.domains, "settings": old.settings});
     merge_patch(&mut doc, &patch);
     let req: TenantPatch = parse_body(doc)?;
+    // Rate limits protect the whole platform: a tenant admin may not lift its
+    // own, however the patch spells it (`"settings": null` removes them too),
+    // so the merged result is what is compared.
+    if req.settings.throttle != old.settings.throttle
+        && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. })
+    {
+        return Err(AdminError::field(
+            "settings.throttle",
+            "only the platform admin may set a tenant's rate limits.",
+        ));
+    }
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(AdminError::field("name", "must be 1 to 200 characters."));
     }

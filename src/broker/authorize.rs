@@ -41,6 +41,10 @@ pub struct AuthRequest {
     pub tenant: Option<String>,
     /// `connection` parameter.
     pub connection: Option<String>,
+    /// When the app was registered (Unix milliseconds), as read when the
+    /// request was checked: its code is for that registration only.
+    #[serde(default)]
+    pub client_registered_at: Option<i64>,
 }
 
 impl AuthRequest {
@@ -61,7 +65,14 @@ impl AuthRequest {
             login_hint: None,
             tenant: None,
             connection: None,
+            client_registered_at: None,
         }
+    }
+
+    /// The same request, for the registration of the app `client` is.
+    pub fn registered(mut self, client: &crate::provider::clients::Client) -> Self {
+        self.client_registered_at = Some(client.created_at.timestamp_millis());
+        self
     }
 }
 
@@ -85,6 +96,10 @@ pub enum AuthorizeError {
         description: String,
     },
 }
+
+/// The longest `state`, `nonce`, `login_hint`, `tenant` or `connection`
+/// kept from an authorization request.
+const MAX_PARAM_LEN: usize = 2048;
 
 fn redirect_err(error: &'static str, reason: &'static str, description: impl Into<String>) -> AuthorizeError {
     AuthorizeError::Redirect {
@@ -261,7 +276,23 @@ pub fn parse(
             }
         },
     };
-    let short = |k: &str| params.get(k).filter(|v| !v.is_empty() && v.len() <= 2048).cloned();
+    // The app's state and nonce come back to it as sent, or the request is
+    // refused: never silently dropped (RFC 6749 4.1.2, OIDC Core 3.1.3.7).
+    for name in ["state", "nonce"] {
+        if params.get(name).is_some_and(|v| v.len() > MAX_PARAM_LEN) {
+            return Err(redirect_err(
+                "invalid_request",
+                "authorize.param_too_long",
+                format!("{name} must be at most {MAX_PARAM_LEN} bytes."),
+            ));
+        }
+    }
+    let short = |k: &str| {
+        params
+            .get(k)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_PARAM_LEN)
+            .cloned()
+    };
     Ok(AuthRequest {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),
@@ -276,5 +307,6 @@ pub fn parse(
         login_hint: short("login_hint"),
         tenant: short("tenant"),
         connection: short("connection"),
+        client_registered_at: Some(client.created_at.timestamp_millis()),
     })
 }

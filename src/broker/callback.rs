@@ -838,20 +838,23 @@ impl Broker {
             }
         };
         let session_end = self.session_end(connector, &identity);
+        // A login started before its tenant or connection was re-created
+        // belongs to the old one: it ends here, before provisioning writes
+        // anything for the new one (checked again below against what
+        // provisioning read, when the incarnation is not known yet).
+        let known = stored_tenant.and_then(|t| config.incarnation(t, connection));
+        if let (Some(p), Some(current)) = (&pending, &known) {
+            if p.incarnation.as_ref() != Some(current) {
+                return Err(self.login_superseded(tenant, connection).await);
+            }
+        }
         // Provisioned against the tenant record read above (its incarnation)
         // and the connection record re-validated above (it exists), with
         // the connection's incarnation read in the same script as it.
         let provisioned = self
             .provider
             .directory
-            .provision_in(
-                tenant,
-                stored_tenant,
-                record,
-                stored_tenant.and_then(|t| config.incarnation(t, connection)),
-                &identity,
-                ahead,
-            )
+            .provision_in(tenant, stored_tenant, record, known, &identity, ahead)
             .await;
         let (user, provisioned, disabled) = match provisioned {
             Ok(u) => u,
@@ -870,16 +873,7 @@ impl Broker {
                 connection: user.connection_incarnation.clone(),
             };
             if p.incarnation.as_ref() != Some(&current) {
-                meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_superseded");
-                tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
-                self.audit_failure(tenant, Some(connection), "callback.login_superseded")
-                    .await;
-                return Err(page(
-                    400,
-                    "Sign-in failed",
-                    "The sign-in settings changed while you were signing in. Please start again from the application.",
-                    "callback.login_superseded",
-                ));
+                return Err(self.login_superseded(tenant, connection).await);
             }
         }
         // A disabled user gets no session and no code. What
@@ -904,6 +898,21 @@ impl Broker {
             own_factor,
             mfa_demanded,
         })
+    }
+
+    /// The refusal of a login started for an earlier incarnation of its
+    /// tenant or connection, counted, logged and audited.
+    async fn login_superseded(&self, tenant: &TenantId, connection: &ConnectionId) -> Outcome {
+        meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_superseded");
+        tracing::warn!(reason = "callback.login_superseded", tenant = %tenant, connection = %connection);
+        self.audit_failure(tenant, Some(connection), "callback.login_superseded")
+            .await;
+        page(
+            400,
+            "Sign-in failed",
+            "The sign-in settings changed while you were signing in. Please start again from the application.",
+            "callback.login_superseded",
+        )
     }
 
     /// Opens the SSO session of a validated answer and issues the app's
@@ -1021,7 +1030,8 @@ impl Broker {
             None,
             // No request to ask for scopes: the claims a sign-in released before scopes decided them.
             &["openid", "email", "profile", "groups"],
-        ))
+        )
+        .registered(&client))
     }
 }
 

@@ -394,6 +394,11 @@ impl Broker {
             Ok(None) if req.tenant.is_some() => {
                 return error_to_app(&req, &issuer, "invalid_request", "Unknown tenant.");
             }
+            // prompt=none shows no page (OIDC Core 3.1.2.1), not even a chooser.
+            Ok(None) if req.prompt_none => {
+                tracing::info!(reason = "authorize.login_required", client_id = %client_id, "prompt=none without a tenant");
+                return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
+            }
             Ok(None) => {
                 let error = req
                     .login_hint
@@ -459,9 +464,13 @@ impl Broker {
             }
         }
         let active_ids: Vec<ConnectionId> = active.iter().map(|r| r.id.clone()).collect();
+        // `None`: several active connections and none named. A usable SSO
+        // session decides (signed in to one app, signed in to the others);
+        // without one the person chooses, or, with prompt=none, which shows
+        // no page (OIDC Core 3.1.2.1), the app hears `login_required`.
         let connection = match &req.connection {
             Some(c) => match ConnectionId::parse(c).ok().filter(|c| connection_ids.contains(c)) {
-                Some(c) if active_ids.contains(&c) => c,
+                Some(c) if active_ids.contains(&c) => Some(c),
                 Some(c) => {
                     tracing::info!(reason = "authorize.connection_not_active", tenant = %tenant.id, connection = %c);
                     return page(
@@ -488,14 +497,9 @@ impl Broker {
                         "authorize.no_connection",
                     )
                 }
-                [only] => only.clone(),
-                _ => {
-                    return Outcome::ChooseConnection {
-                        params,
-                        tenant,
-                        connections: active_ids,
-                    }
-                }
+                [only] => Some(only.clone()),
+                // Chosen below: the SSO session's connection, or the person's.
+                _ => None,
             },
         };
 
@@ -511,8 +515,16 @@ impl Broker {
             Err(e) => return unavailable(e),
         }
         if req.prompt_none {
+            tracing::info!(reason = "authorize.login_required", tenant = %tenant.id, client_id = %client_id, "prompt=none without a usable SSO session");
             return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
         }
+        let Some(connection) = connection else {
+            return Outcome::ChooseConnection {
+                params,
+                tenant,
+                connections: active_ids,
+            };
+        };
         let Some(record) = active.into_iter().find(|r| r.id == connection) else {
             // Chosen above among the active records: cannot happen.
             return unavailable(StoreError::Corrupt(format!("connection {connection} vanished")));
@@ -708,6 +720,7 @@ impl Broker {
             session_expires_at: s.expires_at,
             acr: s.acr.clone(),
             upstream_session: s.upstream,
+            client_registered_at: req.client_registered_at,
         }
     }
 

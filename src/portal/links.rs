@@ -11,10 +11,15 @@
 //! own cookie, its own random token (again `<tenant>.<random>`, hashed at
 //! rest), sliding [`PORTAL_SESSION_TTL`], never longer than
 //! [`PORTAL_SESSION_MAX`] after the link was opened.
+//!
+//! Both are bound to the tenant's incarnation, as tenant API keys are: they
+//! die with the tenant, and a tenant created again under the same id (maybe
+//! for another customer) inherits neither.
 
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
 use crate::store::{Key, SharedStore, StoreError, StoreJson, Taken};
+use crate::tenant::{RegistryError, TenantRegistry};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -60,6 +65,10 @@ pub struct SetupLink {
     pub kind: Option<LinkKind>,
     /// When it stops working (Unix seconds).
     pub expires_at: i64,
+    /// The tenant's incarnation when the link was made (a link stored
+    /// without one is refused).
+    #[serde(default)]
+    pub incarnation: Option<String>,
 }
 
 /// A tenant admin's session in the portal.
@@ -75,6 +84,18 @@ pub struct PortalSession {
     pub csrf: String,
     /// The hard end (Unix seconds), whatever the use.
     pub ends_at: i64,
+    /// The tenant's incarnation its link was made for (a session stored
+    /// without one is refused).
+    #[serde(default)]
+    pub incarnation: Option<String>,
+}
+
+impl PortalSession {
+    /// Whether this session was opened for the tenant as it is now, not for
+    /// an earlier one under the same id.
+    pub fn is_for(&self, incarnation: &str) -> bool {
+        self.incarnation.as_deref() == Some(incarnation)
+    }
 }
 
 /// Why a setup link was not exchanged.
@@ -146,11 +167,13 @@ impl SetupLinks {
         Self { store, clock }
     }
 
-    /// Creates a link for `tenant` living `ttl` (the caller bounds it);
-    /// returns the token (shown once, never stored) and the stored link.
+    /// Creates a link for `tenant`, whose current incarnation is
+    /// `incarnation`, living `ttl` (the caller bounds it); returns the token
+    /// (shown once, never stored) and the stored link.
     pub async fn create(
         &self,
         tenant: &TenantId,
+        incarnation: &str,
         kind: Option<LinkKind>,
         ttl: Duration,
     ) -> Result<(String, SetupLink), StoreError> {
@@ -163,6 +186,7 @@ impl SetupLinks {
                 .clock
                 .unix()
                 .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+            incarnation: Some(incarnation.to_owned()),
         };
         self.store
             .put_json(&link_key(tenant, &hash(&token)), &link, Some(ttl))
@@ -171,9 +195,11 @@ impl SetupLinks {
         Ok((token, link))
     }
 
-    /// Opens a link: consumes it atomically and starts a portal session.
-    /// Returns the session token (for the cookie) and the session.
-    pub async fn exchange(&self, token: &str) -> Result<(String, PortalSession), LinkError> {
+    /// Opens a link: consumes it atomically and, when its tenant is still the
+    /// one it was made for (read from `tenants` after the take), starts a
+    /// portal session. Returns the session token (for the cookie) and the
+    /// session.
+    pub async fn exchange(&self, token: &str, tenants: &TenantRegistry) -> Result<(String, PortalSession), LinkError> {
         let Some(tenant) = token_tenant(token) else {
             tracing::info!(reason = "setup.link_expired", "malformed setup link");
             return Err(LinkError::Expired);
@@ -207,6 +233,23 @@ impl SetupLinks {
             tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id);
             return Err(LinkError::Expired);
         }
+        let live = tenants.get(&tenant).await.map_err(|e| match e {
+            RegistryError::Store(e) => e,
+            other => StoreError::Corrupt(other.to_string()),
+        })?;
+        let Some(incarnation) = live.map(|t| t.incarnation.clone()) else {
+            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id, "the tenant is gone");
+            return Err(LinkError::Expired);
+        };
+        if link.incarnation.as_deref() != Some(incarnation.as_str()) {
+            tracing::warn!(
+                reason = "setup.link_expired",
+                tenant = %tenant,
+                link = %link.id,
+                "setup link made for an earlier tenant under this id"
+            );
+            return Err(LinkError::Expired);
+        }
         let session_token = format!("{tenant}.{}", crate::tokens::random_token(32));
         let session = PortalSession {
             tenant: tenant.clone(),
@@ -214,6 +257,7 @@ impl SetupLinks {
             kind: link.kind,
             csrf: crate::tokens::random_token(24),
             ends_at: now.saturating_add(i64::try_from(PORTAL_SESSION_MAX.as_secs()).unwrap_or(i64::MAX)),
+            incarnation: Some(incarnation),
         };
         self.store
             .put_json(

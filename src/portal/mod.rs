@@ -178,7 +178,11 @@ async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chr
         ));
     };
     let tenant = s.tenants.get(&session.tenant).await.map_err(|e| unavailable(s, e))?;
+    // A session opened for an earlier tenant under this id sees nothing of
+    // the one there now.
+    let tenant = tenant.filter(|t| session.is_for(&t.incarnation));
     let Some(tenant) = tenant else {
+        tracing::info!(reason = "portal.tenant_gone", tenant = %session.tenant);
         return Err(message(
             s,
             StatusCode::NOT_FOUND,
@@ -227,7 +231,7 @@ fn set_cookie(s: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
 }
 
 async fn open_link(State(s): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
-    match links(&s).exchange(&token).await {
+    match links(&s).exchange(&token, &s.tenants).await {
         Ok((session_token, _)) => {
             let mut resp = Redirect::to(s.upstream.public("portal").as_str()).into_response();
             match set_cookie(&s, &session_token, links::PORTAL_SESSION_MAX.as_secs()) {
@@ -568,23 +572,23 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
     };
     let stored = match replaced {
         // Re-registering keeps the SP keys and identifiers of a connection
-        // the portal made and that is not serving yet.
-        Some(old) if old.status != ConnectionStatus::Active => {
+        // that waits for its test. A disabled one stays disabled: the
+        // operator disabled it, and only they enable it again.
+        Some(old) if old.status == ConnectionStatus::PendingTest => {
             conn.kind = keep_sp(old.kind.clone(), conn.kind);
             // Compare-and-set: a concurrent change of this connection wins.
             s.tenants.update_connection(&old, &conn).await
         }
-        Some(_) => {
-            return values_page(
-                &s,
-                &session,
-                chrome,
-                &kind,
-                &idp,
-                Some(format!(
-                    "An active connection {cid} already exists. Ask the application's operator to change it, or disable it first."
-                )),
-            )
+        Some(old) => {
+            tracing::info!(reason = "portal.connection_exists", tenant = %session.tenant, connection = %cid, status = ?old.status);
+            let why = if old.status == ConnectionStatus::Active {
+                format!("An active connection {cid} already exists. Ask the application's operator to change it, or disable it first.")
+            } else {
+                format!(
+                    "The connection {cid} was disabled by the application's operator. Ask them to enable or remove it."
+                )
+            };
+            return values_page(&s, &session, chrome, &kind, &idp, Some(why));
         }
         None => s.tenants.add_connection(&conn).await,
     };
@@ -599,13 +603,19 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
     Redirect::to(s.upstream.public(&format!("portal/connections/{cid}")).as_str()).into_response()
 }
 
-/// The new configuration with the old SP key pair (a re-registration must
-/// not change what the IdP was told).
+/// The new configuration with the old SP identity: its key pairs (current,
+/// next and previous, so a rotation under way goes on) and the entity id
+/// and ACS URL the platform may have set. A re-registration must not change
+/// what the IdP was told.
 fn keep_sp(old: ConnectionKind, new: ConnectionKind) -> ConnectionKind {
     match (old, new) {
         (ConnectionKind::Saml(old), ConnectionKind::Saml(mut new)) => {
             new.sp_private_key_pem = old.sp_private_key_pem;
             new.sp_certificate_pem = old.sp_certificate_pem;
+            new.sp_next_key = old.sp_next_key;
+            new.sp_previous_key = old.sp_previous_key;
+            new.sp_entity_id = old.sp_entity_id;
+            new.acs_url = old.acs_url;
             ConnectionKind::Saml(new)
         }
         (_, new) => new,

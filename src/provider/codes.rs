@@ -80,6 +80,12 @@ pub struct Authorization {
     /// one; `None` (stored before this was recorded) reads it.
     #[serde(default)]
     pub upstream_session: Option<bool>,
+    /// When the app was registered (Unix milliseconds) as the authorization
+    /// request was checked: an app deleted and registered again under the
+    /// same id redeems none of its predecessor's codes. `None` (stored
+    /// before this was recorded) is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_registered_at: Option<i64>,
 }
 
 /// The tenant a code names (`<tenant>.<random>`), if it has the shape of

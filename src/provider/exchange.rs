@@ -62,27 +62,10 @@ pub const RULE_CLAIMS: [&str; 8] = [
     "family_name",
 ];
 
-/// Claims a rule can never set: the token's identity, audience and lifetime.
-const PROTECTED_CLAIMS: [&str; 18] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "client_id",
-    "scope",
-    "tenant",
-    "auth_time",
-    "sid",
-    "act",
-    "may_act",
-    "azp",
-    "cnf",
-    "amr",
-    "subject_jti",
-];
+// Claims a rule can never set: the pre-token hook's protected claims (the
+// token's identity, audience, lifetime and delegation, the connection, and
+// the email a tenant's own domains vouch for), one list for both.
+use crate::hooks::pre_token::PROTECTED as PROTECTED_CLAIMS;
 
 /// How many exchanges deep a token may be (an exchanged token exchanged
 /// again...): each one's link to its subject tokens is checked on use.
@@ -485,7 +468,16 @@ impl Provider {
         for rule in &matching {
             for s in &rule.scopes {
                 let granted = if is_template(s) {
-                    Some(expand(s, &user.sub, tenant.as_str()))
+                    // A template makes a scope of its own (`files:${sub}`),
+                    // never one the platform governs: an expansion that names
+                    // a scope of this server is granted only as that scope
+                    // would be, and an OIDC scope never.
+                    let g = expand(s, &user.sub, tenant.as_str());
+                    match rs.resolve(&g) {
+                        Some(name) => rs.allows(&client.allowed_scopes, name).then_some(g),
+                        None if super::resources::is_oidc_scope(&g) => None,
+                        None => Some(g),
+                    }
                 } else {
                     // The platform allows the app this scope there, or not.
                     rs.resolve(s)

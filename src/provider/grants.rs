@@ -496,6 +496,15 @@ impl Provider {
                 "The code was issued to another client.",
             ));
         }
+        if authz
+            .client_registered_at
+            .is_some_and(|at| at != client.created_at.timestamp_millis())
+        {
+            return Err(OAuthError::invalid_grant(
+                "code.client_superseded",
+                "The application was registered again since this code was issued.",
+            ));
+        }
         if !client.allows_tenant(&authz.tenant) {
             return Err(OAuthError::invalid_grant(
                 "code.tenant_not_allowed",
@@ -1186,6 +1195,12 @@ impl Provider {
     }
 
     /// RFC 7009: revokes a token issued to `client`. Unknown tokens succeed silently.
+    ///
+    /// An access token is revoked once its signature and issuer check out,
+    /// whatever its user, tenant or app are now: one refused today only
+    /// because, say, its user is disabled would work again once the user is
+    /// enabled, so a 200 must have written its deny-list entry. A store that
+    /// fails is `temporarily_unavailable`, never a 200 that revoked nothing.
     pub async fn revoke(&self, client: &Client, token: &str) -> Result<(), OAuthError> {
         if let Some(f) = self.peek_refresh(token).await? {
             if f.authz.client_id == client.client_id {
@@ -1193,7 +1208,15 @@ impl Provider {
             }
             return Ok(());
         }
-        if let Ok(claims) = self.check_access_token(token).await {
+        let claims = match self.keys.verify::<AccessClaims>(token, "at+jwt", &self.iss()).await {
+            Ok(claims) => Some(claims),
+            Err(e @ crate::tokens::TokenError::Invalid(_)) => {
+                tracing::debug!(reason = "revoke.not_our_token", error = %e);
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(claims) = claims {
             if claims.client_id == client.client_id {
                 match claims.tenant.as_deref().map(TenantId::parse) {
                     Some(Ok(t)) => self.revoke_jti(&t, &claims.jti, claims.exp).await?,

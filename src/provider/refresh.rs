@@ -149,7 +149,12 @@ impl Provider {
         }
         let family = Family {
             id,
-            authz: authz.clone(),
+            // The app's registration is checked by `started_at` against its
+            // tombstone from here on, not by the code's registration time.
+            authz: Authorization {
+                client_registered_at: None,
+                ..authz.clone()
+            },
             expires_at,
             started_at: now,
         };

@@ -176,14 +176,31 @@ pub const DEFAULT_MFA_CONTEXTS: &[&str] = &[
     "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
 ];
 
-/// RFC 8176 `amr` values that show a second factor (or a multi-factor
-/// authentication as such).
-pub const MFA_AMR: &[&str] = &["mfa", "otp", "hwk", "swk"];
+/// The kind of factor an RFC 8176 `amr` value shows: something the person
+/// knows (0), has (1) or is (2). Others (`user`, a presence test; `geo`,
+/// `rba`, `wia`, `mca`) show no factor of their own.
+fn factor_kind(amr: &str) -> Option<usize> {
+    match amr {
+        "pwd" | "pin" | "kba" => Some(0),
+        "otp" | "sms" | "tel" | "hwk" | "swk" | "sc" | "pop" => Some(1),
+        "fpt" | "face" | "iris" | "retina" | "vbm" => Some(2),
+        _ => None,
+    }
+}
 
-/// Whether `identity` shows multi-factor authentication: an `amr` value of
-/// [`MFA_AMR`], or an `acr` / `AuthnContextClassRef` among `contexts`.
+/// Whether `identity` shows multi-factor authentication: `amr` says `mfa`,
+/// or names factors of two different kinds (`pwd` and `otp`; a one-time
+/// code or a key alone is one factor), or the `acr` /
+/// `AuthnContextClassRef` is among `contexts`.
 pub fn shows_mfa(identity: &Identity, contexts: &[String]) -> bool {
-    identity.amr.iter().any(|a| MFA_AMR.contains(&a.as_str()))
+    let mut kinds = [false; 3];
+    for kind in identity.amr.iter().filter_map(|a| factor_kind(a)) {
+        if let Some(seen) = kinds.get_mut(kind) {
+            *seen = true;
+        }
+    }
+    identity.amr.iter().any(|a| a == "mfa")
+        || kinds.iter().filter(|k| **k).count() >= 2
         || identity
             .acr
             .as_ref()
@@ -474,5 +491,47 @@ mod setup_error_tests {
         assert_eq!(field(json!({"id": "a", "items": [{}]})), "items[0].name");
         assert_eq!(field(json!({})), "id");
         assert_eq!(field(json!("not an object")), "body");
+    }
+}
+
+#[cfg(test)]
+mod mfa_tests {
+    use super::{shows_mfa, Identity};
+
+    fn amr(values: &[&str]) -> Identity {
+        Identity {
+            amr: values.iter().map(|v| (*v).to_owned()).collect(),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn one_factor_is_not_mfa_however_strong_and_two_kinds_are() {
+        for single in [
+            &["otp"][..],
+            &["hwk"],
+            &["swk", "user"],
+            &["pwd"],
+            &["pwd", "pin"],
+            &["sms", "otp"],
+            &[],
+        ] {
+            assert!(!shows_mfa(&amr(single), &[]), "{single:?}");
+        }
+        for multi in [
+            &["mfa"][..],
+            &["pwd", "otp"],
+            &["pin", "hwk"],
+            &["swk", "fpt"],
+            &["pwd", "mfa", "otp"],
+        ] {
+            assert!(shows_mfa(&amr(multi), &[]), "{multi:?}");
+        }
+        let acr = Identity {
+            acr: Some("urn:example:mfa".into()),
+            ..amr(&["otp"])
+        };
+        assert!(shows_mfa(&acr, &["urn:example:mfa".to_owned()]));
+        assert!(!shows_mfa(&acr, &["urn:example:other".to_owned()]));
     }
 }

@@ -541,6 +541,64 @@ async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_ano
     refused(&unexchanged, StatusCode::UNAUTHORIZED, "forward_auth.wrong_audience");
 }
 
+#[tokio::test]
+async fn a_rules_scope_template_never_grants_a_scope_the_platform_did_not_allow_the_app() {
+    const ADMIN: &str = "https://admin.example.test";
+    let (app, _) = world(None).await;
+    let scopes = json!([{"name": "admin:read"}, {"name": "demo:admin"}]);
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/resource-servers",
+            Some(json!({"identifier": ADMIN, "scopes": scopes})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let grants = json!(["authorization_code", EXCHANGE]);
+    let reader = register(
+        &app,
+        "reader",
+        json!({"allowed_scopes": ["admin:read"], "grant_types": grants}),
+    )
+    .await;
+    let admin = register(
+        &app,
+        "admin",
+        json!({"allowed_scopes": ["admin:read", "demo:admin"], "grant_types": grants}),
+    )
+    .await;
+    // `${tenant}:admin` expands to `demo:admin` in tenant demo: a template
+    // the tenant's admin may write, naming a scope the platform governs.
+    let rule = json!({"id": "t", "resource": ADMIN, "scopes": ["admin:read", "${tenant}:admin", "own:${sub}"]});
+    let (status, created) = app
+        .admin(Method::POST, "/admin/v1/tenants/demo/exchange-rules", Some(rule))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    for (client, secret, admin_granted) in [("reader", &reader, false), ("admin", &admin, true)] {
+        let signed_in = sign_in(&app, client, secret, "ann@demo.test", &[("scope", "openid")]).await;
+        let sub = claims(&at(&signed_in))["sub"].as_str().unwrap().to_owned();
+        let (status, got) = token(
+            &app,
+            client,
+            secret,
+            &[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &at(&signed_in)),
+                ("subject_token_type", ACCESS_TOKEN),
+                ("resource", ADMIN),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{client}: {got}");
+        let expected = if admin_granted {
+            format!("admin:read demo:admin own:{sub}")
+        } else {
+            format!("admin:read own:{sub}")
+        };
+        assert_eq!(claims(&at(&got))["scope"], expected, "{client}");
+    }
+}
+
 /// The provider's reason for refusing an exchange (the HTTP answer carries
 /// only the RFC error code).
 async fn exchange_reason(app: &TestApp, client: &str, form: &[(&str, &str)]) -> (&'static str, String) {
@@ -814,6 +872,19 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
         (
             json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"sub": "me"}}),
             "claims.sub",
+        ),
+        // What the pre-token hook may not set, a rule may not either.
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"email": "ceo@other.test"}}),
+            "claims.email",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"connection": "okta"}}),
+            "claims.connection",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"acr": "mfa"}}),
+            "claims.acr",
         ),
         (
             json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "extra": 1}),

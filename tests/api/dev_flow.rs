@@ -273,8 +273,15 @@ async fn prompt_none_and_unknown_tenants_answer_the_app_with_an_error() {
     };
     for (extra, error) in [
         (&[("tenant", "demo"), ("prompt", "none")][..], "login_required"),
+        // No tenant and no hint: no chooser either.
+        (&[("prompt", "none")][..], "login_required"),
         (&[("tenant", "nosuch")][..], "invalid_request"),
         (&[("tenant", "demo"), ("prompt", "none login")][..], "invalid_request"),
+        // A nonce it could not have back is refused, not dropped.
+        (
+            &[("tenant", "demo"), ("nonce", &"n".repeat(2049))][..],
+            "invalid_request",
+        ),
         (
             &[
                 ("tenant", "demo"),
@@ -293,4 +300,55 @@ async fn prompt_none_and_unknown_tenants_answer_the_app_with_an_error() {
         assert_eq!(q.get("state").map(String::as_str), Some("st"));
         assert!(!q.contains_key("code"));
     }
+}
+
+/// With two active connections and none named, the SSO session decides: a
+/// person signed in to one app is signed in to the next without a chooser,
+/// also silently; without a session the person chooses, and prompt=none
+/// (which shows no page) answers `login_required`.
+#[tokio::test]
+async fn with_two_connections_the_sso_session_chooses_and_prompt_none_shows_no_chooser() {
+    use crate::revocation::{authorize_url, register, submit_login, Rp};
+    let app = dev_app().await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/demo/connections",
+            Some(serde_json::json!({"id": "dev2", "kind": "dev"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (one, two) = (register(&app, "one").await, register(&app, "two").await);
+    let verifier = portcullis::tokens::random_token(32);
+    let authorize = |rp: &Rp, extra: &[(&str, &str)]| {
+        let mut url = authorize_url(&app, rp, "demo", &verifier);
+        url.query_pairs_mut().extend_pairs(extra);
+        url
+    };
+    let at_app = |u: &url::Url| u.host_str().is_some_and(|h| h.ends_with(".example.test"));
+    let param = |u: &url::Url, name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+
+    let mut browser = Browser::new();
+    let login = browser
+        .get_until(&authorize(&one, &[("connection", "dev2")]), &at_app)
+        .await
+        .page();
+    let back = submit_login(&mut browser, &one, &login, "ann@demo.example")
+        .await
+        .stopped();
+    assert!(param(&back, "code").is_some(), "{back}");
+    for extra in [&[][..], &[("prompt", "none")][..]] {
+        let back = browser.get_until(&authorize(&two, extra), &at_app).await.stopped();
+        assert!(param(&back, "code").is_some(), "{extra:?}: {back}");
+    }
+
+    let mut fresh = Browser::new();
+    let chooser = fresh.get_until(&authorize(&two, &[]), &at_app).await.page();
+    assert_eq!(chooser.status, StatusCode::OK);
+    assert!(chooser.body.contains("dev2"), "{}", chooser.body);
+    let back = fresh
+        .get_until(&authorize(&two, &[("prompt", "none")]), &at_app)
+        .await
+        .stopped();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
 }

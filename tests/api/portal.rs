@@ -81,6 +81,46 @@ async fn an_expired_or_forged_setup_link_is_refused() {
 }
 
 #[tokio::test]
+async fn setup_links_and_portal_sessions_die_with_their_tenant_even_if_its_id_is_created_again() {
+    let app = dev_app(None).await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let unopened = setup_link(&app, "acme", 3600).await;
+    let (cookie, _) = portal_session(&app, "acme").await;
+    let portal = |cookie: String| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .get(app.url("/portal"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(portal(cookie.clone()).await.0, StatusCode::OK);
+
+    // Another customer gets the id.
+    app.delete_tenant("acme").await;
+    app.create_tenant("acme", "Another Acme", &[]).await;
+
+    let (status, body) = portal(cookie).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("portal.tenant_gone"), "{body}");
+    assert!(!body.contains("Another Acme"), "{body}");
+    let resp = app.client.get(unopened).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+
+    // A link made for the new tenant opens as usual.
+    let (cookie, _) = portal_session(&app, "acme").await;
+    let (status, body) = portal(cookie).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn setup_links_need_the_platform_admin_and_a_bounded_ttl() {
     let app = dev_app(None).await;
     let resp = app
@@ -516,6 +556,58 @@ async fn uploaded_metadata_creates_a_pending_test_saml_connection() {
     assert_eq!(conn.status, ConnectionStatus::PendingTest);
     let cfg = serde_json::to_value(&conn.kind).unwrap();
     assert!(cfg.to_string().contains(&key.cert_b64()[..40]), "{cfg}");
+}
+
+/// Registering again through the portal replaces a connection only while it
+/// waits for its test, and keeps its SP identity; a connection the operator
+/// disabled stays disabled, as it was.
+#[tokio::test]
+async fn the_portal_does_not_re_enable_a_disabled_connection_and_keeps_the_sp_identity() {
+    use crate::metadata_refresh::{metadata, Key};
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let register = |key: Key| {
+        let (app, cookie, csrf) = (&app, &cookie, &csrf);
+        async move {
+            post_with_file(
+                app,
+                cookie,
+                &[("csrf", csrf), ("kind", "saml"), ("idp", "okta")],
+                Some(&metadata(&[key.cert_b64()])),
+            )
+            .await
+        }
+    };
+    let (status, page) = register(Key::new()).await;
+    assert!(status.is_redirection(), "{status}: {page}");
+    // The platform gives it the SP identity of a migration.
+    let mut conn = stored(&app, "demo", "okta-saml").await.unwrap();
+    let portcullis::upstream::ConnectionKind::Saml(cfg) = &mut conn.kind else {
+        panic!("a SAML connection")
+    };
+    cfg.sp_entity_id = Some("https://sp.example.test/migrated".into());
+    app.state.tenants.put_connection(&conn).await.unwrap();
+    let sp_of = |c: &portcullis::upstream::Connection| match &c.kind {
+        portcullis::upstream::ConnectionKind::Saml(cfg) => (cfg.sp_entity_id.clone(), cfg.sp_certificate_pem.clone()),
+        _ => panic!("a SAML connection"),
+    };
+    let sp = sp_of(&conn);
+
+    // Waiting for its test: replaced, with the SP identity kept.
+    let (status, page) = register(Key::new()).await;
+    assert!(status.is_redirection(), "{status}: {page}");
+    let replaced = stored(&app, "demo", "okta-saml").await.unwrap();
+    assert_eq!(replaced.status, ConnectionStatus::PendingTest);
+    assert_eq!(sp_of(&replaced), sp);
+
+    // Disabled by the operator: refused, and nothing changes.
+    set_status(&app, "demo", "okta-saml", ConnectionStatus::Disabled).await;
+    let before = serde_json::to_value(stored(&app, "demo", "okta-saml").await.unwrap()).unwrap();
+    let (status, page) = register(Key::new()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("was disabled by the application"), "{page}");
+    let after = serde_json::to_value(stored(&app, "demo", "okta-saml").await.unwrap()).unwrap();
+    assert_eq!(before, after);
 }
 
 #[tokio::test]

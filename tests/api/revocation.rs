@@ -78,7 +78,7 @@ pub async fn register(app: &TestApp, client_id: &str) -> Rp {
     }
 }
 
-fn authorize_url(app: &TestApp, rp: &Rp, tenant: &str, verifier: &str) -> Url {
+pub fn authorize_url(app: &TestApp, rp: &Rp, tenant: &str, verifier: &str) -> Url {
     let mut url = app.url("/authorize");
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -532,6 +532,8 @@ async fn a_reregistered_app_does_not_inherit_tokens() {
     )
     .await;
     assert_tokens_live(&app, &old, &tokens).await;
+    // A code the old registration was given and never redeemed.
+    let unredeemed = sign_in(&app, &mut Browser::new(), &old, DEMO, "jo@demo.example").await;
 
     let (status, _) = app.admin(Method::DELETE, "/admin/v1/clients/phoenix", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -543,6 +545,7 @@ async fn a_reregistered_app_does_not_inherit_tokens() {
     );
     assert_eq!(refresh(&app, &new, tokens.rt()).await.error(), Some("invalid_grant"));
     assert_tokens_dead(&app, &new, &tokens, "token.client_superseded").await;
+    assert_eq!(code_reason(&app, &new, &unredeemed).await, "code.client_superseded");
     // The new registration's own sign-ins work.
     let fresh = redeem(
         &app,
@@ -878,6 +881,39 @@ async fn a_disabled_user_cannot_sign_in_and_its_tokens_are_refused() {
     assert_eq!(back.sub(), sub);
 }
 
+/// A 200 from `/revoke` means the token is revoked (RFC 7009), also when it
+/// is refused today for another reason that may pass: the deny-list entry
+/// is written, so the token stays dead once its user is enabled again.
+#[tokio::test]
+async fn an_access_token_revoked_while_its_user_is_disabled_stays_revoked() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "rev@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+    let user = format!("/admin/v1/tenants/demo/users/{}", tokens.sub());
+    let (status, _) = app.admin(Method::POST, &format!("{user}/disable"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.user_disabled");
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth(&rp.client_id, Some(&rp.secret))
+        .form(&[("token", tokens.at())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, _) = app.admin(Method::POST, &format!("{user}/enable"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(access_reason(&app, tokens.at()).await, "token.revoked");
+    assert_eq!(userinfo_status(&app, tokens.at()).await, StatusCode::UNAUTHORIZED);
+}
+
 /// Unknown tenants and users are problem+json 404s.
 #[tokio::test]
 async fn unknown_users_and_tenants_are_404() {
@@ -935,6 +971,10 @@ async fn a_pending_login_of_a_recreated_tenant_is_refused() {
         "{}",
         refused.body
     );
+    // Refused before provisioning: the new tenant has no user from it.
+    let (status, users) = app.admin(Method::GET, "/admin/v1/tenants/demo/users", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(users["users"], json!([]), "{users}");
     // A login started now works.
     let fresh = redeem(
         &app,

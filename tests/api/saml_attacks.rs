@@ -179,6 +179,28 @@ async fn signature_placement_reference_and_transforms_are_checked() {
     assert_eq!(e.code, "saml.signature_invalid");
     assert!(e.detail.contains("transform"), "{}", e.detail);
 
+    // A chain of allowed transforms is refused before xmlsec runs any (it
+    // would re-parse and canonicalize the signed element once per link).
+    assert!(x.contains("</ds:Transforms>"), "{x}");
+    for extra in [
+        "http://www.w3.org/2001/10/xml-exc-c14n#",
+        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+        "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    ] {
+        let chained = x.replacen(
+            "</ds:Transforms>",
+            &format!("<ds:Transform Algorithm=\"{extra}\"/></ds:Transforms>"),
+            1,
+        );
+        let e = reject(chained).await;
+        assert_eq!(e.code, "saml.signature_invalid", "{extra}");
+        assert!(
+            e.detail.contains("each once") && !e.detail.contains("xmlsec"),
+            "{extra}: {}",
+            e.detail
+        );
+    }
+
     let start = x.find("<ds:Reference URI=\"").unwrap() + "<ds:Reference URI=\"".len();
     let end = start + x[start..].find('"').unwrap();
     let whole_doc = format!("{}{}", &x[..start], &x[end..]);

@@ -861,7 +861,9 @@ async fn one_sign_in_costs_few_store_round_trips() {
         "refresh: {saml_refresh_waits} / {oidc_refresh_waits} sequential store waits"
     );
     assert!(saml_bytes <= 10_100, "SAML sign-in: {saml_bytes} B of keys and values");
-    assert!(oidc_bytes <= 7_350, "OIDC sign-in: {oidc_bytes} B of keys and values");
+    // 7,250 B before the app's registration time rode with the pending
+    // login and the code (`code.client_superseded`): about 185 B more.
+    assert!(oidc_bytes <= 7_450, "OIDC sign-in: {oidc_bytes} B of keys and values");
     assert!(
         saml_refresh <= 8,
         "refresh (SAML session): {saml_refresh} store round trips"

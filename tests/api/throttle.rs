@@ -241,6 +241,40 @@ async fn a_tenant_admin_cannot_lift_its_own_limits() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let problem: Value = resp.json().await.unwrap();
     assert_eq!(problem["field"], "settings.throttle", "{problem}");
+    // Nor by removing the settings as a whole, once the platform set limits.
+    let (status, _) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            Some(json!({"settings": {"throttle": {"token": {"per_ip": 5}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for patch in [json!({"settings": null}), json!({"settings": {"throttle": null}})] {
+        let resp = app
+            .client
+            .patch(app.url("/admin/v1/tenants/acme"))
+            .bearer_auth(key)
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{patch}");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["field"], "settings.throttle", "{patch}: {problem}");
+    }
+    let (_, tenant) = app.admin(Method::GET, "/admin/v1/tenants/acme", None).await;
+    assert_eq!(tenant["settings"]["throttle"]["token"]["per_ip"], 5, "{tenant}");
+    // Its other settings stay its own to change.
+    let resp = app
+        .client
+        .patch(app.url("/admin/v1/tenants/acme"))
+        .bearer_auth(key)
+        .json(&json!({"settings": {"require_mfa": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     // Out-of-range values are refused for the platform admin too.
     let (status, problem) = app
         .admin(

@@ -16,6 +16,7 @@ use openidconnect::{ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUr
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The claims of a validated ID token.
 pub type Claims = Map<String, Value>;
@@ -98,19 +99,29 @@ pub async fn validate(
     }
     let id_token =
         CoreIdToken::from_str(token).map_err(|e| reject("oidc.id_token_malformed", format!("not an ID token: {e}")))?;
-    let keys = provider.keys(ctx, false).await?;
-    let mut outcome = verify(&id_token, expected, &allowed, &keys, ctx);
-    if matches!(
-        outcome,
-        Err(ClaimsVerificationError::SignatureVerification(
-            SignatureVerificationError::NoMatchingKey
-        ))
-    ) && provider.may_refetch(ctx).await?
-    {
+    let keys_read = provider.keys(ctx, false).await?;
+    let mut outcome = verify(&id_token, expected, &allowed, &keys_read, ctx);
+    let no_key = |o: &Result<(), ClaimsVerificationError>| {
+        matches!(
+            o,
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey
+            ))
+        )
+    };
+    if no_key(&outcome) {
         // The IdP may have rotated its keys since we cached them.
-        tracing::info!("oidc: unknown signing key, refetching JWKS");
-        let keys = provider.keys(ctx, true).await?;
-        outcome = verify(&id_token, expected, &allowed, &keys, ctx);
+        let keys = if provider.may_refetch(ctx) {
+            tracing::info!("oidc: unknown signing key, refetching JWKS");
+            provider.keys(ctx, true).await?
+        } else {
+            // Fetched moments ago, maybe by another check since ours read
+            // the cache: what it brought, if anything.
+            provider.keys(ctx, false).await?
+        };
+        if !Arc::ptr_eq(&keys, &keys_read) {
+            outcome = verify(&id_token, expected, &allowed, &keys, ctx);
+        }
     }
     outcome.map_err(|e| map_error(e, ctx))?;
     // Verified: the signed payload is read as it was signed.

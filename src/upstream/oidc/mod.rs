@@ -21,7 +21,6 @@ use super::{
     UpstreamError,
 };
 use crate::secret::Secret;
-use crate::store::Key;
 use async_trait::async_trait;
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
@@ -136,10 +135,8 @@ pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
 
 fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(), SetupError> {
     let issuer = Url::parse(&req.issuer).map_err(|e| SetupError::new("issuer", format!("not a URL: {e}")))?;
-    let https = issuer.scheme() == "https";
-    let http_ok = issuer.scheme() == "http" && ctx.http.config().allow_private_networks;
-    if !(https || http_ok) {
-        return Err(SetupError::new("issuer", "the issuer must be an https URL"));
+    if !provider::endpoint_allowed(&issuer, ctx.http.config().allow_private_networks) {
+        return Err(SetupError::new("issuer", provider::ISSUER_RULE));
     }
     if issuer.query().is_some() || issuer.fragment().is_some() {
         return Err(SetupError::new(
@@ -224,10 +221,9 @@ impl OidcConnector {
     pub fn new(connection: &Connection, cfg: OidcConfig, ctx: UpstreamContext) -> Result<Self, UpstreamError> {
         let algorithms =
             parse_algorithms(&cfg.allowed_algorithms).map_err(|e| UpstreamError::internal("oidc.config", e))?;
-        let rate_key = Key::tenant(connection.tenant.as_str(), "oidc-jwks", connection.id.as_str());
         Ok(Self {
             redirect_uri: redirect_uri(&ctx, connection),
-            provider: provider::Provider::new(cfg.issuer.clone(), rate_key),
+            provider: provider::Provider::new(cfg.issuer.clone()),
             algorithms,
             cfg,
             ctx,

@@ -17,7 +17,6 @@ use super::super::http::{HttpRequest, HttpResponse, OutboundHttp};
 use super::super::{UpstreamContext, UpstreamError};
 use super::keys::OpensslJwk;
 use crate::single_flight::Flight;
-use crate::store::Key;
 use chrono::{DateTime, Duration, Utc};
 use openidconnect::core::{
     CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
@@ -35,7 +34,8 @@ use url::{Host, Url};
 const METADATA_TTL_SECS: i64 = 3600;
 /// How long a key set is trusted before it is fetched again.
 const JWKS_TTL_SECS: i64 = 3600;
-/// The window in which at most one unknown-`kid` refetch happens per connection.
+/// The window in which at most one unknown-`kid` refetch happens per
+/// connection on each replica.
 pub const JWKS_REFETCH_WINDOW_SECS: u64 = 10;
 
 /// Discovery fields `openidconnect`'s core metadata lacks.
@@ -102,6 +102,10 @@ impl ProviderMetadata {
         }
     }
 }
+
+/// What [`endpoint_allowed`] asks of an issuer, said to whoever set it.
+pub const ISSUER_RULE: &str = "the issuer must be an https URL (http only to a loopback or private host, \
+     and only with outbound.allow_private_networks on)";
 
 /// Whether an endpoint URL the IdP hands out may be used: `https`, or
 /// `http` only when private networks are allowed and the host is loopback or
@@ -229,6 +233,11 @@ fn discovery_error(code: &'static str, e: DiscoveryError<UpstreamError>) -> Upst
 pub async fn discover(ctx: &UpstreamContext, issuer: &str) -> Result<(ProviderMetadata, KeySet), UpstreamError> {
     let issuer_url = IssuerUrl::new(issuer.to_owned())
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
+    // The issuer names every endpoint, so it follows their rule, checked again
+    // here because a stored connection outlives the setting it was made under.
+    if !endpoint_allowed(issuer_url.url(), ctx.http.config().allow_private_networks) {
+        return Err(UpstreamError::internal("oidc.bad_endpoint_url", ISSUER_RULE));
+    }
     let document_url = issuer_url
         .join(".well-known/openid-configuration")
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the issuer is not a URL: {e}")))?;
@@ -273,7 +282,8 @@ struct Cached<T> {
 /// never fetched, or expired for longer, is fetched by whoever needs it.
 pub struct Provider {
     issuer: String,
-    rate_key: Key,
+    /// When this replica last fetched the keys for an unknown `kid`.
+    last_refetch: Mutex<Option<DateTime<Utc>>>,
     metadata: Mutex<Option<Cached<ProviderMetadata>>>,
     jwks: Mutex<Option<Cached<KeySet>>>,
     discovering: Flight,
@@ -281,11 +291,11 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// An empty cache for `issuer`; `rate_key` names the shared refetch counter.
-    pub fn new(issuer: String, rate_key: Key) -> Self {
+    /// An empty cache for `issuer`.
+    pub fn new(issuer: String) -> Self {
         Self {
             issuer,
-            rate_key,
+            last_refetch: Mutex::new(None),
             metadata: Mutex::new(None),
             jwks: Mutex::new(None),
             discovering: Flight::new(),
@@ -345,16 +355,20 @@ impl Provider {
         Ok(keys)
     }
 
-    /// Whether a refetch for an unknown `kid` may happen now. The counter
-    /// lives in the shared store, so all replicas together fetch at most once
-    /// per window for this connection.
-    pub async fn may_refetch(&self, ctx: &UpstreamContext) -> Result<bool, UpstreamError> {
-        let n = ctx
-            .store
-            .incr(&self.rate_key, std::time::Duration::from_secs(JWKS_REFETCH_WINDOW_SECS))
-            .await
-            .map_err(|e| UpstreamError::internal("oidc.store", e.to_string()))?;
-        Ok(n == 1)
+    /// Whether a refetch for an unknown `kid` may happen now: at most once
+    /// per window on this replica. Per replica, not shared: the keys one
+    /// replica fetches land in its own cache only, so a window shared by all
+    /// would leave the others refusing the IdP's new key until it ends (and
+    /// an upstream refresh refused that way ends the user's session).
+    pub fn may_refetch(&self, ctx: &UpstreamContext) -> bool {
+        let now = ctx.clock.now();
+        let mut last = self.last_refetch.lock().unwrap_or_else(|e| e.into_inner());
+        let window = Duration::seconds(i64::try_from(JWKS_REFETCH_WINDOW_SECS).unwrap_or(i64::MAX));
+        if last.is_some_and(|at| now < at + window) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 

@@ -521,6 +521,17 @@ pub fn in_place_bytes_for(cpus: usize) -> usize {
     }
 }
 
+/// How long an accepted assertion's id stays in the replay cache: until
+/// `usable_until` (the last instant any window could still accept it), the
+/// part of a second rounded up, plus a second for replicas whose clocks
+/// differ a little. Rounded down, a replay in the window's last second would
+/// find the entry gone and be accepted.
+fn replay_ttl(usable_until: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    let millis = (usable_until - now).num_milliseconds().max(0);
+    let secs = millis.saturating_add(999) / 1000 + 1;
+    std::time::Duration::from_secs(secs.unsigned_abs())
+}
+
 /// The validations that may run at once: twice the cores (at least two).
 fn validation_slots() -> &'static Arc<tokio::sync::Semaphore> {
     static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
@@ -687,7 +698,7 @@ impl Connector for SamlConnector {
         // Replay: the assertion id is single-use within this tenant's connection
         // for as long as the assertion could be accepted (every assertion is
         // treated as OneTimeUse; see `assertion::check` for the TTL).
-        let ttl = (validated.usable_until - now).num_seconds().max(1);
+        let ttl = replay_ttl(validated.usable_until, now);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
             format!("{}\n{}", self.inner.cfg.idp_entity_id, validated.assertion_id).as_bytes(),
         ));
@@ -700,7 +711,7 @@ impl Connector for SamlConnector {
         let (store, inner, one_time_use) = (self.ctx.store.clone(), Arc::clone(&self.inner), validated.one_time_use);
         let claim: Claim = Box::pin(async move {
             let fresh = store
-                .put_if_absent(&key, b"1", Some(std::time::Duration::from_secs(ttl.unsigned_abs())))
+                .put_if_absent(&key, b"1", Some(ttl))
                 .await
                 .map_err(|e| UpstreamError::internal("saml.store", e.to_string()))?;
             if !fresh {
@@ -716,5 +727,30 @@ impl Connector for SamlConnector {
             Ok(())
         });
         Ok((validated.identity, Some(claim)))
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::replay_ttl;
+    use chrono::{TimeZone, Utc};
+    use std::time::Duration;
+
+    #[test]
+    fn the_replay_entry_outlives_the_last_instant_the_assertion_is_accepted() {
+        let until = Utc.with_ymd_and_hms(2030, 1, 1, 12, 5, 0).unwrap();
+        let now = Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap() + chrono::Duration::milliseconds(500);
+        // 299.5 s of acceptance left: the entry lives 300 s and one more.
+        assert_eq!(replay_ttl(until, now), Duration::from_secs(301));
+        assert!(now + chrono::Duration::from_std(replay_ttl(until, now)).unwrap() > until);
+        assert_eq!(
+            replay_ttl(until, until - chrono::Duration::seconds(10)),
+            Duration::from_secs(11)
+        );
+        // Already past: still kept a moment (a store TTL is never zero).
+        assert_eq!(
+            replay_ttl(until, until + chrono::Duration::seconds(3)),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -85,10 +85,12 @@ impl SignatureAlgorithm {
     }
 }
 
+const ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
+
 /// Transforms a SAML signature may use: enveloped + canonicalization only
 /// (no XPath or XSLT, which let a signature cover something other than its parent).
 const ALLOWED_TRANSFORMS: &[&str] = &[
-    "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    ENVELOPED,
     "http://www.w3.org/2001/10/xml-exc-c14n#",
     "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
     "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
@@ -110,10 +112,26 @@ pub(crate) fn check_signature(sig: &El<'_>, parent: &El<'_>, allowed: &[Signatur
             "the signature does not reference the element that contains it",
         ));
     }
+    // SAML Core 5.4.3-5.4.4: the enveloped transform and one
+    // canonicalization, each at most once. xmlsec runs every transform and
+    // digests before it looks at the signature value, re-parsing the signed
+    // element between two canonicalizations, so a chain of them would be
+    // unbounded work and memory for anyone who can post to the ACS.
+    let (mut enveloped, mut c14n) = (0usize, 0usize);
     for t in xml::descendants(reference, DS, "Transform") {
         let alg = xml::attr(&t, "Algorithm").unwrap_or_default();
         if !ALLOWED_TRANSFORMS.contains(&alg.as_str()) {
             return Err(placement(&format!("transform {alg} is not allowed")));
+        }
+        if alg == ENVELOPED {
+            enveloped += 1;
+        } else {
+            c14n += 1;
+        }
+        if enveloped > 1 || c14n > 1 {
+            return Err(placement(
+                "a Reference may have the enveloped transform and one canonicalization, each once",
+            ));
         }
     }
     let method = xml::child(&signed_info, DS, "SignatureMethod")

@@ -238,6 +238,43 @@ async fn unknown_kid_flood_refetches_at_most_once_per_window() {
     assert_eq!(f.idp.with(|s| s.jwks_hits), base + 2);
 }
 
+/// Each replica learns of a rotation itself: replicas do not share their
+/// caches, so the refetch one replica makes does not use up the others'
+/// (which would refuse the IdP's new key until the window ends, and end
+/// the sessions whose upstream refresh brought it).
+#[tokio::test]
+async fn a_rotation_one_replica_saw_first_is_learned_by_another_within_the_window() {
+    let f = Fixture::new().await;
+    let ConnectionKind::Oidc(cfg) = &f.connection.kind else {
+        panic!("an OIDC connection")
+    };
+    let other = OidcConnector::new(&f.connection, cfg.clone(), f.ctx.clone()).unwrap();
+    let finish_on_other = |login: Login, token: String| {
+        let (f, other) = (&f, &other);
+        async move {
+            f.idp.with(|s| s.id_token = Some(token));
+            other.complete(Some(&login.pending), &f.callback(&login)).await
+        }
+    };
+    let login = f.begin().await;
+    f.finish_claims(&login, f.claims(&login)).await.unwrap();
+    let login = f.begin().await;
+    let token = f.key.sign(&f.claims(&login));
+    finish_on_other(login, token).await.unwrap();
+    let base = f.idp.with(|s| s.jwks_hits);
+
+    let k2 = IdpKey::generate("k2");
+    f.idp.with(|s| s.published = vec![k2.clone()]);
+    let login = f.begin().await;
+    f.finish(&login, k2.sign(&f.claims(&login)), f.callback(&login))
+        .await
+        .unwrap();
+    let login = f.begin().await;
+    let token = k2.sign(&f.claims(&login));
+    finish_on_other(login, token).await.unwrap();
+    assert_eq!(f.idp.with(|s| s.jwks_hits), base + 2, "one refetch on each replica");
+}
+
 /// The discovery document and keys are trusted for an hour. Past it, one
 /// sign-in fetches them again while the others in flight carry on with the
 /// copy the connector has: the IdP sees one discovery and one JWKS request,
@@ -268,10 +305,7 @@ async fn expired_discovery_is_fetched_once_for_sign_ins_in_flight() {
 #[tokio::test]
 async fn expired_keys_are_fetched_once_for_concurrent_checks() {
     let f = Fixture::new().await;
-    let provider = oidc::provider::Provider::new(
-        f.idp.issuer.clone(),
-        portcullis::store::Key::global("test", "oidc-refetch"),
-    );
+    let provider = oidc::provider::Provider::new(f.idp.issuer.clone());
     let hits = || f.idp.with(|s| (s.discovery_hits, s.jwks_hits));
     let base = hits();
     provider.keys(&f.ctx, false).await.unwrap();

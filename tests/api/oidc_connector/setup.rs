@@ -92,6 +92,36 @@ async fn setup_refuses_loopback_issuers_when_private_networks_are_off() {
     assert_eq!(err.field, "issuer");
 }
 
+/// With private networks allowed, plain http is still only for loopback
+/// and private hosts: a public issuer over http is refused before any fetch
+/// (its discovery document, in clear text, would name the keys).
+#[tokio::test]
+async fn an_http_issuer_on_a_public_host_is_refused_even_with_private_networks_allowed() {
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let ctx = context(&clock, true);
+    for issuer in [
+        "http://idp.example.com",
+        "http://93.184.215.14/realms/a",
+        "ftp://idp.example.com",
+    ] {
+        let err = oidc::setup(json!({"issuer": issuer, "client_id": CLIENT_ID}), &ctx)
+            .await
+            .unwrap_err();
+        assert_eq!(err.field, "issuer", "{issuer}");
+        assert!(
+            err.message.contains("must be an https URL"),
+            "{issuer}: {}",
+            err.message
+        );
+    }
+    // Discovery itself refuses it too (a connection stored before the rule).
+    let err = oidc::provider::discover(&ctx, "http://idp.example.com")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code, "oidc.bad_endpoint_url");
+}
+
 #[tokio::test]
 async fn openidconnect_crate_uses_the_guarded_client() {
     use openidconnect::core::CoreProviderMetadata;
