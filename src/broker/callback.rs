@@ -945,6 +945,7 @@ impl Broker {
             acr: v.identity.acr.clone(),
             mfa: v.mfa,
             upstream: Some(v.identity.upstream_refresh_token.is_some()),
+            undated: v.identity.auth_time.is_none(),
         };
         // The tenant's own SSO session lifetime, when it sets one: read
         // with the tenant record while validating (a lifetime, not a check;

@@ -591,8 +591,10 @@ impl Broker {
             return Ok(None);
         }
         if let Some(max_age) = req.max_age {
-            // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the same second.
-            if max_age == 0 || now - s.auth_time > max_age {
+            // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the
+            // same second; an undated authentication is never fresh enough.
+            if max_age == 0 || s.undated || now - s.auth_time > max_age {
+                tracing::info!(reason = "sso.too_old_for_max_age", tenant = %tenant, undated = s.undated, "SSO session not reused");
                 return Ok(None);
             }
         }

@@ -64,6 +64,13 @@ pub struct SsoSession {
     /// reads it.
     #[serde(default)]
     pub upstream: Option<bool>,
+    /// The IdP did not say when the person authenticated (an OIDC ID token
+    /// without `auth_time`, a SAML assertion without `AuthnStatement`):
+    /// `auth_time` is when its answer arrived, an upper bound, so a request
+    /// with `max_age` does not reuse the session (the IdP is asked, and an
+    /// answer it again leaves undated is refused: `login.auth_time_unknown`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undated: bool,
 }
 
 fn key(t: &TenantId, sid: &str) -> Key {

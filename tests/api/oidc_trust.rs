@@ -269,6 +269,33 @@ async fn max_age_without_auth_time_from_the_idp_is_refused() {
     refused(&q, "login.auth_time_unknown");
 }
 
+/// An IdP that does not date its authentication leaves an SSO session whose
+/// `auth_time` is only when its answer arrived: reused without `max_age`,
+/// never for it (the IdP is asked, and its undated answer refused).
+#[tokio::test]
+async fn an_sso_session_from_an_undated_authentication_is_not_reused_for_max_age() {
+    let w = Trust::new(
+        &["--ignore-reauth", "--no-auth-time"],
+        &["openid", "email", "profile"],
+        json!({}),
+    )
+    .await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    let before = w.idp.stats().await.authorize;
+    let q = w.authorize(&mut browser, &Pkce::new(), &[], None).await;
+    assert!(q.contains_key("code"), "{q:?}");
+    assert_eq!(w.idp.stats().await.authorize, before, "reused without max_age");
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "3600")], None)
+        .await;
+    assert!(
+        w.idp.stats().await.authorize > before,
+        "the undated SSO session was reused"
+    );
+    refused(&q, "login.auth_time_unknown");
+}
+
 impl Trust {
     /// The app's refresh grant through the provider itself, to read the
     /// reason code of a refusal (the HTTP answer carries only the RFC code).
