@@ -385,11 +385,13 @@ impl Broker {
             Err(o) => return o,
         };
         let Some(v) = v else {
-            // The ids come from the URL alone: not a label until known.
+            // The ids come from the URL alone: not a label until known, and
+            // no audit event either. The continuation is not rate-limited
+            // (it follows an ACS that was), so an event per made-up handle
+            // would let anyone push a tenant's real events out of its
+            // bounded log, or create a log for a tenant that does not exist.
             meter::sign_in_failed(meter::UNKNOWN, meter::UNKNOWN, "callback.unknown_handle");
             tracing::warn!(reason = "callback.unknown_handle", tenant = %tenant, connection = %connection);
-            self.audit_failure(&tenant, Some(&connection), "callback.unknown_handle")
-                .await;
             return page(
                 400,
                 "Sign-in failed",

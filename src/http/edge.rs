@@ -438,7 +438,16 @@ async fn admit(
             answer_names = first_value(&query, "state").map(|id| (route, id));
         }
     }
-    let tenant = tenant.and_then(|t| TenantId::parse(&t).ok());
+    // The tenant segment as the handler's `Path` will read it: `%61cme` is
+    // `acme`, and counts against acme's limit.
+    let tenant = tenant.and_then(|t| {
+        if t.contains('%') {
+            let decoded = percent_encoding::percent_decode_str(&t).decode_utf8().ok()?;
+            TenantId::parse(&decoded).ok()
+        } else {
+            TenantId::parse(&t).ok()
+        }
+    });
     let mut parts = parts;
     if let Some(form) = parsed_form {
         parts.extensions.insert(form);

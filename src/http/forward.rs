@@ -53,13 +53,15 @@ pub async fn forward_auth(
     Query(q): Query<ForwardQuery>,
     headers: HeaderMap,
 ) -> Response {
+    let (original_uri, uri_conflict) = either(&headers, "x-original-uri", "x-forwarded-uri");
+    let (original_method, method_conflict) = either(&headers, "x-original-method", "x-forwarded-method");
     let req = ForwardRequest {
         token: bearer(&headers),
         resource: q.resource.as_deref(),
         scope: q.scope.as_deref(),
-        original_uri: header_str(&headers, "x-original-uri").or_else(|| header_str(&headers, "x-forwarded-uri")),
-        original_method: header_str(&headers, "x-original-method")
-            .or_else(|| header_str(&headers, "x-forwarded-method")),
+        original_uri,
+        original_method,
+        conflicting: uri_conflict || method_conflict,
     };
     decide(&state, &req).await
 }
@@ -78,16 +80,28 @@ pub async fn forward_auth_prefixed(
 ) -> Response {
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     let original = raw.strip_prefix("/forward-auth").filter(|o| o.starts_with('/'));
+    let (named_method, conflicting) = either(&headers, "x-original-method", "x-forwarded-method");
     let req = ForwardRequest {
         token: bearer(&headers),
         resource: header_str(&headers, "x-portcullis-resource"),
         scope: header_str(&headers, "x-portcullis-scope"),
         original_uri: original,
-        original_method: header_str(&headers, "x-original-method")
-            .or_else(|| header_str(&headers, "x-forwarded-method"))
-            .or(Some(method.as_str())),
+        original_method: named_method.or(Some(method.as_str())),
+        conflicting,
     };
     decide(&state, &req).await
+}
+
+/// The original request's part named by header `a` (nginx's `X-Original-*`)
+/// or `b` (Traefik's `X-Forwarded-*`), and whether both are present and
+/// differ. A proxy sets its own family but may pass the other on from the
+/// client (Traefik ForwardAuth copies the client's headers), so a
+/// disagreement is refused, never settled by a preference.
+fn either<'h>(headers: &'h HeaderMap, a: &str, b: &str) -> (Option<&'h str>, bool) {
+    match (header_str(headers, a), header_str(headers, b)) {
+        (Some(x), Some(y)) => (Some(x), x != y),
+        (x, y) => (x.or(y), false),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

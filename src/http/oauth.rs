@@ -652,14 +652,16 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
         )
     };
     let sso = load_sso(&session).await;
-    let named = match &hint {
+    // The tenant whose session in this browser the hint names, if any.
+    let named: Option<String> = match &hint {
         Some(claims) => match hint_names_this_browser(&state, &sso, claims).await {
-            Ok(n) => n,
+            Ok(true) => claims.get("tenant").and_then(|t| t.as_str()).map(str::to_owned),
+            Ok(false) => None,
             Err(e) => return unavailable(&e),
         },
-        None => false,
+        None => None,
     };
-    if !named {
+    if named.is_none() {
         if !is_post {
             // Ask first: a form carrying a single-use CSRF token of this browser.
             let csrf = match super::flows::issue_csrf(&session, LOGOUT_CSRF).await {
@@ -703,16 +705,30 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             Err(r) => return r,
         }
     }
-    if let Err(e) = state.broker.logout(&sso).await {
+    // A hint ends the session of the tenant it names, in this browser; the
+    // browser's sessions at other tenants (other identities, maybe from an
+    // app of another tenant that sent the browser here) end only when the
+    // person confirms on the form, which signs out of everything.
+    let (ending, keeping): (crate::broker::session::BrowserSso, crate::broker::session::BrowserSso) = match &named {
+        Some(tenant) => sso.into_iter().partition(|(t, _)| t == tenant),
+        None => (sso, Default::default()),
+    };
+    if let Err(e) = state.broker.logout(&ending).await {
         return unavailable(&e);
     }
-    if let Err(e) = session.flush().await {
+    let saved = if keeping.is_empty() {
+        session.flush().await
+    } else {
+        session.insert(crate::broker::session::SESSION_FIELD, &keeping).await
+    };
+    if let Err(e) = saved {
         return super::flows::session_failed(e);
     }
     tracing::info!(
         reason = "logout.succeeded",
-        sessions = sso.len(),
-        confirmed = !named,
+        sessions = ending.len(),
+        kept = keeping.len(),
+        confirmed = named.is_none(),
         "signed out"
     );
     match target {

@@ -42,6 +42,11 @@ pub struct ForwardRequest<'a> {
     pub original_uri: Option<&'a str>,
     /// The original request's method.
     pub original_method: Option<&'a str>,
+    /// The proxy's headers disagree about the original request (say,
+    /// `X-Original-URI` and `X-Forwarded-Uri` name different paths): one of
+    /// them came from the client, which a proxy may pass on, so neither is
+    /// believed.
+    pub conflicting: bool,
 }
 
 /// An allowed request: the identity to pass downstream.
@@ -97,6 +102,13 @@ impl Provider {
     /// Decides a forward-auth request. `Err` only when the decision could
     /// not be taken (store outage); refusals are `Ok(Err(_))`.
     pub async fn forward_auth(&self, req: &ForwardRequest<'_>) -> Result<Result<Allowed, Denied>, OAuthError> {
+        if req.conflicting {
+            return Ok(Err(deny(
+                DenyStatus::BadRequest,
+                "forward_auth.conflicting_headers",
+                "The original request is named twice, differently (X-Original-* and X-Forwarded-*).",
+            )));
+        }
         let Some(resource) = req.resource.filter(|r| !r.is_empty()) else {
             return Ok(Err(deny(
                 DenyStatus::BadRequest,

@@ -435,10 +435,16 @@ impl KeyManager {
             .collect();
         let mut old = ks.active;
         old.retired_at = Some(now);
-        // The leeway covers a token minted at this instant and accepted up
-        // to LEEWAY_SECS after its exp.
-        old.publish_until =
-            Some(now + to_chrono(self.config.max_token_lifetime) + chrono::Duration::seconds(jwt::LEEWAY_SECS));
+        // Other replicas keep signing with it until their cached keyset is
+        // re-read: for up to `cache_for`, and up to another `cache_for`
+        // while one re-read is in flight. A token one of them mints then
+        // lives the maximum lifetime, and is accepted up to LEEWAY_SECS
+        // after its exp.
+        old.publish_until = Some(
+            now + to_chrono(self.config.cache_for) * 2
+                + to_chrono(self.config.max_token_lifetime)
+                + chrono::Duration::seconds(jwt::LEEWAY_SECS),
+        );
         retired.push(old);
         let mut active = ks.next;
         active.activated_at = Some(now);

@@ -407,6 +407,31 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
         );
         assert_eq!(got, None, "no identity on a refusal");
     }
+    // Traefik passes the client's own headers on beside its X-Forwarded-*:
+    // a client naming another request in X-Original-* is refused, not
+    // believed (nor is either family preferred).
+    for (client_uri, client_method) in [
+        (format!("/home/{sub}/notes"), "DELETE"),
+        (format!("/home/{sub}/x"), "GET"),
+    ] {
+        let resp = app
+            .client
+            .get(fa(&q))
+            .bearer_auth(&home)
+            .header("x-forwarded-uri", "/home/someone-else/notes")
+            .header("x-forwarded-method", "DELETE")
+            .header("x-original-uri", &client_uri)
+            .header("x-original-method", client_method)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{client_uri}");
+        assert_eq!(
+            resp.headers()["x-portcullis-reason"],
+            "forward_auth.conflicting_headers"
+        );
+        assert!(resp.headers().get("x-portcullis-sub").is_none());
+    }
     // Envoy ext_authz: the original path appended to the prefix; the
     // resource only from the proxy's header, never from the client's query.
     let envoy = |path: String, resource: Option<&'static str>| {

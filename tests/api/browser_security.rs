@@ -150,6 +150,34 @@ async fn a_hint_naming_this_browsers_session_signs_out_at_once_by_sid_or_by_sub(
     assert!(!has_sso(&app, &mut browser).await);
 }
 
+/// A hint names one tenant's session: signing out of it leaves the same
+/// browser's session at another tenant alone (ending every session is what
+/// the confirmation form is for).
+#[tokio::test]
+async fn a_hint_ends_only_the_session_of_its_own_tenant_in_this_browser() {
+    use crate::revocation::{create_dev_connection, register, sign_in, start};
+    use crate::support::browser::Nav;
+    let app = dev_app(None).await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    create_dev_connection(&app, "acme").await;
+    let rp = register(&app, "other").await;
+    let mut browser = Browser::new();
+    sign_in(&app, &mut browser, &rp, "acme", "ann@acme.example").await;
+    let hint = logout_link(&demo_sign_in(&app, &mut browser, "ada@demo.example").await);
+
+    let out = browser.get(&hint).await;
+    assert_eq!(out.url, app.url("/demo"), "{}", browser.trail());
+    assert!(
+        !has_sso(&app, &mut browser).await,
+        "the hint's own tenant is signed out"
+    );
+    let (nav, _) = start(&app, &mut browser, &rp, "acme").await;
+    assert!(
+        matches!(nav, Nav::Stopped(_)),
+        "the other tenant's SSO session was ended"
+    );
+}
+
 #[tokio::test]
 async fn a_hint_of_another_browsers_session_or_no_hint_asks_first_with_a_csrf_token() {
     let app = dev_app(None).await;

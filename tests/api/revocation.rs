@@ -298,7 +298,7 @@ async fn assert_tokens_live(app: &TestApp, rp: &Rp, t: &Tokens) {
     assert_eq!(introspect(app, rp, t.rt()).await["active"], json!(true));
 }
 
-async fn create_dev_connection(app: &TestApp, tenant: &str) {
+pub async fn create_dev_connection(app: &TestApp, tenant: &str) {
     let (status, body) = app
         .admin(
             Method::POST,

@@ -1018,9 +1018,22 @@ async fn a_continuation_handle_is_single_use_and_scoped_to_its_tenant() {
     let done = answer(app.client.get(url.clone()).send().await.unwrap()).await;
     let code = done.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
-    let again = answer(app.client.get(url).send().await.unwrap()).await;
+    let again = answer(app.client.get(url.clone()).send().await.unwrap()).await;
     assert_eq!(again.code(), None, "{again:?}");
     again.expect_page(400, "callback.unknown_handle");
+    // The continuation is not rate-limited: its misses write no audit
+    // event, so made-up handles cannot push real events out of a tenant's
+    // bounded log.
+    let mut nowhere = url.clone();
+    nowhere.set_path(&url.path().replace("/acme/", "/nosuch/"));
+    answer(app.client.get(nowhere).send().await.unwrap())
+        .await
+        .expect_page(400, "callback.unknown_handle");
+    let (status, log) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/audit", None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert!(!log.to_string().contains("callback.unknown_handle"), "{log}");
 }
 
 /// `email_verified` reaches the app only when the connection trusts the IdP

@@ -133,8 +133,9 @@ async fn retired_key_verifies_until_grace_ends_then_unknown_kid() {
     let _: Claims = m.verify(&token, "JWT", ISS).await.unwrap();
     assert!(jwks_kids(&m.jwks().await.unwrap()).contains(&old_kid));
 
-    // Past retired_at + max_token_lifetime (+ leeway): gone everywhere.
-    env.advance(1 + LEEWAY_SECS + 1);
+    // Past retired_at + two keyset caches + max_token_lifetime (+ leeway):
+    // gone everywhere.
+    env.advance(1 + 2 * 30 + LEEWAY_SECS + 1);
     assert!(!jwks_kids(&m.jwks().await.unwrap()).contains(&old_kid));
     assert_eq!(reason(m.verify(&token, "JWT", ISS).await), "token.unknown_kid");
 
@@ -164,6 +165,24 @@ async fn two_managers_on_one_store_agree() {
     assert_eq!(a.jwks().await.unwrap(), b.jwks().await.unwrap());
     let t3 = b.sign("JWT", &env.claims(300)).await.unwrap();
     assert_eq!(kid_of(&t3), kid_of(&t2));
+}
+
+/// A replica that has not re-read the keyset since another one rotated
+/// keeps signing with the retired key for up to its cache time: those
+/// tokens verify for their whole lifetime too.
+#[tokio::test]
+async fn a_token_another_replica_signs_just_before_it_notices_a_rotation_verifies_for_its_whole_life() {
+    let env = Env::new();
+    let a = env.manager(SigningAlgorithm::Es256).await;
+    let b = env.manager(SigningAlgorithm::Es256).await;
+    let old_kid = env.stored().await.active.kid;
+    a.rotate().await.unwrap();
+    env.advance(29);
+    let late = b.sign("JWT", &env.claims(3600)).await.unwrap();
+    assert_eq!(kid_of(&late), old_kid, "b still signs with the key a retired");
+    env.advance(3600 - 1);
+    let _: Claims = a.verify(&late, "JWT", ISS).await.unwrap();
+    assert!(jwks_kids(&a.jwks().await.unwrap()).contains(&old_kid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,8 +718,9 @@ async fn published_jwks_bytes_follow_rotation_and_the_end_of_grace() {
     assert_eq!(kids_of(&rotated).len(), 3);
     assert!(kids_of(&rotated).contains(&old_kid));
 
-    // Past the retired key's grace: gone from the bytes too.
-    env.advance(3600 + LEEWAY_SECS + 2);
+    // Past the retired key's grace (two keyset caches, the longest token
+    // and the leeway): gone from the bytes too.
+    env.advance(2 * 100_000 + 3600 + LEEWAY_SECS + 2);
     let later = m.jwks_published().await.unwrap();
     assert!(!kids_of(&later).contains(&old_kid), "{:?}", kids_of(&later));
     assert_eq!(kids_of(&later), jwks_kids(&m.jwks().await.unwrap()));
