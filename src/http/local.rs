@@ -15,7 +15,7 @@ use crate::broker::session::SESSION_FIELD;
 use crate::ids::{ConnectionId, TenantId};
 use crate::local::challenge::{Asked, SignInStep, CHALLENGE_SESSION_FIELD};
 use crate::local::SignInMode;
-use crate::local::{LocalConfig, LocalError, Profile};
+use crate::local::{AccountStatus, LocalConfig, LocalError, Profile};
 use crate::secret::Secret;
 use crate::upstream::{CallbackParams, ConnectionKind, ConnectionStatus};
 use askama::Template;
@@ -1096,7 +1096,18 @@ async fn act(
             ))
         }
         Kind::Confirm => {
-            a.confirm(&l.t, &l.c, &email, &field(form, "code")).await?;
+            let user = a.confirm(&l.t, &l.c, &email, &field(form, "code")).await?;
+            if user.status == AccountStatus::ResetRequired {
+                // Confirmed after more than one sign-up used the address:
+                // the owner, who has the mailbox, chooses the password.
+                a.forgot(&l.t, &l.tenant_name, &l.c, &l.cfg, &email).await?;
+                return Ok(Done::to(
+                    Kind::Reset,
+                    "Your email address is confirmed. More than one sign-up used it, so choose your password now: we have sent a 6-digit code to it.",
+                    keep,
+                    "local.confirmed_reset_required",
+                ));
+            }
             Ok(Done::to(
                 Kind::SignIn,
                 "Your email address is confirmed. You can sign in now.",

@@ -131,6 +131,13 @@ pub struct LocalUser {
     /// Moved in by the user-migration hook.
     #[serde(default)]
     pub migrated: bool,
+    /// More than one sign-up asked for this address before it was
+    /// confirmed. Whoever confirms it then also chooses a new password by a
+    /// mailed code (it is confirmed as `ResetRequired`): otherwise someone
+    /// who signed up first with another person's address would sign in
+    /// with their own password once the owner confirmed it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub contested: bool,
 }
 
 impl LocalUser {
@@ -512,6 +519,7 @@ impl Accounts {
             created_at: now,
             updated_at: now,
             migrated: false,
+            contested: false,
         }
     }
 
@@ -575,6 +583,14 @@ impl Accounts {
         match self.get(t, c, &email).await? {
             Some(existing) if existing.status == AccountStatus::Unconfirmed && !existing.disabled => {
                 tracing::info!(reason = "local.sign_up_existing_unconfirmed", tenant = %t, connection = %c);
+                // Nobody has shown the mailbox is theirs yet, and two sign-ups
+                // chose passwords: neither password is kept past confirmation.
+                self.update(t, c, &email, |u| {
+                    if u.status == AccountStatus::Unconfirmed {
+                        u.contested = true;
+                    }
+                })
+                .await?;
                 self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
                     .await?;
             }
@@ -711,7 +727,14 @@ impl Accounts {
         let user = self
             .update(t, c, &email, |u| {
                 if u.status == AccountStatus::Unconfirmed {
-                    u.status = AccountStatus::Confirmed;
+                    // A contested sign-up: the mailbox's owner chooses the
+                    // password now, by a reset code.
+                    u.status = if u.contested {
+                        AccountStatus::ResetRequired
+                    } else {
+                        AccountStatus::Confirmed
+                    };
+                    u.contested = false;
                 }
             })
             .await?

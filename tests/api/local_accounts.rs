@@ -273,6 +273,72 @@ async fn local_unknown_and_known_emails_get_the_same_answer() {
         .await;
 }
 
+/// Someone who signs up first with another person's address never signs in
+/// with the password they chose: once a second sign-up asked for the
+/// address, the owner who confirms it also chooses the password, by a code
+/// mailed to it (a pre-registration account takeover otherwise).
+#[tokio::test]
+async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_password() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "vera@acme.example";
+    let attackers = "Juniper-Harbor-93";
+    let p = pkce();
+    let mut attacker = Browser::new();
+    let page = start(&app, &mut attacker, &p).await;
+    sign_up(&mut attacker, &page, email, attackers).await;
+    smtp.wait_for(email).await;
+
+    let mut owner = Browser::new();
+    let page = start(&app, &mut owner, &p).await;
+    let confirm = sign_up(&mut owner, &page, email, GOOD_PASSWORD).await;
+    let code = smtp.wait_for_after(email, 1).await.code();
+    let confirmed = owner
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    assert!(confirmed.body.contains("choose your password"), "{}", confirmed.body);
+    // The first sign-up's password is kept but signs in to nothing until
+    // the owner has chosen a new one; the second's was never stored.
+    for (password, status, reason) in [
+        (attackers, 403, "local.reset_required"),
+        (GOOD_PASSWORD, 401, "local.bad_credentials"),
+    ] {
+        let page = start(&app, &mut attacker, &p).await;
+        let refused = attacker
+            .fill_and_submit(&page, None, &[("email", email), ("password", password)])
+            .await;
+        assert_reason(&refused, status, reason);
+    }
+
+    let reset_code = smtp.wait_for_after(email, 2).await.code();
+    let chosen = "Marigold-Canyon-77";
+    let done = owner
+        .fill_and_submit(
+            &confirmed,
+            None,
+            &[
+                ("email", email),
+                ("code", &reset_code),
+                ("password", chosen),
+                ("password_confirm", chosen),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let page = start(&app, &mut attacker, &p).await;
+    let refused = attacker
+        .fill_and_submit(&page, None, &[("email", email), ("password", attackers)])
+        .await;
+    assert_reason(&refused, 401, "local.bad_credentials");
+    let page = start(&app, &mut owner, &p).await;
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", chosen);
+    owner.submit_until(&page, &form, &at_app).await.stopped();
+}
+
 #[tokio::test]
 async fn local_wrong_codes_are_counted_and_the_sixth_attempt_voids_the_code() {
     let smtp = SmtpServer::start();
