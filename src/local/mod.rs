@@ -328,6 +328,15 @@ fn fails_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
     key(t, format!("fails:{c}:{}", email_id(email)))
 }
 
+/// Held while one password check of the account runs.
+fn checking_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
+    key(t, format!("checking:{c}:{}", email_id(email)))
+}
+
+/// How long a password check may hold its account (a replica that dies
+/// mid-check frees it then).
+const CHECK_HOLD: Duration = Duration::from_secs(10);
+
 fn lock_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
     key(t, format!("lock:{c}:{}", email_id(email)))
 }
@@ -903,6 +912,33 @@ impl Accounts {
         if let Some(e) = self.locked(t, c, &email).await? {
             return Err(e);
         }
+        // One check at a time per account, across replicas: the lock above
+        // is read when a request arrives and a failure counted only after
+        // its hash, so guesses sent together would all be checked however
+        // many failed. A second check waits for the first to be counted.
+        let checking = checking_key(t, c, &email);
+        if !self.store.put_if_absent(&checking, b"1", Some(CHECK_HOLD)).await? {
+            tracing::warn!(reason = "local.busy", tenant = %t, connection = %c, "a password check of this account is under way");
+            return Err(LocalError::Refused {
+                reason: "local.busy",
+                message: "Another sign-in to this account is being checked. Try again in a moment.",
+                retry_after: Some(1),
+            });
+        }
+        let checked = self.check_password_held(t, c, &email, password).await;
+        self.store.delete(&checking).await?;
+        checked
+    }
+
+    /// [`Self::check_password`] while it holds the account.
+    async fn check_password_held(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
+        let email = email.to_owned();
         let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
         let user = match self.get(t, c, &email).await? {
             Some(u) => Some(u),

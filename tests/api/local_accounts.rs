@@ -339,6 +339,82 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
     owner.submit_until(&page, &form, &at_app).await.stopped();
 }
 
+/// Guesses sent together are checked one at a time, across replicas: the
+/// lockout counts each failure before the next guess is checked, so a
+/// burst gets no more checks than the lockout allows (the rest: 429).
+#[tokio::test]
+async fn local_guesses_sent_together_are_checked_one_at_a_time() {
+    let smtp = SmtpServer::start();
+    // The production hash: every check takes long enough for the burst to
+    // arrive while the first is under way.
+    let app = gateway_with(&smtp, None, false).await;
+    setup(&app).await;
+    let email = "otto@acme.example";
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    app.state
+        .accounts
+        .admin_create(
+            &t,
+            &c,
+            &Default::default(),
+            email,
+            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let p = pkce();
+    // Twelve browsers at the form, then every guess sent at once (polled
+    // together on this task: the browsers are not `Send`).
+    let mut browsers = Vec::new();
+    for _ in 0..12 {
+        let mut browser = Browser::new();
+        let page = start(&app, &mut browser, &p).await;
+        browsers.push((browser, page));
+    }
+    let mut guesses: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Page> + '_>>> = browsers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (browser, page))| {
+            Box::pin(async move {
+                let guess = format!("Wrong-Guess-{i:03}");
+                browser
+                    .fill_and_submit(page, None, &[("email", email), ("password", &guess)])
+                    .await
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = Page> + '_>>
+        })
+        .collect();
+    let mut answers: Vec<Option<Page>> = guesses.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (guess, answer) in guesses.iter_mut().zip(answers.iter_mut()) {
+            if answer.is_none() {
+                if let std::task::Poll::Ready(page) = guess.as_mut().poll(cx) {
+                    *answer = Some(page);
+                }
+            }
+        }
+        if answers.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    drop(guesses);
+    let answers: Vec<Page> = answers.into_iter().flatten().collect();
+    let checked = answers
+        .iter()
+        .filter(|a| a.body.contains("<code>local.bad_credentials</code>"))
+        .count();
+    let held = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!((1..=5).contains(&checked), "{checked} guesses checked of a burst of 12");
+    assert_eq!(checked + held, 12);
+}
+
 #[tokio::test]
 async fn local_wrong_codes_are_counted_and_the_sixth_attempt_voids_the_code() {
     let smtp = SmtpServer::start();
