@@ -229,7 +229,10 @@ pub async fn build(
         ),
         lifecycle: crate::http::server::Lifecycle::default(),
         metrics: settings.metrics.clone(),
-        edge: Arc::new(crate::http::edge::EdgeConfig::new(&settings.throttle)),
+        edge: Arc::new(crate::http::edge::EdgeConfig::new(
+            &settings.throttle,
+            resolved.body_timeout,
+        )),
         accounts,
         in_flight: Arc::new(crate::http::shed::InFlight::new(resolved.max_in_flight)),
         published: Arc::default(),

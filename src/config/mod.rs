@@ -160,7 +160,26 @@ pub struct ServerSettings {
     /// refused. Unset: [`DEFAULT_IN_FLIGHT_PER_CPU`] per CPU this process
     /// may run on.
     pub max_in_flight: Option<usize>,
+    /// How long a client may take to send a request's line and headers,
+    /// seconds (`PORTCULLIS_HEADER_TIMEOUT_SECS`, 1 to 3600; default 65).
+    /// The same clock runs while a keep-alive connection waits for its next
+    /// request, so it is also the idle timeout: keep it above the idle
+    /// timeout of the load balancer in front (60 s on AWS ALB and nginx), so
+    /// the balancer, not the gateway, closes idle connections.
+    pub header_timeout_secs: u64,
+    /// How long a client may take to send a request's whole body, from the
+    /// moment its headers arrived, seconds (`PORTCULLIS_BODY_TIMEOUT_SECS`,
+    /// 1 to 3600; default 30: a 256 KB SAML response at under 10 KB/s). A
+    /// body still arriving then is answered 408 (`request.body_timeout`) and
+    /// its connection closed, so a slow client cannot hold one of the
+    /// `max_in_flight` slots.
+    pub body_timeout_secs: u64,
 }
+
+/// `[server] header_timeout_secs` when unset.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 65;
+/// `[server] body_timeout_secs` when unset.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 
 /// Requests in flight per CPU when `[server] max_in_flight` is unset. A
 /// sign-in costs about 1 ms of CPU, so a saturated core finishes about
@@ -455,6 +474,8 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 25,
             shutdown_delay_secs: 0,
             max_in_flight: None,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
         }
     }
 }
@@ -535,6 +556,11 @@ pub struct Resolved {
     /// The most requests served at once (`[server] max_in_flight`, or its
     /// default for this machine).
     pub max_in_flight: usize,
+    /// How long a request's line and headers may take, and how long a
+    /// keep-alive connection may stay idle (`[server] header_timeout_secs`).
+    pub header_timeout: std::time::Duration,
+    /// How long a request's body may take (`[server] body_timeout_secs`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// The PEM files HTTPS is served with.
@@ -680,6 +706,8 @@ impl Settings {
         for (name, target) in [
             ("PORTCULLIS_SHUTDOWN_GRACE_SECS", &mut self.server.shutdown_grace_secs),
             ("PORTCULLIS_SHUTDOWN_DELAY_SECS", &mut self.server.shutdown_delay_secs),
+            ("PORTCULLIS_HEADER_TIMEOUT_SECS", &mut self.server.header_timeout_secs),
+            ("PORTCULLIS_BODY_TIMEOUT_SECS", &mut self.server.body_timeout_secs),
         ] {
             if let Some(v) = env.get(name) {
                 match v.parse::<u64>() {
@@ -772,6 +800,14 @@ impl Settings {
                 "server.shutdown_grace_secs",
                 format!("{} is outside 1..=3600", self.server.shutdown_grace_secs),
             );
+        }
+        for (field, secs) in [
+            ("server.header_timeout_secs", self.server.header_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                bad(field, format!("{secs} is outside 1..=3600"));
+            }
         }
         if let Some(n) = self.server.max_in_flight {
             if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&n) {
@@ -1035,6 +1071,8 @@ impl Settings {
                 shutdown_grace: std::time::Duration::from_secs(self.server.shutdown_grace_secs),
                 shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay_secs),
                 max_in_flight: self.server.max_in_flight.unwrap_or_else(default_max_in_flight),
+                header_timeout: std::time::Duration::from_secs(self.server.header_timeout_secs),
+                body_timeout: std::time::Duration::from_secs(self.server.body_timeout_secs),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -1302,6 +1340,8 @@ routes = [
             ("PORTCULLIS_TLS_KEY_FILE", "/etc/portcullis/tls.key"),
             ("PORTCULLIS_SHUTDOWN_GRACE_SECS", "7"),
             ("PORTCULLIS_SHUTDOWN_DELAY_SECS", "5"),
+            ("PORTCULLIS_HEADER_TIMEOUT_SECS", "90"),
+            ("PORTCULLIS_BODY_TIMEOUT_SECS", "12"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1314,10 +1354,16 @@ routes = [
         assert_eq!(r.tls.unwrap().key, PathBuf::from("/etc/portcullis/tls.key"));
         assert_eq!(r.shutdown_grace.as_secs(), 7);
         assert_eq!(r.shutdown_delay.as_secs(), 5);
-        assert_eq!(memory_settings().validate("d").unwrap().shutdown_grace.as_secs(), 25);
+        assert_eq!((r.header_timeout.as_secs(), r.body_timeout.as_secs()), (90, 12));
+        let defaults = memory_settings().validate("d").unwrap();
+        assert_eq!(defaults.shutdown_grace.as_secs(), 25);
+        assert_eq!(
+            (defaults.header_timeout.as_secs(), defaults.body_timeout.as_secs()),
+            (65, 30)
+        );
 
         let s = Settings::parse(
-            "[store]\nbackend = \"memory\"\n[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\n",
+            "[store]\nbackend = \"memory\"\n[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\nheader_timeout_secs = 0\nbody_timeout_secs = 3601\n",
             "x.toml",
         )
         .unwrap();
@@ -1329,6 +1375,8 @@ routes = [
                 "server.admin_listen",
                 "server.tls_key_file",
                 "server.shutdown_grace_secs",
+                "server.header_timeout_secs",
+                "server.body_timeout_secs",
                 "server.shutdown_delay_secs"
             ]
         );

@@ -63,14 +63,17 @@ pub struct EdgeConfig {
     pub throttle: ThrottleSettings,
     /// `[throttle] trusted_proxies`, parsed.
     pub proxies: Vec<Cidr>,
+    /// `[server] body_timeout_secs`: how long a request's body may take.
+    pub body_timeout: Duration,
 }
 
 impl EdgeConfig {
     /// From the validated settings.
-    pub fn new(throttle: &ThrottleSettings) -> Self {
+    pub fn new(throttle: &ThrottleSettings, body_timeout: Duration) -> Self {
         Self {
             throttle: throttle.clone(),
             proxies: throttle.proxies(),
+            body_timeout,
         }
     }
 
@@ -313,8 +316,19 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(ClientIp(ip));
     let span = super::metrics::request_span(req.method(), &id, ip);
+    let (parts, body) = req.into_parts();
+    let (body, deadline) = super::deadline::wrap(body, config.body_timeout);
+    let req = Request::from_parts(parts, body);
     let admitted = admit(&state, req, ip, class, path_tenant, &id, next);
-    let mut resp = crate::audit::in_request(id.clone(), admitted).instrument(span).await;
+    let mut resp = crate::audit::in_request(id.clone(), admitted)
+        .instrument(span.clone())
+        .await;
+    if deadline.is_some_and(|d| d.expired()) {
+        // Whatever the reader made of the error (the edge's own form read,
+        // an extractor's 400, a handler's page), the client hears that its
+        // body was too slow.
+        resp = span.in_scope(|| body_timeout(class));
+    }
     // The edge's own answers (429, 413...) carry the headers every response does.
     pages::security_headers(&mut resp, state.upstream.public_url.scheme() == "https");
     let headers = resp.headers_mut();
@@ -908,6 +922,28 @@ fn unavailable(class: RouteClass) -> Response {
     resp
 }
 
+/// A body not received within `[server] body_timeout_secs`: 408 in the
+/// route's format, and the connection is closed (the rest of the body may
+/// still be on its way).
+fn body_timeout(class: RouteClass) -> Response {
+    tracing::info!(
+        reason = "request.body_timeout",
+        route = class.as_str(),
+        "the request body was not received in time"
+    );
+    let mut resp = answer(
+        class,
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request",
+        "Request timeout",
+        "The request body was not received in time.",
+        "request.body_timeout",
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// A size refusal (413, 414, 431) in the route's format, logged with its reason.
 fn refuse(class: RouteClass, status: StatusCode, reason: &'static str, message: &str) -> Response {
     tracing::info!(
@@ -979,10 +1015,13 @@ mod tests {
     use super::*;
 
     fn config(proxies: &[&str]) -> EdgeConfig {
-        EdgeConfig::new(&ThrottleSettings {
-            trusted_proxies: proxies.iter().map(|p| (*p).to_owned()).collect(),
-            ..Default::default()
-        })
+        EdgeConfig::new(
+            &ThrottleSettings {
+                trusted_proxies: proxies.iter().map(|p| (*p).to_owned()).collect(),
+                ..Default::default()
+            },
+            Duration::from_secs(30),
+        )
     }
 
     fn xff(values: &[&str]) -> HeaderMap {

@@ -2,6 +2,7 @@
 //! call the broker, provider or admin domain, and map the result to HTTP.
 
 pub mod binding;
+pub mod deadline;
 pub mod dev;
 pub mod edge;
 pub mod flows;

@@ -131,10 +131,19 @@ pub async fn serve(
         None => (super::router(state.clone()), None),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = ConnectionLimits {
+        header_timeout: resolved.header_timeout,
+    };
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(serve_one(listeners.main, main_router, tls.clone(), stop_rx.clone()));
+    servers.spawn(serve_one(
+        listeners.main,
+        main_router,
+        tls.clone(),
+        limits,
+        stop_rx.clone(),
+    ));
     if let (Some(listener), Some(router)) = (listeners.admin, admin_router) {
-        servers.spawn(serve_one(listener, router, tls, stop_rx));
+        servers.spawn(serve_one(listener, router, tls, limits, stop_rx));
     }
 
     shutdown.await;
@@ -181,19 +190,19 @@ pub async fn serve(
     }
 }
 
-/// Waits until the drain starts.
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
-    // A closed channel (the sender dropped) also means stop.
-    let _closed_means_stop = rx.wait_for(|stop| *stop).await;
+/// The deadlines of one connection (`[server] header_timeout_secs`).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_timeout: Duration,
 }
 
 async fn serve_one(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         None => {
             let listener = listener.tap_io(|tcp: &mut TcpStream| {
@@ -201,11 +210,97 @@ async fn serve_one(
                     tracing::debug!(error = %e, "TCP_NODELAY not set");
                 }
             });
-            axum::serve(listener, app).with_graceful_shutdown(stopped(stop)).await
+            accept_loop(listener, router, limits, stop).await;
         }
-        Some(acceptor) => {
-            let listener = TlsListener::new(listener, acceptor)?.tap_io(|_: &mut TlsStream<TcpStream>| {});
-            axum::serve(listener, app).with_graceful_shutdown(stopped(stop)).await
+        Some(acceptor) => accept_loop(TlsListener::new(listener, acceptor)?, router, limits, stop).await,
+    }
+    Ok(())
+}
+
+/// Serves every connection `listener` accepts until `stop`; then stops
+/// accepting (dropping the listener closes its socket), asks each
+/// connection to finish (an idle one closes at once, a busy one after its
+/// response) and returns once they all have.
+///
+/// Each connection is hyper's HTTP/1 with a timer, so a request's line and
+/// headers must arrive within `limits.header_timeout` (which also closes a
+/// keep-alive connection idle that long): `axum::serve` sets no timer, and
+/// a client could hold a connection open forever a byte at a time. The
+/// body's deadline is the edge's ([`super::deadline`]).
+async fn accept_loop<L>(
+    mut listener: L,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    // Every connection holds a receiver; `closed` resolves once all are gone.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let timer = hyper_util::rt::TokioTimer::new();
+    loop {
+        let (io, remote) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let router = router.clone();
+        let stop = stop.clone();
+        let open = open_rx.clone();
+        let timer = timer.clone();
+        tokio::spawn(async move {
+            serve_connection(io, remote, router, limits, timer, stop).await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// One connection, until the client closes it, it times out or a drain
+/// asks it to finish.
+async fn serve_connection<I>(
+    io: I,
+    remote: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    timer: hyper_util::rt::TokioTimer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+    // The peer address as `into_make_service_with_connect_info` passes it,
+    // for the edge (`ConnectInfo<SocketAddr>`).
+    let service = router.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(timer).header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(
+        hyper_util::rt::TokioIo::new(io),
+        hyper_util::service::TowerToHyperService::new(service),
+    );
+    let mut conn = std::pin::pin!(conn);
+    let mut asked_to_finish = false;
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    // A client that went away, a malformed request (hyper
+                    // answered 400 or 431), or headers not sent in time (or
+                    // a keep-alive connection idle that long).
+                    let reason = if e.is_timeout() { "http.header_timeout" } else { "http.connection_error" };
+                    tracing::debug!(reason, %remote, error = %e, "connection closed");
+                }
+                break;
+            }
+            _ = stop.wait_for(|stop| *stop), if !asked_to_finish => {
+                conn.as_mut().graceful_shutdown();
+                asked_to_finish = true;
+            }
         }
     }
 }

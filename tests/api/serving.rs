@@ -583,3 +583,133 @@ async fn a_burst_of_2000_connections_waits_in_the_accept_queue() {
     );
     drop(listeners);
 }
+
+// ---- slow clients ------------------------------------------------------
+
+/// Sends `head` (and the start of a body) on a new connection and leaves it
+/// open, as a client that stalls.
+async fn stalled(addr: SocketAddr, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
+/// Reads until the server closes the connection (at most `limit`): what it
+/// sent, and how long the close took. Panics if it stays open.
+async fn until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut out)).await {
+        Ok(_) => (String::from_utf8_lossy(&out).into_owned(), started.elapsed()),
+        Err(_) => panic!(
+            "the connection was still open after {limit:?}; received so far: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+}
+
+/// A client that sends its headers and then its body a little at a time
+/// held one of the replica's `max_in_flight` slots for as long as it liked:
+/// a few hundred such clients stopped a replica. Past `body_timeout_secs`
+/// the request is answered 408 in its endpoint's format
+/// (`request.body_timeout`), the connection closes and the slot is free.
+/// One body is read by the edge itself (the token form), one by the admin
+/// API's JSON extractor.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_answered_408_and_frees_its_slot() {
+    let (main, _, stop, task) = start(settings(|s| {
+        s.server.body_timeout_secs = 1;
+        s.server.max_in_flight = Some(1);
+    }))
+    .await;
+    let c = reqwest::Client::new();
+    let discovery = format!("http://{main}/.well-known/openid-configuration");
+
+    let mut token = stalled(
+        main,
+        "POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: 60\r\n\r\ngrant_type=authorization_code&code=",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shed = c.get(&discovery).send().await.unwrap();
+    assert_eq!(shed.status(), 503, "the stalled request holds the only slot");
+
+    let (answer, took) = until_closed(&mut token, Duration::from_secs(5)).await;
+    let (code, body) = parse_response(&answer).expect("a response");
+    assert_eq!(code, 408, "{answer}");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "invalid_request", "{body}");
+    assert_eq!(
+        c.get(&discovery).send().await.unwrap().status(),
+        200,
+        "the slot is free again"
+    );
+
+    let mut admin = stalled(
+        main,
+        &format!(
+            "POST /admin/v1/tenants HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 80\r\n\r\n{{\"id\": \"slow\""
+        ),
+    )
+    .await;
+    let (answer, _) = until_closed(&mut admin, Duration::from_secs(5)).await;
+    let (code, body) = parse_response(&answer).expect("a response");
+    assert_eq!(code, 408, "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["reason"], "request.body_timeout", "{body}");
+    let created = c
+        .get(format!("http://{main}/admin/v1/tenants/slow"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 404, "nothing was created from half a body");
+
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
+
+/// A client that never finishes its headers was kept forever (`axum::serve`
+/// runs hyper without a timer); a keep-alive connection that sends no next
+/// request likewise. Both now close after `header_timeout_secs`.
+#[tokio::test]
+async fn headers_sent_too_slowly_and_idle_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let (main, _, stop, task) = start(settings(|s| s.server.header_timeout_secs = 1)).await;
+
+    let mut slow = stalled(main, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+    let (answer, took) = until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.is_empty(), "no response to half a request: {answer}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "closed after {took:?}, not the 1 s header timeout"
+    );
+
+    // A whole request is answered and the connection kept alive; the
+    // connection then closes once it has been idle for the timeout.
+    let mut idle = stalled(main, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (rest, took) = until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "an idle connection closed after {took:?}"
+    );
+
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
