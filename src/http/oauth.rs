@@ -651,7 +651,25 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             "store.unavailable",
         )
     };
-    let sso = load_sso(&session).await;
+    // Read failing closed: a session that could not be read is not "no
+    // session", and nobody is told they are signed out when they may not be.
+    let sso = match session
+        .get::<crate::broker::session::BrowserSso>(crate::broker::session::SESSION_FIELD)
+        .await
+    {
+        Ok(sso) => sso.unwrap_or_default(),
+        Err(e) => return super::flows::session_failed(e),
+    };
+    if sso.is_empty() && !is_post {
+        // Signed in nowhere in this browser: nothing to end and nothing to
+        // confirm, so no question, and above all no browser session stored
+        // for its CSRF token (a cookieless GET cost the store a session of
+        // the full lifetime, from a route no rate limit counts). The app
+        // gets its registered return address, as after a sign-out. A POST
+        // still needs its token: without a cookie it is refused, unchanged.
+        tracing::info!(reason = "logout.no_session", "nothing to sign out of");
+        return signed_out(target);
+    }
     // The tenant whose session in this browser the hint names, if any.
     let named: Option<String> = match &hint {
         Some(claims) => match hint_names_this_browser(&state, &sso, claims).await {
@@ -731,6 +749,11 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
         confirmed = named.is_none(),
         "signed out"
     );
+    signed_out(target)
+}
+
+/// After a sign-out: the app's registered return address, or a page.
+fn signed_out(target: Option<url::Url>) -> Response {
     match target {
         Some(url) => Redirect::to(url.as_str()).into_response(),
         None => pages::page(

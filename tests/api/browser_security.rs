@@ -210,6 +210,80 @@ async fn a_hint_of_another_browsers_session_or_no_hint_asks_first_with_a_csrf_to
     assert!(has_sso(&app, &mut ada).await);
 }
 
+/// A browser signed in nowhere gets no question and no session. A
+/// cookieless `GET /logout` used to store a browser session of the full
+/// lifetime for the confirmation form's CSRF token, from a route no rate
+/// limit counts; now nothing is stored (no cookie is set) and an app's
+/// registered return address is followed at once. A cookieless POST is
+/// still refused for its missing token.
+#[tokio::test]
+async fn a_logout_from_a_browser_signed_in_nowhere_asks_nothing_and_stores_no_session() {
+    let app = dev_app(None).await;
+    // The demo app's sign-out link (its hint, its registered return address).
+    let mut signed_in = Browser::new();
+    let link = logout_link(&demo_sign_in(&app, &mut signed_in, "ada@demo.example").await);
+    let back: Url = link
+        .query_pairs()
+        .find(|(k, _)| k == "post_logout_redirect_uri")
+        .map(|(_, v)| Url::parse(&v).unwrap())
+        .expect("the demo's link names its return address");
+    let cookieless = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let plain = cookieless.get(app.url("/logout")).send().await.unwrap();
+    assert!(plain.headers().get("set-cookie").is_none(), "{:?}", plain.headers());
+    assert_eq!(plain.status(), StatusCode::OK);
+    let body = plain.text().await.unwrap();
+    assert!(body.contains("You are signed out") && !body.contains("<form"), "{body}");
+
+    let from_app = cookieless.get(link.clone()).send().await.unwrap();
+    assert!(
+        from_app.headers().get("set-cookie").is_none(),
+        "{:?}",
+        from_app.headers()
+    );
+    assert!(from_app.status().is_redirection(), "{}", from_app.status());
+    let location = Url::parse(from_app.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location[..url::Position::AfterPath], back[..url::Position::AfterPath]);
+
+    // An unregistered return address is still refused, session or not.
+    let mut evil = link.clone();
+    let pairs: Vec<(String, String)> = link
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "post_logout_redirect_uri" {
+                "https://evil.example.test/".into()
+            } else {
+                v
+            };
+            (k.into_owned(), v.into_owned())
+        })
+        .collect();
+    evil.query_pairs_mut().clear().extend_pairs(pairs);
+    let refused = cookieless.get(evil).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("<code>logout.redirect_not_registered</code>"));
+
+    let post = cookieless
+        .post(app.url("/logout"))
+        .form(&[("x", "y")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::FORBIDDEN);
+    assert!(post.headers().get("set-cookie").is_none(), "{:?}", post.headers());
+    assert!(post.text().await.unwrap().contains("<code>logout.csrf_missing</code>"));
+
+    // The signed-in browser still is.
+    assert!(has_sso(&app, &mut signed_in).await);
+}
+
 #[tokio::test]
 async fn a_logout_post_without_the_right_csrf_token_is_refused_and_the_token_is_single_use() {
     let app = dev_app(None).await;
