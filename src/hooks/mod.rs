@@ -276,6 +276,15 @@ struct Cached {
 const CACHE_ENTRIES: usize = 10_000;
 
 impl Hooks {
+    /// The longest one hook call may take, every attempt and backoff
+    /// included: what a caller holding something across a call must allow.
+    pub fn longest_call(&self) -> Duration {
+        let c = &self.config;
+        c.max_timeout
+            .saturating_mul(c.retries.saturating_add(1))
+            .saturating_add(c.retry_backoff.saturating_mul(c.retries))
+    }
+
     /// The hooks over `store`.
     pub fn new(store: SharedStore, clock: SharedClock, config: HooksConfig) -> Result<Self, HookError> {
         let http = OutboundHttp::new(OutboundConfig {

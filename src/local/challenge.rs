@@ -12,7 +12,9 @@
 //! of a secret the browser's session holds), never in the page. The answer
 //! goes to `verify` with the private parameters; the result is appended and
 //! `define` is asked again, at most [`MAX_ROUNDS`] rounds. A wrong answer
-//! counts against the account lockout like a wrong password, and the
+//! counts against the account lockout like a wrong password, answers are
+//! judged one at a time per account like passwords
+//! ([`Accounts::one_check_at_a_time`]), and the
 //! account's failures are cleared only when the whole sign-in succeeds. A
 //! failing hook fails the sign-in closed (its `HookError` reason code).
 
@@ -115,6 +117,16 @@ pub enum SignInStep {
     },
     /// The tenant's hook asks a challenge first.
     Ask(Asked),
+}
+
+/// An answer as [`Accounts::judge`] left it.
+struct Judged<'a> {
+    w: Waiting,
+    /// The account (`None` for a decoy).
+    user: Option<LocalUser>,
+    hooks: &'a Hooks,
+    hook: HookConfig,
+    correct: bool,
 }
 
 /// The sign-in a decision belongs to.
@@ -232,28 +244,79 @@ impl Accounts {
         if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
             return Err(expired());
         }
-        let Some(w) = self.store.take_json::<Waiting>(&waiting_key(t, handle)).await? else {
+        let waiting = waiting_key(t, handle);
+        // Read first, consumed only while the account is held: the account
+        // is known only from the record, and an answer refused for a busy
+        // account must not cost the person their challenge.
+        let Some(peek) = self.store.get_json::<Waiting>(&waiting).await? else {
             return Err(expired());
         };
-        if w.connection != c.as_str() {
+        let holds = browser.is_some_and(|s| {
+            use subtle::ConstantTimeEq;
+            crate::tokens::sha256_base64url(s.as_bytes())
+                .as_bytes()
+                .ct_eq(peek.browser.as_bytes())
+                .into()
+        });
+        if peek.connection != c.as_str() || !holds {
+            // A handle shown where it does not belong has leaked: spent.
+            self.store.delete(&waiting).await?;
+        }
+        if peek.connection != c.as_str() {
             return Err(refused(
                 "challenge.login_mismatch",
                 "This page does not belong to the sign-in that was started.",
             ));
         }
-        let holds = browser.is_some_and(|s| {
-            use subtle::ConstantTimeEq;
-            crate::tokens::sha256_base64url(s.as_bytes())
-                .as_bytes()
-                .ct_eq(w.browser.as_bytes())
-                .into()
-        });
         if !holds {
             return Err(refused(
                 "challenge.browser_mismatch",
                 "This sign-in was started in another browser or its session has ended. Please sign in again.",
             ));
         }
+        // One answer or password check of the account at a time, across
+        // replicas, as for passwords: answers sent together (one sign-in
+        // per answer, each with its own challenge) would otherwise each be
+        // judged before any of their failures counted.
+        let Judged {
+            w,
+            user,
+            hooks,
+            hook,
+            correct,
+        } = self
+            .one_check_at_a_time(t, c, &peek.email, self.judge(t, c, &waiting, answer))
+            .await?;
+        let rounds = {
+            let mut rounds = w.rounds;
+            rounds.push(Round {
+                challenge_name: w.name,
+                challenge_result: correct,
+            });
+            rounds
+        };
+        let flow = Flow {
+            login: &w.login,
+            passwordless: w.passwordless,
+        };
+        self.decide(hooks, &hook, t, c, &w.email, user, &flow, rounds, !correct)
+            .await
+    }
+
+    /// The part of an answer done while its account is held: the challenge
+    /// is consumed (single use: of answers sent together with one handle,
+    /// one goes on), the lockout read, the account and the hook read again,
+    /// the answer judged by `verify`, and a wrong one counted.
+    async fn judge(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        waiting: &Key,
+        answer: &str,
+    ) -> Result<Judged<'_>, LocalError> {
+        let Some(w) = self.store.take_json::<Waiting>(waiting).await? else {
+            return Err(expired());
+        };
         if let Some(e) = self.locked(t, c, &w.email).await? {
             return Err(e);
         }
@@ -290,11 +353,6 @@ impl Accounts {
                 .challenge_verify(&hook, &who, &w.rounds, &w.name, &w.challenge()?, answer)
                 .await?;
         let correct = verified && !w.decoy;
-        let mut rounds = w.rounds;
-        rounds.push(Round {
-            challenge_name: w.name,
-            challenge_result: correct,
-        });
         if !correct {
             tracing::info!(reason = "challenge.wrong_answer", tenant = %t, connection = %c);
             self.record_failure(t, c, &w.email).await?;
@@ -302,12 +360,13 @@ impl Accounts {
                 return Err(e);
             }
         }
-        let flow = Flow {
-            login: &w.login,
-            passwordless: w.passwordless,
-        };
-        self.decide(hooks, &hook, t, c, &w.email, user, &flow, rounds, !correct)
-            .await
+        Ok(Judged {
+            w,
+            user,
+            hooks,
+            hook,
+            correct,
+        })
     }
 
     /// Asks `define` what follows `rounds`, and `create` for a challenge.

@@ -333,8 +333,9 @@ fn checking_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
     key(t, format!("checking:{c}:{}", email_id(email)))
 }
 
-/// How long a password check may hold its account (a replica that dies
-/// mid-check frees it then).
+/// How long a password check or a challenge answer may hold its account,
+/// beyond the one hook call it may make (a replica that dies mid-check
+/// frees it then): the password hash and the store's waits.
 const CHECK_HOLD: Duration = Duration::from_secs(10);
 
 fn lock_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
@@ -912,20 +913,36 @@ impl Accounts {
         if let Some(e) = self.locked(t, c, &email).await? {
             return Err(e);
         }
-        // One check at a time per account, across replicas: the lock above
-        // is read when a request arrives and a failure counted only after
-        // its hash, so guesses sent together would all be checked however
-        // many failed. A second check waits for the first to be counted.
-        let checking = checking_key(t, c, &email);
-        if !self.store.put_if_absent(&checking, b"1", Some(CHECK_HOLD)).await? {
-            tracing::warn!(reason = "local.busy", tenant = %t, connection = %c, "a password check of this account is under way");
+        self.one_check_at_a_time(t, c, &email, self.check_password_held(t, c, &email, password))
+            .await
+    }
+
+    /// Runs `check` (a password check, a challenge answer) while holding
+    /// the account, across replicas; a second check of the same account
+    /// meanwhile is refused (`local.busy`, 429). The lockout is read when a
+    /// request arrives and a failure counted only once its check is done
+    /// (a hash, a hook's verdict), so guesses sent together would otherwise
+    /// all be checked however many failed. The hold ends with the check,
+    /// or after [`CHECK_HOLD`] plus the longest hook call when its replica
+    /// died meanwhile.
+    pub(crate) async fn one_check_at_a_time<T>(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        check: impl std::future::Future<Output = Result<T, LocalError>>,
+    ) -> Result<T, LocalError> {
+        let checking = checking_key(t, c, email);
+        let hold = CHECK_HOLD.saturating_add(self.hooks.as_ref().map_or(Duration::ZERO, |h| h.longest_call()));
+        if !self.store.put_if_absent(&checking, b"1", Some(hold)).await? {
+            tracing::warn!(reason = "local.busy", tenant = %t, connection = %c, "a check of this account is under way");
             return Err(LocalError::Refused {
                 reason: "local.busy",
                 message: "Another sign-in to this account is being checked. Try again in a moment.",
                 retry_after: Some(1),
             });
         }
-        let checked = self.check_password_held(t, c, &email, password).await;
+        let checked = check.await;
         self.store.delete(&checking).await?;
         checked
     }
@@ -938,14 +955,13 @@ impl Accounts {
         email: &str,
         password: &Secret,
     ) -> Result<LocalUser, LocalError> {
-        let email = email.to_owned();
         let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
-        let user = match self.get(t, c, &email).await? {
+        let user = match self.get(t, c, email).await? {
             Some(u) => Some(u),
             // hooks: user migration — an unknown email asks the tenant's
             // user-migration hook (email + password); a migrated account is
             // then checked below like any other (its new hash).
-            None if !too_long => self.migrate(t, c, &email, password).await?,
+            None if !too_long => self.migrate(t, c, email, password).await?,
             None => None,
         };
         let ok = !too_long
@@ -954,7 +970,7 @@ impl Accounts {
                 .verify(password.expose(), user.as_ref().map(|u| u.password_hash.as_str()))
                 .await?;
         let Some(user) = user.filter(|_| ok) else {
-            self.record_failure(t, c, &email).await?;
+            self.record_failure(t, c, email).await?;
             return Err(LocalError::refused(
                 "local.bad_credentials",
                 "The email or password is wrong.",
@@ -983,7 +999,7 @@ impl Accounts {
         }
         if self.hasher.outdated(&user.password_hash) {
             let hash = self.hasher.hash(password.expose()).await?;
-            self.update(t, c, &email, |u| u.password_hash = hash.clone()).await?;
+            self.update(t, c, email, |u| u.password_hash = hash.clone()).await?;
         }
         Ok(user)
     }

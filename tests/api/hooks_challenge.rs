@@ -12,7 +12,7 @@
 //! password is ignored.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
-use crate::support::browser::{Browser, Nav, Page};
+use crate::support::browser::{all_at_once, Browser, Nav, Page, Pending};
 use crate::support::hooks::{Behavior, HookServer, PRIVATE_MARKER};
 use crate::support::local::{assert_reason, pkce, Pkce};
 use portcullis::clock::SystemClock;
@@ -403,6 +403,76 @@ async fn wrong_answers_count_against_the_lockout() {
     let mut browser = Browser::new();
     let page = password(&app, &mut browser, &p).await;
     assert_reason(&page, 429, "local.locked");
+}
+
+/// Answers sent together are judged one at a time per account, as
+/// passwords are: each answer (one sign-in each, its own challenge) read
+/// the lockout when it arrived and counted its failure only after the
+/// hook's verdict, so a burst of twelve wrong answers was judged twelve
+/// times against a lockout of three. Now the burst gets at most the
+/// lockout's worth of verdicts; the rest are refused (`local.busy` or
+/// `local.locked`, 429) before the hook is asked.
+#[tokio::test]
+async fn answers_sent_together_are_judged_one_at_a_time() {
+    let app = gateway(3).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    // Each verdict takes long enough for the whole burst to arrive.
+    hooks.behave("challenge", Behavior::SlowArithmetic(Duration::from_millis(300)));
+    let mut sign_ins = Vec::new();
+    for _ in 0..12 {
+        let p = pkce();
+        let mut browser = Browser::new();
+        let page = password(&app, &mut browser, &p).await;
+        assert_challenge_page(&page);
+        sign_ins.push((browser, p, page));
+    }
+    let verdicts_before = hooks
+        .calls_to("challenge")
+        .iter()
+        .filter(|c| c.body["step"] == "verify")
+        .count();
+    assert_eq!(verdicts_before, 0);
+    // Every wrong answer at once.
+    let app_ref = &app;
+    let pages = all_at_once(
+        sign_ins
+            .iter_mut()
+            .map(|(browser, p, page)| {
+                Box::pin(async move { answer(app_ref, browser, p, page, "7", None).await.unwrap_err() }) as Pending<'_>
+            })
+            .collect(),
+    )
+    .await;
+    let verdicts = hooks
+        .calls_to("challenge")
+        .iter()
+        .filter(|c| c.body["step"] == "verify")
+        .count();
+    let reasons: Vec<String> = pages
+        .iter()
+        .map(|p| {
+            ["challenge.wrong_answer", "local.busy", "local.locked"]
+                .into_iter()
+                .find(|r| p.body.contains(&format!("<code>{r}</code>")))
+                .unwrap_or_else(|| panic!("{} {}", p.status, p.body))
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        (1..=3).contains(&verdicts),
+        "{verdicts} answers of a burst of 12 were judged by the hook against a lockout of 3: {reasons:?}"
+    );
+    let refused = pages
+        .iter()
+        .filter(|p| p.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        refused + reasons.iter().filter(|r| *r == "challenge.wrong_answer").count(),
+        12,
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "local.busy"), "{reasons:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! unknown emails get the same answer as known ones.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
-use crate::support::browser::{Browser, Page};
+use crate::support::browser::{all_at_once, Browser, Page, Pending};
 use crate::support::local::{assert_reason, link, pkce, Pkce};
 use crate::support::redis;
 use crate::support::smtp::SmtpServer;
@@ -373,36 +373,21 @@ async fn local_guesses_sent_together_are_checked_one_at_a_time() {
         let page = start(&app, &mut browser, &p).await;
         browsers.push((browser, page));
     }
-    let mut guesses: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Page> + '_>>> = browsers
-        .iter_mut()
-        .enumerate()
-        .map(|(i, (browser, page))| {
-            Box::pin(async move {
-                let guess = format!("Wrong-Guess-{i:03}");
-                browser
-                    .fill_and_submit(page, None, &[("email", email), ("password", &guess)])
-                    .await
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = Page> + '_>>
-        })
-        .collect();
-    let mut answers: Vec<Option<Page>> = guesses.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (guess, answer) in guesses.iter_mut().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                if let std::task::Poll::Ready(page) = guess.as_mut().poll(cx) {
-                    *answer = Some(page);
-                }
-            }
-        }
-        if answers.iter().all(Option::is_some) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
+    let answers = all_at_once(
+        browsers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (browser, page))| {
+                Box::pin(async move {
+                    let guess = format!("Wrong-Guess-{i:03}");
+                    browser
+                        .fill_and_submit(page, None, &[("email", email), ("password", &guess)])
+                        .await
+                }) as Pending<'_>
+            })
+            .collect(),
+    )
     .await;
-    drop(guesses);
-    let answers: Vec<Page> = answers.into_iter().flatten().collect();
     let checked = answers
         .iter()
         .filter(|a| a.body.contains("<code>local.bad_credentials</code>"))

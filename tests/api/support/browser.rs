@@ -287,6 +287,32 @@ fn encode(fields: &[(String, String)]) -> String {
         .finish()
 }
 
+/// A navigation of one of several browsers, to run with [`all_at_once`].
+pub type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Page> + 'a>>;
+
+/// Runs `navigations` together on this task (browsers are not `Send`, so
+/// not on tasks of their own): every request is sent before any answer is
+/// awaited. Their pages, in order.
+pub async fn all_at_once(mut navigations: Vec<Pending<'_>>) -> Vec<Page> {
+    let mut pages: Vec<Option<Page>> = navigations.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (nav, page) in navigations.iter_mut().zip(pages.iter_mut()) {
+            if page.is_none() {
+                if let std::task::Poll::Ready(p) = nav.as_mut().poll(cx) {
+                    *page = Some(p);
+                }
+            }
+        }
+        if pages.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    pages.into_iter().flatten().collect()
+}
+
 /// The request that submitting `form` on `page` makes.
 fn form_request(page: &Page, form: &Form) -> (Method, Url, Option<String>) {
     let action = if form.action.is_empty() {

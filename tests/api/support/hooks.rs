@@ -40,6 +40,8 @@ pub enum Behavior {
     /// asks "What is 2+3?" with a hint and keeps the answer and
     /// [`PRIVATE_MARKER`] private; `verify` compares the answer.
     Arithmetic,
+    /// [`Behavior::Arithmetic`] whose `verify` answers after this wait.
+    SlowArithmetic(Duration),
 }
 
 /// A private challenge parameter that must never reach a page.
@@ -162,7 +164,12 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
         // A real receiver refuses what it cannot verify.
         return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
-    match behavior.unwrap_or(Behavior::Answer(json!({}))) {
+    let behavior = behavior.unwrap_or(Behavior::Answer(json!({})));
+    let verify_delay = match &behavior {
+        Behavior::SlowArithmetic(d) => Some(*d),
+        _ => None,
+    };
+    match behavior {
         Behavior::Answer(v) => axum::Json(v).into_response(),
         Behavior::Status(code) => (StatusCode::from_u16(code).unwrap(), axum::Json(json!({}))).into_response(),
         Behavior::Garbage(text) => (StatusCode::OK, text).into_response(),
@@ -174,7 +181,7 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
             gate.acquire().await.unwrap().forget();
             axum::Json(json!({})).into_response()
         }
-        Behavior::Arithmetic => match value["step"].as_str().unwrap_or_default() {
+        Behavior::Arithmetic | Behavior::SlowArithmetic(_) => match value["step"].as_str().unwrap_or_default() {
             "define" => {
                 let passed = value["session"]
                     .as_array()
@@ -191,6 +198,9 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
             }))
             .into_response(),
             "verify" => {
+                if let Some(d) = verify_delay {
+                    tokio::time::sleep(d).await;
+                }
                 let correct = value["challenge_answer"].as_str().map(str::trim)
                     == value["private_challenge_parameters"]["answer"].as_str();
                 axum::Json(json!({"answer_correct": correct})).into_response()
