@@ -767,7 +767,8 @@ impl Accounts {
     }
 
     /// Sends a new verification code to an unconfirmed account. Always `Ok`
-    /// for a valid address.
+    /// for a valid address, after the same read whatever the address (the
+    /// code is made and stored after the answer).
     pub async fn resend(
         &self,
         t: &TenantId,
@@ -779,15 +780,15 @@ impl Accounts {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
         if let Some(u) = self.get(t, c, &email).await? {
             if u.status == AccountStatus::Unconfirmed && !u.disabled {
-                self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
-                    .await?;
+                self.send_code_after_answering(t, tenant_name, c, cfg, CodePurpose::Verify, &email);
             }
         }
         Ok(())
     }
 
     /// Forgot password: mails a reset code to a confirmed (or reset-required)
-    /// account. Always `Ok` for a valid address.
+    /// account. Always `Ok` for a valid address, after the same read whatever
+    /// the address (the code is made and stored after the answer).
     pub async fn forgot(
         &self,
         t: &TenantId,
@@ -799,11 +800,42 @@ impl Accounts {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
         if let Some(u) = self.get(t, c, &email).await? {
             if matches!(u.status, AccountStatus::Confirmed | AccountStatus::ResetRequired) && !u.disabled {
-                self.send_code(t, tenant_name, c, cfg, CodePurpose::Reset, &email)
-                    .await?;
+                self.send_code_after_answering(t, tenant_name, c, cfg, CodePurpose::Reset, &email);
             }
         }
         Ok(())
+    }
+
+    /// [`Self::send_code`] in the background, for the requests whose answer
+    /// must not tell whether the address has an account (resend, forgot):
+    /// they answer after the one read every address costs, and the code's
+    /// own store waits (its mail limit, its attempts reset, the code) come
+    /// after. Awaited, they made a known address answer three round trips
+    /// later than an unknown one. A failure is logged (`local.code_not_sent`);
+    /// the person asks again, as when a mail is lost.
+    fn send_code_after_answering(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        purpose: CodePurpose,
+        email: &str,
+    ) {
+        let accounts = self.clone();
+        let (t, c, tenant_name, cfg, email) = (
+            t.clone(),
+            c.clone(),
+            tenant_name.to_owned(),
+            cfg.clone(),
+            email.to_owned(),
+        );
+        let sending = async move {
+            if let Err(e) = accounts.send_code(&t, &tenant_name, &c, &cfg, purpose, &email).await {
+                tracing::error!(reason = "local.code_not_sent", tenant = %t, connection = %c, purpose = purpose.as_str(), error = %e, "no code sent");
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(sending));
     }
 
     /// Sets a new password with a reset code; ends any lockout.

@@ -835,3 +835,95 @@ async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolm
         "the enrolment went with the account"
     );
 }
+
+/// `/forgot` and `/resend` answer after the same store reads for every
+/// address: the code's own store work (its mail limit, its attempts reset,
+/// the code) comes after the answer. It used to come before, so a known
+/// address answered three round trips later than an unknown one, which
+/// timing could tell. Shown without timing: while Redis holds every write
+/// (`CLIENT PAUSE … WRITE`), a known address's request still answers, and
+/// no code is stored yet; once writes resume, the code is stored and mailed.
+#[tokio::test]
+async fn local_forgot_and_resend_answer_before_their_code_is_stored() {
+    let smtp = SmtpServer::start();
+    let server = redis::RedisServer::start();
+    let app = gateway(&smtp, Some((server.url(), redis::prefix()))).await;
+    setup(&app).await;
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let cfg = portcullis::local::LocalConfig {
+        allow_sign_up: true,
+        ..Default::default()
+    };
+    let accounts = &app.state.accounts;
+    let confirmed = "ren@acme.example";
+    accounts
+        .admin_create(
+            &t,
+            &c,
+            &cfg,
+            confirmed,
+            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let waiting = "sol@acme.example";
+    accounts
+        .sign_up(
+            &t,
+            "Acme Corp",
+            &c,
+            &cfg,
+            waiting,
+            &portcullis::secret::Secret::new(GOOD_PASSWORD),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    smtp.wait_for(waiting).await;
+    let port = server.port().to_string();
+    let codes = |purpose: &str| redis::cli(&["-p", &port, "--scan", "--pattern", &format!("*code:{purpose}:*")]);
+    assert!(codes("reset").trim().is_empty());
+
+    let held = |what: &str| {
+        let paused = redis::cli(&["-p", &port, "CLIENT", "PAUSE", "20000", "WRITE"]);
+        assert_eq!(paused.trim(), "OK", "{what}: {paused}");
+    };
+    held("forgot");
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        accounts.forgot(&t, "Acme Corp", &c, &cfg, confirmed),
+    )
+    .await;
+    let stored_meanwhile = codes("reset");
+    redis::cli(&["-p", &port, "CLIENT", "UNPAUSE"]);
+    answered
+        .expect("forgot waited for the held writes")
+        .expect("forgot answered with an error: its code's writes were awaited");
+    assert!(
+        stored_meanwhile.trim().is_empty(),
+        "stored before the answer: {stored_meanwhile}"
+    );
+    let mail = smtp.wait_for(confirmed).await;
+    assert_eq!(mail.code().len(), 6);
+    assert_eq!(
+        codes("reset").lines().count(),
+        1,
+        "the reset code is stored once writes resume"
+    );
+
+    let verify_codes = codes("verify");
+    held("resend");
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        accounts.resend(&t, "Acme Corp", &c, &cfg, waiting),
+    )
+    .await;
+    redis::cli(&["-p", &port, "CLIENT", "UNPAUSE"]);
+    answered
+        .expect("resend waited for the held writes")
+        .expect("resend answered with an error: its code's writes were awaited");
+    smtp.wait_for_after(waiting, 1).await;
+    assert_eq!(codes("verify"), verify_codes, "the same account's code, replaced");
+}
