@@ -598,6 +598,12 @@ impl Accounts {
                 self.update(t, c, &email, |u| {
                     if u.status == AccountStatus::Unconfirmed {
                         u.contested = true;
+                        // Nor either sign-up's name: the first may be
+                        // someone else's choice ("IT Support"), the
+                        // second unproven too. The owner's account starts
+                        // without one.
+                        u.given_name = None;
+                        u.family_name = None;
                     }
                 })
                 .await?;

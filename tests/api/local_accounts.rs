@@ -287,7 +287,20 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
     let p = pkce();
     let mut attacker = Browser::new();
     let page = start(&app, &mut attacker, &p).await;
-    sign_up(&mut attacker, &page, email, attackers).await;
+    let form = attacker.get(&link(&page, "Create account")).await;
+    attacker
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", email),
+                ("given_name", "IT"),
+                ("family_name", "Support"),
+                ("password", attackers),
+                ("password_confirm", attackers),
+            ],
+        )
+        .await;
     smtp.wait_for(email).await;
 
     let mut owner = Browser::new();
@@ -299,6 +312,19 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
     assert!(confirmed.body.contains("choose your password"), "{}", confirmed.body);
+    // Nor does the account keep either sign-up's name.
+    let account = app
+        .state
+        .accounts
+        .get(
+            &portcullis::ids::TenantId::parse(TENANT).unwrap(),
+            &portcullis::ids::ConnectionId::parse(CONN).unwrap(),
+            email,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((account.given_name, account.family_name), (None, None));
     // The first sign-up's password is kept but signs in to nothing until
     // the owner has chosen a new one; the second's was never stored.
     for (password, status, reason) in [
