@@ -18,7 +18,7 @@ use crate::provider::upstream::{UpstreamCheck, UpstreamSessions};
 use crate::secret::Secret;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::TenantRegistry;
-use crate::upstream::{Connector, Identity, UpstreamContext};
+use crate::upstream::{Connector, Identity, RefreshFailed, UpstreamContext, UpstreamError};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -172,26 +172,25 @@ impl UpstreamRefresher {
         if now.saturating_sub(record.refreshed_at) < interval {
             return Ok(UpstreamCheck::Fine);
         }
-        match connector
+        let answer = connector
             .refresh(&record.refresh_token, record.subject.as_deref())
-            .await
-        {
-            Ok(Some(next)) => {
-                let updated = UpstreamSession {
-                    refresh_token: next,
-                    refreshed_at: now,
-                    ..record
-                };
+            .await;
+        match settle(record, answer, now) {
+            Settled::Vouched(updated) => {
                 self.store.put_json(key, &updated, Some(self.record_ttl)).await?;
                 tracing::info!(reason = "refresh.upstream_refreshed", tenant = %authz.tenant, connection = %updated.connection, "the IdP still vouches for the session");
                 Ok(UpstreamCheck::Fine)
             }
-            Ok(None) => Ok(UpstreamCheck::Fine),
-            Err(e) if e.internal => {
-                tracing::warn!(reason = "refresh.upstream_unavailable", code = e.code, tenant = %authz.tenant, connection = %record.connection, detail = %e.detail, "upstream refresh failed; nothing revoked");
+            Settled::NotAsked => Ok(UpstreamCheck::Fine),
+            Settled::Unavailable(e, rotated) => {
+                let kept = rotated.is_some();
+                if let Some(record) = rotated {
+                    self.store.put_json(key, &record, Some(self.record_ttl)).await?;
+                }
+                tracing::warn!(reason = "refresh.upstream_unavailable", code = e.code, tenant = %authz.tenant, connection = %authz.connection, detail = %e.detail, rotated_token_kept = kept, "upstream refresh failed; nothing revoked");
                 Ok(UpstreamCheck::Unavailable)
             }
-            Err(e) => {
+            Settled::Refused(e) => {
                 tracing::info!(code = e.code, detail = %e.detail, "the IdP refused the upstream refresh");
                 self.end(authz, e.code).await
             }
@@ -206,6 +205,44 @@ impl UpstreamRefresher {
             .await?;
         session::delete(&self.store, &authz.tenant, &authz.sid).await?;
         Ok(UpstreamCheck::Refused)
+    }
+}
+
+/// What an upstream refresh's answer does to the kept record.
+#[derive(Debug)]
+enum Settled {
+    /// The IdP vouched: write this record (its token, `refreshed_at` now).
+    Vouched(UpstreamSession),
+    /// The connector cannot tell: nothing changes.
+    NotAsked,
+    /// A transient failure: the app's refresh is refused for now; when the
+    /// IdP rotated its token before the failure, write this record (the
+    /// new token, `refreshed_at` unchanged: nobody vouched), or the next
+    /// refresh would send a spent token and end the session.
+    Unavailable(UpstreamError, Option<UpstreamSession>),
+    /// The IdP refused: the SSO session ends.
+    Refused(UpstreamError),
+}
+
+fn settle(record: UpstreamSession, answer: Result<Option<Secret>, RefreshFailed>, now: i64) -> Settled {
+    match answer {
+        Ok(Some(next)) => Settled::Vouched(UpstreamSession {
+            refresh_token: next,
+            refreshed_at: now,
+            ..record
+        }),
+        Ok(None) => Settled::NotAsked,
+        Err(f) if f.error.internal => {
+            let kept = f
+                .rotated
+                .filter(|t| t.expose() != record.refresh_token.expose())
+                .map(|refresh_token| UpstreamSession {
+                    refresh_token,
+                    ..record
+                });
+            Settled::Unavailable(f.error, kept)
+        }
+        Err(f) => Settled::Refused(f.error),
     }
 }
 
@@ -225,4 +262,58 @@ impl UpstreamSessions for UpstreamRefresher {
 /// Shares `refresher` with a provider.
 pub fn hook(refresher: UpstreamRefresher) -> Arc<dyn UpstreamSessions> {
     Arc::new(refresher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> UpstreamSession {
+        UpstreamSession {
+            connection: ConnectionId::parse("okta").unwrap(),
+            refresh_token: Secret::new("rt-1".to_owned()),
+            refreshed_at: 1_000,
+            subject: Some("user-1".into()),
+        }
+    }
+
+    fn transient(rotated: Option<&str>) -> RefreshFailed {
+        RefreshFailed {
+            error: UpstreamError::internal("oidc.jwks_unavailable", "503"),
+            rotated: rotated.map(|t| Secret::new(t.to_owned())),
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_after_a_rotation_keeps_the_new_token_but_not_as_a_confirmation() {
+        match settle(record(), Err(transient(Some("rt-2"))), 5_000) {
+            Settled::Unavailable(e, Some(kept)) => {
+                assert_eq!(e.code, "oidc.jwks_unavailable");
+                assert_eq!(kept.refresh_token.expose(), "rt-2");
+                assert_eq!(kept.refreshed_at, 1_000, "nobody vouched at 5000");
+                assert_eq!(kept.subject.as_deref(), Some("user-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Before the IdP answered, or with the same token: nothing to write.
+        for rotated in [None, Some("rt-1")] {
+            assert!(matches!(
+                settle(record(), Err(transient(rotated)), 5_000),
+                Settled::Unavailable(_, None)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_vouch_moves_the_clock_and_a_refusal_ends() {
+        match settle(record(), Ok(Some(Secret::new("rt-2".to_owned()))), 5_000) {
+            Settled::Vouched(r) => assert_eq!((r.refresh_token.expose(), r.refreshed_at), ("rt-2", 5_000)),
+            other => panic!("{other:?}"),
+        }
+        let refused = RefreshFailed::from(UpstreamError::reject("oidc.refresh_refused", "no", "invalid_grant"));
+        assert!(
+            matches!(settle(record(), Err(refused), 5_000), Settled::Refused(e) if e.code == "oidc.refresh_refused")
+        );
+        assert!(matches!(settle(record(), Ok(None), 5_000), Settled::NotAsked));
+    }
 }

@@ -115,6 +115,25 @@ pub struct CallbackParams {
     pub form: BTreeMap<String, String>,
 }
 
+/// A failed upstream refresh ([`Connector::refresh`]).
+#[derive(Debug, Clone)]
+pub struct RefreshFailed {
+    /// Why: `internal == false` is the IdP's refusal, `true` a transient
+    /// failure.
+    pub error: UpstreamError,
+    /// The refresh token the IdP answered with when the failure came after
+    /// its answer (its ID token could not be checked now). At a rotating
+    /// IdP the token sent is spent, so this one is kept, although the
+    /// session was not confirmed.
+    pub rotated: Option<crate::secret::Secret>,
+}
+
+impl From<UpstreamError> for RefreshFailed {
+    fn from(error: UpstreamError) -> Self {
+        Self { error, rotated: None }
+    }
+}
+
 /// A rejected login. `code` is a stable reason code (for logs and metrics);
 /// `message` is safe to show to the person; `detail` goes to the log only.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -230,12 +249,13 @@ pub trait Connector: Send + Sync {
     /// `Ok(Some(token))`: it does; keep `token` (rotated or the same).
     /// `Ok(None)`: this connector cannot tell (the default). An error with
     /// `internal == false` is the IdP's refusal (the user was removed, the grant
-    /// revoked); with `internal == true` a transient failure (network, 5xx).
+    /// revoked); with `internal == true` a transient failure (network, 5xx),
+    /// which may come with the token the IdP rotated to ([`RefreshFailed`]).
     async fn refresh(
         &self,
         _refresh_token: &crate::secret::Secret,
         _subject: Option<&str>,
-    ) -> Result<Option<crate::secret::Secret>, UpstreamError> {
+    ) -> Result<Option<crate::secret::Secret>, RefreshFailed> {
         Ok(None)
     }
 

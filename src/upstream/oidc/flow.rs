@@ -273,7 +273,7 @@ pub async fn refresh(
     c: &OidcConnector,
     refresh_token: &Secret,
     subject: Option<&str>,
-) -> Result<Secret, UpstreamError> {
+) -> Result<Secret, crate::upstream::RefreshFailed> {
     let meta = c.provider.metadata(&c.ctx).await?;
     let client = client(c, &meta);
     let token = RefreshToken::new(refresh_token.expose().to_owned());
@@ -284,6 +284,7 @@ pub async fn refresh(
     crate::meter::upstream("oidc_refresh", elapsed, answer.is_ok());
     match answer {
         Ok(resp) => {
+            let rotated = resp.refresh_token().map(|t| Secret::new(t.secret().clone()));
             // OIDC Core §12.2: an ID token on refresh is verified like the
             // first, and must be about the same person.
             if let Some(token) = resp.id_token() {
@@ -293,20 +294,26 @@ pub async fn refresh(
                     nonce: None,
                     algorithms: &c.algorithms,
                 };
-                let claims = id_token::validate(&token.to_string(), &expected, &c.provider, &c.ctx).await?;
+                let claims = match id_token::validate(&token.to_string(), &expected, &c.provider, &c.ctx).await {
+                    Ok(claims) => claims,
+                    // Not checked now (the IdP's keys could not be fetched):
+                    // the session is not confirmed, but the IdP has already
+                    // spent the token we sent, so its new one is handed on.
+                    Err(error) if error.internal => return Err(crate::upstream::RefreshFailed { error, rotated }),
+                    Err(error) => return Err(error.into()),
+                };
                 let sub = claims.get("sub").and_then(Value::as_str);
                 if subject.is_some_and(|s| Some(s) != sub) {
                     return Err(UpstreamError::reject(
                         "oidc.refresh_subject_changed",
                         "Your identity provider answered for someone else. Please sign in again.",
                         "the refreshed ID token names another sub",
-                    ));
+                    )
+                    .into());
                 }
             }
             // Rotated, or the same token again when the IdP does not rotate.
-            Ok(resp
-                .refresh_token()
-                .map_or_else(|| refresh_token.clone(), |t| Secret::new(t.secret().clone())))
+            Ok(rotated.unwrap_or_else(|| refresh_token.clone()))
         }
         Err(RequestTokenError::ServerResponse(err)) if *err.error() == CoreErrorResponseType::InvalidGrant => {
             Err(UpstreamError::reject(
@@ -318,14 +325,12 @@ pub async fn refresh(
                         .map(|d| d.chars().take(300).collect::<String>())
                         .unwrap_or_default()
                 ),
-            ))
+            )
+            .into())
         }
         Err(e) => {
             let e = token_error(e);
-            Err(UpstreamError::internal(
-                "oidc.refresh_unavailable",
-                format!("{}: {}", e.code, e.detail),
-            ))
+            Err(UpstreamError::internal("oidc.refresh_unavailable", format!("{}: {}", e.code, e.detail)).into())
         }
     }
 }

@@ -111,7 +111,8 @@ pub async fn validate(
     };
     if no_key(&outcome) {
         // The IdP may have rotated its keys since we cached them.
-        let keys = if provider.may_refetch(ctx) {
+        let refetched = provider.may_refetch(ctx);
+        let keys = if refetched {
             tracing::info!("oidc: unknown signing key, refetching JWKS");
             provider.keys(ctx, true).await?
         } else {
@@ -121,6 +122,19 @@ pub async fn validate(
         };
         if !Arc::ptr_eq(&keys, &keys_read) {
             outcome = verify(&id_token, expected, &allowed, &keys, ctx);
+        }
+        if !refetched && no_key(&outcome) {
+            // Not looked for: the IdP's JWKS was fetched (or failed) moments
+            // ago and is not asked again yet. Whether the key exists is not
+            // known, so this is not the IdP's fault: a transient failure (an
+            // upstream refresh refused this way must not end the session).
+            return Err(UpstreamError::internal(
+                "oidc.jwks_refetch_limited",
+                format!(
+                    "the token's key is not in the cached JWKS, which was fetched less than {} s ago",
+                    super::provider::JWKS_REFETCH_WINDOW_SECS
+                ),
+            ));
         }
     }
     outcome.map_err(|e| map_error(e, ctx))?;

@@ -252,7 +252,11 @@ impl Connector for OidcConnector {
         params.query.get("state").map(String::as_str)
     }
 
-    async fn refresh(&self, refresh_token: &Secret, subject: Option<&str>) -> Result<Option<Secret>, UpstreamError> {
+    async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        subject: Option<&str>,
+    ) -> Result<Option<Secret>, crate::upstream::RefreshFailed> {
         flow::refresh(self, refresh_token, subject).await.map(Some)
     }
 

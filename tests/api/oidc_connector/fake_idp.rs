@@ -85,6 +85,8 @@ pub struct Script {
     pub endpoint_override: BTreeMap<String, String>,
     /// The refresh token the IdP issues with the code (and honours); `None`: none.
     pub refresh_token: Option<String>,
+    /// The JWKS endpoint answers this status with no keys (an outage).
+    pub jwks_failing: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -112,6 +114,7 @@ impl FakeIdp {
             codes: BTreeMap::new(),
             endpoint_override: BTreeMap::new(),
             refresh_token: None,
+            jwks_failing: None,
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -187,11 +190,14 @@ async fn discovery(State(s): S) -> Json<Value> {
     Json(doc)
 }
 
-async fn jwks(State(s): S) -> Json<Value> {
+async fn jwks(State(s): S) -> Response {
     let mut s = s.lock().unwrap();
     s.jwks_hits += 1;
+    if let Some(status) = s.jwks_failing {
+        return axum::http::StatusCode::from_u16(status).unwrap().into_response();
+    }
     let keys: Vec<Value> = s.published.iter().map(|k| k.jwk.clone()).collect();
-    Json(json!({ "keys": keys }))
+    Json(json!({ "keys": keys })).into_response()
 }
 
 async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String, String>>) -> Response {

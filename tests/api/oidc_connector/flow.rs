@@ -333,8 +333,8 @@ async fn upstream_refresh_verifies_the_refreshed_id_token() {
         .refresh(&Secret::new("rt-1+"), Some("user-1"))
         .await
         .unwrap_err();
-    assert_eq!(err.code, "oidc.refresh_subject_changed");
-    assert!(!err.internal);
+    assert_eq!(err.error.code, "oidc.refresh_subject_changed");
+    assert!(!err.error.internal);
 
     // A forged one too.
     let forger = IdpKey::generate("k1");
@@ -344,8 +344,8 @@ async fn upstream_refresh_verifies_the_refreshed_id_token() {
         .refresh(&Secret::new("rt-1++"), Some("user-1"))
         .await
         .unwrap_err();
-    assert_eq!(err.code, "oidc.bad_signature");
-    assert!(!err.internal);
+    assert_eq!(err.error.code, "oidc.bad_signature");
+    assert!(!err.error.internal);
 
     // A refresh token the IdP does not know is its refusal.
     let err = f
@@ -353,6 +353,66 @@ async fn upstream_refresh_verifies_the_refreshed_id_token() {
         .refresh(&Secret::new("nope"), Some("user-1"))
         .await
         .unwrap_err();
-    assert_eq!(err.code, "oidc.refresh_refused");
-    assert!(!err.internal);
+    assert_eq!(err.error.code, "oidc.refresh_refused");
+    assert!(!err.error.internal);
+}
+
+/// A refresh whose ID token cannot be checked now (a new signing key, and
+/// the IdP's JWKS endpoint down) is a transient failure, not a
+/// confirmation, but the IdP has spent the token sent: the connector hands
+/// on the token it rotated to, which the broker keeps
+/// (`upstream_refresh::settle`). It used to be dropped, and the next
+/// refresh sent the spent token and ended the session.
+#[tokio::test]
+async fn a_refresh_whose_id_token_cannot_be_checked_now_hands_on_the_rotated_token() {
+    use portcullis::secret::Secret;
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.refresh_token = Some("rt-1".into()));
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    f.finish_claims(&login, claims.clone()).await.unwrap();
+
+    // The IdP rotates its signing key and its JWKS endpoint fails.
+    let rotated_key = IdpKey::generate("k2");
+    let mut refreshed = claims.clone();
+    refreshed.as_object_mut().unwrap().remove("nonce");
+    f.idp.with(|s| {
+        s.id_token = Some(rotated_key.sign(&refreshed));
+        s.jwks_failing = Some(503);
+    });
+    let failed = f
+        .connector
+        .refresh(&Secret::new("rt-1"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert!(failed.error.internal, "{:?}", failed.error);
+    assert_eq!(failed.rotated, Some(Secret::new("rt-1+")), "{:?}", failed.error);
+
+    // The keys are back, but the JWKS was asked moments ago and is not
+    // asked again yet: the key is not known to be missing, so this is
+    // transient too (it used to be `oidc.unknown_kid`, the IdP's refusal,
+    // which ended the session), and the newest token is handed on again.
+    f.idp.with(|s| {
+        s.jwks_failing = None;
+        s.published.push(rotated_key.clone());
+    });
+    let failed = f
+        .connector
+        .refresh(&Secret::new("rt-1+"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.error.code, "oidc.jwks_refetch_limited");
+    assert!(failed.error.internal);
+    assert_eq!(failed.rotated, Some(Secret::new("rt-1++")));
+
+    // After the refetch window, the kept token refreshes.
+    f.clock.advance(chrono::Duration::seconds(
+        i64::try_from(portcullis::upstream::oidc::provider::JWKS_REFETCH_WINDOW_SECS).unwrap() + 1,
+    ));
+    let next = f
+        .connector
+        .refresh(&Secret::new("rt-1++"), Some("user-1"))
+        .await
+        .unwrap_or_else(|e| panic!("{:?}", e.error));
+    assert_eq!(next, Some(Secret::new("rt-1+++")));
 }
