@@ -360,6 +360,42 @@ impl Broker {
             }
         };
         let mut req = req;
+        // OIDC Core 3.1.2.1: `id_token_hint`, an ID token this service
+        // issued (signature and issuer checked, expiry tolerated), names
+        // who the app expects. Its tenant is the request's (or must be);
+        // only that user's SSO session answers it, and with prompt=none no
+        // other's: `login_required`.
+        let hinted_sub = match params.get("id_token_hint") {
+            None => None,
+            Some(hint) => match self.hinted(hint, &issuer).await {
+                Ok((tenant, sub)) => {
+                    match &req.tenant {
+                        Some(named) if *named != tenant => {
+                            tracing::info!(reason = "authorize.hint_tenant_mismatch", client_id = %client_id, "authorization request refused");
+                            return error_to_app(
+                                &req,
+                                &issuer,
+                                "invalid_request",
+                                "id_token_hint names another organization than tenant.",
+                            );
+                        }
+                        Some(_) => {}
+                        None => req.tenant = Some(tenant),
+                    }
+                    Some(sub)
+                }
+                Err(None) => {
+                    tracing::info!(reason = "authorize.bad_id_token_hint", client_id = %client_id, "authorization request refused");
+                    return error_to_app(
+                        &req,
+                        &issuer,
+                        "invalid_request",
+                        "id_token_hint is not an ID token of this service.",
+                    );
+                }
+                Err(Some(e)) => return unavailable(e),
+            },
+        };
         if !client.allows_grant(GrantType::AuthorizationCode) {
             tracing::info!(reason = "authorize.grant_not_allowed", client_id = %client_id, "authorization request refused");
             return error_to_app(
@@ -505,7 +541,10 @@ impl Broker {
 
         // Is there a usable SSO session?
         let require_mfa = tenant.settings.require_mfa || client.require_mfa;
-        match self.usable_session(sso, &tenant.id, &req, require_mfa).await {
+        match self
+            .usable_session(sso, &tenant.id, &req, require_mfa, hinted_sub.as_deref())
+            .await
+        {
             Ok(Some(s)) if active_ids.contains(&s.connection) => {
                 crate::meter::sign_in_succeeded(tenant.id.as_str(), s.connection.as_str(), "sso.reused");
                 tracing::info!(reason = "sso.reused", tenant = %tenant.id, connection = %s.connection, "signed in from the SSO session");
@@ -554,12 +593,39 @@ impl Broker {
         }
     }
 
+    /// The tenant and `sub` of an `id_token_hint`; `Err(None)` when it is
+    /// not an ID token of this service, `Err(Some(_))` when the signing
+    /// keys could not be read.
+    async fn hinted(&self, hint: &str, issuer: &str) -> Result<(String, String), Option<crate::tokens::TokenError>> {
+        let claims = match self
+            .provider
+            .keys
+            .verify_id_token_hint::<serde_json::Value>(hint, issuer)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(e @ crate::tokens::TokenError::Invalid(_)) => {
+                tracing::debug!(error = %e, "id_token_hint refused");
+                return Err(None);
+            }
+            Err(e) => return Err(Some(e)),
+        };
+        let claim = |n: &str| claims.get(n).and_then(serde_json::Value::as_str).map(str::to_owned);
+        // An access token is signed by the same keys: only an ID token (it
+        // names its tenant and has no `scope`) is a hint.
+        match (claim("tenant"), claim("sub"), claims.get("scope")) {
+            (Some(tenant), Some(sub), None) => Ok((tenant, sub)),
+            _ => Err(None),
+        }
+    }
+
     async fn usable_session(
         &self,
         sso: &BrowserSso,
         tenant: &TenantId,
         req: &AuthRequest,
         require_mfa: bool,
+        hinted_sub: Option<&str>,
     ) -> Result<Option<SsoSession>, StoreError> {
         if req.prompt_login {
             return Ok(None);
@@ -567,6 +633,10 @@ impl Broker {
         let Some(s) = session::load(&self.store, sso, tenant).await? else {
             return Ok(None);
         };
+        if hinted_sub.is_some_and(|sub| sub != s.sub) {
+            tracing::info!(reason = "sso.not_the_hinted_user", tenant = %tenant, "SSO session of another user than id_token_hint names not reused");
+            return Ok(None);
+        }
         // A session of a deleted, disabled or superseded user is not reused.
         if let Err(why) = self
             .provider

@@ -352,3 +352,108 @@ async fn with_two_connections_the_sso_session_chooses_and_prompt_none_shows_no_c
         .stopped();
     assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
 }
+
+/// `id_token_hint` at `/authorize` (OIDC Core 3.1.2.1) names who the app
+/// expects: only that user's SSO session answers it (with prompt=none,
+/// another user's session is `login_required`; without, the person signs
+/// in again); the hint's tenant is the request's when it names none; a
+/// hint that is not an ID token of this service, an access token included,
+/// or one for another tenant than `tenant`, is `invalid_request`. It used
+/// to be ignored, so a silent request for one user was answered with a
+/// code for whoever was signed in.
+#[tokio::test]
+async fn id_token_hint_decides_whose_session_may_answer() {
+    use crate::revocation::{redeem, register, sign_in};
+    let app = dev_app().await;
+    let rp = register(&app, "hinted").await;
+    let mut ann = Browser::new();
+    let ann_tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut ann, &rp, "demo", "ann@demo.example").await,
+    )
+    .await;
+    let ann_hint = ann_tokens.body["id_token"].as_str().unwrap().to_owned();
+    let ann_access = ann_tokens.body["access_token"].as_str().unwrap().to_owned();
+    let mut bo = Browser::new();
+    let bo_tokens = redeem(&app, &rp, &sign_in(&app, &mut bo, &rp, "demo", "bo@demo.example").await).await;
+    let bo_hint = bo_tokens.body["id_token"].as_str().unwrap().to_owned();
+
+    let verifier = portcullis::tokens::random_token(32);
+    let at_app = |u: &url::Url| u.host_str() == Some("hinted.example.test");
+    let param = |u: &url::Url, name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let ask = |tenant: Option<&str>, extra: &[(&str, &str)]| {
+        let mut url = app.url("/authorize");
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &rp.client_id)
+            .append_pair("redirect_uri", rp.redirect.as_str())
+            .append_pair("scope", "openid")
+            .append_pair(
+                "code_challenge",
+                &portcullis::tokens::sha256_base64url(verifier.as_bytes()),
+            )
+            .append_pair("code_challenge_method", "S256");
+        if let Some(t) = tenant {
+            url.query_pairs_mut().append_pair("tenant", t);
+        }
+        url.query_pairs_mut().extend_pairs(extra);
+        url
+    };
+
+    // Ann's own hint, silently, in Ann's browser: her session answers, also
+    // with the tenant taken from the hint alone.
+    for tenant in [Some("demo"), None] {
+        let back = ann
+            .get_until(
+                &ask(tenant, &[("prompt", "none"), ("id_token_hint", &ann_hint)]),
+                &at_app,
+            )
+            .await
+            .stopped();
+        assert!(param(&back, "code").is_some(), "{tenant:?}: {back}");
+    }
+    // Bo's hint in Ann's browser: not Ann's session.
+    let back = ann
+        .get_until(
+            &ask(Some("demo"), &[("prompt", "none"), ("id_token_hint", &bo_hint)]),
+            &at_app,
+        )
+        .await
+        .stopped();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
+    assert!(param(&back, "code").is_none());
+    // Without prompt=none the person is asked to sign in (the dev IdP's form).
+    let page = ann
+        .get_until(&ask(Some("demo"), &[("id_token_hint", &bo_hint)]), &at_app)
+        .await
+        .page();
+    assert!(page.url.path().starts_with("/dev/"), "{}", page.url);
+
+    // Not an ID token of ours, an access token, or another tenant's hint.
+    let mut forged = ann_hint.clone();
+    forged.pop();
+    forged.push(if ann_hint.ends_with('A') { 'B' } else { 'A' });
+    let not_ours = "id_token_hint is not an ID token of this service.";
+    for (tenant, hint, why) in [
+        (Some("demo"), forged.as_str(), not_ours),
+        (Some("demo"), "not-a-token", not_ours),
+        (Some("demo"), ann_access.as_str(), not_ours),
+        (
+            Some("other"),
+            ann_hint.as_str(),
+            "id_token_hint names another organization than tenant.",
+        ),
+    ] {
+        let back = ann
+            .get_until(&ask(tenant, &[("prompt", "none"), ("id_token_hint", hint)]), &at_app)
+            .await
+            .stopped();
+        assert_eq!(
+            param(&back, "error").as_deref(),
+            Some("invalid_request"),
+            "{tenant:?} {back}"
+        );
+        assert_eq!(param(&back, "error_description").as_deref(), Some(why), "{back}");
+    }
+}
