@@ -156,7 +156,7 @@ fn grouped(secret: &str) -> String {
 }
 
 impl Broker {
-    fn mfa(&self) -> Mfa {
+    pub(super) fn mfa(&self) -> Mfa {
         Mfa::new(self.store.clone(), self.provider.clock.clone())
     }
 

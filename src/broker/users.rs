@@ -38,6 +38,26 @@ impl Broker {
         Ok(true)
     }
 
+    /// Whether the directory user of a local account has a second factor
+    /// of Portcullis's own (a confirmed TOTP enrolment or a passkey).
+    /// `false` if the account never signed in.
+    pub async fn local_account_has_second_factor(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
+            return Ok(false);
+        };
+        let mfa = self.mfa();
+        let (totp, passkey) = tokio::try_join!(
+            mfa.enrolled(tenant, &sub),
+            crate::mfa::passkey::has_any(&self.store, tenant, &sub)
+        )?;
+        Ok(totp || passkey)
+    }
+
     /// Deletes the directory user of a local account (with its sessions,
     /// families and MFA enrolment, see [`Broker::delete_user`]), so its
     /// `sub` is gone and every token issued to it is refused on use. `false`

@@ -600,7 +600,8 @@ fn status_of(e: &LocalError) -> StatusCode {
         | "local.sign_up_disabled"
         | "challenge.failed"
         | "challenge.too_many_rounds"
-        | "local.challenge_not_configured" => StatusCode::FORBIDDEN,
+        | "local.challenge_not_configured"
+        | "local.change_needs_second_factor" => StatusCode::FORBIDDEN,
         "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => match e {
@@ -1151,17 +1152,35 @@ async fn act(
             // Signed in: the session's account, whatever the form says.
             let email = account.map_or(email, |s| s.email.clone());
             let user = a
-                .change_password(&l.t, &l.c, &l.cfg, &email, &secret(form, "current_password"), &password)
+                .check_password_change(&l.t, &l.c, &l.cfg, &email, &secret(form, "current_password"), &password)
                 .await?;
             if account.is_some_and(|s| s.subject != user.subject) {
                 // The account behind the address is not the session's
-                // (deleted and created again meanwhile): nothing more.
+                // (deleted and created again meanwhile): nothing changes.
                 return Err(LocalError::Refused {
                     reason: "local.session_account_changed",
                     message: "Your session no longer matches this account. Please sign in again.",
                     retry_after: None,
                 });
             }
+            // An account with a second factor is not changed by its password
+            // alone (which would sign its owner out everywhere and lock them
+            // out): only from a session that passed the second factor, or
+            // by "Forgot password" (the mailbox).
+            if !account.is_some_and(|s| s.mfa)
+                && app
+                    .broker
+                    .local_account_has_second_factor(&l.t, &l.c, &user.subject)
+                    .await?
+            {
+                tracing::warn!(reason = "local.change_needs_second_factor", tenant = %l.t, connection = %l.c, "password change refused");
+                return Err(LocalError::Refused {
+                    reason: "local.change_needs_second_factor",
+                    message: "This account has a second factor. Sign in with it first and change your password then, or use \"Forgot password\".",
+                    retry_after: None,
+                });
+            }
+            let user = a.set_changed_password(&l.t, &l.c, &user, &password).await?;
             // Every session and refresh family of the account ends, this
             // browser's included, and earlier tokens are refused: signing
             // in again with the new password is the proof it works.
@@ -1190,6 +1209,8 @@ async fn act(
 struct SignedInAccount {
     email: String,
     subject: String,
+    /// The session's sign-in passed a second factor.
+    mfa: bool,
 }
 
 async fn signed_in_account(app: &AppState, session: &Session, l: &Local) -> Result<Option<SignedInAccount>, Response> {
@@ -1215,6 +1236,7 @@ async fn signed_in_account(app: &AppState, session: &Session, l: &Local) -> Resu
                 .map(|a| SignedInAccount {
                     email: a.email,
                     subject: a.subject,
+                    mfa: s.mfa,
                 }),
         )
     };

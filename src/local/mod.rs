@@ -870,8 +870,26 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Changes the password of an account that signs in with `old`.
+    /// Changes the password of an account that signs in with `old`
+    /// ([`Self::check_password_change`], then [`Self::set_changed_password`]).
     pub async fn change_password(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        old: &Secret,
+        new_password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
+        let user = self.check_password_change(t, c, cfg, email, old, new_password).await?;
+        self.set_changed_password(t, c, &user, new_password).await
+    }
+
+    /// The checks of a password change: the new password meets the policy
+    /// and the current one signs in (counted toward the lockout like a
+    /// sign-in). The account, for the caller's own checks before
+    /// [`Self::set_changed_password`].
+    pub async fn check_password_change(
         &self,
         t: &TenantId,
         c: &ConnectionId,
@@ -882,14 +900,32 @@ impl Accounts {
     ) -> Result<LocalUser, LocalError> {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
         cfg.password_policy.check(new_password.expose(), &email)?;
-        self.authenticate(t, c, &email, old).await?;
+        Ok(self.authenticate(t, c, &email, old).await?.user)
+    }
+
+    /// Sets the new password of `user`, checked by
+    /// [`Self::check_password_change`]: only while the address is still
+    /// that account (not deleted and created again meanwhile).
+    pub async fn set_changed_password(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        user: &LocalUser,
+        new_password: &Secret,
+    ) -> Result<LocalUser, LocalError> {
         let hash = self.hasher.hash(new_password.expose()).await?;
-        let user = self
-            .update(t, c, &email, |u| u.password_hash = hash.clone())
+        let changed = self
+            .update(t, c, &user.email, |u| {
+                if u.subject == user.subject {
+                    u.password_hash = hash.clone();
+                }
+            })
             .await?
+            .filter(|u| u.subject == user.subject && u.password_hash == hash)
             .ok_or_else(|| LocalError::refused("local.bad_credentials", "The email or password is wrong."))?;
-        self.audit_password_change(t, c, &user, "local.password_changed").await;
-        Ok(user)
+        self.audit_password_change(t, c, &changed, "local.password_changed")
+            .await;
+        Ok(changed)
     }
 
     async fn audit_password_change(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser, reason: &'static str) {

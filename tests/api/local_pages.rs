@@ -145,8 +145,8 @@ async fn local_forms_answer_303_and_the_next_page_shows_the_message_once() {
     );
 }
 
-#[tokio::test]
-async fn a_signed_in_user_changes_the_password_without_the_email_and_every_session_ends() {
+/// A gateway on a manual clock, with [`WORLD`] created.
+async fn world_on_a_manual_clock() -> (portcullis::clock::ManualClock, crate::support::app::TestApp) {
     let clock = crate::support::local::far_clock();
     let app = Gateway {
         clock: Some(clock.clone()),
@@ -155,6 +155,12 @@ async fn a_signed_in_user_changes_the_password_without_the_email_and_every_sessi
     .spawn()
     .await;
     WORLD.create(&app, "Acme Corp", "acme.example").await;
+    (clock, app)
+}
+
+#[tokio::test]
+async fn a_signed_in_user_changes_the_password_without_the_email_and_every_session_ends() {
+    let (clock, app) = world_on_a_manual_clock().await;
     let email = "ada@acme.example";
     WORLD.account(&app, email, PASSWORD).await;
     let mut browser = Browser::new();
@@ -275,4 +281,95 @@ async fn a_signed_in_user_changes_the_password_without_the_email_and_every_sessi
     )
     .await;
     assert_reason(&refused, 400, "local.bad_email");
+}
+
+/// A password alone does not change the password of an account with a
+/// second factor: the change signs its owner out everywhere, so whoever
+/// had only the password could lock the owner out until a reset. The form
+/// (not signed in) is refused after the current password was checked
+/// (`local.change_needs_second_factor`, 403) and the password stays; signed
+/// in through the second factor, the same change works.
+#[tokio::test]
+async fn a_password_alone_does_not_change_the_password_of_an_account_with_a_second_factor() {
+    use portcullis::mfa::totp;
+    let (clock, app) = world_on_a_manual_clock().await;
+    let resp = app
+        .client
+        .patch(app.url(&format!("/admin/v1/tenants/{}", WORLD.tenant)))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/merge-patch+json")
+        .json(&serde_json::json!({"settings": {"local_mfa": "optional"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let email = "kit@acme.example";
+    WORLD.account(&app, email, PASSWORD).await;
+    // Signed in once (no factor yet), then a TOTP enrolment for the user.
+    let tokens = WORLD.sign_in(&app, email, PASSWORD, None).await;
+    let claims: serde_json::Value = app
+        .state
+        .provider
+        .keys
+        .verify(tokens["id_token"].as_str().unwrap(), "JWT", &app.state.provider.iss())
+        .await
+        .unwrap();
+    let sub = claims["sub"].as_str().unwrap().to_owned();
+    let mfa = portcullis::mfa::Mfa::new(app.state.store.clone(), std::sync::Arc::new(clock.clone()));
+    let enrolment = mfa.start_enrolment(&WORLD.t(), &sub).await.unwrap();
+    let key = totp::base32_decode(&enrolment.secret).unwrap();
+    let code_now = || {
+        use portcullis::clock::Clock;
+        totp::code_at(totp::Algorithm::Sha1, &key, totp::step_of(clock.unix()).unwrap(), 6).unwrap()
+    };
+    mfa.confirm(&WORLD.t(), &sub, &code_now()).await.unwrap();
+
+    // Not signed in: the right current password is not enough.
+    let mut stranger = Browser::new();
+    let page = stranger.get(&WORLD.page(&app, "change-password")).await;
+    let (refused, hops) = send(
+        &mut stranger,
+        &page,
+        &[
+            ("email", email),
+            ("current_password", PASSWORD),
+            ("password", NEW_PASSWORD),
+            ("password_confirm", NEW_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(hops, [403]);
+    assert_reason(&refused, 403, "local.change_needs_second_factor");
+    // The password is unchanged: it still leads to the second factor.
+    let mut owner = Browser::new();
+    let challenge = WORLD
+        .sign_in_in(&app, &mut owner, email, PASSWORD, None)
+        .await
+        .expect_err("a second factor is asked");
+    assert!(challenge.url.path().starts_with("/mfa/"), "{}", owner.trail());
+
+    // Signed in through the second factor, the change is made.
+    clock.advance(chrono::Duration::seconds(30));
+    let mut form = challenge.form(None);
+    form.set("code", &code_now());
+    let back = owner
+        .submit_until(&challenge, &form, &crate::support::local::at_app)
+        .await
+        .stopped();
+    assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
+    let page = owner.get(&WORLD.page(&app, "change-password")).await;
+    assert!(page.body.contains("You are signed in"), "{}", page.body);
+    clock.advance(chrono::Duration::seconds(1));
+    let (done, hops) = send(
+        &mut owner,
+        &page,
+        &[
+            ("current_password", PASSWORD),
+            ("password", NEW_PASSWORD),
+            ("password_confirm", NEW_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(hops, [303, 200], "{}", done.body);
+    assert!(done.body.contains("Sign in with the new password"), "{}", done.body);
 }
