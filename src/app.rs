@@ -208,7 +208,9 @@ pub async fn build(
             None
         },
     };
-    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?.with_hooks(provider.hooks.clone());
+    let accounts = local_accounts(settings, &store, &clock, &provider.audit)?
+        .with_hooks(provider.hooks.clone())
+        .with_tenants(tenants.clone());
     let state = Arc::new(AppState {
         broker,
         provider,

@@ -138,6 +138,13 @@ pub struct LocalUser {
     /// with their own password once the owner confirmed it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub contested: bool,
+    /// The incarnations of the tenant and connection the account was made
+    /// for (`<tenant>.<connection>`): a tenant or connection deleted and
+    /// created again under the same ids does not see it, whether or not
+    /// the deletion's purge removed it. Accounts from before this field are
+    /// bound at their next change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 impl LocalUser {
@@ -356,6 +363,36 @@ pub struct Accounts {
     lockout: LockoutPolicy,
     audit: Audit,
     hooks: Option<crate::hooks::Hooks>,
+    tenants: Option<crate::tenant::TenantRegistry>,
+}
+
+/// Which accounts of a connection are its own now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bound {
+    /// Those made for these incarnations (`<tenant>.<connection>`), and
+    /// those from before accounts were bound.
+    Live(String),
+    /// None: the tenant or the connection is gone.
+    Gone,
+    /// Every one (a service built without the tenant registry: unit tests).
+    Unchecked,
+}
+
+impl Bound {
+    fn admits(&self, u: &LocalUser) -> bool {
+        match self {
+            Self::Live(now) => u.incarnation.as_deref().is_none_or(|i| i == now),
+            Self::Gone => false,
+            Self::Unchecked => true,
+        }
+    }
+
+    fn stamp(&self) -> Option<String> {
+        match self {
+            Self::Live(now) => Some(now.clone()),
+            Self::Gone | Self::Unchecked => None,
+        }
+    }
 }
 
 /// Where a sign-in stands after the password was checked.
@@ -383,6 +420,27 @@ impl Accounts {
             lockout,
             audit,
             hooks: None,
+            tenants: None,
+        }
+    }
+
+    /// The registry whose incarnations bind accounts to their tenant and
+    /// connection (see [`LocalUser::incarnation`]).
+    pub fn with_tenants(mut self, tenants: crate::tenant::TenantRegistry) -> Self {
+        self.tenants = Some(tenants);
+        self
+    }
+
+    /// Which accounts of `c` are its own now.
+    async fn bound(&self, t: &TenantId, c: &ConnectionId) -> Result<Bound, StoreError> {
+        let Some(tenants) = &self.tenants else {
+            return Ok(Bound::Unchecked);
+        };
+        match tenants.incarnation(t, c).await {
+            Ok(crate::tenant::Liveness::Live(i)) => Ok(Bound::Live(format!("{}.{}", i.tenant, i.connection))),
+            Ok(_) => Ok(Bound::Gone),
+            Err(crate::tenant::RegistryError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Corrupt(format!("incarnation of {t}/{c}: {e}"))),
         }
     }
 
@@ -464,25 +522,55 @@ impl Accounts {
 
     /// Reads an account.
     pub async fn get(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<Option<LocalUser>, StoreError> {
-        self.store.get_json(&user_key(t, c, email)).await
+        // Read together: one wait.
+        let key = user_key(t, c, email);
+        let (user, bound) = tokio::try_join!(self.store.get_json::<LocalUser>(&key), self.bound(t, c))?;
+        Ok(user.filter(|u| bound.admits(u)))
     }
 
     /// Every account of a connection (admin list, backup), by email.
     pub async fn list(&self, t: &TenantId, c: &ConnectionId) -> Result<Vec<LocalUser>, StoreError> {
+        let bound = self.bound(t, c).await?;
         let mut out = Vec::new();
         for id in self.store.set_members(&index_key(t, c)).await? {
             if let Some(u) = self.store.get_json::<LocalUser>(&user_key_by_id(t, c, &id)).await? {
-                out.push(u);
+                if bound.admits(&u) {
+                    out.push(u);
+                }
             }
         }
         out.sort_by(|a, b| a.email.cmp(&b.email));
         Ok(out)
     }
 
+    /// Stores a new account, stamped with its connection's incarnations;
+    /// `false` when the address has an account of this connection already
+    /// (or the connection is gone). A leftover of a deleted tenant or
+    /// connection of the same ids is replaced.
     async fn insert(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser) -> Result<bool, StoreError> {
-        let k = user_key(t, c, &user.email);
-        if !self.store.put_json_if_absent(&k, user, None).await? {
+        let bound = self.bound(t, c).await?;
+        if bound == Bound::Gone {
             return Ok(false);
+        }
+        let user = LocalUser {
+            incarnation: bound.stamp(),
+            ..user.clone()
+        };
+        let k = user_key(t, c, &user.email);
+        if !self.store.put_json_if_absent(&k, &user, None).await? {
+            let Some(before) = self.store.get(&k).await? else {
+                return Ok(false);
+            };
+            let existing: LocalUser =
+                serde_json::from_slice(&before).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if bound.admits(&existing) {
+                return Ok(false);
+            }
+            let after = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if !self.store.compare_and_put(&k, &before, &after, None).await? {
+                return Ok(false);
+            }
+            tracing::info!(reason = "local.leftover_replaced", tenant = %t, connection = %c, "an account of an earlier tenant or connection of these ids was replaced");
         }
         self.store
             .set_add(&index_key(t, c), &email_id(&user.email), None)
@@ -498,12 +586,20 @@ impl Accounts {
         change: impl Fn(&mut LocalUser),
     ) -> Result<Option<LocalUser>, StoreError> {
         let k = user_key(t, c, email);
+        let bound = self.bound(t, c).await?;
         for _ in 0..5 {
             let Some(before) = self.store.get(&k).await? else {
                 return Ok(None);
             };
             let mut user: LocalUser =
                 serde_json::from_slice(&before).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if !bound.admits(&user) {
+                return Ok(None);
+            }
+            // An account from before accounts were bound is bound now.
+            if user.incarnation.is_none() {
+                user.incarnation = bound.stamp();
+            }
             change(&mut user);
             user.updated_at = self.clock.unix();
             let after = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -530,6 +626,8 @@ impl Accounts {
             updated_at: now,
             migrated: false,
             contested: false,
+            // Stamped by `insert`.
+            incarnation: None,
         }
     }
 

@@ -953,3 +953,76 @@ async fn local_forgot_and_resend_answer_before_their_code_is_stored() {
     smtp.wait_for_after(waiting, 1).await;
     assert_eq!(codes("verify"), verify_codes, "the same account's code, replaced");
 }
+
+/// Accounts are bound to their tenant's and connection's incarnations. A
+/// deletion whose purge failed left its accounts in the store, and a tenant
+/// created again under the same ids (maybe for another customer) found
+/// them: their passwords signed in. Now such a leftover is not seen (no
+/// sign-in, not listed), and a sign-up of its address replaces it.
+#[tokio::test]
+async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let email = "old@acme.example";
+    let old_password = "Juniper-Harbor-93";
+    app.state
+        .accounts
+        .admin_create(
+            &t,
+            &c,
+            &Default::default(),
+            email,
+            Some(&portcullis::secret::Secret::new(old_password)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let key = portcullis::local::user_key(&t, &c, email);
+    let leftover = app.state.store.get(&key).await.unwrap().expect("the account's record");
+    assert!(String::from_utf8_lossy(&leftover).contains("\"incarnation\""));
+
+    // The tenant is deleted; its purge "fails" (the record is put back as
+    // it would have stayed), and a tenant of the same ids is created.
+    let (status, _) = app
+        .admin(reqwest::Method::DELETE, &format!("/admin/v1/tenants/{TENANT}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.state.store.put(&key, &leftover, None).await.unwrap();
+    app.create_tenant(TENANT, "Another Corp", &["acme.example"]).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections"),
+            Some(json!({"id": CONN, "kind": "local"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The leftover's password signs in to nothing, and it is not listed.
+    let p = pkce();
+    let mut browser = Browser::new();
+    let page = start(&app, &mut browser, &p).await;
+    let refused = browser
+        .fill_and_submit(&page, None, &[("email", email), ("password", old_password)])
+        .await;
+    assert_reason(&refused, 401, "local.bad_credentials");
+    assert!(app.state.accounts.list(&t, &c).await.unwrap().is_empty());
+    assert!(app.state.accounts.get(&t, &c, email).await.unwrap().is_none());
+
+    // Its address signs up afresh (the leftover is replaced) and signs in.
+    let confirm = sign_up(&mut browser, &page, email, GOOD_PASSWORD).await;
+    let code = smtp.wait_for(email).await.code();
+    let confirmed = browser
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    let page = start(&app, &mut browser, &p).await;
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", GOOD_PASSWORD);
+    browser.submit_until(&page, &form, &at_app).await.stopped();
+    assert_eq!(app.state.accounts.list(&t, &c).await.unwrap().len(), 1);
+}
