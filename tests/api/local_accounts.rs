@@ -95,6 +95,23 @@ async fn start(app: &TestApp, browser: &mut Browser, p: &Pkce) -> Page {
     page
 }
 
+/// Creates a confirmed account with `password` on the connection (as an
+/// admin does).
+async fn create_account(app: &TestApp, email: &str, password: &str) {
+    app.state
+        .accounts
+        .admin_create(
+            &portcullis::ids::TenantId::parse(TENANT).unwrap(),
+            &portcullis::ids::ConnectionId::parse(CONN).unwrap(),
+            &Default::default(),
+            email,
+            Some(&portcullis::secret::Secret::new(password)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Signs up `email` from the sign-in page and returns the confirm page.
 async fn sign_up(browser: &mut Browser, sign_in: &Page, email: &str, password: &str) -> Page {
     let form = browser.get(&link(sign_in, "Create account")).await;
@@ -376,20 +393,7 @@ async fn local_guesses_sent_together_are_checked_one_at_a_time() {
     let app = gateway_with(&smtp, None, false).await;
     setup(&app).await;
     let email = "otto@acme.example";
-    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
-    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
-    app.state
-        .accounts
-        .admin_create(
-            &t,
-            &c,
-            &Default::default(),
-            email,
-            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    create_account(&app, email, GOOD_PASSWORD).await;
     let p = pkce();
     // Twelve browsers at the form, then every guess sent at once (polled
     // together on this task: the browsers are not `Send`).
@@ -527,20 +531,7 @@ async fn local_lockout_counts_across_two_replicas_over_redis() {
     let b = gateway(&smtp, Some(shared)).await;
     setup(&a).await;
     let email = "max@acme.example";
-    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
-    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
-    a.state
-        .accounts
-        .admin_create(
-            &t,
-            &c,
-            &Default::default(),
-            email,
-            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    create_account(&a, email, GOOD_PASSWORD).await;
     let p = pkce();
     let mut on_a = Browser::new();
     let sign_in_a = start(&a, &mut on_a, &p).await;
@@ -599,20 +590,7 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
     let app = gateway(&smtp, None).await;
     setup(&app).await;
     let email = "rosa@acme.example";
-    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
-    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
-    app.state
-        .accounts
-        .admin_create(
-            &t,
-            &c,
-            &Default::default(),
-            email,
-            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    create_account(&app, email, GOOD_PASSWORD).await;
     let p = pkce();
     let mut browser = Browser::new();
     let sign_in = start(&app, &mut browser, &p).await;
@@ -883,17 +861,7 @@ async fn local_forgot_and_resend_answer_before_their_code_is_stored() {
     };
     let accounts = &app.state.accounts;
     let confirmed = "ren@acme.example";
-    accounts
-        .admin_create(
-            &t,
-            &c,
-            &cfg,
-            confirmed,
-            Some(&portcullis::secret::Secret::new(GOOD_PASSWORD)),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    create_account(&app, confirmed, GOOD_PASSWORD).await;
     let waiting = "sol@acme.example";
     accounts
         .sign_up(
@@ -968,18 +936,7 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
     let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
     let email = "old@acme.example";
     let old_password = "Juniper-Harbor-93";
-    app.state
-        .accounts
-        .admin_create(
-            &t,
-            &c,
-            &Default::default(),
-            email,
-            Some(&portcullis::secret::Secret::new(old_password)),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    create_account(&app, email, old_password).await;
     let key = portcullis::local::user_key(&t, &c, email);
     let leftover = app.state.store.get(&key).await.unwrap().expect("the account's record");
     assert!(String::from_utf8_lossy(&leftover).contains("\"incarnation\""));
