@@ -174,7 +174,18 @@ pub struct ServerSettings {
     /// its connection closed, so a slow client cannot hold one of the
     /// `max_in_flight` slots.
     pub body_timeout_secs: u64,
+    /// The most connections each listener holds open at once, TLS
+    /// handshakes included (`PORTCULLIS_MAX_CONNECTIONS`, 1 to 1,000,000;
+    /// default 10,000). Beyond, new connections wait in the kernel's accept
+    /// queue until one closes, so clients that only open connections
+    /// cannot use up the process's file descriptors (which its store, its
+    /// IdPs and its logs need too). Keep it under the process's open-file
+    /// limit (`ulimit -n`).
+    pub max_connections: usize,
 }
+
+/// `[server] max_connections` when unset.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// `[server] header_timeout_secs` when unset.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 65;
@@ -476,6 +487,7 @@ impl Default for ServerSettings {
             max_in_flight: None,
             header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -561,6 +573,8 @@ pub struct Resolved {
     pub header_timeout: std::time::Duration,
     /// How long a request's body may take (`[server] body_timeout_secs`).
     pub body_timeout: std::time::Duration,
+    /// The most connections a listener holds at once (`[server] max_connections`).
+    pub max_connections: usize,
 }
 
 /// The PEM files HTTPS is served with.
@@ -693,6 +707,16 @@ impl Settings {
                 }),
             }
         }
+        if let Some(v) = env.get("PORTCULLIS_MAX_CONNECTIONS") {
+            match v.parse::<usize>() {
+                Ok(n) => self.server.max_connections = n,
+                Err(_) => problems.push(ConfigProblem {
+                    source: "PORTCULLIS_MAX_CONNECTIONS".into(),
+                    field: String::new(),
+                    message: format!("expected a number of connections, found {v:?}"),
+                }),
+            }
+        }
         if let Some(v) = env.get("PORTCULLIS_CACHED_CONNECTIONS") {
             match v.parse::<usize>() {
                 Ok(n) => self.upstream.cached_connections = n,
@@ -808,6 +832,12 @@ impl Settings {
             if !(1..=3600).contains(&secs) {
                 bad(field, format!("{secs} is outside 1..=3600"));
             }
+        }
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.server.max_connections) {
+            bad(
+                "server.max_connections",
+                format!("{} is outside 1..={MAX_IN_FLIGHT_LIMIT}", self.server.max_connections),
+            );
         }
         if let Some(n) = self.server.max_in_flight {
             if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&n) {
@@ -1073,6 +1103,7 @@ impl Settings {
                 max_in_flight: self.server.max_in_flight.unwrap_or_else(default_max_in_flight),
                 header_timeout: std::time::Duration::from_secs(self.server.header_timeout_secs),
                 body_timeout: std::time::Duration::from_secs(self.server.body_timeout_secs),
+                max_connections: self.server.max_connections,
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -1342,6 +1373,7 @@ routes = [
             ("PORTCULLIS_SHUTDOWN_DELAY_SECS", "5"),
             ("PORTCULLIS_HEADER_TIMEOUT_SECS", "90"),
             ("PORTCULLIS_BODY_TIMEOUT_SECS", "12"),
+            ("PORTCULLIS_MAX_CONNECTIONS", "500"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1355,6 +1387,7 @@ routes = [
         assert_eq!(r.shutdown_grace.as_secs(), 7);
         assert_eq!(r.shutdown_delay.as_secs(), 5);
         assert_eq!((r.header_timeout.as_secs(), r.body_timeout.as_secs()), (90, 12));
+        assert_eq!(r.max_connections, 500);
         let defaults = memory_settings().validate("d").unwrap();
         assert_eq!(defaults.shutdown_grace.as_secs(), 25);
         assert_eq!(
@@ -1363,7 +1396,7 @@ routes = [
         );
 
         let s = Settings::parse(
-            "[store]\nbackend = \"memory\"\n[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\nheader_timeout_secs = 0\nbody_timeout_secs = 3601\n",
+            "[store]\nbackend = \"memory\"\n[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\ntls_cert_file = \"c.pem\"\nshutdown_grace_secs = 0\nshutdown_delay_secs = 121\nheader_timeout_secs = 0\nbody_timeout_secs = 3601\nmax_connections = 0\n",
             "x.toml",
         )
         .unwrap();
@@ -1377,6 +1410,7 @@ routes = [
                 "server.shutdown_grace_secs",
                 "server.header_timeout_secs",
                 "server.body_timeout_secs",
+                "server.max_connections",
                 "server.shutdown_delay_secs"
             ]
         );

@@ -9,7 +9,6 @@
 
 use super::AppState;
 use crate::config::{Resolved, TlsFiles};
-use axum::serve::ListenerExt;
 use axum::Router;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -133,6 +132,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = ConnectionLimits {
         header_timeout: resolved.header_timeout,
+        max_connections: resolved.max_connections,
     };
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(serve_one(
@@ -190,10 +190,69 @@ pub async fn serve(
     }
 }
 
-/// The deadlines of one connection (`[server] header_timeout_secs`).
+/// The limits of a listener's connections (`[server] header_timeout_secs`,
+/// `max_connections`).
 #[derive(Debug, Clone, Copy)]
 struct ConnectionLimits {
     header_timeout: Duration,
+    max_connections: usize,
+}
+
+/// A connection the listener accepted, with its slot: the slot is free
+/// again when the connection ends.
+type Accepted<Io> = (Io, SocketAddr, tokio::sync::OwnedSemaphorePermit);
+
+/// Where [`accept_loop`] takes its connections from: plain TCP, or TLS
+/// with the handshake done.
+trait Incoming: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection, once a slot is free.
+    fn next(&mut self) -> impl Future<Output = Accepted<Self::Io>> + Send;
+}
+
+/// Plain TCP: a slot is taken before each accept, so at the cap new
+/// connections wait in the kernel's accept queue.
+struct PlainIncoming {
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Incoming for PlainIncoming {
+    type Io = TcpStream;
+
+    async fn next(&mut self) -> Accepted<TcpStream> {
+        let slot = take_slot(&self.slots).await;
+        // axum's accept: transient errors (a client gone before its
+        // accept) are skipped, others (out of file descriptors) back off.
+        let (tcp, remote) = axum::serve::Listener::accept(&mut self.listener).await;
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        (tcp, remote, slot)
+    }
+}
+
+/// A connection slot; while none is free, says so (once a minute at most)
+/// and waits.
+async fn take_slot(slots: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return slot;
+    }
+    static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    if let Ok(mut last) = LAST_WARNED.lock() {
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                reason = "server.connections_at_cap",
+                "every connection slot ([server] max_connections) is taken; new connections wait in the accept queue"
+            );
+        }
+    }
+    match slots.clone().acquire_owned().await {
+        Ok(slot) => slot,
+        // The semaphore is never closed.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 async fn serve_one(
@@ -203,21 +262,15 @@ async fn serve_one(
     limits: ConnectionLimits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     match tls {
-        None => {
-            let listener = listener.tap_io(|tcp: &mut TcpStream| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            accept_loop(listener, router, limits, stop).await;
-        }
-        Some(acceptor) => accept_loop(TlsListener::new(listener, acceptor)?, router, limits, stop).await,
+        None => accept_loop(PlainIncoming { listener, slots }, router, limits, stop).await,
+        Some(acceptor) => accept_loop(TlsListener::new(listener, acceptor, slots)?, router, limits, stop).await,
     }
     Ok(())
 }
 
-/// Serves every connection `listener` accepts until `stop`; then stops
+/// Serves every connection `incoming` accepts until `stop`; then stops
 /// accepting (dropping the listener closes its socket), asks each
 /// connection to finish (an idle one closes at once, a busy one after its
 /// response) and returns once they all have.
@@ -226,21 +279,22 @@ async fn serve_one(
 /// headers must arrive within `limits.header_timeout` (which also closes a
 /// keep-alive connection idle that long): `axum::serve` sets no timer, and
 /// a client could hold a connection open forever a byte at a time. The
-/// body's deadline is the edge's ([`super::deadline`]).
-async fn accept_loop<L>(
-    mut listener: L,
+/// body's deadline is the edge's ([`super::deadline`]). At most
+/// `limits.max_connections` are open at once (TLS handshakes included):
+/// beyond, new ones wait in the kernel's accept queue, and the process
+/// keeps file descriptors for its store, its IdPs and its logs.
+async fn accept_loop<I: Incoming>(
+    mut incoming: I,
     router: Router,
     limits: ConnectionLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
+) {
     // Every connection holds a receiver; `closed` resolves once all are gone.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     let timer = hyper_util::rt::TokioTimer::new();
     loop {
-        let (io, remote) = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (io, remote, slot) = tokio::select! {
+            accepted = incoming.next() => accepted,
             _ = stop.wait_for(|stop| *stop) => break,
         };
         let router = router.clone();
@@ -249,10 +303,10 @@ async fn accept_loop<L>(
         let timer = timer.clone();
         tokio::spawn(async move {
             serve_connection(io, remote, router, limits, timer, stop).await;
-            drop(open);
+            drop((open, slot));
         });
     }
-    drop(listener);
+    drop(incoming);
     drop(open_rx);
     open_tx.closed().await;
 }
@@ -319,17 +373,18 @@ fn acceptor(reloader: Arc<CertReloader>) -> anyhow::Result<TlsAcceptor> {
 /// Accepts TCP connections and completes TLS handshakes off the accept
 /// loop (a slow client never holds up others); dropping it closes the socket.
 struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<Accepted<TlsStream<TcpStream>>>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
+    /// Accepts while `slots` has a free slot: a connection holds its slot
+    /// from before its handshake.
+    fn new(listener: TcpListener, acceptor: TlsAcceptor, slots: Arc<tokio::sync::Semaphore>) -> std::io::Result<Self> {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let accepting = tokio::spawn(async move {
             loop {
+                let slot = take_slot(&slots).await;
                 let (tcp, remote) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -347,7 +402,7 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            if tx.send((stream, remote)).await.is_err() {
+                            if tx.send((stream, remote, slot)).await.is_err() {
                                 tracing::debug!("listener closed during a handshake");
                             }
                         }
@@ -359,11 +414,7 @@ impl TlsListener {
                 });
             }
         });
-        Ok(Self {
-            ready,
-            local,
-            accepting,
-        })
+        Ok(Self { ready, accepting })
     }
 }
 
@@ -374,20 +425,15 @@ impl Drop for TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl Incoming for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn next(&mut self) -> Accepted<TlsStream<TcpStream>> {
         match self.ready.recv().await {
             Some(conn) => conn,
             // The accept loop only ends when this listener is dropped.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

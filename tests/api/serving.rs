@@ -713,3 +713,38 @@ async fn headers_sent_too_slowly_and_idle_connections_are_closed() {
     stop.send(()).unwrap();
     assert_eq!(task.await.unwrap(), Ended::Drained);
 }
+
+/// A listener holds at most `max_connections` connections: beyond, new
+/// ones wait in the kernel's accept queue (their TCP handshake completes)
+/// until one closes. Without a cap, clients that only open connections
+/// used up the process's file descriptors, which its store and its IdPs
+/// need too.
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    use tokio::io::AsyncReadExt;
+    let (main, _, stop, task) = start(settings(|s| s.server.max_connections = 2)).await;
+    let first = tokio::net::TcpStream::connect(main).await.unwrap();
+    let second = tokio::net::TcpStream::connect(main).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut third = stalled(
+        main,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read(&mut buf))
+            .await
+            .is_err(),
+        "a third connection was served while both slots were taken"
+    );
+    // One closes: the waiting connection is accepted and answered.
+    drop(first);
+    let (answer, _) = until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    drop(second);
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
