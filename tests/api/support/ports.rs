@@ -33,6 +33,9 @@ pub fn reserve_port() -> ReservedPort {
     let random = RandomState::new();
     for attempt in 0u32..200 {
         let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
+        if !hand_out(port) {
+            continue;
+        }
         let (Ok(udp), Ok(tcp)) = (
             UdpSocket::bind(("127.0.0.1", port)),
             TcpListener::bind(("127.0.0.1", port)),
@@ -47,6 +50,28 @@ pub fn reserve_port() -> ReservedPort {
     }
     panic!("no port free for UDP and TCP in {low}..{high}");
 }
+
+/// Records `port` as handed out; `false` if it was one of the last
+/// [`RECENT`] handed out in this process. A port chosen but not yet bound
+/// (by a server a test starts after choosing its other ports) is free to
+/// the kernel, so without this two choices in a row could be the same
+/// port: a TLS Redis was once started with its plain and TLS ports equal.
+fn hand_out(port: u16) -> bool {
+    static HANDED: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    if handed.contains(&port) {
+        return false;
+    }
+    if handed.len() == RECENT {
+        handed.pop_front();
+    }
+    handed.push_back(port);
+    true
+}
+
+/// How many ports handed out last are not handed out again.
+const RECENT: usize = 1024;
 
 /// A port below the ephemeral range, free now (not held: for a server a
 /// test starts, stops and starts again on the same port).
