@@ -112,6 +112,15 @@ async fn create_account(app: &TestApp, email: &str, password: &str) {
         .unwrap();
 }
 
+/// Signs in with `email` and `password` on the sign-in `page`: where the
+/// browser is sent back to the app (with its code).
+async fn sign_in_from(browser: &mut Browser, page: &Page, email: &str, password: &str) -> Url {
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", password);
+    browser.submit_until(page, &form, &at_app).await.stopped()
+}
+
 /// Signs up `email` from the sign-in page and returns the confirm page.
 async fn sign_up(browser: &mut Browser, sign_in: &Page, email: &str, password: &str) -> Page {
     let form = browser.get(&link(sign_in, "Create account")).await;
@@ -198,10 +207,7 @@ async fn local_sign_up_confirm_by_mailed_code_then_sign_in_issues_pwd_tokens() {
 
     // Sign in: back at the app with a code.
     let form_page = browser.get(&sign_in.url).await;
-    let mut form = form_page.form(None);
-    form.set("email", "Grace@Acme.Example");
-    form.set("password", GOOD_PASSWORD);
-    let back = browser.submit_until(&form_page, &form, &at_app).await.stopped();
+    let back = sign_in_from(&mut browser, &form_page, "Grace@Acme.Example", GOOD_PASSWORD).await;
     let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
     assert_eq!(q.get("state").map(String::as_str), Some("st"));
     let tokens = redeem(&app, q.get("code").unwrap(), &p).await;
@@ -376,10 +382,7 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
         .await;
     assert_reason(&refused, 401, "local.bad_credentials");
     let page = start(&app, &mut owner, &p).await;
-    let mut form = page.form(None);
-    form.set("email", email);
-    form.set("password", chosen);
-    owner.submit_until(&page, &form, &at_app).await.stopped();
+    sign_in_from(&mut owner, &page, email, chosen).await;
 }
 
 /// Guesses sent together are checked one at a time, across replicas: the
@@ -595,10 +598,7 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
     let mut browser = Browser::new();
     let sign_in = start(&app, &mut browser, &p).await;
     // Signed in once: the browser has an SSO session for the tenant.
-    let mut form = sign_in.form(None);
-    form.set("email", email);
-    form.set("password", GOOD_PASSWORD);
-    browser.submit_until(&sign_in, &form, &at_app).await.stopped();
+    sign_in_from(&mut browser, &sign_in, email, GOOD_PASSWORD).await;
     browser.get_until(&authorize_url(&app, &p), &at_app).await.stopped();
 
     let forgot = browser.get(&link(&sign_in, "Forgot password?")).await;
@@ -639,10 +639,7 @@ async fn local_forgot_password_resets_by_code_and_the_old_password_stops_working
     assert_reason(&old, 401, "local.bad_credentials");
     // The reset ended the SSO session: the next sign-in asks for the password.
     let again = start(&app, &mut browser, &p).await;
-    let mut form = again.form(None);
-    form.set("email", email);
-    form.set("password", new_password);
-    browser.submit_until(&again, &form, &at_app).await.stopped();
+    sign_in_from(&mut browser, &again, email, new_password).await;
 }
 
 #[tokio::test]
@@ -768,10 +765,7 @@ async fn sign_in_tokens(app: &TestApp, email: &str) -> Value {
     let p = pkce();
     let mut browser = Browser::new();
     let page = start(app, &mut browser, &p).await;
-    let mut form = page.form(None);
-    form.set("email", email);
-    form.set("password", GOOD_PASSWORD);
-    let back = browser.submit_until(&page, &form, &at_app).await.stopped();
+    let back = sign_in_from(&mut browser, &page, email, GOOD_PASSWORD).await;
     let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
     redeem(app, q.get("code").unwrap(), &p).await
 }
@@ -977,9 +971,6 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
     let page = start(&app, &mut browser, &p).await;
-    let mut form = page.form(None);
-    form.set("email", email);
-    form.set("password", GOOD_PASSWORD);
-    browser.submit_until(&page, &form, &at_app).await.stopped();
+    sign_in_from(&mut browser, &page, email, GOOD_PASSWORD).await;
     assert_eq!(app.state.accounts.list(&t, &c).await.unwrap().len(), 1);
 }
