@@ -230,6 +230,7 @@ pub async fn build(
             Duration::from_secs(settings.dns.timeout_secs),
         ),
         lifecycle: crate::http::server::Lifecycle::default(),
+        connections: crate::http::server::Connections::default(),
         metrics: settings.metrics.clone(),
         edge: Arc::new(crate::http::edge::EdgeConfig::new(
             &settings.throttle,

@@ -406,6 +406,9 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             return Ok(2);
         }
     }
+    // Before the store and the listeners open their sockets.
+    let listeners = if resolved.admin_listen.is_some() { 2 } else { 1 };
+    crate::http::server::fit_open_files(listeners, resolved.max_connections);
     let clock: SharedClock = Arc::new(SystemClock);
     let store = crate::app::open_store(&settings, clock.clone()).await?;
     let state = crate::app::build(&settings, &resolved, store, clock).await?;

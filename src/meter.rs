@@ -46,6 +46,15 @@ pub const HTTP_DURATION: &str = "portcullis_http_request_duration_seconds";
 pub const REDIS_ERRORS: &str = "portcullis_redis_errors_total";
 /// Store operation latency by operation.
 pub const REDIS_DURATION: &str = "portcullis_redis_operation_duration_seconds";
+/// Connections open now on each listener (`listener`: `main` or `admin`),
+/// TLS handshakes included, read at scrape time.
+pub const CONNECTIONS_OPEN: &str = "portcullis_http_connections_open";
+/// Each listener's `[server] max_connections`.
+pub const CONNECTIONS_MAX: &str = "portcullis_http_connections_max";
+/// How often a listener found every slot taken and stopped accepting until
+/// one was free (new connections wait in the kernel's accept queue
+/// meanwhile), by listener, since the replica started.
+pub const CONNECTIONS_AT_CAP: &str = "portcullis_http_connections_at_cap_total";
 /// Latency of calls to and checks of upstream IdPs, by operation and result.
 pub const UPSTREAM_DURATION: &str = "portcullis_upstream_duration_seconds";
 /// SAML metadata refreshes by tenant, connection and result.
@@ -83,6 +92,9 @@ pub const NAMES: &[&str] = &[
     SHED,
     IN_FLIGHT,
     MAX_IN_FLIGHT,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_MAX,
+    CONNECTIONS_AT_CAP,
     HTTP_DURATION,
     REDIS_ERRORS,
     REDIS_DURATION,

@@ -81,6 +81,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     };
     let mut body = handle.render();
     render_in_flight(&mut body, state.in_flight.current(), state.in_flight.max());
+    render_connections(&mut body, &state.connections.listeners());
     let connectors = &state.broker.connectors;
     render_connectors(&mut body, connectors.len(), connectors.capacity());
     match tokio::time::timeout(CERTIFICATES_TIMEOUT, state.tenants.certificate_expiries()).await {
@@ -129,6 +130,43 @@ fn render_in_flight(out: &mut String, current: usize, max: usize) {
             ),
         ],
     );
+}
+
+/// Each listener's open connections, its `max_connections` and how often
+/// it was at that cap, read at scrape time from the listeners' own slots
+/// (as [`render_in_flight`]).
+fn render_connections(out: &mut String, listeners: &[Arc<super::server::ListenerSlots>]) {
+    if listeners.is_empty() {
+        return;
+    }
+    type Read = fn(&super::server::ListenerSlots) -> u64;
+    let families: [(&str, &str, &str, Read); 3] = [
+        (
+            meter::CONNECTIONS_OPEN,
+            "gauge",
+            "Connections open now on the listener, TLS handshakes included.",
+            |s| s.open() as u64,
+        ),
+        (
+            meter::CONNECTIONS_MAX,
+            "gauge",
+            "The most connections the listener holds open at once ([server] max_connections).",
+            |s| s.max() as u64,
+        ),
+        (
+            meter::CONNECTIONS_AT_CAP,
+            "counter",
+            "How often the listener had every slot taken and stopped accepting until one was free.",
+            |s| s.at_cap(),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for slots in listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", slots.listener(), value(slots));
+        }
+    }
 }
 
 /// The replica's built connection validators and their bound, read at

@@ -54,6 +54,9 @@ pub struct AppState {
     pub domains: crate::tenant::domains::DomainVerifier,
     /// Draining or serving (`/readyz` turns unready when a drain starts).
     pub lifecycle: server::Lifecycle,
+    /// Every listener's connection slots (`[server] max_connections`), for
+    /// `/metrics`; filled in when serving starts.
+    pub connections: server::Connections,
     /// `[metrics]`: whether and how `/metrics` is served.
     pub metrics: crate::config::MetricsSettings,
     /// Client addresses, request ids, size and rate limits (`[throttle]`).

@@ -14,7 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +44,199 @@ impl Lifecycle {
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
+}
+
+/// The connection slots of one listener (`[server] max_connections`): how
+/// many connections are open now (TLS handshakes included) and how often
+/// every slot was taken. Read by `/metrics` at scrape time, so serving
+/// moves no gauge a scrape does not ask for.
+#[derive(Debug)]
+pub struct ListenerSlots {
+    listener: &'static str,
+    max: usize,
+    free: Arc<tokio::sync::Semaphore>,
+    open: AtomicUsize,
+    at_cap: AtomicU64,
+}
+
+impl ListenerSlots {
+    fn new(listener: &'static str, max: usize) -> Self {
+        Self {
+            listener,
+            max,
+            free: Arc::new(tokio::sync::Semaphore::new(max)),
+            open: AtomicUsize::new(0),
+            at_cap: AtomicU64::new(0),
+        }
+    }
+
+    /// The listener: `main` (`[server] listen`) or `admin`.
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    /// Connections open now: accepted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The listener's `max_connections`.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How often the listener found every slot taken and stopped accepting
+    /// (new connections waited in the kernel's accept queue) until one was
+    /// free, since it started.
+    pub fn at_cap(&self) -> u64 {
+        self.at_cap.load(Ordering::Relaxed)
+    }
+
+    /// The slot `permit` held by a connection just accepted, counted open
+    /// until it closes.
+    fn hold(self: &Arc<Self>, permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            slots: self.clone(),
+        }
+    }
+}
+
+/// A connection's slot: free again, and the connection no longer counted
+/// open, when it is dropped.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<ListenerSlots>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The slots of every listener this replica serves on, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    listeners: Arc<RwLock<Vec<Arc<ListenerSlots>>>>,
+}
+
+impl Connections {
+    /// Adds `slots`, replacing a listener of the same name.
+    fn register(&self, slots: Arc<ListenerSlots>) {
+        if let Ok(mut all) = self.listeners.write() {
+            all.retain(|s| s.listener != slots.listener);
+            all.push(slots);
+        }
+    }
+
+    /// Every listener's slots, in the order they started.
+    pub fn listeners(&self) -> Vec<Arc<ListenerSlots>> {
+        self.listeners.read().map(|all| all.clone()).unwrap_or_default()
+    }
+}
+
+/// File descriptors the process keeps besides its clients' connections:
+/// the listeners, the store's connections, calls to IdPs, hooks and
+/// webhooks, mail, logs and the libraries' own files.
+pub const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// What [`fit_open_files`] found and did with the process's limit on open
+/// files (`RLIMIT_NOFILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit at start.
+    pub was: u64,
+    /// The soft limit now: raised to the hard limit when it was lower.
+    pub now: u64,
+    /// What `max_connections` on every listener needs, with
+    /// [`FILES_BESIDES_CONNECTIONS`].
+    pub needed: u64,
+}
+
+impl OpenFiles {
+    /// The soft limit to ask for: the hard one (as Go's runtime and
+    /// systemd's services do), since the process polls with epoll and
+    /// nothing in it is bound to the 1,024 of `select`.
+    fn plan(soft: u64, hard: u64, needed: u64) -> Self {
+        Self {
+            was: soft,
+            now: soft.max(hard),
+            needed,
+        }
+    }
+
+    /// Whether every listener can hold `max_connections` with the files the
+    /// process needs besides.
+    pub fn fits(&self) -> bool {
+        self.now >= self.needed
+    }
+}
+
+/// Raises the process's soft limit on open files to its hard limit and
+/// says (reason `server.open_files_too_few`) when even that is below what
+/// `listeners` listeners of `max_connections` connections each need: past
+/// it, accepting fails ("too many open files", each listener backs off)
+/// and so do the store's reconnections and outbound calls. `None` where
+/// the limit cannot be read.
+pub fn fit_open_files(listeners: usize, max_connections: usize) -> Option<OpenFiles> {
+    let needed = (listeners as u64)
+        .saturating_mul(max_connections as u64)
+        .saturating_add(FILES_BESIDES_CONNECTIONS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a pointer to a live,
+    // properly aligned local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(
+            reason = "server.open_files_unknown",
+            error = %std::io::Error::last_os_error(),
+            "the limit on open files could not be read"
+        );
+        return None;
+    }
+    let mut files = OpenFiles::plan(limit.rlim_cur, limit.rlim_max, needed);
+    if files.now > files.was {
+        let raised = libc::rlimit {
+            rlim_cur: files.now,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` reads one `rlimit` from a live local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(
+                reason = "server.open_files_not_raised",
+                error = %std::io::Error::last_os_error(),
+                soft = files.was,
+                hard = limit.rlim_max,
+                "the limit on open files could not be raised to its hard limit"
+            );
+            files.now = files.was;
+        }
+    }
+    if files.fits() {
+        tracing::info!(
+            reason = "server.open_files",
+            limit = files.now,
+            was = files.was,
+            needed = files.needed,
+            "open files: room for max_connections on every listener"
+        );
+    } else {
+        tracing::warn!(
+            reason = "server.open_files_too_few",
+            limit = files.now,
+            needed = files.needed,
+            listeners,
+            max_connections,
+            "the limit on open files is below what max_connections on every listener needs: raise the \
+             process's hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's nofile) or lower \
+             [server] max_connections"
+        );
+    }
+    Some(files)
 }
 
 /// How serving ended.
@@ -135,15 +328,20 @@ pub async fn serve(
         max_connections: resolved.max_connections,
     };
     let mut servers = tokio::task::JoinSet::new();
+    let main_slots = Arc::new(ListenerSlots::new("main", limits.max_connections));
+    state.connections.register(main_slots.clone());
     servers.spawn(serve_one(
         listeners.main,
         main_router,
         tls.clone(),
         limits,
+        main_slots,
         stop_rx.clone(),
     ));
     if let (Some(listener), Some(router)) = (listeners.admin, admin_router) {
-        servers.spawn(serve_one(listener, router, tls, limits, stop_rx));
+        let slots = Arc::new(ListenerSlots::new("admin", limits.max_connections));
+        state.connections.register(slots.clone());
+        servers.spawn(serve_one(listener, router, tls, limits, slots, stop_rx));
     }
 
     shutdown.await;
@@ -200,7 +398,7 @@ struct ConnectionLimits {
 
 /// A connection the listener accepted, with its slot: the slot is free
 /// again when the connection ends.
-type Accepted<Io> = (Io, SocketAddr, tokio::sync::OwnedSemaphorePermit);
+type Accepted<Io> = (Io, SocketAddr, Slot);
 
 /// Where [`accept_loop`] takes its connections from: plain TCP, or TLS
 /// with the handshake done.
@@ -214,17 +412,18 @@ trait Incoming: Send + 'static {
 /// connections wait in the kernel's accept queue.
 struct PlainIncoming {
     listener: TcpListener,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<ListenerSlots>,
 }
 
 impl Incoming for PlainIncoming {
     type Io = TcpStream;
 
     async fn next(&mut self) -> Accepted<TcpStream> {
-        let slot = take_slot(&self.slots).await;
+        let permit = take_slot(&self.slots).await;
         // axum's accept: transient errors (a client gone before its
         // accept) are skipped, others (out of file descriptors) back off.
         let (tcp, remote) = axum::serve::Listener::accept(&mut self.listener).await;
+        let slot = self.slots.hold(permit);
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
@@ -232,23 +431,25 @@ impl Incoming for PlainIncoming {
     }
 }
 
-/// A connection slot; while none is free, says so (once a minute at most)
-/// and waits.
-async fn take_slot(slots: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
+/// A free connection slot; while none is free, counts it (the listener is
+/// at its cap), says so (once a minute at most) and waits.
+async fn take_slot(slots: &ListenerSlots) -> tokio::sync::OwnedSemaphorePermit {
+    if let Ok(slot) = slots.free.clone().try_acquire_owned() {
         return slot;
     }
+    slots.at_cap.fetch_add(1, Ordering::Relaxed);
     static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     if let Ok(mut last) = LAST_WARNED.lock() {
         if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
             *last = Some(std::time::Instant::now());
             tracing::warn!(
                 reason = "server.connections_at_cap",
+                listener = slots.listener,
                 "every connection slot ([server] max_connections) is taken; new connections wait in the accept queue"
             );
         }
     }
-    match slots.clone().acquire_owned().await {
+    match slots.free.clone().acquire_owned().await {
         Ok(slot) => slot,
         // The semaphore is never closed.
         Err(_) => std::future::pending().await,
@@ -260,9 +461,9 @@ async fn serve_one(
     router: Router,
     tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
+    slots: Arc<ListenerSlots>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     match tls {
         None => accept_loop(PlainIncoming { listener, slots }, router, limits, stop).await,
         Some(acceptor) => accept_loop(TlsListener::new(listener, acceptor, slots)?, router, limits, stop).await,
@@ -380,13 +581,13 @@ struct TlsListener {
 impl TlsListener {
     /// Accepts while `slots` has a free slot: a connection holds its slot
     /// from before its handshake.
-    fn new(listener: TcpListener, acceptor: TlsAcceptor, slots: Arc<tokio::sync::Semaphore>) -> std::io::Result<Self> {
+    fn new(listener: TcpListener, acceptor: TlsAcceptor, slots: Arc<ListenerSlots>) -> std::io::Result<Self> {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let accepting = tokio::spawn(async move {
             loop {
-                let slot = take_slot(&slots).await;
-                let (tcp, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
+                let permit = take_slot(&slots).await;
+                let (tcp, remote, slot) = match listener.accept().await {
+                    Ok((tcp, remote)) => (tcp, remote, slots.hold(permit)),
                     Err(e) => {
                         // Out of file descriptors and the like: back off.
                         tracing::warn!(reason = "tls.accept_failed", error = %e, "accept failed");
@@ -561,4 +762,47 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
     key.keys_match()
         .map_err(|e| format!("{} does not match {}: {e}", files.key.display(), files.cert.display()))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_on_open_files_is_raised_to_the_hard_one_and_checked_against_the_connections() {
+        // A shell's usual 1,024 under a hard limit of 524,288: raised, fits.
+        let files = OpenFiles::plan(1024, 524_288, 2 * 10_000 + FILES_BESIDES_CONNECTIONS);
+        assert_eq!(files.now, 524_288);
+        assert!(files.fits());
+        // Never lowered.
+        assert_eq!(OpenFiles::plan(65_536, 4096, 100).now, 65_536);
+        // A hard limit below what the listeners need: raised as far as it
+        // goes, and said not to fit.
+        let files = OpenFiles::plan(1024, 4096, 10_000 + FILES_BESIDES_CONNECTIONS);
+        assert_eq!((files.was, files.now), (1024, 4096));
+        assert!(!files.fits());
+    }
+
+    #[tokio::test]
+    async fn a_listener_counts_its_open_connections_and_its_times_at_the_cap() {
+        let slots = Arc::new(ListenerSlots::new("main", 2));
+        let first = slots.hold(take_slot(&slots).await);
+        // A slot taken for the next accept is not an open connection.
+        let next = take_slot(&slots).await;
+        assert_eq!((slots.open(), slots.max(), slots.at_cap()), (1, 2, 0));
+        let second = slots.hold(next);
+        assert_eq!(slots.open(), 2);
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { take_slot(&slots).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a third slot of two was handed out");
+        assert_eq!(slots.at_cap(), 1);
+        drop(first);
+        let third = slots.hold(waiting.await.unwrap());
+        assert_eq!(slots.open(), 2);
+        drop((second, third));
+        assert_eq!((slots.open(), slots.at_cap()), (0, 1));
+    }
 }

@@ -262,10 +262,25 @@ struct Gateway {
 
 impl Gateway {
     fn start(extra: &[(&str, &str)]) -> Gateway {
+        Self::start_with_open_files(extra, None)
+    }
+
+    /// [`Self::start`], with the limit on open files `soft:hard` set by
+    /// util-linux's `prlimit`, which then runs the gateway in its place.
+    fn start_with_open_files(extra: &[(&str, &str)], open_files: Option<&str>) -> Gateway {
         let dir = scratch("drain");
         let log = dir.join("gateway.log");
         let port = redis::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut cmd = match open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_portcullis")),
+            Some(limits) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={limits}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_portcullis"));
+                cmd
+            }
+        };
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PORTCULLIS_")) {
             cmd.env_remove(k);
         }
@@ -425,6 +440,34 @@ fn the_grace_period_bounds_the_drain() {
     // The stuck client's connection is gone with the process.
     let mut buf = [0u8; 16];
     assert!(matches!(stuck.read(&mut buf), Ok(0) | Err(_)));
+}
+
+#[test]
+fn the_limit_on_open_files_is_raised_at_start_and_checked_against_max_connections() {
+    // A shell's 1,024 under a hard limit of 4,096: raised to 4,096, which
+    // the default max_connections (10,000) does not fit, and the log says so.
+    let gw = Gateway::start_with_open_files(&[], Some("1024:4096"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    assert_eq!(
+        open_files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(),
+        ["4096", "4096"],
+        "{open_files}"
+    );
+    let log = gw.log();
+    assert!(log.contains("server.open_files_too_few"), "{log}");
+    drop(gw);
+
+    // What fits is said once, at info.
+    let gw = Gateway::start_with_open_files(&[("PORTCULLIS_MAX_CONNECTIONS", "2000")], Some("1024:4096"));
+    let log = gw.log();
+    assert!(
+        log.contains("server.open_files") && !log.contains("server.open_files_too_few"),
+        "{log}"
+    );
 }
 
 fn check_config(dir: &Path, offline: bool) -> std::process::Output {
@@ -722,10 +765,36 @@ async fn headers_sent_too_slowly_and_idle_connections_are_closed() {
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     use tokio::io::AsyncReadExt;
-    let (main, _, stop, task) = start(settings(|s| s.server.max_connections = 2)).await;
+    let (main, admin, stop, task) = start(settings(|s| {
+        s.server.max_connections = 2;
+        // The metrics are read there, on slots of its own.
+        s.server.admin_listen = Some("127.0.0.1:0".into());
+    }))
+    .await;
+    let admin = admin.expect("an admin listener");
+    let scrape = || async move {
+        reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
     let first = tokio::net::TcpStream::connect(main).await.unwrap();
     let second = tokio::net::TcpStream::connect(main).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = scrape().await;
+    for line in [
+        "portcullis_http_connections_open{listener=\"main\"} 2\n",
+        "portcullis_http_connections_max{listener=\"main\"} 2\n",
+        // Both slots taken: the listener waits for one before its next accept.
+        "portcullis_http_connections_at_cap_total{listener=\"main\"} 1\n",
+        // The scrape's own connection.
+        "portcullis_http_connections_open{listener=\"admin\"} 1\n",
+        "# TYPE portcullis_http_connections_at_cap_total counter\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in:\n{metrics}");
+    }
 
     let mut third = stalled(
         main,
@@ -739,12 +808,32 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
             .is_err(),
         "a third connection was served while both slots were taken"
     );
+    let metrics = scrape().await;
+    assert!(
+        metrics.contains("portcullis_http_connections_open{listener=\"main\"} 2\n"),
+        "the waiting connection counts as open:\n{metrics}"
+    );
     // One closes: the waiting connection is accepted and answered.
     drop(first);
     let (answer, _) = until_closed(&mut third, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     drop(second);
+    // Both gone (the third closed after its answer): nothing open, and
+    // the cap was reached twice (two connections, then the third).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = scrape().await;
+        if metrics.contains("portcullis_http_connections_open{listener=\"main\"} 0\n") {
+            assert!(
+                metrics.contains("portcullis_http_connections_at_cap_total{listener=\"main\"} 2\n"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections still counted open:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.send(()).unwrap();
     assert_eq!(task.await.unwrap(), Ended::Drained);
 }
