@@ -65,6 +65,9 @@ pub struct EdgeConfig {
     pub proxies: Vec<Cidr>,
     /// `[server] body_timeout_secs`: how long a request's body may take.
     pub body_timeout: Duration,
+    /// Tenants whose budget on the token endpoints this replica saw spent,
+    /// and until when ([`SpentBudgets`]).
+    spent: Arc<SpentBudgets>,
 }
 
 impl EdgeConfig {
@@ -74,6 +77,7 @@ impl EdgeConfig {
             throttle: throttle.clone(),
             proxies: throttle.proxies(),
             body_timeout,
+            spent: Arc::default(),
         }
     }
 
@@ -395,6 +399,7 @@ async fn admit(
     // the small form once and hand it on.
     let mut tenant = path_tenant;
     let mut client_id = None;
+    let mut client_secret = None;
     let mut refresh_token = None;
     let mut code = None;
     let mut parsed_form = None;
@@ -429,7 +434,8 @@ async fn admit(
         }
         if class == RouteClass::Token && parts.uri.path() != "/userinfo" {
             let hints = super::oauth::token_hints(&parts.headers, &form);
-            (client_id, refresh_token, code) = (hints.client_id, hints.refresh_token, hints.code);
+            (client_id, client_secret, refresh_token, code) =
+                (hints.client_id, hints.client_secret, hints.refresh_token, hints.code);
         }
         parsed_form = Some(super::pairs::ParsedForm(form));
         body = axum::body::Body::from(bytes);
@@ -466,6 +472,9 @@ async fn admit(
     if let Some(form) = parsed_form {
         parts.extensions.insert(form);
     }
+    // The tenant's budget on the token endpoints, to charge while the
+    // handler runs (see `TenantCharge`).
+    let mut charge = None;
     if state.edge.throttle.enabled && !continues_a_counted_acs(parts.uri.path()) {
         if let Some(limit) = class.limit(&state.edge.throttle) {
             // The app the request names, and the family of the refresh
@@ -531,7 +540,12 @@ async fn admit(
                 }
             );
             match checked {
-                Ok(Checked::Within(record)) => {
+                Ok(Checked::Within(record, deferred)) => {
+                    charge = deferred.filter(|d| {
+                        prefetched
+                            .as_ref()
+                            .is_some_and(|p| presents_own_credentials(state, p, client_secret.as_deref(), &d.tenant))
+                    });
                     // Read for this request: the handler uses it instead of
                     // reading the tenant again.
                     if let Some(t) = record {
@@ -559,7 +573,53 @@ async fn admit(
             }
         }
     }
-    next.run(Request::from_parts(parts, body)).await
+    let req = Request::from_parts(parts, body);
+    match charge {
+        // Counted beside the handler's own store work, so the request
+        // waits for nothing more; before the answer leaves, so the next
+        // request sees the budget this one spent.
+        Some(charge) => tokio::join!(next.run(req), charge.run(state, class)).0,
+        None => next.run(req).await,
+    }
+}
+
+/// Whether a token, revocation or introspection request is the app's own
+/// (so it may spend the budget of `tenant`, the tenant its code or token
+/// names): the app exists and serves `tenant`, and it presented its
+/// current secret, or, for a public app (which has none), the code or
+/// refresh token it presented exists and was issued to it for `tenant`.
+/// Only reads what the edge already read (the app's record, the peeked code
+/// or family); the handler still authenticates the client itself.
+fn presents_own_credentials(
+    state: &AppState,
+    prefetched: &PrefetchedClient,
+    secret: Option<&str>,
+    tenant: &TenantId,
+) -> bool {
+    let Some(client) = &prefetched.client else {
+        return false;
+    };
+    if !client.allows_tenant(tenant) {
+        return false;
+    }
+    let issued_here =
+        |authz: &crate::provider::codes::Authorization| authz.tenant == *tenant && authz.client_id == client.client_id;
+    match secret {
+        Some(secret) => client.secret_matches(secret, state.provider.clock.now()),
+        None => {
+            client.is_public()
+                && (prefetched
+                    .code
+                    .as_ref()
+                    .and_then(|(_, authz)| authz.as_ref())
+                    .is_some_and(issued_here)
+                    || prefetched
+                        .refresh
+                        .as_ref()
+                        .and_then(|(_, family)| family.as_ref())
+                        .is_some_and(|f| issued_here(&f.authz)))
+        }
+    }
 }
 
 /// Whether `path` is the same-site continuation of a SAML ACS
@@ -615,8 +675,10 @@ fn form_tenant(class: RouteClass, form: &[(String, String)]) -> Option<String> {
 /// What [`check`] decided.
 enum Checked {
     /// Within the limits, with the tenant record read for its own limits
-    /// (when the request names an existing tenant).
-    Within(Option<std::sync::Arc<crate::tenant::Tenant>>),
+    /// (when the request names an existing tenant), and the tenant's budget
+    /// on the token endpoints, to charge if the request turns out to be
+    /// its app's own.
+    Within(Option<std::sync::Arc<crate::tenant::Tenant>>, Option<TenantCharge>),
     /// The 429 to answer.
     Refused(Response),
 }
@@ -629,6 +691,11 @@ struct Plan {
     per_ip: u64,
     tenant_key: Option<Key>,
     per_tenant: u64,
+    /// The tenant's limit is charged after the edge's count, and only for
+    /// a request that is its app's own: the token endpoints, where anyone
+    /// can name a tenant (the prefix of a made-up code) and only apps can
+    /// authenticate ([`TenantCharge`]).
+    defer_tenant: bool,
 }
 
 impl Plan {
@@ -654,6 +721,7 @@ impl Plan {
                 .filter(|_| record.is_some() && per_tenant > 0)
                 .map(|t| Key::tenant(t.as_str(), "rl", class.as_str())),
             per_tenant,
+            defer_tenant: class == RouteClass::Token,
         }
     }
 
@@ -661,13 +729,18 @@ impl Plan {
     /// the address is within its limit) the tenant.
     fn limits(&self) -> Vec<(&Key, u64)> {
         let ip = (self.per_ip > 0).then_some((&self.ip_key, self.per_ip));
-        let tenant = self.tenant_key.as_ref().map(|k| (k, self.per_tenant));
+        let tenant = self
+            .tenant_key
+            .as_ref()
+            .filter(|_| !self.defer_tenant)
+            .map(|k| (k, self.per_tenant));
         ip.into_iter().chain(tenant).collect()
     }
 
-    /// Whether no limit applies (nothing to count).
+    /// Whether the edge counts nothing in the store (a deferred tenant
+    /// limit is charged later, if at all).
     fn counts_nothing(&self) -> bool {
-        self.per_ip == 0 && self.tenant_key.is_none()
+        self.per_ip == 0 && (self.tenant_key.is_none() || self.defer_tenant)
     }
 
     /// Counts the request under [`Self::limits`]: both in one store round
@@ -751,9 +824,6 @@ async fn check(
             (record, plan, made)
         }
     };
-    if plan.counts_nothing() {
-        return Ok(Checked::Within(record));
-    }
     let tenant = tenant.filter(|_| record.is_some());
     let (ip_decision, tenant_decision) = plan.decisions(made);
     let Plan {
@@ -761,6 +831,7 @@ async fn check(
         per_ip,
         tenant_key,
         per_tenant,
+        defer_tenant,
     } = plan;
     if !ip_decision.allowed {
         let scope = Scope::Ip(&bucket);
@@ -777,6 +848,40 @@ async fn check(
         )
         .await;
         return Ok(Checked::Refused(too_many(class, ip_decision.retry_after)));
+    }
+    if defer_tenant {
+        let (Some(key), Some(t)) = (tenant_key, tenant) else {
+            return Ok(Checked::Within(record, None));
+        };
+        // Spent, as far as this replica's last charges saw: refused
+        // without counting, as the store refuses.
+        if let Some(wait) = state.edge.spent.spent(t, now_ms(state)) {
+            let refused = RateDecision {
+                allowed: false,
+                retry_after: wait,
+                remaining: 0,
+            };
+            throttled(
+                state,
+                class,
+                Scope::Tenant,
+                Some(t),
+                per_tenant,
+                window,
+                refused,
+                &key,
+                request_id,
+            )
+            .await;
+            return Ok(Checked::Refused(too_many(class, wait)));
+        }
+        let charge = TenantCharge {
+            tenant: t.clone(),
+            key,
+            limit: per_tenant,
+            window,
+        };
+        return Ok(Checked::Within(record, Some(charge)));
     }
     if let (Some(key), Some(d)) = (tenant_key, tenant_decision) {
         if !d.allowed {
@@ -795,7 +900,92 @@ async fn check(
             return Ok(Checked::Refused(too_many(class, d.retry_after)));
         }
     }
-    Ok(Checked::Within(record))
+    Ok(Checked::Within(record, None))
+}
+
+/// The replica's clock in milliseconds.
+fn now_ms(state: &AppState) -> i64 {
+    state.upstream.clock.now().timestamp_millis()
+}
+
+/// A tenant's budget on the token endpoints, charged only for a request
+/// that is its app's own ([`presents_own_credentials`]): anyone can name a
+/// tenant there (the prefix of a made-up code or token), so a budget
+/// charged before the client authenticated could be spent by requests from
+/// many addresses, each within its own limit, and lock the tenant's apps
+/// out of their tokens. The edge's store count covers the address only;
+/// this charge runs beside the handler, and its verdict refuses the
+/// tenant's next requests on this replica ([`SpentBudgets`]), so a replica
+/// lets through at most its requests in flight beyond the limit.
+struct TenantCharge {
+    tenant: TenantId,
+    key: Key,
+    limit: u64,
+    window: Duration,
+}
+
+impl TenantCharge {
+    async fn run(self, state: &AppState, class: RouteClass) {
+        match state.store.rate_limit(&self.key, self.limit, self.window).await {
+            Ok(d) if !d.allowed => {
+                let until = now_ms(state).saturating_add(millis(d.retry_after));
+                state.edge.spent.mark(self.tenant, until, now_ms(state));
+            }
+            // This request took the last of the budget: the next one would
+            // be refused for up to one emission interval.
+            Ok(d) if d.remaining == 0 => {
+                let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+                let interval = window_ms.div_ceil(self.limit.max(1)).max(1);
+                let until = now_ms(state).saturating_add(i64::try_from(interval).unwrap_or(i64::MAX));
+                state.edge.spent.mark(self.tenant, until, now_ms(state));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                reason = "throttle.store_unavailable",
+                route = class.as_str(),
+                tenant = %self.tenant,
+                error = %e,
+                "the tenant's budget was not charged"
+            ),
+        }
+    }
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Tenants whose budget on the token endpoints this replica saw spent, each
+/// until the moment the store said another request would be allowed (in
+/// the replica's clock, milliseconds). Only spent budgets are kept, each
+/// for at most its window, and the expired are dropped as the map grows.
+#[derive(Debug, Default)]
+struct SpentBudgets {
+    until: std::sync::Mutex<std::collections::HashMap<TenantId, i64>>,
+}
+
+impl SpentBudgets {
+    /// Entries kept before the expired ones are dropped.
+    const PRUNE_AT: usize = 1024;
+
+    /// How long `tenant`'s budget stays spent, if it is spent at `now`.
+    fn spent(&self, tenant: &TenantId, now: i64) -> Option<Duration> {
+        let until = *self.until.lock().ok()?.get(tenant)?;
+        (until > now).then(|| Duration::from_millis(u64::try_from(until - now).unwrap_or(0)))
+    }
+
+    /// Records `tenant`'s budget as spent until `until`.
+    fn mark(&self, tenant: TenantId, until: i64, now: i64) {
+        let Ok(mut all) = self.until.lock() else {
+            return;
+        };
+        if all.len() >= Self::PRUNE_AT {
+            all.retain(|_, u| *u > now);
+        }
+        let entry = all.entry(tenant).or_insert(until);
+        *entry = (*entry).max(until);
+    }
 }
 
 /// Which limit a request exceeded.

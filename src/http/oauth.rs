@@ -321,27 +321,44 @@ fn basic_credentials(b64: &str) -> Option<(String, String)> {
 }
 
 /// What a token, revocation or introspection request names, read in one
-/// pass over its small form and checking nothing: the client id (`Basic`
-/// credentials, else the form's `client_id`), and the refresh token when
-/// the form asks for the refresh grant. The edge reads that app's record
-/// and that token's family alongside its rate limiting; [`client_credentials`]
-/// still decides how the client authenticates, and the handler checks the
-/// form itself (the pairs the edge parsed, handed on with the request).
-#[derive(Debug, Default, PartialEq, Eq)]
+/// pass over its small form and checking nothing: the client id and secret
+/// (`Basic` credentials, else the form's `client_id` and `client_secret`),
+/// and the refresh token or code when the form asks for that grant. The
+/// edge reads that app's record and that token's family alongside its rate
+/// limiting, and charges the tenant's budget only for a client that
+/// presents its own credentials (`edge::presents_own_credentials`);
+/// [`client_credentials`] still decides how the client authenticates, and
+/// the handler checks the form itself (the pairs the edge parsed, handed on
+/// with the request).
+#[derive(Default, PartialEq, Eq)]
 pub(super) struct TokenHints {
     /// The client id the credentials name.
     pub client_id: Option<String>,
+    /// The secret presented with it, if any.
+    pub client_secret: Option<String>,
     /// The refresh token of a refresh grant.
     pub refresh_token: Option<String>,
     /// The code of an authorization-code grant.
     pub code: Option<String>,
 }
 
+impl std::fmt::Debug for TokenHints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenHints")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("code", &self.code.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
 pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> TokenHints {
-    let (mut form_id, mut grant, mut token, mut code) = (None, None, None, None);
+    let (mut form_id, mut form_secret, mut grant, mut token, mut code) = (None, None, None, None, None);
     for (k, v) in form {
         let first = match k.as_str() {
             "client_id" => &mut form_id,
+            "client_secret" => &mut form_secret,
             "grant_type" => &mut grant,
             "refresh_token" => &mut token,
             "code" => &mut code,
@@ -353,9 +370,12 @@ pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> Tok
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
-    let client_id = match basic {
-        Some(b64) => basic_credentials(b64).map(|(id, _)| id),
-        None => form_id.cloned(),
+    let (client_id, client_secret) = match basic {
+        Some(b64) => match basic_credentials(b64) {
+            Some((id, secret)) => (Some(id), Some(secret)),
+            None => (None, None),
+        },
+        None => (form_id.cloned(), form_secret.cloned()),
     };
     let refresh_token = token
         .filter(|_| grant.map(String::as_str) == Some(GrantType::RefreshToken.as_str()))
@@ -365,6 +385,7 @@ pub(super) fn token_hints(headers: &HeaderMap, form: &[(String, String)]) -> Tok
         .cloned();
     TokenHints {
         client_id,
+        client_secret,
         refresh_token,
         code,
     }
@@ -804,6 +825,20 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic %%%"));
         assert_eq!(token_hints(&bad, &pairs::parse(b"client_id=app2")).client_id, None);
+        // The secret presented with the id: Basic's, else the form's; never
+        // the form's beside Basic credentials.
+        let secret = |h: &HeaderMap, body: &[u8]| token_hints(h, &pairs::parse(body)).client_secret;
+        assert_eq!(
+            secret(&basic("app", "s%3A1"), b"client_secret=other").as_deref(),
+            Some("s:1")
+        );
+        assert_eq!(
+            secret(&HeaderMap::new(), b"client_id=app&client_secret=s2").as_deref(),
+            Some("s2")
+        );
+        assert_eq!(secret(&HeaderMap::new(), b"client_id=app"), None);
+        assert_eq!(secret(&bad, b"client_id=app&client_secret=s2"), None);
+        assert!(!format!("{:?}", token_hints(&basic("app", "hunter2"), &[])).contains("hunter2"));
         // The same id the handler authenticates.
         let mut form = BTreeMap::new();
         match client_credentials(&basic("app%201", "s%3A1"), &mut form).unwrap() {

@@ -1,8 +1,9 @@
 //! Rate limits, request limits and request ids at the edge: limits counted in
 //! one real Redis hold across two gateway replicas, a tenant's own limits
 //! apply, a forged `X-Forwarded-For` picks no bucket, oversized requests are
-//! refused in the route's format, every response carries `x-request-id`, and
-//! a SAML sign-in is counted once, at its ACS.
+//! refused in the route's format, every response carries `x-request-id`, a
+//! SAML sign-in is counted once, at its ACS, and a tenant's budget on the
+//! token endpoints is spent only by its apps' own requests.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use portcullis::config::Settings;
@@ -52,6 +53,21 @@ async fn global_throttle_events(app: &TestApp) -> Vec<Value> {
     raw.iter()
         .map(|e| serde_json::from_slice::<Value>(&e.value).unwrap())
         .filter(|e| e["action"] == "throttle.exceeded")
+        .collect()
+}
+
+/// The throttling events in `tenant`'s audit log, read through the admin API.
+async fn tenant_throttle_events(app: &TestApp, tenant: &str) -> Vec<Value> {
+    let (status, log) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{tenant}/audit"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "throttle.exceeded")
+        .cloned()
         .collect()
 }
 
@@ -160,15 +176,8 @@ async fn a_tenant_limit_set_by_the_platform_admin_applies_and_is_audited_to_the_
         .unwrap()
         .is_some());
     // The event is in the tenant's audit log, readable through the admin API.
-    let (status, log) = a.admin(Method::GET, "/admin/v1/tenants/acme/audit", None).await;
-    assert_eq!(status, StatusCode::OK, "{log}");
-    let events: Vec<&Value> = log["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "throttle.exceeded")
-        .collect();
-    assert_eq!(events.len(), 1, "{log}");
+    let events = tenant_throttle_events(&a, "acme").await;
+    assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["target"]["kind"], "tenant");
     assert_eq!(events[0]["after"]["scope"], "tenant");
     assert_eq!(events[0]["after"]["route"], "callback");
@@ -582,4 +591,166 @@ async fn a_saml_sign_in_is_counted_at_its_acs_and_not_again_at_its_continuation(
     // The continuation of a sign-in whose ACS was counted is not refused.
     let resp = app.client.get(continuation).send().await.unwrap();
     assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A `/token` form naming `acme` through a made-up code, for `client`
+/// (with `secret`, sent as Basic credentials).
+async fn forged_grant(app: &TestApp, client: &str, secret: Option<&str>) -> reqwest::Response {
+    let mut req = app.client.post(app.url("/token")).form(&[
+        ("grant_type", "authorization_code"),
+        ("code", "acme.made-up-code"),
+        ("redirect_uri", "https://app.example/cb"),
+        ("code_verifier", "v".repeat(43).as_str()),
+        ("client_id", client),
+    ]);
+    if let Some(s) = secret {
+        req = req.basic_auth(client, Some(s));
+    }
+    req.send().await.unwrap()
+}
+
+/// On the token endpoints anyone can name a tenant (the prefix of a
+/// made-up code), so the tenant's budget there is spent only by its apps'
+/// own requests: requests without the app's secret (or, from a public app,
+/// without a real code or refresh token) never lock the tenant's apps out.
+#[tokio::test]
+async fn a_tenants_token_budget_is_spent_only_by_its_apps_own_requests() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 1000;
+            s.throttle.token.per_tenant = 3;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let cb = reqwest::Url::parse("https://app.example/cb").unwrap();
+    let backend = app.create_client("acme-backend", "Backend", &[&cb], false).await;
+    let secret = backend.client_secret.unwrap();
+    app.create_client("acme-spa", "SPA", &[&cb], true).await;
+
+    // Twelve requests naming acme that are not its apps' own: an unknown
+    // app, a public app with a made-up code, the backend with a wrong secret.
+    for i in 0..12 {
+        let (client, secret, want) = match i % 3 {
+            0 => ("nobody", None, StatusCode::UNAUTHORIZED),
+            1 => ("acme-spa", None, StatusCode::BAD_REQUEST),
+            _ => ("acme-backend", Some("wrong"), StatusCode::UNAUTHORIZED),
+        };
+        let resp = forged_grant(&app, client, secret).await;
+        assert_eq!(resp.status(), want, "request {i} ({client})");
+    }
+    // The backend's own requests spend it: three (each refused for its
+    // made-up code), then 429.
+    for i in 0..3 {
+        let resp = forged_grant(&app, "acme-backend", Some(&secret)).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "own request {i}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    }
+    let resp = forged_grant(&app, "acme-backend", Some(&secret)).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&resp) >= 1);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    // Spent for every request naming the tenant, and audited as the tenant's.
+    assert_eq!(
+        forged_grant(&app, "nobody", None).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let events = tenant_throttle_events(&app, "acme").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["after"]["scope"], "tenant");
+    assert_eq!(events[0]["after"]["route"], "token");
+}
+
+/// A public app has no secret: its requests spend its tenant's budget when
+/// the code or refresh token they present is real and was issued to it.
+#[tokio::test]
+async fn a_public_apps_real_codes_and_refresh_tokens_spend_its_tenants_budget() {
+    let app = crate::support::local::Gateway {
+        smtp: None,
+        redis: None,
+        shipped_argon2: false,
+        clock: None,
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 1000;
+            s.throttle.token.per_tenant = 3;
+        }),
+    }
+    .spawn()
+    .await;
+    let world = crate::support::local::World {
+        tenant: "budget",
+        connection: "local",
+        client: "budget-spa",
+        scope: "openid offline_access",
+    }
+    .create(&app, "Budget", "budget.example")
+    .await;
+    world.account(&app, "ada@budget.example", "correct horse battery").await;
+    // The code's redemption is the first of three.
+    let tokens = world
+        .sign_in(&app, "ada@budget.example", "correct horse battery", None)
+        .await;
+    let mut refresh_token = tokens["refresh_token"].as_str().expect("a refresh token").to_owned();
+    let refresh = |token: String| {
+        app.client
+            .post(app.url("/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.as_str()),
+                ("client_id", "budget-spa"),
+            ])
+            .send()
+    };
+    for i in 0..2 {
+        let resp = refresh(refresh_token.clone()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "refresh {i}");
+        let body: Value = resp.json().await.unwrap();
+        refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    let resp = refresh(refresh_token).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// The budget is one for every replica (counted in the store): what one
+/// replica spent, another finds spent at its next charge, and from then on
+/// refuses too (having let through the one request that found it spent).
+#[tokio::test]
+async fn a_tenants_token_budget_spent_on_one_replica_is_spent_on_the_others() {
+    let (a, b) = two_replicas(|s| {
+        s.throttle.token.per_ip = 1000;
+        s.throttle.token.per_tenant = 3;
+    })
+    .await;
+    a.create_tenant("acme", "Acme", &[]).await;
+    let cb = reqwest::Url::parse("https://app.example/cb").unwrap();
+    let secret = a
+        .create_client("acme-backend", "Backend", &[&cb], false)
+        .await
+        .client_secret
+        .unwrap();
+    for i in 0..2 {
+        let resp = forged_grant(&a, "acme-backend", Some(&secret)).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "a: request {i}");
+    }
+    // b's first takes the last of the budget (b knows it from its charge).
+    assert_eq!(
+        forged_grant(&b, "acme-backend", Some(&secret)).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        forged_grant(&b, "acme-backend", Some(&secret)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // a learns it at its next charge: that request is through, the next not.
+    assert_eq!(
+        forged_grant(&a, "acme-backend", Some(&secret)).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        forged_grant(&a, "acme-backend", Some(&secret)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
