@@ -369,9 +369,11 @@ pub struct Accounts {
 /// Which accounts of a connection are its own now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Bound {
-    /// Those made for these incarnations (`<tenant>.<connection>`), and
-    /// those from before accounts were bound.
-    Live(String),
+    /// Those made for these incarnations (`incarnation`:
+    /// `<tenant>.<connection>`), and those from before accounts were bound
+    /// that are not older than the tenant (`tenant_since`, Unix seconds):
+    /// an older one was left by a tenant of the same id deleted before it.
+    Live { incarnation: String, tenant_since: i64 },
     /// None: the tenant or the connection is gone.
     Gone,
     /// Every one (a service built without the tenant registry: unit tests).
@@ -381,7 +383,13 @@ enum Bound {
 impl Bound {
     fn admits(&self, u: &LocalUser) -> bool {
         match self {
-            Self::Live(now) => u.incarnation.as_deref().is_none_or(|i| i == now),
+            Self::Live {
+                incarnation,
+                tenant_since,
+            } => match u.incarnation.as_deref() {
+                Some(i) => i == incarnation,
+                None => u.created_at >= *tenant_since,
+            },
             Self::Gone => false,
             Self::Unchecked => true,
         }
@@ -389,7 +397,7 @@ impl Bound {
 
     fn stamp(&self) -> Option<String> {
         match self {
-            Self::Live(now) => Some(now.clone()),
+            Self::Live { incarnation, .. } => Some(incarnation.clone()),
             Self::Gone | Self::Unchecked => None,
         }
     }
@@ -436,8 +444,11 @@ impl Accounts {
         let Some(tenants) = &self.tenants else {
             return Ok(Bound::Unchecked);
         };
-        match tenants.incarnation(t, c).await {
-            Ok(crate::tenant::Liveness::Live(i)) => Ok(Bound::Live(format!("{}.{}", i.tenant, i.connection))),
+        match tenants.incarnation_with_tenant(t, c).await {
+            Ok((Some(tenant), crate::tenant::Liveness::Live(i))) => Ok(Bound::Live {
+                incarnation: format!("{}.{}", i.tenant, i.connection),
+                tenant_since: tenant.created_at.timestamp(),
+            }),
             Ok(_) => Ok(Bound::Gone),
             Err(crate::tenant::RegistryError::Store(e)) => Err(e),
             Err(e) => Err(StoreError::Corrupt(format!("incarnation of {t}/{c}: {e}"))),

@@ -559,18 +559,29 @@ impl TenantRegistry {
     /// The current incarnations of `t` and its connection `c`, or which of
     /// them is gone. Checked on every use of anything issued to a user.
     pub async fn incarnation(&self, t: &TenantId, c: &ConnectionId) -> Result<Liveness, RegistryError> {
+        Ok(self.incarnation_with_tenant(t, c).await?.1)
+    }
+
+    /// [`Self::incarnation`], with the tenant's record it read (when the
+    /// tenant exists), in the same wait.
+    pub async fn incarnation_with_tenant(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+    ) -> Result<(Option<Arc<Tenant>>, Liveness), RegistryError> {
         // Independent reads, sent together (one round trip on Redis).
         let (tenant, connection) = tokio::try_join!(self.get(t), self.connection_incarnation(t, c))?;
         let Some(tenant) = tenant else {
-            return Ok(Liveness::TenantGone);
+            return Ok((None, Liveness::TenantGone));
         };
         let Some(connection) = connection else {
-            return Ok(Liveness::ConnectionGone);
+            return Ok((Some(tenant), Liveness::ConnectionGone));
         };
-        Ok(Liveness::Live(Incarnation {
+        let live = Liveness::Live(Incarnation {
             tenant: tenant.incarnation.clone(),
             connection,
-        }))
+        });
+        Ok((Some(tenant), live))
     }
 
     /// Like [`Self::incarnation`], for a tenant record the caller has just

@@ -934,6 +934,15 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
     let key = portcullis::local::user_key(&t, &c, email);
     let leftover = app.state.store.get(&key).await.unwrap().expect("the account's record");
     assert!(String::from_utf8_lossy(&leftover).contains("\"incarnation\""));
+    // And one from before accounts were bound (no incarnation), made an
+    // hour before the tenant that follows.
+    let legacy_email = "legacy@acme.example";
+    create_account(&app, legacy_email, old_password).await;
+    let legacy_key = portcullis::local::user_key(&t, &c, legacy_email);
+    let mut legacy: Value = serde_json::from_slice(&app.state.store.get(&legacy_key).await.unwrap().unwrap()).unwrap();
+    legacy.as_object_mut().unwrap().remove("incarnation");
+    legacy["created_at"] = json!(legacy["created_at"].as_i64().unwrap() - 3600);
+    let legacy = serde_json::to_vec(&legacy).unwrap();
 
     // The tenant is deleted; its purge "fails" (the record is put back as
     // it would have stayed), and a tenant of the same ids is created.
@@ -942,6 +951,7 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.state.store.put(&key, &leftover, None).await.unwrap();
+    app.state.store.put(&legacy_key, &legacy, None).await.unwrap();
     app.create_tenant(TENANT, "Another Corp", &["acme.example"]).await;
     let (status, body) = app
         .admin(
@@ -960,8 +970,14 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
         .fill_and_submit(&page, None, &[("email", email), ("password", old_password)])
         .await;
     assert_reason(&refused, 401, "local.bad_credentials");
+    let page = start(&app, &mut browser, &p).await;
+    let refused = browser
+        .fill_and_submit(&page, None, &[("email", legacy_email), ("password", old_password)])
+        .await;
+    assert_reason(&refused, 401, "local.bad_credentials");
     assert!(app.state.accounts.list(&t, &c).await.unwrap().is_empty());
     assert!(app.state.accounts.get(&t, &c, email).await.unwrap().is_none());
+    assert!(app.state.accounts.get(&t, &c, legacy_email).await.unwrap().is_none());
 
     // Its address signs up afresh (the leftover is replaced) and signs in.
     let confirm = sign_up(&mut browser, &page, email, GOOD_PASSWORD).await;
