@@ -371,9 +371,15 @@ pub struct Accounts {
 enum Bound {
     /// Those made for these incarnations (`incarnation`:
     /// `<tenant>.<connection>`), and those from before accounts were bound
-    /// that are not older than the tenant (`tenant_since`, Unix seconds):
-    /// an older one was left by a tenant of the same id deleted before it.
-    Live { incarnation: String, tenant_since: i64 },
+    /// (no stamp) where one may still be the connection's own: only if the
+    /// tenant and the connection are older than stamping
+    /// ([`crate::tenant::mints_stamped_accounts`]) and the account is not
+    /// older than the tenant (`unstamped_since`, Unix seconds). Any other
+    /// was left by a predecessor of the same ids.
+    Live {
+        incarnation: String,
+        unstamped_since: Option<i64>,
+    },
     /// None: the tenant or the connection is gone.
     Gone,
     /// Every one (a service built without the tenant registry: unit tests).
@@ -382,13 +388,19 @@ enum Bound {
 
 impl Bound {
     fn admits(&self, u: &LocalUser) -> bool {
+        self.admits_stamp(u.incarnation.as_deref(), u.created_at)
+    }
+
+    /// Whether an account stamped `stamp` (`None`: from before stamping),
+    /// made at `created_at` (Unix seconds), is the connection's own.
+    fn admits_stamp(&self, stamp: Option<&str>, created_at: i64) -> bool {
         match self {
             Self::Live {
                 incarnation,
-                tenant_since,
-            } => match u.incarnation.as_deref() {
+                unstamped_since,
+            } => match stamp {
                 Some(i) => i == incarnation,
-                None => u.created_at >= *tenant_since,
+                None => unstamped_since.is_some_and(|since| created_at >= since),
             },
             Self::Gone => false,
             Self::Unchecked => true,
@@ -445,10 +457,15 @@ impl Accounts {
             return Ok(Bound::Unchecked);
         };
         match tenants.incarnation_with_tenant(t, c).await {
-            Ok((Some(tenant), crate::tenant::Liveness::Live(i))) => Ok(Bound::Live {
-                incarnation: format!("{}.{}", i.tenant, i.connection),
-                tenant_since: tenant.created_at.timestamp(),
-            }),
+            Ok((Some(tenant), crate::tenant::Liveness::Live(i))) => {
+                let stamped = [&i.tenant, &i.connection]
+                    .iter()
+                    .any(|inc| crate::tenant::mints_stamped_accounts(inc));
+                Ok(Bound::Live {
+                    incarnation: format!("{}.{}", i.tenant, i.connection),
+                    unstamped_since: (!stamped).then(|| tenant.created_at.timestamp()),
+                })
+            }
             Ok(_) => Ok(Bound::Gone),
             Err(crate::tenant::RegistryError::Store(e)) => Err(e),
             Err(e) => Err(StoreError::Corrupt(format!("incarnation of {t}/{c}: {e}"))),
@@ -1337,6 +1354,32 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_is_the_connections_own_only_under_its_incarnations() {
+        let old = Bound::Live {
+            incarnation: "t.c".into(),
+            unstamped_since: Some(1_000),
+        };
+        let new = Bound::Live {
+            incarnation: "t.c".into(),
+            unstamped_since: None,
+        };
+        for bound in [&old, &new] {
+            assert!(bound.admits_stamp(Some("t.c"), 5));
+            assert!(!bound.admits_stamp(Some("t.other"), 5_000), "another incarnation's");
+        }
+        // Unstamped: only under a tenant and connection older than
+        // stamping, and only if not older than the tenant.
+        assert!(old.admits_stamp(None, 1_000));
+        assert!(!old.admits_stamp(None, 999), "older than the tenant");
+        assert!(
+            !new.admits_stamp(None, 5_000),
+            "its tenant or connection stamps every account"
+        );
+        assert!(!Bound::Gone.admits_stamp(Some("t.c"), 5));
+        assert!(Bound::Unchecked.admits_stamp(None, 0));
+    }
 
     #[test]
     fn emails_normalise_and_bad_ones_are_refused() {

@@ -1034,9 +1034,36 @@ impl TenantRegistry {
     }
 }
 
-/// A fresh random incarnation id.
+/// A fresh random incarnation id: 15 random bytes, 20 characters.
+/// Incarnations minted before local accounts were stamped with theirs were
+/// 12 bytes, 16 characters ([`mints_stamped_accounts`]).
 fn new_incarnation() -> String {
-    crate::tokens::random_token(12)
+    crate::tokens::random_token(15)
+}
+
+/// Whether `incarnation` was minted by a version that stamps every local
+/// account with its tenant's and connection's incarnations (one longer
+/// than the 16 characters of those before). A tenant or connection of
+/// such an incarnation never had an unstamped account: one found under its
+/// ids was left by a predecessor deleted before it.
+pub fn mints_stamped_accounts(incarnation: &str) -> bool {
+    incarnation.len() > 16
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::*;
+
+    #[test]
+    fn incarnations_minted_now_are_told_from_those_before_account_stamps() {
+        let now = new_incarnation();
+        assert_eq!(now.len(), 20);
+        assert!(mints_stamped_accounts(&now));
+        // Those before: 12 random bytes, and the empty one of tenants
+        // stored before incarnations existed.
+        assert!(!mints_stamped_accounts(&crate::tokens::random_token(12)));
+        assert!(!mints_stamped_accounts(""));
+    }
 }
 
 #[cfg(test)]
