@@ -46,10 +46,10 @@ async fn gateway_with(smtp: &SmtpServer, redis: Option<(String, String)>, cheap:
     .await
 }
 
-/// Creates the tenant, its local connection (201 through the admin API)
-/// and a public app.
-async fn setup(app: &TestApp) {
-    app.create_tenant(TENANT, "Acme Corp", &["acme.example"]).await;
+/// Creates the tenant (named `name`) and its local connection (201
+/// through the admin API).
+async fn create_tenant_and_connection(app: &TestApp, name: &str) {
+    app.create_tenant(TENANT, name, &["acme.example"]).await;
     let (status, body) = app
         .admin(
             reqwest::Method::POST,
@@ -59,6 +59,11 @@ async fn setup(app: &TestApp) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["kind"], "local", "{body}");
+}
+
+/// Creates the tenant, its local connection and a public app.
+async fn setup(app: &TestApp) {
+    create_tenant_and_connection(app, "Acme Corp").await;
     let redirect = Url::parse(REDIRECT).unwrap();
     app.create_client(CLIENT, "Local app", &[&redirect], true).await;
 }
@@ -952,15 +957,7 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.state.store.put(&key, &leftover, None).await.unwrap();
     app.state.store.put(&legacy_key, &legacy, None).await.unwrap();
-    app.create_tenant(TENANT, "Another Corp", &["acme.example"]).await;
-    let (status, body) = app
-        .admin(
-            reqwest::Method::POST,
-            &format!("/admin/v1/tenants/{TENANT}/connections"),
-            Some(json!({"id": CONN, "kind": "local"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_tenant_and_connection(&app, "Another Corp").await;
 
     // The leftover's password signs in to nothing, and it is not listed.
     let p = pkce();
