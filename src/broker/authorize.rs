@@ -45,6 +45,10 @@ pub struct AuthRequest {
     /// request was checked: its code is for that registration only.
     #[serde(default)]
     pub client_registered_at: Option<i64>,
+    /// The `sub` of the request's `id_token_hint` (OIDC Core 3.1.2.1): the
+    /// user the app expects, whom a fresh sign-in must turn out to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hinted_sub: Option<String>,
 }
 
 impl AuthRequest {
@@ -66,6 +70,7 @@ impl AuthRequest {
             tenant: None,
             connection: None,
             client_registered_at: None,
+            hinted_sub: None,
         }
     }
 
@@ -308,5 +313,7 @@ pub fn parse(
         tenant: short("tenant"),
         connection: short("connection"),
         client_registered_at: Some(client.created_at.timestamp_millis()),
+        // Set by the broker once the hint's signature is checked.
+        hinted_sub: None,
     })
 }

@@ -14,7 +14,7 @@
 //! CSRF) thus cannot open a session there.
 
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
-use super::{page, pending_key, unavailable, Alongside, Broker, Outcome, PendingLogin};
+use super::{error_to_app, page, pending_key, unavailable, Alongside, Broker, Outcome, PendingLogin};
 use crate::broker::authorize::AuthRequest;
 use crate::directory::{Inactive, ProvisionError, Provisioned};
 use crate::ids::{ConnectionId, TenantId};
@@ -890,6 +890,20 @@ impl Broker {
         }
         if provisioned == Provisioned::Created {
             tracing::info!(reason = "user.jit_created", tenant = %tenant, connection = %connection, "user provisioned");
+        }
+        // OIDC Core 3.1.2.1: the app's `id_token_hint` named who it expects;
+        // a person who signed in at the IdP as someone else gets no session
+        // and the app no code for them.
+        if request.hinted_sub.as_deref().is_some_and(|hinted| hinted != user.sub) {
+            self.record_failure(tenant, Some(connection), "login.not_the_hinted_user")
+                .await;
+            tracing::warn!(reason = "login.not_the_hinted_user", tenant = %tenant, connection = %connection, "signed in as another user than id_token_hint names");
+            return Err(error_to_app(
+                request,
+                &self.provider.iss(),
+                "login_required",
+                "Signed in as another user than id_token_hint names.",
+            ));
         }
         Ok(Accepted {
             sub: user.sub,

@@ -364,7 +364,8 @@ impl Broker {
         // issued (signature and issuer checked, expiry tolerated), names
         // who the app expects. Its tenant is the request's (or must be);
         // only that user's SSO session answers it, and with prompt=none no
-        // other's: `login_required`.
+        // other's: `login_required`. A sign-in at the IdP that turns out to
+        // be another user is `login_required` too (`callback::accept`).
         let hinted_sub = match params.get("id_token_hint") {
             None => None,
             Some(hint) => match self.hinted(hint, &issuer).await {
@@ -382,6 +383,8 @@ impl Broker {
                         Some(_) => {}
                         None => req.tenant = Some(tenant),
                     }
+                    // A fresh sign-in must turn out to be this user, too.
+                    req.hinted_sub = Some(sub.clone());
                     Some(sub)
                 }
                 Err(None) => {

@@ -204,6 +204,10 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
             "The application asked for a fresh sign-in, and the IdP reused an older one.",
             "Let the IdP honour ForceAuthn (SAML) or prompt=login / max_age (OIDC).",
         ),
+        "login.not_the_hinted_user" => (
+            "The application asked for one user, and the person signed in at the IdP as another.",
+            "Sign out of the IdP, or sign in there as the user the application expects.",
+        ),
         "callback.browser_mismatch" => (
             "The sign-in finished in another browser than the one that started it.",
             "Start the sign-in again from the application, in one browser.",

@@ -363,7 +363,7 @@ async fn with_two_connections_the_sso_session_chooses_and_prompt_none_shows_no_c
 /// code for whoever was signed in.
 #[tokio::test]
 async fn id_token_hint_decides_whose_session_may_answer() {
-    use crate::revocation::{redeem, register, sign_in};
+    use crate::revocation::{redeem, register, sign_in, submit_login};
     let app = dev_app().await;
     let rp = register(&app, "hinted").await;
     let mut ann = Browser::new();
@@ -423,12 +423,52 @@ async fn id_token_hint_decides_whose_session_may_answer() {
         .stopped();
     assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
     assert!(param(&back, "code").is_none());
-    // Without prompt=none the person is asked to sign in (the dev IdP's form).
+    // Without prompt=none the person is asked to sign in (the dev IdP's
+    // form). Signing in there as Ann again, not the hinted Bo, gets the app
+    // `login_required` and no code (it used to get a code for Ann), and is
+    // a failed sign-in with its reason; signing in as Bo gets Bo's code.
     let page = ann
         .get_until(&ask(Some("demo"), &[("id_token_hint", &bo_hint)]), &at_app)
         .await
         .page();
     assert!(page.url.path().starts_with("/dev/"), "{}", page.url);
+    let back = submit_login(&mut ann, &rp, &page, "ann@demo.example").await.stopped();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
+    assert_eq!(
+        param(&back, "error_description").as_deref(),
+        Some("Signed in as another user than id_token_hint names."),
+        "{back}"
+    );
+    assert!(param(&back, "code").is_none(), "{back}");
+    let failed = app
+        .state
+        .broker
+        .failed_sign_ins(&portcullis::ids::TenantId::parse("demo").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        failed.iter().any(|f| f.reason == "login.not_the_hinted_user"),
+        "{failed:?}"
+    );
+    let page = ann
+        .get_until(&ask(Some("demo"), &[("id_token_hint", &bo_hint)]), &at_app)
+        .await
+        .page();
+    let back = submit_login(&mut ann, &rp, &page, "bo@demo.example").await.stopped();
+    let code = crate::revocation::Code {
+        code: param(&back, "code").expect("a code for Bo"),
+        verifier: verifier.clone(),
+    };
+    let bo_again = redeem(&app, &rp, &code).await;
+    let claims = |t: &str| {
+        let payload = t.split('.').nth(1).unwrap();
+        let json = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&json).unwrap()
+    };
+    assert_eq!(
+        claims(bo_again.body["id_token"].as_str().unwrap())["sub"],
+        claims(&bo_hint)["sub"]
+    );
 
     // Not an ID token of ours, an access token, or another tenant's hint.
     let mut forged = ann_hint.clone();
