@@ -16,6 +16,10 @@
 //!   `portcullis_throttled_total{route}`, a `throttle.exceeded` log line and
 //!   an audit event (once per limit window and bucket, so a flood does not
 //!   flood the audit log).
+//! * A browser signed in to a tenant (a live SSO session of it in its
+//!   browser session) passes the tenant's spent budget on `/authorize`:
+//!   anyone can spend that budget, and its people already signed in need no
+//!   IdP to reach the next app ([`signed_in_to`]).
 //! * When the store cannot count, the route class decides (see
 //!   [`RouteClass::fail_open`]).
 //! * Every 503 carries `Retry-After`.
@@ -31,6 +35,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize as _;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -519,7 +524,7 @@ async fn admit(
                 Box::pin(state.broker.prefetch_callback(tenant, connection, login_id))
             });
             let (checked, prefetched, prefetched_authorize, prefetched_answer) = tokio::join!(
-                check(state, class, limit, ip, tenant.as_ref(), request_id),
+                check(state, class, limit, ip, tenant.as_ref(), request_id, &parts.headers),
                 async {
                     match prefetch {
                         Some(read) => read.await,
@@ -792,6 +797,7 @@ async fn check(
     ip: IpAddr,
     tenant: Option<&TenantId>,
     request_id: &str,
+    headers: &HeaderMap,
 ) -> Result<Checked, StoreError> {
     let window = Duration::from_secs(global.window_secs);
     let bucket = ip_bucket(ip);
@@ -885,6 +891,17 @@ async fn check(
     }
     if let (Some(key), Some(d)) = (tenant_key, tenant_decision) {
         if !d.allowed {
+            if let (RouteClass::Authorize, Some(t)) = (class, tenant) {
+                if signed_in_to(state, headers, t).await {
+                    tracing::info!(
+                        reason = "throttle.tenant_spent_signed_in",
+                        route = class.as_str(),
+                        tenant = %t,
+                        "the tenant's budget is spent; a browser signed in to it passes"
+                    );
+                    return Ok(Checked::Within(record, None));
+                }
+            }
             throttled(
                 state,
                 class,
@@ -901,6 +918,41 @@ async fn check(
         }
     }
     Ok(Checked::Within(record, None))
+}
+
+/// Whether the browser that sent `headers` is signed in to `tenant`: its
+/// session cookie names a browser session that holds a live SSO session of
+/// the tenant. Anyone can spend a tenant's budget on `/authorize` (a person
+/// has no credentials there yet); its people already signed in pass it,
+/// as their SSO session answers without the IdP. Read only for a request
+/// the spent budget would refuse, so it costs the other requests nothing.
+/// What the session then allows is still the handler's to decide.
+async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant: &TenantId) -> bool {
+    use tower_sessions::SessionStore as _;
+    let Some(id) = super::binding::cookie_value(headers, &state.session.cookie_name)
+        .and_then(|v| v.parse::<tower_sessions::session::Id>().ok())
+    else {
+        return false;
+    };
+    let sessions = crate::store::session::StoreSessionStore::new(
+        state.store.clone(),
+        state.provider.clock.clone(),
+        state.session.ttl,
+    );
+    let Ok(Some(record)) = sessions.load(&id).await else {
+        return false;
+    };
+    let Some(sso) = record
+        .data
+        .get(crate::broker::session::SESSION_FIELD)
+        .and_then(|v| crate::broker::session::BrowserSso::deserialize(v).ok())
+    else {
+        return false;
+    };
+    match crate::broker::session::load(&state.store, &sso, tenant).await {
+        Ok(Some(s)) => s.expires_at.is_none_or(|end| state.provider.clock.unix() < end),
+        _ => false,
+    }
 }
 
 /// The replica's clock in milliseconds.

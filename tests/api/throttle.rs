@@ -2,8 +2,9 @@
 //! one real Redis hold across two gateway replicas, a tenant's own limits
 //! apply, a forged `X-Forwarded-For` picks no bucket, oversized requests are
 //! refused in the route's format, every response carries `x-request-id`, a
-//! SAML sign-in is counted once, at its ACS, and a tenant's budget on the
-//! token endpoints is spent only by its apps' own requests.
+//! SAML sign-in is counted once, at its ACS, a tenant's budget on the
+//! token endpoints is spent only by its apps' own requests, and a browser
+//! signed in to a tenant passes its spent `/authorize` budget.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use portcullis::config::Settings;
@@ -753,4 +754,82 @@ async fn a_tenants_token_budget_spent_on_one_replica_is_spent_on_the_others() {
         forged_grant(&a, "acme-backend", Some(&secret)).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// Anyone can spend a tenant's budget on `/authorize` (a person has no
+/// credentials there yet). A browser signed in to the tenant passes it,
+/// as its SSO session answers without the IdP; everyone else is refused:
+/// a browser without a session, one with a made-up session cookie, and one
+/// signed in to another tenant only. Before, the signed-in browser was
+/// refused too.
+#[tokio::test]
+async fn a_browser_signed_in_to_a_tenant_passes_its_spent_authorize_budget() {
+    use crate::revocation::{authorize_url, dev_app, register, sign_in};
+    use crate::support::browser::Browser;
+    let app = dev_app().await;
+    app.create_tenant("other", "Other", &[]).await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/other/connections",
+            Some(json!({"id": "dev", "kind": "dev"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (one, two) = (register(&app, "one").await, register(&app, "two").await);
+    let mut ann = Browser::new();
+    sign_in(&app, &mut ann, &one, "demo", "ann@demo.example").await;
+    let mut bo = Browser::new();
+    sign_in(&app, &mut bo, &one, "other", "bo@other.example").await;
+
+    // Requests from anyone spend demo's budget.
+    let (status, body) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/demo",
+            Some(json!({"settings": {"throttle": {"authorize": {"per_tenant": 2}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let anyone = || {
+        app.client
+            .get(app.url("/authorize?client_id=nobody&tenant=demo"))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(anyone().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(anyone().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let verifier = portcullis::tokens::random_token(32);
+    let at_app = |u: &url::Url| u.host_str().is_some_and(|h| h.ends_with(".example.test"));
+    // Ann, signed in to demo, reaches the next app through her SSO session.
+    let back = ann
+        .get_until(&authorize_url(&app, &two, "demo", &verifier), &at_app)
+        .await
+        .stopped();
+    assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
+    // A browser without a session, and Bo, signed in to another tenant only.
+    for browser in [&mut Browser::new(), &mut bo] {
+        let page = browser
+            .get_until(&authorize_url(&app, &two, "demo", &verifier), &at_app)
+            .await
+            .page();
+        assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
+        assert!(page.body.contains("<code>throttle.exceeded</code>"), "{}", page.body);
+    }
+    // A made-up session cookie.
+    let made_up = format!(
+        "{}={}",
+        app.state.session.cookie_name,
+        tower_sessions::session::Id::default()
+    );
+    let resp = app
+        .client
+        .get(authorize_url(&app, &two, "demo", &verifier))
+        .header("cookie", made_up)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }
