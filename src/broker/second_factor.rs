@@ -14,7 +14,7 @@
 //! session counts as MFA for `require_mfa`.
 
 use super::callback::Validated;
-use super::session::BrowserSso;
+use super::session::{BrowserSso, SsoSession};
 use super::{page, unavailable, Broker, Outcome};
 use crate::ids::{ConnectionId, TenantId};
 use crate::mfa::{Factor, Mfa, MfaError};
@@ -373,6 +373,23 @@ impl Broker {
         })
     }
 
+    /// Whether session `s` may change its user's second factors: always
+    /// when the user has none yet (the first one is set up by the password
+    /// alone, trust on first use), otherwise only when the session used
+    /// one. A password alone must not add a factor an attacker holds, nor
+    /// remove the owner's.
+    pub(super) async fn second_factor_used_if_any(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+        if s.mfa || !self.has_second_factor(tenant, &s.sub).await.map_err(store_failed)? {
+            return Ok(());
+        }
+        tracing::warn!(reason = "mfa.session_without_second_factor", tenant = %tenant, connection = %s.connection, "second factors not changed from a session without one");
+        Err(refused(
+            403,
+            "Your account has a second factor, and this session was opened without it. Sign out, sign in again with your second factor, and come back.",
+            "mfa.session_without_second_factor",
+        ))
+    }
+
     /// `/mfa/{tenant}/enroll`: a signed-in user of a connection with
     /// Portcullis's own factors enrols on their own (tenant setting
     /// `optional` or `required`), with the browser's SSO session for the
@@ -432,6 +449,11 @@ impl Broker {
                 )
             }
             Err(e) => return store_failed(e),
+        }
+        // An account with a passkey adds TOTP only from a session that
+        // used a second factor (as its passkeys are managed).
+        if let Err(refusal) = self.second_factor_used_if_any(&tenant, &s).await {
+            return refusal;
         }
         let who = match self.provider.directory.get(&tenant, &s.sub).await {
             Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),

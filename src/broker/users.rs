@@ -50,10 +50,16 @@ impl Broker {
         let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
             return Ok(false);
         };
+        self.has_second_factor(tenant, &sub).await
+    }
+
+    /// Whether the user `sub` has a second factor of Portcullis's own (a
+    /// confirmed TOTP enrolment or a passkey).
+    pub(super) async fn has_second_factor(&self, tenant: &TenantId, sub: &str) -> Result<bool, StoreError> {
         let mfa = self.mfa();
         let (totp, passkey) = tokio::try_join!(
-            mfa.enrolled(tenant, &sub),
-            crate::mfa::passkey::has_any(&self.store, tenant, &sub)
+            mfa.enrolled(tenant, sub),
+            crate::mfa::passkey::has_any(&self.store, tenant, sub)
         )?;
         Ok(totp || passkey)
     }

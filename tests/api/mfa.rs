@@ -552,3 +552,75 @@ async fn an_enrolment_is_in_the_backup_sealed_and_works_after_a_restore() {
         .await;
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
 }
+
+/// A session opened without a second factor (the password alone) changes
+/// no second factor once the account has one: an attacker who knew only
+/// the password, signed in before its owner enrolled, could otherwise add
+/// a passkey of their own or remove the owner's. Its passkeys page and
+/// its posts are refused (`mfa.session_without_second_factor`); before the
+/// account had a factor the same session could open it (the first factor
+/// is set up by the password alone), and a session that used the second
+/// factor still can.
+#[tokio::test]
+async fn a_session_without_the_second_factor_changes_none_of_the_accounts_factors() {
+    let clock = clock();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        redis_url: Some(crate::support::redis::url()),
+        redis_prefix: Some(crate::support::redis::prefix()),
+        clock: Some(clock.clone()),
+        public_host: Some("localhost".into()),
+        configure: Some(std::sync::Arc::new(|s| s.passkeys.enabled = true)),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "optional").await;
+    let passkeys = app.url("/mfa/demo/passkeys");
+    let email = "owner@demo.example";
+
+    // The attacker's session, with the password alone, before any factor.
+    let mut attacker = Browser::new();
+    let demo = dev_sign_in(&app, &mut attacker, email).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", attacker.trail());
+    let page = attacker.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+
+    // The owner enrols TOTP from a session of their own.
+    let mut owner = Browser::new();
+    dev_sign_in(&app, &mut owner, email).await;
+    let enrolment = owner.get(&app.url("/mfa/demo/enroll")).await;
+    let secret = shown_secret(&enrolment);
+    let done = owner
+        .fill_and_submit(&enrolment, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+
+    // The attacker's session now changes nothing: neither the page nor a
+    // post from the form it showed before.
+    assert_reason(&attacker.get(&passkeys).await, 403, "mfa.session_without_second_factor");
+    let mut form = page.form(None);
+    form.fields.retain(|(k, _)| k == "csrf");
+    form.fields.push(("action".into(), "remove".into()));
+    form.fields.push(("id".into(), "made-up".into()));
+    assert_reason(
+        &attacker.submit(&page, &form).await,
+        403,
+        "mfa.session_without_second_factor",
+    );
+
+    // A session that used the second factor manages the passkeys.
+    clock.advance(chrono::Duration::seconds(30));
+    let mut signed_in = Browser::new();
+    let challenge = dev_sign_in(&app, &mut signed_in, email).await;
+    assert!(
+        challenge.url.path().starts_with("/mfa/demo/dev"),
+        "{}",
+        signed_in.trail()
+    );
+    let demo = signed_in
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+    let page = signed_in.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}

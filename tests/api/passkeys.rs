@@ -3,7 +3,8 @@
 //! real SMTP server (aiosmtpd), Redis and a real OIDC app (openid-client):
 //! sign-up → confirm → sign-in → register a passkey → sign-out → password +
 //! passkey as the second factor → sign-out → passwordless with the passkey;
-//! then the refusals, each by its reason code: a replayed answer, a wrong
+//! then the refusals, each by its reason code: a session without a second
+//! factor changing one once the account has one, a replayed answer, a wrong
 //! origin, throttling, another tenant's sign-in, a passkey whose enrolment
 //! the admin reset. The gateway's public URL is `http://localhost:PORT`:
 //! Chromium refuses WebAuthn with an IP address as the relying party id.
@@ -277,6 +278,18 @@ async fn register_a_passkey_use_it_as_second_factor_and_passwordless_and_refusal
 
     // Every refusal by its reason code.
     let refusals = &report["refusals"];
+    // The session that registered the first passkey used no second factor:
+    // it then changes none (passkeys, TOTP); the next, which used the
+    // passkey, manages them.
+    assert_eq!(
+        refusals["manage_without_factor"], "mfa.session_without_second_factor",
+        "{report:#}"
+    );
+    assert_eq!(
+        refusals["enrol_without_factor"], "mfa.session_without_second_factor",
+        "{report:#}"
+    );
+    assert_eq!(report["managed"], json!(["Laptop"]), "{report:#}");
     assert_eq!(refusals["replay"], "passkey.unknown_challenge", "{report:#}");
     assert_eq!(refusals["disabled"], "passkey.account_unusable", "{report:#}");
     assert_eq!(refusals["origin"], "passkey.wrong_origin", "{report:#}");

@@ -215,6 +215,15 @@ try {
     signCount: c.signCount,
   }));
 
+  // That session used no second factor: now that the account has one, it
+  // changes none (neither its passkeys nor a TOTP enrolment).
+  await page.goto(args.passkeys, { waitUntil: 'load' });
+  await step('refused-manage-without-factor');
+  result.refusals.manage_without_factor = await reasonShown();
+  await page.goto(args.passkeys.replace(/passkeys$/, 'enroll'), { waitUntil: 'load' });
+  await step('refused-enrol-without-factor');
+  result.refusals.enrol_without_factor = await reasonShown();
+
   // Sign out; sign in with the password and the passkey as second factor.
   await signOut('sign-out');
   await page.goto(args.start, { waitUntil: 'load' });
@@ -225,6 +234,11 @@ try {
   await step('mfa-passkey');
   await usePasskey();
   result.second = await appAnswer();
+  // This session used its second factor: it manages the passkeys.
+  await page.goto(args.passkeys, { waitUntil: 'load' });
+  await page.waitForSelector('#passkeys');
+  await step('passkeys-after-second-factor');
+  result.managed = await page.locator('#passkeys .passkey-name').allInnerTexts();
 
   // Sign out; passwordless sign-in with the passkey. The post is kept for the replay.
   await signOut('sign-out-again');
