@@ -1110,10 +1110,11 @@ impl Provider {
         let (revoked, subject_revoked, active, client, retired_at) = tokio::try_join!(
             self.store.get(&revoked_key),
             self.any_revoked(&tenant, &claims.subject_jti),
-            self.directory.active(&tenant, &claims.sub),
+            self.directory.active_in(&tenant, &claims.sub),
             self.clients.get(&claims.client_id),
             self.client_retired_at(&claims.client_id)
         )?;
+        let (tenant_record, active) = active;
         if revoked.is_some() {
             return Err(OAuthError::invalid_token(
                 "token.revoked",
@@ -1158,6 +1159,15 @@ impl Provider {
                     "The application the token was issued to no longer exists.",
                 ))
             }
+        }
+        // The tenant's side (`allowed_clients`), in the record the liveness
+        // check just read: an app the organization stopped using is cut off
+        // at once, not when its tokens expire.
+        if !tenant_allows_client(tenant_record.as_deref(), &claims.client_id) {
+            return Err(OAuthError::invalid_token(
+                "token.client_not_allowed_by_tenant",
+                "The organization no longer uses this application.",
+            ));
         }
         if retired_at.is_some_and(|at| claims.iat <= at) {
             return Err(OAuthError::invalid_token(

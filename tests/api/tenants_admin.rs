@@ -339,7 +339,9 @@ async fn the_tenants_sso_session_lifetime_ends_the_session() {
 }
 
 /// `allowed_clients` refuses other apps at `/authorize` and at the token
-/// endpoint (a code issued before the restriction).
+/// endpoint (a code issued before the restriction), and their access
+/// tokens at once: `/userinfo` answers 401, `/introspect` `active: false`
+/// (they were accepted until they expired).
 #[tokio::test]
 async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
     use portcullis::provider::grants::TokenRequest;
@@ -357,9 +359,10 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
     let form = login.form(None);
     let back = browser.submit_until(&login, &form, &stop).await.stopped();
     let first = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let secret_a = a.client_secret.unwrap();
     let creds = portcullis::provider::grants::ClientCredentials::Secret {
         id: "app-a".into(),
-        secret: a.client_secret.unwrap(),
+        secret: secret_a.clone(),
     };
     let client = app.state.provider.authenticate_client(&creds).await.unwrap();
     let redeem = |code: String| TokenRequest {
@@ -371,6 +374,18 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
     };
     let tokens = app.state.provider.token(&client, &redeem(first)).await.unwrap();
     let refresh_token = tokens.refresh_token.clone().expect("a refresh token");
+    let access_token = tokens.access_token.clone();
+    let userinfo = || app.client.get(app.url("/userinfo")).bearer_auth(&access_token).send();
+    let introspect = || {
+        app.client
+            .post(app.url("/introspect"))
+            .basic_auth("app-a", Some(&secret_a))
+            .form(&[("token", access_token.as_str())])
+            .send()
+    };
+    assert_eq!(userinfo().await.unwrap().status(), StatusCode::OK);
+    let active: serde_json::Value = introspect().await.unwrap().json().await.unwrap();
+    assert_eq!(active["active"], true, "{active}");
     // A second code (SSO), still unredeemed when the tenant restricts its apps.
     let again = browser
         .get_until(&authorize_url(&app, "app-a", &redirect, &verifier), &stop)
@@ -426,6 +441,16 @@ async fn allowed_clients_refuses_other_apps_at_authorize_and_token() {
         (err.code.as_str(), err.reason),
         ("invalid_grant", "refresh.client_not_allowed_by_tenant")
     );
+
+    // Its access token, at once.
+    let err = app.state.provider.check_access_token(&access_token).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_token", "token.client_not_allowed_by_tenant")
+    );
+    assert_eq!(userinfo().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let inactive: serde_json::Value = introspect().await.unwrap().json().await.unwrap();
+    assert_eq!(inactive, json!({"active": false}));
 }
 
 #[tokio::test]
