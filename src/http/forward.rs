@@ -71,7 +71,11 @@ pub async fn forward_auth(
 /// to the prefix and cannot add a query of its own: the resource and scope
 /// come from the `X-Portcullis-Resource` and `X-Portcullis-Scope` headers
 /// the proxy sets (`headers_to_add`, which overrides a client's), never
-/// from the query, which is the client's.
+/// from the query, which is the client's. Envoy sends the check with the
+/// original request's method and sets no `X-Original-Method` or
+/// `X-Forwarded-Method`: such a header is the client's, and one naming
+/// another method than the check's own is refused (a `DELETE` must not be
+/// judged as the `GET` its sender names).
 pub async fn forward_auth_prefixed(
     State(state): State<Arc<AppState>>,
     method: axum::http::Method,
@@ -81,6 +85,7 @@ pub async fn forward_auth_prefixed(
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     let original = raw.strip_prefix("/forward-auth").filter(|o| o.starts_with('/'));
     let (named_method, conflicting) = either(&headers, "x-original-method", "x-forwarded-method");
+    let conflicting = conflicting || named_method.is_some_and(|named| named != method.as_str());
     let req = ForwardRequest {
         token: bearer(&headers),
         resource: header_str(&headers, "x-portcullis-resource"),

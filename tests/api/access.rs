@@ -453,6 +453,34 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
     };
     let (status, reason) = envoy(format!("/home/{sub}/notes?x=1"), Some(HOME)).await;
     assert_eq!((status, reason.as_str()), (StatusCode::OK, "forward_auth.allowed"));
+    // Envoy checks with the original method and names none in a header: a
+    // DELETE whose client names it a GET is refused, not judged as a GET
+    // (the rules allow GET only); a header naming the same method passes.
+    for (method, named, expected) in [
+        (
+            Method::DELETE,
+            "GET",
+            (StatusCode::BAD_REQUEST, "forward_auth.conflicting_headers"),
+        ),
+        (Method::GET, "GET", (StatusCode::OK, "forward_auth.allowed")),
+    ] {
+        for header in ["x-original-method", "x-forwarded-method"] {
+            let resp = app
+                .client
+                .request(method.clone(), app.url(&format!("/forward-auth/home/{sub}/notes")))
+                .bearer_auth(&home)
+                .header("x-portcullis-resource", HOME)
+                .header(header, named)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                (resp.status(), resp.headers()["x-portcullis-reason"].to_str().unwrap()),
+                expected,
+                "{method} named {named} in {header}"
+            );
+        }
+    }
     let (status, reason) = envoy("/home/someone-else/notes".into(), Some(HOME)).await;
     assert_eq!(
         (status, reason.as_str()),
