@@ -126,6 +126,9 @@ struct PageFor<'a> {
     handle: &'a str,
     app: &'a str,
     self_service: bool,
+    /// The flow a TOTP enrolment shown here belongs to: the sign-in's
+    /// handle, or the SSO session of a self-service enrolment.
+    flow: &'a str,
 }
 
 /// The broker's answer to the MFA page.
@@ -303,6 +306,7 @@ impl Broker {
             handle,
             app: &v.request.redirect_uri,
             self_service: false,
+            flow: handle,
         };
         self.build_page(target, error, recovery_codes).await
     }
@@ -313,7 +317,7 @@ impl Broker {
             Err(e) => return store_failed(e),
         };
         let enrol = if p.step == Step::Enrol {
-            let pending = match self.mfa().start_enrolment(p.tenant, p.sub).await {
+            let pending = match self.mfa().start_enrolment(p.tenant, p.sub, p.flow).await {
                 Ok(pending) => pending,
                 Err(e) => return store_failed(e),
             };
@@ -468,11 +472,12 @@ impl Broker {
             handle: "",
             app: "",
             self_service: true,
+            flow: &s.sid,
         };
         let Some(code) = code else {
             return self.build_page(target, None, Vec::new()).await;
         };
-        match self.mfa().confirm(&tenant, &s.sub, code).await {
+        match self.mfa().confirm(&tenant, &s.sub, &s.sid, code).await {
             Ok((_, codes)) => {
                 tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %s.connection, "TOTP enrolment confirmed");
                 self.mfa_audit(&tenant, &s.connection, &s.sub, "mfa.enrolled").await;
@@ -518,7 +523,7 @@ impl Broker {
         let sub = w.validated.sub.clone();
         match w.step {
             Step::Done => self.mfa_page(&w, handle, None, Vec::new()).await,
-            Step::Enrol => match self.mfa().confirm(&tenant, &sub, code).await {
+            Step::Enrol => match self.mfa().confirm(&tenant, &sub, handle, code).await {
                 Ok((_, codes)) => {
                     tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
                     self.mfa_audit(&tenant, &connection, &sub, "mfa.enrolled").await;

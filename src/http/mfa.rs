@@ -86,6 +86,9 @@ fn message(reason: Option<&str>) -> &'static str {
         Some("mfa.throttled") => "Too many attempts. Wait 15 minutes, then try again.",
         Some("mfa.not_enrolled") => "This set-up has expired. Start the sign-in again from the application.",
         Some("mfa.not_done") => "Confirm a code from your app first.",
+        Some("mfa.enrolment_started_elsewhere") => {
+            "A set-up was started since in another sign-in or browser, so the key above is new: add it to your app again and type its code."
+        }
         Some(r) if r.starts_with("passkey.") => super::passkey::message(Some(r)),
         Some(_) => "That did not work. Please try again.",
     }

@@ -7,6 +7,10 @@
 //!   text, and stored sealed at rest (`secrets::sealed::sealed_fields`
 //!   lists `secret` of `t:<tenant>:mfa` / `enrolment:<sub>` and
 //!   `pending:<sub>`).
+//! - A pending enrolment belongs to the flow that started it (a sign-in's
+//!   MFA step, or the SSO session of a self-service enrolment): another
+//!   flow replaces it with a fresh secret rather than show it, and a code
+//!   confirms it only in its own flow.
 //! - An enrolment is *pending* (TTL [`ENROL_TTL`]) until the person types a
 //!   first code; only then it becomes the persistent enrolment, with ten
 //!   recovery codes shown once and stored as SHA-256 hashes (80 random bits
@@ -50,6 +54,16 @@ pub fn enrolment_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "mfa", format!("enrolment:{sub}"))
 }
 
+/// The tag of a flow that may start an enrolment: the hash of its id (a
+/// sign-in's MFA handle, or the SSO session of a self-service enrolment).
+/// A pending enrolment is its flow's own: another flow never shows its
+/// secret, and its first code confirms it only in its flow, so whoever
+/// knows the password cannot read, from a sign-in of their own, the
+/// secret the owner is enrolling (nor make the owner enrol theirs).
+fn flow_tag(flow: &str) -> String {
+    crate::tokens::sha256_base64url(flow.as_bytes())
+}
+
 /// The key of a user's enrolment waiting for its first code (sealed, TTL).
 fn pending_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "mfa", format!("pending:{sub}"))
@@ -88,6 +102,9 @@ pub struct Enrolment {
     /// The recovery codes (empty while pending).
     #[serde(default)]
     pub recovery: Vec<RecoveryCode>,
+    /// While pending: the hash of the flow that started it ([`flow_tag`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
 }
 
 impl Enrolment {
@@ -130,6 +147,10 @@ pub enum MfaError {
     /// The enrolment changed meanwhile (a concurrent confirmation or reset).
     #[error("enrolment changed meanwhile")]
     Changed,
+    /// The pending enrolment is another flow's (started since in another
+    /// sign-in or browser).
+    #[error("enrolment started elsewhere")]
+    StartedElsewhere,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -145,6 +166,7 @@ impl MfaError {
             Self::Throttled => "mfa.throttled",
             Self::NotEnrolled => "mfa.not_enrolled",
             Self::Changed => "mfa.enrolment_changed",
+            Self::StartedElsewhere => "mfa.enrolment_started_elsewhere",
             Self::Store(_) => "store.unavailable",
         }
     }
@@ -203,23 +225,33 @@ impl Mfa {
         self.store.exists(&enrolment_key(t, sub)).await
     }
 
-    /// The user's pending enrolment: the one already started (so a reload
-    /// shows the same secret), or a new one with a fresh secret.
-    pub async fn start_enrolment(&self, t: &TenantId, sub: &str) -> Result<Enrolment, StoreError> {
+    /// The user's pending enrolment for `flow`: the one this flow started
+    /// (so a reload shows the same secret), or a new one with a fresh
+    /// secret, which replaces one another flow started (its secret is
+    /// never shown here, and its page's first code no longer confirms).
+    pub async fn start_enrolment(&self, t: &TenantId, sub: &str, flow: &str) -> Result<Enrolment, StoreError> {
         let key = pending_key(t, sub);
+        let tag = flow_tag(flow);
+        let fresh = Enrolment {
+            sub: sub.to_owned(),
+            secret: totp::base32_encode(&random_bytes(totp::SECRET_BYTES)?),
+            created_at: self.clock.unix(),
+            confirmed_at: None,
+            recovery: Vec::new(),
+            flow: Some(tag.clone()),
+        };
         for _ in 0..CAS_ROUNDS {
-            if let Some(p) = self.store.get_json::<Enrolment>(&key).await? {
-                return Ok(p);
-            }
-            let fresh = Enrolment {
-                sub: sub.to_owned(),
-                secret: totp::base32_encode(&random_bytes(totp::SECRET_BYTES)?),
-                created_at: self.clock.unix(),
-                confirmed_at: None,
-                recovery: Vec::new(),
-            };
-            if self.store.put_json_if_absent(&key, &fresh, Some(ENROL_TTL)).await? {
-                return Ok(fresh);
+            match self.store.get_json::<Enrolment>(&key).await? {
+                Some(p) if p.flow.as_deref() == Some(tag.as_str()) => return Ok(p),
+                Some(_) => {
+                    self.store.put_json(&key, &fresh, Some(ENROL_TTL)).await?;
+                    return Ok(fresh);
+                }
+                None => {
+                    if self.store.put_json_if_absent(&key, &fresh, Some(ENROL_TTL)).await? {
+                        return Ok(fresh);
+                    }
+                }
             }
         }
         Err(StoreError::Unavailable("pending enrolment contended".into()))
@@ -228,11 +260,20 @@ impl Mfa {
     /// Confirms the pending enrolment with its first code: the enrolment
     /// becomes the user's, and its recovery codes are returned (the only
     /// time they exist in clear).
-    pub async fn confirm(&self, t: &TenantId, sub: &str, code: &str) -> Result<(Enrolment, Vec<String>), MfaError> {
+    pub async fn confirm(
+        &self,
+        t: &TenantId,
+        sub: &str,
+        flow: &str,
+        code: &str,
+    ) -> Result<(Enrolment, Vec<String>), MfaError> {
         self.count_attempt(t, sub).await?;
         let Some(pending) = self.store.get_json::<Enrolment>(&pending_key(t, sub)).await? else {
             return Err(MfaError::NotEnrolled);
         };
+        if pending.flow.as_deref() != Some(flow_tag(flow).as_str()) {
+            return Err(MfaError::StartedElsewhere);
+        }
         let key = totp::base32_decode(&pending.secret).ok_or(MfaError::NotEnrolled)?;
         let step = totp::matching_step(&key, &normalise(code), self.clock.unix()).ok_or(MfaError::BadCode)?;
         if !self.claim_step(t, sub, step).await? {
@@ -244,6 +285,7 @@ impl Mfa {
         }
         let enrolment = Enrolment {
             confirmed_at: Some(self.clock.unix()),
+            flow: None,
             recovery: codes
                 .iter()
                 .map(|c| RecoveryCode {
@@ -411,12 +453,15 @@ mod tests {
     #[tokio::test]
     async fn enrolment_confirms_with_a_first_code_and_a_used_step_is_refused() {
         let (mfa, clock, t) = setup();
-        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
         // A reload shows the same secret.
-        assert_eq!(mfa.start_enrolment(&t, "u1").await.unwrap().secret, pending.secret);
+        assert_eq!(
+            mfa.start_enrolment(&t, "u1", "flow").await.unwrap().secret,
+            pending.secret
+        );
         assert!(!mfa.enrolled(&t, "u1").await.unwrap());
         let code = code_now(&pending.secret, &clock);
-        let (_, recovery) = mfa.confirm(&t, "u1", &code).await.unwrap();
+        let (_, recovery) = mfa.confirm(&t, "u1", "flow", &code).await.unwrap();
         assert_eq!(recovery.len(), RECOVERY_CODES);
         assert!(mfa.enrolled(&t, "u1").await.unwrap());
         // The confirming code cannot sign in again.
@@ -433,8 +478,10 @@ mod tests {
     #[tokio::test]
     async fn an_earlier_step_is_refused_after_a_later_one() {
         let (mfa, clock, t) = setup();
-        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
-        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
+        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
         clock.advance(chrono::Duration::seconds(60));
         let key = totp::base32_decode(&pending.secret).unwrap();
         use crate::clock::Clock;
@@ -451,8 +498,10 @@ mod tests {
     #[tokio::test]
     async fn wrong_codes_are_throttled_in_the_store() {
         let (mfa, clock, t) = setup();
-        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
-        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
+        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
         clock.advance(chrono::Duration::seconds(30));
         let right = code_now(&pending.secret, &clock);
         let wrong = if right == "000000" { "111111" } else { "000000" };
@@ -472,8 +521,11 @@ mod tests {
     #[tokio::test]
     async fn recovery_codes_are_single_use_and_stored_hashed() {
         let (mfa, clock, t) = setup();
-        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
-        let (_, codes) = mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
+        let (_, codes) = mfa
+            .confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
         let stored = mfa.enrolment(&t, "u1").await.unwrap().unwrap();
         let json = serde_json::to_string(&stored).unwrap();
         for c in &codes {
@@ -493,8 +545,10 @@ mod tests {
             "mfa.bad_code"
         );
         // Another user's code is not this user's.
-        let other = mfa.start_enrolment(&t, "u2").await.unwrap();
-        mfa.confirm(&t, "u2", &code_now(&other.secret, &clock)).await.unwrap();
+        let other = mfa.start_enrolment(&t, "u2", "flow").await.unwrap();
+        mfa.confirm(&t, "u2", "flow", &code_now(&other.secret, &clock))
+            .await
+            .unwrap();
         assert_eq!(
             mfa.verify(&t, "u2", &codes[1]).await.unwrap_err().reason(),
             "mfa.bad_code"
@@ -504,12 +558,14 @@ mod tests {
     #[tokio::test]
     async fn reset_removes_the_enrolment() {
         let (mfa, clock, t) = setup();
-        let pending = mfa.start_enrolment(&t, "u1").await.unwrap();
-        mfa.confirm(&t, "u1", &code_now(&pending.secret, &clock)).await.unwrap();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
+        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
         assert!(mfa.reset(&t, "u1").await.unwrap());
         assert!(!mfa.enrolled(&t, "u1").await.unwrap());
         assert!(!mfa.reset(&t, "u1").await.unwrap());
-        let again = mfa.start_enrolment(&t, "u1").await.unwrap();
+        let again = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
         assert_ne!(again.secret, pending.secret);
     }
 }

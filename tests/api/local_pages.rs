@@ -316,13 +316,13 @@ async fn a_password_alone_does_not_change_the_password_of_an_account_with_a_seco
         .unwrap();
     let sub = claims["sub"].as_str().unwrap().to_owned();
     let mfa = portcullis::mfa::Mfa::new(app.state.store.clone(), std::sync::Arc::new(clock.clone()));
-    let enrolment = mfa.start_enrolment(&WORLD.t(), &sub).await.unwrap();
+    let enrolment = mfa.start_enrolment(&WORLD.t(), &sub, "flow").await.unwrap();
     let key = totp::base32_decode(&enrolment.secret).unwrap();
     let code_now = || {
         use portcullis::clock::Clock;
         totp::code_at(totp::Algorithm::Sha1, &key, totp::step_of(clock.unix()).unwrap(), 6).unwrap()
     };
-    mfa.confirm(&WORLD.t(), &sub, &code_now()).await.unwrap();
+    mfa.confirm(&WORLD.t(), &sub, "flow", &code_now()).await.unwrap();
 
     // Not signed in: the right current password is not enough.
     let mut stranger = Browser::new();

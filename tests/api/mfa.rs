@@ -624,3 +624,58 @@ async fn a_session_without_the_second_factor_changes_none_of_the_accounts_factor
     let page = signed_in.get(&passkeys).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
 }
+
+/// A pending enrolment belongs to the sign-in that started it. Someone who
+/// knows the password and signs in while the owner is enrolling does not
+/// get the owner's secret (before, every sign-in of the user showed the
+/// same pending secret for 15 minutes, so the attacker could copy it and
+/// keep the owner's second factor for good); their sign-in replaces the
+/// pending enrolment, so the owner's page says so and shows a fresh
+/// secret, which the attacker never saw, and the owner enrols with it.
+#[tokio::test]
+async fn a_pending_enrolment_is_its_sign_ins_own_and_never_shown_to_another() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let email = "enrolling@demo.example";
+
+    let mut owner = Browser::new();
+    let owners_page = dev_sign_in(&app, &mut owner, email).await;
+    assert!(owners_page.url.path().starts_with("/mfa/demo/dev"), "{}", owner.trail());
+    let owners_secret = shown_secret(&owners_page);
+    let mut attacker = Browser::new();
+    let attackers_page = dev_sign_in(&app, &mut attacker, email).await;
+    let attackers_secret = shown_secret(&attackers_page);
+    assert_ne!(attackers_secret, owners_secret, "another sign-in's secret shown");
+
+    // The owner's code: the enrolment was started elsewhere since.
+    let told = owner
+        .fill_and_submit(&owners_page, None, &[("code", &code(&owners_secret, &clock, 0))])
+        .await;
+    assert_reason(&told, 400, "mfa.enrolment_started_elsewhere");
+    let fresh = shown_secret(&told);
+    assert_ne!(fresh, owners_secret);
+    assert_ne!(fresh, attackers_secret);
+    let done = owner
+        .fill_and_submit(&told, None, &[("code", &code(&fresh, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("Save your recovery codes"), "{}", done.body);
+
+    // The attacker's secret confirms nothing, and signs no one in.
+    let refused = attacker
+        .fill_and_submit(&attackers_page, None, &[("code", &code(&attackers_secret, &clock, 0))])
+        .await;
+    assert_reason(&refused, 400, "mfa.not_enrolled");
+    clock.advance(chrono::Duration::seconds(30));
+    let mut later = Browser::new();
+    let challenge = dev_sign_in(&app, &mut later, email).await;
+    let wrong = later
+        .fill_and_submit(&challenge, None, &[("code", &code(&attackers_secret, &clock, 0))])
+        .await;
+    assert_reason(&wrong, 400, "mfa.bad_code");
+    let demo = later
+        .fill_and_submit(&wrong, None, &[("code", &code(&fresh, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
