@@ -84,6 +84,7 @@ fn message(reason: Option<&str>) -> &'static str {
         Some("mfa.code_reused") => "That code was already used. Wait for the next code in your app.",
         Some("mfa.recovery_reused") => "That recovery code was already used. Each works once.",
         Some("mfa.throttled") => "Too many attempts. Wait 15 minutes, then try again.",
+        Some("mfa.locked") => "Too many wrong codes for this account: codes from your app are refused now. Use one of your recovery codes, or ask your administrator to reset two-step verification.",
         Some("mfa.not_enrolled") => "This set-up has expired. Start the sign-in again from the application.",
         Some("mfa.not_done") => "Confirm a code from your app first.",
         Some("mfa.enrolment_started_elsewhere") => {

@@ -21,6 +21,9 @@
 //! - Every attempt is counted in the store per (tenant, sub) before the
 //!   code is looked at: more than [`MAX_ATTEMPTS`] in [`ATTEMPT_WINDOW`] is
 //!   refused (`mfa.throttled`) whatever the code, on every replica.
+//! - [`MAX_FAILURES`] wrong TOTP codes in a row lock the user's TOTP codes
+//!   (`mfa.locked`) until a recovery code passes or an admin resets the
+//!   enrolment, so the windows above do not add up to a likely guess.
 
 pub mod passkey;
 pub mod qr;
@@ -41,6 +44,14 @@ const RECOVERY_CHARS: usize = 16;
 pub const MAX_ATTEMPTS: i64 = 5;
 /// The window attempts are counted in.
 pub const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Wrong TOTP codes in a row (across windows) after which a user's TOTP
+/// codes are refused until a right recovery code or an admin's reset
+/// (NIST SP 800-63B §5.2.2: at most 100). The attempt windows alone let
+/// whoever knows the password try 480 codes a day, each matching one of
+/// three steps: a 40 % chance in a year.
+pub const MAX_FAILURES: i64 = 100;
+/// How long a run of wrong codes is remembered from its first.
+const FAILURE_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a started enrolment waits for its first code.
 pub const ENROL_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long the last accepted step is remembered: longer than any code of
@@ -75,6 +86,10 @@ fn step_key(t: &TenantId, sub: &str) -> Key {
 
 fn attempts_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "mfa", format!("attempts:{sub}"))
+}
+
+fn failures_key(t: &TenantId, sub: &str) -> Key {
+    Key::tenant(t.as_str(), "mfa", format!("failures:{sub}"))
 }
 
 /// One recovery code, by hash.
@@ -141,6 +156,10 @@ pub enum MfaError {
     /// Too many attempts in the window.
     #[error("too many attempts")]
     Throttled,
+    /// [`MAX_FAILURES`] wrong TOTP codes in a row: TOTP codes are refused
+    /// until a recovery code passes or an admin resets the enrolment.
+    #[error("too many wrong codes in a row")]
+    Locked,
     /// The user has no enrolment (or no pending one, when confirming).
     #[error("not enrolled")]
     NotEnrolled,
@@ -164,6 +183,7 @@ impl MfaError {
             Self::CodeReused => "mfa.code_reused",
             Self::RecoveryReused => "mfa.recovery_reused",
             Self::Throttled => "mfa.throttled",
+            Self::Locked => "mfa.locked",
             Self::NotEnrolled => "mfa.not_enrolled",
             Self::Changed => "mfa.enrolment_changed",
             Self::StartedElsewhere => "mfa.enrolment_started_elsewhere",
@@ -315,11 +335,26 @@ impl Mfa {
         let factor = if code.len() == RECOVERY_CHARS {
             self.use_recovery(t, sub, &code).await?
         } else {
-            let Some(enrolment) = self.enrolment(t, sub).await? else {
+            let failures_key = failures_key(t, sub);
+            let (enrolment, failures) = tokio::try_join!(self.enrolment(t, sub), self.store.get(&failures_key))?;
+            let Some(enrolment) = enrolment else {
                 return Err(MfaError::NotEnrolled);
             };
+            let failures = failures
+                .and_then(|f| std::str::from_utf8(&f).ok()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            if failures >= MAX_FAILURES {
+                return Err(MfaError::Locked);
+            }
             let key = totp::base32_decode(&enrolment.secret).ok_or(MfaError::NotEnrolled)?;
-            let step = totp::matching_step(&key, &code, self.clock.unix()).ok_or(MfaError::BadCode)?;
+            let Some(step) = totp::matching_step(&key, &code, self.clock.unix()) else {
+                let n = self.store.incr(&failures_key, FAILURE_MEMORY).await?;
+                return Err(if n >= MAX_FAILURES {
+                    MfaError::Locked
+                } else {
+                    MfaError::BadCode
+                });
+            };
             if !self.claim_step(t, sub, step).await? {
                 return Err(MfaError::CodeReused);
             }
@@ -338,6 +373,7 @@ impl Mfa {
         let had = self.store.delete(&enrolment_key(t, sub)).await?;
         self.store.delete(&pending_key(t, sub)).await?;
         self.store.delete(&attempts_key(t, sub)).await?;
+        self.store.delete(&failures_key(t, sub)).await?;
         Ok(had || passkeys > 0)
     }
 
@@ -353,9 +389,17 @@ impl Mfa {
     /// A right code clears the count. Failing to clear it only keeps the
     /// user more restricted (fail closed), so it is logged, not raised.
     pub async fn forget_attempts(&self, t: &TenantId, sub: &str) {
-        if let Err(e) = self.store.delete(&attempts_key(t, sub)).await {
+        let (attempts, failures) = (attempts_key(t, sub), failures_key(t, sub));
+        let cleared = tokio::try_join!(self.store.delete(&attempts), self.store.delete(&failures));
+        if let Err(e) = cleared {
             tracing::warn!(reason = "mfa.attempts_not_cleared", tenant = %t, error = %e);
         }
+    }
+
+    /// Clears the window's attempts only (tests: many windows at once).
+    #[cfg(test)]
+    async fn forget_attempts_in_window(&self, t: &TenantId, sub: &str) {
+        let _ = self.store.delete(&attempts_key(t, sub)).await;
     }
 
     /// Advances the user's last accepted step to `step`; `false` when it is
@@ -473,6 +517,93 @@ mod tests {
             mfa.verify(&t, "u1", &next).await.unwrap_err().reason(),
             "mfa.code_reused"
         );
+    }
+
+    /// A 6-digit code matching no step of the window around now.
+    fn wrong_now(secret: &str, clock: &ManualClock) -> String {
+        use crate::clock::Clock;
+        let key = totp::base32_decode(secret).unwrap();
+        let step = totp::step_of(clock.unix()).unwrap();
+        let window: Vec<String> = [step - 1, step, step + 1]
+            .iter()
+            .map(|s| totp::code_at(totp::Algorithm::Sha1, &key, *s, 6).unwrap())
+            .collect();
+        (0..10)
+            .map(|d| format!("{d}{d}{d}{d}{d}{d}"))
+            .find(|c| !window.contains(c))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_in_a_row_across_windows_lock_totp_until_a_recovery_code_or_a_reset() {
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
+        let (_, recovery) = mfa
+            .confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
+        let secret = pending.secret;
+        // Each window's attempts, right up to the lock: wrong codes only.
+        let mut wrong = 0;
+        while wrong < MAX_FAILURES - 1 {
+            for _ in 0..MAX_ATTEMPTS {
+                if wrong == MAX_FAILURES - 1 {
+                    break;
+                }
+                let e = mfa.verify(&t, "u1", &wrong_now(&secret, &clock)).await.unwrap_err();
+                assert_eq!(e.reason(), "mfa.bad_code", "after {wrong} wrong codes");
+                wrong += 1;
+            }
+            clock.advance(chrono::Duration::from_std(ATTEMPT_WINDOW).unwrap());
+        }
+        // The hundredth wrong code locks; then a right code is refused too.
+        let e = mfa.verify(&t, "u1", &wrong_now(&secret, &clock)).await.unwrap_err();
+        assert_eq!(e.reason(), "mfa.locked");
+        let e = mfa.verify(&t, "u1", &code_now(&secret, &clock)).await.unwrap_err();
+        assert_eq!(e.reason(), "mfa.locked");
+        // A recovery code still passes, and unlocks.
+        assert!(matches!(
+            mfa.verify(&t, "u1", &recovery[0]).await,
+            Ok(Factor::Recovery { .. })
+        ));
+        clock.advance(chrono::Duration::seconds(30));
+        assert_eq!(
+            mfa.verify(&t, "u1", &code_now(&secret, &clock)).await.unwrap(),
+            Factor::Totp
+        );
+
+        // A right code between wrong ones starts the count again.
+        let (mfa, clock, t) = setup();
+        let pending = mfa.start_enrolment(&t, "u2", "flow").await.unwrap();
+        mfa.confirm(&t, "u2", "flow", &code_now(&pending.secret, &clock))
+            .await
+            .unwrap();
+        for _ in 0..MAX_FAILURES - 1 {
+            let _ = mfa.verify(&t, "u2", &wrong_now(&pending.secret, &clock)).await;
+            mfa.forget_attempts_in_window(&t, "u2").await;
+        }
+        clock.advance(chrono::Duration::seconds(30));
+        assert_eq!(
+            mfa.verify(&t, "u2", &code_now(&pending.secret, &clock)).await.unwrap(),
+            Factor::Totp
+        );
+        let e = mfa
+            .verify(&t, "u2", &wrong_now(&pending.secret, &clock))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "mfa.bad_code");
+        // An admin's reset ends a lock.
+        for _ in 0..MAX_FAILURES {
+            let _ = mfa.verify(&t, "u2", &wrong_now(&pending.secret, &clock)).await;
+            mfa.forget_attempts_in_window(&t, "u2").await;
+        }
+        let e = mfa
+            .verify(&t, "u2", &wrong_now(&pending.secret, &clock))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "mfa.locked");
+        assert!(mfa.reset(&t, "u2").await.unwrap());
+        assert!(!mfa.store.exists(&failures_key(&t, "u2")).await.unwrap());
     }
 
     #[tokio::test]
