@@ -39,6 +39,10 @@ pub struct UpstreamSession {
     /// The IdP's `sub` at sign-in.
     #[serde(default)]
     pub subject: Option<String>,
+    /// The issuer that signed the person in (the ID token's `iss`): the
+    /// token is sent to no other, should the connection's issuer change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 pub(crate) fn record_key(tenant: &str, sid: &str) -> Key {
@@ -66,6 +70,7 @@ impl Broker {
             refresh_token: token.clone(),
             refreshed_at: self.provider.clock.unix(),
             subject: identity.raw.get("sub").and_then(|v| v.first()).cloned(),
+            issuer: identity.raw.get("iss").and_then(|v| v.first()).cloned(),
         };
         let ttl = record_ttl(self.provider.ttl.refresh_token_ttl_secs, self.session_ttl);
         let encoded = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -140,6 +145,14 @@ impl UpstreamRefresher {
                 return Ok(UpstreamCheck::Unavailable);
             }
         };
+        // The connection now names another IdP than the one that signed the
+        // person in: its token is that IdP's, and nobody here vouches for
+        // the person any more.
+        if let (Some(had), Some(now)) = (record.issuer.as_deref(), connector.refresh_issuer()) {
+            if had != now {
+                return self.end(authz, "refresh.upstream_issuer_changed").await;
+            }
+        }
         let interval = i64::try_from(connector.refresh_interval_secs().unwrap_or(self.interval_secs)).unwrap_or(3600);
         let now = self.upstream.clock.unix();
         if now.saturating_sub(record.refreshed_at) < interval {
@@ -274,6 +287,7 @@ mod tests {
             refresh_token: Secret::new("rt-1".to_owned()),
             refreshed_at: 1_000,
             subject: Some("user-1".into()),
+            issuer: Some("https://idp.example.com".into()),
         }
     }
 

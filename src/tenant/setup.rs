@@ -135,6 +135,17 @@ pub async fn patch_connection(
             ConnectionKind::Saml(upstream::saml::setup_patched(merged, ctx, &existing.tenant, &existing.id, cfg).await?)
         }
         ConnectionKind::Oidc(cfg) => {
+            // The stored secret is the old issuer's: a new issuer gets it
+            // only from the admin, never by default.
+            let new_issuer = patch
+                .get("issuer")
+                .is_some_and(|i| i.as_str() != Some(cfg.issuer.as_str()));
+            if new_issuer && cfg.client_secret.is_some() && !patch.contains_key("client_secret") {
+                return Err(SetupError::new(
+                    "client_secret",
+                    "must be given again when the issuer changes (the stored secret is the old issuer's)",
+                ));
+            }
             let mut merged = serde_json::to_value(cfg).map_err(|e| SetupError::new("body", e.to_string()))?;
             merge_patch(&mut merged, Value::Object(patch));
             strip_nulls(&mut merged);

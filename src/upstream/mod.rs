@@ -265,6 +265,13 @@ pub trait Connector: Send + Sync {
         None
     }
 
+    /// The issuer [`Self::refresh`] sends the upstream refresh token to,
+    /// where the connector has one (OIDC): a token kept from another
+    /// issuer's sign-in is never sent to it.
+    fn refresh_issuer(&self) -> Option<&str> {
+        None
+    }
+
     /// The longest an SSO session through this connection may last
     /// (seconds), when the connection sets a maximum; `None`: no cap.
     fn max_session_secs(&self) -> Option<i64> {

@@ -633,3 +633,42 @@ async fn mfa_required_is_asked_for_and_accepted_when_the_idp_reports_it() {
     assert_eq!(claims["acr"], "urn:example:mfa", "{claims}");
     assert_eq!(claims["amr"], json!(["pwd", "otp"]), "{claims}");
 }
+
+/// An upstream session kept from one issuer's sign-in is never sent to
+/// another: when the connection names another issuer than the one that
+/// signed the person in, the app's refresh ends the SSO session without
+/// asking anyone (`refresh.upstream_issuer_changed` in the log), instead of
+/// sending the old IdP's refresh token, with our client secret, to the new
+/// one. (Here the kept session says it came from another issuer.)
+#[tokio::test]
+async fn an_upstream_session_is_never_sent_to_another_issuer() {
+    use portcullis::store::{Key, StoreJson as _};
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = tokens["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    let key = Key::tenant(ACME, "sso", format!("upstream:{}", claims["sid"].as_str().unwrap()));
+    let store = &w.app.state.store;
+    let mut kept: Value = store.get_json(&key).await.unwrap().expect("an upstream session");
+    assert_eq!(
+        kept["issuer"].as_str(),
+        Some(w.idp.peer.url.as_str().trim_end_matches('/')),
+        "the issuer that signed in: {kept}"
+    );
+    kept["issuer"] = json!("https://old-idp.example");
+    store.put_json(&key, &kept, None).await.unwrap();
+
+    w.clock.advance(Duration::seconds(3601));
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!(err.code.as_str(), "invalid_grant");
+    assert_eq!(err.reason, "refresh.upstream_refused");
+    assert_eq!(w.idp.stats().await.refresh, 0, "the token went to no IdP");
+    assert!(store.get(&key).await.unwrap().is_none(), "the kept token is gone");
+}

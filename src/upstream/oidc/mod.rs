@@ -264,6 +264,10 @@ impl Connector for OidcConnector {
         self.cfg.refresh_interval_secs
     }
 
+    fn refresh_issuer(&self) -> Option<&str> {
+        Some(&self.cfg.issuer)
+    }
+
     async fn complete(
         &self,
         pending: Option<&serde_json::Value>,

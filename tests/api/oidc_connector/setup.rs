@@ -275,8 +275,28 @@ async fn a_merge_patch_keeps_the_write_only_secret_and_validates_the_whole_conne
         .await
         .unwrap_err();
     assert_eq!(err.field, "refresh_interval_secs");
-    let err = patch_connection(&ctx, &patched, json!({"issuer": "https://evil.example"}))
+    let err = patch_connection(
+        &ctx,
+        &patched,
+        json!({"issuer": "https://evil.example", "client_secret": "s3cret-evil"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.field, "issuer");
+
+    // Another issuer gets the stored secret only from the admin: a patch
+    // that moves the issuer without a new secret is refused.
+    let other = FakeIdp::start(IdpKey::generate("k2")).await;
+    let err = patch_connection(&ctx, &patched, json!({"issuer": other.issuer}))
         .await
         .unwrap_err();
-    assert_eq!(err.field, "issuer");
+    assert_eq!(err.field, "client_secret", "{}", err.message);
+    let moved = patch_connection(
+        &ctx,
+        &patched,
+        json!({"issuer": other.issuer, "client_secret": "s3cret-other"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret(&moved).as_deref(), Some("s3cret-other"));
 }
