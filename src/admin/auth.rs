@@ -285,7 +285,10 @@ async fn within_access(p: &Principal, mut req: Request, next: Next) -> Response 
         return AdminError::Forbidden("This API key is read-only.").into_response();
     }
     req.extensions_mut().insert(ScopeChecked);
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // The edge charges the tenant's admin budget for such answers only.
+    resp.extensions_mut().insert(crate::http::edge::InScope);
+    resp
 }
 
 fn principal_of(req: &Request) -> Option<Principal> {

@@ -70,8 +70,8 @@ pub struct EdgeConfig {
     pub proxies: Vec<Cidr>,
     /// `[server] body_timeout_secs`: how long a request's body may take.
     pub body_timeout: Duration,
-    /// Tenants whose budget on the token endpoints this replica saw spent,
-    /// and until when ([`SpentBudgets`]).
+    /// Tenants whose deferred budget (token endpoints, admin API) this
+    /// replica saw spent, and until when ([`SpentBudgets`]).
     spent: Arc<SpentBudgets>,
 }
 
@@ -101,7 +101,7 @@ pub struct RequestId(pub String);
 pub struct ClientIp(pub IpAddr);
 
 /// What a route is, for limits and for the shape of its error answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteClass {
     /// `/authorize`: a page.
     Authorize,
@@ -478,8 +478,10 @@ async fn admit(
         parts.extensions.insert(form);
     }
     // The tenant's budget on the token endpoints, to charge while the
-    // handler runs (see `TenantCharge`).
+    // handler runs; on the admin API, once the handler shows the caller
+    // authenticated for the tenant (see `TenantCharge`).
     let mut charge = None;
+    let mut charge_if_in_scope = None;
     if state.edge.throttle.enabled && !continues_a_counted_acs(parts.uri.path()) {
         if let Some(limit) = class.limit(&state.edge.throttle) {
             // The app the request names, and the family of the refresh
@@ -545,6 +547,12 @@ async fn admit(
                 }
             );
             match checked {
+                Ok(Checked::Within(record, deferred)) if class == RouteClass::Admin => {
+                    charge_if_in_scope = deferred;
+                    if let Some(t) = record {
+                        parts.extensions.insert(crate::tenant::FreshTenant(t));
+                    }
+                }
                 Ok(Checked::Within(record, deferred)) => {
                     charge = deferred.filter(|d| {
                         prefetched
@@ -579,14 +587,29 @@ async fn admit(
         }
     }
     let req = Request::from_parts(parts, body);
-    match charge {
+    match (charge, charge_if_in_scope) {
         // Counted beside the handler's own store work, so the request
         // waits for nothing more; before the answer leaves, so the next
         // request sees the budget this one spent.
-        Some(charge) => tokio::join!(next.run(req), charge.run(state, class)).0,
-        None => next.run(req).await,
+        (Some(charge), _) => tokio::join!(next.run(req), charge.run(state, class)).0,
+        // Anyone can name a tenant in an admin path: only a caller the
+        // admin API let in for it spends its budget.
+        (None, Some(charge)) => {
+            let resp = next.run(req).await;
+            if resp.extensions().get::<InScope>().is_some() {
+                charge.run(state, class).await;
+            }
+            resp
+        }
+        (None, None) => next.run(req).await,
     }
 }
+
+/// Marks an admin answer whose caller authenticated and was in scope for
+/// the route (the admin API's guard sets it): only such a request spends
+/// the budget of the tenant its path names.
+#[derive(Debug, Clone, Copy)]
+pub struct InScope;
 
 /// Whether a token, revocation or introspection request is the app's own
 /// (so it may spend the budget of `tenant`, the tenant its code or token
@@ -697,9 +720,10 @@ struct Plan {
     tenant_key: Option<Key>,
     per_tenant: u64,
     /// The tenant's limit is charged after the edge's count, and only for
-    /// a request that is its app's own: the token endpoints, where anyone
-    /// can name a tenant (the prefix of a made-up code) and only apps can
-    /// authenticate ([`TenantCharge`]).
+    /// a request that is its own: on the token endpoints, where anyone can
+    /// name a tenant (the prefix of a made-up code) and only apps can
+    /// authenticate, one of its apps' own; on the admin API, one whose
+    /// caller authenticated for the tenant ([`TenantCharge`], [`InScope`]).
     defer_tenant: bool,
 }
 
@@ -726,7 +750,7 @@ impl Plan {
                 .filter(|_| record.is_some() && per_tenant > 0)
                 .map(|t| Key::tenant(t.as_str(), "rl", class.as_str())),
             per_tenant,
-            defer_tenant: class == RouteClass::Token,
+            defer_tenant: matches!(class, RouteClass::Token | RouteClass::Admin),
         }
     }
 
@@ -861,7 +885,7 @@ async fn check(
         };
         // Spent, as far as this replica's last charges saw: refused
         // without counting, as the store refuses.
-        if let Some(wait) = state.edge.spent.spent(t, now_ms(state)) {
+        if let Some(wait) = state.edge.spent.spent(class, t, now_ms(state)) {
             let refused = RateDecision {
                 allowed: false,
                 retry_after: wait,
@@ -960,7 +984,9 @@ fn now_ms(state: &AppState) -> i64 {
     state.upstream.clock.now().timestamp_millis()
 }
 
-/// A tenant's budget on the token endpoints, charged only for a request
+/// A tenant's budget on the admin API, charged only for a request the
+/// admin API let in for the tenant ([`InScope`]), after its handler; on
+/// the token endpoints, charged only for a request
 /// that is its app's own ([`presents_own_credentials`]): anyone can name a
 /// tenant there (the prefix of a made-up code or token), so a budget
 /// charged before the client authenticated could be spent by requests from
@@ -981,7 +1007,7 @@ impl TenantCharge {
         match state.store.rate_limit(&self.key, self.limit, self.window).await {
             Ok(d) if !d.allowed => {
                 let until = now_ms(state).saturating_add(millis(d.retry_after));
-                state.edge.spent.mark(self.tenant, until, now_ms(state));
+                state.edge.spent.mark(class, self.tenant, until, now_ms(state));
             }
             // This request took the last of the budget: the next one would
             // be refused for up to one emission interval.
@@ -989,7 +1015,7 @@ impl TenantCharge {
                 let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
                 let interval = window_ms.div_ceil(self.limit.max(1)).max(1);
                 let until = now_ms(state).saturating_add(i64::try_from(interval).unwrap_or(i64::MAX));
-                state.edge.spent.mark(self.tenant, until, now_ms(state));
+                state.edge.spent.mark(class, self.tenant, until, now_ms(state));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(
@@ -1008,34 +1034,35 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Tenants whose budget on the token endpoints this replica saw spent, each
-/// until the moment the store said another request would be allowed (in
-/// the replica's clock, milliseconds). Only spent budgets are kept, each
-/// for at most its window, and the expired are dropped as the map grows.
+/// Tenants whose deferred budget of a route class (token endpoints, admin
+/// API) this replica saw spent, each until the moment the store said
+/// another request would be allowed (in the replica's clock, milliseconds).
+/// Only spent budgets are kept, each for at most its window, and the
+/// expired are dropped as the map grows.
 #[derive(Debug, Default)]
 struct SpentBudgets {
-    until: std::sync::Mutex<std::collections::HashMap<TenantId, i64>>,
+    until: std::sync::Mutex<std::collections::HashMap<(RouteClass, TenantId), i64>>,
 }
 
 impl SpentBudgets {
     /// Entries kept before the expired ones are dropped.
     const PRUNE_AT: usize = 1024;
 
-    /// How long `tenant`'s budget stays spent, if it is spent at `now`.
-    fn spent(&self, tenant: &TenantId, now: i64) -> Option<Duration> {
-        let until = *self.until.lock().ok()?.get(tenant)?;
+    /// How long `tenant`'s budget on `class` stays spent, if it is spent at `now`.
+    fn spent(&self, class: RouteClass, tenant: &TenantId, now: i64) -> Option<Duration> {
+        let until = *self.until.lock().ok()?.get(&(class, tenant.clone()))?;
         (until > now).then(|| Duration::from_millis(u64::try_from(until - now).unwrap_or(0)))
     }
 
-    /// Records `tenant`'s budget as spent until `until`.
-    fn mark(&self, tenant: TenantId, until: i64, now: i64) {
+    /// Records `tenant`'s budget on `class` as spent until `until`.
+    fn mark(&self, class: RouteClass, tenant: TenantId, until: i64, now: i64) {
         let Ok(mut all) = self.until.lock() else {
             return;
         };
         if all.len() >= Self::PRUNE_AT {
             all.retain(|_, u| *u > now);
         }
-        let entry = all.entry(tenant).or_insert(until);
+        let entry = all.entry((class, tenant)).or_insert(until);
         *entry = (*entry).max(until);
     }
 }

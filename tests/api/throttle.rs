@@ -833,3 +833,56 @@ async fn a_browser_signed_in_to_a_tenant_passes_its_spent_authorize_budget() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Anyone can name a tenant in an admin path. Requests without a valid
+/// credential, and those of another tenant's key, count against their
+/// address only: however many, they do not lock the tenant's admins (or
+/// the platform admin acting on it) out. Requests the admin API let in for
+/// the tenant spend its budget, and the next is 429 `throttle.exceeded`.
+/// Before, the unauthenticated requests alone spent it.
+#[tokio::test]
+async fn a_tenants_admin_budget_is_spent_only_by_callers_let_in_for_it() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| s.throttle.admin.per_tenant = 3),
+        ..AppOptions::default()
+    })
+    .await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    app.create_tenant("globex", "Globex", &[]).await;
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants/globex/api-keys"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let globex_key = resp.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+
+    let get = |token: Option<String>| {
+        let mut req = app.client.get(app.url("/admin/v1/tenants/acme"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("made-up".to_owned()), StatusCode::UNAUTHORIZED),
+        (Some(globex_key.clone()), StatusCode::NOT_FOUND),
+    ] {
+        for _ in 0..5 {
+            assert_eq!(get(token.clone()).await.unwrap().status(), status);
+        }
+    }
+    // acme's budget is whole: three requests, then 429.
+    for _ in 0..3 {
+        let resp = get(Some(app.admin_token.clone())).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = get(Some(app.admin_token.clone())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&resp) >= 1);
+    let problem: Value = resp.json().await.unwrap();
+    assert!(problem.to_string().contains("throttle.exceeded"), "{problem}");
+}
