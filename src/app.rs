@@ -529,8 +529,25 @@ impl Background {
 /// certificate warnings that became due.
 pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::tenant::refresh::CertificateWarning> {
     let refresher = crate::tenant::refresh::MetadataRefresher::new(state.tenants.clone(), state.upstream.clone());
-    let fetched = refresher.refresh_all(interval).await;
-    tracing::debug!(fetched, "metadata refresh round done");
+    let round = refresher.refresh_all(interval).await;
+    tracing::debug!(fetched = round.fetched, "metadata refresh round done");
+    // New metadata changes which certificates are trusted: each update goes
+    // into its tenant's audit log, as an admin's refresh does.
+    let audit = state.audit();
+    for (before, after) in &round.updated {
+        let event = crate::audit::AuditEvent::new(
+            &crate::audit::Actor::System("metadata_refresh".into()),
+            "connection.metadata_refreshed",
+            crate::audit::Target::new("connection", after.id.as_str()),
+            "job",
+        )
+        .tenant(&after.tenant)
+        .before(crate::tenant::setup::describe(&state.upstream, before))
+        .after(crate::tenant::setup::describe(&state.upstream, after));
+        if let Err(e) = audit.record(event).await {
+            tracing::warn!(reason = "audit.write_failed", error = %e, "metadata refresh not audited");
+        }
+    }
     match crate::tenant::refresh::expiry_events(&state.tenants, &state.store, state.upstream.clock.now()).await {
         Ok(warnings) => {
             // Each warning once per threshold (the marker above), into the tenant's audit log.

@@ -45,13 +45,15 @@ async fn refresh_connection(
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
     let refresher = MetadataRefresher::new(s.tenants.clone(), s.upstream.clone());
     let conn = match refresher.refresh(&id, &cid, Trigger::Now).await {
-        Ok(RefreshOutcome::Updated(c)) => {
+        Ok(RefreshOutcome::Updated(c, before)) => {
+            let before = crate::tenant::setup::describe(&s.upstream, &before);
             let after = crate::tenant::setup::describe(&s.upstream, &c);
             audit::record(
                 &s,
                 admin
                     .event("connection.metadata_refreshed", Target::new("connection", cid.as_str()))
                     .tenant(&id)
+                    .before(before)
                     .after(after),
             )
             .await?;

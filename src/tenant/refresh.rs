@@ -75,13 +75,23 @@ pub struct RefreshProblem {
     pub detail: String,
 }
 
+/// What one scheduled round did.
+#[derive(Debug, Default)]
+pub struct RefreshRound {
+    /// Connections whose metadata was fetched (taken or not).
+    pub fetched: usize,
+    /// Connections updated from their metadata: (before, after).
+    pub updated: Vec<(Connection, Connection)>,
+}
+
 /// What a refresh did.
 #[derive(Debug, Clone)]
 pub enum RefreshOutcome {
     /// The IdP answered 304 or the same configuration: nothing changed.
     Unchanged(Connection),
-    /// The connection was updated in place (new `revision`).
-    Updated(Connection),
+    /// The connection was updated in place (new `revision`); the second
+    /// is the connection as it was before.
+    Updated(Connection, Box<Connection>),
     /// Another replica holds this interval's claim: nothing was fetched.
     Skipped,
 }
@@ -162,13 +172,13 @@ impl MetadataRefresher {
     /// metadata URL, skipping those another replica claimed for this
     /// interval. Failures are logged and recorded per connection; one bad
     /// connection never stops the others. Returns how many were fetched.
-    pub async fn refresh_all(&self, interval: std::time::Duration) -> usize {
-        let mut fetched = 0;
+    pub async fn refresh_all(&self, interval: std::time::Duration) -> RefreshRound {
+        let mut round = RefreshRound::default();
         let tenants = match self.tenants.list().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(reason = "metadata.refresh_failed", error = %e, "cannot list tenants");
-                return 0;
+                return round;
             }
         };
         for t in tenants.iter().filter_map(|t| TenantId::parse(t).ok()) {
@@ -182,7 +192,11 @@ impl MetadataRefresher {
             for c in ids {
                 match self.refresh(&t, &c, Trigger::Scheduled { interval }).await {
                     Ok(RefreshOutcome::Skipped) | Err(RefreshError::NotRefreshable | RefreshError::NotFound) => {}
-                    Ok(_) | Err(RefreshError::Refused(_)) => fetched += 1,
+                    Ok(RefreshOutcome::Updated(after, before)) => {
+                        round.fetched += 1;
+                        round.updated.push((*before, after));
+                    }
+                    Ok(RefreshOutcome::Unchanged(_)) | Err(RefreshError::Refused(_)) => round.fetched += 1,
                     Err(RefreshError::Registry(RegistryError::Changed(_))) => {
                         // An admin change landed while fetching: it wins; the
                         // next round starts from it.
@@ -194,7 +208,7 @@ impl MetadataRefresher {
                 }
             }
         }
-        fetched
+        round
     }
 
     /// Fetches the metadata of connection `c` of tenant `t` and takes it if
@@ -230,7 +244,7 @@ impl MetadataRefresher {
             t.as_str(),
             c.as_str(),
             match &result {
-                Ok(RefreshOutcome::Updated(_)) => "updated",
+                Ok(RefreshOutcome::Updated(..)) => "updated",
                 Ok(_) => "unchanged",
                 Err(RefreshError::Refused(_)) => "refused",
                 Err(_) => "failed",
@@ -240,7 +254,7 @@ impl MetadataRefresher {
             Ok(outcome) => {
                 state.last_success_at = Some(now);
                 state.last_error = None;
-                let changed = matches!(outcome, RefreshOutcome::Updated(_));
+                let changed = matches!(outcome, RefreshOutcome::Updated(..));
                 if changed {
                     state.last_changed_at = Some(now);
                 }
@@ -363,7 +377,7 @@ impl MetadataRefresher {
         self.tenants.update_connection(conn, &updated).await?;
         state.etag = etag;
         state.last_modified = last_modified;
-        Ok(RefreshOutcome::Updated(updated))
+        Ok(RefreshOutcome::Updated(updated, Box::new(conn.clone())))
     }
 
     /// The refresh and expiry fields of a connection's admin answer:

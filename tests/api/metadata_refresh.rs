@@ -438,3 +438,56 @@ async fn a_certificate_close_to_expiry_shows_in_the_answer_and_is_reported_once_
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].level.as_str(), "3_days");
 }
+
+/// The schedule's refresh changes which certificates are trusted: each
+/// change is in the tenant's audit log as `connection.metadata_refreshed`
+/// by `system:metadata_refresh`, with the certificates before and after
+/// (before, only an admin's refresh was audited, so a certificate taken
+/// from the metadata URL on schedule left no trace there).
+#[tokio::test]
+async fn a_scheduled_refresh_that_changes_the_certificates_is_audited() {
+    let clock = ManualClock::at(now());
+    let (first, second) = (Key::new(), Key::new());
+    let server = MetadataServer::start(metadata(&[first.cert_b64()])).await;
+    let app = gateway(&clock).await;
+    connect(&app, &server).await;
+    server.publish(metadata(&[first.cert_b64(), second.cert_b64()]));
+    portcullis::app::metadata_round(&app.state, std::time::Duration::from_secs(3600)).await;
+    sign_in(&app, &connect_answer(&app).await, &second).await.unwrap();
+
+    let (status, log) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/audit", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let refreshed: Vec<&Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "connection.metadata_refreshed")
+        .collect();
+    assert_eq!(refreshed.len(), 1, "{log:#}");
+    let event = refreshed[0];
+    assert_eq!(event["actor"], "system:metadata_refresh", "{event:#}");
+    assert_eq!(event["target"]["id"], "corp", "{event:#}");
+    let fingerprints = |side: &str| -> Vec<String> {
+        event[side]["certificates"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {side} certificates: {event:#}"))
+            .iter()
+            .filter(|c| c["use"] == "idp_signing")
+            .map(|c| c["fingerprint_sha256"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(fingerprints("before").len(), 1, "{event:#}");
+    assert_eq!(fingerprints("after").len(), 2, "{event:#}");
+    assert!(fingerprints("after").contains(&fingerprints("before")[0]));
+}
+
+/// The stored connection as the admin API describes it.
+async fn connect_answer(app: &TestApp) -> Value {
+    let (status, conn) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/connections/corp", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{conn}");
+    conn
+}
