@@ -140,13 +140,31 @@ pub fn is_template(s: &str) -> bool {
     s.contains("${")
 }
 
-/// Checks the variables of a template: only `${sub}` and `${tenant}`.
+/// Checks the variables of a template: only `${sub}` and `${tenant}`, each
+/// standing alone between separators. Next to a letter, digit, `-` or `_`
+/// (or another variable) its expansion could be another user's or
+/// organization's: `files:${tenant}-eu` is `files:acme-eu` for `acme`,
+/// the scope of a tenant `acme-eu`.
 fn check_variables(s: &str) -> Result<(), String> {
     let rest = expand(s, "x", "x");
     if rest.contains("${") {
         return Err(format!(
             "{s:?} uses an unknown policy variable (only ${{sub}} and ${{tenant}} exist)"
         ));
+    }
+    let joins = |c: Option<char>, variable_side: char| {
+        c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == variable_side)
+    };
+    for var in ["${sub}", "${tenant}"] {
+        for (at, _) in s.match_indices(var) {
+            let before = s[..at].chars().next_back();
+            let after = s[at + var.len()..].chars().next();
+            if joins(before, '}') || joins(after, '$') {
+                return Err(format!(
+                    "{s:?}: {var} must stand between separators such as ':' or '/' (not next to a letter, digit, '-', '_' or another variable), or it could name another user or organization"
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -916,6 +916,24 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
             json!({"id": "x", "resource": HOME, "scopes": ["home:${user}"]}),
             "scopes[0]",
         ),
+        // A variable glued to other characters could name another tenant
+        // (`files:${tenant}-eu` is `files:acme-eu` for `acme`) or user.
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:${tenant}-eu"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:eu_${tenant}"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:${sub}${tenant}"]}),
+            "scopes[0]",
+        ),
+        (
+            json!({"id": "x", "resource": HOME, "scopes": ["home:read"], "claims": {"path": "/t/${tenant}2"}}),
+            "claims.path",
+        ),
         (json!({"id": "x", "resource": HOME, "scopes": []}), "scopes"),
         (json!({"id": "X Y", "resource": HOME, "scopes": ["home:read"]}), "id"),
         (
