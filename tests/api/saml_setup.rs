@@ -307,3 +307,76 @@ async fn weak_idp_rsa_keys_are_refused() {
     assert_eq!(e.field, "metadata_xml");
     assert!(e.message.contains("1024-bit"), "{}", e.message);
 }
+
+/// A self-signed-looking certificate carrying `public` (signed by a small
+/// key of its own: the parser does not check a certificate's signature).
+fn cert_with_key(cn: &str, public: &openssl::pkey::PKeyRef<openssl::pkey::Public>) -> String {
+    static SIGNER: std::sync::LazyLock<openssl::pkey::PKey<openssl::pkey::Private>> =
+        std::sync::LazyLock::new(|| openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap());
+    let signer = &*SIGNER;
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(public).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::from_unix(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(4_000_000_000).unwrap())
+        .unwrap();
+    b.sign(signer, openssl::hash::MessageDigest::sha256()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap())
+}
+
+/// IdP metadata listing `certs` as signing certificates.
+fn metadata_with(certs: &[String]) -> String {
+    let kds: String = certs
+        .iter()
+        .map(|c| format!("<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"))
+        .collect();
+    format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" entityID=\"https://heavy.test\"><md:IDPSSODescriptor protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">{kds}<md:SingleSignOnService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"https://heavy.test/sso\"/></md:IDPSSODescriptor></md:EntityDescriptor>"
+    )
+}
+
+/// Every signature is tried against every IdP certificate, so metadata
+/// whose keys cost much to verify with would let anyone posting to the
+/// ACS spend the gateway's CPU: more than 16 signing certificates, an RSA
+/// key over 8192 bits or an exponent over 32 bits are refused; 16
+/// ordinary ones are accepted.
+#[tokio::test]
+async fn idp_metadata_whose_keys_cost_much_to_verify_is_refused() {
+    use openssl::bn::BigNum;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    let public = |n_bits: i32, e: &BigNum| {
+        let mut n = BigNum::new().unwrap();
+        n.rand(n_bits, openssl::bn::MsbOption::ONE, true).unwrap();
+        PKey::from_rsa(Rsa::from_public_components(n, BigNum::from_slice(&e.to_vec()).unwrap()).unwrap()).unwrap()
+    };
+    let f4 = BigNum::from_u32(65537).unwrap();
+    let ordinary = public(2048, &f4);
+    let certs: Vec<String> = (0..17).map(|i| cert_with_key(&format!("k{i}"), &ordinary)).collect();
+
+    let refused = |md: String| async move {
+        try_setup(&ctx(), serde_json::json!({ "metadata_xml": md }))
+            .await
+            .unwrap_err()
+    };
+    let e = refused(metadata_with(&certs)).await;
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("17 IdP signing certificates"), "{}", e.message);
+    let e = refused(metadata_with(&[cert_with_key("big", &public(8200, &f4))])).await;
+    assert!(e.message.contains("8200-bit RSA key"), "{}", e.message);
+    let huge_e = BigNum::from_dec_str("8589934593").unwrap(); // 2^33 + 1
+    let e = refused(metadata_with(&[cert_with_key("e", &public(2048, &huge_e))])).await;
+    assert!(e.message.contains("34-bit exponent"), "{}", e.message);
+
+    try_setup(
+        &ctx(),
+        serde_json::json!({ "metadata_xml": metadata_with(&certs[..16]) }),
+    )
+    .await
+    .expect("16 ordinary certificates");
+}

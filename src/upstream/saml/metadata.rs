@@ -56,6 +56,14 @@ pub(crate) fn check_idp_url(location: &str, allow_private_networks: bool) -> Res
     }
 }
 
+/// The most signing certificates an IdP's metadata may list (each
+/// signature is tried against each: IdPs publish one to three).
+pub(crate) const MAX_SIGNING_CERTIFICATES: usize = 16;
+/// The largest RSA key accepted in a signing certificate.
+const MAX_RSA_BITS: u32 = 8192;
+/// The longest RSA public exponent accepted (65537 has 17 bits).
+const MAX_RSA_EXPONENT_BITS: i32 = 32;
+
 /// Parses IdP metadata (an EntityDescriptor, or an EntitiesDescriptor from
 /// which `wanted` picks the entity; the first IdP when unset). Every SSO and
 /// SLO location must pass [`check_idp_url`]. The error is a sentence for the
@@ -108,6 +116,21 @@ pub(crate) fn parse_idp_metadata(
                     key.bits()
                 ));
             }
+            // Every signature is tried against every certificate: keys that
+            // cost much to verify with would let anyone who posts to the ACS
+            // spend the gateway's CPU (every tenant's).
+            if key.id() == openssl::pkey::Id::RSA {
+                let rsa = key
+                    .rsa()
+                    .map_err(|_| "a signing certificate has an unsupported key".to_owned())?;
+                if key.bits() > MAX_RSA_BITS || rsa.e().num_bits() > MAX_RSA_EXPONENT_BITS {
+                    return Err(format!(
+                        "a signing certificate has a {}-bit RSA key with a {}-bit exponent; at most {MAX_RSA_BITS} bits and a {MAX_RSA_EXPONENT_BITS}-bit exponent are accepted",
+                        key.bits(),
+                        rsa.e().num_bits()
+                    ));
+                }
+            }
             if !signing_certificates.contains(&b64) {
                 signing_certificates.push(b64);
             }
@@ -115,6 +138,12 @@ pub(crate) fn parse_idp_metadata(
     }
     if signing_certificates.is_empty() {
         return Err("the metadata has no IdP signing certificate".to_owned());
+    }
+    if signing_certificates.len() > MAX_SIGNING_CERTIFICATES {
+        return Err(format!(
+            "the metadata has {} IdP signing certificates; at most {MAX_SIGNING_CERTIFICATES} are accepted",
+            signing_certificates.len()
+        ));
     }
 
     let mut sso_redirect = None;
