@@ -405,6 +405,11 @@ async fn delete_tenant(
     {
         tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "exchange rules of a deleted tenant left in the store");
     }
+    // Nor see its failed sign-ins (which are also hidden from a successor
+    // by the tenant's creation time, should this fail).
+    if let Err(e) = s.broker.purge_failed_sign_ins(&id).await {
+        tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "failed sign-ins of a deleted tenant left in the store");
+    }
     audit::purge_tenant(&s, &id).await;
     super::hooks::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)

@@ -666,7 +666,7 @@ impl Broker {
         if let Some(max_age) = req.max_age {
             // max_age=0 is prompt=login (OIDC Core §3.1.2.1), even within the
             // same second; an undated authentication is never fresh enough.
-            if max_age == 0 || s.undated || now - s.auth_time > max_age {
+            if max_age == 0 || s.undated || now.saturating_sub(s.auth_time) > max_age {
                 tracing::info!(reason = "sso.too_old_for_max_age", tenant = %tenant, undated = s.undated, "SSO session not reused");
                 return Ok(None);
             }

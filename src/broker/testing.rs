@@ -311,6 +311,17 @@ impl Broker {
 
     /// The tenant's recorded failed sign-ins, newest first.
     pub async fn failed_sign_ins(&self, tenant: &TenantId) -> Result<Vec<FailedSignIn>, StoreError> {
+        // A record older than the tenant's is a predecessor's (a tenant
+        // deleted, whose purge failed, and created again under its id).
+        let Some(since) = self
+            .tenants
+            .get(tenant)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map(|t| t.created_at.timestamp())
+        else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for slot in 0..FAILED_SIGN_INS_KEPT {
             if let Some(r) = self
@@ -318,11 +329,22 @@ impl Broker {
                 .get_json::<FailedSignIn>(&failed_slot_key(tenant, slot))
                 .await?
             {
-                out.push(r);
+                if r.at >= since {
+                    out.push(r);
+                }
             }
         }
         out.sort_by_key(|f| std::cmp::Reverse(f.at));
         Ok(out)
+    }
+
+    /// Forgets a deleted tenant's failed sign-ins.
+    pub async fn purge_failed_sign_ins(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.store.delete(&failed_counter_key(tenant)).await?;
+        for slot in 0..FAILED_SIGN_INS_KEPT {
+            self.store.delete(&failed_slot_key(tenant, slot)).await?;
+        }
+        Ok(())
     }
 }
 

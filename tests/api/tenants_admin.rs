@@ -638,3 +638,36 @@ async fn a_rotated_secret_keeps_working_until_the_overlap_ends() {
         }
     }
 }
+
+/// A tenant created again under a deleted tenant's id does not see the
+/// failed sign-ins of its predecessor: deletion purges them, and should
+/// that fail, records older than the tenant are not shown.
+#[tokio::test]
+async fn a_tenant_created_again_does_not_see_its_predecessors_failed_sign_ins() {
+    let clock = manual_clock();
+    let app = dev_app(&clock).await;
+    let broker = &app.state.broker;
+    let acme = portcullis::ids::TenantId::parse("acme").unwrap();
+    let failures = || broker.failed_sign_ins(&acme);
+
+    // Deleted through the admin API: purged.
+    app.create_tenant("acme", "Acme", &[]).await;
+    broker.record_failure(&acme, None, "login.user_inactive").await;
+    assert_eq!(failures().await.unwrap().len(), 1);
+    let (status, body) = app.admin(reqwest::Method::DELETE, "/admin/v1/tenants/acme", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // (In the same second: only the purge hides them here.)
+    app.create_tenant("acme", "Acme again", &[]).await;
+    assert!(failures().await.unwrap().is_empty());
+
+    // Removed without the purge (as when it failed): older than the tenant.
+    broker.record_failure(&acme, None, "login.user_inactive").await;
+    app.state.tenants.delete(&acme).await.unwrap();
+    clock.advance(chrono::Duration::seconds(5));
+    app.create_tenant("acme", "Acme once more", &[]).await;
+    assert!(failures().await.unwrap().is_empty());
+    broker.record_failure(&acme, None, "login.mfa_required").await;
+    let own = failures().await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].reason, "login.mfa_required");
+}
