@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use url::Url;
 
+/// The window in which a tenant's audit log gets one refused answer without
+/// a pending login per connection and reason ([`Broker::no_pending_login`]).
+const ANONYMOUS_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
 /// How long the browser has to follow the ACS's redirect to the continuation.
 pub const CONTINUE_TTL: Duration = Duration::from_secs(120);
 
@@ -768,6 +772,9 @@ impl Broker {
     /// The refusal of an answer with no pending login to finish (`reason`:
     /// none named, none found, or consumed by another answer meanwhile):
     /// counted, logged with `why`, audited, and a page for the person.
+    /// Anyone can post such an answer, so the tenant's audit log (bounded)
+    /// gets at most one of them per connection, reason and minute: a flood
+    /// does not push its admin changes out. Each is counted and logged.
     async fn no_pending_login(
         &self,
         tenant: &TenantId,
@@ -777,7 +784,16 @@ impl Broker {
     ) -> Outcome {
         meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
         tracing::warn!(reason, tenant = %tenant, connection = %connection, "{why}");
-        self.audit_failure(tenant, Some(connection), reason).await;
+        let marker = Key::tenant(tenant.as_str(), "audit", format!("anonymous:{connection}:{reason}"));
+        // A store that cannot say keeps the event (fail toward the record).
+        if self
+            .store
+            .put_if_absent(&marker, b"1", Some(ANONYMOUS_AUDIT_WINDOW))
+            .await
+            .unwrap_or(true)
+        {
+            self.audit_failure(tenant, Some(connection), reason).await;
+        }
         page(
             400,
             "Sign-in failed",

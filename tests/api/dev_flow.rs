@@ -497,3 +497,47 @@ async fn id_token_hint_decides_whose_session_may_answer() {
         assert_eq!(param(&back, "error_description").as_deref(), Some(why), "{back}");
     }
 }
+
+/// Anyone can send an IdP's answer naming no pending login: each is
+/// refused (`callback.unknown_login`) and logged, but the tenant's audit
+/// log, which keeps a bounded number of events, gets one per connection,
+/// reason and minute, so a flood does not push its admin changes out.
+#[tokio::test]
+async fn answers_without_a_pending_login_are_audited_once_a_minute() {
+    let clock = portcullis::clock::ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let flood = || async {
+        for i in 0..5 {
+            let url = app.url(&format!("/dev/demo/dev/callback?state=made-up-{i}"));
+            let resp = app.client.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+            assert!(resp.text().await.unwrap().contains("callback.unknown_login"));
+        }
+    };
+    let audited = || async {
+        let (status, log) = app
+            .admin(reqwest::Method::GET, "/admin/v1/tenants/demo/audit", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "signin.failed" && e["reason"] == "callback.unknown_login")
+            .count()
+    };
+    flood().await;
+    assert_eq!(audited().await, 1);
+    clock.advance(chrono::Duration::seconds(61));
+    flood().await;
+    assert_eq!(audited().await, 2);
+}
