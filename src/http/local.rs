@@ -601,7 +601,8 @@ fn status_of(e: &LocalError) -> StatusCode {
         | "challenge.failed"
         | "challenge.too_many_rounds"
         | "local.challenge_not_configured"
-        | "local.change_needs_second_factor" => StatusCode::FORBIDDEN,
+        | "local.change_needs_second_factor"
+        | "local.change_needs_challenge" => StatusCode::FORBIDDEN,
         "local.mail_unavailable" | "store.unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "local.hash_failed" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => match e {
@@ -1149,6 +1150,27 @@ async fn act(
             ))
         }
         Kind::Change => {
+            // Where the tenant's sign-in asks its custom-challenge hook, a
+            // password alone does not change the password (which would sign
+            // its owner out everywhere and lock them out): only from a
+            // session, which passed the challenge, or by "Forgot password".
+            // Refused before the password is looked at.
+            if account.is_none() {
+                if let Some(hooks) = &app.provider.hooks {
+                    if hooks
+                        .get(&l.t, crate::hooks::HookKind::CustomChallenge)
+                        .await?
+                        .is_some()
+                    {
+                        tracing::warn!(reason = "local.change_needs_challenge", tenant = %l.t, connection = %l.c, "password change without a session refused");
+                        return Err(LocalError::Refused {
+                            reason: "local.change_needs_challenge",
+                            message: "Sign in first (your organization asks an extra question at sign-in) and change your password then, or use \"Forgot password\".",
+                            retry_after: None,
+                        });
+                    }
+                }
+            }
             // Signed in: the session's account, whatever the form says.
             let email = account.map_or(email, |s| s.email.clone());
             let user = a

@@ -716,3 +716,32 @@ async fn passwordless_ignores_a_posted_password() {
     let claims = answer(&app, &mut browser, &p, &page, "5", None).await.unwrap();
     assert_eq!(claims["email"], EMAIL);
 }
+
+/// Where the tenant's sign-in asks the challenge hook, the password alone
+/// does not change the password: the change form without a session is
+/// refused before the password is looked at (it used to change it, signing
+/// the owner out everywhere), the hook is not asked, and the password still
+/// leads to the challenge.
+#[tokio::test]
+async fn a_password_alone_does_not_change_the_password_where_the_challenge_applies() {
+    let app = gateway(5).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    let mut stranger = Browser::new();
+    let page = stranger
+        .get(&app.url(&format!("/local/{TENANT}/{CONN}/change-password")))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let mut form = page.form(None);
+    form.set("email", EMAIL);
+    form.set("current_password", PASSWORD);
+    form.set("password", "Brand-New-Harbour-77");
+    form.set("password_confirm", "Brand-New-Harbour-77");
+    let refused = stranger.submit(&page, &form).await;
+    assert_reason(&refused, 403, "local.change_needs_challenge");
+    assert!(hooks.calls_to("challenge").is_empty(), "the hook was asked");
+    // The old password still leads to the challenge.
+    let mut owner = Browser::new();
+    let challenge = password(&app, &mut owner, &pkce()).await;
+    assert_challenge_page(&challenge);
+}
