@@ -155,11 +155,19 @@ pub fn parse(
     client: &Client,
     redirect_uri: &str,
 ) -> Result<AuthRequest, AuthorizeError> {
-    if params.contains_key("request") || params.contains_key("request_uri") {
+    // OIDC Core 3.1.2.6: each has its own error code.
+    if params.contains_key("request") {
         return Err(redirect_err(
             "request_not_supported",
             "authorize.request_object",
             "Request objects are not supported.",
+        ));
+    }
+    if params.contains_key("request_uri") {
+        return Err(redirect_err(
+            "request_uri_not_supported",
+            "authorize.request_object",
+            "Request objects by reference are not supported.",
         ));
     }
     match params.get("response_type").map(String::as_str) {
@@ -303,7 +311,8 @@ pub fn parse(
         redirect_uri: redirect_uri.to_owned(),
         scope,
         resource: params.get("resource").cloned(),
-        state: short("state"),
+        // Echoed exactly as sent, an empty one too (RFC 6749 4.1.2).
+        state: params.get("state").cloned(),
         nonce: short("nonce"),
         code_challenge,
         prompt_login: prompts.contains(&"login"),

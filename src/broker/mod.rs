@@ -512,6 +512,10 @@ impl Broker {
                 Some(c) if active_ids.contains(&c) => Some(c),
                 Some(c) => {
                     tracing::info!(reason = "authorize.connection_not_active", tenant = %tenant.id, connection = %c);
+                    // prompt=none shows no page (OIDC Core 3.1.2.1).
+                    if req.prompt_none {
+                        return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
+                    }
                     return page(
                         403,
                         "This sign-in is not available yet",
@@ -525,6 +529,10 @@ impl Broker {
                 None => return error_to_app(&req, &issuer, "invalid_request", "Unknown connection for this tenant."),
             },
             None => match active_ids.as_slice() {
+                [] if req.prompt_none => {
+                    tracing::info!(reason = "authorize.no_connection", tenant = %tenant.id, "prompt=none without a connection");
+                    return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
+                }
                 [] => {
                     return page(
                         409,

@@ -541,3 +541,41 @@ async fn answers_without_a_pending_login_are_audited_once_a_minute() {
     flood().await;
     assert_eq!(audited().await, 2);
 }
+
+/// Spec details of `/authorize`: a request object by reference is
+/// `request_uri_not_supported` and by value `request_not_supported` (OIDC
+/// Core 3.1.2.6); an empty `state` comes back exactly as sent, empty (RFC
+/// 6749 4.1.2); `prompt=none` never ends on a page, also where the tenant
+/// has no connection that could sign anyone in (`login_required`).
+#[tokio::test]
+async fn authorize_answers_request_objects_empty_state_and_silent_requests_as_the_specs_say() {
+    use crate::revocation::{authorize_url, dev_app, register};
+    let app = dev_app().await;
+    app.create_tenant("empty", "Empty", &[]).await;
+    let rp = register(&app, "spec").await;
+    let verifier = portcullis::tokens::random_token(32);
+    let at_app = |u: &url::Url| u.host_str() == Some("spec.example.test");
+    let param = |u: &url::Url, name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let ask = |tenant: &str, extra: &[(&str, &str)]| {
+        let mut url = authorize_url(&app, &rp, tenant, &verifier);
+        url.query_pairs_mut().extend_pairs(extra);
+        url
+    };
+    let mut browser = Browser::new();
+    for (extra, error) in [
+        (
+            ("request_uri", "https://spec.example.test/ro"),
+            "request_uri_not_supported",
+        ),
+        (("request", "eyJhbGciOiJub25lIn0.e30."), "request_not_supported"),
+    ] {
+        let back = browser.get_until(&ask("demo", &[extra]), &at_app).await.stopped();
+        assert_eq!(param(&back, "error").as_deref(), Some(error), "{back}");
+    }
+    let back = browser
+        .get_until(&ask("empty", &[("prompt", "none"), ("state", "")]), &at_app)
+        .await
+        .stopped();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
+    assert_eq!(param(&back, "state").as_deref(), Some(""), "{back}");
+}
