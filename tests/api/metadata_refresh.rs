@@ -455,18 +455,9 @@ async fn a_scheduled_refresh_that_changes_the_certificates_is_audited() {
     portcullis::app::metadata_round(&app.state, std::time::Duration::from_secs(3600)).await;
     sign_in(&app, &connect_answer(&app).await, &second).await.unwrap();
 
-    let (status, log) = app
-        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/audit", None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{log}");
-    let refreshed: Vec<&Value> = log["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "connection.metadata_refreshed")
-        .collect();
-    assert_eq!(refreshed.len(), 1, "{log:#}");
-    let event = refreshed[0];
+    let refreshed = app.tenant_audit("acme", "connection.metadata_refreshed").await;
+    assert_eq!(refreshed.len(), 1, "{refreshed:#?}");
+    let event = &refreshed[0];
     assert_eq!(event["actor"], "system:metadata_refresh", "{event:#}");
     assert_eq!(event["target"]["id"], "corp", "{event:#}");
     let fingerprints = |side: &str| -> Vec<String> {

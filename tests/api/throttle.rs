@@ -59,17 +59,7 @@ async fn global_throttle_events(app: &TestApp) -> Vec<Value> {
 
 /// The throttling events in `tenant`'s audit log, read through the admin API.
 async fn tenant_throttle_events(app: &TestApp, tenant: &str) -> Vec<Value> {
-    let (status, log) = app
-        .admin(Method::GET, &format!("/admin/v1/tenants/{tenant}/audit"), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{log}");
-    log["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "throttle.exceeded")
-        .cloned()
-        .collect()
+    app.tenant_audit(tenant, "throttle.exceeded").await
 }
 
 #[tokio::test]

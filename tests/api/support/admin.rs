@@ -33,6 +33,19 @@ impl TestApp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The events of `tenant`'s audit log doing `action`, newest first,
+    /// read through the admin API (asserts 200).
+    pub async fn tenant_audit(&self, tenant: &str, action: &str) -> Vec<Value> {
+        let (status, log) = self
+            .admin(reqwest::Method::GET, &format!("/admin/v1/tenants/{tenant}/audit"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        log["events"]
+            .as_array()
+            .map(|events| events.iter().filter(|e| e["action"] == action).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// POSTs `body` to the admin API at `path` and asserts 201 Created.
     pub async fn admin_create(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self.admin(reqwest::Method::POST, path, Some(body.clone())).await;
