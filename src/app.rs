@@ -524,6 +524,18 @@ impl Background {
     }
 }
 
+/// An event of the metadata schedule (`system:metadata_refresh`) about a
+/// tenant's connection.
+fn metadata_event(action: &str, tenant: &crate::ids::TenantId, connection: &str) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent::new(
+        &crate::audit::Actor::System("metadata_refresh".into()),
+        action,
+        crate::audit::Target::new("connection", connection),
+        "job",
+    )
+    .tenant(tenant)
+}
+
 /// One round of the metadata schedule: refresh every SAML connection from a
 /// metadata URL (one replica per connection and interval), then log the
 /// certificate warnings that became due.
@@ -535,15 +547,9 @@ pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::
     // into its tenant's audit log, as an admin's refresh does.
     let audit = state.audit();
     for (before, after) in &round.updated {
-        let event = crate::audit::AuditEvent::new(
-            &crate::audit::Actor::System("metadata_refresh".into()),
-            "connection.metadata_refreshed",
-            crate::audit::Target::new("connection", after.id.as_str()),
-            "job",
-        )
-        .tenant(&after.tenant)
-        .before(crate::tenant::setup::describe(&state.upstream, before))
-        .after(crate::tenant::setup::describe(&state.upstream, after));
+        let event = metadata_event("connection.metadata_refreshed", &after.tenant, after.id.as_str())
+            .before(crate::tenant::setup::describe(&state.upstream, before))
+            .after(crate::tenant::setup::describe(&state.upstream, after));
         if let Err(e) = audit.record(event).await {
             tracing::warn!(reason = "audit.write_failed", error = %e, "metadata refresh not audited");
         }
@@ -553,14 +559,8 @@ pub async fn metadata_round(state: &AppState, interval: Duration) -> Vec<crate::
             // Each warning once per threshold (the marker above), into the tenant's audit log.
             let audit = state.audit();
             for w in &warnings {
-                let event = crate::audit::AuditEvent::new(
-                    &crate::audit::Actor::System("metadata_refresh".into()),
-                    "connection.certificate_expiring",
-                    crate::audit::Target::new("connection", w.connection.as_str()),
-                    "job",
-                )
-                .tenant(&w.tenant)
-                .after(serde_json::json!({ "not_after": w.not_after, "level": w.level }));
+                let event = metadata_event("connection.certificate_expiring", &w.tenant, w.connection.as_str())
+                    .after(serde_json::json!({ "not_after": w.not_after, "level": w.level }));
                 if let Err(e) = audit.record(event).await {
                     tracing::warn!(reason = "audit.write_failed", error = %e, "certificate warning not audited");
                 }
