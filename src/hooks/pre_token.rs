@@ -61,6 +61,7 @@ pub const PROTECTED: &[&str] = &[
     "email",
     "email_verified",
     "subject_jti",
+    "fam",
 ];
 
 /// The most claims one answer may add or override per token.

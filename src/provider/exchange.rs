@@ -556,6 +556,8 @@ impl Provider {
                 auth_time: subject.auth_time,
                 sid: subject.sid.clone(),
                 subject_jti,
+                // Dies with the subject token's refresh family too.
+                fam: subject.fam.clone(),
             },
             extra,
         };

@@ -12,6 +12,7 @@
 //! `families:<sub>`), so disabling or deleting a user revokes its families.
 
 use super::codes::Authorization;
+use super::grants::{family_claim, revoked_family_key};
 use super::Provider;
 use crate::ids::TenantId;
 use crate::store::{Key, Read, Rotate, StoreError, StoreJson, Taken, Write};
@@ -330,10 +331,24 @@ impl Provider {
         Ok(family.filter(|f| f.expires_at > self.clock.unix()))
     }
 
-    /// Revokes a family: no token of it works any more.
+    /// Revokes a family: no token of it works any more, neither its refresh
+    /// tokens nor the access tokens minted with it (their `fam` marker, in
+    /// the same wait: the family's tag and the markers' differ).
     pub async fn revoke_family(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
-        self.store.delete(&family_key(tenant.as_str(), family)).await?;
+        let key = family_key(tenant.as_str(), family);
+        tokio::try_join!(self.store.delete(&key), self.deny_family_access_tokens(tenant, family))?;
         Ok(())
+    }
+
+    /// Refuses the access tokens minted with `family` from now on (see
+    /// [`super::grants::AccessClaims::fam`]), for as long as any of them
+    /// can live: none outlives the access-token lifetime from now (an
+    /// exchanged one expires with its subject token).
+    async fn deny_family_access_tokens(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
+        let ttl = Duration::from_secs(self.ttl.access_token_ttl_secs.saturating_add(60));
+        self.store
+            .put(&revoked_family_key(tenant, &family_claim(family)), b"1", Some(ttl))
+            .await
     }
 
     /// Revokes the family `family` whether or not it has started yet: in
@@ -344,16 +359,18 @@ impl Provider {
         let t = tenant.as_str();
         let (family_at, forbidden) = (family_key(t, family), forbidden_key(t, family));
         let ttl = Duration::from_secs(self.ttl.refresh_token_ttl_secs.max(1));
-        self.store
-            .write_many(&[
-                Write::Put {
-                    key: &forbidden,
-                    value: b"1",
-                    ttl: Some(ttl),
-                },
-                Write::Delete { key: &family_at },
-            ])
-            .await?;
+        let writes = [
+            Write::Put {
+                key: &forbidden,
+                value: b"1",
+                ttl: Some(ttl),
+            },
+            Write::Delete { key: &family_at },
+        ];
+        tokio::try_join!(
+            self.store.write_many(&writes),
+            self.deny_family_access_tokens(tenant, family)
+        )?;
         Ok(())
     }
 

@@ -889,6 +889,74 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
 }
 
+/// An exchanged token carries its subject token's refresh family: revoking
+/// the family (here `/revoke` of its refresh token) refuses the exchanged
+/// token too (`token.family_revoked`), as it refuses the subject token.
+#[tokio::test]
+async fn an_exchanged_token_dies_with_its_subject_tokens_refresh_family() {
+    let (app, secret) = world(None).await;
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/demo/exchange-rules",
+            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let signed_in = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid offline_access")],
+    )
+    .await;
+    let rt = signed_in["refresh_token"].as_str().unwrap().to_owned();
+    let (status, refreshed) = token(
+        &app,
+        "web",
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let subject = at(&refreshed);
+    let (status, body) = token(
+        &app,
+        "web",
+        &secret,
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &subject),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("resource", HOME),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let exchanged = at(&body);
+    assert_eq!(claims(&exchanged)["fam"], claims(&subject)["fam"]);
+    assert!(claims(&exchanged)["fam"].is_string(), "{}", claims(&exchanged));
+    let provider = &app.state.provider;
+    assert!(provider.check_access_token(&exchanged).await.is_ok());
+
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth("web", Some(&secret))
+        .form(&[("token", refreshed["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for token in [&subject, &exchanged] {
+        assert_eq!(
+            provider.check_access_token(token).await.unwrap_err().reason,
+            "token.family_revoked"
+        );
+    }
+}
+
 #[tokio::test]
 async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     let (app, _) = world(None).await;

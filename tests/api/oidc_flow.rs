@@ -334,6 +334,17 @@ async fn end_session_clears_the_sso_session() {
         let done = browser.submit(&page, &form).await;
         assert!(done.status.is_success(), "logout confirm: {}", done.status);
     }
+    // The session's refresh families end, and the access tokens minted
+    // with them (`token.family_revoked`).
+    for token in ["refresh_token", "access_token"] {
+        assert_eq!(
+            w.app1.introspect(s(&out, token)).await.body,
+            json!({"active": false}),
+            "{token}"
+        );
+    }
+    let reason = w.app.state.provider.check_access_token(s(&out, "access_token")).await;
+    assert_eq!(reason.unwrap_err().reason, "token.family_revoked");
 
     let before = w.idp.stats().await.authorize;
     browser.clear_history();

@@ -1025,3 +1025,79 @@ async fn grant_refusals_name_their_reason_without_eager_revocation() {
     assert_eq!(refresh_reason(&app, &rp, t3.rt()).await, "refresh.user_superseded");
     assert_eq!(code_reason(&app, &rp, &c4).await, "code.user_superseded");
 }
+
+/// An access token never outlives the refresh family it was minted with
+/// (RFC 6749 §4.1.2, RFC 7009 §2.1): a refresh token presented twice, a
+/// replayed code, or `/revoke` of the refresh token refuses every access
+/// token of the family at once (`token.family_revoked`), not only its
+/// refresh tokens; another family of the same user is untouched.
+#[tokio::test]
+async fn an_access_token_dies_with_its_refresh_family() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut kim = Browser::new();
+
+    // A refresh token presented twice.
+    let first = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let other = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
+    let second = refresh(&app, &rp, first.rt()).await;
+    let third = refresh(&app, &rp, second.rt()).await;
+    for t in [&first, &other, &second, &third] {
+        assert_eq!(userinfo_status(&app, t.at()).await, StatusCode::OK, "{}", t.body);
+    }
+    assert_eq!(refresh(&app, &rp, first.rt()).await.error(), Some("invalid_grant"));
+    for t in [&first, &second, &third] {
+        assert_eq!(access_reason(&app, t.at()).await, "token.family_revoked");
+        assert_eq!(userinfo_status(&app, t.at()).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(introspect(&app, &rp, t.at()).await, json!({"active": false}));
+    }
+    assert_tokens_live(&app, &rp, &other).await;
+
+    // `/revoke` of the current refresh token.
+    let refreshed = refresh(&app, &rp, other.rt()).await;
+    assert_tokens_live(&app, &rp, &refreshed).await;
+    let resp = app
+        .client
+        .post(app.url("/revoke"))
+        .basic_auth(&rp.client_id, Some(&rp.secret))
+        .form(&[("token", refreshed.rt()), ("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for t in [&other, &refreshed] {
+        assert_tokens_dead(&app, &rp, t, "token.family_revoked").await;
+    }
+
+    // A replayed code: its own access token is denied by `jti`, those its
+    // family minted since by the family.
+    let code = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
+    let redeemed = redeem(&app, &rp, &code).await;
+    let later = refresh(&app, &rp, redeemed.rt()).await;
+    assert_tokens_live(&app, &rp, &later).await;
+    assert_eq!(code_reason(&app, &rp, &code).await, "code.reused");
+    assert_eq!(access_reason(&app, redeemed.at()).await, "token.revoked");
+    assert_tokens_dead(&app, &rp, &later, "token.family_revoked").await;
+
+    // The claim names the family without a part of its refresh tokens.
+    let claims = |at: &str| -> Value {
+        use base64::Engine;
+        let payload = at.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let fam = claims(later.at())["fam"].as_str().unwrap().to_owned();
+    assert_eq!(
+        claims(redeemed.at())["fam"].as_str(),
+        Some(fam.as_str()),
+        "one family, one claim"
+    );
+    assert!(
+        !later.rt().contains(&fam),
+        "the claim is not a part of the refresh token"
+    );
+}
