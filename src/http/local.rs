@@ -593,7 +593,9 @@ async fn post_prelude(
 fn status_of(e: &LocalError) -> StatusCode {
     match e.reason() {
         "local.bad_credentials" => StatusCode::UNAUTHORIZED,
-        "local.locked" | "local.busy" | "local.code_attempts_exceeded" => StatusCode::TOO_MANY_REQUESTS,
+        "local.locked" | "local.busy" | "local.code_attempts_exceeded" | "challenge.throttled" => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         "local.disabled"
         | "local.unconfirmed"
         | "local.reset_required"

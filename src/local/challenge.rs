@@ -40,6 +40,13 @@ const MAX_HANDLE_LEN: usize = 128;
 /// The longest answer sent to the hook; a longer one is simply wrong.
 const MAX_ANSWER_CHARS: usize = 1024;
 
+/// The most challenges `create` may make for one address (per tenant and
+/// connection) in an hour, known account or not: a `create` may send a code
+/// by mail or SMS, and anyone can start a passwordless sign-in with someone
+/// else's address. A smoothed rate (GCRA): ten at once, then one every six
+/// minutes.
+pub const CHALLENGES_PER_HOUR: u64 = 10;
+
 /// A challenge waiting for its answer (in the store only).
 #[derive(Debug, Serialize, Deserialize)]
 struct Waiting {
@@ -76,6 +83,11 @@ impl Waiting {
             private_challenge_parameters: private,
         })
     }
+}
+
+/// The rate of `create` calls for one address ([`CHALLENGES_PER_HOUR`]).
+fn creates_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
+    key(t, format!("challenge-creates:{c}:{}", super::email_id(email)))
 }
 
 fn waiting_key(t: &TenantId, handle: &str) -> Key {
@@ -419,6 +431,25 @@ impl Accounts {
                 Err(failed())
             }
             Next::Challenge(name) => {
+                // Counted whether or not the address has an account (a
+                // decoy's `create` is as real to the hook), so the refusal
+                // tells nothing about it.
+                let limit = self
+                    .store
+                    .rate_limit(
+                        &creates_key(t, c, email),
+                        CHALLENGES_PER_HOUR,
+                        Duration::from_secs(3600),
+                    )
+                    .await?;
+                if !limit.allowed {
+                    tracing::warn!(reason = "challenge.throttled", tenant = %t, connection = %c);
+                    return Err(LocalError::Refused {
+                        reason: "challenge.throttled",
+                        message: "Too many sign-in checks were sent for this address. Please wait a few minutes and sign in again.",
+                        retry_after: Some(limit.retry_after.as_secs().max(1)),
+                    });
+                }
                 let challenge = hooks.challenge_create(hook, &who, &rounds, &name).await?;
                 let handle = crate::tokens::random_token(32);
                 let secret = crate::tokens::random_token(24);

@@ -419,8 +419,11 @@ async fn answers_sent_together_are_judged_one_at_a_time() {
     setup(&app, &hooks).await;
     // Each verdict takes long enough for the whole burst to arrive.
     hooks.behave("challenge", Behavior::SlowArithmetic(Duration::from_millis(300)));
+    // Half the challenges one address may be made in an hour, so that the
+    // next rounds of the wrong answers judged are made too.
+    let burst = portcullis::local::challenge::CHALLENGES_PER_HOUR as usize / 2;
     let mut sign_ins = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..burst {
         let p = pkce();
         let mut browser = Browser::new();
         let page = password(&app, &mut browser, &p).await;
@@ -461,7 +464,7 @@ async fn answers_sent_together_are_judged_one_at_a_time() {
         .collect();
     assert!(
         (1..=3).contains(&verdicts),
-        "{verdicts} answers of a burst of 12 were judged by the hook against a lockout of 3: {reasons:?}"
+        "{verdicts} answers of a burst of {burst} were judged by the hook against a lockout of 3: {reasons:?}"
     );
     let refused = pages
         .iter()
@@ -469,7 +472,7 @@ async fn answers_sent_together_are_judged_one_at_a_time() {
         .count();
     assert_eq!(
         refused + reasons.iter().filter(|r| *r == "challenge.wrong_answer").count(),
-        12,
+        burst,
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r == "local.busy"), "{reasons:?}");
@@ -744,4 +747,46 @@ async fn a_password_alone_does_not_change_the_password_where_the_challenge_appli
     let mut owner = Browser::new();
     let challenge = password(&app, &mut owner, &pkce()).await;
     assert_challenge_page(&challenge);
+}
+
+/// The hook's `create` may send a code by mail or SMS, and anyone can start
+/// a passwordless sign-in with someone else's address: at most
+/// `CHALLENGES_PER_HOUR` challenges are made for one address, then the
+/// sign-in is refused (`challenge.throttled`, 429 with `Retry-After`)
+/// without asking the hook to create one. An unknown address is capped
+/// the same way and its refusal looks the same; another address is not
+/// affected.
+#[tokio::test]
+async fn challenges_made_for_one_address_are_capped_whether_or_not_it_has_an_account() {
+    use portcullis::local::challenge::CHALLENGES_PER_HOUR;
+    let app = gateway(100).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    make_passwordless(&app).await;
+    let creates = |email: &str| {
+        hooks
+            .calls_to("challenge")
+            .iter()
+            .filter(|c| c.body["step"] == "create" && c.body["email"] == email)
+            .count()
+    };
+    let mut refusals = Vec::new();
+    for email in [EMAIL, "nobody@quiz.example"] {
+        let p = pkce();
+        for _ in 0..CHALLENGES_PER_HOUR {
+            let page = email_only(&app, &mut Browser::new(), &p, email, None).await;
+            assert_challenge_page(&page);
+        }
+        assert_eq!(creates(email), CHALLENGES_PER_HOUR as usize);
+        let refused = email_only(&app, &mut Browser::new(), &p, email, None).await;
+        assert_reason(&refused, 429, "challenge.throttled");
+        let wait: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&wait), "{wait}");
+        assert_eq!(creates(email), CHALLENGES_PER_HOUR as usize, "no create once capped");
+        refusals.push(normalised(&refused));
+    }
+    assert_eq!(refusals[0], refusals[1], "the same refusal, account or not");
+    // Another address still gets its challenge.
+    let page = email_only(&app, &mut Browser::new(), &pkce(), "grace@quiz.example", None).await;
+    assert_challenge_page(&page);
 }
