@@ -593,9 +593,11 @@ async fn post_prelude(
 fn status_of(e: &LocalError) -> StatusCode {
     match e.reason() {
         "local.bad_credentials" => StatusCode::UNAUTHORIZED,
-        "local.locked" | "local.busy" | "local.code_attempts_exceeded" | "challenge.throttled" => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        "local.locked"
+        | "local.busy"
+        | "local.code_attempts_exceeded"
+        | "local.code_locked"
+        | "challenge.throttled" => StatusCode::TOO_MANY_REQUESTS,
         "local.disabled"
         | "local.unconfirmed"
         | "local.reset_required"

@@ -34,6 +34,17 @@ pub const CODE_TTL: Duration = Duration::from_secs(600);
 pub const CODE_MAX_ATTEMPTS: i64 = 5;
 /// The most codes mailed per account and purpose per hour.
 pub const CODES_PER_HOUR: u64 = 5;
+/// The most code attempts of one purpose for one account in a row (no
+/// right code between them) within [`WRONG_CODES_WINDOW`] of the first:
+/// then every code of that purpose is refused (`local.code_locked`) until
+/// the window ends or an admin acts (force-reset clears the reset codes'
+/// run, delete clears everything). [`CODE_MAX_ATTEMPTS`] bounds the
+/// guesses at one code, but a new code can be asked for at any time, and
+/// each came with fresh attempts: without this, six-digit codes fall to
+/// patience (NIST SP 800-63B §5.2.2).
+pub const WRONG_CODES_IN_A_ROW: i64 = 20;
+/// How long a run of wrong codes is remembered, from its first.
+pub const WRONG_CODES_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The store group (hash tag suffix) of local accounts.
 pub const GROUP: &str = "local";
@@ -327,6 +338,12 @@ fn attempts_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> 
     key(t, format!("code-attempts:{}:{c}:{}", p.as_str(), email_id(email)))
 }
 
+/// The run of code attempts of one purpose since the last right code
+/// ([`WRONG_CODES_IN_A_ROW`]); it outlives every single code.
+fn code_run_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
+    key(t, format!("code-run:{}:{c}:{}", p.as_str(), email_id(email)))
+}
+
 fn mail_limit_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
     key(t, format!("code-mails:{}:{c}:{}", p.as_str(), email_id(email)))
 }
@@ -351,6 +368,52 @@ fn lock_key(t: &TenantId, c: &ConnectionId, email: &str) -> Key {
 
 fn code_hash(salt: &str, code: &str) -> String {
     crate::tokens::sha256_base64url(format!("{salt}.{code}").as_bytes())
+}
+
+/// The hold of one check of an account ([`Accounts::one_check_at_a_time`])
+/// while its future runs. Dropped before the hold was released, the
+/// request was cancelled: a check that had not finished counts as a
+/// failure, and the hold ends, both in the background (`Drop` cannot wait).
+struct HoldGuard {
+    accounts: Accounts,
+    t: TenantId,
+    c: ConnectionId,
+    email: String,
+    checking: Key,
+    /// The check finished (and counted itself if it failed).
+    checked: bool,
+    /// The hold was released.
+    released: bool,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (accounts, t, c, email, checking) = (
+            self.accounts.clone(),
+            self.t.clone(),
+            self.c.clone(),
+            std::mem::take(&mut self.email),
+            self.checking.clone(),
+        );
+        let unfinished = !self.checked;
+        runtime.spawn(async move {
+            if unfinished {
+                tracing::warn!(reason = "local.check_cancelled", tenant = %t, connection = %c, "a password or answer check was abandoned by its request; counted as a failure");
+                if let Err(e) = accounts.record_failure(&t, &c, &email).await {
+                    tracing::error!(reason = "local.check_cancelled_not_counted", tenant = %t, connection = %c, error = %e);
+                }
+            }
+            if let Err(e) = accounts.store.delete(&checking).await {
+                tracing::warn!(reason = "local.hold_not_released", tenant = %t, connection = %c, error = %e, "the hold ends on its own");
+            }
+        });
+    }
 }
 
 /// The local-accounts service (cheap to clone).
@@ -801,8 +864,10 @@ impl Accounts {
         Ok(())
     }
 
-    /// Checks a code: counted (at most [`CODE_MAX_ATTEMPTS`]), compared in
-    /// constant time, consumed on success (single use).
+    /// Checks a code: counted (at most [`CODE_MAX_ATTEMPTS`] at one code,
+    /// [`WRONG_CODES_IN_A_ROW`] across codes), compared in constant time,
+    /// consumed on success (single use). Both counts are taken before the
+    /// comparison, atomically, so attempts sent together cannot pass them.
     async fn check_code(
         &self,
         t: &TenantId,
@@ -811,8 +876,19 @@ impl Accounts {
         email: &str,
         code: &str,
     ) -> Result<(), LocalError> {
-        let attempts = self.store.incr(&attempts_key(t, c, purpose, email), CODE_TTL).await?;
+        let (run_key, attempts_key) = (code_run_key(t, c, purpose, email), attempts_key(t, c, purpose, email));
+        let (run, attempts) = tokio::try_join!(
+            self.store.incr(&run_key, WRONG_CODES_WINDOW),
+            self.store.incr(&attempts_key, CODE_TTL)
+        )?;
         let ck = code_key(t, c, purpose, email);
+        if run > WRONG_CODES_IN_A_ROW {
+            tracing::warn!(reason = "local.code_locked", tenant = %t, connection = %c, purpose = purpose.as_str());
+            return Err(LocalError::refused(
+                "local.code_locked",
+                "Too many wrong codes were entered for this address, so codes are refused for up to a day. Your administrator can lift this.",
+            ));
+        }
         if attempts > CODE_MAX_ATTEMPTS {
             // Void: a new code has to be asked for.
             self.store.delete(&ck).await?;
@@ -837,7 +913,8 @@ impl Accounts {
         // Single use: of two concurrent right answers only one takes it.
         match self.store.take_json::<CodeRecord>(&ck).await? {
             Some(taken) if taken.hash == record.hash => {
-                self.store.delete(&attempts_key(t, c, purpose, email)).await?;
+                // A right code ends the run.
+                tokio::try_join!(self.store.delete(&attempts_key), self.store.delete(&run_key))?;
                 Ok(())
             }
             _ => Err(invalid()),
@@ -1142,8 +1219,23 @@ impl Accounts {
                 retry_after: Some(1),
             });
         }
+        // A request dropped meanwhile (its client gone) drops `check` with
+        // it: the guard then counts the check as a failure and ends the
+        // hold, so a check begun and abandoned is no free way to hold an
+        // account (every `local.busy` for its owner) without ever counting.
+        let mut guard = HoldGuard {
+            accounts: self.clone(),
+            t: t.clone(),
+            c: c.clone(),
+            email: email.to_owned(),
+            checking: checking.clone(),
+            checked: false,
+            released: false,
+        };
         let checked = check.await;
+        guard.checked = true;
         self.store.delete(&checking).await?;
+        guard.released = true;
         checked
     }
 
@@ -1317,12 +1409,21 @@ impl Accounts {
         c: &ConnectionId,
         email: &str,
     ) -> Result<Option<LocalUser>, StoreError> {
-        self.update(t, c, email, |u| {
-            if u.status == AccountStatus::Confirmed {
-                u.status = AccountStatus::ResetRequired;
-            }
-        })
-        .await
+        let user = self
+            .update(t, c, email, |u| {
+                if u.status == AccountStatus::Confirmed {
+                    u.status = AccountStatus::ResetRequired;
+                }
+            })
+            .await?;
+        // The owner must now reset by code: an attacker's run of wrong
+        // reset codes must not stand in the way.
+        if user.is_some() {
+            self.store
+                .delete(&code_run_key(t, c, CodePurpose::Reset, email))
+                .await?;
+        }
+        Ok(user)
     }
 
     /// Deletes every account of a deleted connection, so a connection
@@ -1345,6 +1446,7 @@ impl Accounts {
         for p in [CodePurpose::Verify, CodePurpose::Reset] {
             self.store.delete(&code_key(t, c, p, email)).await?;
             self.store.delete(&attempts_key(t, c, p, email)).await?;
+            self.store.delete(&code_run_key(t, c, p, email)).await?;
         }
         self.clear_failures(t, c, email).await?;
         Ok(existed)

@@ -474,6 +474,57 @@ async fn local_wrong_codes_are_counted_and_the_sixth_attempt_voids_the_code() {
     assert!(done.body.contains("confirmed"), "{}", done.body);
 }
 
+/// A new code comes with fresh attempts, but the run of wrong codes does
+/// not start again: after `WRONG_CODES_IN_A_ROW` wrong attempts across
+/// codes, every code of that purpose is refused, the right one too
+/// (`local.code_locked`), however the address is written; another
+/// address is not affected.
+#[tokio::test]
+async fn local_wrong_codes_across_new_codes_lock_the_codes_of_the_address() {
+    use portcullis::local::{CODE_MAX_ATTEMPTS, WRONG_CODES_IN_A_ROW};
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "lin@acme.example";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let mut page = sign_up(&mut browser, &sign_in, email, GOOD_PASSWORD).await;
+    let codes = WRONG_CODES_IN_A_ROW / CODE_MAX_ATTEMPTS;
+    for sent in 0..codes {
+        let code = smtp.wait_for_after(email, sent as usize).await.code();
+        let wrong = if code == "123456" { "654321" } else { "123456" };
+        for _ in 0..CODE_MAX_ATTEMPTS {
+            page = browser
+                .fill_and_submit(&page, None, &[("email", email), ("code", wrong)])
+                .await;
+            assert_reason(&page, 400, "local.code_invalid");
+        }
+        // A new code, with fresh attempts of its own.
+        let resend = browser.get(&link(&page, "Send a new code")).await;
+        page = browser.fill_and_submit(&resend, None, &[("email", email)]).await;
+    }
+    let right = smtp.wait_for_after(email, codes as usize).await.code();
+    for written in [email, "Lin@ACME.example"] {
+        page = browser
+            .fill_and_submit(&page, None, &[("email", written), ("code", &right)])
+            .await;
+        assert_reason(&page, 429, "local.code_locked");
+    }
+
+    // Another address's codes are its own.
+    let other = "max@acme.example";
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let page = sign_up(&mut browser, &sign_in, other, GOOD_PASSWORD).await;
+    let code = smtp.wait_for(other).await.code();
+    let done = browser
+        .fill_and_submit(&page, None, &[("email", other), ("code", &code)])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("confirmed"), "{}", done.body);
+}
+
 #[tokio::test]
 async fn local_breached_weak_and_mismatched_passwords_are_refused_with_their_reason() {
     let smtp = SmtpServer::start();
@@ -986,4 +1037,76 @@ async fn local_accounts_left_by_a_deleted_tenant_are_not_its_successors() {
     let page = start(&app, &mut browser, &p).await;
     sign_in_from(&mut browser, &page, email, GOOD_PASSWORD).await;
     assert_eq!(app.state.accounts.list(&t, &c).await.unwrap().len(), 1);
+}
+
+/// A password check whose request is abandoned while the hash runs (its
+/// client gone) counts as a failure and does not keep the account held:
+/// before, such a check left the hold for ten seconds and counted nothing,
+/// so repeating it kept the owner on `local.busy` for as long as anyone
+/// liked, without ever reaching the lockout.
+#[tokio::test]
+async fn an_abandoned_password_check_counts_as_a_failure_and_releases_the_account() {
+    use crate::support::logs::Captured;
+    use sha2::Digest;
+    let (logs, _capture) = Captured::start();
+    let smtp = SmtpServer::start();
+    let url = smtp.url();
+    // The shipped argon2 parameters, so that a check takes long enough to
+    // be abandoned; a lockout far away.
+    let app = spawn_app(AppOptions {
+        configure: Some(Arc::new(move |s| {
+            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+            s.mail.from = Some("Acme sign-in <signin@acme.example>".into());
+            s.local.lockout_threshold = 100;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    setup(&app).await;
+    let email = "noor@acme.example";
+    create_account(&app, email, GOOD_PASSWORD).await;
+
+    // Abandon wrong-password checks, waiting a little longer each time,
+    // until one was abandoned while it held the account.
+    let mut abandoned = false;
+    for wait_ms in [2, 5, 10, 20, 40, 80, 160] {
+        let mut attacker = Browser::new();
+        let page = start(&app, &mut attacker, &pkce()).await;
+        let mut form = page.form(None);
+        form.set("email", email);
+        form.set("password", "Not-The-Password-7");
+        let action = page.url.join(&form.action).unwrap();
+        let sent = attacker.send(reqwest::Method::POST, &action, Some(&form.fields), Some(&page.url));
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(wait_ms), sent).await;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if !logs.with_reason("local.check_cancelled").is_empty() {
+                break;
+            }
+        }
+        if !logs.with_reason("local.check_cancelled").is_empty() {
+            abandoned = true;
+            break;
+        }
+    }
+    assert!(abandoned, "no check was abandoned while it ran: {}", logs.text());
+
+    // Every wrong check counted, the abandoned ones too.
+    let finished = logs.with_reason("local.bad_credentials").len();
+    let cancelled = logs.with_reason("local.check_cancelled").len();
+    let id = hex::encode(sha2::Sha256::digest(email.as_bytes()));
+    let fails = portcullis::store::Key::tenant(TENANT, "local", format!("fails:{CONN}:{id}"));
+    let counted = app.state.store.get(&fails).await.unwrap().expect("failures counted");
+    assert_eq!(
+        String::from_utf8(counted).unwrap(),
+        (finished + cancelled).to_string(),
+        "{finished} finished and {cancelled} abandoned wrong checks"
+    );
+
+    // The owner is not kept waiting: the account is not held.
+    let p = pkce();
+    let mut owner = Browser::new();
+    let page = start(&app, &mut owner, &p).await;
+    let back = sign_in_from(&mut owner, &page, email, GOOD_PASSWORD).await;
+    assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
 }
