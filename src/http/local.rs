@@ -599,7 +599,6 @@ fn status_of(e: &LocalError) -> StatusCode {
         | "local.code_locked"
         | "challenge.throttled" => StatusCode::TOO_MANY_REQUESTS,
         "local.disabled"
-        | "local.unconfirmed"
         | "local.reset_required"
         | "local.sign_up_disabled"
         | "challenge.failed"

@@ -370,6 +370,16 @@ fn code_hash(salt: &str, code: &str) -> String {
     crate::tokens::sha256_base64url(format!("{salt}.{code}").as_bytes())
 }
 
+/// The refusal of a sign-in whose email and password do not make a usable
+/// account, the same whatever the reason: the address has no account, the
+/// password is wrong, or the account is not confirmed yet.
+fn bad_credentials() -> LocalError {
+    LocalError::refused(
+        "local.bad_credentials",
+        "The email or password is wrong, or the address is not confirmed yet (use the code we mailed).",
+    )
+}
+
 /// The hold of one check of an account ([`Accounts::one_check_at_a_time`])
 /// while its future runs. Dropped before the hold was released, the
 /// request was cancelled: a check that had not finished counts as a
@@ -1125,7 +1135,7 @@ impl Accounts {
             })
             .await?
             .filter(|u| u.subject == user.subject && u.password_hash == hash)
-            .ok_or_else(|| LocalError::refused("local.bad_credentials", "The email or password is wrong."))?;
+            .ok_or_else(bad_credentials)?;
         self.audit_password_change(t, c, &changed, "local.password_changed")
             .await;
         Ok(changed)
@@ -1263,11 +1273,18 @@ impl Accounts {
                 .await?;
         let Some(user) = user.filter(|_| ok) else {
             self.record_failure(t, c, email).await?;
-            return Err(LocalError::refused(
-                "local.bad_credentials",
-                "The email or password is wrong.",
-            ));
+            return Err(bad_credentials());
         };
+        // An unconfirmed account answers as a wrong password does, and
+        // counts like one: otherwise anyone could sign up with an address
+        // and a password of their own, sign in with it, and learn from
+        // "confirm first" (the sign-up took) against "wrong password" (an
+        // account was there already) whether the address had an account.
+        if user.status == AccountStatus::Unconfirmed {
+            tracing::info!(reason = "local.unconfirmed", tenant = %t, connection = %c, "the right password of an unconfirmed account; answered as a wrong one");
+            self.record_failure(t, c, email).await?;
+            return Err(bad_credentials());
+        }
         if user.disabled {
             return Err(LocalError::refused(
                 "local.disabled",
@@ -1275,19 +1292,13 @@ impl Accounts {
             ));
         }
         match user.status {
-            AccountStatus::Unconfirmed => {
-                return Err(LocalError::refused(
-                    "local.unconfirmed",
-                    "Confirm your email address first with the code we sent you.",
-                ))
-            }
             AccountStatus::ResetRequired => {
                 return Err(LocalError::refused(
                     "local.reset_required",
                     "You need to choose a new password: use \"Forgot password\" to get a code.",
                 ))
             }
-            AccountStatus::Confirmed | AccountStatus::Disabled => {}
+            AccountStatus::Unconfirmed | AccountStatus::Confirmed | AccountStatus::Disabled => {}
         }
         if self.hasher.outdated(&user.password_hash) {
             let hash = self.hasher.hash(password.expose()).await?;

@@ -272,7 +272,7 @@ async fn a_failing_post_confirmation_hook_leaves_the_account_unconfirmed() {
         "no half state"
     );
     let refused = sign_in(&app, email, NEW_PASSWORD).await.unwrap_err();
-    assert_reason(&refused, 403, "local.unconfirmed");
+    assert_reason(&refused, 401, "local.bad_credentials");
 
     // The hook answers again: a new code confirms the account.
     hooks.behave("confirmed", Behavior::Answer(json!({})));

@@ -183,12 +183,14 @@ async fn local_sign_up_confirm_by_mailed_code_then_sign_in_issues_pwd_tokens() {
     assert!(mail.subject.contains("Acme Corp"), "{}", mail.subject);
     let code = mail.code();
 
-    // Not confirmed yet: the right password is refused with its reason.
+    // Not confirmed yet: the right password is refused as a wrong one
+    // (see `local_a_sign_up_does_not_tell_whether_the_address_had_an_account`).
     let early = browser.get(&sign_in.url).await;
     let early = browser
         .fill_and_submit(&early, None, &[("email", email), ("password", GOOD_PASSWORD)])
         .await;
-    assert_reason(&early, 403, "local.unconfirmed");
+    assert_reason(&early, 401, "local.bad_credentials");
+    assert!(early.body.contains("not confirmed yet"), "{}", early.body);
 
     // A wrong code first, then the right one.
     let confirm = browser.get(&link(&early, "Confirm your email")).await;
@@ -229,6 +231,58 @@ async fn local_sign_up_confirm_by_mailed_code_then_sign_in_issues_pwd_tokens() {
     assert_eq!(claims["amr"], json!(["pwd"]), "{claims}");
     assert!(claims["auth_time"].as_i64().is_some(), "{claims}");
     assert_eq!(claims["name"], "Grace Hopper", "{claims}");
+}
+
+/// Someone who signs up with an address and a password of their own and
+/// then signs in with that password learns nothing: where the address was
+/// free (their sign-up made an unconfirmed account with their password) and
+/// where an account was there already (their password is wrong), the
+/// answer is the same wrong-password page, and both count toward the
+/// lockout alike.
+#[tokio::test]
+async fn local_a_sign_up_does_not_tell_whether_the_address_had_an_account() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let taken = "ada@acme.example";
+    create_account(&app, taken, GOOD_PASSWORD).await;
+    let free = "eve.target@acme.example";
+    let mine = "Attackers-Own-Pass-1";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let normalise = |page: &Page, email: &str| {
+        let body = page.body.replace(email, "EMAIL");
+        let csrf = page.form(None).field("csrf").unwrap().to_owned();
+        body.replace(&csrf, "CSRF")
+    };
+    let mut answers = Vec::new();
+    for email in [taken, free] {
+        sign_up(&mut browser, &sign_in, email, mine).await;
+        let mut last = None;
+        for _ in 0..5 {
+            let page = browser.get(&sign_in.url).await;
+            let answer = browser
+                .fill_and_submit(&page, None, &[("email", email), ("password", mine)])
+                .await;
+            last = Some(answer);
+        }
+        let answer = last.unwrap();
+        // The fifth failure locks either account the same way.
+        let page = browser.get(&sign_in.url).await;
+        let locked = browser
+            .fill_and_submit(&page, None, &[("email", email), ("password", mine)])
+            .await;
+        assert_reason(&locked, 429, "local.locked");
+        answers.push((answer.status, normalise(&answer, email)));
+    }
+    assert_eq!(answers[0], answers[1], "the same answer, account or not");
+    assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
+    assert!(
+        answers[0].1.contains("<code>local.bad_credentials</code>"),
+        "{}",
+        answers[0].1
+    );
 }
 
 #[tokio::test]
