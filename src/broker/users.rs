@@ -8,6 +8,7 @@ use super::{session, Broker};
 use crate::directory::{Inactive, User};
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreError;
+use std::time::Duration;
 
 impl Broker {
     /// Ends the user's SSO sessions and refresh-token families.
@@ -36,6 +37,42 @@ impl Broker {
         self.provider.directory.set_not_before(tenant, &sub, now).await?;
         self.revoke_user(tenant, &sub).await?;
         Ok(true)
+    }
+
+    /// [`Self::revoke_local_account`] once the new credentials are stored,
+    /// in a task of its own: a request dropped meanwhile (its client gone)
+    /// does not leave the new password in place with the old sessions and
+    /// tokens alive, and a store that fails once is asked again (three
+    /// tries, 100 ms then 1 s apart) before the failure is answered and
+    /// logged (`local.revocation_failed`).
+    pub async fn revoke_local_account_after_change(
+        &self,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        subject: &str,
+    ) -> Result<bool, StoreError> {
+        let (broker, t, c, subject) = (self.clone(), tenant.clone(), connection.clone(), subject.to_owned());
+        let task = async move {
+            let mut waits = [Duration::from_millis(100), Duration::from_secs(1)].into_iter();
+            loop {
+                match broker.revoke_local_account(&t, &c, &subject).await {
+                    Ok(done) => return Ok(done),
+                    Err(e) => match waits.next() {
+                        Some(wait) => {
+                            tracing::warn!(reason = "local.revocation_retried", tenant = %t, connection = %c, error = %e);
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => {
+                            tracing::error!(reason = "local.revocation_failed", tenant = %t, connection = %c, error = %e, "the new credentials are stored but earlier sessions and tokens may live on");
+                            return Err(e);
+                        }
+                    },
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(task))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("revocation task: {e}")))?
     }
 
     /// Whether the directory user of a local account has a second factor

@@ -1144,7 +1144,9 @@ async fn act(
                 .await?;
             // Whoever knew the old password is signed out everywhere, and
             // the tokens issued before are refused (`token.credentials_reset`).
-            app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await?;
+            app.broker
+                .revoke_local_account_after_change(&l.t, &l.c, &user.subject)
+                .await?;
             Ok(Done::to(
                 Kind::SignIn,
                 "Your password has been changed. You can sign in with it now.",
@@ -1209,7 +1211,9 @@ async fn act(
             // Every session and refresh family of the account ends, this
             // browser's included, and earlier tokens are refused: signing
             // in again with the new password is the proof it works.
-            app.broker.revoke_local_account(&l.t, &l.c, &user.subject).await?;
+            app.broker
+                .revoke_local_account_after_change(&l.t, &l.c, &user.subject)
+                .await?;
             Ok(Done {
                 sign_out: account.is_some(),
                 ..Done::to(

@@ -33,8 +33,14 @@ fn clock() -> ManualClock {
 /// app allowed `files:read` there (its default) and to exchange tokens, an
 /// exchange rule for every user, and the account `email`.
 async fn world(clock: &ManualClock, email: &str) -> Gw {
+    world_on(clock, email, None).await
+}
+
+/// [`world`] on the store `redis` (a URL and key prefix; none: memory).
+async fn world_on(clock: &ManualClock, email: &str, redis: Option<(String, String)>) -> Gw {
     let app = Gateway {
         clock: Some(clock.clone()),
+        redis,
         ..Gateway::default()
     }
     .spawn()
@@ -362,4 +368,48 @@ async fn an_exchanged_token_dies_with_its_subject_token_also_two_exchanges_deep(
         (StatusCode::UNAUTHORIZED, "token.subject_revoked".to_owned())
     );
     assert_eq!(forward(app, &other).await.0, StatusCode::OK);
+}
+
+/// The revocation after a password change or reset runs to its end even
+/// when the request that asked for it is dropped (its client gone) right
+/// after the new password was stored: the new password never stands with
+/// the old sessions and tokens alive.
+#[tokio::test]
+async fn the_revocation_after_a_password_change_outlives_its_dropped_request() {
+    use crate::support::redis;
+    let clock = clock();
+    let email = "ada@acme.example";
+    // Over Redis, where every store step waits for its answer.
+    let server = redis::RedisServer::start();
+    let gw = world_on(&clock, email, Some((server.url(), redis::prefix()))).await;
+    let app = &gw.app;
+    let tokens = gw.sign_in(email, PASSWORD).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    accepted_everywhere(&gw, &access).await;
+    clock.advance(chrono::Duration::seconds(1));
+    let (t, c) = (WORLD.t(), WORLD.c());
+    let account = app.state.accounts.get(&t, &c, email).await.unwrap().unwrap();
+    // The request is dropped after its first step, as when its client goes.
+    let mut revoking = Box::pin(
+        app.state
+            .broker
+            .revoke_local_account_after_change(&t, &c, &account.subject),
+    );
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(revoking.as_mut(), cx))).await;
+    assert!(first.is_pending(), "finished at once: nothing to show");
+    drop(revoking);
+    for _ in 0..100 {
+        if app.state.provider.check_access_token(&access).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    refused_everywhere(&gw, &access, "token.credentials_reset").await;
+    let (status, body) = refresh(&gw, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
 }
