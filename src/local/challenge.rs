@@ -71,6 +71,18 @@ struct Waiting {
     /// hook is asked as for a real one, but no answer ever signs in.
     #[serde(default)]
     decoy: bool,
+    /// The digest of the password hash the sign-in proved (empty when
+    /// passwordless): a password changed or reset meanwhile ends the
+    /// sign-in, which the old password began.
+    #[serde(default)]
+    password: String,
+}
+
+/// The digest of an account's password hash, to tell whether the password
+/// changed since (not the hash itself: the waiting record is not the place
+/// for it).
+fn password_digest(user: &LocalUser) -> String {
+    crate::tokens::sha256_base64url(user.password_hash.as_bytes())
 }
 
 impl Waiting {
@@ -338,7 +350,12 @@ impl Accounts {
             None
         } else {
             match self.get(t, c, &w.email).await? {
-                Some(u) if u.subject == w.subject && !u.disabled && u.status == super::AccountStatus::Confirmed => {
+                Some(u)
+                    if u.subject == w.subject
+                        && !u.disabled
+                        && u.status == super::AccountStatus::Confirmed
+                        && (w.password.is_empty() || w.password == password_digest(&u)) =>
+                {
                     Some(u)
                 }
                 _ => {
@@ -459,6 +476,10 @@ impl Accounts {
                     login: login.to_owned(),
                     email: email.to_owned(),
                     subject: user.as_ref().map(|u| u.subject.clone()).unwrap_or_default(),
+                    password: match (&user, flow.passwordless) {
+                        (Some(u), false) => password_digest(u),
+                        _ => String::new(),
+                    },
                     rounds,
                     name: name.clone(),
                     private: serde_json::to_string(&challenge.private_challenge_parameters).map_err(|e| {

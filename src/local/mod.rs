@@ -1302,7 +1302,11 @@ impl Accounts {
         }
         if self.hasher.outdated(&user.password_hash) {
             let hash = self.hasher.hash(password.expose()).await?;
-            self.update(t, c, email, |u| u.password_hash = hash.clone()).await?;
+            // The account as stored now, with its new hash (a custom
+            // challenge that follows remembers which hash was proved).
+            if let Some(rehashed) = self.update(t, c, email, |u| u.password_hash = hash.clone()).await? {
+                return Ok(rehashed);
+            }
         }
         Ok(user)
     }

@@ -790,3 +790,34 @@ async fn challenges_made_for_one_address_are_capped_whether_or_not_it_has_an_acc
     let page = email_only(&app, &mut Browser::new(), &pkce(), "grace@quiz.example", None).await;
     assert_challenge_page(&page);
 }
+
+/// A challenge asked after the old password does not finish a sign-in
+/// once the password was changed or reset meanwhile: whoever knew the old
+/// password and left the challenge page open is refused even with the
+/// right answer (`challenge.account_changed`), and no code is issued.
+#[tokio::test]
+async fn a_challenge_begun_with_the_old_password_ends_when_the_password_changes() {
+    let app = gateway(100).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let page = password(&app, &mut browser, &p).await;
+    assert_challenge_page(&page);
+
+    let (t, c) = (TenantId::parse(TENANT).unwrap(), ConnectionId::parse(CONN).unwrap());
+    let accounts = &app.state.accounts;
+    let account = accounts.get(&t, &c, EMAIL).await.unwrap().unwrap();
+    accounts
+        .set_changed_password(&t, &c, &account, &Secret::new("Another-Long-Pass-77"))
+        .await
+        .unwrap();
+    let refused = answer(&app, &mut browser, &p, &page, "5", None).await.unwrap_err();
+    assert_reason(&refused, 400, "challenge.account_changed");
+    let verdicts = hooks
+        .calls_to("challenge")
+        .iter()
+        .filter(|c| c.body["step"] == "verify")
+        .count();
+    assert_eq!(verdicts, 0, "refused before the hook judged the answer");
+}
