@@ -582,8 +582,10 @@ pub async fn logout_post(
 const LOGOUT_CSRF: &str = "logout";
 
 /// Whether the ID token hint's claims name the session of this browser: the
-/// same `sid` for its tenant, or the same `sub` as this browser's session
-/// for that tenant.
+/// same `sid` for its tenant, or, for a hint that has not expired yet, the
+/// same `sub` as this browser's session for that tenant. An expired hint
+/// of another session asks first: anyone who ever got hold of one of the
+/// user's ID tokens (an app's logs) could otherwise sign them out at will.
 async fn hint_names_this_browser(
     state: &AppState,
     sso: &crate::broker::session::BrowserSso,
@@ -596,7 +598,11 @@ async fn hint_names_this_browser(
     if claim("sid").is_some_and(|sid| sso.get(tenant.as_str()).is_some_and(|s| s == sid)) {
         return Ok(true);
     }
-    let Some(sub) = claim("sub") else {
+    let live = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_i64)
+        .is_some_and(|exp| exp > state.provider.clock.unix());
+    let Some(sub) = claim("sub").filter(|_| live) else {
         return Ok(false);
     };
     let current = crate::broker::session::load(&state.store, sso, &tenant).await?;

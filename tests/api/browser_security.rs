@@ -150,6 +150,36 @@ async fn a_hint_naming_this_browsers_session_signs_out_at_once_by_sid_or_by_sub(
     assert!(!has_sso(&app, &mut browser).await);
 }
 
+/// An expired ID token of an earlier session of the same user does not
+/// sign this browser out at once: anyone who ever got hold of one of the
+/// user's ID tokens could otherwise sign them out at will. It asks first
+/// (with the CSRF-protected form), as for another user's hint; the same
+/// hint before it expired ended the session at once.
+#[tokio::test]
+async fn an_expired_hint_of_an_earlier_session_asks_first() {
+    let clock = crate::support::local::far_clock();
+    let app = dev_app(Some(clock.clone())).await;
+    let mut browser = Browser::new();
+    let old = logout_link(&demo_sign_in(&app, &mut browser, "ada@demo.example").await);
+    let out = browser.get(&old).await;
+    assert_eq!(out.url, app.url("/demo"), "{}", browser.trail());
+
+    // Signed in again later (a new sid), once the old hint has expired.
+    clock.advance(chrono::Duration::hours(2));
+    demo_sign_in(&app, &mut browser, "ada@demo.example").await;
+    let ask = browser
+        .get_from_until(&Url::parse("https://evil.example.test/").unwrap(), &old, &|_| false)
+        .await
+        .page();
+    assert_eq!(ask.status, StatusCode::OK, "{}", ask.body);
+    let form = ask.form(Some("logout"));
+    assert!(form.field("csrf").is_some_and(|c| c.len() >= 32), "{}", ask.body);
+    assert!(
+        has_sso(&app, &mut browser).await,
+        "signed out by an expired hint without being asked"
+    );
+}
+
 /// A hint names one tenant's session: signing out of it leaves the same
 /// browser's session at another tenant alone (ending every session is what
 /// the confirmation form is for).
