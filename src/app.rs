@@ -220,7 +220,10 @@ pub async fn build(
         admin_token: settings.admin.token.clone(),
         dev: settings.dev.enabled,
         session: SessionConfig {
-            cookie_name: settings.sessions.cookie_name.clone(),
+            cookie_name: crate::http::session_cookie_name(
+                &settings.sessions.cookie_name,
+                resolved.public_url.scheme() == "https",
+            ),
             ttl: Duration::from_secs(settings.sessions.ttl_secs),
             secure: resolved.public_url.scheme() == "https",
         },

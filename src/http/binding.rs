@@ -32,17 +32,30 @@ pub fn cookie_name(state: &AppState) -> String {
     format!("{}_logins", state.session.cookie_name)
 }
 
-/// The value of the cookie `name` in the request, if sent (the first, if
-/// sent twice).
+/// The value of the cookie `name` in the request, if sent once. Sent twice,
+/// one of them was set by someone else (a sibling domain's cookie with a
+/// more specific path comes first): neither is trusted.
 pub(crate) fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    match found.next() {
+        None => Some(first),
+        Some(_) => {
+            tracing::warn!(
+                reason = "cookie.duplicate",
+                cookie = name,
+                "a cookie sent twice is not trusted"
+            );
+            None
+        }
+    }
 }
 
 /// The bindings the request's cookie carries (malformed entries skipped,
@@ -188,6 +201,10 @@ mod tests {
         let h = headers("a=1; portcullis_session_logins=x:y; b=2");
         assert_eq!(cookie_value(&h, "portcullis_session_logins"), Some("x:y"));
         assert_eq!(cookie_value(&h, "portcullis_session"), None);
+        // Sent twice: neither copy.
+        let h = headers("portcullis_session_logins=a:b; x=1; portcullis_session_logins=x:y");
+        assert_eq!(cookie_value(&h, "portcullis_session_logins"), None);
+        assert_eq!(cookie_value(&h, "x"), Some("1"));
     }
 
     fn entry() -> (String, String) {

@@ -81,6 +81,21 @@ pub struct SessionConfig {
     pub secure: bool,
 }
 
+/// The browser session cookie's name for the configured `configured`: on
+/// an https public URL with the `__Host-` prefix, which browsers accept only
+/// from this very host, `Secure`, with `Path=/` and no `Domain`; so neither a
+/// sibling nor a parent domain can plant or shadow it, nor the bindings
+/// cookie (`<name>_logins`) that shares the prefix. Plain http (dev) cannot
+/// use the prefix and keeps the name as configured.
+pub fn session_cookie_name(configured: &str, secure: bool) -> String {
+    const HOST: &str = "__Host-";
+    if secure && !configured.starts_with(HOST) {
+        format!("{HOST}{configured}")
+    } else {
+        configured.to_owned()
+    }
+}
+
 /// The largest request body accepted anywhere (the admin API and the
 /// portal); each route class has its own, smaller or equal, limit
 /// ([`edge::RouteClass::max_body`]).

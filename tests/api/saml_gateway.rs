@@ -729,7 +729,15 @@ async fn session_cookie_is_secure_when_the_public_url_is_https() {
     assert_eq!(gw.app.base.scheme(), "https");
     let ans = answer(gw.app.client.get(gw.at("/demo/login")).send().await.unwrap()).await;
     assert!(ans.status.is_redirection(), "{ans:?}");
-    let attrs = cookie_attributes(&ans.session_cookie());
+    // On https both cookies are `__Host-` cookies: this host only.
+    let session = ans
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("__Host-{COOKIE}=")))
+        .unwrap_or_else(|| panic!("no __Host- session cookie: {ans:?}"));
+    let attrs = cookie_attributes(session);
+    assert!(attrs.iter().any(|a| a == "path=/"), "{attrs:?}");
+    assert!(!attrs.iter().any(|a| a.starts_with("domain")), "{attrs:?}");
     assert!(attrs.iter().any(|a| a == "secure"), "{attrs:?}");
     assert!(attrs.iter().any(|a| a == "httponly"), "{attrs:?}");
     assert!(attrs.iter().any(|a| a == "samesite=lax"), "{attrs:?}");
@@ -742,10 +750,11 @@ async fn session_cookie_is_secure_when_the_public_url_is_https() {
     let binding = ans
         .set_cookies
         .iter()
-        .find(|c| c.starts_with(&format!("{LOGINS_COOKIE}=")))
-        .unwrap_or_else(|| panic!("no binding cookie: {ans:?}"));
+        .find(|c| c.starts_with(&format!("__Host-{LOGINS_COOKIE}=")))
+        .unwrap_or_else(|| panic!("no __Host- binding cookie: {ans:?}"));
     let attrs = cookie_attributes(binding);
-    for expected in ["secure", "httponly", "samesite=lax"] {
+    assert!(!attrs.iter().any(|a| a.starts_with("domain")), "{attrs:?}");
+    for expected in ["secure", "httponly", "samesite=lax", "path=/"] {
         assert!(attrs.iter().any(|a| a == expected), "{expected}: {attrs:?}");
     }
 }
@@ -846,6 +855,36 @@ async fn an_attackers_response_auto_posted_from_a_victims_browser_with_its_own_p
         Some(victim_logins.as_str()),
         "the victim's own login binding was touched"
     );
+}
+
+/// A bindings cookie planted beside the browser's own (by a sibling domain,
+/// with a more specific path, so that it is sent first) binds nothing: a
+/// cookie sent twice is trusted in neither copy, and the attacker's
+/// Response auto-posted with the attacker's planted binding signs nobody
+/// in (`callback.browser_mismatch`).
+#[tokio::test]
+async fn a_planted_second_bindings_cookie_binds_nothing() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    let (_, _, mut victim) = start_login(&app, "acme", &conn, "victim").await;
+    let (request_id, relay_state, attacker) = start_login(&app, "acme", &conn, "attacker").await;
+    let planted = attacker
+        .cookie(&app.base, LOGINS_COOKIE)
+        .expect("the attacker's binding");
+    victim.store_cookie(
+        &app.base,
+        &format!("{LOGINS_COOKIE}={planted}; Path=/saml/; HttpOnly; SameSite=Lax"),
+    );
+    let xml = idp.response_for(&conn, Some(&request_id), "mallory@acme.test");
+    let ans = post_acs_in(&mut victim, &acs(&conn), &xml, Some(&relay_state), &evil_page()).await;
+    let done = continue_in(&mut victim, &ans, &evil_page()).await;
+    assert_eq!(done.code(), None, "the victim was signed in as the attacker: {done:?}");
+    done.expect_page(400, "callback.browser_mismatch");
+    assert_eq!(victim.cookie(&app.base, COOKIE), None, "the victim was given a session");
 }
 
 #[tokio::test]
