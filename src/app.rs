@@ -407,7 +407,7 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
 /// Loads `tenants/*.toml` at start-up ([`crate::tenant::files::sync`]):
 /// any problem stops the start.
 async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::Result<()> {
-    let report = crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit())
+    let report = crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit(), state)
         .await
         .map_err(|problems| anyhow::anyhow!("{}", crate::config::ConfigErrors(problems)))?;
     if !report.problems.is_empty() {
@@ -419,7 +419,7 @@ async fn seed_tenant_files(state: &AppState, dir: &std::path::Path) -> anyhow::R
 /// Re-reads the tenant files (schedule or SIGHUP); problems are logged and
 /// leave what is stored unchanged.
 pub async fn reload_tenant_files(state: &AppState, dir: &std::path::Path) {
-    match crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit()).await {
+    match crate::tenant::files::sync(&state.tenants, &state.upstream, dir, state.dev, &state.audit(), state).await {
         Ok(report) => {
             for p in &report.problems {
                 tracing::warn!(reason = "tenant_file.refused", problem = %p, "part of a tenant file was not applied");

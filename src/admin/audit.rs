@@ -1,16 +1,19 @@
 //! Reading the audit log: `GET /audit` (the global log: platform-wide
 //! changes) and `GET /tenants/{id}/audit` (one tenant's changes), newest
 //! first, `limit` (1 to 200, default 50) and an opaque `cursor` taken from
-//! the previous page's `next_cursor`.
+//! the previous page's `next_cursor`. A tenant's log shows nothing older
+//! than the tenant as it is now: events of a deleted tenant of the same id
+//! whose log was not purged stay hidden.
 
 use super::auth::Admin;
-use super::{registry, tenant_id, AdminError};
+use super::AdminError;
 use crate::audit::{Audit, AuditError};
 use crate::http::AppState;
 use crate::ids::TenantId;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -47,7 +50,13 @@ struct PageQuery {
 
 type QueryResult = Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>;
 
-async fn page(s: &AppState, tenant: Option<&TenantId>, q: QueryResult) -> Result<Json<Value>, AdminError> {
+/// A page of the global log (`None`), or of a tenant's log since the
+/// tenant's creation.
+async fn page(
+    s: &AppState,
+    tenant: Option<(&TenantId, DateTime<Utc>)>,
+    q: QueryResult,
+) -> Result<Json<Value>, AdminError> {
     let Query(q) = q.map_err(|e| AdminError::field("query", e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
@@ -56,14 +65,15 @@ async fn page(s: &AppState, tenant: Option<&TenantId>, q: QueryResult) -> Result
             format!("must be between 1 and {MAX_LIMIT}."),
         ));
     }
-    let page = s
-        .audit()
-        .list(tenant, q.cursor.as_deref(), limit)
-        .await
-        .map_err(|e| match e {
-            AuditError::Cursor(_) => AdminError::field("cursor", "is not a cursor this log gave out."),
-            AuditError::Store(e) => e.into(),
-        })?;
+    let log = s.audit();
+    let page = match tenant {
+        None => log.list(None, q.cursor.as_deref(), limit).await,
+        Some((id, since)) => log.list_since(id, since, q.cursor.as_deref(), limit).await,
+    };
+    let page = page.map_err(|e| match e {
+        AuditError::Cursor(_) => AdminError::field("cursor", "is not a cursor this log gave out."),
+        AuditError::Store(e) => e.into(),
+    })?;
     Ok(Json(json!({"events": page.events, "next_cursor": page.next_cursor})))
 }
 
@@ -77,11 +87,8 @@ async fn tenant_log(
     Path(id): Path<String>,
     q: QueryResult,
 ) -> Result<Json<Value>, AdminError> {
-    let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    page(&s, Some(&id), q).await
+    let tenant = super::tenant_record(&s, &id).await?;
+    page(&s, Some((&tenant.id, tenant.created_at)), q).await
 }
 
 /// The most characters of a caller's request id that are kept.
@@ -121,20 +128,4 @@ pub async fn request_scope(mut req: axum::extract::Request, next: axum::middlewa
 /// made, and the process log already holds the event).
 pub async fn record(s: &AppState, event: crate::audit::AuditEvent) -> Result<(), AdminError> {
     s.audit().record(event).await.map_err(AdminError::from)
-}
-
-/// Frees what the admin API keeps for a deleted tenant: its API keys (dead
-/// already, through the incarnation) and its audit log (so a tenant created
-/// again under the same id starts with an empty one). Failures are logged:
-/// the tenant is gone either way.
-pub async fn purge_tenant(s: &AppState, tenant: &TenantId) {
-    match super::api_keys::purge_tenant(s, tenant).await {
-        Ok(n) => tracing::info!(reason = "admin.tenant_keys_purged", tenant = %tenant, keys = n),
-        Err(e) => {
-            tracing::error!(reason = "admin.tenant_keys_purge_failed", tenant = %tenant, error = %e, "API keys of a deleted tenant left in the store")
-        }
-    }
-    if let Err(e) = s.audit().purge(tenant).await {
-        tracing::error!(reason = "audit.purge_failed", tenant = %tenant, error = %e, "audit log of a deleted tenant left in the store");
-    }
 }

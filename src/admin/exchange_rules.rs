@@ -2,12 +2,14 @@
 //! users may exchange their access token for one scoped to a resource
 //! server, with which scopes and extra claims (see
 //! [`crate::provider::exchange`]). Create, list, read, delete; a rule is
-//! replaced by deleting it and creating it again.
+//! replaced by deleting it and creating it again. Only the rules of the
+//! tenant as it is now are listed, read or deleted: one left by a deleted
+//! tenant of the same id (another incarnation) is not there for its
+//! successor, and a rule created under its id replaces it.
 
-use super::{audit, parse_body, registry, tenant_id, Admin, AdminError, JsonBody};
+use super::{audit, parse_body, tenant_record, Admin, AdminError, JsonBody};
 use crate::audit::Target;
 use crate::http::AppState;
-use crate::ids::TenantId;
 use crate::provider::exchange::{check_rule, ExchangeRule, ExchangeRules, When, MAX_RULES};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -62,14 +64,6 @@ fn view(r: &ExchangeRule) -> Value {
     })
 }
 
-async fn existing_tenant(s: &AppState, id: &str) -> Result<TenantId, AdminError> {
-    let id = tenant_id(id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    Ok(id)
-}
-
 fn rules(s: &AppState) -> ExchangeRules {
     ExchangeRules::new(s.store.clone())
 }
@@ -80,7 +74,7 @@ async fn create(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AdminError> {
-    let tenant = existing_tenant(&s, &id).await?;
+    let tenant = tenant_record(&s, &id).await?;
     let req: NewExchangeRule = parse_body(body)?;
     let rule = ExchangeRule {
         id: req.id,
@@ -92,6 +86,8 @@ async fn create(
         scopes: req.scopes,
         claims: req.claims,
         created_at: s.provider.clock.now(),
+        // Stamped with the tenant's incarnation by `create`.
+        tenant_incarnation: None,
     };
     let rs = s.provider.resources.get(&rule.resource).await?;
     check_rule(&rule, rs.as_ref()).map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
@@ -107,12 +103,12 @@ async fn create(
             detail: format!("The exchange rule {:?} already exists.", rule.id),
         });
     }
-    tracing::info!(reason = "admin.exchange_rule_created", tenant = %tenant, rule = %rule.id);
+    tracing::info!(reason = "admin.exchange_rule_created", tenant = %tenant.id, rule = %rule.id);
     audit::record(
         &s,
         admin
             .event("exchange_rule.created", Target::new("exchange_rule", &rule.id))
-            .tenant(&tenant)
+            .tenant(&tenant.id)
             .after(view(&rule)),
     )
     .await?;
@@ -120,7 +116,7 @@ async fn create(
 }
 
 async fn list(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
-    let tenant = existing_tenant(&s, &id).await?;
+    let tenant = tenant_record(&s, &id).await?;
     let all: Vec<Value> = rules(&s).all(&tenant).await?.iter().map(view).collect();
     Ok(Json(json!({ "exchange_rules": all })))
 }
@@ -134,7 +130,7 @@ async fn read(
     State(s): State<Arc<AppState>>,
     Path((id, rid)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    let tenant = existing_tenant(&s, &id).await?;
+    let tenant = tenant_record(&s, &id).await?;
     let rule = rules(&s).get(&tenant, &rid).await?.ok_or_else(|| no_rule(&rid))?;
     Ok(Json(view(&rule)))
 }
@@ -144,15 +140,15 @@ async fn delete(
     State(s): State<Arc<AppState>>,
     Path((id, rid)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
-    let tenant = existing_tenant(&s, &id).await?;
+    let tenant = tenant_record(&s, &id).await?;
     let rule = rules(&s).get(&tenant, &rid).await?.ok_or_else(|| no_rule(&rid))?;
-    rules(&s).delete(&tenant, &rid).await?;
-    tracing::info!(reason = "admin.exchange_rule_deleted", tenant = %tenant, rule = %rid);
+    rules(&s).delete(&tenant.id, &rid).await?;
+    tracing::info!(reason = "admin.exchange_rule_deleted", tenant = %tenant.id, rule = %rid);
     audit::record(
         &s,
         admin
             .event("exchange_rule.deleted", Target::new("exchange_rule", &rid))
-            .tenant(&tenant)
+            .tenant(&tenant.id)
             .before(view(&rule)),
     )
     .await?;

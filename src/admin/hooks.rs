@@ -176,13 +176,3 @@ async fn remove(
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// Frees the hooks of a deleted tenant (called after the deletion; nothing
-/// depends on it: a re-created tenant's incarnation differs).
-pub(super) async fn purge_tenant(s: &AppState, id: &TenantId) {
-    if let Some(h) = &s.provider.hooks {
-        if let Err(e) = h.purge_tenant(id).await {
-            tracing::error!(reason = "admin.tenant_hooks_purge_failed", tenant = %id, error = %e, "hooks of a deleted tenant left in the store");
-        }
-    }
-}

@@ -20,6 +20,7 @@ mod exchange_rules;
 mod hooks;
 mod local_users;
 pub mod openapi;
+mod purge;
 mod refresh;
 mod resources;
 mod setup_links;
@@ -170,6 +171,17 @@ pub(crate) fn capitalize(text: &str) -> String {
 
 pub(crate) fn tenant_id(id: &str) -> Result<TenantId, AdminError> {
     TenantId::parse(id).map_err(|_| AdminError::NotFound(format!("There is no tenant {id:?}.")))
+}
+
+/// The record of the tenant `id` as it is now, read in this request (what
+/// it owns is what its incarnation and creation time say), or the 404.
+pub(crate) async fn tenant_record(s: &AppState, id: &str) -> Result<Arc<crate::tenant::Tenant>, AdminError> {
+    let id = tenant_id(id)?;
+    s.tenants
+        .get(&id)
+        .await
+        .map_err(registry)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))
 }
 
 pub(crate) fn registry(e: RegistryError) -> AdminError {

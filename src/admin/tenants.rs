@@ -372,17 +372,11 @@ async fn delete_tenant(
     let id = tenant_id(&id)?;
     let before = s.tenants.get(&id).await.map_err(registry)?;
     let connections = s.tenants.connection_ids(&id).await.map_err(registry)?;
-    for c in &connections {
-        s.broker.connectors.forget(&id, c);
-    }
     s.tenants.delete(&id).await.map_err(registry)?;
-    // Local accounts go with their tenant (a new tenant of the same id starts empty).
-    for c in &connections {
-        if let Err(e) = s.accounts.purge_connection(&id, c).await {
-            tracing::error!(reason = "admin.local_purge_failed", tenant = %id, connection = %c, error = %e, "local accounts of a deleted tenant left in the store");
-        }
-    }
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);
+    // Before the audit write, which may fail: the tenant is gone either way,
+    // and a retry would find nothing to delete and purge nothing.
+    super::purge::deleted_tenant(&s, &id, &connections).await;
     audit::record(
         &s,
         admin
@@ -390,28 +384,6 @@ async fn delete_tenant(
             .before(json!(before)),
     )
     .await?;
-    // Nothing of the tenant is accepted any more (incarnations are checked
-    // on use); this only frees the store and ends sessions early.
-    match s.broker.purge_tenant_users(&id).await {
-        Ok(n) => tracing::info!(reason = "admin.tenant_users_purged", tenant = %id, users = n),
-        Err(e) => {
-            tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "users of a deleted tenant left in the store")
-        }
-    }
-    // A tenant created later with the same id must not inherit its rules.
-    if let Err(e) = crate::provider::exchange::ExchangeRules::new(s.store.clone())
-        .purge(&id)
-        .await
-    {
-        tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "exchange rules of a deleted tenant left in the store");
-    }
-    // Nor see its failed sign-ins (which are also hidden from a successor
-    // by the tenant's creation time, should this fail).
-    if let Err(e) = s.broker.purge_failed_sign_ins(&id).await {
-        tracing::error!(reason = "admin.tenant_purge_failed", tenant = %id, error = %e, "failed sign-ins of a deleted tenant left in the store");
-    }
-    audit::purge_tenant(&s, &id).await;
-    super::hooks::purge_tenant(&s, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

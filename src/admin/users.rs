@@ -4,12 +4,17 @@
 //! and every token already issued (checked on use), and ends its SSO
 //! sessions and refresh families at once. Deleting also removes the identity
 //! link, so the person's next sign-in creates a new user with a new `sub`.
+//!
+//! Only users of the tenant as it is now are listed or reached: a user left
+//! by a deleted tenant of the same id (another incarnation) is 404 here,
+//! whatever the tenant's purge did ([`crate::directory::Directory::entry`]).
 
-use super::{audit, registry, tenant_id, Admin, AdminError};
+use super::{audit, tenant_record, Admin, AdminError};
 use crate::audit::Target;
 use crate::directory::UserEntry;
 use crate::http::AppState;
 use crate::ids::TenantId;
+use crate::tenant::Tenant;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -56,12 +61,14 @@ fn no_user(sub: &str, tenant: &TenantId) -> AdminError {
     AdminError::NotFound(format!("There is no user {sub:?} in tenant {tenant:?}."))
 }
 
-async fn existing_tenant(s: &AppState, id: &str) -> Result<TenantId, AdminError> {
-    let id = tenant_id(id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
-        return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    Ok(id)
+/// The tenant's user with its disabled flag, or the 404.
+async fn existing_entry(s: &AppState, tenant: &Tenant, sub: &str) -> Result<UserEntry, AdminError> {
+    s.provider
+        .directory
+        .entry(tenant, sub)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| no_user(sub, &tenant.id))
 }
 
 #[derive(Deserialize)]
@@ -80,7 +87,7 @@ async fn list_users(
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, AdminError> {
     let Query(page) = page.map_err(|e| AdminError::field("query", e.body_text()))?;
-    let id = existing_tenant(&s, &id).await?;
+    let tenant = tenant_record(&s, &id).await?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(AdminError::field(
@@ -91,7 +98,7 @@ async fn list_users(
     let (users, next) = s
         .provider
         .directory
-        .list(&id, page.cursor.as_deref(), limit)
+        .list(&tenant, page.cursor.as_deref(), limit)
         .await
         .map_err(store_error)?;
     Ok(Json(json!({
@@ -105,15 +112,8 @@ async fn get_user(
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
-    let id = existing_tenant(&s, &id).await?;
-    let entry = s
-        .provider
-        .directory
-        .entry(&id, &sub)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| no_user(&sub, &id))?;
-    Ok(Json(view(&entry)))
+    let tenant = tenant_record(&s, &id).await?;
+    Ok(Json(view(&existing_entry(&s, &tenant, &sub).await?)))
 }
 
 async fn set_disabled(
@@ -123,15 +123,16 @@ async fn set_disabled(
     sub: &str,
     disabled: bool,
 ) -> Result<Json<Value>, AdminError> {
-    let id = existing_tenant(s, id).await?;
-    let before = s.provider.directory.entry(&id, sub).await.map_err(store_error)?;
+    let tenant = tenant_record(s, id).await?;
+    let id = &tenant.id;
+    let before = existing_entry(s, &tenant, sub).await?;
     if !s
         .broker
-        .set_user_disabled(&id, sub, disabled)
+        .set_user_disabled(id, sub, disabled)
         .await
         .map_err(store_error)?
     {
-        return Err(no_user(sub, &id));
+        return Err(no_user(sub, id));
     }
     let reason = if disabled {
         "admin.user_disabled"
@@ -139,21 +140,14 @@ async fn set_disabled(
         "admin.user_enabled"
     };
     tracing::info!(reason, tenant = %id);
-    let entry = s
-        .provider
-        .directory
-        .entry(&id, sub)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| no_user(sub, &id))?;
+    let entry = existing_entry(s, &tenant, sub).await?;
     let action = if disabled { "user.disabled" } else { "user.enabled" };
-    let before = before.as_ref().map(view);
     audit::record(
         s,
         admin
             .event(action, Target::new("user", sub))
-            .tenant(&id)
-            .before(json!(before))
+            .tenant(id)
+            .before(view(&before))
             .after(view(&entry)),
     )
     .await?;
@@ -181,17 +175,16 @@ async fn delete_user(
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
-    let id = existing_tenant(&s, &id).await?;
-    let Some(before) = s.provider.directory.entry(&id, &sub).await.map_err(store_error)? else {
-        return Err(no_user(&sub, &id));
-    };
-    s.broker.delete_user(&id, &sub).await.map_err(store_error)?;
+    let tenant = tenant_record(&s, &id).await?;
+    let id = &tenant.id;
+    let before = existing_entry(&s, &tenant, &sub).await?;
+    s.broker.delete_user(id, &sub).await.map_err(store_error)?;
     tracing::info!(reason = "admin.user_deleted", tenant = %id);
     audit::record(
         &s,
         admin
             .event("user.deleted", Target::new("user", &sub))
-            .tenant(&id)
+            .tenant(id)
             .before(view(&before)),
     )
     .await?;
@@ -207,16 +200,7 @@ async fn reset_mfa(
     State(s): State<Arc<AppState>>,
     Path((id, sub)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
-    let id = existing_tenant(&s, &id).await?;
-    if s.provider
-        .directory
-        .entry(&id, &sub)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
-        return Err(no_user(&sub, &id));
-    }
+    let id = existing_user(&s, &id, &sub).await?;
     let mfa = crate::mfa::Mfa::new(s.store.clone(), s.provider.clock.clone());
     let had = mfa.reset(&id, &sub).await.map_err(store_error)?;
     tracing::info!(reason = "admin.user_mfa_reset", tenant = %id, enrolled = had);
@@ -234,17 +218,9 @@ async fn reset_mfa(
 
 /// The user (an existing tenant's, existing user), or the 404.
 async fn existing_user(s: &AppState, id: &str, sub: &str) -> Result<TenantId, AdminError> {
-    let id = existing_tenant(s, id).await?;
-    if s.provider
-        .directory
-        .entry(&id, sub)
-        .await
-        .map_err(store_error)?
-        .is_none()
-    {
-        return Err(no_user(sub, &id));
-    }
-    Ok(id)
+    let tenant = tenant_record(s, id).await?;
+    existing_entry(s, &tenant, sub).await?;
+    Ok(tenant.id.clone())
 }
 
 fn passkey_view(p: &crate::mfa::passkey::StoredPasskey) -> Value {

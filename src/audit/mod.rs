@@ -513,6 +513,31 @@ impl Audit {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, AuditError> {
+        self.page(tenant, None, cursor, limit).await
+    }
+
+    /// [`Self::list`] of `tenant`'s log without the events before `since`,
+    /// the creation of the tenant as it is now: those are a predecessor's
+    /// (a tenant deleted under the same id, whose log was not purged). The
+    /// log is appended in time order, so the listing ends at the first such
+    /// event (no cursor past it).
+    pub async fn list_since(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, AuditError> {
+        self.page(Some(tenant), Some(since), cursor, limit).await
+    }
+
+    async fn page(
+        &self,
+        tenant: Option<&TenantId>,
+        since: Option<DateTime<Utc>>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, AuditError> {
         let key = Self::log_key(tenant);
         if cursor.is_some_and(|c| parse_stream_id(c).is_none()) {
             return Err(InvalidCursor.into());
@@ -523,13 +548,20 @@ impl Audit {
             .store
             .stream_rev_range(&key, cursor, limit.saturating_add(1))
             .await?;
-        let more = raw.len() > limit;
+        let mut more = false;
         let mut events = Vec::new();
         let mut last_id = None;
-        for entry in raw.into_iter().take(limit) {
-            events.push(
-                serde_json::from_slice::<AuditEvent>(&entry.value).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
+        for entry in raw {
+            let event =
+                serde_json::from_slice::<AuditEvent>(&entry.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if since.is_some_and(|since| event.at < since) {
+                break;
+            }
+            if events.len() == limit {
+                more = true;
+                break;
+            }
+            events.push(event);
             last_id = Some(entry.id);
         }
         let next_cursor = if more { last_id } else { None };

@@ -636,12 +636,19 @@ impl Directory {
         Ok(true)
     }
 
-    /// One user with its disabled flag.
-    pub async fn entry(&self, tenant: &TenantId, sub: &str) -> Result<Option<UserEntry>, StoreError> {
-        let Some(user) = self.get(tenant, sub).await? else {
+    /// One user of `tenant` as it is now (its record, read in the request),
+    /// with its disabled flag. A user left by a deleted tenant of the same
+    /// id (another incarnation; its purge failed) is not this tenant's:
+    /// `None`, logged `directory.user_superseded`.
+    pub async fn entry(&self, tenant: &Tenant, sub: &str) -> Result<Option<UserEntry>, StoreError> {
+        let Some(user) = self.get(&tenant.id, sub).await? else {
             return Ok(None);
         };
-        let disabled = self.is_disabled(tenant, sub).await?;
+        if user.tenant_incarnation != tenant.incarnation {
+            tracing::info!(reason = "directory.user_superseded", tenant = %tenant.id, "a user of an earlier tenant with this id is not shown");
+            return Ok(None);
+        }
+        let disabled = self.is_disabled(&tenant.id, sub).await?;
         Ok(Some(UserEntry { user, disabled }))
     }
 
@@ -650,25 +657,28 @@ impl Directory {
         self.store.set_members(&index_key(tenant)).await
     }
 
-    /// A page of `tenant`'s users in `sub` order, starting after `after`;
-    /// with the cursor of the next page when there is one.
+    /// A page of the users of `tenant` as it is now ([`Self::entry`]: not
+    /// those of an earlier incarnation) in `sub` order, starting after
+    /// `after`; with the cursor of the next page when there is one.
     pub async fn list(
         &self,
-        tenant: &TenantId,
+        tenant: &Tenant,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<UserEntry>, Option<String>), StoreError> {
-        let subs = self.subs(tenant).await?;
+        let subs = self.subs(&tenant.id).await?;
         let mut page = Vec::new();
         let mut next = None;
         for sub in subs.iter().filter(|s| after.is_none_or(|a| s.as_str() > a)) {
+            let Some(entry) = self.entry(tenant, sub).await? else {
+                continue;
+            };
+            // A next page only when one of the tenant's own users is left.
             if page.len() == limit {
                 next = page.last().map(|e: &UserEntry| e.user.sub.clone());
                 break;
             }
-            if let Some(entry) = self.entry(tenant, sub).await? {
-                page.push(entry);
-            }
+            page.push(entry);
         }
         Ok((page, next))
     }

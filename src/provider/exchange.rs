@@ -25,6 +25,11 @@
 //!    narrow what the platform allows the app, never widen it);
 //! 4. a `scope` parameter narrows further (nothing left: `invalid_scope`).
 //!
+//! A rule is bound to the incarnation of the tenant it was written for
+//! ([`ExchangeRule::belongs_to`]): a rule left in the store by a deleted
+//! tenant (its purge failed) is not read, listed or applied for a tenant
+//! created again under the same id, whatever the purge did.
+//!
 //! The token lives [`EXCHANGED_TOKEN_TTL_SECS`] at most and never beyond the
 //! subject token's `exp`, so exchanging an exchanged token cannot prolong
 //! access. No `actor_token`: the exchange is impersonation (RFC 8693 §1.1)
@@ -37,6 +42,7 @@ use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::User;
 use crate::ids::TenantId;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -98,9 +104,26 @@ pub struct ExchangeRule {
     pub claims: std::collections::BTreeMap<String, String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The incarnation of the tenant it was written for
+    /// ([`ExchangeRules::create`] sets it); `None` in rules written before
+    /// rules carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_incarnation: Option<String>,
 }
 
 impl ExchangeRule {
+    /// True if the rule is `tenant`'s own rather than one left by a deleted
+    /// tenant of the same id: written for its incarnation or, written before
+    /// rules carried one, not older than the tenant (a predecessor's rule
+    /// was written before the predecessor was deleted, so before this
+    /// tenant was created).
+    pub fn belongs_to(&self, tenant: &Tenant) -> bool {
+        match &self.tenant_incarnation {
+            Some(incarnation) => *incarnation == tenant.incarnation,
+            None => self.created_at >= tenant.created_at,
+        }
+    }
+
     /// True if the rule's condition holds for `user`.
     pub fn applies_to(&self, user: &User) -> bool {
         let Some(when) = &self.when else {
@@ -261,7 +284,9 @@ pub(crate) fn rule_key(tenant: &TenantId, id: &str) -> Key {
     Key::tenant(tenant.as_str(), "exchange", format!("rule:{id}"))
 }
 
-/// The exchange rules of the tenants, in the store (persistent).
+/// The exchange rules of the tenants, in the store (persistent). Rules are
+/// read for the tenant as it is now (its record, read in the request):
+/// another incarnation's are skipped, logged `exchange.rule_stale`.
 #[derive(Clone)]
 pub struct ExchangeRules {
     store: SharedStore,
@@ -273,35 +298,56 @@ impl ExchangeRules {
         Self { store }
     }
 
-    /// Creates a rule; `false` if the id is taken.
-    pub async fn create(&self, tenant: &TenantId, rule: &ExchangeRule) -> Result<bool, StoreError> {
-        if !self
-            .store
-            .put_json_if_absent(&rule_key(tenant, &rule.id), rule, None)
-            .await?
-        {
-            return Ok(false);
+    /// Creates a rule of `tenant`, stamped with its incarnation; `false` if
+    /// the tenant has a rule of that id. A rule of that id left by a deleted
+    /// tenant is replaced (compared against the bytes read, so of two
+    /// concurrent creations one wins).
+    pub async fn create(&self, tenant: &Tenant, rule: &ExchangeRule) -> Result<bool, StoreError> {
+        let rule = ExchangeRule {
+            tenant_incarnation: Some(tenant.incarnation.clone()),
+            ..rule.clone()
+        };
+        let key = rule_key(&tenant.id, &rule.id);
+        let bytes = serde_json::to_vec(&rule).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !self.store.put_if_absent(&key, &bytes, None).await? {
+            let Some(raw) = self.store.get(&key).await? else {
+                // Deleted meanwhile: another writer is at work on this id.
+                return Ok(false);
+            };
+            let held: ExchangeRule = serde_json::from_slice(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("exchange rule {}: {e}", rule.id)))?;
+            if held.belongs_to(tenant) || !self.store.compare_and_put(&key, &raw, &bytes, None).await? {
+                return Ok(false);
+            }
+            tracing::info!(reason = "exchange.rule_stale_replaced", tenant = %tenant.id, rule = %rule.id, "an exchange rule of an earlier tenant with this id was replaced");
         }
-        self.store.set_add(&index_key(tenant), &rule.id, None).await?;
+        self.store.set_add(&index_key(&tenant.id), &rule.id, None).await?;
         Ok(true)
     }
 
-    /// Reads one rule.
-    pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<ExchangeRule>, StoreError> {
+    /// Reads one rule of `tenant` (`None` for one of another incarnation).
+    pub async fn get(&self, tenant: &Tenant, id: &str) -> Result<Option<ExchangeRule>, StoreError> {
         if check_rule_id(id).is_err() {
             return Ok(None);
         }
-        self.store.get_json(&rule_key(tenant, id)).await
+        let rule: Option<ExchangeRule> = self.store.get_json(&rule_key(&tenant.id, id)).await?;
+        Ok(rule.filter(|r| {
+            let own = r.belongs_to(tenant);
+            if !own {
+                tracing::warn!(reason = "exchange.rule_stale", tenant = %tenant.id, rule = %r.id, "an exchange rule of an earlier tenant with this id is ignored");
+            }
+            own
+        }))
     }
 
-    /// The number of rules (for the limit).
-    pub async fn count(&self, tenant: &TenantId) -> Result<usize, StoreError> {
-        Ok(self.store.set_members(&index_key(tenant)).await?.len())
+    /// The number of the tenant's rules (for the limit).
+    pub async fn count(&self, tenant: &Tenant) -> Result<usize, StoreError> {
+        Ok(self.all(tenant).await?.len())
     }
 
     /// Every rule of the tenant, ordered by id.
-    pub async fn all(&self, tenant: &TenantId) -> Result<Vec<ExchangeRule>, StoreError> {
-        let mut ids = self.store.set_members(&index_key(tenant)).await?;
+    pub async fn all(&self, tenant: &Tenant) -> Result<Vec<ExchangeRule>, StoreError> {
+        let mut ids = self.store.set_members(&index_key(&tenant.id)).await?;
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -430,7 +476,14 @@ impl Provider {
                 "The subject_token was issued to another application.",
             ));
         }
-        if !client.allows_tenant(&tenant) || !self.exchange_tenant_allows(&tenant, &client.client_id).await? {
+        // The tenant's record: its settings, and the incarnation its rules
+        // must carry. Gone, it was refused by the subject token's checks.
+        let record = self.exchange_tenant(&tenant).await?;
+        if !client.allows_tenant(&tenant)
+            || !record
+                .as_ref()
+                .is_none_or(|t| t.settings.allows_client(&client.client_id))
+        {
             return Err(refuse(
                 "exchange.tenant_not_allowed",
                 "This application may not serve the user's organization.",
@@ -456,7 +509,10 @@ impl Provider {
                 "This application may not obtain tokens for that resource.",
             ));
         }
-        let rules = ExchangeRules::new(self.store.clone()).all(&tenant).await?;
+        let rules = match &record {
+            Some(t) => ExchangeRules::new(self.store.clone()).all(t).await?,
+            None => Vec::new(),
+        };
         let matching: Vec<&ExchangeRule> = rules
             .iter()
             .filter(|r| r.resource == rs.identifier && r.applies_to(&user))
@@ -581,14 +637,12 @@ impl Provider {
         })
     }
 
-    /// Whether the tenant's settings let it use the app (`allowed_clients`);
-    /// a tenant that is gone was refused by the subject token's checks.
-    async fn exchange_tenant_allows(&self, tenant: &TenantId, client_id: &str) -> Result<bool, OAuthError> {
-        let found = self.directory.tenants().get(tenant).await.map_err(|e| match e {
+    /// The record of the subject's tenant, `None` if it is gone.
+    async fn exchange_tenant(&self, tenant: &TenantId) -> Result<Option<std::sync::Arc<Tenant>>, OAuthError> {
+        self.directory.tenants().get(tenant).await.map_err(|e| match e {
             crate::tenant::RegistryError::Store(e) => OAuthError::from(e),
             other => OAuthError::from(StoreError::Unavailable(other.to_string())),
-        })?;
-        Ok(found.is_none_or(|t| t.settings.allows_client(client_id)))
+        })
     }
 }
 
@@ -629,6 +683,7 @@ mod tests {
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             claims: Default::default(),
             created_at: DateTime::<Utc>::MIN_UTC,
+            tenant_incarnation: None,
         }
     }
 
@@ -655,6 +710,33 @@ mod tests {
         let unverified = user(&[], Some("jane@acme.test"), false);
         assert!(!rule(Some(("email_domain", "acme.test")), &["read"]).applies_to(&unverified));
         assert!(!rule(Some(("nope", "x")), &["read"]).applies_to(&u));
+    }
+
+    #[test]
+    fn a_rule_belongs_to_the_incarnation_it_was_written_for_or_if_unstamped_to_a_tenant_not_younger() {
+        let created = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().to_utc();
+        let tenant = Tenant {
+            id: TenantId::parse("acme").unwrap(),
+            name: "Acme".into(),
+            domains: vec![],
+            created_at: created,
+            incarnation: "now".into(),
+            settings: Default::default(),
+        };
+        let stamped = |inc: &str| ExchangeRule {
+            tenant_incarnation: Some(inc.into()),
+            created_at: created + chrono::Duration::hours(1),
+            ..rule(None, &["read"])
+        };
+        assert!(stamped("now").belongs_to(&tenant));
+        assert!(!stamped("before").belongs_to(&tenant));
+        let unstamped = |at: DateTime<Utc>| ExchangeRule {
+            created_at: at,
+            ..rule(None, &["read"])
+        };
+        assert!(unstamped(created).belongs_to(&tenant));
+        assert!(unstamped(created + chrono::Duration::seconds(1)).belongs_to(&tenant));
+        assert!(!unstamped(created - chrono::Duration::seconds(1)).belongs_to(&tenant));
     }
 
     #[test]

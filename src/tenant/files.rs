@@ -20,7 +20,7 @@
 use super::TenantRegistry;
 use crate::audit::{Actor, Audit, AuditEvent, Target};
 use crate::config::ConfigProblem;
-use crate::ids::TenantId;
+use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, StoreJson};
 use crate::upstream::{ConnectionKind, UpstreamContext};
 use serde::Deserialize;
@@ -154,6 +154,18 @@ pub(crate) fn declared_key(t: &TenantId, c: &str) -> Key {
     Key::tenant(t.as_str(), "config", format!("declared:{c}"))
 }
 
+/// Frees what a deleted tenant leaves beyond its own records (users, local
+/// accounts, exchange rules, API keys, hooks, failed sign-ins, its audit
+/// log). Those live in parts of the gateway above the tenant registry, so
+/// [`sync`] is handed the routine, the one the admin API's delete runs too.
+#[async_trait::async_trait]
+pub trait TenantPurge: Send + Sync {
+    /// Frees what `tenant`, just deleted with `connections` (its connection
+    /// ids, read before the deletion), left in the store. Never fails: each
+    /// part that cannot be freed is logged.
+    async fn purge_deleted_tenant(&self, tenant: &TenantId, connections: &[ConnectionId]);
+}
+
 /// What one pass over the tenant files did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -177,7 +189,9 @@ pub struct SyncReport {
 ///   keys, entity id and ACS URL of the stored connection, and replaces it
 ///   (new `revision`) only when the built configuration — with freshly
 ///   fetched metadata — differs from the stored one;
-/// * a removed file removes its tenant, only for tenants that came from a file.
+/// * a removed file removes its tenant, only for tenants that came from a
+///   file, and `purge` frees what the tenant left (before anything else
+///   that may fail).
 ///
 /// Every change is recorded in the audit log as `system:tenant_files`
 /// (`tenant.created`/`updated`/`deleted`, `connection.created`/`updated`/
@@ -192,6 +206,7 @@ pub async fn sync(
     dir: &Path,
     dev_enabled: bool,
     log: &Audit,
+    purge: &dyn TenantPurge,
 ) -> Result<SyncReport, Vec<ConfigProblem>> {
     let (files, problems) = read_dir(dir);
     if !problems.is_empty() {
@@ -292,7 +307,8 @@ pub async fn sync(
         if declared_ids.contains(&id) {
             continue;
         }
-        for c in tenants.connection_ids(&id).await.map_err(|e| fail(&e))? {
+        let connections = tenants.connection_ids(&id).await.map_err(|e| fail(&e))?;
+        for c in &connections {
             store
                 .delete(&declared_key(&id, c.as_str()))
                 .await
@@ -301,12 +317,12 @@ pub async fn sync(
         let before = tenants.get(&id).await.map_err(|e| fail(&e))?;
         match tenants.delete(&id).await {
             Ok(()) => {
-                // To the global log, as the admin API does: the tenant's own log goes with it.
+                // At once: nothing between the deletion and the purge can
+                // fail, and a later pass finds the tenant gone.
+                purge.purge_deleted_tenant(&id, &connections).await;
+                // To the global log, as the admin API does: the tenant's own log went with the purge.
                 let deleted = event("tenant.deleted", Target::new("tenant", id.as_str()));
                 audit(log, deleted.before(json!(before))).await;
-                if let Err(e) = log.purge(&id).await {
-                    tracing::warn!(reason = "audit.purge_failed", tenant = %id, error = %e, "audit log of a removed tenant kept");
-                }
             }
             Err(super::RegistryError::NotFound(_)) => {}
             Err(e) => return Err(fail(&e)),

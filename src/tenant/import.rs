@@ -9,11 +9,15 @@
 //!   `{"connections": [...]}`) of connection records, SAML ones with
 //!   `rawMetadata` / `encodedRawMetadata` or `metadataUrl`, OIDC ones with
 //!   `oidcProvider: {discoveryUrl, clientId, clientSecret}` (or the API's
-//!   `oidcDiscoveryUrl`, `oidcClientId`, `oidcClientSecret`). `tenant`
-//!   becomes the tenant id (sanitised to our id rules), `name` the connection
-//!   id; `product`, `redirectUrl`, `defaultRedirectUrl`, `clientID` and
-//!   `description` have no counterpart in a connection (apps and their
-//!   redirect URIs are registered separately) and are ignored.
+//!   `oidcDiscoveryUrl`, `oidcClientId`, `oidcClientSecret`). Records with
+//!   exactly the same `tenant` make one tenant, whose id is `tenant`
+//!   sanitised to our id rules; two different `tenant` values that sanitise
+//!   to one id are a problem, never merged (`acme.com` and `ACME.com` may be
+//!   different customers, and a connection of one would become an IdP of
+//!   the other). `name` is the connection id; `product`, `redirectUrl`,
+//!   `defaultRedirectUrl`, `clientID` and `description` have no counterpart
+//!   in a connection (apps and their redirect URIs are registered
+//!   separately) and are ignored.
 //!
 //! Everything is validated before anything is created (ids, domains free,
 //! tenants new, every connection built, metadata fetched and parsed), and
@@ -25,7 +29,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::upstream::{Connection, UpstreamContext};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One problem of an import file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,9 @@ impl std::fmt::Display for ImportProblem {
 struct Entry {
     /// Where it came from in the file.
     entry: String,
+    /// The Jackson `tenant` value it was made from, exactly as written
+    /// (`None` in the native format, whose ids are used as they are).
+    source: Option<String>,
     id: String,
     name: String,
     domains: Vec<String>,
@@ -81,7 +88,8 @@ pub async fn import(
     let mut problems = Vec::new();
     let entries = normalise(doc, &mut problems);
     let mut planned: Vec<(TenantId, String, Vec<String>, Vec<Connection>)> = Vec::new();
-    let mut seen_tenants = BTreeSet::new();
+    // Each tenant id with the source value of its first entry.
+    let mut seen_tenants: BTreeMap<TenantId, Option<String>> = BTreeMap::new();
     let mut seen_domains = BTreeSet::new();
     for e in entries {
         let bad = |field: &str, message: String| ImportProblem {
@@ -97,8 +105,22 @@ pub async fn import(
             }
         };
         if let Some(id) = &id {
-            if !seen_tenants.insert(id.clone()) {
-                problems.push(bad("id", format!("the tenant {id} appears twice in the file")));
+            match (seen_tenants.get(id), &e.source) {
+                (None, _) => {
+                    seen_tenants.insert(id.clone(), e.source.clone());
+                }
+                // Two Jackson tenants whose names differ only in what the id
+                // rules drop: kept apart, so the file cannot be imported as is.
+                (Some(Some(first)), Some(this)) => {
+                    problems.push(bad(
+                        "tenant",
+                        format!(
+                            "the source tenants {first:?} and {this:?} would both become the tenant {id}; \
+                             different source tenants are never merged: rename one of them in the export"
+                        ),
+                    ));
+                }
+                (Some(_), _) => problems.push(bad("id", format!("the tenant {id} appears twice in the file"))),
             }
             match tenants.get(id).await {
                 Ok(Some(_)) => problems.push(bad("id", format!("the tenant {id} already exists"))),
@@ -301,6 +323,7 @@ fn native(map: &Map<String, Value>, problems: &mut Vec<ImportProblem>) -> Vec<En
         };
         out.push(Entry {
             entry,
+            source: None,
             id: if id.is_empty() { format!("#{i}") } else { id },
             name,
             domains,
@@ -403,7 +426,11 @@ fn jackson(list: &[Value], prefix: &str, problems: &mut Vec<ImportProblem>) -> V
             continue;
         };
         let kind = body.get("kind").and_then(Value::as_str).unwrap_or("saml").to_owned();
-        let existing = out.iter().position(|e| e.id == tenant);
+        // Grouped by the exact source value, not the sanitised id: look-alike
+        // source tenants stay apart (and are reported by `import`).
+        let existing = out
+            .iter()
+            .position(|e| e.source.as_deref() == Some(raw_tenant.as_str()));
         let n = existing.and_then(|p| out.get(p)).map_or(0, |e| e.connections.len());
         let cid = s("name")
             .and_then(|n| sanitise_id(&n))
@@ -422,6 +449,7 @@ fn jackson(list: &[Value], prefix: &str, problems: &mut Vec<ImportProblem>) -> V
             Some(e) => e.connections.push((entry, body)),
             None => out.push(Entry {
                 entry: entry.clone(),
+                source: Some(raw_tenant.clone()),
                 id: tenant.clone(),
                 name: raw_tenant,
                 domains: Vec::new(),

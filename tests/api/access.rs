@@ -3,6 +3,7 @@
 //! `portcullis::authorizer` tower layer. Provider-side, so the built-in dev
 //! IdP signs users in.
 
+use crate::support::admin::members;
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav};
 use crate::support::nginx::{Nginx, Protected};
@@ -1095,16 +1096,90 @@ async fn exchange_rules_are_managed_per_tenant_checked_and_audited() {
     }
     let (status, audit) = app.admin(Method::GET, "/admin/v1/tenants/demo/audit", None).await;
     assert_eq!(status, StatusCode::OK);
-    let actions: Vec<&str> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let actions = members(&audit, "events", "action");
     assert!(
         actions.contains(&"exchange_rule.created") && actions.contains(&"exchange_rule.deleted"),
         "{actions:?}"
     );
+}
+
+/// Exchange rules are bound to their tenant's incarnation. A deletion whose
+/// purge failed left its rules in the store, and a tenant created again
+/// under the same id inherited them: its users got tokens as the old
+/// tenant's rules allowed. Now such a leftover is not applied, listed, read
+/// or deleted, and a rule created under its id replaces it. A rule from
+/// before rules were stamped counts only if it is not older than the tenant.
+#[tokio::test]
+async fn exchange_rules_left_by_a_deleted_tenant_are_not_its_successors() {
+    let (app, secret) = world(Some(far_clock())).await;
+    let demo = portcullis::ids::TenantId::parse("demo").unwrap();
+    let tenant = app.state.tenants.get(&demo).await.unwrap().unwrap();
+    let store = &app.state.store;
+    let rule_key = |id: &str| portcullis::store::Key::tenant("demo", "exchange", format!("rule:{id}"));
+    // Writes a rule as an earlier version or an earlier tenant left it.
+    let leave = |id: &'static str, (resource, scope): (&str, &str), incarnation: Option<&str>, at| {
+        let mut rule = json!({"id": id, "resource": resource, "scopes": [scope], "created_at": at});
+        if let Some(inc) = incarnation {
+            rule["tenant_incarnation"] = json!(inc);
+        }
+        let key = rule_key(id);
+        async move {
+            store
+                .put(&key, &serde_json::to_vec(&rule).unwrap(), None)
+                .await
+                .unwrap();
+            let index = portcullis::store::Key::tenant("demo", "exchange", "index");
+            store.set_add(&index, id, None).await.unwrap();
+        }
+    };
+    let (home, files) = ((HOME, "home:read"), (FILES, "files:read"));
+    let created: chrono::DateTime<chrono::Utc> = tenant.created_at;
+    // Left by the tenant's predecessor: stamped with its incarnation, or
+    // written before rules were stamped (so before this tenant was created).
+    leave("old-home", home, Some("an-earlier-incarnation"), created).await;
+    leave("older-home", home, None, created - chrono::Duration::hours(1)).await;
+    // Written by this tenant before rules were stamped: still its own.
+    leave("own-files", files, None, created + chrono::Duration::minutes(1)).await;
+
+    let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
+    let form = |resource: &'static str| {
+        [
+            ("grant_type", EXCHANGE),
+            ("subject_token", ann.as_str()),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("resource", resource),
+        ]
+    };
+    assert_eq!(
+        exchange_reason(&app, "web", &form(HOME)).await,
+        ("exchange.no_rule", "invalid_target".to_owned())
+    );
+    let (status, got) = token(&app, "web", &secret, &form(FILES)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(claims(&at(&got))["scope"], "files:read");
+
+    let path = "/admin/v1/tenants/demo/exchange-rules";
+    let (_, list) = app.admin(Method::GET, path, None).await;
+    assert_eq!(members(&list, "exchange_rules", "id"), ["own-files"], "{list}");
+    for (method, id) in [
+        (Method::GET, "old-home"),
+        (Method::GET, "older-home"),
+        (Method::DELETE, "old-home"),
+    ] {
+        let (status, body) = app.admin(method.clone(), &format!("{path}/{id}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {id}: {body}");
+    }
+
+    // A rule created under a leftover's id replaces it, for this tenant.
+    let rule = json!({"id": "old-home", "resource": HOME, "scopes": ["home:read"]});
+    let (status, body) = app.admin(Method::POST, path, Some(rule.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let stored: Value = serde_json::from_slice(&store.get(&rule_key("old-home")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["tenant_incarnation"], json!(tenant.incarnation), "{stored}");
+    let (status, got) = token(&app, "web", &secret, &form(HOME)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let (status, dup) = app.admin(Method::POST, path, Some(rule)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dup}");
 }
 
 #[tokio::test]

@@ -140,6 +140,50 @@ async fn a_bad_export_reports_every_problem_at_once_and_creates_nothing() {
     assert!(jackson[1].starts_with("[1].rawMetadata:"), "{jackson:?}");
 }
 
+/// Jackson tenants are kept apart by their exact value: records of one
+/// value share a tenant, but different values that would become the same
+/// tenant id (`acme.com`, `ACME.com`, `acme-com`, `acme com`) are reported,
+/// each naming both values, and nothing is created. Merged, a connection
+/// made by whoever controls a look-alike source tenant would become an IdP
+/// of the victim's tenant.
+#[tokio::test]
+async fn jackson_tenants_that_would_become_one_tenant_are_reported_not_merged() {
+    let app = gateway().await;
+    let key = Key::new();
+    let record = |tenant: &str, name: &str| json!({"tenant": tenant, "product": "crm", "name": name, "rawMetadata": metadata(&[key.cert_b64()])});
+    let doc = json!([
+        record("acme.com", "Okta"),
+        record("ACME.com", "Evil"),
+        record("acme.com", "Entra"),
+        record("acme-com", "Evil 2"),
+        record("acme com", "Evil 3"),
+        record("other.org", "Okta"),
+    ]);
+    let problems = import(&app, &doc).await.unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            r#"[1].tenant: the source tenants "acme.com" and "ACME.com" would both become the tenant acme-com; different source tenants are never merged: rename one of them in the export"#,
+            r#"[3].tenant: the source tenants "acme.com" and "acme-com" would both become the tenant acme-com; different source tenants are never merged: rename one of them in the export"#,
+            r#"[4].tenant: the source tenants "acme.com" and "acme com" would both become the tenant acme-com; different source tenants are never merged: rename one of them in the export"#,
+        ],
+    );
+    assert!(
+        app.state.tenants.list().await.unwrap().is_empty(),
+        "something was created"
+    );
+
+    // Without the look-alikes, records of exactly one value share a tenant.
+    let summary = import(&app, &json!([doc[0].clone(), doc[2].clone(), doc[5].clone()]))
+        .await
+        .unwrap();
+    assert_eq!(summary.tenants, vec!["acme-com", "other-org"]);
+    assert_eq!(
+        summary.connections,
+        vec!["acme-com/okta", "acme-com/entra", "other-org/okta"]
+    );
+}
+
 /// The command itself: against a real Redis, a bad file exits 1 naming the
 /// file and every problem; a good one exits 0 and a gateway on the same
 /// store signs in through the imported connection.

@@ -27,6 +27,30 @@ fn file(name: &str, domains: &[&str], connections: &[(&str, &str)]) -> String {
     s
 }
 
+async fn gateway() -> TestApp {
+    spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// One pass over the tenant files in `dir`, with the gateway's purge.
+async fn sync_dir(
+    app: &TestApp,
+    dir: &std::path::Path,
+) -> Result<portcullis::tenant::files::SyncReport, Vec<portcullis::config::ConfigProblem>> {
+    sync(
+        &app.state.tenants,
+        &app.state.upstream,
+        dir,
+        false,
+        &app.state.provider.audit,
+        app.state.as_ref(),
+    )
+    .await
+}
+
 async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     let (status, v) = app.admin(reqwest::Method::GET, path, None).await;
     (status.as_u16(), v)
@@ -40,11 +64,7 @@ async fn revision(app: &TestApp, c: &str) -> u64 {
 
 #[tokio::test]
 async fn an_edited_file_updates_its_tenant_in_place_and_a_removed_file_removes_it() {
-    let app = spawn_app(AppOptions {
-        clock: Some(ManualClock::at(now())),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = gateway().await;
     let dir = scratch();
     let (k1, k2) = (Key::new(), Key::new());
     let path = dir.join("acme.toml");
@@ -53,15 +73,7 @@ async fn an_edited_file_updates_its_tenant_in_place_and_a_removed_file_removes_i
         file("Acme", &["acme.test"], &[("corp", &metadata(&[k1.cert_b64()]))]),
     )
     .unwrap();
-    let sync_now = || {
-        sync(
-            &app.state.tenants,
-            &app.state.upstream,
-            &dir,
-            false,
-            &app.state.provider.audit,
-        )
-    };
+    let sync_now = || sync_dir(&app, &dir);
     let report = sync_now().await.unwrap();
     assert_eq!(report.created, vec!["acme"], "{report:?}");
     let (_, before) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
@@ -179,11 +191,7 @@ fn has(events: &[Value], action: &str, target: &str) -> bool {
 
 #[tokio::test]
 async fn changes_made_by_tenant_files_are_audited_as_the_system() {
-    let app = spawn_app(AppOptions {
-        clock: Some(ManualClock::at(now())),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = gateway().await;
     let dir = scratch();
     let (k1, k2) = (Key::new(), Key::new());
     let path = dir.join("acme.toml");
@@ -199,15 +207,7 @@ async fn changes_made_by_tenant_files_are_audited_as_the_system() {
         ),
     )
     .unwrap();
-    let sync_now = || {
-        sync(
-            &app.state.tenants,
-            &app.state.upstream,
-            &dir,
-            false,
-            &app.state.provider.audit,
-        )
-    };
+    let sync_now = || sync_dir(&app, &dir);
     sync_now().await.unwrap();
     let global = file_events(&app, "/admin/v1/audit").await;
     assert!(has(&global, "tenant.created", "acme"), "{global:?}");
@@ -258,5 +258,31 @@ async fn changes_made_by_tenant_files_are_audited_as_the_system() {
     sync_now().await.unwrap();
     let global = file_events(&app, "/admin/v1/audit").await;
     assert!(has(&global, "tenant.deleted", "acme"), "{global:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A removed tenant file purges everything its tenant left, as the admin
+/// API's delete does (one routine for both). It used to purge only the
+/// tenant's audit log: its users, exchange rules, API keys and failed
+/// sign-ins stayed in the store for a tenant created again under its id.
+#[tokio::test]
+async fn a_removed_tenant_file_purges_everything_its_tenant_left() {
+    let app = gateway().await;
+    let dir = scratch();
+    let path = dir.join("acme.toml");
+    let key = Key::new();
+    std::fs::write(
+        &path,
+        file("Acme", &["acme.test"], &[("corp", &metadata(&[key.cert_b64()]))]),
+    )
+    .unwrap();
+    let sync_now = || sync_dir(&app, &dir);
+    sync_now().await.unwrap();
+    crate::tenants_admin::give_belongings(&app, "acme", "corp").await;
+
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.removed, vec!["acme"], "{report:?}");
+    assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, Vec::<&str>::new());
     std::fs::remove_dir_all(&dir).ok();
 }

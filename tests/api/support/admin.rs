@@ -16,6 +16,15 @@ pub struct RegisteredClient {
     pub client_secret: Option<String>,
 }
 
+/// The string `member` of each object in the array `list` of an answer,
+/// e.g. the `id` of every entry of `exchange_rules`.
+pub fn members<'a>(answer: &'a Value, list: &str, member: &str) -> Vec<&'a str> {
+    answer[list]
+        .as_array()
+        .map(|items| items.iter().filter_map(|item| item[member].as_str()).collect())
+        .unwrap_or_default()
+}
+
 impl TestApp {
     /// Sends an admin request with the platform token; returns status and
     /// JSON body (`Value::Null` when the body is empty or not JSON).
