@@ -12,6 +12,13 @@
 //! and only then the session opened and the code issued ([`Broker::resume`]).
 //! Whoever posts a response to the ACS from someone else's browser (login
 //! CSRF) thus cannot open a session there.
+//!
+//! An IdP-initiated answer names no pending login, so no browser binding
+//! says who started it: anyone with an account at the tenant's IdP could
+//! have posted it from this browser. It opens a session only once the
+//! person confirms it on a Portcullis page (a CSRF-protected form, which a
+//! cross-site page cannot post with the browser's cookie), unless this
+//! browser is already signed in to the tenant as that very user.
 
 use super::session::{self, BrowserLogins, BrowserSso, SsoSession};
 use super::{error_to_app, page, pending_key, unavailable, Alongside, Broker, Outcome, PendingLogin};
@@ -33,8 +40,7 @@ const ANONYMOUS_AUDIT_WINDOW: Duration = Duration::from_secs(60);
 /// How long the browser has to follow the ACS's redirect to the continuation.
 pub const CONTINUE_TTL: Duration = Duration::from_secs(120);
 
-/// How long a person has to confirm an IdP-initiated sign-in that would
-/// replace another signed-in identity.
+/// How long a person has to confirm (or cancel) an IdP-initiated sign-in.
 pub const CONFIRM_TTL: Duration = Duration::from_secs(600);
 
 /// The longest handle accepted (handles are 32 random bytes, base64url).
@@ -97,6 +103,17 @@ type ConnectionRead = (
     crate::tenant::snapshot::ConfigSnapshot,
 );
 
+/// What the person answered on the confirmation page of an IdP-initiated
+/// sign-in ([`Outcome::ConfirmSignIn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// No answer: the browser came straight from the ACS.
+    NotAsked,
+    /// The person chose to continue on the form (the edge checked its CSRF
+    /// token).
+    Continue,
+}
+
 /// A continuation handle as taken by [`Broker::take_continuation`]: the
 /// validated answer it named (`None`: unknown, used or expired), or the
 /// refusal when the store failed. Opaque outside the broker.
@@ -139,6 +156,21 @@ pub struct Validated {
     /// Whether the tenant or the app required MFA when the answer arrived.
     #[serde(default)]
     pub mfa_demanded: bool,
+    /// What the confirmation page of an IdP-initiated answer names, as read
+    /// while validating; `None` for an answer to a pending login (or one
+    /// kept by an earlier version: the page then shows the ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsolicited: Option<UnsolicitedNames>,
+}
+
+/// The names a person reads on the confirmation page of an IdP-initiated
+/// sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnsolicitedNames {
+    /// The default app's registered name.
+    pub app: String,
+    /// The tenant's name.
+    pub organization: String,
 }
 
 /// What [`Broker::accept`] decided about a validated answer.
@@ -325,22 +357,47 @@ impl Broker {
 
     /// The same-site continuation of an ACS answer, with the session cookie:
     /// consume the handle, check the browser started this login, and open the
-    /// session. An IdP-initiated login (no browser started it) never silently
-    /// replaces this browser's session of another user for the tenant: then
-    /// [`Outcome::ConfirmSwitch`] asks first, and `confirmed` says the person
-    /// agreed (the edge checked the confirmation form's CSRF token).
+    /// session. An IdP-initiated login (no browser started it) opens a
+    /// session only once the person confirmed it, unless this browser is
+    /// already signed in to the tenant as that user: otherwise
+    /// [`Outcome::ConfirmSignIn`] asks first, and `confirmation` says what
+    /// the person answered (the edge checked the form's CSRF token).
     pub async fn resume(
         &self,
         tenant: &str,
         connection: &str,
         handle: &str,
-        confirmed: bool,
+        confirmation: Confirmation,
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
     ) -> Outcome {
         let taken = self.take_continuation(tenant, handle).await;
-        self.resume_taken(tenant, connection, taken, confirmed, sso, logins, None)
+        self.resume_taken(tenant, connection, taken, confirmation, sso, logins, None)
             .await
+    }
+
+    /// Ends the sign-in waiting under `handle` for its confirmation without
+    /// a session or a code: the person cancelled it on the page, or a
+    /// confirmation was refused (`reason`: its CSRF token was missing or
+    /// wrong). Consumed either way, so a refused confirmation cannot be
+    /// tried again, and each waiting sign-in (one per ACS answer, which is
+    /// rate-limited) is audited at most once. A handle naming nothing is
+    /// only logged: the continuation is not rate-limited, so made-up
+    /// handles must not write audit events.
+    pub async fn end_continuation(&self, tenant: &str, handle: &str, reason: &'static str) -> Result<(), Outcome> {
+        match self.take_continuation(tenant, handle).await.0? {
+            // Found under the route's tenant: its ids are the registry's.
+            Some(v) => {
+                meter::sign_in_failed(v.tenant.as_str(), v.connection.as_str(), reason);
+                tracing::warn!(reason, tenant = %v.tenant, connection = %v.connection, "IdP-initiated sign-in not confirmed; no session opened");
+                self.audit_failure(&v.tenant, Some(&v.connection), reason).await;
+            }
+            None => {
+                // The ids come from the URL alone: not logged until known.
+                tracing::warn!(reason, "confirmation of an unknown or used sign-in; nothing to end");
+            }
+        }
+        Ok(())
     }
 
     /// The first step of [`Self::resume`]: consumes the one-time handle
@@ -370,7 +427,7 @@ impl Broker {
         tenant: &str,
         connection: &str,
         taken: Continuation,
-        confirmed: bool,
+        confirmation: Confirmation,
         sso: &mut BrowserSso,
         logins: &mut BrowserLogins,
         alongside: Option<Alongside<'_>>,
@@ -425,36 +482,60 @@ impl Broker {
                 }
             }
             Some((_, None)) => {}
-            None if confirmed => {
-                tracing::info!(reason = "callback.switch_confirmed", tenant = %tenant, connection = %connection);
+            None if confirmation == Confirmation::Continue => {
+                tracing::info!(reason = "callback.unsolicited_confirmed", tenant = %tenant, connection = %connection);
             }
             None => {
+                // No browser started this sign-in: whoever holds an account
+                // at the tenant's IdP may have posted it from this browser
+                // (login CSRF). Only a browser already signed in to the
+                // tenant as that very user is not asked: nothing about who
+                // is signed in changes.
                 let current = match session::load(&self.store, sso, &tenant).await {
                     Ok(s) => s,
                     Err(e) => return unavailable(e),
                 };
-                if current.is_some_and(|s| s.sub != v.sub) {
-                    tracing::info!(reason = "callback.switch_needs_confirmation", tenant = %tenant, connection = %connection);
-                    let who = v
-                        .identity
-                        .email
-                        .clone()
-                        .or_else(|| v.identity.name.clone())
-                        .unwrap_or_else(|| v.identity.subject.clone());
-                    return match self.stash(&v, CONFIRM_TTL).await {
-                        Ok(handle) => Outcome::ConfirmSwitch {
-                            tenant,
-                            connection,
-                            handle,
-                            who,
-                            app: v.request.redirect_uri.clone(),
-                        },
-                        Err(o) => o,
-                    };
+                let replaces = match current {
+                    Some(s) if s.sub == v.sub => None,
+                    Some(_) => Some(true),
+                    None => Some(false),
+                };
+                if let Some(replaces) = replaces {
+                    return self.ask_confirmation(v, replaces).await;
                 }
             }
         }
         self.open(v, sso, alongside).await
+    }
+
+    /// Keeps the IdP-initiated answer `v` for its confirmation (a fresh
+    /// handle, [`CONFIRM_TTL`]) and asks the person: [`Outcome::ConfirmSignIn`].
+    async fn ask_confirmation(&self, v: Validated, replaces: bool) -> Outcome {
+        let reason = if replaces {
+            "callback.switch_needs_confirmation"
+        } else {
+            "callback.unsolicited_needs_confirmation"
+        };
+        tracing::info!(reason, tenant = %v.tenant, connection = %v.connection, "IdP-initiated sign-in waits for the person's confirmation");
+        let handle = match self.stash(&v, CONFIRM_TTL).await {
+            Ok(h) => h,
+            Err(o) => return o,
+        };
+        let who = v.identity.email.or(v.identity.name).unwrap_or(v.identity.subject);
+        let (app_name, organization) = match v.unsolicited {
+            Some(names) => (names.app, names.organization),
+            None => (v.request.client_id.clone(), v.tenant.to_string()),
+        };
+        Outcome::ConfirmSignIn(super::ToConfirm {
+            tenant: v.tenant,
+            connection: v.connection,
+            handle,
+            who,
+            app_name,
+            organization,
+            replaces,
+            app: v.request.redirect_uri,
+        })
     }
 
     /// Takes the pending login the answer refers to, checks it (and, with
@@ -623,17 +704,18 @@ impl Broker {
                 .await;
             return Err(super::testing::not_active(&tenant, &connection));
         }
-        let request = match &pending {
-            Some(p) => p.request.clone(),
+        let (request, app_name) = match &pending {
+            Some(p) => (p.request.clone(), None),
             None => match connector.unsolicited_target() {
                 Some((client_id, redirect_uri)) => self
                     .unsolicited_request(&tenant, &client_id, &redirect_uri)
                     .await
+                    .map(|(request, name)| (request, Some(name)))
                     .inspect_err(|o| {
-                    if let Outcome::Page { reason, .. } = o {
-                        meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
-                    }
-                })?,
+                        if let Outcome::Page { reason, .. } = o {
+                            meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
+                        }
+                    })?,
                 None => {
                     let reason = if login_id.is_some() {
                         "callback.unknown_login"
@@ -750,6 +832,14 @@ impl Broker {
             )
             .await;
         let a = accepted?;
+        // What an IdP-initiated answer's confirmation page will name, from
+        // the records read above (no tenant record: provisioning refused).
+        let unsolicited = app_name.map(|app| UnsolicitedNames {
+            app,
+            organization: stored_tenant
+                .as_deref()
+                .map_or_else(|| tenant.to_string(), |t| t.name.clone()),
+        });
         Ok(Validated {
             login: pending
                 .as_ref()
@@ -766,6 +856,7 @@ impl Broker {
             session_ttl_secs: stored_tenant.and_then(|t| t.settings.sso_session_ttl_secs),
             own_factor: a.own_factor,
             mfa_demanded: a.mfa_demanded,
+            unsolicited,
         })
     }
 
@@ -1032,12 +1123,14 @@ impl Broker {
         self.redirect_with_code(&v.request, &code)
     }
 
+    /// The request an IdP-initiated answer stands for: the connection's
+    /// default app and redirect URI, checked now; with the app's name.
     async fn unsolicited_request(
         &self,
         tenant: &TenantId,
         client_id: &str,
         redirect_uri: &Url,
-    ) -> Result<AuthRequest, Outcome> {
+    ) -> Result<(AuthRequest, String), Outcome> {
         let client = self.provider.clients.get(client_id).await.map_err(unavailable)?;
         let Some(client) = client.filter(|c| c.redirect_uris.iter().any(|r| r == redirect_uri.as_str())) else {
             return Err(page(
@@ -1057,14 +1150,15 @@ impl Broker {
                 "callback.unsolicited_tenant_not_allowed",
             ));
         }
-        Ok(AuthRequest::minimal(
+        let request = AuthRequest::minimal(
             client_id,
             redirect_uri.as_str(),
             None,
             // No request to ask for scopes: the claims a sign-in released before scopes decided them.
             &["openid", "email", "profile", "groups"],
         )
-        .registered(&client))
+        .registered(&client);
+        Ok((request, client.name.clone()))
     }
 }
 

@@ -8,7 +8,7 @@
 
 pub mod authorize;
 mod callback;
-pub use callback::PrefetchedCallback;
+pub use callback::{Confirmation, PrefetchedCallback};
 pub mod connectors;
 mod freshness;
 mod mfa;
@@ -54,21 +54,12 @@ pub enum Outcome {
     /// A validated SAML answer waits under a one-time handle: send the
     /// browser (303) to this same-site continuation URL.
     Continue(Url),
-    /// An IdP-initiated sign-in would replace this browser's session of
-    /// another user for the tenant: ask the person first (a form with a CSRF
-    /// token posting `handle` back to the continuation).
-    ConfirmSwitch {
-        /// The tenant.
-        tenant: TenantId,
-        /// The connection.
-        connection: ConnectionId,
-        /// The one-time handle of the waiting sign-in.
-        handle: String,
-        /// Who the new sign-in is (email or name, as the IdP asserted), to show.
-        who: String,
-        /// Where the browser goes once confirmed (the app's redirect URI).
-        app: String,
-    },
+    /// An IdP-initiated sign-in (which no browser started, so anyone could
+    /// have posted it from this browser) would sign this browser in to the
+    /// tenant, or replace its session of another user there: ask the person
+    /// first (a form with a CSRF token posting the handle back to the
+    /// continuation, to continue or cancel).
+    ConfirmSignIn(ToConfirm),
     /// Show a page to the person.
     Page {
         /// HTTP status.
@@ -105,6 +96,29 @@ pub enum Outcome {
         /// Its connections.
         connections: Vec<ConnectionId>,
     },
+}
+
+/// An IdP-initiated sign-in waiting for the person's word, and what its
+/// confirmation page says ([`Outcome::ConfirmSignIn`]).
+#[derive(Debug)]
+pub struct ToConfirm {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The one-time handle of the waiting sign-in.
+    pub handle: String,
+    /// Who the new sign-in is (email or name, as the IdP asserted), to show.
+    pub who: String,
+    /// The app the sign-in lands in (its registered name), to show.
+    pub app_name: String,
+    /// The organization signing in (the tenant's name), to show.
+    pub organization: String,
+    /// Whether this browser is signed in to the tenant as another user,
+    /// whose session the sign-in would replace.
+    pub replaces: bool,
+    /// Where the browser goes once confirmed (the app's redirect URI).
+    pub app: String,
 }
 
 fn page(status: u16, title: &str, message: impl Into<String>, reason: &'static str) -> Outcome {

@@ -7,7 +7,7 @@ use super::pages::{self, esc};
 use super::pairs::FormPairs;
 use super::AppState;
 use crate::broker::session::{remember_login, BrowserLogins, BrowserSso, LOGINS_FIELD, SESSION_FIELD};
-use crate::broker::{Outcome, PrefetchedCallback};
+use crate::broker::{Confirmation, Outcome, PrefetchedCallback, ToConfirm};
 use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::FreshTenant;
 use crate::upstream::{CallbackParams, ConnectionKind, UpstreamRedirect};
@@ -158,12 +158,12 @@ pub fn respond(state: &AppState, outcome: Outcome) -> Response {
             );
             pages::page(StatusCode::OK, "Choose a sign-in method", &body, &[])
         }
-        Outcome::ConfirmSwitch { .. } => {
+        Outcome::ConfirmSignIn(_) => {
             // Only the SAML continuation produces it, and answers it itself
             // (the page needs the session for its CSRF token).
             tracing::error!(
                 reason = "http.unexpected_outcome",
-                "a switch confirmation reached the generic mapper"
+                "a sign-in confirmation reached the generic mapper"
             );
             pages::error_page(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -488,12 +488,14 @@ pub async fn saml_continue(
         return duplicate_parameter();
     };
     let handle = query.get("handle").map(String::as_str).unwrap_or_default();
-    resume(&state, &session, &headers, &tenant, &connection, handle, false).await
+    let asked = Confirmation::NotAsked;
+    resume(&state, &session, &headers, &tenant, &connection, handle, asked).await
 }
 
-/// `POST /saml/{tenant}/{connection}/continue`: the person confirmed that an
-/// IdP-initiated sign-in may replace the identity this browser is signed in
-/// with. Refused without the form's CSRF token.
+/// `POST /saml/{tenant}/{connection}/continue`: the person's answer on the
+/// confirmation page of an IdP-initiated sign-in, to continue or cancel.
+/// Refused without the form's CSRF token; a refusal or a cancel ends the
+/// waiting sign-in, with no session and no code.
 pub async fn saml_continue_confirmed(
     State(state): State<Arc<AppState>>,
     session: Session,
@@ -509,27 +511,55 @@ pub async fn saml_continue_confirmed(
             "callback.duplicate_parameter",
         );
     };
-    let refused = |reason: &'static str| {
-        tracing::warn!(reason, tenant = %tenant, connection = %connection, "switch confirmation refused");
-        pages::error_page(
+    let handle = form.get("handle").map(String::as_str).unwrap_or_default();
+    let refused = match check_csrf(&session, CONFIRM_CSRF, form.get(CSRF_FIELD).map(String::as_str)).await {
+        Ok(Csrf::Valid) => None,
+        Ok(Csrf::Missing) => Some("callback.csrf_missing"),
+        Ok(Csrf::Mismatch) => Some("callback.csrf_mismatch"),
+        Err(r) => return r,
+    };
+    if let Some(reason) = refused {
+        // The broker logs and audits the refusal. A store failure there was
+        // logged too; the refusal stands either way.
+        let _logged = state.broker.end_continuation(&tenant, handle, reason).await;
+        return pages::error_page(
             StatusCode::FORBIDDEN,
             "Sign-in not confirmed",
-            "This confirmation did not come from the page Portcullis showed in this browser. Please start again.",
+            "This confirmation did not come from the page Portcullis showed in this browser. Nobody was signed in. Please start again.",
             reason,
-        )
-    };
-    match check_csrf(&session, SWITCH_CSRF, form.get(CSRF_FIELD).map(String::as_str)).await {
-        Ok(Csrf::Valid) => {}
-        Ok(Csrf::Missing) => return refused("callback.csrf_missing"),
-        Ok(Csrf::Mismatch) => return refused("callback.csrf_mismatch"),
-        Err(r) => return r,
+        );
     }
-    let handle = form.get("handle").map(String::as_str).unwrap_or_default();
-    resume(&state, &session, &headers, &tenant, &connection, handle, true).await
+    // Only an explicit continue (or a page from before the cancel button,
+    // which only had it) continues; anything else is a cancel.
+    if !matches!(form.get(DECISION_FIELD).map(String::as_str), None | Some(CONTINUE)) {
+        let reason = "callback.unsolicited_cancelled";
+        return match state.broker.end_continuation(&tenant, handle, reason).await {
+            Ok(()) => pages::error_page(
+                StatusCode::OK,
+                "Sign-in cancelled",
+                "Nobody was signed in, and whoever this browser was signed in as before, it still is. You can close this page.",
+                reason,
+            ),
+            Err(o) => respond(&state, o),
+        };
+    }
+    let asked = Confirmation::Continue;
+    resume(&state, &session, &headers, &tenant, &connection, handle, asked).await
 }
 
-/// The CSRF purpose of the switch confirmation form.
-const SWITCH_CSRF: &str = "switch";
+/// The CSRF purpose of the confirmation form of an IdP-initiated sign-in:
+/// `switch`, from when it only confirmed a switch of user, so a page an
+/// earlier version showed still confirms.
+const CONFIRM_CSRF: &str = "switch";
+
+/// The confirmation form's field saying whether the person continues or cancels.
+const DECISION_FIELD: &str = "decision";
+
+/// The [`DECISION_FIELD`] value of the continue button.
+const CONTINUE: &str = "continue";
+
+/// The [`DECISION_FIELD`] value of the cancel button.
+const CANCEL: &str = "cancel";
 
 async fn resume(
     state: &AppState,
@@ -538,7 +568,7 @@ async fn resume(
     tenant: &str,
     connection: &str,
     handle: &str,
-    confirmed: bool,
+    confirmation: Confirmation,
 ) -> Response {
     // The browser's session read and the one-time handle taken together
     // (one store wait); nothing is decided before both are in.
@@ -558,7 +588,7 @@ async fn resume(
             tenant,
             connection,
             taken,
-            confirmed,
+            confirmation,
             &mut sso,
             &mut logins,
             Some(session_alongside(session, &work)),
@@ -576,39 +606,68 @@ async fn resume(
         return r;
     }
     let resp = match outcome {
-        Outcome::ConfirmSwitch {
-            tenant,
-            connection,
-            handle,
-            who,
-            app,
-        } => {
-            let csrf = match issue_csrf(session, SWITCH_CSRF).await {
-                Ok(t) => t,
-                Err(r) => return r,
-            };
-            let action = state.upstream.public(&format!("saml/{tenant}/{connection}/continue"));
-            let body = format!(
-                "<h1>Switch user?</h1><p>This browser is already signed in to <code>{t}</code> as another user. \
-Your identity provider is now signing you in as <strong>{w}</strong>.</p>\
-<p>Continue only if you started this sign-in yourself. Otherwise close this page: you stay signed in as before.</p>\
-<form method=\"post\" action=\"{a}\" id=\"switch\"><input type=\"hidden\" name=\"handle\" value=\"{h}\">\
-<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{c}\"><button type=\"submit\">Continue as {w}</button></form>",
-                t = esc(tenant.as_str()),
-                w = esc(&who),
-                a = esc(action.as_str()),
-                h = esc(&handle),
-                c = esc(&csrf),
-            );
-            // After the POST the browser goes on to the default app.
-            let app = url::Url::parse(&app).ok();
-            let sources = own_form_action(state, &app.iter().collect::<Vec<_>>());
-            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
-            pages::page(StatusCode::OK, "Switch user?", &body, &sources)
-        }
+        Outcome::ConfirmSignIn(ask) => match confirmation_page(state, session, ask).await {
+            Ok(page) => page,
+            Err(r) => return r,
+        },
         other => respond(state, other),
     };
     settled.respond(state, resp)
+}
+
+/// The confirmation page of an IdP-initiated sign-in: names the
+/// organization, the app and the identity, and asks to continue or cancel
+/// (two forms carrying the handle and one single-use CSRF token of this
+/// browser's session, issued here).
+async fn confirmation_page(state: &AppState, session: &Session, ask: ToConfirm) -> Result<Response, Response> {
+    let csrf = issue_csrf(session, CONFIRM_CSRF).await?;
+    let action = state
+        .upstream
+        .public(&format!("saml/{}/{}/continue", ask.tenant, ask.connection));
+    let (w, o, n) = (esc(&ask.who), esc(&ask.organization), esc(&ask.app_name));
+    let t = esc(ask.tenant.as_str());
+    let (title, question) = if ask.replaces {
+        (
+            "Switch user?",
+            format!(
+                "<h1>Switch user?</h1><p>This browser is already signed in to <strong>{o}</strong> \
+(<code>{t}</code>) as another user. The identity provider of <strong>{o}</strong> is now signing it in to \
+<strong>{n}</strong> as <strong>{w}</strong>.</p>\
+<p>Continue only if you started this sign-in yourself. Otherwise cancel: you stay signed in as before.</p>"
+            ),
+        )
+    } else {
+        (
+            "Continue signing in?",
+            format!(
+                "<h1>Continue signing in?</h1><p>The identity provider of <strong>{o}</strong> \
+(<code>{t}</code>) is signing this browser in to <strong>{n}</strong> as <strong>{w}</strong>.</p>\
+<p>Continue only if you started this sign-in yourself and this is your account. \
+Otherwise cancel: nobody is signed in.</p>"
+            ),
+        )
+    };
+    // `label` is HTML: its one dynamic part is escaped above.
+    let form = |id: &str, decision: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"{a}\" id=\"{id}\"><input type=\"hidden\" name=\"handle\" value=\"{h}\">\
+<input type=\"hidden\" name=\"{CSRF_FIELD}\" value=\"{c}\"><input type=\"hidden\" name=\"{DECISION_FIELD}\" value=\"{decision}\">\
+<button type=\"submit\">{label}</button></form>",
+            a = esc(action.as_str()),
+            h = esc(&ask.handle),
+            c = esc(&csrf),
+        )
+    };
+    let body = format!(
+        "{question}{}{}",
+        form("confirm", CONTINUE, &format!("Continue as {w}")),
+        form("cancel", CANCEL, "Cancel"),
+    );
+    // After the continue POST the browser goes on to the default app.
+    let app = url::Url::parse(&ask.app).ok();
+    let sources = own_form_action(state, &app.iter().collect::<Vec<_>>());
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    Ok(pages::page(StatusCode::OK, title, &body, &sources))
 }
 
 /// `GET /saml/{tenant}/{connection}/metadata`: this connection's SP metadata.

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use url::Url;
 
-use crate::saml_common::peer;
+use crate::saml_common::{confirm_unsolicited, peer};
 use crate::saml_crafted::{now, ts};
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::redis;
@@ -200,9 +200,10 @@ async fn connect(app: &TestApp, server: &MetadataServer) -> Value {
     .await
 }
 
-/// Posts `key`'s response to the ACS and follows the continuation: `Ok`
-/// when the app gets a code, `Err(where it went)` otherwise (a refused
-/// IdP-initiated response goes to the app with `error=access_denied`).
+/// Posts `key`'s response to the ACS and follows the continuation, where
+/// the person confirms the IdP-initiated sign-in: `Ok` when the app gets a
+/// code, `Err(where it went)` otherwise (a refused IdP-initiated response
+/// goes to the app with `error=access_denied`).
 pub async fn sign_in(app: &TestApp, conn: &Value, key: &Key) -> Result<(), String> {
     let acs = Url::parse(conn["acs_url"].as_str().unwrap()).unwrap();
     let form = [(
@@ -211,6 +212,17 @@ pub async fn sign_in(app: &TestApp, conn: &Value, key: &Key) -> Result<(), Strin
     )];
     let mut resp = app.client.post(acs).form(&form).send().await.unwrap();
     for _ in 0..2 {
+        if resp.status() == StatusCode::OK {
+            // The confirmation page: the browser signed in nowhere is asked.
+            let cookies: Vec<String> = resp
+                .headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            let page = resp.text().await.unwrap();
+            resp = confirm_unsolicited(&app.client, &cookies, &page).await;
+        }
         let Some(next) = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned()) else {
             return Err(resp.text().await.unwrap());
         };

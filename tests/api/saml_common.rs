@@ -86,6 +86,28 @@ pub fn attr_value(doc: &str, name: &str) -> Option<String> {
     Some(rest.get(..rest.find('"')?)?.to_owned())
 }
 
+/// Continues an IdP-initiated sign-in on its confirmation page, as the
+/// person would: `body` is the page the continuation answered and
+/// `set_cookies` the cookies it set (the browser session holding the
+/// form's CSRF token), sent back with the POST of its `confirm` form.
+/// Returns the answer, not followed (a 303 to the app with its code).
+pub async fn confirm_unsolicited(client: &reqwest::Client, set_cookies: &[String], body: &str) -> reqwest::Response {
+    let form = crate::support::html_form::parse_forms(body)
+        .into_iter()
+        .find(|f| f.id.as_deref() == Some("confirm"))
+        .unwrap_or_else(|| panic!("no confirmation form on the page:\n{body}"));
+    assert_eq!(form.field("decision"), Some("continue"), "{form:?}");
+    let cookies: Vec<&str> = set_cookies.iter().filter_map(|c| c.split(';').next()).collect();
+    assert!(!cookies.is_empty(), "the confirmation page set no session cookie");
+    client
+        .post(&form.action)
+        .header(reqwest::header::COOKIE, cookies.join("; "))
+        .form(&form.fields)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub fn python() -> String {
     std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }

@@ -1,8 +1,9 @@
 //! SAML through the gateway's real HTTP ACS, over a real Redis: replay across
-//! replicas, IdP-initiated on and off, a tampered RelayState, another
-//! tenant's assertion, and the session cookie's attributes. Responses are
-//! signed by signxml (tests/peers/saml/craft.py) with the key whose
-//! certificate is in the metadata the admin registered.
+//! replicas, IdP-initiated on and off (confirmed by the person; login CSRF
+//! refused), a tampered RelayState, another tenant's assertion, and the
+//! session cookie's attributes. Responses are signed by signxml
+//! (tests/peers/saml/craft.py) with the key whose certificate is in the
+//! metadata the admin registered.
 
 use base64::Engine as _;
 use chrono::Duration;
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 use std::io::Read as _;
 use url::Url;
 
-use crate::saml_common::{attr_value, peer};
+use crate::saml_common::{attr_value, confirm_unsolicited, peer};
 use crate::saml_crafted::{now, ts};
 use crate::support::admin::RegisteredClient;
 use crate::support::app::{spawn_app, AppOptions, TestApp};
@@ -117,6 +118,17 @@ async fn saml_connection(app: &TestApp, tenant: &str, id: &str, idp: &Idp, idp_i
     app.create_saml_connection(tenant, body).await
 }
 
+/// A gateway with tenant acme, the test app and the SAML connection `corp`
+/// to a fresh IdP, which lands IdP-initiated sign-ins in the app.
+async fn acme_idp_initiated() -> (TestApp, RegisteredClient, Idp, Value) {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    (app, client, idp, conn)
+}
+
 /// What the gateway answered to an ACS post.
 #[derive(Debug)]
 struct Answer {
@@ -124,6 +136,7 @@ struct Answer {
     location: Option<Url>,
     content_type: String,
     set_cookies: Vec<String>,
+    headers: reqwest::header::HeaderMap,
     body: String,
 }
 
@@ -223,6 +236,7 @@ fn from_exchange(ex: Exchange) -> Answer {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default(),
         set_cookies: ex.set_cookies(),
+        headers: ex.headers,
         body: ex.body,
     }
 }
@@ -258,11 +272,40 @@ async fn continue_in(browser: &mut Browser, acs_answer: &Answer, from: &Url) -> 
     from_exchange(browser.send(reqwest::Method::GET, &url, None, Some(from)).await)
 }
 
+/// Posts `fields` to `action` in `browser` from a page at `from` (the
+/// confirmation page itself, or an attacker's page), without following the
+/// redirect.
+async fn post_form_in(browser: &mut Browser, action: &Url, fields: &[(String, String)], from: &Url) -> Answer {
+    from_exchange(
+        browser
+            .send(reqwest::Method::POST, action, Some(fields), Some(from))
+            .await,
+    )
+}
+
+/// Follows an IdP-initiated ACS answer's 303 in `browser`, which the
+/// continuation asks first (signed in nowhere or as someone else), and
+/// continues on the page, a same-site POST.
+async fn continue_in_confirmed(browser: &mut Browser, acs_answer: &Answer, from: &Url) -> Answer {
+    let ask = continue_in(browser, acs_answer, from).await;
+    let (action, fields) = confirmation_form(&ask, "confirm");
+    post_form_in(browser, &action, &fields, &action).await
+}
+
 /// Follows the ACS's 303 with a cookie-less client (a browser that has no
 /// session at Portcullis).
 async fn continue_with(client: &reqwest::Client, acs_answer: &Answer) -> Answer {
     let url = acs_answer.expect_continue();
     answer(client.get(url).send().await.unwrap()).await
+}
+
+/// Follows an IdP-initiated ACS answer's 303 with a client that has no
+/// session at Portcullis, as the person would: the continuation asks, and
+/// the person continues on the page (with the session cookie it set).
+async fn continue_confirmed(client: &reqwest::Client, acs_answer: &Answer) -> Answer {
+    let ask = continue_with(client, acs_answer).await;
+    confirmation_form(&ask, "confirm");
+    answer(confirm_unsolicited(client, &ask.set_cookies, &ask.body).await).await
 }
 
 async fn answer(resp: reqwest::Response) -> Answer {
@@ -282,6 +325,7 @@ async fn answer(resp: reqwest::Response) -> Answer {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect(),
+        headers,
         body: resp.text().await.unwrap(),
     }
 }
@@ -448,8 +492,9 @@ async fn one_response_posted_ten_times_at_once_across_two_replicas_signs_in_exac
         }
     }
     let (won_at, winner) = winners[0];
-    // The browser follows to the continuation (IdP-initiated: unbound).
-    let done = continue_with(&a.client, winner).await;
+    // The browser follows to the continuation (IdP-initiated: unbound, so
+    // the person confirms first).
+    let done = continue_confirmed(&a.client, winner).await;
     let code = done.expect_code();
     assert_eq!(done.param("state"), None, "{done:?}");
 
@@ -466,14 +511,15 @@ async fn one_response_posted_ten_times_at_once_across_two_replicas_signs_in_exac
 
 #[tokio::test]
 async fn idp_initiated_response_lands_in_the_default_app_with_a_fresh_code_and_no_state() {
-    let app = gateway().await;
-    app.create_tenant("acme", "Acme", &["acme.test"]).await;
-    let client = register_app(&app).await;
-    let idp = Idp::new();
-    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    let (app, client, idp, conn) = acme_idp_initiated().await;
 
     let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
-    let ans = continue_with(&app.client, &ans).await;
+    // A browser signed in nowhere is asked first (no browser started this
+    // sign-in), and lands in the app once the person continues.
+    let ask = continue_with(&app.client, &ans).await;
+    confirmation_form(&ask, "confirm");
+    assert!(ask.body.contains(EMAIL), "{ask:?}");
+    let ans = answer(confirm_unsolicited(&app.client, &ask.set_cookies, &ask.body).await).await;
     let code = ans.expect_code();
     assert_eq!(ans.param("state"), None, "{ans:?}");
     assert_eq!(ans.param("iss").as_deref(), Some(app.issuer().as_str()), "{ans:?}");
@@ -486,11 +532,7 @@ async fn idp_initiated_response_lands_in_the_default_app_with_a_fresh_code_and_n
 /// through Redis); the sign-in still completes from it.
 #[tokio::test]
 async fn the_continuation_keeps_the_mapped_profile_not_every_attribute_sent() {
-    let app = gateway().await;
-    app.create_tenant("acme", "Acme", &["acme.test"]).await;
-    let client = register_app(&app).await;
-    let idp = Idp::new();
-    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    let (app, client, idp, conn) = acme_idp_initiated().await;
 
     let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
     let handle = ans.expect_continue();
@@ -510,7 +552,7 @@ async fn the_continuation_keeps_the_mapped_profile_not_every_attribute_sent() {
     assert_eq!(identity["given_name"], json!("Ada"), "{kept}");
     assert_eq!(identity["raw"], json!({}), "every attribute as sent was kept: {kept}");
 
-    let ans = continue_with(&app.client, &ans).await;
+    let ans = continue_confirmed(&app.client, &ans).await;
     let code = ans.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
 }
@@ -606,12 +648,22 @@ async fn the_acs_sets_no_cookie_and_the_continuation_sets_an_http_only_same_site
 
     let ans = post_acs(&app.client, &acs(&conn), &idp.response(&conn, None), None).await;
     assert!(ans.set_cookies.is_empty(), "{ans:?}");
-    let ans = continue_with(&app.client, &ans).await;
+    // The confirmation page sets it (its CSRF token), and the sign-in sets
+    // it again under a fresh id.
+    let ask = continue_with(&app.client, &ans).await;
+    let ans = answer(confirm_unsolicited(&app.client, &ask.set_cookies, &ask.body).await).await;
     ans.expect_code();
-    let attrs = cookie_attributes(&ans.session_cookie());
-    assert!(attrs.iter().any(|a| a == "httponly"), "{attrs:?}");
-    assert!(attrs.iter().any(|a| a == "samesite=lax"), "{attrs:?}");
-    assert!(!attrs.iter().any(|a| a == "secure"), "{attrs:?}");
+    for set in [ask.session_cookie(), ans.session_cookie()] {
+        let attrs = cookie_attributes(&set);
+        assert!(attrs.iter().any(|a| a == "httponly"), "{attrs:?}");
+        assert!(attrs.iter().any(|a| a == "samesite=lax"), "{attrs:?}");
+        assert!(!attrs.iter().any(|a| a == "secure"), "{attrs:?}");
+    }
+    assert_ne!(
+        ask.session_cookie(),
+        ans.session_cookie(),
+        "the session id is cycled at sign-in"
+    );
 }
 
 #[tokio::test]
@@ -934,14 +986,15 @@ async fn planted(b: &mut Browser, idp: &Idp, conn: &Value) -> Answer {
     continue_in(b, &ans, &evil_page()).await
 }
 
-/// The switch confirmation form on `page`: its action and fields.
-fn switch_form(ans: &Answer) -> (Url, Vec<(String, String)>) {
-    assert_eq!(ans.status, StatusCode::OK, "{ans:?}");
+/// The form `id` (`confirm` or `cancel`) of the confirmation page of an
+/// IdP-initiated sign-in: its action and fields.
+fn confirmation_form(ans: &Answer, id: &str) -> (Url, Vec<(String, String)>) {
+    assert_eq!(ans.status, StatusCode::OK, "no confirmation page: {ans:?}");
     assert_eq!(ans.code(), None, "{ans:?}");
     let form = crate::support::html_form::parse_forms(&ans.body)
         .into_iter()
-        .find(|f| f.id.as_deref() == Some("switch"))
-        .unwrap_or_else(|| panic!("no switch confirmation form: {ans:?}"));
+        .find(|f| f.id.as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("no {id} form on the confirmation page: {ans:?}"));
     assert_eq!(form.method, "POST");
     assert!(form.field("csrf").is_some_and(|c| c.len() >= 32), "{ans:?}");
     (Url::parse(&form.action).unwrap(), form.fields)
@@ -949,58 +1002,50 @@ fn switch_form(ans: &Answer) -> (Url, Vec<(String, String)>) {
 
 #[tokio::test]
 async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_session_and_needs_the_csrf_token() {
-    let app = gateway().await;
-    app.create_tenant("acme", "Acme", &["acme.test"]).await;
-    let client = register_app(&app).await;
-    let idp = Idp::new();
-    let conn = saml_connection(&app, "acme", "corp", &idp, true).await;
+    let (app, client, idp, conn) = acme_idp_initiated().await;
     let mut b = Browser::new();
 
-    // Signed in IdP-initiated as Ada; the same user again is not asked.
-    for _ in 0..2 {
-        let ans = post_acs_in(&mut b, &acs(&conn), &idp.response(&conn, None), None, &idp_page()).await;
-        let ans = continue_in(&mut b, &ans, &idp_page()).await;
-        let code = ans.expect_code();
-        assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
-    }
+    // Signed in IdP-initiated as Ada, once confirmed; the same user again
+    // is not asked.
+    let ans = post_acs_in(&mut b, &acs(&conn), &idp.response(&conn, None), None, &idp_page()).await;
+    let ans = continue_in_confirmed(&mut b, &ans, &idp_page()).await;
+    assert_signed_in(
+        &redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await,
+        "acme",
+    );
+    let ans = post_acs_in(&mut b, &acs(&conn), &idp.response(&conn, None), None, &idp_page()).await;
+    let ans = continue_in(&mut b, &ans, &idp_page()).await;
+    assert_signed_in(
+        &redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await,
+        "acme",
+    );
     let cookie = b.cookie(&app.base, COOKIE).unwrap();
 
     // Another user, IdP-initiated into this browser: a question, not a switch.
     let ask = planted(&mut b, &idp, &conn).await;
     assert!(ask.body.contains("mallory@acme.test"), "{ask:?}");
-    let (action, fields) = switch_form(&ask);
+    assert!(ask.body.contains("Switch user?"), "{ask:?}");
+    let (action, fields) = confirmation_form(&ask, "confirm");
     assert_eq!(b.cookie(&app.base, COOKIE).as_deref(), Some(cookie.as_str()));
 
     // Posted cross-site (an attacker's copy of the form): no session cookie
     // comes with it, so no token to match.
-    let ans = from_exchange(
-        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&evil_page()))
-            .await,
-    );
+    let ans = post_form_in(&mut b, &action, &fields, &evil_page()).await;
     ans.expect_page(403, "callback.csrf_mismatch");
     // Posted without the token: refused (and the token is spent).
     let without: Vec<_> = fields.iter().filter(|(k, _)| k != "csrf").cloned().collect();
-    let ans = from_exchange(
-        b.send(reqwest::Method::POST, &action, Some(&without), Some(&app.base))
-            .await,
-    );
+    let ans = post_form_in(&mut b, &action, &without, &app.base).await;
     ans.expect_page(403, "callback.csrf_missing");
     // The spent token, same-site: refused.
-    let ans = from_exchange(
-        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
-            .await,
-    );
+    let ans = post_form_in(&mut b, &action, &fields, &app.base).await;
     ans.expect_page(403, "callback.csrf_mismatch");
 
     // A wrong token on a fresh question: refused.
-    let (action, mut fields) = switch_form(&planted(&mut b, &idp, &conn).await);
+    let (action, mut fields) = confirmation_form(&planted(&mut b, &idp, &conn).await, "confirm");
     for f in fields.iter_mut().filter(|(k, _)| k == "csrf") {
         f.1 = "A".repeat(43);
     }
-    let ans = from_exchange(
-        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
-            .await,
-    );
+    let ans = post_form_in(&mut b, &action, &fields, &app.base).await;
     ans.expect_page(403, "callback.csrf_mismatch");
 
     // Still Ada.
@@ -1017,16 +1062,153 @@ async fn an_idp_initiated_sign_in_of_another_user_asks_before_replacing_the_sess
     );
 
     // Confirmed on the page, with its token: now the other user.
-    let (action, fields) = switch_form(&planted(&mut b, &idp, &conn).await);
-    let ans = from_exchange(
-        b.send(reqwest::Method::POST, &action, Some(&fields), Some(&app.base))
-            .await,
-    );
+    let (action, fields) = confirmation_form(&planted(&mut b, &idp, &conn).await, "confirm");
+    let ans = post_form_in(&mut b, &action, &fields, &app.base).await;
     let code = ans.expect_code();
     assert_eq!(
         redeem(&app.client, app.url("/token"), &client, &code).await["email"],
         "mallory@acme.test"
     );
+}
+
+/// Whether `browser` is signed in to acme: `/authorize` answers the app at
+/// once (from the SSO session) rather than sending it to the IdP.
+async fn signed_in(app: &TestApp, browser: &mut Browser, conn: &Value) -> bool {
+    browser.clear_history();
+    let next = browser
+        .get_until(&authorize_url(app, "acme", conn, "probe"), &|u: &Url| {
+            u.as_str().starts_with(APP_CB) || u.host_str() == Some(IDP_HOST)
+        })
+        .await
+        .stopped();
+    next.as_str().starts_with(APP_CB)
+}
+
+/// The reasons of acme's `signin.failed` audit events.
+async fn failed_reasons(app: &TestApp) -> Vec<String> {
+    app.tenant_audit("acme", "signin.failed")
+        .await
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Login CSRF with an IdP-initiated Response: the attacker's IdP signs one
+/// for the attacker's own account, and the attacker's page auto-posts it
+/// into a browser signed in nowhere. The continuation only asks (naming the
+/// app, the organization and the identity): no session, no code. A
+/// confirmation forged from the attacker's page (the form and token of the
+/// attacker's own browser session, or no token) is refused with its reason
+/// and audited; the person's cancel opens nothing; only the person's own
+/// confirmation signs in.
+#[tokio::test]
+async fn an_unsolicited_response_auto_posted_into_a_browser_signed_in_nowhere_waits_for_the_persons_confirmation() {
+    let (app, client, idp, conn) = acme_idp_initiated().await;
+
+    let mut victim = Browser::new();
+    let ask = planted(&mut victim, &idp, &conn).await;
+    let (action, fields) = confirmation_form(&ask, "confirm");
+    let (cancel, cancel_fields) = confirmation_form(&ask, "cancel");
+    assert_eq!(action, cancel);
+    for named in ["Continue signing in?", "Acme", "Gateway test app", "mallory@acme.test"] {
+        assert!(ask.body.contains(named), "{named} not on the page: {ask:?}");
+    }
+    // The page's policy: its forms go to the gateway, and on to the app.
+    let form_action = crate::browser_security::assert_page_headers(&ask.headers, &ask.body, false);
+    assert!(form_action.split(' ').any(|s| s == "'self'"), "{form_action}");
+    assert!(form_action.contains("https://app.example.test"), "{form_action}");
+    assert!(!signed_in(&app, &mut victim, &conn).await, "the victim was signed in");
+    assert!(app.tenant_audit("acme", "signin.succeeded").await.is_empty());
+
+    // The attacker's own confirmation form (their browser session, their
+    // token), auto-posted from their page into the victim's browser: the
+    // cross-site POST carries no cookie, so the token matches no session.
+    let mut attacker = Browser::new();
+    let mut theirs = Vec::new();
+    for _ in 0..2 {
+        let xml = idp.response_for(&conn, None, "mallory@acme.test");
+        let ans = post_acs_in(&mut attacker, &acs(&conn), &xml, None, &idp_page()).await;
+        theirs.push(confirmation_form(
+            &continue_in(&mut attacker, &ans, &idp_page()).await,
+            "confirm",
+        ));
+    }
+    let (their_action, their_fields) = &theirs[0];
+    let forged = victim
+        .send(
+            reqwest::Method::POST,
+            their_action,
+            Some(their_fields),
+            Some(&evil_page()),
+        )
+        .await;
+    assert!(forged.cookies_sent.is_empty(), "{:?}", forged.cookies_sent);
+    let forged = from_exchange(forged);
+    assert_eq!(forged.code(), None, "{forged:?}");
+    forged.expect_page(403, "callback.csrf_mismatch");
+    // The same without a token.
+    let without: Vec<_> = theirs[1].1.iter().filter(|(k, _)| k != "csrf").cloned().collect();
+    let forged = post_form_in(&mut victim, &theirs[1].0, &without, &evil_page()).await;
+    assert_eq!(forged.code(), None, "{forged:?}");
+    forged.expect_page(403, "callback.csrf_missing");
+    // Each refusal is audited, and ended the sign-in it named: the
+    // attacker's own browser, which holds the token of its last page,
+    // cannot confirm that one afterwards either.
+    let reasons = failed_reasons(&app).await;
+    for reason in ["callback.csrf_mismatch", "callback.csrf_missing"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
+    }
+    let late = post_form_in(&mut attacker, &theirs[1].0, &theirs[1].1, &theirs[1].0).await;
+    assert_eq!(late.code(), None, "{late:?}");
+    late.expect_page(400, "callback.unknown_handle");
+    assert!(!signed_in(&app, &mut victim, &conn).await, "the victim was signed in");
+    assert!(app.tenant_audit("acme", "signin.succeeded").await.is_empty());
+
+    // The person cancels on the page: nothing opens, no code, audited.
+    let cancelled = post_form_in(&mut victim, &cancel, &cancel_fields, &cancel).await;
+    assert_eq!(cancelled.code(), None, "{cancelled:?}");
+    cancelled.expect_page(200, "callback.unsolicited_cancelled");
+    assert!(failed_reasons(&app)
+        .await
+        .iter()
+        .any(|r| r == "callback.unsolicited_cancelled"));
+    assert!(!signed_in(&app, &mut victim, &conn).await, "signed in after a cancel");
+    // The cancelled sign-in is gone (and the page's token spent).
+    let after = post_form_in(&mut victim, &action, &fields, &action).await;
+    assert_eq!(after.code(), None, "{after:?}");
+    after.expect_page(403, "callback.csrf_mismatch");
+    assert!(app.tenant_audit("acme", "signin.succeeded").await.is_empty());
+
+    // Only the person's own confirmation, on the page, signs in.
+    let ask = planted(&mut victim, &idp, &conn).await;
+    let (action, fields) = confirmation_form(&ask, "confirm");
+    let done = post_form_in(&mut victim, &action, &fields, &action).await;
+    let claims = redeem(&app.client, app.url("/token"), &client, &done.expect_code()).await;
+    assert_eq!(claims["email"], "mallory@acme.test", "{claims}");
+    assert!(signed_in(&app, &mut victim, &conn).await);
+}
+
+/// A browser already signed in to the tenant as the very user an
+/// IdP-initiated Response names is not asked: nothing about who is signed
+/// in changes. The same browser signed in at another tenant only is.
+#[tokio::test]
+async fn an_unsolicited_response_for_the_user_this_browser_is_signed_in_as_is_not_asked() {
+    let (app, client, idp, conn) = acme_idp_initiated().await;
+    app.create_tenant("globex", "Globex", &["globex.test"]).await;
+    let other = saml_connection(&app, "globex", "corp", &idp, true).await;
+
+    let mut b = Browser::new();
+    let own = sign_in_sp(&app, &idp, &conn, &client, &mut b, EMAIL).await;
+    let ans = post_acs_in(&mut b, &acs(&conn), &idp.response(&conn, None), None, &idp_page()).await;
+    let ans = continue_in(&mut b, &ans, &idp_page()).await;
+    let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
+    assert_eq!(claims["sub"], own["sub"], "{claims}");
+
+    // At globex this browser is signed in nowhere: asked.
+    let ans = post_acs_in(&mut b, &acs(&other), &idp.response(&other, None), None, &idp_page()).await;
+    let ask = continue_in(&mut b, &ans, &idp_page()).await;
+    confirmation_form(&ask, "confirm");
+    assert!(ask.body.contains("Globex"), "{ask:?}");
 }
 
 #[tokio::test]
@@ -1053,13 +1235,15 @@ async fn a_continuation_handle_is_single_use_and_scoped_to_its_tenant() {
     answer(app.client.get(made_up).send().await.unwrap())
         .await
         .expect_page(400, "callback.unknown_handle");
-    // The real one works once.
-    let done = answer(app.client.get(url.clone()).send().await.unwrap()).await;
-    let code = done.expect_code();
-    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+    // The real one works once: the confirmation page, then a sign-in.
+    let ask = answer(app.client.get(url.clone()).send().await.unwrap()).await;
+    confirmation_form(&ask, "confirm");
     let again = answer(app.client.get(url.clone()).send().await.unwrap()).await;
     assert_eq!(again.code(), None, "{again:?}");
     again.expect_page(400, "callback.unknown_handle");
+    let done = answer(confirm_unsolicited(&app.client, &ask.set_cookies, &ask.body).await).await;
+    let code = done.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
     // The continuation is not rate-limited: its misses write no audit
     // event, so made-up handles cannot push real events out of a tenant's
     // bounded log.
@@ -1099,7 +1283,7 @@ async fn email_verified_is_vouched_only_for_the_tenants_own_domains() {
         let mut browser = Browser::new();
         let xml = idp.response_for(conn, None, email);
         let ans = post_acs_in(&mut browser, &acs(conn), &xml, None, &idp_page()).await;
-        let ans = continue_in(&mut browser, &ans, &idp_page()).await;
+        let ans = continue_in_confirmed(&mut browser, &ans, &idp_page()).await;
         let claims = redeem(&app.client, app.url("/token"), &client, &ans.expect_code()).await;
         assert_eq!(claims["email"], email, "{claims}");
         assert_eq!(
@@ -1200,7 +1384,7 @@ async fn patched_metadata_keeps_the_sp_identity_and_the_new_idp_certificate_sign
         "The sign-in response from your identity provider could not be accepted."
     );
     let ans = post_acs(&app.client, &acs(&conn), &new_idp.response(&conn, None), None).await;
-    let code = continue_with(&app.client, &ans).await.expect_code();
+    let code = continue_confirmed(&app.client, &ans).await.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
 
     // Broken metadata: 400 naming the field, and the previous configuration keeps serving.
@@ -1216,7 +1400,7 @@ async fn patched_metadata_keeps_the_sp_identity_and_the_new_idp_certificate_sign
     let (_, now) = app.admin(reqwest::Method::GET, path, None).await;
     assert_eq!(now["revision"], patched["revision"]);
     let ans = post_acs(&app.client, &acs(&conn), &new_idp.response(&conn, None), None).await;
-    continue_with(&app.client, &ans).await.expect_code();
+    continue_confirmed(&app.client, &ans).await.expect_code();
 
     // A whole-body rule still holds after merging: idp-initiated needs its app.
     let (status, p) = app
@@ -1414,12 +1598,12 @@ async fn a_migrated_entity_id_and_acs_alias_sign_in_and_the_canonical_acs_still_
 
     // A response with the migrated audience, addressed to the alias, signs in there.
     let ans = post_acs(&app.client, &alias, &idp.response(&conn, None), None).await;
-    let code = continue_with(&app.client, &ans).await.expect_code();
+    let code = continue_confirmed(&app.client, &ans).await.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
     // The canonical ACS of the same connection still works.
     let canonical = app.url("/saml/acme/corp/acs");
     let ans = post_acs(&app.client, &canonical, &idp.response(&conn, None), None).await;
-    continue_with(&app.client, &ans).await.expect_code();
+    continue_confirmed(&app.client, &ans).await.expect_code();
     // A response for the derived (non-migrated) audience is refused.
     let mut derived = conn.clone();
     derived["sp_entity_id"] = json!(app.url("/saml/acme/corp/metadata").as_str());

@@ -26,7 +26,9 @@ use std::time::Duration;
 pub enum Scenario {
     /// `/authorize` → AuthnRequest → signed Response → ACS → continue → `/token` (code + PKCE).
     SamlSignin,
-    /// The ACS alone with IdP-initiated (unsolicited) signed Responses.
+    /// The ACS alone with IdP-initiated (unsolicited) signed Responses, up
+    /// to its 303: the continuation, where the person confirms an
+    /// IdP-initiated sign-in, is not part of it.
     SamlAcs,
     /// `/authorize` → upstream OIDC → callback (code exchange, ID token) → `/token`.
     OidcSignin,
