@@ -1013,7 +1013,20 @@ async fn submit<const K: u8>(
     } else {
         None
     };
-    match act(&app, &l, kind, &form, account.as_ref()).await {
+    // The browser's sign-up secret: made (once per browser session) where
+    // an account is signed up, shown again where one is confirmed
+    // (`LocalUser::signed_up_in`).
+    let browser = match kind {
+        Kind::SignUp | Kind::Confirm => match sign_up_browser(&session, kind == Kind::SignUp).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(reason = "session.save_failed", error = %e, tenant = %l.t, connection = %l.c);
+                return flows::store_unavailable(&e);
+            }
+        },
+        _ => None,
+    };
+    match act(&app, &l, kind, &form, account.as_ref(), browser.as_ref()).await {
         Ok(done) => {
             if done.sign_out {
                 // The change ended every session of the account, this
@@ -1067,6 +1080,24 @@ impl Done {
     }
 }
 
+/// The browser-session field holding the secret of the browser that signs
+/// accounts up ([`crate::local::LocalUser::signed_up_in`]).
+const SIGN_UP_SESSION_FIELD: &str = "local_sign_up_browser";
+
+/// This browser's sign-up secret, made and kept in its session when `make`
+/// and there is none yet.
+async fn sign_up_browser(session: &Session, make: bool) -> Result<Option<Secret>, tower_sessions::session::Error> {
+    if let Some(held) = session.get::<String>(SIGN_UP_SESSION_FIELD).await? {
+        return Ok(Some(Secret::new(held)));
+    }
+    if !make {
+        return Ok(None);
+    }
+    let made = crate::tokens::random_token(24);
+    session.insert(SIGN_UP_SESSION_FIELD, &made).await?;
+    Ok(Some(Secret::new(made)))
+}
+
 /// The accounts domain's part of each form page.
 async fn act(
     app: &AppState,
@@ -1074,6 +1105,7 @@ async fn act(
     kind: Kind,
     form: &Form_,
     account: Option<&SignedInAccount>,
+    browser: Option<&Secret>,
 ) -> Result<Done, LocalError> {
     let email = field(form, "email");
     // The address the next page is filled with (never one that is not an address).
@@ -1090,7 +1122,7 @@ async fn act(
                 given_name: Some(field(form, "given_name")),
                 family_name: Some(field(form, "family_name")),
             };
-            a.sign_up(&l.t, &l.tenant_name, &l.c, &l.cfg, &email, &password, profile)
+            a.sign_up(&l.t, &l.tenant_name, &l.c, &l.cfg, &email, &password, profile, browser)
                 .await?;
             // The same answer whether or not the address had an account.
             Ok(Done::to(
@@ -1101,14 +1133,15 @@ async fn act(
             ))
         }
         Kind::Confirm => {
-            let user = a.confirm(&l.t, &l.c, &email, &field(form, "code")).await?;
+            let user = a.confirm(&l.t, &l.c, &email, &field(form, "code"), browser).await?;
             if user.status == AccountStatus::ResetRequired {
-                // Confirmed after more than one sign-up used the address:
-                // the owner, who has the mailbox, chooses the password.
+                // Confirmed after more than one sign-up used the address,
+                // or in another browser than the sign-up's: the owner, who
+                // has the mailbox, chooses the password.
                 a.forgot(&l.t, &l.tenant_name, &l.c, &l.cfg, &email).await?;
                 return Ok(Done::to(
                     Kind::Reset,
-                    "Your email address is confirmed. More than one sign-up used it, so choose your password now: we have sent a 6-digit code to it.",
+                    "Your email address is confirmed. It was signed up in another browser or more than once, so choose your password now: we have sent a 6-digit code to it.",
                     keep,
                     "local.confirmed_reset_required",
                 ));

@@ -156,6 +156,19 @@ pub struct LocalUser {
     /// bound at their next change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<String>,
+    /// The digest of the secret of the browser that signed the account up
+    /// (until it is confirmed). A confirmation from another browser
+    /// confirms it as `ResetRequired`: whoever has the mailbox but not the
+    /// browser that chose the password chooses a new one by a mailed code,
+    /// so an account someone else pre-registered with the owner's address
+    /// never keeps their password (account pre-hijacking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_up_in: Option<String>,
+}
+
+/// The digest of a browser's sign-up secret ([`LocalUser::signed_up_in`]).
+fn browser_digest(secret: &str) -> String {
+    crate::tokens::sha256_base64url(secret.as_bytes())
 }
 
 impl LocalUser {
@@ -729,6 +742,7 @@ impl Accounts {
             contested: false,
             // Stamped by `insert`.
             incarnation: None,
+            signed_up_in: None,
         }
     }
 
@@ -752,6 +766,9 @@ impl Accounts {
         email: &str,
         password: &Secret,
         profile: Profile,
+        // The secret of the browser signing up (`None`: no browser, as for
+        // a caller of the library).
+        browser: Option<&Secret>,
     ) -> Result<(), LocalError> {
         if !cfg.allow_sign_up {
             return Err(LocalError::refused(
@@ -769,7 +786,10 @@ impl Accounts {
         }
         // Hashed whatever happens next: the same work for every address.
         let hash = self.hasher.hash(password.expose()).await?;
-        let user = self.new_user(email.clone(), hash, AccountStatus::Unconfirmed, profile);
+        let user = LocalUser {
+            signed_up_in: browser.map(|b| browser_digest(b.expose())),
+            ..self.new_user(email.clone(), hash, AccountStatus::Unconfirmed, profile)
+        };
         if self.insert(t, c, &user).await? {
             tracing::info!(reason = "local.signed_up", tenant = %t, connection = %c);
             self.audit
@@ -938,9 +958,11 @@ impl Accounts {
         c: &ConnectionId,
         email: &str,
         code: &str,
+        browser: Option<&Secret>,
     ) -> Result<LocalUser, LocalError> {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
         self.check_code(t, c, CodePurpose::Verify, &email, code).await?;
+        let this_browser = browser.map(|b| browser_digest(b.expose()));
         // hooks: post confirmation — told before the account is marked
         // confirmed, so a failing hook leaves it unconfirmed (a new code
         // confirms it later) and never half done.
@@ -956,14 +978,20 @@ impl Accounts {
         let user = self
             .update(t, c, &email, |u| {
                 if u.status == AccountStatus::Unconfirmed {
-                    // A contested sign-up: the mailbox's owner chooses the
-                    // password now, by a reset code.
-                    u.status = if u.contested {
+                    // A contested sign-up, or one made in another browser
+                    // than this confirmation: the mailbox's owner chooses
+                    // the password now, by a reset code.
+                    let elsewhere = u
+                        .signed_up_in
+                        .as_ref()
+                        .is_some_and(|d| this_browser.as_ref() != Some(d));
+                    u.status = if u.contested || elsewhere {
                         AccountStatus::ResetRequired
                     } else {
                         AccountStatus::Confirmed
                     };
                     u.contested = false;
+                    u.signed_up_in = None;
                 }
             })
             .await?

@@ -444,6 +444,77 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
     sign_in_from(&mut owner, &page, email, chosen).await;
 }
 
+/// Account pre-hijacking: someone signs the owner's address up with their
+/// own password in their own browser, and the owner, who gets the mail,
+/// confirms it in theirs (without signing up themselves). The account is
+/// confirmed as `RESET_REQUIRED`: the owner chooses the password by a
+/// mailed code, and the pre-registered password never signs in. Confirmed
+/// in the browser that signed it up, an account keeps its password.
+#[tokio::test]
+async fn local_an_account_confirmed_in_another_browser_than_its_sign_up_keeps_no_password() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "wren@acme.example";
+    let attackers = "Juniper-Harbor-93";
+    let p = pkce();
+    let mut attacker = Browser::new();
+    let page = start(&app, &mut attacker, &p).await;
+    sign_up(&mut attacker, &page, email, attackers).await;
+    let code = smtp.wait_for(email).await.code();
+
+    // The owner follows the mail in their own browser.
+    let mut owner = Browser::new();
+    let page = start(&app, &mut owner, &p).await;
+    let confirm = owner.get(&link(&page, "Confirm your email")).await;
+    let confirmed = owner
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", &code)])
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    assert!(confirmed.body.contains("choose your password"), "{}", confirmed.body);
+    let page = start(&app, &mut attacker, &p).await;
+    let refused = attacker
+        .fill_and_submit(&page, None, &[("email", email), ("password", attackers)])
+        .await;
+    assert_reason(&refused, 403, "local.reset_required");
+
+    let reset_code = smtp.wait_for_after(email, 1).await.code();
+    let chosen = "Marigold-Canyon-77";
+    let done = owner
+        .fill_and_submit(
+            &confirmed,
+            None,
+            &[
+                ("email", email),
+                ("code", &reset_code),
+                ("password", chosen),
+                ("password_confirm", chosen),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let page = start(&app, &mut attacker, &p).await;
+    let refused = attacker
+        .fill_and_submit(&page, None, &[("email", email), ("password", attackers)])
+        .await;
+    assert_reason(&refused, 401, "local.bad_credentials");
+    let page = start(&app, &mut owner, &p).await;
+    sign_in_from(&mut owner, &page, email, chosen).await;
+
+    // Signed up and confirmed in one browser: the password stays.
+    let email = "ines@acme.example";
+    let mut browser = Browser::new();
+    let page = start(&app, &mut browser, &p).await;
+    let confirm = sign_up(&mut browser, &page, email, GOOD_PASSWORD).await;
+    let code = smtp.wait_for(email).await.code();
+    let done = browser
+        .fill_and_submit(&confirm, None, &[("email", email), ("code", &code)])
+        .await;
+    assert!(done.body.contains("You can sign in now"), "{}", done.body);
+    let page = start(&app, &mut browser, &p).await;
+    sign_in_from(&mut browser, &page, email, GOOD_PASSWORD).await;
+}
+
 /// Guesses sent together are checked one at a time, across replicas: the
 /// lockout counts each failure before the next guess is checked, so a
 /// burst gets no more checks than the lockout allows (the rest: 429).
@@ -976,6 +1047,7 @@ async fn local_forgot_and_resend_answer_before_their_code_is_stored() {
             waiting,
             &portcullis::secret::Secret::new(GOOD_PASSWORD),
             Default::default(),
+            None,
         )
         .await
         .unwrap();
