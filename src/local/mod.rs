@@ -629,6 +629,67 @@ impl Accounts {
         }
     }
 
+    /// [`Self::migrate`] for an address whose account nobody has confirmed
+    /// yet (`squat`): the account the hook vouches for replaces it, only if
+    /// it is still that unconfirmed account (compare-and-set).
+    async fn migrate_over(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+        squat: &LocalUser,
+    ) -> Result<Option<LocalUser>, LocalError> {
+        let Some((hooks, hook)) = self.hook(t, crate::hooks::HookKind::UserMigration).await? else {
+            return Ok(None);
+        };
+        let crate::hooks::kinds::Migration::Migrate(p) =
+            hooks.migrate_user(t, &hook, c.as_str(), email, password).await?
+        else {
+            tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
+            return Ok(None);
+        };
+        let hash = self.hasher.hash(password.expose()).await?;
+        let profile = Profile {
+            given_name: p.given_name,
+            family_name: p.family_name,
+        };
+        let migrated = LocalUser {
+            migrated: true,
+            ..self.new_user(squat.email.clone(), hash, AccountStatus::Confirmed, profile)
+        };
+        let replaced = self
+            .update(t, c, email, |u| {
+                if u.subject == squat.subject && u.status == AccountStatus::Unconfirmed {
+                    *u = LocalUser {
+                        incarnation: u.incarnation.clone(),
+                        ..migrated.clone()
+                    };
+                }
+            })
+            .await?
+            .filter(|u| u.subject == migrated.subject);
+        let Some(user) = replaced else {
+            // Confirmed or replaced meanwhile: the password decides as usual.
+            return Ok(None);
+        };
+        tracing::info!(reason = "hook.user_migrated_over_unconfirmed", tenant = %t, connection = %c, "an unconfirmed sign-up of the address was replaced by the migrated account");
+        self.audit
+            .security(
+                AuditEvent::security(
+                    &Actor::User(user.subject.clone()),
+                    "local.migrated",
+                    Target::new("connection", c.as_str()),
+                    Outcome::Success,
+                    "hook.user_migrated_over_unconfirmed",
+                )
+                .tenant(t)
+                .connection(c.as_str()),
+            )
+            .await;
+        Ok(Some(user))
+    }
+
     /// Whether codes can be mailed at all.
     pub fn mail_configured(&self) -> bool {
         self.mailer.configured()
@@ -1294,11 +1355,27 @@ impl Accounts {
             None if !too_long => self.migrate(t, c, email, password).await?,
             None => None,
         };
-        let ok = !too_long
+        let mut ok = !too_long
             && self
                 .hasher
                 .verify(password.expose(), user.as_ref().map(|u| u.password_hash.as_str()))
                 .await?;
+        // An account nobody confirmed yet may be someone else's sign-up of a
+        // legacy user's address: it must not keep the legacy user from
+        // migrating. The hook is asked as for an unknown address, and the
+        // account it vouches for replaces the unconfirmed one.
+        let user = match user {
+            Some(squat) if !ok && !too_long && squat.status == AccountStatus::Unconfirmed && !squat.migrated => {
+                match self.migrate_over(t, c, email, password, &squat).await? {
+                    Some(migrated) => {
+                        ok = true;
+                        Some(migrated)
+                    }
+                    None => Some(squat),
+                }
+            }
+            other => other,
+        };
         let Some(user) = user.filter(|_| ok) else {
             self.record_failure(t, c, email).await?;
             return Err(bad_credentials());

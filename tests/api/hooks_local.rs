@@ -195,6 +195,51 @@ async fn user_migration_moves_a_legacy_user_in_at_the_first_sign_in_only() {
     assert_eq!(hooks.calls_to("migrate").len(), 3);
 }
 
+/// Someone signs a legacy user's address up first, with their own password,
+/// and never confirms it: the unconfirmed account does not keep the legacy
+/// user from migrating. Their legacy password asks the hook, the account
+/// the hook vouches for replaces the unconfirmed one, and the sign-up's
+/// password never signs in.
+#[tokio::test]
+async fn an_unconfirmed_sign_up_of_a_legacy_address_does_not_block_its_migration() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks, "user_migration", "migrate").await;
+    hooks.behave("migrate", Behavior::Legacy);
+    let email = "ada@legacy.example";
+    hooks.add_legacy_user(email, LEGACY_PASSWORD, json!({"given_name": "Ada"}));
+    let squatters = "Squatters-Own-Pass-1";
+    let p = pkce();
+    let mut squatter = Browser::new();
+    let page = start(&app, &mut squatter, &p).await;
+    let form = squatter.get(&link(&page, "Create account")).await;
+    squatter
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", email),
+                ("password", squatters),
+                ("password_confirm", squatters),
+            ],
+        )
+        .await;
+    smtp.wait_for(email).await;
+    let squat = account(&app, email).await.unwrap();
+    assert_eq!(squat.status, portcullis::local::AccountStatus::Unconfirmed);
+
+    let claims = sign_in(&app, email, LEGACY_PASSWORD).await.unwrap();
+    assert_eq!(claims["email"], email);
+    assert_eq!(claims["given_name"], "Ada");
+    let ada = account(&app, email).await.unwrap();
+    assert!(ada.migrated);
+    assert_eq!(ada.status, portcullis::local::AccountStatus::Confirmed);
+    assert_ne!(ada.subject, squat.subject, "a new account, not the sign-up's");
+    let refused = sign_in(&app, email, squatters).await.unwrap_err();
+    assert_reason(&refused, 401, "local.bad_credentials");
+}
+
 #[tokio::test]
 async fn a_failing_migration_hook_leaves_no_user_behind_and_shows_a_clear_page() {
     let smtp = SmtpServer::start();
