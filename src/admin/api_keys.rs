@@ -251,7 +251,10 @@ async fn issue(
     Ok((stored, key))
 }
 
-async fn list(s: &AppState, tenant: Option<&TenantId>) -> Result<Json<Value>, AdminError> {
+/// The keys of the platform (`tenant`: `None`) or of a tenant; a tenant's
+/// only of its current `incarnation`: a key left by a deleted tenant of the
+/// same id (its purge failed) authenticates nothing and is not shown.
+async fn list(s: &AppState, tenant: Option<&TenantId>, incarnation: Option<&str>) -> Result<Json<Value>, AdminError> {
     let mut out = Vec::new();
     for id in s.store.set_members(&index_key(tenant)).await.map_err(internal)? {
         if let Some(k) = s
@@ -260,6 +263,10 @@ async fn list(s: &AppState, tenant: Option<&TenantId>) -> Result<Json<Value>, Ad
             .await
             .map_err(internal)?
         {
+            if tenant.is_some() && k.incarnation.as_deref() != incarnation {
+                tracing::info!(reason = "admin.api_key_superseded", key = %k.id, "an API key of an earlier tenant with this id is not shown");
+                continue;
+            }
             out.push(k.view(tenant));
         }
     }
@@ -324,7 +331,7 @@ async fn create_platform(
 }
 
 async fn list_platform(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, AdminError> {
-    list(&s, None).await
+    list(&s, None, None).await
 }
 
 async fn delete_platform(
@@ -379,10 +386,10 @@ async fn list_tenant(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
     let id = tenant_id(&id)?;
-    if s.tenants.get(&id).await.map_err(registry)?.is_none() {
+    let Some(tenant) = s.tenants.get(&id).await.map_err(registry)? else {
         return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
-    }
-    list(&s, Some(&id)).await
+    };
+    list(&s, Some(&id), Some(&tenant.incarnation)).await
 }
 
 async fn delete_tenant(

@@ -800,6 +800,9 @@ async fn a_tenant_created_again_does_not_see_its_predecessors_users_or_audit_log
         .await;
     let old = provision_ada(&app, "acme", "main").await;
     assert_eq!(app.tenant_audit("acme", "connection.created").await.len(), 1);
+    let old_key = app
+        .admin_create("/admin/v1/tenants/acme/api-keys", json!({"name": "old ci"}))
+        .await;
 
     app.state.tenants.delete(&acme).await.unwrap();
     clock.advance(chrono::Duration::seconds(5));
@@ -825,6 +828,10 @@ async fn a_tenant_created_again_does_not_see_its_predecessors_users_or_audit_log
     let (status, log) = app.admin(Method::GET, "/admin/v1/tenants/acme/audit", None).await;
     assert_eq!(status, StatusCode::OK, "{log}");
     assert_eq!(log, json!({"events": [], "next_cursor": null}));
+    // Nor the predecessor's API keys (which authenticate nothing either).
+    let (status, keys) = app.admin(Method::GET, "/admin/v1/tenants/acme/api-keys", None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys, json!({"api_keys": []}), "old key {old_key}");
 
     // The tenant's own users and events are there, and the log's pages end
     // where the tenant began.
@@ -850,5 +857,15 @@ async fn a_tenant_created_again_does_not_see_its_predecessors_users_or_audit_log
     assert!(
         last["next_cursor"].is_null(),
         "the log ends where the tenant began: {last}"
+    );
+    // The tenant's own API keys are listed.
+    let new_key = app
+        .admin_create("/admin/v1/tenants/acme/api-keys", json!({"name": "new ci"}))
+        .await;
+    let (_, keys) = app.admin(Method::GET, "/admin/v1/tenants/acme/api-keys", None).await;
+    assert_eq!(
+        members(&keys, "api_keys", "id"),
+        [new_key["id"].as_str().unwrap()],
+        "{keys}"
     );
 }
