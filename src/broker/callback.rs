@@ -388,9 +388,10 @@ impl Broker {
         match self.take_continuation(tenant, handle).await.0? {
             // Found under the route's tenant: its ids are the registry's.
             Some(v) => {
-                meter::sign_in_failed(v.tenant.as_str(), v.connection.as_str(), reason);
                 tracing::warn!(reason, tenant = %v.tenant, connection = %v.connection, "IdP-initiated sign-in not confirmed; no session opened");
-                self.audit_failure(&v.tenant, Some(&v.connection), reason).await;
+                // Counted, audited and listed with the tenant's failed
+                // sign-ins, where its admins look for what went wrong.
+                self.record_failure(&v.tenant, Some(&v.connection), reason).await;
             }
             None => {
                 // The ids come from the URL alone: not logged until known.

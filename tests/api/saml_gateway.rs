@@ -1086,11 +1086,26 @@ async fn signed_in(app: &TestApp, browser: &mut Browser, conn: &Value) -> bool {
 
 /// The reasons of acme's `signin.failed` audit events.
 async fn failed_reasons(app: &TestApp) -> Vec<String> {
-    app.tenant_audit("acme", "signin.failed")
+    let audited: Vec<String> = app
+        .tenant_audit("acme", "signin.failed")
         .await
         .iter()
         .filter_map(|e| e["reason"].as_str().map(str::to_owned))
-        .collect()
+        .collect();
+    // The tenant's admins find the same in its failed sign-ins.
+    let listed: Vec<String> = app
+        .state
+        .broker
+        .failed_sign_ins(&portcullis::ids::TenantId::parse("acme").unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.reason)
+        .collect();
+    for reason in &audited {
+        assert!(listed.contains(reason), "{reason} audited but not listed: {listed:?}");
+    }
+    audited
 }
 
 /// Login CSRF with an IdP-initiated Response: the attacker's IdP signs one
