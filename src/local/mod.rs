@@ -851,7 +851,41 @@ impl Accounts {
             signed_up_in: browser.map(|b| browser_digest(b.expose())),
             ..self.new_user(email.clone(), hash, AccountStatus::Unconfirmed, profile)
         };
-        if self.insert(t, c, &user).await? {
+        let inserted = self.insert(t, c, &user).await?;
+        // What follows differs with the address (a new account's audit
+        // event and code; an unconfirmed one's contest and new code; a
+        // confirmed one's nothing): after the answer, which therefore comes
+        // after the same work and the same store waits for every address.
+        // Awaited, a new address answered some round trips later than a
+        // taken one, and a failing code write only for a new one.
+        let accounts = self.clone();
+        let (t, c, tenant_name, cfg) = (t.clone(), c.clone(), tenant_name.to_owned(), cfg.clone());
+        let after = async move {
+            if let Err(e) = accounts
+                .after_sign_up(&t, &tenant_name, &c, &cfg, &email, inserted.then_some(&user))
+                .await
+            {
+                tracing::error!(reason = "local.sign_up_incomplete", tenant = %t, connection = %c, error = %e, "a sign-up's code or record was not written; a new code can be asked for");
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(after));
+        Ok(())
+    }
+
+    /// The part of [`Self::sign_up`] after its answer: for the account it
+    /// made (`made`), its audit event and verification code; for an address
+    /// that had an account, a contest and a new code when that account is
+    /// unconfirmed, nothing otherwise.
+    async fn after_sign_up(
+        &self,
+        t: &TenantId,
+        tenant_name: &str,
+        c: &ConnectionId,
+        cfg: &LocalConfig,
+        email: &str,
+        made: Option<&LocalUser>,
+    ) -> Result<(), LocalError> {
+        if let Some(user) = made {
             tracing::info!(reason = "local.signed_up", tenant = %t, connection = %c);
             self.audit
                 .security(
@@ -866,16 +900,14 @@ impl Accounts {
                     .connection(c.as_str()),
                 )
                 .await;
-            self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
-                .await?;
-            return Ok(());
+            return self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, email).await;
         }
-        match self.get(t, c, &email).await? {
+        match self.get(t, c, email).await? {
             Some(existing) if existing.status == AccountStatus::Unconfirmed && !existing.disabled => {
                 tracing::info!(reason = "local.sign_up_existing_unconfirmed", tenant = %t, connection = %c);
                 // Nobody has shown the mailbox is theirs yet, and two sign-ups
                 // chose passwords: neither password is kept past confirmation.
-                self.update(t, c, &email, |u| {
+                self.update(t, c, email, |u| {
                     if u.status == AccountStatus::Unconfirmed {
                         u.contested = true;
                         // Nor either sign-up's name: the first may be
@@ -887,7 +919,7 @@ impl Accounts {
                     }
                 })
                 .await?;
-                self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, &email)
+                self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, email)
                     .await?;
             }
             _ => {
