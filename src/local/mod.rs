@@ -611,19 +611,7 @@ impl Accounts {
                     Err(e) => return Err(e),
                 };
                 tracing::info!(reason = "hook.user_migrated", tenant = %t, connection = %c);
-                self.audit
-                    .security(
-                        AuditEvent::security(
-                            &Actor::User(user.subject.clone()),
-                            "local.migrated",
-                            Target::new("connection", c.as_str()),
-                            Outcome::Success,
-                            "hook.user_migrated",
-                        )
-                        .tenant(t)
-                        .connection(c.as_str()),
-                    )
-                    .await;
+                self.audit_migrated(t, c, &user, "hook.user_migrated").await;
                 Ok(Some(user))
             }
         }
@@ -674,6 +662,14 @@ impl Accounts {
             return Ok(None);
         };
         tracing::info!(reason = "hook.user_migrated_over_unconfirmed", tenant = %t, connection = %c, "an unconfirmed sign-up of the address was replaced by the migrated account");
+        self.audit_migrated(t, c, &user, "hook.user_migrated_over_unconfirmed")
+            .await;
+        Ok(Some(user))
+    }
+
+    /// The `local.migrated` security event of an account the migration
+    /// hook vouched for.
+    async fn audit_migrated(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser, reason: &'static str) {
         self.audit
             .security(
                 AuditEvent::security(
@@ -681,13 +677,12 @@ impl Accounts {
                     "local.migrated",
                     Target::new("connection", c.as_str()),
                     Outcome::Success,
-                    "hook.user_migrated_over_unconfirmed",
+                    reason,
                 )
                 .tenant(t)
                 .connection(c.as_str()),
             )
             .await;
-        Ok(Some(user))
     }
 
     /// Whether codes can be mailed at all.

@@ -421,27 +421,43 @@ async fn local_a_sign_up_with_someone_elses_address_never_signs_in_with_its_pass
     }
 
     let reset_code = smtp.wait_for_after(email, 2).await.code();
+    let mut browsers = (&mut owner, &mut attacker);
+    owner_chooses_the_password(&app, &mut browsers, &confirmed, email, &reset_code, attackers).await;
+}
+
+/// The owner of `email`, on the reset page `confirmed` shows after the
+/// confirmation, chooses a password with `reset_code`: then the other
+/// sign-up's password (`attackers`) no longer signs in, and theirs does.
+async fn owner_chooses_the_password(
+    app: &TestApp,
+    (owner, attacker): &mut (&mut Browser, &mut Browser),
+    confirmed: &Page,
+    email: &str,
+    reset_code: &str,
+    attackers: &str,
+) {
+    let p = pkce();
     let chosen = "Marigold-Canyon-77";
     let done = owner
         .fill_and_submit(
-            &confirmed,
+            confirmed,
             None,
             &[
                 ("email", email),
-                ("code", &reset_code),
+                ("code", reset_code),
                 ("password", chosen),
                 ("password_confirm", chosen),
             ],
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let page = start(&app, &mut attacker, &p).await;
+    let page = start(app, attacker, &p).await;
     let refused = attacker
         .fill_and_submit(&page, None, &[("email", email), ("password", attackers)])
         .await;
     assert_reason(&refused, 401, "local.bad_credentials");
-    let page = start(&app, &mut owner, &p).await;
-    sign_in_from(&mut owner, &page, email, chosen).await;
+    let page = start(app, owner, &p).await;
+    sign_in_from(owner, &page, email, chosen).await;
 }
 
 /// Account pre-hijacking: someone signs the owner's address up with their
@@ -479,27 +495,8 @@ async fn local_an_account_confirmed_in_another_browser_than_its_sign_up_keeps_no
     assert_reason(&refused, 403, "local.reset_required");
 
     let reset_code = smtp.wait_for_after(email, 1).await.code();
-    let chosen = "Marigold-Canyon-77";
-    let done = owner
-        .fill_and_submit(
-            &confirmed,
-            None,
-            &[
-                ("email", email),
-                ("code", &reset_code),
-                ("password", chosen),
-                ("password_confirm", chosen),
-            ],
-        )
-        .await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let page = start(&app, &mut attacker, &p).await;
-    let refused = attacker
-        .fill_and_submit(&page, None, &[("email", email), ("password", attackers)])
-        .await;
-    assert_reason(&refused, 401, "local.bad_credentials");
-    let page = start(&app, &mut owner, &p).await;
-    sign_in_from(&mut owner, &page, email, chosen).await;
+    let mut browsers = (&mut owner, &mut attacker);
+    owner_chooses_the_password(&app, &mut browsers, &confirmed, email, &reset_code, attackers).await;
 
     // Signed up and confirmed in one browser: the password stays.
     let email = "ines@acme.example";
