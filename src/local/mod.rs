@@ -670,11 +670,23 @@ impl Accounts {
     /// The `local.migrated` security event of an account the migration
     /// hook vouched for.
     async fn audit_migrated(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser, reason: &'static str) {
+        self.audit_account(t, c, user, "local.migrated", reason).await;
+    }
+
+    /// A successful `action` of the account `user` as a security event.
+    async fn audit_account(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        user: &LocalUser,
+        action: &'static str,
+        reason: &'static str,
+    ) {
         self.audit
             .security(
                 AuditEvent::security(
                     &Actor::User(user.subject.clone()),
-                    "local.migrated",
+                    action,
                     Target::new("connection", c.as_str()),
                     Outcome::Success,
                     reason,
@@ -882,19 +894,7 @@ impl Accounts {
     ) -> Result<(), LocalError> {
         if let Some(user) = made {
             tracing::info!(reason = "local.signed_up", tenant = %t, connection = %c);
-            self.audit
-                .security(
-                    AuditEvent::security(
-                        &Actor::User(user.subject.clone()),
-                        "local.sign_up",
-                        Target::new("connection", c.as_str()),
-                        Outcome::Success,
-                        "local.signed_up",
-                    )
-                    .tenant(t)
-                    .connection(c.as_str()),
-                )
-                .await;
+            self.audit_account(t, c, user, "local.sign_up", "local.signed_up").await;
             return self.send_code(t, tenant_name, c, cfg, CodePurpose::Verify, email).await;
         }
         match self.get(t, c, email).await? {
@@ -1085,18 +1085,7 @@ impl Accounts {
             .await?
             .ok_or_else(|| LocalError::refused("local.code_invalid", "The code is wrong or has expired."))?;
         tracing::info!(reason = "local.confirmed", tenant = %t, connection = %c);
-        self.audit
-            .security(
-                AuditEvent::security(
-                    &Actor::User(user.subject.clone()),
-                    "local.confirm",
-                    Target::new("connection", c.as_str()),
-                    Outcome::Success,
-                    "local.confirmed",
-                )
-                .tenant(t)
-                .connection(c.as_str()),
-            )
+        self.audit_account(t, c, &user, "local.confirm", "local.confirmed")
             .await;
         Ok(user)
     }
@@ -1259,19 +1248,7 @@ impl Accounts {
 
     async fn audit_password_change(&self, t: &TenantId, c: &ConnectionId, user: &LocalUser, reason: &'static str) {
         tracing::info!(reason, tenant = %t, connection = %c);
-        self.audit
-            .security(
-                AuditEvent::security(
-                    &Actor::User(user.subject.clone()),
-                    "local.password",
-                    Target::new("connection", c.as_str()),
-                    Outcome::Success,
-                    reason,
-                )
-                .tenant(t)
-                .connection(c.as_str()),
-            )
-            .await;
+        self.audit_account(t, c, user, "local.password", reason).await;
     }
 
     /// Checks an email and password (the sign-in). A lock is checked first;
