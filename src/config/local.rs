@@ -27,7 +27,7 @@ pub struct LocalSettings {
     pub lockout_base_secs: u64,
     /// The longest lock, in seconds.
     pub lockout_max_secs: u64,
-    /// How long failures are remembered after the last one, in seconds.
+    /// How long failures are counted, from the first of them, in seconds.
     pub lockout_window_secs: u64,
 }
 
