@@ -1,5 +1,5 @@
 //! A tenant's hooks (`/tenants/{id}/hooks/{kind}`): configure (`PUT`
-//! `{"url", "secret"?, "timeout_ms"?}`), read, list and remove. A secret
+//! `{"url", "secret"?, "timeout_ms"?, "sign_answers"?}`), read, list and remove. A secret
 //! left out is generated when the hook is created and shown in that answer
 //! only; on a replacement without one the stored secret is kept. The secret
 //! is never shown again, nor audited.
@@ -34,6 +34,9 @@ struct HookBody {
     secret: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Left out: as before (off for a new hook).
+    #[serde(default)]
+    sign_answers: Option<bool>,
 }
 
 fn hooks(s: &AppState) -> Result<&Hooks, AdminError> {
@@ -56,7 +59,7 @@ fn kind(k: &str) -> Result<HookKind, AdminError> {
 /// The public view (never the secret).
 fn view(h: &HookConfig) -> Value {
     json!({
-        "kind": h.kind, "url": h.url, "timeout_ms": h.timeout_ms,
+        "kind": h.kind, "url": h.url, "timeout_ms": h.timeout_ms, "sign_answers": h.sign_answers,
         "created_at": h.created_at, "updated_at": h.updated_at,
     })
 }
@@ -125,6 +128,10 @@ async fn put(
         secret,
         timeout_ms,
         tenant_incarnation: incarnation,
+        // Turned off only when asked: a replacement never drops it silently.
+        sign_answers: req
+            .sign_answers
+            .unwrap_or_else(|| before.as_ref().is_some_and(|b| b.sign_answers)),
         created_at: before.as_ref().map_or(now, |b| b.created_at),
         updated_at: now,
     };

@@ -793,6 +793,9 @@ pub(crate) struct HookSetting {
     /// Timeout of one attempt in milliseconds (default from `[hooks]`).
     #[schema(minimum = 100)]
     timeout_ms: Option<u64>,
+    /// Whether the hook's answers must carry a `Portcullis-Signature` over
+    /// `<t>.<call id>.<body>` (left out: as before; off for a new hook).
+    sign_answers: Option<bool>,
 }
 
 /// A tenant's hook.
@@ -801,6 +804,8 @@ pub(crate) struct HookView {
     kind: HookKindName,
     url: String,
     timeout_ms: u64,
+    /// Whether its answers must be signed.
+    sign_answers: bool,
     /// RFC 3339.
     created_at: String,
     /// RFC 3339.

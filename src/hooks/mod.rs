@@ -115,6 +115,12 @@ pub struct HookConfig {
     pub timeout_ms: u64,
     /// The tenant's incarnation when the hook was configured.
     pub tenant_incarnation: String,
+    /// Whether its answers must be signed ([`answer_payload`]): an answer
+    /// without a valid `Portcullis-Signature` for its very call is refused
+    /// (`hook.unsigned_answer`), so nothing between the gateway and the hook
+    /// can make up or replay one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sign_answers: bool,
     /// When it was first configured.
     pub created_at: DateTime<Utc>,
     /// When it was last changed.
@@ -180,6 +186,10 @@ pub enum HookError {
     /// The answer tried to change or remove a protected claim (`hook.protected_claim`).
     #[error("the hook tried to change the protected claim {0:?}")]
     ProtectedClaim(String),
+    /// The hook must sign its answers and this one's signature is missing,
+    /// wrong, stale or for another call (`hook.unsigned_answer`).
+    #[error("the hook's answer is not signed for this call: {0}")]
+    Unsigned(String),
     /// The circuit is open: the hook failed too often lately (`hook.circuit_open`).
     #[error("the hook failed repeatedly; not called for now")]
     CircuitOpen,
@@ -201,6 +211,7 @@ impl HookError {
             Self::BadStatus(_) => "hook.bad_status",
             Self::BadAnswer(_) => "hook.bad_answer",
             Self::ProtectedClaim(_) => "hook.protected_claim",
+            Self::Unsigned(_) => "hook.unsigned_answer",
             Self::CircuitOpen => "hook.circuit_open",
             Self::Store(_) => "store.unavailable",
             Self::Internal(_) => "hook.internal",
@@ -213,7 +224,11 @@ impl HookError {
         match self {
             Self::Timeout(_) | Self::Unreachable(_) | Self::CircuitOpen | Self::Store(_) => true,
             Self::BadStatus(s) => *s >= 500 || *s == 429,
-            Self::Forbidden(_) | Self::BadAnswer(_) | Self::ProtectedClaim(_) | Self::Internal(_) => false,
+            Self::Forbidden(_)
+            | Self::BadAnswer(_)
+            | Self::ProtectedClaim(_)
+            | Self::Unsigned(_)
+            | Self::Internal(_) => false,
         }
     }
 
@@ -608,12 +623,41 @@ impl Hooks {
         if !resp.status().is_success() {
             return Err(HookError::BadStatus(resp.status().as_u16()));
         }
+        if hook.sign_answers {
+            let Some(header) = resp.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
+                return Err(HookError::Unsigned(format!("no {SIGNATURE_HEADER} header")));
+            };
+            let payload = answer_payload(call_id, resp.body());
+            let now = self.clock.now().timestamp();
+            if !crate::audit::webhook::verify(hook.secret.expose().as_bytes(), header, &payload, now, ANSWER_SKEW_SECS)
+            {
+                return Err(HookError::Unsigned(
+                    "the signature does not verify for this call (wrong secret, stale, or another call's)".into(),
+                ));
+            }
+        }
         match serde_json::from_slice::<Value>(resp.body()) {
             Ok(v) if v.is_object() => Ok(v),
             Ok(_) => Err(HookError::BadAnswer("the answer is not a JSON object".into())),
             Err(e) => Err(HookError::BadAnswer(format!("the answer is not JSON ({e})"))),
         }
     }
+}
+
+/// How far a signed answer's time may be from ours, in seconds.
+pub const ANSWER_SKEW_SECS: i64 = 300;
+
+/// What a hook signs in its answer when its answers must be signed: the
+/// call's id (`Portcullis-Call-Id` of the request), a dot, and the answer's
+/// body, in the request's scheme (`Portcullis-Signature: t=<unix>,v1=<hex
+/// HMAC-SHA256 of "<t>.<call id>.<body>">`). The call id binds the answer
+/// to its request, so an answer seen once cannot stand for another call.
+pub fn answer_payload(call_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(call_id.len() + 1 + body.len());
+    payload.extend_from_slice(call_id.as_bytes());
+    payload.push(b'.');
+    payload.extend_from_slice(body);
+    payload
 }
 
 /// `text` cut to at most `max` characters (what an error repeats of a

@@ -10,7 +10,7 @@
 use crate::revocation::{register, submit_login, Code, Rp, DEMO};
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav};
-use crate::support::hooks::{Behavior, HookServer};
+use crate::support::hooks::{AnswerSigning, Behavior, HookServer};
 use portcullis::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use portcullis::provider::grants::{ClientCredentials, TokenRequest};
 use portcullis::provider::OAuthError;
@@ -303,6 +303,70 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
     assert_eq!(t.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", t.body);
     assert_eq!(t.error(), Some("temporarily_unavailable"));
     assert!(t.body.get("access_token").is_none());
+}
+
+/// A hook configured with `sign_answers` must sign each answer for its
+/// call (`Portcullis-Signature` over `<t>.<call id>.<body>` with the hook's
+/// secret): an answer unsigned, signed with another secret, or signed for
+/// another call (replayed) fails the token request closed
+/// (`hook.unsigned_answer`), so nothing between the gateway and the hook can
+/// make claims up. A replacement that leaves `sign_answers` out keeps it.
+#[tokio::test]
+async fn a_hook_that_must_sign_its_answers_is_refused_an_answer_not_signed_for_its_call() {
+    let app = dev_app(None, None).await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&app, "hook-signed").await;
+    configure(&app, &hooks, PRE, "pre", 2000).await;
+    let path = format!("/admin/v1/tenants/{DEMO}/hooks/{PRE}");
+    let (status, view) = app
+        .admin(
+            Method::PUT,
+            &path,
+            Some(json!({"url": hooks.url("pre"), "sign_answers": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["sign_answers"], true, "{view}");
+    hooks.behave(
+        "pre",
+        Behavior::Answer(json!({"access_token": {"claims_to_add_or_override": {"roles": ["admin"]}}})),
+    );
+    let mut browser = Browser::new();
+    for (signing, refused) in [
+        (AnswerSigning::No, true),
+        (AnswerSigning::WrongSecret, true),
+        (AnswerSigning::AnotherCall, true),
+        (AnswerSigning::Yes, false),
+    ] {
+        hooks.sign_answers(signing);
+        let code = sign_in(&app, &mut browser, &rp, "sig@hooks.example").await;
+        match redeem(&app, &rp, &code).await {
+            Err(e) => {
+                assert!(refused, "{signing:?}: {e:?}");
+                assert_eq!(e.reason, "hook.unsigned_answer", "{signing:?}");
+                assert_eq!(e.code.as_str(), "server_error", "{signing:?}");
+            }
+            Ok(tokens) => {
+                assert!(!refused, "{signing:?} was accepted");
+                assert_eq!(
+                    claims(tokens["access_token"].as_str().unwrap())["roles"],
+                    json!(["admin"])
+                );
+            }
+        }
+    }
+    // Replaced without the field: still required.
+    let (status, view) = app
+        .admin(Method::PUT, &path, Some(json!({"url": hooks.url("pre")})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["sign_answers"], true, "{view}");
+    hooks.sign_answers(AnswerSigning::No);
+    let code = sign_in(&app, &mut browser, &rp, "sig@hooks.example").await;
+    assert_eq!(
+        redeem(&app, &rp, &code).await.unwrap_err().reason,
+        "hook.unsigned_answer"
+    );
 }
 
 #[tokio::test]

@@ -44,6 +44,21 @@ pub enum Behavior {
     SlowArithmetic(Duration),
 }
 
+/// How the receiver signs its answers (a hook configured with
+/// `sign_answers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AnswerSigning {
+    /// Not at all (the default).
+    #[default]
+    No,
+    /// As it should: its secret, over the call's id and the answer.
+    Yes,
+    /// With another secret.
+    WrongSecret,
+    /// For another call's id (an answer replayed from elsewhere).
+    AnotherCall,
+}
+
 /// A private challenge parameter that must never reach a page.
 pub const PRIVATE_MARKER: &str = "private-marker-7f3a9c";
 
@@ -70,6 +85,7 @@ pub struct LegacyUser {
 #[derive(Default)]
 struct Inner {
     secret: Option<String>,
+    signing: AnswerSigning,
     calls: Vec<Call>,
     behaviors: HashMap<String, Behavior>,
     legacy: HashMap<String, LegacyUser>,
@@ -114,6 +130,11 @@ impl HookServer {
         self.inner.lock().unwrap().secret = Some(secret.to_owned());
     }
 
+    /// How answers are signed from now on.
+    pub fn sign_answers(&self, signing: AnswerSigning) {
+        self.inner.lock().unwrap().signing = signing;
+    }
+
     /// How calls to `name` are answered from now on.
     pub fn behave(&self, name: &str, behavior: Behavior) {
         self.inner.lock().unwrap().behaviors.insert(name.to_owned(), behavior);
@@ -142,6 +163,35 @@ impl HookServer {
 }
 
 async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let call = headers
+        .get("portcullis-call-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let answer = answer(&s, &name, &headers, body).await;
+    let (signing, secret) = {
+        let inner = s.inner.lock().unwrap();
+        (inner.signing, inner.secret.clone().unwrap_or_default())
+    };
+    if signing == AnswerSigning::No || !answer.status().is_success() {
+        return answer;
+    }
+    let (mut parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let (secret, call) = match signing {
+        AnswerSigning::WrongSecret => ("another-secret-of-thirty-two-chars-or-more".to_owned(), call),
+        AnswerSigning::AnotherCall => (secret, format!("{call}-other")),
+        _ => (secret, call),
+    };
+    let payload = portcullis::hooks::answer_payload(&call, &bytes);
+    let header = portcullis::audit::webhook::signature_header(secret.as_bytes(), s.clock.unix(), &payload).unwrap();
+    parts.headers.insert("portcullis-signature", header.parse().unwrap());
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The answer to one call, before any signature.
+async fn answer(s: &HookServer, name: &str, headers: &HeaderMap, body: Bytes) -> Response {
+    let name = name.to_owned();
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (secret, behavior) = {
         let inner = s.inner.lock().unwrap();
