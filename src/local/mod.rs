@@ -589,6 +589,32 @@ impl Accounts {
         email: &str,
         password: &Secret,
     ) -> Result<Option<LocalUser>, LocalError> {
+        let Some(profile) = self.vouched_profile(t, c, email, password).await? else {
+            return Ok(None);
+        };
+        let user = match self.create_migrated(t, c, email, password, profile).await {
+            Ok(u) => u,
+            // A concurrent sign-in migrated it first: use that account.
+            Err(LocalError::Refused {
+                reason: "local.exists", ..
+            }) => return Ok(self.get(t, c, email).await?),
+            Err(e) => return Err(e),
+        };
+        tracing::info!(reason = "hook.user_migrated", tenant = %t, connection = %c);
+        self.audit_migrated(t, c, &user, "hook.user_migrated").await;
+        Ok(Some(user))
+    }
+
+    /// The profile the tenant's user-migration hook vouches for with these
+    /// credentials; `None` when it refuses or there is no hook. A failing
+    /// hook is an error.
+    async fn vouched_profile(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        password: &Secret,
+    ) -> Result<Option<Profile>, LocalError> {
         let Some((hooks, hook)) = self.hook(t, crate::hooks::HookKind::UserMigration).await? else {
             return Ok(None);
         };
@@ -597,23 +623,10 @@ impl Accounts {
                 tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
                 Ok(None)
             }
-            crate::hooks::kinds::Migration::Migrate(p) => {
-                let profile = Profile {
-                    given_name: p.given_name,
-                    family_name: p.family_name,
-                };
-                let user = match self.create_migrated(t, c, email, password, profile).await {
-                    Ok(u) => u,
-                    // A concurrent sign-in migrated it first: use that account.
-                    Err(LocalError::Refused {
-                        reason: "local.exists", ..
-                    }) => return Ok(self.get(t, c, email).await?),
-                    Err(e) => return Err(e),
-                };
-                tracing::info!(reason = "hook.user_migrated", tenant = %t, connection = %c);
-                self.audit_migrated(t, c, &user, "hook.user_migrated").await;
-                Ok(Some(user))
-            }
+            crate::hooks::kinds::Migration::Migrate(p) => Ok(Some(Profile {
+                given_name: p.given_name,
+                family_name: p.family_name,
+            })),
         }
     }
 
@@ -628,20 +641,10 @@ impl Accounts {
         password: &Secret,
         squat: &LocalUser,
     ) -> Result<Option<LocalUser>, LocalError> {
-        let Some((hooks, hook)) = self.hook(t, crate::hooks::HookKind::UserMigration).await? else {
-            return Ok(None);
-        };
-        let crate::hooks::kinds::Migration::Migrate(p) =
-            hooks.migrate_user(t, &hook, c.as_str(), email, password).await?
-        else {
-            tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
+        let Some(profile) = self.vouched_profile(t, c, email, password).await? else {
             return Ok(None);
         };
         let hash = self.hasher.hash(password.expose()).await?;
-        let profile = Profile {
-            given_name: p.given_name,
-            family_name: p.family_name,
-        };
         let migrated = LocalUser {
             migrated: true,
             ..self.new_user(squat.email.clone(), hash, AccountStatus::Confirmed, profile)
