@@ -7,8 +7,10 @@
 //! Events of a tenant go to that tenant's stream, platform-wide events (apps,
 //! resource servers, signing keys, platform API keys, creating and deleting
 //! tenants) to the global stream. Each is a Redis stream of bounded length
-//! ([`Store::stream_add`], trimmed exactly to `[audit] max_events`), read
-//! newest first with the stream id as the page cursor. Every event is also
+//! in which admin changes and security events keep `[audit] max_events`
+//! each ([`Store::stream_add_classed`]: anyone can cause failed sign-ins,
+//! and a flood of them must not push an admin's change out of the log),
+//! read newest first with the stream id as the page cursor. Every event is also
 //! written to the process log as one structured line (`reason = "audit"`),
 //! so a log pipeline keeps the full history; and, when a webhook is
 //! configured, to the delivery outbox that [`webhook`] drains (signed,
@@ -364,7 +366,8 @@ pub enum AuditError {
 /// How the audit log is kept (`[audit]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditConfig {
-    /// The most events each stream (per tenant, global) keeps.
+    /// The most events of each kind (admin changes, security events) each
+    /// stream (per tenant, global) keeps.
     pub max_events: usize,
     /// `Some(bound)`: every event also goes to the webhook outbox, which
     /// keeps at most `bound` events; `None`: no webhook is configured.
@@ -432,6 +435,22 @@ impl Audit {
         }
     }
 
+    /// The ids of one kind's events in `tenant`'s log (the global one for
+    /// `None`), newest first: each kind keeps its own `max_events`, so a
+    /// flood of security events (anyone can cause failed sign-ins) never
+    /// pushes an admin's change out of the log, nor the other way round.
+    fn kind_key(tenant: Option<&TenantId>, kind: &str) -> Key {
+        let kind = if kind == KIND_ADMIN {
+            "admin ids"
+        } else {
+            "security ids"
+        };
+        match tenant {
+            Some(t) => Key::tenant(t.as_str(), "audit", kind),
+            None => Key::global("audit", kind),
+        }
+    }
+
     /// The list the log was kept in before it became a stream: deleted with
     /// its tenant, otherwise left as it was (the process log has its events).
     fn legacy_list_key(tenant: &TenantId) -> Key {
@@ -444,6 +463,9 @@ impl Audit {
     /// outbox what it has not delivered yet.
     pub async fn purge(&self, tenant: &TenantId) -> Result<(), StoreError> {
         self.store.delete(&Self::log_key(Some(tenant))).await?;
+        for kind in [KIND_ADMIN, KIND_SECURITY] {
+            self.store.delete(&Self::kind_key(Some(tenant), kind)).await?;
+        }
         self.store.delete(&Self::legacy_list_key(tenant)).await.map(|_| ())
     }
 
@@ -479,7 +501,14 @@ impl Audit {
             "audit event"
         );
         let key = Self::log_key(event.tenant.as_ref());
-        if let Err(e) = self.store.stream_add(&key, &bytes, self.config.max_events).await {
+        let kind = Self::kind_key(event.tenant.as_ref(), &event.kind);
+        // Each kind keeps `max_events` of its own; the stream holds both.
+        let max = self.config.max_events;
+        let written = self
+            .store
+            .stream_add_classed(&key, &kind, &bytes, max, max.saturating_mul(2))
+            .await;
+        if let Err(e) = written {
             tracing::error!(reason = "audit.store_failed", event_id = %event.id, error = %e, "audit event not stored");
             return Err(e);
         }

@@ -11,8 +11,9 @@ use url::Url;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
-    /// The most events each audit stream keeps (per tenant, and the global
-    /// one); older events are trimmed (`PORTCULLIS_AUDIT_MAX_EVENTS`).
+    /// The most events of each kind (admin changes, security events) each
+    /// audit stream keeps (per tenant, and the global one); older events of
+    /// that kind are trimmed (`PORTCULLIS_AUDIT_MAX_EVENTS`).
     pub max_events: usize,
     /// `[audit.webhook]`: delivery to a SIEM; off without a `url`.
     pub webhook: WebhookSettings,

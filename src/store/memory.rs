@@ -488,6 +488,76 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn stream_add_classed(
+        &self,
+        key: &Key,
+        class: &Key,
+        value: &[u8],
+        class_max: usize,
+        max_len: usize,
+    ) -> Result<String, StoreError> {
+        if class.tag() != key.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "stream_add_classed over keys of two hash tags ({{{}}}, {{{}}})",
+                key.tag(),
+                class.tag()
+            )));
+        }
+        let now_ms = u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0);
+        self.with_keys(&[key, class], |m| {
+            // Both types are checked before anything is written.
+            if m.get(class).is_some_and(|e| !matches!(e.value, Value::List(_))) {
+                return Err(wrong_type(class));
+            }
+            if m.get(key).is_some_and(|e| !matches!(e.value, Value::Stream(_))) {
+                return Err(wrong_type(key));
+            }
+            let entry = m.entry(key.clone()).or_insert_with(|| Entry {
+                value: Value::Stream(Stream::default()),
+                expires: None,
+            });
+            let Value::Stream(stream) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            let id = if now_ms > stream.last_id.0 {
+                (now_ms, 0)
+            } else {
+                (stream.last_id.0, stream.last_id.1.saturating_add(1))
+            };
+            stream.last_id = id;
+            stream.entries.insert(id, value.to_vec());
+            while stream.entries.len() > max_len.max(1) {
+                stream.entries.pop_first();
+            }
+            let rendered = render_id(id);
+            let mut dropped = Vec::new();
+            let list = m.entry(class.clone()).or_insert_with(|| Entry {
+                value: Value::List(VecDeque::new()),
+                expires: None,
+            });
+            if let Value::List(list) = &mut list.value {
+                list.push_front(rendered.clone().into_bytes());
+                while list.len() > class_max.max(1) {
+                    if let Some(old) = list.pop_back() {
+                        dropped.push(old);
+                    }
+                }
+            }
+            if let Some(Entry {
+                value: Value::Stream(stream),
+                ..
+            }) = m.get_mut(key)
+            {
+                for old in dropped {
+                    if let Some(old) = std::str::from_utf8(&old).ok().and_then(|o| stream_id_arg(o).ok()) {
+                        stream.entries.remove(&old);
+                    }
+                }
+            }
+            Ok(rendered)
+        })
+    }
+
     async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
         let after = after.map(stream_id_arg).transpose()?;
         self.with(key, false, |m| match m.get(key) {

@@ -249,6 +249,23 @@ pub trait Store: Send + Sync + 'static {
     /// every id is greater than the ones before it in that stream).
     async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError>;
 
+    /// [`Self::stream_add`] for an entry of one class of a stream that holds
+    /// several (the audit log's admin changes and security events): in the
+    /// same step the new id is pushed on the class's list `class` (a key of
+    /// the same hash tag), and while that list holds more than `class_max`
+    /// ids its oldest are taken off it and deleted from the stream. The
+    /// stream as a whole is still trimmed to `max_len`. So however many
+    /// entries one class gets, the newest `class_max` of every other class
+    /// stay (unless `max_len` is below the classes' sum).
+    async fn stream_add_classed(
+        &self,
+        key: &Key,
+        class: &Key,
+        value: &[u8],
+        class_max: usize,
+        max_len: usize,
+    ) -> Result<String, StoreError>;
+
     /// Up to `count` entries of the stream at `key`, oldest first, with ids
     /// strictly greater than `after` (from the start without one); empty when
     /// absent. `after` must be a stream id (`<ms>-<seq>`).

@@ -166,6 +166,29 @@ return 1
 ",
 );
 
+/// `stream_add_classed`: XADD (trimmed to the stream's bound), the new id
+/// pushed on its class's list, and the class's oldest ids beyond its bound
+/// popped and XDEL'd, in one step: no reader sees one class crowd out
+/// another. Answers the new id. The class list's type is checked first: an
+/// error after XADD would leave the entry in without its class.
+static STREAM_ADD_CLASSED: Script = Script::new(
+    r"
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'none' and t ~= 'list' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', ARGV[4], ARGV[1])
+redis.call('LPUSH', KEYS[2], id)
+local over = redis.call('LLEN', KEYS[2]) - tonumber(ARGV[2])
+while over > 0 do
+  local old = redis.call('RPOP', KEYS[2])
+  redis.call('XDEL', KEYS[1], old)
+  over = over - 1
+end
+return id
+",
+);
+
 /// PEM files for TLS to Redis (`rediss://`, `rediss+sentinel://`,
 /// `rediss+cluster://`). Without a CA, the system's roots are trusted.
 #[derive(Clone, Default)]
@@ -1588,6 +1611,35 @@ impl Store for RedisStore {
             .to_owned();
         // An audit event Redis acknowledged survives a failover.
         self.query(&cmd, Retry::IfNotExecuted, Durability::Replicated).await
+    }
+
+    async fn stream_add_classed(
+        &self,
+        key: &Key,
+        class: &Key,
+        value: &[u8],
+        class_max: usize,
+        max_len: usize,
+    ) -> Result<String, StoreError> {
+        if class.tag() != key.tag() {
+            return Err(StoreError::Corrupt(format!(
+                "stream_add_classed over keys of two hash tags ({{{}}}, {{{}}})",
+                key.tag(),
+                class.tag()
+            )));
+        }
+        let class_max = class_max.max(1).to_string();
+        let max_len = max_len.max(1).to_string();
+        // Not idempotent (a retry would append twice); acknowledged entries
+        // survive a failover, as with `stream_add`.
+        self.eval(
+            &STREAM_ADD_CLASSED,
+            &[self.key(key), self.key(class)],
+            &[value, class_max.as_bytes(), max_len.as_bytes(), STREAM_FIELD.as_bytes()],
+            Retry::IfNotExecuted,
+            Durability::Replicated,
+        )
+        .await
     }
 
     async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {

@@ -537,6 +537,58 @@ async fn answers_without_a_pending_login_are_audited_once_a_minute() {
     assert_eq!(audited().await, 2);
 }
 
+/// The audit log keeps a bounded number of events, and anyone can cause
+/// failed sign-ins: each answer sent to a disabled connection is refused
+/// and audited (`callback.connection_not_active`). Admin changes and
+/// security events keep their bound apart, so a flood of the one never
+/// pushes the other out (in memory and over Redis, whose trim is a script).
+#[tokio::test]
+async fn a_flood_of_failed_sign_ins_never_pushes_an_admins_change_out_of_the_audit_log() {
+    fn small_log(s: &mut portcullis::config::Settings) {
+        s.audit.max_events = 10;
+    }
+    for redis in [false, true] {
+        let app = spawn_app(AppOptions {
+            dev: true,
+            tweak: Some(small_log),
+            redis_url: redis.then(crate::support::redis::url),
+            redis_prefix: redis.then(crate::support::redis::prefix),
+            ..AppOptions::default()
+        })
+        .await;
+        let (status, body) = app
+            .admin(
+                reqwest::Method::POST,
+                "/admin/v1/tenants/demo/connections/dev/disable",
+                Some(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for i in 0..25 {
+            let url = app.url(&format!("/dev/demo/dev/callback?state=made-up-{i}"));
+            let resp = app.client.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "redis: {redis}");
+            assert!(resp.text().await.unwrap().contains("callback.connection_not_active"));
+        }
+        assert_eq!(
+            app.tenant_audit("demo", "connection.status_changed").await.len(),
+            1,
+            "redis: {redis}"
+        );
+        let (status, log) = app
+            .admin(reqwest::Method::GET, "/admin/v1/tenants/demo/audit?limit=200", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        let events = log["events"].as_array().unwrap();
+        let refused = events
+            .iter()
+            .filter(|e| e["reason"] == "callback.connection_not_active")
+            .count();
+        assert_eq!(refused, 10, "the newest ten security events stay (redis: {redis})");
+        assert!(events.len() <= 20, "{} events", events.len());
+    }
+}
+
 /// Spec details of `/authorize`: a request object by reference is
 /// `request_uri_not_supported` and by value `request_not_supported` (OIDC
 /// Core 3.1.2.6); an empty `state` comes back exactly as sent, empty (RFC

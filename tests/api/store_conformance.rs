@@ -135,6 +135,7 @@ macro_rules! all_cases {
             list_ranges_page_and_clash_with_other_types,
             concurrent_capped_pushes_lose_nothing_within_the_bound,
             streams_append_in_order_and_trim_exactly,
+            stream_classes_keep_their_own_bound,
             stream_ranges_page_both_ways_and_refuse_bad_ids,
             stream_groups_deliver_once_ack_and_reclaim_idle_entries,
             concurrent_group_readers_get_each_entry_once,
@@ -825,6 +826,51 @@ async fn streams_append_in_order_and_trim_exactly(b: &Backend) {
     let again = s.stream_add(&one, b"c", 5).await.unwrap();
     let last = s.stream_add(&one, b"d", 5).await.unwrap();
     assert!(id_order(&again) < id_order(&last));
+}
+
+/// `stream_add_classed`: each class keeps its own newest entries however
+/// many the other gets; the stream's own bound still holds; a class list of
+/// another type or a key of another hash tag is refused and writes nothing.
+async fn stream_classes_keep_their_own_bound(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "audit", "classed");
+    let admin = Key::tenant("acme", "audit", "classed admin");
+    let flood = Key::tenant("acme", "audit", "classed flood");
+    for i in 0..3 {
+        s.stream_add_classed(&k, &admin, format!("a{i}").as_bytes(), 3, 100)
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        s.stream_add_classed(&k, &flood, format!("f{i}").as_bytes(), 3, 100)
+            .await
+            .unwrap();
+    }
+    let all = s.stream_range(&k, None, 100).await.unwrap();
+    assert_eq!(values(&all), ["a0", "a1", "a2", "f47", "f48", "f49"]);
+    // Ids only grow, across classes too.
+    for pair in all.windows(2) {
+        assert!(id_order(&pair[0].id) < id_order(&pair[1].id));
+    }
+    s.stream_add_classed(&k, &admin, b"a3", 3, 100).await.unwrap();
+    let all = s.stream_range(&k, None, 100).await.unwrap();
+    assert_eq!(values(&all), ["a1", "a2", "f47", "f48", "f49", "a3"]);
+    // The stream's own bound trims whatever is oldest (a1, a2), then the
+    // class its own (f47).
+    s.stream_add_classed(&k, &flood, b"f50", 3, 5).await.unwrap();
+    assert_eq!(
+        values(&s.stream_range(&k, None, 100).await.unwrap()),
+        ["f48", "f49", "a3", "f50"]
+    );
+    // A class list of another type: refused, nothing appended.
+    let clash = Key::tenant("acme", "audit", "classed clash");
+    s.put(&clash, b"text", None).await.unwrap();
+    assert!(s.stream_add_classed(&k, &clash, b"x", 3, 100).await.is_err());
+    assert_eq!(s.stream_len(&k).await.unwrap(), 4);
+    // A class of another hash tag is refused (one script, one slot).
+    let elsewhere = Key::tenant("globex", "audit", "classed admin");
+    assert!(s.stream_add_classed(&k, &elsewhere, b"x", 3, 100).await.is_err());
+    assert_eq!(s.stream_len(&k).await.unwrap(), 4);
 }
 
 async fn stream_ranges_page_both_ways_and_refuse_bad_ids(b: &Backend) {
