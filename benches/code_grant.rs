@@ -97,6 +97,7 @@ async fn world(alg: SigningAlgorithm, name: &str) -> World {
             tenant: tenant.clone(),
             revision: 1,
             status: portcullis::upstream::ConnectionStatus::Active,
+            disabled_by_platform: false,
             kind: ConnectionKind::Dev(DevConfig {}),
         })
         .await

@@ -114,6 +114,7 @@ async fn capture(vendor: &str) -> Capture {
         tenant,
         revision: 1,
         status: portcullis::upstream::ConnectionStatus::Active,
+        disabled_by_platform: false,
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     let connector = SamlConnector::new(&conn, cfg.clone(), ctx).unwrap();
@@ -290,6 +291,7 @@ async fn generated(extra_certs: usize, email_len: usize) -> (SamlConnector, Call
         tenant,
         revision: 1,
         status: portcullis::upstream::ConnectionStatus::Active,
+        disabled_by_platform: false,
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     let connector = SamlConnector::new(&conn, cfg, ctx).unwrap();

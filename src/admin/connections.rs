@@ -77,6 +77,19 @@ fn check_platform_admin_fields(admin: &Admin, body: &Value) -> Result<(), AdminE
     Ok(())
 }
 
+/// A connection the platform admin disabled is the platform's to enable,
+/// re-status or delete: a tenant admin (API key, setup link) is refused,
+/// so an operator's switch-off of a tenant's IdP holds.
+fn check_not_disabled_by_platform(admin: &Admin, connection: &Connection) -> Result<(), AdminError> {
+    if connection.disabled_by_platform && matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. }) {
+        tracing::info!(reason = "admin.disabled_by_platform", tenant = %connection.tenant, connection = %connection.id);
+        return Err(AdminError::Forbidden(
+            "The platform admin disabled this connection; only they can enable, change the status of or delete it.",
+        ));
+    }
+    Ok(())
+}
+
 async fn load(s: &AppState, id: &str, cid: &str) -> Result<(TenantId, Connection), AdminError> {
     let id = tenant_id(id)?;
     let cid = ConnectionId::parse(cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
@@ -187,6 +200,9 @@ async fn patch_connection_handler(
 ) -> Result<Json<Value>, AdminError> {
     let (id, old) = load(&s, &id, &cid).await?;
     check_platform_admin_fields(&admin, &body)?;
+    if body.get("status").is_some() {
+        check_not_disabled_by_platform(&admin, &old)?;
+    }
     let new = patch_connection(&s.upstream, &old, body).await.map_err(|e| {
         tracing::info!(reason = "admin.connection_patch_refused", tenant = %id, connection = %old.id, field = %e.field);
         setup_error(e)
@@ -210,8 +226,16 @@ async fn set_status(
     status: ConnectionStatus,
 ) -> Result<Json<Value>, AdminError> {
     let (_, old) = load(s, id, cid).await?;
+    let by_platform = !matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. });
     let mut new = old.clone();
     new.status = status;
+    new.disabled_by_platform = match status {
+        ConnectionStatus::Disabled => old.disabled_by_platform || by_platform,
+        _ => {
+            check_not_disabled_by_platform(admin, &old)?;
+            false
+        }
+    };
     while new.revision == old.revision {
         new.revision = rand::random();
     }
@@ -290,6 +314,9 @@ async fn delete_connection(
     let id = tenant_id(&id)?;
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
     let before = s.tenants.connection(&id, &cid).await.map_err(registry)?;
+    if let Some(c) = &before {
+        check_not_disabled_by_platform(&admin, c)?;
+    }
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);
     tracing::info!(reason = "admin.connection_deleted", tenant = %id, connection = %cid);

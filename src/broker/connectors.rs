@@ -216,6 +216,7 @@ mod tests {
             tenant: TenantId::parse("acme").unwrap(),
             revision,
             status: ConnectionStatus::Active,
+            disabled_by_platform: false,
             kind: ConnectionKind::Dev(DevConfig {}),
         }
     }

@@ -54,6 +54,7 @@ pub async fn build_connection(
         tenant: tenant.clone(),
         revision: rand::random(),
         status,
+        disabled_by_platform: false,
         kind,
     })
 }
@@ -172,6 +173,9 @@ pub async fn patch_connection(
         tenant: existing.tenant.clone(),
         revision,
         status,
+        // Stays while the connection stays disabled; the admin edge decides
+        // who may change the status of one the platform disabled.
+        disabled_by_platform: existing.disabled_by_platform && status == ConnectionStatus::Disabled,
         kind,
     })
 }
@@ -191,6 +195,9 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
     v.insert("tenant".into(), json!(c.tenant));
     v.insert("kind".into(), json!(c.kind.name()));
     v.insert("status".into(), json!(c.status));
+    if c.disabled_by_platform {
+        v.insert("disabled_by".into(), json!("platform"));
+    }
     // A string: a 64-bit number does not survive JSON parsers that use doubles.
     v.insert("revision".into(), json!(c.revision.to_string()));
     match &c.kind {

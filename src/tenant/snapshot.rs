@@ -452,6 +452,7 @@ mod tests {
             tenant: tenant.clone(),
             revision: 1,
             status: ConnectionStatus::Active,
+            disabled_by_platform: false,
             kind: ConnectionKind::Dev(DevConfig {}),
         }
     }

@@ -444,6 +444,12 @@ pub struct Connection {
     /// are active.
     #[serde(default)]
     pub status: ConnectionStatus,
+    /// Disabled by the platform admin (the operator), not by the tenant's
+    /// own admin: only the platform admin enables, re-statuses or deletes
+    /// it then (`admin.disabled_by_platform`), so a switch-off of a tenant's
+    /// misbehaving IdP holds. Cleared when the connection is enabled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled_by_platform: bool,
     /// The protocol configuration.
     #[serde(flatten)]
     pub kind: ConnectionKind,

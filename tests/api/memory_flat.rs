@@ -134,6 +134,7 @@ async fn capture(vendor: &str) -> Capture {
         tenant,
         revision: 1,
         status: portcullis::upstream::ConnectionStatus::Active,
+        disabled_by_platform: false,
         kind: ConnectionKind::Saml(cfg.clone()),
     };
     Capture {

@@ -87,6 +87,7 @@ impl Fixture {
             tenant: TenantId::parse("acme").unwrap(),
             revision: 1,
             status: portcullis::upstream::ConnectionStatus::Active,
+            disabled_by_platform: false,
             kind: ConnectionKind::Oidc(cfg.clone()),
         };
         let connector = OidcConnector::new(&connection, cfg, ctx.clone()).unwrap();

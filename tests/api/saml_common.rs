@@ -38,6 +38,7 @@ pub fn connection(tenant: &str, id: &str, cfg: SamlConfig) -> Connection {
         tenant: TenantId::parse(tenant).unwrap(),
         revision: 1,
         status: portcullis::upstream::ConnectionStatus::Active,
+        disabled_by_platform: false,
         kind: ConnectionKind::Saml(cfg),
     }
 }
