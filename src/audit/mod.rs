@@ -38,9 +38,10 @@ use serde_json::Value;
 /// How many events each log keeps by default (the oldest are dropped).
 pub const DEFAULT_MAX_EVENTS: usize = 1000;
 
-/// How many events the webhook outbox keeps by default: undelivered events
-/// beyond it (a receiver down for that long) are dropped from delivery,
-/// oldest first, and stay in the tenant's log and the process log.
+/// How many events of each kind the webhook outbox keeps by default:
+/// undelivered events beyond it (a receiver down for that long) are dropped
+/// from delivery, oldest of their kind first, and stay in the tenant's log
+/// and the process log.
 pub const DEFAULT_OUTBOX_MAX_EVENTS: usize = 10_000;
 
 /// The value of [`AuditEvent::kind`] for changes made by someone.
@@ -513,7 +514,15 @@ impl Audit {
             return Err(e);
         }
         if let Some(bound) = self.config.outbox_max_events {
-            if let Err(e) = self.store.stream_add(&webhook::outbox_key(), &bytes, bound).await {
+            // Kinds bounded apart here too: a flood of security events while
+            // the receiver is down never drops an admin change from delivery.
+            let outbox = webhook::outbox_key();
+            let kind = webhook::outbox_kind_key(&event.kind);
+            let queued = self
+                .store
+                .stream_add_classed(&outbox, &kind, &bytes, bound, bound.saturating_mul(2))
+                .await;
+            if let Err(e) = queued {
                 tracing::error!(reason = "audit.outbox_failed", event_id = %event.id, error = %e, "audit event not queued for the webhook");
                 return Err(e);
             }

@@ -50,6 +50,17 @@ pub fn outbox_key() -> Key {
     Key::global("audit_outbox", "events")
 }
 
+/// The ids of one kind's events in the outbox (admin changes, security
+/// events), each kind bounded on its own (`Store::stream_add_classed`).
+pub fn outbox_kind_key(kind: &str) -> Key {
+    let kind = if kind == super::KIND_ADMIN {
+        "admin ids"
+    } else {
+        "security ids"
+    };
+    Key::global("audit_outbox", kind)
+}
+
 /// The webhook's settings (`[audit.webhook]`).
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {

@@ -53,8 +53,9 @@ pub struct WebhookSettings {
     pub poll_interval_ms: u64,
     /// How many events a replica takes at a time.
     pub batch: usize,
-    /// The most undelivered events kept (the oldest are dropped from
-    /// delivery when the receiver is down that long; they stay in the log).
+    /// The most undelivered events of each kind (admin changes, security
+    /// events) kept: the oldest of a kind are dropped from delivery when the
+    /// receiver is down that long (they stay in the log).
     pub outbox_max_events: usize,
 }
 

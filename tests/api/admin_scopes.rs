@@ -9,6 +9,7 @@ use portcullis::audit::{Actor, Audit, AuditEvent, Target};
 use portcullis::clock::{ManualClock, SharedClock};
 use portcullis::ids::{ConnectionId, TenantId};
 use portcullis::store::memory::MemoryStore;
+use portcullis::store::Store;
 use portcullis::upstream::Identity;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -726,4 +727,51 @@ async fn a_connection_the_platform_disabled_stays_disabled_for_the_tenant_admin(
     let (status, body) = call(&app, Method::POST, &format!("{conn}/enable"), &key, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "active");
+}
+
+/// The webhook outbox bounds admin changes and security events apart as the
+/// log does: with the receiver down, a flood of failed sign-ins from any
+/// tenant never drops an admin change from delivery.
+#[tokio::test]
+async fn a_flood_of_security_events_never_drops_an_admin_change_from_webhook_delivery() {
+    let clock = ManualClock::at(chrono::Utc::now());
+    let shared: SharedClock = Arc::new(clock.clone());
+    let store = Arc::new(MemoryStore::new(shared.clone()));
+    let audit = Audit::with_config(
+        store.clone(),
+        shared,
+        portcullis::audit::AuditConfig {
+            max_events: 5,
+            outbox_max_events: Some(5),
+        },
+    );
+    let acme = TenantId::parse("acme").unwrap();
+    audit
+        .record(AuditEvent::new(&Actor::PlatformToken, "hook.created", Target::new("hook", "pre"), "r").tenant(&acme))
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        clock.advance(chrono::Duration::milliseconds(3));
+        audit
+            .security(AuditEvent::signin_failed(
+                &acme,
+                Some("corp"),
+                "callback.connection_not_active",
+            ))
+            .await;
+    }
+    let queued: Vec<String> = store
+        .stream_range(&portcullis::audit::webhook::outbox_key(), None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.value).unwrap())
+        .collect();
+    assert_eq!(queued.len(), 6, "{queued:?}");
+    assert!(queued[0].contains("hook.created"), "{}", queued[0]);
+    assert!(queued[1..].iter().all(|e| e.contains("callback.connection_not_active")));
+    // The tenant's log likewise.
+    let page = audit.list(Some(&acme), None, 100).await.unwrap();
+    assert_eq!(page.events.len(), 6);
+    assert_eq!(page.events[5].action, "hook.created");
 }
