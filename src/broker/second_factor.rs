@@ -12,12 +12,20 @@
 //! the recovery codes once). Only a passed second factor opens the session,
 //! with `amr` showing `otp` and `mfa` beside the first factor's, and the
 //! session counts as MFA for `require_mfa`.
+//!
+//! The step is decided when the answer starts waiting, but an enrolment
+//! adds a factor only while the account still has none: every enrolment
+//! action of a waiting answer (the enrolment page, its first code, the
+//! passkey page and registration at the enrolment) looks again, and an
+//! account that has a second factor by then is asked for it instead
+//! (`mfa.enrolment_changed`, [`Broker::enrolment_still_first`]). A password
+//! alone must not add a factor beside the owner's.
 
 use super::callback::Validated;
 use super::session::{BrowserSso, SsoSession};
 use super::{page, unavailable, Broker, Outcome};
 use crate::ids::{ConnectionId, TenantId};
-use crate::mfa::{Factor, Mfa, MfaError};
+use crate::mfa::{AddedFrom, Factor, Mfa, MfaError};
 use crate::store::{Key, StoreJson};
 use crate::tenant::LocalMfa;
 use crate::upstream::ConnectionKind;
@@ -181,16 +189,85 @@ impl Broker {
         if v.mfa {
             return Ok(None);
         }
-        let enrolled = self.mfa().enrolled(&v.tenant, &v.sub).await.map_err(unavailable)?
-            || (self.passkeys.is_some()
-                && crate::mfa::passkey::has_any(&self.store, &v.tenant, &v.sub)
-                    .await
-                    .map_err(unavailable)?);
+        let enrolled = self
+            .usable_second_factor(&v.tenant, &v.sub)
+            .await
+            .map_err(unavailable)?;
         Ok(match (enrolled, setting, v.mfa_demanded) {
             (true, _, _) => Some(Step::Challenge),
             (false, LocalMfa::Required, _) | (false, _, true) => Some(Step::Enrol),
             (false, _, false) => None,
         })
+    }
+
+    /// Whether the user has a second factor a challenge can ask for: a
+    /// confirmed TOTP enrolment, or a passkey while passkeys are enabled.
+    pub(super) async fn usable_second_factor(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        if self.passkeys.is_none() {
+            return self.mfa().enrolled(tenant, sub).await;
+        }
+        self.has_second_factor(tenant, sub).await
+    }
+
+    /// Before an enrolment action of the waiting answer `w` (at
+    /// [`Step::Enrol`]): `Ok` while the account still has no second factor.
+    /// Once it has one (the owner enrolled elsewhere since this sign-in
+    /// started waiting), the enrolment is refused: the answer waits at
+    /// [`Step::Challenge`] from now on, and the page asks for that factor
+    /// (`mfa.enrolment_changed`).
+    pub(super) async fn enrolment_still_first(
+        &self,
+        w: &mut Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> Result<(), MfaAnswer> {
+        if w.step != Step::Enrol {
+            return Ok(());
+        }
+        if !self
+            .usable_second_factor(tenant, &w.validated.sub)
+            .await
+            .map_err(store_failed)?
+        {
+            return Ok(());
+        }
+        Err(self.enrolment_changed(w, handle, tenant, connection).await)
+    }
+
+    /// A sign-in's enrolment refused because the account has a second
+    /// factor by now: counted as a failed sign-in, the answer moved to the
+    /// challenge when a challenge can ask for the factor, and the page shown
+    /// with `mfa.enrolment_changed`.
+    pub(super) async fn enrolment_changed(
+        &self,
+        w: &mut Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> MfaAnswer {
+        let reason = "mfa.enrolment_changed";
+        tracing::warn!(reason, tenant = %tenant, connection = %connection, "the account has a second factor by now: the sign-in's enrolment is refused");
+        self.record_failure(tenant, Some(connection), reason).await;
+        match self.usable_second_factor(tenant, &w.validated.sub).await {
+            Ok(true) => {
+                w.step = Step::Challenge;
+                if let Err(e) = self
+                    .store
+                    .put_json(&waiting_key(tenant, handle), &*w, Some(MFA_TTL))
+                    .await
+                {
+                    return store_failed(e);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return store_failed(e),
+        }
+        self.mfa_page(w, handle, Some(reason), Vec::new()).await
     }
 
     /// Keeps `v` waiting for its second factor and sends the browser to the
@@ -341,6 +418,7 @@ impl Broker {
         let status = match error {
             None => 200,
             Some("mfa.throttled" | "passkey.throttled") => 429,
+            Some("mfa.enrolment_changed") => 409,
             Some(_) => 400,
         };
         let passkeys_enabled = self.passkeys.is_some();
@@ -477,7 +555,11 @@ impl Broker {
         let Some(code) = code else {
             return self.build_page(target, None, Vec::new()).await;
         };
-        match self.mfa().confirm(&tenant, &s.sub, &s.sid, code).await {
+        match self
+            .mfa()
+            .confirm(&tenant, &s.sub, &s.sid, AddedFrom::Session, code)
+            .await
+        {
             Ok((_, codes)) => {
                 tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %s.connection, "TOTP enrolment confirmed");
                 self.mfa_audit(&tenant, &s.connection, &s.sub, "mfa.enrolled").await;
@@ -497,10 +579,15 @@ impl Broker {
     /// enrolment of a waiting answer. `browser` is the secret this
     /// browser's session holds.
     pub async fn mfa_show(&self, tenant: &str, connection: &str, handle: &str, browser: Option<&str>) -> MfaAnswer {
-        match self.waiting(tenant, connection, handle, browser).await {
-            Ok((w, _, _)) => self.mfa_page(&w, handle, None, Vec::new()).await,
-            Err(a) => a,
+        let (mut w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
+            Ok(found) => found,
+            Err(a) => return a,
+        };
+        // The enrolment page starts an enrolment: only while it is the first.
+        if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+            return a;
         }
+        self.mfa_page(&w, handle, None, Vec::new()).await
     }
 
     /// A code typed on the MFA page: a TOTP or recovery code for a
@@ -523,22 +610,13 @@ impl Broker {
         let sub = w.validated.sub.clone();
         match w.step {
             Step::Done => self.mfa_page(&w, handle, None, Vec::new()).await,
-            Step::Enrol => match self.mfa().confirm(&tenant, &sub, handle, code).await {
-                Ok((_, codes)) => {
-                    tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
-                    self.mfa_audit(&tenant, &connection, &sub, "mfa.enrolled").await;
-                    w.step = Step::Done;
-                    if let Err(e) = self
-                        .store
-                        .put_json(&waiting_key(&tenant, handle), &w, Some(MFA_TTL))
-                        .await
-                    {
-                        return store_failed(e);
-                    }
-                    self.mfa_page(&w, handle, None, codes).await
+            Step::Enrol => {
+                if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+                    return a;
                 }
-                Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
-            },
+                self.confirm_sign_in_enrolment(w, handle, &tenant, &connection, code)
+                    .await
+            }
             Step::Challenge => match self.mfa().verify(&tenant, &sub, code).await {
                 Ok(factor) => {
                     if let Factor::Recovery { remaining } = factor {
@@ -550,6 +628,39 @@ impl Broker {
                 }
                 Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
             },
+        }
+    }
+
+    /// The first code of a sign-in's TOTP enrolment: the recovery codes
+    /// once it is confirmed; refused (`mfa.enrolment_changed`, and the
+    /// answer asked for the factor) when the account has one by now.
+    async fn confirm_sign_in_enrolment(
+        &self,
+        mut w: Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        code: &str,
+    ) -> MfaAnswer {
+        let sub = w.validated.sub.clone();
+        match self.mfa().confirm(tenant, &sub, handle, AddedFrom::SignIn, code).await {
+            Ok((_, codes)) => {
+                tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
+                self.mfa_audit(tenant, connection, &sub, "mfa.enrolled").await;
+                w.step = Step::Done;
+                if let Err(e) = self
+                    .store
+                    .put_json(&waiting_key(tenant, handle), &w, Some(MFA_TTL))
+                    .await
+                {
+                    return store_failed(e);
+                }
+                self.mfa_page(&w, handle, None, codes).await
+            }
+            // A TOTP enrolment or a passkey appeared between the look
+            // before and this write.
+            Err(MfaError::Changed) => self.enrolment_changed(&mut w, handle, tenant, connection).await,
+            Err(e) => self.second_factor_refused(&w, handle, tenant, connection, e).await,
         }
     }
 

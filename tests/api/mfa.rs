@@ -14,7 +14,7 @@ use portcullis::mfa::totp;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn clock() -> ManualClock {
+pub(crate) fn clock() -> ManualClock {
     ManualClock::at(
         chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:10Z")
             .unwrap()
@@ -44,7 +44,7 @@ async fn replicas_with_prefix(clock: &ManualClock) -> ((TestApp, TestApp), Strin
     ((a, b), prefix)
 }
 
-async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
+pub(crate) async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
     let resp = app
         .client
         .get(app.url(path))
@@ -56,7 +56,7 @@ async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
     resp.json().await.unwrap()
 }
 
-async fn set_local_mfa(app: &TestApp, value: &str) {
+pub(crate) async fn set_local_mfa(app: &TestApp, value: &str) {
     let resp = app
         .client
         .patch(app.url("/admin/v1/tenants/demo"))
@@ -71,13 +71,13 @@ async fn set_local_mfa(app: &TestApp, value: &str) {
 
 /// Starts a demo sign-in through the dev IdP as `email`; returns the page
 /// the sign-in lands on (the MFA page, or the demo app).
-async fn dev_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
+pub(crate) async fn dev_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
     let login = browser.get(&app.url("/demo/login")).await;
     assert!(login.url.path().starts_with("/dev/"), "{}", browser.trail());
     browser.fill_and_submit(&login, None, &[("email", email)]).await
 }
 
-fn assert_reason(page: &Page, status: u16, reason: &str) {
+pub(crate) fn assert_reason(page: &Page, status: u16, reason: &str) {
     assert_eq!(page.status.as_u16(), status, "{}", page.body);
     assert!(
         page.body.contains(&format!("<code>{reason}</code>")),
@@ -87,7 +87,7 @@ fn assert_reason(page: &Page, status: u16, reason: &str) {
 }
 
 /// The secret the enrolment page shows as text.
-fn shown_secret(page: &Page) -> String {
+pub(crate) fn shown_secret(page: &Page) -> String {
     let start = page.body.find("<code id=\"secret\"").expect("no secret on the page");
     let rest = &page.body[start..];
     let open = rest.find('>').unwrap() + 1;
@@ -96,7 +96,7 @@ fn shown_secret(page: &Page) -> String {
 }
 
 /// The TOTP code of `secret` at `clock`'s time, `offset` steps away.
-fn code(secret: &str, clock: &ManualClock, offset: i64) -> String {
+pub(crate) fn code(secret: &str, clock: &ManualClock, offset: i64) -> String {
     use portcullis::clock::Clock;
     let key = totp::base32_decode(secret).unwrap();
     let step = totp::step_of(clock.unix()).unwrap().checked_add_signed(offset).unwrap();
@@ -113,7 +113,7 @@ fn wrong_code(secret: &str, clock: &ManualClock) -> String {
 }
 
 /// The `amr` values in the demo page's ID token claims.
-fn amr_of(page: &Page) -> Vec<String> {
+pub(crate) fn amr_of(page: &Page) -> Vec<String> {
     let body = decode_entities(&page.body);
     let start = body.find("\"amr\": [").unwrap_or_else(|| panic!("no amr: {body}"));
     let rest = &body[start + 8..];
@@ -127,7 +127,12 @@ fn amr_of(page: &Page) -> Vec<String> {
 
 /// Enrols `email` (local_mfa required) and signs in; returns the secret,
 /// the recovery codes and the demo page.
-async fn enrol(app: &TestApp, browser: &mut Browser, clock: &ManualClock, email: &str) -> (String, Vec<String>, Page) {
+pub(crate) async fn enrol(
+    app: &TestApp,
+    browser: &mut Browser,
+    clock: &ManualClock,
+    email: &str,
+) -> (String, Vec<String>, Page) {
     let page = dev_sign_in(app, browser, email).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
@@ -662,11 +667,13 @@ async fn a_pending_enrolment_is_its_sign_ins_own_and_never_shown_to_another() {
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(done.body.contains("Save your recovery codes"), "{}", done.body);
 
-    // The attacker's secret confirms nothing, and signs no one in.
+    // The attacker's secret confirms nothing, and signs no one in: the
+    // account has the owner's factor now, so the attacker's sign-in adds
+    // none and is asked for it.
     let refused = attacker
         .fill_and_submit(&attackers_page, None, &[("code", &code(&attackers_secret, &clock, 0))])
         .await;
-    assert_reason(&refused, 400, "mfa.not_enrolled");
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
     clock.advance(chrono::Duration::seconds(30));
     let mut later = Browser::new();
     let challenge = dev_sign_in(&app, &mut later, email).await;
@@ -678,4 +685,70 @@ async fn a_pending_enrolment_is_its_sign_ins_own_and_never_shown_to_another() {
         .fill_and_submit(&wrong, None, &[("code", &code(&fresh, &clock, 0))])
         .await;
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
+
+/// The `sub` of the demo tenant's user `email` (admin API).
+pub(crate) async fn sub_of(app: &TestApp, email: &str) -> String {
+    let users = admin_json(app, "/admin/v1/tenants/demo/users").await;
+    users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email)
+        .unwrap_or_else(|| panic!("no user {email}: {users}"))["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A sign-in left at the enrolment adds no factor to an account that has
+/// one by then. Its step was decided when its answer started waiting (up to
+/// ten minutes); meanwhile the owner enrolled in another browser. Whoever
+/// parked it with the password alone is refused at its first code
+/// (`mfa.enrolment_changed`, 409) and asked for the owner's factor instead:
+/// the owner's enrolment stays the account's only one, and no session opens.
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_adds_no_factor_once_the_owner_enrolled_elsewhere() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let email = "parked@demo.example";
+
+    // The attacker, with the password, parks a sign-in at the enrolment.
+    let mut attacker = Browser::new();
+    let parked = dev_sign_in(&app, &mut attacker, email).await;
+    assert!(parked.url.path().starts_with("/mfa/demo/dev"), "{}", attacker.trail());
+    let attackers_secret = shown_secret(&parked);
+
+    // The owner enrols in another browser.
+    let mut owner = Browser::new();
+    let (owners_secret, _, _) = enrol(&app, &mut owner, &clock, email).await;
+
+    // The parked sign-in's first code: refused, and the sign-in now asks
+    // for the owner's factor; reloaded, it starts no enrolment either.
+    let refused = attacker
+        .fill_and_submit(&parked, None, &[("code", &code(&attackers_secret, &clock, 0))])
+        .await;
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
+    assert!(refused.body.contains("Two-step verification"), "{}", refused.body);
+    assert!(!refused.body.contains("<svg"), "an enrolment shown: {}", refused.body);
+    let reloaded = attacker.get(&parked.url).await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.body);
+    assert!(reloaded.body.contains("Two-step verification"), "{}", reloaded.body);
+    assert!(!reloaded.body.contains("<svg"), "an enrolment shown: {}", reloaded.body);
+
+    // The owner's enrolment is the account's only one, and the attacker
+    // has no session.
+    let sub = sub_of(&app, email).await;
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    let stored = app.state.store.get(&key).await.unwrap().expect("the owner's enrolment");
+    assert!(
+        String::from_utf8_lossy(&stored).contains(&owners_secret),
+        "the enrolment was replaced"
+    );
+    assert_reason(
+        &attacker.get(&app.url("/mfa/demo/enroll")).await,
+        401,
+        "mfa.not_signed_in",
+    );
 }
