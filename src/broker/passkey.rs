@@ -508,9 +508,10 @@ impl Broker {
                 "passkey.not_applicable",
             ));
         }
-        // Passkeys are listed, added and removed only from a session that
-        // used a second factor, once the account has one.
-        self.second_factor_used_if_any(&t, &s).await?;
+        // Passkeys are listed, added and removed only from a recent
+        // sign-in, and from a session that used a second factor once the
+        // account has one.
+        self.may_change_factors(&t, &s).await?;
         let who = match self.provider.directory.get(&t, &s.sub).await {
             Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),
             Err(e) => return Err(store_failed(e)),

@@ -36,6 +36,14 @@ use std::time::Duration;
 /// included: scanning a QR code takes a moment).
 pub const MFA_TTL: Duration = Duration::from_secs(10 * 60);
 
+/// How long after signing in a session may change its user's second
+/// factors (enrol TOTP, add or remove passkeys): past it, or when the
+/// session does not know when its user authenticated, the person signs in
+/// again first (`mfa.reauthentication_required`). A session lasts hours;
+/// a browser left signed in should not let whoever sits at it change how
+/// the account signs in.
+pub const FACTOR_CHANGE_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
 /// The browser-session field holding the secret the waiting answer is bound to.
 pub const MFA_SESSION_FIELD: &str = "mfa_browser";
 
@@ -164,6 +172,22 @@ fn grouped(secret: &str) -> String {
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The refusal of a factor change from session `s`, signed in too long ago
+/// (or at an unknown time): the person is asked to sign in again.
+fn reauthentication_required(tenant: &TenantId, s: &SsoSession) -> MfaAnswer {
+    let reason = "mfa.reauthentication_required";
+    tracing::info!(reason, tenant = %tenant, connection = %s.connection, auth_time = s.auth_time, undated = s.undated, "second factors not changed from a session signed in too long ago");
+    let minutes = FACTOR_CHANGE_MAX_AGE.as_secs() / 60;
+    MfaAnswer::Outcome(page(
+        403,
+        "Please sign in again",
+        format!(
+            "For your security, changing how you sign in needs a sign-in from the last {minutes} minutes, and this session is older. Sign out, sign in to the application again, and come back here within {minutes} minutes."
+        ),
+        reason,
+    ))
 }
 
 impl Broker {
@@ -455,12 +479,39 @@ impl Broker {
         })
     }
 
+    /// Whether session `s` may change its user's second factors (every
+    /// self-service change: TOTP enrolment and its first code, the passkeys
+    /// page, adding and removing passkeys): only a recent sign-in
+    /// ([`Broker::authenticated_recently`]), and once the user has a second
+    /// factor only a session that used it
+    /// ([`Broker::second_factor_used_if_any`]).
+    pub(super) async fn may_change_factors(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+        if !self.authenticated_recently(s) {
+            return Err(reauthentication_required(tenant, s));
+        }
+        self.second_factor_used_if_any(tenant, s).await
+    }
+
+    /// Whether session `s` authenticated its user within
+    /// [`FACTOR_CHANGE_MAX_AGE`], by the injected clock. The time counted
+    /// from is the session's `auth_time`: on the connections whose factors
+    /// Portcullis checks itself (the only ones these pages serve) it is
+    /// the moment Portcullis checked the first factor (the password, or a
+    /// passwordless passkey), never an upstream IdP's claim, and the session
+    /// opens at most [`MFA_TTL`] later, once the second factor passed.
+    /// Reusing the session for another app keeps it. A session whose
+    /// authentication time is unknown (`undated`) is never recent.
+    fn authenticated_recently(&self, s: &SsoSession) -> bool {
+        let max_age = i64::try_from(FACTOR_CHANGE_MAX_AGE.as_secs()).unwrap_or(i64::MAX);
+        !s.undated && self.provider.clock.unix().saturating_sub(s.auth_time) <= max_age
+    }
+
     /// Whether session `s` may change its user's second factors: always
     /// when the user has none yet (the first one is set up by the password
     /// alone, trust on first use), otherwise only when the session used
     /// one. A password alone must not add a factor an attacker holds, nor
     /// remove the owner's.
-    pub(super) async fn second_factor_used_if_any(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+    async fn second_factor_used_if_any(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
         if s.mfa || !self.has_second_factor(tenant, &s.sub).await.map_err(store_failed)? {
             return Ok(());
         }
@@ -532,9 +583,10 @@ impl Broker {
             }
             Err(e) => return store_failed(e),
         }
-        // An account with a passkey adds TOTP only from a session that
-        // used a second factor (as its passkeys are managed).
-        if let Err(refusal) = self.second_factor_used_if_any(&tenant, &s).await {
+        // Only a recent sign-in, and an account with a passkey adds TOTP
+        // only from a session that used a second factor (as its passkeys
+        // are managed). Looked at again for the first code.
+        if let Err(refusal) = self.may_change_factors(&tenant, &s).await {
             return refusal;
         }
         let who = match self.provider.directory.get(&tenant, &s.sub).await {

@@ -494,6 +494,62 @@ async fn a_signed_in_user_enrols_on_their_own_where_mfa_is_optional() {
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
 }
 
+/// Factors change only from a recent sign-in: sessions last hours, and a
+/// browser left signed in must not let whoever sits at it set up a second
+/// factor of their own. Up to ten minutes after signing in the session
+/// enrols; past them, neither the page nor a code typed on a page it
+/// showed before (403 `mfa.reauthentication_required`, telling the person
+/// to sign in again); a fresh sign-in enrols straight away.
+#[tokio::test]
+async fn a_session_signed_in_over_ten_minutes_ago_enrols_nothing_until_the_person_signs_in_again() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "optional").await;
+    let enroll = app.url("/mfa/demo/enroll");
+    let email = "stale@demo.example";
+
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, email).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    // Ten minutes on: still recent.
+    clock.advance(chrono::Duration::minutes(10));
+    let page = browser.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let secret = shown_secret(&page);
+
+    // A second later, and an hour later: refused.
+    clock.advance(chrono::Duration::seconds(1));
+    let typed = browser
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_reason(&typed, 403, "mfa.reauthentication_required");
+    assert!(
+        typed.body.contains("sign in to the application again"),
+        "{}",
+        typed.body
+    );
+    clock.advance(chrono::Duration::hours(1));
+    assert_reason(&browser.get(&enroll).await, 403, "mfa.reauthentication_required");
+    let sub = sub_of(&app, email).await;
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    assert!(
+        !app.state.store.exists(&key).await.unwrap(),
+        "enrolled from a stale session"
+    );
+
+    // Signed in again (a new browser: this one's session would be reused).
+    let mut fresh = Browser::new();
+    dev_sign_in(&app, &mut fresh, email).await;
+    let page = fresh.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let secret = shown_secret(&page);
+    let done = fresh
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body.matches("<li><code>").count(), 10, "{}", done.body);
+}
+
 /// The settings of a raw store on the test Redis under `prefix` (what the
 /// gateway opens underneath the sealing).
 fn store_settings(prefix: &str) -> portcullis::config::Settings {
@@ -628,6 +684,81 @@ async fn a_session_without_the_second_factor_changes_none_of_the_accounts_factor
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
     let page = signed_in.get(&passkeys).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
+
+/// Passkeys are added and removed only from a recent sign-in: a session
+/// that used its second factor an hour ago changes none, neither through
+/// the page nor by a removal posted from a page it showed before (403
+/// `mfa.reauthentication_required`); right after a fresh sign-in with the
+/// second factor the passkey is removed.
+#[tokio::test]
+async fn a_session_signed_in_an_hour_ago_removes_no_passkey_until_the_person_signs_in_again() {
+    let clock = clock();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        public_host: Some("localhost".into()),
+        configure: Some(std::sync::Arc::new(|s| s.passkeys.enabled = true)),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "optional").await;
+    let passkeys = app.url("/mfa/demo/passkeys");
+    let email = "keys@demo.example";
+
+    // TOTP first, from a fresh session.
+    let mut first = Browser::new();
+    dev_sign_in(&app, &mut first, email).await;
+    let page = first.get(&app.url("/mfa/demo/enroll")).await;
+    let secret = shown_secret(&page);
+    let done = first
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+
+    // A session that used it adds a passkey.
+    let sign_in_with_totp = |browser: Browser| {
+        let (app, clock, secret) = (&app, &clock, &secret);
+        async move {
+            let mut browser = browser;
+            let challenge = dev_sign_in(app, &mut browser, email).await;
+            let demo = browser
+                .fill_and_submit(&challenge, None, &[("code", &code(secret, clock, 0))])
+                .await;
+            assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+            browser
+        }
+    };
+    clock.advance(chrono::Duration::seconds(30));
+    let mut browser = sign_in_with_totp(Browser::new()).await;
+    let page = browser.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let added = crate::support::soft_passkey::register_on_page(&mut browser, &page, &app.base, "Laptop").await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let remove_form = |page: &Page| {
+        page.forms()
+            .into_iter()
+            .find(|f| f.field("action") == Some("remove"))
+            .unwrap_or_else(|| panic!("no passkey to remove: {}", page.body))
+    };
+    let sub = sub_of(&app, email).await;
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, ["Laptop"]);
+
+    // An hour later the same session changes nothing.
+    clock.advance(chrono::Duration::hours(1));
+    let refused = browser.submit(&added, &remove_form(&added)).await;
+    assert_reason(&refused, 403, "mfa.reauthentication_required");
+    assert_reason(&browser.get(&passkeys).await, 403, "mfa.reauthentication_required");
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, ["Laptop"]);
+
+    // Signed in again with the second factor: removed.
+    let mut fresh = sign_in_with_totp(Browser::new()).await;
+    let page = fresh.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let removed = fresh.submit(&page, &remove_form(&page)).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert!(removed.body.contains("The passkey was removed."), "{}", removed.body);
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, Vec::<String>::new());
 }
 
 /// A pending enrolment belongs to the sign-in that started it. Someone who

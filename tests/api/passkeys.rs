@@ -567,16 +567,10 @@ async fn register_soft_passkey(
     page: &crate::support::browser::Page,
     name: &str,
 ) -> crate::support::browser::Page {
-    let options = crate::support::soft_passkey::page_options(&page.body);
-    let credential =
-        crate::support::soft_passkey::SoftPasskey::new().register(&options, &app.base.origin().ascii_serialization());
-    let mut form = page.form(Some("passkey-form"));
-    form.set("credential", &credential);
-    form.set("name", name);
-    browser.submit(page, &form).await
+    crate::support::soft_passkey::register_on_page(browser, page, &app.base, name).await
 }
 
-async fn passkey_names(app: &TestApp, sub: &str) -> Vec<String> {
+pub(crate) async fn passkey_names(app: &TestApp, sub: &str) -> Vec<String> {
     let (status, list) = app
         .admin(
             reqwest::Method::GET,

@@ -148,3 +148,18 @@ pub fn page_options(html: &str) -> String {
     let end = html[start..].find('"').unwrap() + start;
     super::html_form::decode_entities(&html[start..end])
 }
+
+/// Answers the registration form (`passkey-form`) of a passkey page of the
+/// gateway at `base` with a new software passkey named `name`.
+pub async fn register_on_page(
+    browser: &mut super::browser::Browser,
+    page: &super::browser::Page,
+    base: &url::Url,
+    name: &str,
+) -> super::browser::Page {
+    let credential = SoftPasskey::new().register(&page_options(&page.body), &base.origin().ascii_serialization());
+    let mut form = page.form(Some("passkey-form"));
+    form.set("credential", &credential);
+    form.set("name", name);
+    browser.submit(page, &form).await
+}
