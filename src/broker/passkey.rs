@@ -4,13 +4,17 @@
 //! (`/mfa/{tenant}/passkeys`: register, list, remove). The ceremonies
 //! themselves are `mfa::passkey`'s; this module ties them to the waiting
 //! answer (same tenant, connection, user and browser, the MFA handle named
-//! in the ceremony) and to the SSO session.
+//! in the ceremony) and to the SSO session. A registration at a sign-in's
+//! enrolment adds the account's first second factor only: the passkey page
+//! and the registration both look again whether the account has one by
+//! now (`mfa.enrolment_changed`).
 
 use super::second_factor::{own_factor, refused, store_failed, waiting_key, MfaAnswer, Step, MFA_TTL};
 use super::session::BrowserSso;
 use super::Broker;
 use crate::ids::{ConnectionId, TenantId};
 use crate::mfa::passkey::{PasskeyError, Passkeys, Purpose, Started, StoredPasskey};
+use crate::mfa::AddedFrom;
 use crate::store::StoreJson;
 use crate::tenant::LocalMfa;
 
@@ -131,10 +135,15 @@ impl Broker {
         let Some(pk) = self.passkey_service() else {
             return disabled();
         };
-        let (w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
+        let (mut w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
             Ok(found) => found,
             Err(a) => return PasskeyAnswer::Mfa(a),
         };
+        // At the enrolment the page starts a registration: only while the
+        // account has no second factor.
+        if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+            return PasskeyAnswer::Mfa(a);
+        }
         self.passkey_step_page(
             pk,
             &w,
@@ -277,8 +286,13 @@ impl Broker {
                 },
                 Step::Enrol,
             ) if for_sub == sub && for_connection == connection && mfa_handle == handle => {
+                // The account may have a second factor by now (the owner
+                // enrolled elsewhere since this page was shown).
+                if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+                    return PasskeyAnswer::Mfa(a);
+                }
                 match pk
-                    .finish_registration(&tenant, &sub, &connection, &state, credential, name)
+                    .finish_registration(&tenant, &sub, &connection, AddedFrom::SignIn, &state, credential, name)
                     .await
                 {
                     Ok(_) => {
@@ -304,6 +318,10 @@ impl Broker {
                             Some("passkey.registered"),
                         )
                         .await
+                    }
+                    // A factor appeared between the look before and the write.
+                    Err(PasskeyError::EnrolmentChanged) => {
+                        PasskeyAnswer::Mfa(self.enrolment_changed(&mut w, handle, &tenant, &connection).await)
                     }
                     Err(e) => self.passkey_refused(&w, handle, &tenant, &connection, e).await,
                 }
@@ -359,8 +377,16 @@ impl Broker {
                         mfa_handle: None,
                         state,
                     }) if for_sub == sub && for_connection == connection => {
-                        pk.finish_registration(&tenant, &sub, &connection, &state, &credential, &name)
-                            .await
+                        pk.finish_registration(
+                            &tenant,
+                            &sub,
+                            &connection,
+                            AddedFrom::Session,
+                            &state,
+                            &credential,
+                            &name,
+                        )
+                        .await
                     }
                     Ok(_) => Err(PasskeyError::Mismatch),
                     Err(e) => Err(e),
@@ -482,9 +508,10 @@ impl Broker {
                 "passkey.not_applicable",
             ));
         }
-        // Passkeys are listed, added and removed only from a session that
-        // used a second factor, once the account has one.
-        self.second_factor_used_if_any(&t, &s).await?;
+        // Passkeys are listed, added and removed only from a recent
+        // sign-in, and from a session that used a second factor once the
+        // account has one.
+        self.may_change_factors(&t, &s).await?;
         let who = match self.provider.directory.get(&t, &s.sub).await {
             Ok(u) => u.and_then(|u| u.email).unwrap_or_else(|| s.sub.clone()),
             Err(e) => return Err(store_failed(e)),

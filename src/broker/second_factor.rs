@@ -12,12 +12,20 @@
 //! the recovery codes once). Only a passed second factor opens the session,
 //! with `amr` showing `otp` and `mfa` beside the first factor's, and the
 //! session counts as MFA for `require_mfa`.
+//!
+//! The step is decided when the answer starts waiting, but an enrolment
+//! adds a factor only while the account still has none: every enrolment
+//! action of a waiting answer (the enrolment page, its first code, the
+//! passkey page and registration at the enrolment) looks again, and an
+//! account that has a second factor by then is asked for it instead
+//! (`mfa.enrolment_changed`, [`Broker::enrolment_still_first`]). A password
+//! alone must not add a factor beside the owner's.
 
 use super::callback::Validated;
 use super::session::{BrowserSso, SsoSession};
 use super::{page, unavailable, Broker, Outcome};
 use crate::ids::{ConnectionId, TenantId};
-use crate::mfa::{Factor, Mfa, MfaError};
+use crate::mfa::{AddedFrom, Factor, Mfa, MfaError};
 use crate::store::{Key, StoreJson};
 use crate::tenant::LocalMfa;
 use crate::upstream::ConnectionKind;
@@ -27,6 +35,14 @@ use std::time::Duration;
 /// How long a validated answer waits for its second factor (enrolment
 /// included: scanning a QR code takes a moment).
 pub const MFA_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// How long after signing in a session may change its user's second
+/// factors (enrol TOTP, add or remove passkeys): past it, or when the
+/// session does not know when its user authenticated, the person signs in
+/// again first (`mfa.reauthentication_required`). A session lasts hours;
+/// a browser left signed in should not let whoever sits at it change how
+/// the account signs in.
+pub const FACTOR_CHANGE_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 
 /// The browser-session field holding the secret the waiting answer is bound to.
 pub const MFA_SESSION_FIELD: &str = "mfa_browser";
@@ -158,6 +174,22 @@ fn grouped(secret: &str) -> String {
         .join(" ")
 }
 
+/// The refusal of a factor change from session `s`, signed in too long ago
+/// (or at an unknown time): the person is asked to sign in again.
+fn reauthentication_required(tenant: &TenantId, s: &SsoSession) -> MfaAnswer {
+    let reason = "mfa.reauthentication_required";
+    tracing::info!(reason, tenant = %tenant, connection = %s.connection, auth_time = s.auth_time, undated = s.undated, "second factors not changed from a session signed in too long ago");
+    let minutes = FACTOR_CHANGE_MAX_AGE.as_secs() / 60;
+    MfaAnswer::Outcome(page(
+        403,
+        "Please sign in again",
+        format!(
+            "For your security, changing how you sign in needs a sign-in from the last {minutes} minutes, and this session is older. Sign out, sign in to the application again, and come back here within {minutes} minutes."
+        ),
+        reason,
+    ))
+}
+
 impl Broker {
     pub(super) fn mfa(&self) -> Mfa {
         Mfa::new(self.store.clone(), self.provider.clock.clone())
@@ -181,16 +213,85 @@ impl Broker {
         if v.mfa {
             return Ok(None);
         }
-        let enrolled = self.mfa().enrolled(&v.tenant, &v.sub).await.map_err(unavailable)?
-            || (self.passkeys.is_some()
-                && crate::mfa::passkey::has_any(&self.store, &v.tenant, &v.sub)
-                    .await
-                    .map_err(unavailable)?);
+        let enrolled = self
+            .usable_second_factor(&v.tenant, &v.sub)
+            .await
+            .map_err(unavailable)?;
         Ok(match (enrolled, setting, v.mfa_demanded) {
             (true, _, _) => Some(Step::Challenge),
             (false, LocalMfa::Required, _) | (false, _, true) => Some(Step::Enrol),
             (false, _, false) => None,
         })
+    }
+
+    /// Whether the user has a second factor a challenge can ask for: a
+    /// confirmed TOTP enrolment, or a passkey while passkeys are enabled.
+    pub(super) async fn usable_second_factor(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        if self.passkeys.is_none() {
+            return self.mfa().enrolled(tenant, sub).await;
+        }
+        self.has_second_factor(tenant, sub).await
+    }
+
+    /// Before an enrolment action of the waiting answer `w` (at
+    /// [`Step::Enrol`]): `Ok` while the account still has no second factor.
+    /// Once it has one (the owner enrolled elsewhere since this sign-in
+    /// started waiting), the enrolment is refused: the answer waits at
+    /// [`Step::Challenge`] from now on, and the page asks for that factor
+    /// (`mfa.enrolment_changed`).
+    pub(super) async fn enrolment_still_first(
+        &self,
+        w: &mut Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> Result<(), MfaAnswer> {
+        if w.step != Step::Enrol {
+            return Ok(());
+        }
+        if !self
+            .usable_second_factor(tenant, &w.validated.sub)
+            .await
+            .map_err(store_failed)?
+        {
+            return Ok(());
+        }
+        Err(self.enrolment_changed(w, handle, tenant, connection).await)
+    }
+
+    /// A sign-in's enrolment refused because the account has a second
+    /// factor by now: counted as a failed sign-in, the answer moved to the
+    /// challenge when a challenge can ask for the factor, and the page shown
+    /// with `mfa.enrolment_changed`.
+    pub(super) async fn enrolment_changed(
+        &self,
+        w: &mut Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+    ) -> MfaAnswer {
+        let reason = "mfa.enrolment_changed";
+        tracing::warn!(reason, tenant = %tenant, connection = %connection, "the account has a second factor by now: the sign-in's enrolment is refused");
+        self.record_failure(tenant, Some(connection), reason).await;
+        match self.usable_second_factor(tenant, &w.validated.sub).await {
+            Ok(true) => {
+                w.step = Step::Challenge;
+                if let Err(e) = self
+                    .store
+                    .put_json(&waiting_key(tenant, handle), &*w, Some(MFA_TTL))
+                    .await
+                {
+                    return store_failed(e);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return store_failed(e),
+        }
+        self.mfa_page(w, handle, Some(reason), Vec::new()).await
     }
 
     /// Keeps `v` waiting for its second factor and sends the browser to the
@@ -341,6 +442,7 @@ impl Broker {
         let status = match error {
             None => 200,
             Some("mfa.throttled" | "passkey.throttled") => 429,
+            Some("mfa.enrolment_changed") => 409,
             Some(_) => 400,
         };
         let passkeys_enabled = self.passkeys.is_some();
@@ -377,12 +479,39 @@ impl Broker {
         })
     }
 
+    /// Whether session `s` may change its user's second factors (every
+    /// self-service change: TOTP enrolment and its first code, the passkeys
+    /// page, adding and removing passkeys): only a recent sign-in
+    /// ([`Broker::authenticated_recently`]), and once the user has a second
+    /// factor only a session that used it
+    /// ([`Broker::second_factor_used_if_any`]).
+    pub(super) async fn may_change_factors(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+        if !self.authenticated_recently(s) {
+            return Err(reauthentication_required(tenant, s));
+        }
+        self.second_factor_used_if_any(tenant, s).await
+    }
+
+    /// Whether session `s` authenticated its user within
+    /// [`FACTOR_CHANGE_MAX_AGE`], by the injected clock. The time counted
+    /// from is the session's `auth_time`: on the connections whose factors
+    /// Portcullis checks itself (the only ones these pages serve) it is
+    /// the moment Portcullis checked the first factor (the password, or a
+    /// passwordless passkey), never an upstream IdP's claim, and the session
+    /// opens at most [`MFA_TTL`] later, once the second factor passed.
+    /// Reusing the session for another app keeps it. A session whose
+    /// authentication time is unknown (`undated`) is never recent.
+    fn authenticated_recently(&self, s: &SsoSession) -> bool {
+        let max_age = i64::try_from(FACTOR_CHANGE_MAX_AGE.as_secs()).unwrap_or(i64::MAX);
+        !s.undated && self.provider.clock.unix().saturating_sub(s.auth_time) <= max_age
+    }
+
     /// Whether session `s` may change its user's second factors: always
     /// when the user has none yet (the first one is set up by the password
     /// alone, trust on first use), otherwise only when the session used
     /// one. A password alone must not add a factor an attacker holds, nor
     /// remove the owner's.
-    pub(super) async fn second_factor_used_if_any(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+    async fn second_factor_used_if_any(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
         if s.mfa || !self.has_second_factor(tenant, &s.sub).await.map_err(store_failed)? {
             return Ok(());
         }
@@ -454,9 +583,10 @@ impl Broker {
             }
             Err(e) => return store_failed(e),
         }
-        // An account with a passkey adds TOTP only from a session that
-        // used a second factor (as its passkeys are managed).
-        if let Err(refusal) = self.second_factor_used_if_any(&tenant, &s).await {
+        // Only a recent sign-in, and an account with a passkey adds TOTP
+        // only from a session that used a second factor (as its passkeys
+        // are managed). Looked at again for the first code.
+        if let Err(refusal) = self.may_change_factors(&tenant, &s).await {
             return refusal;
         }
         let who = match self.provider.directory.get(&tenant, &s.sub).await {
@@ -477,7 +607,11 @@ impl Broker {
         let Some(code) = code else {
             return self.build_page(target, None, Vec::new()).await;
         };
-        match self.mfa().confirm(&tenant, &s.sub, &s.sid, code).await {
+        match self
+            .mfa()
+            .confirm(&tenant, &s.sub, &s.sid, AddedFrom::Session, code)
+            .await
+        {
             Ok((_, codes)) => {
                 tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %s.connection, "TOTP enrolment confirmed");
                 self.mfa_audit(&tenant, &s.connection, &s.sub, "mfa.enrolled").await;
@@ -497,10 +631,15 @@ impl Broker {
     /// enrolment of a waiting answer. `browser` is the secret this
     /// browser's session holds.
     pub async fn mfa_show(&self, tenant: &str, connection: &str, handle: &str, browser: Option<&str>) -> MfaAnswer {
-        match self.waiting(tenant, connection, handle, browser).await {
-            Ok((w, _, _)) => self.mfa_page(&w, handle, None, Vec::new()).await,
-            Err(a) => a,
+        let (mut w, tenant, connection) = match self.waiting(tenant, connection, handle, browser).await {
+            Ok(found) => found,
+            Err(a) => return a,
+        };
+        // The enrolment page starts an enrolment: only while it is the first.
+        if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+            return a;
         }
+        self.mfa_page(&w, handle, None, Vec::new()).await
     }
 
     /// A code typed on the MFA page: a TOTP or recovery code for a
@@ -523,22 +662,13 @@ impl Broker {
         let sub = w.validated.sub.clone();
         match w.step {
             Step::Done => self.mfa_page(&w, handle, None, Vec::new()).await,
-            Step::Enrol => match self.mfa().confirm(&tenant, &sub, handle, code).await {
-                Ok((_, codes)) => {
-                    tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
-                    self.mfa_audit(&tenant, &connection, &sub, "mfa.enrolled").await;
-                    w.step = Step::Done;
-                    if let Err(e) = self
-                        .store
-                        .put_json(&waiting_key(&tenant, handle), &w, Some(MFA_TTL))
-                        .await
-                    {
-                        return store_failed(e);
-                    }
-                    self.mfa_page(&w, handle, None, codes).await
+            Step::Enrol => {
+                if let Err(a) = self.enrolment_still_first(&mut w, handle, &tenant, &connection).await {
+                    return a;
                 }
-                Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
-            },
+                self.confirm_sign_in_enrolment(w, handle, &tenant, &connection, code)
+                    .await
+            }
             Step::Challenge => match self.mfa().verify(&tenant, &sub, code).await {
                 Ok(factor) => {
                     if let Factor::Recovery { remaining } = factor {
@@ -550,6 +680,39 @@ impl Broker {
                 }
                 Err(e) => self.second_factor_refused(&w, handle, &tenant, &connection, e).await,
             },
+        }
+    }
+
+    /// The first code of a sign-in's TOTP enrolment: the recovery codes
+    /// once it is confirmed; refused (`mfa.enrolment_changed`, and the
+    /// answer asked for the factor) when the account has one by now.
+    async fn confirm_sign_in_enrolment(
+        &self,
+        mut w: Waiting,
+        handle: &str,
+        tenant: &TenantId,
+        connection: &ConnectionId,
+        code: &str,
+    ) -> MfaAnswer {
+        let sub = w.validated.sub.clone();
+        match self.mfa().confirm(tenant, &sub, handle, AddedFrom::SignIn, code).await {
+            Ok((_, codes)) => {
+                tracing::info!(reason = "mfa.enrolled", tenant = %tenant, connection = %connection, "TOTP enrolment confirmed");
+                self.mfa_audit(tenant, connection, &sub, "mfa.enrolled").await;
+                w.step = Step::Done;
+                if let Err(e) = self
+                    .store
+                    .put_json(&waiting_key(tenant, handle), &w, Some(MFA_TTL))
+                    .await
+                {
+                    return store_failed(e);
+                }
+                self.mfa_page(&w, handle, None, codes).await
+            }
+            // A TOTP enrolment or a passkey appeared between the look
+            // before and this write.
+            Err(MfaError::Changed) => self.enrolment_changed(&mut w, handle, tenant, connection).await,
+            Err(e) => self.second_factor_refused(&w, handle, tenant, connection, e).await,
         }
     }
 

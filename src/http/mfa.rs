@@ -90,6 +90,9 @@ fn message(reason: Option<&str>) -> &'static str {
         Some("mfa.enrolment_started_elsewhere") => {
             "A set-up was started since in another sign-in or browser, so the key above is new: add it to your app again and type its code."
         }
+        Some("mfa.enrolment_changed") => {
+            "Two-step verification was set up for this account meanwhile, in another sign-in or browser, so none is added here: continue with the one that was set up."
+        }
         Some(r) if r.starts_with("passkey.") => super::passkey::message(Some(r)),
         Some(_) => "That did not work. Please try again.",
     }

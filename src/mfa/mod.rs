@@ -24,6 +24,11 @@
 //! - [`MAX_FAILURES`] wrong TOTP codes in a row lock the user's TOTP codes
 //!   (`mfa.locked`) until a recovery code passes or an admin resets the
 //!   enrolment, so the windows above do not add up to a likely guess.
+//! - A sign-in's enrolment ([`AddedFrom::SignIn`], the password alone)
+//!   adds only an account's first second factor: it is refused
+//!   (`mfa.enrolment_changed`) once the account has a TOTP enrolment or a
+//!   passkey, whenever that came; a signed-in user's own page
+//!   ([`AddedFrom::Session`]) adds more.
 
 pub mod passkey;
 pub mod qr;
@@ -163,7 +168,9 @@ pub enum MfaError {
     /// The user has no enrolment (or no pending one, when confirming).
     #[error("not enrolled")]
     NotEnrolled,
-    /// The enrolment changed meanwhile (a concurrent confirmation or reset).
+    /// The enrolment changed meanwhile (a concurrent confirmation or reset),
+    /// or a sign-in's enrolment finds the account with a second factor by
+    /// now ([`AddedFrom::SignIn`]).
     #[error("enrolment changed meanwhile")]
     Changed,
     /// The pending enrolment is another flow's (started since in another
@@ -190,6 +197,22 @@ impl MfaError {
             Self::Store(_) => "store.unavailable",
         }
     }
+}
+
+/// Where a second factor is being added from, which decides what it may be
+/// added beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddedFrom {
+    /// A sign-in's enrolment step, where only the password was checked: it
+    /// adds the account's first second factor only, never one beside a TOTP
+    /// enrolment or a passkey the account has by then (the sign-in's step
+    /// was decided when its answer started waiting, and the owner may have
+    /// enrolled since, elsewhere).
+    SignIn,
+    /// A signed-in user's own page, from an SSO session the broker let
+    /// change the account's factors (recent, and with the second factor
+    /// once the account has one): it may add more.
+    Session,
 }
 
 /// A code as typed: spaces and dashes dropped, letters upper-cased.
@@ -279,12 +302,15 @@ impl Mfa {
 
     /// Confirms the pending enrolment with its first code: the enrolment
     /// becomes the user's, and its recovery codes are returned (the only
-    /// time they exist in clear).
+    /// time they exist in clear). From a sign-in (`from`), refused
+    /// (`mfa.enrolment_changed`) when the user has a passkey by now; an
+    /// existing TOTP enrolment is never replaced, from anywhere.
     pub async fn confirm(
         &self,
         t: &TenantId,
         sub: &str,
         flow: &str,
+        from: AddedFrom,
         code: &str,
     ) -> Result<(Enrolment, Vec<String>), MfaError> {
         self.count_attempt(t, sub).await?;
@@ -293,6 +319,9 @@ impl Mfa {
         };
         if pending.flow.as_deref() != Some(flow_tag(flow).as_str()) {
             return Err(MfaError::StartedElsewhere);
+        }
+        if from == AddedFrom::SignIn && passkey::has_any(&self.store, t, sub).await? {
+            return Err(MfaError::Changed);
         }
         let key = totp::base32_decode(&pending.secret).ok_or(MfaError::NotEnrolled)?;
         let step = totp::matching_step(&key, &normalise(code), self.clock.unix()).ok_or(MfaError::BadCode)?;
@@ -505,7 +534,7 @@ mod tests {
         );
         assert!(!mfa.enrolled(&t, "u1").await.unwrap());
         let code = code_now(&pending.secret, &clock);
-        let (_, recovery) = mfa.confirm(&t, "u1", "flow", &code).await.unwrap();
+        let (_, recovery) = mfa.confirm(&t, "u1", "flow", AddedFrom::Session, &code).await.unwrap();
         assert_eq!(recovery.len(), RECOVERY_CODES);
         assert!(mfa.enrolled(&t, "u1").await.unwrap());
         // The confirming code cannot sign in again.
@@ -539,7 +568,7 @@ mod tests {
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
         let (_, recovery) = mfa
-            .confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .confirm(&t, "u1", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         let secret = pending.secret;
@@ -575,7 +604,7 @@ mod tests {
         // A right code between wrong ones starts the count again.
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u2", "flow").await.unwrap();
-        mfa.confirm(&t, "u2", "flow", &code_now(&pending.secret, &clock))
+        mfa.confirm(&t, "u2", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         for _ in 0..MAX_FAILURES - 1 {
@@ -610,7 +639,7 @@ mod tests {
     async fn an_earlier_step_is_refused_after_a_later_one() {
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
-        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+        mfa.confirm(&t, "u1", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         clock.advance(chrono::Duration::seconds(60));
@@ -630,7 +659,7 @@ mod tests {
     async fn wrong_codes_are_throttled_in_the_store() {
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
-        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+        mfa.confirm(&t, "u1", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         clock.advance(chrono::Duration::seconds(30));
@@ -654,7 +683,7 @@ mod tests {
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
         let (_, codes) = mfa
-            .confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+            .confirm(&t, "u1", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         let stored = mfa.enrolment(&t, "u1").await.unwrap().unwrap();
@@ -677,7 +706,7 @@ mod tests {
         );
         // Another user's code is not this user's.
         let other = mfa.start_enrolment(&t, "u2", "flow").await.unwrap();
-        mfa.confirm(&t, "u2", "flow", &code_now(&other.secret, &clock))
+        mfa.confirm(&t, "u2", "flow", AddedFrom::Session, &code_now(&other.secret, &clock))
             .await
             .unwrap();
         assert_eq!(
@@ -690,7 +719,7 @@ mod tests {
     async fn reset_removes_the_enrolment() {
         let (mfa, clock, t) = setup();
         let pending = mfa.start_enrolment(&t, "u1", "flow").await.unwrap();
-        mfa.confirm(&t, "u1", "flow", &code_now(&pending.secret, &clock))
+        mfa.confirm(&t, "u1", "flow", AddedFrom::Session, &code_now(&pending.secret, &clock))
             .await
             .unwrap();
         assert!(mfa.reset(&t, "u1").await.unwrap());

@@ -21,8 +21,12 @@
 //! - After a successful authentication the stored counter and backup state
 //!   are updated (compare-and-set); a counter that goes backwards is refused
 //!   by `webauthn-rs` (`passkey.possible_clone`).
+//! - A registration at a sign-in's enrolment ([`AddedFrom::SignIn`]: the
+//!   password alone) adds the account's first second factor only: it is
+//!   refused (`mfa.enrolment_changed`) when the account has a passkey or a
+//!   TOTP enrolment by then. A signed-in user's page adds more.
 
-use super::Mfa;
+use super::{AddedFrom, Mfa};
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
@@ -206,6 +210,10 @@ pub enum PasskeyError {
     /// The user has [`MAX_PASSKEYS`] already.
     #[error("too many passkeys")]
     TooMany,
+    /// A registration at a sign-in's enrolment found the account with a
+    /// second factor by now (a passkey or a TOTP enrolment).
+    #[error("the account has a second factor by now")]
+    EnrolmentChanged,
     /// No such passkey (removal).
     #[error("no such passkey")]
     NotFound,
@@ -238,6 +246,7 @@ impl PasskeyError {
             Self::Verification(_) => "passkey.verification_failed",
             Self::AlreadyRegistered => "passkey.already_registered",
             Self::TooMany => "passkey.too_many",
+            Self::EnrolmentChanged => "mfa.enrolment_changed",
             Self::NotFound => "passkey.not_found",
             Self::Throttled => "passkey.throttled",
             Self::Changed => "passkey.changed",
@@ -446,12 +455,17 @@ impl Passkeys {
     }
 
     /// Finishes a registration: checks the browser's answer against the
-    /// state and stores the passkey under `name`.
+    /// state and stores the passkey under `name`. From a sign-in (`from`),
+    /// refused (`mfa.enrolment_changed`) when the user has a TOTP enrolment
+    /// or a passkey by now: the passkeys are checked in the compare-and-set
+    /// that adds this one, the TOTP enrolment just before it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_registration(
         &self,
         t: &TenantId,
         sub: &str,
         connection: &ConnectionId,
+        from: AddedFrom,
         state: &PasskeyRegistration,
         credential: &str,
         name: &str,
@@ -461,6 +475,9 @@ impl Passkeys {
             .webauthn
             .finish_passkey_registration(&reg, state)
             .map_err(PasskeyError::from_webauthn)?;
+        if from == AddedFrom::SignIn && self.mfa().enrolled(t, sub).await? {
+            return Err(PasskeyError::EnrolmentChanged);
+        }
         let stored = StoredPasskey {
             id: id_of(&passkey),
             name: clean_name(name),
@@ -476,6 +493,9 @@ impl Passkeys {
                 return Err(PasskeyError::Changed);
             };
             let mut u: UserPasskeys = serde_json::from_slice(&raw).map_err(store_corrupt)?;
+            if from == AddedFrom::SignIn && !u.passkeys.is_empty() {
+                return Err(PasskeyError::EnrolmentChanged);
+            }
             if u.passkeys.iter().any(|p| p.id == stored.id) {
                 return Err(PasskeyError::AlreadyRegistered);
             }
@@ -862,7 +882,7 @@ mod tests {
             panic!("not a registration");
         };
         assert_eq!(
-            p.finish_registration(&t, "u1", &c, &state, "", "k")
+            p.finish_registration(&t, "u1", &c, AddedFrom::Session, &state, "", "k")
                 .await
                 .unwrap_err()
                 .reason(),
@@ -891,7 +911,7 @@ mod tests {
             "extensions": {},
         });
         assert_eq!(
-            p.finish_registration(&t, "u1", &c, &state, &cred.to_string(), "k")
+            p.finish_registration(&t, "u1", &c, AddedFrom::Session, &state, &cred.to_string(), "k")
                 .await
                 .unwrap_err()
                 .reason(),

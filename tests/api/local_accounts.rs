@@ -1019,7 +1019,9 @@ async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolm
     let key = totp::base32_decode(&pending.secret).unwrap();
     let step = totp::step_of(provider.clock.unix()).unwrap();
     let code = totp::code_at(totp::Algorithm::Sha1, &key, step, 6).unwrap();
-    mfa.confirm(&t, &sub, "flow", &code).await.unwrap();
+    mfa.confirm(&t, &sub, "flow", portcullis::mfa::AddedFrom::Session, &code)
+        .await
+        .unwrap();
     assert!(mfa.enrolled(&t, &sub).await.unwrap());
 
     let one = format!("{base}/ada%40acme.example");

@@ -322,7 +322,15 @@ async fn a_password_alone_does_not_change_the_password_of_an_account_with_a_seco
         use portcullis::clock::Clock;
         totp::code_at(totp::Algorithm::Sha1, &key, totp::step_of(clock.unix()).unwrap(), 6).unwrap()
     };
-    mfa.confirm(&WORLD.t(), &sub, "flow", &code_now()).await.unwrap();
+    mfa.confirm(
+        &WORLD.t(),
+        &sub,
+        "flow",
+        portcullis::mfa::AddedFrom::Session,
+        &code_now(),
+    )
+    .await
+    .unwrap();
 
     // Not signed in: the right current password is not enough.
     let mut stranger = Browser::new();

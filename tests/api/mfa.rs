@@ -14,7 +14,7 @@ use portcullis::mfa::totp;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn clock() -> ManualClock {
+pub(crate) fn clock() -> ManualClock {
     ManualClock::at(
         chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:10Z")
             .unwrap()
@@ -44,7 +44,7 @@ async fn replicas_with_prefix(clock: &ManualClock) -> ((TestApp, TestApp), Strin
     ((a, b), prefix)
 }
 
-async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
+pub(crate) async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
     let resp = app
         .client
         .get(app.url(path))
@@ -56,7 +56,7 @@ async fn admin_json(app: &TestApp, path: &str) -> serde_json::Value {
     resp.json().await.unwrap()
 }
 
-async fn set_local_mfa(app: &TestApp, value: &str) {
+pub(crate) async fn set_local_mfa(app: &TestApp, value: &str) {
     let resp = app
         .client
         .patch(app.url("/admin/v1/tenants/demo"))
@@ -71,13 +71,13 @@ async fn set_local_mfa(app: &TestApp, value: &str) {
 
 /// Starts a demo sign-in through the dev IdP as `email`; returns the page
 /// the sign-in lands on (the MFA page, or the demo app).
-async fn dev_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
+pub(crate) async fn dev_sign_in(app: &TestApp, browser: &mut Browser, email: &str) -> Page {
     let login = browser.get(&app.url("/demo/login")).await;
     assert!(login.url.path().starts_with("/dev/"), "{}", browser.trail());
     browser.fill_and_submit(&login, None, &[("email", email)]).await
 }
 
-fn assert_reason(page: &Page, status: u16, reason: &str) {
+pub(crate) fn assert_reason(page: &Page, status: u16, reason: &str) {
     assert_eq!(page.status.as_u16(), status, "{}", page.body);
     assert!(
         page.body.contains(&format!("<code>{reason}</code>")),
@@ -87,7 +87,7 @@ fn assert_reason(page: &Page, status: u16, reason: &str) {
 }
 
 /// The secret the enrolment page shows as text.
-fn shown_secret(page: &Page) -> String {
+pub(crate) fn shown_secret(page: &Page) -> String {
     let start = page.body.find("<code id=\"secret\"").expect("no secret on the page");
     let rest = &page.body[start..];
     let open = rest.find('>').unwrap() + 1;
@@ -96,7 +96,7 @@ fn shown_secret(page: &Page) -> String {
 }
 
 /// The TOTP code of `secret` at `clock`'s time, `offset` steps away.
-fn code(secret: &str, clock: &ManualClock, offset: i64) -> String {
+pub(crate) fn code(secret: &str, clock: &ManualClock, offset: i64) -> String {
     use portcullis::clock::Clock;
     let key = totp::base32_decode(secret).unwrap();
     let step = totp::step_of(clock.unix()).unwrap().checked_add_signed(offset).unwrap();
@@ -113,7 +113,7 @@ fn wrong_code(secret: &str, clock: &ManualClock) -> String {
 }
 
 /// The `amr` values in the demo page's ID token claims.
-fn amr_of(page: &Page) -> Vec<String> {
+pub(crate) fn amr_of(page: &Page) -> Vec<String> {
     let body = decode_entities(&page.body);
     let start = body.find("\"amr\": [").unwrap_or_else(|| panic!("no amr: {body}"));
     let rest = &body[start + 8..];
@@ -127,7 +127,12 @@ fn amr_of(page: &Page) -> Vec<String> {
 
 /// Enrols `email` (local_mfa required) and signs in; returns the secret,
 /// the recovery codes and the demo page.
-async fn enrol(app: &TestApp, browser: &mut Browser, clock: &ManualClock, email: &str) -> (String, Vec<String>, Page) {
+pub(crate) async fn enrol(
+    app: &TestApp,
+    browser: &mut Browser,
+    clock: &ManualClock,
+    email: &str,
+) -> (String, Vec<String>, Page) {
     let page = dev_sign_in(app, browser, email).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
@@ -489,6 +494,62 @@ async fn a_signed_in_user_enrols_on_their_own_where_mfa_is_optional() {
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
 }
 
+/// Factors change only from a recent sign-in: sessions last hours, and a
+/// browser left signed in must not let whoever sits at it set up a second
+/// factor of their own. Up to ten minutes after signing in the session
+/// enrols; past them, neither the page nor a code typed on a page it
+/// showed before (403 `mfa.reauthentication_required`, telling the person
+/// to sign in again); a fresh sign-in enrols straight away.
+#[tokio::test]
+async fn a_session_signed_in_over_ten_minutes_ago_enrols_nothing_until_the_person_signs_in_again() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "optional").await;
+    let enroll = app.url("/mfa/demo/enroll");
+    let email = "stale@demo.example";
+
+    let mut browser = Browser::new();
+    let demo = dev_sign_in(&app, &mut browser, email).await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", browser.trail());
+    // Ten minutes on: still recent.
+    clock.advance(chrono::Duration::minutes(10));
+    let page = browser.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let secret = shown_secret(&page);
+
+    // A second later, and an hour later: refused.
+    clock.advance(chrono::Duration::seconds(1));
+    let typed = browser
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_reason(&typed, 403, "mfa.reauthentication_required");
+    assert!(
+        typed.body.contains("sign in to the application again"),
+        "{}",
+        typed.body
+    );
+    clock.advance(chrono::Duration::hours(1));
+    assert_reason(&browser.get(&enroll).await, 403, "mfa.reauthentication_required");
+    let sub = sub_of(&app, email).await;
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    assert!(
+        !app.state.store.exists(&key).await.unwrap(),
+        "enrolled from a stale session"
+    );
+
+    // Signed in again (a new browser: this one's session would be reused).
+    let mut fresh = Browser::new();
+    dev_sign_in(&app, &mut fresh, email).await;
+    let page = fresh.get(&enroll).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let secret = shown_secret(&page);
+    let done = fresh
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body.matches("<li><code>").count(), 10, "{}", done.body);
+}
+
 /// The settings of a raw store on the test Redis under `prefix` (what the
 /// gateway opens underneath the sealing).
 fn store_settings(prefix: &str) -> portcullis::config::Settings {
@@ -625,6 +686,81 @@ async fn a_session_without_the_second_factor_changes_none_of_the_accounts_factor
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
 }
 
+/// Passkeys are added and removed only from a recent sign-in: a session
+/// that used its second factor an hour ago changes none, neither through
+/// the page nor by a removal posted from a page it showed before (403
+/// `mfa.reauthentication_required`); right after a fresh sign-in with the
+/// second factor the passkey is removed.
+#[tokio::test]
+async fn a_session_signed_in_an_hour_ago_removes_no_passkey_until_the_person_signs_in_again() {
+    let clock = clock();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        public_host: Some("localhost".into()),
+        configure: Some(std::sync::Arc::new(|s| s.passkeys.enabled = true)),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "optional").await;
+    let passkeys = app.url("/mfa/demo/passkeys");
+    let email = "keys@demo.example";
+
+    // TOTP first, from a fresh session.
+    let mut first = Browser::new();
+    dev_sign_in(&app, &mut first, email).await;
+    let page = first.get(&app.url("/mfa/demo/enroll")).await;
+    let secret = shown_secret(&page);
+    let done = first
+        .fill_and_submit(&page, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+
+    // A session that used it adds a passkey.
+    let sign_in_with_totp = |browser: Browser| {
+        let (app, clock, secret) = (&app, &clock, &secret);
+        async move {
+            let mut browser = browser;
+            let challenge = dev_sign_in(app, &mut browser, email).await;
+            let demo = browser
+                .fill_and_submit(&challenge, None, &[("code", &code(secret, clock, 0))])
+                .await;
+            assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+            browser
+        }
+    };
+    clock.advance(chrono::Duration::seconds(30));
+    let mut browser = sign_in_with_totp(Browser::new()).await;
+    let page = browser.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let added = crate::support::soft_passkey::register_on_page(&mut browser, &page, &app.base, "Laptop").await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let remove_form = |page: &Page| {
+        page.forms()
+            .into_iter()
+            .find(|f| f.field("action") == Some("remove"))
+            .unwrap_or_else(|| panic!("no passkey to remove: {}", page.body))
+    };
+    let sub = sub_of(&app, email).await;
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, ["Laptop"]);
+
+    // An hour later the same session changes nothing.
+    clock.advance(chrono::Duration::hours(1));
+    let refused = browser.submit(&added, &remove_form(&added)).await;
+    assert_reason(&refused, 403, "mfa.reauthentication_required");
+    assert_reason(&browser.get(&passkeys).await, 403, "mfa.reauthentication_required");
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, ["Laptop"]);
+
+    // Signed in again with the second factor: removed.
+    let mut fresh = sign_in_with_totp(Browser::new()).await;
+    let page = fresh.get(&passkeys).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let removed = fresh.submit(&page, &remove_form(&page)).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert!(removed.body.contains("The passkey was removed."), "{}", removed.body);
+    assert_eq!(crate::passkeys::passkey_names(&app, &sub).await, Vec::<String>::new());
+}
+
 /// A pending enrolment belongs to the sign-in that started it. Someone who
 /// knows the password and signs in while the owner is enrolling does not
 /// get the owner's secret (before, every sign-in of the user showed the
@@ -662,11 +798,13 @@ async fn a_pending_enrolment_is_its_sign_ins_own_and_never_shown_to_another() {
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(done.body.contains("Save your recovery codes"), "{}", done.body);
 
-    // The attacker's secret confirms nothing, and signs no one in.
+    // The attacker's secret confirms nothing, and signs no one in: the
+    // account has the owner's factor now, so the attacker's sign-in adds
+    // none and is asked for it.
     let refused = attacker
         .fill_and_submit(&attackers_page, None, &[("code", &code(&attackers_secret, &clock, 0))])
         .await;
-    assert_reason(&refused, 400, "mfa.not_enrolled");
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
     clock.advance(chrono::Duration::seconds(30));
     let mut later = Browser::new();
     let challenge = dev_sign_in(&app, &mut later, email).await;
@@ -678,4 +816,70 @@ async fn a_pending_enrolment_is_its_sign_ins_own_and_never_shown_to_another() {
         .fill_and_submit(&wrong, None, &[("code", &code(&fresh, &clock, 0))])
         .await;
     assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
+
+/// The `sub` of the demo tenant's user `email` (admin API).
+pub(crate) async fn sub_of(app: &TestApp, email: &str) -> String {
+    let users = admin_json(app, "/admin/v1/tenants/demo/users").await;
+    users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email)
+        .unwrap_or_else(|| panic!("no user {email}: {users}"))["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A sign-in left at the enrolment adds no factor to an account that has
+/// one by then. Its step was decided when its answer started waiting (up to
+/// ten minutes); meanwhile the owner enrolled in another browser. Whoever
+/// parked it with the password alone is refused at its first code
+/// (`mfa.enrolment_changed`, 409) and asked for the owner's factor instead:
+/// the owner's enrolment stays the account's only one, and no session opens.
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_adds_no_factor_once_the_owner_enrolled_elsewhere() {
+    let clock = clock();
+    let (app, _other) = replicas(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let email = "parked@demo.example";
+
+    // The attacker, with the password, parks a sign-in at the enrolment.
+    let mut attacker = Browser::new();
+    let parked = dev_sign_in(&app, &mut attacker, email).await;
+    assert!(parked.url.path().starts_with("/mfa/demo/dev"), "{}", attacker.trail());
+    let attackers_secret = shown_secret(&parked);
+
+    // The owner enrols in another browser.
+    let mut owner = Browser::new();
+    let (owners_secret, _, _) = enrol(&app, &mut owner, &clock, email).await;
+
+    // The parked sign-in's first code: refused, and the sign-in now asks
+    // for the owner's factor; reloaded, it starts no enrolment either.
+    let refused = attacker
+        .fill_and_submit(&parked, None, &[("code", &code(&attackers_secret, &clock, 0))])
+        .await;
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
+    assert!(refused.body.contains("Two-step verification"), "{}", refused.body);
+    assert!(!refused.body.contains("<svg"), "an enrolment shown: {}", refused.body);
+    let reloaded = attacker.get(&parked.url).await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.body);
+    assert!(reloaded.body.contains("Two-step verification"), "{}", reloaded.body);
+    assert!(!reloaded.body.contains("<svg"), "an enrolment shown: {}", reloaded.body);
+
+    // The owner's enrolment is the account's only one, and the attacker
+    // has no session.
+    let sub = sub_of(&app, email).await;
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    let stored = app.state.store.get(&key).await.unwrap().expect("the owner's enrolment");
+    assert!(
+        String::from_utf8_lossy(&stored).contains(&owners_secret),
+        "the enrolment was replaced"
+    );
+    assert_reason(
+        &attacker.get(&app.url("/mfa/demo/enroll")).await,
+        401,
+        "mfa.not_signed_in",
+    );
 }

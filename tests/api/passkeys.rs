@@ -535,3 +535,249 @@ async fn passkey_pages_refuse_when_off_without_a_session_a_csrf_token_a_ceremony
     assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
     assert!(r.text().await.unwrap().contains("passkey.challenge_hook"));
 }
+
+/// A dev-mode gateway at `http://localhost:PORT` with passkeys, on `clock`.
+async fn dev_gateway(clock: &portcullis::clock::ManualClock) -> TestApp {
+    spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        public_host: Some("localhost".into()),
+        configure: Some(Arc::new(|s| s.passkeys.enabled = true)),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// The passkey step of the waiting sign-in whose MFA page is at `mfa_page`.
+fn passkey_step(app: &TestApp, mfa_page: &url::Url) -> url::Url {
+    let handle = mfa_page
+        .query_pairs()
+        .find(|(k, _)| k == "handle")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no handle in {mfa_page}"));
+    let mut url = app.url("/mfa/demo/dev/passkey");
+    url.query_pairs_mut().append_pair("handle", &handle);
+    url
+}
+
+/// Answers the registration form of a passkey page with a software passkey.
+async fn register_soft_passkey(
+    app: &TestApp,
+    browser: &mut crate::support::browser::Browser,
+    page: &crate::support::browser::Page,
+    name: &str,
+) -> crate::support::browser::Page {
+    crate::support::soft_passkey::register_on_page(browser, page, &app.base, name).await
+}
+
+pub(crate) async fn passkey_names(app: &TestApp, sub: &str) -> Vec<String> {
+    let (status, list) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/demo/users/{sub}/passkeys"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    list["passkeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The passkey variant of a sign-in parked at the enrolment: the attacker,
+/// with the password alone, opened the passkey registration of a sign-in
+/// waiting at the enrolment; the owner then enrolled TOTP in another
+/// browser. The attacker's passkey is refused (`mfa.enrolment_changed`,
+/// 409), none is stored, the sign-in asks for the owner's factor, and no
+/// session opens. A first passkey at the enrolment (nothing enrolled) is
+/// registered as before.
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_registers_no_passkey_once_the_owner_enrolled_totp() {
+    use crate::mfa::{assert_reason, dev_sign_in, enrol, set_local_mfa, sub_of};
+    use crate::support::browser::Browser;
+    let clock = crate::mfa::clock();
+    let app = dev_gateway(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let email = "parked-passkey@demo.example";
+
+    let mut attacker = Browser::new();
+    let parked = dev_sign_in(&app, &mut attacker, email).await;
+    assert!(parked.url.path().starts_with("/mfa/demo/dev"), "{}", attacker.trail());
+    let register = attacker.get(&passkey_step(&app, &parked.url)).await;
+    assert_eq!(register.status, reqwest::StatusCode::OK, "{}", register.body);
+
+    let mut owner = Browser::new();
+    enrol(&app, &mut owner, &clock, email).await;
+
+    let refused = register_soft_passkey(&app, &mut attacker, &register, "Attacker").await;
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
+    assert!(refused.body.contains("Two-step verification"), "{}", refused.body);
+    let sub = sub_of(&app, email).await;
+    assert_eq!(passkey_names(&app, &sub).await, Vec::<String>::new());
+    // Opened again, the passkey step registers nothing: it asks for a
+    // passkey the account does not have.
+    let again = attacker.get(&passkey_step(&app, &parked.url)).await;
+    assert!(!again.body.contains("data-passkey=\"create\""), "{}", again.body);
+    assert_reason(
+        &attacker.get(&app.url("/mfa/demo/enroll")).await,
+        401,
+        "mfa.not_signed_in",
+    );
+
+    // Nothing enrolled yet: the passkey is the account's first factor.
+    let mut newcomer = Browser::new();
+    let page = dev_sign_in(&app, &mut newcomer, "newcomer@demo.example").await;
+    let register = newcomer.get(&passkey_step(&app, &page.url)).await;
+    let registered = register_soft_passkey(&app, &mut newcomer, &register, "Laptop").await;
+    assert_eq!(registered.status, reqwest::StatusCode::OK, "{}", registered.body);
+    assert!(registered.body.contains("data-passkey=\"get\""), "{}", registered.body);
+    let sub = sub_of(&app, "newcomer@demo.example").await;
+    assert_eq!(passkey_names(&app, &sub).await, ["Laptop"]);
+}
+
+/// The other way round: the owner registers a passkey at the enrolment of
+/// their own sign-in while the attacker's sign-in waits at its TOTP
+/// enrolment. The attacker's first TOTP code is refused
+/// (`mfa.enrolment_changed`, 409): no TOTP enrolment is added beside the
+/// owner's passkey, and no session opens.
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_confirms_no_totp_once_the_owner_registered_a_passkey() {
+    use crate::mfa::{assert_reason, code, dev_sign_in, set_local_mfa, shown_secret, sub_of};
+    use crate::support::browser::Browser;
+    let clock = crate::mfa::clock();
+    let app = dev_gateway(&clock).await;
+    set_local_mfa(&app, "required").await;
+    let email = "parked-totp@demo.example";
+
+    let mut attacker = Browser::new();
+    let parked = dev_sign_in(&app, &mut attacker, email).await;
+    let attackers_secret = shown_secret(&parked);
+
+    // The owner goes straight to the passkey step of their sign-in's
+    // enrolment (the attacker's pending TOTP enrolment stays as it is).
+    let mut owner = Browser::new();
+    let login = owner.get(&app.url("/demo/login")).await;
+    let mut form = login.form(None);
+    form.set("email", email);
+    let at_mfa = owner
+        .submit_until(&login, &form, &|u: &url::Url| u.path().starts_with("/mfa/"))
+        .await
+        .stopped();
+    let register = owner.get(&passkey_step(&app, &at_mfa)).await;
+    assert_eq!(register.status, reqwest::StatusCode::OK, "{}", register.body);
+    let registered = register_soft_passkey(&app, &mut owner, &register, "Owner's key").await;
+    assert_eq!(registered.status, reqwest::StatusCode::OK, "{}", registered.body);
+    let sub = sub_of(&app, email).await;
+    assert_eq!(passkey_names(&app, &sub).await, ["Owner's key"]);
+
+    let refused = attacker
+        .fill_and_submit(&parked, None, &[("code", &code(&attackers_secret, &clock, 0))])
+        .await;
+    assert_reason(&refused, 409, "mfa.enrolment_changed");
+    assert!(refused.body.contains("Use a passkey"), "{}", refused.body);
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    assert!(
+        !app.state.store.exists(&key).await.unwrap(),
+        "a TOTP enrolment was added"
+    );
+    assert_reason(
+        &attacker.get(&app.url("/mfa/demo/enroll")).await,
+        401,
+        "mfa.not_signed_in",
+    );
+}
+
+/// Registers a software passkey for `sub` through the store-level service
+/// (`mfa_handle`: a sign-in's enrolment, or `None` for a signed-in user).
+async fn register_at_store(
+    pk: &portcullis::mfa::passkey::Passkeys,
+    sub: &str,
+    from: portcullis::mfa::AddedFrom,
+) -> Result<(), String> {
+    use portcullis::mfa::passkey::Purpose;
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let c = portcullis::ids::ConnectionId::parse("pw").unwrap();
+    let handle = (from == portcullis::mfa::AddedFrom::SignIn).then(|| "sign-in".to_owned());
+    let started = pk
+        .start_registration(&t, sub, &c, "a@acme.example", handle, "s")
+        .await
+        .unwrap();
+    let Purpose::Register { state, .. } = pk.take(&t, &started.handle, Some("s")).await.unwrap() else {
+        panic!("not a registration");
+    };
+    let credential =
+        crate::support::soft_passkey::SoftPasskey::new().register(&started.options, "http://localhost:8080");
+    pk.finish_registration(&t, sub, &c, from, &state, &credential, "Key")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.reason().to_owned())
+}
+
+/// Defence in depth below the broker's look: the store-level services
+/// refuse a sign-in's enrolment beside any factor the account has
+/// (`Mfa::confirm` beside a passkey, `Passkeys::finish_registration` beside
+/// a TOTP enrolment or a passkey: `mfa.enrolment_changed`), and still add
+/// more from a signed-in user's page.
+#[tokio::test]
+async fn the_stores_refuse_a_sign_ins_enrolment_beside_a_factor_and_add_more_from_a_session() {
+    use portcullis::mfa::passkey::{read, Passkeys};
+    use portcullis::mfa::{AddedFrom, Mfa};
+    let clock = crate::mfa::clock();
+    let shared: portcullis::clock::SharedClock = Arc::new(clock.clone());
+    let store: portcullis::store::SharedStore = Arc::new(portcullis::store::memory::MemoryStore::new(shared.clone()));
+    let url = url::Url::parse("http://localhost:8080").unwrap();
+    let pk = Passkeys::new(store.clone(), shared.clone(), &url, "Portcullis").unwrap();
+    let mfa = Mfa::new(store.clone(), shared);
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let count = |sub: &'static str| {
+        let (store, t) = (store.clone(), t.clone());
+        async move { read(&store, &t, sub).await.unwrap().map_or(0, |u| u.passkeys.len()) }
+    };
+
+    // TOTP first (a sign-in's, the first factor): then a sign-in's passkey
+    // is refused, a signed-in user's is added.
+    let pending = mfa.start_enrolment(&t, "u1", "h1").await.unwrap();
+    mfa.confirm(
+        &t,
+        "u1",
+        "h1",
+        AddedFrom::SignIn,
+        &crate::mfa::code(&pending.secret, &clock, 0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        register_at_store(&pk, "u1", AddedFrom::SignIn).await.unwrap_err(),
+        "mfa.enrolment_changed"
+    );
+    assert_eq!(count("u1").await, 0);
+    register_at_store(&pk, "u1", AddedFrom::Session).await.unwrap();
+    assert_eq!(count("u1").await, 1);
+
+    // A passkey first (a sign-in's, the first factor): then a sign-in's
+    // TOTP enrolment and a second sign-in's passkey are refused; from a
+    // signed-in user's page both are added.
+    register_at_store(&pk, "u2", AddedFrom::SignIn).await.unwrap();
+    let pending = mfa.start_enrolment(&t, "u2", "h2").await.unwrap();
+    let first = crate::mfa::code(&pending.secret, &clock, 0);
+    assert_eq!(
+        mfa.confirm(&t, "u2", "h2", AddedFrom::SignIn, &first)
+            .await
+            .unwrap_err()
+            .reason(),
+        "mfa.enrolment_changed"
+    );
+    assert!(!mfa.enrolled(&t, "u2").await.unwrap());
+    assert_eq!(
+        register_at_store(&pk, "u2", AddedFrom::SignIn).await.unwrap_err(),
+        "mfa.enrolment_changed"
+    );
+    assert_eq!(count("u2").await, 1);
+    mfa.confirm(&t, "u2", "h2", AddedFrom::Session, &first).await.unwrap();
+    assert!(mfa.enrolled(&t, "u2").await.unwrap());
+    register_at_store(&pk, "u2", AddedFrom::Session).await.unwrap();
+    assert_eq!(count("u2").await, 2);
+}

@@ -20,3 +20,4 @@ pub mod replay_free;
 pub mod round_robin;
 pub mod saml_world;
 pub mod smtp;
+pub mod soft_passkey;
