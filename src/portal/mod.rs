@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use links::{LinkError, LinkKind, PortalSession, SetupLinks};
+use links::{LinkError, LinkKind, NoSession, PortalSession, SetupLinks};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -162,20 +162,36 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chrome), Response> {
     let session = match cookie_value(headers) {
         Some(token) => links(s).session(&token).await.map_err(|e| unavailable(s, e))?,
-        None => None,
+        None => Err(NoSession::Absent),
     };
-    let Some(session) = session else {
-        tracing::info!(
-            reason = "portal.no_session",
-            "portal page without a live portal session"
-        );
-        return Err(message(
-            s,
-            StatusCode::UNAUTHORIZED,
-            "Your setup session has ended",
-            "Open the setup link you were sent again, or ask for a new one if it was already used.",
-            "portal.no_session",
-        ));
+    let session = match session {
+        Ok(session) => session,
+        Err(NoSession::Absent) => {
+            tracing::info!(
+                reason = "portal.no_session",
+                "portal page without a live portal session"
+            );
+            return Err(message(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "Your setup session has ended",
+                "Open the setup link you were sent again, or ask for a new one if it was already used.",
+                "portal.no_session",
+            ));
+        }
+        Err(NoSession::Revoked) => {
+            tracing::warn!(
+                reason = "portal.link_revoked",
+                "portal page with a session whose setup link was revoked"
+            );
+            return Err(message(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "This setup link was revoked",
+                "The application's operator revoked the setup link this session came from. Ask them for a new link if you still need one.",
+                "portal.link_revoked",
+            ));
+        }
     };
     let tenant = s.tenants.get(&session.tenant).await.map_err(|e| unavailable(s, e))?;
     // A session opened for an earlier tenant under this id sees nothing of
@@ -248,6 +264,13 @@ async fn open_link(State(s): State<Arc<AppState>>, Path(token): Path<String>) ->
             StatusCode::GONE,
             "This setup link was already used",
             "A setup link opens once. If that was not you, tell the application's operator; otherwise ask them for a new link.",
+            e.reason(),
+        ),
+        Err(e @ LinkError::Revoked) => message(
+            &s,
+            StatusCode::GONE,
+            "This setup link was revoked",
+            "The application's operator revoked this setup link. Ask them for a new one if you still need it.",
             e.reason(),
         ),
         Err(e @ LinkError::Expired) => message(

@@ -103,7 +103,18 @@ async fn setup_links_and_portal_sessions_die_with_their_tenant_even_if_its_id_is
 
     // Another customer gets the id.
     app.delete_tenant("acme").await;
+    let index = portcullis::store::Key::tenant("acme", "setup", "links");
+    assert_eq!(
+        app.state.store.set_members(&index).await.unwrap(),
+        Vec::<String>::new(),
+        "the purge left the setup links' index"
+    );
     app.create_tenant("acme", "Another Acme", &[]).await;
+    let (status, list) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/setup-links", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["setup_links"], json!([]), "{list}");
 
     let (status, body) = portal(cookie).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -154,6 +165,125 @@ async fn setup_links_need_the_platform_admin_and_a_bounded_ttl() {
     let resp = app.client.get(app.url("/portal")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.text().await.unwrap().contains("portal.no_session"));
+}
+
+/// Opens a setup link as the tenant admin's browser does.
+async fn open_link(app: &TestApp, link: &url::Url) -> reqwest::Response {
+    app.client.get(link.clone()).send().await.unwrap()
+}
+
+/// The portal's start page with `cookie`: status and body.
+async fn portal_page(app: &TestApp, cookie: &str) -> (StatusCode, String) {
+    let resp = app
+        .client
+        .get(app.url("/portal"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn revoked_setup_links_no_longer_open_and_end_their_portal_sessions() {
+    let app = dev_app(None).await;
+    let path = "/admin/v1/tenants/demo/setup-links";
+    let first = app.admin_create(path, json!({ "ttl_secs": 3600 })).await;
+    let second = app
+        .admin_create(path, json!({ "ttl_secs": 7200, "kind": "saml" }))
+        .await;
+    let url_of = |link: &serde_json::Value| url::Url::parse(link["url"].as_str().unwrap()).unwrap();
+    let opened = open_link(&app, &url_of(&second)).await;
+    assert_eq!(opened.status(), StatusCode::SEE_OTHER);
+    let cookie = opened.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(portal_page(&app, &cookie).await.0, StatusCode::OK);
+
+    // Both are listed, without their tokens; the second as opened.
+    let (status, list) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let links = list["setup_links"].as_array().unwrap();
+    assert_eq!(links.len(), 2, "{list}");
+    let listed = |link: &serde_json::Value| {
+        links
+            .iter()
+            .find(|l| l["id"] == link["id"])
+            .unwrap_or_else(|| panic!("{} not listed: {list}", link["id"]))
+            .clone()
+    };
+    let (one, two) = (listed(&first), listed(&second));
+    assert_eq!(one["opened"], false, "{one}");
+    assert_eq!(one["expires_at"], first["expires_at"], "{one}");
+    assert!(one["created_at"].is_string(), "{one}");
+    assert_eq!(two["opened"], true, "{two}");
+    assert!(two["opened_at"].is_string(), "{two}");
+    assert_eq!(two["kind"], "saml", "{two}");
+    for link in [&first, &second] {
+        let token = url_of(link).path().rsplit('/').next().unwrap().to_owned();
+        assert!(!list.to_string().contains(&token), "a token is listed: {list}");
+    }
+
+    // A tenant key neither lists nor revokes them.
+    let (status, key) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/demo/api-keys",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+    let one_path = format!("{path}/{}", first["id"].as_str().unwrap());
+    for (method, target) in [
+        (reqwest::Method::GET, path.to_owned()),
+        (reqwest::Method::DELETE, one_path.clone()),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url(&target))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "{method} {target} with a tenant key"
+        );
+    }
+
+    // The platform admin revokes both.
+    for link in [&first, &second] {
+        let (status, body) = app
+            .admin(
+                reqwest::Method::DELETE,
+                &format!("{path}/{}", link["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (status, _) = app.admin(reqwest::Method::DELETE, &one_path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "revoked twice");
+    let (status, list) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["setup_links"], json!([]), "{list}");
+    assert_eq!(app.tenant_audit("demo", "setup_link.revoked").await.len(), 2);
+
+    // The unopened link no longer opens; the opened one's session has ended.
+    let resp = open_link(&app, &url_of(&first)).await;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(resp.headers().get("set-cookie").is_none());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("setup.link_revoked"), "{body}");
+    let (status, body) = portal_page(&app, &cookie).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("portal.link_revoked"), "{body}");
 }
 
 #[tokio::test]
