@@ -4,8 +4,10 @@
 //! customer's IT admin. Its token reads `<tenant>.<random>`: the tenant
 //! prefix routes the lookup to tenant-scoped keys, and the store keeps only
 //! the SHA-256 of the token (with a TTL equal to the link's lifetime).
-//! Opening the link consumes it atomically ([`Store::take_and_mark`]): of two
-//! browsers opening it, one gets a portal session, the other a "used" page.
+//! Opening the link (a `POST` from the page its URL shows; a `GET` only
+//! looks, [`SetupLinks::peek`]) consumes it atomically
+//! ([`Store::take_and_mark`]): of two browsers opening it, one gets a portal
+//! session, the other a "used" page.
 //!
 //! A portal session is the tenant admin's browser session in the portal: its
 //! own cookie, its own random token (again `<tenant>.<random>`, hashed at
@@ -28,8 +30,9 @@
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
 use crate::store::{Key, Read, SharedStore, StoreError, StoreJson, Taken, Write};
-use crate::tenant::{RegistryError, TenantRegistry};
+use crate::tenant::{RegistryError, Tenant, TenantRegistry};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The shortest lifetime a setup link may have.
@@ -305,6 +308,66 @@ impl SetupLinks {
         Ok((token, link))
     }
 
+    /// The tenant a link may still be opened for, as it is now: refused when
+    /// the link is expired or revoked, or its tenant gone or created again
+    /// since the link was made.
+    async fn live_tenant(
+        &self,
+        tenant: &TenantId,
+        link: &SetupLink,
+        now: i64,
+        tenants: &TenantRegistry,
+    ) -> Result<Arc<Tenant>, LinkError> {
+        if link.tenant != *tenant || now >= link.expires_at {
+            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id);
+            return Err(LinkError::Expired);
+        }
+        // Revoked while an exchange was under way (the marker comes first).
+        if self.store.exists(&revoked_key(tenant, &link.id)).await? {
+            tracing::warn!(reason = "setup.link_revoked", tenant = %tenant, link = %link.id, "revoked setup link opened");
+            return Err(LinkError::Revoked);
+        }
+        let live = tenants.get(tenant).await.map_err(|e| match e {
+            RegistryError::Store(e) => e,
+            other => StoreError::Corrupt(other.to_string()),
+        })?;
+        let Some(live) = live else {
+            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id, "the tenant is gone");
+            return Err(LinkError::Expired);
+        };
+        if link.incarnation.as_deref() != Some(live.incarnation.as_str()) {
+            tracing::warn!(
+                reason = "setup.link_expired",
+                tenant = %tenant,
+                link = %link.id,
+                "setup link made for an earlier tenant under this id"
+            );
+            return Err(LinkError::Expired);
+        }
+        Ok(live)
+    }
+
+    /// Looks at a link without opening it (what a `GET` of its URL does, so
+    /// a mail scanner or a link preview fetching it spends nothing): the
+    /// link and its tenant when it may be opened, else why not, as
+    /// [`Self::exchange`] would answer.
+    pub async fn peek(&self, token: &str, tenants: &TenantRegistry) -> Result<(SetupLink, Arc<Tenant>), LinkError> {
+        let Some(tenant) = token_tenant(token) else {
+            return Err(LinkError::Expired);
+        };
+        let hashed = hash(token);
+        let Some(raw) = self.store.get(&link_key(&tenant, &hashed)).await? else {
+            return Err(match self.store.get(&used_key(&tenant, &hashed)).await? {
+                Some(marker) if marker == REVOKED_MARKER => LinkError::Revoked,
+                Some(_) => LinkError::Used,
+                None => LinkError::Expired,
+            });
+        };
+        let link: SetupLink = serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let live = self.live_tenant(&tenant, &link, self.clock.unix(), tenants).await?;
+        Ok((link, live))
+    }
+
     /// Opens a link: consumes it atomically and, when its tenant is still the
     /// one it was made for (read from `tenants` after the take), starts a
     /// portal session. Returns the session token (for the cookie) and the
@@ -343,32 +406,11 @@ impl SetupLinks {
                 return Err(LinkError::Expired);
             }
         };
-        if link.tenant != tenant || now >= link.expires_at {
-            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id);
-            return Err(LinkError::Expired);
-        }
-        // Revoked while this exchange was under way (the marker comes first).
-        if self.store.exists(&revoked_key(&tenant, &link.id)).await? {
-            tracing::warn!(reason = "setup.link_revoked", tenant = %tenant, link = %link.id, "revoked setup link opened");
-            return Err(LinkError::Revoked);
-        }
-        let live = tenants.get(&tenant).await.map_err(|e| match e {
-            RegistryError::Store(e) => e,
-            other => StoreError::Corrupt(other.to_string()),
-        })?;
-        let Some(incarnation) = live.map(|t| t.incarnation.clone()) else {
-            tracing::info!(reason = "setup.link_expired", tenant = %tenant, link = %link.id, "the tenant is gone");
-            return Err(LinkError::Expired);
-        };
-        if link.incarnation.as_deref() != Some(incarnation.as_str()) {
-            tracing::warn!(
-                reason = "setup.link_expired",
-                tenant = %tenant,
-                link = %link.id,
-                "setup link made for an earlier tenant under this id"
-            );
-            return Err(LinkError::Expired);
-        }
+        let incarnation = self
+            .live_tenant(&tenant, &link, now, tenants)
+            .await?
+            .incarnation
+            .clone();
         let session_token = format!("{tenant}.{}", crate::tokens::random_token(32));
         let session = PortalSession {
             tenant: tenant.clone(),
