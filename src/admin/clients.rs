@@ -109,7 +109,7 @@ async fn create_client(
             field: "client_id",
             detail: format!("The client {id:?} already exists."),
         },
-        ClientError::Store(e) => e.into(),
+        other => client_store(other),
     })?;
     tracing::info!(reason = "admin.client_created", client_id = %client.client_id);
     let mut v = client_view(&client);
@@ -226,6 +226,11 @@ fn client_store(e: ClientError) -> AdminError {
     match e {
         ClientError::Store(e) => e.into(),
         ClientError::Exists(id) => AdminError::Internal(format!("client {id} already exists")),
+        ClientError::NotFound(id) => AdminError::NotFound(format!("There is no client {id:?}.")),
+        ClientError::Changed(id) => AdminError::Conflict {
+            field: "revision",
+            detail: format!("The client {id} changed meanwhile; read it again and repeat the change."),
+        },
     }
 }
 
@@ -322,7 +327,10 @@ async fn patch_client(
         default_resource: as_new.default_resource,
         ..old.clone()
     };
-    s.provider.clients.put(&new).await.map_err(client_store)?;
+    // Compare-and-set against what was read: a concurrent change (a secret
+    // rotation above all) is never overwritten, and a deleted app never
+    // comes back (409 `revision`, 404).
+    s.provider.clients.update(&old, &new).await.map_err(client_store)?;
     tracing::info!(reason = "admin.client_updated", client_id = %new.client_id);
     let view = client_view(&new);
     audit::record(
@@ -367,15 +375,22 @@ async fn rotate_secret(
             format!("must be at most {MAX_ROTATION_OVERLAP_SECS} seconds (30 days)."),
         ));
     }
-    let mut client = load(&s, &id).await?;
-    if client.is_public() {
+    if load(&s, &id).await?.is_public() {
         return Err(AdminError::field("client_id", "is a public client: it has no secret."));
     }
     let secret = new_secret();
     let overlap = i64::try_from(overlap).map_err(|e| AdminError::Internal(e.to_string()))?;
     let expires_at = s.provider.clock.now() + chrono::Duration::seconds(overlap);
-    client.rotate_secret(hash_secret(secret.expose()), expires_at);
-    s.provider.clients.put(&client).await.map_err(client_store)?;
+    let hashed = hash_secret(secret.expose());
+    // A rotation is right whatever else changed meanwhile: applied to the
+    // app as stored at the write (read again if a concurrent change won),
+    // and never to an app deleted meanwhile.
+    let client = s
+        .provider
+        .clients
+        .modify(&id, |c| c.rotate_secret(hashed.clone(), expires_at))
+        .await
+        .map_err(client_store)?;
     tracing::info!(reason = "admin.client_secret_rotated", client_id = %client.client_id, overlap_secs = overlap);
     audit::record(
         &s,

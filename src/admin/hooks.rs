@@ -2,7 +2,9 @@
 //! `{"url", "secret"?, "timeout_ms"?, "sign_answers"?}`), read, list and remove. A secret
 //! left out is generated when the hook is created and shown in that answer
 //! only; on a replacement without one the stored secret is kept. The secret
-//! is never shown again, nor audited.
+//! is never shown again, nor audited, and neither is the URL's query (shown
+//! as `?…`: it may be a credential, as Azure Functions' `?code=` is), which
+//! is still sent with every call.
 
 use super::{audit, parse_body, registry, tenant_id, Admin, AdminError, JsonBody};
 use crate::audit::Target;
@@ -56,10 +58,11 @@ fn kind(k: &str) -> Result<HookKind, AdminError> {
     })
 }
 
-/// The public view (never the secret).
+/// The public view: never the secret, nor the URL's query, which may be a
+/// credential (`?code=`); both are kept out of the audit log this way too.
 fn view(h: &HookConfig) -> Value {
     json!({
-        "kind": h.kind, "url": h.url, "timeout_ms": h.timeout_ms, "sign_answers": h.sign_answers,
+        "kind": h.kind, "url": crate::hooks::shown_url(&h.url), "timeout_ms": h.timeout_ms, "sign_answers": h.sign_answers,
         "created_at": h.created_at, "updated_at": h.updated_at,
     })
 }

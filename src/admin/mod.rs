@@ -91,6 +91,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/tenants/{id}/connections/{cid}/refresh"),
     ("POST", "/tenants/{id}/connections/{cid}/sp-certificates/{step}"),
     ("POST", "/tenants/{id}/setup-links"),
+    ("GET", "/tenants/{id}/setup-links"),
+    ("DELETE", "/tenants/{id}/setup-links/{link_id}"),
     ("POST", "/tenants/{id}/api-keys"),
     ("GET", "/tenants/{id}/api-keys"),
     ("DELETE", "/tenants/{id}/api-keys/{kid}"),

@@ -763,6 +763,28 @@ pub(crate) struct SetupLinkView {
     kind: Option<SetupLinkKind>,
 }
 
+/// A setup link as listed (never its URL or token).
+#[derive(ToSchema)]
+pub(crate) struct SetupLinkEntry {
+    id: String,
+    kind: Option<SetupLinkKind>,
+    /// RFC 3339.
+    created_at: String,
+    /// When it stops working unopened (RFC 3339).
+    expires_at: String,
+    /// Whether it was opened (a portal session may be live).
+    opened: bool,
+    /// When it was opened (RFC 3339).
+    opened_at: Option<String>,
+}
+
+/// A tenant's setup links that can still be opened or whose portal session
+/// may still be live, oldest first.
+#[derive(ToSchema)]
+pub(crate) struct SetupLinkList {
+    setup_links: Vec<SetupLinkEntry>,
+}
+
 /// Whether a tenant's sign-ins need MFA at the IdP (body and answer).
 #[derive(ToSchema)]
 pub(crate) struct MfaSetting {
@@ -983,7 +1005,7 @@ impl Modify for EdgeAnswers {
         users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset, users_passkeys_list, users_passkeys_delete,
         local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
-        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
+        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, setuplinks_list, setuplinks_revoke, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
         exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete,
         hooks_list, hooks_get, hooks_put, hooks_delete
     ),
@@ -992,7 +1014,7 @@ impl Modify for EdgeAnswers {
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, PasskeyView, PasskeyList, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
         crate::local::password::PasswordPolicy, crate::local::SignInMode, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
-        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
+        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, SetupLinkEntry, SetupLinkList, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
         RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList,
         HookKindName, HookSetting, HookView, HookList))
 )]
@@ -1243,6 +1265,14 @@ fn connections_sp_certificates() {}
     request_body = NewSetupLink,
     responses((status = 201, body = SetupLinkView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn setuplinks_create() {}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/setup-links", tag = "setuplinks", params(("id" = String, Path)),
+    responses((status = 200, body = SetupLinkList), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn setuplinks_list() {}
+
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/setup-links/{link_id}", tag = "setuplinks", params(("id" = String, Path), ("link_id" = String, Path)),
+    responses((status = 204, description = "revoked: the link no longer opens, and a portal session opened from it ends"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn setuplinks_revoke() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "apikeys", params(("id" = String, Path)),
     request_body = NewApiKey,

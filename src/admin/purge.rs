@@ -4,8 +4,8 @@
 //! ([`crate::tenant::files::sync`], through [`TenantPurge`]), so neither
 //! forgets a part.
 //!
-//! Acceptance never depends on it: users, local accounts, hooks, API keys
-//! and exchange rules are bound to the tenant's incarnation, and failed
+//! Acceptance never depends on it: users, local accounts, hooks, API keys,
+//! setup links and exchange rules are bound to the tenant's incarnation, and failed
 //! sign-ins and the tenant's audit log are read only from the tenant's
 //! creation on, so a tenant created again under the same id sees none of
 //! its predecessor's even when a step fails. The purge frees the store and
@@ -46,6 +46,13 @@ pub async fn deleted_tenant(s: &AppState, tenant: &TenantId, connections: &[Conn
     match super::api_keys::purge_tenant(s, tenant).await {
         Ok(n) => tracing::info!(reason = "tenant.api_keys_purged", tenant = %tenant, keys = n),
         Err(e) => failed("api_keys", &e),
+    }
+    match crate::portal::links::SetupLinks::new(s.store.clone(), s.provider.clock.clone())
+        .purge_tenant(tenant)
+        .await
+    {
+        Ok(n) => tracing::info!(reason = "tenant.setup_links_purged", tenant = %tenant, links = n),
+        Err(e) => failed("setup_links", &e),
     }
     // The `tenant.deleted` event is in the global log, which stays.
     if let Err(e) = s.audit().purge(tenant).await {

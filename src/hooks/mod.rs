@@ -5,7 +5,9 @@
 //! A hook's configuration (`t:<tenant>:hooks` / `<kind>`) holds its URL,
 //! timeout and HMAC secret; the secret is sealed at rest
 //! (`secrets::sealed::sealed_fields`) and in backups, and shown once when the
-//! gateway generates it. The record carries the tenant's incarnation: a hook
+//! gateway generates it. The URL's query may be a credential too (Azure
+//! Functions' `?code=`): it is sent, sealed at rest, and never shown,
+//! audited or logged ([`shown_url`]). The record carries the tenant's incarnation: a hook
 //! of a deleted tenant is never called for a tenant re-created with its id.
 //!
 //! A call is `POST <url>` with a JSON body, through the guarded outbound
@@ -101,13 +103,16 @@ impl std::fmt::Display for HookKind {
     }
 }
 
-/// A tenant's configuration of one hook, as stored (the secret is sealed
-/// by the store).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A tenant's configuration of one hook, as stored (the secret and the
+/// URL's query are sealed by the store: see [`StoredHook`]).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(into = "StoredHook", from = "StoredHook")]
 pub struct HookConfig {
     /// Which hook.
     pub kind: HookKind,
-    /// Where it is POSTed.
+    /// Where it is POSTed, query included. The query may hold a credential
+    /// (Azure Functions' `?code=`): it is sent, but never shown, audited or
+    /// logged ([`shown_url`]).
     pub url: String,
     /// The HMAC key of the signature.
     pub secret: Secret,
@@ -125,6 +130,87 @@ pub struct HookConfig {
     pub created_at: DateTime<Utc>,
     /// When it was last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for HookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookConfig")
+            .field("kind", &self.kind)
+            .field("url", &shown_url(&self.url))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("sign_answers", &self.sign_answers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A hook configuration as stored: the URL's query in a field of its own,
+/// `url_query`, which the store seals like the secret
+/// (`secrets::sealed::sealed_fields`). A record written before keeps its
+/// query in `url`, and is read as it is.
+#[derive(Serialize, Deserialize)]
+struct StoredHook {
+    kind: HookKind,
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url_query: Option<String>,
+    secret: Secret,
+    timeout_ms: u64,
+    tenant_incarnation: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sign_answers: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<HookConfig> for StoredHook {
+    fn from(h: HookConfig) -> Self {
+        let (url, url_query) = match h.url.split_once('?') {
+            Some((base, query)) => (base.to_owned(), Some(query.to_owned())),
+            None => (h.url, None),
+        };
+        Self {
+            kind: h.kind,
+            url,
+            url_query,
+            secret: h.secret,
+            timeout_ms: h.timeout_ms,
+            tenant_incarnation: h.tenant_incarnation,
+            sign_answers: h.sign_answers,
+            created_at: h.created_at,
+            updated_at: h.updated_at,
+        }
+    }
+}
+
+impl From<StoredHook> for HookConfig {
+    fn from(h: StoredHook) -> Self {
+        Self {
+            kind: h.kind,
+            url: match h.url_query {
+                Some(query) => format!("{}?{query}", h.url),
+                None => h.url,
+            },
+            secret: h.secret,
+            timeout_ms: h.timeout_ms,
+            tenant_incarnation: h.tenant_incarnation,
+            sign_answers: h.sign_answers,
+            created_at: h.created_at,
+            updated_at: h.updated_at,
+        }
+    }
+}
+
+/// What the admin API shows and the audit log records of a hook's URL in
+/// place of its query.
+pub const HIDDEN_QUERY: &str = "?…";
+
+/// A hook's URL as it may be shown, audited or logged: its query, which may
+/// be a credential, replaced by [`HIDDEN_QUERY`].
+pub fn shown_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}{HIDDEN_QUERY}"),
+        None => url.to_owned(),
+    }
 }
 
 /// The store key of a tenant's hook of `kind`.
@@ -350,6 +436,16 @@ impl Hooks {
             return Err(InvalidHook {
                 field: "url",
                 detail: "must not have a fragment.".into(),
+            });
+        }
+        // What a read shows for a query, sent back: the query is never shown,
+        // so give the whole URL again.
+        if url.ends_with(HIDDEN_QUERY) || parsed.query() == Some("%E2%80%A6") {
+            return Err(InvalidHook {
+                field: "url",
+                detail: format!(
+                    "ends in {HIDDEN_QUERY}, which stands for a hidden query: give the whole URL, query included."
+                ),
             });
         }
         if let Some(s) = secret {
@@ -719,6 +815,41 @@ mod tests {
             let fields = crate::secrets::sealed::sealed_fields(&hook_key(&t, k)).unwrap();
             assert!(fields.iter().any(|f| *f == ["secret"]));
         }
+    }
+
+    #[test]
+    fn a_urls_query_is_stored_apart_sealed_and_never_shown() {
+        let t = TenantId::parse("acme").unwrap();
+        let fields = crate::secrets::sealed::sealed_fields(&hook_key(&t, HookKind::PreTokenGeneration)).unwrap();
+        assert!(fields.iter().any(|f| *f == ["url_query"]));
+        let hook = HookConfig {
+            kind: HookKind::PreTokenGeneration,
+            url: "https://fn.example.net/api/x?code=abc123secret&x=1".into(),
+            secret: Secret::new("s".repeat(32)),
+            timeout_ms: 1000,
+            tenant_incarnation: "i".into(),
+            sign_answers: false,
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            updated_at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let stored = serde_json::to_value(&hook).unwrap();
+        assert_eq!(stored["url"], "https://fn.example.net/api/x");
+        assert_eq!(stored["url_query"], "code=abc123secret&x=1");
+        let back: HookConfig = serde_json::from_value(stored).unwrap();
+        assert_eq!(back.url, hook.url);
+        assert_eq!(shown_url(&hook.url), "https://fn.example.net/api/x?…");
+        assert!(!format!("{hook:?}").contains("abc123secret"));
+        // Written before: the query in `url`, read as it is.
+        let mut old = serde_json::to_value(&hook).unwrap();
+        old["url"] = serde_json::json!(hook.url);
+        old.as_object_mut().unwrap().remove("url_query");
+        assert_eq!(serde_json::from_value::<HookConfig>(old).unwrap().url, hook.url);
+        // Without a query: no `url_query`.
+        let plain = HookConfig {
+            url: "https://fn.example.net/api/x".into(),
+            ..hook
+        };
+        assert!(serde_json::to_value(&plain).unwrap().get("url_query").is_none());
     }
 
     #[test]

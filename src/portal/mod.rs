@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use links::{LinkError, LinkKind, PortalSession, SetupLinks};
+use links::{LinkError, LinkKind, NoSession, PortalSession, SetupLinks};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ const STYLESHEET: &str = include_str!("../../templates/portal/portal.css");
 /// The portal's routes (`/setup/{token}`, `/portal/...`).
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/setup/{token}", get(open_link))
+        .route("/setup/{token}", get(show_link).post(open_link))
         .route("/portal", get(start))
         .route("/portal/portal.css", get(stylesheet))
         .route("/portal/values", get(values))
@@ -162,20 +162,36 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 async fn portal(s: &AppState, headers: &HeaderMap) -> Result<(PortalSession, Chrome), Response> {
     let session = match cookie_value(headers) {
         Some(token) => links(s).session(&token).await.map_err(|e| unavailable(s, e))?,
-        None => None,
+        None => Err(NoSession::Absent),
     };
-    let Some(session) = session else {
-        tracing::info!(
-            reason = "portal.no_session",
-            "portal page without a live portal session"
-        );
-        return Err(message(
-            s,
-            StatusCode::UNAUTHORIZED,
-            "Your setup session has ended",
-            "Open the setup link you were sent again, or ask for a new one if it was already used.",
-            "portal.no_session",
-        ));
+    let session = match session {
+        Ok(session) => session,
+        Err(NoSession::Absent) => {
+            tracing::info!(
+                reason = "portal.no_session",
+                "portal page without a live portal session"
+            );
+            return Err(message(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "Your setup session has ended",
+                "Open the setup link you were sent again, or ask for a new one if it was already used.",
+                "portal.no_session",
+            ));
+        }
+        Err(NoSession::Revoked) => {
+            tracing::warn!(
+                reason = "portal.link_revoked",
+                "portal page with a session whose setup link was revoked"
+            );
+            return Err(message(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "This setup link was revoked",
+                "The application's operator revoked the setup link this session came from. Ask them for a new link if you still need one.",
+                "portal.link_revoked",
+            ));
+        }
     };
     let tenant = s.tenants.get(&session.tenant).await.map_err(|e| unavailable(s, e))?;
     // A session opened for an earlier tenant under this id sees nothing of
@@ -230,6 +246,48 @@ fn set_cookie(s: &AppState, value: &str, max_age: u64) -> Option<HeaderValue> {
     .ok()
 }
 
+/// The page a setup link's URL shows (`GET`, and `HEAD`): it says which
+/// tenant the link sets up and opens the portal only when its button is
+/// pressed (a `POST` to the same URL). Looking spends nothing, so a mail
+/// scanner or a link preview that fetches the URL first leaves the link to
+/// the person it was sent to. The form needs no CSRF token: the token in
+/// its URL is the secret.
+#[derive(Template)]
+#[template(path = "portal/open.html")]
+struct OpenPage {
+    chrome: Chrome,
+    kind: Option<&'static str>,
+    expires_at: String,
+}
+
+async fn show_link(State(s): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+    match links(&s).peek(&token, &s.tenants).await {
+        Ok((link, tenant)) => {
+            let branding = &tenant.settings.branding;
+            let page = OpenPage {
+                chrome: Chrome {
+                    tenant_name: branding.display_name.clone().unwrap_or(tenant.name.clone()),
+                    logo_url: branding.logo_url.clone(),
+                    csrf: String::new(),
+                },
+                kind: link.kind.map(|k| match k {
+                    LinkKind::Saml => "SAML 2.0",
+                    LinkKind::Oidc => "OpenID Connect",
+                }),
+                expires_at: chrono::DateTime::from_timestamp(link.expires_at, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default(),
+            };
+            // The form posts to this very URL.
+            let own = s.upstream.public("setup/");
+            render_to(&s, StatusCode::OK, &page, &[own.as_str().to_owned()])
+        }
+        Err(e) => link_refused(&s, e),
+    }
+}
+
+/// `POST /setup/{token}`: the one-time exchange of the link for a portal
+/// session (its cookie), then on to the portal.
 async fn open_link(State(s): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
     match links(&s).exchange(&token, &s.tenants).await {
         Ok((session_token, _)) => {
@@ -242,16 +300,30 @@ async fn open_link(State(s): State<Arc<AppState>>, Path(token): Path<String>) ->
                 None => unavailable(&s, "cookie encoding"),
             }
         }
-        Err(LinkError::Store(e)) => unavailable(&s, e),
-        Err(e @ LinkError::Used) => message(
-            &s,
+        Err(e) => link_refused(&s, e),
+    }
+}
+
+/// The page of a link that cannot be opened.
+fn link_refused(s: &AppState, e: LinkError) -> Response {
+    match e {
+        LinkError::Store(e) => unavailable(s, e),
+        e @ LinkError::Used => message(
+            s,
             StatusCode::GONE,
             "This setup link was already used",
             "A setup link opens once. If that was not you, tell the application's operator; otherwise ask them for a new link.",
             e.reason(),
         ),
-        Err(e @ LinkError::Expired) => message(
-            &s,
+        e @ LinkError::Revoked => message(
+            s,
+            StatusCode::GONE,
+            "This setup link was revoked",
+            "The application's operator revoked this setup link. Ask them for a new one if you still need it.",
+            e.reason(),
+        ),
+        e @ LinkError::Expired => message(
+            s,
             StatusCode::GONE,
             "This setup link has expired",
             "Setup links work for a limited time. Ask the application's operator for a new link.",

@@ -242,10 +242,22 @@ pub enum ClientError {
     /// The id is taken.
     #[error("client {0} already exists")]
     Exists(String),
+    /// The client to update is gone (deleted meanwhile): nothing was
+    /// written, so a deleted app stays deleted.
+    #[error("client {0} not found")]
+    NotFound(String),
+    /// The client changed between the caller's read and its write
+    /// (another writer won a compare-and-set): nothing was written.
+    #[error("client {0} changed meanwhile")]
+    Changed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// How often [`ClientRegistry::modify`] reads again after losing a
+/// compare-and-set before it reports [`ClientError::Changed`].
+const MODIFY_ATTEMPTS: usize = 5;
 
 /// How many decoded app records a replica keeps (keyed by configuration;
 /// past this the least recently used are read again on their next use).
@@ -289,13 +301,64 @@ impl ClientRegistry {
         Ok(())
     }
 
-    /// Registers or replaces a client (declared in the config file).
+    /// Registers or replaces a client declared in the config file, which is
+    /// the authority for it. Everything else changes an app with
+    /// [`Self::update`] or [`Self::modify`], which never bring back a
+    /// deleted app nor overwrite a concurrent change.
     pub async fn put(&self, client: &Client) -> Result<(), ClientError> {
         self.store
             .put_json(&client_key(&client.client_id), client, None)
             .await?;
         self.store.set_add(&index_key(), &client.client_id, None).await?;
         Ok(())
+    }
+
+    /// Replaces the stored client `old` by `new` (same id).
+    ///
+    /// Compare-and-set against the bytes stored now: written only if they
+    /// still hold `old`; otherwise nothing changes and the answer is
+    /// [`ClientError::Changed`] (a concurrent update or secret rotation
+    /// won). A client deleted meanwhile is not written again
+    /// ([`ClientError::NotFound`], or `Changed` when the deletion came
+    /// between this read and the write), and its index entry is not touched.
+    pub async fn update(&self, old: &Client, new: &Client) -> Result<(), ClientError> {
+        let id = &new.client_id;
+        let key = client_key(id);
+        let Some(raw) = self.store.get(&key).await? else {
+            return Err(ClientError::NotFound(id.clone()));
+        };
+        if crate::store::record_cache::json::<Client>(&raw)? != *old {
+            tracing::info!(reason = "client.update_conflict", client_id = %id, "the app changed meanwhile");
+            return Err(ClientError::Changed(id.clone()));
+        }
+        let encoded = serde_json::to_vec(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !self.store.compare_and_put(&key, &raw, &encoded, None).await? {
+            tracing::info!(reason = "client.update_conflict", client_id = %id, "the app changed meanwhile");
+            return Err(ClientError::Changed(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to the stored client `id` and writes it back with a
+    /// compare-and-set, reading again (up to a few times) when a concurrent
+    /// writer won: for a change that is right whatever else changed
+    /// meanwhile (a secret rotation). A client that is gone stays gone
+    /// ([`ClientError::NotFound`]). Answers the client as written.
+    pub async fn modify(&self, id: &str, mut change: impl FnMut(&mut Client) + Send) -> Result<Client, ClientError> {
+        let key = client_key(id);
+        for _ in 0..MODIFY_ATTEMPTS {
+            let Some(raw) = self.store.get(&key).await? else {
+                return Err(ClientError::NotFound(id.to_owned()));
+            };
+            let mut client: Client = crate::store::record_cache::json(&raw)?;
+            change(&mut client);
+            let encoded = serde_json::to_vec(&client).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if self.store.compare_and_put(&key, &raw, &encoded, None).await? {
+                return Ok(client);
+            }
+        }
+        tracing::warn!(reason = "client.update_conflict", client_id = %id, "the app kept changing meanwhile");
+        Err(ClientError::Changed(id.to_owned()))
     }
 
     /// Reads a client as the store holds it now: the record's fingerprint

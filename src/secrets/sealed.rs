@@ -10,7 +10,7 @@
 //! | a connection (`t:<tenant>:config` / `connection:<id>`) | `client_secret`, `sp_private_key_pem`, `sp_next_key.private_key_pem`, `sp_previous_key.private_key_pem` |
 //! | an upstream session (`t:<tenant>:sso` / `upstream:<sid>`) | `refresh_token` |
 //! | the signing keyset (`g:keys` / `signing`) | `active.private_pem`, `next.private_pem`, `retired[].private_pem` |
-//! | a tenant's hook (`t:<tenant>:hooks` / `<kind>`) | `secret` |
+//! | a tenant's hook (`t:<tenant>:hooks` / `<kind>`) | `secret`, `url_query` (its URL's query, which may be a credential) |
 //! | an MFA enrolment (`t:<tenant>:mfa` / `enrolment:<sub>`, `pending:<sub>`) | `secret` (the TOTP seed) |
 //! | a waiting custom challenge (`t:<tenant>:local` / `challenge:<hash>`) | `private` (the hook's private parameters) |
 //!
@@ -45,7 +45,7 @@ const CONNECTION_FIELDS: &[FieldPath] = &[
     &["sp_previous_key", "private_key_pem"],
 ];
 const UPSTREAM_SESSION_FIELDS: &[FieldPath] = &[&["refresh_token"]];
-const HOOK_FIELDS: &[FieldPath] = &[&["secret"]];
+const HOOK_FIELDS: &[FieldPath] = &[&["secret"], &["url_query"]];
 const MFA_ENROLMENT_FIELDS: &[FieldPath] = &[&["secret"]];
 const CHALLENGE_FIELDS: &[FieldPath] = &[&["private"]];
 const KEYSET_FIELDS: &[FieldPath] = &[

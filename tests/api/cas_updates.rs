@@ -1,11 +1,13 @@
-//! Connection updates are compare-and-set: two writers that read the same
-//! connection (two PATCHes on two replicas, a PATCH and a metadata refresh)
-//! never lose an update silently. The loser writes nothing and is told so
+//! Connection, tenant and app updates are compare-and-set: two writers that
+//! read the same record (two PATCHes on two replicas, a PATCH and a metadata
+//! refresh, an app's PATCH and its secret rotation or deletion) never lose
+//! an update silently, and a deleted app is never written back. The loser writes nothing and is told so
 //! (409 problem+json, `field: "revision"`); the refresh skips its round.
 //! Two gateway replicas share one real Redis server.
 
 use portcullis::clock::ManualClock;
 use portcullis::ids::{ConnectionId, TenantId};
+use portcullis::provider::clients::ClientError;
 use portcullis::tenant::RegistryError;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ use url::Url;
 use crate::metadata_refresh::{metadata, Key};
 use crate::saml_crafted::now;
 use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::held_store::Hold;
 use crate::support::redis;
 
 const PATH: &str = "/admin/v1/tenants/acme/connections/corp";
@@ -120,6 +123,146 @@ async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
     let refused = a.state.tenants.update(&old, &other).await;
     assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
     assert_eq!(a.state.tenants.get(&t).await.unwrap().unwrap().name, "Acme One");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_update_from_a_read_before_a_rotation_is_refused_and_keeps_the_new_secret() {
+    let (a, b) = two_replicas().await;
+    let redirect = Url::parse("https://app.example.com/callback").unwrap();
+    let first = a.create_client("web", "Web", &[&redirect], false).await;
+    let first = first.client_secret.unwrap();
+    let stale = Arc::unwrap_or_clone(a.state.provider.clients.get("web").await.unwrap().unwrap());
+    // The secret leaked: replica B rotates it, the old one dead at once.
+    let (status, rotated) = b
+        .admin(
+            Method::POST,
+            "/admin/v1/clients/web/secret/rotate",
+            Some(json!({ "overlap_secs": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let second = rotated["client_secret"].as_str().unwrap().to_owned();
+    let mut renamed = stale.clone();
+    renamed.name = "Web Renamed".into();
+    let refused = a.state.provider.clients.update(&stale, &renamed).await;
+    assert!(matches!(refused, Err(ClientError::Changed(_))), "{refused:?}");
+    let now = a.state.provider.clock.now();
+    let stored = a.state.provider.clients.get("web").await.unwrap().unwrap();
+    assert_eq!(stored.name, "Web", "a refused update wrote");
+    assert!(stored.secret_matches(&second, now));
+    assert!(!stored.secret_matches(&first, now), "the leaked secret came back");
+    // From a fresh read the update goes through, with the new secret.
+    let fresh = Arc::unwrap_or_clone(stored);
+    let mut renamed = fresh.clone();
+    renamed.name = "Web Renamed".into();
+    a.state.provider.clients.update(&fresh, &renamed).await.unwrap();
+    let stored = a.state.provider.clients.get("web").await.unwrap().unwrap();
+    assert_eq!(stored.name, "Web Renamed");
+    assert!(stored.secret_matches(&second, now));
+    // An app deleted meanwhile stays deleted.
+    let (status, body) = b.admin(Method::DELETE, "/admin/v1/clients/web", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let mut late = renamed.clone();
+    late.name = "Web Again".into();
+    let refused = a.state.provider.clients.update(&renamed, &late).await;
+    assert!(matches!(refused, Err(ClientError::NotFound(_))), "{refused:?}");
+    let refused = a
+        .state
+        .provider
+        .clients
+        .modify("web", |c| c.name = "Web Again".into())
+        .await;
+    assert!(matches!(refused, Err(ClientError::NotFound(_))), "{refused:?}");
+    assert!(a.state.provider.clients.get("web").await.unwrap().is_none());
+    assert!(!a
+        .state
+        .provider
+        .clients
+        .list()
+        .await
+        .unwrap()
+        .contains(&"web".to_owned()));
+}
+
+#[tokio::test]
+async fn an_app_patch_racing_a_rotation_or_a_delete_undoes_neither() {
+    let hold = Hold::default();
+    let app = spawn_app(AppOptions {
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let redirect = Url::parse("https://app.example.com/callback").unwrap();
+    let first = app.create_client("web", "Web", &[&redirect], false).await;
+    let first = first.client_secret.unwrap();
+    let patch = |name: &'static str| {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/admin/v1/clients/web"),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            let resp = client
+                .patch(url)
+                .bearer_auth(token)
+                .header("content-type", "application/merge-patch+json")
+                .body(json!({ "name": name }).to_string())
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        })
+    };
+
+    // A PATCH has read the app; the leaked secret is rotated; the PATCH writes.
+    let held = hold.arm("client:web");
+    let patching = patch("Web Renamed");
+    held.arrived.await.unwrap();
+    let (status, rotated) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients/web/secret/rotate",
+            Some(json!({ "overlap_secs": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let second = rotated["client_secret"].as_str().unwrap().to_owned();
+    held.release.send(()).unwrap();
+    let (status, problem) = patching.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["field"], "revision", "{problem}");
+    let now = app.state.provider.clock.now();
+    let stored = app.state.provider.clients.get("web").await.unwrap().unwrap();
+    assert!(stored.secret_matches(&second, now));
+    assert!(
+        !stored.secret_matches(&first, now),
+        "the PATCH wrote the leaked secret back"
+    );
+    assert_eq!(stored.name, "Web");
+
+    // A PATCH has read the app; the app is deleted; the PATCH writes.
+    let held = hold.arm("client:web");
+    let patching = patch("Web Again");
+    held.arrived.await.unwrap();
+    let (status, body) = app.admin(Method::DELETE, "/admin/v1/clients/web", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    held.release.send(()).unwrap();
+    let (status, problem) = patching.await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["field"], "revision", "{problem}");
+    let (status, body) = app.admin(Method::GET, "/admin/v1/clients/web", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the deleted app came back: {body}");
+    let (status, list) = app.admin(Method::GET, "/admin/v1/clients", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(!list.to_string().contains("\"web\""), "{list}");
+    assert!(!app
+        .state
+        .provider
+        .clients
+        .list()
+        .await
+        .unwrap()
+        .contains(&"web".to_owned()));
 }
 
 /// A metadata server that can hold its answer until the test lets it go,

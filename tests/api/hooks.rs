@@ -11,6 +11,7 @@ use crate::revocation::{register, submit_login, Code, Rp, DEMO};
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::browser::{Browser, Nav};
 use crate::support::hooks::{AnswerSigning, Behavior, HookServer};
+use crate::support::logs::Captured;
 use portcullis::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use portcullis::provider::grants::{ClientCredentials, TokenRequest};
 use portcullis::provider::OAuthError;
@@ -511,6 +512,86 @@ async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes(
     let code = sign_in(&app, &mut browser, &rp, "rem@hooks.example").await;
     redeem(&app, &rp, &code).await.unwrap();
     assert!(hooks.calls().is_empty());
+}
+
+/// A credential in a hook URL's query (Azure Functions' `?code=`): the hook
+/// is called with it, but the admin API shows the URL with `?…` instead,
+/// the audit log records it so, and a failing call's log lines leave it out.
+#[tokio::test]
+async fn a_hook_urls_query_is_sent_but_never_shown_audited_or_logged() {
+    const SECRET: &str = "abc123secret";
+    let (logs, _guard) = Captured::start();
+    let app = dev_app(None, None).await;
+    let hooks = HookServer::start(system_clock()).await;
+    let path = format!("/admin/v1/tenants/{DEMO}/hooks/{PRE}");
+    let url = format!("{}?code={SECRET}", hooks.url("pre"));
+    let shown = format!("{}?…", hooks.url("pre"));
+    let (status, created) = app
+        .admin(Method::PUT, &path, Some(json!({"url": url, "timeout_ms": 1000})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["url"], shown.as_str(), "{created}");
+    hooks.set_secret(created["secret"].as_str().unwrap());
+    // A replacement: audited with a before and an after.
+    let (status, replaced) = app
+        .admin(Method::PUT, &path, Some(json!({"url": url, "timeout_ms": 1500})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    let (status, read) = app.admin(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(read["url"], shown.as_str(), "{read}");
+    let (status, list) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/hooks"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["hooks"][0]["url"], shown.as_str(), "{list}");
+    let (status, log) = app
+        .admin(Method::GET, &format!("/admin/v1/tenants/{DEMO}/audit"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let updated = app.tenant_audit(DEMO, "hook.updated").await;
+    assert_eq!(updated[0]["before"]["url"], shown.as_str(), "{log}");
+    assert_eq!(updated[0]["after"]["url"], shown.as_str(), "{log}");
+    for answer in [&created, &replaced, &read, &list, &log] {
+        assert!(!answer.to_string().contains(SECRET), "{answer}");
+    }
+    // What a read shows, sent back, is refused: the query would be lost.
+    let (status, problem) = app.admin(Method::PUT, &path, Some(json!({"url": shown}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["field"], "url", "{problem}");
+
+    // The hook is called with its whole URL.
+    let rp = register(&app, "hook-query").await;
+    let mut browser = Browser::new();
+    let code = sign_in(&app, &mut browser, &rp, "q@hooks.example").await;
+    redeem(&app, &rp, &code).await.unwrap();
+    let calls = hooks.calls_to("pre");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].query.as_deref(), Some(format!("code={SECRET}").as_str()));
+
+    // A call that fails (nobody listens there) is logged without the query.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            &path,
+            Some(json!({"url": format!("http://127.0.0.1:{closed}/hook/pre?code={SECRET}")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let code = sign_in(&app, &mut browser, &rp, "q@hooks.example").await;
+    assert_eq!(redeem(&app, &rp, &code).await.unwrap_err().reason, "hook.unreachable");
+    let failed = logs.with_reason("hook.unreachable");
+    assert!(
+        failed.iter().any(|l| l["fields"]["message"] == "hook call failed"),
+        "{failed:?}"
+    );
+    let text = logs.text();
+    assert!(text.contains(&format!("127.0.0.1:{closed}/hook/pre?…")), "{text}");
+    assert!(!text.contains(SECRET), "a log line holds the URL's query:\n{text}");
 }
 
 #[tokio::test]

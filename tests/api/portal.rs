@@ -46,7 +46,7 @@ async fn a_setup_link_opens_once_and_a_used_link_is_refused() {
     let app = dev_app(None).await;
     let link = setup_link(&app, "demo", 3600).await;
     assert_eq!(link.path().split('/').nth(1), Some("setup"));
-    let first = app.client.get(link.clone()).send().await.unwrap();
+    let first = open_link(&app, &link).await;
     assert_eq!(first.status(), StatusCode::SEE_OTHER);
     let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("portcullis_portal="), "{cookie}");
@@ -54,9 +54,55 @@ async fn a_setup_link_opens_once_and_a_used_link_is_refused() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
-    let again = app.client.get(link).send().await.unwrap();
+    let again = open_link(&app, &link).await;
     assert_eq!(again.status(), StatusCode::GONE);
     assert!(again.headers().get("set-cookie").is_none());
+    assert!(again.text().await.unwrap().contains("setup.link_used"));
+    // Its page says so too.
+    let page = app.client.get(link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::GONE);
+    assert!(page.text().await.unwrap().contains("setup.link_used"));
+}
+
+#[tokio::test]
+async fn looking_at_a_setup_link_spends_nothing_and_only_its_form_opens_it() {
+    let app = dev_app(None).await;
+    let link = setup_link(&app, "demo", 3600).await;
+    // A mail scanner, a link preview, the person: HEAD and GET, repeatedly.
+    for method in [reqwest::Method::HEAD, reqwest::Method::GET, reqwest::Method::GET] {
+        let resp = app.client.request(method.clone(), link.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{method}");
+        assert!(resp.headers().get("set-cookie").is_none(), "{method} set a cookie");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{method}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        let form_action = app.url("/setup/");
+        assert!(
+            csp.contains(&format!("form-action {}", app.url("/portal/"))) && csp.contains(form_action.as_str()),
+            "{csp}"
+        );
+        let body = resp.text().await.unwrap();
+        if method == reqwest::Method::GET {
+            assert!(body.contains("Open the setup portal for"), "{body}");
+            assert!(body.contains("<form method=\"post\" id=\"open-portal\">"), "{body}");
+        } else {
+            assert!(body.is_empty(), "{body}");
+        }
+    }
+    let (status, list) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/demo/setup-links", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["setup_links"][0]["opened"], false, "{list}");
+    // The form's POST opens it, once.
+    let opened = open_link(&app, &link).await;
+    assert_eq!(opened.status(), StatusCode::SEE_OTHER);
+    assert_eq!(opened.headers()["location"], app.url("/portal").as_str());
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("portcullis_portal="), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(portal_page(&app, &cookie).await.0, StatusCode::OK);
+    let again = open_link(&app, &link).await;
+    assert_eq!(again.status(), StatusCode::GONE);
     assert!(again.text().await.unwrap().contains("setup.link_used"));
 }
 
@@ -70,14 +116,22 @@ async fn an_expired_or_forged_setup_link_is_refused() {
     let app = dev_app(Some(clock.clone())).await;
     let link = setup_link(&app, "demo", 300).await;
     clock.advance(chrono::TimeDelta::seconds(301));
-    let resp = app.client.get(link.clone()).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::GONE);
-    assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+    for resp in [
+        app.client.get(link.clone()).send().await.unwrap(),
+        open_link(&app, &link).await,
+    ] {
+        assert_eq!(resp.status(), StatusCode::GONE);
+        assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+    }
     // A token of the right shape that was never issued.
     let forged = app.url(&format!("/setup/demo.{}", "A".repeat(43)));
-    let resp = app.client.get(forged).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::GONE);
-    assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+    for resp in [
+        app.client.get(forged.clone()).send().await.unwrap(),
+        open_link(&app, &forged).await,
+    ] {
+        assert_eq!(resp.status(), StatusCode::GONE);
+        assert!(resp.text().await.unwrap().contains("setup.link_expired"));
+    }
 }
 
 #[tokio::test]
@@ -103,13 +157,24 @@ async fn setup_links_and_portal_sessions_die_with_their_tenant_even_if_its_id_is
 
     // Another customer gets the id.
     app.delete_tenant("acme").await;
+    let index = portcullis::store::Key::tenant("acme", "setup", "links");
+    assert_eq!(
+        app.state.store.set_members(&index).await.unwrap(),
+        Vec::<String>::new(),
+        "the purge left the setup links' index"
+    );
     app.create_tenant("acme", "Another Acme", &[]).await;
+    let (status, list) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/setup-links", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["setup_links"], json!([]), "{list}");
 
     let (status, body) = portal(cookie).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("portal.tenant_gone"), "{body}");
     assert!(!body.contains("Another Acme"), "{body}");
-    let resp = app.client.get(unopened).send().await.unwrap();
+    let resp = open_link(&app, &unopened).await;
     assert_eq!(resp.status(), StatusCode::GONE);
     assert!(resp.headers().get("set-cookie").is_none());
     assert!(resp.text().await.unwrap().contains("setup.link_expired"));
@@ -154,6 +219,134 @@ async fn setup_links_need_the_platform_admin_and_a_bounded_ttl() {
     let resp = app.client.get(app.url("/portal")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.text().await.unwrap().contains("portal.no_session"));
+}
+
+/// Opens a setup link as the tenant admin's browser does: the `POST` of the
+/// form on the page its URL shows.
+async fn open_link(app: &TestApp, link: &url::Url) -> reqwest::Response {
+    app.client.post(link.clone()).send().await.unwrap()
+}
+
+/// Opens a setup link in the scripted browser: its page, then its button;
+/// answers the portal's start page.
+async fn open_in(browser: &mut Browser, link: &url::Url) -> crate::support::browser::Page {
+    let page = browser.get(link).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    browser.submit(&page, &page.form(Some("open-portal"))).await
+}
+
+/// The portal's start page with `cookie`: status and body.
+async fn portal_page(app: &TestApp, cookie: &str) -> (StatusCode, String) {
+    let resp = app
+        .client
+        .get(app.url("/portal"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn revoked_setup_links_no_longer_open_and_end_their_portal_sessions() {
+    let app = dev_app(None).await;
+    let path = "/admin/v1/tenants/demo/setup-links";
+    let first = app.admin_create(path, json!({ "ttl_secs": 3600 })).await;
+    let second = app
+        .admin_create(path, json!({ "ttl_secs": 7200, "kind": "saml" }))
+        .await;
+    let url_of = |link: &serde_json::Value| url::Url::parse(link["url"].as_str().unwrap()).unwrap();
+    let opened = open_link(&app, &url_of(&second)).await;
+    assert_eq!(opened.status(), StatusCode::SEE_OTHER);
+    let cookie = opened.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(portal_page(&app, &cookie).await.0, StatusCode::OK);
+
+    // Both are listed, without their tokens; the second as opened.
+    let (status, list) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let links = list["setup_links"].as_array().unwrap();
+    assert_eq!(links.len(), 2, "{list}");
+    let listed = |link: &serde_json::Value| {
+        links
+            .iter()
+            .find(|l| l["id"] == link["id"])
+            .unwrap_or_else(|| panic!("{} not listed: {list}", link["id"]))
+            .clone()
+    };
+    let (one, two) = (listed(&first), listed(&second));
+    assert_eq!(one["opened"], false, "{one}");
+    assert_eq!(one["expires_at"], first["expires_at"], "{one}");
+    assert!(one["created_at"].is_string(), "{one}");
+    assert_eq!(two["opened"], true, "{two}");
+    assert!(two["opened_at"].is_string(), "{two}");
+    assert_eq!(two["kind"], "saml", "{two}");
+    for link in [&first, &second] {
+        let token = url_of(link).path().rsplit('/').next().unwrap().to_owned();
+        assert!(!list.to_string().contains(&token), "a token is listed: {list}");
+    }
+
+    // A tenant key neither lists nor revokes them.
+    let (status, key) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/demo/api-keys",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+    let one_path = format!("{path}/{}", first["id"].as_str().unwrap());
+    for (method, target) in [
+        (reqwest::Method::GET, path.to_owned()),
+        (reqwest::Method::DELETE, one_path.clone()),
+    ] {
+        let resp = app
+            .client
+            .request(method.clone(), app.url(&target))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "{method} {target} with a tenant key"
+        );
+    }
+
+    // The platform admin revokes both.
+    for link in [&first, &second] {
+        let (status, body) = app
+            .admin(
+                reqwest::Method::DELETE,
+                &format!("{path}/{}", link["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (status, _) = app.admin(reqwest::Method::DELETE, &one_path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "revoked twice");
+    let (status, list) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["setup_links"], json!([]), "{list}");
+    assert_eq!(app.tenant_audit("demo", "setup_link.revoked").await.len(), 2);
+
+    // The unopened link no longer opens; the opened one's session has ended.
+    let resp = open_link(&app, &url_of(&first)).await;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(resp.headers().get("set-cookie").is_none());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("setup.link_revoked"), "{body}");
+    let (status, body) = portal_page(&app, &cookie).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("portal.link_revoked"), "{body}");
 }
 
 #[tokio::test]
@@ -224,7 +417,7 @@ async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
 
     let mut browser = Browser::new();
     let link = setup_link(&app, "demo", 3600).await;
-    let start = browser.get(&link).await;
+    let start = open_in(&mut browser, &link).await;
     assert_eq!(start.status, StatusCode::OK, "{}", start.body);
     assert!(start.body.contains("dev-test"), "{}", start.body);
     let page = browser.get(&app.url("/portal/connections/dev-test")).await;
@@ -315,7 +508,7 @@ async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add
         )
         .await;
     assert_eq!(answer["kind"], "oidc");
-    let resp = app.client.get(answer["url"].as_str().unwrap()).send().await.unwrap();
+    let resp = open_link(&app, &url::Url::parse(answer["url"].as_str().unwrap()).unwrap()).await;
     let cookie = resp.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -414,7 +607,7 @@ async fn portal_setup_errors_are_explained_and_a_link_limited_to_oidc_cannot_add
 async fn connection_page(app: &TestApp, tenant: &str, connection: &str) -> String {
     let mut browser = Browser::new();
     let link = setup_link(app, tenant, 3600).await;
-    let start = browser.get(&link).await;
+    let start = open_in(&mut browser, &link).await;
     assert_eq!(start.status, StatusCode::OK, "{}", start.body);
     let page = browser
         .get(&app.url(&format!("/portal/connections/{connection}")))
@@ -465,7 +658,7 @@ async fn the_connection_page_warns_of_a_certificate_close_to_expiry_or_expired()
 /// the CSRF token of the step-3 form.
 async fn portal_session(app: &TestApp, tenant: &str) -> (String, String) {
     let link = setup_link(app, tenant, 3600).await;
-    let resp = app.client.get(link).send().await.unwrap();
+    let resp = open_link(app, &link).await;
     let cookie = resp.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -695,7 +888,7 @@ async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
     // The test sign-in goes through the real IdP and back to the portal.
     let mut browser = Browser::new();
     let link = setup_link(&app, "demo", 3600).await;
-    browser.get(&link).await;
+    open_in(&mut browser, &link).await;
     let page = browser.get(&app.url("/portal/connections/okta-oidc")).await;
     assert!(page.body.contains("waiting for a successful test"), "{}", page.body);
     let login = browser.submit(&page, &page.form(None)).await;

@@ -262,6 +262,10 @@ async fn secrets_of(app: &TestApp, sid: &str) -> Vec<(String, String)> {
     let mut out = vec![
         ("hook secret".to_owned(), hook["secret"].as_str().unwrap().to_owned()),
         (
+            "hook URL query".to_owned(),
+            hook["url_query"].as_str().unwrap().to_owned(),
+        ),
+        (
             "client secret".to_owned(),
             oidc["client_secret"].as_str().unwrap().to_owned(),
         ),
@@ -384,13 +388,14 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
                    "scopes": ["openid", "email", "profile"]}),
         )
         .await;
-    // A tenant's hook secret is sealed too (never called here).
+    // A tenant's hook secret is sealed too (never called here), and so is
+    // its URL's query, which may be a credential (`?code=`).
     let (status, _) = a
         .app
         .admin(
             reqwest::Method::PUT,
             &format!("/admin/v1/tenants/{ACME}/hooks/post_confirmation"),
-            Some(json!({"url": "https://hooks.acme.test/confirmed", "secret": HOOK_SECRET})),
+            Some(json!({"url": format!("https://hooks.acme.test/confirmed?{HOOK_QUERY}"), "secret": HOOK_SECRET})),
         )
         .await;
     assert_eq!(status, 201);
@@ -425,8 +430,9 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     let (code, out, err) = w.run(&only_k1, &["keys", "status"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(count(&out, "plaintext:"), Some(0), "{out}");
-    // Client secret, SP key, upstream refresh token, three signing keys, the hook secret.
-    assert_eq!(count(&out, "sealed under k1:"), Some(7), "{out}");
+    // Client secret, SP key, upstream refresh token, three signing keys, the
+    // hook secret and its URL's query.
+    assert_eq!(count(&out, "sealed under k1:"), Some(8), "{out}");
     let Trust { app, idp, .. } = t;
     let a = Running { app, ..a };
     a.stop().await;
@@ -550,6 +556,11 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
         .unwrap()
         .expect("the hook is restored");
     assert_eq!(hook.secret.expose(), HOOK_SECRET, "and its secret opens");
+    assert_eq!(
+        hook.url,
+        format!("https://hooks.acme.test/confirmed?{HOOK_QUERY}"),
+        "and its URL's query"
+    );
     let t = trust(d.app, idp, clock.clone(), client, discovery);
     let third = t
         .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
@@ -567,6 +578,8 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
 
 /// A tenant's hook secret (the search for it in dumps and backups must fail).
 const HOOK_SECRET: &str = "hook-secret-3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e";
+/// The query of the tenant's hook URL, a credential (Azure Functions' kind).
+const HOOK_QUERY: &str = "code=hook-query-8d2e6b0a4c9f1e3d5b7a";
 
 fn idp_issuer(t: &Trust) -> String {
     t.idp.issuer()

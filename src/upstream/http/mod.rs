@@ -92,7 +92,7 @@ impl OutboundHttp {
             None => {
                 return Err(UpstreamError::internal(
                     "outbound.invalid_url",
-                    format!("{url} has no host"),
+                    format!("{} has no host", shown(url)),
                 ))
             }
         };
@@ -201,13 +201,26 @@ fn basic(user: &str, pass: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
+/// `url` as an error detail or a log line may name it: without its query,
+/// which may hold a credential (a hook's `?code=`, an API key), replaced by
+/// `?…`.
+pub fn shown(url: &Url) -> String {
+    if url.query().is_none() {
+        return url.as_str().to_owned();
+    }
+    let mut bare = url.clone();
+    bare.set_query(None);
+    bare.set_fragment(None);
+    format!("{bare}?…")
+}
+
 fn success(url: &Url, resp: HttpResponse) -> Result<Vec<u8>, UpstreamError> {
     if resp.status().is_success() {
         Ok(resp.into_body())
     } else {
         Err(UpstreamError::internal(
             "outbound.status",
-            format!("{url} answered {}", resp.status()),
+            format!("{} answered {}", shown(url), resp.status()),
         ))
     }
 }
@@ -215,7 +228,7 @@ fn success(url: &Url, resp: HttpResponse) -> Result<Vec<u8>, UpstreamError> {
 fn too_large(url: &Url, limit: usize) -> UpstreamError {
     UpstreamError::internal(
         "outbound.too_large",
-        format!("the response of {url} exceeds {limit} bytes"),
+        format!("the response of {} exceeds {limit} bytes", shown(url)),
     )
 }
 
@@ -235,11 +248,18 @@ fn map_error(url: &Url, err: &reqwest::Error) -> UpstreamError {
         "outbound.request"
     };
     // reqwest's Display omits the cause; the chain says what actually failed.
-    let mut detail = format!("{url}: {err}");
+    // It names the URL ("... for url (<url>)"): shown without its query.
+    let bare = shown(url);
+    let mut detail = format!("{bare}: {err}");
     let mut source = std::error::Error::source(err);
     while let Some(e) = source {
         detail.push_str(&format!(": {e}"));
         source = e.source();
+    }
+    for named in [Some(url.as_str()), err.url().map(Url::as_str)].into_iter().flatten() {
+        if named != bare {
+            detail = detail.replace(named, &bare);
+        }
     }
     UpstreamError::internal(code, detail)
 }

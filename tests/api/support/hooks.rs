@@ -6,7 +6,7 @@
 //! in its legacy user list.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -73,6 +73,8 @@ pub struct Call {
     pub signed: bool,
     /// The body.
     pub body: Value,
+    /// The URL's query, as received.
+    pub query: Option<String>,
 }
 
 /// A legacy user.
@@ -162,13 +164,19 @@ impl HookServer {
     }
 }
 
-async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(s): State<HookServer>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let call = headers
         .get("portcullis-call-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let answer = answer(&s, &name, &headers, body).await;
+    let answer = answer(&s, &name, query, &headers, body).await;
     let (signing, secret) = {
         let inner = s.inner.lock().unwrap();
         (inner.signing, inner.secret.clone().unwrap_or_default())
@@ -190,7 +198,7 @@ async fn handle(State(s): State<HookServer>, Path(name): Path<String>, headers: 
 }
 
 /// The answer to one call, before any signature.
-async fn answer(s: &HookServer, name: &str, headers: &HeaderMap, body: Bytes) -> Response {
+async fn answer(s: &HookServer, name: &str, query: Option<String>, headers: &HeaderMap, body: Bytes) -> Response {
     let name = name.to_owned();
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (secret, behavior) = {
@@ -209,6 +217,7 @@ async fn answer(s: &HookServer, name: &str, headers: &HeaderMap, body: Bytes) ->
         kind: header("portcullis-hook"),
         signed,
         body: value.clone(),
+        query,
     });
     if !signed {
         // A real receiver refuses what it cannot verify.

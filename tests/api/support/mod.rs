@@ -6,6 +6,7 @@ pub mod app;
 pub mod browser;
 pub mod dns;
 pub mod gateway;
+pub mod held_store;
 pub mod hooks;
 pub mod html_form;
 pub mod local;
