@@ -399,6 +399,24 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
             "forward_auth.bad_path",
         ),
         (format!("/home//{sub}"), "GET", "forward_auth.bad_path"),
+        // Servlet containers drop a segment's `;` parameters before
+        // resolving it: `..;` is `..` there.
+        (
+            format!("/home/{sub}/..;/someone-else/notes"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (
+            format!("/home/{sub}/..%3B/someone-else/notes"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (format!("/home/{sub};x=1/notes"), "GET", "forward_auth.bad_path"),
+        (
+            format!("/home/{sub}/%252e%252e/someone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
     ] {
         let (status, reason, got) = ask(uri.clone(), method).await;
         assert_eq!(
