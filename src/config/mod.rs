@@ -1067,6 +1067,10 @@ impl Settings {
                         &format!("clients[{i}].grant_types[{j}]"),
                         "client_credentials needs a client_secret".into(),
                     ),
+                    Some(crate::provider::clients::GrantType::TokenExchange) if c.client_secret.is_none() => bad(
+                        &format!("clients[{i}].grant_types[{j}]"),
+                        "token exchange needs a client_secret".into(),
+                    ),
                     Some(_) => {}
                 }
             }

@@ -329,6 +329,15 @@ impl Provider {
                 "client_credentials is for confidential clients only.",
             ));
         }
+        if grant == GrantType::TokenExchange && client.is_public() {
+            // RFC 8693 §5: an unauthenticated client could exchange any
+            // token it came by; refused also for records stored before
+            // registration refused public apps this grant.
+            return Err(OAuthError::unauthorized_client(
+                "token_exchange.public_client",
+                "token exchange is for confidential clients only.",
+            ));
+        }
         if !client.allows_grant(grant) {
             return Err(OAuthError::unauthorized_client(
                 "token.grant_not_allowed",

@@ -860,6 +860,49 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NOT_FOUND);
 }
 
+/// RFC 8693 §5: token exchange, like client_credentials, needs a client that
+/// authenticates: a public app is refused the grant at creation and by a
+/// patch, naming the field.
+#[tokio::test]
+async fn a_public_app_is_refused_the_token_exchange_grant_at_registration() {
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    let app = dev_app().await;
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "spa", "redirect_uris": [REDIRECT], "public": true,
+                "grant_types": ["authorization_code", EXCHANGE]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "grant_types[1]", "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("confidential"), "{answer}");
+    assert_eq!(
+        app.admin(Method::GET, "/admin/v1/clients/spa", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    register(&app, "spa", true, json!({})).await;
+    let (status, answer) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/clients/spa",
+            Some(json!({"grant_types": ["authorization_code", EXCHANGE]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "grant_types[1]", "{answer}");
+    // A confidential app may have it.
+    register(
+        &app,
+        "web",
+        false,
+        json!({"grant_types": ["authorization_code", EXCHANGE]}),
+    )
+    .await;
+}
+
 fn declared(s: &mut portcullis::config::Settings) {
     let file = r#"
         [[resource_servers]]
