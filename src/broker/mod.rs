@@ -671,7 +671,7 @@ impl Broker {
             .1
         {
             tracing::info!(reason = "sso.user_inactive", tenant = %tenant, inactive = why.as_str(), "SSO session not reused");
-            session::delete(&self.store, tenant, &s.sid).await?;
+            session::end(&self.store, tenant, &s.sid).await?;
             return Ok(None);
         }
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
@@ -856,11 +856,15 @@ impl Broker {
             .map(|p| p.request.redirect_uri))
     }
 
-    /// Ends the browser's SSO sessions (all tenants) and revokes their refresh tokens.
+    /// Ends the browser's SSO sessions (all tenants) and revokes their
+    /// refresh tokens. Each session's tombstone is written with its
+    /// delete, before its families are revoked: a code of the session
+    /// redeemed since is refused, and one being redeemed either finds the
+    /// tombstone or has listed its family where the revocation finds it.
     pub async fn logout(&self, sso: &BrowserSso) -> Result<(), StoreError> {
         for (tenant, sid) in sso {
             if let Ok(t) = TenantId::parse(tenant) {
-                session::delete(&self.store, &t, sid).await?;
+                session::end(&self.store, &t, sid).await?;
                 self.provider.revoke_session_families(&t, sid).await?;
                 upstream_refresh::forget(&self.store, &t, sid).await?;
             }

@@ -907,7 +907,12 @@ impl Settings {
                 300,
                 365 * 86_400,
             ),
-            ("tokens.code_ttl_secs", self.tokens.code_ttl_secs, 10, 600),
+            (
+                "tokens.code_ttl_secs",
+                self.tokens.code_ttl_secs,
+                10,
+                crate::provider::codes::MAX_CODE_TTL_SECS,
+            ),
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
