@@ -614,7 +614,18 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
     let Ok(params) = single_valued(pairs) else {
         return bad("logout.duplicate_parameter", "A parameter appears more than once.");
     };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(reason = "logout.store_unavailable", error = %e);
+        pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-out failed",
+            "The sign-in service could not reach its storage. Please try again.",
+            "store.unavailable",
+        )
+    };
     // Who is asking? From id_token_hint (signature checked; expiry tolerated) or client_id.
+    // Only a hint refused for itself is a bad hint: keys that could not be
+    // read are the store's 503 or a 500, their detail logged only.
     let hint = match params.get("id_token_hint") {
         Some(t) => match state
             .provider
@@ -623,11 +634,21 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             .await
         {
             Ok(c) => Some(c),
-            Err(_) => {
+            Err(crate::tokens::TokenError::Invalid(_)) => {
                 return bad(
                     "logout.bad_id_token_hint",
                     "The sign-out request carries an invalid ID token.",
                 )
+            }
+            Err(crate::tokens::TokenError::Store(e)) => return unavailable(&e),
+            Err(e) => {
+                tracing::error!(reason = "logout.keys_failed", error = %e, "the signing keys could not be used to check id_token_hint");
+                return pages::error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Sign-out failed",
+                    "The sign-in service could not complete the request. Please try again.",
+                    "logout.keys_failed",
+                );
             }
         },
         None => None,
@@ -669,15 +690,6 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             }
         }
     }
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(reason = "logout.store_unavailable", error = %e);
-        pages::error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-out failed",
-            "The sign-in service could not reach its storage. Please try again.",
-            "store.unavailable",
-        )
-    };
     // Read failing closed: a session that could not be read is not "no
     // session", and nobody is told they are signed out when they may not be.
     let sso = match session

@@ -152,9 +152,35 @@ impl From<crate::store::StoreError> for OAuthError {
     }
 }
 
+impl OAuthError {
+    /// An access token that did not verify: only a refusal of the token
+    /// itself is `invalid_token` (with its reason, a fixed code); the
+    /// signing keys unreadable from the store are the store's
+    /// `temporarily_unavailable` (503, no detail sent), anything else a
+    /// `server_error` (500) whose detail is logged only. A store outage
+    /// must not make a valid token look invalid (introspection would
+    /// answer `active: false`) nor put the store's words in an answer.
+    pub fn unverified_token(e: crate::tokens::TokenError) -> Self {
+        use crate::tokens::TokenError;
+        match e {
+            TokenError::Invalid(_) => {
+                Self::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
+            }
+            TokenError::Store(s) => s.into(),
+            other => Self::server("token.verification_failed", other),
+        }
+    }
+}
+
 impl From<crate::tokens::TokenError> for OAuthError {
+    /// As [`OAuthError::unverified_token`] for a refused token or the
+    /// store; any other failure (signing, keys) is a `server_error`.
     fn from(e: crate::tokens::TokenError) -> Self {
-        Self::server("token.signing_failed", e)
+        use crate::tokens::TokenError;
+        match e {
+            TokenError::Invalid(_) | TokenError::Store(_) => Self::unverified_token(e),
+            other => Self::server("token.signing_failed", other),
+        }
     }
 }
 

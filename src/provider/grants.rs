@@ -1154,10 +1154,11 @@ impl Provider {
     }
 
     async fn check_access_token_user(&self, token: &str) -> Result<(AccessClaims, Option<User>), OAuthError> {
-        let claims: AccessClaims =
-            self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
-                OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
-            })?;
+        let claims: AccessClaims = self
+            .keys
+            .verify(token, "at+jwt", &self.iss())
+            .await
+            .map_err(OAuthError::unverified_token)?;
         let Some(tenant) = claims.tenant.as_deref() else {
             // A client_credentials token: about the app itself, no user.
             let revoked_key = app_revoked_key(&claims.jti);
