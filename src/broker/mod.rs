@@ -204,7 +204,8 @@ pub fn app_redirect(redirect_uri: &str, issuer: &str, params: &[(&str, &str)]) -
 }
 
 fn error_to_app(req: &AuthRequest, issuer: &str, error: &str, description: &str) -> Outcome {
-    let mut params = vec![("error", error), ("error_description", description)];
+    let clean = crate::provider::error::rfc6749_description(description);
+    let mut params = vec![("error", error), ("error_description", clean.as_str())];
     if let Some(s) = &req.state {
         params.push(("state", s));
     }

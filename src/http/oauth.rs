@@ -8,6 +8,7 @@ use super::pairs::{self, FormPairs};
 use super::AppState;
 use crate::broker::PrefetchedAuthorize;
 use crate::provider::clients::GrantType;
+use crate::provider::error::rfc6749_description;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
@@ -34,14 +35,12 @@ impl IntoResponse for OAuthError {
             );
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = Json(json!({"error": self.code.as_str(), "error_description": self.description}));
+        let description = rfc6749_description(&self.description);
+        let body = Json(json!({"error": self.code.as_str(), "error_description": description}));
         let mut resp = (status, pages::no_store(), body).into_response();
         match self.code {
             OAuthErrorCode::InvalidToken => {
-                let v = format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                    self.description.replace('"', "'")
-                );
+                let v = format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -430,7 +429,7 @@ fn client_credentials(
 
 fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, OAuthError> {
     single_valued(pairs)
-        .map_err(|k| OAuthError::invalid_request("request.duplicate_parameter", format!("{k} appears more than once.")))
+        .map_err(|_| OAuthError::invalid_request("request.duplicate_parameter", "A parameter appears more than once."))
 }
 
 /// `POST /token`

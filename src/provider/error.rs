@@ -66,6 +66,22 @@ impl std::fmt::Display for OAuthErrorCode {
     }
 }
 
+/// `description` as RFC 6749 allows an `error_description` (§5.2, §4.1.2.1:
+/// `%x20-21 / %x23-5B / %x5D-7E`): `"` becomes `'`, any other character
+/// outside the set (a backslash, a control character, anything not ASCII)
+/// `?`. Applied where a description leaves: the OAuth error JSON, the
+/// `WWW-Authenticate` challenge and the error redirect to the app.
+pub fn rfc6749_description(description: &str) -> String {
+    description
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            ' '..='~' if c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// An OAuth error. `code` is the RFC error code; `description` is safe to
 /// send; `reason` is the stable reason code for logs and metrics.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -200,5 +216,18 @@ mod tests {
             "temporarily_unavailable"
         );
         assert_eq!(OAuthErrorCode::TemporarilyUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn descriptions_keep_to_the_rfc_6749_character_set() {
+        assert_eq!(
+            rfc6749_description("grant_type \"fo\"o\u{e9}\" is \\ not\tok\n."),
+            "grant_type 'fo'o?' is ? not?ok?."
+        );
+        let all: String = (0u8..=0x7f).map(char::from).chain(['\u{e9}', '\u{202e}']).collect();
+        assert!(rfc6749_description(&all)
+            .bytes()
+            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e)));
+        assert_eq!(rfc6749_description("Fine: (a) [b] {c} ~!"), "Fine: (a) [b] {c} ~!");
     }
 }

@@ -317,7 +317,7 @@ impl Provider {
     ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
-                .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
+                .ok_or_else(|| OAuthError::unsupported_grant_type("This grant_type is not supported."))?,
             None => {
                 return Err(OAuthError::invalid_request(
                     "token.missing_grant_type",

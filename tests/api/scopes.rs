@@ -628,6 +628,55 @@ async fn native_app_redirect_uris_follow_rfc_8252() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Whether `d` keeps to RFC 6749's `error_description` characters
+/// (`%x20-21 / %x23-5B / %x5D-7E`).
+fn rfc6749_description(d: &str) -> bool {
+    d.bytes().all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+}
+
+/// An `error_description` keeps to RFC 6749's characters whatever the
+/// request held: a grant type with a quote and a non-ASCII letter, a
+/// parameter whose non-ASCII name is sent twice, a bogus `prompt` value
+/// (the error redirect to the app). None echoes the raw input.
+#[tokio::test]
+async fn error_descriptions_keep_to_the_rfc_6749_character_set() {
+    let app = dev_app().await;
+    apis(&app).await;
+    let secret = register(&app, "app", false, json!({})).await;
+    let (status, body) = token(&app, "app", secret.as_deref(), &[("grant_type", "fo\"o\u{e9}")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "unsupported_grant_type", "{body}");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+
+    let twice = app
+        .client
+        .post(app.url("/token"))
+        .basic_auth("app", secret.as_deref())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=authorization_code&%C3%A9%22x%5C=1&%C3%A9%22x%5C=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    let body: Value = twice.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+
+    let mut browser = Browser::new();
+    let q = authorize(
+        &app,
+        &mut browser,
+        "app",
+        &[("scope", "openid"), ("prompt", "bogus\"\u{e9}\\")],
+    )
+    .await;
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{q:?}");
+    let d = q.get("error_description").unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+}
+
 #[tokio::test]
 async fn prompt_consent_and_select_account_are_refused_and_not_advertised() {
     let app = dev_app().await;
