@@ -914,6 +914,51 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
 }
 
+/// A rule's `email` condition matches only an address the IdP verified and
+/// the tenant vouches for (one of its domains), as `email_domain` does: an
+/// unverified `ann@demo.test` gets `invalid_target` from a rule naming
+/// exactly that address, a verified `bea@demo.example` her token.
+#[tokio::test]
+async fn an_exchange_rule_on_email_matches_only_a_verified_address() {
+    let (app, secret) = world(None).await;
+    for (id, email) in [("ann", "ann@demo.test"), ("bea", "bea@demo.example")] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants/demo/exchange-rules",
+                Some(json!({"id": id, "when": {"claim": "email", "equals": email}, "resource": HOME, "scopes": ["home:read"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let exchange = |subject: String| {
+        vec![
+            ("grant_type", EXCHANGE.to_owned()),
+            ("subject_token", subject),
+            ("subject_token_type", ACCESS_TOKEN.to_owned()),
+            ("resource", HOME.to_owned()),
+        ]
+    };
+    let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid email")]).await);
+    let form = exchange(ann);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &form).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_target")),
+        "{body}"
+    );
+    assert_eq!(
+        exchange_reason(&app, "web", &form).await,
+        ("exchange.no_rule", "invalid_target".to_owned())
+    );
+    let bea = at(&sign_in(&app, "web", &secret, "bea@demo.example", &[("scope", "openid email")]).await);
+    let form = exchange(bea);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &form).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// RFC 8693 §5: a public app cannot authenticate, so it may not exchange
 /// tokens, even its own and even with the grant in a record the admin API
 /// would no longer accept (stored here through the registry).
