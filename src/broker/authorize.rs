@@ -269,11 +269,11 @@ pub fn parse(
             "prompt=select_account is not supported.",
         ));
     }
-    if let Some(p) = prompts.iter().find(|p| !matches!(**p, "none" | "login")) {
+    if prompts.iter().any(|p| !matches!(*p, "none" | "login")) {
         return Err(redirect_err(
             "invalid_request",
             "authorize.prompt",
-            format!("prompt value {p:?} is not supported."),
+            "A prompt value is not supported: only none and login are.",
         ));
     }
     let max_age = match params.get("max_age") {

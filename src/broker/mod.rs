@@ -204,7 +204,8 @@ pub fn app_redirect(redirect_uri: &str, issuer: &str, params: &[(&str, &str)]) -
 }
 
 fn error_to_app(req: &AuthRequest, issuer: &str, error: &str, description: &str) -> Outcome {
-    let mut params = vec![("error", error), ("error_description", description)];
+    let clean = crate::provider::error::rfc6749_description(description);
+    let mut params = vec![("error", error), ("error_description", clean.as_str())];
     if let Some(s) = &req.state {
         params.push(("state", s));
     }
@@ -671,7 +672,7 @@ impl Broker {
             .1
         {
             tracing::info!(reason = "sso.user_inactive", tenant = %tenant, inactive = why.as_str(), "SSO session not reused");
-            session::delete(&self.store, tenant, &s.sid).await?;
+            session::end(&self.store, tenant, &s.sid).await?;
             return Ok(None);
         }
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
@@ -856,11 +857,15 @@ impl Broker {
             .map(|p| p.request.redirect_uri))
     }
 
-    /// Ends the browser's SSO sessions (all tenants) and revokes their refresh tokens.
+    /// Ends the browser's SSO sessions (all tenants) and revokes their
+    /// refresh tokens. Each session's tombstone is written with its
+    /// delete, before its families are revoked: a code of the session
+    /// redeemed since is refused, and one being redeemed either finds the
+    /// tombstone or has listed its family where the revocation finds it.
     pub async fn logout(&self, sso: &BrowserSso) -> Result<(), StoreError> {
         for (tenant, sid) in sso {
             if let Ok(t) = TenantId::parse(tenant) {
-                session::delete(&self.store, &t, sid).await?;
+                session::end(&self.store, &t, sid).await?;
                 self.provider.revoke_session_families(&t, sid).await?;
                 upstream_refresh::forget(&self.store, &t, sid).await?;
             }

@@ -2,6 +2,7 @@
 //! The browser's tower-sessions session holds only the map tenant → sid.
 
 use crate::ids::{ConnectionId, TenantId};
+use crate::provider::codes::{session_ended_key, SESSION_ENDED_TTL};
 use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,11 +116,12 @@ pub async fn save(
     Ok(())
 }
 
-/// Ends every SSO session of the user `sub` (disable, delete).
+/// Ends every SSO session of the user `sub` (disable, delete), each as
+/// [`end`] does.
 pub async fn delete_user_sessions(store: &SharedStore, tenant: &TenantId, sub: &str) -> Result<(), StoreError> {
     let index = user_sessions_key(tenant, sub);
     for sid in store.set_members(&index).await? {
-        store.delete(&key(tenant, &sid)).await?;
+        end(store, tenant, &sid).await?;
     }
     store.delete(&index).await.map(|_| ())
 }
@@ -134,7 +136,20 @@ pub async fn load(store: &SharedStore, sso: &BrowserSso, tenant: &TenantId) -> R
     Ok(s.filter(|s| &s.tenant == tenant))
 }
 
-/// Deletes a session.
-pub async fn delete(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
-    store.delete(&key(tenant, sid)).await.map(|_| ())
+/// Ends a session: deletes its record and leaves its tombstone
+/// ([`crate::provider::codes::session_ended_key`]), in one script (their
+/// shared tag), so a code already issued from it is refused
+/// (`code.session_ended`) and starts no refresh family that would outlive
+/// the sign-out. Whoever ends a session revokes its families after this.
+pub async fn end(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+    let (at, ended) = (key(tenant, sid), session_ended_key(tenant.as_str(), sid));
+    let writes = [
+        Write::Put {
+            key: &ended,
+            value: b"1",
+            ttl: Some(SESSION_ENDED_TTL),
+        },
+        Write::Delete { key: &at },
+    ];
+    store.write_many(&writes).await.map(|_| ())
 }

@@ -216,7 +216,7 @@ impl UpstreamRefresher {
         self.store
             .delete(&record_key(authz.tenant.as_str(), &authz.sid))
             .await?;
-        session::delete(&self.store, &authz.tenant, &authz.sid).await?;
+        session::end(&self.store, &authz.tenant, &authz.sid).await?;
         Ok(UpstreamCheck::Refused)
     }
 }

@@ -907,7 +907,12 @@ impl Settings {
                 300,
                 365 * 86_400,
             ),
-            ("tokens.code_ttl_secs", self.tokens.code_ttl_secs, 10, 600),
+            (
+                "tokens.code_ttl_secs",
+                self.tokens.code_ttl_secs,
+                10,
+                crate::provider::codes::MAX_CODE_TTL_SECS,
+            ),
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
@@ -1066,6 +1071,10 @@ impl Settings {
                     Some(crate::provider::clients::GrantType::ClientCredentials) if c.client_secret.is_none() => bad(
                         &format!("clients[{i}].grant_types[{j}]"),
                         "client_credentials needs a client_secret".into(),
+                    ),
+                    Some(crate::provider::clients::GrantType::TokenExchange) if c.client_secret.is_none() => bad(
+                        &format!("clients[{i}].grant_types[{j}]"),
+                        "token exchange needs a client_secret".into(),
                     ),
                     Some(_) => {}
                 }

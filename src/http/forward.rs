@@ -145,15 +145,15 @@ async fn decide(state: &AppState, req: &ForwardRequest<'_>) -> Response {
                 DenyStatus::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
                 DenyStatus::Forbidden => (StatusCode::FORBIDDEN, "insufficient_scope"),
             };
-            let body = Json(json!({"error": error, "error_description": d.description, "reason": d.reason}));
+            let description = crate::provider::error::rfc6749_description(&d.description);
+            let body = Json(json!({"error": error, "error_description": description, "reason": d.reason}));
             let mut resp = (status, pages::no_store(), body).into_response();
             let clean = |s: &str| s.replace(['"', '\\'], "'");
             let challenge = match d.status {
                 DenyStatus::BadRequest => None,
                 DenyStatus::Unauthorized if d.no_token => Some("Bearer realm=\"portcullis\"".to_owned()),
                 DenyStatus::Unauthorized => Some(format!(
-                    "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
-                    clean(&d.description)
+                    "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{description}\""
                 )),
                 DenyStatus::Forbidden => Some(match &d.scope {
                     Some(s) => format!(

@@ -8,6 +8,7 @@ use super::pairs::{self, FormPairs};
 use super::AppState;
 use crate::broker::PrefetchedAuthorize;
 use crate::provider::clients::GrantType;
+use crate::provider::error::rfc6749_description;
 use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
@@ -34,14 +35,12 @@ impl IntoResponse for OAuthError {
             );
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = Json(json!({"error": self.code.as_str(), "error_description": self.description}));
+        let description = rfc6749_description(&self.description);
+        let body = Json(json!({"error": self.code.as_str(), "error_description": description}));
         let mut resp = (status, pages::no_store(), body).into_response();
         match self.code {
             OAuthErrorCode::InvalidToken => {
-                let v = format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                    self.description.replace('"', "'")
-                );
+                let v = format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -430,7 +429,7 @@ fn client_credentials(
 
 fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, OAuthError> {
     single_valued(pairs)
-        .map_err(|k| OAuthError::invalid_request("request.duplicate_parameter", format!("{k} appears more than once.")))
+        .map_err(|_| OAuthError::invalid_request("request.duplicate_parameter", "A parameter appears more than once."))
 }
 
 /// `POST /token`
@@ -614,7 +613,18 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
     let Ok(params) = single_valued(pairs) else {
         return bad("logout.duplicate_parameter", "A parameter appears more than once.");
     };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(reason = "logout.store_unavailable", error = %e);
+        pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-out failed",
+            "The sign-in service could not reach its storage. Please try again.",
+            "store.unavailable",
+        )
+    };
     // Who is asking? From id_token_hint (signature checked; expiry tolerated) or client_id.
+    // Only a hint refused for itself is a bad hint: keys that could not be
+    // read are the store's 503 or a 500, their detail logged only.
     let hint = match params.get("id_token_hint") {
         Some(t) => match state
             .provider
@@ -623,11 +633,21 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             .await
         {
             Ok(c) => Some(c),
-            Err(_) => {
+            Err(crate::tokens::TokenError::Invalid(_)) => {
                 return bad(
                     "logout.bad_id_token_hint",
                     "The sign-out request carries an invalid ID token.",
                 )
+            }
+            Err(crate::tokens::TokenError::Store(e)) => return unavailable(&e),
+            Err(e) => {
+                tracing::error!(reason = "logout.keys_failed", error = %e, "the signing keys could not be used to check id_token_hint");
+                return pages::error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Sign-out failed",
+                    "The sign-in service could not complete the request. Please try again.",
+                    "logout.keys_failed",
+                );
             }
         },
         None => None,
@@ -669,15 +689,6 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
             }
         }
     }
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(reason = "logout.store_unavailable", error = %e);
-        pages::error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-out failed",
-            "The sign-in service could not reach its storage. Please try again.",
-            "store.unavailable",
-        )
-    };
     // Read failing closed: a session that could not be read is not "no
     // session", and nobody is told they are signed out when they may not be.
     let sso = match session

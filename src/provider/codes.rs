@@ -111,6 +111,24 @@ fn replayed_key(tenant: &str, hash: &str) -> Key {
     Key::tenant(tenant, "codes", format!("replayed:{hash}"))
 }
 
+/// The longest a code lives (`tokens.code_ttl_secs` is at most this).
+pub const MAX_CODE_TTL_SECS: u64 = 600;
+
+/// How long an ended SSO session's tombstone is kept: longer than any code
+/// issued from the session can still be redeemed, with a minute more for a
+/// code issued by a request that read the session just before it ended.
+pub const SESSION_ENDED_TTL: Duration = Duration::from_secs(MAX_CODE_TTL_SECS + 60);
+
+/// The tombstone of the ended SSO session `sid` (sign-out, a user's
+/// sessions ended, the IdP refusing the upstream session): its codes are
+/// refused (`code.session_ended`) and no refresh family is listed under it
+/// any more (see [`Provider::start_family`]). It shares the tag
+/// `t:<tenant>:sso` with the session's record, which is deleted in the same
+/// script, and with the index of the session's refresh families.
+pub fn session_ended_key(tenant: &str, sid: &str) -> Key {
+    Key::tenant(tenant, "sso", format!("ended:{sid}"))
+}
+
 /// What the first redemption of a code issued, so a replay can revoke it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Issued {
@@ -138,6 +156,12 @@ pub enum Redeemed {
 }
 
 impl Provider {
+    /// Whether the SSO session `sid` of `tenant` was ended (its tombstone,
+    /// [`session_ended_key`], is there).
+    pub async fn session_ended(&self, tenant: &TenantId, sid: &str) -> Result<bool, StoreError> {
+        self.store.exists(&session_ended_key(tenant.as_str(), sid)).await
+    }
+
     /// Issues a code for `authz`.
     pub async fn issue_code(&self, authz: &Authorization) -> Result<String, StoreError> {
         let code = format!("{}.{}", authz.tenant, crate::tokens::random_token(32));

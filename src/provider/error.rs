@@ -66,6 +66,22 @@ impl std::fmt::Display for OAuthErrorCode {
     }
 }
 
+/// `description` as RFC 6749 allows an `error_description` (§5.2, §4.1.2.1:
+/// `%x20-21 / %x23-5B / %x5D-7E`): `"` becomes `'`, any other character
+/// outside the set (a backslash, a control character, anything not ASCII)
+/// `?`. Applied where a description leaves: the OAuth error JSON, the
+/// `WWW-Authenticate` challenge and the error redirect to the app.
+pub fn rfc6749_description(description: &str) -> String {
+    description
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            ' '..='~' if c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 /// An OAuth error. `code` is the RFC error code; `description` is safe to
 /// send; `reason` is the stable reason code for logs and metrics.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,9 +168,35 @@ impl From<crate::store::StoreError> for OAuthError {
     }
 }
 
+impl OAuthError {
+    /// An access token that did not verify: only a refusal of the token
+    /// itself is `invalid_token` (with its reason, a fixed code); the
+    /// signing keys unreadable from the store are the store's
+    /// `temporarily_unavailable` (503, no detail sent), anything else a
+    /// `server_error` (500) whose detail is logged only. A store outage
+    /// must not make a valid token look invalid (introspection would
+    /// answer `active: false`) nor put the store's words in an answer.
+    pub fn unverified_token(e: crate::tokens::TokenError) -> Self {
+        use crate::tokens::TokenError;
+        match e {
+            TokenError::Invalid(_) => {
+                Self::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
+            }
+            TokenError::Store(s) => s.into(),
+            other => Self::server("token.verification_failed", other),
+        }
+    }
+}
+
 impl From<crate::tokens::TokenError> for OAuthError {
+    /// As [`OAuthError::unverified_token`] for a refused token or the
+    /// store; any other failure (signing, keys) is a `server_error`.
     fn from(e: crate::tokens::TokenError) -> Self {
-        Self::server("token.signing_failed", e)
+        use crate::tokens::TokenError;
+        match e {
+            TokenError::Invalid(_) | TokenError::Store(_) => Self::unverified_token(e),
+            other => Self::server("token.signing_failed", other),
+        }
     }
 }
 
@@ -174,5 +216,18 @@ mod tests {
             "temporarily_unavailable"
         );
         assert_eq!(OAuthErrorCode::TemporarilyUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn descriptions_keep_to_the_rfc_6749_character_set() {
+        assert_eq!(
+            rfc6749_description("grant_type \"fo\"o\u{e9}\" is \\ not\tok\n."),
+            "grant_type 'fo'o?' is ? not?ok?."
+        );
+        let all: String = (0u8..=0x7f).map(char::from).chain(['\u{e9}', '\u{202e}']).collect();
+        assert!(rfc6749_description(&all)
+            .bytes()
+            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e)));
+        assert_eq!(rfc6749_description("Fine: (a) [b] {c} ~!"), "Fine: (a) [b] {c} ~!");
     }
 }

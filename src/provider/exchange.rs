@@ -132,8 +132,9 @@ impl ExchangeRule {
         let eq = |v: &Option<String>| v.as_deref() == Some(when.equals.as_str());
         match when.claim.as_str() {
             "groups" => user.groups.iter().any(|g| g == &when.equals),
-            "email" => eq(&user.email),
-            // Only a verified address vouches for its domain.
+            // Only an address the IdP verified (and the tenant vouches
+            // for: `tenant::vouch_email`) names its person, or its domain.
+            "email" => user.email_verified == Some(true) && eq(&user.email),
             "email_domain" => {
                 user.email_verified == Some(true)
                     && user
@@ -707,8 +708,11 @@ mod tests {
         assert!(rule(Some(("groups", "eng")), &["read"]).applies_to(&u));
         assert!(!rule(Some(("groups", "Eng")), &["read"]).applies_to(&u));
         assert!(rule(Some(("email_domain", "acme.test")), &["read"]).applies_to(&u));
+        assert!(rule(Some(("email", "jane@acme.test")), &["read"]).applies_to(&u));
+        assert!(!rule(Some(("email", "joe@acme.test")), &["read"]).applies_to(&u));
         let unverified = user(&[], Some("jane@acme.test"), false);
         assert!(!rule(Some(("email_domain", "acme.test")), &["read"]).applies_to(&unverified));
+        assert!(!rule(Some(("email", "jane@acme.test")), &["read"]).applies_to(&unverified));
         assert!(!rule(Some(("nope", "x")), &["read"]).applies_to(&u));
     }
 

@@ -22,8 +22,10 @@
 //!
 //! Paths are compared as the proxy sends them, not decoded; a path that
 //! decoding or normalisation could turn into another one (`.`/`..` or empty
-//! segments, encoded `/`, `\` or `.`, a backslash) is refused, so what is
-//! matched is what the backend serves.
+//! segments, encoded `/`, `\` or `.`, a backslash, a `;` plain or encoded,
+//! which servlet containers strip with its path parameter before resolving
+//! `..;`, or an encoded `%`) is refused, so what is matched is what the
+//! backend serves.
 
 use super::grants::AccessClaims;
 use super::resources::{ResourceServer, RouteRule};
@@ -246,14 +248,20 @@ fn holds(rs: &ResourceServer, claims: &AccessClaims, held: &[String], wanted: &s
 
 /// The path of a URI reported by the proxy, if it is one the rules can
 /// judge exactly: starts with `/`, no `.`/`..` or empty inner segments, no
-/// backslash, no percent-encoded `/`, `\` or `.`. The query is dropped.
+/// backslash, no percent-encoded `/`, `\` or `.`, no `;` (plain or
+/// encoded: servlet containers drop `;`-parameters from a segment before
+/// resolving it, so `/a/..;/b` serves `/b`), and no `%25` (a second
+/// decoding would make any of these). The query is dropped.
 pub fn clean_path(uri: &str) -> Option<&str> {
     let path = uri.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') || path.contains('\\') {
+    if !path.starts_with('/') || path.contains(['\\', ';']) {
         return None;
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%00"].iter().any(|e| lower.contains(e)) {
+    if ["%2f", "%5c", "%2e", "%00", "%3b", "%25"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
         return None;
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -334,6 +342,13 @@ mod tests {
             "/users/u1\\..\\u2",
             "users/u1",
             "http://host/users/u1",
+            "/users/u1/..;/u2",
+            "/users/u1/..;x=1/u2",
+            "/users/u1;jsessionid=1/x",
+            "/users/u1/..%3b/u2",
+            "/users/u1/..%3B/u2",
+            "/users/u1/%252e%252e/u2",
+            "/users/u1%252F..%252Fu2",
         ] {
             assert_eq!(clean_path(bad), None, "{bad}");
         }

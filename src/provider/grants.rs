@@ -4,7 +4,7 @@
 
 use super::clients::{Client, GrantType};
 use super::codes::{Authorization, Issued, Redeemed};
-use super::refresh::{Family, Rotation};
+use super::refresh::{Family, Rotation, Start};
 use super::scopes::{invalid_target, Grant, Subject};
 use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
@@ -45,11 +45,14 @@ struct Peeked {
 }
 
 /// What [`Provider::code_grant_reads`] answers: the liveness reads, the
-/// pre-token hook, and the refresh family's start (`None`: not wanted).
+/// pre-token hook, the refresh family's start (`None`: not wanted), and,
+/// when no family is started (whose start looks for it), whether the SSO
+/// session has ended (`None`: the start looked).
 type CodeGrantReads = (
     Result<Liveness, StoreError>,
     Result<Option<crate::hooks::HookConfig>, OAuthError>,
-    Option<Result<Option<(Family, String)>, StoreError>>,
+    Option<Result<Start, StoreError>>,
+    Option<Result<bool, StoreError>>,
 );
 
 /// How the client authenticated at the token endpoint.
@@ -314,7 +317,7 @@ impl Provider {
     ) -> Result<TokenResponse, OAuthError> {
         let grant = match req.grant_type.as_deref() {
             Some(g) => GrantType::parse(g)
-                .ok_or_else(|| OAuthError::unsupported_grant_type(format!("grant_type {g:?} is not supported.")))?,
+                .ok_or_else(|| OAuthError::unsupported_grant_type("This grant_type is not supported."))?,
             None => {
                 return Err(OAuthError::invalid_request(
                     "token.missing_grant_type",
@@ -327,6 +330,15 @@ impl Provider {
             return Err(OAuthError::unauthorized_client(
                 "client_credentials.public_client",
                 "client_credentials is for confidential clients only.",
+            ));
+        }
+        if grant == GrantType::TokenExchange && client.is_public() {
+            // RFC 8693 §5: an unauthenticated client could exchange any
+            // token it came by; refused also for records stored before
+            // registration refused public apps this grant.
+            return Err(OAuthError::unauthorized_client(
+                "token_exchange.public_client",
+                "token exchange is for confidential clients only.",
             ));
         }
         if !client.allows_grant(grant) {
@@ -484,15 +496,18 @@ impl Provider {
                 self.code_grant_reads(client, &authz, fresh, &family_id).await
             }
         };
-        let (live, hook, started) = reads;
+        let (live, hook, started, ended) = reads;
         // The first token of the family, once it is certain it started.
         let first_token = match &started {
-            Some(Ok(Some((_, token)))) => Some(token.clone()),
+            Some(Ok(Start {
+                started: Some((_, token)),
+                ..
+            })) => Some(token.clone()),
             _ => None,
         };
         let wants = started.is_some();
         let granted = self
-            .code_grant_checked(client, &authz, live, hook, started, &minting)
+            .code_grant_checked(client, &authz, live, hook, started, ended, &minting)
             .await;
         if granted.is_err() && wants {
             // Whatever of the family was written (all, some or none).
@@ -567,7 +582,10 @@ impl Provider {
     /// one wait: the user, its tenant and connection may have gone since
     /// the sign-in (one read of the tenant serves both this and its
     /// `allowed_clients`; the user read here is the one the ID token is
-    /// minted from), the pre-token hook, and the refresh family's start.
+    /// minted from), the pre-token hook, the refresh family's start, and
+    /// whether the SSO session the code came from has ended (sign-out:
+    /// `code.session_ended`), which the family's start looks for in the
+    /// script that lists it under the session, else one `EXISTS`.
     /// The family is written ahead of the liveness checks, its token handed
     /// out only once every check has passed, and abandoned (deleted with
     /// its index entries and its token) when any refuses the redemption,
@@ -592,6 +610,12 @@ impl Provider {
                     true => Some(self.start_family(authz, family_id.to_owned()).await),
                     false => None,
                 }
+            },
+            async {
+                match wants {
+                    true => None,
+                    false => Some(self.session_ended(&authz.tenant, &authz.sid).await),
+                }
             }
         )
     }
@@ -602,7 +626,10 @@ impl Provider {
         let first_token = match &reads.2 {
             // Not wanted: nothing was started.
             None => return,
-            Some(Ok(Some((_, token)))) => Some(token.as_str()),
+            Some(Ok(Start {
+                started: Some((_, token)),
+                ..
+            })) => Some(token.as_str()),
             Some(_) => None,
         };
         self.abandon_family(authz, family_id, first_token).await;
@@ -653,14 +680,17 @@ impl Provider {
     }
 
     /// The rest of a code grant once its reads are in: the liveness
-    /// decision, the pre-token hook, the family's start, the tokens.
+    /// decision, the SSO session's end, the pre-token hook, the family's
+    /// start, the tokens.
+    #[allow(clippy::too_many_arguments)]
     async fn code_grant_checked(
         &self,
         client: &Client,
         authz: &Authorization,
         live: Result<Liveness, StoreError>,
         hook: Result<Option<crate::hooks::HookConfig>, OAuthError>,
-        started: Option<Result<Option<(Family, String)>, StoreError>>,
+        started: Option<Result<Start, StoreError>>,
+        ended: Option<Result<bool, StoreError>>,
         minting: &Minting,
     ) -> Result<TokenResponse, OAuthError> {
         let (tenant_record, active) = live?;
@@ -688,11 +718,25 @@ impl Provider {
             tracing::info!(reason = "code.credentials_reset", tenant = %authz.tenant, client_id = %client.client_id);
             return Err(OAuthError::invalid_grant("code.credentials_reset", CREDENTIALS_RESET));
         }
+        // Signed out (or its sessions ended) since the code was issued: the
+        // code ended with the session, and starts nothing that outlives it.
+        let session_ended = match (&started, ended) {
+            (Some(Ok(start)), _) => start.session_ended,
+            // The start's failure is answered below.
+            (Some(Err(_)), _) | (None, None) => false,
+            (None, Some(ended)) => ended?,
+        };
+        if session_ended {
+            return Err(Self::session_ended_refusal(client, authz));
+        }
         // The hook runs (and may fail) before anything is handed out.
         let hooked = hook.is_some();
         // The family this redemption started (if it wanted one and it did).
         let family = match &started {
-            Some(Ok(Some((family, _)))) => Some(family.id.as_str()),
+            Some(Ok(Start {
+                started: Some((family, _)),
+                ..
+            })) => Some(family.id.as_str()),
             _ => None,
         };
         let prepared = self
@@ -700,13 +744,18 @@ impl Provider {
             .await?;
         let refresh = match started {
             None => None,
-            Some(started) => match started? {
+            Some(started) => match started?.started {
                 // A hook's call takes long enough for a replay to arrive
                 // meanwhile and delete the family (see `codes`): it is
                 // looked for again after the call, so such a redemption
                 // fails as the replay's did instead of answering dead tokens.
                 Some((family, token)) if !hooked || self.family_exists(&authz.tenant, &family.id).await? => Some(token),
                 _ => {
+                    // The session's end forbade or deleted the family it
+                    // found listed (the sign-out came after the listing).
+                    if self.session_ended(&authz.tenant, &authz.sid).await? {
+                        return Err(Self::session_ended_refusal(client, authz));
+                    }
                     // A replay arrived while we were redeeming and forbade
                     // the family before it started, or deleted it since
                     // (and denied the access token's `jti`); the replay
@@ -726,6 +775,16 @@ impl Provider {
         };
         let (resp, _) = Self::sign(prepared, refresh)?;
         Ok(resp)
+    }
+
+    /// The refusal of a code whose SSO session ended before it was
+    /// redeemed (sign-out, or the user's sessions ended).
+    fn session_ended_refusal(client: &Client, authz: &Authorization) -> OAuthError {
+        tracing::info!(reason = "code.session_ended", tenant = %authz.tenant, client_id = %client.client_id);
+        OAuthError::invalid_grant(
+            "code.session_ended",
+            "The sign-in this code came from has ended; sign in again.",
+        )
     }
 
     async fn refresh_grant(
@@ -1095,10 +1154,11 @@ impl Provider {
     }
 
     async fn check_access_token_user(&self, token: &str) -> Result<(AccessClaims, Option<User>), OAuthError> {
-        let claims: AccessClaims =
-            self.keys.verify(token, "at+jwt", &self.iss()).await.map_err(|e| {
-                OAuthError::invalid_token("token.invalid", format!("The access token is invalid ({e})."))
-            })?;
+        let claims: AccessClaims = self
+            .keys
+            .verify(token, "at+jwt", &self.iss())
+            .await
+            .map_err(OAuthError::unverified_token)?;
         let Some(tenant) = claims.tenant.as_deref() else {
             // A client_credentials token: about the app itself, no user.
             let revoked_key = app_revoked_key(&claims.jti);

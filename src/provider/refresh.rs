@@ -107,6 +107,17 @@ fn parse(token: &str) -> Option<Parsed<'_>> {
     })
 }
 
+/// What [`Provider::start_family`] did.
+#[derive(Debug)]
+pub struct Start {
+    /// The family and its first token, when its record was written
+    /// (`None`: it was forbidden before it started; nothing of it written).
+    pub started: Option<(Family, String)>,
+    /// The SSO session had ended (its tombstone was there): the family is
+    /// not listed under it, and must not be handed out.
+    pub session_ended: bool,
+}
+
 /// The outcome of presenting a refresh token.
 #[derive(Debug)]
 pub enum Rotation {
@@ -132,15 +143,18 @@ impl Provider {
     }
 
     /// Starts the family `id` (from [`Provider::new_family_id`], named in
-    /// advance in the code's "used" marker) for `authz`; returns it with
+    /// advance in the code's "used" marker) for `authz`; answers it with
     /// its first token, or `None` when the family was forbidden before it
-    /// started (the code was replayed meanwhile, see
-    /// [`Provider::forbid_family`]): then nothing was written.
-    pub async fn start_family(
-        &self,
-        authz: &Authorization,
-        id: String,
-    ) -> Result<Option<(Family, String)>, StoreError> {
+    /// started (the code was replayed meanwhile, or the session's families
+    /// were revoked, see [`Provider::forbid_family`]): then nothing of it
+    /// was written. It is listed under its SSO session only while the
+    /// session has no tombstone ([`super::codes::session_ended_key`]),
+    /// checked in the same script as that index entry: either the session
+    /// ended first ([`Start::session_ended`]: the caller fails the grant
+    /// and abandons the family) or the family is listed where the
+    /// session's end, which writes the tombstone before it revokes the
+    /// listed families, finds it.
+    pub async fn start_family(&self, authz: &Authorization, id: String) -> Result<Start, StoreError> {
         let now = self.clock.unix();
         let mut expires_at = now + i64::try_from(self.ttl.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2);
         // Never outlive the SSO session's hard end (SAML SessionNotOnOrAfter,
@@ -166,6 +180,7 @@ impl Provider {
         let (family_at, token_at) = (family_key(t, &family.id), token_key(t, &family.id, &hash));
         let forbidden = forbidden_key(t, &family.id);
         let (by_session, by_user) = (session_families_key(t, &authz.sid), user_families_key(t, &authz.sub));
+        let ended = super::codes::session_ended_key(t, &authz.sid);
         // One wait: the family and its first token in one script (their
         // shared tag), unless the family's tombstone is there, the two
         // indexes (other tags) sent with it. They may fail independently;
@@ -188,12 +203,23 @@ impl Provider {
                 ttl,
             },
         ];
-        let (started, (), ()) = tokio::try_join!(
+        let listed = [
+            Write::RequireAbsent { key: &ended },
+            Write::SetAdd {
+                key: &by_session,
+                member: &family.id,
+                ttl,
+            },
+        ];
+        let (started, session_live, ()) = tokio::try_join!(
             self.store.write_many(&together),
-            self.store.set_add(&by_session, &family.id, ttl),
+            self.store.write_many(&listed),
             self.store.set_add(&by_user, &family.id, ttl),
         )?;
-        Ok(started.then_some((family, token)))
+        Ok(Start {
+            started: started.then_some((family, token)),
+            session_ended: !session_live,
+        })
     }
 
     /// Rotates `token` of `family`, as peeked (read without consuming, by
@@ -374,11 +400,15 @@ impl Provider {
         Ok(())
     }
 
-    /// Revokes every family started in the SSO session `sid` (logout).
+    /// Revokes every family started in the SSO session `sid` (sign-out, a
+    /// refused upstream session), once the session's tombstone is written.
+    /// Each is forbidden, not only deleted: a family listed by a code grant
+    /// just before the tombstone may not be written yet, and must then
+    /// never start.
     pub async fn revoke_session_families(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
         let key = session_families_key(tenant.as_str(), sid);
         for f in self.store.set_members(&key).await? {
-            self.revoke_family(tenant, &f).await?;
+            self.forbid_family(tenant, &f).await?;
         }
         self.store.delete(&key).await?;
         Ok(())

@@ -407,7 +407,7 @@ pub type FieldProblem = (String, String);
 impl ResourceRegistry {
     /// Checks the API-related fields of an app against the registered
     /// resource servers: `grant_types` (known, not empty, `client_credentials`
-    /// only for confidential apps), `allowed_scopes` (OIDC scopes, bare names
+    /// and token exchange only for confidential apps), `allowed_scopes` (OIDC scopes, bare names
     /// some resource server defines, or qualified scopes
     /// `<identifier>/<name>` that server defines) and `default_resource`
     /// (registered).
@@ -428,6 +428,12 @@ impl ResourceRegistry {
                 return bad(
                     format!("grant_types[{i}]"),
                     "client_credentials needs a confidential client (public is true)".into(),
+                );
+            }
+            if *g == GrantType::TokenExchange && public {
+                return bad(
+                    format!("grant_types[{i}]"),
+                    "token exchange needs a confidential client (public is true)".into(),
                 );
             }
             if grant_types.iter().take(i).any(|x| x == g) {

@@ -86,6 +86,26 @@ async fn register(app: &TestApp, id: &str, extra: Value) -> String {
 /// Signs `email` in at the dev IdP through `/authorize` (tenant demo) and
 /// redeems the code; returns the token response.
 async fn sign_in(app: &TestApp, client: &str, secret: &str, email: &str, params: &[(&str, &str)]) -> Value {
+    let code = code_for(app, client, email, params).await;
+    let (status, body) = token(
+        app,
+        client,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Signs `email` in at the dev IdP through `/authorize` (tenant demo) for
+/// `client`; returns the code, not redeemed.
+async fn code_for(app: &TestApp, client: &str, email: &str, params: &[(&str, &str)]) -> String {
     let mut url = app.url("/authorize");
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -110,21 +130,7 @@ async fn sign_in(app: &TestApp, client: &str, secret: &str, email: &str, params:
         }
     };
     let q: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
-    let code = q.get("code").unwrap_or_else(|| panic!("no code: {q:?}"));
-    let (status, body) = token(
-        app,
-        client,
-        secret,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    q.get("code").unwrap_or_else(|| panic!("no code: {q:?}")).clone()
 }
 
 async fn token(app: &TestApp, client: &str, secret: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
@@ -399,6 +405,24 @@ async fn forward_auth_needs_a_registered_resource_and_a_clean_original_uri() {
             "forward_auth.bad_path",
         ),
         (format!("/home//{sub}"), "GET", "forward_auth.bad_path"),
+        // Servlet containers drop a segment's `;` parameters before
+        // resolving it: `..;` is `..` there.
+        (
+            format!("/home/{sub}/..;/someone-else/notes"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (
+            format!("/home/{sub}/..%3B/someone-else/notes"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
+        (format!("/home/{sub};x=1/notes"), "GET", "forward_auth.bad_path"),
+        (
+            format!("/home/{sub}/%252e%252e/someone-else"),
+            "GET",
+            "forward_auth.bad_path",
+        ),
     ] {
         let (status, reason, got) = ask(uri.clone(), method).await;
         assert_eq!(
@@ -888,6 +912,117 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
+}
+
+/// A rule's `email` condition matches only an address the IdP verified and
+/// the tenant vouches for (one of its domains), as `email_domain` does: an
+/// unverified `ann@demo.test` gets `invalid_target` from a rule naming
+/// exactly that address, a verified `bea@demo.example` her token.
+#[tokio::test]
+async fn an_exchange_rule_on_email_matches_only_a_verified_address() {
+    let (app, secret) = world(None).await;
+    for (id, email) in [("ann", "ann@demo.test"), ("bea", "bea@demo.example")] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants/demo/exchange-rules",
+                Some(json!({"id": id, "when": {"claim": "email", "equals": email}, "resource": HOME, "scopes": ["home:read"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let exchange = |subject: String| {
+        vec![
+            ("grant_type", EXCHANGE.to_owned()),
+            ("subject_token", subject),
+            ("subject_token_type", ACCESS_TOKEN.to_owned()),
+            ("resource", HOME.to_owned()),
+        ]
+    };
+    let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid email")]).await);
+    let form = exchange(ann);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &form).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_target")),
+        "{body}"
+    );
+    assert_eq!(
+        exchange_reason(&app, "web", &form).await,
+        ("exchange.no_rule", "invalid_target".to_owned())
+    );
+    let bea = at(&sign_in(&app, "web", &secret, "bea@demo.example", &[("scope", "openid email")]).await);
+    let form = exchange(bea);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = token(&app, "web", &secret, &form).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// RFC 8693 §5: a public app cannot authenticate, so it may not exchange
+/// tokens, even its own and even with the grant in a record the admin API
+/// would no longer accept (stored here through the registry).
+#[tokio::test]
+async fn a_public_app_may_not_exchange_tokens_whatever_its_record_allows() {
+    let (app, _) = world(None).await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "spa", "redirect_uris": [REDIRECT], "public": true, "allowed_scopes": ["home:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut spa = Arc::unwrap_or_clone(app.state.provider.clients.get("spa").await.unwrap().unwrap());
+    spa.grant_types
+        .push(portcullis::provider::clients::GrantType::parse(EXCHANGE).unwrap());
+    app.state.provider.clients.put(&spa).await.unwrap();
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/demo/exchange-rules",
+            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The public app's own access token, from its own code (PKCE, no secret).
+    let code = code_for(&app, "spa", "ann@demo.test", &[("scope", "openid")]).await;
+    let redeemed = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", "spa"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redeemed.status(), StatusCode::OK);
+    let own = at(&redeemed.json().await.unwrap());
+
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("client_id", "spa"),
+        ("subject_token", own.as_str()),
+        ("subject_token_type", ACCESS_TOKEN),
+        ("resource", HOME),
+    ];
+    let resp = app.client.post(app.url("/token")).form(&form).send().await.unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unauthorized_client")),
+        "{body}"
+    );
+    assert_eq!(
+        exchange_reason(&app, "spa", &form).await,
+        ("token_exchange.public_client", "unauthorized_client".to_owned())
+    );
 }
 
 /// An exchanged token carries its subject token's refresh family: revoking

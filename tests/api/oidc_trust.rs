@@ -454,6 +454,7 @@ async fn the_sso_sessions_hard_end_caps_its_refresh_families() {
         .start_family(&authz, portcullis::provider::Provider::new_family_id())
         .await
         .unwrap()
+        .started
         .expect("a family nobody forbade starts");
     assert_eq!(capped.expires_at, now + 600);
     let r = w.refresh(&token).await;

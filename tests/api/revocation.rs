@@ -881,6 +881,101 @@ async fn a_disabled_user_cannot_sign_in_and_its_tokens_are_refused() {
     assert_eq!(back.sub(), sub);
 }
 
+/// A code issued by the SSO session before the browser signed out ends
+/// with it (`code.session_ended`): redeemed afterwards it gets no tokens
+/// and starts no refresh family that would outlive the sign-out, with or
+/// without `offline_access` (the family's start or a read of its own looks
+/// for the session's end). A session the user's sign-out did not end still
+/// redeems its codes.
+#[tokio::test]
+async fn a_code_issued_before_sign_out_is_refused_after_it() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let kept = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "ivy@demo.example").await,
+    )
+    .await;
+    let sub = kept.sub();
+    // Codes of the same SSO session, not redeemed before the sign-out.
+    let with_refresh = sign_in(&app, &mut browser, &rp, DEMO, "ivy@demo.example").await;
+    let for_reason = sign_in(&app, &mut browser, &rp, DEMO, "ivy@demo.example").await;
+    let without_refresh = {
+        let verifier = portcullis::tokens::random_token(32);
+        let mut url = authorize_url(&app, &rp, DEMO, &verifier);
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        url.query_pairs_mut().clear().extend_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), if k == "scope" { "openid email" } else { v.as_str() })),
+        );
+        let host = rp.redirect.host_str().unwrap().to_owned();
+        let back = browser
+            .get_until(&url, &move |u: &Url| u.host_str() == Some(host.as_str()))
+            .await
+            .stopped();
+        Code {
+            code: code_of(&back),
+            verifier,
+        }
+    };
+    // Another browser's session of the same user.
+    let mut other = Browser::new();
+    let elsewhere = sign_in(&app, &mut other, &rp, DEMO, "ivy@demo.example").await;
+
+    // Sign out in the browser: the question, then its confirmation.
+    let ask = browser.get(&app.url("/logout")).await;
+    let form = ask.form(Some("logout"));
+    let done = browser.submit(&ask, &form).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("You are signed out"), "{}", done.body);
+
+    let refused = redeem(&app, &rp, &with_refresh).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(refused.error(), Some("invalid_grant"), "{}", refused.body);
+    assert!(refused.body.get("refresh_token").is_none(), "{}", refused.body);
+    let named = family_named_by(&app, &with_refresh).await;
+    assert_eq!(family_left(&app, &named, &sub).await, (false, false), "family {named}");
+    assert_eq!(code_reason(&app, &rp, &for_reason).await, "code.session_ended");
+    assert_eq!(code_reason(&app, &rp, &without_refresh).await, "code.session_ended");
+    // The family redeemed before the sign-out ended with it too.
+    assert_eq!(refresh_reason(&app, &rp, kept.rt()).await, "refresh.unknown");
+
+    let fine = redeem(&app, &rp, &elsewhere).await;
+    assert_eq!(fine.status, StatusCode::OK, "{}", fine.body);
+}
+
+/// Disabling a user ends its SSO sessions: a code issued before is
+/// refused for the user's state while disabled, and stays refused once the
+/// user is enabled again (`code.session_ended`).
+#[tokio::test]
+async fn a_code_issued_before_a_user_was_disabled_stays_refused_once_enabled() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let mut browser = Browser::new();
+    let first = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut browser, &rp, DEMO, "joe@demo.example").await,
+    )
+    .await;
+    let sub = first.sub();
+    let pending = sign_in(&app, &mut browser, &rp, DEMO, "joe@demo.example").await;
+    for action in ["disable", "enable"] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/tenants/demo/users/{sub}/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(code_reason(&app, &rp, &pending).await, "code.session_ended");
+}
+
 /// A 200 from `/revoke` means the token is revoked (RFC 7009), also when it
 /// is refused today for another reason that may pass: the deny-list entry
 /// is written, so the token stays dead once its user is enabled again.

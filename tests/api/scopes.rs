@@ -628,6 +628,55 @@ async fn native_app_redirect_uris_follow_rfc_8252() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Whether `d` keeps to RFC 6749's `error_description` characters
+/// (`%x20-21 / %x23-5B / %x5D-7E`).
+fn rfc6749_description(d: &str) -> bool {
+    d.bytes().all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+}
+
+/// An `error_description` keeps to RFC 6749's characters whatever the
+/// request held: a grant type with a quote and a non-ASCII letter, a
+/// parameter whose non-ASCII name is sent twice, a bogus `prompt` value
+/// (the error redirect to the app). None echoes the raw input.
+#[tokio::test]
+async fn error_descriptions_keep_to_the_rfc_6749_character_set() {
+    let app = dev_app().await;
+    apis(&app).await;
+    let secret = register(&app, "app", false, json!({})).await;
+    let (status, body) = token(&app, "app", secret.as_deref(), &[("grant_type", "fo\"o\u{e9}")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "unsupported_grant_type", "{body}");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+
+    let twice = app
+        .client
+        .post(app.url("/token"))
+        .basic_auth("app", secret.as_deref())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=authorization_code&%C3%A9%22x%5C=1&%C3%A9%22x%5C=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+    let body: Value = twice.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+
+    let mut browser = Browser::new();
+    let q = authorize(
+        &app,
+        &mut browser,
+        "app",
+        &[("scope", "openid"), ("prompt", "bogus\"\u{e9}\\")],
+    )
+    .await;
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{q:?}");
+    let d = q.get("error_description").unwrap();
+    assert!(rfc6749_description(d), "{d:?}");
+}
+
 #[tokio::test]
 async fn prompt_consent_and_select_account_are_refused_and_not_advertised() {
     let app = dev_app().await;
@@ -858,6 +907,49 @@ async fn resource_servers_are_managed_through_the_admin_api() {
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(app.admin(Method::GET, &path, None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(app.admin(Method::DELETE, &path, None).await.0, StatusCode::NOT_FOUND);
+}
+
+/// RFC 8693 §5: token exchange, like client_credentials, needs a client that
+/// authenticates: a public app is refused the grant at creation and by a
+/// patch, naming the field.
+#[tokio::test]
+async fn a_public_app_is_refused_the_token_exchange_grant_at_registration() {
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    let app = dev_app().await;
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/clients",
+            Some(json!({"client_id": "spa", "redirect_uris": [REDIRECT], "public": true,
+                "grant_types": ["authorization_code", EXCHANGE]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "grant_types[1]", "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("confidential"), "{answer}");
+    assert_eq!(
+        app.admin(Method::GET, "/admin/v1/clients/spa", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    register(&app, "spa", true, json!({})).await;
+    let (status, answer) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/clients/spa",
+            Some(json!({"grant_types": ["authorization_code", EXCHANGE]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "grant_types[1]", "{answer}");
+    // A confidential app may have it.
+    register(
+        &app,
+        "web",
+        false,
+        json!({"grant_types": ["authorization_code", EXCHANGE]}),
+    )
+    .await;
 }
 
 fn declared(s: &mut portcullis::config::Settings) {

@@ -54,12 +54,29 @@ async fn unavailable_page(resp: reqwest::Response, what: &str, reason: &str) {
     );
 }
 
+/// A 503 `temporarily_unavailable` with `Retry-After` and nothing of the
+/// store's words: not in the body, not in any header (no
+/// `WWW-Authenticate`: nothing was refused).
 async fn unavailable_json(resp: reqwest::Response, what: &str) {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
     assert!(resp.headers().contains_key("retry-after"), "{what}: Retry-After");
+    assert!(
+        resp.headers().get("www-authenticate").is_none(),
+        "{what}: {:?}",
+        resp.headers().get("www-authenticate")
+    );
+    let detail = |s: &str| {
+        ["Redis", "WRONGTYPE", "store unavailable", "Connection refused"]
+            .iter()
+            .any(|w| s.contains(w))
+    };
+    for (name, value) in resp.headers() {
+        let v = value.to_str().unwrap_or_default();
+        assert!(!detail(v), "{what}: {name}: {v}");
+    }
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{what}: {body}");
-    assert!(!body.to_string().contains("Redis"), "{what}: no detail sent");
+    assert!(!detail(&body.to_string()), "{what}: no detail sent: {body}");
 }
 
 async fn outage_answers(app: &TestApp, authorize: &str, what: &str) {
@@ -216,4 +233,87 @@ async fn a_frozen_store_answers_503_within_the_deadline_and_recovers() {
     server.thaw();
     let resp = c.get(&authorize).send().await.unwrap();
     assert!(resp.status().is_redirection(), "{}", resp.status());
+}
+
+/// A signing keyset the store cannot answer is an outage, not an invalid
+/// token: once the cached keyset is too old to use (past two cache
+/// periods on the injected clock), `/userinfo`, `/introspect` and forward
+/// auth answer a valid token 503 `temporarily_unavailable` with no detail,
+/// never 401 `invalid_token` with the store's error text, nor an
+/// introspection's `active: false`. First with only the keyset's key
+/// unreadable (the rest of the store answers, so the token's check is what
+/// fails), then with Redis stopped.
+#[tokio::test]
+async fn a_keyset_the_store_cannot_read_is_an_outage_not_an_invalid_token() {
+    let server = RedisServer::start();
+    let prefix = crate::support::redis::prefix();
+    let clock = portcullis::clock::ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2040-06-01T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let app = spawn_app(AppOptions {
+        redis_url: Some(server.url()),
+        redis_prefix: Some(prefix.clone()),
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    const API: &str = "https://api.example.test";
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/resource-servers",
+            Some(serde_json::json!({"identifier": API, "scopes": [{"name": "api:read"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rp = crate::revocation::register(&app, "app1").await;
+    let mut browser = crate::support::browser::Browser::new();
+    let code = crate::revocation::sign_in(&app, &mut browser, &rp, crate::revocation::DEMO, "kay@demo.example").await;
+    let tokens = crate::revocation::redeem(&app, &rp, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let at = tokens.at().to_owned();
+    let c = &app.client;
+    let ask = |what: &'static str| {
+        let at = at.clone();
+        let (userinfo, introspect, forward) = (
+            c.get(app.url("/userinfo")).bearer_auth(&at),
+            c.post(app.url("/introspect"))
+                .basic_auth(&rp.client_id, Some(&rp.secret))
+                .form(&[("token", at.as_str())]),
+            c.get(app.url(&format!(
+                "/forward-auth?resource={}",
+                url::form_urlencoded::byte_serialize(API.as_bytes()).collect::<String>()
+            )))
+            .bearer_auth(&at),
+        );
+        async move {
+            for (name, req) in [
+                ("/userinfo", userinfo),
+                ("/introspect", introspect),
+                ("forward auth", forward),
+            ] {
+                unavailable_json(timed(req).await, &format!("{what} {name}")).await;
+            }
+        }
+    };
+    // While the keyset is readable, the token is fine.
+    let resp = c.get(app.url("/userinfo")).bearer_auth(&at).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Only the keyset's key unreadable: a value of another type answers
+    // every read of it with an error (WRONGTYPE).
+    let mut con = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    let keyset = portcullis::store::Key::global("keys", "signing").render(&prefix);
+    let _: () = redis::cmd("DEL").arg(&keyset).query(&mut con).unwrap();
+    let _: () = redis::cmd("RPUSH").arg(&keyset).arg("x").query(&mut con).unwrap();
+    clock.advance(chrono::Duration::seconds(61));
+    ask("keyset unreadable:").await;
+
+    // The whole store gone.
+    server.stop();
+    clock.advance(chrono::Duration::seconds(61));
+    ask("Redis stopped:").await;
 }

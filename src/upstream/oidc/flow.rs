@@ -383,8 +383,29 @@ async fn userinfo(c: &OidcConnector, endpoint: &url::Url, access_token: &str) ->
     })
 }
 
-/// Adds userinfo claims the ID token lacks. The ID token's (signed) values
-/// win; a userinfo answer about another subject is refused (OIDC Core §5.3.2).
+/// Claims only the signed ID token may carry (OIDC Core §2, §3.1.3.6):
+/// how and when the person authenticated and what the token is for. A
+/// userinfo answer, unsigned here, never supplies them: its `acr` or `amr`
+/// could otherwise satisfy `require_mfa`.
+const ID_TOKEN_ONLY: [&str; 13] = [
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "azp",
+    "auth_time",
+    "acr",
+    "amr",
+    "at_hash",
+    "c_hash",
+    "sid",
+];
+
+/// Adds userinfo claims the ID token lacks, except [`ID_TOKEN_ONLY`]. The
+/// ID token's (signed) values win; a userinfo answer about another subject
+/// is refused (OIDC Core §5.3.2).
 fn merge_userinfo(claims: &mut Claims, extra: Claims) -> Result<(), UpstreamError> {
     let token_sub = claims.get("sub").and_then(Value::as_str);
     let info_sub = extra.get("sub").and_then(Value::as_str);
@@ -396,6 +417,9 @@ fn merge_userinfo(claims: &mut Claims, extra: Claims) -> Result<(), UpstreamErro
         ));
     }
     for (k, v) in extra {
+        if ID_TOKEN_ONLY.contains(&k.as_str()) {
+            continue;
+        }
         claims.entry(k).or_insert(v);
     }
     Ok(())

@@ -257,6 +257,37 @@ async fn auth_time_comes_from_the_signed_id_token_only() {
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
 }
 
+/// How the person authenticated (`acr`, `amr`) and the other claims only
+/// the signed ID token may carry are never taken from the unsigned
+/// userinfo answer, which could otherwise satisfy `require_mfa`; its
+/// profile claims still fill what the ID token lacks.
+#[tokio::test]
+async fn acr_and_amr_come_from_the_signed_id_token_only() {
+    let f = Fixture::new().await;
+    f.idp.with(|s| {
+        s.userinfo_claims["acr"] = json!("http://schemas.openid.net/pape/policies/2007/06/multi-factor");
+        s.userinfo_claims["amr"] = json!(["mfa"]);
+        s.userinfo_claims["sid"] = json!("from-userinfo");
+        s.userinfo_claims["azp"] = json!("someone-else");
+    });
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    let token = claims.as_object_mut().unwrap();
+    token.remove("amr");
+    token.remove("acr");
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.acr, None);
+    assert!(id.amr.is_empty(), "{:?}", id.amr);
+    for claim in ["acr", "amr", "sid", "azp"] {
+        assert!(!id.raw.contains_key(claim), "{claim}: {:?}", id.raw);
+    }
+    assert_eq!(
+        id.groups,
+        vec!["staff", "admins"],
+        "profile claims still come from userinfo"
+    );
+}
+
 #[tokio::test]
 async fn the_fake_idp_refuses_a_wrong_pkce_verifier_an_unknown_code_and_a_wrong_secret() {
     let f = Fixture::new().await;

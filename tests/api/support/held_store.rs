@@ -161,6 +161,18 @@ impl Store for HeldStore {
     async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
         self.inner.stream_add(key, value, max_len).await
     }
+    async fn stream_add_classed(
+        &self,
+        key: &Key,
+        class: &Key,
+        value: &[u8],
+        class_max: usize,
+        max_len: usize,
+    ) -> Result<String, StoreError> {
+        self.inner
+            .stream_add_classed(key, class, value, class_max, max_len)
+            .await
+    }
     async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
         self.inner.stream_range(key, after, count).await
     }
