@@ -734,7 +734,11 @@ async fn a_connection_the_platform_disabled_stays_disabled_for_the_tenant_admin(
 /// tenant never drops an admin change from delivery.
 #[tokio::test]
 async fn a_flood_of_security_events_never_drops_an_admin_change_from_webhook_delivery() {
-    let clock = ManualClock::at(chrono::Utc::now());
+    let clock = ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
     let shared: SharedClock = Arc::new(clock.clone());
     let store = Arc::new(MemoryStore::new(shared.clone()));
     let audit = Audit::with_config(
