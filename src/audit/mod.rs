@@ -384,6 +384,16 @@ impl Default for AuditConfig {
     }
 }
 
+/// The name of the list of one kind's ids beside a stream that bounds the
+/// kinds apart (a tenant's log, the global log, the webhook outbox).
+fn kind_list_name(kind: &str) -> &'static str {
+    if kind == KIND_ADMIN {
+        "admin ids"
+    } else {
+        "security ids"
+    }
+}
+
 /// The audit log.
 #[derive(Clone)]
 pub struct Audit {
@@ -441,11 +451,7 @@ impl Audit {
     /// flood of security events (anyone can cause failed sign-ins) never
     /// pushes an admin's change out of the log, nor the other way round.
     fn kind_key(tenant: Option<&TenantId>, kind: &str) -> Key {
-        let kind = if kind == KIND_ADMIN {
-            "admin ids"
-        } else {
-            "security ids"
-        };
+        let kind = kind_list_name(kind);
         match tenant {
             Some(t) => Key::tenant(t.as_str(), "audit", kind),
             None => Key::global("audit", kind),

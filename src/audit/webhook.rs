@@ -53,12 +53,7 @@ pub fn outbox_key() -> Key {
 /// The ids of one kind's events in the outbox (admin changes, security
 /// events), each kind bounded on its own (`Store::stream_add_classed`).
 pub fn outbox_kind_key(kind: &str) -> Key {
-    let kind = if kind == super::KIND_ADMIN {
-        "admin ids"
-    } else {
-        "security ids"
-    };
-    Key::global("audit_outbox", kind)
+    Key::global("audit_outbox", super::kind_list_name(kind))
 }
 
 /// The webhook's settings (`[audit.webhook]`).
