@@ -384,7 +384,10 @@ async fn seed_dev(state: &AppState) -> anyhow::Result<()> {
         let conn = crate::tenant::setup::build_connection(&state.upstream, &tenant, body, true)
             .await
             .map_err(|e| anyhow::anyhow!("demo connection: {e}"))?;
-        state.tenants.put_connection(&conn).await?;
+        state
+            .tenants
+            .put_connection(&conn, crate::tenant::IssuerChange::NewUsers)
+            .await?;
     }
     let client = Client {
         require_mfa: false,

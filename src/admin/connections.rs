@@ -22,8 +22,9 @@ use crate::audit::Target;
 use crate::http::AppState;
 use crate::ids::{ConnectionId, TenantId};
 use crate::tenant::setup::{describe, patch_connection};
+use crate::tenant::IssuerChange;
 use crate::upstream::{Connection, ConnectionKind, ConnectionStatus, SetupError};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -160,26 +161,31 @@ async fn get_connection(
 }
 
 /// Validates and stores the new version of a connection, then drops this
-/// replica's cached connector (others see the new revision).
+/// replica's cached connector (others see the new revision). A change of
+/// the upstream issuer renews the connection's users unless `users` keeps
+/// them ([`IssuerChange`]); the answer then says `"users_renewed": true`,
+/// and the audit log has a `connection.users_renewed` event after the
+/// update's.
 async fn store_update(
     s: &AppState,
     admin: &Admin,
-    old: &Connection,
-    new: Connection,
+    (old, new): (&Connection, Connection),
+    users: IssuerChange,
     (reason, action): (&'static str, &str),
 ) -> Result<Value, AdminError> {
     // Built once now, so a configuration that cannot work is refused and the old one keeps serving.
     crate::upstream::build(&new, &s.upstream).map_err(|e| AdminError::field("body", e.message))?;
-    s.tenants.update_connection(old, &new).await.map_err(registry)?;
+    let renewed = s.tenants.update_connection(old, &new, users).await.map_err(registry)?;
     s.broker.connectors.forget(&new.tenant, &new.id);
     tracing::info!(
         reason,
         tenant = %new.tenant,
         connection = %new.id,
         status = ?new.status,
-        revision = new.revision
+        revision = new.revision,
+        users_renewed = renewed
     );
-    let view = describe(&s.upstream, &new);
+    let mut view = describe(&s.upstream, &new);
     audit::record(
         s,
         admin
@@ -189,15 +195,49 @@ async fn store_update(
             .after(view.clone()),
     )
     .await?;
+    if renewed {
+        audit::record(
+            s,
+            admin
+                .event("connection.users_renewed", Target::new("connection", new.id.as_str()))
+                .tenant(&new.tenant)
+                .before(json!({"issuer": old.kind.upstream_issuer()}))
+                .after(json!({"issuer": new.kind.upstream_issuer()})),
+        )
+        .await?;
+        if let Some(o) = view.as_object_mut() {
+            o.insert("users_renewed".into(), Value::Bool(true));
+        }
+    }
     Ok(view)
+}
+
+/// The PATCH's query: `keep_users=true` keeps the connection's users across
+/// a change of its upstream issuer.
+#[derive(serde::Deserialize)]
+struct PatchQuery {
+    keep_users: Option<String>,
+}
+
+fn issuer_change(
+    query: Result<Query<PatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<IssuerChange, AdminError> {
+    let Query(q) = query.map_err(|e| AdminError::field("query", e.body_text()))?;
+    match q.keep_users.as_deref() {
+        None | Some("false") => Ok(IssuerChange::NewUsers),
+        Some("true") => Ok(IssuerChange::KeepUsers),
+        Some(_) => Err(AdminError::field("keep_users", "must be true or false.")),
+    }
 }
 
 async fn patch_connection_handler(
     admin: Admin,
     State(s): State<Arc<AppState>>,
     Path((id, cid)): Path<(String, String)>,
+    query: Result<Query<PatchQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, AdminError> {
+    let users = issuer_change(query)?;
     let (id, old) = load(&s, &id, &cid).await?;
     check_platform_admin_fields(&admin, &body)?;
     if body.get("status").is_some() {
@@ -211,8 +251,8 @@ async fn patch_connection_handler(
         store_update(
             &s,
             &admin,
-            &old,
-            new,
+            (&old, new),
+            users,
             ("admin.connection_updated", "connection.updated"),
         )
         .await?,
@@ -243,8 +283,8 @@ async fn set_status(
         store_update(
             s,
             admin,
-            &old,
-            new,
+            (&old, new),
+            IssuerChange::NewUsers,
             ("admin.connection_status_changed", "connection.status_changed"),
         )
         .await?,
@@ -303,7 +343,9 @@ async fn sp_certificates(
         "retire" => ("admin.sp_certificate_retired", "connection.sp_certificate_retired"),
         _ => ("admin.sp_certificate_activated", "connection.sp_certificate_activated"),
     };
-    Ok(Json(store_update(&s, &admin, &old, new, labels).await?))
+    Ok(Json(
+        store_update(&s, &admin, (&old, new), IssuerChange::NewUsers, labels).await?,
+    ))
 }
 
 async fn delete_connection(

@@ -460,6 +460,10 @@ pub(crate) struct ConnectionView {
     certificate_expires_at: Option<String>,
     /// On reads and updates.
     certificate_warning: Option<CertificateWarning>,
+    /// On a PATCH that changed the upstream issuer (OIDC `issuer`, SAML
+    /// entity id) without `keep_users=true`: `true`, the connection's users
+    /// started afresh (the old IdP's users and their tokens ended).
+    users_renewed: Option<bool>,
     /// Local.
     password_policy: Option<crate::local::password::PasswordPolicy>,
     allow_sign_up: Option<bool>,
@@ -1240,7 +1244,8 @@ fn local_users_force_reset() {}
         (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn keys_rotate() {}
 
-#[utoipa::path(patch, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path),
+        ("keep_users" = Option<bool>, Query, description = "true keeps the connection's users when the patch changes its upstream issuer (OIDC issuer, SAML entity id); by default they start afresh (users_renewed)")),
     request_body(content = ConnectionMergePatch, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
     responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 fn connections_patch() {}

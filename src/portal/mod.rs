@@ -14,6 +14,7 @@ pub mod links;
 
 use crate::http::{flows, pages, AppState};
 use crate::ids::{ConnectionId, TenantId};
+use crate::tenant::IssuerChange;
 use crate::upstream::{Connection, ConnectionKind, ConnectionStatus};
 use askama::Template;
 use axum::extract::{Multipart, Path, Query, State};
@@ -649,7 +650,12 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
         Some(old) if old.status == ConnectionStatus::PendingTest => {
             conn.kind = keep_sp(old.kind.clone(), conn.kind);
             // Compare-and-set: a concurrent change of this connection wins.
-            s.tenants.update_connection(&old, &conn).await
+            // Another IdP registered in its place renews its users (the
+            // test sign-ins'), as any change of the issuer does.
+            s.tenants
+                .update_connection(&old, &conn, IssuerChange::NewUsers)
+                .await
+                .map(|_| ())
         }
         Some(old) => {
             tracing::info!(reason = "portal.connection_exists", tenant = %session.tenant, connection = %cid, status = ?old.status);
@@ -922,7 +928,7 @@ async fn activate(
     let before = c.clone();
     c.status = ConnectionStatus::Active;
     // Compare-and-set: an operator's change (a disable) made meanwhile wins.
-    if let Err(e) = s.tenants.update_connection(&before, &c).await {
+    if let Err(e) = s.tenants.update_connection(&before, &c, IssuerChange::NewUsers).await {
         return not_stored(&s, e);
     }
     tracing::info!(reason = "portal.connection_activated", tenant = %c.tenant, connection = %c.id, link = %session.link_id);

@@ -582,14 +582,30 @@ impl Store for SealedStore {
     }
 
     async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
-        // Each value sealed as `put` seals it.
-        let sealed: Vec<Option<Vec<u8>>> = writes
-            .iter()
-            .map(|w| match w {
-                Write::Put { key, value, .. } => self.seal(key, value).map(Some),
-                Write::SetAdd { .. } | Write::Delete { .. } | Write::RequireAbsent { .. } => Ok(None),
-            })
-            .collect::<Result<_, _>>()?;
+        // Each value sealed as `put` seals it. A required value of a sealed
+        // record is compared as `compare_and_put` compares it: the caller's
+        // opened bytes against the opening of what is stored, then the
+        // stored bytes are required, so the whole stays one atomic
+        // compare-and-set underneath.
+        let mut sealed: Vec<Option<Vec<u8>>> = Vec::with_capacity(writes.len());
+        for w in writes {
+            sealed.push(match w {
+                Write::Put { key, value, .. } => Some(self.seal(key, value)?),
+                Write::RequireValue { key, value } if sealed_fields(key).is_some() => {
+                    let Some(raw) = self.inner.get(key).await? else {
+                        return Ok(false);
+                    };
+                    if self.open(key, raw.clone())? != *value {
+                        return Ok(false);
+                    }
+                    Some(raw)
+                }
+                Write::SetAdd { .. }
+                | Write::Delete { .. }
+                | Write::RequireAbsent { .. }
+                | Write::RequireValue { .. } => None,
+            });
+        }
         let forwarded: Vec<Write<'_>> = writes
             .iter()
             .zip(&sealed)
@@ -598,6 +614,10 @@ impl Store for SealedStore {
                     key,
                     value: value.as_slice(),
                     ttl: *ttl,
+                },
+                (Write::RequireValue { key, .. }, Some(stored)) => Write::RequireValue {
+                    key,
+                    value: stored.as_slice(),
                 },
                 (other, _) => *other,
             })

@@ -819,7 +819,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|w| match w {
                 Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => self.deadline(*ttl),
-                Write::Delete { .. } | Write::RequireAbsent { .. } => None,
+                Write::Delete { .. } | Write::RequireAbsent { .. } | Write::RequireValue { .. } => None,
             })
             .collect();
         // One lock for every key: the equivalent of the Redis script, which
@@ -831,6 +831,11 @@ impl Store for MemoryStore {
                         return Err(wrong_type(key));
                     }
                     Write::RequireAbsent { key } if m.get(*key).is_some() => return Ok(false),
+                    Write::RequireValue { key, value }
+                        if !matches!(m.get(*key), Some(Entry { value: Value::Bytes(b), .. }) if b == value) =>
+                    {
+                        return Ok(false)
+                    }
                     _ => {}
                 }
             }
@@ -849,7 +854,7 @@ impl Store for MemoryStore {
                     Write::Delete { key } => {
                         m.remove(*key);
                     }
-                    Write::RequireAbsent { .. } => {}
+                    Write::RequireAbsent { .. } | Write::RequireValue { .. } => {}
                 }
             }
             Ok(true)

@@ -400,10 +400,14 @@ pub trait Store: Send + Sync + 'static {
     /// hash tag (Redis Cluster); otherwise nothing is written and the
     /// answer is an error. A set write over a key holding another type is
     /// refused before anything is written. When a [`Write::RequireAbsent`]
-    /// key holds a value, nothing is written and the answer is `false`;
-    /// otherwise every write is applied and the answer is `true`. Every
-    /// write is idempotent and a condition only ever turns a repeat into
-    /// "nothing written", so the whole is retried as `put` is. Every
+    /// key holds a value, or a [`Write::RequireValue`] key holds another
+    /// value than the one given, nothing is written and the answer is
+    /// `false`; otherwise every write is applied and the answer is `true`.
+    /// Every write is idempotent and [`Write::RequireAbsent`] only ever
+    /// turns a repeat into "nothing written", so without a
+    /// [`Write::RequireValue`] the whole is retried as `put` is; with one,
+    /// a repeat of an applied call would answer `false`, so it is retried
+    /// only when certainly not executed, as `compare_and_put` is. Every
     /// wrapper must forward it (a sealing wrapper seals the values it seals
     /// for `put`): no default.
     async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError>;
@@ -523,16 +527,30 @@ pub enum Write<'a> {
         /// The key that must hold nothing.
         key: &'a Key,
     },
+    /// Writes nothing: a condition of the whole [`Store::write_many`],
+    /// which writes nothing at all (and answers `false`) unless the value
+    /// at `key` is `value`, byte for byte (an absent key never matches):
+    /// [`Store::compare_and_put`]'s condition, for a record whose
+    /// compare-and-set must carry companions written in the same step. A
+    /// sealing wrapper compares openings, as it does for
+    /// `compare_and_put`.
+    RequireValue {
+        /// The key whose value is compared.
+        key: &'a Key,
+        /// The value it must hold.
+        value: &'a [u8],
+    },
 }
 
 impl Write<'_> {
-    /// The key written (for [`Write::RequireAbsent`], the key checked).
+    /// The key written (for a condition, the key checked).
     pub fn key(&self) -> &Key {
         match self {
             Write::Put { key, .. }
             | Write::SetAdd { key, .. }
             | Write::Delete { key }
-            | Write::RequireAbsent { key } => key,
+            | Write::RequireAbsent { key }
+            | Write::RequireValue { key, .. } => key,
         }
     }
 }

@@ -1931,7 +1931,7 @@ impl Store for RedisStore {
             .iter()
             .map(|w| match w {
                 Write::Put { ttl, .. } | Write::SetAdd { ttl, .. } => ms(ttl),
-                Write::Delete { .. } | Write::RequireAbsent { .. } => String::new(),
+                Write::Delete { .. } | Write::RequireAbsent { .. } | Write::RequireValue { .. } => String::new(),
             })
             .collect();
         let mut args: Vec<&[u8]> = Vec::with_capacity(writes.len() * 3);
@@ -1941,14 +1941,21 @@ impl Store for RedisStore {
                 Write::SetAdd { member, .. } => (b"s", member.as_bytes()),
                 Write::Delete { .. } => (b"d", b""),
                 Write::RequireAbsent { .. } => (b"a", b""),
+                Write::RequireValue { value, .. } => (b"e", value),
             };
             args.extend([op, value, ttl.as_bytes()]);
         }
         // Repeating the script writes the same values, or nothing once a
         // condition's key appeared: it is retried as `put` is, and durable
-        // (`WAIT`).
+        // (`WAIT`). A required value is a compare-and-set: a repeat of an
+        // applied call would see its own write and answer `false`.
+        let retry = if writes.iter().any(|w| matches!(w, Write::RequireValue { .. })) {
+            Retry::IfNotExecuted
+        } else {
+            Retry::Idempotent
+        };
         let written: i64 = self
-            .eval(&WRITE_MANY, &rendered, &args, Retry::Idempotent, Durability::Replicated)
+            .eval(&WRITE_MANY, &rendered, &args, retry, Durability::Replicated)
             .await?;
         match written {
             1 => Ok(true),
@@ -2039,10 +2046,12 @@ impl Store for RedisStore {
 }
 
 /// `write_many`: per key `KEYS[i]`, the write `ARGV[3i-2]` (`p` put, `s`
-/// set add, `d` delete, `a` the condition that the key is absent) with the
-/// value or member `ARGV[3i-1]` and the TTL in ms `ARGV[3i]` (empty: none).
-/// Set writes over a key of another type are refused, and a present `a`
-/// key answers 0, before anything is written; 1 when all were written. Keys of one hash tag (checked
+/// set add, `d` delete, `a` the condition that the key is absent, `e` the
+/// condition that it holds the value `ARGV[3i-1]`) with the value or member
+/// `ARGV[3i-1]` and the TTL in ms `ARGV[3i]` (empty: none). Set writes over
+/// a key of another type are refused, and a present `a` key or an `e` key
+/// holding anything else answers 0, before anything is written; 1 when all
+/// were written. Keys of one hash tag (checked
 /// before it is sent).
 static WRITE_MANY: Script = Script::new(
     r"
@@ -2055,11 +2064,16 @@ for i, k in ipairs(KEYS) do
     end
   elseif op == 'a' and redis.call('EXISTS', k) == 1 then
     return 0
+  elseif op == 'e' then
+    local t = redis.call('TYPE', k)['ok']
+    if t ~= 'string' or redis.call('GET', k) ~= ARGV[3 * i - 1] then
+      return 0
+    end
   end
 end
 for i, k in ipairs(KEYS) do
   local op, v, ttl = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  if op == 'a' then
+  if op == 'a' or op == 'e' then
     -- a condition, checked above
   elseif op == 'p' then
     if ttl == '' then

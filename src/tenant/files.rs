@@ -17,7 +17,7 @@
 //! schedule and on SIGHUP: files added, edited or removed create, update in
 //! place or remove their tenants (see `tenants/README.md`).
 
-use super::TenantRegistry;
+use super::{IssuerChange, TenantRegistry};
 use crate::audit::{Actor, Audit, AuditEvent, Target};
 use crate::config::ConfigProblem;
 use crate::ids::{ConnectionId, TenantId};
@@ -379,8 +379,15 @@ async fn update_tenant(
     Ok(true)
 }
 
+/// The key of a connection table that keeps the connection's users across
+/// a change of its upstream issuer (the admin API's `keep_users=true`).
+/// Read by the file, never stored with the connection.
+const KEEP_USERS: &str = "keep_users_on_issuer_change";
+
 /// Applies one declared connection; `Ok(true)` when the stored connection
-/// changed. The error is `field: message`.
+/// changed. The error is `field: message`. A changed upstream issuer
+/// renews the connection's users unless the table says
+/// `keep_users_on_issuer_change = true` ([`IssuerChange`]).
 async fn sync_connection(
     tenants: &TenantRegistry,
     ctx: &UpstreamContext,
@@ -396,6 +403,12 @@ async fn sync_connection(
     if store.get(&marker).await.map_err(|e| format!("id: {e}"))?.as_deref() == Some(declared.as_bytes()) {
         return Ok(false);
     }
+    let mut body = body;
+    let users = match body.as_object_mut().and_then(|o| o.remove(KEEP_USERS)) {
+        None | Some(serde_json::Value::Bool(false)) => IssuerChange::NewUsers,
+        Some(serde_json::Value::Bool(true)) => IssuerChange::KeepUsers,
+        Some(_) => return Err(format!("{KEEP_USERS}: must be true or false")),
+    };
     let mut conn = super::setup::build_connection(ctx, id, body, dev_enabled)
         .await
         .map_err(|e| format!("{}: {}", e.field, e.message))?;
@@ -426,7 +439,10 @@ async fn sync_connection(
     };
     if changed {
         crate::upstream::build(&conn, ctx).map_err(|e| format!("kind: {}", e.message))?;
-        tenants.put_connection(&conn).await.map_err(|e| format!("id: {e}"))?;
+        let renewed = tenants
+            .put_connection(&conn, users)
+            .await
+            .map_err(|e| format!("id: {e}"))?;
         tracing::info!(reason = "tenant_file.connection_loaded", tenant = %id, connection = %cid);
         let target = Target::new("connection", conn.id.as_str());
         let mut changed_event = match &existing {
@@ -435,6 +451,13 @@ async fn sync_connection(
         };
         changed_event = changed_event.tenant(id).after(super::setup::describe(ctx, &conn));
         audit(log, changed_event).await;
+        if let (true, Some(old)) = (renewed, &existing) {
+            let renewed_event = event("connection.users_renewed", Target::new("connection", conn.id.as_str()))
+                .tenant(id)
+                .before(json!({"issuer": old.kind.upstream_issuer()}))
+                .after(json!({"issuer": conn.kind.upstream_issuer()}));
+            audit(log, renewed_event).await;
+        }
     }
     store
         .put(&marker, declared.as_bytes(), None)

@@ -13,6 +13,11 @@
 //! while those are still the current ones ([`TenantRegistry::incarnation`]).
 //! So a tenant or connection deleted and re-created with the same id never
 //! inherits its predecessor's users, even while the store still holds them.
+//! Nor does a connection re-pointed at another IdP (a new OIDC `issuer` or
+//! SAML entity id): that change writes a fresh connection incarnation in
+//! the same atomic step as the record, unless the admin keeps the users
+//! ([`IssuerChange`]), so the new IdP's subjects never sign in as the old
+//! IdP's users who had the same subject.
 
 pub mod domains;
 pub mod expiry;
@@ -24,7 +29,7 @@ pub mod snapshot;
 
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use crate::upstream::{Connection, ConnectionKind, Identity};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -921,15 +926,33 @@ impl TenantRegistry {
     /// `old`; otherwise nothing changes and the answer is
     /// [`RegistryError::Changed`] (a concurrent PATCH, refresh or
     /// activation won), so no update is ever lost silently.
-    pub async fn update_connection(&self, old: &Connection, new: &Connection) -> Result<(), RegistryError> {
+    ///
+    /// When the upstream issuer changes and `users` is
+    /// [`IssuerChange::NewUsers`], a fresh incarnation is written in the
+    /// same atomic step as the record: the connection's users, and
+    /// everything issued to them, end with the old IdP, and the new IdP's
+    /// users are provisioned afresh. A refused write changes neither.
+    /// Answers whether the users were renewed.
+    pub async fn update_connection(
+        &self,
+        old: &Connection,
+        new: &Connection,
+        users: IssuerChange,
+    ) -> Result<bool, RegistryError> {
         self.expiries.invalidate();
         let key = connection_key(&new.tenant, &new.id);
         let what = || format!("connection {}", new.id);
         let current = self.current(&key, old, what).await?;
         let encoded = encode_connection(new)?;
         let alias_moves = acs_alias_path(old) != acs_alias_path(new);
+        let renew = users == IssuerChange::NewUsers && issuer_changes(old, new);
         self.reserve_acs_alias(new).await?;
-        if !self.store.compare_and_put(&key, &current, &encoded, None).await? {
+        let written = if renew {
+            self.put_renewed(new, &encoded, Some(&current)).await?
+        } else {
+            self.store.compare_and_put(&key, &current, &encoded, None).await?
+        };
+        if !written {
             // Give back the path reserved for this change, unless the
             // connection as it is now serves it.
             let now = self.connection(&new.tenant, &new.id).await?;
@@ -942,7 +965,40 @@ impl TenantRegistry {
         if alias_moves {
             self.release_acs_alias(old).await?;
         }
-        Ok(())
+        Ok(renew)
+    }
+
+    /// Writes a connection record and a fresh incarnation in one atomic
+    /// step, only while the record is still `expected` when one is given:
+    /// the connection's users start afresh. Answers whether it was written.
+    async fn put_renewed(
+        &self,
+        connection: &Connection,
+        encoded: &[u8],
+        expected: Option<&[u8]>,
+    ) -> Result<bool, RegistryError> {
+        let key = connection_key(&connection.tenant, &connection.id);
+        let incarnation_key = connection_incarnation_key(&connection.tenant, &connection.id);
+        let incarnation = new_incarnation();
+        let mut writes = Vec::with_capacity(3);
+        if let Some(value) = expected {
+            writes.push(Write::RequireValue { key: &key, value });
+        }
+        writes.push(Write::Put {
+            key: &key,
+            value: encoded,
+            ttl: None,
+        });
+        writes.push(Write::Put {
+            key: &incarnation_key,
+            value: incarnation.as_bytes(),
+            ttl: None,
+        });
+        let written = self.store.write_many(&writes).await?;
+        if written {
+            tracing::info!(reason = "connection.users_renewed", tenant = %connection.tenant, connection = %connection.id, "the connection's upstream issuer changed: its users start afresh");
+        }
+        Ok(written)
     }
 
     /// Stores a new connection. Fails if the id is taken within the tenant.
@@ -975,28 +1031,36 @@ impl TenantRegistry {
         Ok(())
     }
 
-    /// Replaces a stored connection (declarative files use this).
-    pub async fn put_connection(&self, connection: &Connection) -> Result<(), RegistryError> {
+    /// Replaces a stored connection (declarative files use this). A
+    /// replaced connection keeps its incarnation, unless its upstream
+    /// issuer changes and `users` is [`IssuerChange::NewUsers`]: then the
+    /// record and a fresh incarnation are written in one atomic step, as
+    /// [`Self::update_connection`] does. Answers whether the users were
+    /// renewed.
+    pub async fn put_connection(&self, connection: &Connection, users: IssuerChange) -> Result<bool, RegistryError> {
         self.expiries.invalidate();
         let key = connection_key(&connection.tenant, &connection.id);
+        let incarnation_key = connection_incarnation_key(&connection.tenant, &connection.id);
         let old = self.connection(&connection.tenant, &connection.id).await?;
+        let renew = users == IssuerChange::NewUsers && old.as_ref().is_some_and(|old| issuer_changes(old, connection));
         self.reserve_acs_alias(connection).await?;
         if let Some(old) = old.filter(|o| acs_alias_path(o) != acs_alias_path(connection)) {
             self.release_acs_alias(&old).await?;
         }
-        // A replaced connection keeps its incarnation; a new one gets one.
-        self.store
-            .put_if_absent(
-                &connection_incarnation_key(&connection.tenant, &connection.id),
-                new_incarnation().as_bytes(),
-                None,
-            )
-            .await?;
-        self.store.put(&key, &encode_connection(connection)?, None).await?;
+        let encoded = encode_connection(connection)?;
+        if renew {
+            self.put_renewed(connection, &encoded, None).await?;
+        } else {
+            // A replaced connection keeps its incarnation; a new one gets one.
+            self.store
+                .put_if_absent(&incarnation_key, new_incarnation().as_bytes(), None)
+                .await?;
+            self.store.put(&key, &encoded, None).await?;
+        }
         self.store
             .set_add(&connections_key(&connection.tenant), connection.id.as_str(), None)
             .await?;
-        Ok(())
+        Ok(renew)
     }
 
     /// Reads a connection.
@@ -1032,6 +1096,28 @@ impl TenantRegistry {
         self.store.set_remove(&connections_key(t), c.as_str()).await?;
         Ok(())
     }
+}
+
+/// What a change of a connection's upstream issuer (the OIDC `issuer`, the
+/// SAML IdP's entity id) does to its users. Identity links name the
+/// connection, not the issuer, so without a fresh incarnation a user of
+/// the new IdP whose subject equals an old user's would sign in as that
+/// user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerChange {
+    /// A fresh connection incarnation: the old IdP's users, their sessions
+    /// and tokens end, and the new IdP's users are provisioned afresh (new
+    /// `sub`s). What every change does unless told otherwise.
+    NewUsers,
+    /// The users are kept: for moving a tenant between IdPs that assert the
+    /// same subjects for the same people (for example email NameIDs), on
+    /// the admin's word (`keep_users`).
+    KeepUsers,
+}
+
+/// Whether `new` names another upstream issuer than `old`.
+fn issuer_changes(old: &Connection, new: &Connection) -> bool {
+    old.kind.upstream_issuer() != new.kind.upstream_issuer()
 }
 
 /// A fresh random incarnation id: 15 random bytes, 20 characters.

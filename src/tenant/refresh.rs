@@ -374,7 +374,11 @@ impl MetadataRefresher {
         // a PATCH that landed meanwhile wins, and this round is skipped
         // (`RegistryError::Changed`). The validators are kept only when the
         // metadata was taken, so the next round fetches it again in full.
-        self.tenants.update_connection(conn, &updated).await?;
+        // The metadata is read for the entity id the connection has
+        // (`with_idp_metadata`), so the issuer cannot change here.
+        self.tenants
+            .update_connection(conn, &updated, super::IssuerChange::NewUsers)
+            .await?;
         state.etag = etag;
         state.last_modified = last_modified;
         Ok(RefreshOutcome::Updated(updated, Box::new(conn.clone())))

@@ -413,6 +413,20 @@ impl ConnectionKind {
             Self::Local(_) => "local",
         }
     }
+
+    /// Who vouches for the subjects this connection signs users in with:
+    /// the OIDC `issuer` or the SAML IdP's entity id. `None` for the
+    /// development IdP and local accounts, whose subjects are Portcullis's
+    /// own. A user's identity link names the connection, not this, so a
+    /// change of it renews the connection's users unless the admin says
+    /// otherwise ([`crate::tenant::IssuerChange`]).
+    pub fn upstream_issuer(&self) -> Option<&str> {
+        match self {
+            Self::Oidc(cfg) => Some(&cfg.issuer),
+            Self::Saml(cfg) => Some(&cfg.idp_entity_id),
+            Self::Dev(_) | Self::Local(_) => None,
+        }
+    }
 }
 
 /// The lifecycle state of a connection (the admin API's `status`).

@@ -45,16 +45,21 @@ fn saml_field(record: &Value, field: &str) -> Value {
     record[field].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_patches_on_two_replicas_never_lose_an_update() {
-    let (a, b) = two_replicas().await;
-    a.create_tenant("acme", "Acme", &["acme.test"]).await;
+/// The tenant acme with its SAML connection corp, made on `app`.
+async fn with_corp(app: &TestApp) {
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
     let key = Key::new();
-    a.create_saml_connection(
+    app.create_saml_connection(
         "acme",
         json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_on_two_replicas_never_lose_an_update() {
+    let (a, b) = two_replicas().await;
+    with_corp(&a).await;
     let mut conflicts = 0;
     for round in 0..20u64 {
         let before = stored(&a).await;
@@ -93,13 +98,7 @@ async fn concurrent_patches_on_two_replicas_never_lose_an_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
     let (a, b) = two_replicas().await;
-    a.create_tenant("acme", "Acme", &["acme.test"]).await;
-    let key = Key::new();
-    a.create_saml_connection(
-        "acme",
-        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
-    )
-    .await;
+    with_corp(&a).await;
     let (t, c) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("corp").unwrap());
     let stale = a.state.tenants.connection(&t, &c).await.unwrap().unwrap();
     let (status, body) = b
@@ -108,7 +107,11 @@ async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut late = stale.clone();
     late.status = portcullis::upstream::ConnectionStatus::Disabled;
-    let refused = a.state.tenants.update_connection(&stale, &late).await;
+    let refused = a
+        .state
+        .tenants
+        .update_connection(&stale, &late, portcullis::tenant::IssuerChange::NewUsers)
+        .await;
     assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
     let after = stored(&a).await;
     assert_eq!(saml_field(&after, "max_session_secs"), json!(777));
@@ -123,6 +126,79 @@ async fn a_write_from_a_stale_read_is_refused_and_writes_nothing() {
     let refused = a.state.tenants.update(&old, &other).await;
     assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
     assert_eq!(a.state.tenants.get(&t).await.unwrap().unwrap().name, "Acme One");
+}
+
+/// Re-pointing a connection at another IdP writes its record and a fresh
+/// incarnation (its users start afresh) in one compare-and-set: from a
+/// stale read neither is written, so a refused change never cuts the users
+/// off; from a fresh read both are, and another replica sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_re_pointing_renews_no_users_and_a_won_one_renews_them_with_its_record() {
+    use portcullis::tenant::IssuerChange;
+    use portcullis::upstream::ConnectionKind;
+    let (a, b) = two_replicas().await;
+    with_corp(&a).await;
+    let (t, c) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("corp").unwrap());
+    let incarnation = |app: &TestApp| {
+        let (tenants, t, c) = (app.state.tenants.clone(), t.clone(), c.clone());
+        async move { tenants.connection_incarnation(&t, &c).await.unwrap().unwrap() }
+    };
+    let born = incarnation(&a).await;
+    let re_pointed = |from: &portcullis::upstream::Connection| {
+        let mut to = from.clone();
+        let ConnectionKind::Saml(cfg) = &mut to.kind else {
+            panic!("a SAML connection")
+        };
+        cfg.idp_entity_id = "https://other-idp.cas.test/entity".into();
+        to.revision += 1;
+        to
+    };
+    let stale = a.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let (status, body) = b
+        .admin(Method::PATCH, PATH, Some(json!({ "max_session_secs": 777 })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = a
+        .state
+        .tenants
+        .update_connection(&stale, &re_pointed(&stale), IssuerChange::NewUsers)
+        .await;
+    assert!(matches!(refused, Err(RegistryError::Changed(_))), "{refused:?}");
+    assert_eq!(incarnation(&a).await, born, "a refused change cut the users off");
+    assert_eq!(incarnation(&b).await, born);
+    let after = stored(&a).await;
+    assert_eq!(
+        saml_field(&after, "idp_entity_id"),
+        json!(crate::metadata_refresh::IDP_ENTITY)
+    );
+
+    // From a fresh read: the record and a fresh incarnation, together.
+    let fresh = a.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let renewed = a
+        .state
+        .tenants
+        .update_connection(&fresh, &re_pointed(&fresh), IssuerChange::NewUsers)
+        .await
+        .unwrap();
+    assert!(renewed);
+    let now = incarnation(&b).await;
+    assert_ne!(now, born);
+    assert_eq!(
+        saml_field(&stored(&b).await, "idp_entity_id"),
+        json!("https://other-idp.cas.test/entity")
+    );
+    // Another change that keeps the issuer keeps the users.
+    let kept = a.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let mut disabled = kept.clone();
+    disabled.status = portcullis::upstream::ConnectionStatus::Disabled;
+    let renewed = a
+        .state
+        .tenants
+        .update_connection(&kept, &disabled, IssuerChange::NewUsers)
+        .await
+        .unwrap();
+    assert!(!renewed);
+    assert_eq!(incarnation(&a).await, now);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

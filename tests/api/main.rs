@@ -20,6 +20,7 @@ mod hooks;
 mod hooks_challenge;
 mod hooks_local;
 mod import;
+mod issuer_change;
 mod load_smoke;
 mod local_accounts;
 mod local_browser;

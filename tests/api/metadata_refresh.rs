@@ -18,7 +18,7 @@ use crate::saml_crafted::{now, ts};
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::redis;
 
-const IDP_ENTITY: &str = "https://idp.refresh.test/entity";
+pub const IDP_ENTITY: &str = "https://idp.refresh.test/entity";
 pub const APP_ID: &str = "refresh-app";
 pub const APP_CB: &str = "https://app.example.test/callback";
 const EMAIL: &str = "ada@acme.test";

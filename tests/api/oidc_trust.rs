@@ -23,6 +23,9 @@ use crate::support::redis;
 pub struct Trust {
     pub app: TestApp,
     pub idp: UpstreamIdp,
+    /// The gateway's registration at the IdP (another IdP may be started
+    /// with it).
+    pub upstream: IdpClient,
     pub clock: ManualClock,
     pub client: RawClient,
     pub discovery: Value,
@@ -66,6 +69,7 @@ impl Trust {
         Self {
             app,
             idp,
+            upstream,
             clock,
             client: RawClient { reg, redirect_uri },
             discovery,

@@ -38,7 +38,11 @@ async fn set_status(app: &TestApp, tenant: &str, connection: &str, status: Conne
     );
     let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
     conn.status = status;
-    app.state.tenants.put_connection(&conn).await.unwrap();
+    app.state
+        .tenants
+        .put_connection(&conn, portcullis::tenant::IssuerChange::NewUsers)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -779,7 +783,11 @@ async fn the_portal_does_not_re_enable_a_disabled_connection_and_keeps_the_sp_id
         panic!("a SAML connection")
     };
     cfg.sp_entity_id = Some("https://sp.example.test/migrated".into());
-    app.state.tenants.put_connection(&conn).await.unwrap();
+    app.state
+        .tenants
+        .put_connection(&conn, portcullis::tenant::IssuerChange::NewUsers)
+        .await
+        .unwrap();
     let sp_of = |c: &portcullis::upstream::Connection| match &c.kind {
         portcullis::upstream::ConnectionKind::Saml(cfg) => (cfg.sp_entity_id.clone(), cfg.sp_certificate_pem.clone()),
         _ => panic!("a SAML connection"),

@@ -338,10 +338,16 @@ async fn verifies_at_jwks(app: &TestApp, token: &str) -> Value {
     jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims
 }
 
-fn trust(app: TestApp, idp: UpstreamIdp, clock: ManualClock, client: RawClient, discovery: Value) -> Trust {
+fn trust(
+    (app, idp, upstream): (TestApp, UpstreamIdp, IdpClient),
+    clock: ManualClock,
+    client: RawClient,
+    discovery: Value,
+) -> Trust {
     Trust {
         app,
         idp,
+        upstream,
         clock,
         client,
         discovery,
@@ -410,7 +416,12 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
     let reg = a.app.create_client("raw", "Raw", &[&redirect_uri], false).await;
     let client = RawClient { reg, redirect_uri };
     let discovery = a.app.get_json("/.well-known/openid-configuration").await;
-    let t = trust(a.app, idp, clock.clone(), client.clone(), discovery.clone());
+    let t = trust(
+        (a.app, idp, upstream.clone()),
+        clock.clone(),
+        client.clone(),
+        discovery.clone(),
+    );
     let first = t
         .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
         .await;
@@ -439,7 +450,12 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
 
     // ---- B: k2 is added and made current; k1 still opens the old values.
     let b = w.gateway(&both, &clock).await;
-    let t = trust(b.app, idp, clock.clone(), client.clone(), discovery.clone());
+    let t = trust(
+        (b.app, idp, upstream.clone()),
+        clock.clone(),
+        client.clone(),
+        discovery.clone(),
+    );
     clock.advance(Duration::seconds(61));
     let refreshed = t.refresh(first["refresh_token"].as_str().unwrap()).await;
     assert_eq!(refreshed.status, 200, "{:?}", refreshed.body);
@@ -464,7 +480,12 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
 
     // ---- C: k1 has left the key file; sign-in and upstream refresh work.
     let c = w.gateway(&only_k2, &clock).await;
-    let t = trust(c.app, idp, clock.clone(), client.clone(), discovery.clone());
+    let t = trust(
+        (c.app, idp, upstream.clone()),
+        clock.clone(),
+        client.clone(),
+        discovery.clone(),
+    );
     let second = t
         .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
         .await;
@@ -561,7 +582,7 @@ async fn a_redis_dump_holds_no_secret_and_keys_rotate_back_up_and_restore() {
         format!("https://hooks.acme.test/confirmed?{HOOK_QUERY}"),
         "and its URL's query"
     );
-    let t = trust(d.app, idp, clock.clone(), client, discovery);
+    let t = trust((d.app, idp, upstream.clone()), clock.clone(), client, discovery);
     let third = t
         .tokens(&mut Browser::new(), &[("connection", CONN)], Some("alice"))
         .await;

@@ -155,6 +155,7 @@ macro_rules! all_cases {
             read_many_if_changed_probes_keys_of_one_tag_in_one_step,
             write_many_writes_keys_of_one_tag_in_one_step,
             write_many_writes_nothing_while_a_required_absent_key_is_there,
+            write_many_writes_only_while_a_required_value_is_there,
             rotate_takes_once_and_writes_the_next_only_when_taken,
             concurrent_rotate_one_wins_and_writes_the_next_once,
             read_through_reads_a_pointer_and_what_it_names_in_one_step,
@@ -176,6 +177,7 @@ conformance!(wrapped_cluster:
     read_many_if_changed_probes_keys_of_one_tag_in_one_step,
     write_many_writes_keys_of_one_tag_in_one_step,
     write_many_writes_nothing_while_a_required_absent_key_is_there,
+    write_many_writes_only_while_a_required_value_is_there,
     write_many_seals_what_put_seals,
     rotate_takes_once_and_writes_the_next_only_when_taken,
     concurrent_rotate_one_wins_and_writes_the_next_once,
@@ -1805,6 +1807,104 @@ async fn write_many_writes_nothing_while_a_required_absent_key_is_there(b: &Back
     assert_eq!(s.get(&family).await.unwrap(), None);
     assert!(!s.write_many(&writes).await.unwrap());
     assert_eq!(s.get(&family).await.unwrap(), None);
+}
+
+/// A `RequireValue` write is a compare-and-set of the whole: written only
+/// while its key holds exactly that value (never when absent, nor when it
+/// holds another type), so of two writers that read the same record one
+/// wins and the other writes nothing, not even its companions. Through
+/// the sealing wrapper, the record (sealed at rest) is compared by its
+/// opening.
+async fn write_many_writes_only_while_a_required_value_is_there(b: &Backend) {
+    let s = &b.store;
+    let (record, companion, set) = (
+        Key::tenant("acme", "config", "connection:rv"),
+        Key::tenant("acme", "config", "incarnation:rv"),
+        Key::tenant("acme", "config", "set:rv"),
+    );
+    let (v1, v2, v3) = (
+        br#"{"client_secret":"one","id":"rv","revision":1}"#.as_slice(),
+        br#"{"client_secret":"two","id":"rv","revision":2}"#.as_slice(),
+        br#"{"client_secret":"three","id":"rv","revision":3}"#.as_slice(),
+    );
+    let swap = |expected: &'static [u8], value: &'static [u8], inc: &'static [u8]| {
+        [
+            Write::RequireValue {
+                key: &record,
+                value: expected,
+            },
+            Write::Put {
+                key: &record,
+                value,
+                ttl: None,
+            },
+            Write::Put {
+                key: &companion,
+                value: inc,
+                ttl: None,
+            },
+        ]
+    };
+    // Absent never matches.
+    assert!(!s.write_many(&swap(v1, v2, b"i2")).await.unwrap(), "absent");
+    assert_eq!(s.get(&record).await.unwrap(), None);
+    assert_eq!(s.get(&companion).await.unwrap(), None, "no companion either");
+    s.put(&record, v1, None).await.unwrap();
+    s.put(&companion, b"i1", None).await.unwrap();
+    let read = s.get(&record).await.unwrap().unwrap();
+    // Keys in order, so the sealing wrapper's opening is byte for byte
+    // what was written.
+    assert_eq!(read, v1, "read back opened");
+    // The first writer holding the reading wins, with its companion.
+    assert!(s.write_many(&swap(v1, v2, b"i2")).await.unwrap());
+    assert_eq!(s.get(&record).await.unwrap().as_deref(), Some(v2));
+    assert_eq!(s.get(&companion).await.unwrap().as_deref(), Some(b"i2".as_slice()));
+    // A second writer holding the same, now old, reading writes nothing.
+    assert!(
+        !s.write_many(&swap(v1, v3, b"i3")).await.unwrap(),
+        "a stale reading loses"
+    );
+    assert_eq!(s.get(&record).await.unwrap().as_deref(), Some(v2));
+    assert_eq!(
+        s.get(&companion).await.unwrap().as_deref(),
+        Some(b"i2".as_slice()),
+        "the loser's companion is not written"
+    );
+    // A value of another type never matches, and nothing is written.
+    s.set_add(&set, "m", None).await.unwrap();
+    let on_a_set = [
+        Write::RequireValue { key: &set, value: b"m" },
+        Write::Put {
+            key: &companion,
+            value: b"i4",
+            ttl: None,
+        },
+    ];
+    assert!(!s.write_many(&on_a_set).await.unwrap());
+    assert_eq!(s.get(&companion).await.unwrap().as_deref(), Some(b"i2".as_slice()));
+    // Concurrent writers from one reading: exactly one wins.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..RACERS {
+        let (s, record) = (b.store.clone(), record.clone());
+        racers.spawn(async move {
+            let value = format!(r#"{{"client_secret":"c{i}","id":"rv","revision":9}}"#);
+            s.write_many(&[
+                Write::RequireValue {
+                    key: &record,
+                    value: v2,
+                },
+                Write::Put {
+                    key: &record,
+                    value: value.as_bytes(),
+                    ttl: None,
+                },
+            ])
+            .await
+            .unwrap()
+        });
+    }
+    let outcomes = racers.join_all().await;
+    assert_eq!(outcomes.iter().filter(|w| **w).count(), 1, "{outcomes:?}");
 }
 
 /// The sealing wrapper seals what `put` seals, so a sealed record written

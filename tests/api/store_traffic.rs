@@ -392,6 +392,7 @@ impl Store for Counting {
                     key + match w {
                         Write::Put { value, .. } => value.len(),
                         Write::SetAdd { member, .. } => member.len(),
+                        Write::RequireValue { value, .. } => value.len(),
                         Write::Delete { .. } | Write::RequireAbsent { .. } => 0,
                     }
                 })

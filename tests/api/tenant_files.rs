@@ -286,3 +286,83 @@ async fn a_removed_tenant_file_purges_everything_its_tenant_left() {
     assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, Vec::<&str>::new());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The stored incarnation of acme's connection `c`.
+async fn incarnation(app: &TestApp, c: &str) -> String {
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let c = portcullis::ids::ConnectionId::parse(c).unwrap();
+    app.state.tenants.connection_incarnation(&t, &c).await.unwrap().unwrap()
+}
+
+/// A file that points a connection at another IdP (another entity id)
+/// starts its users afresh (a new connection incarnation, audited
+/// `connection.users_renewed`), unless its table says
+/// `keep_users_on_issuer_change = true`; a new certificate of the same IdP
+/// keeps them.
+#[tokio::test]
+async fn a_file_re_pointing_a_connection_at_another_idp_renews_its_users_unless_it_keeps_them() {
+    let app = gateway().await;
+    let dir = scratch();
+    let (k1, k2) = (Key::new(), Key::new());
+    let path = dir.join("acme.toml");
+    let sync_now = || sync_dir(&app, &dir);
+    let first = metadata(&[k1.cert_b64()]);
+    std::fs::write(&path, file("Acme", &["acme.test"], &[("corp", &first)])).unwrap();
+    sync_now().await.unwrap();
+    let born = incarnation(&app, "corp").await;
+
+    // The same IdP with another certificate: the same users.
+    let rotated = metadata(&[k1.cert_b64(), k2.cert_b64()]);
+    std::fs::write(&path, file("Acme", &["acme.test"], &[("corp", &rotated)])).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.updated, vec!["acme"], "{report:?}");
+    assert_eq!(incarnation(&app, "corp").await, born);
+
+    // Another IdP: new users.
+    let other_entity = "https://other-idp.files.test/entity";
+    let other = rotated.replace("https://idp.refresh.test/entity", other_entity);
+    assert_ne!(other, rotated);
+    std::fs::write(&path, file("Acme", &["acme.test"], &[("corp", &other)])).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    let renewed = incarnation(&app, "corp").await;
+    assert_ne!(renewed, born, "a new IdP kept the old one's users");
+    let log = file_events(&app, "/admin/v1/tenants/acme/audit").await;
+    let events: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "connection.users_renewed")
+        .collect();
+    assert_eq!(events.len(), 1, "{log:?}");
+    assert_eq!(events[0]["before"]["issuer"], "https://idp.refresh.test/entity");
+    assert_eq!(events[0]["after"]["issuer"], other_entity);
+
+    // Back, keeping the users: the flag is read, never stored.
+    let keep = |value: &str| {
+        format!(
+            "{}keep_users_on_issuer_change = {value}\n",
+            file("Acme", &["acme.test"], &[("corp", &rotated)])
+        )
+    };
+    std::fs::write(&path, keep("\"yes\"")).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("keep_users_on_issuer_change")),
+        "{report:?}"
+    );
+    assert_eq!(
+        incarnation(&app, "corp").await,
+        renewed,
+        "a refused file changed the users"
+    );
+    std::fs::write(&path, keep("true")).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(incarnation(&app, "corp").await, renewed, "the users were not kept");
+    let (_, stored) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
+    assert_eq!(stored["idp_entity_id"], "https://idp.refresh.test/entity", "{stored}");
+    assert!(stored.get("keep_users_on_issuer_change").is_none(), "{stored}");
+    std::fs::remove_dir_all(&dir).ok();
+}
