@@ -128,7 +128,7 @@ async fn set_disabled(
     let before = existing_entry(s, &tenant, sub).await?;
     if !s
         .broker
-        .set_user_disabled(id, sub, disabled)
+        .set_user_disabled(id, sub, disabled, crate::directory::DisabledBy::Admin)
         .await
         .map_err(store_error)?
     {

@@ -5,7 +5,7 @@
 //! free the store and end sessions early.
 
 use super::{session, Broker};
-use crate::directory::{Inactive, User};
+use crate::directory::{DisabledBy, Inactive, User};
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::StoreError;
 use std::time::Duration;
@@ -131,13 +131,21 @@ impl Broker {
         let Some(sub) = self.provider.directory.sub_of(tenant, connection, subject).await? else {
             return Ok(false);
         };
-        self.set_user_disabled(tenant, &sub, disabled).await
+        self.set_user_disabled(tenant, &sub, disabled, DisabledBy::LocalAccount)
+            .await
     }
 
     /// Disables (or enables) a user; disabling revokes its sessions and
-    /// families. `false` if there is no such user.
-    pub async fn set_user_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {
-        if !self.provider.directory.set_disabled(tenant, sub, disabled).await? {
+    /// families. `false` if there is no such user. `by` says whose disable
+    /// it is ([`crate::directory::Directory::set_disabled`]).
+    pub async fn set_user_disabled(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        disabled: bool,
+        by: DisabledBy,
+    ) -> Result<bool, StoreError> {
+        if !self.provider.directory.set_disabled(tenant, sub, disabled, by).await? {
             return Ok(false);
         }
         if disabled {

@@ -21,7 +21,7 @@
 
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
-use crate::store::{Key, Read, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, Read, SharedStore, StoreError, StoreJson, Write};
 use crate::tenant::{Incarnation, Liveness, RegistryError, Tenant, TenantRegistry};
 
 use crate::upstream::Identity;
@@ -178,6 +178,20 @@ pub struct LinkRead {
 pub(crate) fn user_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("user:{sub}"))
 }
+/// Who disabled a user ([`Directory::set_disabled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisabledBy {
+    /// An admin, through the user (`/users/{sub}/disable`).
+    Admin,
+    /// The user's local account being disabled.
+    LocalAccount,
+}
+
+/// The disabled flag's value when an admin set it.
+const DISABLED_BY_ADMIN: &[u8] = b"1";
+/// The disabled flag's value when the user's local account set it.
+const DISABLED_BY_LOCAL_ACCOUNT: &[u8] = b"local";
+
 pub(crate) fn disabled_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("disabled:{sub}"))
 }
@@ -623,15 +637,45 @@ impl Directory {
         Ok(self.store.get(&disabled_key(tenant, sub)).await?.is_some())
     }
 
-    /// Disables or enables a user. `false` if there is no such user.
-    pub async fn set_disabled(&self, tenant: &TenantId, sub: &str, disabled: bool) -> Result<bool, StoreError> {
+    /// Disables or enables a user, as `by` says. `false` if there is no
+    /// such user.
+    ///
+    /// The flag remembers who set it: an admin's disable of the user
+    /// (`1`) or its local account's (`local`). Enabling the local account
+    /// lifts only a disable its own disable set, in one atomic step, so a
+    /// responder's disable of the user holds whatever is done to the
+    /// account; an admin's enable of the user lifts either.
+    pub async fn set_disabled(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        disabled: bool,
+        by: DisabledBy,
+    ) -> Result<bool, StoreError> {
         if self.get(tenant, sub).await?.is_none() {
             return Ok(false);
         }
-        if disabled {
-            self.store.put(&disabled_key(tenant, sub), b"1", None).await?;
-        } else {
-            self.store.delete(&disabled_key(tenant, sub)).await?;
+        let key = disabled_key(tenant, sub);
+        match (disabled, by) {
+            (true, DisabledBy::Admin) => self.store.put(&key, DISABLED_BY_ADMIN, None).await?,
+            (true, DisabledBy::LocalAccount) => {
+                // An admin's disable stays the admin's.
+                self.store.put_if_absent(&key, DISABLED_BY_LOCAL_ACCOUNT, None).await?;
+            }
+            (false, DisabledBy::Admin) => {
+                self.store.delete(&key).await?;
+            }
+            (false, DisabledBy::LocalAccount) => {
+                self.store
+                    .write_many(&[
+                        Write::RequireValue {
+                            key: &key,
+                            value: DISABLED_BY_LOCAL_ACCOUNT,
+                        },
+                        Write::Delete { key: &key },
+                    ])
+                    .await?;
+            }
         }
         Ok(true)
     }

@@ -34,8 +34,10 @@ pub const CODE_TTL: Duration = Duration::from_secs(600);
 pub const CODE_MAX_ATTEMPTS: i64 = 5;
 /// The most codes mailed per account and purpose per hour.
 pub const CODES_PER_HOUR: u64 = 5;
-/// The most code attempts of one purpose for one account in a row (no
-/// right code between them) within [`WRONG_CODES_WINDOW`] of the first:
+/// The most wrong answers to mailed codes of one purpose for one account
+/// in a row (no right code between them) within [`WRONG_CODES_WINDOW`] of
+/// the first (an answer while no code is outstanding guesses nothing and
+/// does not count, so strangers cannot lock an owner out):
 /// then every code of that purpose is refused (`local.code_locked`) until
 /// the window ends or an admin acts (force-reset clears the reset codes'
 /// run, delete clears everything). [`CODE_MAX_ATTEMPTS`] bounds the
@@ -351,8 +353,8 @@ fn attempts_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> 
     key(t, format!("code-attempts:{}:{c}:{}", p.as_str(), email_id(email)))
 }
 
-/// The run of code attempts of one purpose since the last right code
-/// ([`WRONG_CODES_IN_A_ROW`]); it outlives every single code.
+/// The run of wrong answers to mailed codes of one purpose since the last
+/// right code ([`WRONG_CODES_IN_A_ROW`]); it outlives every single code.
 fn code_run_key(t: &TenantId, c: &ConnectionId, p: CodePurpose, email: &str) -> Key {
     key(t, format!("code-run:{}:{c}:{}", p.as_str(), email_id(email)))
 }
@@ -987,8 +989,12 @@ impl Accounts {
 
     /// Checks a code: counted (at most [`CODE_MAX_ATTEMPTS`] at one code,
     /// [`WRONG_CODES_IN_A_ROW`] across codes), compared in constant time,
-    /// consumed on success (single use). Both counts are taken before the
-    /// comparison, atomically, so attempts sent together cannot pass them.
+    /// consumed on success (single use). The code's attempt is counted
+    /// before the comparison, atomically, so attempts sent together cannot
+    /// pass its bound. Only a wrong answer to a code that was mailed counts
+    /// in the run across codes: with no code outstanding there is nothing
+    /// to guess, so a stranger's attempts never lock the owner out of the
+    /// codes mailed to them later.
     async fn check_code(
         &self,
         t: &TenantId,
@@ -998,18 +1004,35 @@ impl Accounts {
         code: &str,
     ) -> Result<(), LocalError> {
         let (run_key, attempts_key) = (code_run_key(t, c, purpose, email), attempts_key(t, c, purpose, email));
-        let (run, attempts) = tokio::try_join!(
-            self.store.incr(&run_key, WRONG_CODES_WINDOW),
-            self.store.incr(&attempts_key, CODE_TTL)
-        )?;
         let ck = code_key(t, c, purpose, email);
-        if run > WRONG_CODES_IN_A_ROW {
+        let (attempts, record, run) = tokio::try_join!(
+            self.store.incr(&attempts_key, CODE_TTL),
+            self.store.get_json::<CodeRecord>(&ck),
+            self.store.get(&run_key)
+        )?;
+        let run = run
+            .and_then(|r| String::from_utf8(r).ok())
+            .and_then(|r| r.parse::<i64>().ok())
+            .unwrap_or(0);
+        let locked = || {
             tracing::warn!(reason = "local.code_locked", tenant = %t, connection = %c, purpose = purpose.as_str());
-            return Err(LocalError::refused(
+            LocalError::refused(
                 "local.code_locked",
                 "Too many wrong codes were entered for this address, so codes are refused for up to a day. Your administrator can lift this.",
-            ));
+            )
+        };
+        if run >= WRONG_CODES_IN_A_ROW {
+            return Err(locked());
         }
+        let invalid = || LocalError::refused("local.code_invalid", "The code is wrong or has expired.");
+        let Some(record) = record else {
+            // Nothing outstanding: nothing counts against the address (the
+            // attempts counted here are cleared when a code is mailed). As
+            // many waits as a wrong answer, so the answer's time does not
+            // tell whether a code was mailed.
+            self.store.exists(&run_key).await?;
+            return Err(invalid());
+        };
         if attempts > CODE_MAX_ATTEMPTS {
             // Void: a new code has to be asked for.
             self.store.delete(&ck).await?;
@@ -1018,17 +1041,12 @@ impl Accounts {
                 "Too many wrong codes. Ask for a new code.",
             ));
         }
-        let invalid = || LocalError::refused("local.code_invalid", "The code is wrong or has expired.");
         let code = code.trim();
-        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let Some(record) = self.store.get_json::<CodeRecord>(&ck).await? else {
-            return Err(invalid());
-        };
-        let presented = code_hash(&record.salt, code);
-        let same: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), record.hash.as_bytes()).into();
+        let well_formed = code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit());
+        let same: bool = well_formed
+            && subtle::ConstantTimeEq::ct_eq(code_hash(&record.salt, code).as_bytes(), record.hash.as_bytes()).into();
         if !same {
+            self.store.incr(&run_key, WRONG_CODES_WINDOW).await?;
             return Err(invalid());
         }
         // Single use: of two concurrent right answers only one takes it.

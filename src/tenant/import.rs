@@ -24,7 +24,7 @@
 //! every problem is reported at once with its entry and field. Nothing is
 //! created when any problem is found.
 
-use super::{parse_domain, TenantRegistry};
+use super::TenantRegistry;
 use crate::ids::{ConnectionId, TenantId};
 use crate::upstream::{Connection, UpstreamContext};
 use base64::Engine as _;
@@ -131,9 +131,14 @@ pub async fn import(
         let mut domains = Vec::new();
         for (i, d) in e.domains.iter().enumerate() {
             let field = format!("domains[{i}]");
-            let Some(d) = parse_domain(d) else {
-                problems.push(bad(&field, format!("{d:?} is not a domain name")));
-                continue;
+            // As the admin API and tenant files: public suffixes and
+            // free-mail domains are nobody's, so no tenant's.
+            let d = match super::domains::claimable(d) {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(bad(&field, e.to_string()));
+                    continue;
+                }
             };
             if !seen_domains.insert(d.clone()) {
                 problems.push(bad(&field, format!("{d} appears twice in the file")));
@@ -184,22 +189,30 @@ pub async fn import(
     }
     let mut summary = ImportSummary::default();
     for (id, name, domains, connections) in planned {
-        let created = async {
-            tenants.create(id.clone(), name, domains).await?;
-            for c in &connections {
-                tenants.add_connection(c).await?;
+        // `Err((error, whether this tenant was created here))`.
+        let created = match tenants.create(id.clone(), name, domains).await {
+            Err(err) => Err((err, false)),
+            Ok(_) => {
+                let mut added = Ok(());
+                for c in &connections {
+                    if let Err(err) = tenants.add_connection(c).await {
+                        added = Err((err, true));
+                        break;
+                    }
+                }
+                added
             }
-            Ok::<_, super::RegistryError>(())
-        }
-        .await;
-        if let Err(err) = created {
+        };
+        if let Err((err, ours)) = created {
             // Something changed between the check and the creation (another
-            // admin, a replica): undo everything this import created.
+            // admin, a replica): undo everything this import created, and
+            // only that (a tenant of this id someone else created meanwhile
+            // is theirs).
             for t in summary
                 .tenants
                 .iter()
                 .filter_map(|t| TenantId::parse(t).ok())
-                .chain([id.clone()])
+                .chain(ours.then(|| id.clone()))
             {
                 if let Err(e) = tenants.delete(&t).await {
                     tracing::error!(reason = "import.rollback_failed", tenant = %t, error = %e);

@@ -244,3 +244,80 @@ async fn the_import_command_reports_problems_or_creates_what_a_gateway_then_serv
     sign_in(&app, &conn, &key).await.unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tenant in an export claims only domains an organization can own, as
+/// through the admin API and tenant files: a free-mail provider's domain or
+/// a public suffix would make every address there the tenant's (routing by
+/// `login_hint`, and its IdP vouching for `email_verified`). Each is a
+/// problem naming its field, and nothing is created.
+#[tokio::test]
+async fn an_export_claiming_free_mail_or_public_suffix_domains_creates_nothing() {
+    let app = gateway().await;
+    let doc = json!({"tenants": [
+        {"id": "evil", "domains": ["evil.test", "gmail.com", "github.io", "mail.yahoo.com"]},
+    ]});
+    let problems = import(&app, &doc).await.unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "tenants[0].domains[1]: gmail.com is a free email provider's domain",
+        "tenants[0].domains[2]: github.io is a public suffix",
+        "tenants[0].domains[3]: mail.yahoo.com is a free email provider's domain",
+    ] {
+        assert!(all.contains(expected), "{expected:?} missing in:\n{all}");
+    }
+    assert_eq!(problems.len(), 3, "{all}");
+    assert!(
+        app.state.tenants.list().await.unwrap().is_empty(),
+        "something was created"
+    );
+    let gmail = app.state.tenants.by_domain("gmail.com").await.unwrap();
+    assert!(gmail.is_none(), "gmail.com was reserved");
+}
+
+/// An import that finds, at creation, a tenant someone else created since
+/// its checks (another admin, a replica's tenant files) undoes only what it
+/// created itself: the other tenant, its domains and connections stay.
+#[tokio::test]
+async fn an_imports_rollback_never_deletes_a_tenant_it_did_not_create() {
+    let hold = crate::support::held_store::Hold::default();
+    let app = spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let key = Key::new();
+    let doc = json!({"tenants": [
+        {"id": "first", "domains": ["first.test"]},
+        {"id": "acme", "domains": ["acme-import.test"]},
+    ]});
+    // The import checked that acme is free; it creates `first`, then, as
+    // it writes acme, acme is created elsewhere.
+    let first = hold.arm_creation("tenant");
+    let importing = {
+        let (upstream, tenants) = (app.state.upstream.clone(), app.state.tenants.clone());
+        tokio::spawn(async move { portcullis::tenant::import::import(&upstream, &tenants, &doc, false).await })
+    };
+    first.arrived.await.unwrap();
+    let second = hold.arm_creation("tenant");
+    drop(first.release);
+    second.arrived.await.unwrap();
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    app.create_saml_connection(
+        "acme",
+        json!({ "id": "corp", "metadata_xml": metadata(&[key.cert_b64()]) }),
+    )
+    .await;
+    drop(second.release);
+    let problems = importing.await.unwrap().unwrap_err();
+    assert!(
+        problems[0].to_string().contains("creating tenant acme failed"),
+        "{problems:?}"
+    );
+    let (status, acme) = app.admin(reqwest::Method::GET, "/admin/v1/tenants/acme", None).await;
+    assert_eq!(status, 200, "the other admin's tenant was deleted: {acme}");
+    assert_eq!(acme["domains"], json!(["acme.test"]), "{acme}");
+    connection(&app, "acme", "corp").await;
+    let (status, _) = app.admin(reqwest::Method::GET, "/admin/v1/tenants/first", None).await;
+    assert_eq!(status, 404, "what the import created itself is undone");
+}

@@ -686,6 +686,66 @@ async fn local_wrong_codes_across_new_codes_lock_the_codes_of_the_address() {
     assert!(done.body.contains("confirmed"), "{}", done.body);
 }
 
+/// Answers while no code is outstanding guess nothing, so they lock no
+/// one out: a stranger posting wrong reset codes for an address more than
+/// `WRONG_CODES_IN_A_ROW` times is told `local.code_invalid` each time, and
+/// the owner's reset with the code mailed next still works.
+#[tokio::test]
+async fn local_code_attempts_with_no_code_outstanding_lock_nobody_out() {
+    use portcullis::local::WRONG_CODES_IN_A_ROW;
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let email = "vera@acme.example";
+    create_account(&app, email, GOOD_PASSWORD).await;
+    let p = pkce();
+    // A stranger reaches the reset form (through an address of their own)
+    // and answers for the owner's address.
+    let mut stranger = Browser::new();
+    let sign_in = start(&app, &mut stranger, &p).await;
+    let forgot = stranger.get(&link(&sign_in, "Forgot password?")).await;
+    let mut page = stranger
+        .fill_and_submit(&forgot, None, &[("email", "nobody@acme.example")])
+        .await;
+    let new_password = "Juniper-Harbor-58";
+    for _ in 0..WRONG_CODES_IN_A_ROW + 5 {
+        page = stranger
+            .fill_and_submit(
+                &page,
+                None,
+                &[
+                    ("email", email),
+                    ("code", "123456"),
+                    ("password", new_password),
+                    ("password_confirm", new_password),
+                ],
+            )
+            .await;
+        assert_reason(&page, 400, "local.code_invalid");
+    }
+    // The owner asks for a code, and it works.
+    let mut owner = Browser::new();
+    let sign_in = start(&app, &mut owner, &p).await;
+    let forgot = owner.get(&link(&sign_in, "Forgot password?")).await;
+    let reset = owner.fill_and_submit(&forgot, None, &[("email", email)]).await;
+    let code = smtp.wait_for(email).await.code();
+    let done = owner
+        .fill_and_submit(
+            &reset,
+            None,
+            &[
+                ("email", email),
+                ("code", &code),
+                ("password", new_password),
+                ("password_confirm", new_password),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let again = start(&app, &mut owner, &p).await;
+    sign_in_from(&mut owner, &again, email, new_password).await;
+}
+
 #[tokio::test]
 async fn local_breached_weak_and_mismatched_passwords_are_refused_with_their_reason() {
     let smtp = SmtpServer::start();
@@ -987,17 +1047,13 @@ async fn sign_in_tokens(app: &TestApp, email: &str) -> Value {
     redeem(app, q.get("code").unwrap(), &p).await
 }
 
-/// Disabling a local account refuses the access tokens it already has (and
-/// enabling accepts them again); deleting it removes its directory user
-/// (tokens, userinfo refused) and its MFA enrolment.
-#[tokio::test]
-async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolment() {
-    use portcullis::mfa::{totp, Mfa};
-    let smtp = SmtpServer::start();
-    let app = gateway(&smtp, None).await;
+/// A gateway with the local connection and an account for `email` made
+/// through the admin API, signed in once: the gateway, the accounts' admin
+/// path, and the access token with its `sub`.
+async fn signed_in_account(smtp: &SmtpServer, email: &str) -> (TestApp, String, String, String) {
+    let app = gateway(smtp, None).await;
     setup(&app).await;
     let base = format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users");
-    let email = "ada@acme.example";
     let (status, user) = app
         .admin(
             reqwest::Method::POST,
@@ -1007,9 +1063,20 @@ async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolm
         .await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     let tokens = sign_in_tokens(&app, email).await;
-    let access = tokens["access_token"].as_str().unwrap();
-    let provider = &app.state.provider;
-    let sub = provider.check_access_token(access).await.unwrap().sub;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let sub = app.state.provider.check_access_token(&access).await.unwrap().sub;
+    (app, base, access, sub)
+}
+
+/// Disabling a local account refuses the access tokens it already has (and
+/// enabling accepts them again); deleting it removes its directory user
+/// (tokens, userinfo refused) and its MFA enrolment.
+#[tokio::test]
+async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolment() {
+    use portcullis::mfa::{totp, Mfa};
+    let smtp = SmtpServer::start();
+    let (app, base, access, sub) = signed_in_account(&smtp, "ada@acme.example").await;
+    let (access, provider) = (access.as_str(), &app.state.provider);
     provider.userinfo(access).await.unwrap();
 
     // An MFA enrolment for the user.
@@ -1051,6 +1118,54 @@ async fn local_account_disable_and_delete_reach_issued_tokens_and_the_mfa_enrolm
         !mfa.enrolled(&t, &sub).await.unwrap(),
         "the enrolment went with the account"
     );
+}
+
+/// A responder's disable of the user holds whatever is done to its local
+/// account: enabling the account (never disabled, or disabled and enabled
+/// again) lifts only a disable the account's own disable set, and the
+/// user's tokens stay refused until the user is enabled.
+#[tokio::test]
+async fn enabling_a_local_account_keeps_a_directory_disable() {
+    let smtp = SmtpServer::start();
+    let (app, base, access, sub) = signed_in_account(&smtp, "ines@acme.example").await;
+    let (access, provider) = (access.as_str(), &app.state.provider);
+    let refused = || async {
+        provider
+            .check_access_token(access)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.reason)
+    };
+    let app = &app;
+    let post = |path: String| async move {
+        let (status, answer) = app.admin(reqwest::Method::POST, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    };
+    let account = format!("{base}/ines%40acme.example");
+    let user = format!("/admin/v1/tenants/{TENANT}/users/{sub}");
+
+    post(format!("{user}/disable")).await;
+    assert_eq!(refused().await, Err("token.user_disabled"));
+    post(format!("{account}/enable")).await;
+    assert_eq!(
+        refused().await,
+        Err("token.user_disabled"),
+        "the account's enable lifted the user's disable"
+    );
+    post(format!("{account}/disable")).await;
+    post(format!("{account}/enable")).await;
+    assert_eq!(
+        refused().await,
+        Err("token.user_disabled"),
+        "the account's enable lifted the user's disable"
+    );
+    post(format!("{user}/enable")).await;
+    assert_eq!(refused().await, Ok(()));
+    // The account's own disable is lifted by the account's enable.
+    post(format!("{account}/disable")).await;
+    assert_eq!(refused().await, Err("token.user_disabled"));
+    post(format!("{account}/enable")).await;
+    assert_eq!(refused().await, Ok(()));
 }
 
 /// `/forgot` and `/resend` answer after the same store reads for every

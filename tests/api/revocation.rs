@@ -1093,13 +1093,19 @@ async fn grant_refusals_name_their_reason_without_eager_revocation() {
     let t1 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
     let c1 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;
     let sub = t1.sub();
-    assert!(directory.set_disabled(&demo, &sub, true).await.unwrap());
+    assert!(directory
+        .set_disabled(&demo, &sub, true, portcullis::directory::DisabledBy::Admin)
+        .await
+        .unwrap());
     assert_eq!(refresh_reason(&app, &rp, t1.rt()).await, "refresh.user_disabled");
     assert_eq!(code_reason(&app, &rp, &c1).await, "code.user_disabled");
     // The family that redemption started alongside its reads is gone again.
     let named = family_named_by(&app, &c1).await;
     assert_eq!(family_left(&app, &named, &sub).await, (false, false), "family {named}");
-    assert!(directory.set_disabled(&demo, &sub, false).await.unwrap());
+    assert!(directory
+        .set_disabled(&demo, &sub, false, portcullis::directory::DisabledBy::Admin)
+        .await
+        .unwrap());
 
     let t2 = redeem(&app, &rp, &sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await).await;
     let c2 = sign_in(&app, &mut kim, &rp, DEMO, "kim@demo.example").await;

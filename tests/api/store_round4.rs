@@ -88,13 +88,19 @@ async fn provisioning_writes_a_returning_user_only_when_something_changed() {
 
     // A disabled user is refused whatever provisioning skipped (the flag
     // lives apart from the profile), and enabled again it is accepted.
-    assert!(directory.set_disabled(&t, &first.sub, true).await.unwrap());
+    assert!(directory
+        .set_disabled(&t, &first.sub, true, portcullis::directory::DisabledBy::Admin)
+        .await
+        .unwrap());
     directory.provision(&t, &c, &renamed).await.unwrap();
     assert_eq!(
         directory.active(&t, &first.sub).await.unwrap().unwrap_err(),
         Inactive::UserDisabled
     );
-    assert!(directory.set_disabled(&t, &first.sub, false).await.unwrap());
+    assert!(directory
+        .set_disabled(&t, &first.sub, false, portcullis::directory::DisabledBy::Admin)
+        .await
+        .unwrap());
     assert_eq!(directory.active(&t, &first.sub).await.unwrap().unwrap().sub, first.sub);
 
     // Another tenant's identical identity is another user.

@@ -1145,7 +1145,7 @@ async fn a_code_grant_refused_by_its_checks_leaves_nothing_of_the_family_started
         .state
         .provider
         .directory
-        .set_disabled(&demo, &sub, true)
+        .set_disabled(&demo, &sub, true, portcullis::directory::DisabledBy::Admin)
         .await
         .unwrap());
 

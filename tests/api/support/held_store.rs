@@ -16,11 +16,15 @@ use tokio::sync::oneshot;
 /// The write the test waits for.
 struct Armed {
     name: String,
+    /// Holds a `put_if_absent` (a creation) instead of a `put` or
+    /// `compare_and_put`.
+    creation: bool,
     arrived: oneshot::Sender<()>,
     release: oneshot::Receiver<()>,
 }
 
-/// Holds the next `put` or `compare_and_put` of one key name, once.
+/// Holds the next `put` or `compare_and_put` (or, armed for it, the next
+/// `put_if_absent`) of one key name, once.
 #[derive(Clone, Default)]
 pub struct Hold {
     armed: Arc<Mutex<Option<Armed>>>,
@@ -49,22 +53,34 @@ impl Hold {
     /// Holds the next `put` or `compare_and_put` of a key named `name`
     /// (e.g. `client:web`), whichever tag it is in.
     pub fn arm(&self, name: &str) -> Held {
+        self.arm_for(name, false)
+    }
+
+    /// Holds the next `put_if_absent` of a key named `name` (e.g. `tenant`):
+    /// "a creation has checked that the record is absent, and writes it".
+    pub fn arm_creation(&self, name: &str) -> Held {
+        self.arm_for(name, true)
+    }
+
+    fn arm_for(&self, name: &str, creation: bool) -> Held {
         let (arrived_tx, arrived) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
         *self.armed.lock().unwrap() = Some(Armed {
             name: name.to_owned(),
+            creation,
             arrived: arrived_tx,
             release: release_rx,
         });
         Held { arrived, release }
     }
 
-    /// Waits here if `key` is the armed one (and disarms it).
-    async fn maybe_hold(&self, key: &Key) {
+    /// Waits here if `key` is the armed one for this kind of write (and
+    /// disarms it).
+    async fn maybe_hold(&self, key: &Key, creation: bool) {
         let armed = {
             let mut armed = self.armed.lock().unwrap();
             match armed.as_ref() {
-                Some(a) if a.name == key.name() => armed.take(),
+                Some(a) if a.name == key.name() && a.creation == creation => armed.take(),
                 _ => None,
             }
         };
@@ -107,10 +123,11 @@ impl Store for HeldStore {
         self.inner.put_then_get(key, value, ttl, read).await
     }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.hold.maybe_hold(key).await;
+        self.hold.maybe_hold(key, false).await;
         self.inner.put(key, value, ttl).await
     }
     async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+        self.hold.maybe_hold(key, true).await;
         self.inner.put_if_absent(key, value, ttl).await
     }
     async fn compare_and_put(
@@ -120,7 +137,7 @@ impl Store for HeldStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        self.hold.maybe_hold(key).await;
+        self.hold.maybe_hold(key, false).await;
         self.inner.compare_and_put(key, expected, value, ttl).await
     }
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
