@@ -1058,6 +1058,17 @@ impl Broker {
         sso: &mut BrowserSso,
         alongside: Option<Alongside<'_>>,
     ) -> Outcome {
+        // A sign-in again in a browser that has a session at the tenant
+        // replaces it: the same user's is remembered on the new record, so
+        // that signing out ends it too; another user's ends once the new
+        // session is stored. Read only then: a first sign-in reads nothing.
+        let (replaces, end_now) = match sso.get(v.tenant.as_str()) {
+            Some(old_sid) => match session::get(&self.store, &v.tenant, old_sid).await {
+                Ok(old) => session::succession(old_sid, old.as_ref(), &v.sub),
+                Err(e) => return unavailable(e),
+            },
+            None => (Vec::new(), Vec::new()),
+        };
         let s = SsoSession {
             sid: crate::tokens::random_token(16),
             tenant: v.tenant.clone(),
@@ -1070,6 +1081,7 @@ impl Broker {
             mfa: v.mfa,
             upstream: Some(v.identity.upstream_refresh_token.is_some()),
             undated: v.identity.auth_time.is_none(),
+            replaces,
         };
         // The tenant's own SSO session lifetime, when it sets one: read
         // with the tenant record while validating (a lifetime, not a check;
@@ -1105,6 +1117,16 @@ impl Broker {
             Ok(((), code)) => code,
             Err(e) => return unavailable(e),
         };
+        // Before the browser names the new session: a failure leaves it
+        // naming the one it had, which sign-out still ends.
+        for sid in &end_now {
+            if let Err(e) = self.end_session(&v.tenant, sid).await {
+                return unavailable(e);
+            }
+        }
+        if !end_now.is_empty() {
+            tracing::info!(reason = "sso.replaced_ended", tenant = %v.tenant, sessions = end_now.len(), "sessions the new sign-in replaced ended");
+        }
         sso.insert(v.tenant.to_string(), s.sid.clone());
         meter::sign_in_succeeded(v.tenant.as_str(), v.connection.as_str(), "login.succeeded");
         tracing::info!(reason = "login.succeeded", tenant = %v.tenant, connection = %v.connection, "sign-in succeeded");

@@ -28,7 +28,7 @@ use crate::provider::OAuthErrorCode;
 use crate::provider::Provider;
 use crate::store::{Key, SharedStore, StoreError, StoreJson};
 use crate::tenant::snapshot::ConfigSnapshot;
-use crate::tenant::{email_domain, Tenant, TenantRegistry};
+use crate::tenant::{email_domain, LocalMfa, Tenant, TenantRegistry};
 use crate::upstream::{BeginRequest, UpstreamContext, UpstreamError, UpstreamRedirect};
 use authorize::{AuthRequest, AuthorizeError};
 use serde::{Deserialize, Serialize};
@@ -567,8 +567,20 @@ impl Broker {
 
         // Is there a usable SSO session?
         let require_mfa = tenant.settings.require_mfa || client.require_mfa;
+        // The connections whose factors Portcullis checks itself, where the
+        // tenant's `local_mfa` decides too.
+        let own_factor: Vec<&ConnectionId> = active
+            .iter()
+            .filter(|r| second_factor::own_factor(&r.kind))
+            .map(|r| &r.id)
+            .collect();
+        let reuse = Reuse {
+            require_mfa,
+            local_mfa: tenant.settings.local_mfa,
+            own_factor: &own_factor,
+        };
         match self
-            .usable_session(sso, &tenant.id, &req, require_mfa, hinted_sub.as_deref())
+            .usable_session(sso, &tenant.id, &req, &reuse, hinted_sub.as_deref())
             .await
         {
             Ok(Some(s)) if active_ids.contains(&s.connection) => {
@@ -650,7 +662,7 @@ impl Broker {
         sso: &BrowserSso,
         tenant: &TenantId,
         req: &AuthRequest,
-        require_mfa: bool,
+        reuse: &Reuse<'_>,
         hinted_sub: Option<&str>,
     ) -> Result<Option<SsoSession>, StoreError> {
         if req.prompt_login {
@@ -678,9 +690,23 @@ impl Broker {
         if req.connection.as_deref().is_some_and(|c| c != s.connection.as_str()) {
             return Ok(None);
         }
-        if require_mfa && !s.mfa {
+        if reuse.require_mfa && !s.mfa {
             tracing::info!(reason = "sso.mfa_required", tenant = %tenant, "SSO session without MFA not reused");
             return Ok(None);
+        }
+        // Portcullis's own second factor, as a sign-in now would ask for it
+        // (`second_factor_step`): a session opened before the tenant set
+        // `local_mfa`, or before its user enrolled, is not reused without it.
+        if !s.mfa && reuse.own_factor.contains(&&s.connection) {
+            let needed = match reuse.local_mfa {
+                LocalMfa::Off => false,
+                LocalMfa::Required => true,
+                LocalMfa::Optional => self.usable_second_factor(tenant, &s.sub).await?,
+            };
+            if needed {
+                tracing::info!(reason = "sso.mfa_required", tenant = %tenant, local_mfa = ?reuse.local_mfa, "SSO session without the second factor not reused");
+                return Ok(None);
+            }
         }
         let now = self.provider.clock.unix();
         if s.expires_at.is_some_and(|end| now >= end) {
@@ -857,21 +883,72 @@ impl Broker {
             .map(|p| p.request.redirect_uri))
     }
 
-    /// Ends the browser's SSO sessions (all tenants) and revokes their
-    /// refresh tokens. Each session's tombstone is written with its
-    /// delete, before its families are revoked: a code of the session
-    /// redeemed since is refused, and one being redeemed either finds the
-    /// tombstone or has listed its family where the revocation finds it.
-    pub async fn logout(&self, sso: &BrowserSso) -> Result<(), StoreError> {
+    /// Ends the browser's SSO sessions (all tenants), with the sessions
+    /// each replaced ([`SsoSession::replaces`]) and the one `hint` names
+    /// (see [`LogoutHint`]), and revokes their refresh tokens.
+    pub async fn logout(&self, sso: &BrowserSso, hint: Option<&LogoutHint>) -> Result<(), StoreError> {
         for (tenant, sid) in sso {
-            if let Ok(t) = TenantId::parse(tenant) {
-                session::end(&self.store, &t, sid).await?;
-                self.provider.revoke_session_families(&t, sid).await?;
-                upstream_refresh::forget(&self.store, &t, sid).await?;
+            let Ok(t) = TenantId::parse(tenant) else {
+                continue;
+            };
+            let current = session::get(&self.store, &t, sid).await?;
+            let mut ending = vec![sid.clone()];
+            if let Some(s) = &current {
+                ending.extend(s.replaces.iter().cloned());
+            }
+            // The hint's own session, when this browser is signed in here
+            // as the hint's user and the session (if still stored) is theirs.
+            if let Some(h) = hint.filter(|h| h.tenant == *tenant && !ending.contains(&h.sid)) {
+                if current.as_ref().is_some_and(|s| s.sub == h.sub)
+                    && session::get(&self.store, &t, &h.sid)
+                        .await?
+                        .is_none_or(|hinted| hinted.sub == h.sub)
+                {
+                    ending.push(h.sid.clone());
+                }
+            }
+            for sid in &ending {
+                self.end_session(&t, sid).await?;
             }
         }
         Ok(())
     }
+
+    /// Ends the SSO session `sid`: its record goes and its tombstone is
+    /// written (one script), before its families are revoked: a code of the
+    /// session redeemed since is refused, and one being redeemed either
+    /// finds the tombstone or has listed its family where the revocation
+    /// finds it. Then the IdP's refresh token kept for it is forgotten.
+    pub(crate) async fn end_session(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
+        session::end(&self.store, tenant, sid).await?;
+        self.provider.revoke_session_families(tenant, sid).await?;
+        upstream_refresh::forget(&self.store, tenant, sid).await
+    }
+}
+
+/// What decides whether an SSO session may answer an authorization
+/// request without a sign-in, besides the request itself.
+struct Reuse<'a> {
+    /// The tenant or the app requires MFA.
+    require_mfa: bool,
+    /// The tenant's `local_mfa`.
+    local_mfa: LocalMfa,
+    /// The active connections whose factors Portcullis checks itself.
+    own_factor: &'a [&'a ConnectionId],
+}
+
+/// What a sign-out's `id_token_hint` says: its tenant, `sid` and `sub`
+/// (signature checked). Its session ends with the browser's session at
+/// that tenant when both are the same user's: an app's ID token may name a
+/// session the browser replaced by signing in again.
+#[derive(Debug, Clone)]
+pub struct LogoutHint {
+    /// The hint's `tenant` claim.
+    pub tenant: String,
+    /// The hint's `sid` claim.
+    pub sid: String,
+    /// The hint's `sub` claim.
+    pub sub: String,
 }
 
 #[cfg(test)]

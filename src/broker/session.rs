@@ -72,6 +72,38 @@ pub struct SsoSession {
     /// answer it again leaves undated is refused: `login.auth_time_unknown`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub undated: bool,
+    /// The earlier sessions of this user in this browser at this tenant
+    /// that this one replaced (a sign-in again: `prompt=login`, `max_age`,
+    /// MFA demanded...), newest first, at most [`MAX_REPLACED`]: they are
+    /// no longer the browser's, but their codes, refresh families and kept
+    /// upstream token live on, so signing out ends them with this one.
+    /// Written with the record (no write of its own); absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
+}
+
+/// How many replaced sessions an SSO session remembers; an older one is
+/// ended when the next sign-in would push it out.
+pub const MAX_REPLACED: usize = 8;
+
+/// What a new session of `sub` does with the browser's session `old_sid`
+/// for the same tenant (`old`: its record, if still stored): the sids it
+/// remembers as replaced, and the sids to end at once. The same user's
+/// sessions are remembered (those beyond [`MAX_REPLACED`] end now); another
+/// user's, with every session it had replaced, end now: the browser changed
+/// hands. A record already gone is remembered: its families may outlive it.
+pub fn succession(old_sid: &str, old: Option<&SsoSession>, sub: &str) -> (Vec<String>, Vec<String>) {
+    let mut chain = vec![old_sid.to_owned()];
+    if let Some(o) = old {
+        chain.extend(o.replaces.iter().filter(|s| s.as_str() != old_sid).cloned());
+    }
+    match old {
+        Some(o) if o.sub != sub => (Vec::new(), chain),
+        _ => {
+            let overflow = chain.split_off(chain.len().min(MAX_REPLACED));
+            (chain, overflow)
+        }
+    }
 }
 
 fn key(t: &TenantId, sid: &str) -> Key {
@@ -129,9 +161,15 @@ pub async fn delete_user_sessions(store: &SharedStore, tenant: &TenantId, sub: &
 /// The browser's live session for `tenant`, if any. A session id from the
 /// cookie is only a lookup key: the record must belong to `tenant`.
 pub async fn load(store: &SharedStore, sso: &BrowserSso, tenant: &TenantId) -> Result<Option<SsoSession>, StoreError> {
-    let Some(sid) = sso.get(tenant.as_str()) else {
-        return Ok(None);
-    };
+    match sso.get(tenant.as_str()) {
+        Some(sid) => get(store, tenant, sid).await,
+        None => Ok(None),
+    }
+}
+
+/// The live session `sid` of `tenant`, if any (the record must belong to
+/// `tenant`).
+pub async fn get(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<Option<SsoSession>, StoreError> {
     let s: Option<SsoSession> = store.get_json(&key(tenant, sid)).await?;
     Ok(s.filter(|s| &s.tenant == tenant))
 }
@@ -152,4 +190,53 @@ pub async fn end(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<()
         Write::Delete { key: &at },
     ];
     store.write_many(&writes).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(sub: &str, replaces: &[&str]) -> SsoSession {
+        SsoSession {
+            sid: "old".into(),
+            tenant: TenantId::parse("acme").unwrap(),
+            connection: ConnectionId::parse("okta").unwrap(),
+            sub: sub.into(),
+            auth_time: 0,
+            amr: Vec::new(),
+            expires_at: None,
+            acr: None,
+            mfa: false,
+            upstream: None,
+            undated: false,
+            replaces: replaces.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_new_session_remembers_the_same_users_and_ends_anothers() {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // The same user: remembered, newest first, with what it replaced.
+        assert_eq!(
+            succession("old", Some(&of("alice", &["a", "b"])), "alice"),
+            (strings(&["old", "a", "b"]), vec![])
+        );
+        // A record already gone is remembered (its families may live on).
+        assert_eq!(succession("old", None, "alice"), (strings(&["old"]), vec![]));
+        // Beyond the bound, the oldest end now.
+        let many: Vec<String> = (0..MAX_REPLACED).map(|i| format!("s{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let (kept, ended) = succession("old", Some(&of("alice", &many)), "alice");
+        assert_eq!(kept.len(), MAX_REPLACED);
+        assert_eq!(kept[0], "old");
+        assert_eq!(ended, strings(&[many[MAX_REPLACED - 1]]));
+        // Another user: nothing remembered, everything ends now.
+        assert_eq!(
+            succession("old", Some(&of("bob", &["a"])), "alice"),
+            (vec![], strings(&["old", "a"]))
+        );
+        // An absent list is not written.
+        let json = serde_json::to_string(&of("alice", &[])).unwrap();
+        assert!(!json.contains("replaces"), "{json}");
+    }
 }

@@ -769,7 +769,17 @@ async fn logout(state: Arc<AppState>, session: Session, pairs: Vec<(String, Stri
         Some(tenant) => sso.into_iter().partition(|(t, _)| t == tenant),
         None => (sso, Default::default()),
     };
-    if let Err(e) = state.broker.logout(&ending).await {
+    // The hint's own session may be one the browser replaced by signing in
+    // again; the broker ends it with the browser's if both are one user's.
+    let hinted = hint.as_ref().and_then(|claims| {
+        let claim = |n: &str| claims.get(n).and_then(|v| v.as_str()).map(str::to_owned);
+        Some(crate::broker::LogoutHint {
+            tenant: claim("tenant")?,
+            sid: claim("sid")?,
+            sub: claim("sub")?,
+        })
+    });
+    if let Err(e) = state.broker.logout(&ending, hinted.as_ref()).await {
         return unavailable(&e);
     }
     let saved = if keeping.is_empty() {

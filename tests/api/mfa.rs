@@ -883,3 +883,39 @@ async fn a_sign_in_parked_at_the_enrolment_adds_no_factor_once_the_owner_enrolle
         "mfa.not_signed_in",
     );
 }
+
+/// A session opened without Portcullis's second factor (`local_mfa` off)
+/// is not reused once the tenant sets `local_mfa = required`: the next
+/// app's sign-in asks for the factor, as a sign-in now would
+/// (`sso.mfa_required`), and gets no code from the session. With
+/// `optional`, a user without a second factor is still answered from it.
+#[tokio::test]
+async fn a_session_without_a_second_factor_is_not_reused_once_local_mfa_is_required() {
+    use crate::revocation::{dev_app, register, sign_in, start, submit_login, DEMO};
+    use crate::support::browser::Nav;
+    use crate::support::logs::Captured;
+    let app = dev_app().await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    let mut browser = Browser::new();
+    let _ = sign_in(&app, &mut browser, &app1, DEMO, "wes@demo.example").await;
+
+    // `optional`, and the user has no second factor: reused.
+    set_local_mfa(&app, "optional").await;
+    let (nav, _) = start(&app, &mut browser, &app2, DEMO).await;
+    assert!(matches!(nav, Nav::Stopped(_)), "{}", browser.trail());
+
+    set_local_mfa(&app, "required").await;
+    let (logs, _guard) = Captured::start();
+    let (nav, _) = start(&app, &mut browser, &app2, DEMO).await;
+    let Nav::Page(login) = nav else {
+        panic!("a code from a session without the second factor: {}", browser.trail());
+    };
+    assert!(login.url.path().starts_with("/dev/"), "{}", browser.trail());
+    assert_eq!(logs.with_reason("sso.mfa_required").len(), 1, "{}", logs.text());
+    // The sign-in goes on to the factor (enrolment: none yet).
+    match submit_login(&mut browser, &app2, &login, "wes@demo.example").await {
+        Nav::Page(page) => assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail()),
+        Nav::Stopped(url) => panic!("a code without the second factor: {url}"),
+    }
+}

@@ -573,7 +573,7 @@ async fn the_upstream_refresh_token_is_kept_with_the_session_and_forgotten_at_si
     assert_eq!(connection["id"], json!(CONN), "{shown}");
 
     let sso = std::collections::BTreeMap::from([(ACME.to_owned(), sid)]);
-    w.app.state.broker.logout(&sso).await.unwrap();
+    w.app.state.broker.logout(&sso, None).await.unwrap();
     assert!(store.get(&key).await.unwrap().is_none(), "forgotten at sign-out");
 }
 

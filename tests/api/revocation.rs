@@ -1202,3 +1202,129 @@ async fn an_access_token_dies_with_its_refresh_family() {
         "the claim is not a part of the refresh token"
     );
 }
+
+/// The claims of a JWT (not verified: the test's own tokens).
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Signs in to `rp` in `browser` as `email` again although the browser has
+/// a session (`prompt=login`), and redeems the code.
+async fn sign_in_again(app: &TestApp, browser: &mut Browser, rp: &Rp, email: &str) -> Tokens {
+    let verifier = portcullis::tokens::random_token(32);
+    let mut url = authorize_url(app, rp, DEMO, &verifier);
+    url.query_pairs_mut().append_pair("prompt", "login");
+    let host = rp.redirect.host_str().unwrap().to_owned();
+    let login = match browser
+        .get_until(&url, &move |u: &Url| u.host_str() == Some(host.as_str()))
+        .await
+    {
+        Nav::Page(login) => login,
+        Nav::Stopped(url) => panic!("prompt=login answered from the session: {url}"),
+    };
+    let back = submit_login(browser, rp, &login, email).await.stopped();
+    let tokens = redeem(
+        app,
+        rp,
+        &Code {
+            code: code_of(&back),
+            verifier,
+        },
+    )
+    .await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    tokens
+}
+
+/// Signing in again in the same browser (`prompt=login`; likewise
+/// `max_age`, a required MFA, another connection) replaces the browser's
+/// SSO session for the tenant, but not what the replaced session issued:
+/// signing out ends the replaced session with the new one, whether an
+/// app's ID token of the replaced session is the hint or the person
+/// confirms on the form. Its refresh family is revoked (`refresh.unknown`,
+/// its access tokens `token.family_revoked`), and a code it issued before
+/// the sign-out is refused (`code.session_ended`).
+#[tokio::test]
+async fn a_sign_out_ends_the_session_a_reauthentication_replaced() {
+    let app = dev_app().await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    for hinted in [true, false] {
+        let email = if hinted { "uma@demo.example" } else { "una@demo.example" };
+        let mut browser = Browser::new();
+        let first = redeem(&app, &app1, &sign_in(&app, &mut browser, &app1, DEMO, email).await).await;
+        assert_tokens_live(&app, &app1, &first).await;
+        // A code of the same session, not redeemed before the sign-out.
+        let unredeemed = sign_in(&app, &mut browser, &app1, DEMO, email).await;
+        let second = sign_in_again(&app, &mut browser, &app2, email).await;
+        let sid = |t: &Tokens| claims_of(t.body["id_token"].as_str().unwrap())["sid"].clone();
+        assert_ne!(sid(&first), sid(&second), "a new session");
+        assert_eq!(first.sub(), second.sub());
+        // Until the sign-out, the replaced session's family lives on.
+        assert_tokens_live(&app, &app1, &first).await;
+
+        let done = if hinted {
+            let mut out = app.url("/logout");
+            out.query_pairs_mut()
+                .append_pair("id_token_hint", first.body["id_token"].as_str().unwrap());
+            browser.get(&out).await
+        } else {
+            let ask = browser.get(&app.url("/logout")).await;
+            let form = ask.form(Some("logout"));
+            browser.submit(&ask, &form).await
+        };
+        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+        assert!(done.body.contains("You are signed out"), "{}", done.body);
+
+        assert_eq!(
+            access_reason(&app, first.at()).await,
+            "token.family_revoked",
+            "hinted {hinted}"
+        );
+        assert_eq!(code_reason(&app, &app1, &unredeemed).await, "code.session_ended");
+        assert_eq!(refresh_reason(&app, &app1, first.rt()).await, "refresh.unknown");
+        assert_tokens_dead(&app, &app2, &second, "token.family_revoked").await;
+    }
+}
+
+/// A sign-in as another user in the same browser ends the session it
+/// replaces at once (the browser changed hands): the first user's refresh
+/// family is revoked and their codes refused (`code.session_ended`), the
+/// new user's session and tokens are untouched.
+#[tokio::test]
+async fn a_sign_in_as_another_user_ends_the_session_it_replaces() {
+    let app = dev_app().await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    let mut browser = Browser::new();
+    let first = redeem(
+        &app,
+        &app1,
+        &sign_in(&app, &mut browser, &app1, DEMO, "uma@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &app1, &first).await;
+    let unredeemed = sign_in(&app, &mut browser, &app1, DEMO, "uma@demo.example").await;
+    let other = sign_in_again(&app, &mut browser, &app2, "vic@demo.example").await;
+    assert_ne!(first.sub(), other.sub());
+
+    assert_eq!(access_reason(&app, first.at()).await, "token.family_revoked");
+    assert_eq!(code_reason(&app, &app1, &unredeemed).await, "code.session_ended");
+    assert_eq!(refresh_reason(&app, &app1, first.rt()).await, "refresh.unknown");
+    assert_tokens_live(&app, &app2, &other).await;
+    // The browser is the new user's: app1 gets a code of vic's session.
+    let now = redeem(
+        &app,
+        &app1,
+        &sign_in(&app, &mut browser, &app1, DEMO, "uma@demo.example").await,
+    )
+    .await;
+    assert_eq!(now.sub(), other.sub());
+}
