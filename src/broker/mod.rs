@@ -810,9 +810,10 @@ impl Broker {
             "access_denied"
         };
         match req {
-            Some(r) => error_to_app(r, &self.provider.iss(), error, &e.message),
-            None if e.store => unavailable(&e.detail),
-            None => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
+            // A refusal about the person's account is theirs to read.
+            Some(r) if !e.shown => error_to_app(r, &self.provider.iss(), error, &e.message),
+            _ if e.store => unavailable(&e.detail),
+            _ => page(if e.internal { 502 } else { 400 }, "Sign-in failed", e.message, e.code),
         }
     }
 

@@ -20,6 +20,17 @@
 //! account that has a second factor by then is asked for it instead
 //! (`mfa.enrolment_changed`, [`Broker::enrolment_still_first`]). A password
 //! alone must not add a factor beside the owner's.
+//!
+//! Nor may a password that is no longer the account's: every action of a
+//! waiting answer (the pages, codes and passkeys of the challenge and the
+//! enrolment), and the opening of its session, first asks whether the
+//! sign-in still stands ([`Broker::sign_in_still_valid`]): its user active,
+//! its credentials not reset since it authenticated (the user's "not
+//! before" stamp), and for a local account the same account, confirmed,
+//! enabled, with the password the sign-in proved. A sign-in begun with a
+//! password since reset or changed, or of an account force-reset, disabled
+//! or deleted meanwhile, ends there (`mfa.credentials_reset`,
+//! `mfa.user_inactive`) and adds no factor.
 
 use super::callback::Validated;
 use super::session::{BrowserSso, SsoSession};
@@ -380,7 +391,71 @@ impl Broker {
                 "mfa.browser_mismatch",
             ));
         }
+        // The sign-in must still stand: a credentials reset or an account
+        // change since the password was checked ends it here, whatever
+        // the action (the waiting answer is spent).
+        if let Err(refusal) = self.sign_in_still_valid(&w).await {
+            if let Err(e) = self.store.delete(&waiting_key(&tenant, handle)).await {
+                return Err(store_failed(e));
+            }
+            return Err(refusal);
+        }
         Ok((w, tenant, connection))
+    }
+
+    /// Whether the sign-in of the waiting answer `w` still stands: its user
+    /// is active ([`crate::directory::Directory::active`]; else
+    /// `mfa.user_inactive`), its credentials were not reset since it
+    /// authenticated (the user's "not before" stamp), and for a local
+    /// account the account is still the same subject, confirmed, not
+    /// disabled, with the password the sign-in proved
+    /// ([`crate::local::account_unchanged`]; else `mfa.credentials_reset`).
+    /// Asked by every action of a waiting answer ([`Broker::waiting`]) and
+    /// again before its session opens ([`Broker::finish_second_factor`]).
+    /// A waiting answer of a local account kept by an earlier version (no
+    /// password digest) is judged by the directory alone.
+    pub(super) async fn sign_in_still_valid(&self, w: &Waiting) -> Result<(), MfaAnswer> {
+        let v = &w.validated;
+        let user = match self.provider.directory.active(&v.tenant, &v.sub).await {
+            Ok(Ok(user)) => user,
+            Ok(Err(why)) => {
+                let reason = "mfa.user_inactive";
+                tracing::warn!(reason, tenant = %v.tenant, connection = %v.connection, why = why.as_str(), "a waiting sign-in's user is no longer active");
+                self.record_failure(&v.tenant, Some(&v.connection), reason).await;
+                return Err(refused(
+                    403,
+                    "This account can no longer sign in. Ask your administrator.",
+                    reason,
+                ));
+            }
+            Err(e) => return Err(store_failed(e)),
+        };
+        let mut unchanged = !crate::provider::grants::credentials_reset_since(&user, v.auth_time);
+        if unchanged {
+            if let (Some(email), Some(password)) = (v.identity.email.as_deref(), v.identity.local_password.as_deref()) {
+                unchanged = crate::local::account_unchanged(
+                    &self.store,
+                    &v.tenant,
+                    &v.connection,
+                    email,
+                    &v.identity.subject,
+                    password,
+                )
+                .await
+                .map_err(store_failed)?;
+            }
+        }
+        if unchanged {
+            return Ok(());
+        }
+        let reason = "mfa.credentials_reset";
+        tracing::warn!(reason, tenant = %v.tenant, connection = %v.connection, "the account's credentials changed while its sign-in waited for a second factor");
+        self.record_failure(&v.tenant, Some(&v.connection), reason).await;
+        Err(refused(
+            401,
+            "The password of this account was reset or changed (or the account changed) while this sign-in waited. Please sign in again from the application.",
+            reason,
+        ))
     }
 
     /// The page of a waiting answer (`error`: why the last code was refused).
@@ -484,12 +559,45 @@ impl Broker {
     /// page, adding and removing passkeys): only a recent sign-in
     /// ([`Broker::authenticated_recently`]), and once the user has a second
     /// factor only a session that used it
-    /// ([`Broker::second_factor_used_if_any`]).
+    /// ([`Broker::second_factor_used_if_any`]), of an active user whose
+    /// credentials were not reset since the session authenticated
+    /// ([`Broker::session_still_valid`]).
     pub(super) async fn may_change_factors(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+        self.session_still_valid(tenant, s).await?;
         if !self.authenticated_recently(s) {
             return Err(reauthentication_required(tenant, s));
         }
         self.second_factor_used_if_any(tenant, s).await
+    }
+
+    /// Whether session `s` still stands for changing factors: its user is
+    /// active (else `mfa.not_signed_in`) and its credentials were not reset
+    /// since the session authenticated (else `mfa.credentials_reset`). A
+    /// reset ends the user's sessions; this refuses one that outlived it
+    /// (an end that failed half-way, or a session opened by a sign-in the
+    /// reset overtook).
+    async fn session_still_valid(&self, tenant: &TenantId, s: &SsoSession) -> Result<(), MfaAnswer> {
+        let user = match self.provider.directory.active(tenant, &s.sub).await {
+            Ok(Ok(user)) => user,
+            Ok(Err(_)) => {
+                return Err(refused(
+                    401,
+                    "Sign in to the application first, then come back.",
+                    "mfa.not_signed_in",
+                ))
+            }
+            Err(e) => return Err(store_failed(e)),
+        };
+        if !crate::provider::grants::credentials_reset_since(&user, s.auth_time) {
+            return Ok(());
+        }
+        let reason = "mfa.credentials_reset";
+        tracing::warn!(reason, tenant = %tenant, connection = %s.connection, "second factors not changed from a session older than the account's credentials reset");
+        Err(refused(
+            401,
+            "The password of this account was reset or changed after this session signed in. Sign out, sign in to the application again, and come back.",
+            reason,
+        ))
     }
 
     /// Whether session `s` authenticated its user within
@@ -761,6 +869,11 @@ impl Broker {
                 "mfa.unknown_handle",
             );
         };
+        // Asked again on the record taken: a reset while the factor was
+        // checked opens no session.
+        if let Err(refusal) = self.sign_in_still_valid(&w).await {
+            return refusal;
+        }
         for method in methods {
             if !w.validated.identity.amr.iter().any(|m| m == *method) {
                 w.validated.identity.amr.push((*method).to_owned());

@@ -18,7 +18,7 @@
 //! account's failures are cleared only when the whole sign-in succeeds. A
 //! failing hook fails the sign-in closed (its `HookError` reason code).
 
-use super::{key, Accounts, LocalError, LocalUser};
+use super::{key, password_digest, Accounts, LocalError, LocalUser};
 use crate::hooks::challenge::{Challenge, Next, Round, Subject, MAX_ROUNDS};
 use crate::hooks::{HookConfig, HookKind, Hooks};
 use crate::ids::{ConnectionId, TenantId};
@@ -76,13 +76,6 @@ struct Waiting {
     /// sign-in, which the old password began.
     #[serde(default)]
     password: String,
-}
-
-/// The digest of an account's password hash, to tell whether the password
-/// changed since (not the hash itself: the waiting record is not the place
-/// for it).
-fn password_digest(user: &LocalUser) -> String {
-    crate::tokens::sha256_base64url(user.password_hash.as_bytes())
 }
 
 impl Waiting {

@@ -184,6 +184,41 @@ impl LocalUser {
     }
 }
 
+/// The digest of an account's password hash, to tell later whether the
+/// password changed since a sign-in proved it (not the hash itself: the
+/// records a sign-in leaves on its way, its ticket and its wait for a
+/// second factor, are not the place for it).
+pub fn password_digest(user: &LocalUser) -> String {
+    crate::tokens::sha256_base64url(user.password_hash.as_bytes())
+}
+
+/// Whether the account a sign-in began with is still the one stored for
+/// `email`: the same `subject` (not deleted, nor deleted and created
+/// again), confirmed (no force-reset meanwhile), not disabled, with the
+/// password hash whose digest is `password` (no change or reset since).
+/// The later steps of a local sign-in (the ticket's redemption,
+/// Portcullis's second factor) ask this, so that what the old password
+/// began ends with it. Read straight from the store: an account of an
+/// earlier incarnation of the tenant or connection has another subject,
+/// and such a sign-in is refused by the broker anyway
+/// (`callback.login_superseded`).
+pub async fn account_unchanged(
+    store: &SharedStore,
+    t: &TenantId,
+    c: &ConnectionId,
+    email: &str,
+    subject: &str,
+    password: &str,
+) -> Result<bool, StoreError> {
+    use subtle::ConstantTimeEq;
+    let Some(user) = store.get_json::<LocalUser>(&user_key(t, c, email)).await? else {
+        return Ok(false);
+    };
+    Ok(user.subject == subject
+        && user.effective_status() == AccountStatus::Confirmed
+        && bool::from(password_digest(&user).as_bytes().ct_eq(password.as_bytes())))
+}
+
 /// Optional profile fields of a new account.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {

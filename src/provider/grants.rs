@@ -1442,7 +1442,7 @@ const CREDENTIALS_RESET: &str = "The user's password was reset or changed after 
 /// or `auth_time`, Unix seconds): then what was issued at `at` is refused.
 /// Same-second issues pass (as Keycloak's not-before does): the sessions
 /// and refresh families that could issue them were ended with the stamp.
-fn credentials_reset_since(user: &User, at: i64) -> bool {
+pub(crate) fn credentials_reset_since(user: &User, at: i64) -> bool {
     user.not_before.is_some_and(|nb| at < nb)
 }
 

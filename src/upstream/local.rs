@@ -2,7 +2,10 @@
 //! behind the same seam as every IdP. `begin` sends the browser to our own
 //! sign-in page (`/local/{tenant}/{connection}/sign-in?login=…`); the page
 //! checks the password ([`crate::local::Accounts::authenticate`]) and stores
-//! the identity under a single-use ticket; `complete` takes the ticket.
+//! the identity under a single-use ticket; `complete` takes the ticket and
+//! reads the account again: one deleted, disabled, force-reset or given a
+//! new password since the ticket was issued signs nobody in
+//! (`local.account_changed`).
 //!
 //! Like the dev IdP it goes through the whole broker (pending login,
 //! provisioning, SSO session, code), but it is available outside dev mode.
@@ -46,6 +49,7 @@ pub fn identity(user: &LocalUser, now: i64) -> Identity {
         family_name: user.family_name.clone(),
         amr: vec!["pwd".into()],
         auth_time: Some(now),
+        local_password: Some(crate::local::password_digest(user)),
         ..Identity::default()
     }
 }
@@ -79,6 +83,39 @@ impl LocalConnector {
             connection: connection.id.clone(),
             ctx,
         }
+    }
+}
+
+impl LocalConnector {
+    /// The ticket's account must still be the one that signed in: the
+    /// same subject, confirmed, not disabled, with the same password. An
+    /// account deleted, disabled, force-reset or given a new password
+    /// since the ticket was issued (before its first sign-in too, when no
+    /// directory user exists yet to revoke) signs nobody in
+    /// (`local.account_changed`); nor does a ticket that does not say
+    /// which password it proved.
+    async fn account_unchanged(&self, identity: &Identity) -> Result<(), UpstreamError> {
+        let unchanged = match (identity.email.as_deref(), identity.local_password.as_deref()) {
+            (Some(email), Some(password)) => crate::local::account_unchanged(
+                &self.ctx.store,
+                &self.tenant,
+                &self.connection,
+                email,
+                &identity.subject,
+                password,
+            )
+            .await
+            .map_err(|e| UpstreamError::store(&e))?,
+            _ => false,
+        };
+        if unchanged {
+            return Ok(());
+        }
+        Err(UpstreamError::account(
+            "local.account_changed",
+            "This account changed while you were signing in (it was removed, disabled or its password was reset). Please sign in again.",
+            "account changed since the ticket was issued",
+        ))
     }
 }
 
@@ -141,7 +178,9 @@ impl Connector for LocalConnector {
                 "ticket of another login",
             ));
         }
-        serde_json::from_value(value.get("identity").cloned().unwrap_or_default())
-            .map_err(|e| UpstreamError::internal("local.bad_ticket", e.to_string()))
+        let identity: Identity = serde_json::from_value(value.get("identity").cloned().unwrap_or_default())
+            .map_err(|e| UpstreamError::internal("local.bad_ticket", e.to_string()))?;
+        self.account_unchanged(&identity).await?;
+        Ok(identity)
     }
 }

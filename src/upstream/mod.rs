@@ -61,6 +61,13 @@ pub struct Identity {
     /// serialized with the identity (dev tickets, logs), never shown.
     #[serde(skip)]
     pub upstream_refresh_token: Option<crate::secret::Secret>,
+    /// For a local account: the digest of the password hash as the sign-in
+    /// found it ([`crate::local::password_digest`]), so the sign-in's later
+    /// steps (its ticket's redemption, Portcullis's second factor) end
+    /// once the account changed ([`crate::local::account_unchanged`]).
+    /// `None` for every other connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_password: Option<String>,
 }
 
 /// How to send the browser to the IdP.
@@ -149,6 +156,11 @@ pub struct UpstreamError {
     pub internal: bool,
     /// True when the store failed (503, retry later), not the IdP (502).
     pub store: bool,
+    /// True when the refusal is about the person's account here (a local
+    /// account changed while signing in), not the IdP's answer: shown on a
+    /// page, as provisioning's refusal of an inactive user is, rather than
+    /// sent to the app.
+    pub shown: bool,
 }
 
 impl UpstreamError {
@@ -160,6 +172,16 @@ impl UpstreamError {
             detail: detail.into(),
             internal: false,
             store: false,
+            shown: false,
+        }
+    }
+
+    /// A refusal about the person's account, shown to them on a page
+    /// (see [`UpstreamError::shown`]).
+    pub fn account(code: &'static str, message: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            shown: true,
+            ..Self::reject(code, message, detail)
         }
     }
 
@@ -171,6 +193,7 @@ impl UpstreamError {
             detail: detail.into(),
             internal: true,
             store: false,
+            shown: false,
         }
     }
 

@@ -1389,3 +1389,122 @@ async fn an_abandoned_password_check_counts_as_a_failure_and_releases_the_accoun
     let back = sign_in_from(&mut owner, &page, email, GOOD_PASSWORD).await;
     assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
 }
+
+/// A sign-in stopped at its ticket: the password was right and the 303 to
+/// `/local/{t}/{c}/callback?state&ticket` was not followed. Answers the
+/// callback's URL.
+async fn ticket_not_followed(
+    app: &TestApp,
+    world: crate::support::local::World,
+    browser: &mut Browser,
+    email: &str,
+) -> Url {
+    let p = pkce();
+    let page = world.start(app, browser, &p).await;
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", GOOD_PASSWORD);
+    let callback = format!("/local/{}/{}/callback", world.tenant, world.connection);
+    let stopped = browser
+        .submit_until(&page, &form, &|u: &Url| u.path() == callback)
+        .await
+        .stopped();
+    assert!(stopped.query_pairs().any(|(k, _)| k == "ticket"), "{stopped}");
+    stopped
+}
+
+/// Follows a ticket of an account changed meanwhile: a page with
+/// `local.account_changed`, no code for the app, and no directory user.
+async fn ticket_signs_nobody_in(app: &TestApp, browser: &mut Browser, callback: &Url) {
+    let refused = browser.get(callback).await;
+    assert_reason(&refused, 400, "local.account_changed");
+    assert!(
+        browser.history.iter().all(|h| !h.url.as_str().starts_with(REDIRECT)),
+        "the app got an answer: {}",
+        browser.trail()
+    );
+    let (status, users) = app
+        .admin(reqwest::Method::GET, &format!("/admin/v1/tenants/{TENANT}/users"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    assert_eq!(users["users"], json!([]), "{users}");
+}
+
+/// A local sign-in's ticket carries the account it was issued for: an
+/// account deleted by an admin between the password check and the
+/// callback (no directory user yet, so nothing was revoked) signs nobody
+/// in (`local.account_changed`): no user is provisioned for it, no session
+/// opens, no code is issued.
+#[tokio::test]
+async fn a_ticket_of_a_deleted_local_account_signs_nobody_in() {
+    let app = crate::support::local::Gateway::default().spawn().await;
+    let world = crate::support::local::World {
+        tenant: TENANT,
+        connection: CONN,
+        client: CLIENT,
+        scope: "openid email",
+    }
+    .create(&app, "Acme Corp", "acme.example")
+    .await;
+    let email = "ada@acme.example";
+    world.account(&app, email, GOOD_PASSWORD).await;
+    let mut browser = Browser::new();
+    let callback = ticket_not_followed(&app, world, &mut browser, email).await;
+
+    let (status, body) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/ada%40acme.example"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    ticket_signs_nobody_in(&app, &mut browser, &callback).await;
+
+    // An account of the same email created again is another account: the
+    // old ticket is not its sign-in either.
+    world.account(&app, email, GOOD_PASSWORD).await;
+    let mut browser = Browser::new();
+    let callback = ticket_not_followed(&app, world, &mut browser, email).await;
+    app.admin(
+        reqwest::Method::DELETE,
+        &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/ada%40acme.example"),
+        None,
+    )
+    .await;
+    world.account(&app, email, GOOD_PASSWORD).await;
+    ticket_signs_nobody_in(&app, &mut browser, &callback).await;
+}
+
+/// The same for an account disabled, or force-reset, by an admin before
+/// its first sign-in finished (no directory user to disable or revoke
+/// yet): the ticket signs nobody in (`local.account_changed`).
+#[tokio::test]
+async fn a_ticket_of_a_local_account_disabled_or_force_reset_before_its_first_sign_in_signs_nobody_in() {
+    let app = crate::support::local::Gateway::default().spawn().await;
+    let world = crate::support::local::World {
+        tenant: TENANT,
+        connection: CONN,
+        client: CLIENT,
+        scope: "openid email",
+    }
+    .create(&app, "Acme Corp", "acme.example")
+    .await;
+    for (email, change) in [("ada@acme.example", "disable"), ("bo@acme.example", "force-reset")] {
+        world.account(&app, email, GOOD_PASSWORD).await;
+        let mut browser = Browser::new();
+        let callback = ticket_not_followed(&app, world, &mut browser, email).await;
+        let (status, body) = app
+            .admin(
+                reqwest::Method::POST,
+                &format!(
+                    "/admin/v1/tenants/{TENANT}/connections/{CONN}/users/{}/{change}",
+                    email.replace('@', "%40")
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ticket_signs_nobody_in(&app, &mut browser, &callback).await;
+    }
+}

@@ -690,6 +690,252 @@ async fn a_sign_in_parked_at_the_enrolment_confirms_no_totp_once_the_owner_regis
     );
 }
 
+/// A gateway at `http://localhost:PORT` on `clock` with passkeys: tenant
+/// `acme` with the local connection `pw`, a public app, `local_mfa` set to
+/// `local_mfa`, and the confirmed account `email` (password `PASSWORD`).
+async fn local_gateway(
+    clock: &portcullis::clock::ManualClock,
+    local_mfa: &str,
+    email: &str,
+) -> (TestApp, crate::support::local::World) {
+    let app = spawn_app(AppOptions {
+        clock: Some(clock.clone()),
+        public_host: Some("localhost".into()),
+        configure: Some(Arc::new(|s| {
+            s.passkeys.enabled = true;
+            s.local.argon2_memory_kib = 8192;
+            s.local.argon2_iterations = 1;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let world = crate::support::local::World {
+        tenant: TENANT,
+        connection: CONN,
+        client: "local-app",
+        scope: "openid email",
+    }
+    .create(&app, "Acme Corp", "acme.example")
+    .await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/v1/tenants/{TENANT}"),
+            Some(json!({"settings": {"local_mfa": local_mfa}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    world.account(&app, email, PASSWORD).await;
+    (app, world)
+}
+
+/// A local sign-in of `email` with `PASSWORD` in `browser`, from the app:
+/// the page it lands on (the MFA page when a second factor applies).
+async fn local_sign_in(
+    app: &TestApp,
+    world: crate::support::local::World,
+    browser: &mut crate::support::browser::Browser,
+    email: &str,
+) -> crate::support::browser::Page {
+    let page = world.start(app, browser, &crate::support::local::pkce()).await;
+    browser
+        .fill_and_submit(&page, None, &[("email", email), ("password", PASSWORD)])
+        .await
+}
+
+/// The `sub` of `email` in tenant `acme`.
+async fn acme_sub(app: &TestApp, email: &str) -> String {
+    let (status, users) = app
+        .admin(reqwest::Method::GET, &format!("/admin/v1/tenants/{TENANT}/users"), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{users}");
+    users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email)
+        .unwrap_or_else(|| panic!("no user {email}: {users}"))["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The account's passkeys in tenant `acme`, by name.
+async fn acme_passkeys(app: &TestApp, sub: &str) -> Vec<String> {
+    let (status, list) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{TENANT}/users/{sub}/passkeys"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
+    list["passkeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A sign-in begun with a password the owner (or an admin) has reset since
+/// adds no factor. The attacker, with a phished password, parks two
+/// sign-ins at the enrolment (`local_mfa` required, nothing enrolled): one
+/// at the passkey registration, one at the TOTP enrolment. The admin then
+/// force-resets the account and resets its MFA. Registering the passkey,
+/// or typing the first TOTP code, with the parked handles is refused
+/// (`mfa.credentials_reset`, 401): no passkey or TOTP enrolment is stored,
+/// no session opens, and the handle is spent.
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_adds_no_factor_after_a_reset() {
+    use crate::mfa::{assert_reason, code, shown_secret};
+    use crate::support::browser::Browser;
+    let clock = crate::mfa::clock();
+    let (app, world) = local_gateway(&clock, "required", EMAIL).await;
+
+    let mut with_passkey = Browser::new();
+    let parked = local_sign_in(&app, world, &mut with_passkey, EMAIL).await;
+    assert_eq!(parked.url.path(), "/mfa/acme/pw", "{}", with_passkey.trail());
+    let mut step = parked.url.clone();
+    step.set_path("/mfa/acme/pw/passkey");
+    let register = with_passkey.get(&step).await;
+    assert_eq!(register.status, reqwest::StatusCode::OK, "{}", register.body);
+    assert!(register.body.contains("data-passkey=\"create\""), "{}", register.body);
+
+    let mut with_totp = Browser::new();
+    let parked_totp = local_sign_in(&app, world, &mut with_totp, EMAIL).await;
+    assert_eq!(parked_totp.url.path(), "/mfa/acme/pw", "{}", with_totp.trail());
+    let secret = shown_secret(&parked_totp);
+
+    // The owner tells the admin: force-reset and MFA reset.
+    clock.advance(chrono::Duration::seconds(1));
+    let sub = acme_sub(&app, EMAIL).await;
+    let (status, body) = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/ada%40acme.example/force-reset"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let (status, body) = app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/tenants/{TENANT}/users/{sub}/mfa"),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+
+    let refused = register_soft_passkey(&app, &mut with_passkey, &register, "Attacker").await;
+    assert_reason(&refused, 401, "mfa.credentials_reset");
+    assert_eq!(acme_passkeys(&app, &sub).await, Vec::<String>::new());
+    assert_reason(&with_passkey.get(&parked.url).await, 400, "mfa.unknown_handle");
+
+    let refused = with_totp
+        .fill_and_submit(&parked_totp, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_reason(&refused, 401, "mfa.credentials_reset");
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse(TENANT).unwrap(), &sub);
+    assert!(
+        !app.state.store.exists(&key).await.unwrap(),
+        "a TOTP enrolment was added"
+    );
+    for browser in [&mut with_passkey, &mut with_totp] {
+        assert_reason(
+            &browser.get(&app.url("/mfa/acme/passkeys")).await,
+            401,
+            "passkey.not_signed_in",
+        );
+    }
+}
+
+/// The same with the account's own password change, the clock not moved:
+/// the sign-in's password is no longer the account's, and the sign-in
+/// parked at the passkey registration adds nothing
+/// (`mfa.credentials_reset`).
+#[tokio::test]
+async fn a_sign_in_parked_at_the_enrolment_adds_no_passkey_after_a_password_change() {
+    use crate::mfa::assert_reason;
+    use crate::support::browser::Browser;
+    let clock = crate::mfa::clock();
+    let (app, world) = local_gateway(&clock, "required", EMAIL).await;
+    let mut attacker = Browser::new();
+    let parked = local_sign_in(&app, world, &mut attacker, EMAIL).await;
+    let mut step = parked.url.clone();
+    step.set_path("/mfa/acme/pw/passkey");
+    let register = attacker.get(&step).await;
+    assert_eq!(register.status, reqwest::StatusCode::OK, "{}", register.body);
+    let sub = acme_sub(&app, EMAIL).await;
+
+    // The password changes (the account's own change, without the
+    // revocation that follows it: the account itself tells), in the same
+    // second.
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let account = app
+        .state
+        .accounts
+        .get(&t, &c, EMAIL)
+        .await
+        .unwrap()
+        .expect("the account");
+    app.state
+        .accounts
+        .set_changed_password(&t, &c, &account, &portcullis::secret::Secret::new("Quince-Harbour-58"))
+        .await
+        .unwrap();
+
+    let refused = register_soft_passkey(&app, &mut attacker, &register, "Attacker").await;
+    assert_reason(&refused, 401, "mfa.credentials_reset");
+    assert_eq!(acme_passkeys(&app, &sub).await, Vec::<String>::new());
+}
+
+/// Defence in depth for a session that outlived its user's credentials
+/// reset (the reset's end of sessions failed half-way): it changes no
+/// factor (`mfa.credentials_reset`). Signed in (`local_mfa` optional,
+/// nothing enrolled: no second factor asked), the passkeys page opens;
+/// once the user's "not before" stamp is later than the session's
+/// sign-in, it does not, nor does the TOTP enrolment.
+#[tokio::test]
+async fn a_session_opened_before_a_reset_changes_no_factor() {
+    use crate::mfa::assert_reason;
+    use crate::support::browser::Browser;
+    let clock = crate::mfa::clock();
+    let (app, world) = local_gateway(&clock, "optional", EMAIL).await;
+    let mut browser = Browser::new();
+    let p = crate::support::local::pkce();
+    let page = world.start(&app, &mut browser, &p).await;
+    let mut form = page.form(None);
+    form.set("email", EMAIL);
+    form.set("password", PASSWORD);
+    browser
+        .submit_until(&page, &form, &crate::support::local::at_app)
+        .await
+        .stopped();
+    let passkeys = app.url("/mfa/acme/passkeys");
+    let shown = browser.get(&passkeys).await;
+    assert_eq!(shown.status, reqwest::StatusCode::OK, "{}", shown.body);
+
+    clock.advance(chrono::Duration::seconds(1));
+    let sub = acme_sub(&app, EMAIL).await;
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    use portcullis::clock::Clock;
+    assert!(app
+        .state
+        .provider
+        .directory
+        .set_not_before(&t, &sub, clock.unix())
+        .await
+        .unwrap());
+    assert_reason(&browser.get(&passkeys).await, 401, "mfa.credentials_reset");
+    assert_reason(
+        &browser.get(&app.url("/mfa/acme/enroll")).await,
+        401,
+        "mfa.credentials_reset",
+    );
+}
+
 /// Registers a software passkey for `sub` through the store-level service
 /// (`mfa_handle`: a sign-in's enrolment, or `None` for a signed-in user).
 async fn register_at_store(
