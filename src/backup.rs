@@ -19,7 +19,7 @@ use crate::directory;
 use crate::ids::{ConnectionId, TenantId};
 use crate::provider::{clients, resources};
 use crate::secrets::sealed::{census, sealed_fields, Rewrapped, SealedStore};
-use crate::store::{Key, SharedStore, StoreError};
+use crate::store::{Key, SharedStore, StoreError, Write};
 use crate::tenant::{self, Incarnation};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -111,9 +111,27 @@ enum Kind {
     Set,
 }
 
+/// The records [`inventory`] read to find other keys (a tenant's domains,
+/// a connection's ACS alias, a user's identity link, a passkey handle), so
+/// that an export writes exactly the bytes those keys were derived from: a
+/// backup then always names only keys its own records lead to, which is
+/// what a restore checks ([`exportable`]), even when a record changed
+/// while the export ran.
+type Read = BTreeMap<Key, Vec<u8>>;
+
+/// `raw.get(key)`, kept in `read`.
+async fn read_kept(raw: &SharedStore, key: &Key, read: &mut Read) -> Result<Option<Vec<u8>>, StoreError> {
+    let value = raw.get(key).await?;
+    if let Some(v) = &value {
+        read.insert(key.clone(), v.clone());
+    }
+    Ok(value)
+}
+
 /// Every persistent key of the configuration, found through the indexes
 /// (the store has no key scan, and Redis Cluster would make one per node).
-async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError> {
+/// The records it read on the way are kept in `read`.
+async fn inventory(raw: &SharedStore, read: &mut Read) -> Result<BTreeMap<Key, Kind>, StoreError> {
     use Kind::{Set, Value};
     let mut out = BTreeMap::new();
     out.insert(crate::tokens::keyset_key(), Value);
@@ -138,7 +156,7 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             continue;
         };
         let tenant_key = tenant::tenant_key(&tid);
-        if let Some(record) = raw.get(&tenant_key).await? {
+        if let Some(record) = read_kept(raw, &tenant_key, read).await? {
             if let Ok(record) = serde_json::from_slice::<tenant::Tenant>(&record) {
                 for d in &record.domains {
                     out.insert(tenant::domain_key(d), Value);
@@ -153,7 +171,7 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             };
             let key = tenant::connection_key(&tid, &cid);
             // Sealed fields are envelopes, which read as strings: no key needed.
-            if let Some(record) = raw.get(&key).await? {
+            if let Some(record) = read_kept(raw, &key, read).await? {
                 if let Some(path) = serde_json::from_slice::<crate::upstream::Connection>(&record)
                     .ok()
                     .as_ref()
@@ -192,7 +210,7 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
         let users = directory::index_key(&tid);
         for sub in raw.set_members(&users).await? {
             let user_key = directory::user_key(&tid, &sub);
-            if let Some(record) = raw.get(&user_key).await? {
+            if let Some(record) = read_kept(raw, &user_key, read).await? {
                 if let Ok(user) = serde_json::from_slice::<directory::User>(&record) {
                     let inc = Incarnation {
                         tenant: user.tenant_incarnation.clone(),
@@ -209,7 +227,7 @@ async fn inventory(raw: &SharedStore) -> Result<BTreeMap<Key, Kind>, StoreError>
             out.insert(crate::mfa::enrolment_key(&tid, &sub), Value);
             // Passkeys and the user-handle index of a passwordless sign-in.
             let passkeys = crate::mfa::passkey::passkeys_key(&tid, &sub);
-            if let Some(record) = raw.get(&passkeys).await? {
+            if let Some(record) = read_kept(raw, &passkeys, read).await? {
                 if let Ok(p) = serde_json::from_slice::<crate::mfa::passkey::UserPasskeys>(&record) {
                     out.insert(crate::mfa::passkey::handle_key(&tid, &p.user_handle), Value);
                 }
@@ -231,11 +249,16 @@ pub async fn export(raw: &SharedStore, now: DateTime<Utc>) -> Result<Backup, Sto
     let mut records = Vec::new();
     let mut keys = BTreeSet::new();
     let mut plaintext = 0;
-    for (key, kind) in inventory(raw).await? {
+    let mut read = Read::new();
+    for (key, kind) in inventory(raw, &mut read).await? {
         let value = match kind {
             Kind::Value => {
-                let Some(bytes) = raw.get(&key).await? else {
-                    continue;
+                let bytes = match read.remove(&key) {
+                    Some(bytes) => bytes,
+                    None => match raw.get(&key).await? {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    },
                 };
                 let c = census(&key, &bytes);
                 plaintext += c.plaintext;
@@ -284,11 +307,15 @@ pub struct Restored {
 
 /// Restores a backup into `store`. Everything is checked first and nothing
 /// is written unless all of it is good: the format and version, every
-/// record's key, every sealed value opens with the configured master keys
-/// (so a wrong key file fails before anything is written), and, unless
-/// `overwrite`, no record of the backup exists yet (a restore goes into an
-/// empty store; `overwrite` replaces what the backup holds and leaves the
-/// rest). Values are written exactly as backed up (still sealed).
+/// record's key is one `portcullis export` writes for the records of the
+/// backup ([`exportable`]: no session, code, counter or record without its
+/// index entry can be planted through a crafted backup), every sealed
+/// value opens with the configured master keys (so a wrong key file fails
+/// before anything is written), and, unless `overwrite`, no record of the
+/// backup exists yet (a restore goes into an empty store; `overwrite`
+/// replaces what the backup holds and leaves the rest). Values are written
+/// exactly as backed up (still sealed); each set in one atomic step, so an
+/// index is never seen empty or half rebuilt.
 pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result<Restored, Vec<String>> {
     let backup: Backup = serde_json::from_value(doc).map_err(|e| vec![format!("not a readable backup: {e}")])?;
     if backup.format != FORMAT || backup.version != VERSION {
@@ -299,7 +326,7 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
     }
     let raw = store.raw();
     let mut problems = Vec::new();
-    let mut plan = Vec::new();
+    let mut parsed = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, r) in backup.records.iter().enumerate() {
         let at = format!("records[{i}] ({}/{})", r.tag, r.name);
@@ -312,13 +339,37 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
             problems.push(format!("{at}: appears twice"));
             continue;
         }
-        let bytes = match unstamped(&r.value).to_bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                problems.push(format!("{at}: {e}"));
+        match unstamped(&r.value).to_bytes() {
+            Ok(bytes) => parsed.push((at, key, bytes, &r.value)),
+            Err(e) => problems.push(format!("{at}: {e}")),
+        }
+    }
+    let expected = exportable(&parsed, backup.created_at)
+        .await
+        .map_err(|e| vec![format!("the backup's records could not be listed: {e}")])?;
+    let mut plan = Vec::new();
+    for (at, key, bytes, value) in parsed {
+        match (expected.get(&key), &bytes) {
+            (None, _) => {
+                problems.push(format!(
+                    "{at}: not a record `portcullis export` writes (backup.unexpected_record): restores hold only the configuration records their indexes lead to"
+                ));
                 continue;
             }
-        };
+            (Some(Kind::Set), Some(_)) => {
+                problems.push(format!(
+                    "{at}: a set in every backup, not a value (backup.unexpected_record)"
+                ));
+                continue;
+            }
+            (Some(Kind::Value), None) => {
+                problems.push(format!(
+                    "{at}: a value in every backup, not a set (backup.unexpected_record)"
+                ));
+                continue;
+            }
+            (Some(_), _) => {}
+        }
         let exists = match &bytes {
             Some(b) => {
                 if sealed_fields(&key).is_some() {
@@ -337,7 +388,7 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
             Ok(_) => {}
             Err(e) => problems.push(format!("{at}: {e}")),
         }
-        plan.push((key, bytes, &r.value));
+        plan.push((key, bytes, value));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -358,18 +409,70 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
                 }
             }
             (None, Payload::Set(members)) => {
-                if overwrite {
-                    raw.delete(&key).await.map_err(fail)?;
-                }
-                for m in members {
-                    raw.set_add(&key, m, None).await.map_err(fail)?;
-                }
+                // The set replaced in one step: readers see the old members
+                // or the new ones, and a failure leaves the old ones.
+                let mut writes = Vec::with_capacity(members.len() + 1);
+                writes.push(Write::Delete { key: &key });
+                writes.extend(members.iter().map(|m| Write::SetAdd {
+                    key: &key,
+                    member: m.as_str(),
+                    ttl: None,
+                }));
+                raw.write_many(&writes).await.map_err(fail)?;
                 done.sets += 1;
             }
             (None, _) => {}
         }
     }
     Ok(done)
+}
+
+/// The keys `portcullis export` would write, and of which kind, were the
+/// store to hold exactly `records`: [`inventory`] run over a scratch
+/// in-memory copy of them. A backup names only such keys, because an
+/// export writes the very bytes its inventory derived keys from
+/// ([`Read`]); anything else was not written by `portcullis export`.
+///
+/// Two rounds, so that a record of the wrong type (a value where the
+/// export has a set, or the reverse) is reported rather than failing the
+/// listing: the sets alone give every set key (the inventory finds sets
+/// through sets only), then the values are added except at those keys,
+/// and the sets only at those keys.
+async fn exportable(
+    records: &[(String, Key, Option<Vec<u8>>, &Payload)],
+    created_at: DateTime<Utc>,
+) -> Result<BTreeMap<Key, Kind>, StoreError> {
+    let sets = inventory(
+        &scratch(records, created_at, |_, is_set| is_set).await?,
+        &mut Read::new(),
+    )
+    .await?;
+    let is_set_key = |key: &Key| sets.get(key) == Some(&Kind::Set);
+    let both = scratch(records, created_at, |key, is_set| is_set == is_set_key(key)).await?;
+    inventory(&both, &mut Read::new()).await
+}
+
+/// An in-memory store holding the `records` that `keep` keeps (given the
+/// key and whether the record is a set).
+async fn scratch(
+    records: &[(String, Key, Option<Vec<u8>>, &Payload)],
+    created_at: DateTime<Utc>,
+    keep: impl Fn(&Key, bool) -> bool,
+) -> Result<SharedStore, StoreError> {
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::ManualClock::at(created_at));
+    let scratch: SharedStore = std::sync::Arc::new(crate::store::memory::MemoryStore::new(clock));
+    for (_, key, bytes, value) in records {
+        match (bytes, value) {
+            (Some(b), _) if keep(key, false) => scratch.put(key, b, None).await?,
+            (None, Payload::Set(members)) if keep(key, true) => {
+                for m in members {
+                    scratch.set_add(key, m, None).await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(scratch)
 }
 
 /// `value` without a write stamp (`store::STAMP_FIELD`): a stamp names the
@@ -400,31 +503,47 @@ pub struct RewrapReport {
     pub failed: Vec<String>,
 }
 
-/// The keys of every record with sealed fields, each with how to compute
-/// the TTL to keep when it is written again.
-async fn sealed_records(raw: &SharedStore) -> Result<Vec<(Key, bool)>, StoreError> {
-    let mut out = vec![(crate::tokens::keyset_key(), false)];
+/// How long a record [`rewrap`] writes again lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// Persistent (configuration).
+    Persistent,
+    /// A kept upstream session ([`upstream_ttl`]).
+    UpstreamSession,
+    /// A TOTP enrolment waiting for its first code ([`pending_ttl`]).
+    PendingEnrolment,
+}
+
+/// The keys of every record with sealed fields: the persistent ones are
+/// those of the backup inventory that [`sealed_fields`] names (so what is
+/// backed up sealed and what is rewrapped cannot drift apart), then the
+/// transient ones found through the users: kept upstream sessions and
+/// pending TOTP enrolments. A waiting custom challenge (minutes long, keyed
+/// by a hash no index lists) is not among them.
+async fn sealed_records(raw: &SharedStore) -> Result<Vec<(Key, Lifetime)>, StoreError> {
+    let mut out: Vec<(Key, Lifetime)> = inventory(raw, &mut Read::new())
+        .await?
+        .into_iter()
+        .filter(|(key, kind)| *kind == Kind::Value && sealed_fields(key).is_some())
+        .map(|(key, _)| (key, Lifetime::Persistent))
+        .collect();
     for t in raw.set_members(&tenant::index_key()).await? {
         let Ok(tid) = TenantId::parse(&t) else {
             continue;
         };
-        for c in raw.set_members(&tenant::connections_key(&tid)).await? {
-            if let Ok(cid) = ConnectionId::parse(&c) {
-                out.push((tenant::connection_key(&tid, &cid), false));
-            }
-        }
-        for kind in crate::hooks::HookKind::ALL {
-            out.push((crate::hooks::hook_key(&tid, kind), false));
-        }
         let mut sids = BTreeSet::new();
         for sub in raw.set_members(&directory::index_key(&tid)).await? {
+            out.push((crate::mfa::pending_key(&tid, &sub), Lifetime::PendingEnrolment));
             sids.extend(
                 raw.set_members(&crate::broker::session::user_sessions_key(&tid, &sub))
                     .await?,
             );
         }
         for sid in sids {
-            out.push((crate::broker::upstream_refresh::record_key(tid.as_str(), &sid), true));
+            out.push((
+                crate::broker::upstream_refresh::record_key(tid.as_str(), &sid),
+                Lifetime::UpstreamSession,
+            ));
         }
     }
     Ok(out)
@@ -433,19 +552,30 @@ async fn sealed_records(raw: &SharedStore) -> Result<Vec<(Key, bool)>, StoreErro
 /// The remaining lifetime of a kept upstream session record: it is written
 /// with `record_ttl` whenever `refreshed_at` is set.
 fn upstream_ttl(raw: &[u8], record_ttl: Duration, now_unix: i64) -> Duration {
-    let refreshed_at = serde_json::from_slice::<Value>(raw)
-        .ok()
-        .and_then(|v| v.get("refreshed_at").and_then(Value::as_i64))
-        .unwrap_or(now_unix);
-    let age = u64::try_from(now_unix.saturating_sub(refreshed_at)).unwrap_or(0);
-    record_ttl
-        .saturating_sub(Duration::from_secs(age))
-        .max(Duration::from_secs(1))
+    remaining(raw, "refreshed_at", record_ttl, now_unix)
 }
 
-/// Seals every secret at rest under the current master key: the signing
-/// keyset, every connection, every kept upstream session (keeping its
-/// remaining lifetime). Idempotent; safe while gateways run (each record
+/// The remaining lifetime of a pending TOTP enrolment: written with
+/// `mfa::ENROL_TTL` when it was started (`created_at`).
+fn pending_ttl(raw: &[u8], now_unix: i64) -> Duration {
+    remaining(raw, "created_at", crate::mfa::ENROL_TTL, now_unix)
+}
+
+/// `ttl` less the age of the record by its Unix-seconds field `since`, at
+/// least a second.
+fn remaining(raw: &[u8], since: &str, ttl: Duration, now_unix: i64) -> Duration {
+    let since = serde_json::from_slice::<Value>(raw)
+        .ok()
+        .and_then(|v| v.get(since).and_then(Value::as_i64))
+        .unwrap_or(now_unix);
+    let age = u64::try_from(now_unix.saturating_sub(since)).unwrap_or(0);
+    ttl.saturating_sub(Duration::from_secs(age)).max(Duration::from_secs(1))
+}
+
+/// Seals every secret at rest under the current master key: every record
+/// [`sealed_records`] lists (the signing keyset, connections, hooks, TOTP
+/// enrolments, kept upstream sessions and pending enrolments, the last two
+/// keeping their remaining lifetime). Idempotent; safe while gateways run (each record
 /// is swapped with a compare-and-set against the bytes read).
 pub async fn rewrap(
     store: &SealedStore,
@@ -453,8 +583,12 @@ pub async fn rewrap(
     now_unix: i64,
 ) -> Result<RewrapReport, StoreError> {
     let mut report = RewrapReport::default();
-    for (key, transient) in sealed_records(store.raw()).await? {
-        let ttl = |raw: &[u8]| transient.then(|| upstream_ttl(raw, upstream_record_ttl, now_unix));
+    for (key, lifetime) in sealed_records(store.raw()).await? {
+        let ttl = |raw: &[u8]| match lifetime {
+            Lifetime::Persistent => None,
+            Lifetime::UpstreamSession => Some(upstream_ttl(raw, upstream_record_ttl, now_unix)),
+            Lifetime::PendingEnrolment => Some(pending_ttl(raw, now_unix)),
+        };
         match store.rewrap(&key, &ttl).await {
             Ok(Rewrapped::Absent) => {}
             Ok(Rewrapped::Current) => report.current += 1,
@@ -468,18 +602,139 @@ pub async fn rewrap(
     Ok(report)
 }
 
-/// How the secrets at rest stand: sealed fields by key id, and plaintext ones.
-pub async fn status(raw: &SharedStore) -> Result<(BTreeMap<String, usize>, usize), StoreError> {
-    let mut by_key = BTreeMap::new();
-    let mut plaintext = 0;
+/// How the secrets at rest stand (`portcullis keys status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsStatus {
+    /// Sealed fields by master key id.
+    pub by_key: BTreeMap<String, usize>,
+    /// Fields stored in plaintext.
+    pub plaintext: usize,
+    /// Records whose shape is refused (`secrets.malformed`: not JSON, or
+    /// an array, number or the like where a sealed field or the object on
+    /// its path belongs); every read of them fails.
+    pub malformed: usize,
+}
+
+/// How the secrets at rest stand: sealed fields by key id, plaintext ones,
+/// and misshapen records.
+pub async fn status(raw: &SharedStore) -> Result<SecretsStatus, StoreError> {
+    let mut out = SecretsStatus::default();
     for (key, _) in sealed_records(raw).await? {
         if let Some(bytes) = raw.get(&key).await? {
             let c = census(&key, &bytes);
-            plaintext += c.plaintext;
+            out.plaintext += c.plaintext;
+            out.malformed += c.malformed;
             for (k, n) in c.by_key {
-                *by_key.entry(k).or_default() += n;
+                *out.by_key.entry(k).or_default() += n;
             }
         }
     }
-    Ok((by_key, plaintext))
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::memory::MemoryStore;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn store() -> SealedStore {
+        let clock = ManualClock::at(DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        SealedStore::new(Arc::new(MemoryStore::new(Arc::new(clock))), None, false)
+    }
+
+    fn backup(records: Value) -> Value {
+        json!({"format": FORMAT, "version": VERSION, "created_at": "2026-11-30T17:00:00Z",
+               "sealed_with": [], "plaintext_secrets": 0, "records": records})
+    }
+
+    /// What a real export of one tenant with one user holds.
+    fn configuration() -> Vec<Value> {
+        vec![
+            json!({"tag": "g:tenants", "name": "index", "set": ["acme"]}),
+            json!({"tag": "t:acme:config", "name": "tenant", "json": {"id": "acme"}}),
+            json!({"tag": "t:acme:users", "name": "index", "set": ["u1"]}),
+            json!({"tag": "t:acme:users", "name": "user:u1", "json": {"sub": "u1"}}),
+        ]
+    }
+
+    /// A crafted backup cannot plant what `portcullis export` never writes:
+    /// a browser session, a code (transient records, written here without
+    /// their TTL), a platform API key no index lists (invisible to the admin
+    /// API, yet a record), a user no index lists, or a value where the
+    /// export has a set. Each is a problem naming its record, and nothing
+    /// at all is written.
+    #[tokio::test]
+    async fn restore_refuses_keys_the_export_never_writes() {
+        let s = store();
+        let crafted = [
+            json!({"tag": "g:session:x", "name": "record", "json": {"sub": "u1"}}),
+            json!({"tag": "t:acme:codes", "name": "code:x", "json": {"client_id": "app"}}),
+            json!({"tag": "g:api_keys", "name": "key:planted", "json": {"hash": "h", "scopes": ["admin"]}}),
+            json!({"tag": "t:acme:users", "name": "user:u2", "json": {"sub": "u2"}}),
+            json!({"tag": "t:acme:config", "name": "connections", "json": {"okta": true}}),
+            json!({"tag": "t:evil{x}:config", "name": "tenant", "json": {}}),
+        ];
+        let mut records = configuration();
+        records.extend(crafted.iter().cloned());
+        let problems = restore(&s, backup(Value::Array(records)), false).await.unwrap_err();
+        assert_eq!(problems.len(), crafted.len(), "{problems:#?}");
+        for (i, r) in crafted.iter().enumerate() {
+            let at = format!("({}/{})", r["tag"].as_str().unwrap(), r["name"].as_str().unwrap());
+            let p = problems
+                .iter()
+                .find(|p| p.contains(&at))
+                .unwrap_or_else(|| panic!("{at}: {problems:#?}"));
+            let reason = if i < 5 {
+                "backup.unexpected_record"
+            } else {
+                "not a key of ours"
+            };
+            assert!(p.contains(reason), "{p}");
+        }
+        // Nothing written, not even the good records.
+        assert!(s
+            .raw()
+            .get(&tenant::tenant_key(&TenantId::parse("acme").unwrap()))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s.raw().set_members(&tenant::index_key()).await.unwrap().is_empty());
+        assert!(s
+            .raw()
+            .get(&Key::global("api_keys", "key:planted"))
+            .await
+            .unwrap()
+            .is_none());
+
+        // The configuration alone restores; again with --overwrite, each set
+        // is replaced as a whole.
+        let done = restore(&s, backup(Value::Array(configuration())), false).await.unwrap();
+        assert_eq!((done.tenants, done.values, done.sets), (1, 2, 2));
+        s.raw().set_add(&tenant::index_key(), "stale", None).await.unwrap();
+        restore(&s, backup(Value::Array(configuration())), true).await.unwrap();
+        assert_eq!(s.raw().set_members(&tenant::index_key()).await.unwrap(), ["acme"]);
+    }
+
+    /// A key the export derives from a record's content (a tenant's domain
+    /// reservation) is restored with that record; one no record leads to
+    /// is refused.
+    #[tokio::test]
+    async fn a_backup_restores_the_keys_its_records_lead_to() {
+        let s = store();
+        let mut records = configuration();
+        records[1] = json!({"tag": "t:acme:config", "name": "tenant", "json": {"id": "acme", "name": "Acme",
+            "domains": ["acme.test"], "created_at": "2026-11-30T17:00:00Z"}});
+        records.push(json!({"tag": "g:domains", "name": "acme.test", "text": "acme"}));
+        let mut with_other = records.clone();
+        with_other.push(json!({"tag": "g:domains", "name": "other.test", "text": "acme"}));
+        let problems = restore(&s, backup(Value::Array(with_other)), false).await.unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("(g:domains/other.test)") && problems[0].contains("backup.unexpected_record"));
+        let done = restore(&s, backup(Value::Array(records)), false).await.unwrap();
+        assert_eq!(done.values, 3);
+        assert!(s.raw().get(&tenant::domain_key("acme.test")).await.unwrap().is_some());
+    }
 }

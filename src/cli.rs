@@ -224,14 +224,16 @@ async fn keys(settings: Settings, source: &str, command: KeysCommand) -> anyhow:
             }
         }
         KeysCommand::Status => match crate::backup::status(store.raw()).await {
-            Ok((by_key, plaintext)) => {
+            Ok(status) => {
                 if let Some(c) = store.cipher() {
                     println!("current master key: {}", c.current_id());
                 }
-                for (kid, n) in &by_key {
+                for (kid, n) in &status.by_key {
                     println!("sealed under {kid}: {n}");
                 }
-                println!("plaintext: {plaintext}");
+                println!("plaintext: {}", status.plaintext);
+                // Records every read of which is refused (secrets.malformed).
+                println!("malformed: {}", status.malformed);
                 Ok(0)
             }
             Err(e) => {

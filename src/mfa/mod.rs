@@ -80,8 +80,9 @@ fn flow_tag(flow: &str) -> String {
     crate::tokens::sha256_base64url(flow.as_bytes())
 }
 
-/// The key of a user's enrolment waiting for its first code (sealed, TTL).
-fn pending_key(t: &TenantId, sub: &str) -> Key {
+/// The key of a user's enrolment waiting for its first code (sealed, TTL
+/// [`ENROL_TTL`] from its `created_at`).
+pub fn pending_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "mfa", format!("pending:{sub}"))
 }
 

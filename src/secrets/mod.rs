@@ -70,6 +70,21 @@ pub enum SecretsError {
     /// The master key configuration is unusable.
     #[error("{0}")]
     Config(String),
+    /// A record of a sealed kind holds, on the path of a sealed field,
+    /// something other than an object (an array where the path walks
+    /// every element), or at the field something other than a string or
+    /// null: a record written in another shape (serde reads a struct from
+    /// an array too), which would carry a secret past the sealing. Names
+    /// the place and the JSON type found, never the value.
+    #[error(
+        "{at} holds {found} where only an object on the way to a sealed field, or the sealed string itself, belongs"
+    )]
+    Misshapen {
+        /// `<tag>/<name>#<field path>`.
+        at: String,
+        /// The JSON type found (`an array`, `a number`, ...).
+        found: &'static str,
+    },
 }
 
 impl SecretsError {
@@ -82,6 +97,7 @@ impl SecretsError {
             Self::Crypto(_) => "secrets.crypto",
             Self::NoKey => "secrets.no_key",
             Self::Config(_) => "secrets.config",
+            Self::Misshapen { .. } => "secrets.malformed",
         }
     }
 }

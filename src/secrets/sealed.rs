@@ -82,26 +82,61 @@ fn context(key: &Key, path: FieldPath) -> String {
     format!("{}/{}#{}", key.tag(), key.name(), path.join("."))
 }
 
-/// Calls `f` on every string at `path` under `value`.
-fn each_string<E>(value: &mut Value, path: &[&str], f: &mut dyn FnMut(&mut String) -> Result<(), E>) -> Result<(), E> {
-    let Some((first, rest)) = path.split_first() else {
-        if let Value::String(s) = value {
-            f(s)?;
-        }
-        return Ok(());
-    };
-    match (value, *first) {
-        (Value::Array(items), "*") => {
+/// Calls `f` on every string at `path` under the record `value`.
+///
+/// The record must be an object; on the way, each step must find an
+/// object (an array where the path says `*`), or null or nothing (an
+/// optional part left out); at the end a string, null or nothing. Anything
+/// else is refused ([`SecretsError::Misshapen`], naming `ctx`) rather than
+/// skipped: serde reads a struct from a JSON array as well, so a record
+/// written in array form would otherwise carry a plaintext secret past the
+/// sealing, whatever `secrets.refuse_plaintext` says.
+fn each_string(
+    value: &mut Value,
+    path: &[&str],
+    ctx: &str,
+    f: &mut dyn FnMut(&mut String) -> Result<(), SecretsError>,
+) -> Result<(), SecretsError> {
+    if !value.is_object() {
+        return Err(misshapen(ctx, value));
+    }
+    walk(value, path, ctx, f)
+}
+
+fn walk(
+    value: &mut Value,
+    path: &[&str],
+    ctx: &str,
+    f: &mut dyn FnMut(&mut String) -> Result<(), SecretsError>,
+) -> Result<(), SecretsError> {
+    match (value, path.split_first()) {
+        (Value::Null, _) => Ok(()),
+        (Value::String(s), None) => f(s),
+        (Value::Array(items), Some((&"*", rest))) => {
             for item in items {
-                each_string(item, rest, f)?;
+                walk(item, rest, ctx, f)?;
             }
             Ok(())
         }
-        (Value::Object(map), name) => match map.get_mut(name) {
-            Some(v) => each_string(v, rest, f),
+        (Value::Object(map), Some((name, rest))) if *name != "*" => match map.get_mut(*name) {
+            Some(v) => walk(v, rest, ctx, f),
             None => Ok(()),
         },
-        _ => Ok(()),
+        (other, _) => Err(misshapen(ctx, other)),
+    }
+}
+
+fn misshapen(ctx: &str, found: &Value) -> SecretsError {
+    SecretsError::Misshapen {
+        at: ctx.to_owned(),
+        found: match found {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        },
     }
 }
 
@@ -127,6 +162,10 @@ pub struct FieldCensus {
     pub plaintext: usize,
     /// Envelopes by key id.
     pub by_key: std::collections::BTreeMap<String, usize>,
+    /// 1 when the record is not JSON, or holds something other than an
+    /// object or a string on the path of a sealed field (every read of it
+    /// is refused, `secrets.malformed`); its fields are not counted.
+    pub malformed: usize,
 }
 
 /// Counts the sealed fields of the stored bytes `raw` at `key` by state,
@@ -137,18 +176,24 @@ pub fn census(key: &Key, raw: &[u8]) -> FieldCensus {
         return out;
     };
     let Ok(mut doc) = serde_json::from_slice::<Value>(raw) else {
+        out.malformed = 1;
         return out;
     };
+    let mut found = Vec::new();
     for path in fields {
-        let counted = each_string::<std::convert::Infallible>(&mut doc, path, &mut |s| {
-            match super::envelope_key_id(s) {
-                Some(kid) => *out.by_key.entry(kid.to_owned()).or_default() += 1,
-                None => out.plaintext += 1,
-            }
+        let walked = each_string(&mut doc, path, &context(key, path), &mut |s| {
+            found.push(super::envelope_key_id(s).map(str::to_owned));
             Ok(())
         });
-        if let Err(never) = counted {
-            match never {}
+        if walked.is_err() {
+            out.malformed = 1;
+            return out;
+        }
+    }
+    for kid in found {
+        match kid {
+            Some(kid) => *out.by_key.entry(kid).or_default() += 1,
+            None => out.plaintext += 1,
         }
     }
     out
@@ -236,7 +281,7 @@ impl SealedStore {
         let mut changed = false;
         for path in fields {
             let ctx = context(key, path);
-            each_string(&mut doc, path, &mut |s| {
+            each_string(&mut doc, path, &ctx, &mut |s| {
                 if super::is_envelope(s) {
                     let cipher = self.cipher.as_ref().ok_or(SecretsError::NoKey)?;
                     let plain = cipher.open(s, &ctx)?;
@@ -267,7 +312,7 @@ impl SealedStore {
         let mut doc: Value = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         for path in fields {
             let ctx = context(key, path);
-            each_string(&mut doc, path, &mut |s| {
+            each_string(&mut doc, path, &ctx, &mut |s| {
                 *s = cipher.seal(s.as_bytes(), &ctx)?;
                 Ok(())
             })
@@ -300,6 +345,10 @@ impl SealedStore {
             let Some(raw) = self.inner.get(key).await? else {
                 return Ok(Rewrapped::Absent);
             };
+            // Opened first, so a record that does not open (misshapen,
+            // tampered with, under a key not held) is reported, never
+            // counted as current.
+            let opened = self.open(key, raw.clone())?;
             let census = census(key, &raw);
             let stale = census.plaintext
                 + census
@@ -311,7 +360,6 @@ impl SealedStore {
             if stale == 0 {
                 return Ok(Rewrapped::Current);
             }
-            let opened = self.open(key, raw.clone())?;
             let sealed = self.seal(key, &opened)?;
             if self.inner.compare_and_put(key, &raw, &sealed, ttl(&raw)).await? {
                 return Ok(Rewrapped::Rewrapped { fields: stale });
@@ -772,6 +820,69 @@ mod tests {
             .unwrap());
         let now: Value = serde_json::from_slice(&s.get(&k).await.unwrap().unwrap()).unwrap();
         assert_eq!(now["client_secret"], "b");
+    }
+
+    /// serde reads a struct from a JSON array too: a keyset or a
+    /// connection written in array form (or with an object where a sealed
+    /// string belongs) would carry a plaintext private key past the
+    /// sealing, even with `secrets.refuse_plaintext`. Such a record is
+    /// refused with or without it (`secrets.malformed`, naming the field,
+    /// never the value), counted as malformed, and never rewrapped; left
+    /// out parts (null, absent) still read.
+    #[tokio::test]
+    async fn a_secret_in_array_form_is_refused() {
+        const PEM: &str = "-----BEGIN PRIVATE KEY-----attacker";
+        let raw = raw_store();
+        let keyset = Key::global("keys", "signing");
+        // No private key in it: nothing to open on the way to the misshapen part.
+        let active = serde_json::json!({"kid": "k", "alg": "RS256", "created_at": "2026-01-01T00:00:00Z"});
+        let cases: Vec<(Key, Value, &str)> = vec![
+            (
+                keyset.clone(),
+                serde_json::json!({"active": ["evil", "RS256", PEM, "2026-01-01T00:00:00Z"], "next": active, "retired": []}),
+                "g:keys/signing#active.private_pem holds an array",
+            ),
+            (
+                keyset.clone(),
+                serde_json::json!({"active": active, "next": active, "retired": [["evil", "RS256", PEM, "2026-01-01T00:00:00Z"]]}),
+                "g:keys/signing#retired.*.private_pem holds an array",
+            ),
+            (
+                keyset.clone(),
+                serde_json::json!([["evil", "RS256", PEM, "2026-01-01T00:00:00Z"], active, []]),
+                "g:keys/signing#active.private_pem holds an array",
+            ),
+            (
+                conn_key("acme"),
+                serde_json::json!({"id": "corp", "kind": "saml", "sp_next_key": [PEM, "CERT"]}),
+                "t:acme:config/connection:okta#sp_next_key.private_key_pem holds an array",
+            ),
+            (
+                conn_key("acme"),
+                serde_json::json!({"id": "okta", "kind": "oidc", "client_secret": {"0": PEM}}),
+                "t:acme:config/connection:okta#client_secret holds an object",
+            ),
+        ];
+        for refuse_plaintext in [false, true] {
+            let s = SealedStore::new(raw.clone(), Some(keys(K1)), refuse_plaintext);
+            for (key, doc, expected) in &cases {
+                let bytes = serde_json::to_vec(doc).unwrap();
+                raw.put(key, &bytes, None).await.unwrap();
+                let e = s.get(key).await.unwrap_err().to_string();
+                assert!(e.contains("secrets.malformed") && e.contains(expected), "{e}");
+                assert!(!e.contains("BEGIN"), "the value is never in the error: {e}");
+                assert!(s.check(key, &bytes).is_err());
+                assert_eq!(census(key, &bytes).malformed, 1, "{doc}");
+                assert!(s.rewrap(key, &|_| None).await.is_err(), "{doc}");
+                assert_eq!(raw.get(key).await.unwrap().unwrap(), bytes, "left as it was");
+            }
+        }
+        // Parts left out (null or absent) are no secret and still read.
+        let s = SealedStore::new(raw.clone(), Some(keys(K1)), true);
+        let legit = br#"{"id":"okta","kind":"oidc","client_secret":null,"sp_next_key":null}"#;
+        raw.put(&conn_key("acme"), legit, None).await.unwrap();
+        assert_eq!(s.get(&conn_key("acme")).await.unwrap().unwrap(), legit.to_vec());
+        assert_eq!(census(&conn_key("acme"), legit), FieldCensus::default());
     }
 
     #[tokio::test]

@@ -794,3 +794,66 @@ async fn rewrap_racing_writers_loses_no_update() {
     assert_eq!(v["revision"], json!(WRITERS), "no update was lost");
     assert_eq!(v["client_secret"], json!("the-upstream-secret"));
 }
+
+/// `portcullis keys rewrap` reseals TOTP enrolments too, confirmed and
+/// pending: after the documented rotation (k2 added and made current,
+/// rewrap, status, k1 removed), `keys status` shows nothing under k1 and a
+/// user enrolled under k1 still passes the TOTP challenge on a gateway
+/// that holds k2 alone (before, every such user was locked out with
+/// `secrets.unknown_key`).
+#[tokio::test]
+async fn rewrap_reseals_totp_enrolments() {
+    use crate::mfa::{amr_of, code, dev_sign_in, enrol, set_local_mfa};
+    use crate::support::app::{spawn_app, AppOptions};
+    use portcullis::secrets::sealed::SealedStore;
+    use portcullis::secrets::{Cipher, StaticKeys};
+    let clock = crate::mfa::clock();
+    let prefix = crate::support::redis::prefix();
+    let gateway = |master_key: &'static str| {
+        spawn_app(AppOptions {
+            dev: true,
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(prefix.clone()),
+            clock: Some(clock.clone()),
+            configure: Some(Arc::new(move |s: &mut Settings| {
+                s.secrets.master_key = Some(Secret::new(master_key));
+            })),
+            ..AppOptions::default()
+        })
+    };
+    let a = gateway("k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").await;
+    set_local_mfa(&a, "required").await;
+    let (secret, _, _) = enrol(&a, &mut Browser::new(), &clock, "totp@demo.example").await;
+    // Another person's enrolment waits for its first code (pending, TTL).
+    let waiting = dev_sign_in(&a, &mut Browser::new(), "waiting@demo.example").await;
+    assert!(waiting.url.path().starts_with("/mfa/demo/dev"), "{}", waiting.body);
+
+    let mut settings = Settings::default();
+    settings.dev.enabled = true;
+    settings.dev.force = true;
+    settings.store.backend = Some("redis".into());
+    settings.store.redis_url = Some(Secret::new(crate::support::redis::url()));
+    settings.store.key_prefix = prefix.clone();
+    let shared: portcullis::clock::SharedClock = Arc::new(clock.clone());
+    let raw = portcullis::app::open_store(&settings, shared).await.unwrap();
+    let keys = StaticKeys::parse(&format!("{K1}\n{K2}\ncurrent = k2\n"), "test").unwrap();
+    let both = SealedStore::new(raw.clone(), Some(Cipher::new(Arc::new(keys))), false);
+    let report = portcullis::backup::rewrap(&both, std::time::Duration::from_secs(3600), clock.unix())
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    let status = portcullis::backup::status(&raw).await.unwrap();
+    assert_eq!(status.by_key.get("k1"), None, "{status:?}");
+    assert_eq!((status.plaintext, status.malformed), (0, 0), "{status:?}");
+
+    // k1 gone: the enrolled person is challenged, and the seed still works.
+    let c = gateway("k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=").await;
+    let mut browser = Browser::new();
+    let challenge = dev_sign_in(&c, &mut browser, "totp@demo.example").await;
+    assert!(challenge.body.contains("Two-step verification"), "{}", challenge.body);
+    clock.advance(Duration::seconds(30));
+    let demo = browser
+        .fill_and_submit(&challenge, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(amr_of(&demo), ["pwd", "otp", "mfa"]);
+}
