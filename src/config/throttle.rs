@@ -264,7 +264,17 @@ mod tests {
         assert!(s.problems().is_empty());
         s.trusted_proxies = vec!["10.0.0.0/8".into(), "nope".into()];
         s.token.window_secs = 0;
+        // Only the callbacks have an anonymous bucket.
+        s.callback.per_tenant_anonymous = Some(100);
+        s.token.per_tenant_anonymous = Some(100);
         let fields: Vec<String> = s.problems().into_iter().map(|(f, _)| f).collect();
-        assert_eq!(fields, ["throttle.trusted_proxies[1]", "throttle.token.window_secs"]);
+        assert_eq!(
+            fields,
+            [
+                "throttle.trusted_proxies[1]",
+                "throttle.token.window_secs",
+                "throttle.token.per_tenant_anonymous"
+            ]
+        );
     }
 }
