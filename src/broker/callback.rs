@@ -96,6 +96,15 @@ pub struct PrefetchedCallback {
     pending: Option<PendingLogin>,
 }
 
+impl PrefetchedCallback {
+    /// Whether the answer names a pending login that exists for `tenant`
+    /// (as peeked): the sign-in of one of the tenant's people, which the
+    /// edge lets spend the tenant's own callback budget.
+    pub fn names_pending_login_of(&self, tenant: &TenantId) -> bool {
+        self.pending.is_some() && self.names.0 == tenant.as_str()
+    }
+}
+
 /// A callback's connection as [`super::connectors::Connectors::get_with_config`] answers it.
 type ConnectionRead = (
     std::sync::Arc<dyn crate::upstream::Connector>,
@@ -296,6 +305,26 @@ impl Broker {
             read: read.ok()?,
             pending: pending.ok()?,
         })
+    }
+
+    /// Whether one of the browser's login bindings (`logins`: login id and
+    /// secret, from its bindings cookie) names a pending login of `tenant`
+    /// that is bound to that secret: the browser started a sign-in of the
+    /// tenant. For the edge, only when the tenant's anonymous callback
+    /// budget is spent (the pending logins are read then, never otherwise).
+    pub async fn binds_pending_login(&self, tenant: &TenantId, logins: &BrowserLogins) -> bool {
+        for (id, secret) in logins.iter().rev() {
+            if id.is_empty() || id.len() > MAX_LOGIN_ID_LEN {
+                continue;
+            }
+            let Ok(Some(p)) = self.store.get_json::<PendingLogin>(&pending_key(tenant, id)).await else {
+                continue;
+            };
+            if p.browser_binding.as_deref() == Some(crate::tokens::sha256_base64url(secret.as_bytes()).as_str()) {
+                return true;
+            }
+        }
+        false
     }
 
     /// The SAML ACS (a cross-site POST without the session cookie): validate,

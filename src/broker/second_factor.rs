@@ -334,6 +334,26 @@ impl Broker {
         Outcome::SecondFactor { url, secret }
     }
 
+    /// Whether `handle` names an answer of `tenant` waiting for its second
+    /// factor that is bound to the browser holding `browser` (the secret in
+    /// its session): the browser is in a sign-in of the tenant. Only reads;
+    /// for the edge, when the tenant's anonymous callback budget is spent.
+    pub async fn waits_for_second_factor(&self, tenant: &TenantId, handle: &str, browser: &str) -> bool {
+        if handle.is_empty() || handle.len() > MAX_HANDLE_LEN {
+            return false;
+        }
+        let Ok(Some(w)) = self.store.get_json::<Waiting>(&waiting_key(tenant, handle)).await else {
+            return false;
+        };
+        use subtle::ConstantTimeEq;
+        w.validated.tenant == *tenant
+            && bool::from(
+                crate::tokens::sha256_base64url(browser.as_bytes())
+                    .as_bytes()
+                    .ct_eq(w.browser.as_bytes()),
+            )
+    }
+
     /// Finds the waiting answer of `handle` and checks it belongs to this
     /// tenant, connection and browser.
     pub(super) async fn waiting(

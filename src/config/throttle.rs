@@ -39,8 +39,17 @@ pub struct RouteLimit {
     /// Requests per window from one client address (an IPv6 client counts
     /// by its /64).
     pub per_ip: u64,
-    /// Requests per window for one tenant, from everywhere.
+    /// Requests per window for one tenant, from everywhere. On the
+    /// callbacks, the tenant's own budget: spent only by requests shown to
+    /// be its own sign-ins, once its anonymous bucket is spent.
     pub per_tenant: u64,
+    /// The callbacks only: requests per window in the tenant's anonymous
+    /// bucket, which every callback naming the tenant counts in first (one
+    /// store round trip with the address's count). When it is spent, only
+    /// a request shown to be the tenant's own sign-in goes on, counted in
+    /// `per_tenant`; anyone else gets 429. Unset: as `per_tenant`. `0`
+    /// turns it off (and with it the tenant's limit on the callbacks).
+    pub per_tenant_anonymous: Option<u64>,
     /// The window, seconds (1 to 3600).
     pub window_secs: u64,
 }
@@ -50,6 +59,7 @@ impl Default for RouteLimit {
         Self {
             per_ip: 300,
             per_tenant: 6000,
+            per_tenant_anonymous: None,
             window_secs: 60,
         }
     }
@@ -68,26 +78,31 @@ impl Default for ThrottleSettings {
             authorize: RouteLimit {
                 per_ip: 300,
                 per_tenant: 6000,
+                per_tenant_anonymous: None,
                 window_secs: 60,
             },
             callback: RouteLimit {
                 per_ip: 300,
                 per_tenant: 6000,
+                per_tenant_anonymous: None,
                 window_secs: 60,
             },
             token: RouteLimit {
                 per_ip: 3000,
                 per_tenant: 30000,
+                per_tenant_anonymous: None,
                 window_secs: 60,
             },
             portal: RouteLimit {
                 per_ip: 120,
                 per_tenant: 1200,
+                per_tenant_anonymous: None,
                 window_secs: 60,
             },
             admin: RouteLimit {
                 per_ip: 1200,
                 per_tenant: 1200,
+                per_tenant_anonymous: None,
                 window_secs: 60,
             },
         }
@@ -179,7 +194,17 @@ impl ThrottleSettings {
                     format!("{} is outside 1..=3600", limit.window_secs),
                 ));
             }
-            for (field, value) in [("per_ip", limit.per_ip), ("per_tenant", limit.per_tenant)] {
+            if name != "callback" && limit.per_tenant_anonymous.is_some() {
+                out.push((
+                    format!("throttle.{name}.per_tenant_anonymous"),
+                    "only the callbacks have an anonymous bucket ([throttle.callback])".into(),
+                ));
+            }
+            for (field, value) in [
+                ("per_ip", limit.per_ip),
+                ("per_tenant", limit.per_tenant),
+                ("per_tenant_anonymous", limit.per_tenant_anonymous.unwrap_or(0)),
+            ] {
                 if value > 1_000_000 {
                     out.push((
                         format!("throttle.{name}.{field}"),
@@ -239,7 +264,17 @@ mod tests {
         assert!(s.problems().is_empty());
         s.trusted_proxies = vec!["10.0.0.0/8".into(), "nope".into()];
         s.token.window_secs = 0;
+        // Only the callbacks have an anonymous bucket.
+        s.callback.per_tenant_anonymous = Some(100);
+        s.token.per_tenant_anonymous = Some(100);
         let fields: Vec<String> = s.problems().into_iter().map(|(f, _)| f).collect();
-        assert_eq!(fields, ["throttle.trusted_proxies[1]", "throttle.token.window_secs"]);
+        assert_eq!(
+            fields,
+            [
+                "throttle.trusted_proxies[1]",
+                "throttle.token.window_secs",
+                "throttle.token.per_tenant_anonymous"
+            ]
+        );
     }
 }

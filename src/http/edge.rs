@@ -20,6 +20,10 @@
 //!   browser session) passes the tenant's spent budget on `/authorize`:
 //!   anyone can spend that budget, and its people already signed in need no
 //!   IdP to reach the next app ([`signed_in_to`]).
+//! * A callback counts in its tenant's anonymous bucket; once that is
+//!   spent, it goes on only if it is the tenant's own sign-in, in the
+//!   tenant's own callback budget ([`OwnFallback`]): strangers naming the
+//!   tenant spend only the anonymous bucket.
 //! * When the store cannot count, the route class decides (see
 //!   [`RouteClass::fail_open`]).
 //! * Every 503 carries `Retry-After`.
@@ -546,7 +550,43 @@ async fn admit(
                     }
                 }
             );
+            let checked = match checked {
+                Ok(Checked::AnonymousSpent(fallback)) => {
+                    // The MFA and passkey pages name their waiting answer
+                    // in `handle`: in the query, or in a POSTed form, read
+                    // here (small, and only for a request the anonymous
+                    // bucket refused) and handed on.
+                    let mut handle = first_value(
+                        &super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes()),
+                        "handle",
+                    );
+                    if handle.is_none() && parts.method == Method::POST && parts.uri.path().starts_with("/mfa/") {
+                        let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
+                            return refuse(
+                                class,
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "request.body_too_large",
+                                "The request body is too large.",
+                            );
+                        };
+                        handle = first_value(&super::pairs::parse(&bytes), "handle");
+                        body = axum::body::Body::from(bytes);
+                    }
+                    fallback
+                        .settle(
+                            state,
+                            &parts.headers,
+                            prefetched_answer.as_ref(),
+                            handle.as_deref(),
+                            request_id,
+                        )
+                        .await
+                }
+                other => other,
+            };
             match checked {
+                // Settled just above; never left unsettled.
+                Ok(Checked::AnonymousSpent(f)) => return too_many(class, f.refused.retry_after),
                 Ok(Checked::Within(record, deferred)) if class == RouteClass::Admin => {
                     charge_if_in_scope = deferred;
                     if let Some(t) = record {
@@ -709,6 +749,118 @@ enum Checked {
     Within(Option<std::sync::Arc<crate::tenant::Tenant>>, Option<TenantCharge>),
     /// The 429 to answer.
     Refused(Response),
+    /// A callback the tenant's anonymous bucket refused: it goes on only if
+    /// it is the tenant's own sign-in.
+    AnonymousSpent(OwnFallback),
+}
+
+/// The name of a tenant's anonymous callback bucket (its key, and the
+/// `bucket` of the `throttle.exceeded` log line and audit event).
+pub const ANONYMOUS_CALLBACK_BUCKET: &str = "callback_anonymous";
+
+/// A callback refused by its tenant's anonymous bucket, to let through in
+/// the tenant's own budget if the request is shown to be its own sign-in:
+/// it names a pending login of the tenant (as the edge peeked it beside
+/// its count, [`crate::broker::PrefetchedCallback`]), or its browser holds
+/// a binding of a pending login of the tenant, a live SSO session of the
+/// tenant or a waiting second-factor step ([`own_browser`]). Anyone can
+/// name a tenant in a callback's path (a made-up connection, a garbage
+/// SAML response); only such requests spend the tenant's own budget, so
+/// strangers spend only its anonymous bucket. The browser is looked at
+/// only here, when the anonymous bucket is spent: other requests pay
+/// nothing for it.
+struct OwnFallback {
+    record: Option<std::sync::Arc<crate::tenant::Tenant>>,
+    tenant: TenantId,
+    own_key: Key,
+    own_limit: u64,
+    anonymous_key: Key,
+    anonymous_limit: u64,
+    refused: RateDecision,
+    window: Duration,
+}
+
+impl OwnFallback {
+    /// Within the tenant's own budget (a request that is its own), or the
+    /// 429 naming the bucket that refused it.
+    async fn settle(
+        self,
+        state: &AppState,
+        headers: &HeaderMap,
+        answer: Option<&crate::broker::PrefetchedCallback>,
+        mfa_handle: Option<&str>,
+        request_id: &str,
+    ) -> Result<Checked, StoreError> {
+        let class = RouteClass::Callback;
+        let own = match answer {
+            Some(a) if a.names_pending_login_of(&self.tenant) => true,
+            _ => own_browser(state, headers, &self.tenant, mfa_handle).await,
+        };
+        if !own {
+            throttled(
+                state,
+                class,
+                Scope::Tenant(ANONYMOUS_CALLBACK_BUCKET),
+                Some(&self.tenant),
+                self.anonymous_limit,
+                self.window,
+                self.refused,
+                &self.anonymous_key,
+                request_id,
+            )
+            .await;
+            return Ok(Checked::Refused(too_many(class, self.refused.retry_after)));
+        }
+        if self.own_limit == 0 {
+            return Ok(Checked::Within(self.record, None));
+        }
+        let d = state
+            .store
+            .rate_limit(&self.own_key, self.own_limit, self.window)
+            .await?;
+        if d.allowed {
+            return Ok(Checked::Within(self.record, None));
+        }
+        throttled(
+            state,
+            class,
+            Scope::Tenant(class.as_str()),
+            Some(&self.tenant),
+            self.own_limit,
+            self.window,
+            d,
+            &self.own_key,
+            request_id,
+        )
+        .await;
+        Ok(Checked::Refused(too_many(class, d.retry_after)))
+    }
+}
+
+/// Whether the browser that sent `headers` is in a sign-in of `tenant`:
+/// its bindings cookie names a pending login of the tenant bound to it, or
+/// it is signed in to the tenant, or its session holds the secret of the
+/// tenant's answer waiting for a second factor under `mfa_handle` (the MFA
+/// and passkey pages' `handle`).
+async fn own_browser(state: &AppState, headers: &HeaderMap, tenant: &TenantId, mfa_handle: Option<&str>) -> bool {
+    let logins = super::binding::from_cookie(state, headers);
+    if !logins.is_empty() && state.broker.binds_pending_login(tenant, &logins).await {
+        return true;
+    }
+    let Some(record) = browser_session(state, headers).await else {
+        return false;
+    };
+    if sso_live(state, &record, tenant).await {
+        return true;
+    }
+    let secret = record
+        .data
+        .get(crate::broker::second_factor::MFA_SESSION_FIELD)
+        .and_then(|v| v.as_str());
+    match (secret, mfa_handle) {
+        (Some(secret), Some(handle)) => state.broker.waits_for_second_factor(tenant, handle, secret).await,
+        _ => false,
+    }
 }
 
 /// The buckets a request is counted in and their limits: the client
@@ -717,8 +869,16 @@ enum Checked {
 struct Plan {
     ip_key: Key,
     per_ip: u64,
+    /// The tenant's bucket the edge counts in (on the callbacks, its
+    /// anonymous bucket), and its limit.
     tenant_key: Option<Key>,
     per_tenant: u64,
+    /// The name of that bucket in logs and audit events.
+    bucket: &'static str,
+    /// On the callbacks: the tenant's own budget and its limit (`0`: not
+    /// limited), charged only for a request shown to be the tenant's own
+    /// sign-in once the anonymous bucket refused it ([`OwnFallback`]).
+    own: Option<(Key, u64)>,
     /// The tenant's limit is charged after the edge's count, and only for
     /// a request that is its own: on the token endpoints, where anyone can
     /// name a tenant (the prefix of a made-up code) and only apps can
@@ -743,13 +903,35 @@ impl Plan {
             .and_then(|t| t.settings.throttle.as_deref())
             .and_then(|o| class.tenant_override(o));
         let per_tenant = own.and_then(|o| o.per_tenant).unwrap_or(global.per_tenant);
+        let tenant = tenant.filter(|_| record.is_some());
+        let bucket_of = |name: &str, limit: u64| {
+            tenant
+                .filter(|_| limit > 0)
+                .map(|t| (Key::tenant(t.as_str(), "rl", name), limit))
+        };
+        // Anyone can name a tenant in a callback's path: every callback
+        // counts in the tenant's anonymous bucket; its own budget is kept
+        // for the requests shown to be its own sign-ins.
+        let (counted, bucket_name, own_budget) = if class == RouteClass::Callback {
+            let anonymous = global.per_tenant_anonymous.unwrap_or(per_tenant);
+            (
+                bucket_of(ANONYMOUS_CALLBACK_BUCKET, anonymous),
+                ANONYMOUS_CALLBACK_BUCKET,
+                // Always there for an existing tenant: a limit of 0 lets
+                // its own sign-ins through uncounted.
+                tenant.map(|t| (Key::tenant(t.as_str(), "rl", class.as_str()), per_tenant)),
+            )
+        } else {
+            (bucket_of(class.as_str(), per_tenant), class.as_str(), None)
+        };
+        let (tenant_key, per_tenant) = counted.map_or((None, per_tenant), |(k, l)| (Some(k), l));
         Self {
             ip_key: Key::new(format!("rl:{}:ip:{bucket}", class.as_str()), "gcra"),
             per_ip: own.and_then(|o| o.per_ip).unwrap_or(global.per_ip),
-            tenant_key: tenant
-                .filter(|_| record.is_some() && per_tenant > 0)
-                .map(|t| Key::tenant(t.as_str(), "rl", class.as_str())),
+            tenant_key,
             per_tenant,
+            bucket: bucket_name,
+            own: own_budget,
             defer_tenant: matches!(class, RouteClass::Token | RouteClass::Admin),
         }
     }
@@ -861,6 +1043,8 @@ async fn check(
         per_ip,
         tenant_key,
         per_tenant,
+        bucket: bucket_name,
+        own,
         defer_tenant,
     } = plan;
     if !ip_decision.allowed {
@@ -894,7 +1078,7 @@ async fn check(
             throttled(
                 state,
                 class,
-                Scope::Tenant,
+                Scope::Tenant(bucket_name),
                 Some(t),
                 per_tenant,
                 window,
@@ -926,10 +1110,25 @@ async fn check(
                     return Ok(Checked::Within(record, None));
                 }
             }
+            // A callback shown to be the tenant's own sign-in goes on in
+            // the tenant's own budget; the edge decides once it has what
+            // the request names ([`OwnFallback::settle`]).
+            if let (Some((own_key, own_limit)), Some(t)) = (own, tenant) {
+                return Ok(Checked::AnonymousSpent(OwnFallback {
+                    record,
+                    tenant: t.clone(),
+                    own_key,
+                    own_limit,
+                    anonymous_key: key,
+                    anonymous_limit: per_tenant,
+                    refused: d,
+                    window,
+                }));
+            }
             throttled(
                 state,
                 class,
-                Scope::Tenant,
+                Scope::Tenant(bucket_name),
                 tenant,
                 per_tenant,
                 window,
@@ -952,20 +1151,27 @@ async fn check(
 /// the spent budget would refuse, so it costs the other requests nothing.
 /// What the session then allows is still the handler's to decide.
 async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant: &TenantId) -> bool {
+    match browser_session(state, headers).await {
+        Some(record) => sso_live(state, &record, tenant).await,
+        None => false,
+    }
+}
+
+/// The browser session the request's session cookie names, if it exists.
+async fn browser_session(state: &AppState, headers: &HeaderMap) -> Option<tower_sessions::session::Record> {
     use tower_sessions::SessionStore as _;
-    let Some(id) = super::binding::cookie_value(headers, &state.session.cookie_name)
-        .and_then(|v| v.parse::<tower_sessions::session::Id>().ok())
-    else {
-        return false;
-    };
+    let id = super::binding::cookie_value(headers, &state.session.cookie_name)
+        .and_then(|v| v.parse::<tower_sessions::session::Id>().ok())?;
     let sessions = crate::store::session::StoreSessionStore::new(
         state.store.clone(),
         state.provider.clock.clone(),
         state.session.ttl,
     );
-    let Ok(Some(record)) = sessions.load(&id).await else {
-        return false;
-    };
+    sessions.load(&id).await.ok().flatten()
+}
+
+/// Whether the browser session `record` holds a live SSO session of `tenant`.
+async fn sso_live(state: &AppState, record: &tower_sessions::session::Record, tenant: &TenantId) -> bool {
     let Some(sso) = record
         .data
         .get(crate::broker::session::SESSION_FIELD)
@@ -1072,8 +1278,9 @@ impl SpentBudgets {
 enum Scope<'a> {
     /// The client address's (bucket).
     Ip(&'a str),
-    /// The tenant's.
-    Tenant,
+    /// The tenant's, with the bucket's name (the route class, or
+    /// [`ANONYMOUS_CALLBACK_BUCKET`]).
+    Tenant(&'static str),
 }
 
 /// Everything a refusal leaves behind: the metric, the log line with its
@@ -1092,14 +1299,15 @@ async fn throttled(
     request_id: &str,
 ) {
     count_throttled(class);
-    let (scope_name, client) = match scope {
-        Scope::Ip(b) => ("ip", b),
-        Scope::Tenant => ("tenant", ""),
+    let (scope_name, client, bucket) = match scope {
+        Scope::Ip(b) => ("ip", b, "ip"),
+        Scope::Tenant(bucket) => ("tenant", "", bucket),
     };
     tracing::warn!(
         reason = "throttle.exceeded",
         route = class.as_str(),
         scope = scope_name,
+        bucket,
         client = client,
         tenant = tenant.map(TenantId::as_str).unwrap_or(""),
         limit,
@@ -1119,7 +1327,7 @@ async fn throttled(
     }
     let target = match scope {
         Scope::Ip(b) => crate::audit::Target::new("client_ip", b),
-        Scope::Tenant => crate::audit::Target::new("tenant", tenant.map(TenantId::as_str).unwrap_or("")),
+        Scope::Tenant(_) => crate::audit::Target::new("tenant", tenant.map(TenantId::as_str).unwrap_or("")),
     };
     // A security event (type `security`, outcome `failure`): it reaches the
     // tenant's (or the global) log and, when configured, the audit webhook.
@@ -1133,6 +1341,7 @@ async fn throttled(
     .after(json!({
         "route": class.as_str(),
         "scope": scope_name,
+        "bucket": bucket,
         "limit": limit,
         "window_secs": window.as_secs(),
     }));

@@ -3,8 +3,9 @@
 //! apply, a forged `X-Forwarded-For` picks no bucket, oversized requests are
 //! refused in the route's format, every response carries `x-request-id`, a
 //! SAML sign-in is counted once, at its ACS, a tenant's budget on the
-//! token endpoints is spent only by its apps' own requests, and a browser
-//! signed in to a tenant passes its spent `/authorize` budget.
+//! token endpoints is spent only by its apps' own requests, its callback
+//! budget only by its own sign-ins (strangers spend its anonymous bucket),
+//! and a browser signed in to a tenant passes its spent `/authorize` budget.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use portcullis::config::Settings;
@@ -157,21 +158,26 @@ async fn a_tenant_limit_set_by_the_platform_admin_applies_and_is_audited_to_the_
     // A tenant that does not exist gets no bucket in the store.
     let resp = acs(&a, "nosuch").await.unwrap();
     assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    let bucket = Key::tenant("nosuch", "rl", "callback");
-    assert_eq!(a.state.store.get(&bucket).await.unwrap(), None);
-    assert!(a
-        .state
-        .store
-        .get(&Key::tenant("globex", "rl", "callback"))
+    for bucket in ["callback", "callback_anonymous"] {
+        let key = Key::tenant("nosuch", "rl", bucket);
+        assert_eq!(a.state.store.get(&key).await.unwrap(), None, "{bucket}");
+    }
+    // Garbage answers name no pending login: they count in the tenant's
+    // anonymous bucket, never in its own budget.
+    let store = &a.state.store;
+    assert!(store
+        .get(&Key::tenant("globex", "rl", "callback_anonymous"))
         .await
         .unwrap()
         .is_some());
+    assert_eq!(store.get(&Key::tenant("globex", "rl", "callback")).await.unwrap(), None);
     // The event is in the tenant's audit log, readable through the admin API.
     let events = tenant_throttle_events(&a, "acme").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["target"]["kind"], "tenant");
     assert_eq!(events[0]["after"]["scope"], "tenant");
     assert_eq!(events[0]["after"]["route"], "callback");
+    assert_eq!(events[0]["after"]["bucket"], "callback_anonymous");
 }
 
 /// A replica keeps a decoded copy of each tenant's record and counts a
@@ -879,4 +885,64 @@ async fn a_tenants_admin_budget_is_spent_only_by_callers_let_in_for_it() {
     assert!(retry_after(&resp) >= 1);
     let problem: Value = resp.json().await.unwrap();
     assert!(problem.to_string().contains("throttle.exceeded"), "{problem}");
+}
+
+/// Anyone can name a tenant in a callback's path (a made-up connection, a
+/// garbage SAML response): such requests, from however many addresses,
+/// spend only the tenant's anonymous bucket (`callback_anonymous`, 429
+/// `throttle.exceeded` once spent), and a sign-in of the tenant's own still
+/// finishes in the tenant's own budget. Before, they spent the tenant's
+/// whole callback budget and every sign-in of the tenant got 429.
+#[tokio::test]
+async fn strangers_cannot_spend_a_tenants_callback_budget() {
+    use crate::revocation::{register, sign_in};
+    use crate::support::browser::Browser;
+    use crate::support::logs::Captured;
+    let (logs, _guard) = Captured::start();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        tweak: Some(|s| {
+            s.throttle.callback.per_tenant = 4;
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let rp = register(&app, "one").await;
+    // Garbage answers for demo from many addresses, each within its own limit.
+    let garbage = |i: usize| {
+        app.client
+            .post(app.url("/saml/demo/made-up/acs"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .form(&[("SAMLResponse", "PHg+"), ("RelayState", "made-up")])
+            .send()
+    };
+    for i in 0..4 {
+        let resp = garbage(i).await.unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
+    }
+    let resp = garbage(4).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&resp) >= 1);
+    assert!(resp.text().await.unwrap().contains("<code>throttle.exceeded</code>"));
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    for line in &refusals {
+        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
+        assert_eq!(line["fields"]["tenant"], "demo", "{line}");
+    }
+    // A person of demo signs in (the dev IdP's form, its answer, the
+    // callback): every step goes on in demo's own budget.
+    let mut ann = Browser::new();
+    let code = sign_in(&app, &mut ann, &rp, "demo", "ann@demo.example").await;
+    assert!(!code.code.is_empty());
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+    // Strangers are still refused.
+    assert_eq!(garbage(5).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
 }
