@@ -551,36 +551,26 @@ async fn admit(
                 }
             );
             let checked = match checked {
+                // Rare (a spent anonymous bucket), and boxed: every request
+                // moves `admit`'s future, which would otherwise hold this
+                // path's reads.
                 Ok(Checked::AnonymousSpent(fallback)) => {
-                    // The MFA and passkey pages name their waiting answer
-                    // in `handle`: in the query, or in a POSTed form, read
-                    // here (small, and only for a request the anonymous
-                    // bucket refused) and handed on.
-                    let mut handle = first_value(
-                        &super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes()),
-                        "handle",
-                    );
-                    if handle.is_none() && parts.method == Method::POST && parts.uri.path().starts_with("/mfa/") {
-                        let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
-                            return refuse(
-                                class,
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "request.body_too_large",
-                                "The request body is too large.",
-                            );
-                        };
-                        handle = first_value(&super::pairs::parse(&bytes), "handle");
-                        body = axum::body::Body::from(bytes);
+                    match Box::pin(settle_anonymous(
+                        state,
+                        fallback,
+                        &parts,
+                        (body, max_body),
+                        prefetched_answer.as_ref(),
+                        request_id,
+                    ))
+                    .await
+                    {
+                        Ok((checked, kept)) => {
+                            body = kept;
+                            checked
+                        }
+                        Err(refused) => return refused,
                     }
-                    fallback
-                        .settle(
-                            state,
-                            &parts.headers,
-                            prefetched_answer.as_ref(),
-                            handle.as_deref(),
-                            request_id,
-                        )
-                        .await
                 }
                 other => other,
             };
@@ -751,7 +741,43 @@ enum Checked {
     Refused(Response),
     /// A callback the tenant's anonymous bucket refused: it goes on only if
     /// it is the tenant's own sign-in.
-    AnonymousSpent(OwnFallback),
+    AnonymousSpent(Box<OwnFallback>),
+}
+
+/// A callback refused by its tenant's anonymous bucket, settled
+/// ([`OwnFallback::settle`]). The MFA and passkey pages name their waiting
+/// answer in `handle`: in the query, or in a POSTed form, read here (small,
+/// and only for such a request) and handed back as the body. `Err`: the
+/// answer to send (a body over its bound).
+async fn settle_anonymous(
+    state: &AppState,
+    fallback: Box<OwnFallback>,
+    parts: &http::request::Parts,
+    (body, max_body): (axum::body::Body, usize),
+    answer: Option<&crate::broker::PrefetchedCallback>,
+    request_id: &str,
+) -> Result<(Result<Checked, StoreError>, axum::body::Body), Response> {
+    let mut body = body;
+    let mut handle = first_value(
+        &super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes()),
+        "handle",
+    );
+    if handle.is_none() && parts.method == Method::POST && parts.uri.path().starts_with("/mfa/") {
+        let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
+            return Err(refuse(
+                RouteClass::Callback,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request.body_too_large",
+                "The request body is too large.",
+            ));
+        };
+        handle = first_value(&super::pairs::parse(&bytes), "handle");
+        body = axum::body::Body::from(bytes);
+    }
+    let checked = fallback
+        .settle(state, &parts.headers, answer, handle.as_deref(), request_id)
+        .await;
+    Ok((checked, body))
 }
 
 /// The name of a tenant's anonymous callback bucket (its key, and the
@@ -1114,7 +1140,7 @@ async fn check(
             // the tenant's own budget; the edge decides once it has what
             // the request names ([`OwnFallback::settle`]).
             if let (Some((own_key, own_limit)), Some(t)) = (own, tenant) {
-                return Ok(Checked::AnonymousSpent(OwnFallback {
+                return Ok(Checked::AnonymousSpent(Box::new(OwnFallback {
                     record,
                     tenant: t.clone(),
                     own_key,
@@ -1123,7 +1149,7 @@ async fn check(
                     anonymous_limit: per_tenant,
                     refused: d,
                     window,
-                }));
+                })));
             }
             throttled(
                 state,
