@@ -571,10 +571,15 @@ async fn register_soft_passkey(
 }
 
 pub(crate) async fn passkey_names(app: &TestApp, sub: &str) -> Vec<String> {
+    passkey_names_in(app, "demo", sub).await
+}
+
+/// The names of `sub`'s passkeys in `tenant`, as the admin API lists them.
+async fn passkey_names_in(app: &TestApp, tenant: &str, sub: &str) -> Vec<String> {
     let (status, list) = app
         .admin(
             reqwest::Method::GET,
-            &format!("/admin/v1/tenants/demo/users/{sub}/passkeys"),
+            &format!("/admin/v1/tenants/{tenant}/users/{sub}/passkeys"),
             None,
         )
         .await;
@@ -762,20 +767,7 @@ async fn acme_sub(app: &TestApp, email: &str) -> String {
 
 /// The account's passkeys in tenant `acme`, by name.
 async fn acme_passkeys(app: &TestApp, sub: &str) -> Vec<String> {
-    let (status, list) = app
-        .admin(
-            reqwest::Method::GET,
-            &format!("/admin/v1/tenants/{TENANT}/users/{sub}/passkeys"),
-            None,
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::OK, "{list}");
-    list["passkeys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_owned())
-        .collect()
+    passkey_names_in(app, TENANT, sub).await
 }
 
 /// A sign-in begun with a password the owner (or an admin) has reset since
