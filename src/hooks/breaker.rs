@@ -81,6 +81,15 @@ impl Breaker {
         }
     }
 
+    /// Whether `key`'s circuit refuses calls at `now_ms`, without taking a
+    /// trial (what [`Self::admit`] would answer `Open` to).
+    pub fn is_open(&self, key: &str, now_ms: i64) -> bool {
+        self.lock()
+            .get(key)
+            .and_then(|c| c.open_until)
+            .is_some_and(|until| now_ms < until)
+    }
+
     /// Records the outcome of a call of `key` at `now_ms`. Returns whether
     /// the circuit is open afterwards.
     pub fn record(&self, key: &str, ok: bool, now_ms: i64) -> bool {

@@ -111,15 +111,49 @@ impl Hooks {
             "version": 1, "kind": HookKind::UserMigration.as_str(), "tenant": tenant.as_str(),
             "connection": connection, "email": email, "password": password.expose(),
         });
-        let answer = self.call(tenant, hook, &body).await?;
-        let parsed: MigrationAnswer =
-            serde_json::from_value(answer).map_err(|e| HookError::BadAnswer(super::clip(&e.to_string(), 200)))?;
-        match parsed {
-            MigrationAnswer::Migrate { profile } => {
-                check_profile(&profile)?;
-                Ok(Migration::Migrate(profile))
+        let started = tokio::time::Instant::now();
+        let verdict = async {
+            let answer = self.call(tenant, hook, &body).await?;
+            let parsed: MigrationAnswer =
+                serde_json::from_value(answer).map_err(|e| HookError::BadAnswer(super::clip(&e.to_string(), 200)))?;
+            match parsed {
+                MigrationAnswer::Migrate { profile } => {
+                    check_profile(&profile)?;
+                    Ok(Migration::Migrate(profile))
+                }
+                MigrationAnswer::Refuse => Ok(Migration::Refuse),
             }
-            MigrationAnswer::Refuse => Ok(Migration::Refuse),
+        }
+        .await;
+        self.recent.record(
+            tenant.as_str(),
+            super::recent::Call {
+                took: started.elapsed(),
+                failed: verdict.as_ref().err().cloned(),
+            },
+        );
+        verdict
+    }
+
+    /// For a failed local sign-in that did not ask `tenant`'s user-migration
+    /// hook (the address has an account): what asking it would have looked
+    /// like, so the answer does not tell the address has an account
+    /// (`recent.rs`). While the hook's circuit is open, fails at once as a
+    /// call would (`hook.circuit_open`); otherwise waits as long as one of
+    /// its recent calls, drawn at random, and fails as it failed. Nothing
+    /// is sent to the hook.
+    pub async fn replay_migration(&self, tenant: &TenantId) -> Result<(), HookError> {
+        let circuit = format!("{tenant}/{}", HookKind::UserMigration);
+        if self.breaker.is_open(&circuit, self.now_ms()) {
+            return Err(HookError::CircuitOpen);
+        }
+        let Some(call) = self.recent.pick(tenant.as_str(), rand::random::<u32>() as usize) else {
+            return Ok(());
+        };
+        tokio::time::sleep(call.took).await;
+        match call.failed {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod breaker;
 pub mod challenge;
 pub mod kinds;
 pub mod pre_token;
+pub mod recent;
 
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
@@ -359,6 +360,8 @@ pub struct Hooks {
     config: Arc<HooksConfig>,
     breaker: Arc<breaker::Breaker>,
     cache: Arc<std::sync::Mutex<Lru<(String, HookKind), Cached>>>,
+    /// The user-migration hooks' recent calls (`recent.rs`).
+    recent: Arc<recent::Recent>,
 }
 
 /// A hook configuration (or its absence) as read from the store, and when.
@@ -407,6 +410,7 @@ impl Hooks {
             config: Arc::new(config),
             breaker: Arc::new(breaker),
             cache: Arc::new(std::sync::Mutex::new(Lru::new(CACHE_ENTRIES))),
+            recent: Arc::default(),
         })
     }
 

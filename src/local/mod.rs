@@ -1407,12 +1407,21 @@ impl Accounts {
         password: &Secret,
     ) -> Result<LocalUser, LocalError> {
         let too_long = password.expose().chars().count() > password::MAX_PASSWORD_CHARS;
+        // Whether the tenant's user-migration hook was asked: a failure
+        // that did not ask it replays one of its recent calls, so a known
+        // address fails as slowly, and as an unknown one would while the
+        // hook is down (`hooks::recent`).
+        let mut asked = false;
         let user = match self.get(t, c, email).await? {
             Some(u) => Some(u),
             // hooks: user migration — an unknown email asks the tenant's
             // user-migration hook (email + password); a migrated account is
             // then checked below like any other (its new hash).
-            None if !too_long => self.migrate(t, c, email, password).await?,
+            None if !too_long => {
+                asked = true;
+                let migrated = self.migrate(t, c, email, password).await;
+                self.counted(t, c, email, migrated).await?
+            }
             None => None,
         };
         let mut ok = !too_long
@@ -1426,7 +1435,9 @@ impl Accounts {
         // account it vouches for replaces the unconfirmed one.
         let user = match user {
             Some(squat) if !ok && !too_long && squat.status == AccountStatus::Unconfirmed && !squat.migrated => {
-                match self.migrate_over(t, c, email, password, &squat).await? {
+                asked = true;
+                let migrated = self.migrate_over(t, c, email, password, &squat).await;
+                match self.counted(t, c, email, migrated).await? {
                     Some(migrated) => {
                         ok = true;
                         Some(migrated)
@@ -1438,6 +1449,9 @@ impl Accounts {
         };
         let Some(user) = user.filter(|_| ok) else {
             self.record_failure(t, c, email).await?;
+            if !asked && !too_long {
+                self.replay_migration(t, c).await?;
+            }
             return Err(bad_credentials());
         };
         // An unconfirmed account answers as a wrong password does, and
@@ -1448,6 +1462,9 @@ impl Accounts {
         if user.status == AccountStatus::Unconfirmed {
             tracing::info!(reason = "local.unconfirmed", tenant = %t, connection = %c, "the right password of an unconfirmed account; answered as a wrong one");
             self.record_failure(t, c, email).await?;
+            if !asked {
+                self.replay_migration(t, c).await?;
+            }
             return Err(bad_credentials());
         }
         if user.disabled {
@@ -1474,6 +1491,38 @@ impl Accounts {
             }
         }
         Ok(user)
+    }
+
+    /// A migration hook's failure during a password check, counted as a
+    /// failed sign-in (then returned): a known address's wrong password
+    /// counts and fails as such a call did ([`Self::replay_migration`]), so
+    /// an unknown one must count too, or the lockout that follows the one
+    /// and never the other would tell them apart.
+    async fn counted<T>(
+        &self,
+        t: &TenantId,
+        c: &ConnectionId,
+        email: &str,
+        checked: Result<T, LocalError>,
+    ) -> Result<T, LocalError> {
+        if let Err(LocalError::Hook(_)) = &checked {
+            self.record_failure(t, c, email).await?;
+        }
+        checked
+    }
+
+    /// For a failed password check that did not ask the tenant's
+    /// user-migration hook: as long a wait, and the same failure, as one of
+    /// its recent calls ([`crate::hooks::Hooks::replay_migration`]). Reads
+    /// the hook's configuration as asking it does. Nothing without a hook.
+    async fn replay_migration(&self, t: &TenantId, c: &ConnectionId) -> Result<(), LocalError> {
+        let Some((hooks, _)) = self.hook(t, crate::hooks::HookKind::UserMigration).await? else {
+            return Ok(());
+        };
+        hooks.replay_migration(t).await.map_err(|e| {
+            tracing::info!(reason = e.reason(), tenant = %t, connection = %c, "a failed sign-in answered as the migration hook's recent call did");
+            LocalError::Hook(e)
+        })
     }
 
     async fn record_failure(&self, t: &TenantId, c: &ConnectionId, email: &str) -> Result<(), StoreError> {

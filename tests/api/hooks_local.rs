@@ -277,6 +277,148 @@ async fn a_failing_migration_hook_leaves_no_user_behind_and_shows_a_clear_page()
     assert!(account(&app, email).await.unwrap().migrated);
 }
 
+/// A confirmed account made without the hook (as an admin's import would):
+/// the hook has never been asked about it.
+async fn known_account(app: &TestApp, email: &str, password: &str) {
+    app.state
+        .accounts
+        .create_migrated(
+            &TenantId::parse(TENANT).unwrap(),
+            &ConnectionId::parse(CONN).unwrap(),
+            email,
+            &portcullis::secret::Secret::new(password.to_owned()),
+            portcullis::local::Profile::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// While the migration hook is down, an address with an account fails a
+/// wrong password as an unknown address does (the same status, reason and
+/// page, without asking the hook), and each such failure counts toward the
+/// lockout for both: neither the page nor the lockout tells which
+/// addresses have accounts. The right password still signs in.
+#[tokio::test]
+async fn a_known_address_fails_as_an_unknown_one_while_the_migration_hook_is_down() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks, "user_migration", "migrate").await;
+    let known = "kay@legacy.example";
+    let unknown = "nobody@legacy.example";
+    known_account(&app, known, NEW_PASSWORD).await;
+    hooks.behave("migrate", Behavior::Status(500));
+
+    let asked = sign_in(&app, unknown, NEW_PASSWORD).await.unwrap_err();
+    assert_reason(&asked, 503, "hook.bad_status");
+    let calls = hooks.calls_to("migrate").len();
+    let replayed = sign_in(&app, known, "Wrong-Passw0rd-1").await.unwrap_err();
+    assert_reason(&replayed, 503, "hook.bad_status");
+    assert!(
+        replayed.body.contains("did not answer") && replayed.body.contains("nothing was changed"),
+        "the outage's page: {}",
+        replayed.body
+    );
+    assert_eq!(
+        hooks.calls_to("migrate").len(),
+        calls,
+        "the hook is not asked about a known address"
+    );
+    sign_in(&app, known, NEW_PASSWORD).await.unwrap();
+
+    // Both addresses lock after the threshold (5) of failures: the unknown
+    // one's hook failures count as the known one's wrong passwords do. The
+    // circuit opens after the fifth failed call, and from then on both fail
+    // as the open circuit does.
+    for attempt in 2..=5 {
+        let page = sign_in(&app, unknown, NEW_PASSWORD).await.unwrap_err();
+        assert_eq!(
+            page.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {}",
+            page.body
+        );
+    }
+    assert_reason(
+        &sign_in(&app, unknown, NEW_PASSWORD).await.unwrap_err(),
+        429,
+        "local.locked",
+    );
+    for _ in 1..=5 {
+        let page = sign_in(&app, known, "Wrong-Passw0rd-1").await.unwrap_err();
+        assert_reason(&page, 503, "hook.circuit_open");
+    }
+    assert_reason(
+        &sign_in(&app, known, "Wrong-Passw0rd-1").await.unwrap_err(),
+        429,
+        "local.locked",
+    );
+}
+
+/// An unknown address's failed sign-in waits for the migration hook's
+/// answer; a known address's wrong password waits as long (one of the
+/// hook's recent calls, replayed), without asking the hook.
+#[tokio::test]
+async fn a_known_addresss_wrong_password_waits_as_long_as_asking_the_migration_hook() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks, "user_migration", "migrate").await;
+    let (status, answer) = app
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/user_migration"),
+            Some(json!({"url": hooks.url("migrate"), "timeout_ms": 3000})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    if let Some(secret) = answer["secret"].as_str() {
+        hooks.set_secret(secret);
+    }
+    let hook_takes = Duration::from_millis(1000);
+    hooks.behave("migrate", Behavior::SlowLegacy(hook_takes));
+    let known = "kay@legacy.example";
+    known_account(&app, known, NEW_PASSWORD).await;
+
+    let timed = |email: &'static str| {
+        let app = &app;
+        async move {
+            let p = pkce();
+            let mut browser = Browser::new();
+            let page = start(app, &mut browser, &p).await;
+            let mut form = page.form(None);
+            form.set("email", email);
+            form.set("password", "Wrong-Passw0rd-1");
+            let started = std::time::Instant::now();
+            let nav = browser
+                .submit_until(&page, &form, &|u: &Url| u.as_str().starts_with(REDIRECT))
+                .await;
+            let took = started.elapsed();
+            let crate::support::browser::Nav::Page(refused) = nav else {
+                panic!("{email} signed in with a wrong password");
+            };
+            assert_reason(&refused, 401, "local.bad_credentials");
+            took
+        }
+    };
+    let unknown_took = timed("nobody@legacy.example").await;
+    assert!(
+        unknown_took >= hook_takes,
+        "the unknown address waited for the hook: {unknown_took:?}"
+    );
+    let calls = hooks.calls_to("migrate").len();
+    let known_took = timed(known).await;
+    assert!(
+        known_took >= hook_takes,
+        "the known address waited as long: {known_took:?} (the hook takes {hook_takes:?})"
+    );
+    assert_eq!(
+        hooks.calls_to("migrate").len(),
+        calls,
+        "the hook is not asked about a known address"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_post_confirmation_hook_leaves_the_account_unconfirmed() {
     let smtp = SmtpServer::start();

@@ -35,6 +35,8 @@ pub enum Behavior {
     /// The legacy user base: 200 with the user's profile when the email and
     /// password match an entry, else 200 `{"outcome": "refuse"}`.
     Legacy,
+    /// [`Behavior::Legacy`] answering after this wait.
+    SlowLegacy(Duration),
     /// A scripted `custom_challenge`: `define` asks the challenge
     /// `arithmetic` until an answer is right (then `issue_tokens`); `create`
     /// asks "What is 2+3?" with a hint and keeps the answer and
@@ -266,7 +268,10 @@ async fn answer(s: &HookServer, name: &str, query: Option<String>, headers: &Hea
             }
             _ => (StatusCode::BAD_REQUEST, axum::Json(json!({}))).into_response(),
         },
-        Behavior::Legacy => {
+        Behavior::Legacy | Behavior::SlowLegacy(_) => {
+            if let Behavior::SlowLegacy(d) = behavior {
+                tokio::time::sleep(d).await;
+            }
             let email = value["email"].as_str().unwrap_or_default();
             let password = value["password"].as_str().unwrap_or_default();
             let user = s.inner.lock().unwrap().legacy.get(email).cloned();

@@ -1,0 +1,149 @@
+//! What each tenant's user-migration hook did lately, kept per replica, so
+//! that a local sign-in which did not ask the hook can take as long and end
+//! as one which did.
+//!
+//! A tenant with a user-migration hook asks it about every address its
+//! local connection does not know; an address it knows is checked against
+//! its own hash. Without care the two differ in what a stranger sees:
+//! the unknown address waits for the hook's round trip and, while the hook
+//! is down, gets "did not answer" (503/502), while the known one answers a
+//! wrong password at once with 401. Either tells which addresses have
+//! accounts. So each call of the migration hook is recorded here (how long
+//! it took and how it failed, if it did), the last [`CALLS`] per tenant,
+//! and a failed sign-in of a known address replays one of them drawn at
+//! random (`local::Accounts`): it waits as long, and fails as that call
+//! failed. The draw follows the hook's recent calls, its slow ones and its
+//! failures in their proportion, so neither the time nor the page of an
+//! answer separates the two kinds of address.
+//!
+//! Per replica, in memory, bounded ([`Lru`] of [`TENANTS`]); a replica that
+//! has not seen a call yet has nothing to replay and answers at once.
+
+use super::HookError;
+use crate::lru::Lru;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Calls kept per tenant.
+pub const CALLS: usize = 16;
+/// Tenants kept (those whose migration hook this replica called lately).
+pub const TENANTS: usize = 10_000;
+
+/// One call: how long it took, and its failure if it failed.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// From the first attempt to the verdict (retries included).
+    pub took: Duration,
+    /// What the call failed with; `None`: the hook answered.
+    pub failed: Option<HookError>,
+}
+
+/// The last [`CALLS`] calls of one tenant's hook, oldest overwritten.
+#[derive(Default)]
+struct Ring {
+    calls: Vec<Call>,
+    next: usize,
+}
+
+/// The recent calls of every tenant's migration hook on this replica.
+pub struct Recent {
+    tenants: Mutex<Lru<String, Ring>>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            tenants: Mutex::new(Lru::new(TENANTS)),
+        }
+    }
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<String, Ring>> {
+        // Plain values: a panic while holding the lock leaves nothing half
+        // written that matters.
+        self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a call of `tenant`'s hook.
+    pub fn record(&self, tenant: &str, call: Call) {
+        let mut tenants = self.lock();
+        if let Some(ring) = tenants.get(&tenant.to_owned()) {
+            ring.push(call);
+            return;
+        }
+        let mut ring = Ring::default();
+        ring.push(call);
+        tenants.insert(tenant.to_owned(), ring);
+    }
+
+    /// One of `tenant`'s recent calls, the `pick`-th modulo their number
+    /// (the caller draws `pick` at random); `None` when none is known.
+    pub fn pick(&self, tenant: &str, pick: usize) -> Option<Call> {
+        let mut tenants = self.lock();
+        let ring = tenants.get(&tenant.to_owned())?;
+        if ring.calls.is_empty() {
+            return None;
+        }
+        ring.calls.get(pick % ring.calls.len()).cloned()
+    }
+}
+
+impl Ring {
+    fn push(&mut self, call: Call) {
+        if self.calls.len() < CALLS {
+            self.calls.push(call);
+        } else if let Some(slot) = self.calls.get_mut(self.next) {
+            *slot = call;
+        }
+        self.next = (self.next + 1) % CALLS;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(ms: u64, failed: Option<HookError>) -> Call {
+        Call {
+            took: Duration::from_millis(ms),
+            failed,
+        }
+    }
+
+    #[test]
+    fn nothing_to_replay_before_a_call() {
+        let r = Recent::default();
+        assert!(r.pick("acme", 3).is_none());
+        r.record("acme", call(5, None));
+        assert!(r.pick("globex", 0).is_none(), "another tenant's calls are not replayed");
+    }
+
+    #[test]
+    fn keeps_the_last_calls_of_each_tenant() {
+        let r = Recent::default();
+        for ms in 0..(CALLS as u64 + 4) {
+            r.record("acme", call(ms, None));
+        }
+        let kept: Vec<u64> = (0..CALLS)
+            .filter_map(|i| r.pick("acme", i))
+            .map(|c| c.took.as_millis() as u64)
+            .collect();
+        let mut sorted = kept.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (4..(CALLS as u64 + 4)).collect::<Vec<_>>(),
+            "the oldest four overwritten"
+        );
+    }
+
+    #[test]
+    fn replays_failures_as_they_were() {
+        let r = Recent::default();
+        r.record("acme", call(1500, Some(HookError::Timeout("slow".into()))));
+        let c = r.pick("acme", 7).unwrap();
+        assert_eq!(c.took, Duration::from_millis(1500));
+        assert_eq!(c.failed.map(|e| e.reason()), Some("hook.timeout"));
+    }
+}
