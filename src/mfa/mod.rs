@@ -36,7 +36,7 @@ pub mod totp;
 
 use crate::clock::SharedClock;
 use crate::ids::TenantId;
-use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -315,9 +315,12 @@ impl Mfa {
         code: &str,
     ) -> Result<(Enrolment, Vec<String>), MfaError> {
         self.count_attempt(t, sub).await?;
-        let Some(pending) = self.store.get_json::<Enrolment>(&pending_key(t, sub)).await? else {
+        let pending_key = pending_key(t, sub);
+        let Some(pending_raw) = self.store.get(&pending_key).await? else {
             return Err(MfaError::NotEnrolled);
         };
+        let pending: Enrolment =
+            serde_json::from_slice(&pending_raw).map_err(|e| StoreError::Corrupt(format!("pending enrolment: {e}")))?;
         if pending.flow.as_deref() != Some(flow_tag(flow).as_str()) {
             return Err(MfaError::StartedElsewhere);
         }
@@ -345,14 +348,35 @@ impl Mfa {
                 .collect(),
             ..pending
         };
-        if !self
+        // One step: the enrolment is written only while the pending one is
+        // still the one whose code was checked (an admin's reset removes
+        // it) and no enrolment exists, and the pending one goes with it.
+        let enrolment_key = enrolment_key(t, sub);
+        let value = serde_json::to_vec(&enrolment).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let written = self
             .store
-            .put_json_if_absent(&enrolment_key(t, sub), &enrolment, None)
-            .await?
-        {
-            return Err(MfaError::Changed);
+            .write_many(&[
+                Write::RequireValue {
+                    key: &pending_key,
+                    value: &pending_raw,
+                },
+                Write::RequireAbsent { key: &enrolment_key },
+                Write::Put {
+                    key: &enrolment_key,
+                    value: &value,
+                    ttl: None,
+                },
+                Write::Delete { key: &pending_key },
+            ])
+            .await?;
+        if !written {
+            return Err(if self.store.exists(&enrolment_key).await? {
+                MfaError::Changed
+            } else {
+                // Reset (or set up again) since its code was checked.
+                MfaError::NotEnrolled
+            });
         }
-        self.store.delete(&pending_key(t, sub)).await?;
         self.forget_attempts(t, sub).await;
         Ok((enrolment, codes))
     }

@@ -919,3 +919,62 @@ async fn a_session_without_a_second_factor_is_not_reused_once_local_mfa_is_requi
         Nav::Stopped(url) => panic!("a code without the second factor: {url}"),
     }
 }
+
+/// An admin resets a user's two-step verification while a sign-in parked
+/// at the enrolment confirms its first code (its code checked, its write
+/// on the way): the enrolment is written only while the pending one whose
+/// code was checked is still there, in the same step, so the reset wins
+/// and no factor outlives it (`mfa.not_enrolled`).
+#[tokio::test]
+async fn an_admin_reset_during_an_enrolments_confirmation_leaves_no_factor() {
+    let clock = clock();
+    let hold = crate::support::held_store::Hold::default();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        redis_url: Some(crate::support::redis::url()),
+        redis_prefix: Some(crate::support::redis::prefix()),
+        clock: Some(clock.clone()),
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "required").await;
+    let email = "race@demo.example";
+    let mut browser = Browser::new();
+    let page = dev_sign_in(&app, &mut browser, email).await;
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    let users = admin_json(&app, "/admin/v1/tenants/demo/users").await;
+    let sub = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email)
+        .unwrap()["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let held = hold.arm_any(&format!("enrolment:{sub}"));
+    let first_code = code(&shown_secret(&page), &clock, 0);
+    let fields = [("code", first_code.as_str())];
+    let confirming = browser.fill_and_submit(&page, None, &fields);
+    let resetting = async {
+        held.arrived.await.unwrap();
+        let reset = app
+            .client
+            .delete(app.url(&format!("/admin/v1/tenants/demo/users/{sub}/mfa")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+        let _ = held.release.send(());
+    };
+    let (refused, ()) = tokio::join!(confirming, resetting);
+    assert_reason(&refused, 400, "mfa.not_enrolled");
+    let key = portcullis::mfa::enrolment_key(&portcullis::ids::TenantId::parse("demo").unwrap(), &sub);
+    assert!(
+        app.state.store.get(&key).await.unwrap().is_none(),
+        "no enrolment outlives the reset"
+    );
+}

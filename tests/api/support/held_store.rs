@@ -13,12 +13,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// Which writes of the armed key name are held.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// A `put` or `compare_and_put`.
+    Write,
+    /// A `put_if_absent` (a creation).
+    Creation,
+    /// Any of those, or a `write_many` that writes the key.
+    Any,
+}
+
 /// The write the test waits for.
 struct Armed {
     name: String,
-    /// Holds a `put_if_absent` (a creation) instead of a `put` or
-    /// `compare_and_put`.
-    creation: bool,
+    kind: Kind,
     arrived: oneshot::Sender<()>,
     release: oneshot::Receiver<()>,
 }
@@ -53,21 +62,27 @@ impl Hold {
     /// Holds the next `put` or `compare_and_put` of a key named `name`
     /// (e.g. `client:web`), whichever tag it is in.
     pub fn arm(&self, name: &str) -> Held {
-        self.arm_for(name, false)
+        self.arm_for(name, Kind::Write)
+    }
+
+    /// Holds the next write of any kind to a key named `name`, `write_many`
+    /// included: "the step that writes it, however it is written".
+    pub fn arm_any(&self, name: &str) -> Held {
+        self.arm_for(name, Kind::Any)
     }
 
     /// Holds the next `put_if_absent` of a key named `name` (e.g. `tenant`):
     /// "a creation has checked that the record is absent, and writes it".
     pub fn arm_creation(&self, name: &str) -> Held {
-        self.arm_for(name, true)
+        self.arm_for(name, Kind::Creation)
     }
 
-    fn arm_for(&self, name: &str, creation: bool) -> Held {
+    fn arm_for(&self, name: &str, kind: Kind) -> Held {
         let (arrived_tx, arrived) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
         *self.armed.lock().unwrap() = Some(Armed {
             name: name.to_owned(),
-            creation,
+            kind,
             arrived: arrived_tx,
             release: release_rx,
         });
@@ -76,11 +91,11 @@ impl Hold {
 
     /// Waits here if `key` is the armed one for this kind of write (and
     /// disarms it).
-    async fn maybe_hold(&self, key: &Key, creation: bool) {
+    async fn maybe_hold(&self, key: &Key, kind: Kind) {
         let armed = {
             let mut armed = self.armed.lock().unwrap();
             match armed.as_ref() {
-                Some(a) if a.name == key.name() && a.creation == creation => armed.take(),
+                Some(a) if a.name == key.name() && (a.kind == kind || a.kind == Kind::Any) => armed.take(),
                 _ => None,
             }
         };
@@ -123,11 +138,11 @@ impl Store for HeldStore {
         self.inner.put_then_get(key, value, ttl, read).await
     }
     async fn put(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
-        self.hold.maybe_hold(key, false).await;
+        self.hold.maybe_hold(key, Kind::Write).await;
         self.inner.put(key, value, ttl).await
     }
     async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
-        self.hold.maybe_hold(key, true).await;
+        self.hold.maybe_hold(key, Kind::Creation).await;
         self.inner.put_if_absent(key, value, ttl).await
     }
     async fn compare_and_put(
@@ -137,7 +152,7 @@ impl Store for HeldStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool, StoreError> {
-        self.hold.maybe_hold(key, false).await;
+        self.hold.maybe_hold(key, Kind::Write).await;
         self.inner.compare_and_put(key, expected, value, ttl).await
     }
     async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
@@ -255,6 +270,11 @@ impl Store for HeldStore {
         self.inner.read_many_if_changed(keys).await
     }
     async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
+        for w in writes {
+            if matches!(w, Write::Put { .. } | Write::SetAdd { .. } | Write::Delete { .. }) {
+                self.hold.maybe_hold(w.key(), Kind::Any).await;
+            }
+        }
         self.inner.write_many(writes).await
     }
     async fn rotate(&self, r: &Rotate<'_>) -> Result<Taken, StoreError> {
