@@ -978,3 +978,89 @@ async fn an_admin_reset_during_an_enrolments_confirmation_leaves_no_factor() {
         "no enrolment outlives the reset"
     );
 }
+
+/// Under `local_mfa = optional` a session opened with the password alone
+/// is not reused once its user has a second factor (enrolled since, here
+/// from that very session): the next app's sign-in asks for the factor, as
+/// a sign-in now would (`sso.mfa_required`), and gets no code from the
+/// session; answered, it opens a session that is reused. A user without a
+/// second factor is still answered from their session, silently.
+#[tokio::test]
+async fn a_session_opened_before_its_user_enrolled_is_not_reused_where_local_mfa_is_optional() {
+    use crate::revocation::{redeem, register, sign_in, start, submit_login, Code, DEMO};
+    use crate::support::browser::Nav;
+    use crate::support::logs::Captured;
+    let clock = clock();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "optional").await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    let email = "zoe@demo.example";
+
+    // Both sign in with the password alone: neither has a factor yet.
+    let mut browser = Browser::new();
+    let _ = sign_in(&app, &mut browser, &app1, DEMO, email).await;
+    let mut plain = Browser::new();
+    let _ = sign_in(&app, &mut plain, &app1, DEMO, "yul@demo.example").await;
+    // One of them enrols from the session.
+    let enrolment = browser.get(&app.url("/mfa/demo/enroll")).await;
+    assert_eq!(enrolment.status, StatusCode::OK, "{}", enrolment.body);
+    let secret = shown_secret(&enrolment);
+    let done = browser
+        .fill_and_submit(&enrolment, None, &[("code", &code(&secret, &clock, 0))])
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+
+    // No second factor: reused, nothing asked.
+    let (logs, _guard) = Captured::start();
+    let (nav, _) = start(&app, &mut plain, &app2, DEMO).await;
+    assert!(matches!(nav, Nav::Stopped(_)), "{}", plain.trail());
+    assert!(logs.with_reason("sso.mfa_required").is_empty(), "{}", logs.text());
+
+    // Enrolled since the session opened: not reused.
+    let (nav, verifier) = start(&app, &mut browser, &app2, DEMO).await;
+    let Nav::Page(login) = nav else {
+        panic!("a code from a session without the second factor: {}", browser.trail());
+    };
+    assert!(login.url.path().starts_with("/dev/"), "{}", browser.trail());
+    let refused = logs.with_reason("sso.mfa_required");
+    assert_eq!(refused.len(), 1, "{}", logs.text());
+    assert_eq!(refused[0]["fields"]["local_mfa"], "Optional", "{}", logs.text());
+    // The sign-in asks for the factor the user has (no enrolment)...
+    let challenge = match submit_login(&mut browser, &app2, &login, email).await {
+        Nav::Page(page) => page,
+        Nav::Stopped(url) => panic!("a code without the second factor: {url}"),
+    };
+    assert!(challenge.url.path().starts_with("/mfa/demo/dev"), "{}", browser.trail());
+    assert!(challenge.body.contains("Two-step verification"), "{}", challenge.body);
+    assert!(
+        !challenge.body.contains("<svg"),
+        "an enrolment shown: {}",
+        challenge.body
+    );
+    // ...and, answered, gives the app its code from a session that showed it.
+    clock.advance(chrono::Duration::seconds(30));
+    let mut form = challenge.form(None);
+    form.set("code", &code(&secret, &clock, 0));
+    let host = app2.redirect.host_str().unwrap().to_owned();
+    let back = browser
+        .submit_until(&challenge, &form, &move |u: &url::Url| {
+            u.host_str() == Some(host.as_str())
+        })
+        .await
+        .stopped();
+    let issued = Code {
+        code: back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned(),
+        verifier,
+    };
+    let tokens = redeem(&app, &app2, &issued).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let (nav, _) = start(&app, &mut browser, &app2, DEMO).await;
+    assert!(matches!(nav, Nav::Stopped(_)), "{}", browser.trail());
+    assert_eq!(logs.with_reason("sso.mfa_required").len(), 1, "{}", logs.text());
+}

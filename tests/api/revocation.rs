@@ -1328,3 +1328,168 @@ async fn a_sign_in_as_another_user_ends_the_session_it_replaces() {
     .await;
     assert_eq!(now.sub(), other.sub());
 }
+
+/// A sign-out whose `id_token_hint` names a session this browser never
+/// recorded as its own or as replaced: one replaced before sessions listed
+/// what they replace (the record holds no `replaces`), or one the same user
+/// opened in another browser. The browser is signed in as the hint's user,
+/// so the hint's session ends with the browser's, at once (no question):
+/// its refresh family is revoked (`refresh.unknown`, its access tokens
+/// `token.family_revoked`).
+#[tokio::test]
+async fn a_sign_out_ends_the_hinted_session_of_its_user_the_browser_never_recorded() {
+    use crate::support::logs::Captured;
+    let app = dev_app().await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    let demo = TenantId::parse(DEMO).unwrap();
+    let sid = |t: &Tokens| {
+        claims_of(t.body["id_token"].as_str().unwrap())["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for elsewhere in [false, true] {
+        let email = if elsewhere {
+            "wil@demo.example"
+        } else {
+            "win@demo.example"
+        };
+        let mut browser = Browser::new();
+        let current = redeem(&app, &app1, &sign_in(&app, &mut browser, &app1, DEMO, email).await).await;
+        assert_tokens_live(&app, &app1, &current).await;
+        let (hinted, current) = if elsewhere {
+            // The same user's session in another browser.
+            let mut other = Browser::new();
+            let there = redeem(&app, &app2, &sign_in(&app, &mut other, &app2, DEMO, email).await).await;
+            (there, current)
+        } else {
+            // Replaced by signing in again, and forgotten by the record, as
+            // a session replaced before the record listed them would be.
+            let again = sign_in_again(&app, &mut browser, &app2, email).await;
+            let mut record = portcullis::broker::session::get(&app.state.store, &demo, &sid(&again))
+                .await
+                .unwrap()
+                .expect("the browser's session");
+            assert_eq!(record.replaces, [sid(&current)]);
+            record.replaces.clear();
+            portcullis::broker::session::save(&app.state.store, &record, std::time::Duration::from_secs(3600), None)
+                .await
+                .unwrap();
+            (current, again)
+        };
+        assert_ne!(sid(&hinted), sid(&current));
+        assert_eq!(hinted.sub(), current.sub());
+        let (hinted_rp, current_rp) = if elsewhere { (&app2, &app1) } else { (&app1, &app2) };
+        assert_tokens_live(&app, current_rp, &current).await;
+        assert_tokens_live(&app, hinted_rp, &hinted).await;
+
+        let (logs, _guard) = Captured::start();
+        let mut out = app.url("/logout");
+        out.query_pairs_mut()
+            .append_pair("id_token_hint", hinted.body["id_token"].as_str().unwrap());
+        let done = browser.get(&out).await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+        assert!(
+            done.body.contains("You are signed out"),
+            "elsewhere {elsewhere}: {}",
+            done.body
+        );
+        let signed_out = logs.with_reason("logout.succeeded");
+        assert_eq!(signed_out.len(), 1, "{}", logs.text());
+        assert_eq!(signed_out[0]["fields"]["confirmed"], json!(false), "{}", logs.text());
+
+        assert_eq!(
+            access_reason(&app, hinted.at()).await,
+            "token.family_revoked",
+            "elsewhere {elsewhere}"
+        );
+        assert_eq!(
+            refresh_reason(&app, hinted_rp, hinted.rt()).await,
+            "refresh.unknown",
+            "elsewhere {elsewhere}"
+        );
+        assert_tokens_dead(&app, current_rp, &current, "token.family_revoked").await;
+    }
+}
+
+/// A sign-out's `id_token_hint` of another user's session, or of a session
+/// at another tenant, ends nothing of it: the browser is not signed in as
+/// that user there, so the hint does not even spare the question (the
+/// confirmation form), an app's form post of it without the form's token is
+/// refused (`logout.csrf_missing`), and confirming signs this browser out
+/// while the hinted session's refresh family keeps working.
+#[tokio::test]
+async fn a_sign_out_hinting_at_another_users_or_tenants_session_ends_nothing_of_it() {
+    use crate::support::logs::Captured;
+    let app = dev_app().await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    create_dev_connection(&app, "acme").await;
+    let app1 = register(&app, "app1").await;
+    let app2 = register(&app, "app2").await;
+    for tenant in [DEMO, "acme"] {
+        let mut browser = Browser::new();
+        let mine = redeem(
+            &app,
+            &app1,
+            &sign_in(&app, &mut browser, &app1, DEMO, "xia@demo.example").await,
+        )
+        .await;
+        assert_tokens_live(&app, &app1, &mine).await;
+        // Another user of the same tenant, or the same person at another
+        // tenant, in another browser.
+        let email = if tenant == DEMO {
+            "yan@demo.example"
+        } else {
+            "xia@demo.example"
+        };
+        let mut other = Browser::new();
+        let theirs = redeem(&app, &app2, &sign_in(&app, &mut other, &app2, tenant, email).await).await;
+        assert_tokens_live(&app, &app2, &theirs).await;
+        assert_ne!(mine.sub(), theirs.sub());
+        let hint = theirs.body["id_token"].as_str().unwrap();
+
+        // An app's form post of the hint, even one the browser's cookie
+        // comes along with: refused, nothing ended.
+        let logout = app.url("/logout");
+        let fields = [("id_token_hint".to_owned(), hint.to_owned())];
+        let posted = browser
+            .send(Method::POST, &logout, Some(&fields), Some(&app.base))
+            .await;
+        assert!(!posted.cookies_sent.is_empty(), "no cookie sent");
+        assert_eq!(posted.status, StatusCode::FORBIDDEN, "{}", posted.body);
+        assert!(
+            posted.body.contains("<code>logout.csrf_missing</code>"),
+            "{}",
+            posted.body
+        );
+
+        // A link with the hint: the question, which the person confirms.
+        let mut out = logout.clone();
+        out.query_pairs_mut().append_pair("id_token_hint", hint);
+        let ask = browser.get(&out).await;
+        assert_eq!(ask.status, StatusCode::OK, "{}", ask.body);
+        let form = ask.form(Some("logout"));
+        assert_eq!(form.field("id_token_hint"), Some(hint), "{}", ask.body);
+        assert_tokens_live(&app, &app1, &mine).await;
+        let (logs, _guard) = Captured::start();
+        let done = browser.submit(&ask, &form).await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+        assert!(done.body.contains("You are signed out"), "{}", done.body);
+        let signed_out = logs.with_reason("logout.succeeded");
+        assert_eq!(signed_out.len(), 1, "{}", logs.text());
+        assert_eq!(signed_out[0]["fields"]["confirmed"], json!(true), "{}", logs.text());
+
+        // This browser's session ended; the hinted one did not.
+        assert_eq!(refresh_reason(&app, &app1, mine.rt()).await, "refresh.unknown");
+        let refreshed = refresh(&app, &app2, theirs.rt()).await;
+        assert_eq!(refreshed.status, StatusCode::OK, "tenant {tenant}: {}", refreshed.body);
+        assert_tokens_live(&app, &app2, &refreshed).await;
+        assert_eq!(refreshed.sub(), theirs.sub());
+        let (nav, _) = start(&app, &mut other, &app2, tenant).await;
+        assert!(
+            matches!(nav, Nav::Stopped(_)),
+            "tenant {tenant}: the hinted browser's SSO session ended"
+        );
+    }
+}
