@@ -1,6 +1,8 @@
 //! A circuit breaker per (tenant, hook kind), kept in this replica's memory.
 //!
-//! After `failures` consecutive failed calls the circuit opens: calls are
+//! After `failures` consecutive calls that found the hook down (the caller
+//! records only [`super::HookError::transient`] failures: a hook that
+//! answered, even to refuse the call's input, is up) the circuit opens: calls are
 //! refused at once (`hook.circuit_open`) for `open_for`, so a hook that is
 //! down does not hold every sign-in and token request of its tenant for a
 //! full timeout. When that time has passed one trial call is let through

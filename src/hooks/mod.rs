@@ -629,7 +629,17 @@ impl Hooks {
             return Err(HookError::CircuitOpen);
         }
         let result = self.attempts(tenant, hook, body, idempotent).await;
-        let opened = self.breaker.record(&circuit, result.is_ok(), self.now_ms());
+        // Only a hook that is down (no answer, a 5xx or 429) counts against
+        // its circuit. One that answered, even to refuse this call's input
+        // (a 4xx, an unusable or unsigned answer), is up and fails fast:
+        // counting it would let anyone who can make a hook refuse an input
+        // (a made-up email at a passwordless sign-in) open the circuit for
+        // every user of the tenant. The call itself still fails closed.
+        let opened = match &result {
+            Ok(_) => self.breaker.record(&circuit, true, self.now_ms()),
+            Err(e) if e.transient() => self.breaker.record(&circuit, false, self.now_ms()),
+            Err(_) => false,
+        };
         match &result {
             Ok(_) => {
                 tracing::info!(reason = "hook.answered", tenant = %tenant, kind = %kind, trial = admission == breaker::Admission::Trial, "hook answered");

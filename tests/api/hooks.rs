@@ -410,6 +410,42 @@ async fn breaker_opens_after_consecutive_failures_and_closes_after_a_good_trial(
     assert_eq!(hooks.calls_to("pre").len(), 4);
 }
 
+/// A hook that answers, even to refuse a call's input (a 4xx, an answer
+/// it cannot use), is up: such failures fail their own call closed and
+/// never open the circuit, or anyone who can make the hook refuse an input
+/// (a made-up email) could shut it for every user of the tenant.
+#[tokio::test]
+async fn a_hook_refusing_inputs_never_opens_its_circuit() {
+    fn tweak(s: &mut portcullis::config::Settings) {
+        s.hooks.breaker_failures = 2;
+        s.hooks.breaker_open_secs = 60;
+        s.hooks.retries = 0;
+    }
+    let app = dev_app(None, Some(tweak)).await;
+    let hooks = HookServer::start(system_clock()).await;
+    let rp = register(&app, "hook-refusals").await;
+    configure(&app, &hooks, PRE, "pre", 2000).await;
+    let mut browser = Browser::new();
+    for (behavior, reason) in [
+        (Behavior::Status(404), "hook.bad_status"),
+        (Behavior::Status(400), "hook.bad_status"),
+        (Behavior::Garbage("<html>no</html>"), "hook.bad_answer"),
+        (Behavior::Status(403), "hook.bad_status"),
+    ] {
+        hooks.behave("pre", behavior);
+        let code = sign_in(&app, &mut browser, &rp, "cy@hooks.example").await;
+        assert_eq!(redeem(&app, &rp, &code).await.unwrap_err().reason, reason);
+    }
+    assert_eq!(hooks.calls_to("pre").len(), 4, "every call went out");
+    assert!(
+        app.state.provider.hooks.as_ref().unwrap().breaker().is_empty(),
+        "no circuit counts refusals"
+    );
+    hooks.behave("pre", Behavior::Answer(json!({})));
+    let code = sign_in(&app, &mut browser, &rp, "cy@hooks.example").await;
+    redeem(&app, &rp, &code).await.unwrap();
+}
+
 #[tokio::test]
 async fn hooks_admin_api_shows_the_secret_once_refuses_bad_settings_and_removes() {
     let app = dev_app(None, None).await;
