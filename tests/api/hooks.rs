@@ -253,7 +253,8 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
     let app = dev_app(None, None).await;
     let hooks = HookServer::start(system_clock()).await;
     let rp = register(&app, "hook-failing").await;
-    configure(&app, &hooks, PRE, "pre", 300).await;
+    let created = configure(&app, &hooks, PRE, "pre", 300).await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
     let mut browser = Browser::new();
 
     // A working hook first, for a refresh token to try later.
@@ -299,6 +300,7 @@ async fn failing_or_slow_pre_token_hook_fails_the_token_request_closed() {
     assert_eq!(redeem(&app, &rp, &code).await.unwrap_err().reason, "hook.bad_status");
 
     // The refresh grant fails closed as well, and over HTTP it is a 503.
+    hooks.set_secret(&secret);
     hooks.behave("pre", Behavior::Status(502));
     let t = crate::revocation::refresh(&app, &rp, good["refresh_token"].as_str().unwrap()).await;
     assert_eq!(t.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", t.body);
