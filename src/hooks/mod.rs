@@ -147,7 +147,9 @@ impl std::fmt::Debug for HookConfig {
 /// A hook configuration as stored: the URL's query in a field of its own,
 /// `url_query`, which the store seals like the secret
 /// (`secrets::sealed::sealed_fields`). A record written before keeps its
-/// query in `url`, and is read as it is.
+/// query in `url`, and is read as it is; the sealing store counts that
+/// query as plaintext and moves it to `url_query` on the record's next
+/// write (`portcullis keys rewrap` included).
 #[derive(Serialize, Deserialize)]
 struct StoredHook {
     kind: HookKind,

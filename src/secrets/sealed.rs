@@ -82,6 +82,28 @@ fn context(key: &Key, path: FieldPath) -> String {
     format!("{}/{}#{}", key.tag(), key.name(), path.join("."))
 }
 
+/// A hook record written before its URL's query had a sealed field of its
+/// own keeps the query (which may be a credential, Azure Functions'
+/// `?code=`) in `url`, in plaintext. Such a query counts as a plaintext
+/// secret ([`census`], `secrets.refuse_plaintext`), and any write of the
+/// record, `portcullis keys rewrap` included, moves it to `url_query`,
+/// where it is sealed (`hooks::StoredHook` reads both shapes alike).
+fn legacy_url_query(fields: &[FieldPath], doc: &Value) -> Option<(String, String)> {
+    if fields != HOOK_FIELDS || doc.get("url_query").is_some_and(|q| !q.is_null()) {
+        return None;
+    }
+    let (base, query) = doc.get("url")?.as_str()?.split_once('?')?;
+    Some((base.to_owned(), query.to_owned()))
+}
+
+/// Moves a legacy record's URL query to `url_query` ([`legacy_url_query`]).
+fn lift_url_query(fields: &[FieldPath], doc: &mut Value) {
+    if let (Some((base, query)), Some(o)) = (legacy_url_query(fields, doc), doc.as_object_mut()) {
+        o.insert("url".into(), Value::String(base));
+        o.insert("url_query".into(), Value::String(query));
+    }
+}
+
 /// Calls `f` on every string at `path` under the record `value`.
 ///
 /// The record must be an object; on the way, each step must find an
@@ -196,6 +218,9 @@ pub fn census(key: &Key, raw: &[u8]) -> FieldCensus {
             None => out.plaintext += 1,
         }
     }
+    if legacy_url_query(fields, &doc).is_some() {
+        out.plaintext += 1;
+    }
     out
 }
 
@@ -278,6 +303,16 @@ impl SealedStore {
 
     fn open_fields(&self, key: &Key, fields: &[FieldPath], raw: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut doc: Value = serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if self.refuse_plaintext && legacy_url_query(fields, &doc).is_some() {
+            return Err(Self::failed(
+                key,
+                SecretsError::Config(format!(
+                    "a plaintext URL query at {}/{}#url is refused (secrets.refuse_plaintext); run `portcullis keys rewrap` with it off",
+                    key.tag(),
+                    key.name()
+                )),
+            ));
+        }
         let mut changed = false;
         for path in fields {
             let ctx = context(key, path);
@@ -310,6 +345,7 @@ impl SealedStore {
             return Ok(value.to_vec());
         };
         let mut doc: Value = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        lift_url_query(fields, &mut doc);
         for path in fields {
             let ctx = context(key, path);
             each_string(&mut doc, path, &ctx, &mut |s| {
@@ -883,6 +919,33 @@ mod tests {
         raw.put(&conn_key("acme"), legit, None).await.unwrap();
         assert_eq!(s.get(&conn_key("acme")).await.unwrap().unwrap(), legit.to_vec());
         assert_eq!(census(&conn_key("acme"), legit), FieldCensus::default());
+    }
+
+    /// A hook written before its URL's query had a field of its own: the
+    /// query counts as plaintext, strict reading refuses it, and rewrap
+    /// moves it to `url_query`, sealed, the URL read back the same.
+    #[tokio::test]
+    async fn a_hook_url_query_kept_in_its_url_is_sealed_by_rewrap() {
+        let raw = raw_store();
+        let k = Key::tenant("acme", "hooks", "user_migration");
+        let legacy = br#"{"kind":"user_migration","url":"https://fn.example.net/api/x?code=abc123secret&x=1","secret":"s3cr3t-hook-secret-of-thirty-two-chars","timeout_ms":2000,"tenant_incarnation":"i1","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+        raw.put(&k, legacy, None).await.unwrap();
+        assert_eq!(census(&k, legacy).plaintext, 2, "the secret and the URL's query");
+        let strict = SealedStore::new(raw.clone(), Some(keys(K1)), true);
+        let refused = strict.get(&k).await.unwrap_err().to_string();
+        assert!(refused.contains("refuse_plaintext"), "{refused}");
+        let s = SealedStore::new(raw.clone(), Some(keys(K1)), false);
+        assert_eq!(
+            s.rewrap(&k, &|_| None).await.unwrap(),
+            Rewrapped::Rewrapped { fields: 2 }
+        );
+        let stored = String::from_utf8(raw.get(&k).await.unwrap().unwrap()).unwrap();
+        assert!(!stored.contains("abc123secret"), "{stored}");
+        assert_eq!(census(&k, stored.as_bytes()).plaintext, 0);
+        assert_eq!(census(&k, stored.as_bytes()).by_key.get("k1"), Some(&2));
+        assert_eq!(s.rewrap(&k, &|_| None).await.unwrap(), Rewrapped::Current);
+        let hook: crate::hooks::HookConfig = serde_json::from_slice(&strict.get(&k).await.unwrap().unwrap()).unwrap();
+        assert_eq!(hook.url, "https://fn.example.net/api/x?code=abc123secret&x=1");
     }
 
     #[tokio::test]
