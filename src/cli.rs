@@ -434,6 +434,12 @@ async fn serve(settings: Settings, source: &str) -> anyhow::Result<i32> {
             state.upstream.public("demo")
         );
     }
+    if behind_an_untrusted_proxy(&settings, resolved.tls.is_some()) {
+        tracing::warn!(
+            reason = "throttle.proxy_untrusted",
+            "the public URL is https but this gateway serves plain HTTP, so a proxy in front terminates TLS, and [throttle] trusted_proxies names none: every client behind it shares its rate-limit bucket and the audit log records its address; list it in trusted_proxies (PORTCULLIS_TRUSTED_PROXIES)"
+        );
+    }
     let ended = crate::http::server::serve(state, &resolved, listeners, shutdown_signal()).await?;
     // The background jobs (metadata refresh, audit delivery) stop after the
     // last request: an event a drained request recorded is still delivered.
@@ -470,4 +476,39 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!(reason = "shutdown.signal", "shutting down");
+}
+
+/// Whether the gateway looks to run behind a TLS-terminating proxy it does
+/// not trust: an https public URL, plain HTTP served, no trusted proxy, not
+/// dev mode. The proxy's `X-Forwarded-For` is then ignored, so its clients
+/// share one rate-limit bucket (`throttle.proxy_untrusted` at start).
+fn behind_an_untrusted_proxy(settings: &Settings, serves_tls: bool) -> bool {
+    !settings.dev.enabled
+        && !serves_tls
+        && settings.server.public_url.starts_with("https://")
+        && settings.throttle.trusted_proxies.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_url_served_as_plain_http_without_trusted_proxies_is_behind_an_untrusted_proxy() {
+        let mut s = Settings::default();
+        s.server.public_url = "https://sso.example.com".into();
+        assert!(behind_an_untrusted_proxy(&s, false));
+        assert!(!behind_an_untrusted_proxy(&s, true), "it terminates TLS itself");
+        s.throttle.trusted_proxies = vec!["10.0.0.0/8".into()];
+        assert!(!behind_an_untrusted_proxy(&s, false), "the proxy is trusted");
+        s.throttle.trusted_proxies.clear();
+        s.server.public_url = "http://127.0.0.1:8080".into();
+        assert!(
+            !behind_an_untrusted_proxy(&s, false),
+            "no TLS anywhere: no proxy implied"
+        );
+        s.server.public_url = "https://sso.example.com".into();
+        s.dev.enabled = true;
+        assert!(!behind_an_untrusted_proxy(&s, false), "dev mode");
+    }
 }

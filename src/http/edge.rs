@@ -77,6 +77,9 @@ pub struct EdgeConfig {
     /// Tenants whose deferred budget (token endpoints, admin API) this
     /// replica saw spent, and until when ([`SpentBudgets`]).
     spent: Arc<SpentBudgets>,
+    /// When `throttle.forwarded_untrusted` was last logged
+    /// ([`EdgeConfig::note_untrusted_forward`]).
+    untrusted_forward_logged: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl EdgeConfig {
@@ -87,13 +90,44 @@ impl EdgeConfig {
             proxies: throttle.proxies(),
             body_timeout,
             spent: Arc::default(),
+            untrusted_forward_logged: Arc::default(),
         }
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
         self.proxies.iter().any(|p| p.contains(ip))
     }
+
+    /// A request from `peer`, which is not a trusted proxy, carries
+    /// `X-Forwarded-For`: most likely a proxy in front of the gateway that
+    /// `[throttle] trusted_proxies` does not name, so every client it
+    /// forwards shares its rate-limit bucket and its address in the audit
+    /// log. Logged at most once a minute (`throttle.forwarded_untrusted`);
+    /// the header is still ignored.
+    fn note_untrusted_forward(&self, peer: IpAddr) {
+        let now = std::time::Instant::now();
+        let due = match self.untrusted_forward_logged.try_lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| now.duration_since(t) >= UNTRUSTED_FORWARD_LOG_EVERY);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            tracing::warn!(
+                reason = "throttle.forwarded_untrusted",
+                peer = %peer,
+                "a request carries X-Forwarded-For from a peer that is not a trusted proxy: the header is ignored, so every client behind that proxy shares its rate-limit bucket; list the proxy in [throttle] trusted_proxies (PORTCULLIS_TRUSTED_PROXIES)"
+            );
+        }
+    }
 }
+
+/// How often `throttle.forwarded_untrusted` may be logged.
+const UNTRUSTED_FORWARD_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The request's id, as an extension (also set as the `x-request-id`
 /// request header, which the admin API reads).
@@ -303,7 +337,13 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let config = &state.edge;
     let ip = match peer {
-        Some(peer) => client_ip(peer, req.headers(), config),
+        Some(peer) => {
+            let ip = client_ip(peer, req.headers(), config);
+            if ip == canonical(peer) && !config.trusted(ip) && req.headers().contains_key("x-forwarded-for") {
+                config.note_untrusted_forward(ip);
+            }
+            ip
+        }
         None => {
             // A server started without `into_make_service_with_connect_info`:
             // a wiring bug. Limits still hold, on one shared bucket.

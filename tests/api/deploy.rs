@@ -268,6 +268,25 @@ async fn the_kustomize_overlays_render_validate_and_keep_the_promises() {
         Some("0.0.0.0:9090")
     );
     assert!(env.contains_key("PORTCULLIS_REDIS_CA_FILE"), "TLS to Redis");
+    // Behind the ingress: its X-Forwarded-For is trusted, and only it
+    // reaches the public port, so no other caller can pick its bucket.
+    let proxies = env
+        .get("PORTCULLIS_TRUSTED_PROXIES")
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    assert!(!proxies.is_empty(), "the ingress is a trusted proxy");
+    let public = find(&prod, "NetworkPolicy", "portcullis").unwrap();
+    let rules = public["spec"]["ingress"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .filter(|r| r["ports"][0]["port"] == "http")
+            .all(|r| r["from"]
+                .as_array()
+                .is_some_and(|from| !from.is_empty() && from.iter().all(|f| f["namespaceSelector"].is_object()))),
+        "the public port only from the ingress controller's namespace: {public}"
+    );
     let admin = find(&prod, "Service", "portcullis-admin").unwrap();
     assert_eq!(admin["spec"]["ports"][0]["targetPort"], "admin");
     let policy = find(&prod, "NetworkPolicy", "portcullis-admin").expect("the admin port is fenced");

@@ -301,6 +301,7 @@ async fn a_tenant_admin_cannot_lift_its_own_limits() {
 
 #[tokio::test]
 async fn a_forged_forwarded_for_picks_no_bucket_without_trusted_proxies() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
     let app = spawn_app(AppOptions {
         tweak: Some(|s| s.throttle.token.per_ip = 3),
         ..AppOptions::default()
@@ -318,6 +319,11 @@ async fn a_forged_forwarded_for_picks_no_bucket_without_trusted_proxies() {
         StatusCode::TOO_MANY_REQUESTS,
         "a new forged address is still the socket's bucket"
     );
+    // An operator whose proxy is not trusted hears of it, once a minute,
+    // not once a request.
+    let warned = logs.with_reason("throttle.forwarded_untrusted");
+    assert_eq!(warned.len(), 1, "{}", logs.text());
+    assert_eq!(warned[0]["fields"]["peer"], "127.0.0.1", "{}", logs.text());
 }
 
 #[tokio::test]
