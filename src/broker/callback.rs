@@ -1,7 +1,17 @@
 //! The second half of a sign-in: the IdP's answer comes back (OIDC
-//! callback, SAML ACS, dev IdP). Find and consume the pending login, check it
-//! belongs to this browser, let the connector validate, provision the user,
-//! open the SSO session and hand the app a code.
+//! callback, SAML ACS, dev IdP). Find the pending login, check it belongs
+//! to this browser and consume it, let the connector validate, provision
+//! the user, open the SSO session and hand the app a code.
+//!
+//! A pending login is single use, like an OAuth `state`: the first answer
+//! that names it ends it, whether or not that answer then validates; a
+//! second one gets `callback.unknown_login`. An answer that arrives with
+//! the browser's cookies ends it only if its browser holds the login's
+//! binding: one from another browser is refused
+//! (`callback.browser_mismatch`) and leaves the login to the browser that
+//! started it. The SAML ACS, reached without cookies, ends the login its
+//! RelayState names (a secret of the browser and the IdP); its binding is
+//! checked at the continuation.
 //!
 //! An answer that arrives as a top-level GET (OIDC, dev IdP) carries the
 //! browser's SameSite=Lax session cookie and is finished at once
@@ -33,8 +43,10 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use url::Url;
 
-/// The window in which a tenant's audit log gets one refused answer without
-/// a pending login per connection and reason ([`Broker::no_pending_login`]).
+/// The window in which a tenant's audit log gets one refused answer that
+/// anyone can send, per connection and reason: without a pending login
+/// ([`Broker::no_pending_login`]), or from a browser without the binding of
+/// the login it names (`callback.browser_mismatch` at a callback).
 const ANONYMOUS_AUDIT_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long the browser has to follow the ACS's redirect to the continuation.
@@ -97,11 +109,25 @@ pub struct PrefetchedCallback {
 }
 
 impl PrefetchedCallback {
-    /// Whether the answer names a pending login that exists for `tenant`
-    /// (as peeked): the sign-in of one of the tenant's people, which the
-    /// edge lets spend the tenant's own callback budget.
-    pub fn names_pending_login_of(&self, tenant: &TenantId) -> bool {
-        self.pending.is_some() && self.names.0 == tenant.as_str()
+    /// Whether the answer names a pending login of `tenant` (as peeked)
+    /// that it will end: the sign-in of one of the tenant's people, which
+    /// the edge lets spend the tenant's own callback budget. `bindings`:
+    /// the login bindings the answer's browser presents, for an answer
+    /// that arrives with the browser's cookies (a callback), which ends
+    /// only a login that browser holds the binding of; `None` for one
+    /// without them (the SAML ACS), which ends the login it names whoever
+    /// posts it. Either way no second answer naming that login counts:
+    /// the first ended it.
+    pub fn names_pending_login_of(&self, tenant: &TenantId, bindings: Option<&BrowserLogins>) -> bool {
+        let Some(p) = self.pending.as_ref().filter(|_| self.names.0 == tenant.as_str()) else {
+            return false;
+        };
+        match (bindings, &p.browser_binding) {
+            (Some(logins), Some(expected)) => logins
+                .iter()
+                .any(|(id, secret)| *id == self.names.2 && binding_matches(secret, expected)),
+            _ => true,
+        }
     }
 }
 
@@ -220,13 +246,17 @@ fn browser_holds(logins: &mut BrowserLogins, login_id: &str, expected: &str) -> 
         .iter()
         .position(|(id, _)| id == login_id)
         .map(|i| logins.remove(i).1);
-    presented.is_some_and(|s| {
-        use subtle::ConstantTimeEq;
-        crate::tokens::sha256_base64url(s.as_bytes())
-            .as_bytes()
-            .ct_eq(expected.as_bytes())
-            .into()
-    })
+    presented.is_some_and(|s| binding_matches(&s, expected))
+}
+
+/// Whether the hash of a browser's `secret` is the binding `expected`
+/// (compared in constant time).
+fn binding_matches(secret: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    crate::tokens::sha256_base64url(secret.as_bytes())
+        .as_bytes()
+        .ct_eq(expected.as_bytes())
+        .into()
 }
 
 impl Broker {
@@ -320,7 +350,10 @@ impl Broker {
             let Ok(Some(p)) = self.store.get_json::<PendingLogin>(&pending_key(tenant, id)).await else {
                 continue;
             };
-            if p.browser_binding.as_deref() == Some(crate::tokens::sha256_base64url(secret.as_bytes()).as_str()) {
+            if p.browser_binding
+                .as_deref()
+                .is_some_and(|expected| binding_matches(secret, expected))
+            {
                 return true;
             }
         }
@@ -596,17 +629,23 @@ impl Broker {
         // config: the connection record, its incarnation and (unless the
         // edge read it) the tenant record, in one store operation.
         // The pending login is named by the route's own parameter, so it is
-        // taken while the connection is read (one store wait for both). It
-        // is consumed whatever follows, as it always was: an answer that
-        // names it ends it (the id is a secret of the browser and the IdP).
+        // read while the connection is read (one store wait for both). It
+        // is single use: the first answer that names it ends it, whatever
+        // follows (the id is a secret of the browser and the IdP), except
+        // an answer from a browser that does not hold its binding, which
+        // must not end someone else's sign-in. So where the browser is
+        // checked now, the login is only peeked here and consumed once the
+        // check passed; at the ACS (checked at the continuation) it is
+        // taken at once.
+        let checks_now = matches!(check, BrowserCheck::Now(_));
         let route_login_id = login_id_in
             .of(&params)
             .filter(|id| id.len() <= MAX_LOGIN_ID_LEN)
             .map(str::to_owned);
         // What the edge read for exactly this route and login id, beside
         // its rate limiting: then the pending login was only peeked, and is
-        // owed: consumed alongside the reads that follow the connection's
-        // checks, or on the way out whatever refused the answer.
+        // owed: consumed alongside the reads that follow the answer's
+        // validation, or on the way out whatever else refused the answer.
         let prefetched = prefetched.filter(|p| {
             p.names.0 == tenant.as_str()
                 && p.names.1 == connection.as_str()
@@ -619,6 +658,7 @@ impl Broker {
                 p.pending.as_ref().map(|_| pending_key(&tenant, &p.names.2)),
             ),
             None => {
+                let key = route_login_id.as_deref().map(|id| pending_key(&tenant, id));
                 let (read, taken) = tokio::join!(
                     self.connectors.get_with_config(
                         &self.tenants,
@@ -628,13 +668,15 @@ impl Broker {
                         FreshTenant::for_id(fresh, &tenant).is_none(),
                     ),
                     async {
-                        match route_login_id.as_deref() {
-                            Some(id) => self.store.take_json::<PendingLogin>(&pending_key(&tenant, id)).await,
+                        match &key {
+                            Some(key) if checks_now => self.store.get_json::<PendingLogin>(key).await,
+                            Some(key) => self.store.take_json::<PendingLogin>(key).await,
                             None => Ok(None),
                         }
                     }
                 );
-                (read, taken, None)
+                let owed = key.filter(|_| checks_now && matches!(taken, Ok(Some(_))));
+                (read, taken, owed)
             }
         };
         let validated = self
@@ -652,7 +694,8 @@ impl Broker {
             .await;
         if let Some(key) = owed {
             // An answer that names a pending login ends it, whatever
-            // refused it (only on the way out of a refusal).
+            // refused it (only on the way out of a refusal; a browser
+            // without the login's binding left it owed to nobody).
             if let Err(e) = self.store.delete(&key).await {
                 tracing::warn!(
                     reason = "callback.login_not_consumed",
@@ -668,7 +711,8 @@ impl Broker {
 
     /// [`Self::validate`] once the connection and the pending login are
     /// read: the pending login was taken, or only peeked and then `owed`
-    /// names it until it is consumed here.
+    /// names it until it is consumed here (or cleared, when the answer's
+    /// browser does not hold its binding: the login is left alone).
     #[allow(clippy::too_many_arguments)]
     async fn validate_read(
         &self,
@@ -682,6 +726,21 @@ impl Broker {
         taken: Result<Option<PendingLogin>, crate::store::StoreError>,
         owed: &mut Option<Key>,
     ) -> Result<Validated, Outcome> {
+        // The browser first, before anything else can refuse the answer
+        // (and so end its pending login on the way out): an answer that
+        // arrived with the browser's cookies, naming a pending login bound
+        // to a browser, ends it only if that browser holds the binding.
+        // Otherwise the login is left to the browser that started it.
+        let holds = match (check, &taken, route_login_id) {
+            (BrowserCheck::Now(logins), Ok(Some(p)), Some(id)) => p
+                .browser_binding
+                .as_deref()
+                .is_none_or(|expected| browser_holds(logins, id, expected)),
+            _ => true,
+        };
+        if !holds {
+            *owed = None;
+        }
         let (connector, record, config) = match read {
             Ok(c) => c,
             Err(e) => {
@@ -694,9 +753,19 @@ impl Broker {
                 return Err(self.upstream_failed(None, &tenant, &connection, e));
             }
         };
-        // The pending login the IdP's answer refers to, taken above. A
+        if !holds {
+            // Anyone can send the answer of a login of their own from
+            // another browser, as often as the edge lets them: each is
+            // counted and logged, the tenant's audit log and failed
+            // sign-ins get one per connection and minute.
+            self.record_anonymous_failure(&tenant, &connection, "callback.browser_mismatch")
+                .await;
+            return Err(browser_mismatch(&tenant, &connection));
+        }
+        // The pending login the IdP's answer refers to, read above. A
         // connector that names its logins in another parameter than the
-        // route's (an ACS address of an OIDC connection) has none here.
+        // route's (an ACS address of an OIDC connection) has none here (it
+        // still ends on the way out: this browser may end it).
         let login_id = connector.login_id(&params).map(str::to_owned);
         let pending = match taken {
             Err(e) => return Err(unavailable(e)),
@@ -704,13 +773,6 @@ impl Broker {
             Ok(_) => None,
         };
         if let Some(p) = &pending {
-            if let (BrowserCheck::Now(logins), Some(expected), Some(id)) = (check, &p.browser_binding, &login_id) {
-                if !browser_holds(logins, id, expected) {
-                    self.record_failure(&tenant, Some(&connection), "callback.browser_mismatch")
-                        .await;
-                    return Err(browser_mismatch(&tenant, &connection));
-                }
-            }
             if p.connection != connection || p.tenant != tenant {
                 meter::sign_in_failed(tenant.as_str(), connection.as_str(), "callback.login_mismatch");
                 tracing::warn!(reason = "callback.login_mismatch", tenant = %tenant, connection = %connection);
@@ -725,8 +787,26 @@ impl Broker {
             }
         }
         // portal: a test sign-in ends here with its result; otherwise a
-        // connection that is not active serves nobody.
+        // connection that is not active serves nobody. Its login is
+        // consumed before the answer is looked at, so that of two answers
+        // naming it (even at once) only the first keeps a result.
         if let Some((p, test)) = pending.as_ref().and_then(|p| p.test.as_ref().map(|t| (p, t))) {
+            if let Some(key) = owed.take() {
+                match self.store.delete(&key).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(self
+                            .no_pending_login(
+                                &tenant,
+                                &connection,
+                                "callback.unknown_login",
+                                "the test sign-in was consumed by another answer meanwhile",
+                            )
+                            .await)
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
             return Err(self.finish_test(connector, p, test, &params).await);
         }
         if record.status != crate::upstream::ConnectionStatus::Active {
@@ -784,8 +864,8 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
-        // One wait for: the pending login the edge only peeked, consumed
-        // now; whether the tenant or the app requires MFA; the answer's
+        // One wait for: the pending login only peeked (by the edge, or
+        // above where the browser was checked), consumed now; whether the tenant or the app requires MFA; the answer's
         // single use (a SAML assertion's id), claimed always to its end, so
         // the answer is consumed whatever else refuses it; and
         // provisioning's first read, the identity link with the user's
@@ -827,7 +907,8 @@ impl Broker {
         );
         match consumed {
             Some(Ok(false)) => {
-                // Another answer naming it consumed it since it was peeked.
+                // Another answer naming it consumed it since it was peeked
+                // (this one is refused: the login was single use).
                 return Err(self
                     .no_pending_login(
                         &tenant,
@@ -905,14 +986,7 @@ impl Broker {
     ) -> Outcome {
         meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
         tracing::warn!(reason, tenant = %tenant, connection = %connection, "{why}");
-        let marker = Key::tenant(tenant.as_str(), "audit", format!("anonymous:{connection}:{reason}"));
-        // A store that cannot say keeps the event (fail toward the record).
-        if self
-            .store
-            .put_if_absent(&marker, b"1", Some(ANONYMOUS_AUDIT_WINDOW))
-            .await
-            .unwrap_or(true)
-        {
+        if self.first_anonymous_in_window(tenant, connection, reason).await {
             self.audit_failure(tenant, Some(connection), reason).await;
         }
         page(
@@ -921,6 +995,30 @@ impl Broker {
             "This sign-in has expired, was already used, or was not started here. Please start again from the application.",
             reason,
         )
+    }
+
+    /// Whether a refusal that anyone can cause (`reason` at `connection`)
+    /// is the first of its kind in the tenant's current
+    /// [`ANONYMOUS_AUDIT_WINDOW`]: only that one is audited, so a flood
+    /// does not push the tenant's admin changes out of its bounded log. A
+    /// store that cannot say keeps the event (fail toward the record).
+    async fn first_anonymous_in_window(&self, tenant: &TenantId, connection: &ConnectionId, reason: &str) -> bool {
+        let marker = Key::tenant(tenant.as_str(), "audit", format!("anonymous:{connection}:{reason}"));
+        self.store
+            .put_if_absent(&marker, b"1", Some(ANONYMOUS_AUDIT_WINDOW))
+            .await
+            .unwrap_or(true)
+    }
+
+    /// A refused answer that anyone can send again (`reason`): counted
+    /// every time, audited and listed with the tenant's failed sign-ins
+    /// once per connection, reason and [`ANONYMOUS_AUDIT_WINDOW`].
+    async fn record_anonymous_failure(&self, tenant: &TenantId, connection: &ConnectionId, reason: &'static str) {
+        if self.first_anonymous_in_window(tenant, connection, reason).await {
+            self.record_failure(tenant, Some(connection), reason).await;
+        } else {
+            meter::sign_in_failed(tenant.as_str(), connection.as_str(), reason);
+        }
     }
 
     /// What follows the validation of an answer: the tenant's email

@@ -30,6 +30,8 @@
 
 use super::pages;
 use super::AppState;
+use crate::broker::session::BrowserLogins;
+use crate::broker::PrefetchedCallback;
 use crate::config::throttle::{canonical, Cidr};
 use crate::config::{RouteLimit, ThrottleSettings};
 use crate::ids::TenantId;
@@ -814,8 +816,24 @@ async fn settle_anonymous(
         handle = first_value(&super::pairs::parse(&bytes), "handle");
         body = axum::body::Body::from(bytes);
     }
+    // The answer's own word, as the handler will take it: an IdP answer
+    // that arrives with the browser's cookies (a callback) counts as the
+    // sign-in of the login it names only if the browser holds that
+    // login's binding; the SAML ACS (a cross-site POST without cookies)
+    // ends the login it names whoever posts it.
+    let answer = answer.map(|a| {
+        let bindings = (parts.method != Method::POST).then(|| super::binding::from_cookie(state, &parts.headers));
+        (a, bindings)
+    });
+    let is_answer = answer_route(parts.uri.path()).is_some();
     let checked = fallback
-        .settle(state, &parts.headers, answer, handle.as_deref(), request_id)
+        .settle(
+            state,
+            &parts.headers,
+            (answer, is_answer),
+            handle.as_deref(),
+            request_id,
+        )
         .await;
     Ok((checked, body))
 }
@@ -826,8 +844,11 @@ pub const ANONYMOUS_CALLBACK_BUCKET: &str = "callback_anonymous";
 
 /// A callback refused by its tenant's anonymous bucket, to let through in
 /// the tenant's own budget if the request is shown to be its own sign-in:
-/// it names a pending login of the tenant (as the edge peeked it beside
-/// its count, [`crate::broker::PrefetchedCallback`]), or its browser holds
+/// it names a pending login of the tenant that it will end (as the edge
+/// peeked it beside its count, [`crate::broker::PrefetchedCallback`]: the
+/// first answer naming a login ends it, so a stranger's own login counts
+/// once, and an answer from a browser without the login's binding, which
+/// leaves it alone, not at all), or its browser holds
 /// a binding of a pending login of the tenant, a live SSO session of the
 /// tenant or a waiting second-factor step ([`own_browser`]). Anyone can
 /// name a tenant in a callback's path (a made-up connection, a garbage
@@ -853,14 +874,18 @@ impl OwnFallback {
         self,
         state: &AppState,
         headers: &HeaderMap,
-        answer: Option<&crate::broker::PrefetchedCallback>,
+        (answer, is_answer): (Option<(&PrefetchedCallback, Option<BrowserLogins>)>, bool),
         mfa_handle: Option<&str>,
         request_id: &str,
     ) -> Result<Checked, StoreError> {
         let class = RouteClass::Callback;
         let own = match answer {
-            Some(a) if a.names_pending_login_of(&self.tenant) => true,
-            _ => own_browser(state, headers, &self.tenant, mfa_handle).await,
+            Some((a, bindings)) if a.names_pending_login_of(&self.tenant, bindings.as_ref()) => true,
+            // An IdP's answer (`is_answer`) is the tenant's own through the
+            // login it names, never through another login its browser
+            // holds the binding of: that login would not end, and the
+            // answer could name anything, as often as it liked.
+            _ => own_browser(state, headers, &self.tenant, mfa_handle, !is_answer).await,
         };
         if !own {
             throttled(
@@ -904,14 +929,22 @@ impl OwnFallback {
 }
 
 /// Whether the browser that sent `headers` is in a sign-in of `tenant`:
-/// its bindings cookie names a pending login of the tenant bound to it, or
-/// it is signed in to the tenant, or its session holds the secret of the
-/// tenant's answer waiting for a second factor under `mfa_handle` (the MFA
-/// and passkey pages' `handle`).
-async fn own_browser(state: &AppState, headers: &HeaderMap, tenant: &TenantId, mfa_handle: Option<&str>) -> bool {
-    let logins = super::binding::from_cookie(state, headers);
-    if !logins.is_empty() && state.broker.binds_pending_login(tenant, &logins).await {
-        return true;
+/// its bindings cookie names a pending login of the tenant bound to it
+/// (looked at only `by_bindings`), or it is signed in to the tenant, or
+/// its session holds the secret of the tenant's answer waiting for a
+/// second factor under `mfa_handle` (the MFA and passkey pages' `handle`).
+async fn own_browser(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant: &TenantId,
+    mfa_handle: Option<&str>,
+    by_bindings: bool,
+) -> bool {
+    if by_bindings {
+        let logins = super::binding::from_cookie(state, headers);
+        if !logins.is_empty() && state.broker.binds_pending_login(tenant, &logins).await {
+            return true;
+        }
     }
     let Some(record) = browser_session(state, headers).await else {
         return false;

@@ -626,3 +626,56 @@ async fn authorize_answers_request_objects_empty_state_and_silent_requests_as_th
     assert_eq!(param(&back, "error").as_deref(), Some("login_required"), "{back}");
     assert_eq!(param(&back, "state").as_deref(), Some(""), "{back}");
 }
+
+/// An answer from a browser that does not hold the binding of the pending
+/// login it names is refused (`callback.browser_mismatch`), as often as it
+/// is sent, and leaves the login alone: the browser that started it still
+/// finishes, and only then is the login used up (`callback.unknown_login`).
+/// With the edge's peek at the login (throttling on) and without it
+/// (throttling off: the handler reads the login itself and consumes it
+/// only once the browser passed). Before, the first such answer ended the
+/// login of the browser that started it.
+#[tokio::test]
+async fn an_answer_from_another_browser_leaves_the_login_to_the_browser_that_started_it() {
+    fn unthrottled(s: &mut portcullis::config::Settings) {
+        s.throttle.enabled = false;
+    }
+    for tweak in [None, Some(unthrottled as fn(&mut portcullis::config::Settings))] {
+        let app = spawn_app(AppOptions {
+            dev: true,
+            tweak,
+            ..AppOptions::default()
+        })
+        .await;
+        let mut started = Browser::new();
+        let login = started.get(&app.url("/demo/login")).await;
+        let form = login.form(None);
+        let is_callback = |u: &url::Url| u.path().ends_with("/callback") && u.path().starts_with("/dev/");
+        let callback = started.submit_until(&login, &form, &is_callback).await.stopped();
+        for _ in 0..2 {
+            let page = Browser::new().get(&callback).await;
+            assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+            assert!(
+                page.body.contains("<code>callback.browser_mismatch</code>"),
+                "{}",
+                page.body
+            );
+        }
+        let done = started.get(&callback).await;
+        assert_eq!(
+            done.status,
+            StatusCode::OK,
+            "throttled: {}: {}",
+            tweak.is_none(),
+            done.body
+        );
+        assert!(done.url.path().starts_with("/demo/callback"), "{}", started.trail());
+        let again = started.get(&callback).await;
+        assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.body);
+        assert!(
+            again.body.contains("<code>callback.unknown_login</code>"),
+            "{}",
+            again.body
+        );
+    }
+}

@@ -5,8 +5,9 @@
 
 use serde_json::{json, Value};
 
-use crate::support::browser::Browser;
-use crate::support::oidc_world::{s, ClientAuth, OidcWorld, ACME, CONN, GLOBEX};
+use crate::support::browser::{Browser, Nav};
+use crate::support::oidc_world::{s, ClientAuth, OidcWorld, Pkce, ACME, APP_SCOPE, CONN, GLOBEX};
+use crate::support::peers::IDP_PASSWORD;
 
 #[tokio::test]
 async fn sign_in_yields_tenant_claims_and_a_stable_sub() {
@@ -441,4 +442,161 @@ async fn an_app_gets_an_access_token_for_its_api_with_the_scopes_and_claims_it_m
     let body = page.json();
     assert_eq!(s(&body, "error"), "invalid_target", "{body}");
     assert_eq!(s(&body, "from"), "authorization_response");
+}
+
+/// Starts acme's sign-in for the raw client `raw-a` in `browser` and stops
+/// where the gateway sends it to the IdP: the IdP's authorization URL
+/// (its `state` is the pending login's id) and the PKCE pair.
+async fn to_the_idp(w: &OidcWorld, browser: &mut Browser) -> (url::Url, Pkce) {
+    let pkce = Pkce::new();
+    let mut url = w.endpoint("authorization_endpoint");
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &w.raw_a.reg.client_id)
+        .append_pair("redirect_uri", w.raw_a.redirect_uri.as_str())
+        .append_pair("scope", APP_SCOPE)
+        .append_pair("tenant", ACME)
+        .append_pair("state", "app-state")
+        .append_pair("code_challenge", &pkce.challenge)
+        .append_pair("code_challenge_method", "S256");
+    let at_idp = browser.get_until(&url, &|u: &url::Url| w.idp.serves(u)).await.stopped();
+    (at_idp, pkce)
+}
+
+/// The pending login's id, the `state` the gateway sent to the IdP.
+fn login_state(at_idp: &url::Url) -> String {
+    at_idp
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no state in {at_idp}"))
+}
+
+/// Goes on at the IdP from `at_idp` (alice logs in) and stops at the
+/// gateway's callback, answered but not followed: its URL.
+async fn to_the_callback(w: &OidcWorld, browser: &mut Browser, at_idp: &url::Url) -> url::Url {
+    let callback = w.app.oidc_callback(ACME, CONN);
+    let is_callback = move |u: &url::Url| u.path() == callback.path();
+    let page = match browser.get_until(at_idp, &is_callback).await {
+        Nav::Page(page) => page,
+        Nav::Stopped(url) => return url,
+    };
+    let mut form = page.form(Some("login"));
+    form.set("username", "alice");
+    form.set("password", IDP_PASSWORD);
+    browser.submit_until(&page, &form, &is_callback).await.stopped()
+}
+
+/// Follows `url` in `browser` until the gateway answers with a page or
+/// sends the browser back to `raw-a` (never served): the page, or the URL.
+async fn answer_in(w: &OidcWorld, browser: &mut Browser, url: &url::Url) -> Nav {
+    let prefix = w.raw_a.redirect_uri.as_str().to_owned();
+    browser
+        .get_until(url, &move |u: &url::Url| u.as_str().starts_with(&prefix))
+        .await
+}
+
+/// The page of a refusal with `reason`.
+fn refused_with(nav: Nav, reason: &str) {
+    match nav {
+        Nav::Page(page) => {
+            assert_eq!(page.status, 400, "{}", page.body);
+            assert!(page.body.contains(&format!("<code>{reason}</code>")), "{}", page.body);
+        }
+        Nav::Stopped(url) => panic!("sent back to the app, not refused with {reason}: {url}"),
+    }
+}
+
+/// The reasons of acme's `signin.failed` audit events.
+async fn failed_reasons(w: &OidcWorld) -> Vec<String> {
+    w.app
+        .tenant_audit(ACME, "signin.failed")
+        .await
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A pending login is single use, like an OAuth `state`: an IdP's
+/// `error=access_denied` answer naming it, from the browser that started
+/// it, ends it (refused for its reason, `oidc.idp_error`, and sent back to
+/// the app as `access_denied`); the same answer again, and the IdP's real
+/// answer after it, get `callback.unknown_login`, and the app no code.
+#[tokio::test]
+async fn an_error_answer_uses_up_its_pending_login() {
+    let w = OidcWorld::new().await;
+    let mut browser = Browser::new();
+    let (at_idp, _) = to_the_idp(&w, &mut browser).await;
+    let mut denied = w.app.oidc_callback(ACME, CONN);
+    denied
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("state", &login_state(&at_idp))
+        .append_pair("iss", &w.idp.issuer());
+    let back = answer_in(&w, &mut browser, &denied).await.stopped();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"), "{back}");
+    assert_eq!(q.get("code"), None, "{back}");
+    assert_eq!(failed_reasons(&w).await, ["oidc.idp_error"]);
+
+    refused_with(answer_in(&w, &mut browser, &denied).await, "callback.unknown_login");
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    refused_with(answer_in(&w, &mut browser, &real).await, "callback.unknown_login");
+}
+
+/// Likewise an answer whose code the IdP does not know (its exchange
+/// fails): it ends the pending login it names, and the IdP's real answer
+/// after it gets `callback.unknown_login`.
+#[tokio::test]
+async fn an_answer_with_a_bad_code_uses_up_its_pending_login() {
+    let w = OidcWorld::new().await;
+    let mut browser = Browser::new();
+    let (at_idp, _) = to_the_idp(&w, &mut browser).await;
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    // The IdP's answer with its code made up (state and iss as sent).
+    let mut forged = real.clone();
+    let pairs: Vec<(String, String)> = real.query_pairs().into_owned().collect();
+    forged.query_pairs_mut().clear().extend_pairs(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), if k == "code" { "made-up" } else { v.as_str() })),
+    );
+    assert_ne!(forged, real);
+    let back = answer_in(&w, &mut browser, &forged).await.stopped();
+    assert!(
+        back.query_pairs().all(|(k, _)| k != "code"),
+        "a code for the app: {back}"
+    );
+    assert_eq!(failed_reasons(&w).await, ["oidc.token_rejected"]);
+    refused_with(answer_in(&w, &mut browser, &forged).await, "callback.unknown_login");
+    refused_with(answer_in(&w, &mut browser, &real).await, "callback.unknown_login");
+}
+
+/// An answer from a browser that does not hold the binding of the pending
+/// login it names is refused (`callback.browser_mismatch`), as often as it
+/// is sent, and leaves the login alone: the browser that started it still
+/// finishes with the IdP's answer, and the app gets its code.
+#[tokio::test]
+async fn an_answer_from_another_browser_leaves_the_login_to_the_browser_that_started_it() {
+    let w = OidcWorld::new().await;
+    let mut browser = Browser::new();
+    let (at_idp, pkce) = to_the_idp(&w, &mut browser).await;
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    let mut denied = w.app.oidc_callback(ACME, CONN);
+    denied
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("state", &login_state(&at_idp));
+    for answer in [&denied, &real, &denied] {
+        let mut other = Browser::new();
+        refused_with(answer_in(&w, &mut other, answer).await, "callback.browser_mismatch");
+    }
+    // Anyone can send them again: audited once a minute.
+    assert_eq!(failed_reasons(&w).await, ["callback.browser_mismatch"]);
+    let back = answer_in(&w, &mut browser, &real).await.stopped();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("app-state"), "{back}");
+    let code = q.get("code").unwrap_or_else(|| panic!("no code in {back}"));
+    let tokens = w.redeem(&w.raw_a, code, Some(&pkce.verifier)).await;
+    assert_eq!(tokens.status, 200, "{:?}", tokens.body);
 }

@@ -1837,3 +1837,37 @@ async fn an_answer_refused_after_its_validation_is_still_used_up() {
     assert!(fresh.continue_url().is_some(), "{fresh:?}");
     assert_eq!(app.state.store.set_members(&users).await.unwrap().len(), 1);
 }
+
+/// A pending login is single use, like an OAuth `state`: the first answer
+/// naming its RelayState ends it, whether or not it validates. A Response
+/// signed with another key, posted from the browser that started the
+/// login, is refused for its reason (`saml.signature_invalid`, sent back
+/// to the app as `access_denied`); the same again gets
+/// `callback.unknown_login`, and so does the IdP's valid Response for that
+/// login after it: no session, no code. Before, a failed answer left the
+/// login in place for any number of answers.
+#[tokio::test]
+async fn a_failed_answer_uses_up_its_pending_login() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+    let (request_id, relay_state, mut browser) = start_login(&app, "acme", &conn, "s1").await;
+
+    let forged = Idp::new().response(&conn, Some(&request_id));
+    let first = post_acs_in(&mut browser, &acs(&conn), &forged, Some(&relay_state), &idp_page()).await;
+    first.expect_app_error();
+    assert_eq!(first.param("state").as_deref(), Some("s1"), "{first:?}");
+    assert_eq!(failed_reasons(&app).await, ["saml.signature_invalid"]);
+
+    let again = post_acs_in(&mut browser, &acs(&conn), &forged, Some(&relay_state), &idp_page()).await;
+    again.expect_page(400, "callback.unknown_login");
+    let garbage = post_acs_in(&mut browser, &acs(&conn), "<x/>", Some(&relay_state), &idp_page()).await;
+    garbage.expect_page(400, "callback.unknown_login");
+    let valid = idp.response(&conn, Some(&request_id));
+    let late = post_acs_in(&mut browser, &acs(&conn), &valid, Some(&relay_state), &idp_page()).await;
+    assert_eq!(late.code(), None, "{late:?}");
+    late.expect_page(400, "callback.unknown_login");
+    assert_eq!(browser.cookie(&app.base, COOKIE), None, "a session was opened");
+}

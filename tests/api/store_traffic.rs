@@ -1286,22 +1286,40 @@ async fn an_answer_whose_peeked_login_was_consumed_meanwhile_is_refused() {
 }
 
 /// An answer refused before its pending login (only peeked by the edge)
-/// was consumed still ends that login on the way out: presented from
-/// another browser (`callback.browser_mismatch`), the same answer then
-/// fails in the browser that started it too (`callback.unknown_login`).
+/// was consumed still ends that login on the way out: its ticket made up
+/// (`dev.unknown_ticket`, the app told `access_denied`), the IdP's real
+/// answer then fails too (`callback.unknown_login`). (Presented from
+/// another browser, an answer leaves the login alone: `dev_flow`.)
 #[tokio::test]
 async fn an_answer_refused_before_its_login_was_consumed_still_ends_the_login() {
     let app = dev_app_stealing(Arc::default()).await;
     let mut browser = crate::support::browser::Browser::new();
     let callback = to_dev_callback(&app, &mut browser).await;
 
-    let mut other = crate::support::browser::Browser::new();
-    let refused = other.get(&callback).await;
-    crate::support::local::assert_reason(&refused, 400, "callback.browser_mismatch");
+    let mut forged = callback.clone();
+    let state: String = callback
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    forged
+        .query_pairs_mut()
+        .clear()
+        .append_pair("state", &state)
+        .append_pair("ticket", "made-up");
+    let to_app = |u: &url::Url| u.path() == "/demo/callback";
+    let back = browser.get_until(&forged, &to_app).await.stopped();
+    assert!(
+        back.query_pairs().any(|(k, v)| k == "error" && v == "access_denied"),
+        "{back}"
+    );
     let page = browser.get(&callback).await;
     crate::support::local::assert_reason(&page, 400, "callback.unknown_login");
     assert!(
-        !browser.history.iter().any(|h| h.url.path() == "/demo/callback"),
+        !browser
+            .history
+            .iter()
+            .any(|h| h.url.path() == "/demo/callback" && h.url.query().is_some_and(|q| q.contains("code="))),
         "a code went to the app:\n{}",
         browser.trail()
     );

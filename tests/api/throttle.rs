@@ -952,3 +952,94 @@ async fn strangers_cannot_spend_a_tenants_callback_budget() {
     // Strangers are still refused.
     assert_eq!(garbage(5).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// A stranger can start a real sign-in of a tenant in his own browser, and
+/// answer it himself: only his first answer naming it counts as the
+/// tenant's own (it ends the login, though it fails), not the ones after
+/// it, nor any from a browser without the login's binding (which leaves
+/// the login alone). So he spends only the tenant's anonymous bucket,
+/// however often he names his login. Before, every garbage answer naming
+/// it went on in the tenant's own budget.
+#[tokio::test]
+async fn a_strangers_own_pending_login_counts_as_the_tenants_once() {
+    use crate::revocation::{register, sign_in, start};
+    use crate::support::browser::{Browser, Nav};
+    use crate::support::logs::Captured;
+    let (logs, _guard) = Captured::start();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        tweak: Some(|s| {
+            s.throttle.callback.per_tenant = 20;
+            s.throttle.callback.per_tenant_anonymous = Some(2);
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let rp = register(&app, "one").await;
+    // The anonymous bucket spent, from addresses of their own.
+    let garbage = |i: usize| {
+        app.client
+            .post(app.url("/saml/demo/made-up/acs"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .form(&[("SAMLResponse", "PHg+"), ("RelayState", "made-up")])
+            .send()
+    };
+    for i in 0..2 {
+        assert_ne!(garbage(i).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(garbage(2).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The stranger starts two sign-ins in his browser, each to the dev
+    // IdP's page, which names the pending login in `state`.
+    let mut stranger = Browser::new();
+    let mut states = Vec::new();
+    for _ in 0..2 {
+        let Nav::Page(page) = start(&app, &mut stranger, &rp, "demo").await.0 else {
+            panic!("no dev IdP page:\n{}", stranger.trail());
+        };
+        let state = page
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        states.push(state);
+    }
+    let answer = |state: &str| {
+        let mut url = app.url("/dev/demo/dev/callback");
+        url.query_pairs_mut()
+            .append_pair("state", state)
+            .append_pair("ticket", "made-up");
+        url
+    };
+    let to_app = |u: &url::Url| u.path() != "/dev/demo/dev/callback";
+    // His first garbage answer is the tenant's own (refused for its
+    // reason, sent back to the app); the same again is a stranger's.
+    let first = stranger.get_until(&answer(&states[0]), &to_app).await.stopped();
+    assert!(
+        first.query_pairs().any(|(k, v)| k == "error" && v == "access_denied"),
+        "{first}"
+    );
+    for _ in 0..3 {
+        let again = stranger.get(&answer(&states[0])).await;
+        assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS, "{}", again.body);
+    }
+    // From a browser without the binding, his other login is a stranger's
+    // from the first answer on.
+    for _ in 0..3 {
+        let resp = app.client.get(answer(&states[1])).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+    // A person of demo still signs in, in demo's own budget.
+    let code = sign_in(&app, &mut Browser::new(), &rp, "demo", "ann@demo.example").await;
+    assert!(!code.code.is_empty());
+}
