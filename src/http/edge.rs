@@ -79,9 +79,9 @@ pub struct EdgeConfig {
     /// Tenants whose deferred budget (token endpoints, admin API) this
     /// replica saw spent, and until when ([`SpentBudgets`]).
     spent: Arc<SpentBudgets>,
-    /// When `throttle.forwarded_untrusted` was last logged
+    /// Requests with `X-Forwarded-For` from a peer that is not trusted
     /// ([`EdgeConfig::note_untrusted_forward`]).
-    untrusted_forward_logged: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    untrusted_forwards: Arc<super::quiet::Quiet>,
 }
 
 impl EdgeConfig {
@@ -92,7 +92,7 @@ impl EdgeConfig {
             proxies: throttle.proxies(),
             body_timeout,
             spent: Arc::default(),
-            untrusted_forward_logged: Arc::default(),
+            untrusted_forwards: Arc::new(super::quiet::Quiet::new(UNTRUSTED_FORWARD_LOG_EVERY)),
         }
     }
 
@@ -107,21 +107,11 @@ impl EdgeConfig {
     /// log. Logged at most once a minute (`throttle.forwarded_untrusted`);
     /// the header is still ignored.
     fn note_untrusted_forward(&self, peer: IpAddr) {
-        let now = std::time::Instant::now();
-        let due = match self.untrusted_forward_logged.try_lock() {
-            Ok(mut last) => {
-                let due = last.is_none_or(|t| now.duration_since(t) >= UNTRUSTED_FORWARD_LOG_EVERY);
-                if due {
-                    *last = Some(now);
-                }
-                due
-            }
-            Err(_) => false,
-        };
-        if due {
+        if let Some(requests) = self.untrusted_forwards.due() {
             tracing::warn!(
                 reason = "throttle.forwarded_untrusted",
                 peer = %peer,
+                requests,
                 "a request carries X-Forwarded-For from a peer that is not a trusted proxy: the header is ignored, so every client behind that proxy shares its rate-limit bucket; list the proxy in [throttle] trusted_proxies (PORTCULLIS_TRUSTED_PROXIES)"
             );
         }

@@ -64,10 +64,15 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             presented.as_bytes().ct_eq(expected.expose().as_bytes()).into()
         };
         if !ok {
-            tracing::warn!(
-                reason = "metrics.unauthorized",
-                "metrics scrape without the right token"
-            );
+            // Anyone who reaches the listener can send these: logged at
+            // most once a minute, with their number.
+            if let Some(refused) = state.refused_scrapes.due() {
+                tracing::warn!(
+                    reason = "metrics.unauthorized",
+                    refused,
+                    "metrics scrape without the right token"
+                );
+            }
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],

@@ -15,6 +15,7 @@ pub mod oauth;
 pub mod pages;
 pub mod pairs;
 pub mod passkey;
+pub mod quiet;
 pub mod server;
 pub mod shed;
 
@@ -59,6 +60,9 @@ pub struct AppState {
     pub connections: server::Connections,
     /// `[metrics]`: whether and how `/metrics` is served.
     pub metrics: crate::config::MetricsSettings,
+    /// Scrapes of `/metrics` refused for a wrong token, logged at most once
+    /// a minute (`metrics.unauthorized`).
+    pub refused_scrapes: Arc<quiet::Quiet>,
     /// Client addresses, request ids, size and rate limits (`[throttle]`).
     pub edge: Arc<edge::EdgeConfig>,
     /// Local accounts (`"kind":"local"` connections) and their mail.

@@ -704,3 +704,39 @@ async fn a_migrated_acs_alias_is_measured_as_the_acs_and_unknown_paths_share_one
         m.text
     );
 }
+
+/// Anyone who reaches a listener serving `/metrics` with a token can send
+/// scrapes with a wrong one: each is refused (401), and the log hears of
+/// them once a minute with their number, not once a scrape.
+#[tokio::test]
+async fn refused_scrapes_are_logged_once_a_minute_with_their_number() {
+    use crate::support::app::{spawn_app, AppOptions};
+    const TOKEN: &str = "a-metrics-token-long-enough-to-pass";
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| s.metrics.token = Some(portcullis::secret::Secret::new(TOKEN.to_owned()))),
+        ..AppOptions::default()
+    })
+    .await;
+    for _ in 0..20 {
+        let resp = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth("not-the-metrics-token-at-all")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let lines = logs.with_reason("metrics.unauthorized");
+    assert_eq!(lines.len(), 1, "{}", logs.text());
+    assert_eq!(lines[0]["fields"]["refused"], 1, "{}", logs.text());
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
