@@ -2,17 +2,34 @@
 //! routes to accept Portcullis access tokens (RFC 9068) without a round
 //! trip per request.
 //!
-//! It validates the bearer token against the gateway's JWKS (fetched once,
-//! cached for [`AuthorizerConfig::cache_ttl`], fetched again when a token
-//! names an unknown `kid`, at most once per
-//! [`AuthorizerConfig::min_refetch_interval`] so garbage `kid`s cannot make
-//! it hammer the gateway), then `typ` (`at+jwt`), `iss`, `aud` (the API's
-//! resource identifier), `exp`/`nbf` on the injected clock, and the scopes
-//! each route requires. The identity goes into the request's extensions as
-//! an [`Identity`]. Refusals are RFC 6750: 401 with
-//! `WWW-Authenticate: Bearer error="invalid_token"`, 403 with
+//! It validates the bearer token against the gateway's JWKS, then `typ`
+//! (`at+jwt`), `iss`, `aud` (the API's resource identifier), `exp`/`nbf` on
+//! the injected clock, and the scopes each route requires. The identity goes
+//! into the request's extensions as an [`Identity`]. Refusals are RFC 6750:
+//! 401 with `WWW-Authenticate: Bearer error="invalid_token"`, 403 with
 //! `error="insufficient_scope"`, each with its reason code in
 //! `X-Portcullis-Reason`.
+//!
+//! The JWKS is fetched at the first request, cached for
+//! [`AuthorizerConfig::cache_ttl`], and fetched again when the cache is
+//! stale or a token names an unknown `kid`; never more than once per
+//! [`AuthorizerConfig::min_refetch_interval`], whatever the cause, so
+//! neither garbage `kid`s nor an unreachable gateway make it hammer the
+//! gateway or hold requests behind fetches. One fetch runs at a time. While
+//! the keys are stale, a token of a known `kid` is answered from them at once
+//! between fetches and while another request's fetch is in flight; only the
+//! request that starts a fetch waits for it (up to
+//! [`AuthorizerConfig::fetch_timeout`]), so a key the gateway withdrew stops
+//! counting as soon as an answering gateway says so; a token whose `kid` the
+//! keys lack waits for a fetch in flight, whose answer may hold it. A failed
+//! fetch (`authorizer.jwks_unavailable` in the log) keeps the keys known;
+//! they serve for at most one more `cache_ttl` (at least
+//! `min_refetch_interval`) after they went stale, as the gateway's own
+//! caches use an expired copy.
+//! Beyond that, or before any fetch succeeded, every token is refused with
+//! 503 `authorizer.jwks_unavailable` (no `WWW-Authenticate`: the token was
+//! not judged) until a fetch succeeds. A `kid` the usable keys lack is
+//! refused 401 `authorizer.unknown_kid`, after a fetch if one is due.
 //!
 //! What a local check cannot see: a token revoked, or a user disabled,
 //! after the token was issued. Tokens are short-lived; an API that must
@@ -68,9 +85,12 @@ pub struct AuthorizerConfig {
     pub jwks_uri: Url,
     /// This API's resource server identifier: the `aud` its tokens carry.
     pub audience: String,
-    /// How long fetched keys are used before being fetched again (default 5 min).
+    /// How long fetched keys are used before being fetched again (default
+    /// 5 min). While the JWKS cannot be fetched, they are used for one more
+    /// `cache_ttl` (at least `min_refetch_interval`), then not at all.
     pub cache_ttl: Duration,
-    /// The shortest time between two fetches caused by unknown `kid`s (default 30 s).
+    /// The shortest time between two fetches, whatever caused them: an
+    /// unknown `kid`, stale keys, a failed fetch (default 30 s).
     pub min_refetch_interval: Duration,
     /// The timeout of one JWKS fetch (default 5 s).
     pub fetch_timeout: Duration,
@@ -119,7 +139,8 @@ pub struct Identity {
 /// Why a request was refused: status and stable reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
-    /// 401 or 403.
+    /// 401 or 403; 503 when no usable keys could be had
+    /// (`authorizer.jwks_unavailable`).
     pub status: StatusCode,
     /// The reason code (`authorizer.no_token`, `authorizer.unknown_kid`...).
     pub reason: &'static str,
@@ -137,13 +158,17 @@ impl Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let challenge = match (self.status, self.reason) {
-            (_, "authorizer.no_token") => "Bearer realm=\"portcullis\"",
-            (StatusCode::FORBIDDEN, _) => "Bearer realm=\"portcullis\", error=\"insufficient_scope\"",
-            _ => "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+            // No keys to judge the token by: an outage, never an invalid token.
+            (StatusCode::SERVICE_UNAVAILABLE, _) => None,
+            (_, "authorizer.no_token") => Some("Bearer realm=\"portcullis\""),
+            (StatusCode::FORBIDDEN, _) => Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
+            _ => Some("Bearer realm=\"portcullis\", error=\"invalid_token\""),
         };
         let mut resp = self.status.into_response();
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        if let Some(challenge) = challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         resp.headers_mut()
             .insert("x-portcullis-reason", HeaderValue::from_static(self.reason));
         resp
@@ -160,8 +185,51 @@ struct Cache {
     keys: HashMap<String, Arc<CachedKey>>,
     /// When the keys were fetched (unix seconds), if ever.
     fetched_at: Option<i64>,
-    /// When a fetch was last tried, successful or not.
+    /// When a fetch last started, whatever came of it.
     tried_at: Option<i64>,
+}
+
+/// What the cache holds for one `kid` at one instant.
+struct Lookup {
+    key: Option<Arc<CachedKey>>,
+    /// Fetched less than `cache_ttl` ago.
+    fresh: bool,
+    /// Fresh, or stale within its grace: one more `cache_ttl` (at least
+    /// `min_refetch_interval`) while the JWKS cannot be fetched.
+    usable: bool,
+    /// A fetch may start: none tried within `min_refetch_interval`.
+    due: bool,
+}
+
+impl Lookup {
+    /// A known key of a usable set: served without waiting for a fetch.
+    fn servable(&self) -> bool {
+        self.usable && self.key.is_some()
+    }
+
+    /// The answer without another fetch.
+    fn settle(self) -> Result<Arc<CachedKey>, Rejection> {
+        match (self.usable, self.key) {
+            (true, Some(k)) => Ok(k),
+            (true, None) => {
+                tracing::info!(
+                    reason = "authorizer.unknown_kid",
+                    "kid not among the gateway's keys known"
+                );
+                Err(Rejection::unauthorized("authorizer.unknown_kid"))
+            }
+            (false, _) => {
+                tracing::warn!(
+                    reason = "authorizer.jwks_unavailable",
+                    "no usable keys: the JWKS could not be fetched within the cache's grace"
+                );
+                Err(Rejection {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "authorizer.jwks_unavailable",
+                })
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -169,7 +237,7 @@ struct Inner {
     clock: SharedClock,
     http: reqwest::Client,
     cache: RwLock<Cache>,
-    /// One fetch at a time; others wait and use its result.
+    /// One fetch at a time; a request that needs its answer waits for it.
     fetching: Mutex<()>,
     fetches: AtomicU64,
 }
@@ -307,50 +375,66 @@ impl Authorizer {
         })
     }
 
-    /// The key `kid`: from the cache while fresh; otherwise fetched again,
-    /// an unknown `kid` at most once per `min_refetch_interval`.
+    /// The key `kid`: from the cache while fresh; otherwise after a fetch,
+    /// at most one per `min_refetch_interval` whatever caused it. Between
+    /// fetches, and while another request's fetch is in flight, a known
+    /// `kid` is served from keys within their grace without waiting.
     async fn key(&self, kid: &str) -> Result<Arc<CachedKey>, Rejection> {
-        let ttl = i64::try_from(self.inner.config.cache_ttl.as_secs()).unwrap_or(i64::MAX);
-        let min_gap = i64::try_from(self.inner.config.min_refetch_interval.as_secs()).unwrap_or(i64::MAX);
         let now = self.inner.clock.unix();
-        {
-            let cache = self.inner.cache.read().await;
-            let fresh = cache.fetched_at.is_some_and(|t| now < t.saturating_add(ttl));
-            if let (true, Some(k)) = (fresh, cache.keys.get(kid)) {
-                return Ok(k.clone());
-            }
+        let seen = self.look_up(kid, now).await;
+        if let (true, Some(k)) = (seen.fresh, &seen.key) {
+            return Ok(k.clone());
         }
-        let _one = self.inner.fetching.lock().await;
-        {
-            // Another request may have fetched while this one waited.
-            let cache = self.inner.cache.read().await;
-            let fresh = cache.fetched_at.is_some_and(|t| now < t.saturating_add(ttl));
-            let known = cache.keys.get(kid).cloned();
-            match known {
-                Some(k) if fresh => return Ok(k),
-                _ if fresh && cache.tried_at.is_some_and(|t| now < t.saturating_add(min_gap)) => {
-                    tracing::info!(reason = "authorizer.unknown_kid", "unknown kid; refetch rate-limited");
-                    return Err(Rejection::unauthorized("authorizer.unknown_kid"));
-                }
-                _ => {}
+        let _one = if seen.servable() {
+            if !seen.due {
+                return seen.settle();
             }
+            match self.inner.fetching.try_lock() {
+                Ok(turn) => turn,
+                // Another request is fetching: the keys within their grace serve meanwhile.
+                Err(_) => return seen.settle(),
+            }
+        } else {
+            // Waits only behind a fetch in flight, whose answer may hold the key.
+            self.inner.fetching.lock().await
+        };
+        // Another request may have fetched while this one waited.
+        let mut seen = self.look_up(kid, now).await;
+        if seen.due {
+            self.fetch(now).await;
+            seen = self.look_up(kid, now).await;
         }
-        self.fetch(now).await;
-        let cache = self.inner.cache.read().await;
-        cache.keys.get(kid).cloned().ok_or_else(|| {
-            tracing::info!(reason = "authorizer.unknown_kid", "kid not in the gateway's JWKS");
-            Rejection::unauthorized("authorizer.unknown_kid")
-        })
+        seen.settle()
     }
 
-    /// Fetches the JWKS; a failure keeps the keys already known.
+    /// What the cache holds for `kid` at `now`.
+    async fn look_up(&self, kid: &str, now: i64) -> Lookup {
+        let config = &self.inner.config;
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let (ttl, min_gap) = (secs(config.cache_ttl), secs(config.min_refetch_interval));
+        // At least one fetch is due within the grace, so a refetch interval
+        // longer than the TTL never leaves an answering gateway's keys unused.
+        let grace = ttl.max(min_gap);
+        let cache = self.inner.cache.read().await;
+        let age = cache.fetched_at.map(|t| now.saturating_sub(t));
+        Lookup {
+            key: cache.keys.get(kid).cloned(),
+            fresh: age.is_some_and(|a| a < ttl),
+            usable: age.is_some_and(|a| a < ttl.saturating_add(grace)),
+            due: cache.tried_at.is_none_or(|t| now >= t.saturating_add(min_gap)),
+        }
+    }
+
+    /// Fetches the JWKS; a failure keeps the keys already known. The attempt
+    /// counts from its start, so one abandoned half-way (a cancelled
+    /// request) still spends its turn.
     async fn fetch(&self, now: i64) {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
+        self.inner.cache.write().await.tried_at = Some(now);
         let result = self.fetch_keys().await;
-        let mut cache = self.inner.cache.write().await;
-        cache.tried_at = Some(now);
         match result {
             Ok(keys) => {
+                let mut cache = self.inner.cache.write().await;
                 cache.keys = keys;
                 cache.fetched_at = Some(now);
             }

@@ -1457,3 +1457,160 @@ async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid
         "authorizer.expired",
     );
 }
+
+#[tokio::test]
+async fn the_tower_authorizer_answers_known_kids_from_stale_keys_and_fetches_at_most_once_per_interval_while_the_jwks_is_down(
+) {
+    use crate::support::logs::Captured;
+    use axum::response::IntoResponse as _;
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::{Duration, Instant};
+    use tower::ServiceExt as _;
+
+    let (logs, _guard) = Captured::start();
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    // The gateway's JWKS, served by a source that can be made to hang or fail.
+    let (serve, hang, fail) = (0, 1, 2);
+    let mode = Arc::new(AtomicU8::new(serve));
+    let jwks = reqwest::get(format!("{}/jwks", app.issuer()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let source = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get({
+            let mode = mode.clone();
+            move || {
+                let (mode, jwks) = (mode.load(Ordering::SeqCst), jwks.clone());
+                async move {
+                    if mode == hang {
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                    }
+                    if mode == serve {
+                        ([("content-type", "application/json")], jwks).into_response()
+                    } else {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, source).await.unwrap() });
+
+    let mut config = AuthorizerConfig::new(&app.issuer(), FILES).unwrap();
+    config.jwks_uri = Url::parse(&format!("http://{addr}/jwks")).unwrap();
+    config.fetch_timeout = Duration::from_secs(2);
+    let authorizer = Authorizer::new(config, Arc::new(clock.clone())).unwrap();
+    async fn ok() -> &'static str {
+        "ok"
+    }
+    let api: axum::Router = axum::Router::new().route(
+        "/read",
+        axum::routing::get(ok).layer(authorizer.require(["files:read"])),
+    );
+    // Each answer with its reason, whether it challenged, and how long it took.
+    let ask = |token: String| {
+        let api = api.clone();
+        async move {
+            let started = Instant::now();
+            let req = axum::http::Request::get("/read")
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = api.oneshot(req).await.unwrap();
+            let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+            let (reason, challenge) = (header("x-portcullis-reason"), header("www-authenticate"));
+            (resp.status(), reason, challenge, started.elapsed())
+        }
+    };
+    // `n` requests at once: their answers, slowest last.
+    let at_once = |n: usize, token: &str| {
+        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(ask(token.to_owned()))).collect();
+        async move {
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.unwrap());
+            }
+            answers.sort_by_key(|a| a.3);
+            answers
+        }
+    };
+    let files = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    let (status, ..) = ask(files.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(authorizer.jwks_fetches(), 1);
+
+    // The keys go stale while the JWKS hangs: one request fetches (and waits
+    // for its timeout); the others are answered from the stale keys at once.
+    mode.store(hang, Ordering::SeqCst);
+    clock.advance(chrono::Duration::seconds(301));
+    let answers = at_once(8, &files).await;
+    assert!(answers.iter().all(|a| a.0 == StatusCode::OK), "{answers:?}");
+    assert_eq!(authorizer.jwks_fetches(), 2, "one fetch for all: {answers:?}");
+    assert!(
+        answers[..7].iter().all(|a| a.3 < Duration::from_secs(1)),
+        "none waits behind the fetch: {answers:?}"
+    );
+    assert!(!logs.with_reason("authorizer.jwks_unavailable").is_empty());
+    // Within the refetch interval of that failed fetch: no fetch, no wait.
+    let answers = at_once(4, &files).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.0 == StatusCode::OK && a.3 < Duration::from_secs(1)),
+        "{answers:?}"
+    );
+    assert_eq!(authorizer.jwks_fetches(), 2, "rate-limited");
+    // An unknown kid meanwhile is refused without a fetch.
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"nope","typ":"at+jwt"}"#);
+    let garbage = format!("{header}.{}", files.split_once('.').unwrap().1);
+    let (status, reason, _, took) = ask(garbage).await;
+    assert_eq!(
+        (status, reason.as_deref()),
+        (StatusCode::UNAUTHORIZED, Some("authorizer.unknown_kid"))
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(authorizer.jwks_fetches(), 2, "rate-limited");
+
+    // Past the interval, one more attempt (failing at once); the stale keys
+    // still serve within one more cache TTL.
+    mode.store(fail, Ordering::SeqCst);
+    clock.advance(chrono::Duration::seconds(31));
+    let answers = at_once(4, &files).await;
+    assert!(answers.iter().all(|a| a.0 == StatusCode::OK), "{answers:?}");
+    assert_eq!(authorizer.jwks_fetches(), 3);
+    // Beyond that grace the keys are not used: an outage (503, no
+    // challenge), not an invalid token; still one attempt per interval.
+    clock.advance(chrono::Duration::seconds(300));
+    for fetches in [4, 4] {
+        let (status, reason, challenge, _) = ask(files.clone()).await;
+        assert_eq!(
+            (status, reason.as_deref(), challenge),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("authorizer.jwks_unavailable"),
+                None
+            )
+        );
+        assert_eq!(authorizer.jwks_fetches(), fetches);
+    }
+    // The JWKS back: the next attempt restores the keys.
+    mode.store(serve, Ordering::SeqCst);
+    clock.advance(chrono::Duration::seconds(31));
+    let (status, ..) = ask(files).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(authorizer.jwks_fetches(), 5);
+}
