@@ -432,6 +432,7 @@ pub async fn reload_tenant_files(state: &AppState, dir: &std::path::Path) {
                 reason = "tenant_file.synced",
                 created = report.created.len(),
                 updated = report.updated.len(),
+                adopted = report.adopted.len(),
                 removed = report.removed.len(),
                 "tenant files re-read"
             );

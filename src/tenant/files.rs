@@ -3,6 +3,7 @@
 //! ```toml
 //! id = "acme"
 //! name = "Acme Corp"
+//! # adopt = true   # only to hand a tenant made through the admin API to this file
 //! domains = ["acme.com"]
 //!
 //! [[connections]]
@@ -42,6 +43,12 @@ pub struct TenantFile {
     /// Connections, each the admin API body as a TOML table.
     #[serde(default)]
     pub connections: Vec<toml::Table>,
+    /// Hands an existing tenant the file did not create (one made through
+    /// the admin API or an import) to the file: from then on it is the
+    /// file's, updated by it and deleted with it. Without it such a tenant
+    /// is never touched (`tenant_file.not_owned`).
+    #[serde(default)]
+    pub adopt: bool,
     /// Where it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -143,8 +150,11 @@ fn event(action: &str, target: Target) -> AuditEvent {
     AuditEvent::new(&Actor::System("tenant_files".into()), action, target, "tenant_files")
 }
 
-/// The set of tenant ids that came from a tenant file (only these are
-/// removed when their file goes away).
+/// The set of tenant ids a tenant file created or adopted (only these are
+/// changed by their file, and removed when it goes away). A tenant leaves
+/// it when it is deleted, whichever way ([`TenantRegistry::delete`]), and
+/// a tenant created under its id starts outside it
+/// ([`TenantRegistry::create`]).
 pub(crate) fn origin_key() -> Key {
     Key::global("tenants", "from-files")
 }
@@ -175,6 +185,8 @@ pub struct SyncReport {
     pub updated: Vec<String>,
     /// Tenants removed with their file.
     pub removed: Vec<String>,
+    /// Existing tenants handed to their file by `adopt = true`.
+    pub adopted: Vec<String>,
     /// What could not be applied (`file: field: message`); the rest was.
     pub problems: Vec<String>,
 }
@@ -182,6 +194,10 @@ pub struct SyncReport {
 /// Brings the store in line with the tenant files in `dir`:
 ///
 /// * a new file creates its tenant (marked as coming from a file);
+/// * a file naming a tenant that exists but did not come from a file (made
+///   through the admin API or an import) changes nothing of it and is
+///   reported (`tenant_file.not_owned`), unless it says `adopt = true`:
+///   then the tenant is marked as coming from the file and updated;
 /// * an edited file updates its tenant in place: name and domains, and its
 ///   declared connections added, changed or removed. A connection whose
 ///   declared body is unchanged is left alone (its metadata is kept current
@@ -221,6 +237,12 @@ pub async fn sync(
             message: format!("store: {e}"),
         }]
     };
+    let owned: std::collections::BTreeSet<String> = store
+        .set_members(&origin_key())
+        .await
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .collect();
     let mut declared_ids = std::collections::BTreeSet::new();
     for f in &files {
         let source = f.path.display().to_string();
@@ -253,9 +275,40 @@ pub async fn sync(
                         continue;
                     }
                 }
+                // Only once created here: a failure before leaves nothing
+                // of another's marked as the file's.
+                store
+                    .set_add(&origin_key(), id.as_str(), None)
+                    .await
+                    .map_err(|e| fail(&e))?;
                 report.created.push(id.to_string());
             }
             Some(existing) => {
+                if !owned.contains(id.as_str()) {
+                    if !f.adopt {
+                        tracing::warn!(
+                            reason = "tenant_file.not_owned",
+                            tenant = %id,
+                            file = %source,
+                            "a tenant file names a tenant it did not create: nothing of it changed"
+                        );
+                        report.problems.push(format!(
+                            "{source}: id: tenant {id} exists and was not created by a tenant file \
+                             (tenant_file.not_owned); nothing of it was changed. Add `adopt = true` \
+                             to hand it to this file (it is then deleted with the file)"
+                        ));
+                        continue;
+                    }
+                    store
+                        .set_add(&origin_key(), id.as_str(), None)
+                        .await
+                        .map_err(|e| fail(&e))?;
+                    tracing::info!(reason = "tenant_file.tenant_adopted", tenant = %id, file = %source);
+                    let adopted = event("tenant.adopted", Target::new("tenant", id.as_str())).tenant(&id);
+                    let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned());
+                    audit(log, adopted.after(json!({ "file": name }))).await;
+                    report.adopted.push(id.to_string());
+                }
                 changed |= update_tenant(
                     tenants,
                     log,
@@ -269,10 +322,6 @@ pub async fn sync(
                 .map_err(|e| fail(&e))?;
             }
         }
-        store
-            .set_add(&origin_key(), id.as_str(), None)
-            .await
-            .map_err(|e| fail(&e))?;
         let mut in_file = std::collections::BTreeSet::new();
         for body in f.connection_bodies() {
             let cid = body.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();

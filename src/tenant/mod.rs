@@ -514,6 +514,14 @@ impl TenantRegistry {
         if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
             return Err(RegistryError::Exists(format!("tenant {id}")));
         }
+        // A new tenant is no tenant file's until the file sync marks it so
+        // (after this): a marker an earlier tenant of the id left (its
+        // removal failed, or the deletion predates deletions removing it)
+        // would let a file sync take this one over and purge it.
+        if let Err(e) = self.store.set_remove(&files::origin_key(), id.as_str()).await {
+            self.release(&id, &[]).await;
+            return Err(e.into());
+        }
         let mut reserved = Vec::new();
         for domain in &tenant.domains {
             match self
@@ -845,7 +853,9 @@ impl TenantRegistry {
         self.get(&id).await
     }
 
-    /// Deletes a tenant, its connections and its domains.
+    /// Deletes a tenant, its connections and its domains, and forgets that
+    /// a tenant file made or declared them (`files::origin_key`,
+    /// `files::declared_key`).
     pub async fn delete(&self, id: &TenantId) -> Result<(), RegistryError> {
         self.expiries.invalidate();
         let Some(tenant) = self.get(id).await? else {
@@ -853,6 +863,7 @@ impl TenantRegistry {
         };
         for c in self.store.set_members(&connections_key(id)).await? {
             if let Ok(c) = ConnectionId::parse(&c) {
+                self.store.delete(&files::declared_key(id, c.as_str())).await?;
                 self.store.delete(&connection_incarnation_key(id, &c)).await?;
                 if let Some(old) = self.connection(id, &c).await? {
                     self.release_acs_alias(&old).await?;
@@ -870,6 +881,15 @@ impl TenantRegistry {
         }
         self.store.set_remove(&index_key(), id.as_str()).await?;
         self.store.delete(&tenant_key(id)).await?;
+        // Whichever way the tenant went (admin API, tenant file, import
+        // rollback), it stops being a tenant file's, so one created again
+        // under its id is not taken for the file's. A failure is only
+        // logged: the tenant is gone either way (the caller's purge must
+        // still run), and the marker left is dropped by the next creation
+        // under the id (`create`) or by the file sync, which finds no tenant.
+        if let Err(e) = self.store.set_remove(&files::origin_key(), id.as_str()).await {
+            tracing::error!(reason = "tenant.file_marker_left", tenant = %id, error = %e, "a deleted tenant is still marked as a tenant file's");
+        }
         Ok(())
     }
 

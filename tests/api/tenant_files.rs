@@ -366,3 +366,179 @@ async fn a_file_re_pointing_a_connection_at_another_idp_renews_its_users_unless_
     assert!(stored.get("keep_users_on_issuer_change").is_none(), "{stored}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What `give_belongings` gives a tenant, all of which a purge removes.
+const BELONGINGS: [&str; 5] = ["users", "exchange_rules", "api_keys", "failed_sign_ins", "audit_log"];
+
+/// Makes `acme` through the admin API with a SAML connection `main` and
+/// gives it a user of it and the rest a purge removes.
+async fn tenant_made_through_the_api(app: &TestApp, name: &str) {
+    app.create_tenant("acme", name, &["acme.test"]).await;
+    app.admin_create(
+        "/admin/v1/tenants/acme/connections",
+        serde_json::json!({"id": "main", "kind": "saml", "metadata_xml": metadata(&[Key::new().cert_b64()])}),
+    )
+    .await;
+    crate::tenants_admin::give_belongings(app, "acme", "main").await;
+}
+
+/// A file naming a tenant made through the admin API is refused for it
+/// (`tenant_file.not_owned`): nothing of the tenant changes, and removing
+/// the file later removes nothing. The file used to update the tenant and
+/// mark it as its own, so removing (or renaming) the file deleted the
+/// tenant and purged its users, API keys and audit log.
+#[tokio::test]
+async fn a_file_naming_a_tenant_created_through_the_api_changes_nothing_and_never_deletes_it() {
+    let app = gateway().await;
+    let dir = scratch();
+    tenant_made_through_the_api(&app, "Acme by the API").await;
+    let (_, before) = get(&app, "/admin/v1/tenants/acme").await;
+    let key = Key::new();
+    let path = dir.join("acme.toml");
+    std::fs::write(
+        &path,
+        file(
+            "Acme by a file",
+            &["acme.example"],
+            &[("corp", &metadata(&[key.cert_b64()]))],
+        ),
+    )
+    .unwrap();
+    let sync_now = || sync_dir(&app, &dir);
+
+    let report = sync_now().await.unwrap();
+    assert!(report.created.is_empty() && report.updated.is_empty(), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("tenant_file.not_owned") && p.contains("adopt = true")),
+        "{report:?}"
+    );
+    let (_, after) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(after, before, "a refused file changed the tenant");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
+    assert_eq!(status, 404, "a refused file added a connection");
+    assert!(file_events(&app, "/admin/v1/audit").await.is_empty());
+
+    // The file goes (a rename reads the same to the sync): the tenant stays, with all it has.
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+    assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, BELONGINGS);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `adopt = true` (top level, a boolean) hands a tenant made through the
+/// admin API to its file: updated by it (audited `tenant.adopted` once),
+/// then deleted and purged when the file goes, as a tenant the file made.
+#[tokio::test]
+async fn a_file_that_adopts_a_tenant_created_through_the_api_takes_it_over() {
+    let app = gateway().await;
+    let dir = scratch();
+    tenant_made_through_the_api(&app, "Acme by the API").await;
+    let key = Key::new();
+    let path = dir.join("acme.toml");
+    let body = file(
+        "Acme by a file",
+        &["acme.test"],
+        &[("corp", &metadata(&[key.cert_b64()]))],
+    );
+    let sync_now = || sync_dir(&app, &dir);
+
+    // Not a boolean: the file is refused as a whole, like any bad field.
+    std::fs::write(&path, format!("adopt = \"yes\"\n{body}")).unwrap();
+    let problems = sync_now().await.unwrap_err();
+    assert!(problems.iter().any(|p| p.message.contains("adopt")), "{problems:?}");
+    let (_, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(tenant["name"], "Acme by the API", "{tenant}");
+
+    std::fs::write(&path, format!("adopt = true\n{body}")).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.updated, vec!["acme"], "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    let (_, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(tenant["name"], "Acme by a file", "{tenant}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme/connections/corp").await;
+    assert_eq!(status, 200);
+    // Its connection made through the API is not one the file declared: kept.
+    let (status, _) = get(&app, "/admin/v1/tenants/acme/connections/main").await;
+    assert_eq!(status, 200);
+    // Adopted once; the next pass finds it the file's already.
+    sync_now().await.unwrap();
+    let log = file_events(&app, "/admin/v1/tenants/acme/audit").await;
+    let adopted = log.iter().filter(|e| e["action"] == "tenant.adopted").count();
+    assert_eq!(adopted, 1, "{log:?}");
+
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.removed, vec!["acme"], "{report:?}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 404);
+    assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, Vec::<&str>::new());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tenant a file made, deleted through the admin API and made again
+/// through it, is not the file's: the deletion forgets the file's markers
+/// (tenant and connections). The marker used to stay, so the next sync
+/// without the file deleted the new tenant and purged what it had.
+#[tokio::test]
+async fn a_tenant_deleted_through_the_api_and_created_again_is_not_the_files() {
+    let app = gateway().await;
+    let dir = scratch();
+    let key = Key::new();
+    let path = dir.join("acme.toml");
+    let body = file("Acme", &["acme.test"], &[("corp", &metadata(&[key.cert_b64()]))]);
+    std::fs::write(&path, &body).unwrap();
+    let sync_now = || sync_dir(&app, &dir);
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.created, vec!["acme"], "{report:?}");
+
+    app.delete_tenant("acme").await;
+    tenant_made_through_the_api(&app, "Acme again").await;
+
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+    assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, BELONGINGS);
+    // Nor is a connection of the id the file's.
+    let declared = portcullis::store::Key::tenant("acme", "config", "declared:corp");
+    assert_eq!(
+        app.state.store.get(&declared).await.unwrap(),
+        None,
+        "a connection marker stayed"
+    );
+
+    // The file back: it no longer owns the tenant.
+    std::fs::write(&path, &body).unwrap();
+    let report = sync_now().await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("tenant_file.not_owned")),
+        "{report:?}"
+    );
+    let (_, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(tenant["name"], "Acme again", "{tenant}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A marker of file ownership left without its tenant (a deletion from
+/// before deletions removed it) does not make a tenant created under the
+/// id the files': creating a tenant drops it.
+#[tokio::test]
+async fn a_marker_left_by_an_earlier_tenant_does_not_hand_a_new_one_to_the_files() {
+    let app = gateway().await;
+    let dir = scratch();
+    let origin = portcullis::store::Key::global("tenants", "from-files");
+    app.state.store.set_add(&origin, "acme", None).await.unwrap();
+    app.create_tenant("acme", "Acme", &[]).await;
+    let report = sync_dir(&app, &dir).await.unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+    std::fs::remove_dir_all(&dir).ok();
+}
