@@ -302,9 +302,11 @@ fn request_id(headers: &HeaderMap, from_trusted_proxy: bool) -> String {
 pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let config = &state.edge;
-    let ip = match peer {
-        Some(peer) => client_ip(peer, req.headers(), config),
-        None => {
+    // The shedding layer determined it already when it counts addresses.
+    let ip = match (req.extensions().get::<ClientIp>(), peer) {
+        (Some(known), _) => known.0,
+        (None, Some(peer)) => client_ip(peer, req.headers(), config),
+        (None, None) => {
             // A server started without `into_make_service_with_connect_info`:
             // a wiring bug. Limits still hold, on one shared bucket.
             tracing::error!(
