@@ -241,7 +241,13 @@ pub async fn build(
             resolved.body_timeout,
         )),
         accounts,
-        in_flight: Arc::new(crate::http::shed::InFlight::new(resolved.max_in_flight)),
+        in_flight: Arc::new(
+            crate::http::shed::InFlight::new(resolved.max_in_flight).per_client(resolved.max_in_flight_per_client),
+        ),
+        admin_in_flight: Arc::new(
+            crate::http::shed::InFlight::new(resolved.admin_max_in_flight)
+                .per_client(resolved.max_in_flight_per_client),
+        ),
         published: Arc::default(),
     });
     seed_resource_servers(&state, settings).await?;

@@ -33,8 +33,10 @@ pub const REFRESH_SUCCESSES: &str = "portcullis_refresh_successes_total";
 pub const REFRESH_REUSE: &str = "portcullis_refresh_reuse_total";
 /// Requests refused by a rate limit, by route (incremented by the throttle layer).
 pub const THROTTLED: &str = "portcullis_throttled_total";
-/// Requests refused at once because the replica was at `[server]
-/// max_in_flight` (503, `overload.shed`), by route class.
+/// Requests refused at once by load shedding (503), by route class and
+/// reason: `overload.shed` (a listener at its `[server] max_in_flight`) or
+/// `overload.client_concurrency` (a client address at its
+/// `max_in_flight_per_client`).
 pub const SHED: &str = "portcullis_requests_shed_total";
 /// Requests being served now (those counted against `[server] max_in_flight`), read at scrape time.
 pub const IN_FLIGHT: &str = "portcullis_requests_in_flight";
@@ -190,7 +192,7 @@ fn describe() {
     describe_counter!(THROTTLED, "Requests refused by a rate limit (429), by route.");
     describe_counter!(
         SHED,
-        "Requests refused at once (503, overload.shed) because the replica was at max_in_flight, by route class."
+        "Requests refused at once (503) by load shedding, by route class and reason: overload.shed (the listener at its max_in_flight) or overload.client_concurrency (one client address at max_in_flight_per_client)."
     );
     describe_histogram!(
         HTTP_DURATION,
@@ -294,9 +296,11 @@ pub fn throttled(route: impl Into<String>) {
     metrics::counter!(THROTTLED, "route" => route.into()).increment(1);
 }
 
-/// A request refused by load shedding (503), by route class.
-pub fn shed(route: &'static str) {
-    metrics::counter!(SHED, "route" => route).increment(1);
+/// A request refused by load shedding (503), by route class and reason
+/// (`overload.shed`: the budget; `overload.client_concurrency`: the
+/// client address's share of it).
+pub fn shed(route: &'static str, reason: &'static str) {
+    metrics::counter!(SHED, "route" => route, "reason" => reason).increment(1);
 }
 
 /// One request's latency by route template (`method` is one of a closed

@@ -160,6 +160,22 @@ pub struct ServerSettings {
     /// refused. Unset: [`DEFAULT_IN_FLIGHT_PER_CPU`] per CPU this process
     /// may run on.
     pub max_in_flight: Option<usize>,
+    /// The most requests one client address (an IPv6 client by its /64)
+    /// has in flight at once on a listener
+    /// (`PORTCULLIS_MAX_IN_FLIGHT_PER_CLIENT`, 0 to 1,000,000; default 32;
+    /// 0: no cap). One more is refused at once with a 503 and
+    /// `Retry-After` (`overload.client_concurrency`), before its body is
+    /// read, so one client cannot take every `max_in_flight` slot. Behind
+    /// a proxy, list it in `[throttle] trusted_proxies`, or every client
+    /// shares the proxy's address.
+    pub max_in_flight_per_client: usize,
+    /// The most requests the admin listener (`admin_listen`) serves at
+    /// once, a budget of its own apart from `max_in_flight`
+    /// (`PORTCULLIS_ADMIN_MAX_IN_FLIGHT`, 1 to 1,000,000; default 64), so a
+    /// saturated public listener never sheds the admin API, nor the admin
+    /// API the public listener. Without `admin_listen` the admin API shares
+    /// `max_in_flight`.
+    pub admin_max_in_flight: usize,
     /// How long a client may take to send a request's line and headers,
     /// seconds (`PORTCULLIS_HEADER_TIMEOUT_SECS`, 1 to 3600; default 65).
     /// The same clock runs while a keep-alive connection waits for its next
@@ -199,6 +215,12 @@ pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 /// on Redis, an IdP or a hook without using CPU, small enough that memory
 /// stays bounded and what cannot be served soon is refused at once.
 pub const DEFAULT_IN_FLIGHT_PER_CPU: usize = 128;
+
+/// `[server] max_in_flight_per_client` when unset.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT: usize = 32;
+
+/// `[server] admin_max_in_flight` when unset.
+pub const DEFAULT_ADMIN_MAX_IN_FLIGHT: usize = 64;
 
 /// The largest `[server] max_in_flight` accepted.
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
@@ -485,6 +507,8 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 25,
             shutdown_delay_secs: 0,
             max_in_flight: None,
+            max_in_flight_per_client: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            admin_max_in_flight: DEFAULT_ADMIN_MAX_IN_FLIGHT,
             header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -568,6 +592,11 @@ pub struct Resolved {
     /// The most requests served at once (`[server] max_in_flight`, or its
     /// default for this machine).
     pub max_in_flight: usize,
+    /// The most requests one client address has in flight on a listener
+    /// (`[server] max_in_flight_per_client`; 0: no cap).
+    pub max_in_flight_per_client: usize,
+    /// The admin listener's own budget (`[server] admin_max_in_flight`).
+    pub admin_max_in_flight: usize,
     /// How long a request's line and headers may take, and how long a
     /// keep-alive connection may stay idle (`[server] header_timeout_secs`).
     pub header_timeout: std::time::Duration,
@@ -707,6 +736,29 @@ impl Settings {
                 }),
             }
         }
+        for (name, field, what) in [
+            (
+                "PORTCULLIS_MAX_IN_FLIGHT_PER_CLIENT",
+                &mut self.server.max_in_flight_per_client,
+                "requests",
+            ),
+            (
+                "PORTCULLIS_ADMIN_MAX_IN_FLIGHT",
+                &mut self.server.admin_max_in_flight,
+                "requests",
+            ),
+        ] {
+            if let Some(v) = env.get(name) {
+                match v.parse::<usize>() {
+                    Ok(n) => *field = n,
+                    Err(_) => problems.push(ConfigProblem {
+                        source: name.into(),
+                        field: String::new(),
+                        message: format!("expected a number of {what}, found {v:?}"),
+                    }),
+                }
+            }
+        }
         if let Some(v) = env.get("PORTCULLIS_MAX_CONNECTIONS") {
             match v.parse::<usize>() {
                 Ok(n) => self.server.max_connections = n,
@@ -837,6 +889,24 @@ impl Settings {
             bad(
                 "server.max_connections",
                 format!("{} is outside 1..={MAX_IN_FLIGHT_LIMIT}", self.server.max_connections),
+            );
+        }
+        if self.server.max_in_flight_per_client > MAX_IN_FLIGHT_LIMIT {
+            bad(
+                "server.max_in_flight_per_client",
+                format!(
+                    "{} is outside 0..={MAX_IN_FLIGHT_LIMIT}",
+                    self.server.max_in_flight_per_client
+                ),
+            );
+        }
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.server.admin_max_in_flight) {
+            bad(
+                "server.admin_max_in_flight",
+                format!(
+                    "{} is outside 1..={MAX_IN_FLIGHT_LIMIT}",
+                    self.server.admin_max_in_flight
+                ),
             );
         }
         if let Some(n) = self.server.max_in_flight {
@@ -1110,6 +1180,8 @@ impl Settings {
                 shutdown_grace: std::time::Duration::from_secs(self.server.shutdown_grace_secs),
                 shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay_secs),
                 max_in_flight: self.server.max_in_flight.unwrap_or_else(default_max_in_flight),
+                max_in_flight_per_client: self.server.max_in_flight_per_client,
+                admin_max_in_flight: self.server.admin_max_in_flight,
                 header_timeout: std::time::Duration::from_secs(self.server.header_timeout_secs),
                 body_timeout: std::time::Duration::from_secs(self.server.body_timeout_secs),
                 max_connections: self.server.max_connections,
@@ -1369,6 +1441,36 @@ routes = [
         let err = s.validate("d").unwrap_err();
         assert!(err.0.iter().any(|p| p.field == "server.max_in_flight"), "{err}");
         let bad: BTreeMap<String, String> = [("PORTCULLIS_MAX_IN_FLIGHT".to_string(), "lots".to_string())].into();
+        assert!(memory_settings().apply_env(&bad).is_err());
+    }
+
+    #[test]
+    fn the_per_client_cap_and_the_admin_budget_default_small_and_are_bounded() {
+        let r = memory_settings().validate("d").unwrap();
+        assert_eq!(
+            (r.max_in_flight_per_client, r.admin_max_in_flight),
+            (DEFAULT_MAX_IN_FLIGHT_PER_CLIENT, DEFAULT_ADMIN_MAX_IN_FLIGHT)
+        );
+        let s = Settings::parse(
+            "[store]\nbackend = \"memory\"\n[server]\nmax_in_flight_per_client = 0\nadmin_max_in_flight = 5\n",
+            "x.toml",
+        )
+        .unwrap();
+        let r = s.validate("x.toml").unwrap();
+        assert_eq!((r.max_in_flight_per_client, r.admin_max_in_flight), (0, 5), "0: no cap");
+        let mut s = memory_settings();
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_MAX_IN_FLIGHT_PER_CLIENT".to_string(), "1000001".to_string()),
+            ("PORTCULLIS_ADMIN_MAX_IN_FLIGHT".to_string(), "0".to_string()),
+        ]
+        .into();
+        s.apply_env(&env).unwrap();
+        let err = s.validate("d").unwrap_err();
+        for field in ["server.max_in_flight_per_client", "server.admin_max_in_flight"] {
+            assert!(err.0.iter().any(|p| p.field == field), "{field}: {err}");
+        }
+        let bad: BTreeMap<String, String> =
+            [("PORTCULLIS_MAX_IN_FLIGHT_PER_CLIENT".to_string(), "many".to_string())].into();
         assert!(memory_settings().apply_env(&bad).is_err());
     }
 

@@ -328,15 +328,11 @@ fn request_id(headers: &HeaderMap, from_trusted_proxy: bool) -> String {
 pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let config = &state.edge;
-    let ip = match peer {
-        Some(peer) => {
-            let ip = client_ip(peer, req.headers(), config);
-            if ip == canonical(peer) && !config.trusted(ip) && req.headers().contains_key("x-forwarded-for") {
-                config.note_untrusted_forward(ip);
-            }
-            ip
-        }
-        None => {
+    // The shedding layer determined it already when it counts addresses.
+    let ip = match (req.extensions().get::<ClientIp>(), peer) {
+        (Some(known), _) => known.0,
+        (None, Some(peer)) => client_ip(peer, req.headers(), config),
+        (None, None) => {
             // A server started without `into_make_service_with_connect_info`:
             // a wiring bug. Limits still hold, on one shared bucket.
             tracing::error!(
@@ -346,6 +342,11 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
             IpAddr::from([0, 0, 0, 0])
         }
     };
+    if let Some(peer) = peer {
+        if ip == canonical(peer) && !config.trusted(ip) && req.headers().contains_key("x-forwarded-for") {
+            config.note_untrusted_forward(ip);
+        }
+    }
     let (class, path_tenant) = RouteClass::of(req.method(), req.uri().path());
     // A caller's id is taken from a trusted proxy, and on the admin API,
     // whose callers correlate their own changes in the audit log (sanitised

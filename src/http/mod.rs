@@ -67,9 +67,13 @@ pub struct AppState {
     pub edge: Arc<edge::EdgeConfig>,
     /// Local accounts (`"kind":"local"` connections) and their mail.
     pub accounts: crate::local::Accounts,
-    /// The replica's budget of requests in flight (`[server] max_in_flight`),
-    /// shared by every listener.
+    /// The public listener's budget of requests in flight (`[server]
+    /// max_in_flight`; the only listener's without `admin_listen`), with
+    /// its share per client address (`max_in_flight_per_client`).
     pub in_flight: Arc<shed::InFlight>,
+    /// The admin listener's own budget (`[server] admin_max_in_flight`),
+    /// so neither listener's saturation sheds the other's requests.
+    pub admin_in_flight: Arc<shed::InFlight>,
     /// Discovery served from bytes serialised once per change.
     pub published: Arc<oauth::PublishedDocs>,
 }
@@ -108,11 +112,13 @@ pub const MAX_BODY_BYTES: usize = edge::MAX_ADMIN_BODY;
 /// Builds the whole router: everything on one listener (no
 /// `[server] admin_listen`): the public routes and the admin ones.
 pub fn router(state: Arc<AppState>) -> Router {
+    let budget = state.in_flight.clone();
     finish(
         public_routes(&state)
             .merge(admin_routes(&state, metrics::on_public_listener(&state)))
             .fallback(flows::fallback),
         &state,
+        budget,
     )
 }
 
@@ -120,12 +126,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// listener: browsers, apps, IdPs, the setup portal (tenant admins reach it
 /// from outside) and the health probes. `/admin/...` and `/metrics` answer 404.
 pub fn public_router(state: Arc<AppState>) -> Router {
-    finish(public_routes(&state).fallback(flows::fallback), &state)
+    let budget = state.in_flight.clone();
+    finish(public_routes(&state).fallback(flows::fallback), &state, budget)
 }
 
 /// The router of the admin listener (`[server] admin_listen`): the admin
-/// API with its OpenAPI document, `/metrics` and the health probes.
+/// API with its OpenAPI document, `/metrics` and the health probes, on a
+/// budget of its own (`[server] admin_max_in_flight`).
 pub fn admin_router(state: Arc<AppState>) -> Router {
+    let budget = state.admin_in_flight.clone();
     finish(
         admin_routes(&state, true)
             .route("/healthz", get(health::healthz))
@@ -133,6 +142,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
             // Only the admin API here: no migrated ACS aliases.
             .fallback(flows::not_found),
         &state,
+        budget,
     )
 }
 
@@ -220,11 +230,12 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new().merge(browser).merge(api).merge(crate::portal::routes())
 }
 
-/// The layers every listener shares: load shedding (outermost), the edge
-/// (client address, request id, the request's span and audit scope, size
-/// and rate limits, the security headers of every response), the body
-/// limit and the route metrics.
-fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
+/// The layers every listener shares: load shedding over the listener's
+/// `budget`, per client address too (outermost), the edge (client address,
+/// request id, the request's span and audit scope, size and rate limits,
+/// the security headers of every response), the body limit and the route
+/// metrics.
+fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>, budget: Arc<shed::InFlight>) -> Router {
     // The shedding layer sits outside the edge, so it sets the security
     // headers of its own 503s.
     let https = state.upstream.public_url.scheme() == "https";
@@ -233,8 +244,9 @@ fn finish(routes: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::layer))
-        // Outermost: a request over the replica's budget is refused before
-        // any work, above all before the rate limiter's store round trip.
-        .layer(shed::ShedLayer::new(state.in_flight.clone(), https))
+        // Outermost: a request over the listener's budget, or over its
+        // client address's share, is refused before any work, above all
+        // before its body is read and the rate limiter's store round trip.
+        .layer(shed::ShedLayer::new(budget, https).client_addresses(state.edge.clone()))
         .with_state(state.clone())
 }

@@ -4,11 +4,11 @@
 //! request holds its connection, its body and its task, latency grows for
 //! everyone, memory grows with the queue, and by the time a request is
 //! served its client has often given up. [`ShedLayer`] is the outermost
-//! layer of every listener: it takes a slot from one per-replica
+//! layer of every listener: it takes a slot from its listener's
 //! [`InFlight`] budget (`[server] max_in_flight`) without waiting and
 //! answers at once when none is left: 503 with `Retry-After`, in the
 //! route's own error format, reason code `overload.shed`, counted in
-//! `portcullis_requests_shed_total{route}`.
+//! `portcullis_requests_shed_total{route,reason}`.
 //!
 //! * No waiting room: a slot is taken with `try_acquire` or not at all. A
 //!   short bounded wait would only move the queue into the gateway (each
@@ -35,24 +35,53 @@
 //! * Logging every refusal would add the very work being shed: the first
 //!   refusal in each second logs a `reason = "overload.shed"` line with the
 //!   number refused since the previous line; the counter has every one.
+//! * One client cannot take the whole budget: with
+//!   `[server] max_in_flight_per_client`, a client address (an IPv6 client
+//!   by its /64; as the edge determines it, [`edge::client_ip`], so behind
+//!   `[throttle] trusted_proxies` the forwarded one) holds at most that
+//!   many of a budget's slots at once; one more is refused the same way,
+//!   reason `overload.client_concurrency`, counted under that reason and
+//!   logged once a second under it. This is taken here, before the body
+//!   is read and before the rate limiter counts anything: a client
+//!   trickling bodies is not counted by the limiter until its body
+//!   arrives, and would otherwise take every slot for the body deadline.
+//!   The counts live in a small sharded map of the budget's own (a mutex
+//!   per shard, taken for an increment and a decrement), with an entry
+//!   only while its address has a request in flight, and only for a
+//!   request that already holds a budget slot: never more entries than the
+//!   budget.
+//! * A budget per listener: the admin listener (`[server] admin_listen`)
+//!   has its own (`[server] admin_max_in_flight`), so a saturated public
+//!   listener never sheds the admin API operators need during the
+//!   incident, nor a runaway admin script the public routes.
 
-use super::edge::{self, RouteClass};
+use super::edge::{self, ClientIp, EdgeConfig, RouteClass};
 use super::pages;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The reason code of a shed request.
 pub const REASON: &str = "overload.shed";
+
+/// The reason code of a request refused because its client address
+/// already has `[server] max_in_flight_per_client` requests in flight.
+pub const CLIENT_REASON: &str = "overload.client_concurrency";
+
+/// Shards of the per-client map: enough that concurrent requests rarely
+/// wait for one another's lock, few enough to stay small.
+const CLIENT_SHARDS: usize = 32;
 
 /// `Retry-After` of a shed request, seconds: overload passes in moments,
 /// and the client's next try may well reach a replica with room.
@@ -64,25 +93,44 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// Paths that are never refused: the probes and the metrics scrape.
 const EXEMPT: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
-/// The replica's budget of requests in flight, shared by its listeners.
+/// A listener's budget of requests in flight (the public listener's is
+/// `[server] max_in_flight`, the admin listener's `admin_max_in_flight`),
+/// with its share per client address.
 #[derive(Debug)]
 pub struct InFlight {
     slots: Arc<Semaphore>,
     max: usize,
-    shed_since_log: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    /// `[server] max_in_flight_per_client`; `None`: no cap.
+    clients: Option<ClientSlots>,
+    shed_log: super::quiet::Quiet,
+    client_log: super::quiet::Quiet,
 }
 
 impl InFlight {
-    /// A budget of `max` requests at once (at least one).
+    /// A budget of `max` requests at once (at least one), with no cap per
+    /// client address.
     pub fn new(max: usize) -> Self {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
-            shed_since_log: AtomicU64::new(0),
-            last_log: Mutex::new(None),
+            clients: None,
+            shed_log: super::quiet::Quiet::new(LOG_EVERY),
+            client_log: super::quiet::Quiet::new(LOG_EVERY),
         }
+    }
+
+    /// The same budget, of which one client address holds at most
+    /// `per_client` slots at once (0: no cap).
+    pub fn per_client(mut self, per_client: usize) -> Self {
+        self.clients = (per_client > 0).then(|| ClientSlots::new(per_client));
+        self
+    }
+
+    /// Client addresses holding a slot now (the entries of the per-client
+    /// map; never more than the requests in flight).
+    pub fn clients(&self) -> usize {
+        self.clients.as_ref().map_or(0, ClientSlots::len)
     }
 
     /// The budget.
@@ -114,25 +162,32 @@ impl InFlight {
         self.max / 4
     }
 
-    /// Counts a refusal and logs it, at most once per [`LOG_EVERY`].
-    fn refused(&self, class: &'static str) {
-        crate::meter::shed(class);
-        self.shed_since_log.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let due = match self.last_log.try_lock() {
-            Ok(mut last) => {
-                let due = last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
-                if due {
-                    *last = Some(now);
-                }
-                due
-            }
-            // Another refusal is deciding right now; it logs.
-            Err(_) => false,
+    /// A slot for a request of `client`, if its address holds fewer than
+    /// its share; `Ok(None)` when there is no cap. Taken only by a request
+    /// that holds a budget slot, so the map never has more entries than
+    /// the budget has slots.
+    fn try_enter_client(self: &Arc<Self>, client: IpAddr) -> Result<Option<ClientSlot>, ()> {
+        let Some(clients) = &self.clients else {
+            return Ok(None);
         };
-        if due {
+        let key = ClientSlots::key(client);
+        let shard = clients.shard(key);
+        if !clients.try_take(key, shard) {
+            return Err(());
+        }
+        Ok(Some(ClientSlot {
+            budget: self.clone(),
+            key,
+            shard,
+        }))
+    }
+
+    /// Counts a refusal and logs it, at most once per [`LOG_EVERY`] and
+    /// reason.
+    fn refused(&self, class: &'static str) {
+        crate::meter::shed(class, REASON);
+        if let Some(shed) = self.shed_log.due() {
             // This refusal and every one since the previous line.
-            let shed = self.shed_since_log.swap(0, Ordering::Relaxed);
             tracing::warn!(
                 reason = REASON,
                 route = class,
@@ -143,19 +198,136 @@ impl InFlight {
             );
         }
     }
+
+    /// Counts a refusal for the client's share and logs it, at most once
+    /// per [`LOG_EVERY`] (naming the address refused then).
+    fn refused_client(&self, class: &'static str, client: IpAddr) {
+        crate::meter::shed(class, CLIENT_REASON);
+        if let Some(shed) = self.client_log.due() {
+            tracing::warn!(
+                reason = CLIENT_REASON,
+                route = class,
+                shed,
+                client = %client,
+                max_in_flight_per_client = self.clients.as_ref().map_or(0, |c| c.cap),
+                in_flight = self.current(),
+                "a client address at its share of the requests in flight: refused at once (503)"
+            );
+        }
+    }
+}
+
+/// Requests in flight per client address: a map sharded by the address's
+/// hash, an entry only while its count is above zero.
+#[derive(Debug)]
+struct ClientSlots {
+    cap: u32,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+}
+
+impl ClientSlots {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: u32::try_from(cap).unwrap_or(u32::MAX),
+            hasher: RandomState::new(),
+            shards: (0..CLIENT_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The address a count is kept under: an IPv4 address, an IPv6 one's
+    /// /64 (one customer line gets a whole /64, as in the rate limits).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        }
+    }
+
+    fn shard(&self, key: IpAddr) -> usize {
+        // The remainder is below the shard count, so the cast keeps it.
+        (self.hasher.hash_one(key) % CLIENT_SHARDS as u64) as usize
+    }
+
+    /// The shard's map; a poisoned lock (nothing here panics while holding
+    /// it) still holds consistent counts.
+    fn lock(&self, shard: usize) -> Option<std::sync::MutexGuard<'_, HashMap<IpAddr, u32>>> {
+        self.shards
+            .get(shard)
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn try_take(&self, key: IpAddr, shard: usize) -> bool {
+        let Some(mut map) = self.lock(shard) else {
+            return true;
+        };
+        let count = map.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, key: IpAddr, shard: usize) {
+        let Some(mut map) = self.lock(shard) else {
+            return;
+        };
+        if let Some(count) = map.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        (0..self.shards.len())
+            .filter_map(|i| self.lock(i).map(|m| m.len()))
+            .sum()
+    }
+}
+
+/// A client address's slot, given back when the request is done (or
+/// dropped half way).
+struct ClientSlot {
+    budget: Arc<InFlight>,
+    key: IpAddr,
+    shard: usize,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some(clients) = &self.budget.clients {
+            clients.release(self.key, self.shard);
+        }
+    }
 }
 
 /// The tower layer of [`Shed`] (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
     budget: Arc<InFlight>,
+    edge: Option<Arc<EdgeConfig>>,
     https: bool,
 }
 
 impl ShedLayer {
     /// Sheds over `budget`; `https` adds HSTS to the refusals.
     pub fn new(budget: Arc<InFlight>, https: bool) -> Self {
-        Self { budget, https }
+        Self {
+            budget,
+            edge: None,
+            https,
+        }
+    }
+
+    /// Tells client addresses apart as the edge does (`[throttle]
+    /// trusted_proxies`), for the budget's share per client; without it a
+    /// budget's per-client cap has no address to count.
+    pub fn client_addresses(mut self, edge: Arc<EdgeConfig>) -> Self {
+        self.edge = Some(edge);
+        self
     }
 }
 
@@ -166,18 +338,32 @@ impl<S> tower::Layer<S> for ShedLayer {
         Shed {
             inner,
             budget: self.budget.clone(),
+            edge: self.edge.clone(),
             https: self.https,
         }
     }
 }
 
-/// A service that serves at most its budget of requests at once and
-/// refuses the rest at once.
+/// A service that serves at most its budget of requests at once, and at
+/// most a client address's share to one address, and refuses the rest at
+/// once.
 #[derive(Debug, Clone)]
 pub struct Shed<S> {
     inner: S,
     budget: Arc<InFlight>,
+    edge: Option<Arc<EdgeConfig>>,
     https: bool,
+}
+
+impl<S> Shed<S> {
+    /// The client address of `req` when the budget caps addresses (`None`
+    /// otherwise, or without the peer's address, which the edge reports).
+    fn client(&self, req: &Request) -> Option<IpAddr> {
+        self.budget.clients.as_ref()?;
+        let edge = self.edge.as_deref()?;
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        Some(edge::client_ip(peer, req.headers(), edge))
+    }
 }
 
 impl<S> tower::Service<Request> for Shed<S>
@@ -201,24 +387,47 @@ where
             return Box::pin(inner.call(req));
         }
         let fresh = RouteClass::of(req.method(), req.uri().path()).0 == RouteClass::Authorize;
-        match self.budget.try_enter(fresh) {
-            Some(slot) => {
-                let answer = inner.call(req);
-                Box::pin(async move {
-                    let resp = answer.await;
+        let Some(slot) = self.budget.try_enter(fresh) else {
+            let (class, label) = shape(req.method(), req.uri().path());
+            self.budget.refused(label);
+            let resp = refusal(class, self.https, REASON, BUSY);
+            return Box::pin(std::future::ready(Ok(resp)));
+        };
+        let mut req = req;
+        let client_slot = match self.client(&req) {
+            Some(client) => match self.budget.try_enter_client(client) {
+                Ok(taken) => {
+                    // The edge takes the address from here, not again
+                    // from the headers.
+                    req.extensions_mut().insert(ClientIp(client));
+                    taken
+                }
+                Err(()) => {
                     drop(slot);
-                    resp
-                })
-            }
-            None => {
-                let (class, label) = shape(req.method(), req.uri().path());
-                self.budget.refused(label);
-                let resp = refusal(class, self.https);
-                Box::pin(std::future::ready(Ok(resp)))
-            }
-        }
+                    let (class, label) = shape(req.method(), req.uri().path());
+                    self.budget.refused_client(label, client);
+                    let resp = refusal(class, self.https, CLIENT_REASON, CLIENT_BUSY);
+                    return Box::pin(std::future::ready(Ok(resp)));
+                }
+            },
+            None => None,
+        };
+        let answer = inner.call(req);
+        Box::pin(async move {
+            let resp = answer.await;
+            drop(client_slot);
+            drop(slot);
+            resp
+        })
     }
 }
+
+/// What a shed request is told.
+const BUSY: &str = "The service is busy. Please try again in a moment.";
+
+/// What a request over its address's share is told.
+const CLIENT_BUSY: &str =
+    "Too many requests from your address are in progress. Please try again when one has finished.";
 
 /// The format a refusal takes on a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,13 +452,13 @@ fn shape(method: &Method, path: &str) -> (Shape, &'static str) {
     }
 }
 
-/// The 503 of a shed request: RFC 6749 `temporarily_unavailable` on the
+/// The 503 of a shed request (`reason`: `overload.shed`, or
+/// `overload.client_concurrency` over an address's share): RFC 6749 `temporarily_unavailable` on the
 /// OAuth endpoints (and discovery, JWKS), problem+json on the admin API, a
 /// page for browsers, and for forward auth a 503 the proxy passes on
 /// (never a 401/403, which would read as "this token is bad"). Every one
 /// carries `Retry-After`, the security headers and an `x-request-id`.
-fn refusal(shape: Shape, https: bool) -> Response {
-    let message = "The service is busy. Please try again in a moment.";
+fn refusal(shape: Shape, https: bool, reason: &'static str, message: &str) -> Response {
     let mut resp = match shape {
         Shape::Class(class) => edge::answer(
             class,
@@ -257,14 +466,14 @@ fn refusal(shape: Shape, https: bool) -> Response {
             "temporarily_unavailable",
             "Temporarily unavailable",
             message,
-            REASON,
+            reason,
         ),
         Shape::ForwardAuth => {
-            let body = json!({"error": "temporarily_unavailable", "error_description": message, "reason": REASON});
+            let body = json!({"error": "temporarily_unavailable", "error_description": message, "reason": reason});
             let mut resp = (StatusCode::SERVICE_UNAVAILABLE, pages::no_store(), axum::Json(body)).into_response();
             resp.headers_mut().insert(
                 header::HeaderName::from_static(super::forward::REASON_HEADER),
-                HeaderValue::from_static(REASON),
+                HeaderValue::from_static(reason),
             );
             resp
         }
@@ -340,7 +549,7 @@ mod tests {
         until_in_flight(&budget, 2).await;
 
         // The third, on every boundary, is refused without waiting.
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let token = svc.clone().oneshot(request(Method::POST, "/token")).await.unwrap();
         assert!(started.elapsed() < Duration::from_millis(500), "a refusal never waits");
         assert_eq!(token.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -442,6 +651,114 @@ mod tests {
         assert_eq!(last.await.unwrap().unwrap().status(), StatusCode::OK);
         let page = svc.clone().oneshot(request(Method::GET, "/authorize")).await.unwrap();
         assert_eq!(page.status(), StatusCode::OK);
+    }
+
+    /// A request from `client` as the server passes it on: with its peer address.
+    fn from(client: &str, method: Method, path: &str) -> Request {
+        let mut req = request(method, path);
+        let peer: SocketAddr = format!("{client}:4711")
+            .parse()
+            .unwrap_or_else(|_| format!("[{client}]:4711").parse().unwrap());
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req
+    }
+
+    #[tokio::test]
+    async fn one_client_address_holds_at_most_its_share_and_its_entry_goes_with_its_last_request() {
+        let release = Arc::new(Semaphore::new(0));
+        let budget = Arc::new(InFlight::new(8).per_client(2));
+        let edge = Arc::new(EdgeConfig::new(&Default::default(), Duration::from_secs(30)));
+        let svc = tower::ServiceBuilder::new()
+            .layer(ShedLayer::new(budget.clone(), false).client_addresses(edge))
+            .service(held(release.clone()));
+        // Two of one address, two of one IPv6 /64 (two addresses in it).
+        let mut held = Vec::new();
+        for client in ["192.0.2.1", "192.0.2.1", "2001:db8:1:2::1", "2001:db8:1:2::ffff"] {
+            held.push(tokio::spawn(svc.clone().oneshot(from(client, Method::POST, "/token"))));
+        }
+        until_in_flight(&budget, 4).await;
+        assert_eq!(budget.clients(), 2, "one entry per address, an IPv6 client by its /64");
+
+        // Their next request is refused at once, in its format, with its reason...
+        for client in ["192.0.2.1", "2001:db8:1:2::2"] {
+            let token = svc.clone().oneshot(from(client, Method::POST, "/token")).await.unwrap();
+            assert_eq!(token.status(), StatusCode::SERVICE_UNAVAILABLE, "{client}");
+            assert_eq!(token.headers()[header::RETRY_AFTER], "1");
+            let json: serde_json::Value = serde_json::from_str(&body(token).await).unwrap();
+            assert_eq!(json["error"], "temporarily_unavailable");
+        }
+        let page = svc
+            .clone()
+            .oneshot(from("192.0.2.1", Method::GET, "/authorize"))
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(page).await.contains(CLIENT_REASON));
+        let admin = svc
+            .clone()
+            .oneshot(from("192.0.2.1", Method::GET, "/admin/v1/tenants"))
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_str(&body(admin).await).unwrap();
+        assert_eq!(problem["reason"], CLIENT_REASON);
+        // ...and takes no slot; its probes still answer.
+        assert_eq!(budget.current(), 4);
+        let probe = svc
+            .clone()
+            .oneshot(from("192.0.2.1", Method::GET, "/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(probe.status(), StatusCode::OK);
+
+        // Another address (another /64) is served from the same budget.
+        for client in ["192.0.2.2", "2001:db8:1:3::1"] {
+            let page = svc
+                .clone()
+                .oneshot(from(client, Method::GET, "/authorize"))
+                .await
+                .unwrap();
+            assert_eq!(page.status(), StatusCode::OK, "{client}");
+        }
+
+        // Done: every slot back, no entry left behind.
+        release.add_permits(4);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        until_in_flight(&budget, 0).await;
+        assert_eq!(
+            budget.clients(),
+            0,
+            "an address without a request in flight has no entry"
+        );
+        let again = svc
+            .clone()
+            .oneshot(from("192.0.2.1", Method::GET, "/authorize"))
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_client_slot_is_returned_when_the_request_is_dropped_half_way() {
+        let release = Arc::new(Semaphore::new(0));
+        let budget = Arc::new(InFlight::new(4).per_client(1));
+        let edge = Arc::new(EdgeConfig::new(&Default::default(), Duration::from_secs(30)));
+        let mut svc = ShedLayer::new(budget.clone(), false)
+            .client_addresses(edge)
+            .layer_service(held(release));
+        let pending = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(from("192.0.2.1", Method::POST, "/token"));
+        let task = tokio::spawn(pending);
+        until_in_flight(&budget, 1).await;
+        assert_eq!(budget.clients(), 1);
+        task.abort();
+        let _ = task.await;
+        until_in_flight(&budget, 0).await;
+        assert_eq!(budget.clients(), 0);
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub fn master_key_file() -> PathBuf {
 /// Settings for an in-process gateway on the shared test Redis, read the
 /// way the binary reads them (environment over defaults).
 fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
+    settings_with_env(&[], tweak)
+}
+
+/// [`settings`] with more environment variables (`extra`).
+fn settings_with_env(extra: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Settings {
     let env: std::collections::BTreeMap<String, String> = [
         ("PORTCULLIS_LISTEN", "127.0.0.1:0".to_owned()),
         ("PORTCULLIS_PUBLIC_URL", "http://127.0.0.1:8080".to_owned()),
@@ -46,6 +51,7 @@ fn settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
         ("PORTCULLIS_MASTER_KEY_FILE", master_key_file().display().to_string()),
     ]
     .into_iter()
+    .chain(extra.iter().map(|(k, v)| (*k, (*v).to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let mut s = Settings::load(None, &env).unwrap();
@@ -834,6 +840,195 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
         assert!(Instant::now() < deadline, "connections still counted open:\n{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
+
+// ---- one client, every slot --------------------------------------------
+
+/// A `POST /token` whose headers arrived and whose body never finishes: a
+/// request holding a slot until its body deadline.
+const STALLED_TOKEN: &str = "POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+    Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60\r\n\r\ngrant_type=authorization_code&code=";
+
+/// Asks `url` every 50 ms until it answers `status` (at most 10 s): the
+/// stalled requests before it have reached the gateway and hold their slots.
+async fn until_status(client: &reqwest::Client, url: &str, status: u16) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client.get(url).send().await.unwrap();
+        if resp.status().as_u16() == status {
+            return resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still answers {} instead of {status}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `portcullis_requests_shed_total{route, reason}` as this process counts it.
+async fn shed_total(admin: SocketAddr, route: &str, reason: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("http://{admin}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("portcullis_requests_shed_total{"))
+        .filter(|l| l.contains(&format!("route=\"{route}\"")) && l.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One address sending request headers and trickling (here: never
+/// finishing) their bodies took every `max_in_flight` slot of a replica:
+/// the edge reads a token form before the rate limiter counts it, so
+/// nothing counted those requests, and every other client got a 503 shed
+/// until the body deadline, again and again. Now an address holds at most
+/// `max_in_flight_per_client` slots; its next request is refused at once
+/// (503, `Retry-After`, `overload.client_concurrency`, counted and logged),
+/// and another address is still served.
+#[tokio::test]
+async fn one_address_with_stalled_token_requests_holds_only_its_share_and_others_are_served() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let (main, admin, stop, task) = start(settings_with_env(
+        &[
+            ("PORTCULLIS_MAX_IN_FLIGHT", "8"),
+            ("PORTCULLIS_MAX_IN_FLIGHT_PER_CLIENT", "4"),
+        ],
+        |s| s.server.admin_listen = Some("127.0.0.1:0".into()),
+    ))
+    .await;
+    let admin = admin.expect("an admin listener");
+    let before = shed_total(admin, "token", "overload.client_concurrency").await;
+    // This client's address is 127.0.0.1, the other's 127.0.0.2 (loopback
+    // answers every 127/8 address).
+    let c = reqwest::Client::new();
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let discovery = format!("http://{main}/.well-known/openid-configuration");
+
+    let mut stalled_requests = Vec::new();
+    for _ in 0..4 {
+        stalled_requests.push(stalled(main, STALLED_TOKEN).await);
+    }
+    // Once the four hold their slots, the address's next request is refused.
+    let page = until_status(&c, &format!("http://{main}/authorize?tenant=demo"), 503).await;
+    assert_eq!(page.headers()["retry-after"], "1");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("overload.client_concurrency"), "{page}");
+
+    // A fifth token request of the address: RFC 6749 JSON, at once.
+    let started = Instant::now();
+    let fifth = c
+        .post(format!("http://{main}/token"))
+        .form(&[("grant_type", "client_credentials"), ("client_id", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "a refusal never waits");
+    assert_eq!(fifth.status(), 503);
+    assert_eq!(fifth.headers()["retry-after"], "1");
+    let json: serde_json::Value = fifth.json().await.unwrap();
+    assert_eq!(json["error"], "temporarily_unavailable", "{json}");
+    let forward = c.get(format!("http://{main}/forward-auth")).send().await.unwrap();
+    assert_eq!(forward.status(), 503);
+    assert_eq!(forward.headers()["x-portcullis-reason"], "overload.client_concurrency");
+    // The probes stay exempt, for this address too.
+    assert_eq!(status(&c, format!("http://{main}/healthz"), false).await, 200);
+    assert_eq!(status(&c, format!("http://{main}/readyz"), false).await, 200);
+
+    // Another address: the budget has room for it.
+    let served = other.get(&discovery).send().await.unwrap();
+    assert_eq!(served.status(), 200, "another client is served");
+    assert_eq!(
+        other
+            .post(format!("http://{main}/token"))
+            .form(&[("grant_type", "client_credentials"), ("client_id", "x")])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "the token endpoint decides another client's request (an unknown app)"
+    );
+
+    // Counted under its reason, and logged with it.
+    assert!(shed_total(admin, "token", "overload.client_concurrency").await - before >= 1.0);
+    let lines = logs.with_reason("overload.client_concurrency");
+    assert!(!lines.is_empty(), "no overload.client_concurrency line");
+    assert_eq!(lines[0]["fields"]["client"], "127.0.0.1", "{:?}", lines[0]);
+
+    // The stalled clients go: the address is served again.
+    drop(stalled_requests);
+    until_status(&c, &discovery, 200).await;
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap(), Ended::Drained);
+}
+
+/// The admin listener shared the public listener's budget: clients holding
+/// every `max_in_flight` slot shed the admin API too, just when operators
+/// needed it. Each listener now has a budget of its own: with the public
+/// one exhausted the admin API answers, and with the admin one exhausted
+/// the public routes do.
+#[tokio::test]
+async fn a_saturated_public_listener_never_sheds_the_admin_api_nor_the_admin_listener_the_public_one() {
+    let (main, admin, stop, task) = start(settings_with_env(
+        &[
+            ("PORTCULLIS_MAX_IN_FLIGHT", "2"),
+            ("PORTCULLIS_ADMIN_MAX_IN_FLIGHT", "1"),
+        ],
+        |s| s.server.admin_listen = Some("127.0.0.1:0".into()),
+    ))
+    .await;
+    let admin = admin.expect("an admin listener");
+    let c = reqwest::Client::new();
+    let discovery = format!("http://{main}/.well-known/openid-configuration");
+    let tenants = format!("http://{admin}/admin/v1/tenants");
+
+    // The public listener's two slots, held.
+    let public_held = [stalled(main, STALLED_TOKEN).await, stalled(main, STALLED_TOKEN).await];
+    let shed = until_status(&c, &format!("http://{main}/authorize?tenant=demo"), 503).await;
+    assert!(shed.text().await.unwrap().contains("overload.shed"));
+    // The admin API on its own listener still answers.
+    let listed = c.get(&tenants).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(listed.status(), 200, "{}", listed.text().await.unwrap());
+    drop(public_held);
+    until_status(&c, &discovery, 200).await;
+
+    // The admin listener's one slot, held by a half-sent admin request.
+    let admin_held = stalled(
+        admin,
+        &format!(
+            "POST /admin/v1/tenants HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 80\r\n\r\n{{\"id\": \"slow\""
+        ),
+    )
+    .await;
+    let refused = c.get(&tenants).bearer_auth(TOKEN);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = refused.send().await.unwrap();
+    while refused.status() != 503 {
+        assert!(Instant::now() < deadline, "the admin slot was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused = c.get(&tenants).bearer_auth(TOKEN).send().await.unwrap();
+    }
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["reason"], "overload.shed", "{problem}");
+    // The public listener still serves.
+    assert_eq!(c.get(&discovery).send().await.unwrap().status(), 200);
+    drop(admin_held);
+    until_status(&c, &tenants, 401).await;
+
     stop.send(()).unwrap();
     assert_eq!(task.await.unwrap(), Ended::Drained);
 }

@@ -45,7 +45,8 @@ async fn until_in_flight(app: &TestApp, n: usize) {
     }
 }
 
-/// `portcullis_requests_shed_total{route=...}` as this process counts it.
+/// `portcullis_requests_shed_total{route=...,reason="overload.shed"}` as
+/// this process counts it.
 async fn shed_count(app: &TestApp, route: &str) -> f64 {
     let text = app
         .client
@@ -56,7 +57,7 @@ async fn shed_count(app: &TestApp, route: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    let series = format!("portcullis_requests_shed_total{{route=\"{route}\"}} ");
+    let series = format!("portcullis_requests_shed_total{{route=\"{route}\",reason=\"overload.shed\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
         .map_or(0.0, |v| v.trim().parse().unwrap())
