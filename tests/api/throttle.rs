@@ -34,6 +34,17 @@ async fn post_token(app: &TestApp, form: &[(&str, &str)], headers: &[(&str, &str
     req.send().await.unwrap()
 }
 
+/// A garbage answer at a made-up connection of the demo tenant, from the
+/// forwarded address `198.51.100.<i>` (each its own per-address bucket):
+/// what a stranger can post naming any tenant.
+fn garbage_acs(app: &TestApp, i: usize) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+    app.client
+        .post(app.url("/saml/demo/made-up/acs"))
+        .header("x-forwarded-for", format!("198.51.100.{i}"))
+        .form(&[("SAMLResponse", "PHg+"), ("RelayState", "made-up")])
+        .send()
+}
+
 fn retry_after(resp: &reqwest::Response) -> u64 {
     resp.headers()
         .get("retry-after")
@@ -916,13 +927,7 @@ async fn strangers_cannot_spend_a_tenants_callback_budget() {
     .await;
     let rp = register(&app, "one").await;
     // Garbage answers for demo from many addresses, each within its own limit.
-    let garbage = |i: usize| {
-        app.client
-            .post(app.url("/saml/demo/made-up/acs"))
-            .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .form(&[("SAMLResponse", "PHg+"), ("RelayState", "made-up")])
-            .send()
-    };
+    let garbage = |i: usize| garbage_acs(&app, i);
     for i in 0..4 {
         let resp = garbage(i).await.unwrap();
         assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
@@ -978,13 +983,7 @@ async fn a_strangers_own_pending_login_counts_as_the_tenants_once() {
     .await;
     let rp = register(&app, "one").await;
     // The anonymous bucket spent, from addresses of their own.
-    let garbage = |i: usize| {
-        app.client
-            .post(app.url("/saml/demo/made-up/acs"))
-            .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .form(&[("SAMLResponse", "PHg+"), ("RelayState", "made-up")])
-            .send()
-    };
+    let garbage = |i: usize| garbage_acs(&app, i);
     for i in 0..2 {
         assert_ne!(garbage(i).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
     }
