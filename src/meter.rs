@@ -42,6 +42,12 @@ pub const SHED: &str = "portcullis_requests_shed_total";
 pub const IN_FLIGHT: &str = "portcullis_requests_in_flight";
 /// The replica's `[server] max_in_flight`.
 pub const MAX_IN_FLIGHT: &str = "portcullis_requests_max_in_flight";
+/// Requests being served now on the separate admin listener (those
+/// counted against `[server] admin_max_in_flight`), read at scrape time;
+/// 0 without such a listener.
+pub const ADMIN_IN_FLIGHT: &str = "portcullis_admin_requests_in_flight";
+/// The replica's `[server] admin_max_in_flight`.
+pub const ADMIN_MAX_IN_FLIGHT: &str = "portcullis_admin_requests_max_in_flight";
 /// Request latency by matched route template, method and status.
 pub const HTTP_DURATION: &str = "portcullis_http_request_duration_seconds";
 /// Failed store operations (Redis unreachable, timed out or answering an error).
@@ -94,6 +100,8 @@ pub const NAMES: &[&str] = &[
     SHED,
     IN_FLIGHT,
     MAX_IN_FLIGHT,
+    ADMIN_IN_FLIGHT,
+    ADMIN_MAX_IN_FLIGHT,
     CONNECTIONS_OPEN,
     CONNECTIONS_MAX,
     CONNECTIONS_AT_CAP,

@@ -24,7 +24,7 @@ use super::AdminError;
 use crate::audit::{Actor, AuditEvent, Target};
 use crate::http::AppState;
 use crate::ids::TenantId;
-use axum::extract::{FromRequestParts, OriginalUri, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
@@ -260,18 +260,15 @@ async fn principal_for(s: &AppState, token: &str) -> Result<Principal, AdminErro
 
 /// Logs and answers an attempt outside the principal's reach: 404, the same
 /// answer as a route or object that does not exist.
-fn out_of_scope(p: &Principal, req: &Request) -> Response {
-    // The full path, not the one left after nesting under `/admin/v1`.
-    let path = req
-        .extensions()
-        .get::<OriginalUri>()
-        .map_or_else(|| req.uri().path(), |u| u.0.path());
+fn out_of_scope(p: &Principal, req: &Request, asked: Option<&str>) -> Response {
     tracing::warn!(
         reason = "admin.out_of_scope",
         principal = %p.actor(),
         tenant = p.tenant().map(|t| t.as_str()).unwrap_or(""),
+        // Only a well-formed tenant id: the segment is the caller's input.
+        asked_tenant = asked.filter(|a| TenantId::parse(a).is_ok()).unwrap_or(""),
         method = %req.method(),
-        path = %path,
+        route = route_of(req),
         "admin request outside the principal's tenant"
     );
     AdminError::NotFound("There is no such resource.".into()).into_response()
@@ -281,7 +278,7 @@ fn out_of_scope(p: &Principal, req: &Request) -> Response {
 async fn within_access(p: &Principal, mut req: Request, next: Next) -> Response {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if !read && p.access == Access::ReadOnly {
-        tracing::info!(reason = "admin.read_only", principal = %p.actor(), method = %req.method(), path = %req.uri().path());
+        tracing::info!(reason = "admin.read_only", principal = %p.actor(), method = %req.method(), route = route_of(&req));
         return AdminError::Forbidden("This API key is read-only.").into_response();
     }
     req.extensions_mut().insert(ScopeChecked);
@@ -289,6 +286,13 @@ async fn within_access(p: &Principal, mut req: Request, next: Next) -> Response 
     // The edge charges the tenant's admin budget for such answers only.
     resp.extensions_mut().insert(crate::http::edge::InScope);
     resp
+}
+
+/// The route a request matched, as its template (`/admin/v1/tenants/{id}/users/{user}`),
+/// never its path: a path can hold an email (local users' routes) or other
+/// personal data, which the scope checks' log lines must not carry.
+fn route_of(req: &Request) -> &str {
+    req.extensions().get::<MatchedPath>().map_or("-", MatchedPath::as_str)
 }
 
 fn principal_of(req: &Request) -> Option<Principal> {
@@ -305,7 +309,7 @@ async fn platform_only(req: Request, next: Next) -> Response {
         return no_principal();
     };
     if p.tenant().is_some() {
-        return out_of_scope(&p, &req);
+        return out_of_scope(&p, &req, None);
     }
     within_access(&p, req, next).await
 }
@@ -320,7 +324,7 @@ async fn tenant_only(params: RawPathParams, req: Request, next: Next) -> Respons
     if let Some(own) = p.tenant() {
         let asked = params.iter().find(|(name, _)| *name == "id").map(|(_, v)| v);
         if asked != Some(own.as_str()) {
-            return out_of_scope(&p, &req);
+            return out_of_scope(&p, &req, asked);
         }
     }
     within_access(&p, req, next).await

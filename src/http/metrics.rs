@@ -86,6 +86,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     };
     let mut body = handle.render();
     render_in_flight(&mut body, state.in_flight.current(), state.in_flight.max());
+    render_admin_in_flight(&mut body, state.admin_in_flight.current(), state.admin_in_flight.max());
     render_connections(&mut body, &state.connections.listeners());
     let connectors = &state.broker.connectors;
     render_connectors(&mut body, connectors.len(), connectors.capacity());
@@ -131,6 +132,27 @@ fn render_in_flight(out: &mut String, current: usize, max: usize) {
             (
                 meter::MAX_IN_FLIGHT,
                 "The most requests this replica serves at once ([server] max_in_flight).",
+                max,
+            ),
+        ],
+    );
+}
+
+/// The separate admin listener's requests in flight and its own budget
+/// (as [`render_in_flight`]): an operator sees it fill before the admin
+/// API sheds.
+fn render_admin_in_flight(out: &mut String, current: usize, max: usize) {
+    render_gauges(
+        out,
+        [
+            (
+                meter::ADMIN_IN_FLIGHT,
+                "Requests being served now on the admin listener, counted against admin_max_in_flight (0 without one).",
+                current,
+            ),
+            (
+                meter::ADMIN_MAX_IN_FLIGHT,
+                "The most requests the admin listener serves at once ([server] admin_max_in_flight).",
                 max,
             ),
         ],
@@ -311,12 +333,19 @@ mod tests {
     #[test]
     fn scrape_time_gauges_are_written_with_their_help_and_type() {
         type Render = fn(&mut String, usize, usize);
-        let cases: [(Render, [(&str, usize); 2]); 2] = [
+        let cases: [(Render, [(&str, usize); 2]); 3] = [
             (
                 render_in_flight,
                 [
                     ("portcullis_requests_in_flight", 3),
                     ("portcullis_requests_max_in_flight", 256),
+                ],
+            ),
+            (
+                render_admin_in_flight,
+                [
+                    ("portcullis_admin_requests_in_flight", 1),
+                    ("portcullis_admin_requests_max_in_flight", 64),
                 ],
             ),
             (

@@ -1024,6 +1024,17 @@ async fn a_saturated_public_listener_never_sheds_the_admin_api_nor_the_admin_lis
     }
     let problem: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(problem["reason"], "overload.shed", "{problem}");
+    // The admin listener's gauges show its own budget full, the public one's empty.
+    let scrape = c.get(format!("http://{admin}/metrics")).send().await.unwrap();
+    let metrics = scrape.text().await.unwrap();
+    for line in [
+        "portcullis_admin_requests_in_flight 1\n",
+        "portcullis_admin_requests_max_in_flight 1\n",
+        "portcullis_requests_in_flight 0\n",
+        "portcullis_requests_max_in_flight 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
     // The public listener still serves.
     assert_eq!(c.get(&discovery).send().await.unwrap().status(), 200);
     drop(admin_held);
