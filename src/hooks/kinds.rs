@@ -125,13 +125,24 @@ impl Hooks {
             }
         }
         .await;
-        self.recent.record(
-            tenant.as_str(),
-            super::recent::Call {
-                took: started.elapsed(),
-                failed: verdict.as_ref().err().cloned(),
-            },
-        );
+        let call = super::recent::Call {
+            took: started.elapsed(),
+            failed: verdict.as_ref().err().cloned(),
+        };
+        // Shared with the other replicas (`recent.rs`); losing one only
+        // thins their sample.
+        let shared = self
+            .store
+            .list_push_capped(
+                &super::recent::calls_key(tenant),
+                &call.to_stored(),
+                super::recent::CALLS,
+            )
+            .await;
+        if let Err(e) = shared {
+            tracing::warn!(reason = "hook.calls_unshared", tenant = %tenant, error = %e, "migration hook call not shared with other replicas");
+        }
+        self.recent.record(tenant.as_str(), call);
         verdict
     }
 
@@ -147,7 +158,24 @@ impl Hooks {
         if self.breaker.is_open(&circuit, self.now_ms()) {
             return Err(HookError::CircuitOpen);
         }
-        let Some(call) = self.recent.pick(tenant.as_str(), rand::random::<u32>() as usize) else {
+        let pick = rand::random::<u32>() as usize;
+        let call = match self.recent.pick(tenant.as_str(), pick) {
+            Some(call) => Some(call),
+            // This replica has seen no call yet: the other replicas' calls.
+            None => {
+                let stored = self
+                    .store
+                    .list_range(&super::recent::calls_key(tenant), 0, super::recent::CALLS)
+                    .await?;
+                let calls = stored
+                    .iter()
+                    .filter_map(|raw| super::recent::Call::from_stored(raw))
+                    .collect();
+                self.recent.load(tenant.as_str(), calls);
+                self.recent.pick(tenant.as_str(), pick)
+            }
+        };
+        let Some(call) = call else {
             return Ok(());
         };
         tokio::time::sleep(call.took).await;

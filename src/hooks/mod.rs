@@ -593,7 +593,16 @@ impl Hooks {
     pub async fn delete(&self, tenant: &TenantId, kind: HookKind) -> Result<bool, StoreError> {
         let deleted = self.store.delete(&hook_key(tenant, kind)).await;
         self.forget(tenant, kind);
+        if kind == HookKind::UserMigration {
+            self.forget_calls(tenant).await?;
+        }
         deleted
+    }
+
+    /// Drops the migration hook's recent calls (`recent.rs`), here and in the store.
+    async fn forget_calls(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.recent.forget(tenant.as_str());
+        self.store.delete(&recent::calls_key(tenant)).await.map(|_| ())
     }
 
     /// Removes every hook of a deleted tenant (frees the store; acceptance
@@ -603,7 +612,7 @@ impl Hooks {
             self.store.delete(&hook_key(tenant, kind)).await?;
             self.forget(tenant, kind);
         }
-        Ok(())
+        self.forget_calls(tenant).await
     }
 
     /// Calls `hook` of `tenant` with `body` and returns its JSON answer

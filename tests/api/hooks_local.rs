@@ -40,6 +40,28 @@ async fn gateway(smtp: &SmtpServer) -> TestApp {
     .await
 }
 
+/// Two replicas of [`gateway`] over one real Redis (one key prefix).
+async fn replicas(smtp: &SmtpServer) -> (TestApp, TestApp) {
+    let prefix = crate::support::redis::prefix();
+    let url = smtp.url();
+    let spawn = || {
+        let url = url.clone();
+        spawn_app(AppOptions {
+            redis_url: Some(crate::support::redis::url()),
+            redis_prefix: Some(prefix.clone()),
+            configure: Some(Arc::new(move |s| {
+                s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+                s.mail.from = Some("Sign-in <signin@legacy.example>".into());
+                s.local.argon2_memory_kib = 8192;
+                s.local.argon2_iterations = 1;
+                s.hooks.retry_backoff_ms = 10;
+            })),
+            ..AppOptions::default()
+        })
+    };
+    (spawn().await, spawn().await)
+}
+
 /// The tenant, its local connection, a public app, and the hook `kind`
 /// pointing at the receiver's `name` path (the receiver learns the secret).
 async fn setup(app: &TestApp, hooks: &HookServer, kind: &str, name: &str) {
@@ -355,6 +377,27 @@ async fn a_known_address_fails_as_an_unknown_one_while_the_migration_hook_is_dow
     );
 }
 
+/// How long a sign-in of `email` with a wrong password takes until its
+/// refusal (`local.bad_credentials`) is shown.
+async fn wrong_password_takes(app: &TestApp, email: &str) -> Duration {
+    let p = pkce();
+    let mut browser = Browser::new();
+    let page = start(app, &mut browser, &p).await;
+    let mut form = page.form(None);
+    form.set("email", email);
+    form.set("password", "Wrong-Passw0rd-1");
+    let started = std::time::Instant::now();
+    let nav = browser
+        .submit_until(&page, &form, &|u: &Url| u.as_str().starts_with(REDIRECT))
+        .await;
+    let took = started.elapsed();
+    let crate::support::browser::Nav::Page(refused) = nav else {
+        panic!("{email} signed in with a wrong password");
+    };
+    assert_reason(&refused, 401, "local.bad_credentials");
+    took
+}
+
 /// An unknown address's failed sign-in waits for the migration hook's
 /// answer; a known address's wrong password waits as long (one of the
 /// hook's recent calls, replayed), without asking the hook.
@@ -380,37 +423,58 @@ async fn a_known_addresss_wrong_password_waits_as_long_as_asking_the_migration_h
     let known = "kay@legacy.example";
     known_account(&app, known, NEW_PASSWORD).await;
 
-    let timed = |email: &'static str| {
-        let app = &app;
-        async move {
-            let p = pkce();
-            let mut browser = Browser::new();
-            let page = start(app, &mut browser, &p).await;
-            let mut form = page.form(None);
-            form.set("email", email);
-            form.set("password", "Wrong-Passw0rd-1");
-            let started = std::time::Instant::now();
-            let nav = browser
-                .submit_until(&page, &form, &|u: &Url| u.as_str().starts_with(REDIRECT))
-                .await;
-            let took = started.elapsed();
-            let crate::support::browser::Nav::Page(refused) = nav else {
-                panic!("{email} signed in with a wrong password");
-            };
-            assert_reason(&refused, 401, "local.bad_credentials");
-            took
-        }
-    };
-    let unknown_took = timed("nobody@legacy.example").await;
+    let unknown_took = wrong_password_takes(&app, "nobody@legacy.example").await;
     assert!(
         unknown_took >= hook_takes,
         "the unknown address waited for the hook: {unknown_took:?}"
     );
     let calls = hooks.calls_to("migrate").len();
-    let known_took = timed(known).await;
+    let known_took = wrong_password_takes(&app, known).await;
     assert!(
         known_took >= hook_takes,
         "the known address waited as long: {known_took:?} (the hook takes {hook_takes:?})"
+    );
+    assert_eq!(
+        hooks.calls_to("migrate").len(),
+        calls,
+        "the hook is not asked about a known address"
+    );
+}
+
+/// A replica that never called the migration hook itself (just started,
+/// behind a load balancer) replays the calls other replicas made: a known
+/// address's wrong password waits as long there too, instead of answering
+/// at once while an unknown one waits for the hook.
+#[tokio::test]
+async fn a_replica_that_never_asked_the_migration_hook_replays_the_calls_of_the_others() {
+    let smtp = SmtpServer::start();
+    let (a, b) = replicas(&smtp).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&a, &hooks, "user_migration", "migrate").await;
+    let (status, answer) = a
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/user_migration"),
+            Some(json!({"url": hooks.url("migrate"), "timeout_ms": 3000})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    if let Some(secret) = answer["secret"].as_str() {
+        hooks.set_secret(secret);
+    }
+    let hook_takes = Duration::from_millis(1000);
+    hooks.behave("migrate", Behavior::SlowLegacy(hook_takes));
+    let known = "kay@legacy.example";
+    known_account(&a, known, NEW_PASSWORD).await;
+
+    // Only replica a asks the hook.
+    let unknown_took = wrong_password_takes(&a, "nobody@legacy.example").await;
+    assert!(unknown_took >= hook_takes, "the hook was asked: {unknown_took:?}");
+    let calls = hooks.calls_to("migrate").len();
+    let known_took = wrong_password_takes(&b, known).await;
+    assert!(
+        known_took >= hook_takes,
+        "replica b, which never called the hook, waited as long: {known_took:?} (the hook takes {hook_takes:?})"
     );
     assert_eq!(
         hooks.calls_to("migrate").len(),
