@@ -293,9 +293,13 @@ pub struct TokenSettings {
     pub algorithm: String,
     /// Lifetime of ID tokens, seconds.
     pub id_token_ttl_secs: u64,
-    /// Lifetime of access tokens, seconds.
+    /// Lifetime of access tokens, seconds (at most
+    /// [`crate::provider::refresh::MAX_ACCESS_TOKEN_TTL_SECS`], for which
+    /// revocation markers are kept, so lowering it is safe).
     pub access_token_ttl_secs: u64,
-    /// Lifetime of a refresh token family, seconds.
+    /// Lifetime of a refresh token family, seconds (at most
+    /// [`crate::provider::refresh::MAX_REFRESH_TOKEN_TTL_SECS`], for which
+    /// a deleted app's tombstone is kept).
     pub refresh_token_ttl_secs: u64,
     /// Lifetime of authorization codes, seconds.
     pub code_ttl_secs: u64,
@@ -969,13 +973,13 @@ impl Settings {
                 "tokens.access_token_ttl_secs",
                 self.tokens.access_token_ttl_secs,
                 60,
-                86_400,
+                crate::provider::refresh::MAX_ACCESS_TOKEN_TTL_SECS,
             ),
             (
                 "tokens.refresh_token_ttl_secs",
                 self.tokens.refresh_token_ttl_secs,
                 300,
-                365 * 86_400,
+                crate::provider::refresh::MAX_REFRESH_TOKEN_TTL_SECS,
             ),
             (
                 "tokens.code_ttl_secs",

@@ -60,6 +60,30 @@ pub(crate) fn user_families_key(t: &str, sub: &str) -> Key {
     Key::tenant(t, "users", format!("families:{sub}"))
 }
 
+/// The longest an access token lives (`tokens.access_token_ttl_secs` is
+/// at most this). What outlives every access token of a family (its
+/// revocation marker) is kept this long, not for the configured lifetime:
+/// that one may have been longer when a token still in use was minted (an
+/// operator lowered it and restarted, or replicas of a rolling restart
+/// still mint with the old one).
+pub const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
+
+/// The longest a refresh family lives (`tokens.refresh_token_ttl_secs` is
+/// at most this): the deleted app's tombstone is kept this long, as a
+/// family started under a longer configured lifetime may still live.
+pub const MAX_REFRESH_TOKEN_TTL_SECS: u64 = 365 * 86_400;
+
+/// How long a revoked family's access-token marker is kept: longer than
+/// any access token minted with the family before its revocation can live,
+/// whatever lifetime it was minted with, with a minute more for one minted
+/// by a request that read the family just before it was revoked.
+pub const REVOKED_FAMILY_TTL: Duration = Duration::from_secs(MAX_ACCESS_TOKEN_TTL_SECS + 60);
+
+/// How long a deleted app's tombstone is kept: longer than any token issued
+/// to it before its deletion can live (a refresh family outlives every
+/// access token, see [`MAX_REFRESH_TOKEN_TTL_SECS`]), with a minute more.
+pub const CLIENT_TOMBSTONE_TTL: Duration = Duration::from_secs(MAX_REFRESH_TOKEN_TTL_SECS + 60);
+
 /// The tombstone of a deleted app (see [`Provider::retire_client`]).
 fn client_tombstone_key(client_id: &str) -> Key {
     Key::global("clients", format!("deleted:{client_id}"))
@@ -368,12 +392,19 @@ impl Provider {
 
     /// Refuses the access tokens minted with `family` from now on (see
     /// [`super::grants::AccessClaims::fam`]), for as long as any of them
-    /// can live: none outlives the access-token lifetime from now (an
-    /// exchanged one expires with its subject token).
+    /// can live: none outlives [`MAX_ACCESS_TOKEN_TTL_SECS`] from now (an
+    /// exchanged one expires with its subject token), whatever lifetime it
+    /// was minted with. Not the configured lifetime: a token minted before
+    /// it was lowered would be accepted again once a marker that short
+    /// expired ([`REVOKED_FAMILY_TTL`]). Never shortens a marker already
+    /// there, as every marker is written for this one duration.
     async fn deny_family_access_tokens(&self, tenant: &TenantId, family: &str) -> Result<(), StoreError> {
-        let ttl = Duration::from_secs(self.ttl.access_token_ttl_secs.saturating_add(60));
         self.store
-            .put(&revoked_family_key(tenant, &family_claim(family)), b"1", Some(ttl))
+            .put(
+                &revoked_family_key(tenant, &family_claim(family)),
+                b"1",
+                Some(REVOKED_FAMILY_TTL),
+            )
             .await
     }
 
@@ -415,21 +446,18 @@ impl Provider {
     }
 
     /// Records that the app `client_id` is deleted now, before it is: a
-    /// tombstone (kept as long as any token can live) saying that nothing
-    /// issued to this id up to now is accepted, so an app re-registered with
-    /// the same id never inherits its predecessor's refresh families or
-    /// access tokens.
+    /// tombstone saying that nothing issued to this id up to now is
+    /// accepted, so an app re-registered with the same id never inherits
+    /// its predecessor's refresh families or access tokens. Kept as long as
+    /// any token can live whatever lifetimes it was issued with
+    /// ([`CLIENT_TOMBSTONE_TTL`]), not for the configured ones: a family
+    /// started before `refresh_token_ttl_secs` was lowered outlives those.
     pub async fn retire_client(&self, client_id: &str) -> Result<(), StoreError> {
-        let longest = self
-            .ttl
-            .refresh_token_ttl_secs
-            .max(self.ttl.access_token_ttl_secs)
-            .saturating_add(60);
         self.store
             .put(
                 &client_tombstone_key(client_id),
                 self.clock.unix().to_string().as_bytes(),
-                Some(Duration::from_secs(longest)),
+                Some(CLIENT_TOMBSTONE_TTL),
             )
             .await
     }

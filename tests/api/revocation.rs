@@ -13,6 +13,7 @@ use portcullis::ids::TenantId;
 use portcullis::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
 use url::Url;
 
 pub const DEMO: &str = "demo";
@@ -1200,6 +1201,124 @@ async fn an_access_token_dies_with_its_refresh_family() {
     assert!(
         !later.rt().contains(&fam),
         "the claim is not a part of the refresh token"
+    );
+}
+
+/// A dev gateway on the memory store, with the test's clock, and that
+/// store, so [`restarted`] can start the gateway again on it.
+async fn restartable(clock: &portcullis::clock::ManualClock) -> (TestApp, portcullis::store::SharedStore) {
+    let opened: Arc<Mutex<Option<portcullis::store::SharedStore>>> = Arc::default();
+    let keep = opened.clone();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        wrap_store: Some(Arc::new(move |store| {
+            *keep.lock().unwrap() = Some(store.clone());
+            store
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    let store = opened.lock().unwrap().clone().unwrap();
+    (app, store)
+}
+
+/// `app` restarted with `configure` applied to its settings (another
+/// configuration, the same store, clock and issuer): the store it opens
+/// is dropped for `store`. Requests to the answer go to the restarted
+/// gateway's listener.
+async fn restarted(
+    app: &TestApp,
+    store: portcullis::store::SharedStore,
+    clock: &portcullis::clock::ManualClock,
+    configure: fn(&mut portcullis::config::Settings),
+) -> TestApp {
+    let issuer = app.issuer();
+    let replica = crate::support::gateway::spawn_with_public_url(
+        AppOptions {
+            dev: true,
+            clock: Some(clock.clone()),
+            configure: Some(Arc::new(configure)),
+            wrap_store: Some(Arc::new(move |_| store.clone())),
+            ..AppOptions::default()
+        },
+        |_| issuer,
+    )
+    .await;
+    TestApp {
+        base: replica.listen,
+        ..replica.app
+    }
+}
+
+/// The marker of a revoked family outlives every access token minted with
+/// it, whatever lifetime it was minted with: an access token minted for an
+/// hour, before `access_token_ttl_secs` was lowered to five minutes and the
+/// gateway restarted, stays refused (`token.family_revoked`) once its
+/// family is revoked after the restart, past the new lifetime (and the
+/// minute of margin) while it has not expired.
+#[tokio::test]
+async fn an_access_token_minted_before_the_ttl_was_lowered_stays_refused_after_its_family_is_revoked() {
+    use portcullis::clock::Clock as _;
+    let clock = portcullis::clock::ManualClock::at(portcullis::clock::SystemClock.now());
+    let (before, store) = restartable(&clock).await;
+    let rp = register(&before, "app1").await;
+    let first = redeem(
+        &before,
+        &rp,
+        &sign_in(&before, &mut Browser::new(), &rp, DEMO, "kim@demo.example").await,
+    )
+    .await;
+    let second = refresh(&before, &rp, first.rt()).await;
+    assert_tokens_live(&before, &rp, &second).await;
+    let lifetime = claims_of(second.at())["exp"].as_i64().unwrap() - clock.unix();
+    assert_eq!(lifetime, 3600, "minted with the hour of the first configuration");
+
+    let after = restarted(&before, store, &clock, |s| s.tokens.access_token_ttl_secs = 300).await;
+    assert_eq!(userinfo_status(&after, second.at()).await, StatusCode::OK);
+    // The first refresh token presented again: the restarted gateway
+    // revokes the family.
+    assert_eq!(refresh(&after, &rp, first.rt()).await.error(), Some("invalid_grant"));
+    assert_eq!(access_reason(&after, second.at()).await, "token.family_revoked");
+
+    // Past the new lifetime and its minute, before the token's own expiry.
+    clock.advance(chrono::Duration::seconds(300 + 60 + 60));
+    assert_eq!(access_reason(&after, second.at()).await, "token.family_revoked");
+    assert_eq!(userinfo_status(&after, second.at()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect(&after, &rp, second.at()).await, json!({"active": false}));
+    clock.advance(chrono::Duration::seconds(2400));
+    assert_eq!(access_reason(&after, second.at()).await, "token.family_revoked");
+}
+
+/// A deleted app's tombstone outlives every refresh family issued to it,
+/// whatever lifetime the family was started with: a family started for
+/// thirty days, before `refresh_token_ttl_secs` was lowered to five minutes
+/// and the gateway restarted, is refused to an app registered again with
+/// the same id (`refresh.client_superseded`) past the new lifetime.
+#[tokio::test]
+async fn a_family_started_before_the_refresh_ttl_was_lowered_is_not_inherited_by_a_reregistered_app() {
+    use portcullis::clock::Clock as _;
+    let clock = portcullis::clock::ManualClock::at(portcullis::clock::SystemClock.now());
+    let (before, store) = restartable(&clock).await;
+    let old = register(&before, "phoenix").await;
+    let tokens = redeem(
+        &before,
+        &old,
+        &sign_in(&before, &mut Browser::new(), &old, DEMO, "jo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&before, &old, &tokens).await;
+
+    let after = restarted(&before, store, &clock, |s| s.tokens.refresh_token_ttl_secs = 300).await;
+    let (status, _) = after.admin(Method::DELETE, "/admin/v1/clients/phoenix", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Past the new lifetime and the access tokens' (the tombstone was kept
+    // for the longer of the two), well within the family's.
+    clock.advance(chrono::Duration::seconds(2 * 3600));
+    let new = register(&after, "phoenix").await;
+    assert_eq!(
+        refresh_reason(&after, &new, tokens.rt()).await,
+        "refresh.client_superseded"
     );
 }
 
