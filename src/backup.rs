@@ -164,6 +164,7 @@ async fn inventory(raw: &SharedStore, read: &mut Read) -> Result<BTreeMap<Key, K
             }
         }
         out.insert(tenant_key, Value);
+        out.insert(tenant::files::owner_key(&tid), Value);
         let connections = tenant::connections_key(&tid);
         for c in raw.set_members(&connections).await? {
             let Ok(cid) = ConnectionId::parse(&c) else {

@@ -91,6 +91,36 @@ fn check_not_disabled_by_platform(admin: &Admin, connection: &Connection) -> Res
     Ok(())
 }
 
+/// A connection a tenant file declares is the file's to change and delete:
+/// its sync marks the declared table as applied, so a change made here
+/// would stay unseen beside the file (a deleted connection would not come
+/// back, an edited one would differ from its file) until the file is
+/// edited, and then be overwritten. The API refuses (409,
+/// `connection.file_declared`); its status (enable, disable) and SP
+/// certificates, which no file declares, stay the API's. `action` names
+/// the refused change ("deleting it").
+async fn refuse_if_file_declared(
+    s: &AppState,
+    tenant: &TenantId,
+    cid: &ConnectionId,
+    action: &str,
+) -> Result<(), AdminError> {
+    let Some(t) = s.tenants.get(tenant).await.map_err(registry)? else {
+        return Ok(());
+    };
+    if crate::tenant::files::file_declared(&s.tenants, &t, cid).await? {
+        tracing::info!(reason = "connection.file_declared", tenant = %tenant, connection = %cid, action, "a tenant file's connection: refused");
+        return Err(AdminError::FileManaged {
+            reason: "connection.file_declared",
+            detail: format!(
+                "Connection {:?} is declared by its tenant's file: instead of {action} here, change or remove its table in the file under tenants/.",
+                cid.as_str()
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn load(s: &AppState, id: &str, cid: &str) -> Result<(TenantId, Connection), AdminError> {
     let id = tenant_id(id)?;
     let cid = ConnectionId::parse(cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
@@ -239,6 +269,9 @@ async fn patch_connection_handler(
 ) -> Result<Json<Value>, AdminError> {
     let users = issuer_change(query)?;
     let (id, old) = load(&s, &id, &cid).await?;
+    if body.as_object().is_some_and(|o| o.keys().any(|k| k != "status")) {
+        refuse_if_file_declared(&s, &id, &old.id, "changing its configuration").await?;
+    }
     check_platform_admin_fields(&admin, &body)?;
     if body.get("status").is_some() {
         check_not_disabled_by_platform(&admin, &old)?;
@@ -358,6 +391,7 @@ async fn delete_connection(
     let before = s.tenants.connection(&id, &cid).await.map_err(registry)?;
     if let Some(c) = &before {
         check_not_disabled_by_platform(&admin, c)?;
+        refuse_if_file_declared(&s, &id, &cid, "deleting it").await?;
     }
     s.tenants.delete_connection(&id, &cid).await.map_err(registry)?;
     s.broker.connectors.forget(&id, &cid);

@@ -32,6 +32,16 @@ pub enum AdminError {
         /// What is wrong.
         detail: String,
     },
+    /// Refused because a tenant file manages what the request would change
+    /// (409): the answer carries the stable reason code
+    /// (`tenant.file_owned`, `connection.file_declared`) as `reason`.
+    #[error("{reason}: {detail}")]
+    FileManaged {
+        /// The stable reason code.
+        reason: &'static str,
+        /// What is refused, and what to do instead.
+        detail: String,
+    },
     /// The request was understood but what it depends on refused it (422),
     /// e.g. an IdP's metadata that was fetched and not taken.
     #[error("{field}: {detail}")]
@@ -106,6 +116,7 @@ impl IntoResponse for AdminError {
                 detail.clone(),
                 Some(field.to_string()),
             ),
+            Self::FileManaged { detail, .. } => (StatusCode::CONFLICT, "Conflict", detail.clone(), None),
             Self::Unprocessable { field, detail } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Not taken",
@@ -135,7 +146,9 @@ impl IntoResponse for AdminError {
         // so a huge bad body never comes back (or into the log) whole.
         let detail = clip(detail, MAX_DETAIL_CHARS);
         let field = field.map(|f| clip(f, MAX_FIELD_CHARS));
-        if !matches!(self, Self::Internal(_) | Self::Unavailable(_)) {
+        if let Self::FileManaged { reason, .. } = &self {
+            tracing::info!(reason, status = status.as_u16(), "admin request refused: {detail}");
+        } else if !matches!(self, Self::Internal(_) | Self::Unavailable(_)) {
             tracing::info!(
                 reason = "admin.refused",
                 status = status.as_u16(),
@@ -153,6 +166,9 @@ impl IntoResponse for AdminError {
             if let Some(o) = body.as_object_mut() {
                 o.insert("field".into(), json!(f));
             }
+        }
+        if let (Self::FileManaged { reason, .. }, Some(o)) = (&self, body.as_object_mut()) {
+            o.insert("reason".into(), json!(reason));
         }
         let mut resp = (
             status,

@@ -33,7 +33,9 @@ pub(crate) struct Problem {
     /// The field at fault (a JSON path such as `settings.branding.logo_url`).
     field: Option<String>,
     /// The stable reason code, on answers of the edge (`throttle.exceeded`,
-    /// `request.body_too_large`...).
+    /// `request.body_too_large`...) and on the admin API's refusals of what
+    /// a tenant file manages (409: `tenant.file_owned`,
+    /// `connection.file_declared`).
     reason: Option<String>,
 }
 
@@ -1055,12 +1057,13 @@ fn tenants_get() {}
     request_body(content = TenantMergePatch, content_type = "application/merge-patch+json"),
     responses((status = 200, body = TenantView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "A domain another tenant owns, or a new name or domains of a tenant that comes from a tenant file (`reason`: `tenant.file_owned`).", body = Problem, content_type = "application/problem+json")))]
 fn tenants_patch() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant comes from a tenant file (`reason`: `tenant.file_owned`): remove or change the file instead.", body = Problem, content_type = "application/problem+json")))]
 fn tenants_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
@@ -1084,7 +1087,8 @@ fn connections_get() {}
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections",
     params(("id" = String, Path), ("cid" = String, Path)),
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A tenant file declares the connection (`reason`: `connection.file_declared`): change the file instead.", body = Problem, content_type = "application/problem+json")))]
 fn connections_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/clients", tag = "clients", request_body = NewClient,
@@ -1247,7 +1251,8 @@ fn keys_rotate() {}
 #[utoipa::path(patch, path = "/admin/v1/tenants/{id}/connections/{cid}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path),
         ("keep_users" = Option<bool>, Query, description = "true keeps the connection's users when the patch changes its upstream issuer (OIDC issuer, SAML entity id); by default they start afresh (users_renewed)")),
     request_body(content = ConnectionMergePatch, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A conflicting change, or a change other than `status` of a connection a tenant file declares (`reason`: `connection.file_declared`).", body = Problem, content_type = "application/problem+json")))]
 fn connections_patch() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/enable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),

@@ -348,6 +348,10 @@ async fn patch_tenant(
         settings: req.settings,
         ..old.clone()
     };
+    // A file declares name and domains (settings are the API's).
+    if new.name != old.name || new.domains != old.domains {
+        refuse_if_file_owned(&s, &old, "changing its name or domains").await?;
+    }
     if new != old {
         s.tenants.update(&old, &new).await.map_err(registry)?;
         audit::record(
@@ -364,6 +368,25 @@ async fn patch_tenant(
     tenant_view(&s, &new).await.map(Json)
 }
 
+/// A tenant file's tenant is the file's to change and delete: the next
+/// sync would create it again afresh (new users) or put back what the file
+/// declares, so the API refuses (409, `tenant.file_owned`) rather than let
+/// either happen behind the operator's back. `action` names the refused
+/// change ("deleting it").
+async fn refuse_if_file_owned(s: &AppState, tenant: &Tenant, action: &str) -> Result<(), AdminError> {
+    if crate::tenant::files::file_owned(&s.tenants, tenant).await? {
+        tracing::info!(reason = "tenant.file_owned", tenant = %tenant.id, action, "a tenant file's tenant: refused");
+        return Err(AdminError::FileManaged {
+            reason: "tenant.file_owned",
+            detail: format!(
+                "Tenant {:?} comes from a tenant file, which the next sync applies again: instead of {action} here, remove or change its file under tenants/.",
+                tenant.id.as_str()
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn delete_tenant(
     admin: Admin,
     State(s): State<Arc<AppState>>,
@@ -371,6 +394,9 @@ async fn delete_tenant(
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
     let before = s.tenants.get(&id).await.map_err(registry)?;
+    if let Some(tenant) = &before {
+        refuse_if_file_owned(&s, tenant, "deleting it").await?;
+    }
     let connections = s.tenants.connection_ids(&id).await.map_err(registry)?;
     s.tenants.delete(&id).await.map_err(registry)?;
     tracing::info!(reason = "admin.tenant_deleted", tenant = %id);

@@ -159,6 +159,68 @@ pub(crate) fn origin_key() -> Key {
     Key::global("tenants", "from-files")
 }
 
+/// Which tenant of an id a tenant file created or adopted: its
+/// incarnation, in the tenant's own hash tag. The authority on ownership
+/// ([`origin_key`] only lists the ids to look at): a tenant created under
+/// the id afterwards has another incarnation, and [`TenantRegistry::create`]
+/// writes [`NO_FILE`] here in the same atomic step as the record, so a
+/// marker an earlier tenant left never hands a new one to the files, even
+/// to a sync that read the list before the creation.
+pub(crate) fn owner_key(t: &TenantId) -> Key {
+    Key::tenant(t.as_str(), "config", "from-file")
+}
+
+/// What [`owner_key`] holds for a tenant no file owns (created through the
+/// admin API, an import or the dev seed).
+pub(crate) const NO_FILE: &[u8] = b"-";
+
+/// Whether `tenant` is a tenant file's. `listed`: whether [`origin_key`]
+/// names it; read only for a tenant from before [`owner_key`] existed
+/// (no marker at all), which the list alone made a file's.
+async fn owns(
+    store: &crate::store::SharedStore,
+    tenant: &super::Tenant,
+    listed: bool,
+) -> Result<bool, crate::store::StoreError> {
+    Ok(match store.get(&owner_key(&tenant.id)).await? {
+        Some(marker) => marker == tenant.incarnation.as_bytes(),
+        None => listed,
+    })
+}
+
+/// Whether `tenant` is a tenant file's (created or adopted by one): the
+/// admin API then refuses to delete it (`tenant.file_owned`) or change what
+/// the file declares of it.
+pub async fn file_owned(tenants: &TenantRegistry, tenant: &super::Tenant) -> Result<bool, crate::store::StoreError> {
+    let store = &tenants.store;
+    let listed = match store.get(&owner_key(&tenant.id)).await? {
+        Some(_) => false,
+        None => store
+            .set_members(&origin_key())
+            .await?
+            .iter()
+            .any(|t| t == tenant.id.as_str()),
+    };
+    owns(store, tenant, listed).await
+}
+
+/// Whether connection `c` of `tenant` is declared by the tenant's file
+/// (the file owns the tenant and its last sync applied a table of that id):
+/// the admin API then refuses to delete it or change its configuration
+/// (`connection.file_declared`).
+pub async fn file_declared(
+    tenants: &TenantRegistry,
+    tenant: &super::Tenant,
+    c: &ConnectionId,
+) -> Result<bool, crate::store::StoreError> {
+    Ok(tenants
+        .store
+        .get(&declared_key(&tenant.id, c.as_str()))
+        .await?
+        .is_some()
+        && file_owned(tenants, tenant).await?)
+}
+
 /// The hash of a connection's declared body, per tenant and connection.
 pub(crate) fn declared_key(t: &TenantId, c: &str) -> Key {
     Key::tenant(t.as_str(), "config", format!("declared:{c}"))
@@ -262,29 +324,34 @@ pub async fn sync(
         let mut changed = false;
         match tenants.get(&id).await.map_err(|e| fail(&e))? {
             None => {
-                match tenants.create(id.clone(), name, domains).await {
+                let tenant = match tenants.create(id.clone(), name, domains).await {
                     Ok(tenant) => {
                         audit(
                             log,
                             event("tenant.created", Target::new("tenant", id.as_str())).after(json!(tenant)),
                         )
                         .await;
+                        tenant
                     }
                     Err(e) => {
                         report.problems.push(format!("{source}: {e}"));
                         continue;
                     }
-                }
+                };
                 // Only once created here: a failure before leaves nothing
-                // of another's marked as the file's.
-                store
-                    .set_add(&origin_key(), id.as_str(), None)
-                    .await
-                    .map_err(|e| fail(&e))?;
+                // of another's marked as the file's. The incarnation makes
+                // the mark this tenant's only.
+                mark_owned(store, &tenant).await.map_err(|e| fail(&e))?;
                 report.created.push(id.to_string());
             }
             Some(existing) => {
-                if !owned.contains(id.as_str()) {
+                let listed = owned.contains(id.as_str());
+                if owns(store, &existing, listed).await.map_err(|e| fail(&e))? {
+                    // A tenant from before the owner marker: given one.
+                    if store.get(&owner_key(&id)).await.map_err(|e| fail(&e))?.is_none() {
+                        mark_owned(store, &existing).await.map_err(|e| fail(&e))?;
+                    }
+                } else {
                     if !f.adopt {
                         tracing::warn!(
                             reason = "tenant_file.not_owned",
@@ -299,10 +366,7 @@ pub async fn sync(
                         ));
                         continue;
                     }
-                    store
-                        .set_add(&origin_key(), id.as_str(), None)
-                        .await
-                        .map_err(|e| fail(&e))?;
+                    mark_owned(store, &existing).await.map_err(|e| fail(&e))?;
                     tracing::info!(reason = "tenant_file.tenant_adopted", tenant = %id, file = %source);
                     let adopted = event("tenant.adopted", Target::new("tenant", id.as_str())).tenant(&id);
                     let name = f.path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -356,6 +420,24 @@ pub async fn sync(
         if declared_ids.contains(&id) {
             continue;
         }
+        let Some(before) = tenants.get(&id).await.map_err(|e| fail(&e))? else {
+            // Gone already (deleted another way): nothing is the file's.
+            store
+                .set_remove(&origin_key(), id.as_str())
+                .await
+                .map_err(|e| fail(&e))?;
+            continue;
+        };
+        if !owns(store, &before, true).await.map_err(|e| fail(&e))? {
+            // Listed by a file's earlier tenant of the id: this one (created
+            // through the API, even while this pass ran) is not the file's.
+            tracing::warn!(reason = "tenant_file.marker_stale", tenant = %id, "a tenant listed as a file's is not the one the file made: left alone");
+            store
+                .set_remove(&origin_key(), id.as_str())
+                .await
+                .map_err(|e| fail(&e))?;
+            continue;
+        }
         let connections = tenants.connection_ids(&id).await.map_err(|e| fail(&e))?;
         for c in &connections {
             store
@@ -363,8 +445,9 @@ pub async fn sync(
                 .await
                 .map_err(|e| fail(&e))?;
         }
-        let before = tenants.get(&id).await.map_err(|e| fail(&e))?;
-        match tenants.delete(&id).await {
+        // Only the incarnation the file owns: the registry re-reads the
+        // record and deletes nothing of another.
+        match tenants.delete_incarnation(&id, &before.incarnation).await {
             Ok(()) => {
                 // At once: nothing between the deletion and the purge can
                 // fail, and a later pass finds the tenant gone.
@@ -384,6 +467,14 @@ pub async fn sync(
         report.removed.push(id.to_string());
     }
     Ok(report)
+}
+
+/// Marks `tenant` (this incarnation of its id) as a tenant file's.
+async fn mark_owned(store: &crate::store::SharedStore, tenant: &super::Tenant) -> Result<(), crate::store::StoreError> {
+    store
+        .put(&owner_key(&tenant.id), tenant.incarnation.as_bytes(), None)
+        .await?;
+    store.set_add(&origin_key(), tenant.id.as_str(), None).await
 }
 
 /// Updates a tenant's name and domains in place; `Ok(true)` when something

@@ -511,13 +511,35 @@ impl TenantRegistry {
             incarnation: new_incarnation(),
             settings: TenantSettings::default(),
         };
-        if !self.store.put_json_if_absent(&tenant_key(&id), &tenant, None).await? {
+        // A new tenant is no tenant file's until the file sync marks it so
+        // (after this): written with the record in one step, so a file sync
+        // that listed the id from a marker an earlier tenant left (its
+        // removal failed, or the deletion predates deletions removing it)
+        // and reads this record finds it marked as no file's, never takes
+        // it over nor purges it.
+        let record = serde_json::to_vec(&tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (key, owner) = (tenant_key(&id), files::owner_key(&id));
+        let created = self
+            .store
+            .write_many(&[
+                Write::RequireAbsent { key: &key },
+                Write::Put {
+                    key: &key,
+                    value: &record,
+                    ttl: None,
+                },
+                Write::Put {
+                    key: &owner,
+                    value: files::NO_FILE,
+                    ttl: None,
+                },
+            ])
+            .await?;
+        if !created {
             return Err(RegistryError::Exists(format!("tenant {id}")));
         }
-        // A new tenant is no tenant file's until the file sync marks it so
-        // (after this): a marker an earlier tenant of the id left (its
-        // removal failed, or the deletion predates deletions removing it)
-        // would let a file sync take this one over and purge it.
+        // The list of the files' tenants forgets the id too (ownership is
+        // the marker above; this keeps the list short).
         if let Err(e) = self.store.set_remove(&files::origin_key(), id.as_str()).await {
             self.release(&id, &[]).await;
             return Err(e.into());
@@ -855,12 +877,27 @@ impl TenantRegistry {
 
     /// Deletes a tenant, its connections and its domains, and forgets that
     /// a tenant file made or declared them (`files::origin_key`,
-    /// `files::declared_key`).
+    /// `files::owner_key`, `files::declared_key`).
     pub async fn delete(&self, id: &TenantId) -> Result<(), RegistryError> {
+        self.delete_if(id, None).await
+    }
+
+    /// [`Self::delete`], only when the tenant of the id is still the
+    /// incarnation `incarnation` (`NotFound` otherwise, nothing deleted): a
+    /// tenant file removes only the tenant it made, never one created under
+    /// its id since it looked.
+    pub async fn delete_incarnation(&self, id: &TenantId, incarnation: &str) -> Result<(), RegistryError> {
+        self.delete_if(id, Some(incarnation)).await
+    }
+
+    async fn delete_if(&self, id: &TenantId, incarnation: Option<&str>) -> Result<(), RegistryError> {
         self.expiries.invalidate();
         let Some(tenant) = self.get(id).await? else {
             return Err(RegistryError::NotFound(format!("tenant {id}")));
         };
+        if incarnation.is_some_and(|i| i != tenant.incarnation) {
+            return Err(RegistryError::NotFound(format!("tenant {id} (another incarnation)")));
+        }
         for c in self.store.set_members(&connections_key(id)).await? {
             if let Ok(c) = ConnectionId::parse(&c) {
                 self.store.delete(&files::declared_key(id, c.as_str())).await?;
@@ -880,6 +917,7 @@ impl TenantRegistry {
             }
         }
         self.store.set_remove(&index_key(), id.as_str()).await?;
+        self.store.delete(&files::owner_key(id)).await?;
         self.store.delete(&tenant_key(id)).await?;
         // Whichever way the tenant went (admin API, tenant file, import
         // rollback), it stops being a tenant file's, so one created again
@@ -1099,9 +1137,12 @@ impl TenantRegistry {
             .collect())
     }
 
-    /// Deletes a connection.
+    /// Deletes a connection, and forgets that a tenant file declared it
+    /// (`files::declared_key`): a connection created again under its id is
+    /// not the file's, to skip or to remove.
     pub async fn delete_connection(&self, t: &TenantId, c: &ConnectionId) -> Result<(), RegistryError> {
         self.expiries.invalidate();
+        self.store.delete(&files::declared_key(t, c.as_str())).await?;
         // The incarnation goes first: should the rest fail, what is left is
         // a connection nobody's users match, never an inherited one.
         self.store.delete(&connection_incarnation_key(t, c)).await?;

@@ -481,12 +481,13 @@ async fn a_file_that_adopts_a_tenant_created_through_the_api_takes_it_over() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A tenant a file made, deleted through the admin API and made again
-/// through it, is not the file's: the deletion forgets the file's markers
-/// (tenant and connections). The marker used to stay, so the next sync
-/// without the file deleted the new tenant and purged what it had.
+/// A tenant a file made, deleted another way (the registry's deletion,
+/// as an import's rollback runs it; the admin API refuses, see below) and
+/// made again through the API, is not the file's: the deletion forgets the
+/// file's markers (tenant and connections). The marker used to stay, so the
+/// next sync without the file deleted the new tenant and purged what it had.
 #[tokio::test]
-async fn a_tenant_deleted_through_the_api_and_created_again_is_not_the_files() {
+async fn a_tenant_deleted_and_created_again_through_the_api_is_not_the_files() {
     let app = gateway().await;
     let dir = scratch();
     let key = Key::new();
@@ -497,7 +498,7 @@ async fn a_tenant_deleted_through_the_api_and_created_again_is_not_the_files() {
     let report = sync_now().await.unwrap();
     assert_eq!(report.created, vec!["acme"], "{report:?}");
 
-    app.delete_tenant("acme").await;
+    delete_behind_the_api(&app).await;
     tenant_made_through_the_api(&app, "Acme again").await;
 
     std::fs::remove_file(&path).unwrap();
@@ -540,5 +541,192 @@ async fn a_marker_left_by_an_earlier_tenant_does_not_hand_a_new_one_to_the_files
     assert!(report.removed.is_empty(), "{report:?}");
     let (status, _) = get(&app, "/admin/v1/tenants/acme").await;
     assert_eq!(status, 200);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Deletes `acme` as the admin API's deletion would, without its checks:
+/// the registry's deletion and the one purge.
+async fn delete_behind_the_api(app: &TestApp) {
+    use portcullis::tenant::files::TenantPurge;
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let connections = app.state.tenants.connection_ids(&t).await.unwrap();
+    app.state.tenants.delete(&t).await.unwrap();
+    app.state.purge_deleted_tenant(&t, &connections).await;
+}
+
+/// An admin request answered with problem+json: status and body (asserts
+/// the content type).
+async fn problem(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = app.client.request(method, app.url(path)).bearer_auth(&app.admin_token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    assert_eq!(ctype, "application/problem+json", "{status} {text}");
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// The declared marker of acme's connection `c`.
+async fn declared(app: &TestApp, c: &str) -> Option<Vec<u8>> {
+    let key = portcullis::store::Key::tenant("acme", "config", format!("declared:{c}"));
+    app.state.store.get(&key).await.unwrap()
+}
+
+/// A connection a file declares is the file's: the admin API refuses to
+/// delete it or change its configuration (409, `connection.file_declared`),
+/// and nothing changes; its status stays the API's, as does a connection
+/// the API added beside the file's. The API's deletion used to go through
+/// and leave the file's marker, so the next sync took the unchanged table
+/// as applied and never made the connection again (and would have deleted
+/// one created again under its id once the file dropped the table).
+#[tokio::test]
+async fn a_connection_a_file_declares_is_not_deleted_or_changed_through_the_api() {
+    let app = gateway().await;
+    let dir = scratch();
+    let (k1, k2) = (Key::new(), Key::new());
+    std::fs::write(
+        dir.join("acme.toml"),
+        file("Acme", &["acme.test"], &[("corp", &metadata(&[k1.cert_b64()]))]),
+    )
+    .unwrap();
+    let sync_now = || sync_dir(&app, &dir);
+    sync_now().await.unwrap();
+    let rev = revision(&app, "corp").await;
+    let marker = declared(&app, "corp").await;
+    assert!(marker.is_some());
+
+    let path = "/admin/v1/tenants/acme/connections/corp";
+    let (status, p) = problem(&app, reqwest::Method::DELETE, path, None).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "connection.file_declared", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("tenants/"), "{p}");
+    let patch = serde_json::json!({"metadata_xml": metadata(&[k2.cert_b64()])});
+    let (status, p) = problem(&app, reqwest::Method::PATCH, path, Some(patch)).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "connection.file_declared", "{p}");
+    let (status, _) = get(&app, path).await;
+    assert_eq!(status, 200, "the file's connection was deleted");
+    assert_eq!(revision(&app, "corp").await, rev, "the file's connection was changed");
+    assert_eq!(declared(&app, "corp").await, marker);
+    assert!(
+        app.tenant_audit("acme", "connection.deleted").await.is_empty(),
+        "a refusal was audited as a deletion"
+    );
+
+    // Its status is not the file's: switched off and on through the API.
+    let (status, v) = app.admin(reqwest::Method::POST, &format!("{path}/disable"), None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = app.admin(reqwest::Method::POST, &format!("{path}/enable"), None).await;
+    assert_eq!(status, 200, "{v}");
+    // A connection the API added to the file's tenant is the API's.
+    app.admin_create(
+        "/admin/v1/tenants/acme/connections",
+        serde_json::json!({"id": "extra", "kind": "saml", "metadata_xml": metadata(&[k2.cert_b64()])}),
+    )
+    .await;
+    let (status, v) = app
+        .admin(
+            reqwest::Method::DELETE,
+            "/admin/v1/tenants/acme/connections/extra",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+
+    // Deleted another way (the registry's deletion), its marker goes with
+    // it: the next sync makes it again from its unchanged table.
+    let t = portcullis::ids::TenantId::parse("acme").unwrap();
+    let c = portcullis::ids::ConnectionId::parse("corp").unwrap();
+    app.state.tenants.delete_connection(&t, &c).await.unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.updated, vec!["acme"], "{report:?}");
+    let (status, _) = get(&app, path).await;
+    assert_eq!(status, 200, "the declared connection was not made again");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tenant a file owns is the file's to delete: the admin API refuses
+/// (409, `tenant.file_owned`, pointing at the file), as it refuses a change
+/// of its name or domains, and nothing of it goes. The deletion used to go
+/// through, and the next sync made the tenant again, afresh (new users).
+#[tokio::test]
+async fn a_tenant_a_file_owns_is_not_deleted_through_the_api() {
+    let app = gateway().await;
+    let dir = scratch();
+    let key = Key::new();
+    let path = dir.join("acme.toml");
+    std::fs::write(
+        &path,
+        file("Acme", &["acme.test"], &[("corp", &metadata(&[key.cert_b64()]))]),
+    )
+    .unwrap();
+    let sync_now = || sync_dir(&app, &dir);
+    sync_now().await.unwrap();
+    crate::tenants_admin::give_belongings(&app, "acme", "corp").await;
+    let (_, before) = get(&app, "/admin/v1/tenants/acme").await;
+
+    let (status, p) = problem(&app, reqwest::Method::DELETE, "/admin/v1/tenants/acme", None).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("tenants/"), "{p}");
+    let rename = serde_json::json!({"name": "Renamed"});
+    let (status, p) = problem(&app, reqwest::Method::PATCH, "/admin/v1/tenants/acme", Some(rename)).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+    let (status, after) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200, "the file's tenant was deleted");
+    assert_eq!(after, before, "a refused request changed the tenant");
+    assert_eq!(crate::tenants_admin::leftovers(&app, "acme").await, BELONGINGS);
+    let report = sync_now().await.unwrap();
+    assert_eq!(report, Default::default(), "the sync found something to do");
+
+    // Removing the file is the way.
+    std::fs::remove_file(&path).unwrap();
+    let report = sync_now().await.unwrap();
+    assert_eq!(report.removed, vec!["acme"], "{report:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tenant created through the API while a sync on another replica reads
+/// a marker an earlier tenant of the id left (here: the creation has
+/// written its record and not yet dropped the marker) is not taken for the
+/// file's: the creation marks it as no file's in the same step as its
+/// record, and the sync removes only the incarnation a file made. The sync
+/// used to delete it under the creation's feet.
+#[tokio::test]
+async fn a_tenant_created_through_the_api_during_a_sync_that_read_a_stale_marker_stays() {
+    let hold = crate::support::held_store::Hold::default();
+    let app = spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let dir = scratch();
+    let origin = portcullis::store::Key::global("tenants", "from-files");
+    app.state.store.set_add(&origin, "acme", None).await.unwrap();
+
+    let held = hold.arm_removal("from-files");
+    let creating = app.create_tenant("acme", "Acme", &["acme.test"]);
+    let syncing = async {
+        held.arrived.await.unwrap();
+        let report = sync_dir(&app, &dir).await.unwrap();
+        let _ = held.release.send(());
+        report
+    };
+    let (_, report) = tokio::join!(creating, syncing);
+    assert!(report.removed.is_empty(), "{report:?}");
+    let (status, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200, "the sync deleted a tenant created through the API");
+    assert_eq!(tenant["domains"], serde_json::json!(["acme.test"]), "{tenant}");
+    let report = sync_dir(&app, &dir).await.unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -18,8 +18,11 @@ use tokio::sync::oneshot;
 enum Kind {
     /// A `put` or `compare_and_put`.
     Write,
-    /// A `put_if_absent` (a creation).
+    /// A `put_if_absent`, or a `write_many` that writes the key only if
+    /// absent (a creation).
     Creation,
+    /// A `set_remove` (only when armed for it: never taken for "any").
+    Removal,
     /// Any of those, or a `write_many` that writes the key.
     Any,
 }
@@ -71,7 +74,14 @@ impl Hold {
         self.arm_for(name, Kind::Any)
     }
 
-    /// Holds the next `put_if_absent` of a key named `name` (e.g. `tenant`):
+    /// Holds the next `set_remove` from the set named `name` (e.g.
+    /// `from-files`): "a step has written, and is about to drop a member".
+    pub fn arm_removal(&self, name: &str) -> Held {
+        self.arm_for(name, Kind::Removal)
+    }
+
+    /// Holds the next `put_if_absent` of a key named `name` (e.g. `tenant`),
+    /// or `write_many` writing it under `RequireAbsent`:
     /// "a creation has checked that the record is absent, and writes it".
     pub fn arm_creation(&self, name: &str) -> Held {
         self.arm_for(name, Kind::Creation)
@@ -95,7 +105,11 @@ impl Hold {
         let armed = {
             let mut armed = self.armed.lock().unwrap();
             match armed.as_ref() {
-                Some(a) if a.name == key.name() && (a.kind == kind || a.kind == Kind::Any) => armed.take(),
+                Some(a)
+                    if a.name == key.name() && (a.kind == kind || (a.kind == Kind::Any && kind != Kind::Removal)) =>
+                {
+                    armed.take()
+                }
                 _ => None,
             }
         };
@@ -176,6 +190,7 @@ impl Store for HeldStore {
         self.inner.set_add(key, member, ttl).await
     }
     async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        self.hold.maybe_hold(key, Kind::Removal).await;
         self.inner.set_remove(key, member).await
     }
     async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
@@ -272,7 +287,11 @@ impl Store for HeldStore {
     async fn write_many(&self, writes: &[Write<'_>]) -> Result<bool, StoreError> {
         for w in writes {
             if matches!(w, Write::Put { .. } | Write::SetAdd { .. } | Write::Delete { .. }) {
-                self.hold.maybe_hold(w.key(), Kind::Any).await;
+                let guarded = writes
+                    .iter()
+                    .any(|c| matches!(c, Write::RequireAbsent { key } if *key == w.key()));
+                let kind = if guarded { Kind::Creation } else { Kind::Any };
+                self.hold.maybe_hold(w.key(), kind).await;
             }
         }
         self.inner.write_many(writes).await
