@@ -337,27 +337,32 @@ impl Broker {
         })
     }
 
-    /// Whether one of the browser's login bindings (`logins`: login id and
-    /// secret, from its bindings cookie) names a pending login of `tenant`
-    /// that is bound to that secret: the browser started a sign-in of the
-    /// tenant. For the edge, only when the tenant's anonymous callback
-    /// budget is spent (the pending logins are read then, never otherwise).
-    pub async fn binds_pending_login(&self, tenant: &TenantId, logins: &BrowserLogins) -> bool {
-        for (id, secret) in logins.iter().rev() {
-            if id.is_empty() || id.len() > MAX_LOGIN_ID_LEN {
-                continue;
-            }
-            let Ok(Some(p)) = self.store.get_json::<PendingLogin>(&pending_key(tenant, id)).await else {
-                continue;
-            };
-            if p.browser_binding
-                .as_deref()
-                .is_some_and(|expected| binding_matches(secret, expected))
-            {
-                return true;
-            }
+    /// Whether `login_id` names a pending login of `tenant` whose binding
+    /// the browser holds (`logins`: login id and secret, from its bindings
+    /// cookie): the browser started that sign-in of the tenant. Only the
+    /// login the request itself names counts, never another the browser
+    /// holds. For the edge, only when the tenant's anonymous callback
+    /// budget is spent (the pending login is read then, never otherwise).
+    pub async fn binds_login(&self, tenant: &TenantId, login_id: &str, logins: &BrowserLogins) -> bool {
+        if login_id.is_empty() || login_id.len() > MAX_LOGIN_ID_LEN {
+            return false;
         }
-        false
+        if !logins.iter().any(|(id, _)| id == login_id) {
+            return false;
+        }
+        let Ok(Some(p)) = self
+            .store
+            .get_json::<PendingLogin>(&pending_key(tenant, login_id))
+            .await
+        else {
+            return false;
+        };
+        let Some(expected) = p.browser_binding.as_deref() else {
+            return false;
+        };
+        logins
+            .iter()
+            .any(|(id, secret)| id == login_id && binding_matches(secret, expected))
     }
 
     /// The SAML ACS (a cross-site POST without the session cookie): validate,

@@ -779,9 +779,12 @@ enum Checked {
 
 /// A callback refused by its tenant's anonymous bucket, settled
 /// ([`OwnFallback::settle`]). The MFA and passkey pages name their waiting
-/// answer in `handle`: in the query, or in a POSTed form, read here (small,
-/// and only for such a request) and handed back as the body. `Err`: the
-/// answer to send (a body over its bound).
+/// answer in `handle`; the tenant's other sign-in pages (local accounts,
+/// the dev IdP) name their pending login in `login` (or `state`, at the
+/// local callback and the dev IdP's page): in the query of a GET, in the
+/// form of a POST, read here (small, and only for such a request) and
+/// handed back as the body. `Err`: the answer to send (a body over its
+/// bound).
 async fn settle_anonymous(
     state: &AppState,
     fallback: Box<OwnFallback>,
@@ -791,11 +794,12 @@ async fn settle_anonymous(
     request_id: &str,
 ) -> Result<(Result<Checked, StoreError>, axum::body::Body), Response> {
     let mut body = body;
-    let mut handle = first_value(
-        &super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes()),
-        "handle",
-    );
-    if handle.is_none() && parts.method == Method::POST && parts.uri.path().starts_with("/mfa/") {
+    let path = parts.uri.path();
+    let is_answer = answer_route(path).is_some();
+    let query = super::pairs::parse(parts.uri.query().unwrap_or_default().as_bytes());
+    let mut named = SignInNames::of(&query);
+    let sign_in_page = ["/mfa/", "/local/", "/dev/"].iter().any(|p| path.starts_with(p));
+    if !is_answer && sign_in_page && parts.method == Method::POST {
         let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
             return Err(refuse(
                 RouteClass::Callback,
@@ -804,7 +808,8 @@ async fn settle_anonymous(
                 "The request body is too large.",
             ));
         };
-        handle = first_value(&super::pairs::parse(&bytes), "handle");
+        // A POST's handler reads its form: what the form names counts.
+        named = SignInNames::of(&super::pairs::parse(&bytes)).or(named);
         body = axum::body::Body::from(bytes);
     }
     // The answer's own word, as the handler will take it: an IdP answer
@@ -816,18 +821,50 @@ async fn settle_anonymous(
         let bindings = (parts.method != Method::POST).then(|| super::binding::from_cookie(state, &parts.headers));
         (a, bindings)
     });
-    let is_answer = answer_route(parts.uri.path()).is_some();
-    let checked = fallback
-        .settle(
-            state,
-            &parts.headers,
-            (answer, is_answer),
-            handle.as_deref(),
-            request_id,
-        )
-        .await;
+    // An IdP's answer is the tenant's own through the login it names
+    // (above) only, never through a `login` it also carries.
+    if is_answer {
+        named.login = None;
+    }
+    let checked = fallback.settle(state, &parts.headers, answer, &named, request_id).await;
     Ok((checked, body))
 }
+
+/// What a sign-in page names that may show it to be the tenant's own: the
+/// answer waiting for a second factor (`handle`) and the pending login
+/// (`login`, else `state`).
+#[derive(Default)]
+struct SignInNames {
+    handle: Option<String>,
+    login: Option<String>,
+}
+
+impl SignInNames {
+    fn of(pairs: &[(String, String)]) -> Self {
+        Self {
+            handle: first_value(pairs, "handle"),
+            login: first_value(pairs, "login").or_else(|| first_value(pairs, "state")),
+        }
+    }
+
+    /// `self`, with what it lacks taken from `other`.
+    fn or(self, other: Self) -> Self {
+        Self {
+            handle: self.handle.or(other.handle),
+            login: self.login.or(other.login),
+        }
+    }
+}
+
+/// How many requests one pending login may pass in its tenant's own
+/// callback budget once the anonymous bucket is spent (a burst of this,
+/// refilled over the login's lifetime, `[sessions] login_ttl_secs`: at most
+/// twice this while it lives). A person's whole local sign-in (sign-in,
+/// sign-up, confirm, a resent code, a reset, a few mistyped passwords, the
+/// callback) takes about twenty; a stranger who started one real login
+/// gets no more than this of the tenant's own budget from it, however many
+/// passwords he guesses or accounts he signs up with it.
+pub const OWN_REQUESTS_PER_LOGIN: u64 = 30;
 
 /// The name of a tenant's anonymous callback bucket (its key, and the
 /// `bucket` of the `throttle.exceeded` log line and audit event).
@@ -839,14 +876,16 @@ pub const ANONYMOUS_CALLBACK_BUCKET: &str = "callback_anonymous";
 /// peeked it beside its count, [`crate::broker::PrefetchedCallback`]: the
 /// first answer naming a login ends it, so a stranger's own login counts
 /// once, and an answer from a browser without the login's binding, which
-/// leaves it alone, not at all), or its browser holds
-/// a binding of a pending login of the tenant, a live SSO session of the
-/// tenant or a waiting second-factor step ([`own_browser`]). Anyone can
-/// name a tenant in a callback's path (a made-up connection, a garbage
-/// SAML response); only such requests spend the tenant's own budget, so
-/// strangers spend only its anonymous bucket. The browser is looked at
-/// only here, when the anonymous bucket is spent: other requests pay
-/// nothing for it.
+/// leaves it alone, not at all); or, on the tenant's other sign-in pages,
+/// it names a pending login of the tenant whose binding its browser holds,
+/// within that login's [`OWN_REQUESTS_PER_LOGIN`]; or its browser holds a
+/// live SSO session of the tenant or the answer waiting for a second
+/// factor it names ([`own_browser`]). Anyone can name a tenant in a
+/// callback's path (a made-up connection, a garbage SAML response); only
+/// such requests spend the tenant's own budget, so strangers spend only its
+/// anonymous bucket, and a stranger's own login only what one login may.
+/// The browser is looked at only here, when the anonymous bucket is spent:
+/// other requests pay nothing for it.
 struct OwnFallback {
     record: Option<std::sync::Arc<crate::tenant::Tenant>>,
     tenant: TenantId,
@@ -865,18 +904,17 @@ impl OwnFallback {
         self,
         state: &AppState,
         headers: &HeaderMap,
-        (answer, is_answer): (Option<(&PrefetchedCallback, Option<BrowserLogins>)>, bool),
-        mfa_handle: Option<&str>,
+        answer: Option<(&PrefetchedCallback, Option<BrowserLogins>)>,
+        named: &SignInNames,
         request_id: &str,
     ) -> Result<Checked, StoreError> {
         let class = RouteClass::Callback;
         let own = match answer {
             Some((a, bindings)) if a.names_pending_login_of(&self.tenant, bindings.as_ref()) => true,
-            // An IdP's answer (`is_answer`) is the tenant's own through the
-            // login it names, never through another login its browser
-            // holds the binding of: that login would not end, and the
-            // answer could name anything, as often as it liked.
-            _ => own_browser(state, headers, &self.tenant, mfa_handle, !is_answer).await,
+            _ => {
+                self.through_named_login(state, headers, named.login.as_deref()).await?
+                    || own_browser(state, headers, &self.tenant, named.handle.as_deref()).await
+            }
         };
         if !own {
             throttled(
@@ -917,26 +955,49 @@ impl OwnFallback {
         .await;
         Ok(Checked::Refused(too_many(class, d.retry_after)))
     }
+
+    /// Whether the request is the tenant's own through the pending login it
+    /// names (`login`): a login of the tenant whose binding the browser
+    /// holds, counted against the login's own allowance
+    /// ([`OWN_REQUESTS_PER_LOGIN`]), which must still have room. A login
+    /// the browser holds but the request does not name counts for nothing.
+    async fn through_named_login(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        login: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let Some(login) = login else {
+            return Ok(false);
+        };
+        let logins = super::binding::from_cookie(state, headers);
+        if !state.broker.binds_login(&self.tenant, login, &logins).await {
+            return Ok(false);
+        }
+        // Keyed by a real pending login bound to this browser (checked
+        // just above), so made-up ids create no keys.
+        let key = Key::tenant(self.tenant.as_str(), "rl", format!("login:{login}"));
+        let d = state
+            .store
+            .rate_limit(&key, OWN_REQUESTS_PER_LOGIN, state.broker.login_ttl)
+            .await?;
+        if !d.allowed {
+            tracing::info!(
+                reason = "throttle.login_allowance_spent",
+                tenant = %self.tenant,
+                "a pending login passed its share of the tenant's own budget; not counted as the tenant's own"
+            );
+        }
+        Ok(d.allowed)
+    }
 }
 
-/// Whether the browser that sent `headers` is in a sign-in of `tenant`:
-/// its bindings cookie names a pending login of the tenant bound to it
-/// (looked at only `by_bindings`), or it is signed in to the tenant, or
+/// Whether the browser that sent `headers` is signed in to `tenant`, or
 /// its session holds the secret of the tenant's answer waiting for a
 /// second factor under `mfa_handle` (the MFA and passkey pages' `handle`).
-async fn own_browser(
-    state: &AppState,
-    headers: &HeaderMap,
-    tenant: &TenantId,
-    mfa_handle: Option<&str>,
-    by_bindings: bool,
-) -> bool {
-    if by_bindings {
-        let logins = super::binding::from_cookie(state, headers);
-        if !logins.is_empty() && state.broker.binds_pending_login(tenant, &logins).await {
-            return true;
-        }
-    }
+/// A pending login's binding alone is no sign of it: that counts only for
+/// the login a request names ([`OwnFallback::through_named_login`]).
+async fn own_browser(state: &AppState, headers: &HeaderMap, tenant: &TenantId, mfa_handle: Option<&str>) -> bool {
     let Some(record) = browser_session(state, headers).await else {
         return false;
     };

@@ -1042,3 +1042,116 @@ async fn a_strangers_own_pending_login_counts_as_the_tenants_once() {
     let code = sign_in(&app, &mut Browser::new(), &rp, "demo", "ann@demo.example").await;
     assert!(!code.code.is_empty());
 }
+
+/// A stranger can start one real sign-in of a tenant with local accounts
+/// (within his address's `/authorize` budget) and keep its binding. Once
+/// the tenant's anonymous bucket is spent, a local page's request is the
+/// tenant's own only through the pending login it names, whose binding the
+/// browser holds, and only within that login's allowance
+/// (`OWN_REQUESTS_PER_LOGIN`): his binding vouches for no request naming
+/// another login or none, and his password guesses on his own login are
+/// refused (429 `throttle.exceeded`, bucket `callback_anonymous`) once
+/// the allowance is used. A person of the tenant still signs in, in its own
+/// budget. Before, any binding of a pending login of the tenant made every
+/// local-page request the tenant's own: one started sign-in spent the
+/// tenant's whole own budget and its people got 429.
+#[tokio::test]
+async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_on_local_pages() {
+    use crate::support::browser::Browser;
+    use crate::support::local::{pkce, Gateway, World};
+    use crate::support::logs::Captured;
+    use portcullis::http::edge::OWN_REQUESTS_PER_LOGIN;
+    const WORLD: World = World {
+        tenant: "acme",
+        connection: "pw",
+        client: "local-app",
+        scope: "openid email",
+    };
+    const PASSWORD: &str = "Tangerine-Orbit-42";
+    let (logs, _guard) = Captured::start();
+    let app = Gateway {
+        tweak: Some(|s| {
+            s.throttle.callback.per_tenant = 45;
+            s.throttle.callback.per_tenant_anonymous = Some(2);
+        }),
+        ..Gateway::default()
+    }
+    .spawn()
+    .await;
+    WORLD.create(&app, "Acme Corp", "acme.example").await;
+    WORLD.account(&app, "ann@acme.example", PASSWORD).await;
+    let throttled = |status: StatusCode, body: &str| {
+        status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
+    };
+    // The anonymous bucket spent by pages naming no login.
+    let sign_in_page = WORLD.page(&app, "sign-in");
+    for _ in 0..2 {
+        let resp = app.client.get(sign_in_page.clone()).send().await.unwrap();
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let resp = app.client.get(sign_in_page.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The stranger starts one real sign-in: his browser holds its binding.
+    let mut stranger = Browser::new();
+    let page = WORLD.start(&app, &mut stranger, &pkce()).await;
+    let login = page
+        .url
+        .query_pairs()
+        .find(|(k, _)| k == "login")
+        .unwrap()
+        .1
+        .into_owned();
+    let cookies = stranger.cookies_for(&page.url).unwrap();
+    let guess = |login: Option<&str>| {
+        let mut form = vec![("email", "ann@acme.example"), ("password", "guess")];
+        form.extend(login.map(|l| ("login", l)));
+        app.client
+            .post(sign_in_page.clone())
+            .header("cookie", cookies.clone())
+            .form(&form)
+            .send()
+    };
+    // His binding vouches for no request naming another login, or none.
+    for other in [Some("made-up"), None] {
+        let resp = guess(other).await.unwrap();
+        let status = resp.status();
+        assert!(throttled(status, &resp.text().await.unwrap()), "{other:?}: {status}");
+    }
+    // Guesses naming his own login: within its allowance (the page he
+    // opened took one), then refused as a stranger's.
+    let mut passed = 0;
+    let tries = 2 * OWN_REQUESTS_PER_LOGIN;
+    for _ in 0..tries {
+        let resp = guess(Some(&login)).await.unwrap();
+        let status = resp.status();
+        if !throttled(status, &resp.text().await.unwrap()) {
+            passed += 1;
+        }
+    }
+    assert!(
+        (OWN_REQUESTS_PER_LOGIN - 2..=OWN_REQUESTS_PER_LOGIN).contains(&passed),
+        "{passed} of {tries} guesses passed"
+    );
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    for line in &refusals {
+        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
+        assert_eq!(line["fields"]["tenant"], "acme", "{line}");
+    }
+    assert!(
+        !logs.with_reason("throttle.login_allowance_spent").is_empty(),
+        "{}",
+        logs.text()
+    );
+    // A person of acme signs in with a login of her own, in acme's own budget.
+    let tokens = WORLD.sign_in(&app, "ann@acme.example", PASSWORD, None).await;
+    assert!(tokens["access_token"].is_string(), "{tokens}");
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+}
