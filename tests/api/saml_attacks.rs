@@ -184,7 +184,7 @@ async fn signature_placement_reference_and_transforms_are_checked() {
     assert!(x.contains("</ds:Transforms>"), "{x}");
     for extra in [
         "http://www.w3.org/2001/10/xml-exc-c14n#",
-        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+        "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
         "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
     ] {
         let chained = x.replacen(
@@ -215,4 +215,93 @@ async fn signature_placement_reference_and_transforms_are_checked() {
     let e = reject(moved).await;
     assert_eq!(e.code, "saml.signature_invalid");
     assert!(e.detail.contains("outside"), "{}", e.detail);
+}
+
+/// Only exclusive canonicalization signs (SAML Core 5.4.3-5.4.4): a
+/// signature made with inclusive c14n 1.0 or 1.1, valid as signed, is
+/// refused before xmlsec runs, on the Assertion and on the Response; so is a
+/// Reference that names no canonicalization (XML Signature would then
+/// digest the inclusive form).
+#[tokio::test]
+async fn inclusive_canonicalization_is_refused() {
+    for (name, alg) in [
+        ("inclusive_c14n", "REC-xml-c14n-20010315"),
+        ("inclusive_c14n_response", "REC-xml-c14n-20010315"),
+        ("c14n11", "xml-c14n11"),
+    ] {
+        assert!(xml(name).contains(alg), "{name}");
+        let e = run(name).await.unwrap_err();
+        assert_eq!(e.code, "saml.signature_invalid", "{name}");
+        assert!(
+            e.detail.starts_with("transform ") && e.detail.contains(alg) && e.detail.ends_with("is not allowed"),
+            "{name}: {}",
+            e.detail
+        );
+    }
+    let x = xml("ok");
+    let c14n = "<ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>";
+    assert!(x.contains(c14n), "{x}");
+    let e = complete_xml(&sp().await, Some(&pending(REQ)), x.replacen(c14n, "", 1).as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "saml.signature_invalid");
+    assert!(e.detail.contains("exclusive canonicalization"), "{}", e.detail);
+    // SignedInfo's own canonicalization: inclusive is refused there too.
+    let method = "<ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/>";
+    assert!(x.contains(method), "{x}");
+    let inclusive = x.replacen(
+        method,
+        "<ds:CanonicalizationMethod Algorithm=\"http://www.w3.org/TR/2001/REC-xml-c14n-20010315\"/>",
+        1,
+    );
+    let e = complete_xml(&sp().await, Some(&pending(REQ)), inclusive.as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "saml.signature_invalid");
+    assert!(
+        e.detail
+            .contains("canonicalization http://www.w3.org/TR/2001/REC-xml-c14n-20010315 is not allowed"),
+        "{}",
+        e.detail
+    );
+}
+
+/// HMAC "signatures" are keyed with a shared secret, never an IdP's public
+/// key: the method is outside every allow-list, whatever the connection opts into.
+#[tokio::test]
+async fn hmac_signature_method_is_refused() {
+    let x = xml("ok");
+    let rsa = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
+    assert!(x.contains(rsa), "{x}");
+    for hmac in [
+        "http://www.w3.org/2001/04/xmldsig-more#hmac-sha256",
+        "http://www.w3.org/2000/09/xmldsig#hmac-sha1",
+    ] {
+        let (c, _) = sp_with(
+            "acme",
+            serde_json::json!({ "allowed_algorithms": ["rsa-sha256", "rsa-sha1"] }),
+        )
+        .await;
+        let e = complete_xml(&c, Some(&pending(REQ)), x.replacen(rsa, hmac, 1).as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "saml.signature_algorithm_not_allowed", "{hmac}");
+    }
+}
+
+/// An EncryptedAssertion next to a signed plain one (either order) is two
+/// assertions: refused before anything is decrypted or verified.
+#[tokio::test]
+async fn an_encrypted_assertion_next_to_a_plain_one_is_refused() {
+    let x = xml("ok");
+    let encrypted = "<saml:EncryptedAssertion><xenc:EncryptedData xmlns:xenc=\"http://www.w3.org/2001/04/xmlenc#\"/></saml:EncryptedAssertion>";
+    let before = x.replacen("<saml:Assertion ", &format!("{encrypted}<saml:Assertion "), 1);
+    let after = x.replacen("</samlp:Response>", &format!("{encrypted}</samlp:Response>"), 1);
+    for doc in [before, after] {
+        assert!(doc.contains(encrypted));
+        let e = complete_xml(&sp().await, Some(&pending(REQ)), doc.as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "saml.assertion_count");
+    }
 }

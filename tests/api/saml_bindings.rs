@@ -17,6 +17,43 @@ async fn audience_recipient_destination_issuer_are_enforced() {
     assert_eq!(code("wrong_issuer").await, "saml.issuer_mismatch");
 }
 
+/// An Issuer names the IdP as an entity: a `Format` other than
+/// `nameid-format:entity` is refused on the Assertion and on the Response
+/// (SAML Profiles 4.1.4.2), the entity format itself is accepted.
+#[tokio::test]
+async fn an_issuer_in_another_format_than_entity_is_issuer_mismatch() {
+    assert_eq!(run("issuer_format_entity").await.unwrap().subject, "ada@example.test");
+    for name in ["issuer_format_persistent", "response_issuer_format_email"] {
+        let e = run(name).await.unwrap_err();
+        assert_eq!(e.code, "saml.issuer_mismatch", "{name}");
+        assert!(e.detail.contains("Issuer Format"), "{name}: {}", e.detail);
+    }
+}
+
+/// A signed Response must name its Issuer (SAML Profiles 4.1.4.2); an
+/// unsigned one, whose signed Assertion names it, may leave it out.
+#[tokio::test]
+async fn a_signed_response_without_an_issuer_is_issuer_mismatch() {
+    let e = run("signed_response_without_issuer").await.unwrap_err();
+    assert_eq!(e.code, "saml.issuer_mismatch");
+    assert!(e.detail.contains("no Issuer"), "{}", e.detail);
+    assert_eq!(
+        run("unsigned_response_without_issuer").await.unwrap().subject,
+        "ada@example.test"
+    );
+}
+
+/// Only bearer SubjectConfirmations confirm a Web SSO subject: holder-of-key
+/// and sender-vouches ones, even with the right Recipient, window and
+/// InResponseTo, confirm nothing here.
+#[tokio::test]
+async fn only_a_bearer_subject_confirmation_counts() {
+    assert_eq!(
+        code("no_bearer_confirmation").await,
+        "saml.subject_confirmation_missing"
+    );
+}
+
 #[tokio::test]
 async fn validity_windows_are_enforced_with_bounded_skew() {
     assert_eq!(code("expired").await, "saml.expired");

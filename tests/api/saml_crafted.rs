@@ -50,6 +50,12 @@ pub fn case(name: &str, over: serde_json::Value) -> serde_json::Value {
     c
 }
 
+/// Issuer `Format`s: the only one an Issuer of an IdP may carry (SAML
+/// Profiles 4.1.4.2), and two it may not.
+const ENTITY: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity";
+const PERSISTENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent";
+const EMAIL: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress";
+
 pub fn cases() -> Vec<serde_json::Value> {
     use serde_json::json;
     let mut v = vec![
@@ -92,6 +98,35 @@ pub fn cases() -> Vec<serde_json::Value> {
             json!({ "sign": "response", "destination": null }),
         ),
         case("wrong_issuer", json!({ "assertion_issuer": "https://idp.evil.test" })),
+        case(
+            "issuer_format_entity",
+            json!({ "sign": "both", "issuer_format": ENTITY, "response_issuer_format": ENTITY }),
+        ),
+        case("issuer_format_persistent", json!({ "issuer_format": PERSISTENT })),
+        case(
+            "response_issuer_format_email",
+            json!({ "response_issuer_format": EMAIL }),
+        ),
+        case(
+            "signed_response_without_issuer",
+            json!({ "sign": "response", "response_issuer": null }),
+        ),
+        case("unsigned_response_without_issuer", json!({ "response_issuer": null })),
+        case(
+            "no_bearer_confirmation",
+            json!({ "confirmations": [
+                "urn:oasis:names:tc:SAML:2.0:cm:holder-of-key",
+                "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches"] }),
+        ),
+        case(
+            "inclusive_c14n",
+            json!({ "c14n": "http://www.w3.org/TR/2001/REC-xml-c14n-20010315" }),
+        ),
+        case(
+            "inclusive_c14n_response",
+            json!({ "sign": "response", "c14n": "http://www.w3.org/TR/2001/REC-xml-c14n-20010315" }),
+        ),
+        case("c14n11", json!({ "c14n": "http://www.w3.org/2006/12/xml-c14n11" })),
         case("expired", json!({ "not_on_or_after": ts(Duration::minutes(-2)) })),
         case("not_yet_valid", json!({ "not_before": ts(Duration::minutes(3)) })),
         case(

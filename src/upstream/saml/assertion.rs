@@ -21,6 +21,31 @@ pub(crate) const NAMEID_TRANSIENT: &str = "urn:oasis:names:tc:SAML:2.0:nameid-fo
 /// The XML Schema instance namespace (`xsi:type`).
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
+/// The one `Format` an IdP's `Issuer` may name (SAML Profiles §4.1.4.2:
+/// omitted, or this).
+const ISSUER_FORMAT_ENTITY: &str = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity";
+
+/// Checks an `Issuer` element against the connection's IdP: its text is the
+/// IdP's entity id and its `Format`, when present, is the entity format
+/// (SAML Profiles §4.1.4.2). Another format names something else than an
+/// entity (a user, an email address) that happens to read the same.
+fn check_issuer(issuer: &El<'_>, what: &str, p: &Policy<'_>) -> Result<(), Reject> {
+    let text = xml::text(issuer);
+    if text != p.idp_entity_id {
+        return Err(Reject::new(
+            SamlReason::IssuerMismatch,
+            format!("{what} Issuer {text:?}"),
+        ));
+    }
+    match xml::attr(issuer, "Format") {
+        Some(f) if f != ISSUER_FORMAT_ENTITY => Err(Reject::new(
+            SamlReason::IssuerMismatch,
+            format!("{what} Issuer Format {f:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks an `IssueInstant` (required): not ahead of us beyond the skew, and
 /// not older than [`MAX_ISSUE_AGE_SECS`] plus the skew.
 fn check_issue_instant(node: &El<'_>, what: &str, p: &Policy<'_>) -> Result<DateTime<Utc>, Reject> {
@@ -52,22 +77,31 @@ fn time(node: &El<'_>, name: &str) -> Result<Option<DateTime<Utc>>, Reject> {
 }
 
 /// Checks the Response fields and the trusted assertion; maps the identity.
+///
+/// `response_signed`: the Response's own signature was verified;
+/// `encrypted`: the assertion came encrypted.
 pub(crate) fn check(
     response: &El<'_>,
     response_signed: bool,
+    encrypted: bool,
     assertion: &El<'_>,
     p: &Policy<'_>,
 ) -> Result<Validated, Reject> {
-    // Response level. A signed Response must name its Destination (SAML
-    // bindings 3.5.5.2); an unsigned one may omit it, but a wrong one is refused.
-    if let Some(issuer) = xml::child(response, SAML, "Issuer") {
-        if xml::text(&issuer) != p.idp_entity_id {
+    // Response level. A signed Response, or one carrying an encrypted
+    // assertion, must name its Issuer (SAML Profiles 4.1.4.2); any Issuer
+    // present must be the IdP's, in the entity format.
+    match xml::child(response, SAML, "Issuer") {
+        Some(issuer) => check_issuer(&issuer, "Response", p)?,
+        None if response_signed || encrypted => {
             return Err(Reject::new(
                 SamlReason::IssuerMismatch,
-                format!("Response Issuer {:?}", xml::text(&issuer)),
-            ));
+                "a signed Response or one with an encrypted assertion has no Issuer",
+            ))
         }
+        None => {}
     }
+    // A signed Response must name its Destination (SAML bindings 3.5.5.2);
+    // an unsigned one may omit it, but a wrong one is refused.
     match xml::attr(response, "Destination") {
         Some(d) if d != p.acs_url => {
             return Err(Reject::new(
@@ -93,14 +127,8 @@ pub(crate) fn check(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Reject::new(SamlReason::Malformed, "Assertion without ID"))?;
     let issuer = xml::child(assertion, SAML, "Issuer")
-        .map(|i| xml::text(&i))
-        .unwrap_or_default();
-    if issuer != p.idp_entity_id {
-        return Err(Reject::new(
-            SamlReason::IssuerMismatch,
-            format!("Assertion Issuer {issuer:?}"),
-        ));
-    }
+        .ok_or_else(|| Reject::new(SamlReason::IssuerMismatch, "Assertion without Issuer"))?;
+    check_issuer(&issuer, "Assertion", p)?;
     let subject = xml::child(assertion, SAML, "Subject")
         .ok_or_else(|| Reject::new(SamlReason::Malformed, "Assertion without Subject"))?;
     let name_id_el = xml::child(&subject, SAML, "NameID")

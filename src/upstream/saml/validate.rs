@@ -315,7 +315,7 @@ pub(crate) fn validate(form_value: &str, p: &Policy<'_>) -> Result<Validated, Re
             ))
         }
     };
-    assertion::check(&response, response_signed, &assertion, p)
+    assertion::check(&response, response_signed, is_encrypted, &assertion, p)
 }
 
 /// Decrypts the EncryptedAssertion and returns a document whose root is the

@@ -12,6 +12,11 @@ Trust-related case fields: "name_id_format" (null: no Format),
 "session_not_on_or_after", "conditions_xml" (raw elements appended to
 <Conditions>; the saml: and xsi: prefixes are declared) and "lookalike"
 ("status": StatusCode with samlp:Value only; "version": saml:Version only).
+Issuer and signature fields: "issuer_format" / "response_issuer_format"
+(a Format on the Assertion's / Response's Issuer), "response_issuer" (null:
+the Response has no Issuer), "c14n" (the canonicalization the signature
+uses, SignedInfo's and the Reference's), "confirmations" (the
+SubjectConfirmation Methods, in order; only the bearer one is the usual).
 """
 import base64
 import copy
@@ -100,17 +105,19 @@ def assertion(c, issuer):
     a = E(SAML, "Assertion", {"ID": aid, "Version": "2.0",
                               "IssueInstant": c.get("assertion_issue_instant", c["issue_instant"])},
           nsmap={"saml": SAML})
-    sub(a, SAML, "Issuer", text=c.get("assertion_issuer", issuer))
+    issuer_attrs = {"Format": c["issuer_format"]} if c.get("issuer_format") else {}
+    sub(a, SAML, "Issuer", issuer_attrs, text=c.get("assertion_issuer", issuer))
     s = sub(a, SAML, "Subject")
     fmt = c.get("name_id_format", "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress")
     sub(s, SAML, "NameID", {"Format": fmt} if fmt else {}, text=c["name_id"])
-    sc = sub(s, SAML, "SubjectConfirmation", {"Method": "urn:oasis:names:tc:SAML:2.0:cm:bearer"})
-    scd = {"Recipient": c.get("recipient", c["acs_url"])}
-    if c.get("scd_not_on_or_after"):
-        scd["NotOnOrAfter"] = c["scd_not_on_or_after"]
-    if c.get("in_response_to"):
-        scd["InResponseTo"] = c["in_response_to"]
-    sub(sc, SAML, "SubjectConfirmationData", scd)
+    for method in c.get("confirmations") or ["urn:oasis:names:tc:SAML:2.0:cm:bearer"]:
+        sc = sub(s, SAML, "SubjectConfirmation", {"Method": method})
+        scd = {"Recipient": c.get("recipient", c["acs_url"])}
+        if c.get("scd_not_on_or_after"):
+            scd["NotOnOrAfter"] = c["scd_not_on_or_after"]
+        if c.get("in_response_to"):
+            scd["InResponseTo"] = c["in_response_to"]
+        sub(sc, SAML, "SubjectConfirmationData", scd)
     cond = sub(a, SAML, "Conditions", {"NotBefore": c["not_before"], "NotOnOrAfter": c["not_on_or_after"]})
     if c.get("audience", c["sp_entity_id"]) is not None:
         ar = sub(cond, SAML, "AudienceRestriction")
@@ -146,7 +153,7 @@ def sign(el, key_pem, cert_pem, c):
     signer = cls(
         signature_algorithm=c.get("sig_alg", "rsa-sha256"),
         digest_algorithm=c.get("digest", "sha256"),
-        c14n_algorithm=EXC_C14N,
+        c14n_algorithm=c.get("c14n", EXC_C14N),
     )
     signer.namespaces = {"ds": DS}
     doc = etree.fromstring(etree.tostring(el))
@@ -166,7 +173,9 @@ def response(c, issuer, inner):
     if c.get("response_in_response_to", c.get("in_response_to")):
         attrs["InResponseTo"] = c.get("response_in_response_to", c.get("in_response_to"))
     r = E(SAMLP, "Response", attrs, nsmap={"samlp": SAMLP, "saml": SAML})
-    sub(r, SAML, "Issuer", text=issuer)
+    if c.get("response_issuer", issuer) is not None:
+        issuer_attrs = {"Format": c["response_issuer_format"]} if c.get("response_issuer_format") else {}
+        sub(r, SAML, "Issuer", issuer_attrs, text=c.get("response_issuer", issuer))
     st = sub(r, SAMLP, "Status")
     status = c.get("status", "urn:oasis:names:tc:SAML:2.0:status:Success")
     if lookalike == "status":
