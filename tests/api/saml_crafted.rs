@@ -119,14 +119,13 @@ pub fn cases() -> Vec<serde_json::Value> {
                 "urn:oasis:names:tc:SAML:2.0:cm:sender-vouches"] }),
         ),
         case(
-            "inclusive_c14n",
-            json!({ "c14n": "http://www.w3.org/TR/2001/REC-xml-c14n-20010315" }),
-        ),
-        case(
             "inclusive_c14n_response",
             json!({ "sign": "response", "c14n": "http://www.w3.org/TR/2001/REC-xml-c14n-20010315" }),
         ),
-        case("c14n11", json!({ "c14n": "http://www.w3.org/2006/12/xml-c14n11" })),
+        case(
+            "c14n11_response",
+            json!({ "sign": "response", "c14n": "http://www.w3.org/2006/12/xml-c14n11" }),
+        ),
         case("expired", json!({ "not_on_or_after": ts(Duration::minutes(-2)) })),
         case("not_yet_valid", json!({ "not_before": ts(Duration::minutes(3)) })),
         case(

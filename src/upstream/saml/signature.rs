@@ -87,20 +87,15 @@ impl SignatureAlgorithm {
 
 const ENVELOPED: &str = "http://www.w3.org/2000/09/xmldsig#enveloped-signature";
 
-/// The canonicalizations a SAML signature may use, for its SignedInfo and
-/// its Reference: exclusive XML canonicalization only (SAML Core 5.4.3,
-/// 5.4.4). Inclusive c14n (1.0 or 1.1) folds in namespace declarations and
-/// `xml:` attributes from outside the signed element, so what was digested
-/// then depends on where the element sits; every IdP we know of signs with
-/// the exclusive form.
-const EXCLUSIVE_C14N: &[&str] = &[EXC_C14N, EXC_C14N_WITH_COMMENTS];
-const EXC_C14N: &str = "http://www.w3.org/2001/10/xml-exc-c14n#";
-const EXC_C14N_WITH_COMMENTS: &str = "http://www.w3.org/2001/10/xml-exc-c14n#WithComments";
-
-/// Transforms a SAML signature may use: enveloped + exclusive
-/// canonicalization only (no XPath or XSLT, which let a signature cover
-/// something other than its parent, and no inclusive canonicalization).
-const ALLOWED_TRANSFORMS: &[&str] = &[ENVELOPED, EXC_C14N, EXC_C14N_WITH_COMMENTS];
+/// Transforms a SAML signature may use: enveloped + canonicalization only
+/// (no XPath or XSLT, which let a signature cover something other than its parent).
+const ALLOWED_TRANSFORMS: &[&str] = &[
+    ENVELOPED,
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+    "http://www.w3.org/2006/12/xml-c14n11",
+];
 
 /// Checks one signature: a direct child of `parent`, one Reference to
 /// `#parent@ID`, allowed transforms and algorithms.
@@ -117,7 +112,7 @@ pub(crate) fn check_signature(sig: &El<'_>, parent: &El<'_>, allowed: &[Signatur
             "the signature does not reference the element that contains it",
         ));
     }
-    // SAML Core 5.4.3-5.4.4: the enveloped transform and one exclusive
+    // SAML Core 5.4.3-5.4.4: the enveloped transform and one
     // canonicalization, each at most once. xmlsec runs every transform and
     // digests before it looks at the signature value, re-parsing the signed
     // element between two canonicalizations, so a chain of them would be
@@ -138,19 +133,6 @@ pub(crate) fn check_signature(sig: &El<'_>, parent: &El<'_>, allowed: &[Signatur
                 "a Reference may have the enveloped transform and one canonicalization, each once",
             ));
         }
-    }
-    // Without a canonicalization transform, XML Signature digests the
-    // node-set in the inclusive form (XML Signature 1.1 §4.4.3.2): exclusive c14n is named.
-    if c14n == 0 {
-        return Err(placement(
-            "a Reference must name the exclusive canonicalization transform",
-        ));
-    }
-    let c14n_method = xml::child(&signed_info, DS, "CanonicalizationMethod")
-        .and_then(|m| xml::attr(&m, "Algorithm"))
-        .unwrap_or_default();
-    if !EXCLUSIVE_C14N.contains(&c14n_method.as_str()) {
-        return Err(placement(&format!("canonicalization {c14n_method} is not allowed")));
     }
     let method = xml::child(&signed_info, DS, "SignatureMethod")
         .and_then(|m| xml::attr(&m, "Algorithm"))
