@@ -866,6 +866,35 @@ impl SignInNames {
 /// passwords he guesses or accounts he signs up with it.
 pub const OWN_REQUESTS_PER_LOGIN: u64 = 30;
 
+/// How many requests one SSO session may pass in its tenant's own callback
+/// budget once the anonymous bucket is spent: a burst of this, refilled
+/// over [`OWN_SESSION_WINDOW`] (one a minute after the burst). A person's
+/// self-service in one session takes about thirty such requests: changing
+/// the password (the page, a mistyped current password, the change),
+/// enrolling TOTP (the page, a mistyped first code, the code, the recovery
+/// codes), two or three passkeys added or removed (the page, the options,
+/// the registration, each), a few reloads; signing in to other apps reuses
+/// the session at `/authorize` and passes no callback, and a step-up names
+/// its own login or second-factor wait. Twice that leaves room for a slow
+/// person; yet a stranger who signed himself up and in (`allow_sign_up`)
+/// and replays his session cookie from many addresses gets no more than
+/// this of the tenant's own budget from it.
+pub const OWN_REQUESTS_PER_SESSION: u64 = 60;
+
+/// The window over which [`OWN_REQUESTS_PER_SESSION`] refills.
+pub const OWN_SESSION_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// How many requests one answer waiting for its second factor (the MFA and
+/// passkey pages' `handle`) may pass in its tenant's own callback budget
+/// once the anonymous bucket is spent: a burst of this, refilled over the
+/// wait's lifetime ([`crate::broker::second_factor::MFA_TTL`]: at most
+/// twice this while it waits). A person's second factor (the page, a few
+/// mistyped codes, or an enrolment: the page, the first code, the recovery
+/// codes, continue; or a passkey: the page, its options, its answer) takes
+/// about fifteen; a stranger's own wait, reloaded from many addresses,
+/// gets no more than this.
+pub const OWN_REQUESTS_PER_MFA_WAIT: u64 = 30;
+
 /// The name of a tenant's anonymous callback bucket (its key, and the
 /// `bucket` of the `throttle.exceeded` log line and audit event).
 pub const ANONYMOUS_CALLBACK_BUCKET: &str = "callback_anonymous";
@@ -878,12 +907,15 @@ pub const ANONYMOUS_CALLBACK_BUCKET: &str = "callback_anonymous";
 /// once, and an answer from a browser without the login's binding, which
 /// leaves it alone, not at all); or, on the tenant's other sign-in pages,
 /// it names a pending login of the tenant whose binding its browser holds,
-/// within that login's [`OWN_REQUESTS_PER_LOGIN`]; or its browser holds a
-/// live SSO session of the tenant or the answer waiting for a second
-/// factor it names ([`own_browser`]). Anyone can name a tenant in a
+/// within that login's [`OWN_REQUESTS_PER_LOGIN`]; or its browser holds the
+/// answer waiting for a second factor it names, within that wait's
+/// [`OWN_REQUESTS_PER_MFA_WAIT`], or a live SSO session of the tenant,
+/// within that session's [`OWN_REQUESTS_PER_SESSION`]
+/// ([`OwnFallback::through_browser`]). Anyone can name a tenant in a
 /// callback's path (a made-up connection, a garbage SAML response); only
 /// such requests spend the tenant's own budget, so strangers spend only its
-/// anonymous bucket, and a stranger's own login only what one login may.
+/// anonymous bucket, and a stranger's own login, second-factor wait or
+/// session (self sign-up lets anyone hold one) only what one may.
 /// The browser is looked at only here, when the anonymous bucket is spent:
 /// other requests pay nothing for it.
 struct OwnFallback {
@@ -913,7 +945,7 @@ impl OwnFallback {
             Some((a, bindings)) if a.names_pending_login_of(&self.tenant, bindings.as_ref()) => true,
             _ => {
                 self.through_named_login(state, headers, named.login.as_deref()).await?
-                    || own_browser(state, headers, &self.tenant, named.handle.as_deref()).await
+                    || self.through_browser(state, headers, named.handle.as_deref()).await?
             }
         };
         if !own {
@@ -990,27 +1022,84 @@ impl OwnFallback {
         }
         Ok(d.allowed)
     }
-}
 
-/// Whether the browser that sent `headers` is signed in to `tenant`, or
-/// its session holds the secret of the tenant's answer waiting for a
-/// second factor under `mfa_handle` (the MFA and passkey pages' `handle`).
-/// A pending login's binding alone is no sign of it: that counts only for
-/// the login a request names ([`OwnFallback::through_named_login`]).
-async fn own_browser(state: &AppState, headers: &HeaderMap, tenant: &TenantId, mfa_handle: Option<&str>) -> bool {
-    let Some(record) = browser_session(state, headers).await else {
-        return false;
-    };
-    if sso_live(state, &record, tenant).await {
-        return true;
+    /// Whether the request is the tenant's own through its browser: the
+    /// browser's session holds the secret of the tenant's answer waiting
+    /// for a second factor under `mfa_handle` (the MFA and passkey pages'
+    /// `handle`), within that wait's allowance
+    /// ([`OWN_REQUESTS_PER_MFA_WAIT`]), or a live SSO session of the
+    /// tenant, within that session's ([`OWN_REQUESTS_PER_SESSION`]). Each
+    /// allowance is counted in a bucket of its own (`t:<tenant>:rl`,
+    /// `mfa:<digest of the handle>` or `session:<digest of the sid>`),
+    /// made only once the wait or the session is shown to be real and of
+    /// this tenant, so made-up handles and cookies create no keys. A
+    /// pending login's binding alone is no sign of it: that counts only for
+    /// the login a request names ([`OwnFallback::through_named_login`]).
+    async fn through_browser(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        mfa_handle: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let Some(record) = browser_session(state, headers).await else {
+            return Ok(false);
+        };
+        // The wait the request names first: it is what the MFA pages are
+        // about, even in a browser also signed in (a step-up).
+        let secret = record
+            .data
+            .get(crate::broker::second_factor::MFA_SESSION_FIELD)
+            .and_then(|v| v.as_str());
+        if let (Some(secret), Some(handle)) = (secret, mfa_handle) {
+            if state.broker.waits_for_second_factor(&self.tenant, handle, secret).await {
+                let digest = crate::tokens::sha256_base64url(handle.as_bytes());
+                let window = crate::broker::second_factor::MFA_TTL;
+                if self
+                    .within_allowance(state, format!("mfa:{digest}"), OWN_REQUESTS_PER_MFA_WAIT, window)
+                    .await?
+                {
+                    return Ok(true);
+                }
+                tracing::info!(
+                    reason = "throttle.mfa_wait_allowance_spent",
+                    tenant = %self.tenant,
+                    "an answer waiting for its second factor passed its share of the tenant's own budget; not counted as the tenant's own"
+                );
+            }
+        }
+        let Some(sid) = live_sso(state, &record, &self.tenant).await else {
+            return Ok(false);
+        };
+        let digest = crate::tokens::sha256_base64url(sid.as_bytes());
+        let allowed = self
+            .within_allowance(
+                state,
+                format!("session:{digest}"),
+                OWN_REQUESTS_PER_SESSION,
+                OWN_SESSION_WINDOW,
+            )
+            .await?;
+        if !allowed {
+            tracing::info!(
+                reason = "throttle.session_allowance_spent",
+                tenant = %self.tenant,
+                "an SSO session passed its share of the tenant's own budget; not counted as the tenant's own"
+            );
+        }
+        Ok(allowed)
     }
-    let secret = record
-        .data
-        .get(crate::broker::second_factor::MFA_SESSION_FIELD)
-        .and_then(|v| v.as_str());
-    match (secret, mfa_handle) {
-        (Some(secret), Some(handle)) => state.broker.waits_for_second_factor(tenant, handle, secret).await,
-        _ => false,
+
+    /// Counts one request in the tenant's allowance bucket `name`
+    /// (`t:<tenant>:rl`): whether it had room.
+    async fn within_allowance(
+        &self,
+        state: &AppState,
+        name: String,
+        limit: u64,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = Key::tenant(self.tenant.as_str(), "rl", name);
+        Ok(state.store.rate_limit(&key, limit, window).await?.allowed)
     }
 }
 
@@ -1303,7 +1392,7 @@ async fn check(
 /// What the session then allows is still the handler's to decide.
 async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant: &TenantId) -> bool {
     match browser_session(state, headers).await {
-        Some(record) => sso_live(state, &record, tenant).await,
+        Some(record) => live_sso(state, &record, tenant).await.is_some(),
         None => false,
     }
 }
@@ -1321,18 +1410,16 @@ async fn browser_session(state: &AppState, headers: &HeaderMap) -> Option<tower_
     sessions.load(&id).await.ok().flatten()
 }
 
-/// Whether the browser session `record` holds a live SSO session of `tenant`.
-async fn sso_live(state: &AppState, record: &tower_sessions::session::Record, tenant: &TenantId) -> bool {
-    let Some(sso) = record
+/// The id of the live SSO session of `tenant` the browser session `record`
+/// holds, if it holds one (stored, of this tenant, not past its end).
+async fn live_sso(state: &AppState, record: &tower_sessions::session::Record, tenant: &TenantId) -> Option<String> {
+    let sso = record
         .data
         .get(crate::broker::session::SESSION_FIELD)
-        .and_then(|v| crate::broker::session::BrowserSso::deserialize(v).ok())
-    else {
-        return false;
-    };
+        .and_then(|v| crate::broker::session::BrowserSso::deserialize(v).ok())?;
     match crate::broker::session::load(&state.store, &sso, tenant).await {
-        Ok(Some(s)) => s.expires_at.is_none_or(|end| state.provider.clock.unix() < end),
-        _ => false,
+        Ok(Some(s)) if s.expires_at.is_none_or(|end| state.provider.clock.unix() < end) => Some(s.sid),
+        _ => None,
     }
 }
 

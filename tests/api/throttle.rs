@@ -1155,3 +1155,236 @@ async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_o
         logs.text()
     );
 }
+
+/// Where sign-up is open, a stranger with a mailbox signs himself up,
+/// confirms and signs in once: his browser then holds a live SSO session
+/// of the tenant, which he can replay from many addresses. Once the
+/// tenant's anonymous bucket is spent, each session passes at most its
+/// allowance (`OWN_REQUESTS_PER_SESSION`) of the tenant's own budget; his
+/// requests after it are a stranger's (429 `throttle.exceeded`, bucket
+/// `callback_anonymous`, and `throttle.session_allowance_spent` logged).
+/// A person of the tenant still signs in, in its own budget. Before, every
+/// request of a signed-in browser on the tenant's sign-in pages was the
+/// tenant's own: one self-made account spent the tenant's whole own budget
+/// and its people got 429.
+#[tokio::test]
+async fn one_signed_in_strangers_session_does_not_spend_the_tenants_own_budget() {
+    use crate::support::browser::Browser;
+    use crate::support::local::{at_app, far_clock, link, pkce, Gateway, World};
+    use crate::support::logs::Captured;
+    use crate::support::smtp::SmtpServer;
+    use portcullis::http::edge::OWN_REQUESTS_PER_SESSION;
+    const WORLD: World = World {
+        tenant: "acme",
+        connection: "pw",
+        client: "local-app",
+        scope: "openid email",
+    };
+    const PASSWORD: &str = "Tangerine-Orbit-42";
+    let (logs, _guard) = Captured::start();
+    let smtp = SmtpServer::start();
+    // The injected clock: no bucket refills while the test runs.
+    let app = Gateway {
+        smtp: Some(&smtp),
+        clock: Some(far_clock()),
+        tweak: Some(|s| {
+            // Room for the stranger's sign-up, his session's allowance and
+            // a person's sign-in, not for twice his allowance.
+            s.throttle.callback.per_tenant = 100;
+            s.throttle.callback.per_tenant_anonymous = Some(2);
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        }),
+        ..Gateway::default()
+    }
+    .spawn()
+    .await;
+    WORLD.create(&app, "Acme Corp", "acme.example").await;
+    WORLD.account(&app, "ann@acme.example", PASSWORD).await;
+    let throttled = |status: StatusCode, body: &str| {
+        status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
+    };
+    // The anonymous bucket spent by pages naming no login.
+    let sign_in_page = WORLD.page(&app, "sign-in");
+    for i in 0..3 {
+        let resp = app
+            .client
+            .get(sign_in_page.clone())
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status() == StatusCode::TOO_MANY_REQUESTS, i == 2, "request {i}");
+    }
+
+    // The stranger signs himself up, confirms and signs in (each page
+    // through the login it names), and holds a live session of acme.
+    let stranger_email = "mallory@mailbox.example";
+    let mut stranger = Browser::new();
+    let p = pkce();
+    let sign_in = WORLD.start(&app, &mut stranger, &p).await;
+    let form = stranger.get(&link(&sign_in, "Create account")).await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let confirm = stranger
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", stranger_email),
+                ("given_name", "Mallory"),
+                ("family_name", "Stranger"),
+                ("password", PASSWORD),
+                ("password_confirm", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    let code = smtp.wait_for(stranger_email).await.code();
+    let confirmed = stranger
+        .fill_and_submit(&confirm, None, &[("email", stranger_email), ("code", &code)])
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    let again = stranger.get(&sign_in.url).await;
+    let mut form = again.form(None);
+    form.set("email", stranger_email);
+    form.set("password", PASSWORD);
+    let back = stranger.submit_until(&again, &form, &at_app).await.stopped();
+    WORLD.redeem(&app, &back, &p, None).await;
+
+    // His session cookie, replayed from many addresses on a self-service
+    // page: within the session's allowance, then refused as a stranger's.
+    let change = WORLD.page(&app, "change-password");
+    let cookies = stranger.cookies_for(&change).unwrap();
+    let mut passed = 0;
+    let tries = 2 * OWN_REQUESTS_PER_SESSION;
+    for i in 0..tries {
+        let resp = app
+            .client
+            .get(change.clone())
+            .header("cookie", cookies.clone())
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        if !throttled(status, &resp.text().await.unwrap()) {
+            assert_eq!(status, StatusCode::OK, "request {i}");
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, OWN_REQUESTS_PER_SESSION, "{passed} of {tries} requests passed");
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    for line in &refusals {
+        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
+        assert_eq!(line["fields"]["tenant"], "acme", "{line}");
+    }
+    let spent = logs.with_reason("throttle.session_allowance_spent");
+    assert!(!spent.is_empty(), "{}", logs.text());
+    assert!(spent.iter().all(|l| l["fields"]["tenant"] == "acme"), "{}", logs.text());
+    // A person of acme signs in with a login of her own, in acme's own budget.
+    let tokens = WORLD.sign_in(&app, "ann@acme.example", PASSWORD, None).await;
+    assert!(tokens["access_token"].is_string(), "{tokens}");
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+}
+
+/// A stranger who signs in (the dev IdP lets anyone) where the tenant
+/// requires a second factor holds an answer waiting for it, named by the
+/// MFA page's `handle`, for ten minutes. Once the tenant's anonymous bucket
+/// is spent, the MFA page of his wait, reloaded with his cookies from many
+/// addresses, passes at most the wait's allowance
+/// (`OWN_REQUESTS_PER_MFA_WAIT`) of the tenant's own budget; then 429
+/// `throttle.exceeded` on `callback_anonymous`, and
+/// `throttle.mfa_wait_allowance_spent` logged. A person of the tenant still
+/// signs in and enrols, in its own budget. Before, every request naming his
+/// wait was the tenant's own until its whole own budget was spent.
+#[tokio::test]
+async fn one_strangers_wait_for_a_second_factor_does_not_spend_the_tenants_own_budget() {
+    use crate::mfa::{clock, dev_sign_in, enrol, set_local_mfa};
+    use crate::support::browser::Browser;
+    use crate::support::logs::Captured;
+    use portcullis::http::edge::OWN_REQUESTS_PER_MFA_WAIT;
+    let (logs, _guard) = Captured::start();
+    // The injected clock: no bucket refills while the test runs.
+    let clock = clock();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(clock.clone()),
+        tweak: Some(|s| {
+            // Room for the stranger's sign-in, his wait's allowance and a
+            // person's sign-in, not for twice his allowance.
+            s.throttle.callback.per_tenant = 50;
+            s.throttle.callback.per_tenant_anonymous = Some(2);
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    set_local_mfa(&app, "required").await;
+    // The anonymous bucket spent, from addresses of their own.
+    for i in 0..3 {
+        let resp = garbage_acs(&app, i).await.unwrap();
+        assert_eq!(resp.status() == StatusCode::TOO_MANY_REQUESTS, i == 2, "request {i}");
+    }
+
+    // The stranger signs in (each page through the login it names) and
+    // lands on the enrolment page of his waiting answer.
+    let mut stranger = Browser::new();
+    let page = dev_sign_in(&app, &mut stranger, "mallory@demo.example").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", stranger.trail());
+    assert!(page.url.query_pairs().any(|(k, _)| k == "handle"), "{}", page.url);
+    let cookies = stranger.cookies_for(&page.url).unwrap();
+    let mut passed = 0;
+    let tries = 2 * OWN_REQUESTS_PER_MFA_WAIT;
+    for i in 0..tries {
+        let resp = app
+            .client
+            .get(page.url.clone())
+            .header("cookie", cookies.clone())
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(body.contains("<code>throttle.exceeded</code>"), "{body}");
+        } else {
+            assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+            passed += 1;
+        }
+    }
+    // The page he landed on took one.
+    assert_eq!(
+        passed,
+        OWN_REQUESTS_PER_MFA_WAIT - 1,
+        "{passed} of {tries} requests passed"
+    );
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    for line in &refusals {
+        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
+        assert_eq!(line["fields"]["tenant"], "demo", "{line}");
+    }
+    assert!(
+        !logs.with_reason("throttle.mfa_wait_allowance_spent").is_empty(),
+        "{}",
+        logs.text()
+    );
+    // A person of demo signs in and enrols, in demo's own budget.
+    let (_, _, demo) = enrol(&app, &mut Browser::new(), &clock, "ann@demo.example").await;
+    assert!(demo.url.path().starts_with("/demo/callback"), "{}", demo.url);
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+}
