@@ -26,36 +26,33 @@ const LEGACY_PASSWORD: &str = "Old-System-Passw0rd";
 const NEW_PASSWORD: &str = "Tangerine-Orbit-42";
 
 async fn gateway(smtp: &SmtpServer) -> TestApp {
-    let url = smtp.url();
     spawn_app(AppOptions {
-        configure: Some(Arc::new(move |s| {
-            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
-            s.mail.from = Some("Sign-in <signin@legacy.example>".into());
-            s.local.argon2_memory_kib = 8192;
-            s.local.argon2_iterations = 1;
-            s.hooks.retry_backoff_ms = 10;
-        })),
+        configure: Some(settings(smtp)),
         ..AppOptions::default()
     })
     .await
 }
 
+/// The settings of [`gateway`]: mail through `smtp`, cheap hashes, quick retries.
+fn settings(smtp: &SmtpServer) -> crate::support::app::Configure {
+    let url = smtp.url();
+    Arc::new(move |s| {
+        s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+        s.mail.from = Some("Sign-in <signin@legacy.example>".into());
+        s.local.argon2_memory_kib = 8192;
+        s.local.argon2_iterations = 1;
+        s.hooks.retry_backoff_ms = 10;
+    })
+}
+
 /// Two replicas of [`gateway`] over one real Redis (one key prefix).
 async fn replicas(smtp: &SmtpServer) -> (TestApp, TestApp) {
     let prefix = crate::support::redis::prefix();
-    let url = smtp.url();
     let spawn = || {
-        let url = url.clone();
         spawn_app(AppOptions {
             redis_url: Some(crate::support::redis::url()),
             redis_prefix: Some(prefix.clone()),
-            configure: Some(Arc::new(move |s| {
-                s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
-                s.mail.from = Some("Sign-in <signin@legacy.example>".into());
-                s.local.argon2_memory_kib = 8192;
-                s.local.argon2_iterations = 1;
-                s.hooks.retry_backoff_ms = 10;
-            })),
+            configure: Some(settings(smtp)),
             ..AppOptions::default()
         })
     };
@@ -377,6 +374,29 @@ async fn a_known_address_fails_as_an_unknown_one_while_the_migration_hook_is_dow
     );
 }
 
+/// The tenant with a user-migration hook at `hooks` that takes a second to
+/// answer (a legacy system), and a known account: the hook's time and the
+/// account's address.
+async fn slow_migration_hook(app: &TestApp, hooks: &HookServer) -> (Duration, &'static str) {
+    setup(app, hooks, "user_migration", "migrate").await;
+    let (status, answer) = app
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/tenants/{TENANT}/hooks/user_migration"),
+            Some(json!({"url": hooks.url("migrate"), "timeout_ms": 3000})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    if let Some(secret) = answer["secret"].as_str() {
+        hooks.set_secret(secret);
+    }
+    let hook_takes = Duration::from_millis(1000);
+    hooks.behave("migrate", Behavior::SlowLegacy(hook_takes));
+    let known = "kay@legacy.example";
+    known_account(app, known, NEW_PASSWORD).await;
+    (hook_takes, known)
+}
+
 /// How long a sign-in of `email` with a wrong password takes until its
 /// refusal (`local.bad_credentials`) is shown.
 async fn wrong_password_takes(app: &TestApp, email: &str) -> Duration {
@@ -406,22 +426,7 @@ async fn a_known_addresss_wrong_password_waits_as_long_as_asking_the_migration_h
     let smtp = SmtpServer::start();
     let app = gateway(&smtp).await;
     let hooks = HookServer::start(Arc::new(SystemClock)).await;
-    setup(&app, &hooks, "user_migration", "migrate").await;
-    let (status, answer) = app
-        .admin(
-            Method::PUT,
-            &format!("/admin/v1/tenants/{TENANT}/hooks/user_migration"),
-            Some(json!({"url": hooks.url("migrate"), "timeout_ms": 3000})),
-        )
-        .await;
-    assert!(status.is_success(), "{answer}");
-    if let Some(secret) = answer["secret"].as_str() {
-        hooks.set_secret(secret);
-    }
-    let hook_takes = Duration::from_millis(1000);
-    hooks.behave("migrate", Behavior::SlowLegacy(hook_takes));
-    let known = "kay@legacy.example";
-    known_account(&app, known, NEW_PASSWORD).await;
+    let (hook_takes, known) = slow_migration_hook(&app, &hooks).await;
 
     let unknown_took = wrong_password_takes(&app, "nobody@legacy.example").await;
     assert!(
@@ -450,22 +455,7 @@ async fn a_replica_that_never_asked_the_migration_hook_replays_the_calls_of_the_
     let smtp = SmtpServer::start();
     let (a, b) = replicas(&smtp).await;
     let hooks = HookServer::start(Arc::new(SystemClock)).await;
-    setup(&a, &hooks, "user_migration", "migrate").await;
-    let (status, answer) = a
-        .admin(
-            Method::PUT,
-            &format!("/admin/v1/tenants/{TENANT}/hooks/user_migration"),
-            Some(json!({"url": hooks.url("migrate"), "timeout_ms": 3000})),
-        )
-        .await;
-    assert!(status.is_success(), "{answer}");
-    if let Some(secret) = answer["secret"].as_str() {
-        hooks.set_secret(secret);
-    }
-    let hook_takes = Duration::from_millis(1000);
-    hooks.behave("migrate", Behavior::SlowLegacy(hook_takes));
-    let known = "kay@legacy.example";
-    known_account(&a, known, NEW_PASSWORD).await;
+    let (hook_takes, known) = slow_migration_hook(&a, &hooks).await;
 
     // Only replica a asks the hook.
     let unknown_took = wrong_password_takes(&a, "nobody@legacy.example").await;

@@ -1058,16 +1058,9 @@ async fn a_strangers_own_pending_login_counts_as_the_tenants_once() {
 #[tokio::test]
 async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_on_local_pages() {
     use crate::support::browser::Browser;
-    use crate::support::local::{pkce, Gateway, World};
+    use crate::support::local::{pkce, Gateway};
     use crate::support::logs::Captured;
     use portcullis::http::edge::OWN_REQUESTS_PER_LOGIN;
-    const WORLD: World = World {
-        tenant: "acme",
-        connection: "pw",
-        client: "local-app",
-        scope: "openid email",
-    };
-    const PASSWORD: &str = "Tangerine-Orbit-42";
     let (logs, _guard) = Captured::start();
     let app = Gateway {
         tweak: Some(|s| {
@@ -1080,9 +1073,6 @@ async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_o
     .await;
     WORLD.create(&app, "Acme Corp", "acme.example").await;
     WORLD.account(&app, "ann@acme.example", PASSWORD).await;
-    let throttled = |status: StatusCode, body: &str| {
-        status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
-    };
     // The anonymous bucket spent by pages naming no login.
     let sign_in_page = WORLD.page(&app, "sign-in");
     for _ in 0..2 {
@@ -1133,27 +1123,13 @@ async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_o
         (OWN_REQUESTS_PER_LOGIN - 2..=OWN_REQUESTS_PER_LOGIN).contains(&passed),
         "{passed} of {tries} guesses passed"
     );
-    let refusals = logs.with_reason("throttle.exceeded");
-    assert!(!refusals.is_empty(), "{}", logs.text());
-    for line in &refusals {
-        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
-        assert_eq!(line["fields"]["tenant"], "acme", "{line}");
-    }
+    refused_as_strangers(&logs);
     assert!(
         !logs.with_reason("throttle.login_allowance_spent").is_empty(),
         "{}",
         logs.text()
     );
-    // A person of acme signs in with a login of her own, in acme's own budget.
-    let tokens = WORLD.sign_in(&app, "ann@acme.example", PASSWORD, None).await;
-    assert!(tokens["access_token"].is_string(), "{tokens}");
-    assert!(
-        logs.with_reason("throttle.exceeded")
-            .iter()
-            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
-        "{}",
-        logs.text()
-    );
+    ann_still_signs_in(&app, &logs).await;
 }
 
 /// Where sign-up is open, a stranger with a mailbox signs himself up,
@@ -1170,17 +1146,10 @@ async fn one_pending_login_of_a_stranger_does_not_spend_the_tenants_own_budget_o
 #[tokio::test]
 async fn one_signed_in_strangers_session_does_not_spend_the_tenants_own_budget() {
     use crate::support::browser::Browser;
-    use crate::support::local::{at_app, far_clock, link, pkce, Gateway, World};
+    use crate::support::local::{at_app, far_clock, link, pkce, Gateway};
     use crate::support::logs::Captured;
     use crate::support::smtp::SmtpServer;
     use portcullis::http::edge::OWN_REQUESTS_PER_SESSION;
-    const WORLD: World = World {
-        tenant: "acme",
-        connection: "pw",
-        client: "local-app",
-        scope: "openid email",
-    };
-    const PASSWORD: &str = "Tangerine-Orbit-42";
     let (logs, _guard) = Captured::start();
     let smtp = SmtpServer::start();
     // The injected clock: no bucket refills while the test runs.
@@ -1200,9 +1169,6 @@ async fn one_signed_in_strangers_session_does_not_spend_the_tenants_own_budget()
     .await;
     WORLD.create(&app, "Acme Corp", "acme.example").await;
     WORLD.account(&app, "ann@acme.example", PASSWORD).await;
-    let throttled = |status: StatusCode, body: &str| {
-        status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
-    };
     // The anonymous bucket spent by pages naming no login.
     let sign_in_page = WORLD.page(&app, "sign-in");
     for i in 0..3 {
@@ -1272,25 +1238,11 @@ async fn one_signed_in_strangers_session_does_not_spend_the_tenants_own_budget()
         }
     }
     assert_eq!(passed, OWN_REQUESTS_PER_SESSION, "{passed} of {tries} requests passed");
-    let refusals = logs.with_reason("throttle.exceeded");
-    assert!(!refusals.is_empty(), "{}", logs.text());
-    for line in &refusals {
-        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
-        assert_eq!(line["fields"]["tenant"], "acme", "{line}");
-    }
+    refused_as_strangers(&logs);
     let spent = logs.with_reason("throttle.session_allowance_spent");
     assert!(!spent.is_empty(), "{}", logs.text());
     assert!(spent.iter().all(|l| l["fields"]["tenant"] == "acme"), "{}", logs.text());
-    // A person of acme signs in with a login of her own, in acme's own budget.
-    let tokens = WORLD.sign_in(&app, "ann@acme.example", PASSWORD, None).await;
-    assert!(tokens["access_token"].is_string(), "{tokens}");
-    assert!(
-        logs.with_reason("throttle.exceeded")
-            .iter()
-            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
-        "{}",
-        logs.text()
-    );
+    ann_still_signs_in(&app, &logs).await;
 }
 
 /// A stranger who signs in (the dev IdP lets anyone) where the tenant
@@ -1380,6 +1332,45 @@ async fn one_strangers_wait_for_a_second_factor_does_not_spend_the_tenants_own_b
     // A person of demo signs in and enrols, in demo's own budget.
     let (_, _, demo) = enrol(&app, &mut Browser::new(), &clock, "ann@demo.example").await;
     assert!(demo.url.path().starts_with("/demo/callback"), "{}", demo.url);
+    assert!(
+        logs.with_reason("throttle.exceeded")
+            .iter()
+            .all(|l| l["fields"]["bucket"] == "callback_anonymous"),
+        "{}",
+        logs.text()
+    );
+}
+
+/// The tenant of the tests of strangers' own logins and sessions.
+const WORLD: crate::support::local::World = crate::support::local::World {
+    tenant: "acme",
+    connection: "pw",
+    client: "local-app",
+    scope: "openid email",
+};
+/// Every account's password there.
+const PASSWORD: &str = "Tangerine-Orbit-42";
+
+/// Whether a local page's answer is the edge's 429 `throttle.exceeded`.
+fn throttled(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
+}
+
+/// Some requests were refused, each as a stranger's of acme (its anonymous bucket).
+fn refused_as_strangers(logs: &crate::support::logs::Captured) {
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    for line in &refusals {
+        assert_eq!(line["fields"]["bucket"], "callback_anonymous", "{line}");
+        assert_eq!(line["fields"]["tenant"], "acme", "{line}");
+    }
+}
+
+/// A person of acme signs in with a login of her own, in acme's own budget,
+/// and nothing was refused from it.
+async fn ann_still_signs_in(app: &TestApp, logs: &crate::support::logs::Captured) {
+    let tokens = WORLD.sign_in(app, "ann@acme.example", PASSWORD, None).await;
+    assert!(tokens["access_token"].is_string(), "{tokens}");
     assert!(
         logs.with_reason("throttle.exceeded")
             .iter()
