@@ -146,9 +146,12 @@ impl IntoResponse for AdminError {
         // so a huge bad body never comes back (or into the log) whole.
         let detail = clip(detail, MAX_DETAIL_CHARS);
         let field = field.map(|f| clip(f, MAX_FIELD_CHARS));
-        if let Self::FileManaged { reason, .. } = &self {
-            tracing::info!(reason, status = status.as_u16(), "admin request refused: {detail}");
-        } else if !matches!(self, Self::Internal(_) | Self::Unavailable(_)) {
+        // A file's refusal is logged where it is raised, with its tenant
+        // and connection and its own reason code.
+        if !matches!(
+            self,
+            Self::Internal(_) | Self::Unavailable(_) | Self::FileManaged { .. }
+        ) {
             tracing::info!(
                 reason = "admin.refused",
                 status = status.as_u16(),
