@@ -19,7 +19,8 @@
 //! * A browser signed in to a tenant (a live SSO session of it in its
 //!   browser session) passes the tenant's spent budget on `/authorize`:
 //!   anyone can spend that budget, and its people already signed in need no
-//!   IdP to reach the next app ([`signed_in_to`]).
+//!   IdP to reach the next app; each session so at most
+//!   [`SIGNED_IN_AUTHORIZES_PER_SESSION`] times an hour ([`signed_in_to`]).
 //! * A callback counts in its tenant's anonymous bucket; once that is
 //!   spent, it goes on only if it is the tenant's own sign-in, in the
 //!   tenant's own callback budget ([`OwnFallback`]): strangers naming the
@@ -881,8 +882,22 @@ pub const OWN_REQUESTS_PER_LOGIN: u64 = 30;
 /// this of the tenant's own budget from it.
 pub const OWN_REQUESTS_PER_SESSION: u64 = 60;
 
-/// The window over which [`OWN_REQUESTS_PER_SESSION`] refills.
+/// The window over which [`OWN_REQUESTS_PER_SESSION`] and
+/// [`SIGNED_IN_AUTHORIZES_PER_SESSION`] refill.
 pub const OWN_SESSION_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// How many `/authorize` requests one SSO session may pass once its
+/// tenant's `/authorize` budget is spent ([`signed_in_to`]): a burst of
+/// this, refilled over [`OWN_SESSION_WINDOW`] (one a minute after the
+/// burst). A person signed in reaches each next app through one
+/// `/authorize`, and a single-page app renews its tokens silently
+/// (`prompt=none`) every few minutes: three such apps renewing every five
+/// minutes take about forty an hour. Yet a stranger who signed himself up
+/// and in (`allow_sign_up`) and replays his session cookie from many
+/// addresses passes no more than this while the tenant's budget is spent.
+/// Counted in a bucket of its own, apart from the session's share of the
+/// tenant's callback budget ([`OWN_REQUESTS_PER_SESSION`]).
+pub const SIGNED_IN_AUTHORIZES_PER_SESSION: u64 = 60;
 
 /// How many requests one answer waiting for its second factor (the MFA and
 /// passkey pages' `handle`) may pass in its tenant's own callback budget
@@ -1340,7 +1355,7 @@ async fn check(
     if let (Some(key), Some(d)) = (tenant_key, tenant_decision) {
         if !d.allowed {
             if let (RouteClass::Authorize, Some(t)) = (class, tenant) {
-                if signed_in_to(state, headers, t).await {
+                if signed_in_to(state, headers, t).await? {
                     tracing::info!(
                         reason = "throttle.tenant_spent_signed_in",
                         route = class.as_str(),
@@ -1387,14 +1402,39 @@ async fn check(
 /// session cookie names a browser session that holds a live SSO session of
 /// the tenant. Anyone can spend a tenant's budget on `/authorize` (a person
 /// has no credentials there yet); its people already signed in pass it,
-/// as their SSO session answers without the IdP. Read only for a request
-/// the spent budget would refuse, so it costs the other requests nothing.
-/// What the session then allows is still the handler's to decide.
-async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant: &TenantId) -> bool {
-    match browser_session(state, headers).await {
-        Some(record) => live_sso(state, &record, tenant).await.is_some(),
-        None => false,
+/// as their SSO session answers without the IdP. Each session passes so
+/// at most [`SIGNED_IN_AUTHORIZES_PER_SESSION`] times per
+/// [`OWN_SESSION_WINDOW`], counted in a bucket of its own (`t:<tenant>:rl`,
+/// `authorize:<digest of the sid>`), made only once the session is shown
+/// to be live and of this tenant, so made-up cookies create no keys: self
+/// sign-up lets a stranger hold a session, and its cookie replayed from
+/// many addresses passes no more than that. Past it the request is
+/// refused as everyone else's is (`throttle.signed_in_allowance_spent`
+/// logged). Read only for a request the spent budget would refuse, so it
+/// costs the other requests nothing. What the session then allows is still
+/// the handler's to decide. A store error while counting is the caller's
+/// to settle, as for every other count (the route class decides).
+async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant: &TenantId) -> Result<bool, StoreError> {
+    let Some(record) = browser_session(state, headers).await else {
+        return Ok(false);
+    };
+    let Some(sid) = live_sso(state, &record, tenant).await else {
+        return Ok(false);
+    };
+    let digest = crate::tokens::sha256_base64url(sid.as_bytes());
+    let key = Key::tenant(tenant.as_str(), "rl", format!("authorize:{digest}"));
+    let d = state
+        .store
+        .rate_limit(&key, SIGNED_IN_AUTHORIZES_PER_SESSION, OWN_SESSION_WINDOW)
+        .await?;
+    if !d.allowed {
+        tracing::info!(
+            reason = "throttle.signed_in_allowance_spent",
+            tenant = %tenant,
+            "an SSO session passed its share of the tenant's spent /authorize budget; refused as anyone's"
+        );
     }
+    Ok(d.allowed)
 }
 
 /// The browser session the request's session cookie names, if it exists.

@@ -851,6 +851,95 @@ async fn a_browser_signed_in_to_a_tenant_passes_its_spent_authorize_budget() {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// Self sign-up lets anyone hold a live SSO session of a tenant. Once the
+/// tenant's `/authorize` budget is spent, one session's cookie, replayed
+/// from many addresses, passes at most `SIGNED_IN_AUTHORIZES_PER_SESSION`
+/// times (each an SSO answer with a code); after that it is refused as
+/// anyone's (429 `throttle.exceeded` on the `authorize` bucket, and
+/// `throttle.signed_in_allowance_spent` logged), while another person's
+/// session still passes. Before, a signed-in browser passed a spent budget
+/// without end.
+#[tokio::test]
+async fn one_signed_in_session_passes_a_spent_authorize_budget_only_within_its_allowance() {
+    use crate::support::browser::Browser;
+    use crate::support::local::{far_clock, pkce, Gateway};
+    use crate::support::logs::Captured;
+    use portcullis::http::edge::SIGNED_IN_AUTHORIZES_PER_SESSION;
+    let (logs, _guard) = Captured::start();
+    // The injected clock: no bucket refills while the test runs.
+    let app = Gateway {
+        clock: Some(far_clock()),
+        tweak: Some(|s| {
+            s.throttle.authorize.per_tenant = 3;
+            s.throttle.trusted_proxies = vec!["127.0.0.1/32".into(), "::1/128".into()];
+        }),
+        ..Gateway::default()
+    }
+    .spawn()
+    .await;
+    WORLD.create(&app, "Acme Corp", "acme.example").await;
+    // A stranger's account, as self sign-up would make it, and a person's.
+    WORLD.account(&app, "mallory@mailbox.example", PASSWORD).await;
+    WORLD.account(&app, "bo@acme.example", PASSWORD).await;
+    let (mut mallory, mut bo) = (Browser::new(), Browser::new());
+    WORLD
+        .sign_in_in(&app, &mut mallory, "mallory@mailbox.example", PASSWORD, None)
+        .await
+        .unwrap();
+    WORLD
+        .sign_in_in(&app, &mut bo, "bo@acme.example", PASSWORD, None)
+        .await
+        .unwrap();
+    // Strangers spend what is left of acme's budget.
+    let anyone = app.url("/authorize?client_id=nobody&tenant=acme");
+    let mut i = 0;
+    while app.client.get(anyone.clone()).send().await.unwrap().status() != StatusCode::TOO_MANY_REQUESTS {
+        i += 1;
+        assert!(i < 3, "acme's budget was never spent");
+    }
+
+    let p = pkce();
+    let authorize = WORLD.authorize_url(&app, &p, WORLD.scope);
+    let cookies = mallory.cookies_for(&authorize).unwrap();
+    let mut passed = 0;
+    let tries = 2 * SIGNED_IN_AUTHORIZES_PER_SESSION;
+    for i in 0..tries {
+        let resp = app
+            .client
+            .get(authorize.clone())
+            .header("cookie", cookies.clone())
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+        if !throttled(status, &resp.text().await.unwrap()) {
+            let location = location.unwrap_or_default();
+            assert!(location.contains("code="), "request {i}: {status} {location}");
+            passed += 1;
+        }
+    }
+    assert_eq!(
+        passed, SIGNED_IN_AUTHORIZES_PER_SESSION,
+        "{passed} of {tries} requests passed"
+    );
+    let refusals = logs.with_reason("throttle.exceeded");
+    assert!(!refusals.is_empty(), "{}", logs.text());
+    assert!(
+        refusals.iter().all(|l| l["fields"]["bucket"] == "authorize"),
+        "{}",
+        logs.text()
+    );
+    let spent = logs.with_reason("throttle.signed_in_allowance_spent");
+    assert!(!spent.is_empty(), "{}", logs.text());
+    assert!(spent.iter().all(|l| l["fields"]["tenant"] == "acme"), "{}", logs.text());
+
+    // Bo's own session still reaches the next app.
+    let back = bo.get_until(&authorize, &crate::support::local::at_app).await.stopped();
+    assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
+}
+
 /// Anyone can name a tenant in an admin path. Requests without a valid
 /// credential, and those of another tenant's key, count against their
 /// address only: however many, they do not lock the tenant's admins (or
