@@ -110,7 +110,7 @@ async fn refuse_if_file_declared(
     };
     if crate::tenant::files::file_declared(&s.tenants, &t, cid).await? {
         tracing::info!(reason = "connection.file_declared", tenant = %tenant, connection = %cid, action, "a tenant file's connection: refused");
-        return Err(AdminError::FileManaged {
+        return Err(AdminError::ConflictReason {
             reason: "connection.file_declared",
             detail: format!(
                 "Connection {:?} is declared by its tenant's file: instead of {action} here, change or remove its table in the file under tenants/.",

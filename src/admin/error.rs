@@ -32,11 +32,13 @@ pub enum AdminError {
         /// What is wrong.
         detail: String,
     },
-    /// Refused because a tenant file manages what the request would change
-    /// (409): the answer carries the stable reason code
-    /// (`tenant.file_owned`, `connection.file_declared`) as `reason`.
+    /// Refused for a reason of its own (409), logged where it is raised:
+    /// a tenant file manages what the request would change
+    /// (`tenant.file_owned`, `connection.file_declared`), or the tenant is
+    /// being deleted (`tenant.deletion_in_progress`). The answer carries
+    /// the stable reason code as `reason`.
     #[error("{reason}: {detail}")]
-    FileManaged {
+    ConflictReason {
         /// The stable reason code.
         reason: &'static str,
         /// What is refused, and what to do instead.
@@ -116,7 +118,7 @@ impl IntoResponse for AdminError {
                 detail.clone(),
                 Some(field.to_string()),
             ),
-            Self::FileManaged { detail, .. } => (StatusCode::CONFLICT, "Conflict", detail.clone(), None),
+            Self::ConflictReason { detail, .. } => (StatusCode::CONFLICT, "Conflict", detail.clone(), None),
             Self::Unprocessable { field, detail } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Not taken",
@@ -146,11 +148,11 @@ impl IntoResponse for AdminError {
         // so a huge bad body never comes back (or into the log) whole.
         let detail = clip(detail, MAX_DETAIL_CHARS);
         let field = field.map(|f| clip(f, MAX_FIELD_CHARS));
-        // A file's refusal is logged where it is raised, with its tenant
-        // and connection and its own reason code.
+        // A refusal with a reason of its own is logged where it is raised,
+        // with its tenant (and connection) and that reason code.
         if !matches!(
             self,
-            Self::Internal(_) | Self::Unavailable(_) | Self::FileManaged { .. }
+            Self::Internal(_) | Self::Unavailable(_) | Self::ConflictReason { .. }
         ) {
             tracing::info!(
                 reason = "admin.refused",
@@ -170,7 +172,7 @@ impl IntoResponse for AdminError {
                 o.insert("field".into(), json!(f));
             }
         }
-        if let (Self::FileManaged { reason, .. }, Some(o)) = (&self, body.as_object_mut()) {
+        if let (Self::ConflictReason { reason, .. }, Some(o)) = (&self, body.as_object_mut()) {
             o.insert("reason".into(), json!(reason));
         }
         let mut resp = (

@@ -205,6 +205,10 @@ pub(crate) fn registry(e: RegistryError) -> AdminError {
             field: "revision",
             detail: format!("The {what} changed meanwhile; read it again and repeat the change."),
         },
+        RegistryError::DeletionInProgress(what) => AdminError::ConflictReason {
+            reason: "tenant.deletion_in_progress",
+            detail: format!("The {what} is being deleted; try again in a moment."),
+        },
         RegistryError::Store(s) => s.into(),
     }
 }

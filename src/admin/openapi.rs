@@ -1035,7 +1035,8 @@ pub fn document() -> String {
 
 #[utoipa::path(post, path = "/admin/v1/tenants", tag = "tenants", request_body = NewTenant,
     responses((status = 201, body = Tenant), (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id or a domain is taken, or a deletion of the id is under way (`reason`: `tenant.deletion_in_progress`): try again in a moment.", body = Problem, content_type = "application/problem+json")))]
 fn tenants_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants", tag = "tenants",
@@ -1063,7 +1064,7 @@ fn tenants_patch() {}
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The tenant comes from a tenant file (`reason`: `tenant.file_owned`): remove or change the file instead.", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The tenant comes from a tenant file (`reason`: `tenant.file_owned`): remove or change the file instead; or another deletion of it is under way (`reason`: `tenant.deletion_in_progress`).", body = Problem, content_type = "application/problem+json")))]
 fn tenants_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),

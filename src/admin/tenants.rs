@@ -376,7 +376,7 @@ async fn patch_tenant(
 async fn refuse_if_file_owned(s: &AppState, tenant: &Tenant, action: &str) -> Result<(), AdminError> {
     if crate::tenant::files::file_owned(&s.tenants, tenant).await? {
         tracing::info!(reason = "tenant.file_owned", tenant = %tenant.id, action, "a tenant file's tenant: refused");
-        return Err(AdminError::FileManaged {
+        return Err(AdminError::ConflictReason {
             reason: "tenant.file_owned",
             detail: format!(
                 "Tenant {:?} comes from a tenant file, which the next sync applies again: instead of {action} here, remove or change its file under tenants/.",

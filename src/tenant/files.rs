@@ -457,6 +457,9 @@ pub async fn sync(
                 audit(log, deleted.before(json!(before))).await;
             }
             Err(super::RegistryError::NotFound(_)) => {}
+            // Another replica's sync is removing it (logged by the
+            // registry): that one reports it; a later pass finds it gone.
+            Err(super::RegistryError::DeletionInProgress(_)) => continue,
             Err(e) => return Err(fail(&e)),
         }
         store

@@ -321,6 +321,11 @@ pub enum RegistryError {
     /// writer won a compare-and-set): nothing was written; read it again.
     #[error("{0} changed meanwhile")]
     Changed(String),
+    /// Another deletion of the tenant holds its lease
+    /// ([`TenantRegistry::delete`]): nothing was done; once it ends the
+    /// tenant is gone, or may be created again.
+    #[error("{0} is being deleted")]
+    DeletionInProgress(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -430,6 +435,16 @@ pub struct TenantRegistry {
 pub(crate) fn tenant_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "config", "tenant")
 }
+/// The lease a deletion of the tenant holds while it runs
+/// ([`TenantRegistry::delete`]): a random token, in the record's tag so a
+/// creation checks it in the step that writes the record.
+fn deletion_key(t: &TenantId) -> Key {
+    Key::tenant(t.as_str(), "config", "deleting")
+}
+/// The longest a deletion's lease is held: far more than the deletion's
+/// store steps take (each bounded by the store's deadline), and short
+/// enough that a replica that died mid-deletion blocks the id only briefly.
+const DELETION_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
 pub(crate) fn connections_key(t: &TenantId) -> Key {
     Key::tenant(t.as_str(), "config", "connections")
 }
@@ -517,12 +532,15 @@ impl TenantRegistry {
         // removal failed, or the deletion predates deletions removing it)
         // and reads this record finds it marked as no file's, never takes
         // it over nor purges it.
+        // Nor is it made while a deletion of the id runs: the deletion's
+        // later steps (domains, the tenant list) would hit the new tenant.
         let record = serde_json::to_vec(&tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (key, owner) = (tenant_key(&id), files::owner_key(&id));
+        let (key, owner, lease) = (tenant_key(&id), files::owner_key(&id), deletion_key(&id));
         let created = self
             .store
             .write_many(&[
                 Write::RequireAbsent { key: &key },
+                Write::RequireAbsent { key: &lease },
                 Write::Put {
                     key: &key,
                     value: &record,
@@ -536,6 +554,10 @@ impl TenantRegistry {
             ])
             .await?;
         if !created {
+            if self.store.exists(&lease).await? {
+                tracing::info!(reason = "tenant.deletion_in_progress", tenant = %id, "not created: a deletion of the id is under way");
+                return Err(RegistryError::DeletionInProgress(format!("tenant {id}")));
+            }
             return Err(RegistryError::Exists(format!("tenant {id}")));
         }
         // The list of the files' tenants forgets the id too (ownership is
@@ -890,8 +912,48 @@ impl TenantRegistry {
         self.delete_if(id, Some(incarnation)).await
     }
 
+    /// One deletion of a tenant at a time, across replicas: it first takes
+    /// the tenant's lease (`deletion_key`, a random token, at most
+    /// [`DELETION_LEASE`]), then reads the record, and gives the lease back
+    /// at the end only if it still holds it. Without it, two deletions of
+    /// one tenant (two replicas' file syncs, a doubled DELETE) could both
+    /// read it, one finish, a tenant be created again under the id, and the
+    /// other's later steps remove the new tenant's domains, list entry and
+    /// record. A deletion that finds the lease taken does nothing
+    /// ([`RegistryError::DeletionInProgress`]); a creation refuses while it
+    /// is held.
     async fn delete_if(&self, id: &TenantId, incarnation: Option<&str>) -> Result<(), RegistryError> {
         self.expiries.invalidate();
+        let lease = deletion_key(id);
+        let token = crate::tokens::random_token(16);
+        if !self
+            .store
+            .put_if_absent(&lease, token.as_bytes(), Some(DELETION_LEASE))
+            .await?
+        {
+            tracing::info!(reason = "tenant.deletion_in_progress", tenant = %id, "not deleted: another deletion of the tenant is under way");
+            return Err(RegistryError::DeletionInProgress(format!("tenant {id}")));
+        }
+        let out = self.delete_leased(id, incarnation).await;
+        let released = self
+            .store
+            .write_many(&[
+                Write::RequireValue {
+                    key: &lease,
+                    value: token.as_bytes(),
+                },
+                Write::Delete { key: &lease },
+            ])
+            .await;
+        if let Err(e) = released {
+            // It lapses by itself: the id waits at most the lease's life.
+            tracing::error!(reason = "tenant.deletion_lease_left", tenant = %id, error = %e, "a tenant's deletion lease was not given back");
+        }
+        out
+    }
+
+    /// The deletion [`Self::delete_if`] runs under the tenant's lease.
+    async fn delete_leased(&self, id: &TenantId, incarnation: Option<&str>) -> Result<(), RegistryError> {
         let Some(tenant) = self.get(id).await? else {
             return Err(RegistryError::NotFound(format!("tenant {id}")));
         };

@@ -730,3 +730,64 @@ async fn a_tenant_created_through_the_api_during_a_sync_that_read_a_stale_marker
     assert!(report.removed.is_empty(), "{report:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tenant's deletion spans several steps and key groups (connections,
+/// domains, the tenant list, the record). Two deletions of one tenant at
+/// once (two replicas' file syncs, a doubled DELETE) used to both run: the
+/// second finished first, the tenant was created again under its id, and
+/// the first's later steps removed the new tenant's list entry and record,
+/// leaving its domain pointing at nothing. Now a deletion holds the
+/// tenant's lease: while it runs, a second deletion and a creation under
+/// the id are refused (409 `tenant.deletion_in_progress`, logged), and the
+/// tenant made after it stays whole.
+#[tokio::test]
+async fn a_second_deletion_or_a_creation_during_a_tenants_deletion_is_refused_and_the_tenant_made_after_it_stays() {
+    use crate::support::logs::Captured;
+    use reqwest::Method;
+    let (logs, _guard) = Captured::start();
+    let hold = crate::support::held_store::Hold::default();
+    let app = spawn_app(AppOptions {
+        clock: Some(ManualClock::at(now())),
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+
+    // The first deletion is held after it released the domains, before it
+    // takes the tenant off the list and removes the record.
+    let held = hold.arm_removal("index");
+    let first = app.admin(Method::DELETE, "/admin/v1/tenants/acme", None);
+    let meanwhile = async {
+        held.arrived.await.unwrap();
+        let (status, second) = app.admin(Method::DELETE, "/admin/v1/tenants/acme", None).await;
+        assert_eq!(status, 409, "{second}");
+        assert_eq!(second["reason"], "tenant.deletion_in_progress", "{second}");
+        let again = serde_json::json!({"id": "acme", "name": "Acme again", "domains": ["acme.test"]});
+        let (status, created) = app.admin(Method::POST, "/admin/v1/tenants", Some(again)).await;
+        assert_eq!(status, 409, "{created}");
+        assert_eq!(created["reason"], "tenant.deletion_in_progress", "{created}");
+        let _ = held.release.send(());
+    };
+    let ((status, body), ()) = tokio::join!(first, meanwhile);
+    assert_eq!(status, 204, "{body}");
+    let refused = logs.with_reason("tenant.deletion_in_progress");
+    assert_eq!(refused.len(), 2, "{}", logs.text());
+    assert!(
+        refused.iter().all(|l| l["fields"]["tenant"] == "acme"),
+        "{}",
+        logs.text()
+    );
+
+    // Once it ended, the id is free, and the tenant made then stays whole.
+    app.create_tenant("acme", "Acme again", &["acme.test"]).await;
+    let (status, tenant) = get(&app, "/admin/v1/tenants/acme").await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(tenant["name"], "Acme again", "{tenant}");
+    let owner = app.state.tenants.by_domain("acme.test").await.unwrap().unwrap();
+    assert_eq!(owner.name, "Acme again");
+    let (_, list) = get(&app, "/admin/v1/tenants").await;
+    assert!(list.to_string().contains("\"acme\""), "{list}");
+    // And it can be deleted (the lease was given back).
+    app.delete_tenant("acme").await;
+}
