@@ -2080,3 +2080,69 @@ async fn a_clients_own_identity_headers_never_reach_the_backend_through_the_docu
         );
     }
 }
+
+#[tokio::test]
+async fn the_tower_authorizer_reads_a_scope_bare_or_qualified_with_its_own_api_only() {
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
+    use tower::ServiceExt as _;
+
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let files = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    assert!(
+        claims(&files)["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "files:read"),
+        "held bare"
+    );
+    let authorizer = Authorizer::new(
+        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    async fn ok() -> &'static str {
+        "ok"
+    }
+    // As forward auth reads them: `<api>/name` is the scope `name` of that
+    // API; a scope of another API, or a name holding a `/`, is not this one.
+    for (required, expected) in [
+        (format!("{FILES}/files:read"), (StatusCode::OK, None)),
+        ("files:read".to_owned(), (StatusCode::OK, None)),
+        (
+            format!("{REPORTS}/files:read"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+        (
+            format!("{FILES}/x/files:read"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+        (
+            format!("{FILES}/files:write"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+    ] {
+        let api: axum::Router = axum::Router::new().route(
+            "/",
+            axum::routing::get(ok).layer(authorizer.require([required.clone()])),
+        );
+        let req = axum::http::Request::get("/")
+            .header("authorization", format!("Bearer {files}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = api.oneshot(req).await.unwrap();
+        let reason = resp
+            .headers()
+            .get("x-portcullis-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!((resp.status(), reason.as_deref()), expected, "{required}");
+    }
+}
