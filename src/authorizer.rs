@@ -4,7 +4,9 @@
 //!
 //! It validates the bearer token against the gateway's JWKS, then `typ`
 //! (`at+jwt`), `iss`, `aud` (the API's resource identifier), `exp`/`nbf` on
-//! the injected clock, and the scopes each route requires. The identity goes
+//! the injected clock, and the scopes each route requires (written bare,
+//! `read`, or qualified with this API, `<audience>/read`, in the token and
+//! the route alike, as forward auth reads them). The identity goes
 //! into the request's extensions as an [`Identity`]. Refusals are RFC 6750:
 //! 401 with `WWW-Authenticate: Bearer error="invalid_token"`, 403 with
 //! `error="insufficient_scope"`, each with its reason code in
@@ -294,13 +296,20 @@ impl Authorizer {
             .filter(|t| !t.is_empty())
             .ok_or(Rejection::unauthorized("authorizer.no_token"))?;
         let identity = self.verify(token).await?;
-        // A scope is held bare (`read`) or qualified with this API (`<audience>/read`).
-        let audience = &self.inner.config.audience;
+        // A scope is written bare (`read`) or qualified with this API
+        // (`<audience>/read`), in the token and in `require` alike: the same
+        // scope of the same API, as forward auth reads it. A scope qualified
+        // with another API stays as written, and matches only itself.
+        let audience = self.inner.config.audience.as_str();
+        let bare = |s: &'_ str| -> String {
+            match s.strip_prefix(audience).and_then(|r| r.strip_prefix('/')) {
+                Some(name) if !name.is_empty() && !name.contains('/') => name.to_owned(),
+                _ => s.to_owned(),
+            }
+        };
         let held = |s: &String| {
-            identity
-                .scopes
-                .iter()
-                .any(|h| h == s || h.strip_prefix(audience.as_str()).and_then(|r| r.strip_prefix('/')) == Some(s))
+            let wanted = bare(s);
+            identity.scopes.iter().any(|h| bare(h) == wanted)
         };
         if let Some(missing) = scopes.iter().find(|s| !held(s)) {
             tracing::info!(reason = "authorizer.missing_scope", scope = %missing, "request refused");

@@ -1614,3 +1614,535 @@ async fn the_tower_authorizer_answers_known_kids_from_stale_keys_and_fetches_at_
     assert_eq!(status, StatusCode::OK);
     assert_eq!(authorizer.jwks_fetches(), 5);
 }
+
+/// A compact JWS of `header` and `claims` signed by `key` (RSA: RS256; EC:
+/// ES256, its signature as JOSE's `r || s`).
+fn forge(header: &Value, claims: &Value, key: &openssl::pkey::PKey<openssl::pkey::Private>) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key).unwrap();
+    let der = signer.sign_oneshot_to_vec(input.as_bytes()).unwrap();
+    let signature = if key.id() == openssl::pkey::Id::EC {
+        let sig = openssl::ecdsa::EcdsaSig::from_der(&der).unwrap();
+        [sig.r().to_vec_padded(32).unwrap(), sig.s().to_vec_padded(32).unwrap()].concat()
+    } else {
+        der
+    };
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// One attempt to pass something else off as an access token: what it
+/// tries, the token, and the reason code the tower authorizer and the
+/// gateway's own check (in its log) refuse it with.
+struct Forgery {
+    what: &'static str,
+    token: String,
+    authorizer: &'static str,
+    gateway: &'static str,
+}
+
+/// The tokens an attacker can make from a genuine access token, the
+/// gateway's public JWKS and keys of its own (`jku`: a JWKS URL it serves),
+/// plus the genuine ID and refresh tokens of the same sign-in.
+fn forgeries(real: &str, id_token: &str, refresh_token: &str, jwks: &Value, jku: &str) -> Vec<Forgery> {
+    use openssl::{bn::BigNum, ec, nid::Nid, pkey::PKey, rsa::Rsa};
+    let (header, rest) = real.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256", "the gateway's default key type");
+    let kid = header["kid"].as_str().unwrap();
+    let claims = claims(real);
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap();
+    let component =
+        |name: &str| BigNum::from_slice(&URL_SAFE_NO_PAD.decode(key[name].as_str().unwrap()).unwrap()).unwrap();
+    let public_pem = Rsa::from_public_components(component("n"), component("e"))
+        .unwrap()
+        .public_key_to_pem()
+        .unwrap();
+    let mine_rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mine_ec =
+        PKey::from_ec_key(ec::EcKey::generate(&ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap())
+            .unwrap();
+    let mine_jwk = {
+        let rsa = mine_rsa.rsa().unwrap();
+        json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(rsa.n().to_vec()), "e": URL_SAFE_NO_PAD.encode(rsa.e().to_vec())})
+    };
+    // The genuine payload and signature under another header.
+    let reheaded = |h: Value| format!("{}.{payload}.{signature}", URL_SAFE_NO_PAD.encode(h.to_string()));
+    let hs256 = {
+        let input = format!(
+            "{}.{payload}",
+            URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": kid, "typ": "at+jwt"}).to_string())
+        );
+        let secret = openssl::pkey::PKey::hmac(&public_pem).unwrap();
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &secret).unwrap();
+        let mac = signer.sign_oneshot_to_vec(input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac))
+    };
+    let f = |what, token, authorizer, gateway| Forgery {
+        what,
+        token,
+        authorizer,
+        gateway,
+    };
+    vec![
+        f(
+            "alg none, no signature",
+            format!(
+                "{}.{payload}.",
+                URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": kid, "typ": "at+jwt"}).to_string())
+            ),
+            "authorizer.alg_mismatch",
+            "token.alg_mismatch",
+        ),
+        f(
+            "HS256 keyed with the RSA public key's PEM",
+            hs256,
+            "authorizer.alg_mismatch",
+            "token.alg_mismatch",
+        ),
+        f(
+            "ES256 by a key of mine under the RSA key's kid",
+            forge(&json!({"alg": "ES256", "kid": kid, "typ": "at+jwt"}), &claims, &mine_ec),
+            "authorizer.alg_mismatch",
+            "token.alg_mismatch",
+        ),
+        f(
+            "EdDSA header on the RSA key's kid",
+            reheaded(json!({"alg": "EdDSA", "kid": kid, "typ": "at+jwt"})),
+            "authorizer.alg_mismatch",
+            "token.alg_mismatch",
+        ),
+        f(
+            "my own key embedded as jwk, the gateway's kid",
+            forge(
+                &json!({"alg": "RS256", "kid": kid, "typ": "at+jwt", "jwk": mine_jwk}),
+                &claims,
+                &mine_rsa,
+            ),
+            "authorizer.bad_signature",
+            "token.bad_signature",
+        ),
+        f(
+            "my own key behind jku and x5u, my kid",
+            forge(
+                &json!({"alg": "RS256", "kid": "mine", "typ": "at+jwt", "jku": jku, "x5u": jku}),
+                &claims,
+                &mine_rsa,
+            ),
+            "authorizer.unknown_kid",
+            "token.unknown_kid",
+        ),
+        f(
+            "a kid that reads as a path",
+            reheaded(json!({"alg": "RS256", "kid": format!("../{kid}"), "typ": "at+jwt"})),
+            "authorizer.unknown_kid",
+            "token.unknown_kid",
+        ),
+        f(
+            "crit naming an extension",
+            reheaded(json!({"alg": "RS256", "kid": kid, "typ": "at+jwt", "crit": ["exp"], "exp": 1})),
+            "authorizer.malformed",
+            "token.malformed",
+        ),
+        f(
+            "an ID token (typ JWT)",
+            id_token.to_owned(),
+            "authorizer.wrong_type",
+            "token.wrong_type",
+        ),
+        f(
+            "a refresh token",
+            refresh_token.to_owned(),
+            "authorizer.malformed",
+            "token.malformed",
+        ),
+    ]
+}
+
+/// The gateway's JWKS and a server standing for an attacker's `jku`, with
+/// the count of requests it got.
+async fn jwks_and_a_jku(app: &TestApp) -> (Value, String, Arc<std::sync::atomic::AtomicUsize>) {
+    let jwks: Value = reqwest::get(format!("{}/jwks", app.issuer()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let router = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { axum::Json(json!({"keys": []})) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (jwks, format!("http://{addr}/jwks"), hits)
+}
+
+#[tokio::test]
+async fn the_tower_authorizer_refuses_forged_headers_other_token_types_other_issuers_and_expiry_past_the_leeway() {
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
+    use portcullis::clock::Clock as _;
+    use tower::ServiceExt as _;
+
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let signed_in = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read offline_access"), ("resource", FILES)],
+    )
+    .await;
+    let files = at(&signed_in);
+    let (jwks, jku, jku_hits) = jwks_and_a_jku(&app).await;
+    let authorizer = Authorizer::new(
+        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    // The gateway's keys, but another gateway's issuer.
+    let mut elsewhere = AuthorizerConfig::new("https://sso.elsewhere.test", FILES).unwrap();
+    elsewhere.jwks_uri = Url::parse(&format!("{}/jwks", app.issuer())).unwrap();
+    let elsewhere = Authorizer::new(elsewhere, Arc::new(clock.clone())).unwrap();
+    async fn ok() -> &'static str {
+        "ok"
+    }
+    let api = |authorizer: &Authorizer, scope: &'static str| -> axum::Router {
+        axum::Router::new().route("/", axum::routing::get(ok).layer(authorizer.require([scope])))
+    };
+    // Status, reason and challenge of one request.
+    let ask = |api: axum::Router, token: Option<String>| async move {
+        let mut req = axum::http::Request::get("/");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = api.oneshot(req.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        let header = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        let (reason, challenge) = (header("x-portcullis-reason"), header("www-authenticate"));
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        assert!(
+            status == StatusCode::OK || body.is_empty(),
+            "a refusal tells nothing more: {body:?}"
+        );
+        (status, reason.unwrap_or_default(), challenge.unwrap_or_default())
+    };
+    let invalid = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
+    let (status, reason, _) = ask(api(&authorizer, "files:read"), Some(files.clone())).await;
+    assert_eq!((status, reason.as_str()), (StatusCode::OK, ""));
+    assert_eq!(authorizer.jwks_fetches(), 1);
+
+    for forgery in forgeries(
+        &files,
+        signed_in["id_token"].as_str().unwrap(),
+        signed_in["refresh_token"].as_str().unwrap(),
+        &jwks,
+        &jku,
+    ) {
+        let got = ask(api(&authorizer, "files:read"), Some(forgery.token)).await;
+        assert_eq!(
+            got,
+            (
+                StatusCode::UNAUTHORIZED,
+                forgery.authorizer.to_owned(),
+                invalid.to_owned()
+            ),
+            "{}",
+            forgery.what
+        );
+    }
+    assert_eq!(
+        jku_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "jku/x5u never fetched"
+    );
+    assert_eq!(authorizer.jwks_fetches(), 1, "no refetch within the interval");
+
+    // A genuine token of this gateway's keys, for another issuer.
+    assert_eq!(
+        ask(api(&elsewhere, "files:read"), Some(files.clone())).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            "authorizer.wrong_issuer".to_owned(),
+            invalid.to_owned()
+        )
+    );
+    // Scopes are compared exactly: case matters, and no challenge names a
+    // token error for a token that is valid.
+    assert_eq!(
+        ask(api(&authorizer, "FILES:READ"), Some(files.clone())).await,
+        (
+            StatusCode::FORBIDDEN,
+            "authorizer.missing_scope".to_owned(),
+            "Bearer realm=\"portcullis\", error=\"insufficient_scope\"".to_owned()
+        )
+    );
+    assert_eq!(
+        ask(api(&authorizer, "files:read"), Some(format!("{files} "))).await.0,
+        StatusCode::OK,
+        "surrounding space is no part of the token"
+    );
+    // No token at all: a bare challenge (RFC 6750 §3.1); another scheme is none.
+    for header in [None, Some("Basic d2ViOnNlY3JldA==".to_owned())] {
+        let mut req = axum::http::Request::get("/");
+        if let Some(h) = header {
+            req = req.header("authorization", h);
+        }
+        let resp = api(&authorizer, "files:read")
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["x-portcullis-reason"], "authorizer.no_token");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"portcullis\"");
+    }
+
+    // Expiry on the injected clock, with the leeway and not a second more.
+    let exp = claims(&files)["exp"].as_i64().unwrap();
+    let now = clock.now().timestamp();
+    clock.advance(chrono::Duration::seconds(
+        exp + portcullis::tokens::LEEWAY_SECS - 1 - now,
+    ));
+    assert_eq!(
+        ask(api(&authorizer, "files:read"), Some(files.clone())).await.0,
+        StatusCode::OK,
+        "within the leeway"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        ask(api(&authorizer, "files:read"), Some(files)).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            "authorizer.expired".to_owned(),
+            invalid.to_owned()
+        )
+    );
+}
+
+#[tokio::test]
+async fn forward_auth_userinfo_and_introspect_refuse_forged_headers_and_other_token_types_as_invalid_tokens() {
+    use crate::support::logs::Captured;
+
+    let (logs, _guard) = Captured::start();
+    let (app, secret) = world(None).await;
+    let signed_in = sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read offline_access"), ("resource", FILES)],
+    )
+    .await;
+    let files = at(&signed_in);
+    let (jwks, jku, jku_hits) = jwks_and_a_jku(&app).await;
+    let resource = url::form_urlencoded::byte_serialize(FILES.as_bytes()).collect::<String>();
+    let forward = app.url(&format!("/forward-auth?resource={resource}&scope=files%3Aread"));
+    let genuine = call(Method::GET, forward.as_str(), Some(&files)).await;
+    assert_eq!(genuine.status, StatusCode::OK, "{}", genuine.reason);
+
+    for forgery in forgeries(
+        &files,
+        signed_in["id_token"].as_str().unwrap(),
+        signed_in["refresh_token"].as_str().unwrap(),
+        &jwks,
+        &jku,
+    ) {
+        let what = forgery.what;
+        let seen = logs.with_reason(forgery.gateway).len();
+        let a = call(Method::GET, forward.as_str(), Some(&forgery.token)).await;
+        refused(&a, StatusCode::UNAUTHORIZED, "token.invalid");
+        assert!(
+            a.challenge
+                .starts_with("Bearer realm=\"portcullis\", error=\"invalid_token\""),
+            "{what}: {}",
+            a.challenge
+        );
+        assert_eq!(a.body["error"], "invalid_token", "{what}");
+        let resp = app
+            .client
+            .get(app.url("/userinfo"))
+            .bearer_auth(&forgery.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}");
+        let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        assert!(
+            logs.with_reason(forgery.gateway).len() >= seen + 2,
+            "{what}: refused as {}",
+            forgery.gateway
+        );
+        // A refresh token is introspected as what it is; none of the others is active.
+        if forgery.token != signed_in["refresh_token"].as_str().unwrap() {
+            let resp = app
+                .client
+                .post(app.url("/introspect"))
+                .basic_auth("web", Some(&secret))
+                .form(&[("token", forgery.token.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{what}");
+            assert_eq!(resp.json::<Value>().await.unwrap(), json!({"active": false}), "{what}");
+        }
+    }
+    assert_eq!(
+        jku_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "jku/x5u never fetched"
+    );
+
+    // A user disabled is refused at once, with the precise reason; enabled
+    // again, the token stays refused: disabling revoked its refresh family.
+    let sub = claims(&files)["sub"].as_str().unwrap().to_owned();
+    for (action, expected) in [("disable", "token.user_disabled"), ("enable", "token.family_revoked")] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/tenants/demo/users/{sub}/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let a = call(Method::GET, forward.as_str(), Some(&files)).await;
+        assert_eq!(a.reason, expected, "{action}: {}", a.challenge);
+    }
+}
+
+#[tokio::test]
+async fn a_clients_own_identity_headers_never_reach_the_backend_through_the_documented_nginx_setup() {
+    let (app, secret) = world(None).await;
+    let nginx = proxy(&app, &backend().await);
+    let user = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    // An app's own token has no tenant: the answer carries no tenant header
+    // for the proxy to override the client's with.
+    let machine = register(
+        &app,
+        "machine",
+        json!({"allowed_scopes": ["files:read"], "default_resource": FILES, "grant_types": ["client_credentials"]}),
+    )
+    .await;
+    let (status, body) = token(&app, "machine", &machine, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let machine = at(&body);
+    let resource = url::form_urlencoded::byte_serialize(FILES.as_bytes()).collect::<String>();
+    let direct = app
+        .client
+        .get(app.url(&format!("/forward-auth?resource={resource}")))
+        .bearer_auth(&machine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::OK);
+    assert!(direct.headers().get("x-portcullis-tenant").is_none());
+    assert_eq!(direct.headers()["x-portcullis-sub"], "machine");
+
+    for (token, tenant) in [(&user, "demo"), (&machine, "")] {
+        let (sub, scopes) = (claims(token)["sub"].clone(), claims(token)["scope"].clone());
+        let resp = reqwest::Client::new()
+            .get(nginx.url("/files/a"))
+            .bearer_auth(token)
+            .header("x-portcullis-tenant", "victim")
+            .header("x-portcullis-sub", "someone-else")
+            .header("x-portcullis-scopes", "files:write")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (&seen["sub"], seen["tenant"].as_str(), &seen["scopes"]),
+            (&sub, Some(tenant), &scopes),
+            "{seen}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_tower_authorizer_reads_a_scope_bare_or_qualified_with_its_own_api_only() {
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
+    use tower::ServiceExt as _;
+
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let files = at(&sign_in(
+        &app,
+        "web",
+        &secret,
+        "ann@demo.test",
+        &[("scope", "openid files:read"), ("resource", FILES)],
+    )
+    .await);
+    assert!(
+        claims(&files)["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "files:read"),
+        "held bare"
+    );
+    let authorizer = Authorizer::new(
+        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    async fn ok() -> &'static str {
+        "ok"
+    }
+    // As forward auth reads them: `<api>/name` is the scope `name` of that
+    // API; a scope of another API, or a name holding a `/`, is not this one.
+    for (required, expected) in [
+        (format!("{FILES}/files:read"), (StatusCode::OK, None)),
+        ("files:read".to_owned(), (StatusCode::OK, None)),
+        (
+            format!("{REPORTS}/files:read"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+        (
+            format!("{FILES}/x/files:read"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+        (
+            format!("{FILES}/files:write"),
+            (StatusCode::FORBIDDEN, Some("authorizer.missing_scope")),
+        ),
+    ] {
+        let api: axum::Router = axum::Router::new().route(
+            "/",
+            axum::routing::get(ok).layer(authorizer.require([required.clone()])),
+        );
+        let req = axum::http::Request::get("/")
+            .header("authorization", format!("Bearer {files}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = api.oneshot(req).await.unwrap();
+        let reason = resp
+            .headers()
+            .get("x-portcullis-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!((resp.status(), reason.as_deref()), expected, "{required}");
+    }
+}
