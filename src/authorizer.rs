@@ -300,16 +300,16 @@ impl Authorizer {
         // (`<audience>/read`), in the token and in `require` alike: the same
         // scope of the same API, as forward auth reads it. A scope qualified
         // with another API stays as written, and matches only itself.
-        let audience = self.inner.config.audience.as_str();
-        let bare = |s: &'_ str| -> String {
-            match s.strip_prefix(audience).and_then(|r| r.strip_prefix('/')) {
-                Some(name) if !name.is_empty() && !name.contains('/') => name.to_owned(),
-                _ => s.to_owned(),
+        fn bare<'s>(scope: &'s str, audience: &str) -> &'s str {
+            match scope.strip_prefix(audience).and_then(|r| r.strip_prefix('/')) {
+                Some(name) if !name.is_empty() && !name.contains('/') => name,
+                _ => scope,
             }
-        };
+        }
+        let audience = self.inner.config.audience.as_str();
         let held = |s: &String| {
-            let wanted = bare(s);
-            identity.scopes.iter().any(|h| bare(h) == wanted)
+            let wanted = bare(s, audience);
+            identity.scopes.iter().any(|h| bare(h, audience) == wanted)
         };
         if let Some(missing) = scopes.iter().find(|s| !held(s)) {
             tracing::info!(reason = "authorizer.missing_scope", scope = %missing, "request refused");

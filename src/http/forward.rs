@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// The user's `sub` (the client id for an app token).
 pub const SUB_HEADER: &str = "x-portcullis-sub";
-/// The user's tenant (absent for an app token).
+/// The user's tenant (empty for an app's own token).
 pub const TENANT_HEADER: &str = "x-portcullis-tenant";
 /// The token's scopes, space-separated.
 pub const SCOPES_HEADER: &str = "x-portcullis-scopes";
@@ -130,9 +130,10 @@ async fn decide(state: &AppState, req: &ForwardRequest<'_>) -> Response {
             );
             let mut resp = (StatusCode::OK, pages::no_store()).into_response();
             put(&mut resp, SUB_HEADER, &allowed.sub);
-            if let Some(t) = &allowed.tenant {
-                put(&mut resp, TENANT_HEADER, t);
-            }
+            // Always, empty for an app's own token: a proxy that overrides
+            // only the headers an answer has (Envoy) then still overrides
+            // a client's own tenant header.
+            put(&mut resp, TENANT_HEADER, allowed.tenant.as_deref().unwrap_or(""));
             put(&mut resp, SCOPES_HEADER, &allowed.scopes.join(" "));
             put(&mut resp, CLIENT_HEADER, &allowed.client_id);
             put(&mut resp, REASON_HEADER, "forward_auth.allowed");
