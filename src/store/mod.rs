@@ -23,6 +23,7 @@
 //! * keys are built with [`Key`], which namespaces them and gives each group of
 //!   keys that one operation touches together the same Redis Cluster hash tag.
 
+pub mod layer;
 pub mod memory;
 pub mod metered;
 pub mod record_cache;
@@ -30,6 +31,8 @@ pub mod redis;
 mod redis_batch;
 pub mod redis_url;
 pub mod session;
+
+pub use layer::StoreLayer;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -115,7 +118,7 @@ pub trait Store: Send + Sync + 'static {
     /// default reads the value; wrappers forward it so the backend's own
     /// answers.
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
-        Ok(self.get(key).await?.is_some())
+        exists_by_get(self, key).await
     }
 
     /// A fingerprint of the value at `key` ([`fingerprint_of`] the stored
@@ -132,7 +135,7 @@ pub trait Store: Send + Sync + 'static {
     /// records it is used for are written only by their administrators.
     /// The default reads the value; wrappers forward it.
     async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
-        Ok(self.get(key).await?.map(|v| fingerprint_of(&v)))
+        fingerprint_by_get(self, key).await
     }
 
     /// Reads the value at `key` only if it is not the one the caller
@@ -341,12 +344,7 @@ pub trait Store: Send + Sync + 'static {
         second: (&Key, u64),
         window: Duration,
     ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
-        let d = self.rate_limit(first.0, first.1, window).await?;
-        if !d.allowed {
-            return Ok((d, None));
-        }
-        let d2 = self.rate_limit(second.0, second.1, window).await?;
-        Ok((d, Some(d2)))
+        rate_limit_chain_in_steps(self, first, second, window).await
     }
 
     /// Counts one request against `limits` in turn, each exactly as
@@ -604,6 +602,34 @@ impl Rotate<'_> {
         }
         Ok(())
     }
+}
+
+/// [`Store::exists`] by reading the value: the trait's default, for a
+/// backend (or a [`StoreLayer`]) that has no cheaper way to tell.
+pub async fn exists_by_get<S: Store + ?Sized>(store: &S, key: &Key) -> Result<bool, StoreError> {
+    Ok(store.get(key).await?.is_some())
+}
+
+/// [`Store::fingerprint`] by reading the value and fingerprinting it here
+/// ([`fingerprint_of`]): the trait's default.
+pub async fn fingerprint_by_get<S: Store + ?Sized>(store: &S, key: &Key) -> Result<Option<String>, StoreError> {
+    Ok(store.get(key).await?.map(|v| fingerprint_of(&v)))
+}
+
+/// [`Store::rate_limit_chain`] as two [`Store::rate_limit`] calls in a
+/// row, the second only when the first allowed: the trait's default.
+pub async fn rate_limit_chain_in_steps<S: Store + ?Sized>(
+    store: &S,
+    first: (&Key, u64),
+    second: (&Key, u64),
+    window: Duration,
+) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+    let d = store.rate_limit(first.0, first.1, window).await?;
+    if !d.allowed {
+        return Ok((d, None));
+    }
+    let d2 = store.rate_limit(second.0, second.1, window).await?;
+    Ok((d, Some(d2)))
 }
 
 /// [`Store::rate_limit_guarded`] as separate operations: the guard's

@@ -541,166 +541,18 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Store for Counted {
-        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key).await
+    impl crate::store::StoreLayer for Counted {
+        // `exists`, `fingerprint` and the chained and guarded rate limits are
+        // made of this store's own calls (`Store`'s default bodies).
+        const FORWARD_DEFAULTED: bool = false;
+
+        fn inner(&self) -> &dyn Store {
+            &self.inner
         }
-        async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
-            self.inner.get_if_changed(key, known).await
-        }
-        async fn read_many(&self, keys: &[(&Key, crate::store::Read)]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-            self.inner.read_many(keys).await
-        }
-        async fn put_then_get(
-            &self,
-            key: &Key,
-            value: &[u8],
-            ttl: Option<std::time::Duration>,
-            read: &Key,
-        ) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.put_then_get(key, value, ttl, read).await
-        }
-        async fn put(&self, key: &Key, value: &[u8], ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
-            self.inner.put(key, value, ttl).await
-        }
-        async fn put_if_absent(
-            &self,
-            key: &Key,
-            value: &[u8],
-            ttl: Option<std::time::Duration>,
-        ) -> Result<bool, StoreError> {
-            self.inner.put_if_absent(key, value, ttl).await
-        }
-        async fn compare_and_put(
-            &self,
-            key: &Key,
-            expected: &[u8],
-            value: &[u8],
-            ttl: Option<std::time::Duration>,
-        ) -> Result<bool, StoreError> {
-            self.inner.compare_and_put(key, expected, value, ttl).await
-        }
-        async fn take(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.take(key).await
-        }
-        async fn take_and_mark(
-            &self,
-            key: &Key,
-            marker_key: &Key,
-            marker_value: &[u8],
-            marker_ttl: std::time::Duration,
-        ) -> Result<crate::store::Taken, StoreError> {
-            self.inner
-                .take_and_mark(key, marker_key, marker_value, marker_ttl)
-                .await
-        }
-        async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn set_add(&self, key: &Key, member: &str, ttl: Option<std::time::Duration>) -> Result<(), StoreError> {
-            self.inner.set_add(key, member, ttl).await
-        }
-        async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
-            self.inner.set_remove(key, member).await
-        }
-        async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
-            self.inner.set_members(key).await
-        }
-        async fn incr(&self, key: &Key, ttl: std::time::Duration) -> Result<i64, StoreError> {
-            self.inner.incr(key, ttl).await
-        }
-        async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
-            self.inner.list_push_capped(key, value, max_len).await
-        }
-        async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-            self.inner.list_range(key, start, count).await
-        }
-        async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
-            self.inner.stream_add(key, value, max_len).await
-        }
-        async fn stream_add_classed(
-            &self,
-            key: &Key,
-            class: &Key,
-            value: &[u8],
-            class_max: usize,
-            max_len: usize,
-        ) -> Result<String, StoreError> {
-            self.inner
-                .stream_add_classed(key, class, value, class_max, max_len)
-                .await
-        }
-        async fn stream_range(
-            &self,
-            key: &Key,
-            after: Option<&str>,
-            count: usize,
-        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
-            self.inner.stream_range(key, after, count).await
-        }
-        async fn stream_rev_range(
-            &self,
-            key: &Key,
-            before: Option<&str>,
-            count: usize,
-        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
-            self.inner.stream_rev_range(key, before, count).await
-        }
-        async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
-            self.inner.stream_len(key).await
-        }
-        async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
-            self.inner.stream_group_create(key, group).await
-        }
-        async fn stream_group_read(
-            &self,
-            key: &Key,
-            group: &str,
-            consumer: &str,
-            count: usize,
-        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
-            self.inner.stream_group_read(key, group, consumer, count).await
-        }
-        async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
-            self.inner.stream_ack(key, group, id).await
-        }
-        async fn stream_autoclaim(
-            &self,
-            key: &Key,
-            group: &str,
-            consumer: &str,
-            min_idle: std::time::Duration,
-            count: usize,
-        ) -> Result<Vec<crate::store::StreamEntry>, StoreError> {
-            self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
-        }
-        async fn rate_limit(
-            &self,
-            key: &Key,
-            limit: u64,
-            window: std::time::Duration,
-        ) -> Result<crate::store::RateDecision, StoreError> {
-            self.inner.rate_limit(key, limit, window).await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.inner.ping().await
-        }
+
         async fn read_many_if_changed(&self, keys: &[(&Key, Probe<'_>)]) -> Result<Vec<Probed>, StoreError> {
             self.scripts.fetch_add(1, Ordering::SeqCst);
             self.inner.read_many_if_changed(keys).await
-        }
-        async fn write_many(&self, writes: &[crate::store::Write<'_>]) -> Result<bool, StoreError> {
-            self.inner.write_many(writes).await
-        }
-        async fn rotate(&self, r: &crate::store::Rotate<'_>) -> Result<crate::store::Taken, StoreError> {
-            self.inner.rotate(r).await
-        }
-        async fn read_through(
-            &self,
-            pointer: &Key,
-            reads: &[(&str, crate::store::Read)],
-        ) -> Result<Option<(Vec<u8>, Vec<Option<Vec<u8>>>)>, StoreError> {
-            self.inner.read_through(pointer, reads).await
         }
     }
 }
