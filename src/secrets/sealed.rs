@@ -28,7 +28,9 @@
 //! set; the next write of the record, or `portcullis keys rewrap`, seals it.
 
 use super::{Cipher, SecretsError};
-use crate::store::{IfChanged, Key, Read, Rotate, SharedStore, Store, StoreError, Taken, Write};
+use crate::store::{
+    IfChanged, Key, RateDecision, Read, Rotate, SharedStore, Store, StoreError, StreamEntry, Taken, Write,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
@@ -408,23 +410,23 @@ impl SealedStore {
 }
 
 #[async_trait]
-impl crate::store::StoreLayer for SealedStore {
-    // What is not written here is forwarded unchanged (the layer's
-    // defaults): presence (`exists`), and fingerprints (`fingerprint`, the
-    // guard of `rate_limit_guarded`), which are of the sealed bytes as
-    // stored (any write, a new nonce included, changes them), need no
-    // opening; sets, counters and rate limits hold no secret; streams hold
-    // audit events, which never carry one (`audit::redact`).
-
-    fn inner(&self) -> &dyn Store {
-        &*self.inner
-    }
-
+impl Store for SealedStore {
     async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
         match self.inner.get(key).await? {
             Some(raw) => self.open(key, raw).map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        // Whether a value is there needs no unsealing.
+        self.inner.exists(key).await
+    }
+
+    async fn fingerprint(&self, key: &Key) -> Result<Option<String>, StoreError> {
+        // Of the sealed bytes as stored: any write (a new nonce included)
+        // changes it, and nothing needs opening.
+        self.inner.fingerprint(key).await
     }
 
     async fn get_if_changed(&self, key: &Key, known: Option<&str>) -> Result<IfChanged, StoreError> {
@@ -521,6 +523,125 @@ impl crate::store::StoreLayer for SealedStore {
             Taken::Value(raw) => self.open(key, raw).map(Taken::Value),
             other => Ok(other),
         }
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn set_add(&self, key: &Key, member: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.inner.set_add(key, member, ttl).await
+    }
+
+    async fn set_remove(&self, key: &Key, member: &str) -> Result<(), StoreError> {
+        self.inner.set_remove(key, member).await
+    }
+
+    async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        self.inner.set_members(key).await
+    }
+
+    async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
+        self.inner.incr(key, ttl).await
+    }
+
+    async fn list_push_capped(&self, key: &Key, value: &[u8], max_len: usize) -> Result<(), StoreError> {
+        self.inner.list_push_capped(key, value, max_len).await
+    }
+
+    async fn list_range(&self, key: &Key, start: usize, count: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.list_range(key, start, count).await
+    }
+
+    // Streams hold audit events, which never carry a secret (`audit::redact`).
+    async fn stream_add(&self, key: &Key, value: &[u8], max_len: usize) -> Result<String, StoreError> {
+        self.inner.stream_add(key, value, max_len).await
+    }
+    async fn stream_add_classed(
+        &self,
+        key: &Key,
+        class: &Key,
+        value: &[u8],
+        class_max: usize,
+        max_len: usize,
+    ) -> Result<String, StoreError> {
+        self.inner
+            .stream_add_classed(key, class, value, class_max, max_len)
+            .await
+    }
+
+    async fn stream_range(&self, key: &Key, after: Option<&str>, count: usize) -> Result<Vec<StreamEntry>, StoreError> {
+        self.inner.stream_range(key, after, count).await
+    }
+
+    async fn stream_rev_range(
+        &self,
+        key: &Key,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.inner.stream_rev_range(key, before, count).await
+    }
+
+    async fn stream_len(&self, key: &Key) -> Result<usize, StoreError> {
+        self.inner.stream_len(key).await
+    }
+
+    async fn stream_group_create(&self, key: &Key, group: &str) -> Result<(), StoreError> {
+        self.inner.stream_group_create(key, group).await
+    }
+
+    async fn stream_group_read(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.inner.stream_group_read(key, group, consumer, count).await
+    }
+
+    async fn stream_ack(&self, key: &Key, group: &str, id: &str) -> Result<bool, StoreError> {
+        self.inner.stream_ack(key, group, id).await
+    }
+
+    async fn stream_autoclaim(
+        &self,
+        key: &Key,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.inner.stream_autoclaim(key, group, consumer, min_idle, count).await
+    }
+
+    async fn rate_limit(&self, key: &Key, limit: u64, window: Duration) -> Result<RateDecision, StoreError> {
+        self.inner.rate_limit(key, limit, window).await
+    }
+
+    async fn rate_limit_chain(
+        &self,
+        first: (&Key, u64),
+        second: (&Key, u64),
+        window: Duration,
+    ) -> Result<(RateDecision, Option<RateDecision>), StoreError> {
+        self.inner.rate_limit_chain(first, second, window).await
+    }
+
+    async fn rate_limit_guarded(
+        &self,
+        guard: (&Key, &str),
+        limits: &[(&Key, u64)],
+        window: Duration,
+    ) -> Result<Option<Vec<RateDecision>>, StoreError> {
+        // The guard's fingerprint is of the sealed bytes as stored (as
+        // `fingerprint`): nothing to open.
+        self.inner.rate_limit_guarded(guard, limits, window).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
 
     async fn read_many_if_changed(

@@ -1,18 +1,20 @@
 //! [`StoreLayer`]: a store that wraps another and changes only some of its
 //! operations, writing only those.
 //!
-//! A wrapper that seals values ([`crate::secrets::sealed::SealedStore`]),
-//! holds a write until a test lets it go, or counts one kind of call
-//! implements [`StoreLayer`]: [`StoreLayer::inner`] and the methods it
-//! changes. Every other method forwards to the inner store by default, and
-//! one blanket impl makes every layer a [`Store`]. So a method added to
-//! [`Store`] is added here once (a forwarding default and one line of the
-//! blanket impl), not to every wrapper.
+//! A wrapper that holds a write until a test lets it go, races a read or
+//! counts one kind of call implements [`StoreLayer`]: [`StoreLayer::inner`]
+//! and the methods it changes. Every other method forwards to the inner
+//! store by default, and one blanket impl makes every layer a [`Store`].
+//! So a method added to [`Store`] is added here once (a forwarding default
+//! and one line of the blanket impl), not to every such wrapper.
 //!
-//! A wrapper that changes every method ([`super::metered::MeteredStore`],
-//! which measures each one over a concrete inner store) implements
-//! [`Store`] itself: a layer would give it nothing, and would reach its
-//! inner store through `&dyn Store`.
+//! Two wrappers implement [`Store`] themselves, on purpose:
+//! [`super::metered::MeteredStore`] changes every method (it measures each
+//! one over a concrete inner store), and
+//! [`crate::secrets::sealed::SealedStore`] is the boundary where secrets
+//! are sealed: a method added to [`Store`] that carries values must seal
+//! them, so the compiler makes whoever adds one decide there, rather than
+//! a default forwarding it unsealed.
 
 use super::{
     exists_by_get, fingerprint_by_get, rate_limit_chain_in_steps, rate_limit_guarded_in_steps, IfChanged, Key, Probe,
@@ -40,8 +42,8 @@ use std::time::Duration;
 /// changes one of them overrides it, as any other method.
 ///
 /// A wrapper names the trait by its path (`impl
-/// crate::store::StoreLayer for Sealed`) rather than importing it: with
-/// both traits in scope, a call such as `sealed.get(key)` would be
+/// crate::store::StoreLayer for Held`) rather than importing it: with
+/// both traits in scope, a call such as `held.get(key)` would be
 /// ambiguous between [`Store::get`] and [`StoreLayer::get`].
 #[async_trait]
 pub trait StoreLayer: Send + Sync + Sized + 'static {
@@ -316,8 +318,7 @@ type Answer<'f, T> = Pin<Box<dyn Future<Output = T> + Send + 'f>>;
 /// One [`Store`] method of the blanket impl: the [`StoreLayer`] method of
 /// the same name, whose future is handed on as it is. Written out rather
 /// than with `#[async_trait]`, which would box a second future around the
-/// layer's on every call (the sealing layer is on every store operation of
-/// the gateway). The signature is `async_trait`'s: one named lifetime per
+/// layer's on every call. The signature is `async_trait`'s: one named lifetime per
 /// reference of the parameters, in order (`$lt`), each outliving the
 /// future; the compiler refuses any other.
 macro_rules! forward {

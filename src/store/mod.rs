@@ -108,6 +108,9 @@ impl Key {
 ///
 /// `ttl: None` means the value persists until deleted (tenants, clients,
 /// users); everything transient passes a TTL.
+///
+/// A wrapper that changes only some operations is a [`StoreLayer`]; a
+/// method added here gets its forwarding default there.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads a value.
