@@ -901,25 +901,12 @@ async fn one_signed_in_session_passes_a_spent_authorize_budget_only_within_its_a
     let p = pkce();
     let authorize = WORLD.authorize_url(&app, &p, WORLD.scope);
     let cookies = mallory.cookies_for(&authorize).unwrap();
-    let mut passed = 0;
     let tries = 2 * SIGNED_IN_AUTHORIZES_PER_SESSION;
-    for i in 0..tries {
-        let resp = app
-            .client
-            .get(authorize.clone())
-            .header("cookie", cookies.clone())
-            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
-        if !throttled(status, &resp.text().await.unwrap()) {
-            let location = location.unwrap_or_default();
-            assert!(location.contains("code="), "request {i}: {status} {location}");
-            passed += 1;
-        }
-    }
+    let passed = passes_from_many_addresses(&app, &authorize, &cookies, tries, |i, status, location| {
+        let location = location.unwrap_or_default();
+        assert!(location.contains("code="), "request {i}: {status} {location}");
+    })
+    .await;
     assert_eq!(
         passed, SIGNED_IN_AUTHORIZES_PER_SESSION,
         "{passed} of {tries} requests passed"
@@ -1309,23 +1296,11 @@ async fn one_signed_in_strangers_session_does_not_spend_the_tenants_own_budget()
     // page: within the session's allowance, then refused as a stranger's.
     let change = WORLD.page(&app, "change-password");
     let cookies = stranger.cookies_for(&change).unwrap();
-    let mut passed = 0;
     let tries = 2 * OWN_REQUESTS_PER_SESSION;
-    for i in 0..tries {
-        let resp = app
-            .client
-            .get(change.clone())
-            .header("cookie", cookies.clone())
-            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        if !throttled(status, &resp.text().await.unwrap()) {
-            assert_eq!(status, StatusCode::OK, "request {i}");
-            passed += 1;
-        }
-    }
+    let passed = passes_from_many_addresses(&app, &change, &cookies, tries, |i, status, _| {
+        assert_eq!(status, StatusCode::OK, "request {i}");
+    })
+    .await;
     assert_eq!(passed, OWN_REQUESTS_PER_SESSION, "{passed} of {tries} requests passed");
     refused_as_strangers(&logs);
     let spent = logs.with_reason("throttle.session_allowance_spent");
@@ -1381,26 +1356,11 @@ async fn one_strangers_wait_for_a_second_factor_does_not_spend_the_tenants_own_b
     assert!(page.url.path().starts_with("/mfa/demo/dev"), "{}", stranger.trail());
     assert!(page.url.query_pairs().any(|(k, _)| k == "handle"), "{}", page.url);
     let cookies = stranger.cookies_for(&page.url).unwrap();
-    let mut passed = 0;
     let tries = 2 * OWN_REQUESTS_PER_MFA_WAIT;
-    for i in 0..tries {
-        let resp = app
-            .client
-            .get(page.url.clone())
-            .header("cookie", cookies.clone())
-            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.text().await.unwrap();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            assert!(body.contains("<code>throttle.exceeded</code>"), "{body}");
-        } else {
-            assert_eq!(status, StatusCode::OK, "request {i}: {body}");
-            passed += 1;
-        }
-    }
+    let passed = passes_from_many_addresses(&app, &page.url, &cookies, tries, |i, status, _| {
+        assert_eq!(status, StatusCode::OK, "request {i}");
+    })
+    .await;
     // The page he landed on took one.
     assert_eq!(
         passed,
@@ -1443,6 +1403,37 @@ const PASSWORD: &str = "Tangerine-Orbit-42";
 /// Whether a local page's answer is the edge's 429 `throttle.exceeded`.
 fn throttled(status: StatusCode, body: &str) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS && body.contains("<code>throttle.exceeded</code>")
+}
+
+/// `url` requested `tries` times with `cookies`, each from another address
+/// (as the test's trusted proxy forwards it): how many were not the edge's
+/// 429 `throttle.exceeded`, each of which `passed` checks (the request's
+/// number, status and `Location`).
+async fn passes_from_many_addresses(
+    app: &TestApp,
+    url: &url::Url,
+    cookies: &str,
+    tries: u64,
+    passed: impl Fn(u64, StatusCode, Option<String>),
+) -> u64 {
+    let mut count = 0;
+    for i in 0..tries {
+        let resp = app
+            .client
+            .get(url.clone())
+            .header("cookie", cookies)
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+        if !throttled(status, &resp.text().await.unwrap()) {
+            passed(i, status, location);
+            count += 1;
+        }
+    }
+    count
 }
 
 /// Some requests were refused, each as a stranger's of acme (its anonymous bucket).
