@@ -45,6 +45,12 @@ impl IntoResponse for OAuthError {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
             }
+            OAuthErrorCode::InsufficientScope => {
+                let v = format!("Bearer error=\"insufficient_scope\", error_description=\"{description}\"");
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
             OAuthErrorCode::InvalidClient => {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

@@ -25,6 +25,9 @@ pub enum OAuthErrorCode {
     TemporarilyUnavailable,
     /// `invalid_target` (RFC 8707 §2): a resource the client may not use.
     InvalidTarget,
+    /// `insufficient_scope` (RFC 6750 §3.1), answered with 403: a valid
+    /// token that was not granted what the resource requires.
+    InsufficientScope,
 }
 
 impl OAuthErrorCode {
@@ -41,6 +44,7 @@ impl OAuthErrorCode {
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::InvalidTarget => "invalid_target",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 
@@ -48,6 +52,7 @@ impl OAuthErrorCode {
     pub fn status(self) -> u16 {
         match self {
             Self::InvalidClient | Self::InvalidToken => 401,
+            Self::InsufficientScope => 403,
             Self::ServerError => 500,
             Self::TemporarilyUnavailable => 503,
             Self::InvalidRequest
@@ -137,6 +142,10 @@ impl OAuthError {
     /// `temporarily_unavailable` (answered with 503): retrying later may work.
     pub fn temporarily_unavailable(reason: &'static str, d: impl Into<String>) -> Self {
         Self::new(OAuthErrorCode::TemporarilyUnavailable, reason, d)
+    }
+    /// `insufficient_scope` (RFC 6750, answered with 403)
+    pub fn insufficient_scope(reason: &'static str, d: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::InsufficientScope, reason, d)
     }
     /// `invalid_target` (RFC 8707 §2)
     pub fn invalid_target(reason: &'static str, d: impl Into<String>) -> Self {

@@ -1301,6 +1301,17 @@ impl Provider {
         // A client_credentials token is about no user.
         let user =
             user.ok_or_else(|| OAuthError::invalid_token("token.no_user", "The access token is not about a user."))?;
+        // OpenID Connect Core 5.3: the access token of an OpenID Connect
+        // sign-in. One without `openid` (a refresh that narrowed the scope,
+        // a token exchanged for an API) is for its API only, as Keycloak
+        // answers too. Checked after the token's own checks, so a revoked
+        // token is reported as revoked.
+        if !claims.scope.split_whitespace().any(|s| s == "openid") {
+            return Err(OAuthError::insufficient_scope(
+                "userinfo.no_openid_scope",
+                "The access token was not granted the openid scope.",
+            ));
+        }
         let mut out = Map::new();
         out.insert("sub".into(), json!(user.sub));
         out.insert("tenant".into(), json!(user.tenant));
@@ -1396,7 +1407,8 @@ impl Provider {
                 | OAuthErrorCode::InvalidScope
                 | OAuthErrorCode::ServerError
                 | OAuthErrorCode::TemporarilyUnavailable
-                | OAuthErrorCode::InvalidTarget => Err(e),
+                | OAuthErrorCode::InvalidTarget
+                | OAuthErrorCode::InsufficientScope => Err(e),
             },
         }
     }

@@ -284,6 +284,64 @@ async fn claims_are_released_only_for_the_scopes_that_ask_for_them() {
     }
 }
 
+/// OpenID Connect Core 5.3: `/userinfo` answers the access token of an
+/// OpenID Connect sign-in. A refresh may narrow the scope (RFC 6749 §6);
+/// an access token refreshed without `openid` is for its API only:
+/// `/userinfo` answers 403 `insufficient_scope` (RFC 6750), in the
+/// challenge too, and logs `userinfo.no_openid_scope`, while the token of
+/// the sign-in itself is still answered. Before, any access token about a
+/// user was answered.
+#[tokio::test]
+async fn userinfo_refuses_an_access_token_without_the_openid_scope() {
+    use crate::support::logs::Captured;
+    let (logs, _guard) = Captured::start();
+    let app = dev_app().await;
+    let secret = register(&app, "conf", false, json!({})).await;
+    let got = sign_in(
+        &app,
+        "conf",
+        secret.as_deref(),
+        &[("scope", "openid email offline_access")],
+    )
+    .await;
+    let (status, info) = userinfo(&app, &got["access_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let (status, narrowed) = token(
+        &app,
+        "conf",
+        secret.as_deref(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", got["refresh_token"].as_str().unwrap()),
+            ("scope", "email offline_access"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{narrowed}");
+    assert_eq!(narrowed["scope"], "email offline_access", "{narrowed}");
+    let resp = app
+        .client
+        .get(app.url("/userinfo"))
+        .bearer_auth(narrowed["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_scope", "{body}");
+    assert!(body.get("sub").is_none(), "{body}");
+    assert!(
+        !logs.with_reason("userinfo.no_openid_scope").is_empty(),
+        "{}",
+        logs.text()
+    );
+}
+
 #[tokio::test]
 async fn offline_access_decides_whether_a_refresh_token_is_issued() {
     let app = dev_app().await;
