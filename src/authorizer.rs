@@ -96,6 +96,11 @@ pub struct AuthorizerConfig {
     pub min_refetch_interval: Duration,
     /// The timeout of one JWKS fetch (default 5 s).
     pub fetch_timeout: Duration,
+    /// Whether `jwks_uri` may be plain http to a host other than loopback
+    /// (default `false`): only over a network that is itself trusted (a
+    /// service mesh with mutual TLS), since whoever can change the JWKS on
+    /// its way can sign any token this API accepts.
+    pub allow_http: bool,
 }
 
 impl AuthorizerConfig {
@@ -111,7 +116,27 @@ impl AuthorizerConfig {
             cache_ttl: Duration::from_secs(300),
             min_refetch_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
+            allow_http: false,
         })
+    }
+
+    /// Refuses a JWKS URL an attacker on the path could answer: it must be
+    /// https, or http to loopback, or http with [`Self::allow_http`].
+    fn check_jwks_uri(&self) -> Result<(), AuthorizerError> {
+        let loopback = match self.jwks_uri.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            None => false,
+        };
+        match self.jwks_uri.scheme() {
+            "https" => Ok(()),
+            "http" if loopback || self.allow_http => Ok(()),
+            _ => Err(AuthorizerError::Config(format!(
+                "the JWKS URL {} must be https (http only to loopback, or with allow_http)",
+                self.jwks_uri
+            ))),
+        }
     }
 }
 
@@ -253,6 +278,7 @@ pub struct Authorizer {
 impl Authorizer {
     /// An authorizer; the keys are fetched at the first request.
     pub fn new(config: AuthorizerConfig, clock: SharedClock) -> Result<Self, AuthorizerError> {
+        config.check_jwks_uri()?;
         crate::tokens::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(config.fetch_timeout)
@@ -579,5 +605,43 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_jwks(uri: &str, allow_http: bool) -> Result<(), AuthorizerError> {
+        let mut c = AuthorizerConfig::new("https://sso.example.test", "https://api.example.test")
+            .map_err(|e| AuthorizerError::Config(e.to_string()))?;
+        c.jwks_uri = Url::parse(uri).map_err(|e| AuthorizerError::Config(e.to_string()))?;
+        c.allow_http = allow_http;
+        c.check_jwks_uri()
+    }
+
+    #[test]
+    fn a_jwks_url_anyone_on_the_path_could_answer_is_refused() {
+        assert!(with_jwks("https://sso.example.test/jwks", false).is_ok());
+        for loopback in [
+            "http://127.0.0.1:8080/jwks",
+            "http://[::1]:8080/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert!(with_jwks(loopback, false).is_ok(), "{loopback}");
+        }
+        for exposed in [
+            "http://sso.example.test/jwks",
+            "http://10.0.0.7/jwks",
+            "ftp://sso.example.test/jwks",
+        ] {
+            let e = with_jwks(exposed, false).unwrap_err().to_string();
+            assert!(e.contains("must be https"), "{exposed}: {e}");
+        }
+        assert!(with_jwks("http://portcullis.mesh.internal/jwks", true).is_ok());
+        assert!(with_jwks("ftp://sso.example.test/jwks", true).is_err());
+        // The default, from the issuer.
+        let c = AuthorizerConfig::new("http://sso.example.test/", "https://api.example.test").unwrap();
+        assert!(Authorizer::new(c, std::sync::Arc::new(crate::clock::SystemClock)).is_err());
     }
 }
