@@ -156,6 +156,21 @@ fn at(v: &Value) -> String {
     v["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The tower authorizer of the files API, for this gateway, on `clock`.
+fn files_authorizer(app: &TestApp, clock: &ManualClock) -> portcullis::authorizer::Authorizer {
+    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
+    Authorizer::new(
+        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
+        Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+/// The handler behind an authorizer in the tests.
+async fn ok() -> &'static str {
+    "ok"
+}
+
 /// A small backend that echoes what nginx passed on.
 async fn backend() -> String {
     async fn echo(uri: axum::http::Uri, headers: HeaderMap) -> axum::Json<Value> {
@@ -1319,16 +1334,12 @@ async fn exchange_rules_left_by_a_deleted_tenant_are_not_its_successors() {
 
 #[tokio::test]
 async fn the_tower_authorizer_checks_tokens_and_refetches_the_jwks_for_a_new_kid_at_a_limited_rate() {
-    use portcullis::authorizer::{Authorizer, AuthorizerConfig, Identity};
+    use portcullis::authorizer::Identity;
     use tower::ServiceExt as _;
 
     let clock = far_clock();
     let (app, secret) = world(Some(clock.clone())).await;
-    let authorizer = Authorizer::new(
-        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    let authorizer = files_authorizer(&app, &clock);
     async fn me(axum::Extension(who): axum::Extension<Identity>) -> axum::Json<Value> {
         axum::Json(json!({"sub": who.sub, "tenant": who.tenant, "scopes": who.scopes}))
     }
@@ -1507,9 +1518,6 @@ async fn the_tower_authorizer_answers_known_kids_from_stale_keys_and_fetches_at_
     config.jwks_uri = Url::parse(&format!("http://{addr}/jwks")).unwrap();
     config.fetch_timeout = Duration::from_secs(2);
     let authorizer = Authorizer::new(config, Arc::new(clock.clone())).unwrap();
-    async fn ok() -> &'static str {
-        "ok"
-    }
     let api: axum::Router = axum::Router::new().route(
         "/read",
         axum::routing::get(ok).layer(authorizer.require(["files:read"])),
@@ -1807,18 +1815,11 @@ async fn the_tower_authorizer_refuses_forged_headers_other_token_types_other_iss
     .await;
     let files = at(&signed_in);
     let (jwks, jku, jku_hits) = jwks_and_a_jku(&app).await;
-    let authorizer = Authorizer::new(
-        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
+    let authorizer = files_authorizer(&app, &clock);
     // The gateway's keys, but another gateway's issuer.
     let mut elsewhere = AuthorizerConfig::new("https://sso.elsewhere.test", FILES).unwrap();
     elsewhere.jwks_uri = Url::parse(&format!("{}/jwks", app.issuer())).unwrap();
     let elsewhere = Authorizer::new(elsewhere, Arc::new(clock.clone())).unwrap();
-    async fn ok() -> &'static str {
-        "ok"
-    }
     let api = |authorizer: &Authorizer, scope: &'static str| -> axum::Router {
         axum::Router::new().route("/", axum::routing::get(ok).layer(authorizer.require([scope])))
     };
@@ -2084,7 +2085,6 @@ async fn a_clients_own_identity_headers_never_reach_the_backend_through_the_docu
 
 #[tokio::test]
 async fn the_tower_authorizer_reads_a_scope_bare_or_qualified_with_its_own_api_only() {
-    use portcullis::authorizer::{Authorizer, AuthorizerConfig};
     use tower::ServiceExt as _;
 
     let clock = far_clock();
@@ -2105,14 +2105,7 @@ async fn the_tower_authorizer_reads_a_scope_bare_or_qualified_with_its_own_api_o
             .any(|s| s == "files:read"),
         "held bare"
     );
-    let authorizer = Authorizer::new(
-        AuthorizerConfig::new(&app.issuer(), FILES).unwrap(),
-        Arc::new(clock.clone()),
-    )
-    .unwrap();
-    async fn ok() -> &'static str {
-        "ok"
-    }
+    let authorizer = files_authorizer(&app, &clock);
     // As forward auth reads them: `<api>/name` is the scope `name` of that
     // API; a scope of another API, or a name holding a `/`, is not this one.
     for (required, expected) in [
