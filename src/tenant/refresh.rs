@@ -316,9 +316,11 @@ impl MetadataRefresher {
             )
         })?;
         let resp = self.ctx.http.execute(request).await.map_err(|e| {
+            // The problem is shown to the tenant's admins: the log keeps the detail.
+            tracing::info!(reason = e.code, tenant = %conn.tenant, connection = %conn.id, detail = %e.detail, "IdP metadata could not be fetched");
             refused(
                 "metadata.unreachable",
-                format!("the metadata could not be fetched: {}", e.detail),
+                format!("the metadata could not be fetched: {}", e.for_admin()),
             )
         })?;
         let status = resp.status();

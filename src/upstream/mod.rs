@@ -161,6 +161,10 @@ pub struct UpstreamError {
     /// page, as provisioning's refusal of an inactive user is, rather than
     /// sent to the app.
     pub shown: bool,
+    /// What the admin who configured the failing URL may read instead of
+    /// `code: detail`, when those say more about the gateway's own network
+    /// than a tenant admin may learn (see [`UpstreamError::for_admin`]).
+    pub admin_view: Option<String>,
 }
 
 impl UpstreamError {
@@ -173,6 +177,7 @@ impl UpstreamError {
             internal: false,
             store: false,
             shown: false,
+            admin_view: None,
         }
     }
 
@@ -194,7 +199,21 @@ impl UpstreamError {
             internal: true,
             store: false,
             shown: false,
+            admin_view: None,
         }
+    }
+
+    /// The failure as the admin who set up the connection reads it (a
+    /// connection's set-up, a metadata refresh): `code: detail`, except for
+    /// an outbound request whose host name could not be used. There the
+    /// detail and code tell a name that does not resolve from one that
+    /// resolves only to private addresses, which would make a tenant
+    /// admin's set-up a probe of the gateway's internal DNS; both read
+    /// `outbound.no_public_address` to the admin, and the log keeps which.
+    pub fn for_admin(&self) -> String {
+        self.admin_view
+            .clone()
+            .unwrap_or_else(|| format!("{}: {}", self.code, self.detail))
     }
 
     /// The store failed on the way: the sign-in may work again in a moment.

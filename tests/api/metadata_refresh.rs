@@ -494,3 +494,35 @@ async fn connect_answer(app: &TestApp) -> Value {
     assert_eq!(status, StatusCode::OK, "{conn}");
     conn
 }
+
+/// A refresh's problem is shown to the tenant's admins (the refresh answer,
+/// `metadata_refresh.last_error`): a metadata URL whose host name leads to
+/// no public address (here re-pointed at loopback, as DNS rebinding would)
+/// reads `outbound.no_public_address`, as a name that does not resolve does,
+/// and never the guard's word on where the name leads.
+#[tokio::test]
+async fn a_refresh_of_a_host_name_leading_to_no_public_address_tells_the_admin_no_more() {
+    use portcullis::tenant::refresh::{MetadataRefresher, RefreshError, Trigger};
+    use portcullis::upstream::http::{OutboundConfig, OutboundHttp};
+    let clock = ManualClock::at(now());
+    let key = Key::new();
+    let server = MetadataServer::start(metadata(&[key.cert_b64()])).await;
+    let app = gateway(&clock).await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let url = server.url.as_str().replace("127.0.0.1", "localhost");
+    app.create_saml_connection("acme", json!({ "id": "corp", "metadata_url": url }))
+        .await;
+    // The same gateway with private networks off.
+    let mut ctx = app.state.upstream.clone();
+    ctx.http = OutboundHttp::new(OutboundConfig::default()).unwrap();
+    let refresher = MetadataRefresher::new(app.state.tenants.clone(), ctx);
+    let problem = match refresher.refresh(&tid(), &cid(), Trigger::Now).await {
+        Err(RefreshError::Refused(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(problem.code, "metadata.unreachable");
+    assert!(problem.detail.contains("outbound.no_public_address"), "{problem:?}");
+    assert!(!problem.detail.contains("resolves only to"), "{problem:?}");
+    let state = refresher.state(&tid(), &cid()).await.unwrap();
+    assert_eq!(state.last_error, Some(problem));
+}

@@ -65,6 +65,23 @@ async fn refuses_loopback_and_private_addresses_by_default() {
     }
 }
 
+/// The IPv6 forms a translator on the path turns into an IPv4 address:
+/// the IPv4-translated form (`::ffff:0:a.b.c.d`, SIIT) follows the IPv4
+/// rules, and the local-use NAT64 prefix (`64:ff9b:1::/48`, RFC 8215) leads
+/// into the operator's own IPv4 network whatever it embeds.
+#[tokio::test]
+async fn refuses_ipv4_translated_and_local_use_nat64_forms_of_private_addresses() {
+    let http = client(false, 1024);
+    for url in [
+        "http://[::ffff:0:127.0.0.1]/",
+        "http://[::ffff:0:a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b:1::808:808]/",
+    ] {
+        assert_eq!(code(&http, url).await, "outbound.forbidden_address", "{url}");
+    }
+}
+
 #[tokio::test]
 async fn allows_private_addresses_when_configured() {
     let port = serve().await;

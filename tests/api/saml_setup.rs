@@ -310,6 +310,32 @@ async fn weak_idp_rsa_keys_are_refused() {
 
 /// A self-signed-looking certificate carrying `public` (signed by a small
 /// key of its own: the parser does not check a certificate's signature).
+/// Set-up is open to tenant admins: what its error says about a metadata
+/// URL's host must not tell a name that resolves to the gateway's private
+/// network from one that does not resolve, or set-up maps the internal DNS.
+/// Both read `outbound.no_public_address`, word for word apart from the host.
+#[tokio::test]
+async fn a_metadata_url_on_a_private_host_name_reads_like_one_that_does_not_resolve() {
+    let ctx = ctx();
+    let mut seen = Vec::new();
+    for host in ["localhost", "portcullis-probe.invalid"] {
+        let e = try_setup(
+            &ctx,
+            serde_json::json!({ "metadata_url": format!("https://{host}/metadata") }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.field, "metadata_url", "{host}");
+        assert!(
+            e.message.contains("outbound.no_public_address"),
+            "{host}: {}",
+            e.message
+        );
+        seen.push(e.message.replace(host, "HOST"));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
+
 fn cert_with_key(cn: &str, public: &openssl::pkey::PKeyRef<openssl::pkey::Public>) -> String {
     static SIGNER: std::sync::LazyLock<openssl::pkey::PKey<openssl::pkey::Private>> =
         std::sync::LazyLock::new(|| openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap());

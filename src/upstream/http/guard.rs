@@ -62,9 +62,19 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
     if s0 == 0 && s1 == 0 && s2 == 0 && s3 == 0 && s4 == 0 && (s5 == 0xffff || s5 == 0) {
         return is_forbidden_v4(embedded_v4(s6, s7));
     }
+    // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765 SIIT): a translator on the
+    // path delivers it to the IPv4 address inside.
+    if s0 == 0 && s1 == 0 && s2 == 0 && s3 == 0 && s4 == 0xffff && s5 == 0 {
+        return is_forbidden_v4(embedded_v4(s6, s7));
+    }
     // NAT64 well-known prefix 64:ff9b::/96 translates to the IPv4 address inside.
     if s0 == 0x64 && s1 == 0xff9b && s2 == 0 && s3 == 0 && s4 == 0 && s5 == 0 {
         return is_forbidden_v4(embedded_v4(s6, s7));
+    }
+    // The local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) is the operator's
+    // own translator, to whatever IPv4 network it serves: never public.
+    if s0 == 0x64 && s1 == 0xff9b && s2 == 1 {
+        return true;
     }
     // 6to4 (2002::/16) tunnels to the IPv4 address in the next 32 bits.
     if s0 == 0x2002 {
@@ -79,8 +89,22 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         || (s0 == 0x0100 && s1 == 0 && s2 == 0 && s3 == 0) // discard-only 100::/64
 }
 
+/// Why a connection was not even tried: the host name did not resolve.
+/// Carried through reqwest's error chain like [`ForbiddenAddress`], so the
+/// two can be told apart in the log and made to read alike to a tenant
+/// admin (`UpstreamError::for_admin`).
+#[derive(Debug, thiserror::Error)]
+#[error("{host} could not be resolved: {cause}")]
+pub struct Unresolved {
+    /// The host name that did not resolve.
+    pub host: String,
+    /// The resolver's answer.
+    pub cause: std::io::Error,
+}
+
 /// A DNS resolver that drops forbidden addresses from every answer and fails
-/// with [`ForbiddenAddress`] when none are left.
+/// with [`ForbiddenAddress`] when none are left, or [`Unresolved`] when the
+/// name does not resolve.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardedResolver {
     /// When true, nothing is filtered (development and tests on loopback).
@@ -92,7 +116,13 @@ impl Resolve for GuardedResolver {
         let allow = self.allow_private_networks;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let looked_up = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(Iterator::collect::<Vec<SocketAddr>>);
+            let found = match looked_up {
+                Ok(found) => found,
+                Err(cause) => return Err(Box::new(Unresolved { host, cause }) as _),
+            };
             let kept = filter_addrs(found, allow);
             if kept.is_empty() {
                 return Err(Box::new(ForbiddenAddress { host }) as _);
@@ -197,10 +227,14 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "2002:c0a8:0101::1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:ffff::808:808",
         ] {
             assert!(forbidden(ip), "{ip} must be forbidden");
         }
-        for ip in ["::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in ["::ffff:8.8.8.8", "::ffff:0:8.8.8.8", "64:ff9b::808:808"] {
             assert!(!forbidden(ip), "{ip} must be allowed");
         }
     }

@@ -232,11 +232,34 @@ fn too_large(url: &Url, limit: usize) -> UpstreamError {
     )
 }
 
+/// `e` with the one admin-facing reading of a host name that leads to no
+/// public address (see [`UpstreamError::for_admin`]).
+fn no_public_address(mut e: UpstreamError, host: &str) -> UpstreamError {
+    let host: String = host.chars().take(253).collect();
+    e.admin_view = Some(format!(
+        "outbound.no_public_address: {host} does not resolve to a public internet address"
+    ));
+    e
+}
+
 fn map_error(url: &Url, err: &reqwest::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
+        // A host name that resolves only to private addresses and one that
+        // does not resolve at all read the same to a tenant admin: told
+        // apart, they would map the gateway's internal DNS for anyone who
+        // may set up a connection. The code and detail, for the log, say which.
         if let Some(forbidden) = e.downcast_ref::<guard::ForbiddenAddress>() {
-            return UpstreamError::internal("outbound.forbidden_address", forbidden.to_string());
+            return no_public_address(
+                UpstreamError::internal("outbound.forbidden_address", forbidden.to_string()),
+                &forbidden.host,
+            );
+        }
+        if let Some(unresolved) = e.downcast_ref::<guard::Unresolved>() {
+            return no_public_address(
+                UpstreamError::internal("outbound.connect", format!("{}: {unresolved}", shown(url))),
+                &unresolved.host,
+            );
         }
         source = e.source();
     }

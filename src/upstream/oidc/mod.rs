@@ -183,10 +183,8 @@ pub async fn setup(request: serde_json::Value, ctx: &UpstreamContext) -> Result<
         serde_json::from_value(request).map_err(|e| SetupError::new("body", e.to_string()))?;
     check_request(&req, ctx)?;
     provider::discover(ctx, &req.issuer).await.map_err(|e| {
-        SetupError::new(
-            "issuer",
-            format!("discovery at the issuer failed ({}): {}", e.code, e.detail),
-        )
+        tracing::info!(reason = e.code, detail = %e.detail, "OIDC discovery failed for a connection's set-up");
+        SetupError::new("issuer", format!("discovery at the issuer failed: {}", e.for_admin()))
     })?;
     Ok(OidcConfig {
         issuer: req.issuer,

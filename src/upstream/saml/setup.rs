@@ -135,10 +135,10 @@ async fn fetch_metadata(
         (None, Some(url)) => {
             let allow_private = ctx.http.config().allow_private_networks;
             metadata::check_idp_url(url.as_str(), allow_private).map_err(|m| SetupError::new("metadata_url", m))?;
-            let bytes =
-                ctx.http.get_bytes(url).await.map_err(|e| {
-                    SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.detail))
-                })?;
+            let bytes = ctx.http.get_bytes(url).await.map_err(|e| {
+                tracing::info!(reason = e.code, detail = %e.detail, "SAML metadata could not be fetched for a connection's set-up");
+                SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.for_admin()))
+            })?;
             let xml =
                 String::from_utf8(bytes).map_err(|_| SetupError::new("metadata_url", "the metadata is not UTF-8"))?;
             (xml, "metadata_url")

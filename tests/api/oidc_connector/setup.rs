@@ -300,3 +300,30 @@ async fn a_merge_patch_keeps_the_write_only_secret_and_validates_the_whole_conne
     .unwrap();
     assert_eq!(secret(&moved).as_deref(), Some("s3cret-other"));
 }
+
+/// Set-up is open to tenant admins: what its error says about an issuer's
+/// host must not tell a name that resolves to the gateway's private network
+/// from one that does not resolve, or set-up maps the internal DNS. Both
+/// read `outbound.no_public_address`, word for word apart from the host.
+#[tokio::test]
+async fn an_issuer_on_a_private_host_name_reads_like_one_that_does_not_resolve() {
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let ctx = context(&clock, false);
+    let mut seen = Vec::new();
+    for host in ["localhost", "portcullis-probe.invalid"] {
+        let err = oidc::setup(
+            json!({"issuer": format!("https://{host}/realms/a"), "client_id": CLIENT_ID}),
+            &ctx,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.field, "issuer", "{host}");
+        assert!(
+            err.message.contains("outbound.no_public_address"),
+            "{host}: {}",
+            err.message
+        );
+        seen.push(err.message.replace(host, "HOST"));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
