@@ -177,6 +177,42 @@ async fn times_out_on_a_stalling_server() {
     );
 }
 
+/// Answers at once, then drips its body a byte at a time, each well within
+/// any read timeout: only a limit on the whole exchange ends it.
+async fn dripping() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: 100000\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while sock.write_all(b"x").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A slow upstream (slowloris in reverse) holds a fetch no longer than the
+/// client's timeout, however steadily it keeps the body coming.
+#[tokio::test]
+async fn times_out_on_a_server_that_drips_its_body() {
+    let port = dripping().await;
+    let http = client(true, 1024 * 1024);
+    assert_eq!(
+        code(&http, &format!("http://127.0.0.1:{port}/")).await,
+        "outbound.timeout"
+    );
+}
+
 #[tokio::test]
 async fn does_not_follow_redirects() {
     let port = serve().await;

@@ -383,3 +383,16 @@ async fn es256_tokens_verify_and_the_allow_list_is_enforced() {
     f.idp.with(|s| s.id_token = Some(es256(&claims)));
     strict.complete(Some(&begun.state), &params).await.unwrap();
 }
+
+/// A key the IdP publishes for encryption (`use: enc`) never verifies an ID
+/// token, even one it signed under the token's own `kid`: only signing keys
+/// (or keys of no stated use) are looked at.
+#[tokio::test]
+async fn a_key_published_for_encryption_never_verifies_an_id_token() {
+    let mut key = IdpKey::generate("k1");
+    key.jwk["use"] = json!("enc");
+    let f = Fixture::with_key(key).await;
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.unknown_kid");
+}
