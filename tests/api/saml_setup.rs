@@ -406,3 +406,40 @@ async fn idp_metadata_whose_keys_cost_much_to_verify_is_refused() {
     .await
     .expect("16 ordinary certificates");
 }
+
+/// A certificate the IdP's metadata publishes for encryption only
+/// (`use="encryption"`) is never trusted to verify the IdP's signatures;
+/// one of no stated use serves both (SAML 2.0 metadata, 2.4.1.1). Metadata
+/// with encryption certificates only has no signing certificate at all.
+#[tokio::test]
+async fn an_idp_certificate_published_for_encryption_only_never_verifies_signatures() {
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    let cert = |cn: &str| {
+        let rsa = Rsa::generate(2048).unwrap();
+        let public = PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+        cert_with_key(cn, &public)
+    };
+    let (signing, encryption, either) = (cert("signing"), cert("encryption"), cert("either"));
+    let descriptor = |usage: Option<&str>, c: &str| {
+        let usage = usage.map(|u| format!(" use=\"{u}\"")).unwrap_or_default();
+        format!("<md:KeyDescriptor{usage}><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{c}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>")
+    };
+    let with = |kds: String| metadata_with(&[]).replace("protocol\">", &format!("protocol\">{kds}"));
+    let md = with(
+        descriptor(Some("signing"), &signing)
+            + &descriptor(Some("encryption"), &encryption)
+            + &descriptor(None, &either),
+    );
+    let cfg = try_setup(&ctx(), serde_json::json!({ "metadata_xml": md }))
+        .await
+        .unwrap();
+    assert_eq!(cfg.idp_certificates, vec![signing, either]);
+
+    let md = with(descriptor(Some("encryption"), &encryption));
+    let e = try_setup(&ctx(), serde_json::json!({ "metadata_xml": md }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_xml");
+    assert!(e.message.contains("no IdP signing certificate"), "{}", e.message);
+}
