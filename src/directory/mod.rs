@@ -175,6 +175,30 @@ pub struct LinkRead {
     read: Result<Through, StoreError>,
 }
 
+/// `user` with `email_verified` as its tenant vouches for it *now*: true
+/// only while the address is still in one of the tenant's domains
+/// ([`crate::tenant::owns_email_domain`]). Provisioning stored what the
+/// tenant vouched for at the sign-in; a domain removed since (and perhaps
+/// verified by its real owner, another tenant) must not go on being
+/// vouched for by every token minted from an earlier sign-in (an SSO
+/// session reused, a refresh, userinfo, an exchange).
+pub fn vouched_now(tenant: &Tenant, mut user: User) -> User {
+    if user.email_verified == Some(true)
+        && !user
+            .email
+            .as_deref()
+            .is_some_and(|e| crate::tenant::owns_email_domain(tenant, e))
+    {
+        tracing::info!(
+            reason = "login.email_not_vouched",
+            tenant = %tenant.id,
+            "email_verified withheld: the address is no longer in the tenant's domains"
+        );
+        user.email_verified = Some(false);
+    }
+    user
+}
+
 pub(crate) fn user_key(t: &TenantId, sub: &str) -> Key {
     Key::tenant(t.as_str(), "users", format!("user:{sub}"))
 }
@@ -601,7 +625,7 @@ impl Directory {
         if disabled {
             return Err(Inactive::UserDisabled);
         }
-        Ok(user)
+        Ok(vouched_now(tenant_record, user))
     }
 
     /// Refuses everything issued to the user before `at` (Unix seconds):

@@ -496,6 +496,15 @@ impl Provider {
                 "The subject_token is not valid: the user no longer exists.",
             )
         })?;
+        // An `email`/`email_domain` rule matches only an address the tenant
+        // vouches for now (a domain removed since vouches for nobody).
+        let user = match &record {
+            Some(t) => crate::directory::vouched_now(t, user),
+            None => User {
+                email_verified: Some(false),
+                ..user
+            },
+        };
         let Some(rs) = self.resources.get(resource).await? else {
             tracing::info!(reason = "exchange.unknown_resource", tenant = %tenant, client_id = %client.client_id);
             return Err(OAuthError::invalid_target(

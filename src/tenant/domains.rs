@@ -13,7 +13,7 @@
 
 use super::{domain_key, RegistryError, Tenant, TenantRegistry};
 use crate::ids::TenantId;
-use crate::store::{Key, StoreJson};
+use crate::store::{Key, StoreJson, Write};
 use chrono::{DateTime, Utc};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -440,30 +440,42 @@ impl TenantRegistry {
                 return Err(DomainError::Dns(outcome));
             }
         }
-        if !self
+        let reserved = self
             .store
             .put_if_absent(&domain_key(&domain), t.as_str().as_bytes(), None)
-            .await?
-            && self.store.get(&domain_key(&domain)).await?.as_deref() != Some(t.as_str().as_bytes())
-        {
+            .await?;
+        if !reserved && self.store.get(&domain_key(&domain)).await?.as_deref() != Some(t.as_str().as_bytes()) {
             tracing::info!(reason = "domain.taken", tenant = %t, domain = %domain, "domain verified by another tenant first");
             return Err(DomainError::Taken(domain));
         }
         claim.verified_by = Some(by);
         claim.verified_at = Some(self.clock.now());
-        self.store.put_json(&claim_key(t, &domain), &claim, None).await?;
-        // Re-read right before writing, to lose as little as possible of a
-        // concurrent tenant update.
-        // A compare-and-set that reads again when it loses: a concurrent
-        // tenant update is never overwritten.
-        self.modify_tenant(t, |tenant| {
-            let add = !tenant.domains.contains(&domain);
-            if add {
-                tenant.domains.push(domain.clone());
+        let recorded = async {
+            self.store.put_json(&claim_key(t, &domain), &claim, None).await?;
+            // A compare-and-set that reads again when it loses: a concurrent
+            // tenant update is never overwritten.
+            self.modify_tenant(t, |tenant| {
+                let add = !tenant.domains.contains(&domain);
+                if add {
+                    tenant.domains.push(domain.clone());
+                }
+                add
+            })
+            .await
+        }
+        .await;
+        if let Err(e) = recorded {
+            // The tenant's record does not list the domain (the tenant was
+            // deleted meanwhile, or the store failed): the reservation this
+            // verification made must not outlive it, or the domain would
+            // stay taken by nobody (and route to a tenant created again
+            // under the id).
+            if reserved {
+                let kept = (!matches!(e, RegistryError::NotFound(_))).then_some(&claim);
+                self.release_reservation(t, &domain, kept).await;
             }
-            add
-        })
-        .await?;
+            return Err(e.into());
+        }
         tracing::info!(reason = "domain.verified", tenant = %t, domain = %domain, verified_by = ?by, "domain verified");
         Ok(DomainState {
             domain,
@@ -471,6 +483,39 @@ impl TenantRegistry {
             verified_by: Some(by),
             claim: None,
         })
+    }
+
+    /// Releases the reservation of `domain` if it still names `t`, after a
+    /// verification that could not record it. The claim it may have marked
+    /// verified is put back pending (`pending`), or deleted when the tenant
+    /// is gone (`None`). A failure is logged (the caller reports the
+    /// original error).
+    async fn release_reservation(&self, t: &TenantId, domain: &str, pending: Option<&DomainClaim>) {
+        let key = domain_key(domain);
+        let released = self
+            .store
+            .write_many(&[
+                Write::RequireValue {
+                    key: &key,
+                    value: t.as_str().as_bytes(),
+                },
+                Write::Delete { key: &key },
+            ])
+            .await;
+        let claim = match pending {
+            Some(claim) => {
+                let claim = DomainClaim {
+                    verified_by: None,
+                    verified_at: None,
+                    ..claim.clone()
+                };
+                self.store.put_json(&claim_key(t, domain), &claim, None).await
+            }
+            None => self.store.delete(&claim_key(t, domain)).await.map(|_| ()),
+        };
+        if let Err(e) = released.map(|_| ()).and(claim) {
+            tracing::error!(reason = "tenant.rollback_failed", tenant = %t, domain = %domain, error = %e, "could not release the reservation of a verification that failed");
+        }
     }
 
     /// Removes a domain from tenant `t`, verified or pending; its

@@ -886,7 +886,12 @@ impl TenantRegistry {
         }
     }
 
-    /// The tenant that owns `domain`, if any.
+    /// The tenant that owns `domain`, if any: the one its reservation
+    /// names, and only while that tenant's record lists it. A reservation
+    /// whose tenant's record does not (one left by a verification that
+    /// raced the tenant's deletion, kept by a tenant created again under
+    /// the id, or one mid-way through a verification or removal) routes
+    /// nobody (`domain.unlisted_reservation`).
     pub async fn by_domain(&self, domain: &str) -> Result<Option<Arc<Tenant>>, RegistryError> {
         let Some(raw) = self.store.get(&domain_key(domain)).await? else {
             return Ok(None);
@@ -894,7 +899,13 @@ impl TenantRegistry {
         let Ok(id) = TenantId::parse(&String::from_utf8_lossy(&raw)) else {
             return Ok(None);
         };
-        self.get(&id).await
+        Ok(self.get(&id).await?.filter(|t| {
+            let listed = t.domains.iter().any(|d| d == domain);
+            if !listed {
+                tracing::warn!(reason = "domain.unlisted_reservation", tenant = %id, domain = %domain, "a domain reserved for a tenant whose record does not list it routes nobody");
+            }
+            listed
+        }))
     }
 
     /// Deletes a tenant, its connections and its domains, and forgets that

@@ -265,3 +265,153 @@ async fn the_platform_admin_override_and_declared_domains_count_as_verified() {
     let (status, p) = verify(&app, "over", "over.test", Some(json!({"override": "yes"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
 }
+
+/// The claims of a JWT (the provider checked its signature where it matters).
+fn jwt_claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A domain removed from a tenant (perhaps to be verified by its real owner)
+/// stops vouching at once, also for the users who signed in while it was
+/// the tenant's: a refresh, userinfo and a sign-in by the SSO session all
+/// answer `email_verified: false` (`login.email_not_vouched`), never the
+/// verdict provisioning stored.
+#[tokio::test]
+async fn a_removed_domain_stops_vouching_for_users_signed_in_before() {
+    use crate::revocation::{redeem, refresh, register, sign_in, DEMO};
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let rp = register(&app, "vouchapp").await;
+    let mut browser = Browser::new();
+    let code = sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await;
+    let tokens = redeem(&app, &rp, &code).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    let id = jwt_claims(tokens.body["id_token"].as_str().unwrap());
+    assert_eq!(id["email"], "bob@demo.example", "{id}");
+    assert_eq!(
+        id["email_verified"], true,
+        "vouched while the domain is the tenant's: {id}"
+    );
+
+    let (status, _) = app
+        .admin(Method::DELETE, "/admin/v1/tenants/demo/domains/demo.example", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let again = refresh(&app, &rp, tokens.rt()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let id = jwt_claims(again.body["id_token"].as_str().unwrap());
+    assert_eq!(id["email"], "bob@demo.example", "{id}");
+    assert_eq!(id["email_verified"], false, "a refresh after the removal: {id}");
+    let info: Value = app
+        .client
+        .get(app.url("/userinfo"))
+        .bearer_auth(again.at())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["email_verified"], false, "userinfo after the removal: {info}");
+
+    // The browser's SSO session answers without the IdP: still not vouched.
+    let code = sign_in(&app, &mut browser, &rp, DEMO, "bob@demo.example").await;
+    let by_sso = redeem(&app, &rp, &code).await;
+    assert_eq!(by_sso.status, StatusCode::OK, "{}", by_sso.body);
+    let id = jwt_claims(by_sso.body["id_token"].as_str().unwrap());
+    assert_eq!(id["email_verified"], false, "a sign-in by the SSO session: {id}");
+    assert!(
+        !logs.with_reason("login.email_not_vouched").is_empty(),
+        "the withheld verdict is logged with its reason"
+    );
+}
+
+/// A gateway in dev mode whose store can hold one write (`support/held_store.rs`).
+async fn app_with_hold(hold: &crate::support::held_store::Hold) -> TestApp {
+    spawn_app(AppOptions {
+        dev: true,
+        wrap_store: Some(hold.wrap()),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// A verification whose tenant is deleted while it records the domain
+/// leaves no reservation behind: it answers 404, the domain is free for
+/// another tenant, and a tenant created again under the id is not routed to.
+#[tokio::test]
+async fn a_verification_racing_its_tenants_deletion_leaves_the_domain_free() {
+    let hold = crate::support::held_store::Hold::default();
+    let app = app_with_hold(&hold).await;
+    tenant_with_dev_connection(&app, "racer").await;
+    assert_eq!(claim(&app, "racer", "race.test").await.0, StatusCode::CREATED);
+
+    // The verification has reserved the domain and is about to mark its
+    // claim verified; the tenant is deleted; the verification goes on.
+    let held = hold.arm("domain:race.test");
+    let (verified, ()) = tokio::join!(
+        verify(&app, "racer", "race.test", Some(json!({"override": true}))),
+        async {
+            held.arrived.await.unwrap();
+            app.delete_tenant("racer").await;
+            held.release.send(()).unwrap();
+        }
+    );
+    let (status, p) = verified;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+
+    app.create_tenant("heir", "Heir", &[]).await;
+    let (status, p) = claim(&app, "heir", "race.test").await;
+    assert_eq!(status, StatusCode::CREATED, "the domain is nobody's: {p}");
+    tenant_with_dev_connection(&app, "racer").await;
+    assert!(routes_nobody(&discover(&app, "bob@race.test").await));
+}
+
+/// A tenant's deletion that read the record before a platform PATCH added a
+/// domain, and removes the record after it, leaves the domain's reservation
+/// naming the id: a tenant created again under the id does not inherit the
+/// routing (`domain.unlisted_reservation`).
+#[tokio::test]
+async fn a_reservation_its_tenants_record_does_not_list_routes_nobody() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let hold = crate::support::held_store::Hold::default();
+    let app = app_with_hold(&hold).await;
+    tenant_with_dev_connection(&app, "orphan").await;
+
+    // The deletion has read the tenant (no domain yet) and is about to drop
+    // it from the tenant list and remove its record; meanwhile the platform
+    // admin declares a domain for it.
+    let held = hold.arm_removal("index");
+    let (deleted, ()) = tokio::join!(app.admin(Method::DELETE, "/admin/v1/tenants/orphan", None), async {
+        held.arrived.await.unwrap();
+        let (status, p) = app
+            .admin(
+                Method::PATCH,
+                "/admin/v1/tenants/orphan",
+                Some(json!({"domains": ["orphan.test"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+        held.release.send(()).unwrap();
+    });
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{}", deleted.1);
+
+    tenant_with_dev_connection(&app, "orphan").await;
+    assert!(routes_nobody(&discover(&app, "bob@orphan.test").await));
+    assert!(
+        !logs.with_reason("domain.unlisted_reservation").is_empty(),
+        "the stale reservation is logged with its reason"
+    );
+}
