@@ -5,6 +5,7 @@ use super::auth::PrincipalKind;
 use super::{audit, parse_body, registry, tenant_id, Admin, AdminError, JsonBody};
 use crate::audit::Target;
 use crate::http::AppState;
+use crate::ids::TenantId;
 use crate::tenant::domains::{DnsOutcome, DomainError, DomainState, VerifiedBy};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -114,6 +115,20 @@ fn dns_detail(outcome: &DnsOutcome) -> String {
     format!("{what} ({})", outcome.reason())
 }
 
+/// A tenant file declares its tenant's domains, and its next sync drops
+/// any other (`tenant.file_owned`, as for a PATCH of them): a domain the
+/// tenant does not have yet is neither claimed nor verified for it here.
+async fn refuse_new_domain_of_file(s: &AppState, id: &TenantId, raw: &str, action: &str) -> Result<(), AdminError> {
+    let Some(tenant) = s.tenants.get(id).await.map_err(registry)? else {
+        return Ok(());
+    };
+    let listed = crate::tenant::parse_domain(raw).is_some_and(|d| tenant.domains.contains(&d));
+    if !listed {
+        super::tenants::refuse_if_file_owned(s, &tenant, action).await?;
+    }
+    Ok(())
+}
+
 async fn claim(
     admin: Admin,
     State(s): State<Arc<AppState>>,
@@ -122,6 +137,7 @@ async fn claim(
 ) -> Result<Response, AdminError> {
     let id = tenant_id(&id)?;
     let req: NewDomain = parse_body(body)?;
+    refuse_new_domain_of_file(&s, &id, &req.domain, "claiming a domain for it").await?;
     let state = s.tenants.claim_domain(&id, &req.domain).await.map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
     audit::record(
@@ -200,6 +216,7 @@ async fn verify(
     } else {
         VerifiedBy::Dns
     };
+    refuse_new_domain_of_file(&s, &id, &domain, "verifying a domain for it").await?;
     let state = s
         .tenants
         .verify_domain(&id, &domain, &s.domains, by)
@@ -223,6 +240,9 @@ async fn remove(
     Path((id, domain)): Path<(String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let id = tenant_id(&id)?;
+    if let Some(tenant) = s.tenants.get(&id).await.map_err(registry)? {
+        super::tenants::refuse_if_file_owned(&s, &tenant, "removing its domain").await?;
+    }
     s.tenants.remove_domain(&id, &domain).await.map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_removed", tenant = %id, domain = %domain);
     audit::record(

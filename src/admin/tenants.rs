@@ -373,7 +373,7 @@ async fn patch_tenant(
 /// declares, so the API refuses (409, `tenant.file_owned`) rather than let
 /// either happen behind the operator's back. `action` names the refused
 /// change ("deleting it").
-async fn refuse_if_file_owned(s: &AppState, tenant: &Tenant, action: &str) -> Result<(), AdminError> {
+pub(super) async fn refuse_if_file_owned(s: &AppState, tenant: &Tenant, action: &str) -> Result<(), AdminError> {
     if crate::tenant::files::file_owned(&s.tenants, tenant).await? {
         tracing::info!(reason = "tenant.file_owned", tenant = %tenant.id, action, "a tenant file's tenant: refused");
         return Err(AdminError::ConflictReason {

@@ -791,3 +791,60 @@ async fn a_second_deletion_or_a_creation_during_a_tenants_deletion_is_refused_an
     // And it can be deleted (the lease was given back).
     app.delete_tenant("acme").await;
 }
+
+/// A file declares its tenant's domains: the admin API neither removes one
+/// nor claims or verifies another for it (409, `tenant.file_owned`), as it
+/// refuses a PATCH of them. Removed through the API, a declared domain was
+/// free for any tenant until the next sync put it back (and a domain added
+/// through the API was dropped by that sync).
+#[tokio::test]
+async fn a_tenant_a_file_owns_gets_no_domain_removed_claimed_or_verified_through_the_api() {
+    let app = gateway().await;
+    let dir = scratch();
+    std::fs::write(dir.join("acme.toml"), file("Acme", &["acme.test"], &[])).unwrap();
+    sync_dir(&app, &dir).await.unwrap();
+
+    let (status, p) = problem(
+        &app,
+        reqwest::Method::DELETE,
+        "/admin/v1/tenants/acme/domains/acme.test",
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+    let claim = serde_json::json!({"domain": "more.test"});
+    let (status, p) = problem(
+        &app,
+        reqwest::Method::POST,
+        "/admin/v1/tenants/acme/domains",
+        Some(claim),
+    )
+    .await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+    let (status, p) = problem(
+        &app,
+        reqwest::Method::POST,
+        "/admin/v1/tenants/acme/domains/more.test/verify",
+        Some(serde_json::json!({"override": true})),
+    )
+    .await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+    // What the tenant already has is answered as before.
+    let (status, v) = app
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/domains",
+            Some(serde_json::json!({"domain": "acme.test"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+    let (_, list) = get(&app, "/admin/v1/tenants/acme/domains").await;
+    assert_eq!(
+        list["domains"],
+        serde_json::json!([{"domain": "acme.test", "verified": true, "verified_by": "platform_admin"}])
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
