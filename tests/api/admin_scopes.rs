@@ -815,3 +815,88 @@ fn route_template(path: &str) -> String {
     }
     out
 }
+
+/// A tenant admin proves a domain by its DNS record only: it declares none
+/// (a PATCH of `domains`), overrides no check, claims no domain another
+/// tenant has, and reaches no other tenant's domains (404,
+/// `admin.out_of_scope`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_tenant_key_proves_a_domain_by_dns_only_and_never_reaches_another_tenants() {
+    let (logs, _guard) = Captured::start();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..Default::default()
+    })
+    .await;
+    two_tenants(&app).await;
+    let (status, v) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/globex",
+            Some(json!({"domains": ["globex.test"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (_, key) = tenant_key(&app, "acme").await;
+    let own = "/admin/v1/tenants/acme";
+
+    let (status, p) = call(&app, Method::PATCH, own, &key, Some(json!({"domains": ["acme.test"]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "domains", "{p}");
+    let (status, p) = call(
+        &app,
+        Method::POST,
+        &format!("{own}/domains"),
+        &key,
+        Some(json!({"domain": "acme.test"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let (status, p) = call(
+        &app,
+        Method::POST,
+        &format!("{own}/domains/acme.test/verify"),
+        &key,
+        Some(json!({"override": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "override", "{p}");
+    let (_, list) = call(&app, Method::GET, &format!("{own}/domains"), &key, None).await;
+    assert_eq!(list["domains"][0]["verified"], false, "{list}");
+
+    // Another tenant's domain: not claimable, and its routes are not there.
+    let (status, p) = call(
+        &app,
+        Method::POST,
+        &format!("{own}/domains"),
+        &key,
+        Some(json!({"domain": "Globex.test."})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["field"], "domain", "{p}");
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/admin/v1/tenants/globex/domains",
+            Some(json!({"domain": "acme.test"})),
+        ),
+        (Method::GET, "/admin/v1/tenants/globex/domains", None),
+        (Method::DELETE, "/admin/v1/tenants/globex/domains/globex.test", None),
+        (
+            Method::POST,
+            "/admin/v1/tenants/globex/domains/globex.test/verify",
+            Some(json!({"override": true})),
+        ),
+    ] {
+        let (status, p) = call(&app, method.clone(), path, &key, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {p}");
+    }
+    assert!(!logs.with_reason("admin.out_of_scope").is_empty());
+    let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/globex/domains", None).await;
+    assert_eq!(
+        list["domains"],
+        json!([{"domain": "globex.test", "verified": true, "verified_by": "platform_admin"}])
+    );
+}
