@@ -465,12 +465,14 @@ impl TenantRegistry {
         }
         .await;
         if let Err(e) = recorded {
-            // The tenant's record does not list the domain (the tenant was
-            // deleted meanwhile, or the store failed): the reservation this
-            // verification made must not outlive it, or the domain would
-            // stay taken by nobody (and route to a tenant created again
-            // under the id).
-            if reserved {
+            // Certainly not recorded (the tenant was deleted meanwhile, or
+            // kept changing): the reservation this verification made must
+            // not outlive it, or the domain would stay taken by nobody. A
+            // store failure may have written the record all the same, so
+            // the reservation stays: unlisted, it routes nobody
+            // (`by_domain`), and a retry finds it the tenant's.
+            let certain = matches!(e, RegistryError::NotFound(_) | RegistryError::Changed(_));
+            if reserved && certain {
                 let kept = (!matches!(e, RegistryError::NotFound(_))).then_some(&claim);
                 self.release_reservation(t, &domain, kept).await;
             }
