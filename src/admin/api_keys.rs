@@ -163,9 +163,12 @@ pub(super) async fn authenticate(s: &AppState, token: &str) -> Result<Option<Pri
         if !secret_matches(&stored, secret) {
             return Ok(None);
         }
-        // The key lives only as long as the tenant incarnation it was made for.
+        // The key lives only as long as the tenant incarnation it was made
+        // for; with no tenant there is none (a key stored without an
+        // incarnation does not match a tenant that is gone).
         let live = s.tenants.get(&tenant).await.map_err(registry)?;
-        if live.map(|t| t.incarnation.clone()) != stored.incarnation {
+        let current = live.map(|t| t.incarnation.clone());
+        if current.is_none() || current != stored.incarnation {
             tracing::info!(reason = "admin.key_tenant_gone", tenant = %tenant, key = %stored.id);
             return Ok(None);
         }

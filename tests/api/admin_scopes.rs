@@ -900,3 +900,31 @@ async fn a_tenant_key_proves_a_domain_by_dns_only_and_never_reaches_another_tena
         json!([{"domain": "globex.test", "verified": true, "verified_by": "platform_admin"}])
     );
 }
+
+/// A tenant key stored without the tenant incarnation it was made for (as
+/// keys were before incarnations) is no credential for a tenant that does
+/// not exist: 401 (`admin.key_tenant_gone`), never a tenant admin of the id.
+#[tokio::test(flavor = "current_thread")]
+async fn a_tenant_key_without_an_incarnation_opens_nothing_for_a_tenant_that_is_gone() {
+    let (logs, _guard) = Captured::start();
+    let app = spawn_app(AppOptions::default()).await;
+    let (id, secret) = ("0123456789abcdef", "a-secret-of-a-key-stored-before-incarnations");
+    let record = json!({
+        "id": id, "name": "old", "scopes": ["read", "write"],
+        "secret_sha256": portcullis::provider::clients::hash_secret(secret),
+        "created_at": "2025-01-01T00:00:00Z",
+    });
+    app.state
+        .store
+        .put(
+            &portcullis::store::Key::tenant("gone", "api_keys", format!("key:{id}")),
+            record.to_string().as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    let key = format!("tk.gone.{id}.{secret}");
+    let (status, p) = call(&app, Method::GET, "/admin/v1/tenants/gone/domains", &key, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{p}");
+    assert!(!logs.with_reason("admin.key_tenant_gone").is_empty());
+}
