@@ -26,6 +26,12 @@ struct Pending {
     nonce: String,
     /// The PKCE code verifier (RFC 7636).
     pkce_verifier: String,
+    /// The issuer the browser was sent to. The answer's code (and the PKCE
+    /// verifier) go to no other issuer's token endpoint, should the
+    /// connection be re-pointed while the login is in flight. `None`: a
+    /// login begun before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
 }
 
 /// 256 bits from the OS-seeded generator, base64url (43 characters): the
@@ -100,6 +106,7 @@ pub async fn begin(c: &OidcConnector, req: BeginRequest<'_>) -> Result<BeginLogi
         state: req.login_id.to_owned(),
         nonce: nonce.secret().clone(),
         pkce_verifier: verifier.secret().clone(),
+        issuer: Some(c.cfg.issuer.clone()),
     })
     .map_err(|e| UpstreamError::internal("oidc.pending_invalid", e.to_string()))?;
     Ok(BeginLogin {
@@ -165,6 +172,19 @@ pub async fn complete(
             ))
         }
         Some(_) => {}
+    }
+    // The login was begun at another issuer (the connection was re-pointed
+    // since): its code and PKCE verifier are that issuer's, and are sent to
+    // no other (a mix-up of the connection's own making).
+    if let Some(begun_at) = pending.issuer.as_deref().filter(|i| *i != c.cfg.issuer) {
+        return Err(UpstreamError::reject(
+            "oidc.issuer_changed",
+            restart,
+            format!(
+                "the login was begun at issuer {begun_at:?}; the connection's issuer is now {:?}",
+                c.cfg.issuer
+            ),
+        ));
     }
     let meta = c.provider.metadata(&c.ctx).await?;
     // RFC 9207: a response from another IdP (mix-up attack) carries another iss.

@@ -160,6 +160,42 @@ async fn rfc9207_iss_parameter_mismatch_is_rejected() {
     assert!(f.idp.with(|s| s.token_requests.is_empty()));
 }
 
+/// A mix-up of the connection's own making: a login begun at one issuer
+/// whose connection was re-pointed at another (a PATCH keeping the users)
+/// before the IdP answered. The answer's code and PKCE verifier are the
+/// first issuer's: refused (`oidc.issuer_changed`) before anything is sent
+/// to the new issuer's token endpoint. A login begun before the issuer was
+/// kept in its state still finishes.
+#[tokio::test]
+async fn an_answer_to_a_login_begun_at_another_issuer_is_never_redeemed_at_this_one() {
+    let before = Fixture::new().await;
+    let after = Fixture::new().await;
+    assert_ne!(before.idp.issuer, after.idp.issuer);
+    let login = before.begin().await;
+    after.idp.issue_code("code-123", &login.url);
+    after
+        .idp
+        .with(|s| s.id_token = Some(after.key.sign(&before.claims(&login))));
+    let refused = after
+        .connector
+        .complete(Some(&login.pending), &before.callback(&login))
+        .await;
+    assert_eq!(code(refused), "oidc.issuer_changed");
+    assert!(
+        after.idp.with(|s| s.token_requests.is_empty()),
+        "code sent to the new issuer"
+    );
+
+    // The same login at the issuer it was begun at finishes.
+    let claims = before.claims(&login);
+    before.finish_claims(&login, claims).await.unwrap();
+    // So does one whose state predates the field.
+    let mut old = before.begin().await;
+    old.pending.as_object_mut().unwrap().remove("issuer").unwrap();
+    let claims = before.claims(&old);
+    before.finish_claims(&old, claims).await.unwrap();
+}
+
 #[tokio::test]
 async fn rfc9207_iss_parameter_is_required_when_advertised() {
     let f = Fixture::new().await;
