@@ -854,6 +854,23 @@ impl Broker {
                 Err(e) => return Err(unavailable(e)),
             },
         };
+        // A login started for an earlier incarnation of the tenant or the
+        // connection (deleted and created again, or re-pointed at another
+        // IdP) belongs to the old one: it ends before the current
+        // connector looks at the answer, so its code is never redeemed at
+        // the new connection's token endpoint. (Checked again after
+        // provisioning, against the incarnation provisioning read, when it
+        // is not known here.)
+        if let (Some(p), Some(current)) = (
+            &pending,
+            stored_tenant
+                .as_deref()
+                .and_then(|t| config.incarnation(t, &connection)),
+        ) {
+            if p.incarnation.as_ref() != Some(&current) {
+                return Err(self.login_superseded(&tenant, &connection).await);
+            }
+        }
         // The answer is validated first (in place on a replica with one
         // CPU, else on the blocking pool); everything that follows its
         // validation then goes out in one store wait.
@@ -1080,16 +1097,10 @@ impl Broker {
             }
         };
         let session_end = self.session_end(connector, &identity);
-        // A login started before its tenant or connection was re-created
-        // belongs to the old one: it ends here, before provisioning writes
-        // anything for the new one (checked again below against what
-        // provisioning read, when the incarnation is not known yet).
+        // The incarnations read with the configuration: a login started for
+        // an earlier one ended before its answer was validated
+        // (`validate_read`).
         let known = stored_tenant.and_then(|t| config.incarnation(t, connection));
-        if let (Some(p), Some(current)) = (&pending, &known) {
-            if p.incarnation.as_ref() != Some(current) {
-                return Err(self.login_superseded(tenant, connection).await);
-            }
-        }
         // Provisioned against the tenant record read above (its incarnation)
         // and the connection record re-validated above (it exists), with
         // the connection's incarnation read in the same script as it.

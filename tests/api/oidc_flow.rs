@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::support::browser::{Browser, Nav};
-use crate::support::oidc_world::{s, ClientAuth, OidcWorld, Pkce, ACME, APP_SCOPE, CONN, GLOBEX};
+use crate::support::oidc_world::{s, ClientAuth, OidcWorld, Pkce, ACME, APP_SCOPE, CONN, GLOBEX, UPSTREAM_SCOPES};
 use crate::support::peers::IDP_PASSWORD;
 
 #[tokio::test]
@@ -444,9 +444,10 @@ async fn an_app_gets_an_access_token_for_its_api_with_the_scopes_and_claims_it_m
     assert_eq!(s(&body, "from"), "authorization_response");
 }
 
-/// Starts acme's sign-in for the raw client `raw-a` in `browser` and stops
-/// where the gateway sends it to the IdP: the IdP's authorization URL
-/// (its `state` is the pending login's id) and the PKCE pair.
+/// Starts acme's sign-in at its connection `corp-idp` for the raw client
+/// `raw-a` in `browser` and stops where the gateway sends it to the IdP:
+/// the IdP's authorization URL (its `state` is the pending login's id) and
+/// the PKCE pair.
 async fn to_the_idp(w: &OidcWorld, browser: &mut Browser) -> (url::Url, Pkce) {
     let pkce = Pkce::new();
     let mut url = w.endpoint("authorization_endpoint");
@@ -456,6 +457,7 @@ async fn to_the_idp(w: &OidcWorld, browser: &mut Browser) -> (url::Url, Pkce) {
         .append_pair("redirect_uri", w.raw_a.redirect_uri.as_str())
         .append_pair("scope", APP_SCOPE)
         .append_pair("tenant", ACME)
+        .append_pair("connection", CONN)
         .append_pair("state", "app-state")
         .append_pair("code_challenge", &pkce.challenge)
         .append_pair("code_challenge_method", "S256");
@@ -599,4 +601,92 @@ async fn an_answer_from_another_browser_leaves_the_login_to_the_browser_that_sta
     let code = q.get("code").unwrap_or_else(|| panic!("no code in {back}"));
     let tokens = w.redeem(&w.raw_a, code, Some(&pkce.verifier)).await;
     assert_eq!(tokens.status, 200, "{:?}", tokens.body);
+}
+
+/// `real`, the IdP's answer at acme's callback, delivered to the callback
+/// of `tenant`'s connection `connection` instead (same query).
+fn delivered_to(w: &OidcWorld, real: &url::Url, tenant: &str, connection: &str) -> url::Url {
+    let mut elsewhere = w.app.oidc_callback(tenant, connection);
+    elsewhere.set_query(real.query());
+    elsewhere
+}
+
+/// The mix-up attack (RFC 9207) and its cousin across tenants: the IdP's
+/// answer to a login begun at one connection, delivered to the callback of
+/// another, is refused before any code is redeemed, so a code goes only to
+/// the token endpoint of the connection its login began at. At another
+/// tenant's connection to the same issuer the answer names no login of
+/// that tenant (`callback.unknown_login`) and leaves the login alone: its
+/// own callback still finishes. At another connection of the same tenant
+/// (the same issuer too, so `iss` cannot tell them apart) it names a login
+/// of another connection (`callback.login_mismatch`), which it ends.
+#[tokio::test]
+async fn an_idp_answer_delivered_to_another_connections_callback_never_has_its_code_redeemed() {
+    let w = OidcWorld::new().await;
+    w.app
+        .create_oidc_connection(
+            ACME,
+            "partner-idp",
+            &w.idp.issuer(),
+            "portcullis-acme",
+            "partner-secret",
+            UPSTREAM_SCOPES,
+        )
+        .await;
+
+    // Another tenant's callback.
+    let mut browser = Browser::new();
+    let (at_idp, pkce) = to_the_idp(&w, &mut browser).await;
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    let before = w.idp.stats().await;
+    let elsewhere = delivered_to(&w, &real, GLOBEX, CONN);
+    refused_with(answer_in(&w, &mut browser, &elsewhere).await, "callback.unknown_login");
+    assert_eq!(w.idp.stats().await.token, before.token, "a code was redeemed");
+    let back = answer_in(&w, &mut browser, &real).await.stopped();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let code = q.get("code").unwrap_or_else(|| panic!("no code in {back}"));
+    let tokens = w.redeem(&w.raw_a, code, Some(&pkce.verifier)).await;
+    assert_eq!(tokens.status, 200, "{:?}", tokens.body);
+
+    // Another connection of the same tenant.
+    let mut browser = Browser::new();
+    let (at_idp, _) = to_the_idp(&w, &mut browser).await;
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    let before = w.idp.stats().await;
+    let elsewhere = delivered_to(&w, &real, ACME, "partner-idp");
+    refused_with(answer_in(&w, &mut browser, &elsewhere).await, "callback.login_mismatch");
+    assert_eq!(w.idp.stats().await.token, before.token, "a code was redeemed");
+    assert_eq!(failed_reasons(&w).await, ["callback.login_mismatch"]);
+    refused_with(answer_in(&w, &mut browser, &real).await, "callback.unknown_login");
+    assert_eq!(w.idp.stats().await.token, before.token, "a code was redeemed");
+}
+
+/// A login begun at a connection that is then deleted and created again
+/// under the same id (to the same issuer here) belongs to the old
+/// connection: the IdP's answer to it is refused
+/// (`callback.login_superseded`) before the new connection's connector
+/// sees it, so its code is never sent to the new connection's token
+/// endpoint with the new connection's credentials.
+#[tokio::test]
+async fn an_answer_to_a_login_of_a_connection_created_again_is_refused_before_its_code_is_redeemed() {
+    let w = OidcWorld::new().await;
+    let mut browser = Browser::new();
+    let (at_idp, _) = to_the_idp(&w, &mut browser).await;
+    let real = to_the_callback(&w, &mut browser, &at_idp).await;
+    let path = format!("/admin/v1/tenants/{ACME}/connections/{CONN}");
+    let (status, body) = w.app.admin(reqwest::Method::DELETE, &path, None).await;
+    assert!(status.is_success(), "{status}: {body}");
+    w.app
+        .create_oidc_connection(
+            ACME,
+            CONN,
+            &w.idp.issuer(),
+            "portcullis-acme",
+            "another-secret",
+            UPSTREAM_SCOPES,
+        )
+        .await;
+    let before = w.idp.stats().await;
+    refused_with(answer_in(&w, &mut browser, &real).await, "callback.login_superseded");
+    assert_eq!(w.idp.stats().await.token, before.token, "a code was redeemed");
 }
