@@ -69,7 +69,20 @@ impl Idp {
 
     /// Like [`Idp::response_for`], authenticated with the context class `class_ref`.
     fn response_with(&self, conn: &Value, in_response_to: Option<&str>, email: &str, class_ref: &str) -> String {
-        let case = json!({
+        self.response_case(conn, in_response_to, email, class_ref, json!({}))
+    }
+
+    /// Like [`Idp::response_with`], with the case's fields in `changes`
+    /// (craft.py's names) replaced.
+    fn response_case(
+        &self,
+        conn: &Value,
+        in_response_to: Option<&str>,
+        email: &str,
+        class_ref: &str,
+        changes: Value,
+    ) -> String {
+        let mut case = json!({
             "authn_context_class_ref": class_ref,
             "name": "r",
             "sp_entity_id": conn["sp_entity_id"],
@@ -83,6 +96,9 @@ impl Idp {
             "scd_not_on_or_after": ts(Duration::minutes(5)),
             "sign": "assertion",
         });
+        for (k, v) in changes.as_object().into_iter().flatten() {
+            case[k] = v.clone();
+        }
         let out = peer("craft.py", &json!({ "idp": self.idp, "cases": [case] }));
         out["responses"]["r"].as_str().unwrap().to_owned()
     }
@@ -627,6 +643,79 @@ async fn a_response_issued_for_another_tenants_connection_to_the_same_idp_is_ref
     let ans = continue_in(&mut browser, &ans, &idp_page()).await;
     let code = ans.expect_code();
     assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "globex");
+}
+
+/// The same IdP (one key, one entity id) configured as two connections of
+/// one tenant, the second taking IdP-initiated sign-ins: a Response the
+/// IdP signed for the first connection is refused at the second's ACS,
+/// whatever it names, each time for its own reason. With the second's own
+/// pending login: its Destination is the first's ACS; with the first's
+/// pending login (its RelayState): that login is not the second's
+/// (`callback.login_mismatch`); sent IdP-initiated without a Destination:
+/// its signed Recipient is the first's ACS; and one whose Recipient is the
+/// second's ACS but whose Audience is the first's SP entity id is not for
+/// the second's SP either. So no answer counts at two connections, though
+/// each keeps its own replay cache. The control: the first connection's
+/// own answer signs in there.
+#[tokio::test]
+async fn a_response_for_one_connection_is_refused_at_another_connection_of_the_same_idp() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let one = saml_connection(&app, "acme", "one", &idp, false).await;
+    let two = saml_connection(&app, "acme", "two", &idp, true).await;
+    assert_ne!(one["sp_entity_id"], two["sp_entity_id"]);
+    assert_ne!(one["acs_url"], two["acs_url"]);
+    let class = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport";
+
+    // An answer to the first connection's login, at the second's ACS with
+    // the second's own login: sent back to the second's app, no code.
+    let (request_one, relay_one, _) = start_login(&app, "acme", &one, "st-1").await;
+    let (_, relay_two, _) = start_login(&app, "acme", &two, "st-2").await;
+    let for_one = idp.response(&one, Some(&request_one));
+    let ans = post_acs(&app.client, &acs(&two), &for_one, Some(&relay_two)).await;
+    ans.expect_app_error();
+    assert_eq!(ans.param("state").as_deref(), Some("st-2"), "{ans:?}");
+    // ... and with the first connection's login.
+    let ans = post_acs(&app.client, &acs(&two), &for_one, Some(&relay_one)).await;
+    ans.expect_page(400, "callback.login_mismatch");
+
+    // IdP-initiated answers for the first connection, at the second's ACS.
+    let no_destination = json!({ "destination": null });
+    let for_one = idp.response_case(&one, None, EMAIL, class, no_destination.clone());
+    let ans = post_acs(&app.client, &acs(&two), &for_one, None).await;
+    ans.expect_app_error();
+    let mut audience_one = no_destination;
+    audience_one["acs_url"] = two["acs_url"].clone();
+    let for_one = idp.response_case(&one, None, EMAIL, class, audience_one);
+    let ans = post_acs(&app.client, &acs(&two), &for_one, None).await;
+    ans.expect_app_error();
+
+    let mut reasons: Vec<String> = app
+        .tenant_audit("acme", "signin.failed")
+        .await
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "callback.login_mismatch",
+            "saml.audience_mismatch",
+            "saml.destination_mismatch",
+            "saml.recipient_mismatch",
+        ]
+    );
+
+    // The control: the first connection's own answer signs in there.
+    let (request_one, relay_one, mut browser) = start_login(&app, "acme", &one, "st-3").await;
+    let for_one = idp.response(&one, Some(&request_one));
+    let ans = post_acs_in(&mut browser, &acs(&one), &for_one, Some(&relay_one), &idp_page()).await;
+    let ans = continue_in(&mut browser, &ans, &idp_page()).await;
+    let code = ans.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
 }
 
 fn cookie_attributes(set_cookie: &str) -> Vec<String> {
