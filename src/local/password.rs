@@ -6,9 +6,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// The longest password accepted (characters): hashing cost is bounded, and
@@ -20,10 +18,6 @@ pub struct Hasher {
     params: Params,
     permits: Semaphore,
     dummy: String,
-    /// How long a check at the current parameters takes (a moving
-    /// average, nanoseconds; 0 until the first). A check against a hash
-    /// made with cheaper, earlier parameters is padded to it.
-    current_cost: AtomicU64,
 }
 
 /// A failure of the hashing machinery itself (not a wrong password).
@@ -41,16 +35,8 @@ impl Hasher {
             params,
             permits: Semaphore::new(max_concurrent.max(1)),
             dummy: String::new(),
-            current_cost: AtomicU64::new(0),
         };
-        // The dummy's making is the first estimate of a check's cost (a hash
-        // costs what a check does).
-        let started = Instant::now();
         hasher.dummy = hasher.hash_now(&crate::tokens::random_token(18))?;
-        hasher.current_cost.store(
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         Ok(hasher)
     }
 
@@ -81,40 +67,33 @@ impl Hasher {
     /// Checks `password` against `phc` (with the parameters recorded in it),
     /// or against the dummy hash when `phc` is `None`, which then always
     /// answers `false` after the same work. A hash made with earlier,
-    /// cheaper parameters (until its owner's next sign-in re-hashes it) is
-    /// answered no sooner than a check at the current ones: otherwise
-    /// raising the parameters would let the time of a wrong password tell
-    /// the accounts made before from addresses with no account.
+    /// cheaper parameters (until its owner's next sign-in re-hashes it)
+    /// and a wrong password is then also checked against the dummy, at the
+    /// current parameters: otherwise raising the parameters would let the
+    /// time of a wrong password tell the accounts made before from
+    /// addresses with no account. The same work rather than a wait padded
+    /// to an estimate, so the two take alike under any load.
     pub async fn verify(self: &Arc<Self>, password: &str, phc: Option<&str>) -> Result<bool, HashError> {
         let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
         let known = phc.is_some();
-        let current = phc.is_none_or(|p| !self.outdated(p));
+        let outdated = phc.is_some_and(|p| self.outdated(p));
         let phc = phc.unwrap_or(&self.dummy).to_owned();
         let password = password.to_owned();
         let me = self.clone();
-        let started = Instant::now();
         let ok = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&phc).map_err(|e| HashError(e.to_string()))?;
-            Ok::<bool, HashError>(me.argon().verify_password(password.as_bytes(), &parsed).is_ok())
+            let check = |phc: &str| {
+                let parsed = PasswordHash::new(phc).map_err(|e| HashError(e.to_string()))?;
+                Ok::<bool, HashError>(me.argon().verify_password(password.as_bytes(), &parsed).is_ok())
+            };
+            let ok = check(&phc)?;
+            if outdated && !ok {
+                // Its answer is `false` whatever it is; only its work counts.
+                check(&me.dummy)?;
+            }
+            Ok::<bool, HashError>(ok)
         })
         .await
         .map_err(|e| HashError(e.to_string()))??;
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if current {
-            // A moving average (7/8 old, 1/8 new), so one slow check moves it little.
-            let before = self.current_cost.load(Ordering::Relaxed);
-            let average = if before == 0 {
-                took
-            } else {
-                before - before / 8 + took / 8
-            };
-            self.current_cost.store(average, Ordering::Relaxed);
-        } else {
-            let due = self.current_cost.load(Ordering::Relaxed);
-            if due > took {
-                tokio::time::sleep(Duration::from_nanos(due - took)).await;
-            }
-        }
         Ok(ok && known)
     }
 
