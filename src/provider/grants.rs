@@ -809,11 +809,7 @@ impl Provider {
         }
         .filter(|f| f.authz.client_id == client.client_id);
         let prepared = match &peeked {
-            Some(family) => {
-                // Does the IdP still vouch for the person? (provider/upstream.rs)
-                self.check_upstream(family).await?;
-                Some(self.prepare_refresh(client, req, family, fresh).await?)
-            }
+            Some(family) => Some(self.prepare_refresh(client, req, family, fresh).await?),
             None => None,
         };
         // A peeked family rotates in one step (the family's presence, the
@@ -904,6 +900,15 @@ impl Provider {
                 return Err(OAuthError::invalid_grant(reason, description));
             }
         };
+        // Does the IdP still vouch for the person? (provider/upstream.rs)
+        // Asked only once the family is known to be live: the user, its
+        // connection and tenant as the same incarnations. The IdP's token is
+        // never sent through a connection deleted and created again under
+        // the same id (its clean-up may not have run), nor for a user the
+        // gateway disabled, nor for an app that may no longer serve the
+        // tenant. Same number of waits as before: it moved from before the
+        // liveness reads to after them.
+        self.check_upstream(family).await?;
         let with_id = authz.scope.iter().any(|s| s == "openid");
         self.prepare(client, &authz, with_id, Some(&user), Some(hook), None, Some(&family.id))
             .await

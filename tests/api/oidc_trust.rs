@@ -677,3 +677,80 @@ async fn an_upstream_session_is_never_sent_to_another_issuer() {
     assert_eq!(w.idp.stats().await.refresh, 0, "the token went to no IdP");
     assert!(store.get(&key).await.unwrap().is_none(), "the kept token is gone");
 }
+
+/// A connection deleted and created again under the same id (here in the
+/// registry only, as if the eager clean-up of its users, sessions and
+/// families had not run; acceptance never depends on it) is another
+/// connection: the upstream session kept from a sign-in through the first
+/// one is never sent to the second's token endpoint, even at the same IdP
+/// with the same client. The app's refresh is refused by the liveness
+/// check (`refresh.user_superseded`) before the IdP is asked; it used to be
+/// asked first.
+#[tokio::test]
+async fn an_upstream_session_is_never_sent_through_a_re_created_connection() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+
+    let tenant = portcullis::ids::TenantId::parse(ACME).unwrap();
+    let conn = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    w.app.state.tenants.delete_connection(&tenant, &conn).await.unwrap();
+    w.app.state.broker.connectors.forget(&tenant, &conn);
+    w.app
+        .admin_create(
+            &format!("/admin/v1/tenants/{ACME}/connections"),
+            json!({
+                "id": CONN,
+                "kind": "oidc",
+                "issuer": w.idp.issuer(),
+                "client_id": w.upstream.client_id,
+                "client_secret": w.upstream.client_secret,
+                "scopes": REFRESHING,
+                "refresh_upstream": true,
+            }),
+        )
+        .await;
+
+    w.clock.advance(Duration::seconds(3601));
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_grant", "refresh.user_superseded")
+    );
+    assert_eq!(
+        w.idp.stats().await.refresh,
+        0,
+        "the first connection's upstream token went to the second's token endpoint"
+    );
+}
+
+/// A user the gateway disabled is refused at the refresh before the IdP is
+/// asked: its upstream token goes nowhere (and an IdP that is down cannot
+/// turn the refusal into a `temporarily_unavailable` that revokes nothing).
+#[tokio::test]
+async fn a_disabled_users_refresh_is_refused_without_asking_the_idp() {
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let mut browser = Browser::new();
+    let tokens = w.tokens(&mut browser, &[], Some("alice")).await;
+    let sub = jwt_claims(tokens["id_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The disabled flag alone (as another replica's disable writes it first):
+    // the family is still there.
+    let tenant = portcullis::ids::TenantId::parse(ACME).unwrap();
+    w.app
+        .state
+        .provider
+        .directory
+        .set_disabled(&tenant, &sub, true, portcullis::directory::DisabledBy::Admin)
+        .await
+        .unwrap();
+    w.clock.advance(Duration::seconds(3601));
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_grant", "refresh.user_disabled")
+    );
+    assert_eq!(w.idp.stats().await.refresh, 0, "the IdP was asked for a disabled user");
+}
