@@ -915,15 +915,14 @@ impl Broker {
         Ok(())
     }
 
-    /// Ends the SSO session `sid`: its record goes and its tombstone is
-    /// written (one script), before its families are revoked: a code of the
-    /// session redeemed since is refused, and one being redeemed either
-    /// finds the tombstone or has listed its family where the revocation
-    /// finds it. Then the IdP's refresh token kept for it is forgotten.
+    /// Ends the SSO session `sid`: its record and the IdP's refresh token
+    /// kept for it go and its tombstone is written (one script), before its
+    /// families are revoked: a code of the session redeemed since is
+    /// refused, and one being redeemed either finds the tombstone or has
+    /// listed its family where the revocation finds it.
     pub(crate) async fn end_session(&self, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
         session::end(&self.store, tenant, sid).await?;
-        self.provider.revoke_session_families(tenant, sid).await?;
-        upstream_refresh::forget(&self.store, tenant, sid).await
+        self.provider.revoke_session_families(tenant, sid).await
     }
 }
 

@@ -110,6 +110,13 @@ fn key(t: &TenantId, sid: &str) -> Key {
     Key::tenant(t.as_str(), "sso", format!("session:{sid}"))
 }
 
+/// Where the upstream session of `sid` is kept (the IdP's refresh token,
+/// [`super::upstream_refresh::UpstreamSession`]): the session's hash tag,
+/// so ending the session removes it in the same script.
+pub(crate) fn upstream_key(tenant: &str, sid: &str) -> Key {
+    Key::tenant(tenant, "sso", format!("upstream:{sid}"))
+}
+
 /// The SSO sessions of one user (tag `t:<tenant>:users`), so disabling or
 /// deleting the user can end them.
 pub(crate) fn user_sessions_key(t: &TenantId, sub: &str) -> Key {
@@ -174,13 +181,20 @@ pub async fn get(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<Op
     Ok(s.filter(|s| &s.tenant == tenant))
 }
 
-/// Ends a session: deletes its record and leaves its tombstone
-/// ([`crate::provider::codes::session_ended_key`]), in one script (their
-/// shared tag), so a code already issued from it is refused
-/// (`code.session_ended`) and starts no refresh family that would outlive
-/// the sign-out. Whoever ends a session revokes its families after this.
+/// Ends a session: deletes its record and its upstream session (the IdP's
+/// refresh token is not kept past the session it served, however it
+/// ended: sign-out, the user disabled or deleted, the IdP's refusal) and
+/// leaves its tombstone ([`crate::provider::codes::session_ended_key`]),
+/// in one script (their shared tag), so a code already issued from it is
+/// refused (`code.session_ended`) and starts no refresh family that would
+/// outlive the sign-out. Whoever ends a session revokes its families after
+/// this.
 pub async fn end(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
-    let (at, ended) = (key(tenant, sid), session_ended_key(tenant.as_str(), sid));
+    let (at, ended, upstream) = (
+        key(tenant, sid),
+        session_ended_key(tenant.as_str(), sid),
+        upstream_key(tenant.as_str(), sid),
+    );
     let writes = [
         Write::Put {
             key: &ended,
@@ -188,6 +202,7 @@ pub async fn end(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<()
             ttl: Some(SESSION_ENDED_TTL),
         },
         Write::Delete { key: &at },
+        Write::Delete { key: &upstream },
     ];
     store.write_many(&writes).await.map(|_| ())
 }

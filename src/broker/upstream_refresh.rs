@@ -12,11 +12,11 @@
 
 use super::session::{self, SsoSession};
 use super::{connectors::ConnectorCache, Broker};
-use crate::ids::{ConnectionId, TenantId};
+use crate::ids::ConnectionId;
 use crate::provider::codes::Authorization;
 use crate::provider::upstream::{UpstreamCheck, UpstreamSessions};
 use crate::secret::Secret;
-use crate::store::{Key, SharedStore, StoreError, StoreJson};
+use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use crate::tenant::TenantRegistry;
 use crate::upstream::{Connector, Identity, RefreshFailed, UpstreamContext, UpstreamError};
 use async_trait::async_trait;
@@ -24,8 +24,31 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long one upstream refresh may hold the session's lock.
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// The shortest hold of the session's lock by one upstream refresh.
+const LOCK_TTL_MIN: Duration = Duration::from_secs(30);
+
+/// How many outbound requests one upstream refresh may make in sequence:
+/// the IdP's discovery document, its token endpoint, its JWKS (a refetch
+/// for a new `kid` in the refreshed ID token).
+const REQUESTS_PER_REFRESH: u32 = 3;
+
+/// What the lock outlives the IdP's answer by (the store writes after it).
+const LOCK_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long one upstream refresh holds the session's lock, for outbound
+/// requests that each take at most `timeout`: longer than the refresh can
+/// take, so the lock never expires under a refresh still waiting for the
+/// IdP. Otherwise another replica would take it, read the token the first
+/// one already sent, and send it again: a rotating IdP answers a spent
+/// token with `invalid_grant` (or revokes the whole grant as a reuse), and
+/// the person is signed out everywhere. The refresh itself is cut off
+/// `LOCK_MARGIN` before the lock ends, whatever its requests do.
+pub(crate) fn lock_ttl_for(timeout: Duration) -> Duration {
+    timeout
+        .saturating_mul(REQUESTS_PER_REFRESH)
+        .saturating_add(LOCK_MARGIN)
+        .max(LOCK_TTL_MIN)
+}
 
 /// What is kept of the upstream session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,7 +69,7 @@ pub struct UpstreamSession {
 }
 
 pub(crate) fn record_key(tenant: &str, sid: &str) -> Key {
-    Key::tenant(tenant, "sso", format!("upstream:{sid}"))
+    session::upstream_key(tenant, sid)
 }
 
 fn lock_key(tenant: &str, sid: &str) -> Key {
@@ -78,12 +101,6 @@ impl Broker {
     }
 }
 
-/// Forgets the upstream session of `sid` (sign-out): the IdP's refresh
-/// token is not kept past the session it served.
-pub(super) async fn forget(store: &SharedStore, tenant: &TenantId, sid: &str) -> Result<(), StoreError> {
-    store.delete(&record_key(tenant.as_str(), sid)).await.map(|_| ())
-}
-
 /// As long as the longer of a refresh family and an SSO session.
 pub(crate) fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> Duration {
     Duration::from_secs(refresh_token_ttl_secs).max(session_ttl)
@@ -103,6 +120,9 @@ pub struct UpstreamRefresher {
     pub interval_secs: u64,
     /// Lifetime of the kept record.
     pub record_ttl: Duration,
+    /// How long one upstream refresh holds the session's lock
+    /// ([`lock_ttl_for`] the outbound timeout).
+    pub lock_ttl: Duration,
 }
 
 impl UpstreamRefresher {
@@ -116,7 +136,9 @@ impl UpstreamRefresher {
         refresh_token_ttl_secs: u64,
         session_ttl: Duration,
     ) -> Self {
+        let lock_ttl = lock_ttl_for(upstream.http.config().timeout);
         Self {
+            lock_ttl,
             tenants,
             upstream,
             connectors,
@@ -162,7 +184,7 @@ impl UpstreamRefresher {
         // token must not be spent twice. A concurrent app refresh goes on
         // while the first one asks the IdP.
         let lock = lock_key(t, &authz.sid);
-        if !self.store.put_if_absent(&lock, b"1", Some(LOCK_TTL)).await? {
+        if !self.store.put_if_absent(&lock, b"1", Some(self.lock_ttl)).await? {
             return Ok(UpstreamCheck::Fine);
         }
         let outcome = self.refresh_locked(authz, &key, connector.as_ref(), interval).await;
@@ -185,12 +207,25 @@ impl UpstreamRefresher {
         if now.saturating_sub(record.refreshed_at) < interval {
             return Ok(UpstreamCheck::Fine);
         }
-        let answer = connector
-            .refresh(&record.refresh_token, record.subject.as_deref())
-            .await;
+        // Cut off before the lock ends, so no other refresh of the session
+        // can send the same token while this one may still be answered.
+        let deadline = self.lock_ttl.saturating_sub(LOCK_MARGIN);
+        let answer = tokio::time::timeout(
+            deadline,
+            connector.refresh(&record.refresh_token, record.subject.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RefreshFailed::from(UpstreamError::internal(
+                "refresh.upstream_timeout",
+                format!("the upstream refresh took longer than {} s", deadline.as_secs()),
+            )))
+        });
         match settle(record, answer, now) {
             Settled::Vouched(updated) => {
-                self.store.put_json(key, &updated, Some(self.record_ttl)).await?;
+                if !self.keep(authz, key, &updated).await? {
+                    return Ok(UpstreamCheck::Refused);
+                }
                 tracing::info!(reason = "refresh.upstream_refreshed", tenant = %authz.tenant, connection = %updated.connection, "the IdP still vouches for the session");
                 Ok(UpstreamCheck::Fine)
             }
@@ -198,7 +233,9 @@ impl UpstreamRefresher {
             Settled::Unavailable(e, rotated) => {
                 let kept = rotated.is_some();
                 if let Some(record) = rotated {
-                    self.store.put_json(key, &record, Some(self.record_ttl)).await?;
+                    if !self.keep(authz, key, &record).await? {
+                        return Ok(UpstreamCheck::Refused);
+                    }
                 }
                 tracing::warn!(reason = "refresh.upstream_unavailable", code = e.code, tenant = %authz.tenant, connection = %authz.connection, detail = %e.detail, rotated_token_kept = kept, "upstream refresh failed; nothing revoked");
                 Ok(UpstreamCheck::Unavailable)
@@ -210,12 +247,33 @@ impl UpstreamRefresher {
         }
     }
 
-    /// Ends the SSO session (the provider revokes its refresh families).
+    /// Writes the upstream session the IdP's answer left, unless the SSO
+    /// session ended while the IdP was asked (sign-out, the user disabled
+    /// or deleted: its tombstone is there), in one script over their
+    /// shared tag: an ended session's IdP token is not written back.
+    /// `false`: it had ended; nothing was written.
+    async fn keep(&self, authz: &Authorization, key: &Key, record: &UpstreamSession) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ended = crate::provider::codes::session_ended_key(authz.tenant.as_str(), &authz.sid);
+        let writes = [
+            Write::RequireAbsent { key: &ended },
+            Write::Put {
+                key,
+                value: &value,
+                ttl: Some(self.record_ttl),
+            },
+        ];
+        let kept = self.store.write_many(&writes).await?;
+        if !kept {
+            tracing::info!(reason = "refresh.session_ended", tenant = %authz.tenant, connection = %authz.connection, "the SSO session ended while the IdP was asked; its token is not kept");
+        }
+        Ok(kept)
+    }
+
+    /// Ends the SSO session, its kept upstream session with it (the
+    /// provider revokes its refresh families).
     async fn end(&self, authz: &Authorization, code: &str) -> Result<UpstreamCheck, StoreError> {
         tracing::warn!(reason = "refresh.upstream_refused", code, tenant = %authz.tenant, connection = %authz.connection, "upstream session ended");
-        self.store
-            .delete(&record_key(authz.tenant.as_str(), &authz.sid))
-            .await?;
         session::end(&self.store, &authz.tenant, &authz.sid).await?;
         Ok(UpstreamCheck::Refused)
     }
@@ -315,6 +373,22 @@ mod tests {
                 settle(record(), Err(transient(rotated)), 5_000),
                 Settled::Unavailable(_, None)
             ));
+        }
+    }
+
+    #[test]
+    fn the_lock_outlasts_the_slowest_upstream_refresh() {
+        for secs in [1, 10, 30, 60] {
+            let timeout = Duration::from_secs(secs);
+            let ttl = lock_ttl_for(timeout);
+            // Every request of one refresh at its full timeout, and the
+            // writes after them, end before the lock does.
+            assert!(ttl > timeout * REQUESTS_PER_REFRESH, "{secs}: {ttl:?}");
+            assert!(
+                ttl.saturating_sub(LOCK_MARGIN) >= timeout * REQUESTS_PER_REFRESH,
+                "{secs}: {ttl:?}"
+            );
+            assert!(ttl >= LOCK_TTL_MIN);
         }
     }
 

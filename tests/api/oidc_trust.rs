@@ -754,3 +754,72 @@ async fn a_disabled_users_refresh_is_refused_without_asking_the_idp() {
     );
     assert_eq!(w.idp.stats().await.refresh, 0, "the IdP was asked for a disabled user");
 }
+
+/// The IdP's refresh token is not kept past the SSO session it served,
+/// however the session ends: disabling the user (or deleting it) ends its
+/// sessions, and their upstream sessions go with them in the same script
+/// (`broker::session::end`). They used to stay, sealed, until their TTL
+/// (as long as a refresh family), holding a token the IdP still honours.
+#[tokio::test]
+async fn a_disabled_users_upstream_refresh_token_is_forgotten_with_its_sessions() {
+    use portcullis::store::Key;
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let store = &w.app.state.store;
+    let kept = |tokens: &Value| {
+        let sid = jwt_claims(tokens["id_token"].as_str().unwrap())["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Key::tenant(ACME, "sso", format!("upstream:{sid}"))
+    };
+    let tokens = w.tokens(&mut Browser::new(), &[], Some("alice")).await;
+    let sub = jwt_claims(tokens["id_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = kept(&tokens);
+    assert!(store.get(&key).await.unwrap().is_some(), "kept at sign-in");
+
+    let (status, body) = w
+        .app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{ACME}/users/{sub}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        store.get(&key).await.unwrap().is_none(),
+        "kept after the user was disabled"
+    );
+    let err = w.refresh_direct(&rt(&tokens)).await.unwrap_err();
+    assert_eq!((err.code.as_str(), err.reason), ("invalid_grant", "refresh.unknown"));
+
+    // Deleted: the same.
+    let (status, body) = w
+        .app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/tenants/{ACME}/users/{sub}/enable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = w.tokens(&mut Browser::new(), &[], Some("alice")).await;
+    let key = kept(&tokens);
+    assert!(store.get(&key).await.unwrap().is_some(), "kept at sign-in");
+    let (status, body) = w
+        .app
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/tenants/{ACME}/users/{sub}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        store.get(&key).await.unwrap().is_none(),
+        "kept after the user was deleted"
+    );
+}
