@@ -684,6 +684,70 @@ async fn a_refresh_by_a_client_that_fails_to_authenticate_changes_nothing() {
     assert_eq!(refused.reason, "refresh.unknown");
 }
 
+/// A refresh token is its app's alone, for no more than it was granted:
+/// another app (authenticated as itself) presenting it gets `invalid_grant`
+/// (`refresh.wrong_client`) and consumes nothing; asking for a scope the
+/// family was not granted is `invalid_scope` (`refresh.scope_widened`) and
+/// consumes nothing either; a narrower scope is granted for that refresh
+/// only (RFC 6749 §6: the next refresh token keeps the original scope).
+#[tokio::test]
+async fn a_refresh_token_is_refused_to_another_app_and_for_a_wider_scope_and_stays_its_apps() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let other = register(&app, "app2").await;
+    let tokens = redeem(
+        &app,
+        &rp,
+        &sign_in(&app, &mut Browser::new(), &rp, DEMO, "flo@demo.example").await,
+    )
+    .await;
+    assert_tokens_live(&app, &rp, &tokens).await;
+
+    // Another app, with its own valid credentials.
+    assert_eq!(refresh_reason(&app, &other, tokens.rt()).await, "refresh.wrong_client");
+    let refused = refresh(&app, &other, tokens.rt()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(refused.error(), Some("invalid_grant"), "{}", refused.body);
+    assert!(refused.body.get("access_token").is_none(), "{}", refused.body);
+
+    // A wider scope than granted.
+    let creds = ClientCredentials::Secret {
+        id: rp.client_id.clone(),
+        secret: rp.secret.clone(),
+    };
+    let client = app.state.provider.authenticate_client(&creds).await.unwrap();
+    let widened = TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: Some(tokens.rt().into()),
+        scope: Some("openid email profile offline_access".into()),
+        ..TokenRequest::default()
+    };
+    let err = app.state.provider.token(&client, &widened).await.unwrap_err();
+    assert_eq!((err.code.as_str(), err.reason), ("invalid_scope", "refresh.scope_widened"));
+
+    // Nothing was consumed: the token rotates for its own app, narrowed.
+    let narrowed = to_tokens(
+        app.client
+            .post(app.url("/token"))
+            .basic_auth(&rp.client_id, Some(&rp.secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens.rt()),
+                ("scope", "openid"),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{}", narrowed.body);
+    assert_eq!(narrowed.body["scope"], "openid", "{}", narrowed.body);
+    // The next refresh is granted the family's scope again.
+    let next = refresh(&app, &rp, narrowed.rt()).await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    assert_eq!(next.body["scope"], "openid email offline_access", "{}", next.body);
+}
+
 /// An app that may no longer serve the tenant cannot refresh, and its
 /// access tokens for that tenant are refused.
 #[tokio::test]
