@@ -107,6 +107,8 @@ pub(crate) fn record_ttl(refresh_token_ttl_secs: u64, session_ttl: Duration) -> 
 }
 
 /// The broker's answer to "does the IdP still vouch for this session?".
+/// Cheap to clone (its parts share their state).
+#[derive(Clone)]
 pub struct UpstreamRefresher {
     /// Tenants and connections.
     pub tenants: TenantRegistry,
@@ -183,13 +185,37 @@ impl UpstreamRefresher {
         // One upstream refresh per session at a time: a rotating upstream
         // token must not be spent twice. A concurrent app refresh goes on
         // while the first one asks the IdP.
+        //
+        // Taking the lock, asking the IdP and releasing the lock run in a
+        // task of their own, awaited here: an app that gives up on its
+        // request (its HTTP client timed out, the connection dropped) does
+        // not cut off the IdP's answer, which may carry a rotated token
+        // that must be kept (the one sent is spent at a rotating IdP, and
+        // the next refresh would send it and end the session), nor leave
+        // the lock held until it expires.
         let lock = lock_key(t, &authz.sid);
-        if !self.store.put_if_absent(&lock, b"1", Some(self.lock_ttl)).await? {
-            return Ok(UpstreamCheck::Fine);
+        let (refresher, authz, key) = (self.clone(), authz.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            if !refresher
+                .store
+                .put_if_absent(&lock, b"1", Some(refresher.lock_ttl))
+                .await?
+            {
+                return Ok(UpstreamCheck::Fine);
+            }
+            let outcome = refresher
+                .refresh_locked(&authz, &key, connector.as_ref(), interval)
+                .await;
+            refresher.store.delete(&lock).await?;
+            outcome
+        });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(reason = "refresh.upstream_unavailable", error = %e, "the upstream refresh task failed");
+                Ok(UpstreamCheck::Unavailable)
+            }
         }
-        let outcome = self.refresh_locked(authz, &key, connector.as_ref(), interval).await;
-        self.store.delete(&lock).await?;
-        outcome
     }
 
     async fn refresh_locked(

@@ -823,3 +823,61 @@ async fn a_disabled_users_upstream_refresh_token_is_forgotten_with_its_sessions(
         "kept after the user was deleted"
     );
 }
+
+/// An app that gives up on its refresh while the gateway asks the IdP
+/// (its HTTP client timed out: the request's future is dropped) does not
+/// cut the upstream refresh off: the IdP's answer, which may carry a
+/// rotated token (the one sent is then spent), is still kept and the lock
+/// released. It used to be dropped with the request, and the next refresh
+/// sent the spent token.
+#[tokio::test]
+async fn an_upstream_refresh_outlives_the_app_request_that_gave_up_on_it() {
+    use portcullis::store::{Key, StoreJson as _};
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let tokens = w.tokens(&mut Browser::new(), &[], Some("alice")).await;
+    let provider = &w.app.state.provider;
+    let family = provider.peek_refresh(&rt(&tokens)).await.unwrap().unwrap();
+    let sid = family.authz.sid.clone();
+    let (record, lock) = (
+        Key::tenant(ACME, "sso", format!("upstream:{sid}")),
+        Key::tenant(ACME, "sso", format!("upstream-lock:{sid}")),
+    );
+    let store = w.app.state.store.clone();
+    let before: Value = store.get_json(&record).await.unwrap().unwrap();
+    w.clock.advance(Duration::seconds(3601));
+
+    // The check is dropped as soon as it holds the lock, i.e. while it
+    // asks the IdP.
+    let hook = provider.upstream.clone().expect("an upstream refresher");
+    let check = hook.check(&family.authz);
+    let locked = async {
+        while store.get(&lock).await.unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        _ = check => panic!("the check finished before it could be dropped"),
+        () = locked => {}
+    }
+
+    // The IdP's answer is kept and the lock released all the same.
+    let mut kept = before.clone();
+    for _ in 0..100 {
+        kept = store.get_json(&record).await.unwrap().unwrap();
+        if kept["refreshed_at"] != before["refreshed_at"] && store.get(&lock).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        kept["refreshed_at"],
+        json!(w.clock.unix()),
+        "the IdP's answer was dropped"
+    );
+    assert!(store.get(&lock).await.unwrap().is_none(), "the lock was left behind");
+    assert_eq!(w.idp.stats().await.refresh, 1);
+    // And the app's next refresh is served on it, without asking again.
+    let r = w.refresh(&rt(&tokens)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(w.idp.stats().await.refresh, 1);
+}

@@ -723,7 +723,10 @@ async fn a_refresh_token_is_refused_to_another_app_and_for_a_wider_scope_and_sta
         ..TokenRequest::default()
     };
     let err = app.state.provider.token(&client, &widened).await.unwrap_err();
-    assert_eq!((err.code.as_str(), err.reason), ("invalid_scope", "refresh.scope_widened"));
+    assert_eq!(
+        (err.code.as_str(), err.reason),
+        ("invalid_scope", "refresh.scope_widened")
+    );
 
     // Nothing was consumed: the token rotates for its own app, narrowed.
     let narrowed = to_tokens(
