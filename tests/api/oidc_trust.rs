@@ -881,3 +881,44 @@ async fn an_upstream_refresh_outlives_the_app_request_that_gave_up_on_it() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(w.idp.stats().await.refresh, 1);
 }
+
+/// An SSO session that ends while the gateway asks the IdP (the person
+/// signs out, or is disabled, on another replica) does not get its
+/// upstream session written back when the IdP answers: the answer is kept
+/// only while the session's tombstone is absent (one script), so the IdP's
+/// refresh token does not outlive the session it served, and the app's
+/// refresh is refused.
+#[tokio::test]
+async fn an_idp_answer_for_a_session_ended_meanwhile_is_not_kept() {
+    use portcullis::provider::upstream::UpstreamCheck;
+    use portcullis::store::Key;
+    let w = Trust::new(&[], REFRESHING, json!({ "refresh_upstream": true })).await;
+    let tokens = w.tokens(&mut Browser::new(), &[], Some("alice")).await;
+    let provider = &w.app.state.provider;
+    let family = provider.peek_refresh(&rt(&tokens)).await.unwrap().unwrap();
+    let sid = family.authz.sid.clone();
+    let (record, lock) = (
+        Key::tenant(ACME, "sso", format!("upstream:{sid}")),
+        Key::tenant(ACME, "sso", format!("upstream-lock:{sid}")),
+    );
+    let store = w.app.state.store.clone();
+    w.clock.advance(Duration::seconds(3601));
+
+    let hook = provider.upstream.clone().expect("an upstream refresher");
+    // The session ends once the refresh holds the lock (asks the IdP).
+    let end = async {
+        while store.get(&lock).await.unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let sso = std::collections::BTreeMap::from([(ACME.to_owned(), sid.clone())]);
+        w.app.state.broker.logout(&sso, None).await.unwrap();
+        assert!(store.get(&record).await.unwrap().is_none(), "forgotten at sign-out");
+    };
+    let (checked, ()) = tokio::join!(hook.check(&family.authz), end);
+    assert_eq!(w.idp.stats().await.refresh, 1, "the IdP was asked");
+    assert!(
+        store.get(&record).await.unwrap().is_none(),
+        "the IdP's token was written back for an ended session"
+    );
+    assert_eq!(checked, UpstreamCheck::Refused);
+}
