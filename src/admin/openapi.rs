@@ -1321,7 +1321,7 @@ fn audit_platform() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
     request_body = NewDomain,
-    responses((status = 200, body = DomainView, description = "already verified (declared by the platform admin)"), (status = 201, body = DomainView, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = DomainView, description = "already verified (declared by the platform admin)"), (status = 201, body = DomainView, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant has verified, or a domain of a tenant that comes from a tenant file (`reason`: `tenant.file_owned`): change the file instead.")))]
 fn domains_claim() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
@@ -1333,12 +1333,12 @@ fn domains_list() {}
 fn domains_get() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
-    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant comes from a tenant file, which declares its domains (`reason`: `tenant.file_owned`): change the file instead.")))]
 fn domains_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
     request_body(content = Option<VerifyDomain>, description = "optional"),
-    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant verified first, or a domain the tenant file of the tenant does not declare (`reason`: `tenant.file_owned`).")))]
 fn domains_verify() {}
 
 #[utoipa::path(put, path = "/admin/v1/tenants/{id}/mfa", tag = "tenants", params(("id" = String, Path)),
