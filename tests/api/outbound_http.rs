@@ -119,28 +119,38 @@ async fn enforces_the_size_limit_with_content_length() {
     assert_eq!(body.len(), 64 * 1024);
 }
 
-/// A raw server that answers with a chunked body that never ends, so only a
-/// limit enforced while streaming can stop it (buffering first would run
-/// into the timeout instead).
-async fn endless_chunked() -> u16 {
+/// A raw server that answers every request with `head`, then writes
+/// `piece` again and again, `pause` apart, until the client goes away.
+async fn raw_server(head: &'static str, piece: String, pause: Option<Duration>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
+            let piece = piece.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = sock.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
                 if sock.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
-                let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
-                while sock.write_all(chunk.as_bytes()).await.is_ok() {}
+                while sock.write_all(piece.as_bytes()).await.is_ok() {
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             });
         }
     });
     port
+}
+
+/// A raw server that answers with a chunked body that never ends, so only a
+/// limit enforced while streaming can stop it (buffering first would run
+/// into the timeout instead).
+async fn endless_chunked() -> u16 {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    raw_server(head, format!("400\r\n{}\r\n", "x".repeat(0x400)), None).await
 }
 
 #[tokio::test]
@@ -180,25 +190,8 @@ async fn times_out_on_a_stalling_server() {
 /// Answers at once, then drips its body a byte at a time, each well within
 /// any read timeout: only a limit on the whole exchange ends it.
 async fn dripping() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: 100000\r\n\r\n";
-                if sock.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                while sock.write_all(b"x").await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        }
-    });
-    port
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: 100000\r\n\r\n";
+    raw_server(head, "x".to_owned(), Some(Duration::from_millis(100))).await
 }
 
 /// A slow upstream (slowloris in reverse) holds a fetch no longer than the
