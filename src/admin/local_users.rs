@@ -143,24 +143,16 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     let (t, c, cfg) = local_connection(&s, &id, &cid).await?;
     let body: NewLocalUser = super::parse_body(body)?;
-    for (field, v) in [("given_name", &body.given_name), ("family_name", &body.family_name)] {
-        if v.as_ref().is_some_and(|v| v.chars().count() > 200) {
-            return Err(AdminError::field(field, "must be at most 200 characters"));
-        }
+    let profile = Profile {
+        given_name: body.given_name,
+        family_name: body.family_name,
+    };
+    if let Some(field) = profile.too_long() {
+        return Err(AdminError::field(field, "must be at most 200 characters"));
     }
     let user = s
         .accounts
-        .admin_create(
-            &t,
-            &c,
-            &cfg,
-            &body.email,
-            body.password.as_ref(),
-            Profile {
-                given_name: body.given_name,
-                family_name: body.family_name,
-            },
-        )
+        .admin_create(&t, &c, &cfg, &body.email, body.password.as_ref(), profile)
         .await
         .map_err(local_error)?;
     tracing::info!(reason = "admin.local_user_created", tenant = %t, connection = %c);

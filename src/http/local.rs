@@ -627,6 +627,11 @@ async fn refused(app: &AppState, session: &Session, l: &Local, kind: Kind, e: Lo
                 "local.bad_email" => Some("email"),
                 r if r.starts_with("local.password_") => Some("password"),
                 "local.code_invalid" | "local.code_attempts_exceeded" => Some("code"),
+                "local.name_too_long" => Profile {
+                    given_name: form.get("given_name").cloned(),
+                    family_name: form.get("family_name").cloned(),
+                }
+                .too_long(),
                 _ => None,
             };
             ((*message).to_owned(), field, *retry_after)

@@ -219,6 +219,10 @@ pub async fn account_unchanged(
         && bool::from(password_digest(&user).as_bytes().ct_eq(password.as_bytes())))
 }
 
+/// The most characters of a given or family name kept on an account
+/// (a sign-up's, an admin's).
+pub const MAX_NAME_CHARS: usize = 200;
+
 /// Optional profile fields of a new account.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {
@@ -226,6 +230,16 @@ pub struct Profile {
     pub given_name: Option<String>,
     /// Family name.
     pub family_name: Option<String>,
+}
+
+impl Profile {
+    /// The first field longer than [`MAX_NAME_CHARS`], if any.
+    pub fn too_long(&self) -> Option<&'static str> {
+        [("given_name", &self.given_name), ("family_name", &self.family_name)]
+            .into_iter()
+            .find(|(_, v)| v.as_ref().is_some_and(|v| v.chars().count() > MAX_NAME_CHARS))
+            .map(|(field, _)| field)
+    }
 }
 
 /// A refusal or failure of an account operation.
@@ -885,6 +899,14 @@ impl Accounts {
             ));
         }
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        // A stranger's sign-up is kept (unconfirmed) whether or not anyone
+        // confirms it: what it may store is bounded before anything is.
+        if profile.too_long().is_some() {
+            return Err(LocalError::refused(
+                "local.name_too_long",
+                "A name may have at most 200 characters.",
+            ));
+        }
         cfg.password_policy.check(password.expose(), &email)?;
         if !self.mailer.configured() {
             return Err(LocalError::refused(

@@ -784,6 +784,67 @@ async fn local_breached_weak_and_mismatched_passwords_are_refused_with_their_rea
         .await;
 }
 
+/// A sign-up is kept (unconfirmed) whether or not anyone confirms it, so
+/// a stranger's names are bounded before anything is stored: one over
+/// 200 characters is refused (`local.name_too_long`, tied to its field),
+/// no account is written and no code mailed.
+#[tokio::test]
+async fn local_a_sign_up_with_an_overlong_name_stores_nothing() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let email = "kim@acme.example";
+    let (long, huge) = ("é".repeat(201), "x".repeat(10 * 1024));
+    for (field, value) in [("given_name", long.as_str()), ("family_name", huge.as_str())] {
+        // Each refused alone, whichever field it is.
+        let form = browser.get(&link(&sign_in, "Create account")).await;
+        let mut values = vec![
+            ("email", email),
+            ("password", GOOD_PASSWORD),
+            ("password_confirm", GOOD_PASSWORD),
+        ];
+        values.push((field, value));
+        let page = browser.fill_and_submit(&form, None, &values).await;
+        assert_reason(&page, 400, "local.name_too_long");
+        assert!(
+            page.body.contains("aria-invalid=\"true\""),
+            "the error is tied to the field"
+        );
+    }
+    let stored = app
+        .state
+        .accounts
+        .get(
+            &portcullis::ids::TenantId::parse(TENANT).unwrap(),
+            &portcullis::ids::ConnectionId::parse(CONN).unwrap(),
+            email,
+        )
+        .await
+        .unwrap();
+    assert!(stored.is_none(), "nothing is stored for a refused sign-up");
+    smtp.assert_none_after(email, 0, std::time::Duration::from_millis(200))
+        .await;
+    // 200 characters are a name.
+    let form = browser.get(&link(&sign_in, "Create account")).await;
+    let name = "é".repeat(200);
+    let page = browser
+        .fill_and_submit(
+            &form,
+            None,
+            &[
+                ("email", email),
+                ("given_name", name.as_str()),
+                ("password", GOOD_PASSWORD),
+                ("password_confirm", GOOD_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+}
+
 #[tokio::test]
 async fn local_forms_without_their_csrf_token_are_refused() {
     let smtp = SmtpServer::start();
