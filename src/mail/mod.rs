@@ -138,7 +138,17 @@ enum Transport {
 pub struct Mailer {
     transport: Arc<Transport>,
     from: Mailbox,
+    /// One permit per message being sent ([`MAX_SENDING`]).
+    sending: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most messages one replica sends at once. Each holds an SMTP
+/// connection (a file descriptor) and a task for up to the timeout of
+/// every SMTP step, and strangers cause them (sign-ups, resends, forgotten
+/// passwords): past this a message is not sent (`mail.busy`, a new code
+/// can be asked for) instead of opening one more connection to a slow
+/// server.
+pub const MAX_SENDING: usize = 32;
 
 /// The sender when `[mail] from` is unset.
 pub const DEFAULT_FROM: &str = "Portcullis <no-reply@portcullis.invalid>";
@@ -170,6 +180,7 @@ impl Mailer {
         Ok(Self {
             transport: Arc::new(transport),
             from,
+            sending: Arc::new(tokio::sync::Semaphore::new(MAX_SENDING)),
         })
     }
 
@@ -178,6 +189,7 @@ impl Mailer {
         Self {
             transport: Arc::new(Transport::Off),
             from: Mailbox::new(None, lettre::Address::new_dangerous("no-reply", "portcullis.invalid")),
+            sending: Arc::new(tokio::sync::Semaphore::new(MAX_SENDING)),
         }
     }
 
@@ -188,6 +200,14 @@ impl Mailer {
 
     /// Sends a plain-text message to `to`.
     pub async fn send(&self, to: &str, rendered: &Rendered) -> Result<(), MailError> {
+        // Taken without waiting: a queue of messages behind a slow server
+        // would grow with whatever strangers ask for.
+        let Ok(_sending) = self.sending.try_acquire() else {
+            return Err(MailError::new(
+                "mail.busy",
+                format!("{MAX_SENDING} messages are being sent already; this one is dropped"),
+            ));
+        };
         let to: Mailbox = to
             .parse()
             .map_err(|e| MailError::new("mail.bad_recipient", format!("{e}")))?;
@@ -411,6 +431,62 @@ mod tests {
             off.send("jane@acme.example", &r).await.unwrap_err().code,
             "mail.not_configured"
         );
+    }
+
+    /// A server that accepts connections and never says a word: every
+    /// message sent to it waits out its timeout holding a connection.
+    /// Past [`MAX_SENDING`] of them one more is refused at once
+    /// (`mail.busy`), opening no connection; the count is of messages in
+    /// flight, so one finished makes room again.
+    #[tokio::test]
+    async fn messages_past_the_cap_are_refused_without_a_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+                let _ = seen.send(());
+            }
+        });
+        let settings = MailSettings {
+            smtp_url: Some(crate::secret::Secret::new(format!("smtp://127.0.0.1:{port}"))),
+            timeout_secs: 600,
+            ..MailSettings::default()
+        };
+        let mailer = Mailer::from_settings(&settings, false).unwrap();
+        let r = MailTemplate::default_verify().render("314159", 10, "Acme");
+        let waiting: Vec<_> = (0..MAX_SENDING)
+            .map(|i| {
+                let (mailer, r) = (mailer.clone(), r.clone());
+                tokio::spawn(async move { mailer.send(&format!("p{i}@acme.example"), &r).await })
+            })
+            .collect();
+        for _ in 0..MAX_SENDING {
+            accepted.recv().await.unwrap();
+        }
+        // Either it is refused, or it opens one more connection.
+        let one_more = mailer.send("one-more@acme.example", &r);
+        tokio::select! {
+            refused = one_more => assert_eq!(refused.unwrap_err().code, "mail.busy"),
+            _ = accepted.recv() => panic!("a message past the cap opened one more connection"),
+        }
+        assert!(accepted.try_recv().is_err(), "the refused message opened no connection");
+        let mut waiting = waiting.into_iter();
+        let first = waiting.next().unwrap();
+        first.abort();
+        let _ = first.await;
+        let again = tokio::spawn({
+            let (mailer, r) = (mailer.clone(), r.clone());
+            async move { mailer.send("again@acme.example", &r).await }
+        });
+        accepted.recv().await.unwrap();
+        again.abort();
+        for w in waiting {
+            w.abort();
+        }
+        server.abort();
     }
 
     #[test]
