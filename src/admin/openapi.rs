@@ -528,7 +528,9 @@ pub(crate) struct PasskeyList {
 #[derive(ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum LocalUserStatus {
-    /// Signed up, email not confirmed: cannot sign in.
+    /// Signed up, email not confirmed: cannot sign in. Such an account
+    /// expires 7 days after its last sign-up unless confirmed (or disabled
+    /// by an admin), and is then no longer listed.
     Unconfirmed,
     /// Can sign in.
     Confirmed,

@@ -48,6 +48,20 @@ pub const WRONG_CODES_IN_A_ROW: i64 = 20;
 /// How long a run of wrong codes is remembered, from its first.
 pub const WRONG_CODES_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// How long an account nobody confirmed is kept. Sign-up is open to
+/// strangers, so what they leave must expire: an unconfirmed account is
+/// stored with this TTL (refreshed by a new sign-up of its address) and
+/// kept for good only once it is confirmed or an admin changes its status.
+/// Someone who confirms later simply signs up again.
+pub const UNCONFIRMED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The TTL an account is stored with: [`UNCONFIRMED_TTL`] while it is
+/// unconfirmed (and not disabled by an admin), none once it is anything
+/// else.
+fn ttl_of(user: &LocalUser) -> Option<Duration> {
+    (user.status == AccountStatus::Unconfirmed && !user.disabled).then_some(UNCONFIRMED_TTL)
+}
+
 /// The store group (hash tag suffix) of local accounts.
 pub const GROUP: &str = "local";
 
@@ -793,7 +807,7 @@ impl Accounts {
             ..user.clone()
         };
         let k = user_key(t, c, &user.email);
-        if !self.store.put_json_if_absent(&k, &user, None).await? {
+        if !self.store.put_json_if_absent(&k, &user, ttl_of(&user)).await? {
             let Some(before) = self.store.get(&k).await? else {
                 return Ok(false);
             };
@@ -803,7 +817,7 @@ impl Accounts {
                 return Ok(false);
             }
             let after = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if !self.store.compare_and_put(&k, &before, &after, None).await? {
+            if !self.store.compare_and_put(&k, &before, &after, ttl_of(&user)).await? {
                 return Ok(false);
             }
             tracing::info!(reason = "local.leftover_replaced", tenant = %t, connection = %c, "an account of an earlier tenant or connection of these ids was replaced");
@@ -839,7 +853,7 @@ impl Accounts {
             change(&mut user);
             user.updated_at = self.clock.unix();
             let after = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if self.store.compare_and_put(&k, &before, &after, None).await? {
+            if self.store.compare_and_put(&k, &before, &after, ttl_of(&user)).await? {
                 return Ok(Some(user));
             }
         }

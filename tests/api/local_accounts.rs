@@ -845,6 +845,83 @@ async fn local_a_sign_up_with_an_overlong_name_stores_nothing() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
 }
 
+/// Sign-up is open to strangers, so the accounts nobody confirms expire:
+/// an unconfirmed account is gone after `UNCONFIRMED_TTL` (and its address
+/// can be signed up again), while a confirmed one and an admin's stay.
+#[tokio::test]
+async fn local_an_account_nobody_confirms_expires_and_a_confirmed_one_stays() {
+    let smtp = SmtpServer::start();
+    let clock = portcullis::clock::ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let url = smtp.url();
+    let app = spawn_app(AppOptions {
+        clock: Some(clock.clone()),
+        configure: Some(Arc::new(move |s| {
+            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+            s.local.argon2_memory_kib = 8192;
+            s.local.argon2_iterations = 1;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    setup(&app).await;
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let cfg = portcullis::local::LocalConfig {
+        allow_sign_up: true,
+        ..Default::default()
+    };
+    let accounts = &app.state.accounts;
+    let sign_up = |email: &'static str| {
+        let (t, c, cfg) = (t.clone(), c.clone(), cfg.clone());
+        async move {
+            accounts
+                .sign_up(
+                    &t,
+                    "Acme Corp",
+                    &c,
+                    &cfg,
+                    email,
+                    &portcullis::secret::Secret::new(GOOD_PASSWORD),
+                    Default::default(),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let (stranger, owner, admins) = ("una@acme.example", "val@acme.example", "wes@acme.example");
+    sign_up(stranger).await;
+    sign_up(owner).await;
+    let code = smtp.wait_for(owner).await.code();
+    let confirmed = accounts.confirm(&t, &c, owner, &code, None).await.unwrap();
+    assert_ne!(confirmed.status, portcullis::local::AccountStatus::Unconfirmed);
+    create_account(&app, admins, GOOD_PASSWORD).await;
+    smtp.wait_for(stranger).await;
+    let (tr, cr) = (&t, &c);
+    let kept = |email: &'static str| async move { accounts.get(tr, cr, email).await.unwrap().is_some() };
+    let ttl = chrono::Duration::from_std(portcullis::local::UNCONFIRMED_TTL).unwrap();
+    clock.advance(ttl - chrono::Duration::minutes(1));
+    assert!(kept(stranger).await, "kept for its whole TTL");
+    clock.advance(chrono::Duration::minutes(2));
+    assert!(!kept(stranger).await, "an account nobody confirmed expired");
+    assert!(kept(owner).await, "a confirmed account stays");
+    assert!(kept(admins).await, "an admin's account stays");
+    let listed: Vec<String> = accounts
+        .list(&t, &c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.email)
+        .collect();
+    assert_eq!(listed, vec![owner.to_owned(), admins.to_owned()]);
+    sign_up(stranger).await;
+    assert!(kept(stranger).await, "the address can be signed up again");
+}
+
 #[tokio::test]
 async fn local_forms_without_their_csrf_token_are_refused() {
     let smtp = SmtpServer::start();
