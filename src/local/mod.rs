@@ -51,7 +51,8 @@ pub const WRONG_CODES_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How long an account nobody confirmed is kept. Sign-up is open to
 /// strangers, so what they leave must expire: an unconfirmed account is
 /// stored with this TTL (refreshed by a new sign-up of its address) and
-/// kept for good only once it is confirmed or an admin changes its status.
+/// kept for good only once it is confirmed (or while an admin keeps it
+/// disabled).
 /// Someone who confirms later simply signs up again.
 pub const UNCONFIRMED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
