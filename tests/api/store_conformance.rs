@@ -502,8 +502,14 @@ async fn compare_and_put_writes_only_on_a_match(b: &Backend) {
         .await
         .unwrap());
     assert_eq!(s.get(&bin).await.unwrap(), Some(vec![1, 0]));
+    // Without a TTL the value written is persistent, whatever TTL the one
+    // it replaced had (a local account stops expiring once confirmed).
+    let kept = Key::tenant("acme", "records", "kept");
+    s.put(&kept, b"v1", Some(SHORT)).await.unwrap();
+    assert!(s.compare_and_put(&kept, b"v1", b"v2", None).await.unwrap());
     b.pass(PAST_SHORT).await;
     assert_eq!(s.get(&bin).await.unwrap(), None);
+    assert_eq!(s.get(&kept).await.unwrap(), Some(b"v2".to_vec()));
     // A value of another type is corrupt, not a mismatch.
     let set = Key::tenant("acme", "records", "set");
     s.set_add(&set, "m", None).await.unwrap();
