@@ -26,6 +26,7 @@ mod local_accounts;
 mod local_browser;
 mod local_credentials;
 mod local_pages;
+mod log_secrets;
 mod memory_flat;
 mod metadata_refresh;
 mod metrics;

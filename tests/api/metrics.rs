@@ -740,3 +740,134 @@ async fn refused_scrapes_are_logged_once_a_minute_with_their_number() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Anyone can name a tenant, a connection, an app or a path that does not
+/// exist on every public route: none of those names becomes a label, so
+/// made-up names never grow the recorder (memory, and every scrape).
+#[tokio::test]
+async fn made_up_tenants_connections_and_apps_on_every_public_route_add_no_label() {
+    let app = crate::support::app::spawn_app(crate::support::app::AppOptions {
+        dev: true,
+        ..Default::default()
+    })
+    .await;
+    let suffix = crate::support::oidc_world::random_token()
+        .to_lowercase()
+        .replace(['-', '_'], "x");
+    let (t, c, client) = (
+        format!("ghosttenant{suffix}"),
+        format!("ghostconn{suffix}"),
+        format!("ghostapp{suffix}"),
+    );
+    let mut gets = vec![
+        format!("/authorize?response_type=code&client_id={client}&redirect_uri=https://x.test/cb&scope=openid&tenant={t}"),
+        format!("/authorize?response_type=code&client_id=demo-app&redirect_uri=http://localhost/cb&scope=openid&tenant={t}&connection={c}"),
+        format!("/saml/{t}/{c}/metadata"),
+        format!("/mfa/{t}/enroll"),
+        format!("/mfa/{t}/passkeys"),
+        format!("/{t}/{c}"),
+        format!("/setup/{t}"),
+        "/forward-auth".to_owned(),
+    ];
+    for tenant in [t.as_str(), "demo"] {
+        for page in ["sign-in", "sign-up", "forgot", "reset", "confirm", "resend", "passkey"] {
+            gets.push(format!("/local/{tenant}/{c}/{page}"));
+        }
+        gets.push(format!("/oidc/{tenant}/{c}/callback?state={t}&code={c}"));
+        gets.push(format!("/dev/{tenant}/{c}/login"));
+        gets.push(format!("/dev/{tenant}/{c}/callback?ticket={t}"));
+        gets.push(format!("/mfa/{tenant}/{c}"));
+        gets.push(format!("/mfa/{tenant}/{c}/passkey"));
+    }
+    for path in &gets {
+        let resp = app
+            .client
+            .get(app.url(path))
+            .header("x-portcullis-resource", format!("https://{t}.test/{c}"))
+            .header("x-forwarded-uri", format!("/{t}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(!resp.status().is_server_error(), "GET {path}: {}", resp.status());
+    }
+    let mut posts: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for tenant in [t.as_str(), "demo"] {
+        posts.push((
+            format!("/saml/{tenant}/{c}/acs"),
+            vec![
+                ("SAMLResponse".into(), "PHNhbWw+".into()),
+                ("RelayState".into(), t.clone()),
+            ],
+        ));
+        posts.push((
+            format!("/saml/{tenant}/{c}/continue"),
+            vec![("handle".into(), t.clone())],
+        ));
+        for page in [
+            "sign-in",
+            "sign-up",
+            "forgot",
+            "reset",
+            "confirm",
+            "resend",
+            "challenge",
+        ] {
+            posts.push((
+                format!("/local/{tenant}/{c}/{page}"),
+                vec![("email".into(), format!("{t}@x.test")), ("password".into(), c.clone())],
+            ));
+        }
+        posts.push((format!("/mfa/{tenant}/{c}"), vec![("code".into(), "123456".into())]));
+    }
+    for grant in [
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", format!("{t}.{c}")),
+        ],
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", format!("{t}.{c}.{c}")),
+        ],
+        vec![("grant_type", "client_credentials".to_owned())],
+        vec![("grant_type", c.clone())],
+    ] {
+        let mut form: Vec<(String, String)> = grant.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        form.push(("client_id".into(), client.clone()));
+        form.push(("client_secret".into(), c.clone()));
+        posts.push(("/token".into(), form));
+    }
+    for endpoint in ["/revoke", "/introspect"] {
+        posts.push((
+            endpoint.to_owned(),
+            vec![
+                ("token".into(), format!("{t}.{c}.{c}")),
+                ("client_id".into(), client.clone()),
+                ("client_secret".into(), c.clone()),
+            ],
+        ));
+    }
+    for (path, form) in &posts {
+        let resp = app.client.post(app.url(path)).form(form).send().await.unwrap();
+        assert!(!resp.status().is_server_error(), "POST {path}: {}", resp.status());
+    }
+    for path in [
+        format!("/admin/v1/tenants/{t}"),
+        format!("/admin/v1/tenants/demo/connections/{c}"),
+    ] {
+        let (status, _) = app.admin(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let scrape = in_process();
+    for made_up in [&t, &c, &client, &suffix] {
+        assert!(
+            !scrape.text.contains(made_up.as_str()),
+            "{made_up} became a label:\n{}",
+            scrape
+                .text
+                .lines()
+                .filter(|l| l.contains(made_up.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

@@ -52,6 +52,24 @@ impl Captured {
         (captured, tracing::subscriber::set_default(subscriber))
     }
 
+    /// Starts capturing on this thread every line of every level, TRACE
+    /// included, each with the fields of the spans it is in: what an
+    /// operator who turns logging all the way up would read.
+    pub fn start_everything() -> (Self, tracing::subscriber::DefaultGuard) {
+        anchor();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(
+                tracing_subscriber::fmt::format::FmtSpan::NEW | tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+            )
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     /// The JSON log lines whose `reason` is `reason`.
     pub fn with_reason(&self, reason: &str) -> Vec<Value> {
         self.text()
