@@ -227,7 +227,8 @@ pub(crate) enum NewConnection {
         status: Option<ConnectionStatusName>,
         /// The IdP's metadata document.
         metadata_xml: Option<String>,
-        /// Where to fetch (and refresh) the IdP's metadata.
+        /// Where to fetch (and refresh) the IdP's metadata; shown as given,
+        /// so no user name or password (400 `saml.metadata_url_credentials`).
         metadata_url: Option<String>,
         /// Picks one IdP out of federation metadata.
         idp_entity_id: Option<String>,
@@ -262,7 +263,8 @@ pub(crate) enum NewConnection {
         id: String,
         /// `pending_test` keeps it from serving until a test sign-in; default `active`.
         status: Option<ConnectionStatusName>,
-        /// The IdP's issuer identifier.
+        /// The IdP's issuer identifier (no query, fragment, user name or
+        /// password: 400 `oidc.issuer_credentials` for the last two).
         issuer: String,
         /// Our client id at the IdP.
         client_id: String,

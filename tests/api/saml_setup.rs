@@ -443,3 +443,57 @@ async fn an_idp_certificate_published_for_encryption_only_never_verifies_signatu
     assert_eq!(e.field, "metadata_xml");
     assert!(e.message.contains("no IdP signing certificate"), "{}", e.message);
 }
+
+/// A metadata URL is kept as given and shown in the connection's view, its
+/// audit events and every fetch's log line: one carrying a user name or
+/// password is refused (`saml.metadata_url_credentials`) before it is
+/// fetched, and the refusal does not repeat it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_metadata_url_carrying_a_password_is_refused_before_it_is_fetched() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = okta_metadata();
+    let fetched = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = fetched.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                body.len(),
+                body
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    let (mut ctx, _) = ctx_at("2030-01-01T00:00:00Z".parse().unwrap());
+    ctx.http = portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+        allow_private_networks: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for url in [
+        format!("http://svc:metadata-pass-s3cret@{addr}/metadata"),
+        format!("http://metadata-pass-s3cret@{addr}/metadata"),
+    ] {
+        let e = try_setup(&ctx, serde_json::json!({ "metadata_url": url }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.field, "metadata_url", "{e}");
+        assert!(e.message.contains("saml.metadata_url_credentials"), "{}", e.message);
+        assert!(!e.message.contains("metadata-pass-s3cret"), "{}", e.message);
+    }
+    assert_eq!(fetched.load(Ordering::SeqCst), 0, "nothing was fetched");
+    assert_eq!(
+        logs.with_reason("saml.metadata_url_credentials").len(),
+        2,
+        "{}",
+        logs.text()
+    );
+    assert!(!logs.text().contains("metadata-pass-s3cret"), "{}", logs.text());
+}

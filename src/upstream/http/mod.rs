@@ -203,15 +203,31 @@ fn basic(user: &str, pass: &str) -> String {
 
 /// `url` as an error detail or a log line may name it: without its query,
 /// which may hold a credential (a hook's `?code=`, an API key), replaced by
-/// `?…`.
+/// `?…`, and without a user name or password, replaced by `…@`.
 pub fn shown(url: &Url) -> String {
-    if url.query().is_none() {
+    let credentials = !url.username().is_empty() || url.password().is_some();
+    if url.query().is_none() && !credentials {
         return url.as_str().to_owned();
     }
     let mut bare = url.clone();
-    bare.set_query(None);
     bare.set_fragment(None);
-    format!("{bare}?…")
+    if credentials {
+        // Fails only for a URL that cannot have credentials, which has none.
+        let _ = bare.set_password(None);
+        let _ = bare.set_username("");
+    }
+    let query = bare.query().is_some();
+    bare.set_query(None);
+    let mut out = bare.to_string();
+    if credentials {
+        if let Some(at) = out.find("://") {
+            out.insert_str(at + 3, "…@");
+        }
+    }
+    if query {
+        out.push_str("?…");
+    }
+    out
 }
 
 fn success(url: &Url, resp: HttpResponse) -> Result<Vec<u8>, UpstreamError> {
@@ -296,5 +312,34 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for OutboundHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(self.execute(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_credentials_or_query() {
+        for (url, expected) in [
+            ("https://idp.example/metadata", "https://idp.example/metadata"),
+            (
+                "https://idp.example/hook?code=s3cret#frag",
+                "https://idp.example/hook?…",
+            ),
+            (
+                "https://user:s3cret@idp.example/metadata",
+                "https://…@idp.example/metadata",
+            ),
+            (
+                "https://s3cret@idp.example:8443/m?key=s3cret",
+                "https://…@idp.example:8443/m?…",
+            ),
+            ("http://:s3cret@127.0.0.1/m", "http://…@127.0.0.1/m"),
+        ] {
+            let got = shown(&Url::parse(url).unwrap());
+            assert_eq!(got, expected, "{url}");
+            assert!(!got.contains("s3cret"), "{got}");
+        }
     }
 }

@@ -144,6 +144,19 @@ fn check_request(req: &OidcConnectionRequest, ctx: &UpstreamContext) -> Result<(
             "the issuer must not have a query or fragment",
         ));
     }
+    // The issuer is shown, audited and named in the log line of every
+    // sign-in: a user name or password in it would be too.
+    if !issuer.username().is_empty() || issuer.password().is_some() {
+        tracing::info!(
+            reason = "oidc.issuer_credentials",
+            "an issuer carrying a user name or password refused"
+        );
+        return Err(SetupError::new(
+            "issuer",
+            "the issuer must not carry a user name or password: it is shown, audited and logged as given \
+             (oidc.issuer_credentials)",
+        ));
+    }
     if req.client_id.trim().is_empty() {
         return Err(SetupError::new("client_id", "the client id is empty"));
     }

@@ -133,6 +133,21 @@ async fn fetch_metadata(
         }
         (Some(xml), None) => (xml, "metadata_xml"),
         (None, Some(url)) => {
+            // The URL is kept as given and shown in the connection's view,
+            // its audit events and the log lines of every fetch: a user name
+            // or password in it would be too (hooks and the audit webhook
+            // refuse them for the same reason).
+            if !url.username().is_empty() || url.password().is_some() {
+                tracing::info!(
+                    reason = "saml.metadata_url_credentials",
+                    "a metadata URL carrying a user name or password refused"
+                );
+                return Err(SetupError::new(
+                    "metadata_url",
+                    "must not carry a user name or password: it is shown, audited and logged as given \
+                     (saml.metadata_url_credentials)",
+                ));
+            }
             let allow_private = ctx.http.config().allow_private_networks;
             metadata::check_idp_url(url.as_str(), allow_private).map_err(|m| SetupError::new("metadata_url", m))?;
             let bytes = ctx.http.get_bytes(url).await.map_err(|e| {

@@ -327,3 +327,25 @@ async fn an_issuer_on_a_private_host_name_reads_like_one_that_does_not_resolve()
     }
     assert_eq!(seen[0], seen[1]);
 }
+
+/// An issuer is shown, audited and named in every sign-in's log line: one
+/// carrying a user name or password is refused (`oidc.issuer_credentials`)
+/// before anything is fetched, and the refusal does not repeat it.
+#[tokio::test(flavor = "current_thread")]
+async fn an_issuer_carrying_a_password_is_refused_without_repeating_it() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let idp = FakeIdp::start(IdpKey::generate("k1")).await;
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
+    let ctx = context(&clock, true);
+    let mut issuer = Url::parse(&idp.issuer).unwrap();
+    issuer.set_username("svc").unwrap();
+    issuer.set_password(Some("issuer-pass-s3cret")).unwrap();
+    let err = oidc::setup(json!({"issuer": issuer.as_str(), "client_id": CLIENT_ID}), &ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(err.field, "issuer", "{err}");
+    assert!(err.message.contains("oidc.issuer_credentials"), "{}", err.message);
+    assert!(!err.message.contains("issuer-pass-s3cret"), "{}", err.message);
+    assert_eq!(logs.with_reason("oidc.issuer_credentials").len(), 1, "{}", logs.text());
+    assert!(!logs.text().contains("issuer-pass-s3cret"), "{}", logs.text());
+}
