@@ -85,7 +85,7 @@ pub enum Outcome {
         /// The MFA page with its one-time handle.
         url: Url,
         /// The browser secret whose hash the waiting answer stores.
-        secret: String,
+        secret: crate::secret::Secret,
     },
     /// The tenant has several connections: let the person pick one.
     ChooseConnection {
@@ -141,8 +141,8 @@ fn unavailable(e: impl std::fmt::Display) -> Outcome {
 }
 
 /// A login in flight: stored when the browser goes to the IdP, consumed once
-/// when it comes back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// when it comes back. `Debug` redacts the connector's private state.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PendingLogin {
     /// The tenant.
     pub tenant: TenantId,
@@ -168,6 +168,21 @@ pub struct PendingLogin {
     /// every check runs, but no user, session or code comes of it.
     #[serde(default)]
     pub test: Option<testing::TestSignIn>,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("tenant", &self.tenant)
+            .field("connection", &self.connection)
+            .field("request", &self.request)
+            .field("connector_state", &crate::secret::Redacted)
+            .field("browser_binding", &self.browser_binding)
+            .field("started_at", &self.started_at)
+            .field("incarnation", &self.incarnation)
+            .field("test", &self.test)
+            .finish()
+    }
 }
 
 /// Work of the edge, boxed to run inside the broker's own steps.

@@ -37,6 +37,7 @@ use super::session::{BrowserSso, SsoSession};
 use super::{page, unavailable, Broker, Outcome};
 use crate::ids::{ConnectionId, TenantId};
 use crate::mfa::{AddedFrom, Factor, Mfa, MfaError};
+use crate::secret::Redacted;
 use crate::store::{Key, StoreJson};
 use crate::tenant::LocalMfa;
 use crate::upstream::ConnectionKind;
@@ -96,7 +97,8 @@ pub(super) fn waiting_key(t: &TenantId, handle: &str) -> Key {
 }
 
 /// The enrolment part of the page: everything an authenticator app needs.
-#[derive(Debug, Clone)]
+/// `Debug` shows none of it (each holds the shared secret).
+#[derive(Clone)]
 pub struct EnrolView {
     /// The secret in base32, in groups of four for typing.
     pub secret: String,
@@ -106,8 +108,19 @@ pub struct EnrolView {
     pub qr_svg: String,
 }
 
-/// What the MFA page shows.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for EnrolView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolView")
+            .field("secret", &Redacted)
+            .field("uri", &Redacted)
+            .field("qr_svg", &Redacted)
+            .finish()
+    }
+}
+
+/// What the MFA page shows. `Debug` redacts the handle and the recovery
+/// codes.
+#[derive(Clone)]
 pub struct MfaPage {
     /// HTTP status.
     pub status: u16,
@@ -141,6 +154,31 @@ pub struct MfaPage {
     pub passkey: bool,
     /// Passkeys are enabled (the enrolment offers registering one).
     pub passkeys_enabled: bool,
+}
+
+impl std::fmt::Debug for MfaPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaPage")
+            .field("status", &self.status)
+            .field("tenant", &self.tenant)
+            .field("connection", &self.connection)
+            .field("tenant_name", &self.tenant_name)
+            .field("handle", &Redacted)
+            .field("who", &self.who)
+            .field("step", &self.step)
+            .field("enrol", &self.enrol)
+            .field(
+                "recovery_codes",
+                &self.recovery_codes.iter().map(|_| Redacted).collect::<Vec<_>>(),
+            )
+            .field("error", &self.error)
+            .field("app", &self.app)
+            .field("self_service", &self.self_service)
+            .field("totp", &self.totp)
+            .field("passkey", &self.passkey)
+            .field("passkeys_enabled", &self.passkeys_enabled)
+            .finish()
+    }
 }
 
 /// Whose page, and which.
@@ -331,7 +369,10 @@ impl Broker {
             "mfa.challenge"
         };
         tracing::info!(reason, tenant = %tenant, connection = %connection, "second factor asked");
-        Outcome::SecondFactor { url, secret }
+        Outcome::SecondFactor {
+            url,
+            secret: crate::secret::Secret::new(secret),
+        }
     }
 
     /// Whether `handle` names an answer of `tenant` waiting for its second

@@ -108,8 +108,8 @@ pub struct RecoveryCode {
     pub used_at: Option<i64>,
 }
 
-/// A user's TOTP enrolment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A user's TOTP enrolment. `Debug` redacts the shared secret.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Enrolment {
     /// The user.
     pub sub: String,
@@ -126,6 +126,19 @@ pub struct Enrolment {
     /// While pending: the hash of the flow that started it ([`flow_tag`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<String>,
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolment")
+            .field("sub", &self.sub)
+            .field("secret", &crate::secret::Redacted)
+            .field("created_at", &self.created_at)
+            .field("confirmed_at", &self.confirmed_at)
+            .field("recovery", &self.recovery)
+            .field("flow", &self.flow)
+            .finish()
+    }
 }
 
 impl Enrolment {

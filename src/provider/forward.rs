@@ -31,8 +31,9 @@ use super::grants::AccessClaims;
 use super::resources::{ResourceServer, RouteRule};
 use super::{OAuthError, OAuthErrorCode, Provider};
 
-/// What the proxy told us about the request.
-#[derive(Debug, Clone, Default)]
+/// What the proxy told us about the request. `Debug` redacts the token
+/// and the original URI's query.
+#[derive(Clone, Default)]
 pub struct ForwardRequest<'a> {
     /// The bearer token, if any.
     pub token: Option<&'a str>,
@@ -49,6 +50,22 @@ pub struct ForwardRequest<'a> {
     /// them came from the client, which a proxy may pass on, so neither is
     /// believed.
     pub conflicting: bool,
+}
+
+impl std::fmt::Debug for ForwardRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardRequest")
+            .field("token", &crate::secret::Redacted::of(&self.token))
+            .field("resource", &self.resource)
+            .field("scope", &self.scope)
+            .field(
+                "original_uri",
+                &self.original_uri.map(|u| u.split_once('?').map_or(u, |(path, _)| path)),
+            )
+            .field("original_method", &self.original_method)
+            .field("conflicting", &self.conflicting)
+            .finish()
+    }
 }
 
 /// An allowed request: the identity to pass downstream.

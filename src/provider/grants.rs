@@ -9,6 +9,7 @@ use super::scopes::{invalid_target, Grant, Subject};
 use super::{OAuthError, OAuthErrorCode, Provider};
 use crate::directory::{Inactive, User};
 use crate::ids::TenantId;
+use crate::secret::Redacted;
 use crate::store::{Key, StoreError};
 use crate::tenant::FreshTenant;
 use serde::{Deserialize, Serialize};
@@ -55,8 +56,9 @@ type CodeGrantReads = (
     Option<Result<bool, StoreError>>,
 );
 
-/// How the client authenticated at the token endpoint.
-#[derive(Debug, Clone)]
+/// How the client authenticated at the token endpoint. `Debug` redacts
+/// the secret.
+#[derive(Clone)]
 pub enum ClientCredentials {
     /// `client_secret_basic` or `client_secret_post`.
     Secret {
@@ -72,8 +74,22 @@ pub enum ClientCredentials {
     },
 }
 
-/// A token request, parsed from the form.
-#[derive(Debug, Clone, Default, Deserialize)]
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret { id, .. } => f
+                .debug_struct("Secret")
+                .field("id", id)
+                .field("secret", &Redacted)
+                .finish(),
+            Self::Public { id } => f.debug_struct("Public").field("id", id).finish(),
+        }
+    }
+}
+
+/// A token request, parsed from the form. `Debug` redacts the code, the
+/// verifier and every token.
+#[derive(Clone, Default, Deserialize)]
 pub struct TokenRequest {
     /// `authorization_code`, `refresh_token` or `client_credentials`.
     pub grant_type: Option<String>,
@@ -103,8 +119,28 @@ pub struct TokenRequest {
     pub actor_token_type: Option<String>,
 }
 
-/// A successful token response (RFC 6749 §5.1).
-#[derive(Debug, Clone, Serialize)]
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("code", &Redacted::of(&self.code))
+            .field("redirect_uri", &self.redirect_uri)
+            .field("code_verifier", &Redacted::of(&self.code_verifier))
+            .field("refresh_token", &Redacted::of(&self.refresh_token))
+            .field("scope", &self.scope)
+            .field("resource", &self.resource)
+            .field("subject_token", &Redacted::of(&self.subject_token))
+            .field("subject_token_type", &self.subject_token_type)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("audience", &self.audience)
+            .field("actor_token", &Redacted::of(&self.actor_token))
+            .field("actor_token_type", &self.actor_token_type)
+            .finish()
+    }
+}
+
+/// A successful token response (RFC 6749 §5.1). `Debug` redacts the tokens.
+#[derive(Clone, Serialize)]
 pub struct TokenResponse {
     /// The access token (an RFC 9068 JWT).
     pub access_token: String,
@@ -123,6 +159,20 @@ pub struct TokenResponse {
     /// RFC 8693 `issued_token_type` (token exchange only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &Redacted)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("id_token", &Redacted::of(&self.id_token))
+            .field("refresh_token", &Redacted::of(&self.refresh_token))
+            .field("scope", &self.scope)
+            .field("issued_token_type", &self.issued_token_type)
+            .finish()
+    }
 }
 
 /// Claims of an access token (RFC 9068).

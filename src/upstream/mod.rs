@@ -84,14 +84,23 @@ pub enum UpstreamRedirect {
     },
 }
 
-/// What [`Connector::begin`] returns.
-#[derive(Debug, Clone)]
+/// What [`Connector::begin`] returns. `Debug` redacts the private state.
+#[derive(Clone)]
 pub struct BeginLogin {
     /// Where to send the browser.
     pub redirect: UpstreamRedirect,
     /// Connector-private state, stored with the pending login and handed
     /// back to [`Connector::complete`] (request id, nonce, PKCE verifier...).
     pub state: serde_json::Value,
+}
+
+impl std::fmt::Debug for BeginLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BeginLogin")
+            .field("redirect", &self.redirect)
+            .field("state", &crate::secret::Redacted)
+            .finish()
+    }
 }
 
 /// The inputs of [`Connector::begin`].

@@ -18,7 +18,8 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 /// What `begin` hands the broker to keep until the callback (consumed once).
-#[derive(Debug, Serialize, Deserialize)]
+/// `Debug` redacts the state, the nonce and the verifier.
+#[derive(Serialize, Deserialize)]
 struct Pending {
     /// The `state` we sent (the pending login id).
     state: String,
@@ -32,6 +33,18 @@ struct Pending {
     /// login begun before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     issuer: Option<String>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::secret::Redacted;
+        f.debug_struct("Pending")
+            .field("state", &Redacted)
+            .field("nonce", &Redacted)
+            .field("pkce_verifier", &Redacted)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
 }
 
 /// 256 bits from the OS-seeded generator, base64url (43 characters): the
@@ -443,4 +456,20 @@ fn merge_userinfo(claims: &mut Claims, extra: Claims) -> Result<(), UpstreamErro
         claims.entry(k).or_insert(v);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_of_a_login_in_flight_shows_no_state_nonce_or_verifier() {
+        let pending = super::Pending {
+            state: "s3cret-state".into(),
+            nonce: "s3cret-nonce".into(),
+            pkce_verifier: "s3cret-verifier".into(),
+            issuer: Some("https://idp.example".into()),
+        };
+        let text = format!("{pending:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("https://idp.example"), "{text}");
+    }
 }
