@@ -404,3 +404,75 @@ async fn no_password_mailed_code_or_address_of_a_local_account_reaches_a_log_lin
     );
     assert!(logs.text().contains("local.confirmed"));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_saml_response_assertion_relay_state_or_handle_reaches_a_log_line_at_any_level() {
+    use crate::support::peers::IDP_PASSWORD;
+    use crate::support::saml_world::{SamlWorld, SAML_CONN, TENANT};
+    use base64::Engine as _;
+    let (logs, _guard) = Captured::start_everything();
+    let w = SamlWorld::new().await;
+    let mut browser = Browser::new();
+    let login = browser
+        .get(&w.rp.login_url(&[("tenant", TENANT), ("connection", SAML_CONN)]))
+        .await;
+    let post_page = browser
+        .fill_and_submit(
+            &login,
+            Some("login"),
+            &[("username", "alice"), ("password", IDP_PASSWORD)],
+        )
+        .await;
+    let saml_post = post_page.form(Some("saml-post"));
+    let response = saml_post.field("SAMLResponse").unwrap().to_owned();
+    let relay = saml_post.field("RelayState").unwrap_or_default().to_owned();
+    let done = browser.submit(&post_page, &saml_post).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(w.rp.is_callback(&done.url), "{}", browser.trail());
+    // The same Response again, from another browser: refused.
+    let mut attacker = Browser::new();
+    attacker.submit(&post_page, &saml_post).await;
+
+    let xml = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(response.split_whitespace().collect::<String>())
+            .unwrap(),
+    )
+    .unwrap();
+    let signature = xml
+        .split("SignatureValue>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .map(|s| s.split_whitespace().collect::<String>())
+        .filter(|s| s.len() >= 40)
+        .unwrap_or_else(|| panic!("no signature in {xml}"));
+    let middle = response.len() / 2;
+    let mut secrets: Vec<(String, String)> = vec![
+        ("SAMLResponse".into(), response[middle..middle + 64].to_owned()),
+        ("assertion signature".into(), signature[..40].to_owned()),
+    ];
+    if relay.len() >= 12 {
+        secrets.push(("RelayState".into(), relay));
+    }
+    for hop in browser.history.iter().chain(&attacker.history) {
+        for (k, v) in hop.url.query_pairs() {
+            if (HANDLES.contains(&k.as_ref()) || k == "handle") && v.len() >= 12 {
+                secrets.push((format!("{k} in {}", hop.url.path()), v.into_owned()));
+            }
+        }
+    }
+    let cookies = browser.cookies_for(&w.app.url("/")).unwrap_or_default();
+    for pair in cookies.split("; ") {
+        if let Some((name, value)) = pair.split_once('=') {
+            secrets.push((format!("cookie {name}"), value.to_owned()));
+        }
+    }
+    let found = leaks(&logs, &secrets);
+    assert!(
+        found.is_empty(),
+        "{} log lines hold a secret:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+    assert!(logs.text().contains("login.succeeded"));
+}
