@@ -185,6 +185,23 @@ mod tests {
             assert!(!text.contains(S), "{text}");
             assert!(text.contains("[redacted]"), "{text}");
         }
+        let account = crate::local::LocalUser {
+            email: format!("{S}@example.com"),
+            subject: "subj".into(),
+            status: crate::local::AccountStatus::Confirmed,
+            disabled: false,
+            password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1${S}"),
+            given_name: None,
+            family_name: None,
+            created_at: 0,
+            updated_at: 0,
+            migrated: false,
+            contested: false,
+            incarnation: None,
+            signed_up_in: None,
+        };
+        let text = format!("{account:?}");
+        assert!(!text.contains(S) && !text.contains("argon2"), "{text}");
         // What is not secret is still shown.
         assert!(shown[0].contains("authorization_code"), "{}", shown[0]);
         assert!(shown[3].contains("/p"), "{}", shown[3]);

@@ -131,8 +131,9 @@ pub enum AccountStatus {
     Disabled,
 }
 
-/// A stored local account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A stored local account. `Debug` redacts the password hash (offline
+/// guesses start from it) and the address.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LocalUser {
     /// The normalised email (lower case, trimmed).
     pub email: String,
@@ -181,6 +182,27 @@ pub struct LocalUser {
     /// never keeps their password (account pre-hijacking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_up_in: Option<String>,
+}
+
+impl std::fmt::Debug for LocalUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::secret::Redacted;
+        f.debug_struct("LocalUser")
+            .field("email", &Redacted)
+            .field("subject", &self.subject)
+            .field("status", &self.status)
+            .field("disabled", &self.disabled)
+            .field("password_hash", &Redacted)
+            .field("given_name", &Redacted::of(&self.given_name))
+            .field("family_name", &Redacted::of(&self.family_name))
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("migrated", &self.migrated)
+            .field("contested", &self.contested)
+            .field("incarnation", &self.incarnation)
+            .field("signed_up_in", &self.signed_up_in)
+            .finish()
+    }
 }
 
 /// The digest of a browser's sign-up secret ([`LocalUser::signed_up_in`]).
