@@ -433,6 +433,8 @@ pub(crate) struct ConnectionView {
     /// SAML: our metadata, for the IdP.
     sp_metadata_url: Option<String>,
     idp_entity_id: Option<String>,
+    /// SAML: where the metadata is fetched from (a user name or password
+    /// stored before they were refused shows as `…@`).
     metadata_url: Option<String>,
     attribute_mapping: Option<AttributeMappingView>,
     allow_idp_initiated: Option<bool>,

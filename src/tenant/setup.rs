@@ -222,7 +222,12 @@ pub fn describe(ctx: &UpstreamContext, c: &Connection) -> Value {
             v.insert("acs_url".into(), json!(acs));
             v.insert("sp_metadata_url".into(), json!(upstream::saml::sp_metadata_url(ctx, c)));
             v.insert("idp_entity_id".into(), json!(cfg.idp_entity_id));
-            v.insert("metadata_url".into(), json!(cfg.metadata_url));
+            // Shown, audited and logged: a user name or password one stored
+            // before they were refused (`saml.metadata_url_credentials`) is not.
+            v.insert(
+                "metadata_url".into(),
+                json!(cfg.metadata_url.as_ref().map(upstream::http::without_credentials)),
+            );
             // Everything a patch may change, as a patch would spell it
             // (no private keys: the view has none).
             if let Value::Object(settings) = upstream::saml::request_view(cfg) {

@@ -497,3 +497,55 @@ async fn a_metadata_url_carrying_a_password_is_refused_before_it_is_fetched() {
     );
     assert!(!logs.text().contains("metadata-pass-s3cret"), "{}", logs.text());
 }
+
+/// A metadata URL stored with a password before those were refused is
+/// shown without it: in the connection's view and in the audit events of
+/// its changes.
+#[tokio::test]
+async fn a_stored_metadata_urls_password_is_neither_shown_nor_audited() {
+    let app = crate::support::app::spawn_app(crate::support::app::AppOptions {
+        dev: true,
+        ..Default::default()
+    })
+    .await;
+    app.create_tenant("cred-acme", "Acme", &[]).await;
+    app.create_saml_connection(
+        "cred-acme",
+        serde_json::json!({ "id": "corp", "metadata_xml": okta_metadata() }),
+    )
+    .await;
+    let (t, c) = (
+        TenantId::parse("cred-acme").unwrap(),
+        ConnectionId::parse("corp").unwrap(),
+    );
+    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    let portcullis::upstream::ConnectionKind::Saml(cfg) = &mut conn.kind else {
+        panic!("not SAML")
+    };
+    cfg.metadata_url = Some(url::Url::parse("https://svc:stored-pass-s3cret@idp.example/metadata?x=1").unwrap());
+    app.state
+        .tenants
+        .put_connection(&conn, portcullis::tenant::IssuerChange::KeepUsers)
+        .await
+        .unwrap();
+    let path = "/admin/v1/tenants/cred-acme/connections/corp";
+    let (status, view) = app.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["metadata_url"], "https://…@idp.example/metadata?x=1", "{view}");
+    let (status, patched) = app
+        .admin(
+            reqwest::Method::PATCH,
+            path,
+            Some(serde_json::json!({ "clock_skew_secs": 90 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let (status, audit) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/cred-acme/audit", None)
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(audit.to_string().contains("connection.updated"), "{audit}");
+    for shown in [view.to_string(), patched.to_string(), audit.to_string()] {
+        assert!(!shown.contains("stored-pass-s3cret"), "{shown}");
+    }
+}

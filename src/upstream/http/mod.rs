@@ -201,6 +201,22 @@ fn basic(user: &str, pass: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
+/// `url` with a user name or password replaced by `…@` (the query kept).
+pub fn without_credentials(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.as_str().to_owned();
+    }
+    let mut bare = url.clone();
+    // Fails only for a URL that cannot have credentials, which has none.
+    let _ = bare.set_password(None);
+    let _ = bare.set_username("");
+    let mut out = bare.to_string();
+    if let Some(at) = out.find("://") {
+        out.insert_str(at + 3, "…@");
+    }
+    out
+}
+
 /// `url` as an error detail or a log line may name it: without its query,
 /// which may hold a credential (a hook's `?code=`, an API key), replaced by
 /// `?…`, and without a user name or password, replaced by `…@`.
@@ -211,19 +227,9 @@ pub fn shown(url: &Url) -> String {
     }
     let mut bare = url.clone();
     bare.set_fragment(None);
-    if credentials {
-        // Fails only for a URL that cannot have credentials, which has none.
-        let _ = bare.set_password(None);
-        let _ = bare.set_username("");
-    }
     let query = bare.query().is_some();
     bare.set_query(None);
-    let mut out = bare.to_string();
-    if credentials {
-        if let Some(at) = out.find("://") {
-            out.insert_str(at + 3, "…@");
-        }
-    }
+    let mut out = without_credentials(&bare);
     if query {
         out.push_str("?…");
     }
