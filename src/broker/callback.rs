@@ -886,6 +886,12 @@ impl Broker {
                 return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
             }
         };
+        // An identity too large to store (a megabyte subject or email) is
+        // refused before its link is read or anything is claimed or stored.
+        if let Err(e) = identity.check_shape() {
+            self.record_failure(&tenant, Some(&connection), e.code).await;
+            return Err(self.upstream_failed(Some(&request), &tenant, &connection, e));
+        }
         // One wait for: the pending login only peeked (by the edge, or
         // above where the browser was checked), consumed now; whether the tenant or the app requires MFA; the answer's
         // single use (a SAML assertion's id), claimed always to its end, so

@@ -219,7 +219,12 @@ impl Broker {
             }
             Err(e) => return unavailable(e),
         };
-        let result = match connector.complete(Some(&pending.connector_state), params).await {
+        // A test passes only for what a real sign-in would accept.
+        let completed = connector
+            .complete(Some(&pending.connector_state), params)
+            .await
+            .and_then(|identity| identity.check_shape().map(|()| identity));
+        let result = match completed {
             Ok(identity) => {
                 let identity = self.tenants.vouch_email(tenant, identity).await;
                 tracing::info!(reason = "test.succeeded", tenant = %tenant, connection = %connection);

@@ -70,6 +70,79 @@ pub struct Identity {
     pub local_password: Option<String>,
 }
 
+/// The longest upstream subject accepted, in bytes. OIDC caps `sub` at 255
+/// ASCII characters and SAML a persistent NameID at 256; the margin is for
+/// other formats (an X.509 subject name, a configured attribute).
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+/// The longest email address accepted, in bytes: a 64-byte local part, `@`
+/// and a 255-byte domain (RFC 5321 allows less; this only bounds storage).
+pub const MAX_EMAIL_BYTES: usize = 320;
+/// The longest display name, given or family name, and group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// The most group names one identity may carry.
+pub const MAX_GROUPS: usize = 1000;
+/// The most bytes all of an identity's group names may take together.
+pub const MAX_GROUPS_BYTES: usize = 64 * 1024;
+
+impl Identity {
+    /// Whether what the IdP said fits what is stored for a user: a subject
+    /// of 1 to [`MAX_SUBJECT_BYTES`] bytes, an email of at most
+    /// [`MAX_EMAIL_BYTES`], names of at most [`MAX_NAME_BYTES`], at most
+    /// [`MAX_GROUPS`] groups of at most [`MAX_NAME_BYTES`] each and
+    /// [`MAX_GROUPS_BYTES`] in all. Every answer passes here before its
+    /// identity link is read or anything is provisioned, so an oversized
+    /// value is refused with its reason code, never stored, truncated or
+    /// hashed into a key. Values are compared byte-wise elsewhere; nothing
+    /// here changes them.
+    pub fn check_shape(&self) -> Result<(), UpstreamError> {
+        const MESSAGE: &str =
+            "The identity provider sent an identity this service cannot accept. Please contact your administrator.";
+        let refuse = |code: &'static str, detail: String| Err(UpstreamError::reject(code, MESSAGE, detail));
+        if self.subject.is_empty() {
+            return refuse("identity.subject_empty", "the subject is empty".into());
+        }
+        if self.subject.len() > MAX_SUBJECT_BYTES {
+            return refuse(
+                "identity.subject_too_long",
+                format!(
+                    "the subject has {} bytes (at most {MAX_SUBJECT_BYTES})",
+                    self.subject.len()
+                ),
+            );
+        }
+        if let Some(n) = self.email.as_deref().map(str::len).filter(|n| *n > MAX_EMAIL_BYTES) {
+            return refuse(
+                "identity.email_too_long",
+                format!("the email has {n} bytes (at most {MAX_EMAIL_BYTES})"),
+            );
+        }
+        for (field, value) in [
+            ("name", &self.name),
+            ("given_name", &self.given_name),
+            ("family_name", &self.family_name),
+        ] {
+            if let Some(n) = value.as_deref().map(str::len).filter(|n| *n > MAX_NAME_BYTES) {
+                return refuse(
+                    "identity.name_too_long",
+                    format!("{field} has {n} bytes (at most {MAX_NAME_BYTES})"),
+                );
+            }
+        }
+        let total: usize = self.groups.iter().map(String::len).sum();
+        let longest = self.groups.iter().map(String::len).max().unwrap_or(0);
+        if self.groups.len() > MAX_GROUPS || total > MAX_GROUPS_BYTES || longest > MAX_NAME_BYTES {
+            return refuse(
+                "identity.too_many_groups",
+                format!(
+                    "{} groups of {total} bytes, the longest {longest} (at most {MAX_GROUPS}, {MAX_GROUPS_BYTES} and {MAX_NAME_BYTES})",
+                    self.groups.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// How to send the browser to the IdP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UpstreamRedirect {
@@ -631,5 +704,90 @@ mod mfa_tests {
         };
         assert!(shows_mfa(&acr, &["urn:example:mfa".to_owned()]));
         assert!(!shows_mfa(&acr, &["urn:example:other".to_owned()]));
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    fn code(identity: &Identity) -> Option<&'static str> {
+        identity.check_shape().err().map(|e| e.code)
+    }
+
+    fn ada() -> Identity {
+        Identity {
+            subject: "ada".into(),
+            email: Some("ada@acme.test".into()),
+            name: Some("Ada Lovelace".into()),
+            groups: vec!["eng".into()],
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn an_identity_within_the_limits_passes_unchanged() {
+        assert_eq!(code(&ada()), None);
+        let at_limits = Identity {
+            subject: "s".repeat(MAX_SUBJECT_BYTES),
+            email: Some(format!("{}@acme.test", "a".repeat(MAX_EMAIL_BYTES - 10))),
+            family_name: Some("n".repeat(MAX_NAME_BYTES)),
+            groups: vec!["g".repeat(64); MAX_GROUPS],
+            ..ada()
+        };
+        assert_eq!(code(&at_limits), None);
+    }
+
+    #[test]
+    fn a_megabyte_subject_or_email_is_refused_with_its_reason() {
+        let mb = "x".repeat(1 << 20);
+        let subject = Identity {
+            subject: mb.clone(),
+            ..ada()
+        };
+        assert_eq!(code(&subject), Some("identity.subject_too_long"));
+        let just_over = Identity {
+            subject: "s".repeat(MAX_SUBJECT_BYTES + 1),
+            ..ada()
+        };
+        assert_eq!(code(&just_over), Some("identity.subject_too_long"));
+        let email = Identity {
+            email: Some(format!("{mb}@acme.test")),
+            ..ada()
+        };
+        assert_eq!(code(&email), Some("identity.email_too_long"));
+        let empty = Identity {
+            subject: String::new(),
+            ..ada()
+        };
+        assert_eq!(code(&empty), Some("identity.subject_empty"));
+    }
+
+    #[test]
+    fn oversized_names_and_groups_are_refused_with_their_reason() {
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        for i in [
+            Identity {
+                name: Some(long.clone()),
+                ..ada()
+            },
+            Identity {
+                given_name: Some(long.clone()),
+                ..ada()
+            },
+            Identity {
+                family_name: Some(long.clone()),
+                ..ada()
+            },
+        ] {
+            assert_eq!(code(&i), Some("identity.name_too_long"));
+        }
+        for groups in [
+            vec!["g".to_owned(); MAX_GROUPS + 1],
+            vec![long.clone()],
+            vec!["g".repeat(1000); MAX_GROUPS_BYTES / 1000 + 1],
+        ] {
+            assert_eq!(code(&Identity { groups, ..ada() }), Some("identity.too_many_groups"));
+        }
     }
 }

@@ -1960,3 +1960,46 @@ async fn a_failed_answer_uses_up_its_pending_login() {
     late.expect_page(400, "callback.unknown_login");
     assert_eq!(browser.cookie(&app.base, COOKIE), None, "a session was opened");
 }
+
+/// An IdP's answer whose subject is far longer than any IdP's identifier
+/// (here 4,000 bytes, within the ACS's body limit) is refused with
+/// `identity.subject_too_long`, audited, and provisions nobody; the same
+/// login's answer with an ordinary NameID then signs in.
+#[tokio::test]
+async fn an_oversized_subject_is_refused_with_its_reason_and_stores_no_user() {
+    let app = gateway().await;
+    app.create_tenant("acme", "Acme", &["acme.test"]).await;
+    let client = register_app(&app).await;
+    let idp = Idp::new();
+    let conn = saml_connection(&app, "acme", "corp", &idp, false).await;
+
+    let (request_id, relay_state, mut browser) = start_login(&app, "acme", &conn, "st-long").await;
+    let huge = format!("{}@acme.test", "a".repeat(4000));
+    let xml = idp.response_case(
+        &conn,
+        Some(&request_id),
+        EMAIL,
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport",
+        json!({ "name_id": huge, "name_id_format": "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent" }),
+    );
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay_state), &idp_page()).await;
+    ans.expect_app_error();
+    let refused = app.tenant_audit("acme", "signin.failed").await;
+    assert!(
+        refused.iter().any(|e| e["reason"] == "identity.subject_too_long"),
+        "{refused:?}"
+    );
+    let (status, users) = app
+        .admin(reqwest::Method::GET, "/admin/v1/tenants/acme/users", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(0), "{users}");
+
+    // An ordinary answer to a fresh login of the same browser signs in.
+    let (request_id, relay_state) = start_login_in(&mut browser, &app, "acme", &conn, "st-ok").await;
+    let xml = idp.response(&conn, Some(&request_id));
+    let ans = post_acs_in(&mut browser, &acs(&conn), &xml, Some(&relay_state), &idp_page()).await;
+    let ans = continue_in(&mut browser, &ans, &idp_page()).await;
+    let code = ans.expect_code();
+    assert_signed_in(&redeem(&app.client, app.url("/token"), &client, &code).await, "acme");
+}
