@@ -183,6 +183,18 @@ fn trust_cases() -> Vec<serde_json::Value> {
     let conditions = |x: &[&str]| json!({ "conditions_xml": x });
     vec![
         case("lookalike_status", json!({ "lookalike": "status" })),
+        case(
+            "name_id_no_break_space",
+            json!({ "name_id": "ada@example.test\u{a0}", "name_id_format": PERSISTENT }),
+        ),
+        case(
+            "name_id_ideographic_space",
+            json!({ "name_id": "\u{3000}ada@example.test", "name_id_format": PERSISTENT }),
+        ),
+        case(
+            "name_id_pretty_printed",
+            json!({ "name_id": "\n    ada@example.test\n  ", "name_id_format": PERSISTENT }),
+        ),
         case("lookalike_version", json!({ "lookalike": "version" })),
         case(
             "condition_xsi_type",

@@ -121,6 +121,20 @@ async fn transient_name_id_is_never_the_subject() {
     assert_eq!(id.subject, "E-42");
 }
 
+/// A NameID is the subject byte for byte: only the XML whitespace that
+/// pretty-printing adds around it is trimmed (so today's identity links
+/// hold), never a no-break or ideographic space, which would make
+/// `ada@example.test\u{a0}` sign in as `ada@example.test`.
+#[tokio::test]
+async fn a_name_id_padded_with_unicode_space_is_a_subject_of_its_own() {
+    let nbsp = run("name_id_no_break_space").await.unwrap();
+    assert_eq!(nbsp.subject, "ada@example.test\u{a0}");
+    let ideographic = run("name_id_ideographic_space").await.unwrap();
+    assert_eq!(ideographic.subject, "\u{3000}ada@example.test");
+    let pretty = run("name_id_pretty_printed").await.unwrap();
+    assert_eq!(pretty.subject, "ada@example.test");
+}
+
 #[tokio::test]
 async fn issue_instants_outside_the_window_are_refused() {
     assert_eq!(code("response_issued_in_future").await, "saml.issue_instant_in_future");

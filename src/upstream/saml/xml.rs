@@ -443,7 +443,11 @@ pub(crate) fn walk_attributes<E>(
     out
 }
 
-/// The full text content of an element, trimmed.
+/// The full text content of an element, with XML whitespace (space, tab,
+/// CR, LF: what pretty-printing adds) trimmed from both ends and nothing
+/// else: a NameID is compared byte-wise, so `ada\u{a0}` or `ada\u{3000}`
+/// stays a subject of its own rather than being read as `ada`
+/// ([`is_xml_space`]).
 ///
 /// libxml2 concatenates every text and CDATA descendant and skips comments,
 /// so `a@b.com<!---->.evil` reads as `a@b.com.evil`: a comment can never
@@ -460,7 +464,7 @@ pub(crate) fn text(node: &El<'_>) -> String {
         {
             return std::ffi::CStr::from_ptr((*t).content.cast())
                 .to_string_lossy()
-                .trim()
+                .trim_matches(is_xml_space)
                 .to_owned();
         }
         let value = libxml::bindings::xmlNodeGetContent(node.p);
@@ -469,7 +473,7 @@ pub(crate) fn text(node: &El<'_>) -> String {
         }
         let out = std::ffi::CStr::from_ptr(value.cast())
             .to_string_lossy()
-            .trim()
+            .trim_matches(is_xml_space)
             .to_owned();
         // SAFETY: a copy allocated by libxml2's allocator, released by
         // `xmlFree` (read by value), not used after.
@@ -478,6 +482,13 @@ pub(crate) fn text(node: &El<'_>) -> String {
         }
         out
     }
+}
+
+/// XML's whitespace (the `S` production of XML 1.0): the only characters
+/// [`text`] trims. Unicode's wider whitespace (no-break and ideographic
+/// spaces, line separators) is part of a value.
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
 /// The attribute `name` of `node` that has no namespace, read by exact name.
