@@ -396,12 +396,22 @@ pub fn email_domain(email: &str) -> Option<String> {
 /// address in someone else's domain would let that tenant's admin sign in
 /// as anyone in any app that trusts `email_verified` (the "nOAuth" takeover).
 pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
-    // Exactly one `@` and a local part: an address apps could split
-    // differently (`a@evil.test@acme.com`) is never vouched for.
-    let plain = email
+    plain_address(email) && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
+}
+
+/// Whether `email` is written the one way apps compare it: exactly one `@`
+/// and a local part (an address apps could split differently,
+/// `a@evil.test@acme.com`, is never vouched for), no whitespace or control
+/// character anywhere (`jo@acme.com\u{a0}`, which an IdP that keeps
+/// addresses unique byte for byte lets a second person hold, reads as
+/// `jo@acme.com` to an app that trims), and no trailing dot on the domain
+/// (`jo@acme.com.`, the same address to DNS). Only the domain's case is
+/// left to [`email_domain`]'s normalization.
+fn plain_address(email: &str) -> bool {
+    let split = email
         .split_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && !domain.contains('@'));
-    plain && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.contains('@') && !domain.ends_with('.'));
+    split && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `identity` with `email_verified` true only when the connector said so
@@ -410,7 +420,17 @@ pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
 pub fn vouch_email(tenant: &Tenant, mut identity: Identity) -> Identity {
     let asserted = identity.email_verified == Some(true);
     let owned = identity.email.as_deref().is_some_and(|e| owns_email_domain(tenant, e));
-    if asserted && !owned {
+    let unplain = identity
+        .email
+        .as_deref()
+        .is_some_and(|e| !plain_address(e) && email_domain(e).is_some_and(|d| tenant.domains.contains(&d)));
+    if asserted && unplain {
+        tracing::info!(
+            reason = "login.email_not_plain",
+            tenant = %tenant.id,
+            "email_verified withheld: the address in the tenant's domain is not written plainly (space, control character or trailing dot)"
+        );
+    } else if asserted && !owned {
         tracing::info!(
             reason = "login.email_not_vouched",
             tenant = %tenant.id,
@@ -1385,5 +1405,30 @@ mod tests {
         assert_eq!(v(Some("jo@evil.test@acme.com"), Some(true)), Some(false));
         assert_eq!(v(Some("@acme.com"), Some(true)), Some(false));
         assert_eq!(v(None, Some(true)), Some(false));
+    }
+
+    /// An address an app would trim or read as another (whitespace,
+    /// control characters, a trailing dot) is not vouched for, though its
+    /// domain is the tenant's: an IdP keeping addresses unique byte for
+    /// byte would let a second person hold `jo@acme.com\u{a0}`.
+    #[test]
+    fn an_address_not_written_plainly_is_not_vouched_for_in_the_tenants_domain() {
+        let t = acme();
+        let v = |e: &str| vouch_email(&t, asserted(Some(e), Some(true))).email_verified;
+        for e in [
+            "jo@acme.com\u{a0}",
+            "\u{3000}jo@acme.com",
+            " jo@acme.com",
+            "jo@acme.com ",
+            "jo@acme.com\n",
+            "jo\u{0}@acme.com",
+            "jo @acme.com",
+            "jo@acme.com.",
+            "jo@ACME.com.",
+        ] {
+            assert_eq!(v(e), Some(false), "{e:?}");
+        }
+        assert_eq!(v("jo@acme.com"), Some(true));
+        assert_eq!(v("Jo@Acme.Com"), Some(true));
     }
 }
