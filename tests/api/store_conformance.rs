@@ -159,6 +159,7 @@ macro_rules! all_cases {
             rotate_takes_once_and_writes_the_next_only_when_taken,
             concurrent_rotate_one_wins_and_writes_the_next_once,
             read_through_reads_a_pointer_and_what_it_names_in_one_step,
+            names_with_separators_and_pattern_characters_are_keys_of_their_own,
         );
     )*};
 }
@@ -2115,5 +2116,84 @@ async fn read_through_reads_a_pointer_and_what_it_names_in_one_step(b: &Backend)
     assert_eq!(
         s.read_through(&short, &reads).await.unwrap(),
         Some((b"u_2".to_vec(), vec![None, None]))
+    );
+}
+
+/// Key names carry strings from outside (an IdP's subject is hashed, but
+/// login ids, tickets and domains are not): a name holding the key
+/// format's separators, a hash tag's braces, a SCAN pattern's `*`, `?` and
+/// `[`, NUL, a newline or 10,000 bytes is a key of its own, in its tag's
+/// slot (one script over all of them runs on a Cluster), and a pointer
+/// whose value is `*` reads only what is named `*`.
+async fn names_with_separators_and_pattern_characters_are_keys_of_their_own(b: &Backend) {
+    let s = &b.store;
+    let long = "n".repeat(10_000);
+    let names: Vec<String> = [
+        "",
+        "a",
+        "a:",
+        ":a",
+        "a:b",
+        "a}",
+        "{a}",
+        "}{",
+        "*",
+        "a*",
+        "?",
+        "[a]",
+        "a\0",
+        "a\nb",
+        "%2A",
+        "a/b",
+        "t:other:users",
+    ]
+    .iter()
+    .map(|n| (*n).to_owned())
+    .chain([long])
+    .collect();
+    let keys: Vec<Key> = names
+        .iter()
+        .map(|n| Key::tenant("acme", "names", format!("x:{n}")))
+        .collect();
+    let values: Vec<Vec<u8>> = (0..keys.len()).map(|i| format!("v{i}").into_bytes()).collect();
+    let writes: Vec<Write<'_>> = keys
+        .iter()
+        .zip(&values)
+        .map(|(key, value)| Write::Put {
+            key,
+            value,
+            ttl: Some(LONG),
+        })
+        .collect();
+    s.write_many(&writes).await.unwrap();
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(s.get(key).await.unwrap().as_ref(), Some(value), "{:?}", key.name());
+    }
+    // Deleting `*` deletes that key only.
+    let star = names.iter().position(|n| n == "*").unwrap();
+    assert!(s.delete(&keys[star]).await.unwrap());
+    for (i, (key, value)) in keys.iter().zip(&values).enumerate() {
+        let expected = (i != star).then(|| value.clone());
+        assert_eq!(s.get(key).await.unwrap(), expected, "{:?}", key.name());
+    }
+    // The same name in another tenant's tag is another key.
+    assert_eq!(s.get(&Key::tenant("acm", "names", "x:a")).await.unwrap(), None);
+    assert_eq!(s.get(&Key::tenant("acme-2", "names", "x:a")).await.unwrap(), None);
+    // A set member is a member, not a pattern.
+    let set = Key::tenant("acme", "names", "set");
+    s.set_add(&set, "*", Some(LONG)).await.unwrap();
+    s.set_add(&set, "a", Some(LONG)).await.unwrap();
+    s.set_remove(&set, "*").await.unwrap();
+    assert_eq!(s.set_members(&set).await.unwrap(), vec!["a".to_owned()]);
+    // A pointer whose value is `*` reads `user:*`, never `user:a`.
+    let link = Key::tenant("acme", "names", "link:star");
+    s.put(&link, b"*", Some(LONG)).await.unwrap();
+    s.put(&Key::tenant("acme", "names", "user:a"), b"someone else", Some(LONG))
+        .await
+        .unwrap();
+    let reads = [("user:", Read::Value)];
+    assert_eq!(
+        s.read_through(&link, &reads).await.unwrap(),
+        Some((b"*".to_vec(), vec![None]))
     );
 }
