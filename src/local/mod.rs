@@ -277,6 +277,23 @@ impl Profile {
             .find(|(_, v)| v.as_ref().is_some_and(|v| v.chars().count() > MAX_NAME_CHARS))
             .map(|(field, _)| field)
     }
+
+    /// Refuses a name over [`MAX_NAME_CHARS`] (`local.name_too_long`)
+    /// before an account is made with it: a stranger's sign-up is kept
+    /// whether or not anyone confirms it, and 200 characters stay within
+    /// what an identity may carry ([`crate::upstream::MAX_NAME_BYTES`],
+    /// checked at every sign-in), so no account is made that could never
+    /// sign in.
+    fn check(&self) -> Result<(), LocalError> {
+        if self.too_long().is_some() {
+            tracing::info!(reason = "local.name_too_long", "a name over the limit was refused");
+            return Err(LocalError::refused(
+                "local.name_too_long",
+                "A name may have at most 200 characters.",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A refusal or failure of an account operation.
@@ -711,10 +728,14 @@ impl Accounts {
                 tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
                 Ok(None)
             }
-            crate::hooks::kinds::Migration::Migrate(p) => Ok(Some(Profile {
-                given_name: p.given_name,
-                family_name: p.family_name,
-            })),
+            crate::hooks::kinds::Migration::Migrate(p) => {
+                let profile = Profile {
+                    given_name: p.given_name,
+                    family_name: p.family_name,
+                };
+                profile.check()?;
+                Ok(Some(profile))
+            }
         }
     }
 
@@ -936,14 +957,7 @@ impl Accounts {
             ));
         }
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
-        // A stranger's sign-up is kept (unconfirmed) whether or not anyone
-        // confirms it: what it may store is bounded before anything is.
-        if profile.too_long().is_some() {
-            return Err(LocalError::refused(
-                "local.name_too_long",
-                "A name may have at most 200 characters.",
-            ));
-        }
+        profile.check()?;
         cfg.password_policy.check(password.expose(), &email)?;
         if !self.mailer.configured() {
             return Err(LocalError::refused(
@@ -1634,6 +1648,7 @@ impl Accounts {
         profile: Profile,
     ) -> Result<LocalUser, LocalError> {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        profile.check()?;
         let hash = self.hasher.hash(password.expose()).await?;
         let mut user = self.new_user(email, hash, AccountStatus::Confirmed, profile);
         user.migrated = true;
@@ -1659,6 +1674,7 @@ impl Accounts {
         profile: Profile,
     ) -> Result<LocalUser, LocalError> {
         let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        profile.check()?;
         let (hash, status) = match password {
             Some(p) => {
                 cfg.password_policy.check(p.expose(), &email)?;

@@ -1647,3 +1647,41 @@ async fn a_ticket_of_a_local_account_disabled_or_force_reset_before_its_first_si
         ticket_signs_nobody_in(&app, &mut browser, &callback).await;
     }
 }
+
+/// A name longer than any IdP's may be is refused at sign-up
+/// (`local.name_too_long`), not stored: every sign-in passes the identity's
+/// bounds, so such an account could never sign in. (The admin API keeps
+/// names to 200 characters already.)
+#[tokio::test]
+async fn local_a_sign_up_with_an_oversized_name_is_refused_and_creates_no_account() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let long = "n".repeat(1025);
+    for field in ["given_name", "family_name"] {
+        let form = browser.get(&link(&sign_in, "Create account")).await;
+        assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+        let mut fields = vec![
+            ("email", "long@acme.example"),
+            ("given_name", "Grace"),
+            ("family_name", "Hopper"),
+            ("password", GOOD_PASSWORD),
+            ("password_confirm", GOOD_PASSWORD),
+        ];
+        fields.retain(|(n, _)| *n != field);
+        fields.push((field, long.as_str()));
+        let answer = browser.fill_and_submit(&form, None, &fields).await;
+        assert!(answer.body.contains("<code>local.name_too_long</code>"), "{}", answer.body);
+    }
+    let (status, _) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/long@acme.example"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
