@@ -679,3 +679,73 @@ async fn an_answer_from_another_browser_leaves_the_login_to_the_browser_that_sta
         );
     }
 }
+
+/// A 10,000-character `client_id` or `state` from a browser or an app is
+/// refused with its reason, never looked up as a key nor stored: in a URL
+/// the edge answers 414 `request.url_too_long`; posted to `/authorize`, a
+/// state is `invalid_request` to the app (`authorize.param_too_long`) and a
+/// client id an unknown app; posted to `/token`, `invalid_client`.
+#[tokio::test]
+async fn ten_thousand_character_client_ids_and_states_are_refused() {
+    let app = dev_app().await;
+    let redirect = url::Url::parse("https://app.example.test/cb").unwrap();
+    app.create_client("app", "App", &[&redirect], false).await;
+    let long = "x".repeat(10_000);
+    let form = |client_id: &str, state: &str| {
+        vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", client_id.to_owned()),
+            ("redirect_uri", redirect.to_string()),
+            ("scope", "openid".to_owned()),
+            ("tenant", "demo".to_owned()),
+            ("state", state.to_owned()),
+        ]
+    };
+
+    let mut in_url = app.url("/authorize");
+    in_url.query_pairs_mut().extend_pairs(form("app", &long));
+    let resp = app.client.get(in_url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+    assert!(resp.text().await.unwrap().contains("request.url_too_long"));
+
+    let resp = app
+        .client
+        .post(app.url("/authorize"))
+        .form(&form("app", &long))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.host_str(), Some("app.example.test"), "{to}");
+    let q: std::collections::BTreeMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{to}");
+    assert!(q.get("error_description").is_some_and(|d| d.contains("state")), "{to}");
+
+    let resp = app
+        .client
+        .post(app.url("/authorize"))
+        .form(&form(&long, "st"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.headers().get("location").is_none());
+
+    let resp = app
+        .client
+        .post(app.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", "demo.x"),
+            ("client_id", long.as_str()),
+            ("client_secret", "s"),
+            ("redirect_uri", redirect.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
+}
