@@ -774,3 +774,71 @@ impl Directory {
         Ok(user)
     }
 }
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    /// The identity link names the subject byte for byte: subjects an IdP
+    /// tells apart (case, a trailing or no-break space, a fullwidth letter,
+    /// a colon where the key has separators, NUL) are never one user, and
+    /// the same subject under another connection, tenant or incarnation is
+    /// another link. A link stored before incarnations keeps its key.
+    #[test]
+    fn subjects_that_differ_in_any_byte_are_different_links() {
+        let (t, c) = (TenantId::parse("acme").unwrap(), ConnectionId::parse("okta").unwrap());
+        let inc = Incarnation {
+            tenant: "t1".into(),
+            connection: "c1".into(),
+        };
+        let subjects = [
+            "ada",
+            "Ada",
+            "ADA",
+            "ada ",
+            " ada",
+            "ada\u{a0}",
+            "ａda",
+            "ada\0",
+            "ada:x",
+            "ada\n",
+            "",
+            "ada:c1:",
+        ];
+        let keys: std::collections::BTreeSet<Key> = subjects.iter().map(|s| link_key(&t, &c, &inc, s)).collect();
+        assert_eq!(keys.len(), subjects.len());
+        let other_conn = link_key(&t, &ConnectionId::parse("okta2").unwrap(), &inc, "ada");
+        let other_tenant = link_key(&TenantId::parse("acme2").unwrap(), &c, &inc, "ada");
+        let other_inc = link_key(
+            &t,
+            &c,
+            &Incarnation {
+                tenant: "t1".into(),
+                connection: "c2".into(),
+            },
+            "ada",
+        );
+        for other in [&other_conn, &other_tenant, &other_inc] {
+            assert!(!keys.contains(other), "{other:?}");
+        }
+        assert_eq!(other_tenant.tag(), "t:acme2:users");
+        // Today's stored format, which this test pins.
+        assert_eq!(
+            link_key(&t, &c, &inc, "ada").name(),
+            "link:t1.okta.c1:fdee430d40bd57deeac186cd9790033d0f06f909a8806e7ce6e717ab7c7d5029"
+        );
+        let legacy = link_key(
+            &t,
+            &c,
+            &Incarnation {
+                tenant: String::new(),
+                connection: String::new(),
+            },
+            "ada",
+        );
+        assert_eq!(
+            legacy.name(),
+            "link:okta:fdee430d40bd57deeac186cd9790033d0f06f909a8806e7ce6e717ab7c7d5029"
+        );
+    }
+}
