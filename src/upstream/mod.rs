@@ -83,13 +83,20 @@ pub const MAX_NAME_BYTES: usize = 1024;
 pub const MAX_GROUPS: usize = 1000;
 /// The most bytes all of an identity's group names may take together.
 pub const MAX_GROUPS_BYTES: usize = 64 * 1024;
+/// The longest `acr`, SAML `SessionIndex` or single `amr` value, in bytes
+/// (each is carried in the SSO session, and `acr`/`amr` in tokens).
+pub const MAX_CLAIM_BYTES: usize = 1024;
+/// The most `amr` values one identity may carry (RFC 8176 names 21).
+pub const MAX_AMR_VALUES: usize = 64;
 
 impl Identity {
     /// Whether what the IdP said fits what is stored for a user: a subject
     /// of 1 to [`MAX_SUBJECT_BYTES`] bytes, an email of at most
     /// [`MAX_EMAIL_BYTES`], names of at most [`MAX_NAME_BYTES`], at most
     /// [`MAX_GROUPS`] groups of at most [`MAX_NAME_BYTES`] each and
-    /// [`MAX_GROUPS_BYTES`] in all. Every answer passes here before its
+    /// [`MAX_GROUPS_BYTES`] in all, an `acr` and session index of at most
+    /// [`MAX_CLAIM_BYTES`], at most [`MAX_AMR_VALUES`] `amr` values of at
+    /// most [`MAX_CLAIM_BYTES`] each. Every answer passes here before its
     /// identity link is read or anything is provisioned, so an oversized
     /// value is refused with its reason code, never stored, truncated or
     /// hashed into a key. Values are compared byte-wise elsewhere; nothing
@@ -127,6 +134,25 @@ impl Identity {
                     format!("{field} has {n} bytes (at most {MAX_NAME_BYTES})"),
                 );
             }
+        }
+        let claims = [("acr", &self.acr), ("session_index", &self.session_index)];
+        for (field, value) in claims {
+            if let Some(n) = value.as_deref().map(str::len).filter(|n| *n > MAX_CLAIM_BYTES) {
+                return refuse(
+                    "identity.claim_too_long",
+                    format!("{field} has {n} bytes (at most {MAX_CLAIM_BYTES})"),
+                );
+            }
+        }
+        let longest_amr = self.amr.iter().map(String::len).max().unwrap_or(0);
+        if self.amr.len() > MAX_AMR_VALUES || longest_amr > MAX_CLAIM_BYTES {
+            return refuse(
+                "identity.claim_too_long",
+                format!(
+                    "amr has {} values, the longest {longest_amr} bytes (at most {MAX_AMR_VALUES} and {MAX_CLAIM_BYTES})",
+                    self.amr.len()
+                ),
+            );
         }
         let total: usize = self.groups.iter().map(String::len).sum();
         let longest = self.groups.iter().map(String::len).max().unwrap_or(0);
@@ -789,5 +815,37 @@ mod shape_tests {
         ] {
             assert_eq!(code(&Identity { groups, ..ada() }), Some("identity.too_many_groups"));
         }
+    }
+
+    #[test]
+    fn an_oversized_acr_session_index_or_amr_is_refused_with_its_reason() {
+        let long = "c".repeat(MAX_CLAIM_BYTES + 1);
+        for i in [
+            Identity {
+                acr: Some(long.clone()),
+                ..ada()
+            },
+            Identity {
+                session_index: Some(long.clone()),
+                ..ada()
+            },
+            Identity {
+                amr: vec![long.clone()],
+                ..ada()
+            },
+            Identity {
+                amr: vec!["pwd".into(); MAX_AMR_VALUES + 1],
+                ..ada()
+            },
+        ] {
+            assert_eq!(code(&i), Some("identity.claim_too_long"));
+        }
+        let usual = Identity {
+            acr: Some("urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport".into()),
+            session_index: Some("_be9967abd904ddcae3c0eb4189adbe3f71e327cf93".into()),
+            amr: vec!["pwd".into(), "mfa".into()],
+            ..ada()
+        };
+        assert_eq!(code(&usual), None);
     }
 }
