@@ -1674,7 +1674,11 @@ async fn local_a_sign_up_with_an_oversized_name_is_refused_and_creates_no_accoun
         fields.retain(|(n, _)| *n != field);
         fields.push((field, long.as_str()));
         let answer = browser.fill_and_submit(&form, None, &fields).await;
-        assert!(answer.body.contains("<code>local.name_too_long</code>"), "{}", answer.body);
+        assert!(
+            answer.body.contains("<code>local.name_too_long</code>"),
+            "{}",
+            answer.body
+        );
     }
     let (status, _) = app
         .admin(
