@@ -927,3 +927,39 @@ async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
         "a test does not activate"
     );
 }
+
+/// A test sign-in passes only for what a real sign-in would accept: an
+/// identity over the bounds (here a 2,000-byte given name) fails the test
+/// with its reason (`identity.name_too_long`) and offers no activation.
+#[tokio::test]
+async fn a_test_sign_in_with_an_oversized_identity_fails_with_its_reason() {
+    let app = dev_app(None).await;
+    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
+    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    conn.id = ConnectionId::parse("dev-test").unwrap();
+    conn.status = ConnectionStatus::PendingTest;
+    app.state.tenants.add_connection(&conn).await.unwrap();
+
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    let start = open_in(&mut browser, &link).await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
+    let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    let idp = browser.submit(&page, &page.form(None)).await;
+    assert!(idp.url.path().starts_with("/dev/demo/dev-test/login"), "{}", idp.url);
+    let long = "n".repeat(2000);
+    let result = browser
+        .fill_and_submit(
+            &idp,
+            None,
+            &[("email", "tess@demo.example"), ("given_name", long.as_str())],
+        )
+        .await;
+    assert_eq!(result.url.path(), "/portal/connections/dev-test", "{}", result.body);
+    assert!(!result.body.contains("The test sign-in succeeded"), "{}", result.body);
+    assert!(result.body.contains("identity.name_too_long"), "{}", result.body);
+    assert!(
+        result.forms().into_iter().all(|f| !f.action.ends_with("/activate")),
+        "no activate form after a failed test"
+    );
+}
