@@ -216,6 +216,17 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
             "The assertion was not encrypted, but this connection requires encryption.",
             "Enable assertion encryption in your IdP with the SP certificate from the SP metadata.",
         ),
+        "identity.subject_empty" | "identity.subject_too_long" => (
+            "The IdP's identifier for the user is empty or longer than 1,024 bytes.",
+            "Map the subject to a stable, short identifier in your IdP (a persistent NameID, an object id or the OIDC sub).",
+        ),
+        "identity.email_too_long"
+        | "identity.name_too_long"
+        | "identity.too_many_groups"
+        | "identity.claim_too_long" => (
+            "The IdP sent a value larger than a sign-in may carry (an email over 320 bytes, a name over 1,024 bytes, more than 1,000 groups or 64 KiB of them, or an oversized acr, session index or amr).",
+            "Check the attribute or claim mapping in your IdP: send the user's own values, and filter the groups to the ones the application needs.",
+        ),
         _ if reason.starts_with("oidc.") => (
             "The OpenID Connect answer failed a check.",
             "Check the issuer, client ID, client secret and redirect URI in your IdP against step 2.",
@@ -251,5 +262,20 @@ mod tests {
         }
         let (what, fix) = reason_in_words("saml.signature_invalid");
         assert!(what.contains("signature") && fix.contains("metadata"));
+    }
+
+    #[test]
+    fn identities_over_the_bounds_are_explained_with_a_fix() {
+        for reason in [
+            "identity.subject_empty",
+            "identity.subject_too_long",
+            "identity.email_too_long",
+            "identity.name_too_long",
+            "identity.too_many_groups",
+            "identity.claim_too_long",
+        ] {
+            let (what, fix) = reason_in_words(reason);
+            assert!(what.contains("IdP") && fix.contains("IdP"), "{reason}");
+        }
     }
 }
