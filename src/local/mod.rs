@@ -63,6 +63,11 @@ fn ttl_of(user: &LocalUser) -> Option<Duration> {
     (user.status == AccountStatus::Unconfirmed && !user.disabled).then_some(UNCONFIRMED_TTL)
 }
 
+/// How many index members each new account's sweep looks at
+/// ([`Accounts::sweep_index`]): two, so an index at most half gone shrinks
+/// by one per sweep on average, as fast as sign-ups grow it.
+pub const INDEX_SWEEP: usize = 2;
+
 /// The store group (hash tag suffix) of local accounts.
 pub const GROUP: &str = "local";
 
@@ -872,6 +877,37 @@ impl Accounts {
         Ok(true)
     }
 
+    /// Drops from the connection's index up to [`INDEX_SWEEP`] members,
+    /// picked at random, whose account is gone (an unconfirmed account
+    /// expires, see [`UNCONFIRMED_TTL`], but its index member would stay).
+    /// Run after every sign-up that made an account (after its answer,
+    /// with the rest that differs by address), so the index stays within
+    /// about twice the accounts that exist however many strangers sign up:
+    /// with half its members gone, each sweep drops one on average, as
+    /// much as the sign-up added. Returns how many it dropped.
+    ///
+    /// A member is removed, then its account looked at again and the
+    /// member put back if the account is there: a sign-up of the address
+    /// stores the account before it indexes it, so one racing the sweep is
+    /// either seen by the second look or indexes itself after the removal.
+    pub async fn sweep_index(&self, t: &TenantId, c: &ConnectionId) -> Result<usize, StoreError> {
+        let index = index_key(t, c);
+        let mut dropped = 0;
+        for id in self.store.set_sample(&index, INDEX_SWEEP).await? {
+            let account = user_key_by_id(t, c, &id);
+            if self.store.exists(&account).await? {
+                continue;
+            }
+            self.store.set_remove(&index, &id).await?;
+            if self.store.exists(&account).await? {
+                self.store.set_add(&index, &id, None).await?;
+            } else {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
     async fn update(
         &self,
         t: &TenantId,
@@ -986,6 +1022,13 @@ impl Accounts {
                 .await
             {
                 tracing::error!(reason = "local.sign_up_incomplete", tenant = %t, connection = %c, error = %e, "a sign-up's code or record was not written; a new code can be asked for");
+            }
+            // The account is stored and indexed: a sweep that fails loses
+            // nothing but some tidying, left to the next sign-up.
+            if inserted {
+                if let Err(e) = accounts.sweep_index(&t, &c).await {
+                    tracing::warn!(reason = "local.index_sweep_failed", tenant = %t, connection = %c, error = %e);
+                }
             }
         };
         tokio::spawn(tracing::Instrument::in_current_span(after));

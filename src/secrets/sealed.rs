@@ -541,6 +541,10 @@ impl Store for SealedStore {
         self.inner.set_members(key).await
     }
 
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.set_sample(key, count).await
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         self.inner.incr(key, ttl).await
     }

@@ -159,6 +159,11 @@ pub trait StoreLayer: Send + Sync + Sized + 'static {
         self.inner().set_members(key).await
     }
 
+    /// [`Store::set_sample`].
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        self.inner().set_sample(key, count).await
+    }
+
     /// [`Store::incr`].
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         self.inner().incr(key, ttl).await
@@ -351,6 +356,7 @@ impl<L: StoreLayer> Store for L {
     forward!(set_add<'k, 'm>(key: &'k Key, member: &'m str, ttl: Option<Duration>) -> ());
     forward!(set_remove<'k, 'm>(key: &'k Key, member: &'m str) -> ());
     forward!(set_members<'k>(key: &'k Key) -> Vec<String>);
+    forward!(set_sample<'k>(key: &'k Key, count: usize) -> Vec<String>);
     forward!(incr<'k>(key: &'k Key, ttl: Duration) -> i64);
     forward!(list_push_capped<'k, 'v>(key: &'k Key, value: &'v [u8], max_len: usize) -> ());
     forward!(list_range<'k>(key: &'k Key, start: usize, count: usize) -> Vec<Vec<u8>>);

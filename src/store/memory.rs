@@ -411,6 +411,17 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        use rand::seq::IteratorRandom;
+        self.with(key, false, |m| match m.get(key) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Set(s), ..
+            }) => Ok(s.iter().cloned().choose_multiple(&mut rand::rng(), count)),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         let expires = self.deadline(Some(ttl));
         self.with(key, true, |m| {

@@ -122,6 +122,10 @@ impl<S: Store> Store for MeteredStore<S> {
         measured("set_members", self.inner.set_members(key)).await
     }
 
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        measured("set_sample", self.inner.set_sample(key, count)).await
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         measured("incr", self.inner.incr(key, ttl)).await
     }

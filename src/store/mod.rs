@@ -235,6 +235,11 @@ pub trait Store: Send + Sync + 'static {
     /// The members of the set at `key` (empty when absent), sorted.
     async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError>;
 
+    /// Up to `count` distinct members of the set at `key`, picked at random
+    /// (`SRANDMEMBER` on Redis; empty when absent): for a sweep that looks
+    /// at a few members at a time rather than reading a large set whole.
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError>;
+
     /// Increments the counter at `key` by one and returns the new value; the
     /// TTL is set when the counter is created (a fixed window).
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError>;

@@ -1553,6 +1553,19 @@ impl Store for RedisStore {
         Ok(members)
     }
 
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // A positive count: distinct members, at most the set's size.
+        self.query(
+            redis::cmd("SRANDMEMBER").arg(self.key(key)).arg(count),
+            Retry::Idempotent,
+            Durability::None,
+        )
+        .await
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         let ms = ttl_ms(ttl).to_string();
         self.eval(

@@ -922,6 +922,106 @@ async fn local_an_account_nobody_confirms_expires_and_a_confirmed_one_stays() {
     assert!(kept(stranger).await, "the address can be signed up again");
 }
 
+/// An unconfirmed account expires but its member of the connection's
+/// index would stay: every new account sweeps a few members at random
+/// and drops those whose account is gone, so strangers' sign-ups cannot
+/// grow the index without bound. The sweep never drops a member whose
+/// account is there.
+#[tokio::test]
+async fn local_members_of_expired_accounts_are_swept_from_the_index_by_later_sign_ups() {
+    let smtp = SmtpServer::start();
+    let clock = portcullis::clock::ManualClock::at(
+        chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
+            .unwrap()
+            .to_utc(),
+    );
+    let url = smtp.url();
+    let app = spawn_app(AppOptions {
+        clock: Some(clock.clone()),
+        configure: Some(Arc::new(move |s| {
+            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+            s.local.argon2_memory_kib = 8192;
+            s.local.argon2_iterations = 1;
+        })),
+        ..AppOptions::default()
+    })
+    .await;
+    setup(&app).await;
+    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
+    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
+    let cfg = portcullis::local::LocalConfig {
+        allow_sign_up: true,
+        ..Default::default()
+    };
+    let (accounts, store) = (&app.state.accounts, &app.state.store);
+    let index = portcullis::local::index_key(&t, &c);
+    let sign_up = |email: &'static str| {
+        let (t, c, cfg) = (t.clone(), c.clone(), cfg.clone());
+        async move {
+            accounts
+                .sign_up(
+                    &t,
+                    "Acme Corp",
+                    &c,
+                    &cfg,
+                    email,
+                    &portcullis::secret::Secret::new(GOOD_PASSWORD),
+                    Default::default(),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    sign_up("una@acme.example").await;
+    smtp.wait_for("una@acme.example").await;
+    let ttl = chrono::Duration::from_std(portcullis::local::UNCONFIRMED_TTL).unwrap();
+    clock.advance(ttl + chrono::Duration::minutes(1));
+    assert_eq!(
+        store.set_members(&index).await.unwrap().len(),
+        1,
+        "the member outlives its account"
+    );
+    // The next sign-up's sweep (after its answer, with its code) looks at
+    // both members (two at most): the gone account's is dropped, its own
+    // kept.
+    sign_up("val@acme.example").await;
+    smtp.wait_for("val@acme.example").await;
+    let mut members = store.set_members(&index).await.unwrap();
+    for _ in 0..100 {
+        if members.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        members = store.set_members(&index).await.unwrap();
+    }
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(accounts.get(&t, &c, "val@acme.example").await.unwrap().is_some());
+    assert_eq!(
+        accounts.list(&t, &c).await.unwrap().len(),
+        1,
+        "the account swept beside is listed"
+    );
+    // Many gone members among a few live ones: the sweeps drop gone ones
+    // only, and soon nearly all of them.
+    let live: Vec<String> = store.set_members(&index).await.unwrap();
+    for i in 0..100 {
+        store.set_add(&index, &format!("gone{i:03}"), None).await.unwrap();
+    }
+    let mut dropped = 0;
+    for _ in 0..400 {
+        dropped += accounts.sweep_index(&t, &c).await.unwrap();
+    }
+    let left = store.set_members(&index).await.unwrap();
+    for m in &live {
+        assert!(left.contains(m), "a live account's member is never dropped");
+    }
+    // Each of the 400 sweeps looks at 2 of at most 101 members: a given
+    // gone member escapes all of them with a chance under 4e-4.
+    assert!(left.len() <= live.len() + 5, "{} members left", left.len());
+    assert_eq!(dropped, 100 + live.len() - left.len());
+}
+
 #[tokio::test]
 async fn local_forms_without_their_csrf_token_are_refused() {
     let smtp = SmtpServer::start();

@@ -125,6 +125,7 @@ macro_rules! all_cases {
             concurrent_take_and_mark_one_wins_every_other_sees_the_marker,
             take_and_mark_marker_expires_and_clashes_are_corrupt,
             sets_add_remove_and_list_sorted,
+            set_samples_are_distinct_members_picked_at_random,
             set_ttl_extends_but_never_shortens,
             incr_counts_in_a_fixed_window,
             counters_are_decimal_values,
@@ -567,6 +568,40 @@ async fn sets_add_remove_and_list_sorted(b: &Backend) {
     assert!(s.set_members(&k).await.unwrap().is_empty());
     // The emptied set does not linger as a key.
     assert!(s.put_if_absent(&k, b"v", Some(LONG)).await.unwrap());
+}
+
+/// `set_sample`: at most the asked number of distinct members, every one a
+/// member; the whole set when it is smaller; nothing from an absent set;
+/// over many draws every member is picked (random, not the same few); a
+/// key of another type is corrupt.
+async fn set_samples_are_distinct_members_picked_at_random(b: &Backend) {
+    let s = &b.store;
+    let k = Key::tenant("acme", "sets", "sampled");
+    assert!(s.set_sample(&k, 2).await.unwrap().is_empty());
+    let members: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    for m in &members {
+        s.set_add(&k, m, Some(LONG)).await.unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let sample = s.set_sample(&k, 2).await.unwrap();
+        assert_eq!(sample.len(), 2, "{sample:?}");
+        assert_ne!(sample[0], sample[1], "distinct");
+        for m in sample {
+            assert!(members.contains(&m), "{m} is a member");
+            seen.insert(m);
+        }
+    }
+    // 200 draws of 2 out of 20 leave a given member out with a chance of
+    // 0.9^200, about 7e-10.
+    assert_eq!(seen.len(), members.len(), "every member is picked sooner or later");
+    let mut whole = s.set_sample(&k, 50).await.unwrap();
+    whole.sort();
+    assert_eq!(whole, members, "a sample larger than the set is the set");
+    assert!(s.set_sample(&k, 0).await.unwrap().is_empty());
+    let bytes = Key::tenant("acme", "sets", "bytes");
+    s.put(&bytes, b"v", Some(LONG)).await.unwrap();
+    assert!(matches!(s.set_sample(&bytes, 2).await, Err(StoreError::Corrupt(_))));
 }
 
 async fn set_ttl_extends_but_never_shortens(b: &Backend) {

@@ -261,6 +261,11 @@ impl Store for Counting {
         self.count("set_members", key, m.iter().map(String::len).sum());
         Ok(m)
     }
+    async fn set_sample(&self, key: &Key, count: usize) -> Result<Vec<String>, StoreError> {
+        let m = self.op(self.inner.set_sample(key, count)).await?;
+        self.count("set_sample", key, m.iter().map(String::len).sum());
+        Ok(m)
+    }
     async fn incr(&self, key: &Key, ttl: Duration) -> Result<i64, StoreError> {
         self.count("incr", key, 0);
         self.op(self.inner.incr(key, ttl)).await
