@@ -1,7 +1,10 @@
 //! `/metrics` counts exactly what a scripted run did. The gateway runs as
 //! its own process (the real binary, on a private Redis), so its
 //! process-wide recorder holds only this test's counts: no other test in
-//! this binary can add to `portcullis_tokens_issued_total` meanwhile.
+//! this binary can add to `portcullis_tokens_issued_total` meanwhile. The
+//! tests that look only at which labels exist (made-up names add none)
+//! read the in-process recorder this binary's gateways share, since no
+//! other test can add a made-up name's label to it either.
 //! Responses are signed by signxml (tests/peers/saml/craft.py) with the key
 //! whose certificate is in the metadata the admin registered.
 
