@@ -252,6 +252,21 @@ pub async fn complete(
     // Read from the signed ID token only: userinfo must not vouch for when
     // the person authenticated.
     let auth_time = id_token::numeric(&claims, "auth_time")?;
+    // `auth_time` is what max_age and prompt=login are judged by: one from
+    // the future would make any authentication look fresh (as SAML's
+    // AuthnInstant, refused beyond the skew).
+    if let Some(at) = auth_time {
+        let now = c.ctx.clock.unix();
+        if at > now.saturating_add(c.ctx.clock_skew_secs) {
+            return Err(id_token::reject(
+                "oidc.auth_time_in_future",
+                format!(
+                    "ID token auth_time {at} is after now {now} plus skew {}s",
+                    c.ctx.clock_skew_secs
+                ),
+            ));
+        }
+    }
     if c.cfg.userinfo {
         if let (Some(endpoint), Some(access_token)) = (meta.userinfo_endpoint(), &tokens.access_token) {
             let extra = userinfo(c, endpoint, access_token).await?;

@@ -41,7 +41,8 @@ const UNVERIFIABLE: &str =
 /// as `Expired` like the expiry check.
 const IAT_IN_FUTURE: &str = "iat-in-future";
 
-fn reject(code: &'static str, detail: impl Into<String>) -> UpstreamError {
+/// A refusal of the IdP's answer with `code`, in words for the person.
+pub(super) fn reject(code: &'static str, detail: impl Into<String>) -> UpstreamError {
     UpstreamError::reject(code, UNVERIFIABLE, detail)
 }
 

@@ -293,6 +293,24 @@ async fn auth_time_comes_from_the_signed_id_token_only() {
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
 }
 
+/// An `auth_time` ahead of now beyond the skew would make any
+/// authentication look fresh to `max_age` and `prompt=login`: refused, as
+/// SAML's `AuthnInstant` is. Within the skew it passes.
+#[tokio::test]
+async fn an_auth_time_from_the_future_is_refused() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!(f.clock.unix() + SKEW + 1);
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.auth_time_in_future");
+
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!(f.clock.unix() + SKEW);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, Some(f.clock.unix() + SKEW));
+}
+
 /// How the person authenticated (`acr`, `amr`) and the other claims only
 /// the signed ID token may carry are never taken from the unsigned
 /// userinfo answer, which could otherwise satisfy `require_mfa`; its

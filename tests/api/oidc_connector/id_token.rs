@@ -396,3 +396,40 @@ async fn a_key_published_for_encryption_never_verifies_an_id_token() {
     let claims = f.claims(&login);
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.unknown_kid");
 }
+
+/// Numbers no clock can reach (`exp`, `iat`, `auth_time` beyond what a time
+/// holds, either sign; `nbf` at the end of time) are refused with a reason,
+/// never a panic or a wrap-around that reads as valid; a missing `exp` is
+/// malformed.
+#[tokio::test]
+async fn out_of_range_numeric_dates_are_refused_not_wrapped() {
+    let f = Fixture::new().await;
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("exp", json!(i64::MAX), "oidc.id_token_malformed"),
+        ("exp", json!(u64::MAX), "oidc.id_token_malformed"),
+        ("exp", json!(1e300), "oidc.id_token_malformed"),
+        ("exp", json!(i64::MIN), "oidc.id_token_malformed"),
+        ("exp", json!(-1), "oidc.expired"),
+        ("iat", json!(i64::MAX), "oidc.id_token_malformed"),
+        ("iat", json!(-1e300), "oidc.id_token_malformed"),
+        ("nbf", json!(i64::MAX), "oidc.not_yet_valid"),
+        ("nbf", json!(1e300), "oidc.not_yet_valid"),
+        ("auth_time", json!(i64::MAX), "oidc.id_token_malformed"),
+        ("auth_time", json!(u64::MAX), "oidc.id_token_malformed"),
+        ("auth_time", json!(-1e300), "oidc.id_token_malformed"),
+    ];
+    for (name, value, expected) in cases {
+        let login = f.begin().await;
+        let mut claims = f.claims(&login);
+        claims[name] = value.clone();
+        assert_eq!(
+            code(f.finish_claims(&login, claims).await),
+            expected,
+            "{name} = {value}"
+        );
+    }
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims.as_object_mut().unwrap().remove("exp");
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
+}
