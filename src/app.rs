@@ -145,7 +145,7 @@ pub async fn build(
         KeyConfig {
             algorithm: alg,
             rotation_interval: (settings.tokens.key_rotation_days > 0)
-                .then(|| Duration::from_secs(settings.tokens.key_rotation_days * 86_400)),
+                .then(|| Duration::from_secs(settings.tokens.key_rotation_days.saturating_mul(86_400))),
             max_token_lifetime: Duration::from_secs(max_lifetime),
             cache_for: Duration::from_secs(30),
         },

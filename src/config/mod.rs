@@ -303,9 +303,13 @@ pub struct TokenSettings {
     pub refresh_token_ttl_secs: u64,
     /// Lifetime of authorization codes, seconds.
     pub code_ttl_secs: u64,
-    /// Rotate the signing key after this many days (0: only on demand).
+    /// Rotate the signing key after this many days (0: only on demand; at
+    /// most [`MAX_KEY_ROTATION_DAYS`]).
     pub key_rotation_days: u64,
 }
+
+/// The longest `tokens.key_rotation_days`: ten years.
+pub const MAX_KEY_ROTATION_DAYS: u64 = 3650;
 
 /// `[sessions]`
 #[derive(Debug, Clone, Deserialize)]
@@ -987,6 +991,12 @@ impl Settings {
                 10,
                 crate::provider::codes::MAX_CODE_TTL_SECS,
             ),
+            (
+                "tokens.key_rotation_days",
+                self.tokens.key_rotation_days,
+                0,
+                MAX_KEY_ROTATION_DAYS,
+            ),
             ("sessions.ttl_secs", self.sessions.ttl_secs, 60, 30 * 86_400),
             ("sessions.login_ttl_secs", self.sessions.login_ttl_secs, 60, 3600),
             ("outbound.timeout_secs", self.outbound.timeout_secs, 1, 60),
@@ -1262,6 +1272,26 @@ routes = [
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["server.listen", "server.public_url", "tokens.algorithm"]);
         assert!(err.0.iter().all(|p| p.source == "portcullis.toml"));
+    }
+
+    /// A rotation interval beyond any sensible key life (here one whose
+    /// seconds would not fit a u64, which wrapped in a release build into an
+    /// arbitrary interval) is a configuration problem, not a start.
+    #[test]
+    fn a_key_rotation_interval_beyond_ten_years_is_refused() {
+        let mut s = memory_settings();
+        for days in [0, 90, MAX_KEY_ROTATION_DAYS] {
+            s.tokens.key_rotation_days = days;
+            assert!(problems(&s).is_empty(), "{days}: {:?}", problems(&s));
+        }
+        for days in [MAX_KEY_ROTATION_DAYS + 1, u64::MAX / 86_400 + 1, u64::MAX] {
+            s.tokens.key_rotation_days = days;
+            assert_eq!(
+                problems(&s),
+                [format!("tokens.key_rotation_days: {days} is outside 0..=3650")],
+                "{days}"
+            );
+        }
     }
 
     fn problems(s: &Settings) -> Vec<String> {

@@ -403,7 +403,13 @@ impl KeyManager {
         let Some(interval) = self.config.rotation_interval else {
             return Ok(false);
         };
-        let due = |since: DateTime<Utc>| self.clock.now() >= since + to_chrono(interval);
+        // An interval past the end of the calendar never comes due (rather
+        // than panicking in the background task that asks every hour).
+        let due = |since: DateTime<Utc>| {
+            since
+                .checked_add_signed(to_chrono(interval))
+                .is_some_and(|at| self.clock.now() >= at)
+        };
         if !due(self.current().await?.active_since) {
             return Ok(false);
         }

@@ -250,6 +250,21 @@ async fn rotate_if_due_rotates_once_across_replicas() {
     assert_eq!(env.stored().await.retired.len(), 1);
 }
 
+/// A rotation interval past the end of the calendar never comes due: the
+/// hourly check answers "not due" instead of panicking on `since + interval`.
+#[tokio::test]
+async fn a_rotation_interval_past_the_calendar_never_comes_due() {
+    let env = Env::new();
+    for secs in [u64::MAX, 300_000 * 365 * 86_400] {
+        let mut cfg = config(SigningAlgorithm::Es256);
+        cfg.rotation_interval = Some(Duration::from_secs(secs));
+        let m = KeyManager::init(env.store.clone(), Arc::new(env.clock.clone()), cfg)
+            .await
+            .unwrap();
+        assert!(!m.rotate_if_due().await.unwrap(), "{secs}");
+    }
+}
+
 #[tokio::test]
 async fn sign_refuses_tokens_that_would_outlive_their_key() {
     let env = Env::new();
