@@ -251,6 +251,57 @@ fn trust_cases() -> Vec<serde_json::Value> {
             json!({ "authn_instant": ts(Duration::minutes(-30)),
                     "session_not_on_or_after": ts(Duration::hours(8)) }),
         ),
+        // Instants at the edges: other time zones, long fractions, the first
+        // and last years a four-digit year holds, and forms RFC 3339 lacks.
+        case(
+            "instant_in_another_zone",
+            json!({ "issue_instant": "2030-01-01T13:00:00+01:00",
+                    "not_on_or_after": "2030-01-01T07:05:00-05:00" }),
+        ),
+        case(
+            "issued_in_future_by_zone",
+            json!({ "issue_instant": "2030-01-01T07:10:00-05:00" }),
+        ),
+        case(
+            "instant_with_thirty_fraction_digits",
+            json!({ "issue_instant": "2030-01-01T12:00:00.123456789012345678901234567890Z" }),
+        ),
+        case(
+            "issued_in_year_zero",
+            json!({ "issue_instant": "0000-01-01T00:00:00Z" }),
+        ),
+        case(
+            "issued_in_year_9999",
+            json!({ "issue_instant": "9999-12-31T23:59:59Z" }),
+        ),
+        case(
+            "expired_in_year_zero",
+            json!({ "not_on_or_after": "0000-01-01T00:00:00Z" }),
+        ),
+        case(
+            "valid_until_year_9999",
+            json!({ "not_before": "0000-01-01T00:00:00Z",
+                    "not_on_or_after": "9999-12-31T23:59:59.999999999Z",
+                    "scd_not_on_or_after": "9999-12-31T23:59:59Z",
+                    "session_not_on_or_after": "9999-12-31T23:59:59Z" }),
+        ),
+        case(
+            "instant_without_zone",
+            json!({ "issue_instant": "2030-01-01T12:00:00" }),
+        ),
+        case(
+            "instant_with_five_digit_year",
+            json!({ "issue_instant": "+12030-01-01T12:00:00Z" }),
+        ),
+        case(
+            "instant_with_negative_year",
+            json!({ "issue_instant": "-0001-01-01T00:00:00Z" }),
+        ),
+        case(
+            "instant_with_offset_of_a_day",
+            json!({ "issue_instant": "2030-01-01T12:00:00+24:00" }),
+        ),
+        case("instant_as_unix_seconds", json!({ "issue_instant": "1893499200" })),
     ]
 }
 

@@ -144,6 +144,43 @@ async fn issue_instants_outside_the_window_are_refused() {
     assert_eq!(code("authn_instant_in_future").await, "saml.authn_instant_in_future");
 }
 
+/// An instant in another time zone is the same instant: its offset is
+/// applied, not dropped (a `-05:00` ten minutes ahead is ahead).
+#[tokio::test]
+async fn instants_in_other_time_zones_are_read_as_the_same_instant() {
+    run("instant_in_another_zone").await.unwrap();
+    assert_eq!(code("issued_in_future_by_zone").await, "saml.issue_instant_in_future");
+    run("instant_with_thirty_fraction_digits").await.unwrap();
+}
+
+/// The first and last instants a four-digit year holds are judged like any
+/// other, with no overflow in the windows or the replay cache's lifetime:
+/// year 0 is too old or expired, year 9999 is ahead, and an assertion valid
+/// until 9999 is accepted with that session end.
+#[tokio::test]
+async fn instants_at_the_ends_of_the_calendar_are_judged_without_overflow() {
+    assert_eq!(code("issued_in_year_zero").await, "saml.issue_instant_too_old");
+    assert_eq!(code("issued_in_year_9999").await, "saml.issue_instant_in_future");
+    assert_eq!(code("expired_in_year_zero").await, "saml.expired");
+    let id = run("valid_until_year_9999").await.unwrap();
+    assert_eq!(id.session_expires_at, Some(253_402_300_799));
+}
+
+/// What RFC 3339 does not define (no zone, a five-digit or negative year,
+/// an offset of a day, bare Unix seconds) is malformed, not guessed at.
+#[tokio::test]
+async fn instants_outside_rfc_3339_are_malformed() {
+    for name in [
+        "instant_without_zone",
+        "instant_with_five_digit_year",
+        "instant_with_negative_year",
+        "instant_with_offset_of_a_day",
+        "instant_as_unix_seconds",
+    ] {
+        assert_eq!(code(name).await, "saml.malformed", "{name}");
+    }
+}
+
 #[tokio::test]
 async fn auth_time_and_session_end_come_from_the_authn_statement() {
     let id = run("ok").await.unwrap();
