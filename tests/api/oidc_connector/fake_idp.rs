@@ -87,6 +87,8 @@ pub struct Script {
     pub refresh_token: Option<String>,
     /// The JWKS endpoint answers this status with no keys (an outage).
     pub jwks_failing: Option<u16>,
+    /// The token responses' `expires_in` (`null`: left out).
+    pub expires_in: Value,
 }
 
 #[derive(Clone)]
@@ -115,6 +117,7 @@ impl FakeIdp {
             endpoint_override: BTreeMap::new(),
             refresh_token: None,
             jwks_failing: None,
+            expires_in: json!(300),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -215,11 +218,14 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
         // Rotates, as many IdPs do.
         let next = format!("{}+", s.refresh_token.clone().unwrap_or_default());
         s.refresh_token = Some(next.clone());
-        return Json(json!({
-            "access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": 300,
+        let mut body = json!({
+            "access_token": ACCESS_TOKEN, "token_type": "Bearer",
             "id_token": s.id_token, "refresh_token": next,
-        }))
-        .into_response();
+        });
+        if !s.expires_in.is_null() {
+            body["expires_in"] = s.expires_in.clone();
+        }
+        return Json(body).into_response();
     }
     if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
@@ -236,9 +242,11 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
     let mut body = json!({
         "access_token": ACCESS_TOKEN,
         "token_type": "Bearer",
-        "expires_in": 300,
         "id_token": s.id_token,
     });
+    if !s.expires_in.is_null() {
+        body["expires_in"] = s.expires_in.clone();
+    }
     if let Some(rt) = &s.refresh_token {
         body["refresh_token"] = json!(rt);
     }

@@ -311,6 +311,33 @@ async fn an_auth_time_from_the_future_is_refused() {
     assert_eq!(id.auth_time, Some(f.clock.unix() + SKEW));
 }
 
+/// The token response's `expires_in` is not read (the ID token's `exp`
+/// is what counts): left out or as large as a u64 holds it changes
+/// nothing; one that is not a u64 (negative, a fraction, beyond u64) fails
+/// the exchange as an invalid token response, never a panic or a wrap.
+#[tokio::test]
+async fn a_token_response_expires_in_out_of_range_fails_closed() {
+    let f = Fixture::new().await;
+    for ok in [Value::Null, json!(0), json!(u64::MAX)] {
+        f.idp.with(|s| s.expires_in = ok.clone());
+        let login = f.begin().await;
+        let claims = f.claims(&login);
+        f.finish_claims(&login, claims)
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+    for bad in [json!(-1), json!(3599.5), json!(1e20)] {
+        f.idp.with(|s| s.expires_in = bad.clone());
+        let login = f.begin().await;
+        let claims = f.claims(&login);
+        assert_eq!(
+            code(f.finish_claims(&login, claims).await),
+            "oidc.token_response_invalid",
+            "{bad}"
+        );
+    }
+}
+
 /// How the person authenticated (`acr`, `amr`) and the other claims only
 /// the signed ID token may carry are never taken from the unsigned
 /// userinfo answer, which could otherwise satisfy `require_mfa`; its
