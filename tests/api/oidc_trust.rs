@@ -251,6 +251,37 @@ async fn max_age_ignored_by_the_idp_is_refused() {
     assert!(q.contains_key("code"), "{q:?}");
 }
 
+/// An app's `max_age` is a whole number of seconds from 0 to i64::MAX:
+/// anything else (negative, beyond i64, a fraction, an exponent) is
+/// `invalid_request` (`authorize.max_age`) before the IdP is asked; the
+/// largest is any age and reuses the SSO session, with no overflow in the
+/// age check.
+#[tokio::test]
+async fn max_age_out_of_range_is_invalid_and_the_largest_is_any_age() {
+    let w = Trust::new(&[], &["openid", "email", "profile"], json!({})).await;
+    let mut browser = Browser::new();
+    w.tokens(&mut browser, &[], Some("alice")).await;
+    w.clock.advance(Duration::seconds(300));
+    let before = w.idp.stats().await.authorize;
+    for bad in ["-1", "9223372036854775808", "1.5", "1e3"] {
+        let q = w.authorize(&mut browser, &Pkce::new(), &[("max_age", bad)], None).await;
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some("invalid_request"),
+            "{bad}: {q:?}"
+        );
+        assert!(
+            q.get("error_description").is_some_and(|d| d.contains("max_age")),
+            "{bad}: {q:?}"
+        );
+    }
+    let q = w
+        .authorize(&mut browser, &Pkce::new(), &[("max_age", "9223372036854775807")], None)
+        .await;
+    assert!(q.contains_key("code"), "{q:?}");
+    assert_eq!(w.idp.stats().await.authorize, before, "the SSO session was reused");
+}
+
 #[tokio::test]
 async fn max_age_without_auth_time_from_the_idp_is_refused() {
     let w = Trust::new(
