@@ -102,6 +102,59 @@ async fn one_time_use_assertion_is_refused_again_until_it_expires() {
     assert_eq!(e.code, "saml.replay");
 }
 
+/// A memory store that records the TTL of every replay entry written.
+struct ReplayTtls(
+    portcullis::store::memory::MemoryStore,
+    std::sync::Arc<std::sync::Mutex<Vec<std::time::Duration>>>,
+);
+
+#[async_trait::async_trait]
+impl portcullis::store::StoreLayer for ReplayTtls {
+    fn inner(&self) -> &dyn portcullis::store::Store {
+        &self.0
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &portcullis::store::Key,
+        value: &[u8],
+        ttl: Option<std::time::Duration>,
+    ) -> Result<bool, portcullis::store::StoreError> {
+        if key.tag().ends_with(":saml-replay") {
+            self.1.lock().unwrap().extend(ttl);
+        }
+        portcullis::store::Store::put_if_absent(&self.0, key, value, ttl).await
+    }
+}
+
+/// An accepted assertion's replay entry lives until the first of its
+/// windows closes: a NotOnOrAfter in year 9999 does not keep an entry per
+/// sign-in for 8,000 years, since the IssueInstant age limit refuses the
+/// assertion after five minutes and the skew; until then a replay is
+/// still refused as one.
+#[tokio::test]
+async fn a_far_not_on_or_after_keeps_the_replay_entry_no_longer_than_the_issue_age() {
+    let (mut ctx, clock) = ctx_at(now());
+    let ttls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    ctx.store = std::sync::Arc::new(ReplayTtls(
+        portcullis::store::memory::MemoryStore::new(std::sync::Arc::new(clock.clone())),
+        ttls.clone(),
+    ));
+    let cfg = setup(&ctx, "acme", "corp", json!({ "metadata_xml": crafted().metadata })).await;
+    let c = connector(&ctx, "acme", "corp", cfg);
+    let x = xml("valid_until_year_9999");
+    complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap();
+    // IssueInstant is now: acceptable until now + 300 s + 60 s of skew,
+    // kept a second more.
+    assert_eq!(*ttls.lock().unwrap(), [std::time::Duration::from_secs(361)]);
+    clock.advance(Duration::seconds(359));
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
+    assert_eq!(e.code, "saml.replay");
+    clock.advance(Duration::seconds(2));
+    let e = complete_xml(&c, Some(&pending(REQ)), x.as_bytes()).await.unwrap_err();
+    assert_eq!(e.code, "saml.issue_instant_too_old");
+}
+
 #[tokio::test]
 async fn transient_name_id_is_never_the_subject() {
     assert_eq!(

@@ -224,13 +224,22 @@ pub(crate) fn check(
     identity.auth_time = auth_time.map(|t| t.timestamp());
     identity.acr = acr;
     identity.session_expires_at = session_expires_at.map(|t| t.timestamp());
-    // The replay cache keeps the id until every window that could still
-    // accept this assertion has closed: SubjectConfirmation and Conditions
-    // NotOnOrAfter, and the IssueInstant age limit. A OneTimeUse assertion
-    // therefore stays cached at least until its Conditions NotOnOrAfter.
-    let usable_until = scd_until
-        .max(conditions.until)
-        .max(issued + Duration::seconds(MAX_ISSUE_AGE_SECS))
+    // The replay cache keeps the id until the last instant this assertion
+    // could still be accepted: every window must be open for that, so the
+    // first of SubjectConfirmation and Conditions NotOnOrAfter and the
+    // IssueInstant age limit to close (plus the skew) ends it. The age
+    // limit bounds it, so a NotOnOrAfter in year 9999 does not keep an
+    // entry per sign-in for ever. A OneTimeUse assertion is refused again
+    // for as long as it is acceptable at all.
+    let usable_until = [
+        Some(scd_until),
+        conditions.until,
+        Some(issued + Duration::seconds(MAX_ISSUE_AGE_SECS)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(issued)
         + p.skew;
     Ok(Validated {
         identity,
@@ -329,8 +338,8 @@ fn check_one_confirmation(c: &El<'_>, p: &Policy<'_>) -> Result<DateTime<Utc>, R
 
 /// What the Conditions said, once checked.
 struct ConditionsOk {
-    /// NotOnOrAfter, or now when absent.
-    until: DateTime<Utc>,
+    /// NotOnOrAfter, when present.
+    until: Option<DateTime<Utc>>,
     /// A `<OneTimeUse>` condition was present.
     one_time_use: bool,
 }
@@ -393,7 +402,7 @@ fn check_conditions(assertion: &El<'_>, p: &Policy<'_>) -> Result<ConditionsOk, 
         }
     }
     Ok(ConditionsOk {
-        until: until.unwrap_or(p.now),
+        until,
         one_time_use: one_time_use > 0,
     })
 }

@@ -19,9 +19,12 @@
 //! * Encrypted assertions: RSA-OAEP key transport only; when no verified
 //!   signature covers the ciphertext, post-decryption failures share one code.
 //! * Every assertion is single-use: its id stays in the replay cache until
-//!   every window that could still accept it has closed (SubjectConfirmation
-//!   and Conditions NotOnOrAfter, IssueInstant plus the maximum age), so a
-//!   `<OneTimeUse>` assertion is cached at least until its NotOnOrAfter.
+//!   the last instant it could still be accepted, when the first of its
+//!   windows closes (SubjectConfirmation and Conditions NotOnOrAfter,
+//!   IssueInstant plus the maximum age, each plus the skew), so a
+//!   `<OneTimeUse>` assertion is refused again for as long as it is
+//!   acceptable at all, and an entry lives at most the maximum age and
+//!   twice the skew, whatever NotOnOrAfter the IdP wrote.
 //!   Unknown `<Condition>`s make the assertion invalid (SAML Core §2.5.1).
 //! * A transient NameID is never the subject: the connection's subject
 //!   attribute (or the first stable identifier found) is, or nothing is.
