@@ -94,6 +94,39 @@ async fn clock_moves_validity() {
         .is_ok());
 }
 
+/// The windows' edges with the 60 s skew, to the millisecond: NotOnOrAfter
+/// (here now + 5 min) refuses from NotOnOrAfter + skew on and accepts a
+/// millisecond before; NotBefore (now + 3 min) accepts from NotBefore - skew
+/// on and refuses a millisecond before.
+#[tokio::test]
+async fn validity_windows_hold_to_the_millisecond_at_their_edges() {
+    let (ctx, clock) = ctx_at(now());
+    let cfg = setup(
+        &ctx,
+        "acme",
+        "corp",
+        serde_json::json!({ "metadata_xml": crafted().metadata }),
+    )
+    .await;
+    let c = connector(&ctx, "acme", "corp", cfg);
+    let ms = Duration::milliseconds(1);
+    clock.set(now() + Duration::minutes(6));
+    let r = complete_xml(&c, Some(&pending(REQ)), xml("ok").as_bytes()).await;
+    assert_eq!(r.unwrap_err().code, "saml.expired");
+    clock.set(now() + Duration::minutes(6) - ms);
+    complete_xml(&c, Some(&pending(REQ)), xml("ok").as_bytes())
+        .await
+        .unwrap();
+
+    clock.set(now() + Duration::minutes(2) - ms);
+    let r = complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes()).await;
+    assert_eq!(r.unwrap_err().code, "saml.not_yet_valid");
+    clock.set(now() + Duration::minutes(2));
+    complete_xml(&c, Some(&pending(REQ)), xml("not_yet_valid").as_bytes())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn in_response_to_is_bound_to_the_pending_request() {
     assert_eq!(code("wrong_in_response_to").await, "saml.in_response_to_mismatch");
