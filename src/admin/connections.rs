@@ -78,6 +78,27 @@ fn check_platform_admin_fields(admin: &Admin, body: &Value) -> Result<(), AdminE
     Ok(())
 }
 
+/// A tenant admin (API key, setup link) gives its tenant at most
+/// [`crate::tenant::MAX_CONNECTIONS`] connections (409,
+/// `quota.connections`), checked before the metadata is fetched; the
+/// platform admin is not held to it.
+pub(crate) async fn check_connection_quota(s: &AppState, admin: &Admin, id: &TenantId) -> Result<(), AdminError> {
+    if !matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. }) {
+        return Ok(());
+    }
+    if !s.tenants.room_for_connection(id).await.map_err(registry)? {
+        tracing::info!(reason = "quota.connections", tenant = %id, max = crate::tenant::MAX_CONNECTIONS, "a tenant admin's connection over the tenant's quota: refused");
+        return Err(AdminError::ConflictReason {
+            reason: "quota.connections",
+            detail: format!(
+                "The tenant already has {} connections, the most its own admin may give it: delete one first, or ask the platform's operator.",
+                crate::tenant::MAX_CONNECTIONS
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A connection the platform admin disabled is the platform's to enable,
 /// re-status or delete: a tenant admin (API key, setup link) is refused,
 /// so an operator's switch-off of a tenant's IdP holds.
@@ -144,6 +165,7 @@ async fn create_connection(
         return Err(AdminError::NotFound(format!("There is no tenant {id:?}.")));
     }
     check_platform_admin_fields(&admin, &body)?;
+    check_connection_quota(&s, &admin, &id).await?;
     let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
         .await
         .map_err(setup_error)?;

@@ -129,6 +129,33 @@ async fn refuse_new_domain_of_file(s: &AppState, id: &TenantId, raw: &str, actio
     Ok(())
 }
 
+/// A tenant admin (API key, setup link) gives its tenant at most
+/// [`crate::tenant::MAX_DOMAINS`] domains, verified and claimed together
+/// (409, `quota.domains`); claiming one it already has is no new one. The
+/// platform admin is not held to it. Checked before the claim is written,
+/// so claims at the same moment may each pass it once.
+async fn check_domain_quota(s: &AppState, admin: &Admin, id: &TenantId, raw: &str) -> Result<(), AdminError> {
+    if !matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. }) {
+        return Ok(());
+    }
+    let Some(tenant) = s.tenants.get(id).await.map_err(registry)? else {
+        return Ok(());
+    };
+    let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
+    let wanted = crate::tenant::parse_domain(raw).unwrap_or_default();
+    if states.len() >= crate::tenant::MAX_DOMAINS && !states.iter().any(|st| st.domain == wanted) {
+        tracing::info!(reason = "quota.domains", tenant = %id, max = crate::tenant::MAX_DOMAINS, "a tenant admin's domain claim over the tenant's quota: refused");
+        return Err(AdminError::ConflictReason {
+            reason: "quota.domains",
+            detail: format!(
+                "The tenant already has {} domains, verified or claimed, the most its own admin may give it: remove one first, or ask the platform's operator.",
+                crate::tenant::MAX_DOMAINS
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn claim(
     admin: Admin,
     State(s): State<Arc<AppState>>,
@@ -138,6 +165,7 @@ async fn claim(
     let id = tenant_id(&id)?;
     let req: NewDomain = parse_body(body)?;
     refuse_new_domain_of_file(&s, &id, &req.domain, "claiming a domain for it").await?;
+    check_domain_quota(&s, &admin, &id, &req.domain).await?;
     let state = s.tenants.claim_domain(&id, &req.domain).await.map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
     audit::record(

@@ -1062,7 +1062,7 @@ fn tenants_get() {}
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
     request_body(content = TenantMergePatch, content_type = "application/merge-patch+json"),
-    responses((status = 200, body = TenantView), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = TenantView), (status = 400, description = "A field is invalid (`field` names it), e.g. `settings.allowed_clients` listing more than `MAX_ALLOWED_CLIENTS` (100) apps (`quota.allowed_clients`).", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A domain another tenant owns, or a new name or domains of a tenant that comes from a tenant file (`reason`: `tenant.file_owned`).", body = Problem, content_type = "application/problem+json")))]
 fn tenants_patch() {}
@@ -1077,7 +1077,7 @@ fn tenants_delete() {}
     request_body = NewConnection,
     responses((status = 201, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The id is taken, or a tenant admin's tenant already has `MAX_CONNECTIONS` (50) connections (`reason`: `quota.connections`; the platform admin is not held to it).", body = Problem, content_type = "application/problem+json")))]
 fn connections_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
@@ -1327,7 +1327,7 @@ fn audit_platform() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),
     request_body = NewDomain,
-    responses((status = 200, body = DomainView, description = "already verified (declared by the platform admin)"), (status = 201, body = DomainView, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant has verified, or a domain of a tenant that comes from a tenant file (`reason`: `tenant.file_owned`): change the file instead.")))]
+    responses((status = 200, body = DomainView, description = "already verified (declared by the platform admin)"), (status = 201, body = DomainView, description = "verification: the DNS TXT record to publish"), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant has verified, or a domain of a tenant that comes from a tenant file (`reason`: `tenant.file_owned`): change the file instead; or a tenant admin's tenant already has `MAX_DOMAINS` (50) domains, verified or claimed (`reason`: `quota.domains`; the platform admin is not held to it).")))]
 fn domains_claim() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/domains", tag = "domains", params(("id" = String, Path)),

@@ -351,6 +351,11 @@ pub struct InvalidHook {
 pub const MIN_SECRET_CHARS: usize = 32;
 /// The largest secret accepted.
 pub const MAX_SECRET_CHARS: usize = 512;
+/// The longest hook URL, in bytes: the configuration is cached per tenant
+/// by every replica (up to `CACHE_ENTRIES` of them, counted in entries)
+/// and read on every call, so its size must not be one the admin body
+/// limit allows (`hook.url_too_long`).
+pub const MAX_URL_BYTES: usize = 2048;
 
 /// Tenants' hooks: their configuration in the store and the signed client
 /// that calls them. Cheap to clone.
@@ -430,6 +435,17 @@ impl Hooks {
     /// loopback/private host with `allow_private_networks`; no credentials),
     /// the secret's length, the timeout's range. Returns the timeout in ms.
     pub fn check(&self, url: &str, secret: Option<&str>, timeout_ms: Option<u64>) -> Result<u64, InvalidHook> {
+        if url.len() > MAX_URL_BYTES {
+            tracing::info!(
+                reason = "hook.url_too_long",
+                bytes = url.len(),
+                "a hook URL over the limit: refused"
+            );
+            return Err(InvalidHook {
+                field: "url",
+                detail: format!("must be at most {MAX_URL_BYTES} bytes (hook.url_too_long)."),
+            });
+        }
         let parsed = Url::parse(url).map_err(|e| InvalidHook {
             field: "url",
             detail: format!("is not a URL ({e})."),

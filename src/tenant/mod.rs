@@ -60,6 +60,24 @@ pub struct Tenant {
     pub settings: TenantSettings,
 }
 
+/// The most connections a tenant admin (a tenant API key, a setup link)
+/// may give its tenant: a connection is kept in the store, refreshed from
+/// its metadata URL and cached by every replica that serves it, so the
+/// tenant's count is the platform's cost. Checked before each creation, so
+/// creations running at the same moment may pass it together (each by at
+/// most one). The platform admin, tenant files and imports are not held to
+/// it (`quota.connections`).
+pub const MAX_CONNECTIONS: usize = 50;
+
+/// The most domains (verified or still claimed) a tenant admin may give
+/// its tenant: each verified one is in the tenant's record, which every
+/// sign-in of the tenant reads (`quota.domains`).
+pub const MAX_DOMAINS: usize = 50;
+
+/// The most apps a tenant's `settings.allowed_clients` may list: the list
+/// is in the tenant's record, which every sign-in of the tenant reads.
+pub const MAX_ALLOWED_CLIENTS: usize = 100;
+
 /// The most an SSO session of a tenant may be set to last (30 days).
 pub const MAX_SSO_SESSION_TTL_SECS: u64 = 30 * 24 * 3600;
 /// The least an SSO session of a tenant may be set to last (one minute).
@@ -74,7 +92,7 @@ pub struct TenantSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso_session_ttl_secs: Option<u64>,
     /// The apps (client ids) the tenant may use; empty means every app that
-    /// allows the tenant.
+    /// allows the tenant. At most [`MAX_ALLOWED_CLIENTS`].
     #[serde(default)]
     pub allowed_clients: Vec<String>,
     /// Whether sign-ins of this tenant must show multi-factor authentication.
@@ -160,6 +178,17 @@ impl TenantSettings {
                     format!("must be between {MIN_SSO_SESSION_TTL_SECS} and {MAX_SSO_SESSION_TTL_SECS} seconds."),
                 ));
             }
+        }
+        if self.allowed_clients.len() > MAX_ALLOWED_CLIENTS {
+            tracing::info!(
+                reason = "quota.allowed_clients",
+                count = self.allowed_clients.len(),
+                "too many allowed clients: refused"
+            );
+            return Err((
+                "settings.allowed_clients".into(),
+                format!("may list at most {MAX_ALLOWED_CLIENTS} apps (quota.allowed_clients)."),
+            ));
         }
         for (i, c) in self.allowed_clients.iter().enumerate() {
             if !crate::ids::is_client_id(c) {
@@ -1150,6 +1179,13 @@ impl TenantRegistry {
             tracing::info!(reason = "connection.users_renewed", tenant = %connection.tenant, connection = %connection.id, "the connection's upstream issuer changed: its users start afresh");
         }
         Ok(written)
+    }
+
+    /// Whether tenant `t` may be given one more connection by its own
+    /// admin: fewer than [`MAX_CONNECTIONS`] now. Read apart from the
+    /// creation, so creations at the same moment may each pass it once.
+    pub async fn room_for_connection(&self, t: &TenantId) -> Result<bool, RegistryError> {
+        Ok(self.store.set_members(&connections_key(t)).await?.len() < MAX_CONNECTIONS)
     }
 
     /// Stores a new connection. Fails if the id is taken within the tenant.

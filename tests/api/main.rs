@@ -43,6 +43,7 @@ mod peers_selftest;
 mod portal;
 mod portal_browser;
 mod published_docs;
+mod quotas;
 mod revocation;
 mod revocation_races;
 mod saml_attacks;

@@ -1,0 +1,209 @@
+//! What a tenant admin may make the gateway keep: a tenant's own admin (a
+//! tenant API key) is held to the documented caps on connections, domains
+//! and allowed apps, answered 409 problem+json with the cap's reason code
+//! (or 400 naming the field); the platform admin is not held to the counts.
+
+use crate::support::app::{spawn_app, AppOptions, TestApp};
+use crate::support::logs::Captured;
+use portcullis::tenant::{MAX_ALLOWED_CLIENTS, MAX_CONNECTIONS, MAX_DOMAINS};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    if !status.is_success() {
+        assert_eq!(
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{status} without problem+json"
+        );
+    }
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A dev-mode gateway with tenant `acme` and a key of its own admin.
+async fn acme_with_key() -> (TestApp, String) {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..Default::default()
+    })
+    .await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let resp = app
+        .client
+        .post(app.url("/admin/v1/tenants/acme/api-keys"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"name": "acme-admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let key = resp.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    (app, key)
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_give_its_tenant_more_connections_than_the_cap() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    for i in 0..MAX_CONNECTIONS {
+        let (status, body) = call(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            &key,
+            Some(json!({"id": format!("c{i}"), "kind": "dev"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections",
+        &key,
+        Some(json!({"id": "one-more", "kind": "dev"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "quota.connections");
+    assert!(body["detail"].as_str().unwrap().contains(&MAX_CONNECTIONS.to_string()));
+    assert_eq!(logs.with_reason("quota.connections").len(), 1);
+    let (_, list) = call(&app, Method::GET, "/admin/v1/tenants/acme/connections", &key, None).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), MAX_CONNECTIONS);
+
+    // Deleting one makes room again.
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/admin/v1/tenants/acme/connections/c0",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections",
+        &key,
+        Some(json!({"id": "one-more", "kind": "dev"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The platform admin is not held to the count.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({"id": "by-platform", "kind": "dev"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_claim_more_domains_than_the_cap() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    for i in 0..MAX_DOMAINS {
+        let (status, body) = call(
+            &app,
+            Method::POST,
+            "/admin/v1/tenants/acme/domains",
+            &key,
+            Some(json!({"domain": format!("d{i}.acme-corp.com")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/domains",
+        &key,
+        Some(json!({"domain": "one-more.acme-corp.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "quota.domains");
+    assert_eq!(logs.with_reason("quota.domains").len(), 1);
+    let (_, list) = call(&app, Method::GET, "/admin/v1/tenants/acme/domains", &key, None).await;
+    assert_eq!(list["domains"].as_array().unwrap().len(), MAX_DOMAINS);
+
+    // Claiming one it already has again is no new domain.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/domains",
+        &key,
+        Some(json!({"domain": "d0.acme-corp.com"})),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {body}");
+
+    // The platform admin is not held to the count.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/acme/domains",
+            Some(json!({"domain": "by-platform.acme-corp.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_record_lists_at_most_the_cap_of_allowed_apps() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    let many: Vec<String> = (0..=MAX_ALLOWED_CLIENTS).map(|i| format!("app-{i}")).collect();
+    for token in [key.as_str(), app.admin_token.as_str()] {
+        let (status, body) = call(
+            &app,
+            Method::PATCH,
+            "/admin/v1/tenants/acme",
+            token,
+            Some(json!({"settings": {"allowed_clients": many}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["field"], "settings.allowed_clients");
+        assert!(body["detail"].as_str().unwrap().contains("quota.allowed_clients"));
+    }
+    assert_eq!(logs.with_reason("quota.allowed_clients").len(), 2);
+    let (status, body) = call(
+        &app,
+        Method::PATCH,
+        "/admin/v1/tenants/acme",
+        &key,
+        Some(json!({"settings": {"allowed_clients": many[..MAX_ALLOWED_CLIENTS]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_hook_url_longer_than_the_cap_is_refused() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    let path = "/admin/v1/tenants/acme/hooks/pre_token_generation";
+    let long = format!(
+        "https://hooks.acme-corp.com/{}",
+        "a".repeat(portcullis::hooks::MAX_URL_BYTES)
+    );
+    let (status, body) = call(&app, Method::PUT, path, &key, Some(json!({"url": long}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "url");
+    assert!(body["detail"].as_str().unwrap().contains("hook.url_too_long"));
+    assert_eq!(logs.with_reason("hook.url_too_long").len(), 1);
+    let (_, list) = call(&app, Method::GET, "/admin/v1/tenants/acme/hooks", &key, None).await;
+    assert_eq!(list["hooks"].as_array().unwrap().len(), 0);
+}
