@@ -166,6 +166,9 @@ async fn create_connection(
     }
     check_platform_admin_fields(&admin, &body)?;
     check_connection_quota(&s, &admin, &id).await?;
+    if body.get("metadata_url").is_some() || body.get("issuer").is_some() {
+        super::charge_outbound(&s, &admin, &id).await?;
+    }
     let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
         .await
         .map_err(setup_error)?;
@@ -297,6 +300,10 @@ async fn patch_connection_handler(
     check_platform_admin_fields(&admin, &body)?;
     if body.get("status").is_some() {
         check_not_disabled_by_platform(&admin, &old)?;
+    }
+    // An OIDC connection's every change discovers its issuer again.
+    if matches!(old.kind, ConnectionKind::Oidc(_)) || body.get("metadata_url").is_some() {
+        super::charge_outbound(&s, &admin, &id).await?;
     }
     let new = patch_connection(&s.upstream, &old, body).await.map_err(|e| {
         tracing::info!(reason = "admin.connection_patch_refused", tenant = %id, connection = %old.id, field = %e.field);

@@ -245,6 +245,7 @@ async fn verify(
         VerifiedBy::Dns
     };
     refuse_new_domain_of_file(&s, &id, &domain, "verifying a domain for it").await?;
+    super::charge_outbound(&s, &admin, &id).await?;
     let state = s
         .tenants
         .verify_domain(&id, &domain, &s.domains, by)

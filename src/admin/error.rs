@@ -44,6 +44,18 @@ pub enum AdminError {
         /// What is refused, and what to do instead.
         detail: String,
     },
+    /// Over a tenant admin's budget of costly calls (429, with
+    /// `Retry-After`), logged where it is raised; the answer carries the
+    /// stable reason code as `reason`.
+    #[error("{reason}: {detail}")]
+    TooMany {
+        /// The stable reason code.
+        reason: &'static str,
+        /// What is refused, and when to try again.
+        detail: String,
+        /// Seconds until one more call is allowed (at least 1).
+        retry_after_secs: u64,
+    },
     /// The request was understood but what it depends on refused it (422),
     /// e.g. an IdP's metadata that was fetched and not taken.
     #[error("{field}: {detail}")]
@@ -119,6 +131,7 @@ impl IntoResponse for AdminError {
                 Some(field.to_string()),
             ),
             Self::ConflictReason { detail, .. } => (StatusCode::CONFLICT, "Conflict", detail.clone(), None),
+            Self::TooMany { detail, .. } => (StatusCode::TOO_MANY_REQUESTS, "Too many requests", detail.clone(), None),
             Self::Unprocessable { field, detail } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Not taken",
@@ -152,7 +165,7 @@ impl IntoResponse for AdminError {
         // with its tenant (and connection) and that reason code.
         if !matches!(
             self,
-            Self::Internal(_) | Self::Unavailable(_) | Self::ConflictReason { .. }
+            Self::Internal(_) | Self::Unavailable(_) | Self::ConflictReason { .. } | Self::TooMany { .. }
         ) {
             tracing::info!(
                 reason = "admin.refused",
@@ -172,7 +185,9 @@ impl IntoResponse for AdminError {
                 o.insert("field".into(), json!(f));
             }
         }
-        if let (Self::ConflictReason { reason, .. }, Some(o)) = (&self, body.as_object_mut()) {
+        if let (Self::ConflictReason { reason, .. } | Self::TooMany { reason, .. }, Some(o)) =
+            (&self, body.as_object_mut())
+        {
             o.insert("reason".into(), json!(reason));
         }
         let mut resp = (
@@ -181,6 +196,10 @@ impl IntoResponse for AdminError {
             body.to_string(),
         )
             .into_response();
+        if let Self::TooMany { retry_after_secs, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after_secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));

@@ -150,6 +150,9 @@ async fn create_user(
     if let Some(field) = profile.too_long() {
         return Err(AdminError::field(field, "must be at most 200 characters"));
     }
+    if body.password.is_some() {
+        super::charge_password_hash(&s, &admin, &t).await?;
+    }
     let user = s
         .accounts
         .admin_create(&t, &c, &cfg, &body.email, body.password.as_ref(), profile)

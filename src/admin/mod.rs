@@ -213,6 +213,82 @@ pub(crate) fn registry(e: RegistryError) -> AdminError {
     }
 }
 
+/// The most calls per minute a tenant admin (API key, setup link) may make
+/// that fetch from or look up outside the gateway on its tenant's behalf:
+/// creating or changing a connection with a `metadata_url` or `issuer`,
+/// refreshing a connection's metadata, checking a domain's TXT record.
+/// Each waits on the network for up to the outbound timeout while it holds
+/// one of the admin listener's slots, so the admin API's own per-tenant
+/// limit (1,200 a minute by default) would let one tenant keep the
+/// gateway fetching for it (`quota.outbound`). The platform admin is not
+/// held to it.
+pub const MAX_OUTBOUND_PER_MINUTE: u64 = 30;
+
+/// The most passwords per minute a tenant admin may have hashed by
+/// creating local accounts with one: each hash (argon2id, 19 MiB) takes one
+/// of the replica's `local.max_concurrent_hashes` slots, which every
+/// tenant's password sign-ins share (`quota.password_hashes`). The
+/// platform admin is not held to it.
+pub const MAX_PASSWORD_HASHES_PER_MINUTE: u64 = 60;
+
+/// A per-tenant budget of costly admin calls: its bucket under
+/// `t:<tenant>:rl`, its size per minute, its reason code and what it counts.
+struct Budget {
+    bucket: &'static str,
+    per_minute: u64,
+    reason: &'static str,
+    what: &'static str,
+}
+
+/// Counts one outbound call of a tenant admin in its tenant's bucket, or
+/// refuses it (429, `quota.outbound`): see [`MAX_OUTBOUND_PER_MINUTE`].
+pub(crate) async fn charge_outbound(s: &AppState, admin: &Admin, tenant: &TenantId) -> Result<(), AdminError> {
+    const OUTBOUND: Budget = Budget {
+        bucket: "admin_outbound",
+        per_minute: MAX_OUTBOUND_PER_MINUTE,
+        reason: "quota.outbound",
+        what: "fetch or look up (metadata, issuers, DNS)",
+    };
+    charge(s, admin, tenant, &OUTBOUND).await
+}
+
+/// Counts one password hash of a tenant admin in its tenant's bucket, or
+/// refuses it (429, `quota.password_hashes`): see
+/// [`MAX_PASSWORD_HASHES_PER_MINUTE`].
+pub(crate) async fn charge_password_hash(s: &AppState, admin: &Admin, tenant: &TenantId) -> Result<(), AdminError> {
+    const HASHES: Budget = Budget {
+        bucket: "admin_password_hashes",
+        per_minute: MAX_PASSWORD_HASHES_PER_MINUTE,
+        reason: "quota.password_hashes",
+        what: "hash a new local account's password",
+    };
+    charge(s, admin, tenant, &HASHES).await
+}
+
+async fn charge(s: &AppState, admin: &Admin, tenant: &TenantId, budget: &Budget) -> Result<(), AdminError> {
+    if !matches!(admin.principal.kind, auth::PrincipalKind::TenantAdmin { .. }) {
+        return Ok(());
+    }
+    let key = crate::store::Key::tenant(tenant.as_str(), "rl", budget.bucket);
+    let decision = s
+        .store
+        .rate_limit(&key, budget.per_minute, std::time::Duration::from_secs(60))
+        .await?;
+    if decision.allowed {
+        return Ok(());
+    }
+    let retry_after_secs = decision.retry_after.as_secs().max(1);
+    tracing::info!(reason = budget.reason, tenant = %tenant, max = budget.per_minute, retry_after_secs, "a tenant admin's costly calls over the tenant's budget: refused");
+    Err(AdminError::TooMany {
+        reason: budget.reason,
+        detail: format!(
+            "The tenant's admins asked the gateway to {} more than {} times in a minute: try again in {retry_after_secs} s.",
+            budget.what, budget.per_minute
+        ),
+        retry_after_secs,
+    })
+}
+
 /// Deserializes an admin body; a failure names the path of the field at
 /// fault (`serde_path_to_error`), e.g. `scopes[1].name`.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, AdminError> {

@@ -1077,7 +1077,7 @@ fn tenants_delete() {}
     request_body = NewConnection,
     responses((status = 201, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The id is taken, or a tenant admin's tenant already has `MAX_CONNECTIONS` (50) connections (`reason`: `quota.connections`; the platform admin is not held to it).", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The id is taken, or a tenant admin's tenant already has `MAX_CONNECTIONS` (50) connections (`reason`: `quota.connections`; the platform admin is not held to it).", body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over its tenant's budget of outbound calls, `MAX_OUTBOUND_PER_MINUTE` (30) a minute: fetching metadata or an issuer, checking DNS (`reason`: `quota.outbound`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn connections_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
@@ -1211,7 +1211,7 @@ fn users_passkeys_delete() {}
     request_body = NewLocalUser,
     responses((status = 201, body = LocalUserView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json")))]
+        (status = 409, body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over its tenant's budget of passwords hashed, `MAX_PASSWORD_HASHES_PER_MINUTE` (60) a minute (`reason`: `quota.password_hashes`, `Retry-After`); an account without a password hashes nothing; the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn local_users_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections/{cid}/users", tag = "local-users",
@@ -1259,7 +1259,7 @@ fn keys_rotate() {}
         ("keep_users" = Option<bool>, Query, description = "true keeps the connection's users when the patch changes its upstream issuer (OIDC issuer, SAML entity id); by default they start afresh (users_renewed)")),
     request_body(content = ConnectionMergePatch, description = "a JSON merge patch of the connection (application/merge-patch+json or application/json); sp_entity_id and acs_url only by the platform admin"),
     responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A conflicting change, or a change other than `status` of a connection a tenant file declares (`reason`: `connection.file_declared`).", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "A conflicting change, or a change other than `status` of a connection a tenant file declares (`reason`: `connection.file_declared`).", body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over its tenant's budget of outbound calls, `MAX_OUTBOUND_PER_MINUTE` (30) a minute: fetching metadata or an issuer, checking DNS (`reason`: `quota.outbound`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn connections_patch() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/enable", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
@@ -1271,7 +1271,7 @@ fn connections_enable() {}
 fn connections_disable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/refresh", tag = "connections", params(("id" = String, Path), ("cid" = String, Path)),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over its tenant's budget of outbound calls, `MAX_OUTBOUND_PER_MINUTE` (30) a minute: fetching metadata or an issuer, checking DNS (`reason`: `quota.outbound`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn connections_refresh() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/sp-certificates/{step}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path), ("step" = String, Path)),
@@ -1344,7 +1344,7 @@ fn domains_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
     request_body(content = Option<VerifyDomain>, description = "optional"),
-    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant verified first, or a domain the tenant file of the tenant does not declare (`reason`: `tenant.file_owned`).")))]
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "A domain another tenant verified first, or a domain the tenant file of the tenant does not declare (`reason`: `tenant.file_owned`)."), (status = 429, description = "A tenant admin over its tenant's budget of outbound calls, `MAX_OUTBOUND_PER_MINUTE` (30) a minute: fetching metadata or an issuer, checking DNS (`reason`: `quota.outbound`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn domains_verify() {}
 
 #[utoipa::path(put, path = "/admin/v1/tenants/{id}/mfa", tag = "tenants", params(("id" = String, Path)),

@@ -43,6 +43,7 @@ async fn refresh_connection(
 ) -> Result<Json<Value>, AdminError> {
     let id = tenant_id(&id)?;
     let cid = ConnectionId::parse(&cid).map_err(|_| AdminError::NotFound("There is no such connection.".into()))?;
+    super::charge_outbound(&s, &admin, &id).await?;
     let refresher = MetadataRefresher::new(s.tenants.clone(), s.upstream.clone());
     let conn = match refresher.refresh(&id, &cid, Trigger::Now).await {
         Ok(RefreshOutcome::Updated(c, before)) => {

@@ -207,3 +207,98 @@ async fn a_hook_url_longer_than_the_cap_is_refused() {
     let (_, list) = call(&app, Method::GET, "/admin/v1/tenants/acme/hooks", &key, None).await;
     assert_eq!(list["hooks"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_tenant_admin_asks_for_at_most_the_budget_of_outbound_calls_a_minute() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    // Each DNS check of an unclaimed domain is refused for itself, after
+    // its charge; the budget's next call is refused before any look-up.
+    let path = "/admin/v1/tenants/acme/domains/unclaimed.acme-corp.com/verify";
+    for _ in 0..portcullis::admin::MAX_OUTBOUND_PER_MINUTE {
+        let (status, body) = call(&app, Method::POST, path, &key, None).await;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    }
+    let resp = app.client.post(app.url(path)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "quota.outbound");
+    assert_eq!(logs.with_reason("quota.outbound").len(), 1);
+
+    // A metadata refresh spends the same budget.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections/any/refresh",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "quota.outbound");
+
+    // The platform admin is not held to it.
+    let (status, body) = app.admin(Method::POST, path, None).await;
+    assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+}
+
+#[tokio::test]
+async fn a_tenant_admin_has_at_most_the_budget_of_passwords_hashed_a_minute() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections",
+        &key,
+        Some(json!({"id": "local", "kind": "local"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = "/admin/v1/tenants/acme/connections/local/users";
+    let password = "correct horse battery staple 42";
+    // The budget refills as the minute goes on (one hash a second), and
+    // each creation takes a little while: the refusal comes at the budget
+    // or a little after it, never before.
+    let budget = portcullis::admin::MAX_PASSWORD_HASHES_PER_MINUTE;
+    let mut created = 0;
+    let (status, body) = loop {
+        let (status, body) = call(
+            &app,
+            Method::POST,
+            path,
+            &key,
+            Some(json!({"email": format!("u{created}@acme-corp.com"), "password": password})),
+        )
+        .await;
+        if status != StatusCode::CREATED || created > 2 * budget {
+            break (status, body);
+        }
+        created += 1;
+    };
+    assert!(created >= budget, "refused after {created} creations");
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "quota.password_hashes");
+    assert_eq!(logs.with_reason("quota.password_hashes").len(), 1);
+
+    // An account without a password (reset required) hashes nothing.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        path,
+        &key,
+        Some(json!({"email": "no-password@acme-corp.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The platform admin is not held to it.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            path,
+            Some(json!({"email": "by-platform@acme-corp.com", "password": password})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
