@@ -91,10 +91,16 @@ async fn create(
     };
     let rs = s.provider.resources.get(&rule.resource).await?;
     check_rule(&rule, rs.as_ref()).map_err(|(field, detail)| AdminError::Invalid { field, detail })?;
+    // Read apart from the creation: creations at the same moment may each
+    // pass it once. The platform admin is held to it too (the rules are
+    // tested at every exchange of the tenant).
     if rules(&s).count(&tenant).await? >= MAX_RULES {
-        return Err(AdminError::Conflict {
-            field: "id",
-            detail: format!("The tenant already has {MAX_RULES} exchange rules, the most it may have."),
+        tracing::info!(reason = "quota.exchange_rules", tenant = %tenant.id, max = MAX_RULES, "an exchange rule over the tenant's quota: refused");
+        return Err(AdminError::ConflictReason {
+            reason: "quota.exchange_rules",
+            detail: format!(
+                "The tenant already has {MAX_RULES} exchange rules, the most it may have: delete one first."
+            ),
         });
     }
     if !rules(&s).create(&tenant, &rule).await? {

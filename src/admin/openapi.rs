@@ -1356,7 +1356,7 @@ fn tenants_mfa() {}
     request_body = NewExchangeRule,
     responses((status = 201, body = ExchangeRuleView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The id is taken, or the tenant already has `MAX_RULES` (100) rules (`reason`: `quota.exchange_rules`; the platform admin too).", body = Problem, content_type = "application/problem+json")))]
 fn exchange_rules_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/exchange-rules", tag = "exchange-rules", params(("id" = String, Path)),

@@ -302,3 +302,29 @@ async fn a_tenant_admin_has_at_most_the_budget_of_passwords_hashed_a_minute() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test]
+async fn a_tenant_has_at_most_the_cap_of_exchange_rules() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/resource-servers",
+            Some(json!({"identifier": "https://api.acme-corp.com", "name": "API", "scopes": [{"name": "read"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rule = |id: String| json!({"id": id, "resource": "https://api.acme-corp.com", "scopes": ["read"]});
+    let path = "/admin/v1/tenants/acme/exchange-rules";
+    for i in 0..portcullis::provider::exchange::MAX_RULES {
+        let (status, body) = call(&app, Method::POST, path, &key, Some(rule(format!("r{i}")))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for token in [key.as_str(), app.admin_token.as_str()] {
+        let (status, body) = call(&app, Method::POST, path, token, Some(rule("one-more".into()))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["reason"], "quota.exchange_rules");
+    }
+    assert_eq!(logs.with_reason("quota.exchange_rules").len(), 2);
+}
