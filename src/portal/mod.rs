@@ -621,6 +621,48 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
             }
         }
     }
+    // The connection's id comes from the form's `idp`, any name: a new one
+    // counts against the tenant's connections as through the admin API.
+    match s.tenants.connection(&session.tenant, &cid).await {
+        Ok(Some(_)) => {}
+        Ok(None) => match s.tenants.room_for_connection(&session.tenant).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(reason = "quota.connections", tenant = %session.tenant, link = %session.link_id, max = crate::tenant::MAX_CONNECTIONS, "a setup link's connection over the tenant's quota: refused");
+                return message(
+                    &s,
+                    StatusCode::CONFLICT,
+                    "Too many connections",
+                    &format!(
+                        "This organization already has {} connections, the most its own set-up may give it. Ask the application's operator to remove one.",
+                        crate::tenant::MAX_CONNECTIONS
+                    ),
+                    "quota.connections",
+                );
+            }
+            Err(e) => return unavailable(&s, e),
+        },
+        Err(e) => return unavailable(&s, e),
+    }
+    if body.contains_key("metadata_url") || kind == "oidc" {
+        let admin = crate::admin::Admin::new(
+            crate::admin::Principal::setup_link(session.tenant.clone(), session.link_id.clone()),
+            "portal",
+        );
+        match crate::admin::charge_outbound(&s, &admin, &session.tenant).await {
+            Ok(()) => {}
+            Err(crate::admin::AdminError::TooMany { detail, .. }) => {
+                return message(
+                    &s,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many attempts",
+                    &detail,
+                    "quota.outbound",
+                )
+            }
+            Err(e) => return unavailable(&s, e),
+        }
+    }
     let built =
         crate::tenant::setup::build_connection(&s.upstream, &session.tenant, serde_json::Value::Object(body), false)
             .await;

@@ -963,3 +963,41 @@ async fn a_test_sign_in_with_an_oversized_identity_fails_with_its_reason() {
         "no activate form after a failed test"
     );
 }
+
+/// The portal names a connection after the form's `idp`, any name: a setup
+/// link holder adding ever more of them is held to the tenant's cap as a
+/// tenant API key is.
+#[tokio::test]
+async fn a_setup_link_cannot_give_its_tenant_more_connections_than_the_cap() {
+    use crate::metadata_refresh::{metadata, Key};
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
+    let have = app
+        .state
+        .tenants
+        .connection_ids(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap()
+        .len();
+    // The platform admin is not held to the cap.
+    for i in have..portcullis::tenant::MAX_CONNECTIONS {
+        app.admin_create(
+            "/admin/v1/tenants/demo/connections",
+            json!({"id": format!("filler-{i}"), "kind": "dev"}),
+        )
+        .await;
+    }
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let key = Key::new();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[("csrf", &csrf), ("kind", "saml"), ("idp", "one-more")],
+        Some(&metadata(&[key.cert_b64()])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("quota.connections"), "{page}");
+    assert!(stored(&app, "demo", "one-more-saml").await.is_none());
+    assert_eq!(logs.with_reason("quota.connections").len(), 1);
+}
