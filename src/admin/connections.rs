@@ -169,6 +169,9 @@ async fn create_connection(
     if body.get("metadata_url").is_some() || body.get("issuer").is_some() {
         super::charge_outbound(&s, &admin, &id).await?;
     }
+    if body.get("kind").and_then(Value::as_str) == Some("saml") {
+        super::charge_key_generation(&s, &admin, &id).await?;
+    }
     let conn = crate::tenant::setup::build_connection(&s.upstream, &id, body, s.dev)
         .await
         .map_err(setup_error)?;
@@ -381,6 +384,9 @@ async fn sp_certificates(
     };
     let mut cfg = cfg.clone();
     let now = s.upstream.clock.now();
+    if step == "rotate" && cfg.sp_next_key.is_none() {
+        super::charge_key_generation(&s, &admin, &old.tenant).await?;
+    }
     let outcome = match step.as_str() {
         "rotate" => crate::upstream::saml::rotate_sp_key(&mut cfg, &old, now).await,
         "activate" | "promote" => crate::upstream::saml::activate_sp_key(&mut cfg, now),

@@ -231,6 +231,26 @@ pub const MAX_OUTBOUND_PER_MINUTE: u64 = 30;
 /// platform admin is not held to it.
 pub const MAX_PASSWORD_HASHES_PER_MINUTE: u64 = 60;
 
+/// The most SP key pairs per minute a tenant admin may have generated, by
+/// creating a SAML connection or rotating its SP certificate: an RSA 2048
+/// key takes tens to hundreds of milliseconds of a CPU the replica's
+/// sign-ins share (`quota.key_generations`). The platform admin is not
+/// held to it.
+pub const MAX_KEY_GENERATIONS_PER_MINUTE: u64 = 10;
+
+/// Counts one SP key generation of a tenant admin in its tenant's bucket,
+/// or refuses it (429, `quota.key_generations`): see
+/// [`MAX_KEY_GENERATIONS_PER_MINUTE`].
+pub(crate) async fn charge_key_generation(s: &AppState, admin: &Admin, tenant: &TenantId) -> Result<(), AdminError> {
+    const KEYS: Budget = Budget {
+        bucket: "admin_key_generations",
+        per_minute: MAX_KEY_GENERATIONS_PER_MINUTE,
+        reason: "quota.key_generations",
+        what: "generate an SP key pair (a SAML connection or an SP certificate rotation)",
+    };
+    charge(s, admin, tenant, &KEYS).await
+}
+
 /// A per-tenant budget of costly admin calls: its bucket under
 /// `t:<tenant>:rl`, its size per minute, its reason code and what it counts.
 struct Budget {

@@ -1077,7 +1077,7 @@ fn tenants_delete() {}
     request_body = NewConnection,
     responses((status = 201, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The id is taken, or a tenant admin's tenant already has `MAX_CONNECTIONS` (50) connections (`reason`: `quota.connections`; the platform admin is not held to it).", body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over its tenant's budget of outbound calls, `MAX_OUTBOUND_PER_MINUTE` (30) a minute: fetching metadata or an issuer, checking DNS (`reason`: `quota.outbound`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The id is taken, or a tenant admin's tenant already has `MAX_CONNECTIONS` (50) connections (`reason`: `quota.connections`; the platform admin is not held to it).", body = Problem, content_type = "application/problem+json"), (status = 429, description = "A tenant admin over one of its tenant's budgets: `MAX_OUTBOUND_PER_MINUTE` (30) outbound calls a minute for a `metadata_url` or `issuer` (`reason`: `quota.outbound`), `MAX_KEY_GENERATIONS_PER_MINUTE` (10) SP key pairs a minute for a SAML connection (`reason`: `quota.key_generations`); with `Retry-After`. The platform admin is not held to them.", body = Problem, content_type = "application/problem+json")))]
 fn connections_create() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections", tag = "connections", params(("id" = String, Path)),
@@ -1275,7 +1275,7 @@ fn connections_disable() {}
 fn connections_refresh() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/sp-certificates/{step}", tag = "connections", params(("id" = String, Path), ("cid" = String, Path), ("step" = String, Path)),
-    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ConnectionView), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 429, description = "`rotate` by a tenant admin over its tenant's budget of `MAX_KEY_GENERATIONS_PER_MINUTE` (10) SP key pairs a minute (`reason`: `quota.key_generations`, `Retry-After`); the platform admin is not held to it.", body = Problem, content_type = "application/problem+json")))]
 fn connections_sp_certificates() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/setup-links", tag = "setuplinks", params(("id" = String, Path)),

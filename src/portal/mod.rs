@@ -644,24 +644,26 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
         },
         Err(e) => return unavailable(&s, e),
     }
-    if body.contains_key("metadata_url") || kind == "oidc" {
-        let admin = crate::admin::Admin::new(
-            crate::admin::Principal::setup_link(session.tenant.clone(), session.link_id.clone()),
-            "portal",
-        );
-        match crate::admin::charge_outbound(&s, &admin, &session.tenant).await {
-            Ok(()) => {}
-            Err(crate::admin::AdminError::TooMany { detail, .. }) => {
-                return message(
-                    &s,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many attempts",
-                    &detail,
-                    "quota.outbound",
-                )
-            }
-            Err(e) => return unavailable(&s, e),
+    let admin = crate::admin::Admin::new(
+        crate::admin::Principal::setup_link(session.tenant.clone(), session.link_id.clone()),
+        "portal",
+    );
+    let fetches = body.contains_key("metadata_url") || kind == "oidc";
+    let charged = async {
+        if fetches {
+            crate::admin::charge_outbound(&s, &admin, &session.tenant).await?;
         }
+        if kind == "saml" {
+            crate::admin::charge_key_generation(&s, &admin, &session.tenant).await?;
+        }
+        Ok::<(), crate::admin::AdminError>(())
+    };
+    match charged.await {
+        Ok(()) => {}
+        Err(crate::admin::AdminError::TooMany { reason, detail, .. }) => {
+            return message(&s, StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &detail, reason)
+        }
+        Err(e) => return unavailable(&s, e),
     }
     let built =
         crate::tenant::setup::build_connection(&s.upstream, &session.tenant, serde_json::Value::Object(body), false)

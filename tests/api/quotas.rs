@@ -328,3 +328,52 @@ async fn a_tenant_has_at_most_the_cap_of_exchange_rules() {
     }
     assert_eq!(logs.with_reason("quota.exchange_rules").len(), 2);
 }
+
+#[tokio::test]
+async fn a_tenant_admin_has_at_most_the_budget_of_sp_keys_generated_a_minute() {
+    use crate::metadata_refresh::{metadata, Key};
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key().await;
+    let idp = Key::new();
+    // Made by the platform admin, whose key generation is not counted.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({"id": "okta", "kind": "saml", "metadata_xml": metadata(&[idp.cert_b64()])})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let step = |s: &str| format!("/admin/v1/tenants/acme/connections/okta/sp-certificates/{s}");
+    let budget = portcullis::admin::MAX_KEY_GENERATIONS_PER_MINUTE;
+    let mut rotated = 0;
+    let (status, body) = loop {
+        let (status, body) = call(&app, Method::POST, &step("rotate"), &key, None).await;
+        if status != StatusCode::OK || rotated > 2 * budget {
+            break (status, body);
+        }
+        rotated += 1;
+        for s in ["activate", "retire"] {
+            let (status, body) = call(&app, Method::POST, &step(s), &key, None).await;
+            assert_eq!(status, StatusCode::OK, "{s}: {body}");
+        }
+    };
+    assert!(rotated >= budget, "refused after {rotated} rotations");
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "quota.key_generations");
+    assert_eq!(logs.with_reason("quota.key_generations").len(), 1);
+    // A new SAML connection of the tenant's own admin needs a key too.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections",
+        &key,
+        Some(json!({"id": "entra", "kind": "saml", "metadata_xml": metadata(&[idp.cert_b64()])})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "quota.key_generations");
+    // The platform admin is not held to it.
+    let (status, body) = app.admin(Method::POST, &step("rotate"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
