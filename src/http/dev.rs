@@ -2,11 +2,12 @@
 //! signs in through the real provider and shows the claims it received.
 
 use super::pages::{self, esc};
+use super::pairs::SingleQuery;
 use super::AppState;
 use crate::ids::TenantId;
 use crate::provider::grants::TokenRequest;
 use crate::upstream::{CallbackParams, Identity};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -34,10 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/demo/callback", get(demo_callback))
 }
 
-async fn login_form(
-    Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
+async fn login_form(Path((tenant, connection)): Path<(String, String)>, SingleQuery(q): SingleQuery) -> Response {
     let state = q.get("state").cloned().unwrap_or_default();
     let email = q
         .get("login_hint")
@@ -132,7 +130,7 @@ async fn callback(
     fresh: Option<axum::Extension<crate::tenant::FreshTenant>>,
     prefetched: Option<axum::Extension<Arc<crate::broker::PrefetchedCallback>>>,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(query): Query<BTreeMap<String, String>>,
+    SingleQuery(query): SingleQuery,
 ) -> Response {
     let params = CallbackParams {
         query,
@@ -195,11 +193,7 @@ async fn demo_login(State(app): State<Arc<AppState>>, session: Session) -> Respo
     Redirect::to(url.as_str()).into_response()
 }
 
-async fn demo_callback(
-    State(app): State<Arc<AppState>>,
-    session: Session,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
+async fn demo_callback(State(app): State<Arc<AppState>>, session: Session, SingleQuery(q): SingleQuery) -> Response {
     let fail = |m: &str, r: &str| pages::error_page(StatusCode::BAD_REQUEST, "Demo sign-in failed", m, r);
     let Ok(Some(login)) = session.remove::<DemoLogin>("demo_login").await else {
         return fail(

@@ -10,6 +10,7 @@
 
 use super::flows::{self, check_csrf, issue_csrf, Csrf, CSRF_FIELD};
 use super::pages;
+use super::pairs::{SingleForm, SingleQuery};
 use super::AppState;
 use crate::broker::session::SESSION_FIELD;
 use crate::ids::{ConnectionId, TenantId};
@@ -19,7 +20,7 @@ use crate::local::{AccountStatus, LocalConfig, LocalError, Profile};
 use crate::secret::Secret;
 use crate::upstream::{CallbackParams, ConnectionKind, ConnectionStatus};
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -703,7 +704,7 @@ async fn sign_in_form(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
+    SingleQuery(q): SingleQuery,
 ) -> Response {
     page_get(&app, &session, &tenant, &connection, q, Kind::SignIn).await
 }
@@ -712,7 +713,7 @@ async fn sign_in(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     let l = match post_prelude(&app, &session, &tenant, &connection, &form, Kind::SignIn).await {
         Ok(l) => l,
@@ -878,7 +879,7 @@ async fn challenge(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     let l = match resolve(&app, &tenant, &connection, form.get("login")).await {
         Ok(l) => l,
@@ -989,7 +990,7 @@ async fn show_page<const K: u8>(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(q): Query<Form_>,
+    SingleQuery(q): SingleQuery,
 ) -> Response {
     page_get(&app, &session, &tenant, &connection, q, Kind::of(K)).await
 }
@@ -1003,7 +1004,7 @@ async fn submit<const K: u8>(
     State(app): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<Form_>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     let kind = Kind::of(K);
     let l = match post_prelude(&app, &session, &tenant, &connection, &form, kind).await {

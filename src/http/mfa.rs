@@ -8,10 +8,11 @@
 
 use super::flows::{self, check_csrf, issue_csrf, keep_session, Csrf, CSRF_FIELD};
 use super::pages;
+use super::pairs::{SingleForm, SingleQuery};
 use super::AppState;
 use crate::broker::second_factor::{MfaAnswer, MfaPage, Step, MFA_SESSION_FIELD};
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -197,7 +198,7 @@ async fn show(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(query): Query<BTreeMap<String, String>>,
+    SingleQuery(query): SingleQuery,
 ) -> Response {
     let handle = query.get("handle").map(String::as_str).unwrap_or_default();
     let secret = browser_secret(&session).await;
@@ -253,7 +254,7 @@ async fn submit(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     if let Err(r) = csrf_ok(&session, &form, &tenant).await {
         return r;
@@ -276,7 +277,7 @@ async fn continue_(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     if let Err(r) = csrf_ok(&session, &form, &tenant).await {
         return r;
@@ -305,7 +306,7 @@ async fn self_enrol(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path(tenant): Path<String>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     if let Err(r) = csrf_ok(&session, &form, &tenant).await {
         return r;

@@ -17,7 +17,11 @@
 //! digits is that byte and any other `%` stays as it is, and bytes that are
 //! not UTF-8 become U+FFFD.
 
-use axum::extract::{FromRequest, RawForm, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawForm, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
 
 /// A form body's pairs, in order, repeated names kept (callers refuse
 /// duplicates where a parameter must be single-valued).
@@ -48,6 +52,58 @@ impl<S: Send + Sync> FromRequest<S> for FormPairs {
         }))
     }
 }
+
+/// A browser form's fields, each named at most once: a POSTed form body
+/// ([`FormPairs`]) collected by name, with a repeated name refused (400
+/// page, `request.duplicate_parameter`). `Form<BTreeMap<..>>` would keep the
+/// last copy, while the edge's rate limiting reads the first one a sign-in
+/// page names (its `login`, `state` or `handle`): one copy would be checked
+/// and the other used.
+#[derive(Debug)]
+pub struct SingleForm(pub BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequest<S> for SingleForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let FormPairs(pairs) = FormPairs::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        single(pairs).map(Self).map_err(|page| *page)
+    }
+}
+
+/// A browser page's query parameters, each named at most once (as
+/// [`SingleForm`]; an absent query is no parameter).
+#[derive(Debug)]
+pub struct SingleQuery(pub BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SingleQuery {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        single(parse(parts.uri.query().unwrap_or_default().as_bytes()))
+            .map(Self)
+            .map_err(|page| *page)
+    }
+}
+
+/// `pairs` by name, or the 400 page naming the refusal when one repeats.
+fn single(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, Box<Response>> {
+    super::oauth::single_valued(pairs).map_err(|_| {
+        tracing::info!(reason = DUPLICATE_PARAMETER, "a parameter appears more than once");
+        Box::new(super::pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "This request is not valid",
+            "A field appears more than once. Go back to the application and start again.",
+            DUPLICATE_PARAMETER,
+        ))
+    })
+}
+
+/// The reason code of a browser page's request that names a parameter
+/// twice (RFC 6749 §3.1: parameters MUST NOT be included more than once).
+pub const DUPLICATE_PARAMETER: &str = "request.duplicate_parameter";
 
 /// The pairs of a form-encoded string (`form_urlencoded::parse`, owned).
 ///

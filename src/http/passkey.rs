@@ -20,6 +20,7 @@
 
 use super::flows::{self, check_csrf, issue_csrf, keep_session, Csrf, CSRF_FIELD};
 use super::pages;
+use super::pairs::{SingleForm, SingleQuery};
 use super::AppState;
 use crate::broker::passkey::{Listed, Manage, Mode, PasskeyAnswer, PasskeyPage};
 use crate::broker::second_factor::MFA_SESSION_FIELD;
@@ -27,7 +28,7 @@ use crate::ids::{ConnectionId, TenantId};
 use crate::mfa::passkey::{PasskeyError, Purpose};
 use crate::upstream::{ConnectionKind, ConnectionStatus};
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -277,7 +278,7 @@ async fn mfa_show(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(query): Query<BTreeMap<String, String>>,
+    SingleQuery(query): SingleQuery,
 ) -> Response {
     let handle = query.get("handle").map(String::as_str).unwrap_or_default();
     let secret = session.get::<String>(MFA_SESSION_FIELD).await.ok().flatten();
@@ -293,7 +294,7 @@ async fn mfa_submit(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     match csrf_check(&session, &form).await {
         Ok(Ok(())) => {}
@@ -364,7 +365,7 @@ async fn manage_submit(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path(tenant): Path<String>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     match csrf_check(&session, &form).await {
         Ok(Ok(())) => {}
@@ -538,7 +539,7 @@ async fn passwordless_show(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Query(query): Query<BTreeMap<String, String>>,
+    SingleQuery(query): SingleQuery,
 ) -> Response {
     let (t, c, name) = match local_connection(&state, &tenant, &connection).await {
         Ok(found) => found,
@@ -559,7 +560,7 @@ async fn passwordless_submit(
     State(state): State<Arc<AppState>>,
     session: Session,
     Path((tenant, connection)): Path<(String, String)>,
-    Form(form): Form<BTreeMap<String, String>>,
+    SingleForm(form): SingleForm,
 ) -> Response {
     let (t, c, name) = match local_connection(&state, &tenant, &connection).await {
         Ok(found) => found,

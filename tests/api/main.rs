@@ -16,6 +16,7 @@ mod deploy;
 mod deploy_image;
 mod dev_flow;
 mod domains;
+mod edge_inputs;
 mod hooks;
 mod hooks_challenge;
 mod hooks_local;
