@@ -13,6 +13,7 @@ use crate::provider::grants::{ClientCredentials, PrefetchedClient, TokenRequest}
 use crate::provider::{OAuthError, OAuthErrorCode};
 use crate::tenant::FreshTenant;
 use crate::tokens::PublishedDoc;
+use axum::extract::rejection::RawFormRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -438,16 +439,71 @@ fn form_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>,
         .map_err(|_| OAuthError::invalid_request("request.duplicate_parameter", "A parameter appears more than once."))
 }
 
+/// The pairs of a token, revocation or introspection request's body,
+/// which RFC 6749 (§3.2, §2.3.1, appendix B) has form-encoded in UTF-8:
+/// another media type (JSON, `multipart/form-data`, or none) is refused
+/// with `invalid_request` (`request.not_form`), as is another `charset`
+/// (`request.charset_unsupported`: its bytes would be read as UTF-8 and
+/// turned into U+FFFD), in the RFC 6749 JSON an app reads, not a bare 415.
+/// A body that could not be read (over its size, cut off) keeps axum's
+/// answer (413, 400), as the edge's own refusals of a body do.
+fn form_body(
+    headers: &HeaderMap,
+    body: Result<FormPairs, RawFormRejection>,
+) -> Result<Vec<(String, String)>, NotAForm> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mut params = content_type.split(';');
+    let essence = params.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(NotAForm::Refused(OAuthError::invalid_request(
+            "request.not_form",
+            "The request body must be application/x-www-form-urlencoded.",
+        )));
+    }
+    let foreign_charset = params.filter_map(|p| p.split_once('=')).any(|(name, value)| {
+        name.trim().eq_ignore_ascii_case("charset") && !value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+    });
+    if foreign_charset {
+        return Err(NotAForm::Refused(OAuthError::invalid_request(
+            "request.charset_unsupported",
+            "The request body must be encoded in UTF-8.",
+        )));
+    }
+    body.map(|FormPairs(pairs)| pairs).map_err(NotAForm::Unread)
+}
+
+/// Why [`form_body`] has no pairs: refused (RFC 6749 JSON), or unread.
+enum NotAForm {
+    Refused(OAuthError),
+    Unread(RawFormRejection),
+}
+
+impl IntoResponse for NotAForm {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Refused(e) => e.into_response(),
+            Self::Unread(e) => e.into_response(),
+        }
+    }
+}
+
 /// `POST /token`
 pub async fn token(
     State(state): State<Arc<AppState>>,
     fresh: Option<Extension<FreshTenant>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    FormPairs(pairs): FormPairs,
+    body: Result<FormPairs, RawFormRejection>,
 ) -> Response {
     let fresh = fresh.map(|e| e.0);
     let prefetched = prefetched.map(|e| e.0);
+    let pairs = match form_body(&headers, body) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
     let result = async {
         let mut form = form_params(pairs)?;
         let creds = client_credentials(&headers, &mut form)?;
@@ -529,8 +585,12 @@ pub async fn revoke(
     State(state): State<Arc<AppState>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    FormPairs(pairs): FormPairs,
+    body: Result<FormPairs, RawFormRejection>,
 ) -> Response {
+    let pairs = match form_body(&headers, body) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
     let result = async {
         let (client, token) =
             client_and_token(&state, &headers, prefetched, pairs, "revoke.missing_token", false).await?;
@@ -548,8 +608,12 @@ pub async fn introspect(
     State(state): State<Arc<AppState>>,
     prefetched: Option<Extension<PrefetchedClient>>,
     headers: HeaderMap,
-    FormPairs(pairs): FormPairs,
+    body: Result<FormPairs, RawFormRejection>,
 ) -> Response {
+    let pairs = match form_body(&headers, body) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
     let result = async {
         let (client, token) =
             client_and_token(&state, &headers, prefetched, pairs, "introspect.missing_token", true).await?;

@@ -137,6 +137,82 @@ async fn a_dev_callback_naming_its_state_twice_is_refused() {
     assert_reason(&page, 400, "request.duplicate_parameter");
 }
 
+/// The token, revocation and introspection endpoints take a form body in
+/// UTF-8 only (RFC 6749 §3.2, appendix B): JSON, `multipart/form-data`, no
+/// content type or another charset get `invalid_request` in RFC 6749 JSON
+/// (`request.not_form`, `request.charset_unsupported`), not a bare 415, and
+/// a form sent as UTF-8 (with or without saying so) is served.
+#[tokio::test]
+async fn token_endpoints_take_only_a_utf8_form() {
+    let (logs, _capture) = Captured::start();
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        rp.client_id, rp.secret
+    );
+    let json =
+        serde_json::json!({"grant_type": "client_credentials", "client_id": rp.client_id, "client_secret": rp.secret})
+            .to_string();
+    let multipart = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"grant_type\"\r\n\r\nclient_credentials\r\n--b\r\nContent-Disposition: form-data; name=\"client_id\"\r\n\r\n{}\r\n--b--\r\n",
+        rp.client_id
+    );
+    let send = |path: &'static str, content_type: Option<&'static str>, body: String| {
+        let app = &app;
+        async move {
+            let mut req = app.client.post(app.url(path)).body(body);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    for path in ["/token", "/revoke", "/introspect"] {
+        for (content_type, body, reason) in [
+            (Some("application/json"), json.clone(), "request.not_form"),
+            (
+                Some("multipart/form-data; boundary=b"),
+                multipart.clone(),
+                "request.not_form",
+            ),
+            (None, form.clone(), "request.not_form"),
+            (
+                Some("application/x-www-form-urlencoded-but-not"),
+                form.clone(),
+                "request.not_form",
+            ),
+            (
+                Some("application/x-www-form-urlencoded; charset=iso-8859-1"),
+                form.clone(),
+                "request.charset_unsupported",
+            ),
+        ] {
+            let before = logs.with_reason(reason).len();
+            let (status, answer) = send(path, content_type, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {content_type:?}: {answer}");
+            assert_eq!(answer["error"], "invalid_request", "{path} {content_type:?}: {answer}");
+            assert_eq!(
+                logs.with_reason(reason).len(),
+                before + 1,
+                "{path} {content_type:?}: no {reason}"
+            );
+        }
+    }
+    // A UTF-8 form, said or not, reaches the grant (this app has no API to
+    // grant a client-credentials token for: an OAuth answer of the grant's).
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=\"UTF-8\"",
+    ] {
+        let (status, answer) = send("/token", Some(content_type), form.clone()).await;
+        assert_ne!(answer["error"], "invalid_request", "{content_type}: {status} {answer}");
+    }
+}
+
 /// No request header chooses a URL: a sign-in sent to the IdP with a
 /// forged `Host`, `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded`
 /// is redirected from the configured public URL.
