@@ -2,6 +2,7 @@
 //! call the broker, provider or admin domain, and map the result to HTTP.
 
 pub mod binding;
+pub mod cors;
 pub mod deadline;
 pub mod dev;
 pub mod edge;
@@ -206,12 +207,23 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn(session_scope))
         .layer(axum::middleware::map_response(edge::session_save_failed));
 
+    // What single-page apps call from their own origin: readable from any
+    // origin (`cors.rs`); nothing else is.
+    let spa = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(oauth::discovery).options(cors::preflight),
+        )
+        .route("/jwks", get(oauth::jwks).options(cors::preflight))
+        .route("/token", post(oauth::token).options(cors::preflight))
+        .route(
+            "/userinfo",
+            get(oauth::userinfo).post(oauth::userinfo).options(cors::preflight),
+        )
+        .route("/revoke", post(oauth::revoke).options(cors::preflight))
+        .layer(axum::middleware::map_response(cors::any_origin));
     let api = Router::new()
-        .route("/.well-known/openid-configuration", get(oauth::discovery))
-        .route("/jwks", get(oauth::jwks))
-        .route("/token", post(oauth::token))
-        .route("/userinfo", get(oauth::userinfo).post(oauth::userinfo))
-        .route("/revoke", post(oauth::revoke))
+        .merge(spa)
         .route("/introspect", post(oauth::introspect))
         // Any method: nginx's auth_request sends the original request's.
         .route("/forward-auth", axum::routing::any(forward::forward_auth))

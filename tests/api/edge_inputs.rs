@@ -345,3 +345,104 @@ async fn a_parameter_named_twice_is_refused_at_every_oauth_and_idp_endpoint() {
         );
     }
 }
+
+/// What a single-page app calls from its own origin (discovery, JWKS,
+/// token, userinfo, revocation) answers any origin, its errors and its
+/// preflight included (`Access-Control-Allow-Origin: *`, never with
+/// credentials); the admin API, `/authorize`, the portal, the sign-in
+/// pages and introspection answer no origin, not even a preflight.
+#[tokio::test]
+async fn only_the_endpoints_for_single_page_apps_answer_another_origin() {
+    let app = dev_app().await;
+    let rp = register(&app, "app1").await;
+    let origin = "https://spa.example";
+    let allowed = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        rp.client_id, rp.secret
+    );
+    for (method, path) in [
+        ("GET", "/.well-known/openid-configuration"),
+        ("GET", "/jwks"),
+        ("POST", "/token"),
+        ("GET", "/userinfo"),
+        ("POST", "/userinfo"),
+        ("POST", "/revoke"),
+    ] {
+        let req = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .header("origin", origin);
+        let req = if method == "POST" {
+            req.header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone())
+        } else {
+            req
+        };
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            allowed(&resp).as_deref(),
+            Some("*"),
+            "{method} {path}: {}",
+            resp.status()
+        );
+        assert!(resp.headers().get("access-control-allow-credentials").is_none());
+        let preflight = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(allowed(&preflight).as_deref(), Some("*"), "{path}");
+        let methods = preflight.headers()["access-control-allow-methods"].to_str().unwrap();
+        assert!(methods.contains(method), "{path}: {methods}");
+        let headers = preflight.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            headers.contains("authorization") && headers.contains("content-type"),
+            "{path}: {headers}"
+        );
+    }
+    let authorize = crate::revocation::authorize_url(&app, &rp, "demo", "v".repeat(43).as_str());
+    for url in [
+        app.url("/admin/v1/tenants"),
+        app.url("/admin/v1/openapi.json"),
+        authorize,
+        app.url("/introspect"),
+        app.url("/portal"),
+        app.url("/setup/x"),
+        app.url("/logout"),
+        app.url("/local/demo/dev/sign-in"),
+        app.url("/mfa/demo/dev"),
+    ] {
+        let resp = app
+            .client
+            .get(url.clone())
+            .bearer_auth(&app.admin_token)
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed(&resp), None, "{url}");
+        let preflight = app
+            .client
+            .request(reqwest::Method::OPTIONS, url.clone())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed(&preflight), None, "{url}");
+        assert_ne!(preflight.status(), StatusCode::NO_CONTENT, "{url}");
+    }
+}
