@@ -470,7 +470,7 @@ async fn admit(
         if acs {
             answer_names = answer_route(parts.uri.path()).zip(first_value(&form, "RelayState"));
         } else {
-            tenant = form_tenant(class, &form);
+            tenant = form_tenant(class, parts.uri.path(), &form);
         }
         if class == RouteClass::Authorize {
             authorize_names = named_by_authorize(&form);
@@ -492,7 +492,7 @@ async fn admit(
             authorize_names = named_by_authorize(&query);
         }
         if tenant.is_none() {
-            tenant = form_tenant(class, &query);
+            tenant = form_tenant(class, parts.uri.path(), &query);
         }
     }
     if state.edge.throttle.enabled && class == RouteClass::Callback && get {
@@ -752,16 +752,27 @@ fn first_value(pairs: &[(String, String)], name: &str) -> Option<String> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
-/// The tenant a form names: on the token endpoints the prefix of its code,
-/// refresh token or token (`<tenant>.<…>`), on `/authorize` its `tenant`.
-fn form_tenant(class: RouteClass, form: &[(String, String)]) -> Option<String> {
-    let mut pairs = form.iter();
+/// The tenant a form names: on `/authorize` its `tenant`; on the token
+/// endpoints the prefix (`<tenant>.<…>`) of the one field the handler
+/// uses: the `token` of a revocation or introspection, the `code` of a
+/// code grant, the `refresh_token` of a refresh grant (none for another
+/// grant). Never the first of them whatever the grant: a made-up `code`
+/// of another tenant sent before a refresh grant's `refresh_token` would
+/// have the request counted against that other tenant, past the spent
+/// budget of the tenant whose token it uses.
+fn form_tenant(class: RouteClass, path: &str, form: &[(String, String)]) -> Option<String> {
     if class == RouteClass::Authorize {
-        return pairs.find(|(k, _)| k == "tenant").map(|(_, v)| v.clone());
+        return first_value(form, "tenant");
     }
-    pairs
-        .find(|(k, _)| matches!(k.as_str(), "code" | "refresh_token" | "token"))
-        .and_then(|(_, v)| v.split_once('.').map(|(t, _)| t.to_owned()))
+    let field = match path {
+        "/revoke" | "/introspect" => "token",
+        _ => match first_value(form, "grant_type").as_deref() {
+            Some("authorization_code") => "code",
+            Some("refresh_token") => "refresh_token",
+            _ => return None,
+        },
+    };
+    first_value(form, field).and_then(|v| v.split_once('.').map(|(t, _)| t.to_owned()))
 }
 
 /// What [`check`] decided.
@@ -1982,33 +1993,50 @@ mod tests {
 
     #[test]
     fn the_token_form_names_its_tenant() {
+        let tenant = |path: &str, form: &[u8]| form_tenant(RouteClass::Token, path, &crate::http::pairs::parse(form));
         assert_eq!(
-            form_tenant(
-                RouteClass::Token,
-                &crate::http::pairs::parse(b"grant_type=authorization_code&code=acme.xyz")
-            ),
+            tenant("/token", b"grant_type=authorization_code&code=acme.xyz"),
             Some("acme".into())
         );
         assert_eq!(
-            form_tenant(
-                RouteClass::Token,
-                &crate::http::pairs::parse(b"grant_type=refresh_token&refresh_token=t1.f.s")
-            ),
+            tenant("/token", b"grant_type=refresh_token&refresh_token=t1.f.s"),
             Some("t1".into())
         );
-        assert_eq!(
-            form_tenant(
-                RouteClass::Token,
-                &crate::http::pairs::parse(b"grant_type=client_credentials")
-            ),
-            None
-        );
+        assert_eq!(tenant("/token", b"grant_type=client_credentials"), None);
+        assert_eq!(tenant("/revoke", b"token=acme.f.s"), Some("acme".into()));
         assert_eq!(
             form_tenant(
                 RouteClass::Authorize,
+                "/authorize",
                 &crate::http::pairs::parse(b"client_id=app&tenant=acme")
             ),
             Some("acme".into())
         );
+    }
+
+    /// The tenant counted is the one whose code or token the handler uses,
+    /// not a decoy of another tenant sent before it in another field.
+    #[test]
+    fn a_decoy_field_names_no_tenant() {
+        let tenant = |path: &str, form: &[u8]| form_tenant(RouteClass::Token, path, &crate::http::pairs::parse(form));
+        assert_eq!(
+            tenant(
+                "/token",
+                b"code=other.x&grant_type=refresh_token&refresh_token=acme.f.s"
+            ),
+            Some("acme".into())
+        );
+        assert_eq!(
+            tenant(
+                "/token",
+                b"refresh_token=other.f.s&grant_type=authorization_code&code=acme.x"
+            ),
+            Some("acme".into())
+        );
+        assert_eq!(
+            tenant("/introspect", b"code=other.x&token=acme.f.s"),
+            Some("acme".into())
+        );
+        assert_eq!(tenant("/token", b"code=other.x&grant_type=client_credentials"), None);
     }
 }

@@ -1459,3 +1459,66 @@ async fn ann_still_signs_in(app: &TestApp, logs: &crate::support::logs::Captured
         logs.text()
     );
 }
+
+/// A request is counted against the tenant whose code or token the handler
+/// uses: a made-up code of another tenant sent before a refresh token (or
+/// a revocation's token) does not take the request past its tenant's spent
+/// budget.
+#[tokio::test]
+async fn a_decoy_code_of_another_tenant_does_not_pass_a_spent_token_budget() {
+    let app = spawn_app(AppOptions {
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 1000;
+            s.throttle.token.per_tenant = 3;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    app.create_tenant("acme", "Acme", &[]).await;
+    let cb = reqwest::Url::parse("https://app.example/cb").unwrap();
+    let backend = app.create_client("acme-backend", "Backend", &[&cb], false).await;
+    let secret = backend.client_secret.unwrap();
+    for i in 0..3 {
+        let resp = forged_grant(&app, "acme-backend", Some(&secret)).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "own request {i}");
+    }
+    assert_eq!(
+        forged_grant(&app, "acme-backend", Some(&secret)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for (path, form) in [
+        (
+            "/token",
+            vec![
+                ("code", "other.decoy"),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "acme.family.secret"),
+            ],
+        ),
+        (
+            "/token",
+            vec![
+                ("refresh_token", "other.f.s"),
+                ("grant_type", "authorization_code"),
+                ("code", "acme.made-up-code"),
+                ("redirect_uri", "https://app.example/cb"),
+            ],
+        ),
+        (
+            "/revoke",
+            vec![("code", "other.decoy"), ("token", "acme.family.secret")],
+        ),
+    ] {
+        let resp = app
+            .client
+            .post(app.url(path))
+            .basic_auth("acme-backend", Some(&secret))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{path} {form:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    }
+}
