@@ -820,8 +820,10 @@ async fn settle_anonymous(
                 "The request body is too large.",
             ));
         };
-        // A POST's handler reads its form: what the form names counts.
-        named = SignInNames::of(&super::pairs::parse(&bytes)).or(named);
+        // A POST's handler reads its form only (our pages carry their
+        // login and handle in hidden fields): what the form names counts,
+        // never a login in the query, which the handler does not read.
+        named = SignInNames::of(&super::pairs::parse(&bytes));
         body = axum::body::Body::from(bytes);
     }
     // The answer's own word, as the handler will take it: an IdP answer
@@ -856,14 +858,6 @@ impl SignInNames {
         Self {
             handle: first_value(pairs, "handle"),
             login: first_value(pairs, "login").or_else(|| first_value(pairs, "state")),
-        }
-    }
-
-    /// `self`, with what it lacks taken from `other`.
-    fn or(self, other: Self) -> Self {
-        Self {
-            handle: self.handle.or(other.handle),
-            login: self.login.or(other.login),
         }
     }
 }

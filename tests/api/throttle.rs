@@ -1522,3 +1522,64 @@ async fn a_decoy_code_of_another_tenant_does_not_pass_a_spent_token_budget() {
         assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     }
 }
+
+/// Once the tenant's anonymous bucket is spent, a local page's POST is the
+/// tenant's own only through the login its form names, as its handler
+/// reads only the form: a login in the query (the stranger's own, whose
+/// binding his browser holds) vouches for no POST whose form names none,
+/// which the handler would serve without a login. Before, the query's
+/// login was credited for such a POST.
+#[tokio::test]
+async fn a_login_in_the_query_vouches_for_no_posted_local_form() {
+    use crate::support::browser::Browser;
+    use crate::support::local::{pkce, Gateway};
+    let app = Gateway {
+        tweak: Some(|s| {
+            s.throttle.callback.per_tenant = 45;
+            s.throttle.callback.per_tenant_anonymous = Some(2);
+        }),
+        ..Gateway::default()
+    }
+    .spawn()
+    .await;
+    WORLD.create(&app, "Acme Corp", "acme.example").await;
+    let sign_in_page = WORLD.page(&app, "sign-in");
+    for _ in 0..3 {
+        app.client.get(sign_in_page.clone()).send().await.unwrap();
+    }
+    let mut stranger = Browser::new();
+    let page = WORLD.start(&app, &mut stranger, &pkce()).await;
+    let login = page
+        .url
+        .query_pairs()
+        .find(|(k, _)| k == "login")
+        .unwrap()
+        .1
+        .into_owned();
+    let cookies = stranger.cookies_for(&page.url).unwrap();
+    let post = |query_login: bool, form_login: bool| {
+        let mut url = WORLD.page(&app, "sign-up");
+        url.set_query(None);
+        if query_login {
+            url.query_pairs_mut().append_pair("login", &login);
+        }
+        let mut form = vec![("email", "eve@acme.example"), ("password", PASSWORD)];
+        if form_login {
+            form.push(("login", login.as_str()));
+        }
+        app.client
+            .post(url)
+            .header("cookie", cookies.clone())
+            .form(&form)
+            .send()
+    };
+    // His login in the form: his own (the handler refuses the form for its
+    // missing CSRF token, past the edge).
+    let resp = post(false, true).await.unwrap();
+    let status = resp.status();
+    assert!(!throttled(status, &resp.text().await.unwrap()), "{status}");
+    // His login only in the query: a stranger's.
+    let resp = post(true, false).await.unwrap();
+    let status = resp.status();
+    assert!(throttled(status, &resp.text().await.unwrap()), "{status}");
+}
