@@ -845,63 +845,87 @@ async fn local_a_sign_up_with_an_overlong_name_stores_nothing() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
 }
 
+/// A gateway on a manual clock with open sign-up at the local
+/// connection, for the tests of what unconfirmed accounts leave behind.
+struct ClockedSignUps {
+    smtp: SmtpServer,
+    clock: portcullis::clock::ManualClock,
+    app: TestApp,
+    t: portcullis::ids::TenantId,
+    c: portcullis::ids::ConnectionId,
+    cfg: portcullis::local::LocalConfig,
+}
+
+impl ClockedSignUps {
+    async fn start() -> Self {
+        let smtp = SmtpServer::start();
+        let clock = portcullis::clock::ManualClock::at(
+            chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
+                .unwrap()
+                .to_utc(),
+        );
+        let url = smtp.url();
+        let app = spawn_app(AppOptions {
+            clock: Some(clock.clone()),
+            configure: Some(Arc::new(move |s| {
+                s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
+                s.local.argon2_memory_kib = 8192;
+                s.local.argon2_iterations = 1;
+            })),
+            ..AppOptions::default()
+        })
+        .await;
+        setup(&app).await;
+        Self {
+            smtp,
+            clock,
+            app,
+            t: portcullis::ids::TenantId::parse(TENANT).unwrap(),
+            c: portcullis::ids::ConnectionId::parse(CONN).unwrap(),
+            cfg: portcullis::local::LocalConfig {
+                allow_sign_up: true,
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn sign_up(&self, email: &str) {
+        self.app
+            .state
+            .accounts
+            .sign_up(
+                &self.t,
+                "Acme Corp",
+                &self.c,
+                &self.cfg,
+                email,
+                &portcullis::secret::Secret::new(GOOD_PASSWORD),
+                Default::default(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Sign-up is open to strangers, so the accounts nobody confirms expire:
 /// an unconfirmed account is gone after `UNCONFIRMED_TTL` (and its address
 /// can be signed up again), while a confirmed one and an admin's stay.
 #[tokio::test]
 async fn local_an_account_nobody_confirms_expires_and_a_confirmed_one_stays() {
-    let smtp = SmtpServer::start();
-    let clock = portcullis::clock::ManualClock::at(
-        chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
-            .unwrap()
-            .to_utc(),
-    );
-    let url = smtp.url();
-    let app = spawn_app(AppOptions {
-        clock: Some(clock.clone()),
-        configure: Some(Arc::new(move |s| {
-            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
-            s.local.argon2_memory_kib = 8192;
-            s.local.argon2_iterations = 1;
-        })),
-        ..AppOptions::default()
-    })
-    .await;
-    setup(&app).await;
-    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
-    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
-    let cfg = portcullis::local::LocalConfig {
-        allow_sign_up: true,
-        ..Default::default()
-    };
+    let w = ClockedSignUps::start().await;
+    let (smtp, clock, app, t, c) = (&w.smtp, &w.clock, &w.app, &w.t, &w.c);
     let accounts = &app.state.accounts;
-    let sign_up = |email: &'static str| {
-        let (t, c, cfg) = (t.clone(), c.clone(), cfg.clone());
-        async move {
-            accounts
-                .sign_up(
-                    &t,
-                    "Acme Corp",
-                    &c,
-                    &cfg,
-                    email,
-                    &portcullis::secret::Secret::new(GOOD_PASSWORD),
-                    Default::default(),
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let sign_up = |email: &'static str| w.sign_up(email);
     let (stranger, owner, admins) = ("una@acme.example", "val@acme.example", "wes@acme.example");
     sign_up(stranger).await;
     sign_up(owner).await;
     let code = smtp.wait_for(owner).await.code();
-    let confirmed = accounts.confirm(&t, &c, owner, &code, None).await.unwrap();
+    let confirmed = accounts.confirm(t, c, owner, &code, None).await.unwrap();
     assert_ne!(confirmed.status, portcullis::local::AccountStatus::Unconfirmed);
-    create_account(&app, admins, GOOD_PASSWORD).await;
+    create_account(app, admins, GOOD_PASSWORD).await;
     smtp.wait_for(stranger).await;
-    let (tr, cr) = (&t, &c);
+    let (tr, cr) = (t, c);
     let kept = |email: &'static str| async move { accounts.get(tr, cr, email).await.unwrap().is_some() };
     let ttl = chrono::Duration::from_std(portcullis::local::UNCONFIRMED_TTL).unwrap();
     clock.advance(ttl - chrono::Duration::minutes(1));
@@ -911,7 +935,7 @@ async fn local_an_account_nobody_confirms_expires_and_a_confirmed_one_stays() {
     assert!(kept(owner).await, "a confirmed account stays");
     assert!(kept(admins).await, "an admin's account stays");
     let listed: Vec<String> = accounts
-        .list(&t, &c)
+        .list(t, c)
         .await
         .unwrap()
         .into_iter()
@@ -929,50 +953,11 @@ async fn local_an_account_nobody_confirms_expires_and_a_confirmed_one_stays() {
 /// account is there.
 #[tokio::test]
 async fn local_members_of_expired_accounts_are_swept_from_the_index_by_later_sign_ups() {
-    let smtp = SmtpServer::start();
-    let clock = portcullis::clock::ManualClock::at(
-        chrono::DateTime::parse_from_rfc3339("2031-05-01T10:00:00Z")
-            .unwrap()
-            .to_utc(),
-    );
-    let url = smtp.url();
-    let app = spawn_app(AppOptions {
-        clock: Some(clock.clone()),
-        configure: Some(Arc::new(move |s| {
-            s.mail.smtp_url = Some(portcullis::secret::Secret::new(url.clone()));
-            s.local.argon2_memory_kib = 8192;
-            s.local.argon2_iterations = 1;
-        })),
-        ..AppOptions::default()
-    })
-    .await;
-    setup(&app).await;
-    let t = portcullis::ids::TenantId::parse(TENANT).unwrap();
-    let c = portcullis::ids::ConnectionId::parse(CONN).unwrap();
-    let cfg = portcullis::local::LocalConfig {
-        allow_sign_up: true,
-        ..Default::default()
-    };
-    let (accounts, store) = (&app.state.accounts, &app.state.store);
-    let index = portcullis::local::index_key(&t, &c);
-    let sign_up = |email: &'static str| {
-        let (t, c, cfg) = (t.clone(), c.clone(), cfg.clone());
-        async move {
-            accounts
-                .sign_up(
-                    &t,
-                    "Acme Corp",
-                    &c,
-                    &cfg,
-                    email,
-                    &portcullis::secret::Secret::new(GOOD_PASSWORD),
-                    Default::default(),
-                    None,
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let w = ClockedSignUps::start().await;
+    let (smtp, clock, t, c) = (&w.smtp, &w.clock, &w.t, &w.c);
+    let (accounts, store) = (&w.app.state.accounts, &w.app.state.store);
+    let index = portcullis::local::index_key(t, c);
+    let sign_up = |email: &'static str| w.sign_up(email);
     sign_up("una@acme.example").await;
     smtp.wait_for("una@acme.example").await;
     let ttl = chrono::Duration::from_std(portcullis::local::UNCONFIRMED_TTL).unwrap();
@@ -996,9 +981,9 @@ async fn local_members_of_expired_accounts_are_swept_from_the_index_by_later_sig
         members = store.set_members(&index).await.unwrap();
     }
     assert_eq!(members.len(), 1, "{members:?}");
-    assert!(accounts.get(&t, &c, "val@acme.example").await.unwrap().is_some());
+    assert!(accounts.get(t, c, "val@acme.example").await.unwrap().is_some());
     assert_eq!(
-        accounts.list(&t, &c).await.unwrap().len(),
+        accounts.list(t, c).await.unwrap().len(),
         1,
         "the account swept beside is listed"
     );
@@ -1010,7 +995,7 @@ async fn local_members_of_expired_accounts_are_swept_from_the_index_by_later_sig
     }
     let mut dropped = 0;
     for _ in 0..400 {
-        dropped += accounts.sweep_index(&t, &c).await.unwrap();
+        dropped += accounts.sweep_index(t, c).await.unwrap();
     }
     let left = store.set_members(&index).await.unwrap();
     for m in &live {
