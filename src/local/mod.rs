@@ -733,14 +733,10 @@ impl Accounts {
                 tracing::info!(reason = "hook.migration_refused", tenant = %t, connection = %c);
                 Ok(None)
             }
-            crate::hooks::kinds::Migration::Migrate(p) => {
-                let profile = Profile {
-                    given_name: p.given_name,
-                    family_name: p.family_name,
-                };
-                profile.check()?;
-                Ok(Some(profile))
-            }
+            crate::hooks::kinds::Migration::Migrate(p) => Ok(Some(Profile {
+                given_name: p.given_name,
+                family_name: p.family_name,
+            })),
         }
     }
 

@@ -296,6 +296,24 @@ async fn a_failing_migration_hook_leaves_no_user_behind_and_shows_a_clear_page()
     assert!(account(&app, email).await.unwrap().migrated);
 }
 
+/// A legacy user whose name is longer than an account may keep is not
+/// moved in (`local.name_too_long`): the hook's answer is bounded as a
+/// sign-up's form is, and nothing is stored.
+#[tokio::test]
+async fn a_migrated_user_with_an_overlong_name_is_refused_and_leaves_no_account() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp).await;
+    let hooks = HookServer::start(Arc::new(SystemClock)).await;
+    setup(&app, &hooks, "user_migration", "migrate").await;
+    hooks.behave("migrate", Behavior::Legacy);
+    let email = "max@legacy.example";
+    hooks.add_legacy_user(email, LEGACY_PASSWORD, json!({"given_name": "m".repeat(201)}));
+    let page = sign_in(&app, email, LEGACY_PASSWORD).await.unwrap_err();
+    assert_reason(&page, 400, "local.name_too_long");
+    assert!(account(&app, email).await.is_none(), "no account is stored");
+    assert_eq!(hooks.calls_to("migrate").len(), 1);
+}
+
 /// A confirmed account made without the hook (as an admin's import would):
 /// the hook has never been asked about it.
 async fn known_account(app: &TestApp, email: &str, password: &str) {
