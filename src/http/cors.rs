@@ -8,6 +8,12 @@
 //! Nothing else carries these headers: the admin API, the setup portal,
 //! the sign-in pages and introspection (for resource servers, not
 //! browsers) stay unreadable from another origin.
+//!
+//! The headers are added by path at the edge and the shedding layer
+//! ([`add_on_spa_path`]), so the answers those layers give themselves (a
+//! 429 over the rate limit, a 413, a 408 for a slow body, a shed 503) are
+//! readable too: a single-page app learns why it was refused and when to
+//! try again, instead of an opaque network error.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,15 +37,27 @@ pub async fn preflight() -> Response {
     resp
 }
 
-/// Every answer of an endpoint for single-page apps (its errors, its
-/// preflight and its 405 included) may be read by any origin, which may
-/// also read why a bearer token was refused (`WWW-Authenticate`).
-pub async fn any_origin(mut resp: Response) -> Response {
+/// Whether `path` is one of the endpoints for single-page apps (exactly:
+/// no other spelling of a path reaches a handler).
+pub fn is_spa_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/.well-known/openid-configuration" | "/jwks" | "/token" | "/userinfo" | "/revoke"
+    )
+}
+
+/// Every answer on an endpoint for single-page apps (its errors, its
+/// preflight, its 405 and the edge's own refusals included) may be read by
+/// any origin, which may also read why a bearer token was refused
+/// (`WWW-Authenticate`) and when to try again (`Retry-After`).
+pub fn add_on_spa_path(spa: bool, resp: &mut Response) {
+    if !spa {
+        return;
+    }
     let headers = resp.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("WWW-Authenticate"),
+        HeaderValue::from_static("WWW-Authenticate, Retry-After"),
     );
-    resp
 }

@@ -349,6 +349,7 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
         }
     }
     let (class, path_tenant) = RouteClass::of(req.method(), req.uri().path());
+    let spa = super::cors::is_spa_path(req.uri().path());
     // A caller's id is taken from a trusted proxy, and on the admin API,
     // whose callers correlate their own changes in the audit log (sanitised
     // either way: a short token of safe characters).
@@ -376,8 +377,10 @@ pub async fn layer(State(state): State<Arc<AppState>>, mut req: Request, next: N
         // body was too slow.
         resp = span.in_scope(|| body_timeout(class));
     }
-    // The edge's own answers (429, 413...) carry the headers every response does.
+    // The edge's own answers (429, 413...) carry the headers every response
+    // does, and on the endpoints for single-page apps the CORS ones.
     pages::security_headers(&mut resp, state.upstream.public_url.scheme() == "https");
+    super::cors::add_on_spa_path(spa, &mut resp);
     let headers = resp.headers_mut();
     if let Some(v) = id_value {
         headers.insert("x-request-id", v);

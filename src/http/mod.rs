@@ -208,7 +208,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(axum::middleware::map_response(edge::session_save_failed));
 
     // What single-page apps call from their own origin: readable from any
-    // origin (`cors.rs`); nothing else is.
+    // origin (`cors.rs`, whose headers the edge adds by path); nothing else is.
     let spa = Router::new()
         .route(
             "/.well-known/openid-configuration",
@@ -220,8 +220,7 @@ fn public_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
             "/userinfo",
             get(oauth::userinfo).post(oauth::userinfo).options(cors::preflight),
         )
-        .route("/revoke", post(oauth::revoke).options(cors::preflight))
-        .layer(axum::middleware::map_response(cors::any_origin));
+        .route("/revoke", post(oauth::revoke).options(cors::preflight));
     let api = Router::new()
         .merge(spa)
         .route("/introspect", post(oauth::introspect))

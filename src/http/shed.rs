@@ -390,7 +390,8 @@ where
         let Some(slot) = self.budget.try_enter(fresh) else {
             let (class, label) = shape(req.method(), req.uri().path());
             self.budget.refused(label);
-            let resp = refusal(class, self.https, REASON, BUSY);
+            let mut resp = refusal(class, self.https, REASON, BUSY);
+            super::cors::add_on_spa_path(super::cors::is_spa_path(req.uri().path()), &mut resp);
             return Box::pin(std::future::ready(Ok(resp)));
         };
         let mut req = req;
@@ -406,7 +407,8 @@ where
                     drop(slot);
                     let (class, label) = shape(req.method(), req.uri().path());
                     self.budget.refused_client(label, client);
-                    let resp = refusal(class, self.https, CLIENT_REASON, CLIENT_BUSY);
+                    let mut resp = refusal(class, self.https, CLIENT_REASON, CLIENT_BUSY);
+                    super::cors::add_on_spa_path(super::cors::is_spa_path(req.uri().path()), &mut resp);
                     return Box::pin(std::future::ready(Ok(resp)));
                 }
             },
@@ -556,12 +558,15 @@ mod tests {
         assert_eq!(token.headers()[header::RETRY_AFTER], "1");
         assert!(token.headers().contains_key("x-request-id"));
         assert!(token.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+        // A single-page app may read why, and when to come back.
+        assert_eq!(token.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         let json: serde_json::Value = serde_json::from_str(&body(token).await).unwrap();
         assert_eq!(json["error"], "temporarily_unavailable");
 
         let page = svc.clone().oneshot(request(Method::GET, "/authorize")).await.unwrap();
         assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(page.headers()[header::RETRY_AFTER], "1");
+        assert!(!page.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
         assert!(page.headers()[header::CONTENT_TYPE]
             .to_str()
             .unwrap()

@@ -446,3 +446,64 @@ async fn only_the_endpoints_for_single_page_apps_answer_another_origin() {
         assert_ne!(preflight.status(), StatusCode::NO_CONTENT, "{url}");
     }
 }
+
+/// The edge's own refusals on the endpoints for single-page apps (a 413
+/// for an oversized body, a 429 over the rate limit) are readable from any
+/// origin, `Retry-After` included, so an app learns why and when to come
+/// back; the same refusals elsewhere stay unreadable.
+#[tokio::test]
+async fn the_edges_own_refusals_on_the_endpoints_for_single_page_apps_are_readable_from_any_origin() {
+    let origin = "https://spa.example";
+    let cors = |resp: &reqwest::Response| {
+        let h = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        (h("access-control-allow-origin"), h("access-control-expose-headers"))
+    };
+    let app = dev_app().await;
+    let big = "x=".to_owned() + &"a".repeat(64 * 1024);
+    for (path, readable) in [("/token", true), ("/revoke", true), ("/introspect", false)] {
+        let resp = app
+            .client
+            .post(app.url(path))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let (allow, _) = cors(&resp);
+        assert_eq!(allow.as_deref(), readable.then_some("*"), "{path}");
+    }
+
+    let app = crate::support::app::spawn_app(crate::support::app::AppOptions {
+        dev: true,
+        tweak: Some(|s| {
+            s.throttle.token.per_ip = 1;
+            s.throttle.token.window_secs = 60;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let post = |path: &str| {
+        app.client
+            .post(app.url(path))
+            .header("origin", origin)
+            .form(&[("grant_type", "client_credentials"), ("client_id", "nobody")])
+            .send()
+    };
+    assert_eq!(post("/token").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let spent = post("/token").await.unwrap();
+    assert_eq!(spent.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(spent.headers().contains_key("retry-after"));
+    let (allow, expose) = cors(&spent);
+    assert_eq!(allow.as_deref(), Some("*"));
+    let expose = expose.unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        expose.contains("retry-after") && expose.contains("www-authenticate"),
+        "{expose}"
+    );
+    // The same bucket spent on introspection, for resource servers only.
+    let spent = post("/introspect").await.unwrap();
+    assert_eq!(spent.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(cors(&spent), (None, None));
+}
