@@ -316,8 +316,10 @@ pub struct Restored {
 /// backup exists yet (a restore goes into an empty store; `overwrite`
 /// replaces what the backup holds and leaves the rest). Values are written
 /// exactly as backed up (still sealed); each set in one atomic step, so an
-/// index is never seen empty or half rebuilt.
-pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result<Restored, Vec<String>> {
+/// index is never seen empty or half rebuilt. Only local accounts nobody
+/// confirmed get a TTL: what is left of theirs at `now_unix`
+/// ([`crate::local::restored_ttl`]).
+pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool, now_unix: i64) -> Result<Restored, Vec<String>> {
     let backup: Backup = serde_json::from_value(doc).map_err(|e| vec![format!("not a readable backup: {e}")])?;
     if backup.format != FORMAT || backup.version != VERSION {
         return Err(vec![format!(
@@ -403,7 +405,12 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool) -> Result
     for (key, bytes, value) in plan {
         match (bytes, value) {
             (Some(b), _) => {
-                raw.put(&key, &b, None).await.map_err(fail)?;
+                let ttl = if crate::local::is_account_key(&key) {
+                    crate::local::restored_ttl(&b, now_unix)
+                } else {
+                    None
+                };
+                raw.put(&key, &b, ttl).await.map_err(fail)?;
                 done.values += 1;
                 if key.name() == "tenant" && key.tag().ends_with(":config") {
                     done.tenants += 1;
@@ -641,8 +648,14 @@ mod tests {
     use serde_json::json;
     use std::sync::Arc;
 
+    /// The tests' time (the stores' clock).
+    const NOW: i64 = 1_700_000_000;
+
     fn store() -> SealedStore {
-        let clock = ManualClock::at(DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        store_on(ManualClock::at(DateTime::from_timestamp(NOW, 0).unwrap()))
+    }
+
+    fn store_on(clock: ManualClock) -> SealedStore {
         SealedStore::new(Arc::new(MemoryStore::new(Arc::new(clock))), None, false)
     }
 
@@ -680,7 +693,9 @@ mod tests {
         ];
         let mut records = configuration();
         records.extend(crafted.iter().cloned());
-        let problems = restore(&s, backup(Value::Array(records)), false).await.unwrap_err();
+        let problems = restore(&s, backup(Value::Array(records)), false, NOW)
+            .await
+            .unwrap_err();
         assert_eq!(problems.len(), crafted.len(), "{problems:#?}");
         for (i, r) in crafted.iter().enumerate() {
             let at = format!("({}/{})", r["tag"].as_str().unwrap(), r["name"].as_str().unwrap());
@@ -712,10 +727,14 @@ mod tests {
 
         // The configuration alone restores; again with --overwrite, each set
         // is replaced as a whole.
-        let done = restore(&s, backup(Value::Array(configuration())), false).await.unwrap();
+        let done = restore(&s, backup(Value::Array(configuration())), false, NOW)
+            .await
+            .unwrap();
         assert_eq!((done.tenants, done.values, done.sets), (1, 2, 2));
         s.raw().set_add(&tenant::index_key(), "stale", None).await.unwrap();
-        restore(&s, backup(Value::Array(configuration())), true).await.unwrap();
+        restore(&s, backup(Value::Array(configuration())), true, NOW)
+            .await
+            .unwrap();
         assert_eq!(s.raw().set_members(&tenant::index_key()).await.unwrap(), ["acme"]);
     }
 
@@ -731,11 +750,58 @@ mod tests {
         records.push(json!({"tag": "g:domains", "name": "acme.test", "text": "acme"}));
         let mut with_other = records.clone();
         with_other.push(json!({"tag": "g:domains", "name": "other.test", "text": "acme"}));
-        let problems = restore(&s, backup(Value::Array(with_other)), false).await.unwrap_err();
+        let problems = restore(&s, backup(Value::Array(with_other)), false, NOW)
+            .await
+            .unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(problems[0].contains("(g:domains/other.test)") && problems[0].contains("backup.unexpected_record"));
-        let done = restore(&s, backup(Value::Array(records)), false).await.unwrap();
+        let done = restore(&s, backup(Value::Array(records)), false, NOW).await.unwrap();
         assert_eq!(done.values, 3);
         assert!(s.raw().get(&tenant::domain_key("acme.test")).await.unwrap().is_some());
+    }
+
+    /// A backup keeps no TTL: a restored local account nobody confirmed
+    /// keeps only what was left of its `UNCONFIRMED_TTL` since its last
+    /// write (one signed up two days before the restore goes five days
+    /// after it), while a confirmed account, and an unconfirmed one an admin
+    /// keeps disabled, stay.
+    #[tokio::test]
+    async fn a_restored_account_nobody_confirmed_still_expires() {
+        let clock = ManualClock::at(DateTime::from_timestamp(NOW, 0).unwrap());
+        let s = store_on(clock.clone());
+        let days = |n: i64| n * 24 * 3600;
+        let account = |id: &str, status: &str, disabled: bool| {
+            json!({"tag": "t:acme:local", "name": format!("user:pw:{id}"), "json": {
+                "email": format!("{id}@acme.test"), "subject": format!("local|{id}"), "status": status,
+                "disabled": disabled, "password_hash": "$argon2id$x", "created_at": NOW - days(2),
+                "updated_at": NOW - days(2)}})
+        };
+        let mut records = configuration();
+        records.extend([
+            json!({"tag": "t:acme:config", "name": "connections", "set": ["pw"]}),
+            json!({"tag": "t:acme:local", "name": "users:pw", "set": ["una", "val", "wes"]}),
+            account("una", "UNCONFIRMED", false),
+            account("val", "CONFIRMED", false),
+            account("wes", "UNCONFIRMED", true),
+        ]);
+        restore(&s, backup(Value::Array(records)), false, NOW).await.unwrap();
+        let kept = |id: &'static str| {
+            let s = &s;
+            async move {
+                s.raw()
+                    .get(&Key::tenant("acme", "local", format!("user:pw:{id}")))
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        assert!(kept("una").await && kept("val").await && kept("wes").await);
+        let left = chrono::Duration::from_std(crate::local::UNCONFIRMED_TTL).unwrap() - chrono::Duration::days(2);
+        clock.advance(left - chrono::Duration::minutes(1));
+        assert!(kept("una").await, "kept for what was left of its TTL");
+        clock.advance(chrono::Duration::minutes(2));
+        assert!(!kept("una").await, "the account nobody confirmed expired");
+        assert!(kept("val").await, "a confirmed account stays");
+        assert!(kept("wes").await, "an account an admin keeps disabled stays");
     }
 }

@@ -268,29 +268,31 @@ async fn import(settings: Settings, source: &str, file: &std::path::Path, overwr
     let clock: SharedClock = Arc::new(SystemClock);
     let sealed = open_sealed(&settings).await?;
     if crate::backup::is_backup(&doc) {
-        return Ok(match crate::backup::restore(&sealed, doc, overwrite).await {
-            Ok(r) => {
-                tracing::info!(
-                    reason = "backup.restored",
-                    tenants = r.tenants,
-                    records = r.values,
-                    sets = r.sets,
-                    "backup restored"
-                );
-                println!(
-                    "restored {} tenant(s): {} record(s) and {} set(s) from {shown}",
-                    r.tenants, r.values, r.sets
-                );
-                0
-            }
-            Err(problems) => {
-                eprintln!("{shown}: nothing was restored ({} problem(s)):", problems.len());
-                for p in problems {
-                    eprintln!("  - {shown}: {p}");
+        return Ok(
+            match crate::backup::restore(&sealed, doc, overwrite, clock.unix()).await {
+                Ok(r) => {
+                    tracing::info!(
+                        reason = "backup.restored",
+                        tenants = r.tenants,
+                        records = r.values,
+                        sets = r.sets,
+                        "backup restored"
+                    );
+                    println!(
+                        "restored {} tenant(s): {} record(s) and {} set(s) from {shown}",
+                        r.tenants, r.values, r.sets
+                    );
+                    0
                 }
-                1
-            }
-        });
+                Err(problems) => {
+                    eprintln!("{shown}: nothing was restored ({} problem(s)):", problems.len());
+                    for p in problems {
+                        eprintln!("  - {shown}: {p}");
+                    }
+                    1
+                }
+            },
+        );
     }
     if overwrite {
         eprintln!("{shown}: --overwrite applies to backups written by `portcullis export` only");

@@ -63,6 +63,26 @@ fn ttl_of(user: &LocalUser) -> Option<Duration> {
     (user.status == AccountStatus::Unconfirmed && !user.disabled).then_some(UNCONFIRMED_TTL)
 }
 
+/// Whether `key` is a local account's record (`t:<tenant>:local` /
+/// `user:<connection>:<id>`).
+pub fn is_account_key(key: &Key) -> bool {
+    key.tag().starts_with("t:") && key.tag().ends_with(":local") && key.name().starts_with("user:")
+}
+
+/// The TTL a restored account record `raw` is written with: what is left
+/// of [`UNCONFIRMED_TTL`] since its last write (`updated_at`, which every
+/// write of an unconfirmed account renews with its TTL), at least a second,
+/// while it is unconfirmed; none once it is anything else. A backup keeps
+/// no TTL, so without this a restore would keep for good an account nobody
+/// confirmed. `None` too for a record that is not an account (the restore
+/// writes what it was given).
+pub fn restored_ttl(raw: &[u8], now_unix: i64) -> Option<Duration> {
+    let user: LocalUser = serde_json::from_slice(raw).ok()?;
+    let ttl = ttl_of(&user)?;
+    let age = u64::try_from(now_unix.saturating_sub(user.updated_at)).unwrap_or(0);
+    Some(ttl.saturating_sub(Duration::from_secs(age)).max(Duration::from_secs(1)))
+}
+
 /// How many index members each new account's sweep looks at
 /// ([`Accounts::sweep_index`]): two, so an index at most half gone shrinks
 /// by one per sweep on average, as fast as sign-ups grow it.

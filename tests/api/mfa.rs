@@ -595,7 +595,9 @@ async fn an_enrolment_is_in_the_backup_sealed_and_works_after_a_restore() {
     let settings = store_settings(&restored_prefix);
     let raw2 = portcullis::app::open_store(&settings, shared).await.unwrap();
     let sealed = portcullis::app::seal_store(&settings, raw2).unwrap();
-    portcullis::backup::restore(&sealed, doc, false).await.unwrap();
+    portcullis::backup::restore(&sealed, doc, false, portcullis::clock::Clock::unix(&clock))
+        .await
+        .unwrap();
     let restored = spawn_app(AppOptions {
         dev: true,
         redis_url: Some(crate::support::redis::url()),
