@@ -32,7 +32,9 @@
 //!
 //! The token lives [`EXCHANGED_TOKEN_TTL_SECS`] at most and never beyond the
 //! subject token's `exp`, so exchanging an exchanged token cannot prolong
-//! access. No `actor_token`: the exchange is impersonation (RFC 8693 §1.1)
+//! access; a subject token at or past its `exp` (still accepted on use
+//! within the verification leeway) is not exchanged
+//! (`exchange.subject_expired`), so no token is issued already expired. No `actor_token`: the exchange is impersonation (RFC 8693 §1.1)
 //! by the app the user signed in to, so no `act` claim is issued.
 
 use super::clients::Client;
@@ -464,6 +466,18 @@ impl Provider {
             }
             Err(e) => return Err(e),
         };
+        // The subject token is accepted on use up to `LEEWAY_SECS` past its
+        // `exp` (clock skew), but the exchanged token never outlives it: one
+        // issued from a subject at or past its `exp` would be expired when
+        // issued. Refused as an invalid subject token (RFC 8693 §2.2.2),
+        // so every exchanged token has `exp` > `iat`.
+        let now = self.clock.unix();
+        if subject.exp <= now {
+            return Err(refuse(
+                "exchange.subject_expired",
+                "The subject_token has expired: it can no longer be exchanged.",
+            ));
+        }
         let Some(tenant) = subject.tenant.as_deref().and_then(|t| TenantId::parse(t).ok()) else {
             return Err(refuse(
                 "exchange.subject_not_user",
@@ -606,7 +620,7 @@ impl Provider {
                 "The subject_token was itself exchanged too many times.",
             ));
         }
-        let now = self.clock.unix();
+        // `now` as read when the subject was checked: `exp` > `now` holds.
         let exp = (now + EXCHANGED_TOKEN_TTL_SECS).min(subject.exp);
         let claims = ExchangedClaims {
             base: AccessClaims {

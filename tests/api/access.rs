@@ -929,6 +929,64 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     assert_eq!(exchange_reason(&app, "web", &exchanged).await.0, "token.user_disabled");
 }
 
+/// A subject token is accepted on use up to the verification leeway past
+/// its `exp`, but it is not exchanged then: the exchanged token's `exp` is
+/// capped at the subject's, so it would be issued already expired. At its
+/// `exp` and within the leeway after it the exchange is refused
+/// (`invalid_request`, `exchange.subject_expired`), on the injected clock;
+/// a second before it, the exchanged token lives that second. Before, the
+/// expired token was issued with `expires_in` 0.
+#[tokio::test]
+async fn a_subject_token_at_or_past_its_exp_is_not_exchanged_for_an_expired_token() {
+    use portcullis::tokens::LEEWAY_SECS;
+    let clock = far_clock();
+    let (app, secret) = world(Some(clock.clone())).await;
+    let (status, _) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/demo/exchange-rules",
+            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
+    let subject_exp = claims(&ann)["exp"].as_i64().unwrap();
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", ann.as_str()),
+        ("subject_token_type", ACCESS_TOKEN),
+        ("resource", HOME),
+    ];
+    let at_time = |t: i64| clock.set(chrono::DateTime::from_timestamp(t, 0).unwrap());
+
+    at_time(subject_exp - 1);
+    let (status, body) = token(&app, "web", &secret, &form).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let exchanged = claims(&at(&body));
+    assert_eq!(exchanged["exp"].as_i64(), Some(subject_exp), "{exchanged}");
+    assert_eq!(exchanged["iat"].as_i64(), Some(subject_exp - 1), "{exchanged}");
+    assert_eq!(body["expires_in"], 1, "{body}");
+
+    for past in [0, 1, LEEWAY_SECS - 1] {
+        at_time(subject_exp + past);
+        // Still a valid access token on use (the leeway)...
+        app.state.provider.check_access_token(&ann).await.unwrap();
+        // ... but not exchanged.
+        let (status, body) = token(&app, "web", &secret, &form).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{past} s past exp: {body}"
+        );
+        assert!(body.get("access_token").is_none(), "{body}");
+        assert_eq!(
+            exchange_reason(&app, "web", &form).await,
+            ("exchange.subject_expired", "invalid_request".to_owned()),
+            "{past} s past exp"
+        );
+    }
+}
+
 /// A rule's `email` condition matches only an address the IdP verified and
 /// the tenant vouches for (one of its domains), as `email_domain` does: an
 /// unverified `ann@demo.test` gets `invalid_target` from a rule naming
