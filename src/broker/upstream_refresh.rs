@@ -6,6 +6,13 @@
 //! provider revokes its refresh families); a transient failure only fails
 //! that one refresh.
 //!
+//! One refresh of a session asks the IdP at a time (a lock in the store),
+//! and the others of that session that are due wait for its answer, which
+//! decides for them too: the IdP may be about to say the person is gone, so
+//! they are not served on the old answer meanwhile. One still waiting after
+//! [`UpstreamRefresher::holder_wait`] is refused as retryable
+//! (`refresh.upstream_in_progress`).
+//!
 //! The upstream refresh token is sealed at rest under the master key (the
 //! store's sealing layer, `secrets::sealed`, seals the record's
 //! `refresh_token`); it is never logged (`Secret`) and never returned by any API.
@@ -34,6 +41,13 @@ const REQUESTS_PER_REFRESH: u32 = 3;
 
 /// What the lock outlives the IdP's answer by (the store writes after it).
 const LOCK_MARGIN: Duration = Duration::from_secs(10);
+
+/// The first pause of a refresh waiting for the lock's holder; each next
+/// one doubles, up to [`WAIT_PAUSE_MAX`].
+const WAIT_PAUSE_FIRST: Duration = Duration::from_millis(10);
+
+/// The longest pause between two looks at the lock.
+const WAIT_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// How long one upstream refresh holds the session's lock, for outbound
 /// requests that each take at most `timeout`: longer than the refresh can
@@ -125,6 +139,10 @@ pub struct UpstreamRefresher {
     /// How long one upstream refresh holds the session's lock
     /// ([`lock_ttl_for`] the outbound timeout).
     pub lock_ttl: Duration,
+    /// How long a refresh due to ask the IdP waits for another refresh of
+    /// the same session that holds the lock (one outbound request's
+    /// timeout) before it is refused as retryable.
+    pub holder_wait: Duration,
 }
 
 impl UpstreamRefresher {
@@ -138,9 +156,10 @@ impl UpstreamRefresher {
         refresh_token_ttl_secs: u64,
         session_ttl: Duration,
     ) -> Self {
-        let lock_ttl = lock_ttl_for(upstream.http.config().timeout);
+        let timeout = upstream.http.config().timeout;
         Self {
-            lock_ttl,
+            lock_ttl: lock_ttl_for(timeout),
+            holder_wait: timeout,
             tenants,
             upstream,
             connectors,
@@ -183,38 +202,103 @@ impl UpstreamRefresher {
             return Ok(UpstreamCheck::Fine);
         }
         // One upstream refresh per session at a time: a rotating upstream
-        // token must not be spent twice. A concurrent app refresh goes on
-        // while the first one asks the IdP.
-        //
-        // Taking the lock, asking the IdP and releasing the lock run in a
-        // task of their own, awaited here: an app that gives up on its
-        // request (its HTTP client timed out, the connection dropped) does
-        // not cut off the IdP's answer, which may carry a rotated token
-        // that must be kept (the one sent is spent at a rotating IdP, and
-        // the next refresh would send it and end the session), nor leave
-        // the lock held until it expires.
+        // token must not be spent twice. A concurrent app refresh of the
+        // session waits for the first one's answer, which decides for it
+        // too: served on the old answer, it would get tokens the IdP may be
+        // refusing at this very moment (the person deprovisioned).
         let lock = lock_key(t, &authz.sid);
-        let (refresher, authz, key) = (self.clone(), authz.clone(), key.clone());
+        let until = tokio::time::Instant::now() + self.holder_wait;
+        loop {
+            if let Some(outcome) = self.refresh_once(authz, &key, &lock, &connector, interval).await? {
+                return Ok(outcome);
+            }
+            if !self.released(&lock, until).await? {
+                tracing::warn!(reason = "refresh.upstream_in_progress", tenant = %authz.tenant, connection = %authz.connection, waited_ms = self.holder_wait.as_millis(), "another refresh of the session is still asking the IdP");
+                return Ok(UpstreamCheck::Busy);
+            }
+            // What the holder's answer left.
+            let Some(record) = self.store.get_json::<UpstreamSession>(&key).await? else {
+                // Its refusal ended the session (or the session ended
+                // otherwise meanwhile): the tombstone says so.
+                let ended = crate::provider::codes::session_ended_key(t, &authz.sid);
+                return Ok(if self.store.exists(&ended).await? {
+                    UpstreamCheck::Refused
+                } else {
+                    UpstreamCheck::Fine
+                });
+            };
+            if self.upstream.clock.unix().saturating_sub(record.refreshed_at) < interval {
+                return Ok(UpstreamCheck::Fine);
+            }
+            // Nobody vouched (the holder failed, or its lock expired):
+            // this refresh takes the lock and asks in turn.
+        }
+    }
+
+    /// Takes the session's lock and, holding it, asks the IdP; `None` if
+    /// another refresh of the session holds the lock.
+    ///
+    /// Taking the lock, asking the IdP and releasing the lock run in a
+    /// task of their own, awaited here: an app that gives up on its
+    /// request (its HTTP client timed out, the connection dropped) does
+    /// not cut off the IdP's answer, which may carry a rotated token
+    /// that must be kept (the one sent is spent at a rotating IdP, and
+    /// the next refresh would send it and end the session), nor leave
+    /// the lock held until it expires.
+    async fn refresh_once(
+        &self,
+        authz: &Authorization,
+        key: &Key,
+        lock: &Key,
+        connector: &Arc<dyn Connector>,
+        interval: i64,
+    ) -> Result<Option<UpstreamCheck>, StoreError> {
+        let (refresher, authz, key, lock, connector) = (
+            self.clone(),
+            authz.clone(),
+            key.clone(),
+            lock.clone(),
+            connector.clone(),
+        );
         let task = tokio::spawn(async move {
             if !refresher
                 .store
                 .put_if_absent(&lock, b"1", Some(refresher.lock_ttl))
                 .await?
             {
-                return Ok(UpstreamCheck::Fine);
+                return Ok(None);
             }
             let outcome = refresher
                 .refresh_locked(&authz, &key, connector.as_ref(), interval)
                 .await;
             refresher.store.delete(&lock).await?;
-            outcome
+            outcome.map(Some)
         });
         match task.await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(reason = "refresh.upstream_unavailable", error = %e, "the upstream refresh task failed");
-                Ok(UpstreamCheck::Unavailable)
+                Ok(Some(UpstreamCheck::Unavailable))
             }
+        }
+    }
+
+    /// Waits until `lock` is released (`true`) or `until` passes (`false`),
+    /// looking at it after pauses that double from [`WAIT_PAUSE_FIRST`] to
+    /// [`WAIT_PAUSE_MAX`]. Holds nothing: a request given up on while it
+    /// waits leaves nothing behind.
+    async fn released(&self, lock: &Key, until: tokio::time::Instant) -> Result<bool, StoreError> {
+        let mut pause = WAIT_PAUSE_FIRST;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause.min(until - now)).await;
+            if !self.store.exists(lock).await? {
+                return Ok(true);
+            }
+            pause = pause.saturating_mul(2).min(WAIT_PAUSE_MAX);
         }
     }
 

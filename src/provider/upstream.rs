@@ -3,7 +3,9 @@
 //! which the broker implements with the connection's connector). A refusal
 //! ends the family and every family of the SSO session; a transient failure
 //! fails this refresh with `temporarily_unavailable` and consumes nothing, so
-//! the app can simply retry.
+//! the app can simply retry. A refresh of a session another refresh is
+//! asking the IdP about waits for that answer; one that waited too long is
+//! `temporarily_unavailable` too (`refresh.upstream_in_progress`).
 
 use super::codes::Authorization;
 use super::refresh::Family;
@@ -19,6 +21,9 @@ pub enum UpstreamCheck {
     Refused,
     /// The IdP or the network failed; try again later.
     Unavailable,
+    /// Another refresh of the same session was still asking the IdP when
+    /// this one stopped waiting for its answer; try again shortly.
+    Busy,
 }
 
 /// Checks the upstream session of an authorization (implemented by the broker).
@@ -62,6 +67,11 @@ impl Provider {
             UpstreamCheck::Unavailable => Err(OAuthError::temporarily_unavailable(
                 "refresh.upstream_unavailable",
                 "The identity provider could not be reached; try again later.",
+            )),
+            // Nothing consumed: the same refresh token works on a retry.
+            UpstreamCheck::Busy => Err(OAuthError::temporarily_unavailable(
+                "refresh.upstream_in_progress",
+                "The identity provider is being asked about this session; try again shortly.",
             )),
         }
     }

@@ -35,12 +35,18 @@ impl Trust {
     /// Starts the peer with `idp_flags` and the gateway with a manual clock
     /// at the real time; `connection` adds fields to the connection body.
     pub async fn new(idp_flags: &[&str], scopes: &[&str], connection: Value) -> Self {
+        Self::with_options(idp_flags, scopes, connection, AppOptions::default()).await
+    }
+
+    /// [`Trust::new`] with more of the gateway's options (a store wrapper,
+    /// settings tweaked); its store and clock are the world's.
+    pub async fn with_options(idp_flags: &[&str], scopes: &[&str], connection: Value, options: AppOptions) -> Self {
         let clock = ManualClock::at(SystemClock.now());
         let app = spawn_app(AppOptions {
             redis_url: Some(redis::url()),
             redis_prefix: Some(redis::prefix()),
             clock: Some(clock.clone()),
-            ..AppOptions::default()
+            ..options
         })
         .await;
         app.create_tenant(ACME, "Acme Corp", &["acme.test"]).await;
@@ -440,6 +446,120 @@ async fn concurrent_app_refreshes_spend_the_upstream_token_once() {
         ra.body,
         rb.body
     );
+}
+
+/// A refresh of a session whose IdP is being asked by another refresh (the
+/// lock's holder) waits for that answer and is decided by it: the IdP
+/// refused (the person was removed there), so the concurrent refresh of the
+/// session's other family is refused too (`refresh.upstream_refused`), not
+/// served on the hour-old answer meanwhile. The holder is held, after the
+/// IdP's refusal, at the write that ends the session. Before, the
+/// concurrent refresh got fresh tokens while the lock was held.
+#[tokio::test]
+async fn a_concurrent_refresh_waits_for_the_idps_refusal_and_is_refused_with_it() {
+    use crate::support::held_store::Hold;
+    let hold = Hold::default();
+    let w = Trust::with_options(
+        &[],
+        REFRESHING,
+        json!({ "refresh_upstream": true }),
+        AppOptions {
+            wrap_store: Some(hold.wrap()),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (a, b) = (
+        rt(&w.tokens(&mut browser, &[], Some("alice")).await),
+        rt(&w.tokens(&mut browser, &[], None).await),
+    );
+    let provider = &w.app.state.provider;
+    let sid = provider.peek_refresh(&a).await.unwrap().unwrap().authz.sid;
+    assert_eq!(
+        provider.peek_refresh(&b).await.unwrap().unwrap().authz.sid,
+        sid,
+        "one SSO session"
+    );
+    w.idp.remove_account("alice").await;
+    w.clock.advance(Duration::seconds(3601));
+
+    let held = hold.arm_any(&format!("ended:{sid}"));
+    let (first, second) = tokio::join!(w.refresh_direct(&a), async {
+        held.arrived.await.unwrap();
+        // The first refresh holds the lock, the IdP's refusal in hand.
+        let second = w.refresh_direct(&b);
+        tokio::pin!(second);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut second).await;
+        assert!(early.is_err(), "answered before the IdP's answer was known: {early:?}");
+        held.release.send(()).unwrap();
+        second.await
+    });
+    for (which, got) in [("holder", first), ("waiter", second)] {
+        let err = got.expect_err(which);
+        assert_eq!(
+            (err.code.as_str(), err.reason),
+            ("invalid_grant", "refresh.upstream_refused"),
+            "{which}"
+        );
+    }
+    let r = w.refresh(&b).await;
+    assert_eq!(r.error(), Some("invalid_grant"), "{:?}", r.body);
+}
+
+/// A refresh that waits for another refresh of the session to hear from
+/// the IdP waits at most one outbound request's timeout (2 s here): then it
+/// is `temporarily_unavailable` (`refresh.upstream_in_progress`) and
+/// consumes nothing. One waiting when the holder's answer (the IdP still
+/// vouches) is written is served on it, without asking the IdP again.
+#[tokio::test]
+async fn a_refresh_waits_for_a_concurrent_ones_answer_at_most_the_outbound_timeout() {
+    use crate::support::held_store::Hold;
+    let hold = Hold::default();
+    let w = Trust::with_options(
+        &[],
+        REFRESHING,
+        json!({ "refresh_upstream": true }),
+        AppOptions {
+            wrap_store: Some(hold.wrap()),
+            tweak: Some(|s| s.outbound.timeout_secs = 2),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (a, b) = (
+        rt(&w.tokens(&mut browser, &[], Some("alice")).await),
+        rt(&w.tokens(&mut browser, &[], None).await),
+    );
+    let sid = w.app.state.provider.peek_refresh(&a).await.unwrap().unwrap().authz.sid;
+    w.clock.advance(Duration::seconds(3601));
+
+    // The holder is held after the IdP vouched, before its answer is kept.
+    let held = hold.arm_any(&format!("upstream:{sid}"));
+    let (first, ()) = tokio::join!(w.refresh_direct(&a), async {
+        held.arrived.await.unwrap();
+        let started = std::time::Instant::now();
+        let err = w.refresh_direct(&b).await.unwrap_err();
+        assert_eq!(
+            (err.code.as_str(), err.reason),
+            ("temporarily_unavailable", "refresh.upstream_in_progress")
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(10),
+            "{waited:?}"
+        );
+        // The next one waits and is served on the holder's answer.
+        let third = w.refresh_direct(&b);
+        tokio::pin!(third);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut third).await;
+        assert!(early.is_err(), "answered before the IdP's answer was kept: {early:?}");
+        held.release.send(()).unwrap();
+        third.await.unwrap();
+    });
+    first.unwrap();
+    assert_eq!(w.idp.stats().await.refresh, 1, "the IdP was asked once");
 }
 
 #[tokio::test]
