@@ -247,6 +247,18 @@ fn trust_cases() -> Vec<serde_json::Value> {
             json!({ "authn_instant": ts(Duration::minutes(3)) }),
         ),
         case(
+            "authn_instant_in_year_zero",
+            json!({ "authn_instant": "0000-01-01T00:00:00Z" }),
+        ),
+        case(
+            "authn_instant_before_epoch",
+            json!({ "authn_instant": "1969-12-31T23:59:59Z" }),
+        ),
+        case(
+            "authn_instant_at_epoch",
+            json!({ "authn_instant": "1970-01-01T00:00:00Z" }),
+        ),
+        case(
             "authn_earlier_with_session_end",
             json!({ "authn_instant": ts(Duration::minutes(-30)),
                     "session_not_on_or_after": ts(Duration::hours(8)) }),

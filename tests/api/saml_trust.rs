@@ -219,6 +219,18 @@ async fn instants_at_the_ends_of_the_calendar_are_judged_without_overflow() {
     assert_eq!(id.session_expires_at, Some(253_402_300_799));
 }
 
+/// An `AuthnInstant` before 1970 (year 0, or one second before the epoch)
+/// is refused where the assertion is checked (`saml.authn_instant_invalid`),
+/// never carried on as a negative `auth_time`; the epoch itself is a date
+/// like any other.
+#[tokio::test]
+async fn an_authn_instant_before_1970_is_refused() {
+    assert_eq!(code("authn_instant_in_year_zero").await, "saml.authn_instant_invalid");
+    assert_eq!(code("authn_instant_before_epoch").await, "saml.authn_instant_invalid");
+    let id = run("authn_instant_at_epoch").await.unwrap();
+    assert_eq!(id.auth_time, Some(0));
+}
+
 /// What RFC 3339 does not define (no zone, a five-digit or negative year,
 /// an offset of a day, bare Unix seconds) is malformed, not guessed at.
 #[tokio::test]

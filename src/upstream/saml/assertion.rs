@@ -171,6 +171,17 @@ pub(crate) fn check(
                 format!("AuthnInstant {instant} is ahead of now"),
             ));
         }
+        // Nor from before 1970: as a negative auth_time it would reach
+        // max_age and the session's dates unchecked. The other instants
+        // need no such floor: an IssueInstant that old is too old, a
+        // NotOnOrAfter or SessionNotOnOrAfter has passed, a NotBefore
+        // opened the window long ago.
+        if instant < DateTime::UNIX_EPOCH {
+            return Err(Reject::new(
+                SamlReason::AuthnInstantInvalid,
+                format!("AuthnInstant {instant} is before 1970-01-01"),
+            ));
+        }
         // With several statements, the oldest authentication is the one vouched for.
         auth_time = Some(auth_time.map_or(instant, |t: DateTime<Utc>| t.min(instant)));
         if let Some(until) = time(&st, "SessionNotOnOrAfter")? {

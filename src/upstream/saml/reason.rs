@@ -13,6 +13,9 @@ pub enum SamlReason {
     AudienceMissing,
     /// `saml.authn_instant_in_future`.
     AuthnInstantInFuture,
+    /// `saml.authn_instant_invalid`: before 1970-01-01, which no
+    /// authentication is; as `auth_time` it would be negative.
+    AuthnInstantInvalid,
     /// `saml.condition_unknown`.
     ConditionUnknown,
     /// `saml.decryption_failed`.
@@ -83,6 +86,7 @@ impl SamlReason {
             Self::AudienceMismatch => "saml.audience_mismatch",
             Self::AudienceMissing => "saml.audience_missing",
             Self::AuthnInstantInFuture => "saml.authn_instant_in_future",
+            Self::AuthnInstantInvalid => "saml.authn_instant_invalid",
             Self::ConditionUnknown => "saml.condition_unknown",
             Self::DecryptionFailed => "saml.decryption_failed",
             Self::DestinationMismatch => "saml.destination_mismatch",
@@ -119,7 +123,7 @@ impl SamlReason {
     /// A sentence for the person in the browser.
     pub fn message(self) -> &'static str {
         match self {
-            Self::AssertionCount | Self::AudienceMismatch | Self::AudienceMissing | Self::ConditionUnknown | Self::DecryptionFailed | Self::DestinationMismatch | Self::DigestAlgorithmNotAllowed | Self::DtdForbidden | Self::DuplicateId | Self::EncryptionRequired | Self::EncryptionUnsupported | Self::IssuerMismatch | Self::KeyTransportNotAllowed | Self::Malformed | Self::MissingResponse | Self::RecipientMismatch | Self::SignatureAlgorithmNotAllowed | Self::SignatureInvalid | Self::StatusNotSuccess | Self::SubjectConfirmationExpiryMissing | Self::SubjectConfirmationMissing | Self::TooLarge | Self::Unsigned => {
+            Self::AssertionCount | Self::AudienceMismatch | Self::AuthnInstantInvalid | Self::AudienceMissing | Self::ConditionUnknown | Self::DecryptionFailed | Self::DestinationMismatch | Self::DigestAlgorithmNotAllowed | Self::DtdForbidden | Self::DuplicateId | Self::EncryptionRequired | Self::EncryptionUnsupported | Self::IssuerMismatch | Self::KeyTransportNotAllowed | Self::Malformed | Self::MissingResponse | Self::RecipientMismatch | Self::SignatureAlgorithmNotAllowed | Self::SignatureInvalid | Self::StatusNotSuccess | Self::SubjectConfirmationExpiryMissing | Self::SubjectConfirmationMissing | Self::TooLarge | Self::Unsigned => {
                 "The sign-in response from your identity provider could not be accepted."
             }
             Self::AuthnInstantInFuture | Self::Expired | Self::IssueInstantInFuture | Self::IssueInstantTooOld | Self::NotYetValid => {
