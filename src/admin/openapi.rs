@@ -225,10 +225,14 @@ pub(crate) enum NewConnection {
         id: String,
         /// `pending_test` keeps it from serving until a test sign-in; default `active`.
         status: Option<ConnectionStatusName>,
-        /// The IdP's metadata document.
+        /// The IdP's metadata document: at most 256 KiB (400
+        /// `saml.metadata_too_large`), with a signing certificate still
+        /// valid (400 `metadata.no_usable_certificate`).
         metadata_xml: Option<String>,
-        /// Where to fetch (and refresh) the IdP's metadata; shown as given,
-        /// so no user name or password (400 `saml.metadata_url_credentials`).
+        /// Where to fetch (and refresh) the IdP's metadata, held to the
+        /// same rules; shown as given, so no user name or password (400
+        /// `saml.metadata_url_credentials`; one stored before is never
+        /// fetched, its refresh refused with that code).
         metadata_url: Option<String>,
         /// Picks one IdP out of federation metadata.
         idp_entity_id: Option<String>,

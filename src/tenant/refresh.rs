@@ -7,8 +7,12 @@
 //! * The request goes through the guarded outbound client and carries the
 //!   validators of the last answer (`If-None-Match`, `If-Modified-Since`);
 //!   a 304 changes nothing but the refresh state.
-//! * A document that cannot be fetched, is not well-formed, describes
-//!   another entity, or has no signing certificate that is still valid is
+//! * A stored URL carrying a user name or password is not fetched
+//!   (`saml.metadata_url_credentials`, before any request). A document
+//!   that cannot be fetched, is larger than `saml::MAX_METADATA_BYTES`
+//!   (`saml.metadata_too_large`, read no further), is not well-formed,
+//!   describes another entity, or has no signing certificate that is still
+//!   valid (`metadata.no_usable_certificate`, the rule set-up applies too) is
 //!   refused: the last good configuration keeps serving, and the refusal is
 //!   recorded in the connection's [`RefreshState`] (`last_error`).
 //! * A valid document that differs from the stored one updates the
@@ -37,7 +41,8 @@ use super::{RegistryError, TenantRegistry};
 use crate::clock::SharedClock;
 use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, SharedStore, StoreJson};
-use crate::upstream::{Connection, ConnectionKind, UpstreamContext};
+use crate::upstream::http::CappedError;
+use crate::upstream::{saml, Connection, ConnectionKind, UpstreamContext};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -299,10 +304,18 @@ impl MetadataRefresher {
                 detail,
             })
         };
-        let mut request = http::Request::get(url.as_str()).header(
-            http::header::ACCEPT,
-            "application/samlmetadata+xml, application/xml, text/xml, */*;q=0.5",
-        );
+        // A URL stored with a user name or password before set-up refused
+        // them (or restored from a backup) is never fetched: the password
+        // would go out with every refresh, and the URL is shown and logged.
+        if saml::carries_credentials(url) {
+            return Err(refused(
+                saml::METADATA_URL_CREDENTIALS,
+                "the stored metadata URL carries a user name or password, so it is not fetched: \
+                 set a metadata_url without them"
+                    .into(),
+            ));
+        }
+        let mut request = http::Request::get(url.as_str()).header(http::header::ACCEPT, saml::METADATA_ACCEPT);
         if let Some(etag) = &state.etag {
             request = request.header(http::header::IF_NONE_MATCH, etag.as_str());
         }
@@ -315,14 +328,26 @@ impl MetadataRefresher {
                 format!("the metadata URL cannot be requested: {e}"),
             )
         })?;
-        let resp = self.ctx.http.execute(request).await.map_err(|e| {
-            // The problem is shown to the tenant's admins: the log keeps the detail.
-            tracing::info!(reason = e.code, tenant = %conn.tenant, connection = %conn.id, detail = %e.detail, "IdP metadata could not be fetched");
-            refused(
-                "metadata.unreachable",
-                format!("the metadata could not be fetched: {}", e.for_admin()),
-            )
-        })?;
+        let resp = match self.ctx.http.execute_within(request, saml::MAX_METADATA_BYTES).await {
+            Ok(resp) => resp,
+            Err(CappedError::OverCap { limit, .. }) => {
+                return Err(refused(
+                    saml::METADATA_TOO_LARGE,
+                    format!(
+                        "the metadata is larger than {} KiB, far more than one IdP's metadata needs",
+                        limit / 1024
+                    ),
+                ))
+            }
+            Err(CappedError::Failed(e)) => {
+                // The problem is shown to the tenant's admins: the log keeps the detail.
+                tracing::info!(reason = e.code, tenant = %conn.tenant, connection = %conn.id, detail = %e.detail, "IdP metadata could not be fetched");
+                return Err(refused(
+                    "metadata.unreachable",
+                    format!("the metadata could not be fetched: {}", e.for_admin()),
+                ));
+            }
+        };
         let status = resp.status();
         if status == http::StatusCode::NOT_MODIFIED {
             return Ok(RefreshOutcome::Unchanged(conn.clone()));
@@ -346,14 +371,9 @@ impl MetadataRefresher {
         let allow_private = self.ctx.http.config().allow_private_networks;
         let next = crate::upstream::saml::with_idp_metadata(cfg, &xml, allow_private)
             .map_err(|m| refused("metadata.invalid", m))?;
-        let now = self.clock().now();
-        let usable = next
-            .idp_certificates
-            .iter()
-            .any(|b64| der_not_after(b64).is_some_and(|na| na > now));
-        if !usable {
+        if !saml::any_certificate_current(&next.idp_certificates, self.clock().unix()) {
             return Err(refused(
-                "metadata.no_usable_certificate",
+                saml::NO_USABLE_CERTIFICATE,
                 "every signing certificate in the metadata has expired".into(),
             ));
         }

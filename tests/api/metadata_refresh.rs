@@ -526,3 +526,103 @@ async fn a_refresh_of_a_host_name_leading_to_no_public_address_tells_the_admin_n
     let state = refresher.state(&tid(), &cid()).await.unwrap();
     assert_eq!(state.last_error, Some(problem));
 }
+
+/// A metadata URL stored with a user name or password before set-up
+/// refused them (or restored from a backup, which writes records as they
+/// were) is never fetched again: the refresh, asked for or on schedule,
+/// refuses it before any request (`saml.metadata_url_credentials`), like
+/// any refused refresh (the answer, `metadata_refresh.last_error`, the
+/// log), the last good configuration keeps serving, and the password shows
+/// nowhere.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stored_metadata_url_carrying_a_password_is_never_fetched_by_a_refresh() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let clock = ManualClock::at(now());
+    let key = Key::new();
+    let server = MetadataServer::start(metadata(&[key.cert_b64()])).await;
+    let app = gateway(&clock).await;
+    let conn = connect(&app, &server).await;
+    let mut stored = app.state.tenants.connection(&tid(), &cid()).await.unwrap().unwrap();
+    let portcullis::upstream::ConnectionKind::Saml(cfg) = &mut stored.kind else {
+        panic!("not SAML")
+    };
+    let with_password = server.url.as_str().replace("://", "://svc:refresh-pass-s3cret@");
+    cfg.metadata_url = Some(Url::parse(&with_password).unwrap());
+    app.state
+        .tenants
+        .put_connection(&stored, portcullis::tenant::IssuerChange::KeepUsers)
+        .await
+        .unwrap();
+    let revision = stored_revision(&app).await;
+    let hits = server.hits().len();
+
+    let (status, answer) = refresh(&app).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["field"], "metadata_url", "{answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(detail.contains("saml.metadata_url_credentials"), "{answer}");
+    assert!(detail.contains("still serving"), "{answer}");
+    portcullis::app::metadata_round(&app.state, std::time::Duration::from_secs(3600)).await;
+    assert_eq!(
+        server.hits().len(),
+        hits,
+        "the metadata server was asked: {:?}",
+        server.hits()
+    );
+
+    let state = refresher(&app).state(&tid(), &cid()).await.unwrap();
+    assert_eq!(
+        state.last_error.as_ref().map(|e| e.code.as_str()),
+        Some("saml.metadata_url_credentials")
+    );
+    let view = connect_answer(&app).await;
+    assert_eq!(
+        view["metadata_refresh"]["last_error"]["code"], "saml.metadata_url_credentials",
+        "{view}"
+    );
+    assert_eq!(stored_revision(&app).await, revision);
+    sign_in(&app, &conn, &key).await.unwrap();
+    assert_eq!(
+        logs.with_reason("saml.metadata_url_credentials").len(),
+        2,
+        "{}",
+        logs.text()
+    );
+    for shown in [answer.to_string(), view.to_string(), format!("{state:?}"), logs.text()] {
+        assert!(!shown.contains("refresh-pass-s3cret"), "{shown}");
+    }
+}
+
+/// The refresh holds fetched metadata to set-up's size limit: a document
+/// over `MAX_METADATA_BYTES` (256 KiB, under the outbound client's 1 MiB)
+/// is refused (`saml.metadata_too_large`) and the last good configuration
+/// keeps serving.
+#[tokio::test]
+async fn fetched_metadata_over_the_size_limit_is_refused_by_a_refresh() {
+    let clock = ManualClock::at(now());
+    let key = Key::new();
+    let good = metadata(&[key.cert_b64()]);
+    let server = MetadataServer::start(good.clone()).await;
+    let app = gateway(&clock).await;
+    let conn = connect(&app, &server).await;
+    let revision = stored_revision(&app).await;
+    let limit = portcullis::upstream::saml::MAX_METADATA_BYTES;
+    let pad = "x".repeat(limit + 1 - good.len() - "<!---->".len());
+    let big = good.replace("<md:IDPSSODescriptor", &format!("<!--{pad}--><md:IDPSSODescriptor"));
+    assert_eq!(big.len(), limit + 1);
+    server.publish(big);
+
+    let (status, answer) = refresh(&app).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("saml.metadata_too_large"),
+        "{answer}"
+    );
+    let state = refresher(&app).state(&tid(), &cid()).await.unwrap();
+    assert_eq!(
+        state.last_error.as_ref().map(|e| e.code.as_str()),
+        Some("saml.metadata_too_large")
+    );
+    assert_eq!(stored_revision(&app).await, revision);
+    sign_in(&app, &conn, &key).await.unwrap();
+}

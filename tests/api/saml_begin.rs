@@ -109,7 +109,9 @@ async fn begin_redirect_binding_unsigned_and_signed() {
 /// enveloped-signed form, checked here by the xmlsec1 command-line tool.
 #[tokio::test]
 async fn begin_post_binding_is_enveloped_signed() {
-    let ctx = ctx();
+    // Before the captured certificate expires (November 2028): metadata
+    // whose certificates have all expired is refused.
+    let ctx = ctx_at("2027-01-01T00:00:00Z".parse().unwrap()).0;
     let md = std::fs::read_to_string(fixtures().join("assertions/jumpcloud/metadata.xml")).unwrap();
     let cfg = try_setup(
         &ctx,
@@ -191,7 +193,8 @@ async fn idp_wanting_signed_requests_gets_them() {
 /// the signature covers exactly SAMLRequest, RelayState and SigAlg.
 #[tokio::test]
 async fn begin_keeps_the_idp_query_and_signs_only_ours() {
-    let ctx = ctx();
+    // Before the captured certificate expires (July 2028).
+    let ctx = ctx_at("2027-01-01T00:00:00Z".parse().unwrap()).0;
     let md = std::fs::read_to_string(fixtures().join("assertions/google/metadata.xml")).unwrap();
     let cfg = try_setup(
         &ctx,

@@ -250,7 +250,9 @@ async fn sp_metadata_names_this_connection() {
 
 #[tokio::test]
 async fn federation_metadata_picks_the_named_idp() {
-    let ctx = ctx();
+    // Before the captured PingOne certificate expired (November 2024):
+    // metadata whose certificates have all expired is refused.
+    let ctx = ctx_at("2024-06-01T00:00:00Z".parse().unwrap()).0;
     let okta = okta_metadata().replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
     let ping = std::fs::read_to_string(fixtures().join("assertions/ping/metadata.xml"))
         .unwrap()
@@ -337,6 +339,11 @@ async fn a_metadata_url_on_a_private_host_name_reads_like_one_that_does_not_reso
 }
 
 fn cert_with_key(cn: &str, public: &openssl::pkey::PKeyRef<openssl::pkey::Public>) -> String {
+    cert_until(cn, public, 4_000_000_000)
+}
+
+/// A certificate for `public` valid from 1970 until `not_after` (Unix seconds).
+fn cert_until(cn: &str, public: &openssl::pkey::PKeyRef<openssl::pkey::Public>, not_after: i64) -> String {
     static SIGNER: std::sync::LazyLock<openssl::pkey::PKey<openssl::pkey::Private>> =
         std::sync::LazyLock::new(|| openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap());
     let signer = &*SIGNER;
@@ -349,7 +356,7 @@ fn cert_with_key(cn: &str, public: &openssl::pkey::PKeyRef<openssl::pkey::Public
     b.set_pubkey(public).unwrap();
     b.set_not_before(&openssl::asn1::Asn1Time::from_unix(0).unwrap())
         .unwrap();
-    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(4_000_000_000).unwrap())
+    b.set_not_after(&openssl::asn1::Asn1Time::from_unix(not_after).unwrap())
         .unwrap();
     b.sign(signer, openssl::hash::MessageDigest::sha256()).unwrap();
     base64::engine::general_purpose::STANDARD.encode(b.build().to_der().unwrap())
@@ -548,4 +555,131 @@ async fn a_stored_metadata_urls_password_is_neither_shown_nor_audited() {
     for shown in [view.to_string(), patched.to_string(), audit.to_string()] {
         assert!(!shown.contains("stored-pass-s3cret"), "{shown}");
     }
+}
+
+/// A one-shot metadata server on loopback serving `body`, counting the
+/// connections it accepts.
+async fn metadata_server(body: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    });
+    (format!("http://{addr}/metadata"), hits)
+}
+
+fn private_ctx() -> UpstreamContext {
+    let (mut ctx, _) = ctx_at("2030-01-01T00:00:00Z".parse().unwrap());
+    ctx.http = portcullis::upstream::http::OutboundHttp::new(portcullis::upstream::http::OutboundConfig {
+        allow_private_networks: true,
+        ..Default::default()
+    })
+    .unwrap();
+    ctx
+}
+
+/// Set-up holds new metadata to the rule the refresh applies: at least one
+/// signing certificate still valid by the gateway's clock, else
+/// `metadata.no_usable_certificate` (given as XML or fetched from a URL).
+/// One expired certificate beside a valid one is an IdP's rollover and is
+/// taken, both kept.
+#[tokio::test(flavor = "current_thread")]
+async fn metadata_whose_signing_certificates_have_all_expired_is_refused_at_set_up() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let key = |cn: &str| {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let public = openssl::pkey::PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+        (cn.to_owned(), public)
+    };
+    let ((a, ka), (b, kb)) = (key("old"), key("new"));
+    // ctx() reads 2030-01-01; 1_861_920_000 is 2029-01-01, 1_900_000_000 is 2030-03-17.
+    let expired = cert_until(&a, &ka, 1_861_920_000);
+    let expired_too = cert_until(&b, &kb, 1_893_456_000); // 2030-01-01T00:00:00Z: not after now
+    let valid = cert_until(&b, &kb, 1_900_000_000);
+
+    let e = try_setup(
+        &ctx(),
+        serde_json::json!({ "metadata_xml": metadata_with(&[expired.clone(), expired_too]) }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "metadata_xml", "{e}");
+    assert!(e.message.contains("metadata.no_usable_certificate"), "{}", e.message);
+
+    let (url, _) = metadata_server(metadata_with(std::slice::from_ref(&expired))).await;
+    let e = try_setup(&private_ctx(), serde_json::json!({ "metadata_url": url }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "metadata_url", "{e}");
+    assert!(e.message.contains("metadata.no_usable_certificate"), "{}", e.message);
+    assert_eq!(
+        logs.with_reason("metadata.no_usable_certificate").len(),
+        2,
+        "{}",
+        logs.text()
+    );
+
+    let cfg = try_setup(
+        &ctx(),
+        serde_json::json!({ "metadata_xml": metadata_with(&[expired.clone(), valid.clone()]) }),
+    )
+    .await
+    .expect("a rollover: one certificate still valid");
+    assert_eq!(cfg.idp_certificates, vec![expired, valid]);
+}
+
+/// One IdP's metadata is a few KB (Entra's about 25): a document over
+/// `MAX_METADATA_BYTES` (256 KiB), given as XML or served at the
+/// metadata URL, is refused (`saml.metadata_too_large`), the fetched one
+/// from its Content-Length, before its body is read; one just under it is
+/// taken.
+#[tokio::test(flavor = "current_thread")]
+async fn metadata_over_the_size_limit_is_refused_given_or_fetched() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let limit = portcullis::upstream::saml::MAX_METADATA_BYTES;
+    assert_eq!(limit, 256 * 1024);
+    let padded = |total: usize| {
+        let md = okta_metadata();
+        let at = md.find("<md:IDPSSODescriptor").unwrap();
+        let pad = total - md.len() - "<!---->".len();
+        format!("{}<!--{}-->{}", &md[..at], "x".repeat(pad), &md[at..])
+    };
+    let (over, under) = (padded(limit + 1), padded(limit));
+    assert_eq!((over.len(), under.len()), (limit + 1, limit));
+
+    let Err(e) = try_setup(&ctx(), serde_json::json!({ "metadata_xml": over.clone() })).await else {
+        panic!("256 KiB and one byte given was accepted");
+    };
+    assert_eq!(e.field, "metadata_xml", "{e}");
+    assert!(e.message.contains("saml.metadata_too_large"), "{}", e.message);
+
+    let (url, _) = metadata_server(over).await;
+    let Err(e) = try_setup(&private_ctx(), serde_json::json!({ "metadata_url": url })).await else {
+        panic!("256 KiB and one byte fetched was accepted");
+    };
+    assert_eq!(e.field, "metadata_url", "{e}");
+    assert!(e.message.contains("saml.metadata_too_large"), "{}", e.message);
+    assert_eq!(logs.with_reason("saml.metadata_too_large").len(), 2, "{}", logs.text());
+
+    try_setup(&ctx(), serde_json::json!({ "metadata_xml": under.clone() }))
+        .await
+        .expect("256 KiB given");
+    let (url, _) = metadata_server(under).await;
+    try_setup(&private_ctx(), serde_json::json!({ "metadata_url": url }))
+        .await
+        .expect("256 KiB fetched");
 }

@@ -109,6 +109,18 @@ impl OutboundHttp {
 
     /// Sends `request` and reads the whole response, whatever its status.
     pub async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, UpstreamError> {
+        self.execute_within(request, self.config.max_body_bytes)
+            .await
+            .map_err(CappedError::into_upstream)
+    }
+
+    /// Sends `request` and reads the whole response, whatever its status, if
+    /// its body is at most `cap` bytes: a larger one is
+    /// [`CappedError::OverCap`], refused from its `Content-Length` before
+    /// the body is read, else as soon as the bytes read pass the cap. A cap
+    /// above `max_body_bytes` is no cap: the client's own limit applies, and
+    /// a body over it is the usual `outbound.too_large`.
+    pub async fn execute_within(&self, request: HttpRequest, cap: usize) -> Result<HttpResponse, CappedError> {
         let (parts, body) = request.into_parts();
         let url = Url::parse(&parts.uri.to_string())
             .map_err(|e| UpstreamError::internal("outbound.invalid_url", e.to_string()))?;
@@ -118,12 +130,22 @@ impl OutboundHttp {
             builder = builder.body(body);
         }
         let mut resp = builder.send().await.map_err(|e| map_error(&url, &e))?;
-        let limit = self.config.max_body_bytes;
+        let limit = cap.min(self.config.max_body_bytes);
+        let over = || {
+            if cap < self.config.max_body_bytes {
+                CappedError::OverCap {
+                    limit,
+                    url: shown(&url),
+                }
+            } else {
+                CappedError::Failed(too_large(&url, limit))
+            }
+        };
         if resp
             .content_length()
             .is_some_and(|len| usize::try_from(len).map_or(true, |len| len > limit))
         {
-            return Err(too_large(&url, limit));
+            return Err(over());
         }
         let mut out = http::Response::builder().status(resp.status());
         if let Some(headers) = out.headers_mut() {
@@ -132,12 +154,13 @@ impl OutboundHttp {
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| map_error(&url, &e))? {
             if buf.len().saturating_add(chunk.len()) > limit {
-                return Err(too_large(&url, limit));
+                return Err(over());
             }
             buf.extend_from_slice(&chunk);
         }
-        out.body(buf)
-            .map_err(|e| UpstreamError::internal("outbound.request", e.to_string()))
+        Ok(out
+            .body(buf)
+            .map_err(|e| UpstreamError::internal("outbound.request", e.to_string()))?)
     }
 
     /// GETs `url` and returns the body (at most `max_body_bytes`); a non-2xx
@@ -149,6 +172,17 @@ impl OutboundHttp {
             .body(Vec::new())
             .map_err(|e| UpstreamError::internal("outbound.invalid_url", e.to_string()))?;
         success(url, self.execute(request).await?)
+    }
+
+    /// GETs `url` and returns the body if it is at most `cap` bytes (see
+    /// [`OutboundHttp::execute_within`]); a non-2xx answer is `outbound.status`.
+    pub async fn get_bytes_within(&self, url: &Url, accept: &str, cap: usize) -> Result<Vec<u8>, CappedError> {
+        self.check_url(url)?;
+        let request = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .map_err(|e| UpstreamError::internal("outbound.invalid_url", e.to_string()))?;
+        Ok(success(url, self.execute_within(request, cap).await?)?)
     }
 
     /// GETs `url` with a bearer token (userinfo); a non-2xx answer is `outbound.status`.
@@ -189,6 +223,42 @@ impl OutboundHttp {
             .body(body.into_bytes())
             .map_err(|e| UpstreamError::internal("outbound.invalid_url", e.to_string()))?;
         self.execute(request).await
+    }
+}
+
+/// Why a request read with a caller's cap ([`OutboundHttp::execute_within`])
+/// gave no response.
+#[derive(Debug)]
+pub enum CappedError {
+    /// The body is larger than the caller's cap (below the client's own
+    /// limit): the caller names the refusal in its own words.
+    OverCap {
+        /// The cap, bytes.
+        limit: usize,
+        /// The URL as a log line may name it ([`shown`]).
+        url: String,
+    },
+    /// Any other failure, as [`OutboundHttp::execute`] reports it.
+    Failed(UpstreamError),
+}
+
+impl From<UpstreamError> for CappedError {
+    fn from(e: UpstreamError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl CappedError {
+    /// The failure as [`OutboundHttp::execute`] reports it (a body over the
+    /// cap is `outbound.too_large`).
+    pub fn into_upstream(self) -> UpstreamError {
+        match self {
+            Self::OverCap { limit, url } => UpstreamError::internal(
+                "outbound.too_large",
+                format!("the response of {url} exceeds {limit} bytes"),
+            ),
+            Self::Failed(e) => e,
+        }
     }
 }
 

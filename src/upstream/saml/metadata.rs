@@ -23,6 +23,55 @@ pub(crate) struct IdpMetadata {
     pub signing_certificates: Vec<String>,
 }
 
+/// The largest IdP metadata document a connection takes, in bytes: given
+/// as `metadata_xml` (admin API, portal, tenant file, import) or fetched
+/// from a `metadata_url` (at set-up and on every refresh, where the fetch
+/// stops reading past it). One entity's metadata is small (Entra's about
+/// 25 KB, Okta's 5 KB, sixteen signing certificates about 30 KB); the
+/// document is stored with the connection and read again at each of its
+/// changes, so the outbound client's general limit (1 MiB) is far more than
+/// it needs. Larger is refused: [`METADATA_TOO_LARGE`].
+pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+
+/// The `Accept` header of a metadata fetch.
+pub const METADATA_ACCEPT: &str = "application/samlmetadata+xml, application/xml, text/xml, */*;q=0.5";
+
+/// Metadata over [`MAX_METADATA_BYTES`].
+pub const METADATA_TOO_LARGE: &str = "saml.metadata_too_large";
+
+/// A `metadata_url` carrying a user name or password: refused at set-up
+/// and, for one stored before that rule, at every fetch, before any request.
+pub const METADATA_URL_CREDENTIALS: &str = "saml.metadata_url_credentials";
+
+/// Metadata whose signing certificates have all expired (at set-up and on
+/// refresh).
+pub const NO_USABLE_CERTIFICATE: &str = "metadata.no_usable_certificate";
+
+/// Whether `url` carries a user name or password. The URL is kept as given
+/// and shown in the connection's view, its audit events and the log lines
+/// of every fetch, so such a URL is never fetched ([`METADATA_URL_CREDENTIALS`]).
+pub fn carries_credentials(url: &url::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
+/// Whether any of `certificates` (base64 DER) is still valid at `now_unix`
+/// (its `notAfter` is later). An IdP that rotates publishes the new
+/// certificate beside the old one, so one expired certificate next to a
+/// valid one is usable; metadata with none valid is [`NO_USABLE_CERTIFICATE`].
+pub fn any_certificate_current(certificates: &[String], now_unix: i64) -> bool {
+    let Ok(now) = openssl::asn1::Asn1Time::from_unix(now_unix) else {
+        return false;
+    };
+    certificates.iter().any(|b64| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .ok()
+            .and_then(|der| openssl::x509::X509::from_der(&der).ok())
+            .and_then(|cert| cert.not_after().compare(&now).ok())
+            .is_some_and(|o| o == std::cmp::Ordering::Greater)
+    })
+}
+
 /// Checks a URL the IdP's metadata (or the admin) gives for the browser or
 /// for us to reach: `https` with a host, or `http` only when private networks
 /// are allowed and the host is loopback or private (a literal address the

@@ -53,6 +53,10 @@ mod validate;
 mod xml;
 
 pub use mapping::{AttributeMapping, OneOrMany};
+pub use metadata::{
+    any_certificate_current, carries_credentials, MAX_METADATA_BYTES, METADATA_ACCEPT, METADATA_TOO_LARGE,
+    METADATA_URL_CREDENTIALS, NO_USABLE_CERTIFICATE,
+};
 pub use setup::{request_view, setup, setup_patched};
 pub use signature::SignatureAlgorithm;
 

@@ -4,6 +4,7 @@ use super::mapping::AttributeMapping;
 use super::signature::SignatureAlgorithm;
 use super::{keys, metadata, SamlConfig, MAX_CLOCK_SKEW_SECS};
 use crate::ids::{ConnectionId, TenantId};
+use crate::upstream::http::CappedError;
 use crate::upstream::{SetupError, UpstreamContext};
 use serde::Deserialize;
 use url::Url;
@@ -131,35 +132,72 @@ async fn fetch_metadata(
                 "give either metadata_xml or metadata_url, not both",
             ))
         }
-        (Some(xml), None) => (xml, "metadata_xml"),
+        (Some(xml), None) => {
+            if xml.len() > metadata::MAX_METADATA_BYTES {
+                return Err(too_large("metadata_xml"));
+            }
+            (xml, "metadata_xml")
+        }
         (None, Some(url)) => {
             // The URL is kept as given and shown in the connection's view,
             // its audit events and the log lines of every fetch: a user name
             // or password in it would be too (hooks and the audit webhook
             // refuse them for the same reason).
-            if !url.username().is_empty() || url.password().is_some() {
+            if metadata::carries_credentials(url) {
                 tracing::info!(
-                    reason = "saml.metadata_url_credentials",
+                    reason = metadata::METADATA_URL_CREDENTIALS,
                     "a metadata URL carrying a user name or password refused"
                 );
                 return Err(SetupError::new(
                     "metadata_url",
-                    "must not carry a user name or password: it is shown, audited and logged as given \
-                     (saml.metadata_url_credentials)",
+                    format!(
+                        "must not carry a user name or password: it is shown, audited and logged as given ({})",
+                        metadata::METADATA_URL_CREDENTIALS
+                    ),
                 ));
             }
             let allow_private = ctx.http.config().allow_private_networks;
             metadata::check_idp_url(url.as_str(), allow_private).map_err(|m| SetupError::new("metadata_url", m))?;
-            let bytes = ctx.http.get_bytes(url).await.map_err(|e| {
-                tracing::info!(reason = e.code, detail = %e.detail, "SAML metadata could not be fetched for a connection's set-up");
-                SetupError::new("metadata_url", format!("could not fetch the metadata: {}", e.for_admin()))
-            })?;
+            let bytes = match ctx
+                .http
+                .get_bytes_within(url, metadata::METADATA_ACCEPT, metadata::MAX_METADATA_BYTES)
+                .await
+            {
+                Ok(bytes) => bytes,
+                Err(CappedError::OverCap { .. }) => return Err(too_large("metadata_url")),
+                Err(CappedError::Failed(e)) => {
+                    tracing::info!(reason = e.code, detail = %e.detail, "SAML metadata could not be fetched for a connection's set-up");
+                    return Err(SetupError::new(
+                        "metadata_url",
+                        format!("could not fetch the metadata: {}", e.for_admin()),
+                    ));
+                }
+            };
             let xml =
                 String::from_utf8(bytes).map_err(|_| SetupError::new("metadata_url", "the metadata is not UTF-8"))?;
             (xml, "metadata_url")
         }
         (None, None) => return Err(SetupError::new("metadata_xml", "give metadata_xml or metadata_url")),
     })
+}
+
+/// Metadata over [`metadata::MAX_METADATA_BYTES`], given in `field` or
+/// fetched from it (`saml.metadata_too_large`).
+fn too_large(field: &str) -> SetupError {
+    tracing::info!(
+        reason = metadata::METADATA_TOO_LARGE,
+        field,
+        "SAML metadata larger than one IdP's needs refused"
+    );
+    SetupError::new(
+        field,
+        format!(
+            "the metadata is larger than {} KiB, far more than one IdP's metadata needs: give the IdP's own \
+             metadata, not a federation's ({})",
+            metadata::MAX_METADATA_BYTES / 1024,
+            metadata::METADATA_TOO_LARGE
+        ),
+    )
 }
 
 /// Checks a migrated ACS URL: on this gateway's public origin, without query
@@ -210,15 +248,15 @@ async fn build(
     existing: Option<&SamlConfig>,
 ) -> Result<SamlConfig, SetupError> {
     let mut wanted = req.idp_entity_id.clone();
-    let (metadata_xml, metadata_url, field) = match (req.metadata_xml, req.metadata_url, existing) {
+    let (metadata_xml, metadata_url, field, given) = match (req.metadata_xml, req.metadata_url, existing) {
         // A patch that does not touch the metadata re-reads the stored one.
         (None, None, Some(e)) => {
             wanted.get_or_insert_with(|| e.idp_entity_id.clone());
-            (e.metadata_xml.clone(), e.metadata_url.clone(), "metadata_xml")
+            (e.metadata_xml.clone(), e.metadata_url.clone(), "metadata_xml", false)
         }
         (xml, url, _) => {
             let (xml, field) = fetch_metadata(xml, url.as_ref(), ctx).await?;
-            (xml, url, field)
+            (xml, url, field, true)
         }
     };
     let idp = metadata::parse_idp_metadata(
@@ -227,6 +265,24 @@ async fn build(
         ctx.http.config().allow_private_networks,
     )
     .map_err(|m| SetupError::new(field, m))?;
+    // New metadata is held to what a refresh takes: a signing certificate
+    // still valid now (one expired beside a valid one is a rollover). The
+    // stored metadata a patch re-reads was judged when it came.
+    if given && !metadata::any_certificate_current(&idp.signing_certificates, ctx.clock.unix()) {
+        tracing::info!(
+            reason = metadata::NO_USABLE_CERTIFICATE,
+            tenant = %tenant,
+            connection = %connection,
+            "SAML metadata whose signing certificates have all expired refused"
+        );
+        return Err(SetupError::new(
+            field,
+            format!(
+                "every signing certificate in the metadata has expired ({})",
+                metadata::NO_USABLE_CERTIFICATE
+            ),
+        ));
+    }
     let sp_entity_id = match req.sp_entity_id.map(|e| e.trim().to_owned()) {
         Some(e) if e.is_empty() || e.len() > 1024 => {
             return Err(SetupError::new("sp_entity_id", "must be 1 to 1024 characters"))
