@@ -125,6 +125,8 @@ pub fn setup_error_sentence(field: &str, message: &str) -> String {
     let m = message.to_ascii_lowercase();
     let fix = if m.contains("expired") {
         "The signing certificate in this metadata has expired. In your IdP, create (or activate) a new signing certificate, then download the metadata again and paste it here."
+    } else if m.contains("saml.metadata_too_large") {
+        "This document is far larger than one IdP's metadata (over 256 KiB): it is probably a federation's. Export the metadata of your one application in your IdP and use that."
     } else if m.contains("no idp signing certificate") || m.contains("no signing certificate") {
         "The metadata contains no signing certificate. Export the IdP metadata (not the SP metadata), which has a KeyDescriptor with use=\"signing\", and paste it here."
     } else if m.contains("singlesignonservice") && m.contains("binding") {
@@ -183,6 +185,10 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
         "saml.expired" | "saml.not_yet_valid" | "saml.issue_instant_too_old" | "saml.issue_instant_in_future" => (
             "The assertion is outside its validity window.",
             "Check that your IdP's server clock is correct (NTP) and try again.",
+        ),
+        "saml.authn_instant_invalid" => (
+            "The IdP dated the person's authentication (AuthnInstant) before 1970.",
+            "Check your IdP's server clock and how it writes the AuthnInstant of its assertions.",
         ),
         "saml.status_not_success" => (
             "The IdP answered with an error instead of a sign-in.",
@@ -253,6 +259,22 @@ mod tests {
             "the metadata has no SingleSignOnService with the HTTP-Redirect or HTTP-POST binding",
         );
         assert!(s.contains("HTTP-Redirect or HTTP-POST binding"), "{s}");
+        let s = setup_error_sentence(
+            "metadata_xml",
+            "the metadata is larger than 256 KiB, far more than one IdP's metadata needs (saml.metadata_too_large)",
+        );
+        assert!(
+            s.starts_with("This document is far larger than one IdP's metadata"),
+            "{s}"
+        );
+        let s = setup_error_sentence(
+            "metadata_url",
+            "every signing certificate in the metadata has expired (metadata.no_usable_certificate)",
+        );
+        assert!(
+            s.starts_with("The signing certificate in this metadata has expired."),
+            "{s}"
+        );
     }
 
     #[test]
