@@ -333,6 +333,20 @@ fn needs_network(body: &serde_json::Value) -> bool {
     }
 }
 
+/// What `check-config --offline` can still refuse of a connection body it
+/// does not fetch: a SAML `metadata_url` carrying a user name or password
+/// (`saml.metadata_url_credentials`, as set-up refuses it).
+fn offline_problem(body: &serde_json::Value) -> Option<String> {
+    let url = body.get("metadata_url").and_then(serde_json::Value::as_str)?;
+    let url = url::Url::parse(url).ok()?;
+    crate::upstream::saml::carries_credentials(&url).then(|| {
+        format!(
+            "must not carry a user name or password: it is shown, audited and logged as given ({})",
+            crate::upstream::saml::METADATA_URL_CREDENTIALS
+        )
+    })
+}
+
 async fn check_config(settings: &Settings, source: &str, offline: bool) -> i32 {
     let (resolved, mut problems): (_, Vec<ConfigProblem>) = match settings.validate(source) {
         Ok(r) => (Some(r), Vec::new()),
@@ -363,7 +377,17 @@ async fn check_config(settings: &Settings, source: &str, offline: bool) -> i32 {
                     };
                     for (i, body) in f.connection_bodies().into_iter().enumerate() {
                         if offline && needs_network(&body) {
-                            skipped += 1;
+                            // A user name or password in a metadata URL needs
+                            // no IdP to be refused, as set-up refuses it.
+                            if let Some(message) = offline_problem(&body) {
+                                problems.push(ConfigProblem {
+                                    source: f.path.display().to_string(),
+                                    field: format!("connections[{i}].metadata_url"),
+                                    message,
+                                });
+                            } else {
+                                skipped += 1;
+                            }
                             continue;
                         }
                         if let Err(e) =

@@ -528,6 +528,32 @@ fn check_config_offline_passes_when_an_idp_is_unreachable() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A tenant file's metadata URL carrying a password is refused offline
+/// too, where nothing is fetched (`saml.metadata_url_credentials`, as the
+/// file's sync and set-up refuse it), without repeating the password.
+#[test]
+fn check_config_offline_refuses_a_metadata_url_carrying_a_password() {
+    let dir = scratch("offline-credentials");
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    std::fs::write(
+        dir.join("portcullis.toml"),
+        format!("tenants_dir = {:?}\n", dir.join("tenants")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tenants/acme.toml"),
+        "id = \"acme\"\n[[connections]]\nid = \"okta\"\nkind = \"saml\"\nmetadata_url = \"https://svc:file-pass-s3cret@idp.acme.invalid/metadata\"\n",
+    )
+    .unwrap();
+    let offline = check_config(&dir, true);
+    let stderr = String::from_utf8_lossy(&offline.stderr);
+    assert_eq!(offline.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("connections[0].metadata_url"), "{stderr}");
+    assert!(stderr.contains("saml.metadata_url_credentials"), "{stderr}");
+    assert!(!stderr.contains("file-pass-s3cret"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn check_config_refuses_an_unusable_certificate() {
     let dir = scratch("tlscheck");
