@@ -4,6 +4,7 @@
 
 use super::id_token::{self, Claims, Expected};
 use super::provider::ProviderMetadata;
+use super::token_endpoint::TokenEndpoint;
 use super::{claims, OidcConnector};
 use crate::secret::Secret;
 use crate::upstream::{BeginLogin, BeginRequest, CallbackParams, Identity, UpstreamError, UpstreamRedirect};
@@ -290,7 +291,8 @@ pub(crate) struct Tokens {
 }
 
 /// Redeems the code with its PKCE verifier (`openidconnect`'s
-/// `exchange_code(...).set_pkce_verifier(...)`), through the guarded client.
+/// `exchange_code(...).set_pkce_verifier(...)`), through the guarded client
+/// ([`TokenEndpoint`]: a text `expires_in` of digits is read as its number).
 async fn exchange(
     c: &OidcConnector,
     meta: &ProviderMetadata,
@@ -302,7 +304,7 @@ async fn exchange(
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()));
-    let (answer, elapsed) = crate::meter::timed(request.request_async(&c.ctx.http)).await;
+    let (answer, elapsed) = crate::meter::timed(request.request_async(&TokenEndpoint(c.ctx.http.clone()))).await;
     crate::meter::upstream("oidc_token", elapsed, answer.is_ok());
     match answer {
         Ok(resp) => Ok(Tokens {
@@ -328,7 +330,7 @@ pub async fn refresh(
     let request = client
         .exchange_refresh_token(&token)
         .map_err(|e| UpstreamError::internal("oidc.discovery", format!("the IdP has no token endpoint: {e}")))?;
-    let (answer, elapsed) = crate::meter::timed(request.request_async(&c.ctx.http)).await;
+    let (answer, elapsed) = crate::meter::timed(request.request_async(&TokenEndpoint(c.ctx.http.clone()))).await;
     crate::meter::upstream("oidc_refresh", elapsed, answer.is_ok());
     match answer {
         Ok(resp) => {

@@ -3,7 +3,9 @@
 //!
 //! * [`provider`] — discovery document and JWKS, cached with clock-driven TTLs;
 //! * [`id_token`] — signature and claim checks, one reason code each;
-//! * [`claims`] — the per-connection claim mapping into [`Identity`].
+//! * [`claims`] — the per-connection claim mapping into [`Identity`];
+//! * `token_endpoint` — the guarded client for token requests (a text
+//!   `expires_in` of digits read as its number).
 //!
 //! Every request to the IdP goes through the guarded
 //! [`OutboundHttp`](super::http::OutboundHttp).
@@ -13,6 +15,7 @@ pub mod flow;
 pub mod id_token;
 pub mod keys;
 pub mod provider;
+mod token_endpoint;
 
 pub use claims::ClaimMapping;
 

@@ -338,6 +338,73 @@ async fn a_token_response_expires_in_out_of_range_fails_closed() {
     }
 }
 
+/// Azure AD v1 sends `expires_in` as text (`"3599"`): a string of ASCII
+/// digits that fits a u64 is read as its number, at the code exchange and
+/// at the upstream refresh (it used to fail every sign-in as an invalid
+/// token response). Any other text still fails closed: at sign-in
+/// `oidc.token_response_invalid`, at refresh the transient
+/// `oidc.refresh_unavailable` naming it.
+#[tokio::test]
+async fn a_token_response_expires_in_as_text_counts_only_as_plain_digits() {
+    use portcullis::secret::Secret;
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.refresh_token = Some("rt-1".into()));
+    let mut refresh_token = "rt-1".to_owned();
+    for ok in ["3599", "0", "18446744073709551615"] {
+        f.idp.with(|s| s.expires_in = json!(ok));
+        let login = f.begin().await;
+        let claims = f.claims(&login);
+        f.finish_claims(&login, claims.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        let mut refreshed = claims;
+        refreshed.as_object_mut().unwrap().remove("nonce");
+        f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+        let next = f
+            .connector
+            .refresh(&Secret::new(refresh_token.clone()), Some("user-1"))
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {:?}", e.error));
+        refresh_token.push('+');
+        assert_eq!(next, Some(Secret::new(refresh_token.clone())), "{ok}");
+    }
+    for bad in [
+        "abc",
+        "-1",
+        " 3599",
+        "3599 ",
+        "+3599",
+        "1e3",
+        "3599.0",
+        "",
+        "18446744073709551616",
+    ] {
+        f.idp.with(|s| s.expires_in = json!(bad));
+        let login = f.begin().await;
+        let claims = f.claims(&login);
+        assert_eq!(
+            code(f.finish_claims(&login, claims.clone()).await),
+            "oidc.token_response_invalid",
+            "{bad:?}"
+        );
+        let mut refreshed = claims;
+        refreshed.as_object_mut().unwrap().remove("nonce");
+        f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+        let failed = f
+            .connector
+            .refresh(&Secret::new(refresh_token.clone()), Some("user-1"))
+            .await
+            .unwrap_err();
+        refresh_token.push('+');
+        assert_eq!(failed.error.code, "oidc.refresh_unavailable", "{bad:?}");
+        assert!(
+            failed.error.detail.starts_with("oidc.token_response_invalid"),
+            "{bad:?}: {}",
+            failed.error.detail
+        );
+    }
+}
+
 /// How the person authenticated (`acr`, `amr`) and the other claims only
 /// the signed ID token may carry are never taken from the unsigned
 /// userinfo answer, which could otherwise satisfy `require_mfa`; its
