@@ -251,8 +251,9 @@ pub async fn complete(
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
     // Read from the signed ID token only: userinfo must not vouch for when
-    // the person authenticated.
-    let auth_time = id_token::numeric(&claims, "auth_time")?;
+    // the person authenticated. A fraction rounds down: never fresher than
+    // the IdP said.
+    let auth_time = id_token::numeric(&claims, "auth_time", id_token::Round::Down)?;
     // `auth_time` is what max_age and prompt=login are judged by: one from
     // the future would make any authentication look fresh (as SAML's
     // AuthnInstant, refused beyond the skew).

@@ -164,8 +164,11 @@ fn verify(
             .allow_all_jose_types()
             // Several audiences are judged by `azp` below, as before.
             .set_other_audience_verifier_fn(|_| true)
-            // Expired when now > exp + skew (the verifier refuses at `time >= exp`).
-            .set_time_fn(move || now - skew - chrono::Duration::seconds(1))
+            // Expired when now > exp + skew, to the nanosecond (the verifier
+            // refuses at `time >= exp`; `exp` keeps its fraction). A whole
+            // second taken off here let a token live up to a second past
+            // exp + skew on a clock with fractions.
+            .set_time_fn(move || now - skew - chrono::Duration::nanoseconds(1))
             .set_issue_time_verifier_fn(move |iat| {
                 if iat > now + skew {
                     Err(format!(
@@ -215,16 +218,33 @@ fn map_error(e: ClaimsVerificationError, ctx: &UpstreamContext) -> UpstreamError
     }
 }
 
-/// A NumericDate claim (some IdPs send fractions); a value that is not a
-/// number is `oidc.id_token_malformed`.
-pub fn numeric(claims: &Claims, name: &str) -> Result<Option<i64>, UpstreamError> {
+/// How a NumericDate with a fraction (some IdPs send them) becomes whole
+/// seconds: always the way that grants less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Upwards: for an instant before which something does not hold
+    /// (`nbf`: never valid earlier than said).
+    Up,
+    /// Downwards: for an instant whose age counts (`auth_time`: never
+    /// fresher than said).
+    Down,
+}
+
+/// A NumericDate claim in whole seconds, a fraction rounded as `round`
+/// says; beyond what an `i64` holds it saturates (for `nbf`, never valid;
+/// `auth_time` so far out is already refused by `openidconnect`'s parse). A
+/// value that is not a number is `oidc.id_token_malformed`.
+pub fn numeric(claims: &Claims, name: &str, round: Round) -> Result<Option<i64>, UpstreamError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().map(|f| f as i64))
-            .map(Some)
-            .ok_or_else(|| reject("oidc.id_token_malformed", format!("{name} is not a time"))),
+        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(whole), _) => Ok(Some(whole)),
+            (None, Some(f)) => Ok(Some(match round {
+                Round::Up => f.ceil() as i64,
+                Round::Down => f.floor() as i64,
+            })),
+            (None, None) => Err(reject("oidc.id_token_malformed", format!("{name} is not a time"))),
+        },
         Some(_) => Err(reject("oidc.id_token_malformed", format!("{name} is not a number"))),
     }
 }
@@ -246,7 +266,7 @@ fn check_rest(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -
     }
     let now = ctx.clock.unix();
     let skew = ctx.clock_skew_secs;
-    if let Some(nbf) = numeric(claims, "nbf")? {
+    if let Some(nbf) = numeric(claims, "nbf", Round::Up)? {
         if nbf > now.saturating_add(skew) {
             return Err(reject(
                 "oidc.not_yet_valid",
@@ -257,5 +277,35 @@ fn check_rest(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -
     match claims.get("sub").and_then(Value::as_str) {
         Some(s) if !s.is_empty() => Ok(()),
         _ => Err(reject("oidc.id_token_malformed", "the ID token has no sub")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{numeric, Claims, Round};
+    use serde_json::json;
+
+    fn claims(value: serde_json::Value) -> Claims {
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => Claims::new(),
+        }
+    }
+
+    /// `nbf` is never earlier than said, `auth_time` never fresher: a
+    /// fraction rounds up for one and down for the other, negative
+    /// instants too (a cast alone truncates towards zero).
+    #[test]
+    fn fractional_numeric_dates_round_the_way_that_grants_less() {
+        let c = claims(json!({"a": 100.5, "b": -100.5, "c": 100, "d": 100.0}));
+        assert_eq!(numeric(&c, "a", Round::Up).ok(), Some(Some(101)));
+        assert_eq!(numeric(&c, "a", Round::Down).ok(), Some(Some(100)));
+        assert_eq!(numeric(&c, "b", Round::Up).ok(), Some(Some(-100)));
+        assert_eq!(numeric(&c, "b", Round::Down).ok(), Some(Some(-101)));
+        for round in [Round::Up, Round::Down] {
+            assert_eq!(numeric(&c, "c", round).ok(), Some(Some(100)));
+            assert_eq!(numeric(&c, "d", round).ok(), Some(Some(100)));
+            assert_eq!(numeric(&c, "missing", round).ok(), Some(None));
+        }
     }
 }

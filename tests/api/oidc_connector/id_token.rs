@@ -433,3 +433,68 @@ async fn out_of_range_numeric_dates_are_refused_not_wrapped() {
     claims.as_object_mut().unwrap().remove("exp");
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
 }
+
+/// Fractional NumericDates are read the way that grants less: `nbf` rounds
+/// up (never valid earlier than said), so half a second beyond the skew is
+/// not yet valid where a truncated one passed; half a second within it
+/// passes.
+#[tokio::test]
+async fn a_fractional_nbf_rounds_up() {
+    let f = Fixture::new().await;
+    let now = f.clock.unix() as f64;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["nbf"] = json!(now + SKEW as f64 + 0.5);
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.not_yet_valid");
+
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["nbf"] = json!(now + SKEW as f64 - 0.5);
+    f.finish_claims(&login, claims).await.unwrap();
+}
+
+/// `auth_time` rounds down (never fresher than said).
+#[tokio::test]
+async fn a_fractional_auth_time_rounds_down() {
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["auth_time"] = json!(f.clock.unix() as f64 - 42.5);
+    let id = f.finish_claims(&login, claims).await.unwrap();
+    assert_eq!(id.auth_time, Some(f.clock.unix() - 43));
+}
+
+/// `exp` counts to the instant it names, its fraction included, and no
+/// longer than the skew after it: on a clock with fractions, a token used
+/// to live up to a second past exp + skew. `iat` is compared to the
+/// instant as well.
+#[tokio::test]
+async fn a_fractional_exp_counts_to_the_instant_it_names() {
+    let f = Fixture::new().await;
+    let now = f.clock.unix();
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["exp"] = json!(now as f64 + 300.5);
+    // exp + skew exactly: still valid.
+    f.clock.advance(Duration::milliseconds((300 + SKEW) * 1000 + 500));
+    f.finish_claims(&login, claims.clone()).await.unwrap();
+    // A millisecond later: expired.
+    f.clock.advance(Duration::milliseconds(1));
+    let login = f.begin().await;
+    claims["nonce"] = json!(login.nonce);
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.expired");
+
+    // A whole exp, half a second past it plus the skew.
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let claims = f.claims(&login); // exp = now + 300
+    f.clock.advance(Duration::milliseconds((300 + SKEW) * 1000 + 500));
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.expired");
+
+    // iat half a second beyond now plus the skew.
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["iat"] = json!(f.clock.unix() as f64 + SKEW as f64 + 0.5);
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.issued_in_future");
+}
