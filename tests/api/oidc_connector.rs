@@ -8,7 +8,7 @@ mod setup;
 
 use base64::Engine;
 use chrono::{Duration, TimeZone, Utc};
-use fake_idp::{FakeIdp, IdpKey, CLIENT_ID, CLIENT_SECRET};
+use fake_idp::{FakeIdp, IdpKey, ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::clock::{Clock, ManualClock};
 use portcullis::ids::{ConnectionId, TenantId};
@@ -195,4 +195,11 @@ pub(crate) fn code(result: Result<Identity, UpstreamError>) -> &'static str {
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The `at_hash` of `access_token` with the hash `D` (OIDC Core §3.1.3.6):
+/// base64url of the left half of its digest.
+pub(crate) fn at_hash<D: Digest>(access_token: &str) -> String {
+    let digest = D::digest(access_token.as_bytes());
+    b64(&digest[..digest.len() / 2])
 }

@@ -248,6 +248,7 @@ pub async fn complete(
         client_id: &c.cfg.client_id,
         nonce: Some(&pending.nonce),
         algorithms: &c.algorithms,
+        access_token: &tokens.access_token,
     };
     let mut claims = id_token::validate(id_token, &expected, &c.provider, &c.ctx).await?;
     // Read from the signed ID token only: userinfo must not vouch for when
@@ -270,8 +271,8 @@ pub async fn complete(
         }
     }
     if c.cfg.userinfo {
-        if let (Some(endpoint), Some(access_token)) = (meta.userinfo_endpoint(), &tokens.access_token) {
-            let extra = userinfo(c, endpoint, access_token).await?;
+        if let Some(endpoint) = meta.userinfo_endpoint() {
+            let extra = userinfo(c, endpoint, &tokens.access_token).await?;
             merge_userinfo(&mut claims, extra)?;
         }
     }
@@ -285,8 +286,8 @@ pub async fn complete(
 pub(crate) struct Tokens {
     /// The ID token, compact form.
     pub(crate) id_token: Option<String>,
-    /// The access token (for userinfo).
-    pub(crate) access_token: Option<String>,
+    /// The access token (for userinfo, and the ID token's `at_hash`).
+    pub(crate) access_token: String,
     /// The refresh token, when the IdP issued one.
     pub(crate) refresh_token: Option<String>,
 }
@@ -310,7 +311,7 @@ async fn exchange(
     match answer {
         Ok(resp) => Ok(Tokens {
             id_token: resp.id_token().map(ToString::to_string),
-            access_token: Some(resp.access_token().secret().clone()),
+            access_token: resp.access_token().secret().clone(),
             refresh_token: resp.refresh_token().map(|t| t.secret().clone()),
         }),
         Err(e) => Err(token_error(e)),
@@ -344,6 +345,7 @@ pub async fn refresh(
                     client_id: &c.cfg.client_id,
                     nonce: None,
                     algorithms: &c.algorithms,
+                    access_token: resp.access_token().secret(),
                 };
                 let claims = match id_token::validate(&token.to_string(), &expected, &c.provider, &c.ctx).await {
                     Ok(claims) => claims,
@@ -409,13 +411,9 @@ pub(crate) fn token_error(
             let id_token = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("id_token").and_then(Value::as_str).map(str::to_owned));
-            match id_token {
-                Some(t) if id_token::is_malformed(&t) => UpstreamError::reject(
-                    "oidc.id_token_malformed",
-                    "The identity provider's answer could not be verified. Please try again or contact your administrator.",
-                    format!("the ID token cannot be read: {err}"),
-                ),
-                _ => UpstreamError::internal("oidc.token_response_invalid", format!("token response: {err}")),
+            match id_token.as_deref().and_then(id_token::unreadable) {
+                Some(code) => id_token::reject(code, format!("the ID token cannot be read: {err}")),
+                None => UpstreamError::internal("oidc.token_response_invalid", format!("token response: {err}")),
             }
         }
         RequestTokenError::Other(detail) => UpstreamError::internal("oidc.token_endpoint", detail),

@@ -3,8 +3,9 @@
 //! our openssl provider, see [`super::keys`]), expiry and issue time on the
 //! injected clock, nonce. Its typed errors map onto our reason codes; what it
 //! does not check is checked here: the allow-list before anything else,
-//! `azp`, `nbf`, a non-empty `sub`, and a JWKS refetch on an unknown `kid`
-//! (rate-limited through the store).
+//! `azp`, `nbf`, a non-empty `sub`, `at_hash` against the access token of the
+//! same token response, and a JWKS refetch on an unknown `kid` (rate-limited
+//! through the store).
 
 use super::keys::OpensslJwk;
 use super::provider::{KeySet, Provider};
@@ -32,6 +33,9 @@ pub struct Expected<'a> {
     pub nonce: Option<&'a str>,
     /// Accepted signature algorithms (never `none` or HS*).
     pub algorithms: &'a [Algorithm],
+    /// The access token of the token response the ID token came in, which
+    /// its `at_hash`, when present, must match (OIDC Core §3.1.3.8, §12.2).
+    pub access_token: &'a str,
 }
 
 const UNVERIFIABLE: &str =
@@ -69,10 +73,24 @@ fn segments(token: &str) -> Result<(&str, &str), UpstreamError> {
     }
 }
 
-/// Whether `token` cannot be read as an ID token at all (for telling a
-/// malformed ID token from a malformed token response).
-pub fn is_malformed(token: &str) -> bool {
-    CoreIdToken::from_str(token).is_err()
+/// Why `token` cannot be read as an ID token at all, or `None` when it can
+/// (for telling a malformed ID token from a malformed token response):
+/// `oidc.at_hash_mismatch` when its `at_hash` is not a string (which
+/// `openidconnect` refuses to read), else `oidc.id_token_malformed`.
+pub fn unreadable(token: &str) -> Option<&'static str> {
+    if CoreIdToken::from_str(token).is_ok() {
+        return None;
+    }
+    let at_hash_not_a_string = segments(token)
+        .ok()
+        .and_then(|(_, payload)| b64(payload).ok())
+        .and_then(|bytes| serde_json::from_slice::<Claims>(&bytes).ok())
+        .is_some_and(|claims| claims.get("at_hash").is_some_and(|v| !v.is_string()));
+    Some(if at_hash_not_a_string {
+        "oidc.at_hash_mismatch"
+    } else {
+        "oidc.id_token_malformed"
+    })
 }
 
 /// Validates `token` and returns its claims.
@@ -98,8 +116,12 @@ pub async fn validate(
             format!("ID token algorithm {:?} is not allowed", header.alg),
         ));
     }
-    let id_token =
-        CoreIdToken::from_str(token).map_err(|e| reject("oidc.id_token_malformed", format!("not an ID token: {e}")))?;
+    let id_token = CoreIdToken::from_str(token).map_err(|e| {
+        reject(
+            unreadable(token).unwrap_or("oidc.id_token_malformed"),
+            format!("not an ID token: {e}"),
+        )
+    })?;
     let keys_read = provider.keys(ctx, false).await?;
     let mut outcome = verify(&id_token, expected, &allowed, &keys_read, ctx);
     let no_key = |o: &Result<(), ClaimsVerificationError>| {
@@ -143,6 +165,7 @@ pub async fn validate(
     let claims: Claims = serde_json::from_slice(&b64(payload)?)
         .map_err(|e| reject("oidc.id_token_malformed", format!("bad claims: {e}")))?;
     check_rest(&claims, expected, ctx)?;
+    check_at_hash(&claims, &header.alg, expected.access_token)?;
     Ok(claims)
 }
 
@@ -249,6 +272,57 @@ pub fn numeric(claims: &Claims, name: &str, round: Round) -> Result<Option<i64>,
     }
 }
 
+/// The `at_hash` of `access_token` for an ID token signed with `alg` (OIDC
+/// Core §3.1.3.6): base64url of the left half of the hash of the token's
+/// ASCII octets, the hash the one `alg` names. `EdDSA` is Ed25519 here (the
+/// only curve our provider verifies), whose hash is SHA-512. `None` for an
+/// algorithm that names no hash.
+fn at_hash_of(alg: &str, access_token: &str) -> Option<String> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    let octets = access_token.as_bytes();
+    let digest: Vec<u8> = match alg {
+        "RS256" | "ES256" | "PS256" => Sha256::digest(octets).to_vec(),
+        "RS384" | "ES384" | "PS384" => Sha384::digest(octets).to_vec(),
+        "RS512" | "ES512" | "PS512" | "EdDSA" => Sha512::digest(octets).to_vec(),
+        _ => return None,
+    };
+    digest
+        .get(..digest.len() / 2)
+        .map(|left| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(left))
+}
+
+/// An `at_hash` the ID token carries must be the one of the access token
+/// that came with it (OIDC Core §3.1.3.8, §3.2.2.9): otherwise the access
+/// token was swapped, or the IdP is broken. Absent is fine (optional in the
+/// code flow). Compared without a shortcut on the first differing byte.
+fn check_at_hash(claims: &Claims, alg: &str, access_token: &str) -> Result<(), UpstreamError> {
+    use subtle::ConstantTimeEq;
+    let claimed = match claims.get("at_hash") {
+        None => return Ok(()),
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(reject(
+                "oidc.at_hash_mismatch",
+                "the ID token's at_hash is not a string",
+            ))
+        }
+    };
+    let Some(computed) = at_hash_of(alg, access_token) else {
+        return Err(reject(
+            "oidc.at_hash_mismatch",
+            format!("no at_hash is defined for ID token algorithm {alg:?}"),
+        ));
+    };
+    if bool::from(claimed.as_bytes().ct_eq(computed.as_bytes())) {
+        Ok(())
+    } else {
+        Err(reject(
+            "oidc.at_hash_mismatch",
+            "the ID token's at_hash does not match the access token of its token response",
+        ))
+    }
+}
+
 /// The checks `openidconnect` leaves to the client: `azp` (it defers them),
 /// `nbf`, and a non-empty `sub`.
 fn check_rest(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -> Result<(), UpstreamError> {
@@ -282,7 +356,7 @@ fn check_rest(claims: &Claims, expected: &Expected<'_>, ctx: &UpstreamContext) -
 
 #[cfg(test)]
 mod tests {
-    use super::{numeric, Claims, Round};
+    use super::{at_hash_of, check_at_hash, numeric, Claims, Round};
     use serde_json::json;
 
     fn claims(value: serde_json::Value) -> Claims {
@@ -307,5 +381,24 @@ mod tests {
             assert_eq!(numeric(&c, "d", round).ok(), Some(Some(100)));
             assert_eq!(numeric(&c, "missing", round).ok(), Some(None));
         }
+    }
+
+    /// OIDC Core Appendix A.3's example: this access token's RS256 at_hash.
+    #[test]
+    fn at_hash_matches_the_specifications_example() {
+        let token = "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y";
+        assert_eq!(at_hash_of("RS256", token).as_deref(), Some("77QmUPtjPfzWtF2AnpK9RQ"));
+        assert_eq!(at_hash_of("ES256", token), at_hash_of("PS256", token));
+        // Half of SHA-384 and of SHA-512, base64url without padding.
+        assert_eq!(at_hash_of("RS384", token).map(|h| h.len()), Some(32));
+        assert_eq!(at_hash_of("EdDSA", token).map(|h| h.len()), Some(43));
+        assert_eq!(at_hash_of("EdDSA", token), at_hash_of("ES512", token));
+        assert_eq!(at_hash_of("HS256", token), None);
+        let ok = claims(json!({"at_hash": "77QmUPtjPfzWtF2AnpK9RQ"}));
+        assert!(check_at_hash(&ok, "RS256", token).is_ok());
+        let err = check_at_hash(&ok, "RS384", token).err().map(|e| e.code);
+        assert_eq!(err, Some("oidc.at_hash_mismatch"));
+        let err = check_at_hash(&ok, "HS256", token).err().map(|e| e.code);
+        assert_eq!(err, Some("oidc.at_hash_mismatch"));
     }
 }

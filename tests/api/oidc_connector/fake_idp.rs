@@ -54,7 +54,13 @@ impl IdpKey {
 
     /// Signs `claims` with RS256 under this key's kid.
     pub fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
+        self.sign_with(Algorithm::RS256, claims)
+    }
+
+    /// Signs `claims` with `alg` (an RSA algorithm) under this key's kid;
+    /// the JWK verifies it only if its `alg` is `alg` or absent.
+    pub fn sign_with(&self, alg: Algorithm, claims: &Value) -> String {
+        let mut header = Header::new(alg);
         header.kid = Some(self.kid.clone());
         let key = EncodingKey::from_rsa_pem(&self.private_pem).unwrap();
         jsonwebtoken::encode(&header, claims, &key).unwrap()
@@ -89,6 +95,8 @@ pub struct Script {
     pub jwks_failing: Option<u16>,
     /// The token responses' `expires_in` (`null`: left out).
     pub expires_in: Value,
+    /// The access token the token endpoint issues (and userinfo expects).
+    pub access_token: String,
 }
 
 #[derive(Clone)]
@@ -118,6 +126,7 @@ impl FakeIdp {
             refresh_token: None,
             jwks_failing: None,
             expires_in: json!(300),
+            access_token: ACCESS_TOKEN.into(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -219,7 +228,7 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
         let next = format!("{}+", s.refresh_token.clone().unwrap_or_default());
         s.refresh_token = Some(next.clone());
         let mut body = json!({
-            "access_token": ACCESS_TOKEN, "token_type": "Bearer",
+            "access_token": s.access_token, "token_type": "Bearer",
             "id_token": s.id_token, "refresh_token": next,
         });
         if !s.expires_in.is_null() {
@@ -240,7 +249,7 @@ async fn token(State(s): S, headers: HeaderMap, Form(form): Form<BTreeMap<String
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     }
     let mut body = json!({
-        "access_token": ACCESS_TOKEN,
+        "access_token": s.access_token,
         "token_type": "Bearer",
         "id_token": s.id_token,
     });
@@ -257,7 +266,7 @@ async fn userinfo(State(s): S, headers: HeaderMap) -> Json<Value> {
     let s = s.lock().unwrap();
     assert_eq!(
         headers.get("authorization").unwrap().to_str().unwrap(),
-        format!("Bearer {ACCESS_TOKEN}")
+        format!("Bearer {}", s.access_token)
     );
     let mut body = s.userinfo_claims.clone();
     body["sub"] = json!(s.userinfo_sub);

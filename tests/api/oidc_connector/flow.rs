@@ -536,6 +536,62 @@ async fn upstream_refresh_verifies_the_refreshed_id_token() {
     assert!(!err.error.internal);
 }
 
+/// OIDC Core §12.2 and §3.1.3.8: the ID token of an upstream refresh is
+/// checked like the first, its `at_hash` included, against the access
+/// token of the refresh's own answer. The right one and none pass; one of
+/// another access token (the sign-in's, where the refresh issued a new one)
+/// is the IdP's unverifiable answer: refused, not transient.
+#[tokio::test]
+async fn an_upstream_refresh_checks_the_at_hash_of_its_id_token() {
+    use portcullis::secret::Secret;
+    let f = Fixture::new().await;
+    f.idp.with(|s| s.refresh_token = Some("rt-1".into()));
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["at_hash"] = json!(at_hash::<Sha256>(ACCESS_TOKEN));
+    f.finish_claims(&login, claims.clone()).await.unwrap();
+
+    let mut refreshed = claims.clone();
+    refreshed.as_object_mut().unwrap().remove("nonce");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+    let next = f.connector.refresh(&Secret::new("rt-1"), Some("user-1")).await.unwrap();
+    assert_eq!(next, Some(Secret::new("rt-1+")));
+
+    refreshed.as_object_mut().unwrap().remove("at_hash");
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+    let next = f
+        .connector
+        .refresh(&Secret::new("rt-1+"), Some("user-1"))
+        .await
+        .unwrap();
+    assert_eq!(next, Some(Secret::new("rt-1++")));
+
+    // The refresh issues a new access token; the ID token still carries the
+    // sign-in's at_hash.
+    refreshed["at_hash"] = json!(at_hash::<Sha256>(ACCESS_TOKEN));
+    f.idp.with(|s| {
+        s.access_token = "access-token-2".into();
+        s.id_token = Some(f.key.sign(&refreshed));
+    });
+    let err = f
+        .connector
+        .refresh(&Secret::new("rt-1++"), Some("user-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error.code, "oidc.at_hash_mismatch");
+    assert!(!err.error.internal);
+
+    // The same ID token with the new access token's at_hash passes.
+    refreshed["at_hash"] = json!(at_hash::<Sha256>("access-token-2"));
+    f.idp.with(|s| s.id_token = Some(f.key.sign(&refreshed)));
+    let next = f
+        .connector
+        .refresh(&Secret::new("rt-1+++"), Some("user-1"))
+        .await
+        .unwrap_or_else(|e| panic!("{:?}", e.error));
+    assert_eq!(next, Some(Secret::new("rt-1++++")));
+}
+
 /// A refresh whose ID token cannot be checked now (a new signing key, and
 /// the IdP's JWKS endpoint down) is a transient failure, not a
 /// confirmation, but the IdP has spent the token sent: the connector hands

@@ -434,6 +434,120 @@ async fn out_of_range_numeric_dates_are_refused_not_wrapped() {
     assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.id_token_malformed");
 }
 
+/// OIDC Core §3.1.3.8: an `at_hash` in the ID token must be the access
+/// token's that came in the same token response (a swapped access token,
+/// or a broken IdP, otherwise). The right one passes, an absent one passes
+/// (optional in the code flow); another token's, the right token hashed
+/// with another hash than the `alg`'s, and one that is not a string are
+/// refused as `oidc.at_hash_mismatch`, in the words of every unverifiable
+/// answer.
+#[tokio::test]
+async fn an_at_hash_must_match_the_access_token_of_its_token_response() {
+    use sha2::Sha512;
+    let f = Fixture::new().await;
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["at_hash"] = json!(at_hash::<Sha256>(ACCESS_TOKEN));
+    f.finish_claims(&login, claims).await.unwrap();
+
+    let login = f.begin().await;
+    let claims = f.claims(&login);
+    assert!(claims.get("at_hash").is_none());
+    f.finish_claims(&login, claims).await.unwrap();
+
+    let unverifiable = {
+        let login = f.begin().await;
+        let mut claims = f.claims(&login);
+        claims["exp"] = json!("soon");
+        f.finish_claims(&login, claims).await.unwrap_err().message
+    };
+    for wrong in [
+        json!(at_hash::<Sha256>("another-access-token")),
+        json!(at_hash::<Sha512>(ACCESS_TOKEN)),
+        json!(at_hash::<Sha256>(ACCESS_TOKEN).to_lowercase()),
+        json!(""),
+        json!(12345),
+        json!([at_hash::<Sha256>(ACCESS_TOKEN)]),
+        Value::Null,
+    ] {
+        let login = f.begin().await;
+        let mut claims = f.claims(&login);
+        claims["at_hash"] = wrong.clone();
+        let err = f.finish_claims(&login, claims).await.unwrap_err();
+        assert_eq!(err.code, "oidc.at_hash_mismatch", "{wrong}: {err:?}");
+        assert!(!err.internal, "{wrong}");
+        assert_eq!(err.message, unverifiable, "{wrong}");
+    }
+
+    // The IdP issues another access token: the ID token's at_hash of the
+    // usual one no longer fits.
+    f.idp.with(|s| s.access_token = "access-token-2".into());
+    let login = f.begin().await;
+    let mut claims = f.claims(&login);
+    claims["at_hash"] = json!(at_hash::<Sha256>(ACCESS_TOKEN));
+    assert_eq!(code(f.finish_claims(&login, claims).await), "oidc.at_hash_mismatch");
+}
+
+/// An Ed25519 key as the IdP would publish it, and a token signer for it.
+fn ed25519_key(kid: &str) -> (Value, EncodingKey) {
+    use openssl::pkey::PKey;
+    let key = PKey::generate_ed25519().unwrap();
+    let jwk = json!({
+        "kty": "OKP", "crv": "Ed25519", "use": "sig", "kid": kid,
+        "x": b64(&key.raw_public_key().unwrap()),
+    });
+    let pem = key.private_key_to_pem_pkcs8().unwrap();
+    (jwk, EncodingKey::from_ed_pem(&pem).unwrap())
+}
+
+/// The hash of `at_hash` is the one the ID token's `alg` names: SHA-384
+/// for RS384, SHA-512 for RS512 and for EdDSA (Ed25519); the same token
+/// hashed with SHA-256 does not fit them.
+#[tokio::test]
+async fn the_at_hash_hash_follows_the_id_tokens_algorithm() {
+    use sha2::{Sha384, Sha512};
+    let mut key = IdpKey::generate("k1");
+    key.jwk.as_object_mut().unwrap().remove("alg");
+    let f = Fixture::with_key(key.clone()).await;
+    let (ed_jwk, ed_signer) = ed25519_key("ed1");
+    let mut ed_key = IdpKey::generate("unused");
+    ed_key.jwk = ed_jwk;
+    f.idp.with(|s| s.published.push(ed_key));
+    let eddsa = |claims: &Value| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed1".into());
+        jsonwebtoken::encode(&header, claims, &ed_signer).unwrap()
+    };
+    let sign = |alg: Algorithm, claims: &Value| match alg {
+        Algorithm::EdDSA => eddsa(claims),
+        rsa => key.sign_with(rsa, claims),
+    };
+    let cases = [
+        (Algorithm::RS384, at_hash::<Sha384>(ACCESS_TOKEN)),
+        (Algorithm::RS512, at_hash::<Sha512>(ACCESS_TOKEN)),
+        (Algorithm::EdDSA, at_hash::<Sha512>(ACCESS_TOKEN)),
+    ];
+    for (alg, right) in cases {
+        let login = f.begin().await;
+        let mut claims = f.claims(&login);
+        claims["at_hash"] = json!(right);
+        let token = sign(alg, &claims);
+        f.finish(&login, token, f.callback(&login))
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+
+        let login = f.begin().await;
+        let mut claims = f.claims(&login);
+        claims["at_hash"] = json!(at_hash::<Sha256>(ACCESS_TOKEN));
+        let token = sign(alg, &claims);
+        assert_eq!(
+            code(f.finish(&login, token, f.callback(&login)).await),
+            "oidc.at_hash_mismatch",
+            "{alg:?}"
+        );
+    }
+}
+
 /// Fractional NumericDates are read the way that grants less: `nbf` rounds
 /// up (never valid earlier than said), so half a second beyond the skew is
 /// not yet valid where a truncated one passed; half a second within it
