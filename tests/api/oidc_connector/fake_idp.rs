@@ -58,12 +58,33 @@ impl IdpKey {
     }
 
     /// Signs `claims` with `alg` (an RSA algorithm) under this key's kid;
-    /// the JWK verifies it only if its `alg` is `alg` or absent.
+    /// the JWK verifies it only if its `alg` is `alg` or absent. RS384 and
+    /// RS512 are signed with OpenSSL directly, as an IdP would: the crypto
+    /// provider the gateway installs for `jsonwebtoken` in this process
+    /// signs only the algorithms the gateway issues with.
     pub fn sign_with(&self, alg: Algorithm, claims: &Value) -> String {
-        let mut header = Header::new(alg);
-        header.kid = Some(self.kid.clone());
-        let key = EncodingKey::from_rsa_pem(&self.private_pem).unwrap();
-        jsonwebtoken::encode(&header, claims, &key).unwrap()
+        let digest = match alg {
+            Algorithm::RS256 => {
+                let mut header = Header::new(alg);
+                header.kid = Some(self.kid.clone());
+                let key = EncodingKey::from_rsa_pem(&self.private_pem).unwrap();
+                return jsonwebtoken::encode(&header, claims, &key).unwrap();
+            }
+            Algorithm::RS384 => openssl::hash::MessageDigest::sha384(),
+            Algorithm::RS512 => openssl::hash::MessageDigest::sha512(),
+            other => panic!("the fake IdP's RSA key cannot sign {other:?}"),
+        };
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = json!({"alg": format!("{alg:?}"), "typ": "JWT", "kid": self.kid});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let key = openssl::pkey::PKey::private_key_from_pem(&self.private_pem).unwrap();
+        let mut signer = openssl::sign::Signer::new(digest, &key).unwrap();
+        signer.update(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&signer.sign_to_vec().unwrap()))
     }
 }
 
