@@ -448,6 +448,29 @@ async fn concurrent_app_refreshes_spend_the_upstream_token_once() {
     );
 }
 
+/// A world refreshing upstream on a store that can hold a write, with two
+/// refresh tokens (two families) of one SSO session of alice's.
+async fn two_families_over_a_held_store(
+    tweak: Option<fn(&mut portcullis::config::Settings)>,
+) -> (crate::support::held_store::Hold, Trust, String, String) {
+    let hold = crate::support::held_store::Hold::default();
+    let w = Trust::with_options(
+        &[],
+        REFRESHING,
+        json!({ "refresh_upstream": true }),
+        AppOptions {
+            wrap_store: Some(hold.wrap()),
+            tweak,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    let a = rt(&w.tokens(&mut browser, &[], Some("alice")).await);
+    let b = rt(&w.tokens(&mut browser, &[], None).await);
+    (hold, w, a, b)
+}
+
 /// A refresh of a session whose IdP is being asked by another refresh (the
 /// lock's holder) waits for that answer and is decided by it: the IdP
 /// refused (the person was removed there), so the concurrent refresh of the
@@ -457,23 +480,7 @@ async fn concurrent_app_refreshes_spend_the_upstream_token_once() {
 /// concurrent refresh got fresh tokens while the lock was held.
 #[tokio::test]
 async fn a_concurrent_refresh_waits_for_the_idps_refusal_and_is_refused_with_it() {
-    use crate::support::held_store::Hold;
-    let hold = Hold::default();
-    let w = Trust::with_options(
-        &[],
-        REFRESHING,
-        json!({ "refresh_upstream": true }),
-        AppOptions {
-            wrap_store: Some(hold.wrap()),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let mut browser = Browser::new();
-    let (a, b) = (
-        rt(&w.tokens(&mut browser, &[], Some("alice")).await),
-        rt(&w.tokens(&mut browser, &[], None).await),
-    );
+    let (hold, w, a, b) = two_families_over_a_held_store(None).await;
     let provider = &w.app.state.provider;
     let sid = provider.peek_refresh(&a).await.unwrap().unwrap().authz.sid;
     assert_eq!(
@@ -514,24 +521,7 @@ async fn a_concurrent_refresh_waits_for_the_idps_refusal_and_is_refused_with_it(
 /// vouches) is written is served on it, without asking the IdP again.
 #[tokio::test]
 async fn a_refresh_waits_for_a_concurrent_ones_answer_at_most_the_outbound_timeout() {
-    use crate::support::held_store::Hold;
-    let hold = Hold::default();
-    let w = Trust::with_options(
-        &[],
-        REFRESHING,
-        json!({ "refresh_upstream": true }),
-        AppOptions {
-            wrap_store: Some(hold.wrap()),
-            tweak: Some(|s| s.outbound.timeout_secs = 2),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let mut browser = Browser::new();
-    let (a, b) = (
-        rt(&w.tokens(&mut browser, &[], Some("alice")).await),
-        rt(&w.tokens(&mut browser, &[], None).await),
-    );
+    let (hold, w, a, b) = two_families_over_a_held_store(Some(|s| s.outbound.timeout_secs = 2)).await;
     let sid = w.app.state.provider.peek_refresh(&a).await.unwrap().unwrap().authz.sid;
     w.clock.advance(Duration::seconds(3601));
 

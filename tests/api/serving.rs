@@ -490,21 +490,27 @@ fn check_config(dir: &Path, offline: bool) -> std::process::Output {
     cmd.output().unwrap()
 }
 
-#[test]
-fn check_config_offline_passes_when_an_idp_is_unreachable() {
-    let dir = scratch("offline");
+/// A scratch configuration whose tenants directory holds `acme.toml`
+/// written as `acme`.
+fn with_tenant_file(name: &str, acme: &str) -> PathBuf {
+    let dir = scratch(name);
     std::fs::create_dir_all(dir.join("tenants")).unwrap();
     std::fs::write(
         dir.join("portcullis.toml"),
         format!("tenants_dir = {:?}\n", dir.join("tenants")),
     )
     .unwrap();
+    std::fs::write(dir.join("tenants/acme.toml"), acme).unwrap();
+    dir
+}
+
+#[test]
+fn check_config_offline_passes_when_an_idp_is_unreachable() {
     // `.invalid` never resolves (RFC 6761): this IdP is unreachable.
-    std::fs::write(
-        dir.join("tenants/acme.toml"),
+    let dir = with_tenant_file(
+        "offline",
         "id = \"acme\"\n[[connections]]\nid = \"okta\"\nkind = \"saml\"\nmetadata_url = \"https://idp.acme.invalid/metadata\"\n[[connections]]\nid = \"entra\"\nkind = \"oidc\"\nissuer = \"https://login.acme.invalid/v2.0\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
-    )
-    .unwrap();
+    );
     let online = check_config(&dir, false);
     assert_eq!(
         online.status.code(),
@@ -533,18 +539,10 @@ fn check_config_offline_passes_when_an_idp_is_unreachable() {
 /// file's sync and set-up refuse it), without repeating the password.
 #[test]
 fn check_config_offline_refuses_a_metadata_url_carrying_a_password() {
-    let dir = scratch("offline-credentials");
-    std::fs::create_dir_all(dir.join("tenants")).unwrap();
-    std::fs::write(
-        dir.join("portcullis.toml"),
-        format!("tenants_dir = {:?}\n", dir.join("tenants")),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tenants/acme.toml"),
+    let dir = with_tenant_file(
+        "offline-credentials",
         "id = \"acme\"\n[[connections]]\nid = \"okta\"\nkind = \"saml\"\nmetadata_url = \"https://svc:file-pass-s3cret@idp.acme.invalid/metadata\"\n",
-    )
-    .unwrap();
+    );
     let offline = check_config(&dir, true);
     let stderr = String::from_utf8_lossy(&offline.stderr);
     assert_eq!(offline.status.code(), Some(1), "{stderr}");
