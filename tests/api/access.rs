@@ -33,6 +33,14 @@ fn far_clock() -> ManualClock {
     )
 }
 
+/// Adds an exchange rule to tenant `demo` through the admin API.
+async fn add_rule(app: &TestApp, rule: Value) {
+    let (status, body) = app
+        .admin(Method::POST, "/admin/v1/tenants/demo/exchange-rules", Some(rule))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 /// A dev gateway with three APIs and the app `web` (confidential, may
 /// exchange tokens); returns it with web's secret.
 async fn world(clock: Option<ManualClock>) -> (TestApp, String) {
@@ -553,10 +561,7 @@ async fn an_exchanged_token_reaches_the_users_own_path_through_nginx_and_not_ano
         "id": "own-home", "when": {"claim": "groups", "equals": "engineering"},
         "resource": HOME, "scopes": ["home:read", "home:${sub}"], "claims": {"home": "/home/${sub}", "org": "${tenant}"},
     });
-    let (status, created) = app
-        .admin(Method::POST, "/admin/v1/tenants/demo/exchange-rules", Some(rule))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    add_rule(&app, rule).await;
 
     let ann = sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await;
     let bob = sign_in(&app, "web", &secret, "bob@demo.test", &[("scope", "openid")]).await;
@@ -663,10 +668,7 @@ async fn a_rules_scope_template_never_grants_a_scope_the_platform_did_not_allow_
     // `${tenant}:admin` expands to `demo:admin` in tenant demo: a template
     // the tenant's admin may write, naming a scope the platform governs.
     let rule = json!({"id": "t", "resource": ADMIN, "scopes": ["admin:read", "${tenant}:admin", "own:${sub}"]});
-    let (status, created) = app
-        .admin(Method::POST, "/admin/v1/tenants/demo/exchange-rules", Some(rule))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    add_rule(&app, rule).await;
     for (client, secret, admin_granted) in [("reader", &reader, false), ("admin", &admin, true)] {
         let signed_in = sign_in(&app, client, secret, "ann@demo.test", &[("scope", "openid")]).await;
         let sub = claims(&at(&signed_in))["sub"].as_str().unwrap().to_owned();
@@ -724,22 +726,12 @@ async fn token_exchange_refusals_carry_their_rfc_error_codes() {
     )
     .await;
     let plain_secret = register(&app, "plain", json!({"allowed_scopes": ["home:read"]})).await;
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/tenants/demo/exchange-rules",
-            Some(json!({"id": "finance-files", "when": {"claim": "groups", "equals": "finance"}, "resource": FILES, "scopes": ["files:read"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/tenants/demo/exchange-rules",
-            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    add_rule(&app, json!({"id": "finance-files", "when": {"claim": "groups", "equals": "finance"}, "resource": FILES, "scopes": ["files:read"]})).await;
+    add_rule(
+        &app,
+        json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]}),
+    )
+    .await;
     let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
     let base = |resource: &'static str, subject: &str| -> Vec<(&'static str, String)> {
         vec![
@@ -941,14 +933,11 @@ async fn a_subject_token_at_or_past_its_exp_is_not_exchanged_for_an_expired_toke
     use portcullis::tokens::LEEWAY_SECS;
     let clock = far_clock();
     let (app, secret) = world(Some(clock.clone())).await;
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/tenants/demo/exchange-rules",
-            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    add_rule(
+        &app,
+        json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]}),
+    )
+    .await;
     let ann = at(&sign_in(&app, "web", &secret, "ann@demo.test", &[("scope", "openid")]).await);
     let subject_exp = claims(&ann)["exp"].as_i64().unwrap();
     let form = [
@@ -995,14 +984,11 @@ async fn a_subject_token_at_or_past_its_exp_is_not_exchanged_for_an_expired_toke
 async fn an_exchange_rule_on_email_matches_only_a_verified_address() {
     let (app, secret) = world(None).await;
     for (id, email) in [("ann", "ann@demo.test"), ("bea", "bea@demo.example")] {
-        let (status, body) = app
-            .admin(
-                Method::POST,
-                "/admin/v1/tenants/demo/exchange-rules",
-                Some(json!({"id": id, "when": {"claim": "email", "equals": email}, "resource": HOME, "scopes": ["home:read"]})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        add_rule(
+            &app,
+            json!({"id": id, "when": {"claim": "email", "equals": email}, "resource": HOME, "scopes": ["home:read"]}),
+        )
+        .await;
     }
     let exchange = |subject: String| {
         vec![
@@ -1050,14 +1036,11 @@ async fn a_public_app_may_not_exchange_tokens_whatever_its_record_allows() {
     spa.grant_types
         .push(portcullis::provider::clients::GrantType::parse(EXCHANGE).unwrap());
     app.state.provider.clients.put(&spa).await.unwrap();
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/tenants/demo/exchange-rules",
-            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    add_rule(
+        &app,
+        json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]}),
+    )
+    .await;
 
     // The public app's own access token, from its own code (PKCE, no secret).
     let code = code_for(&app, "spa", "ann@demo.test", &[("scope", "openid")]).await;
@@ -1104,14 +1087,11 @@ async fn a_public_app_may_not_exchange_tokens_whatever_its_record_allows() {
 #[tokio::test]
 async fn an_exchanged_token_dies_with_its_subject_tokens_refresh_family() {
     let (app, secret) = world(None).await;
-    let (status, _) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/tenants/demo/exchange-rules",
-            Some(json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    add_rule(
+        &app,
+        json!({"id": "everyone-home", "resource": HOME, "scopes": ["home:read"]}),
+    )
+    .await;
     let signed_in = sign_in(
         &app,
         "web",
