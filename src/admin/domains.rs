@@ -21,7 +21,10 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/tenants/{id}/domains", post(claim).get(list))
-        .route("/tenants/{id}/domains/{domain}", delete(remove).get(get_one))
+        .route(
+            "/tenants/{id}/domains/{domain}",
+            delete(remove).get(get_one).patch(assign_connections),
+        )
         .route("/tenants/{id}/domains/{domain}/verify", post(verify))
         .route("/tenants/{id}/mfa", put(set_mfa))
 }
@@ -61,6 +64,13 @@ struct NewDomain {
     domain: String,
 }
 
+/// `PATCH …/domains/{domain}`: the connections the domain's users sign in with.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainPatch {
+    connections: Vec<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct VerifyBody {
@@ -74,6 +84,7 @@ fn describe(s: &DomainState) -> Value {
         "domain": s.domain,
         "verified": s.verified,
         "verified_by": s.verified_by,
+        "connections": s.connections,
     });
     if let (Some(claim), Some(o)) = (&s.claim, v.as_object_mut()) {
         o.insert(
@@ -93,6 +104,18 @@ fn domain_error(e: DomainError) -> AdminError {
             detail: format!("The domain {d} already belongs to another tenant."),
         },
         DomainError::Unknown(d) => AdminError::NotFound(format!("The tenant has no domain {d:?}.")),
+        DomainError::NotVerified(d) => AdminError::Conflict {
+            field: "domain",
+            detail: format!("The domain {d} is not verified yet: verify it before assigning it to connections."),
+        },
+        DomainError::UnknownConnection(i, c) => AdminError::field(
+            &format!("connections[{i}]"),
+            format!("The tenant has no connection {c:?}."),
+        ),
+        DomainError::TooManyConnections(max) => AdminError::field(
+            "connections",
+            format!("A domain is assigned to at most {max} connections."),
+        ),
         DomainError::Dns(outcome) => AdminError::field("domain", dns_detail(&outcome)),
         DomainError::Registry(r) => registry(r),
     }
@@ -217,6 +240,55 @@ async fn get_one(
         .find(|st| st.domain == wanted)
         .map(|st| Json(describe(st)))
         .ok_or_else(|| AdminError::NotFound(format!("The tenant has no domain {domain:?}.")))
+}
+
+/// `PATCH /tenants/{id}/domains/{domain}` `{"connections": [...]}`: the
+/// connections the verified domain's users sign in with. Only they vouch
+/// for `email_verified` on its addresses (`login.email_other_connection`
+/// for the others), and a `login_hint` in it goes straight to them; `[]`
+/// makes it any connection's again. A tenant file declares its tenant's
+/// assignments (`tenant.file_owned`).
+async fn assign_connections(
+    admin: Admin,
+    State(s): State<Arc<AppState>>,
+    Path((id, domain)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, AdminError> {
+    let id = tenant_id(&id)?;
+    let req: DomainPatch = parse_body(body)?;
+    let mut connections = Vec::with_capacity(req.connections.len());
+    for (i, c) in req.connections.iter().enumerate() {
+        let parsed = crate::ids::ConnectionId::parse(c)
+            .map_err(|e| AdminError::field(&format!("connections[{i}]"), format!("{c:?} {e}.")))?;
+        connections.push(parsed);
+    }
+    let tenant = s
+        .tenants
+        .get(&id)
+        .await
+        .map_err(registry)?
+        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    super::tenants::refuse_if_file_owned(&s, &tenant, "assigning its domain to connections").await?;
+    let before = tenant
+        .domains
+        .iter()
+        .find(|d| crate::tenant::parse_domain(&domain).as_ref() == Some(*d))
+        .map(|d| json!({"domain": d, "connections": tenant.domain_connections.get(d).cloned().unwrap_or_default()}));
+    let state = s
+        .tenants
+        .set_domain_connections(&id, &domain, connections)
+        .await
+        .map_err(domain_error)?;
+    tracing::info!(reason = "admin.domain_connections_set", tenant = %id, domain = %state.domain, connections = ?state.connections);
+    let mut event = admin
+        .event("domain.connections_set", Target::new("domain", state.domain.as_str()))
+        .tenant(&id)
+        .after(json!({"domain": state.domain, "connections": state.connections}));
+    if let Some(before) = before {
+        event = event.before(before);
+    }
+    audit::record(&s, event).await?;
+    Ok(Json(describe(&state)))
 }
 
 async fn verify(

@@ -131,6 +131,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/tenants/{id}/domains"),
     ("GET", "/tenants/{id}/domains/{domain}"),
     ("DELETE", "/tenants/{id}/domains/{domain}"),
+    ("PATCH", "/tenants/{id}/domains/{domain}"),
     ("POST", "/tenants/{id}/domains/{domain}/verify"),
     ("PUT", "/tenants/{id}/mfa"),
     ("POST", "/tenants/{id}/exchange-rules"),

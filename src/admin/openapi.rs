@@ -694,6 +694,17 @@ pub(crate) struct NewDomain {
     domain: String,
 }
 
+/// Which connections sign in a verified domain's users.
+#[derive(ToSchema)]
+pub(crate) struct DomainConnections {
+    /// Connection ids of the tenant, at most 50. Only these vouch for
+    /// `email_verified` on the domain's addresses (the others' sign-ins get
+    /// `email_verified: false`, reason `login.email_other_connection`), and a
+    /// `login_hint` in the domain goes straight to them. `[]`: any
+    /// connection of the tenant again.
+    connections: Vec<String>,
+}
+
 /// The body of a domain check (optional).
 #[derive(ToSchema)]
 pub(crate) struct VerifyDomain {
@@ -742,6 +753,9 @@ pub(crate) struct DomainView {
     verification: Option<DnsTxtVerification>,
     /// When the claim was made (RFC 3339), while one is pending.
     created_at: Option<String>,
+    /// The connections the domain is assigned to (`PATCH` the domain);
+    /// empty: any connection of the tenant.
+    connections: Vec<String>,
 }
 
 /// A tenant's domains.
@@ -1021,7 +1035,7 @@ impl Modify for EdgeAnswers {
         users_list, users_get, users_delete, users_disable, users_enable, users_mfa_reset, users_passkeys_list, users_passkeys_delete,
         local_users_create, local_users_list, local_users_get, local_users_delete, local_users_disable, local_users_enable, local_users_force_reset,
         keys_rotate,
-        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, setuplinks_list, setuplinks_revoke, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_verify, tenants_mfa,
+        connections_patch, connections_enable, connections_disable, connections_refresh, connections_sp_certificates, setuplinks_create, setuplinks_list, setuplinks_revoke, apikeys_create_tenant, apikeys_list_tenant, apikeys_delete_tenant, audit_tenant, apikeys_create, apikeys_list, apikeys_delete, audit_platform, domains_claim, domains_list, domains_get, domains_delete, domains_assign, domains_verify, tenants_mfa,
         exchange_rules_create, exchange_rules_list, exchange_rules_get, exchange_rules_delete,
         hooks_list, hooks_get, hooks_put, hooks_delete
     ),
@@ -1030,7 +1044,7 @@ impl Modify for EdgeAnswers {
         NewConnection, ConnectionMergePatch, ConnectionView, ConnectionList, CertificateView, MetadataRefreshView,
         UserView, UserPage, PasskeyView, PasskeyList, LocalUserView, LocalUserList, LocalUserStatus, NewLocalUser,
         crate::local::password::PasswordPolicy, crate::local::SignInMode, crate::mail::MailTemplate, NewApiKey, ApiKeyView, CreatedApiKey, ApiKeyList, AuditEventView, AuditPage,
-        NewDomain, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, SetupLinkEntry, SetupLinkList, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
+        NewDomain, DomainConnections, VerifyDomain, DomainView, DomainList, NewSetupLink, SetupLinkView, SetupLinkEntry, SetupLinkList, MfaSetting, ResourceServerView, ResourceServerList, JwksView,
         RouteRuleView, NewExchangeRule, NewWhen, WhenView, ExchangeRuleView, ExchangeRuleList,
         HookKindName, HookSetting, HookView, HookList))
 )]
@@ -1345,6 +1359,11 @@ fn domains_get() {}
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
     responses((status = 204), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant comes from a tenant file, which declares its domains (`reason`: `tenant.file_owned`): change the file instead.")))]
 fn domains_delete() {}
+
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
+    request_body = DomainConnections,
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json", description = "A connection id that is not one of the tenant's (`field`: `connections[i]`), or more than 50."), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json", description = "No such tenant, or the tenant has no such domain."), (status = 409, body = Problem, content_type = "application/problem+json", description = "The domain is claimed but not verified yet; or the tenant comes from a tenant file, which declares its assignments in `domain_connections` (`reason`: `tenant.file_owned`).")))]
+fn domains_assign() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
     request_body(content = Option<VerifyDomain>, description = "optional"),

@@ -342,9 +342,13 @@ async fn patch_tenant(
     }
     let domains = check_domains(&req.domains)?;
     check_settings(&req.settings)?;
+    // A domain that goes takes its connections with it (`domain_connections`).
+    let mut domain_connections = old.domain_connections.clone();
+    domain_connections.retain(|d, _| domains.contains(d));
     let new = Tenant {
         name: req.name,
         domains,
+        domain_connections,
         settings: req.settings,
         ..old.clone()
     };

@@ -1069,7 +1069,7 @@ impl Broker {
         ahead: Option<crate::directory::LinkRead>,
     ) -> Result<Accepted, Outcome> {
         let identity = match stored_tenant {
-            Some(t) => crate::tenant::vouch_email(t, identity),
+            Some(t) => crate::tenant::vouch_email(t, connection, identity),
             // A tenant gone meanwhile vouches for nothing; provisioning
             // refuses the sign-in below.
             None => Identity {

@@ -533,6 +533,14 @@ impl Broker {
             }
         }
         let active_ids: Vec<ConnectionId> = active.iter().map(|r| r.id.clone()).collect();
+        // The active connections a `login_hint`'s domain is assigned to
+        // (`Tenant::domain_connections`): home-realm discovery within the tenant.
+        let hinted: Vec<ConnectionId> = req
+            .login_hint
+            .as_deref()
+            .and_then(|hint| crate::tenant::connections_for_hint(&tenant, hint))
+            .map(|assigned| active_ids.iter().filter(|c| assigned.contains(c)).cloned().collect())
+            .unwrap_or_default();
         // `None`: several active connections and none named. A usable SSO
         // session decides (signed in to one app, signed in to the others);
         // without one the person chooses, or, with prompt=none, which shows
@@ -575,8 +583,12 @@ impl Broker {
                     )
                 }
                 [only] => Some(only.clone()),
-                // Chosen below: the SSO session's connection, or the person's.
-                _ => None,
+                // A `login_hint` in a domain assigned to one of them goes there;
+                // otherwise chosen below: the SSO session's connection, or the person's.
+                _ => match hinted.as_slice() {
+                    [only] => Some(only.clone()),
+                    _ => None,
+                },
             },
         };
 
@@ -611,10 +623,12 @@ impl Broker {
             return error_to_app(&req, &issuer, "login_required", "The user is not signed in.");
         }
         let Some(connection) = connection else {
+            // Several connections take the hint's domain: the person chooses among those.
+            let connections = if hinted.is_empty() { active_ids } else { hinted };
             return Outcome::ChooseConnection {
                 params,
                 tenant,
-                connections: active_ids,
+                connections,
             };
         };
         let Some(record) = active.into_iter().find(|r| r.id == connection) else {

@@ -226,7 +226,7 @@ impl Broker {
             .and_then(|identity| identity.check_shape().map(|()| identity));
         let result = match completed {
             Ok(identity) => {
-                let identity = self.tenants.vouch_email(tenant, identity).await;
+                let identity = self.tenants.vouch_email(tenant, connection, identity).await;
                 tracing::info!(reason = "test.succeeded", tenant = %tenant, connection = %connection);
                 TestResult {
                     connection: connection.clone(),

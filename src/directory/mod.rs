@@ -176,25 +176,29 @@ pub struct LinkRead {
 }
 
 /// `user` with `email_verified` as its tenant vouches for it *now*: true
-/// only while the address is still in one of the tenant's domains
-/// ([`crate::tenant::owns_email_domain`]). Provisioning stored what the
-/// tenant vouched for at the sign-in; a domain removed since (and perhaps
-/// verified by its real owner, another tenant) must not go on being
-/// vouched for by every token minted from an earlier sign-in (an SSO
-/// session reused, a refresh, userinfo, an exchange).
+/// only while the address is still in one of the tenant's domains and that
+/// domain is not assigned to other connections than the user's
+/// ([`crate::tenant::vouch_for`]). Provisioning stored what the tenant
+/// vouched for at the sign-in; a domain removed since (and perhaps
+/// verified by its real owner, another tenant), or assigned since to the
+/// tenant's own IdP, must not go on being vouched for by every token
+/// minted from an earlier sign-in (an SSO session reused, a refresh,
+/// userinfo, an exchange).
 pub fn vouched_now(tenant: &Tenant, mut user: User) -> User {
-    if user.email_verified == Some(true)
-        && !user
-            .email
-            .as_deref()
-            .is_some_and(|e| crate::tenant::owns_email_domain(tenant, e))
-    {
-        tracing::info!(
-            reason = "login.email_not_vouched",
-            tenant = %tenant.id,
-            "email_verified withheld: the address is no longer in the tenant's domains"
-        );
-        user.email_verified = Some(false);
+    if user.email_verified == Some(true) {
+        let verdict = match user.email.as_deref() {
+            Some(e) => crate::tenant::vouch_for(tenant, &user.connection, e),
+            None => Err(crate::tenant::Unvouched::NotTheTenants),
+        };
+        if let Err(why) = verdict {
+            tracing::info!(
+                reason = why.reason(),
+                tenant = %tenant.id,
+                connection = %user.connection,
+                "email_verified withheld: the address is no longer one the tenant vouches for through this connection"
+            );
+            user.email_verified = Some(false);
+        }
     }
     user
 }

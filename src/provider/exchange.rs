@@ -746,6 +746,7 @@ mod tests {
             id: TenantId::parse("acme").unwrap(),
             name: "Acme".into(),
             domains: vec![],
+            domain_connections: Default::default(),
             created_at: created,
             incarnation: "now".into(),
             settings: Default::default(),

@@ -12,7 +12,7 @@
 //! `domains` of that tag, so it can be listed.
 
 use super::{domain_key, RegistryError, Tenant, TenantRegistry};
-use crate::ids::TenantId;
+use crate::ids::{ConnectionId, TenantId};
 use crate::store::{Key, StoreJson, Write};
 use chrono::{DateTime, Utc};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -20,6 +20,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -176,6 +177,9 @@ pub struct DomainState {
     pub verified_by: Option<VerifiedBy>,
     /// The pending claim's TXT record, while unverified.
     pub claim: Option<DomainClaim>,
+    /// The connections its users sign in with, when assigned
+    /// ([`Tenant::domain_connections`]); empty: any of the tenant's.
+    pub connections: Vec<ConnectionId>,
 }
 
 pub(crate) fn claim_key(t: &TenantId, domain: &str) -> Key {
@@ -311,6 +315,15 @@ pub enum DomainError {
     /// The tenant has no such domain.
     #[error("the tenant has no domain {0}")]
     Unknown(String),
+    /// The domain is claimed but not verified yet.
+    #[error("the domain {0} is not verified yet")]
+    NotVerified(String),
+    /// An assignment names a connection the tenant does not have (its index).
+    #[error("the tenant has no connection {1}")]
+    UnknownConnection(usize, ConnectionId),
+    /// An assignment names more connections than a tenant may have.
+    #[error("a domain is assigned to at most {0} connections")]
+    TooManyConnections(usize),
     /// The DNS check failed.
     #[error("the DNS check failed")]
     Dns(DnsOutcome),
@@ -338,6 +351,7 @@ impl TenantRegistry {
                 // before verification existed, which is the same thing).
                 verified_by: Some(claim.and_then(|c| c.verified_by).unwrap_or(VerifiedBy::PlatformAdmin)),
                 claim: None,
+                connections: tenant.domain_connections.get(d).cloned().unwrap_or_default(),
             });
         }
         for d in self.store.set_members(&claims_key(&tenant.id)).await? {
@@ -350,6 +364,7 @@ impl TenantRegistry {
                     verified: false,
                     verified_by: None,
                     claim: Some(claim),
+                    connections: Vec::new(),
                 });
             }
         }
@@ -401,6 +416,7 @@ impl TenantRegistry {
             verified: false,
             verified_by: None,
             claim: Some(claim),
+            connections: Vec::new(),
         })
     }
 
@@ -421,6 +437,7 @@ impl TenantRegistry {
             .ok_or_else(|| RegistryError::NotFound(format!("tenant {t}")))?;
         if tenant.domains.contains(&domain) {
             return Ok(DomainState {
+                connections: tenant.domain_connections.get(&domain).cloned().unwrap_or_default(),
                 domain,
                 verified: true,
                 verified_by: Some(by),
@@ -484,6 +501,7 @@ impl TenantRegistry {
             verified: true,
             verified_by: Some(by),
             claim: None,
+            connections: Vec::new(),
         })
     }
 
@@ -534,7 +552,9 @@ impl TenantRegistry {
         self.modify_tenant(t, |tenant| {
             verified = tenant.domains.contains(&domain);
             tenant.domains.retain(|d| d != &domain);
-            verified
+            // Its connections go with it: a domain verified again starts unassigned.
+            let assigned = tenant.domain_connections.remove(&domain).is_some();
+            verified || assigned
         })
         .await?;
         if self.store.get(&domain_key(&domain)).await?.as_deref() == Some(t.as_str().as_bytes()) {
@@ -545,6 +565,97 @@ impl TenantRegistry {
         }
         tracing::info!(reason = "domain.removed", tenant = %t, domain = %domain, "domain removed");
         Ok(())
+    }
+
+    /// Assigns the verified domain `raw` of tenant `t` to `connections`
+    /// ([`Tenant::domain_connections`]): only they vouch for its addresses,
+    /// and a `login_hint` in it goes to them. Empty: any connection again.
+    /// Each must be a connection of the tenant now; one deleted later
+    /// stays named, so the domain is vouched for by nobody else (fails
+    /// closed) until the admin assigns it again. Written with a
+    /// compare-and-set of the tenant record.
+    pub async fn set_domain_connections(
+        &self,
+        t: &TenantId,
+        raw: &str,
+        connections: Vec<ConnectionId>,
+    ) -> Result<DomainState, DomainError> {
+        let domain = super::parse_domain(raw).ok_or_else(|| DomainError::Unknown(raw.to_owned()))?;
+        let mut wanted: Vec<ConnectionId> = Vec::with_capacity(connections.len());
+        for c in connections {
+            if !wanted.contains(&c) {
+                wanted.push(c);
+            }
+        }
+        if wanted.len() > super::MAX_CONNECTIONS {
+            return Err(DomainError::TooManyConnections(super::MAX_CONNECTIONS));
+        }
+        let known = self.connection_ids(t).await?;
+        if let Some((i, c)) = wanted.iter().enumerate().find(|(_, c)| !known.contains(c)) {
+            return Err(DomainError::UnknownConnection(i, c.clone()));
+        }
+        let mut state = None;
+        let tenant = self
+            .modify_tenant(t, |tenant| {
+                if !tenant.domains.contains(&domain) {
+                    state = Some(false);
+                    return false;
+                }
+                state = Some(true);
+                let now = tenant.domain_connections.get(&domain).cloned().unwrap_or_default();
+                if now == wanted {
+                    return false;
+                }
+                if wanted.is_empty() {
+                    tenant.domain_connections.remove(&domain);
+                } else {
+                    tenant.domain_connections.insert(domain.clone(), wanted.clone());
+                }
+                true
+            })
+            .await?;
+        if state != Some(true) {
+            // A pending claim is not assigned: it routes nobody and vouches for nothing yet.
+            let claimed = self
+                .store
+                .get_json::<DomainClaim>(&claim_key(t, &domain))
+                .await?
+                .is_some();
+            return Err(if claimed {
+                DomainError::NotVerified(domain)
+            } else {
+                DomainError::Unknown(domain)
+            });
+        }
+        self.domain_states(&tenant)
+            .await?
+            .into_iter()
+            .find(|s| s.domain == domain)
+            .ok_or(DomainError::Unknown(domain))
+    }
+
+    /// Replaces every domain assignment of tenant `t` with `wanted` (a
+    /// tenant file's declaration), keeping only the tenant's verified
+    /// domains. `Some((before, after))` when it changed.
+    #[allow(clippy::type_complexity)]
+    pub async fn replace_domain_connections(
+        &self,
+        t: &TenantId,
+        mut wanted: BTreeMap<String, Vec<ConnectionId>>,
+    ) -> Result<Option<(BTreeMap<String, Vec<ConnectionId>>, BTreeMap<String, Vec<ConnectionId>>)>, RegistryError> {
+        let mut before = None;
+        let tenant = self
+            .modify_tenant(t, |tenant| {
+                before = None;
+                wanted.retain(|d, _| tenant.domains.contains(d));
+                if tenant.domain_connections == wanted {
+                    return false;
+                }
+                before = Some(std::mem::replace(&mut tenant.domain_connections, wanted.clone()));
+                true
+            })
+            .await?;
+        Ok(before.map(|b| (b, tenant.domain_connections)))
     }
 
     /// Sets whether sign-ins of tenant `t` require MFA at the IdP. (Kept

@@ -6,6 +6,11 @@
 //! # adopt = true   # only to hand a tenant made through the admin API to this file
 //! domains = ["acme.com"]
 //!
+//! # Optional: only these connections vouch for the domain's addresses
+//! # and take its users' `login_hint`s (the admin API's `PATCH …/domains/{domain}`).
+//! [domain_connections]
+//! "acme.com" = ["okta"]
+//!
 //! [[connections]]
 //! id = "okta"
 //! kind = "saml"
@@ -43,6 +48,11 @@ pub struct TenantFile {
     /// Connections, each the admin API body as a TOML table.
     #[serde(default)]
     pub connections: Vec<toml::Table>,
+    /// Which connections sign in the users of each of `domains`
+    /// ([`super::Tenant::domain_connections`]); a domain not listed is any
+    /// connection's.
+    #[serde(default)]
+    pub domain_connections: std::collections::BTreeMap<String, Vec<String>>,
     /// Hands an existing tenant the file did not create (one made through
     /// the admin API or an import) to the file: from then on it is the
     /// file's, updated by it and deleted with it. Without it such a tenant
@@ -55,6 +65,18 @@ pub struct TenantFile {
 }
 
 impl TenantFile {
+    /// The declared domain assignments, normalized (valid once
+    /// [`read_dir`] accepted the file).
+    pub fn domain_assignments(&self) -> std::collections::BTreeMap<String, Vec<ConnectionId>> {
+        self.domain_connections
+            .iter()
+            .filter_map(|(d, cs)| {
+                let ids: Vec<ConnectionId> = cs.iter().filter_map(|c| ConnectionId::parse(c).ok()).collect();
+                Some((super::parse_domain(d)?, ids)).filter(|(_, ids)| !ids.is_empty())
+            })
+            .collect()
+    }
+
     /// The connections as JSON bodies, as the admin API would receive them.
     pub fn connection_bodies(&self) -> Vec<serde_json::Value> {
         self.connections
@@ -114,6 +136,33 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
         for (i, d) in file.domains.iter().enumerate() {
             if let Err(e) = super::domains::claimable(d) {
                 problems.push(problem(&format!("domains[{i}]"), e.to_string()));
+            }
+        }
+        let declared: Vec<Option<String>> = file.domains.iter().map(|d| super::parse_domain(d)).collect();
+        let tables: Vec<&str> = file
+            .connections
+            .iter()
+            .filter_map(|c| c.get("id").and_then(|v| v.as_str()))
+            .collect();
+        for (d, cs) in &file.domain_connections {
+            let field = format!("domain_connections.{d:?}");
+            match super::parse_domain(d) {
+                Some(n) if declared.contains(&Some(n.clone())) => {}
+                _ => problems.push(problem(&field, "is not one of the file's domains".into())),
+            }
+            if cs.len() > super::MAX_CONNECTIONS {
+                problems.push(problem(
+                    &field,
+                    format!("names more than {} connections", super::MAX_CONNECTIONS),
+                ));
+            }
+            for (i, c) in cs.iter().enumerate() {
+                if !tables.contains(&c.as_str()) {
+                    problems.push(problem(
+                        &format!("{field}[{i}]"),
+                        format!("{c:?} is not a connection of the file"),
+                    ));
+                }
             }
         }
         for (i, c) in file.connections.iter().enumerate() {
@@ -410,6 +459,22 @@ pub async fn sync(
             }
             audit(log, removed).await;
             changed = true;
+        }
+        match tenants.replace_domain_connections(&id, f.domain_assignments()).await {
+            Ok(Some((before, after))) => {
+                tracing::info!(reason = "tenant_file.domain_connections_set", tenant = %id);
+                let updated = event("tenant.updated", Target::new("tenant", id.as_str())).tenant(&id);
+                audit(
+                    log,
+                    updated
+                        .before(json!({ "domain_connections": before }))
+                        .after(json!({ "domain_connections": after })),
+                )
+                .await;
+                changed = true;
+            }
+            Ok(None) => {}
+            Err(e) => report.problems.push(format!("{source}: domain_connections: {e}")),
         }
         if changed && !report.created.contains(&id.to_string()) {
             report.updated.push(id.to_string());

@@ -33,6 +33,7 @@ use crate::store::{Key, SharedStore, StoreError, StoreJson, Write};
 use crate::upstream::{Connection, ConnectionKind, Identity};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One customer of the SaaS, with its email domains.
@@ -48,6 +49,15 @@ pub struct Tenant {
     /// users and vouch for `email_verified`; claims still pending live
     /// apart (`domains.rs`).
     pub domains: Vec<String>,
+    /// Which connections sign in the users of a verified domain: only those
+    /// vouch for `email_verified` on its addresses, and a `login_hint` in it
+    /// goes to them. A domain not listed is any connection's. Set per domain
+    /// (`PATCH …/domains/{domain}`, a tenant file's `domain_connections`);
+    /// an entry names only domains in [`Self::domains`], at most
+    /// [`MAX_CONNECTIONS`] connections each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
+    pub domain_connections: BTreeMap<String, Vec<ConnectionId>>,
     /// When the tenant was created.
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
@@ -428,6 +438,69 @@ pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
     plain_address(email) && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
 }
 
+/// Why an IdP's word that an address is verified is not passed on
+/// ([`vouch_for`]); each is a reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unvouched {
+    /// The address is outside the tenant's domains (`login.email_not_vouched`).
+    NotTheTenants,
+    /// In the tenant's domain, but not written plainly (`login.email_not_plain`).
+    NotPlain,
+    /// In a domain of the tenant that is assigned to other connections
+    /// (`login.email_other_connection`).
+    OtherConnection,
+}
+
+impl Unvouched {
+    /// The reason code logged when `email_verified` is withheld.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotTheTenants => "login.email_not_vouched",
+            Self::NotPlain => "login.email_not_plain",
+            Self::OtherConnection => "login.email_other_connection",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            Self::NotTheTenants => "email_verified withheld: the address is outside the tenant's domains",
+            Self::NotPlain => "email_verified withheld: the address in the tenant's domain is not written plainly (space, control character or trailing dot)",
+            Self::OtherConnection => "email_verified withheld: the address's domain is assigned to other connections of the tenant",
+        }
+    }
+}
+
+/// Whether `tenant` may pass on the word of its connection `connection`
+/// that `email` is verified: the address is one of the tenant's
+/// ([`owns_email_domain`]) and its domain is not assigned to other
+/// connections ([`Tenant::domain_connections`]). A tenant that signs in
+/// its own people through one IdP and a partner's through another must not
+/// let the partner's IdP vouch for the tenant's own addresses.
+pub fn vouch_for(tenant: &Tenant, connection: &ConnectionId, email: &str) -> Result<(), Unvouched> {
+    let Some(domain) = email_domain(email).filter(|d| tenant.domains.contains(d)) else {
+        return Err(Unvouched::NotTheTenants);
+    };
+    if !plain_address(email) {
+        return Err(Unvouched::NotPlain);
+    }
+    match tenant.domain_connections.get(&domain) {
+        Some(assigned) if !assigned.contains(connection) => Err(Unvouched::OtherConnection),
+        _ => Ok(()),
+    }
+}
+
+/// The connections a `login_hint` of `email` goes to: those its domain is
+/// assigned to, if it is one of the tenant's and assigned at all.
+pub fn connections_for_hint<'a>(tenant: &'a Tenant, email: &str) -> Option<&'a [ConnectionId]> {
+    let domain = email_domain(email)?;
+    tenant
+        .domains
+        .contains(&domain)
+        .then(|| tenant.domain_connections.get(&domain))
+        .flatten()
+        .map(Vec::as_slice)
+}
+
 /// Whether `email` is written the one way apps compare it: exactly one `@`
 /// and a local part (an address apps could split differently,
 /// `a@evil.test@acme.com`, is never vouched for), no whitespace or control
@@ -443,30 +516,20 @@ fn plain_address(email: &str) -> bool {
     split && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// `identity` with `email_verified` true only when the connector said so
-/// *and* the address is in the tenant's domains ([`owns_email_domain`]);
-/// otherwise false. Every protocol passes through here before provisioning.
-pub fn vouch_email(tenant: &Tenant, mut identity: Identity) -> Identity {
+/// `identity`, signed in through `connection`, with `email_verified` true
+/// only when the connector said so *and* the tenant vouches for the
+/// address ([`vouch_for`]); otherwise false, the reason logged. Every
+/// protocol passes through here before provisioning.
+pub fn vouch_email(tenant: &Tenant, connection: &ConnectionId, mut identity: Identity) -> Identity {
     let asserted = identity.email_verified == Some(true);
-    let owned = identity.email.as_deref().is_some_and(|e| owns_email_domain(tenant, e));
-    let unplain = identity
-        .email
-        .as_deref()
-        .is_some_and(|e| !plain_address(e) && email_domain(e).is_some_and(|d| tenant.domains.contains(&d)));
-    if asserted && unplain {
-        tracing::info!(
-            reason = "login.email_not_plain",
-            tenant = %tenant.id,
-            "email_verified withheld: the address in the tenant's domain is not written plainly (space, control character or trailing dot)"
-        );
-    } else if asserted && !owned {
-        tracing::info!(
-            reason = "login.email_not_vouched",
-            tenant = %tenant.id,
-            "email_verified withheld: the address is outside the tenant's domains"
-        );
+    let verdict = match identity.email.as_deref() {
+        Some(e) => vouch_for(tenant, connection, e),
+        None => Err(Unvouched::NotTheTenants),
+    };
+    if let (true, Err(why)) = (asserted, verdict) {
+        tracing::info!(reason = why.reason(), tenant = %tenant.id, connection = %connection, "{}", why.explain());
     }
-    identity.email_verified = Some(asserted && owned);
+    identity.email_verified = Some(asserted && verdict.is_ok());
     identity
 }
 
@@ -571,6 +634,7 @@ impl TenantRegistry {
             id: id.clone(),
             name,
             domains,
+            domain_connections: BTreeMap::new(),
             created_at: self.clock.now(),
             incarnation: new_incarnation(),
             settings: TenantSettings::default(),
@@ -751,9 +815,9 @@ impl TenantRegistry {
 
     /// [`vouch_email`] for the stored tenant `id`. Fails closed: when the
     /// tenant cannot be read, the email is not vouched for.
-    pub async fn vouch_email(&self, id: &TenantId, mut identity: Identity) -> Identity {
+    pub async fn vouch_email(&self, id: &TenantId, connection: &ConnectionId, mut identity: Identity) -> Identity {
         match self.get(id).await {
-            Ok(Some(tenant)) => vouch_email(&tenant, identity),
+            Ok(Some(tenant)) => vouch_email(&tenant, connection, identity),
             outcome => {
                 if let Err(e) = outcome {
                     tracing::warn!(reason = "login.email_not_vouched", tenant = %id, error = %e, "tenant unreadable");
@@ -1412,10 +1476,15 @@ mod tests {
             id: TenantId::parse("acme").unwrap(),
             name: "Acme".into(),
             domains: vec!["acme.com".into(), "acme.io".into()],
+            domain_connections: BTreeMap::new(),
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             incarnation: String::new(),
             settings: TenantSettings::default(),
         }
+    }
+
+    fn okta() -> ConnectionId {
+        ConnectionId::parse("okta").unwrap()
     }
 
     fn asserted(email: Option<&str>, verified: Option<bool>) -> Identity {
@@ -1430,7 +1499,7 @@ mod tests {
     #[test]
     fn email_is_vouched_only_when_asserted_and_in_the_tenants_domains() {
         let t = acme();
-        let v = |e, ev| vouch_email(&t, asserted(e, ev)).email_verified;
+        let v = |e, ev| vouch_email(&t, &okta(), asserted(e, ev)).email_verified;
         assert_eq!(v(Some("jo@acme.com"), Some(true)), Some(true));
         assert_eq!(v(Some("Jo@ACME.io"), Some(true)), Some(true));
         assert_eq!(v(Some("jo@acme.com"), Some(false)), Some(false));
@@ -1450,7 +1519,7 @@ mod tests {
     #[test]
     fn an_address_not_written_plainly_is_not_vouched_for_in_the_tenants_domain() {
         let t = acme();
-        let v = |e: &str| vouch_email(&t, asserted(Some(e), Some(true))).email_verified;
+        let v = |e: &str| vouch_email(&t, &okta(), asserted(Some(e), Some(true))).email_verified;
         for e in [
             "jo@acme.com\u{a0}",
             "\u{3000}jo@acme.com",
@@ -1466,5 +1535,44 @@ mod tests {
         }
         assert_eq!(v("jo@acme.com"), Some(true));
         assert_eq!(v("Jo@Acme.Com"), Some(true));
+    }
+
+    /// A domain assigned to some of the tenant's connections is vouched for
+    /// by those only: a partner's IdP the tenant also signs people in with
+    /// cannot vouch for the tenant's own addresses, while a domain left
+    /// unassigned stays every connection's.
+    #[test]
+    fn an_assigned_domain_is_vouched_for_only_by_its_connections() {
+        let mut t = acme();
+        let partner = ConnectionId::parse("partner").unwrap();
+        t.domain_connections.insert("acme.com".into(), vec![okta()]);
+        assert_eq!(vouch_for(&t, &okta(), "jo@acme.com"), Ok(()));
+        assert_eq!(vouch_for(&t, &partner, "jo@acme.com"), Err(Unvouched::OtherConnection));
+        assert_eq!(vouch_for(&t, &partner, "Jo@ACME.com"), Err(Unvouched::OtherConnection));
+        assert_eq!(vouch_for(&t, &partner, "jo@acme.io"), Ok(()), "acme.io is unassigned");
+        assert_eq!(vouch_for(&t, &okta(), "jo@other.test"), Err(Unvouched::NotTheTenants));
+        assert_eq!(vouch_for(&t, &okta(), "jo@acme.com."), Err(Unvouched::NotPlain));
+        assert_eq!(vouch_for(&t, &okta(), "jo @acme.com"), Err(Unvouched::NotPlain));
+        let v = |c: &ConnectionId| vouch_email(&t, c, asserted(Some("jo@acme.com"), Some(true))).email_verified;
+        assert_eq!(v(&okta()), Some(true));
+        assert_eq!(v(&partner), Some(false));
+        assert_eq!(Unvouched::OtherConnection.reason(), "login.email_other_connection");
+    }
+
+    /// A hint goes to the connections its domain is assigned to, and only
+    /// for a domain that is the tenant's.
+    #[test]
+    fn a_hint_goes_to_the_connections_its_domain_is_assigned_to() {
+        let mut t = acme();
+        t.domain_connections.insert("acme.com".into(), vec![okta()]);
+        t.domain_connections.insert("gone.test".into(), vec![okta()]);
+        assert_eq!(connections_for_hint(&t, "Jo@Acme.com"), Some(&[okta()][..]));
+        assert_eq!(connections_for_hint(&t, "jo@acme.io"), None);
+        assert_eq!(
+            connections_for_hint(&t, "jo@gone.test"),
+            None,
+            "not the tenant's domain"
+        );
+        assert_eq!(connections_for_hint(&t, "no-at-sign"), None);
     }
 }

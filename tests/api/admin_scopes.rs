@@ -885,6 +885,11 @@ async fn a_tenant_key_proves_a_domain_by_dns_only_and_never_reaches_another_tena
         (Method::GET, "/admin/v1/tenants/globex/domains", None),
         (Method::DELETE, "/admin/v1/tenants/globex/domains/globex.test", None),
         (
+            Method::PATCH,
+            "/admin/v1/tenants/globex/domains/globex.test",
+            Some(json!({"connections": []})),
+        ),
+        (
             Method::POST,
             "/admin/v1/tenants/globex/domains/globex.test/verify",
             Some(json!({"override": true})),
@@ -897,7 +902,7 @@ async fn a_tenant_key_proves_a_domain_by_dns_only_and_never_reaches_another_tena
     let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/globex/domains", None).await;
     assert_eq!(
         list["domains"],
-        json!([{"domain": "globex.test", "verified": true, "verified_by": "platform_admin"}])
+        json!([{"domain": "globex.test", "verified": true, "verified_by": "platform_admin", "connections": []}])
     );
 }
 

@@ -81,7 +81,11 @@ async fn vouched(app: &TestApp, tenant: &str, email: &str) -> Option<bool> {
     };
     app.state
         .tenants
-        .vouch_email(&TenantId::parse(tenant).unwrap(), identity)
+        .vouch_email(
+            &TenantId::parse(tenant).unwrap(),
+            &portcullis::ids::ConnectionId::parse("dev").unwrap(),
+            identity,
+        )
         .await
         .email_verified
 }
@@ -242,7 +246,7 @@ async fn the_platform_admin_override_and_declared_domains_count_as_verified() {
     let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/declared/domains", None).await;
     assert_eq!(
         list["domains"],
-        json!([{"domain": "declared.test", "verified": true, "verified_by": "platform_admin"}])
+        json!([{"domain": "declared.test", "verified": true, "verified_by": "platform_admin", "connections": []}])
     );
     assert_eq!(vouched(&app, "declared", "bob@declared.test").await, Some(true));
     let (status, p) = claim(&app, "declared", "declared.test").await;
@@ -414,4 +418,204 @@ async fn a_reservation_its_tenants_record_does_not_list_routes_nobody() {
         !logs.with_reason("domain.unlisted_reservation").is_empty(),
         "the stale reservation is logged with its reason"
     );
+}
+
+/// A dev-mode gateway whose demo tenant (domain `demo.example`) has a second
+/// dev connection, `partner`, beside its own `dev`.
+async fn demo_with_partner() -> TestApp {
+    let app = spawn_app(AppOptions {
+        dev: true,
+        ..AppOptions::default()
+    })
+    .await;
+    app.admin_create(
+        "/admin/v1/tenants/demo/connections",
+        json!({"id": "partner", "kind": "dev"}),
+    )
+    .await;
+    app
+}
+
+async fn assign(app: &TestApp, tenant: &str, domain: &str, connections: Value) -> (StatusCode, Value) {
+    app.admin(
+        Method::PATCH,
+        &format!("/admin/v1/tenants/{tenant}/domains/{domain}"),
+        Some(json!({ "connections": connections })),
+    )
+    .await
+}
+
+/// Signs in to the demo tenant as `email` through its dev connection
+/// `connection`, in a fresh browser, and redeems the code.
+async fn sign_in_through(
+    app: &TestApp,
+    rp: &crate::revocation::Rp,
+    connection: &str,
+    email: &str,
+) -> crate::revocation::Tokens {
+    use crate::revocation::{authorize_url, redeem, submit_login, Code, DEMO};
+    let mut browser = Browser::new();
+    let verifier = portcullis::tokens::random_token(32);
+    let mut url = authorize_url(app, rp, DEMO, &verifier);
+    url.query_pairs_mut().append_pair("connection", connection);
+    let login = browser.get(&url).await;
+    assert!(
+        login.url.path().starts_with(&format!("/dev/demo/{connection}/")),
+        "the {connection} connection's login: {} {}",
+        login.url,
+        login.body
+    );
+    let back = submit_login(&mut browser, rp, &login, email).await.stopped();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap_or_else(|| panic!("no code in {back}"))
+        .1
+        .into_owned();
+    let tokens = redeem(app, rp, &Code { code, verifier }).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.body);
+    tokens
+}
+
+fn id_token_claims(tokens: &crate::revocation::Tokens) -> Value {
+    jwt_claims(tokens.body["id_token"].as_str().unwrap())
+}
+
+/// A tenant that signs in its own people through one IdP and a partner's
+/// through another assigns its domain to its own: from then on only that
+/// connection vouches for the domain's addresses. The partner's IdP
+/// asserting `bob@demo.example` gets `email_verified: false`
+/// (`login.email_other_connection`) at a new sign-in, and a user the
+/// partner signed in before the assignment loses the verdict at the next
+/// refresh; the tenant's own connection still vouches.
+#[tokio::test]
+async fn a_domain_assigned_to_a_connection_is_vouched_for_by_it_alone() {
+    use crate::revocation::register;
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let app = demo_with_partner().await;
+    let rp = register(&app, "assignapp").await;
+
+    // Unassigned, as before: any connection of the tenant vouches.
+    let before = sign_in_through(&app, &rp, "partner", "bob@demo.example").await;
+    assert_eq!(id_token_claims(&before)["email_verified"], true);
+    assert!(logs.with_reason("login.email_other_connection").is_empty());
+
+    let (status, view) = assign(&app, "demo", "Demo.Example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["domain"], "demo.example");
+    assert_eq!(view["connections"], json!(["dev"]));
+    let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/demo/domains", None).await;
+    assert_eq!(list["domains"][0]["connections"], json!(["dev"]), "{list}");
+
+    let refreshed = crate::revocation::refresh(&app, &rp, before.rt()).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let id = id_token_claims(&refreshed);
+    assert_eq!(id["email"], "bob@demo.example", "{id}");
+    assert_eq!(
+        id["email_verified"], false,
+        "the partner's user after the assignment: {id}"
+    );
+
+    let partner = sign_in_through(&app, &rp, "partner", "carol@demo.example").await;
+    let id = id_token_claims(&partner);
+    assert_eq!(id["email"], "carol@demo.example", "{id}");
+    assert_eq!(id["email_verified"], false, "a new sign-in through the partner: {id}");
+    assert!(
+        !logs.with_reason("login.email_other_connection").is_empty(),
+        "the withheld verdict is logged with its reason"
+    );
+
+    let own = sign_in_through(&app, &rp, "dev", "dave@demo.example").await;
+    assert_eq!(
+        id_token_claims(&own)["email_verified"],
+        true,
+        "the tenant's own connection"
+    );
+
+    // `[]`: any connection's again.
+    let (status, view) = assign(&app, "demo", "demo.example", json!([])).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["connections"], json!([]));
+    let again = sign_in_through(&app, &rp, "partner", "erin@demo.example").await;
+    assert_eq!(id_token_claims(&again)["email_verified"], true);
+}
+
+/// Home-realm discovery within a tenant: with two connections, a
+/// `login_hint` in a domain assigned to one goes straight to it, where an
+/// unassigned domain shows the choice.
+#[tokio::test]
+async fn a_login_hint_in_an_assigned_domain_goes_to_its_connection() {
+    let app = demo_with_partner().await;
+    let (url, body) = discover(&app, "bob@demo.example").await;
+    assert!(
+        body.contains("Choose how to sign in") && !url.path().starts_with("/dev/"),
+        "unassigned: the choice: {url} {body}"
+    );
+
+    let (status, view) = assign(&app, "demo", "demo.example", json!(["partner"])).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let (url, body) = discover(&app, "bob@demo.example").await;
+    assert!(
+        url.path().starts_with("/dev/demo/partner/"),
+        "assigned: straight to the partner's IdP, landed on {url}: {body}"
+    );
+
+    // Assigned to both: the choice again, between them.
+    let (status, _) = assign(&app, "demo", "demo.example", json!(["partner", "dev"])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = discover(&app, "bob@demo.example").await;
+    assert!(body.contains("Choose how to sign in"), "{body}");
+}
+
+/// An assignment names a verified domain of the tenant and connections the
+/// tenant has; anything else is refused with the field at fault, and
+/// nothing is written.
+#[tokio::test]
+async fn an_assignment_is_refused_unless_its_domain_and_connections_are_the_tenants() {
+    let app = demo_with_partner().await;
+    let (status, p) = assign(&app, "demo", "demo.example", json!(["dev", "nope"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "connections[1]", "{p}");
+    let (status, p) = assign(&app, "demo", "demo.example", json!(["Not An Id"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["field"], "connections[0]", "{p}");
+    let (status, p) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/demo/domains/demo.example",
+            Some(json!({"connections": ["dev"], "verified": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "an unknown field: {p}");
+    let (status, p) = assign(&app, "demo", "elsewhere.example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    let (status, p) = assign(&app, "nobody", "demo.example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+
+    let (status, claimed) = claim(&app, "demo", "pending.example").await;
+    assert_eq!(status, StatusCode::CREATED, "{claimed}");
+    let (status, p) = assign(&app, "demo", "pending.example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a claim not verified yet: {p}");
+    assert_eq!(p["field"], "domain", "{p}");
+
+    let (_, list) = app.admin(Method::GET, "/admin/v1/tenants/demo/domains", None).await;
+    for d in list["domains"].as_array().unwrap() {
+        assert_eq!(d["connections"], json!([]), "nothing written: {list}");
+    }
+
+    // A domain removed takes its assignment with it.
+    let (status, _) = assign(&app, "demo", "demo.example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .admin(Method::DELETE, "/admin/v1/tenants/demo/domains/demo.example", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let tenant = app
+        .state
+        .tenants
+        .get(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tenant.domain_connections.is_empty(), "{:?}", tenant.domain_connections);
 }

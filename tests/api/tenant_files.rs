@@ -844,7 +844,74 @@ async fn a_tenant_a_file_owns_gets_no_domain_removed_claimed_or_verified_through
     let (_, list) = get(&app, "/admin/v1/tenants/acme/domains").await;
     assert_eq!(
         list["domains"],
-        serde_json::json!([{"domain": "acme.test", "verified": true, "verified_by": "platform_admin"}])
+        serde_json::json!([{"domain": "acme.test", "verified": true, "verified_by": "platform_admin", "connections": []}])
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tenant file declares which connections sign in each of its domains
+/// (`[domain_connections]`): applied by the sync, changed or dropped with
+/// the file, refused when it names a domain or a connection the file does
+/// not declare, and not changed through the admin API (`tenant.file_owned`).
+#[tokio::test]
+async fn a_file_assigns_its_domains_to_its_connections() {
+    let app = gateway().await;
+    let dir = scratch();
+    let (k1, k2) = (Key::new(), Key::new());
+    let path = dir.join("acme.toml");
+    let two = file(
+        "Acme",
+        &["acme.test", "partner.test"],
+        &[
+            ("corp", &metadata(&[k1.cert_b64()])),
+            ("partner", &metadata(&[k2.cert_b64()])),
+        ],
+    );
+    let assigned = |table: &str| format!("{two}\n[domain_connections]\n{table}\n");
+    let tenant = || async {
+        app.state
+            .tenants
+            .get(&portcullis::ids::TenantId::parse("acme").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    std::fs::write(&path, assigned("\"acme.test\" = [\"corp\"]")).unwrap();
+    sync_dir(&app, &dir).await.unwrap();
+    let names = |t: &std::sync::Arc<portcullis::tenant::Tenant>| {
+        t.domain_connections
+            .iter()
+            .map(|(d, cs)| format!("{d}={}", cs.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&tenant().await), ["acme.test=corp"]);
+    let (status, p) = app
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/acme/domains/acme.test",
+            Some(serde_json::json!({"connections": []})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 409, "{p}");
+    assert_eq!(p["reason"], "tenant.file_owned", "{p}");
+
+    std::fs::write(&path, assigned("\"partner.test\" = [\"partner\", \"corp\"]")).unwrap();
+    let report = sync_dir(&app, &dir).await.unwrap();
+    assert_eq!(report.updated, ["acme"], "{report:?}");
+    assert_eq!(names(&tenant().await), ["partner.test=partner,corp"]);
+
+    for (table, field) in [
+        ("\"other.test\" = [\"corp\"]", "domain_connections.\"other.test\""),
+        ("\"acme.test\" = [\"nope\"]", "domain_connections.\"acme.test\"[0]"),
+    ] {
+        std::fs::write(&path, assigned(table)).unwrap();
+        let problems = sync_dir(&app, &dir).await.unwrap_err();
+        assert!(problems.iter().any(|p| p.field == field), "{table}: {problems:?}");
+        assert_eq!(names(&tenant().await), ["partner.test=partner,corp"], "nothing applied");
+    }
+
+    std::fs::write(&path, &two).unwrap();
+    sync_dir(&app, &dir).await.unwrap();
+    assert!(tenant().await.domain_connections.is_empty());
 }
