@@ -427,17 +427,6 @@ pub fn email_domain(email: &str) -> Option<String> {
     parse_domain(domain)
 }
 
-/// Whether `tenant` may pass on an IdP's word that `email` is verified: only
-/// for an address in one of the tenant's own domains (exact match; a
-/// subdomain is not reserved to the tenant, so it does not count).
-///
-/// Apps link accounts by verified email. A tenant's IdP vouching for an
-/// address in someone else's domain would let that tenant's admin sign in
-/// as anyone in any app that trusts `email_verified` (the "nOAuth" takeover).
-pub fn owns_email_domain(tenant: &Tenant, email: &str) -> bool {
-    plain_address(email) && email_domain(email).is_some_and(|d| tenant.domains.contains(&d))
-}
-
 /// Why an IdP's word that an address is verified is not passed on
 /// ([`vouch_for`]); each is a reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,11 +460,17 @@ impl Unvouched {
 }
 
 /// Whether `tenant` may pass on the word of its connection `connection`
-/// that `email` is verified: the address is one of the tenant's
-/// ([`owns_email_domain`]) and its domain is not assigned to other
-/// connections ([`Tenant::domain_connections`]). A tenant that signs in
-/// its own people through one IdP and a partner's through another must not
-/// let the partner's IdP vouch for the tenant's own addresses.
+/// that `email` is verified: only for an address in one of the tenant's
+/// own domains (exact match; a subdomain is not reserved to the tenant, so
+/// it does not count), written plainly (`plain_address`), in a domain not
+/// assigned to other connections ([`Tenant::domain_connections`]).
+///
+/// Apps link accounts by verified email. A tenant's IdP vouching for an
+/// address in someone else's domain would let that tenant's admin sign in
+/// as anyone in any app that trusts `email_verified` (the "nOAuth"
+/// takeover); likewise, a tenant that signs in its own people through one
+/// IdP and a partner's through another must not let the partner's IdP
+/// vouch for the tenant's own addresses.
 pub fn vouch_for(tenant: &Tenant, connection: &ConnectionId, email: &str) -> Result<(), Unvouched> {
     let Some(domain) = email_domain(email).filter(|d| tenant.domains.contains(d)) else {
         return Err(Unvouched::NotTheTenants);
