@@ -209,12 +209,7 @@ async fn claim(
 
 async fn list(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
     let id = tenant_id(&id)?;
-    let tenant = s
-        .tenants
-        .get(&id)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    let tenant = super::tenant_record(&s, id.as_str()).await?;
     let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
     Ok(Json(
         json!({"domains": states.iter().map(describe).collect::<Vec<_>>()}),
@@ -227,12 +222,7 @@ async fn get_one(
     Path((id, domain)): Path<(String, String)>,
 ) -> Result<Json<Value>, AdminError> {
     let id = tenant_id(&id)?;
-    let tenant = s
-        .tenants
-        .get(&id)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    let tenant = super::tenant_record(&s, id.as_str()).await?;
     let wanted = crate::tenant::parse_domain(&domain).unwrap_or_default();
     let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
     states
@@ -262,12 +252,7 @@ async fn assign_connections(
             .map_err(|e| AdminError::field(&format!("connections[{i}]"), format!("{c:?} {e}.")))?;
         connections.push(parsed);
     }
-    let tenant = s
-        .tenants
-        .get(&id)
-        .await
-        .map_err(registry)?
-        .ok_or_else(|| AdminError::NotFound(format!("There is no tenant {id:?}.")))?;
+    let tenant = super::tenant_record(&s, id.as_str()).await?;
     super::tenants::refuse_if_file_owned(&s, &tenant, "assigning its domain to connections").await?;
     let before = tenant
         .domains
