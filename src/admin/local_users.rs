@@ -9,7 +9,7 @@ use super::{audit, registry, tenant_id, Admin, AdminError, JsonBody};
 use crate::audit::Target;
 use crate::http::AppState;
 use crate::ids::{ConnectionId, TenantId};
-use crate::local::{normalise_email, LocalConfig, LocalError, LocalUser, Profile};
+use crate::local::{LocalConfig, LocalError, LocalUser, Profile};
 use crate::secret::Secret;
 use crate::upstream::ConnectionKind;
 use axum::extract::{Path, State};
@@ -90,8 +90,14 @@ async fn local_connection(
     Ok((id, cid, cfg))
 }
 
-fn email_of(raw: &str) -> Result<String, AdminError> {
-    normalise_email(raw).ok_or_else(|| AdminError::NotFound("There is no such user.".into()))
+/// The spelling the account of the address in a path is stored under
+/// ([`crate::local::Accounts::address`]: any spelling of the address, or
+/// the one the listing shows, finds it); no user when it is no address.
+async fn email_of(s: &AppState, t: &TenantId, c: &ConnectionId, raw: &str) -> Result<String, AdminError> {
+    s.accounts.address(t, c, raw).await.map_err(|e| match e {
+        LocalError::Store(e) => e.into(),
+        _ => no_user(),
+    })
 }
 
 fn no_user() -> AdminError {
@@ -188,7 +194,8 @@ async fn get_user(
     Path((id, cid, email)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, AdminError> {
     let (t, c, _) = local_connection(&s, &id, &cid).await?;
-    let user = s.accounts.get(&t, &c, &email_of(&email)?).await?.ok_or_else(no_user)?;
+    let email = email_of(&s, &t, &c, &email).await?;
+    let user = s.accounts.get(&t, &c, &email).await?.ok_or_else(no_user)?;
     Ok(Json(view(&user)))
 }
 
@@ -198,7 +205,7 @@ async fn delete_user(
     Path((id, cid, email)): Path<(String, String, String)>,
 ) -> Result<StatusCode, AdminError> {
     let (t, c, _) = local_connection(&s, &id, &cid).await?;
-    let email = email_of(&email)?;
+    let email = email_of(&s, &t, &c, &email).await?;
     let before = s.accounts.get(&t, &c, &email).await?.ok_or_else(no_user)?;
     // The directory user goes first (its sessions, families, MFA
     // enrolment, and with its `sub` every token issued to it); should the
@@ -234,7 +241,7 @@ async fn change(
     what: Change,
 ) -> Result<Json<Value>, AdminError> {
     let (t, c, _) = local_connection(s, id, cid).await?;
-    let email = email_of(email)?;
+    let email = email_of(s, &t, &c, email).await?;
     let before = s.accounts.get(&t, &c, &email).await?.ok_or_else(no_user)?;
     let after = match what {
         Change::Disable => s.accounts.set_disabled(&t, &c, &email, true).await?,

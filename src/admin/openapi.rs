@@ -551,6 +551,9 @@ pub(crate) enum LocalUserStatus {
 /// A local account (the password hash is never shown).
 #[derive(ToSchema)]
 pub(crate) struct LocalUserView {
+    /// The address in the spelling the account is stored under: its one
+    /// spelling (domain as A-labels, local part lower case in NFC), or for
+    /// an account made before addresses had one, as it was typed then.
     email: String,
     status: LocalUserStatus,
     /// The upstream subject the directory maps to the tenant's `sub`.
@@ -575,6 +578,9 @@ pub(crate) struct LocalUserList {
 /// `RESET_REQUIRED` and the person sets one through "forgot password".
 #[derive(ToSchema)]
 pub(crate) struct NewLocalUser {
+    /// Stored in its one spelling (domain as A-labels, local part lower
+    /// case in NFC with full-width letters as ordinary ones); another
+    /// spelling of an address that has an account is a conflict.
     email: String,
     /// Checked against the connection's password policy (write-only).
     password: Option<String>,
@@ -1239,31 +1245,31 @@ fn local_users_create() {}
 fn local_users_list() {}
 
 #[utoipa::path(get, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}", tag = "local-users",
-    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path, description = "The account's address in any spelling: Unicode or A-label domain, any case, NFC or NFD, full-width or not.")),
     responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn local_users_get() {}
 
 #[utoipa::path(delete, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}", tag = "local-users",
-    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path, description = "The account's address in any spelling: Unicode or A-label domain, any case, NFC or NFD, full-width or not.")),
     responses((status = 204), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn local_users_delete() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/disable", tag = "local-users",
-    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path, description = "The account's address in any spelling: Unicode or A-label domain, any case, NFC or NFD, full-width or not.")),
     responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn local_users_disable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/enable", tag = "local-users",
-    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path, description = "The account's address in any spelling: Unicode or A-label domain, any case, NFC or NFD, full-width or not.")),
     responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn local_users_enable() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/connections/{cid}/users/{email}/force-reset", tag = "local-users",
-    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path)),
+    params(("id" = String, Path), ("cid" = String, Path), ("email" = String, Path, description = "The account's address in any spelling: Unicode or A-label domain, any case, NFC or NFD, full-width or not.")),
     responses((status = 200, body = LocalUserView), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 fn local_users_force_reset() {}

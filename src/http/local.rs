@@ -1115,7 +1115,7 @@ async fn act(
 ) -> Result<Done, LocalError> {
     let email = field(form, "email");
     // The address the next page is filled with (never one that is not an address).
-    let keep = crate::local::normalise_email(&email);
+    let keep = crate::local::as_typed(&email);
     let password = secret(form, "password");
     if matches!(kind, Kind::SignUp | Kind::Reset | Kind::Change) && !password.matches(&field(form, "password_confirm"))
     {

@@ -222,7 +222,7 @@ impl Accounts {
         email: &str,
         login: &str,
     ) -> Result<SignInStep, LocalError> {
-        let email = super::normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         let Some((hooks, hook)) = self.hook(t, HookKind::CustomChallenge).await? else {
             tracing::warn!(reason = "local.challenge_not_configured", tenant = %t, connection = %c);
             return Err(refused(

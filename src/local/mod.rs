@@ -13,6 +13,25 @@
 //! background so its latency does not show either.
 //!
 //! Every key of one tenant's accounts shares the hash tag `t:<tenant>:local`.
+//!
+//! One spelling per address: every request's address goes through
+//! [`Accounts::address`], which keys the account, its codes, its lockout
+//! and its mail budget by one spelling ([`normalise_email`]: the domain
+//! through UTS 46 to A-labels, the local part lower case in NFC with
+//! full-width forms mapped), so `josé` with a precomposed or a combining
+//! accent, full-width letters, or a Unicode domain and its A-label make one
+//! account and one lockout. Mail goes to the account's stored address,
+//! never to the spelling a request typed. ASCII addresses are stored as
+//! they always were. An account made before addresses had one spelling is
+//! stored under its address as typed then (trimmed, lower-cased); it keeps
+//! that key and stays reachable: [`Accounts::address`] also looks under
+//! the typed spelling's old form and under the one spelling with its domain
+//! in Unicode (how a browser sends it), and a sign-up, an admin's create or
+//! a migration that finds it there is answered as for a taken address, so
+//! no second account is made beside it. Only an old account under a
+//! spelling neither of those is (decomposed or full-width as typed then)
+//! is found by that spelling alone; the admin listing shows each account's
+//! stored spelling.
 
 pub mod challenge;
 pub mod password;
@@ -160,7 +179,9 @@ pub enum AccountStatus {
 /// guesses start from it) and the address.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct LocalUser {
-    /// The normalised email (lower case, trimmed).
+    /// The address in the spelling the account is keyed by: its one
+    /// spelling ([`normalise_email`]), or for an account made before
+    /// addresses had one, as typed then (trimmed, lower-cased).
     pub email: String,
     /// The stable upstream subject of this account (random; the directory
     /// maps it to the tenant's `sub`).
@@ -432,11 +453,63 @@ impl LockoutPolicy {
     }
 }
 
-/// The normalised form of an email address, or `None` when it is not one.
+/// The one spelling of an email address that keys its account, its codes,
+/// its lockout and its mail budget, or `None` when it is not an address.
+/// Two spellings of one mailbox make one account:
+///
+/// - The domain goes through UTS 46 ToASCII (`idna`, nontransitional, as
+///   browsers do; no STD3 or hyphen rules, which real mail domains break):
+///   Unicode labels become their A-labels, full-width letters and dots
+///   their ASCII ones, upper case lower. A domain UTS 46 refuses (a label
+///   it disallows, a bidi or joiner violation) is no address. The result is
+///   how [`crate::tenant::email_domain`] writes the tenant's own domains,
+///   which are ASCII, so a local address compares with them as it is.
+/// - The local part is mapped as PRECIS's UsernameCaseMapped profile does
+///   (RFC 8265 §3.3): full-width and half-width forms to their ordinary
+///   characters, then lower case, then Unicode NFC. NFC, not NFKC: RFC 6532
+///   §3.1 asks for NFC in addresses and advises against NFKC, which also
+///   folds characters (ligatures, superscripts, mathematical letters) that
+///   mail systems keep apart, so it would make one account of what can be
+///   two mailboxes, and a reset code asked for one spelling would reach
+///   the account of the other. PRECIS maps only widths beyond NFC for the
+///   same reason.
+///
+/// An address that is all ASCII is only trimmed and lower-cased, exactly as
+/// before this form existed, so no stored ASCII account changes its key (an
+/// A-label is taken as written: an invalid one names no domain that a valid
+/// Unicode one could be another spelling of). The rules hold on the result:
+/// at most 254 bytes, one `@` with something before it, a domain with an
+/// inner dot, no whitespace, control character or `<>,;"`.
 pub fn normalise_email(raw: &str) -> Option<String> {
+    let (local, domain) = raw.trim().split_once('@')?;
+    let e = format!("{}@{}", canonical_local_part(local), canonical_domain(domain)?);
+    plain_email(&e).then_some(e)
+}
+
+/// How [`normalise_email`] read an address before it had one spelling:
+/// trimmed and lower-cased only. Accounts made then are stored under this
+/// form of what was typed ([`Accounts::address`] finds them).
+fn legacy_email(raw: &str) -> Option<String> {
     let e = raw.trim().to_lowercase();
-    let (local, domain) = e.split_once('@')?;
-    let ok = !local.is_empty()
+    plain_email(&e).then_some(e)
+}
+
+/// The address `raw` as a page keeps it for the next form (trimmed and
+/// lower-cased as typed, or its one spelling when that is no address),
+/// `None` when it is no address. Sent again, it finds the account `raw`
+/// found ([`Accounts::address`]); its one spelling might miss an account
+/// stored under what was typed.
+pub fn as_typed(raw: &str) -> Option<String> {
+    let canonical = normalise_email(raw)?;
+    Some(legacy_email(raw).unwrap_or(canonical))
+}
+
+/// The rules an address keeps whatever its spelling.
+fn plain_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
@@ -444,8 +517,95 @@ pub fn normalise_email(raw: &str) -> Option<String> {
         && !e
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
-        && !domain.contains('@');
-    ok.then_some(e)
+        && !domain.contains('@')
+}
+
+/// The local part as RFC 8265's UsernameCaseMapped profile prepares it:
+/// width mapping, lower case, NFC (see [`normalise_email`]).
+fn canonical_local_part(local: &str) -> String {
+    if local.is_ascii() {
+        return local.to_ascii_lowercase();
+    }
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let mut widened = String::with_capacity(local.len());
+    for c in local.chars() {
+        if is_width_form(c) {
+            // The decomposition of a <wide> or <narrow> character is its
+            // ordinary one (NFKC of that one character, as PRECIS's width
+            // mapping rule says).
+            widened.push_str(&nfkc.normalize(c.encode_utf8(&mut [0; 4])));
+        } else {
+            widened.push(c);
+        }
+    }
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc()
+        .normalize(&widened.to_lowercase())
+        .into_owned()
+}
+
+/// Whether `c` is a full-width or half-width form (decomposition type
+/// `<wide>` or `<narrow>`): the Halfwidth and Fullwidth Forms block and
+/// the ideographic space.
+fn is_width_form(c: char) -> bool {
+    c == '\u{3000}' || ('\u{FF00}'..='\u{FFEF}').contains(&c)
+}
+
+/// The domain in ASCII by UTS 46 ToASCII; an ASCII one only lower-cased
+/// (see [`normalise_email`]). `None` when UTS 46 refuses it.
+fn canonical_domain(domain: &str) -> Option<String> {
+    if domain.is_ascii() {
+        return Some(domain.to_ascii_lowercase());
+    }
+    idna::uts46::Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            idna::uts46::AsciiDenyList::EMPTY,
+            idna::uts46::Hyphens::Allow,
+            idna::uts46::DnsLength::Ignore,
+        )
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// The canonical address `canonical` with its A-labels as Unicode, as
+/// people typed it before addresses had one spelling (`None` when it has
+/// no A-label).
+fn unicode_spelling(canonical: &str) -> Option<String> {
+    let (local, domain) = canonical.split_once('@')?;
+    if !domain.split('.').any(|l| l.starts_with("xn--")) {
+        return None;
+    }
+    let (unicode, checked) = idna::domain_to_unicode(domain);
+    checked.ok()?;
+    legacy_email(&format!("{local}@{unicode}"))
+}
+
+/// Every spelling under which an account of the address `raw` may be
+/// stored: its one spelling ([`normalise_email`]), then the ones accounts
+/// made before it had one may have: `raw` as it was read then (trimmed,
+/// lower-cased) and the canonical address with its domain in Unicode.
+/// `older` is empty for an address written as it is stored now (every ASCII
+/// address without an A-label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spellings {
+    /// The one spelling new accounts are stored under.
+    pub canonical: String,
+    /// Earlier spellings of the same address, most specific first.
+    pub older: Vec<String>,
+}
+
+impl Spellings {
+    /// The spellings of `raw`, or `None` when it is not an address.
+    pub fn of(raw: &str) -> Option<Self> {
+        let canonical = normalise_email(raw)?;
+        let mut older: Vec<String> = Vec::new();
+        for s in [legacy_email(raw), unicode_spelling(&canonical)].into_iter().flatten() {
+            if s != canonical && !older.contains(&s) {
+                older.push(s);
+            }
+        }
+        Some(Self { canonical, older })
+    }
 }
 
 fn email_id(email: &str) -> String {
@@ -843,6 +1003,61 @@ impl Accounts {
         Ok(user.filter(|u| bound.admits(u)))
     }
 
+    /// The spelling the account of the address `raw` is stored under, by
+    /// which everything of the account is keyed (its record, codes, lockout
+    /// and mail budget): of the address's [`Spellings`], `raw`'s own from
+    /// before addresses had one spelling if an account is stored under it
+    /// (every account made then stays reachable as it was), else the
+    /// canonical one if an account is stored under it, else another earlier
+    /// one that has an account, else the canonical one, where a new account
+    /// goes. So a sign-up finds an account made under an earlier spelling
+    /// (answered as a taken address) instead of making a second, and every
+    /// spelling counts against that account's one lockout. The reads are
+    /// the same whatever is stored (the answer's time tells nothing), and
+    /// there are none for an address written as it is stored now (every
+    /// ASCII address without an A-label). `local.bad_email` when `raw` is
+    /// no address.
+    pub async fn address(&self, t: &TenantId, c: &ConnectionId, raw: &str) -> Result<String, LocalError> {
+        let Spellings { canonical, older } = Spellings::of(raw).ok_or_else(Self::bad_email)?;
+        if older.is_empty() {
+            return Ok(canonical);
+        }
+        let read = |e: Option<&String>| {
+            let key = e.map(|e| user_key(t, c, e));
+            async move {
+                match key {
+                    Some(k) => self.store.get_json::<LocalUser>(&k).await,
+                    None => Ok(None),
+                }
+            }
+        };
+        // Read together: one wait.
+        let (now, first, second, bound) = tokio::try_join!(
+            read(Some(&canonical)),
+            read(older.first()),
+            read(older.get(1)),
+            self.bound(t, c)
+        )?;
+        let stored = |u: &Option<LocalUser>| u.as_ref().is_some_and(|u| bound.admits(u));
+        let typed = legacy_email(raw);
+        let earlier: Vec<&String> = [(older.first(), &first), (older.get(1), &second)]
+            .into_iter()
+            .filter_map(|(e, u)| e.filter(|_| stored(u)))
+            .collect();
+        let chosen = match earlier.iter().find(|e| typed.as_ref() == Some(**e)) {
+            Some(own) => Some(*own),
+            None if stored(&now) => None,
+            None => earlier.first().copied(),
+        };
+        Ok(match chosen {
+            Some(e) => {
+                tracing::info!(reason = "local.earlier_spelling", tenant = %t, connection = %c, "the account is stored under a spelling of its address from before addresses had one");
+                e.clone()
+            }
+            None => canonical,
+        })
+    }
+
     /// Every account of a connection (admin list, backup), by email.
     pub async fn list(&self, t: &TenantId, c: &ConnectionId) -> Result<Vec<LocalUser>, StoreError> {
         let bound = self.bound(t, c).await?;
@@ -1008,7 +1223,7 @@ impl Accounts {
                 "Sign-up is not open here. Ask your administrator for an account.",
             ));
         }
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         profile.check()?;
         cfg.password_policy.check(password.expose(), &email)?;
         if !self.mailer.configured() {
@@ -1236,7 +1451,7 @@ impl Accounts {
         code: &str,
         browser: Option<&Secret>,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         self.check_code(t, c, CodePurpose::Verify, &email, code).await?;
         let this_browser = browser.map(|b| browser_digest(b.expose()));
         // hooks: post confirmation — told before the account is marked
@@ -1289,7 +1504,7 @@ impl Accounts {
         cfg: &LocalConfig,
         email: &str,
     ) -> Result<(), LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         if let Some(u) = self.get(t, c, &email).await? {
             if u.status == AccountStatus::Unconfirmed && !u.disabled {
                 self.send_code_after_answering(t, tenant_name, c, cfg, CodePurpose::Verify, &email);
@@ -1309,7 +1524,7 @@ impl Accounts {
         cfg: &LocalConfig,
         email: &str,
     ) -> Result<(), LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         if let Some(u) = self.get(t, c, &email).await? {
             if matches!(u.status, AccountStatus::Confirmed | AccountStatus::ResetRequired) && !u.disabled {
                 self.send_code_after_answering(t, tenant_name, c, cfg, CodePurpose::Reset, &email);
@@ -1360,7 +1575,7 @@ impl Accounts {
         code: &str,
         new_password: &Secret,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         cfg.password_policy.check(new_password.expose(), &email)?;
         self.check_code(t, c, CodePurpose::Reset, &email, code).await?;
         let hash = self.hasher.hash(new_password.expose()).await?;
@@ -1404,7 +1619,7 @@ impl Accounts {
         old: &Secret,
         new_password: &Secret,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         cfg.password_policy.check(new_password.expose(), &email)?;
         Ok(self.authenticate(t, c, &email, old).await?.user)
     }
@@ -1477,7 +1692,7 @@ impl Accounts {
         email: &str,
         password: &Secret,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         if let Some(e) = self.locked(t, c, &email).await? {
             return Err(e);
         }
@@ -1706,7 +1921,7 @@ impl Accounts {
         password: &Secret,
         profile: Profile,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         profile.check()?;
         let hash = self.hasher.hash(password.expose()).await?;
         let mut user = self.new_user(email, hash, AccountStatus::Confirmed, profile);
@@ -1732,7 +1947,7 @@ impl Accounts {
         password: Option<&Secret>,
         profile: Profile,
     ) -> Result<LocalUser, LocalError> {
-        let email = normalise_email(email).ok_or_else(Self::bad_email)?;
+        let email = self.address(t, c, email).await?;
         profile.check()?;
         let (hash, status) = match password {
             Some(p) => {
@@ -1864,6 +2079,133 @@ mod tests {
         ] {
             assert_eq!(normalise_email(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ascii_address_keeps_the_spelling_it_was_stored_under() {
+        // Every account stored before addresses had one spelling under an
+        // ASCII address keeps its key: the one spelling of an ASCII address
+        // is what trimming and lower-casing made of it.
+        for raw in [
+            "  Jane.Doe@Acme.Example ",
+            "o'neil+tag@sub.acme.co.uk",
+            "JO@XN--EXMPLE-CUA.COM",
+            "jo@xn--zz.example",
+            "jo@my_host.acme.example",
+            "x@a..b.example",
+            "!#$%&*+/=?^_`{|}~-@acme.example",
+        ] {
+            assert_eq!(normalise_email(raw), legacy_email(raw), "{raw}");
+            assert!(normalise_email(raw).is_some(), "{raw}");
+        }
+        let plain = Spellings::of(" Jane.Doe@Acme.Example").unwrap();
+        assert_eq!(plain.canonical, "jane.doe@acme.example");
+        assert!(plain.older.is_empty(), "nothing else to look for: {plain:?}");
+    }
+
+    #[test]
+    fn canonically_equivalent_local_parts_are_one_address() {
+        let nfc = "jos\u{e9}@acme.example";
+        for raw in [
+            nfc,
+            "jose\u{301}@acme.example",
+            "JOS\u{c9}@ACME.example",
+            "JOSE\u{301}@acme.example",
+        ] {
+            assert_eq!(normalise_email(raw).as_deref(), Some(nfc), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn full_width_letters_and_dots_are_their_ordinary_ones() {
+        for raw in [
+            "\u{ff4a}\u{ff4f}@acme.example",
+            "\u{ff2a}\u{ff2f}@\u{ff41}\u{ff43}\u{ff4d}\u{ff45}\u{ff0e}example",
+            "jo@acme\u{3002}example",
+        ] {
+            assert_eq!(normalise_email(raw).as_deref(), Some("jo@acme.example"), "{raw:?}");
+        }
+        // Half-width katakana and its voiced mark compose as the ordinary
+        // ones do.
+        assert_eq!(
+            normalise_email("\u{ff76}\u{ff9e}@acme.example"),
+            normalise_email("\u{30ac}@acme.example")
+        );
+        // NFC, not NFKC: a ligature or a mathematical letter is another
+        // mailbox, not another spelling (RFC 6532 §3.1).
+        assert_eq!(
+            normalise_email("\u{fb01}@acme.example").as_deref(),
+            Some("\u{fb01}@acme.example")
+        );
+        assert_ne!(
+            normalise_email("\u{1d423}o@acme.example").as_deref(),
+            Some("jo@acme.example")
+        );
+        // A full-width `@` or `<` is one, and refused where one is.
+        assert_eq!(normalise_email("a\u{ff20}b@acme.example"), None);
+        assert_eq!(normalise_email("a\u{ff1c}b@acme.example"), None);
+    }
+
+    #[test]
+    fn a_unicode_domain_and_its_a_label_are_one_address() {
+        let a_label = "jo@xn--exmple-cua.example";
+        for raw in [
+            "jo@ex\u{e4}mple.example",
+            "jo@EX\u{c4}MPLE.example",
+            "jo@exa\u{308}mple.example",
+            "jo@ex\u{e4}mple\u{ff0e}example",
+            a_label,
+            "JO@XN--EXMPLE-CUA.EXAMPLE",
+        ] {
+            assert_eq!(normalise_email(raw).as_deref(), Some(a_label), "{raw:?}");
+        }
+        // Where an account made before may be: as typed, and with the
+        // domain in Unicode.
+        let typed = Spellings::of("Jo@Exa\u{308}mple.example").unwrap();
+        assert_eq!(typed.canonical, a_label);
+        assert_eq!(
+            typed.older,
+            ["jo@exa\u{308}mple.example", "jo@ex\u{e4}mple.example"],
+            "{typed:?}"
+        );
+        assert_eq!(Spellings::of(a_label).unwrap().older, ["jo@ex\u{e4}mple.example"]);
+    }
+
+    #[test]
+    fn a_domain_uts46_refuses_is_no_address() {
+        for raw in [
+            // A label beginning with a combining mark.
+            "jo@\u{301}example.example",
+            // A zero-width joiner outside the context it is allowed in.
+            "jo@exa\u{200d}mple.example",
+            // A private-use character.
+            "jo@ex\u{e000}mple.example",
+            // Left-to-right and right-to-left letters in one label.
+            "jo@a\u{5d0}.example",
+            // An A-label that is no Punycode, beside a Unicode label.
+            "jo@xn--a.ex\u{e4}mple.example",
+        ] {
+            assert_eq!(normalise_email(raw), None, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn the_length_limit_holds_for_the_one_spelling() {
+        // 90 full-width letters are 270 bytes as typed, 90 as stored.
+        let wide = format!("{}@acme.example", "\u{ff4a}".repeat(90));
+        assert!(wide.len() > 254);
+        assert_eq!(normalise_email(&wide), Some(format!("{}@acme.example", "j".repeat(90))));
+        // A domain within the limit in Unicode but not as A-labels.
+        let label = "a\u{e4}b\u{f6}c\u{fc}d\u{e9}e\u{e8}";
+        let domain = [label; 12].join(".");
+        let raw = format!("jo@{domain}.example");
+        assert!(raw.len() <= 254, "{}", raw.len());
+        assert_eq!(
+            normalise_email(&raw),
+            None,
+            "{:?}",
+            canonical_domain(&domain).map(|d| d.len())
+        );
     }
 
     #[test]

@@ -1732,3 +1732,217 @@ async fn a_ticket_of_a_local_account_disabled_or_force_reset_before_its_first_si
         ticket_signs_nobody_in(&app, &mut browser, &callback).await;
     }
 }
+
+/// The tenant and connection ids of the local-account world.
+fn ids() -> (portcullis::ids::TenantId, portcullis::ids::ConnectionId) {
+    (
+        portcullis::ids::TenantId::parse(TENANT).unwrap(),
+        portcullis::ids::ConnectionId::parse(CONN).unwrap(),
+    )
+}
+
+/// The addresses of the connection's accounts, as stored.
+async fn stored_addresses(app: &TestApp) -> Vec<String> {
+    let (t, c) = ids();
+    let users = app.state.accounts.list(&t, &c).await.unwrap();
+    users.into_iter().map(|u| u.email).collect()
+}
+
+/// Waits (up to 5 s) for a log line with `reason`; how many there are.
+async fn logged(logs: &crate::support::logs::Captured, reason: &str) -> usize {
+    for _ in 0..100 {
+        let n = logs.with_reason(reason).len();
+        if n > 0 {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    0
+}
+
+/// An address with a precomposed é (NFC), the same with e and a combining
+/// acute accent (NFD), and the same again in full-width capitals.
+const NFC: &str = "jos\u{e9}@acme.example";
+const NFD: &str = "jose\u{301}@acme.example";
+const WIDE: &str = "\u{ff2a}\u{ff2f}\u{ff33}\u{c9}@acme.example";
+
+/// A sign-up with another spelling of an address that has an account is
+/// answered as a sign-up of a taken address (`local.sign_up_existing`) and
+/// makes no second account: the canonically equivalent (NFD) and the
+/// full-width spellings are the address the account was made with (NFC).
+#[tokio::test]
+async fn local_a_sign_up_with_another_spelling_of_a_taken_address_makes_no_second_account() {
+    use crate::support::logs::Captured;
+    let (logs, _capture) = Captured::start();
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    create_account(&app, NFC, GOOD_PASSWORD).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    for (i, spelling) in [NFD, WIDE].into_iter().enumerate() {
+        let confirm = sign_up(&mut browser, &sign_in, spelling, "Attackers-Own-Pass-1").await;
+        assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+        assert!(confirm.body.contains("Confirm your email"), "{}", confirm.body);
+        assert!(logged(&logs, "local.sign_up_existing").await > i, "{}", logs.text());
+        assert_eq!(
+            logs.with_reason("local.sign_up_existing").len(),
+            i + 1,
+            "{}",
+            logs.text()
+        );
+    }
+    assert!(logs.with_reason("local.signed_up").is_empty(), "{}", logs.text());
+    assert_eq!(stored_addresses(&app).await, [NFC]);
+    // The owner still signs in, with any spelling.
+    let page = browser.get(&sign_in.url).await;
+    sign_in_from(&mut browser, &page, WIDE, GOOD_PASSWORD).await;
+}
+
+/// Failed sign-ins under two spellings of one address count against the
+/// account's one lockout: three with the NFC spelling and two with the NFD
+/// one lock it for both (`local.locked`), the right password too.
+#[tokio::test]
+async fn local_failed_sign_ins_under_two_spellings_count_against_one_lockout() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    create_account(&app, NFC, GOOD_PASSWORD).await;
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    for i in 0..5 {
+        let spelling = if i % 2 == 0 { NFC } else { NFD };
+        let page = browser.get(&sign_in.url).await;
+        let answer = browser
+            .fill_and_submit(&page, None, &[("email", spelling), ("password", "Wrong-Password-99")])
+            .await;
+        assert_reason(&answer, 401, "local.bad_credentials");
+    }
+    for spelling in [NFC, NFD, WIDE] {
+        let page = browser.get(&sign_in.url).await;
+        let answer = browser
+            .fill_and_submit(&page, None, &[("email", spelling), ("password", GOOD_PASSWORD)])
+            .await;
+        assert_reason(&answer, 429, "local.locked");
+    }
+}
+
+/// An account signed up with a Unicode domain is stored, mailed and
+/// signed in to under the domain's A-label: its code goes to the A-label
+/// address, it signs in with the A-label written in capitals, and the app
+/// gets the address in that one spelling.
+#[tokio::test]
+async fn local_an_account_signed_up_with_a_unicode_domain_signs_in_with_its_a_label() {
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let unicode = "Jo@B\u{fc}cher.example";
+    let a_label = "jo@xn--bcher-kva.example";
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let confirm = sign_up(&mut browser, &sign_in, unicode, GOOD_PASSWORD).await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    let code = smtp.wait_for(a_label).await.code();
+    let confirmed = browser
+        .fill_and_submit(&confirm, None, &[("email", unicode), ("code", &code)])
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    assert!(confirmed.body.contains("confirmed"), "{}", confirmed.body);
+    assert_eq!(stored_addresses(&app).await, [a_label]);
+
+    let page = browser.get(&sign_in.url).await;
+    let back = sign_in_from(&mut browser, &page, "JO@XN--BCHER-KVA.EXAMPLE", GOOD_PASSWORD).await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let tokens = redeem(&app, q.get("code").unwrap(), &p).await;
+    let claims: Value = app
+        .state
+        .provider
+        .keys
+        .verify(tokens["id_token"].as_str().unwrap(), "JWT", &app.state.provider.iss())
+        .await
+        .unwrap();
+    assert_eq!(claims["email"], a_label, "{claims}");
+}
+
+/// Moves the account stored under `from` to the key of `to`, as an
+/// account made before addresses had one spelling was stored.
+async fn store_under(app: &TestApp, from: &str, to: &str) {
+    use sha2::Digest;
+    let (t, c) = ids();
+    let store = &app.state.store;
+    let now = portcullis::local::user_key(&t, &c, from);
+    let mut record: Value = serde_json::from_slice(&store.get(&now).await.unwrap().unwrap()).unwrap();
+    record["email"] = json!(to);
+    let earlier = portcullis::local::user_key(&t, &c, to);
+    store
+        .put(&earlier, &serde_json::to_vec(&record).unwrap(), None)
+        .await
+        .unwrap();
+    store.delete(&now).await.unwrap();
+    let index = portcullis::local::index_key(&t, &c);
+    store
+        .set_remove(&index, &hex::encode(sha2::Sha256::digest(from.as_bytes())))
+        .await
+        .unwrap();
+    store
+        .set_add(&index, &hex::encode(sha2::Sha256::digest(to.as_bytes())), None)
+        .await
+        .unwrap();
+}
+
+/// An account stored before addresses had one spelling, under its
+/// Unicode domain, is found by every spelling (`local.earlier_spelling`):
+/// the A-label signs in to it, and a sign-up with another spelling is
+/// answered as a taken address and makes no account under the one
+/// spelling; an admin reaches it by the A-label too.
+#[tokio::test]
+async fn local_an_account_stored_under_an_earlier_spelling_is_found_by_every_spelling() {
+    use crate::support::logs::Captured;
+    let (logs, _capture) = Captured::start();
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    let earlier = "jo@b\u{fc}cher.example";
+    let a_label = "jo@xn--bcher-kva.example";
+    create_account(&app, earlier, GOOD_PASSWORD).await;
+    store_under(&app, a_label, earlier).await;
+    assert_eq!(stored_addresses(&app).await, [earlier]);
+
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    let back = sign_in_from(&mut browser, &sign_in, a_label, GOOD_PASSWORD).await;
+    assert!(back.query_pairs().any(|(k, _)| k == "code"), "{back}");
+    assert!(
+        !logs.with_reason("local.earlier_spelling").is_empty(),
+        "{}",
+        logs.text()
+    );
+
+    let mut stranger = Browser::new();
+    let sign_in = start(&app, &mut stranger, &pkce()).await;
+    let confirm = sign_up(
+        &mut stranger,
+        &sign_in,
+        "JO@XN--BCHER-KVA.example",
+        "Attackers-Own-Pass-1",
+    )
+    .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    assert_eq!(logged(&logs, "local.sign_up_existing").await, 1, "{}", logs.text());
+    assert!(logs.with_reason("local.signed_up").is_empty(), "{}", logs.text());
+    assert_eq!(stored_addresses(&app).await, [earlier]);
+
+    let (status, body) = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/tenants/{TENANT}/connections/{CONN}/users/{a_label}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["email"], earlier, "{body}");
+}
