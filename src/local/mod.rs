@@ -25,13 +25,13 @@
 //! they always were. An account made before addresses had one spelling is
 //! stored under its address as typed then (trimmed, lower-cased); it keeps
 //! that key and stays reachable: [`Accounts::address`] also looks under
-//! the typed spelling's old form and under the one spelling with its domain
-//! in Unicode (how a browser sends it), and a sign-up, an admin's create or
-//! a migration that finds it there is answered as for a taken address, so
-//! no second account is made beside it. Only an old account under a
-//! spelling neither of those is (decomposed or full-width as typed then)
-//! is found by that spelling alone; the admin listing shows each account's
-//! stored spelling.
+//! the typed spelling's old form, under the one spelling with its domain
+//! in Unicode (how a browser sends it) and under both decomposed (NFD), and
+//! a sign-up, an admin's create or a migration that finds it there is
+//! answered as for a taken address, so no second account is made beside
+//! it. Only an old account under a spelling none of those is (full-width,
+//! or partly decomposed, as typed then) is found by that spelling alone;
+//! the admin listing shows each account's stored spelling.
 
 pub mod challenge;
 pub mod password;
@@ -583,7 +583,8 @@ fn unicode_spelling(canonical: &str) -> Option<String> {
 /// Every spelling under which an account of the address `raw` may be
 /// stored: its one spelling ([`normalise_email`]), then the ones accounts
 /// made before it had one may have: `raw` as it was read then (trimmed,
-/// lower-cased) and the canonical address with its domain in Unicode.
+/// lower-cased), the canonical address with its domain in Unicode, and
+/// both decomposed (NFD); at most four.
 /// `older` is empty for an address written as it is stored now (every ASCII
 /// address without an A-label).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -598,8 +599,13 @@ impl Spellings {
     /// The spellings of `raw`, or `None` when it is not an address.
     pub fn of(raw: &str) -> Option<Self> {
         let canonical = normalise_email(raw)?;
+        let unicode = unicode_spelling(&canonical);
+        // Decomposed too: text some systems hand over (macOS file names,
+        // some input methods) is NFD throughout.
+        let nfd = |e: &str| legacy_email(&icu_normalizer::DecomposingNormalizerBorrowed::new_nfd().normalize(e));
+        let decomposed = [Some(canonical.as_str()), unicode.as_deref()].map(|e| e.and_then(nfd));
         let mut older: Vec<String> = Vec::new();
-        for s in [legacy_email(raw), unicode_spelling(&canonical)].into_iter().flatten() {
+        for s in [legacy_email(raw), unicode].into_iter().chain(decomposed).flatten() {
             if s != canonical && !older.contains(&s) {
                 older.push(s);
             }
@@ -1032,17 +1038,21 @@ impl Accounts {
             }
         };
         // Read together: one wait.
-        let (now, first, second, bound) = tokio::try_join!(
+        let (now, first, second, third, fourth, bound) = tokio::try_join!(
             read(Some(&canonical)),
             read(older.first()),
             read(older.get(1)),
+            read(older.get(2)),
+            read(older.get(3)),
             self.bound(t, c)
         )?;
         let stored = |u: &Option<LocalUser>| u.as_ref().is_some_and(|u| bound.admits(u));
         let typed = legacy_email(raw);
-        let earlier: Vec<&String> = [(older.first(), &first), (older.get(1), &second)]
-            .into_iter()
-            .filter_map(|(e, u)| e.filter(|_| stored(u)))
+        let earlier: Vec<&String> = older
+            .iter()
+            .zip([&first, &second, &third, &fourth])
+            .filter(|(_, u)| stored(u))
+            .map(|(e, _)| e)
             .collect();
         let chosen = match earlier.iter().find(|e| typed.as_ref() == Some(**e)) {
             Some(own) => Some(*own),
@@ -2168,7 +2178,14 @@ mod tests {
             ["jo@exa\u{308}mple.example", "jo@ex\u{e4}mple.example"],
             "{typed:?}"
         );
-        assert_eq!(Spellings::of(a_label).unwrap().older, ["jo@ex\u{e4}mple.example"]);
+        assert_eq!(
+            Spellings::of(a_label).unwrap().older,
+            ["jo@ex\u{e4}mple.example", "jo@exa\u{308}mple.example"]
+        );
+        // A decomposed local part, as NFD text stored it.
+        let nfc = Spellings::of("Jos\u{e9}@acme.example").unwrap();
+        assert_eq!(nfc.canonical, "jos\u{e9}@acme.example");
+        assert_eq!(nfc.older, ["jose\u{301}@acme.example"], "{nfc:?}");
     }
 
     #[test]

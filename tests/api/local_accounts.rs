@@ -6,7 +6,7 @@
 //! unknown emails get the same answer as known ones.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
-use crate::support::browser::{all_at_once, Browser, Page, Pending};
+use crate::support::browser::{all_at_once, Browser, Nav, Page, Pending};
 use crate::support::local::{assert_reason, link, pkce, Pkce};
 use crate::support::redis;
 use crate::support::smtp::SmtpServer;
@@ -1822,10 +1822,13 @@ async fn local_failed_sign_ins_under_two_spellings_count_against_one_lockout() {
     }
     for spelling in [NFC, NFD, WIDE] {
         let page = browser.get(&sign_in.url).await;
-        let answer = browser
-            .fill_and_submit(&page, None, &[("email", spelling), ("password", GOOD_PASSWORD)])
-            .await;
-        assert_reason(&answer, 429, "local.locked");
+        let mut form = page.form(None);
+        form.set("email", spelling);
+        form.set("password", GOOD_PASSWORD);
+        match browser.submit_until(&page, &form, &at_app).await {
+            Nav::Page(answer) => assert_reason(&answer, 429, "local.locked"),
+            Nav::Stopped(url) => panic!("{spelling:?} signed in, not locked: {url}"),
+        }
     }
 }
 
@@ -1945,4 +1948,38 @@ async fn local_an_account_stored_under_an_earlier_spelling_is_found_by_every_spe
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["email"], earlier, "{body}");
+}
+
+/// An account an earlier version stored under the decomposed (NFD)
+/// spelling someone typed is found by the composed one too: it signs in
+/// with the precomposed or full-width spelling (`local.earlier_spelling`),
+/// and a sign-up of the composed spelling is answered as a taken address
+/// and makes no account under the one spelling.
+#[tokio::test]
+async fn local_an_account_stored_decomposed_is_found_by_its_composed_spelling() {
+    use crate::support::logs::Captured;
+    let (logs, _capture) = Captured::start();
+    let smtp = SmtpServer::start();
+    let app = gateway(&smtp, None).await;
+    setup(&app).await;
+    create_account(&app, NFC, GOOD_PASSWORD).await;
+    store_under(&app, NFC, NFD).await;
+    assert_eq!(stored_addresses(&app).await, [NFD]);
+
+    let p = pkce();
+    let mut browser = Browser::new();
+    let sign_in = start(&app, &mut browser, &p).await;
+    sign_in_from(&mut browser, &sign_in, WIDE, GOOD_PASSWORD).await;
+    assert!(
+        !logs.with_reason("local.earlier_spelling").is_empty(),
+        "{}",
+        logs.text()
+    );
+
+    let mut stranger = Browser::new();
+    let sign_in = start(&app, &mut stranger, &pkce()).await;
+    sign_up(&mut stranger, &sign_in, NFC, "Attackers-Own-Pass-1").await;
+    assert_eq!(logged(&logs, "local.sign_up_existing").await, 1, "{}", logs.text());
+    assert!(logs.with_reason("local.signed_up").is_empty(), "{}", logs.text());
+    assert_eq!(stored_addresses(&app).await, [NFD]);
 }
