@@ -373,6 +373,10 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool, now_unix:
             }
             (Some(_), _) => {}
         }
+        if let Some(refusal) = bytes.as_deref().and_then(|b| refused_connection(&key, b)) {
+            problems.push(format!("{at}: {refusal}"));
+            continue;
+        }
         let exists = match &bytes {
             Some(b) => {
                 if sealed_fields(&key).is_some() {
@@ -433,6 +437,32 @@ pub async fn restore(store: &SealedStore, doc: Value, overwrite: bool, now_unix:
         }
     }
     Ok(done)
+}
+
+/// Why a connection record may not be restored as backed up, if it may
+/// not: a SAML `metadata_url` carrying a user name or password
+/// (`saml.metadata_url_credentials`), which set-up refuses and a refresh
+/// never fetches, because the URL is shown, audited and logged as given.
+/// A backup written before set-up refused them may hold one; the restore
+/// refuses the whole document rather than write the record without them,
+/// since it writes records exactly as backed up or not at all. The message
+/// never repeats the URL (it holds a password).
+fn refused_connection(key: &Key, bytes: &[u8]) -> Option<String> {
+    if !key.tag().ends_with(":config") || !key.name().starts_with("connection:") {
+        return None;
+    }
+    let record: Value = serde_json::from_slice(bytes).ok()?;
+    if record.get("kind").and_then(Value::as_str) != Some("saml") {
+        return None;
+    }
+    let url = url::Url::parse(record.get("metadata_url")?.as_str()?).ok()?;
+    crate::upstream::saml::carries_credentials(&url).then(|| {
+        format!(
+            "the SAML connection's metadata_url carries a user name or password ({}): remove them from the record's \
+             metadata_url in the backup (or the field, to keep the stored metadata without refreshes) and import again",
+            crate::upstream::saml::METADATA_URL_CREDENTIALS
+        )
+    })
 }
 
 /// The keys `portcullis export` would write, and of which kind, were the
@@ -758,6 +788,55 @@ mod tests {
         let done = restore(&s, backup(Value::Array(records)), false, NOW).await.unwrap();
         assert_eq!(done.values, 3);
         assert!(s.raw().get(&tenant::domain_key("acme.test")).await.unwrap().is_some());
+    }
+
+    /// A SAML connection whose `metadata_url` carries a user name or a
+    /// password (written before set-up refused them) is not restored: the
+    /// whole backup is refused with `saml.metadata_url_credentials` naming
+    /// the record, never the password, and nothing at all is written. The
+    /// same backup with the credentials taken out of the URL restores.
+    #[tokio::test]
+    async fn a_connection_whose_metadata_url_carries_credentials_is_not_restored() {
+        let s = store();
+        let with_url = |url: &str| {
+            let mut records = configuration();
+            records.extend([
+                json!({"tag": "t:acme:config", "name": "connections", "set": ["okta"]}),
+                json!({"tag": "t:acme:config", "name": "connection:okta", "json": {"id": "okta",
+                    "tenant": "acme", "kind": "saml", "metadata_url": url, "metadata_xml": "<md/>"}}),
+            ]);
+            backup(Value::Array(records))
+        };
+        for url in [
+            "https://svc:backup-s3cret@idp.acme.test/metadata",
+            "https://svc@idp.acme.test/metadata",
+            "https://:backup-s3cret@idp.acme.test/metadata",
+        ] {
+            let problems = restore(&s, with_url(url), false, NOW).await.unwrap_err();
+            assert_eq!(problems.len(), 1, "{url}: {problems:#?}");
+            assert!(
+                problems[0].contains("(t:acme:config/connection:okta)")
+                    && problems[0].contains("saml.metadata_url_credentials"),
+                "{}",
+                problems[0]
+            );
+            assert!(
+                !problems[0].contains("backup-s3cret") && !problems[0].contains("svc"),
+                "{}",
+                problems[0]
+            );
+            assert!(s
+                .raw()
+                .get(&tenant::tenant_key(&TenantId::parse("acme").unwrap()))
+                .await
+                .unwrap()
+                .is_none());
+            assert!(s.raw().set_members(&tenant::index_key()).await.unwrap().is_empty());
+        }
+        let done = restore(&s, with_url("https://idp.acme.test/metadata"), false, NOW)
+            .await
+            .unwrap();
+        assert_eq!((done.tenants, done.values, done.sets), (1, 3, 3));
     }
 
     /// A backup keeps no TTL: a restored local account nobody confirmed

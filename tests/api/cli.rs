@@ -109,3 +109,39 @@ fn environment_overrides_are_validated() {
     );
     assert!(!err.contains("short\""), "the admin token must not be echoed: {err}");
 }
+
+/// `portcullis import` of a backup holding a SAML connection whose
+/// `metadata_url` carries a password (written before set-up refused one)
+/// restores nothing: exit 1 naming the record and
+/// `saml.metadata_url_credentials`, never the password.
+#[test]
+fn import_refuses_a_backup_whose_metadata_url_carries_a_password() {
+    let dir = scratch();
+    let backup = dir.join("backup.json");
+    let records = serde_json::json!([
+        {"tag": "g:tenants", "name": "index", "set": ["acme"]},
+        {"tag": "t:acme:config", "name": "tenant", "json": {"id": "acme"}},
+        {"tag": "t:acme:config", "name": "connections", "set": ["okta"]},
+        {"tag": "t:acme:config", "name": "connection:okta", "json": {"id": "okta", "tenant": "acme",
+            "kind": "saml", "metadata_url": "https://svc:cli-pass-s3cret@idp.acme.test/metadata"}},
+    ]);
+    let doc = serde_json::json!({"format": "portcullis-backup", "version": 1,
+        "created_at": "2026-11-30T17:00:00Z", "sealed_with": [], "plaintext_secrets": 0, "records": records});
+    std::fs::write(&backup, doc.to_string()).unwrap();
+    // One process on memory: what matters is what import refuses.
+    let out = portcullis()
+        .env("PORTCULLIS_STORE_BACKEND", "memory")
+        .arg("import")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was restored"), "{err}");
+    assert!(
+        err.contains("t:acme:config/connection:okta") && err.contains("saml.metadata_url_credentials"),
+        "{err}"
+    );
+    assert!(!err.contains("cli-pass-s3cret"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
