@@ -235,6 +235,7 @@ pub async fn build(
         lifecycle: crate::http::server::Lifecycle::default(),
         connections: crate::http::server::Connections::default(),
         metrics: settings.metrics.clone(),
+        quotas: settings.quotas,
         refused_scrapes: Arc::new(crate::http::quiet::Quiet::new(std::time::Duration::from_secs(60))),
         edge: Arc::new(crate::http::edge::EdgeConfig::new(
             &settings.throttle,

@@ -78,21 +78,20 @@ fn check_platform_admin_fields(admin: &Admin, body: &Value) -> Result<(), AdminE
     Ok(())
 }
 
-/// A tenant admin (API key, setup link) gives its tenant at most
-/// [`crate::tenant::MAX_CONNECTIONS`] connections (409,
-/// `quota.connections`), checked before the metadata is fetched; the
-/// platform admin is not held to it.
+/// A tenant admin (API key, setup link) gives its tenant at most `[quotas]
+/// connections_per_tenant` connections (409, `quota.connections`), checked
+/// before the metadata is fetched; the platform admin is not held to it.
 pub(crate) async fn check_connection_quota(s: &AppState, admin: &Admin, id: &TenantId) -> Result<(), AdminError> {
     if !matches!(admin.principal.kind, PrincipalKind::TenantAdmin { .. }) {
         return Ok(());
     }
-    if !s.tenants.room_for_connection(id).await.map_err(registry)? {
-        tracing::info!(reason = "quota.connections", tenant = %id, max = crate::tenant::MAX_CONNECTIONS, "a tenant admin's connection over the tenant's quota: refused");
+    let max = s.quotas.connections_per_tenant;
+    if !s.tenants.room_for_connection(id, max).await.map_err(registry)? {
+        tracing::info!(reason = "quota.connections", tenant = %id, max, "a tenant admin's connection over the tenant's quota: refused");
         return Err(AdminError::ConflictReason {
             reason: "quota.connections",
             detail: format!(
-                "The tenant already has {} connections, the most its own admin may give it: delete one first, or ask the platform's operator.",
-                crate::tenant::MAX_CONNECTIONS
+                "The tenant has reached its quota of {max} connections its own admin may give it: delete one first, or ask the platform's operator."
             ),
         });
     }

@@ -152,8 +152,8 @@ async fn refuse_new_domain_of_file(s: &AppState, id: &TenantId, raw: &str, actio
     Ok(())
 }
 
-/// A tenant admin (API key, setup link) gives its tenant at most
-/// [`crate::tenant::MAX_DOMAINS`] domains, verified and claimed together
+/// A tenant admin (API key, setup link) gives its tenant at most `[quotas]
+/// domains_per_tenant` domains, verified and claimed together
 /// (409, `quota.domains`); claiming one it already has is no new one. The
 /// platform admin is not held to it. Checked before the claim is written,
 /// so claims at the same moment may each pass it once.
@@ -166,13 +166,13 @@ async fn check_domain_quota(s: &AppState, admin: &Admin, id: &TenantId, raw: &st
     };
     let states = s.tenants.domain_states(&tenant).await.map_err(registry)?;
     let wanted = crate::tenant::parse_domain(raw).unwrap_or_default();
-    if states.len() >= crate::tenant::MAX_DOMAINS && !states.iter().any(|st| st.domain == wanted) {
-        tracing::info!(reason = "quota.domains", tenant = %id, max = crate::tenant::MAX_DOMAINS, "a tenant admin's domain claim over the tenant's quota: refused");
+    let max = s.quotas.domains_per_tenant;
+    if states.len() >= max && !states.iter().any(|st| st.domain == wanted) {
+        tracing::info!(reason = "quota.domains", tenant = %id, max, "a tenant admin's domain claim over the tenant's quota: refused");
         return Err(AdminError::ConflictReason {
             reason: "quota.domains",
             detail: format!(
-                "The tenant already has {} domains, verified or claimed, the most its own admin may give it: remove one first, or ask the platform's operator.",
-                crate::tenant::MAX_DOMAINS
+                "The tenant has reached its quota of {max} domains, verified or claimed, its own admin may give it: remove one first, or ask the platform's operator."
             ),
         });
     }

@@ -10,7 +10,7 @@
 use super::{audit, parse_body, tenant_record, Admin, AdminError, JsonBody};
 use crate::audit::Target;
 use crate::http::AppState;
-use crate::provider::exchange::{check_rule, ExchangeRule, ExchangeRules, When, MAX_RULES};
+use crate::provider::exchange::{check_rule, ExchangeRule, ExchangeRules, When};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -94,13 +94,12 @@ async fn create(
     // Read apart from the creation: creations at the same moment may each
     // pass it once. The platform admin is held to it too (the rules are
     // tested at every exchange of the tenant).
-    if rules(&s).count(&tenant).await? >= MAX_RULES {
-        tracing::info!(reason = "quota.exchange_rules", tenant = %tenant.id, max = MAX_RULES, "an exchange rule over the tenant's quota: refused");
+    let max = s.quotas.exchange_rules_per_tenant;
+    if rules(&s).count(&tenant).await? >= max {
+        tracing::info!(reason = "quota.exchange_rules", tenant = %tenant.id, max, "an exchange rule over the tenant's quota: refused");
         return Err(AdminError::ConflictReason {
             reason: "quota.exchange_rules",
-            detail: format!(
-                "The tenant already has {MAX_RULES} exchange rules, the most it may have: delete one first."
-            ),
+            detail: format!("The tenant has reached its quota of {max} exchange rules: delete one first."),
         });
     }
     if !rules(&s).create(&tenant, &rule).await? {

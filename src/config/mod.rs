@@ -9,9 +9,11 @@ pub mod audit;
 pub mod hooks;
 pub mod local;
 pub mod passkeys;
+pub mod quotas;
 pub mod throttle;
 
 use crate::secret::Secret;
+pub use quotas::QuotaSettings;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +90,9 @@ pub struct Settings {
     pub hooks: hooks::HooksSettings,
     /// `[throttle]`: rate limits and trusted proxies.
     pub throttle: ThrottleSettings,
+    /// `[quotas]`: what a tenant's own admin may give its tenant or have
+    /// the gateway do for it.
+    pub quotas: QuotaSettings,
     /// Where declarative tenant files live.
     pub tenants_dir: Option<PathBuf>,
     /// Apps (OIDC clients) declared in the file.
@@ -818,6 +823,7 @@ impl Settings {
         }
         self.audit.apply_env(env, &mut problems);
         self.hooks.apply_env(env, &mut problems);
+        self.quotas.apply_env(env, &mut problems);
         self.local.apply_env(env, &mut problems);
         self.mail.apply_env(env);
         self.passkeys.apply_env(env, &mut problems);
@@ -1022,6 +1028,7 @@ impl Settings {
                 bad(f, m)
             });
         self.hooks.validate(&mut |f: &str, m: String| bad(f, m));
+        self.quotas.validate(&mut |f: &str, m: String| bad(f, m));
         self.local.validate(&mut |f: &str, m: String| bad(f, m));
         self.mail
             .validate(self.dev.enabled, &mut |f: &str, m: String| bad(f, m));
@@ -1655,5 +1662,95 @@ routes = [
         s.validate("env").unwrap();
         assert_eq!(s.metrics.token.as_ref().unwrap().expose(), "scrape-token-0123456789");
         assert!(!format!("{s:?}").contains("scrape-token"), "secrets must not print");
+    }
+
+    /// `[quotas]` defaults to the caps the code always had, each value
+    /// above its bound is refused naming its field (all at once), `0` is
+    /// allowed, a file sets them and the environment overrides the file.
+    #[test]
+    fn quotas_default_to_the_old_caps_are_bounded_and_overridden_by_the_environment() {
+        let q = QuotaSettings::default();
+        assert_eq!(q.connections_per_tenant, crate::tenant::MAX_CONNECTIONS);
+        assert_eq!(q.connections_per_tenant, 50);
+        assert_eq!(q.domains_per_tenant, crate::tenant::MAX_DOMAINS);
+        assert_eq!(q.exchange_rules_per_tenant, crate::provider::exchange::MAX_RULES);
+        assert_eq!(q.outbound_per_minute, crate::admin::MAX_OUTBOUND_PER_MINUTE);
+        assert_eq!(
+            q.password_hashes_per_minute,
+            crate::admin::MAX_PASSWORD_HASHES_PER_MINUTE
+        );
+        assert_eq!(
+            q.key_generations_per_minute,
+            crate::admin::MAX_KEY_GENERATIONS_PER_MINUTE
+        );
+        assert_eq!(memory_settings().quotas, q);
+        let shipped = Settings::parse(include_str!("../../config/portcullis.toml"), "portcullis.toml").unwrap();
+        assert_eq!(shipped.quotas, q, "the shipped file documents the defaults");
+        assert!(problems(&memory_settings()).is_empty());
+
+        let file = "[store]\nbackend = \"memory\"\n[quotas]\nconnections_per_tenant = 1001\ndomains_per_tenant = 501\n\
+                    exchange_rules_per_tenant = 501\noutbound_per_minute = 1001\npassword_hashes_per_minute = 1001\n\
+                    key_generations_per_minute = 601\n";
+        let s = Settings::parse(file, "q.toml").unwrap();
+        let found = problems(&s);
+        for field in [
+            "connections_per_tenant",
+            "domains_per_tenant",
+            "exchange_rules_per_tenant",
+            "outbound_per_minute",
+            "password_hashes_per_minute",
+            "key_generations_per_minute",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(&format!("quotas.{field}"))),
+                "{field}: {found:?}"
+            );
+        }
+        assert_eq!(found.len(), 6, "{found:?}");
+        assert!(Settings::parse("[quotas]\nconnection_per_tenant = 3\n", "q.toml").is_err());
+
+        let file = "[store]\nbackend = \"memory\"\n[quotas]\nconnections_per_tenant = 80\ndomains_per_tenant = 0\n\
+                    key_generations_per_minute = 600\n";
+        let mut s = Settings::parse(file, "q.toml").unwrap();
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        assert_eq!((s.quotas.connections_per_tenant, s.quotas.domains_per_tenant), (80, 0));
+        let env: BTreeMap<String, String> = [
+            ("PORTCULLIS_QUOTAS_CONNECTIONS_PER_TENANT", "5"),
+            ("PORTCULLIS_QUOTAS_EXCHANGE_RULES_PER_TENANT", "7"),
+            ("PORTCULLIS_QUOTAS_OUTBOUND_PER_MINUTE", "3"),
+            ("PORTCULLIS_QUOTAS_PASSWORD_HASHES_PER_MINUTE", "0"),
+            ("PORTCULLIS_QUOTAS_KEY_GENERATIONS_PER_MINUTE", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        s.apply_env(&env).unwrap();
+        assert_eq!(
+            s.quotas,
+            QuotaSettings {
+                connections_per_tenant: 5,
+                domains_per_tenant: 0,
+                exchange_rules_per_tenant: 7,
+                outbound_per_minute: 3,
+                password_hashes_per_minute: 0,
+                key_generations_per_minute: 1,
+            }
+        );
+        let env: BTreeMap<String, String> = [("PORTCULLIS_QUOTAS_DOMAINS_PER_TENANT", "lots")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = Settings::default().apply_env(&env).unwrap_err().to_string();
+        assert!(err.contains("PORTCULLIS_QUOTAS_DOMAINS_PER_TENANT"), "{err}");
+        let env: BTreeMap<String, String> = [("PORTCULLIS_QUOTAS_DOMAINS_PER_TENANT", "100000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.apply_env(&env).unwrap();
+        let found = problems(&s);
+        assert!(
+            found.len() == 1 && found[0].contains("quotas.domains_per_tenant"),
+            "{found:?}"
+        );
     }
 }

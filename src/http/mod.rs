@@ -77,6 +77,9 @@ pub struct AppState {
     pub admin_in_flight: Arc<shed::InFlight>,
     /// Discovery served from bytes serialised once per change.
     pub published: Arc<oauth::PublishedDocs>,
+    /// `[quotas]`: what a tenant's own admin may give its tenant or have
+    /// the gateway do for it (the admin API's and the setup portal's checks).
+    pub quotas: crate::config::QuotaSettings,
 }
 
 /// How browser-session cookies are set.

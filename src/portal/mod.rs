@@ -625,17 +625,21 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
     // counts against the tenant's connections as through the admin API.
     match s.tenants.connection(&session.tenant, &cid).await {
         Ok(Some(_)) => {}
-        Ok(None) => match s.tenants.room_for_connection(&session.tenant).await {
+        Ok(None) => match s
+            .tenants
+            .room_for_connection(&session.tenant, s.quotas.connections_per_tenant)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
-                tracing::info!(reason = "quota.connections", tenant = %session.tenant, link = %session.link_id, max = crate::tenant::MAX_CONNECTIONS, "a setup link's connection over the tenant's quota: refused");
+                let max = s.quotas.connections_per_tenant;
+                tracing::info!(reason = "quota.connections", tenant = %session.tenant, link = %session.link_id, max, "a setup link's connection over the tenant's quota: refused");
                 return message(
                     &s,
                     StatusCode::CONFLICT,
                     "Too many connections",
                     &format!(
-                        "This organization already has {} connections, the most its own set-up may give it. Ask the application's operator to remove one.",
-                        crate::tenant::MAX_CONNECTIONS
+                        "This organization has reached its quota of {max} connections its own set-up may give it. Ask the application's operator to remove one."
                     ),
                     "quota.connections",
                 );

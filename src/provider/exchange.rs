@@ -55,7 +55,9 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// The longest lifetime of an exchanged token, seconds.
 pub const EXCHANGED_TOKEN_TTL_SECS: i64 = 300;
 
-/// The most rules a tenant may have.
+/// The most rules a tenant may have by default (`[quotas]
+/// exchange_rules_per_tenant`, which the check reads): every exchange of
+/// the tenant reads each of its rules.
 pub const MAX_RULES: usize = 100;
 
 /// The claims a rule may test in `when.claim`.

@@ -76,16 +76,21 @@ pub struct Tenant {
 /// tenant's count is the platform's cost. Checked before each creation, so
 /// creations running at the same moment may pass it together (each by at
 /// most one). The platform admin, tenant files and imports are not held to
-/// it (`quota.connections`).
+/// it (`quota.connections`). The default of `[quotas]
+/// connections_per_tenant`, which the checks read.
 pub const MAX_CONNECTIONS: usize = 50;
 
 /// The most domains (verified or still claimed) a tenant admin may give
 /// its tenant: each verified one is in the tenant's record, which every
-/// sign-in of the tenant reads (`quota.domains`).
+/// sign-in of the tenant reads (`quota.domains`). The default of
+/// `[quotas] domains_per_tenant`, which the check reads.
 pub const MAX_DOMAINS: usize = 50;
 
 /// The most apps a tenant's `settings.allowed_clients` may list: the list
 /// is in the tenant's record, which every sign-in of the tenant reads.
+/// Fixed, not a `[quotas]` value: only the platform admin sets the list (it
+/// is no tenant admin's creation), and a longer one would slow every
+/// sign-in of the tenant.
 pub const MAX_ALLOWED_CLIENTS: usize = 100;
 
 /// The most an SSO session of a tenant may be set to last (30 days).
@@ -1241,10 +1246,11 @@ impl TenantRegistry {
     }
 
     /// Whether tenant `t` may be given one more connection by its own
-    /// admin: fewer than [`MAX_CONNECTIONS`] now. Read apart from the
-    /// creation, so creations at the same moment may each pass it once.
-    pub async fn room_for_connection(&self, t: &TenantId) -> Result<bool, RegistryError> {
-        Ok(self.store.set_members(&connections_key(t)).await?.len() < MAX_CONNECTIONS)
+    /// admin: fewer than `max` (`[quotas] connections_per_tenant`) now. Read
+    /// apart from the creation, so creations at the same moment may each
+    /// pass it once.
+    pub async fn room_for_connection(&self, t: &TenantId, max: usize) -> Result<bool, RegistryError> {
+        Ok(self.store.set_members(&connections_key(t)).await?.len() < max)
     }
 
     /// Stores a new connection. Fails if the id is taken within the tenant.

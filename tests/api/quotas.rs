@@ -2,9 +2,12 @@
 //! tenant API key) is held to the documented caps on connections, domains
 //! and allowed apps, answered 409 problem+json with the cap's reason code
 //! (or 400 naming the field); the platform admin is not held to the counts.
+//! The caps and budgets are the operator's `[quotas]`: a gateway started
+//! with other values holds tenant admins to those, and names them.
 
 use crate::support::app::{spawn_app, AppOptions, TestApp};
 use crate::support::logs::Captured;
+use portcullis::config::Settings;
 use portcullis::tenant::{MAX_ALLOWED_CLIENTS, MAX_CONNECTIONS, MAX_DOMAINS};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -29,8 +32,15 @@ async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Opti
 
 /// A dev-mode gateway with tenant `acme` and a key of its own admin.
 async fn acme_with_key() -> (TestApp, String) {
+    acme_with_key_under(None).await
+}
+
+/// As [`acme_with_key`], on a gateway whose settings `tweak` adjusts (its
+/// `[quotas]`).
+async fn acme_with_key_under(tweak: Option<fn(&mut Settings)>) -> (TestApp, String) {
     let app = spawn_app(AppOptions {
         dev: true,
+        tweak,
         ..Default::default()
     })
     .await;
@@ -376,4 +386,125 @@ async fn a_tenant_admin_has_at_most_the_budget_of_sp_keys_generated_a_minute() {
     // The platform admin is not held to it.
     let (status, body) = app.admin(Method::POST, &step("rotate"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `[quotas] connections_per_tenant = 2`: a tenant admin's third
+/// connection is refused with `quota.connections`, the problem naming the
+/// configured 2 (not the default 50); the platform admin is not held to it.
+#[tokio::test]
+async fn a_lowered_connection_quota_holds_a_tenant_admin_to_the_configured_number() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key_under(Some(|s: &mut Settings| s.quotas.connections_per_tenant = 2)).await;
+    let path = "/admin/v1/tenants/acme/connections";
+    for i in 0..2 {
+        let (status, body) = call(
+            &app,
+            Method::POST,
+            path,
+            &key,
+            Some(json!({"id": format!("c{i}"), "kind": "dev"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        path,
+        &key,
+        Some(json!({"id": "third", "kind": "dev"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "quota.connections");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("quota of 2 connections"), "{detail}");
+    assert_eq!(logs.with_reason("quota.connections").len(), 1);
+    let (status, body) = app
+        .admin(Method::POST, path, Some(json!({"id": "by-platform", "kind": "dev"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = call(&app, Method::GET, path, &key, None).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 3);
+}
+
+/// `[quotas] key_generations_per_minute = 1`: a tenant admin's second SP
+/// key pair within the minute is refused with `quota.key_generations`, the
+/// problem naming the configured 1; the platform admin is not held to it.
+#[tokio::test]
+async fn a_lowered_key_generation_budget_holds_a_tenant_admin_to_the_configured_number() {
+    use crate::metadata_refresh::{metadata, Key};
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key_under(Some(|s: &mut Settings| s.quotas.key_generations_per_minute = 1)).await;
+    let idp = Key::new();
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/acme/connections",
+            Some(json!({"id": "okta", "kind": "saml", "metadata_xml": metadata(&[idp.cert_b64()])})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let step = |s: &str| format!("/admin/v1/tenants/acme/connections/okta/sp-certificates/{s}");
+    let (status, body) = call(&app, Method::POST, &step("rotate"), &key, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for s in ["activate", "retire"] {
+        let (status, body) = call(&app, Method::POST, &step(s), &key, None).await;
+        assert_eq!(status, StatusCode::OK, "{s}: {body}");
+    }
+    let (status, body) = call(&app, Method::POST, &step("rotate"), &key, None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "quota.key_generations");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("quota of 1 times a minute"), "{detail}");
+    assert_eq!(logs.with_reason("quota.key_generations").len(), 1);
+    let (status, body) = app.admin(Method::POST, &step("rotate"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A quota of 0 lets a tenant admin do none of it: its first connection
+/// (`quota.connections`, naming 0) and its first DNS check
+/// (`quota.outbound`, 429 with `Retry-After`, without a look-up) are
+/// refused, while the platform admin does both.
+#[tokio::test]
+async fn a_quota_of_zero_lets_a_tenant_admin_do_none_of_it() {
+    let (logs, _guard) = Captured::start();
+    let (app, key) = acme_with_key_under(Some(|s: &mut Settings| {
+        s.quotas.connections_per_tenant = 0;
+        s.quotas.outbound_per_minute = 0;
+    }))
+    .await;
+    let path = "/admin/v1/tenants/acme/connections";
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        path,
+        &key,
+        Some(json!({"id": "first", "kind": "dev"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["reason"], "quota.connections");
+    assert!(
+        body["detail"].as_str().unwrap().contains("quota of 0 connections"),
+        "{body}"
+    );
+    let verify = "/admin/v1/tenants/acme/domains/unclaimed.acme-corp.com/verify";
+    let resp = app.client.post(app.url(verify)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "60");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "quota.outbound");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0 times a minute") && detail.contains("ask the platform's operator"),
+        "{detail}"
+    );
+    assert_eq!(logs.with_reason("quota.outbound").len(), 1);
+    let (status, body) = app
+        .admin(Method::POST, path, Some(json!({"id": "by-platform", "kind": "dev"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app.admin(Method::POST, verify, None).await;
+    assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
 }
