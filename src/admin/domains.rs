@@ -112,10 +112,12 @@ fn domain_error(e: DomainError) -> AdminError {
             &format!("connections[{i}]"),
             format!("The tenant has no connection {c:?}."),
         ),
-        DomainError::TooManyConnections(max) => AdminError::field(
-            "connections",
-            format!("A domain is assigned to at most {max} connections."),
-        ),
+        DomainError::TooManyConnections(max) => AdminError::ConflictReason {
+            reason: "domain.too_many_assignments",
+            detail: format!(
+                "The tenant's domains are assigned to at most {max} connections in all (a domain assigned to two counts two): assign fewer."
+            ),
+        },
         DomainError::Dns(outcome) => AdminError::field("domain", dns_detail(&outcome)),
         DomainError::Registry(r) => registry(r),
     }

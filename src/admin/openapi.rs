@@ -703,7 +703,7 @@ pub(crate) struct NewDomain {
 /// Which connections sign in a verified domain's users.
 #[derive(ToSchema)]
 pub(crate) struct DomainConnections {
-    /// Connection ids of the tenant, at most 50. Only these vouch for
+    /// Connection ids of the tenant. Only these vouch for
     /// `email_verified` on the domain's addresses (the others' sign-ins get
     /// `email_verified: false`, reason `login.email_other_connection`), and a
     /// `login_hint` in the domain goes straight to them. `[]`: any
@@ -1368,7 +1368,7 @@ fn domains_delete() {}
 
 #[utoipa::path(patch, path = "/admin/v1/tenants/{id}/domains/{domain}", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),
     request_body = DomainConnections,
-    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json", description = "A connection id that is not one of the tenant's (`field`: `connections[i]`), or more than 50."), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json", description = "No such tenant, or the tenant has no such domain."), (status = 409, body = Problem, content_type = "application/problem+json", description = "The domain is claimed but not verified yet; or the tenant comes from a tenant file, which declares its assignments in `domain_connections` (`reason`: `tenant.file_owned`).")))]
+    responses((status = 200, body = DomainView), (status = 400, body = Problem, content_type = "application/problem+json", description = "A connection id that is not one of the tenant's (`field`: `connections[i]`)."), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json", description = "No such tenant, or the tenant has no such domain."), (status = 409, body = Problem, content_type = "application/problem+json", description = "The domain is claimed but not verified yet; or the tenant's domains would be assigned to more than 100 connections in all, a domain assigned to two counting two (`reason`: `domain.too_many_assignments`; the map is in the tenant's record every sign-in reads); or the tenant comes from a tenant file, which declares its assignments in `domain_connections` (`reason`: `tenant.file_owned`).")))]
 fn domains_assign() {}
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{id}/domains/{domain}/verify", tag = "domains", params(("id" = String, Path), ("domain" = String, Path)),

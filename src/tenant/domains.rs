@@ -321,8 +321,9 @@ pub enum DomainError {
     /// An assignment names a connection the tenant does not have (its index).
     #[error("the tenant has no connection {1}")]
     UnknownConnection(usize, ConnectionId),
-    /// An assignment names more connections than a tenant may have.
-    #[error("a domain is assigned to at most {0} connections")]
+    /// The tenant's assignments would hold more (domain, connection) pairs
+    /// than [`super::MAX_DOMAIN_ASSIGNMENTS`].
+    #[error("a tenant's domains are assigned to at most {0} connections in all")]
     TooManyConnections(usize),
     /// The DNS check failed.
     #[error("the DNS check failed")]
@@ -587,16 +588,14 @@ impl TenantRegistry {
                 wanted.push(c);
             }
         }
-        if wanted.len() > super::MAX_CONNECTIONS {
-            return Err(DomainError::TooManyConnections(super::MAX_CONNECTIONS));
-        }
         let known = self.connection_ids(t).await?;
         if let Some((i, c)) = wanted.iter().enumerate().find(|(_, c)| !known.contains(c)) {
             return Err(DomainError::UnknownConnection(i, c.clone()));
         }
-        let mut state = None;
+        let (mut state, mut too_many) = (None, false);
         let tenant = self
             .modify_tenant(t, |tenant| {
+                too_many = false;
                 if !tenant.domains.contains(&domain) {
                     state = Some(false);
                     return false;
@@ -604,6 +603,17 @@ impl TenantRegistry {
                 state = Some(true);
                 let now = tenant.domain_connections.get(&domain).cloned().unwrap_or_default();
                 if now == wanted {
+                    return false;
+                }
+                let others: usize = tenant
+                    .domain_connections
+                    .iter()
+                    .filter(|(d, _)| **d != domain)
+                    .map(|(_, cs)| cs.len())
+                    .sum();
+                if others + wanted.len() > super::MAX_DOMAIN_ASSIGNMENTS {
+                    state = Some(false);
+                    too_many = true;
                     return false;
                 }
                 if wanted.is_empty() {
@@ -614,6 +624,9 @@ impl TenantRegistry {
                 true
             })
             .await?;
+        if too_many {
+            return Err(DomainError::TooManyConnections(super::MAX_DOMAIN_ASSIGNMENTS));
+        }
         if state != Some(true) {
             // A pending claim is not assigned: it routes nobody and vouches for nothing yet.
             let claimed = self

@@ -150,12 +150,6 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
                 Some(n) if declared.contains(&Some(n.clone())) => {}
                 _ => problems.push(problem(&field, "is not one of the file's domains".into())),
             }
-            if cs.len() > super::MAX_CONNECTIONS {
-                problems.push(problem(
-                    &field,
-                    format!("names more than {} connections", super::MAX_CONNECTIONS),
-                ));
-            }
             for (i, c) in cs.iter().enumerate() {
                 if !tables.contains(&c.as_str()) {
                     problems.push(problem(
@@ -164,6 +158,16 @@ pub fn read_dir(dir: &Path) -> (Vec<TenantFile>, Vec<ConfigProblem>) {
                     ));
                 }
             }
+        }
+        let pairs: usize = file.domain_connections.values().map(Vec::len).sum();
+        if pairs > super::MAX_DOMAIN_ASSIGNMENTS {
+            problems.push(problem(
+                "domain_connections",
+                format!(
+                    "assigns {pairs} connections in all, more than {}",
+                    super::MAX_DOMAIN_ASSIGNMENTS
+                ),
+            ));
         }
         for (i, c) in file.connections.iter().enumerate() {
             match c.get("id").and_then(|v| v.as_str()) {

@@ -53,8 +53,8 @@ pub struct Tenant {
     /// vouch for `email_verified` on its addresses, and a `login_hint` in it
     /// goes to them. A domain not listed is any connection's. Set per domain
     /// (`PATCH …/domains/{domain}`, a tenant file's `domain_connections`);
-    /// an entry names only domains in [`Self::domains`], at most
-    /// [`MAX_CONNECTIONS`] connections each.
+    /// an entry names only domains in [`Self::domains`], and the map holds
+    /// at most [`MAX_DOMAIN_ASSIGNMENTS`] domain and connection pairs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = BTreeMap<String, Vec<String>>)]
     pub domain_connections: BTreeMap<String, Vec<ConnectionId>>,
@@ -79,6 +79,11 @@ pub struct Tenant {
 /// it (`quota.connections`). The default of `[quotas]
 /// connections_per_tenant`, which the checks read.
 pub const MAX_CONNECTIONS: usize = 50;
+
+/// The most (domain, connection) pairs a tenant's `domain_connections` may
+/// hold, whoever sets them: the map is in the tenant's record, which every
+/// sign-in and every token of the tenant reads (`domain.too_many_assignments`).
+pub const MAX_DOMAIN_ASSIGNMENTS: usize = 100;
 
 /// The most domains (verified or still claimed) a tenant admin may give
 /// its tenant: each verified one is in the tenant's record, which every

@@ -603,6 +603,33 @@ async fn an_assignment_is_refused_unless_its_domain_and_connections_are_the_tena
         assert_eq!(d["connections"], json!([]), "nothing written: {list}");
     }
 
+    // The map is in the record every sign-in reads: bounded in all.
+    let demo = TenantId::parse("demo").unwrap();
+    app.state
+        .tenants
+        .modify_tenant(&demo, |t| {
+            t.domains.push("bulk.example".into());
+            let many = (0..portcullis::tenant::MAX_DOMAIN_ASSIGNMENTS)
+                .map(|i| portcullis::ids::ConnectionId::parse(&format!("c{i}")).unwrap())
+                .collect();
+            t.domain_connections.insert("bulk.example".into(), many);
+            true
+        })
+        .await
+        .unwrap();
+    let (status, p) = assign(&app, "demo", "demo.example", json!(["dev"])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["reason"], "domain.too_many_assignments", "{p}");
+    app.state
+        .tenants
+        .modify_tenant(&demo, |t| {
+            t.domains.retain(|d| d != "bulk.example");
+            t.domain_connections.clear();
+            true
+        })
+        .await
+        .unwrap();
+
     // A domain removed takes its assignment with it.
     let (status, _) = assign(&app, "demo", "demo.example", json!(["dev"])).await;
     assert_eq!(status, StatusCode::OK);
