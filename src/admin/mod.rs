@@ -294,15 +294,16 @@ async fn charge(s: &AppState, admin: &Admin, tenant: &TenantId, budget: &Budget)
         return Ok(());
     }
     if budget.per_minute == 0 {
-        // The operator allows none: nothing to count, and waiting helps no one.
+        // The operator allows none: nothing to count, and no wait helps, so
+        // a conflict with its reason, not a 429 whose `Retry-After` a client
+        // would follow for ever.
         tracing::info!(reason = budget.reason, tenant = %tenant, max = 0, "a tenant admin's costly call the quota allows none of: refused");
-        return Err(AdminError::TooMany {
+        return Err(AdminError::ConflictReason {
             reason: budget.reason,
             detail: format!(
                 "The gateway's quota lets the tenant's admins {} 0 times a minute: ask the platform's operator.",
                 budget.what
             ),
-            retry_after_secs: 60,
         });
     }
     let key = crate::store::Key::tenant(tenant.as_str(), "rl", budget.bucket);

@@ -667,6 +667,10 @@ async fn create(State(s): State<Arc<AppState>>, headers: HeaderMap, form: Multip
         Err(crate::admin::AdminError::TooMany { reason, detail, .. }) => {
             return message(&s, StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &detail, reason)
         }
+        // A per-minute quota of 0: the operator allows none.
+        Err(crate::admin::AdminError::ConflictReason { reason, detail }) => {
+            return message(&s, StatusCode::CONFLICT, "Not allowed here", &detail, reason)
+        }
         Err(e) => return unavailable(&s, e),
     }
     let built =

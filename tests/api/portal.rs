@@ -1001,3 +1001,30 @@ async fn a_setup_link_cannot_give_its_tenant_more_connections_than_the_cap() {
     assert!(stored(&app, "demo", "one-more-saml").await.is_none());
     assert_eq!(logs.with_reason("quota.connections").len(), 1);
 }
+
+/// An operator whose `[quotas]` allow tenant admins no SP key pair a
+/// minute: the portal's SAML set-up says so on a page (409,
+/// `quota.key_generations`), not as an outage, and keeps nothing.
+#[tokio::test]
+async fn a_per_minute_quota_of_zero_is_a_page_naming_its_reason() {
+    use crate::metadata_refresh::{metadata, Key};
+    let app = spawn_app(AppOptions {
+        dev: true,
+        clock: Some(ManualClock::at(crate::saml_crafted::now())),
+        tweak: Some(|s| s.quotas.key_generations_per_minute = 0),
+        ..AppOptions::default()
+    })
+    .await;
+    let (cookie, csrf) = portal_session(&app, "demo").await;
+    let key = Key::new();
+    let (status, page) = post_with_file(
+        &app,
+        &cookie,
+        &[("csrf", &csrf), ("kind", "saml"), ("idp", "none-allowed")],
+        Some(&metadata(&[key.cert_b64()])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("quota.key_generations"), "{page}");
+    assert!(stored(&app, "demo", "none-allowed-saml").await.is_none());
+}

@@ -464,7 +464,8 @@ async fn a_lowered_key_generation_budget_holds_a_tenant_admin_to_the_configured_
 
 /// A quota of 0 lets a tenant admin do none of it: its first connection
 /// (`quota.connections`, naming 0) and its first DNS check
-/// (`quota.outbound`, 429 with `Retry-After`, without a look-up) are
+/// (`quota.outbound`, 409 without `Retry-After`, as no wait helps, and
+/// without a look-up) are
 /// refused, while the platform admin does both.
 #[tokio::test]
 async fn a_quota_of_zero_lets_a_tenant_admin_do_none_of_it() {
@@ -491,8 +492,8 @@ async fn a_quota_of_zero_lets_a_tenant_admin_do_none_of_it() {
     );
     let verify = "/admin/v1/tenants/acme/domains/unclaimed.acme-corp.com/verify";
     let resp = app.client.post(app.url(verify)).bearer_auth(&key).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(resp.headers().get("retry-after").unwrap(), "60");
+    assert_eq!(resp.status(), StatusCode::CONFLICT, "no wait helps");
+    assert!(resp.headers().get("retry-after").is_none());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["reason"], "quota.outbound");
     let detail = body["detail"].as_str().unwrap();
