@@ -59,6 +59,12 @@ pub struct TestResult {
     /// The claims Portcullis would issue (on success; `sub` is assigned at
     /// the first real sign-in).
     pub claims: BTreeMap<String, serde_json::Value>,
+    /// What a real sign-in would pass but not take at the IdP's word, as
+    /// reason codes (on success): `email_verified` withheld
+    /// (`login.email_not_vouched`, `login.email_not_plain`,
+    /// `login.email_other_connection`), so the admin sees why it is false.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One refused sign-in of a tenant.
@@ -226,7 +232,7 @@ impl Broker {
             .and_then(|identity| identity.check_shape().map(|()| identity));
         let result = match completed {
             Ok(identity) => {
-                let identity = self.tenants.vouch_email(tenant, connection, identity).await;
+                let (identity, withheld) = self.tenants.vouch_email(tenant, connection, identity).await;
                 tracing::info!(reason = "test.succeeded", tenant = %tenant, connection = %connection);
                 TestResult {
                     connection: connection.clone(),
@@ -237,6 +243,7 @@ impl Broker {
                     message: None,
                     claims: claims_of(&identity),
                     attributes: identity.raw,
+                    notes: withheld.map(|why| why.reason().to_owned()).into_iter().collect(),
                 }
             }
             Err(e) => {
@@ -250,6 +257,7 @@ impl Broker {
                     message: Some(e.message),
                     attributes: BTreeMap::new(),
                     claims: BTreeMap::new(),
+                    notes: Vec::new(),
                 }
             }
         };

@@ -202,6 +202,18 @@ pub fn reason_in_words(reason: &str) -> (&'static str, &'static str) {
             "The user's account is disabled or was removed for this application.",
             "Ask the application's operator to enable the user.",
         ),
+        "login.email_not_vouched" => (
+            "The IdP says the email address is verified, but it is not in one of your organization's verified domains, so email_verified is false.",
+            "Verify the address's domain for your organization (ask the application's operator), or leave it: the sign-in works, apps just do not treat the address as verified.",
+        ),
+        "login.email_not_plain" => (
+            "The IdP says the email address is verified, but it carries a space, a control character or a trailing dot, so email_verified is false.",
+            "Correct the user's email address in your IdP.",
+        ),
+        "login.email_other_connection" => (
+            "The email address's domain is assigned to another connection of your organization, so this one's word that it is verified is not passed on: email_verified is false.",
+            "Sign in such users through the connection the domain is assigned to, or ask the application's operator to assign the domain to this connection too.",
+        ),
         "login.mfa_required" => (
             "Your organization requires multi-factor authentication, and the IdP's answer did not show it.",
             "Make the application in your IdP require MFA, or have it report the method (SAML AuthnContextClassRef, OIDC acr/amr).",

@@ -760,6 +760,9 @@ struct ResultView {
     message: String,
     attributes: Vec<(String, String)>,
     claims: Vec<(String, String)>,
+    /// What a sign-in passes but not at the IdP's word: (reason code, what
+    /// it means, what to do).
+    notes: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -836,6 +839,14 @@ fn view(r: &crate::broker::testing::TestResult) -> ResultView {
         message: r.message.clone().unwrap_or_default(),
         attributes: r.attributes.iter().map(|(k, v)| (k.clone(), v.join(", "))).collect(),
         claims: r.claims.iter().map(|(k, v)| (k.clone(), show(v))).collect(),
+        notes: r
+            .notes
+            .iter()
+            .map(|n| {
+                let (what, fix) = guides::reason_in_words(n);
+                (n.clone(), what.to_owned(), fix.to_owned())
+            })
+            .collect(),
     }
 }
 

@@ -525,17 +525,28 @@ fn plain_address(email: &str) -> bool {
 /// only when the connector said so *and* the tenant vouches for the
 /// address ([`vouch_for`]); otherwise false, the reason logged. Every
 /// protocol passes through here before provisioning.
-pub fn vouch_email(tenant: &Tenant, connection: &ConnectionId, mut identity: Identity) -> Identity {
+pub fn vouch_email(tenant: &Tenant, connection: &ConnectionId, identity: Identity) -> Identity {
+    vouch_email_why(tenant, connection, identity).0
+}
+
+/// [`vouch_email`], with why the IdP's word was not passed on when it said
+/// the address is verified (`None` when it was, or said nothing).
+pub fn vouch_email_why(
+    tenant: &Tenant,
+    connection: &ConnectionId,
+    mut identity: Identity,
+) -> (Identity, Option<Unvouched>) {
     let asserted = identity.email_verified == Some(true);
     let verdict = match identity.email.as_deref() {
         Some(e) => vouch_for(tenant, connection, e),
         None => Err(Unvouched::NotTheTenants),
     };
-    if let (true, Err(why)) = (asserted, verdict) {
+    let withheld = verdict.err().filter(|_| asserted);
+    if let Some(why) = withheld {
         tracing::info!(reason = why.reason(), tenant = %tenant.id, connection = %connection, "{}", why.explain());
     }
-    identity.email_verified = Some(asserted && verdict.is_ok());
-    identity
+    identity.email_verified = Some(asserted && withheld.is_none());
+    (identity, withheld)
 }
 
 /// The store-backed registry of tenants and connections.
@@ -818,17 +829,23 @@ impl TenantRegistry {
         ))
     }
 
-    /// [`vouch_email`] for the stored tenant `id`. Fails closed: when the
-    /// tenant cannot be read, the email is not vouched for.
-    pub async fn vouch_email(&self, id: &TenantId, connection: &ConnectionId, mut identity: Identity) -> Identity {
+    /// [`vouch_email_why`] for the stored tenant `id`. Fails closed: when
+    /// the tenant cannot be read, the email is not vouched for.
+    pub async fn vouch_email(
+        &self,
+        id: &TenantId,
+        connection: &ConnectionId,
+        mut identity: Identity,
+    ) -> (Identity, Option<Unvouched>) {
         match self.get(id).await {
-            Ok(Some(tenant)) => vouch_email(&tenant, connection, identity),
+            Ok(Some(tenant)) => vouch_email_why(&tenant, connection, identity),
             outcome => {
                 if let Err(e) = outcome {
                     tracing::warn!(reason = "login.email_not_vouched", tenant = %id, error = %e, "tenant unreadable");
                 }
+                let asserted = identity.email_verified == Some(true);
                 identity.email_verified = Some(false);
-                identity
+                (identity, asserted.then_some(Unvouched::NotTheTenants))
             }
         }
     }

@@ -87,6 +87,7 @@ async fn vouched(app: &TestApp, tenant: &str, email: &str) -> Option<bool> {
             identity,
         )
         .await
+        .0
         .email_verified
 }
 

@@ -1028,3 +1028,49 @@ async fn a_per_minute_quota_of_zero_is_a_page_naming_its_reason() {
     assert!(page.contains("quota.key_generations"), "{page}");
     assert!(stored(&app, "demo", "none-allowed-saml").await.is_none());
 }
+
+/// A test sign-in that passes but whose IdP's word on the address is not
+/// passed on says why on the page: an address in the tenant's domain
+/// assigned to another connection (`login.email_other_connection`), so the
+/// admin sees why `email_verified` is false.
+#[tokio::test]
+async fn a_test_sign_in_says_why_email_verified_is_withheld() {
+    let app = dev_app(None).await;
+    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
+    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
+    conn.id = ConnectionId::parse("dev-test").unwrap();
+    conn.status = ConnectionStatus::PendingTest;
+    app.state.tenants.add_connection(&conn).await.unwrap();
+    let (status, view) = app
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/demo/domains/demo.example",
+            Some(json!({"connections": ["dev"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    let start = open_in(&mut browser, &link).await;
+    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
+    let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    let idp = browser.submit(&page, &page.form(None)).await;
+    assert!(idp.url.path().starts_with("/dev/demo/dev-test/login"), "{}", idp.url);
+    let result = browser
+        .fill_and_submit(&idp, None, &[("email", "tess@demo.example")])
+        .await;
+    assert_eq!(result.url.path(), "/portal/connections/dev-test", "{}", result.body);
+    assert!(result.body.contains("The test sign-in succeeded"), "{}", result.body);
+    assert!(
+        result.body.contains("<code>email_verified</code></td><td>false</td>"),
+        "{}",
+        result.body
+    );
+    assert!(result.body.contains("id=\"test-notes\""), "{}", result.body);
+    assert!(
+        result.body.contains("<code>login.email_other_connection</code>"),
+        "{}",
+        result.body
+    );
+}
