@@ -409,22 +409,29 @@ async fn a_pending_test_connection_serves_nobody() {
     );
 }
 
-#[tokio::test]
-async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
-    let app = dev_app(None).await;
-    // A second, pending connection of the demo tenant (as the portal makes them).
+/// A second, pending dev connection of the demo tenant, `dev-test` (as the
+/// portal makes them), and a browser in the portal on its page.
+async fn pending_dev_test(app: &TestApp) -> (Browser, crate::support::browser::Page) {
     let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
     let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
     conn.id = ConnectionId::parse("dev-test").unwrap();
     conn.status = ConnectionStatus::PendingTest;
     app.state.tenants.add_connection(&conn).await.unwrap();
-
     let mut browser = Browser::new();
-    let link = setup_link(&app, "demo", 3600).await;
+    let link = setup_link(app, "demo", 3600).await;
     let start = open_in(&mut browser, &link).await;
     assert_eq!(start.status, StatusCode::OK, "{}", start.body);
     assert!(start.body.contains("dev-test"), "{}", start.body);
     let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    (browser, page)
+}
+
+#[tokio::test]
+async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
+    let app = dev_app(None).await;
+    let (mut browser, page) = pending_dev_test(&app).await;
+    let t = TenantId::parse("demo").unwrap();
+    let conn_id = ConnectionId::parse("dev-test").unwrap();
     assert!(page.body.contains("waiting for a successful test"), "{}", page.body);
     assert!(!page.body.contains("/activate"), "no activate form before a test");
 
@@ -450,7 +457,7 @@ async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
         )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
-    let stored = app.state.tenants.connection(&t, &conn.id).await.unwrap().unwrap();
+    let stored = app.state.tenants.connection(&t, &conn_id).await.unwrap().unwrap();
     assert_eq!(stored.status, ConnectionStatus::PendingTest);
 
     // The test sign-in: to the IdP and back to the portal, with the claims.
@@ -476,7 +483,7 @@ async fn activation_needs_a_successful_test_sign_in_which_opens_no_session() {
         .expect("an activate form after a successful test");
     let done = browser.submit(&result, &activate).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let stored = app.state.tenants.connection(&t, &conn.id).await.unwrap().unwrap();
+    let stored = app.state.tenants.connection(&t, &conn_id).await.unwrap().unwrap();
     assert_eq!(stored.status, ConnectionStatus::Active);
 }
 
@@ -934,17 +941,7 @@ async fn an_oidc_issuer_creates_a_pending_test_oidc_connection() {
 #[tokio::test]
 async fn a_test_sign_in_with_an_oversized_identity_fails_with_its_reason() {
     let app = dev_app(None).await;
-    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
-    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
-    conn.id = ConnectionId::parse("dev-test").unwrap();
-    conn.status = ConnectionStatus::PendingTest;
-    app.state.tenants.add_connection(&conn).await.unwrap();
-
-    let mut browser = Browser::new();
-    let link = setup_link(&app, "demo", 3600).await;
-    let start = open_in(&mut browser, &link).await;
-    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
-    let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    let (mut browser, page) = pending_dev_test(&app).await;
     let idp = browser.submit(&page, &page.form(None)).await;
     assert!(idp.url.path().starts_with("/dev/demo/dev-test/login"), "{}", idp.url);
     let long = "n".repeat(2000);
@@ -1036,11 +1033,6 @@ async fn a_per_minute_quota_of_zero_is_a_page_naming_its_reason() {
 #[tokio::test]
 async fn a_test_sign_in_says_why_email_verified_is_withheld() {
     let app = dev_app(None).await;
-    let (t, c) = (TenantId::parse("demo").unwrap(), ConnectionId::parse("dev").unwrap());
-    let mut conn = app.state.tenants.connection(&t, &c).await.unwrap().unwrap();
-    conn.id = ConnectionId::parse("dev-test").unwrap();
-    conn.status = ConnectionStatus::PendingTest;
-    app.state.tenants.add_connection(&conn).await.unwrap();
     let (status, view) = app
         .admin(
             reqwest::Method::PATCH,
@@ -1049,12 +1041,7 @@ async fn a_test_sign_in_says_why_email_verified_is_withheld() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{view}");
-
-    let mut browser = Browser::new();
-    let link = setup_link(&app, "demo", 3600).await;
-    let start = open_in(&mut browser, &link).await;
-    assert_eq!(start.status, StatusCode::OK, "{}", start.body);
-    let page = browser.get(&app.url("/portal/connections/dev-test")).await;
+    let (mut browser, page) = pending_dev_test(&app).await;
     let idp = browser.submit(&page, &page.form(None)).await;
     assert!(idp.url.path().starts_with("/dev/demo/dev-test/login"), "{}", idp.url);
     let result = browser
