@@ -25,6 +25,12 @@ use std::time::Duration;
 pub const SIGN_INS: &str = "portcullis_sign_ins_total";
 /// Users created just in time at their first sign-in, by tenant and connection.
 pub const SIGN_UPS: &str = "portcullis_sign_ups_total";
+/// Sign-ins whose IdP said the address is verified and whose tenant did not
+/// pass that on, by tenant, connection and reason code
+/// (`login.email_not_vouched`, `login.email_not_plain`,
+/// `login.email_other_connection`): a partner's IdP asserting the tenant's
+/// own addresses shows here.
+pub const EMAIL_VERIFIED_WITHHELD: &str = "portcullis_email_verified_withheld_total";
 /// Tokens issued at `/token`, by grant (`authorization_code`, `refresh_token`, `client_credentials`).
 pub const TOKENS_ISSUED: &str = "portcullis_tokens_issued_total";
 /// Refresh tokens rotated successfully.
@@ -93,6 +99,7 @@ pub const BUILD_INFO: &str = "portcullis_build_info";
 pub const NAMES: &[&str] = &[
     SIGN_INS,
     SIGN_UPS,
+    EMAIL_VERIFIED_WITHHELD,
     TOKENS_ISSUED,
     REFRESH_SUCCESSES,
     REFRESH_REUSE,
@@ -191,6 +198,10 @@ fn describe() {
         "Sign-ins by tenant, connection, result (success, failure) and reason code."
     );
     describe_counter!(SIGN_UPS, "Users provisioned just in time at their first sign-in.");
+    describe_counter!(
+        EMAIL_VERIFIED_WITHHELD,
+        "Sign-ins whose IdP said the email address is verified and whose tenant did not pass it on, by reason code."
+    );
     describe_counter!(TOKENS_ISSUED, "Tokens issued at /token by grant type.");
     describe_counter!(REFRESH_SUCCESSES, "Refresh tokens rotated successfully.");
     describe_counter!(
@@ -258,6 +269,14 @@ pub fn sign_in_succeeded(tenant: &str, connection: &str, reason: &'static str) {
 pub fn sign_in_failed(tenant: &str, connection: &str, reason: &'static str) {
     metrics::counter!(SIGN_INS, "tenant" => tenant.to_owned(), "connection" => connection.to_owned(),
         "result" => "failure", "reason" => reason)
+    .increment(1);
+}
+
+/// A sign-in whose IdP's word that the address is verified was not passed
+/// on, for `reason`.
+pub fn email_verified_withheld(tenant: &str, connection: &str, reason: &'static str) {
+    metrics::counter!(EMAIL_VERIFIED_WITHHELD, "tenant" => tenant.to_owned(), "connection" => connection.to_owned(),
+        "reason" => reason)
     .increment(1);
 }
 

@@ -1069,7 +1069,13 @@ impl Broker {
         ahead: Option<crate::directory::LinkRead>,
     ) -> Result<Accepted, Outcome> {
         let identity = match stored_tenant {
-            Some(t) => crate::tenant::vouch_email(t, connection, identity),
+            Some(t) => {
+                let (identity, withheld) = crate::tenant::vouch_email_why(t, connection, identity);
+                if let Some(why) = withheld {
+                    meter::email_verified_withheld(tenant.as_str(), connection.as_str(), why.reason());
+                }
+                identity
+            }
             // A tenant gone meanwhile vouches for nothing; provisioning
             // refuses the sign-in below.
             None => Identity {

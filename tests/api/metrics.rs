@@ -278,7 +278,7 @@ impl World {
             .admin(
                 Method::POST,
                 &format!("/admin/v1/tenants/{tenant}/connections"),
-                json!({ "id": "corp", "kind": "saml", "metadata_xml": idp.metadata }),
+                json!({ "id": "corp", "kind": "saml", "metadata_xml": idp.metadata, "trust_email_verified": true }),
             )
             .await;
         World {
@@ -371,10 +371,16 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
     let w = World::new(&redis.url()).await;
     let t = w.tenant;
 
-    // Three people sign in (each a JIT sign-up) and their apps redeem the codes.
+    // Three people sign in (each a JIT sign-up) and their apps redeem the
+    // codes; the IdP vouches for every address, the tenant for the two in
+    // its own domain only.
     let mut refresh_tokens = Vec::new();
-    for who in ["ada", "grace", "edsger"] {
-        let back = w.sign_in(&format!("{who}@metrics-acme.test"), false).await;
+    for email in [
+        "ada@metrics-acme.test",
+        "grace@metrics-acme.test",
+        "edsger@elsewhere.test",
+    ] {
+        let back = w.sign_in(email, false).await;
         let code = param(&back, "code").unwrap_or_else(|| panic!("no code: {back}"));
         let (status, tokens) = w
             .token(&[
@@ -494,6 +500,20 @@ async fn metrics_count_exactly_what_a_scripted_run_did() {
         1.0
     );
     assert_eq!(m.sum("portcullis_tokens_issued_total", &[]), 4.0);
+    assert_eq!(
+        m.sum(
+            "portcullis_email_verified_withheld_total",
+            &[
+                ("tenant", t),
+                ("connection", "corp"),
+                ("reason", "login.email_not_vouched")
+            ]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(m.sum("portcullis_email_verified_withheld_total", &[]), 1.0);
     assert_eq!(m.sum("portcullis_refresh_successes_total", &[]), 1.0);
     assert_eq!(m.sum("portcullis_refresh_reuse_total", &[]), 1.0);
 
