@@ -189,24 +189,32 @@ async fn claim(
 ) -> Result<Response, AdminError> {
     let id = tenant_id(&id)?;
     let req: NewDomain = parse_body(body)?;
-    refuse_new_domain_of_file(&s, &id, &req.domain, "claiming a domain for it").await?;
-    check_domain_quota(&s, &admin, &id, &req.domain).await?;
-    let state = s.tenants.claim_domain(&id, &req.domain).await.map_err(domain_error)?;
-    tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
-    audit::record(
-        &s,
-        admin
-            .event("domain.claimed", Target::new("domain", state.domain.as_str()))
-            .tenant(&id)
-            .after(describe(&state)),
-    )
-    .await?;
+    let state = claim_as(&s, &admin, &id, &req.domain).await?;
     let status = if state.verified {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     Ok((status, Json(describe(&state))).into_response())
+}
+
+/// Claims `raw` for tenant `id` as `admin`, whoever asks (the admin API,
+/// the setup portal): the tenant file's rule, the tenant admin's quota, the
+/// claim, its log line and its audit event.
+pub(crate) async fn claim_as(s: &AppState, admin: &Admin, id: &TenantId, raw: &str) -> Result<DomainState, AdminError> {
+    refuse_new_domain_of_file(s, id, raw, "claiming a domain for it").await?;
+    check_domain_quota(s, admin, id, raw).await?;
+    let state = s.tenants.claim_domain(id, raw).await.map_err(domain_error)?;
+    tracing::info!(reason = "admin.domain_claimed", tenant = %id, domain = %state.domain, verified = state.verified);
+    audit::record(
+        s,
+        admin
+            .event("domain.claimed", Target::new("domain", state.domain.as_str()))
+            .tenant(id)
+            .after(describe(&state)),
+    )
+    .await?;
+    Ok(state)
 }
 
 async fn list(_: Admin, State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
@@ -254,28 +262,42 @@ async fn assign_connections(
             .map_err(|e| AdminError::field(&format!("connections[{i}]"), format!("{c:?} {e}.")))?;
         connections.push(parsed);
     }
-    let tenant = super::tenant_record(&s, id.as_str()).await?;
-    super::tenants::refuse_if_file_owned(&s, &tenant, "assigning its domain to connections").await?;
+    let state = assign_as(&s, &admin, &id, &domain, connections).await?;
+    Ok(Json(describe(&state)))
+}
+
+/// Assigns the verified `domain` of tenant `id` to `connections` as
+/// `admin`, whoever asks (the admin API, the setup portal): the tenant
+/// file's rule, the assignment, its log line and its audit event.
+pub(crate) async fn assign_as(
+    s: &AppState,
+    admin: &Admin,
+    id: &TenantId,
+    domain: &str,
+    connections: Vec<crate::ids::ConnectionId>,
+) -> Result<DomainState, AdminError> {
+    let tenant = super::tenant_record(s, id.as_str()).await?;
+    super::tenants::refuse_if_file_owned(s, &tenant, "assigning its domain to connections").await?;
     let before = tenant
         .domains
         .iter()
-        .find(|d| crate::tenant::parse_domain(&domain).as_ref() == Some(*d))
+        .find(|d| crate::tenant::parse_domain(domain).as_ref() == Some(*d))
         .map(|d| json!({"domain": d, "connections": tenant.domain_connections.get(d).cloned().unwrap_or_default()}));
     let state = s
         .tenants
-        .set_domain_connections(&id, &domain, connections)
+        .set_domain_connections(id, domain, connections)
         .await
         .map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_connections_set", tenant = %id, domain = %state.domain, connections = ?state.connections);
     let mut event = admin
         .event("domain.connections_set", Target::new("domain", state.domain.as_str()))
-        .tenant(&id)
+        .tenant(id)
         .after(json!({"domain": state.domain, "connections": state.connections}));
     if let Some(before) = before {
         event = event.before(before);
     }
-    audit::record(&s, event).await?;
-    Ok(Json(describe(&state)))
+    audit::record(s, event).await?;
+    Ok(state)
 }
 
 async fn verify(
@@ -303,23 +325,38 @@ async fn verify(
     } else {
         VerifiedBy::Dns
     };
-    refuse_new_domain_of_file(&s, &id, &domain, "verifying a domain for it").await?;
-    super::charge_outbound(&s, &admin, &id).await?;
+    let state = verify_as(&s, &admin, &id, &domain, by).await?;
+    Ok(Json(describe(&state)))
+}
+
+/// Verifies the claimed `domain` of tenant `id` as `admin` (by DNS, or
+/// `by` the platform admin's override, which the caller allows), whoever
+/// asks: the tenant file's rule, the outbound budget, the check, its log
+/// line and its audit event.
+pub(crate) async fn verify_as(
+    s: &AppState,
+    admin: &Admin,
+    id: &TenantId,
+    domain: &str,
+    by: VerifiedBy,
+) -> Result<DomainState, AdminError> {
+    refuse_new_domain_of_file(s, id, domain, "verifying a domain for it").await?;
+    super::charge_outbound(s, admin, id).await?;
     let state = s
         .tenants
-        .verify_domain(&id, &domain, &s.domains, by)
+        .verify_domain(id, domain, &s.domains, by)
         .await
         .map_err(domain_error)?;
     tracing::info!(reason = "admin.domain_verified", tenant = %id, domain = %state.domain, verified_by = ?by);
     audit::record(
-        &s,
+        s,
         admin
             .event("domain.verified", Target::new("domain", state.domain.as_str()))
-            .tenant(&id)
+            .tenant(id)
             .after(describe(&state)),
     )
     .await?;
-    Ok(Json(describe(&state)))
+    Ok(state)
 }
 
 async fn remove(

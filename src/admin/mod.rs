@@ -14,7 +14,7 @@ pub mod audit;
 pub mod auth;
 mod clients;
 mod connections;
-mod domains;
+pub(crate) mod domains;
 mod error;
 mod exchange_rules;
 mod hooks;

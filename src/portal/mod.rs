@@ -9,6 +9,7 @@
 //! sign-ins). A portal session (its own cookie, see [`links`]) reaches only
 //! its own tenant; every form carries the session's CSRF token.
 
+mod domains;
 pub mod guides;
 pub mod links;
 
@@ -47,6 +48,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/portal/connections/{cid}/test", post(test))
         .route("/portal/connections/{cid}/activate", post(activate))
         .route("/portal/failures", get(failures))
+        .route("/portal/domains", get(domains::page).post(domains::claim))
+        .route("/portal/domains/{domain}/verify", post(domains::verify))
+        .route("/portal/domains/{domain}/connections", post(domains::assign))
         .route("/portal/logout", post(logout))
 }
 

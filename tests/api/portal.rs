@@ -1061,3 +1061,103 @@ async fn a_test_sign_in_says_why_email_verified_is_withheld() {
         result.body
     );
 }
+
+/// The portal's domains page, as a tenant's IT admin uses it: a domain
+/// claimed shows its TXT record, is verified once a real `dnsmasq` serves
+/// it, and is assigned to a connection (the tenant record says so); a
+/// domain nobody may claim and a connection the tenant lacks are refused
+/// on the page (`portal.domain_refused`), a forged form by its CSRF check.
+#[tokio::test]
+async fn the_portal_claims_verifies_and_assigns_an_email_domain() {
+    let (logs, _guard) = crate::support::logs::Captured::start();
+    let port = crate::support::dns::reserve_port();
+    let app = spawn_app(AppOptions {
+        dev: true,
+        dns_nameservers: vec![format!("127.0.0.1:{}", port.port)],
+        tweak: Some(|s| s.dns.timeout_secs = 1),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut browser = Browser::new();
+    let link = setup_link(&app, "demo", 3600).await;
+    open_in(&mut browser, &link).await;
+    let page = browser.get(&app.url("/portal/domains")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("demo.example: verified"), "{}", page.body);
+
+    let pending = browser
+        .fill_and_submit(&page, Some("add-domain"), &[("domain", "Portal.Example")])
+        .await;
+    assert_eq!(pending.url.path(), "/portal/domains", "{}", pending.body);
+    assert!(
+        pending.body.contains("portal.example: waiting for its DNS record"),
+        "{}",
+        pending.body
+    );
+    let token = pending
+        .body
+        .split("<code>")
+        .filter_map(|s| s.split("</code>").next())
+        .find(|v| v.starts_with("portcullis-verification="))
+        .unwrap_or_else(|| panic!("no TXT value shown: {}", pending.body))
+        .to_owned();
+    let _dns = crate::support::dns::DnsServer::start(port, &[("_portcullis-challenge.portal.example", &token)], &[]);
+    let verified = browser
+        .submit(&pending, &pending.form(Some("verify-portal.example")))
+        .await;
+    assert!(verified.body.contains("portal.example: verified"), "{}", verified.body);
+
+    let csrf = verified
+        .form(Some("connections-portal.example"))
+        .field("csrf")
+        .unwrap()
+        .to_owned();
+    let assign = app.url("/portal/domains/portal.example/connections");
+    let form = |c: &str| {
+        vec![
+            ("csrf".to_owned(), csrf.clone()),
+            ("connection".to_owned(), c.to_owned()),
+        ]
+    };
+    let saved = browser
+        .send(reqwest::Method::POST, &assign, Some(&form("dev")), Some(&verified.url))
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "back to the page: {}", saved.body);
+    let tenant = app
+        .state
+        .tenants
+        .get(&TenantId::parse("demo").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tenant.domain_connections.get("portal.example").map(|cs| cs.len()),
+        Some(1),
+        "{:?}",
+        tenant.domain_connections
+    );
+
+    let unknown = browser
+        .send(reqwest::Method::POST, &assign, Some(&form("nope")), Some(&verified.url))
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
+    assert!(unknown.body.contains("id=\"domains-error\""), "{}", unknown.body);
+    let page = browser.get(&app.url("/portal/domains")).await;
+    let free_mail = browser
+        .fill_and_submit(&page, Some("add-domain"), &[("domain", "gmail.com")])
+        .await;
+    assert_eq!(free_mail.status, StatusCode::BAD_REQUEST, "{}", free_mail.body);
+    assert!(free_mail.body.contains("id=\"domains-error\""), "{}", free_mail.body);
+    assert_eq!(logs.with_reason("portal.domain_refused").len(), 2);
+
+    let forged = browser
+        .send(
+            reqwest::Method::POST,
+            &assign,
+            Some(&[("csrf".to_owned(), "wrong".to_owned())]),
+            Some(&verified.url),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    assert!(forged.body.contains("portal.csrf_mismatch"), "{}", forged.body);
+}

@@ -147,6 +147,11 @@ try {
   await page.goto(new URL('/portal/failures', args['setup-url']).href, { waitUntil: 'load' });
   await step('failed-sign-ins');
 
+  // The email domains page: the tenant's verified domain, assignable to its connections.
+  await page.goto(new URL('/portal/domains', args['setup-url']).href, { waitUntil: 'load' });
+  await page.waitForSelector('#add-domain');
+  await step('email-domains');
+
   // A user of the tenant signs in to the app: no tenant in the request,
   // the work email picks it (home-realm discovery).
   const appDone = page.waitForResponse((r) => r.url().startsWith(args.done) && r.request().isNavigationRequest(), { timeout });
