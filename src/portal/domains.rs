@@ -90,6 +90,21 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// A posted form's portal session, its page chrome and its fields, once
+/// its CSRF token matches the session's; otherwise the page to show.
+async fn posted(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(super::links::PortalSession, Chrome, Vec<(String, String)>), Response> {
+    let (session, chrome) = portal(s, headers).await?;
+    let form = fields(body);
+    if !csrf_ok(&session, field(&form, "csrf")) {
+        return Err(csrf_refused(s, &session));
+    }
+    Ok((session, chrome, form))
+}
+
 /// The tenant admin a portal session acts as: its setup link.
 fn admin_of(session: &super::links::PortalSession) -> crate::admin::Admin {
     crate::admin::Admin::new(
@@ -124,14 +139,10 @@ fn back(s: &AppState) -> Response {
 
 /// `POST /portal/domains` (`csrf`, `domain`): claims a domain.
 pub(super) async fn claim(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, chrome) = match portal(&s, &headers).await {
+    let (session, chrome, form) = match posted(&s, &headers, &body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let form = fields(&body);
-    if !csrf_ok(&session, field(&form, "csrf")) {
-        return csrf_refused(&s, &session);
-    }
     let domain = field(&form, "domain").unwrap_or_default().trim().to_owned();
     match crate::admin::domains::claim_as(&s, &admin_of(&session), &session.tenant, &domain).await {
         Ok(_) => back(&s),
@@ -146,13 +157,10 @@ pub(super) async fn verify(
     Path(domain): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (session, chrome) = match portal(&s, &headers).await {
+    let (session, chrome, _) = match posted(&s, &headers, &body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    if !csrf_ok(&session, field(&fields(&body), "csrf")) {
-        return csrf_refused(&s, &session);
-    }
     let verified =
         crate::admin::domains::verify_as(&s, &admin_of(&session), &session.tenant, &domain, VerifiedBy::Dns).await;
     match verified {
@@ -170,14 +178,10 @@ pub(super) async fn assign(
     Path(domain): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (session, chrome) = match portal(&s, &headers).await {
+    let (session, chrome, form) = match posted(&s, &headers, &body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let form = fields(&body);
-    if !csrf_ok(&session, field(&form, "csrf")) {
-        return csrf_refused(&s, &session);
-    }
     let mut connections = Vec::new();
     for (_, c) in form.iter().filter(|(k, _)| k == "connection") {
         match ConnectionId::parse(c) {

@@ -966,7 +966,6 @@ async fn a_test_sign_in_with_an_oversized_identity_fails_with_its_reason() {
 /// tenant API key is.
 #[tokio::test]
 async fn a_setup_link_cannot_give_its_tenant_more_connections_than_the_cap() {
-    use crate::metadata_refresh::{metadata, Key};
     let (logs, _guard) = crate::support::logs::Captured::start();
     let app = dev_app(Some(ManualClock::at(crate::saml_crafted::now()))).await;
     let have = app
@@ -984,19 +983,26 @@ async fn a_setup_link_cannot_give_its_tenant_more_connections_than_the_cap() {
         )
         .await;
     }
-    let (cookie, csrf) = portal_session(&app, "demo").await;
+    saml_set_up_refused(&app, "one-more", "quota.connections").await;
+    assert_eq!(logs.with_reason("quota.connections").len(), 1);
+}
+
+/// A SAML IdP `idp` registered through the demo tenant's portal is refused
+/// on a page (409) naming `reason`, and nothing is kept.
+async fn saml_set_up_refused(app: &TestApp, idp: &str, reason: &str) {
+    use crate::metadata_refresh::{metadata, Key};
+    let (cookie, csrf) = portal_session(app, "demo").await;
     let key = Key::new();
     let (status, page) = post_with_file(
-        &app,
+        app,
         &cookie,
-        &[("csrf", &csrf), ("kind", "saml"), ("idp", "one-more")],
+        &[("csrf", &csrf), ("kind", "saml"), ("idp", idp)],
         Some(&metadata(&[key.cert_b64()])),
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{page}");
-    assert!(page.contains("quota.connections"), "{page}");
-    assert!(stored(&app, "demo", "one-more-saml").await.is_none());
-    assert_eq!(logs.with_reason("quota.connections").len(), 1);
+    assert!(page.contains(reason), "{page}");
+    assert!(stored(app, "demo", &format!("{idp}-saml")).await.is_none());
 }
 
 /// An operator whose `[quotas]` allow tenant admins no SP key pair a
@@ -1004,7 +1010,6 @@ async fn a_setup_link_cannot_give_its_tenant_more_connections_than_the_cap() {
 /// `quota.key_generations`), not as an outage, and keeps nothing.
 #[tokio::test]
 async fn a_per_minute_quota_of_zero_is_a_page_naming_its_reason() {
-    use crate::metadata_refresh::{metadata, Key};
     let app = spawn_app(AppOptions {
         dev: true,
         clock: Some(ManualClock::at(crate::saml_crafted::now())),
@@ -1012,18 +1017,7 @@ async fn a_per_minute_quota_of_zero_is_a_page_naming_its_reason() {
         ..AppOptions::default()
     })
     .await;
-    let (cookie, csrf) = portal_session(&app, "demo").await;
-    let key = Key::new();
-    let (status, page) = post_with_file(
-        &app,
-        &cookie,
-        &[("csrf", &csrf), ("kind", "saml"), ("idp", "none-allowed")],
-        Some(&metadata(&[key.cert_b64()])),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{page}");
-    assert!(page.contains("quota.key_generations"), "{page}");
-    assert!(stored(&app, "demo", "none-allowed-saml").await.is_none());
+    saml_set_up_refused(&app, "none-allowed", "quota.key_generations").await;
 }
 
 /// A test sign-in that passes but whose IdP's word on the address is not
