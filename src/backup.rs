@@ -689,6 +689,13 @@ mod tests {
         SealedStore::new(Arc::new(MemoryStore::new(Arc::new(clock))), None, false)
     }
 
+    /// Neither the tenant `acme` nor the tenants index was written.
+    async fn assert_no_tenant_written(s: &SealedStore) {
+        let acme = tenant::tenant_key(&TenantId::parse("acme").unwrap());
+        assert!(s.raw().get(&acme).await.unwrap().is_none());
+        assert!(s.raw().set_members(&tenant::index_key()).await.unwrap().is_empty());
+    }
+
     fn backup(records: Value) -> Value {
         json!({"format": FORMAT, "version": VERSION, "created_at": "2026-11-30T17:00:00Z",
                "sealed_with": [], "plaintext_secrets": 0, "records": records})
@@ -741,13 +748,7 @@ mod tests {
             assert!(p.contains(reason), "{p}");
         }
         // Nothing written, not even the good records.
-        assert!(s
-            .raw()
-            .get(&tenant::tenant_key(&TenantId::parse("acme").unwrap()))
-            .await
-            .unwrap()
-            .is_none());
-        assert!(s.raw().set_members(&tenant::index_key()).await.unwrap().is_empty());
+        assert_no_tenant_written(&s).await;
         assert!(s
             .raw()
             .get(&Key::global("api_keys", "key:planted"))
@@ -825,13 +826,7 @@ mod tests {
                 "{}",
                 problems[0]
             );
-            assert!(s
-                .raw()
-                .get(&tenant::tenant_key(&TenantId::parse("acme").unwrap()))
-                .await
-                .unwrap()
-                .is_none());
-            assert!(s.raw().set_members(&tenant::index_key()).await.unwrap().is_empty());
+            assert_no_tenant_written(&s).await;
         }
         let done = restore(&s, with_url("https://idp.acme.test/metadata"), false, NOW)
             .await

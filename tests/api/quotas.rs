@@ -35,6 +35,21 @@ async fn acme_with_key() -> (TestApp, String) {
     acme_with_key_under(None).await
 }
 
+/// A tenant admin (`key`) adds the dev connection `id` to `acme`; the answer's
+/// status must be `expected`. Returns the answer's body.
+async fn add_dev_connection(app: &TestApp, key: &str, id: &str, expected: StatusCode) -> Value {
+    let (status, body) = call(
+        app,
+        Method::POST,
+        "/admin/v1/tenants/acme/connections",
+        key,
+        Some(json!({"id": id, "kind": "dev"})),
+    )
+    .await;
+    assert_eq!(status, expected, "{body}");
+    body
+}
+
 /// As [`acme_with_key`], on a gateway whose settings `tweak` adjusts (its
 /// `[quotas]`).
 async fn acme_with_key_under(tweak: Option<fn(&mut Settings)>) -> (TestApp, String) {
@@ -63,25 +78,9 @@ async fn a_tenant_admin_cannot_give_its_tenant_more_connections_than_the_cap() {
     let (logs, _guard) = Captured::start();
     let (app, key) = acme_with_key().await;
     for i in 0..MAX_CONNECTIONS {
-        let (status, body) = call(
-            &app,
-            Method::POST,
-            "/admin/v1/tenants/acme/connections",
-            &key,
-            Some(json!({"id": format!("c{i}"), "kind": "dev"})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        add_dev_connection(&app, &key, &format!("c{i}"), StatusCode::CREATED).await;
     }
-    let (status, body) = call(
-        &app,
-        Method::POST,
-        "/admin/v1/tenants/acme/connections",
-        &key,
-        Some(json!({"id": "one-more", "kind": "dev"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let body = add_dev_connection(&app, &key, "one-more", StatusCode::CONFLICT).await;
     assert_eq!(body["reason"], "quota.connections");
     assert!(body["detail"].as_str().unwrap().contains(&MAX_CONNECTIONS.to_string()));
     assert_eq!(logs.with_reason("quota.connections").len(), 1);
@@ -397,25 +396,9 @@ async fn a_lowered_connection_quota_holds_a_tenant_admin_to_the_configured_numbe
     let (app, key) = acme_with_key_under(Some(|s: &mut Settings| s.quotas.connections_per_tenant = 2)).await;
     let path = "/admin/v1/tenants/acme/connections";
     for i in 0..2 {
-        let (status, body) = call(
-            &app,
-            Method::POST,
-            path,
-            &key,
-            Some(json!({"id": format!("c{i}"), "kind": "dev"})),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        add_dev_connection(&app, &key, &format!("c{i}"), StatusCode::CREATED).await;
     }
-    let (status, body) = call(
-        &app,
-        Method::POST,
-        path,
-        &key,
-        Some(json!({"id": "third", "kind": "dev"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let body = add_dev_connection(&app, &key, "third", StatusCode::CONFLICT).await;
     assert_eq!(body["reason"], "quota.connections");
     let detail = body["detail"].as_str().unwrap();
     assert!(detail.contains("quota of 2 connections"), "{detail}");
@@ -476,15 +459,7 @@ async fn a_quota_of_zero_lets_a_tenant_admin_do_none_of_it() {
     }))
     .await;
     let path = "/admin/v1/tenants/acme/connections";
-    let (status, body) = call(
-        &app,
-        Method::POST,
-        path,
-        &key,
-        Some(json!({"id": "first", "kind": "dev"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let body = add_dev_connection(&app, &key, "first", StatusCode::CONFLICT).await;
     assert_eq!(body["reason"], "quota.connections");
     assert!(
         body["detail"].as_str().unwrap().contains("quota of 0 connections"),
